@@ -1,0 +1,232 @@
+package sqliteproxy
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied to zero-valued Config fields.
+const (
+	DefaultMaxConnections   = 100
+	DefaultReadersPerTenant = 4
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultBusyTimeout      = 5 * time.Second
+	DefaultSynchronous      = "NORMAL"
+	DefaultStmtCacheSize    = 64
+)
+
+// Config configures a Proxy or a Connector. The zero value of every field
+// except Dir means "the default"; each field's DSN key is given in brackets.
+type Config struct {
+	// Dir is the directory holding one SQLite file per tenant, <Dir>/<id>.db.
+	// It is created (mode 0700) if missing. Required. [dir]
+	Dir string
+
+	// MaxConnections caps the SQLite connections open at once, all tenants
+	// together (each is a file descriptor on the tenant's file). When the cap
+	// is reached, idle tenants are closed, least recently used first; when
+	// none is idle, callers wait, honouring their context. Default 100. [max_connections]
+	MaxConnections int
+
+	// ReadersPerTenant is how many read-only connections a tenant may open
+	// besides its single writer. Readers serve queries that SQLite reports as
+	// read-only and read-only transactions, concurrently with the writer.
+	// Default 4; a negative value means none (the writer serves everything). [readers]
+	ReadersPerTenant int
+
+	// IdleTimeout closes every connection of a tenant that has not been used
+	// for this long. Default 5 minutes; negative disables it. [idle_timeout]
+	IdleTimeout time.Duration
+
+	// BusyTimeout is SQLite's busy_timeout on tenant connections. Within one
+	// process writers queue in Go and never see SQLITE_BUSY; this only
+	// matters when another process writes the same files. Default 5s;
+	// negative means 0 (fail at once). [busy_timeout]
+	BusyTimeout time.Duration
+
+	// Synchronous is PRAGMA synchronous on tenant connections: OFF, NORMAL,
+	// FULL or EXTRA. With WAL (always on), NORMAL loses nothing committed on
+	// a process crash; FULL also survives power loss. Default NORMAL. [synchronous]
+	Synchronous string
+
+	// StmtCacheSize is the number of prepared statements each tenant
+	// connection keeps for reuse. Default 64; negative disables the cache. [stmt_cache_size]
+	StmtCacheSize int
+
+	// ForeignKeys turns on PRAGMA foreign_keys on tenant connections.
+	// Default false, as in SQLite (ent's schema migration needs it on). [foreign_keys]
+	ForeignKeys bool
+
+	// ExplicitCreate makes unknown tenants fail with ErrTenantNotFound (and
+	// creates no file) instead of creating them on first access, so a typo in
+	// a tenant header cannot create a database. Default false. [explicit_create]
+	ExplicitCreate bool
+
+	// Migrations is the ordered, append-only list of schema migrations. Each
+	// tenant gets the ones it has not had, in order, on first access; each
+	// runs in its own IMMEDIATE transaction and is recorded with a checksum
+	// in the tenant's ledger table. Never edit or remove an applied migration
+	// (that is ErrMigrationDrift); append a new one. Not settable by DSN.
+	Migrations []string
+}
+
+// dsnKeys lists the DSN keys in the order FormatDSN writes them.
+var dsnKeys = []string{
+	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
+	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create",
+}
+
+// ParseDSN parses a DSN of the form "dir=./data&max_connections=50" (URL
+// query syntax; escape '&', '=', '%' and '+' in values). Unknown keys,
+// repeated keys and malformed values are errors. The result is not yet
+// validated or defaulted; New and OpenConnector do that.
+func ParseDSN(dsn string) (*Config, error) {
+	values, err := url.ParseQuery(strings.TrimPrefix(dsn, "?"))
+	if err != nil {
+		return nil, opError("parse DSN", "", err)
+	}
+	cfg := &Config{}
+	for key, vals := range values {
+		if len(vals) != 1 {
+			return nil, opError("parse DSN", "", fmt.Errorf("key %q given %d times", key, len(vals)))
+		}
+		if err := cfg.setDSNValue(key, vals[0]); err != nil {
+			return nil, opError("parse DSN", "", err)
+		}
+	}
+	return cfg, nil
+}
+
+func (c *Config) setDSNValue(key, v string) error {
+	var err error
+	switch key {
+	case "dir":
+		c.Dir = v
+	case "max_connections":
+		c.MaxConnections, err = strconv.Atoi(v)
+	case "readers":
+		c.ReadersPerTenant, err = strconv.Atoi(v)
+	case "idle_timeout":
+		c.IdleTimeout, err = time.ParseDuration(v)
+	case "busy_timeout":
+		c.BusyTimeout, err = time.ParseDuration(v)
+	case "synchronous":
+		c.Synchronous = v
+	case "stmt_cache_size":
+		c.StmtCacheSize, err = strconv.Atoi(v)
+	case "foreign_keys":
+		c.ForeignKeys, err = strconv.ParseBool(v)
+	case "explicit_create":
+		c.ExplicitCreate, err = strconv.ParseBool(v)
+	default:
+		return fmt.Errorf("unknown key %q (known: %s)", key, strings.Join(dsnKeys, ", "))
+	}
+	if err != nil {
+		return fmt.Errorf("key %q: %w", key, err)
+	}
+	return nil
+}
+
+// FormatDSN returns the DSN for c: ParseDSN(c.FormatDSN()) gives back c
+// (apart from Migrations, which a DSN cannot carry). Zero fields are omitted.
+func (c *Config) FormatDSN() string {
+	q := make([]string, 0, len(dsnKeys))
+	add := func(key, v string) { q = append(q, key+"="+url.QueryEscape(v)) }
+	if c.Dir != "" {
+		add("dir", c.Dir)
+	}
+	if c.MaxConnections != 0 {
+		add("max_connections", strconv.Itoa(c.MaxConnections))
+	}
+	if c.ReadersPerTenant != 0 {
+		add("readers", strconv.Itoa(c.ReadersPerTenant))
+	}
+	if c.IdleTimeout != 0 {
+		add("idle_timeout", c.IdleTimeout.String())
+	}
+	if c.BusyTimeout != 0 {
+		add("busy_timeout", c.BusyTimeout.String())
+	}
+	if c.Synchronous != "" {
+		add("synchronous", c.Synchronous)
+	}
+	if c.StmtCacheSize != 0 {
+		add("stmt_cache_size", strconv.Itoa(c.StmtCacheSize))
+	}
+	if c.ForeignKeys {
+		add("foreign_keys", "true")
+	}
+	if c.ExplicitCreate {
+		add("explicit_create", "true")
+	}
+	return strings.Join(q, "&")
+}
+
+// Clone returns a deep copy of c.
+func (c *Config) Clone() *Config {
+	cp := *c
+	cp.Migrations = slices.Clone(c.Migrations)
+	return &cp
+}
+
+// resolved returns a validated copy of c with defaults filled in and Dir
+// made absolute. The caller's Config is never modified.
+func (c *Config) resolved() (*Config, error) {
+	r := c.Clone()
+	if r.Dir == "" {
+		return nil, errors.New("Config.Dir is required")
+	}
+	dir, err := filepath.Abs(r.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("Config.Dir: %w", err)
+	}
+	r.Dir = dir
+	switch {
+	case r.MaxConnections < 0:
+		return nil, fmt.Errorf("Config.MaxConnections: %d is negative", r.MaxConnections)
+	case r.MaxConnections == 0:
+		r.MaxConnections = DefaultMaxConnections
+	}
+	switch {
+	case r.ReadersPerTenant < 0:
+		r.ReadersPerTenant = 0
+	case r.ReadersPerTenant == 0:
+		r.ReadersPerTenant = DefaultReadersPerTenant
+	}
+	if r.IdleTimeout == 0 {
+		r.IdleTimeout = DefaultIdleTimeout
+	}
+	switch {
+	case r.BusyTimeout < 0:
+		r.BusyTimeout = 0
+	case r.BusyTimeout == 0:
+		r.BusyTimeout = DefaultBusyTimeout
+	}
+	if r.Synchronous == "" {
+		r.Synchronous = DefaultSynchronous
+	}
+	r.Synchronous = strings.ToUpper(r.Synchronous)
+	switch r.Synchronous {
+	case "OFF", "NORMAL", "FULL", "EXTRA":
+	default:
+		return nil, fmt.Errorf("Config.Synchronous: %q is not OFF, NORMAL, FULL or EXTRA", c.Synchronous)
+	}
+	switch {
+	case r.StmtCacheSize < 0:
+		r.StmtCacheSize = 0
+	case r.StmtCacheSize == 0:
+		r.StmtCacheSize = DefaultStmtCacheSize
+	}
+	for i, m := range r.Migrations {
+		if strings.TrimSpace(m) == "" {
+			return nil, fmt.Errorf("Config.Migrations[%d] is empty", i)
+		}
+	}
+	return r, nil
+}

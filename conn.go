@@ -1,0 +1,396 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+
+	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
+)
+
+// conn is a routing connection: what database/sql pools. It holds no SQLite
+// connection of its own. The first statement of a checkout reads the tenant
+// from its context and leases one of that tenant's connections; the lease
+// is kept until database/sql checks the conn back in (IsValid) or closes it,
+// so a sql.Conn or a Tx keeps one SQLite session throughout.
+type conn struct {
+	r     *router
+	t     *tenant   // tenant of the lease, nil when none
+	pc    *physConn // leased connection, nil when none
+	spare *physConn // a reader kept for its open rows after moving to the writer
+	tx    *tx       // open transaction
+	owned bool      // the conn came from Driver.Open and owns r
+}
+
+var (
+	_ driver.Conn               = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.QueryerContext     = (*conn)(nil)
+	_ driver.Pinger             = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+	_ driver.SessionResetter    = (*conn)(nil)
+)
+
+// errNoRoute reports that neither the conn nor the context names a tenant.
+var errNoRoute = errors.New("no tenant")
+
+// route returns the connection a statement with ctx must run on, leasing
+// one if the conn holds none. write asks for the tenant's writer.
+func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
+	id, has := OrgID(ctx)
+	if c.pc != nil {
+		if has && id != c.t.id {
+			return nil, opError("route", id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
+		}
+		if !write || c.pc.writer || c.tx != nil {
+			return c.pc, nil
+		}
+		return c.upgrade(ctx)
+	}
+	if c.r.isClosed.Load() {
+		return nil, opError("route", id, ErrClosed)
+	}
+	if !has {
+		return nil, errNoRoute
+	}
+	t, err := c.r.tenant(id)
+	if err != nil {
+		return nil, err
+	}
+	var pc *physConn
+	if write {
+		pc, err = t.acquireWriter(ctx)
+	} else {
+		pc, err = t.acquireReader(ctx)
+	}
+	if err != nil {
+		return nil, err
+	}
+	c.t, c.pc = t, pc
+	return pc, nil
+}
+
+// upgrade moves the lease from a reader to the writer. The reader is given
+// back first, so a checkout never holds a reader while it waits for the
+// writer, unless rows are still open on it.
+func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
+	rd := c.pc
+	if rd.rows == 0 {
+		c.t.releaseReader(rd)
+		c.pc = nil
+	}
+	w, err := c.t.acquireWriter(ctx)
+	if err != nil {
+		if c.pc == nil {
+			c.t = nil
+		}
+		return nil, err
+	}
+	if c.pc != nil {
+		c.spare = rd
+	}
+	c.pc = w
+	return w, nil
+}
+
+// routeQuery leases the connection for a query: a reader when SQLite
+// reports the statement read-only (and it is a single statement that is not
+// transaction control), else the writer.
+func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) {
+	if ro, ok := c.r.classes.lookup(query); ok {
+		return c.route(ctx, !ro)
+	}
+	pc, err := c.route(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	s, err := pc.c.PrepareContext(ctx, query)
+	if err != nil {
+		// Not classifiable here (a TEMP table of the writer's session, say):
+		// the writer runs it, or reports the error.
+		return c.route(ctx, true)
+	}
+	ro := s.(*sqlite3.SQLiteStmt).Readonly()
+	s.Close()
+	info := sqlscan.Scan(query)
+	ro = ro && !info.Multi && readKeyword(info.Keyword)
+	c.r.classes.store(query, ro)
+	return c.route(ctx, !ro)
+}
+
+// readKeyword reports whether a statement starting with kw may run on a
+// reader; sqlite3_stmt_readonly is true for transaction control too.
+func readKeyword(kw string) bool {
+	switch kw {
+	case "", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+		return false
+	}
+	return true
+}
+
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	pc, err := c.route(ctx, true)
+	if err != nil {
+		if err == errNoRoute {
+			return c.r.free.exec(ctx, query, args)
+		}
+		return nil, err
+	}
+	return pc.c.ExecContext(ctx, query, args)
+}
+
+func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	pc, err := c.routeQuery(ctx, query)
+	if err != nil {
+		if err == errNoRoute {
+			return c.r.free.query(ctx, query, args)
+		}
+		return nil, err
+	}
+	rs, err := pc.c.QueryContext(ctx, query, args)
+	if err != nil {
+		return nil, err
+	}
+	pc.rows++
+	return &rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load()}, nil
+}
+
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	s := &stmt{c: c, query: query, numInput: -1}
+	pc, err := c.route(ctx, false)
+	if err == errNoRoute {
+		return s, nil // prepared on each tenant when it executes
+	}
+	if err != nil {
+		return nil, err
+	}
+	ps, err := pc.takeStmt(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	s.numInput = ps.NumInput()
+	pc.putStmt(query, ps)
+	return s, nil
+}
+
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	pc, err := c.route(ctx, !opts.ReadOnly)
+	if err == errNoRoute {
+		return nil, opError("begin", "", ErrNoTenant)
+	}
+	if err != nil {
+		return nil, err
+	}
+	stx, err := pc.c.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.tx = &tx{c: c, stx: stx}
+	return c.tx, nil
+}
+
+func (c *conn) Begin() (driver.Tx, error) {
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+// Ping without a tenant checks that the driver is open; with one, it opens
+// the tenant (creating and migrating it as any first access would).
+func (c *conn) Ping(ctx context.Context) error {
+	if c.r.isClosed.Load() {
+		return driver.ErrBadConn
+	}
+	if _, err := c.route(ctx, false); err != nil && err != errNoRoute {
+		return err
+	}
+	return nil
+}
+
+// IsValid is called by database/sql when the conn is checked in: the lease
+// ends here, not in ResetSession (which runs only at the next checkout).
+func (c *conn) IsValid() bool {
+	c.release()
+	return !c.r.isClosed.Load()
+}
+
+func (c *conn) ResetSession(context.Context) error {
+	c.release()
+	if c.r.isClosed.Load() {
+		return driver.ErrBadConn
+	}
+	return nil
+}
+
+// Close ends the lease too: a Tx rolled back on context cancel comes back
+// with ErrBadConn and database/sql closes it without calling IsValid.
+func (c *conn) Close() error {
+	c.release()
+	if c.owned {
+		return c.r.close()
+	}
+	return nil
+}
+
+// release gives the leased connections back, rolling back any transaction
+// the checkout left open.
+func (c *conn) release() {
+	if c.pc == nil {
+		return
+	}
+	for _, pc := range [2]*physConn{c.pc, c.spare} {
+		if pc == nil {
+			continue
+		}
+		pc.rows = 0
+		pc.lease.Add(1)
+		if !pc.c.AutoCommit() {
+			pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
+		}
+		c.t.release(pc)
+	}
+	c.t, c.pc, c.spare, c.tx = nil, nil, nil, nil
+}
+
+// tx is a transaction on the leased connection.
+type tx struct {
+	c   *conn
+	stx driver.Tx
+}
+
+func (t *tx) Commit() error {
+	t.c.tx = nil
+	return t.stx.Commit()
+}
+
+func (t *tx) Rollback() error {
+	t.c.tx = nil
+	return t.stx.Rollback()
+}
+
+// stmt is a routing prepared statement. Each execution routes by its own
+// context and runs a statement prepared on (and cached by) the SQLite
+// connection it leases. As with mattn's statements, only the first
+// statement of the text runs.
+type stmt struct {
+	c        *conn
+	query    string
+	numInput int // -1 when prepared without a tenant
+}
+
+var (
+	_ driver.StmtExecContext  = (*stmt)(nil)
+	_ driver.StmtQueryContext = (*stmt)(nil)
+)
+
+func (s *stmt) Close() error  { return nil }
+func (s *stmt) NumInput() int { return s.numInput }
+
+func (s *stmt) Exec(args []driver.Value) (driver.Result, error) {
+	return nil, errors.New("sqliteproxy: Stmt.Exec without context is not supported; use ExecContext")
+}
+
+func (s *stmt) Query(args []driver.Value) (driver.Rows, error) {
+	return nil, errors.New("sqliteproxy: Stmt.Query without context is not supported; use QueryContext")
+}
+
+func checkNumInput(ps *sqlite3.SQLiteStmt, args []driver.NamedValue) error {
+	if want := ps.NumInput(); want != len(args) {
+		return fmt.Errorf("sql: expected %d arguments, got %d", want, len(args))
+	}
+	return nil
+}
+
+func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	pc, err := s.c.route(ctx, true)
+	if err == errNoRoute {
+		return s.c.r.free.exec(ctx, s.query, args)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ps, err := pc.takeStmt(ctx, s.query)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.putStmt(s.query, ps)
+	if s.numInput < 0 {
+		if err := checkNumInput(ps, args); err != nil {
+			return nil, err
+		}
+	}
+	return ps.ExecContext(ctx, args)
+}
+
+func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	pc, err := s.c.routeQuery(ctx, s.query)
+	if err == errNoRoute {
+		return s.c.r.free.query(ctx, s.query, args)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ps, err := pc.takeStmt(ctx, s.query)
+	if err != nil {
+		return nil, err
+	}
+	if s.numInput < 0 {
+		if err := checkNumInput(ps, args); err != nil {
+			pc.putStmt(s.query, ps)
+			return nil, err
+		}
+	}
+	rs, err := ps.QueryContext(ctx, args)
+	if err != nil {
+		pc.putStmt(s.query, ps)
+		return nil, err
+	}
+	pc.rows++
+	return &rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), stmt: ps, query: s.query}, nil
+}
+
+// rows wraps mattn's rows to give back what they hold when closed: the
+// routing Stmt's prepared statement, or a tenantless connection. All of
+// mattn's column-type methods are promoted unchanged.
+type rows struct {
+	*sqlite3.SQLiteRows
+	pc    *physConn           // tenant connection the rows run on, nil for tenantless
+	stmt  *sqlite3.SQLiteStmt // statement to give back (or close) after the rows
+	lease uint64              // pc.lease when the rows were opened
+	query string
+	free  *sqlite3.SQLiteConn // tenantless connection to give back
+	pool  *tenantless
+}
+
+var (
+	_ driver.RowsColumnTypeDatabaseTypeName = (*rows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*rows)(nil)
+	_ driver.RowsColumnTypeNullable         = (*rows)(nil)
+)
+
+func (r *rows) Close() error {
+	if r.SQLiteRows == nil {
+		return nil
+	}
+	err := r.SQLiteRows.Close()
+	r.SQLiteRows = nil
+	switch {
+	case r.free != nil:
+		r.stmt.Close()
+		r.pool.put(r.free)
+	case r.pc != nil && r.pc.lease.Load() == r.lease:
+		r.pc.rows--
+		if r.stmt != nil {
+			r.pc.putStmt(r.query, r.stmt)
+		}
+	case r.stmt != nil:
+		r.stmt.Close() // closed after its lease ended: the cache is someone else's now
+	}
+	return err
+}

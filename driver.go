@@ -1,0 +1,154 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"io"
+)
+
+// DriverName is the name the driver is registered under with database/sql.
+const DriverName = "sqliteproxy"
+
+func init() {
+	sql.Register(DriverName, &Driver{})
+}
+
+// Driver is the database/sql driver. sql.Open("sqliteproxy", dsn) calls
+// OpenConnector once per sql.Open; each *sql.DB then owns its own tenant
+// pools and connection budget, so open one per data directory and share it.
+type Driver struct{}
+
+var (
+	_ driver.Driver        = (*Driver)(nil)
+	_ driver.DriverContext = (*Driver)(nil)
+)
+
+// OpenConnector parses dsn (see ParseDSN) and returns a Connector.
+func (d *Driver) OpenConnector(dsn string) (driver.Connector, error) {
+	cfg, err := ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return NewConnector(*cfg)
+}
+
+// Open returns a connection with its own tenant pools, closed with it.
+// database/sql never calls it (it uses OpenConnector); it exists for code
+// that drives the driver by hand.
+func (d *Driver) Open(dsn string) (driver.Conn, error) {
+	c, err := d.OpenConnector(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{r: c.(*Connector).r, owned: true}, nil
+}
+
+// Connector owns one set of tenant pools (one data directory, one budget).
+// database/sql closes it when the *sql.DB is closed.
+type Connector struct {
+	cfg *Config // resolved private copy
+	r   *router
+}
+
+var (
+	_ driver.Connector = (*Connector)(nil)
+	_ io.Closer        = (*Connector)(nil)
+)
+
+// NewConnector validates cfg, fills in defaults and creates cfg.Dir if
+// needed. The Connector keeps its own copy of cfg.
+func NewConnector(cfg Config) (*Connector, error) {
+	rc, err := cfg.resolved()
+	if err != nil {
+		return nil, opError("configure", "", err)
+	}
+	r, err := newRouter(rc)
+	if err != nil {
+		return nil, err
+	}
+	return &Connector{cfg: rc, r: r}, nil
+}
+
+// Connect returns a routing connection. It never reads a tenant from ctx:
+// database/sql hands pooled connections to any caller.
+func (c *Connector) Connect(context.Context) (driver.Conn, error) {
+	if c.r.isClosed.Load() {
+		return nil, opError("connect", "", ErrClosed)
+	}
+	return &conn{r: c.r}, nil
+}
+
+// Driver returns the driver.
+func (c *Connector) Driver() driver.Driver { return &Driver{} }
+
+// Close closes every tenant connection that is not in use; those in use are
+// closed as they are released. Further operations fail with ErrClosed.
+func (c *Connector) Close() error { return c.r.close() }
+
+// Proxy is a *sql.DB routed by tenant, plus the operations on tenants that
+// database/sql has no place for. Use it as a *sql.DB (p.ExecContext,
+// p.QueryContext, p.BeginTx, ...) or hand p.DB to an ORM.
+type Proxy struct {
+	*sql.DB
+	c *Connector
+}
+
+// New opens a Proxy for cfg.
+func New(cfg Config) (*Proxy, error) {
+	c, err := NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	db := sql.OpenDB(c)
+	// Routing connections hold nothing between checkouts; keep enough idle
+	// that database/sql does not churn them (its default keeps 2).
+	db.SetMaxIdleConns(max(c.cfg.MaxConnections, 64))
+	return &Proxy{DB: db, c: c}, nil
+}
+
+// Open opens a Proxy for a DSN (see ParseDSN): the way for sql.Open users
+// to reach the tenant operations.
+func Open(dsn string) (*Proxy, error) {
+	cfg, err := ParseDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	return New(*cfg)
+}
+
+// Config returns a copy of the Proxy's configuration, with defaults filled in.
+func (p *Proxy) Config() Config { return *p.c.cfg.Clone() }
+
+// Tenants returns the IDs of the tenants that have a database file under
+// Dir, sorted. Side files (-wal, -shm, -journal) and files whose names are
+// not valid tenant IDs are not listed.
+func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return p.c.r.tenantIDs()
+}
+
+// Stats is a snapshot of the proxy's connection figures.
+type Stats struct {
+	OpenConnections int   // SQLite connections open (counted against MaxConnections)
+	MaxConnections  int   // the cap
+	OpenTenants     int   // tenants with at least one open connection
+	Evictions       int64 // tenants closed to free budget, for idleness, or at Close
+	Waits           int64 // times a caller had to wait for a connection
+}
+
+// Stats returns current figures.
+func (p *Proxy) Stats() Stats {
+	r := p.c.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return Stats{
+		OpenConnections: r.open,
+		MaxConnections:  r.cfg.MaxConnections,
+		OpenTenants:     len(r.openSet),
+		Evictions:       r.evictions.Load(),
+		Waits:           r.waits.Load(),
+	}
+}

@@ -1,0 +1,61 @@
+package sqliteproxy
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Match them with errors.Is: the driver wraps them in an
+// *Error that names the operation and the tenant.
+//
+// Errors raised by SQLite itself (constraint violations, syntax errors, ...)
+// are returned unwrapped as sqlite3.Error values, exactly as
+// github.com/mattn/go-sqlite3 returns them, so code (and ORMs such as GORM)
+// that inspects Code or ExtendedCode keeps working.
+//
+// None of these errors is ever turned into driver.ErrBadConn: database/sql
+// would retry the operation on another connection, and a retry must never
+// change which tenant a statement reaches. The driver returns
+// driver.ErrBadConn only when nothing can have run.
+var (
+	// ErrNoTenant: the context carries no tenant and the statement touches data.
+	ErrNoTenant = errors.New("sqliteproxy: no tenant in context")
+	// ErrInvalidTenant: the tenant ID breaks the ID rule (see ValidTenantID).
+	ErrInvalidTenant = errors.New("sqliteproxy: invalid tenant ID")
+	// ErrTenantNotFound: the tenant has no database file and may not be created implicitly.
+	ErrTenantNotFound = errors.New("sqliteproxy: tenant not found")
+	// ErrTenantExists: the tenant already has a database file.
+	ErrTenantExists = errors.New("sqliteproxy: tenant already exists")
+	// ErrTenantMismatch: a connection or transaction bound to one tenant was
+	// used with a context naming another. Nothing ran.
+	ErrTenantMismatch = errors.New("sqliteproxy: tenant does not match the connection's tenant")
+	// ErrMigrationDrift: a migration recorded as applied in a tenant's ledger
+	// no longer matches the configured migrations (edited or removed).
+	ErrMigrationDrift = errors.New("sqliteproxy: applied migration differs from configured migration")
+	// ErrPendingMigrations: the tenant has migrations that have not been
+	// applied and the migration mode does not apply them on access.
+	ErrPendingMigrations = errors.New("sqliteproxy: tenant has pending migrations")
+	// ErrClosed: the proxy (or its connector) has been closed.
+	ErrClosed = errors.New("sqliteproxy: closed")
+)
+
+// Error is the error type for failures of the driver itself. It names the
+// operation and, where one is involved, the tenant.
+type Error struct {
+	Op     string // the operation, e.g. "open tenant", "migrate", "route"
+	Tenant string // the tenant ID, empty when none is involved
+	Err    error  // the underlying error; often one of the sentinels above
+}
+
+func (e *Error) Error() string {
+	if e.Tenant == "" {
+		return fmt.Sprintf("sqliteproxy: %s: %v", e.Op, e.Err)
+	}
+	return fmt.Sprintf("sqliteproxy: %s: tenant %q: %v", e.Op, e.Tenant, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func opError(op, tenant string, err error) error {
+	return &Error{Op: op, Tenant: tenant, Err: err}
+}

@@ -1,0 +1,128 @@
+// Package sqlscan is a minimal SQLite tokenizer: just enough to find where
+// the first statement of a text ends and which keyword begins it, without a
+// database connection. It follows SQLite's lexical rules for quoting
+// ('str', "ident", `ident`, [ident]) and comments (-- and /* */).
+package sqlscan
+
+import "strings"
+
+// Info describes a SQL text.
+type Info struct {
+	// Keyword is the first word of the first statement, upper-cased
+	// ("SELECT", "WITH", "INSERT", ...); empty when the text holds no statement.
+	Keyword string
+	// Multi reports whether anything other than blanks, comments and
+	// semicolons follows the first statement. Statements whose body contains
+	// semicolons (CREATE TRIGGER) also report true: callers use Multi to
+	// decide conservatively.
+	Multi bool
+}
+
+// Scan describes sql.
+func Scan(sql string) Info {
+	var info Info
+	i := skipSpace(sql, 0)
+	start := i
+	for i < len(sql) && isWordByte(sql[i]) {
+		i++
+	}
+	info.Keyword = strings.ToUpper(sql[start:i])
+	end, ok := statementEnd(sql, i)
+	if !ok {
+		return info
+	}
+	for j := end; j < len(sql); {
+		j = skipSpace(sql, j)
+		if j >= len(sql) {
+			break
+		}
+		if sql[j] == ';' {
+			j++
+			continue
+		}
+		info.Multi = true
+		break
+	}
+	return info
+}
+
+// statementEnd returns the index just past the first top-level ';' at or
+// after i, and whether there was one.
+func statementEnd(sql string, i int) (int, bool) {
+	for i < len(sql) {
+		switch c := sql[i]; c {
+		case ';':
+			return i + 1, true
+		case '\'', '"', '`':
+			i = skipQuoted(sql, i, c)
+		case '[':
+			if j := strings.IndexByte(sql[i:], ']'); j >= 0 {
+				i += j + 1
+			} else {
+				return len(sql), false
+			}
+		case '-', '/':
+			if j := skipComment(sql, i); j > i {
+				i = j
+			} else {
+				i++
+			}
+		default:
+			i++
+		}
+	}
+	return len(sql), false
+}
+
+// skipQuoted skips a quoted token starting at i; a doubled quote escapes it.
+func skipQuoted(sql string, i int, q byte) int {
+	for i++; i < len(sql); i++ {
+		if sql[i] == q {
+			if i+1 < len(sql) && sql[i+1] == q {
+				i++
+				continue
+			}
+			return i + 1
+		}
+	}
+	return len(sql)
+}
+
+// skipComment returns the index past a comment starting at i, or i if none starts there.
+func skipComment(sql string, i int) int {
+	if strings.HasPrefix(sql[i:], "--") {
+		if j := strings.IndexByte(sql[i:], '\n'); j >= 0 {
+			return i + j + 1
+		}
+		return len(sql)
+	}
+	if strings.HasPrefix(sql[i:], "/*") {
+		if j := strings.Index(sql[i+2:], "*/"); j >= 0 {
+			return i + 2 + j + 2
+		}
+		return len(sql)
+	}
+	return i
+}
+
+func skipSpace(sql string, i int) int {
+	for i < len(sql) {
+		switch sql[i] {
+		case ' ', '\t', '\n', '\r', '\f', '\v':
+			i++
+		case '-', '/':
+			j := skipComment(sql, i)
+			if j == i {
+				return i
+			}
+			i = j
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+func isWordByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9'
+}

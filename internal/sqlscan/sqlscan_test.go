@@ -1,0 +1,43 @@
+package sqlscan
+
+import "testing"
+
+func TestScan(t *testing.T) {
+	tests := []struct {
+		sql  string
+		want Info
+	}{
+		{"", Info{}},
+		{"  -- only a comment\n", Info{}},
+		{"SELECT 1", Info{Keyword: "SELECT"}},
+		{"select 1;", Info{Keyword: "SELECT"}},
+		{"select 1; ;  -- trailing\n /* c */", Info{Keyword: "SELECT"}},
+		{"/* lead */ with x as (select 1) select * from x", Info{Keyword: "WITH"}},
+		{"insert into t values (1); insert into t values (2)", Info{Keyword: "INSERT", Multi: true}},
+		{"select ';'", Info{Keyword: "SELECT"}},
+		{"select 'it''s; fine'", Info{Keyword: "SELECT"}},
+		{`select "a;b" from t`, Info{Keyword: "SELECT"}},
+		{"select `a;b` from t", Info{Keyword: "SELECT"}},
+		{"select [a;b] from t", Info{Keyword: "SELECT"}},
+		{"select 1 -- ; not a separator\n", Info{Keyword: "SELECT"}},
+		{"select 1 /* ; */ ", Info{Keyword: "SELECT"}},
+		{"select 1; delete from t", Info{Keyword: "SELECT", Multi: true}},
+		{"begin", Info{Keyword: "BEGIN"}},
+		{"select 'unterminated; delete", Info{Keyword: "SELECT"}},
+		{"select 1 - 2; /* x */ update t set a=1", Info{Keyword: "SELECT", Multi: true}},
+	}
+	for _, tt := range tests {
+		if got := Scan(tt.sql); got != tt.want {
+			t.Errorf("Scan(%q) = %+v, want %+v", tt.sql, got, tt.want)
+		}
+	}
+}
+
+func FuzzScan(f *testing.F) {
+	for _, s := range []string{"select 1; select 2", "select ';'", "/* */ -- \n", "[", "'", "a/*"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		_ = Scan(sql) // must not panic or loop
+	})
+}

@@ -1,0 +1,677 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// router owns every tenant's connections: it maps tenant IDs to tenants,
+// keeps each tenant's writer and readers, and enforces the global budget of
+// open SQLite connections (Config.MaxConnections) by evicting idle tenants.
+//
+// Lock order: tenant.mu before router.mu. A tenant's wsem (its writer
+// semaphore) may be held while taking either; nobody waits for a wsem while
+// holding a mutex.
+type router struct {
+	cfg          *Config
+	drv          *sqlite3.SQLiteDriver // opens tenant connections, hardened by ConnectHook
+	writerParams string                // URI query of writer connections
+	readerParams string                // URI query of reader connections
+	mig          *migrator
+	free         *tenantless // answers tenantless pure expressions
+	epoch        time.Time   // lastUsed times count from here
+
+	tenants   sync.Map // tenant ID -> *tenant; read on every checkout without locking
+	classes   classCache
+	isClosed  atomic.Bool
+	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
+	evictions atomic.Int64
+	waits     atomic.Int64
+
+	mu      sync.Mutex // guards open, openSet, wakeCh, closed and every tenant's nopen
+	open    int        // connections counted against cfg.MaxConnections
+	openSet map[*tenant]struct{}
+	wakeCh  chan struct{} // closed and replaced when a slot, a reader or the writer may have come free
+	closed  bool
+
+	stop     chan struct{} // closed by close to end the idle reaper
+	reaperWG sync.WaitGroup
+}
+
+func newRouter(cfg *Config) (*router, error) {
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, opError("open", "", err)
+	}
+	fi, err := os.Stat(cfg.Dir)
+	if err != nil {
+		return nil, opError("open", "", err)
+	}
+	if !fi.IsDir() {
+		return nil, opError("open", "", fmt.Errorf("%s is not a directory", cfg.Dir))
+	}
+	r := &router{
+		cfg:     cfg,
+		mig:     newMigrator(cfg.Migrations),
+		epoch:   time.Now(),
+		openSet: make(map[*tenant]struct{}),
+		wakeCh:  make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	r.drv = &sqlite3.SQLiteDriver{ConnectHook: hardenTenantConn}
+	common := url.Values{}
+	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
+	common.Set("_synchronous", cfg.Synchronous)
+	common.Set("_stmt_cache_size", strconv.Itoa(cfg.StmtCacheSize))
+	if cfg.ForeignKeys {
+		common.Set("_foreign_keys", "1")
+	}
+	w := url.Values{}
+	maps.Copy(w, common)
+	w.Set("_journal_mode", "WAL")
+	w.Set("_txlock", "immediate")
+	rd := url.Values{}
+	maps.Copy(rd, common)
+	rd.Set("_query_only", "1")
+	rd.Set("_txlock", "deferred")
+	r.writerParams = "?" + w.Encode()
+	r.readerParams = "?" + rd.Encode()
+	r.free = newTenantless()
+	if cfg.IdleTimeout > 0 {
+		r.reaperWG.Add(1)
+		go r.reapIdle()
+	}
+	return r, nil
+}
+
+// now is the monotonic time used for lastUsed stamps.
+func (r *router) now() int64 { return int64(time.Since(r.epoch)) }
+
+// tenant returns the tenant for id, validating id the first time it is seen.
+func (r *router) tenant(id string) (*tenant, error) {
+	if v, ok := r.tenants.Load(id); ok {
+		return v.(*tenant), nil
+	}
+	if err := checkTenantID(id); err != nil {
+		return nil, opError("route", id, err)
+	}
+	v, _ := r.tenants.LoadOrStore(id, newTenant(r, id))
+	return v.(*tenant), nil
+}
+
+// waitCh registers the caller as a waiter and returns the channel that the
+// next wake closes. The caller must re-check its condition after this call
+// and then call unwait.
+func (r *router) waitCh() chan struct{} {
+	r.waiters.Add(1)
+	r.mu.Lock()
+	ch := r.wakeCh
+	r.mu.Unlock()
+	return ch
+}
+
+func (r *router) unwait() { r.waiters.Add(-1) }
+
+// wake wakes every waiter, if there is any; cheap when there is none.
+func (r *router) wake() {
+	if r.waiters.Load() == 0 {
+		return
+	}
+	r.mu.Lock()
+	r.wakeLocked()
+	r.mu.Unlock()
+}
+
+func (r *router) wakeLocked() {
+	close(r.wakeCh)
+	r.wakeCh = make(chan struct{})
+}
+
+// tryReserve counts one more connection for t if the budget allows it.
+func (r *router) tryReserve(t *tenant) (bool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false, ErrClosed
+	}
+	if r.open >= r.cfg.MaxConnections {
+		return false, nil
+	}
+	r.reserveLocked(t)
+	return true, nil
+}
+
+func (r *router) reserveLocked(t *tenant) {
+	r.open++
+	t.nopen++
+	if t.nopen == 1 {
+		r.openSet[t] = struct{}{}
+	}
+}
+
+// unreserve gives back the slot of a connection that failed to open or was
+// closed alone. While other connections of t are open, SQLite may keep the
+// closed descriptor parked until the last one closes (POSIX locks are per
+// process and file), so the slot stays counted until t is closed as a whole.
+// Called under the same lease that reserved, so no eviction interleaves.
+func (r *router) unreserve(t *tenant) {
+	r.mu.Lock()
+	if t.nopen == 1 {
+		r.open--
+		t.nopen = 0
+		delete(r.openSet, t)
+		r.wakeLocked()
+	}
+	r.mu.Unlock()
+}
+
+// reserve counts one more connection for t, waiting for a slot if needed.
+// The caller holds t's writer semaphore, which lets t itself be evicted when
+// its readers are all idle.
+func (r *router) reserve(ctx context.Context, t *tenant) error {
+	if ok, err := r.tryReserve(t); ok || err != nil {
+		return err
+	}
+	r.waits.Add(1)
+	for {
+		ch := r.waitCh()
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			r.unwait()
+			return ErrClosed
+		}
+		if r.open < r.cfg.MaxConnections {
+			r.reserveLocked(t)
+			r.mu.Unlock()
+			r.unwait()
+			return nil
+		}
+		cands := r.lruLocked()
+		r.mu.Unlock()
+		if r.evictOne(cands, t) {
+			r.unwait()
+			continue
+		}
+		select {
+		case <-ch:
+			r.unwait()
+		case <-ctx.Done():
+			r.unwait()
+			return ctx.Err()
+		}
+	}
+}
+
+// lruLocked returns the tenants with open connections, least recently used first.
+func (r *router) lruLocked() []*tenant {
+	cands := make([]*tenant, 0, len(r.openSet))
+	for t := range r.openSet {
+		cands = append(cands, t)
+	}
+	slices.SortFunc(cands, func(a, b *tenant) int {
+		return int(a.lastUsed.Load() - b.lastUsed.Load())
+	})
+	return cands
+}
+
+// evictOne closes the first wholly idle tenant of cands. self, if not nil,
+// is a tenant whose writer semaphore the caller holds.
+func (r *router) evictOne(cands []*tenant, self *tenant) bool {
+	for _, v := range cands {
+		if r.tryEvict(v, v == self) {
+			return true
+		}
+	}
+	return false
+}
+
+// tryEvict closes every connection of t if none is leased, and frees their
+// slots once they are closed. haveWsem says the caller holds t's writer
+// semaphore already (and t.w is then not leased by anybody else).
+func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
+	if !haveWsem {
+		select {
+		case t.wsem <- struct{}{}:
+			defer func() { <-t.wsem }()
+		default:
+			return false
+		}
+	}
+	t.mu.Lock()
+	if t.leasedReaders > 0 || t.evicting {
+		t.mu.Unlock()
+		return false
+	}
+	r.mu.Lock()
+	n := t.nopen
+	r.mu.Unlock()
+	if n == 0 {
+		t.mu.Unlock()
+		return false
+	}
+	t.evicting = true
+	t.evictDone = make(chan struct{})
+	conns := t.idle
+	t.idle = nil
+	t.nreaders = 0
+	if t.w != nil {
+		conns = append(conns, t.w)
+		t.w = nil
+	}
+	t.mu.Unlock()
+
+	for _, pc := range conns {
+		pc.close()
+	}
+
+	r.mu.Lock()
+	r.open -= t.nopen
+	t.nopen = 0
+	delete(r.openSet, t)
+	r.wakeLocked()
+	r.mu.Unlock()
+	r.evictions.Add(1)
+
+	t.mu.Lock()
+	t.evicting = false
+	close(t.evictDone)
+	t.mu.Unlock()
+	return true
+}
+
+// reapIdle closes tenants idle for longer than cfg.IdleTimeout.
+func (r *router) reapIdle() {
+	defer r.reaperWG.Done()
+	every := min(max(r.cfg.IdleTimeout/4, 5*time.Millisecond), 10*time.Second)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-tick.C:
+		}
+		limit := r.now() - int64(r.cfg.IdleTimeout)
+		r.mu.Lock()
+		cands := r.lruLocked()
+		r.mu.Unlock()
+		for _, t := range cands {
+			if t.lastUsed.Load() > limit {
+				break
+			}
+			r.tryEvict(t, false)
+		}
+	}
+}
+
+// close closes every idle tenant; leased connections close when released.
+func (r *router) close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.isClosed.Store(true)
+	r.wakeLocked()
+	cands := r.lruLocked()
+	r.mu.Unlock()
+	close(r.stop)
+	r.reaperWG.Wait()
+	for _, t := range cands {
+		r.tryEvict(t, false)
+	}
+	r.free.close()
+	return nil
+}
+
+// tenants lists the IDs of tenant files under cfg.Dir, sorted.
+func (r *router) tenantIDs() ([]string, error) {
+	if r.isClosed.Load() {
+		return nil, ErrClosed
+	}
+	entries, err := os.ReadDir(r.cfg.Dir)
+	if err != nil {
+		return nil, opError("list tenants", "", err)
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if id, ok := tenantIDFromFile(e.Name()); ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// tenant is one tenant's database file and its connections: one writer,
+// guarded by the semaphore wsem, and up to cfg.ReadersPerTenant readers.
+type tenant struct {
+	r    *router
+	id   string
+	path string // <Dir>/<id>.db
+	uri  string // file: URI of path, without query
+
+	wsem  chan struct{} // capacity 1; its holder owns w
+	w     *physConn     // the writer, nil when closed
+	ready atomic.Bool   // migrations are applied (this process checked)
+
+	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone
+	idle          []*physConn
+	nreaders      int // readers open or opening
+	leasedReaders int // readers leased or opening
+	evicting      bool
+	evictDone     chan struct{}
+
+	nopen int // connections counted in the budget; guarded by r.mu
+
+	lastUsed atomic.Int64
+}
+
+func newTenant(r *router, id string) *tenant {
+	path := filepath.Join(r.cfg.Dir, id+tenantFileSuffix)
+	u := url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}
+	return &tenant{r: r, id: id, path: path, uri: u.String(), wsem: make(chan struct{}, 1)}
+}
+
+func (t *tenant) touch() {
+	now := t.r.now()
+	if now-t.lastUsed.Load() > int64(time.Millisecond) {
+		t.lastUsed.Store(now)
+	}
+}
+
+// acquireWriter leases the writer, opening (and migrating) it if needed.
+func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
+	select {
+	case t.wsem <- struct{}{}:
+	default:
+		select {
+		case t.wsem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, opError("wait for writer", t.id, ctx.Err())
+		}
+	}
+	if t.w != nil {
+		return t.w, nil
+	}
+	pc, err := t.openWriter(ctx)
+	if err != nil {
+		<-t.wsem
+		t.r.wake()
+		return nil, err
+	}
+	t.w = pc
+	return pc, nil
+}
+
+func (t *tenant) releaseWriter() {
+	t.touch()
+	<-t.wsem
+	t.r.wake()
+	if t.r.isClosed.Load() {
+		t.r.tryEvict(t, false)
+	}
+}
+
+// openWriter opens the writer and applies pending migrations. The caller
+// holds wsem.
+func (t *tenant) openWriter(ctx context.Context) (*physConn, error) {
+	created, err := t.ensureFile()
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		t.ready.Store(false)
+	}
+	if err := t.r.reserve(ctx, t); err != nil {
+		return nil, opError("wait for connection", t.id, err)
+	}
+	pc, err := t.r.openConn(t, true)
+	if err != nil {
+		t.r.unreserve(t)
+		return nil, err
+	}
+	if !t.ready.Load() {
+		if err := t.r.mig.migrate(ctx, t.id, pc.c); err != nil {
+			pc.close()
+			t.r.unreserve(t)
+			return nil, err
+		}
+		t.ready.Store(true)
+	}
+	t.lastUsed.Store(t.r.now())
+	return pc, nil
+}
+
+// ensureFile makes sure t's database file exists as a regular file (not a
+// symlink), creating it with mode 0600 unless ExplicitCreate forbids it.
+func (t *tenant) ensureFile() (created bool, err error) {
+	for {
+		fi, err := os.Lstat(t.path)
+		if err == nil {
+			if !fi.Mode().IsRegular() {
+				return false, opError("open tenant", t.id, fmt.Errorf("%s is not a regular file", t.path))
+			}
+			return false, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return false, opError("open tenant", t.id, err)
+		}
+		if t.r.cfg.ExplicitCreate {
+			t.r.tenants.CompareAndDelete(t.id, t)
+			return false, opError("open tenant", t.id, ErrTenantNotFound)
+		}
+		f, err := os.OpenFile(t.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue // created meanwhile (by another process): check it again
+		}
+		if err != nil {
+			return false, opError("create tenant", t.id, err)
+		}
+		return true, f.Close()
+	}
+}
+
+// acquireReader leases a connection for a read. It is a reader when one is
+// idle or may be opened; otherwise the writer if that is free; otherwise it
+// waits. Before the tenant is migrated, reads go through the writer (which
+// migrates it).
+func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
+	if !t.ready.Load() || t.r.cfg.ReadersPerTenant == 0 {
+		return t.acquireWriter(ctx)
+	}
+	if pc, ok := t.popIdle(); ok {
+		return pc, nil
+	}
+	registered := false
+	defer func() {
+		if registered {
+			t.r.unwait()
+		}
+	}()
+	for {
+		var ch chan struct{}
+		if registered {
+			t.r.unwait()
+		}
+		ch, registered = t.r.waitCh(), true
+
+		t.mu.Lock()
+		if t.evicting {
+			done := t.evictDone
+			t.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-ctx.Done():
+				return nil, opError("wait for reader", t.id, ctx.Err())
+			}
+		}
+		if n := len(t.idle); n > 0 {
+			pc := t.idle[n-1]
+			t.idle = t.idle[:n-1]
+			t.leasedReaders++
+			t.mu.Unlock()
+			return pc, nil
+		}
+		if t.nreaders < t.r.cfg.ReadersPerTenant {
+			ok, err := t.r.tryReserve(t)
+			if err != nil {
+				t.mu.Unlock()
+				return nil, opError("open reader", t.id, err)
+			}
+			if ok {
+				t.nreaders++
+				t.leasedReaders++
+				t.mu.Unlock()
+				return t.openReader()
+			}
+			t.mu.Unlock()
+			t.r.mu.Lock()
+			cands := t.r.lruLocked()
+			t.r.mu.Unlock()
+			cands = slices.DeleteFunc(cands, func(v *tenant) bool { return v == t })
+			if t.r.evictOne(cands, nil) {
+				continue
+			}
+		} else {
+			t.mu.Unlock()
+		}
+		// No reader to be had now: use the writer if it is free and open.
+		select {
+		case t.wsem <- struct{}{}:
+			if t.w != nil {
+				return t.w, nil
+			}
+			<-t.wsem
+		default:
+		}
+		t.r.waits.Add(1)
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, opError("wait for reader", t.id, ctx.Err())
+		}
+	}
+}
+
+func (t *tenant) popIdle() (*physConn, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.evicting || len(t.idle) == 0 {
+		return nil, false
+	}
+	pc := t.idle[len(t.idle)-1]
+	t.idle = t.idle[:len(t.idle)-1]
+	t.leasedReaders++
+	return pc, true
+}
+
+// openReader opens a reader for which a slot is reserved and counted.
+func (t *tenant) openReader() (*physConn, error) {
+	pc, err := t.r.openConn(t, false)
+	if err != nil {
+		t.mu.Lock()
+		t.nreaders--
+		t.leasedReaders--
+		t.mu.Unlock()
+		t.r.unreserve(t)
+		return nil, err
+	}
+	return pc, nil
+}
+
+func (t *tenant) releaseReader(pc *physConn) {
+	t.touch()
+	t.mu.Lock()
+	t.idle = append(t.idle, pc)
+	t.leasedReaders--
+	t.mu.Unlock()
+	t.r.wake()
+	if t.r.isClosed.Load() {
+		t.r.tryEvict(t, false)
+	}
+}
+
+// release returns a leased connection to its tenant.
+func (t *tenant) release(pc *physConn) {
+	if pc.writer {
+		t.releaseWriter()
+	} else {
+		t.releaseReader(pc)
+	}
+}
+
+// physConn is one SQLite connection of a tenant.
+type physConn struct {
+	c      *sqlite3.SQLiteConn
+	t      *tenant
+	writer bool
+	rows   int                            // open Rows; touched only by the leaseholder
+	lease  atomic.Uint64                  // counts leases; Rows closed after theirs ended leave pc alone
+	stmts  map[string]*sqlite3.SQLiteStmt // statements prepared for routing Stmts, idle
+}
+
+func (r *router) openConn(t *tenant, writer bool) (*physConn, error) {
+	params := r.readerParams
+	if writer {
+		params = r.writerParams
+	}
+	c, err := r.drv.Open(t.uri + params)
+	if err != nil {
+		return nil, opError("open tenant", t.id, err)
+	}
+	return &physConn{c: c.(*sqlite3.SQLiteConn), t: t, writer: writer}, nil
+}
+
+// takeStmt returns an idle prepared statement for query, preparing one if needed.
+func (pc *physConn) takeStmt(ctx context.Context, query string) (*sqlite3.SQLiteStmt, error) {
+	if s, ok := pc.stmts[query]; ok {
+		delete(pc.stmts, query)
+		return s, nil
+	}
+	s, err := pc.c.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.(*sqlite3.SQLiteStmt), nil
+}
+
+// putStmt keeps s for reuse, or closes it when the cache is full.
+func (pc *physConn) putStmt(query string, s *sqlite3.SQLiteStmt) {
+	if pc.stmts == nil {
+		pc.stmts = make(map[string]*sqlite3.SQLiteStmt)
+	}
+	if _, dup := pc.stmts[query]; dup || len(pc.stmts) >= max(pc.t.r.cfg.StmtCacheSize, 1) {
+		s.Close()
+		return
+	}
+	pc.stmts[query] = s
+}
+
+// close finalizes the cached statements first: a statement left open makes
+// sqlite3_close_v2 keep a zombie handle and its file descriptor.
+func (pc *physConn) close() {
+	for q, s := range pc.stmts {
+		s.Close()
+		delete(pc.stmts, q)
+	}
+	pc.c.Close()
+}

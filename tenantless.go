@@ -1,0 +1,113 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+
+	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
+)
+
+// tenantless answers statements that carry no tenant but touch no data,
+// such as GORM's start-up "select sqlite_version()", on private in-memory
+// connections that can read no table. Anything else is ErrNoTenant.
+type tenantless struct {
+	drv  *sqlite3.SQLiteDriver
+	pool chan *sqlite3.SQLiteConn // idle connections
+}
+
+func newTenantless() *tenantless {
+	return &tenantless{
+		drv: &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+			c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+			c.RegisterAuthorizer(tenantlessAuthorizer)
+			return nil
+		}},
+		pool: make(chan *sqlite3.SQLiteConn, 4),
+	}
+}
+
+func (p *tenantless) get() (*sqlite3.SQLiteConn, error) {
+	select {
+	case c := <-p.pool:
+		return c, nil
+	default:
+	}
+	c, err := p.drv.Open(":memory:")
+	if err != nil {
+		return nil, err
+	}
+	return c.(*sqlite3.SQLiteConn), nil
+}
+
+func (p *tenantless) put(c *sqlite3.SQLiteConn) {
+	select {
+	case p.pool <- c:
+	default:
+		c.Close()
+	}
+}
+
+func (p *tenantless) close() {
+	for {
+		select {
+		case c := <-p.pool:
+			c.Close()
+		default:
+			return
+		}
+	}
+}
+
+func errNoTenant(op, query string) error {
+	return opError(op, "", fmt.Errorf("%w: %.60q touches data or is not a single read-only statement", ErrNoTenant, query))
+}
+
+// prepare prepares query on a tenantless connection, or says why it cannot
+// run without a tenant. The caller closes the statement and puts c back.
+func (p *tenantless) prepare(ctx context.Context, op, query string) (*sqlite3.SQLiteConn, *sqlite3.SQLiteStmt, error) {
+	if sqlscan.Scan(query).Multi {
+		return nil, nil, errNoTenant(op, query)
+	}
+	c, err := p.get()
+	if err != nil {
+		return nil, nil, opError(op, "", err)
+	}
+	s, err := c.PrepareContext(ctx, query)
+	if err != nil {
+		p.put(c)
+		return nil, nil, errNoTenant(op, query)
+	}
+	ss := s.(*sqlite3.SQLiteStmt)
+	if !ss.Readonly() {
+		ss.Close()
+		p.put(c)
+		return nil, nil, errNoTenant(op, query)
+	}
+	return c, ss, nil
+}
+
+func (p *tenantless) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	c, s, err := p.prepare(ctx, "exec", query)
+	if err != nil {
+		return nil, err
+	}
+	defer p.put(c)
+	defer s.Close()
+	return s.ExecContext(ctx, args)
+}
+
+func (p *tenantless) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	c, s, err := p.prepare(ctx, "query", query)
+	if err != nil {
+		return nil, err
+	}
+	rs, err := s.QueryContext(ctx, args)
+	if err != nil {
+		s.Close()
+		p.put(c)
+		return nil, err
+	}
+	return &rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), stmt: s, free: c, pool: p}, nil
+}
