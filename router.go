@@ -433,15 +433,24 @@ func (t *tenant) releaseWriter() {
 // openWriter opens the writer and applies pending migrations. The caller
 // holds wsem.
 func (t *tenant) openWriter(ctx context.Context) (*physConn, error) {
+	if t.r.cfg.ExplicitCreate {
+		// Refuse unknown tenants before taking a slot (or evicting anybody).
+		if _, err := os.Lstat(t.path); errors.Is(err, fs.ErrNotExist) {
+			t.r.tenants.CompareAndDelete(t.id, t)
+			return nil, opError("open tenant", t.id, ErrTenantNotFound)
+		}
+	}
+	if err := t.r.reserve(ctx, t); err != nil {
+		return nil, opError("wait for connection", t.id, err)
+	}
+	// Only now: creating the file holds a descriptor too.
 	created, err := t.ensureFile()
 	if err != nil {
+		t.r.unreserve(t)
 		return nil, err
 	}
 	if created {
 		t.ready.Store(false)
-	}
-	if err := t.r.reserve(ctx, t); err != nil {
-		return nil, opError("wait for connection", t.id, err)
 	}
 	pc, err := t.r.openConn(t, true)
 	if err != nil {

@@ -1,0 +1,243 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
+)
+
+func realDir(t *testing.T, dir string) string {
+	t.Helper()
+	d, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func assertNoOpenFiles(t *testing.T, dir string) {
+	t.Helper()
+	if !fdcount.Supported() {
+		return
+	}
+	dir = realDir(t, dir)
+	for range 2 { // a second sample rules out a reused descriptor number
+		if fdcount.Count(dir, ".db") == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("%d tenant files still open", fdcount.Count(dir, ".db"))
+}
+
+func TestBudget_CapHoldsUnderLoad(t *testing.T) {
+	if !fdcount.Supported() {
+		t.Skip("needs /proc/self/fd")
+	}
+	const limit, tenants, workers, ops = 8, 120, 12, 150
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, MaxConnections: limit, Migrations: []string{eventsTable}})
+	rdir := realDir(t, dir)
+
+	stop := make(chan struct{})
+	var maxSeen atomic.Int64
+	var samples atomic.Int64
+	var sampler sync.WaitGroup
+	sampler.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			n := fdcount.Count(rdir, ".db")
+			if n > limit {
+				n = fdcount.Count(rdir, ".db") // confirm: the listing is not atomic
+			}
+			samples.Add(1)
+			if int64(n) > maxSeen.Load() {
+				maxSeen.Store(int64(n))
+			}
+		}
+	})
+
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for w := range workers {
+		wg.Go(func() {
+			for i := range ops {
+				id := fmt.Sprintf("t%03d", (w*37+i*13)%tenants)
+				ctx := tctx(id)
+				var err error
+				switch i % 3 {
+				case 0:
+					_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES (?)`, id)
+				case 1:
+					err = p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int))
+				default:
+					tx, e := p.BeginTx(ctx, nil)
+					if e != nil {
+						err = e
+						break
+					}
+					tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES (?)`, id)
+					err = tx.Commit()
+				}
+				if err != nil {
+					failures.Add(1)
+					t.Errorf("op on %s: %v", id, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	sampler.Wait()
+	if failures.Load() > 0 {
+		t.Fatalf("%d operations failed", failures.Load())
+	}
+	if m := maxSeen.Load(); m > limit {
+		t.Errorf("up to %d tenant files open, cap %d", m, limit)
+	}
+	st := p.Stats()
+	if st.OpenConnections > limit || st.Evictions == 0 {
+		t.Errorf("stats %+v: want open <= %d and evictions > 0", st, limit)
+	}
+	t.Logf("max open .db fds %d over %d samples; %+v", maxSeen.Load(), samples.Load(), st)
+}
+
+func TestBudget_WaitHonoursDeadlineAndNeverEvictsLeased(t *testing.T) {
+	const limit = 2
+	p := newTestProxy(t, Config{MaxConnections: limit, ReadersPerTenant: -1, Migrations: []string{eventsTable}})
+	// Two tenants each hold their writer in an open transaction: the budget is full.
+	var txs []*txHolder
+	for _, id := range []string{"a1", "a2"} {
+		ctx := tctx(id)
+		tx, err := p.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatal(err)
+		}
+		txs = append(txs, &txHolder{tx: tx, id: id})
+	}
+	ctx, cancel := context.WithTimeout(tctx("b"), 150*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('b')`)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("third tenant with a full budget: %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d < 100*time.Millisecond || d > 3*time.Second {
+		t.Errorf("waited %v for a 150ms deadline", d)
+	}
+	// The transactions were not disturbed.
+	for _, h := range txs {
+		if err := h.tx.Commit(); err != nil {
+			t.Fatalf("commit %s: %v", h.id, err)
+		}
+		if n := countRows(t, p, h.id); n != 1 {
+			t.Errorf("%s: %d rows, want 1", h.id, n)
+		}
+	}
+	// Now idle: a waiting caller gets a slot by eviction.
+	if _, err := p.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`); err != nil {
+		t.Fatal(err)
+	}
+	if st := p.Stats(); st.OpenConnections > limit || st.Evictions == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+type txHolder struct {
+	tx interface{ Commit() error }
+	id string
+}
+
+func TestBudget_WaiterGetsSlotWhenReleased(t *testing.T) {
+	p := newTestProxy(t, Config{MaxConnections: 1, Migrations: []string{eventsTable}})
+	ctx := tctx("a")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("got a connection while the only one is in a transaction: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	tx.Commit()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waiter not woken when the connection came free")
+	}
+}
+
+// A cap of one with readers: a tenant must be able to serve reads and
+// writes alternately without deadlocking on its own idle connections.
+func TestBudget_TinyCapNoSelfDeadlock(t *testing.T) {
+	p := newTestProxy(t, Config{MaxConnections: 1, ReadersPerTenant: 4, Migrations: []string{eventsTable}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 50 {
+				id := fmt.Sprintf("t%d", (w+i)%3)
+				c := WithOrgID(ctx, id)
+				if i%2 == 0 {
+					if _, err := p.ExecContext(c, `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+						t.Error(err)
+						return
+					}
+				} else if err := p.QueryRowContext(c, `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, IdleTimeout: 50 * time.Millisecond})
+	for _, id := range []string{"a", "b", "c"} {
+		if _, err := p.ExecContext(tctx(id), `CREATE TABLE t (a)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := p.Stats(); st.OpenTenants != 3 {
+		t.Fatalf("stats %+v, want 3 open tenants", st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.Stats().OpenConnections > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("idle tenants not closed: %+v", p.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	assertNoOpenFiles(t, dir)
+	// Reopened on next use.
+	if _, err := p.ExecContext(tctx("a"), `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,259 @@
+// Command events is the example multi-tenant HTTP service of sqliteproxy: a
+// tiny event log in which every tenant's events live in a SQLite file of
+// their own, <dir>/<tenant>.db, created and migrated on the tenant's first
+// request.
+//
+// The tenant comes from the X-Tenant-ID header. A middleware checks it and
+// puts it into the request context with sqliteproxy.WithOrgID; from there on
+// the handlers are ordinary single-tenant database/sql code, and the driver
+// sends each statement to the right file.
+//
+// Run it from the repository root with
+//
+//	make run
+//
+// (the same as go run -tags sqlite_omit_load_extension ./examples/events
+// -addr :8080 -dir ./data) and try it with
+//
+//	curl -s -X POST -H 'X-Tenant-ID: acme' -d '{"type":"signup","payload":"alice"}' localhost:8080/events
+//	curl -s -H 'X-Tenant-ID: acme' localhost:8080/events
+//
+// Endpoints:
+//
+//	POST /events   {"type": "...", "payload": "..."}  -> 201 and the created event
+//	GET  /events   [?type=...]                        -> 200 and the tenant's events, oldest first
+//	GET  /healthz                                     -> 200 "ok" (no tenant needed)
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// migrations is the schema of every tenant's file. It is append-only: to
+// change the schema, add a migration; never edit one that has been applied.
+var migrations = []string{
+	`CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, payload TEXT NOT NULL DEFAULT '', created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)`,
+}
+
+const (
+	// tenantHeader names the tenant of a request.
+	tenantHeader = "X-Tenant-ID"
+	// maxBodyBytes caps the size of a request body.
+	maxBodyBytes = 1 << 20
+	// shutdownTimeout bounds how long in-flight requests may run after a
+	// SIGINT or SIGTERM.
+	shutdownTimeout = 5 * time.Second
+)
+
+func main() {
+	addr := flag.String("addr", ":8080", "address to listen on")
+	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
+	flag.Parse()
+	if err := run(*addr, *dir); err != nil {
+		slog.Error("events: exiting", "err", err)
+		os.Exit(1)
+	}
+}
+
+// run serves until SIGINT or SIGTERM, then shuts the server down gracefully
+// and closes the proxy.
+func run(addr, dir string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Migrations: migrations})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		p.Close()
+		return err
+	}
+	srv := &http.Server{
+		Handler:           newServer(p),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	slog.Info("events: listening", "addr", ln.Addr().String(), "dir", p.Config().Dir)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served: // Serve failed on its own
+		return errors.Join(err, p.Close())
+	case <-ctx.Done():
+	}
+	stop() // a second signal kills the process at once
+	slog.Info("events: shutting down")
+
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		slog.Error("events: serve", "err", err)
+	}
+	if cerr := p.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if err == nil {
+		slog.Info("events: stopped")
+	}
+	return err
+}
+
+// newServer returns the service's handler. Only requireTenant knows about
+// tenants; the event handlers see a plain *sql.DB.
+func newServer(p *sqliteproxy.Proxy) http.Handler {
+	s := &server{db: p.DB}
+	mux := http.NewServeMux()
+	mux.Handle("POST /events", requireTenant(http.HandlerFunc(s.createEvent)))
+	mux.Handle("GET /events", requireTenant(http.HandlerFunc(s.listEvents)))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		// No tenant in the context: this checks the proxy, not a tenant file.
+		if err := p.PingContext(r.Context()); err != nil {
+			slog.Error("events: ping", "err", err)
+			http.Error(w, "unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok")
+	})
+	return mux
+}
+
+// requireTenant routes the request to the tenant named by the X-Tenant-ID
+// header, or rejects it with 400 when the header is missing, repeated or not
+// a valid tenant ID. Checking here, before any statement runs, means a bad
+// ID can never reach the driver, let alone create a file.
+func requireTenant(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ids := r.Header.Values(tenantHeader)
+		switch {
+		case len(ids) > 1:
+			writeError(w, http.StatusBadRequest, tenantHeader+" header given more than once")
+			return
+		case len(ids) == 0 || ids[0] == "":
+			writeError(w, http.StatusBadRequest, "missing "+tenantHeader+" header")
+			return
+		}
+		if err := sqliteproxy.ValidTenantID(ids[0]); err != nil {
+			writeError(w, http.StatusBadRequest, "invalid "+tenantHeader+" header: "+err.Error())
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(sqliteproxy.WithOrgID(r.Context(), ids[0])))
+	})
+}
+
+// server holds the handlers' dependencies.
+type server struct {
+	db *sql.DB
+}
+
+type event struct {
+	ID        int64     `json:"id"`
+	Type      string    `json:"type"`
+	Payload   string    `json:"payload"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+type newEvent struct {
+	Type    string `json:"type"`
+	Payload string `json:"payload"`
+}
+
+func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
+	var in newEvent
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err := dec.Decode(&in); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes", tooBig.Limit))
+			return
+		}
+		writeError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, "malformed JSON body: more than one JSON value")
+		return
+	}
+	if in.Type == "" {
+		writeError(w, http.StatusBadRequest, `"type" is required`)
+		return
+	}
+	e := event{Type: in.Type, Payload: in.Payload}
+	err := s.db.QueryRowContext(r.Context(),
+		`INSERT INTO events (type, payload) VALUES (?, ?) RETURNING id, created_at`,
+		in.Type, in.Payload,
+	).Scan(&e.ID, &e.CreatedAt)
+	if err != nil {
+		serverError(w, r, "insert event", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, e)
+}
+
+func (s *server) listEvents(w http.ResponseWriter, r *http.Request) {
+	query, args := `SELECT id, type, payload, created_at FROM events ORDER BY id`, []any(nil)
+	if typ := r.URL.Query().Get("type"); typ != "" {
+		query, args = `SELECT id, type, payload, created_at FROM events WHERE type = ? ORDER BY id`, []any{typ}
+	}
+	rows, err := s.db.QueryContext(r.Context(), query, args...)
+	if err != nil {
+		serverError(w, r, "list events", err)
+		return
+	}
+	defer rows.Close()
+	events := []event{} // encodes as [] rather than null when empty
+	for rows.Next() {
+		var e event
+		if err := rows.Scan(&e.ID, &e.Type, &e.Payload, &e.CreatedAt); err != nil {
+			serverError(w, r, "list events", err)
+			return
+		}
+		events = append(events, e)
+	}
+	if err := rows.Err(); err != nil {
+		serverError(w, r, "list events", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, events)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	if err := json.NewEncoder(w).Encode(v); err != nil {
+		slog.Error("events: write response", "err", err)
+	}
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// serverError logs err with the request's tenant and answers 500 without
+// revealing it.
+func serverError(w http.ResponseWriter, r *http.Request, op string, err error) {
+	tenant, _ := sqliteproxy.OrgID(r.Context())
+	slog.ErrorContext(r.Context(), "events: "+op, "tenant", tenant, "err", err)
+	writeError(w, http.StatusInternalServerError, "internal error")
+}
