@@ -1,0 +1,121 @@
+package sqliteproxy
+
+import (
+	"database/sql"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var dsnTests = []struct {
+	dsn  string
+	want Config
+}{
+	{"dir=./data", Config{Dir: "./data"}},
+	{"dir=./data&max_connections=50", Config{Dir: "./data", MaxConnections: 50}},
+	{"dir=%2Ftmp%2Fa+b%26c&readers=2&idle_timeout=90s&busy_timeout=1s&synchronous=FULL&stmt_cache_size=-1&foreign_keys=true&explicit_create=true",
+		Config{Dir: "/tmp/a b&c", ReadersPerTenant: 2, IdleTimeout: 90 * time.Second, BusyTimeout: time.Second,
+			Synchronous: "FULL", StmtCacheSize: -1, ForeignKeys: true, ExplicitCreate: true}},
+	{"", Config{}},
+}
+
+func TestParseDSN(t *testing.T) {
+	for _, tt := range dsnTests {
+		got, err := ParseDSN(tt.dsn)
+		if err != nil {
+			t.Errorf("ParseDSN(%q): %v", tt.dsn, err)
+			continue
+		}
+		if diff := cmp.Diff(tt.want, *got); diff != "" {
+			t.Errorf("ParseDSN(%q) (-want +got):\n%s", tt.dsn, diff)
+		}
+		back, err := ParseDSN(got.FormatDSN())
+		if err != nil {
+			t.Errorf("ParseDSN(FormatDSN()) of %q: %v", tt.dsn, err)
+		} else if diff := cmp.Diff(*got, *back); diff != "" {
+			t.Errorf("round trip of %q (-want +got):\n%s", tt.dsn, diff)
+		}
+	}
+}
+
+func TestParseDSN_Errors(t *testing.T) {
+	for _, dsn := range []string{
+		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
+	} {
+		if _, err := ParseDSN(dsn); err == nil {
+			t.Errorf("ParseDSN(%q) succeeded", dsn)
+		}
+	}
+	// Semantic errors surface when opening.
+	for _, dsn := range []string{"", "dir=x&max_connections=-1", "dir=x&synchronous=SOMETIMES"} {
+		if _, err := sql.Open(DriverName, dsn); err == nil {
+			t.Errorf("sql.Open(%q) succeeded", dsn)
+		}
+	}
+}
+
+func FuzzFormatDSN(f *testing.F) {
+	for _, tt := range dsnTests {
+		f.Add(tt.dsn)
+	}
+	f.Fuzz(func(t *testing.T, dsn string) {
+		cfg, err := ParseDSN(dsn)
+		if err != nil {
+			return
+		}
+		back, err := ParseDSN(cfg.FormatDSN())
+		if err != nil {
+			t.Fatalf("FormatDSN of parsed %q gives unparsable %q: %v", dsn, cfg.FormatDSN(), err)
+		}
+		if diff := cmp.Diff(*cfg, *back); diff != "" {
+			t.Fatalf("round trip of %q (-want +got):\n%s", dsn, diff)
+		}
+	})
+}
+
+func TestConfigDefaultsAndNoMutation(t *testing.T) {
+	migs := []string{"CREATE TABLE t (a)"}
+	cfg := Config{Dir: t.TempDir(), Migrations: migs}
+	orig := *cfg.Clone()
+	p := newTestProxy(t, cfg)
+	if diff := cmp.Diff(orig, cfg); diff != "" {
+		t.Errorf("New modified the caller's Config:\n%s", diff)
+	}
+	got := p.Config()
+	want := Config{Dir: cfg.Dir, MaxConnections: DefaultMaxConnections, ReadersPerTenant: DefaultReadersPerTenant,
+		IdleTimeout: DefaultIdleTimeout, BusyTimeout: DefaultBusyTimeout, Synchronous: DefaultSynchronous,
+		StmtCacheSize: DefaultStmtCacheSize, Migrations: migs}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("resolved config (-want +got):\n%s", diff)
+	}
+	if _, err := New(Config{}); err == nil || !strings.Contains(err.Error(), "Dir is required") {
+		t.Errorf("New without Dir: %v", err)
+	}
+	if _, err := New(Config{Dir: t.TempDir(), Migrations: []string{" "}}); err == nil {
+		t.Error("New with an empty migration succeeded")
+	}
+	var pe *Error
+	if _, err := Open("dir=x&bogus=1"); !errors.As(err, &pe) {
+		t.Errorf("Open with a bad DSN: %v", err)
+	}
+}
+
+func TestSynchronousApplied(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		want int
+	}{{"NORMAL", 1}, {"FULL", 2}, {"off", 0}} {
+		p := newTestProxy(t, Config{Synchronous: mode.name})
+		ctx := tctx("acme")
+		if got := queryInt(t, p, ctx, `PRAGMA synchronous`); got != mode.want {
+			t.Errorf("synchronous=%s: PRAGMA synchronous = %d, want %d", mode.name, got, mode.want)
+		}
+		var jm string
+		if err := p.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&jm); err != nil || jm != "wal" {
+			t.Errorf("journal_mode = %q, %v; want wal", jm, err)
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package sqliteproxy_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+func ExampleNew() {
+	dir, _ := os.MkdirTemp("", "sqliteproxy-example")
+	defer os.RemoveAll(dir)
+
+	p, err := sqliteproxy.New(sqliteproxy.Config{
+		Dir:            dir,
+		MaxConnections: 100,
+		Migrations: []string{
+			`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`,
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+
+	for _, tenant := range []string{"acme", "globex", "acme"} {
+		ctx := sqliteproxy.WithOrgID(context.Background(), tenant)
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (type) VALUES ('signup')`); err != nil {
+			log.Fatal(err)
+		}
+	}
+	for _, tenant := range []string{"acme", "globex"} {
+		ctx := sqliteproxy.WithOrgID(context.Background(), tenant)
+		var n int
+		if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%s: %d events\n", tenant, n)
+	}
+	ids, _ := p.Tenants(context.Background())
+	fmt.Println(ids)
+	// Output:
+	// acme: 2 events
+	// globex: 1 events
+	// [acme globex]
+}
+
+func Example_sqlOpen() {
+	dir, _ := os.MkdirTemp("", "sqliteproxy-example")
+	defer os.RemoveAll(dir)
+
+	db, err := sql.Open("sqliteproxy", "dir="+dir+"&max_connections=50")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	ctx := sqliteproxy.WithOrgID(context.Background(), "acme")
+	if _, err := db.ExecContext(ctx, `CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('hello')`); err != nil {
+		log.Fatal(err)
+	}
+	var body string
+	if err := db.QueryRowContext(ctx, `SELECT body FROM notes`).Scan(&body); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(body)
+
+	// Without a tenant, data is out of reach.
+	_, err = db.ExecContext(context.Background(), `SELECT * FROM notes`)
+	fmt.Println(errors.Is(err, sqliteproxy.ErrNoTenant))
+	// Output:
+	// hello
+	// true
+}
+
+func ExampleWithOrgID() {
+	// Middleware puts the tenant into the request's context ...
+	ctx := sqliteproxy.WithOrgID(context.Background(), "acme-corp")
+	// ... and the driver (or your code) reads it back.
+	id, ok := sqliteproxy.OrgID(ctx)
+	fmt.Println(id, ok)
+	fmt.Println(sqliteproxy.ValidTenantID("../etc/passwd") != nil)
+	// Output:
+	// acme-corp true
+	// true
+}

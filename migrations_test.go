@@ -1,0 +1,249 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	_ "github.com/mattn/go-sqlite3"
+)
+
+// direct opens a tenant file with plain mattn, as an operator would.
+func direct(t *testing.T, dir, id string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", filepath.Join(dir, id+".db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func queryInt(t *testing.T, db interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, ctx context.Context, q string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+var seededMigrations = []string{
+	`CREATE TABLE seeds (v TEXT)`,
+	`INSERT INTO seeds VALUES ('once')`,
+	`CREATE TABLE events (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, n INTEGER NOT NULL DEFAULT 0)`,
+}
+
+func TestMigrations_SingleFlight(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: seededMigrations})
+	ctx := tctx("acme")
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 64 {
+		wg.Go(func() {
+			<-start
+			var err error
+			if i%2 == 0 {
+				_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`)
+			} else {
+				err = p.QueryRowContext(ctx, `SELECT count(*) FROM seeds`).Scan(new(int))
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM seeds`); n != 1 {
+		t.Errorf("seed migration ran %d times, want 1", n)
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM `+ledgerTable); n != len(seededMigrations) {
+		t.Errorf("ledger has %d rows, want %d", n, len(seededMigrations))
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM events`); n != 32 {
+		t.Errorf("events = %d, want 32", n)
+	}
+}
+
+func TestMigrations_AppendOnlySixMonthsLater(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`}
+	p1 := newTestProxy(t, Config{Dir: dir, Migrations: v1})
+	for _, id := range []string{"acme", "globex"} {
+		if _, err := p1.ExecContext(tctx(id), `INSERT INTO events (type) VALUES ('signup')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p1.Close()
+
+	// Six months later: one migration appended; every tenant gets it on first access.
+	v2 := append(v1, `ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'`)
+	p2 := newTestProxy(t, Config{Dir: dir, Migrations: v2})
+	for _, id := range []string{"acme", "globex"} {
+		ctx := tctx(id)
+		if _, err := p2.ExecContext(ctx, `INSERT INTO events (type, severity) VALUES ('alert', 'high')`); err != nil {
+			t.Fatal(err)
+		}
+		var sev string
+		if err := p2.QueryRowContext(ctx, `SELECT severity FROM events WHERE type = 'signup'`).Scan(&sev); err != nil || sev != "info" {
+			t.Errorf("%s: old row severity %q, %v", id, sev, err)
+		}
+		if n := queryInt(t, p2, ctx, `SELECT count(*) FROM `+ledgerTable); n != 2 {
+			t.Errorf("%s: ledger rows %d, want 2", id, n)
+		}
+	}
+	// A brand-new tenant gets both.
+	if _, err := p2.ExecContext(tctx("initech"), `INSERT INTO events (type, severity) VALUES ('x', 'low')`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMigrations_Drift(t *testing.T) {
+	dir := t.TempDir()
+	p1 := newTestProxy(t, Config{Dir: dir, Migrations: seededMigrations})
+	queryInt(t, p1, tctx("acme"), `SELECT count(*) FROM seeds`)
+	p1.Close()
+
+	edited := append([]string{`CREATE TABLE seeds (v TEXT) -- edited`}, seededMigrations[1:]...)
+	removed := seededMigrations[:2]
+	for name, migs := range map[string][]string{"edited": edited, "removed": removed} {
+		t.Run(name, func(t *testing.T) {
+			p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+			_, err := p.ExecContext(tctx("acme"), `INSERT INTO seeds VALUES ('x')`)
+			if !errors.Is(err, ErrMigrationDrift) {
+				t.Fatalf("got %v, want ErrMigrationDrift", err)
+			}
+			var pe *Error
+			if !errors.As(err, &pe) || pe.Tenant != "acme" || pe.Op != "migrate" {
+				t.Errorf("error %#v does not name the operation and tenant", err)
+			}
+			// Other tenants are unaffected.
+			if _, err := p.ExecContext(tctx("fresh-"+name), `INSERT INTO seeds VALUES ('x')`); err != nil {
+				t.Errorf("fresh tenant: %v", err)
+			}
+		})
+	}
+}
+
+func TestMigrations_FailureIsAtomicAndRetried(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE t (a INTEGER)`}
+	p1 := newTestProxy(t, Config{Dir: dir, Migrations: v1})
+	if _, err := p1.ExecContext(tctx("bad"), `INSERT INTO t VALUES (1), (1)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p1.ExecContext(tctx("good"), `INSERT INTO t VALUES (1), (2)`); err != nil {
+		t.Fatal(err)
+	}
+	p1.Close()
+
+	// The second migration fails half-way on "bad" (duplicate values).
+	v2 := append(v1, `CREATE TABLE audit (x); INSERT INTO audit VALUES (1); CREATE UNIQUE INDEX t_a ON t (a)`)
+	p2 := newTestProxy(t, Config{Dir: dir, Migrations: v2})
+	_, err := p2.ExecContext(tctx("bad"), `INSERT INTO t VALUES (3)`)
+	if err == nil || !strings.Contains(err.Error(), "migrate") || !strings.Contains(err.Error(), `"bad"`) {
+		t.Fatalf("failing migration: %v", err)
+	}
+	// Nothing half-applied: no audit table, ledger still at 1, the insert did not run.
+	db := direct(t, dir, "bad")
+	bg := context.Background()
+	if n := queryInt(t, db, bg, `SELECT count(*) FROM sqlite_master WHERE name = 'audit'`); n != 0 {
+		t.Error("half of the failed migration is in the file")
+	}
+	if n := queryInt(t, db, bg, `SELECT count(*) FROM `+ledgerTable); n != 1 {
+		t.Errorf("ledger rows %d, want 1", n)
+	}
+	if n := queryInt(t, db, bg, `SELECT count(*) FROM t`); n != 2 {
+		t.Errorf("t rows %d, want 2", n)
+	}
+	// Other tenants are unaffected.
+	if _, err := p2.ExecContext(tctx("good"), `INSERT INTO t VALUES (3)`); err != nil {
+		t.Fatalf("good tenant: %v", err)
+	}
+	// Fix the data; the next access retries and succeeds.
+	if _, err := db.Exec(`DELETE FROM t WHERE rowid = (SELECT max(rowid) FROM t)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p2.ExecContext(tctx("bad"), `INSERT INTO t VALUES (3)`); err != nil {
+		t.Fatalf("retry after fix: %v", err)
+	}
+	if n := queryInt(t, p2, tctx("bad"), `SELECT count(*) FROM audit`); n != 1 {
+		t.Errorf("audit rows %d, want 1", n)
+	}
+}
+
+const helperEnv = "SQLITEPROXY_TEST_HELPER_DIR"
+
+// TestHelperProcess is not a test: TestMigrations_TwoProcesses runs the test
+// binary again with it to get a second process migrating the same files.
+func TestHelperProcess(t *testing.T) {
+	dir := os.Getenv(helperEnv)
+	if dir == "" {
+		t.Skip("helper process only")
+	}
+	p, err := New(Config{Dir: dir, Migrations: seededMigrations, BusyTimeout: 0})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+	defer p.Close()
+	if err := migrateMany(p); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(4)
+	}
+}
+
+func migrateMany(p *Proxy) error {
+	for i := range 20 {
+		ctx := tctx(fmt.Sprintf("tenant%02d", i))
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('x')`); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func TestMigrations_TwoProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns processes")
+	}
+	dir := t.TempDir()
+	var cmds []*exec.Cmd
+	for range 2 {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+		cmd.Env = append(os.Environ(), helperEnv+"="+dir)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: seededMigrations})
+	if err := migrateMany(p); err != nil {
+		t.Errorf("this process: %v", err)
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("helper process: %v", err)
+		}
+	}
+	for i := range 20 {
+		ctx := tctx(fmt.Sprintf("tenant%02d", i))
+		if n := queryInt(t, p, ctx, `SELECT count(*) FROM seeds`); n != 1 {
+			t.Errorf("tenant%02d: seed ran %d times", i, n)
+		}
+		if n := queryInt(t, p, ctx, `SELECT count(*) FROM events`); n != 3 {
+			t.Errorf("tenant%02d: %d events, want 3", i, n)
+		}
+	}
+}
