@@ -22,6 +22,7 @@ type conn struct {
 	spare *physConn // a reader kept for its open rows after moving to the writer
 	tx    *tx       // open transaction
 	owned bool      // the conn came from Driver.Open and owns r
+	last  *tenant   // tenant of the previous checkout: spares a map lookup
 }
 
 var (
@@ -32,7 +33,6 @@ var (
 	_ driver.QueryerContext     = (*conn)(nil)
 	_ driver.Pinger             = (*conn)(nil)
 	_ driver.Validator          = (*conn)(nil)
-	_ driver.SessionResetter    = (*conn)(nil)
 )
 
 // errNoRoute reports that neither the conn nor the context names a tenant.
@@ -57,10 +57,15 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	if !has {
 		return nil, errNoRoute
 	}
-	t, err := c.r.tenant(id)
-	if err != nil {
-		return nil, err
+	t := c.last
+	if t == nil || t.id != id {
+		var err error
+		if t, err = c.r.tenant(id); err != nil {
+			return nil, err
+		}
+		c.last = t
 	}
+	var err error
 	var pc *physConn
 	if write {
 		pc, err = t.acquireWriter(ctx)
@@ -214,18 +219,11 @@ func (c *conn) Ping(ctx context.Context) error {
 }
 
 // IsValid is called by database/sql when the conn is checked in: the lease
-// ends here, not in ResetSession (which runs only at the next checkout).
+// ends here. (ResetSession would run only at the next checkout: too late,
+// and the conn does not implement it.)
 func (c *conn) IsValid() bool {
 	c.release()
 	return !c.r.isClosed.Load()
-}
-
-func (c *conn) ResetSession(context.Context) error {
-	c.release()
-	if c.r.isClosed.Load() {
-		return driver.ErrBadConn
-	}
-	return nil
 }
 
 // Close ends the lease too: a Tx rolled back on context cancel comes back
@@ -250,7 +248,10 @@ func (c *conn) release() {
 		}
 		pc.rows = 0
 		pc.lease.Add(1)
-		if !pc.c.AutoCommit() {
+		// A reader can only be inside a transaction begun by BeginTx (BEGIN
+		// and multi-statement texts go to the writer); asking SQLite costs a
+		// cgo call, so only the writer and readers that had a tx are asked.
+		if (pc.writer || c.tx != nil) && !pc.c.AutoCommit() {
 			pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
 		}
 		c.t.release(pc)

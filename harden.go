@@ -1,15 +1,65 @@
 package sqliteproxy
 
 import (
+	"database/sql/driver"
+	"errors"
 	"strings"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
 
-// hardenTenantConn runs on every tenant connection once mattn has applied
-// the DSN's pragmas. It allows one attached database (plain VACUUM attaches
-// the empty file name internally) and installs tenantAuthorizer, which
-// refuses every other ATTACH.
+// connectHook runs on every tenant connection once mattn has applied the
+// DSN's pragmas: it puts the file in WAL mode and hardens the connection.
+func (r *router) connectHook(c *sqlite3.SQLiteConn) error {
+	if err := ensureWAL(c, r.cfg.BusyTimeout); err != nil {
+		return err
+	}
+	return hardenTenantConn(c)
+}
+
+// ensureWAL switches the file to WAL unless it is already. Switching needs
+// an exclusive lock and SQLite does not call the busy handler for it, so
+// when another process opens the same new file at once, retry until the
+// busy timeout.
+func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		mode, err := journalMode(c)
+		if err == nil && strings.EqualFold(mode, "wal") {
+			return nil
+		}
+		if err == nil {
+			_, err = c.Exec("PRAGMA journal_mode = WAL", nil)
+		}
+		if err == nil {
+			continue // check what it became
+		}
+		var se sqlite3.Error
+		if !errors.As(err, &se) || (se.Code != sqlite3.ErrBusy && se.Code != sqlite3.ErrLocked) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(delay)
+	}
+}
+
+func journalMode(c *sqlite3.SQLiteConn) (string, error) {
+	rows, err := c.Query("PRAGMA journal_mode", nil)
+	if err != nil {
+		return "", err
+	}
+	defer rows.Close()
+	dest := make([]driver.Value, 1)
+	if err := rows.Next(dest); err != nil {
+		return "", err
+	}
+	mode, _ := dest[0].(string)
+	return mode, nil
+}
+
+// hardenTenantConn allows one attached database (plain VACUUM attaches the
+// empty file name internally) and installs tenantAuthorizer, which refuses
+// every other ATTACH.
 func hardenTenantConn(c *sqlite3.SQLiteConn) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
 	c.RegisterAuthorizer(tenantAuthorizer)

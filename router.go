@@ -36,6 +36,7 @@ type router struct {
 
 	tenants   sync.Map // tenant ID -> *tenant; read on every checkout without locking
 	classes   classCache
+	clock     atomic.Int64 // nanoseconds since epoch, advanced every clockTick by background
 	isClosed  atomic.Bool
 	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
 	evictions atomic.Int64
@@ -70,7 +71,7 @@ func newRouter(cfg *Config) (*router, error) {
 		wakeCh:  make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
-	r.drv = &sqlite3.SQLiteDriver{ConnectHook: hardenTenantConn}
+	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
 	common := url.Values{}
 	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
 	common.Set("_synchronous", cfg.Synchronous)
@@ -80,7 +81,6 @@ func newRouter(cfg *Config) (*router, error) {
 	}
 	w := url.Values{}
 	maps.Copy(w, common)
-	w.Set("_journal_mode", "WAL")
 	w.Set("_txlock", "immediate")
 	rd := url.Values{}
 	maps.Copy(rd, common)
@@ -89,15 +89,20 @@ func newRouter(cfg *Config) (*router, error) {
 	r.writerParams = "?" + w.Encode()
 	r.readerParams = "?" + rd.Encode()
 	r.free = newTenantless()
-	if cfg.IdleTimeout > 0 {
-		r.reaperWG.Add(1)
-		go r.reapIdle()
-	}
+	r.readClock()
+	r.reaperWG.Add(1)
+	go r.background()
 	return r, nil
 }
 
-// now is the monotonic time used for lastUsed stamps.
-func (r *router) now() int64 { return int64(time.Since(r.epoch)) }
+// clockTick is the resolution of the coarse clock behind lastUsed stamps:
+// reading the real clock on every release costs ~40 ns.
+const clockTick = 10 * time.Millisecond
+
+// now is the coarse monotonic time used for lastUsed stamps.
+func (r *router) now() int64 { return r.clock.Load() }
+
+func (r *router) readClock() { r.clock.Store(int64(time.Since(r.epoch))) }
 
 // tenant returns the tenant for id, validating id the first time it is seen.
 func (r *router) tenant(id string) (*tenant, error) {
@@ -243,12 +248,10 @@ func (r *router) evictOne(cands []*tenant, self *tenant) bool {
 // semaphore already (and t.w is then not leased by anybody else).
 func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
 	if !haveWsem {
-		select {
-		case t.wsem <- struct{}{}:
-			defer func() { <-t.wsem }()
-		default:
+		if !t.wsem.TryAcquire() {
 			return false
 		}
+		defer t.wsem.Release()
 	}
 	t.mu.Lock()
 	if t.leasedReaders > 0 || t.evicting {
@@ -292,28 +295,40 @@ func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
 	return true
 }
 
-// reapIdle closes tenants idle for longer than cfg.IdleTimeout.
-func (r *router) reapIdle() {
+// background advances the coarse clock and, every quarter of IdleTimeout
+// (at most every 10 s), closes tenants idle for longer than IdleTimeout.
+func (r *router) background() {
 	defer r.reaperWG.Done()
-	every := min(max(r.cfg.IdleTimeout/4, 5*time.Millisecond), 10*time.Second)
-	tick := time.NewTicker(every)
+	tick := time.NewTicker(clockTick)
 	defer tick.Stop()
+	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
+	var lastReap int64
 	for {
 		select {
 		case <-r.stop:
 			return
 		case <-tick.C:
 		}
-		limit := r.now() - int64(r.cfg.IdleTimeout)
-		r.mu.Lock()
-		cands := r.lruLocked()
-		r.mu.Unlock()
-		for _, t := range cands {
-			if t.lastUsed.Load() > limit {
-				break
-			}
-			r.tryEvict(t, false)
+		r.readClock()
+		if r.cfg.IdleTimeout <= 0 || r.now()-lastReap < reapEvery {
+			continue
 		}
+		lastReap = r.now()
+		r.reapIdle()
+	}
+}
+
+// reapIdle closes tenants idle for longer than cfg.IdleTimeout.
+func (r *router) reapIdle() {
+	limit := r.now() - int64(r.cfg.IdleTimeout)
+	r.mu.Lock()
+	cands := r.lruLocked()
+	r.mu.Unlock()
+	for _, t := range cands {
+		if t.lastUsed.Load() > limit {
+			break
+		}
+		r.tryEvict(t, false)
 	}
 }
 
@@ -368,9 +383,9 @@ type tenant struct {
 	path string // <Dir>/<id>.db
 	uri  string // file: URI of path, without query
 
-	wsem  chan struct{} // capacity 1; its holder owns w
-	w     *physConn     // the writer, nil when closed
-	ready atomic.Bool   // migrations are applied (this process checked)
+	wsem  sem         // its holder owns w
+	w     *physConn   // the writer, nil when closed
+	ready atomic.Bool // migrations are applied (this process checked)
 
 	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone
 	idle          []*physConn
@@ -387,33 +402,26 @@ type tenant struct {
 func newTenant(r *router, id string) *tenant {
 	path := filepath.Join(r.cfg.Dir, id+tenantFileSuffix)
 	u := url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}
-	return &tenant{r: r, id: id, path: path, uri: u.String(), wsem: make(chan struct{}, 1)}
+	return &tenant{r: r, id: id, path: path, uri: u.String(), wsem: newSem()}
 }
 
 func (t *tenant) touch() {
-	now := t.r.now()
-	if now-t.lastUsed.Load() > int64(time.Millisecond) {
+	if now := t.r.now(); t.lastUsed.Load() != now {
 		t.lastUsed.Store(now)
 	}
 }
 
 // acquireWriter leases the writer, opening (and migrating) it if needed.
 func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
-	select {
-	case t.wsem <- struct{}{}:
-	default:
-		select {
-		case t.wsem <- struct{}{}:
-		case <-ctx.Done():
-			return nil, opError("wait for writer", t.id, ctx.Err())
-		}
+	if err := t.wsem.Acquire(ctx); err != nil {
+		return nil, opError("wait for writer", t.id, err)
 	}
 	if t.w != nil {
 		return t.w, nil
 	}
 	pc, err := t.openWriter(ctx)
 	if err != nil {
-		<-t.wsem
+		t.wsem.Release()
 		t.r.wake()
 		return nil, err
 	}
@@ -423,7 +431,7 @@ func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
 
 func (t *tenant) releaseWriter() {
 	t.touch()
-	<-t.wsem
+	t.wsem.Release()
 	t.r.wake()
 	if t.r.isClosed.Load() {
 		t.r.tryEvict(t, false)
@@ -564,13 +572,11 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 			t.mu.Unlock()
 		}
 		// No reader to be had now: use the writer if it is free and open.
-		select {
-		case t.wsem <- struct{}{}:
+		if t.wsem.TryAcquire() {
 			if t.w != nil {
 				return t.w, nil
 			}
-			<-t.wsem
-		default:
+			t.wsem.Release()
 		}
 		t.r.waits.Add(1)
 		select {
