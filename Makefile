@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run test check vet unit build clean
+.PHONY: run test check vet unit build clean bench
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -32,3 +32,13 @@ build:
 
 clean:
 	rm -rf $(DIR) bin
+
+BENCHSTAT := golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
+COUNT     ?= 6
+BENCH     ?= .
+
+## bench: benchmarks side by side with mattn (see bench_test.go), then benchstat and the README table
+bench:
+	$(GO) test -tags $(TAGS) -run '^$$' -bench '$(BENCH)' -count $(COUNT) -timeout 60m . | tee bench.txt
+	$(GO) run $(BENCHSTAT) -col /impl bench.txt
+	$(GO) run $(BENCHSTAT) -col /impl -format csv bench.txt 2>/dev/null | $(GO) run ./internal/benchtable

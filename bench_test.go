@@ -5,7 +5,12 @@ import (
 	"database/sql"
 	"fmt"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -190,4 +195,90 @@ func BenchmarkRouting(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkWriters8 runs 8 goroutines inserting into one database: the
+// proxy's Go-level writer queue against a mattn pool that relies on
+// busy_timeout. It reports p50/p99 latency and errors besides ns/op.
+func BenchmarkWriters8(b *testing.B) {
+	for _, tg := range benchTargets(b) {
+		if tg.name == "mattn-same-dsn" {
+			continue
+		}
+		b.Run("impl="+tg.name, func(b *testing.B) {
+			var mu sync.Mutex
+			var lat []time.Duration
+			var errs atomic.Int64
+			b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+			b.RunParallel(func(pb *testing.PB) {
+				local := make([]time.Duration, 0, 1024)
+				for pb.Next() {
+					start := time.Now()
+					if _, err := tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES ('w', 1)`); err != nil {
+						errs.Add(1)
+					}
+					local = append(local, time.Since(start))
+				}
+				mu.Lock()
+				lat = append(lat, local...)
+				mu.Unlock()
+			})
+			slices.Sort(lat)
+			if len(lat) > 0 {
+				b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+				b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
+			}
+			b.ReportMetric(float64(errs.Load()), "errors")
+		})
+	}
+}
+
+// BenchmarkColdOpen opens an up-to-date tenant and runs its first query:
+// the proxy (file check, budget, open, ledger check) against a bare mattn
+// open with the same DSN.
+func BenchmarkColdOpen(b *testing.B) {
+	dir := b.TempDir()
+	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
+	ctx := WithOrgID(context.Background(), "cold")
+	if _, err := p.ExecContext(ctx, `INSERT INTO bench (name, value) VALUES ('x', 1)`); err != nil {
+		b.Fatal(err)
+	}
+	const q = `SELECT count(*) FROM bench`
+	r := p.c.r
+	b.Run("impl=mattn-same-dsn", func(b *testing.B) {
+		// Its own file, with no other connection open, like the proxy's.
+		dsn := "file:" + filepath.Join(b.TempDir(), "cold.db") + r.writerParams
+		db, err := sql.Open("sqlite3-same-dsn", dsn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Exec(benchSchema + `; INSERT INTO bench (name, value) VALUES ('x', 1)`); err != nil {
+			b.Fatal(err)
+		}
+		db.Close()
+		for b.Loop() {
+			db, err := sql.Open("sqlite3-same-dsn", dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := db.QueryRowContext(context.Background(), q).Scan(new(int)); err != nil {
+				b.Fatal(err)
+			}
+			db.Close()
+		}
+	})
+	b.Run("impl=proxy", func(b *testing.B) {
+		t, _ := r.tenant("cold")
+		for b.Loop() {
+			b.StopTimer()
+			if !r.tryEvict(t, false) {
+				b.Fatal("tenant not evictable")
+			}
+			t.ready.Store(false) // as in a new process: check the ledger
+			b.StartTimer()
+			if err := p.QueryRowContext(ctx, q).Scan(new(int)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

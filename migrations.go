@@ -89,20 +89,21 @@ func isNoSuchTable(err error) bool {
 // its own BEGIN IMMEDIATE transaction that re-reads the ledger first, so a
 // migration applied meanwhile by another process is not applied twice and a
 // failing one leaves nothing behind.
-func (m *migrator) migrate(ctx context.Context, id string, c *sqlite3.SQLiteConn) error {
+// It returns how many migrations it applied.
+func (m *migrator) migrate(ctx context.Context, id string, c *sqlite3.SQLiteConn) (int, error) {
 	if len(m.sql) == 0 {
-		return nil
+		return 0, nil
 	}
 	n, err := m.applied(ctx, c)
 	if err != nil {
-		return opError("migrate", id, err)
+		return 0, opError("migrate", id, err)
 	}
 	for i := n; i < len(m.sql); i++ {
 		if err := m.applyOne(ctx, c, i); err != nil {
-			return opError("migrate", id, fmt.Errorf("apply Migrations[%d]: %w", i, err))
+			return i - n, opError("migrate", id, fmt.Errorf("apply Migrations[%d]: %w", i, err))
 		}
 	}
-	return nil
+	return len(m.sql) - n, nil
 }
 
 func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (err error) {

@@ -402,7 +402,7 @@ type tenant struct {
 func newTenant(r *router, id string) *tenant {
 	path := filepath.Join(r.cfg.Dir, id+tenantFileSuffix)
 	u := url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}
-	return &tenant{r: r, id: id, path: path, uri: u.String(), wsem: newSem()}
+	return &tenant{r: r, id: id, path: path, uri: u.String()}
 }
 
 func (t *tenant) touch() {
@@ -466,7 +466,18 @@ func (t *tenant) openWriter(ctx context.Context) (*physConn, error) {
 		return nil, err
 	}
 	if !t.ready.Load() {
-		if err := t.r.mig.migrate(ctx, t.id, pc.c); err != nil {
+		applied, err := t.r.mig.migrate(ctx, t.id, pc.c)
+		if err == nil && applied > 0 {
+			// Start users on a fresh connection: the migrating one carries
+			// last_insert_rowid() and changes() from the ledger inserts.
+			pc.close()
+			pc, err = t.r.openConn(t, true)
+			if err != nil {
+				t.r.unreserve(t)
+				return nil, err
+			}
+		}
+		if err != nil {
 			pc.close()
 			t.r.unreserve(t)
 			return nil, err
@@ -506,13 +517,21 @@ func (t *tenant) ensureFile() (created bool, err error) {
 	}
 }
 
-// acquireReader leases a connection for a read. It is a reader when one is
-// idle or may be opened; otherwise the writer if that is free; otherwise it
-// waits. Before the tenant is migrated, reads go through the writer (which
-// migrates it).
+// acquireReader leases a reader: an idle one, a new one if the tenant and
+// the budget allow, else it waits. It never lends the writer for a read
+// (unless the tenant has no readers at all): rows left open on the writer
+// would block the tenant's writes, and code that writes while it iterates
+// would wait for itself. A tenant not yet migrated in this process is
+// opened (and migrated) through its writer first.
 func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
-	if !t.ready.Load() || t.r.cfg.ReadersPerTenant == 0 {
+	if t.r.cfg.ReadersPerTenant == 0 {
 		return t.acquireWriter(ctx)
+	}
+	if !t.ready.Load() {
+		if _, err := t.acquireWriter(ctx); err != nil {
+			return nil, err
+		}
+		t.releaseWriter()
 	}
 	if pc, ok := t.popIdle(); ok {
 		return pc, nil
@@ -564,19 +583,16 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 			t.r.mu.Lock()
 			cands := t.r.lruLocked()
 			t.r.mu.Unlock()
-			cands = slices.DeleteFunc(cands, func(v *tenant) bool { return v == t })
+			// Other tenants first; t itself only if it is wholly idle (its
+			// idle writer may be what fills a small budget).
+			if i := slices.Index(cands, t); i >= 0 {
+				cands = append(slices.Delete(cands, i, i+1), t)
+			}
 			if t.r.evictOne(cands, nil) {
 				continue
 			}
 		} else {
 			t.mu.Unlock()
-		}
-		// No reader to be had now: use the writer if it is free and open.
-		if t.wsem.TryAcquire() {
-			if t.w != nil {
-				return t.w, nil
-			}
-			t.wsem.Release()
 		}
 		t.r.waits.Add(1)
 		select {

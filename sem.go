@@ -2,19 +2,24 @@ package sqliteproxy
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"sync/atomic"
 )
 
-// sem is a binary semaphore whose Acquire honours a context. The
-// uncontended path is one compare-and-swap each way (a buffered channel
-// costs ~50 ns per lease).
+// sem is a binary semaphore whose Acquire honours a context and whose
+// waiters are served first come, first served. Uncontended, it is one
+// compare-and-swap each way (a buffered channel costs ~50 ns per lease).
+// With waiters, Release hands the semaphore directly to the oldest one, so
+// newcomers cannot overtake a queue (that barging put the p99 latency of
+// eight writers on one tenant at several milliseconds).
 type sem struct {
-	held    atomic.Bool
-	waiters atomic.Int32
-	wake    chan struct{} // capacity 1: a hint that the semaphore was released
-}
+	held  atomic.Bool
+	nwait atomic.Int32 // waiters queued or about to queue
 
-func newSem() sem { return sem{wake: make(chan struct{}, 1)} }
+	mu sync.Mutex      // guards q
+	q  []chan struct{} // waiters, oldest first; closing one hands over the semaphore
+}
 
 func (s *sem) TryAcquire() bool { return s.held.CompareAndSwap(false, true) }
 
@@ -22,26 +27,54 @@ func (s *sem) Acquire(ctx context.Context) error {
 	if s.TryAcquire() {
 		return nil
 	}
-	s.waiters.Add(1)
-	defer s.waiters.Add(-1)
-	for {
-		if s.TryAcquire() {
-			return nil
-		}
-		select {
-		case <-s.wake:
-		case <-ctx.Done():
+	s.mu.Lock()
+	s.nwait.Add(1) // before the CAS: a Release that misses us must leave it free
+	if s.TryAcquire() {
+		s.nwait.Add(-1)
+		s.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	s.q = append(s.q, ch)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		if i := slices.Index(s.q, ch); i >= 0 {
+			s.q = slices.Delete(s.q, i, i+1)
+			s.nwait.Add(-1)
+			s.mu.Unlock()
 			return ctx.Err()
 		}
+		s.mu.Unlock()
+		s.Release() // handed over to us as we gave up: pass it on
+		return ctx.Err()
 	}
 }
 
 func (s *sem) Release() {
-	s.held.Store(false)
-	if s.waiters.Load() > 0 {
-		select {
-		case s.wake <- struct{}{}:
-		default: // a wake-up is pending already
-		}
+	if s.nwait.Load() > 0 && s.handOff(false) {
+		return
 	}
+	s.held.Store(false)
+	if s.nwait.Load() > 0 {
+		s.handOff(true)
+	}
+}
+
+// handOff gives the semaphore to the oldest waiter. With claim, the
+// semaphore was released already and is handed over only if still free.
+func (s *sem) handOff(claim bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.q) == 0 || (claim && !s.TryAcquire()) {
+		return false
+	}
+	ch := s.q[0]
+	s.q = s.q[1:]
+	s.nwait.Add(-1)
+	close(ch)
+	return true
 }
