@@ -58,7 +58,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		return nil, errNoRoute
 	}
 	t := c.last
-	if t == nil || t.id != id {
+	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
 		var err error
 		if t, err = c.r.tenant(id); err != nil {
 			return nil, err

@@ -5,6 +5,9 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"io"
+	"slices"
+	"strings"
+	"time"
 )
 
 // DriverName is the name the driver is registered under with database/sql.
@@ -132,23 +135,42 @@ func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
 
 // Stats is a snapshot of the proxy's connection figures.
 type Stats struct {
-	OpenConnections int   // SQLite connections open (counted against MaxConnections)
-	MaxConnections  int   // the cap
-	OpenTenants     int   // tenants with at least one open connection
-	Evictions       int64 // tenants closed to free budget, for idleness, or at Close
-	Waits           int64 // times a caller had to wait for a connection
+	OpenConnections int           // SQLite connections open (counted against MaxConnections)
+	MaxConnections  int           // the cap
+	OpenTenants     int           // tenants with at least one open connection
+	Evictions       int64         // tenants closed to free budget, for idleness, for a drain or at Close
+	Waits           int64         // times a caller had to wait for a connection
+	Tenants         []TenantStats // the open tenants, sorted by ID
 }
 
 // Stats returns current figures.
 func (p *Proxy) Stats() Stats {
 	r := p.c.r
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return Stats{
+	st := Stats{
 		OpenConnections: r.open,
 		MaxConnections:  r.cfg.MaxConnections,
 		OpenTenants:     len(r.openSet),
 		Evictions:       r.evictions.Load(),
 		Waits:           r.waits.Load(),
 	}
+	open := make(map[*tenant]int, len(r.openSet))
+	for t := range r.openSet {
+		open[t] = t.nopen
+	}
+	r.mu.Unlock()
+	for t, n := range open { // tenant locks come before r.mu: take them now
+		t.mu.Lock()
+		inUse := t.leasedReaders
+		t.mu.Unlock()
+		if t.wsem.held.Load() {
+			inUse++
+		}
+		st.Tenants = append(st.Tenants, TenantStats{
+			ID: t.id, Open: n, InUse: inUse,
+			LastUsed: r.epoch.Add(time.Duration(t.lastUsed.Load())),
+		})
+	}
+	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
+	return st
 }

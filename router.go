@@ -53,8 +53,13 @@ type router struct {
 }
 
 func newRouter(cfg *Config) (*router, error) {
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, opError("open", "", err)
+	if _, err := os.Stat(cfg.Dir); errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+			return nil, opError("open", "", err)
+		}
+		if err := os.Chmod(cfg.Dir, 0o700); err != nil { // whatever the umask
+			return nil, opError("open", "", err)
+		}
 	}
 	fi, err := os.Stat(cfg.Dir)
 	if err != nil {
@@ -383,21 +388,34 @@ type tenant struct {
 	path string // <Dir>/<id>.db
 	uri  string // file: URI of path, without query
 
-	wsem  sem         // its holder owns w
-	w     *physConn   // the writer, nil when closed
-	ready atomic.Bool // migrations are applied (this process checked)
+	wsem  sem          // its holder owns w
+	w     *physConn    // the writer, nil when closed
+	ready atomic.Bool  // migrations are applied (this process checked)
+	state atomic.Int32 // tenantActive, tenantDraining or tenantDeleted; changed under mu
 
-	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone
+	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, drainDone
 	idle          []*physConn
 	nreaders      int // readers open or opening
 	leasedReaders int // readers leased or opening
 	evicting      bool
 	evictDone     chan struct{}
+	drainDone     chan struct{} // closed when a drain (delete, restore) ends
 
 	nopen int // connections counted in the budget; guarded by r.mu
 
-	lastUsed atomic.Int64
+	lastUsed  atomic.Int64
+	createdBy atomic.Bool // this process created the file (read by CreateTenant under wsem)
 }
+
+// Tenant states. A drain (DeleteTenant, RestoreTenant) stops new leases,
+// waits for the leased ones and closes the connections; work that arrives
+// meanwhile waits for the drain to end, then goes on (restore) or fails
+// with ErrTenantNotFound (delete).
+const (
+	tenantActive int32 = iota
+	tenantDraining
+	tenantDeleted
+)
 
 func newTenant(r *router, id string) *tenant {
 	path := filepath.Join(r.cfg.Dir, id+tenantFileSuffix)
@@ -411,15 +429,62 @@ func (t *tenant) touch() {
 	}
 }
 
+// awaitDrain waits while t is draining. It reports ErrTenantNotFound once t
+// is deleted.
+func (t *tenant) awaitDrain(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		st, done := t.state.Load(), t.drainDone
+		t.mu.Unlock()
+		switch st {
+		case tenantActive:
+			return nil
+		case tenantDeleted:
+			return opError("open tenant", t.id, ErrTenantNotFound)
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return opError("wait for tenant", t.id, ctx.Err())
+		}
+	}
+}
+
 // acquireWriter leases the writer, opening (and migrating) it if needed.
 func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
-	if err := t.wsem.Acquire(ctx); err != nil {
-		return nil, opError("wait for writer", t.id, err)
+	return t.acquireWriterFor(ctx, !t.r.cfg.ExplicitCreate)
+}
+
+func (t *tenant) acquireWriterFor(ctx context.Context, mayCreate bool) (*physConn, error) {
+	if err := t.lockWriter(ctx); err != nil {
+		return nil, err
 	}
+	return t.openLockedWriter(ctx, mayCreate)
+}
+
+// lockWriter takes the writer semaphore of an active tenant.
+func (t *tenant) lockWriter(ctx context.Context) error {
+	for {
+		if err := t.wsem.Acquire(ctx); err != nil {
+			return opError("wait for writer", t.id, err)
+		}
+		if t.state.Load() == tenantActive {
+			return nil
+		}
+		t.wsem.Release() // a drain is queued behind us, or done
+		if err := t.awaitDrain(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// openLockedWriter returns the writer, opening it if needed; the caller
+// holds wsem, which is released on error.
+func (t *tenant) openLockedWriter(ctx context.Context, mayCreate bool) (*physConn, error) {
 	if t.w != nil {
 		return t.w, nil
 	}
-	pc, err := t.openWriter(ctx)
+	pc, err := t.openWriter(ctx, mayCreate)
 	if err != nil {
 		t.wsem.Release()
 		t.r.wake()
@@ -438,27 +503,29 @@ func (t *tenant) releaseWriter() {
 	}
 }
 
-// openWriter opens the writer and applies pending migrations. The caller
-// holds wsem.
-func (t *tenant) openWriter(ctx context.Context) (*physConn, error) {
-	if t.r.cfg.ExplicitCreate {
-		// Refuse unknown tenants before taking a slot (or evicting anybody).
-		if _, err := os.Lstat(t.path); errors.Is(err, fs.ErrNotExist) {
-			t.r.tenants.CompareAndDelete(t.id, t)
-			return nil, opError("open tenant", t.id, ErrTenantNotFound)
-		}
+// openWriter opens the writer, creating the tenant's file if it is missing
+// and mayCreate, and applies pending migrations. The caller holds wsem.
+func (t *tenant) openWriter(ctx context.Context, mayCreate bool) (*physConn, error) {
+	exists, err := t.fileExists()
+	if err != nil {
+		return nil, err
+	}
+	if !exists && !mayCreate {
+		// Refused before taking a slot (or evicting anybody).
+		t.r.tenants.CompareAndDelete(t.id, t)
+		return nil, opError("open tenant", t.id, ErrTenantNotFound)
 	}
 	if err := t.r.reserve(ctx, t); err != nil {
 		return nil, opError("wait for connection", t.id, err)
 	}
-	// Only now: creating the file holds a descriptor too.
-	created, err := t.ensureFile()
-	if err != nil {
-		t.r.unreserve(t)
-		return nil, err
-	}
-	if created {
-		t.ready.Store(false)
+	if !exists {
+		// Within the reservation: creating the file holds a descriptor too.
+		err := t.r.createFile(ctx, t)
+		if err != nil && !errors.Is(err, ErrTenantExists) {
+			t.r.unreserve(t)
+			return nil, err
+		}
+		t.createdBy.Store(err == nil)
 	}
 	pc, err := t.r.openConn(t, true)
 	if err != nil {
@@ -488,33 +555,19 @@ func (t *tenant) openWriter(ctx context.Context) (*physConn, error) {
 	return pc, nil
 }
 
-// ensureFile makes sure t's database file exists as a regular file (not a
-// symlink), creating it with mode 0600 unless ExplicitCreate forbids it.
-func (t *tenant) ensureFile() (created bool, err error) {
-	for {
-		fi, err := os.Lstat(t.path)
-		if err == nil {
-			if !fi.Mode().IsRegular() {
-				return false, opError("open tenant", t.id, fmt.Errorf("%s is not a regular file", t.path))
-			}
-			return false, nil
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return false, opError("open tenant", t.id, err)
-		}
-		if t.r.cfg.ExplicitCreate {
-			t.r.tenants.CompareAndDelete(t.id, t)
-			return false, opError("open tenant", t.id, ErrTenantNotFound)
-		}
-		f, err := os.OpenFile(t.path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
-			continue // created meanwhile (by another process): check it again
-		}
-		if err != nil {
-			return false, opError("create tenant", t.id, err)
-		}
-		return true, f.Close()
+// fileExists reports whether t's database file exists. A file that is not
+// a regular file (a symlink, say) is an error.
+func (t *tenant) fileExists() (bool, error) {
+	fi, err := os.Lstat(t.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, opError("open tenant", t.id, err)
+	case !fi.Mode().IsRegular():
+		return false, opError("open tenant", t.id, fmt.Errorf("%s is not a regular file", t.path))
 	}
+	return true, nil
 }
 
 // acquireReader leases a reader: an idle one, a new one if the tenant and
@@ -550,6 +603,13 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 		ch, registered = t.r.waitCh(), true
 
 		t.mu.Lock()
+		if st := t.state.Load(); st != tenantActive {
+			t.mu.Unlock()
+			if err := t.awaitDrain(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		if t.evicting {
 			done := t.evictDone
 			t.mu.Unlock()
@@ -606,7 +666,7 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 func (t *tenant) popIdle() (*physConn, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.evicting || len(t.idle) == 0 {
+	if t.evicting || len(t.idle) == 0 || t.state.Load() != tenantActive {
 		return nil, false
 	}
 	pc := t.idle[len(t.idle)-1]
