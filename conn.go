@@ -35,6 +35,9 @@ var (
 	_ driver.Validator          = (*conn)(nil)
 )
 
+// errReadOnlyTx refuses a write in a read-only transaction.
+var errReadOnlyTx = errors.New("attempt to write in a read-only transaction")
+
 // errNoRoute reports that neither the conn nor the context names a tenant.
 var errNoRoute = errors.New("no tenant")
 
@@ -45,6 +48,11 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	if c.pc != nil {
 		if has && id != c.t.id {
 			return nil, opError("route", id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
+		}
+		if write && c.tx != nil && c.tx.readOnly && c.pc.writer {
+			// A read-only transaction that had to run on the writer (the
+			// conn held it already): refuse writes as a reader would.
+			return nil, opError("route", c.t.id, errReadOnlyTx)
 		}
 		if !write || c.pc.writer || c.tx != nil {
 			return c.pc, nil
@@ -198,7 +206,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	c.tx = &tx{c: c, stx: stx}
+	c.tx = &tx{c: c, stx: stx, readOnly: opts.ReadOnly}
 	return c.tx, nil
 }
 
@@ -261,8 +269,9 @@ func (c *conn) release() {
 
 // tx is a transaction on the leased connection.
 type tx struct {
-	c   *conn
-	stx driver.Tx
+	c        *conn
+	stx      driver.Tx
+	readOnly bool
 }
 
 func (t *tx) Commit() error {
