@@ -189,7 +189,7 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 			return err
 		}
 		t.createdBy.Store(false)
-		if _, err := t.openLockedWriter(ctx, true); err != nil {
+		if _, err := t.openLockedWriter(ctx, openOpts{mayCreate: true, migrate: true}); err != nil {
 			return err
 		}
 		created := t.createdBy.Load()

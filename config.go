@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -74,12 +75,26 @@ type Config struct {
 	// in the tenant's ledger table. Never edit or remove an applied migration
 	// (that is ErrMigrationDrift); append a new one. Not settable by DSN.
 	Migrations []string
+
+	// MigrationsFS holds the migrations as SQL files (0001_init.sql,
+	// 0002_add_severity.up.sql, ...; see loadMigrations), e.g. an embed.FS.
+	// At most one of Migrations, MigrationsFS and MigrationsDir may be set.
+	MigrationsFS fs.FS
+
+	// MigrationsDir is a directory of migration files, as MigrationsFS. [migrations_dir]
+	MigrationsDir string
+
+	// MigrationMode says when tenants get pending migrations: on first
+	// access (MigrateAuto, the default) or only through MigrateAll
+	// (MigrateCheck). [migration_mode: auto, check]
+	MigrationMode MigrationMode
 }
 
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
 var dsnKeys = []string{
 	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
 	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create",
+	"migrations_dir", "migration_mode",
 }
 
 // ParseDSN parses a DSN of the form "dir=./data&max_connections=50" (URL
@@ -124,6 +139,10 @@ func (c *Config) setDSNValue(key, v string) error {
 		c.ForeignKeys, err = strconv.ParseBool(v)
 	case "explicit_create":
 		c.ExplicitCreate, err = strconv.ParseBool(v)
+	case "migrations_dir":
+		c.MigrationsDir = v
+	case "migration_mode":
+		c.MigrationMode, err = parseMigrationMode(v)
 	default:
 		return fmt.Errorf("unknown key %q (known: %s)", key, strings.Join(dsnKeys, ", "))
 	}
@@ -164,6 +183,12 @@ func (c *Config) FormatDSN() string {
 	}
 	if c.ExplicitCreate {
 		add("explicit_create", "true")
+	}
+	if c.MigrationsDir != "" {
+		add("migrations_dir", c.MigrationsDir)
+	}
+	if c.MigrationMode != MigrateAuto {
+		add("migration_mode", c.MigrationMode.String())
 	}
 	return strings.Join(q, "&")
 }
@@ -222,6 +247,20 @@ func (c *Config) resolved() (*Config, error) {
 		r.StmtCacheSize = 0
 	case r.StmtCacheSize == 0:
 		r.StmtCacheSize = DefaultStmtCacheSize
+	}
+	set := 0
+	for _, ok := range []bool{len(r.Migrations) > 0, r.MigrationsFS != nil, r.MigrationsDir != ""} {
+		if ok {
+			set++
+		}
+	}
+	if set > 1 {
+		return nil, errors.New("set at most one of Config.Migrations, Config.MigrationsFS and Config.MigrationsDir")
+	}
+	switch r.MigrationMode {
+	case MigrateAuto, MigrateCheck:
+	default:
+		return nil, fmt.Errorf("Config.MigrationMode: unknown mode %d", r.MigrationMode)
 	}
 	for i, m := range r.Migrations {
 		if strings.TrimSpace(m) == "" {

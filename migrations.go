@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"database/sql/driver"
@@ -8,6 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,61 +28,94 @@ const (
 	checksum   TEXT NOT NULL,
 	applied_at TEXT NOT NULL
 )`
-	ledgerRead   = `SELECT version, checksum FROM ` + ledgerTable + ` ORDER BY version`
+	ledgerRead   = `SELECT version, checksum, applied_at FROM ` + ledgerTable + ` ORDER BY version`
 	ledgerMax    = `SELECT coalesce(max(version), 0) FROM ` + ledgerTable
 	ledgerInsert = `INSERT INTO ` + ledgerTable + ` (version, checksum, applied_at) VALUES (?, ?, ?)`
 )
 
-// migrator applies the configured migrations to tenant files. Migration i
-// (0-based) has version i+1.
-type migrator struct {
-	sql  []string
-	sums []string // hex SHA-256 of each migration's text
+// migration is one configured migration.
+type migration struct {
+	name string // file name, or "Migrations[i]"
+	sql  string
+	sum  string // hex SHA-256 of sql
 }
 
-func newMigrator(migrations []string) *migrator {
-	m := &migrator{sql: migrations, sums: make([]string, len(migrations))}
-	for i, s := range migrations {
-		h := sha256.Sum256([]byte(s))
-		m.sums[i] = hex.EncodeToString(h[:])
+// migrator applies the configured migrations to tenant files. Migration i
+// (0-based) has version i+1. The list is read once, when the proxy opens.
+type migrator struct {
+	list []migration
+}
+
+func newMigrator(list []migration) *migrator {
+	for i := range list {
+		h := sha256.Sum256([]byte(list[i].sql))
+		list[i].sum = hex.EncodeToString(h[:])
 	}
-	return m
+	return &migrator{list: list}
+}
+
+// ledgerRow is one applied migration as the ledger records it.
+type ledgerRow struct {
+	version   int64
+	checksum  string
+	appliedAt string
+}
+
+// ledger reads a tenant's ledger; a file without one has applied nothing.
+func ledger(ctx context.Context, c *sqlite3.SQLiteConn) ([]ledgerRow, error) {
+	rows, err := c.QueryContext(ctx, ledgerRead, nil)
+	if err != nil {
+		if isNoSuchTable(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	defer rows.Close()
+	dest := make([]driver.Value, 3)
+	var out []ledgerRow
+	for {
+		if err := rows.Next(dest); err == io.EOF {
+			return out, nil
+		} else if err != nil {
+			return nil, err
+		}
+		var r ledgerRow
+		r.version, _ = dest[0].(int64)
+		r.checksum, _ = dest[1].(string)
+		switch v := dest[2].(type) {
+		case string:
+			r.appliedAt = v
+		case time.Time:
+			r.appliedAt = v.UTC().Format(time.RFC3339Nano)
+		}
+		out = append(out, r)
+	}
+}
+
+// check compares a ledger with the configured migrations and returns how
+// many are applied, or ErrMigrationDrift.
+func (m *migrator) check(rows []ledgerRow) (int, error) {
+	for n, r := range rows {
+		switch {
+		case r.version != int64(n+1):
+			return 0, fmt.Errorf("%w: ledger has version %d where %d was expected", ErrMigrationDrift, r.version, n+1)
+		case n >= len(m.list):
+			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)", ErrMigrationDrift, r.version, len(m.list))
+		case r.checksum != m.list[n].sum:
+			return 0, fmt.Errorf("%w: migration %d (%s) was edited after it was applied", ErrMigrationDrift, r.version, m.list[n].name)
+		}
+	}
+	return len(rows), nil
 }
 
 // applied reads the ledger and checks it against the configured migrations.
 // It returns how many migrations are applied.
 func (m *migrator) applied(ctx context.Context, c *sqlite3.SQLiteConn) (int, error) {
-	rows, err := c.QueryContext(ctx, ledgerRead, nil)
+	rows, err := ledger(ctx, c)
 	if err != nil {
-		if isNoSuchTable(err) {
-			return 0, nil
-		}
 		return 0, err
 	}
-	defer rows.Close()
-	dest := make([]driver.Value, 2)
-	n := 0
-	for {
-		if err := rows.Next(dest); err != nil {
-			if err == io.EOF {
-				break
-			}
-			return 0, err
-		}
-		version, _ := dest[0].(int64)
-		sum, _ := dest[1].(string)
-		if version != int64(n+1) {
-			return 0, fmt.Errorf("%w: ledger has version %d where %d was expected", ErrMigrationDrift, version, n+1)
-		}
-		if n >= len(m.sql) {
-			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)", ErrMigrationDrift, version, len(m.sql))
-		}
-		if sum != m.sums[n] {
-			return 0, fmt.Errorf("%w: migration %d (Migrations[%d]) was edited after it was applied", ErrMigrationDrift, version, n)
-		}
-		n++
-	}
-	return n, nil
+	return m.check(rows)
 }
 
 func isNoSuchTable(err error) bool {
@@ -91,19 +129,19 @@ func isNoSuchTable(err error) bool {
 // failing one leaves nothing behind.
 // It returns how many migrations it applied.
 func (m *migrator) migrate(ctx context.Context, id string, c *sqlite3.SQLiteConn) (int, error) {
-	if len(m.sql) == 0 {
+	if len(m.list) == 0 {
 		return 0, nil
 	}
 	n, err := m.applied(ctx, c)
 	if err != nil {
 		return 0, opError("migrate", id, err)
 	}
-	for i := n; i < len(m.sql); i++ {
+	for i := n; i < len(m.list); i++ {
 		if err := m.applyOne(ctx, c, i); err != nil {
-			return i - n, opError("migrate", id, fmt.Errorf("apply Migrations[%d]: %w", i, err))
+			return i - n, opError("migrate", id, fmt.Errorf("apply %s: %w", m.list[i].name, err))
 		}
 	}
-	return len(m.sql) - n, nil
+	return len(m.list) - n, nil
 }
 
 func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (err error) {
@@ -125,12 +163,12 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 		_, err := c.ExecContext(ctx, "COMMIT", nil)
 		return err
 	}
-	if _, err := c.ExecContext(ctx, m.sql[i], nil); err != nil {
+	if _, err := c.ExecContext(ctx, m.list[i].sql, nil); err != nil {
 		return err
 	}
 	args := []driver.NamedValue{
 		{Ordinal: 1, Value: int64(i + 1)},
-		{Ordinal: 2, Value: m.sums[i]},
+		{Ordinal: 2, Value: m.list[i].sum},
 		{Ordinal: 3, Value: time.Now().UTC().Format(time.RFC3339Nano)},
 	}
 	if _, err := c.ExecContext(ctx, ledgerInsert, args); err != nil {
@@ -138,4 +176,113 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 	}
 	_, err = c.ExecContext(ctx, "COMMIT", nil)
 	return err
+}
+
+// requireCurrent fails with ErrPendingMigrations (or ErrMigrationDrift)
+// unless every configured migration is applied.
+func (m *migrator) requireCurrent(ctx context.Context, id string, c *sqlite3.SQLiteConn) error {
+	n, err := m.applied(ctx, c)
+	if err != nil {
+		return opError("migrate", id, err)
+	}
+	if n < len(m.list) {
+		return opError("open tenant", id, fmt.Errorf("%w: %d of %d applied; run MigrateAll", ErrPendingMigrations, n, len(m.list)))
+	}
+	return nil
+}
+
+// MigrationMode says when tenants get their pending migrations.
+type MigrationMode int
+
+const (
+	// MigrateAuto applies pending migrations on a tenant's first access.
+	MigrateAuto MigrationMode = iota
+	// MigrateCheck refuses a tenant with pending migrations with
+	// ErrPendingMigrations until MigrateAll (or the CLI) migrates it, for
+	// teams that migrate in a deploy step. New tenants are still created
+	// with every migration applied.
+	MigrateCheck
+)
+
+func (m MigrationMode) String() string {
+	switch m {
+	case MigrateAuto:
+		return "auto"
+	case MigrateCheck:
+		return "check"
+	}
+	return fmt.Sprintf("MigrationMode(%d)", int(m))
+}
+
+func parseMigrationMode(s string) (MigrationMode, error) {
+	switch strings.ToLower(s) {
+	case "auto", "":
+		return MigrateAuto, nil
+	case "check":
+		return MigrateCheck, nil
+	}
+	return 0, fmt.Errorf("migration mode %q is not auto or check", s)
+}
+
+// loadMigrations returns the configured migrations: Config.Migrations, or
+// the SQL files of Config.MigrationsFS (or of the directory
+// Config.MigrationsDir), read once.
+//
+// Files are named like goose or golang-migrate name them: a number, an
+// underscore, a name, then ".sql" or ".up.sql" (0001_init.sql,
+// 0002_add_severity.up.sql). They apply in numeric order (0010 after 0002);
+// ".down.sql" files, subdirectories and other files are ignored; two files
+// with the same number are an error.
+func loadMigrations(cfg *Config) ([]migration, error) {
+	fsys := cfg.MigrationsFS
+	if cfg.MigrationsDir != "" {
+		fsys = os.DirFS(cfg.MigrationsDir)
+	}
+	if fsys == nil {
+		list := make([]migration, len(cfg.Migrations))
+		for i, s := range cfg.Migrations {
+			list[i] = migration{name: fmt.Sprintf("Migrations[%d]", i), sql: s}
+		}
+		return list, nil
+	}
+	entries, err := fs.ReadDir(fsys, ".")
+	if err != nil {
+		return nil, fmt.Errorf("read migrations: %w", err)
+	}
+	type numbered struct {
+		n    uint64
+		name string
+	}
+	var files []numbered
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".sql") || strings.HasSuffix(name, ".down.sql") {
+			continue
+		}
+		digits, _, ok := strings.Cut(name, "_")
+		if !ok || digits == "" || strings.Trim(digits, "0123456789") != "" {
+			continue
+		}
+		n, err := strconv.ParseUint(digits, 10, 63)
+		if err != nil {
+			return nil, fmt.Errorf("migration file %s: %w", name, err)
+		}
+		files = append(files, numbered{n, name})
+	}
+	slices.SortFunc(files, func(a, b numbered) int { return cmp.Compare(a.n, b.n) })
+	list := make([]migration, 0, len(files))
+	for i, f := range files {
+		if i > 0 && files[i-1].n == f.n {
+			return nil, fmt.Errorf("migration files %s and %s have the same number", files[i-1].name, f.name)
+		}
+		b, err := fs.ReadFile(fsys, f.name)
+		if err != nil {
+			return nil, fmt.Errorf("read migration %s: %w", f.name, err)
+		}
+		if strings.TrimSpace(string(b)) == "" {
+			return nil, fmt.Errorf("migration file %s is empty", f.name)
+		}
+		list = append(list, migration{name: f.name, sql: string(b)})
+	}
+	return list, nil
 }

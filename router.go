@@ -34,13 +34,14 @@ type router struct {
 	free         *tenantless // answers tenantless pure expressions
 	epoch        time.Time   // lastUsed times count from here
 
-	tenants   sync.Map // tenant ID -> *tenant; read on every checkout without locking
-	classes   classCache
-	clock     atomic.Int64 // nanoseconds since epoch, advanced every clockTick by background
-	isClosed  atomic.Bool
-	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
-	evictions atomic.Int64
-	waits     atomic.Int64
+	accessOpts openOpts // what a statement's first access to a tenant may do
+	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
+	classes    classCache
+	clock      atomic.Int64 // nanoseconds since epoch, advanced every clockTick by background
+	isClosed   atomic.Bool
+	waiters    atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
+	evictions  atomic.Int64
+	waits      atomic.Int64
 
 	mu      sync.Mutex // guards open, openSet, wakeCh, closed and every tenant's nopen
 	open    int        // connections counted against cfg.MaxConnections
@@ -68,15 +69,20 @@ func newRouter(cfg *Config) (*router, error) {
 	if !fi.IsDir() {
 		return nil, opError("open", "", fmt.Errorf("%s is not a directory", cfg.Dir))
 	}
+	list, err := loadMigrations(cfg)
+	if err != nil {
+		return nil, opError("open", "", err)
+	}
 	r := &router{
 		cfg:     cfg,
-		mig:     newMigrator(cfg.Migrations),
+		mig:     newMigrator(list),
 		epoch:   time.Now(),
 		openSet: make(map[*tenant]struct{}),
 		wakeCh:  make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
 	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
+	r.accessOpts = openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto}
 	common := url.Values{}
 	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
 	common.Set("_synchronous", cfg.Synchronous)
@@ -452,14 +458,16 @@ func (t *tenant) awaitDrain(ctx context.Context) error {
 
 // acquireWriter leases the writer, opening (and migrating) it if needed.
 func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
-	return t.acquireWriterFor(ctx, !t.r.cfg.ExplicitCreate)
-}
-
-func (t *tenant) acquireWriterFor(ctx context.Context, mayCreate bool) (*physConn, error) {
 	if err := t.lockWriter(ctx); err != nil {
 		return nil, err
 	}
-	return t.openLockedWriter(ctx, mayCreate)
+	return t.openLockedWriter(ctx, t.r.accessOpts)
+}
+
+// openOpts says what opening a tenant's writer may do.
+type openOpts struct {
+	mayCreate bool // create the file if missing
+	migrate   bool // apply pending migrations (else they are ErrPendingMigrations)
 }
 
 // lockWriter takes the writer semaphore of an active tenant.
@@ -480,11 +488,11 @@ func (t *tenant) lockWriter(ctx context.Context) error {
 
 // openLockedWriter returns the writer, opening it if needed; the caller
 // holds wsem, which is released on error.
-func (t *tenant) openLockedWriter(ctx context.Context, mayCreate bool) (*physConn, error) {
+func (t *tenant) openLockedWriter(ctx context.Context, o openOpts) (*physConn, error) {
 	if t.w != nil {
 		return t.w, nil
 	}
-	pc, err := t.openWriter(ctx, mayCreate)
+	pc, err := t.openWriter(ctx, o)
 	if err != nil {
 		t.wsem.Release()
 		t.r.wake()
@@ -504,13 +512,14 @@ func (t *tenant) releaseWriter() {
 }
 
 // openWriter opens the writer, creating the tenant's file if it is missing
-// and mayCreate, and applies pending migrations. The caller holds wsem.
-func (t *tenant) openWriter(ctx context.Context, mayCreate bool) (*physConn, error) {
+// (o.mayCreate), and applies pending migrations (o.migrate) or refuses the
+// tenant if some are pending. The caller holds wsem.
+func (t *tenant) openWriter(ctx context.Context, o openOpts) (*physConn, error) {
 	exists, err := t.fileExists()
 	if err != nil {
 		return nil, err
 	}
-	if !exists && !mayCreate {
+	if !exists && !o.mayCreate {
 		// Refused before taking a slot (or evicting anybody).
 		t.r.tenants.CompareAndDelete(t.id, t)
 		return nil, opError("open tenant", t.id, ErrTenantNotFound)
@@ -531,6 +540,14 @@ func (t *tenant) openWriter(ctx context.Context, mayCreate bool) (*physConn, err
 	if err != nil {
 		t.r.unreserve(t)
 		return nil, err
+	}
+	if !t.ready.Load() && !o.migrate {
+		if err := t.r.mig.requireCurrent(ctx, t.id, pc.c); err != nil {
+			pc.close()
+			t.r.unreserve(t)
+			return nil, err
+		}
+		t.ready.Store(true)
 	}
 	if !t.ready.Load() {
 		applied, err := t.r.mig.migrate(ctx, t.id, pc.c)

@@ -1,0 +1,298 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// MigrateOptions tunes MigrateAll.
+type MigrateOptions struct {
+	// Concurrency is how many tenants are migrated at once. Default
+	// GOMAXPROCS; it is also kept below MaxConnections/2 so live traffic
+	// keeps most of the connection budget.
+	Concurrency int
+	// DryRun reports what would be applied and changes nothing.
+	DryRun bool
+	// Progress, if set, is called after each tenant (from several
+	// goroutines, never concurrently) with the tenants done and the total.
+	Progress func(done, total int)
+	// Tenants restricts the run to these IDs; default every tenant under Dir.
+	Tenants []string
+}
+
+// MigrateReport says what MigrateAll did.
+type MigrateReport struct {
+	Tenants  int                 // tenants examined
+	Applied  int                 // migrations applied (with DryRun: that would be)
+	Migrated int                 // tenants that got (or would get) at least one migration
+	Failed   map[string]error    // tenants that failed, and why; the others went on
+	Pending  map[string][]string // with DryRun: per tenant, the migrations that would be applied
+	Duration time.Duration
+}
+
+// MigrateAll brings every tenant under Dir up to date, Concurrency tenants
+// at a time, also in MigrateCheck mode (that is what it is for). A failing
+// tenant (a failing migration, drift, a corrupt file) is recorded in
+// Failed and the others go on; rerunning resumes where it stopped. It takes
+// connections from the normal budget and never closes a connection that is
+// in use; tenants it had to open are closed again when done. Cancelling
+// ctx stops it: the report covers the tenants finished so far and the error
+// is ctx's.
+func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateReport, error) {
+	start := time.Now()
+	r := p.c.r
+	rep := MigrateReport{Failed: map[string]error{}}
+	if opts.DryRun {
+		rep.Pending = map[string][]string{}
+	}
+	ids := opts.Tenants
+	if ids == nil {
+		var err error
+		if ids, err = r.tenantIDs(); err != nil {
+			return rep, err
+		}
+	}
+	rep.Tenants = len(ids)
+	workers := opts.Concurrency
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	workers = max(1, min(workers, r.cfg.MaxConnections/2, len(ids)))
+
+	var (
+		mu   sync.Mutex // guards rep and done
+		done int
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(ids) || ctx.Err() != nil {
+					return
+				}
+				id := ids[i]
+				pending, err := r.migrateTenant(ctx, id, opts.DryRun)
+				if err != nil && ctx.Err() != nil {
+					return // cancelled: not this tenant's failure
+				}
+				mu.Lock()
+				done++
+				switch {
+				case err != nil:
+					rep.Failed[id] = err
+				case len(pending) > 0:
+					rep.Migrated++
+					rep.Applied += len(pending)
+					if opts.DryRun {
+						rep.Pending[id] = pending
+					}
+				}
+				if opts.Progress != nil {
+					opts.Progress(done, len(ids))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	rep.Duration = time.Since(start)
+	return rep, ctx.Err()
+}
+
+// migrateTenant applies (or, with dryRun, lists) the tenant's pending
+// migrations and returns their names.
+func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]string, error) {
+	t, err := r.tenant(id)
+	if err != nil {
+		return nil, err
+	}
+	if exists, err := t.fileExists(); err != nil {
+		return nil, err
+	} else if !exists {
+		return nil, opError("migrate", id, ErrTenantNotFound)
+	}
+	if t.ready.Load() {
+		// Checked (or migrated) by this process already, against the same
+		// list: nothing to do, and no need to wait for its writer, which
+		// live traffic may hold in a long transaction.
+		return nil, nil
+	}
+	if err := t.lockWriter(ctx); err != nil {
+		return nil, err
+	}
+	held := true
+	defer func() {
+		if held {
+			t.releaseWriter()
+		}
+	}()
+	if t.w == nil {
+		// Not open here: read the ledger on a short-lived connection first,
+		// which for an up-to-date tenant is all there is to do.
+		n, err := r.peekLedger(ctx, t)
+		if err != nil {
+			return nil, opError("migrate", id, err)
+		}
+		pending := r.mig.names(n)
+		if len(pending) == 0 {
+			t.ready.Store(true)
+			return nil, nil
+		}
+		if dryRun {
+			return pending, nil
+		}
+		wasOpen := r.tenantOpen(t)
+		if _, err := t.openLockedWriter(ctx, openOpts{migrate: true}); err != nil {
+			held = false // released by openLockedWriter
+			return nil, err
+		}
+		t.releaseWriter()
+		held = false
+		if !wasOpen {
+			r.tryEvict(t, false) // leave the budget to live traffic
+		}
+		return pending, nil
+	}
+	n, err := r.mig.applied(ctx, t.w.c)
+	if err != nil {
+		return nil, opError("migrate", id, err)
+	}
+	pending := r.mig.names(n)
+	if len(pending) == 0 || dryRun {
+		return pending, nil
+	}
+	if _, err := r.mig.migrate(ctx, id, t.w.c); err != nil {
+		return nil, err
+	}
+	t.ready.Store(true)
+	return pending, nil
+}
+
+func (r *router) tenantOpen(t *tenant) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return t.nopen > 0
+}
+
+// names returns the names of the migrations after the first n.
+func (m *migrator) names(n int) []string {
+	var out []string
+	for _, mg := range m.list[min(n, len(m.list)):] {
+		out = append(out, mg.name)
+	}
+	return out
+}
+
+// peekLedger reads t's ledger on a read-only connection of its own (within
+// the budget) and checks it. When the tenant has no -wal file (it is not
+// open anywhere, or was closed cleanly) the file is opened immutable: no
+// locks, no -wal or -shm to create and remove, which makes checking an
+// up-to-date tenant about as cheap as opening it. A ledger read that way
+// can only be behind the truth (migrations are appended), never ahead, and
+// anything pending is re-checked under BEGIN IMMEDIATE before it is applied.
+// The caller holds t's writer semaphore.
+func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
+	rows, err := r.readLedger(ctx, t)
+	if err != nil {
+		return 0, err
+	}
+	return r.mig.check(rows)
+}
+
+func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
+	if err := r.reserve(ctx, t); err != nil {
+		return nil, err
+	}
+	defer r.unreserve(t)
+	params := "?mode=ro"
+	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) {
+		params += "&immutable=1"
+	}
+	c, err := plainDriver.Open(t.uri + params)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	return ledger(ctx, c.(*sqlite3.SQLiteConn))
+}
+
+// AppliedMigration is one migration recorded in a tenant's ledger.
+type AppliedMigration struct {
+	Version   int    // 1 for the first configured migration
+	Name      string // file name, or "Migrations[i]"
+	Checksum  string // hex SHA-256 of the text that was applied
+	AppliedAt time.Time
+}
+
+// TenantMigrationStatus is a tenant's migration state.
+type TenantMigrationStatus struct {
+	Tenant  string
+	Applied []AppliedMigration
+	Pending []string // names of the configured migrations not yet applied
+	Drift   error    // non-nil (ErrMigrationDrift) when the ledger disagrees with the configuration
+}
+
+// MigrationStatus reports a tenant's applied and pending migrations and
+// any drift, without changing anything.
+func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigrationStatus, error) {
+	st := TenantMigrationStatus{Tenant: id}
+	t, err := p.tenantFor("migration status", id)
+	if err != nil {
+		return st, err
+	}
+	if exists, err := t.fileExists(); err != nil {
+		return st, err
+	} else if !exists {
+		return st, opError("migration status", id, ErrTenantNotFound)
+	}
+	var rows []ledgerRow
+	if t.ready.Load() {
+		// Up to date as far as this process knows: read on a reader, so
+		// that a long transaction on the writer does not hold us up.
+		var pc *physConn
+		if pc, err = t.acquireReader(ctx); err != nil {
+			return st, err
+		}
+		rows, err = ledger(ctx, pc.c)
+		t.release(pc)
+	} else {
+		if err := t.lockWriter(ctx); err != nil {
+			return st, err
+		}
+		if t.w != nil {
+			rows, err = ledger(ctx, t.w.c)
+		} else {
+			rows, err = p.c.r.readLedger(ctx, t)
+		}
+		t.releaseWriter()
+	}
+	if err != nil {
+		return st, opError("migration status", id, err)
+	}
+	m := p.c.r.mig
+	for _, row := range rows {
+		am := AppliedMigration{Version: int(row.version), Checksum: row.checksum}
+		if i := int(row.version) - 1; i >= 0 && i < len(m.list) {
+			am.Name = m.list[i].name
+		}
+		am.AppliedAt, _ = time.Parse(time.RFC3339Nano, row.appliedAt)
+		st.Applied = append(st.Applied, am)
+	}
+	n, err := m.check(rows)
+	if err != nil {
+		st.Drift = err
+		return st, nil
+	}
+	st.Pending = m.names(n)
+	return st, nil
+}

@@ -1,0 +1,324 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestMigrationsFS(t *testing.T) {
+	fsys := fstest.MapFS{
+		"0010_late.sql":          {Data: []byte(`INSERT INTO log VALUES ('0010')`)},
+		"0002_second.up.sql":     {Data: []byte(`INSERT INTO log VALUES ('0002')`)},
+		"0001_init.sql":          {Data: []byte(`CREATE TABLE log (v TEXT)`)},
+		"0002_second.down.sql":   {Data: []byte(`DELETE FROM log`)},
+		"README.md":              {Data: []byte(`not a migration`)},
+		"notes.sql":              {Data: []byte(`garbage`)},
+		"sub/0003_nested.sql":    {Data: []byte(`garbage`)},
+		"0003_third.sql.orig":    {Data: []byte(`garbage`)},
+		"0005_fifth.sql":         {Data: []byte(`INSERT INTO log VALUES ('0005')`)},
+		"x0004_not_numbered.sql": {Data: []byte(`garbage`)},
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fsys})
+	rows, err := p.QueryContext(tctx("acme"), `SELECT v FROM log ORDER BY rowid`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var v string
+		rows.Scan(&v)
+		got = append(got, v)
+	}
+	rows.Close()
+	if want := []string{"0002", "0005", "0010"}; !slices.Equal(got, want) {
+		t.Errorf("applied %v, want %v", got, want)
+	}
+	st, err := p.MigrationStatus(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range st.Applied {
+		names = append(names, a.Name)
+		if a.AppliedAt.IsZero() || len(a.Checksum) != 64 {
+			t.Errorf("applied migration %+v lacks time or checksum", a)
+		}
+	}
+	if want := []string{"0001_init.sql", "0002_second.up.sql", "0005_fifth.sql", "0010_late.sql"}; !slices.Equal(names, want) || len(st.Pending) != 0 || st.Drift != nil {
+		t.Errorf("status %+v", st)
+	}
+
+	for name, bad := range map[string]Config{
+		"duplicate number": {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte("SELECT 1")}, "001_b.sql": {Data: []byte("SELECT 1")}}},
+		"empty file":       {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte(" \n")}}},
+		"both set":         {MigrationsFS: fsys, Migrations: []string{"SELECT 1"}},
+		"missing dir":      {MigrationsDir: filepath.Join(t.TempDir(), "nope")},
+	} {
+		bad.Dir = t.TempDir()
+		if _, err := New(bad); err == nil {
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+}
+
+func TestMigrationsDirDSN(t *testing.T) {
+	mdir := t.TempDir()
+	os.WriteFile(filepath.Join(mdir, "0001_init.sql"), []byte(`CREATE TABLE t (a)`), 0o600)
+	p, err := Open("dir=" + t.TempDir() + "&migrations_dir=" + mdir + "&migration_mode=auto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fleet creates n tenants migrated with migs and returns their IDs.
+func fleet(t *testing.T, dir string, n int, migs []string) []string {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	var ids []string
+	for i := range n {
+		id := fmt.Sprintf("t%03d", i)
+		if err := p.CreateTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	p.Close()
+	return ids
+}
+
+func TestMigrateAll(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
+	ids := fleet(t, dir, 30, v1)
+	// One tenant file is junk, one tenant's data breaks the new migration.
+	os.WriteFile(filepath.Join(dir, "t007.db"), []byte(strings.Repeat("junk", 2000)), 0o600)
+	db := direct(t, dir, "t013")
+	db.Exec(`INSERT INTO events (type) VALUES ('dup'), ('dup')`)
+	db.Close()
+
+	v2 := append(v1, `ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'`, `CREATE UNIQUE INDEX events_type ON events (type)`)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: v2, MigrationMode: MigrateCheck, MaxConnections: 6})
+	ctx := context.Background()
+
+	// Check mode: tenants behind are refused until migrated.
+	if _, err := p.ExecContext(tctx("t001"), `INSERT INTO events (type, severity) VALUES ('a', 'b')`); !errors.Is(err, ErrPendingMigrations) {
+		t.Fatalf("check mode, tenant behind: %v, want ErrPendingMigrations", err)
+	}
+	// A live transaction on another tenant must survive the fleet run.
+	live, err := p.BeginTx(tctx("live"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live.ExecContext(tctx("live"), `INSERT INTO events (type, severity) VALUES ('live', 'x')`)
+
+	dry, err := p.MigrateAll(ctx, MigrateOptions{DryRun: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dry.Tenants != 31 || dry.Migrated != 29 || dry.Applied != 58 || len(dry.Failed) != 1 || !slices.Equal(dry.Pending["t001"], []string{"Migrations[1]", "Migrations[2]"}) {
+		t.Errorf("dry run report %+v", dry)
+	}
+	if st, _ := p.MigrationStatus(ctx, "t001"); len(st.Applied) != 1 || len(st.Pending) != 2 {
+		t.Errorf("dry run changed t001: %+v", st)
+	}
+
+	var calls []int
+	rep, err := p.MigrateAll(ctx, MigrateOptions{Concurrency: 4, Progress: func(done, total int) {
+		if total != 31 {
+			t.Errorf("progress total %d", total)
+		}
+		calls = append(calls, done)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 31 || calls[len(calls)-1] != 31 {
+		t.Errorf("progress calls %v", calls)
+	}
+	var failed []string
+	for id := range rep.Failed {
+		failed = append(failed, id)
+	}
+	slices.Sort(failed)
+	if !slices.Equal(failed, []string{"t007", "t013"}) || rep.Migrated != 28 {
+		t.Errorf("report %+v (failed %v)", rep, failed)
+	}
+	if err := live.Commit(); err != nil {
+		t.Fatalf("live transaction broken by MigrateAll: %v", err)
+	}
+	if st := p.Stats(); st.OpenConnections > 6 {
+		t.Errorf("budget exceeded: %+v", st)
+	}
+	for _, id := range ids {
+		if id == "t007" || id == "t013" {
+			continue
+		}
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (type, severity) VALUES ('new', 'high')`); err != nil {
+			t.Errorf("%s after MigrateAll: %v", id, err)
+		}
+	}
+	// t013 is whole at the old version: the failed migration left nothing.
+	if st, _ := p.MigrationStatus(ctx, "t013"); len(st.Applied) != 2 || !slices.Equal(st.Pending, []string{"Migrations[2]"}) {
+		t.Errorf("t013 status %+v", st)
+	}
+	// Fix it and rerun: resumes with just that tenant's migration.
+	db = direct(t, dir, "t013")
+	db.Exec(`DELETE FROM events WHERE rowid = (SELECT max(rowid) FROM events)`)
+	db.Close()
+	os.Remove(filepath.Join(dir, "t007.db"))
+	rep, err = p.MigrateAll(ctx, MigrateOptions{})
+	if err != nil || len(rep.Failed) != 0 || rep.Applied != 1 {
+		t.Errorf("rerun: %+v, %v", rep, err)
+	}
+}
+
+func TestMigrateAll_Cancel(t *testing.T) {
+	dir := t.TempDir()
+	fleet(t, dir, 20, []string{`CREATE TABLE t (a)`})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a)`, `INSERT INTO t VALUES (1)`}})
+	ctx, cancel := context.WithCancel(context.Background())
+	rep, err := p.MigrateAll(ctx, MigrateOptions{Concurrency: 1, Progress: func(done, _ int) {
+		if done == 5 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v", err)
+	}
+	if rep.Migrated < 5 || rep.Migrated >= 20 || len(rep.Failed) != 0 {
+		t.Errorf("report after cancel %+v", rep)
+	}
+	first := rep.Migrated
+	rep, err = p.MigrateAll(context.Background(), MigrateOptions{})
+	if err != nil || len(rep.Failed) != 0 || rep.Migrated != 20-first || rep.Applied != 20-first {
+		t.Errorf("rerun after cancel (first run migrated %d): %+v, %v", first, rep, err)
+	}
+}
+
+const crashEnv = "SQLITEPROXY_TEST_CRASH_DIR"
+
+// TestCrashChild is not a test: TestMigrateAll_CrashSafety runs the test
+// binary with it and kills it with SIGKILL while it migrates.
+func TestCrashChild(t *testing.T) {
+	dir := os.Getenv(crashEnv)
+	if dir == "" {
+		t.Skip("child process only")
+	}
+	p, err := New(Config{Dir: dir, Migrations: crashV2})
+	if err != nil {
+		os.Exit(3)
+	}
+	os.WriteFile(filepath.Join(dir, ".started"), nil, 0o600)
+	p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 2})
+	os.Exit(0)
+}
+
+var crashV1 = []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO items (v) SELECT 'x' FROM (WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n+1 FROM c LIMIT 3000) SELECT n FROM c)`}
+
+// crashV2 rewrites every row and adds a column: long enough to be killed in.
+var crashV2 = append(slices.Clone(crashV1),
+	`ALTER TABLE items ADD COLUMN w TEXT NOT NULL DEFAULT ''; UPDATE items SET w = hex(randomblob(64)), v = 'y'`)
+
+func TestMigrateAll_CrashSafety(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns and kills processes")
+	}
+	loops := 15
+	if s := os.Getenv("SQLITEPROXY_CRASH_LOOPS"); s != "" {
+		loops, _ = strconv.Atoi(s)
+	}
+	var oldSeen, migratedSeen int
+	defer func() { t.Logf("after %d kills: %d tenants found at the old version, %d migrated", loops, oldSeen, migratedSeen) }()
+	for loop := range loops {
+		dir := t.TempDir()
+		fleet(t, dir, 6, crashV1)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$")
+		cmd.Env = append(os.Environ(), crashEnv+"="+dir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, err := os.Stat(filepath.Join(dir, ".started")); err == nil || time.Now().After(deadline) {
+				break
+			}
+		}
+		time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+
+		p := newTestProxy(t, Config{Dir: dir, Migrations: crashV2, MigrationMode: MigrateCheck})
+		for i := range 6 {
+			id := fmt.Sprintf("t%03d", i)
+			st, err := p.MigrationStatus(context.Background(), id)
+			if err != nil || st.Drift != nil {
+				t.Fatalf("loop %d %s: %v %+v", loop, id, err, st)
+			}
+			db := direct(t, dir, id)
+			var check string
+			if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&check); err != nil || check != "ok" {
+				t.Fatalf("loop %d %s: integrity %q %v", loop, id, check, err)
+			}
+			var cols, ys, n int
+			db.QueryRow(`SELECT count(*) FROM pragma_table_info('items')`).Scan(&cols)
+			db.QueryRow(`SELECT count(*), coalesce(sum(v = 'y'), 0) FROM items`).Scan(&n, &ys)
+			db.Close()
+			old := len(st.Applied) == 1 && cols == 2 && ys == 0
+			migrated := len(st.Applied) == 2 && cols == 3 && ys == 3000
+			if migrated {
+				migratedSeen++
+			} else {
+				oldSeen++
+			}
+			if n != 3000 || !(old || migrated) {
+				t.Fatalf("loop %d %s: half-migrated: ledger %d, columns %d, rows %d, rewritten %d", loop, id, len(st.Applied), cols, n, ys)
+			}
+		}
+		rep, err := p.MigrateAll(context.Background(), MigrateOptions{})
+		if err != nil || len(rep.Failed) != 0 {
+			t.Fatalf("loop %d: resume %+v %v", loop, rep, err)
+		}
+		p.Close()
+	}
+}
+
+func TestMigrateCheckMode(t *testing.T) {
+	dir := t.TempDir()
+	fleet(t, dir, 1, []string{`CREATE TABLE t (a)`})
+	p := newTestProxy(t, Config{Dir: dir, MigrationMode: MigrateCheck, Migrations: []string{`CREATE TABLE t (a)`, `CREATE TABLE u (b)`}})
+	_, err := p.ExecContext(tctx("t000"), `INSERT INTO t VALUES (1)`)
+	if !errors.Is(err, ErrPendingMigrations) {
+		t.Fatalf("got %v", err)
+	}
+	// New tenants are created complete.
+	if _, err := p.ExecContext(tctx("brand-new"), `INSERT INTO u VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.MigrationStatus(context.Background(), "t000")
+	if diff := cmp.Diff([]string{"Migrations[1]"}, st.Pending); diff != "" {
+		t.Error(diff)
+	}
+	if _, err := p.MigrateAll(context.Background(), MigrateOptions{Tenants: []string{"t000"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("t000"), `INSERT INTO u VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+}
