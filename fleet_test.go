@@ -246,7 +246,9 @@ func TestMigrateAll_CrashSafety(t *testing.T) {
 		loops, _ = strconv.Atoi(s)
 	}
 	var oldSeen, migratedSeen int
-	defer func() { t.Logf("after %d kills: %d tenants found at the old version, %d migrated", loops, oldSeen, migratedSeen) }()
+	defer func() {
+		t.Logf("after %d kills: %d tenants found at the old version, %d migrated", loops, oldSeen, migratedSeen)
+	}()
 	for loop := range loops {
 		dir := t.TempDir()
 		fleet(t, dir, 6, crashV1)
