@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run test check vet unit build clean bench
+.PHONY: run test check vet unit compat build clean bench
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -15,17 +15,22 @@ run:
 	$(GO) run -tags $(TAGS) ./examples/events -addr $(ADDR) -dir $(DIR)
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
-test: check vet unit
+test: check vet unit compat
 
 check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) mod tidy -diff
+	cd compat && $(GO) mod tidy -diff
 
 vet:
 	$(GO) vet -tags $(TAGS) ./...
 
 unit:
 	$(GO) test -race -tags $(TAGS) -timeout 20m ./...
+
+## compat: sqliteproxy under sqlx, GORM, ent, bun and sqlc (the nested module compat/)
+compat:
+	cd compat && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
 
 build:
 	$(GO) build -tags $(TAGS) ./...

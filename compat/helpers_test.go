@@ -1,0 +1,59 @@
+package compat_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// The two tenants every test uses.
+const (
+	tenantA = "acme"
+	tenantB = "globex"
+)
+
+// tctx returns a background context routed to tenant id.
+func tctx(id string) context.Context {
+	return sqliteproxy.WithOrgID(context.Background(), id)
+}
+
+// newProxy opens a Proxy on a fresh directory (unless cfg.Dir is set) and
+// closes it when the test ends.
+func newProxy(t *testing.T, cfg sqliteproxy.Config) *sqliteproxy.Proxy {
+	t.Helper()
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		t.Fatalf("sqliteproxy.New: %v", err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// requireTenantFiles fails the test unless dir holds <id>.db for every id
+// and no other tenant database file.
+func requireTenantFiles(t *testing.T, dir string, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		fi, err := os.Stat(filepath.Join(dir, id+".db"))
+		if err != nil {
+			t.Errorf("tenant %s: %v", id, err)
+			continue
+		}
+		if !fi.Mode().IsRegular() || fi.Size() == 0 {
+			t.Errorf("tenant %s: %s is not a non-empty regular file", id, fi.Name())
+		}
+	}
+	all, err := filepath.Glob(filepath.Join(dir, "*.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != len(ids) {
+		t.Errorf("database files in %s: %v, want exactly the tenants %v", dir, all, ids)
+	}
+}
