@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
 )
 
@@ -239,5 +241,40 @@ func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
 	// Reopened on next use.
 	if _, err := p.ExecContext(tctx("a"), `INSERT INTO t VALUES (1)`); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A wait without a deadline ends after BusyTimeout with SQLITE_BUSY, as
+// mattn's busy handler would, instead of waiting for ever: here a write
+// through the *sql.DB while the same goroutine holds the tenant's writer in
+// a transaction.
+func TestBudget_WaitWithoutDeadlineIsBusyTimeout(t *testing.T) {
+	p := newTestProxy(t, Config{BusyTimeout: 100 * time.Millisecond, MaxConnections: 1, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	check := func(what string, err error) {
+		t.Helper()
+		var se sqlite3.Error
+		if !errors.As(err, &se) || se.Code != sqlite3.ErrBusy || !strings.Contains(err.Error(), "database is locked") {
+			t.Errorf("%s: %v, want SQLITE_BUSY", what, err)
+		}
+	}
+	start := time.Now()
+	_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('outside the tx')`)
+	check("writer wait", err)
+	if d := time.Since(start); d < 90*time.Millisecond || d > 3*time.Second {
+		t.Errorf("writer wait took %v, BusyTimeout 100ms", d)
+	}
+	_, err = p.ExecContext(tctx("other"), `INSERT INTO events (tenant) VALUES ('x')`)
+	check("budget wait", err)
+	// A context that is cancelled still reports its own error.
+	cctx, cancel := context.WithCancel(ctx)
+	time.AfterFunc(20*time.Millisecond, cancel)
+	if _, err := p.ExecContext(cctx, `INSERT INTO events (tenant) VALUES ('x')`); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled wait: %v", err)
 	}
 }

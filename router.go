@@ -201,6 +201,8 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 		return err
 	}
 	r.waits.Add(1)
+	wctx, cancel := r.boundWait(ctx)
+	defer cancel()
 	for {
 		ch := r.waitCh()
 		r.mu.Lock()
@@ -224,11 +226,34 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 		select {
 		case <-ch:
 			r.unwait()
-		case <-ctx.Done():
+		case <-wctx.Done():
 			r.unwait()
-			return ctx.Err()
+			return waitErr(ctx)
 		}
 	}
+}
+
+// boundWait bounds a wait whose context has no deadline by BusyTimeout, as
+// SQLite's busy handler would: a caller that cannot get a connection gets
+// SQLITE_BUSY instead of waiting for ever (a write through the *sql.DB
+// inside a transaction on the same tenant would otherwise wait for itself).
+func (r *router) boundWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, r.cfg.BusyTimeout)
+}
+
+// errBusy is what a bounded wait ends with: mattn's own SQLITE_BUSY error
+// ("database is locked"), so code that retries on it keeps working.
+var errBusy = sqlite3.Error{Code: sqlite3.ErrBusy, ExtendedCode: sqlite3.ErrNoExtended(sqlite3.ErrBusy)}
+
+// waitErr is the error of a wait bounded by boundWait(caller).
+func waitErr(caller context.Context) error {
+	if err := caller.Err(); err != nil {
+		return err
+	}
+	return errBusy
 }
 
 // lruLocked returns the tenants with open connections, least recently used first.
@@ -473,8 +498,13 @@ type openOpts struct {
 // lockWriter takes the writer semaphore of an active tenant.
 func (t *tenant) lockWriter(ctx context.Context) error {
 	for {
-		if err := t.wsem.Acquire(ctx); err != nil {
-			return opError("wait for writer", t.id, err)
+		if !t.wsem.TryAcquire() {
+			wctx, cancel := t.r.boundWait(ctx)
+			err := t.wsem.Acquire(wctx)
+			cancel()
+			if err != nil {
+				return opError("wait for writer", t.id, waitErr(ctx))
+			}
 		}
 		if t.state.Load() == tenantActive {
 			return nil
@@ -606,6 +636,8 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	if pc, ok := t.popIdle(); ok {
 		return pc, nil
 	}
+	wctx, cancel := t.r.boundWait(ctx)
+	defer cancel()
 	registered := false
 	defer func() {
 		if registered {
@@ -633,8 +665,8 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 			select {
 			case <-done:
 				continue
-			case <-ctx.Done():
-				return nil, opError("wait for reader", t.id, ctx.Err())
+			case <-wctx.Done():
+				return nil, opError("wait for reader", t.id, waitErr(ctx))
 			}
 		}
 		if n := len(t.idle); n > 0 {
@@ -674,8 +706,8 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 		t.r.waits.Add(1)
 		select {
 		case <-ch:
-		case <-ctx.Done():
-			return nil, opError("wait for reader", t.id, ctx.Err())
+		case <-wctx.Done():
+			return nil, opError("wait for reader", t.id, waitErr(ctx))
 		}
 	}
 }

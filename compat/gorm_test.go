@@ -408,10 +408,9 @@ func TestGORM_Connection(t *testing.T) {
 // TestGORM_WriteOutsideTxWaits records a difference from plain SQLite
 // pools: inside a Transaction callback, a write through the outer *gorm.DB
 // (instead of tx) for the same tenant waits for the tenant's writer, which
-// the transaction holds, until its context is done. (With mattn alone it
-// fails with SQLITE_BUSY after busy_timeout.) Reads through the outer
-// *gorm.DB go to a reader and do not wait. Use tx in the callback, and give
-// request contexts a deadline.
+// the transaction holds, until its context's deadline (without one, for
+// busy_timeout, then SQLITE_BUSY as with mattn alone). Reads through the
+// outer *gorm.DB go to a reader and do not wait. Use tx in the callback.
 func TestGORM_WriteOutsideTxWaits(t *testing.T) {
 	p := newProxy(t, sqliteproxy.Config{})
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(false))
