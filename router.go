@@ -493,6 +493,10 @@ func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
 type openOpts struct {
 	mayCreate bool // create the file if missing
 	migrate   bool // apply pending migrations (else they are ErrPendingMigrations)
+	// keepMigrator keeps using the connection that migrated, which is
+	// otherwise replaced so that users do not see last_insert_rowid() and
+	// changes() of the ledger inserts; for MigrateAll, which closes it anyway.
+	keepMigrator bool
 }
 
 // lockWriter takes the writer semaphore of an active tenant.
@@ -581,7 +585,7 @@ func (t *tenant) openWriter(ctx context.Context, o openOpts) (*physConn, error) 
 	}
 	if !t.ready.Load() {
 		applied, err := t.r.mig.migrate(ctx, t.id, pc.c)
-		if err == nil && applied > 0 {
+		if err == nil && applied > 0 && !o.keepMigrator {
 			// Start users on a fresh connection: the migrating one carries
 			// last_insert_rowid() and changes() from the ledger inserts.
 			pc.close()
