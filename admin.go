@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -77,7 +79,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	if err != nil {
 		return opError("create tenant", t.id, err)
 	}
-	_, err = r.mig.migrate(ctx, t.id, c.(*sqlite3.SQLiteConn))
+	_, err = r.mig.migrate(ctx, t, c.(*sqlite3.SQLiteConn))
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = opError("create tenant", t.id, cerr)
 	}
@@ -139,7 +141,7 @@ func (t *tenant) drain(ctx context.Context, op string) error {
 			return giveUp(ctx.Err())
 		}
 	}
-	t.r.tryEvict(t, true)
+	t.r.tryEvict(t, true, op)
 	return nil
 }
 
@@ -233,7 +235,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	} else if !exists {
 		return opError("delete tenant", id, ErrTenantNotFound)
 	}
-	if err := t.drain(ctx, "delete tenant"); err != nil {
+	if err := t.drain(ctx, "delete"); err != nil {
 		return err
 	}
 	r := p.c.r
@@ -399,7 +401,7 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	} else if err != nil {
 		return p.RestoreTenant(ctx, id, srcPath) // deleted meanwhile: restore into the new tenant
 	}
-	if err := t.drain(ctx, op); err != nil {
+	if err := t.drain(ctx, "restore"); err != nil {
 		return err
 	}
 	// Side files of the old database would be replayed into the new one.
@@ -452,4 +454,37 @@ type TenantStats struct {
 	Open     int       // connections open
 	InUse    int       // connections leased
 	LastUsed time.Time // last time a lease ended (10 ms resolution)
+
+	attrs *tenantAttrs
+}
+
+func (r *router) stats() Stats {
+	r.mu.Lock()
+	st := Stats{
+		OpenConnections: r.open,
+		MaxConnections:  r.cfg.MaxConnections,
+		OpenTenants:     len(r.openSet),
+		Evictions:       r.evictions.Load(),
+		Waits:           r.waits.Load(),
+	}
+	open := make(map[*tenant]int, len(r.openSet))
+	for t := range r.openSet {
+		open[t] = t.nopen
+	}
+	r.mu.Unlock()
+	for t, n := range open { // tenant locks come before r.mu: take them now
+		t.mu.Lock()
+		inUse := t.leasedReaders
+		t.mu.Unlock()
+		if t.wsem.held.Load() {
+			inUse++
+		}
+		st.Tenants = append(st.Tenants, TenantStats{
+			ID: t.id, Open: n, InUse: inUse,
+			LastUsed: r.epoch.Add(time.Duration(t.lastUsed.Load())),
+			attrs:    t.attrs.Load(),
+		})
+	}
+	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
+	return st
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
 // The benchmarks run every operation three ways in one process, on one
@@ -271,7 +272,7 @@ func BenchmarkColdOpen(b *testing.B) {
 		t, _ := r.tenant("cold")
 		for b.Loop() {
 			b.StopTimer()
-			if !r.tryEvict(t, false) {
+			if !r.tryEvict(t, false, "bench") {
 				b.Fatal("tenant not evictable")
 			}
 			t.ready.Store(false) // as in a new process: check the ledger
@@ -281,4 +282,29 @@ func BenchmarkColdOpen(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkTelemetry: the routing benchmark's statement with telemetry off
+// (no provider: the default) and with the OpenTelemetry SDK and a reader.
+func BenchmarkTelemetry(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"off", Config{}},
+		{"sdk", Config{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))}},
+	} {
+		b.Run("telemetry="+tc.name+"/impl=proxy", func(b *testing.B) {
+			tc.cfg.Dir = b.TempDir()
+			p := newTestProxy(b, tc.cfg)
+			ctx := WithOrgID(context.Background(), "bench")
+			p.ExecContext(ctx, `SELECT 1`)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.ExecContext(ctx, `SELECT ?`, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -10,6 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Defaults applied to zero-valued Config fields.
@@ -88,13 +91,39 @@ type Config struct {
 	// access (MigrateAuto, the default) or only through MigrateAll
 	// (MigrateCheck). [migration_mode: auto, check]
 	MigrationMode MigrationMode
+
+	// MeterProvider receives the metrics (see telemetry.go for the list).
+	// When nil, the global provider is used, if the application set one
+	// before New; otherwise no metric is recorded and the hot path pays one
+	// branch. Not settable by DSN.
+	MeterProvider metric.MeterProvider
+
+	// TracerProvider receives spans for tenant opens, migrations,
+	// evictions and waits. When nil, the global provider, as MeterProvider.
+	TracerProvider trace.TracerProvider
+
+	// TraceQueries also makes a span of every exec, query, begin, commit,
+	// rollback and prepare. Default false. [trace_queries]
+	TraceQueries bool
+
+	// TraceStatements adds the SQL text (db.query.text) to those spans.
+	// Default false: statements may carry personal data. [trace_statements]
+	TraceStatements bool
+
+	// MetricsTenantLimit bounds the cardinality of the tenant attribute
+	// (sqliteproxy.tenant) on metrics: 0 puts it on every tenant's
+	// measurements; a negative value leaves it off; N > 0 keeps it for the N
+	// busiest tenants (re-ranked every 10 s) and labels the rest "_other".
+	// With the OpenTelemetry SDK, also raise its per-instrument cardinality
+	// limit (2 000 by default) for large fleets. [metrics_tenant_limit]
+	MetricsTenantLimit int
 }
 
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
 var dsnKeys = []string{
 	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
 	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create",
-	"migrations_dir", "migration_mode",
+	"migrations_dir", "migration_mode", "trace_queries", "trace_statements", "metrics_tenant_limit",
 }
 
 // ParseDSN parses a DSN of the form "dir=./data&max_connections=50" (URL
@@ -143,6 +172,12 @@ func (c *Config) setDSNValue(key, v string) error {
 		c.MigrationsDir = v
 	case "migration_mode":
 		c.MigrationMode, err = parseMigrationMode(v)
+	case "trace_queries":
+		c.TraceQueries, err = strconv.ParseBool(v)
+	case "trace_statements":
+		c.TraceStatements, err = strconv.ParseBool(v)
+	case "metrics_tenant_limit":
+		c.MetricsTenantLimit, err = strconv.Atoi(v)
 	default:
 		return fmt.Errorf("unknown key %q (known: %s)", key, strings.Join(dsnKeys, ", "))
 	}
@@ -189,6 +224,15 @@ func (c *Config) FormatDSN() string {
 	}
 	if c.MigrationMode != MigrateAuto {
 		add("migration_mode", c.MigrationMode.String())
+	}
+	if c.TraceQueries {
+		add("trace_queries", "true")
+	}
+	if c.TraceStatements {
+		add("trace_statements", "true")
+	}
+	if c.MetricsTenantLimit != 0 {
+		add("metrics_tenant_limit", strconv.Itoa(c.MetricsTenantLimit))
 	}
 	return strings.Join(q, "&")
 }

@@ -146,6 +146,13 @@ func readKeyword(kw string) bool {
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	start := c.r.tel.opStart()
+	res, err := c.exec(ctx, query, args)
+	c.r.tel.opEnd(ctx, c.t, opExec, start, query, err)
+	return res, err
+}
+
+func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	pc, err := c.route(ctx, true)
 	if err != nil {
 		if err == errNoRoute {
@@ -157,6 +164,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	start := c.r.tel.opStart()
+	rs, err := c.query(ctx, query, args)
+	c.r.tel.opEnd(ctx, c.t, opQuery, start, query, err)
+	return rs, err
+}
+
+func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	pc, err := c.routeQuery(ctx, query)
 	if err != nil {
 		if err == errNoRoute {
@@ -173,6 +187,13 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	start := c.r.tel.opStart()
+	s, err := c.prepare(ctx, query)
+	c.r.tel.opEnd(ctx, c.t, opPrepare, start, query, err)
+	return s, err
+}
+
+func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	s := &stmt{c: c, query: query, numInput: -1}
 	pc, err := c.route(ctx, false)
 	if err == errNoRoute {
@@ -195,6 +216,13 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 }
 
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	start := c.r.tel.opStart()
+	tx, err := c.begin(ctx, opts)
+	c.r.tel.opEnd(ctx, c.t, opBegin, start, "", err)
+	return tx, err
+}
+
+func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	pc, err := c.route(ctx, !opts.ReadOnly)
 	if err == errNoRoute {
 		return nil, opError("begin", "", ErrNoTenant)
@@ -206,7 +234,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err != nil {
 		return nil, err
 	}
-	c.tx = &tx{c: c, stx: stx, readOnly: opts.ReadOnly}
+	c.tx = &tx{c: c, stx: stx, readOnly: opts.ReadOnly, ctx: ctx}
 	return c.tx, nil
 }
 
@@ -272,16 +300,23 @@ type tx struct {
 	c        *conn
 	stx      driver.Tx
 	readOnly bool
+	ctx      context.Context // BeginTx's, for telemetry
 }
 
 func (t *tx) Commit() error {
+	start := t.c.r.tel.opStart()
 	t.c.tx = nil
-	return t.stx.Commit()
+	err := t.stx.Commit()
+	t.c.r.tel.opEnd(t.ctx, t.c.t, opCommit, start, "", err)
+	return err
 }
 
 func (t *tx) Rollback() error {
+	start := t.c.r.tel.opStart()
 	t.c.tx = nil
-	return t.stx.Rollback()
+	err := t.stx.Rollback()
+	t.c.r.tel.opEnd(t.ctx, t.c.t, opRollback, start, "", err)
+	return err
 }
 
 // stmt is a routing prepared statement. Each execution routes by its own
@@ -318,6 +353,13 @@ func checkNumInput(ps *sqlite3.SQLiteStmt, args []driver.NamedValue) error {
 }
 
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	start := s.c.r.tel.opStart()
+	res, err := s.runExec(ctx, args)
+	s.c.r.tel.opEnd(ctx, s.c.t, opExec, start, s.query, err)
+	return res, err
+}
+
+func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	pc, err := s.c.route(ctx, true)
 	if err == errNoRoute {
 		return s.c.r.free.exec(ctx, s.query, args)
@@ -339,6 +381,13 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	start := s.c.r.tel.opStart()
+	rs, err := s.runQuery(ctx, args)
+	s.c.r.tel.opEnd(ctx, s.c.t, opQuery, start, s.query, err)
+	return rs, err
+}
+
+func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	pc, err := s.c.routeQuery(ctx, s.query)
 	if err == errNoRoute {
 		return s.c.r.free.query(ctx, s.query, args)

@@ -5,9 +5,6 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"io"
-	"slices"
-	"strings"
-	"time"
 )
 
 // DriverName is the name the driver is registered under with database/sql.
@@ -144,33 +141,4 @@ type Stats struct {
 }
 
 // Stats returns current figures.
-func (p *Proxy) Stats() Stats {
-	r := p.c.r
-	r.mu.Lock()
-	st := Stats{
-		OpenConnections: r.open,
-		MaxConnections:  r.cfg.MaxConnections,
-		OpenTenants:     len(r.openSet),
-		Evictions:       r.evictions.Load(),
-		Waits:           r.waits.Load(),
-	}
-	open := make(map[*tenant]int, len(r.openSet))
-	for t := range r.openSet {
-		open[t] = t.nopen
-	}
-	r.mu.Unlock()
-	for t, n := range open { // tenant locks come before r.mu: take them now
-		t.mu.Lock()
-		inUse := t.leasedReaders
-		t.mu.Unlock()
-		if t.wsem.held.Load() {
-			inUse++
-		}
-		st.Tenants = append(st.Tenants, TenantStats{
-			ID: t.id, Open: n, InUse: inUse,
-			LastUsed: r.epoch.Add(time.Duration(t.lastUsed.Load())),
-		})
-	}
-	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
-	return st
-}
+func (p *Proxy) Stats() Stats { return p.c.r.stats() }

@@ -160,7 +160,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		t.releaseWriter()
 		held = false
 		if !wasOpen {
-			r.tryEvict(t, false) // leave the budget to live traffic
+			r.tryEvict(t, false, "migrate") // leave the budget to live traffic
 		}
 		return pending, nil
 	}
@@ -172,7 +172,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if len(pending) == 0 || dryRun {
 		return pending, nil
 	}
-	if _, err := r.mig.migrate(ctx, id, t.w.c); err != nil {
+	if _, err := r.mig.migrate(ctx, t, t.w.c); err != nil {
 		return nil, err
 	}
 	t.ready.Store(true)

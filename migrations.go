@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // ledgerTable records, in every tenant file, which migrations were applied.
@@ -44,6 +45,7 @@ type migration struct {
 // (0-based) has version i+1. The list is read once, when the proxy opens.
 type migrator struct {
 	list []migration
+	tel  *telemetry
 }
 
 func newMigrator(list []migration) *migrator {
@@ -128,17 +130,24 @@ func isNoSuchTable(err error) bool {
 // migration applied meanwhile by another process is not applied twice and a
 // failing one leaves nothing behind.
 // It returns how many migrations it applied.
-func (m *migrator) migrate(ctx context.Context, id string, c *sqlite3.SQLiteConn) (int, error) {
+func (m *migrator) migrate(ctx context.Context, t *tenant, c *sqlite3.SQLiteConn) (int, error) {
 	if len(m.list) == 0 {
 		return 0, nil
 	}
 	n, err := m.applied(ctx, c)
 	if err != nil {
-		return 0, opError("migrate", id, err)
+		m.tel.migrated(ctx, t.attrs.Load(), "ledger", time.Time{}, err)
+		return 0, opError("migrate", t.id, err)
 	}
 	for i := n; i < len(m.list); i++ {
-		if err := m.applyOne(ctx, c, i); err != nil {
-			return i - n, opError("migrate", id, fmt.Errorf("apply %s: %w", m.list[i].name, err))
+		name := m.list[i].name
+		start := time.Now()
+		sctx, end := m.tel.span(ctx, "sqliteproxy.migrate", t, attribute.String(attrMigration, name))
+		err := m.applyOne(sctx, c, i)
+		end(err)
+		m.tel.migrated(ctx, t.attrs.Load(), name, start, err)
+		if err != nil {
+			return i - n, opError("migrate", t.id, fmt.Errorf("apply %s: %w", name, err))
 		}
 	}
 	return len(m.list) - n, nil

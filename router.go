@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"go.opentelemetry.io/otel/attribute"
 )
 
 // router owns every tenant's connections: it maps tenant IDs to tenants,
@@ -31,6 +32,7 @@ type router struct {
 	writerParams string                // URI query of writer connections
 	readerParams string                // URI query of reader connections
 	mig          *migrator
+	tel          *telemetry
 	free         *tenantless // answers tenantless pure expressions
 	epoch        time.Time   // lastUsed times count from here
 
@@ -81,6 +83,10 @@ func newRouter(cfg *Config) (*router, error) {
 		wakeCh:  make(chan struct{}),
 		stop:    make(chan struct{}),
 	}
+	if r.tel, err = newTelemetry(cfg, r); err != nil {
+		return nil, opError("open", "", err)
+	}
+	r.mig.tel = r.tel
 	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
 	r.accessOpts = openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto}
 	common := url.Values{}
@@ -201,8 +207,11 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 		return err
 	}
 	r.waits.Add(1)
+	start := time.Now()
 	wctx, cancel := r.boundWait(ctx)
 	defer cancel()
+	var err error
+	defer func() { r.tel.waited(ctx, t, "slot", start, err) }()
 	for {
 		ch := r.waitCh()
 		r.mu.Lock()
@@ -228,7 +237,8 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 			r.unwait()
 		case <-wctx.Done():
 			r.unwait()
-			return waitErr(ctx)
+			err = waitErr(ctx)
+			return err
 		}
 	}
 }
@@ -272,7 +282,7 @@ func (r *router) lruLocked() []*tenant {
 // is a tenant whose writer semaphore the caller holds.
 func (r *router) evictOne(cands []*tenant, self *tenant) bool {
 	for _, v := range cands {
-		if r.tryEvict(v, v == self) {
+		if r.tryEvict(v, v == self, "budget") {
 			return true
 		}
 	}
@@ -282,7 +292,7 @@ func (r *router) evictOne(cands []*tenant, self *tenant) bool {
 // tryEvict closes every connection of t if none is leased, and frees their
 // slots once they are closed. haveWsem says the caller holds t's writer
 // semaphore already (and t.w is then not leased by anybody else).
-func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
+func (r *router) tryEvict(t *tenant, haveWsem bool, reason string) bool {
 	if !haveWsem {
 		if !t.wsem.TryAcquire() {
 			return false
@@ -312,9 +322,11 @@ func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
 	}
 	t.mu.Unlock()
 
+	_, end := r.tel.span(context.Background(), "sqliteproxy.tenant.evict", t, attribute.String(attrReason, reason))
 	for _, pc := range conns {
 		pc.close()
 	}
+	end(nil)
 
 	r.mu.Lock()
 	r.open -= t.nopen
@@ -323,6 +335,7 @@ func (r *router) tryEvict(t *tenant, haveWsem bool) bool {
 	r.wakeLocked()
 	r.mu.Unlock()
 	r.evictions.Add(1)
+	r.tel.evicted(t, reason)
 
 	t.mu.Lock()
 	t.evicting = false
@@ -338,7 +351,7 @@ func (r *router) background() {
 	tick := time.NewTicker(clockTick)
 	defer tick.Stop()
 	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
-	var lastReap int64
+	var lastReap, lastRank int64
 	for {
 		select {
 		case <-r.stop:
@@ -346,6 +359,10 @@ func (r *router) background() {
 		case <-tick.C:
 		}
 		r.readClock()
+		if r.now()-lastRank >= int64(topNEvery) {
+			lastRank = r.now()
+			r.tel.rankTenants(r)
+		}
 		if r.cfg.IdleTimeout <= 0 || r.now()-lastReap < reapEvery {
 			continue
 		}
@@ -364,7 +381,7 @@ func (r *router) reapIdle() {
 		if t.lastUsed.Load() > limit {
 			break
 		}
-		r.tryEvict(t, false)
+		r.tryEvict(t, false, "idle")
 	}
 }
 
@@ -383,9 +400,10 @@ func (r *router) close() error {
 	close(r.stop)
 	r.reaperWG.Wait()
 	for _, t := range cands {
-		r.tryEvict(t, false)
+		r.tryEvict(t, false, "close")
 	}
 	r.free.close()
+	r.tel.close()
 	return nil
 }
 
@@ -436,6 +454,9 @@ type tenant struct {
 
 	lastUsed  atomic.Int64
 	createdBy atomic.Bool // this process created the file (read by CreateTenant under wsem)
+
+	attrs atomic.Pointer[tenantAttrs] // telemetry attributes
+	ops   atomic.Int64                // operations since the last ranking (MetricsTenantLimit > 0)
 }
 
 // Tenant states. A drain (DeleteTenant, RestoreTenant) stops new leases,
@@ -451,7 +472,9 @@ const (
 func newTenant(r *router, id string) *tenant {
 	path := filepath.Join(r.cfg.Dir, id+tenantFileSuffix)
 	u := url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}
-	return &tenant{r: r, id: id, path: path, uri: u.String()}
+	t := &tenant{r: r, id: id, path: path, uri: u.String()}
+	t.attrs.Store(r.tel.attrsFor(id))
+	return t
 }
 
 func (t *tenant) touch() {
@@ -503,11 +526,16 @@ type openOpts struct {
 func (t *tenant) lockWriter(ctx context.Context) error {
 	for {
 		if !t.wsem.TryAcquire() {
+			start := time.Now()
 			wctx, cancel := t.r.boundWait(ctx)
 			err := t.wsem.Acquire(wctx)
 			cancel()
 			if err != nil {
-				return opError("wait for writer", t.id, waitErr(ctx))
+				err = waitErr(ctx)
+			}
+			t.r.tel.waited(ctx, t, "writer", start, err)
+			if err != nil {
+				return opError("wait for writer", t.id, err)
 			}
 		}
 		if t.state.Load() == tenantActive {
@@ -541,14 +569,22 @@ func (t *tenant) releaseWriter() {
 	t.wsem.Release()
 	t.r.wake()
 	if t.r.isClosed.Load() {
-		t.r.tryEvict(t, false)
+		t.r.tryEvict(t, false, "close")
 	}
 }
 
 // openWriter opens the writer, creating the tenant's file if it is missing
 // (o.mayCreate), and applies pending migrations (o.migrate) or refuses the
 // tenant if some are pending. The caller holds wsem.
-func (t *tenant) openWriter(ctx context.Context, o openOpts) (*physConn, error) {
+func (t *tenant) openWriter(ctx context.Context, o openOpts) (pc *physConn, err error) {
+	start := time.Now()
+	ctx, end := t.r.tel.span(ctx, "sqliteproxy.tenant.open", t, attribute.String(attrRole, "writer"))
+	defer func() {
+		end(err)
+		if err == nil {
+			t.r.tel.opened(ctx, t, "writer", start, nil)
+		}
+	}()
 	exists, err := t.fileExists()
 	if err != nil {
 		return nil, err
@@ -563,14 +599,14 @@ func (t *tenant) openWriter(ctx context.Context, o openOpts) (*physConn, error) 
 	}
 	if !exists {
 		// Within the reservation: creating the file holds a descriptor too.
-		err := t.r.createFile(ctx, t)
-		if err != nil && !errors.Is(err, ErrTenantExists) {
+		cerr := t.r.createFile(ctx, t)
+		if cerr != nil && !errors.Is(cerr, ErrTenantExists) {
 			t.r.unreserve(t)
-			return nil, err
+			return nil, cerr
 		}
-		t.createdBy.Store(err == nil)
+		t.createdBy.Store(cerr == nil)
 	}
-	pc, err := t.r.openConn(t, true)
+	pc, err = t.r.openConn(t, true)
 	if err != nil {
 		t.r.unreserve(t)
 		return nil, err
@@ -584,7 +620,7 @@ func (t *tenant) openWriter(ctx context.Context, o openOpts) (*physConn, error) 
 		t.ready.Store(true)
 	}
 	if !t.ready.Load() {
-		applied, err := t.r.mig.migrate(ctx, t.id, pc.c)
+		applied, err := t.r.mig.migrate(ctx, t, pc.c)
 		if err == nil && applied > 0 && !o.keepMigrator {
 			// Start users on a fresh connection: the migrating one carries
 			// last_insert_rowid() and changes() from the ledger inserts.
@@ -690,7 +726,7 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 				t.nreaders++
 				t.leasedReaders++
 				t.mu.Unlock()
-				return t.openReader()
+				return t.openReader(ctx)
 			}
 			t.mu.Unlock()
 			t.r.mu.Lock()
@@ -708,10 +744,14 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 			t.mu.Unlock()
 		}
 		t.r.waits.Add(1)
+		start := time.Now()
 		select {
 		case <-ch:
+			t.r.tel.waited(ctx, t, "reader", start, nil)
 		case <-wctx.Done():
-			return nil, opError("wait for reader", t.id, waitErr(ctx))
+			err := waitErr(ctx)
+			t.r.tel.waited(ctx, t, "reader", start, err)
+			return nil, opError("wait for reader", t.id, err)
 		}
 	}
 }
@@ -729,8 +769,10 @@ func (t *tenant) popIdle() (*physConn, bool) {
 }
 
 // openReader opens a reader for which a slot is reserved and counted.
-func (t *tenant) openReader() (*physConn, error) {
+func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
+	start := time.Now()
 	pc, err := t.r.openConn(t, false)
+	t.r.tel.opened(ctx, t, "reader", start, err)
 	if err != nil {
 		t.mu.Lock()
 		t.nreaders--
@@ -750,7 +792,7 @@ func (t *tenant) releaseReader(pc *physConn) {
 	t.mu.Unlock()
 	t.r.wake()
 	if t.r.isClosed.Load() {
-		t.r.tryEvict(t, false)
+		t.r.tryEvict(t, false, "close")
 	}
 }
 

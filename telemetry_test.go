@@ -1,0 +1,234 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+type telemetryRig struct {
+	p      *Proxy
+	reader *sdkmetric.ManualReader
+	spans  *tracetest.SpanRecorder
+}
+
+func newTelemetryRig(t *testing.T, cfg Config) *telemetryRig {
+	t.Helper()
+	rig := &telemetryRig{reader: sdkmetric.NewManualReader(), spans: tracetest.NewSpanRecorder()}
+	cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(rig.reader))
+	cfg.TracerProvider = sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rig.spans))
+	rig.p = newTestProxy(t, cfg)
+	return rig
+}
+
+func (rig *telemetryRig) collect(t *testing.T) map[string]metricdata.Metrics {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := rig.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]metricdata.Metrics{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			out[m.Name] = m
+		}
+	}
+	return out
+}
+
+func attrsMatch(set attribute.Set, want map[string]string) bool {
+	for k, v := range want {
+		got, ok := set.Value(attribute.Key(k))
+		if v == "" {
+			if ok {
+				return false
+			}
+			continue
+		}
+		if !ok || got.AsString() != v {
+			return false
+		}
+	}
+	return true
+}
+
+// histCount sums the counts of histogram points whose attributes match want
+// ("" means: attribute absent).
+func histCount(t *testing.T, m metricdata.Metrics, want map[string]string) uint64 {
+	t.Helper()
+	h, ok := m.Data.(metricdata.Histogram[float64])
+	if !ok {
+		t.Fatalf("%s is %T, not a float64 histogram", m.Name, m.Data)
+	}
+	var n uint64
+	for _, dp := range h.DataPoints {
+		if attrsMatch(dp.Attributes, want) {
+			n += dp.Count
+		}
+	}
+	return n
+}
+
+func sumInt(t *testing.T, m metricdata.Metrics, want map[string]string) int64 {
+	t.Helper()
+	var n int64
+	switch d := m.Data.(type) {
+	case metricdata.Sum[int64]:
+		for _, dp := range d.DataPoints {
+			if attrsMatch(dp.Attributes, want) {
+				n += dp.Value
+			}
+		}
+	case metricdata.Gauge[int64]:
+		for _, dp := range d.DataPoints {
+			if attrsMatch(dp.Attributes, want) {
+				n += dp.Value
+			}
+		}
+	default:
+		t.Fatalf("%s is %T", m.Name, m.Data)
+	}
+	return n
+}
+
+func TestTelemetry_Metrics(t *testing.T) {
+	rig := newTelemetryRig(t, Config{MaxConnections: 2, Migrations: []string{eventsTable, `CREATE INDEX e_n ON events (n)`}})
+	p := rig.p
+	for range 7 {
+		if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 3 {
+		countRows(t, p, "globex")
+	}
+	p.ExecContext(tctx("acme"), `INSERT INTO nope VALUES (1)`) // fails
+	tx, _ := p.BeginTx(tctx("acme"), nil)
+	tx.Rollback()
+	p.ExecContext(tctx("third"), `INSERT INTO events (tenant) VALUES ('x')`) // evicts for budget
+
+	ms := rig.collect(t)
+	op := ms["sqliteproxy.operation.duration"]
+	for _, c := range []struct {
+		want map[string]string
+		n    uint64
+	}{
+		{map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: "", attrSystem: "sqlite"}, 7},
+		{map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: "sqlite_SQL logic error"}, 1},
+		{map[string]string{attrTenant: "globex", attrOperation: "query"}, 3},
+		{map[string]string{attrTenant: "acme", attrOperation: "begin"}, 1},
+		{map[string]string{attrTenant: "acme", attrOperation: "rollback"}, 1},
+		{map[string]string{attrTenant: "globex", attrOperation: "exec"}, 0},
+	} {
+		if got := histCount(t, op, c.want); got != c.n {
+			t.Errorf("operations %v: %d, want %d", c.want, got, c.n)
+		}
+	}
+	if n := sumInt(t, ms["sqliteproxy.migrations.applied"], map[string]string{attrTenant: "acme"}); n != 2 {
+		t.Errorf("migrations applied to acme: %d, want 2", n)
+	}
+	if n := histCount(t, ms["sqliteproxy.migration.duration"], nil); n != 6 {
+		t.Errorf("migration durations: %d, want 6 (3 tenants x 2)", n)
+	}
+	if n := sumInt(t, ms["sqliteproxy.tenant.evictions"], map[string]string{attrReason: "budget"}); n < 1 {
+		t.Errorf("budget evictions: %d", n)
+	}
+	if n := histCount(t, ms["sqliteproxy.tenant.open.duration"], map[string]string{attrTenant: "acme", attrRole: "writer"}); n < 1 {
+		t.Errorf("cold opens of acme's writer: %d", n)
+	}
+	if n := sumInt(t, ms["sqliteproxy.connection.limit"], nil); n != 2 {
+		t.Errorf("connection limit gauge: %d", n)
+	}
+	st := p.Stats()
+	if n := sumInt(t, ms["sqliteproxy.connection.count"], map[string]string{attrState: "open", attrTenant: ""}); n != int64(st.OpenConnections) || n == 0 {
+		t.Errorf("open connections gauge: %d, stats %d", n, st.OpenConnections)
+	}
+	if n := sumInt(t, ms["sqliteproxy.tenant.open"], nil); n != int64(st.OpenTenants) {
+		t.Errorf("open tenants gauge: %d, stats %d", n, st.OpenTenants)
+	}
+}
+
+func TestTelemetry_Spans(t *testing.T) {
+	rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable}, TraceQueries: true, TraceStatements: true})
+	p := rig.p
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	var execText string
+	for _, s := range rig.spans.Ended() {
+		names = append(names, s.Name())
+		if s.Name() == "sqliteproxy.exec" {
+			for _, kv := range s.Attributes() {
+				if kv.Key == attrQueryText {
+					execText = kv.Value.AsString()
+				}
+			}
+		}
+	}
+	for _, want := range []string{"sqliteproxy.tenant.open", "sqliteproxy.migrate", "sqliteproxy.exec", "sqliteproxy.tenant.evict"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("no %s span in %v", want, names)
+		}
+	}
+	if execText != `INSERT INTO events (tenant) VALUES ('acme')` {
+		t.Errorf("exec span statement %q", execText)
+	}
+}
+
+func TestTelemetry_TenantCardinality(t *testing.T) {
+	for _, tc := range []struct {
+		limit int
+		want  []string // tenant attribute values seen
+	}{
+		{-1, nil},
+		{1, []string{"_other"}}, // before the first ranking everybody is _other
+	} {
+		rig := newTelemetryRig(t, Config{MetricsTenantLimit: tc.limit})
+		for _, id := range []string{"a", "b", "b"} {
+			rig.p.ExecContext(tctx(id), `SELECT 1`)
+		}
+		if tc.limit > 0 {
+			rig.p.c.r.tel.rankTenants(rig.p.c.r)
+			rig.p.ExecContext(tctx("b"), `SELECT 1`)
+			tc.want = []string{"_other", "b"}
+		}
+		h := rig.collect(t)["sqliteproxy.operation.duration"].Data.(metricdata.Histogram[float64])
+		var seen []string
+		for _, dp := range h.DataPoints {
+			if v, ok := dp.Attributes.Value(attrTenant); ok && !slices.Contains(seen, v.AsString()) {
+				seen = append(seen, v.AsString())
+			}
+		}
+		slices.Sort(seen)
+		if !slices.Equal(seen, tc.want) {
+			t.Errorf("limit %d: tenant attributes %v, want %v", tc.limit, seen, tc.want)
+		}
+	}
+}
+
+func TestTelemetry_OffWithoutProvider(t *testing.T) {
+	p := newTestProxy(t, Config{})
+	if p.c.r.tel.on || p.c.r.tel.tracing {
+		t.Fatal("telemetry on without a provider")
+	}
+	if _, err := p.ExecContext(tctx("a"), `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	if got := errorType(opError("x", "a", ErrNoTenant)); got != "no_tenant" {
+		t.Errorf("errorType = %q", got)
+	}
+	if got := errorType(errors.New("x")); got != "_OTHER" {
+		t.Errorf("errorType = %q", got)
+	}
+}
