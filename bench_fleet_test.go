@@ -110,4 +110,3 @@ func BenchmarkMigrateAll(b *testing.B) {
 		})
 	}
 }
-
