@@ -198,40 +198,67 @@ func BenchmarkRouting(b *testing.B) {
 	}
 }
 
-// BenchmarkWriters8 runs 8 goroutines inserting into one database: the
-// proxy's Go-level writer queue against a mattn pool that relies on
-// busy_timeout. It reports p50/p99 latency and errors besides ns/op.
+// BenchmarkWriters8 runs 8 goroutines writing one database: the proxy's
+// Go-level writer queue against a mattn pool that relies on busy_timeout.
+// op=insert is one INSERT; op=tx a read-then-write transaction (SELECT the
+// latest value, INSERT it plus one), where a deferred transaction in the
+// mattn pool must upgrade its read lock. It reports p50/p99 latency and
+// errors besides ns/op.
 func BenchmarkWriters8(b *testing.B) {
 	for _, tg := range benchTargets(b) {
 		if tg.name == "mattn-same-dsn" {
 			continue
 		}
-		b.Run("impl="+tg.name, func(b *testing.B) {
-			var mu sync.Mutex
-			var lat []time.Duration
-			var errs atomic.Int64
-			b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
-			b.RunParallel(func(pb *testing.PB) {
-				local := make([]time.Duration, 0, 1024)
-				for pb.Next() {
-					start := time.Now()
-					if _, err := tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES ('w', 1)`); err != nil {
-						errs.Add(1)
+		for _, op := range []string{"insert", "tx"} {
+			b.Run("op="+op+"/impl="+tg.name, func(b *testing.B) {
+				var mu sync.Mutex
+				var lat []time.Duration
+				var errs atomic.Int64
+				b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
+				b.RunParallel(func(pb *testing.PB) {
+					local := make([]time.Duration, 0, 1024)
+					for pb.Next() {
+						start := time.Now()
+						var err error
+						if op == "insert" {
+							_, err = tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES ('w', 1)`)
+						} else {
+							err = readThenWrite(tg)
+						}
+						if err != nil {
+							errs.Add(1)
+						}
+						local = append(local, time.Since(start))
 					}
-					local = append(local, time.Since(start))
+					mu.Lock()
+					lat = append(lat, local...)
+					mu.Unlock()
+				})
+				slices.Sort(lat)
+				if len(lat) > 0 {
+					b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
+					b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
 				}
-				mu.Lock()
-				lat = append(lat, local...)
-				mu.Unlock()
+				b.ReportMetric(float64(errs.Load()), "errors")
 			})
-			slices.Sort(lat)
-			if len(lat) > 0 {
-				b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
-				b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
-			}
-			b.ReportMetric(float64(errs.Load()), "errors")
-		})
+		}
 	}
+}
+
+func readThenWrite(tg benchTarget) error {
+	tx, err := tg.db.BeginTx(tg.ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var v int
+	if err := tx.QueryRowContext(tg.ctx, `SELECT value FROM bench ORDER BY id DESC LIMIT 1`).Scan(&v); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES ('w', ?)`, v+1); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // BenchmarkColdOpen opens an up-to-date tenant and runs its first query:
