@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -23,6 +24,9 @@ type conn struct {
 	tx    *tx       // open transaction
 	owned bool      // the conn came from Driver.Open and owns r
 	last  *tenant   // tenant of the previous checkout: spares a map lookup
+
+	lastQuery string // the previous query's text and class: spares a map lookup
+	lastRO    bool
 }
 
 var (
@@ -114,7 +118,11 @@ func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 // reports the statement read-only (and it is a single statement that is not
 // transaction control), else the writer.
 func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) {
+	if query == c.lastQuery && query != "" {
+		return c.route(ctx, !c.lastRO)
+	}
 	if ro, ok := c.r.classes.lookup(query); ok {
+		c.lastQuery, c.lastRO = query, ro
 		return c.route(ctx, !ro)
 	}
 	pc, err := c.route(ctx, false)
@@ -183,7 +191,9 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	pc.rows++
-	return &rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load()}, nil
+	r := rowsPool.Get().(*rows)
+	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load()}
+	return r, nil
 }
 
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
@@ -433,12 +443,20 @@ var (
 	_ driver.RowsColumnTypeNullable         = (*rows)(nil)
 )
 
+// rowsPool recycles rows wrappers: one allocation less per query.
+// database/sql never touches driver rows after Close.
+var rowsPool = sync.Pool{New: func() any { return new(rows) }}
+
 func (r *rows) Close() error {
 	if r.SQLiteRows == nil {
 		return nil
 	}
 	err := r.SQLiteRows.Close()
 	r.SQLiteRows = nil
+	defer func() {
+		*r = rows{}
+		rowsPool.Put(r)
+	}()
 	switch {
 	case r.free != nil:
 		r.stmt.Close()
