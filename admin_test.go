@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -374,5 +375,54 @@ func TestIsolation_CrossTenantReads(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "stolen.db")); err == nil {
 		t.Error("VACUUM INTO wrote a copy")
+	}
+}
+
+func TestFileModesIgnoreUmask(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	dir := filepath.Join(t.TempDir(), "data")
+	p := newTestProxy(t, Config{Dir: dir})
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `CREATE TABLE t (a)`); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{"": 0o700, "acme.db": 0o600, "acme.db-wal": 0o600, "acme.db-shm": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%q: mode %v with umask 0, want %v", name, fi.Mode().Perm(), want)
+		}
+	}
+}
+
+func TestProxy_StatsPerTenant(t *testing.T) {
+	p := newTestProxy(t, Config{MaxConnections: 10})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.ExecContext(ctx, `CREATE TABLE t (a)`)
+	countTenant := func() TenantStats {
+		for _, ts := range p.Stats().Tenants {
+			if ts.ID == "acme" {
+				return ts
+			}
+		}
+		t.Fatalf("acme not in %+v", p.Stats())
+		return TenantStats{}
+	}
+	if ts := countTenant(); ts.Open != 1 || ts.InUse != 1 || ts.LastUsed.IsZero() {
+		t.Errorf("during tx: %+v", ts)
+	}
+	tx.Commit()
+	st := p.Stats()
+	if ts := countTenant(); ts.InUse != 0 || st.OpenConnections != 1 || st.MaxConnections != 10 || st.OpenTenants != 1 {
+		t.Errorf("after tx: %+v, %+v", ts, st)
 	}
 }
