@@ -281,14 +281,14 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	} else if !exists {
 		return opError(op, id, ErrTenantNotFound)
 	}
-	pc, err := t.acquireReader(ctx)
+	src, done, err := t.backupSource(ctx)
 	if err != nil {
 		return err
 	}
-	defer t.release(pc)
+	defer done()
 	tmp := tempName(filepath.Dir(dstPath), ".backup-", id)
 	defer removeWithSideFiles(tmp)
-	if err := copyDatabase(ctx, tmp, pc.c); err != nil {
+	if err := copyDatabase(ctx, tmp, src); err != nil {
 		return opError(op, id, err)
 	}
 	if err := os.Rename(tmp, dstPath); err != nil {
@@ -300,6 +300,36 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	return nil
 }
 
+// backupSource returns a connection to copy t from, and the function that
+// gives it back. It neither applies nor requires migrations: backing up a
+// tenant that is behind (MigrateCheck) or ahead (drift) is when operators
+// need a backup most.
+func (t *tenant) backupSource(ctx context.Context) (*sqlite3.SQLiteConn, func(), error) {
+	if t.ready.Load() {
+		pc, err := t.acquireReader(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pc.c, func() { t.release(pc) }, nil
+	}
+	// A connection of its own, within the budget; the writer semaphore is
+	// held only while reserving, so writes go on during the copy.
+	if err := t.lockWriter(ctx); err != nil {
+		return nil, nil, err
+	}
+	if err := t.r.reserve(ctx, t); err != nil {
+		t.releaseWriter()
+		return nil, nil, opError("backup tenant", t.id, err)
+	}
+	c, err := plainDriver.Open(t.uri + "?_query_only=1")
+	t.releaseWriter()
+	if err != nil {
+		t.r.unreserve(t)
+		return nil, nil, opError("backup tenant", t.id, err)
+	}
+	return c.(*sqlite3.SQLiteConn), func() { c.Close(); t.r.unreserve(t) }, nil
+}
+
 // plainDriver opens files that are not tenant connections (backup copies,
 // restore sources): no authorizer, no pool.
 var plainDriver = &sqlite3.SQLiteDriver{}
@@ -308,6 +338,18 @@ var plainDriver = &sqlite3.SQLiteDriver{}
 // online backup API, leaves it in rollback-journal mode, checks it and syncs it.
 func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) error {
 	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Create the file first so that it is 0600 (tenant data), whatever the umask.
+	f, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	err = f.Chmod(0o600)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return err
 	}
 	dc, err := plainDriver.Open(fileURI(dst) + "?_journal_mode=DELETE&_synchronous=FULL")
@@ -336,7 +378,7 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	if err := d.Close(); err != nil {
 		return err
 	}
-	f, err := os.OpenFile(dst, os.O_RDWR, 0)
+	f, err = os.OpenFile(dst, os.O_RDWR, 0)
 	if err != nil {
 		return err
 	}
@@ -427,7 +469,11 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 }
 
 // copyVerified checks that src is a healthy SQLite database and copies a
-// consistent snapshot of it to dst.
+// consistent snapshot of it to dst. The source is never written: without a
+// -wal file beside it, it is opened immutable; with one (a copy of a live
+// WAL database), both are first copied next to dst and read there, so no
+// -wal or -shm file is left beside the source and its directory may be
+// read-only.
 func copyVerified(ctx context.Context, src, dst string) error {
 	fi, err := os.Stat(src)
 	if err != nil {
@@ -436,7 +482,19 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	if !fi.Mode().IsRegular() {
 		return errors.New("not a regular file")
 	}
-	sc, err := plainDriver.Open(fileURI(src) + "?mode=ro")
+	params := "?mode=ro&immutable=1"
+	if _, err := os.Stat(src + "-wal"); err == nil {
+		stage := dst + ".src"
+		defer removeWithSideFiles(stage)
+		if err := copyFile(src, stage); err != nil {
+			return err
+		}
+		if err := copyFile(src+"-wal", stage+"-wal"); err != nil {
+			return err
+		}
+		src, params = stage, ""
+	}
+	sc, err := plainDriver.Open(fileURI(src) + params)
 	if err != nil {
 		return err
 	}
@@ -487,4 +545,22 @@ func (r *router) stats() Stats {
 	}
 	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
 	return st
+}
+
+// copyFile copies a file's bytes to a new file of mode 0600.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(out, in)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

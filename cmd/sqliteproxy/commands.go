@@ -1,0 +1,641 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// tenantErr prints a failure of op on tenant id: one line, without the
+// library's own "op: tenant "id":" prefix, which would repeat ours.
+func (e *env) tenantErr(op, id string, err error) {
+	e.errorf("%s %s: %s", op, id, tenantErrText(id, err))
+}
+
+func tenantErrText(id string, err error) string {
+	if errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+		return "no such tenant"
+	}
+	for {
+		pe, ok := err.(*sqliteproxy.Error)
+		if !ok || (pe.Tenant != id && pe.Tenant != "") {
+			break
+		}
+		err = pe.Err
+	}
+	return errText(err)
+}
+
+// reportFailures prints per-tenant failures on stderr, sorted by tenant.
+func (e *env) reportFailures(op string, failed map[string]error) {
+	ids := make([]string, 0, len(failed))
+	for id := range failed {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		e.tenantErr(op, id, failed[id])
+	}
+}
+
+// tenants: list the tenants.
+func (e *env) tenants(args []string) (status int) {
+	f := e.newFlags("tenants")
+	asJSON := f.Bool("json", false, "print a JSON array of IDs")
+	if _, st, ok := e.parse(f, args, 0, 0); !ok {
+		return st
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	ids, err := p.Tenants(e.ctx)
+	if err != nil {
+		e.errorf("tenants: %s", errText(err))
+		return exitFailed
+	}
+	if *asJSON {
+		if ids == nil {
+			ids = []string{}
+		}
+		b, _ := json.Marshal(ids)
+		fmt.Fprintf(e.stdout, "%s\n", b)
+		return exitOK
+	}
+	for _, id := range ids {
+		fmt.Fprintln(e.stdout, id)
+	}
+	return exitOK
+}
+
+// create: create a tenant, applying the migrations of -migrations.
+func (e *env) create(args []string) (status int) {
+	f := e.newFlags("create")
+	mig := f.String("migrations", "", "`directory` of migration files (0001_init.sql, ...) to apply to the new tenant")
+	pos, st, ok := e.parse(f, args, 1, 1)
+	if !ok {
+		return st
+	}
+	id := pos[0]
+	if !e.checkID(f, id) {
+		return exitUsage
+	}
+	p, st, ok := e.open(f, *mig)
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	if err := p.CreateTenant(e.ctx, id); err != nil {
+		e.tenantErr("create", id, err)
+		return exitFailed
+	}
+	fmt.Fprintf(e.stdout, "created tenant %s\n", id)
+	return exitOK
+}
+
+// delete: delete a tenant after confirmation.
+func (e *env) delete(args []string) (status int) {
+	f := e.newFlags("delete")
+	yes := f.Bool("yes", false, "delete without asking")
+	force := f.Bool("force", false, "delete even if the tenant looks open in another process (its -wal or -shm file exists)")
+	pos, st, ok := e.parse(f, args, 1, 1)
+	if !ok {
+		return st
+	}
+	id := pos[0]
+	if !e.checkID(f, id) {
+		return exitUsage
+	}
+	if !*yes && !e.interactive() {
+		e.errorf("delete: not deleting tenant %s: stdin is not a terminal to confirm on; pass -yes", id)
+		return exitUsage
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	exists, err := p.TenantExists(e.ctx, id)
+	if err == nil && !exists {
+		err = sqliteproxy.ErrTenantNotFound
+	}
+	if err == nil && !*force {
+		err = notInUse(tenantPath(p, id))
+	}
+	if err != nil {
+		e.tenantErr("delete", id, err)
+		return exitFailed
+	}
+	if !*yes && !e.confirm(fmt.Sprintf("delete tenant %s and all its data?", id)) {
+		e.errorf("delete %s: not confirmed, nothing deleted", id)
+		return exitFailed
+	}
+	if err := p.DeleteTenant(e.ctx, id); err != nil {
+		e.tenantErr("delete", id, err)
+		return exitFailed
+	}
+	fmt.Fprintf(e.stdout, "deleted tenant %s\n", id)
+	return exitOK
+}
+
+// notInUse refuses a tenant file that another process seems to have open.
+//
+// DeleteTenant and RestoreTenant drain the tenant's connections in this
+// process only. A service running on the same directory keeps its open
+// descriptors: after a delete or restore it would go on reading and
+// writing the old, unlinked file (and WAL), and those writes would be lost.
+// SQLite keeps <id>.db-wal and <id>.db-shm while any connection is open
+// and removes them when the last one closes cleanly, so their presence
+// means the tenant is open somewhere (or a process crashed: then -force).
+func notInUse(path string) error {
+	for _, side := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(path + side); err == nil {
+			return fmt.Errorf("in use: %s exists, so a process (the service?) has the tenant open; stop it first, or pass -force if none does", filepath.Base(path+side))
+		}
+	}
+	return nil
+}
+
+// sameDir reports whether a and b are the same existing directory.
+func sameDir(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
+}
+
+// backup: online backup of one tenant, or of all.
+func (e *env) backup(args []string) (status int) {
+	f := e.newFlags("backup")
+	all := f.Bool("all", false, "back up every tenant, into DIR/<id>.db")
+	force := f.Bool("force", false, "overwrite existing backup files")
+	pos, st, ok := e.parse(f, args, 1, 2)
+	if !ok {
+		return st
+	}
+	if *all != (len(pos) == 1) {
+		return e.usageError(f, "want ID FILE, or -all DIR")
+	}
+	if *all {
+		return e.backupAll(f, pos[0], *force)
+	}
+	id, dst := pos[0], pos[1]
+	if !e.checkID(f, id) {
+		return exitUsage
+	}
+	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+		e.errorf("backup: %s is a directory; name the backup file", dst)
+		return exitUsage
+	}
+	if err := requireDir("backup directory", filepath.Dir(dst)); err != nil {
+		e.errorf("backup: %v", err)
+		return exitUsage
+	}
+	if sameDir(filepath.Dir(dst), *f.dir) {
+		e.errorf("backup: %s is in the data directory; write backups elsewhere", dst)
+		return exitUsage
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	if err := e.backupOne(p, id, dst, *force); err != nil {
+		e.tenantErr("backup", id, err)
+		return exitFailed
+	}
+	fmt.Fprintf(e.stdout, "backed up tenant %s to %s\n", id, dst)
+	return exitOK
+}
+
+func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
+	if sameDir(dir, *f.dir) {
+		e.errorf("backup: -all %s is the data directory; write backups elsewhere", dir)
+		return exitUsage
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	ids, err := p.Tenants(e.ctx)
+	if err != nil {
+		e.errorf("backup: %s", errText(err))
+		return exitFailed
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		e.errorf("backup: %v", err)
+		return exitFailed
+	}
+	failed := map[string]error{}
+	b := e.newBar(len(ids), "backup")
+	done := 0
+	for i, id := range ids {
+		if e.ctx.Err() != nil {
+			break
+		}
+		if err := e.backupOne(p, id, filepath.Join(dir, id+".db"), force); err != nil {
+			failed[id] = err
+		}
+		done++
+		b.set(i + 1)
+	}
+	b.finish()
+	e.reportFailures("backup", failed)
+	if e.interrupted() {
+		return exitFailed
+	}
+	fmt.Fprintf(e.stdout, "backed up %d of %d tenants to %s\n", done-len(failed), len(ids), dir)
+	if len(failed) > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// backupOne backs tenant id up to dst.
+func (e *env) backupOne(p *sqliteproxy.Proxy, id, dst string, force bool) error {
+	if !force {
+		if _, err := os.Lstat(dst); err == nil {
+			return fmt.Errorf("%s exists (use -force to overwrite)", dst)
+		}
+	}
+	return p.BackupTenant(e.ctx, id, dst)
+}
+
+// restore: replace a tenant's data with a backup.
+func (e *env) restore(args []string) (status int) {
+	f := e.newFlags("restore")
+	force := f.Bool("force", false, "restore even if the tenant looks open in another process (its -wal or -shm file exists)")
+	pos, st, ok := e.parse(f, args, 2, 2)
+	if !ok {
+		return st
+	}
+	id, src := pos[0], pos[1]
+	if !e.checkID(f, id) {
+		return exitUsage
+	}
+	fi, err := os.Stat(src)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		e.errorf("restore: backup file %s does not exist", src)
+		return exitUsage
+	case err != nil:
+		e.errorf("restore: %v", err)
+		return exitUsage
+	case !fi.Mode().IsRegular():
+		e.errorf("restore: %s is not a regular file", src)
+		return exitUsage
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	existed, err := p.TenantExists(e.ctx, id)
+	if err == nil && !*force {
+		err = notInUse(tenantPath(p, id))
+	}
+	if err == nil {
+		err = p.RestoreTenant(e.ctx, id, src)
+	}
+	if err != nil {
+		e.tenantErr("restore", id, err)
+		return exitFailed
+	}
+	if existed {
+		fmt.Fprintf(e.stdout, "restored tenant %s from %s\n", id, src)
+	} else {
+		fmt.Fprintf(e.stdout, "restored tenant %s from %s (new tenant)\n", id, src)
+	}
+	return exitOK
+}
+
+// migrate: apply pending migrations fleet-wide.
+func (e *env) migrate(args []string) (status int) {
+	f := e.newFlags("migrate")
+	mig := f.String("migrations", "", "`directory` of migration files: 0001_init.sql, 0002_add.sql, ... (required)")
+	dryRun := f.Bool("dry-run", false, "list what would be applied; change nothing")
+	conc := f.Int("concurrency", 0, "tenants migrated at once (default: number of CPUs)")
+	ids, st, ok := e.parse(f, args, 0, -1)
+	if !ok {
+		return st
+	}
+	if *mig == "" {
+		return e.usageError(f, "-migrations DIR is required")
+	}
+	if *conc < 0 {
+		return e.usageError(f, "-concurrency %d is negative", *conc)
+	}
+	for _, id := range ids {
+		if !e.checkID(f, id) {
+			return exitUsage
+		}
+	}
+	slices.Sort(ids)
+	ids = slices.Compact(ids)
+	p, st, ok := e.open(f, *mig)
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	if len(ids) == 0 {
+		var err error
+		if ids, err = p.Tenants(e.ctx); err != nil {
+			e.errorf("migrate: %s", errText(err))
+			return exitFailed
+		}
+	}
+	b := e.newBar(len(ids), "migrate")
+	done := 0
+	rep, err := p.MigrateAll(e.ctx, sqliteproxy.MigrateOptions{
+		Concurrency: *conc,
+		DryRun:      *dryRun,
+		Tenants:     ids,
+		Progress: func(n, _ int) {
+			done = n
+			b.set(n)
+		},
+	})
+	b.finish()
+	e.reportFailures("migrate", rep.Failed)
+	if err != nil && !e.interrupted() {
+		e.errorf("migrate: %s", errText(err))
+	}
+	if err != nil {
+		return exitFailed
+	}
+	upToDate := done - rep.Migrated - len(rep.Failed)
+	if *dryRun {
+		pending := slices.Sorted(func(yield func(string) bool) {
+			for id := range rep.Pending {
+				if !yield(id) {
+					return
+				}
+			}
+		})
+		for _, id := range pending {
+			fmt.Fprintf(e.stdout, "%s: would apply %s\n", id, strings.Join(rep.Pending[id], ", "))
+		}
+		fmt.Fprintf(e.stdout, "dry run, nothing changed: %s: %d to migrate (%s), %d up to date, %d failed\n",
+			plural(rep.Tenants, "tenant"), rep.Migrated, plural(rep.Applied, "migration"), upToDate, len(rep.Failed))
+	} else {
+		fmt.Fprintf(e.stdout, "%s: %d migrated (%s applied), %d up to date, %d failed\n",
+			plural(rep.Tenants, "tenant"), rep.Migrated, plural(rep.Applied, "migration"), upToDate, len(rep.Failed))
+	}
+	if len(rep.Failed) > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
+}
+
+// tenantStatus is one tenant in the output of status.
+type tenantStatus struct {
+	Tenant    string          `json:"tenant"`
+	Version   *int            `json:"version"`    // migrations applied; null if unreadable
+	Applied   []appliedStatus `json:"applied"`    // null if unreadable
+	Pending   []string        `json:"pending"`    // null if unknown: no -migrations, or unreadable
+	SizeBytes int64           `json:"size_bytes"` // the file and its -wal
+	Modified  time.Time       `json:"modified"`   // the later of the file's and its -wal's
+	Error     string          `json:"error,omitempty"`
+	err       error           // as Error
+}
+
+type appliedStatus struct {
+	Version   int       `json:"version"`
+	Name      string    `json:"name,omitempty"` // empty without -migrations
+	Checksum  string    `json:"checksum"`
+	AppliedAt time.Time `json:"applied_at"`
+}
+
+// status: schema version, pending migrations, size and last change.
+func (e *env) status(args []string) (status int) {
+	f := e.newFlags("status")
+	mig := f.String("migrations", "", "`directory` of migration files, to list pending migrations (without it: unknown)")
+	asJSON := f.Bool("json", false, "print a JSON array of objects")
+	pos, st, ok := e.parse(f, args, 0, 1)
+	if !ok {
+		return st
+	}
+	if len(pos) == 1 && !e.checkID(f, pos[0]) {
+		return exitUsage
+	}
+	p, st, ok := e.open(f, *mig)
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	ids, ok := e.tenantIDs(p, "status", pos)
+	if !ok {
+		return exitFailed
+	}
+	var b *bar
+	if len(pos) == 0 {
+		b = e.newBar(len(ids), "status")
+	}
+	out := make([]tenantStatus, 0, len(ids))
+	for i, id := range ids {
+		if e.ctx.Err() != nil {
+			break
+		}
+		out = append(out, e.tenantStatus(p, id, *mig != ""))
+		b.set(i + 1)
+	}
+	b.finish()
+	if e.interrupted() {
+		return exitFailed
+	}
+	failed := map[string]error{}
+	for _, ts := range out {
+		if ts.err != nil {
+			failed[ts.Tenant] = ts.err
+		}
+	}
+	e.reportFailures("status", failed)
+	if *asJSON {
+		b, _ := json.MarshalIndent(out, "", "  ")
+		fmt.Fprintf(e.stdout, "%s\n", b)
+	} else {
+		tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "TENANT\tVERSION\tPENDING\tSIZE\tMODIFIED")
+		for _, ts := range out {
+			version, pending := "?", "?"
+			if ts.Version != nil {
+				version = fmt.Sprint(*ts.Version)
+			}
+			switch {
+			case ts.err != nil && ts.Version != nil:
+				pending = "drift"
+			case ts.Pending == nil:
+			case len(ts.Pending) == 0:
+				pending = "0"
+			default:
+				pending = fmt.Sprintf("%d: %s", len(ts.Pending), strings.Join(ts.Pending, ", "))
+			}
+			mod := "?"
+			if !ts.Modified.IsZero() {
+				mod = ts.Modified.Local().Format(time.DateTime)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ts.Tenant, version, pending, humanSize(ts.SizeBytes), mod)
+		}
+		tw.Flush()
+	}
+	if len(failed) > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// tenantIDs returns the one tenant named (which must exist) or all.
+func (e *env) tenantIDs(p *sqliteproxy.Proxy, op string, pos []string) ([]string, bool) {
+	if len(pos) == 0 {
+		ids, err := p.Tenants(e.ctx)
+		if err != nil {
+			e.errorf("%s: %s", op, errText(err))
+			return nil, false
+		}
+		return ids, true
+	}
+	id := pos[0]
+	exists, err := p.TenantExists(e.ctx, id)
+	if err == nil && !exists {
+		err = sqliteproxy.ErrTenantNotFound
+	}
+	if err != nil {
+		e.tenantErr(op, id, err)
+		return nil, false
+	}
+	return pos, true
+}
+
+func (e *env) tenantStatus(p *sqliteproxy.Proxy, id string, withMigrations bool) tenantStatus {
+	ts := tenantStatus{Tenant: id}
+	path := tenantPath(p, id)
+	fi, err := os.Stat(path)
+	if err != nil {
+		ts.err = err
+		ts.Error = err.Error()
+		return ts
+	}
+	ts.SizeBytes, ts.Modified = diskUsage(fi, path)
+	ms, err := p.MigrationStatus(e.ctx, id)
+	if err != nil {
+		ts.err = err
+		ts.Error = tenantErrText(id, err)
+		return ts
+	}
+	n := len(ms.Applied)
+	ts.Version = &n
+	ts.Applied = []appliedStatus{}
+	for _, a := range ms.Applied {
+		ts.Applied = append(ts.Applied, appliedStatus{a.Version, a.Name, a.Checksum, a.AppliedAt})
+	}
+	if !withMigrations {
+		// Nothing configured: every applied migration reads as drift.
+		return ts
+	}
+	if ms.Drift != nil {
+		ts.err = ms.Drift
+		ts.Error = tenantErrText(id, ms.Drift)
+		return ts
+	}
+	ts.Pending = append([]string{}, ms.Pending...)
+	return ts
+}
+
+// diskUsage returns the size of the database file fi at path plus that
+// of its -wal file, and the later of their modification times.
+func diskUsage(fi os.FileInfo, path string) (int64, time.Time) {
+	size, mod := fi.Size(), fi.ModTime()
+	if wi, err := os.Stat(path + "-wal"); err == nil {
+		size += wi.Size()
+		if wi.ModTime().After(mod) {
+			mod = wi.ModTime()
+		}
+	}
+	return size, mod
+}
+
+// humanSize formats a byte count with binary units.
+func humanSize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// check: PRAGMA integrity_check on one or all tenants.
+func (e *env) check(args []string) (status int) {
+	f := e.newFlags("check")
+	pos, st, ok := e.parse(f, args, 0, 1)
+	if !ok {
+		return st
+	}
+	if len(pos) == 1 && !e.checkID(f, pos[0]) {
+		return exitUsage
+	}
+	p, st, ok := e.open(f, "")
+	if !ok {
+		return st
+	}
+	defer e.closeProxy(p, &status)
+	ids, ok := e.tenantIDs(p, "check", pos)
+	if !ok {
+		return exitFailed
+	}
+	var b *bar
+	if len(pos) == 0 {
+		b = e.newBar(len(ids), "check")
+	}
+	failed := map[string]error{}
+	done := 0
+	for i, id := range ids {
+		if e.ctx.Err() != nil {
+			break
+		}
+		if err := checkFile(e.ctx, tenantPath(p, id)); err != nil {
+			failed[id] = err
+		}
+		done++
+		b.set(i + 1)
+	}
+	b.finish()
+	e.reportFailures("check", failed)
+	if e.interrupted() {
+		return exitFailed
+	}
+	if len(pos) == 1 {
+		if len(failed) == 0 {
+			fmt.Fprintf(e.stdout, "%s: ok\n", pos[0])
+		}
+	} else {
+		fmt.Fprintf(e.stdout, "%s checked: %d ok, %d failed\n", plural(done, "tenant"), done-len(failed), len(failed))
+	}
+	if len(failed) > 0 {
+		return exitFailed
+	}
+	return exitOK
+}

@@ -1,0 +1,376 @@
+// Command sqliteproxy is the operations tool for a sqliteproxy data
+// directory: one SQLite file per tenant, <dir>/<id>.db.
+//
+//	sqliteproxy tenants [-json]                          list tenants
+//	sqliteproxy create [-migrations DIR] ID              create a tenant (with the migrations applied)
+//	sqliteproxy delete [-yes] [-force] ID                delete a tenant and all its data
+//	sqliteproxy backup [-force] ID FILE                  online backup of one tenant
+//	sqliteproxy backup -all [-force] DIR                 DIR/<id>.db for every tenant
+//	sqliteproxy restore [-force] ID FILE                 replace a tenant's data with a backup
+//	sqliteproxy migrate -migrations DIR [-dry-run] [-concurrency N] [ID...]
+//	sqliteproxy status [-json] [-migrations DIR] [ID]    schema version, pending migrations, size
+//	sqliteproxy check [ID]                               PRAGMA integrity_check
+//
+// Every command takes -dir (default ./data), the data directory, which must
+// exist: the tool never creates it, and never creates a tenant file except
+// with create and restore (a mistyped ID is "no tenant", not a new
+// database). Nothing migrates as a side effect: only migrate applies
+// migrations.
+//
+// tenants, create, backup, migrate, status and check are safe while a
+// service uses the directory (SQLite's locking; migrate applies each
+// migration in a BEGIN IMMEDIATE transaction). delete and restore are not:
+// they can only drain connections in this process, so they refuse a
+// tenant that another process has open (its -wal or -shm file exists);
+// stop the service first, or delete and restore through its Proxy.
+//
+// check runs PRAGMA integrity_check on a connection of its own to each file
+// (see sqlitefile.go), not through the proxy, which in MigrateCheck mode
+// refuses a tenant whose migrations do not match -migrations.
+//
+// Fleet-wide commands (migrate, backup -all, check and status without an
+// ID) draw a progress bar on stderr when stderr is a terminal; piped, they
+// print only their results. Results go to stdout, errors to stderr, one line
+// each, prefixed "sqliteproxy: ".
+//
+// Exit status: 0 when everything succeeded; 1 when an operation failed for
+// at least one tenant (not found, already exists, corrupt file, failed
+// migration or integrity check, delete not confirmed, interrupted); 2 for
+// usage errors (unknown command or flag, wrong number of arguments, invalid
+// tenant ID, a directory or file named on the command line that does not
+// exist, delete without -yes on a non-interactive stdin).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/sqliteproxy/sqliteproxy"
+	"golang.org/x/term"
+)
+
+// Exit statuses.
+const (
+	exitOK     = 0
+	exitFailed = 1 // the operation failed for at least one tenant
+	exitUsage  = 2 // the command line is wrong
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run runs the command line args (without the program name) and returns
+// the exit status. SIGINT and SIGTERM cancel the running operation.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	e := &env{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
+	return e.main(args)
+}
+
+// env is one invocation: its context and standard streams.
+type env struct {
+	ctx    context.Context
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// command is a subcommand.
+type command struct {
+	name     string
+	synopsis string // arguments, after the command name
+	summary  string
+	run      func(e *env, args []string) int
+}
+
+var commands []command
+
+func init() {
+	// Assigned here: the commands' run functions refer to commands (usage).
+	commands = []command{
+		{"tenants", "[-dir DIR] [-json]", "list the tenants, one ID per line", (*env).tenants},
+		{"create", "[-dir DIR] [-migrations DIR] ID", "create a tenant, with the migrations applied", (*env).create},
+		{"delete", "[-dir DIR] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
+		{"backup", "[-dir DIR] [-force] ID FILE | -all [-force] DIR", "online backup of one tenant, or of all into DIR/<id>.db", (*env).backup},
+		{"restore", "[-dir DIR] [-force] ID FILE", "replace a tenant's data with a backup (creates the tenant if missing)", (*env).restore},
+		{"migrate", "[-dir DIR] -migrations DIR [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants", (*env).migrate},
+		{"status", "[-dir DIR] [-migrations DIR] [-json] [ID]", "schema version, pending migrations, size and last change per tenant", (*env).status},
+		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
+	}
+}
+
+func (e *env) main(args []string) int {
+	if len(args) == 0 {
+		e.errorf("no command given")
+		e.usage(e.stderr)
+		return exitUsage
+	}
+	switch name := args[0]; name {
+	case "help", "-h", "-help", "--help":
+		if len(args) > 1 {
+			if c := findCommand(args[1]); c != nil {
+				return c.run(e, []string{"-h"})
+			}
+			e.errorf("unknown command %q", args[1])
+			e.usage(e.stderr)
+			return exitUsage
+		}
+		e.usage(e.stdout)
+		return exitOK
+	default:
+		c := findCommand(name)
+		if c == nil {
+			e.errorf("unknown command %q", name)
+			e.usage(e.stderr)
+			return exitUsage
+		}
+		return c.run(e, args[1:])
+	}
+}
+
+func findCommand(name string) *command {
+	for i := range commands {
+		if commands[i].name == name {
+			return &commands[i]
+		}
+	}
+	return nil
+}
+
+func (e *env) usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: sqliteproxy COMMAND [flags] [args]\n\nOperations on a sqliteproxy data directory (one SQLite file per tenant, <dir>/<id>.db).\n\nCommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nEvery command takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")
+}
+
+// errorf prints a one-line error on stderr.
+func (e *env) errorf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	fmt.Fprintln(e.stderr, "sqliteproxy: "+strings.ReplaceAll(msg, "\n", "; "))
+}
+
+// errText renders a library error on one line without the repeated
+// "sqliteproxy: " of its layers (the caller prefixes it once).
+func errText(err error) string {
+	return strings.ReplaceAll(strings.ReplaceAll(err.Error(), "sqliteproxy: ", ""), "\n", "; ")
+}
+
+// flags is the parsed command line of one subcommand.
+type flags struct {
+	*flag.FlagSet
+	cmd *command
+	dir *string
+}
+
+// newFlags returns the flag set of the named command, with -dir.
+func (e *env) newFlags(name string) *flags {
+	c := findCommand(name)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by parse, help by printHelp
+	f := &flags{FlagSet: fs, cmd: c}
+	f.dir = fs.String("dir", "./data", "the data `directory`, holding one <id>.db file per tenant (must exist)")
+	return f
+}
+
+// parse parses args, flags and positional arguments in any order ("--"
+// ends the flags), and checks the number of positional arguments. On
+// failure it returns the exit status to return.
+func (e *env) parse(f *flags, args []string, minArgs, maxArgs int) ([]string, int, bool) {
+	var pos []string
+	for {
+		err := f.Parse(args)
+		if errors.Is(err, flag.ErrHelp) {
+			e.printHelp(f, e.stdout)
+			return nil, exitOK, false
+		}
+		if err != nil {
+			return nil, e.usageError(f, "%s", err), false
+		}
+		rest := f.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	switch {
+	case len(pos) < minArgs:
+		return nil, e.usageError(f, "too few arguments"), false
+	case maxArgs >= 0 && len(pos) > maxArgs:
+		return nil, e.usageError(f, "too many arguments: %s", strings.Join(pos, " ")), false
+	}
+	return pos, exitOK, true
+}
+
+func (e *env) usageError(f *flags, format string, args ...any) int {
+	e.errorf(f.cmd.name+": "+format, args...)
+	fmt.Fprintf(e.stderr, "usage: sqliteproxy %s %s\n", f.cmd.name, f.cmd.synopsis)
+	return exitUsage
+}
+
+func (e *env) printHelp(f *flags, w io.Writer) {
+	fmt.Fprintf(w, "usage: sqliteproxy %s %s\n\n%s.\n\nFlags:\n", f.cmd.name, f.cmd.synopsis, f.cmd.summary)
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
+}
+
+// checkID validates a tenant ID from the command line.
+func (e *env) checkID(f *flags, id string) bool {
+	if err := sqliteproxy.ValidTenantID(id); err != nil {
+		e.errorf("%s: %s", f.cmd.name, strings.TrimPrefix(errText(err), "check tenant ID: "))
+		return false
+	}
+	return true
+}
+
+// requireDir checks that path names an existing directory.
+func requireDir(what, path string) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s %s does not exist", what, path)
+	case err != nil:
+		return fmt.Errorf("%s: %w", what, err)
+	case !fi.IsDir():
+		return fmt.Errorf("%s %s is not a directory", what, path)
+	}
+	return nil
+}
+
+// open opens the proxy on the data directory of f. It checks first that
+// the directory exists (sqliteproxy.New would create it). Tenants are
+// never created implicitly (ExplicitCreate) and never migrated on access
+// (MigrateCheck): only the commands that mean to create or migrate do.
+func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, bool) {
+	if err := requireDir("data directory", *f.dir); err != nil {
+		e.errorf("%s: %v", f.cmd.name, err)
+		return nil, exitUsage, false
+	}
+	if migrationsDir != "" {
+		if err := requireDir("migrations directory", migrationsDir); err != nil {
+			e.errorf("%s: %v", f.cmd.name, err)
+			return nil, exitUsage, false
+		}
+	}
+	p, err := sqliteproxy.New(sqliteproxy.Config{
+		Dir:            *f.dir,
+		MigrationsDir:  migrationsDir,
+		MigrationMode:  sqliteproxy.MigrateCheck,
+		ExplicitCreate: true,
+	})
+	if err != nil {
+		e.errorf("%s: %s", f.cmd.name, errText(err))
+		return nil, exitFailed, false
+	}
+	return p, exitOK, true
+}
+
+// closeProxy closes p, reporting a failure.
+func (e *env) closeProxy(p *sqliteproxy.Proxy, status *int) {
+	if err := p.Close(); err != nil {
+		e.errorf("close: %s", errText(err))
+		*status = max(*status, exitFailed)
+	}
+}
+
+// tenantPath is the file of tenant id under the data directory.
+func tenantPath(p *sqliteproxy.Proxy, id string) string {
+	return filepath.Join(p.Config().Dir, id+".db")
+}
+
+// isTerminal reports whether v (a stream passed to run) is a terminal.
+// Streams that are not *os.File (a test's buffers) are not terminals.
+// Tests replace it to see the progress bar.
+var isTerminal = func(v any) bool {
+	f, ok := v.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// interactive reports whether delete may ask its question on stdin: stdin
+// is a terminal, or a reader that is not a file at all (a caller of run
+// that supplies the answer, such as a test). A pipe, a regular file or
+// /dev/null is not interactive.
+func (e *env) interactive() bool {
+	if _, ok := e.stdin.(*os.File); !ok {
+		return e.stdin != nil
+	}
+	return isTerminal(e.stdin)
+}
+
+// confirm asks question on stderr and reads the answer from stdin: only
+// "y" or "yes" (any case) is a yes.
+func (e *env) confirm(question string) bool {
+	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
+	line, err := bufio.NewReader(e.stdin).ReadString('\n')
+	if err != nil && line == "" {
+		fmt.Fprintln(e.stderr)
+		return false
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return true
+	}
+	return false
+}
+
+// bar is a progress bar on stderr, or nothing when stderr is not a terminal.
+// Its methods are no-ops on a nil *bar.
+type bar struct{ pb *progressbar.ProgressBar }
+
+func (e *env) newBar(total int, desc string) *bar {
+	if total == 0 || !isTerminal(e.stderr) {
+		return nil
+	}
+	return &bar{pb: progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(e.stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowCount(),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetRenderBlankState(true),
+	)}
+}
+
+func (b *bar) set(n int) {
+	if b != nil {
+		b.pb.Set(n)
+	}
+}
+
+// finish removes the bar, so that results can follow on a clean line.
+func (b *bar) finish() {
+	if b != nil {
+		b.pb.Finish()
+	}
+}
+
+// interrupted reports (once) that the context was cancelled.
+func (e *env) interrupted() bool {
+	if e.ctx.Err() == nil {
+		return false
+	}
+	e.errorf("interrupted")
+	return true
+}

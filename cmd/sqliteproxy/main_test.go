@@ -1,0 +1,1068 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	_ "github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+const (
+	initSQL = "CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL);\n"
+	addSQL  = "ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0;\n"
+)
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// cli runs the command line with stdin (nil: an empty, non-file reader).
+func cli(t *testing.T, stdin io.Reader, args ...string) result {
+	t.Helper()
+	if stdin == nil {
+		stdin = strings.NewReader("")
+	}
+	var out, errOut bytes.Buffer
+	code := run(args, stdin, &out, &errOut)
+	return result{code, out.String(), errOut.String()}
+}
+
+// want checks the exit status and, for failures, that stderr starts with
+// a "sqliteproxy: " line.
+func (r result) want(t *testing.T, code int) result {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	if code != exitOK && !strings.HasPrefix(r.stderr, "sqliteproxy: ") {
+		t.Errorf("stderr does not start with %q:\n%s", "sqliteproxy: ", r.stderr)
+	}
+	return r
+}
+
+// migrationsDir writes the given migration files into a new directory.
+func migrationsDir(t *testing.T, files ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range files {
+		body := map[string]string{"0001_init.sql": initSQL, "0002_add.sql": addSQL}[name]
+		if body == "" {
+			t.Fatalf("no migration %s", name)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// withProxy opens the library on dir (creating tenants on first access,
+// migrating from mdir unless it is empty), runs f and closes it.
+func withProxy(t *testing.T, dir, mdir string, f func(p *sqliteproxy.Proxy)) {
+	t.Helper()
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := p.Close(); err != nil {
+			t.Error(err)
+		}
+	}()
+	f(p)
+}
+
+// fleet makes a data directory with tenants created by the library with
+// the migrations in mdir (none if empty), each with n events.
+func fleet(t *testing.T, mdir string, n int, ids ...string) string {
+	t.Helper()
+	dir := t.TempDir()
+	withProxy(t, dir, mdir, func(p *sqliteproxy.Proxy) {
+		for _, id := range ids {
+			if err := p.CreateTenant(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+			for i := range n {
+				if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), id),
+					`INSERT INTO events (type) VALUES (?)`, id+"-"+strconv.Itoa(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	})
+	return dir
+}
+
+// junk puts a file that is not a database where a tenant's file would be.
+func junk(t *testing.T, dir, id string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, id+".db"), []byte("this is not a database\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// events reads a tenant file's event types directly.
+func events(t *testing.T, path string) []string {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(`SELECT type FROM events ORDER BY id`)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// snapshot describes every file under dir: mode, size, mtime and content hash.
+func snapshot(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			out[rel] = fi.Mode().String()
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		sum := sha256.Sum256(b)
+		out[rel] = fi.Mode().String() + " " + strconv.Itoa(len(b)) + " " + fi.ModTime().Format(time.RFC3339Nano) + " " + hex.EncodeToString(sum[:8])
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func unchanged(t *testing.T, dir string, before map[string]string) {
+	t.Helper()
+	if diff := cmp.Diff(before, snapshot(t, dir)); diff != "" {
+		t.Errorf("%s changed (-before +after):\n%s", dir, diff)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := fleet(t, "", 0, "acme")
+	junk(t, dir, "x")
+	mdir := migrationsDir(t, "0001_init.sql")
+	missing := filepath.Join(t.TempDir(), "nothing-here")
+	file := filepath.Join(dir, "acme.db")
+	backupDir := t.TempDir()
+	before := snapshot(t, dir)
+	for _, args := range [][]string{
+		{},
+		{"frobnicate"},
+		{"help", "frobnicate"},
+		{"tenants", "-dir", dir, "-bogus"},
+		{"tenants", "-dir", dir, "extra"},
+		{"tenants", "-dir"},
+		{"create", "-dir", dir},
+		{"create", "-dir", dir, "a", "b"},
+		{"create", "-dir", dir, "ACME"},
+		{"create", "-dir", dir, "../evil"},
+		{"create", "-dir", dir, "--", "-x"},
+		{"create", "-dir", dir, ""},
+		{"create", "-dir", dir, "con"},
+		{"create", "-dir", missing, "acme"},
+		{"create", "-dir", file, "acme"},
+		{"create", "-dir", dir, "-migrations", missing, "newone"},
+		{"delete", "-dir", dir, "-yes"},
+		{"delete", "-dir", dir, "-yes", "a/b"},
+		{"delete", "-dir", missing, "-yes", "acme"},
+		{"backup", "-dir", dir, "acme"},
+		{"backup", "-dir", dir, "acme", "b", "c"},
+		{"backup", "-dir", dir, "-all", "x", "y"},
+		{"backup", "-dir", dir, "Acme", filepath.Join(backupDir, "a.db")},
+		{"backup", "-dir", dir, "acme", filepath.Join(missing, "a.db")},
+		{"backup", "-dir", dir, "acme", backupDir},
+		{"backup", "-dir", dir, "acme", filepath.Join(dir, "copy.db")},
+		{"backup", "-dir", dir, "-all", dir},
+		{"backup", "-dir", missing, "acme", filepath.Join(backupDir, "a.db")},
+		{"backup", "-dir", missing, "-all", filepath.Join(backupDir, "all")},
+		{"restore", "-dir", dir, "acme"},
+		{"restore", "-dir", dir, "acme", filepath.Join(missing, "b.db")},
+		{"restore", "-dir", dir, "acme", backupDir},
+		{"restore", "-dir", dir, "a.b", file},
+		{"restore", "-dir", missing, "acme", file},
+		{"migrate", "-dir", dir},
+		{"migrate", "-dir", dir, "-migrations", missing},
+		{"migrate", "-dir", dir, "-migrations", mdir, "-concurrency", "-1"},
+		{"migrate", "-dir", dir, "-migrations", mdir, "-concurrency", "x"},
+		{"migrate", "-dir", dir, "-migrations", mdir, "acme", "BAD"},
+		{"migrate", "-dir", missing, "-migrations", mdir},
+		{"status", "-dir", dir, "acme", "x"},
+		{"status", "-dir", dir, "%2e%2e"},
+		{"status", "-dir", missing},
+		{"status", "-dir", dir, "-migrations", missing},
+		{"check", "-dir", dir, "acme", "x"},
+		{"check", "-dir", dir, "ACME"},
+		{"check", "-dir", missing},
+		{"check", "-dir", missing, "acme"},
+	} {
+		t.Run(strings.Join(args, " "), func(t *testing.T) {
+			r := cli(t, nil, args...).want(t, exitUsage)
+			if r.stdout != "" {
+				t.Errorf("stdout: %q", r.stdout)
+			}
+			if first, _, _ := strings.Cut(r.stderr, "\n"); strings.Contains(first, "sqliteproxy: sqliteproxy") {
+				t.Errorf("repeated prefix: %s", first)
+			}
+		})
+	}
+	unchanged(t, dir, before)
+	if _, err := os.Stat(missing); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing data directory was created: %v", err)
+	}
+	if ents, _ := os.ReadDir(backupDir); len(ents) != 0 {
+		t.Errorf("backup directory got files: %v", ents)
+	}
+}
+
+func TestErrorMessages(t *testing.T) {
+	dir := fleet(t, "", 0, "acme")
+	missing := filepath.Join(t.TempDir(), "gone")
+	for _, tc := range []struct {
+		args []string
+		want string // the whole stderr
+	}{
+		{[]string{"create", "-dir", dir, "ACME"}, `sqliteproxy: create: invalid tenant ID: "ACME": byte 0 is not one of [a-z0-9_-] (or starts the ID with '-' or '_')` + "\n"},
+		{[]string{"tenants", "-dir", missing}, "sqliteproxy: tenants: data directory " + missing + " does not exist\n"},
+		{[]string{"frob"}, `sqliteproxy: unknown command "frob"` + "\n"},
+		{[]string{"create", "-dir", dir, "acme"}, "sqliteproxy: create acme: tenant already exists\n"},
+		{[]string{"delete", "-dir", dir, "-yes", "nosuch"}, "sqliteproxy: delete nosuch: no such tenant\n"},
+		{[]string{"tenants", "-dir", dir, "-x"}, "sqliteproxy: tenants: flag provided but not defined: -x\nusage: sqliteproxy tenants [-dir DIR] [-json]\n"},
+	} {
+		r := cli(t, nil, tc.args...)
+		got := r.stderr
+		if tc.args[0] == "frob" {
+			got, _, _ = strings.Cut(got, "\n")
+			got += "\n"
+		}
+		if got != tc.want {
+			t.Errorf("%v: stderr\n%s\nwant\n%s", tc.args, r.stderr, tc.want)
+		}
+	}
+}
+
+func TestHelp(t *testing.T) {
+	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}} {
+		r := cli(t, nil, args...).want(t, exitOK)
+		for _, c := range commands {
+			if !strings.Contains(r.stdout, "\n  "+c.name+" ") {
+				t.Errorf("%v: usage does not list %s:\n%s", args, c.name, r.stdout)
+			}
+		}
+	}
+	for _, c := range commands {
+		r := cli(t, nil, c.name, "-h").want(t, exitOK)
+		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || !strings.Contains(r.stdout, "-dir") {
+			t.Errorf("%s -h:\n%s", c.name, r.stdout)
+		}
+		if r2 := cli(t, nil, "help", c.name).want(t, exitOK); r2.stdout != r.stdout {
+			t.Errorf("help %s differs from %s -h", c.name, c.name)
+		}
+	}
+}
+
+func TestTenants(t *testing.T) {
+	dir := fleet(t, "", 0, "globex", "acme", "initech-2")
+	// Not tenants: side files, hidden files, other names, directories.
+	for _, name := range []string{"acme.db-wal", ".creating-x.db", "README", "UPPER.db", "sub.db/"} {
+		path := filepath.Join(dir, name)
+		var err error
+		if strings.HasSuffix(name, "/") {
+			err = os.Mkdir(path, 0o700)
+		} else {
+			err = os.WriteFile(path, nil, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := snapshot(t, dir)
+	if r := cli(t, nil, "tenants", "-dir", dir).want(t, exitOK); r.stdout != "acme\nglobex\ninitech-2\n" || r.stderr != "" {
+		t.Errorf("tenants: %q, stderr %q", r.stdout, r.stderr)
+	}
+	if r := cli(t, nil, "tenants", "-json", "-dir", dir).want(t, exitOK); r.stdout != `["acme","globex","initech-2"]`+"\n" {
+		t.Errorf("tenants -json: %q", r.stdout)
+	}
+	unchanged(t, dir, before)
+
+	empty := t.TempDir()
+	if r := cli(t, nil, "tenants", "-dir", empty).want(t, exitOK); r.stdout != "" {
+		t.Errorf("tenants on empty dir: %q", r.stdout)
+	}
+	if r := cli(t, nil, "tenants", "-dir", empty, "-json").want(t, exitOK); r.stdout != "[]\n" {
+		t.Errorf("tenants -json on empty dir: %q", r.stdout)
+	}
+}
+
+// TestDefaultDir: -dir defaults to ./data, which is never created.
+func TestDefaultDir(t *testing.T) {
+	wd := t.TempDir()
+	t.Chdir(wd)
+	cli(t, nil, "tenants").want(t, exitUsage)
+	cli(t, nil, "create", "acme").want(t, exitUsage)
+	if _, err := os.Stat(filepath.Join(wd, "data")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("./data created: %v", err)
+	}
+	if err := os.Mkdir("data", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, nil, "create", "acme").want(t, exitOK)
+	if r := cli(t, nil, "tenants").want(t, exitOK); r.stdout != "acme\n" {
+		t.Errorf("tenants: %q", r.stdout)
+	}
+}
+
+func TestCreate(t *testing.T) {
+	dir := t.TempDir()
+	mdir := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	if r := cli(t, nil, "create", "-dir", dir, "-migrations", mdir, "acme").want(t, exitOK); r.stdout != "created tenant acme\n" || r.stderr != "" {
+		t.Errorf("create: %+v", r)
+	}
+	// Flags after the ID work too.
+	cli(t, nil, "create", "plain", "-dir", dir).want(t, exitOK)
+	fi, err := os.Stat(filepath.Join(dir, "acme.db"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("acme.db: %v, %v", fi, err)
+	}
+	if got := events(t, filepath.Join(dir, "acme.db")); len(got) != 0 {
+		t.Errorf("new tenant has events %v", got)
+	}
+	r := cli(t, nil, "status", "-dir", dir, "-migrations", mdir, "-json").want(t, exitOK)
+	var st []tenantStatus
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 2 || *st[0].Version != 2 || len(st[0].Pending) != 0 || *st[1].Version != 0 || len(st[1].Pending) != 2 {
+		t.Errorf("status after create: %s", r.stdout)
+	}
+
+	before := snapshot(t, dir)
+	cli(t, nil, "create", "-dir", dir, "acme").want(t, exitFailed)
+	unchanged(t, dir, before)
+}
+
+func TestDelete(t *testing.T) {
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 2, "acme", "globex")
+	path := filepath.Join(dir, "acme.db")
+	const prompt = "delete tenant acme and all its data? [y/N] "
+
+	// Declined: nothing happens.
+	for _, answer := range []string{"n\n", "\n", "", "no\n", "yess\n"} {
+		before := snapshot(t, dir)
+		r := cli(t, strings.NewReader(answer), "delete", "-dir", dir, "acme")
+		if r.code != exitFailed || !strings.HasPrefix(r.stderr, prompt) || !strings.Contains(r.stderr, "sqliteproxy: delete acme: not confirmed, nothing deleted\n") || r.stdout != "" {
+			t.Errorf("answer %q: %+v", answer, r)
+		}
+		unchanged(t, dir, before)
+	}
+
+	// Not interactive (a regular file, like a pipe or /dev/null): refused
+	// without reading it.
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	before := snapshot(t, dir)
+	r := cli(t, f, "delete", "-dir", dir, "acme").want(t, exitUsage)
+	if strings.Contains(r.stderr, "[y/N]") || !strings.Contains(r.stderr, "-yes") {
+		t.Errorf("non-interactive: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+
+	// Yes.
+	r = cli(t, strings.NewReader("y\n"), "delete", "-dir", dir, "acme").want(t, exitOK)
+	if r.stderr != prompt || r.stdout != "deleted tenant acme\n" {
+		t.Errorf("delete y: %+v", r)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("acme.db still there: %v", err)
+	}
+	// Gone: not found, and not re-created.
+	cli(t, strings.NewReader("y\n"), "delete", "-dir", dir, "acme").want(t, exitFailed)
+	cli(t, nil, "delete", "-dir", dir, "-yes", "acme").want(t, exitFailed)
+	if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("acme.db re-created: %v", err)
+	}
+
+	// -yes: no question, also with a non-interactive stdin; flag after the ID.
+	r = cli(t, f, "delete", "-dir", dir, "globex", "-yes").want(t, exitOK)
+	if r.stderr != "" || r.stdout != "deleted tenant globex\n" {
+		t.Errorf("delete -yes: %+v", r)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("files left: %v", ents)
+	}
+
+	// A junk file can be deleted.
+	junk(t, dir, "x")
+	cli(t, strings.NewReader("yes\n"), "delete", "-dir", dir, "x").want(t, exitOK)
+}
+
+func TestBackupRestoreRoundTrip(t *testing.T) {
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := fleet(t, mdir, 3, "acme", "globex")
+	bdir := t.TempDir()
+	bfile := filepath.Join(bdir, "acme-backup.db")
+
+	r := cli(t, nil, "backup", "-dir", dir, "acme", bfile).want(t, exitOK)
+	if r.stdout != "backed up tenant acme to "+bfile+"\n" || r.stderr != "" {
+		t.Errorf("backup: %+v", r)
+	}
+	want := []string{"acme-0", "acme-1", "acme-2"}
+	if got := events(t, bfile); !cmp.Equal(got, want) {
+		t.Fatalf("backup has %v, want %v", got, want)
+	}
+	checkBackupFile(t, bfile)
+
+	// The tenant changes; the backup refuses to be overwritten without -force.
+	withProxy(t, dir, mdir, func(p *sqliteproxy.Proxy) {
+		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `DELETE FROM events WHERE type = 'acme-1'`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	bsnap := snapshot(t, bdir)
+	r = cli(t, nil, "backup", "-dir", dir, "acme", bfile).want(t, exitFailed)
+	if !strings.Contains(r.stderr, "exists (use -force to overwrite)") {
+		t.Errorf("overwrite: %q", r.stderr)
+	}
+	unchanged(t, bdir, bsnap)
+	later := filepath.Join(bdir, "later.db")
+	cli(t, nil, "backup", "-force", "-dir", dir, "acme", later).want(t, exitOK)
+
+	// Restore puts the backed-up data back, and leaves globex alone.
+	gsum := snapshot(t, dir)["globex.db"]
+	r = cli(t, nil, "restore", "-dir", dir, "acme", bfile).want(t, exitOK)
+	if r.stdout != "restored tenant acme from "+bfile+"\n" {
+		t.Errorf("restore: %+v", r)
+	}
+	if got := events(t, filepath.Join(dir, "acme.db")); !cmp.Equal(got, want) {
+		t.Errorf("restored tenant has %v, want %v", got, want)
+	}
+	if snapshot(t, dir)["globex.db"] != gsum {
+		t.Error("globex changed")
+	}
+	cli(t, nil, "check", "-dir", dir, "acme").want(t, exitOK)
+
+	// -force overwrites.
+	cli(t, nil, "backup", "-force", "-dir", dir, "acme", later).want(t, exitOK)
+	if got := events(t, later); !cmp.Equal(got, want) {
+		t.Errorf("overwritten backup has %v", got)
+	}
+
+	// Restoring into a new ID creates that tenant from the backup.
+	r = cli(t, nil, "restore", "-dir", dir, "newco", bfile).want(t, exitOK)
+	if !strings.HasSuffix(r.stdout, "(new tenant)\n") {
+		t.Errorf("restore new: %q", r.stdout)
+	}
+	if got := events(t, filepath.Join(dir, "newco.db")); !cmp.Equal(got, want) {
+		t.Errorf("newco has %v", got)
+	}
+
+	// A corrupt source is refused and changes nothing.
+	bad := filepath.Join(bdir, "bad.db")
+	if err := os.WriteFile(bad, bytes.Repeat([]byte("junk"), 1024), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, dir)
+	r = cli(t, nil, "restore", "-dir", dir, "acme", bad).want(t, exitFailed)
+	if strings.Count(r.stderr, "\n") != 1 || !strings.Contains(r.stderr, "not a database") {
+		t.Errorf("restore from junk: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+
+	// Missing tenants: nothing is created.
+	r = cli(t, nil, "backup", "-dir", dir, "nosuch", filepath.Join(bdir, "n.db")).want(t, exitFailed)
+	if r.stderr != "sqliteproxy: backup nosuch: no such tenant\n" {
+		t.Errorf("backup nosuch: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+	if _, err := os.Stat(filepath.Join(bdir, "n.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Error("backup of a missing tenant wrote a file")
+	}
+}
+
+// TestInUse: delete and restore refuse a tenant that another process (here:
+// a Proxy in the test) has open, and -force overrides that for the
+// leftovers of a crashed process.
+func TestInUse(t *testing.T) {
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := fleet(t, mdir, 1, "acme", "globex")
+	bfile := filepath.Join(t.TempDir(), "b.db")
+	cli(t, nil, "backup", "-dir", dir, "acme", bfile).want(t, exitOK)
+
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `INSERT INTO events (type) VALUES ('live')`); err != nil {
+		t.Fatal(err)
+	}
+	// Read-only commands work meanwhile.
+	cli(t, nil, "check", "-dir", dir).want(t, exitOK)
+	cli(t, nil, "status", "-dir", dir, "-migrations", mdir).want(t, exitOK)
+	cli(t, nil, "backup", "-dir", dir, "acme", filepath.Join(t.TempDir(), "live.db")).want(t, exitOK)
+	for _, args := range [][]string{
+		{"delete", "-dir", dir, "-yes", "acme"},
+		{"restore", "-dir", dir, "acme", bfile},
+	} {
+		r := cli(t, strings.NewReader("y\n"), args...).want(t, exitFailed)
+		if !strings.Contains(r.stderr, "in use: acme.db-wal exists") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: %q", args, r.stderr)
+		}
+	}
+	var n int
+	if err := p.QueryRowContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 2 {
+		t.Errorf("acme after refused delete and restore: %d events, %v", n, err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// A crashed process's leftovers: refused, unless -force.
+	for _, id := range []string{"acme", "globex"} {
+		if err := os.WriteFile(filepath.Join(dir, id+".db-shm"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitFailed)
+	cli(t, nil, "delete", "-dir", dir, "-yes", "-force", "globex").want(t, exitOK)
+	cli(t, nil, "restore", "-dir", dir, "acme", bfile).want(t, exitFailed)
+	cli(t, nil, "restore", "-dir", dir, "-force", "acme", bfile).want(t, exitOK)
+	if got := events(t, filepath.Join(dir, "acme.db")); !cmp.Equal(got, []string{"acme-0"}) {
+		t.Errorf("restored acme: %v", got)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("files: %v", ents)
+	}
+}
+
+// TestBackupPaths covers both ways backup copies a tenant: through the
+// library's BackupTenant (a tenant whose ledger matches the tool's
+// configuration: here none) and directly (a migrated tenant, which the
+// library refuses in MigrateCheck mode without its migrations).
+func TestBackupPaths(t *testing.T) {
+	dir := fleet(t, "", 0, "plain")
+	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
+		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "plain"), `CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT); INSERT INTO events (type) VALUES ('p')`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	mdir := migrationsDir(t, "0001_init.sql")
+	withProxy(t, dir, mdir, func(p *sqliteproxy.Proxy) {
+		if err := p.CreateTenant(context.Background(), "migrated"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "migrated"), `INSERT INTO events (type) VALUES ('m')`); err != nil {
+			t.Fatal(err)
+		}
+	})
+	before := snapshot(t, dir)
+	bdir := t.TempDir()
+	for id, want := range map[string]string{"plain": "p", "migrated": "m"} {
+		dst := filepath.Join(bdir, id+".db")
+		cli(t, nil, "backup", "-dir", dir, id, dst).want(t, exitOK)
+		if got := events(t, dst); !cmp.Equal(got, []string{want}) {
+			t.Errorf("%s: backup has %v", id, got)
+		}
+		checkBackupFile(t, dst)
+	}
+	unchanged(t, dir, before)
+	if ents, _ := os.ReadDir(bdir); len(ents) != 2 {
+		t.Errorf("backup directory: %v (temporary files left?)", ents)
+	}
+}
+
+// checkBackupFile checks that a backup is a standalone database: rollback
+// journal mode, no side files, healthy.
+func checkBackupFile(t *testing.T, path string) {
+	t.Helper()
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: mode %v, %v; want 0600 like tenant files", path, fi.Mode(), err)
+	}
+	for _, side := range []string{"-wal", "-shm", "-journal"} {
+		if _, err := os.Stat(path + side); err == nil {
+			t.Errorf("%s%s exists", path, side)
+		}
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var mode, check string
+	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "delete" {
+		t.Errorf("%s: journal_mode %q, %v", path, mode, err)
+	}
+	if err := db.QueryRow("PRAGMA integrity_check").Scan(&check); err != nil || check != "ok" {
+		t.Errorf("%s: integrity_check %q, %v", path, check, err)
+	}
+}
+
+func TestBackupAll(t *testing.T) {
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := fleet(t, mdir, 2, "acme", "globex", "initech")
+	out := filepath.Join(t.TempDir(), "nightly", "2026-01-01") // created
+	before := snapshot(t, dir)
+	r := cli(t, nil, "backup", "-all", "-dir", dir, out).want(t, exitOK)
+	if r.stdout != "backed up 3 of 3 tenants to "+out+"\n" || r.stderr != "" {
+		t.Errorf("backup -all: %+v", r)
+	}
+	unchanged(t, dir, before)
+	for _, id := range []string{"acme", "globex", "initech"} {
+		if got := events(t, filepath.Join(out, id+".db")); !cmp.Equal(got, []string{id + "-0", id + "-1"}) {
+			t.Errorf("%s: %v", id, got)
+		}
+	}
+	// The backup directory is itself a data directory.
+	if r := cli(t, nil, "tenants", "-dir", out).want(t, exitOK); r.stdout != "acme\nglobex\ninitech\n" {
+		t.Errorf("tenants of the backup: %q", r.stdout)
+	}
+
+	// Existing files are kept without -force: every tenant fails.
+	r = cli(t, nil, "backup", "-all", "-dir", dir, out).want(t, exitFailed)
+	if strings.Count(r.stderr, "exists (use -force to overwrite)") != 3 {
+		t.Errorf("backup -all again: %q", r.stderr)
+	}
+	cli(t, nil, "backup", "-all", "-force", "-dir", dir, out).want(t, exitOK)
+
+	// A corrupt tenant fails; the others are backed up.
+	junk(t, dir, "broken")
+	out2 := t.TempDir()
+	r = cli(t, nil, "backup", "-all", "-dir", dir, out2).want(t, exitFailed)
+	if r.stdout != "backed up 3 of 4 tenants to "+out2+"\n" || r.stderr != "sqliteproxy: backup broken: file is not a database\n" {
+		t.Errorf("backup -all with a corrupt tenant: %+v", r)
+	}
+	if ents, _ := os.ReadDir(out2); len(ents) != 3 {
+		t.Errorf("backups: %v", ents)
+	}
+}
+
+func TestMigrate(t *testing.T) {
+	m1 := migrationsDir(t, "0001_init.sql")
+	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	dir := fleet(t, m1, 1, "acme", "globex")
+	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
+		if err := p.CreateTenant(context.Background(), "bare"); err != nil { // no migrations at all
+			t.Fatal(err)
+		}
+	})
+	junk(t, dir, "x")
+	before := snapshot(t, dir)
+
+	// Dry run: lists, changes nothing; the corrupt tenant fails.
+	r := cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-dry-run").want(t, exitFailed)
+	wantOut := "acme: would apply 0002_add.sql\n" +
+		"bare: would apply 0001_init.sql, 0002_add.sql\n" +
+		"globex: would apply 0002_add.sql\n" +
+		"dry run, nothing changed: 4 tenants: 3 to migrate (4 migrations), 0 up to date, 1 failed\n"
+	if r.stdout != wantOut || r.stderr != "sqliteproxy: migrate x: file is not a database\n" {
+		t.Errorf("dry run:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+	unchanged(t, dir, before)
+
+	// The real thing, with the corrupt tenant: it fails, the others migrate.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-concurrency", "2").want(t, exitFailed)
+	if r.stdout != "4 tenants: 3 migrated (4 migrations applied), 0 up to date, 1 failed\n" || r.stderr != "sqliteproxy: migrate x: file is not a database\n" {
+		t.Errorf("migrate:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+	withProxy(t, dir, m2, func(p *sqliteproxy.Proxy) {
+		for _, id := range []string{"acme", "globex", "bare"} {
+			st, err := p.MigrationStatus(context.Background(), id)
+			if err != nil || len(st.Applied) != 2 || len(st.Pending) != 0 || st.Drift != nil {
+				t.Errorf("%s after migrate: %+v, %v", id, st, err)
+			}
+		}
+		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `INSERT INTO events (type, severity) VALUES ('new', 3)`); err != nil {
+			t.Errorf("new column: %v", err)
+		}
+	})
+	if got := events(t, filepath.Join(dir, "acme.db")); !cmp.Equal(got, []string{"acme-0", "new"}) {
+		t.Errorf("acme's data: %v", got)
+	}
+
+	// Again: nothing to do; only named tenants; the corrupt one removed.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2).want(t, exitFailed)
+	if r.stdout != "4 tenants: 0 migrated (0 migrations applied), 3 up to date, 1 failed\n" {
+		t.Errorf("second migrate: %q", r.stdout)
+	}
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "acme", "globex").want(t, exitOK)
+	if r.stdout != "2 tenants: 0 migrated (0 migrations applied), 2 up to date, 0 failed\n" || r.stderr != "" {
+		t.Errorf("migrate acme globex: %+v", r)
+	}
+	// A named tenant that does not exist fails and is not created.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "nosuch").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: migrate nosuch: no such tenant\n" {
+		t.Errorf("migrate nosuch: %q", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nosuch.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Error("nosuch.db created")
+	}
+	if err := os.Remove(filepath.Join(dir, "x.db")); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, nil, "migrate", "-dir", dir, "-migrations", m2).want(t, exitOK)
+
+	// Drift: a migration edited after it was applied fails every tenant.
+	edited := t.TempDir()
+	os.WriteFile(filepath.Join(edited, "0001_init.sql"), []byte(initSQL+"-- edited\n"), 0o644)
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", edited).want(t, exitFailed)
+	if strings.Count(r.stderr, "was edited after it was applied") != 3 {
+		t.Errorf("drift: %q", r.stderr)
+	}
+
+	// An empty data directory.
+	r = cli(t, nil, "migrate", "-dir", t.TempDir(), "-migrations", m2).want(t, exitOK)
+	if r.stdout != "0 tenants: 0 migrated (0 migrations applied), 0 up to date, 0 failed\n" {
+		t.Errorf("empty: %q", r.stdout)
+	}
+}
+
+// statusRow is a row of the status table, with size and time checked and
+// blanked.
+func statusRows(t *testing.T, out string) [][]string {
+	t.Helper()
+	var rows [][]string
+	sizeRE := regexp.MustCompile(`^(\d+ B|\d+\.\d [KMG]iB)$`)
+	for i, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+		cells := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(line), -1)
+		if i > 0 {
+			if len(cells) != 5 {
+				t.Fatalf("row %q has %d cells", line, len(cells))
+			}
+			if !sizeRE.MatchString(cells[3]) {
+				t.Errorf("size %q", cells[3])
+			}
+			if _, err := time.ParseInLocation(time.DateTime, cells[4], time.Local); err != nil {
+				t.Errorf("modified %q: %v", cells[4], err)
+			}
+			cells[3], cells[4] = "SIZE", "TIME"
+		}
+		rows = append(rows, cells)
+	}
+	return rows
+}
+
+func TestStatus(t *testing.T) {
+	m1 := migrationsDir(t, "0001_init.sql")
+	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	dir := fleet(t, m1, 50, "acme", "globex")
+	cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "globex").want(t, exitOK)
+	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
+		if err := p.CreateTenant(context.Background(), "bare"); err != nil {
+			t.Fatal(err)
+		}
+	})
+	before := snapshot(t, dir)
+
+	r := cli(t, nil, "status", "-dir", dir, "-migrations", m2).want(t, exitOK)
+	want := [][]string{
+		{"TENANT", "VERSION", "PENDING", "SIZE", "MODIFIED"},
+		{"acme", "1", "1: 0002_add.sql", "SIZE", "TIME"},
+		{"bare", "0", "2: 0001_init.sql, 0002_add.sql", "SIZE", "TIME"},
+		{"globex", "2", "0", "SIZE", "TIME"},
+	}
+	if diff := cmp.Diff(want, statusRows(t, r.stdout)); diff != "" || r.stderr != "" {
+		t.Errorf("status (-want +got):\n%s\n%s%s", diff, r.stdout, r.stderr)
+	}
+	// Without -migrations, pending is unknown.
+	r = cli(t, nil, "status", "-dir", dir).want(t, exitOK)
+	want = [][]string{
+		{"TENANT", "VERSION", "PENDING", "SIZE", "MODIFIED"},
+		{"acme", "1", "?", "SIZE", "TIME"},
+		{"bare", "0", "?", "SIZE", "TIME"},
+		{"globex", "2", "?", "SIZE", "TIME"},
+	}
+	if diff := cmp.Diff(want, statusRows(t, r.stdout)); diff != "" {
+		t.Errorf("status without -migrations (-want +got):\n%s", diff)
+	}
+
+	// JSON, one tenant; compared structurally.
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", m2, "-json", "acme").want(t, exitOK)
+	var got []tenantStatus
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	one := 1
+	wantJSON := []tenantStatus{{
+		Tenant:  "acme",
+		Version: &one,
+		Applied: []appliedStatus{{Version: 1, Name: "0001_init.sql"}},
+		Pending: []string{"0002_add.sql"},
+	}}
+	opts := cmp.Options{
+		cmpopts.IgnoreUnexported(tenantStatus{}),
+		cmpopts.IgnoreFields(tenantStatus{}, "SizeBytes", "Modified"),
+		cmpopts.IgnoreFields(appliedStatus{}, "Checksum", "AppliedAt"),
+	}
+	if diff := cmp.Diff(wantJSON, got, opts); diff != "" {
+		t.Errorf("status -json acme (-want +got):\n%s", diff)
+	}
+	// Size includes the -wal file; modified is the file's.
+	fi, _ := os.Stat(filepath.Join(dir, "acme.db"))
+	if got[0].SizeBytes != fi.Size() || !got[0].Modified.Equal(fi.ModTime()) {
+		t.Errorf("size %d modified %v, file has %d %v", got[0].SizeBytes, got[0].Modified, fi.Size(), fi.ModTime())
+	}
+	a := got[0].Applied[0]
+	if len(a.Checksum) != 64 || time.Since(a.AppliedAt) > time.Hour {
+		t.Errorf("applied: %+v", a)
+	}
+	unchanged(t, dir, before)
+
+	// A corrupt tenant: listed, reported, exit 1.
+	junk(t, dir, "x")
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", m2).want(t, exitFailed)
+	rows := statusRows(t, r.stdout)
+	if diff := cmp.Diff([]string{"x", "?", "?", "SIZE", "TIME"}, rows[len(rows)-1]); diff != "" || r.stderr != "sqliteproxy: status x: file is not a database\n" {
+		t.Errorf("corrupt tenant (-want +got):\n%s\nstderr: %q", diff, r.stderr)
+	}
+	r = cli(t, nil, "status", "-dir", dir, "-json", "x").want(t, exitFailed)
+	if !strings.Contains(r.stdout, `"error": "file is not a database"`) {
+		t.Errorf("json: %s", r.stdout)
+	}
+	// A missing tenant: exit 1, nothing created.
+	r = cli(t, nil, "status", "-dir", dir, "nosuch").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: status nosuch: no such tenant\n" || r.stdout != "" {
+		t.Errorf("status nosuch: %+v", r)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nosuch.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Error("nosuch.db created")
+	}
+	// Drift is a failure.
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", migrationsDir(t, "0002_add.sql"), "globex").want(t, exitFailed)
+	if rows := statusRows(t, r.stdout); rows[1][2] != "drift" || !strings.Contains(r.stderr, "applied migration differs") {
+		t.Errorf("drift: %q %q", r.stdout, r.stderr)
+	}
+}
+
+func TestDiskUsage(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "a.db")
+	os.WriteFile(path, make([]byte, 4096), 0o600)
+	old := time.Now().Add(-time.Hour).Truncate(time.Second)
+	os.Chtimes(path, old, old)
+	fi, _ := os.Stat(path)
+	if size, mod := diskUsage(fi, path); size != 4096 || !mod.Equal(old) {
+		t.Errorf("without -wal: %d %v", size, mod)
+	}
+	os.WriteFile(path+"-wal", make([]byte, 1000), 0o600)
+	os.WriteFile(path+"-shm", make([]byte, 32768), 0o600) // not counted: an index, rebuilt from the WAL
+	wfi, _ := os.Stat(path + "-wal")
+	if size, mod := diskUsage(fi, path); size != 5096 || !mod.Equal(wfi.ModTime()) {
+		t.Errorf("with -wal: %d %v", size, mod)
+	}
+	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 1536: "1.5 KiB", 5 << 20: "5.0 MiB", 3 << 30: "3.0 GiB"} {
+		if got := humanSize(n); got != want {
+			t.Errorf("humanSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 20, "acme", "globex")
+	before := snapshot(t, dir)
+	r := cli(t, nil, "check", "-dir", dir).want(t, exitOK)
+	if r.stdout != "2 tenants checked: 2 ok, 0 failed\n" || r.stderr != "" {
+		t.Errorf("check: %+v", r)
+	}
+	r = cli(t, nil, "check", "-dir", dir, "acme").want(t, exitOK)
+	if r.stdout != "acme: ok\n" || r.stderr != "" {
+		t.Errorf("check acme: %+v", r)
+	}
+	unchanged(t, dir, before) // no -wal or -shm left, nothing written
+
+	// A file that is not a database.
+	junk(t, dir, "x")
+	r = cli(t, nil, "check", "-dir", dir).want(t, exitFailed)
+	if r.stdout != "3 tenants checked: 2 ok, 1 failed\n" || r.stderr != "sqliteproxy: check x: file is not a database\n" {
+		t.Errorf("check with junk: %+v", r)
+	}
+	r = cli(t, nil, "check", "-dir", dir, "x").want(t, exitFailed)
+	if r.stdout != "" || r.stderr != "sqliteproxy: check x: file is not a database\n" {
+		t.Errorf("check x: %+v", r)
+	}
+
+	// A database whose index disagrees with its table: integrity_check
+	// returns rows rather than an error.
+	broken := filepath.Join(dir, "broken.db")
+	db, err := sql.Open("sqlite3", "file:"+broken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{
+		`CREATE TABLE t (a, b)`,
+		`CREATE INDEX t_a ON t (a)`,
+		`INSERT INTO t VALUES (1, 10), (2, 20), (3, 30)`,
+		`PRAGMA writable_schema = ON`,
+		`UPDATE sqlite_schema SET sql = 'CREATE INDEX t_a ON t (b)' WHERE name = 't_a'`,
+	} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	r = cli(t, nil, "check", "-dir", dir, "broken").want(t, exitFailed)
+	if !strings.HasPrefix(r.stderr, "sqliteproxy: check broken: integrity_check found ") || strings.Count(r.stderr, "\n") != 1 {
+		t.Errorf("check broken: %q", r.stderr)
+	}
+	r = cli(t, nil, "check", "-dir", dir).want(t, exitFailed)
+	if r.stdout != "4 tenants checked: 2 ok, 2 failed\n" || strings.Count(r.stderr, "\n") != 2 {
+		t.Errorf("check all: %+v", r)
+	}
+
+	// A missing tenant.
+	r = cli(t, nil, "check", "-dir", dir, "nosuch").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: check nosuch: no such tenant\n" {
+		t.Errorf("check nosuch: %q", r.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nosuch.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Error("nosuch.db created")
+	}
+}
+
+// TestProgress: fleet-wide commands draw a bar on a terminal, and print
+// nothing on stderr otherwise.
+func TestProgress(t *testing.T) {
+	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 0, "acme", "globex", "initech")
+	fleetCmds := func() [][]string {
+		return [][]string{
+			{"migrate", "-dir", dir, "-migrations", m2, "-dry-run"},
+			{"backup", "-dir", dir, "-all", filepath.Join(t.TempDir(), "b")},
+			{"check", "-dir", dir},
+			{"status", "-dir", dir},
+			{"migrate", "-dir", dir, "-migrations", m2},
+		}
+	}
+	for _, args := range fleetCmds() {
+		if r := cli(t, nil, args...).want(t, exitOK); r.stderr != "" {
+			t.Errorf("%v, not a terminal: stderr %q", args, r.stderr)
+		}
+	}
+
+	orig := isTerminal
+	t.Cleanup(func() { isTerminal = orig })
+	isTerminal = func(v any) bool { _, ok := v.(*bytes.Buffer); return ok }
+	for _, args := range fleetCmds() {
+		r := cli(t, nil, args...).want(t, exitOK)
+		// The bar starts at 0/3 and is cleared when done (updates within
+		// 100ms of each other are not drawn).
+		if !strings.Contains(r.stderr, args[0]) || !strings.Contains(r.stderr, "(0/3)") || !strings.HasSuffix(r.stderr, "\r") {
+			t.Errorf("%v on a terminal: stderr %q", args, r.stderr)
+		}
+		if strings.Contains(r.stdout, "\r") {
+			t.Errorf("%v: bar on stdout", args)
+		}
+	}
+	// Single-tenant commands draw none.
+	for _, args := range [][]string{{"check", "-dir", dir, "acme"}, {"status", "-dir", dir, "acme"}, {"tenants", "-dir", dir}} {
+		if r := cli(t, nil, args...).want(t, exitOK); r.stderr != "" {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+}
+
+// TestLibraryBackupTenantIgnoresMigrationState: in MigrateCheck mode
+// Proxy.BackupTenant backs up a tenant with pending migrations, and one
+// whose ledger has migrations the proxy is not configured with: backing up
+// before migrating is exactly when operators need it.
+func TestLibraryBackupTenantIgnoresMigrationState(t *testing.T) {
+	ctx := context.Background()
+	m1 := migrationsDir(t, "0001_init.sql")
+	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	dir := fleet(t, m1, 1, "acme")
+	for _, mdir := range []string{m2, ""} { // pending; not configured
+		p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir, MigrationMode: sqliteproxy.MigrateCheck, ExplicitCreate: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.BackupTenant(ctx, "acme", filepath.Join(t.TempDir(), "b.db")); err != nil {
+			t.Errorf("MigrationsDir %q: BackupTenant: %v", mdir, err)
+		}
+		p.Close()
+	}
+}
+
+// TestLibraryBackupFileMode: a backup holds tenant data, so it is 0600
+// like the tenant file, whatever the umask.
+func TestLibraryBackupFileMode(t *testing.T) {
+	dir := fleet(t, "", 0, "acme")
+	dst := filepath.Join(t.TempDir(), "b.db")
+	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
+		if err := p.BackupTenant(context.Background(), "acme", dst); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("backup mode %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// TestLibraryRestoreLeavesSideFiles: restoring from a WAL-mode copy of a
+// tenant file (not a BackupTenant backup) leaves no -wal or -shm file next
+// to the source.
+func TestLibraryRestoreLeavesSideFiles(t *testing.T) {
+	dir := fleet(t, "", 0, "acme")
+	src := t.TempDir()
+	b, err := os.ReadFile(filepath.Join(dir, "acme.db")) // a WAL-mode file, closed cleanly
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "copy.db"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, src)
+	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
+		if err := p.RestoreTenant(context.Background(), "other", filepath.Join(src, "copy.db")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	unchanged(t, src, before)
+}
