@@ -223,7 +223,7 @@ func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Tim
 	if start.IsZero() {
 		return
 	}
-	end := time.Now()
+	d := time.Since(start) // monotonic clock only
 	a := tel.shared
 	if t != nil {
 		a = t.attrs.Load()
@@ -233,10 +233,10 @@ func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Tim
 	}
 	if tel.on {
 		if err == nil {
-			tel.opDuration.Record(ctx, end.Sub(start).Seconds(), a.ops[o]...)
+			tel.opDuration.Record(ctx, d.Seconds(), a.ops[o]...)
 		} else {
 			kvs := append(a.set.ToSlice(), attribute.String(attrOperation, opNames[o]), attribute.String(attrErrorType, errorType(err)))
-			tel.opDuration.Record(ctx, end.Sub(start).Seconds(), metric.WithAttributes(kvs...))
+			tel.opDuration.Record(ctx, d.Seconds(), metric.WithAttributes(kvs...))
 		}
 	}
 	if tel.traceQueries && tel.tracing {
@@ -246,7 +246,7 @@ func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Tim
 			opts = append(opts, trace.WithAttributes(attribute.String(attrQueryText, query)))
 		}
 		_, span := tel.tracer.Start(ctx, "sqliteproxy."+opNames[o], opts...)
-		endSpan(span, err, end)
+		endSpan(span, err, start.Add(d))
 	}
 }
 
