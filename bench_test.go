@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -56,7 +57,7 @@ func benchTargets(b *testing.B) []benchTarget {
 	}
 	p := newTestProxy(b, Config{Dir: filepath.Join(dir, "proxy"), Migrations: []string{benchSchema}})
 	r := p.c.r
-	same := "file:" + filepath.Join(dir, "same.db") + r.writerParams
+	same := "file:" + touch(b, filepath.Join(dir, "same.db")) + r.writerParams
 	targets := []benchTarget{
 		{"mattn-defaults", open("sqlite3", "file:"+filepath.Join(dir, "defaults.db")+"?_journal_mode=WAL&_busy_timeout=5000"), context.Background()},
 		{"mattn-same-dsn", open("sqlite3-same-dsn", same), context.Background()},
@@ -275,7 +276,7 @@ func BenchmarkColdOpen(b *testing.B) {
 	r := p.c.r
 	b.Run("impl=mattn-same-dsn", func(b *testing.B) {
 		// Its own file, with no other connection open, like the proxy's.
-		dsn := "file:" + filepath.Join(b.TempDir(), "cold.db") + r.writerParams
+		dsn := "file:" + touch(b, filepath.Join(b.TempDir(), "cold.db")) + r.writerParams
 		db, err := sql.Open("sqlite3-same-dsn", dsn)
 		if err != nil {
 			b.Fatal(err)
@@ -334,4 +335,14 @@ func BenchmarkTelemetry(b *testing.B) {
 			}
 		})
 	}
+}
+
+// touch creates an empty file (the proxy's DSN has mode=rw: it never creates
+// files) and returns its path.
+func touch(b *testing.B, path string) string {
+	b.Helper()
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	return path
 }

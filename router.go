@@ -90,6 +90,7 @@ func newRouter(cfg *Config) (*router, error) {
 	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
 	r.accessOpts = openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto}
 	common := url.Values{}
+	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile
 	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
 	common.Set("_synchronous", cfg.Synchronous)
 	common.Set("_stmt_cache_size", strconv.Itoa(cfg.StmtCacheSize))
@@ -590,8 +591,14 @@ func (t *tenant) openWriter(ctx context.Context, o openOpts) (pc *physConn, err 
 		return nil, err
 	}
 	if !exists && !o.mayCreate {
-		// Refused before taking a slot (or evicting anybody).
+		// Refused before taking a slot (or evicting anybody). The object
+		// leaves the registry (hostile IDs must not grow it) and is retired,
+		// so that conns caching it look the tenant up again: one object per
+		// tenant, or a later delete or restore would miss this one's conns.
 		t.r.tenants.CompareAndDelete(t.id, t)
+		t.mu.Lock()
+		t.state.Store(tenantDeleted)
+		t.mu.Unlock()
 		return nil, opError("open tenant", t.id, ErrTenantNotFound)
 	}
 	if err := t.r.reserve(ctx, t); err != nil {
@@ -663,7 +670,7 @@ func (t *tenant) fileExists() (bool, error) {
 // would block the tenant's writes, and code that writes while it iterates
 // would wait for itself. A tenant not yet migrated in this process is
 // opened (and migrated) through its writer first.
-func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
+func (t *tenant) acquireReader(ctx context.Context) (_ *physConn, err error) {
 	if t.r.cfg.ReadersPerTenant == 0 {
 		return t.acquireWriter(ctx)
 	}
@@ -679,9 +686,13 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	wctx, cancel := t.r.boundWait(ctx)
 	defer cancel()
 	registered := false
+	var waitStart time.Time // set when this call first has to wait: one wait, however many wake-ups
 	defer func() {
 		if registered {
 			t.r.unwait()
+		}
+		if !waitStart.IsZero() {
+			t.r.tel.waited(ctx, t, "reader", waitStart, err)
 		}
 	}()
 	for {
@@ -743,15 +754,14 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 		} else {
 			t.mu.Unlock()
 		}
-		t.r.waits.Add(1)
-		start := time.Now()
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+			t.r.waits.Add(1)
+		}
 		select {
 		case <-ch:
-			t.r.tel.waited(ctx, t, "reader", start, nil)
 		case <-wctx.Done():
-			err := waitErr(ctx)
-			t.r.tel.waited(ctx, t, "reader", start, err)
-			return nil, opError("wait for reader", t.id, err)
+			return nil, opError("wait for reader", t.id, waitErr(ctx))
 		}
 	}
 }
