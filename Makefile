@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run test check vet unit compat build clean bench cli static
+.PHONY: run test check vet unit compat build clean bench cli static torture
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -78,3 +78,19 @@ bench:
 	$(GO) test -tags $(TAGS) -run '^$$' -bench '$(BENCH)' -count $(COUNT) -timeout 60m . | tee bench.txt
 	$(GO) run $(BENCHSTAT) -col /impl bench.txt
 	$(GO) run $(BENCHSTAT) -col /impl -format csv bench.txt 2>/dev/null | $(GO) run ./internal/benchtable
+
+FUZZTIME ?= 20s
+
+# torture_run CMD: run CMD; on failure set rc=1 and go on.
+torture_run = echo "$(1)"; $(1) || rc=1;
+
+## torture: the long torture suite (torture/, -torture.long) under -race, then every fuzz target
+## for $(FUZZTIME); runs them all and fails at the end if any failed
+torture:
+	@rc=0; \
+	$(call torture_run,$(GO) test -race -tags $(TAGS) -run . -v -count=1 -timeout 60m ./torture/ -torture.long) \
+	$(call torture_run,$(GO) test -tags $(TAGS) -run '^$$' -fuzz '^FuzzTenantPath$$' -fuzztime $(FUZZTIME) .) \
+	$(call torture_run,$(GO) test -tags $(TAGS) -run '^$$' -fuzz '^FuzzFormatDSN$$' -fuzztime $(FUZZTIME) .) \
+	$(call torture_run,$(GO) test -tags $(TAGS) -run '^$$' -fuzz '^FuzzMigrationFileNames$$' -fuzztime $(FUZZTIME) .) \
+	$(call torture_run,$(GO) test -tags $(TAGS) -run '^$$' -fuzz '^FuzzScan$$' -fuzztime $(FUZZTIME) ./internal/sqlscan) \
+	exit $$rc
