@@ -317,6 +317,7 @@ func (r *router) tryEvict(t *tenant, haveWsem bool, reason string) bool {
 	conns := t.idle
 	t.idle = nil
 	t.nreaders = 0
+	t.wakeReaderQLocked()
 	if t.w != nil {
 		conns = append(conns, t.w)
 		t.w = nil
@@ -449,6 +450,7 @@ type tenant struct {
 	leasedReaders int // readers leased or opening
 	evicting      bool
 	evictDone     chan struct{}
+	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
 	drainDone     chan struct{} // closed when a drain (delete, restore) ends
 
 	nopen int // connections counted in the budget; guarded by r.mu
@@ -751,19 +753,56 @@ func (t *tenant) acquireReader(ctx context.Context) (_ *physConn, err error) {
 			if t.r.evictOne(cands, nil) {
 				continue
 			}
-		} else {
-			t.mu.Unlock()
+			if waitStart.IsZero() {
+				waitStart = time.Now()
+				t.r.waits.Add(1)
+			}
+			select { // for a slot
+			case <-ch:
+			case <-wctx.Done():
+				return nil, opError("wait for reader", t.id, waitErr(ctx))
+			}
+			continue
 		}
+		// Every reader is leased: queue for the next one released, first
+		// come first served (with a broadcast wake-up, unlucky readers
+		// waited 20 s under load while others went through).
+		q := make(chan *physConn, 1)
+		t.readerQ = append(t.readerQ, q)
+		t.mu.Unlock()
 		if waitStart.IsZero() {
 			waitStart = time.Now()
 			t.r.waits.Add(1)
 		}
 		select {
-		case <-ch:
+		case pc := <-q:
+			if pc != nil {
+				return pc, nil
+			}
+			// nil: the tenant's readers were closed (eviction, drain): look again
 		case <-wctx.Done():
+			t.mu.Lock()
+			if i := slices.Index(t.readerQ, q); i >= 0 {
+				t.readerQ = slices.Delete(t.readerQ, i, i+1)
+				t.mu.Unlock()
+			} else {
+				t.mu.Unlock()
+				if pc := <-q; pc != nil { // handed over as we gave up: pass it on
+					t.releaseReader(pc)
+				}
+			}
 			return nil, opError("wait for reader", t.id, waitErr(ctx))
 		}
 	}
+}
+
+// wakeReaderQLocked sends every queued reader waiter back to look again;
+// called with mu held when the tenant's readers are closed.
+func (t *tenant) wakeReaderQLocked() {
+	for _, q := range t.readerQ {
+		q <- nil
+	}
+	t.readerQ = nil
 }
 
 func (t *tenant) popIdle() (*physConn, bool) {
@@ -787,6 +826,7 @@ func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
 		t.mu.Lock()
 		t.nreaders--
 		t.leasedReaders--
+		t.wakeReaderQLocked() // a reader may be opened for them now
 		t.mu.Unlock()
 		t.r.unreserve(t)
 		return nil, err
@@ -797,6 +837,14 @@ func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
 func (t *tenant) releaseReader(pc *physConn) {
 	t.touch()
 	t.mu.Lock()
+	if len(t.readerQ) > 0 {
+		// Hand it to the oldest waiter: the lease passes on as it is.
+		ch := t.readerQ[0]
+		t.readerQ = t.readerQ[1:]
+		t.mu.Unlock()
+		ch <- pc
+		return
+	}
 	t.idle = append(t.idle, pc)
 	t.leasedReaders--
 	t.mu.Unlock()
