@@ -451,7 +451,7 @@ type tenant struct {
 	evicting      bool
 	evictDone     chan struct{}
 	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
-	drainDone     chan struct{} // closed when a drain (delete, restore) ends
+	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 
 	nopen int // connections counted in the budget; guarded by r.mu
 
