@@ -393,6 +393,23 @@ func TestBinary(t *testing.T) {
 	dataDir := filepath.Join(tmp, "data")
 
 	cmd := exec.Command(bin, "-addr", addr, "-dir", dataDir)
+	logs := exerciseBinary(t, cmd, addr)
+	if _, err := os.Stat(filepath.Join(dataDir, "acme.db")); err != nil {
+		t.Errorf("tenant file: %v", err)
+	}
+	out := logs
+	for _, want := range []string{"addr=" + addr, "dir=" + dataDir} {
+		if !strings.Contains(out, want) {
+			t.Errorf("server log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// exerciseBinary starts cmd (an events server listening on addr), waits for
+// /healthz, POSTs an event for tenant acme and reads it back, then stops
+// the server with SIGTERM and checks it exits 0. It returns the server's output.
+func exerciseBinary(t *testing.T, cmd *exec.Cmd, addr string) string {
+	t.Helper()
 	var logs bytes.Buffer // read only once the process has been waited for
 	cmd.Stdout = &logs
 	cmd.Stderr = &logs
@@ -475,9 +492,6 @@ func TestBinary(t *testing.T) {
 	if diff := cmp.Diff([]event{created}, list); diff != "" {
 		t.Errorf("GET /events (-want +got):\n%s", diff)
 	}
-	if _, err := os.Stat(filepath.Join(dataDir, "acme.db")); err != nil {
-		t.Errorf("tenant file: %v", err)
-	}
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -491,10 +505,5 @@ func TestBinary(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("server still running 10s after SIGTERM")
 	}
-	out := logs.String()
-	for _, want := range []string{"addr=" + addr, "dir=" + dataDir} {
-		if !strings.Contains(out, want) {
-			t.Errorf("server log lacks %q:\n%s", want, out)
-		}
-	}
+	return logs.String()
 }

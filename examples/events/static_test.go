@@ -5,11 +5,7 @@ package main
 import (
 	"bytes"
 	"debug/elf"
-	"encoding/json"
-	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,9 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 // staticBuildArgs are the flags of `make static` (see the Makefile): CGo
@@ -97,103 +90,9 @@ func TestStaticBinaryInEmptyRoot(t *testing.T) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
 	cmd.Dir = "/"        // inside the new root
 	cmd.Env = []string{} // nothing from the host: no TMPDIR, HOME, TZ
-	var logs bytes.Buffer
-	cmd.Stdout = &logs
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	done := false
-	t.Cleanup(func() {
-		if !done {
-			cmd.Process.Kill()
-			<-exited
-			t.Logf("server output:\n%s", logs.String())
-		}
-	})
-
-	base := "http://" + addr
-	client := &http.Client{Timeout: 5 * time.Second}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			done = true
-			t.Fatalf("server exited before it was up: %v\n%s", err, logs.String())
-		default:
-		}
-		resp, err := client.Get(base + "/healthz")
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && string(body) == "ok" {
-				break
-			}
-			err = fmt.Errorf("status %d, body %q", resp.StatusCode, body)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("server not up after 30s: last /healthz: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-
-	send := func(method, path, body string) (int, []byte) {
-		t.Helper()
-		req, err := http.NewRequestWithContext(t.Context(), method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set(tenantHeader, "acme")
-		resp, err := client.Do(req)
-		if err != nil {
-			t.Fatalf("%s %s: %v", method, path, err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.StatusCode, b
-	}
-	code, body := send(http.MethodPost, "/events", `{"type":"signup","payload":"alice"}`)
-	if code != http.StatusCreated {
-		t.Fatalf("POST /events: status %d, body %s\n%s", code, body, logs.String())
-	}
-	var created event
-	if err := json.Unmarshal(body, &created); err != nil {
-		t.Fatalf("POST /events: decoding %s: %v", body, err)
-	}
-	if created.ID != 1 || created.Type != "signup" || created.Payload != "alice" || created.CreatedAt.IsZero() {
-		t.Errorf("POST /events: got %+v", created)
-	}
-	code, body = send(http.MethodGet, "/events", "")
-	if code != http.StatusOK {
-		t.Fatalf("GET /events: status %d, body %s", code, body)
-	}
-	var list []event
-	if err := json.Unmarshal(body, &list); err != nil {
-		t.Fatalf("GET /events: decoding %s: %v", body, err)
-	}
-	if diff := cmp.Diff([]event{created}, list); diff != "" {
-		t.Errorf("GET /events (-want +got):\n%s", diff)
-	}
-
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		done = true
-		if err != nil {
-			t.Errorf("after SIGTERM the server exited with %v, want status 0\n%s", err, logs.String())
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("server still running 10s after SIGTERM")
-	}
+	logs := exerciseBinary(t, cmd, addr)
 	if t.Failed() {
-		t.Logf("server output:\n%s", logs.String())
+		t.Logf("server output:\n%s", logs)
 	}
 
 	// The tenant's file is in /data, closed cleanly (no -wal or -shm left),
