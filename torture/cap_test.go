@@ -14,7 +14,6 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"go.uber.org/goleak"
 )
 
 // TestCap puts many tenants, 8 goroutines each (64 tenants in the working
@@ -177,7 +176,7 @@ func TestCap(t *testing.T) {
 	if n := fdcount.Count(rdir, ".db"); n != 0 {
 		f.fail(t, "%d tenant files still open after Close", n)
 	}
-	goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 }
 
 // capOp runs one operation of kind k and returns the rows it inserted.

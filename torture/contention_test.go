@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
-	"go.uber.org/goleak"
 )
 
 // TestContention runs 64 goroutines on one tenant: plain inserts,
@@ -111,7 +110,7 @@ func TestContention(t *testing.T) {
 	}
 	f.note("%sSQLITE_BUSY %d; Stats.Waits %d", lat, busy.Load(), st.Waits)
 	p.Close()
-	goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 }
 
 // readModifyWrite reads the counter, then writes back what it read plus

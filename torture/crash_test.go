@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
-	"go.uber.org/goleak"
 )
 
 // Environment of the child process of TestCrash.
@@ -204,7 +203,7 @@ func TestCrash(t *testing.T) {
 			t.Fatalf("cycle %d: stopping after the first broken state", cycle)
 		}
 	}
-	goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 }
 
 // readCommitLog reads the complete lines of the commit log from offset on

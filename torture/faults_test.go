@@ -19,7 +19,6 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
-	"go.uber.org/goleak"
 )
 
 // TestFaults: disk full, a tenant file deleted or replaced under a live
@@ -30,7 +29,7 @@ func TestFaults(t *testing.T) {
 	t.Run("FileReplaced", func(t *testing.T) { testFileSwapped(t, true) })
 	t.Run("Corrupt", testCorrupt)
 	t.Run("ReadOnlyDir", testReadOnlyDir)
-	goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 }
 
 // mountTmpfs mounts a tmpfs of the given size (e.g. "2m") on a new

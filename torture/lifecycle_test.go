@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
-	"go.uber.org/goleak"
 )
 
 // TestLifecycle runs DeleteTenant, BackupTenant and RestoreTenant on a
@@ -26,7 +25,7 @@ import (
 func TestLifecycle(t *testing.T) {
 	t.Run("ExplicitCreate", func(t *testing.T) { testLifecycle(t, true) })
 	t.Run("AutoCreate", func(t *testing.T) { testLifecycle(t, false) })
-	goleak.VerifyNone(t)
+	verifyNoLeaks(t)
 }
 
 func testLifecycle(t *testing.T, explicit bool) {

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -273,4 +274,44 @@ func sqliteCode(err error) sqlite3.ErrNo {
 func isBusy(err error) bool {
 	c := sqliteCode(err)
 	return c == sqlite3.ErrBusy || c == sqlite3.ErrLocked
+}
+
+// verifyNoLeaks fails the test if, after a grace period, goroutines of the
+// driver or of mattn/go-sqlite3 (or of this package's workers) are still
+// running: what goleak would find, without a dependency outside the
+// project's (mattn, OpenTelemetry, go-cmp).
+func verifyNoLeaks(t *testing.T) {
+	t.Helper()
+	var leaked []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		leaked = leakedGoroutines()
+		if len(leaked) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, g := range leaked {
+		t.Errorf("leaked goroutine:\n%s", g)
+	}
+}
+
+func leakedGoroutines() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	var out []string
+	for i, g := range strings.Split(string(buf), "\n\n") {
+		if i == 0 || strings.Contains(g, "testing.tRunner") || strings.Contains(g, "testing.(*M)") {
+			continue // the caller, and the test framework's own goroutines
+		}
+		if strings.Contains(g, "github.com/sqliteproxy/sqliteproxy") || strings.Contains(g, "github.com/mattn/go-sqlite3") {
+			out = append(out, g)
+		}
+	}
+	return out
 }
