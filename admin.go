@@ -230,10 +230,8 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if exists, err := t.fileExists(); err != nil {
+	if err := t.mustExist("delete tenant"); err != nil {
 		return err
-	} else if !exists {
-		return opError("delete tenant", id, ErrTenantNotFound)
 	}
 	if err := t.drain(ctx, "delete"); err != nil {
 		return err
@@ -276,10 +274,8 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err != nil {
 		return err
 	}
-	if exists, err := t.fileExists(); err != nil {
+	if err := t.mustExist(op); err != nil {
 		return err
-	} else if !exists {
-		return opError(op, id, ErrTenantNotFound)
 	}
 	src, done, err := t.backupSource(ctx)
 	if err != nil {

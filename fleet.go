@@ -117,10 +117,8 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if err != nil {
 		return nil, err
 	}
-	if exists, err := t.fileExists(); err != nil {
+	if err := t.mustExist("migrate"); err != nil {
 		return nil, err
-	} else if !exists {
-		return nil, opError("migrate", id, ErrTenantNotFound)
 	}
 	if t.ready.Load() {
 		// Checked (or migrated) by this process already, against the same
@@ -251,10 +249,8 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 	if err != nil {
 		return st, err
 	}
-	if exists, err := t.fileExists(); err != nil {
+	if err := t.mustExist("migration status"); err != nil {
 		return st, err
-	} else if !exists {
-		return st, opError("migration status", id, ErrTenantNotFound)
 	}
 	var rows []ledgerRow
 	if t.ready.Load() {

@@ -651,6 +651,15 @@ func (t *tenant) openWriter(ctx context.Context, o openOpts) (pc *physConn, err 
 	return pc, nil
 }
 
+// mustExist is ErrTenantNotFound (for op) unless t's file exists.
+func (t *tenant) mustExist(op string) error {
+	exists, err := t.fileExists()
+	if err == nil && !exists {
+		err = opError(op, t.id, ErrTenantNotFound)
+	}
+	return err
+}
+
 // fileExists reports whether t's database file exists. A file that is not
 // a regular file (a symlink, say) is an error.
 func (t *tenant) fileExists() (bool, error) {

@@ -305,14 +305,7 @@ func (tel *telemetry) span(ctx context.Context, name string, t *tenant, kvs ...a
 
 // waited records a wait for a connection that started at start.
 func (tel *telemetry) waited(ctx context.Context, t *tenant, role string, start time.Time, err error) {
-	if tel.on {
-		a := t.attrs.Load()
-		kvs := append(a.set.ToSlice(), attribute.String(attrRole, role))
-		if err != nil {
-			kvs = append(kvs, attribute.String(attrErrorType, errorType(err)))
-		}
-		tel.waitDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
-	}
+	tel.recordRole(ctx, tel.waitDuration, t, role, start, err)
 	if tel.tracing {
 		_, s := tel.tracer.Start(ctx, "sqliteproxy.wait", trace.WithTimestamp(start), t.attrs.Load().span,
 			trace.WithAttributes(attribute.String(attrRole, role)))
@@ -322,6 +315,12 @@ func (tel *telemetry) waited(ctx context.Context, t *tenant, role string, start 
 
 // opened records a cold open of one of t's connections.
 func (tel *telemetry) opened(ctx context.Context, t *tenant, role string, start time.Time, err error) {
+	tel.recordRole(ctx, tel.openDuration, t, role, start, err)
+}
+
+// recordRole records the time since start in h, with t's attributes, the
+// connection role and, on failure, the error type.
+func (tel *telemetry) recordRole(ctx context.Context, h metric.Float64Histogram, t *tenant, role string, start time.Time, err error) {
 	if !tel.on {
 		return
 	}
@@ -329,7 +328,7 @@ func (tel *telemetry) opened(ctx context.Context, t *tenant, role string, start 
 	if err != nil {
 		kvs = append(kvs, attribute.String(attrErrorType, errorType(err)))
 	}
-	tel.openDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
+	h.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
 }
 
 // evicted counts the closing of t's connections.
