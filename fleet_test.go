@@ -190,6 +190,79 @@ func TestMigrateAll(t *testing.T) {
 	}
 }
 
+// MigrateAll migrates a tenant that no one has open on a connection in
+// locking_mode=EXCLUSIVE (migrateAlone); a tenant another process has open
+// makes that fail with SQLITE_BUSY and must be migrated the normal way,
+// without waiting out the busy timeout, and the other process keeps
+// working on the migrated file.
+func TestMigrateAll_TenantOpenElsewhere(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
+	fleet(t, dir, 3, v1)
+
+	// "Another process": a plain mattn connection to t001 with a
+	// transaction open (so its -wal holds frames) and one to t002 that is
+	// merely open, in WAL mode.
+	busy := direct(t, dir, "t001")
+	busy.SetMaxOpenConns(1)
+	tx, err := busy.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (type) VALUES ('elsewhere')`); err != nil {
+		t.Fatal(err)
+	}
+	idle := direct(t, dir, "t002")
+	idle.SetMaxOpenConns(1)
+	if n := queryInt(t, idle, context.Background(), `SELECT count(*) FROM events`); n != 0 {
+		t.Fatalf("t002 has %d events", n)
+	}
+
+	v2 := append(slices.Clone(v1), `ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'`)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: v2, BusyTimeout: 20 * time.Second})
+	done := make(chan struct{})
+	go func() {
+		// t001 is migrated once the other process commits; the proxy's
+		// writer waits for it in SQLite's busy handler.
+		time.Sleep(200 * time.Millisecond)
+		if err := tx.Commit(); err != nil {
+			t.Error(err)
+		}
+		close(done)
+	}()
+	start := time.Now()
+	rep, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1})
+	<-done
+	if err != nil || rep.Applied != 3 || len(rep.Failed) != 0 {
+		t.Fatalf("MigrateAll: %+v, %v", rep, err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("MigrateAll took %v: it waited out a busy timeout", d)
+	}
+	// The other process sees the new column and its own row.
+	if n := queryInt(t, busy, context.Background(), `SELECT count(*) FROM events WHERE type = 'elsewhere' AND severity = 'info'`); n != 1 {
+		t.Errorf("t001 through the other connection: %d rows", n)
+	}
+	if _, err := idle.Exec(`INSERT INTO events (type, severity) VALUES ('after', 'high')`); err != nil {
+		t.Errorf("t002 through the other connection: %v", err)
+	}
+	// Every tenant is whole, and the one no one had open has no WAL or
+	// shared-memory file left behind.
+	for _, id := range []string{"t000", "t001", "t002"} {
+		db := direct(t, dir, id)
+		var ok string
+		if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
+			t.Errorf("%s: integrity_check %q, %v", id, ok, err)
+		}
+		db.Close()
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(filepath.Join(dir, "t000.db"+suffix)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("t000.db%s left behind: %v", suffix, err)
+		}
+	}
+}
+
 func TestMigrateAll_Cancel(t *testing.T) {
 	dir := t.TempDir()
 	fleet(t, dir, 20, []string{`CREATE TABLE t (a)`})

@@ -18,6 +18,16 @@ func (r *router) connectHook(c *sqlite3.SQLiteConn) error {
 	return hardenTenantConn(c)
 }
 
+// aloneHook is connectHook for a connection in locking_mode=EXCLUSIVE
+// (migrateAlone): no retry, since waiting cannot help while another
+// connection has the file open.
+func aloneHook(c *sqlite3.SQLiteConn) error {
+	if err := ensureWAL(c, 0); err != nil {
+		return err
+	}
+	return hardenTenantConn(c)
+}
+
 // ensureWAL switches the file to WAL unless it is already. Switching needs
 // an exclusive lock and SQLite does not call the busy handler for it, so
 // when another process opens the same new file at once, retry until the

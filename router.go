@@ -31,6 +31,8 @@ type router struct {
 	drv          *sqlite3.SQLiteDriver // opens tenant connections, hardened by ConnectHook
 	writerParams string                // URI query of writer connections
 	readerParams string                // URI query of reader connections
+	aloneParams  string                // URI query of MigrateAll's connections to tenants not open anywhere (see migrateAlone)
+	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
 	mig          *migrator
 	tel          *telemetry
 	free         *tenantless // answers tenantless pure expressions
@@ -88,6 +90,7 @@ func newRouter(cfg *Config) (*router, error) {
 	}
 	r.mig.tel = r.tel
 	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
+	r.aloneDrv = &sqlite3.SQLiteDriver{ConnectHook: aloneHook}
 	r.accessOpts = openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto}
 	common := url.Values{}
 	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile
@@ -105,6 +108,9 @@ func newRouter(cfg *Config) (*router, error) {
 	rd.Set("_query_only", "1")
 	rd.Set("_txlock", "deferred")
 	r.writerParams = "?" + w.Encode()
+	w.Set("_locking_mode", "EXCLUSIVE")
+	w.Set("_busy_timeout", "0") // getting the lock fails at once rather than after BusyTimeout
+	r.aloneParams = "?" + w.Encode()
 	r.readerParams = "?" + rd.Encode()
 	r.free = newTenantless()
 	r.readClock()
