@@ -277,7 +277,7 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err := t.mustExist(op); err != nil {
 		return err
 	}
-	src, done, err := t.backupSource(ctx)
+	src, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err
 	}
@@ -296,11 +296,36 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	return nil
 }
 
-// backupSource returns a connection to copy t from, and the function that
-// gives it back. It neither applies nor requires migrations: backing up a
-// tenant that is behind (MigrateCheck) or ahead (drift) is when operators
-// need a backup most.
-func (t *tenant) backupSource(ctx context.Context) (*sqlite3.SQLiteConn, func(), error) {
+// CheckTenant runs PRAGMA integrity_check on the tenant and returns nil
+// when SQLite reports it ok, else an error quoting the first problems. Like
+// BackupTenant it neither applies nor requires migrations, and it runs
+// beside the tenant's traffic (on a reader, or on a read-only connection of
+// its own within the budget). A full check reads the whole file.
+func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
+	const op = "check tenant"
+	t, err := p.tenantFor(op, id)
+	if err != nil {
+		return err
+	}
+	if err := t.mustExist(op); err != nil {
+		return err
+	}
+	c, done, err := t.ungatedReader(ctx, op)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := checkIntegrity(ctx, c, "integrity_check"); err != nil {
+		return opError(op, id, err)
+	}
+	return nil
+}
+
+// ungatedReader returns a connection to read t from (a backup, a check),
+// and the function that gives it back. It neither applies nor requires
+// migrations: backing up or checking a tenant that is behind (MigrateCheck)
+// or ahead (drift) is when operators need it most.
+func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteConn, func(), error) {
 	if t.ready.Load() {
 		pc, err := t.acquireReader(ctx)
 		if err != nil {
@@ -313,17 +338,28 @@ func (t *tenant) backupSource(ctx context.Context) (*sqlite3.SQLiteConn, func(),
 	if err := t.lockWriter(ctx); err != nil {
 		return nil, nil, err
 	}
-	if err := t.r.reserve(ctx, t); err != nil {
-		t.releaseWriter()
-		return nil, nil, opError("backup tenant", t.id, err)
-	}
-	c, err := plainDriver.Open(t.uri + "?_query_only=1")
+	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
 	t.releaseWriter()
 	if err != nil {
-		t.r.unreserve(t)
-		return nil, nil, opError("backup tenant", t.id, err)
+		return nil, nil, opError(op, t.id, err)
 	}
-	return c.(*sqlite3.SQLiteConn), func() { c.Close(); t.r.unreserve(t) }, nil
+	return c, done, nil
+}
+
+// ownConn opens a connection to t outside its pool, with drv and the URI
+// query params, within the connection budget; done closes it and gives the
+// slot back. The caller holds t's writer semaphore at least until it
+// returns, so that t itself can be evicted to make room.
+func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
+	if err := r.reserve(ctx, t); err != nil {
+		return nil, nil, err
+	}
+	dc, err := drv.Open(t.uri + params)
+	if err != nil {
+		r.unreserve(t)
+		return nil, nil, err
+	}
+	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.unreserve(t) }, nil
 }
 
 // plainDriver opens files that are not tenant connections (backup copies,
@@ -368,7 +404,7 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	if _, err := d.Exec("PRAGMA journal_mode = DELETE", nil); err != nil {
 		return err
 	}
-	if err := checkIntegrity(d, "integrity_check"); err != nil {
+	if err := checkIntegrity(ctx, d, "integrity_check"); err != nil {
 		return err
 	}
 	if err := d.Close(); err != nil {
@@ -385,9 +421,10 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	return err
 }
 
-// checkIntegrity runs PRAGMA quick_check or integrity_check and wants "ok".
-func checkIntegrity(c *sqlite3.SQLiteConn, pragma string) error {
-	rows, err := c.Query("PRAGMA "+pragma, nil)
+// checkIntegrity runs PRAGMA quick_check or integrity_check and wants the
+// single row "ok"; otherwise the error quotes the first three problems.
+func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) error {
+	rows, err := c.QueryContext(ctx, "PRAGMA "+pragma, nil)
 	if err != nil {
 		return err
 	}
@@ -409,7 +446,12 @@ func checkIntegrity(c *sqlite3.SQLiteConn, pragma string) error {
 	if len(problems) == 1 && problems[0] == "ok" {
 		return nil
 	}
-	return fmt.Errorf("%s failed: %q", pragma, problems)
+	shown := problems[:min(len(problems), 3)]
+	more := ""
+	if len(problems) > len(shown) {
+		more = fmt.Sprintf("; and %d more", len(problems)-len(shown))
+	}
+	return fmt.Errorf("%s found %d problem(s): %s%s", pragma, len(problems), strings.Join(shown, "; "), more)
 }
 
 // RestoreTenant replaces the tenant's database with a copy of srcPath. The
@@ -496,7 +538,7 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	}
 	s := sc.(*sqlite3.SQLiteConn)
 	defer s.Close()
-	if err := checkIntegrity(s, "quick_check"); err != nil {
+	if err := checkIntegrity(ctx, s, "quick_check"); err != nil {
 		return fmt.Errorf("not a healthy SQLite database: %w", err)
 	}
 	return copyDatabase(ctx, dst, s)

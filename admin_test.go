@@ -426,3 +426,63 @@ func TestProxy_StatsPerTenant(t *testing.T) {
 		t.Errorf("after tx: %+v, %+v", ts, st)
 	}
 }
+
+func TestProxy_CheckTenant(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE t (a, b)`, `CREATE INDEX t_a ON t (a)`}
+	ctx := context.Background()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: v1})
+	for _, id := range []string{"open", "closed", "broken"} {
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO t VALUES (1, 10), (2, 20), (3, 30)`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.CheckTenant(ctx, "open"); err != nil {
+		t.Errorf("healthy open tenant: %v", err)
+	}
+	p.Close()
+
+	// An index that disagrees with its table: integrity_check answers with
+	// rows, not an error.
+	db := direct(t, dir, "broken")
+	for _, q := range []string{`PRAGMA writable_schema = ON`, `UPDATE sqlite_schema SET sql = 'CREATE INDEX t_a ON t (b)' WHERE name = 't_a'`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+	os.WriteFile(filepath.Join(dir, "junk.db"), []byte(strings.Repeat("junk", 2000)), 0o600)
+
+	// Check mode with a migration the tenants lack: checked all the same,
+	// and nothing is migrated or left behind.
+	v2 := append(slices.Clone(v1), `ALTER TABLE t ADD COLUMN c`)
+	p = newTestProxy(t, Config{Dir: dir, Migrations: v2, MigrationMode: MigrateCheck})
+	if err := p.CheckTenant(ctx, "closed"); err != nil {
+		t.Errorf("healthy tenant behind its migrations: %v", err)
+	}
+	if st, err := p.MigrationStatus(ctx, "closed"); err != nil || len(st.Pending) != 1 {
+		t.Errorf("CheckTenant migrated: %+v, %v", st, err)
+	}
+	for _, suffix := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(filepath.Join(dir, "closed.db"+suffix)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("closed.db%s left behind: %v", suffix, err)
+		}
+	}
+	var pe *Error
+	err := p.CheckTenant(ctx, "broken")
+	if !errors.As(err, &pe) || pe.Op != "check tenant" || pe.Tenant != "broken" || !strings.Contains(err.Error(), "integrity_check found ") {
+		t.Errorf("broken index: %v", err)
+	}
+	if err := p.CheckTenant(ctx, "junk"); err == nil || !strings.Contains(err.Error(), "file is not a database") {
+		t.Errorf("junk file: %v", err)
+	}
+	if err := p.CheckTenant(ctx, "missing"); !errors.Is(err, ErrTenantNotFound) {
+		t.Errorf("missing tenant: %v, want ErrTenantNotFound", err)
+	}
+	if err := p.CheckTenant(ctx, "../etc"); !errors.Is(err, ErrInvalidTenant) {
+		t.Errorf("invalid ID: %v, want ErrInvalidTenant", err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "missing.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("CheckTenant created missing.db: %v", err)
+	}
+}

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/mattn/go-sqlite3"
 )
 
 // MigrateOptions tunes MigrateAll.
@@ -203,25 +201,15 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 // holds t's writer semaphore, so nothing of this process opens t meanwhile
 // but a reader, which waits the same way.
 func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
-	if err := r.reserve(ctx, t); err != nil {
-		return err
-	}
-	defer r.unreserve(t)
-	c, err := r.aloneDrv.Open(t.uri + r.aloneParams)
+	c, done, err := r.ownConn(ctx, t, r.aloneDrv, r.aloneParams)
 	if err != nil {
 		return opError("migrate", t.id, err)
 	}
-	_, err = r.mig.migrate(ctx, t, c.(*sqlite3.SQLiteConn))
 	// Closing checkpoints the WAL into the database and removes it. If that
 	// fails the migration is still safe in the WAL, for the next open.
-	c.Close()
+	defer done()
+	_, err = r.mig.migrate(ctx, t, c)
 	return err
-}
-
-// isBusy reports whether err is SQLite's SQLITE_BUSY or SQLITE_LOCKED.
-func isBusy(err error) bool {
-	var se sqlite3.Error
-	return errors.As(err, &se) && (se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked)
 }
 
 func (r *router) tenantOpen(t *tenant) bool {
@@ -256,20 +244,16 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 }
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
-	if err := r.reserve(ctx, t); err != nil {
-		return nil, err
-	}
-	defer r.unreserve(t)
 	params := "?mode=ro"
 	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) {
 		params += "&immutable=1"
 	}
-	c, err := plainDriver.Open(t.uri + params)
+	c, done, err := r.ownConn(ctx, t, plainDriver, params)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	return ledger(ctx, c.(*sqlite3.SQLiteConn))
+	defer done()
+	return ledger(ctx, c)
 }
 
 // AppliedMigration is one migration recorded in a tenant's ledger.

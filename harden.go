@@ -9,23 +9,16 @@ import (
 	"github.com/mattn/go-sqlite3"
 )
 
-// connectHook runs on every tenant connection once mattn has applied the
-// DSN's pragmas: it puts the file in WAL mode and hardens the connection.
-func (r *router) connectHook(c *sqlite3.SQLiteConn) error {
-	if err := ensureWAL(c, r.cfg.BusyTimeout); err != nil {
-		return err
+// tenantHook returns the ConnectHook of tenant connections, which runs once
+// mattn has applied the DSN's pragmas: it puts the file in WAL mode
+// (retrying for up to walTimeout, see ensureWAL) and hardens the connection.
+func tenantHook(walTimeout time.Duration) func(*sqlite3.SQLiteConn) error {
+	return func(c *sqlite3.SQLiteConn) error {
+		if err := ensureWAL(c, walTimeout); err != nil {
+			return err
+		}
+		return hardenTenantConn(c)
 	}
-	return hardenTenantConn(c)
-}
-
-// aloneHook is connectHook for a connection in locking_mode=EXCLUSIVE
-// (migrateAlone): no retry, since waiting cannot help while another
-// connection has the file open.
-func aloneHook(c *sqlite3.SQLiteConn) error {
-	if err := ensureWAL(c, 0); err != nil {
-		return err
-	}
-	return hardenTenantConn(c)
 }
 
 // ensureWAL switches the file to WAL unless it is already. Switching needs
@@ -45,12 +38,17 @@ func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
 		if err == nil {
 			continue // check what it became
 		}
-		var se sqlite3.Error
-		if !errors.As(err, &se) || (se.Code != sqlite3.ErrBusy && se.Code != sqlite3.ErrLocked) || time.Now().After(deadline) {
+		if !isBusy(err) || time.Now().After(deadline) {
 			return err
 		}
 		time.Sleep(delay)
 	}
+}
+
+// isBusy reports whether err is SQLite's SQLITE_BUSY or SQLITE_LOCKED.
+func isBusy(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && (se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked)
 }
 
 func journalMode(c *sqlite3.SQLiteConn) (string, error) {

@@ -89,8 +89,9 @@ func newRouter(cfg *Config) (*router, error) {
 		return nil, opError("open", "", err)
 	}
 	r.mig.tel = r.tel
-	r.drv = &sqlite3.SQLiteDriver{ConnectHook: r.connectHook}
-	r.aloneDrv = &sqlite3.SQLiteDriver{ConnectHook: aloneHook}
+	r.drv = &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout)}
+	// No retry: waiting cannot help while another connection has the file open.
+	r.aloneDrv = &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0)}
 	r.accessOpts = openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto}
 	common := url.Values{}
 	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile

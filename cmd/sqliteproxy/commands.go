@@ -616,7 +616,7 @@ func (e *env) check(args []string) (status int) {
 		if e.ctx.Err() != nil {
 			break
 		}
-		if err := checkFile(e.ctx, tenantPath(p, id)); err != nil {
+		if err := p.CheckTenant(e.ctx, id); err != nil {
 			failed[id] = err
 		}
 		done++

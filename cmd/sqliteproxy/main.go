@@ -24,9 +24,9 @@
 // tenant that another process has open (its -wal or -shm file exists);
 // stop the service first, or delete and restore through its Proxy.
 //
-// check runs PRAGMA integrity_check on a connection of its own to each file
-// (see sqlitefile.go), not through the proxy, which in MigrateCheck mode
-// refuses a tenant whose migrations do not match -migrations.
+// check runs PRAGMA integrity_check through Proxy.CheckTenant, which, like
+// backups, bypasses the migration gate: tenants whose migrations do not
+// match -migrations are checked too.
 //
 // Fleet-wide commands (migrate, backup -all, check and status without an
 // ID) draw a progress bar on stderr when stderr is a terminal; piped, they
