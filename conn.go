@@ -22,6 +22,7 @@ type conn struct {
 	pc    *physConn // leased connection, nil when none
 	spare *physConn // a reader kept for its open rows after moving to the writer
 	tx    *tx       // open transaction
+	hadTx bool      // the checkout began a transaction (it may have ended badly)
 	owned bool      // the conn came from Driver.Open and owns r
 	last  *tenant   // tenant of the previous checkout: spares a map lookup
 
@@ -245,6 +246,7 @@ func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, err
 		return nil, err
 	}
 	c.tx = &tx{c: c, stx: stx, readOnly: opts.ReadOnly, ctx: ctx}
+	c.hadTx = true
 	return c.tx, nil
 }
 
@@ -297,12 +299,19 @@ func (c *conn) release() {
 		// A reader can only be inside a transaction begun by BeginTx (BEGIN
 		// and multi-statement texts go to the writer); asking SQLite costs a
 		// cgo call, so only the writer and readers that had a tx are asked.
-		if (pc.writer || c.tx != nil) && !pc.c.AutoCommit() {
-			pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
+		if (pc.writer || c.hadTx) && !pc.c.AutoCommit() {
+			// A connection that stays inside its transaction would give the
+			// next caller a stale snapshot, or swallow its writes into a
+			// transaction nobody commits: close it instead (pgxpool too
+			// destroys a connection that is not idle at release).
+			if _, err := pc.c.ExecContext(context.Background(), "ROLLBACK", nil); err != nil || !pc.c.AutoCommit() {
+				c.t.discard(pc)
+				continue
+			}
 		}
 		c.t.release(pc)
 	}
-	c.t, c.pc, c.spare, c.tx = nil, nil, nil, nil
+	c.t, c.pc, c.spare, c.tx, c.hadTx = nil, nil, nil, nil, false
 }
 
 // tx is a transaction on the leased connection.

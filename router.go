@@ -17,6 +17,7 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // router owns every tenant's connections: it maps tenant IDs to tenants,
@@ -465,7 +466,8 @@ type tenant struct {
 	lastUsed  atomic.Int64
 	createdBy atomic.Bool // this process created the file (read by CreateTenant under wsem)
 
-	attrs atomic.Pointer[tenantAttrs] // telemetry attributes
+	attrs     atomic.Pointer[tenantAttrs] // metric attributes
+	spanAttrs trace.SpanStartOption       // span attributes: always the tenant's own
 	ops   atomic.Int64                // operations since the last ranking (MetricsTenantLimit > 0)
 }
 
@@ -484,6 +486,7 @@ func newTenant(r *router, id string) *tenant {
 	u := url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}
 	t := &tenant{r: r, id: id, path: path, uri: u.String()}
 	t.attrs.Store(r.tel.attrsFor(id))
+	t.spanAttrs = r.tel.spanAttrs(id)
 	return t
 }
 
@@ -839,12 +842,12 @@ func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
 	pc, err := t.r.openConn(t, false)
 	t.r.tel.opened(ctx, t, "reader", start, err)
 	if err != nil {
+		t.r.unreserve(t) // while the lease still keeps eviction away
 		t.mu.Lock()
 		t.nreaders--
 		t.leasedReaders--
 		t.wakeReaderQLocked() // a reader may be opened for them now
 		t.mu.Unlock()
-		t.r.unreserve(t)
 		return nil, err
 	}
 	return pc, nil
@@ -864,6 +867,33 @@ func (t *tenant) releaseReader(pc *physConn) {
 	t.idle = append(t.idle, pc)
 	t.leasedReaders--
 	t.mu.Unlock()
+	t.r.wake()
+	if t.r.isClosed.Load() {
+		t.r.tryEvict(t, false, "close")
+	}
+}
+
+// discard ends the lease of pc by closing it, for a connection whose state
+// is unknown (a ROLLBACK failed at check-in). Its slot is given back as
+// unreserve does (a descriptor closed while others of t are open stays
+// parked, so it stays counted until t is closed as a whole), and the next
+// lease opens a fresh connection.
+func (t *tenant) discard(pc *physConn) {
+	if pc.writer {
+		t.w = nil
+		pc.close()
+		t.r.unreserve(t)
+		t.releaseWriter()
+		return
+	}
+	pc.close()
+	t.r.unreserve(t) // while the lease still keeps eviction away
+	t.mu.Lock()
+	t.nreaders--
+	t.leasedReaders--
+	t.wakeReaderQLocked() // a reader may be opened for them now
+	t.mu.Unlock()
+	t.touch()
 	t.r.wake()
 	if t.r.isClosed.Load() {
 		t.r.tryEvict(t, false, "close")

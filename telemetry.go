@@ -84,7 +84,6 @@ type tenantAttrs struct {
 	set  attribute.Set
 	opt  []metric.RecordOption
 	kv   attribute.KeyValue // the tenant attribute; empty Key when none
-	span trace.SpanStartOption
 }
 
 func newTenantAttrs(tenant string, withTenant bool) *tenantAttrs {
@@ -99,8 +98,20 @@ func newTenantAttrs(tenant string, withTenant bool) *tenantAttrs {
 	for i := range numOps {
 		a.ops[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(base), attribute.String(attrOperation, opNames[i]))...))}
 	}
-	a.span = trace.WithAttributes(base...)
 	return a
+}
+
+// noTenantSpan is the span attributes of work that involves no tenant.
+var noTenantSpan trace.SpanStartOption = trace.WithAttributes(systemAttr)
+
+// spanAttrs returns the span attributes of tenant id. Spans are not
+// aggregated, so they always name the tenant, whatever MetricsTenantLimit
+// does to metric attributes.
+func (tel *telemetry) spanAttrs(id string) trace.SpanStartOption {
+	if !tel.tracing {
+		return noTenantSpan
+	}
+	return trace.WithAttributes(systemAttr, attribute.String(attrTenant, id))
 }
 
 // isDefault reports whether p is OpenTelemetry's global placeholder (no
@@ -224,8 +235,9 @@ func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Tim
 		return
 	}
 	d := time.Since(start) // monotonic clock only
-	a := tel.shared
+	a, spanAttrs := tel.shared, noTenantSpan
 	if t != nil {
+		spanAttrs = t.spanAttrs
 		a = t.attrs.Load()
 		if tel.tenantLimit > 0 {
 			t.ops.Add(1)
@@ -240,7 +252,7 @@ func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Tim
 		}
 	}
 	if tel.traceQueries && tel.tracing {
-		opts := []trace.SpanStartOption{trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindClient), a.span,
+		opts := []trace.SpanStartOption{trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindClient), spanAttrs,
 			trace.WithAttributes(attribute.String(attrOperation, opNames[o]))}
 		if tel.traceStatements && query != "" {
 			opts = append(opts, trace.WithAttributes(attribute.String(attrQueryText, query)))
@@ -295,9 +307,9 @@ func (tel *telemetry) span(ctx context.Context, name string, t *tenant, kvs ...a
 	}
 	opts := []trace.SpanStartOption{trace.WithAttributes(kvs...)}
 	if t != nil {
-		opts = append(opts, t.attrs.Load().span)
+		opts = append(opts, t.spanAttrs)
 	} else {
-		opts = append(opts, trace.WithAttributes(systemAttr))
+		opts = append(opts, noTenantSpan)
 	}
 	ctx, s := tel.tracer.Start(ctx, name, opts...)
 	return ctx, func(err error) { endSpan(s, err, time.Now()) }
@@ -307,7 +319,7 @@ func (tel *telemetry) span(ctx context.Context, name string, t *tenant, kvs ...a
 func (tel *telemetry) waited(ctx context.Context, t *tenant, role string, start time.Time, err error) {
 	tel.recordRole(ctx, tel.waitDuration, t, role, start, err)
 	if tel.tracing {
-		_, s := tel.tracer.Start(ctx, "sqliteproxy.wait", trace.WithTimestamp(start), t.attrs.Load().span,
+		_, s := tel.tracer.Start(ctx, "sqliteproxy.wait", trace.WithTimestamp(start), t.spanAttrs,
 			trace.WithAttributes(attribute.String(attrRole, role)))
 		endSpan(s, err, time.Now())
 	}

@@ -232,3 +232,65 @@ func TestTelemetry_OffWithoutProvider(t *testing.T) {
 		t.Errorf("errorType = %q", got)
 	}
 }
+
+// Spans are not aggregated: every span about a tenant names it, whether
+// metrics are off, on, or limited by MetricsTenantLimit (issue #13, item 1).
+func TestTelemetry_SpansNameTheTenant(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		meter  bool
+		limit  int
+		ranked bool
+	}{
+		{name: "TracingOnly"},
+		{name: "MetricsOn", meter: true},
+		{name: "MetricsWithoutTenant", meter: true, limit: -1},
+		{name: "MetricsTenantLimit", meter: true, limit: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			spans := tracetest.NewSpanRecorder()
+			cfg := Config{
+				Migrations:         []string{eventsTable},
+				TraceQueries:       true,
+				MetricsTenantLimit: tc.limit,
+				TracerProvider:     sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans)),
+			}
+			if tc.meter {
+				cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
+			}
+			p := newTestProxy(t, cfg)
+			if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.QueryContext(context.Background(), `SELECT 1`); err != nil { // no tenant
+				t.Fatal(err)
+			}
+			if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]bool{}
+			for _, s := range spans.Ended() {
+				var tenant string
+				for _, kv := range s.Attributes() {
+					if kv.Key == attrTenant {
+						tenant = kv.Value.AsString()
+					}
+				}
+				seen[s.Name()] = true
+				want := "acme"
+				if s.Name() == "sqliteproxy.query" {
+					want = "" // the tenantless SELECT 1
+				}
+				if tenant != want {
+					t.Errorf("span %s: tenant attribute %q, want %q", s.Name(), tenant, want)
+				}
+			}
+			for _, name := range []string{"sqliteproxy.tenant.open", "sqliteproxy.migrate", "sqliteproxy.exec", "sqliteproxy.tenant.evict"} {
+				if !seen[name] {
+					t.Errorf("no %s span (saw %v)", name, seen)
+				}
+			}
+		})
+	}
+}

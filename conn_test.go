@@ -1,0 +1,133 @@
+package sqliteproxy
+
+import (
+	"database/sql"
+	"strings"
+	"testing"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// denyRollback makes every ROLLBACK prepared from now on, on the physical
+// connection the checkout holds, fail as SQLite fails a statement its
+// authorizer refuses: a real failed ROLLBACK that leaves the connection
+// inside its transaction.
+func denyRollback(t *testing.T, c *sql.Conn) {
+	t.Helper()
+	err := c.Raw(func(dc any) error {
+		pc := dc.(*conn).pc
+		if pc == nil {
+			t.Fatal("the checkout holds no connection")
+		}
+		pc.c.RegisterAuthorizer(func(op int, a1, a2, a3 string) int {
+			if op == sqlite3.SQLITE_TRANSACTION && strings.EqualFold(a1, "ROLLBACK") {
+				return sqlite3.SQLITE_DENY
+			}
+			return tenantAuthorizer(op, a1, a2, a3)
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A ROLLBACK that fails when a checkout ends leaves its connection in an
+// unknown state (still inside the transaction): the connection is closed,
+// not handed to the next caller, and the next lease opens a fresh one
+// (issue #13, item 4).
+func TestConn_FailedRollbackAtCheckInClosesConnection(t *testing.T) {
+	t.Run("Writer", func(t *testing.T) {
+		t.Parallel()
+		p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+		ctx := tctx("a")
+		c, err := p.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ExecContext(ctx, `BEGIN`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('left in a transaction')`); err != nil {
+			t.Fatal(err)
+		}
+		denyRollback(t, c)
+		c.Close() // the checkout ends inside its transaction: ROLLBACK fails
+
+		// The next write must commit on its own, not join the stale transaction.
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('next caller')`); err != nil {
+			t.Fatal(err)
+		}
+		got := directRows(t, p, "a", `SELECT tenant FROM events ORDER BY id`)
+		if len(got) != 1 || got[0] != "next caller" {
+			t.Fatalf("a fresh connection sees %q, want only the next caller's committed row", got)
+		}
+		if st := p.Stats(); st.OpenConnections > p.Config().MaxConnections {
+			t.Fatalf("stats: %+v", st)
+		}
+	})
+	t.Run("Reader", func(t *testing.T) {
+		t.Parallel()
+		p := newTestProxy(t, Config{Migrations: []string{eventsTable}, ReadersPerTenant: 1})
+		ctx := tctx("a")
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
+			t.Fatal(err)
+		}
+		c, err := p.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		denyRollback(t, c)
+		if err := tx.Rollback(); err == nil {
+			t.Fatal("ROLLBACK succeeded: the fault was not injected")
+		}
+		c.Close()
+
+		// The only reader must not serve the old snapshot of the failed transaction.
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 2 {
+			t.Fatalf("a read after the failed rollback sees %d rows, want 2 (a stale snapshot)", n)
+		}
+	})
+}
+
+// directRows runs query on tenant id's file through mattn directly and
+// returns the first column of each row.
+func directRows(t *testing.T, p *Proxy, id, query string) []string {
+	t.Helper()
+	db, err := sql.Open("sqlite3", fileURI(p.Config().Dir+"/"+id+tenantFileSuffix)+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	rows, err := db.Query(query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
