@@ -468,7 +468,7 @@ type tenant struct {
 
 	attrs     atomic.Pointer[tenantAttrs] // metric attributes
 	spanAttrs trace.SpanStartOption       // span attributes: always the tenant's own
-	ops   atomic.Int64                // operations since the last ranking (MetricsTenantLimit > 0)
+	ops       atomic.Int64                // operations since the last ranking (MetricsTenantLimit > 0)
 }
 
 // Tenant states. A drain (DeleteTenant, RestoreTenant) stops new leases,

@@ -80,10 +80,10 @@ type telemetry struct {
 // tenantAttrs are the attribute sets of one tenant (or of "no tenant" /
 // "_other"), built once so recording allocates nothing.
 type tenantAttrs struct {
-	ops  [numOps][]metric.RecordOption
-	set  attribute.Set
-	opt  []metric.RecordOption
-	kv   attribute.KeyValue // the tenant attribute; empty Key when none
+	ops [numOps][]metric.RecordOption
+	set attribute.Set
+	opt []metric.RecordOption
+	kv  attribute.KeyValue // the tenant attribute; empty Key when none
 }
 
 func newTenantAttrs(tenant string, withTenant bool) *tenantAttrs {
