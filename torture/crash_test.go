@@ -142,8 +142,8 @@ func TestCrash(t *testing.T) {
 		nmig := 1 + cycle/every
 		newMigration := cycle > 0 && cycle%every == 0
 		os.Remove(filepath.Join(base, "started"))
-		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
-		cmd.Env = append(os.Environ(), crashBaseEnv+"="+base, crashMigEnv+"="+strconv.Itoa(nmig), crashCycleEnv+"="+strconv.Itoa(cycle))
+		cmd := reexec(os.Args[0], "^TestCrashChild$",
+			append(os.Environ(), crashBaseEnv+"="+base, crashMigEnv+"="+strconv.Itoa(nmig), crashCycleEnv+"="+strconv.Itoa(cycle)))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}

@@ -10,7 +10,9 @@
 //   - the connection cap under load (many tenants, MaxConnections 32): open
 //     .db descriptors never above the cap, bounded waits, no goroutine leak;
 //   - faults: disk full (tmpfs), a tenant file deleted or replaced under a
-//     live proxy, a corrupt tenant file, a read-only data directory;
+//     live proxy, a corrupt tenant file, a read-only data directory (a
+//     read-only remount as root; chmod 0500 as any other user, which a root
+//     run also checks in a child process running as uid 65534);
 //   - lifecycle under traffic: DeleteTenant, BackupTenant and RestoreTenant
 //     while writers hammer the same tenant.
 //

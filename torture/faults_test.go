@@ -1,17 +1,20 @@
 package torture
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -22,13 +25,16 @@ import (
 )
 
 // TestFaults: disk full, a tenant file deleted or replaced under a live
-// proxy, a corrupt tenant file, a read-only data directory.
+// proxy, a corrupt tenant file, a read-only data directory (as root, also
+// as an unprivileged user in a child process). Every case runs in both
+// budgets.
 func TestFaults(t *testing.T) {
 	t.Run("DiskFull", testDiskFull)
 	t.Run("FileDeleted", func(t *testing.T) { testFileSwapped(t, false) })
 	t.Run("FileReplaced", func(t *testing.T) { testFileSwapped(t, true) })
 	t.Run("Corrupt", testCorrupt)
 	t.Run("ReadOnlyDir", testReadOnlyDir)
+	t.Run("ReadOnlyDirUnprivileged", testReadOnlyDirUnprivileged)
 	verifyNoLeaks(t)
 }
 
@@ -318,9 +324,10 @@ func testFileSwapped(t *testing.T, replace bool) {
 	checkTenant(t, f, p, "bystander", nil)
 
 	// Let the idle timeout close the victim, then use it again.
-	deadline := time.Now().Add(10 * time.Second)
-	for victimOpen(p) && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	for deadline := time.Now().Add(10 * time.Second); victimOpen(p); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the idle timeout (300 ms) did not close the victim tenant within 10 s: Stats still lists it")
+		}
 	}
 	_, statErr := os.Stat(victim)
 	seen = append(seen, fmt.Sprintf("file present after the victim was closed: %v", statErr == nil))
@@ -510,6 +517,9 @@ func dirSums(t *testing.T, dir string) map[string]string {
 // testReadOnlyDir: the data directory becomes read-only (a read-only
 // remount as root, who ignores permission bits; chmod 0500 otherwise).
 func testReadOnlyDir(t *testing.T) {
+	if os.Getenv(unprivilegedEnv) != "" && os.Geteuid() == 0 {
+		t.Fatalf("%s is set (the unprivileged child of TestFaults/ReadOnlyDirUnprivileged) but this process runs as root", unprivilegedEnv)
+	}
 	f := newFigures(t)
 	var dir string
 	var makeRO, makeRW func()
@@ -524,6 +534,8 @@ func testReadOnlyDir(t *testing.T) {
 		makeRW = func() { os.Chmod(dir, 0o700) }
 		t.Cleanup(makeRW)
 		f.note("chmod 0500 on the data directory")
+		// TestFaults/ReadOnlyDirUnprivileged looks for this line.
+		t.Logf("%s: uid %d, gid %d: chmod 0500 on %s", readOnlyNonRootMarker, os.Geteuid(), os.Getegid(), dir)
 	}
 	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
 	acked := map[string][]int64{}
@@ -588,4 +600,212 @@ func testReadOnlyDir(t *testing.T) {
 		checkTenant(t, f, p3, id, acked[id])
 	}
 	f.cycles.Add(1)
+}
+
+// The unprivileged child of TestFaults/ReadOnlyDirUnprivileged.
+const (
+	unprivilegedEnv = "SQLITEPROXY_TORTURE_UNPRIVILEGED" // set in the child: it is the unprivileged re-run
+	unprivilegedUID = 65534                              // nobody
+	unprivilegedGID = 65534                              // nogroup
+	// readOnlyNonRootMarker starts the line that the non-root branch of
+	// testReadOnlyDir logs.
+	readOnlyNonRootMarker = "ReadOnlyDir non-root branch"
+)
+
+// testReadOnlyDirUnprivileged runs the non-root (chmod 0500) branch of
+// testReadOnlyDir where the suite runs as root, as it does in CI and in
+// make test: it runs this test binary again as uid 65534, with only
+// TestFaults/ReadOnlyDir, in a directory that uid owns (its TMPDIR, so that
+// t.TempDir works there), logs the child's output line by line, and fails
+// if the child fails, or if the child did not log that it ran that branch
+// as uid 65534 and pass. It skips as non-root (TestFaults/ReadOnlyDir ran
+// that branch itself) and where dropping privileges is refused (EPERM).
+func testReadOnlyDirUnprivileged(t *testing.T) {
+	if os.Getenv(unprivilegedEnv) != "" {
+		t.Skip("this is the unprivileged child itself")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("not root: TestFaults/ReadOnlyDir itself ran the non-root (chmod 0500) branch")
+	}
+	for _, m := range []struct {
+		file string
+		id   uint32
+	}{{"/proc/self/uid_map", unprivilegedUID}, {"/proc/self/gid_map", unprivilegedGID}} {
+		if mapped, table := idMapped(m.file, m.id); !mapped {
+			t.Skipf("dropping privileges is impossible here: id %d is not mapped in this user namespace (%s: %s); "+
+				"the non-root branch of TestFaults/ReadOnlyDir did not run", m.id, m.file, strings.Join(strings.Fields(table), " "))
+		}
+	}
+	f := newFigures(t)
+	home := unprivilegedHome(t)
+	bin, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !accessibleBy(bin, unprivilegedUID, unprivilegedGID, 0o5) {
+		// Typically /tmp/go-build.../b001/torture.test, under 0700 root-owned directories.
+		cp := filepath.Join(home, filepath.Base(bin))
+		copyFile(t, bin, cp, 0o555)
+		f.note("test binary copied to the child's directory (uid %d cannot reach %s)", unprivilegedUID, bin)
+		bin = cp
+	}
+	// The inherited environment, without what points into root's home or
+	// build cache, and with TMPDIR and HOME in the directory the child owns.
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return slices.Contains([]string{"TMPDIR", "HOME", "GOCACHE", "GOTMPDIR", "GOCOVERDIR", "XDG_CACHE_HOME"}, k)
+	})
+	env = append(env, "TMPDIR="+home, "HOME="+home, unprivilegedEnv+"=1")
+	cmd := reexec(bin, "^TestFaults$/^ReadOnlyDir$", env, "-test.v", "-test.timeout=5m")
+	cmd.Dir = home
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: unprivilegedUID, Gid: unprivilegedGID}}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	err = cmd.Start()
+	pw.Close()
+	if errors.Is(err, syscall.EPERM) {
+		t.Skipf("dropping privileges to uid %d was refused (EPERM: no CAP_SETUID/CAP_SETGID, or a user namespace that forbids setuid/setgroups): %v; "+
+			"the non-root branch of TestFaults/ReadOnlyDir did not run", unprivilegedUID, err)
+	}
+	if err != nil {
+		t.Fatalf("start %s as uid %d: %v", bin, unprivilegedUID, err)
+	}
+	f.cycles.Add(1)
+	var ranBranch, passed bool
+	var summary string
+	sc := bufio.NewScanner(pr)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		t.Logf("uid %d child: %s", unprivilegedUID, line)
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.Contains(line, readOnlyNonRootMarker+": uid "+strconv.Itoa(unprivilegedUID)+","):
+			ranBranch = true
+		case strings.HasPrefix(trimmed, "--- PASS: TestFaults/ReadOnlyDir "):
+			passed = true
+		}
+		if _, s, ok := strings.Cut(line, "SUMMARY TestFaults/ReadOnlyDir: "); ok {
+			summary = s
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Errorf("reading the child's output: %v", err)
+		io.Copy(io.Discard, pr) // let it finish
+	}
+	if err := cmd.Wait(); err != nil {
+		f.fail(t, "the child running TestFaults/ReadOnlyDir as uid %d failed: %v (its output is above)", unprivilegedUID, err)
+	}
+	if !ranBranch {
+		f.fail(t, "the child did not run the non-root branch of TestFaults/ReadOnlyDir: no %q line for uid %d in its output",
+			readOnlyNonRootMarker, unprivilegedUID)
+	}
+	if !passed {
+		f.fail(t, "the child's output has no \"--- PASS: TestFaults/ReadOnlyDir\" line")
+	}
+	f.note("TestFaults/ReadOnlyDir as uid %d in a child process: %s", unprivilegedUID, summary)
+}
+
+// idMapped reports whether id is mapped in this process's user namespace,
+// by its map file (/proc/self/uid_map or gid_map), and returns the map.
+// Without the file (no user namespaces), every id counts as mapped.
+func idMapped(file string, id uint32) (bool, string) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return true, ""
+	}
+	for line := range strings.Lines(string(b)) {
+		var inside, outside, n uint64
+		if _, err := fmt.Sscan(line, &inside, &outside, &n); err == nil && uint64(id) >= inside && uint64(id)-inside < n {
+			return true, string(b)
+		}
+	}
+	return false, string(b)
+}
+
+// unprivilegedHome returns a new directory owned by the unprivileged uid
+// that the uid can reach, removed when the test ends.
+func unprivilegedHome(t *testing.T) string {
+	t.Helper()
+	for _, parent := range []string{os.TempDir(), "/tmp"} {
+		if !accessibleBy(parent, unprivilegedUID, unprivilegedGID, 0o1) {
+			continue
+		}
+		home, err := os.MkdirTemp(parent, "sqliteproxy-unprivileged-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := os.RemoveAll(home); err != nil {
+				t.Errorf("remove the child's directory: %v", err)
+			}
+		})
+		if err := os.Chown(home, unprivilegedUID, unprivilegedGID); err != nil {
+			t.Fatal(err)
+		}
+		return home
+	}
+	t.Fatalf("neither %s nor /tmp is reachable by uid %d", os.TempDir(), unprivilegedUID)
+	return ""
+}
+
+// accessibleBy reports whether uid with gid (and no other group) has the
+// permissions want (0o4 read, 0o2 write, 0o1 execute or search; summed) on
+// path and can search every directory above it, going by the mode bits
+// (ACLs aside). path must be absolute.
+func accessibleBy(path string, uid, gid uint32, want os.FileMode) bool {
+	has := func(p string, want os.FileMode) bool {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return false
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return false
+		}
+		perm := fi.Mode().Perm()
+		switch {
+		case st.Uid == uid:
+			perm >>= 6
+		case st.Gid == gid:
+			perm >>= 3
+		}
+		return perm&want == want
+	}
+	if !has(path, want) {
+		return false
+	}
+	for dir := filepath.Dir(path); ; dir = filepath.Dir(dir) {
+		if !has(dir, 0o1) {
+			return false
+		}
+		if dir == filepath.Dir(dir) {
+			return true
+		}
+	}
+}
+
+// copyFile copies src to a new file dst of mode perm.
+func copyFile(t *testing.T, src, dst string, perm os.FileMode) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"strings"
 	"sync"
@@ -135,6 +136,17 @@ func printSummary(w *os.File) {
 }
 
 // ---- shared helpers --------------------------------------------------------
+
+// reexec returns a command that runs the test binary bin (os.Args[0], or
+// a copy of it) again with only the tests matching run, more test flags
+// args, and the environment env: how TestCrash starts its crash children
+// (TestCrashChild) and TestFaults/ReadOnlyDirUnprivileged its child that
+// runs TestFaults/ReadOnlyDir as an unprivileged user.
+func reexec(bin, run string, env []string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, append([]string{"-test.run=" + run, "-test.count=1"}, args...)...)
+	cmd.Env = env
+	return cmd
+}
 
 // invariantSchema is the schema of the counter invariant: every
 // transaction inserts k rows into items (all carrying its txid and k) and
