@@ -2,40 +2,17 @@ package sqliteproxy
 
 import (
 	"context"
-	"crypto/rand"
 	"database/sql/driver"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
-	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
-
-// Temporary files the driver keeps in Dir start with a dot, which no
-// tenant ID may, so Tenants never lists them and no tenant can reach them.
-const (
-	creatingPrefix  = ".creating-"
-	deletingPrefix  = ".deleting-"
-	restoringPrefix = ".restoring-"
-)
-
-func tempName(dir, prefix, id string) string {
-	var b [8]byte
-	rand.Read(b[:])
-	return filepath.Join(dir, prefix+id+"-"+hex.EncodeToString(b[:])+tenantFileSuffix)
-}
-
-func fileURI(path string) string {
-	return (&url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}).String()
-}
 
 // removeWithSideFiles removes a database file and its -wal, -shm and
 // -journal files, ignoring those that do not exist.
@@ -58,103 +35,6 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// createFile creates t's database file, fully migrated, or reports
-// ErrTenantExists. The file is built under a temporary name and linked into
-// place, so no one (Tenants, another process) ever sees it half-made.
-func (r *router) createFile(ctx context.Context, t *tenant) error {
-	tmp := tempName(r.cfg.Dir, creatingPrefix, t.id)
-	defer removeWithSideFiles(tmp)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return opError("create tenant", t.id, err)
-	}
-	err = f.Chmod(0o600) // whatever the umask
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return opError("create tenant", t.id, err)
-	}
-	c, err := r.drv.Open(fileURI(tmp) + r.writerParams)
-	if err != nil {
-		return opError("create tenant", t.id, err)
-	}
-	_, err = r.mig.migrate(ctx, t, c.(*sqlite3.SQLiteConn))
-	if cerr := c.Close(); err == nil && cerr != nil {
-		err = opError("create tenant", t.id, cerr)
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Link(tmp, t.path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return opError("create tenant", t.id, ErrTenantExists)
-		}
-		return opError("create tenant", t.id, err)
-	}
-	t.ready.Store(true)
-	if err := syncDir(r.cfg.Dir); err != nil {
-		return opError("create tenant", t.id, err)
-	}
-	return nil
-}
-
-// drain stops new leases of t, waits (up to ctx) for the leased ones to end
-// and closes t's connections. On success the caller holds t's writer
-// semaphore and must call endDrain.
-func (t *tenant) drain(ctx context.Context, op string) error {
-	t.mu.Lock()
-	if t.state.Load() != tenantActive {
-		t.mu.Unlock()
-		return opError(op, t.id, errors.New("another delete or restore of this tenant is in progress"))
-	}
-	t.state.Store(tenantDraining)
-	t.drainDone = make(chan struct{})
-	t.mu.Unlock()
-
-	giveUp := func(err error) error {
-		t.endDrain(tenantActive)
-		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
-	}
-	if err := t.wsem.Acquire(ctx); err != nil {
-		t.mu.Lock()
-		t.state.Store(tenantActive)
-		close(t.drainDone)
-		t.mu.Unlock()
-		t.r.wake()
-		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
-	}
-	for {
-		ch := t.r.waitCh()
-		t.mu.Lock()
-		n := t.leasedReaders
-		t.mu.Unlock()
-		if n == 0 {
-			t.r.unwait()
-			break
-		}
-		select {
-		case <-ch:
-			t.r.unwait()
-		case <-ctx.Done():
-			t.r.unwait()
-			return giveUp(ctx.Err())
-		}
-	}
-	t.r.tryEvict(t, true, op)
-	return nil
-}
-
-// endDrain ends a drain begun by drain, leaving t in state.
-func (t *tenant) endDrain(state int32) {
-	t.mu.Lock()
-	t.state.Store(state)
-	close(t.drainDone)
-	t.mu.Unlock()
-	t.wsem.Release()
-	t.r.wake()
-}
-
 // tenantFor returns the live tenant for id after checking the ID.
 func (p *Proxy) tenantFor(op, id string) (*tenant, error) {
 	if p.c.r.isClosed.Load() {
@@ -171,7 +51,7 @@ func (p *Proxy) tenantFor(op, id string) (*tenant, error) {
 // Config.ExplicitCreate says.
 func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 	for {
-		t, err := p.tenantFor("create tenant", id)
+		t, err := p.tenantFor(opCreateTenant, id)
 		if err != nil {
 			return err
 		}
@@ -182,9 +62,9 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 			return err
 		}
 		// Under the writer semaphore nobody else in this process creates it.
-		exists, err := t.fileExists()
+		exists, err := t.fileExists(opCreateTenant)
 		if err == nil && exists {
-			err = opError("create tenant", id, ErrTenantExists)
+			err = opError(opCreateTenant, id, ErrTenantExists)
 		}
 		if err != nil {
 			t.wsem.Release()
@@ -197,7 +77,7 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 		created := t.createdBy.Load()
 		t.releaseWriter()
 		if !created { // another process linked it first
-			return opError("create tenant", id, ErrTenantExists)
+			return opError(opCreateTenant, id, ErrTenantExists)
 		}
 		return nil
 	}
@@ -208,14 +88,14 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
 	}
-	t, err := p.tenantFor("check tenant", id)
+	t, err := p.tenantFor(opTenantExists, id)
 	if err != nil {
 		return false, err
 	}
 	if t.state.Load() == tenantDeleted {
 		return false, nil
 	}
-	return t.fileExists()
+	return t.fileExists(opTenantExists)
 }
 
 // DeleteTenant erases a tenant: it stops new work for it, waits for
@@ -226,14 +106,14 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 // sees a new, empty tenant (unless ExplicitCreate). ErrTenantNotFound if
 // the tenant has no file.
 func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
-	t, err := p.tenantFor("delete tenant", id)
+	t, err := p.tenantFor(opDeleteTenant, id)
 	if err != nil {
 		return err
 	}
-	if err := t.mustExist("delete tenant"); err != nil {
+	if err := t.mustExist(opDeleteTenant); err != nil {
 		return err
 	}
-	if err := t.drain(ctx, "delete"); err != nil {
+	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
 		return err
 	}
 	r := p.c.r
@@ -243,9 +123,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err := os.Rename(t.path, hidden); err != nil {
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
-			return opError("delete tenant", id, ErrTenantNotFound)
+			return opError(opDeleteTenant, id, ErrTenantNotFound)
 		}
-		return opError("delete tenant", id, err)
+		return opError(opDeleteTenant, id, err)
 	}
 	err = removeWithSideFiles(t.path)
 	if rerr := removeWithSideFiles(hidden); err == nil {
@@ -254,11 +134,11 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if serr := syncDir(r.cfg.Dir); err == nil {
 		err = serr
 	}
-	r.tenants.CompareAndDelete(id, t)
+	r.forget(t)
 	t.ready.Store(false)
 	t.endDrain(tenantDeleted)
 	if err != nil {
-		return opError("delete tenant", id, err)
+		return opError(opDeleteTenant, id, err)
 	}
 	return nil
 }
@@ -269,7 +149,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 // passes integrity_check; it is written under a temporary name next to
 // dstPath and renamed into place, so dstPath is never half-written.
 func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
-	const op = "backup tenant"
+	const op = opBackupTenant
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
@@ -302,7 +182,7 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 // beside the tenant's traffic (on a reader, or on a read-only connection of
 // its own within the budget). A full check reads the whole file.
 func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
-	const op = "check tenant"
+	const op = opCheckTenant
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
@@ -320,51 +200,6 @@ func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
 	}
 	return nil
 }
-
-// ungatedReader returns a connection to read t from (a backup, a check),
-// and the function that gives it back. It neither applies nor requires
-// migrations: backing up or checking a tenant that is behind (MigrateCheck)
-// or ahead (drift) is when operators need it most.
-func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteConn, func(), error) {
-	if t.ready.Load() {
-		pc, err := t.acquireReader(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		return pc.c, func() { t.release(pc) }, nil
-	}
-	// A connection of its own, within the budget; the writer semaphore is
-	// held only while reserving, so writes go on during the copy.
-	if err := t.lockWriter(ctx); err != nil {
-		return nil, nil, err
-	}
-	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
-	t.releaseWriter()
-	if err != nil {
-		return nil, nil, opError(op, t.id, err)
-	}
-	return c, done, nil
-}
-
-// ownConn opens a connection to t outside its pool, with drv and the URI
-// query params, within the connection budget; done closes it and gives the
-// slot back. The caller holds t's writer semaphore at least until it
-// returns, so that t itself can be evicted to make room.
-func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
-	if err := r.reserve(ctx, t); err != nil {
-		return nil, nil, err
-	}
-	dc, err := drv.Open(t.uri + params)
-	if err != nil {
-		r.unreserve(t)
-		return nil, nil, err
-	}
-	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.unreserve(t) }, nil
-}
-
-// plainDriver opens files that are not tenant connections (backup copies,
-// restore sources): no authorizer, no pool.
-var plainDriver = &sqlite3.SQLiteDriver{}
 
 // copyDatabase copies src's main database into a new file at dst with the
 // online backup API, leaves it in rollback-journal mode, checks it and syncs it.
@@ -462,7 +297,7 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // Pending migrations apply on the next access. Restoring into an ID that
 // has no file creates the tenant.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
-	const op = "restore tenant"
+	const op = opRestoreTenant
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
@@ -481,7 +316,7 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	} else if err != nil {
 		return p.RestoreTenant(ctx, id, srcPath) // deleted meanwhile: restore into the new tenant
 	}
-	if err := t.drain(ctx, "restore"); err != nil {
+	if err := t.drain(ctx, op, evictRestore); err != nil {
 		return err
 	}
 	// Side files of the old database would be replayed into the new one.
@@ -542,47 +377,6 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		return fmt.Errorf("not a healthy SQLite database: %w", err)
 	}
 	return copyDatabase(ctx, dst, s)
-}
-
-// TenantStats describes one tenant with open connections.
-type TenantStats struct {
-	ID       string
-	Open     int       // connections open
-	InUse    int       // connections leased
-	LastUsed time.Time // last time a lease ended (10 ms resolution)
-
-	attrs *tenantAttrs
-}
-
-func (r *router) stats() Stats {
-	r.mu.Lock()
-	st := Stats{
-		OpenConnections: r.open,
-		MaxConnections:  r.cfg.MaxConnections,
-		OpenTenants:     len(r.openSet),
-		Evictions:       r.evictions.Load(),
-		Waits:           r.waits.Load(),
-	}
-	open := make(map[*tenant]int, len(r.openSet))
-	for t := range r.openSet {
-		open[t] = t.nopen
-	}
-	r.mu.Unlock()
-	for t, n := range open { // tenant locks come before r.mu: take them now
-		t.mu.Lock()
-		inUse := t.leasedReaders
-		t.mu.Unlock()
-		if t.wsem.held.Load() {
-			inUse++
-		}
-		st.Tenants = append(st.Tenants, TenantStats{
-			ID: t.id, Open: n, InUse: inUse,
-			LastUsed: r.epoch.Add(time.Duration(t.lastUsed.Load())),
-			attrs:    t.attrs.Load(),
-		})
-	}
-	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
-	return st
 }
 
 // copyFile copies a file's bytes to a new file of mode 0600.

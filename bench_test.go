@@ -57,7 +57,7 @@ func benchTargets(b *testing.B) []benchTarget {
 	}
 	p := newTestProxy(b, Config{Dir: filepath.Join(dir, "proxy"), Migrations: []string{benchSchema}})
 	r := p.c.r
-	same := "file:" + touch(b, filepath.Join(dir, "same.db")) + r.writerParams
+	same := "file:" + touch(b, filepath.Join(dir, "same.db")) + r.conns.writerParams
 	targets := []benchTarget{
 		{"mattn-defaults", open("sqlite3", "file:"+filepath.Join(dir, "defaults.db")+"?_journal_mode=WAL&_busy_timeout=5000"), context.Background()},
 		{"mattn-same-dsn", open("sqlite3-same-dsn", same), context.Background()},
@@ -276,7 +276,7 @@ func BenchmarkColdOpen(b *testing.B) {
 	r := p.c.r
 	b.Run("impl=mattn-same-dsn", func(b *testing.B) {
 		// Its own file, with no other connection open, like the proxy's.
-		dsn := "file:" + touch(b, filepath.Join(b.TempDir(), "cold.db")) + r.writerParams
+		dsn := "file:" + touch(b, filepath.Join(b.TempDir(), "cold.db")) + r.conns.writerParams
 		db, err := sql.Open("sqlite3-same-dsn", dsn)
 		if err != nil {
 			b.Fatal(err)
@@ -300,7 +300,7 @@ func BenchmarkColdOpen(b *testing.B) {
 		t, _ := r.tenant("cold")
 		for b.Loop() {
 			b.StopTimer()
-			if !r.tryEvict(t, false, "bench") {
+			if !t.evict(false, evictBudget) {
 				b.Fatal("tenant not evictable")
 			}
 			t.ready.Store(false) // as in a new process: check the ledger
@@ -346,11 +346,11 @@ func BenchmarkTelemetry(b *testing.B) {
 func BenchmarkTelemetrySDKRecord(b *testing.B) {
 	p := newTestProxy(b, Config{MeterProvider: sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))})
 	tel := p.c.r.tel
-	a := tel.attrsFor("bench")
+	a := tel.newTenant("bench").attrs.Load()
 	ctx := WithOrgID(context.Background(), "bench")
 	b.ReportAllocs()
 	for b.Loop() {
-		tel.opDuration.Record(ctx, 0.0001, a.ops[opExec]...)
+		tel.opDuration.Record(ctx, 0.0001, a.ops[stmtExec]...)
 	}
 }
 

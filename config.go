@@ -93,13 +93,14 @@ type Config struct {
 	MigrationMode MigrationMode
 
 	// MeterProvider receives the metrics (see telemetry.go for the list).
-	// When nil, the global provider is used, if the application set one
-	// before New; otherwise no metric is recorded and the hot path pays one
-	// branch. Not settable by DSN.
+	// When nil, no metric is recorded and the hot path pays one branch. To
+	// use the global provider, pass otel.GetMeterProvider() after setting
+	// it. Not settable by DSN.
 	MeterProvider metric.MeterProvider
 
 	// TracerProvider receives spans for tenant opens, migrations,
-	// evictions and waits. When nil, the global provider, as MeterProvider.
+	// evictions and waits. When nil, no span is made; pass
+	// otel.GetTracerProvider() to use the global provider. Not settable by DSN.
 	TracerProvider trace.TracerProvider
 
 	// TraceQueries also makes a span of every exec, query, begin, commit,
@@ -133,15 +134,15 @@ var dsnKeys = []string{
 func ParseDSN(dsn string) (*Config, error) {
 	values, err := url.ParseQuery(strings.TrimPrefix(dsn, "?"))
 	if err != nil {
-		return nil, opError("parse DSN", "", err)
+		return nil, opError(opParseDSN, "", err)
 	}
 	cfg := &Config{}
 	for key, vals := range values {
 		if len(vals) != 1 {
-			return nil, opError("parse DSN", "", fmt.Errorf("key %q given %d times", key, len(vals)))
+			return nil, opError(opParseDSN, "", fmt.Errorf("key %q given %d times", key, len(vals)))
 		}
 		if err := cfg.setDSNValue(key, vals[0]); err != nil {
-			return nil, opError("parse DSN", "", err)
+			return nil, opError(opParseDSN, "", err)
 		}
 	}
 	return cfg, nil

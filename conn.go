@@ -52,12 +52,12 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	id, has := OrgID(ctx)
 	if c.pc != nil {
 		if has && id != c.t.id {
-			return nil, opError("route", id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
+			return nil, opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
 		}
 		if write && c.tx != nil && c.tx.readOnly && c.pc.writer {
 			// A read-only transaction that had to run on the writer (the
 			// conn held it already): refuse writes as a reader would.
-			return nil, opError("route", c.t.id, errReadOnlyTx)
+			return nil, opError(opRoute, c.t.id, errReadOnlyTx)
 		}
 		if !write || c.pc.writer || c.tx != nil {
 			return c.pc, nil
@@ -65,7 +65,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		return c.upgrade(ctx)
 	}
 	if c.r.isClosed.Load() {
-		return nil, opError("route", id, ErrClosed)
+		return nil, opError(opRoute, id, ErrClosed)
 	}
 	if !has {
 		return nil, errNoRoute
@@ -157,7 +157,7 @@ func readKeyword(kw string) bool {
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	start := c.r.tel.opStart()
 	res, err := c.exec(ctx, query, args)
-	c.r.tel.opEnd(ctx, c.t, opExec, start, query, err)
+	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtExec, start, query, err)
 	return res, err
 }
 
@@ -175,7 +175,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	start := c.r.tel.opStart()
 	rs, err := c.query(ctx, query, args)
-	c.r.tel.opEnd(ctx, c.t, opQuery, start, query, err)
+	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtQuery, start, query, err)
 	return rs, err
 }
 
@@ -200,7 +200,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	start := c.r.tel.opStart()
 	s, err := c.prepare(ctx, query)
-	c.r.tel.opEnd(ctx, c.t, opPrepare, start, query, err)
+	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtPrepare, start, query, err)
 	return s, err
 }
 
@@ -229,14 +229,14 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	start := c.r.tel.opStart()
 	tx, err := c.begin(ctx, opts)
-	c.r.tel.opEnd(ctx, c.t, opBegin, start, "", err)
+	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtBegin, start, "", err)
 	return tx, err
 }
 
 func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	pc, err := c.route(ctx, !opts.ReadOnly)
 	if err == errNoRoute {
-		return nil, opError("begin", "", ErrNoTenant)
+		return nil, opError(opBegin, "", ErrNoTenant)
 	}
 	if err != nil {
 		return nil, err
@@ -326,7 +326,7 @@ func (t *tx) Commit() error {
 	start := t.c.r.tel.opStart()
 	t.c.tx = nil
 	err := t.stx.Commit()
-	t.c.r.tel.opEnd(t.ctx, t.c.t, opCommit, start, "", err)
+	t.c.r.tel.opEnd(t.ctx, t.c.t.telemetry(), stmtCommit, start, "", err)
 	return err
 }
 
@@ -334,7 +334,7 @@ func (t *tx) Rollback() error {
 	start := t.c.r.tel.opStart()
 	t.c.tx = nil
 	err := t.stx.Rollback()
-	t.c.r.tel.opEnd(t.ctx, t.c.t, opRollback, start, "", err)
+	t.c.r.tel.opEnd(t.ctx, t.c.t.telemetry(), stmtRollback, start, "", err)
 	return err
 }
 
@@ -374,7 +374,7 @@ func checkNumInput(ps *sqlite3.SQLiteStmt, args []driver.NamedValue) error {
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	start := s.c.r.tel.opStart()
 	res, err := s.runExec(ctx, args)
-	s.c.r.tel.opEnd(ctx, s.c.t, opExec, start, s.query, err)
+	s.c.r.tel.opEnd(ctx, s.c.t.telemetry(), stmtExec, start, s.query, err)
 	return res, err
 }
 
@@ -402,7 +402,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	start := s.c.r.tel.opStart()
 	rs, err := s.runQuery(ctx, args)
-	s.c.r.tel.opEnd(ctx, s.c.t, opQuery, start, s.query, err)
+	s.c.r.tel.opEnd(ctx, s.c.t.telemetry(), stmtQuery, start, s.query, err)
 	return rs, err
 }
 

@@ -59,6 +59,43 @@
 // and is retried on its next access. Migrations must not contain BEGIN or
 // COMMIT.
 //
+// # Tenant lifecycle
+//
+// Proxy.CreateTenant, TenantExists, Tenants, DeleteTenant, BackupTenant,
+// RestoreTenant and CheckTenant manage tenants as files. New files are
+// built and migrated under a temporary dot-name and linked into place, so
+// nobody sees a half-made tenant. DeleteTenant and RestoreTenant drain the
+// tenant: new work waits, in-flight work finishes (up to the context; if it
+// gives up, nothing changes), its connections close; waiting work then
+// fails with ErrTenantNotFound (delete) or sees the restored data (restore).
+// With Config.ExplicitCreate only CreateTenant makes tenants.
+//
+// # Fleet migrations
+//
+// In MigrateCheck mode tenants that are behind are refused with
+// ErrPendingMigrations until Proxy.MigrateAll (or the CLI) migrates them,
+// Concurrency at a time, within half the connection budget; a failing
+// tenant is reported and the others go on; a rerun resumes.
+// Proxy.MigrationStatus reports a tenant's applied and pending migrations
+// and any drift, changing nothing.
+//
+// # Telemetry
+//
+// With Config.MeterProvider set the driver records operation, wait, open
+// and migration durations, evictions by reason and connection gauges, per
+// tenant unless Config.MetricsTenantLimit bounds the tenant attribute. With
+// Config.TracerProvider set it makes spans for tenant opens, migrations,
+// evictions and waits (and every statement with Config.TraceQueries); spans
+// always name their tenant. Nil providers mean off, at the cost of one
+// branch: pass otel.GetMeterProvider() to use the global one.
+//
+// # Stats
+//
+// Proxy.Stats returns the open and maximum connections, the open tenants,
+// the evictions and waits so far, and per open tenant its connections
+// open and in use and when it was last used: enough to size
+// MaxConnections (waits and budget evictions mean it is too small).
+//
 // # Hardening
 //
 // Tenant connections cannot ATTACH another file (nor VACUUM INTO one),

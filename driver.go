@@ -61,7 +61,7 @@ var (
 func NewConnector(cfg Config) (*Connector, error) {
 	rc, err := cfg.resolved()
 	if err != nil {
-		return nil, opError("configure", "", err)
+		return nil, opError(opConfigure, "", err)
 	}
 	r, err := newRouter(rc)
 	if err != nil {
@@ -74,7 +74,7 @@ func NewConnector(cfg Config) (*Connector, error) {
 // database/sql hands pooled connections to any caller.
 func (c *Connector) Connect(context.Context) (driver.Conn, error) {
 	if c.r.isClosed.Load() {
-		return nil, opError("connect", "", ErrClosed)
+		return nil, opError(opConnect, "", ErrClosed)
 	}
 	return &conn{r: c.r}, nil
 }
@@ -129,16 +129,3 @@ func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
 	}
 	return p.c.r.tenantIDs()
 }
-
-// Stats is a snapshot of the proxy's connection figures.
-type Stats struct {
-	OpenConnections int           // SQLite connections open (counted against MaxConnections)
-	MaxConnections  int           // the cap
-	OpenTenants     int           // tenants with at least one open connection
-	Evictions       int64         // tenants closed to free budget, for idleness, for a drain or at Close
-	Waits           int64         // times a caller had to wait for a connection
-	Tenants         []TenantStats // the open tenants, sorted by ID
-}
-
-// Stats returns current figures.
-func (p *Proxy) Stats() Stats { return p.c.r.stats() }

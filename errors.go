@@ -39,6 +39,34 @@ var (
 	ErrClosed = errors.New("sqliteproxy: closed")
 )
 
+// Operation names: the Op of an *Error, one per thing a caller asked for
+// (or, for waits and opens, the step that failed inside it).
+const (
+	opOpen            = "open" // opening the proxy
+	opConfigure       = "configure"
+	opParseDSN        = "parse DSN"
+	opConnect         = "connect"
+	opRoute           = "route"
+	opBegin           = "begin"
+	opOpenTenant      = "open tenant"
+	opOpenReader      = "open reader"
+	opWaitWriter      = "wait for writer"
+	opWaitReader      = "wait for reader"
+	opWaitSlot        = "wait for connection"
+	opWaitTenant      = "wait for tenant"
+	opCheckTenantID   = "check tenant ID"
+	opTenantPath      = "tenant path"
+	opListTenants     = "list tenants"
+	opCreateTenant    = "create tenant"
+	opTenantExists    = "tenant exists"
+	opDeleteTenant    = "delete tenant"
+	opBackupTenant    = "backup tenant"
+	opRestoreTenant   = "restore tenant"
+	opCheckTenant     = "check tenant"
+	opMigrate         = "migrate"
+	opMigrationStatus = "migration status"
+)
+
 // Error is the error type for failures of the driver itself. It names the
 // operation and, where one is involved, the tenant.
 type Error struct {

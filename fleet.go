@@ -118,7 +118,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if err != nil {
 		return nil, err
 	}
-	if err := t.mustExist("migrate"); err != nil {
+	if err := t.mustExist(opMigrate); err != nil {
 		return nil, err
 	}
 	if t.ready.Load() {
@@ -141,7 +141,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		// which for an up-to-date tenant is all there is to do.
 		n, err := r.peekLedger(ctx, t)
 		if err != nil {
-			return nil, opError("migrate", id, err)
+			return nil, opError(opMigrate, id, err)
 		}
 		pending := r.mig.names(n)
 		if len(pending) == 0 {
@@ -151,7 +151,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		if dryRun {
 			return pending, nil
 		}
-		wasOpen := r.tenantOpen(t)
+		wasOpen := r.budget.counted(t) > 0
 		if !wasOpen {
 			err := r.migrateAlone(ctx, t)
 			if err == nil {
@@ -171,19 +171,19 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		t.releaseWriter()
 		held = false
 		if !wasOpen {
-			r.tryEvict(t, false, "migrate") // leave the budget to live traffic
+			t.evict(false, evictMigrate) // leave the budget to live traffic
 		}
 		return pending, nil
 	}
 	n, err := r.mig.applied(ctx, t.w.c)
 	if err != nil {
-		return nil, opError("migrate", id, err)
+		return nil, opError(opMigrate, id, err)
 	}
 	pending := r.mig.names(n)
 	if len(pending) == 0 || dryRun {
 		return pending, nil
 	}
-	if _, err := r.mig.migrate(ctx, t, t.w.c); err != nil {
+	if _, err := r.mig.migrate(ctx, t.w.c, id, t.tel, true); err != nil {
 		return nil, err
 	}
 	t.ready.Store(true)
@@ -201,30 +201,15 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 // holds t's writer semaphore, so nothing of this process opens t meanwhile
 // but a reader, which waits the same way.
 func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
-	c, done, err := r.ownConn(ctx, t, r.aloneDrv, r.aloneParams)
+	c, done, err := r.ownConn(ctx, t, r.conns.aloneDrv, r.conns.aloneParams)
 	if err != nil {
-		return opError("migrate", t.id, err)
+		return opError(opMigrate, t.id, err)
 	}
 	// Closing checkpoints the WAL into the database and removes it. If that
 	// fails the migration is still safe in the WAL, for the next open.
 	defer done()
-	_, err = r.mig.migrate(ctx, t, c)
+	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true)
 	return err
-}
-
-func (r *router) tenantOpen(t *tenant) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return t.nopen > 0
-}
-
-// names returns the names of the migrations after the first n.
-func (m *migrator) names(n int) []string {
-	var out []string
-	for _, mg := range m.list[min(n, len(m.list)):] {
-		out = append(out, mg.name)
-	}
-	return out
 }
 
 // peekLedger reads t's ledger on a read-only connection of its own (within
@@ -276,11 +261,11 @@ type TenantMigrationStatus struct {
 // any drift, without changing anything.
 func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigrationStatus, error) {
 	st := TenantMigrationStatus{Tenant: id}
-	t, err := p.tenantFor("migration status", id)
+	t, err := p.tenantFor(opMigrationStatus, id)
 	if err != nil {
 		return st, err
 	}
-	if err := t.mustExist("migration status"); err != nil {
+	if err := t.mustExist(opMigrationStatus); err != nil {
 		return st, err
 	}
 	var rows []ledgerRow
@@ -305,7 +290,7 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 		t.releaseWriter()
 	}
 	if err != nil {
-		return st, opError("migration status", id, err)
+		return st, opError(opMigrationStatus, id, err)
 	}
 	m := p.c.r.mig
 	for _, row := range rows {

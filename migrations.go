@@ -43,17 +43,22 @@ type migration struct {
 
 // migrator applies the configured migrations to tenant files. Migration i
 // (0-based) has version i+1. The list is read once, when the proxy opens.
+//
+// Everything about migrations is in this file and fleet.go (MigrateAll,
+// MigrationStatus): the ledger, the one entry point migrate (used by the
+// open path, createFile and MigrateAll alike) and the gate a tenant's writer
+// passes when this process first opens it.
 type migrator struct {
 	list []migration
 	tel  *telemetry
 }
 
-func newMigrator(list []migration) *migrator {
+func newMigrator(list []migration, tel *telemetry) *migrator {
 	for i := range list {
 		h := sha256.Sum256([]byte(list[i].sql))
 		list[i].sum = hex.EncodeToString(h[:])
 	}
-	return &migrator{list: list}
+	return &migrator{list: list, tel: tel}
 }
 
 // ledgerRow is one applied migration as the ledger records it.
@@ -125,32 +130,79 @@ func isNoSuchTable(err error) bool {
 	return errors.As(err, &se) && se.Code == sqlite3.ErrError && strings.Contains(se.Error(), "no such table")
 }
 
-// migrate brings the tenant on c up to date. Each pending migration runs in
+// migrate is the one way migrations reach a tenant file. It reads the
+// ledger on c and checks it against the configured migrations
+// (ErrMigrationDrift). With apply it then applies each pending migration in
 // its own BEGIN IMMEDIATE transaction that re-reads the ledger first, so a
 // migration applied meanwhile by another process is not applied twice and a
-// failing one leaves nothing behind.
-// It returns how many migrations it applied.
-func (m *migrator) migrate(ctx context.Context, t *tenant, c *sqlite3.SQLiteConn) (int, error) {
-	if len(m.list) == 0 {
-		return 0, nil
+// failing one leaves nothing behind; without apply, pending migrations are
+// ErrPendingMigrations. It returns the names of the migrations it applied
+// (those before a failure included) and reports each to telemetry as tt's.
+func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string, tt *tenantTel, apply bool) ([]string, error) {
+	if apply && len(m.list) == 0 {
+		return nil, nil
 	}
 	n, err := m.applied(ctx, c)
 	if err != nil {
-		m.tel.migrated(ctx, t.attrs.Load(), "ledger", time.Time{}, err)
-		return 0, opError("migrate", t.id, err)
+		if apply {
+			m.tel.migrated(ctx, tt, "ledger", time.Time{}, err)
+		}
+		return nil, opError(opMigrate, id, err)
 	}
+	if !apply {
+		if n < len(m.list) {
+			return nil, opError(opOpenTenant, id, fmt.Errorf("%w: %d of %d applied; run MigrateAll", ErrPendingMigrations, n, len(m.list)))
+		}
+		return nil, nil
+	}
+	var done []string
 	for i := n; i < len(m.list); i++ {
 		name := m.list[i].name
 		start := time.Now()
-		sctx, end := m.tel.span(ctx, "sqliteproxy.migrate", t, attribute.String(attrMigration, name))
+		sctx, end := m.tel.span(ctx, spanMigrate, tt, attribute.String(attrMigration, name))
 		err := m.applyOne(sctx, c, i)
 		end(err)
-		m.tel.migrated(ctx, t.attrs.Load(), name, start, err)
+		m.tel.migrated(ctx, tt, name, start, err)
 		if err != nil {
-			return i - n, opError("migrate", t.id, fmt.Errorf("apply %s: %w", name, err))
+			return done, opError(opMigrate, id, fmt.Errorf("apply %s: %w", name, err))
+		}
+		done = append(done, name)
+	}
+	return done, nil
+}
+
+// gate lets a tenant's new writer through once this process knows that the
+// tenant's migrations are applied (t.ready): with o.migrate it applies the
+// pending ones, else it refuses the tenant while any is pending. A
+// connection that applied migrations is replaced by a fresh one (unless
+// o.keepMigrator): users must not see last_insert_rowid() and changes() of
+// the ledger inserts. On error pc is closed; the caller gives back its slot.
+func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) (*physConn, error) {
+	if t.ready.Load() {
+		return pc, nil
+	}
+	applied, err := r.mig.migrate(ctx, pc.c, t.id, t.tel, o.migrate)
+	if err != nil {
+		pc.close()
+		return nil, err
+	}
+	if len(applied) > 0 && !o.keepMigrator {
+		pc.close()
+		if pc, err = r.conns.open(t, true); err != nil {
+			return nil, err
 		}
 	}
-	return len(m.list) - n, nil
+	t.ready.Store(true)
+	return pc, nil
+}
+
+// names returns the names of the migrations after the first n.
+func (m *migrator) names(n int) []string {
+	var out []string
+	for _, mg := range m.list[min(n, len(m.list)):] {
+		out = append(out, mg.name)
+	}
+	return out
 }
 
 func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (err error) {
@@ -185,19 +237,6 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 	}
 	_, err = c.ExecContext(ctx, "COMMIT", nil)
 	return err
-}
-
-// requireCurrent fails with ErrPendingMigrations (or ErrMigrationDrift)
-// unless every configured migration is applied.
-func (m *migrator) requireCurrent(ctx context.Context, id string, c *sqlite3.SQLiteConn) error {
-	n, err := m.applied(ctx, c)
-	if err != nil {
-		return opError("migrate", id, err)
-	}
-	if n < len(m.list) {
-		return opError("open tenant", id, fmt.Errorf("%w: %d of %d applied; run MigrateAll", ErrPendingMigrations, n, len(m.list)))
-	}
-	return nil
 }
 
 // MigrationMode says when tenants get their pending migrations.

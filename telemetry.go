@@ -3,13 +3,13 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
-	"reflect"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/metric"
@@ -35,26 +35,45 @@ const (
 	connectionsUnit = "{connection}"
 )
 
-// op is an operation whose duration is recorded.
-type op int
-
+// Attribute values: connection roles (attrRole, also what a wait was for)
+// and states (attrState). Eviction reasons are evictReason (budget.go).
 const (
-	opExec op = iota
-	opQuery
-	opBegin
-	opCommit
-	opRollback
-	opPrepare
-	numOps
+	roleWriter = "writer"
+	roleReader = "reader"
+	roleSlot   = "slot" // a wait for room in the connection budget
+	stateOpen  = "open"
+	stateInUse = "in_use"
 )
 
-var opNames = [numOps]string{"exec", "query", "begin", "commit", "rollback", "prepare"}
+// Span names.
+const (
+	spanTenantOpen  = "sqliteproxy.tenant.open"
+	spanTenantEvict = "sqliteproxy.tenant.evict"
+	spanMigrate     = "sqliteproxy.migrate"
+	spanWait        = "sqliteproxy.wait"
+)
+
+// stmtOp is a statement-level operation whose duration is recorded.
+type stmtOp int
+
+const (
+	stmtExec stmtOp = iota
+	stmtQuery
+	stmtBegin
+	stmtCommit
+	stmtRollback
+	stmtPrepare
+	numStmtOps
+)
+
+var stmtOpNames = [numStmtOps]string{"exec", "query", "begin", "commit", "rollback", "prepare"}
 
 var systemAttr = attribute.String(attrSystem, "sqlite")
 
-// telemetry holds the instruments. When no meter provider is configured
-// (nil in Config and no global one set), on is false and the hot path pays
-// one branch; when no tracer provider is, tracing is false.
+// telemetry records what the router, tenants and routing conns tell it
+// through its methods (the hooks): it never reads their state. Without a
+// MeterProvider in Config, on is false and the hot path pays one branch;
+// without a TracerProvider, tracing is false.
 type telemetry struct {
 	on, tracing     bool
 	traceQueries    bool
@@ -74,13 +93,55 @@ type telemetry struct {
 	shared *tenantAttrs // for tenants without their own attribute, and for none
 
 	mu  sync.Mutex // guards top
-	top map[*tenant]bool
+	top map[*tenantTel]bool
+}
+
+// tenantTel is what telemetry keeps about one tenant: its metric
+// attributes (its own, or shared when MetricsTenantLimit says so), its span
+// attributes (always its own) and its operations since the last ranking.
+type tenantTel struct {
+	id    string
+	attrs atomic.Pointer[tenantAttrs]
+	span  trace.SpanStartOption
+	ops   atomic.Int64 // counted only when MetricsTenantLimit > 0
+}
+
+// newTenant returns the telemetry state of a new tenant object.
+func (tel *telemetry) newTenant(id string) *tenantTel {
+	tt := &tenantTel{id: id, span: noTenantSpan}
+	if tel.tracing {
+		// Spans are not aggregated: they always name the tenant, whatever
+		// MetricsTenantLimit does to metric attributes.
+		tt.span = trace.WithAttributes(systemAttr, attribute.String(attrTenant, id))
+	}
+	if tel.on && tel.tenantLimit == 0 {
+		tt.attrs.Store(newTenantAttrs(id, true))
+	} else {
+		tt.attrs.Store(tel.shared)
+	}
+	return tt
+}
+
+// attrsOf returns the metric attributes of tt (nil: no tenant).
+func (tel *telemetry) attrsOf(tt *tenantTel) *tenantAttrs {
+	if tt == nil {
+		return tel.shared
+	}
+	return tt.attrs.Load()
+}
+
+// spanOf returns the span attributes of tt (nil: no tenant).
+func spanOf(tt *tenantTel) trace.SpanStartOption {
+	if tt == nil {
+		return noTenantSpan
+	}
+	return tt.span
 }
 
 // tenantAttrs are the attribute sets of one tenant (or of "no tenant" /
 // "_other"), built once so recording allocates nothing.
 type tenantAttrs struct {
-	ops [numOps][]metric.RecordOption
+	ops [numStmtOps][]metric.RecordOption
 	set attribute.Set
 	opt []metric.RecordOption
 	kv  attribute.KeyValue // the tenant attribute; empty Key when none
@@ -95,8 +156,8 @@ func newTenantAttrs(tenant string, withTenant bool) *tenantAttrs {
 	}
 	a.set = attribute.NewSet(base...)
 	a.opt = []metric.RecordOption{metric.WithAttributeSet(a.set)}
-	for i := range numOps {
-		a.ops[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(base), attribute.String(attrOperation, opNames[i]))...))}
+	for i := range numStmtOps {
+		a.ops[i] = []metric.RecordOption{metric.WithAttributeSet(attribute.NewSet(append(slices.Clone(base), attribute.String(attrOperation, stmtOpNames[i]))...))}
 	}
 	return a
 }
@@ -104,51 +165,23 @@ func newTenantAttrs(tenant string, withTenant bool) *tenantAttrs {
 // noTenantSpan is the span attributes of work that involves no tenant.
 var noTenantSpan trace.SpanStartOption = trace.WithAttributes(systemAttr)
 
-// spanAttrs returns the span attributes of tenant id. Spans are not
-// aggregated, so they always name the tenant, whatever MetricsTenantLimit
-// does to metric attributes.
-func (tel *telemetry) spanAttrs(id string) trace.SpanStartOption {
-	if !tel.tracing {
-		return noTenantSpan
-	}
-	return trace.WithAttributes(systemAttr, attribute.String(attrTenant, id))
-}
-
-// isDefault reports whether p is OpenTelemetry's global placeholder (no
-// provider set) or a no-op provider.
-func isDefault(p any) bool {
-	if p == nil {
-		return true
-	}
-	t := reflect.TypeOf(p)
-	if t.Kind() == reflect.Pointer {
-		t = t.Elem()
-	}
-	pkg := t.PkgPath()
-	return pkg == "go.opentelemetry.io/otel/internal/global" || pkg == "go.opentelemetry.io/otel/metric/noop" ||
-		pkg == "go.opentelemetry.io/otel/trace/noop" || pkg == "go.opentelemetry.io/otel/metric/embedded"
-}
-
-func newTelemetry(cfg *Config, r *router) (*telemetry, error) {
+// newTelemetry builds the instruments of cfg's providers; nil providers
+// mean off (pass otel.GetMeterProvider() to use the global one). stats is
+// read by the gauges' callback at each collection.
+func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 	tel := &telemetry{
 		traceQueries:    cfg.TraceQueries,
 		traceStatements: cfg.TraceStatements,
 		tenantLimit:     cfg.MetricsTenantLimit,
-		top:             map[*tenant]bool{},
+		top:             map[*tenantTel]bool{},
 	}
 	tel.shared = newTenantAttrs(otherTenants, cfg.MetricsTenantLimit > 0)
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
+	if tp := cfg.TracerProvider; tp != nil {
+		tel.tracing = true
+		tel.tracer = tp.Tracer(scopeName)
 	}
-	tel.tracing = !isDefault(tp)
-	tel.tracer = tp.Tracer(scopeName)
-
 	mp := cfg.MeterProvider
-	if mp == nil {
-		mp = otel.GetMeterProvider()
-	}
-	tel.on = !isDefault(mp)
+	tel.on = mp != nil
 	if !tel.on {
 		return tel, nil
 	}
@@ -168,7 +201,7 @@ func newTelemetry(cfg *Config, r *router) (*telemetry, error) {
 	tel.opDuration = hist("sqliteproxy.operation.duration", "Duration of exec, query, begin, commit, rollback and prepare operations.")
 	tel.waitDuration = hist("sqliteproxy.connection.wait.duration", "Time spent waiting for a tenant's writer, a reader or a connection slot.")
 	tel.openDuration = hist("sqliteproxy.tenant.open.duration", "Duration of opening a tenant connection (a cold open), migrations included.")
-	tel.evictions = counter("sqliteproxy.tenant.evictions", "Tenants whose connections were closed, by reason (budget, idle, delete, restore, close).")
+	tel.evictions = counter("sqliteproxy.tenant.evictions", "Tenants whose connections were closed, by reason ("+strings.Join(evictReasonNames[:], ", ")+").")
 	tel.migrationsApplied = counter("sqliteproxy.migrations.applied", "Migrations applied to tenants.")
 	tel.migrationDuration = hist("sqliteproxy.migration.duration", "Duration of applying one migration to one tenant.")
 	tel.migrationFailures = counter("sqliteproxy.migration.failures", "Tenant migrations that failed.")
@@ -181,11 +214,11 @@ func newTelemetry(cfg *Config, r *router) (*telemetry, error) {
 	if err = errors.Join(err, e1, e2, e3); err != nil {
 		return nil, err
 	}
-	stOpen := attribute.NewSet(systemAttr, attribute.String(attrState, "open"))
-	stUsed := attribute.NewSet(systemAttr, attribute.String(attrState, "in_use"))
+	stOpen := attribute.NewSet(systemAttr, attribute.String(attrState, stateOpen))
+	stUsed := attribute.NewSet(systemAttr, attribute.String(attrState, stateInUse))
 	sys := attribute.NewSet(systemAttr)
 	tel.registration, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		st := r.stats()
+		st := stats()
 		var used int
 		for _, ts := range st.Tenants {
 			used += ts.InUse
@@ -194,25 +227,37 @@ func newTelemetry(cfg *Config, r *router) (*telemetry, error) {
 		o.ObserveInt64(open, int64(used), metric.WithAttributeSet(stUsed))
 		o.ObserveInt64(limit, int64(st.MaxConnections), metric.WithAttributeSet(sys))
 		o.ObserveInt64(tenants, int64(st.OpenTenants), metric.WithAttributeSet(sys))
+		own := tel.ownAttrs()
 		for _, ts := range st.Tenants {
-			a := ts.attrs
-			if !a.kv.Valid() {
+			if !own(ts.ID) {
 				continue // no tenant attribute for this one: the totals above cover it
 			}
-			o.ObserveInt64(open, int64(ts.Open), metric.WithAttributes(systemAttr, a.kv, attribute.String(attrState, "open")))
-			o.ObserveInt64(open, int64(ts.InUse), metric.WithAttributes(systemAttr, a.kv, attribute.String(attrState, "in_use")))
+			kv := attribute.String(attrTenant, ts.ID)
+			o.ObserveInt64(open, int64(ts.Open), metric.WithAttributes(systemAttr, kv, attribute.String(attrState, stateOpen)))
+			o.ObserveInt64(open, int64(ts.InUse), metric.WithAttributes(systemAttr, kv, attribute.String(attrState, stateInUse)))
 		}
 		return nil
 	}, open, limit, tenants)
 	return tel, err
 }
 
-// attrsFor returns the attributes a new tenant starts with.
-func (tel *telemetry) attrsFor(id string) *tenantAttrs {
-	if !tel.on || tel.tenantLimit != 0 {
-		return tel.shared
+// ownAttrs returns whether a tenant's metrics carry its own tenant
+// attribute: always with MetricsTenantLimit 0, never below, and for the
+// ranked busiest tenants above.
+func (tel *telemetry) ownAttrs() func(id string) bool {
+	switch {
+	case tel.tenantLimit == 0:
+		return func(string) bool { return true }
+	case tel.tenantLimit < 0:
+		return func(string) bool { return false }
 	}
-	return newTenantAttrs(id, true)
+	tel.mu.Lock()
+	top := make(map[string]bool, len(tel.top))
+	for tt := range tel.top {
+		top[tt.id] = true
+	}
+	tel.mu.Unlock()
+	return func(id string) bool { return top[id] }
 }
 
 func (tel *telemetry) close() {
@@ -229,35 +274,31 @@ func (tel *telemetry) opStart() time.Time {
 	return time.Now()
 }
 
-// opEnd records an operation that started at start on tenant t (nil: none).
-func (tel *telemetry) opEnd(ctx context.Context, t *tenant, o op, start time.Time, query string, err error) {
+// opEnd records an operation that started at start on tenant tt (nil: none).
+func (tel *telemetry) opEnd(ctx context.Context, tt *tenantTel, o stmtOp, start time.Time, query string, err error) {
 	if start.IsZero() {
 		return
 	}
 	d := time.Since(start) // monotonic clock only
-	a, spanAttrs := tel.shared, noTenantSpan
-	if t != nil {
-		spanAttrs = t.spanAttrs
-		a = t.attrs.Load()
-		if tel.tenantLimit > 0 {
-			t.ops.Add(1)
-		}
+	a := tel.attrsOf(tt)
+	if tt != nil && tel.tenantLimit > 0 {
+		tt.ops.Add(1)
 	}
 	if tel.on {
 		if err == nil {
 			tel.opDuration.Record(ctx, d.Seconds(), a.ops[o]...)
 		} else {
-			kvs := append(a.set.ToSlice(), attribute.String(attrOperation, opNames[o]), attribute.String(attrErrorType, errorType(err)))
+			kvs := append(a.set.ToSlice(), attribute.String(attrOperation, stmtOpNames[o]), attribute.String(attrErrorType, errorType(err)))
 			tel.opDuration.Record(ctx, d.Seconds(), metric.WithAttributes(kvs...))
 		}
 	}
 	if tel.traceQueries && tel.tracing {
-		opts := []trace.SpanStartOption{trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindClient), spanAttrs,
-			trace.WithAttributes(attribute.String(attrOperation, opNames[o]))}
+		opts := []trace.SpanStartOption{trace.WithTimestamp(start), trace.WithSpanKind(trace.SpanKindClient), spanOf(tt),
+			trace.WithAttributes(attribute.String(attrOperation, stmtOpNames[o]))}
 		if tel.traceStatements && query != "" {
 			opts = append(opts, trace.WithAttributes(attribute.String(attrQueryText, query)))
 		}
-		_, span := tel.tracer.Start(ctx, "sqliteproxy."+opNames[o], opts...)
+		_, span := tel.tracer.Start(ctx, "sqliteproxy."+stmtOpNames[o], opts...)
 		endSpan(span, err, start.Add(d))
 	}
 }
@@ -301,63 +342,57 @@ func errorType(err error) string {
 
 // span starts an internal span (tenant open, migrate, evict, wait) when
 // tracing; the returned function ends it.
-func (tel *telemetry) span(ctx context.Context, name string, t *tenant, kvs ...attribute.KeyValue) (context.Context, func(error)) {
+func (tel *telemetry) span(ctx context.Context, name string, tt *tenantTel, kvs ...attribute.KeyValue) (context.Context, func(error)) {
 	if !tel.tracing {
 		return ctx, func(error) {}
 	}
-	opts := []trace.SpanStartOption{trace.WithAttributes(kvs...)}
-	if t != nil {
-		opts = append(opts, t.spanAttrs)
-	} else {
-		opts = append(opts, noTenantSpan)
-	}
-	ctx, s := tel.tracer.Start(ctx, name, opts...)
+	ctx, s := tel.tracer.Start(ctx, name, trace.WithAttributes(kvs...), spanOf(tt))
 	return ctx, func(err error) { endSpan(s, err, time.Now()) }
 }
 
 // waited records a wait for a connection that started at start.
-func (tel *telemetry) waited(ctx context.Context, t *tenant, role string, start time.Time, err error) {
-	tel.recordRole(ctx, tel.waitDuration, t, role, start, err)
+func (tel *telemetry) waited(ctx context.Context, tt *tenantTel, role string, start time.Time, err error) {
+	tel.recordRole(ctx, tel.waitDuration, tt, role, start, err)
 	if tel.tracing {
-		_, s := tel.tracer.Start(ctx, "sqliteproxy.wait", trace.WithTimestamp(start), t.spanAttrs,
+		_, s := tel.tracer.Start(ctx, spanWait, trace.WithTimestamp(start), spanOf(tt),
 			trace.WithAttributes(attribute.String(attrRole, role)))
 		endSpan(s, err, time.Now())
 	}
 }
 
 // opened records a cold open of one of t's connections.
-func (tel *telemetry) opened(ctx context.Context, t *tenant, role string, start time.Time, err error) {
-	tel.recordRole(ctx, tel.openDuration, t, role, start, err)
+func (tel *telemetry) opened(ctx context.Context, tt *tenantTel, role string, start time.Time, err error) {
+	tel.recordRole(ctx, tel.openDuration, tt, role, start, err)
 }
 
 // recordRole records the time since start in h, with t's attributes, the
 // connection role and, on failure, the error type.
-func (tel *telemetry) recordRole(ctx context.Context, h metric.Float64Histogram, t *tenant, role string, start time.Time, err error) {
+func (tel *telemetry) recordRole(ctx context.Context, h metric.Float64Histogram, tt *tenantTel, role string, start time.Time, err error) {
 	if !tel.on {
 		return
 	}
-	kvs := append(t.attrs.Load().set.ToSlice(), attribute.String(attrRole, role))
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrRole, role))
 	if err != nil {
 		kvs = append(kvs, attribute.String(attrErrorType, errorType(err)))
 	}
 	h.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
 }
 
-// evicted counts the closing of t's connections.
-func (tel *telemetry) evicted(t *tenant, reason string) {
+// evicted counts the closing of tt's connections.
+func (tel *telemetry) evicted(tt *tenantTel, reason evictReason) {
 	if !tel.on {
 		return
 	}
-	kvs := append(t.attrs.Load().set.ToSlice(), attribute.String(attrReason, reason))
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrReason, reason.String()))
 	tel.evictions.Add(context.Background(), 1, metric.WithAttributes(kvs...))
 }
 
-// migrated records one migration applied to t (or failed).
-func (tel *telemetry) migrated(ctx context.Context, a *tenantAttrs, name string, start time.Time, err error) {
+// migrated records one migration applied to tt (or failed).
+func (tel *telemetry) migrated(ctx context.Context, tt *tenantTel, name string, start time.Time, err error) {
 	if !tel.on {
 		return
 	}
-	kvs := append(a.set.ToSlice(), attribute.String(attrMigration, name))
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrMigration, name))
 	if err != nil {
 		tel.migrationFailures.Add(ctx, 1, metric.WithAttributes(append(kvs, attribute.String(attrErrorType, errorType(err)))...))
 		return
@@ -366,38 +401,40 @@ func (tel *telemetry) migrated(ctx context.Context, a *tenantAttrs, name string,
 	tel.migrationDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
 }
 
-// rankTenants gives the tenant attribute to the MetricsTenantLimit busiest
-// open tenants (by operations since the last ranking) and "_other" to the rest.
-func (tel *telemetry) rankTenants(r *router) {
-	if !tel.on || tel.tenantLimit <= 0 {
+// ranks reports whether rank has anything to do.
+func (tel *telemetry) ranks() bool { return tel.on && tel.tenantLimit > 0 }
+
+// rank gives the tenant attribute to the MetricsTenantLimit busiest of the
+// open tenants (by operations since the last ranking) and "_other" to the
+// rest. The router calls it every topNEvery with the open tenants.
+func (tel *telemetry) rank(open []*tenantTel) {
+	if !tel.ranks() {
 		return
 	}
 	type busy struct {
-		t *tenant
-		n int64
+		tt *tenantTel
+		n  int64
 	}
-	var all []busy
-	r.tenants.Range(func(_, v any) bool {
-		t := v.(*tenant)
-		all = append(all, busy{t, t.ops.Swap(0)})
-		return true
-	})
+	all := make([]busy, 0, len(open))
+	for _, tt := range open {
+		all = append(all, busy{tt, tt.ops.Swap(0)})
+	}
 	slices.SortFunc(all, func(a, b busy) int { return int(b.n - a.n) })
 	tel.mu.Lock()
 	defer tel.mu.Unlock()
-	next := map[*tenant]bool{}
+	next := map[*tenantTel]bool{}
 	for i, b := range all {
 		if i >= tel.tenantLimit || b.n == 0 {
 			break
 		}
-		next[b.t] = true
-		if !tel.top[b.t] {
-			b.t.attrs.Store(newTenantAttrs(b.t.id, true))
+		next[b.tt] = true
+		if !tel.top[b.tt] {
+			b.tt.attrs.Store(newTenantAttrs(b.tt.id, true))
 		}
 	}
-	for t := range tel.top {
-		if !next[t] {
-			t.attrs.Store(tel.shared)
+	for tt := range tel.top {
+		if !next[tt] {
+			tt.attrs.Store(tel.shared)
 		}
 	}
 	tel.top = next

@@ -199,7 +199,7 @@ func TestTelemetry_TenantCardinality(t *testing.T) {
 			rig.p.ExecContext(tctx(id), `SELECT 1`)
 		}
 		if tc.limit > 0 {
-			rig.p.c.r.tel.rankTenants(rig.p.c.r)
+			rig.p.c.r.tel.rank(tenantTels(rig.p.c.r.budget.lru()))
 			rig.p.ExecContext(tctx("b"), `SELECT 1`)
 			tc.want = []string{"_other", "b"}
 		}

@@ -2,88 +2,530 @@ package sqliteproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"strings"
+	"io/fs"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+	"go.opentelemetry.io/otel/attribute"
 )
 
-type orgIDKey struct{}
+// tenant is one tenant's database file and its connections: one writer,
+// guarded by the semaphore wsem, and up to cfg.ReadersPerTenant readers,
+// leased to routing conns (conn.go) for one checkout at a time. This file
+// holds its states, the leases, eviction of its connections (whom to evict
+// is budget.go's call) and the drain behind DeleteTenant and RestoreTenant.
+type tenant struct {
+	r    *router
+	id   string
+	path string // <Dir>/<id>.db
+	uri  string // file: URI of path, without query
 
-// WithOrgID returns a copy of ctx that routes every statement run with it to
-// the tenant id. The ID is checked when a statement uses it, not here:
-// an invalid ID makes that statement fail with ErrInvalidTenant.
-func WithOrgID(ctx context.Context, id string) context.Context {
-	return context.WithValue(ctx, orgIDKey{}, id)
+	wsem  sem          // its holder owns w
+	w     *physConn    // the writer, nil when closed
+	ready atomic.Bool  // migrations are applied (this process checked)
+	state atomic.Int32 // tenantActive, tenantDraining or tenantDeleted; changed under mu
+
+	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, readerQ, drainDone and changes of state
+	idle          []*physConn
+	nreaders      int // readers open or opening
+	leasedReaders int // readers leased or opening
+	evicting      bool
+	evictDone     chan struct{}
+	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
+	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
+
+	lastUsed  atomic.Int64 // budget.now() when a lease last ended
+	createdBy atomic.Bool // this process created the file (read by CreateTenant under wsem)
+
+	tel *tenantTel // what telemetry records about this tenant
 }
 
-// OrgID returns the tenant stored in ctx by WithOrgID.
-func OrgID(ctx context.Context) (string, bool) {
-	id, ok := ctx.Value(orgIDKey{}).(string)
-	return id, ok
+// Tenant states. A drain (DeleteTenant, RestoreTenant) stops new leases,
+// waits for the leased ones and closes the connections; work that arrives
+// meanwhile waits for the drain to end, then goes on (restore) or fails
+// with ErrTenantNotFound (delete).
+const (
+	tenantActive int32 = iota
+	tenantDraining
+	tenantDeleted
+)
+
+func newTenant(r *router, id string) *tenant {
+	path := tenantPath(r.cfg.Dir, id)
+	return &tenant{r: r, id: id, path: path, uri: fileURI(path), tel: r.tel.newTenant(id)}
 }
 
-// MaxTenantIDLen is the longest tenant ID accepted.
-const MaxTenantIDLen = 64
-
-// ValidTenantID reports whether id may name a tenant, and why not.
-//
-// The rule is a strict allowlist: 1 to 64 characters, each a lower-case
-// ASCII letter, a digit, '_' or '-', the first a letter or a digit. IDs are
-// not case-folded: "ACME" is rejected rather than mapped onto "acme", so two
-// spellings can never reach the same file on a case-insensitive disk, and
-// none can reach another tenant's file. The rule excludes path separators,
-// "..", dots of any kind (so no ID collides with SQLite's "-wal", "-shm" and
-// "-journal" side files or with the driver's dot-prefixed temporary files),
-// URI metacharacters (%, ?, #, :), NUL, spaces, shell metacharacters, a
-// leading '-' (it reads as a flag to CLI tools), non-ASCII look-alikes and
-// the device names Windows reserves (con, nul, com1, ...).
-func ValidTenantID(id string) error {
-	if err := checkTenantID(id); err != nil {
-		return opError("check tenant ID", "", err)
+// telemetry returns what telemetry records about t, nil for no tenant.
+func (t *tenant) telemetry() *tenantTel {
+	if t == nil {
+		return nil
 	}
-	return nil
+	return t.tel
 }
 
-func checkTenantID(id string) error {
-	if id == "" {
-		return fmt.Errorf("%w: empty", ErrInvalidTenant)
+func (t *tenant) touch() {
+	if now := t.r.budget.now(); t.lastUsed.Load() != now {
+		t.lastUsed.Store(now)
 	}
-	if len(id) > MaxTenantIDLen {
-		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidTenant, MaxTenantIDLen)
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case (c == '-' || c == '_') && i > 0:
-		default:
-			return fmt.Errorf("%w: %q: byte %d is not one of [a-z0-9_-] (or starts the ID with '-' or '_')", ErrInvalidTenant, id, i)
+}
+
+// awaitDrain waits while t is draining. It reports ErrTenantNotFound once t
+// is deleted.
+func (t *tenant) awaitDrain(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		st, done := t.state.Load(), t.drainDone
+		t.mu.Unlock()
+		switch st {
+		case tenantActive:
+			return nil
+		case tenantDeleted:
+			return opError(opOpenTenant, t.id, ErrTenantNotFound)
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return opError(opWaitTenant, t.id, ctx.Err())
 		}
 	}
-	if windowsReserved(id) {
-		return fmt.Errorf("%w: %q is a reserved device name", ErrInvalidTenant, id)
+}
+
+// acquireWriter leases the writer, opening (and migrating) it if needed.
+func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
+	if err := t.lockWriter(ctx); err != nil {
+		return nil, err
 	}
+	return t.openLockedWriter(ctx, t.r.accessOpts)
+}
+
+// lockWriter takes the writer semaphore of an active tenant.
+func (t *tenant) lockWriter(ctx context.Context) error {
+	for {
+		if !t.wsem.TryAcquire() {
+			start := time.Now()
+			wctx, cancel := t.r.boundWait(ctx)
+			err := t.wsem.Acquire(wctx)
+			cancel()
+			if err != nil {
+				err = waitErr(ctx)
+			}
+			t.r.tel.waited(ctx, t.tel, roleWriter, start, err)
+			if err != nil {
+				return opError(opWaitWriter, t.id, err)
+			}
+		}
+		if t.state.Load() == tenantActive {
+			return nil
+		}
+		t.wsem.Release() // a drain is queued behind us, or done
+		if err := t.awaitDrain(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// openLockedWriter returns the writer, opening it if needed; the caller
+// holds wsem, which is released on error.
+func (t *tenant) openLockedWriter(ctx context.Context, o openOpts) (*physConn, error) {
+	if t.w != nil {
+		return t.w, nil
+	}
+	pc, err := t.r.openWriter(ctx, t, o)
+	if err != nil {
+		t.wsem.Release()
+		t.r.budget.wake()
+		return nil, err
+	}
+	t.w = pc
+	return pc, nil
+}
+
+func (t *tenant) releaseWriter() {
+	t.touch()
+	t.wsem.Release()
+	t.r.budget.wake()
+	if t.r.isClosed.Load() {
+		t.evict(false, evictClose)
+	}
+}
+
+// acquireReader leases a reader: an idle one, a new one if the tenant and
+// the budget allow, else it waits. It never lends the writer for a read
+// (unless the tenant has no readers at all): rows left open on the writer
+// would block the tenant's writes, and code that writes while it iterates
+// would wait for itself. A tenant not yet migrated in this process is
+// opened (and migrated) through its writer first.
+func (t *tenant) acquireReader(ctx context.Context) (_ *physConn, err error) {
+	if t.r.cfg.ReadersPerTenant == 0 {
+		return t.acquireWriter(ctx)
+	}
+	if !t.ready.Load() {
+		if _, err := t.acquireWriter(ctx); err != nil {
+			return nil, err
+		}
+		t.releaseWriter()
+	}
+	if pc, ok := t.popIdle(); ok {
+		return pc, nil
+	}
+	wctx, cancel := t.r.boundWait(ctx)
+	defer cancel()
+	registered := false
+	var waitStart time.Time // set when this call first has to wait: one wait, however many wake-ups
+	defer func() {
+		if registered {
+			t.r.budget.unwait()
+		}
+		if !waitStart.IsZero() {
+			t.r.tel.waited(ctx, t.tel, roleReader, waitStart, err)
+		}
+	}()
+	for {
+		var ch chan struct{}
+		if registered {
+			t.r.budget.unwait()
+		}
+		ch, registered = t.r.budget.waitCh(), true
+
+		t.mu.Lock()
+		if st := t.state.Load(); st != tenantActive {
+			t.mu.Unlock()
+			if err := t.awaitDrain(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if t.evicting {
+			done := t.evictDone
+			t.mu.Unlock()
+			select {
+			case <-done:
+				continue
+			case <-wctx.Done():
+				return nil, opError(opWaitReader, t.id, waitErr(ctx))
+			}
+		}
+		if n := len(t.idle); n > 0 {
+			pc := t.idle[n-1]
+			t.idle = t.idle[:n-1]
+			t.leasedReaders++
+			t.mu.Unlock()
+			return pc, nil
+		}
+		if t.nreaders < t.r.cfg.ReadersPerTenant {
+			ok, err := t.r.budget.tryReserve(t)
+			if err != nil {
+				t.mu.Unlock()
+				return nil, opError(opOpenReader, t.id, err)
+			}
+			if ok {
+				t.nreaders++
+				t.leasedReaders++
+				t.mu.Unlock()
+				return t.openReader(ctx)
+			}
+			t.mu.Unlock()
+			if t.r.evictForReader(t) {
+				continue
+			}
+			if waitStart.IsZero() {
+				waitStart = time.Now()
+				t.r.budget.waits.Add(1)
+			}
+			select { // for a slot
+			case <-ch:
+			case <-wctx.Done():
+				return nil, opError(opWaitReader, t.id, waitErr(ctx))
+			}
+			continue
+		}
+		// Every reader is leased: queue for the next one released, first
+		// come first served (with a broadcast wake-up, unlucky readers
+		// waited 20 s under load while others went through).
+		q := make(chan *physConn, 1)
+		t.readerQ = append(t.readerQ, q)
+		t.mu.Unlock()
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+			t.r.budget.waits.Add(1)
+		}
+		select {
+		case pc := <-q:
+			if pc != nil {
+				return pc, nil
+			}
+			// nil: the tenant's readers were closed (eviction, drain): look again
+		case <-wctx.Done():
+			t.mu.Lock()
+			if i := slices.Index(t.readerQ, q); i >= 0 {
+				t.readerQ = slices.Delete(t.readerQ, i, i+1)
+				t.mu.Unlock()
+			} else {
+				t.mu.Unlock()
+				if pc := <-q; pc != nil { // handed over as we gave up: pass it on
+					t.releaseReader(pc)
+				}
+			}
+			return nil, opError(opWaitReader, t.id, waitErr(ctx))
+		}
+	}
+}
+
+// wakeReaderQLocked sends every queued reader waiter back to look again;
+// called with mu held when the tenant's readers are closed.
+func (t *tenant) wakeReaderQLocked() {
+	for _, q := range t.readerQ {
+		q <- nil
+	}
+	t.readerQ = nil
+}
+
+func (t *tenant) popIdle() (*physConn, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.evicting || len(t.idle) == 0 || t.state.Load() != tenantActive {
+		return nil, false
+	}
+	pc := t.idle[len(t.idle)-1]
+	t.idle = t.idle[:len(t.idle)-1]
+	t.leasedReaders++
+	return pc, true
+}
+
+// openReader opens a reader for which a slot is reserved and counted.
+func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
+	start := time.Now()
+	pc, err := t.r.conns.open(t, false)
+	t.r.tel.opened(ctx, t.tel, roleReader, start, err)
+	if err != nil {
+		t.r.budget.unreserve(t) // while the lease still keeps eviction away
+		t.mu.Lock()
+		t.nreaders--
+		t.leasedReaders--
+		t.wakeReaderQLocked() // a reader may be opened for them now
+		t.mu.Unlock()
+		return nil, err
+	}
+	return pc, nil
+}
+
+func (t *tenant) releaseReader(pc *physConn) {
+	t.touch()
+	t.mu.Lock()
+	if len(t.readerQ) > 0 {
+		// Hand it to the oldest waiter: the lease passes on as it is.
+		ch := t.readerQ[0]
+		t.readerQ = t.readerQ[1:]
+		t.mu.Unlock()
+		ch <- pc
+		return
+	}
+	t.idle = append(t.idle, pc)
+	t.leasedReaders--
+	t.mu.Unlock()
+	t.r.budget.wake()
+	if t.r.isClosed.Load() {
+		t.evict(false, evictClose)
+	}
+}
+
+// discard ends the lease of pc by closing it, for a connection whose state
+// is unknown (a ROLLBACK failed at check-in). Its slot is given back as
+// unreserve does (a descriptor closed while others of t are open stays
+// parked, so it stays counted until t is closed as a whole), and the next
+// lease opens a fresh connection.
+func (t *tenant) discard(pc *physConn) {
+	if pc.writer {
+		t.w = nil
+		pc.close()
+		t.r.budget.unreserve(t)
+		t.releaseWriter()
+		return
+	}
+	pc.close()
+	t.r.budget.unreserve(t) // while the lease still keeps eviction away
+	t.mu.Lock()
+	t.nreaders--
+	t.leasedReaders--
+	t.wakeReaderQLocked() // a reader may be opened for them now
+	t.mu.Unlock()
+	t.touch()
+	t.r.budget.wake()
+	if t.r.isClosed.Load() {
+		t.evict(false, evictClose)
+	}
+}
+
+// release returns a leased connection to its tenant.
+func (t *tenant) release(pc *physConn) {
+	if pc.writer {
+		t.releaseWriter()
+	} else {
+		t.releaseReader(pc)
+	}
+}
+
+// evict closes every connection of t if none is leased, and frees their
+// slots once they are closed. haveWsem says the caller holds t's writer
+// semaphore already (and t.w is then not leased by anybody else). Which
+// tenant to evict, and when, is decided in budget.go.
+func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
+	if !haveWsem {
+		if !t.wsem.TryAcquire() {
+			return false
+		}
+		defer t.wsem.Release()
+	}
+	b := t.r.budget
+	t.mu.Lock()
+	if t.leasedReaders > 0 || t.evicting || b.counted(t) == 0 {
+		t.mu.Unlock()
+		return false
+	}
+	t.evicting = true
+	t.evictDone = make(chan struct{})
+	conns := t.idle
+	t.idle = nil
+	t.nreaders = 0
+	t.wakeReaderQLocked()
+	if t.w != nil {
+		conns = append(conns, t.w)
+		t.w = nil
+	}
+	t.mu.Unlock()
+
+	_, end := t.r.tel.span(context.Background(), spanTenantEvict, t.tel, attribute.String(attrReason, reason.String()))
+	for _, pc := range conns {
+		pc.close()
+	}
+	end(nil)
+
+	b.freeAll(t)
+	b.evictions.Add(1)
+	t.r.tel.evicted(t.tel, reason)
+
+	t.mu.Lock()
+	t.evicting = false
+	close(t.evictDone)
+	t.mu.Unlock()
+	return true
+}
+
+// retire marks t, which has left the registry, as deleted: conns that
+// cache it look the tenant up again.
+func (t *tenant) retire() {
+	t.mu.Lock()
+	t.state.Store(tenantDeleted)
+	t.mu.Unlock()
+}
+
+// drain stops new leases of t, waits (up to ctx) for the leased ones to end
+// and closes t's connections. On success the caller holds t's writer
+// semaphore and must call endDrain.
+func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error {
+	t.mu.Lock()
+	if t.state.Load() != tenantActive {
+		t.mu.Unlock()
+		return opError(op, t.id, errors.New("another delete or restore of this tenant is in progress"))
+	}
+	t.state.Store(tenantDraining)
+	t.drainDone = make(chan struct{})
+	t.mu.Unlock()
+
+	giveUp := func(err error) error {
+		t.endDrain(tenantActive)
+		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
+	}
+	if err := t.wsem.Acquire(ctx); err != nil {
+		t.mu.Lock()
+		t.state.Store(tenantActive)
+		close(t.drainDone)
+		t.mu.Unlock()
+		t.r.budget.wake()
+		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
+	}
+	for {
+		ch := t.r.budget.waitCh()
+		t.mu.Lock()
+		n := t.leasedReaders
+		t.mu.Unlock()
+		if n == 0 {
+			t.r.budget.unwait()
+			break
+		}
+		select {
+		case <-ch:
+			t.r.budget.unwait()
+		case <-ctx.Done():
+			t.r.budget.unwait()
+			return giveUp(ctx.Err())
+		}
+	}
+	t.evict(true, reason)
 	return nil
 }
 
-func windowsReserved(id string) bool {
-	switch id {
-	case "con", "prn", "aux", "nul":
-		return true
-	}
-	if len(id) == 4 && (strings.HasPrefix(id, "com") || strings.HasPrefix(id, "lpt")) && id[3] >= '1' && id[3] <= '9' {
-		return true
-	}
-	return false
+// endDrain ends a drain begun by drain, leaving t in state.
+func (t *tenant) endDrain(state int32) {
+	t.mu.Lock()
+	t.state.Store(state)
+	close(t.drainDone)
+	t.mu.Unlock()
+	t.wsem.Release()
+	t.r.budget.wake()
 }
 
-// tenantFileSuffix is appended to a tenant ID to name its database file.
-const tenantFileSuffix = ".db"
-
-// tenantIDFromFile returns the tenant ID a directory entry names, if any.
-func tenantIDFromFile(name string) (string, bool) {
-	id, ok := strings.CutSuffix(name, tenantFileSuffix)
-	if !ok || checkTenantID(id) != nil {
-		return "", false
+// mustExist is ErrTenantNotFound (for op) unless t's file exists.
+func (t *tenant) mustExist(op string) error {
+	exists, err := t.fileExists(op)
+	if err == nil && !exists {
+		err = opError(op, t.id, ErrTenantNotFound)
 	}
-	return id, true
+	return err
+}
+
+// fileExists reports whether t's database file exists. A file that is not
+// a regular file (a symlink, say) is an error.
+func (t *tenant) fileExists(op string) (bool, error) {
+	fi, err := os.Lstat(t.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, opError(op, t.id, err)
+	case !fi.Mode().IsRegular():
+		return false, opError(op, t.id, fmt.Errorf("%s is not a regular file", t.path))
+	}
+	return true, nil
+}
+
+// ungatedReader returns a connection to read t from (a backup, a check),
+// and the function that gives it back. It neither applies nor requires
+// migrations: backing up or checking a tenant that is behind (MigrateCheck)
+// or ahead (drift) is when operators need it most.
+func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteConn, func(), error) {
+	if t.ready.Load() {
+		pc, err := t.acquireReader(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return pc.c, func() { t.release(pc) }, nil
+	}
+	// A connection of its own, within the budget; the writer semaphore is
+	// held only while reserving, so writes go on during the copy.
+	if err := t.lockWriter(ctx); err != nil {
+		return nil, nil, err
+	}
+	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
+	t.releaseWriter()
+	if err != nil {
+		return nil, nil, opError(op, t.id, err)
+	}
+	return c, done, nil
 }

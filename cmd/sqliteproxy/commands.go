@@ -129,7 +129,7 @@ func (e *env) delete(args []string) (status int) {
 		err = sqliteproxy.ErrTenantNotFound
 	}
 	if err == nil && !*force {
-		err = notInUse(tenantPath(p, id))
+		err = tenantNotInUse(p, id)
 	}
 	if err != nil {
 		e.tenantErr("delete", id, err)
@@ -304,7 +304,7 @@ func (e *env) restore(args []string) (status int) {
 	defer e.closeProxy(p, &status)
 	existed, err := p.TenantExists(e.ctx, id)
 	if err == nil && !*force {
-		err = notInUse(tenantPath(p, id))
+		err = tenantNotInUse(p, id)
 	}
 	if err == nil {
 		err = p.RestoreTenant(e.ctx, id, src)
@@ -527,8 +527,11 @@ func (e *env) tenantIDs(p *sqliteproxy.Proxy, op string, pos []string) ([]string
 
 func (e *env) tenantStatus(p *sqliteproxy.Proxy, id string, withMigrations bool) tenantStatus {
 	ts := tenantStatus{Tenant: id}
-	path := tenantPath(p, id)
-	fi, err := os.Stat(path)
+	path, err := p.TenantPath(id)
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = os.Stat(path)
+	}
 	if err != nil {
 		ts.err = err
 		ts.Error = err.Error()

@@ -50,7 +50,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -294,9 +293,13 @@ func (e *env) closeProxy(p *sqliteproxy.Proxy, status *int) {
 	}
 }
 
-// tenantPath is the file of tenant id under the data directory.
-func tenantPath(p *sqliteproxy.Proxy, id string) string {
-	return filepath.Join(p.Config().Dir, id+".db")
+// tenantNotInUse fails when another process has tenant id's file open.
+func tenantNotInUse(p *sqliteproxy.Proxy, id string) error {
+	path, err := p.TenantPath(id)
+	if err != nil {
+		return err
+	}
+	return notInUse(path)
 }
 
 // isTerminal reports whether v (a stream passed to run) is a terminal.

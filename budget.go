@@ -1,0 +1,321 @@
+package sqliteproxy
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// budget counts the SQLite connections open across all tenants against
+// Config.MaxConnections. A connection is counted from the moment a slot is
+// reserved for it (before it is opened) until its tenant is closed as a
+// whole: in WAL mode a connection closed while others of its file are open
+// keeps its descriptor parked until the last one closes, so slots are freed
+// per tenant, not per connection.
+//
+// Everything that decides which tenant is closed to make room, and when,
+// is in this file: the reservation that evicts, the idle reaper, and the
+// reasons they give.
+type budget struct {
+	max int // Config.MaxConnections
+
+	mu     sync.Mutex      // guards open, nopen, wakeCh and closed
+	open   int             // connections counted, all tenants
+	nopen  map[*tenant]int // connections counted per tenant; a tenant with none has no entry
+	wakeCh chan struct{}   // closed and replaced when a slot, a reader or the writer may have come free
+	closed bool
+
+	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
+	evictions atomic.Int64
+	waits     atomic.Int64
+
+	epoch time.Time    // clock readings count from here
+	clock atomic.Int64 // nanoseconds since epoch, advanced every clockTick by the router's background goroutine
+}
+
+func newBudget(max int) *budget {
+	b := &budget{max: max, nopen: make(map[*tenant]int), wakeCh: make(chan struct{}), epoch: time.Now()}
+	b.readClock()
+	return b
+}
+
+// evictReason says why a tenant's connections were closed; it is the
+// sqliteproxy.eviction.reason attribute of the evictions metric.
+type evictReason uint8
+
+const (
+	evictBudget  evictReason = iota // a slot was needed for another connection
+	evictIdle                       // unused for longer than Config.IdleTimeout
+	evictClose                      // the proxy is closing
+	evictDelete                     // DeleteTenant drained it
+	evictRestore                    // RestoreTenant drained it
+	evictMigrate                    // MigrateAll opened it only to migrate it
+	numEvictReasons
+)
+
+var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate"}
+
+func (r evictReason) String() string { return evictReasonNames[r] }
+
+// clockTick is the resolution of the coarse clock behind lastUsed stamps:
+// reading the real clock on every release costs ~40 ns.
+const clockTick = 10 * time.Millisecond
+
+// now is the coarse monotonic time used for lastUsed stamps.
+func (b *budget) now() int64 { return b.clock.Load() }
+
+func (b *budget) readClock() { b.clock.Store(int64(time.Since(b.epoch))) }
+
+// waitCh registers the caller as a waiter and returns the channel that the
+// next wake closes. The caller must re-check its condition after this call
+// and then call unwait.
+func (b *budget) waitCh() chan struct{} {
+	b.waiters.Add(1)
+	b.mu.Lock()
+	ch := b.wakeCh
+	b.mu.Unlock()
+	return ch
+}
+
+func (b *budget) unwait() { b.waiters.Add(-1) }
+
+// wake wakes every waiter, if there is any; cheap when there is none.
+func (b *budget) wake() {
+	if b.waiters.Load() == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.wakeLocked()
+	b.mu.Unlock()
+}
+
+func (b *budget) wakeLocked() {
+	close(b.wakeCh)
+	b.wakeCh = make(chan struct{})
+}
+
+// tryReserve counts one more connection for t if the budget allows it.
+func (b *budget) tryReserve(t *tenant) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false, ErrClosed
+	}
+	if b.open >= b.max {
+		return false, nil
+	}
+	b.reserveLocked(t)
+	return true, nil
+}
+
+func (b *budget) reserveLocked(t *tenant) {
+	b.open++
+	b.nopen[t]++
+}
+
+// unreserve gives back the slot of a connection that failed to open or was
+// closed alone. While other connections of t are open, SQLite may keep the
+// closed descriptor parked until the last one closes (POSIX locks are per
+// process and file), so the slot stays counted until t is closed as a whole.
+// Called under the same lease that reserved, so no eviction interleaves.
+func (b *budget) unreserve(t *tenant) {
+	b.mu.Lock()
+	if b.nopen[t] == 1 {
+		b.open--
+		delete(b.nopen, t)
+		b.wakeLocked()
+	}
+	b.mu.Unlock()
+}
+
+// freeAll gives back every slot of t, whose connections are all closed.
+func (b *budget) freeAll(t *tenant) {
+	b.mu.Lock()
+	b.open -= b.nopen[t]
+	delete(b.nopen, t)
+	b.wakeLocked()
+	b.mu.Unlock()
+}
+
+// counted returns how many connections are counted for t.
+func (b *budget) counted(t *tenant) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.nopen[t]
+}
+
+// close makes every later reservation fail with ErrClosed and wakes the
+// waiters; it returns the tenants with counted connections, to be closed.
+func (b *budget) close() (open []*tenant, already bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, true
+	}
+	b.closed = true
+	b.wakeLocked()
+	return b.lruLocked(), false
+}
+
+// lruLocked returns the tenants with open connections, least recently used first.
+func (b *budget) lruLocked() []*tenant {
+	cands := make([]*tenant, 0, len(b.nopen))
+	for t := range b.nopen {
+		cands = append(cands, t)
+	}
+	slices.SortFunc(cands, func(a, b *tenant) int {
+		return int(a.lastUsed.Load() - b.lastUsed.Load())
+	})
+	return cands
+}
+
+func (b *budget) lru() []*tenant {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.lruLocked()
+}
+
+// reserve counts one more connection for t, waiting for a slot if needed
+// and evicting the least recently used idle tenant to make one. The caller
+// holds t's writer semaphore, which lets t itself be evicted when its
+// readers are all idle.
+func (r *router) reserve(ctx context.Context, t *tenant) error {
+	b := r.budget
+	if ok, err := b.tryReserve(t); ok || err != nil {
+		return err
+	}
+	b.waits.Add(1)
+	start := time.Now()
+	wctx, cancel := r.boundWait(ctx)
+	defer cancel()
+	var err error
+	defer func() { r.tel.waited(ctx, t.tel, roleSlot, start, err) }()
+	for {
+		ch := b.waitCh()
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			b.unwait()
+			return ErrClosed
+		}
+		if b.open < b.max {
+			b.reserveLocked(t)
+			b.mu.Unlock()
+			b.unwait()
+			return nil
+		}
+		cands := b.lruLocked()
+		b.mu.Unlock()
+		if r.evictOne(cands, t) {
+			b.unwait()
+			continue
+		}
+		select {
+		case <-ch:
+			b.unwait()
+		case <-wctx.Done():
+			b.unwait()
+			err = waitErr(ctx)
+			return err
+		}
+	}
+}
+
+// evictForReader makes room for a reader of t: the least recently used
+// idle tenant other than t, else t itself if it is wholly idle (its idle
+// writer may be what fills a small budget). The caller holds none of t's
+// leases.
+func (r *router) evictForReader(t *tenant) bool {
+	cands := r.budget.lru()
+	if i := slices.Index(cands, t); i >= 0 {
+		cands = append(slices.Delete(cands, i, i+1), t)
+	}
+	return r.evictOne(cands, nil)
+}
+
+// evictOne closes the first wholly idle tenant of cands. self, if not nil,
+// is a tenant whose writer semaphore the caller holds.
+func (r *router) evictOne(cands []*tenant, self *tenant) bool {
+	for _, v := range cands {
+		if v.evict(v == self, evictBudget) {
+			return true
+		}
+	}
+	return false
+}
+
+// boundWait bounds a wait whose context has no deadline by BusyTimeout, as
+// SQLite's busy handler would: a caller that cannot get a connection gets
+// SQLITE_BUSY instead of waiting for ever (a write through the *sql.DB
+// inside a transaction on the same tenant would otherwise wait for itself).
+func (r *router) boundWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, r.cfg.BusyTimeout)
+}
+
+// errBusy is what a bounded wait ends with: mattn's own SQLITE_BUSY error
+// ("database is locked"), so code that retries on it keeps working.
+var errBusy = sqlite3.Error{Code: sqlite3.ErrBusy, ExtendedCode: sqlite3.ErrNoExtended(sqlite3.ErrBusy)}
+
+// waitErr is the error of a wait bounded by boundWait(caller).
+func waitErr(caller context.Context) error {
+	if err := caller.Err(); err != nil {
+		return err
+	}
+	return errBusy
+}
+
+// background advances the coarse clock, hands telemetry the open tenants
+// every topNEvery and, every quarter of IdleTimeout (at most every 10 s),
+// closes tenants idle for longer than IdleTimeout.
+func (r *router) background() {
+	defer r.reaperWG.Done()
+	b := r.budget
+	tick := time.NewTicker(clockTick)
+	defer tick.Stop()
+	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
+	var lastReap, lastRank int64
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-tick.C:
+		}
+		b.readClock()
+		if r.tel.ranks() && b.now()-lastRank >= int64(topNEvery) {
+			lastRank = b.now()
+			r.tel.rank(tenantTels(b.lru()))
+		}
+		if r.cfg.IdleTimeout <= 0 || b.now()-lastReap < reapEvery {
+			continue
+		}
+		lastReap = b.now()
+		r.reapIdle()
+	}
+}
+
+// tenantTels returns the telemetry state of each of ts.
+func tenantTels(ts []*tenant) []*tenantTel {
+	out := make([]*tenantTel, len(ts))
+	for i, t := range ts {
+		out[i] = t.tel
+	}
+	return out
+}
+
+// reapIdle closes tenants idle for longer than cfg.IdleTimeout.
+func (r *router) reapIdle() {
+	limit := r.budget.now() - int64(r.cfg.IdleTimeout)
+	for _, t := range r.budget.lru() {
+		if t.lastUsed.Load() > limit {
+			break
+		}
+		t.evict(false, evictIdle)
+	}
+}

@@ -1,0 +1,143 @@
+package sqliteproxy
+
+import (
+	"context"
+	"maps"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// connOpener opens SQLite connections to tenant files with the pragmas of
+// the configuration, hardened by tenantHook (harden.go).
+type connOpener struct {
+	drv          *sqlite3.SQLiteDriver // opens tenant connections, hardened by ConnectHook
+	writerParams string                // URI query of writer connections
+	readerParams string                // URI query of reader connections
+	aloneParams  string                // URI query of MigrateAll's connections to tenants not open anywhere (see migrateAlone)
+	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
+	cacheSize    int                   // statements each physConn keeps for routing Stmts
+}
+
+func newConnOpener(cfg *Config) connOpener {
+	o := connOpener{
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout)},
+		// No retry: waiting cannot help while another connection has the file open.
+		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0)},
+		cacheSize: max(cfg.StmtCacheSize, 1),
+	}
+	common := url.Values{}
+	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile
+	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
+	common.Set("_synchronous", cfg.Synchronous)
+	common.Set("_stmt_cache_size", strconv.Itoa(cfg.StmtCacheSize))
+	if cfg.ForeignKeys {
+		common.Set("_foreign_keys", "1")
+	}
+	w := url.Values{}
+	maps.Copy(w, common)
+	w.Set("_txlock", "immediate")
+	rd := url.Values{}
+	maps.Copy(rd, common)
+	rd.Set("_query_only", "1")
+	rd.Set("_txlock", "deferred")
+	o.writerParams = "?" + w.Encode()
+	w.Set("_locking_mode", "EXCLUSIVE")
+	w.Set("_busy_timeout", "0") // getting the lock fails at once rather than after BusyTimeout
+	o.aloneParams = "?" + w.Encode()
+	o.readerParams = "?" + rd.Encode()
+	return o
+}
+
+// open opens a writer or a reader of t, for its pool.
+func (o *connOpener) open(t *tenant, writer bool) (*physConn, error) {
+	params := o.readerParams
+	if writer {
+		params = o.writerParams
+	}
+	c, err := o.drv.Open(t.uri + params)
+	if err != nil {
+		return nil, opError(opOpenTenant, t.id, err)
+	}
+	return &physConn{c: c.(*sqlite3.SQLiteConn), t: t, writer: writer, cacheSize: o.cacheSize}, nil
+}
+
+// openPath opens a hardened tenant connection to the file at path (a
+// tenant file being built) with the URI query params.
+func (o *connOpener) openPath(path, params string) (*sqlite3.SQLiteConn, error) {
+	c, err := o.drv.Open(fileURI(path) + params)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*sqlite3.SQLiteConn), nil
+}
+
+// physConn is one SQLite connection of a tenant, with the statements it
+// keeps prepared for routing Stmts (conn.go). Only its leaseholder uses it.
+type physConn struct {
+	c      *sqlite3.SQLiteConn
+	t      *tenant
+	writer bool
+	rows   int                            // open Rows; touched only by the leaseholder
+	lease  atomic.Uint64                  // counts leases; Rows closed after theirs ended leave pc alone
+	stmts  map[string]*sqlite3.SQLiteStmt // statements prepared for routing Stmts, idle
+
+	cacheSize int // most statements kept in stmts
+}
+
+// takeStmt returns an idle prepared statement for query, preparing one if needed.
+func (pc *physConn) takeStmt(ctx context.Context, query string) (*sqlite3.SQLiteStmt, error) {
+	if s, ok := pc.stmts[query]; ok {
+		delete(pc.stmts, query)
+		return s, nil
+	}
+	s, err := pc.c.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.(*sqlite3.SQLiteStmt), nil
+}
+
+// putStmt keeps s for reuse, or closes it when the cache is full.
+func (pc *physConn) putStmt(query string, s *sqlite3.SQLiteStmt) {
+	if pc.stmts == nil {
+		pc.stmts = make(map[string]*sqlite3.SQLiteStmt)
+	}
+	if _, dup := pc.stmts[query]; dup || len(pc.stmts) >= pc.cacheSize {
+		s.Close()
+		return
+	}
+	pc.stmts[query] = s
+}
+
+// close finalizes the cached statements first: a statement left open makes
+// sqlite3_close_v2 keep a zombie handle and its file descriptor.
+func (pc *physConn) close() {
+	for q, s := range pc.stmts {
+		s.Close()
+		delete(pc.stmts, q)
+	}
+	pc.c.Close()
+}
+
+// ownConn opens a connection to t outside its pool, with drv and the URI
+// query params, within the connection budget; done closes it and gives the
+// slot back. The caller holds t's writer semaphore at least until it
+// returns, so that t itself can be evicted to make room.
+func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
+	if err := r.reserve(ctx, t); err != nil {
+		return nil, nil, err
+	}
+	dc, err := drv.Open(t.uri + params)
+	if err != nil {
+		r.budget.unreserve(t)
+		return nil, nil, err
+	}
+	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.budget.unreserve(t) }, nil
+}
+
+// plainDriver opens files that are not tenant connections (backup copies,
+// restore sources): no authorizer, no pool.
+var plainDriver = &sqlite3.SQLiteDriver{}

@@ -1,0 +1,60 @@
+package sqliteproxy
+
+import (
+	"slices"
+	"strings"
+	"time"
+)
+
+// Stats is a snapshot of the proxy's connection figures.
+type Stats struct {
+	OpenConnections int           // SQLite connections open (counted against MaxConnections)
+	MaxConnections  int           // the cap
+	OpenTenants     int           // tenants with at least one open connection
+	Evictions       int64         // tenants closed to free budget, for idleness, for a drain or at Close
+	Waits           int64         // times a caller had to wait for a connection
+	Tenants         []TenantStats // the open tenants, sorted by ID
+}
+
+// TenantStats describes one tenant with open connections.
+type TenantStats struct {
+	ID       string
+	Open     int       // connections open
+	InUse    int       // connections leased
+	LastUsed time.Time // last time a lease ended (10 ms resolution)
+}
+
+// Stats returns current figures.
+func (p *Proxy) Stats() Stats { return p.c.r.stats() }
+
+// stats is the snapshot behind Proxy.Stats and the telemetry gauges.
+func (r *router) stats() Stats {
+	b := r.budget
+	b.mu.Lock()
+	st := Stats{
+		OpenConnections: b.open,
+		MaxConnections:  b.max,
+		OpenTenants:     len(b.nopen),
+		Evictions:       b.evictions.Load(),
+		Waits:           b.waits.Load(),
+	}
+	open := make(map[*tenant]int, len(b.nopen))
+	for t, n := range b.nopen {
+		open[t] = n
+	}
+	b.mu.Unlock()
+	for t, n := range open { // tenant locks come before budget.mu: take them now
+		t.mu.Lock()
+		inUse := t.leasedReaders
+		t.mu.Unlock()
+		if t.wsem.held.Load() {
+			inUse++
+		}
+		st.Tenants = append(st.Tenants, TenantStats{
+			ID: t.id, Open: n, InUse: inUse,
+			LastUsed: b.epoch.Add(time.Duration(t.lastUsed.Load())),
+		})
+	}
+	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
+	return st
+}

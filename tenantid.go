@@ -1,0 +1,132 @@
+package sqliteproxy
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net/url"
+	"path/filepath"
+	"strings"
+)
+
+// This file holds the tenant ID: how it travels in a context, the rule it
+// must follow, and the one mapping from an ID to a file.
+
+type orgIDKey struct{}
+
+// WithOrgID returns a copy of ctx that routes every statement run with it to
+// the tenant id. The ID is checked when a statement uses it, not here:
+// an invalid ID makes that statement fail with ErrInvalidTenant.
+func WithOrgID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, orgIDKey{}, id)
+}
+
+// OrgID returns the tenant stored in ctx by WithOrgID.
+func OrgID(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(orgIDKey{}).(string)
+	return id, ok
+}
+
+// MaxTenantIDLen is the longest tenant ID accepted.
+const MaxTenantIDLen = 64
+
+// ValidTenantID reports whether id may name a tenant, and why not.
+//
+// The rule is a strict allowlist: 1 to 64 characters, each a lower-case
+// ASCII letter, a digit, '_' or '-', the first a letter or a digit. IDs are
+// not case-folded: "ACME" is rejected rather than mapped onto "acme", so two
+// spellings can never reach the same file on a case-insensitive disk, and
+// none can reach another tenant's file. The rule excludes path separators,
+// "..", dots of any kind (so no ID collides with SQLite's "-wal", "-shm" and
+// "-journal" side files or with the driver's dot-prefixed temporary files),
+// URI metacharacters (%, ?, #, :), NUL, spaces, shell metacharacters, a
+// leading '-' (it reads as a flag to CLI tools), non-ASCII look-alikes and
+// the device names Windows reserves (con, nul, com1, ...).
+func ValidTenantID(id string) error {
+	if err := checkTenantID(id); err != nil {
+		return opError(opCheckTenantID, "", err)
+	}
+	return nil
+}
+
+func checkTenantID(id string) error {
+	if id == "" {
+		return fmt.Errorf("%w: empty", ErrInvalidTenant)
+	}
+	if len(id) > MaxTenantIDLen {
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidTenant, MaxTenantIDLen)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case (c == '-' || c == '_') && i > 0:
+		default:
+			return fmt.Errorf("%w: %q: byte %d is not one of [a-z0-9_-] (or starts the ID with '-' or '_')", ErrInvalidTenant, id, i)
+		}
+	}
+	if windowsReserved(id) {
+		return fmt.Errorf("%w: %q is a reserved device name", ErrInvalidTenant, id)
+	}
+	return nil
+}
+
+func windowsReserved(id string) bool {
+	switch id {
+	case "con", "prn", "aux", "nul":
+		return true
+	}
+	if len(id) == 4 && (strings.HasPrefix(id, "com") || strings.HasPrefix(id, "lpt")) && id[3] >= '1' && id[3] <= '9' {
+		return true
+	}
+	return false
+}
+
+// tenantFileSuffix is appended to a tenant ID to name its database file.
+const tenantFileSuffix = ".db"
+
+// tenantPath is the database file of tenant id under dir: the one place
+// that maps an ID to a path. id must be valid (checkTenantID).
+func tenantPath(dir, id string) string {
+	return filepath.Join(dir, id+tenantFileSuffix)
+}
+
+// TenantPath returns the path of the database file of tenant id under the
+// proxy's Dir, whether or not it exists, or ErrInvalidTenant. Tools that
+// work on the files (backups, copies, the CLI) should use it rather than
+// building the path themselves.
+func (p *Proxy) TenantPath(id string) (string, error) {
+	if err := checkTenantID(id); err != nil {
+		return "", opError(opTenantPath, id, err)
+	}
+	return tenantPath(p.c.cfg.Dir, id), nil
+}
+
+// fileURI is the file: URI of path, escaped, without a query.
+func fileURI(path string) string {
+	return (&url.URL{Scheme: "file", OmitHost: true, Path: filepath.ToSlash(path)}).String()
+}
+
+// tenantIDFromFile returns the tenant ID a directory entry names, if any.
+func tenantIDFromFile(name string) (string, bool) {
+	id, ok := strings.CutSuffix(name, tenantFileSuffix)
+	if !ok || checkTenantID(id) != nil {
+		return "", false
+	}
+	return id, true
+}
+
+// Temporary files the driver keeps in Dir start with a dot, which no
+// tenant ID may, so Tenants never lists them and no tenant can reach them.
+const (
+	creatingPrefix  = ".creating-"
+	deletingPrefix  = ".deleting-"
+	restoringPrefix = ".restoring-"
+)
+
+func tempName(dir, prefix, id string) string {
+	var b [8]byte
+	rand.Read(b[:])
+	return filepath.Join(dir, prefix+id+"-"+hex.EncodeToString(b[:])+tenantFileSuffix)
+}
