@@ -41,7 +41,7 @@ type tenant struct {
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 
 	lastUsed  atomic.Int64 // budget.now() when a lease last ended
-	createdBy atomic.Bool // this process created the file (read by CreateTenant under wsem)
+	createdBy atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 
 	tel *tenantTel // what telemetry records about this tenant
 }
