@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -11,12 +12,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
-	"time"
 )
 
 func TestProxy_CreateTenant(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, ExplicitCreate: true, Migrations: []string{eventsTable}})
 	ctx := context.Background()
@@ -50,46 +50,8 @@ func TestProxy_CreateTenant(t *testing.T) {
 	}
 }
 
-func TestProxy_TenantsNeverListsHalfCreated(t *testing.T) {
-	dir := t.TempDir()
-	// A slow migration keeps creations in flight while Tenants is called.
-	slow := `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 200000) SELECT count(*) FROM c`
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a); INSERT INTO t ` + strings.Replace(slow, "SELECT count(*) FROM c", "SELECT x FROM c", 1)}})
-	var wg sync.WaitGroup
-	for i := range 10 {
-		wg.Go(func() {
-			if err := p.CreateTenant(context.Background(), fmt.Sprintf("t%d", i)); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	for {
-		ids, err := p.Tenants(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, id := range ids {
-			db := direct(t, dir, id)
-			var n int
-			if err := db.QueryRow(`SELECT count(*) FROM t`).Scan(&n); err != nil || n != 200000 {
-				t.Fatalf("Tenants listed %s before it was fully migrated: %d rows, %v", id, n, err)
-			}
-			db.Close()
-		}
-		select {
-		case <-done:
-			if ids, _ := p.Tenants(context.Background()); len(ids) != 10 {
-				t.Fatalf("Tenants = %v", ids)
-			}
-			return
-		default:
-		}
-	}
-}
-
 func TestProxy_DeleteTenant(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	ctx := context.Background()
@@ -119,79 +81,8 @@ func TestProxy_DeleteTenant(t *testing.T) {
 	}
 }
 
-func TestProxy_DeleteTenantWaitsForInFlightWork(t *testing.T) {
-	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-	ctx := tctx("acme")
-	tx, err := p.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
-		t.Fatal(err)
-	}
-	// Gives up while the transaction is open: nothing deleted.
-	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	err = p.DeleteTenant(short, "acme")
-	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nothing changed") {
-		t.Fatalf("delete during a tx: %v", err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatalf("the in-flight tx was disturbed: %v", err)
-	}
-	if n := countRows(t, p, "acme"); n != 1 {
-		t.Fatalf("rows after a failed delete: %d", n)
-	}
-
-	// With a tx open, delete waits; a query that arrives meanwhile waits too
-	// and fails with ErrTenantNotFound: no file reappears from it.
-	tx, err = p.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	deleted := make(chan error, 1)
-	go func() { deleted <- p.DeleteTenant(context.Background(), "acme") }()
-	for p.c.r.mustTenant(t, "acme").state.Load() != tenantDraining {
-		time.Sleep(time.Millisecond)
-	}
-	waiting := make(chan error, 1)
-	go func() {
-		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('late')`)
-		waiting <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	select {
-	case err := <-deleted:
-		t.Fatalf("delete finished while a tx was open: %v", err)
-	default:
-	}
-	tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in-tx')`)
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-deleted; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-waiting; !errors.Is(err, ErrTenantNotFound) {
-		t.Errorf("query waiting on a deleted tenant: %v, want ErrTenantNotFound", err)
-	}
-	if files := dbFiles(t, dir); len(files) != 0 {
-		t.Errorf("files after delete: %v", files)
-	}
-	assertNoOpenFiles(t, dir)
-}
-
-func (r *router) mustTenant(t *testing.T, id string) *tenant {
-	t.Helper()
-	tn, err := r.tenant(id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tn
-}
-
 func TestProxy_BackupRestoreUnderWrites(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	ctx := tctx("acme")
@@ -272,6 +163,7 @@ func TestProxy_BackupRestoreUnderWrites(t *testing.T) {
 }
 
 func TestProxy_RestoreRefusesBadSource(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	ctx := tctx("acme")
@@ -305,6 +197,7 @@ func TestProxy_RestoreRefusesBadSource(t *testing.T) {
 }
 
 func TestProxy_RestoreAppliesPendingMigrations(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	old := filepath.Join(t.TempDir(), "old.db")
 	db, err := sql.Open("sqlite3", old)
@@ -327,107 +220,8 @@ func TestProxy_RestoreAppliesPendingMigrations(t *testing.T) {
 	}
 }
 
-// TestIsolation_CrossTenantReads tries to read tenant B's rows from tenant
-// A by every means a statement has.
-func TestIsolation_CrossTenantReads(t *testing.T) {
-	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-	if _, err := p.ExecContext(tctx("victim"), `INSERT INTO events (tenant) VALUES ('secret')`); err != nil {
-		t.Fatal(err)
-	}
-	a := tctx("attacker")
-	victim := filepath.Join(dir, "victim.db")
-	if err := os.Symlink(victim, filepath.Join(dir, "alias.db")); err != nil {
-		t.Fatal(err)
-	}
-	attempts := []struct {
-		ctx context.Context
-		sql string
-	}{
-		{a, `ATTACH '` + victim + `' AS v`},
-		{a, `ATTACH 'file:` + victim + `?mode=ro' AS v`},
-		{a, `ATTACH 'victim.db' AS v`},
-		{a, `VACUUM INTO '` + filepath.Join(dir, "stolen.db") + `'`},
-		{a, `SELECT load_extension('/usr/lib/x86_64-linux-gnu/libsqlite3.so.0')`},
-		{a, `PRAGMA writable_schema = 1`},
-		{tctx("../victim"), `SELECT tenant FROM events`},
-		{tctx("victim.db"), `SELECT tenant FROM events`},
-		{tctx("VICTIM"), `SELECT tenant FROM events`},
-		{tctx("alias"), `SELECT tenant FROM events`},
-		{context.Background(), `SELECT tenant FROM events`},
-	}
-	for _, at := range attempts {
-		rows, err := p.QueryContext(at.ctx, at.sql)
-		if err == nil {
-			for rows.Next() {
-				var v any
-				rows.Scan(&v)
-				if fmt.Sprint(v) == "secret" {
-					t.Errorf("%s read the victim's row", at.sql)
-				}
-			}
-			err = rows.Err()
-			rows.Close()
-		}
-		if _, xerr := p.ExecContext(at.ctx, at.sql); err == nil && xerr == nil {
-			t.Errorf("%q was allowed", at.sql)
-		}
-	}
-	if _, err := os.Stat(filepath.Join(dir, "stolen.db")); err == nil {
-		t.Error("VACUUM INTO wrote a copy")
-	}
-}
-
-func TestFileModesIgnoreUmask(t *testing.T) {
-	old := syscall.Umask(0)
-	defer syscall.Umask(old)
-	dir := filepath.Join(t.TempDir(), "data")
-	p := newTestProxy(t, Config{Dir: dir})
-	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.ExecContext(tctx("acme"), `CREATE TABLE t (a)`); err != nil {
-		t.Fatal(err)
-	}
-	for name, want := range map[string]os.FileMode{"": 0o700, "acme.db": 0o600, "acme.db-wal": 0o600, "acme.db-shm": 0o600} {
-		fi, err := os.Stat(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != want {
-			t.Errorf("%q: mode %v with umask 0, want %v", name, fi.Mode().Perm(), want)
-		}
-	}
-}
-
-func TestProxy_StatsPerTenant(t *testing.T) {
-	p := newTestProxy(t, Config{MaxConnections: 10})
-	ctx := tctx("acme")
-	tx, err := p.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx.ExecContext(ctx, `CREATE TABLE t (a)`)
-	countTenant := func() TenantStats {
-		for _, ts := range p.Stats().Tenants {
-			if ts.ID == "acme" {
-				return ts
-			}
-		}
-		t.Fatalf("acme not in %+v", p.Stats())
-		return TenantStats{}
-	}
-	if ts := countTenant(); ts.Open != 1 || ts.InUse != 1 || ts.LastUsed.IsZero() {
-		t.Errorf("during tx: %+v", ts)
-	}
-	tx.Commit()
-	st := p.Stats()
-	if ts := countTenant(); ts.InUse != 0 || st.OpenConnections != 1 || st.MaxConnections != 10 || st.OpenTenants != 1 {
-		t.Errorf("after tx: %+v, %+v", ts, st)
-	}
-}
-
 func TestProxy_CheckTenant(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	v1 := []string{`CREATE TABLE t (a, b)`, `CREATE INDEX t_a ON t (a)`}
 	ctx := context.Background()
@@ -484,5 +278,91 @@ func TestProxy_CheckTenant(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(dir, "missing.db")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("CheckTenant created missing.db: %v", err)
+	}
+}
+
+// TestLibraryBackupTenantIgnoresMigrationState: in MigrateCheck mode
+// Proxy.BackupTenant backs up a tenant with pending migrations, and one
+// whose ledger has migrations the proxy is not configured with: backing up
+// before migrating is exactly when operators need it.
+func TestLibraryBackupTenantIgnoresMigrationState(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`}
+	v2 := append(slices.Clone(v1), `ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0`)
+	dir := t.TempDir()
+	id := fleet(t, dir, 1, v1, `INSERT INTO events (type) VALUES ('t000-0')`)[0]
+	for _, migs := range [][]string{v2, nil} { // pending; not configured
+		p := newTestProxy(t, Config{Dir: dir, Migrations: migs, MigrationMode: MigrateCheck, ExplicitCreate: true})
+		if err := p.BackupTenant(ctx, id, filepath.Join(t.TempDir(), "b.db")); err != nil {
+			t.Errorf("Migrations %q: BackupTenant: %v", migs, err)
+		}
+		p.Close()
+	}
+}
+
+// TestLibraryBackupFileMode: a backup holds tenant data, so it is 0600
+// like the tenant file, whatever the umask.
+func TestLibraryBackupFileMode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	id := fleet(t, dir, 1, nil)[0]
+	dst := filepath.Join(t.TempDir(), "b.db")
+	p := newTestProxy(t, Config{Dir: dir})
+	if err := p.BackupTenant(context.Background(), id, dst); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("backup mode %v, %v; want 0600", fi.Mode(), err)
+	}
+}
+
+// TestLibraryRestoreLeavesSideFiles: restoring from a WAL-mode copy of a
+// tenant file (not a BackupTenant backup) leaves no -wal or -shm file next
+// to the source.
+func TestLibraryRestoreLeavesSideFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	id := fleet(t, dir, 1, nil)[0]
+	b, err := os.ReadFile(filepath.Join(dir, id+".db")) // a WAL-mode file, closed cleanly
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcDir := t.TempDir()
+	src := filepath.Join(srcDir, "copy.db")
+	if err := os.WriteFile(src, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dirBefore, err := os.Stat(srcDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir})
+	if err := p.RestoreTenant(context.Background(), "other", src); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	// The source's directory is as it was: the same file, unchanged, alone.
+	if files := dbFiles(t, srcDir); !slices.Equal(files, []string{"copy.db"}) {
+		t.Errorf("%s holds %v, want only copy.db", srcDir, files)
+	}
+	if fi, err := os.Stat(srcDir); err != nil || fi.Mode() != dirBefore.Mode() {
+		t.Errorf("%s: %v, %v; mode was %v", srcDir, fi, err, dirBefore.Mode())
+	}
+	after, err := os.Stat(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Mode() != before.Mode() || after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("copy.db changed: mode %v, size %d, modified %v; was %v, %d, %v",
+			after.Mode(), after.Size(), after.ModTime(), before.Mode(), before.Size(), before.ModTime())
+	}
+	if got, err := os.ReadFile(src); err != nil || !bytes.Equal(got, b) {
+		t.Errorf("copy.db's content changed (%v)", err)
 	}
 }

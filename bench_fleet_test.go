@@ -2,51 +2,19 @@ package sqliteproxy
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// cloneFleet makes n tenants in dir by copying one template tenant file
-// (far quicker than creating each one through SQLite).
-func cloneFleet(b testing.TB, dir string, n int, migs []string) {
-	b.Helper()
-	tmpl := b.TempDir()
-	p := newTestProxy(b, Config{Dir: tmpl, Migrations: migs})
-	ctx := WithOrgID(context.Background(), "template")
-	if _, err := p.ExecContext(ctx, `INSERT INTO bench (name, value) VALUES ('x', 1)`); err != nil {
-		b.Fatal(err)
-	}
-	p.Close()
-	src, err := os.ReadFile(filepath.Join(tmpl, "template.db"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for i := range n {
-		if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("t%05d.db", i)), src, 0o600); err != nil {
-			b.Fatal(err)
-		}
-	}
-	// A real fleet's files are on disk, not dirty in the page cache: flush
-	// them now so that their writeback does not compete with the timed
-	// fsyncs.
-	syscall.Sync()
-}
 
 // BenchmarkManyTenants: 10 000 tenants behind a cap of 100 connections,
 // point queries from all cores, tenants chosen uniformly or Zipf-skewed.
 func BenchmarkManyTenants(b *testing.B) {
 	const tenants = 10_000
 	dir := b.TempDir()
-	cloneFleet(b, dir, tenants, []string{benchSchema})
-	ids := make([]string, tenants)
-	for i := range ids {
-		ids[i] = fmt.Sprintf("t%05d", i)
-	}
+	ids := benchFleet(b, dir, tenants, []string{benchSchema})
 	for _, dist := range []string{"uniform", "zipf"} {
 		b.Run("dist="+dist+"/impl=proxy", func(b *testing.B) {
 			p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
@@ -91,13 +59,13 @@ func BenchmarkMigrateAll(b *testing.B) {
 	}{{"state=up-to-date", v1}, {"state=one-pending", v2}} {
 		b.Run(tc.name+"/impl=proxy", func(b *testing.B) {
 			dir := b.TempDir()
-			cloneFleet(b, dir, tenants, v1)
+			benchFleet(b, dir, tenants, v1)
 			for b.Loop() {
 				b.StopTimer()
 				if tc.name == "state=one-pending" {
 					os.RemoveAll(dir)
 					os.Mkdir(dir, 0o700)
-					cloneFleet(b, dir, tenants, v1)
+					benchFleet(b, dir, tenants, v1)
 				}
 				p, err := New(Config{Dir: dir, Migrations: tc.migs})
 				if err != nil {
@@ -114,4 +82,15 @@ func BenchmarkMigrateAll(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchFleet makes a fleet (see fleet) whose tenants each hold the row the
+// benchmarks read, and flushes it to disk: a real fleet's files are on
+// disk, not dirty in the page cache, and their writeback must not compete
+// with the timed fsyncs.
+func benchFleet(b *testing.B, dir string, n int, migs []string) []string {
+	b.Helper()
+	ids := fleet(b, dir, n, migs, `INSERT INTO bench (name, value) VALUES ('x', 1)`)
+	syscall.Sync()
+	return ids
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,31 +14,10 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
 )
 
-func realDir(t *testing.T, dir string) string {
-	t.Helper()
-	d, err := filepath.EvalSymlinks(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
-}
-
-func assertNoOpenFiles(t *testing.T, dir string) {
-	t.Helper()
-	if !fdcount.Supported() {
-		return
-	}
-	dir = realDir(t, dir)
-	for range 2 { // a second sample rules out a reused descriptor number
-		if fdcount.Count(dir, ".db") == 0 {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Errorf("%d tenant files still open", fdcount.Count(dir, ".db"))
-}
-
 func TestBudget_CapHoldsUnderLoad(t *testing.T) {
+	// Serial: its sampler lists /proc/self/fd, every descriptor of the
+	// process, in a busy loop, and the load it holds the cap under wants the
+	// machine to itself.
 	if !fdcount.Supported() {
 		t.Skip("needs /proc/self/fd")
 	}
@@ -118,6 +96,7 @@ func TestBudget_CapHoldsUnderLoad(t *testing.T) {
 }
 
 func TestBudget_WaitHonoursDeadlineAndNeverEvictsLeased(t *testing.T) {
+	// Serial: it times a wait.
 	const limit = 2
 	p := newTestProxy(t, Config{MaxConnections: limit, ReadersPerTenant: -1, Migrations: []string{eventsTable}})
 	// Two tenants each hold their writer in an open transaction: the budget is full.
@@ -167,17 +146,23 @@ type txHolder struct {
 }
 
 func TestBudget_WaiterGetsSlotWhenReleased(t *testing.T) {
+	t.Parallel()
 	p := newTestProxy(t, Config{MaxConnections: 1, Migrations: []string{eventsTable}})
 	ctx := tctx("a")
 	tx, err := p.BeginTx(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := p.Stats().Waits
 	done := make(chan error, 1)
 	go func() {
 		_, err := p.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`)
 		done <- err
 	}()
+	waitFor(t, 10*time.Second, "b to wait for a connection (Stats.Waits to grow)", func() bool {
+		return p.Stats().Waits > before
+	})
+	// Waiting, it must get nothing while the only connection is in a transaction.
 	select {
 	case err := <-done:
 		t.Fatalf("got a connection while the only one is in a transaction: %v", err)
@@ -197,6 +182,7 @@ func TestBudget_WaiterGetsSlotWhenReleased(t *testing.T) {
 // A cap of one with readers: a tenant must be able to serve reads and
 // writes alternately without deadlocking on its own idle connections.
 func TestBudget_TinyCapNoSelfDeadlock(t *testing.T) {
+	t.Parallel()
 	p := newTestProxy(t, Config{MaxConnections: 1, ReadersPerTenant: 4, Migrations: []string{eventsTable}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -222,6 +208,8 @@ func TestBudget_TinyCapNoSelfDeadlock(t *testing.T) {
 }
 
 func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
+	// Serial: its setup must open three tenants within the 50ms idle
+	// timeout, which a busy machine can make it miss.
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, IdleTimeout: 50 * time.Millisecond})
 	for _, id := range []string{"a", "b", "c"} {
@@ -232,13 +220,9 @@ func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
 	if st := p.Stats(); st.OpenTenants != 3 {
 		t.Fatalf("stats %+v, want 3 open tenants", st)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for p.Stats().OpenConnections > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("idle tenants not closed: %+v", p.Stats())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 5*time.Second, "the idle timeout to close the tenants (Stats.OpenConnections to reach 0)", func() bool {
+		return p.Stats().OpenConnections == 0
+	})
 	assertNoOpenFiles(t, dir)
 	// Reopened on next use.
 	if _, err := p.ExecContext(tctx("a"), `INSERT INTO t VALUES (1)`); err != nil {
@@ -251,6 +235,7 @@ func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
 // through the *sql.DB while the same goroutine holds the tenant's writer in
 // a transaction.
 func TestBudget_WaitWithoutDeadlineIsBusyTimeout(t *testing.T) {
+	// Serial: it times a wait.
 	p := newTestProxy(t, Config{BusyTimeout: 100 * time.Millisecond, MaxConnections: 1, Migrations: []string{eventsTable}})
 	ctx := tctx("acme")
 	tx, err := p.BeginTx(ctx, nil)
@@ -273,10 +258,32 @@ func TestBudget_WaitWithoutDeadlineIsBusyTimeout(t *testing.T) {
 	}
 	_, err = p.ExecContext(tctx("other"), `INSERT INTO events (tenant) VALUES ('x')`)
 	check("budget wait", err)
-	// A context that is cancelled still reports its own error.
+
+	// A context that is cancelled while it waits still reports its own
+	// error. The wait is cancelled once it is seen queued; a Proxy with a
+	// long BusyTimeout makes sure the bound has not ended it by then.
+	p2 := newTestProxy(t, Config{BusyTimeout: time.Minute, Migrations: []string{eventsTable}})
+	tx2, err := p2.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx2.Rollback()
 	cctx, cancel := context.WithCancel(ctx)
-	time.AfterFunc(20*time.Millisecond, cancel)
-	if _, err := p.ExecContext(cctx, `INSERT INTO events (tenant) VALUES ('x')`); !errors.Is(err, context.Canceled) {
-		t.Errorf("cancelled wait: %v", err)
+	defer cancel()
+	cancelled := make(chan error, 1)
+	go func() {
+		_, err := p2.ExecContext(cctx, `INSERT INTO events (tenant) VALUES ('x')`)
+		cancelled <- err
+	}()
+	acme := p2.c.r.mustTenant(t, "acme")
+	waitFor(t, 10*time.Second, "the INSERT to queue for acme's writer", func() bool { return acme.wsem.nwait.Load() == 1 })
+	cancel()
+	select {
+	case err := <-cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("cancelled wait: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cancelled INSERT did not return within 10s")
 	}
 }

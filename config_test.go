@@ -23,6 +23,7 @@ var dsnTests = []struct {
 }
 
 func TestParseDSN(t *testing.T) {
+	t.Parallel()
 	for _, tt := range dsnTests {
 		got, err := ParseDSN(tt.dsn)
 		if err != nil {
@@ -42,6 +43,7 @@ func TestParseDSN(t *testing.T) {
 }
 
 func TestParseDSN_Errors(t *testing.T) {
+	t.Parallel()
 	for _, dsn := range []string{
 		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
 	} {
@@ -77,6 +79,7 @@ func FuzzFormatDSN(f *testing.F) {
 }
 
 func TestConfigDefaultsAndNoMutation(t *testing.T) {
+	t.Parallel()
 	migs := []string{"CREATE TABLE t (a)"}
 	cfg := Config{Dir: t.TempDir(), Migrations: migs}
 	orig := *cfg.Clone()
@@ -104,6 +107,7 @@ func TestConfigDefaultsAndNoMutation(t *testing.T) {
 }
 
 func TestSynchronousApplied(t *testing.T) {
+	t.Parallel()
 	for _, mode := range []struct {
 		name string
 		want int

@@ -13,98 +13,15 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"testing/fstest"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
-func TestMigrationsFS(t *testing.T) {
-	fsys := fstest.MapFS{
-		"0010_late.sql":          {Data: []byte(`INSERT INTO log VALUES ('0010')`)},
-		"0002_second.up.sql":     {Data: []byte(`INSERT INTO log VALUES ('0002')`)},
-		"0001_init.sql":          {Data: []byte(`CREATE TABLE log (v TEXT)`)},
-		"0002_second.down.sql":   {Data: []byte(`DELETE FROM log`)},
-		"README.md":              {Data: []byte(`not a migration`)},
-		"notes.sql":              {Data: []byte(`garbage`)},
-		"sub/0003_nested.sql":    {Data: []byte(`garbage`)},
-		"0003_third.sql.orig":    {Data: []byte(`garbage`)},
-		"0005_fifth.sql":         {Data: []byte(`INSERT INTO log VALUES ('0005')`)},
-		"x0004_not_numbered.sql": {Data: []byte(`garbage`)},
-	}
-	p := newTestProxy(t, Config{MigrationsFS: fsys})
-	rows, err := p.QueryContext(tctx("acme"), `SELECT v FROM log ORDER BY rowid`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for rows.Next() {
-		var v string
-		rows.Scan(&v)
-		got = append(got, v)
-	}
-	rows.Close()
-	if want := []string{"0002", "0005", "0010"}; !slices.Equal(got, want) {
-		t.Errorf("applied %v, want %v", got, want)
-	}
-	st, err := p.MigrationStatus(context.Background(), "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, a := range st.Applied {
-		names = append(names, a.Name)
-		if a.AppliedAt.IsZero() || len(a.Checksum) != 64 {
-			t.Errorf("applied migration %+v lacks time or checksum", a)
-		}
-	}
-	if want := []string{"0001_init.sql", "0002_second.up.sql", "0005_fifth.sql", "0010_late.sql"}; !slices.Equal(names, want) || len(st.Pending) != 0 || st.Drift != nil {
-		t.Errorf("status %+v", st)
-	}
-
-	for name, bad := range map[string]Config{
-		"duplicate number": {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte("SELECT 1")}, "001_b.sql": {Data: []byte("SELECT 1")}}},
-		"empty file":       {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte(" \n")}}},
-		"both set":         {MigrationsFS: fsys, Migrations: []string{"SELECT 1"}},
-		"missing dir":      {MigrationsDir: filepath.Join(t.TempDir(), "nope")},
-	} {
-		bad.Dir = t.TempDir()
-		if _, err := New(bad); err == nil {
-			t.Errorf("%s: New succeeded", name)
-		}
-	}
-}
-
-func TestMigrationsDirDSN(t *testing.T) {
-	mdir := t.TempDir()
-	os.WriteFile(filepath.Join(mdir, "0001_init.sql"), []byte(`CREATE TABLE t (a)`), 0o600)
-	p, err := Open("dir=" + t.TempDir() + "&migrations_dir=" + mdir + "&migration_mode=auto")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// fleet creates n tenants migrated with migs and returns their IDs.
-func fleet(t *testing.T, dir string, n int, migs []string) []string {
-	t.Helper()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
-	var ids []string
-	for i := range n {
-		id := fmt.Sprintf("t%03d", i)
-		if err := p.CreateTenant(context.Background(), id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	p.Close()
-	return ids
-}
-
 func TestMigrateAll(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
 	ids := fleet(t, dir, 30, v1)
@@ -196,6 +113,7 @@ func TestMigrateAll(t *testing.T) {
 // without waiting out the busy timeout, and the other process keeps
 // working on the migrated file.
 func TestMigrateAll_TenantOpenElsewhere(t *testing.T) {
+	// Serial: it times MigrateAll.
 	dir := t.TempDir()
 	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
 	fleet(t, dir, 3, v1)
@@ -219,22 +137,43 @@ func TestMigrateAll_TenantOpenElsewhere(t *testing.T) {
 	}
 
 	v2 := append(slices.Clone(v1), `ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'`)
-	p := newTestProxy(t, Config{Dir: dir, Migrations: v2, BusyTimeout: 20 * time.Second})
-	done := make(chan struct{})
-	go func() {
-		// t001 is migrated once the other process commits; the proxy's
-		// writer waits for it in SQLite's busy handler.
-		time.Sleep(200 * time.Millisecond)
-		if err := tx.Commit(); err != nil {
-			t.Error(err)
-		}
-		close(done)
-	}()
+	spans := tracetest.NewSpanRecorder()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: v2, BusyTimeout: 20 * time.Second,
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	type result struct {
+		rep MigrateReport
+		err error
+	}
+	done := make(chan result, 1)
 	start := time.Now()
-	rep, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1})
-	<-done
-	if err != nil || rep.Applied != 3 || len(rep.Failed) != 0 {
-		t.Fatalf("MigrateAll: %+v, %v", rep, err)
+	go func() {
+		rep, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1})
+		done <- result{rep, err}
+	}()
+	// t001 is migrated once the other process commits: its exclusive
+	// migration fails at once, the writer opened instead starts applying the
+	// migration (its span starts just before BEGIN IMMEDIATE) and waits for
+	// the commit in SQLite's busy handler.
+	waitFor(t, 10*time.Second, "t001's writer to start applying its migration", func() bool {
+		running := map[string]bool{}
+		for _, s := range spans.Started() {
+			if s.EndTime().IsZero() && slices.Contains(s.Attributes(), attribute.String(attrTenant, "t001")) {
+				running[s.Name()] = true
+			}
+		}
+		return running[spanTenantOpen] && running[spanMigrate]
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var res result
+	select {
+	case res = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("MigrateAll did not return within a minute")
+	}
+	if res.err != nil || res.rep.Applied != 3 || len(res.rep.Failed) != 0 {
+		t.Fatalf("MigrateAll: %+v, %v", res.rep, res.err)
 	}
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("MigrateAll took %v: it waited out a busy timeout", d)
@@ -264,6 +203,7 @@ func TestMigrateAll_TenantOpenElsewhere(t *testing.T) {
 }
 
 func TestMigrateAll_Cancel(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	fleet(t, dir, 20, []string{`CREATE TABLE t (a)`})
 	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a)`, `INSERT INTO t VALUES (1)`}})
@@ -311,6 +251,7 @@ var crashV2 = append(slices.Clone(crashV1),
 	`ALTER TABLE items ADD COLUMN w TEXT NOT NULL DEFAULT ''; UPDATE items SET w = hex(randomblob(64)), v = 'y'`)
 
 func TestMigrateAll_CrashSafety(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("spawns and kills processes")
 	}
@@ -330,11 +271,12 @@ func TestMigrateAll_CrashSafety(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
-			if _, err := os.Stat(filepath.Join(dir, ".started")); err == nil || time.Now().After(deadline) {
-				break
-			}
-		}
+		t.Cleanup(func() { cmd.Process.Kill() }) // if the test fails before the kill below
+		waitFor(t, 30*time.Second, "the child to start migrating", func() bool {
+			_, err := os.Stat(filepath.Join(dir, ".started"))
+			return err == nil
+		})
+		// Killed at a random moment of its migration: the workload.
 		time.Sleep(time.Duration(rand.IntN(40)) * time.Millisecond)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
@@ -371,29 +313,5 @@ func TestMigrateAll_CrashSafety(t *testing.T) {
 			t.Fatalf("loop %d: resume %+v %v", loop, rep, err)
 		}
 		p.Close()
-	}
-}
-
-func TestMigrateCheckMode(t *testing.T) {
-	dir := t.TempDir()
-	fleet(t, dir, 1, []string{`CREATE TABLE t (a)`})
-	p := newTestProxy(t, Config{Dir: dir, MigrationMode: MigrateCheck, Migrations: []string{`CREATE TABLE t (a)`, `CREATE TABLE u (b)`}})
-	_, err := p.ExecContext(tctx("t000"), `INSERT INTO t VALUES (1)`)
-	if !errors.Is(err, ErrPendingMigrations) {
-		t.Fatalf("got %v", err)
-	}
-	// New tenants are created complete.
-	if _, err := p.ExecContext(tctx("brand-new"), `INSERT INTO u VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-	st, _ := p.MigrationStatus(context.Background(), "t000")
-	if diff := cmp.Diff([]string{"Migrations[1]"}, st.Pending); diff != "" {
-		t.Error(diff)
-	}
-	if _, err := p.MigrateAll(context.Background(), MigrateOptions{Tenants: []string{"t000"}}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.ExecContext(tctx("t000"), `INSERT INTO u VALUES (1)`); err != nil {
-		t.Fatal(err)
 	}
 }

@@ -1,22 +1,153 @@
 package sqliteproxy
 
+// The helpers that this package's tests share. They are the in-package
+// twins of package sqliteproxytest (New, Context, WaitFor), which these
+// tests cannot import: it imports this package. Both are built on
+// internal/testkit.
+
 import (
 	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
-// newTestProxy opens a Proxy on a fresh directory and closes it after the test.
+// newTestProxy opens a Proxy on a fresh directory (unless cfg.Dir is set)
+// and closes it when the test ends, failing the test if New or Close fail.
 func newTestProxy(tb testing.TB, cfg Config) *Proxy {
 	tb.Helper()
 	if cfg.Dir == "" {
 		cfg.Dir = tb.TempDir()
 	}
-	p, err := New(cfg)
-	if err != nil {
-		tb.Fatalf("New: %v", err)
-	}
-	tb.Cleanup(func() { p.Close() })
-	return p
+	return testkit.Open(tb, "New", func() (*Proxy, error) { return New(cfg) })
 }
 
+// tctx returns a context routed to tenant id, without a deadline.
 func tctx(id string) context.Context { return WithOrgID(context.Background(), id) }
+
+// waitFor polls cond every millisecond until it holds and fails the test,
+// naming what it waited for, once timeout has passed.
+func waitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool) {
+	tb.Helper()
+	testkit.WaitFor(tb, timeout, what, cond)
+}
+
+const eventsTable = `CREATE TABLE events (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, n INTEGER NOT NULL DEFAULT 0)`
+
+// countRows counts the rows of tenant id's events table.
+func countRows(t *testing.T, p *Proxy, id string) int {
+	t.Helper()
+	var n int
+	if err := p.QueryRowContext(tctx(id), `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		t.Fatalf("count %s: %v", id, err)
+	}
+	return n
+}
+
+// queryInt runs q, which returns one integer, on db with ctx.
+func queryInt(t *testing.T, db interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, ctx context.Context, q string) int {
+	t.Helper()
+	var n int
+	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// direct opens a tenant file with plain mattn, as an operator would.
+func direct(t *testing.T, dir, id string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", filepath.Join(dir, id+".db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// dbFiles lists the names of the files in dir, sorted.
+func dbFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range m {
+		m[i] = filepath.Base(m[i])
+	}
+	slices.Sort(m)
+	return m
+}
+
+// realDir is dir with symbolic links resolved, as /proc/self/fd shows it.
+func realDir(t *testing.T, dir string) string {
+	t.Helper()
+	d, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// assertNoOpenFiles fails the test if this process has a tenant file in
+// dir open. It counts the descriptors of dir's files only, so tests that
+// run in parallel on other directories do not disturb it.
+func assertNoOpenFiles(t *testing.T, dir string) {
+	t.Helper()
+	if !fdcount.Supported() {
+		return
+	}
+	dir = realDir(t, dir)
+	for range 2 { // a second sample rules out a reused descriptor number
+		if fdcount.Count(dir, ".db") == 0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("%d tenant files still open", fdcount.Count(dir, ".db"))
+}
+
+// fleet makes n tenants in dir, migrated with migs and then given the
+// statements of seed, and returns their IDs: t000, t001, ... (with more
+// digits from 1000 tenants on). The tenants are copies of one tenant file
+// made through a Proxy, closed: far quicker than creating each through
+// SQLite, and what a fleet that nobody has open looks like.
+func fleet(tb testing.TB, dir string, n int, migs []string, seed ...string) []string {
+	tb.Helper()
+	tmpl := tb.TempDir()
+	p := newTestProxy(tb, Config{Dir: tmpl, Migrations: migs})
+	if err := p.CreateTenant(context.Background(), "template"); err != nil {
+		tb.Fatal(err)
+	}
+	for _, q := range seed {
+		if _, err := p.ExecContext(tctx("template"), q); err != nil {
+			tb.Fatalf("seed %q: %v", q, err)
+		}
+	}
+	if err := p.Close(); err != nil {
+		tb.Fatal(err)
+	}
+	src, err := os.ReadFile(filepath.Join(tmpl, "template.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	width := max(3, len(strconv.Itoa(n-1)))
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("t%0*d", width, i)
+		if err := os.WriteFile(filepath.Join(dir, ids[i]+".db"), src, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return ids
+}

@@ -2,40 +2,20 @@ package sqliteproxy
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"testing/fstest"
 
+	"github.com/google/go-cmp/cmp"
 	_ "github.com/mattn/go-sqlite3"
 )
-
-// direct opens a tenant file with plain mattn, as an operator would.
-func direct(t *testing.T, dir, id string) *sql.DB {
-	t.Helper()
-	db, err := sql.Open("sqlite3", filepath.Join(dir, id+".db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
-func queryInt(t *testing.T, db interface {
-	QueryRowContext(context.Context, string, ...any) *sql.Row
-}, ctx context.Context, q string) int {
-	t.Helper()
-	var n int
-	if err := db.QueryRowContext(ctx, q).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
-}
 
 var seededMigrations = []string{
 	`CREATE TABLE seeds (v TEXT)`,
@@ -44,6 +24,7 @@ var seededMigrations = []string{
 }
 
 func TestMigrations_SingleFlight(t *testing.T) {
+	t.Parallel()
 	p := newTestProxy(t, Config{Migrations: seededMigrations})
 	ctx := tctx("acme")
 	var wg sync.WaitGroup
@@ -76,6 +57,7 @@ func TestMigrations_SingleFlight(t *testing.T) {
 }
 
 func TestMigrations_AppendOnlySixMonthsLater(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	v1 := []string{`CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`}
 	p1 := newTestProxy(t, Config{Dir: dir, Migrations: v1})
@@ -109,6 +91,7 @@ func TestMigrations_AppendOnlySixMonthsLater(t *testing.T) {
 }
 
 func TestMigrations_Drift(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p1 := newTestProxy(t, Config{Dir: dir, Migrations: seededMigrations})
 	queryInt(t, p1, tctx("acme"), `SELECT count(*) FROM seeds`)
@@ -117,7 +100,7 @@ func TestMigrations_Drift(t *testing.T) {
 	edited := append([]string{`CREATE TABLE seeds (v TEXT) -- edited`}, seededMigrations[1:]...)
 	removed := seededMigrations[:2]
 	for name, migs := range map[string][]string{"edited": edited, "removed": removed} {
-		t.Run(name, func(t *testing.T) {
+		t.Run(name, func(t *testing.T) { // serial: the subtests share dir
 			p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
 			_, err := p.ExecContext(tctx("acme"), `INSERT INTO seeds VALUES ('x')`)
 			if !errors.Is(err, ErrMigrationDrift) {
@@ -136,6 +119,7 @@ func TestMigrations_Drift(t *testing.T) {
 }
 
 func TestMigrations_FailureIsAtomicAndRetried(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	v1 := []string{`CREATE TABLE t (a INTEGER)`}
 	p1 := newTestProxy(t, Config{Dir: dir, Migrations: v1})
@@ -214,6 +198,7 @@ func migrateMany(p *Proxy) error {
 }
 
 func TestMigrations_TwoProcesses(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("spawns processes")
 	}
@@ -245,5 +230,101 @@ func TestMigrations_TwoProcesses(t *testing.T) {
 		if n := queryInt(t, p, ctx, `SELECT count(*) FROM events`); n != 3 {
 			t.Errorf("tenant%02d: %d events, want 3", i, n)
 		}
+	}
+}
+
+func TestMigrationsFS(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0010_late.sql":          {Data: []byte(`INSERT INTO log VALUES ('0010')`)},
+		"0002_second.up.sql":     {Data: []byte(`INSERT INTO log VALUES ('0002')`)},
+		"0001_init.sql":          {Data: []byte(`CREATE TABLE log (v TEXT)`)},
+		"0002_second.down.sql":   {Data: []byte(`DELETE FROM log`)},
+		"README.md":              {Data: []byte(`not a migration`)},
+		"notes.sql":              {Data: []byte(`garbage`)},
+		"sub/0003_nested.sql":    {Data: []byte(`garbage`)},
+		"0003_third.sql.orig":    {Data: []byte(`garbage`)},
+		"0005_fifth.sql":         {Data: []byte(`INSERT INTO log VALUES ('0005')`)},
+		"x0004_not_numbered.sql": {Data: []byte(`garbage`)},
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fsys})
+	rows, err := p.QueryContext(tctx("acme"), `SELECT v FROM log ORDER BY rowid`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var v string
+		rows.Scan(&v)
+		got = append(got, v)
+	}
+	rows.Close()
+	if want := []string{"0002", "0005", "0010"}; !slices.Equal(got, want) {
+		t.Errorf("applied %v, want %v", got, want)
+	}
+	st, err := p.MigrationStatus(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range st.Applied {
+		names = append(names, a.Name)
+		if a.AppliedAt.IsZero() || len(a.Checksum) != 64 {
+			t.Errorf("applied migration %+v lacks time or checksum", a)
+		}
+	}
+	if want := []string{"0001_init.sql", "0002_second.up.sql", "0005_fifth.sql", "0010_late.sql"}; !slices.Equal(names, want) || len(st.Pending) != 0 || st.Drift != nil {
+		t.Errorf("status %+v", st)
+	}
+
+	for name, bad := range map[string]Config{
+		"duplicate number": {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte("SELECT 1")}, "001_b.sql": {Data: []byte("SELECT 1")}}},
+		"empty file":       {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte(" \n")}}},
+		"both set":         {MigrationsFS: fsys, Migrations: []string{"SELECT 1"}},
+		"missing dir":      {MigrationsDir: filepath.Join(t.TempDir(), "nope")},
+	} {
+		bad.Dir = t.TempDir()
+		if _, err := New(bad); err == nil {
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+}
+
+func TestMigrationsDirDSN(t *testing.T) {
+	t.Parallel()
+	mdir := t.TempDir()
+	os.WriteFile(filepath.Join(mdir, "0001_init.sql"), []byte(`CREATE TABLE t (a)`), 0o600)
+	p, err := Open("dir=" + t.TempDir() + "&migrations_dir=" + mdir + "&migration_mode=auto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestMigrateCheckMode(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fleet(t, dir, 1, []string{`CREATE TABLE t (a)`})
+	p := newTestProxy(t, Config{Dir: dir, MigrationMode: MigrateCheck, Migrations: []string{`CREATE TABLE t (a)`, `CREATE TABLE u (b)`}})
+	_, err := p.ExecContext(tctx("t000"), `INSERT INTO t VALUES (1)`)
+	if !errors.Is(err, ErrPendingMigrations) {
+		t.Fatalf("got %v", err)
+	}
+	// New tenants are created complete.
+	if _, err := p.ExecContext(tctx("brand-new"), `INSERT INTO u VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := p.MigrationStatus(context.Background(), "t000")
+	if diff := cmp.Diff([]string{"Migrations[1]"}, st.Pending); diff != "" {
+		t.Error(diff)
+	}
+	if _, err := p.MigrateAll(context.Background(), MigrateOptions{Tenants: []string{"t000"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("t000"), `INSERT INTO u VALUES (1)`); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,12 +2,14 @@ package sqliteproxy
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 )
 
 func TestSem(t *testing.T) {
+	t.Parallel()
 	var s sem
 	if !s.TryAcquire() || s.TryAcquire() {
 		t.Fatal("TryAcquire")
@@ -32,9 +34,7 @@ func TestSem(t *testing.T) {
 			mu.Unlock()
 			s.Release()
 		})
-		for s.nwait.Load() != int32(i+1) {
-			time.Sleep(time.Millisecond)
-		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("waiter %d to queue", i), func() bool { return s.nwait.Load() == int32(i+1) })
 	}
 	s.Release()
 	wg.Wait()

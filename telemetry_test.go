@@ -99,6 +99,7 @@ func sumInt(t *testing.T, m metricdata.Metrics, want map[string]string) int64 {
 }
 
 func TestTelemetry_Metrics(t *testing.T) {
+	t.Parallel()
 	rig := newTelemetryRig(t, Config{MaxConnections: 2, Migrations: []string{eventsTable, `CREATE INDEX e_n ON events (n)`}})
 	p := rig.p
 	for range 7 {
@@ -156,6 +157,7 @@ func TestTelemetry_Metrics(t *testing.T) {
 }
 
 func TestTelemetry_Spans(t *testing.T) {
+	t.Parallel()
 	rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable}, TraceQueries: true, TraceStatements: true})
 	p := rig.p
 	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
@@ -187,6 +189,7 @@ func TestTelemetry_Spans(t *testing.T) {
 }
 
 func TestTelemetry_TenantCardinality(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		limit int
 		want  []string // tenant attribute values seen
@@ -218,6 +221,7 @@ func TestTelemetry_TenantCardinality(t *testing.T) {
 }
 
 func TestTelemetry_OffWithoutProvider(t *testing.T) {
+	t.Parallel()
 	p := newTestProxy(t, Config{})
 	if p.c.r.tel.on || p.c.r.tel.tracing {
 		t.Fatal("telemetry on without a provider")
@@ -236,6 +240,7 @@ func TestTelemetry_OffWithoutProvider(t *testing.T) {
 // Spans are not aggregated: every span about a tenant names it, whether
 // metrics are off, on, or limited by MetricsTenantLimit (issue #13, item 1).
 func TestTelemetry_SpansNameTheTenant(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		meter  bool

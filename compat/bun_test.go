@@ -11,6 +11,7 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/dialect/sqlitedialect"
 	"github.com/uptrace/bun/migrate"
@@ -36,8 +37,9 @@ type bunBook struct {
 
 // TestBun hands the Proxy's *sql.DB to bun with the SQLite dialect.
 func TestBun(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	db := bun.NewDB(p.DB, sqlitedialect.New())
 	exerciseBun(t, db)
 	requireTenantFiles(t, dir, tenantA, tenantB)
@@ -45,6 +47,7 @@ func TestBun(t *testing.T) {
 
 // TestBun_SQLOpen opens the driver by name with database/sql.
 func TestBun_SQLOpen(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sqldb, err := sql.Open(sqliteproxy.DriverName, "dir="+dir+"&foreign_keys=true")
 	if err != nil {
@@ -75,7 +78,7 @@ func bunNames(t *testing.T, ctx context.Context, db bun.IDB) []string {
 }
 
 func exerciseBun(t *testing.T, db *bun.DB) {
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 
 	if err := bunCreateSchema(context.Background(), db); !errors.Is(err, sqliteproxy.ErrNoTenant) {
 		t.Errorf("CreateTable without tenant: %v, want ErrNoTenant", err)
@@ -253,8 +256,9 @@ CREATE TABLE books (
 // TestBun_Migrate runs bun's migrator once per tenant, then rolls one
 // tenant back.
 func TestBun_Migrate(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	db := bun.NewDB(p.DB, sqlitedialect.New())
 	migrations := migrate.NewMigrations()
 	if err := migrations.Discover(bunMigrations); err != nil {
@@ -280,15 +284,15 @@ func TestBun_Migrate(t *testing.T) {
 		return group
 	}
 	for _, id := range []string{tenantA, tenantB} {
-		if g := migrateTenant(tctx(id)); g.ID != 1 || len(g.Migrations) != 2 {
+		if g := migrateTenant(sqliteproxytest.Context(t, id)); g.ID != 1 || len(g.Migrations) != 2 {
 			t.Errorf("%s: migrated %v", id, g)
 		}
 	}
-	if g := migrateTenant(tctx(tenantA)); !g.IsZero() {
+	if g := migrateTenant(sqliteproxytest.Context(t, tenantA)); !g.IsZero() {
 		t.Errorf("second Migrate on A: %v", g)
 	}
 
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 	ann := &bunAuthor{Name: "ann"}
 	if _, err := db.NewInsert().Model(ann).Exec(ctxA); err != nil {
 		t.Fatal(err)

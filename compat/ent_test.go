@@ -14,13 +14,16 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/compat/ent"
 	"github.com/sqliteproxy/sqliteproxy/compat/ent/pet"
 	"github.com/sqliteproxy/sqliteproxy/compat/ent/user"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // TestEnt_Proxy hands the Proxy's *sql.DB to ent as an SQLite driver.
 func TestEnt_Proxy(t *testing.T) {
+	// Serial: ent's Schema.Create writes the generated, package-level
+	// migrate.Tables (two at once are a data race).
 	dir := t.TempDir()
 	// ent's schema migration refuses to run with foreign keys off.
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	client := ent.NewClient(ent.Driver(entsql.OpenDB(dialect.SQLite, p.DB)))
 	exerciseEnt(t, client)
 	requireTenantFiles(t, dir, tenantA, tenantB)
@@ -30,6 +33,7 @@ func TestEnt_Proxy(t *testing.T) {
 // the dialect name "sqlite3", so entsql.Open("sqliteproxy", dsn) will not
 // do: wrap the *sql.DB with entsql.OpenDB.
 func TestEnt_SQLOpen(t *testing.T) {
+	// Serial: ent's Schema.Create, as in TestEnt_Proxy.
 	dir := t.TempDir()
 	db, err := sql.Open(sqliteproxy.DriverName, "dir="+dir+"&foreign_keys=true")
 	if err != nil {
@@ -45,9 +49,10 @@ func TestEnt_SQLOpen(t *testing.T) {
 // fails on SQLite connections without foreign keys (Config.ForeignKeys, or
 // foreign_keys=true in the DSN).
 func TestEnt_ForeignKeysOff(t *testing.T) {
-	p := newProxy(t, sqliteproxy.Config{})
+	// Serial: ent's Schema.Create, as in TestEnt_Proxy.
+	p := sqliteproxytest.New(t, sqliteproxy.Config{})
 	client := ent.NewClient(ent.Driver(entsql.OpenDB(dialect.SQLite, p.DB)))
-	err := client.Schema.Create(tctx(tenantA))
+	err := client.Schema.Create(sqliteproxytest.Context(t, tenantA))
 	if err == nil || !strings.Contains(err.Error(), "foreign_keys pragma is off") {
 		t.Errorf("Schema.Create with foreign keys off: %v, want ent's foreign_keys error", err)
 	}
@@ -59,9 +64,10 @@ func TestEnt_ForeignKeysOff(t *testing.T) {
 // transaction: both reach the tenant's writer, so the copy does not cascade
 // and pets keep their owner.
 func TestEnt_UpgradeOldSchema(t *testing.T) {
+	// Serial: ent's Schema.Create, as in TestEnt_Proxy.
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
-	ctx := tctx(tenantA)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	ctx := sqliteproxytest.Context(t, tenantA)
 	for _, q := range []string{
 		// name was nullable and age did not exist.
 		"CREATE TABLE users (id integer PRIMARY KEY AUTOINCREMENT, name text NULL, created_at datetime NOT NULL DEFAULT CURRENT_TIMESTAMP)",
@@ -87,10 +93,10 @@ func TestEnt_UpgradeOldSchema(t *testing.T) {
 	if _, err := client.Pet.Create().SetName("ghost").SetOwnerID(99).Save(ctx); !ent.IsConstraintError(err) {
 		t.Errorf("foreign keys after the upgrade: %v, want a constraint error", err)
 	}
-	if err := client.Schema.Create(tctx(tenantB)); err != nil {
+	if err := client.Schema.Create(sqliteproxytest.Context(t, tenantB)); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := client.Pet.Query().Count(tctx(tenantB)); err != nil || n != 0 {
+	if n, err := client.Pet.Query().Count(sqliteproxytest.Context(t, tenantB)); err != nil || n != 0 {
 		t.Errorf("pets on B: %d, %v", n, err)
 	}
 	requireTenantFiles(t, dir, tenantA, tenantB)
@@ -106,7 +112,7 @@ func entNames(t *testing.T, ctx context.Context, c *ent.Client) []string {
 }
 
 func exerciseEnt(t *testing.T, client *ent.Client) {
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 
 	if err := client.Schema.Create(context.Background()); !errors.Is(err, sqliteproxy.ErrNoTenant) {
 		t.Errorf("Schema.Create without tenant: %v, want ErrNoTenant", err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 	"gorm.io/driver/sqlite"
 	"gorm.io/gorm"
 	"gorm.io/gorm/clause"
@@ -48,8 +49,9 @@ func gormConfig(prepare bool) *gorm.Config {
 
 // TestGORM_Conn hands the Proxy's *sql.DB to gorm.io/driver/sqlite.
 func TestGORM_Conn(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	// Initialize runs "select sqlite_version()" without a tenant: the
 	// driver answers it on a tenantless connection.
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(false))
@@ -62,6 +64,7 @@ func TestGORM_Conn(t *testing.T) {
 
 // TestGORM_DriverName lets gorm.io/driver/sqlite open the driver by name.
 func TestGORM_DriverName(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	db, err := gorm.Open(sqlite.New(sqlite.Config{
 		DriverName: sqliteproxy.DriverName,
@@ -83,8 +86,9 @@ func TestGORM_DriverName(t *testing.T) {
 // statements are shared by all tenants: each execution routes by its own
 // context.
 func TestGORM_PrepareStmt(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(true))
 	if err != nil {
 		t.Fatalf("gorm.Open: %v", err)
@@ -106,7 +110,7 @@ func gormNames(t *testing.T, db *gorm.DB) []string {
 }
 
 func exerciseGORM(t *testing.T, db *gorm.DB) {
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 	dbA, dbB := db.WithContext(ctxA), db.WithContext(ctxB)
 
 	// Without a tenant nothing touches data, and no file is created.
@@ -330,13 +334,14 @@ func (gormCustomerV2) TableName() string { return "customers" }
 // any transaction; they reach the tenant's writer, which ends with foreign
 // keys on.
 func TestGORM_Migrator(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true})
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dbA, dbB := db.WithContext(tctx(tenantA)), db.WithContext(tctx(tenantB))
+	dbA, dbB := db.WithContext(sqliteproxytest.Context(t, tenantA)), db.WithContext(sqliteproxytest.Context(t, tenantB))
 	for _, tdb := range []*gorm.DB{dbA, dbB} {
 		if err := tdb.AutoMigrate(&gormCustomer{}, &gormOrder{}); err != nil {
 			t.Fatal(err)
@@ -385,13 +390,14 @@ func TestGORM_Migrator(t *testing.T) {
 // TestGORM_Connection keeps one SQLite session for a TEMP table, as
 // db.Connection promises.
 func TestGORM_Connection(t *testing.T) {
-	p := newProxy(t, sqliteproxy.Config{})
+	t.Parallel()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{})
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(false))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var n int
-	err = db.WithContext(tctx(tenantA)).Connection(func(conn *gorm.DB) error {
+	err = db.WithContext(sqliteproxytest.Context(t, tenantA)).Connection(func(conn *gorm.DB) error {
 		if err := conn.Exec("CREATE TEMP TABLE scratch (v INTEGER)").Error; err != nil {
 			return err
 		}
@@ -412,12 +418,13 @@ func TestGORM_Connection(t *testing.T) {
 // busy_timeout, then SQLITE_BUSY as with mattn alone). Reads through the
 // outer *gorm.DB go to a reader and do not wait. Use tx in the callback.
 func TestGORM_WriteOutsideTxWaits(t *testing.T) {
-	p := newProxy(t, sqliteproxy.Config{})
+	t.Parallel()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{})
 	db, err := gorm.Open(sqlite.Dialector{Conn: p.DB}, gormConfig(false))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := tctx(tenantA)
+	ctx := sqliteproxytest.Context(t, tenantA)
 	if err := db.WithContext(ctx).AutoMigrate(&gormCustomer{}); err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +448,7 @@ func TestGORM_WriteOutsideTxWaits(t *testing.T) {
 	}
 	// Another tenant is never held up by A's transaction.
 	err = db.WithContext(ctx).Transaction(func(*gorm.DB) error {
-		short, cancel := context.WithTimeout(tctx(tenantB), 5*time.Second)
+		short, cancel := context.WithTimeout(sqliteproxytest.Context(t, tenantB), 5*time.Second)
 		defer cancel()
 		return db.WithContext(short).AutoMigrate(&gormCustomer{})
 	})

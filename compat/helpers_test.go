@@ -1,12 +1,9 @@
 package compat_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
-
-	"github.com/sqliteproxy/sqliteproxy"
 )
 
 // The two tenants every test uses.
@@ -14,26 +11,6 @@ const (
 	tenantA = "acme"
 	tenantB = "globex"
 )
-
-// tctx returns a background context routed to tenant id.
-func tctx(id string) context.Context {
-	return sqliteproxy.WithOrgID(context.Background(), id)
-}
-
-// newProxy opens a Proxy on a fresh directory (unless cfg.Dir is set) and
-// closes it when the test ends.
-func newProxy(t *testing.T, cfg sqliteproxy.Config) *sqliteproxy.Proxy {
-	t.Helper()
-	if cfg.Dir == "" {
-		cfg.Dir = t.TempDir()
-	}
-	p, err := sqliteproxy.New(cfg)
-	if err != nil {
-		t.Fatalf("sqliteproxy.New: %v", err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
 
 // requireTenantFiles fails the test unless dir holds <id>.db for every id
 // and no other tenant database file.

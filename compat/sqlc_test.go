@@ -13,6 +13,7 @@ import (
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/compat/sqlc/sqlcdb"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // newSQLCProxy opens a Proxy whose only migration is sqlc's schema.sql.
@@ -22,7 +23,7 @@ func newSQLCProxy(t *testing.T, dir string) *sqliteproxy.Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return newProxy(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true, Migrations: []string{string(schema)}})
+	return sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, ForeignKeys: true, Migrations: []string{string(schema)}})
 }
 
 func sqlcNames(t *testing.T, ctx context.Context, q *sqlcdb.Queries) []string {
@@ -42,6 +43,7 @@ func sqlcNames(t *testing.T, ctx context.Context, q *sqlcdb.Queries) []string {
 // context that names no tenant (emit_prepared_queries: true), then uses
 // them for both tenants.
 func TestSQLC_Prepared(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newSQLCProxy(t, dir)
 	q, err := sqlcdb.Prepare(context.Background(), p.DB)
@@ -56,6 +58,7 @@ func TestSQLC_Prepared(t *testing.T) {
 
 // TestSQLC_New uses sqlc's queries unprepared.
 func TestSQLC_New(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newSQLCProxy(t, dir)
 	exerciseSQLC(t, p, sqlcdb.New(p.DB))
@@ -65,6 +68,7 @@ func TestSQLC_New(t *testing.T) {
 // TestSQLC_PreparedConcurrent shares the prepared statements between
 // goroutines working for both tenants at once.
 func TestSQLC_PreparedConcurrent(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	p := newSQLCProxy(t, dir)
 	q, err := sqlcdb.Prepare(context.Background(), p.DB)
@@ -77,7 +81,7 @@ func TestSQLC_PreparedConcurrent(t *testing.T) {
 	for _, id := range []string{tenantA, tenantB} {
 		for w := range workers {
 			wg.Go(func() {
-				ctx := tctx(id)
+				ctx := sqliteproxytest.Context(t, id)
 				for i := range each {
 					a, err := q.CreateAuthor(ctx, sqlcdb.CreateAuthorParams{Name: fmt.Sprintf("%s-%d-%d", id, w, i)})
 					if err != nil {
@@ -95,7 +99,7 @@ func TestSQLC_PreparedConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 	for _, id := range []string{tenantA, tenantB} {
-		names := sqlcNames(t, tctx(id), q)
+		names := sqlcNames(t, sqliteproxytest.Context(t, id), q)
 		if len(names) != workers*each {
 			t.Errorf("%s: %d authors, want %d", id, len(names), workers*each)
 		}
@@ -108,7 +112,7 @@ func TestSQLC_PreparedConcurrent(t *testing.T) {
 }
 
 func exerciseSQLC(t *testing.T, p *sqliteproxy.Proxy, q *sqlcdb.Queries) {
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 
 	if _, err := q.ListAuthors(context.Background()); !errors.Is(err, sqliteproxy.ErrNoTenant) {
 		t.Errorf("ListAuthors without tenant: %v, want ErrNoTenant", err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // sqlxInitialBind is what sqlx thinks of the driver name "sqliteproxy"
@@ -36,6 +37,7 @@ type sqlxPerson struct {
 // '?'), which is SQLite's bindvar. Registering it anyway is harmless and
 // makes the intent explicit.
 func TestSQLx_BindVar(t *testing.T) {
+	// Serial: sqlx.BindDriver changes sqlx's registry, which is the process's.
 	if sqlxInitialBind != sqlx.UNKNOWN {
 		t.Errorf("sqlx.BindType(%q) = %d before registration, want UNKNOWN (%d)", sqliteproxy.DriverName, sqlxInitialBind, sqlx.UNKNOWN)
 	}
@@ -58,8 +60,9 @@ func TestSQLx_BindVar(t *testing.T) {
 
 // TestSQLx_NewDb wraps the Proxy's *sql.DB, naming it "sqlite3" for sqlx.
 func TestSQLx_NewDb(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{sqlxSchema}})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{sqlxSchema}})
 	db := sqlx.NewDb(p.DB, "sqlite3")
 	if got := sqlx.BindType(db.DriverName()); got != sqlx.QUESTION {
 		t.Fatalf("BindType = %d", got)
@@ -70,6 +73,7 @@ func TestSQLx_NewDb(t *testing.T) {
 
 // TestSQLx_Open opens the driver by name through sqlx.
 func TestSQLx_Open(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	db, err := sqlx.Open(sqliteproxy.DriverName, "dir="+dir)
 	if err != nil {
@@ -81,7 +85,7 @@ func TestSQLx_Open(t *testing.T) {
 	}
 	// A DSN cannot carry migrations: create the table per tenant.
 	for _, id := range []string{tenantA, tenantB} {
-		if _, err := db.ExecContext(tctx(id), sqlxSchema); err != nil {
+		if _, err := db.ExecContext(sqliteproxytest.Context(t, id), sqlxSchema); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +94,7 @@ func TestSQLx_Open(t *testing.T) {
 }
 
 func exerciseSQLx(t *testing.T, db *sqlx.DB) {
-	ctxA, ctxB := tctx(tenantA), tctx(tenantB)
+	ctxA, ctxB := sqliteproxytest.Context(t, tenantA), sqliteproxytest.Context(t, tenantB)
 
 	// NamedExec with a slice: one multi-row INSERT per tenant.
 	seed := map[string][]sqlxPerson{
@@ -98,7 +102,7 @@ func exerciseSQLx(t *testing.T, db *sqlx.DB) {
 		tenantB: {{Name: "gina", Email: "gina@globex", Age: 50}},
 	}
 	for id, people := range seed {
-		res, err := db.NamedExecContext(tctx(id), `INSERT INTO people (name, email, age) VALUES (:name, :email, :age)`, people)
+		res, err := db.NamedExecContext(sqliteproxytest.Context(t, id), `INSERT INTO people (name, email, age) VALUES (:name, :email, :age)`, people)
 		if err != nil {
 			t.Fatalf("NamedExec %s: %v", id, err)
 		}
@@ -131,7 +135,7 @@ func exerciseSQLx(t *testing.T, db *sqlx.DB) {
 	}
 	for id, want := range map[string][]string{tenantA: {"alice", "bob", "carol"}, tenantB: {"gina", "hank"}} {
 		var names []string
-		if err := db.SelectContext(tctx(id), &names, `SELECT name FROM people ORDER BY name`); err != nil {
+		if err := db.SelectContext(sqliteproxytest.Context(t, id), &names, `SELECT name FROM people ORDER BY name`); err != nil {
 			t.Fatal(err)
 		}
 		if !slices.Equal(names, want) {
@@ -179,7 +183,7 @@ func exerciseSQLx(t *testing.T, db *sqlx.DB) {
 	}
 	for id, want := range map[string]int{tenantA: 3, tenantB: 2} {
 		var n int
-		if err := stmt.GetContext(tctx(id), &n); err != nil || n != want {
+		if err := stmt.GetContext(sqliteproxytest.Context(t, id), &n); err != nil || n != want {
 			t.Errorf("prepared count on %s = %d, %v; want %d", id, n, err, want)
 		}
 	}
@@ -257,7 +261,7 @@ func exerciseSQLx(t *testing.T, db *sqlx.DB) {
 	// Final isolation check.
 	for id, want := range map[string][]string{tenantA: {"alice", "bob", "carol", "dave"}, tenantB: {"gina", "hank"}} {
 		var people []sqlxPerson
-		if err := db.SelectContext(tctx(id), &people, `SELECT * FROM people ORDER BY name`); err != nil {
+		if err := db.SelectContext(sqliteproxytest.Context(t, id), &people, `SELECT * FROM people ORDER BY name`); err != nil {
 			t.Fatal(err)
 		}
 		var names []string

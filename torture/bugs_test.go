@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 )
 
@@ -37,11 +38,11 @@ import (
 func TestDriverBug_ReaderRecreatesDeletedTenantFile(t *testing.T) {
 	newFigures(t).note("regression test: driver bug found by this suite, fixed in 93a02e9")
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: true})
 	if err := p.CreateTenant(context.Background(), "victim"); err != nil {
 		t.Fatal(err)
 	}
-	ctx := tctx(t, "victim", time.Minute)
+	ctx := sqliteproxytest.ContextTimeout(t, "victim", time.Minute)
 	if err := writeTx(ctx, p.DB, 1, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -94,9 +95,9 @@ func TestDriverBug_ReaderRecreatesDeletedTenantFile(t *testing.T) {
 func TestDriverBug_StaleTenantObjectSurvivesDelete(t *testing.T) {
 	newFigures(t).note("regression test: driver bug found by this suite, fixed in 93a02e9")
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: true})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: true})
 	p.SetMaxOpenConns(1) // one routing connection: the one that saw ErrTenantNotFound serves what follows
-	ctx := tctx(t, "acme", time.Minute)
+	ctx := sqliteproxytest.ContextTimeout(t, "acme", time.Minute)
 	bg := context.Background()
 	insert := func() error {
 		_, err := p.ExecContext(ctx, `INSERT INTO items (txid, k) VALUES (1, 1)`)
@@ -151,9 +152,9 @@ func TestDriverBug_ReaderWaitCountedPerWakeup(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	defer mp.Shutdown(context.Background())
-	p := newProxy(t, sqliteproxy.Config{Dir: t.TempDir(), ReadersPerTenant: 1, MeterProvider: mp, MetricsTenantLimit: -1,
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: t.TempDir(), ReadersPerTenant: 1, MeterProvider: mp, MetricsTenantLimit: -1,
 		Migrations: []string{invariantSchema}})
-	a, b := tctx(t, "a", time.Minute), tctx(t, "b", time.Minute)
+	a, b := sqliteproxytest.ContextTimeout(t, "a", time.Minute), sqliteproxytest.ContextTimeout(t, "b", time.Minute)
 	for _, ctx := range []context.Context{a, b} {
 		if err := writeTx(ctx, p.DB, 1, 1); err != nil {
 			t.Fatal(err)
@@ -174,16 +175,14 @@ func TestDriverBug_ReaderWaitCountedPerWakeup(t *testing.T) {
 	}()
 	// The read counts its wait just before it blocks: from then on it is
 	// queued for a's reader.
-	for deadline := time.Now().Add(10 * time.Second); p.Stats().Waits == before; time.Sleep(time.Millisecond) {
+	sqliteproxytest.WaitFor(t, 10*time.Second, "the read to wait for a's reader (Stats.Waits to grow)", func() bool {
 		select {
 		case err := <-done:
 			t.Fatalf("the read finished (%v) without waiting, though a's only reader is held", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("after 10 s the read is still not waiting for a's reader (Stats.Waits did not grow)")
-		}
-	}
+		return p.Stats().Waits != before
+	})
 	for i := range 50 { // another tenant's commits wake the waiter
 		if err := writeTx(b, p.DB, int64(i+2), 1); err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/internal/fdcount"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
@@ -46,7 +47,7 @@ func TestCap(t *testing.T) {
 	dir := t.TempDir()
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, MaxConnections: limit, MeterProvider: mp, MetricsTenantLimit: -1,
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MaxConnections: limit, MeterProvider: mp, MetricsTenantLimit: -1,
 		Migrations: []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, g INTEGER NOT NULL, v TEXT NOT NULL)`}})
 	rdir, err := filepath.EvalSymlinks(dir)
 	if err != nil {

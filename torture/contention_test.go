@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // TestContention runs 64 goroutines on one tenant: plain inserts,
@@ -21,9 +22,9 @@ func TestContention(t *testing.T) {
 	f := newFigures(t)
 	const goroutines = 64
 	dur := pick(3*time.Second, 30*time.Second)
-	p := newProxy(t, sqliteproxy.Config{Dir: t.TempDir(), Migrations: []string{invariantSchema,
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: t.TempDir(), Migrations: []string{invariantSchema,
 		`CREATE TABLE log (id INTEGER PRIMARY KEY, g INTEGER NOT NULL, v TEXT NOT NULL)`}})
-	ctx := tctx(t, "hot", dur+2*time.Minute)
+	ctx := sqliteproxytest.ContextTimeout(t, "hot", dur+2*time.Minute)
 	// Some rows for the slow readers to walk.
 	for i := range 20 {
 		if err := writeTx(ctx, p.DB, int64(-1-i), 5); err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // TestFaults: disk full, a tenant file deleted or replaced under a live
@@ -100,7 +101,7 @@ func isFull(err error) bool { return sqliteCode(err) == sqlite3.ErrFull }
 // of a tenant through p; it returns the acknowledged txids missing.
 func checkTenant(t *testing.T, f *figures, p *sqliteproxy.Proxy, id string, acked []int64) {
 	t.Helper()
-	ctx := tctx(t, id, time.Minute)
+	ctx := sqliteproxytest.ContextTimeout(t, id, time.Minute)
 	if err := integrity(ctx, p.DB); err != nil {
 		f.fail(t, "%s: %v", id, err)
 		return
@@ -129,7 +130,7 @@ func checkTenant(t *testing.T, f *figures, p *sqliteproxy.Proxy, id string, acke
 func testDiskFull(t *testing.T) {
 	f := newFigures(t)
 	mnt := mountTmpfs(t, "2m")
-	p := newProxy(t, sqliteproxy.Config{Dir: mnt, Migrations: fillSchema})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: mnt, Migrations: fillSchema})
 	acked := map[string][]int64{}
 	// Fill the disk through two tenants until both get SQLITE_FULL, and a
 	// few more tries after that: each must be a clean SQLITE_FULL.
@@ -140,7 +141,7 @@ func testDiskFull(t *testing.T) {
 		if i%4 == 3 {
 			id = "other"
 		}
-		ctx := tctx(t, id, time.Minute)
+		ctx := sqliteproxytest.ContextTimeout(t, id, time.Minute)
 		k := 1 + i%4
 		txid := int64(i)<<4 | int64(k)
 		f.ops.Add(1)
@@ -168,7 +169,7 @@ func testDiskFull(t *testing.T) {
 		checkTenant(t, f, p, id, acked[id])
 	}
 	// A new tenant on a full disk: a clean error, no file left behind.
-	_, err := p.ExecContext(tctx(t, "newbie", time.Minute), `INSERT INTO items (txid, k) VALUES (1, 1)`)
+	_, err := p.ExecContext(sqliteproxytest.ContextTimeout(t, "newbie", time.Minute), `INSERT INTO items (txid, k) VALUES (1, 1)`)
 	f.ops.Add(1)
 	switch {
 	case err == nil:
@@ -186,8 +187,8 @@ func testDiskFull(t *testing.T) {
 
 	// A migration that needs more space than there is.
 	big := append(slices.Clone(fillSchema), `CREATE TABLE copies AS SELECT b, txid FROM blobs; CREATE INDEX copies_txid ON copies (txid)`)
-	p2 := newProxy(t, sqliteproxy.Config{Dir: mnt, Migrations: big})
-	ctx := tctx(t, "full", time.Minute)
+	p2 := sqliteproxytest.New(t, sqliteproxy.Config{Dir: mnt, Migrations: big})
+	ctx := sqliteproxytest.ContextTimeout(t, "full", time.Minute)
 	_, err = p2.ExecContext(ctx, `INSERT INTO items (txid, k) VALUES (-1, 1)`)
 	f.ops.Add(1)
 	if err == nil {
@@ -216,7 +217,7 @@ func testDiskFull(t *testing.T) {
 			k := 1 + i%3
 			txid := int64(1_000_000+i)<<4 | int64(k)
 			f.ops.Add(1)
-			if err := fillTx(tctx(t, id, time.Minute), p2.DB, txid, k, 6000); err != nil {
+			if err := fillTx(sqliteproxytest.ContextTimeout(t, id, time.Minute), p2.DB, txid, k, 6000); err != nil {
 				f.fail(t, "%s: write after space returned: %v", id, err)
 				continue
 			}
@@ -259,9 +260,9 @@ func assertNoTempFiles(t *testing.T, f *figures, dir string) {
 func testFileSwapped(t *testing.T, replace bool) {
 	f := newFigures(t)
 	dir := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, IdleTimeout: 300 * time.Millisecond})
-	bystanderCtx := tctx(t, "bystander", time.Minute)
-	victimCtx := tctx(t, "victim", time.Minute)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, IdleTimeout: 300 * time.Millisecond})
+	bystanderCtx := sqliteproxytest.ContextTimeout(t, "bystander", time.Minute)
+	victimCtx := sqliteproxytest.ContextTimeout(t, "victim", time.Minute)
 	for i := range 10 {
 		for _, ctx := range []context.Context{bystanderCtx, victimCtx} {
 			if err := writeTx(ctx, p.DB, int64(i)<<4|3, 3); err != nil {
@@ -324,11 +325,9 @@ func testFileSwapped(t *testing.T, replace bool) {
 	checkTenant(t, f, p, "bystander", nil)
 
 	// Let the idle timeout close the victim, then use it again.
-	for deadline := time.Now().Add(10 * time.Second); victimOpen(p); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the idle timeout (300 ms) did not close the victim tenant within 10 s: Stats still lists it")
-		}
-	}
+	sqliteproxytest.WaitFor(t, 10*time.Second, "the idle timeout (300 ms) to close the victim tenant (Stats to stop listing it)", func() bool {
+		return !victimOpen(p)
+	})
 	_, statErr := os.Stat(victim)
 	seen = append(seen, fmt.Sprintf("file present after the victim was closed: %v", statErr == nil))
 	iv, err = readInvariant(victimCtx, p.DB)
@@ -383,11 +382,11 @@ func testCorrupt(t *testing.T) {
 	migs := []string{invariantSchema}
 	// MaxConnections 4: a slot leaked per failed open would soon starve
 	// the bystander.
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: migs, MaxConnections: 4})
-	bctx := tctx(t, "bystander", time.Minute)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migs, MaxConnections: 4})
+	bctx := sqliteproxytest.ContextTimeout(t, "bystander", time.Minute)
 	for _, id := range []string{"bystander", "damaged", "live"} {
 		for i := range 30 {
-			if err := writeTx(tctx(t, id, time.Minute), p.DB, int64(i)<<4|4, 4); err != nil {
+			if err := writeTx(sqliteproxytest.ContextTimeout(t, id, time.Minute), p.DB, int64(i)<<4|4, 4); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -435,7 +434,7 @@ func testCorrupt(t *testing.T) {
 		sums[id] = fileSum(t, filepath.Join(dir, id+".db"))
 	}
 	for round, id := range []string{"junk", "damaged", "live"} {
-		ctx := tctx(t, id, 20*time.Second)
+		ctx := sqliteproxytest.ContextTimeout(t, id, 20*time.Second)
 		var first string
 		var succeeded []string
 		failures := 0
@@ -537,12 +536,12 @@ func testReadOnlyDir(t *testing.T) {
 		// TestFaults/ReadOnlyDirUnprivileged looks for this line.
 		t.Logf("%s: uid %d, gid %d: chmod 0500 on %s", readOnlyNonRootMarker, os.Geteuid(), os.Getegid(), dir)
 	}
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
 	acked := map[string][]int64{}
 	for _, id := range []string{"a", "b"} {
 		for i := range 10 {
 			txid := int64(i)<<4 | 2
-			if err := writeTx(tctx(t, id, time.Minute), p.DB, txid, 2); err != nil {
+			if err := writeTx(sqliteproxytest.ContextTimeout(t, id, time.Minute), p.DB, txid, 2); err != nil {
 				t.Fatal(err)
 			}
 			acked[id] = append(acked[id], txid)
@@ -553,7 +552,7 @@ func testReadOnlyDir(t *testing.T) {
 	makeRO()
 	f.cycles.Add(1)
 
-	p2 := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
+	p2 := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
 	var seen []string
 	try := func(what string, err error) {
 		f.ops.Add(1)
@@ -567,10 +566,10 @@ func testReadOnlyDir(t *testing.T) {
 			f.fail(t, "%s on a read-only directory made the caller wait: %v", what, err)
 		}
 	}
-	_, err := readInvariant(tctx(t, "a", 20*time.Second), p2.DB)
+	_, err := readInvariant(sqliteproxytest.ContextTimeout(t, "a", 20*time.Second), p2.DB)
 	try("read existing tenant", err)
-	try("write existing tenant", writeTx(tctx(t, "b", 20*time.Second), p2.DB, 99<<4|1, 1))
-	_, err = p2.ExecContext(tctx(t, "c", 20*time.Second), `INSERT INTO items (txid, k) VALUES (1, 1)`)
+	try("write existing tenant", writeTx(sqliteproxytest.ContextTimeout(t, "b", 20*time.Second), p2.DB, 99<<4|1, 1))
+	_, err = p2.ExecContext(sqliteproxytest.ContextTimeout(t, "c", 20*time.Second), `INSERT INTO items (txid, k) VALUES (1, 1)`)
 	if err == nil {
 		f.fail(t, "a new tenant was created in a read-only directory")
 	}
@@ -588,11 +587,11 @@ func testReadOnlyDir(t *testing.T) {
 
 	// Back to read-write: everything works again.
 	makeRW()
-	p3 := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
+	p3 := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}})
 	for _, id := range []string{"a", "b", "c"} {
 		txid := int64(500)<<4 | 1
 		f.ops.Add(1)
-		if err := writeTx(tctx(t, id, time.Minute), p3.DB, txid, 1); err != nil {
+		if err := writeTx(sqliteproxytest.ContextTimeout(t, id, time.Minute), p3.DB, txid, 1); err != nil {
 			f.fail(t, "%s after the directory became writable again: %v", id, err)
 			continue
 		}

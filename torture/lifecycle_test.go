@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 // TestLifecycle runs DeleteTenant, BackupTenant and RestoreTenant on a
@@ -34,12 +35,12 @@ func testLifecycle(t *testing.T, explicit bool) {
 	cycles := pick(6, 60)
 	dir := t.TempDir()
 	backups := t.TempDir()
-	p := newProxy(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: explicit})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: []string{invariantSchema}, ExplicitCreate: explicit})
 	bg := context.Background()
 	if err := p.CreateTenant(bg, id); err != nil {
 		t.Fatal(err)
 	}
-	ctx := tctx(t, id, 5*time.Minute)
+	ctx := sqliteproxytest.ContextTimeout(t, id, 5*time.Minute)
 
 	// clean reports whether err is one a writer may see: ErrTenantNotFound
 	// (it waited for a delete, or, with ExplicitCreate, came after one).

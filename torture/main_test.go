@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
-	"github.com/sqliteproxy/sqliteproxy"
 )
 
 // long selects the long budget (make torture); the default is the short
@@ -156,24 +155,6 @@ const invariantSchema = `CREATE TABLE items (id INTEGER PRIMARY KEY, txid INTEGE
 CREATE INDEX items_txid ON items (txid);
 CREATE TABLE counter (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL);
 INSERT INTO counter VALUES (1, 0)`
-
-// tctx returns a context for tenant id with a generous deadline.
-func tctx(t testing.TB, id string, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(sqliteproxy.WithOrgID(context.Background(), id), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// newProxy opens a Proxy and closes it when the test ends (if still open).
-func newProxy(t testing.TB, cfg sqliteproxy.Config) *sqliteproxy.Proxy {
-	t.Helper()
-	p, err := sqliteproxy.New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
 
 // writeTx runs one invariant transaction on the tenant of ctx: k item rows
 // with txid, counter += k.

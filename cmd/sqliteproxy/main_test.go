@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	_ "github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
 const (
@@ -78,16 +79,11 @@ func migrationsDir(t *testing.T, files ...string) string {
 // migrating from mdir unless it is empty), runs f and closes it.
 func withProxy(t *testing.T, dir, mdir string, f func(p *sqliteproxy.Proxy)) {
 	t.Helper()
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if err := p.Close(); err != nil {
-			t.Error(err)
-		}
-	}()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
 	f(p)
+	if err := p.Close(); err != nil {
+		t.Error(err)
+	}
 }
 
 // fleet makes a data directory with tenants created by the library with
@@ -101,7 +97,7 @@ func fleet(t *testing.T, mdir string, n int, ids ...string) string {
 				t.Fatal(err)
 			}
 			for i := range n {
-				if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), id),
+				if _, err := p.ExecContext(sqliteproxytest.Context(t, id),
 					`INSERT INTO events (type) VALUES (?)`, id+"-"+strconv.Itoa(i)); err != nil {
 					t.Fatal(err)
 				}
@@ -185,6 +181,7 @@ func unchanged(t *testing.T, dir string, before map[string]string) {
 }
 
 func TestUsageErrors(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, "", 0, "acme")
 	junk(t, dir, "x")
 	mdir := migrationsDir(t, "0001_init.sql")
@@ -262,6 +259,7 @@ func TestUsageErrors(t *testing.T) {
 }
 
 func TestErrorMessages(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, "", 0, "acme")
 	missing := filepath.Join(t.TempDir(), "gone")
 	for _, tc := range []struct {
@@ -288,6 +286,7 @@ func TestErrorMessages(t *testing.T) {
 }
 
 func TestHelp(t *testing.T) {
+	t.Parallel()
 	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}} {
 		r := cli(t, nil, args...).want(t, exitOK)
 		for _, c := range commands {
@@ -308,6 +307,7 @@ func TestHelp(t *testing.T) {
 }
 
 func TestTenants(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, "", 0, "globex", "acme", "initech-2")
 	// Not tenants: side files, hidden files, other names, directories.
 	for _, name := range []string{"acme.db-wal", ".creating-x.db", "README", "UPPER.db", "sub.db/"} {
@@ -342,6 +342,7 @@ func TestTenants(t *testing.T) {
 
 // TestDefaultDir: -dir defaults to ./data, which is never created.
 func TestDefaultDir(t *testing.T) {
+	// Serial: it changes the process's working directory.
 	wd := t.TempDir()
 	t.Chdir(wd)
 	cli(t, nil, "tenants").want(t, exitUsage)
@@ -359,6 +360,7 @@ func TestDefaultDir(t *testing.T) {
 }
 
 func TestCreate(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	mdir := migrationsDir(t, "0001_init.sql", "0002_add.sql")
 	if r := cli(t, nil, "create", "-dir", dir, "-migrations", mdir, "acme").want(t, exitOK); r.stdout != "created tenant acme\n" || r.stderr != "" {
@@ -388,6 +390,7 @@ func TestCreate(t *testing.T) {
 }
 
 func TestDelete(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 2, "acme", "globex")
 	path := filepath.Join(dir, "acme.db")
 	const prompt = "delete tenant acme and all its data? [y/N] "
@@ -446,6 +449,7 @@ func TestDelete(t *testing.T) {
 }
 
 func TestBackupRestoreRoundTrip(t *testing.T) {
+	t.Parallel()
 	mdir := migrationsDir(t, "0001_init.sql")
 	dir := fleet(t, mdir, 3, "acme", "globex")
 	bdir := t.TempDir()
@@ -463,7 +467,7 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 
 	// The tenant changes; the backup refuses to be overwritten without -force.
 	withProxy(t, dir, mdir, func(p *sqliteproxy.Proxy) {
-		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `DELETE FROM events WHERE type = 'acme-1'`); err != nil {
+		if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `DELETE FROM events WHERE type = 'acme-1'`); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -532,17 +536,14 @@ func TestBackupRestoreRoundTrip(t *testing.T) {
 // a Proxy in the test) has open, and -force overrides that for the
 // leftovers of a crashed process.
 func TestInUse(t *testing.T) {
+	t.Parallel()
 	mdir := migrationsDir(t, "0001_init.sql")
 	dir := fleet(t, mdir, 1, "acme", "globex")
 	bfile := filepath.Join(t.TempDir(), "b.db")
 	cli(t, nil, "backup", "-dir", dir, "acme", bfile).want(t, exitOK)
 
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `INSERT INTO events (type) VALUES ('live')`); err != nil {
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
+	if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (type) VALUES ('live')`); err != nil {
 		t.Fatal(err)
 	}
 	// Read-only commands work meanwhile.
@@ -559,7 +560,7 @@ func TestInUse(t *testing.T) {
 		}
 	}
 	var n int
-	if err := p.QueryRowContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 2 {
+	if err := p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 2 {
 		t.Errorf("acme after refused delete and restore: %d events, %v", n, err)
 	}
 	if err := p.Close(); err != nil {
@@ -589,9 +590,10 @@ func TestInUse(t *testing.T) {
 // configuration: here none) and directly (a migrated tenant, which the
 // library refuses in MigrateCheck mode without its migrations).
 func TestBackupPaths(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, "", 0, "plain")
 	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
-		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "plain"), `CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT); INSERT INTO events (type) VALUES ('p')`); err != nil {
+		if _, err := p.ExecContext(sqliteproxytest.Context(t, "plain"), `CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT); INSERT INTO events (type) VALUES ('p')`); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -600,7 +602,7 @@ func TestBackupPaths(t *testing.T) {
 		if err := p.CreateTenant(context.Background(), "migrated"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "migrated"), `INSERT INTO events (type) VALUES ('m')`); err != nil {
+		if _, err := p.ExecContext(sqliteproxytest.Context(t, "migrated"), `INSERT INTO events (type) VALUES ('m')`); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -647,6 +649,7 @@ func checkBackupFile(t *testing.T, path string) {
 }
 
 func TestBackupAll(t *testing.T) {
+	t.Parallel()
 	mdir := migrationsDir(t, "0001_init.sql")
 	dir := fleet(t, mdir, 2, "acme", "globex", "initech")
 	out := filepath.Join(t.TempDir(), "nightly", "2026-01-01") // created
@@ -686,6 +689,7 @@ func TestBackupAll(t *testing.T) {
 }
 
 func TestMigrate(t *testing.T) {
+	t.Parallel()
 	m1 := migrationsDir(t, "0001_init.sql")
 	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
 	dir := fleet(t, m1, 1, "acme", "globex")
@@ -720,7 +724,7 @@ func TestMigrate(t *testing.T) {
 				t.Errorf("%s after migrate: %+v, %v", id, st, err)
 			}
 		}
-		if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `INSERT INTO events (type, severity) VALUES ('new', 3)`); err != nil {
+		if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (type, severity) VALUES ('new', 3)`); err != nil {
 			t.Errorf("new column: %v", err)
 		}
 	})
@@ -791,6 +795,7 @@ func statusRows(t *testing.T, out string) [][]string {
 }
 
 func TestStatus(t *testing.T) {
+	t.Parallel()
 	m1 := migrationsDir(t, "0001_init.sql")
 	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
 	dir := fleet(t, m1, 50, "acme", "globex")
@@ -883,6 +888,7 @@ func TestStatus(t *testing.T) {
 }
 
 func TestDiskUsage(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.db")
 	os.WriteFile(path, make([]byte, 4096), 0o600)
@@ -906,6 +912,7 @@ func TestDiskUsage(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
+	t.Parallel()
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 20, "acme", "globex")
 	before := snapshot(t, dir)
 	r := cli(t, nil, "check", "-dir", dir).want(t, exitOK)
@@ -970,6 +977,7 @@ func TestCheck(t *testing.T) {
 // TestProgress: fleet-wide commands draw a bar on a terminal, and print
 // nothing on stderr otherwise.
 func TestProgress(t *testing.T) {
+	// Serial: it sets the package's isTerminal, which every run reads.
 	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 0, "acme", "globex", "initech")
 	fleetCmds := func() [][]string {
@@ -1007,62 +1015,4 @@ func TestProgress(t *testing.T) {
 			t.Errorf("%v: stderr %q", args, r.stderr)
 		}
 	}
-}
-
-// TestLibraryBackupTenantIgnoresMigrationState: in MigrateCheck mode
-// Proxy.BackupTenant backs up a tenant with pending migrations, and one
-// whose ledger has migrations the proxy is not configured with: backing up
-// before migrating is exactly when operators need it.
-func TestLibraryBackupTenantIgnoresMigrationState(t *testing.T) {
-	ctx := context.Background()
-	m1 := migrationsDir(t, "0001_init.sql")
-	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
-	dir := fleet(t, m1, 1, "acme")
-	for _, mdir := range []string{m2, ""} { // pending; not configured
-		p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsDir: mdir, MigrationMode: sqliteproxy.MigrateCheck, ExplicitCreate: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.BackupTenant(ctx, "acme", filepath.Join(t.TempDir(), "b.db")); err != nil {
-			t.Errorf("MigrationsDir %q: BackupTenant: %v", mdir, err)
-		}
-		p.Close()
-	}
-}
-
-// TestLibraryBackupFileMode: a backup holds tenant data, so it is 0600
-// like the tenant file, whatever the umask.
-func TestLibraryBackupFileMode(t *testing.T) {
-	dir := fleet(t, "", 0, "acme")
-	dst := filepath.Join(t.TempDir(), "b.db")
-	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
-		if err := p.BackupTenant(context.Background(), "acme", dst); err != nil {
-			t.Fatal(err)
-		}
-	})
-	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("backup mode %v, %v; want 0600", fi.Mode(), err)
-	}
-}
-
-// TestLibraryRestoreLeavesSideFiles: restoring from a WAL-mode copy of a
-// tenant file (not a BackupTenant backup) leaves no -wal or -shm file next
-// to the source.
-func TestLibraryRestoreLeavesSideFiles(t *testing.T) {
-	dir := fleet(t, "", 0, "acme")
-	src := t.TempDir()
-	b, err := os.ReadFile(filepath.Join(dir, "acme.db")) // a WAL-mode file, closed cleanly
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(src, "copy.db"), b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	before := snapshot(t, src)
-	withProxy(t, dir, "", func(p *sqliteproxy.Proxy) {
-		if err := p.RestoreTenant(context.Background(), "other", filepath.Join(src, "copy.db")); err != nil {
-			t.Fatal(err)
-		}
-	})
-	unchanged(t, src, before)
 }

@@ -24,24 +24,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	_ "github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
-
-// newTestProxy opens a proxy on a fresh directory with the service's
-// migrations, closed when the test ends.
-func newTestProxy(t *testing.T) (*sqliteproxy.Proxy, string) {
-	t.Helper()
-	dir := t.TempDir()
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Migrations: migrations})
-	if err != nil {
-		t.Fatalf("sqliteproxy.New: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			t.Errorf("Proxy.Close: %v", err)
-		}
-	})
-	return p, dir
-}
 
 // do sends one request to h. An empty tenant sends no X-Tenant-ID header.
 func do(t *testing.T, h http.Handler, method, target, tenant, body string) *httptest.ResponseRecorder {
@@ -114,7 +98,7 @@ func checkError(t *testing.T, rec *httptest.ResponseRecorder, want int, what str
 }
 
 func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
-	p, _ := newTestProxy(t)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
 	h := newServer(p)
 
 	acme := []event{
@@ -166,7 +150,8 @@ func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 }
 
 func TestEachTenantIsItsOwnFile(t *testing.T) {
-	p, dir := newTestProxy(t)
+	dir := t.TempDir()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
 	h := newServer(p)
 
 	type row struct{ Type, Payload string }
@@ -231,7 +216,8 @@ func TestEachTenantIsItsOwnFile(t *testing.T) {
 }
 
 func TestBadRequests(t *testing.T) {
-	p, dir := newTestProxy(t)
+	dir := t.TempDir()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
 	h := newServer(p)
 	valid := postEvent(t, h, "acme", "signup", "alice")
 
@@ -295,10 +281,7 @@ func TestBadRequests(t *testing.T) {
 
 func TestHealthz(t *testing.T) {
 	dir := t.TempDir()
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Migrations: migrations})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
 	h := newServer(p)
 	rec := do(t, h, http.MethodGet, "/healthz", "", "")
 	if rec.Code != http.StatusOK || rec.Body.String() != "ok" {
@@ -318,7 +301,7 @@ func TestHealthz(t *testing.T) {
 // TestConcurrentTenants has a few tenants write and read at once (run it
 // with -race).
 func TestConcurrentTenants(t *testing.T) {
-	p, _ := newTestProxy(t)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
 	h := newServer(p)
 	tenants := []string{"t1", "t2", "t3", "t4"}
 	const perTenant = 10

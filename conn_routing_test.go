@@ -1,0 +1,244 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestRouting_ExecQueryIsolation(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	for i, id := range []string{"acme", "globex", "acme"} {
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant, n) VALUES (?, ?)`, id, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string]int{"acme": 2, "globex": 1} {
+		rows, err := p.QueryContext(tctx(id), `SELECT tenant FROM events`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			var got string
+			if err := rows.Scan(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got != id {
+				t.Errorf("tenant %s sees a row of %s", id, got)
+			}
+			n++
+		}
+		if err := rows.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if n != want {
+			t.Errorf("tenant %s: %d rows, want %d", id, n, want)
+		}
+	}
+	if got, want := dbFiles(t, dir), []string{"acme.db", "acme.db-shm", "acme.db-wal", "globex.db", "globex.db-shm", "globex.db-wal"}; !slices.Equal(got, want) {
+		t.Errorf("files = %v, want %v", got, want)
+	}
+	ids, err := p.Tenants(context.Background())
+	if err != nil || !slices.Equal(ids, []string{"acme", "globex"}) {
+		t.Errorf("Tenants = %v, %v", ids, err)
+	}
+}
+
+func TestRouting_PreparedWithoutTenant(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ins, err := p.PrepareContext(context.Background(), `INSERT INTO events (tenant) VALUES (?)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ins.Close()
+	sel, err := p.PrepareContext(context.Background(), `SELECT count(*) FROM events WHERE tenant = ?`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sel.Close()
+	for _, id := range []string{"acme", "globex", "globex", "initech", "globex"} {
+		if _, err := ins.ExecContext(tctx(id), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[string]int{"acme": 1, "globex": 3, "initech": 1} {
+		var n int
+		if err := sel.QueryRowContext(tctx(id), id).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != want || countRows(t, p, id) != want {
+			t.Errorf("%s: %d rows, want %d", id, n, want)
+		}
+	}
+	if _, err := ins.ExecContext(context.Background(), "x"); !errors.Is(err, ErrNoTenant) {
+		t.Errorf("stmt exec without tenant: %v, want ErrNoTenant", err)
+	}
+	if _, err := ins.ExecContext(tctx("acme")); err == nil || !strings.Contains(err.Error(), "expected 1 arguments, got 0") {
+		t.Errorf("stmt exec with no args: %v", err)
+	}
+	// Prepared with a tenant: SQL is checked at once.
+	if _, err := p.PrepareContext(tctx("acme"), `SELECT nope FROM events`); err == nil {
+		t.Error("prepare of a bad column on a tenant succeeded")
+	}
+}
+
+func TestRouting_TxAndConn(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	// A tenantless context inside the tx runs in the tx.
+	if _, err := tx.ExecContext(context.Background(), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	// Another tenant's context is refused and writes nothing anywhere.
+	if _, err := tx.ExecContext(tctx("globex"), `INSERT INTO events (tenant) VALUES ('globex')`); !errors.Is(err, ErrTenantMismatch) {
+		t.Fatalf("cross-tenant exec in tx: %v, want ErrTenantMismatch", err)
+	}
+	if err := tx.QueryRowContext(tctx("globex"), `SELECT 1`).Scan(new(int)); !errors.Is(err, ErrTenantMismatch) {
+		t.Fatalf("cross-tenant query in tx: %v, want ErrTenantMismatch", err)
+	}
+	var inTx int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&inTx); err != nil || inTx != 2 {
+		t.Fatalf("count in tx = %d, %v", inTx, err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, p, "acme"); n != 2 {
+		t.Errorf("acme has %d rows, want 2", n)
+	}
+	if n := countRows(t, p, "globex"); n != 0 {
+		t.Errorf("globex has %d rows, want 0", n)
+	}
+
+	// Rollback leaves nothing.
+	tx, err = p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`)
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, p, "acme"); n != 2 {
+		t.Errorf("after rollback acme has %d rows, want 2", n)
+	}
+
+	// sql.Conn keeps its session: a TEMP table stays visible, reads included.
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, `CREATE TEMP TABLE scratch (v TEXT)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(ctx, `INSERT INTO scratch VALUES ('kept')`); err != nil {
+		t.Fatal(err)
+	}
+	var v string
+	if err := c.QueryRowContext(context.Background(), `SELECT v FROM scratch`).Scan(&v); err != nil || v != "kept" {
+		t.Fatalf("temp table on sql.Conn: %q, %v", v, err)
+	}
+	if _, err := c.ExecContext(tctx("globex"), `SELECT 1`); !errors.Is(err, ErrTenantMismatch) {
+		t.Errorf("sql.Conn used for another tenant: %v, want ErrTenantMismatch", err)
+	}
+}
+
+func TestRouting_ReadOnlyTxOnReader(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	countRows(t, p, "acme") // migrate
+	wtx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wtx.Rollback()
+	if _, err := wtx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	// With the write transaction open, readers still answer (WAL snapshot).
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if n := countRows(t, p, "acme"); n != 0 {
+		t.Errorf("reader sees uncommitted row: %d", n)
+	}
+	rtx, err := p.BeginTx(qctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := rtx.QueryRowContext(qctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("read-only tx: %d, %v", n, err)
+	}
+	if _, err := rtx.ExecContext(qctx, `INSERT INTO events (tenant) VALUES ('x')`); err == nil {
+		t.Error("write in a read-only tx succeeded")
+	}
+	rtx.Rollback()
+}
+
+func TestInsertReturning(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	countRows(t, p, "acme")
+	for want := int64(1); want <= 3; want++ {
+		var id int64
+		if err := p.QueryRowContext(ctx, `INSERT INTO events (tenant) VALUES ('acme') RETURNING id`).Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		if id != want {
+			t.Errorf("RETURNING id = %d, want %d", id, want)
+		}
+	}
+	if n := countRows(t, p, "acme"); n != 3 {
+		t.Errorf("rows = %d, want 3", n)
+	}
+}
+
+func TestContextCancelInterruptsQuery(t *testing.T) {
+	// Serial: it times the cancellation.
+	p := newTestProxy(t, Config{})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `CREATE TABLE t (a)`); err != nil {
+		t.Fatal(err)
+	}
+	slow := `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c`
+	for _, write := range []bool{false, true} {
+		qctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		start := time.Now()
+		var err error
+		if write {
+			_, err = p.ExecContext(qctx, `INSERT INTO t `+slow[:len(slow)-len(" SELECT count(*) FROM c")]+` SELECT x FROM c`)
+		} else {
+			err = p.QueryRowContext(qctx, slow).Scan(new(int))
+		}
+		cancel()
+		if err == nil {
+			t.Fatalf("write=%v: endless statement returned no error", write)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("write=%v: cancel took %v", write, d)
+		}
+		// The tenant stays usable.
+		if _, err := p.ExecContext(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+			t.Fatalf("after cancel: %v", err)
+		}
+	}
+}

@@ -1,0 +1,161 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestConcurrentWritersOneTenant(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable, `CREATE TABLE counter (id INTEGER PRIMARY KEY, v INTEGER NOT NULL); INSERT INTO counter VALUES (1, 0)`}})
+	ctx := tctx("acme")
+	const workers, each = 32, 20
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if (w+i)%2 == 0 {
+					if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant, n) VALUES ('acme', ?)`, i); err != nil {
+						errs <- err
+					}
+					continue
+				}
+				// read-then-write transaction
+				err := func() error {
+					tx, err := p.BeginTx(ctx, nil)
+					if err != nil {
+						return err
+					}
+					defer tx.Rollback()
+					var v int
+					if err := tx.QueryRowContext(ctx, `SELECT v FROM counter WHERE id = 1`).Scan(&v); err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, `UPDATE counter SET v = ? WHERE id = 1`, v+1); err != nil {
+						return err
+					}
+					if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant, n) VALUES ('acme', ?)`, i); err != nil {
+						return err
+					}
+					return tx.Commit()
+				}()
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+		// concurrent readers
+		wg.Go(func() {
+			for range each {
+				var n int
+				if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("error under contention (want none, esp. no SQLITE_BUSY): %v", err)
+	}
+	if n := countRows(t, p, "acme"); n != workers*each {
+		t.Errorf("rows = %d, want %d", n, workers*each)
+	}
+	var v int
+	if err := p.QueryRowContext(ctx, `SELECT v FROM counter`).Scan(&v); err != nil || v != workers*each/2 {
+		t.Errorf("counter = %d (%v), want %d: lost update", v, err, workers*each/2)
+	}
+}
+
+func TestProxy_DeleteTenantWaitsForInFlightWork(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	// Gives up while the transaction is open: nothing deleted.
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	err = p.DeleteTenant(short, "acme")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nothing changed") {
+		t.Fatalf("delete during a tx: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatalf("the in-flight tx was disturbed: %v", err)
+	}
+	if n := countRows(t, p, "acme"); n != 1 {
+		t.Fatalf("rows after a failed delete: %d", n)
+	}
+
+	// With a tx open, delete waits; a query that arrives meanwhile waits too
+	// and fails with ErrTenantNotFound: no file reappears from it.
+	tx, err = p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleted := make(chan error, 1)
+	go func() { deleted <- p.DeleteTenant(context.Background(), "acme") }()
+	acme := p.c.r.mustTenant(t, "acme")
+	waitFor(t, 10*time.Second, "DeleteTenant to start draining acme", func() bool {
+		return acme.state.Load() == tenantDraining
+	})
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('late')`)
+		waiting <- err
+	}()
+	// Both queue for acme's writer, which the transaction holds.
+	waitFor(t, 10*time.Second, "DeleteTenant and the late INSERT to queue for acme's writer", func() bool {
+		return acme.wsem.nwait.Load() == 2
+	})
+	select {
+	case err := <-deleted:
+		t.Fatalf("delete finished while a tx was open: %v", err)
+	default:
+	}
+	tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in-tx')`)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-deleted:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("DeleteTenant did not return within a minute of the commit")
+	}
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, ErrTenantNotFound) {
+			t.Errorf("query waiting on a deleted tenant: %v, want ErrTenantNotFound", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the late INSERT did not return within a minute of the delete")
+	}
+	if files := dbFiles(t, dir); len(files) != 0 {
+		t.Errorf("files after delete: %v", files)
+	}
+	assertNoOpenFiles(t, dir)
+}
+
+func (r *router) mustTenant(t *testing.T, id string) *tenant {
+	t.Helper()
+	tn, err := r.tenant(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn
+}

@@ -1,0 +1,51 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"testing"
+)
+
+func TestNoTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	bg := context.Background()
+	if err := p.PingContext(bg); err != nil {
+		t.Errorf("Ping without tenant: %v", err)
+	}
+	var version string
+	if err := p.QueryRowContext(bg, `select sqlite_version()`).Scan(&version); err != nil || version == "" {
+		t.Errorf("sqlite_version without tenant: %q, %v", version, err)
+	}
+	var two int
+	if err := p.QueryRowContext(bg, `SELECT 1 + ?`, 1).Scan(&two); err != nil || two != 2 {
+		t.Errorf("SELECT 1+? without tenant: %d, %v", two, err)
+	}
+	for _, q := range []string{
+		`SELECT * FROM events`,
+		`INSERT INTO events (tenant) VALUES ('x')`,
+		`CREATE TABLE t (a)`,
+		`SELECT name FROM sqlite_master`,
+		`PRAGMA table_info(events)`,
+		`SELECT 1; SELECT 2`,
+		`ATTACH 'x.db' AS x`,
+		`SELECT load_extension('x')`,
+	} {
+		if _, err := p.ExecContext(bg, q); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("Exec(%q) without tenant: %v, want ErrNoTenant", q, err)
+		}
+		if _, err := p.QueryContext(bg, q); !errors.Is(err, ErrNoTenant) {
+			t.Errorf("Query(%q) without tenant: %v, want ErrNoTenant", q, err)
+		}
+	}
+	if _, err := p.BeginTx(bg, nil); !errors.Is(err, ErrNoTenant) {
+		t.Errorf("BeginTx without tenant: %v, want ErrNoTenant", err)
+	}
+	if _, err := p.ExecContext(WithOrgID(bg, ""), `SELECT 1`); !errors.Is(err, ErrInvalidTenant) {
+		t.Errorf("empty tenant: %v, want ErrInvalidTenant", err)
+	}
+	if files := dbFiles(t, dir); len(files) != 0 {
+		t.Errorf("files created without a tenant: %v", files)
+	}
+}
