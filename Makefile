@@ -10,7 +10,7 @@ export CGO_ENABLED := 1
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
 	@echo 'sqliteproxy example: listening on $(ADDR), tenant files in $(DIR). Try:'
-	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"type\":\"signup\",\"payload\":\"alice\"}' localhost$(ADDR)/events"
+	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
 	@echo "  curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
 	$(GO) run -tags $(TAGS) ./examples/events -addr $(ADDR) -dir $(DIR)
 

@@ -1,9 +1,11 @@
 package sqliteproxy
 
-// Differential tests: every script here runs twice, once on a plain
-// mattn/go-sqlite3 *sql.DB and once through the proxy, and the two
-// transcripts (values with their Go types, results, column metadata and
-// errors, all rendered as text) must be identical.
+// Differential tests: every script here runs on a plain mattn/go-sqlite3
+// *sql.DB and through the proxy, and the two transcripts (values with their
+// Go types, results, column metadata and errors, all rendered as text) must
+// be identical. Each script runs three ways (compareMode, one subtest
+// each), as toolkits reach a driver: statements run directly, through
+// PrepareContext and a Stmt, and inside transactions.
 //
 // Set SQLITEPROXY_COMPARE_DUMP=1 to log both transcripts.
 
@@ -13,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
 )
 
 // ---------------------------------------------------------------------------
@@ -30,10 +34,141 @@ import (
 
 // recorder runs the statements of a script and writes down what it sees.
 type recorder struct {
-	t   testing.TB
-	ctx context.Context
-	db  *sql.DB
-	out []string // the transcript: one line per observation
+	t    testing.TB
+	ctx  context.Context
+	db   *sql.DB
+	mode compareMode // how the helpers below run each step
+	out  []string    // the transcript: one line per observation
+}
+
+// compareMode is one of the ways a toolkit reaches the driver.
+// compareDrivers runs every script each way, on mattn and on the proxy.
+// The mode applies to the steps a script runs through the recorder's
+// helpers (setup, exec, execErr, query, queryRow, queryFunc, prepare);
+// what a script does with a *sql.Stmt, *sql.Rows or *sql.Tx it obtained
+// itself runs as written in every mode.
+type compareMode int
+
+const (
+	// modeDirect runs each step as written: ExecContext, QueryContext or
+	// QueryRowContext on the DB, a Conn or a Tx.
+	modeDirect compareMode = iota
+	// modePrepared runs each step as GORM's PrepareStmt and sqlx's
+	// Preparex do: PrepareContext on the same DB, Conn or Tx, then
+	// Stmt.ExecContext/QueryContext/QueryRowContext, then Stmt.Close. A
+	// Stmt runs only the first statement of a text, on both drivers.
+	modePrepared
+	// modeTx runs each step on the DB inside its own BeginTx … Commit (or
+	// Rollback when the step fails), as toolkits that wrap every operation
+	// in a transaction do. Steps on a Conn or a Tx run as written: a Tx is
+	// one already, and a Conn may be inside a transaction the script began
+	// with Exec("BEGIN"). Texts that cannot run in a transaction run
+	// outside one: see outsideTx.
+	modeTx
+)
+
+var compareModes = []compareMode{modeDirect, modePrepared, modeTx}
+
+func (m compareMode) String() string {
+	return [...]string{"direct", "prepared", "tx"}[m]
+}
+
+// outsideTx reports whether modeTx runs query outside a transaction:
+// transaction control (BEGIN, COMMIT, END, ROLLBACK, and SAVEPOINT and
+// RELEASE, which scripts use as transactions of their own; inside ours
+// they would nest, end it, or be ended by its Commit), VACUUM, ATTACH and
+// DETACH (SQLite refuses them in a transaction), and PRAGMA (journal_mode
+// cannot change in a transaction and foreign_keys is a no-op there;
+// toolkits set pragmas outside transactions).
+func outsideTx(query string) bool {
+	switch sqlscan.Scan(query).Keyword {
+	case "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE", "VACUUM", "ATTACH", "DETACH", "PRAGMA":
+		return true
+	}
+	return false
+}
+
+// step is one statement text bound to where the recorder's mode runs it.
+type step struct {
+	exec     func(args ...any) (sql.Result, error)
+	query    func(args ...any) (*sql.Rows, error)
+	queryRow func(args ...any) *sql.Row
+	end      func(failed error) // closes what begin opened
+}
+
+// begin binds query to q (a *sql.DB, *sql.Conn or *sql.Tx) the recorder's
+// way. The error is the PrepareContext's or BeginTx's.
+func (r *recorder) begin(label string, q any, query string) (step, error) {
+	ctx := r.ctx
+	switch r.mode {
+	case modePrepared:
+		st, err := q.(preparer).PrepareContext(ctx, query)
+		if err != nil {
+			return step{}, err
+		}
+		if sqlscan.Scan(query).Keyword == "" {
+			// A text with no statement ("", ";", a comment) prepares to
+			// SQLite's NULL statement, which mattn v1.14.53's SQLiteStmt
+			// Exec and Query hand to its C helpers unchecked: SIGSEGV, on
+			// mattn and on the proxy alike (both run mattn's Stmt). Such a
+			// step is prepared (a failure is the step's) and closed, then
+			// runs as written.
+			st.Close()
+			return plainStep(ctx, q, query), nil
+		}
+		return step{
+			exec:     func(args ...any) (sql.Result, error) { return st.ExecContext(ctx, args...) },
+			query:    func(args ...any) (*sql.Rows, error) { return st.QueryContext(ctx, args...) },
+			queryRow: func(args ...any) *sql.Row { return st.QueryRowContext(ctx, args...) },
+			end: func(error) {
+				if err := st.Close(); err != nil {
+					r.note(label+" Stmt.Close", errv{err})
+				}
+			},
+		}, nil
+	case modeTx:
+		db, ok := q.(*sql.DB)
+		if !ok || outsideTx(query) {
+			break
+		}
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return step{}, err
+		}
+		s := plainStep(ctx, tx, query)
+		s.end = func(failed error) {
+			if failed != nil {
+				if err := tx.Rollback(); err != nil {
+					r.note(label+" Rollback", errv{err})
+				}
+			} else if err := tx.Commit(); err != nil {
+				r.note(label+" Commit", errv{err})
+			}
+		}
+		return s, nil
+	}
+	return plainStep(ctx, q, query), nil
+}
+
+// plainStep runs query on q as written.
+func plainStep(ctx context.Context, q any, query string) step {
+	return step{
+		exec:     func(args ...any) (sql.Result, error) { return q.(execer).ExecContext(ctx, query, args...) },
+		query:    func(args ...any) (*sql.Rows, error) { return q.(queryer).QueryContext(ctx, query, args...) },
+		queryRow: func(args ...any) *sql.Row { return q.(rowQueryer).QueryRowContext(ctx, query, args...) },
+		end:      func(error) {},
+	}
+}
+
+// do runs one step: fn uses s and returns the step's first error. A
+// failure to prepare or to begin is noted under label instead.
+func (r *recorder) do(label string, q any, query string, fn func(s step) error) {
+	s, err := r.begin(label, q, query)
+	if err != nil {
+		r.note(label, errv{err})
+		return
+	}
+	s.end(fn(s))
 }
 
 type execer interface {
@@ -42,6 +177,10 @@ type execer interface {
 
 type queryer interface {
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+type preparer interface {
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 type rowQueryer interface {
@@ -63,15 +202,23 @@ func (r *recorder) note(label string, vals ...any) {
 // setup runs a statement that the script relies on; failing is a test bug.
 func (r *recorder) setup(query string, args ...any) {
 	r.t.Helper()
-	if _, err := r.db.ExecContext(r.ctx, query, args...); err != nil {
-		r.t.Fatalf("setup %q: %v", query, err)
+	s, err := r.begin("setup", r.db, query)
+	if err == nil {
+		_, err = s.exec(args...)
+		s.end(err)
+	}
+	if err != nil {
+		r.t.Fatalf("setup %q (%s): %v", query, r.mode, err)
 	}
 }
 
 // exec records the result (LastInsertId, RowsAffected) or error of an Exec.
 func (r *recorder) exec(label string, q execer, query string, args ...any) {
-	res, err := q.ExecContext(r.ctx, query, args...)
-	r.result(label, res, err)
+	r.do(label, q, query, func(s step) error {
+		res, err := s.exec(args...)
+		r.result(label, res, err)
+		return err
+	})
 }
 
 func (r *recorder) result(label string, res sql.Result, err error) {
@@ -88,27 +235,69 @@ func (r *recorder) result(label string, res sql.Result, err error) {
 // no rows, whose LastInsertId and RowsAffected are the stale values of
 // whichever pooled connection ran them.
 func (r *recorder) execErr(label string, q execer, query string, args ...any) {
-	_, err := q.ExecContext(r.ctx, query, args...)
-	r.note(label, errv{err})
+	r.do(label, q, query, func(s step) error {
+		_, err := s.exec(args...)
+		r.note(label, errv{err})
+		return err
+	})
 }
 
-// query records the columns and every row (scanned into any) of a Query.
-func (r *recorder) query(label string, q queryer, query string, args ...any) {
-	rows, err := q.QueryContext(r.ctx, query, args...)
-	r.rows(label, rows, err)
-}
-
-func (r *recorder) rows(label string, rows *sql.Rows, err error) {
-	r.rowsN(label, rows, err, -1)
-}
-
-// rowsN reads at most limit rows (all when limit < 0), then closes.
-func (r *recorder) rowsN(label string, rows *sql.Rows, err error, limit int) {
+// prepare records only the error of a PrepareContext, then closes the
+// Stmt. It is a prepare in every mode; modeTx prepares within a
+// transaction.
+func (r *recorder) prepare(label string, q preparer, query string) {
+	fn := func(q preparer) error {
+		st, err := q.PrepareContext(r.ctx, query)
+		if err == nil {
+			err = st.Close()
+		}
+		r.note(label, errv{err})
+		return err
+	}
+	db, ok := q.(*sql.DB)
+	if r.mode != modeTx || !ok || outsideTx(query) {
+		fn(q)
+		return
+	}
+	tx, err := db.BeginTx(r.ctx, nil)
 	if err != nil {
 		r.note(label, errv{err})
 		return
 	}
+	fn(tx)
+	if err := tx.Rollback(); err != nil {
+		r.note(label+" Rollback", errv{err})
+	}
+}
+
+// query records the columns and every row (scanned into any) of a Query.
+func (r *recorder) query(label string, q queryer, query string, args ...any) {
+	r.queryFunc(label, q, query, args, r.rows)
+}
+
+// queryFunc runs a Query step and hands its rows (or error) to read, which
+// must close them and return the first error it saw.
+func (r *recorder) queryFunc(label string, q queryer, query string, args []any, read func(label string, rows *sql.Rows, err error) error) {
+	r.do(label, q, query, func(s step) error {
+		rows, err := s.query(args...)
+		return read(label, rows, err)
+	})
+}
+
+func (r *recorder) rows(label string, rows *sql.Rows, err error) error {
+	return r.rowsN(label, rows, err, -1)
+}
+
+// rowsN reads at most limit rows (all when limit < 0), then closes. It
+// returns the first error.
+func (r *recorder) rowsN(label string, rows *sql.Rows, err error, limit int) error {
+	if err != nil {
+		r.note(label, errv{err})
+		return err
+	}
+	var first error
 	cols, err := rows.Columns()
+	first = firstErr(first, err)
 	r.note(label+" columns", cols, errv{err})
 	for i := 0; i != limit && rows.Next(); i++ {
 		vals := make([]any, len(cols))
@@ -117,18 +306,32 @@ func (r *recorder) rowsN(label string, rows *sql.Rows, err error, limit int) {
 			ptrs[j] = &vals[j]
 		}
 		err := rows.Scan(ptrs...)
+		first = firstErr(first, err)
 		r.note(fmt.Sprintf("%s row %d", label, i), append(vals, errv{err})...)
 	}
-	err = rows.Err()
-	r.note(label+" end", "Err", errv{err}, "Close", errv{rows.Close()})
+	err, closeErr := rows.Err(), rows.Close()
+	r.note(label+" end", "Err", errv{err}, "Close", errv{closeErr})
+	return firstErr(first, err, closeErr)
+}
+
+// firstErr returns the first non-nil error.
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // queryRow records QueryRow(...).Scan into len(dest) values of any.
 func (r *recorder) queryRow(label string, q rowQueryer, ncol int, query string, args ...any) {
-	r.row(label, q.QueryRowContext(r.ctx, query, args...), ncol)
+	r.do(label, q, query, func(s step) error {
+		return r.row(label, s.queryRow(args...), ncol)
+	})
 }
 
-func (r *recorder) row(label string, row *sql.Row, ncol int) {
+func (r *recorder) row(label string, row *sql.Row, ncol int) error {
 	vals := make([]any, ncol)
 	ptrs := make([]any, ncol)
 	for j := range vals {
@@ -136,13 +339,14 @@ func (r *recorder) row(label string, row *sql.Row, ncol int) {
 	}
 	err := row.Scan(ptrs...)
 	r.note(label, append(vals, errv{err})...)
+	return err
 }
 
 // columnTypes records every ColumnType accessor, then the rows.
-func (r *recorder) columnTypes(label string, rows *sql.Rows, err error) {
+func (r *recorder) columnTypes(label string, rows *sql.Rows, err error) error {
 	if err != nil {
 		r.note(label, errv{err})
-		return
+		return err
 	}
 	cts, err := rows.ColumnTypes()
 	r.note(label+" ColumnTypes", len(cts), errv{err})
@@ -158,7 +362,7 @@ func (r *recorder) columnTypes(label string, rows *sql.Rows, err error) {
 			"Name", ct.Name(), "DatabaseTypeName", ct.DatabaseTypeName(), "ScanType", scan,
 			"Nullable", nullable, nullOK, "Length", length, lenOK, "DecimalSize", prec, scale, decOK)
 	}
-	r.rows(label, rows, nil)
+	return firstErr(err, r.rows(label, rows, nil))
 }
 
 // describe renders v with its dynamic type, precisely enough that two
@@ -233,15 +437,39 @@ type compareOpts struct {
 	// intended maps a line of the mattn transcript to the line the proxy
 	// gives instead, by design. Every other line must be identical.
 	intended map[string]string
+	// intendedIn replaces intended for the modes it names (a difference
+	// that comes from which connection runs a step can vanish when every
+	// step is a transaction, on the writer).
+	intendedIn map[compareMode]map[string]string
 	// timeout, if set, bounds each side's script (its context), for
 	// scripts that could otherwise wait forever.
 	timeout time.Duration
 }
 
 // compareDrivers runs script on mattn directly and through the proxy (as
-// tenant "acme") and fails the test if the transcripts differ.
+// tenant "acme"), once in each compareMode (a subtest each, on fresh
+// databases), and fails the test if the transcripts differ. It returns the
+// modeDirect transcripts.
 func compareDrivers(t *testing.T, o compareOpts, script func(r *recorder)) (mattn, proxy []string) {
 	t.Helper()
+	for _, mode := range compareModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			m, p := compareDriversIn(t, o, mode, script)
+			if mode == modeDirect {
+				mattn, proxy = m, p
+			}
+		})
+	}
+	return mattn, proxy
+}
+
+// compareDriversIn is compareDrivers in one mode.
+func compareDriversIn(t *testing.T, o compareOpts, mode compareMode, script func(r *recorder)) (mattn, proxy []string) {
+	t.Helper()
+	intended := o.intended
+	if m, ok := o.intendedIn[mode]; ok {
+		intended = m
+	}
 	direct := openDirect(t)
 	for _, q := range o.directSetup {
 		if _, err := direct.Exec(q); err != nil {
@@ -254,7 +482,7 @@ func compareDrivers(t *testing.T, o compareOpts, script func(r *recorder)) (matt
 			ctx, cancel = context.WithTimeout(ctx, o.timeout)
 			defer cancel()
 		}
-		r := &recorder{t: t, ctx: ctx, db: db}
+		r := &recorder{t: t, ctx: ctx, db: db, mode: mode}
 		script(r)
 		return r.out
 	}
@@ -266,18 +494,18 @@ func compareDrivers(t *testing.T, o compareOpts, script func(r *recorder)) (matt
 		t.Logf("proxy transcript:\n%s", strings.Join(proxy, "\n"))
 	}
 	want := mattn
-	if len(o.intended) > 0 {
+	if len(intended) > 0 {
 		want = make([]string, len(mattn))
 		used := 0
 		for i, l := range mattn {
 			want[i] = l
-			if sub, ok := o.intended[l]; ok {
+			if sub, ok := intended[l]; ok {
 				want[i] = sub
 				used++
 			}
 		}
-		if used != len(o.intended) {
-			t.Errorf("only %d of the %d intended differences matched a line of the mattn transcript", used, len(o.intended))
+		if used != len(intended) {
+			t.Errorf("only %d of the %d intended differences matched a line of the mattn transcript", used, len(intended))
 		}
 	}
 	if diff := cmp.Diff(want, proxy); diff != "" {
@@ -408,20 +636,23 @@ func TestCompare_Values(t *testing.T) {
 
 		// Every cell into every destination type.
 		for _, col := range valsCols {
-			rows, err := r.db.QueryContext(r.ctx, "SELECT "+col+" FROM vals ORDER BY id")
-			if err != nil {
-				r.note("typed "+col, errv{err})
-				continue
-			}
-			for n := 0; rows.Next(); n++ {
-				for _, mk := range typedDests {
-					dest := mk()
-					err := rows.Scan(dest)
-					r.note(fmt.Sprintf("typed %s row %d into %T", col, n, dest),
-						reflect.ValueOf(dest).Elem().Interface(), errv{err})
+			r.queryFunc("typed "+col, r.db, "SELECT "+col+" FROM vals ORDER BY id", nil, func(label string, rows *sql.Rows, err error) error {
+				if err != nil {
+					r.note(label, errv{err})
+					return err
 				}
-			}
-			r.note("typed "+col+" end", errv{rows.Err()}, errv{rows.Close()})
+				for n := 0; rows.Next(); n++ {
+					for _, mk := range typedDests {
+						dest := mk()
+						err := rows.Scan(dest) // conversion errors are expected: not the step's
+						r.note(fmt.Sprintf("%s row %d into %T", label, n, dest),
+							reflect.ValueOf(dest).Elem().Interface(), errv{err})
+					}
+				}
+				err, closeErr := rows.Err(), rows.Close()
+				r.note(label+" end", errv{err}, errv{closeErr})
+				return firstErr(err, closeErr)
+			})
 		}
 	})
 	mustContain(t, mattn, `insert int64 => "LastInsertId" | int64(1) | err=nil | "RowsAffected" | int64(1) | err=nil`)
@@ -513,7 +744,15 @@ func TestCompare_Results(t *testing.T) {
 // Several statements in one text
 
 func TestCompare_MultiStatement(t *testing.T) {
-	mattn, _ := compareDrivers(t, compareOpts{}, func(r *recorder) {
+	// Intended in modePrepared: a Stmt runs only the first statement of
+	// "BEGIN; ...; COMMIT", so the BEGIN is left open on the DB. The proxy
+	// rolls it back when the routing connection is checked in (as for
+	// Exec("BEGIN"), TestCompare_IntendedDifferences); mattn's one
+	// connection stays inside it, so the next text's BEGIN fails there.
+	o := compareOpts{intendedIn: map[compareMode]map[string]string{modePrepared: {
+		`begin rollback in one text => err sqlite3.Error "cannot start a transaction within a transaction" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`: `begin rollback in one text => "LastInsertId" | int64(8) | err=nil | "RowsAffected" | int64(1) | err=nil`,
+	}}}
+	mattn, _ := compareDrivers(t, o, func(r *recorder) {
 		r.setup(`CREATE TABLE m (id INTEGER PRIMARY KEY, v INTEGER)`)
 		r.exec("no args", r.db, `INSERT INTO m (v) VALUES (1); INSERT INTO m (v) VALUES (2); UPDATE m SET v = v * 10`)
 		r.exec("args", r.db, `INSERT INTO m (v) VALUES (?); INSERT INTO m (v) VALUES (?); UPDATE m SET v = v + ? WHERE v < ?`, 3, 4, 100, 10)
@@ -556,8 +795,7 @@ func TestCompare_ColumnTypes(t *testing.T) {
 		r.setup(`CREATE VIEW cv AS SELECT i, t AS tt, i + 1 AS expr FROM ct`)
 
 		ct := func(label, query string, args ...any) {
-			rows, err := r.db.QueryContext(r.ctx, query, args...)
-			r.columnTypes(label, rows, err)
+			r.queryFunc(label, r.db, query, args, r.columnTypes)
 		}
 		ct("table", `SELECT * FROM ct`)
 		ct("table no rows", `SELECT * FROM ct WHERE 0`)
@@ -589,16 +827,18 @@ func TestCompare_Returning(t *testing.T) {
 		r.setup(`CREATE TABLE ret (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, at DATETIME)`)
 		r.queryRow("QueryRow insert returning", r.db, 2, `INSERT INTO ret (name) VALUES (?) RETURNING id, name`, "a")
 
-		var id int64
-		var name string
-		err := r.db.QueryRowContext(r.ctx, `INSERT INTO ret (name, at) VALUES (?, ?) RETURNING id, name`,
-			"typed", time.Date(2024, 2, 3, 4, 5, 6, 7, zoneEST)).Scan(&id, &name)
-		r.note("QueryRow typed scan", id, name, errv{err})
+		r.do("QueryRow typed scan", r.db, `INSERT INTO ret (name, at) VALUES (?, ?) RETURNING id, name`, func(s step) error {
+			var id int64
+			var name string
+			err := s.queryRow("typed", time.Date(2024, 2, 3, 4, 5, 6, 7, zoneEST)).Scan(&id, &name)
+			r.note("QueryRow typed scan", id, name, errv{err})
+			return err
+		})
 
 		r.query("Query insert returning 3 rows", r.db, `INSERT INTO ret (name) VALUES ('b'), ('c'), ('d') RETURNING id, name`)
 		r.queryRow("QueryRow of 2-row insert", r.db, 1, `INSERT INTO ret (name) VALUES ('e'), ('f') RETURNING id`)
-		rows, err := r.db.QueryContext(r.ctx, `INSERT INTO ret (name) VALUES ('g'), ('h'), ('i') RETURNING id, name`)
-		r.rowsN("Query read 1 of 3 rows", rows, err, 1)
+		r.queryFunc("Query read 1 of 3 rows", r.db, `INSERT INTO ret (name) VALUES ('g'), ('h'), ('i') RETURNING id, name`, nil,
+			func(label string, rows *sql.Rows, err error) error { return r.rowsN(label, rows, err, 1) })
 		r.query("Query update returning", r.db, `UPDATE ret SET name = upper(name) WHERE id BETWEEN 3 AND 5 RETURNING id, name`)
 		r.query("Query delete returning *", r.db, `DELETE FROM ret WHERE id = 1 RETURNING *`)
 		r.query("Query returning time", r.db, `UPDATE ret SET at = ? WHERE name = 'typed' RETURNING at`, time.Date(2024, 2, 3, 4, 5, 6, 7, time.UTC))
@@ -699,8 +939,24 @@ func TestCompare_Stmt(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Transactions, Conn, QueryRow errors
 
+// txWaitsForWriter is the proxy's line for a read-write transaction begun
+// while another checkout holds the tenant's writer, once BusyTimeout ends
+// the wait: BeginTx without ReadOnly takes the writer (one per tenant, as
+// designed), whereas mattn's deferred BEGIN on a second connection reads on.
+func txWaitsForWriter(label string) string {
+	return label + ` => err *sqliteproxy.Error "sqliteproxy: wait for writer: tenant \"acme\": database is locked" sqlite3.Error{Code:5 ExtendedCode:5 SystemErrno:0}`
+}
+
 func TestCompare_Tx(t *testing.T) {
-	mattn, _ := compareDrivers(t, compareOpts{}, func(r *recorder) {
+	// Intended in modeTx: the count through the DB while tx1 holds the
+	// writer is itself a read-write transaction (txWaitsForWriter).
+	o := compareOpts{
+		cfg: Config{BusyTimeout: 200 * time.Millisecond}, // the wait above
+		intendedIn: map[compareMode]map[string]string{modeTx: {
+			`tx1 count outside => int64(0) | err=nil`: txWaitsForWriter("tx1 count outside"),
+		}},
+	}
+	mattn, _ := compareDrivers(t, o, func(r *recorder) {
 		r.setup(`CREATE TABLE txt (id INTEGER PRIMARY KEY, v TEXT UNIQUE)`)
 		count := func(label string, q rowQueryer) { r.queryRow(label, q, 1, `SELECT count(*) FROM txt`) }
 		begin := func() *sql.Tx {
@@ -774,9 +1030,16 @@ func TestCompare_Tx(t *testing.T) {
 		r.queryRow("QueryRow no rows", r.db, 1, `SELECT v FROM txt WHERE id = -1`)
 		r.queryRow("QueryRow too few dests", r.db, 1, `SELECT id, v FROM txt`)
 		r.queryRow("QueryRow too many dests", r.db, 3, `SELECT id, v FROM txt`)
-		var s string
-		r.note("QueryRow NULL into string", errv{r.db.QueryRowContext(r.ctx, `SELECT NULL`).Scan(&s)})
-		r.note("QueryRow syntax error", errv{r.db.QueryRowContext(r.ctx, `SELEC 1`).Scan(&s)})
+		scanString := func(label, query string) {
+			r.do(label, r.db, query, func(st step) error {
+				var s string
+				err := st.queryRow().Scan(&s)
+				r.note(label, errv{err})
+				return err
+			})
+		}
+		scanString("QueryRow NULL into string", `SELECT NULL`)
+		scanString("QueryRow syntax error", `SELEC 1`)
 
 		// One SQLite session for a sql.Conn: connection state is visible.
 		conn, err := r.db.Conn(r.ctx)
@@ -981,9 +1244,8 @@ func TestCompare_SchemaChange(t *testing.T) {
 		}
 		defer st.Close()
 		show := func(label string) {
-			rows, err := r.db.QueryContext(r.ctx, q)
-			r.columnTypes(label, rows, err)
-			rows, err = st.QueryContext(r.ctx)
+			r.queryFunc(label, r.db, q, nil, r.columnTypes)
+			rows, err := st.QueryContext(r.ctx)
 			r.columnTypes(label+" stmt", rows, err)
 		}
 		show("before")
@@ -1049,6 +1311,12 @@ func TestCompare_Session(t *testing.T) {
 //     TEMP table created through the DB does not shadow the main table.
 //     database/sql promises no connection affinity here; mattn merely
 //     happens to reuse its one idle connection.
+//
+// In modeTx the connection-scoped differences vanish (every step is a
+// read-write transaction, on the writer, as with mattn's one connection),
+// and the BEGIN/COMMIT steps are left out: mattn's one connection stays
+// inside that BEGIN, so the BeginTx of the next step fails on mattn only;
+// that is the same rollback at check-in, already pinned by the other modes.
 
 func TestCompare_IntendedDifferences(t *testing.T) {
 	const ok = `"LastInsertId" | int64(1) | err=nil | "RowsAffected" | int64(1) | err=nil` // stale: the temp insert's
@@ -1062,14 +1330,21 @@ func TestCompare_IntendedDifferences(t *testing.T) {
 		`detach => ` + ok:                                                                              `detach => ` + notAuth,
 		`journal_mode => ` + ok:                                                                        `journal_mode => ` + notAuth,
 	}
-	compareDrivers(t, compareOpts{intended: intended}, func(r *recorder) {
+	inTx := map[string]string{}
+	for _, k := range []string{`pragma query_only => int64(0) | err=nil`, `attach => ` + ok, `detach => ` + ok, `journal_mode => ` + ok} {
+		inTx[k] = intended[k]
+	}
+	o := compareOpts{intended: intended, intendedIn: map[compareMode]map[string]string{modeTx: inTx}}
+	compareDrivers(t, o, func(r *recorder) {
 		r.setup(`CREATE TABLE x (id INTEGER PRIMARY KEY, v)`)
 		r.queryRow("pragma query_only", r.db, 1, `PRAGMA query_only`)
 		r.exec("insert", r.db, `INSERT INTO x (v) VALUES (1), (2)`)
 		r.queryRow("db-level last_insert_rowid, changes", r.db, 2, `SELECT last_insert_rowid(), changes()`)
-		r.exec("BEGIN via Exec", r.db, `BEGIN`)
-		r.exec("insert after BEGIN", r.db, `INSERT INTO x (v) VALUES (3)`)
-		r.exec("COMMIT via Exec", r.db, `COMMIT`)
+		if r.mode != modeTx {
+			r.exec("BEGIN via Exec", r.db, `BEGIN`)
+			r.exec("insert after BEGIN", r.db, `INSERT INTO x (v) VALUES (3)`)
+			r.exec("COMMIT via Exec", r.db, `COMMIT`)
+		}
 		r.exec("temp create", r.db, `CREATE TEMP TABLE x (v)`)
 		r.exec("temp insert", r.db, `INSERT INTO x (v) VALUES ('temp')`)
 		r.queryRow("temp shadow", r.db, 1, `SELECT group_concat(v) FROM x`)
@@ -1237,7 +1512,17 @@ func TestCompare_ReadOnlyTxOnConnHoldingWriter(t *testing.T) {
 		readOnlyInserts(1, 3):                          `read-only tx 1 insert => err *sqliteproxy.Error "sqliteproxy: route: tenant \"acme\": attempt to write in a read-only transaction"`,
 		`rows written => int64(3) | err=nil`:           `rows written => int64(1) | err=nil`,
 	}
-	compareDrivers(t, compareOpts{cfg: Config{Migrations: schema}, directSetup: schema, intended: intended}, func(r *recorder) {
+	// In modeTx the count through the DB is a read-write transaction, while
+	// the conn, having written, holds the writer: txWaitsForWriter.
+	inTx := maps.Clone(intended)
+	inTx[`rows written => int64(3) | err=nil`] = txWaitsForWriter("rows written")
+	o := compareOpts{
+		cfg:         Config{Migrations: schema, BusyTimeout: 200 * time.Millisecond}, // the wait above
+		directSetup: schema,
+		intended:    intended,
+		intendedIn:  map[compareMode]map[string]string{modeTx: inTx},
+	}
+	compareDrivers(t, o, func(r *recorder) {
 		conn, err := r.db.Conn(r.ctx)
 		if err != nil {
 			r.t.Fatal(err)
@@ -1255,4 +1540,98 @@ func TestCompare_ReadOnlyTxOnConnHoldingWriter(t *testing.T) {
 		readOnlyTxInsert(r, conn, 1)
 		r.queryRow("rows written", r.db, 1, `SELECT count(*) FROM x`)
 	})
+}
+
+// ---------------------------------------------------------------------------
+// Prepare after a schema change (issue #13, item 5). A reader's schema is
+// the one of its last read transaction, and TEMP objects live only in the
+// writer's session, so a statement that the writer (like mattn's one
+// connection) would prepare can fail on a reader; PrepareContext must not
+// report that failure.
+
+func TestCompare_PrepareAfterSchemaChange(t *testing.T) {
+	mattn, _ := compareDrivers(t, compareOpts{}, func(r *recorder) {
+		r.exec("create table", r.db, `CREATE TABLE t(a)`)
+		r.exec("create index i", r.db, `CREATE INDEX i ON t(a)`)
+		r.query("select (a reader loads the schema)", r.db, `SELECT a FROM t`)
+		r.exec("drop index i", r.db, `DROP INDEX i`)
+		r.prepare("prepare create index i", r.db, `CREATE INDEX i ON t(a)`)
+		r.exec("create index j", r.db, `CREATE INDEX j ON t(a)`)
+		r.prepare("prepare reindex j", r.db, `REINDEX j`)
+		r.exec("create temp view", r.db, `CREATE TEMP VIEW v AS SELECT 1`)
+		r.prepare("prepare drop view v", r.db, `DROP VIEW v`)
+	})
+	mustContain(t, mattn, `prepare create index i => err=nil`)
+	mustContain(t, mattn, `prepare reindex j => err=nil`)
+	mustContain(t, mattn, `prepare drop view v => err=nil`)
+}
+
+// TestCompare_PrepareOnReaders: texts that can read are prepared on a
+// reader. Its schema must be brought up to date first (a stale one accepts
+// a dropped table), and what only the writer's session holds (TEMP tables)
+// must be found on the writer, also from a sql.Conn that holds a reader,
+// with or without Rows open on it. When the writer fails too, its error is
+// the one reported. A read-only transaction runs on its reader throughout,
+// so there the reader's error stands: intended, for a TEMP table (it lives
+// in the writer's session; see TestCompare_IntendedDifferences).
+func TestCompare_PrepareOnReaders(t *testing.T) {
+	intended := map[string]string{
+		`read-only tx prepare select temp table => err=nil`: `read-only tx prepare select temp table => err sqlite3.Error "no such table: tt" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`,
+	}
+	mattn, _ := compareDrivers(t, compareOpts{intended: intended}, func(r *recorder) {
+		r.exec("create table t", r.db, `CREATE TABLE t(a)`)
+		r.exec("create table u", r.db, `CREATE TABLE u(a)`)
+		r.query("select t (a reader loads the schema)", r.db, `SELECT a FROM t`)
+		r.exec("drop table t", r.db, `DROP TABLE t`)
+		r.prepare("prepare select dropped t", r.db, `SELECT a FROM t`)
+		r.exec("add column", r.db, `ALTER TABLE u ADD COLUMN b`)
+		r.prepare("prepare select added column", r.db, `SELECT b FROM u`)
+		r.exec("create temp table", r.db, `CREATE TEMP TABLE tt(x)`)
+		r.prepare("prepare select temp table", r.db, `SELECT x FROM tt`)
+		r.prepare("prepare select missing column of temp table", r.db, `SELECT nope FROM tt`)
+		r.prepare("prepare syntax error", r.db, `SELEC 1`)
+
+		conn, err := r.db.Conn(r.ctx)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		defer conn.Close()
+		r.query("conn select u (leases a reader)", conn, `SELECT a FROM u`)
+		r.prepare("conn prepare select temp table", conn, `SELECT x FROM tt`)
+		r.prepare("conn prepare missing column of temp table", conn, `SELECT nope FROM tt`)
+		r.note("conn close", errv{conn.Close()})
+
+		conn2, err := r.db.Conn(r.ctx)
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		defer conn2.Close()
+		rows, err := conn2.QueryContext(r.ctx, `SELECT 1 FROM u UNION ALL SELECT 2`)
+		r.note("conn2 rows open", errv{err})
+		if err == nil && rows.Next() {
+			r.prepare("conn2 prepare select temp table with rows open", conn2, `SELECT x FROM tt`)
+			r.prepare("conn2 prepare missing column with rows open", conn2, `SELECT nope FROM tt`)
+			r.rows("conn2 rest of rows", rows, nil)
+		}
+		r.note("conn2 close", errv{conn2.Close()})
+
+		r.exec("create table t2", r.db, `CREATE TABLE t2(a)`)
+		r.query("select t2 (a reader loads the schema)", r.db, `SELECT a FROM t2`)
+		r.exec("drop table t2", r.db, `DROP TABLE t2`)
+		tx, err := r.db.BeginTx(r.ctx, &sql.TxOptions{ReadOnly: true})
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		r.prepare("read-only tx prepare select dropped t2", tx, `SELECT a FROM t2`)
+		r.prepare("read-only tx prepare insert", tx, `INSERT INTO u (a) VALUES (1)`)
+		r.prepare("read-only tx prepare select temp table", tx, `SELECT x FROM tt`)
+		r.queryRow("read-only tx still usable", tx, 1, `SELECT count(*) FROM u`)
+		r.note("read-only tx commit", errv{tx.Commit()})
+	})
+	mustContain(t, mattn, `prepare select dropped t => err sqlite3.Error "no such table: t" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`)
+	mustContain(t, mattn, `prepare select temp table => err=nil`)
+	mustContain(t, mattn, `conn2 prepare select temp table with rows open => err=nil`)
+	mustContain(t, mattn, `conn prepare missing column of temp table => err sqlite3.Error "no such column: nope" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`)
+	mustContain(t, mattn, `read-only tx prepare select dropped t2 => err sqlite3.Error "no such table: t2" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`)
+	mustContain(t, mattn, `read-only tx prepare insert => err=nil`)
 }

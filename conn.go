@@ -204,22 +204,104 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	return s, err
 }
 
+// prepare validates query on the tenant as mattn's Prepare does on its one
+// connection, and warms the statement cache of the connection it used.
+// Deferring the prepare to the execution instead would hide what mattn
+// reports at Prepare (a syntax error, a missing table, NumInput).
+//
+// A checkout that holds no lease yet compiles where the statement will
+// run: a text that cannot be read-only (see prepareOnWriter) on the writer,
+// so preparing a write neither waits for a reader (all may be held by open
+// Rows) nor leases one only to move to the writer at execution. A checkout
+// that holds a lease (sql.Conn, Tx) compiles on it.
+//
+// A reader is not mattn's connection: its schema is the one of its last
+// read transaction, and TEMP objects exist only in the writer's session.
+// So the text is compiled here (never answered from the cache, whose
+// statements were compiled against an older schema), on a reader whose
+// schema was first brought up to date (readerSchema), and a failure on a
+// reader is retried on the writer (route moves the lease there, as
+// routeQuery does): the writer holds the session the statement would have
+// met with mattn. When the writer fails too, its error is returned (and
+// when it cannot be leased, the routing error, as in routeQuery); inside a
+// transaction begun on a reader the statement can only run on that reader,
+// so route keeps it and the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
-	s := &stmt{c: c, query: query, numInput: -1}
-	pc, err := c.route(ctx, false)
+	s := &stmt{c: c, query: query, numInput: -1, returning: sqlscan.Scan(query).Returning}
+	pc, err := c.route(ctx, c.pc == nil && c.prepareOnWriter(query))
 	if err == errNoRoute {
 		return s, nil // prepared on each tenant when it executes
 	}
 	if err != nil {
 		return nil, err
 	}
-	ps, err := pc.takeStmt(ctx, query)
+	ps, err := compile(ctx, pc, query)
+	if err != nil && !pc.writer {
+		w, werr := c.route(ctx, true)
+		if werr != nil {
+			return nil, werr
+		}
+		if w != pc {
+			pc = w
+			ps, err = compile(ctx, pc, query)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
 	s.numInput = ps.NumInput()
 	pc.putStmt(query, ps)
 	return s, nil
+}
+
+// prepareOnWriter reports whether query cannot run on a reader: the class
+// routeQuery cached for it, or else a text that is not a single statement
+// starting with a keyword that can read (routeQuery sends empty and
+// multi-statement texts to the writer too). A WITH that writes is found out
+// only at execution; compiling it on a reader validates it just as well.
+func (c *conn) prepareOnWriter(query string) bool {
+	if ro, ok := c.r.classes.lookup(query); ok {
+		return !ro
+	}
+	info := sqlscan.Scan(query)
+	if info.Multi {
+		return true
+	}
+	switch info.Keyword {
+	case "SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA":
+		return false
+	}
+	return true
+}
+
+// compile prepares query on pc for conn.prepare, first bringing a reader's
+// schema up to date. In a read-only transaction on a reader that has not
+// read yet, this starts its snapshot at the Prepare rather than at the
+// first statement; once it has read (or has rows open), the check is a
+// no-op and the snapshot's schema is what the statement will run against.
+func compile(ctx context.Context, pc *physConn, query string) (*sqlite3.SQLiteStmt, error) {
+	if !pc.writer {
+		if err := readerSchema(ctx, pc.c); err != nil {
+			return nil, err
+		}
+	}
+	s, err := pc.c.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return s.(*sqlite3.SQLiteStmt), nil
+}
+
+// readerSchema makes SQLite check the connection's schema against the file:
+// sqlite3_prepare trusts a loaded schema (it re-reads it only after errors
+// such as "no such table"), so a reader that last read before a DROP would
+// prepare statements that mattn refuses, and refuse CREATEs that mattn
+// prepares. A statement that reads a table compares the schema cookie when
+// it opens its read transaction and reloads a stale schema (PRAGMA
+// schema_version does not: it reads the cookie without that check).
+func readerSchema(ctx context.Context, c *sqlite3.SQLiteConn) error {
+	_, err := c.ExecContext(ctx, "SELECT 1 FROM sqlite_schema LIMIT 0", nil)
+	return err
 }
 
 func (c *conn) Prepare(query string) (driver.Stmt, error) {
@@ -346,6 +428,12 @@ type stmt struct {
 	c        *conn
 	query    string
 	numInput int // -1 when prepared without a tenant
+	// returning: the statement writes and returns rows (RETURNING). mattn's
+	// Stmt.Exec stops at its first row and leaves it active, which holds
+	// its implicit transaction open: every later write on that connection
+	// would join it and stay uncommitted. Exec finalizes such a statement
+	// instead of keeping it for reuse, which ends the transaction.
+	returning bool
 }
 
 var (
@@ -390,7 +478,11 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 	if err != nil {
 		return nil, err
 	}
-	defer pc.putStmt(s.query, ps)
+	if s.returning {
+		defer ps.Close()
+	} else {
+		defer pc.putStmt(s.query, ps)
+	}
 	if s.numInput < 0 {
 		if err := checkNumInput(ps, args); err != nil {
 			return nil, err

@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"database/sql"
+	"slices"
 	"strings"
 	"testing"
 
@@ -130,4 +131,43 @@ func directRows(t *testing.T, p *Proxy, id, query string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// mattn's Stmt.Exec stops at the first row of a statement that returns rows
+// and leaves it active; cached that way on the writer, it kept the implicit
+// transaction open, and every later write on that writer stayed uncommitted.
+func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
+	for _, q := range []string{
+		`INSERT INTO events (tenant) VALUES ('r1'), ('r2') RETURNING id`,
+		`SELECT tenant FROM events`,
+		`WITH x AS (SELECT 1) SELECT * FROM x`,
+	} {
+		t.Run(q, func(t *testing.T) {
+			t.Parallel()
+			p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+			ctx := tctx("a")
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
+				t.Fatal(err)
+			}
+			st, err := p.PrepareContext(ctx, q)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if _, err := st.ExecContext(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+				t.Fatal(err)
+			}
+			got := directRows(t, p, "a", `SELECT tenant FROM events ORDER BY id`)
+			want := []string{"first", "after"}
+			if strings.HasPrefix(q, "INSERT") {
+				want = []string{"first", "r1", "r2", "after"}
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("a fresh connection sees %q, want %q (writes left uncommitted)", got, want)
+			}
+		})
+	}
 }

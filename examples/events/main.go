@@ -15,14 +15,18 @@
 // (the same as go run -tags sqlite_omit_load_extension ./examples/events
 // -addr :8080 -dir ./data) and try it with
 //
-//	curl -s -X POST -H 'X-Tenant-ID: acme' -d '{"type":"signup","payload":"alice"}' localhost:8080/events
+//	curl -s -X POST -H 'X-Tenant-ID: acme' -d '{"Name":"signup"}' localhost:8080/events
 //	curl -s -H 'X-Tenant-ID: acme' localhost:8080/events
 //
 // Endpoints:
 //
-//	POST /events   {"type": "...", "payload": "..."}  -> 201 and the created event
-//	GET  /events   [?type=...]                        -> 200 and the tenant's events, oldest first
-//	GET  /healthz                                     -> 200 "ok" (no tenant needed)
+//	POST /events   {"Name": "..."}  -> 201 and the created event
+//	GET  /events                    -> 200 and the tenant's events, newest first:
+//	                                   [{"id": 1, "name": "...", "created_at": "..."}]
+//	GET  /healthz                   -> 200 "ok" (no tenant needed)
+//
+// The body of POST /events is decoded with encoding/json, which matches
+// field names case-insensitively: {"name": "..."} works as well.
 package main
 
 import (
@@ -47,7 +51,7 @@ import (
 // migrations is the schema of every tenant's file. It is append-only: to
 // change the schema, add a migration; never edit one that has been applied.
 var migrations = []string{
-	`CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, payload TEXT NOT NULL DEFAULT '', created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)`,
+	`CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, name TEXT NOT NULL, created_at DATETIME DEFAULT CURRENT_TIMESTAMP)`,
 }
 
 const (
@@ -169,18 +173,14 @@ type server struct {
 
 type event struct {
 	ID        int64     `json:"id"`
-	Type      string    `json:"type"`
-	Payload   string    `json:"payload"`
+	Name      string    `json:"name"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
-type newEvent struct {
-	Type    string `json:"type"`
-	Payload string `json:"payload"`
-}
-
 func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
-	var in newEvent
+	// No struct tags: encoding/json matches "Name" case-insensitively, so
+	// {"Name": "x"} and {"name": "x"} are the same request.
+	var in struct{ Name string }
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err := dec.Decode(&in); err != nil {
 		var tooBig *http.MaxBytesError
@@ -195,14 +195,13 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "malformed JSON body: more than one JSON value")
 		return
 	}
-	if in.Type == "" {
-		writeError(w, http.StatusBadRequest, `"type" is required`)
+	if in.Name == "" {
+		writeError(w, http.StatusBadRequest, `"Name" is required, as in {"Name": "signup"}`)
 		return
 	}
-	e := event{Type: in.Type, Payload: in.Payload}
+	e := event{Name: in.Name}
 	err := s.db.QueryRowContext(r.Context(),
-		`INSERT INTO events (type, payload) VALUES (?, ?) RETURNING id, created_at`,
-		in.Type, in.Payload,
+		`INSERT INTO events (name) VALUES (?) RETURNING id, created_at`, in.Name,
 	).Scan(&e.ID, &e.CreatedAt)
 	if err != nil {
 		serverError(w, r, "insert event", err)
@@ -212,11 +211,7 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *server) listEvents(w http.ResponseWriter, r *http.Request) {
-	query, args := `SELECT id, type, payload, created_at FROM events ORDER BY id`, []any(nil)
-	if typ := r.URL.Query().Get("type"); typ != "" {
-		query, args = `SELECT id, type, payload, created_at FROM events WHERE type = ? ORDER BY id`, []any{typ}
-	}
-	rows, err := s.db.QueryContext(r.Context(), query, args...)
+	rows, err := s.db.QueryContext(r.Context(), `SELECT id, name, created_at FROM events ORDER BY id DESC`)
 	if err != nil {
 		serverError(w, r, "list events", err)
 		return
@@ -225,7 +220,7 @@ func (s *server) listEvents(w http.ResponseWriter, r *http.Request) {
 	events := []event{} // encodes as [] rather than null when empty
 	for rows.Next() {
 		var e event
-		if err := rows.Scan(&e.ID, &e.Type, &e.Payload, &e.CreatedAt); err != nil {
+		if err := rows.Scan(&e.ID, &e.Name, &e.CreatedAt); err != nil {
 			serverError(w, r, "list events", err)
 			return
 		}

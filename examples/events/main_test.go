@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -39,15 +40,18 @@ func do(t *testing.T, h http.Handler, method, target, tenant, body string) *http
 	return rec
 }
 
-func postEvent(t *testing.T, h http.Handler, tenant, typ, payload string) event {
+// postEvent creates the event name for tenant, sending {field: name}
+// (field is "Name" or "name": encoding/json accepts either), and checks the
+// 201 answer.
+func postEvent(t *testing.T, h http.Handler, tenant, field, name string) event {
 	t.Helper()
-	body, err := json.Marshal(newEvent{Type: typ, Payload: payload})
+	body, err := json.Marshal(map[string]string{field: name})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rec := do(t, h, http.MethodPost, "/events", tenant, string(body))
 	if rec.Code != http.StatusCreated {
-		t.Fatalf("POST /events as %q: status %d, body %s", tenant, rec.Code, rec.Body)
+		t.Fatalf("POST /events %s as %q: status %d, body %s", body, tenant, rec.Code, rec.Body)
 	}
 	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
 		t.Errorf("POST /events: Content-Type %q, want application/json", ct)
@@ -56,8 +60,8 @@ func postEvent(t *testing.T, h http.Handler, tenant, typ, payload string) event 
 	if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil {
 		t.Fatalf("POST /events: decoding %s: %v", rec.Body, err)
 	}
-	if e.ID <= 0 || e.Type != typ || e.Payload != payload {
-		t.Errorf("POST /events as %q: got %+v, want a positive id, type %q, payload %q", tenant, e, typ, payload)
+	if e.ID <= 0 || e.Name != name {
+		t.Errorf("POST /events %s as %q: got %+v, want a positive id and name %q", body, tenant, e, name)
 	}
 	if d := time.Since(e.CreatedAt); e.CreatedAt.IsZero() || d < -time.Minute || d > time.Minute {
 		t.Errorf("POST /events as %q: created_at %v is not about now", tenant, e.CreatedAt)
@@ -65,18 +69,26 @@ func postEvent(t *testing.T, h http.Handler, tenant, typ, payload string) event 
 	return e
 }
 
-func listEvents(t *testing.T, h http.Handler, tenant, target string) []event {
+// newestFirst returns es in reverse order: the order of GET /events for
+// events created in the order of es.
+func newestFirst(es []event) []event {
+	out := slices.Clone(es)
+	slices.Reverse(out)
+	return out
+}
+
+func listEvents(t *testing.T, h http.Handler, tenant string) []event {
 	t.Helper()
-	rec := do(t, h, http.MethodGet, target, tenant, "")
+	rec := do(t, h, http.MethodGet, "/events", tenant, "")
 	if rec.Code != http.StatusOK {
-		t.Fatalf("GET %s as %q: status %d, body %s", target, tenant, rec.Code, rec.Body)
+		t.Fatalf("GET /events as %q: status %d, body %s", tenant, rec.Code, rec.Body)
 	}
 	var es []event
 	if err := json.Unmarshal(rec.Body.Bytes(), &es); err != nil {
-		t.Fatalf("GET %s: decoding %s: %v", target, rec.Body, err)
+		t.Fatalf("GET /events: decoding %s: %v", rec.Body, err)
 	}
 	if es == nil {
-		t.Errorf("GET %s as %q: body %s, want a JSON array", target, tenant, rec.Body)
+		t.Errorf("GET /events as %q: body %s, want a JSON array", tenant, rec.Body)
 	}
 	return es
 }
@@ -97,16 +109,64 @@ func checkError(t *testing.T, rec *httptest.ResponseRecorder, want int, what str
 	}
 }
 
+// TestArticleRequests sends the requests of the article the example
+// follows, byte for byte: {"Name":"x"} and {"name":"y"} are both created,
+// and GET /events answers [{"id","name","created_at"}], newest first.
+func TestArticleRequests(t *testing.T) {
+	p, _ := newTestProxy(t)
+	h := newServer(p)
+
+	for _, body := range []string{`{"Name":"x"}`, `{"name":"y"}`} {
+		rec := do(t, h, http.MethodPost, "/events", "acme", body)
+		if rec.Code != http.StatusCreated {
+			t.Fatalf("POST /events %s: status %d, body %s; want 201", body, rec.Code, rec.Body)
+		}
+	}
+
+	rec := do(t, h, http.MethodGet, "/events", "acme", "")
+	if rec.Code != http.StatusOK {
+		t.Fatalf("GET /events: status %d, body %s", rec.Code, rec.Body)
+	}
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Errorf("GET /events: Content-Type %q, want application/json", ct)
+	}
+	// Decode loosely, to see the field names as they are on the wire.
+	var got []map[string]any
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatalf("GET /events: decoding %s: %v", rec.Body, err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("GET /events: %s, want 2 events", rec.Body)
+	}
+	for i, want := range []struct {
+		id   float64
+		name string
+	}{{2, "y"}, {1, "x"}} {
+		e := got[i]
+		if diff := cmp.Diff([]string{"created_at", "id", "name"}, slices.Sorted(maps.Keys(e))); diff != "" {
+			t.Errorf("GET /events: fields of event %d (-want +got):\n%s", i, diff)
+		}
+		if e["id"] != want.id || e["name"] != want.name {
+			t.Errorf("GET /events: event %d is %v, want id %v and name %q (newest first)", i, e, want.id, want.name)
+		}
+		if s, ok := e["created_at"].(string); !ok {
+			t.Errorf("GET /events: event %d created_at %v is not a string", i, e["created_at"])
+		} else if _, err := time.Parse(time.RFC3339, s); err != nil {
+			t.Errorf("GET /events: event %d created_at: %v", i, err)
+		}
+	}
+}
+
 func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
 	h := newServer(p)
 
 	acme := []event{
-		postEvent(t, h, "acme", "signup", "alice"),
-		postEvent(t, h, "acme", "login", "alice"),
+		postEvent(t, h, "acme", "Name", "signup"),
+		postEvent(t, h, "acme", "name", "login"),
 	}
-	globex := []event{postEvent(t, h, "globex", "signup", "bob")}
-	acme = append(acme, postEvent(t, h, "acme", "signup", "carol"))
+	globex := []event{postEvent(t, h, "globex", "Name", "signup")}
+	acme = append(acme, postEvent(t, h, "acme", "name", "logout"))
 
 	// Each tenant has its own file, so its own id sequence.
 	for _, tc := range []struct {
@@ -120,18 +180,11 @@ func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 		}
 	}
 
-	if diff := cmp.Diff(acme, listEvents(t, h, "acme", "/events")); diff != "" {
+	if diff := cmp.Diff(newestFirst(acme), listEvents(t, h, "acme")); diff != "" {
 		t.Errorf("GET /events as acme (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff(globex, listEvents(t, h, "globex", "/events")); diff != "" {
+	if diff := cmp.Diff(newestFirst(globex), listEvents(t, h, "globex")); diff != "" {
 		t.Errorf("GET /events as globex (-want +got):\n%s", diff)
-	}
-	wantSignups := []event{acme[0], acme[2]}
-	if diff := cmp.Diff(wantSignups, listEvents(t, h, "acme", "/events?type=signup")); diff != "" {
-		t.Errorf("GET /events?type=signup as acme (-want +got):\n%s", diff)
-	}
-	if diff := cmp.Diff([]event{}, listEvents(t, h, "globex", "/events?type=login")); diff != "" {
-		t.Errorf("GET /events?type=login as globex (-want +got):\n%s", diff)
 	}
 
 	// A tenant without events gets [], not null.
@@ -149,24 +202,38 @@ func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 	}
 }
 
+// TestEachTenantIsItsOwnFile reads the tenants' files directly, bypassing
+// the proxy: each holds its own tenant's rows, in the table of the article.
 func TestEachTenantIsItsOwnFile(t *testing.T) {
 	dir := t.TempDir()
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
 	h := newServer(p)
 
-	type row struct{ Type, Payload string }
-	want := map[string][]row{
-		"acme":   {{"signup", "alice"}, {"login", "alice"}, {"logout", "alice"}},
-		"globex": {{"signup", "bob"}},
+	want := map[string][]string{
+		"acme":   {"signup", "login", "logout"},
+		"globex": {"signup"},
 	}
 	for _, tenant := range []string{"acme", "globex"} {
-		for _, r := range want[tenant] {
-			postEvent(t, h, tenant, r.Type, r.Payload)
+		for _, name := range want[tenant] {
+			postEvent(t, h, tenant, "Name", name)
 		}
 	}
 
+	// PRAGMA table_info: cid, name, type, notnull, dflt_value, pk.
+	type column struct {
+		Name, Type string
+		NotNull    bool
+		Default    sql.NullString
+		PK         int
+	}
+	wantColumns := []column{
+		{Name: "id", Type: "INTEGER", PK: 1},
+		{Name: "name", Type: "TEXT", NotNull: true},
+		{Name: "created_at", Type: "DATETIME", Default: sql.NullString{String: "CURRENT_TIMESTAMP", Valid: true}},
+	}
+
 	sqlite3CLI, cliErr := exec.LookPath("sqlite3")
-	for tenant, rows := range want {
+	for tenant, names := range want {
 		path := filepath.Join(dir, tenant+".db")
 		if _, err := os.Stat(path); err != nil {
 			t.Fatalf("tenant %s: %v", tenant, err)
@@ -177,26 +244,21 @@ func TestEachTenantIsItsOwnFile(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rs, err := db.QueryContext(t.Context(), `SELECT type, payload FROM events ORDER BY id`)
-		if err != nil {
-			db.Close()
-			t.Fatalf("tenant %s: reading %s directly: %v", tenant, path, err)
-		}
-		var got []row
-		for rs.Next() {
-			var r row
-			if err := rs.Scan(&r.Type, &r.Payload); err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, r)
-		}
-		if err := rs.Err(); err != nil {
-			t.Fatal(err)
-		}
-		rs.Close()
-		db.Close()
-		if diff := cmp.Diff(rows, got); diff != "" {
+		t.Cleanup(func() { db.Close() })
+		got := queryAll(t, db, `SELECT name FROM events ORDER BY id`, func(rs *sql.Rows) (string, error) {
+			var name string
+			return name, rs.Scan(&name)
+		})
+		if diff := cmp.Diff(names, got); diff != "" {
 			t.Errorf("rows in %s (-want +got):\n%s", path, diff)
+		}
+		columns := queryAll(t, db, `PRAGMA table_info(events)`, func(rs *sql.Rows) (column, error) {
+			var c column
+			var cid int
+			return c, rs.Scan(&cid, &c.Name, &c.Type, &c.NotNull, &c.Default, &c.PK)
+		})
+		if diff := cmp.Diff(wantColumns, columns); diff != "" {
+			t.Errorf("columns of events in %s (-want +got):\n%s", path, diff)
 		}
 
 		if cliErr != nil {
@@ -206,7 +268,7 @@ func TestEachTenantIsItsOwnFile(t *testing.T) {
 		if err != nil {
 			t.Fatalf("sqlite3 %s: %v\n%s", path, err, out)
 		}
-		if got, want := strings.TrimSpace(string(out)), strconv.Itoa(len(rows)); got != want {
+		if got, want := strings.TrimSpace(string(out)), strconv.Itoa(len(names)); got != want {
 			t.Errorf("sqlite3 %s 'select count(*) from events' = %q, want %q", path, got, want)
 		}
 	}
@@ -215,16 +277,38 @@ func TestEachTenantIsItsOwnFile(t *testing.T) {
 	}
 }
 
+// queryAll runs query on db and scans every row with scan.
+func queryAll[T any](t *testing.T, db *sql.DB, query string, scan func(*sql.Rows) (T, error)) []T {
+	t.Helper()
+	rs, err := db.QueryContext(t.Context(), query)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	defer rs.Close()
+	var out []T
+	for rs.Next() {
+		v, err := scan(rs)
+		if err != nil {
+			t.Fatalf("%s: %v", query, err)
+		}
+		out = append(out, v)
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return out
+}
+
 func TestBadRequests(t *testing.T) {
 	dir := t.TempDir()
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
 	h := newServer(p)
-	valid := postEvent(t, h, "acme", "signup", "alice")
+	valid := postEvent(t, h, "acme", "Name", "signup")
 
 	for _, method := range []string{http.MethodGet, http.MethodPost} {
 		body := ""
 		if method == http.MethodPost {
-			body = `{"type":"signup","payload":"mallory"}`
+			body = `{"Name":"mallory"}`
 		}
 		checkError(t, do(t, h, method, "/events", "", body), http.StatusBadRequest, method+" without "+tenantHeader)
 		for _, id := range []string{"../x", "a/b", "ACME", " ", "../acme", "acme.db", "-acme", "con", "acme\x00", strings.Repeat("a", 65)} {
@@ -239,13 +323,19 @@ func TestBadRequests(t *testing.T) {
 		checkError(t, rec, http.StatusBadRequest, method+" with two "+tenantHeader+" headers")
 	}
 
-	for _, body := range []string{`{"payload":"x"}`, `{"type":""}`, `{}`} {
-		checkError(t, do(t, h, http.MethodPost, "/events", "acme", body), http.StatusBadRequest, "POST "+body)
+	// A missing or empty name, including the body of the earlier version of
+	// this example, is a 400 that says what is missing.
+	for _, body := range []string{`{}`, `{"Name":""}`, `{"name":""}`, `{"Name":null}`, `{"type":"signup","payload":"alice"}`} {
+		rec := do(t, h, http.MethodPost, "/events", "acme", body)
+		checkError(t, rec, http.StatusBadRequest, "POST "+body)
+		if !strings.Contains(rec.Body.String(), `\"Name\" is required`) {
+			t.Errorf("POST %s: error %s does not say that Name is required", body, rec.Body)
+		}
 	}
-	for _, body := range []string{``, `{"type":`, `not json`, `{"type":5}`, `["signup"]`, `{"type":"a"} {"type":"b"}`} {
+	for _, body := range []string{``, `{"Name":`, `not json`, `{"Name":5}`, `["x"]`, `"x"`, `{"Name":"a"} {"Name":"b"}`} {
 		checkError(t, do(t, h, http.MethodPost, "/events", "acme", body), http.StatusBadRequest, fmt.Sprintf("POST %q", body))
 	}
-	big := `{"type":"big","payload":"` + strings.Repeat("x", maxBodyBytes) + `"}`
+	big := `{"Name":"` + strings.Repeat("x", maxBodyBytes) + `"}`
 	checkError(t, do(t, h, http.MethodPost, "/events", "acme", big), http.StatusRequestEntityTooLarge, "POST of more than 1 MiB")
 
 	if rec := do(t, h, http.MethodDelete, "/events", "acme", ""); rec.Code != http.StatusMethodNotAllowed {
@@ -253,7 +343,7 @@ func TestBadRequests(t *testing.T) {
 	}
 
 	// None of the rejected requests wrote anything or created a file.
-	if diff := cmp.Diff([]event{valid}, listEvents(t, h, "acme", "/events")); diff != "" {
+	if diff := cmp.Diff([]event{valid}, listEvents(t, h, "acme")); diff != "" {
 		t.Errorf("acme's events after bad requests (-want +got):\n%s", diff)
 	}
 	entries, err := os.ReadDir(dir)
@@ -310,7 +400,7 @@ func TestConcurrentTenants(t *testing.T) {
 	for _, tenant := range tenants {
 		for i := range perTenant {
 			wg.Go(func() {
-				body := fmt.Sprintf(`{"type":"tick","payload":"%s-%d"}`, tenant, i)
+				body := fmt.Sprintf(`{"Name":"%s-%d"}`, tenant, i)
 				if rec := do(t, h, http.MethodPost, "/events", tenant, body); rec.Code != http.StatusCreated {
 					t.Errorf("POST as %s: status %d, body %s", tenant, rec.Code, rec.Body)
 				}
@@ -323,21 +413,21 @@ func TestConcurrentTenants(t *testing.T) {
 	wg.Wait()
 
 	for _, tenant := range tenants {
-		es := listEvents(t, h, tenant, "/events")
-		var payloads, want []string
+		es := listEvents(t, h, tenant)
+		var names, want []string
 		for i, e := range es {
-			if e.ID != int64(i+1) {
-				t.Errorf("%s: event %d has id %d, want %d", tenant, i, e.ID, i+1)
+			if e.ID != int64(len(es)-i) { // newest first
+				t.Errorf("%s: event %d has id %d, want %d", tenant, i, e.ID, len(es)-i)
 			}
-			payloads = append(payloads, e.Payload)
+			names = append(names, e.Name)
 		}
 		for i := range perTenant {
 			want = append(want, fmt.Sprintf("%s-%d", tenant, i))
 		}
-		slices.Sort(payloads)
+		slices.Sort(names)
 		slices.Sort(want)
-		if diff := cmp.Diff(want, payloads); diff != "" {
-			t.Errorf("%s's payloads (-want +got):\n%s", tenant, diff)
+		if diff := cmp.Diff(want, names); diff != "" {
+			t.Errorf("%s's names (-want +got):\n%s", tenant, diff)
 		}
 	}
 }
@@ -389,8 +479,9 @@ func TestBinary(t *testing.T) {
 }
 
 // exerciseBinary starts cmd (an events server listening on addr), waits for
-// /healthz, POSTs an event for tenant acme and reads it back, then stops
-// the server with SIGTERM and checks it exits 0. It returns the server's output.
+// /healthz, POSTs two events for tenant acme ({"Name":"x"}, {"name":"y"}),
+// reads them back newest first, then stops the server with SIGTERM and
+// checks it exits 0. It returns the server's output.
 func exerciseBinary(t *testing.T, cmd *exec.Cmd, addr string) string {
 	t.Helper()
 	var logs bytes.Buffer // read only once the process has been waited for
@@ -453,18 +544,23 @@ func exerciseBinary(t *testing.T, cmd *exec.Cmd, addr string) string {
 		}
 		return resp.StatusCode, b
 	}
-	code, body := send(http.MethodPost, "/events", `{"type":"signup","payload":"alice"}`)
-	if code != http.StatusCreated {
-		t.Fatalf("POST /events: status %d, body %s", code, body)
+	// The article's requests: the field name in either case.
+	var created []event
+	for i, tc := range []struct{ body, name string }{{`{"Name":"x"}`, "x"}, {`{"name":"y"}`, "y"}} {
+		code, body := send(http.MethodPost, "/events", tc.body)
+		if code != http.StatusCreated {
+			t.Fatalf("POST /events %s: status %d, body %s", tc.body, code, body)
+		}
+		var e event
+		if err := json.Unmarshal(body, &e); err != nil {
+			t.Fatalf("POST /events: decoding %s: %v", body, err)
+		}
+		if e.ID != int64(i+1) || e.Name != tc.name || e.CreatedAt.IsZero() {
+			t.Errorf("POST /events %s: got %+v", tc.body, e)
+		}
+		created = append(created, e)
 	}
-	var created event
-	if err := json.Unmarshal(body, &created); err != nil {
-		t.Fatalf("POST /events: decoding %s: %v", body, err)
-	}
-	if created.ID != 1 || created.Type != "signup" || created.Payload != "alice" || created.CreatedAt.IsZero() {
-		t.Errorf("POST /events: got %+v", created)
-	}
-	code, body = send(http.MethodGet, "/events", "")
+	code, body := send(http.MethodGet, "/events", "")
 	if code != http.StatusOK {
 		t.Fatalf("GET /events: status %d, body %s", code, body)
 	}
@@ -472,7 +568,7 @@ func exerciseBinary(t *testing.T, cmd *exec.Cmd, addr string) string {
 	if err := json.Unmarshal(body, &list); err != nil {
 		t.Fatalf("GET /events: decoding %s: %v", body, err)
 	}
-	if diff := cmp.Diff([]event{created}, list); diff != "" {
+	if diff := cmp.Diff(newestFirst(created), list); diff != "" {
 		t.Errorf("GET /events (-want +got):\n%s", diff)
 	}
 

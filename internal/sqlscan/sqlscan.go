@@ -16,6 +16,10 @@ type Info struct {
 	// semicolons (CREATE TRIGGER) also report true: callers use Multi to
 	// decide conservatively.
 	Multi bool
+	// Returning reports whether the first statement has the word RETURNING
+	// outside quotes and comments (INSERT/UPDATE/DELETE ... RETURNING: a
+	// write that returns rows). A column named returning also reports true.
+	Returning bool
 }
 
 // Scan describes sql.
@@ -27,7 +31,8 @@ func Scan(sql string) Info {
 		i++
 	}
 	info.Keyword = strings.ToUpper(sql[start:i])
-	end, ok := statementEnd(sql, i)
+	end, ok, returning := statementEnd(sql, i)
+	info.Returning = returning
 	if !ok {
 		return info
 	}
@@ -47,19 +52,19 @@ func Scan(sql string) Info {
 }
 
 // statementEnd returns the index just past the first top-level ';' at or
-// after i, and whether there was one.
-func statementEnd(sql string, i int) (int, bool) {
+// after i, whether there was one, and whether the word RETURNING came first.
+func statementEnd(sql string, i int) (end int, ok, returning bool) {
 	for i < len(sql) {
 		switch c := sql[i]; c {
 		case ';':
-			return i + 1, true
+			return i + 1, true, returning
 		case '\'', '"', '`':
 			i = skipQuoted(sql, i, c)
 		case '[':
 			if j := strings.IndexByte(sql[i:], ']'); j >= 0 {
 				i += j + 1
 			} else {
-				return len(sql), false
+				return len(sql), false, returning
 			}
 		case '-', '/':
 			if j := skipComment(sql, i); j > i {
@@ -68,10 +73,18 @@ func statementEnd(sql string, i int) (int, bool) {
 				i++
 			}
 		default:
-			i++
+			if !isWordByte(c) {
+				i++
+				continue
+			}
+			start := i
+			for i < len(sql) && isWordByte(sql[i]) {
+				i++
+			}
+			returning = returning || strings.EqualFold(sql[start:i], "RETURNING")
 		}
 	}
-	return len(sql), false
+	return len(sql), false, returning
 }
 
 // skipQuoted skips a quoted token starting at i; a doubled quote escapes it.

@@ -25,6 +25,12 @@ func TestScan(t *testing.T) {
 		{"begin", Info{Keyword: "BEGIN"}},
 		{"select 'unterminated; delete", Info{Keyword: "SELECT"}},
 		{"select 1 - 2; /* x */ update t set a=1", Info{Keyword: "SELECT", Multi: true}},
+		{"insert into t values (1) returning id", Info{Keyword: "INSERT", Returning: true}},
+		{"DELETE FROM t RETURNING *; select 1", Info{Keyword: "DELETE", Multi: true, Returning: true}},
+		{"insert into t values ('returning') -- returning\n", Info{Keyword: "INSERT"}},
+		{`update t set "returning" = 1`, Info{Keyword: "UPDATE"}},
+		{"select 1; delete from t returning id", Info{Keyword: "SELECT", Multi: true}},
+		{"update notreturning set a = 1", Info{Keyword: "UPDATE"}},
 	}
 	for _, tt := range tests {
 		if got := Scan(tt.sql); got != tt.want {
