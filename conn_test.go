@@ -1,10 +1,12 @@
 package sqliteproxy
 
 import (
+	"context"
 	"database/sql"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -109,12 +111,7 @@ func TestConn_FailedRollbackAtCheckInClosesConnection(t *testing.T) {
 // returns the first column of each row.
 func directRows(t *testing.T, p *Proxy, id, query string) []string {
 	t.Helper()
-	db, err := sql.Open("sqlite3", fileURI(p.Config().Dir+"/"+id+tenantFileSuffix)+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	rows, err := db.Query(query)
+	rows, err := direct(t, p.Config().Dir, id).Query(query)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,5 +166,37 @@ func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 				t.Fatalf("a fresh connection sees %q, want %q (writes left uncommitted)", got, want)
 			}
 		})
+	}
+}
+
+// TestPrepare_WriteWithReadersHeld: preparing a write does not need a
+// reader. With every reader held by open Rows (the "iterate rows, write for
+// each" loop, with a prepared INSERT as GORM's PrepareStmt makes), preparing
+// on a reader would wait for one of those Rows; from several goroutines at
+// once, each holding a reader, that waits forever.
+func TestPrepare_WriteWithReadersHeld(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v)`}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO items (v) VALUES (1), (2)`); err != nil {
+		t.Fatal(err)
+	}
+	for range DefaultReadersPerTenant {
+		rows, err := p.QueryContext(ctx, `SELECT id FROM items`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		rows.Next()
+	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := p.PrepareContext(wctx, `INSERT INTO items (v) VALUES (?)`)
+	if err != nil {
+		t.Fatalf("prepare with every reader held: %v", err)
+	}
+	defer st.Close()
+	if _, err := st.ExecContext(wctx, 3); err != nil {
+		t.Fatalf("exec: %v", err)
 	}
 }

@@ -38,34 +38,3 @@ func TestCloseThenUse(t *testing.T) {
 	}
 	assertNoOpenFiles(t, dir)
 }
-
-// TestPrepare_WriteWithReadersHeld: preparing a write does not need a
-// reader. With every reader held by open Rows (the "iterate rows, write for
-// each" loop, with a prepared INSERT as GORM's PrepareStmt makes), preparing
-// on a reader would wait for one of those Rows; from several goroutines at
-// once, each holding a reader, that waits forever.
-func TestPrepare_WriteWithReadersHeld(t *testing.T) {
-	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v)`}})
-	ctx := tctx("acme")
-	if _, err := p.ExecContext(ctx, `INSERT INTO items (v) VALUES (1), (2)`); err != nil {
-		t.Fatal(err)
-	}
-	for range DefaultReadersPerTenant {
-		rows, err := p.QueryContext(ctx, `SELECT id FROM items`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer rows.Close()
-		rows.Next()
-	}
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	st, err := p.PrepareContext(wctx, `INSERT INTO items (v) VALUES (?)`)
-	if err != nil {
-		t.Fatalf("prepare with every reader held: %v", err)
-	}
-	defer st.Close()
-	if _, err := st.ExecContext(wctx, 3); err != nil {
-		t.Fatalf("exec: %v", err)
-	}
-}

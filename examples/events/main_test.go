@@ -113,7 +113,7 @@ func checkError(t *testing.T, rec *httptest.ResponseRecorder, want int, what str
 // follows, byte for byte: {"Name":"x"} and {"name":"y"} are both created,
 // and GET /events answers [{"id","name","created_at"}], newest first.
 func TestArticleRequests(t *testing.T) {
-	p, _ := newTestProxy(t)
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
 	h := newServer(p)
 
 	for _, body := range []string{`{"Name":"x"}`, `{"name":"y"}`} {
