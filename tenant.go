@@ -304,15 +304,22 @@ func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
 	pc, err := t.r.conns.open(t, false)
 	t.r.tel.opened(ctx, t.tel, roleReader, start, err)
 	if err != nil {
-		t.r.budget.unreserve(t) // while the lease still keeps eviction away
-		t.mu.Lock()
-		t.nreaders--
-		t.leasedReaders--
-		t.wakeReaderQLocked() // a reader may be opened for them now
-		t.mu.Unlock()
+		t.dropReader()
 		return nil, err
 	}
 	return pc, nil
+}
+
+// dropReader ends the lease of a reader that failed to open or was closed
+// alone: its slot goes back (while the lease still keeps eviction away),
+// and queued waiters look again, as a reader may be opened for them now.
+func (t *tenant) dropReader() {
+	t.r.budget.unreserve(t)
+	t.mu.Lock()
+	t.nreaders--
+	t.leasedReaders--
+	t.wakeReaderQLocked()
+	t.mu.Unlock()
 }
 
 func (t *tenant) releaseReader(pc *physConn) {
@@ -349,12 +356,7 @@ func (t *tenant) discard(pc *physConn) {
 		return
 	}
 	pc.close()
-	t.r.budget.unreserve(t) // while the lease still keeps eviction away
-	t.mu.Lock()
-	t.nreaders--
-	t.leasedReaders--
-	t.wakeReaderQLocked() // a reader may be opened for them now
-	t.mu.Unlock()
+	t.dropReader()
 	t.touch()
 	t.r.budget.wake()
 	if t.r.isClosed.Load() {
