@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run test check vet unit compat build clean bench cli static torture
+.PHONY: run test check vet unit compat build clean bench cli static torture replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -15,13 +15,14 @@ run:
 	$(GO) run -tags $(TAGS) ./examples/events -addr $(ADDR) -dir $(DIR)
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
-test: check vet unit compat cli
+test: check vet unit compat cli replication
 
 check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	cd compat && $(GO) mod tidy -diff
 	cd cmd/sqliteproxy && $(GO) mod tidy -diff
+	cd replication && $(GO) mod tidy -diff
 
 vet:
 	$(GO) vet -tags $(TAGS) ./...
@@ -36,6 +37,11 @@ compat:
 ## cli: the ops command cmd/sqliteproxy (a nested module, for its progress-bar dependency)
 cli:
 	cd cmd/sqliteproxy && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
+
+## replication: replication with a real Litestream (v0.5.18) and a real S3-compatible server
+## (versitygw), both pinned as tools in replication/go.mod and built on first use (~4 min cold)
+replication:
+	cd replication && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) -timeout 20m ./...
 
 build:
 	$(GO) build -tags $(TAGS) ./...

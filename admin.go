@@ -110,13 +110,21 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	r := p.c.r
 	if err := t.mustExist(opDeleteTenant); err != nil {
+		if r.repl != nil && errors.Is(err, ErrTenantNotFound) {
+			// Not here, perhaps in the replica: erase it there.
+			if found, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
+				return opError(opDeleteTenant, id, fmt.Errorf("erase replica: %w", rerr))
+			} else if found {
+				return nil
+			}
+		}
 		return err
 	}
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
 		return err
 	}
-	r := p.c.r
 	// Move the file out of the tenant's name first, so nothing can open a
 	// half-deleted tenant; then its side files, then the file.
 	hidden := tempName(r.cfg.Dir, deletingPrefix, id)
@@ -127,9 +135,11 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		}
 		return opError(opDeleteTenant, id, err)
 	}
-	err = removeWithSideFiles(t.path)
-	if rerr := removeWithSideFiles(hidden); err == nil {
-		err = rerr
+	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)))
+	if r.repl != nil && err == nil {
+		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
+			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)
+		}
 	}
 	if serr := syncDir(r.cfg.Dir); err == nil {
 		err = serr
@@ -297,7 +307,18 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // Pending migrations apply on the next access. Restoring into an ID that
 // has no file creates the tenant.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
-	const op = opRestoreTenant
+	return p.restore(ctx, opRestoreTenant, id, func(tmp string) error {
+		if err := copyVerified(ctx, srcPath, tmp); err != nil {
+			return fmt.Errorf("source %s: %w", srcPath, err)
+		}
+		return nil
+	})
+}
+
+// restore replaces tenant id's database with the file fill writes at tmp
+// (a healthy database, checked by fill), draining the tenant. With
+// replication on, the restored state is then synced as the replica's new head.
+func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string) error) error {
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
@@ -305,8 +326,8 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	r := p.c.r
 	tmp := tempName(r.cfg.Dir, restoringPrefix, id)
 	defer removeWithSideFiles(tmp)
-	if err := copyVerified(ctx, srcPath, tmp); err != nil {
-		return opError(op, id, fmt.Errorf("source %s: %w", srcPath, err))
+	if err := fill(tmp); err != nil {
+		return opError(op, id, err)
 	}
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return opError(op, id, err)
@@ -314,13 +335,15 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	if err := t.awaitDrain(ctx); err != nil && !errors.Is(err, ErrTenantNotFound) {
 		return err
 	} else if err != nil {
-		return p.RestoreTenant(ctx, id, srcPath) // deleted meanwhile: restore into the new tenant
+		// Deleted meanwhile: restore into the new tenant.
+		return p.restore(ctx, op, id, func(tmp2 string) error { return os.Rename(tmp, tmp2) })
 	}
 	if err := t.drain(ctx, op, evictRestore); err != nil {
 		return err
 	}
-	// Side files of the old database would be replayed into the new one.
-	err = removeWithSideFiles(t.path + "-wal")
+	// Side files of the old database would be replayed into the new one,
+	// and Litestream's files describe the old one.
+	err = errors.Join(removeWithSideFiles(t.path+"-wal"), os.RemoveAll(metaDir(t.path)))
 	if err == nil {
 		err = errors.Join(os.Remove(t.path+"-shm"), os.Remove(t.path+"-journal"))
 		if errors.Is(err, fs.ErrNotExist) {
@@ -337,6 +360,29 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	t.endDrain(tenantActive)
 	if err != nil {
 		return opError(op, id, err)
+	}
+	if r.repl != nil {
+		// Open it (registering it with Litestream) and sync: the restored
+		// state becomes the replica's head now, not at the next access.
+		if _, err := t.acquireWriter(ctx); err != nil {
+			return err
+		}
+		t.releaseWriter()
+		return p.SyncTenant(ctx, id)
+	}
+	return nil
+}
+
+// checkFile fails unless the file at path is a healthy SQLite database
+// (PRAGMA quick_check), reading it without changing it.
+func checkFile(ctx context.Context, path string) error {
+	sc, err := plainDriver.Open(fileURI(path) + "?mode=ro&immutable=1")
+	if err != nil {
+		return err
+	}
+	defer sc.Close()
+	if err := checkIntegrity(ctx, sc.(*sqlite3.SQLiteConn), "quick_check"); err != nil {
+		return fmt.Errorf("not a healthy SQLite database: %w", err)
 	}
 	return nil
 }

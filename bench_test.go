@@ -32,7 +32,7 @@ func init() {
 		if err := ensureWAL(c, DefaultBusyTimeout); err != nil {
 			return err
 		}
-		return hardenTenantConn(c)
+		return hardenTenantConn(c, false)
 	}})
 }
 

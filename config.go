@@ -23,6 +23,7 @@ const (
 	DefaultBusyTimeout      = 5 * time.Second
 	DefaultSynchronous      = "NORMAL"
 	DefaultStmtCacheSize    = 64
+	DefaultLitestreamPath   = "litestream"
 )
 
 // Config configures a Proxy or a Connector. The zero value of every field
@@ -118,6 +119,24 @@ type Config struct {
 	// With the OpenTelemetry SDK, also raise its per-instrument cardinality
 	// limit (2 000 by default) for large fleets. [metrics_tenant_limit]
 	MetricsTenantLimit int
+
+	// ReplicaURL turns on replication: every tenant is streamed by a
+	// Litestream process (see LitestreamSocket) to <ReplicaURL>/<id>, and a
+	// tenant missing here but present there is restored on first access.
+	// A Litestream v0.5 replica URL: file:///backups/tenants, or
+	// s3://bucket/prefix (with ?endpoint=http://host:port for S3-compatible
+	// stores; credentials come from the Litestream process's environment,
+	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Default "" (off). [replica_url]
+	ReplicaURL string
+
+	// LitestreamSocket is the control socket of the Litestream process
+	// (litestream replicate with socket.enabled in its config) that streams
+	// open tenants. Required with ReplicaURL. [litestream_socket]
+	LitestreamSocket string
+
+	// LitestreamPath is the litestream binary used to restore tenants.
+	// Default: "litestream", looked up on PATH when first needed. [litestream_path]
+	LitestreamPath string
 }
 
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
@@ -125,6 +144,7 @@ var dsnKeys = []string{
 	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
 	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create",
 	"migrations_dir", "migration_mode", "trace_queries", "trace_statements", "metrics_tenant_limit",
+	"replica_url", "litestream_socket", "litestream_path",
 }
 
 // ParseDSN parses a DSN of the form "dir=./data&max_connections=50" (URL
@@ -179,6 +199,12 @@ func (c *Config) setDSNValue(key, v string) error {
 		c.TraceStatements, err = strconv.ParseBool(v)
 	case "metrics_tenant_limit":
 		c.MetricsTenantLimit, err = strconv.Atoi(v)
+	case "replica_url":
+		c.ReplicaURL = v
+	case "litestream_socket":
+		c.LitestreamSocket = v
+	case "litestream_path":
+		c.LitestreamPath = v
 	default:
 		return fmt.Errorf("unknown key %q (known: %s)", key, strings.Join(dsnKeys, ", "))
 	}
@@ -234,6 +260,15 @@ func (c *Config) FormatDSN() string {
 	}
 	if c.MetricsTenantLimit != 0 {
 		add("metrics_tenant_limit", strconv.Itoa(c.MetricsTenantLimit))
+	}
+	if c.ReplicaURL != "" {
+		add("replica_url", c.ReplicaURL)
+	}
+	if c.LitestreamSocket != "" {
+		add("litestream_socket", c.LitestreamSocket)
+	}
+	if c.LitestreamPath != "" {
+		add("litestream_path", c.LitestreamPath)
 	}
 	return strings.Join(q, "&")
 }
@@ -301,6 +336,17 @@ func (c *Config) resolved() (*Config, error) {
 	}
 	if set > 1 {
 		return nil, errors.New("set at most one of Config.Migrations, Config.MigrationsFS and Config.MigrationsDir")
+	}
+	if r.ReplicaURL != "" {
+		if _, err := tenantReplicaURL(r.ReplicaURL, "x"); err != nil {
+			return nil, fmt.Errorf("Config.ReplicaURL: %w", err)
+		}
+		if r.LitestreamSocket == "" {
+			return nil, errors.New("Config.ReplicaURL needs Config.LitestreamSocket, the control socket of the Litestream process")
+		}
+	}
+	if r.LitestreamPath == "" {
+		r.LitestreamPath = DefaultLitestreamPath
 	}
 	switch r.MigrationMode {
 	case MigrateAuto, MigrateCheck:

@@ -90,7 +90,7 @@ func TestConfigDefaultsAndNoMutation(t *testing.T) {
 	got := p.Config()
 	want := Config{Dir: cfg.Dir, MaxConnections: DefaultMaxConnections, ReadersPerTenant: DefaultReadersPerTenant,
 		IdleTimeout: DefaultIdleTimeout, BusyTimeout: DefaultBusyTimeout, Synchronous: DefaultSynchronous,
-		StmtCacheSize: DefaultStmtCacheSize, Migrations: migs}
+		StmtCacheSize: DefaultStmtCacheSize, LitestreamPath: DefaultLitestreamPath, Migrations: migs}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("resolved config (-want +got):\n%s", diff)
 	}

@@ -11,13 +11,14 @@ import (
 
 // tenantHook returns the ConnectHook of tenant connections, which runs once
 // mattn has applied the DSN's pragmas: it puts the file in WAL mode
-// (retrying for up to walTimeout, see ensureWAL) and hardens the connection.
-func tenantHook(walTimeout time.Duration) func(*sqlite3.SQLiteConn) error {
+// (retrying for up to walTimeout, see ensureWAL) and hardens the connection
+// (replicated: for a file Litestream streams).
+func tenantHook(walTimeout time.Duration, replicated bool) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if err := ensureWAL(c, walTimeout); err != nil {
 			return err
 		}
-		return hardenTenantConn(c)
+		return hardenTenantConn(c, replicated)
 	}
 }
 
@@ -68,10 +69,32 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 // hardenTenantConn allows one attached database (plain VACUUM attaches the
 // empty file name internally) and installs tenantAuthorizer, which refuses
 // every other ATTACH.
-func hardenTenantConn(c *sqlite3.SQLiteConn) error {
+func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
-	c.RegisterAuthorizer(tenantAuthorizer)
+	if replicated {
+		c.RegisterAuthorizer(replicatedAuthorizer)
+	} else {
+		c.RegisterAuthorizer(tenantAuthorizer)
+	}
 	return nil
+}
+
+// replicatedAuthorizer is tenantAuthorizer for a file that Litestream
+// streams, which owns its checkpoints and follows its WAL: it also denies
+// VACUUM (which attaches '' to rebuild the file) and checkpoints that
+// restart or truncate the WAL. Passive checkpoints are fine.
+func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
+	switch {
+	case op == sqlite3.SQLITE_ATTACH:
+		return sqlite3.SQLITE_DENY
+	case op == sqlite3.SQLITE_PRAGMA && strings.EqualFold(arg1, "wal_checkpoint"):
+		switch strings.ToUpper(arg2) {
+		case "", "PASSIVE":
+		default:
+			return sqlite3.SQLITE_DENY
+		}
+	}
+	return tenantAuthorizer(op, arg1, arg2, arg3)
 }
 
 // tenantAuthorizer keeps a statement inside its tenant's file and keeps the

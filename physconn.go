@@ -23,9 +23,9 @@ type connOpener struct {
 
 func newConnOpener(cfg *Config) connOpener {
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout)},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "")},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0)},
+		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "")},
 		cacheSize: max(cfg.StmtCacheSize, 1),
 	}
 	common := url.Values{}

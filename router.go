@@ -30,6 +30,7 @@ type router struct {
 	tel     *telemetry
 	budget  *budget
 	free    *tenantless // answers tenantless pure expressions
+	repl    *replicator // nil unless Config.ReplicaURL
 	classes classCache
 
 	accessOpts openOpts // what a statement's first access to a tenant may do
@@ -63,6 +64,7 @@ func newRouter(cfg *Config) (*router, error) {
 	r := &router{
 		cfg:        cfg,
 		conns:      newConnOpener(cfg),
+		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
 		accessOpts: openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto},
 		stop:       make(chan struct{}),
@@ -157,6 +159,12 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 	if err != nil {
 		return nil, err
 	}
+	if !exists && r.repl != nil {
+		// Here or in the replica: a tenant that exists there is restored.
+		if exists, err = r.restoreMissing(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	if !exists && !o.mayCreate {
 		// Refused before taking a slot (or evicting anybody). The object
 		// leaves the registry (hostile IDs must not grow it) and is retired,
@@ -183,7 +191,14 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 		r.budget.unreserve(t)
 		return nil, err
 	}
+	// Streamed from before its first write (migrations included).
+	if err := r.register(ctx, t); err != nil {
+		pc.close()
+		r.budget.unreserve(t)
+		return nil, err
+	}
 	if pc, err = r.gate(ctx, t, pc, o); err != nil {
+		r.unregister(t)
 		r.budget.unreserve(t)
 		return nil, err
 	}

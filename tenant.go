@@ -41,6 +41,9 @@ type tenant struct {
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 
 	lastUsed  atomic.Int64 // budget.now() when a lease last ended
+
+	registered atomic.Bool // streamed by Litestream (replication.go); changed under wsem
+	unsynced   atomic.Bool // its last sync before unregistering failed; SyncTenant retries it
 	createdBy atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 
 	tel *tenantTel // what telemetry records about this tenant
@@ -406,6 +409,7 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 	for _, pc := range conns {
 		pc.close()
 	}
+	t.r.unregister(t) // after the close: Litestream's connection must be the last
 	end(nil)
 
 	b.freeAll(t)

@@ -1,0 +1,453 @@
+package sqliteproxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
+)
+
+// replicator streams tenant files to object storage through a Litestream
+// process and restores them with the litestream binary. It runs no
+// replication of its own: Litestream (v0.5) does that, as its own process,
+// driven over its control socket. Running it in this process is not safe:
+// it opens every replicated file with its own copy of SQLite, and two
+// copies of SQLite in one process do not share POSIX lock state (one
+// closing its descriptor drops the other's locks).
+//
+// A tenant is registered while it is open here and unregistered when it is
+// closed (evicted, deleted, restored, or at Close): Litestream costs ~0.5 MB,
+// ~5 descriptors and ~5 goroutines per registered database, and fails with
+// some thousands of them. The tenant's own connections are closed before it
+// is unregistered, so that Litestream's connection is the file's last: it
+// keeps the WAL (Litestream sets PERSIST_WAL), and the next registration
+// goes on incrementally instead of uploading a snapshot of the whole file.
+type replicator struct {
+	base   string // Config.ReplicaURL
+	socket string // Config.LitestreamSocket
+	bin    string // Config.LitestreamPath
+	ctl    *http.Client
+}
+
+// replicaTimeout bounds a sync or unregister that has no deadline of its
+// own (an eviction, Close).
+const replicaTimeout = 30 * time.Second
+
+func newReplicator(cfg *Config) *replicator {
+	if cfg.ReplicaURL == "" {
+		return nil
+	}
+	socket := cfg.LitestreamSocket
+	return &replicator{
+		base:   cfg.ReplicaURL,
+		socket: socket,
+		bin:    cfg.LitestreamPath,
+		ctl: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+			MaxIdleConnsPerHost: 8,
+		}},
+	}
+}
+
+// tenantReplicaURL returns the replica URL of tenant id: base with id
+// appended to its path (before any query, which carries the endpoint and
+// other options of an S3 URL).
+func tenantReplicaURL(base, id string) (string, error) {
+	u, err := url.Parse(base)
+	if err != nil {
+		return "", err
+	}
+	switch u.Scheme {
+	case "file", "s3", "gs", "abs", "sftp", "webdav", "webdavs", "oss", "nats":
+	case "":
+		return "", fmt.Errorf("%q has no scheme (file://, s3://, ...)", base)
+	default:
+		return "", fmt.Errorf("%q: scheme %q is not one Litestream v0.5 knows", base, u.Scheme)
+	}
+	if u.Scheme == "file" && u.Host != "" {
+		return "", fmt.Errorf("%q: a file URL takes an absolute path (file:///path)", base)
+	}
+	u.Path = path.Join("/", u.Path, id)
+	u.RawPath = ""
+	return u.String(), nil
+}
+
+func (rp *replicator) url(id string) string {
+	u, _ := tenantReplicaURL(rp.base, id) // checked by Config.resolved
+	return u
+}
+
+// ctlError is an error answered by Litestream's control socket.
+type ctlError struct {
+	Status  int
+	Message string `json:"error"`
+	Details any    `json:"details"`
+}
+
+func (e *ctlError) Error() string {
+	if e.Details != nil {
+		return fmt.Sprintf("litestream: %s (%v) [HTTP %d]", e.Message, e.Details, e.Status)
+	}
+	return fmt.Sprintf("litestream: %s [HTTP %d]", e.Message, e.Status)
+}
+
+// call sends one request to the control socket and decodes the answer into out.
+func (rp *replicator) call(ctx context.Context, method, p string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://litestream"+p, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := rp.ctl.Do(req)
+	if err != nil {
+		return fmt.Errorf("litestream control socket %s: %w", rp.socket, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		e := &ctlError{Status: resp.StatusCode}
+		if json.Unmarshal(b, e) != nil || e.Message == "" {
+			e.Message = strings.TrimSpace(string(b))
+		}
+		return e
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(b, out)
+}
+
+// register starts streaming the tenant file at p to its replica.
+func (rp *replicator) register(ctx context.Context, p, id string) error {
+	var out struct{ Status string }
+	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(id)}, &out)
+	if err != nil {
+		return fmt.Errorf("register with litestream: %w", err)
+	}
+	return nil
+}
+
+// syncResult is Litestream's answer to POST /sync.
+type syncResult struct {
+	TXID           uint64 `json:"txid"`
+	ReplicatedTXID uint64 `json:"replicated_txid"`
+}
+
+// sync returns once everything committed to the file at p before the call
+// is in the replica. Litestream's /sync with wait turns the WAL into LTX
+// files up to its end and uploads every one of them before it answers.
+func (rp *replicator) sync(ctx context.Context, p string) error {
+	timeout := replicaTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	secs := max(1, int((timeout+time.Second-1)/time.Second))
+	var out syncResult
+	if err := rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out); err != nil {
+		return fmt.Errorf("sync with litestream: %w", err)
+	}
+	if out.ReplicatedTXID < out.TXID {
+		return fmt.Errorf("sync with litestream: replica at txid %d, database at %d", out.ReplicatedTXID, out.TXID)
+	}
+	return nil
+}
+
+// release syncs the tenant file at p and stops streaming it; the tenant's
+// connections are closed already (see replicator). A failed sync still
+// unregisters: what was not uploaded stays in Litestream's local files
+// beside the database and goes up with the next registration.
+func (rp *replicator) release(p string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
+	defer cancel()
+	serr := rp.sync(ctx, p)
+	uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(replicaTimeout / time.Second)}, nil)
+	if uerr != nil {
+		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
+	}
+	return errors.Join(serr, uerr)
+}
+
+// registered lists the paths Litestream streams.
+func (rp *replicator) registered(ctx context.Context) ([]string, error) {
+	var out struct {
+		Databases []struct{ Path string }
+	}
+	if err := rp.call(ctx, http.MethodGet, "/list", nil, &out); err != nil {
+		return nil, err
+	}
+	paths := make([]string, len(out.Databases))
+	for i, d := range out.Databases {
+		paths[i] = d.Path
+	}
+	return paths, nil
+}
+
+// errNoReplica: the replica holds nothing for the tenant.
+var errNoReplica = errors.New("no replica")
+
+// restore writes the replica of tenant id, as it was at at (zero: its
+// latest state), into the new file dst, or fails with errNoReplica. The
+// litestream binary writes a temporary file, syncs it and renames it.
+func (rp *replicator) restore(ctx context.Context, id, dst string, at time.Time) error {
+	args := []string{"restore", "-o", dst, "-if-replica-exists"}
+	if !at.IsZero() {
+		args = append(args, "-timestamp", at.UTC().Format(time.RFC3339Nano))
+	}
+	args = append(args, rp.url(id))
+	cmd := exec.CommandContext(ctx, rp.bin, args...)
+	cmd.Env = litestreamEnv()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		msg := strings.TrimSpace(string(out))
+		if i := strings.LastIndex(msg, "\n"); i >= 0 {
+			msg = msg[i+1:]
+		}
+		return fmt.Errorf("litestream restore: %w: %s", err, msg)
+	}
+	if _, err := os.Stat(dst); errors.Is(err, os.ErrNotExist) {
+		return errNoReplica // -if-replica-exists: nothing to restore
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
+// litestreamEnv is the environment of litestream commands: this process's,
+// without AWS_CA_BUNDLE, which makes Litestream v0.5.18's S3 client fail
+// every request ("unable to add custom RootCAs HTTPClient").
+func litestreamEnv() []string {
+	env := os.Environ()
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, "AWS_CA_BUNDLE=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// metaDir is the directory Litestream keeps beside the database file at p.
+func metaDir(p string) string {
+	dir, file := path.Split(p)
+	return path.Join(dir, "."+file+"-litestream")
+}
+
+// register starts streaming t, whose writer the caller holds, unless it is
+// streamed already.
+func (r *router) register(ctx context.Context, t *tenant) error {
+	if r.repl == nil || t.registered.Load() {
+		return nil
+	}
+	if err := r.repl.register(ctx, t.path, t.id); err != nil {
+		return opError(opOpenTenant, t.id, err)
+	}
+	t.registered.Store(true)
+	return nil
+}
+
+// unregister syncs t and stops streaming it; the caller holds t's writer
+// semaphore and has closed t's connections. A failed sync is remembered
+// (SyncTenant retries it): Litestream keeps what it did not upload in its
+// files beside the database, for the next registration.
+func (r *router) unregister(t *tenant) {
+	if r.repl == nil || !t.registered.Load() {
+		return
+	}
+	err := r.repl.release(t.path)
+	t.registered.Store(false)
+	t.unsynced.Store(err != nil)
+}
+
+// restoreMissing restores t, whose file is missing here, from its replica
+// and reports whether the replica had it. The copy is checked (quick_check)
+// and linked into place; its migrations are applied when it is opened.
+func (r *router) restoreMissing(ctx context.Context, t *tenant) (bool, error) {
+	tmp := tempName(r.cfg.Dir, restoringPrefix, t.id)
+	defer removeWithSideFiles(tmp)
+	err := r.repl.restore(ctx, t.id, tmp, time.Time{})
+	if errors.Is(err, errNoReplica) {
+		return false, nil
+	}
+	if err == nil {
+		err = checkFile(ctx, tmp)
+	}
+	if err == nil {
+		err = os.Chmod(tmp, 0o600)
+	}
+	if err == nil {
+		// Litestream's files for an older copy would not match this one.
+		err = os.RemoveAll(metaDir(t.path))
+	}
+	if err == nil {
+		err = os.Link(tmp, t.path)
+		if errors.Is(err, os.ErrExist) {
+			return true, nil // made meanwhile by another process
+		}
+	}
+	if err == nil {
+		err = syncDir(r.cfg.Dir)
+	}
+	if err != nil {
+		return false, opError(opRestoreReplica, t.id, err)
+	}
+	t.ready.Store(false)
+	return true, nil
+}
+
+// errNoReplication: an operation on replicas with Config.ReplicaURL unset.
+var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empty)")
+
+// SyncTenant returns once everything the tenant committed before the call
+// is in its replica: the barrier before acknowledging a write that must
+// survive the loss of this machine. A tenant that is not open here was
+// synced when it was closed; if that sync failed, SyncTenant opens the
+// tenant to sync it again. It fails when replication is off.
+func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
+	const op = opSyncTenant
+	r := p.c.r
+	if r.repl == nil {
+		return opError(op, id, errNoReplication)
+	}
+	t, err := p.tenantFor(op, id)
+	if err != nil {
+		return err
+	}
+	for {
+		if t.registered.Load() {
+			err := r.repl.sync(ctx, t.path)
+			var ce *ctlError
+			if errors.As(err, &ce) && ce.Status == 404 {
+				continue // unregistered meanwhile (and synced by that)
+			}
+			if err != nil {
+				return opError(op, id, err)
+			}
+			return nil
+		}
+		if !t.unsynced.Load() {
+			return nil
+		}
+		// Its last sync failed: register it again (opening it), sync, and
+		// leave it to eviction to unregister it.
+		if _, err := t.acquireWriter(ctx); err != nil {
+			return err
+		}
+		t.releaseWriter()
+		t.unsynced.Store(false)
+	}
+}
+
+// RestoreTenantAt replaces the tenant's database with its replica as it was
+// at the time at: exactly the transactions whose changes Litestream had
+// uploaded before at (it uploads every second, and SyncTenant forces it).
+// Like RestoreTenant it drains the tenant and swaps the file atomically;
+// the restored state becomes the replica's new head. A time before the
+// replica's first upload fails; one after its last restores its latest.
+func (p *Proxy) RestoreTenantAt(ctx context.Context, id string, at time.Time) error {
+	const op = opRestoreTenantAt
+	r := p.c.r
+	if r.repl == nil {
+		return opError(op, id, errNoReplication)
+	}
+	if err := checkTenantID(id); err != nil {
+		return opError(op, id, err)
+	}
+	return p.restore(ctx, op, id, func(tmp string) error {
+		stage := tmp + ".replica"
+		defer removeWithSideFiles(stage)
+		err := r.repl.restore(ctx, id, stage, at)
+		if err != nil && strings.Contains(err.Error(), "timestamp does not exist") {
+			// Before the first upload or after the last: Litestream says
+			// the same of both. After the last, the latest state is the
+			// state at that time.
+			last, lerr := r.repl.lastUpload(ctx, id)
+			if lerr == nil && !last.IsZero() && at.After(last) {
+				err = r.repl.restore(ctx, id, stage, time.Time{})
+			}
+		}
+		if errors.Is(err, errNoReplica) {
+			return ErrTenantNotFound
+		}
+		if err != nil {
+			return err
+		}
+		return copyVerified(ctx, stage, tmp)
+	})
+}
+
+// lastUpload returns the time of the newest file in tenant id's replica.
+func (rp *replicator) lastUpload(ctx context.Context, id string) (time.Time, error) {
+	cmd := exec.CommandContext(ctx, rp.bin, "ltx", "-json", "-level", "all", rp.url(id))
+	cmd.Env = litestreamEnv()
+	out, err := cmd.Output()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("litestream ltx: %w", err)
+	}
+	var files []struct {
+		Timestamp time.Time `json:"timestamp"`
+	}
+	if err := json.Unmarshal(out, &files); err != nil {
+		return time.Time{}, fmt.Errorf("litestream ltx: %w", err)
+	}
+	var last time.Time
+	for _, f := range files {
+		if f.Timestamp.After(last) {
+			last = f.Timestamp
+		}
+	}
+	return last, nil
+}
+
+// deleteReplica erases tenant id's replica and reports whether there was
+// one: file:// and s3:// replicas (see internal/s3lite); others are an error
+// that says so.
+func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error) {
+	raw := rp.url(id)
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false, err
+	}
+	switch u.Scheme {
+	case "file":
+		if _, err := os.Stat(u.Path); errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		return true, os.RemoveAll(u.Path)
+	case "s3":
+		c, prefix, err := s3lite.FromReplicaURL(raw)
+		if err != nil {
+			return false, err
+		}
+		n, err := c.DeletePrefix(ctx, prefix)
+		return n > 0, err
+	}
+	return false, fmt.Errorf("erasing a %s:// replica is not supported: erase %s by other means", u.Scheme, raw)
+}

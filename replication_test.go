@@ -1,0 +1,84 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Unit tests of the replication plumbing that need no Litestream; the
+// nested module replication/ tests it with a real Litestream process and a
+// real S3-compatible server.
+
+func TestReplication_TenantReplicaURL(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ base, want, err string }{
+		{base: "file:///backups/tenants", want: "file:///backups/tenants/acme"},
+		{base: "file:///backups/tenants/", want: "file:///backups/tenants/acme"},
+		{base: "s3://bucket/prefix?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=us-east-1",
+			want: "s3://bucket/prefix/acme?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=us-east-1"},
+		{base: "s3://bucket", want: "s3://bucket/acme"},
+		{base: "/backups/tenants", err: "no scheme"},
+		{base: "ftp://host/x", err: "not one Litestream"},
+		{base: "file://host/x", err: "absolute path"},
+	} {
+		got, err := tenantReplicaURL(tc.base, "acme")
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: error %v, want one with %q", tc.base, err, tc.err)
+		case tc.err == "" && (err != nil || got != tc.want):
+			t.Errorf("%s: %q, %v; want %q", tc.base, got, err, tc.want)
+		}
+	}
+}
+
+func TestReplication_Config(t *testing.T) {
+	t.Parallel()
+	if _, err := New(Config{Dir: t.TempDir(), ReplicaURL: "file:///x"}); err == nil || !strings.Contains(err.Error(), "LitestreamSocket") {
+		t.Errorf("ReplicaURL without a socket: %v", err)
+	}
+	if _, err := New(Config{Dir: t.TempDir(), ReplicaURL: "x/y", LitestreamSocket: "/s"}); err == nil || !strings.Contains(err.Error(), "ReplicaURL") {
+		t.Errorf("ReplicaURL without a scheme: %v", err)
+	}
+	cfg, err := ParseDSN("dir=d&replica_url=" + "s3%3A%2F%2Fb%2Fp%3Fendpoint%3Dhttp%253A%252F%252Fh" + "&litestream_socket=%2Frun%2Fls.sock&litestream_path=%2Fbin%2Flitestream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ReplicaURL != "s3://b/p?endpoint=http%3A%2F%2Fh" || cfg.LitestreamSocket != "/run/ls.sock" || cfg.LitestreamPath != "/bin/litestream" {
+		t.Errorf("ParseDSN: %+v", cfg)
+	}
+}
+
+// Operations on replicas fail clearly when replication is off.
+func TestReplication_OffByDefault(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	if err := p.SyncTenant(context.Background(), "acme"); err == nil || !strings.Contains(err.Error(), "replication is off") {
+		t.Errorf("SyncTenant: %v", err)
+	}
+	if err := p.RestoreTenantAt(context.Background(), "acme", time.Now()); err == nil || !strings.Contains(err.Error(), "replication is off") {
+		t.Errorf("RestoreTenantAt: %v", err)
+	}
+}
+
+// With the Litestream process unreachable, a tenant cannot be opened (its
+// writes could not be streamed), and nothing is created.
+func TestReplication_LitestreamDown(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, ReplicaURL: "file://" + t.TempDir(), LitestreamSocket: dir + "/no.sock",
+		LitestreamPath: "/nonexistent/litestream"})
+	_, err := p.ExecContext(tctx("acme"), `CREATE TABLE t (a)`)
+	if err == nil {
+		t.Fatal("a tenant opened without its replication")
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Tenant != "acme" {
+		t.Errorf("error %v: not an *Error naming the tenant", err)
+	}
+	if got := dbFiles(t, dir); len(got) != 0 {
+		t.Errorf("files left: %v", got)
+	}
+}
