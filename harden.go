@@ -81,7 +81,7 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 
 // replicatedAuthorizer is tenantAuthorizer for a file that Litestream
 // streams, which owns its checkpoints and follows its WAL: it also denies
-// VACUUM (which attaches '' to rebuild the file) and checkpoints that
+// VACUUM (which attaches ” to rebuild the file) and checkpoints that
 // restart or truncate the WAL. Passive checkpoints are fine.
 func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
 	switch {

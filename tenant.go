@@ -40,11 +40,11 @@ type tenant struct {
 	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 
-	lastUsed  atomic.Int64 // budget.now() when a lease last ended
+	lastUsed atomic.Int64 // budget.now() when a lease last ended
 
 	registered atomic.Bool // streamed by Litestream (replication.go); changed under wsem
 	unsynced   atomic.Bool // its last sync before unregistering failed; SyncTenant retries it
-	createdBy atomic.Bool  // this process created the file (read by CreateTenant under wsem)
+	createdBy  atomic.Bool // this process created the file (read by CreateTenant under wsem)
 
 	tel *tenantTel // what telemetry records about this tenant
 }
