@@ -357,6 +357,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 		err = syncDir(r.cfg.Dir)
 	}
 	t.ready.Store(false)
+	t.trustLocal.Store(err == nil)
 	t.endDrain(tenantActive)
 	if err != nil {
 		return opError(op, id, err)

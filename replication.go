@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -284,10 +285,45 @@ func (r *router) unregister(t *tenant) {
 	t.unsynced.Store(err != nil)
 }
 
-// restoreMissing restores t, whose file is missing here, from its replica
-// and reports whether the replica had it. The copy is checked (quick_check)
-// and linked into place; its migrations are applied when it is opened.
-func (r *router) restoreMissing(ctx context.Context, t *tenant) (bool, error) {
+// reconcile makes t's local file agree with its replica before t is
+// registered (the caller holds t's writer semaphore; t is not open here)
+// and reports whether t exists. A tenant missing here but present in the
+// replica is restored. A local copy that is behind its replica (the tenant
+// was written elsewhere since this copy was last streamed) is replaced by
+// the replica: registered as it is, Litestream would publish the stale copy
+// as the replica's new head. A copy restored on purpose (RestoreTenant,
+// RestoreTenantAt) is kept: it is meant to become the head.
+func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	if !exists {
+		return r.restoreReplica(ctx, t, false)
+	}
+	if t.trustLocal.Swap(false) {
+		return true, nil
+	}
+	local, err := localPos(t.path)
+	if err != nil {
+		return true, opError(opOpenTenant, t.id, err)
+	}
+	remote, err := r.repl.replicaPos(ctx, t.id)
+	if errors.Is(err, errUnsupported) {
+		return true, nil
+	} else if err != nil {
+		return true, opError(opOpenTenant, t.id, err)
+	}
+	if remote <= local {
+		return true, nil
+	}
+	if _, err := r.restoreReplica(ctx, t, true); err != nil {
+		return true, err
+	}
+	return true, nil
+}
+
+// restoreReplica restores t from its replica into place (replacing the
+// local file when replace) and reports whether the replica had it. The copy
+// is checked (quick_check) before it takes t's name; its migrations are
+// applied when it is opened.
+func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool) (bool, error) {
 	tmp := tempName(r.cfg.Dir, restoringPrefix, t.id)
 	defer removeWithSideFiles(tmp)
 	err := r.repl.restore(ctx, t.id, tmp, time.Time{})
@@ -304,7 +340,12 @@ func (r *router) restoreMissing(ctx context.Context, t *tenant) (bool, error) {
 		// Litestream's files for an older copy would not match this one.
 		err = os.RemoveAll(metaDir(t.path))
 	}
-	if err == nil {
+	if err == nil && replace {
+		err = removeWithSideFiles(t.path + "-wal")
+		if err == nil {
+			err = os.Rename(tmp, t.path)
+		}
+	} else if err == nil {
 		err = os.Link(tmp, t.path)
 		if errors.Is(err, os.ErrExist) {
 			return true, nil // made meanwhile by another process
@@ -450,4 +491,83 @@ func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error
 		return n > 0, err
 	}
 	return false, fmt.Errorf("erasing a %s:// replica is not supported: erase %s by other means", u.Scheme, raw)
+}
+
+// errUnsupported: the replica's kind cannot be listed by the driver.
+var errUnsupported = errors.New("not supported for this kind of replica")
+
+// localPos returns the position Litestream recorded beside the file at p:
+// the highest TXID of its local level-0 files (0: none; Litestream always
+// keeps the newest one).
+func localPos(p string) (uint64, error) {
+	ents, err := os.ReadDir(path.Join(metaDir(p), "ltx", "0"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	var pos uint64
+	for _, e := range ents {
+		pos = max(pos, ltxMaxTXID(e.Name()))
+	}
+	return pos, nil
+}
+
+// ltxMaxTXID returns the max TXID in an LTX file name
+// (<min 16 hex>-<max 16 hex>.ltx), 0 if the name is not one.
+func ltxMaxTXID(name string) uint64 {
+	base, ok := strings.CutSuffix(path.Base(name), ".ltx")
+	_, hi, found := strings.Cut(base, "-")
+	if !ok || !found || len(hi) != 16 {
+		return 0
+	}
+	n, err := strconv.ParseUint(hi, 16, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// replicaPos returns the highest TXID in tenant id's replica, all levels
+// (0: empty): one directory walk for file://, one listing for s3://.
+func (rp *replicator) replicaPos(ctx context.Context, id string) (uint64, error) {
+	raw := rp.url(id)
+	u, err := url.Parse(raw)
+	if err != nil {
+		return 0, err
+	}
+	var pos uint64
+	switch u.Scheme {
+	case "file":
+		levels, err := os.ReadDir(path.Join(u.Path, "ltx"))
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		} else if err != nil {
+			return 0, err
+		}
+		for _, l := range levels {
+			ents, err := os.ReadDir(path.Join(u.Path, "ltx", l.Name()))
+			if err != nil {
+				return 0, err
+			}
+			for _, e := range ents {
+				pos = max(pos, ltxMaxTXID(e.Name()))
+			}
+		}
+		return pos, nil
+	case "s3":
+		c, prefix, err := s3lite.FromReplicaURL(raw)
+		if err != nil {
+			return 0, err
+		}
+		objs, _, err := c.List(ctx, prefix+"/", "")
+		if err != nil {
+			return 0, err
+		}
+		for _, o := range objs {
+			pos = max(pos, ltxMaxTXID(o.Key))
+		}
+		return pos, nil
+	}
+	return 0, errUnsupported
 }

@@ -159,9 +159,9 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 	if err != nil {
 		return nil, err
 	}
-	if !exists && r.repl != nil {
-		// Here or in the replica: a tenant that exists there is restored.
-		if exists, err = r.restoreMissing(ctx, t); err != nil {
+	if r.repl != nil && !t.registered.Load() {
+		// Here or in the replica, and never older here than there.
+		if exists, err = r.reconcile(ctx, t, exists); err != nil {
 			return nil, err
 		}
 	}

@@ -44,6 +44,7 @@ type tenant struct {
 
 	registered atomic.Bool // streamed by Litestream (replication.go); changed under wsem
 	unsynced   atomic.Bool // its last sync before unregistering failed; SyncTenant retries it
+	trustLocal atomic.Bool // the local file was just restored on purpose: it is the new head
 	createdBy  atomic.Bool // this process created the file (read by CreateTenant under wsem)
 
 	tel *tenantTel // what telemetry records about this tenant

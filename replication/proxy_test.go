@@ -238,3 +238,41 @@ func TestProxy_RestoreTenantAt(t *testing.T) {
 		t.Fatalf("after RestoreTenantAt(an hour from now): %v", got)
 	}
 }
+
+// A tenant moved A -> B -> A: when A opens it again, its local copy is
+// behind the replica (B wrote since), and no stale row comes back, on A or
+// in the replica.
+func TestProxy_MovedAwayAndBack(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			g := newRig(t, kind)
+			ctx := context.Background()
+			cfgA := g.config(t, 10)
+			a := sqliteproxytest.New(t, cfgA)
+			insert(t, a, "acme", "on-a-1")
+			if err := a.Close(); err != nil { // unregistered, synced; A keeps its copy
+				t.Fatal(err)
+			}
+			b := sqliteproxytest.New(t, g.config(t, 10))
+			insert(t, b, "acme", "on-b")
+			if _, err := b.ExecContext(sqliteproxytest.Context(t, "acme"), `DELETE FROM events WHERE name = 'on-a-1'`); err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+			a = sqliteproxytest.New(t, cfgA) // back on A, same directory
+			if got := names(t, a, "acme"); !slices.Equal(got, []string{"on-b"}) {
+				t.Fatalf("back on A: %v, want [on-b]", got)
+			}
+			insert(t, a, "acme", "on-a-2")
+			if err := a.SyncTenant(ctx, "acme"); err != nil {
+				t.Fatal(err)
+			}
+			c := sqliteproxytest.New(t, g.config(t, 10))
+			if got := names(t, c, "acme"); !slices.Equal(got, []string{"on-b", "on-a-2"}) {
+				t.Fatalf("the replica after A -> B -> A: %v", got)
+			}
+		})
+	}
+}
