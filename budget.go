@@ -280,7 +280,7 @@ func (r *router) background() {
 	tick := time.NewTicker(clockTick)
 	defer tick.Stop()
 	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
-	var lastReap, lastRank int64
+	var lastReap, lastRank, lastResync int64
 	for {
 		select {
 		case <-r.stop:
@@ -288,6 +288,10 @@ func (r *router) background() {
 		case <-tick.C:
 		}
 		b.readClock()
+		if r.repl != nil && b.now()-lastResync >= int64(resyncEvery) {
+			lastResync = b.now()
+			r.resync()
+		}
 		if r.tel.ranks() && b.now()-lastRank >= int64(topNEvery) {
 			lastRank = b.now()
 			r.tel.rank(tenantTels(b.lru()))

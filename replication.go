@@ -15,6 +15,8 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
@@ -40,11 +42,25 @@ type replicator struct {
 	socket string // Config.LitestreamSocket
 	bin    string // Config.LitestreamPath
 	ctl    *http.Client
+
+	mu        sync.Mutex           // guards behind
+	behind    map[*tenant]struct{} // closed tenants whose last changes are not all in the replica
+	resyncing atomic.Bool          // a resync goroutine runs
+	failedAt  atomic.Int64         // UnixNano of the last failed sync, 0 after a success
 }
 
-// replicaTimeout bounds a sync or unregister that has no deadline of its
-// own (an eviction, Close).
+// replicaTimeout bounds a sync that has no deadline of its own.
 const replicaTimeout = 30 * time.Second
+
+// releaseTimeout bounds the final sync of a tenant being closed (Litestream
+// syncs it as it unregisters it). What it could not upload stays in
+// Litestream's files beside the database and is uploaded by a later resync,
+// so an object store that is down does not hold up evictions for long.
+const releaseTimeout = 5 * time.Second
+
+// resyncEvery is how often closed tenants whose final sync failed are
+// synced again.
+const resyncEvery = 5 * time.Second
 
 func newReplicator(cfg *Config) *replicator {
 	if cfg.ReplicaURL == "" {
@@ -53,6 +69,7 @@ func newReplicator(cfg *Config) *replicator {
 	socket := cfg.LitestreamSocket
 	return &replicator{
 		base:   cfg.ReplicaURL,
+		behind: map[*tenant]struct{}{},
 		socket: socket,
 		bin:    cfg.LitestreamPath,
 		ctl: &http.Client{Transport: &http.Transport{
@@ -170,24 +187,43 @@ func (rp *replicator) sync(ctx context.Context, p string) error {
 	}
 	secs := max(1, int((timeout+time.Second-1)/time.Second))
 	var out syncResult
-	if err := rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out); err != nil {
+	err := rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out)
+	if err == nil && out.ReplicatedTXID < out.TXID {
+		err = fmt.Errorf("replica at txid %d, database at %d", out.ReplicatedTXID, out.TXID)
+	}
+	if err != nil {
+		rp.failedAt.Store(time.Now().UnixNano())
 		return fmt.Errorf("sync with litestream: %w", err)
 	}
-	if out.ReplicatedTXID < out.TXID {
-		return fmt.Errorf("sync with litestream: replica at txid %d, database at %d", out.ReplicatedTXID, out.TXID)
-	}
+	rp.failedAt.Store(0)
 	return nil
 }
 
-// release syncs the tenant file at p and stops streaming it; the tenant's
-// connections are closed already (see replicator). A failed sync still
-// unregisters: what was not uploaded stays in Litestream's local files
-// beside the database and goes up with the next registration.
+// release syncs the tenant file at p (within releaseTimeout) and stops
+// streaming it; the tenant's connections are closed already (see
+// replicator). The sync is explicit: Litestream's own final sync at
+// unregister reports nothing when the database never got going (its setup
+// failed while the object store was down), and the tenant would pass for
+// synced. A failed sync still unregisters: what was not uploaded stays in
+// the database and Litestream's files beside it, and resync uploads it.
 func (rp *replicator) release(p string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
+	var serr error
+	if f := rp.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < resyncEvery {
+		// A sync failed moments ago (the object store is down): do not
+		// hold up the eviction for another timeout; resync will upload it.
+		serr = errors.New("sync with litestream skipped: a sync failed less than 5s ago")
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		serr = rp.sync(ctx, p)
+		cancel()
+	}
+	wait := releaseTimeout
+	if serr != nil {
+		wait = time.Second // its final sync would fail the same way
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait+time.Second)
 	defer cancel()
-	serr := rp.sync(ctx, p)
-	uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(replicaTimeout / time.Second)}, nil)
+	uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(wait / time.Second)}, nil)
 	if uerr != nil {
 		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
 	}
@@ -283,6 +319,64 @@ func (r *router) unregister(t *tenant) {
 	err := r.repl.release(t.path)
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
+	r.repl.mu.Lock()
+	if err != nil {
+		r.repl.behind[t] = struct{}{}
+	} else {
+		delete(r.repl.behind, t)
+	}
+	r.repl.mu.Unlock()
+}
+
+// resync makes replication catch up after a failure (the object store was
+// down, say), in the background: Litestream retries an upload only when the
+// database changes again, and a tenant closed while its final sync failed
+// is not streamed at all. For each open tenant, it asks Litestream where
+// the database and its replica are and syncs the ones that lag; closed
+// tenants whose final sync failed are opened and synced.
+func (r *router) resync() {
+	if r.repl == nil || !r.repl.resyncing.CompareAndSwap(false, true) {
+		return
+	}
+	r.repl.mu.Lock()
+	behind := make([]*tenant, 0, len(r.repl.behind))
+	for t := range r.repl.behind {
+		behind = append(behind, t)
+	}
+	r.repl.mu.Unlock()
+	open := r.budget.lru()
+	go func() {
+		defer r.repl.resyncing.Store(false)
+		for _, t := range open {
+			if r.isClosed.Load() {
+				return
+			}
+			if t.registered.Load() {
+				r.repl.catchUp(t.path)
+			}
+		}
+		for _, t := range behind {
+			if r.isClosed.Load() {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
+			r.syncTenant(ctx, t)
+			cancel()
+		}
+	}()
+}
+
+// catchUp syncs the file at p to its replica if the replica is behind.
+func (rp *replicator) catchUp(p string) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	var out syncResult
+	if rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "timeout": 1}, &out) != nil {
+		return
+	}
+	if out.ReplicatedTXID < out.TXID {
+		rp.sync(ctx, p)
+	}
 }
 
 // reconcile makes t's local file agree with its replica before t is
@@ -305,10 +399,10 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 		return true, opError(opOpenTenant, t.id, err)
 	}
 	remote, err := r.repl.replicaPos(ctx, t.id)
-	if errors.Is(err, errUnsupported) {
+	if err != nil {
+		// Not listable (another kind of replica), or the object store is
+		// down: writes go on with the local copy, which is this node's own.
 		return true, nil
-	} else if err != nil {
-		return true, opError(opOpenTenant, t.id, err)
 	}
 	if remote <= local {
 		return true, nil
@@ -379,23 +473,27 @@ func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	return r.syncTenant(ctx, t)
+}
+
+func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 	for {
 		if t.registered.Load() {
 			err := r.repl.sync(ctx, t.path)
 			var ce *ctlError
-			if errors.As(err, &ce) && ce.Status == 404 {
+			if errors.As(err, &ce) && ce.Status == http.StatusNotFound {
 				continue // unregistered meanwhile (and synced by that)
 			}
 			if err != nil {
-				return opError(op, id, err)
+				return opError(opSyncTenant, t.id, err)
 			}
 			return nil
 		}
 		if !t.unsynced.Load() {
 			return nil
 		}
-		// Its last sync failed: register it again (opening it), sync, and
-		// leave it to eviction to unregister it.
+		// Its final sync failed: open it (which registers it), sync, and
+		// leave it to eviction to close it again.
 		if _, err := t.acquireWriter(ctx); err != nil {
 			return err
 		}

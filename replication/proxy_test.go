@@ -276,3 +276,75 @@ func TestProxy_MovedAwayAndBack(t *testing.T) {
 		})
 	}
 }
+
+// With the object store down for a while, writes go on (evictions and
+// reopens included) and SyncTenant reports that it cannot vouch for them;
+// once the store is back, replication catches up by itself: another node
+// restores every row, though nobody called SyncTenant again.
+func TestProxy_ObjectStoreDown(t *testing.T) {
+	g := newRig(t, "s3")
+	const tenants = 4
+	a := sqliteproxytest.New(t, g.config(t, 2)) // 2 slots: tenants are evicted and reopened
+	want := map[string][]string{}
+	write := func(round string) {
+		for i := range tenants {
+			id := fmt.Sprintf("t%d", i)
+			insert(t, a, id, id+"-"+round)
+			want[id] = append(want[id], id+"-"+round)
+		}
+	}
+	write("up")
+	for id := range want {
+		if err := a.SyncTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.s3.Stop()
+	write("down-1")
+	write("down-2")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	open := a.Stats().Tenants[0].ID
+	if err := a.SyncTenant(ctx, open); err == nil {
+		t.Fatal("SyncTenant succeeded with the object store down")
+	}
+	g.s3.Restart()
+	b := sqliteproxytest.New(t, g.config(t, 10))
+	sqliteproxytest.WaitFor(t, 30*time.Second, "replication to catch up", func() bool {
+		for id, rows := range want {
+			dir := t.TempDir()
+			if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, id), filepath.Join(dir, "x.db")); err != nil {
+				return false
+			}
+			if got := countRows(t, filepath.Join(dir, "x.db")); got != len(rows) {
+				return false
+			}
+		}
+		return true
+	})
+	for id, rows := range want {
+		if got := names(t, b, id); !slices.Equal(got, rows) {
+			t.Errorf("%s on another node: %v, want %v", id, got, rows)
+		}
+	}
+}
+
+func mustJoin(t *testing.T, base, id string) string {
+	t.Helper()
+	u, err := harness.JoinReplicaURL(base, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// countRows counts the events of a restored file, opened read-only.
+func countRows(t *testing.T, path string) int {
+	t.Helper()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: filepath.Dir(path)})
+	var n int
+	if err := p.QueryRowContext(sqliteproxytest.Context(t, strings.TrimSuffix(filepath.Base(path), ".db")), `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
