@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run test check vet unit compat build clean bench cli static torture replication
+.PHONY: run run-replicated test check vet unit compat build clean bench cli static torture replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -13,6 +13,22 @@ run:
 	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
 	@echo "  curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
 	$(GO) run -tags $(TAGS) ./examples/events -addr $(ADDR) -dir $(DIR)
+
+REPLICA ?= file://$(CURDIR)/replica
+LSOCK   := $(CURDIR)/bin/litestream.sock
+
+## run-replicated: the example service with every tenant streamed by Litestream to $(REPLICA)
+## (default ./replica); remove $(DIR) and run it again: tenants come back from the replica
+run-replicated:
+	@mkdir -p bin
+	cd replication && $(GO) build -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream
+	$(GO) build -tags $(TAGS) -o bin/events ./examples/events
+	@printf 'socket:\n  enabled: true\n  path: %s\n  permissions: 0600\n' '$(LSOCK)' > bin/litestream.yml
+	@echo 'sqliteproxy example, replicated to $(REPLICA): listening on $(ADDR), tenant files in $(DIR). Try:'
+	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
+	@echo "  then stop it, rm -rf $(DIR), make run-replicated again and: curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
+	env -u AWS_CA_BUNDLE bin/litestream replicate -config bin/litestream.yml -exec \
+		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
 test: check vet unit compat cli replication

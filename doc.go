@@ -96,6 +96,16 @@
 // open and in use and when it was last used: enough to size
 // MaxConnections (waits and budget evictions mean it is too small).
 //
+// # Replication
+//
+// With Config.ReplicaURL and Config.LitestreamSocket set, a Litestream
+// process (its own process: in this one it would open tenant files with a
+// second copy of SQLite) streams every open tenant to object storage, and a
+// tenant missing here is restored from the replica on first access.
+// Proxy.SyncTenant waits until a tenant's commits are in the replica;
+// Proxy.RestoreTenantAt restores a point in time; DeleteTenant erases the
+// replica too.
+//
 // # Hardening
 //
 // Tenant connections cannot ATTACH another file (nor VACUUM INTO one),

@@ -67,8 +67,12 @@ const (
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
 	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
+	replica := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
+	socket := flag.String("litestream-socket", "", "control socket of the Litestream process (with -replica)")
+	litestream := flag.String("litestream", "", "litestream binary used to restore tenants (default: litestream on PATH)")
 	flag.Parse()
-	if err := run(*addr, *dir); err != nil {
+	cfg := sqliteproxy.Config{Dir: *dir, Migrations: migrations, ReplicaURL: *replica, LitestreamSocket: *socket, LitestreamPath: *litestream}
+	if err := run(*addr, cfg); err != nil {
 		slog.Error("events: exiting", "err", err)
 		os.Exit(1)
 	}
@@ -76,11 +80,11 @@ func main() {
 
 // run serves until SIGINT or SIGTERM, then shuts the server down gracefully
 // and closes the proxy.
-func run(addr, dir string) error {
+func run(addr string, cfg sqliteproxy.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Migrations: migrations})
+	p, err := sqliteproxy.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -96,7 +100,7 @@ func run(addr, dir string) error {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	slog.Info("events: listening", "addr", ln.Addr().String(), "dir", p.Config().Dir)
+	slog.Info("events: listening", "addr", ln.Addr().String(), "dir", p.Config().Dir, "replica", p.Config().ReplicaURL)
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
