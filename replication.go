@@ -316,7 +316,9 @@ func (r *router) unregister(t *tenant) {
 	if r.repl == nil || !t.registered.Load() {
 		return
 	}
+	start := time.Now()
 	err := r.repl.release(t.path)
+	r.tel.synced(context.Background(), t.tel, start, err)
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
 	r.repl.mu.Lock()
@@ -352,7 +354,7 @@ func (r *router) resync() {
 				return
 			}
 			if t.registered.Load() {
-				r.repl.catchUp(t.path)
+				r.catchUp(t)
 			}
 		}
 		for _, t := range behind {
@@ -366,16 +368,26 @@ func (r *router) resync() {
 	}()
 }
 
-// catchUp syncs the file at p to its replica if the replica is behind.
-func (rp *replicator) catchUp(p string) {
+// catchUp syncs open tenant t to its replica if the replica is behind,
+// and keeps t's ReplicaLag.
+func (r *router) catchUp(t *tenant) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	var out syncResult
-	if rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "timeout": 1}, &out) != nil {
+	if r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out) != nil {
+		t.lagSince.CompareAndSwap(0, time.Now().UnixNano()) // cannot vouch for the replica
 		return
 	}
-	if out.ReplicatedTXID < out.TXID {
-		rp.sync(ctx, p)
+	if out.ReplicatedTXID >= out.TXID {
+		t.lagSince.Store(0)
+		return
+	}
+	t.lagSince.CompareAndSwap(0, time.Now().UnixNano())
+	start := time.Now()
+	err := r.repl.sync(ctx, t.path)
+	r.tel.synced(ctx, t.tel, start, err)
+	if err == nil {
+		t.lagSince.Store(0)
 	}
 }
 
@@ -417,10 +429,23 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 // local file when replace) and reports whether the replica had it. The copy
 // is checked (quick_check) before it takes t's name; its migrations are
 // applied when it is opened.
-func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool) (bool, error) {
+func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool) (restored bool, err error) {
+	start := time.Now()
+	defer func() {
+		outcome := outcomeRestored
+		switch {
+		case err != nil:
+			outcome = outcomeFailed
+		case !restored:
+			outcome = outcomeNotFound
+		case replace:
+			outcome = outcomeReplaced
+		}
+		r.tel.restoredFromReplica(ctx, t.tel, outcome, start)
+	}()
 	tmp := tempName(r.cfg.Dir, restoringPrefix, t.id)
 	defer removeWithSideFiles(tmp)
-	err := r.repl.restore(ctx, t.id, tmp, time.Time{})
+	err = r.repl.restore(ctx, t.id, tmp, time.Time{})
 	if errors.Is(err, errNoReplica) {
 		return false, nil
 	}
@@ -479,7 +504,12 @@ func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
 func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 	for {
 		if t.registered.Load() {
+			start := time.Now()
 			err := r.repl.sync(ctx, t.path)
+			r.tel.synced(ctx, t.tel, start, err)
+			if err == nil {
+				t.lagSince.Store(0)
+			}
 			var ce *ctlError
 			if errors.As(err, &ce) && ce.Status == http.StatusNotFound {
 				continue // unregistered meanwhile (and synced by that)

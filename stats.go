@@ -22,6 +22,10 @@ type TenantStats struct {
 	Open     int       // connections open
 	InUse    int       // connections leased
 	LastUsed time.Time // last time a lease ended (10 ms resolution)
+	// ReplicaLag, with replication on, is how long the replica has been
+	// seen behind the tenant: 0 when it held everything at the last check
+	// (every 5 s, and at each SyncTenant).
+	ReplicaLag time.Duration
 }
 
 // Stats returns current figures.
@@ -50,10 +54,11 @@ func (r *router) stats() Stats {
 		if t.wsem.held.Load() {
 			inUse++
 		}
-		st.Tenants = append(st.Tenants, TenantStats{
-			ID: t.id, Open: n, InUse: inUse,
-			LastUsed: b.epoch.Add(time.Duration(t.lastUsed.Load())),
-		})
+		ts := TenantStats{ID: t.id, Open: n, InUse: inUse, LastUsed: b.epoch.Add(time.Duration(t.lastUsed.Load()))}
+		if since := t.lagSince.Load(); since != 0 {
+			ts.ReplicaLag = time.Since(time.Unix(0, since))
+		}
+		st.Tenants = append(st.Tenants, ts)
 	}
 	slices.SortFunc(st.Tenants, func(a, b TenantStats) int { return strings.Compare(a.ID, b.ID) })
 	return st

@@ -29,6 +29,7 @@ const (
 	attrRole        = "sqliteproxy.connection.role"
 	attrState       = "sqliteproxy.connection.state"
 	attrMigration   = "sqliteproxy.migration.name"
+	attrOutcome     = "sqliteproxy.restore.outcome"
 	otherTenants    = "_other" // the tenant attribute of tenants beyond MetricsTenantLimit
 	topNEvery       = 10 * time.Second
 	durationUnit    = "s"
@@ -42,7 +43,12 @@ const (
 	roleReader = "reader"
 	roleSlot   = "slot" // a wait for room in the connection budget
 	stateOpen  = "open"
-	stateInUse = "in_use"
+	// restore outcomes (attrOutcome)
+	outcomeRestored = "restored"       // a tenant missing here came from the replica
+	outcomeReplaced = "replaced_stale" // a local copy behind the replica was replaced
+	outcomeNotFound = "not_found"      // the replica had nothing
+	outcomeFailed   = "failed"
+	stateInUse      = "in_use"
 )
 
 // Span names.
@@ -88,6 +94,9 @@ type telemetry struct {
 	migrationsApplied metric.Int64Counter
 	migrationDuration metric.Float64Histogram
 	migrationFailures metric.Int64Counter
+	syncDuration      metric.Float64Histogram
+	restoreDuration   metric.Float64Histogram
+	restores          metric.Int64Counter
 	registration      metric.Registration
 
 	shared *tenantAttrs // for tenants without their own attribute, and for none
@@ -205,15 +214,21 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 	tel.migrationsApplied = counter("sqliteproxy.migrations.applied", "Migrations applied to tenants.")
 	tel.migrationDuration = hist("sqliteproxy.migration.duration", "Duration of applying one migration to one tenant.")
 	tel.migrationFailures = counter("sqliteproxy.migration.failures", "Tenant migrations that failed.")
+	tel.syncDuration = hist("sqliteproxy.replication.sync.duration", "Duration of syncing a tenant to its replica (SyncTenant, closing a tenant); failures carry error.type.")
+	tel.restoreDuration = hist("sqliteproxy.replication.restore.duration", "Duration of restoring a tenant from its replica, by outcome.")
+	tel.restores = counter("sqliteproxy.replication.restores", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
+	lag, e4 := m.Float64ObservableGauge("sqliteproxy.replication.lag", metric.WithUnit(durationUnit),
+		metric.WithDescription("How long the replica has been seen behind a tenant (open tenants; 0: caught up); without a tenant attribute, the largest."))
 	open, e1 := m.Int64ObservableGauge("sqliteproxy.connection.count", metric.WithUnit(connectionsUnit),
 		metric.WithDescription("SQLite connections open (state=open) and leased (state=in_use), in all and per tenant."))
 	limit, e2 := m.Int64ObservableGauge("sqliteproxy.connection.limit", metric.WithUnit(connectionsUnit),
 		metric.WithDescription("The connection budget (MaxConnections)."))
 	tenants, e3 := m.Int64ObservableGauge("sqliteproxy.tenant.open", metric.WithUnit("{tenant}"),
 		metric.WithDescription("Tenants with at least one open connection."))
-	if err = errors.Join(err, e1, e2, e3); err != nil {
+	if err = errors.Join(err, e1, e2, e3, e4); err != nil {
 		return nil, err
 	}
+	replicated := cfg.ReplicaURL != ""
 	stOpen := attribute.NewSet(systemAttr, attribute.String(attrState, stateOpen))
 	stUsed := attribute.NewSet(systemAttr, attribute.String(attrState, stateInUse))
 	sys := attribute.NewSet(systemAttr)
@@ -228,16 +243,26 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 		o.ObserveInt64(limit, int64(st.MaxConnections), metric.WithAttributeSet(sys))
 		o.ObserveInt64(tenants, int64(st.OpenTenants), metric.WithAttributeSet(sys))
 		own := tel.ownAttrs()
+		var maxLag time.Duration
+		for _, ts := range st.Tenants {
+			maxLag = max(maxLag, ts.ReplicaLag)
+		}
+		if replicated {
+			o.ObserveFloat64(lag, maxLag.Seconds(), metric.WithAttributeSet(sys))
+		}
 		for _, ts := range st.Tenants {
 			if !own(ts.ID) {
 				continue // no tenant attribute for this one: the totals above cover it
 			}
 			kv := attribute.String(attrTenant, ts.ID)
+			if replicated {
+				o.ObserveFloat64(lag, ts.ReplicaLag.Seconds(), metric.WithAttributes(systemAttr, kv))
+			}
 			o.ObserveInt64(open, int64(ts.Open), metric.WithAttributes(systemAttr, kv, attribute.String(attrState, stateOpen)))
 			o.ObserveInt64(open, int64(ts.InUse), metric.WithAttributes(systemAttr, kv, attribute.String(attrState, stateInUse)))
 		}
 		return nil
-	}, open, limit, tenants)
+	}, open, limit, tenants, lag)
 	return tel, err
 }
 
@@ -352,7 +377,7 @@ func (tel *telemetry) span(ctx context.Context, name string, tt *tenantTel, kvs 
 
 // waited records a wait for a connection that started at start.
 func (tel *telemetry) waited(ctx context.Context, tt *tenantTel, role string, start time.Time, err error) {
-	tel.recordRole(ctx, tel.waitDuration, tt, role, start, err)
+	tel.record(ctx, tel.waitDuration, tt, start, err, attribute.String(attrRole, role))
 	if tel.tracing {
 		_, s := tel.tracer.Start(ctx, spanWait, trace.WithTimestamp(start), spanOf(tt),
 			trace.WithAttributes(attribute.String(attrRole, role)))
@@ -362,20 +387,7 @@ func (tel *telemetry) waited(ctx context.Context, tt *tenantTel, role string, st
 
 // opened records a cold open of one of t's connections.
 func (tel *telemetry) opened(ctx context.Context, tt *tenantTel, role string, start time.Time, err error) {
-	tel.recordRole(ctx, tel.openDuration, tt, role, start, err)
-}
-
-// recordRole records the time since start in h, with t's attributes, the
-// connection role and, on failure, the error type.
-func (tel *telemetry) recordRole(ctx context.Context, h metric.Float64Histogram, tt *tenantTel, role string, start time.Time, err error) {
-	if !tel.on {
-		return
-	}
-	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrRole, role))
-	if err != nil {
-		kvs = append(kvs, attribute.String(attrErrorType, errorType(err)))
-	}
-	h.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
+	tel.record(ctx, tel.openDuration, tt, start, err, attribute.String(attrRole, role))
 }
 
 // evicted counts the closing of tt's connections.
@@ -385,6 +397,34 @@ func (tel *telemetry) evicted(tt *tenantTel, reason evictReason) {
 	}
 	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrReason, reason.String()))
 	tel.evictions.Add(context.Background(), 1, metric.WithAttributes(kvs...))
+}
+
+// synced records a sync of tt to its replica that started at start.
+func (tel *telemetry) synced(ctx context.Context, tt *tenantTel, start time.Time, err error) {
+	tel.record(ctx, tel.syncDuration, tt, start, err)
+}
+
+// restoredFromReplica records a restore of tt from its replica, by outcome.
+func (tel *telemetry) restoredFromReplica(ctx context.Context, tt *tenantTel, outcome string, start time.Time) {
+	if !tel.on {
+		return
+	}
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrOutcome, outcome))
+	tel.restores.Add(ctx, 1, metric.WithAttributes(kvs...))
+	tel.restoreDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
+}
+
+// record records the time since start in h with tt's attributes, extra
+// and, on failure, the error type.
+func (tel *telemetry) record(ctx context.Context, h metric.Float64Histogram, tt *tenantTel, start time.Time, err error, extra ...attribute.KeyValue) {
+	if !tel.on {
+		return
+	}
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), extra...)
+	if err != nil {
+		kvs = append(kvs, attribute.String(attrErrorType, errorType(err)))
+	}
+	h.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
 }
 
 // migrated records one migration applied to tt (or failed).

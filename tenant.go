@@ -42,10 +42,11 @@ type tenant struct {
 
 	lastUsed atomic.Int64 // budget.now() when a lease last ended
 
-	registered atomic.Bool // streamed by Litestream (replication.go); changed under wsem
-	unsynced   atomic.Bool // its last sync before unregistering failed; SyncTenant retries it
-	trustLocal atomic.Bool // the local file was just restored on purpose: it is the new head
-	createdBy  atomic.Bool // this process created the file (read by CreateTenant under wsem)
+	registered atomic.Bool  // streamed by Litestream (replication.go); changed under wsem
+	unsynced   atomic.Bool  // its last sync before unregistering failed; SyncTenant retries it
+	trustLocal atomic.Bool  // the local file was just restored on purpose: it is the new head
+	lagSince   atomic.Int64 // UnixNano since the replica was first seen behind; 0: caught up
+	createdBy  atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 
 	tel *tenantTel // what telemetry records about this tenant
 }

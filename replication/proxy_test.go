@@ -308,6 +308,14 @@ func TestProxy_ObjectStoreDown(t *testing.T) {
 	if err := a.SyncTenant(ctx, open); err == nil {
 		t.Fatal("SyncTenant succeeded with the object store down")
 	}
+	sqliteproxytest.WaitFor(t, 30*time.Second, "Stats to show the replica lagging", func() bool {
+		for _, ts := range a.Stats().Tenants {
+			if ts.ReplicaLag > 0 {
+				return true
+			}
+		}
+		return false
+	})
 	g.s3.Restart()
 	b := sqliteproxytest.New(t, g.config(t, 10))
 	sqliteproxytest.WaitFor(t, 30*time.Second, "replication to catch up", func() bool {
@@ -327,6 +335,14 @@ func TestProxy_ObjectStoreDown(t *testing.T) {
 			t.Errorf("%s on another node: %v, want %v", id, got, rows)
 		}
 	}
+	sqliteproxytest.WaitFor(t, 30*time.Second, "the replica lag to clear", func() bool {
+		for _, ts := range a.Stats().Tenants {
+			if ts.ReplicaLag > 0 {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func mustJoin(t *testing.T, base, id string) string {
