@@ -135,7 +135,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		}
 		return opError(opDeleteTenant, id, err)
 	}
-	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)))
+	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)))
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)
@@ -351,13 +351,17 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 		}
 	}
 	if err == nil {
+		// Restored on purpose: with replication, this copy is to become the
+		// replica's head, however far behind the replica it is.
+		err = touchFile(restoredMarker(t.path))
+	}
+	if err == nil {
 		err = os.Rename(tmp, t.path)
 	}
 	if err == nil {
 		err = syncDir(r.cfg.Dir)
 	}
 	t.ready.Store(false)
-	t.trustLocal.Store(err == nil)
 	t.endDrain(tenantActive)
 	if err != nil {
 		return opError(op, id, err)

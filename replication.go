@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -305,6 +306,9 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 		return opError(opOpenTenant, t.id, err)
 	}
 	t.registered.Store(true)
+	if err := removeIfExists(restoredMarker(t.path)); err != nil {
+		return opError(opOpenTenant, t.id, err)
+	}
 	return nil
 }
 
@@ -403,8 +407,8 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if !exists {
 		return r.restoreReplica(ctx, t, false)
 	}
-	if t.trustLocal.Swap(false) {
-		return true, nil
+	if _, err := os.Lstat(restoredMarker(t.path)); err == nil {
+		return true, nil // removed once registered (router.register)
 	}
 	local, err := localPos(t.path)
 	if err != nil {
@@ -698,4 +702,106 @@ func (rp *replicator) replicaPos(ctx context.Context, id string) (uint64, error)
 		return pos, nil
 	}
 	return 0, errUnsupported
+}
+
+// restoredMarker names the file that marks the tenant file at p as restored
+// on purpose (RestoreTenant, RestoreTenantAt): the next registration keeps
+// it, however far behind the replica it is, and so makes it the head. It
+// outlives this process: a tenant restored by the CLI while the service is
+// stopped is kept too.
+func restoredMarker(p string) string {
+	dir, file := path.Split(p)
+	return path.Join(dir, "."+file+"-restored")
+}
+
+// touchFile creates an empty file at p (mode 0600) if there is none.
+func touchFile(p string) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// removeIfExists removes p, if it exists.
+func removeIfExists(p string) error {
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// ReplicaTenants lists, sorted, the tenants that have a replica under
+// replicaURL (a Config.ReplicaURL: file:// or s3://). For s3:// the
+// credentials come from the environment, as Litestream reads them.
+func ReplicaTenants(ctx context.Context, replicaURL string) ([]string, error) {
+	const op = "list replica tenants"
+	if _, err := tenantReplicaURL(replicaURL, "x"); err != nil {
+		return nil, opError(op, "", err)
+	}
+	u, _ := url.Parse(replicaURL)
+	var names []string
+	switch u.Scheme {
+	case "file":
+		ents, err := os.ReadDir(u.Path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		} else if err != nil {
+			return nil, opError(op, "", err)
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				names = append(names, e.Name())
+			}
+		}
+	case "s3":
+		c, prefix, err := s3lite.FromReplicaURL(replicaURL)
+		if err != nil {
+			return nil, opError(op, "", err)
+		}
+		if prefix != "" {
+			prefix += "/"
+		}
+		_, prefixes, err := c.List(ctx, prefix, "/")
+		if err != nil {
+			return nil, opError(op, "", err)
+		}
+		for _, p := range prefixes {
+			names = append(names, strings.TrimSuffix(strings.TrimPrefix(p, prefix), "/"))
+		}
+	default:
+		return nil, opError(op, "", fmt.Errorf("%s: %w", u.Scheme, errUnsupported))
+	}
+	ids := names[:0]
+	for _, n := range names {
+		if checkTenantID(n) == nil {
+			ids = append(ids, n)
+		}
+	}
+	slices.Sort(ids)
+	return ids, nil
+}
+
+// ReplicaPositions returns where tenant id is in Litestream's files beside
+// its database under dir and in its replica under replicaURL: the highest
+// transaction ID (Litestream's, one per LTX file) of each, 0 for none.
+// replica < local: changes not uploaded yet; replica > local: the tenant
+// was written elsewhere since this copy was streamed (it is replaced when
+// next opened).
+func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, replica uint64, err error) {
+	const op = "replica positions"
+	if err := checkTenantID(id); err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	if local, err = localPos(tenantPath(dir, id)); err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	rp := &replicator{base: replicaURL}
+	if replica, err = rp.replicaPos(ctx, id); err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	return local, replica, nil
 }

@@ -44,7 +44,6 @@ type tenant struct {
 
 	registered atomic.Bool  // streamed by Litestream (replication.go); changed under wsem
 	unsynced   atomic.Bool  // its last sync before unregistering failed; SyncTenant retries it
-	trustLocal atomic.Bool  // the local file was just restored on purpose: it is the new head
 	lagSince   atomic.Int64 // UnixNano since the replica was first seen behind; 0: caught up
 	createdBy  atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 

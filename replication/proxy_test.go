@@ -364,3 +364,33 @@ func countRows(t *testing.T, path string) int {
 	}
 	return n
 }
+
+// ReplicaTenants lists the tenants in a replica; ReplicaPositions compares
+// a node's copy with its replica.
+func TestProxy_ReplicaTenantsAndPositions(t *testing.T) {
+	for _, kind := range []string{"file", "s3"} {
+		t.Run(kind, func(t *testing.T) {
+			g := newRig(t, kind)
+			cfg := g.config(t, 10)
+			a := sqliteproxytest.New(t, cfg)
+			ctx := context.Background()
+			for _, id := range []string{"globex", "acme", "acme-corp"} {
+				insert(t, a, id, "x")
+				if err := a.SyncTenant(ctx, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ids, err := sqliteproxy.ReplicaTenants(ctx, g.replica)
+			if err != nil || !slices.Equal(ids, []string{"acme", "acme-corp", "globex"}) {
+				t.Fatalf("ReplicaTenants: %v, %v", ids, err)
+			}
+			local, remote, err := sqliteproxy.ReplicaPositions(ctx, g.replica, cfg.Dir, "acme")
+			if err != nil || local == 0 || local != remote {
+				t.Fatalf("ReplicaPositions after SyncTenant: local %d, replica %d, %v", local, remote, err)
+			}
+			if _, _, err := sqliteproxy.ReplicaPositions(ctx, g.replica, cfg.Dir, "../x"); err == nil {
+				t.Error("ReplicaPositions took an invalid tenant ID")
+			}
+		})
+	}
+}
