@@ -343,6 +343,8 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 	}
 	// Side files of the old database would be replayed into the new one,
 	// and Litestream's files describe the old one.
+	_, merr := os.Stat(metaDir(t.path))
+	replicated := r.repl != nil || merr == nil // streamed here, now or before
 	err = errors.Join(removeWithSideFiles(t.path+"-wal"), os.RemoveAll(metaDir(t.path)))
 	if err == nil {
 		err = errors.Join(os.Remove(t.path+"-shm"), os.Remove(t.path+"-journal"))
@@ -350,9 +352,9 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 			err = nil
 		}
 	}
-	if err == nil {
-		// Restored on purpose: with replication, this copy is to become the
-		// replica's head, however far behind the replica it is.
+	if err == nil && replicated {
+		// Restored on purpose: this copy is to become the replica's head,
+		// however far behind the replica it is.
 		err = touchFile(restoredMarker(t.path))
 	}
 	if err == nil {
