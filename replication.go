@@ -554,24 +554,53 @@ func (p *Proxy) RestoreTenantAt(ctx context.Context, id string, at time.Time) er
 	return p.restore(ctx, op, id, func(tmp string) error {
 		stage := tmp + ".replica"
 		defer removeWithSideFiles(stage)
-		err := r.repl.restore(ctx, id, stage, at)
-		if err != nil && strings.Contains(err.Error(), "timestamp does not exist") {
-			// Before the first upload or after the last: Litestream says
-			// the same of both. After the last, the latest state is the
-			// state at that time.
-			last, lerr := r.repl.lastUpload(ctx, id)
-			if lerr == nil && !last.IsZero() && at.After(last) {
-				err = r.repl.restore(ctx, id, stage, time.Time{})
-			}
-		}
-		if errors.Is(err, errNoReplica) {
-			return ErrTenantNotFound
-		}
-		if err != nil {
+		if err := r.repl.fetch(ctx, id, at, stage); err != nil {
 			return err
 		}
 		return copyVerified(ctx, stage, tmp)
 	})
+}
+
+// FetchReplica writes tenant id's replica under replicaURL (a
+// Config.ReplicaURL), as it was at the time at (zero: its latest state),
+// into the new file dst, with the litestream binary litestreamPath (empty:
+// litestream on PATH). It fails with ErrTenantNotFound when the replica
+// holds nothing for id, and for a time before its first upload. The file is
+// not checked: RestoreTenant(ctx, id, dst) checks it and swaps it in.
+func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst, litestreamPath string) error {
+	const op = "fetch replica"
+	if err := checkTenantID(id); err != nil {
+		return opError(op, id, err)
+	}
+	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
+		return opError(op, id, err)
+	}
+	if litestreamPath == "" {
+		litestreamPath = DefaultLitestreamPath
+	}
+	rp := &replicator{base: replicaURL, bin: litestreamPath}
+	if err := rp.fetch(ctx, id, at, dst); err != nil {
+		return opError(op, id, err)
+	}
+	return nil
+}
+
+// fetch restores tenant id's replica as it was at at (zero: latest) into dst.
+func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst string) error {
+	err := rp.restore(ctx, id, dst, at)
+	if err != nil && strings.Contains(err.Error(), "timestamp does not exist") {
+		// Before the first upload or after the last: Litestream says the
+		// same of both. After the last, the latest state is the state at
+		// that time.
+		last, lerr := rp.lastUpload(ctx, id)
+		if lerr == nil && !last.IsZero() && at.After(last) {
+			err = rp.restore(ctx, id, dst, time.Time{})
+		}
+	}
+	if errors.Is(err, errNoReplica) {
+		return ErrTenantNotFound
+	}
+	return err
 }
 
 // lastUpload returns the time of the newest file in tenant id's replica.
