@@ -21,6 +21,7 @@
 // Endpoints:
 //
 //	POST /events   {"Name": "..."}  -> 201 and the created event
+//	               ?durable=1       -> with -replica: 201 only once the event is in the replica (SyncTenant)
 //	GET  /events                    -> 200 and the tenant's events, newest first:
 //	                                   [{"id": 1, "name": "...", "created_at": "..."}]
 //	GET  /healthz                   -> 200 "ok" (no tenant needed)
@@ -130,7 +131,7 @@ func run(addr string, cfg sqliteproxy.Config) error {
 // newServer returns the service's handler. Only requireTenant knows about
 // tenants; the event handlers see a plain *sql.DB.
 func newServer(p *sqliteproxy.Proxy) http.Handler {
-	s := &server{db: p.DB}
+	s := &server{db: p.DB, p: p}
 	mux := http.NewServeMux()
 	mux.Handle("POST /events", requireTenant(http.HandlerFunc(s.createEvent)))
 	mux.Handle("GET /events", requireTenant(http.HandlerFunc(s.listEvents)))
@@ -173,6 +174,7 @@ func requireTenant(next http.Handler) http.Handler {
 // server holds the handlers' dependencies.
 type server struct {
 	db *sql.DB
+	p  *sqliteproxy.Proxy
 }
 
 type event struct {
@@ -210,6 +212,15 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		serverError(w, r, "insert event", err)
 		return
+	}
+	if r.URL.Query().Get("durable") == "1" && s.p.Config().ReplicaURL != "" {
+		// Acknowledge a write that must survive the loss of this machine
+		// only once it is in the replica.
+		id, _ := sqliteproxy.OrgID(r.Context())
+		if err := s.p.SyncTenant(r.Context(), id); err != nil {
+			serverError(w, r, "sync event to the replica", err)
+			return
+		}
 	}
 	writeJSON(w, http.StatusCreated, e)
 }
