@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated test check vet unit compat build clean bench cli static torture replication
+.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -58,6 +58,12 @@ cli:
 ## (versitygw), both pinned as tools in replication/go.mod and built on first use (~4 min cold)
 replication:
 	cd replication && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) -timeout 20m ./...
+
+## bench-replication: insert throughput with replication on and off, restore on open of a 1 MB
+## tenant from a local S3-compatible server, bytes uploaded per evict + reopen cycle
+bench-replication:
+	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench '$(BENCH)' -count $(COUNT) -timeout 60m . | tee ../bench-replication.txt
+	$(GO) run $(BENCHSTAT) -col /replication bench-replication.txt
 
 build:
 	$(GO) build -tags $(TAGS) ./...

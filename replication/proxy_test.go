@@ -52,7 +52,7 @@ func newRig(t *testing.T, kind string) *rig {
 }
 
 // config is a proxy configuration on a fresh data directory ("a node").
-func (g *rig) config(t *testing.T, maxConns int) sqliteproxy.Config {
+func (g *rig) config(t testing.TB, maxConns int) sqliteproxy.Config {
 	return sqliteproxy.Config{
 		Dir: t.TempDir(), MaxConnections: maxConns, Migrations: migrations,
 		ReplicaURL: g.replica, LitestreamSocket: g.ls.SocketPath, LitestreamPath: g.ls.Bin(),
