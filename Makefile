@@ -83,12 +83,14 @@ define static_build
 	if [ -n "$$out" ]; then rm -f $(1)/$(2); echo 'static: the build printed warnings (above); it must build cleanly'; exit 1; fi
 endef
 
-## static: bin/events and bin/sqliteproxy as fully static binaries (no libc at run time: FROM scratch)
+## static: bin/events, bin/sqliteproxy and bin/litestream (pinned by replication/go.mod; pure Go,
+## no CGo) as fully static binaries (no libc at run time: FROM scratch)
 static:
 	@mkdir -p bin
 	$(call static_build,.,bin/events,./examples/events)
 	$(call static_build,cmd/sqliteproxy,../../bin/sqliteproxy,.)
-	@for b in bin/events bin/sqliteproxy; do \
+	cd replication && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream
+	@for b in bin/events bin/sqliteproxy bin/litestream; do \
 		if command -v ldd >/dev/null && ! ldd $$b 2>&1 | grep -q 'not a dynamic executable'; then \
 			ldd $$b; echo "static: $$b is dynamically linked"; exit 1; fi; \
 		if command -v file >/dev/null; then file $$b; fi; \
