@@ -307,7 +307,7 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // Pending migrations apply on the next access. Restoring into an ID that
 // has no file creates the tenant.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
-	return p.restore(ctx, opRestoreTenant, id, func(tmp string) error {
+	return p.restore(ctx, opRestoreTenant, id, false, func(tmp string) error {
 		if err := copyVerified(ctx, srcPath, tmp); err != nil {
 			return fmt.Errorf("source %s: %w", srcPath, err)
 		}
@@ -316,9 +316,12 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 }
 
 // restore replaces tenant id's database with the file fill writes at tmp
-// (a healthy database, checked by fill), draining the tenant. With
-// replication on, the restored state is then synced as the replica's new head.
-func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string) error) error {
+// (a healthy database, checked by fill), draining the tenant. A tenant that
+// is or was replicated here, or whose copy comes from its replica
+// (fromReplica), is marked restored on purpose: the copy becomes the
+// replica's head (at once with replication on, else at its next
+// registration), however far behind the replica it is.
+func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fill func(tmp string) error) error {
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
@@ -336,7 +339,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 		return err
 	} else if err != nil {
 		// Deleted meanwhile: restore into the new tenant.
-		return p.restore(ctx, op, id, func(tmp2 string) error { return os.Rename(tmp, tmp2) })
+		return p.restore(ctx, op, id, fromReplica, func(tmp2 string) error { return os.Rename(tmp, tmp2) })
 	}
 	if err := t.drain(ctx, op, evictRestore); err != nil {
 		return err
@@ -344,7 +347,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fill func(tmp string
 	// Side files of the old database would be replayed into the new one,
 	// and Litestream's files describe the old one.
 	_, merr := os.Stat(metaDir(t.path))
-	replicated := r.repl != nil || merr == nil // streamed here, now or before
+	replicated := r.repl != nil || merr == nil || fromReplica // streamed, now, before or elsewhere
 	err = errors.Join(removeWithSideFiles(t.path+"-wal"), os.RemoveAll(metaDir(t.path)))
 	if err == nil {
 		err = errors.Join(os.Remove(t.path+"-shm"), os.Remove(t.path+"-journal"))

@@ -551,10 +551,35 @@ func (p *Proxy) RestoreTenantAt(ctx context.Context, id string, at time.Time) er
 	if err := checkTenantID(id); err != nil {
 		return opError(op, id, err)
 	}
-	return p.restore(ctx, op, id, func(tmp string) error {
+	return p.restoreFromReplica(ctx, op, id, r.repl, at)
+}
+
+// RestoreTenantFromReplica is RestoreTenantAt from the replica under
+// replicaURL (a Config.ReplicaURL) with the litestream binary
+// litestreamPath (empty: on PATH), for a proxy that does not stream (the
+// ops CLI, with the service stopped): the restored copy is marked to
+// become the replica's head when a streaming proxy next opens the tenant,
+// instead of being taken for a stale copy and replaced by the replica's
+// latest state.
+func (p *Proxy) RestoreTenantFromReplica(ctx context.Context, id, replicaURL string, at time.Time, litestreamPath string) error {
+	const op = opRestoreTenantAt
+	if err := checkTenantID(id); err != nil {
+		return opError(op, id, err)
+	}
+	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
+		return opError(op, id, err)
+	}
+	if litestreamPath == "" {
+		litestreamPath = DefaultLitestreamPath
+	}
+	return p.restoreFromReplica(ctx, op, id, &replicator{base: replicaURL, bin: litestreamPath}, at)
+}
+
+func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *replicator, at time.Time) error {
+	return p.restore(ctx, op, id, true, func(tmp string) error {
 		stage := tmp + ".replica"
 		defer removeWithSideFiles(stage)
-		if err := r.repl.fetch(ctx, id, at, stage); err != nil {
+		if err := rp.fetch(ctx, id, at, stage); err != nil {
 			return err
 		}
 		return copyVerified(ctx, stage, tmp)
@@ -593,8 +618,11 @@ func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst st
 		// same of both. After the last, the latest state is the state at
 		// that time.
 		last, lerr := rp.lastUpload(ctx, id)
-		if lerr == nil && !last.IsZero() && at.After(last) {
+		switch {
+		case lerr == nil && !last.IsZero() && at.After(last):
 			err = rp.restore(ctx, id, dst, time.Time{})
+		case lerr == nil && !last.IsZero():
+			err = fmt.Errorf("the replica holds no state as early as %s (%w)", at.UTC().Format(time.RFC3339Nano), err)
 		}
 	}
 	if errors.Is(err, errNoReplica) {

@@ -394,3 +394,44 @@ func TestProxy_ReplicaTenantsAndPositions(t *testing.T) {
 		})
 	}
 }
+
+// A tenant restored from its replica as at a time by a proxy that does not
+// stream (the CLI, service stopped), into a directory that never streamed
+// it, stays restored when a streaming proxy opens it: it becomes the head,
+// instead of being taken for a stale copy and replaced by the latest.
+func TestProxy_RestoreFromReplicaWithoutStreaming(t *testing.T) {
+	g := newRig(t, "file")
+	ctx := context.Background()
+	a := sqliteproxytest.New(t, g.config(t, 10))
+	insert(t, a, "acme", "before")
+	if err := a.SyncTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	at := time.Now()
+	sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
+	insert(t, a, "acme", "after")
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cli := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}) // no replication
+	if err := cli.RestoreTenantFromReplica(ctx, "acme", g.replica, at, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := g.config(t, 10)
+	cfg.Dir = dir
+	svc := sqliteproxytest.New(t, cfg)
+	if got := names(t, svc, "acme"); !slices.Equal(got, []string{"before"}) {
+		t.Fatalf("the streaming proxy sees %v, want the restored [before]", got)
+	}
+	if err := svc.SyncTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	other := sqliteproxytest.New(t, g.config(t, 10))
+	if got := names(t, other, "acme"); !slices.Equal(got, []string{"before"}) {
+		t.Fatalf("another node sees %v, want the restored state as the head", got)
+	}
+}

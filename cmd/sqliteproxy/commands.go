@@ -273,13 +273,27 @@ func (e *env) backupOne(p *sqliteproxy.Proxy, id, dst string, force bool) error 
 	return p.BackupTenant(e.ctx, id, dst)
 }
 
-// restore: replace a tenant's data with a backup.
+// restore: replace a tenant's data with a backup, or with its replica.
 func (e *env) restore(args []string) (status int) {
 	f := e.newFlags("restore")
 	force := f.Bool("force", false, "restore even if the tenant looks open in another process (its -wal or -shm file exists)")
-	pos, st, ok := e.parse(f, args, 2, 2)
+	replica := f.String("replica", "", "restore from the tenant's replica <`URL`>/<ID> (file:///path, s3://bucket/prefix?endpoint=...) instead of a FILE")
+	at := f.String("at", "", "with -replica: the replica as it was at this `time` (RFC 3339, e.g. 2026-11-26T14:00:00Z); default: its latest state")
+	litestream := f.String("litestream", "", "with -replica: the litestream `binary` that fetches the replica (default: litestream on PATH)")
+	pos, st, ok := e.parse(f, args, 1, 2)
 	if !ok {
 		return st
+	}
+	if f.isSet("replica") == (len(pos) == 2) {
+		return e.usageError(f, "want ID FILE, or -replica URL ID")
+	}
+	if f.isSet("replica") {
+		return e.restoreReplica(f, pos[0], *replica, *at, *litestream, *force)
+	}
+	for _, name := range []string{"at", "litestream"} {
+		if f.isSet(name) {
+			return e.usageError(f, "-%s goes with -replica", name)
+		}
 	}
 	id, src := pos[0], pos[1]
 	if !e.checkID(f, id) {
@@ -416,6 +430,15 @@ type tenantStatus struct {
 	Modified  time.Time       `json:"modified"`   // the later of the file's and its -wal's
 	Error     string          `json:"error,omitempty"`
 	err       error           // as Error
+
+	// With -replica (omitted without): Litestream's position beside the
+	// file and the replica's (transaction IDs, 0 for none), and how they
+	// compare.
+	ReplicaLocalTXID *uint64 `json:"replica_local_txid,omitempty"`
+	ReplicaTXID      *uint64 `json:"replica_txid,omitempty"`
+	ReplicaState     string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any)
+	ReplicaError     string  `json:"replica_error,omitempty"`
+	replicaErr       error   // as ReplicaError
 }
 
 type appliedStatus struct {
@@ -429,6 +452,7 @@ type appliedStatus struct {
 func (e *env) status(args []string) (status int) {
 	f := e.newFlags("status")
 	mig := f.String("migrations", "", "`directory` of migration files, to list pending migrations (without it: unknown)")
+	replica := f.String("replica", "", "also compare each tenant with its replica <`URL`>/<ID> (file:///path, s3://bucket/prefix?endpoint=...)")
 	asJSON := f.Bool("json", false, "print a JSON array of objects")
 	pos, st, ok := e.parse(f, args, 0, 1)
 	if !ok {
@@ -436,6 +460,12 @@ func (e *env) status(args []string) (status int) {
 	}
 	if len(pos) == 1 && !e.checkID(f, pos[0]) {
 		return exitUsage
+	}
+	withReplica := f.isSet("replica")
+	if withReplica {
+		if err := checkReplicaURL(*replica); err != nil {
+			return e.usageError(f, "-replica: %v", err)
+		}
 	}
 	p, st, ok := e.open(f, *mig)
 	if !ok {
@@ -455,7 +485,11 @@ func (e *env) status(args []string) (status int) {
 		if e.ctx.Err() != nil {
 			break
 		}
-		out = append(out, e.tenantStatus(p, id, *mig != ""))
+		ts := e.tenantStatus(p, id, *mig != "")
+		if withReplica {
+			e.replicaStatus(&ts, *replica, *f.dir)
+		}
+		out = append(out, ts)
 		b.set(i + 1)
 	}
 	b.finish()
@@ -464,8 +498,13 @@ func (e *env) status(args []string) (status int) {
 	}
 	failed := map[string]error{}
 	for _, ts := range out {
-		if ts.err != nil {
+		switch {
+		case ts.err != nil && ts.replicaErr != nil:
+			failed[ts.Tenant] = fmt.Errorf("%s; %w", tenantErrText(ts.Tenant, ts.err), ts.replicaErr)
+		case ts.err != nil:
 			failed[ts.Tenant] = ts.err
+		case ts.replicaErr != nil:
+			failed[ts.Tenant] = ts.replicaErr
 		}
 	}
 	e.reportFailures("status", failed)
@@ -474,7 +513,11 @@ func (e *env) status(args []string) (status int) {
 		fmt.Fprintf(e.stdout, "%s\n", b)
 	} else {
 		tw := tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(tw, "TENANT\tVERSION\tPENDING\tSIZE\tMODIFIED")
+		if withReplica {
+			fmt.Fprintln(tw, "TENANT\tVERSION\tPENDING\tSIZE\tMODIFIED\tREPLICA")
+		} else {
+			fmt.Fprintln(tw, "TENANT\tVERSION\tPENDING\tSIZE\tMODIFIED")
+		}
 		for _, ts := range out {
 			version, pending := "?", "?"
 			if ts.Version != nil {
@@ -493,7 +536,11 @@ func (e *env) status(args []string) (status int) {
 			if !ts.Modified.IsZero() {
 				mod = ts.Modified.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", ts.Tenant, version, pending, humanSize(ts.SizeBytes), mod)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", ts.Tenant, version, pending, humanSize(ts.SizeBytes), mod)
+			if withReplica {
+				fmt.Fprintf(tw, "\t%s", ts.replicaText())
+			}
+			fmt.Fprintln(tw)
 		}
 		tw.Flush()
 	}

@@ -2,20 +2,37 @@
 // directory: one SQLite file per tenant, <dir>/<id>.db.
 //
 //	sqliteproxy tenants [-json]                          list tenants
+//	sqliteproxy replicas -replica URL [-json]            list the tenants that have a replica under URL
 //	sqliteproxy create [-migrations DIR] ID              create a tenant (with the migrations applied)
 //	sqliteproxy delete [-yes] [-force] ID                delete a tenant and all its data
 //	sqliteproxy backup [-force] ID FILE                  online backup of one tenant
 //	sqliteproxy backup -all [-force] DIR                 DIR/<id>.db for every tenant
 //	sqliteproxy restore [-force] ID FILE                 replace a tenant's data with a backup
+//	sqliteproxy restore -replica URL [-at TIME] [-litestream PATH] [-force] ID
+//	                                                     ... or with its replica, latest or as at TIME
 //	sqliteproxy migrate -migrations DIR [-dry-run] [-concurrency N] [ID...]
-//	sqliteproxy status [-json] [-migrations DIR] [ID]    schema version, pending migrations, size
+//	sqliteproxy status [-json] [-migrations DIR] [-replica URL] [ID]
+//	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
 //
-// Every command takes -dir (default ./data), the data directory, which must
-// exist: the tool never creates it, and never creates a tenant file except
-// with create and restore (a mistyped ID is "no tenant", not a new
-// database). Nothing migrates as a side effect: only migrate applies
-// migrations.
+// Every command but replicas takes -dir (default ./data), the data
+// directory, which must exist: the tool never creates it, and never creates
+// a tenant file except with create and restore (a mistyped ID is "no
+// tenant", not a new database). Nothing migrates as a side effect: only
+// migrate applies migrations.
+//
+// Replicas are Litestream v0.5 replicas, named by the URL the service has
+// as Config.ReplicaURL (file:///path, or s3://bucket/prefix with
+// ?endpoint=... for S3-compatible stores; S3 credentials come from the
+// environment, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY): tenant ID's
+// replica is <URL>/<ID>. restore -replica runs the litestream binary
+// (-litestream, default litestream on PATH) to fetch it into a temporary
+// file in the data directory, then verifies it and swaps it in like a
+// backup. status -replica compares the position (transaction ID) that
+// Litestream recorded beside each tenant's file with its replica's:
+// behind (not uploaded yet), in sync, or ahead (the replica has
+// transactions this copy lacks: written elsewhere since, or the copy was
+// restored).
 //
 // tenants, create, backup, migrate, status and check are safe while a
 // service uses the directory (SQLite's locking; migrate applies each
@@ -38,7 +55,8 @@
 // migration or integrity check, delete not confirmed, interrupted); 2 for
 // usage errors (unknown command or flag, wrong number of arguments, invalid
 // tenant ID, a directory or file named on the command line that does not
-// exist, delete without -yes on a non-interactive stdin).
+// exist, a -replica that is not a URL or an -at that is not an RFC 3339
+// time, delete without -yes on a non-interactive stdin).
 package main
 
 import (
@@ -101,12 +119,13 @@ func init() {
 	// Assigned here: the commands' run functions refer to commands (usage).
 	commands = []command{
 		{"tenants", "[-dir DIR] [-json]", "list the tenants, one ID per line", (*env).tenants},
+		{"replicas", "-replica URL [-json]", "list the tenants that have a replica under URL, one ID per line", (*env).replicas},
 		{"create", "[-dir DIR] [-migrations DIR] ID", "create a tenant, with the migrations applied", (*env).create},
 		{"delete", "[-dir DIR] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
 		{"backup", "[-dir DIR] [-force] ID FILE | -all [-force] DIR", "online backup of one tenant, or of all into DIR/<id>.db", (*env).backup},
-		{"restore", "[-dir DIR] [-force] ID FILE", "replace a tenant's data with a backup (creates the tenant if missing)", (*env).restore},
+		{"restore", "[-dir DIR] [-force] ID FILE | -replica URL [-at TIME] [-litestream PATH] [-dir DIR] [-force] ID", "replace a tenant's data with a backup or its replica (creates the tenant if missing)", (*env).restore},
 		{"migrate", "[-dir DIR] -migrations DIR [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants", (*env).migrate},
-		{"status", "[-dir DIR] [-migrations DIR] [-json] [ID]", "schema version, pending migrations, size and last change per tenant", (*env).status},
+		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
 		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
 	}
 }
@@ -154,7 +173,9 @@ func (e *env) usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nEvery command takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+	fmt.Fprintf(w, "\nEvery command but replicas takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+		"Replica URLs are Litestream's (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL;\n"+
+		"S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).\n"+
 		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")
 }
 
@@ -179,12 +200,25 @@ type flags struct {
 
 // newFlags returns the flag set of the named command, with -dir.
 func (e *env) newFlags(name string) *flags {
+	f := e.newFlagsNoDir(name)
+	f.dir = f.String("dir", "./data", "the data `directory`, holding one <id>.db file per tenant (must exist)")
+	return f
+}
+
+// newFlagsNoDir returns the flag set of the named command, without -dir:
+// for a command that does not touch the data directory (replicas).
+func (e *env) newFlagsNoDir(name string) *flags {
 	c := findCommand(name)
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard) // errors are reported by parse, help by printHelp
-	f := &flags{FlagSet: fs, cmd: c}
-	f.dir = fs.String("dir", "./data", "the data `directory`, holding one <id>.db file per tenant (must exist)")
-	return f
+	return &flags{FlagSet: fs, cmd: c}
+}
+
+// isSet reports whether the flag name was given on the command line.
+func (f *flags) isSet(name string) bool {
+	set := false
+	f.Visit(func(fl *flag.Flag) { set = set || fl.Name == name })
+	return set
 }
 
 // parse parses args, flags and positional arguments in any order ("--"

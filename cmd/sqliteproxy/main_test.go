@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -238,6 +239,29 @@ func TestUsageErrors(t *testing.T) {
 		{"check", "-dir", dir, "ACME"},
 		{"check", "-dir", missing},
 		{"check", "-dir", missing, "acme"},
+		// Replicas.
+		{"replicas"},
+		{"replicas", "-json"},
+		{"replicas", "-replica", "file://" + backupDir, "extra"},
+		{"replicas", "-replica", ""},
+		{"replicas", "-replica", backupDir},
+		{"replicas", "-replica", "file://relative/path"},
+		{"replicas", "-replica", "%zz"},
+		{"replicas", "-dir", dir, "-replica", "file://" + backupDir},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "acme", file},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir},
+		{"restore", "-dir", dir, "-at", "2026-11-26T14:00:00Z", "acme", file},
+		{"restore", "-dir", dir, "-litestream", "litestream", "acme", file},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "-at", "yesterday", "acme"},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "-at", "2026-11-26", "acme"},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "-at", "", "acme"},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "ACME"},
+		{"restore", "-dir", dir, "-replica", "", "acme"},
+		{"restore", "-dir", dir, "-replica", "no-scheme", "acme"},
+		{"restore", "-dir", missing, "-replica", "file://" + backupDir, "acme"},
+		{"restore", "-dir", dir, "-replica", "file://" + backupDir, "-litestream", missing, "acme"},
+		{"status", "-dir", dir, "-replica", "no-scheme"},
+		{"status", "-dir", dir, "-replica", ""},
 	} {
 		t.Run(strings.Join(args, " "), func(t *testing.T) {
 			r := cli(t, nil, args...).want(t, exitUsage)
@@ -297,7 +321,8 @@ func TestHelp(t *testing.T) {
 	}
 	for _, c := range commands {
 		r := cli(t, nil, c.name, "-h").want(t, exitOK)
-		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || !strings.Contains(r.stdout, "-dir") {
+		// Every command but replicas, which reads no data directory, has -dir.
+		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || strings.Contains(r.stdout, "-dir") != (c.name != "replicas") {
 			t.Errorf("%s -h:\n%s", c.name, r.stdout)
 		}
 		if r2 := cli(t, nil, "help", c.name).want(t, exitOK); r2.stdout != r.stdout {
@@ -1014,5 +1039,188 @@ func TestProgress(t *testing.T) {
 		if r := cli(t, nil, args...).want(t, exitOK); r.stderr != "" {
 			t.Errorf("%v: stderr %q", args, r.stderr)
 		}
+	}
+}
+
+// TestReplicas lists a file:// replica without Litestream: a tenant's
+// replica is a directory named by its ID.
+func TestReplicas(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	url := "file://" + root
+	for _, args := range [][]string{
+		{"replicas", "-replica", url},                             // empty
+		{"replicas", "-replica", url + "/nothing-here"},           // missing
+		{"replicas", "-replica", "file://" + root + "/../" + "x"}, // missing, not clean
+	} {
+		if r := cli(t, nil, args...).want(t, exitOK); r.stdout != "" || r.stderr != "" {
+			t.Errorf("%v: %+v", args, r)
+		}
+	}
+	if r := cli(t, nil, "replicas", "-json", "-replica", url).want(t, exitOK); r.stdout != "[]\n" {
+		t.Errorf("replicas -json of an empty replica: %q", r.stdout)
+	}
+	// Tenants are directories with valid IDs; the rest is not listed.
+	for _, name := range []string{"globex/", "acme/", "acme-corp/", "UPPER/", ".hidden/", "file.db"} {
+		path := filepath.Join(root, name)
+		var err error
+		if strings.HasSuffix(name, "/") {
+			err = os.Mkdir(path, 0o700)
+		} else {
+			err = os.WriteFile(path, nil, 0o600)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := cli(t, nil, "replicas", "-replica", url).want(t, exitOK); r.stdout != "acme\nacme-corp\nglobex\n" || r.stderr != "" {
+		t.Errorf("replicas: %+v", r)
+	}
+	if r := cli(t, nil, "replicas", "-replica", url+"/", "-json").want(t, exitOK); r.stdout != `["acme","acme-corp","globex"]`+"\n" {
+		t.Errorf("replicas -json: %q", r.stdout)
+	}
+	// Listing fails: exit 1, one line.
+	for _, tc := range []struct{ url, want string }{
+		{"file://" + filepath.Join(root, "file.db"), "sqliteproxy: replicas: list replica tenants: open " + filepath.Join(root, "file.db") + ": not a directory\n"},
+		{"gs://bucket/tenants", "sqliteproxy: replicas: list replica tenants: gs: not supported for this kind of replica\n"},
+		{"ftp://host/x", `sqliteproxy: replicas: list replica tenants: "ftp://host/x": scheme "ftp" is not one Litestream v0.5 knows` + "\n"},
+	} {
+		if r := cli(t, nil, "replicas", "-replica", tc.url).want(t, exitFailed); r.stderr != tc.want || r.stdout != "" {
+			t.Errorf("replicas -replica %s: stderr %q, want %q", tc.url, r.stderr, tc.want)
+		}
+	}
+}
+
+// TestReplicasS3NoCredentials: an s3:// replica without credentials in
+// the environment fails, saying so.
+func TestReplicasS3NoCredentials(t *testing.T) {
+	// Serial: it changes the environment.
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"} {
+		t.Setenv(k, "")
+	}
+	r := cli(t, nil, "replicas", "-replica", "s3://bucket/tenants?endpoint=http%3A%2F%2F127.0.0.1%3A1").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: replicas: list replica tenants: no S3 credentials in the environment (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)\n" {
+		t.Errorf("stderr %q", r.stderr)
+	}
+}
+
+// TestRestoreReplicaNoLitestream: restore -replica needs the litestream
+// binary; a missing one fails before anything changes.
+func TestRestoreReplicaNoLitestream(t *testing.T) {
+	// Serial: it changes PATH.
+	dir := fleet(t, "", 0, "acme")
+	before := snapshot(t, dir)
+	url := "file://" + t.TempDir()
+	missing := filepath.Join(t.TempDir(), "litestream")
+	r := cli(t, nil, "restore", "-dir", dir, "-replica", url, "-litestream", missing, "acme").want(t, exitUsage)
+	if r.stderr != "sqliteproxy: restore: -litestream "+missing+": stat "+missing+": no such file or directory\n" {
+		t.Errorf("-litestream missing: %q", r.stderr)
+	}
+	t.Setenv("PATH", t.TempDir())
+	r = cli(t, nil, "restore", "-dir", dir, "-replica", url, "acme").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: restore: litestream not found on PATH: install Litestream v0.5, or name its binary with -litestream PATH\n" {
+		t.Errorf("no litestream on PATH: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+}
+
+// fakeLTX makes empty files named as Litestream v0.5 names its LTX files
+// (<min txid>-<max txid>.ltx, 16 hex digits each) under dir/ltx/<level>:
+// what ReplicaPositions reads, beside a tenant's file and in a file://
+// replica, to tell how far each is.
+func fakeLTX(t *testing.T, dir string, level int, maxTXID uint64) {
+	t.Helper()
+	d := filepath.Join(dir, "ltx", strconv.Itoa(level))
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	name := fmt.Sprintf("%016x-%016x.ltx", uint64(1), maxTXID)
+	if err := os.WriteFile(filepath.Join(d, name), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStatusReplica: status -replica adds each tenant's replication
+// position, from Litestream's files beside the tenant's file and in its
+// replica (faked here: no Litestream runs).
+func TestStatusReplica(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech", "newco")
+	root := t.TempDir()
+	url := "file://" + root
+	// acme: in sync at 7; globex: 3 not uploaded yet; initech: written
+	// elsewhere (2 more in the replica); newco: never replicated.
+	fakeLTX(t, filepath.Join(dir, ".acme.db-litestream"), 0, 7)
+	fakeLTX(t, filepath.Join(root, "acme"), 0, 7)
+	fakeLTX(t, filepath.Join(root, "acme"), 1, 5)
+	fakeLTX(t, filepath.Join(dir, ".globex.db-litestream"), 0, 9)
+	fakeLTX(t, filepath.Join(root, "globex"), 0, 6)
+	fakeLTX(t, filepath.Join(dir, ".initech.db-litestream"), 0, 4)
+	fakeLTX(t, filepath.Join(root, "initech"), 9, 6)
+	before := snapshot(t, dir)
+
+	r := cli(t, nil, "status", "-dir", dir, "-replica", url).want(t, exitOK)
+	var rows [][]string
+	for _, line := range strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n") {
+		cells := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(line), -1)
+		if len(cells) != 6 {
+			t.Fatalf("row %q has %d cells", line, len(cells))
+		}
+		rows = append(rows, []string{cells[0], cells[5]})
+	}
+	want := [][]string{
+		{"TENANT", "REPLICA"},
+		{"acme", "in sync (txid 7)"},
+		{"globex", "behind by 3"},
+		{"initech", "ahead by 2 (written elsewhere)"},
+		{"newco", "not replicated"},
+	}
+	if diff := cmp.Diff(want, rows); diff != "" || r.stderr != "" {
+		t.Errorf("status -replica (-want +got):\n%s\n%s%s", diff, r.stdout, r.stderr)
+	}
+	// Without -replica, nothing about replicas.
+	r = cli(t, nil, "status", "-dir", dir, "-json", "acme").want(t, exitOK)
+	if strings.Contains(r.stdout, "replica") {
+		t.Errorf("status -json without -replica: %s", r.stdout)
+	}
+
+	r = cli(t, nil, "status", "-dir", dir, "-replica", url, "-json").want(t, exitOK)
+	var got []tenantStatus
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	type pos struct {
+		Local, Replica uint64
+		State          string
+	}
+	var gotPos []pos
+	for _, ts := range got {
+		if ts.ReplicaLocalTXID == nil || ts.ReplicaTXID == nil {
+			t.Fatalf("%s: no positions: %s", ts.Tenant, r.stdout)
+		}
+		gotPos = append(gotPos, pos{*ts.ReplicaLocalTXID, *ts.ReplicaTXID, ts.ReplicaState})
+	}
+	if diff := cmp.Diff([]pos{{7, 7, "in_sync"}, {9, 6, "behind"}, {4, 6, "ahead"}, {0, 0, "none"}}, gotPos); diff != "" {
+		t.Errorf("status -replica -json (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(r.stdout, `"replica_local_txid": 7,`) || !strings.Contains(r.stdout, `"replica_state": "in_sync"`) {
+		t.Errorf("JSON field names:\n%s", r.stdout)
+	}
+	unchanged(t, dir, before)
+
+	// A replica that cannot be read: the tenant is reported, exit 1.
+	r = cli(t, nil, "status", "-dir", dir, "-replica", "gs://bucket/x", "acme").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: status acme: replica: not supported for this kind of replica\n" || !strings.HasSuffix(strings.TrimSpace(r.stdout), "?") {
+		t.Errorf("unreadable replica: %+v", r)
+	}
+	r = cli(t, nil, "status", "-dir", dir, "-replica", "gs://bucket/x", "-json", "acme").want(t, exitFailed)
+	if !strings.Contains(r.stdout, `"replica_error": "replica: not supported for this kind of replica"`) || strings.Contains(r.stdout, `"error"`) {
+		t.Errorf("unreadable replica, JSON: %s", r.stdout)
+	}
+	// And a tenant that fails both ways: one line with both.
+	junk(t, dir, "x")
+	r = cli(t, nil, "status", "-dir", dir, "-replica", "gs://bucket/x", "x").want(t, exitFailed)
+	if r.stderr != "sqliteproxy: status x: file is not a database; replica: not supported for this kind of replica\n" {
+		t.Errorf("two failures: %q", r.stderr)
 	}
 }

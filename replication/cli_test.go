@@ -1,0 +1,322 @@
+//go:build linux
+
+package replication_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+)
+
+// cliResult is one run of the ops command.
+type cliResult struct {
+	code           int
+	stdout, stderr string
+}
+
+// want fails the test unless the command exited with code.
+func (r cliResult) want(t *testing.T, code int) cliResult {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+// buildCLI builds the ops command (the nested module ../cmd/sqliteproxy)
+// into a temporary directory and returns the binary's path.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	src, err := filepath.Abs(filepath.Join("..", "cmd", "sqliteproxy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(src, "go.mod")); err != nil {
+		t.Fatalf("the CLI module: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "sqliteproxy")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "sqlite_omit_load_extension", "-o", bin, ".")
+	cmd.Dir = src
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build in %s: %v\n%s", src, err, out)
+	}
+	return bin
+}
+
+// runCLI runs the binary with args, in this process's environment (S3
+// credentials included: newRig sets them), within two minutes.
+func runCLI(t *testing.T, bin string, args ...string) cliResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	code := 0
+	switch {
+	case errors.As(err, &ee) && ee.Exited():
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("sqliteproxy %s: %v\nstderr:\n%s", strings.Join(args, " "), err, stderr.String())
+	}
+	return cliResult{code, stdout.String(), stderr.String()}
+}
+
+// dirEntries lists the names in dir, sorted.
+func dirEntries(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+// replicaColumn returns the REPLICA cell of tenant id's row in the output
+// of status -replica.
+func replicaColumn(t *testing.T, out, id string) string {
+	t.Helper()
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if header := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(lines[0]), -1); !slices.Equal(header, []string{"TENANT", "VERSION", "PENDING", "SIZE", "MODIFIED", "REPLICA"}) {
+		t.Fatalf("status header %q", lines[0])
+	}
+	for _, line := range lines[1:] {
+		cells := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(line), -1)
+		if len(cells) == 6 && cells[0] == id {
+			return cells[5]
+		}
+	}
+	t.Fatalf("no row for %s in:\n%s", id, out)
+	return ""
+}
+
+// TestCLI runs the ops command, cmd/sqliteproxy, built once for all its
+// subtests, on replicas that a proxy streamed through a real Litestream.
+func TestCLI(t *testing.T) {
+	bin := buildCLI(t)
+
+	// replicas lists the tenants in a replica, file and S3.
+	t.Run("Replicas", func(t *testing.T) {
+		for _, kind := range []string{"file", "s3"} {
+			t.Run(kind, func(t *testing.T) {
+				g := newRig(t, kind)
+				p := sqliteproxytest.New(t, g.config(t, 10))
+				for _, id := range []string{"globex", "acme", "acme-corp"} {
+					insert(t, p, id, "x")
+					if err := p.SyncTenant(context.Background(), id); err != nil {
+						t.Fatal(err)
+					}
+				}
+				r := runCLI(t, bin, "replicas", "-replica", g.replica).want(t, 0)
+				if r.stdout != "acme\nacme-corp\nglobex\n" || r.stderr != "" {
+					t.Errorf("replicas: %+v", r)
+				}
+				r = runCLI(t, bin, "replicas", "-json", "-replica", g.replica).want(t, 0)
+				if r.stdout != `["acme","acme-corp","globex"]`+"\n" {
+					t.Errorf("replicas -json: %q", r.stdout)
+				}
+				empty := "file://" + filepath.Join(t.TempDir(), "empty")
+				if g.s3 != nil {
+					empty = g.s3.ReplicaURL("nothing-here")
+				}
+				if r := runCLI(t, bin, "replicas", "-replica", empty).want(t, 0); r.stdout != "" || r.stderr != "" {
+					t.Errorf("replicas of an empty replica: %+v", r)
+				}
+			})
+		}
+	})
+
+	// restore -replica restores a tenant from its latest replica into a
+	// data directory that does not have it (another node), leaving no
+	// temporary file; a tenant the replica does not have changes nothing.
+	t.Run("Restore", func(t *testing.T) {
+		for _, kind := range []string{"file", "s3"} {
+			t.Run(kind, func(t *testing.T) {
+				g := newRig(t, kind)
+				cfg := g.config(t, 10)
+				p := sqliteproxytest.New(t, cfg)
+				for _, name := range []string{"a", "b"} {
+					insert(t, p, "acme", name)
+				}
+				if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+					t.Fatal(err)
+				}
+				fresh := t.TempDir()
+				r := runCLI(t, bin, "restore", "-replica", g.replica, "-dir", fresh, "-litestream", g.ls.Bin(), "acme").want(t, 0)
+				if r.stdout != "restored tenant acme from its replica (new tenant)\n" || r.stderr != "" {
+					t.Errorf("restore -replica: %+v", r)
+				}
+				// The marker makes the restored copy the replica's head when a
+				// streaming service opens it.
+				restored := []string{".acme.db-restored", "acme.db"}
+				if got := dirEntries(t, fresh); !slices.Equal(got, restored) {
+					t.Errorf("data directory after restore -replica: %v, want %v", got, restored)
+				}
+				r = runCLI(t, bin, "restore", "-replica", g.replica, "-dir", fresh, "-litestream", g.ls.Bin(), "nosuch").want(t, 1)
+				if r.stderr != "sqliteproxy: restore nosuch: not in the replica\n" || r.stdout != "" {
+					t.Errorf("restore -replica nosuch: %+v", r)
+				}
+				if got := dirEntries(t, fresh); !slices.Equal(got, restored) {
+					t.Errorf("data directory after restore -replica nosuch: %v, want %v", got, restored)
+				}
+				runCLI(t, bin, "check", "-dir", fresh, "acme").want(t, 0)
+				q := sqliteproxytest.New(t, sqliteproxy.Config{Dir: fresh, Migrations: migrations})
+				if got := names(t, q, "acme"); !slices.Equal(got, []string{"a", "b"}) {
+					t.Errorf("restored acme: %v, want [a b]", got)
+				}
+				// The service has acme open: refused, nothing changed.
+				r = runCLI(t, bin, "restore", "-replica", g.replica, "-dir", cfg.Dir, "-litestream", g.ls.Bin(), "acme").want(t, 1)
+				if !strings.HasPrefix(r.stderr, "sqliteproxy: restore acme: in use: acme.db-wal exists") {
+					t.Errorf("restore -replica of a tenant in use: %+v", r)
+				}
+				if got := names(t, p, "acme"); !slices.Equal(got, []string{"a", "b"}) {
+					t.Errorf("acme after a refused restore: %v", got)
+				}
+			})
+		}
+	})
+
+	// restore -replica -at restores the rows synced before the time: into
+	// another node's directory, and in place with the service stopped,
+	// after which the restored state is the replica's head.
+	t.Run("RestoreAt", func(t *testing.T) {
+		g := newRig(t, "file")
+		cfg := g.config(t, 10)
+		p := sqliteproxytest.New(t, cfg)
+		ctx := context.Background()
+		insert(t, p, "acme", "before-1")
+		insert(t, p, "acme", "before-2")
+		if err := p.SyncTenant(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now()
+		sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
+		insert(t, p, "acme", "after-1")
+		if err := p.SyncTenant(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+		atText := at.UTC().Format(time.RFC3339Nano)
+		before := []string{"before-1", "before-2"}
+
+		fresh := t.TempDir()
+		r := runCLI(t, bin, "restore", "-replica", g.replica, "-at", atText, "-dir", fresh, "-litestream", g.ls.Bin(), "acme").want(t, 0)
+		if r.stdout != "restored tenant acme from its replica as at "+atText+" (new tenant)\n" {
+			t.Errorf("restore -replica -at: %+v", r)
+		}
+		q := sqliteproxytest.New(t, sqliteproxy.Config{Dir: fresh, Migrations: migrations})
+		if got := names(t, q, "acme"); !slices.Equal(got, before) {
+			t.Errorf("restored as at %s: %v, want %v", atText, got, before)
+		}
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+
+		// A time before the first upload: exit 1, one line, nothing changed.
+		r = runCLI(t, bin, "restore", "-replica", g.replica, "-at", "2000-01-01T00:00:00Z", "-dir", fresh, "-litestream", g.ls.Bin(), "acme").want(t, 1)
+		if !strings.HasPrefix(r.stderr, "sqliteproxy: restore acme: ") || !strings.Contains(r.stderr, "holds no state as early as") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("restore -at before the first upload: %+v", r)
+		}
+		if got := dirEntries(t, fresh); !slices.Equal(got, []string{".acme.db-restored", "acme.db"}) {
+			t.Errorf("data directory after a failed restore: %v", got)
+		}
+
+		// In place: stop the service, restore, start it again. -force:
+		// Litestream keeps a tenant's WAL (PERSIST_WAL), so acme.db-wal and
+		// -shm outlive the service's clean stop and the in-use guard, which
+		// goes by their presence, would refuse.
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r = runCLI(t, bin, "restore", "-replica", g.replica, "-at", atText, "-dir", cfg.Dir, "-litestream", g.ls.Bin(), "-force", "acme").want(t, 0)
+		if r.stdout != "restored tenant acme from its replica as at "+atText+"\n" {
+			t.Errorf("restore -replica -at in place: %+v", r)
+		}
+		p = sqliteproxytest.New(t, cfg)
+		if got := names(t, p, "acme"); !slices.Equal(got, before) {
+			t.Fatalf("the service after restore -at: %v, want %v", got, before)
+		}
+		if err := p.SyncTenant(ctx, "acme"); err != nil {
+			t.Fatal(err)
+		}
+		other := sqliteproxytest.New(t, g.config(t, 10))
+		if got := names(t, other, "acme"); !slices.Equal(got, before) {
+			t.Errorf("another node after restore -at: %v, want %v", got, before)
+		}
+	})
+
+	// status -replica shows a tenant in sync after SyncTenant, in the
+	// table and in JSON; a copy with no Litestream files of its own (one
+	// restored into another directory) is behind its replica: "ahead".
+	t.Run("Status", func(t *testing.T) {
+		for _, kind := range []string{"file", "s3"} {
+			t.Run(kind, func(t *testing.T) {
+				g := newRig(t, kind)
+				cfg := g.config(t, 10)
+				p := sqliteproxytest.New(t, cfg)
+				ctx := context.Background()
+				for _, id := range []string{"acme", "globex"} {
+					insert(t, p, id, "x")
+					if err := p.SyncTenant(ctx, id); err != nil {
+						t.Fatal(err)
+					}
+				}
+				_, txid, err := sqliteproxy.ReplicaPositions(ctx, g.replica, cfg.Dir, "acme")
+				if err != nil || txid == 0 {
+					t.Fatalf("ReplicaPositions: %d, %v", txid, err)
+				}
+				r := runCLI(t, bin, "status", "-replica", g.replica, "-dir", cfg.Dir).want(t, 0)
+				for _, id := range []string{"acme", "globex"} {
+					if got := replicaColumn(t, r.stdout, id); !regexp.MustCompile(`^in sync \(txid [1-9][0-9]*\)$`).MatchString(got) {
+						t.Errorf("%s: REPLICA %q, want in sync\n%s", id, got, r.stdout)
+					}
+				}
+				if got, want := replicaColumn(t, r.stdout, "acme"), fmt.Sprintf("in sync (txid %d)", txid); got != want {
+					t.Errorf("acme: REPLICA %q, want %q", got, want)
+				}
+				r = runCLI(t, bin, "status", "-replica", g.replica, "-dir", cfg.Dir, "-json", "acme").want(t, 0)
+				var st []struct {
+					Tenant           string  `json:"tenant"`
+					ReplicaLocalTXID *uint64 `json:"replica_local_txid"`
+					ReplicaTXID      *uint64 `json:"replica_txid"`
+					ReplicaState     string  `json:"replica_state"`
+				}
+				if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+					t.Fatalf("%v\n%s", err, r.stdout)
+				}
+				if len(st) != 1 || st[0].ReplicaLocalTXID == nil || st[0].ReplicaTXID == nil ||
+					*st[0].ReplicaLocalTXID != txid || *st[0].ReplicaTXID != txid || st[0].ReplicaState != "in_sync" {
+					t.Errorf("status -json:\n%s", r.stdout)
+				}
+
+				fresh := t.TempDir()
+				runCLI(t, bin, "restore", "-replica", g.replica, "-dir", fresh, "-litestream", g.ls.Bin(), "acme").want(t, 0)
+				r = runCLI(t, bin, "status", "-replica", g.replica, "-dir", fresh).want(t, 0)
+				if got, want := replicaColumn(t, r.stdout, "acme"), fmt.Sprintf("ahead by %d (written elsewhere)", txid); got != want {
+					t.Errorf("a copy restored elsewhere: REPLICA %q, want %q", got, want)
+				}
+			})
+		}
+	})
+}
