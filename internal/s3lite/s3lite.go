@@ -115,6 +115,14 @@ func (c *Client) List(ctx context.Context, prefix, delimiter string) (objects []
 	}
 }
 
+// CreateBucket creates the client's bucket.
+func (c *Client) CreateBucket(ctx context.Context) error {
+	if _, err := c.do(ctx, http.MethodPut, "", nil, http.StatusOK); err != nil {
+		return fmt.Errorf("create bucket %s: %w", c.Bucket, err)
+	}
+	return nil
+}
+
 // DeletePrefix deletes every object under prefix+"/" and returns how many
 // it deleted.
 func (c *Client) DeletePrefix(ctx context.Context, prefix string) (int, error) {

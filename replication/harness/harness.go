@@ -21,12 +21,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"debug/buildinfo"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +41,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
 )
 
 // Module paths of the pinned tools, as required in go.mod.
@@ -360,7 +358,7 @@ func StartS3(tb testing.TB) *S3 {
 			tb.Logf("versitygw log tail:\n%s", logTail(s.logPath, 4096))
 		}
 	})
-	if err := s.CreateBucket(s.Bucket); err != nil {
+	if err := s.CreateBucket(); err != nil {
 		tb.Fatalf("harness: create bucket: %v", err)
 	}
 	return s
@@ -455,129 +453,20 @@ func JoinReplicaURL(base, name string) (string, error) {
 	return u.String(), nil
 }
 
-// CreateBucket creates a bucket with a SigV4-signed PUT.
-func (s *S3) CreateBucket(name string) error {
-	status, body, err := s.Do(context.Background(), http.MethodPut, "/"+name, nil, nil)
-	if err != nil {
-		return err
-	}
-	if status != http.StatusOK {
-		return fmt.Errorf("create bucket %s: %d %s", name, status, body)
-	}
-	return nil
+// Client returns an S3 client of the bucket (SigV4, path-style: the
+// driver's own, internal/s3lite).
+func (s *S3) Client() *s3lite.Client {
+	return &s3lite.Client{Endpoint: s.Endpoint, Region: s.Region, Bucket: s.Bucket,
+		AccessKey: s.AccessKey, SecretKey: s.SecretKey, HTTP: s.hc}
 }
 
-// Object is one entry of a bucket listing.
-type Object struct {
-	Key          string
-	Size         int64
-	LastModified time.Time // as the server lists it (versitygw: whole seconds)
-}
-
-type listResult struct {
-	Contents []struct {
-		Key          string    `xml:"Key"`
-		Size         int64     `xml:"Size"`
-		LastModified time.Time `xml:"LastModified"`
-	} `xml:"Contents"`
-	CommonPrefixes []struct {
-		Prefix string `xml:"Prefix"`
-	} `xml:"CommonPrefixes"`
-	IsTruncated           bool   `xml:"IsTruncated"`
-	NextContinuationToken string `xml:"NextContinuationToken"`
-}
+// CreateBucket creates the bucket.
+func (s *S3) CreateBucket() error { return s.Client().CreateBucket(context.Background()) }
 
 // List lists the bucket under prefix with ListObjectsV2. With a delimiter it
 // also returns the common prefixes (e.g. one per tenant for "tenants/" and "/").
-func (s *S3) List(prefix, delimiter string) (objects []Object, prefixes []string, err error) {
-	token := ""
-	for {
-		q := url.Values{"list-type": {"2"}, "prefix": {prefix}}
-		if delimiter != "" {
-			q.Set("delimiter", delimiter)
-		}
-		if token != "" {
-			q.Set("continuation-token", token)
-		}
-		status, body, err := s.Do(context.Background(), http.MethodGet, "/"+s.Bucket, q, nil)
-		if err != nil {
-			return nil, nil, err
-		}
-		if status != http.StatusOK {
-			return nil, nil, fmt.Errorf("list %q: %d %s", prefix, status, body)
-		}
-		var r listResult
-		if err := xml.Unmarshal(body, &r); err != nil {
-			return nil, nil, err
-		}
-		for _, c := range r.Contents {
-			objects = append(objects, Object{Key: c.Key, Size: c.Size, LastModified: c.LastModified})
-		}
-		for _, p := range r.CommonPrefixes {
-			prefixes = append(prefixes, p.Prefix)
-		}
-		if !r.IsTruncated || r.NextContinuationToken == "" {
-			return objects, prefixes, nil
-		}
-		token = r.NextContinuationToken
-	}
-}
-
-// Do sends a SigV4-signed request (path-style: "/bucket/key") and returns the
-// status and body.
-func (s *S3) Do(ctx context.Context, method, urlPath string, query url.Values, body []byte) (int, []byte, error) {
-	now := time.Now().UTC()
-	amzDate := now.Format("20060102T150405Z")
-	day := now.Format("20060102")
-	payloadHash := sha256Hex(body)
-	canonQuery := strings.ReplaceAll(query.Encode(), "+", "%20") // sorted by key
-	u, err := url.Parse(s.Endpoint)
-	if err != nil {
-		return 0, nil, err
-	}
-	u.Path = urlPath
-	u.RawQuery = canonQuery
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("X-Amz-Date", amzDate)
-	req.Header.Set("X-Amz-Content-Sha256", payloadHash)
-	const signed = "host;x-amz-content-sha256;x-amz-date"
-	canonReq := strings.Join([]string{
-		method,
-		u.EscapedPath(),
-		canonQuery,
-		"host:" + u.Host + "\n" + "x-amz-content-sha256:" + payloadHash + "\n" + "x-amz-date:" + amzDate + "\n",
-		signed,
-		payloadHash,
-	}, "\n")
-	scope := day + "/" + s.Region + "/s3/aws4_request"
-	toSign := "AWS4-HMAC-SHA256\n" + amzDate + "\n" + scope + "\n" + sha256Hex([]byte(canonReq))
-	key := []byte("AWS4" + s.SecretKey)
-	for _, part := range []string{day, s.Region, "s3", "aws4_request"} {
-		key = hmacSHA256(key, part)
-	}
-	req.Header.Set("Authorization", fmt.Sprintf("AWS4-HMAC-SHA256 Credential=%s/%s, SignedHeaders=%s, Signature=%s",
-		s.AccessKey, scope, signed, hex.EncodeToString(hmacSHA256(key, toSign))))
-	resp, err := s.hc.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-func sha256Hex(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
-
-func hmacSHA256(key []byte, s string) []byte {
-	m := hmac.New(sha256.New, key)
-	m.Write([]byte(s))
-	return m.Sum(nil)
+func (s *S3) List(prefix, delimiter string) ([]s3lite.Object, []string, error) {
+	return s.Client().List(context.Background(), prefix, delimiter)
 }
 
 // ---------------------------------------------------------------------------
