@@ -563,16 +563,27 @@ func (p *Proxy) RestoreTenantAt(ctx context.Context, id string, at time.Time) er
 // latest state.
 func (p *Proxy) RestoreTenantFromReplica(ctx context.Context, id, replicaURL string, at time.Time, litestreamPath string) error {
 	const op = opRestoreTenantAt
+	rp, err := standaloneReplicator(op, id, replicaURL, litestreamPath)
+	if err != nil {
+		return err
+	}
+	return p.restoreFromReplica(ctx, op, id, rp, at)
+}
+
+// standaloneReplicator is a replicator for tenant id's replica under
+// replicaURL that restores with litestreamPath (empty: litestream on PATH)
+// and talks to no Litestream process.
+func standaloneReplicator(op, id, replicaURL, litestreamPath string) (*replicator, error) {
 	if err := checkTenantID(id); err != nil {
-		return opError(op, id, err)
+		return nil, opError(op, id, err)
 	}
 	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
-		return opError(op, id, err)
+		return nil, opError(op, id, err)
 	}
 	if litestreamPath == "" {
 		litestreamPath = DefaultLitestreamPath
 	}
-	return p.restoreFromReplica(ctx, op, id, &replicator{base: replicaURL, bin: litestreamPath}, at)
+	return &replicator{base: replicaURL, bin: litestreamPath}, nil
 }
 
 func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *replicator, at time.Time) error {
@@ -594,16 +605,10 @@ func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *repli
 // not checked: RestoreTenant(ctx, id, dst) checks it and swaps it in.
 func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst, litestreamPath string) error {
 	const op = "fetch replica"
-	if err := checkTenantID(id); err != nil {
-		return opError(op, id, err)
+	rp, err := standaloneReplicator(op, id, replicaURL, litestreamPath)
+	if err != nil {
+		return err
 	}
-	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
-		return opError(op, id, err)
-	}
-	if litestreamPath == "" {
-		litestreamPath = DefaultLitestreamPath
-	}
-	rp := &replicator{base: replicaURL, bin: litestreamPath}
 	if err := rp.fetch(ctx, id, at, dst); err != nil {
 		return opError(op, id, err)
 	}

@@ -63,18 +63,23 @@ func (e *env) tenants(args []string) (status int) {
 		e.errorf("tenants: %s", errText(err))
 		return exitFailed
 	}
-	if *asJSON {
-		if ids == nil {
-			ids = []string{}
-		}
-		b, _ := json.Marshal(ids)
-		fmt.Fprintf(e.stdout, "%s\n", b)
-		return exitOK
-	}
-	for _, id := range ids {
-		fmt.Fprintln(e.stdout, id)
-	}
+	e.printIDs(ids, *asJSON)
 	return exitOK
+}
+
+// printIDs prints tenant IDs one per line, or as a JSON array.
+func (e *env) printIDs(ids []string, asJSON bool) {
+	if !asJSON {
+		for _, id := range ids {
+			fmt.Fprintln(e.stdout, id)
+		}
+		return
+	}
+	if ids == nil {
+		ids = []string{}
+	}
+	b, _ := json.Marshal(ids)
+	fmt.Fprintf(e.stdout, "%s\n", b)
 }
 
 // create: create a tenant, applying the migrations of -migrations.

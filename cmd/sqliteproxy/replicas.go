@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -49,17 +48,7 @@ func (e *env) replicas(args []string) int {
 		e.errorf("replicas: %s", errText(err))
 		return exitFailed
 	}
-	if *asJSON {
-		if ids == nil {
-			ids = []string{}
-		}
-		b, _ := json.Marshal(ids)
-		fmt.Fprintf(e.stdout, "%s\n", b)
-		return exitOK
-	}
-	for _, id := range ids {
-		fmt.Fprintln(e.stdout, id)
-	}
+	e.printIDs(ids, *asJSON)
 	return exitOK
 }
 
