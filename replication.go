@@ -180,7 +180,12 @@ type syncResult struct {
 
 // sync returns once everything committed to the file at p before the call
 // is in the replica. Litestream's /sync with wait turns the WAL into LTX
-// files up to its end and uploads every one of them before it answers.
+// files up to its end and uploads every one of them before it answers. It
+// reads the database's position after the upload, though: a commit that
+// another caller made meanwhile, turned into a file by a concurrent sync,
+// shows as a position the replica has not reached, although everything of
+// before the call is there. So the first answer's position is the target,
+// and a replica behind it gets a few more syncs to reach it.
 func (rp *replicator) sync(ctx context.Context, p string) error {
 	timeout := replicaTimeout
 	if dl, ok := ctx.Deadline(); ok {
@@ -188,9 +193,20 @@ func (rp *replicator) sync(ctx context.Context, p string) error {
 	}
 	secs := max(1, int((timeout+time.Second-1)/time.Second))
 	var out syncResult
-	err := rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out)
-	if err == nil && out.ReplicatedTXID < out.TXID {
-		err = fmt.Errorf("replica at txid %d, database at %d", out.ReplicatedTXID, out.TXID)
+	var target uint64
+	var err error
+	for try := range 4 {
+		err = rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out)
+		if err != nil {
+			break
+		}
+		if try == 0 {
+			target = out.TXID
+		}
+		if out.ReplicatedTXID >= target {
+			break
+		}
+		err = fmt.Errorf("replica at txid %d, database at %d", out.ReplicatedTXID, target)
 	}
 	if err != nil {
 		rp.failedAt.Store(time.Now().UnixNano())

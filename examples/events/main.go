@@ -71,8 +71,10 @@ func main() {
 	replica := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
 	socket := flag.String("litestream-socket", "", "control socket of the Litestream process (with -replica)")
 	litestream := flag.String("litestream", "", "litestream binary used to restore tenants (default: litestream on PATH)")
+	maxConns := flag.Int("max-connections", 0, "SQLite connections open at once, all tenants together (default 100)")
 	flag.Parse()
-	cfg := sqliteproxy.Config{Dir: *dir, Migrations: migrations, ReplicaURL: *replica, LitestreamSocket: *socket, LitestreamPath: *litestream}
+	cfg := sqliteproxy.Config{Dir: *dir, Migrations: migrations, MaxConnections: *maxConns,
+		ReplicaURL: *replica, LitestreamSocket: *socket, LitestreamPath: *litestream}
 	if err := run(*addr, cfg); err != nil {
 		slog.Error("events: exiting", "err", err)
 		os.Exit(1)
