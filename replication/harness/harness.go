@@ -761,9 +761,11 @@ func (c *Client) Unregister(dbPath string, timeoutSec int) (UnregisterResult, er
 // Sync calls POST /sync. With wait it returns after the WAL has been turned
 // into LTX files and those have been uploaded (timeoutSec <= 0: 30 s): a nil
 // error means everything committed before the call is in the replica. Judge
-// by ReplicatedTXID >= TXID, not by Status: "no_change" only says no new LTX
-// file was made by this call (an earlier failed call may have made it, and
-// this one uploaded it).
+// by ReplicatedTXID, not by Status: "no_change" only says no new LTX file was
+// made by this call (an earlier failed call may have made it, and this one
+// uploaded it). TXID is read after the upload, so with other writers it may
+// already count commits made during the call: compare ReplicatedTXID with
+// the TXID of a first call, as the driver does (replicator.sync).
 func (c *Client) Sync(dbPath string, wait bool, timeoutSec int) (SyncResult, error) {
 	var r SyncResult
 	err := c.call(http.MethodPost, "/sync", requestTimeout(timeoutSec),
