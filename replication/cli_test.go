@@ -206,17 +206,7 @@ func TestCLI(t *testing.T) {
 		cfg := g.config(t, 10)
 		p := sqliteproxytest.New(t, cfg)
 		ctx := context.Background()
-		insert(t, p, "acme", "before-1")
-		insert(t, p, "acme", "before-2")
-		if err := p.SyncTenant(ctx, "acme"); err != nil {
-			t.Fatal(err)
-		}
-		at := time.Now()
-		sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
-		insert(t, p, "acme", "after-1")
-		if err := p.SyncTenant(ctx, "acme"); err != nil {
-			t.Fatal(err)
-		}
+		at := beforeAndAfter(t, p, "acme")
 		atText := at.UTC().Format(time.RFC3339Nano)
 		before := []string{"before-1", "before-2"}
 

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
@@ -300,7 +301,7 @@ func (r *crashRun) startEvents() *child {
 	t := r.t
 	t.Helper()
 	for attempt := 0; ; attempt++ {
-		port, err := freeTCPPort()
+		port, err := harness.FreePort()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -362,15 +363,6 @@ func waitHealthy(c *child, timeout time.Duration) error {
 		time.Sleep(delay) // poll interval, not ordering
 		delay = min(2*delay, 50*time.Millisecond)
 	}
-}
-
-func freeTCPPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // tail returns the last n bytes of the file at p.

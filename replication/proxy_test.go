@@ -204,17 +204,7 @@ func TestProxy_RestoreTenantAt(t *testing.T) {
 	g := newRig(t, "file")
 	p := sqliteproxytest.New(t, g.config(t, 10))
 	ctx := context.Background()
-	insert(t, p, "acme", "before-1")
-	insert(t, p, "acme", "before-2")
-	if err := p.SyncTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
-	at := time.Now()
-	sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
-	insert(t, p, "acme", "after-1")
-	if err := p.SyncTenant(ctx, "acme"); err != nil {
-		t.Fatal(err)
-	}
+	at := beforeAndAfter(t, p, "acme")
 	if err := p.RestoreTenantAt(ctx, "acme", at); err != nil {
 		t.Fatal(err)
 	}
@@ -434,4 +424,23 @@ func TestProxy_RestoreFromReplicaWithoutStreaming(t *testing.T) {
 	if got := names(t, other, "acme"); !slices.Equal(got, []string{"before"}) {
 		t.Fatalf("another node sees %v, want the restored state as the head", got)
 	}
+}
+
+// beforeAndAfter writes two rows to tenant id, syncs, notes the time, and
+// once the clock has passed it writes a third and syncs again: a replica
+// with a point in time between them.
+func beforeAndAfter(t *testing.T, p *sqliteproxy.Proxy, id string) (at time.Time) {
+	t.Helper()
+	insert(t, p, id, "before-1")
+	insert(t, p, id, "before-2")
+	if err := p.SyncTenant(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	at = time.Now()
+	sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
+	insert(t, p, id, "after-1")
+	if err := p.SyncTenant(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	return at
 }

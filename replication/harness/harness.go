@@ -285,7 +285,8 @@ func waitFor(p *process, timeout time.Duration, ready func() error) error {
 	}
 }
 
-func freePort() (int, error) {
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -339,7 +340,7 @@ func StartS3(tb testing.TB) *S3 {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ { // a new port if one was taken meanwhile
 		var port int
-		if port, err = freePort(); err != nil {
+		if port, err = FreePort(); err != nil {
 			tb.Fatal(err)
 		}
 		s.Endpoint = "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
