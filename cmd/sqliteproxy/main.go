@@ -15,7 +15,7 @@
 //	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
 //
-// Every command but replicas takes -dir (default ./data), the data
+// Every command but replicas and compact takes -dir (default ./data), the data
 // directory, which must exist: the tool never creates it, and never creates
 // a tenant file except with create and restore (a mistyped ID is "no
 // tenant", not a new database). Nothing migrates as a side effect: only
@@ -119,6 +119,7 @@ func init() {
 	// Assigned here: the commands' run functions refer to commands (usage).
 	commands = []command{
 		{"tenants", "[-dir DIR] [-json]", "list the tenants, one ID per line", (*env).tenants},
+		{"compact", "-replica URL [-retention D] [ID ...]", "compact the replicas of tenants (all in the replica by default): restores stay fast", (*env).compact},
 		{"replicas", "-replica URL [-json]", "list the tenants that have a replica under URL, one ID per line", (*env).replicas},
 		{"create", "[-dir DIR] [-migrations DIR] ID", "create a tenant, with the migrations applied", (*env).create},
 		{"delete", "[-dir DIR] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
@@ -173,7 +174,7 @@ func (e *env) usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nEvery command but replicas takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+	fmt.Fprintf(w, "\nEvery command but replicas and compact takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
 		"Replica URLs are Litestream's (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL;\n"+
 		"S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).\n"+
 		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")

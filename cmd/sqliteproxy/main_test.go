@@ -309,6 +309,17 @@ func TestErrorMessages(t *testing.T) {
 	}
 }
 
+func TestCompactUsage(t *testing.T) {
+	t.Parallel()
+	cli(t, nil, "compact").want(t, exitUsage)                                        // no -replica
+	cli(t, nil, "compact", "-replica", "/no/scheme").want(t, exitUsage)              // not a URL
+	cli(t, nil, "compact", "-replica", "file:///tmp/r", "Bad-ID").want(t, exitUsage) // invalid tenant ID
+	r := cli(t, nil, "compact", "-replica", "file://"+t.TempDir()).want(t, exitOK)   // an empty replica: nothing to do
+	if r.stdout != "" {
+		t.Errorf("compact of an empty replica printed %q", r.stdout)
+	}
+}
+
 func TestHelp(t *testing.T) {
 	t.Parallel()
 	for _, args := range [][]string{{"help"}, {"-h"}, {"--help"}} {
@@ -321,8 +332,9 @@ func TestHelp(t *testing.T) {
 	}
 	for _, c := range commands {
 		r := cli(t, nil, c.name, "-h").want(t, exitOK)
-		// Every command but replicas, which reads no data directory, has -dir.
-		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || strings.Contains(r.stdout, "-dir") != (c.name != "replicas") {
+		// Every command but replicas and compact, which read no data directory, has -dir.
+		noDir := c.name == "replicas" || c.name == "compact"
+		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || strings.Contains(r.stdout, "-dir") == noDir {
 			t.Errorf("%s -h:\n%s", c.name, r.stdout)
 		}
 		if r2 := cli(t, nil, "help", c.name).want(t, exitOK); r2.stdout != r.stdout {
