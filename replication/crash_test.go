@@ -49,10 +49,7 @@ var eventsMigrations = []string{
 // every tenant on first access: every acknowledged event, integrity ok,
 // migrations applied.
 func TestCrash_AcknowledgedRowsSurvive(t *testing.T) {
-	tenants, cycles := 40, 5
-	if *long {
-		tenants, cycles = 200, 20
-	}
+	tenants, cycles := 200, 20 // the size: it runs in make test (~2 min)
 	r := newCrashRun(t, tenants, true, 300*time.Millisecond, 3*time.Second)
 	for c := range cycles {
 		r.cycle(c)
@@ -310,8 +307,8 @@ func (r *crashRun) startEvents() *child {
 			t.Fatal(err)
 		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		// A budget of a quarter of the tenants: they are evicted and reopened.
-		args := []string{"-addr", addr, "-dir", r.dir, "-replica", r.g.replica, "-max-connections", strconv.Itoa(max(4, len(r.tenants)/4)),
+		// A budget of a tenth of the tenants (20 for 200): they are evicted and reopened.
+		args := []string{"-addr", addr, "-dir", r.dir, "-replica", r.g.replica, "-max-connections", strconv.Itoa(max(4, len(r.tenants)/10)),
 			"-litestream-socket", r.g.ls.SocketPath, "-litestream", r.g.ls.Bin()}
 		fmt.Fprintf(logf, "==== %s events %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 		cmd := exec.Command(r.bin, args...)
