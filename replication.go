@@ -164,8 +164,7 @@ func (rp *replicator) call(ctx context.Context, method, p string, in, out any) e
 
 // register starts streaming the tenant file at p to its replica.
 func (rp *replicator) register(ctx context.Context, p, id string) error {
-	var out struct{ Status string }
-	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(id)}, &out)
+	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(id)}, nil)
 	if err != nil {
 		return fmt.Errorf("register with litestream: %w", err)
 	}
@@ -245,21 +244,6 @@ func (rp *replicator) release(p string) error {
 		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
 	}
 	return errors.Join(serr, uerr)
-}
-
-// registered lists the paths Litestream streams.
-func (rp *replicator) registered(ctx context.Context) ([]string, error) {
-	var out struct {
-		Databases []struct{ Path string }
-	}
-	if err := rp.call(ctx, http.MethodGet, "/list", nil, &out); err != nil {
-		return nil, err
-	}
-	paths := make([]string, len(out.Databases))
-	for i, d := range out.Databases {
-		paths[i] = d.Path
-	}
-	return paths, nil
 }
 
 // errNoReplica: the replica holds nothing for the tenant.
