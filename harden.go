@@ -72,6 +72,12 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
 	if replicated {
+		// Litestream checkpoints (it holds a read transaction, so a tenant
+		// connection's automatic checkpoint could not finish anyway, and was
+		// retried after every commit once the WAL passed 1 000 pages).
+		if _, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil); err != nil {
+			return err
+		}
 		c.RegisterAuthorizer(replicatedAuthorizer)
 	} else {
 		c.RegisterAuthorizer(tenantAuthorizer)
@@ -86,6 +92,8 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
 	switch {
 	case op == sqlite3.SQLITE_ATTACH:
+		return sqlite3.SQLITE_DENY
+	case op == sqlite3.SQLITE_PRAGMA && strings.EqualFold(arg1, "wal_autocheckpoint") && arg2 != "":
 		return sqlite3.SQLITE_DENY
 	case op == sqlite3.SQLITE_PRAGMA && strings.EqualFold(arg1, "wal_checkpoint"):
 		switch strings.ToUpper(arg2) {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 // Unit tests of the replication plumbing that need no Litestream; the
@@ -80,5 +82,31 @@ func TestReplication_LitestreamDown(t *testing.T) {
 	}
 	if got := dbFiles(t, dir); len(got) != 0 {
 		t.Errorf("files left: %v", got)
+	}
+}
+
+// While Litestream streams a tenant it owns checkpoints and follows the
+// WAL: tenant connections may not VACUUM, truncate or restart the WAL, or
+// turn automatic checkpoints back on.
+func TestReplication_Authorizer(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		op         int
+		arg1, arg2 string
+		want       int
+	}{
+		{sqlite3.SQLITE_ATTACH, "", "", sqlite3.SQLITE_DENY}, // VACUUM
+		{sqlite3.SQLITE_PRAGMA, "wal_checkpoint", "TRUNCATE", sqlite3.SQLITE_DENY},
+		{sqlite3.SQLITE_PRAGMA, "wal_checkpoint", "restart", sqlite3.SQLITE_DENY},
+		{sqlite3.SQLITE_PRAGMA, "wal_checkpoint", "", sqlite3.SQLITE_OK},
+		{sqlite3.SQLITE_PRAGMA, "wal_checkpoint", "PASSIVE", sqlite3.SQLITE_OK},
+		{sqlite3.SQLITE_PRAGMA, "wal_autocheckpoint", "1000", sqlite3.SQLITE_DENY},
+		{sqlite3.SQLITE_PRAGMA, "wal_autocheckpoint", "", sqlite3.SQLITE_OK},
+		{sqlite3.SQLITE_PRAGMA, "journal_mode", "DELETE", sqlite3.SQLITE_DENY},
+		{sqlite3.SQLITE_READ, "t", "a", sqlite3.SQLITE_OK},
+	} {
+		if got := replicatedAuthorizer(tc.op, tc.arg1, tc.arg2, ""); got != tc.want {
+			t.Errorf("op %d %s(%s): %d, want %d", tc.op, tc.arg1, tc.arg2, got, tc.want)
+		}
 	}
 }

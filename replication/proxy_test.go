@@ -444,3 +444,16 @@ func beforeAndAfter(t *testing.T, p *sqliteproxy.Proxy, id string) (at time.Time
 	}
 	return at
 }
+
+// Replicated tenant connections leave checkpoints to Litestream.
+func TestProxy_NoAutoCheckpoint(t *testing.T) {
+	g := newRig(t, "file")
+	p := sqliteproxytest.New(t, g.config(t, 10))
+	var n int
+	if err := p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `PRAGMA wal_autocheckpoint`).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("wal_autocheckpoint = %d, %v; want 0", n, err)
+	}
+	if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `PRAGMA wal_autocheckpoint = 1000`); err == nil {
+		t.Fatal("a tenant connection turned automatic checkpoints back on")
+	}
+}
