@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
 // denyRollback makes every ROLLBACK prepared from now on, on the physical
@@ -111,23 +112,7 @@ func TestConn_FailedRollbackAtCheckInClosesConnection(t *testing.T) {
 // returns the first column of each row.
 func directRows(t *testing.T, p *Proxy, id, query string) []string {
 	t.Helper()
-	rows, err := direct(t, p.Config().Dir, id).Query(query)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return testkit.Strings(t, context.Background(), direct(t, p.Config().Dir, id), query)
 }
 
 // mattn's Stmt.Exec stops at the first row of a statement that returns rows

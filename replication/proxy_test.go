@@ -76,23 +76,7 @@ func (g *rig) registered(t *testing.T) []string {
 
 func names(t *testing.T, p *sqliteproxy.Proxy, id string) []string {
 	t.Helper()
-	rows, err := p.QueryContext(sqliteproxytest.Context(t, id), `SELECT name FROM events ORDER BY id`)
-	if err != nil {
-		t.Fatalf("%s: %v", id, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return sqliteproxytest.Strings(t, sqliteproxytest.Context(t, id), p, `SELECT name FROM events ORDER BY id`)
 }
 
 func insert(t *testing.T, p *sqliteproxy.Proxy, id, name string) {

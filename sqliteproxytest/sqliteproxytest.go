@@ -74,3 +74,12 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 	tb.Helper()
 	testkit.WaitFor(tb, timeout, what, cond)
 }
+
+// Strings runs query on q (a Proxy, a *sql.DB, *sql.Conn or *sql.Tx) with
+// ctx and returns the first column of every row as a string, failing the
+// test on any error: p.QueryContext(Context(t, "acme"), `SELECT name FROM
+// events`) in one line.
+func Strings(tb testing.TB, ctx context.Context, q testkit.Queryer, query string, args ...any) []string {
+	tb.Helper()
+	return testkit.Strings(tb, ctx, q, query, args...)
+}

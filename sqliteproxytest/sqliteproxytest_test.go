@@ -206,3 +206,21 @@ func TestWaitFor_IdleTimeout(t *testing.T) {
 
 // TestExample runs the test that example_test.go shows.
 func TestExample(t *testing.T) { notesTest(t) }
+
+func TestStrings(t *testing.T) {
+	t.Parallel()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: []string{`CREATE TABLE t (s TEXT)`}})
+	ctx := sqliteproxytest.Context(t, "acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO t VALUES ('b'), ('a')`); err != nil {
+		t.Fatal(err)
+	}
+	if got := sqliteproxytest.Strings(t, ctx, p, `SELECT s FROM t ORDER BY s`); strings.Join(got, ",") != "a,b" {
+		t.Errorf("Strings: %q", got)
+	}
+	failures := (&fakeTB{TB: t}).run(func(tb testing.TB) {
+		sqliteproxytest.Strings(tb, ctx, p, `SELECT nosuch FROM t`)
+	})
+	if len(failures) != 1 || !strings.Contains(failures[0], "no such column") {
+		t.Errorf("Strings of a bad query: failures %q", failures)
+	}
+}

@@ -124,23 +124,7 @@ func events(t *testing.T, path string) []string {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	rows, err := db.Query(`SELECT type FROM events ORDER BY id`)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return sqliteproxytest.Strings(t, context.Background(), db, `SELECT type FROM events ORDER BY id`)
 }
 
 // snapshot describes every file under dir: mode, size, mtime and content hash.

@@ -5,6 +5,8 @@
 package testkit
 
 import (
+	"context"
+	"database/sql"
 	"io"
 	"testing"
 	"time"
@@ -45,4 +47,32 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 		}
 		time.Sleep(PollInterval)
 	}
+}
+
+// Queryer runs a query: a *sql.DB, *sql.Conn, *sql.Tx or *sqliteproxy.Proxy.
+type Queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+// Strings runs query on q and returns the first column of every row as a
+// string, failing the test on any error.
+func Strings(tb testing.TB, ctx context.Context, q Queryer, query string, args ...any) []string {
+	tb.Helper()
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		tb.Fatalf("%s: %v", query, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			tb.Fatalf("%s: %v", query, err)
+		}
+		out = append(out, s)
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatalf("%s: %v", query, err)
+	}
+	return out
 }
