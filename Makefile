@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replication
+.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replica replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -31,7 +31,7 @@ run-replicated:
 		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
-test: check vet unit compat cli replication
+test: check vet unit compat cli replica replication
 
 check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -39,6 +39,7 @@ check:
 	cd compat && $(GO) mod tidy -diff
 	cd cmd/sqliteproxy && $(GO) mod tidy -diff
 	cd replication && $(GO) mod tidy -diff
+	cd replica && $(GO) mod tidy -diff
 
 vet:
 	$(GO) vet -tags $(TAGS) ./...
@@ -54,13 +55,18 @@ compat:
 cli:
 	cd cmd/sqliteproxy && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
 
+## replica: the replica compactor (a nested module: it links Litestream's library)
+replica:
+	cd replica && $(GO) vet ./... && $(GO) test -race ./...
+
 ## replication: replication with a real Litestream (v0.5.18) and a real S3-compatible server
 ## (versitygw), both pinned as tools in replication/go.mod and built on first use (~4 min cold)
 replication:
 	cd replication && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) -timeout 20m ./...
 
 ## bench-replication: insert throughput with replication on and off, restore on open of a 1 MB
-## tenant from a local S3-compatible server, bytes uploaded per evict + reopen cycle
+## tenant from a local S3-compatible server (as its node left it, and after repeated restores with
+## the compactor off and on), bytes uploaded per evict + reopen cycle
 bench-replication:
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench '$(BENCH)' -count $(COUNT) -timeout 60m . | tee ../bench-replication.txt
 	$(GO) run $(BENCHSTAT) -col /replication bench-replication.txt

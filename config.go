@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -137,6 +138,26 @@ type Config struct {
 	// LitestreamPath is the litestream binary used to restore tenants.
 	// Default: "litestream", looked up on PATH when first needed. [litestream_path]
 	LitestreamPath string
+
+	// ReplicaCompactor keeps the replicas of closed tenants compact.
+	// Litestream compacts a replica only while it streams it, and a tenant
+	// is streamed only while it is open here: a tenant opened and evicted
+	// again and again leaves a level-0 file per session in its replica, and
+	// every file makes its next restore slower. With a compactor, a tenant
+	// whose replica holds 8 or more level-0 files not yet compacted is
+	// compacted after it is closed, in the background, one tenant at a time
+	// (the tenant waits for it if it is opened meanwhile). Package
+	// github.com/sqliteproxy/sqliteproxy/replica provides Litestream's own
+	// compaction (a nested module: the driver does not link Litestream).
+	// Without one, run `sqliteproxy compact` from time to time. No DSN key.
+	ReplicaCompactor ReplicaCompactor
+}
+
+// A ReplicaCompactor compacts the replica of one tenant, at url
+// (<ReplicaURL>/<id>), while nothing streams it: the driver calls it for a
+// tenant it has closed and holds closed until it returns.
+type ReplicaCompactor interface {
+	CompactReplica(ctx context.Context, url string) error
 }
 
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
@@ -344,6 +365,8 @@ func (c *Config) resolved() (*Config, error) {
 		if r.LitestreamSocket == "" {
 			return nil, errors.New("Config.ReplicaURL needs Config.LitestreamSocket, the control socket of the Litestream process")
 		}
+	} else if r.ReplicaCompactor != nil {
+		return nil, errors.New("Config.ReplicaCompactor needs Config.ReplicaURL")
 	}
 	if r.LitestreamPath == "" {
 		r.LitestreamPath = DefaultLitestreamPath

@@ -332,6 +332,9 @@ func (r *router) unregister(t *tenant) {
 		delete(r.repl.behind, t)
 	}
 	r.repl.mu.Unlock()
+	if err == nil {
+		r.queueCompaction(t)
+	}
 }
 
 // resync makes replication catch up after a failure (the object store was
@@ -723,47 +726,155 @@ func ltxMaxTXID(name string) uint64 {
 }
 
 // replicaPos returns the highest TXID in tenant id's replica, all levels
-// (0: empty): one directory walk for file://, one listing for s3://.
+// (0: empty).
 func (rp *replicator) replicaPos(ctx context.Context, id string) (uint64, error) {
-	raw := rp.url(id)
-	u, err := url.Parse(raw)
+	files, err := rp.ltxFiles(ctx, id)
+	var pos uint64
+	for _, f := range files {
+		pos = max(pos, f.maxTXID)
+	}
+	return pos, err
+}
+
+// uncompacted counts the level-0 files of tenant id's replica that no file
+// of a higher level covers yet.
+func (rp *replicator) uncompacted(ctx context.Context, id string) (int, error) {
+	files, err := rp.ltxFiles(ctx, id)
 	if err != nil {
 		return 0, err
 	}
-	var pos uint64
+	var compacted uint64
+	for _, f := range files {
+		if f.level > 0 {
+			compacted = max(compacted, f.maxTXID)
+		}
+	}
+	n := 0
+	for _, f := range files {
+		if f.level == 0 && f.maxTXID > compacted {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ltxFile is an LTX file of a replica: its level and highest TXID.
+type ltxFile struct {
+	level   int
+	maxTXID uint64
+}
+
+// ltxFiles lists the LTX files of tenant id's replica, every level: one
+// directory walk for file:// (<path>/ltx/<level>/), one listing for s3://
+// (<prefix>/<level as %04x>/).
+func (rp *replicator) ltxFiles(ctx context.Context, id string) ([]ltxFile, error) {
+	raw := rp.url(id)
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	var files []ltxFile
+	add := func(level, name string, base int) {
+		n, err := strconv.ParseUint(level, base, 16)
+		if tx := ltxMaxTXID(name); err == nil && tx > 0 {
+			files = append(files, ltxFile{level: int(n), maxTXID: tx})
+		}
+	}
 	switch u.Scheme {
 	case "file":
 		levels, err := os.ReadDir(path.Join(u.Path, "ltx"))
 		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
+			return nil, nil
 		} else if err != nil {
-			return 0, err
+			return nil, err
 		}
 		for _, l := range levels {
 			ents, err := os.ReadDir(path.Join(u.Path, "ltx", l.Name()))
 			if err != nil {
-				return 0, err
+				return nil, err
 			}
 			for _, e := range ents {
-				pos = max(pos, ltxMaxTXID(e.Name()))
+				add(l.Name(), e.Name(), 10)
 			}
 		}
-		return pos, nil
+		return files, nil
 	case "s3":
 		c, prefix, err := s3lite.FromReplicaURL(raw)
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		objs, _, err := c.List(ctx, prefix+"/", "")
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		for _, o := range objs {
-			pos = max(pos, ltxMaxTXID(o.Key))
+			dir, name := path.Split(o.Key)
+			add(path.Base(dir), name, 16)
 		}
-		return pos, nil
+		return files, nil
 	}
-	return 0, errUnsupported
+	return nil, errUnsupported
+}
+
+// compactAfter is how many level-0 files not yet compacted a closed
+// tenant's replica may hold before it is compacted (Config.ReplicaCompactor).
+const compactAfter = 8
+
+// compactTimeout bounds one compaction.
+const compactTimeout = time.Minute
+
+// queueCompaction asks the compaction goroutine to look at t, just closed.
+// A full queue drops it: t is queued again when it is closed next.
+func (r *router) queueCompaction(t *tenant) {
+	if r.compactQ == nil {
+		return
+	}
+	select {
+	case r.compactQ <- t:
+	default:
+	}
+}
+
+// compactLoop compacts the replicas of closed tenants that need it, one at
+// a time, until the router closes.
+func (r *router) compactLoop() {
+	defer r.reaperWG.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-r.stop
+		cancel()
+	}()
+	for {
+		select {
+		case <-r.stop:
+			return
+		case t := <-r.compactQ:
+			r.compact(ctx, t)
+		}
+	}
+}
+
+// compact compacts t's replica if it holds compactAfter or more level-0
+// files not yet compacted and t is closed. It holds t's writer semaphore
+// meanwhile, so t is not opened (and streamed again) before it is done.
+func (r *router) compact(ctx context.Context, t *tenant) {
+	n, err := r.repl.uncompacted(ctx, t.id)
+	if err != nil || n < compactAfter {
+		return
+	}
+	if !t.wsem.TryAcquire() {
+		return // in use: queued again when it is closed
+	}
+	defer t.wsem.Release()
+	if t.state.Load() != tenantActive || t.registered.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, compactTimeout)
+	defer cancel()
+	start := time.Now()
+	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.id))
+	r.tel.compacted(ctx, t.tel, start, err)
 }
 
 // restoredMarker names the file that marks the tenant file at p as restored

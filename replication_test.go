@@ -3,6 +3,10 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +47,9 @@ func TestReplication_Config(t *testing.T) {
 	}
 	if _, err := New(Config{Dir: t.TempDir(), ReplicaURL: "x/y", LitestreamSocket: "/s"}); err == nil || !strings.Contains(err.Error(), "ReplicaURL") {
 		t.Errorf("ReplicaURL without a scheme: %v", err)
+	}
+	if _, err := New(Config{Dir: t.TempDir(), ReplicaCompactor: compactorFunc(nil)}); err == nil || !strings.Contains(err.Error(), "ReplicaCompactor needs Config.ReplicaURL") {
+		t.Errorf("ReplicaCompactor without ReplicaURL: %v", err)
 	}
 	cfg, err := ParseDSN("dir=d&replica_url=" + "s3%3A%2F%2Fb%2Fp%3Fendpoint%3Dhttp%253A%252F%252Fh" + "&litestream_socket=%2Frun%2Fls.sock&litestream_path=%2Fbin%2Flitestream")
 	if err != nil {
@@ -108,5 +115,44 @@ func TestReplication_Authorizer(t *testing.T) {
 		if got := replicatedAuthorizer(tc.op, tc.arg1, tc.arg2, ""); got != tc.want {
 			t.Errorf("op %d %s(%s): %d, want %d", tc.op, tc.arg1, tc.arg2, got, tc.want)
 		}
+	}
+}
+
+type compactorFunc func(ctx context.Context, url string) error
+
+func (f compactorFunc) CompactReplica(ctx context.Context, url string) error { return f(ctx, url) }
+
+// uncompacted counts the level-0 files of a replica above the highest
+// TXID of the higher levels, whatever else lies there (files being
+// written, other names).
+func TestReplication_Uncompacted(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	rp := &replicator{base: "file://" + base}
+	if n, err := rp.uncompacted(context.Background(), "acme"); n != 0 || err != nil {
+		t.Fatalf("no replica: %d, %v", n, err)
+	}
+	touch := func(level int, name string) {
+		dir := filepath.Join(base, "acme", "ltx", strconv.Itoa(level))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 1; i <= 5; i++ {
+		touch(0, fmt.Sprintf("%016x-%016x.ltx", i, i))
+	}
+	touch(0, "0000000000000006-0000000000000006.ltx.tmp")
+	if n, err := rp.uncompacted(context.Background(), "acme"); n != 5 || err != nil {
+		t.Fatalf("5 level-0 files: %d, %v", n, err)
+	}
+	touch(1, "0000000000000001-0000000000000003.ltx")
+	if n, err := rp.uncompacted(context.Background(), "acme"); n != 2 || err != nil {
+		t.Fatalf("level 1 up to 3: %d, %v; want 2", n, err)
+	}
+	if pos, err := rp.replicaPos(context.Background(), "acme"); pos != 5 || err != nil {
+		t.Fatalf("replicaPos: %d, %v; want 5", pos, err)
 	}
 }

@@ -37,7 +37,9 @@ type router struct {
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
 	isClosed   atomic.Bool
 
-	stop     chan struct{} // closed by close to end the background goroutine
+	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
+
+	stop     chan struct{} // closed by close to end the background goroutines
 	reaperWG sync.WaitGroup
 }
 
@@ -76,6 +78,11 @@ func newRouter(cfg *Config) (*router, error) {
 	r.free = newTenantless()
 	r.reaperWG.Add(1)
 	go r.background()
+	if r.repl != nil && cfg.ReplicaCompactor != nil {
+		r.compactQ = make(chan *tenant, 256)
+		r.reaperWG.Add(1)
+		go r.compactLoop()
+	}
 	return r, nil
 }
 

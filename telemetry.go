@@ -96,6 +96,7 @@ type telemetry struct {
 	migrationFailures metric.Int64Counter
 	syncDuration      metric.Float64Histogram
 	restoreDuration   metric.Float64Histogram
+	compactDuration   metric.Float64Histogram
 	restores          metric.Int64Counter
 	registration      metric.Registration
 
@@ -216,6 +217,7 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 	tel.migrationFailures = counter("sqliteproxy.migration.failures", "Tenant migrations that failed.")
 	tel.syncDuration = hist("sqliteproxy.replication.sync.duration", "Duration of syncing a tenant to its replica (SyncTenant, closing a tenant); failures carry error.type.")
 	tel.restoreDuration = hist("sqliteproxy.replication.restore.duration", "Duration of restoring a tenant from its replica, by outcome.")
+	tel.compactDuration = hist("sqliteproxy.replication.compaction.duration", "Duration of compacting the replica of a closed tenant (Config.ReplicaCompactor); failures carry error.type.")
 	tel.restores = counter("sqliteproxy.replication.restores", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
 	lag, e4 := m.Float64ObservableGauge("sqliteproxy.replication.lag", metric.WithUnit(durationUnit),
 		metric.WithDescription("How long the replica has been seen behind a tenant (open tenants; 0: caught up); without a tenant attribute, the largest."))
@@ -402,6 +404,11 @@ func (tel *telemetry) evicted(tt *tenantTel, reason evictReason) {
 // synced records a sync of tt to its replica that started at start.
 func (tel *telemetry) synced(ctx context.Context, tt *tenantTel, start time.Time, err error) {
 	tel.record(ctx, tel.syncDuration, tt, start, err)
+}
+
+// compacted records a compaction of tt's replica that started at start.
+func (tel *telemetry) compacted(ctx context.Context, tt *tenantTel, start time.Time, err error) {
+	tel.record(ctx, tel.compactDuration, tt, start, err)
 }
 
 // restoredFromReplica records a restore of tt from its replica, by outcome.

@@ -9,8 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/replica"
 	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
@@ -45,19 +47,22 @@ func BenchmarkInsert(b *testing.B) {
 
 // BenchmarkRestoreOnOpen: the first statement of a 1 MB tenant that exists
 // only in the replica (local S3-compatible server): restore, check,
-// migrate, open (the target: <= 200 ms).
+// migrate, open (the target: <= 200 ms). Every iteration restores the
+// replica as the tenant's node left it: a node that restores a tenant and
+// streams it uploads a snapshot of it (Litestream rebases a database that
+// is behind its replica and snapshots it), which the next iteration would
+// restore too; those files are deleted between iterations, outside the
+// timer (BenchmarkRestoreAfterRestores restores without deleting them).
 func BenchmarkRestoreOnOpen(b *testing.B) {
 	g := newS3BenchRig(b)
-	src := sqliteproxytest.New(b, g.config(b, 10))
-	ctx := sqliteproxy.WithOrgID(context.Background(), "big")
-	name := strings.Repeat("x", 1000)
-	for range 1000 { // ~1 MB
-		if _, err := src.ExecContext(ctx, `INSERT INTO events (name) VALUES (?)`, name); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := src.SyncTenant(context.Background(), "big"); err != nil {
+	ctx := newBigTenant(b, g)
+	keep := map[string]bool{}
+	objs, _, err := g.s3.List("tenants/big/", "")
+	if err != nil {
 		b.Fatal(err)
+	}
+	for _, o := range objs {
+		keep[o.Key] = true
 	}
 	var errs int
 	for b.Loop() {
@@ -73,9 +78,87 @@ func BenchmarkRestoreOnOpen(b *testing.B) {
 		}
 		b.StopTimer()
 		p.Close()
+		objs, _, err := g.s3.List("tenants/big/", "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, o := range objs {
+			if !keep[o.Key] {
+				if err := g.s3.Client().Delete(context.Background(), o.Key); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(errs)/float64(b.N), "errors/op")
+}
+
+// BenchmarkRestoreAfterRestores: as BenchmarkRestoreOnOpen, but the
+// snapshot each restoring node uploads stays in the replica, so iteration
+// N restores N snapshots; with Config.ReplicaCompactor (compactor=on) the
+// replica is compacted when the tenant is closed, between iterations.
+func BenchmarkRestoreAfterRestores(b *testing.B) {
+	for _, mode := range []string{"off", "on"} {
+		on := mode == "on"
+		b.Run("compactor="+mode, func(b *testing.B) {
+			g := newS3BenchRig(b)
+			b.Setenv("AWS_CA_BUNDLE", "") // see package replica
+			ctx := newBigTenant(b, g)
+			var errs int
+			for b.Loop() {
+				b.StopTimer()
+				cfg := g.config(b, 10) // a fresh node
+				if on {
+					cfg.ReplicaCompactor = &replica.Compactor{}
+				}
+				p, err := sqliteproxy.New(cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				var n int
+				if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1000 {
+					errs++
+				}
+				b.StopTimer()
+				if on { // closed by eviction, and compacted if it needs it, before Close
+					for i := range 10 {
+						if _, err := p.ExecContext(sqliteproxy.WithOrgID(context.Background(), fmt.Sprint("o", i)), `SELECT count(*) FROM events`); err != nil {
+							b.Fatal(err)
+						}
+					}
+					sqliteproxytest.WaitFor(b, time.Minute, "big compacted", func() bool {
+						l0, _ := g.ltxCounts(b, "big")
+						return l0 < 8
+					})
+				}
+				p.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(errs)/float64(b.N), "errors/op")
+		})
+	}
+}
+
+// newBigTenant writes a 1 MB tenant "big" through a node of its own and
+// syncs it to the replica; it returns the tenant's context.
+func newBigTenant(b *testing.B, g *rig) context.Context {
+	src := sqliteproxytest.New(b, g.config(b, 10))
+	ctx := sqliteproxy.WithOrgID(context.Background(), "big")
+	name := strings.Repeat("x", 1000)
+	for range 1000 { // ~1 MB
+		if _, err := src.ExecContext(ctx, `INSERT INTO events (name) VALUES (?)`, name); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := src.SyncTenant(context.Background(), "big"); err != nil {
+		b.Fatal(err)
+	}
+	if err := src.Close(); err != nil {
+		b.Fatal(err)
+	}
+	return ctx
 }
 
 // BenchmarkEvictReopen: one evict + reopen cycle of a 1 MB tenant that

@@ -11,11 +11,15 @@ require (
 	github.com/benbjohnson/litestream v0.5.18
 	github.com/mattn/go-sqlite3 v1.14.53
 	github.com/sqliteproxy/sqliteproxy v0.0.0
+	github.com/sqliteproxy/sqliteproxy/replica v0.0.0
 	go.opentelemetry.io/otel v1.47.0
 	go.opentelemetry.io/otel/sdk/metric v1.47.0
 )
 
-replace github.com/sqliteproxy/sqliteproxy => ../
+replace (
+	github.com/sqliteproxy/sqliteproxy => ../
+	github.com/sqliteproxy/sqliteproxy/replica => ../replica
+)
 
 require (
 	cel.dev/expr v0.25.2 // indirect

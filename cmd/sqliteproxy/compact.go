@@ -2,31 +2,28 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net/url"
 	"os"
 	"path"
 	"time"
 
-	"github.com/benbjohnson/litestream"
-	_ "github.com/benbjohnson/litestream/file" // file:// replica clients
-	_ "github.com/benbjohnson/litestream/s3"   // s3:// replica clients
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/replica"
 )
 
 // compactRetention is how long level-0 files already compacted into level
 // 1 are kept before compact deletes them, as Litestream's own default.
-const compactRetention = 5 * time.Minute
+const compactRetention = replica.DefaultRetention
 
 // compact compacts the replicas of closed tenants. Litestream compacts a
 // database only while it streams it, and the driver streams a tenant only
 // while it is open: a tenant opened briefly again and again leaves one
 // level-0 file per session in its replica, and its restores take longer
-// and longer (here ~2 ms per file). Run it from time to time (cron); it
-// works on the replica alone and is safe beside the service.
+// and longer (here ~2 ms per file). A service with
+// Config.ReplicaCompactor set compacts its closed tenants itself; without
+// one, run this from time to time (cron). It works on the replica alone and
+// is safe beside the service.
 func (e *env) compact(args []string) int {
 	f := e.newFlagsNoDir("compact")
 	replica := f.String("replica", "", "the replica `URL` (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL (required)")
@@ -70,50 +67,14 @@ func (e *env) compact(args []string) int {
 	return status
 }
 
-// compactTenant compacts level 0 into level 1 and level 1 into level 2 in
-// tenant id's replica (Litestream's own Compactor), then deletes the
-// level-0 files compacted into level 1 that are older than retention. It
-// returns how many files the replica had before and after.
+// compactTenant compacts tenant id's replica (see package replica) and
+// returns how many files it held before and after.
 func compactTenant(ctx context.Context, replicaURL, id string, retention time.Duration) (before, after int, err error) {
 	u, err := url.Parse(replicaURL)
 	if err != nil {
 		return 0, 0, err
 	}
 	u.Path = path.Join("/", u.Path, id)
-	client, err := litestream.NewReplicaClientFromURL(u.String())
-	if err != nil {
-		return 0, 0, err
-	}
-	if before, err = countLTX(ctx, client); err != nil {
-		return 0, 0, err
-	}
-	c := litestream.NewCompactor(client, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	for _, level := range []int{1, 2} {
-		if _, err := c.Compact(ctx, level); err != nil && !errors.Is(err, litestream.ErrNoCompaction) {
-			return before, 0, fmt.Errorf("compact into level %d: %w", level, err)
-		}
-	}
-	if err := c.EnforceL0Retention(ctx, retention); err != nil {
-		return before, 0, fmt.Errorf("level-0 retention: %w", err)
-	}
-	after, err = countLTX(ctx, client)
-	return before, after, err
-}
-
-// countLTX counts the LTX files of a replica, every level.
-func countLTX(ctx context.Context, client litestream.ReplicaClient) (int, error) {
-	n := 0
-	for level := 0; level <= litestream.SnapshotLevel; level++ {
-		itr, err := client.LTXFiles(ctx, level, 0, false)
-		if err != nil {
-			return 0, err
-		}
-		for itr.Next() {
-			n++
-		}
-		if err := itr.Close(); err != nil {
-			return 0, err
-		}
-	}
-	return n, nil
+	c := replica.Compactor{Retention: retention}
+	return c.Compact(ctx, u.String())
 }

@@ -2,14 +2,17 @@ module github.com/sqliteproxy/sqliteproxy/cmd/sqliteproxy
 
 go 1.26.0
 
-replace github.com/sqliteproxy/sqliteproxy => ../..
+replace (
+	github.com/sqliteproxy/sqliteproxy => ../..
+	github.com/sqliteproxy/sqliteproxy/replica => ../../replica
+)
 
 require (
-	github.com/benbjohnson/litestream v0.5.18
 	github.com/google/go-cmp v0.7.0
 	github.com/mattn/go-sqlite3 v1.14.53
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/sqliteproxy/sqliteproxy v0.0.0-00010101000000-000000000000
+	github.com/sqliteproxy/sqliteproxy/replica v0.0.0-00010101000000-000000000000
 	golang.org/x/term v0.48.0
 )
 
@@ -34,6 +37,7 @@ require (
 	github.com/aws/aws-sdk-go-v2/service/ssooidc v1.35.12 // indirect
 	github.com/aws/aws-sdk-go-v2/service/sts v1.41.5 // indirect
 	github.com/aws/smithy-go v1.24.2 // indirect
+	github.com/benbjohnson/litestream v0.5.18 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dustin/go-humanize v1.0.1 // indirect

@@ -131,11 +131,19 @@ func (c *Client) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 		return 0, err
 	}
 	for i, o := range objs {
-		if _, err := c.do(ctx, http.MethodDelete, o.Key, nil, http.StatusNoContent, http.StatusOK); err != nil {
-			return i, fmt.Errorf("delete s3://%s/%s: %w", c.Bucket, o.Key, err)
+		if err := c.Delete(ctx, o.Key); err != nil {
+			return i, err
 		}
 	}
 	return len(objs), nil
+}
+
+// Delete deletes the object at key (none there is no error).
+func (c *Client) Delete(ctx context.Context, key string) error {
+	if _, err := c.do(ctx, http.MethodDelete, key, nil, http.StatusNoContent, http.StatusOK); err != nil {
+		return fmt.Errorf("delete s3://%s/%s: %w", c.Bucket, key, err)
+	}
+	return nil
 }
 
 // do sends a signed request for key (empty: the bucket) and returns the

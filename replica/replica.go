@@ -1,0 +1,116 @@
+// Package replica keeps the Litestream replicas of sqliteproxy tenants
+// compact, with Litestream's own Compactor.
+//
+// Litestream compacts a replica only while it streams the database, and
+// sqliteproxy streams a tenant only while the tenant is open: a tenant
+// opened and evicted again and again leaves a level-0 file per session in
+// its replica, and each file makes its next restore slower (~2 ms a small
+// file, more for the snapshot every restore on another node uploads).
+// Set a Compactor as sqliteproxy.Config.ReplicaCompactor and the driver
+// compacts a closed tenant's replica once it holds 8 level-0 files not yet
+// compacted; the ops CLI's `sqliteproxy compact` uses it too.
+//
+// This is a module of its own so that the driver does not link Litestream.
+// The Compactor works on the replica alone (it never opens a database
+// file), so it is safe in the process that runs the driver.
+//
+// Litestream v0.5.18's S3 client fails every request when AWS_CA_BUNDLE is
+// set in the environment ("unable to add custom RootCAs HTTPClient"), and so
+// does the Litestream process: unset it (the system's roots apply).
+// Compact says so instead of failing on Litestream's error.
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/benbjohnson/litestream"
+	_ "github.com/benbjohnson/litestream/file" // file:// replica clients
+	_ "github.com/benbjohnson/litestream/s3"   // s3:// replica clients
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// DefaultRetention is how long level-0 files already compacted into level
+// 1 are kept, as in Litestream.
+const DefaultRetention = 5 * time.Minute
+
+// Compactor compacts one tenant's replica: level 0 into level 1 and level 1
+// into level 2, then deletes the level-0 files compacted into level 1 that
+// are older than Retention. A restore then reads a few files instead of one
+// per session.
+type Compactor struct {
+	// Retention is how long level-0 files compacted into level 1 are kept
+	// (0: DefaultRetention; negative: kept until Litestream deletes them).
+	Retention time.Duration
+	// Logger receives Litestream's log (nil: discarded).
+	Logger *slog.Logger
+}
+
+var _ sqliteproxy.ReplicaCompactor = (*Compactor)(nil)
+
+// CompactReplica compacts the replica at url, one tenant's
+// (<Config.ReplicaURL>/<id>). Nothing may stream it meanwhile.
+func (c *Compactor) CompactReplica(ctx context.Context, url string) error {
+	_, _, err := c.Compact(ctx, url)
+	return err
+}
+
+// Compact compacts the replica at url and returns how many LTX files it
+// held before and after.
+func (c *Compactor) Compact(ctx context.Context, url string) (before, after int, err error) {
+	if strings.HasPrefix(url, "s3:") && os.Getenv("AWS_CA_BUNDLE") != "" {
+		return 0, 0, errors.New("Litestream v0.5.18's S3 client fails when AWS_CA_BUNDLE is set: unset it in this process's environment")
+	}
+	client, err := litestream.NewReplicaClientFromURL(url)
+	if err != nil {
+		return 0, 0, err
+	}
+	if before, err = countLTX(ctx, client); err != nil {
+		return 0, 0, err
+	}
+	logger := c.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	lc := litestream.NewCompactor(client, logger)
+	for _, level := range []int{1, 2} {
+		if _, err := lc.Compact(ctx, level); err != nil && !errors.Is(err, litestream.ErrNoCompaction) {
+			return before, 0, fmt.Errorf("compact into level %d: %w", level, err)
+		}
+	}
+	retention := c.Retention
+	if retention == 0 {
+		retention = DefaultRetention
+	}
+	if retention > 0 {
+		if err := lc.EnforceL0Retention(ctx, retention); err != nil {
+			return before, 0, fmt.Errorf("level-0 retention: %w", err)
+		}
+	}
+	after, err = countLTX(ctx, client)
+	return before, after, err
+}
+
+// countLTX counts the LTX files of a replica, every level.
+func countLTX(ctx context.Context, client litestream.ReplicaClient) (int, error) {
+	n := 0
+	for level := 0; level <= litestream.SnapshotLevel; level++ {
+		itr, err := client.LTXFiles(ctx, level, 0, false)
+		if err != nil {
+			return 0, err
+		}
+		for itr.Next() {
+			n++
+		}
+		if err := itr.Close(); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
