@@ -54,10 +54,11 @@ const (
 	evictDelete                     // DeleteTenant drained it
 	evictRestore                    // RestoreTenant drained it
 	evictMigrate                    // MigrateAll opened it only to migrate it
+	evictLeaseLost                  // this node's lease on it ended (Config.Ownership)
 	numEvictReasons
 )
 
-var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate"}
+var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost"}
 
 func (r evictReason) String() string { return evictReasonNames[r] }
 

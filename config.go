@@ -151,6 +151,16 @@ type Config struct {
 	// compaction (a nested module: the driver does not link Litestream).
 	// Without one, run `sqliteproxy compact` from time to time. No DSN key.
 	ReplicaCompactor ReplicaCompactor
+
+	// Ownership makes this proxy one node of a cluster: a tenant is opened
+	// here only while this node holds its lease, streams to the replica
+	// generation of that lease (<ReplicaURL>/<id>/g<generation>), and is
+	// closed when the lease is lost. A statement for a tenant another node
+	// owns fails with an *OwnerError (errors.Is ErrNotOwner). Package
+	// github.com/sqliteproxy/sqliteproxy/cluster implements it with etcd.
+	// Needs ReplicaURL (a tenant moves between nodes through its replica).
+	// No DSN key.
+	Ownership Ownership
 }
 
 // A ReplicaCompactor compacts the replica of one tenant, at url
@@ -367,6 +377,8 @@ func (c *Config) resolved() (*Config, error) {
 		}
 	} else if r.ReplicaCompactor != nil {
 		return nil, errors.New("Config.ReplicaCompactor needs Config.ReplicaURL")
+	} else if r.Ownership != nil {
+		return nil, errors.New("Config.Ownership needs Config.ReplicaURL: tenants move between nodes through their replicas")
 	}
 	if r.LitestreamPath == "" {
 		r.LitestreamPath = DefaultLitestreamPath

@@ -4,6 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
 )
 
 // ErrNotOwner: the tenant is owned by another node of the cluster (see
@@ -55,4 +63,264 @@ type TenantLease interface {
 	Lost() <-chan struct{}
 	// Release gives the tenant up, recording its final replicated position.
 	Release(ctx context.Context, pos uint64) error
+}
+
+// own makes sure this node holds t's lease (Config.Ownership), acquiring it
+// if needed; the caller holds t's writer semaphore. It fails with an
+// *OwnerError (wrapped in an *Error) when another node owns t.
+func (r *router) own(ctx context.Context, t *tenant) error {
+	o := r.cfg.Ownership
+	if o == nil {
+		return nil
+	}
+	if t.lease != nil {
+		select {
+		case <-t.lease.Lost():
+			t.lease = nil
+		default:
+			return nil
+		}
+	}
+	lease, err := o.Acquire(ctx, t.id)
+	if err != nil {
+		return opError(opOpenTenant, t.id, err)
+	}
+	t.lease = lease
+	t.lost.Store(lease.Lost())
+	t.fenced.Store(false)
+	if gen := lease.Generation(); t.gen.Swap(gen) != gen {
+		// Litestream's files beside t describe another generation's replica.
+		t.registered.Store(false)
+	}
+	r.tel.ownership(t.tel, "acquired")
+	go r.watchLease(t, lease)
+	return nil
+}
+
+// watchLease closes t when its lease is lost: t is fenced, so that it is
+// not used again before it is closed and owned anew, and closed now if
+// nothing holds it.
+func (r *router) watchLease(t *tenant, lease TenantLease) {
+	select {
+	case <-lease.Lost():
+	case <-r.stop:
+		return
+	}
+	if !t.wsem.TryAcquire() {
+		t.fenced.Store(true) // closed by the next user (unfence)
+		return
+	}
+	defer t.wsem.Release()
+	if t.lease != lease {
+		return // released or replaced meanwhile
+	}
+	t.fenced.Store(true)
+	r.unfence(t)
+}
+
+// unfence closes a fenced tenant (its lease was lost) so that it is owned
+// anew before it is used; the caller holds t's writer semaphore. It fails
+// while readers are leased: nothing of t may be used until they are done.
+func (r *router) unfence(t *tenant) error {
+	if !t.fenced.Load() {
+		return nil
+	}
+	r.tel.ownership(t.tel, "lost")
+	if r.budget.counted(t) > 0 && !t.evict(true, evictLeaseLost) {
+		return opError(opOpenTenant, t.id, fmt.Errorf("%w: this node's lease ended; retry", ErrNotOwner))
+	}
+	t.lease = nil
+	t.fenced.Store(false)
+	return nil
+}
+
+// releaseLease gives t's lease up with t's final replicated position pos;
+// the caller holds t's writer semaphore, and t is closed and synced.
+func (r *router) releaseLease(t *tenant, pos uint64) {
+	lease := t.lease
+	if lease == nil {
+		return
+	}
+	t.lease = nil
+	t.lost.Store((<-chan struct{})(nil)) // released, not lost
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := lease.Release(ctx, pos); err == nil {
+		r.tel.ownership(t.tel, "released")
+	}
+}
+
+// stillOwned fails if t's last lease was lost: a sync that completed may
+// have completed after its deadline, when another node may have taken t
+// and restored it without what the sync uploaded.
+func (r *router) stillOwned(t *tenant) error {
+	ch, _ := t.lost.Load().(<-chan struct{})
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return opError(opSyncTenant, t.id, fmt.Errorf("%w: this node's lease ended; what was synced may not be in the tenant's current generation", ErrNotOwner))
+	default:
+		return nil
+	}
+}
+
+// replicaKey is where t streams under ReplicaURL: its ID, or with
+// Ownership <id>/g<generation>, the generation being the fencing token of
+// the lease it was opened under.
+func (t *tenant) replicaKey() string { return replicaKey(t.id, t.gen.Load()) }
+
+func replicaKey(id string, gen int64) string {
+	if gen == 0 {
+		return id
+	}
+	return id + "/g" + strconv.FormatInt(gen, 10)
+}
+
+// reconcileGen is reconcile (replication.go) for a tenant that streams to
+// a generation its local copy was not streamed to: it was taken from
+// another node, or this node's copy is from an older lease. The source is
+// the newest generation (at most t's) that holds data: the previous
+// owner's, or an older one when the previous owner died before its first
+// upload; a generation newer than t's cannot exist (etcd revisions grow),
+// and one older than the previous owner's is never written again (its
+// writer was fenced). The local copy is kept when it was streamed to that
+// very generation and is not behind it; else it is replaced. Either way,
+// Litestream's files beside it describe another replica, and go: t's new
+// generation starts with a snapshot.
+func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	g := t.gen.Load()
+	if _, err := os.Lstat(restoredMarker(t.path)); exists && err == nil {
+		// Restored on purpose: it becomes the head of the new generation.
+		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+	}
+	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, g)
+	if err != nil {
+		// Whether the local copy is current cannot be told: refuse rather
+		// than publish stale data.
+		return exists, opError(opOpenTenant, t.id, fmt.Errorf("read the tenant's replica generations: %w", err))
+	}
+	if src == "" { // nothing in the replica
+		if exists {
+			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		}
+		return false, nil
+	}
+	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
+		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))
+	}
+	if exists && readGenMarker(t.path) == srcGen {
+		local, err := localPos(t.path)
+		if err != nil {
+			return true, opError(opOpenTenant, t.id, err)
+		}
+		if local >= srcPos {
+			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		}
+	}
+	return r.restoreReplica(ctx, t, exists, src)
+}
+
+func opErrorOrNil(op, id string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return opError(op, id, err)
+}
+
+// newestGeneration returns the key, generation and position of the newest
+// generation of tenant id's replica, at most max, that holds data; a replica
+// written before ownership (<id> itself) counts as generation 0. Empty key:
+// nothing anywhere.
+func (rp *replicator) newestGeneration(ctx context.Context, id string, max int64) (key string, gen int64, pos uint64, err error) {
+	gens, err := rp.generations(ctx, id)
+	if err != nil {
+		return "", 0, 0, err
+	}
+	slices.Sort(gens)
+	slices.Reverse(gens)
+	for _, g := range append(gens, 0) {
+		if g > max {
+			continue
+		}
+		k := replicaKey(id, g)
+		pos, err := rp.replicaPos(ctx, k)
+		if err != nil {
+			return "", 0, 0, err
+		}
+		if pos > 0 {
+			return k, g, pos, nil
+		}
+	}
+	return "", 0, 0, nil
+}
+
+// generations lists the generations in tenant id's replica (<id>/g<N>/).
+func (rp *replicator) generations(ctx context.Context, id string) ([]int64, error) {
+	raw := rp.url(id)
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	switch u.Scheme {
+	case "file":
+		ents, err := os.ReadDir(u.Path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		} else if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+	case "s3":
+		c, prefix, err := s3lite.FromReplicaURL(raw)
+		if err != nil {
+			return nil, err
+		}
+		_, prefixes, err := c.List(ctx, prefix+"/", "/")
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range prefixes {
+			names = append(names, path.Base(p))
+		}
+	default:
+		return nil, errUnsupported
+	}
+	var gens []int64
+	for _, n := range names {
+		if g, err := strconv.ParseInt(strings.TrimPrefix(n, "g"), 10, 64); strings.HasPrefix(n, "g") && err == nil && g > 0 {
+			gens = append(gens, g)
+		}
+	}
+	return gens, nil
+}
+
+// genMarker names the file that records which generation the tenant file
+// at p was last streamed to (reconcileGen).
+func genMarker(p string) string {
+	dir, file := path.Split(p)
+	return path.Join(dir, "."+file+"-gen")
+}
+
+// readGenMarker returns the generation recorded beside the file at p, 0 if
+// none.
+func readGenMarker(p string) int64 {
+	b, err := os.ReadFile(genMarker(p))
+	if err != nil {
+		return 0
+	}
+	g, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return g
+}
+
+// writeGenMarker records gen beside the file at p.
+func writeGenMarker(p string, gen int64) error {
+	if readGenMarker(p) == gen {
+		return nil
+	}
+	return os.WriteFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"), 0o600)
 }

@@ -106,8 +106,10 @@ func tenantReplicaURL(base, id string) (string, error) {
 	return u.String(), nil
 }
 
-func (rp *replicator) url(id string) string {
-	u, _ := tenantReplicaURL(rp.base, id) // checked by Config.resolved
+// url returns the replica URL under key: a tenant ID, or <id>/g<gen> (see
+// tenant.replicaKey).
+func (rp *replicator) url(key string) string {
+	u, _ := tenantReplicaURL(rp.base, key) // checked by Config.resolved
 	return u
 }
 
@@ -162,9 +164,10 @@ func (rp *replicator) call(ctx context.Context, method, p string, in, out any) e
 	return json.Unmarshal(b, out)
 }
 
-// register starts streaming the tenant file at p to its replica.
-func (rp *replicator) register(ctx context.Context, p, id string) error {
-	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(id)}, nil)
+// register starts streaming the tenant file at p to its replica under key
+// (see tenant.replicaKey).
+func (rp *replicator) register(ctx context.Context, p, key string) error {
+	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(key)}, nil)
 	if err != nil {
 		return fmt.Errorf("register with litestream: %w", err)
 	}
@@ -178,14 +181,14 @@ type syncResult struct {
 }
 
 // sync returns once everything committed to the file at p before the call
-// is in the replica. Litestream's /sync with wait turns the WAL into LTX
+// is in the replica, and the replica's position (TXID). Litestream's /sync with wait turns the WAL into LTX
 // files up to its end and uploads every one of them before it answers. It
 // reads the database's position after the upload, though: a commit that
 // another caller made meanwhile, turned into a file by a concurrent sync,
 // shows as a position the replica has not reached, although everything of
 // before the call is there. So the first answer's position is the target,
 // and a replica behind it gets a few more syncs to reach it.
-func (rp *replicator) sync(ctx context.Context, p string) error {
+func (rp *replicator) sync(ctx context.Context, p string) (uint64, error) {
 	timeout := replicaTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
@@ -209,20 +212,20 @@ func (rp *replicator) sync(ctx context.Context, p string) error {
 	}
 	if err != nil {
 		rp.failedAt.Store(time.Now().UnixNano())
-		return fmt.Errorf("sync with litestream: %w", err)
+		return 0, fmt.Errorf("sync with litestream: %w", err)
 	}
 	rp.failedAt.Store(0)
-	return nil
+	return out.ReplicatedTXID, nil
 }
 
-// release syncs the tenant file at p (within releaseTimeout) and stops
-// streaming it; the tenant's connections are closed already (see
+// release syncs the tenant file at p (within releaseTimeout), stops
+// streaming it and returns the replica's position; the tenant's connections are closed already (see
 // replicator). The sync is explicit: Litestream's own final sync at
 // unregister reports nothing when the database never got going (its setup
 // failed while the object store was down), and the tenant would pass for
 // synced. A failed sync still unregisters: what was not uploaded stays in
 // the database and Litestream's files beside it, and resync uploads it.
-func (rp *replicator) release(p string) error {
+func (rp *replicator) release(p string) (pos uint64, err error) {
 	var serr error
 	if f := rp.failedAt.Load(); f != 0 && time.Since(time.Unix(0, f)) < resyncEvery {
 		// A sync failed moments ago (the object store is down): do not
@@ -230,7 +233,7 @@ func (rp *replicator) release(p string) error {
 		serr = errors.New("sync with litestream skipped: a sync failed less than 5s ago")
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-		serr = rp.sync(ctx, p)
+		pos, serr = rp.sync(ctx, p)
 		cancel()
 	}
 	wait := releaseTimeout
@@ -243,21 +246,22 @@ func (rp *replicator) release(p string) error {
 	if uerr != nil {
 		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
 	}
-	return errors.Join(serr, uerr)
+	return pos, errors.Join(serr, uerr)
 }
 
 // errNoReplica: the replica holds nothing for the tenant.
 var errNoReplica = errors.New("no replica")
 
-// restore writes the replica of tenant id, as it was at at (zero: its
-// latest state), into the new file dst, or fails with errNoReplica. The
+// restore writes the replica under key (a tenant's, see
+// tenant.replicaKey), as it was at at (zero: its latest state), into the
+// new file dst, or fails with errNoReplica. The
 // litestream binary writes a temporary file, syncs it and renames it.
-func (rp *replicator) restore(ctx context.Context, id, dst string, at time.Time) error {
+func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time) error {
 	args := []string{"restore", "-o", dst, "-if-replica-exists"}
 	if !at.IsZero() {
 		args = append(args, "-timestamp", at.UTC().Format(time.RFC3339Nano))
 	}
-	args = append(args, rp.url(id))
+	args = append(args, rp.url(key))
 	cmd := exec.CommandContext(ctx, rp.bin, args...)
 	cmd.Env = litestreamEnv()
 	out, err := cmd.CombinedOutput()
@@ -302,12 +306,17 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	if r.repl == nil || t.registered.Load() {
 		return nil
 	}
-	if err := r.repl.register(ctx, t.path, t.id); err != nil {
+	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
 	t.registered.Store(true)
 	if err := removeIfExists(restoredMarker(t.path)); err != nil {
 		return opError(opOpenTenant, t.id, err)
+	}
+	if g := t.gen.Load(); g != 0 {
+		if err := writeGenMarker(t.path, g); err != nil {
+			return opError(opOpenTenant, t.id, err)
+		}
 	}
 	return nil
 }
@@ -321,8 +330,11 @@ func (r *router) unregister(t *tenant) {
 		return
 	}
 	start := time.Now()
-	err := r.repl.release(t.path)
+	pos, err := r.repl.release(t.path)
 	r.tel.synced(context.Background(), t.tel, start, err)
+	if err == nil {
+		r.releaseLease(t, pos)
+	}
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
 	r.repl.mu.Lock()
@@ -391,7 +403,7 @@ func (r *router) catchUp(t *tenant) {
 	}
 	t.lagSince.CompareAndSwap(0, time.Now().UnixNano())
 	start := time.Now()
-	err := r.repl.sync(ctx, t.path)
+	_, err := r.repl.sync(ctx, t.path)
 	r.tel.synced(ctx, t.tel, start, err)
 	if err == nil {
 		t.lagSince.Store(0)
@@ -407,8 +419,11 @@ func (r *router) catchUp(t *tenant) {
 // as the replica's new head. A copy restored on purpose (RestoreTenant,
 // RestoreTenantAt) is kept: it is meant to become the head.
 func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	if g := t.gen.Load(); g != 0 && (!exists || readGenMarker(t.path) != g) {
+		return r.reconcileGen(ctx, t, exists) // ownership.go
+	}
 	if !exists {
-		return r.restoreReplica(ctx, t, false)
+		return r.restoreReplica(ctx, t, false, t.replicaKey())
 	}
 	if _, err := os.Lstat(restoredMarker(t.path)); err == nil {
 		return true, nil // removed once registered (router.register)
@@ -417,7 +432,7 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
-	remote, err := r.repl.replicaPos(ctx, t.id)
+	remote, err := r.repl.replicaPos(ctx, t.replicaKey())
 	if err != nil {
 		// Not listable (another kind of replica), or the object store is
 		// down: writes go on with the local copy, which is this node's own.
@@ -426,17 +441,17 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if remote <= local {
 		return true, nil
 	}
-	if _, err := r.restoreReplica(ctx, t, true); err != nil {
+	if _, err := r.restoreReplica(ctx, t, true, t.replicaKey()); err != nil {
 		return true, err
 	}
 	return true, nil
 }
 
-// restoreReplica restores t from its replica into place (replacing the
+// restoreReplica restores t from its replica under key into place (replacing the
 // local file when replace) and reports whether the replica had it. The copy
 // is checked (quick_check) before it takes t's name; its migrations are
 // applied when it is opened.
-func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool) (restored bool, err error) {
+func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, key string) (restored bool, err error) {
 	start := time.Now()
 	defer func() {
 		outcome := outcomeRestored
@@ -452,7 +467,7 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool) (r
 	}()
 	tmp := tempName(r.cfg.Dir, restoringPrefix, t.id)
 	defer removeWithSideFiles(tmp)
-	err = r.repl.restore(ctx, t.id, tmp, time.Time{})
+	err = r.repl.restore(ctx, key, tmp, time.Time{})
 	if errors.Is(err, errNoReplica) {
 		return false, nil
 	}
@@ -512,7 +527,7 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 	for {
 		if t.registered.Load() {
 			start := time.Now()
-			err := r.repl.sync(ctx, t.path)
+			_, err := r.repl.sync(ctx, t.path)
 			r.tel.synced(ctx, t.tel, start, err)
 			if err == nil {
 				t.lagSince.Store(0)
@@ -524,7 +539,7 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			if err != nil {
 				return opError(opSyncTenant, t.id, err)
 			}
-			return nil
+			return r.stillOwned(t)
 		}
 		if !t.unsynced.Load() {
 			return nil
@@ -727,8 +742,8 @@ func ltxMaxTXID(name string) uint64 {
 
 // replicaPos returns the highest TXID in tenant id's replica, all levels
 // (0: empty).
-func (rp *replicator) replicaPos(ctx context.Context, id string) (uint64, error) {
-	files, err := rp.ltxFiles(ctx, id)
+func (rp *replicator) replicaPos(ctx context.Context, key string) (uint64, error) {
+	files, err := rp.ltxFiles(ctx, key)
 	var pos uint64
 	for _, f := range files {
 		pos = max(pos, f.maxTXID)
@@ -738,8 +753,8 @@ func (rp *replicator) replicaPos(ctx context.Context, id string) (uint64, error)
 
 // uncompacted counts the level-0 files of tenant id's replica that no file
 // of a higher level covers yet.
-func (rp *replicator) uncompacted(ctx context.Context, id string) (int, error) {
-	files, err := rp.ltxFiles(ctx, id)
+func (rp *replicator) uncompacted(ctx context.Context, key string) (int, error) {
+	files, err := rp.ltxFiles(ctx, key)
 	if err != nil {
 		return 0, err
 	}
@@ -767,8 +782,8 @@ type ltxFile struct {
 // ltxFiles lists the LTX files of tenant id's replica, every level: one
 // directory walk for file:// (<path>/ltx/<level>/), one listing for s3://
 // (<prefix>/<level as %04x>/).
-func (rp *replicator) ltxFiles(ctx context.Context, id string) ([]ltxFile, error) {
-	raw := rp.url(id)
+func (rp *replicator) ltxFiles(ctx context.Context, key string) ([]ltxFile, error) {
+	raw := rp.url(key)
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, err
@@ -859,7 +874,7 @@ func (r *router) compactLoop() {
 // files not yet compacted and t is closed. It holds t's writer semaphore
 // meanwhile, so t is not opened (and streamed again) before it is done.
 func (r *router) compact(ctx context.Context, t *tenant) {
-	n, err := r.repl.uncompacted(ctx, t.id)
+	n, err := r.repl.uncompacted(ctx, t.replicaKey())
 	if err != nil || n < compactAfter {
 		return
 	}
@@ -873,7 +888,7 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 	ctx, cancel := context.WithTimeout(ctx, compactTimeout)
 	defer cancel()
 	start := time.Now()
-	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.id))
+	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
 	r.tel.compacted(ctx, t.tel, start, err)
 }
 

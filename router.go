@@ -166,6 +166,13 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 	if err != nil {
 		return nil, err
 	}
+	if err := r.own(ctx, t); err != nil {
+		if !exists {
+			r.forget(t) // as below: hostile IDs must not grow the registry
+			t.retire()
+		}
+		return nil, err
+	}
 	if r.repl != nil && !t.registered.Load() {
 		// Here or in the replica, and never older here than there.
 		if exists, err = r.reconcile(ctx, t, exists); err != nil {

@@ -30,6 +30,7 @@ const (
 	attrState       = "sqliteproxy.connection.state"
 	attrMigration   = "sqliteproxy.migration.name"
 	attrOutcome     = "sqliteproxy.restore.outcome"
+	attrEvent       = "sqliteproxy.ownership.event"
 	otherTenants    = "_other" // the tenant attribute of tenants beyond MetricsTenantLimit
 	topNEvery       = 10 * time.Second
 	durationUnit    = "s"
@@ -97,6 +98,7 @@ type telemetry struct {
 	syncDuration      metric.Float64Histogram
 	restoreDuration   metric.Float64Histogram
 	compactDuration   metric.Float64Histogram
+	ownershipChanges  metric.Int64Counter
 	restores          metric.Int64Counter
 	registration      metric.Registration
 
@@ -218,6 +220,7 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 	tel.syncDuration = hist("sqliteproxy.replication.sync.duration", "Duration of syncing a tenant to its replica (SyncTenant, closing a tenant); failures carry error.type.")
 	tel.restoreDuration = hist("sqliteproxy.replication.restore.duration", "Duration of restoring a tenant from its replica, by outcome.")
 	tel.compactDuration = hist("sqliteproxy.replication.compaction.duration", "Duration of compacting the replica of a closed tenant (Config.ReplicaCompactor); failures carry error.type.")
+	tel.ownershipChanges = counter("sqliteproxy.ownership.changes", "Tenant leases this node acquired, released or lost (Config.Ownership), by event.")
 	tel.restores = counter("sqliteproxy.replication.restores", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
 	lag, e4 := m.Float64ObservableGauge("sqliteproxy.replication.lag", metric.WithUnit(durationUnit),
 		metric.WithDescription("How long the replica has been seen behind a tenant (open tenants; 0: caught up); without a tenant attribute, the largest."))
@@ -409,6 +412,16 @@ func (tel *telemetry) synced(ctx context.Context, tt *tenantTel, start time.Time
 // compacted records a compaction of tt's replica that started at start.
 func (tel *telemetry) compacted(ctx context.Context, tt *tenantTel, start time.Time, err error) {
 	tel.record(ctx, tel.compactDuration, tt, start, err)
+}
+
+// ownership records a change of this node's ownership of tt: acquired,
+// released or lost.
+func (tel *telemetry) ownership(tt *tenantTel, event string) {
+	if !tel.on {
+		return
+	}
+	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrEvent, event))
+	tel.ownershipChanges.Add(context.Background(), 1, metric.WithAttributes(kvs...))
 }
 
 // restoredFromReplica records a restore of tt from its replica, by outcome.

@@ -47,6 +47,11 @@ type tenant struct {
 	lagSince   atomic.Int64 // UnixNano since the replica was first seen behind; 0: caught up
 	createdBy  atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 
+	lease  TenantLease  // this node's ownership (Config.Ownership), nil when not held; changed under wsem
+	gen    atomic.Int64 // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
+	fenced atomic.Bool  // lease lost: t is closed before it is used again (ownership.go)
+	lost   atomic.Value // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
+
 	tel *tenantTel // what telemetry records about this tenant
 }
 
@@ -125,6 +130,10 @@ func (t *tenant) lockWriter(ctx context.Context) error {
 			}
 		}
 		if t.state.Load() == tenantActive {
+			if err := t.r.unfence(t); err != nil {
+				t.wsem.Release()
+				return err
+			}
 			return nil
 		}
 		t.wsem.Release() // a drain is queued behind us, or done
@@ -169,7 +178,7 @@ func (t *tenant) acquireReader(ctx context.Context) (_ *physConn, err error) {
 	if t.r.cfg.ReadersPerTenant == 0 {
 		return t.acquireWriter(ctx)
 	}
-	if !t.ready.Load() {
+	if !t.ready.Load() || t.fenced.Load() {
 		if _, err := t.acquireWriter(ctx); err != nil {
 			return nil, err
 		}
