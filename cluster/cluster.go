@@ -40,7 +40,7 @@ const (
 
 	minMargin    = 500 * time.Millisecond
 	opTimeout    = 5 * time.Second // one etcd round trip made on our own behalf
-	closeTimeout = 5 * time.Second // Close: releases plus revoke
+	closeTimeout = 5 * time.Second // Close: releases plus revoke, at most TTL
 )
 
 // ErrClosed is returned by Acquire after Close.
@@ -694,7 +694,8 @@ func (c *Cluster) Close() error {
 		}
 		c.mu.Unlock()
 
-		ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+		// No point in trying longer than the lease lives anyway.
+		ctx, cancel := context.WithTimeout(context.Background(), min(closeTimeout, c.cfg.TTL))
 		defer cancel()
 		for _, l := range held {
 			// Position 0: unknown. The driver releases with the real one
