@@ -329,3 +329,40 @@ func TestLeaseKeepsRenewing(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// When the node lease is gone in etcd (here revoked behind the node's back,
+// as when it expired), held tenants are lost and a new lease is granted.
+func TestLeaseExpiredIsReplaced(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "a")
+	ctx := ctxT(t, 30*time.Second)
+	l, err := a.Acquire(ctx, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	old := a.lease
+	a.mu.Unlock()
+	if _, err := a.cli.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, testTTL, "Lost closes when the lease is gone", func() bool { return isClosed(l.Lost()) })
+	var n sqliteproxy.TenantLease
+	eventually(t, 10*time.Second, "Acquire works on a new lease", func() bool {
+		n, err = a.Acquire(ctx, "e1")
+		return err == nil
+	})
+	a.mu.Lock()
+	renewed := a.lease
+	a.mu.Unlock()
+	if renewed == old || renewed == 0 {
+		t.Errorf("lease %x, was %x", renewed, old)
+	}
+	if n.Generation() <= l.Generation() {
+		t.Errorf("generation %d not after %d", n.Generation(), l.Generation())
+	}
+	nodes, err := a.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].ID != "a" {
+		t.Errorf("node not registered again: %+v, %v", nodes, err)
+	}
+}
