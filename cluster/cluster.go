@@ -1,0 +1,813 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.opentelemetry.io/otel/metric"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+)
+
+// Key layout in etcd. Every key lives under KeyPrefix.
+const (
+	// KeyPrefix is the etcd prefix of every key this package writes.
+	KeyPrefix    = "/sqliteproxy/"
+	nodesPrefix  = KeyPrefix + "nodes/"  // nodes/<node> = {"url","started"}, on the node lease
+	ownersPrefix = KeyPrefix + "owners/" // owners/<tenant> = <node>, on the node lease
+	gensPrefix   = KeyPrefix + "gens/"   // gens/<tenant> = {"gen","pos","node"}, no lease
+)
+
+const (
+	// DefaultTTL is the node lease TTL when Config.TTL is zero.
+	DefaultTTL = 10 * time.Second
+	// MinTTL is the shortest Config.TTL accepted. etcd may grant a longer
+	// TTL than asked (its minimum depends on its election timeout); the
+	// granted one is used.
+	MinTTL = time.Second
+
+	minMargin    = 500 * time.Millisecond
+	opTimeout    = 5 * time.Second // one etcd round trip made on our own behalf
+	closeTimeout = 5 * time.Second // Close: releases plus revoke, at most TTL
+)
+
+// ErrClosed is returned by Acquire after Close.
+var ErrClosed = errors.New("cluster: closed")
+
+// ErrLeaseLost is returned by Acquire and Release when the node lease was
+// not renewed in time (etcd unreachable, or the lease expired) while they
+// ran, or before Release could record the position.
+var ErrLeaseLost = errors.New("cluster: node lease lost")
+
+// Config configures a Cluster.
+type Config struct {
+	// Endpoints are the etcd client URLs, e.g. "http://127.0.0.1:2379".
+	Endpoints []string
+	// NodeID names this node: unique in the cluster, 1 to 64 characters
+	// of [A-Za-z0-9._-], the first a letter or digit.
+	NodeID string
+	// AdvertiseURL is where other nodes forward HTTP requests for the
+	// tenants this node owns (see Forward), e.g. "http://10.0.0.5:8080".
+	AdvertiseURL string
+	// TTL of the node lease (default DefaultTTL, at least MinTTL). A node
+	// that dies holds its tenants for up to TTL; a node that cannot reach
+	// etcd stops relying on its tenants after TTL minus a margin.
+	TTL time.Duration
+	// MeterProvider, when set, counts ownership changes in the counter
+	// sqliteproxy.cluster.ownership.changes with attribute event =
+	// acquired, released or lost. Nil: no metrics.
+	MeterProvider metric.MeterProvider
+}
+
+var nodeIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+func (cfg *Config) check() error {
+	if len(cfg.Endpoints) == 0 {
+		return errors.New("cluster: Config.Endpoints is empty: give at least one etcd client URL")
+	}
+	for _, e := range cfg.Endpoints {
+		if strings.TrimSpace(e) == "" {
+			return errors.New("cluster: Config.Endpoints has an empty endpoint")
+		}
+	}
+	if cfg.NodeID == "" {
+		return errors.New("cluster: Config.NodeID is empty")
+	}
+	if !nodeIDRe.MatchString(cfg.NodeID) {
+		return fmt.Errorf("cluster: Config.NodeID %q is not a safe key segment: use 1 to 64 characters of [A-Za-z0-9._-], the first a letter or digit", cfg.NodeID)
+	}
+	if cfg.AdvertiseURL == "" {
+		return errors.New("cluster: Config.AdvertiseURL is empty: other nodes forward requests for this node's tenants there")
+	}
+	u, err := url.Parse(cfg.AdvertiseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("cluster: Config.AdvertiseURL %q is not an absolute http(s) URL", cfg.AdvertiseURL)
+	}
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < MinTTL {
+		return fmt.Errorf("cluster: Config.TTL %v is shorter than %v", cfg.TTL, MinTTL)
+	}
+	return nil
+}
+
+// Node is a live node of the cluster.
+type Node struct {
+	ID  string // Config.NodeID
+	URL string // Config.AdvertiseURL
+}
+
+// Owner is one owned tenant.
+type Owner struct {
+	Tenant     string
+	Node       string // the owner's node ID
+	Generation int64  // the owner's generation (fencing token)
+}
+
+type nodeValue struct {
+	URL     string    `json:"url"`
+	Started time.Time `json:"started"`
+}
+
+type genValue struct {
+	Gen  int64  `json:"gen"`
+	Pos  uint64 `json:"pos"`
+	Node string `json:"node"`
+}
+
+// Cluster is this node's membership of a sqliteproxy cluster in etcd: it
+// keeps one etcd lease alive for the node, takes and gives up tenants on it
+// (it implements sqliteproxy.Ownership) and answers who owns a tenant.
+type Cluster struct {
+	cfg      Config
+	cli      *clientv3.Client
+	started  time.Time
+	interval time.Duration // between renewals
+	metrics  metrics
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	once   sync.Once
+
+	mu       sync.Mutex
+	lease    clientv3.LeaseID // 0: none (expired; the renew loop grants one)
+	ttl      time.Duration    // as granted
+	healthy  bool             // renewed before the deadline
+	healthyC chan struct{}    // closed while healthy
+	deadline time.Time        // last renewal sent + ttl - margin
+	timer    *time.Timer      // fires expire at deadline
+	epoch    uint64           // bumped whenever held tenants are lost
+	held     map[string]*tenantLease
+	pending  map[string]*acquireCall
+	stale    map[string]int64 // tenant -> generation whose owner key (ours) must go
+	closed   bool
+
+	cache   ownerCache
+	proxies sync.Map // owner URL -> *httputil.ReverseProxy
+}
+
+var _ sqliteproxy.Ownership = (*Cluster)(nil)
+
+type acquireCall struct {
+	done  chan struct{}
+	lease *tenantLease
+	err   error
+}
+
+// New joins the cluster: it connects to etcd, grants the node lease and
+// registers the node under nodes/<NodeID>. If a node with the same ID is
+// still registered (another process, or this one's previous run whose lease
+// has not expired yet), New waits up to the TTL for it to go, then fails.
+func New(cfg Config) (*Cluster, error) {
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	logCfg := zap.NewProductionConfig()
+	logCfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		DialTimeout: opTimeout,
+		LogConfig:   &logCfg,
+		// Reconnect soon after etcd comes back: gRPC's default backoff
+		// grows to two minutes, far longer than a lease TTL.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connect to etcd: %w", err)
+	}
+	c := &Cluster{
+		cfg:      cfg,
+		cli:      cli,
+		started:  time.Now().UTC(),
+		healthyC: make(chan struct{}),
+		held:     make(map[string]*tenantLease),
+		pending:  make(map[string]*acquireCall),
+		stale:    make(map[string]int64),
+	}
+	c.metrics, err = newMetrics(cfg.MeterProvider)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.timer = time.AfterFunc(time.Hour, c.expire)
+	c.timer.Stop()
+
+	// The first registration is synchronous so that a wrong endpoint or a
+	// duplicate NodeID fails New instead of every Acquire.
+	wait := time.Now().Add(cfg.TTL + 2*time.Second)
+	for {
+		err = c.grant()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errNodeRegistered) || time.Now().After(wait) {
+			c.cancel()
+			cli.Close()
+			return nil, err
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	c.wg.Add(2)
+	go c.run()
+	go c.watch()
+	return c, nil
+}
+
+var errNodeRegistered = errors.New("cluster: node ID already registered")
+
+func margin(ttl time.Duration) time.Duration {
+	return max(ttl/3, minMargin)
+}
+
+// grant takes a new node lease and registers the node on it.
+func (c *Cluster) grant() error {
+	ctx, cancel := context.WithTimeout(c.ctx, opTimeout)
+	defer cancel()
+	sent := time.Now()
+	g, err := c.cli.Grant(ctx, int64((c.cfg.TTL+time.Second-1)/time.Second))
+	if err != nil {
+		return fmt.Errorf("cluster: grant node lease: %w", err)
+	}
+	val, _ := json.Marshal(nodeValue{URL: c.cfg.AdvertiseURL, Started: c.started})
+	key := nodesPrefix + c.cfg.NodeID
+	r, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(g.ID))).
+		Commit()
+	if err == nil && !r.Succeeded {
+		err = fmt.Errorf("%w: %q (another process with this NodeID, or a previous run whose lease has not expired)", errNodeRegistered, c.cfg.NodeID)
+	}
+	if err != nil {
+		rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
+		c.cli.Revoke(rctx, g.ID) //nolint:errcheck // best effort: it expires anyway
+		rcancel()
+		return fmt.Errorf("cluster: register node: %w", err)
+	}
+	ttl := time.Duration(g.TTL) * time.Second
+	c.mu.Lock()
+	c.lease = g.ID
+	c.ttl = ttl
+	c.interval = max(ttl/6, 100*time.Millisecond)
+	c.renewedLocked(sent)
+	c.mu.Unlock()
+	return nil
+}
+
+// run renews the node lease every TTL/6, grants a new one when it expired,
+// and deletes owner keys left behind by lost tenants.
+//
+// It renews with KeepAliveOnce rather than the client's KeepAlive stream
+// because the deadline must be computed from when a renewal was SENT: etcd
+// renews the lease when it processes the request, which is after we sent
+// it, so sent+TTL is a lower bound of the lease's expiry whatever the
+// network delays. The stream hides that time, and renews only every TTL/3
+// (plus up to 500 ms), too close to a TTL-TTL/3 deadline for short TTLs.
+func (c *Cluster) run() {
+	defer c.wg.Done()
+	c.mu.Lock()
+	tick := time.NewTicker(c.interval)
+	c.mu.Unlock()
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		c.renew()
+		c.cleanStale()
+	}
+}
+
+func (c *Cluster) renew() {
+	c.mu.Lock()
+	id, m := c.lease, margin(c.ttl)
+	c.mu.Unlock()
+	if id == 0 {
+		c.grant() //nolint:errcheck // retried at the next tick
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.ctx, m)
+	defer cancel()
+	sent := time.Now()
+	_, err := c.cli.KeepAliveOnce(ctx, id)
+	switch {
+	case err == nil:
+		c.mu.Lock()
+		if c.lease == id {
+			c.renewedLocked(sent)
+		}
+		c.mu.Unlock()
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		// The lease expired (etcd was unreachable for longer than TTL):
+		// its keys are gone. Lose what is still held and start over.
+		c.mu.Lock()
+		if c.lease == id {
+			c.lease = 0
+			c.unhealthyLocked()
+		}
+		c.mu.Unlock()
+		c.grant() //nolint:errcheck // retried at the next tick
+	}
+	// Any other error: etcd is unreachable; expire fires at the deadline.
+}
+
+// renewedLocked records a renewal sent at sent.
+func (c *Cluster) renewedLocked(sent time.Time) {
+	d := sent.Add(c.ttl - margin(c.ttl))
+	if d.Before(c.deadline) && c.healthy {
+		return
+	}
+	c.deadline = d
+	c.timer.Reset(time.Until(d))
+	if !c.healthy && time.Now().Before(d) && !c.closed {
+		c.healthy = true
+		close(c.healthyC)
+	}
+}
+
+// expire runs at the renew deadline.
+func (c *Cluster) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.healthy && !time.Now().Before(c.deadline) {
+		c.unhealthyLocked()
+	}
+}
+
+// unhealthyLocked stops relying on the lease: every held tenant is lost.
+func (c *Cluster) unhealthyLocked() {
+	if c.healthy {
+		c.healthy = false
+		c.healthyC = make(chan struct{})
+	}
+	c.epoch++
+	for id, l := range c.held {
+		delete(c.held, id)
+		c.stale[id] = l.gen
+		if l.kill() {
+			c.metrics.add(eventLost)
+		}
+	}
+}
+
+// cleanStale deletes the owner keys of tenants this node lost, so other
+// nodes need not wait for the whole node lease to expire. The delete is
+// guarded by the generation: a newer ownership is never touched.
+func (c *Cluster) cleanStale() {
+	c.mu.Lock()
+	if !c.healthy || len(c.stale) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	todo := make(map[string]int64, len(c.stale))
+	for id, gen := range c.stale {
+		todo[id] = gen
+	}
+	c.mu.Unlock()
+	for id, gen := range todo {
+		if err := c.deleteOwner(c.ctx, id, gen); err != nil {
+			return
+		}
+		c.mu.Lock()
+		if c.stale[id] == gen {
+			delete(c.stale, id)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// deleteOwner deletes owners/<id> if it is this node's generation gen.
+func (c *Cluster) deleteOwner(ctx context.Context, id string, gen int64) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	key := ownersPrefix + id
+	_, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(key), "=", c.cfg.NodeID),
+			clientv3.Compare(clientv3.CreateRevision(key), "=", gen)).
+		Then(clientv3.OpDelete(key)).
+		Commit()
+	return err
+}
+
+// waitHealthy waits until the node lease is renewed in time.
+func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, error) {
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return 0, 0, ErrClosed
+		}
+		if c.healthy {
+			id, epoch := c.lease, c.epoch
+			c.mu.Unlock()
+			return id, epoch, nil
+		}
+		ch := c.healthyC
+		c.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, 0, fmt.Errorf("cluster: waiting for the node lease (etcd unreachable?): %w", ctx.Err())
+		case <-c.ctx.Done():
+			return 0, 0, ErrClosed
+		}
+	}
+}
+
+// Acquire takes tenant id for this node, or returns the lease this node
+// holds already. When another node owns it, it fails with an
+// *sqliteproxy.OwnerError naming that node and its URL. While the node lease
+// is not healthy (etcd unreachable) it waits, bounded by ctx.
+func (c *Cluster) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLease, error) {
+	l, err := c.acquireShared(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// acquireShared lets concurrent Acquire calls for one tenant on this node
+// share one round of etcd transactions.
+func (c *Cluster) acquireShared(ctx context.Context, id string) (*tenantLease, error) {
+	if err := sqliteproxy.ValidTenantID(id); err != nil {
+		return nil, err
+	}
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if l := c.held[id]; l != nil {
+			c.mu.Unlock()
+			return l, nil
+		}
+		if call := c.pending[id]; call != nil {
+			c.mu.Unlock()
+			select {
+			case <-call.done:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			if call.err == nil {
+				continue // held now (or lost already: then acquire again)
+			}
+			if ctx.Err() == nil && (errors.Is(call.err, context.Canceled) || errors.Is(call.err, context.DeadlineExceeded)) {
+				continue // the other caller's context ended, not ours
+			}
+			return nil, call.err
+		}
+		call := &acquireCall{done: make(chan struct{})}
+		c.pending[id] = call
+		c.mu.Unlock()
+
+		l, err := c.acquire(ctx, id)
+
+		c.mu.Lock()
+		delete(c.pending, id)
+		call.lease, call.err = l, err
+		close(call.done)
+		c.mu.Unlock()
+		return l, err
+	}
+}
+
+// acquire takes the tenant in etcd.
+//
+// Generations. The owner key is created only if absent (Txn If
+// CreateRevision == 0), so the etcd revision of that transaction, which is
+// the key's CreateRevision, is unique, strictly larger than any earlier
+// generation of the tenant, and known only once the transaction committed:
+// the response header's revision is the revision of the transaction's
+// writes. The same transaction reads gens/<id>, the previous generation and
+// the position it was released with: nobody else can write gens/<id> while
+// the owner key is absent or owned by someone else (every write of it is
+// guarded by owning the owner key), so that read is the state the previous
+// owner left.
+//
+// gens/<id> must name the new generation before the tenant is written
+// (else, if this node died, the next owner would restore from the older
+// generation and lose what was written here). The revision is not known
+// inside the first transaction, so a second transaction writes it, guarded
+// by If owners/<id> CreateRevision == gen AND value == this node: it
+// succeeds only while this very ownership is current, so it can never
+// overwrite a later generation, and if the ownership vanished in between
+// (lease expired), gens/<id> keeps the previous owner's record, which is
+// still right because nothing was written in the new generation: Acquire
+// fails and the caller never opens the tenant.
+func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) {
+	ownerKey, genKey := ownersPrefix+id, gensPrefix+id
+	for attempt := 0; ; attempt++ {
+		leaseID, epoch, err := c.waitHealthy(ctx)
+		if err != nil {
+			return nil, err
+		}
+		r, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", 0)).
+			Then(clientv3.OpGet(genKey), clientv3.OpPut(ownerKey, c.cfg.NodeID, clientv3.WithLease(leaseID))).
+			Else(clientv3.OpGet(ownerKey)).
+			Commit()
+		if err != nil {
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return nil, fmt.Errorf("cluster: acquire %q: %w", id, ErrLeaseLost)
+			}
+			return nil, fmt.Errorf("cluster: acquire %q: %w", id, err)
+		}
+		if !r.Succeeded {
+			kvs := r.Responses[0].GetResponseRange().Kvs
+			if len(kvs) == 0 { // cannot happen: the Else branch runs when the key exists
+				continue
+			}
+			owner := string(kvs[0].Value)
+			if owner != c.cfg.NodeID {
+				return nil, &sqliteproxy.OwnerError{Tenant: id, Owner: owner, OwnerURL: c.nodeURL(ctx, owner)}
+			}
+			// Ours, but not held: left by a lease this node lost. That
+			// generation may not be written any more: end it and take a
+			// new one.
+			if attempt >= 3 {
+				return nil, fmt.Errorf("cluster: acquire %q: a stale ownership of this node keeps coming back", id)
+			}
+			if err := c.deleteOwner(ctx, id, kvs[0].CreateRevision); err != nil {
+				return nil, fmt.Errorf("cluster: acquire %q: end stale ownership: %w", id, err)
+			}
+			continue
+		}
+		gen := r.Header.Revision
+		var prev genValue
+		if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			if err := json.Unmarshal(kvs[0].Value, &prev); err != nil {
+				c.abandon(id, gen)
+				return nil, fmt.Errorf("cluster: acquire %q: bad %s: %w", id, genKey, err)
+			}
+		}
+		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID})
+		r2, err := c.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
+				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", gen)).
+			Then(clientv3.OpPut(genKey, string(val))).
+			Commit()
+		if err == nil && !r2.Succeeded {
+			err = ErrLeaseLost
+		}
+		if err != nil {
+			c.abandon(id, gen)
+			return nil, fmt.Errorf("cluster: acquire %q: record generation: %w", id, err)
+		}
+		l := &tenantLease{c: c, tenant: id, gen: gen, prevGen: prev.Gen, prevPos: prev.Pos, lost: make(chan struct{})}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
+			c.stale[id] = gen
+			return nil, fmt.Errorf("cluster: acquire %q: %w", id, ErrLeaseLost)
+		}
+		c.held[id] = l
+		c.metrics.add(eventAcquired)
+		return l, nil
+	}
+}
+
+// abandon gives up an ownership Acquire could not complete.
+func (c *Cluster) abandon(id string, gen int64) {
+	if c.deleteOwner(c.ctx, id, gen) != nil {
+		c.mu.Lock()
+		c.stale[id] = gen
+		c.mu.Unlock()
+	}
+}
+
+// nodeURL is the advertised URL of a live node ("" when not registered).
+func (c *Cluster) nodeURL(ctx context.Context, node string) string {
+	if u, ok := c.cache.nodeURL(node); ok {
+		return u
+	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	r, err := c.cli.Get(ctx, nodesPrefix+node)
+	if err != nil || len(r.Kvs) == 0 {
+		return ""
+	}
+	var v nodeValue
+	if json.Unmarshal(r.Kvs[0].Value, &v) != nil {
+		return ""
+	}
+	return v.URL
+}
+
+// NodeID is this node's ID.
+func (c *Cluster) NodeID() string { return c.cfg.NodeID }
+
+// Owner says which node owns tenant id and that node's advertised URL (""
+// when that node is not registered any more: its lease is expiring). ok is
+// false when nobody owns the tenant. It answers from a cache kept by an
+// etcd watch, and asks etcd only on a miss.
+func (c *Cluster) Owner(ctx context.Context, id string) (node, url string, ok bool, err error) {
+	if n, ok := c.cache.owner(id); ok {
+		u, _ := c.cache.nodeURL(n)
+		if u == "" {
+			u = c.nodeURL(ctx, n)
+		}
+		return n, u, true, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	r, err := c.cli.Get(ctx, ownersPrefix+id)
+	if err != nil {
+		return "", "", false, fmt.Errorf("cluster: owner of %q: %w", id, err)
+	}
+	if len(r.Kvs) == 0 {
+		return "", "", false, nil
+	}
+	node = string(r.Kvs[0].Value)
+	return node, c.nodeURL(ctx, node), true, nil
+}
+
+// Nodes lists the live nodes, sorted by ID.
+func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	r, err := c.cli.Get(ctx, nodesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list nodes: %w", err)
+	}
+	nodes := make([]Node, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		var v nodeValue
+		_ = json.Unmarshal(kv.Value, &v) // a bad value lists with no URL
+		nodes = append(nodes, Node{ID: strings.TrimPrefix(string(kv.Key), nodesPrefix), URL: v.URL})
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
+	return nodes, nil
+}
+
+// Owners lists the owned tenants, sorted by tenant.
+func (c *Cluster) Owners(ctx context.Context) ([]Owner, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	r, err := c.cli.Get(ctx, ownersPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("cluster: list owners: %w", err)
+	}
+	owners := make([]Owner, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		owners = append(owners, Owner{
+			Tenant:     strings.TrimPrefix(string(kv.Key), ownersPrefix),
+			Node:       string(kv.Value),
+			Generation: kv.CreateRevision,
+		})
+	}
+	sort.Slice(owners, func(i, j int) bool { return owners[i].Tenant < owners[j].Tenant })
+	return owners, nil
+}
+
+// Close gives up every tenant this node holds (their Lost channels close),
+// revokes the node lease so that other nodes can take the tenants at once,
+// and disconnects from etcd. It is bounded (a few seconds when etcd is
+// unreachable: then the lease expires after TTL instead).
+func (c *Cluster) Close() error {
+	var err error
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		held := make([]*tenantLease, 0, len(c.held))
+		for _, l := range c.held {
+			held = append(held, l)
+		}
+		c.mu.Unlock()
+
+		// No point in trying longer than the lease lives anyway.
+		ctx, cancel := context.WithTimeout(context.Background(), min(closeTimeout, c.cfg.TTL))
+		defer cancel()
+		for _, l := range held {
+			// Position 0: unknown. The driver releases with the real one
+			// before closing the cluster; this only ends what is left.
+			if l.Release(ctx, 0) != nil {
+				c.forget(l, eventLost)
+			}
+		}
+		c.cancel()
+		c.wg.Wait()
+		c.timer.Stop()
+		c.mu.Lock()
+		id := c.lease
+		c.lease = 0
+		c.mu.Unlock()
+		if id != 0 {
+			if _, e := c.cli.Revoke(ctx, id); e != nil {
+				err = fmt.Errorf("cluster: revoke node lease: %w", e)
+			}
+		}
+		if e := c.cli.Close(); e != nil && err == nil && !errors.Is(e, context.Canceled) {
+			err = e
+		}
+	})
+	return err
+}
+
+// kill stops the node without revoking its lease or releasing anything, as
+// if the process died: for tests.
+func (c *Cluster) kill() {
+	c.once.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		c.cancel()
+		c.wg.Wait()
+		c.timer.Stop()
+		c.cli.Close()
+	})
+}
+
+// forget drops l from the held tenants and closes its Lost channel.
+func (c *Cluster) forget(l *tenantLease, ev event) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held[l.tenant] == l {
+		delete(c.held, l.tenant)
+	}
+	if l.kill() {
+		c.metrics.add(ev)
+	}
+}
+
+// tenantLease implements sqliteproxy.TenantLease.
+type tenantLease struct {
+	c       *Cluster
+	tenant  string
+	gen     int64
+	prevGen int64
+	prevPos uint64
+
+	lost     chan struct{}
+	lostOnce sync.Once
+
+	relMu    sync.Mutex
+	released bool
+}
+
+func (l *tenantLease) Generation() int64                 { return l.gen }
+func (l *tenantLease) Previous() (gen int64, pos uint64) { return l.prevGen, l.prevPos }
+func (l *tenantLease) Lost() <-chan struct{}             { return l.lost }
+
+// kill closes Lost; it reports whether this call did.
+func (l *tenantLease) kill() bool {
+	did := false
+	l.lostOnce.Do(func() { close(l.lost); did = true })
+	return did
+}
+
+// Release gives the tenant up and records pos, the final replicated
+// position, for the next owner. Calling it again is a no-op. It may be
+// called after Lost closed: while the ownership is still current in etcd
+// the position is recorded, otherwise it fails with ErrLeaseLost. When etcd
+// cannot be reached it fails and the lease stays held, so the call can be
+// retried.
+func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	if l.released {
+		return nil
+	}
+	c := l.c
+	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant
+	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: c.cfg.NodeID})
+	r, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
+			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.gen)).
+		Then(clientv3.OpDelete(ownerKey), clientv3.OpPut(genKey, string(val))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("cluster: release %q: %w", l.tenant, err)
+	}
+	l.released = true
+	c.mu.Lock()
+	if c.stale[l.tenant] == l.gen {
+		delete(c.stale, l.tenant)
+	}
+	c.mu.Unlock()
+	if !r.Succeeded {
+		c.forget(l, eventLost)
+		return fmt.Errorf("cluster: release %q generation %d: position not recorded: %w", l.tenant, l.gen, ErrLeaseLost)
+	}
+	c.forget(l, eventReleased)
+	return nil
+}

@@ -1,0 +1,368 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+)
+
+const testTTL = 2 * time.Second
+
+func newNode(t *testing.T, srv *etcdtest.Server, id string) *Cluster {
+	t.Helper()
+	c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: testTTL})
+	if err != nil {
+		t.Fatalf("New(%s): %v", id, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %v: %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func ownerError(t *testing.T, err error) *sqliteproxy.OwnerError {
+	t.Helper()
+	var oe *sqliteproxy.OwnerError
+	if !errors.As(err, &oe) || !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Fatalf("err = %v, want an *OwnerError", err)
+	}
+	return oe
+}
+
+func TestConfigValidation(t *testing.T) {
+	good := Config{Endpoints: []string{"http://127.0.0.1:1"}, NodeID: "a", AdvertiseURL: "http://a:8080"}
+	for name, mod := range map[string]func(*Config){
+		"no endpoints":   func(c *Config) { c.Endpoints = nil },
+		"empty endpoint": func(c *Config) { c.Endpoints = []string{" "} },
+		"empty node":     func(c *Config) { c.NodeID = "" },
+		"slash node":     func(c *Config) { c.NodeID = "a/b" },
+		"dot node":       func(c *Config) { c.NodeID = ".." },
+		"long node":      func(c *Config) { c.NodeID = strings.Repeat("a", 65) },
+		"no url":         func(c *Config) { c.AdvertiseURL = "" },
+		"relative url":   func(c *Config) { c.AdvertiseURL = "/x" },
+		"short ttl":      func(c *Config) { c.TTL = 500 * time.Millisecond },
+	} {
+		cfg := good
+		mod(&cfg)
+		if err := cfg.check(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	cfg := good
+	if err := cfg.check(); err != nil || cfg.TTL != DefaultTTL {
+		t.Errorf("good config: err %v, TTL %v", err, cfg.TTL)
+	}
+}
+
+func TestAcquireReleaseHandover(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	ctx := ctxT(t, 30*time.Second)
+
+	la, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := la.Previous(); g != 0 || p != 0 {
+		t.Errorf("first Previous = %d, %d, want 0, 0", g, p)
+	}
+	if again, err := a.Acquire(ctx, "t1"); err != nil || again != la {
+		t.Errorf("second Acquire on the owner = %v, %v, want the same lease", again, err)
+	}
+	owners, err := b.Owners(ctx)
+	if err != nil || len(owners) != 1 || owners[0] != (Owner{Tenant: "t1", Node: "a", Generation: la.Generation()}) {
+		t.Errorf("Owners = %+v, %v", owners, err)
+	}
+	nodes, err := b.Nodes(ctx)
+	if err != nil || len(nodes) != 2 || nodes[0] != (Node{"a", "http://a.invalid"}) || nodes[1].ID != "b" {
+		t.Errorf("Nodes = %+v, %v", nodes, err)
+	}
+	if n, u, ok, err := b.Owner(ctx, "t1"); n != "a" || u != "http://a.invalid" || !ok || err != nil {
+		t.Errorf("Owner = %q %q %v %v", n, u, ok, err)
+	}
+	if _, _, ok, err := b.Owner(ctx, "nobody"); ok || err != nil {
+		t.Errorf("Owner(unowned) = %v %v", ok, err)
+	}
+
+	_, err = b.Acquire(ctx, "t1")
+	oe := ownerError(t, err)
+	if oe.Tenant != "t1" || oe.Owner != "a" || oe.OwnerURL != "http://a.invalid" {
+		t.Errorf("OwnerError = %+v", oe)
+	}
+
+	if err := la.Release(ctx, 42); err != nil {
+		t.Fatal(err)
+	}
+	if !isClosed(la.Lost()) {
+		t.Error("Lost not closed after Release")
+	}
+	if err := la.Release(ctx, 43); err != nil {
+		t.Errorf("second Release: %v", err)
+	}
+	lb, err := b.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := lb.Previous(); g != la.Generation() || p != 42 {
+		t.Errorf("Previous = %d, %d, want %d, 42", g, p, la.Generation())
+	}
+	if lb.Generation() <= la.Generation() {
+		t.Errorf("generation %d not after %d", lb.Generation(), la.Generation())
+	}
+	// a's released lease must not release b's ownership.
+	if err := la.Release(ctx, 7); err != nil {
+		t.Errorf("Release of a released lease: %v", err)
+	}
+	if _, err := a.Acquire(ctx, "t1"); err == nil {
+		t.Error("a took t1 from b")
+	}
+}
+
+func TestConcurrentAcquire(t *testing.T) {
+	srv := etcdtest.Start(t)
+	nodes := []*Cluster{newNode(t, srv, "a"), newNode(t, srv, "b")}
+	ctx := ctxT(t, 30*time.Second)
+	const perNode = 16
+	for round := range 3 {
+		tenant := fmt.Sprintf("race%d", round)
+		var (
+			mu     sync.Mutex
+			leases = map[string]map[sqliteproxy.TenantLease]bool{}
+			wg     sync.WaitGroup
+		)
+		for _, c := range nodes {
+			for range perNode {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					l, err := c.Acquire(ctx, tenant)
+					if err != nil {
+						ownerError(t, err)
+						return
+					}
+					mu.Lock()
+					if leases[c.NodeID()] == nil {
+						leases[c.NodeID()] = map[sqliteproxy.TenantLease]bool{}
+					}
+					leases[c.NodeID()][l] = true
+					mu.Unlock()
+				}()
+			}
+		}
+		wg.Wait()
+		if len(leases) != 1 {
+			t.Fatalf("round %d: winners %v, want exactly one node", round, leases)
+		}
+		for node, ls := range leases {
+			if len(ls) != 1 {
+				t.Errorf("round %d: node %s got %d distinct leases", round, node, len(ls))
+			}
+		}
+	}
+}
+
+func TestCloseHandsTenantsOver(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	ctx := ctxT(t, 30*time.Second)
+	var held []sqliteproxy.TenantLease
+	for _, id := range []string{"x1", "x2", "x3"} {
+		l, err := a.Acquire(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, l)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range held {
+		if !isClosed(l.Lost()) {
+			t.Errorf("lease %d: Lost open after Close", i)
+		}
+	}
+	if _, err := a.Acquire(ctx, "x9"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Acquire after Close: %v", err)
+	}
+	for i, id := range []string{"x1", "x2", "x3"} {
+		l, err := b.Acquire(ctx, id) // at once: no waiting for a TTL
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g, p := l.Previous(); g != held[i].Generation() || p != 0 {
+			t.Errorf("%s: Previous = %d, %d", id, g, p)
+		}
+	}
+	nodes, err := b.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].ID != "b" {
+		t.Errorf("Nodes after a closed = %+v, %v", nodes, err)
+	}
+}
+
+func TestNodeDeath(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	ctx := ctxT(t, 30*time.Second)
+	la, err := a.Acquire(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	died := time.Now()
+	a.kill() // no revoke, no release: the lease must expire
+	var lb sqliteproxy.TenantLease
+	eventually(t, 3*testTTL+5*time.Second, "b acquires d1 after a's lease expires", func() bool {
+		lb, err = b.Acquire(ctx, "d1")
+		if err != nil {
+			ownerError(t, err)
+		}
+		return err == nil
+	})
+	if waited := time.Since(died); waited < testTTL-200*time.Millisecond {
+		t.Errorf("b took d1 %v after a died, before the TTL %v", waited, testTTL)
+	}
+	if g, p := lb.Previous(); g != la.Generation() || p != 0 {
+		t.Errorf("Previous = %d, %d, want %d, 0", g, p, la.Generation())
+	}
+	// A new process with a's ID can join again.
+	a2 := newNode(t, srv, "a")
+	if _, err := a2.Acquire(ctx, "d1"); err == nil {
+		t.Error("a's new incarnation took b's tenant")
+	}
+}
+
+func TestEtcdOutage(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "a")
+	ctx := ctxT(t, 60*time.Second)
+	l1, err := a.Acquire(ctx, "o1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, err := a.Acquire(ctx, "o2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	stopDone := make(chan struct{})
+	go func() { defer close(stopDone); srv.Stop() }()
+	eventually(t, testTTL, "Lost closes before the TTL elapses", func() bool {
+		return isClosed(l1.Lost()) && isClosed(l2.Lost())
+	})
+	if lost := time.Since(stopped); lost >= testTTL {
+		t.Errorf("Lost closed %v after etcd stopped, not before TTL %v", lost, testTTL)
+	}
+	select {
+	case <-stopDone:
+	case <-time.After(30 * time.Second):
+		t.Fatal("etcd did not stop")
+	}
+	srv.Restart(t)
+	var n1 sqliteproxy.TenantLease
+	eventually(t, 20*time.Second, "Acquire works again after etcd restarts", func() bool {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		n1, err = a.Acquire(actx, "o1")
+		return err == nil
+	})
+	if n1 == l1 || n1.Generation() <= l1.Generation() || isClosed(n1.Lost()) {
+		t.Errorf("after recovery: generation %d (old %d), same lease %v", n1.Generation(), l1.Generation(), n1 == l1)
+	}
+	if g, p := n1.Previous(); g != l1.Generation() || p != 0 {
+		t.Errorf("Previous = %d, %d, want %d, 0", g, p, l1.Generation())
+	}
+	// o2, lost and not re-acquired, is given up so another node can take it.
+	b := newNode(t, srv, "b")
+	eventually(t, 3*testTTL, "b acquires o2 lost by a", func() bool {
+		_, err := b.Acquire(ctx, "o2")
+		return err == nil
+	})
+	// A lost lease's Release cannot record a position any more.
+	if err := l2.Release(ctx, 5); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Release of a lost lease: %v", err)
+	}
+}
+
+func TestLeaseKeepsRenewing(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "a")
+	ctx := ctxT(t, 30*time.Second)
+	l, err := a.Acquire(ctx, "k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Several TTLs: the lease must stay held.
+	for end := time.Now().Add(3 * testTTL); time.Now().Before(end); {
+		if isClosed(l.Lost()) {
+			t.Fatal("lease lost while etcd is up")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// When the node lease is gone in etcd (here revoked behind the node's back,
+// as when it expired), held tenants are lost and a new lease is granted.
+func TestLeaseExpiredIsReplaced(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "a")
+	ctx := ctxT(t, 30*time.Second)
+	l, err := a.Acquire(ctx, "e1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	old := a.lease
+	a.mu.Unlock()
+	if _, err := a.cli.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, testTTL, "Lost closes when the lease is gone", func() bool { return isClosed(l.Lost()) })
+	var n sqliteproxy.TenantLease
+	eventually(t, 10*time.Second, "Acquire works on a new lease", func() bool {
+		n, err = a.Acquire(ctx, "e1")
+		return err == nil
+	})
+	a.mu.Lock()
+	renewed := a.lease
+	a.mu.Unlock()
+	if renewed == old || renewed == 0 {
+		t.Errorf("lease %x, was %x", renewed, old)
+	}
+	if n.Generation() <= l.Generation() {
+		t.Errorf("generation %d not after %d", n.Generation(), l.Generation())
+	}
+	nodes, err := a.Nodes(ctx)
+	if err != nil || len(nodes) != 1 || nodes[0].ID != "a" {
+		t.Errorf("node not registered again: %+v, %v", nodes, err)
+	}
+}

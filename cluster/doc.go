@@ -1,0 +1,60 @@
+// Package cluster runs sqliteproxy on several nodes: each tenant is owned by
+// exactly one node at a time, recorded in etcd, and requests for a tenant
+// are forwarded to its owner.
+//
+// A *Cluster implements sqliteproxy.Ownership: set it as
+// sqliteproxy.Config.Ownership and the driver calls Acquire before it opens
+// a tenant, streams the tenant to <ReplicaURL>/<id>/g<Generation>, restores
+// from generation Previous() when the tenant is not on local disk, closes
+// the tenant when Lost() fires and calls Release with the final replicated
+// position when it evicts the tenant or shuts down.
+//
+// # Leases and keys
+//
+// Each node keeps one etcd lease alive (TTL, default 10s) and writes, under
+// the prefix /sqliteproxy/:
+//
+//	nodes/<node>     {"url":AdvertiseURL,"started":time}  on the node lease
+//	owners/<tenant>  <node>                               on the node lease
+//	gens/<tenant>    {"gen":g,"pos":p,"node":n}           no lease
+//
+// owners/<tenant> is created only when absent; the revision that created it
+// is the tenant's generation, a fencing token that grows with every change
+// of owner. gens/<tenant> outlives owners: it tells the next owner which
+// generation to restore from and, if the last owner released the tenant
+// cleanly, the position it reached (0: unknown, the owner died). A node
+// that dies keeps its tenants until its lease expires (at most TTL); a node
+// that closes revokes its lease and hands them over at once.
+//
+// A node that cannot renew its lease stops relying on it before etcd can
+// expire it: when TTL minus a margin (TTL/3, at least 500ms) has passed
+// since the last renewal was sent, the Lost channel of every tenant it holds
+// closes and the driver stops writing them. When etcd is back, Acquire
+// works again (a new lease is granted if the old one expired) and takes the
+// tenant in a new generation.
+//
+// # Placement
+//
+// An unowned tenant is taken by the first node that needs it: Acquire
+// simply claims it. There is no hash ring or assignment table, so nodes
+// joining or leaving move no tenant (a tenant moves only when its owner goes
+// away), and the node that got the first request, which already holds that
+// request, serves it without a hop. A load balancer with tenant affinity
+// (e.g. hashing on the tenant) keeps later requests there too; Forward
+// covers the requests that land elsewhere.
+//
+// # Forwarding
+//
+// Forward wraps the application's handlers, inside the middleware that puts
+// the tenant in the request context (sqliteproxy.WithOrgID): a request for
+// a tenant another live node owns is proxied to that node's AdvertiseURL,
+// once (the X-Sqliteproxy-Forwarded-By header stops loops); everything else
+// is served locally. Owners are looked up in a cache kept current by an
+// etcd watch, so forwarding costs no etcd round trip per request.
+//
+// # Telemetry
+//
+// With Config.MeterProvider set, the counter
+// sqliteproxy.cluster.ownership.changes counts this node's ownership
+// changes, with attribute event = acquired, released or lost.
+package cluster

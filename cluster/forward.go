@@ -1,0 +1,71 @@
+package cluster
+
+import (
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// ForwardedByHeader marks a request forwarded by Forward; its value is the
+// forwarding node's ID. A request that carries it is always served locally,
+// so a request is forwarded at most once even while nodes disagree about
+// an owner.
+const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
+
+// Forward returns a handler that sends each request for a tenant owned by
+// another live node to that node (one hop, with httputil.ReverseProxy to
+// its AdvertiseURL, the Host header kept) and serves every other request
+// with next: no tenant, a tenant this node owns, an unowned tenant (the
+// driver's Acquire takes it here), an owner that is not registered any
+// more, or a failed owner lookup.
+//
+// It reads the tenant with sqliteproxy.OrgID, so mount it inside the
+// middleware that puts the tenant in the request context. The owner comes
+// from a cache kept by an etcd watch: no etcd round trip per request, except
+// to check a tenant the cache says is unowned.
+func (c *Cluster) Forward(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, ok := sqliteproxy.OrgID(r.Context())
+		if !ok || id == "" || r.Header.Get(ForwardedByHeader) != "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		node, u, owned, err := c.Owner(r.Context(), id)
+		if err != nil || !owned || node == c.cfg.NodeID || u == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p, err := c.proxy(u)
+		if err != nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		p.ServeHTTP(w, r)
+	})
+}
+
+func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
+	if p, ok := c.proxies.Load(owner); ok {
+		return p.(*httputil.ReverseProxy), nil
+	}
+	target, err := url.Parse(owner)
+	if err != nil {
+		return nil, err
+	}
+	self := c.cfg.NodeID
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = pr.In.Host // a tenant resolved from the Host resolves the same there
+			pr.SetXForwarded()
+			pr.Out.Header.Set(ForwardedByHeader, self)
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			http.Error(w, "sqliteproxy cluster: the tenant's owner node is unreachable", http.StatusBadGateway)
+		},
+	}
+	actual, _ := c.proxies.LoadOrStore(owner, p)
+	return actual.(*httputil.ReverseProxy), nil
+}

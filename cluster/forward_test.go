@@ -1,0 +1,72 @@
+package cluster
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+)
+
+func TestForward(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 30*time.Second)
+	// Each node: tenant middleware (header X-Tenant) around Forward around
+	// a handler that names the node.
+	start := func(id string) (*Cluster, *httptest.Server) {
+		hs := httptest.NewUnstartedServer(nil)
+		hs.Start()
+		t.Cleanup(hs.Close)
+		c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: hs.URL, TTL: testTTL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		hs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if tenant := r.Header.Get("X-Tenant"); tenant != "" {
+				r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), tenant))
+			}
+			c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fmt.Fprintf(w, "%s via %q", id, r.Header.Get(ForwardedByHeader))
+			})).ServeHTTP(w, r)
+		})
+		return c, hs
+	}
+	_, ha := start("a")
+	b, _ := start("b")
+	if _, err := b.Acquire(ctx, "tb"); err != nil {
+		t.Fatal(err)
+	}
+	get := func(tenant string, hdr map[string]string) string {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ha.URL+"/x", nil)
+		if tenant != "" {
+			req.Header.Set("X-Tenant", tenant)
+		}
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	if got := get("tb", nil); got != `b via "a"` {
+		t.Errorf("tenant owned by b, asked at a: %q", got)
+	}
+	if got := get("tb", map[string]string{ForwardedByHeader: "z"}); got != `a via "z"` {
+		t.Errorf("already forwarded: %q", got)
+	}
+	if got := get("unowned", nil); got != `a via ""` {
+		t.Errorf("unowned tenant: %q", got)
+	}
+	if got := get("", nil); got != `a via ""` {
+		t.Errorf("no tenant: %q", got)
+	}
+}
