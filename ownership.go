@@ -106,6 +106,9 @@ func (r *router) watchLease(t *tenant, lease TenantLease) {
 	case <-r.stop:
 		return
 	}
+	if cur, _ := t.lost.Load().(<-chan struct{}); cur != lease.Lost() {
+		return // released (Release closes Lost too) or replaced
+	}
 	if !t.wsem.TryAcquire() {
 		t.fenced.Store(true) // closed by the next user (unfence)
 		return

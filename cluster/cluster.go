@@ -123,9 +123,10 @@ type nodeValue struct {
 }
 
 type genValue struct {
-	Gen  int64  `json:"gen"`
-	Pos  uint64 `json:"pos"`
-	Node string `json:"node"`
+	Gen   int64  `json:"gen"`
+	Pos   uint64 `json:"pos"`
+	Node  string `json:"node"`
+	Lease int64  `json:"lease,omitempty"` // the node lease it was written under
 }
 
 // Cluster is this node's membership of a sqliteproxy cluster in etcd: it
@@ -362,7 +363,7 @@ func (c *Cluster) unhealthyLocked() {
 	c.epoch++
 	for id, l := range c.held {
 		delete(c.held, id)
-		c.stale[id] = l.gen
+		c.stale[id] = l.ownerRev
 		if l.kill() {
 			c.metrics.add(eventLost)
 		}
@@ -552,32 +553,42 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 			}
 			continue
 		}
-		gen := r.Header.Revision
+		rev := r.Header.Revision // the owner key's create revision
 		var prev genValue
 		if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
 			if err := json.Unmarshal(kvs[0].Value, &prev); err != nil {
-				c.abandon(id, gen)
+				c.abandon(id, rev)
 				return nil, fmt.Errorf("cluster: acquire %q: bad %s: %w", id, genKey, err)
 			}
 		}
-		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID})
+		// The generation is the owner key's revision, except when this
+		// node takes back a tenant it released under the same node lease
+		// with nobody in between (gens/<id> is still its own record): then
+		// nobody else can have written the tenant since, and it goes on in
+		// the same generation, incrementally (a new generation starts with
+		// a snapshot of the whole database).
+		gen := rev
+		if prev.Node == c.cfg.NodeID && prev.Lease == int64(leaseID) && prev.Gen > 0 {
+			gen = prev.Gen
+		}
+		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID)})
 		r2, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
-				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", gen)).
+				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", rev)).
 			Then(clientv3.OpPut(genKey, string(val))).
 			Commit()
 		if err == nil && !r2.Succeeded {
 			err = ErrLeaseLost
 		}
 		if err != nil {
-			c.abandon(id, gen)
+			c.abandon(id, rev)
 			return nil, fmt.Errorf("cluster: acquire %q: record generation: %w", id, err)
 		}
-		l := &tenantLease{c: c, tenant: id, gen: gen, prevGen: prev.Gen, prevPos: prev.Pos, lost: make(chan struct{})}
+		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, lost: make(chan struct{})}
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
-			c.stale[id] = gen
+			c.stale[id] = rev
 			return nil, fmt.Errorf("cluster: acquire %q: %w", id, ErrLeaseLost)
 		}
 		c.held[id] = l
@@ -663,17 +674,25 @@ func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
 func (c *Cluster) Owners(ctx context.Context) ([]Owner, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	r, err := c.cli.Get(ctx, ownersPrefix, clientv3.WithPrefix())
+	r, err := c.cli.Txn(ctx).Then(clientv3.OpGet(ownersPrefix, clientv3.WithPrefix()), clientv3.OpGet(gensPrefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list owners: %w", err)
 	}
-	owners := make([]Owner, 0, len(r.Kvs))
-	for _, kv := range r.Kvs {
-		owners = append(owners, Owner{
-			Tenant:     strings.TrimPrefix(string(kv.Key), ownersPrefix),
-			Node:       string(kv.Value),
-			Generation: kv.CreateRevision,
-		})
+	gens := map[string]genValue{}
+	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
+		var g genValue
+		if json.Unmarshal(kv.Value, &g) == nil {
+			gens[strings.TrimPrefix(string(kv.Key), gensPrefix)] = g
+		}
+	}
+	kvs := r.Responses[0].GetResponseRange().Kvs
+	owners := make([]Owner, 0, len(kvs))
+	for _, kv := range kvs {
+		o := Owner{Tenant: strings.TrimPrefix(string(kv.Key), ownersPrefix), Node: string(kv.Value), Generation: kv.CreateRevision}
+		if g, ok := gens[o.Tenant]; ok && g.Node == o.Node {
+			o.Generation = g.Gen // the same, or an earlier one this node went on with
+		}
+		owners = append(owners, o)
 	}
 	sort.Slice(owners, func(i, j int) bool { return owners[i].Tenant < owners[j].Tenant })
 	return owners, nil
@@ -751,11 +770,13 @@ func (c *Cluster) forget(l *tenantLease, ev event) {
 
 // tenantLease implements sqliteproxy.TenantLease.
 type tenantLease struct {
-	c       *Cluster
-	tenant  string
-	gen     int64
-	prevGen int64
-	prevPos uint64
+	c        *Cluster
+	tenant   string
+	gen      int64 // the generation (fencing token)
+	ownerRev int64 // the create revision of owners/<tenant>: guards every later change
+	lease    int64 // the node lease it was taken under
+	prevGen  int64
+	prevPos  uint64
 
 	lost     chan struct{}
 	lostOnce sync.Once
@@ -789,10 +810,10 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 	}
 	c := l.c
 	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant
-	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: c.cfg.NodeID})
+	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: c.cfg.NodeID, Lease: l.lease})
 	r, err := c.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
-			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.gen)).
+			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.ownerRev)).
 		Then(clientv3.OpDelete(ownerKey), clientv3.OpPut(genKey, string(val))).
 		Commit()
 	if err != nil {
@@ -800,7 +821,7 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 	}
 	l.released = true
 	c.mu.Lock()
-	if c.stale[l.tenant] == l.gen {
+	if c.stale[l.tenant] == l.ownerRev {
 		delete(c.stale, l.tenant)
 	}
 	c.mu.Unlock()

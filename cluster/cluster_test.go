@@ -149,6 +149,52 @@ func TestAcquireReleaseHandover(t *testing.T) {
 	}
 }
 
+// A node that takes back a tenant it released, with nobody in between and
+// under the same node lease, goes on in the same generation (its replica
+// goes on incrementally); after another owner, it gets a new one.
+func TestReacquireKeepsGeneration(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	ctx := ctxT(t, 30*time.Second)
+	l1, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Release(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := l2.Previous(); l2.Generation() != l1.Generation() || g != l1.Generation() || p != 5 {
+		t.Fatalf("taken back: generation %d, Previous %d, %d; want %d, %d, 5", l2.Generation(), g, p, l1.Generation(), l1.Generation())
+	}
+	if owners, err := b.Owners(ctx); err != nil || len(owners) != 1 || owners[0].Generation != l1.Generation() {
+		t.Errorf("Owners = %+v, %v; want generation %d", owners, err, l1.Generation())
+	}
+	if err := l2.Release(ctx, 6); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lb.Generation() <= l2.Generation() {
+		t.Fatalf("b's generation %d not after %d", lb.Generation(), l2.Generation())
+	}
+	if err := lb.Release(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	l3, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := l3.Previous(); l3.Generation() <= lb.Generation() || g != lb.Generation() || p != 9 {
+		t.Fatalf("after b: generation %d, Previous %d, %d; want > %d, %d, 9", l3.Generation(), g, p, lb.Generation(), lb.Generation())
+	}
+}
+
 func TestConcurrentAcquire(t *testing.T) {
 	srv := etcdtest.Start(t)
 	nodes := []*Cluster{newNode(t, srv, "a"), newNode(t, srv, "b")}
