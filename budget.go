@@ -48,13 +48,13 @@ func newBudget(max int) *budget {
 type evictReason uint8
 
 const (
-	evictBudget  evictReason = iota // a slot was needed for another connection
-	evictIdle                       // unused for longer than Config.IdleTimeout
-	evictClose                      // the proxy is closing
-	evictDelete                     // DeleteTenant drained it
-	evictRestore                    // RestoreTenant drained it
-	evictMigrate                    // MigrateAll opened it only to migrate it
-	evictLeaseLost                  // this node's lease on it ended (Config.Ownership)
+	evictBudget    evictReason = iota // a slot was needed for another connection
+	evictIdle                         // unused for longer than Config.IdleTimeout
+	evictClose                        // the proxy is closing
+	evictDelete                       // DeleteTenant drained it
+	evictRestore                      // RestoreTenant drained it
+	evictMigrate                      // MigrateAll opened it only to migrate it
+	evictLeaseLost                    // this node's lease on it ended (Config.Ownership)
 	numEvictReasons
 )
 
