@@ -27,7 +27,8 @@ const (
 	KeyPrefix    = "/sqliteproxy/"
 	nodesPrefix  = KeyPrefix + "nodes/"  // nodes/<node> = {"url","started"}, on the node lease
 	ownersPrefix = KeyPrefix + "owners/" // owners/<tenant> = <node>, on the node lease
-	gensPrefix   = KeyPrefix + "gens/"   // gens/<tenant> = {"gen","pos","node"}, no lease
+	gensPrefix   = KeyPrefix + "gens/"   // gens/<tenant> = {"gen","pos","node","lease"}, no lease
+	movesPrefix  = KeyPrefix + "moves/"  // moves/<tenant> = <target node>, on the mover's lease (move.go)
 )
 
 const (
@@ -443,6 +444,9 @@ func (c *Cluster) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLea
 	if err != nil {
 		return nil, err
 	}
+	c.mu.Lock()
+	l.used = true
+	c.mu.Unlock()
 	return l, nil
 }
 
@@ -516,16 +520,25 @@ func (c *Cluster) acquireShared(ctx context.Context, id string) (*tenantLease, e
 // still right because nothing was written in the new generation: Acquire
 // fails and the caller never opens the tenant.
 func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) {
-	ownerKey, genKey := ownersPrefix+id, gensPrefix+id
+	ownerKey, genKey, moveKey := ownersPrefix+id, gensPrefix+id, movesPrefix+id
+	tgt, moving := c.cache.move(id)
+	target := moving && tgt == c.cfg.NodeID // of a pending move: only this node may take it
+	if moving && !target {
+		return nil, c.movingTo(ctx, id, tgt)
+	}
 	for attempt := 0; ; attempt++ {
 		leaseID, epoch, err := c.waitHealthy(ctx)
 		if err != nil {
 			return nil, err
 		}
+		conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", 0)}
+		if !target {
+			conds = append(conds, clientv3.Compare(clientv3.CreateRevision(moveKey), "=", 0))
+		}
 		r, err := c.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", 0)).
+			If(conds...).
 			Then(clientv3.OpGet(genKey), clientv3.OpPut(ownerKey, c.cfg.NodeID, clientv3.WithLease(leaseID))).
-			Else(clientv3.OpGet(ownerKey)).
+			Else(clientv3.OpGet(ownerKey), clientv3.OpGet(moveKey)).
 			Commit()
 		if err != nil {
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -535,7 +548,16 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		}
 		if !r.Succeeded {
 			kvs := r.Responses[0].GetResponseRange().Kvs
-			if len(kvs) == 0 { // cannot happen: the Else branch runs when the key exists
+			if len(kvs) == 0 { // unowned, but a move is pending
+				if m := r.Responses[1].GetResponseRange().Kvs; len(m) > 0 {
+					if tgt := string(m[0].Value); tgt != c.cfg.NodeID {
+						return nil, c.movingTo(ctx, id, tgt)
+					}
+					target = true
+				}
+				if attempt >= 3 {
+					return nil, fmt.Errorf("cluster: acquire %q: a move of it keeps changing", id)
+				}
 				continue
 			}
 			owner := string(kvs[0].Value)
@@ -653,10 +675,15 @@ func (c *Cluster) Owner(ctx context.Context, id string) (node, url string, ok bo
 }
 
 // Nodes lists the live nodes, sorted by ID.
-func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
+func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) { return listNodes(ctx, c.cli) }
+
+// Owners lists the owned tenants, sorted by tenant.
+func (c *Cluster) Owners(ctx context.Context) ([]Owner, error) { return listOwners(ctx, c.cli) }
+
+func listNodes(ctx context.Context, cli *clientv3.Client) ([]Node, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	r, err := c.cli.Get(ctx, nodesPrefix, clientv3.WithPrefix())
+	r, err := cli.Get(ctx, nodesPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list nodes: %w", err)
 	}
@@ -670,11 +697,10 @@ func (c *Cluster) Nodes(ctx context.Context) ([]Node, error) {
 	return nodes, nil
 }
 
-// Owners lists the owned tenants, sorted by tenant.
-func (c *Cluster) Owners(ctx context.Context) ([]Owner, error) {
+func listOwners(ctx context.Context, cli *clientv3.Client) ([]Owner, error) {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	r, err := c.cli.Txn(ctx).Then(clientv3.OpGet(ownersPrefix, clientv3.WithPrefix()), clientv3.OpGet(gensPrefix, clientv3.WithPrefix())).Commit()
+	r, err := cli.Txn(ctx).Then(clientv3.OpGet(ownersPrefix, clientv3.WithPrefix()), clientv3.OpGet(gensPrefix, clientv3.WithPrefix())).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("cluster: list owners: %w", err)
 	}
@@ -780,6 +806,7 @@ type tenantLease struct {
 
 	lost     chan struct{}
 	lostOnce sync.Once
+	used     bool // returned by Acquire (to the driver), not only taken for a move; guarded by c.mu
 
 	relMu    sync.Mutex
 	released bool

@@ -19,6 +19,14 @@ type ownerCache struct {
 	synced bool
 	owners map[string]string // tenant -> node
 	nodes  map[string]string // node -> URL
+	moves  map[string]string // tenant -> target node of a pending move
+}
+
+func (oc *ownerCache) move(id string) (string, bool) {
+	oc.mu.RLock()
+	defer oc.mu.RUnlock()
+	t, ok := oc.moves[id]
+	return t, ok
 }
 
 func (oc *ownerCache) owner(id string) (string, bool) {
@@ -35,15 +43,15 @@ func (oc *ownerCache) nodeURL(node string) (string, bool) {
 	return u, ok
 }
 
-func (oc *ownerCache) reset(owners, nodes map[string]string) {
+func (oc *ownerCache) reset(owners, nodes, moves map[string]string) {
 	oc.mu.Lock()
-	oc.owners, oc.nodes, oc.synced = owners, nodes, true
+	oc.owners, oc.nodes, oc.moves, oc.synced = owners, nodes, moves, true
 	oc.mu.Unlock()
 }
 
 func (oc *ownerCache) unsync() {
 	oc.mu.Lock()
-	oc.owners, oc.nodes, oc.synced = nil, nil, false
+	oc.owners, oc.nodes, oc.moves, oc.synced = nil, nil, nil, false
 	oc.mu.Unlock()
 }
 
@@ -67,6 +75,13 @@ func (oc *ownerCache) apply(events []*clientv3.Event) {
 				oc.nodes[id] = parseNodeURL(ev.Kv.Value)
 			} else {
 				delete(oc.nodes, id)
+			}
+		case strings.HasPrefix(key, movesPrefix):
+			id := strings.TrimPrefix(key, movesPrefix)
+			if put {
+				oc.moves[id] = string(ev.Kv.Value)
+			} else {
+				delete(oc.moves, id)
 			}
 		}
 	}
@@ -99,6 +114,7 @@ func (c *Cluster) watch() {
 				break
 			}
 			c.cache.apply(resp.Events)
+			c.react(resp.Events)
 		}
 		cancel()
 		c.cache.unsync()
@@ -112,6 +128,7 @@ func (c *Cluster) load() (int64, error) {
 	r, err := c.cli.Txn(ctx).Then(
 		clientv3.OpGet(ownersPrefix, clientv3.WithPrefix()),
 		clientv3.OpGet(nodesPrefix, clientv3.WithPrefix()),
+		clientv3.OpGet(movesPrefix, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return 0, err
@@ -124,6 +141,12 @@ func (c *Cluster) load() (int64, error) {
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
 		nodes[strings.TrimPrefix(string(kv.Key), nodesPrefix)] = parseNodeURL(kv.Value)
 	}
-	c.cache.reset(owners, nodes)
+	moves := make(map[string]string)
+	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
+		id := strings.TrimPrefix(string(kv.Key), movesPrefix)
+		moves[id] = string(kv.Value)
+		c.onMove(id, string(kv.Value))
+	}
+	c.cache.reset(owners, nodes, moves)
 	return r.Header.Revision, nil
 }

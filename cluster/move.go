@@ -1,0 +1,187 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Moves. A graceful move of a tenant to a node is a key moves/<tenant> =
+// <target>, written by the mover (Admin.Move) on a lease of its own, so a
+// mover that dies leaves nothing behind. While it exists:
+//   - no node but the target may take the tenant (Acquire answers an
+//     *sqliteproxy.OwnerError naming the target);
+//   - the owner ends its lease's Lost channel, so the driver closes the
+//     tenant, syncs it to its replica and releases it with its final
+//     position;
+//   - the target takes the tenant as soon as nobody owns it, before any
+//     request asks for it; its driver restores at least the released
+//     position on first access.
+// The mover deletes the key once the target owns the tenant.
+
+// movingTo is the error of Acquire for a tenant being moved to node tgt.
+func (c *Cluster) movingTo(ctx context.Context, id, tgt string) error {
+	return &sqliteproxy.OwnerError{Tenant: id, Owner: tgt, OwnerURL: c.nodeURL(ctx, tgt)}
+}
+
+// react acts on watched changes: moves to or away from this node, and the
+// release of a tenant a move is waiting for.
+func (c *Cluster) react(events []*clientv3.Event) {
+	for _, ev := range events {
+		key := string(ev.Kv.Key)
+		switch {
+		case ev.Type == mvccpb.PUT && strings.HasPrefix(key, movesPrefix):
+			c.onMove(strings.TrimPrefix(key, movesPrefix), string(ev.Kv.Value))
+		case ev.Type == mvccpb.DELETE && strings.HasPrefix(key, ownersPrefix):
+			id := strings.TrimPrefix(key, ownersPrefix)
+			if tgt, ok := c.cache.move(id); ok && tgt == c.cfg.NodeID {
+				c.takeMoved(id)
+			}
+		}
+	}
+}
+
+// onMove starts this node's part of moving tenant id to tgt.
+func (c *Cluster) onMove(id, tgt string) {
+	if tgt == c.cfg.NodeID {
+		c.takeMoved(id)
+		return
+	}
+	c.mu.Lock()
+	l := c.held[id]
+	used := l != nil && l.used
+	if l != nil {
+		delete(c.held, id) // Acquire here now answers the move's target
+	}
+	c.mu.Unlock()
+	if l == nil {
+		return
+	}
+	if used {
+		l.kill() // the driver closes the tenant and releases it with its position
+		return
+	}
+	// Taken for a move that went elsewhere, never opened here: nothing was
+	// written in its generation.
+	pos := uint64(0)
+	if l.gen == l.prevGen {
+		pos = l.prevPos
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(c.ctx, opTimeout)
+		defer cancel()
+		_ = l.Release(ctx, pos)
+	}()
+}
+
+// takeMoved takes tenant id, being moved here, in the background.
+func (c *Cluster) takeMoved(id string) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, opTimeout)
+		defer cancel()
+		_, _ = c.acquireShared(ctx, id) // an *OwnerError while the owner still holds it: retried on its release
+	}()
+}
+
+// Admin reads and changes a cluster without being one of its nodes (the
+// ops CLI): it lists nodes and owners and moves tenants.
+type Admin struct {
+	cli *clientv3.Client
+}
+
+// NewAdmin connects to etcd.
+func NewAdmin(endpoints []string) (*Admin, error) {
+	if len(endpoints) == 0 {
+		return nil, errors.New("cluster: no etcd endpoints")
+	}
+	logCfg := zap.NewProductionConfig()
+	logCfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: opTimeout, LogConfig: &logCfg})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: connect to etcd: %w", err)
+	}
+	return &Admin{cli: cli}, nil
+}
+
+// Close disconnects from etcd.
+func (a *Admin) Close() error { return a.cli.Close() }
+
+// Nodes lists the live nodes, sorted by ID.
+func (a *Admin) Nodes(ctx context.Context) ([]Node, error) { return listNodes(ctx, a.cli) }
+
+// Owners lists the owned tenants, sorted by tenant.
+func (a *Admin) Owners(ctx context.Context) ([]Owner, error) { return listOwners(ctx, a.cli) }
+
+// Move hands tenant id over to the live node target and returns once
+// target owns it (or ctx ends): the owner syncs the tenant to its replica
+// and releases it with its final position, and target takes it and
+// restores at least that position on first access. A tenant nobody owns is
+// simply taken by target. Moving a tenant to its owner does nothing.
+func (a *Admin) Move(ctx context.Context, id, target string) error {
+	if err := sqliteproxy.ValidTenantID(id); err != nil {
+		return err
+	}
+	nodes, err := a.Nodes(ctx)
+	if err != nil {
+		return err
+	}
+	live := false
+	for _, n := range nodes {
+		live = live || n.ID == target
+	}
+	if !live {
+		return fmt.Errorf("cluster: move %q: node %q is not a live node", id, target)
+	}
+	// The move key lives on a lease of this mover, kept alive while it
+	// waits: if the mover dies, the key goes and the tenant is free again.
+	lease, err := a.cli.Grant(ctx, int64(DefaultTTL/time.Second))
+	if err != nil {
+		return fmt.Errorf("cluster: move %q: %w", id, err)
+	}
+	kctx, stop := context.WithCancel(context.Background())
+	defer func() {
+		stop()
+		rctx, cancel := context.WithTimeout(context.Background(), opTimeout)
+		defer cancel()
+		_, _ = a.cli.Delete(rctx, movesPrefix+id)
+		_, _ = a.cli.Revoke(rctx, lease.ID)
+	}()
+	if _, err := a.cli.KeepAlive(kctx, lease.ID); err != nil {
+		return fmt.Errorf("cluster: move %q: %w", id, err)
+	}
+	r, err := a.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(movesPrefix+id), "=", 0)).
+		Then(clientv3.OpPut(movesPrefix+id, target, clientv3.WithLease(lease.ID))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("cluster: move %q: %w", id, err)
+	}
+	if !r.Succeeded {
+		return fmt.Errorf("cluster: move %q: another move of it is in progress", id)
+	}
+	w := a.cli.Watch(kctx, ownersPrefix+id, clientv3.WithRev(r.Header.Revision))
+	for {
+		g, err := a.cli.Get(ctx, ownersPrefix+id)
+		if err != nil {
+			return fmt.Errorf("cluster: move %q: %w", id, err)
+		}
+		if len(g.Kvs) > 0 && string(g.Kvs[0].Value) == target {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: move %q to %q: %w", id, target, ctx.Err())
+		case <-w:
+		case <-time.After(time.Second): // the watch is a hint; Get decides
+		}
+	}
+}

@@ -1,0 +1,79 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+)
+
+func newAdmin(t *testing.T, srv *etcdtest.Server) *Admin {
+	t.Helper()
+	a, err := NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return a
+}
+
+// A move: the owner's lease ends (Lost), the driver releases it with its
+// position, the target takes it before anybody asks, with that position as
+// Previous; meanwhile nobody else may take it.
+func TestMove(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
+	adm := newAdmin(t, srv)
+	ctx := ctxT(t, 30*time.Second)
+
+	la, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- adm.Move(ctx, "t1", "b") }()
+	select { // what the driver does when Lost closes
+	case <-la.Lost():
+	case <-ctx.Done():
+		t.Fatal("the owner's lease did not end for the move")
+	}
+	if _, err := c.Acquire(ctx, "t1"); ownerError(t, err).Owner != "b" {
+		t.Errorf("during the move, a third node is told %v, want the target b", err)
+	}
+	if _, err := a.Acquire(ctx, "t1"); ownerError(t, err).Owner != "b" {
+		t.Errorf("during the move, the old owner is told %v, want the target b", err)
+	}
+	if err := la.Release(ctx, 77); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Move: %v", err)
+	}
+	lb, err := b.Acquire(ctx, "t1") // the lease b took for the move
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := lb.Previous(); g != la.Generation() || p != 77 || lb.Generation() <= la.Generation() {
+		t.Errorf("b: generation %d, Previous %d, %d; want > %d, %d, 77", lb.Generation(), g, p, la.Generation(), la.Generation())
+	}
+	if owners, err := adm.Owners(ctx); err != nil || len(owners) != 1 || owners[0].Node != "b" {
+		t.Errorf("Owners after the move: %+v, %v", owners, err)
+	}
+	// The move key is gone: a is told b owns it, not that it moves.
+	eventually(t, 5*time.Second, "the move key gone from a's cache", func() bool { _, ok := a.cache.move("t1"); return !ok })
+
+	// An unowned tenant is simply taken by the target.
+	if err := adm.Move(ctx, "t2", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, ok, err := a.Owner(ctx, "t2"); n != "c" || !ok || err != nil {
+		t.Errorf("t2 after a move to c: owner %q %v %v", n, ok, err)
+	}
+	// Moving to its owner does nothing; to a node that is not there fails.
+	if err := adm.Move(ctx, "t2", "c"); err != nil {
+		t.Errorf("move to the owner: %v", err)
+	}
+	if err := adm.Move(ctx, "t2", "nobody"); err == nil {
+		t.Error("a move to a node that does not exist succeeded")
+	}
+}
