@@ -5,14 +5,14 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replica replication
+.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
 	@echo 'sqliteproxy example: listening on $(ADDR), tenant files in $(DIR). Try:'
 	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
 	@echo "  curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
-	$(GO) run -tags $(TAGS) ./examples/events -addr $(ADDR) -dir $(DIR)
+	cd examples && $(GO) run -tags $(TAGS) ./events -addr $(ADDR) -dir $(abspath $(DIR))
 
 REPLICA ?= file://$(CURDIR)/replica
 LSOCK   := $(CURDIR)/bin/litestream.sock
@@ -22,7 +22,7 @@ LSOCK   := $(CURDIR)/bin/litestream.sock
 run-replicated:
 	@mkdir -p bin
 	cd replication && $(GO) build -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream
-	$(GO) build -tags $(TAGS) -o bin/events ./examples/events
+	cd examples && $(GO) build -tags $(TAGS) -o ../bin/events ./events
 	@printf 'socket:\n  enabled: true\n  path: %s\n  permissions: 0600\n' '$(LSOCK)' > bin/litestream.yml
 	@echo 'sqliteproxy example, replicated to $(REPLICA): listening on $(ADDR), tenant files in $(DIR). Try:'
 	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
@@ -31,7 +31,7 @@ run-replicated:
 		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
-test: check vet unit compat cli replica replication
+test: check vet unit compat cli replica cluster examples replication
 
 check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -40,6 +40,8 @@ check:
 	cd cmd/sqliteproxy && $(GO) mod tidy -diff
 	cd replication && $(GO) mod tidy -diff
 	cd replica && $(GO) mod tidy -diff
+	cd cluster && $(GO) mod tidy -diff
+	cd examples && $(GO) mod tidy -diff
 
 vet:
 	$(GO) vet -tags $(TAGS) ./...
@@ -54,6 +56,14 @@ compat:
 ## cli: the ops command cmd/sqliteproxy (a nested module, for its progress-bar dependency)
 cli:
 	cd cmd/sqliteproxy && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
+
+## cluster: tenant ownership over etcd leases (a nested module; tests start a real etcd in-process)
+cluster:
+	cd cluster && $(GO) vet ./... && $(GO) test -race -timeout 10m ./...
+
+## examples: the example service (a nested module: as a cluster node it links the etcd client)
+examples:
+	cd examples && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
 
 ## replica: the replica compactor (a nested module: it links Litestream's library)
 replica:
@@ -93,7 +103,7 @@ endef
 ## no CGo) as fully static binaries (no libc at run time: FROM scratch)
 static:
 	@mkdir -p bin
-	$(call static_build,.,bin/events,./examples/events)
+	$(call static_build,examples,../bin/events,./events)
 	$(call static_build,cmd/sqliteproxy,../../bin/sqliteproxy,.)
 	cd replication && CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream
 	@for b in bin/events bin/sqliteproxy bin/litestream; do \

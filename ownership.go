@@ -327,3 +327,24 @@ func writeGenMarker(p string, gen int64) error {
 	}
 	return os.WriteFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"), 0o600)
 }
+
+// Generation reports the generation tenant id streams to while this node
+// holds its lease (Config.Ownership): the fencing token of the lease it is
+// written under. ok is false when this node holds no lease on it.
+func (p *Proxy) Generation(id string) (gen int64, ok bool) {
+	v, found := p.c.r.tenants.Load(id)
+	if !found {
+		return 0, false
+	}
+	t := v.(*tenant)
+	ch, _ := t.lost.Load().(<-chan struct{})
+	if ch == nil {
+		return 0, false
+	}
+	select {
+	case <-ch:
+		return 0, false
+	default:
+		return t.gen.Load(), true
+	}
+}

@@ -26,6 +26,13 @@
 //	                                   [{"id": 1, "name": "...", "created_at": "..."}]
 //	GET  /healthz                   -> 200 "ok" (no tenant needed)
 //
+// As a cluster node (-etcd, -node, -advertise; needs -replica), a request
+// for a tenant another node owns is forwarded to that node (one hop), a
+// tenant nobody owns is taken here, and POST /events answers with headers
+// X-Sqliteproxy-Node and X-Sqliteproxy-Generation: the node that wrote the
+// event and its lease's generation. A tenant being moved answers 503 with
+// Retry-After.
+//
 // The body of POST /events is decoded with encoding/json, which matches
 // field names case-insensitively: {"name": "..."} works as well.
 package main
@@ -43,10 +50,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster"
+	"github.com/sqliteproxy/sqliteproxy/replica"
 )
 
 // migrations is the schema of every tenant's file. It is append-only: to
@@ -68,25 +79,46 @@ const (
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
 	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
-	replica := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
+	replicaURL := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
 	socket := flag.String("litestream-socket", "", "control socket of the Litestream process (with -replica)")
 	litestream := flag.String("litestream", "", "litestream binary used to restore tenants (default: litestream on PATH)")
 	maxConns := flag.Int("max-connections", 0, "SQLite connections open at once, all tenants together (default 100)")
+	etcd := flag.String("etcd", "", "comma-separated etcd endpoints: run as a node of a cluster (needs -replica, -node, -advertise)")
+	node := flag.String("node", "", "this node's ID in the cluster (with -etcd)")
+	advertise := flag.String("advertise", "", "URL other nodes forward this node's tenants' requests to, e.g. http://10.0.0.1:8080 (with -etcd)")
+	ttl := flag.Duration("ttl", cluster.DefaultTTL, "lease TTL (with -etcd): a dead node's tenants move after this long")
 	flag.Parse()
 	cfg := sqliteproxy.Config{Dir: *dir, Migrations: migrations, MaxConnections: *maxConns,
-		ReplicaURL: *replica, LitestreamSocket: *socket, LitestreamPath: *litestream}
-	if err := run(*addr, cfg); err != nil {
+		ReplicaURL: *replicaURL, LitestreamSocket: *socket, LitestreamPath: *litestream}
+	if *replicaURL != "" {
+		cfg.ReplicaCompactor = &replica.Compactor{} // keeps restores fast
+	}
+	var ccfg *cluster.Config
+	if *etcd != "" {
+		ccfg = &cluster.Config{Endpoints: strings.Split(*etcd, ","), NodeID: *node, AdvertiseURL: *advertise, TTL: *ttl}
+	}
+	if err := run(*addr, cfg, ccfg); err != nil {
 		slog.Error("events: exiting", "err", err)
 		os.Exit(1)
 	}
 }
 
 // run serves until SIGINT or SIGTERM, then shuts the server down gracefully
-// and closes the proxy.
-func run(addr string, cfg sqliteproxy.Config) error {
+// and closes the proxy (which releases its tenants with their final
+// positions) and then leaves the cluster.
+func run(addr string, cfg sqliteproxy.Config, ccfg *cluster.Config) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	var c *cluster.Cluster
+	if ccfg != nil {
+		var err error
+		if c, err = cluster.New(*ccfg); err != nil {
+			return err
+		}
+		defer c.Close()
+		cfg.Ownership = c
+	}
 	p, err := sqliteproxy.New(cfg)
 	if err != nil {
 		return err
@@ -97,13 +129,13 @@ func run(addr string, cfg sqliteproxy.Config) error {
 		return err
 	}
 	srv := &http.Server{
-		Handler:           newServer(p),
+		Handler:           newServer(p, c),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	slog.Info("events: listening", "addr", ln.Addr().String(), "dir", p.Config().Dir, "replica", p.Config().ReplicaURL)
+	slog.Info("events: listening", "addr", ln.Addr().String(), "dir", p.Config().Dir, "replica", p.Config().ReplicaURL, "node", nodeID(c))
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
@@ -130,13 +162,20 @@ func run(addr string, cfg sqliteproxy.Config) error {
 	return err
 }
 
-// newServer returns the service's handler. Only requireTenant knows about
-// tenants; the event handlers see a plain *sql.DB.
-func newServer(p *sqliteproxy.Proxy) http.Handler {
-	s := &server{db: p.DB, p: p}
+// newServer returns the service's handler. Only requireTenant (and, in a
+// cluster, c.Forward) know about tenants; the event handlers see a plain
+// *sql.DB.
+func newServer(p *sqliteproxy.Proxy, c *cluster.Cluster) http.Handler {
+	s := &server{db: p.DB, p: p, node: nodeID(c)}
+	tenantRoute := func(h http.HandlerFunc) http.Handler {
+		if c == nil {
+			return requireTenant(h)
+		}
+		return requireTenant(c.Forward(h)) // to the tenant's owner, one hop
+	}
 	mux := http.NewServeMux()
-	mux.Handle("POST /events", requireTenant(http.HandlerFunc(s.createEvent)))
-	mux.Handle("GET /events", requireTenant(http.HandlerFunc(s.listEvents)))
+	mux.Handle("POST /events", tenantRoute(s.createEvent))
+	mux.Handle("GET /events", tenantRoute(s.listEvents))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		// No tenant in the context: this checks the proxy, not a tenant file.
 		if err := p.PingContext(r.Context()); err != nil {
@@ -173,10 +212,18 @@ func requireTenant(next http.Handler) http.Handler {
 	})
 }
 
+func nodeID(c *cluster.Cluster) string {
+	if c == nil {
+		return ""
+	}
+	return c.NodeID()
+}
+
 // server holds the handlers' dependencies.
 type server struct {
-	db *sql.DB
-	p  *sqliteproxy.Proxy
+	db   *sql.DB
+	p    *sqliteproxy.Proxy
+	node string // this node's ID in a cluster, "" outside one
 }
 
 type event struct {
@@ -215,10 +262,18 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 		serverError(w, r, "insert event", err)
 		return
 	}
+	id, _ := sqliteproxy.OrgID(r.Context())
+	if s.node != "" {
+		// Which node wrote it, under which generation of the tenant: the
+		// generation is read after the write, and SyncTenant below fails
+		// if the lease ended meanwhile.
+		gen, _ := s.p.Generation(id)
+		w.Header().Set("X-Sqliteproxy-Node", s.node)
+		w.Header().Set("X-Sqliteproxy-Generation", strconv.FormatInt(gen, 10))
+	}
 	if r.URL.Query().Get("durable") == "1" && s.p.Config().ReplicaURL != "" {
 		// Acknowledge a write that must survive the loss of this machine
 		// only once it is in the replica.
-		id, _ := sqliteproxy.OrgID(r.Context())
 		if err := s.p.SyncTenant(r.Context(), id); err != nil {
 			serverError(w, r, "sync event to the replica", err)
 			return
@@ -263,9 +318,15 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 }
 
 // serverError logs err with the request's tenant and answers 500 without
-// revealing it.
+// revealing it; a tenant another node owns (it was taken or is being moved
+// since the request was routed here) answers 503 with Retry-After.
 func serverError(w http.ResponseWriter, r *http.Request, op string, err error) {
 	tenant, _ := sqliteproxy.OrgID(r.Context())
+	if errors.Is(err, sqliteproxy.ErrNotOwner) {
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "the tenant is served by another node; retry")
+		return
+	}
 	slog.ErrorContext(r.Context(), "events: "+op, "tenant", tenant, "err", err)
 	writeError(w, http.StatusInternalServerError, "internal error")
 }

@@ -114,7 +114,7 @@ func checkError(t *testing.T, rec *httptest.ResponseRecorder, want int, what str
 // and GET /events answers [{"id","name","created_at"}], newest first.
 func TestArticleRequests(t *testing.T) {
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 
 	for _, body := range []string{`{"Name":"x"}`, `{"name":"y"}`} {
 		rec := do(t, h, http.MethodPost, "/events", "acme", body)
@@ -159,7 +159,7 @@ func TestArticleRequests(t *testing.T) {
 
 func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 
 	acme := []event{
 		postEvent(t, h, "acme", "Name", "signup"),
@@ -207,7 +207,7 @@ func TestTenantsSeeOnlyTheirOwnEvents(t *testing.T) {
 func TestEachTenantIsItsOwnFile(t *testing.T) {
 	dir := t.TempDir()
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 
 	want := map[string][]string{
 		"acme":   {"signup", "login", "logout"},
@@ -302,7 +302,7 @@ func queryAll[T any](t *testing.T, db *sql.DB, query string, scan func(*sql.Rows
 func TestBadRequests(t *testing.T) {
 	dir := t.TempDir()
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 	valid := postEvent(t, h, "acme", "Name", "signup")
 
 	for _, method := range []string{http.MethodGet, http.MethodPost} {
@@ -372,7 +372,7 @@ func TestBadRequests(t *testing.T) {
 func TestHealthz(t *testing.T) {
 	dir := t.TempDir()
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 	rec := do(t, h, http.MethodGet, "/healthz", "", "")
 	if rec.Code != http.StatusOK || rec.Body.String() != "ok" {
 		t.Errorf("GET /healthz: status %d, body %q; want 200 ok", rec.Code, rec.Body)
@@ -392,7 +392,7 @@ func TestHealthz(t *testing.T) {
 // with -race).
 func TestConcurrentTenants(t *testing.T) {
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: migrations})
-	h := newServer(p)
+	h := newServer(p, nil)
 	tenants := []string{"t1", "t2", "t3", "t4"}
 	const perTenant = 10
 
