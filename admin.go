@@ -113,8 +113,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	r := p.c.r
 	if err := t.mustExist(opDeleteTenant); err != nil {
 		if r.repl != nil && errors.Is(err, ErrTenantNotFound) {
-			// Not here, perhaps in the replica: erase it there.
-			if found, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
+			// Not here, perhaps in the replica: erase it there (as its
+			// owner, with Ownership).
+			if found, rerr := r.deleteReplicaOwned(ctx, t); rerr != nil {
 				return opError(opDeleteTenant, id, fmt.Errorf("erase replica: %w", rerr))
 			} else if found {
 				return nil
@@ -144,6 +145,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if serr := syncDir(r.cfg.Dir); err == nil {
 		err = serr
 	}
+	r.releaseLease(t, 0) // nothing left in any generation
 	r.forget(t)
 	t.ready.Store(false)
 	t.endDrain(tenantDeleted)

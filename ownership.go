@@ -348,3 +348,21 @@ func (p *Proxy) Generation(id string) (gen int64, ok bool) {
 		return t.gen.Load(), true
 	}
 }
+
+// deleteReplicaOwned erases tenant t's replica, every generation, while
+// holding t's writer semaphore and (with Ownership) its lease, which it
+// then gives up: nothing is left to restore.
+func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (bool, error) {
+	if err := t.wsem.Acquire(ctx); err != nil {
+		return false, opError(opWaitWriter, t.id, err)
+	}
+	defer t.wsem.Release()
+	if err := r.own(ctx, t); err != nil {
+		return false, err
+	}
+	found, err := r.repl.deleteReplica(ctx, t.id)
+	if err == nil {
+		r.releaseLease(t, 0)
+	}
+	return found, err
+}

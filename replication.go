@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -633,17 +634,27 @@ func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst,
 	return nil
 }
 
-// fetch restores tenant id's replica as it was at at (zero: latest) into dst.
+// fetch restores tenant id's replica as it was at at (zero: latest) into
+// dst. A replica written by a cluster (Config.Ownership) holds one
+// generation per lease; fetch reads the newest one that holds data, so a
+// point in time before it began is not reached.
 func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst string) error {
-	err := rp.restore(ctx, id, dst, at)
+	key, _, _, err := rp.newestGeneration(ctx, id, math.MaxInt64)
+	if errors.Is(err, errUnsupported) || (err == nil && key == "") {
+		key, err = id, nil
+	}
+	if err != nil {
+		return err
+	}
+	err = rp.restore(ctx, key, dst, at)
 	if err != nil && strings.Contains(err.Error(), "timestamp does not exist") {
 		// Before the first upload or after the last: Litestream says the
 		// same of both. After the last, the latest state is the state at
 		// that time.
-		last, lerr := rp.lastUpload(ctx, id)
+		last, lerr := rp.lastUpload(ctx, key)
 		switch {
 		case lerr == nil && !last.IsZero() && at.After(last):
-			err = rp.restore(ctx, id, dst, time.Time{})
+			err = rp.restore(ctx, key, dst, time.Time{})
 		case lerr == nil && !last.IsZero():
 			err = fmt.Errorf("the replica holds no state as early as %s (%w)", at.UTC().Format(time.RFC3339Nano), err)
 		}
@@ -654,9 +665,9 @@ func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst st
 	return err
 }
 
-// lastUpload returns the time of the newest file in tenant id's replica.
-func (rp *replicator) lastUpload(ctx context.Context, id string) (time.Time, error) {
-	cmd := exec.CommandContext(ctx, rp.bin, "ltx", "-json", "-level", "all", rp.url(id))
+// lastUpload returns the time of the newest file in the replica under key.
+func (rp *replicator) lastUpload(ctx context.Context, key string) (time.Time, error) {
+	cmd := exec.CommandContext(ctx, rp.bin, "ltx", "-json", "-level", "all", rp.url(key))
 	cmd.Env = litestreamEnv()
 	out, err := cmd.Output()
 	if err != nil {
@@ -988,7 +999,9 @@ func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, r
 		return 0, 0, opError(op, id, err)
 	}
 	rp := &replicator{base: replicaURL}
-	if replica, err = rp.replicaPos(ctx, id); err != nil {
+	// A cluster node's copy streams to a generation (the one it recorded).
+	key := replicaKey(id, readGenMarker(tenantPath(dir, id)))
+	if replica, err = rp.replicaPos(ctx, key); err != nil {
 		return 0, 0, opError(op, id, err)
 	}
 	return local, replica, nil

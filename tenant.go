@@ -484,6 +484,12 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		}
 	}
 	t.evict(true, reason)
+	// With Ownership, only the owner may delete or restore a tenant (the
+	// eviction released the lease: take it again).
+	if err := t.r.own(ctx, t); err != nil {
+		t.endDrain(tenantActive)
+		return err
+	}
 	return nil
 }
 
