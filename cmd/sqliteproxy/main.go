@@ -15,7 +15,7 @@
 //	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
 //
-// Every command but replicas and compact takes -dir (default ./data), the data
+// Every command but replicas, compact, nodes, owners and move takes -dir (default ./data), the data
 // directory, which must exist: the tool never creates it, and never creates
 // a tenant file except with create and restore (a mistyped ID is "no
 // tenant", not a new database). Nothing migrates as a side effect: only
@@ -128,6 +128,9 @@ func init() {
 		{"migrate", "[-dir DIR] -migrations DIR [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants", (*env).migrate},
 		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
 		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
+		{"nodes", "-etcd ENDPOINTS [-json]", "the live nodes of a cluster and their URLs", (*env).nodes},
+		{"owners", "-etcd ENDPOINTS [-json]", "which node owns which tenant, and its generation", (*env).owners},
+		{"move", "-etcd ENDPOINTS -to NODE [-timeout D] ID", "hand a tenant over to another node: synced, released, taken", (*env).move},
 	}
 }
 
@@ -174,7 +177,7 @@ func (e *env) usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nEvery command but replicas and compact takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+	fmt.Fprintf(w, "\nEvery command but replicas, compact, nodes, owners and move takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
 		"Replica URLs are Litestream's (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL;\n"+
 		"S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).\n"+
 		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")
