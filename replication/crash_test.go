@@ -256,8 +256,8 @@ func buildEvents(t *testing.T) string {
 	out := filepath.Join(t.TempDir(), "events")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "sqlite_omit_load_extension", "-o", out, "./examples/events")
-	cmd.Dir = root
+	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "sqlite_omit_load_extension", "-o", out, "./events")
+	cmd.Dir = filepath.Join(root, "examples") // a module of its own
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 	start := time.Now()
 	if b, err := cmd.CombinedOutput(); err != nil {
