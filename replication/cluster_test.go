@@ -3,15 +3,204 @@
 package replication_test
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/cluster"
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+	"github.com/sqliteproxy/sqliteproxy/replication/harness"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
-// clusterNode is one in-process node: a proxy with its own data directory
-// and Litestream process, sharing the rig's replica and an etcd.
-type clusterNode struct {
+// ownerNode is one in-process node of a cluster: a proxy with a data
+// directory and a Litestream process of its own, the rig's replica, and a
+// cluster.Cluster on a real etcd as its Ownership.
+type ownerNode struct {
 	id string
 	c  *cluster.Cluster
+	p  *sqliteproxy.Proxy
 }
 
-var _ = etcdtest.Start
+func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns int) *ownerNode {
+	t.Helper()
+	c, err := cluster.New(cluster.Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	cfg := sqliteproxy.Config{Dir: t.TempDir(), MaxConnections: maxConns, ReadersPerTenant: -1, Migrations: migrations,
+		ReplicaURL: g.replica, LitestreamSocket: ls.SocketPath, LitestreamPath: ls.Bin(), Ownership: c}
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	n := &ownerNode{id: id, c: c, p: p}
+	t.Cleanup(n.close)
+	return n
+}
+
+// close closes the proxy (which releases its tenants with their final
+// positions), then leaves the cluster.
+func (n *ownerNode) close() {
+	n.p.Close()
+	n.c.Close()
+}
+
+func wantOwnerError(t *testing.T, err error, owner string) {
+	t.Helper()
+	var oe *sqliteproxy.OwnerError
+	if !errors.Is(err, sqliteproxy.ErrNotOwner) || !errors.As(err, &oe) || oe.Owner != owner || oe.OwnerURL != "http://"+owner+".invalid" {
+		t.Fatalf("err = %v, want an *OwnerError naming %s", err, owner)
+	}
+}
+
+// One writer per tenant: a tenant another node owns is refused with an
+// *OwnerError naming the owner, and nothing is created; the owner evicts and
+// reopens it in the same generation; when the owner closes, another node
+// takes it in a newer generation with every row.
+func TestOwnership_OneWriterAndHandOver(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 1), g.ownerNode(t, srv, "b", 4)
+	var want []string
+	for i := range 3 {
+		name := string(rune('a' + i))
+		insert(t, a.p, "acme", name)
+		want = append(want, name)
+	}
+	gen1, ok := a.p.Generation("acme")
+	if !ok || gen1 == 0 {
+		t.Fatalf("a.Generation(acme) = %d, %v", gen1, ok)
+	}
+	_, err := b.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('from b')`)
+	wantOwnerError(t, err, "a")
+	if ids, err := b.p.Tenants(context.Background()); err != nil || len(ids) != 0 {
+		t.Fatalf("b created files for a tenant it does not own: %v, %v", ids, err)
+	}
+
+	insert(t, a.p, "other", "x") // a budget of one: evicts acme, which releases it
+	insert(t, a.p, "acme", "d")  // and takes it back
+	want = append(want, "d")
+	if gen2, ok := a.p.Generation("acme"); !ok || gen2 != gen1 {
+		t.Fatalf("after evict + reopen: generation %d, %v; want %d (same node, same lease: same generation)", gen2, ok, gen1)
+	}
+
+	a.close()
+	if got := names(t, b.p, "acme"); !slices.Equal(got, want) {
+		t.Fatalf("b after a closed: %v, want %v", got, want)
+	}
+	gen3, ok := b.p.Generation("acme")
+	if !ok || gen3 <= gen1 {
+		t.Fatalf("b's generation %d, %v; want > %d", gen3, ok, gen1)
+	}
+	// Each lease streams to a generation of its own: the fencing token.
+	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	_, prefixes, err := g.s3.List("tenants/acme/", "/")
+	want2 := []string{fmt.Sprintf("tenants/acme/g%d/", gen1), fmt.Sprintf("tenants/acme/g%d/", gen3)}
+	slices.Sort(prefixes)
+	slices.Sort(want2)
+	if err != nil || !slices.Equal(prefixes, want2) {
+		t.Fatalf("replica generations: %v, %v; want %v", prefixes, err, want2)
+	}
+}
+
+// A graceful move of an open tenant: the owner syncs and releases it, the
+// target restores every row committed before, including rows never synced
+// explicitly; the old owner is then refused.
+func TestOwnership_Move(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	var want []string
+	for i := range 20 {
+		name := string(rune('a' + i))
+		insert(t, a.p, "acme", name) // no SyncTenant: the move syncs
+		want = append(want, name)
+	}
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := adm.Move(ctx, "acme", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, b.p, "acme"); !slices.Equal(got, want) {
+		t.Fatalf("b after the move: %v, want %v", got, want)
+	}
+	t.Logf("move + first read on the target: %v", time.Since(start).Round(time.Millisecond))
+	_, err = a.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('late')`)
+	wantOwnerError(t, err, "b")
+}
+
+// When the node cannot renew its lease (etcd down), it stops writing the
+// tenant before the lease can expire, SyncTenant says the write may be
+// lost, and it recovers after etcd is back, in a new generation, with
+// every row.
+func TestOwnership_LeaseLost(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a := g.ownerNode(t, srv, "a", 4)
+	insert(t, a.p, "acme", "before")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	gen1, _ := a.p.Generation("acme")
+
+	srv.Stop()
+	sqliteproxytest.WaitFor(t, 10*time.Second, "a's lease on acme lost", func() bool {
+		_, ok := a.p.Generation("acme")
+		return !ok
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('while down')`)
+	cancel()
+	if err == nil {
+		t.Fatal("a wrote acme without a lease")
+	}
+
+	srv.Restart(t)
+	sqliteproxytest.WaitFor(t, 30*time.Second, "a writes acme again", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('after')`)
+		return err == nil
+	})
+	if gen2, ok := a.p.Generation("acme"); !ok || gen2 <= gen1 {
+		t.Fatalf("after recovery: generation %d, %v; want > %d", gen2, ok, gen1)
+	}
+	if got := names(t, a.p, "acme"); len(got) < 2 || got[0] != "before" || got[len(got)-1] != "after" || slices.Contains(got, "while down") {
+		t.Fatalf("rows after recovery: %v", got)
+	}
+}
+
+// Only the owner deletes a tenant, and the delete erases every generation.
+func TestOwnership_Delete(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 1), g.ownerNode(t, srv, "b", 4)
+	insert(t, a.p, "acme", "x")
+	err := b.p.DeleteTenant(context.Background(), "acme")
+	wantOwnerError(t, err, "a")
+	a.close() // released: b takes it (a second generation) and deletes it
+	if got := names(t, b.p, "acme"); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("b: %v", got)
+	}
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil || len(objs) != 0 {
+		t.Fatalf("left in the replica after DeleteTenant: %d objects, %v", len(objs), err)
+	}
+}
