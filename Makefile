@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication
+.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -29,6 +29,11 @@ run-replicated:
 	@echo "  then stop it, rm -rf $(DIR), make run-replicated again and: curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
 	env -u AWS_CA_BUNDLE bin/litestream replicate -config bin/litestream.yml -exec \
 		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
+
+## run-cluster: three example nodes of one cluster (etcd leases, Litestream, a file replica) on
+## :8081-:8083; requests reach each tenant's owner from any node
+run-cluster:
+	scripts/run-cluster.sh $(abspath cluster-data)
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
 test: check vet unit compat cli replica cluster examples replication
