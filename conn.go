@@ -54,6 +54,11 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		if has && id != c.t.id {
 			return nil, opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
 		}
+		if c.pc.writer && c.t.fenced.Load() {
+			// This node's lease on the tenant ended while the writer was
+			// leased (Config.Ownership): nothing more is written.
+			return nil, opError(opRoute, c.t.id, errLeaseEnded)
+		}
 		if write && c.tx != nil && c.tx.readOnly && c.pc.writer {
 			// A read-only transaction that had to run on the writer (the
 			// conn held it already): refuse writes as a reader would.
@@ -407,7 +412,14 @@ type tx struct {
 func (t *tx) Commit() error {
 	start := t.c.r.tel.opStart()
 	t.c.tx = nil
-	err := t.stx.Commit()
+	var err error
+	if t.c.pc != nil && t.c.pc.writer && t.c.t.fenced.Load() {
+		// The lease ended during the transaction: another node may own the
+		// tenant by now, so nothing of it is committed.
+		err = errors.Join(opError(opRoute, t.c.t.id, errLeaseEnded), t.stx.Rollback())
+	} else {
+		err = t.stx.Commit()
+	}
 	t.c.r.tel.opEnd(t.ctx, t.c.t.telemetry(), stmtCommit, start, "", err)
 	return err
 }

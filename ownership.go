@@ -65,6 +65,10 @@ type TenantLease interface {
 	Release(ctx context.Context, pos uint64) error
 }
 
+// errLeaseEnded: this node's lease on the tenant ended while a statement or
+// transaction held its writer.
+var errLeaseEnded = fmt.Errorf("%w: this node's lease on the tenant ended; retry", ErrNotOwner)
+
 // own makes sure this node holds t's lease (Config.Ownership), acquiring it
 // if needed; the caller holds t's writer semaphore. It fails with an
 // *OwnerError (wrapped in an *Error) when another node owns t.
@@ -130,7 +134,7 @@ func (r *router) unfence(t *tenant) error {
 	}
 	r.tel.ownership(t.tel, "lost")
 	if r.budget.counted(t) > 0 && !t.evict(true, evictLeaseLost) {
-		return opError(opOpenTenant, t.id, fmt.Errorf("%w: this node's lease ended; retry", ErrNotOwner))
+		return opError(opOpenTenant, t.id, errLeaseEnded)
 	}
 	t.lease = nil
 	t.fenced.Store(false)

@@ -157,14 +157,24 @@ func TestOwnership_LeaseLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	gen1, _ := a.p.Generation("acme")
+	tx, err := a.p.BeginTx(sqliteproxytest.Context(t, "acme"), nil) // holds the writer through the loss
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('in tx')`); err != nil {
+		t.Fatal(err)
+	}
 
 	srv.Stop()
 	sqliteproxytest.WaitFor(t, 10*time.Second, "a's lease on acme lost", func() bool {
 		_, ok := a.p.Generation("acme")
 		return !ok
 	})
+	if err := tx.Commit(); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Fatalf("COMMIT after the lease ended: %v, want ErrNotOwner (nothing committed)", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('while down')`)
+	_, err = a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('while down')`)
 	cancel()
 	if err == nil {
 		t.Fatal("a wrote acme without a lease")
@@ -180,7 +190,7 @@ func TestOwnership_LeaseLost(t *testing.T) {
 	if gen2, ok := a.p.Generation("acme"); !ok || gen2 <= gen1 {
 		t.Fatalf("after recovery: generation %d, %v; want > %d", gen2, ok, gen1)
 	}
-	if got := names(t, a.p, "acme"); len(got) < 2 || got[0] != "before" || got[len(got)-1] != "after" || slices.Contains(got, "while down") {
+	if got := names(t, a.p, "acme"); len(got) < 2 || got[0] != "before" || got[len(got)-1] != "after" || slices.Contains(got, "while down") || slices.Contains(got, "in tx") {
 		t.Fatalf("rows after recovery: %v", got)
 	}
 }
