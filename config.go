@@ -74,6 +74,13 @@ type Config struct {
 	// a tenant header cannot create a database. Default false. [explicit_create]
 	ExplicitCreate bool
 
+	// GroupCommit batches autocommit writes that find a tenant's writer
+	// busy: one transaction (a SAVEPOINT per statement), one commit, then
+	// every caller gets its own result (see the README's semantics).
+	// GroupCommitOn (the zero value, the default) or GroupCommitOff.
+	// [group_commit=true|false]
+	GroupCommit GroupCommitMode
+
 	// Migrations is the ordered, append-only list of schema migrations. Each
 	// tenant gets the ones it has not had, in order, on first access; each
 	// runs in its own IMMEDIATE transaction and is recorded with a checksum
@@ -163,6 +170,14 @@ type Config struct {
 	Ownership Ownership
 }
 
+// GroupCommitMode turns group commit on or off (Config.GroupCommit).
+type GroupCommitMode int8
+
+const (
+	GroupCommitOn  GroupCommitMode = iota // batch contended autocommit writes (default)
+	GroupCommitOff                        // every write takes the writer on its own
+)
+
 // A ReplicaCompactor compacts the replica of one tenant, at url
 // (<ReplicaURL>/<id>), while nothing streams it: the driver calls it for a
 // tenant it has closed and holds closed until it returns.
@@ -173,7 +188,7 @@ type ReplicaCompactor interface {
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
 var dsnKeys = []string{
 	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
-	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create",
+	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create", "group_commit",
 	"migrations_dir", "migration_mode", "trace_queries", "trace_statements", "metrics_tenant_limit",
 	"replica_url", "litestream_socket", "litestream_path",
 }
@@ -220,6 +235,13 @@ func (c *Config) setDSNValue(key, v string) error {
 		c.ForeignKeys, err = strconv.ParseBool(v)
 	case "explicit_create":
 		c.ExplicitCreate, err = strconv.ParseBool(v)
+	case "group_commit":
+		var on bool
+		on, err = strconv.ParseBool(v)
+		c.GroupCommit = GroupCommitOn
+		if !on {
+			c.GroupCommit = GroupCommitOff
+		}
 	case "migrations_dir":
 		c.MigrationsDir = v
 	case "migration_mode":
@@ -276,6 +298,9 @@ func (c *Config) FormatDSN() string {
 	}
 	if c.ExplicitCreate {
 		add("explicit_create", "true")
+	}
+	if c.GroupCommit == GroupCommitOff {
+		add("group_commit", "false")
 	}
 	if c.MigrationsDir != "" {
 		add("migrations_dir", c.MigrationsDir)
@@ -382,6 +407,9 @@ func (c *Config) resolved() (*Config, error) {
 	}
 	if r.LitestreamPath == "" {
 		r.LitestreamPath = DefaultLitestreamPath
+	}
+	if r.GroupCommit != GroupCommitOn && r.GroupCommit != GroupCommitOff {
+		return nil, fmt.Errorf("Config.GroupCommit: unknown mode %d", r.GroupCommit)
 	}
 	switch r.MigrationMode {
 	case MigrateAuto, MigrateCheck:

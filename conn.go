@@ -17,14 +17,15 @@ import (
 // is kept until database/sql checks the conn back in (IsValid) or closes it,
 // so a sql.Conn or a Tx keeps one SQLite session throughout.
 type conn struct {
-	r     *router
-	t     *tenant   // tenant of the lease, nil when none
-	pc    *physConn // leased connection, nil when none
-	spare *physConn // a reader kept for its open rows after moving to the writer
-	tx    *tx       // open transaction
-	hadTx bool      // the checkout began a transaction (it may have ended badly)
-	owned bool      // the conn came from Driver.Open and owns r
-	last  *tenant   // tenant of the previous checkout: spares a map lookup
+	r       *router
+	t       *tenant   // tenant of the lease, nil when none
+	pc      *physConn // leased connection, nil when none
+	spare   *physConn // a reader kept for its open rows after moving to the writer
+	tx      *tx       // open transaction
+	hadTx   bool      // the checkout began a transaction (it may have ended badly)
+	owned   bool      // the conn came from Driver.Open and owns r
+	last    *tenant   // tenant of the previous checkout: spares a map lookup
+	batched bool      // this checkout ran a statement through group commit (groupcommit.go)
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
@@ -97,6 +98,25 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	return pc, nil
 }
 
+// groupTenant returns the tenant a statement with ctx goes to, for group
+// commit: none when the context names none or the proxy is closed (route
+// then says why).
+func (c *conn) groupTenant(ctx context.Context) (*tenant, bool) {
+	id, has := OrgID(ctx)
+	if !has || c.r.isClosed.Load() {
+		return nil, false
+	}
+	t := c.last
+	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
+		var err error
+		if t, err = c.r.tenant(id); err != nil {
+			return nil, false
+		}
+		c.last = t
+	}
+	return t, true
+}
+
 // upgrade moves the lease from a reader to the writer. The reader is given
 // back first, so a checkout never holds a reader while it waits for the
 // writer, unless rows are still open on it.
@@ -162,11 +182,25 @@ func readKeyword(kw string) bool {
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	start := c.r.tel.opStart()
 	res, err := c.exec(ctx, query, args)
-	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtExec, start, query, err)
+	t := c.t
+	if t == nil && c.batched {
+		t = c.last // ran through group commit: no lease, same tenant
+	}
+	c.r.tel.opEnd(ctx, t.telemetry(), stmtExec, start, query, err)
 	return res, err
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if c.pc == nil && !c.batched && c.r.cfg.GroupCommit == GroupCommitOn {
+		if t, ok := c.groupTenant(ctx); ok {
+			if res, err, handled := t.groupExec(ctx, query, args); handled {
+				// A second statement on this checkout before it is checked
+				// in is sql.Conn work: it takes the writer as before.
+				c.batched = true
+				return res, err
+			}
+		}
+	}
 	pc, err := c.route(ctx, true)
 	if err != nil {
 		if err == errNoRoute {
@@ -374,6 +408,7 @@ func (c *conn) Close() error {
 // release gives the leased connections back, rolling back any transaction
 // the checkout left open.
 func (c *conn) release() {
+	c.batched = false
 	if c.pc == nil {
 		return
 	}

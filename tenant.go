@@ -52,6 +52,8 @@ type tenant struct {
 	fenced atomic.Bool  // lease lost: t is closed before it is used again (ownership.go)
 	lost   atomic.Value // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
 
+	gc groupCommit // autocommit writes queued for the writer (groupcommit.go)
+
 	tel *tenantTel // what telemetry records about this tenant
 }
 

@@ -1,0 +1,266 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"slices"
+	"sync"
+
+	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
+)
+
+// Group commit. Autocommit writes that find a tenant's writer busy queue up
+// instead of waiting for it one by one; the head of the queue (the leader)
+// takes the writer once and runs the whole queue in one transaction, each
+// statement inside its own SAVEPOINT, commits once, and only then answers
+// every caller with its own result or error. One hand-over of the writer
+// (and one commit, one fsync with synchronous=FULL) per batch instead of
+// per statement.
+//
+// What is batched: a single INSERT, UPDATE, DELETE or REPLACE without
+// RETURNING, executed through a checkout that holds no lease (Exec through
+// *sql.DB), while the writer is busy. Everything else takes the writer as
+// before: statements that cannot run inside a transaction or that the
+// scanner is not sure of, explicit transactions, and work on a checkout
+// that holds a lease (a sql.Conn after its first statement; see conn.batched).
+// Uncontended, a write never batches: a batch of one is today's path.
+//
+// Semantics kept: FIFO order; a statement that fails is rolled back alone
+// (ROLLBACK TO its savepoint) and its caller gets its own error; a caller
+// whose context ends while queued is removed and nothing of it runs; a
+// failed COMMIT applies nothing and fails every caller of the batch, except
+// a constraint failure at COMMIT (deferred foreign keys), after which each
+// statement runs again alone so each caller gets exactly what it would
+// have got alone. Visible difference: a statement's commit may carry other
+// callers' statements (they become durable together).
+
+// maxBatch bounds the statements of one batch (a batch holds the writer).
+const maxBatch = 128
+
+// gcReq is one queued autocommit statement.
+type gcReq struct {
+	ctx   context.Context
+	query string
+	args  []driver.NamedValue
+	res   driver.Result
+	err   error
+	done  chan struct{} // closed when answered
+	lead  chan struct{} // closed when this request is to lead the next batch
+}
+
+// groupCommit is a tenant's queue of autocommit statements.
+type groupCommit struct {
+	mu     sync.Mutex
+	q      []*gcReq
+	active bool // a leader runs or waits for the writer
+}
+
+// batchable reports whether query may join a batch.
+func batchable(query string) bool {
+	info := sqlscan.Scan(query)
+	if info.Multi || info.Returning {
+		return false
+	}
+	switch info.Keyword {
+	case "INSERT", "UPDATE", "DELETE", "REPLACE":
+		return true
+	}
+	return false
+}
+
+// groupExec runs an autocommit write through t's queue, or reports
+// handled=false when it should take the writer as before (the writer is
+// free and nobody queues: no contention).
+func (t *tenant) groupExec(ctx context.Context, query string, args []driver.NamedValue) (res driver.Result, err error, handled bool) {
+	t.gc.mu.Lock()
+	if !t.gc.active && !t.wsem.held.Load() {
+		t.gc.mu.Unlock()
+		return nil, nil, false
+	}
+	if !batchable(query) {
+		t.gc.mu.Unlock()
+		return nil, nil, false
+	}
+	r := &gcReq{ctx: ctx, query: query, args: args, done: make(chan struct{}), lead: make(chan struct{})}
+	if !t.gc.active {
+		t.gc.active = true
+		t.gc.mu.Unlock()
+		t.leadBatch(r)
+		return r.res, r.err, true
+	}
+	t.gc.q = append(t.gc.q, r)
+	t.gc.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.res, r.err, true
+	case <-r.lead:
+		t.leadBatch(r)
+		return r.res, r.err, true
+	case <-ctx.Done():
+	}
+	t.gc.mu.Lock()
+	if i := slices.Index(t.gc.q, r); i >= 0 {
+		t.gc.q = slices.Delete(t.gc.q, i, i+1)
+		t.gc.mu.Unlock()
+		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+	}
+	t.gc.mu.Unlock()
+	select { // taken by a leader: it runs (or ran) in its batch
+	case <-r.done:
+	case <-r.lead:
+		t.leadBatch(r) // fails at once on the ended context, and hands over
+	}
+	return r.res, r.err, true
+}
+
+// leadBatch takes t's writer for r and everything queued behind it, runs
+// them as one batch, answers them, and hands the lead to the next queued
+// request (or ends it).
+func (t *tenant) leadBatch(r *gcReq) {
+	pc, err := t.acquireWriter(r.ctx)
+	if err != nil {
+		r.err = err
+		t.nextLeader()
+		return
+	}
+	t.gc.mu.Lock()
+	n := min(len(t.gc.q), maxBatch-1)
+	batch := make([]*gcReq, 0, n+1)
+	batch = append(batch, r)
+	batch = append(batch, t.gc.q[:n]...)
+	t.gc.q = slices.Delete(t.gc.q, 0, n)
+	t.gc.mu.Unlock()
+
+	t.runBatch(pc, batch)
+	t.releaseBatchWriter(pc)
+	for _, b := range batch[1:] {
+		close(b.done)
+	}
+	t.nextLeader()
+}
+
+// nextLeader hands the lead to the oldest queued request, or ends it.
+func (t *tenant) nextLeader() {
+	t.gc.mu.Lock()
+	defer t.gc.mu.Unlock()
+	if len(t.gc.q) == 0 {
+		t.gc.active = false
+		return
+	}
+	next := t.gc.q[0]
+	t.gc.q = t.gc.q[1:]
+	close(next.lead)
+}
+
+// releaseBatchWriter gives the writer back as a checkout would (conn.release).
+func (t *tenant) releaseBatchWriter(pc *physConn) {
+	pc.rows = 0
+	pc.lease.Add(1)
+	if !pc.c.AutoCommit() {
+		if _, err := pc.c.ExecContext(context.Background(), "ROLLBACK", nil); err != nil || !pc.c.AutoCommit() {
+			t.discard(pc)
+			return
+		}
+	}
+	t.release(pc)
+}
+
+// runBatch runs batch on the writer pc and sets each request's result.
+func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
+	bg := context.Background()
+	alone := func(rs []*gcReq) {
+		for _, r := range rs {
+			if r.ctx.Err() != nil {
+				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx)) // nothing of it ran
+				continue
+			}
+			r.res, r.err = pc.c.ExecContext(bg, r.query, r.args)
+		}
+	}
+	if len(batch) == 1 {
+		alone(batch)
+		return
+	}
+	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
+		alone(batch)
+		return
+	}
+	ran := batch[:0:0] // statements that succeeded in the transaction
+	for i, r := range batch {
+		if r.ctx.Err() != nil {
+			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
+			continue
+		}
+		if _, err := pc.c.ExecContext(bg, "SAVEPOINT sqliteproxy_gc", nil); err != nil {
+			t.abortBatch(pc, ran, batch[i:], alone)
+			return
+		}
+		res, err := pc.c.ExecContext(bg, r.query, r.args)
+		if err != nil && pc.c.AutoCommit() {
+			// The statement ended the transaction (ON CONFLICT ROLLBACK,
+			// RAISE(ROLLBACK), an I/O error): what ran before it is gone.
+			r.err = err
+			t.abortBatch(pc, ran, batch[i+1:], alone)
+			return
+		}
+		if err != nil {
+			_, e1 := pc.c.ExecContext(bg, "ROLLBACK TO sqliteproxy_gc", nil)
+			_, e2 := pc.c.ExecContext(bg, "RELEASE sqliteproxy_gc", nil)
+			r.err = err
+			if e1 != nil || e2 != nil {
+				t.abortBatch(pc, ran, batch[i+1:], alone)
+				return
+			}
+			continue
+		}
+		if _, err := pc.c.ExecContext(bg, "RELEASE sqliteproxy_gc", nil); err != nil {
+			t.abortBatch(pc, append(ran, r), batch[i+1:], alone)
+			return
+		}
+		r.res = res
+		ran = append(ran, r)
+	}
+	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
+	if err == nil {
+		return
+	}
+	if !pc.c.AutoCommit() {
+		pc.c.ExecContext(bg, "ROLLBACK", nil)
+	}
+	var se sqlite3.Error
+	if errors.As(err, &se) && se.Code == sqlite3.ErrConstraint {
+		// A deferred constraint: each statement alone meets it (or not) as
+		// it would have without the batch.
+		for _, r := range ran {
+			r.res, r.err = nil, nil
+		}
+		alone(ran)
+		return
+	}
+	for _, r := range ran {
+		r.res, r.err = nil, err // applies none of them
+	}
+}
+
+// abortBatch: the batch's transaction could not go on. It is rolled back;
+// the statements that had run (ran) and those not run yet (rest) run again
+// alone, as each would have without the batch.
+func (t *tenant) abortBatch(pc *physConn, ran, rest []*gcReq, alone func([]*gcReq)) {
+	if !pc.c.AutoCommit() {
+		pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
+	}
+	for _, r := range ran {
+		r.res, r.err = nil, nil
+	}
+	alone(ran)
+	alone(rest)
+}
+
+// queued reports how many statements wait in t's queue (tests).
+func (t *tenant) queued() int {
+	t.gc.mu.Lock()
+	defer t.gc.mu.Unlock()
+	return len(t.gc.q)
+}

@@ -1,0 +1,236 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// holdWriter begins a transaction on tenant id (which holds its writer)
+// and returns it with the tenant object.
+func holdWriter(t *testing.T, p *Proxy, id string) (*sql.Tx, *tenant) {
+	t.Helper()
+	tx, err := p.BeginTx(tctx(id), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(tctx(id), `INSERT INTO kv (k, v) VALUES ('held', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tx, tn
+}
+
+type gcResult struct {
+	id, affected int64
+	err          error
+}
+
+// queue starts one goroutine per statement, each an Exec through the
+// *sql.DB, and waits until all but the first (the leader, waiting for the
+// writer) are queued behind it.
+func queue(t *testing.T, p *Proxy, tn *tenant, ctxs []context.Context, stmts []string) (wait func() []gcResult) {
+	t.Helper()
+	out := make([]gcResult, len(stmts))
+	var wg sync.WaitGroup
+	for i, s := range stmts {
+		ctx := tctx(tn.id)
+		if ctxs != nil && ctxs[i] != nil {
+			ctx = ctxs[i]
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := p.ExecContext(ctx, s)
+			if err != nil {
+				out[i].err = err
+				return
+			}
+			out[i].id, _ = res.LastInsertId()
+			out[i].affected, _ = res.RowsAffected()
+		}()
+		// In order: the first leads, the others queue FIFO behind it.
+		waitFor(t, 10*time.Second, fmt.Sprintf("statement %d queued", i), func() bool {
+			tn.gc.mu.Lock()
+			defer tn.gc.mu.Unlock()
+			return tn.gc.active && len(tn.gc.q) == i
+		})
+	}
+	return func() []gcResult { wg.Wait(); return out }
+}
+
+const kvTable = `CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)`
+
+// Statements queued while the writer is busy run as one batch, in order,
+// each caller with its own LastInsertId and RowsAffected; a statement that
+// fails is rolled back alone and its caller gets SQLite's own error.
+func TestGroupCommit_BatchKeepsEachCallersResult(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('dup', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, tn := holdWriter(t, p, "acme")
+	stmts := []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+		`INSERT INTO kv (k, v) VALUES ('dup', 9)`, // UNIQUE: fails alone
+		`UPDATE kv SET v = v + 10 WHERE k IN ('a', 'b')`,
+		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+	}
+	wait := queue(t, p, tn, nil, stmts)
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := wait()
+	var se sqlite3.Error
+	if !errors.As(got[2].err, &se) || se.ExtendedCode != sqlite3.ErrConstraintPrimaryKey {
+		t.Fatalf("the duplicate's caller got %v, want its SQLITE_CONSTRAINT_PRIMARYKEY", got[2].err)
+	}
+	for i, r := range got {
+		if i != 2 && r.err != nil {
+			t.Fatalf("statement %d: %v", i, r.err)
+		}
+	}
+	// kv has rowids: held 2 (the tx), dup 1, then a, b, c in queue order.
+	if got[0].id != 3 || got[1].id != 4 || got[4].id != 5 || got[3].affected != 2 || got[0].affected != 1 {
+		t.Fatalf("results %+v", got)
+	}
+	rows := queryKV(t, p, "acme")
+	want := []string{"a=11", "b=12", "c=3", "dup=1", "held=0"}
+	if !slices.Equal(rows, want) {
+		t.Fatalf("rows %v, want %v", rows, want)
+	}
+}
+
+func queryKV(t *testing.T, p *Proxy, id string) []string {
+	t.Helper()
+	rows, err := p.QueryContext(tctx(id), `SELECT k, v FROM kv ORDER BY k`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var k string
+		var v int
+		if err := rows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%s=%d", k, v))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// A caller whose context ends while it is queued is removed: it gets its
+// context's error and nothing of it runs; the others commit.
+func TestGroupCommit_CanceledWhileQueued(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	tx, tn := holdWriter(t, p, "acme")
+	ctx, cancel := context.WithCancel(tctx("acme"))
+	wait := queue(t, p, tn, []context.Context{nil, ctx, nil}, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('canceled', 2)`,
+		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+	})
+	cancel()
+	waitFor(t, 10*time.Second, "the canceled statement left the queue", func() bool { return tn.queued() == 1 })
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := wait()
+	if !errors.Is(got[1].err, context.Canceled) || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v", got)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "c=3", "held=0"}) {
+		t.Fatalf("rows %v", rows)
+	}
+}
+
+// A trigger that ends the whole transaction (RAISE(ROLLBACK)) cannot take
+// the batch with it: the batch is rolled back and every other statement
+// runs alone, so each caller gets what it would have got without batching.
+func TestGroupCommit_StatementEndingTheTransaction(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable,
+		`CREATE TRIGGER no_bad BEFORE INSERT ON kv WHEN NEW.k = 'bad' BEGIN SELECT RAISE(ROLLBACK, 'bad key'); END`}})
+	tx, tn := holdWriter(t, p, "acme")
+	wait := queue(t, p, tn, nil, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+		`INSERT INTO kv (k, v) VALUES ('bad', 3)`,
+		`INSERT INTO kv (k, v) VALUES ('c', 4)`,
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := wait()
+	if got[2].err == nil || got[0].err != nil || got[1].err != nil || got[3].err != nil {
+		t.Fatalf("results %+v", got)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "b=2", "c=4", "held=0"}) {
+		t.Fatalf("rows %v", rows)
+	}
+}
+
+// A deferred foreign key fails at COMMIT: each statement then runs alone,
+// so only the violating caller fails, as without batching.
+func TestGroupCommit_DeferredConstraintAtCommit(t *testing.T) {
+	p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{kvTable,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY DEFERRED)`}})
+	tx, tn := holdWriter(t, p, "acme")
+	wait := queue(t, p, tn, nil, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO child (k) VALUES ('nobody')`, // violates the deferred key
+		`INSERT INTO child (k) VALUES ('a')`,
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	got := wait()
+	var se sqlite3.Error
+	if !errors.As(got[1].err, &se) || se.Code != sqlite3.ErrConstraint || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v", got)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM child`); n != 1 {
+		t.Fatalf("child rows: %d, want 1", n)
+	}
+}
+
+// Off (Config.GroupCommit = GroupCommitOff, DSN group_commit=false),
+// nothing queues.
+func TestGroupCommit_Off(t *testing.T) {
+	cfg, err := ParseDSN("dir=" + t.TempDir() + "&group_commit=false")
+	if err != nil || cfg.GroupCommit != GroupCommitOff {
+		t.Fatalf("ParseDSN: %v, %v", cfg.GroupCommit, err)
+	}
+	cfg.Migrations = []string{kvTable}
+	p := newTestProxy(t, *cfg)
+	tx, tn := holdWriter(t, p, "acme")
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('a', 1)`)
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the writer waited for", func() bool { return tn.wsem.nwait.Load() == 1 })
+	if tn.gc.active || tn.queued() != 0 {
+		t.Fatal("queued with group commit off")
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
