@@ -126,6 +126,11 @@ func tenantIDs(prefix string, n int) []string {
 // writeEach POSTs rounds durable events to every tenant through random
 // nodes with parallel workers, failing the test on any answer but 201.
 func (r *crig) writeEach(tb testing.TB, tenants []string, rounds, workers int) []*ack {
+	return r.writeEachVia(tb, nil, tenants, rounds, workers)
+}
+
+// writeEachVia is writeEach through node via (nil: random nodes).
+func (r *crig) writeEachVia(tb testing.TB, via *cnode, tenants []string, rounds, workers int) []*ack {
 	tb.Helper()
 	var (
 		mu   sync.Mutex
@@ -144,7 +149,11 @@ func (r *crig) writeEach(tb testing.TB, tenants []string, rounds, workers int) [
 		wg.Go(func() {
 			for job := range next {
 				id, _, _ := strings.Cut(job, "/")
-				a := r.post(r.nodes[rng.IntN(len(r.nodes))], id, job, true)
+				n := via
+				if n == nil {
+					n = r.nodes[rng.IntN(len(r.nodes))]
+				}
+				a := r.post(n, id, job, true)
 				mu.Lock()
 				acks = append(acks, a)
 				mu.Unlock()
