@@ -322,9 +322,9 @@ func TestCluster_NeverTwoWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("partition: %s (%d tenants) paused; lease expired and its tenants written elsewhere after %v", victim.id, len(its), time.Since(pausedAt).Round(time.Millisecond))
+	resumedAt := time.Now()
 	victim.resume()
 	stragglers.Wait()
-	resumedAt := time.Now()
 	t.Logf("stragglers (sent to %s around its pause): %s", victim.id, summarize(strag))
 	for _, a := range strag {
 		if a.ok() {
