@@ -226,7 +226,7 @@ func newCrashRun(t *testing.T, tenants int, durable bool, minKill, maxKill time.
 	}
 	t.Logf("seed %d (rerun with -replication.crash-seed=%d)", seed, seed)
 	r := &crashRun{
-		t: t, g: newRig(t, "file"), bin: buildEvents(t), dir: t.TempDir(),
+		t: t, g: newRig(t, "file"), bin: eventsBinary(t), dir: t.TempDir(),
 		logPath: filepath.Join(t.TempDir(), "events.log"),
 		durable: durable, seed: seed, rng: rand.New(rand.NewPCG(seed, 0)),
 		minKill: minKill, maxKill: maxKill,
@@ -240,31 +240,6 @@ func newCrashRun(t *testing.T, tenants int, durable bool, minKill, maxKill time.
 		}
 	})
 	return r
-}
-
-// buildEvents builds examples/events (once per test: the second build is a
-// cached link) into a temporary directory.
-func buildEvents(t *testing.T) string {
-	t.Helper()
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b, err := os.ReadFile(filepath.Join(root, "go.mod")); err != nil || !strings.HasPrefix(string(b), "module github.com/sqliteproxy/sqliteproxy\n") {
-		t.Fatalf("%s is not the main module's root: %v", root, err)
-	}
-	out := filepath.Join(t.TempDir(), "events")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-tags", "sqlite_omit_load_extension", "-o", out, "./events")
-	cmd.Dir = filepath.Join(root, "examples") // a module of its own
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
-	start := time.Now()
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./examples/events: %v\n%s", err, b)
-	}
-	t.Logf("built examples/events in %v", time.Since(start).Round(time.Millisecond))
-	return out
 }
 
 // child is a running events process.
