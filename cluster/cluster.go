@@ -412,6 +412,11 @@ func (c *Cluster) deleteOwner(ctx context.Context, id string, gen int64) error {
 
 // waitHealthy waits until the node lease is renewed in time.
 func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, error) {
+	// At most a TTL: a caller (an HTTP request, say) learns soon that this
+	// node cannot take tenants now, instead of hanging until its own
+	// deadline.
+	giveUp := time.NewTimer(c.cfg.TTL)
+	defer giveUp.Stop()
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -429,6 +434,8 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 		case <-ch:
 		case <-ctx.Done():
 			return 0, 0, fmt.Errorf("cluster: waiting for the node lease (etcd unreachable?): %w", ctx.Err())
+		case <-giveUp.C:
+			return 0, 0, fmt.Errorf("cluster: no node lease for %v (etcd unreachable?): %w", c.cfg.TTL, ErrLeaseLost)
 		case <-c.ctx.Done():
 			return 0, 0, ErrClosed
 		}
@@ -438,7 +445,8 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 // Acquire takes tenant id for this node, or returns the lease this node
 // holds already. When another node owns it, it fails with an
 // *sqliteproxy.OwnerError naming that node and its URL. While the node lease
-// is not healthy (etcd unreachable) it waits, bounded by ctx.
+// is not healthy (etcd unreachable) it waits, bounded by ctx and by the TTL
+// (then it fails with ErrLeaseLost).
 func (c *Cluster) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLease, error) {
 	l, err := c.acquireShared(ctx, id)
 	if err != nil {

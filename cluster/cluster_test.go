@@ -328,6 +328,11 @@ func TestEtcdOutage(t *testing.T) {
 	if lost := time.Since(stopped); lost >= testTTL {
 		t.Errorf("Lost closed %v after etcd stopped, not before TTL %v", lost, testTTL)
 	}
+	// Without etcd, Acquire gives up after a TTL, whatever its caller's
+	// deadline: callers learn that this node cannot take tenants now.
+	if _, err := a.Acquire(ctx, "o3"); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Acquire while etcd is down: %v, want ErrLeaseLost", err)
+	}
 	select {
 	case <-stopDone:
 	case <-time.After(30 * time.Second):

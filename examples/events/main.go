@@ -322,9 +322,11 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 // since the request was routed here) answers 503 with Retry-After.
 func serverError(w http.ResponseWriter, r *http.Request, op string, err error) {
 	tenant, _ := sqliteproxy.OrgID(r.Context())
-	if errors.Is(err, sqliteproxy.ErrNotOwner) {
+	if errors.Is(err, sqliteproxy.ErrNotOwner) || errors.Is(err, cluster.ErrLeaseLost) {
+		// Taken by another node since the request was routed here, being
+		// moved, or this node cannot reach etcd to take it: retry.
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "the tenant is served by another node; retry")
+		writeError(w, http.StatusServiceUnavailable, "the tenant cannot be served by this node now; retry")
 		return
 	}
 	slog.ErrorContext(r.Context(), "events: "+op, "tenant", tenant, "err", err)
