@@ -44,12 +44,17 @@ func run(in io.Reader, out io.Writer) error {
 			return fmt.Errorf("no %s column in the input", want)
 		}
 	}
-	fmt.Fprintln(out, "| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
+	var rows [][]string
 	for _, row := range table[2:] {
 		if len(row) == 0 || row[0] == "" || row[0] == "geomean" {
 			continue
 		}
+		rows = append(rows, row)
+	}
+	trim := procsSuffix(rows)
+	fmt.Fprintln(out, "| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
+	for _, row := range rows {
 		get := func(impl string) (float64, bool) {
 			i, ok := impls[impl]
 			if !ok || i >= len(row) || row[i] == "" {
@@ -61,10 +66,31 @@ func run(in io.Reader, out io.Writer) error {
 		d, dok := get("mattn-defaults")
 		s, sok := get("mattn-same-dsn")
 		p, pok := get("proxy")
-		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimSuffix(row[0], "-2"),
+		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimSuffix(row[0], trim),
 			dur(d, dok), dur(s, sok), dur(p, pok), ratio(p, d, pok && dok), ratio(p, s, pok && sok))
 	}
 	return nil
+}
+
+// procsSuffix returns the GOMAXPROCS suffix ("-8") that go test appended to
+// every benchmark name, or "" when they do not all end in the same
+// "-<digits>": with GOMAXPROCS=1 go test appends nothing, and a name may end
+// in digits of its own ("Writers64/n-10"); with -cpu 1,2 the suffix is what
+// tells rows apart.
+func procsSuffix(rows [][]string) string {
+	suffix := ""
+	for i, row := range rows {
+		j := strings.LastIndexByte(row[0], '-')
+		if j < 0 || j == len(row[0])-1 || strings.Trim(row[0][j+1:], "0123456789") != "" {
+			return ""
+		}
+		if i == 0 {
+			suffix = row[0][j:]
+		} else if row[0][j:] != suffix {
+			return ""
+		}
+	}
+	return suffix
 }
 
 // firstTable reads CSV records up to the first blank line.
