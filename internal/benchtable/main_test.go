@@ -71,3 +71,32 @@ func TestProcsSuffix(t *testing.T) {
 		})
 	}
 }
+
+// TestRunFailed: a time whose attempts partly failed (errors/op > 0) carries
+// the failed share; zero and absent error rates add nothing.
+func TestRunFailed(t *testing.T) {
+	const in = `goos: linux
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,
+,sec/op,CI,sec/op,CI,vs base,P,sec/op,CI,vs base,P
+Writers8/op=tx/sync=FULL-8,4e-03,∞,6e-04,∞,~,p=0.333 n=2,2e-04,∞,~,p=0.333 n=2
+Insert-8,2e-05,1%,1e-05,1%,-50%,p=0.002 n=6,1.1e-05,2%,-45%,p=0.002 n=6
+geomean,2e-05,,1e-05,,,,1.1e-05,,,
+
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,
+,errors/op,CI,errors/op,CI,vs base,P,errors/op,CI,vs base,P
+Writers8/op=tx/sync=FULL-8,0.1325,∞,0,∞,~,p=0.333 n=2,0,∞,~,p=0.333 n=2
+geomean,,,,,?,,,,?,
+`
+	var out strings.Builder
+	if err := run(strings.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	want := `| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |
+|---|---:|---:|---:|---:|---:|
+| Writers8/op=tx/sync=FULL | 4ms (13% failed) | 600µs | 200µs | 0.05 | 0.33 |
+| Insert | 20µs | 10µs | 11µs | 0.55 | 1.10 |
+`
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
+	}
+}
