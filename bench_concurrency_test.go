@@ -72,12 +72,15 @@ func runConc(b *testing.B, tg benchTarget, groups ...concGroup) {
 	var errMu sync.Mutex
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	b.ResetTimer()
-	start := time.Now()
+	// All goroutines start together: spawned one by one, the first ones
+	// could take every ticket of a small b.N (in Mixed, the 8 readers all
+	// of them before the writers exist).
+	ready := make(chan struct{})
 	for gi, g := range groups {
 		for w := range g.n {
 			rng := rand.New(rand.NewPCG(uint64(gi), uint64(w)))
 			wg.Go(func() {
+				<-ready
 				for {
 					i := next.Add(1) - 1
 					if i >= int64(n) {
@@ -99,6 +102,9 @@ func runConc(b *testing.B, tg benchTarget, groups ...concGroup) {
 			})
 		}
 	}
+	b.ResetTimer()
+	start := time.Now()
+	close(ready)
 	wg.Wait()
 	elapsed := time.Since(start)
 	b.StopTimer()
