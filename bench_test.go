@@ -6,12 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/mattn/go-sqlite3"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -43,8 +38,18 @@ type benchTarget struct {
 }
 
 // benchTargets opens the three implementations on fresh files, each with
-// the schema and 1 000 rows.
+// the schema and 1 000 rows, at the default synchronous level of each.
 func benchTargets(b *testing.B) []benchTarget {
+	b.Helper()
+	return benchTargetsSync(b, "")
+}
+
+// benchTargetsSync is benchTargets with PRAGMA synchronous set to sync
+// (NORMAL, FULL, ...) on every side: Config.Synchronous for the proxy, which
+// puts it in the writer DSN that mattn-same-dsn copies, and _synchronous in
+// the DSN of mattn-defaults. An empty sync leaves each side at its default
+// (the proxy's NORMAL; SQLite's compiled-in FULL for mattn-defaults).
+func benchTargetsSync(b *testing.B, sync string) []benchTarget {
 	b.Helper()
 	dir := b.TempDir()
 	open := func(driverName, dsn string) *sql.DB {
@@ -55,17 +60,30 @@ func benchTargets(b *testing.B) []benchTarget {
 		b.Cleanup(func() { db.Close() })
 		return db
 	}
-	p := newTestProxy(b, Config{Dir: filepath.Join(dir, "proxy"), Migrations: []string{benchSchema}})
+	p := newTestProxy(b, Config{Dir: filepath.Join(dir, "proxy"), Migrations: []string{benchSchema}, Synchronous: sync})
 	r := p.c.r
 	same := "file:" + touch(b, filepath.Join(dir, "same.db")) + r.conns.writerParams
+	defaults := "file:" + filepath.Join(dir, "defaults.db") + "?_journal_mode=WAL&_busy_timeout=5000"
+	if sync != "" {
+		defaults += "&_synchronous=" + sync
+	}
 	targets := []benchTarget{
-		{"mattn-defaults", open("sqlite3", "file:"+filepath.Join(dir, "defaults.db")+"?_journal_mode=WAL&_busy_timeout=5000"), context.Background()},
+		{"mattn-defaults", open("sqlite3", defaults), context.Background()},
 		{"mattn-same-dsn", open("sqlite3-same-dsn", same), context.Background()},
 		{"proxy", p.DB, WithOrgID(context.Background(), "bench")},
 	}
 	for _, tg := range targets {
 		if _, err := tg.db.ExecContext(tg.ctx, benchSchema); err != nil {
 			b.Fatal(err)
+		}
+		if sync != "" {
+			var got string
+			if err := tg.db.QueryRowContext(tg.ctx, `PRAGMA synchronous`).Scan(&got); err != nil {
+				b.Fatal(err)
+			}
+			if want := map[string]string{"OFF": "0", "NORMAL": "1", "FULL": "2", "EXTRA": "3"}[sync]; got != want {
+				b.Fatalf("%s: PRAGMA synchronous = %s, want %s (%s)", tg.name, got, want, sync)
+			}
 		}
 		tx, err := tg.db.BeginTx(tg.ctx, nil)
 		if err != nil {
@@ -199,53 +217,6 @@ func BenchmarkRouting(b *testing.B) {
 	}
 }
 
-// BenchmarkWriters8 runs 8 goroutines writing one database: the proxy's
-// Go-level writer queue against a mattn pool that relies on busy_timeout.
-// op=insert is one INSERT; op=tx a read-then-write transaction (SELECT the
-// latest value, INSERT it plus one), where a deferred transaction in the
-// mattn pool must upgrade its read lock. It reports p50/p99 latency and
-// errors besides ns/op.
-func BenchmarkWriters8(b *testing.B) {
-	for _, tg := range benchTargets(b) {
-		if tg.name == "mattn-same-dsn" {
-			continue
-		}
-		for _, op := range []string{"insert", "tx"} {
-			b.Run("op="+op+"/impl="+tg.name, func(b *testing.B) {
-				var mu sync.Mutex
-				var lat []time.Duration
-				var errs atomic.Int64
-				b.SetParallelism(max(1, 8/runtime.GOMAXPROCS(0)))
-				b.RunParallel(func(pb *testing.PB) {
-					local := make([]time.Duration, 0, 1024)
-					for pb.Next() {
-						start := time.Now()
-						var err error
-						if op == "insert" {
-							_, err = tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES ('w', 1)`)
-						} else {
-							err = readThenWrite(tg)
-						}
-						if err != nil {
-							errs.Add(1)
-						}
-						local = append(local, time.Since(start))
-					}
-					mu.Lock()
-					lat = append(lat, local...)
-					mu.Unlock()
-				})
-				slices.Sort(lat)
-				if len(lat) > 0 {
-					b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds()), "p50-ns")
-					b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds()), "p99-ns")
-				}
-				b.ReportMetric(float64(errs.Load()), "errors")
-			})
-		}
-	}
-}
-
 func readThenWrite(tg benchTarget) error {
 	tx, err := tg.db.BeginTx(tg.ctx, nil)
 	if err != nil {
@@ -265,6 +236,14 @@ func readThenWrite(tg benchTarget) error {
 // BenchmarkColdOpen opens an up-to-date tenant and runs its first query:
 // the proxy (file check, budget, open, ledger check) against a bare mattn
 // open with the same DSN.
+//
+// One op is a whole cold cycle on both sides, close included: mattn's
+// sql.DB.Close, the proxy's eviction of the tenant (which closes its writer
+// and readers, as the connection cap or the idle timeout does). Timing the
+// close on both rather than neither needs no StopTimer/StartTimer per op,
+// whose runtime.ReadMemStats costs a stop-the-world comparable to the open
+// being measured, and a fleet that opens tenants cold pays for closing them
+// as often.
 func BenchmarkColdOpen(b *testing.B) {
 	dir := b.TempDir()
 	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
@@ -293,18 +272,18 @@ func BenchmarkColdOpen(b *testing.B) {
 			if err := db.QueryRowContext(context.Background(), q).Scan(new(int)); err != nil {
 				b.Fatal(err)
 			}
-			db.Close()
+			if err := db.Close(); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 	b.Run("impl=proxy", func(b *testing.B) {
 		t, _ := r.tenant("cold")
 		for b.Loop() {
-			b.StopTimer()
 			if !t.evict(false, evictBudget) {
 				b.Fatal("tenant not evictable")
 			}
 			t.ready.Store(false) // as in a new process: check the ledger
-			b.StartTimer()
 			if err := p.QueryRowContext(ctx, q).Scan(new(int)); err != nil {
 				b.Fatal(err)
 			}

@@ -1,7 +1,10 @@
 // Command benchtable turns `benchstat -col /impl -format csv` output into
 // the markdown table of the README: one row per benchmark, the median time
 // of each implementation as benchstat computed it, and the proxy's ratio to
-// each mattn configuration. Only the first table (sec/op) is used.
+// each mattn configuration. It uses the sec/op table and, when there is one,
+// the errors/op table of the concurrency benchmarks: a time whose attempts
+// partly failed gets the failed share beside it, "49.9µs (13% failed)"
+// (the time is per success; see bench_concurrency_test.go).
 //
 //	benchstat -col /impl -format csv bench.txt | go run ./internal/benchtable
 package main
@@ -25,18 +28,30 @@ func main() {
 }
 
 func run(in io.Reader, out io.Writer) error {
-	table, err := firstTable(in)
+	tables, err := readTables(in)
 	if err != nil {
 		return err
 	}
-	if len(table) < 3 {
+	table, impls := findTable(tables, "sec/op")
+	if table == nil {
 		return fmt.Errorf("no sec/op table in the input")
 	}
-	// Row 0: implementation names over their column groups; row 1: units.
-	impls := map[string]int{}
-	for i, name := range table[0] {
-		if name != "" && i < len(table[1]) && table[1][i] == "sec/op" {
-			impls[name] = i
+	failed := map[string]map[string]float64{} // benchmark -> impl -> errors/op
+	if et, eimpls := findTable(tables, "errors/op"); et != nil {
+		for _, row := range et[2:] {
+			if len(row) == 0 || row[0] == "" || row[0] == "geomean" {
+				continue
+			}
+			for impl, i := range eimpls {
+				if i < len(row) {
+					if v, err := strconv.ParseFloat(row[i], 64); err == nil && v > 0 {
+						if failed[row[0]] == nil {
+							failed[row[0]] = map[string]float64{}
+						}
+						failed[row[0]][impl] = v
+					}
+				}
+			}
 		}
 	}
 	for _, want := range []string{"mattn-defaults", "mattn-same-dsn", "proxy"} {
@@ -44,12 +59,17 @@ func run(in io.Reader, out io.Writer) error {
 			return fmt.Errorf("no %s column in the input", want)
 		}
 	}
-	fmt.Fprintln(out, "| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
+	var rows [][]string
 	for _, row := range table[2:] {
 		if len(row) == 0 || row[0] == "" || row[0] == "geomean" {
 			continue
 		}
+		rows = append(rows, row)
+	}
+	trim := procsSuffix(rows)
+	fmt.Fprintln(out, "| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
+	for _, row := range rows {
 		get := func(impl string) (float64, bool) {
 			i, ok := impls[impl]
 			if !ok || i >= len(row) || row[i] == "" {
@@ -61,15 +81,81 @@ func run(in io.Reader, out io.Writer) error {
 		d, dok := get("mattn-defaults")
 		s, sok := get("mattn-same-dsn")
 		p, pok := get("proxy")
-		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimSuffix(row[0], "-2"),
-			dur(d, dok), dur(s, sok), dur(p, pok), ratio(p, d, pok && dok), ratio(p, s, pok && sok))
+		cell := func(impl string, v float64, ok bool) string {
+			c := dur(v, ok)
+			if f := failed[row[0]][impl]; ok && f > 0 {
+				c += fmt.Sprintf(" (%s%% failed)", strconv.FormatFloat(f*100, 'g', 2, 64))
+			}
+			return c
+		}
+		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimSuffix(row[0], trim),
+			cell("mattn-defaults", d, dok), cell("mattn-same-dsn", s, sok), cell("proxy", p, pok),
+			ratio(p, d, pok && dok), ratio(p, s, pok && sok))
 	}
 	return nil
 }
 
-// firstTable reads CSV records up to the first blank line.
-func firstTable(in io.Reader) ([][]string, error) {
+// procsSuffix returns the GOMAXPROCS suffix ("-8") that go test appended to
+// every benchmark name, or "" when they do not all end in the same
+// "-<digits>": with GOMAXPROCS=1 go test appends nothing, and a name may end
+// in digits of its own ("Writers64/n-10"); with -cpu 1,2 the suffix is what
+// tells rows apart.
+func procsSuffix(rows [][]string) string {
+	suffix := ""
+	for i, row := range rows {
+		j := strings.LastIndexByte(row[0], '-')
+		if j < 0 || j == len(row[0])-1 || strings.Trim(row[0][j+1:], "0123456789") != "" {
+			return ""
+		}
+		if i == 0 {
+			suffix = row[0][j:]
+		} else if row[0][j:] != suffix {
+			return ""
+		}
+	}
+	return suffix
+}
+
+// findTable returns the first table whose units row has unit, with the
+// column of that unit under each implementation. Row 0 of a table holds the
+// implementation names over their column groups; row 1 the units.
+func findTable(tables [][][]string, unit string) ([][]string, map[string]int) {
+	for _, t := range tables {
+		if len(t) < 3 {
+			continue
+		}
+		impls := map[string]int{}
+		for i, name := range t[0] {
+			if name != "" && i < len(t[1]) && t[1][i] == unit {
+				impls[name] = i
+			}
+		}
+		if len(impls) > 0 {
+			return t, impls
+		}
+	}
+	return nil, nil
+}
+
+// readTables reads the CSV tables of benchstat's output, which blank lines
+// separate, after the goos:, pkg:, ... header lines.
+func readTables(in io.Reader) ([][][]string, error) {
+	var tables [][][]string
 	var lines []string
+	flush := func() error {
+		if len(lines) == 0 {
+			return nil
+		}
+		r := csv.NewReader(strings.NewReader(strings.Join(lines, "\n")))
+		r.FieldsPerRecord = -1
+		t, err := r.ReadAll()
+		if err != nil {
+			return err
+		}
+		tables = append(tables, t)
+		lines = nil
+		return nil
+	}
 	sc := bufio.NewScanner(in)
 	started := false
 	for sc.Scan() {
@@ -78,19 +164,23 @@ func firstTable(in io.Reader) ([][]string, error) {
 			started = true
 		}
 		if !started {
-			continue // goos:, pkg:, ... header lines
+			continue
 		}
 		if strings.TrimSpace(line) == "" {
-			break
+			if err := flush(); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		lines = append(lines, line)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, err
 	}
-	r := csv.NewReader(strings.NewReader(strings.Join(lines, "\n")))
-	r.FieldsPerRecord = -1
-	return r.ReadAll()
+	if err := flush(); err != nil {
+		return nil, err
+	}
+	return tables, nil
 }
 
 func dur(sec float64, ok bool) string {
