@@ -234,3 +234,45 @@ func TestGroupCommit_Off(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// INSERT OR FAIL keeps the rows it inserted before the failing one, in a
+// batch as in autocommit mode with mattn (and the batch goes on).
+func TestGroupCommit_OrFailKeepsWhatAutocommitKeeps(t *testing.T) {
+	const stmt = `INSERT OR FAIL INTO kv (k, v) VALUES ('x1', 1), ('dup', 2), ('x2', 3)`
+	dir := t.TempDir()
+	m := direct(t, dir, "mattn")
+	for _, s := range []string{kvTable, `INSERT INTO kv (k, v) VALUES ('dup', 1)`, stmt} {
+		m.Exec(s)
+	}
+	var want []string
+	rows, err := m.Query(`SELECT k, v FROM kv ORDER BY k`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var k string
+		var v int
+		rows.Scan(&k, &v)
+		want = append(want, fmt.Sprintf("%s=%d", k, v))
+	}
+	rows.Close()
+
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('dup', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	tx, tn := holdWriter(t, p, "acme")
+	wait := queue(t, p, tn, nil, []string{`INSERT INTO kv (k, v) VALUES ('a', 1)`, stmt, `INSERT INTO kv (k, v) VALUES ('b', 2)`})
+	if err := tx.Rollback(); err != nil { // 'held' goes: compare with mattn's rows
+		t.Fatal(err)
+	}
+	got := wait()
+	if got[1].err == nil || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v", got)
+	}
+	want = append(want, "a=1", "b=2")
+	slices.Sort(want)
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, want) {
+		t.Fatalf("rows %v, want %v (mattn's, plus a and b)", rows, want)
+	}
+}
