@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication
+.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication bench-cluster
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -85,6 +85,13 @@ replication:
 bench-replication:
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench '$(BENCH)' -count $(COUNT) -timeout 60m . | tee ../bench-replication.txt
 	$(GO) run $(BENCHSTAT) -col /replication bench-replication.txt
+
+## bench-cluster: forwarding latency (direct vs forwarded), inserts with ownership off and on, and
+## failover of 100 tenants after a node's SIGKILL (3 iterations: each kills a node)
+bench-cluster:
+	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Forward|Ownership' -benchtime 2s -count $(COUNT) -timeout 60m . | tee ../bench-cluster.txt
+	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Failover' -benchtime 3x -count 2 -timeout 30m . | tee -a ../bench-cluster.txt
+	$(GO) run $(BENCHSTAT) -col /path bench-cluster.txt
 
 build:
 	$(GO) build -tags $(TAGS) ./...
