@@ -159,6 +159,14 @@ type Config struct {
 	// Without one, run `sqliteproxy compact` from time to time. No DSN key.
 	ReplicaCompactor ReplicaCompactor
 
+	// ReplicaRestorer restores tenants from their replicas in this process
+	// instead of running `litestream restore` (LitestreamPath) for each:
+	// no process to start, which is most of a small tenant's restore.
+	// Package github.com/sqliteproxy/sqliteproxy/replica provides
+	// Litestream's own (Replica.Restore, which writes the file without
+	// opening it with SQLite: safe in this process). No DSN key.
+	ReplicaRestorer ReplicaRestorer
+
 	// Ownership makes this proxy one node of a cluster: a tenant is opened
 	// here only while this node holds its lease, streams to the replica
 	// generation of that lease (<ReplicaURL>/<id>/g<generation>), and is
@@ -177,6 +185,15 @@ const (
 	GroupCommitOn  GroupCommitMode = iota // batch contended autocommit writes (default)
 	GroupCommitOff                        // every write takes the writer on its own
 )
+
+// A ReplicaRestorer writes the replica at url (one tenant's, or one
+// generation of it), as it was at at (zero: its latest state), into the new
+// file dst, written aside, synced and renamed. It fails with an error
+// matching ErrTenantNotFound when the replica holds nothing, and one that
+// says "timestamp does not exist" for a time outside the replica's.
+type ReplicaRestorer interface {
+	RestoreReplica(ctx context.Context, url, dst string, at time.Time) error
+}
 
 // A ReplicaCompactor compacts the replica of one tenant, at url
 // (<ReplicaURL>/<id>), while nothing streams it: the driver calls it for a
@@ -402,6 +419,8 @@ func (c *Config) resolved() (*Config, error) {
 		}
 	} else if r.ReplicaCompactor != nil {
 		return nil, errors.New("Config.ReplicaCompactor needs Config.ReplicaURL")
+	} else if r.ReplicaRestorer != nil {
+		return nil, errors.New("Config.ReplicaRestorer needs Config.ReplicaURL")
 	} else if r.Ownership != nil {
 		return nil, errors.New("Config.Ownership needs Config.ReplicaURL: tenants move between nodes through their replicas")
 	}

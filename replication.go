@@ -40,10 +40,11 @@ import (
 // keeps the WAL (Litestream sets PERSIST_WAL), and the next registration
 // goes on incrementally instead of uploading a snapshot of the whole file.
 type replicator struct {
-	base   string // Config.ReplicaURL
-	socket string // Config.LitestreamSocket
-	bin    string // Config.LitestreamPath
-	ctl    *http.Client
+	base     string          // Config.ReplicaURL
+	socket   string          // Config.LitestreamSocket
+	bin      string          // Config.LitestreamPath
+	restorer ReplicaRestorer // Config.ReplicaRestorer: restores in process; nil: with bin
+	ctl      *http.Client
 
 	mu        sync.Mutex           // guards behind
 	behind    map[*tenant]struct{} // closed tenants whose last changes are not all in the replica
@@ -70,10 +71,11 @@ func newReplicator(cfg *Config) *replicator {
 	}
 	socket := cfg.LitestreamSocket
 	return &replicator{
-		base:   cfg.ReplicaURL,
-		behind: map[*tenant]struct{}{},
-		socket: socket,
-		bin:    cfg.LitestreamPath,
+		base:     cfg.ReplicaURL,
+		restorer: cfg.ReplicaRestorer,
+		behind:   map[*tenant]struct{}{},
+		socket:   socket,
+		bin:      cfg.LitestreamPath,
 		ctl: &http.Client{Transport: &http.Transport{
 			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 				var d net.Dialer
@@ -258,6 +260,13 @@ var errNoReplica = errors.New("no replica")
 // new file dst, or fails with errNoReplica. The
 // litestream binary writes a temporary file, syncs it and renames it.
 func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time) error {
+	if rp.restorer != nil {
+		err := rp.restorer.RestoreReplica(ctx, rp.url(key), dst, at)
+		if errors.Is(err, ErrTenantNotFound) {
+			return errNoReplica
+		}
+		return err
+	}
 	args := []string{"restore", "-o", dst, "-if-replica-exists"}
 	if !at.IsZero() {
 		args = append(args, "-timestamp", at.UTC().Format(time.RFC3339Nano))

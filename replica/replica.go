@@ -114,3 +114,57 @@ func countLTX(ctx context.Context, client litestream.ReplicaClient) (int, error)
 	}
 	return n, nil
 }
+
+// Restorer restores tenants from their replicas in the driver's process
+// (set it as sqliteproxy.Config.ReplicaRestorer) with Litestream's
+// Replica.Restore: it writes the database aside, syncs it and renames it,
+// and never opens it with SQLite (the driver checks it with its own), so it
+// is safe beside the driver's connections. It spares starting the
+// litestream binary for each restore.
+type Restorer struct {
+	// Logger receives Litestream's log (nil: discarded).
+	Logger *slog.Logger
+}
+
+var _ sqliteproxy.ReplicaRestorer = (*Restorer)(nil)
+
+// RestoreReplica writes the replica at url, as it was at at (zero: its
+// latest state), into dst. It fails with an error matching
+// sqliteproxy.ErrTenantNotFound when the replica holds nothing.
+func (r *Restorer) RestoreReplica(ctx context.Context, url, dst string, at time.Time) error {
+	if strings.HasPrefix(url, "s3:") && os.Getenv("AWS_CA_BUNDLE") != "" {
+		return errors.New("Litestream v0.5.18's S3 client fails when AWS_CA_BUNDLE is set: unset it in this process's environment")
+	}
+	client, err := litestream.NewReplicaClientFromURL(url)
+	if err != nil {
+		return err
+	}
+	rep := litestream.NewReplicaWithClient(nil, client)
+	if r.Logger != nil {
+		rep.Client.SetLogger(r.Logger)
+	}
+	opt := litestream.NewRestoreOptions()
+	opt.OutputPath = dst
+	opt.Timestamp = at
+	if !at.IsZero() {
+		// A time after the last upload is the latest state; one before the
+		// first is an error that says so (as the driver reads it from
+		// `litestream restore -timestamp`).
+		created, updated, err := rep.TimeBounds(ctx)
+		switch {
+		case err != nil:
+			return err
+		case created.IsZero() && updated.IsZero():
+			return fmt.Errorf("%w: nothing in the replica %s", sqliteproxy.ErrTenantNotFound, url)
+		case at.After(updated):
+			opt.Timestamp = time.Time{}
+		case at.Before(created):
+			return fmt.Errorf("timestamp does not exist: the replica holds no state as early as %s", at.UTC().Format(time.RFC3339Nano))
+		}
+	}
+	err = rep.Restore(ctx, opt)
+	if errors.Is(err, litestream.ErrTxNotAvailable) {
+		return fmt.Errorf("%w: nothing in the replica %s", sqliteproxy.ErrTenantNotFound, url)
+	}
+	return err
+}

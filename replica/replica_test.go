@@ -2,9 +2,14 @@ package replica_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/replica"
 )
 
@@ -34,5 +39,19 @@ func TestCompact_EmptyFileReplica(t *testing.T) {
 	before, after, err := c.Compact(context.Background(), "file://"+t.TempDir()+"/acme")
 	if err != nil || before != 0 || after != 0 {
 		t.Fatalf("Compact of an empty replica: %d, %d, %v; want 0, 0, nil", before, after, err)
+	}
+}
+
+// An empty replica: the restorer says the tenant is not there, and writes
+// nothing.
+func TestRestorer_EmptyReplica(t *testing.T) {
+	var r replica.Restorer
+	dst := filepath.Join(t.TempDir(), "acme.db")
+	err := r.RestoreReplica(context.Background(), "file://"+t.TempDir()+"/acme", dst, time.Time{})
+	if !errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+		t.Fatalf("RestoreReplica of an empty replica: %v, want ErrTenantNotFound", err)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a file was written: %v", err)
 	}
 }

@@ -53,8 +53,19 @@ func BenchmarkInsert(b *testing.B) {
 // is behind its replica and snapshots it), which the next iteration would
 // restore too; those files are deleted between iterations, outside the
 // timer (BenchmarkRestoreAfterRestores restores without deleting them).
+// restore=binary runs `litestream restore`; restore=in-process uses
+// Config.ReplicaRestorer (replica.Restorer).
 func BenchmarkRestoreOnOpen(b *testing.B) {
-	g := newS3BenchRig(b)
+	for _, mode := range []string{"binary", "in-process"} {
+		b.Run("restore="+mode, func(b *testing.B) {
+			g := newS3BenchRig(b)
+			g.restorer = mode == "in-process"
+			benchRestoreOnOpen(b, g)
+		})
+	}
+}
+
+func benchRestoreOnOpen(b *testing.B, g *rig) {
 	ctx := newBigTenant(b, g)
 	keep := map[string]bool{}
 	objs, _, err := g.s3.List("tenants/big/", "")
@@ -103,7 +114,6 @@ func BenchmarkRestoreAfterRestores(b *testing.B) {
 		on := mode == "on"
 		b.Run("compactor="+mode, func(b *testing.B) {
 			g := newS3BenchRig(b)
-			b.Setenv("AWS_CA_BUNDLE", "") // see package replica
 			ctx := newBigTenant(b, g)
 			var errs int
 			for b.Loop() {
@@ -244,5 +254,6 @@ func newS3BenchRig(b *testing.B) *rig {
 		k, v, _ := strings.Cut(kv, "=")
 		b.Setenv(k, v)
 	}
+	b.Setenv("AWS_CA_BUNDLE", "") // see package replica
 	return &rig{replica: s3.ReplicaURL("tenants"), ls: harness.StartLitestream(b, s3.Env()...), s3: s3}
 }

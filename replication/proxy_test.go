@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/replica"
 	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
@@ -26,9 +27,10 @@ var migrations = []string{
 
 // rig is one replica (S3 or file) and one Litestream process.
 type rig struct {
-	replica string // Config.ReplicaURL
-	ls      *harness.Litestream
-	s3      *harness.S3 // nil for file://
+	replica  string // Config.ReplicaURL
+	ls       *harness.Litestream
+	s3       *harness.S3 // nil for file://
+	restorer bool        // nodes restore in process (replica.Restorer), not with the litestream binary
 }
 
 // newRig starts what a replica of the given kind needs. S3 credentials
@@ -54,9 +56,26 @@ func newRig(t *testing.T, kind string) *rig {
 
 // config is a proxy configuration on a fresh data directory ("a node").
 func (g *rig) config(t testing.TB, maxConns int) sqliteproxy.Config {
-	return sqliteproxy.Config{
+	cfg := sqliteproxy.Config{
 		Dir: t.TempDir(), MaxConnections: maxConns, Migrations: migrations,
 		ReplicaURL: g.replica, LitestreamSocket: g.ls.SocketPath, LitestreamPath: g.ls.Bin(),
+	}
+	if g.restorer {
+		cfg.ReplicaRestorer = &replica.Restorer{}
+		cfg.LitestreamPath = "/nonexistent/litestream" // proves that nothing runs it
+	}
+	return cfg
+}
+
+// restorers runs f for nodes that restore with the litestream binary and
+// for nodes that restore in process (replica.Restorer; see rig.restorer).
+func restorers(t *testing.T, f func(t *testing.T, inProcess bool)) {
+	for _, in := range []bool{false, true} {
+		name := "restore=binary"
+		if in {
+			name = "restore=in-process"
+		}
+		t.Run(name, func(t *testing.T) { f(t, in) })
 	}
 }
 
@@ -92,9 +111,14 @@ func insert(t *testing.T, p *sqliteproxy.Proxy, id, name string) {
 // node with an empty data directory: every acknowledged row, integrity ok,
 // migrations applied. Litestream streams exactly the open tenants.
 func TestProxy_AnotherNodeRestoresEveryTenant(t *testing.T) {
+	restorers(t, func(t *testing.T, in bool) { testAnotherNodeRestoresEveryTenant(t, in) })
+}
+
+func testAnotherNodeRestoresEveryTenant(t *testing.T, inProcess bool) {
 	for _, kind := range []string{"file", "s3"} {
 		t.Run(kind, func(t *testing.T) {
 			g := newRig(t, kind)
+			g.restorer = inProcess
 			const tenants, cap = 12, 4
 			a := sqliteproxytest.New(t, g.config(t, cap))
 			want := map[string][]string{}
@@ -186,7 +210,14 @@ func TestProxy_DeleteTenantErasesReplica(t *testing.T) {
 // RestoreTenantAt returns exactly the rows whose commits were uploaded
 // before the time, and that state becomes the replica's head.
 func TestProxy_RestoreTenantAt(t *testing.T) {
-	g := newRig(t, "file")
+	restorers(t, func(t *testing.T, in bool) {
+		g := newRig(t, "file")
+		g.restorer = in
+		testRestoreTenantAt(t, g)
+	})
+}
+
+func testRestoreTenantAt(t *testing.T, g *rig) {
 	p := sqliteproxytest.New(t, g.config(t, 10))
 	ctx := context.Background()
 	at := beforeAndAfter(t, p, "acme")

@@ -92,6 +92,7 @@ func main() {
 		ReplicaURL: *replicaURL, LitestreamSocket: *socket, LitestreamPath: *litestream}
 	if *replicaURL != "" {
 		cfg.ReplicaCompactor = &replica.Compactor{} // keeps restores fast
+		cfg.ReplicaRestorer = &replica.Restorer{}   // restores without starting a litestream process
 	}
 	var ccfg *cluster.Config
 	if *etcd != "" {
