@@ -165,7 +165,11 @@ func BenchmarkOwnership(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() }) // after the proxy's Close (cleanups run last first)
-	proxy := func(prefix string, own sqliteproxy.Ownership) *sqliteproxy.Proxy {
+	// A fresh proxy (and tenant) for every run of a sub-benchmark, closed
+	// at its end: a tenant left open would keep Litestream busy uploading
+	// its backlog during the next sub-benchmark, and the second would
+	// always pay for the first.
+	proxy := func(b *testing.B, prefix string, own sqliteproxy.Ownership) *sqliteproxy.Proxy {
 		p, err := sqliteproxy.New(sqliteproxy.Config{
 			Dir: b.TempDir(), Migrations: migrations, Ownership: own,
 			ReplicaURL: s3.ReplicaURL(prefix), LitestreamSocket: ls.SocketPath, LitestreamPath: ls.Bin(),
@@ -173,11 +177,6 @@ func BenchmarkOwnership(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.Cleanup(func() {
-			if err := p.Close(); err != nil {
-				b.Error(err)
-			}
-		})
 		return p
 	}
 	rate := map[string]float64{}
@@ -185,9 +184,14 @@ func BenchmarkOwnership(b *testing.B) {
 		name string
 		own  sqliteproxy.Ownership
 	}{{"ownership=off", nil}, {"ownership=on", c}} {
-		p := proxy(strings.TrimPrefix(cs.name, "ownership="), cs.own)
 		ctx := sqliteproxy.WithOrgID(context.Background(), "bench")
 		b.Run(cs.name, func(b *testing.B) {
+			p := proxy(b, strings.TrimPrefix(cs.name, "ownership="), cs.own)
+			defer func() {
+				if err := p.Close(); err != nil {
+					b.Error(err)
+				}
+			}()
 			// Warm: the tenant is open (and owned) before the clock starts.
 			if _, err := p.ExecContext(ctx, `INSERT INTO events (name) VALUES ('warm')`); err != nil {
 				b.Fatal(err)
