@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -62,7 +63,7 @@ type gcReq struct {
 type groupCommit struct {
 	mu     sync.Mutex
 	q      []*gcReq
-	active bool // a leader runs or waits for the writer
+	active atomic.Bool // a leader runs or waits for the writer; changed under mu
 }
 
 // batchable reports whether query may join a batch.
@@ -82,18 +83,20 @@ func batchable(query string) bool {
 // handled=false when it should take the writer as before (the writer is
 // free and nobody queues: no contention).
 func (t *tenant) groupExec(ctx context.Context, query string, args []driver.NamedValue) (res driver.Result, err error, handled bool) {
-	t.gc.mu.Lock()
-	if !t.gc.active && !t.wsem.held.Load() {
-		t.gc.mu.Unlock()
-		return nil, nil, false
+	if !t.gc.active.Load() && !t.wsem.held.Load() {
+		return nil, nil, false // uncontended: no lock, no scan
 	}
 	if !batchable(query) {
-		t.gc.mu.Unlock()
 		return nil, nil, false
 	}
 	r := &gcReq{ctx: ctx, query: query, args: args, done: make(chan struct{}), lead: make(chan struct{})}
-	if !t.gc.active {
-		t.gc.active = true
+	t.gc.mu.Lock()
+	if !t.gc.active.Load() && !t.wsem.held.Load() {
+		t.gc.mu.Unlock()
+		return nil, nil, false
+	}
+	if !t.gc.active.Load() {
+		t.gc.active.Store(true)
 		t.gc.mu.Unlock()
 		t.leadBatch(r)
 		return r.res, r.err, true
@@ -154,7 +157,7 @@ func (t *tenant) nextLeader() {
 	t.gc.mu.Lock()
 	defer t.gc.mu.Unlock()
 	if len(t.gc.q) == 0 {
-		t.gc.active = false
+		t.gc.active.Store(false)
 		return
 	}
 	next := t.gc.q[0]

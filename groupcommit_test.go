@@ -63,7 +63,7 @@ func queue(t *testing.T, p *Proxy, tn *tenant, ctxs []context.Context, stmts []s
 		waitFor(t, 10*time.Second, fmt.Sprintf("statement %d queued", i), func() bool {
 			tn.gc.mu.Lock()
 			defer tn.gc.mu.Unlock()
-			return tn.gc.active && len(tn.gc.q) == i
+			return tn.gc.active.Load() && len(tn.gc.q) == i
 		})
 	}
 	return func() []gcResult { wg.Wait(); return out }
@@ -224,7 +224,7 @@ func TestGroupCommit_Off(t *testing.T) {
 		done <- err
 	}()
 	waitFor(t, 10*time.Second, "the writer waited for", func() bool { return tn.wsem.nwait.Load() == 1 })
-	if tn.gc.active || tn.queued() != 0 {
+	if tn.gc.active.Load() || tn.queued() != 0 {
 		t.Fatal("queued with group commit off")
 	}
 	if err := tx.Commit(); err != nil {
