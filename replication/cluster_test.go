@@ -15,6 +15,8 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 )
 
 // ownerNode is one in-process node of a cluster: a proxy with a data
@@ -26,7 +28,7 @@ type ownerNode struct {
 	p  *sqliteproxy.Proxy
 }
 
-func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns int) *ownerNode {
+func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns int, opts ...func(*sqliteproxy.Config)) *ownerNode {
 	t.Helper()
 	c, err := cluster.New(cluster.Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: 2 * time.Second})
 	if err != nil {
@@ -35,6 +37,9 @@ func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns 
 	ls := harness.StartLitestream(t, g.s3.Env()...)
 	cfg := sqliteproxy.Config{Dir: t.TempDir(), MaxConnections: maxConns, ReadersPerTenant: -1, Migrations: migrations,
 		ReplicaURL: g.replica, LitestreamSocket: ls.SocketPath, LitestreamPath: ls.Bin(), Ownership: c}
+	for _, o := range opts {
+		o(&cfg)
+	}
 	p, err := sqliteproxy.New(cfg)
 	if err != nil {
 		c.Close()
@@ -212,5 +217,39 @@ func TestOwnership_Delete(t *testing.T) {
 	}
 	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil || len(objs) != 0 {
 		t.Fatalf("left in the replica after DeleteTenant: %d objects, %v", len(objs), err)
+	}
+}
+
+// Ownership changes are in the metrics, per tenant: acquired, released (at
+// eviction) and acquired again.
+func TestOwnership_Telemetry(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	reader := sdkmetric.NewManualReader()
+	a := g.ownerNode(t, srv, "a", 1, func(c *sqliteproxy.Config) {
+		c.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	})
+	insert(t, a.p, "acme", "x")
+	insert(t, a.p, "other", "y") // a budget of one: acme is evicted and released
+	insert(t, a.p, "acme", "z")
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "sqliteproxy.ownership.changes" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				tenant, _ := dp.Attributes.Value("sqliteproxy.tenant")
+				event, _ := dp.Attributes.Value("sqliteproxy.ownership.event")
+				got[tenant.AsString()+" "+event.AsString()] += dp.Value
+			}
+		}
+	}
+	if got["acme acquired"] != 2 || got["acme released"] != 1 || got["other acquired"] != 1 {
+		t.Fatalf("ownership changes: %v; want acme acquired 2, released 1, other acquired 1", got)
 	}
 }
