@@ -76,15 +76,10 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	if !has {
 		return nil, errNoRoute
 	}
-	t := c.last
-	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
-		var err error
-		if t, err = c.r.tenant(id); err != nil {
-			return nil, err
-		}
-		c.last = t
+	t, err := c.tenant(id)
+	if err != nil {
+		return nil, err
 	}
-	var err error
 	var pc *physConn
 	if write {
 		pc, err = t.acquireWriter(ctx)
@@ -98,6 +93,20 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	return pc, nil
 }
 
+// tenant returns the tenant object for id: the previous checkout's if it
+// is still id's.
+func (c *conn) tenant(id string) (*tenant, error) {
+	t := c.last
+	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
+		var err error
+		if t, err = c.r.tenant(id); err != nil {
+			return nil, err
+		}
+		c.last = t
+	}
+	return t, nil
+}
+
 // groupTenant returns the tenant a statement with ctx goes to, for group
 // commit: none when the context names none or the proxy is closed (route
 // then says why).
@@ -106,15 +115,8 @@ func (c *conn) groupTenant(ctx context.Context) (*tenant, bool) {
 	if !has || c.r.isClosed.Load() {
 		return nil, false
 	}
-	t := c.last
-	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
-		var err error
-		if t, err = c.r.tenant(id); err != nil {
-			return nil, false
-		}
-		c.last = t
-	}
-	return t, true
+	t, err := c.tenant(id)
+	return t, err == nil
 }
 
 // upgrade moves the lease from a reader to the writer. The reader is given

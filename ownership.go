@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-
-	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
 )
 
 // ErrNotOwner: the tenant is owned by another node of the cluster (see
@@ -283,11 +281,7 @@ func (rp *replicator) generations(ctx context.Context, id string) ([]int64, erro
 			names = append(names, e.Name())
 		}
 	case "s3":
-		c, prefix, err := s3lite.FromReplicaURL(raw)
-		if err != nil {
-			return nil, err
-		}
-		_, prefixes, err := c.List(ctx, prefix+"/", "/")
+		_, prefixes, err := listS3(ctx, raw, "/")
 		if err != nil {
 			return nil, err
 		}

@@ -834,11 +834,7 @@ func (rp *replicator) ltxFiles(ctx context.Context, key string) ([]ltxFile, erro
 		}
 		return files, nil
 	case "s3":
-		c, prefix, err := s3lite.FromReplicaURL(raw)
-		if err != nil {
-			return nil, err
-		}
-		objs, _, err := c.List(ctx, prefix+"/", "")
+		objs, _, err := listS3(ctx, raw, "")
 		if err != nil {
 			return nil, err
 		}
@@ -849,6 +845,16 @@ func (rp *replicator) ltxFiles(ctx context.Context, key string) ([]ltxFile, erro
 		return files, nil
 	}
 	return nil, errUnsupported
+}
+
+// listS3 lists the objects under the s3:// replica URL raw (with
+// delimiter, the common prefixes too).
+func listS3(ctx context.Context, raw, delimiter string) ([]s3lite.Object, []string, error) {
+	c, prefix, err := s3lite.FromReplicaURL(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.List(ctx, prefix+"/", delimiter)
 }
 
 // compactAfter is how many level-0 files not yet compacted a closed
