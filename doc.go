@@ -104,7 +104,28 @@
 // tenant missing here is restored from the replica on first access.
 // Proxy.SyncTenant waits until a tenant's commits are in the replica;
 // Proxy.RestoreTenantAt restores a point in time; DeleteTenant erases the
-// replica too.
+// replica too. Config.ReplicaCompactor keeps the replicas of closed tenants
+// compact and Config.ReplicaRestorer restores in this process; package
+// github.com/sqliteproxy/sqliteproxy/replica (a nested module, so that the
+// driver does not link Litestream) provides both.
+//
+// # Several nodes
+//
+// With Config.Ownership (package github.com/sqliteproxy/sqliteproxy/cluster,
+// etcd leases) a tenant is opened only on the node that holds its lease and
+// streams to a replica generation of that lease, the fencing token; a
+// statement for a tenant another node owns fails with an *OwnerError
+// (ErrNotOwner), and a transaction open when the lease ends commits
+// nothing.
+//
+// # Group commit
+//
+// Autocommit writes that find a tenant's writer busy are batched: the head
+// of the queue runs them in one transaction and answers each caller with
+// its own result; a failing statement is undone alone. Uncontended writes,
+// transactions and sql.Conn work are not batched. The visible effect: a
+// statement's commit may carry other callers' statements.
+// Config.GroupCommit = GroupCommitOff turns it off.
 //
 // # Hardening
 //
