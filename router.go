@@ -38,6 +38,7 @@ type router struct {
 	isClosed   atomic.Bool
 
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
+	tmpl     templates    // the template new tenants are copied from (template.go)
 
 	stop     chan struct{} // closed by close to end the background goroutines
 	reaperWG sync.WaitGroup
@@ -114,6 +115,7 @@ func (r *router) close() error {
 		t.evict(false, evictClose)
 	}
 	r.free.close()
+	r.tmpl.close()
 	r.tel.close()
 	return nil
 }
@@ -220,21 +222,18 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 	return pc, nil
 }
 
-// createFile creates t's database file, fully migrated, or reports
-// ErrTenantExists. The file is built under a temporary name and linked into
-// place, so no one (Tenants, another process) ever sees it half-made.
-func (r *router) createFile(ctx context.Context, t *tenant) error {
-	tmp := tempName(r.cfg.Dir, creatingPrefix, t.id)
-	defer removeWithSideFiles(tmp)
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return opError(opCreateTenant, t.id, err)
+// fillNew writes the new tenant file tmp, fully migrated: a copy of the
+// template (template.go), or, when there is none, migrated step by step.
+func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
+	if len(r.mig.list) > 0 {
+		if tpl, err := r.template(ctx); err == nil {
+			if err := r.copyTemplate(ctx, tpl, tmp, t.tel); err != nil {
+				return opError(opCreateTenant, t.id, err)
+			}
+			return nil
+		}
 	}
-	err = f.Chmod(0o600) // whatever the umask
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := createEmpty(tmp); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}
 	c, err := r.conns.openPath(tmp, r.conns.writerParams)
@@ -245,7 +244,16 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = opError(opCreateTenant, t.id, cerr)
 	}
-	if err != nil {
+	return err
+}
+
+// createFile creates t's database file, fully migrated, or reports
+// ErrTenantExists. The file is built under a temporary name and linked into
+// place, so no one (Tenants, another process) ever sees it half-made.
+func (r *router) createFile(ctx context.Context, t *tenant) error {
+	tmp := tempName(r.cfg.Dir, creatingPrefix, t.id)
+	defer removeWithSideFiles(tmp)
+	if err := r.fillNew(ctx, t, tmp); err != nil {
 		return err
 	}
 	if err := os.Link(tmp, t.path); err != nil {
