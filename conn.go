@@ -70,17 +70,29 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		}
 		return c.upgrade(ctx)
 	}
+	t, err := c.routeTenant(id, has)
+	if err != nil {
+		return nil, err
+	}
+	return c.lease(ctx, t, write)
+}
+
+// routeTenant returns the tenant a checkout without a lease goes to, given
+// the context's tenant: errNoRoute when there is none.
+func (c *conn) routeTenant(id string, has bool) (*tenant, error) {
 	if c.r.isClosed.Load() {
 		return nil, opError(opRoute, id, ErrClosed)
 	}
 	if !has {
 		return nil, errNoRoute
 	}
-	t, err := c.tenant(id)
-	if err != nil {
-		return nil, err
-	}
+	return c.tenant(id)
+}
+
+// lease leases t's writer (write) or a reader to this checkout.
+func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, error) {
 	var pc *physConn
+	var err error
 	if write {
 		pc, err = t.acquireWriter(ctx)
 	} else {
@@ -105,18 +117,6 @@ func (c *conn) tenant(id string) (*tenant, error) {
 		c.last = t
 	}
 	return t, nil
-}
-
-// groupTenant returns the tenant a statement with ctx goes to, for group
-// commit: none when the context names none or the proxy is closed (route
-// then says why).
-func (c *conn) groupTenant(ctx context.Context) (*tenant, bool) {
-	id, has := OrgID(ctx)
-	if !has || c.r.isClosed.Load() {
-		return nil, false
-	}
-	t, err := c.tenant(id)
-	return t, err == nil
 }
 
 // upgrade moves the lease from a reader to the writer. The reader is given
@@ -193,17 +193,26 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if c.pc == nil && !c.batched && c.r.cfg.GroupCommit == GroupCommitOn {
-		if t, ok := c.groupTenant(ctx); ok {
-			if res, err, handled := t.groupExec(ctx, query, args); handled {
-				// A second statement on this checkout before it is checked
-				// in is sql.Conn work: it takes the writer as before.
-				c.batched = true
-				return res, err
+	var pc *physConn
+	var err error
+	if c.pc != nil {
+		pc, err = c.route(ctx, true)
+	} else {
+		// One tenant lookup for group commit and the lease.
+		var t *tenant
+		if t, err = c.routeTenant(OrgID(ctx)); err == nil {
+			if !c.batched && c.r.cfg.GroupCommit == GroupCommitOn {
+				if res, err, handled := t.groupExec(ctx, query, args); handled {
+					// A second statement on this checkout before it is
+					// checked in is sql.Conn work: it takes the writer as
+					// before.
+					c.batched = true
+					return res, err
+				}
 			}
+			pc, err = c.lease(ctx, t, true)
 		}
 	}
-	pc, err := c.route(ctx, true)
 	if err != nil {
 		if err == errNoRoute {
 			return c.r.free.exec(ctx, query, args)

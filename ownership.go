@@ -271,10 +271,8 @@ func (rp *replicator) generations(ctx context.Context, id string) ([]int64, erro
 	var names []string
 	switch u.Scheme {
 	case "file":
-		ents, err := os.ReadDir(u.Path)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		} else if err != nil {
+		ents, err := readDirIfExists(u.Path)
+		if err != nil {
 			return nil, err
 		}
 		for _, e := range ents {

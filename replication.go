@@ -728,14 +728,21 @@ func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error
 // errUnsupported: the replica's kind cannot be listed by the driver.
 var errUnsupported = errors.New("not supported for this kind of replica")
 
+// readDirIfExists is os.ReadDir with a missing directory read as empty.
+func readDirIfExists(dir string) ([]os.DirEntry, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	return ents, err
+}
+
 // localPos returns the position Litestream recorded beside the file at p:
 // the highest TXID of its local level-0 files (0: none; Litestream always
 // keeps the newest one).
 func localPos(p string) (uint64, error) {
-	ents, err := os.ReadDir(path.Join(metaDir(p), "ltx", "0"))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
-	} else if err != nil {
+	ents, err := readDirIfExists(path.Join(metaDir(p), "ltx", "0"))
+	if err != nil {
 		return 0, err
 	}
 	var pos uint64
@@ -817,10 +824,8 @@ func (rp *replicator) ltxFiles(ctx context.Context, key string) ([]ltxFile, erro
 	}
 	switch u.Scheme {
 	case "file":
-		levels, err := os.ReadDir(path.Join(u.Path, "ltx"))
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		} else if err != nil {
+		levels, err := readDirIfExists(path.Join(u.Path, "ltx"))
+		if err != nil {
 			return nil, err
 		}
 		for _, l := range levels {
@@ -957,10 +962,8 @@ func ReplicaTenants(ctx context.Context, replicaURL string) ([]string, error) {
 	var names []string
 	switch u.Scheme {
 	case "file":
-		ents, err := os.ReadDir(u.Path)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil
-		} else if err != nil {
+		ents, err := readDirIfExists(u.Path)
+		if err != nil {
 			return nil, opError(op, "", err)
 		}
 		for _, e := range ents {

@@ -60,29 +60,22 @@ func (oc *ownerCache) apply(events []*clientv3.Event) {
 	defer oc.mu.Unlock()
 	for _, ev := range events {
 		key := string(ev.Kv.Key)
-		put := ev.Type == mvccpb.PUT
-		switch {
-		case strings.HasPrefix(key, ownersPrefix):
-			id := strings.TrimPrefix(key, ownersPrefix)
-			if put {
-				oc.owners[id] = string(ev.Kv.Value)
-			} else {
-				delete(oc.owners, id)
+		for _, kind := range []struct {
+			prefix string
+			m      map[string]string
+		}{{ownersPrefix, oc.owners}, {nodesPrefix, oc.nodes}, {movesPrefix, oc.moves}} {
+			id, ok := strings.CutPrefix(key, kind.prefix)
+			switch {
+			case !ok:
+				continue
+			case ev.Type != mvccpb.PUT:
+				delete(kind.m, id)
+			case kind.prefix == nodesPrefix:
+				kind.m[id] = parseNodeURL(ev.Kv.Value)
+			default:
+				kind.m[id] = string(ev.Kv.Value)
 			}
-		case strings.HasPrefix(key, nodesPrefix):
-			id := strings.TrimPrefix(key, nodesPrefix)
-			if put {
-				oc.nodes[id] = parseNodeURL(ev.Kv.Value)
-			} else {
-				delete(oc.nodes, id)
-			}
-		case strings.HasPrefix(key, movesPrefix):
-			id := strings.TrimPrefix(key, movesPrefix)
-			if put {
-				oc.moves[id] = string(ev.Kv.Value)
-			} else {
-				delete(oc.moves, id)
-			}
+			break
 		}
 	}
 }
