@@ -48,22 +48,38 @@ import (
 // maxBatch bounds the statements of one batch (a batch holds the writer).
 const maxBatch = 128
 
-// gcReq is one queued autocommit statement.
+// gcReq is one queued autocommit statement. Requests are pooled (gcReqs):
+// at a hundred thousand statements a second, a request and its channels
+// per statement kept the garbage collector busy enough to show in p99.
 type gcReq struct {
 	ctx   context.Context
 	query string
 	args  []driver.NamedValue
 	res   driver.Result
 	err   error
-	done  chan struct{} // closed when answered
-	lead  chan struct{} // closed when this request is to lead the next batch
+	// wake receives exactly one signal for a request taken from the queue
+	// by someone else: gcDone (answered: res and err are set) or gcLead
+	// (lead the next batch). Buffered, so the sender never waits.
+	wake chan gcSignal
 }
+
+type gcSignal uint8
+
+const (
+	gcDone gcSignal = iota
+	gcLead
+)
+
+var gcReqs = sync.Pool{New: func() any { return &gcReq{wake: make(chan gcSignal, 1)} }}
 
 // groupCommit is a tenant's queue of autocommit statements.
 type groupCommit struct {
 	mu     sync.Mutex
 	q      []*gcReq
 	active atomic.Bool // a leader runs or waits for the writer; changed under mu
+	// batch and ran are the leader's buffers, reused from batch to batch:
+	// there is one leader at a time (active).
+	batch, ran []*gcReq
 }
 
 // batchable reports whether query may join a batch.
@@ -89,7 +105,12 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	if !batchable(query) {
 		return nil, nil, false
 	}
-	r := &gcReq{ctx: ctx, query: query, args: args, done: make(chan struct{}), lead: make(chan struct{})}
+	r := gcReqs.Get().(*gcReq)
+	r.ctx, r.query, r.args = ctx, query, args
+	defer func() {
+		*r = gcReq{wake: r.wake} // drop references before pooling
+		gcReqs.Put(r)
+	}()
 	t.gc.mu.Lock()
 	if !t.gc.active.Load() && !t.wsem.held.Load() {
 		t.gc.mu.Unlock()
@@ -104,10 +125,10 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	t.gc.q = append(t.gc.q, r)
 	t.gc.mu.Unlock()
 	select {
-	case <-r.done:
-		return r.res, r.err, true
-	case <-r.lead:
-		t.leadBatch(r)
+	case sig := <-r.wake:
+		if sig == gcLead {
+			t.leadBatch(r)
+		}
 		return r.res, r.err, true
 	case <-ctx.Done():
 	}
@@ -118,10 +139,10 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
 	}
 	t.gc.mu.Unlock()
-	select { // taken by a leader: it runs (or ran) in its batch
-	case <-r.done:
-	case <-r.lead:
-		t.leadBatch(r) // fails at once on the ended context, and hands over
+	// Taken by a leader: it runs (or ran) in its batch, or r leads the
+	// next batch, which fails at once on the ended context and hands over.
+	if <-r.wake == gcLead {
+		t.leadBatch(r)
 	}
 	return r.res, r.err, true
 }
@@ -138,8 +159,7 @@ func (t *tenant) leadBatch(r *gcReq) {
 	}
 	t.gc.mu.Lock()
 	n := min(len(t.gc.q), maxBatch-1)
-	batch := make([]*gcReq, 0, n+1)
-	batch = append(batch, r)
+	batch := append(t.gc.batch[:0], r)
 	batch = append(batch, t.gc.q[:n]...)
 	t.gc.q = slices.Delete(t.gc.q, 0, n)
 	t.gc.mu.Unlock()
@@ -147,8 +167,10 @@ func (t *tenant) leadBatch(r *gcReq) {
 	t.runBatch(pc, batch)
 	t.releaseBatchWriter(pc)
 	for _, b := range batch[1:] {
-		close(b.done)
+		b.wake <- gcDone // b is its caller's again: not touched after this
 	}
+	clear(batch)
+	t.gc.batch = batch
 	t.nextLeader()
 }
 
@@ -161,8 +183,8 @@ func (t *tenant) nextLeader() {
 		return
 	}
 	next := t.gc.q[0]
-	t.gc.q = t.gc.q[1:]
-	close(next.lead)
+	t.gc.q = slices.Delete(t.gc.q, 0, 1)
+	next.wake <- gcLead
 }
 
 // releaseBatchWriter gives the writer back as a checkout would (conn.release).
@@ -198,7 +220,8 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		alone(batch)
 		return
 	}
-	ran := batch[:0:0] // statements that succeeded in the transaction
+	ran := t.gc.ran[:0] // statements that succeeded in the transaction
+	defer func() { clear(ran); t.gc.ran = ran[:0] }()
 	for i, r := range batch {
 		if r.ctx.Err() != nil {
 			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
