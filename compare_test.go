@@ -20,7 +20,11 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,12 +69,20 @@ const (
 	// with Exec("BEGIN"). Texts that cannot run in a transaction run
 	// outside one: see outsideTx.
 	modeTx
+	// modeContended runs each step as modeDirect does, while on the proxy
+	// side goroutines keep inserting into a table of their own in the same
+	// tenant (contenders), so that the script's autocommit writes through
+	// the DB wait for the writer and run in group-commit batches with
+	// theirs (groupcommit.go). Both sides have the contenders' table; the
+	// transcripts must still be identical: what group commit changes must
+	// not be observable.
+	modeContended
 )
 
-var compareModes = []compareMode{modeDirect, modePrepared, modeTx}
+var compareModes = []compareMode{modeDirect, modePrepared, modeTx, modeContended}
 
 func (m compareMode) String() string {
-	return [...]string{"direct", "prepared", "tx"}[m]
+	return [...]string{"direct", "prepared", "tx", "contended"}[m]
 }
 
 // outsideTx reports whether modeTx runs query outside a transaction:
@@ -163,6 +175,12 @@ func plainStep(ctx context.Context, q any, query string) step {
 // do runs one step: fn uses s and returns the step's first error. A
 // failure to prepare or to begin is noted under label instead.
 func (r *recorder) do(label string, q any, query string, fn func(s step) error) {
+	if r.mode == modeContended && sessionCounters.MatchString(query) {
+		// Another goroutine's statements on the writer set these: not
+		// comparable under contention (see contendedResult).
+		r.note(label, "not compared under contention")
+		return
+	}
 	s, err := r.begin(label, q, query)
 	if err != nil {
 		r.note(label, errv{err})
@@ -216,9 +234,59 @@ func (r *recorder) setup(query string, args ...any) {
 func (r *recorder) exec(label string, q execer, query string, args ...any) {
 	r.do(label, q, query, func(s step) error {
 		res, err := s.exec(args...)
-		r.result(label, res, err)
+		r.resultOf(label, query, res, err)
 		return err
 	})
+}
+
+// resultOf is result for an Exec of query: in modeContended it records
+// only what SQLite defines for the statement itself (contendedResult).
+func (r *recorder) resultOf(label, query string, res sql.Result, err error) {
+	if r.mode == modeContended && err == nil {
+		res = contendedResult{res, sqlscan.Scan(query), strings.Contains(strings.ToUpper(query), "ON CONFLICT")}
+	}
+	r.result(label, res, err)
+}
+
+// sessionCounters matches SQL reading a connection's counters of the last
+// statement, which modeContended does not compare.
+var sessionCounters = regexp.MustCompile(`(?i)\b(last_insert_rowid|changes|total_changes)\s*\(`)
+
+// contendedResult is an Exec's result in modeContended, where another
+// goroutine's statements run on the same writer between the script's: it
+// reports only the values SQLite defines for the statement itself.
+// LastInsertId is last_insert_rowid() and RowsAffected changes() of the
+// connection, which a statement that inserts no row (or changes none)
+// leaves as the connection's previous statement set them: under
+// contention, a contender's (with or without group commit, and on a mattn
+// pool alike). Those are recorded as 0 (LastInsertId of an upsert too: it
+// may have updated instead); so is everything of a
+// multi-statement text, and of INSERT … RETURNING, which mattn's Exec
+// leaves unfinished (so changes() is the previous statement's).
+type contendedResult struct {
+	sql.Result
+	info   sqlscan.Info
+	upsert bool // an upsert that updates inserts no row
+}
+
+func (c contendedResult) LastInsertId() (int64, error) {
+	id, err := c.Result.LastInsertId()
+	if n, _ := c.Result.RowsAffected(); c.info.Multi || c.info.Returning || n == 0 || (c.info.Keyword != "INSERT" && c.info.Keyword != "REPLACE") || c.upsert {
+		id = 0
+	}
+	return id, err
+}
+
+func (c contendedResult) RowsAffected() (int64, error) {
+	n, err := c.Result.RowsAffected()
+	switch {
+	case c.info.Multi, c.info.Returning:
+		n = 0
+	case c.info.Keyword == "INSERT", c.info.Keyword == "REPLACE", c.info.Keyword == "UPDATE", c.info.Keyword == "DELETE":
+	default:
+		n = 0
+	}
+	return n, err
 }
 
 func (r *recorder) result(label string, res sql.Result, err error) {
@@ -441,6 +509,10 @@ type compareOpts struct {
 	// that comes from which connection runs a step can vanish when every
 	// step is a transaction, on the writer).
 	intendedIn map[compareMode]map[string]string
+	// mustBatch: in modeContended, some of the script's statements must
+	// have run in group-commit batches (a script with autocommit writes
+	// through the DB).
+	mustBatch bool
 	// timeout, if set, bounds each side's script (its context), for
 	// scripts that could otherwise wait forever.
 	timeout time.Duration
@@ -471,7 +543,13 @@ func compareDriversIn(t *testing.T, o compareOpts, mode compareMode, script func
 		intended = m
 	}
 	direct := openDirect(t)
-	for _, q := range o.directSetup {
+	cfg := o.cfg
+	directSetup := o.directSetup
+	if mode == modeContended {
+		cfg.Migrations = append(slices.Clip(cfg.Migrations), contendTable)
+		directSetup = append(slices.Clip(directSetup), contendTable)
+	}
+	for _, q := range directSetup {
 		if _, err := direct.Exec(q); err != nil {
 			t.Fatalf("direct setup %q: %v", q, err)
 		}
@@ -486,8 +564,27 @@ func compareDriversIn(t *testing.T, o compareOpts, mode compareMode, script func
 		script(r)
 		return r.out
 	}
-	mattn = run(context.Background(), direct)
-	proxy = run(tctx("acme"), newTestProxy(t, o.cfg).DB)
+	if mode == modeContended {
+		// The reference is the proxy alone, whose transcript the other
+		// modes compare with mattn's: the question here is only whether
+		// contention (and so group commit) changes what a script sees.
+		mattn = run(tctx("acme"), newTestProxy(t, cfg).DB)
+		intended = nil
+		p := newTestProxy(t, cfg)
+		stop := contend(t, p, "acme")
+		proxy = run(tctx("acme"), p.DB)
+		n, batched := stop()
+		if n == 0 {
+			t.Fatal("the contenders wrote nothing: no contention")
+		}
+		t.Logf("%d contender inserts; %d of the script's statements ran in group-commit batches", n, batched)
+		if o.mustBatch && batched == 0 {
+			t.Error("none of the script's statements ran in a group-commit batch")
+		}
+	} else {
+		mattn = run(context.Background(), direct)
+		proxy = run(tctx("acme"), newTestProxy(t, cfg).DB)
+	}
 
 	if os.Getenv("SQLITEPROXY_COMPARE_DUMP") != "" {
 		t.Logf("mattn transcript:\n%s", strings.Join(mattn, "\n"))
@@ -515,6 +612,48 @@ func compareDriversIn(t *testing.T, o compareOpts, mode compareMode, script func
 		t.Fatal("empty transcript")
 	}
 	return mattn, proxy
+}
+
+// contendTable is the contenders' table in modeContended.
+const (
+	contendTable  = `CREATE TABLE contend_gc (id INTEGER PRIMARY KEY, v INTEGER)`
+	contendInsert = `INSERT INTO contend_gc (v) VALUES (1)`
+)
+
+// contend starts goroutines that insert into tenant id's contend_gc
+// through p until the returned stop is called; stop returns how many
+// inserts succeeded, and how many other statements ran in group-commit
+// batches meanwhile. Errors are not failures (a script may close or lock
+// the tenant): the contenders are there to keep the writer busy.
+func contend(t *testing.T, p *Proxy, id string) (stop func() (n, batched int64)) {
+	ctx, cancel := context.WithCancel(tctx(id))
+	var ok, batched atomic.Int64
+	hook := func(batch []*gcReq) {
+		for _, r := range batch {
+			if len(batch) > 1 && r.query != contendInsert {
+				batched.Add(1)
+			}
+		}
+	}
+	batchHook.Store(&hook)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := p.ExecContext(ctx, contendInsert); err == nil {
+					ok.Add(1)
+				}
+			}
+		})
+	}
+	// The script starts once the contenders are writing.
+	waitFor(t, 10*time.Second, "contenders writing", func() bool { return ok.Load() > 0 })
+	return func() (int64, int64) {
+		cancel()
+		wg.Wait()
+		batchHook.Store(nil)
+		return ok.Load(), batched.Load()
+	}
 }
 
 // mustContain guards against scripts that compare equal only because both
@@ -710,7 +849,7 @@ func TestCompare_Named(t *testing.T) {
 // LastInsertId and RowsAffected
 
 func TestCompare_Results(t *testing.T) {
-	mattn, _ := compareDrivers(t, compareOpts{}, func(r *recorder) {
+	mattn, _ := compareDrivers(t, compareOpts{mustBatch: true}, func(r *recorder) {
 		r.exec("create table first", r.db, `CREATE TABLE res (id INTEGER PRIMARY KEY, v INTEGER UNIQUE, w TEXT)`)
 		r.exec("insert literal", r.db, `INSERT INTO res (v, w) VALUES (1, 'a')`)
 		r.exec("insert args", r.db, `INSERT INTO res (v, w) VALUES (?, ?)`, 2, "b")
@@ -857,14 +996,16 @@ func TestCompare_Returning(t *testing.T) {
 func TestCompare_Stmt(t *testing.T) {
 	mattn, _ := compareDrivers(t, compareOpts{}, func(r *recorder) {
 		r.setup(`CREATE TABLE ps (id INTEGER PRIMARY KEY, v INTEGER)`)
+		texts := map[*sql.Stmt]string{}
 		prep := func(label, query string) *sql.Stmt {
 			st, err := r.db.PrepareContext(r.ctx, query)
 			r.note("prepare "+label, errv{err})
+			texts[st] = query
 			return st
 		}
 		stExec := func(label string, st *sql.Stmt, args ...any) {
 			res, err := st.ExecContext(r.ctx, args...)
-			r.result(label, res, err)
+			r.resultOf(label, texts[st], res, err)
 		}
 		stQuery := func(label string, st *sql.Stmt, args ...any) {
 			rows, err := st.QueryContext(r.ctx, args...)

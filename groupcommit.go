@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"maps"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -29,11 +31,11 @@ import (
 // would.
 //
 // What is batched: a single INSERT, UPDATE, DELETE or REPLACE without
-// RETURNING, executed through a checkout that holds no lease (Exec through
-// *sql.DB), while the writer is busy. Everything else takes the writer as
+// RETURNING, executed by (*sql.DB).ExecContext on a checkout that holds no
+// lease, while the writer is busy. Everything else takes the writer as
 // before: statements that cannot run inside a transaction or that the
-// scanner is not sure of, explicit transactions, and work on a checkout
-// that holds a lease (a sql.Conn after its first statement; see conn.batched).
+// scanner is not sure of, explicit transactions, sql.Conn work (throughDB)
+// and any checkout that holds a lease.
 // Uncontended, a write never batches: a batch of one is today's path.
 //
 // Semantics kept: FIFO order; a statement that fails is rolled back alone
@@ -95,6 +97,69 @@ func batchable(query string) bool {
 	return false
 }
 
+// throughDB reports whether the statement being executed came through
+// (*sql.DB).ExecContext (or Exec), found on the caller's stack. The driver
+// sees a DB's one-statement checkout and a sql.Conn's first statement the
+// same way, but only the first may be batched: a Conn's next statement
+// would not find the session its first one left (last_insert_rowid(),
+// changes(), the writer it leased). Looked up only under contention, where
+// the statement is about to wait for the writer anyway.
+func throughDB() bool {
+	var pcs [12]uintptr // deep enough for database/sql's frames above ours
+	n := runtime.Callers(3, pcs[:])
+	kinds := callerKinds.Load()
+	for _, pc := range pcs[:n] {
+		k, ok := (*kinds)[pc]
+		if !ok {
+			k = callerKind(pc)
+			kinds = cacheCallerKind(pc, k)
+		}
+		switch k {
+		case 1:
+			return true
+		case -1:
+			return false
+		}
+	}
+	return false
+}
+
+// callerKinds caches callerKind by return address (a few dozen call
+// sites): an immutable map, replaced to add one.
+var callerKinds atomic.Pointer[map[uintptr]int8]
+
+func init() { callerKinds.Store(&map[uintptr]int8{}) }
+
+func cacheCallerKind(pc uintptr, k int8) *map[uintptr]int8 {
+	for {
+		old := callerKinds.Load()
+		m := make(map[uintptr]int8, len(*old)+1)
+		maps.Copy(m, *old)
+		m[pc] = k
+		if callerKinds.CompareAndSwap(old, &m) {
+			return &m
+		}
+	}
+}
+
+// callerKind: 1 for a frame of (*sql.DB).ExecContext or Exec, -1 for one
+// of the Conn, Tx or Stmt equivalents, 0 otherwise.
+func callerKind(pc uintptr) int8 {
+	frames := runtime.CallersFrames([]uintptr{pc})
+	for {
+		f, more := frames.Next()
+		switch f.Function {
+		case "database/sql.(*DB).ExecContext", "database/sql.(*DB).Exec":
+			return 1
+		case "database/sql.(*Conn).ExecContext", "database/sql.(*Tx).ExecContext", "database/sql.(*Stmt).ExecContext":
+			return -1
+		}
+		if !more {
+			return 0
+		}
+	}
+}
+
 // groupExec runs an autocommit write through t's queue, or reports
 // handled=false when it should take the writer as before (the writer is
 // free and nobody queues: no contention).
@@ -102,7 +167,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	if !t.gc.active.Load() && !t.wsem.held.Load() {
 		return nil, nil, false // uncontended: no lock, no scan
 	}
-	if !batchable(query) {
+	if !batchable(query) || !throughDB() {
 		return nil, nil, false
 	}
 	r := gcReqs.Get().(*gcReq)
@@ -202,6 +267,9 @@ func (t *tenant) releaseBatchWriter(pc *physConn) {
 
 // runBatch runs batch on the writer pc and sets each request's result.
 func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
+	if h := batchHook.Load(); h != nil {
+		(*h)(batch)
+	}
 	bg := context.Background()
 	alone := func(rs []*gcReq) {
 		for _, r := range rs {
@@ -286,6 +354,9 @@ func (t *tenant) abortBatch(pc *physConn, ran, rest []*gcReq, alone func([]*gcRe
 	alone(ran)
 	alone(rest)
 }
+
+// batchHook, when set (tests), sees every batch before it runs.
+var batchHook atomic.Pointer[func(batch []*gcReq)]
 
 // queued reports how many statements wait in t's queue (tests).
 func (t *tenant) queued() int {

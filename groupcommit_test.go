@@ -276,3 +276,86 @@ func TestGroupCommit_OrFailKeepsWhatAutocommitKeeps(t *testing.T) {
 		t.Fatalf("rows %v, want %v (mattn's, plus a and b)", rows, want)
 	}
 }
+
+// TestGroupCommit_ConnWorkNeverBatched: a sql.Conn's first statement looks
+// to the driver like a DB's one-statement checkout, but it must not join a
+// batch: the Conn's next statement would not find the session it left
+// (here last_insert_rowid(), which would be read on a reader or after
+// other callers' statements).
+func TestGroupCommit_ConnWorkNeverBatched(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	var mu sync.Mutex
+	var seen []string
+	hook := func(batch []*gcReq) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range batch {
+			seen = append(seen, r.query)
+		}
+	}
+	batchHook.Store(&hook)
+	t.Cleanup(func() { batchHook.Store(nil) })
+
+	tx, tn := holdWriter(t, p, "acme")
+	// A DB Exec leads a batch and waits for the writer; a second one
+	// queues behind it: the queue is open.
+	wait := queue(t, p, tn, nil, []string{
+		`INSERT INTO kv (k, v) VALUES ('db1', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('db2', 2)`,
+	})
+	conn, err := p.Conn(tctx("acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	type connResult struct {
+		id, readBack int64
+		err          error
+	}
+	done := make(chan connResult, 1)
+	go func() {
+		var r connResult
+		res, err := conn.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('conn', 3)`)
+		if err == nil {
+			r.id, _ = res.LastInsertId()
+			err = conn.QueryRowContext(tctx("acme"), `SELECT last_insert_rowid()`).Scan(&r.readBack)
+		}
+		r.err = err
+		done <- r
+	}()
+	// The Conn's statement waits for the writer, not in the queue.
+	waitFor(t, 5*time.Second, "the Conn's insert waiting for the writer", func() bool {
+		return tn.wsem.nwait.Load() >= 2 // the leader and the Conn
+	})
+	if got := tn.queued(); got != 1 {
+		t.Fatalf("queued = %d, want 1 (only the DB's second insert)", got)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range wait() {
+		if r.err != nil {
+			t.Fatalf("db insert %d: %v", i, r.err)
+		}
+	}
+	var r connResult
+	select {
+	case r = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Conn's insert did not finish")
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.readBack != r.id || r.id == 0 {
+		t.Errorf("Conn: LastInsertId %d, then last_insert_rowid() %d on the same Conn", r.id, r.readBack)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(seen, `INSERT INTO kv (k, v) VALUES ('conn', 3)`) {
+		t.Errorf("the Conn's statement ran in a batch: %q", seen)
+	}
+	if !slices.Contains(seen, `INSERT INTO kv (k, v) VALUES ('db2', 2)`) {
+		t.Errorf("the DB's statements did not batch (the test proves nothing): %q", seen)
+	}
+}
