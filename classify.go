@@ -1,8 +1,11 @@
 package sqliteproxy
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
 )
 
 // classCache remembers, by SQL text, whether a query may run on a reader.
@@ -31,4 +34,28 @@ func (c *classCache) store(query string, readonly bool) {
 		c.n.Store(1)
 	}
 	c.m.Store(query, readonly)
+}
+
+// mayOpenTx reports whether running query could leave its connection
+// inside a transaction: its first word is BEGIN or SAVEPOINT, or it holds
+// more than one statement. Conservative, and cheap for the usual text
+// (one statement, no semicolon): the scanner runs only on texts with a
+// semicolon or that do not start with a word.
+func mayOpenTx(query string) bool {
+	i := 0
+	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r') {
+		i++
+	}
+	j := i
+	for j < len(query) && (query[j]|0x20 >= 'a' && query[j]|0x20 <= 'z') {
+		j++
+	}
+	if j == i {
+		info := sqlscan.Scan(query) // a comment first, or no statement
+		return info.Multi || info.Keyword == "BEGIN" || info.Keyword == "SAVEPOINT"
+	}
+	if w := query[i:j]; strings.EqualFold(w, "BEGIN") || strings.EqualFold(w, "SAVEPOINT") {
+		return true
+	}
+	return strings.IndexByte(query[j:], ';') >= 0 && sqlscan.Scan(query).Multi
 }

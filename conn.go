@@ -23,6 +23,7 @@ type conn struct {
 	spare   *physConn // a reader kept for its open rows after moving to the writer
 	tx      *tx       // open transaction
 	hadTx   bool      // the checkout began a transaction (it may have ended badly)
+	mayTx   bool      // the checkout ran a text that may have begun one (mayOpenTx)
 	owned   bool      // the conn came from Driver.Open and owns r
 	last    *tenant   // tenant of the previous checkout: spares a map lookup
 	batched bool      // this checkout ran a statement through group commit (groupcommit.go)
@@ -219,6 +220,9 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		}
 		return nil, err
 	}
+	if !c.mayTx {
+		c.mayTx = mayOpenTx(query)
+	}
 	return pc.c.ExecContext(ctx, query, args)
 }
 
@@ -236,6 +240,9 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 			return c.r.free.query(ctx, query, args)
 		}
 		return nil, err
+	}
+	if !c.mayTx {
+		c.mayTx = mayOpenTx(query)
 	}
 	rs, err := pc.c.QueryContext(ctx, query, args)
 	if err != nil {
@@ -277,7 +284,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // transaction begun on a reader the statement can only run on that reader,
 // so route keeps it and the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
-	s := &stmt{c: c, query: query, numInput: -1, returning: sqlscan.Scan(query).Returning}
+	s := &stmt{c: c, query: query, numInput: -1, returning: sqlscan.Scan(query).Returning, mayTx: mayOpenTx(query)}
 	pc, err := c.route(ctx, c.pc == nil && c.prepareOnWriter(query))
 	if err == errNoRoute {
 		return s, nil // prepared on each tenant when it executes
@@ -429,10 +436,12 @@ func (c *conn) release() {
 		}
 		pc.rows = 0
 		pc.lease.Add(1)
-		// A reader can only be inside a transaction begun by BeginTx (BEGIN
-		// and multi-statement texts go to the writer); asking SQLite costs a
-		// cgo call, so only the writer and readers that had a tx are asked.
-		if (pc.writer || c.hadTx) && !pc.c.AutoCommit() {
+		// Only BeginTx, or a text that begins with BEGIN or SAVEPOINT or
+		// holds several statements (mayOpenTx), can leave a connection
+		// inside a transaction, and such texts go to the writer; asking
+		// SQLite costs a cgo call (a third of the routing's cost), so only
+		// connections of checkouts that did either are asked.
+		if (c.hadTx || (pc.writer && c.mayTx)) && !pc.c.AutoCommit() {
 			// A connection that stays inside its transaction would give the
 			// next caller a stale snapshot, or swallow its writes into a
 			// transaction nobody commits: close it instead (pgxpool too
@@ -444,7 +453,7 @@ func (c *conn) release() {
 		}
 		c.t.release(pc)
 	}
-	c.t, c.pc, c.spare, c.tx, c.hadTx = nil, nil, nil, nil, false
+	c.t, c.pc, c.spare, c.tx, c.hadTx, c.mayTx = nil, nil, nil, nil, false, false
 }
 
 // tx is a transaction on the leased connection.
@@ -492,6 +501,7 @@ type stmt struct {
 	// would join it and stay uncommitted. Exec finalizes such a statement
 	// instead of keeping it for reuse, which ends the transaction.
 	returning bool
+	mayTx     bool // mayOpenTx(query)
 }
 
 var (
@@ -536,6 +546,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 	if err != nil {
 		return nil, err
 	}
+	s.c.mayTx = s.c.mayTx || s.mayTx
 	if s.returning {
 		defer ps.Close()
 	} else {
@@ -568,6 +579,7 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 	if err != nil {
 		return nil, err
 	}
+	s.c.mayTx = s.c.mayTx || s.mayTx
 	if s.numInput < 0 {
 		if err := checkNumInput(ps, args); err != nil {
 			pc.putStmt(s.query, ps)

@@ -185,3 +185,124 @@ func TestPrepare_WriteWithReadersHeld(t *testing.T) {
 		t.Fatalf("exec: %v", err)
 	}
 }
+
+// TestMayOpenTx: the texts that can leave a connection inside a
+// transaction are recognised, however they are written; the usual
+// one-statement texts are not (release skips SQLite's autocommit check
+// for them).
+func TestMayOpenTx(t *testing.T) {
+	for _, tc := range []struct {
+		q    string
+		want bool
+	}{
+		{`BEGIN`, true},
+		{`begin immediate`, true},
+		{"  \n\tBegin;", true},
+		{`SAVEPOINT a`, true},
+		{`savepoint "x y"`, true},
+		{`-- comment
+BEGIN`, true},
+		{`/* c */ SAVEPOINT s`, true},
+		{`SELECT 1; BEGIN`, true},
+		{`INSERT INTO t VALUES (1); INSERT INTO t VALUES (2)`, true},
+		{`SELECT 1`, false},
+		{`INSERT INTO t VALUES ('BEGIN')`, false},
+		{`INSERT INTO t VALUES (';BEGIN')`, false},
+		{`UPDATE t SET v = 1;`, false},
+		{`SELECT 1;  -- trailing`, false},
+		{`COMMIT`, false},
+		{`ROLLBACK TO a`, false},
+		{`RELEASE a`, false},
+		{``, false},
+		{`;`, false},
+		{`-- only a comment`, false},
+		{`(SELECT 1)`, false},
+		{`BEGINNING`, false},
+	} {
+		if got := mayOpenTx(tc.q); got != tc.want {
+			t.Errorf("mayOpenTx(%q) = %v, want %v", tc.q, got, tc.want)
+		}
+	}
+}
+
+// TestConn_TextsLeavingATransactionAreRolledBack: every way a checkout can
+// leave the writer inside a transaction, through the DB, a Conn or a Stmt,
+// is rolled back at check-in, so the next caller's write commits on its
+// own (release asks SQLite only after such texts).
+func TestConn_TextsLeavingATransactionAreRolledBack(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(ctx context.Context, p *Proxy) error
+	}{
+		{"DB BEGIN", func(ctx context.Context, p *Proxy) error {
+			_, err := p.ExecContext(ctx, `BEGIN; INSERT INTO events (tenant) VALUES ('uncommitted')`)
+			return err
+		}},
+		{"DB SAVEPOINT", func(ctx context.Context, p *Proxy) error {
+			_, err := p.ExecContext(ctx, `SAVEPOINT s; INSERT INTO events (tenant) VALUES ('uncommitted')`)
+			return err
+		}},
+		{"DB comment then BEGIN", func(ctx context.Context, p *Proxy) error {
+			_, err := p.ExecContext(ctx, "-- open it\nBEGIN IMMEDIATE; INSERT INTO events (tenant) VALUES ('uncommitted')")
+			return err
+		}},
+		{"Conn BEGIN then insert", func(ctx context.Context, p *Proxy) error {
+			c, err := p.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if _, err := c.ExecContext(ctx, `begin`); err != nil {
+				return err
+			}
+			_, err = c.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('uncommitted')`)
+			return err
+		}},
+		{"Conn query BEGIN", func(ctx context.Context, p *Proxy) error {
+			c, err := p.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			rows, err := c.QueryContext(ctx, `SAVEPOINT q`)
+			if err != nil {
+				return err
+			}
+			rows.Close()
+			_, err = c.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('uncommitted')`)
+			return err
+		}},
+		{"Stmt BEGIN", func(ctx context.Context, p *Proxy) error {
+			c, err := p.Conn(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			st, err := c.PrepareContext(ctx, `BEGIN`)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			if _, err := st.ExecContext(ctx); err != nil {
+				return err
+			}
+			_, err = c.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('uncommitted')`)
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+			ctx := tctx("a")
+			if err := tc.run(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('next caller')`); err != nil {
+				t.Fatal(err)
+			}
+			got := directRows(t, p, "a", `SELECT tenant FROM events ORDER BY id`)
+			if len(got) != 1 || got[0] != "next caller" {
+				t.Fatalf("the file holds %q, want only the next caller's committed row", got)
+			}
+		})
+	}
+}
