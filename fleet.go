@@ -58,7 +58,7 @@ func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateRep
 	ids := opts.Tenants
 	if ids == nil {
 		var err error
-		if ids, err = r.tenantIDs(); err != nil {
+		if ids, err = r.tenantIDs(ctx); err != nil {
 			return rep, err
 		}
 	}
