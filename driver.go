@@ -124,7 +124,7 @@ func (p *Proxy) Config() Config { return *p.c.cfg.Clone() }
 // Tenants returns the IDs of the tenants that have a database file under
 // Dir, sorted. Side files (-wal, -shm, -journal) and files whose names are
 // not valid tenant IDs are not listed. It holds the whole list in memory:
-// for large fleets, AllTenants streams.
+// for large fleets, AllTenants streams, bucket by bucket.
 func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -133,14 +133,15 @@ func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
 }
 
 // AllTenants yields the IDs of the tenants that have a database file under
-// Dir, as Tenants lists them, reading the directory a batch of entries at
-// a time: memory stays small however many tenants there are. The order:
-// with LayoutBuckets, bucket by bucket ("00" to "ff"), sorted within each
-// bucket; with LayoutFlat, the directory's own order (unsorted; use
-// Tenants for a sorted list). Tenants created or deleted while it runs may
-// or may not be seen. It stops when the loop breaks. An error (reading
-// the directory, ctx cancelled, ErrClosed) is yielded once, with an empty
-// ID, and ends the listing:
+// Dir, as Tenants lists them, one bucket at a time: with LayoutBuckets,
+// bucket by bucket ("00" to "ff", see Layout), sorted within each bucket;
+// with LayoutFlat the whole directory is one bucket, so the IDs come
+// sorted. A bucket's folder is read a batch of entries at a time and only
+// its IDs are held: with LayoutBuckets memory stays small however many
+// tenants there are (with LayoutFlat it holds every ID, as Tenants does).
+// Tenants created or deleted while it runs may or may not be seen. It
+// stops when the loop breaks. An error (reading the directory, ctx
+// cancelled, ErrClosed) is yielded once, with an empty ID, and ends it:
 //
 //	for id, err := range p.AllTenants(ctx) {
 //		if err != nil {

@@ -176,10 +176,9 @@ func checkLayout(dir string, l Layout) error {
 	}
 	// Unmarked: flat, or new. Buckets may start here only if no flat tenant
 	// file is in the way.
-	for _, err := range flatTenants(context.Background(), dir) {
-		if err != nil {
-			return err
-		}
+	if found, err := hasFlatTenant(dir); err != nil {
+		return err
+	} else if found {
 		return fmt.Errorf(otherLayoutRefusal, dir, LayoutFlat, l, LayoutFlat, dir, l)
 	}
 	return writeMarker(dir, markerBuckets)
@@ -199,69 +198,66 @@ var errDirLocked = errors.New("data directory is locked")
 // readDirBatch is how many directory entries listings read at a time.
 const readDirBatch = 1024
 
-// listTenants yields the tenant IDs under dir in layout l. Flat: in the
-// directory's order. Buckets: bucket by bucket, "00" to "ff", sorted
-// within each bucket. Only regular files whose names follow the ID rule
+// listTenants yields the tenant IDs under dir in layout l, sorted within
+// each bucket: with LayoutBuckets bucket by bucket, "00" to "ff"; with
+// LayoutFlat the whole directory is one bucket. A bucket's folder is read
+// readDirBatch entries at a time and only its IDs are kept, so memory is
+// one bucket's IDs. Only regular files whose names follow the ID rule
 // (and, in buckets, sit in their ID's bucket) are tenants; side and
 // temporary files are skipped. A listing error (ctx's included) is
-// yielded once, last.
+// yielded once, last, with an empty ID; ctx is checked before every ID.
 func listTenants(ctx context.Context, dir string, l Layout) iter.Seq2[string, error] {
-	if l == LayoutBuckets {
-		return bucketTenants(ctx, dir)
-	}
-	return flatTenants(ctx, dir)
-}
-
-func flatTenants(ctx context.Context, dir string) iter.Seq2[string, error] {
-	return func(yield func(string, error) bool) {
-		err := readDirBatches(ctx, dir, func(ents []os.DirEntry) bool {
-			for _, e := range ents {
-				if id, ok := tenantIDFromEntry(e); ok && !yield(id, nil) {
-					return false
-				}
-			}
-			return true
-		})
-		if err != nil {
-			yield("", opError(opListTenants, "", err))
-		}
-	}
-}
-
-func bucketTenants(ctx context.Context, dir string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		var ids []string
 		for b := range numBuckets {
-			bucket := bucketName(b)
+			folder, bucket := dir, ""
+			if l == LayoutBuckets {
+				bucket = bucketName(b)
+				folder = filepath.Join(dir, bucket)
+			}
 			ids = ids[:0]
-			stopped := false
-			err := readDirBatches(ctx, filepath.Join(dir, bucket), func(ents []os.DirEntry) bool {
+			err := readDirBatches(ctx, folder, func(ents []os.DirEntry) bool {
 				for _, e := range ents {
-					if id, ok := tenantIDFromEntry(e); ok && bucketOf(id) == bucket {
+					if id, ok := tenantIDFromEntry(e); ok && (bucket == "" || bucketOf(id) == bucket) {
 						ids = append(ids, id)
 					}
 				}
 				return true
 			})
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
-			}
-			if err != nil {
+			if err != nil && !(bucket != "" && errors.Is(err, fs.ErrNotExist)) {
 				yield("", opError(opListTenants, "", err))
 				return
 			}
 			slices.Sort(ids)
 			for _, id := range ids {
+				if err := ctx.Err(); err != nil {
+					yield("", opError(opListTenants, "", err))
+					return
+				}
 				if !yield(id, nil) {
-					stopped = true
-					break
+					return
 				}
 			}
-			if stopped {
+			if bucket == "" {
 				return
 			}
 		}
 	}
+}
+
+// hasFlatTenant reports whether dir holds a tenant file of the flat
+// layout, stopping at the first.
+func hasFlatTenant(dir string) (found bool, err error) {
+	err = readDirBatches(context.Background(), dir, func(ents []os.DirEntry) bool {
+		for _, e := range ents {
+			if _, ok := tenantIDFromEntry(e); ok {
+				found = true
+				return false
+			}
+		}
+		return true
+	})
+	return found, err
 }
 
 // tenantIDFromEntry returns the tenant ID a directory entry names, if it

@@ -159,7 +159,9 @@ func (r *router) tenantIDs(ctx context.Context) ([]string, error) {
 		}
 		ids = append(ids, id)
 	}
-	slices.Sort(ids)
+	if r.cfg.Layout == LayoutBuckets {
+		slices.Sort(ids)
+	}
 	return ids, nil
 }
 
