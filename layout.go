@@ -64,6 +64,22 @@ func parseLayout(s string) (Layout, error) {
 	return 0, fmt.Errorf("%q is not flat or buckets", s)
 }
 
+// DirLayout returns the layout the data directory dir is in, as its
+// marker records it (a directory without one is LayoutFlat). It fails if
+// a relayout of dir was interrupted (run Relayout again) or the marker is
+// not one it knows. Tools that open directories of either layout (the
+// CLI) use it to set Config.Layout.
+func DirLayout(dir string) (Layout, error) {
+	st, err := readDirState(dir)
+	if err == nil && st.relayout {
+		err = fmt.Errorf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo))
+	}
+	if err != nil {
+		return 0, opError("dir layout", "", err)
+	}
+	return st.layout, nil
+}
+
 // numBuckets is the number of bucket folders of LayoutBuckets.
 const numBuckets = 256
 

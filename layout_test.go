@@ -369,3 +369,24 @@ func TestLayout_ReplicaPositions(t *testing.T) {
 		}
 	}
 }
+
+func TestLayout_DirLayout(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if l, err := DirLayout(dir); l != LayoutFlat || err != nil {
+		t.Errorf("empty: %s, %v", l, err)
+	}
+	newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets}).Close()
+	if l, err := DirLayout(dir); l != LayoutBuckets || err != nil {
+		t.Errorf("bucketed: %s, %v", l, err)
+	}
+	if err := writeMarker(dir, markerRelayoutTo+"flat"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DirLayout(dir); err == nil || !strings.Contains(err.Error(), "relayout -dir "+dir+" -to flat") {
+		t.Errorf("interrupted: %v", err)
+	}
+	if _, err := DirLayout(filepath.Join(dir, "missing")); err != nil {
+		t.Errorf("missing directory: %v", err) // flat, as New would make it
+	}
+}
