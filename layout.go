@@ -35,7 +35,10 @@ import (
 // whose marker says another layout than Config.Layout, or that a relayout
 // was interrupted, so that a proxy never sees an empty tenant where the
 // other layout keeps its data. Convert a directory with Relayout
-// (`sqliteproxy relayout -to buckets`).
+// (`sqliteproxy relayout -to buckets`). Not detected: two proxies that
+// open the same empty directory at the same moment with different
+// layouts, and versions of this package older than Layout, which ignore
+// the marker. Never remove the marker by hand.
 type Layout int8
 
 const (

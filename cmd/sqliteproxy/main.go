@@ -1,5 +1,6 @@
 // Command sqliteproxy is the operations tool for a sqliteproxy data
-// directory: one SQLite file per tenant, <dir>/<id>.db.
+// directory: one SQLite file per tenant, <dir>/<id>.db, or
+// <dir>/<bucket>/<id>.db in the bucketed layout.
 //
 //	sqliteproxy tenants [-json]                          list tenants
 //	sqliteproxy replicas -replica URL [-json]            list the tenants that have a replica under URL
@@ -191,7 +192,7 @@ func findCommand(name string) *command {
 }
 
 func (e *env) usage(w io.Writer) {
-	fmt.Fprintf(w, "usage: sqliteproxy COMMAND [flags] [args]\n\nOperations on a sqliteproxy data directory (one SQLite file per tenant, <dir>/<id>.db).\n\nCommands:\n")
+	fmt.Fprintf(w, "usage: sqliteproxy COMMAND [flags] [args]\n\nOperations on a sqliteproxy data directory (one SQLite file per tenant, <dir>/<id>.db or <dir>/<bucket>/<id>.db).\n\nCommands:\n")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
