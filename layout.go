@@ -74,8 +74,8 @@ func parseLayout(s string) (Layout, error) {
 // CLI) use it to set Config.Layout.
 func DirLayout(dir string) (Layout, error) {
 	st, err := readDirState(dir)
-	if err == nil && st.relayout {
-		err = fmt.Errorf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo))
+	if err == nil {
+		err = st.interrupted(dir)
 	}
 	if err != nil {
 		return 0, opError("dir layout", "", err)
@@ -118,6 +118,15 @@ type dirState struct {
 	layout     Layout
 	relayoutTo Layout // with relayout: the layout an interrupted relayout was converting to
 	relayout   bool   // a relayout started and did not finish
+}
+
+// interrupted fails when a relayout of dir did not finish, saying how to
+// finish it.
+func (st dirState) interrupted(dir string) error {
+	if !st.relayout {
+		return nil
+	}
+	return fmt.Errorf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo))
 }
 
 // readDirState reads dir's layout marker: no marker is flat.
@@ -184,8 +193,8 @@ func checkLayout(dir string, l Layout) error {
 	if err != nil {
 		return err
 	}
-	if st.relayout {
-		return fmt.Errorf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo))
+	if err := st.interrupted(dir); err != nil {
+		return err
 	}
 	if st.layout == l {
 		return nil

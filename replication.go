@@ -1018,8 +1018,8 @@ func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, r
 		return 0, 0, opError(op, id, err)
 	}
 	st, err := readDirState(dir)
-	if err == nil && st.relayout {
-		err = fmt.Errorf("%s: a relayout to %s was interrupted", dir, st.relayoutTo)
+	if err == nil {
+		err = st.interrupted(dir)
 	}
 	if err != nil {
 		return 0, 0, opError(op, id, err)
