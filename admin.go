@@ -128,7 +128,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	// Move the file out of the tenant's name first, so nothing can open a
 	// half-deleted tenant; then its side files, then the file.
-	hidden := tempName(r.cfg.Dir, deletingPrefix, id)
+	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -142,7 +142,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)
 		}
 	}
-	if serr := syncDir(r.cfg.Dir); err == nil {
+	if serr := syncDir(filepath.Dir(t.path)); err == nil {
 		err = serr
 	}
 	r.releaseLease(t, 0) // nothing left in any generation
@@ -329,7 +329,10 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		return err
 	}
 	r := p.c.r
-	tmp := tempName(r.cfg.Dir, restoringPrefix, id)
+	if err := r.makeTenantDir(t); err != nil {
+		return opError(op, id, err)
+	}
+	tmp := tempName(filepath.Dir(t.path), restoringPrefix, id)
 	defer removeWithSideFiles(tmp)
 	if err := fill(tmp); err != nil {
 		return opError(op, id, err)
@@ -366,7 +369,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		err = os.Rename(tmp, t.path)
 	}
 	if err == nil {
-		err = syncDir(r.cfg.Dir)
+		err = syncDir(filepath.Dir(t.path))
 	}
 	t.ready.Store(false)
 	t.endDrain(tenantActive)

@@ -30,9 +30,16 @@ const (
 // Config configures a Proxy or a Connector. The zero value of every field
 // except Dir means "the default"; each field's DSN key is given in brackets.
 type Config struct {
-	// Dir is the directory holding one SQLite file per tenant, <Dir>/<id>.db.
-	// It is created (mode 0700) if missing. Required. [dir]
+	// Dir is the directory holding one SQLite file per tenant, <Dir>/<id>.db
+	// (see Layout). It is created (mode 0700) if missing. Required. [dir]
 	Dir string
+
+	// Layout says where tenant files live under Dir: LayoutFlat,
+	// <Dir>/<id>.db (the default), or LayoutBuckets,
+	// <Dir>/<bucket>/<id>.db in 256 folders, for directories of many
+	// thousands of tenants. New refuses a directory in the other layout;
+	// convert one with Relayout. [layout=flat|buckets]
+	Layout Layout
 
 	// MaxConnections caps the SQLite connections open at once, all tenants
 	// together (each is a file descriptor on the tenant's file). When the cap
@@ -204,7 +211,7 @@ type ReplicaCompactor interface {
 
 // dsnKeys lists the DSN keys in the order FormatDSN writes them.
 var dsnKeys = []string{
-	"dir", "max_connections", "readers", "idle_timeout", "busy_timeout",
+	"dir", "layout", "max_connections", "readers", "idle_timeout", "busy_timeout",
 	"synchronous", "stmt_cache_size", "foreign_keys", "explicit_create", "group_commit",
 	"migrations_dir", "migration_mode", "trace_queries", "trace_statements", "metrics_tenant_limit",
 	"replica_url", "litestream_socket", "litestream_path",
@@ -236,6 +243,8 @@ func (c *Config) setDSNValue(key, v string) error {
 	switch key {
 	case "dir":
 		c.Dir = v
+	case "layout":
+		c.Layout, err = parseLayout(v)
 	case "max_connections":
 		c.MaxConnections, err = strconv.Atoi(v)
 	case "readers":
@@ -291,6 +300,9 @@ func (c *Config) FormatDSN() string {
 	add := func(key, v string) { q = append(q, key+"="+url.QueryEscape(v)) }
 	if c.Dir != "" {
 		add("dir", c.Dir)
+	}
+	if c.Layout != LayoutFlat {
+		add("layout", c.Layout.String())
 	}
 	if c.MaxConnections != 0 {
 		add("max_connections", strconv.Itoa(c.MaxConnections))
@@ -429,6 +441,9 @@ func (c *Config) resolved() (*Config, error) {
 	}
 	if r.GroupCommit != GroupCommitOn && r.GroupCommit != GroupCommitOff {
 		return nil, fmt.Errorf("Config.GroupCommit: unknown mode %d", r.GroupCommit)
+	}
+	if r.Layout != LayoutFlat && r.Layout != LayoutBuckets {
+		return nil, fmt.Errorf("Config.Layout: unknown layout %d", r.Layout)
 	}
 	switch r.MigrationMode {
 	case MigrateAuto, MigrateCheck:

@@ -1,6 +1,8 @@
 // Package sqliteproxy is database-per-tenant SQLite behind database/sql.
 //
-// Every tenant is one SQLite file, <Dir>/<id>.db. Application code stays
+// Every tenant is one SQLite file, <Dir>/<id>.db (or, for fleets of many
+// thousands, <Dir>/<bucket>/<id>.db in 256 folders: Config.Layout,
+// LayoutBuckets; list them with Proxy.AllTenants). Application code stays
 // single-tenant: it runs statements with a context that carries the tenant
 // (WithOrgID), and the driver routes each statement to that tenant's file.
 //

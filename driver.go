@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"io"
+	"iter"
 )
 
 // DriverName is the name the driver is registered under with database/sql.
@@ -122,10 +123,32 @@ func (p *Proxy) Config() Config { return *p.c.cfg.Clone() }
 
 // Tenants returns the IDs of the tenants that have a database file under
 // Dir, sorted. Side files (-wal, -shm, -journal) and files whose names are
-// not valid tenant IDs are not listed.
+// not valid tenant IDs are not listed. It holds the whole list in memory:
+// for large fleets, AllTenants streams, bucket by bucket.
 func (p *Proxy) Tenants(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	return p.c.r.tenantIDs()
+	return p.c.r.tenantIDs(ctx)
+}
+
+// AllTenants yields the IDs of the tenants that have a database file under
+// Dir, as Tenants lists them, one bucket at a time: with LayoutBuckets,
+// bucket by bucket ("00" to "ff", see Layout), sorted within each bucket;
+// with LayoutFlat the whole directory is one bucket, so the IDs come
+// sorted. A bucket's folder is read a batch of entries at a time and only
+// its IDs are held: with LayoutBuckets memory stays small however many
+// tenants there are (with LayoutFlat it holds every ID, as Tenants does).
+// Tenants created or deleted while it runs may or may not be seen. It
+// stops when the loop breaks. An error (reading the directory, ctx
+// cancelled, ErrClosed) is yielded once, with an empty ID, and ends it:
+//
+//	for id, err := range p.AllTenants(ctx) {
+//		if err != nil {
+//			return err
+//		}
+//		...
+//	}
+func (p *Proxy) AllTenants(ctx context.Context) iter.Seq2[string, error] {
+	return p.c.r.allTenants(ctx)
 }

@@ -23,7 +23,8 @@ type MigrateOptions struct {
 	// Progress, if set, is called after each tenant (from several
 	// goroutines, never concurrently) with the tenants done and the total.
 	Progress func(done, total int)
-	// Tenants restricts the run to these IDs; default every tenant under Dir.
+	// Tenants restricts the run to these IDs; default every tenant under
+	// Dir, in the order of AllTenants.
 	Tenants []string
 }
 
@@ -57,9 +58,13 @@ func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateRep
 	}
 	ids := opts.Tenants
 	if ids == nil {
-		var err error
-		if ids, err = r.tenantIDs(); err != nil {
-			return rep, err
+		// Listed first (AllTenants, in its order), so that Progress knows
+		// the total; the IDs are a few MB for 100 000 tenants.
+		for id, err := range r.allTenants(ctx) {
+			if err != nil {
+				return rep, err
+			}
+			ids = append(ids, id)
 		}
 	}
 	rep.Tenants = len(ids)

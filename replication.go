@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -475,7 +476,10 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		}
 		r.tel.restoredFromReplica(ctx, t.tel, outcome, start)
 	}()
-	tmp := tempName(r.cfg.Dir, restoringPrefix, t.id)
+	if err := r.makeTenantDir(t); err != nil {
+		return false, opError(opRestoreReplica, t.id, err)
+	}
+	tmp := tempName(filepath.Dir(t.path), restoringPrefix, t.id)
 	defer removeWithSideFiles(tmp)
 	err = r.repl.restore(ctx, key, tmp, time.Time{})
 	if errors.Is(err, errNoReplica) {
@@ -503,7 +507,7 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		}
 	}
 	if err == nil {
-		err = syncDir(r.cfg.Dir)
+		err = syncDir(filepath.Dir(t.path))
 	}
 	if err != nil {
 		return false, opError(opRestoreReplica, t.id, err)
@@ -1013,12 +1017,20 @@ func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, r
 	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
 		return 0, 0, opError(op, id, err)
 	}
-	if local, err = localPos(tenantPath(dir, id)); err != nil {
+	st, err := readDirState(dir)
+	if err == nil {
+		err = st.interrupted(dir)
+	}
+	if err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	path := tenantPath(dir, st.layout, id)
+	if local, err = localPos(path); err != nil {
 		return 0, 0, opError(op, id, err)
 	}
 	rp := &replicator{base: replicaURL}
 	// A cluster node's copy streams to a generation (the one it recorded).
-	key := replicaKey(id, readGenMarker(tenantPath(dir, id)))
+	key := replicaKey(id, readGenMarker(path))
 	if replica, err = rp.replicaPos(ctx, key); err != nil {
 		return 0, 0, opError(op, id, err)
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"iter"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -40,11 +42,13 @@ type router struct {
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)
 
+	dirLock *os.File // Dir, flock'd shared while open (lockDir): keeps Relayout out
+
 	stop     chan struct{} // closed by close to end the background goroutines
 	reaperWG sync.WaitGroup
 }
 
-func newRouter(cfg *Config) (*router, error) {
+func newRouter(cfg *Config) (_ *router, err error) {
 	if _, err := os.Stat(cfg.Dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, opError(opOpen, "", err)
@@ -60,12 +64,28 @@ func newRouter(cfg *Config) (*router, error) {
 	if !fi.IsDir() {
 		return nil, opError(opOpen, "", fmt.Errorf("%s is not a directory", cfg.Dir))
 	}
+	dirLock, err := lockDir(cfg.Dir, false)
+	if errors.Is(err, errDirLocked) {
+		err = fmt.Errorf("%s is being converted to another layout (sqliteproxy relayout): %w", cfg.Dir, err)
+	}
+	if err != nil {
+		return nil, opError(opOpen, "", err)
+	}
+	defer func() {
+		if err != nil {
+			dirLock.Close()
+		}
+	}()
+	if err := checkLayout(cfg.Dir, cfg.Layout); err != nil {
+		return nil, opError(opOpen, "", err)
+	}
 	list, err := loadMigrations(cfg)
 	if err != nil {
 		return nil, opError(opOpen, "", err)
 	}
 	r := &router{
 		cfg:        cfg,
+		dirLock:    dirLock,
 		conns:      newConnOpener(cfg),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
@@ -117,29 +137,52 @@ func (r *router) close() error {
 	r.free.close()
 	r.tmpl.close()
 	r.tel.close()
+	r.dirLock.Close()
 	return nil
 }
 
-// tenantIDs lists the IDs of tenant files under cfg.Dir, sorted.
-func (r *router) tenantIDs() ([]string, error) {
+// allTenants yields the IDs of tenant files under cfg.Dir, in the order
+// of listTenants (layout.go).
+func (r *router) allTenants(ctx context.Context) iter.Seq2[string, error] {
 	if r.isClosed.Load() {
-		return nil, ErrClosed
+		return func(yield func(string, error) bool) { yield("", opError(opListTenants, "", ErrClosed)) }
 	}
-	entries, err := os.ReadDir(r.cfg.Dir)
-	if err != nil {
-		return nil, opError(opListTenants, "", err)
-	}
-	ids := make([]string, 0, len(entries))
-	for _, e := range entries {
-		if !e.Type().IsRegular() {
-			continue
+	return listTenants(ctx, r.cfg.Dir, r.cfg.Layout)
+}
+
+// tenantIDs lists the IDs of tenant files under cfg.Dir, sorted.
+func (r *router) tenantIDs(ctx context.Context) ([]string, error) {
+	var ids []string
+	for id, err := range r.allTenants(ctx) {
+		if err != nil {
+			return nil, err
 		}
-		if id, ok := tenantIDFromFile(e.Name()); ok {
-			ids = append(ids, id)
-		}
+		ids = append(ids, id)
 	}
-	slices.Sort(ids)
+	if r.cfg.Layout == LayoutBuckets {
+		slices.Sort(ids)
+	}
 	return ids, nil
+}
+
+// makeTenantDir creates the folder of t's file if it is missing (a bucket
+// of LayoutBuckets), mode 0700, and syncs Dir so that the folder outlives
+// a crash together with the files about to be put in it.
+func (r *router) makeTenantDir(t *tenant) error {
+	dir := filepath.Dir(t.path)
+	if dir == r.cfg.Dir {
+		return nil
+	}
+	if _, err := os.Lstat(dir); err == nil {
+		return nil
+	}
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return nil
+		}
+		return err
+	}
+	return syncDir(r.cfg.Dir)
 }
 
 // openOpts says what opening a tenant's writer may do.
@@ -251,7 +294,10 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
 // ErrTenantExists. The file is built under a temporary name and linked into
 // place, so no one (Tenants, another process) ever sees it half-made.
 func (r *router) createFile(ctx context.Context, t *tenant) error {
-	tmp := tempName(r.cfg.Dir, creatingPrefix, t.id)
+	if err := r.makeTenantDir(t); err != nil {
+		return opError(opCreateTenant, t.id, err)
+	}
+	tmp := tempName(filepath.Dir(t.path), creatingPrefix, t.id)
 	defer removeWithSideFiles(tmp)
 	if err := r.fillNew(ctx, t, tmp); err != nil {
 		return err
@@ -263,7 +309,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	t.ready.Store(true)
-	if err := syncDir(r.cfg.Dir); err != nil {
+	if err := syncDir(filepath.Dir(t.path)); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}
 	return nil

@@ -23,7 +23,7 @@ import (
 type tenant struct {
 	r    *router
 	id   string
-	path string // <Dir>/<id>.db
+	path string // tenantPath: <Dir>/<id>.db or <Dir>/<bucket>/<id>.db
 	uri  string // file: URI of path, without query
 
 	wsem  sem          // its holder owns w
@@ -68,7 +68,7 @@ const (
 )
 
 func newTenant(r *router, id string) *tenant {
-	path := tenantPath(r.cfg.Dir, id)
+	path := tenantPath(r.cfg.Dir, r.cfg.Layout, id)
 	return &tenant{r: r, id: id, path: path, uri: fileURI(path), tel: r.tel.newTenant(id)}
 }
 

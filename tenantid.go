@@ -86,21 +86,26 @@ func windowsReserved(id string) bool {
 // tenantFileSuffix is appended to a tenant ID to name its database file.
 const tenantFileSuffix = ".db"
 
-// tenantPath is the database file of tenant id under dir: the one place
-// that maps an ID to a path. id must be valid (checkTenantID).
-func tenantPath(dir, id string) string {
+// tenantPath is the database file of tenant id under dir in layout l: the
+// one place that maps an ID to a path (see Layout). A tenant's side and
+// temporary files are named after this path, in the same folder. id must
+// be valid (checkTenantID).
+func tenantPath(dir string, l Layout, id string) string {
+	if l == LayoutBuckets {
+		return filepath.Join(dir, bucketOf(id), id+tenantFileSuffix)
+	}
 	return filepath.Join(dir, id+tenantFileSuffix)
 }
 
 // TenantPath returns the path of the database file of tenant id under the
-// proxy's Dir, whether or not it exists, or ErrInvalidTenant. Tools that
-// work on the files (backups, copies, the CLI) should use it rather than
-// building the path themselves.
+// proxy's Dir (in its Layout), whether or not it exists, or
+// ErrInvalidTenant. Tools that work on the files (backups, copies, the
+// CLI) should use it rather than building the path themselves.
 func (p *Proxy) TenantPath(id string) (string, error) {
 	if err := checkTenantID(id); err != nil {
 		return "", opError(opTenantPath, id, err)
 	}
-	return tenantPath(p.c.cfg.Dir, id), nil
+	return tenantPath(p.c.cfg.Dir, p.c.cfg.Layout, id), nil
 }
 
 // fileURI is the file: URI of path, escaped, without a query.
@@ -117,8 +122,11 @@ func tenantIDFromFile(name string) (string, bool) {
 	return id, true
 }
 
-// Temporary files the driver keeps in Dir start with a dot, which no
-// tenant ID may, so Tenants never lists them and no tenant can reach them.
+// Temporary files the driver keeps beside tenant files start with a dot,
+// which no tenant ID may, so Tenants never lists them and no tenant can
+// reach them. A tenant's are in its file's folder (filepath.Dir of
+// tenantPath), so that linking or renaming them into place stays within
+// one directory.
 const (
 	creatingPrefix  = ".creating-"
 	deletingPrefix  = ".deleting-"

@@ -58,12 +58,34 @@ func (e *env) tenants(args []string) (status int) {
 		return st
 	}
 	defer e.closeProxy(p, &status)
-	ids, err := p.Tenants(e.ctx)
-	if err != nil {
-		e.errorf("tenants: %s", errText(err))
-		return exitFailed
+	// Streamed: a bucketed directory of any size lists in little memory.
+	n := 0
+	for id, err := range p.AllTenants(e.ctx) {
+		if err != nil {
+			if *asJSON && n > 0 {
+				fmt.Fprintln(e.stdout, "]")
+			}
+			e.errorf("tenants: %s", errText(err))
+			return exitFailed
+		}
+		if *asJSON {
+			sep := ","
+			if n == 0 {
+				sep = "["
+			}
+			b, _ := json.Marshal(id)
+			fmt.Fprintf(e.stdout, "%s%s", sep, b)
+		} else {
+			fmt.Fprintln(e.stdout, id)
+		}
+		n++
 	}
-	e.printIDs(ids, *asJSON)
+	if *asJSON {
+		if n == 0 {
+			fmt.Fprint(e.stdout, "[")
+		}
+		fmt.Fprintln(e.stdout, "]")
+	}
 	return exitOK
 }
 
@@ -234,9 +256,8 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 		return st
 	}
 	defer e.closeProxy(p, &status)
-	ids, err := p.Tenants(e.ctx)
-	if err != nil {
-		e.errorf("backup: %s", errText(err))
+	ids, ok := e.allTenants(p, "backup")
+	if !ok {
 		return exitFailed
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -369,9 +390,7 @@ func (e *env) migrate(args []string) (status int) {
 	}
 	defer e.closeProxy(p, &status)
 	if len(ids) == 0 {
-		var err error
-		if ids, err = p.Tenants(e.ctx); err != nil {
-			e.errorf("migrate: %s", errText(err))
+		if ids, ok = e.allTenants(p, "migrate"); !ok {
 			return exitFailed
 		}
 	}
@@ -558,12 +577,7 @@ func (e *env) status(args []string) (status int) {
 // tenantIDs returns the one tenant named (which must exist) or all.
 func (e *env) tenantIDs(p *sqliteproxy.Proxy, op string, pos []string) ([]string, bool) {
 	if len(pos) == 0 {
-		ids, err := p.Tenants(e.ctx)
-		if err != nil {
-			e.errorf("%s: %s", op, errText(err))
-			return nil, false
-		}
-		return ids, true
+		return e.allTenants(p, op)
 	}
 	id := pos[0]
 	exists, err := p.TenantExists(e.ctx, id)

@@ -1,5 +1,6 @@
 // Command sqliteproxy is the operations tool for a sqliteproxy data
-// directory: one SQLite file per tenant, <dir>/<id>.db.
+// directory: one SQLite file per tenant, <dir>/<id>.db, or
+// <dir>/<bucket>/<id>.db in the bucketed layout.
 //
 //	sqliteproxy tenants [-json]                          list tenants
 //	sqliteproxy replicas -replica URL [-json]            list the tenants that have a replica under URL
@@ -14,12 +15,29 @@
 //	sqliteproxy status [-json] [-migrations DIR] [-replica URL] [ID]
 //	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
+//	sqliteproxy relayout -to flat|buckets                convert the directory to another layout
 //
 // Every command but replicas, compact, nodes, owners and move takes -dir (default ./data), the data
 // directory, which must exist: the tool never creates it, and never creates
 // a tenant file except with create and restore (a mistyped ID is "no
 // tenant", not a new database). Nothing migrates as a side effect: only
 // migrate applies migrations.
+//
+// The data directory is in the flat layout (<dir>/<id>.db) or the bucketed
+// one (<dir>/<bucket>/<id>.db, 256 folders; see sqliteproxy.Layout). The
+// commands that take -dir also take -layout: auto (the default) uses the
+// layout the directory records, flat or buckets insist on one. Fleet-wide
+// commands (tenants, migrate, backup -all, status and check without an ID)
+// go through the tenants in the order of Proxy.AllTenants: sorted in a
+// flat directory, bucket by bucket (each sorted) in a bucketed one.
+// backup -all writes DIR/<id>.db whatever the layout.
+//
+// relayout converts a directory from one layout to the other, offline: it
+// refuses a directory that a service or another command has open, and a
+// tenant another process has open. It is crash-safe: interrupted at any
+// point (Ctrl-C, a crash, an error), it leaves every tenant in exactly one
+// place, and the directory marked so that nothing opens it until relayout
+// is run again (to either layout) and finishes.
 //
 // Replicas are Litestream v0.5 replicas, named by the URL the service has
 // as Config.ReplicaURL (file:///path, or s3://bucket/prefix with
@@ -128,6 +146,7 @@ func init() {
 		{"migrate", "[-dir DIR] -migrations DIR [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants", (*env).migrate},
 		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
 		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
+		{"relayout", "[-dir DIR] -to flat|buckets", "convert the data directory to another layout, offline (crash-safe; run again to finish)", (*env).relayout},
 		{"nodes", "-etcd ENDPOINTS [-json]", "the live nodes of a cluster and their URLs", (*env).nodes},
 		{"owners", "-etcd ENDPOINTS [-json]", "which node owns which tenant, and its generation", (*env).owners},
 		{"move", "-etcd ENDPOINTS -to NODE [-timeout D] ID", "hand a tenant over to another node: synced, released, taken", (*env).move},
@@ -173,11 +192,11 @@ func findCommand(name string) *command {
 }
 
 func (e *env) usage(w io.Writer) {
-	fmt.Fprintf(w, "usage: sqliteproxy COMMAND [flags] [args]\n\nOperations on a sqliteproxy data directory (one SQLite file per tenant, <dir>/<id>.db).\n\nCommands:\n")
+	fmt.Fprintf(w, "usage: sqliteproxy COMMAND [flags] [args]\n\nOperations on a sqliteproxy data directory (one SQLite file per tenant, <dir>/<id>.db or <dir>/<bucket>/<id>.db).\n\nCommands:\n")
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nEvery command but replicas, compact, nodes, owners and move takes -dir DIR (default ./data). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+	fmt.Fprintf(w, "\nEvery command but replicas, compact, nodes, owners and move takes -dir DIR (default ./data) and -layout (default auto). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
 		"Replica URLs are Litestream's (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL;\n"+
 		"S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).\n"+
 		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")
@@ -198,14 +217,16 @@ func errText(err error) string {
 // flags is the parsed command line of one subcommand.
 type flags struct {
 	*flag.FlagSet
-	cmd *command
-	dir *string
+	cmd    *command
+	dir    *string
+	layout *string
 }
 
-// newFlags returns the flag set of the named command, with -dir.
+// newFlags returns the flag set of the named command, with -dir and -layout.
 func (e *env) newFlags(name string) *flags {
 	f := e.newFlagsNoDir(name)
 	f.dir = f.String("dir", "./data", "the data `directory`, holding one <id>.db file per tenant (must exist)")
+	f.layout = f.String("layout", "auto", "the data directory's `layout`: flat (<dir>/<id>.db), buckets (<dir>/<bucket>/<id>.db) or auto (as the directory records it)")
 	return f
 }
 
@@ -310,8 +331,14 @@ func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, boo
 			return nil, exitUsage, false
 		}
 	}
+	layout, err := dirLayout(*f.dir, *f.layout)
+	if err != nil {
+		e.errorf("%s: %s", f.cmd.name, errText(err))
+		return nil, exitUsage, false
+	}
 	p, err := sqliteproxy.New(sqliteproxy.Config{
 		Dir:            *f.dir,
+		Layout:         layout,
 		MigrationsDir:  migrationsDir,
 		MigrationMode:  sqliteproxy.MigrateCheck,
 		ExplicitCreate: true,
@@ -321,6 +348,33 @@ func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, boo
 		return nil, exitFailed, false
 	}
 	return p, exitOK, true
+}
+
+// dirLayout resolves a -layout flag for the data directory dir: auto is
+// the layout dir records (sqliteproxy.DirLayout).
+func dirLayout(dir, flagValue string) (sqliteproxy.Layout, error) {
+	switch flagValue {
+	case "flat":
+		return sqliteproxy.LayoutFlat, nil
+	case "buckets":
+		return sqliteproxy.LayoutBuckets, nil
+	case "auto":
+		return sqliteproxy.DirLayout(dir)
+	}
+	return 0, fmt.Errorf("-layout %q is not flat, buckets or auto", flagValue)
+}
+
+// allTenants lists every tenant, in the order of Proxy.AllTenants.
+func (e *env) allTenants(p *sqliteproxy.Proxy, op string) ([]string, bool) {
+	var ids []string
+	for id, err := range p.AllTenants(e.ctx) {
+		if err != nil {
+			e.errorf("%s: %s", op, errText(err))
+			return nil, false
+		}
+		ids = append(ids, id)
+	}
+	return ids, true
 }
 
 // closeProxy closes p, reporting a failure.

@@ -79,6 +79,7 @@ const (
 func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
 	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
+	layout := flag.String("layout", "flat", "layout of -dir: flat (<dir>/<id>.db) or buckets (<dir>/<bucket>/<id>.db, for many thousands of tenants; convert a directory with `sqliteproxy relayout`)")
 	replicaURL := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
 	socket := flag.String("litestream-socket", "", "control socket of the Litestream process (with -replica)")
 	litestream := flag.String("litestream", "", "litestream binary used to restore tenants (default: litestream on PATH)")
@@ -90,6 +91,14 @@ func main() {
 	flag.Parse()
 	cfg := sqliteproxy.Config{Dir: *dir, Migrations: migrations, MaxConnections: *maxConns,
 		ReplicaURL: *replicaURL, LitestreamSocket: *socket, LitestreamPath: *litestream}
+	switch *layout {
+	case "flat":
+	case "buckets":
+		cfg.Layout = sqliteproxy.LayoutBuckets
+	default:
+		fmt.Fprintf(os.Stderr, "events: -layout %q is not flat or buckets\n", *layout)
+		os.Exit(2)
+	}
 	if *replicaURL != "" {
 		cfg.ReplicaCompactor = &replica.Compactor{} // keeps restores fast
 		cfg.ReplicaRestorer = &replica.Restorer{}   // restores without starting a litestream process

@@ -1,0 +1,193 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+)
+
+// bucketPath is where the bucketed layout keeps tenant id's file: the
+// bucket is the first byte of SHA-256(id) in hex (`printf %s ID | sha256sum`).
+func bucketPath(dir, id string) string {
+	return filepath.Join(dir, map[string]string{"acme": "82", "globex": "5b", "initech": "4c"}[id], id+".db")
+}
+
+func TestRelayoutCommand(t *testing.T) {
+	t.Parallel()
+	mdir := migrationsDir(t, "0001_init.sql")
+	ids := []string{"acme", "globex", "initech"}
+	dir := fleet(t, mdir, 2, ids...)
+
+	cli(t, nil, "relayout", "-dir", dir).want(t, exitUsage)
+	cli(t, nil, "relayout", "-dir", dir, "-to", "nested").want(t, exitUsage)
+	cli(t, nil, "relayout", "-dir", filepath.Join(dir, "missing"), "-to", "buckets").want(t, exitUsage)
+	if r := cli(t, nil, "tenants", "-dir", dir, "-layout", "buckets").want(t, exitFailed); !strings.Contains(r.stderr, "flat layout") {
+		t.Errorf("-layout buckets on a flat directory: %q", r.stderr)
+	}
+	cli(t, nil, "tenants", "-dir", dir, "-layout", "round").want(t, exitUsage)
+
+	r := cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitOK)
+	if r.stdout != "moved 3 tenants; "+dir+" is in the buckets layout\n" {
+		t.Errorf("relayout: %q", r.stdout)
+	}
+	for _, id := range ids {
+		if got := events(t, bucketPath(dir, id)); !cmp.Equal(got, []string{id + "-0", id + "-1"}) {
+			t.Errorf("%s after relayout: %v", id, got)
+		}
+	}
+	// Every command finds the tenants (-layout auto), in bucket order.
+	if r := cli(t, nil, "tenants", "-dir", dir).want(t, exitOK); r.stdout != "initech\nglobex\nacme\n" {
+		t.Errorf("tenants: %q", r.stdout)
+	}
+	if r := cli(t, nil, "tenants", "-dir", dir, "-json", "-layout", "buckets").want(t, exitOK); r.stdout != `["initech","globex","acme"]`+"\n" {
+		t.Errorf("tenants -json: %q", r.stdout)
+	}
+	if r := cli(t, nil, "tenants", "-dir", dir, "-layout", "flat").want(t, exitFailed); !strings.Contains(r.stderr, "buckets layout") {
+		t.Errorf("-layout flat on a bucketed directory: %q", r.stderr)
+	}
+	out := t.TempDir()
+	cli(t, nil, "backup", "-all", "-dir", dir, out).want(t, exitOK)
+	for _, id := range ids {
+		if got := events(t, filepath.Join(out, id+".db")); len(got) != 2 {
+			t.Errorf("backup of %s: %v", id, got)
+		}
+	}
+	cli(t, nil, "migrate", "-dir", dir, "-migrations", migrationsDir(t, "0001_init.sql", "0002_add.sql")).want(t, exitOK)
+	var st []struct {
+		Tenant  string
+		Version int
+	}
+	if r := cli(t, nil, "status", "-dir", dir, "-json").want(t, exitOK); json.Unmarshal([]byte(r.stdout), &st) != nil || len(st) != 3 || st[0].Version != 2 || st[2].Version != 2 {
+		t.Errorf("status after migrate: %s", r.stdout)
+	}
+	cli(t, nil, "check", "-dir", dir).want(t, exitOK)
+	cli(t, nil, "create", "-dir", dir, "hooli").want(t, exitOK)
+	cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitOK)
+	if _, err := os.Lstat(bucketPath(dir, "globex")); err == nil {
+		t.Error("globex left after delete")
+	}
+
+	// Not while a proxy has the directory open.
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Layout: sqliteproxy.LayoutBuckets})
+	if r := cli(t, nil, "relayout", "-dir", dir, "-to", "flat").want(t, exitFailed); !strings.Contains(r.stderr, "in use by a proxy") {
+		t.Errorf("relayout beside a proxy: %q", r.stderr)
+	}
+	p.Close()
+
+	r = cli(t, nil, "relayout", "-dir", dir, "-to", "flat").want(t, exitOK)
+	if r.stdout != "moved 3 tenants; "+dir+" is in the flat layout\n" {
+		t.Errorf("relayout -to flat: %q", r.stdout)
+	}
+	if r := cli(t, nil, "tenants", "-dir", dir).want(t, exitOK); r.stdout != "acme\nhooli\ninitech\n" {
+		t.Errorf("tenants after -to flat: %q", r.stdout)
+	}
+}
+
+// The real binary, killed (SIGKILL) at a random moment of a relayout,
+// leaves every tenant in exactly one place; running it again finishes.
+func TestRelayoutKilled(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("builds the binary, spawns and kills it")
+	}
+	bin := filepath.Join(t.TempDir(), "sqliteproxy")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	mdir := migrationsDir(t, "0001_init.sql")
+	var ids []string
+	for i := range 150 {
+		ids = append(ids, fmt.Sprintf("t%03d", i))
+	}
+	orig := fleet(t, mdir, 1, ids...)
+	kills, interrupted := 0, 0
+	for loop := range 6 {
+		dir := t.TempDir()
+		copyDir(t, orig, dir)
+		to := []string{"buckets", "flat"}[loop%2]
+		if to == "flat" { // start from buckets
+			if r := cli(t, nil, "relayout", "-dir", dir, "-to", "buckets"); r.code != exitOK {
+				t.Fatal(r.stderr)
+			}
+		}
+		cmd := exec.Command(bin, "relayout", "-dir", dir, "-to", to)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		sqliteproxytest.WaitFor(t, 30*time.Second, "the relayout to start", func() bool {
+			b, _ := os.ReadFile(filepath.Join(dir, ".sqliteproxy-layout"))
+			return strings.HasPrefix(string(b), "relayout-to-")
+		})
+		time.Sleep(time.Duration(rand.IntN(20)) * time.Millisecond) // into the moves
+		if cmd.Process.Signal(syscall.SIGKILL) == nil {
+			kills++
+		}
+		cmd.Wait()
+		if b, _ := os.ReadFile(filepath.Join(dir, ".sqliteproxy-layout")); strings.HasPrefix(string(b), "relayout-to-") {
+			interrupted++
+		}
+
+		// Each tenant once, in one layout or the other.
+		found := map[string]int{}
+		filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && strings.HasSuffix(path, ".db") && !strings.HasPrefix(d.Name(), ".") {
+				found[strings.TrimSuffix(d.Name(), ".db")]++
+			}
+			return nil
+		})
+		for _, id := range ids {
+			if found[id] != 1 {
+				t.Fatalf("loop %d: %s found %d times", loop, id, found[id])
+			}
+		}
+		r := cli(t, nil, "relayout", "-dir", dir, "-to", to).want(t, exitOK)
+		if !strings.HasSuffix(r.stdout, "is in the "+to+" layout\n") {
+			t.Errorf("loop %d: %q", loop, r.stdout)
+		}
+		r = cli(t, nil, "tenants", "-dir", dir).want(t, exitOK)
+		got := strings.Fields(r.stdout)
+		slices.Sort(got)
+		if !slices.Equal(got, ids) {
+			t.Fatalf("loop %d: tenants %v", loop, got)
+		}
+		cli(t, nil, "check", "-dir", dir).want(t, exitOK)
+		r = cli(t, nil, "status", "-dir", dir, "t042").want(t, exitOK)
+	}
+	t.Logf("%d kills, %d of them before the relayout finished", kills, interrupted)
+}
+
+// copyDir copies the files and folders under src into dst.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o700)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,11 @@
+//go:build !(linux || darwin || freebsd || netbsd || openbsd || dragonfly)
+
+package sqliteproxy
+
+import "os"
+
+// lockDir opens dir without locking it: on this system a running proxy
+// does not keep Relayout out (stop it first).
+func lockDir(dir string, exclusive bool) (*os.File, error) {
+	return os.Open(dir)
+}

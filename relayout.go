@@ -1,0 +1,347 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Relayout converts the data directory dir to layout to (see Layout),
+// moving every tenant file, with its Litestream files and markers, to its
+// place in the new layout, and returns how many tenants it moved.
+//
+// It is offline: it fails at once if a proxy (a service, the CLI) has dir
+// open, and while it runs New refuses dir. A tenant that another process
+// has open (its -wal or -shm file survives a checkpoint) stops it with an
+// error.
+//
+// It is crash-safe and idempotent: it first marks dir as being converted
+// (New refuses such a directory), then moves one tenant at a time: its
+// -wal is checkpointed into the database and removed first, then its side
+// files and its database file are renamed within dir's filesystem and both
+// folders are synced. A tenant is in exactly one place at any moment, so an
+// interrupted run (killed, crashed, cancelled, failed) leaves every tenant
+// visible once, and running Relayout again, to the same layout or back to
+// the other one, finishes the job. It ends by recording the new layout.
+// A tenant found in both places (which no run of Relayout leaves) is an
+// error that names both files, left for a person to resolve.
+func Relayout(ctx context.Context, dir string, to Layout) (moved int, err error) {
+	return relayout(ctx, dir, to, nil)
+}
+
+// relayout is Relayout, calling afterMove (tests: to stop at any point)
+// after each tenant moved, with the number moved so far; an error from it
+// stops the run as an interruption would.
+func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved int) error) (moved int, err error) {
+	const op = "relayout"
+	if to != LayoutFlat && to != LayoutBuckets {
+		return 0, opError(op, "", fmt.Errorf("unknown layout %d", to))
+	}
+	lock, err := lockDir(dir, true)
+	if errors.Is(err, errDirLocked) {
+		err = fmt.Errorf("%s is in use by a proxy (a service or a CLI command): stop it first", dir)
+	}
+	if err != nil {
+		return 0, opError(op, "", err)
+	}
+	defer lock.Close()
+	st, err := readDirState(dir)
+	if err != nil {
+		return 0, opError(op, "", err)
+	}
+	if !st.relayout && st.layout == to {
+		return 0, nil
+	}
+	if err := writeMarker(dir, markerRelayoutTo+to.String()); err != nil {
+		return 0, opError(op, "", err)
+	}
+	from := other(to)
+	rl := &relayouter{dir: dir, from: from, to: to}
+	// Listed first, moved afterwards: the listing does not see its own moves.
+	var ids []string
+	for id, err := range listTenants(ctx, dir, from) {
+		if err != nil {
+			return 0, opError(op, "", err)
+		}
+		ids = append(ids, id)
+	}
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return moved, opError(op, "", err)
+		}
+		if err := rl.move(id); err != nil {
+			return moved, opError(op, id, err)
+		}
+		moved++
+		if afterMove != nil {
+			if err := afterMove(moved); err != nil {
+				return moved, opError(op, id, err)
+			}
+		}
+	}
+	// Side files whose database moved in a run interrupted between the two,
+	// and temporary files of crashed operations.
+	if err := rl.sweep(ctx); err != nil {
+		return moved, opError(op, "", err)
+	}
+	for id, err := range listTenants(ctx, dir, from) {
+		if err != nil {
+			return moved, opError(op, "", err)
+		}
+		return moved, opError(op, id, fmt.Errorf("tenant appeared in the %s layout while converting", from))
+	}
+	final := ""
+	if to == LayoutBuckets {
+		final = markerBuckets
+	}
+	if err := writeMarker(dir, final); err != nil {
+		return moved, opError(op, "", err)
+	}
+	return moved, nil
+}
+
+// relayouter moves tenants of one directory from one layout to the other.
+type relayouter struct {
+	dir      string
+	from, to Layout
+	made     [numBuckets]bool // bucket folders known to exist
+}
+
+// sideFiles are the names, beside a tenant's database file at p, of the
+// files that belong to it and move with it (not -wal, -shm and -journal:
+// those are settled first).
+func sideFiles(p string) []string {
+	return []string{genMarker(p), restoredMarker(p), metaDir(p)}
+}
+
+// move moves tenant id from its place in r.from to its place in r.to.
+func (r *relayouter) move(id string) error {
+	src, dst := tenantPath(r.dir, r.from, id), tenantPath(r.dir, r.to, id)
+	if err := r.makeDir(id); err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(dst); err == nil {
+		si, serr := os.Lstat(src)
+		if serr != nil || !os.SameFile(fi, si) {
+			return fmt.Errorf("tenant is in both layouts, %s and %s: keep one and remove the other (with its -wal), then run relayout again", src, dst)
+		}
+		// Both names of one file: only a crash can leave that.
+		return errors.Join(os.Remove(src), syncDir(filepath.Dir(src)))
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := settle(src); err != nil {
+		return err
+	}
+	srcSide, dstSide := sideFiles(src), sideFiles(dst)
+	for i := range srcSide {
+		if err := renameIfExists(srcSide[i], dstSide[i]); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(src, dst); err != nil {
+		return err
+	}
+	return errors.Join(syncDir(filepath.Dir(dst)), syncDir(filepath.Dir(src)))
+}
+
+// makeDir creates the folder of id's file in r.to if missing.
+func (r *relayouter) makeDir(id string) error {
+	if r.to != LayoutBuckets {
+		return nil
+	}
+	b := bucketOf(id)
+	i := int(hexVal(b[0])<<4 | hexVal(b[1]))
+	if r.made[i] {
+		return nil
+	}
+	err := os.Mkdir(filepath.Join(r.dir, b), 0o700)
+	if err == nil {
+		err = syncDir(r.dir)
+	} else if errors.Is(err, fs.ErrExist) {
+		err = nil
+	}
+	r.made[i] = err == nil
+	return err
+}
+
+func hexVal(c byte) byte {
+	if c >= 'a' {
+		return c - 'a' + 10
+	}
+	return c - '0'
+}
+
+// renameIfExists renames src to dst if src exists; dst must not.
+func renameIfExists(src, dst string) error {
+	if _, err := os.Lstat(src); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return fmt.Errorf("both %s and %s exist", src, dst)
+	}
+	return os.Rename(src, dst)
+}
+
+// settle makes the database file at p self-contained, so that it can be
+// renamed alone: a -wal is checkpointed into it and removed, a hot
+// -journal rolled back. It fails if another process has the file open.
+func settle(p string) error {
+	side := false
+	for _, s := range []string{"-wal", "-shm", "-journal"} {
+		if _, err := os.Lstat(p + s); err == nil {
+			side = true
+		}
+	}
+	if !side {
+		return nil
+	}
+	dc, err := plainDriver.Open(fileURI(p) + "?mode=rw&_busy_timeout=0")
+	if err != nil {
+		return err
+	}
+	c := dc.(interface {
+		driver.QueryerContext
+		driver.Conn
+	})
+	busy, err := checkpoint(c)
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("checkpoint %s: %w", p, err)
+	}
+	inUse := busy != 0
+	for _, s := range []string{"-wal", "-shm", "-journal"} {
+		fi, err := os.Lstat(p + s)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return err
+		case s == "-wal" && fi.Size() == 0 && !inUse:
+			if err := os.Remove(p + s); err != nil {
+				return err
+			}
+		default:
+			inUse = true
+		}
+	}
+	if inUse {
+		return fmt.Errorf("%s is open in another process (its -wal or -shm survived a checkpoint): stop it first", p)
+	}
+	return nil
+}
+
+// checkpoint runs a TRUNCATE checkpoint (in WAL mode; a read otherwise,
+// which rolls back a hot journal) and returns its busy flag.
+func checkpoint(c driver.QueryerContext) (int64, error) {
+	// A read first: it rolls back a hot journal.
+	rows, err := c.QueryContext(context.Background(), "SELECT count(*) FROM sqlite_master", nil)
+	if err != nil {
+		return 0, err
+	}
+	rows.Close()
+	rows, err = c.QueryContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)", nil)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	v := make([]driver.Value, len(rows.Columns()))
+	if err := rows.Next(v); err != nil {
+		if err == io.EOF {
+			return 0, nil
+		}
+		return 0, err
+	}
+	busy, _ := v[0].(int64)
+	return busy, nil
+}
+
+// sweep moves side files left in r.from's places by a run interrupted
+// between a tenant's side files and its database (they follow their
+// database, wherever it is now), and removes the temporary files of
+// operations that crashed, then the bucket folders left empty.
+func (r *relayouter) sweep(ctx context.Context) error {
+	dirs := []string{r.dir}
+	if r.from == LayoutBuckets || r.to == LayoutBuckets {
+		for b := range numBuckets {
+			dirs = append(dirs, filepath.Join(r.dir, bucketName(b)))
+		}
+	}
+	for _, d := range dirs {
+		var names []string
+		err := readDirBatches(ctx, d, func(ents []os.DirEntry) bool {
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), ".") {
+					names = append(names, e.Name())
+				}
+			}
+			return true
+		})
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		for _, name := range names {
+			if err := r.sweepEntry(d, name); err != nil {
+				return err
+			}
+		}
+		if d != r.dir && r.to == LayoutFlat {
+			// Left if not empty: unknown files are not ours to remove.
+			if err := os.Remove(d); err == nil {
+				continue
+			}
+		}
+	}
+	return syncDir(r.dir)
+}
+
+// sweepEntry handles the entry name in folder d (see sweep).
+func (r *relayouter) sweepEntry(d, name string) error {
+	for _, prefix := range []string{creatingPrefix, deletingPrefix, restoringPrefix, layoutTempPrefix} {
+		if strings.HasPrefix(name, prefix) {
+			return os.RemoveAll(filepath.Join(d, name))
+		}
+	}
+	rest, ok := strings.CutPrefix(name, ".")
+	if !ok {
+		return nil
+	}
+	for _, kind := range []string{"-gen", "-restored", "-litestream"} {
+		file, ok := strings.CutSuffix(rest, kind)
+		if !ok {
+			continue
+		}
+		id, ok := tenantIDFromFile(file)
+		if !ok {
+			return nil
+		}
+		src := filepath.Join(d, name)
+		if src != filepath.Join(filepath.Dir(tenantPath(r.dir, r.from, id)), name) {
+			return nil // not in its place in r.from
+		}
+		dst := filepath.Join(filepath.Dir(tenantPath(r.dir, r.to, id)), name)
+		if _, err := os.Lstat(tenantPath(r.dir, r.from, id)); err == nil {
+			return nil // its database has not moved (a tenant that failed)
+		}
+		if err := r.makeDir(id); err != nil {
+			return err
+		}
+		if err := renameIfExists(src, dst); err != nil {
+			return err
+		}
+		return errors.Join(syncDir(filepath.Dir(dst)), syncDir(d))
+	}
+	return nil
+}

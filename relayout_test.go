@@ -1,0 +1,355 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// relayoutFleet makes tenants in dir (layout l), tenant i holding i+1 rows
+// so that a mix-up shows, each with Litestream-style side files (a
+// generation marker naming it, a Litestream folder), and one, "walled",
+// whose last rows are only in its -wal, as a crashed process leaves it.
+// It returns the expected row count of each tenant.
+func relayoutFleet(t *testing.T, dir string, l Layout, n int) map[string]int {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}})
+	want := map[string]int{}
+	for i := range n {
+		id := fmt.Sprintf("t%d", i)
+		for range i + 1 {
+			if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want[id] = i + 1
+	}
+	if _, err := p.ExecContext(tctx("walled"), `INSERT INTO events (tenant) VALUES ('walled')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for id := range want {
+		path := tenantPath(dir, l, id)
+		if err := os.WriteFile(genMarker(path), []byte(id), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(metaDir(path), "ltx"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// walled: 1 row in the database, 3 more only in its -wal.
+	path := tenantPath(dir, l, "walled")
+	db, err := sql.Open("sqlite3", path+"?_journal_mode=WAL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0`); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := db.Exec(`INSERT INTO events (tenant) VALUES ('walled')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	saved := map[string][]byte{}
+	for _, f := range []string{path, path + "-wal"} {
+		if saved[f], err = os.ReadFile(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	for f, b := range saved {
+		if err := os.WriteFile(f, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fi, err := os.Stat(path + "-wal"); err != nil || fi.Size() == 0 {
+		t.Fatalf("walled has no -wal: %v", err)
+	}
+	want["walled"] = 4
+	return want
+}
+
+// checkFleet checks that dir is in layout l and holds exactly the tenants
+// of want with their rows, each with its side files beside it.
+func checkFleet(t *testing.T, dir string, l Layout, want map[string]int) {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}, ExplicitCreate: true})
+	defer p.Close()
+	ids, err := p.Tenants(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantIDs := slices.Sorted(mapKeys(want)); !slices.Equal(ids, wantIDs) {
+		t.Fatalf("%s: Tenants = %v, want %v", l, ids, wantIDs)
+	}
+	for id, n := range want {
+		var got int
+		var tenant string
+		if err := p.QueryRowContext(tctx(id), `SELECT count(*), coalesce(max(tenant), '') FROM events`).Scan(&got, &tenant); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		if got != n || tenant != id {
+			t.Errorf("%s: %d rows of %q, want %d", id, got, tenant, n)
+		}
+		if id == "walled" {
+			continue
+		}
+		path := tenantPath(dir, l, id)
+		if b, err := os.ReadFile(genMarker(path)); err != nil || string(b) != id {
+			t.Errorf("%s: generation marker %q, %v", id, b, err)
+		}
+		if _, err := os.Stat(filepath.Join(metaDir(path), "ltx")); err != nil {
+			t.Errorf("%s: Litestream folder: %v", id, err)
+		}
+	}
+	if l == LayoutFlat {
+		for b := range numBuckets {
+			if _, err := os.Lstat(filepath.Join(dir, bucketName(b))); err == nil {
+				t.Errorf("bucket folder %s left", bucketName(b))
+			}
+		}
+	}
+}
+
+func mapKeys(m map[string]int) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+func TestRelayout_BothWays(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 20)
+	moved, err := Relayout(ctx, dir, LayoutBuckets)
+	if err != nil || moved != len(want) {
+		t.Fatalf("to buckets: %d, %v", moved, err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want)
+	if moved, err := Relayout(ctx, dir, LayoutBuckets); err != nil || moved != 0 {
+		t.Errorf("to buckets again: %d, %v", moved, err)
+	}
+	if moved, err := Relayout(ctx, dir, LayoutFlat); err != nil || moved != len(want) {
+		t.Fatalf("to flat: %d, %v", moved, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, layoutMarkerName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("flat, but marked: %v", err)
+	}
+	checkFleet(t, dir, LayoutFlat, want)
+	if moved, err := Relayout(ctx, dir, LayoutFlat); err != nil || moved != 0 {
+		t.Errorf("to flat again: %d, %v", moved, err)
+	}
+	if _, err := Relayout(ctx, filepath.Join(dir, "missing"), LayoutBuckets); err == nil {
+		t.Error("relayout of a missing directory succeeded")
+	}
+}
+
+// An interruption after any number of moves leaves every tenant in
+// exactly one place; running Relayout again, either way, finishes the job.
+func TestRelayout_Interrupted(t *testing.T) {
+	t.Parallel()
+	for _, from := range []Layout{LayoutFlat, LayoutBuckets} {
+		t.Run("from="+from.String(), func(t *testing.T) {
+			t.Parallel()
+			orig := t.TempDir()
+			want := relayoutFleet(t, orig, from, 8)
+			to := other(from)
+			for k := 0; k <= len(want); k++ {
+				for _, finish := range []Layout{to, from} {
+					dir := t.TempDir()
+					copyTree(t, orig, dir)
+					stop := errors.New("stop")
+					ctx, cancel := context.WithCancel(context.Background())
+					if k == 0 {
+						cancel() // before the first move (after the marker)
+					}
+					moved, err := relayout(ctx, dir, to, func(n int) error {
+						if n == k {
+							return stop
+						}
+						return nil
+					})
+					cancel()
+					if k < len(want) && err == nil {
+						t.Fatalf("k=%d: not interrupted", k)
+					}
+					if k > 0 && k < len(want) && (moved != k || !errors.Is(err, stop)) {
+						t.Fatalf("k=%d: moved %d, %v", k, moved, err)
+					}
+					if err != nil {
+						if _, nerr := New(Config{Dir: dir, Layout: to}); nerr == nil || !strings.Contains(nerr.Error(), "interrupted") {
+							t.Fatalf("k=%d: New after an interrupted relayout: %v", k, nerr)
+						}
+					}
+					// Every tenant in exactly one place.
+					inTo := 0
+					for id := range want {
+						_, e1 := os.Lstat(tenantPath(dir, from, id))
+						_, e2 := os.Lstat(tenantPath(dir, to, id))
+						if (e1 == nil) == (e2 == nil) {
+							t.Fatalf("k=%d: %s in both layouts or in none: %v, %v", k, id, e1, e2)
+						}
+						if e2 == nil {
+							inTo++
+						}
+					}
+					if inTo != min(k, len(want)) {
+						t.Errorf("k=%d: %d tenants moved", k, inTo)
+					}
+					if _, err := Relayout(context.Background(), dir, finish); err != nil {
+						t.Fatalf("k=%d: finishing to %s: %v", k, finish, err)
+					}
+					checkFleet(t, dir, finish, want)
+				}
+			}
+		})
+	}
+}
+
+// A run interrupted between a tenant's side files and its database (or a
+// crash that left both names of the file) is mended by the next run.
+func TestRelayout_HalfMovedTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 3)
+	if err := writeMarker(dir, markerRelayoutTo+"buckets"); err != nil {
+		t.Fatal(err)
+	}
+	// t0: side files moved, database not. t1: database moved, side files
+	// not. t2: both names of its file.
+	mv := func(id string, f func(string) string, fromL, toL Layout) {
+		t.Helper()
+		dst := f(tenantPath(dir, toL, id))
+		os.MkdirAll(filepath.Dir(dst), 0o700)
+		if err := os.Rename(f(tenantPath(dir, fromL, id)), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	same := func(p string) string { return p }
+	mv("t0", genMarker, LayoutFlat, LayoutBuckets)
+	mv("t0", metaDir, LayoutFlat, LayoutBuckets)
+	mv("t1", same, LayoutFlat, LayoutBuckets)
+	os.MkdirAll(filepath.Dir(tenantPath(dir, LayoutBuckets, "t2")), 0o700)
+	if err := os.Link(tenantPath(dir, LayoutFlat, "t2"), tenantPath(dir, LayoutBuckets, "t2")); err != nil {
+		t.Fatal(err)
+	}
+	// Left by crashed operations.
+	for _, junk := range []string{filepath.Join(dir, ".creating-t5-0011.db"), filepath.Join(filepath.Dir(tenantPath(dir, LayoutBuckets, "t1")), ".deleting-t9-0011.db-wal")} {
+		if err := os.WriteFile(junk, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil {
+		t.Fatal(err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want)
+	// Only the marker and bucket folders at the top; no junk anywhere.
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.Name() != layoutMarkerName && !(e.IsDir() && len(e.Name()) == 2) {
+			t.Errorf("top level holds %s", e.Name())
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(filepath.Dir(tenantPath(dir, LayoutBuckets, "t1")), ".deleting-t9-0011.db-wal")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("temporary file of a crashed delete left: %v", err)
+	}
+}
+
+// Two different files for one tenant: Relayout names both and moves
+// nothing over either.
+func TestRelayout_BothPlacesRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 2)
+	dup := tenantPath(dir, LayoutBuckets, "t1")
+	os.MkdirAll(filepath.Dir(dup), 0o700)
+	b, _ := os.ReadFile(tenantPath(dir, LayoutFlat, "t0"))
+	if err := os.WriteFile(dup, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Relayout(context.Background(), dir, LayoutBuckets)
+	if err == nil || !strings.Contains(err.Error(), "both layouts") || !strings.Contains(err.Error(), dup) {
+		t.Fatalf("relayout with t1 in both places: %v", err)
+	}
+	if err := os.Remove(dup); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil {
+		t.Fatal(err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want)
+}
+
+// Relayout is offline: it refuses a directory a proxy has open, and a
+// tenant another connection has open.
+func TestRelayout_InUse(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 2)
+	p := newTestProxy(t, Config{Dir: dir})
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err == nil || !strings.Contains(err.Error(), "in use by a proxy") {
+		t.Errorf("relayout beside a proxy: %v", err)
+	}
+	p.Close()
+	if _, err := os.Lstat(filepath.Join(dir, layoutMarkerName)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("refused, but marked: %v", err)
+	}
+
+	db := direct(t, dir, "t1")
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`INSERT INTO events (tenant) VALUES ('t1')`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Relayout(context.Background(), dir, LayoutBuckets)
+	if err == nil || !strings.Contains(err.Error(), "open in another process") {
+		t.Errorf("relayout of an open tenant: %v", err)
+	}
+	db.Close()
+	want["t1"]++
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil {
+		t.Fatal(err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want)
+}
+
+// copyTree copies the files and folders under src into dst.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, path)
+		target := filepath.Join(dst, rel)
+		if d.IsDir() {
+			return os.MkdirAll(target, 0o700)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(target, b, 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
