@@ -208,8 +208,6 @@ func TestBudget_TinyCapNoSelfDeadlock(t *testing.T) {
 }
 
 func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
-	// Serial: its setup must open three tenants within the 50ms idle
-	// timeout, which a busy machine can make it miss.
 	dir := t.TempDir()
 	p := newTestProxy(t, Config{Dir: dir, IdleTimeout: 50 * time.Millisecond})
 	for _, id := range []string{"a", "b", "c"} {
@@ -217,11 +215,14 @@ func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st := p.Stats(); st.OpenTenants != 3 {
-		t.Fatalf("stats %+v, want 3 open tenants", st)
+	// On a busy machine the first tenants may idle out before the last
+	// one opens: each is open or closed by the idle timeout already.
+	if st := p.Stats(); st.OpenTenants+int(st.Evictions) != 3 {
+		t.Fatalf("stats %+v, want 3 tenants open or evicted", st)
 	}
-	waitFor(t, 5*time.Second, "the idle timeout to close the tenants (Stats.OpenConnections to reach 0)", func() bool {
-		return p.Stats().OpenConnections == 0
+	waitFor(t, 5*time.Second, "the idle timeout to close the tenants (Stats.OpenConnections to reach 0, 3 evictions)", func() bool {
+		st := p.Stats()
+		return st.OpenConnections == 0 && st.Evictions == 3
 	})
 	assertNoOpenFiles(t, dir)
 	// Reopened on next use.
