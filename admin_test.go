@@ -366,3 +366,73 @@ func TestLibraryRestoreLeavesSideFiles(t *testing.T) {
 		t.Errorf("copy.db's content changed (%v)", err)
 	}
 }
+
+// TestWALEmpty: a missing or empty -wal means the database file alone holds
+// every commit; a non-empty one (or anything but a regular file) does not.
+func TestWALEmpty(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := filepath.Join(dir, "a.db")
+	if !walEmpty(db) {
+		t.Error("no -wal: not empty")
+	}
+	os.WriteFile(db+"-wal", nil, 0o600)
+	if !walEmpty(db) {
+		t.Error("empty -wal: not empty")
+	}
+	os.WriteFile(db+"-wal", []byte("frames"), 0o600)
+	if walEmpty(db) {
+		t.Error("non-empty -wal: empty")
+	}
+	os.Remove(db + "-wal")
+	os.WriteFile(filepath.Join(dir, "elsewhere"), nil, 0o600)
+	os.Symlink(filepath.Join(dir, "elsewhere"), db+"-wal")
+	if walEmpty(db) {
+		t.Error("-wal symlink: empty")
+	}
+}
+
+// TestRestoreTenant_StaleWALNotReplayed: a -wal still holding frames of
+// the tenant's old database when it is restored (here: another connection
+// kept the close from checkpointing) is removed, not replayed into the
+// restored file.
+func TestRestoreTenant_StaleWALNotReplayed(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "b.db")
+	if err := p.BackupTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	// Another connection reading acme keeps its WAL from being
+	// checkpointed and emptied when the proxy closes it.
+	other := direct(t, dir, "acme")
+	other.SetMaxOpenConns(1)
+	tx, err := other.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.QueryRow(`SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.RestoreTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	tx.Rollback()
+	other.Close()
+	if got := directRows(t, p, "acme", `SELECT tenant FROM events`); !slices.Equal(got, []string{"before"}) {
+		t.Errorf("restored acme holds %v, want [before]", got)
+	}
+	if n := countRows(t, p, "acme"); n != 1 {
+		t.Errorf("restored acme through the proxy: %d rows, want 1", n)
+	}
+}
