@@ -410,10 +410,9 @@ func checkFile(ctx context.Context, path string) error {
 // copyVerified checks that src is a healthy SQLite database and copies a
 // consistent snapshot of it to dst. The source is never written: without a
 // -wal file beside it (or with an empty one), it is opened immutable; with
-// one (a copy of a live
-// WAL database), both are first copied next to dst and read there, so no
-// -wal or -shm file is left beside the source and its directory may be
-// read-only.
+// one (a copy of a live WAL database), both are first copied next to dst
+// and read there, so no -wal or -shm file is left beside the source and its
+// directory may be read-only.
 func copyVerified(ctx context.Context, src, dst string) error {
 	fi, err := os.Stat(src)
 	if err != nil {

@@ -213,9 +213,10 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // the budget) and checks it. When the tenant's -wal file is missing or
 // empty (it is not open anywhere, or was closed cleanly: see keepWALFile)
 // the file is opened immutable: no locks, no -wal or -shm to open, which
-// makes checking an up-to-date tenant about as cheap as opening it. A ledger read that way
-// can only be behind the truth (migrations are appended), never ahead, and
-// anything pending is re-checked under BEGIN IMMEDIATE before it is applied.
+// makes checking an up-to-date tenant about as cheap as opening it. A
+// ledger read that way can only be behind the truth (migrations are
+// appended), never ahead, and anything pending is re-checked under BEGIN
+// IMMEDIATE before it is applied.
 // The caller holds t's writer semaphore.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)

@@ -29,7 +29,7 @@ func tenantHook(walTimeout time.Duration, replicated bool) func(*sqlite3.SQLiteC
 // (truncated to zero bytes) and -shm files in place rather than unlink
 // them, so that the next open of the tenant reopens them rather than
 // creating them again (SQLITE_FCNTL_PERSIST_WAL; the truncation needs a
-// journal_size_limit, see walSizeLimit).
+// journal_size_limit, see walSizeLimitPragma).
 func keepWALFile(c *sqlite3.SQLiteConn) error {
 	if err := c.SetFileControlInt("main", sqlite3.SQLITE_FCNTL_PERSIST_WAL, 1); err != nil {
 		return err
