@@ -26,14 +26,6 @@ func removeWithSideFiles(path string) error {
 	return first
 }
 
-// walEmpty reports whether the database at path has no -wal file beside
-// it, or an empty one (which tenant connections leave when they close, see
-// keepWALFile): either way the database file alone holds every commit.
-func walEmpty(path string) bool {
-	fi, err := os.Lstat(path + "-wal")
-	return errors.Is(err, fs.ErrNotExist) || (err == nil && fi.Mode().IsRegular() && fi.Size() == 0)
-}
-
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -409,10 +401,10 @@ func checkFile(ctx context.Context, path string) error {
 
 // copyVerified checks that src is a healthy SQLite database and copies a
 // consistent snapshot of it to dst. The source is never written: without a
-// -wal file beside it (or with an empty one), it is opened immutable; with
-// one (a copy of a live WAL database), both are first copied next to dst
-// and read there, so no -wal or -shm file is left beside the source and its
-// directory may be read-only.
+// -wal file beside it, it is opened immutable; with one (a copy of a live
+// WAL database), both are first copied next to dst and read there, so no
+// -wal or -shm file is left beside the source and its directory may be
+// read-only.
 func copyVerified(ctx context.Context, src, dst string) error {
 	fi, err := os.Stat(src)
 	if err != nil {
@@ -422,7 +414,7 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		return errors.New("not a regular file")
 	}
 	params := "?mode=ro&immutable=1"
-	if !walEmpty(src) {
+	if _, err := os.Stat(src + "-wal"); err == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
 		if err := copyFile(src, stage); err != nil {

@@ -141,8 +141,7 @@ func BenchmarkCreateTenant(b *testing.B) {
 }
 
 // openEach opens and closes every tenant of ids once, as a fleet in
-// service has had each of its tenants open before (and so left its -wal and
-// -shm files, see keepWALFile).
+// service has had each of its tenants open before.
 func openEach(b *testing.B, dir string, ids []string) {
 	p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
 	defer p.Close()

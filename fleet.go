@@ -2,6 +2,9 @@ package sqliteproxy
 
 import (
 	"context"
+	"errors"
+	"io/fs"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -210,13 +213,12 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 }
 
 // peekLedger reads t's ledger on a read-only connection of its own (within
-// the budget) and checks it. When the tenant's -wal file is missing or
-// empty (it is not open anywhere, or was closed cleanly: see keepWALFile)
-// the file is opened immutable: no locks, no -wal or -shm to open, which
-// makes checking an up-to-date tenant about as cheap as opening it. A
-// ledger read that way can only be behind the truth (migrations are
-// appended), never ahead, and anything pending is re-checked under BEGIN
-// IMMEDIATE before it is applied.
+// the budget) and checks it. When the tenant has no -wal file (it is not
+// open anywhere, or was closed cleanly) the file is opened immutable: no
+// locks, no -wal or -shm to create and remove, which makes checking an
+// up-to-date tenant about as cheap as opening it. A ledger read that way
+// can only be behind the truth (migrations are appended), never ahead, and
+// anything pending is re-checked under BEGIN IMMEDIATE before it is applied.
 // The caller holds t's writer semaphore.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)
@@ -228,7 +230,7 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
 	params := "?mode=ro"
-	if walEmpty(t.path) {
+	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) {
 		params += "&immutable=1"
 	}
 	c, done, err := r.ownConn(ctx, t, plainDriver, params)

@@ -315,32 +315,3 @@ func TestMigrateAll_CrashSafety(t *testing.T) {
 		p.Close()
 	}
 }
-
-// TestMigrateAll_KeptEmptyWALIsImmutable: a closed tenant keeps an empty
-// -wal and its -shm (keepWALFile); MigrateAll still checks it on an
-// immutable open, which touches neither (a shared open would take the -shm
-// over, truncating and rebuilding it).
-func TestMigrateAll_KeptEmptyWALIsImmutable(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	v1 := []string{`CREATE TABLE t (a)`}
-	fleet(t, dir, 1, v1)
-	p := newTestProxy(t, Config{Dir: dir, Migrations: v1})
-	if _, err := p.ExecContext(tctx("t000"), `INSERT INTO t VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
-	shm := filepath.Join(dir, "t000.db-shm")
-	old := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := os.Chtimes(shm, old, old); err != nil {
-		t.Fatal(err) // no -shm kept
-	}
-	p = newTestProxy(t, Config{Dir: dir, Migrations: v1})
-	rep, err := p.MigrateAll(context.Background(), MigrateOptions{})
-	if err != nil || rep.Tenants != 1 || rep.Applied != 0 || len(rep.Failed) != 0 {
-		t.Fatalf("MigrateAll: %+v, %v", rep, err)
-	}
-	if fi, err := os.Stat(shm); err != nil || !fi.ModTime().Equal(old) || fi.Size() == 0 {
-		t.Errorf("t000.db-shm after MigrateAll: %v; was it opened?", err)
-	}
-}

@@ -15,35 +15,12 @@ import (
 // (replicated: for a file Litestream streams).
 func tenantHook(walTimeout time.Duration, replicated bool) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
-		if err := keepWALFile(c); err != nil {
-			return err
-		}
 		if err := ensureWAL(c, walTimeout); err != nil {
 			return err
 		}
 		return hardenTenantConn(c, replicated)
 	}
 }
-
-// keepWALFile makes the last connection to close the file leave its -wal
-// (truncated to zero bytes) and -shm files in place rather than unlink
-// them, so that the next open of the tenant reopens them rather than
-// creating them again (SQLITE_FCNTL_PERSIST_WAL; the truncation needs a
-// journal_size_limit, see walSizeLimitPragma).
-func keepWALFile(c *sqlite3.SQLiteConn) error {
-	if err := c.SetFileControlInt("main", sqlite3.SQLITE_FCNTL_PERSIST_WAL, 1); err != nil {
-		return err
-	}
-	_, err := c.Exec(walSizeLimitPragma, nil)
-	return err
-}
-
-// walSizeLimitPragma sets journal_size_limit, without which a kept -wal
-// file would keep its (checkpointed) frames at close, to be read again by
-// the next open's recovery. Beyond that, it truncates a WAL grown past
-// 4 MiB by a large transaction back to that size at its next reuse;
-// SQLite's automatic checkpoint (1 000 pages) keeps it below otherwise.
-const walSizeLimitPragma = "PRAGMA journal_size_limit = 4194304"
 
 // ensureWAL switches the file to WAL unless it is already. Switching needs
 // an exclusive lock and SQLite does not call the busy handler for it, so

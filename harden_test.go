@@ -2,14 +2,11 @@ package sqliteproxy
 
 import (
 	"context"
-	"database/sql/driver"
 	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-
-	"github.com/mattn/go-sqlite3"
 )
 
 func TestHardening(t *testing.T) {
@@ -96,57 +93,5 @@ func TestIsolation_CrossTenantReads(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "stolen.db")); err == nil {
 		t.Error("VACUUM INTO wrote a copy")
-	}
-}
-
-// TestKeepWALFile: the last tenant connection to close a file checkpoints
-// it and leaves its -wal (empty) and -shm files in place, 0600, so the
-// next open reopens them instead of creating them again; the database file
-// alone then holds every commit, and the tenant reopens intact.
-func TestKeepWALFile(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a INTEGER)`}})
-	for i := range 50 {
-		if _, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (?)`, i); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	for suffix, empty := range map[string]bool{"-wal": true, "-shm": false} {
-		fi, err := os.Lstat(filepath.Join(dir, "acme.db"+suffix))
-		if err != nil {
-			t.Fatalf("acme.db%s after close: %v", suffix, err)
-		}
-		if fi.Mode().Perm() != 0o600 || (fi.Size() == 0) != empty {
-			t.Errorf("acme.db%s: mode %v, size %d", suffix, fi.Mode(), fi.Size())
-		}
-	}
-	// Read the database file alone, ignoring the -wal, as MigrateAll's
-	// immutable check does: every commit is there.
-	c, err := plainDriver.Open(fileURI(filepath.Join(dir, "acme.db")) + "?mode=ro&immutable=1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows, err := c.(*sqlite3.SQLiteConn).Query(`SELECT count(*) FROM t`, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dest := make([]driver.Value, 1)
-	if err := rows.Next(dest); err != nil || dest[0] != int64(50) {
-		t.Errorf("immutable read of acme.db: %v rows, %v; want 50", dest[0], err)
-	}
-	rows.Close()
-	c.Close()
-
-	p = newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a INTEGER)`}})
-	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM t`); n != 50 {
-		t.Errorf("reopened: %d rows, want 50", n)
-	}
-	var ok string
-	if err := p.QueryRowContext(tctx("acme"), `PRAGMA integrity_check`).Scan(&ok); err != nil || ok != "ok" {
-		t.Errorf("integrity_check: %q, %v", ok, err)
 	}
 }

@@ -118,7 +118,7 @@ func (r *router) buildTemplate(ctx context.Context, path string) error {
 		err = cerr
 	}
 	if cerr := c.Close(); err == nil {
-		err = cerr // the last connection: the WAL is checkpointed and emptied
+		err = cerr // the last connection: the WAL is checkpointed and removed
 	}
 	if err == nil {
 		err = r.checkTemplate(ctx, tmp)
