@@ -233,9 +233,8 @@ func readThenWrite(tg benchTarget) error {
 // bare mattn open (mattn-defaults: WAL, busy_timeout) and one with the
 // proxy's DSN and connection hook (mattn-same-dsn), on fleets of existing
 // tenants each of which has been open before, taken in turn so that each
-// open is of a file closed long ago. mattn-defaults has a fleet of its own,
-// so that a change in what closing leaves beside a file (SQLite's
-// SQLITE_FCNTL_PERSIST_WAL keeps the -wal and -shm) stays on its side.
+// open is of a file closed long ago. mattn-defaults has a fleet of its own:
+// its connections are set up unlike the other two's, which share one.
 //
 // One op is a whole cold cycle on each side, close included: mattn's
 // sql.DB.Close, the proxy's eviction of the tenant (which closes its
