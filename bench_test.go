@@ -23,12 +23,7 @@ import (
 const benchSchema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`
 
 func init() {
-	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-		if err := ensureWAL(c, DefaultBusyTimeout); err != nil {
-			return err
-		}
-		return hardenTenantConn(c, false)
-	}})
+	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: tenantHook(DefaultBusyTimeout, false)})
 }
 
 type benchTarget struct {
@@ -234,61 +229,77 @@ func readThenWrite(tg benchTarget) error {
 }
 
 // BenchmarkColdOpen opens an up-to-date tenant and runs its first query:
-// the proxy (file check, budget, open, ledger check) against a bare mattn
-// open with the same DSN.
+// the proxy (file check, budget, open, hardening, ledger check) against a
+// bare mattn open (mattn-defaults: WAL, busy_timeout) and one with the
+// proxy's DSN and connection hook (mattn-same-dsn), on fleets of existing
+// tenants each of which has been open before, taken in turn so that each
+// open is of a file closed long ago. mattn-defaults has a fleet of its own:
+// its connections are set up unlike the other two's, which share one.
 //
-// One op is a whole cold cycle on both sides, close included: mattn's
-// sql.DB.Close, the proxy's eviction of the tenant (which closes its writer
-// and readers, as the connection cap or the idle timeout does). Timing the
+// One op is a whole cold cycle on each side, close included: mattn's
+// sql.DB.Close, the proxy's eviction of the tenant (which closes its
+// connections, as the connection cap or the idle timeout does). Timing the
 // close on both rather than neither needs no StopTimer/StartTimer per op,
 // whose runtime.ReadMemStats costs a stop-the-world comparable to the open
 // being measured, and a fleet that opens tenants cold pays for closing them
 // as often.
 func BenchmarkColdOpen(b *testing.B) {
-	dir := b.TempDir()
+	const tenants = 1000
+	dir, bare := b.TempDir(), b.TempDir()
+	ids := benchFleet(b, dir, tenants, []string{benchSchema})
+	benchFleet(b, bare, tenants, []string{benchSchema})
+	openEach(b, dir, ids)
 	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
-	ctx := WithOrgID(context.Background(), "cold")
-	if _, err := p.ExecContext(ctx, `INSERT INTO bench (name, value) VALUES ('x', 1)`); err != nil {
+	r := p.c.r
+	const q = `SELECT count(*) FROM bench`
+	for _, m := range []struct{ impl, dir, driver, params string }{
+		{"mattn-defaults", bare, "sqlite3", "?_journal_mode=WAL&_busy_timeout=5000"},
+		{"mattn-same-dsn", dir, "sqlite3-same-dsn", r.conns.writerParams},
+	} {
+		b.Run("impl="+m.impl, func(b *testing.B) {
+			defer reportCPU(b, cpuNs())
+			for i := 0; b.Loop(); i++ {
+				db, err := sql.Open(m.driver, fileURI(filepath.Join(m.dir, ids[i%tenants]+".db"))+m.params)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := db.QueryRowContext(context.Background(), q).Scan(new(int)); err != nil {
+					b.Fatal(err)
+				}
+				if err := db.Close(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+	b.Run("impl=proxy", func(b *testing.B) {
+		defer reportCPU(b, cpuNs())
+		for i := 0; b.Loop(); i++ {
+			coldCycle(b, p, ids[i%tenants], q)
+		}
+	})
+}
+
+// reportCPU reports the CPU time the process used per op since cpuNs was
+// cpu0 (see cpuNs).
+func reportCPU(b *testing.B, cpu0 int64) {
+	b.ReportMetric(float64(cpuNs()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+// coldCycle opens tenant id of p as a new process would (checking its
+// ledger), runs query on it and closes it.
+func coldCycle(b *testing.B, p *Proxy, id, query string) {
+	t, err := p.c.r.tenant(id)
+	if err != nil {
 		b.Fatal(err)
 	}
-	const q = `SELECT count(*) FROM bench`
-	r := p.c.r
-	b.Run("impl=mattn-same-dsn", func(b *testing.B) {
-		// Its own file, with no other connection open, like the proxy's.
-		dsn := "file:" + touch(b, filepath.Join(b.TempDir(), "cold.db")) + r.conns.writerParams
-		db, err := sql.Open("sqlite3-same-dsn", dsn)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := db.Exec(benchSchema + `; INSERT INTO bench (name, value) VALUES ('x', 1)`); err != nil {
-			b.Fatal(err)
-		}
-		db.Close()
-		for b.Loop() {
-			db, err := sql.Open("sqlite3-same-dsn", dsn)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := db.QueryRowContext(context.Background(), q).Scan(new(int)); err != nil {
-				b.Fatal(err)
-			}
-			if err := db.Close(); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("impl=proxy", func(b *testing.B) {
-		t, _ := r.tenant("cold")
-		for b.Loop() {
-			if !t.evict(false, evictBudget) {
-				b.Fatal("tenant not evictable")
-			}
-			t.ready.Store(false) // as in a new process: check the ledger
-			if err := p.QueryRowContext(ctx, q).Scan(new(int)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+	t.ready.Store(false)
+	if err := p.QueryRowContext(WithOrgID(context.Background(), id), query).Scan(new(int)); err != nil {
+		b.Fatal(err)
+	}
+	if !t.evict(false, evictBudget) {
+		b.Fatal("tenant not evictable")
+	}
 }
 
 // BenchmarkTelemetry: the routing benchmark's statement with telemetry off

@@ -125,6 +125,19 @@ func (m *migrator) applied(ctx context.Context, c *sqlite3.SQLiteConn) (int, err
 	return m.check(rows)
 }
 
+// upToDate reports whether the tenant on c needs nothing from the gate: its
+// ledger matches the configured migrations and none is pending (with
+// apply and no migrations configured, as the gate, without reading it).
+// Errors, drift and pending migrations are all false: the writer's open
+// path applies or reports them.
+func (m *migrator) upToDate(ctx context.Context, c *sqlite3.SQLiteConn, apply bool) bool {
+	if apply && len(m.list) == 0 {
+		return true
+	}
+	n, err := m.applied(ctx, c)
+	return err == nil && n == len(m.list)
+}
+
 func isNoSuchTable(err error) bool {
 	var se sqlite3.Error
 	return errors.As(err, &se) && se.Code == sqlite3.ErrError && strings.Contains(se.Error(), "no such table")

@@ -328,3 +328,55 @@ func TestMigrateCheckMode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMigrations_FirstAccessIsARead: a tenant's first access in a process
+// being a read checks the ledger on the reader when the tenant is up to
+// date (one connection opened, not a writer and a reader), and otherwise
+// still applies or reports exactly as a first write does.
+func TestMigrations_FirstAccessIsARead(t *testing.T) {
+	t.Parallel()
+	v1 := []string{`CREATE TABLE t (a INTEGER)`, `INSERT INTO t VALUES (1)`}
+	v2 := append(slices.Clone(v1), `CREATE TABLE u (b INTEGER)`)
+	edited := []string{`CREATE TABLE t (a INTEGER) -- edited`, v1[1]}
+	for _, tc := range []struct {
+		name    string
+		migs    []string
+		mode    MigrationMode
+		query   string
+		wantErr error
+		open    int // connections open after the read
+	}{
+		{"up-to-date", v1, MigrateAuto, `SELECT count(*) FROM t`, nil, 1},
+		{"up-to-date-check-mode", v1, MigrateCheck, `SELECT count(*) FROM t`, nil, 1},
+		{"pending-applied", v2, MigrateAuto, `SELECT count(*) FROM u`, nil, 2},
+		{"pending-refused", v2, MigrateCheck, `SELECT count(*) FROM t`, ErrPendingMigrations, 0},
+		{"drift", edited, MigrateAuto, `SELECT count(*) FROM t`, ErrMigrationDrift, 0},
+		{"no-migrations-configured", nil, MigrateAuto, `SELECT count(*) FROM t`, nil, 1},
+		{"ledger-ahead-of-none-configured", nil, MigrateCheck, `SELECT count(*) FROM t`, ErrMigrationDrift, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			fleet(t, dir, 1, v1)
+			p := newTestProxy(t, Config{Dir: dir, Migrations: tc.migs, MigrationMode: tc.mode})
+			err := p.QueryRowContext(tctx("t000"), tc.query).Scan(new(int))
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("first read: got %v, want %v", err, tc.wantErr)
+			}
+			if got := p.Stats().OpenConnections; got != tc.open {
+				t.Errorf("%d connections open after the first read, want %d", got, tc.open)
+			}
+			if tc.wantErr != nil {
+				return
+			}
+			// Checked once: the first write uses the writer without a
+			// second look, and sees what the read saw.
+			if _, err := p.ExecContext(tctx("t000"), `INSERT INTO t VALUES (2)`); err != nil {
+				t.Fatal(err)
+			}
+			if n := queryInt(t, p, tctx("t000"), `SELECT count(*) FROM t`); n != 2 {
+				t.Errorf("t has %d rows, want 2", n)
+			}
+		})
+	}
+}

@@ -174,18 +174,44 @@ func (t *tenant) releaseWriter() {
 // the budget allow, else it waits. It never lends the writer for a read
 // (unless the tenant has no readers at all): rows left open on the writer
 // would block the tenant's writes, and code that writes while it iterates
-// would wait for itself. A tenant not yet migrated in this process is
-// opened (and migrated) through its writer first.
-func (t *tenant) acquireReader(ctx context.Context) (_ *physConn, err error) {
+// would wait for itself.
+//
+// A tenant not yet checked in this process has its ledger read on the
+// reader itself when its file exists and nothing else has to happen first
+// (no replication, no ownership): a cold read then opens one connection,
+// not a writer and a reader. Anything else (a missing file, pending
+// migrations, drift, an error) takes the writer's open path first, which
+// creates, migrates or reports.
+func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	if t.r.cfg.ReadersPerTenant == 0 {
 		return t.acquireWriter(ctx)
 	}
-	if !t.ready.Load() || t.fenced.Load() {
-		if _, err := t.acquireWriter(ctx); err != nil {
-			return nil, err
-		}
-		t.releaseWriter()
+	if t.ready.Load() && !t.fenced.Load() {
+		return t.leaseReader(ctx)
 	}
+	if t.r.repl == nil {
+		if exists, err := t.fileExists(opOpenTenant); err == nil && exists {
+			pc, err := t.leaseReader(ctx)
+			if err != nil {
+				return nil, err
+			}
+			if t.ready.Load() || t.r.mig.upToDate(ctx, pc.c, t.r.accessOpts.migrate) {
+				t.ready.Store(true)
+				return pc, nil
+			}
+			t.discard(pc) // the tenant may be refused: no connection left behind
+		}
+	}
+	if _, err := t.acquireWriter(ctx); err != nil {
+		return nil, err
+	}
+	t.releaseWriter()
+	return t.leaseReader(ctx)
+}
+
+// leaseReader is acquireReader for a tenant whose migrations are checked
+// (or that acquireReader checks on the reader it returns).
+func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 	if pc, ok := t.popIdle(); ok {
 		return pc, nil
 	}
