@@ -19,6 +19,8 @@ var dsnTests = []struct {
 	{"dir=%2Ftmp%2Fa+b%26c&readers=2&idle_timeout=90s&busy_timeout=1s&synchronous=FULL&stmt_cache_size=-1&foreign_keys=true&explicit_create=true",
 		Config{Dir: "/tmp/a b&c", ReadersPerTenant: 2, IdleTimeout: 90 * time.Second, BusyTimeout: time.Second,
 			Synchronous: "FULL", StmtCacheSize: -1, ForeignKeys: true, ExplicitCreate: true}},
+	{"dir=d&migration_mode=manual", Config{Dir: "d", MigrationMode: MigrateManual}},
+	{"dir=d&migration_mode=check", Config{Dir: "d", MigrationMode: MigrateCheck}},
 	{"", Config{}},
 }
 
@@ -45,7 +47,7 @@ func TestParseDSN(t *testing.T) {
 func TestParseDSN_Errors(t *testing.T) {
 	t.Parallel()
 	for _, dsn := range []string{
-		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
+		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b", "migration_mode=sometimes",
 	} {
 		if _, err := ParseDSN(dsn); err == nil {
 			t.Errorf("ParseDSN(%q) succeeded", dsn)

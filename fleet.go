@@ -165,6 +165,9 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		if dryRun {
 			return pending, nil
 		}
+		// In MigrateManual mode a tenant behind may be marked ready (served
+		// as it is): the gate below must look again.
+		t.ready.Store(false)
 		wasOpen := r.budget.counted(t) > 0
 		if !wasOpen {
 			err := r.migrateAlone(ctx, t)
