@@ -274,6 +274,11 @@ type TenantMigrationStatus struct {
 	// rolled back by Rollback included.
 	Pending []string
 	Drift   error // non-nil (ErrMigrationDrift) when the ledger disagrees with the configuration
+	// Ahead counts the applied migrations beyond the configured ones when
+	// those are applied unchanged (Drift is then set too): the tenant was
+	// migrated with a newer set, or a rollback to this set has not reached
+	// it.
+	Ahead int
 	// Mode is this proxy's MigrationMode: what its next opening of the
 	// tenant does with Pending. MigrateAuto applies them (a tenant rolled
 	// back goes forward again), MigrateCheck refuses the tenant,
@@ -328,6 +333,11 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 	n, err := m.check(rows)
 	if err != nil {
 		st.Drift = err
+		if k := len(m.list); len(rows) > k {
+			if _, err := m.check(rows[:k]); err == nil {
+				st.Ahead = len(rows) - k
+			}
+		}
 		return st, nil
 	}
 	st.Pending = m.names(n)

@@ -575,3 +575,22 @@ func TestDownMigrationFiles(t *testing.T) {
 		t.Errorf("downFileName: %s", got)
 	}
 }
+
+// MigrationStatus counts the migrations a tenant has beyond the
+// configured ones (a newer set applied them), not an edited one.
+func TestMigrationStatus_Ahead(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ids := fleetFromDir(t, dir, migrationsDir(t, rollbackMigs), 1)
+	ctx := context.Background()
+	p := newTestProxy(t, Config{Dir: dir, MigrationsDir: migrationsDir(t, without(rollbackMigs, "0003_tags.up.sql", "0003_tags.down.sql"))})
+	st, err := p.MigrationStatus(ctx, ids[0])
+	if err != nil || st.Ahead != 1 || !errors.Is(st.Drift, ErrMigrationDrift) || len(st.Pending) != 0 {
+		t.Errorf("ahead: %+v, %v", st, err)
+	}
+	edited := merged(rollbackMigs, map[string]string{"0001_init.sql": rollbackMigs["0001_init.sql"] + " -- edited"})
+	p2 := newTestProxy(t, Config{Dir: dir, MigrationsDir: migrationsDir(t, without(edited, "0003_tags.up.sql", "0003_tags.down.sql"))})
+	if st, err := p2.MigrationStatus(ctx, ids[0]); err != nil || st.Ahead != 0 || st.Drift == nil {
+		t.Errorf("edited: %+v, %v", st, err)
+	}
+}
