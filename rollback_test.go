@@ -594,3 +594,47 @@ func TestMigrationStatus_Ahead(t *testing.T) {
 		t.Errorf("edited: %+v, %v", st, err)
 	}
 }
+
+// A tenant with a reader leased (rows open) is rolled back on its writer;
+// the writer alone is closed, so that the next access passes the gate
+// again (auto mode: applies the migration again), and the connection
+// budget stays exact.
+func TestRollback_ReaderLeased(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	p := newTestProxy(t, Config{MigrationsDir: migrationsDir(t, rollbackMigs), MaxConnections: 10})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO items (v) VALUES ('a'), ('b')`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := p.QueryContext(tctx("acme"), `SELECT v FROM items ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rows.Next() {
+		t.Fatal(rows.Err())
+	}
+	if rep, err := p.Rollback(ctx, RollbackOptions{To: 1}); err != nil || rep.Migrated != 1 {
+		t.Fatalf("rollback with a reader leased: %+v, %v", rep, err)
+	}
+	tn, _ := p.c.r.tenant("acme")
+	if tn.w != nil || tn.ready.Load() {
+		t.Error("the writer that passed the gate before the rollback is still open")
+	}
+	// The writer's descriptor stays parked (and counted) while the reader
+	// is open: WAL keeps it until the tenant's last connection closes.
+	if st := p.Stats(); st.OpenConnections != 2 || st.Tenants[0].InUse != 1 {
+		t.Errorf("stats with one reader left: %+v", st)
+	}
+	if !rows.Next() || rows.Close() != nil {
+		t.Errorf("the open rows broke: %v", rows.Err())
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM tags`); n != 1 {
+		t.Errorf("tags after the next access: %d", n)
+	}
+	if st, _ := p.MigrationStatus(ctx, "acme"); len(st.Pending) != 0 {
+		t.Errorf("auto mode did not apply again on the next access: %+v", st)
+	}
+	if !p.c.r.evictTenant(t, "acme") || p.Stats().OpenConnections != 0 {
+		t.Errorf("after closing the tenant: %+v", p.Stats())
+	}
+}
