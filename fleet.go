@@ -234,8 +234,10 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // open anywhere, or was closed cleanly) the file is opened immutable: no
 // locks, no -wal or -shm to create and remove, which makes checking an
 // up-to-date tenant about as cheap as opening it. A ledger read that way
-// can only be behind the truth (migrations are appended), never ahead, and
-// anything pending is re-checked under BEGIN IMMEDIATE before it is applied.
+// can only be behind the truth (migrations are appended), never ahead
+// (unless another process rolls the tenant back at that very moment: the
+// caller then acts as if it ran just before that rollback), and anything
+// pending (or to roll back) is re-checked under BEGIN IMMEDIATE first.
 // The caller holds t's writer semaphore.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)
