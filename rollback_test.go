@@ -13,6 +13,9 @@ import (
 	"testing/fstest"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
 
 // rollbackMigs are three migrations with their down files: a table, a
@@ -636,5 +639,39 @@ func TestRollback_ReaderLeased(t *testing.T) {
 	}
 	if !p.c.r.evictTenant(t, "acme") || p.Stats().OpenConnections != 0 {
 		t.Errorf("after closing the tenant: %+v", p.Stats())
+	}
+}
+
+// Each down migration run is a span naming the tenant and the down file;
+// one that fails ends its span with the error.
+func TestRollback_Spans(t *testing.T) {
+	t.Parallel()
+	spans := tracetest.NewSpanRecorder()
+	files := merged(rollbackMigs, map[string]string{"0002_severity.down.sql": `DROP TABLE nosuch`})
+	p := newTestProxy(t, Config{MigrationsDir: migrationsDir(t, files), MigrationMode: MigrateManual,
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	rep, _ := p.Rollback(context.Background(), RollbackOptions{To: 1})
+	if len(rep.Failed) != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	var got []string
+	for _, s := range spans.Ended() {
+		if s.Name() != spanRollback {
+			continue
+		}
+		if !slices.Contains(s.Attributes(), attribute.String(attrTenant, "acme")) {
+			t.Errorf("span without its tenant: %v", s.Attributes())
+		}
+		for _, kv := range s.Attributes() {
+			if kv.Key == attrMigration {
+				got = append(got, kv.Value.AsString()+" "+s.Status().Code.String())
+			}
+		}
+	}
+	if want := []string{"0003_tags.down.sql Unset", "0002_severity.down.sql Error"}; !slices.Equal(got, want) {
+		t.Errorf("rollback spans %v, want %v", got, want)
 	}
 }
