@@ -180,3 +180,49 @@ func cpuNs() int64 {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
+
+// BenchmarkRollback: Rollback of one migration over 2 000 closed tenants,
+// beside MigrateAll applying it to the same fleet one version lower, for a
+// migration that adds a column (its down rewrites the table: DROP COLUMN)
+// and one that adds a table (DROP TABLE).
+func BenchmarkRollback(b *testing.B) {
+	const tenants = 2_000
+	for _, ch := range []struct{ name, up, down string }{
+		{"column", `ALTER TABLE bench ADD COLUMN note TEXT NOT NULL DEFAULT ''`, `ALTER TABLE bench DROP COLUMN note`},
+		{"table", `CREATE TABLE note (id INTEGER PRIMARY KEY, v TEXT)`, `DROP TABLE note`},
+	} {
+		fsys := mapFS(map[string]string{"0001_bench.sql": benchSchema, "0002_note.up.sql": ch.up, "0002_note.down.sql": ch.down})
+		for _, op := range []string{"migrate", "rollback"} {
+			b.Run("change="+ch.name+"/op="+op+"/impl=proxy", func(b *testing.B) {
+				dir := b.TempDir()
+				for b.Loop() {
+					b.StopTimer()
+					os.RemoveAll(dir)
+					os.Mkdir(dir, 0o700)
+					migs := []string{benchSchema}
+					if op == "rollback" {
+						migs = append(migs, ch.up)
+					}
+					benchFleet(b, dir, tenants, migs)
+					p, err := New(Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					var rep MigrateReport
+					if op == "migrate" {
+						rep, err = p.MigrateAll(context.Background(), MigrateOptions{})
+					} else {
+						rep, err = p.Rollback(context.Background(), RollbackOptions{To: 1})
+					}
+					b.StopTimer()
+					if err != nil || len(rep.Failed) != 0 || rep.Migrated != tenants {
+						b.Fatalf("%+v %v", rep, err)
+					}
+					p.Close()
+					b.StartTimer()
+				}
+			})
+		}
+	}
+}

@@ -53,7 +53,7 @@ const (
 	evictClose                        // the proxy is closing
 	evictDelete                       // DeleteTenant drained it
 	evictRestore                      // RestoreTenant drained it
-	evictMigrate                      // MigrateAll opened it only to migrate it
+	evictMigrate                      // MigrateAll opened it only to migrate it, or Rollback changed its schema under it
 	evictLeaseLost                    // this node's lease on it ended (Config.Ownership)
 	numEvictReasons
 )

@@ -104,8 +104,9 @@ type Config struct {
 	MigrationsDir string
 
 	// MigrationMode says when tenants get pending migrations: on first
-	// access (MigrateAuto, the default) or only through MigrateAll
-	// (MigrateCheck). [migration_mode: auto, check]
+	// access (MigrateAuto, the default) or only through MigrateAll, tenants
+	// behind being refused (MigrateCheck) or served as they are
+	// (MigrateManual). [migration_mode: auto, check, manual]
 	MigrationMode MigrationMode
 
 	// MeterProvider receives the metrics (see telemetry.go for the list).
@@ -446,7 +447,7 @@ func (c *Config) resolved() (*Config, error) {
 		return nil, fmt.Errorf("Config.Layout: unknown layout %d", r.Layout)
 	}
 	switch r.MigrationMode {
-	case MigrateAuto, MigrateCheck:
+	case MigrateAuto, MigrateCheck, MigrateManual:
 	default:
 		return nil, fmt.Errorf("Config.MigrationMode: unknown mode %d", r.MigrationMode)
 	}

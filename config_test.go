@@ -21,6 +21,8 @@ var dsnTests = []struct {
 			Synchronous: "FULL", StmtCacheSize: -1, ForeignKeys: true, ExplicitCreate: true}},
 	{"dir=x&layout=buckets", Config{Dir: "x", Layout: LayoutBuckets}},
 	{"dir=x&layout=flat", Config{Dir: "x", Layout: LayoutFlat}},
+	{"dir=d&migration_mode=manual", Config{Dir: "d", MigrationMode: MigrateManual}},
+	{"dir=d&migration_mode=check", Config{Dir: "d", MigrationMode: MigrateCheck}},
 	{"", Config{}},
 }
 
@@ -48,7 +50,7 @@ func TestParseDSN_Errors(t *testing.T) {
 	t.Parallel()
 	for _, dsn := range []string{
 		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
-		"layout=nested", "layout=Buckets", "layout=",
+		"layout=nested", "layout=Buckets", "layout=", "migration_mode=sometimes",
 	} {
 		if _, err := ParseDSN(dsn); err == nil {
 			t.Errorf("ParseDSN(%q) succeeded", dsn)

@@ -81,6 +81,15 @@
 // Proxy.MigrationStatus reports a tenant's applied and pending migrations
 // and any drift, changing nothing.
 //
+// Proxy.Rollback takes migrations back across the fleet with the same
+// bounds and report: it runs the NNNN_name.down.sql files beside the
+// migrations, newest first, down to RollbackOptions.To; each tenant ends
+// wholly at To or, when a down migration fails, wholly where it was. A
+// rolled-back migration that is still configured is pending again, and a
+// proxy in MigrateAuto mode applies it on the tenant's next access: roll
+// back while services run in MigrateManual mode, where nothing is applied
+// on access and tenants behind are served as they are.
+//
 // # Telemetry
 //
 // With Config.MeterProvider set the driver records operation, wait, open

@@ -35,6 +35,10 @@ var (
 	// ErrPendingMigrations: the tenant has migrations that have not been
 	// applied and the migration mode does not apply them on access.
 	ErrPendingMigrations = errors.New("sqliteproxy: tenant has pending migrations")
+	// ErrNoDownMigration: a rollback needs a down migration that is not
+	// configured: a NNNN_name.down.sql file is missing, or the migrations
+	// come from Config.Migrations, which holds no down migrations.
+	ErrNoDownMigration = errors.New("sqliteproxy: no down migration")
 	// ErrClosed: the proxy (or its connector) has been closed.
 	ErrClosed = errors.New("sqliteproxy: closed")
 )
@@ -68,6 +72,7 @@ const (
 	opCheckTenant     = "check tenant"
 	opMigrate         = "migrate"
 	opMigrationStatus = "migration status"
+	opRollback        = "rollback"
 )
 
 // Error is the error type for failures of the driver itself. It names the

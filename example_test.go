@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"testing/fstest"
 
 	"github.com/sqliteproxy/sqliteproxy"
 )
@@ -87,4 +88,39 @@ func ExampleWithOrgID() {
 	// Output:
 	// acme-corp true
 	// true
+}
+
+func ExampleProxy_Rollback() {
+	dir, _ := os.MkdirTemp("", "sqliteproxy-example")
+	defer os.RemoveAll(dir)
+
+	// Usually an embed.FS or Config.MigrationsDir.
+	migrations := fstest.MapFS{
+		"0001_init.sql":          {Data: []byte(`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`)},
+		"0002_severity.up.sql":   {Data: []byte(`ALTER TABLE events ADD COLUMN severity TEXT NOT NULL DEFAULT 'info'`)},
+		"0002_severity.down.sql": {Data: []byte(`ALTER TABLE events DROP COLUMN severity`)},
+	}
+	// Manual mode: nothing is applied on access, so the rollback stays.
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, MigrationsFS: migrations, MigrationMode: sqliteproxy.MigrateManual})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	for _, tenant := range []string{"acme", "globex"} {
+		if err := p.CreateTenant(ctx, tenant); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	rep, err := p.Rollback(ctx, sqliteproxy.RollbackOptions{To: 1})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%d tenants rolled back, %d failed\n", rep.Migrated, len(rep.Failed))
+	st, _ := p.MigrationStatus(ctx, "acme")
+	fmt.Println(len(st.Applied), st.Pending, st.Mode)
+	// Output:
+	// 2 tenants rolled back, 0 failed
+	// 1 [0002_severity.up.sql] manual
 }

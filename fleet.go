@@ -28,7 +28,10 @@ type MigrateOptions struct {
 	Tenants []string
 }
 
-// MigrateReport says what MigrateAll did.
+// MigrateReport says what MigrateAll or Rollback did. For Rollback,
+// "migrations" are down migrations: Applied counts those run, Migrated the
+// tenants rolled back, and Pending holds the down files that would run,
+// newest first.
 type MigrateReport struct {
 	Tenants  int                 // tenants examined
 	Applied  int                 // migrations applied (with DryRun: that would be)
@@ -50,8 +53,18 @@ type MigrateReport struct {
 // ctx stops it: the report covers the tenants finished so far and the error
 // is ctx's.
 func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateReport, error) {
-	start := time.Now()
 	r := p.c.r
+	return r.fleetRun(ctx, opts, func(ctx context.Context, id string) ([]string, error) {
+		return r.migrateTenant(ctx, id, opts.DryRun)
+	})
+}
+
+// fleetRun runs one on each tenant of opts.Tenants (default: every tenant
+// under Dir), opts.Concurrency at a time within half the connection
+// budget, and reports, for MigrateAll and Rollback alike: one returns the
+// migrations it ran on the tenant (with DryRun: would run).
+func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx context.Context, id string) ([]string, error)) (MigrateReport, error) {
+	start := time.Now()
 	rep := MigrateReport{Failed: map[string]error{}}
 	if opts.DryRun {
 		rep.Pending = map[string][]string{}
@@ -88,7 +101,7 @@ func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateRep
 					return
 				}
 				id := ids[i]
-				pending, err := r.migrateTenant(ctx, id, opts.DryRun)
+				ran, err := one(ctx, id)
 				if err != nil && ctx.Err() != nil {
 					return // cancelled: not this tenant's failure
 				}
@@ -97,11 +110,11 @@ func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateRep
 				switch {
 				case err != nil:
 					rep.Failed[id] = err
-				case len(pending) > 0:
+				case len(ran) > 0:
 					rep.Migrated++
-					rep.Applied += len(pending)
+					rep.Applied += len(ran)
 					if opts.DryRun {
-						rep.Pending[id] = pending
+						rep.Pending[id] = ran
 					}
 				}
 				if opts.Progress != nil {
@@ -126,10 +139,11 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if err := t.mustExist(opMigrate); err != nil {
 		return nil, err
 	}
-	if t.ready.Load() {
+	if t.ready.Load() && !r.accessOpts.servePending {
 		// Checked (or migrated) by this process already, against the same
 		// list: nothing to do, and no need to wait for its writer, which
-		// live traffic may hold in a long transaction.
+		// live traffic may hold in a long transaction. (In MigrateManual
+		// mode a ready tenant may be behind: look.)
 		return nil, nil
 	}
 	if err := t.lockWriter(ctx); err != nil {
@@ -156,6 +170,9 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		if dryRun {
 			return pending, nil
 		}
+		// In MigrateManual mode a tenant behind may be marked ready (served
+		// as it is): the gate below must look again.
+		t.ready.Store(false)
 		wasOpen := r.budget.counted(t) > 0
 		if !wasOpen {
 			err := r.migrateAlone(ctx, t)
@@ -222,8 +239,10 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // open anywhere, or was closed cleanly) the file is opened immutable: no
 // locks, no -wal or -shm to create and remove, which makes checking an
 // up-to-date tenant about as cheap as opening it. A ledger read that way
-// can only be behind the truth (migrations are appended), never ahead, and
-// anything pending is re-checked under BEGIN IMMEDIATE before it is applied.
+// can only be behind the truth (migrations are appended), never ahead
+// (unless another process rolls the tenant back at that very moment: the
+// caller then acts as if it ran just before that rollback), and anything
+// pending (or to roll back) is re-checked under BEGIN IMMEDIATE first.
 // The caller holds t's writer semaphore.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)
@@ -258,14 +277,26 @@ type AppliedMigration struct {
 type TenantMigrationStatus struct {
 	Tenant  string
 	Applied []AppliedMigration
-	Pending []string // names of the configured migrations not yet applied
-	Drift   error    // non-nil (ErrMigrationDrift) when the ledger disagrees with the configuration
+	// Pending names the configured migrations not yet applied, those
+	// rolled back by Rollback included.
+	Pending []string
+	Drift   error // non-nil (ErrMigrationDrift) when the ledger disagrees with the configuration
+	// Ahead counts the applied migrations beyond the configured ones when
+	// those are applied unchanged (Drift is then set too): the tenant was
+	// migrated with a newer set, or a rollback to this set has not reached
+	// it.
+	Ahead int
+	// Mode is this proxy's MigrationMode: what its next opening of the
+	// tenant does with Pending. MigrateAuto applies them (a tenant rolled
+	// back goes forward again), MigrateCheck refuses the tenant,
+	// MigrateManual serves it as it is.
+	Mode MigrationMode
 }
 
 // MigrationStatus reports a tenant's applied and pending migrations and
 // any drift, without changing anything.
 func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigrationStatus, error) {
-	st := TenantMigrationStatus{Tenant: id}
+	st := TenantMigrationStatus{Tenant: id, Mode: p.c.r.cfg.MigrationMode}
 	t, err := p.tenantFor(opMigrationStatus, id)
 	if err != nil {
 		return st, err
@@ -309,6 +340,11 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 	n, err := m.check(rows)
 	if err != nil {
 		st.Drift = err
+		if k := len(m.list); len(rows) > k {
+			if _, err := m.check(rows[:k]); err == nil {
+				st.Ahead = len(rows) - k
+			}
+		}
 		return st, nil
 	}
 	st.Pending = m.names(n)

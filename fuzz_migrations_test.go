@@ -14,8 +14,9 @@ import (
 
 // migrationFileRE is the documented pattern of a migration file name (see
 // loadMigrations and the README): a number, an underscore, a name, then
-// ".sql" or ".up.sql" (".up.sql" is a ".sql" name); ".down.sql" files are
-// ignored. The name may be empty ("0001_.sql"), as the code accepts.
+// ".sql" or ".up.sql" (".up.sql" is a ".sql" name); a ".down.sql" file is
+// the down migration of the migration of its number. The name may be empty
+// ("0001_.sql"), as the code accepts.
 var migrationFileRE = regexp.MustCompile(`(?s)^([0-9]+)_.*\.sql$`)
 
 var maxMigrationNumber = new(big.Int).SetUint64(1<<63 - 1)
@@ -25,9 +26,10 @@ var maxMigrationNumber = new(big.Int).SetUint64(1<<63 - 1)
 // (the NUL-separated parts of contents, used in turn) and checks it against
 // an independent reading of the documented rule: no panic; exactly the
 // top-level files that match the pattern and are not .down.sql are used,
-// with their contents, in numeric order; an error exactly when two used
-// files share a number, a used file is blank, or a number does not fit in
-// 63 bits.
+// with their contents, in numeric order, each with the .down.sql file of
+// its number, if any; an error exactly when two used files (or two down
+// files) share a number, a used or down file is blank, a number does not
+// fit in 63 bits, or a down file has no migration of its number.
 func FuzzMigrationFileNames(f *testing.F) {
 	f.Add("0001_init.sql\n0002_add_severity.up.sql\n0002_add_severity.down.sql\nREADME.md",
 		[]byte("CREATE TABLE t (a)\x00ALTER TABLE t ADD b\x00DROP TABLE t\x00# notes"))
@@ -38,6 +40,8 @@ func FuzzMigrationFileNames(f *testing.F) {
 	f.Add("9223372036854775807_max.sql\n0_zero.sql", []byte("SELECT 1\x00SELECT 2")) // fits
 	f.Add("sub/0003_nested.sql\nx0004_x.sql\n0005.sql\n_0006_x.sql\n0007_x.SQL\n0008_x.sql.orig\n+9_x.sql\n 10_x.sql",
 		[]byte("SELECT 1"))
+	f.Add("0001_a.sql\n1_a.down.sql\n0002_b.up.sql\n0002_b.down.sql\n0002_c.down.sql", []byte("SELECT 1\x00SELECT 2")) // two downs
+	f.Add("0001_a.sql\n1_a.down.sql\n0002_b.up.sql", []byte("SELECT 1\x00 "))                                          // blank down
 	f.Add("0001_.sql\n0002_.down.up.sql\n0003_x.down.sql\n0004_\u00e9\u0301.sql\n\u0661_arabic_digit.sql", []byte("SELECT 1\x00SELECT 2"))
 	f.Fuzz(func(t *testing.T, names string, contents []byte) {
 		lines := strings.Split(names, "\n")
@@ -71,13 +75,14 @@ func FuzzMigrationFileNames(f *testing.F) {
 			sql  string
 		}
 		var want []file
+		downs := map[string]file{} // number -> down file
 		wantErr := ""
 		for name, mf := range fsys {
 			if strings.Contains(name, "/") || dirs[name] {
 				continue // in or is a subdirectory
 			}
 			m := migrationFileRE.FindStringSubmatch(name)
-			if m == nil || strings.HasSuffix(name, ".down.sql") {
+			if m == nil {
 				continue
 			}
 			n, _ := new(big.Int).SetString(m[1], 10)
@@ -87,7 +92,19 @@ func FuzzMigrationFileNames(f *testing.F) {
 			if strings.TrimSpace(string(mf.Data)) == "" {
 				wantErr = "empty file"
 			}
+			if strings.HasSuffix(name, ".down.sql") {
+				if _, dup := downs[n.String()]; dup {
+					wantErr = "same down number"
+				}
+				downs[n.String()] = file{n, name, string(mf.Data)}
+				continue
+			}
 			want = append(want, file{n, name, string(mf.Data)})
+		}
+		for k := range downs {
+			if !slices.ContainsFunc(want, func(f file) bool { return f.n.String() == k }) {
+				wantErr = "down file without its migration"
+			}
 		}
 		slices.SortFunc(want, func(a, b file) int { return a.n.Cmp(b.n) })
 		for i := 1; i < len(want); i++ {
@@ -118,6 +135,11 @@ func FuzzMigrationFileNames(f *testing.F) {
 			if got[i].name != want[i].name || got[i].sql != want[i].sql {
 				t.Fatalf("files %q: migration %d is %q (%q), want %q (%q)", files, i,
 					got[i].name, got[i].sql, want[i].name, want[i].sql)
+			}
+			d := downs[want[i].n.String()]
+			if got[i].downName != d.name || got[i].down != d.sql {
+				t.Fatalf("files %q: migration %q has down %q (%q), want %q (%q)", files, got[i].name,
+					got[i].downName, got[i].down, d.name, d.sql)
 			}
 			if strings.HasSuffix(got[i].name, ".down.sql") || !migrationFileRE.MatchString(got[i].name) {
 				t.Fatalf("used %q, which does not match the documented pattern", got[i].name)

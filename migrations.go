@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -32,13 +33,16 @@ const (
 	ledgerRead   = `SELECT version, checksum, applied_at FROM ` + ledgerTable + ` ORDER BY version`
 	ledgerMax    = `SELECT coalesce(max(version), 0) FROM ` + ledgerTable
 	ledgerInsert = `INSERT INTO ` + ledgerTable + ` (version, checksum, applied_at) VALUES (?, ?, ?)`
+	ledgerDelete = `DELETE FROM ` + ledgerTable + ` WHERE version = ?`
 )
 
 // migration is one configured migration.
 type migration struct {
-	name string // file name, or "Migrations[i]"
-	sql  string
-	sum  string // hex SHA-256 of sql
+	name     string // file name, or "Migrations[i]"
+	sql      string
+	sum      string // hex SHA-256 of sql
+	downName string // file name of its down migration, "" when there is none
+	down     string // SQL of its down migration; not part of sum
 }
 
 // migrator applies the configured migrations to tenant files. Migration i
@@ -186,7 +190,8 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 
 // gate lets a tenant's new writer through once this process knows that the
 // tenant's migrations are applied (t.ready): with o.migrate it applies the
-// pending ones, else it refuses the tenant while any is pending. A
+// pending ones, with o.servePending it lets the tenant through as it is
+// (MigrateManual), else it refuses the tenant while any is pending. A
 // connection that applied migrations is replaced by a fresh one (unless
 // o.keepMigrator): users must not see last_insert_rowid() and changes() of
 // the ledger inserts. On error pc is closed; the caller gives back its slot.
@@ -195,6 +200,9 @@ func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) 
 		return pc, nil
 	}
 	applied, err := r.mig.migrate(ctx, pc.c, t.id, t.tel, o.migrate)
+	if err != nil && o.servePending && errors.Is(err, ErrPendingMigrations) {
+		err = nil
+	}
 	if err != nil {
 		pc.close()
 		return nil, err
@@ -252,6 +260,96 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 	return err
 }
 
+// downPlan returns the indexes of the migrations whose down migrations
+// bring a tenant with n applied down to version to, newest first, and
+// their down files' names; or ErrNoDownMigration naming every down file
+// that would be needed and is missing.
+func (m *migrator) downPlan(n, to int) ([]int, []string, error) {
+	var (
+		plan    []int
+		names   []string
+		missing []string
+	)
+	for v := n; v > to; v-- {
+		mg := m.list[v-1]
+		if mg.down == "" {
+			missing = append(missing, downFileName(mg.name))
+			continue
+		}
+		plan = append(plan, v-1)
+		names = append(names, mg.downName)
+	}
+	if len(missing) > 0 {
+		return nil, nil, fmt.Errorf("%w: version %d to %d needs %s", ErrNoDownMigration, n, to, strings.Join(missing, ", "))
+	}
+	return plan, names, nil
+}
+
+// rollback is the one way down migrations reach a tenant file, the mirror
+// of migrate: it reads the ledger on c and checks it against the
+// configured migrations (ErrMigrationDrift), checks that every down
+// migration needed to reach version to exists (ErrNoDownMigration, before
+// anything is changed) and, unless dryRun, runs them newest first, each
+// followed by the removal of its ledger row. All of a tenant's down
+// migrations run in one BEGIN IMMEDIATE transaction that re-reads the
+// ledger first (another process may have moved the tenant meanwhile): the
+// tenant ends wholly at version to, or, when one fails or the process
+// dies, wholly where it was. It returns the down files run (with dryRun:
+// that would run).
+func (m *migrator) rollback(ctx context.Context, c *sqlite3.SQLiteConn, id string, tt *tenantTel, to int, dryRun bool) ([]string, error) {
+	n, err := m.applied(ctx, c)
+	if err != nil {
+		return nil, opError(opRollback, id, err)
+	}
+	_, names, err := m.downPlan(n, to)
+	if err != nil {
+		return nil, opError(opRollback, id, err)
+	}
+	if len(names) == 0 || dryRun {
+		return names, nil
+	}
+	names, err = m.rollbackTx(ctx, c, tt, to)
+	if err != nil {
+		return nil, opError(opRollback, id, err)
+	}
+	return names, nil
+}
+
+func (m *migrator) rollbackTx(ctx context.Context, c *sqlite3.SQLiteConn, tt *tenantTel, to int) (_ []string, err error) {
+	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE", nil); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.ExecContext(context.Background(), "ROLLBACK", nil)
+		}
+	}()
+	n, err := m.applied(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	plan, names, err := m.downPlan(n, to)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range plan {
+		name := m.list[i].downName
+		sctx, end := m.tel.span(ctx, spanRollback, tt, attribute.String(attrMigration, name))
+		_, err := c.ExecContext(sctx, m.list[i].down, nil)
+		if err == nil {
+			_, err = c.ExecContext(sctx, ledgerDelete, []driver.NamedValue{{Ordinal: 1, Value: int64(i + 1)}})
+		}
+		end(err)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if _, err := c.ExecContext(ctx, "COMMIT", nil); err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
 // MigrationMode says when tenants get their pending migrations.
 type MigrationMode int
 
@@ -263,6 +361,16 @@ const (
 	// teams that migrate in a deploy step. New tenants are still created
 	// with every migration applied.
 	MigrateCheck
+	// MigrateManual applies nothing on access and serves tenants that are
+	// behind as they are: MigrateAll and Rollback (or the CLI) are the only
+	// writers of schema. It is the mode to roll back in while the service
+	// runs (a service in MigrateAuto would apply the rolled-back migrations
+	// again when it next opens the tenant) and for operators who move
+	// tenants between versions one batch at a time. A tenant whose ledger
+	// has drifted is still refused (ErrMigrationDrift), and new tenants are
+	// still created with every configured migration applied: a tenant
+	// created empty would serve none of the application's tables.
+	MigrateManual
 )
 
 func (m MigrationMode) String() string {
@@ -271,6 +379,8 @@ func (m MigrationMode) String() string {
 		return "auto"
 	case MigrateCheck:
 		return "check"
+	case MigrateManual:
+		return "manual"
 	}
 	return fmt.Sprintf("MigrationMode(%d)", int(m))
 }
@@ -281,8 +391,10 @@ func parseMigrationMode(s string) (MigrationMode, error) {
 		return MigrateAuto, nil
 	case "check":
 		return MigrateCheck, nil
+	case "manual":
+		return MigrateManual, nil
 	}
-	return 0, fmt.Errorf("migration mode %q is not auto or check", s)
+	return 0, fmt.Errorf("migration mode %q is not auto, check or manual", s)
 }
 
 // loadMigrations returns the configured migrations: Config.Migrations, or
@@ -292,8 +404,12 @@ func parseMigrationMode(s string) (MigrationMode, error) {
 // Files are named like goose or golang-migrate name them: a number, an
 // underscore, a name, then ".sql" or ".up.sql" (0001_init.sql,
 // 0002_add_severity.up.sql). They apply in numeric order (0010 after 0002);
-// ".down.sql" files, subdirectories and other files are ignored; two files
-// with the same number are an error.
+// subdirectories and other files are ignored; two files with the same
+// number are an error. A file "NNNN_name.down.sql" is the down migration
+// of the migration numbered NNNN, run by Proxy.Rollback; it is not part of
+// the migration's checksum, so a down file may be added (or fixed) after
+// its migration was applied. A down file without a migration of its
+// number is an error.
 func loadMigrations(cfg *Config) ([]migration, error) {
 	fsys := cfg.MigrationsFS
 	if cfg.MigrationsDir != "" {
@@ -315,9 +431,10 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		name string
 	}
 	var files []numbered
+	downs := map[uint64]string{} // number -> down file name
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".sql") || strings.HasSuffix(name, ".down.sql") {
+		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".sql") {
 			continue
 		}
 		digits, _, ok := strings.Cut(name, "_")
@@ -328,22 +445,54 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		if err != nil {
 			return nil, fmt.Errorf("migration file %s: %w", name, err)
 		}
+		if strings.HasSuffix(name, ".down.sql") {
+			if other, dup := downs[n]; dup {
+				return nil, fmt.Errorf("down migration files %s and %s have the same number", min(other, name), max(other, name))
+			}
+			downs[n] = name
+			continue
+		}
 		files = append(files, numbered{n, name})
 	}
 	slices.SortFunc(files, func(a, b numbered) int { return cmp.Compare(a.n, b.n) })
+	read := func(name string) (string, error) {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return "", fmt.Errorf("read migration %s: %w", name, err)
+		}
+		if strings.TrimSpace(string(b)) == "" {
+			return "", fmt.Errorf("migration file %s is empty", name)
+		}
+		return string(b), nil
+	}
 	list := make([]migration, 0, len(files))
 	for i, f := range files {
 		if i > 0 && files[i-1].n == f.n {
 			return nil, fmt.Errorf("migration files %s and %s have the same number", files[i-1].name, f.name)
 		}
-		b, err := fs.ReadFile(fsys, f.name)
+		up, err := read(f.name)
 		if err != nil {
-			return nil, fmt.Errorf("read migration %s: %w", f.name, err)
+			return nil, err
 		}
-		if strings.TrimSpace(string(b)) == "" {
-			return nil, fmt.Errorf("migration file %s is empty", f.name)
+		mg := migration{name: f.name, sql: up}
+		if d, ok := downs[f.n]; ok {
+			if mg.down, err = read(d); err != nil {
+				return nil, err
+			}
+			mg.downName = d
+			delete(downs, f.n)
 		}
-		list = append(list, migration{name: f.name, sql: string(b)})
+		list = append(list, mg)
+	}
+	for _, d := range slices.Sorted(maps.Values(downs)) {
+		return nil, fmt.Errorf("down migration file %s has no up migration of its number", d)
 	}
 	return list, nil
+}
+
+// downFileName is the name the down migration of the migration named up
+// would have: 0002_x.up.sql and 0002_x.sql -> 0002_x.down.sql.
+func downFileName(up string) string {
+	base := strings.TrimSuffix(up, ".sql")
+	return strings.TrimSuffix(base, ".up") + ".down.sql"
 }

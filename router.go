@@ -89,7 +89,7 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		conns:      newConnOpener(cfg),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
-		accessOpts: openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto},
+		accessOpts: openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto, servePending: cfg.MigrationMode == MigrateManual},
 		stop:       make(chan struct{}),
 	}
 	if r.tel, err = newTelemetry(cfg, r.stats); err != nil {
@@ -189,6 +189,9 @@ func (r *router) makeTenantDir(t *tenant) error {
 type openOpts struct {
 	mayCreate bool // create the file if missing
 	migrate   bool // apply pending migrations (else they are ErrPendingMigrations)
+	// servePending serves a tenant with pending migrations as it is
+	// (MigrateManual); t.ready then means "checked", not "up to date".
+	servePending bool
 	// keepMigrator keeps using the connection that migrated, which is
 	// otherwise replaced so that users do not see last_insert_rowid() and
 	// changes() of the ledger inserts; for MigrateAll, which closes it anyway.

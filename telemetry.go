@@ -57,6 +57,7 @@ const (
 	spanTenantOpen  = "sqliteproxy.tenant.open"
 	spanTenantEvict = "sqliteproxy.tenant.evict"
 	spanMigrate     = "sqliteproxy.migrate"
+	spanRollback    = "sqliteproxy.rollback" // one down migration
 	spanWait        = "sqliteproxy.wait"
 )
 

@@ -5,6 +5,10 @@
 //     and is killed with SIGKILL at random moments (also while it migrates);
 //     after every kill each tenant must pass integrity_check, keep its
 //     counter invariant and hold every transaction the child acknowledged;
+//   - crash safety of a fleet rollback: a child rolling 200 tenants back
+//     two versions (Proxy.Rollback) is killed with SIGKILL at random
+//     moments; after every kill each tenant's schema and ledger must be
+//     exactly those of one version, never in between;
 //   - write contention on one tenant (64 goroutines): no SQLITE_BUSY, no
 //     error, exact row counts;
 //   - the connection cap under load (many tenants, MaxConnections 32): open

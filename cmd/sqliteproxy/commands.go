@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -365,7 +366,8 @@ func (e *env) restore(args []string) (status int) {
 func (e *env) migrate(args []string) (status int) {
 	f := e.newFlags("migrate")
 	mig := f.String("migrations", "", "`directory` of migration files: 0001_init.sql, 0002_add.sql, ... (required)")
-	dryRun := f.Bool("dry-run", false, "list what would be applied; change nothing")
+	dryRun := f.Bool("dry-run", false, "list what would be applied (or rolled back); change nothing")
+	downTo := f.Int("down-to", 0, "roll back to `version` N (the number of migrations kept) with the NNNN_name.down.sql files of -migrations")
 	conc := f.Int("concurrency", 0, "tenants migrated at once (default: number of CPUs)")
 	ids, st, ok := e.parse(f, args, 0, -1)
 	if !ok {
@@ -376,6 +378,10 @@ func (e *env) migrate(args []string) (status int) {
 	}
 	if *conc < 0 {
 		return e.usageError(f, "-concurrency %d is negative", *conc)
+	}
+	rollback := f.isSet("down-to")
+	if rollback && *downTo < 0 {
+		return e.usageError(f, "-down-to %d is negative", *downTo)
 	}
 	for _, id := range ids {
 		if !e.checkID(f, id) {
@@ -393,6 +399,9 @@ func (e *env) migrate(args []string) (status int) {
 		if ids, ok = e.allTenants(p, "migrate"); !ok {
 			return exitFailed
 		}
+	}
+	if rollback {
+		return e.rollback(p, ids, *downTo, *dryRun, *conc)
 	}
 	b := e.newBar(len(ids), "migrate")
 	done := 0
@@ -447,11 +456,12 @@ func plural(n int, what string) string {
 // tenantStatus is one tenant in the output of status.
 type tenantStatus struct {
 	Tenant    string          `json:"tenant"`
-	Version   *int            `json:"version"`    // migrations applied; null if unreadable
-	Applied   []appliedStatus `json:"applied"`    // null if unreadable
-	Pending   []string        `json:"pending"`    // null if unknown: no -migrations, or unreadable
-	SizeBytes int64           `json:"size_bytes"` // the file and its -wal
-	Modified  time.Time       `json:"modified"`   // the later of the file's and its -wal's
+	Version   *int            `json:"version"`         // migrations applied; null if unreadable
+	Applied   []appliedStatus `json:"applied"`         // null if unreadable
+	Pending   []string        `json:"pending"`         // null if unknown: no -migrations, or unreadable
+	Ahead     int             `json:"ahead,omitempty"` // migrations applied beyond those of -migrations (a drift)
+	SizeBytes int64           `json:"size_bytes"`      // the file and its -wal
+	Modified  time.Time       `json:"modified"`        // the later of the file's and its -wal's
 	Error     string          `json:"error,omitempty"`
 	err       error           // as Error
 
@@ -473,6 +483,45 @@ type appliedStatus struct {
 }
 
 // status: schema version, pending migrations, size and last change.
+// rollback is migrate -down-to: Proxy.Rollback of ids to version to.
+func (e *env) rollback(p *sqliteproxy.Proxy, ids []string, to int, dryRun bool, conc int) int {
+	b := e.newBar(len(ids), fmt.Sprintf("migrate -down-to %d", to))
+	done := 0
+	rep, err := p.Rollback(e.ctx, sqliteproxy.RollbackOptions{
+		To:          to,
+		Tenants:     ids,
+		DryRun:      dryRun,
+		Concurrency: conc,
+		Progress: func(n, _ int) {
+			done = n
+			b.set(n)
+		},
+	})
+	b.finish()
+	e.reportFailures("migrate", rep.Failed)
+	if err != nil && !e.interrupted() {
+		e.errorf("migrate: %s", errText(err))
+	}
+	if err != nil {
+		return exitFailed
+	}
+	atOrBelow := done - rep.Migrated - len(rep.Failed)
+	if dryRun {
+		for _, id := range slices.Sorted(maps.Keys(rep.Pending)) {
+			fmt.Fprintf(e.stdout, "%s: would run %s\n", id, strings.Join(rep.Pending[id], ", "))
+		}
+		fmt.Fprintf(e.stdout, "dry run, nothing changed: %s: %d to roll back to version %d (%s), %d at or below it, %d failed\n",
+			plural(rep.Tenants, "tenant"), rep.Migrated, to, plural(rep.Applied, "down migration"), atOrBelow, len(rep.Failed))
+	} else {
+		fmt.Fprintf(e.stdout, "%s: %d rolled back to version %d (%s run), %d at or below it, %d failed\n",
+			plural(rep.Tenants, "tenant"), rep.Migrated, to, plural(rep.Applied, "down migration"), atOrBelow, len(rep.Failed))
+	}
+	if len(rep.Failed) > 0 {
+		return exitFailed
+	}
+	return exitOK
+}
+
 func (e *env) status(args []string) (status int) {
 	f := e.newFlags("status")
 	mig := f.String("migrations", "", "`directory` of migration files, to list pending migrations (without it: unknown)")
@@ -548,6 +597,8 @@ func (e *env) status(args []string) (status int) {
 				version = fmt.Sprint(*ts.Version)
 			}
 			switch {
+			case ts.Ahead > 0:
+				pending = fmt.Sprintf("ahead %d", ts.Ahead)
 			case ts.err != nil && ts.Version != nil:
 				pending = "drift"
 			case ts.Pending == nil:
@@ -567,11 +618,35 @@ func (e *env) status(args []string) (status int) {
 			fmt.Fprintln(tw)
 		}
 		tw.Flush()
+		e.statusNotes(out, *mig)
 	}
 	if len(failed) > 0 {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// statusNotes says, after the status table, what a service does with the
+// tenants that are behind or ahead of the migrations in mig: what an
+// operator needs to know after a rollback (migrate -down-to).
+func (e *env) statusNotes(out []tenantStatus, mig string) {
+	behind, ahead := 0, 0
+	for _, ts := range out {
+		switch {
+		case len(ts.Pending) > 0:
+			behind++
+		case ts.Ahead > 0:
+			ahead++
+		}
+	}
+	if behind > 0 {
+		fmt.Fprintf(e.stdout, "\n%s behind %s: a service with these migrations in migration_mode=auto applies the pending ones when it next opens the tenant (check refuses it, manual serves it as it is); migrate applies them now.\n",
+			plural(behind, "tenant"), mig)
+	}
+	if ahead > 0 {
+		fmt.Fprintf(e.stdout, "\n%s ahead of %s: a service with these migrations refuses them (drift); migrate -down-to, with the migrations that applied them, rolls them back.\n",
+			plural(ahead, "tenant"), mig)
+	}
 }
 
 // tenantIDs returns the one tenant named (which must exist) or all.
@@ -621,6 +696,7 @@ func (e *env) tenantStatus(p *sqliteproxy.Proxy, id string, withMigrations bool)
 		return ts
 	}
 	if ms.Drift != nil {
+		ts.Ahead = ms.Ahead
 		ts.err = ms.Drift
 		ts.Error = tenantErrText(id, ms.Drift)
 		return ts

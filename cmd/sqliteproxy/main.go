@@ -12,6 +12,8 @@
 //	sqliteproxy restore -replica URL [-at TIME] [-litestream PATH] [-force] ID
 //	                                                     ... or with its replica, latest or as at TIME
 //	sqliteproxy migrate -migrations DIR [-dry-run] [-concurrency N] [ID...]
+//	sqliteproxy migrate -migrations DIR -down-to N [-dry-run] [-concurrency N] [ID...]
+//	                                                     ... or roll back to version N with the .down.sql files
 //	sqliteproxy status [-json] [-migrations DIR] [-replica URL] [ID]
 //	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
@@ -38,6 +40,18 @@
 // point (Ctrl-C, a crash, an error), it leaves every tenant in exactly one
 // place, and the directory marked so that nothing opens it until relayout
 // is run again (to either layout) and finishes.
+//
+// migrate -down-to N rolls tenants back to version N (the number of
+// migrations kept) with Proxy.Rollback: the NNNN_name.down.sql files of
+// -migrations run newest first, all of a tenant's in one transaction, so
+// each tenant ends wholly at N or, when a down migration fails, wholly
+// where it was. A tenant that needs a down file that is missing, or whose
+// ledger has drifted, fails (exit status 1) and the others go on. A
+// service in migration_mode=auto applies the rolled-back migrations again
+// when it next opens a tenant if its migrations still include them: run
+// it in migration_mode=manual (tenants behind are served as they are)
+// while rolling back, and deploy it without them after. status shows
+// tenants that are behind (PENDING) and ahead of -migrations.
 //
 // Replicas are Litestream v0.5 replicas, named by the URL the service has
 // as Config.ReplicaURL (file:///path, or s3://bucket/prefix with
@@ -70,11 +84,13 @@
 //
 // Exit status: 0 when everything succeeded; 1 when an operation failed for
 // at least one tenant (not found, already exists, corrupt file, failed
-// migration or integrity check, delete not confirmed, interrupted); 2 for
-// usage errors (unknown command or flag, wrong number of arguments, invalid
-// tenant ID, a directory or file named on the command line that does not
-// exist, a -replica that is not a URL or an -at that is not an RFC 3339
-// time, delete without -yes on a non-interactive stdin).
+// migration, rollback or integrity check, delete not confirmed,
+// interrupted), or when -down-to is beyond the migrations of -migrations;
+// 2 for usage errors (unknown command or flag, wrong number of arguments,
+// invalid tenant ID, a directory or file named on the command line that
+// does not exist, a negative -down-to, a -replica that is not a URL or an
+// -at that is not an RFC 3339 time, delete without -yes on a
+// non-interactive stdin).
 package main
 
 import (
@@ -143,7 +159,7 @@ func init() {
 		{"delete", "[-dir DIR] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
 		{"backup", "[-dir DIR] [-force] ID FILE | -all [-force] DIR", "online backup of one tenant, or of all into DIR/<id>.db", (*env).backup},
 		{"restore", "[-dir DIR] [-force] ID FILE | -replica URL [-at TIME] [-litestream PATH] [-dir DIR] [-force] ID", "replace a tenant's data with a backup or its replica (creates the tenant if missing)", (*env).restore},
-		{"migrate", "[-dir DIR] -migrations DIR [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants", (*env).migrate},
+		{"migrate", "[-dir DIR] -migrations DIR [-down-to N] [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants, or roll them back to version N", (*env).migrate},
 		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
 		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
 		{"relayout", "[-dir DIR] -to flat|buckets", "convert the data directory to another layout, offline (crash-safe; run again to finish)", (*env).relayout},

@@ -214,6 +214,9 @@ func TestUsageErrors(t *testing.T) {
 		{"migrate", "-dir", dir, "-migrations", mdir, "-concurrency", "-1"},
 		{"migrate", "-dir", dir, "-migrations", mdir, "-concurrency", "x"},
 		{"migrate", "-dir", dir, "-migrations", mdir, "acme", "BAD"},
+		{"migrate", "-dir", dir, "-migrations", mdir, "-down-to", "-1"},
+		{"migrate", "-dir", dir, "-migrations", mdir, "-down-to", "one"},
+		{"migrate", "-dir", dir, "-down-to", "1"},
 		{"migrate", "-dir", missing, "-migrations", mdir},
 		{"status", "-dir", dir, "acme", "x"},
 		{"status", "-dir", dir, "%2e%2e"},
@@ -796,7 +799,8 @@ func statusRows(t *testing.T, out string) [][]string {
 	t.Helper()
 	var rows [][]string
 	sizeRE := regexp.MustCompile(`^(\d+ B|\d+\.\d [KMG]iB)$`)
-	for i, line := range strings.Split(strings.TrimSuffix(out, "\n"), "\n") {
+	table, _, _ := strings.Cut(out, "\n\n") // the notes after it
+	for i, line := range strings.Split(strings.TrimSuffix(table, "\n"), "\n") {
 		cells := regexp.MustCompile(`\s{2,}`).Split(strings.TrimSpace(line), -1)
 		if i > 0 {
 			if len(cells) != 5 {
@@ -908,6 +912,109 @@ func TestStatus(t *testing.T) {
 	}
 }
 
+// downsDir is a migrations directory with 0001_init.sql, 0002_add.sql and
+// their down files.
+func downsDir(t *testing.T) string {
+	t.Helper()
+	dir := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	for name, sql := range map[string]string{
+		"0001_init.down.sql": "DROP TABLE events;\n",
+		"0002_add.down.sql":  "ALTER TABLE events DROP COLUMN severity;\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(sql), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// migrate -down-to: a dry run, a subset, a rerun, missing down files, a
+// version out of range; status then shows tenants behind and ahead.
+func TestMigrateDownTo(t *testing.T) {
+	t.Parallel()
+	m2 := downsDir(t)
+	dir := fleet(t, m2, 2, "acme", "globex", "initech")
+	junk(t, dir, "x")
+	before := snapshot(t, dir)
+
+	r := cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "1", "-dry-run").want(t, exitFailed)
+	wantOut := "acme: would run 0002_add.down.sql\n" +
+		"globex: would run 0002_add.down.sql\n" +
+		"initech: would run 0002_add.down.sql\n" +
+		"dry run, nothing changed: 4 tenants: 3 to roll back to version 1 (3 down migrations), 0 at or below it, 1 failed\n"
+	if r.stdout != wantOut || r.stderr != "sqliteproxy: migrate x: file is not a database\n" {
+		t.Errorf("dry run:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
+	}
+	unchanged(t, dir, before)
+	if err := os.Remove(filepath.Join(dir, "x.db")); err != nil {
+		t.Fatal(err)
+	}
+
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "1", "globex", "acme").want(t, exitOK)
+	if r.stdout != "2 tenants: 2 rolled back to version 1 (2 down migrations run), 0 at or below it, 0 failed\n" || r.stderr != "" {
+		t.Errorf("rollback acme globex: %+v", r)
+	}
+	if got := events(t, filepath.Join(dir, "acme.db")); !cmp.Equal(got, []string{"acme-0", "acme-1"}) {
+		t.Errorf("acme's data: %v", got)
+	}
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", m2).want(t, exitOK)
+	want := [][]string{
+		{"TENANT", "VERSION", "PENDING", "SIZE", "MODIFIED"},
+		{"acme", "1", "1: 0002_add.sql", "SIZE", "TIME"},
+		{"globex", "1", "1: 0002_add.sql", "SIZE", "TIME"},
+		{"initech", "2", "0", "SIZE", "TIME"},
+	}
+	if diff := cmp.Diff(want, statusRows(t, r.stdout)); diff != "" {
+		t.Errorf("status after rollback (-want +got):\n%s", diff)
+	}
+	if !strings.Contains(r.stdout, "\n\n2 tenants behind "+m2+": a service with these migrations in migration_mode=auto applies the pending ones") {
+		t.Errorf("status does not say what auto mode does with tenants behind:\n%s", r.stdout)
+	}
+
+	// All of them: the rest; then nothing left.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "1").want(t, exitOK)
+	if r.stdout != "3 tenants: 1 rolled back to version 1 (1 down migration run), 2 at or below it, 0 failed\n" {
+		t.Errorf("rollback all: %q", r.stdout)
+	}
+	// Without down files: every tenant fails, naming the file; nothing
+	// changes (but the -shm index that reading acme's file with events
+	// left behind: every reader marks it).
+	withoutShm := func() map[string]string {
+		m := snapshot(t, dir)
+		delete(m, "acme.db-shm")
+		return m
+	}
+	before = withoutShm()
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", migrationsDir(t, "0001_init.sql", "0002_add.sql"), "-down-to", "0").want(t, exitFailed)
+	if strings.Count(r.stderr, "no down migration: version 1 to 0 needs 0001_init.down.sql") != 3 ||
+		r.stdout != "3 tenants: 0 rolled back to version 0 (0 down migrations run), 0 at or below it, 3 failed\n" {
+		t.Errorf("missing down files: %+v", r)
+	}
+	if diff := cmp.Diff(before, withoutShm()); diff != "" {
+		t.Errorf("missing down files changed files:\n%s", diff)
+	}
+	// Beyond the migrations.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "3").want(t, exitFailed)
+	if !strings.Contains(r.stderr, "not between 0 and 2") {
+		t.Errorf("-down-to 3: %q", r.stderr)
+	}
+	if diff := cmp.Diff(before, withoutShm()); diff != "" {
+		t.Errorf("-down-to 3 changed files:\n%s", diff)
+	}
+
+	// Ahead: acme migrated with m2, looked at with only 0001.
+	cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "acme").want(t, exitOK)
+	m1 := migrationsDir(t, "0001_init.sql")
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", m1).want(t, exitFailed)
+	if rows := statusRows(t, r.stdout); rows[1][2] != "ahead 1" || !strings.Contains(r.stdout, "\n\n1 tenant ahead of "+m1) {
+		t.Errorf("ahead: %q %q", r.stdout, r.stderr)
+	}
+	r = cli(t, nil, "status", "-dir", dir, "-migrations", m1, "-json", "acme").want(t, exitFailed)
+	if !strings.Contains(r.stdout, `"ahead": 1`) {
+		t.Errorf("ahead, json: %s", r.stdout)
+	}
+}
+
 func TestDiskUsage(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -999,11 +1106,12 @@ func TestCheck(t *testing.T) {
 // nothing on stderr otherwise.
 func TestProgress(t *testing.T) {
 	// Serial: it sets the package's isTerminal, which every run reads.
-	m2 := migrationsDir(t, "0001_init.sql", "0002_add.sql")
+	m2 := downsDir(t)
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 0, "acme", "globex", "initech")
 	fleetCmds := func() [][]string {
 		return [][]string{
 			{"migrate", "-dir", dir, "-migrations", m2, "-dry-run"},
+			{"migrate", "-dir", dir, "-migrations", m2, "-dry-run", "-down-to", "1"},
 			{"backup", "-dir", dir, "-all", filepath.Join(t.TempDir(), "b")},
 			{"check", "-dir", dir},
 			{"status", "-dir", dir},
