@@ -116,6 +116,7 @@ func (b *budget) tryReserve(t *tenant) (bool, error) {
 func (b *budget) reserveLocked(t *tenant) {
 	b.open++
 	b.nopen[t]++
+	t.counted.Add(1)
 }
 
 // unreserve gives back the slot of a connection that failed to open or was
@@ -128,6 +129,7 @@ func (b *budget) unreserve(t *tenant) {
 	if b.nopen[t] == 1 {
 		b.open--
 		delete(b.nopen, t)
+		t.counted.Store(0)
 		b.wakeLocked()
 	}
 	b.mu.Unlock()
@@ -138,6 +140,7 @@ func (b *budget) freeAll(t *tenant) {
 	b.mu.Lock()
 	b.open -= b.nopen[t]
 	delete(b.nopen, t)
+	t.counted.Store(0)
 	b.wakeLocked()
 	b.mu.Unlock()
 }

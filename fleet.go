@@ -118,6 +118,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if err != nil {
 		return nil, err
 	}
+	defer t.unpin()
 	if err := t.mustExist(opMigrate); err != nil {
 		return nil, err
 	}
@@ -265,6 +266,7 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 	if err != nil {
 		return st, err
 	}
+	defer t.unpin()
 	if err := t.mustExist(opMigrationStatus); err != nil {
 		return st, err
 	}
