@@ -103,7 +103,7 @@ func residentBytes(tb testing.TB) int64 {
 // name (mode 0600). A completion marker is written last; a directory
 // without it (an interrupted build) is removed and built again. Benchmarks
 // must not write to the tenants: the next run would see the writes.
-func cachedFleetFlat(b *testing.B, n int, migs []string) (dir string, ids []string) {
+func cachedFleetFlat(b testing.TB, n int, migs []string) (dir string, ids []string) {
 	b.Helper()
 	const seed = `INSERT INTO bench (name, value) VALUES ('x', 1)`
 	cache, err := os.UserCacheDir()
