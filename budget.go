@@ -23,11 +23,16 @@ import (
 type budget struct {
 	max int // Config.MaxConnections
 
-	mu     sync.Mutex      // guards open, nopen, wakeCh and closed
+	mu     sync.Mutex      // guards open, nopen, wakeCh, closed, liveIDs and twoLive
 	open   int             // connections counted, all tenants
 	nopen  map[*tenant]int // connections counted per tenant; a tenant with none has no entry
 	wakeCh chan struct{}   // closed and replaced when a slot, a reader or the writer may have come free
 	closed bool
+	// liveIDs, set by tests only, maps each tenant ID to its object while
+	// connections are counted for it; a second object counted for an ID
+	// at the same time is counted in twoLive.
+	liveIDs map[string]*tenant
+	twoLive int
 
 	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
 	evictions atomic.Int64
@@ -117,6 +122,21 @@ func (b *budget) reserveLocked(t *tenant) {
 	b.open++
 	b.nopen[t]++
 	t.counted.Add(1)
+	if b.liveIDs != nil {
+		if o := b.liveIDs[t.id]; o != nil && o != t {
+			b.twoLive++
+		}
+		b.liveIDs[t.id] = t
+	}
+}
+
+// uncountLocked forgets t's counted connections.
+func (b *budget) uncountLocked(t *tenant) {
+	delete(b.nopen, t)
+	t.counted.Store(0)
+	if b.liveIDs != nil && b.liveIDs[t.id] == t {
+		delete(b.liveIDs, t.id)
+	}
 }
 
 // unreserve gives back the slot of a connection that failed to open or was
@@ -128,8 +148,7 @@ func (b *budget) unreserve(t *tenant) {
 	b.mu.Lock()
 	if b.nopen[t] == 1 {
 		b.open--
-		delete(b.nopen, t)
-		t.counted.Store(0)
+		b.uncountLocked(t)
 		b.wakeLocked()
 	}
 	b.mu.Unlock()
@@ -139,8 +158,7 @@ func (b *budget) unreserve(t *tenant) {
 func (b *budget) freeAll(t *tenant) {
 	b.mu.Lock()
 	b.open -= b.nopen[t]
-	delete(b.nopen, t)
-	t.counted.Store(0)
+	b.uncountLocked(t)
 	b.wakeLocked()
 	b.mu.Unlock()
 }
