@@ -294,8 +294,10 @@ func waitErr(caller context.Context) error {
 }
 
 // background advances the coarse clock, hands telemetry the open tenants
-// every topNEvery and, every quarter of IdleTimeout (at most every 10 s),
-// closes tenants idle for longer than IdleTimeout.
+// every topNEvery, every quarter of IdleTimeout (at most every 10 s)
+// closes tenants idle for longer than IdleTimeout, and once tenants have
+// stopped closing for trimAfter gives the memory they freed back to the OS
+// (memtrim.go).
 func (r *router) background() {
 	defer r.reaperWG.Done()
 	b := r.budget
@@ -303,6 +305,7 @@ func (r *router) background() {
 	defer tick.Stop()
 	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
 	var lastReap, lastRank, lastResync int64
+	var evictions, trimmed, lastEviction int64 // evictions seen, evictions when last trimmed, when the count last moved
 	for {
 		select {
 		case <-r.stop:
@@ -310,6 +313,12 @@ func (r *router) background() {
 		case <-tick.C:
 		}
 		b.readClock()
+		if n := b.evictions.Load(); n != evictions {
+			evictions, lastEviction = n, b.now()
+		} else if n != trimmed && b.now()-lastEviction >= int64(trimAfter) {
+			trimmed = n
+			releaseFreedMemory()
+		}
 		if r.repl != nil && b.now()-lastResync >= int64(resyncEvery) {
 			lastResync = b.now()
 			r.resync()

@@ -115,10 +115,11 @@ func (r *router) forget(t *tenant) { r.tenants.CompareAndDelete(t.id, t) }
 // forgetIdle removes t from the registry if nothing holds it: no pin (no
 // lease, waiter, queued write or operation), no connection counted, and
 // nothing kept about it that the next object for its ID could not rebuild
-// from the file: a lease this node holds on it (Config.Ownership; kept
-// while closed, so such tenants stay until the lease is released or lost),
-// a registration with Litestream, a final sync that failed (SyncTenant and
-// resync retry it). Its telemetry goes with it. haveWsem says the caller
+// from the file: a lease this node holds on it (Config.Ownership; given up
+// when the tenant is closed and its final sync succeeds, so a tenant that
+// keeps one stays until it is released or lost), a registration with
+// Litestream, a final sync that failed (SyncTenant and resync retry it).
+// Its telemetry state goes with it (the next object builds its own). haveWsem says the caller
 // holds t's writer semaphore; if somebody else holds it, t stays, and is
 // let go when that holder unpins it or evicts it.
 //
