@@ -190,17 +190,22 @@ func TestTelemetry_ForgottenTenantsAddUp(t *testing.T) {
 			}
 		}
 	}
-	if n := p.c.r.forgotten.Load(); n < 3 {
-		t.Fatalf("tenant objects forgotten %d times, want ≥ 3 (the budget of one tenant closes them in turn)", n)
+	// Which tenant the budget closes depends on 10 ms clock ticks; each
+	// one closed (idle, unpinned) is forgotten.
+	evictions := p.Stats().Evictions
+	if n := p.c.r.forgotten.Load(); evictions < 1 || n != evictions {
+		t.Fatalf("tenant objects forgotten %d times, %d evictions; want as many, and at least one", n, evictions)
 	}
 	ms := rig.collect(t)
+	var evicted int64
 	for _, id := range []string{"acme", "globex", "initech"} {
 		if got := histCount(t, ms["sqliteproxy.operation.duration"], map[string]string{attrTenant: id, attrOperation: "exec"}); got != 3 {
 			t.Errorf("%s: %d exec operations recorded, want 3", id, got)
 		}
-		if n := sumInt(t, ms["sqliteproxy.tenant.evictions"], map[string]string{attrTenant: id}); id != "initech" && n < 1 {
-			t.Errorf("%s: %d evictions recorded", id, n)
-		}
+		evicted += sumInt(t, ms["sqliteproxy.tenant.evictions"], map[string]string{attrTenant: id})
+	}
+	if evicted != evictions {
+		t.Errorf("%d evictions recorded under the tenants' attributes, Stats says %d", evicted, evictions)
 	}
 	st := p.Stats()
 	if n := len(st.Tenants); n == 0 || n > 2 || st.Tenants[n-1].ID != "initech" || st.Tenants[n-1].Open != 1 {
