@@ -35,7 +35,8 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// tenantFor returns the live tenant for id after checking the ID.
+// tenantFor returns the live tenant for id after checking the ID, pinned:
+// the caller unpins it when done.
 func (p *Proxy) tenantFor(op, id string) (*tenant, error) {
 	if p.c.r.isClosed.Load() {
 		return nil, opError(op, id, ErrClosed)
@@ -55,6 +56,7 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
+		defer t.unpin() // at most once more per delete that overtook us
 		if err := t.lockWriter(ctx); err != nil {
 			if errors.Is(err, ErrTenantNotFound) {
 				continue
@@ -92,6 +94,7 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	defer t.unpin()
 	if t.state.Load() == tenantDeleted {
 		return false, nil
 	}
@@ -110,6 +113,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	r := p.c.r
 	if err := t.mustExist(opDeleteTenant); err != nil {
 		if r.repl != nil && errors.Is(err, ErrTenantNotFound) {
@@ -166,6 +170,7 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	if err := t.mustExist(op); err != nil {
 		return err
 	}
@@ -199,6 +204,7 @@ func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	if err := t.mustExist(op); err != nil {
 		return err
 	}
@@ -328,6 +334,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	r := p.c.r
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(op, id, err)

@@ -29,7 +29,7 @@ func BenchmarkManyTenants(b *testing.B) {
 		b.Run("dist="+dist+"/impl=proxy", func(b *testing.B) {
 			p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
 			before := p.Stats().Evictions
-			start, cpu0 := time.Now(), cpuNs()
+			start, cpu0 := time.Now(), cpuTime().Nanoseconds()
 			b.SetParallelism(4)
 			b.RunParallel(func(pb *testing.PB) {
 				rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
@@ -166,19 +166,11 @@ func coldOpenNs(b *testing.B, dir string, ids []string) (wall, cpu float64) {
 	p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
 	defer p.Close()
 	const n = 500
-	start, cpu0 := time.Now(), cpuNs()
+	start, cpu0 := time.Now(), cpuTime().Nanoseconds()
 	for range n {
 		coldCycle(b, p, ids[rand.IntN(len(ids))], `SELECT value FROM bench WHERE id = 1`)
 	}
-	return float64(time.Since(start).Nanoseconds()) / n, float64(cpuNs()-cpu0) / n
-}
-
-// cpuNs is the CPU time (user and system) the process has used, in ns: on
-// a machine shared with other work, CPU per op is steadier than wall time.
-func cpuNs() int64 {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return ru.Utime.Nano() + ru.Stime.Nano()
+	return float64(time.Since(start).Nanoseconds()) / n, float64(cpuTime().Nanoseconds()-cpu0) / n
 }
 
 // BenchmarkRollback: Rollback of one migration over 2 000 closed tenants,

@@ -257,7 +257,7 @@ func BenchmarkColdOpen(b *testing.B) {
 		{"mattn-same-dsn", dir, "sqlite3-same-dsn", r.conns.writerParams},
 	} {
 		b.Run("impl="+m.impl, func(b *testing.B) {
-			defer reportCPU(b, cpuNs())
+			defer reportCPU(b, cpuTime().Nanoseconds())
 			for i := 0; b.Loop(); i++ {
 				db, err := sql.Open(m.driver, fileURI(filepath.Join(m.dir, ids[i%tenants]+".db"))+m.params)
 				if err != nil {
@@ -273,7 +273,7 @@ func BenchmarkColdOpen(b *testing.B) {
 		})
 	}
 	b.Run("impl=proxy", func(b *testing.B) {
-		defer reportCPU(b, cpuNs())
+		defer reportCPU(b, cpuTime().Nanoseconds())
 		for i := 0; b.Loop(); i++ {
 			coldCycle(b, p, ids[i%tenants], q)
 		}
@@ -283,7 +283,7 @@ func BenchmarkColdOpen(b *testing.B) {
 // reportCPU reports the CPU time the process used per op since cpuNs was
 // cpu0 (see cpuNs).
 func reportCPU(b *testing.B, cpu0 int64) {
-	b.ReportMetric(float64(cpuNs()-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(cpuTime().Nanoseconds()-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // coldCycle opens tenant id of p as a new process would (checking its

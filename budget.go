@@ -23,11 +23,16 @@ import (
 type budget struct {
 	max int // Config.MaxConnections
 
-	mu     sync.Mutex      // guards open, nopen, wakeCh and closed
+	mu     sync.Mutex      // guards open, nopen, wakeCh, closed, liveIDs and twoLive
 	open   int             // connections counted, all tenants
 	nopen  map[*tenant]int // connections counted per tenant; a tenant with none has no entry
 	wakeCh chan struct{}   // closed and replaced when a slot, a reader or the writer may have come free
 	closed bool
+	// liveIDs, set by tests only, maps each tenant ID to its object while
+	// connections are counted for it; a second object counted for an ID
+	// at the same time is counted in twoLive.
+	liveIDs map[string]*tenant
+	twoLive int
 
 	waiters   atomic.Int32 // goroutines waiting on wakeCh; releases wake them only when > 0
 	evictions atomic.Int64
@@ -116,6 +121,22 @@ func (b *budget) tryReserve(t *tenant) (bool, error) {
 func (b *budget) reserveLocked(t *tenant) {
 	b.open++
 	b.nopen[t]++
+	t.counted.Add(1)
+	if b.liveIDs != nil {
+		if o := b.liveIDs[t.id]; o != nil && o != t {
+			b.twoLive++
+		}
+		b.liveIDs[t.id] = t
+	}
+}
+
+// uncountLocked forgets t's counted connections.
+func (b *budget) uncountLocked(t *tenant) {
+	delete(b.nopen, t)
+	t.counted.Store(0)
+	if b.liveIDs != nil && b.liveIDs[t.id] == t {
+		delete(b.liveIDs, t.id)
+	}
 }
 
 // unreserve gives back the slot of a connection that failed to open or was
@@ -127,7 +148,7 @@ func (b *budget) unreserve(t *tenant) {
 	b.mu.Lock()
 	if b.nopen[t] == 1 {
 		b.open--
-		delete(b.nopen, t)
+		b.uncountLocked(t)
 		b.wakeLocked()
 	}
 	b.mu.Unlock()
@@ -137,7 +158,7 @@ func (b *budget) unreserve(t *tenant) {
 func (b *budget) freeAll(t *tenant) {
 	b.mu.Lock()
 	b.open -= b.nopen[t]
-	delete(b.nopen, t)
+	b.uncountLocked(t)
 	b.wakeLocked()
 	b.mu.Unlock()
 }
@@ -273,8 +294,10 @@ func waitErr(caller context.Context) error {
 }
 
 // background advances the coarse clock, hands telemetry the open tenants
-// every topNEvery and, every quarter of IdleTimeout (at most every 10 s),
-// closes tenants idle for longer than IdleTimeout.
+// every topNEvery, every quarter of IdleTimeout (at most every 10 s)
+// closes tenants idle for longer than IdleTimeout, and once tenants have
+// stopped closing for trimAfter gives the memory they freed back to the OS
+// (memtrim.go).
 func (r *router) background() {
 	defer r.reaperWG.Done()
 	b := r.budget
@@ -282,6 +305,7 @@ func (r *router) background() {
 	defer tick.Stop()
 	reapEvery := int64(min(max(r.cfg.IdleTimeout/4, clockTick), 10*time.Second))
 	var lastReap, lastRank, lastResync int64
+	var evictions, trimmed, lastEviction int64 // evictions seen, evictions when last trimmed, when the count last moved
 	for {
 		select {
 		case <-r.stop:
@@ -289,6 +313,12 @@ func (r *router) background() {
 		case <-tick.C:
 		}
 		b.readClock()
+		if n := b.evictions.Load(); n != evictions {
+			evictions, lastEviction = n, b.now()
+		} else if n != trimmed && b.now()-lastEviction >= int64(trimAfter) {
+			trimmed = n
+			releaseFreedMemory()
+		}
 		if r.repl != nil && b.now()-lastResync >= int64(resyncEvery) {
 			lastResync = b.now()
 			r.resync()

@@ -100,23 +100,24 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, err
 		pc, err = t.acquireReader(ctx)
 	}
 	if err != nil {
+		t.unpin()
 		return nil, err
 	}
-	c.t, c.pc = t, pc
+	c.t, c.pc = t, pc // the pin is kept until release
 	return pc, nil
 }
 
-// tenant returns the tenant object for id: the previous checkout's if it
-// is still id's.
+// tenant returns the tenant object for id, pinned: the previous
+// checkout's if it is still id's.
 func (c *conn) tenant(id string) (*tenant, error) {
-	t := c.last
-	if t == nil || t.id != id || t.state.Load() == tenantDeleted {
-		var err error
-		if t, err = c.r.tenant(id); err != nil {
-			return nil, err
-		}
-		c.last = t
+	if t := c.last; t != nil && t.id == id && t.pin() {
+		return t, nil
 	}
+	t, err := c.r.tenant(id)
+	if err != nil {
+		return nil, err
+	}
+	c.last = t
 	return t, nil
 }
 
@@ -132,6 +133,7 @@ func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 	w, err := c.t.acquireWriter(ctx)
 	if err != nil {
 		if c.pc == nil {
+			c.t.unpin()
 			c.t = nil
 		}
 		return nil, err
@@ -207,6 +209,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 					// A second statement on this checkout before it is
 					// checked in is sql.Conn work: it takes the writer as
 					// before.
+					t.unpin()
 					c.batched = true
 					return res, err
 				}
@@ -453,6 +456,7 @@ func (c *conn) release() {
 		}
 		c.t.release(pc)
 	}
+	c.t.unpin()
 	c.t, c.pc, c.spare, c.tx, c.hadTx, c.mayTx = nil, nil, nil, nil, false, false
 }
 

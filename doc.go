@@ -48,7 +48,12 @@
 // together. When the cap is reached the least recently used idle tenant is
 // closed as a whole (never a connection that is leased or in a
 // transaction); if none is idle the caller waits, honouring its context.
-// Tenants idle for Config.IdleTimeout are closed in the background.
+// Tenants idle for Config.IdleTimeout are closed in the background. A
+// closed tenant leaves nothing behind in memory: what the proxy keeps grows
+// with the tenants open, not with the tenants ever touched (100 000
+// tenants touched once behind a cap of 100 leave 50 in its registry), and
+// once tenants stop closing for a second, the memory SQLite freed is given
+// back to the OS (glibc's malloc_trim, where the C library has it).
 //
 // # Migrations
 //

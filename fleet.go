@@ -136,6 +136,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if err != nil {
 		return nil, err
 	}
+	defer t.unpin()
 	if err := t.mustExist(opMigrate); err != nil {
 		return nil, err
 	}
@@ -301,6 +302,7 @@ func (p *Proxy) MigrationStatus(ctx context.Context, id string) (TenantMigration
 	if err != nil {
 		return st, err
 	}
+	defer t.unpin()
 	if err := t.mustExist(opMigrationStatus); err != nil {
 		return st, err
 	}

@@ -121,6 +121,7 @@ func (r *router) watchLease(t *tenant, lease TenantLease) {
 	}
 	t.fenced.Store(true)
 	r.unfence(t)
+	r.forgetIdle(t, true) // no lease left to keep it for
 }
 
 // unfence closes a fenced tenant (its lease was lost) so that it is owned

@@ -391,9 +391,16 @@ func (r *router) resync() {
 			if r.isClosed.Load() {
 				return
 			}
+			if !t.pin() { // deleted meanwhile: nothing left to sync
+				r.repl.mu.Lock()
+				delete(r.repl.behind, t)
+				r.repl.mu.Unlock()
+				continue
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
 			r.syncTenant(ctx, t)
 			cancel()
+			t.unpin()
 		}
 	}()
 }
@@ -534,6 +541,7 @@ func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	return r.syncTenant(ctx, t)
 }
 
@@ -874,14 +882,16 @@ const compactAfter = 8
 const compactTimeout = time.Minute
 
 // queueCompaction asks the compaction goroutine to look at t, just closed.
-// A full queue drops it: t is queued again when it is closed next.
+// A full queue drops it: t is queued again when it is closed next. A
+// queued tenant is pinned, so that it stays the object of its ID.
 func (r *router) queueCompaction(t *tenant) {
-	if r.compactQ == nil {
+	if r.compactQ == nil || !t.pin() {
 		return
 	}
 	select {
 	case r.compactQ <- t:
 	default:
+		t.unpin()
 	}
 }
 
@@ -901,6 +911,7 @@ func (r *router) compactLoop() {
 			return
 		case t := <-r.compactQ:
 			r.compact(ctx, t)
+			t.unpin()
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"iter"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -38,6 +39,7 @@ type router struct {
 	accessOpts openOpts // what a statement's first access to a tenant may do
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
 	isClosed   atomic.Bool
+	forgotten  atomic.Int64 // idle tenant objects let go from the registry (forgetIdle)
 
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)
@@ -107,20 +109,68 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	return r, nil
 }
 
-// tenant returns the tenant for id, validating id the first time it is seen.
+// tenant returns the tenant for id, pinned (the caller unpins it when
+// done), validating id when it is not in the registry.
 func (r *router) tenant(id string) (*tenant, error) {
-	if v, ok := r.tenants.Load(id); ok {
-		return v.(*tenant), nil
+	for {
+		v, ok := r.tenants.Load(id)
+		if !ok {
+			if err := checkTenantID(id); err != nil {
+				return nil, opError(opRoute, id, err)
+			}
+			v, _ = r.tenants.LoadOrStore(id, newTenant(r, id))
+		}
+		if t := v.(*tenant); t.pin() {
+			return t, nil
+		}
+		// Leaving the registry: it is gone in a moment (or stays, if
+		// forgetIdle changed its mind).
+		runtime.Gosched()
 	}
-	if err := checkTenantID(id); err != nil {
-		return nil, opError(opRoute, id, err)
-	}
-	v, _ := r.tenants.LoadOrStore(id, newTenant(r, id))
-	return v.(*tenant), nil
 }
 
 // forget removes t from the registry, if it is still the object for its ID.
 func (r *router) forget(t *tenant) { r.tenants.CompareAndDelete(t.id, t) }
+
+// forgetIdle removes t from the registry if nothing holds it: no pin (no
+// lease, waiter, queued write or operation), no connection counted, and
+// nothing kept about it that the next object for its ID could not rebuild
+// from the file: a lease this node holds on it (Config.Ownership; given up
+// when the tenant is closed and its final sync succeeds, so a tenant that
+// keeps one stays until it is released or lost), a registration with
+// Litestream, a final sync that failed (SyncTenant and resync retry it).
+// Its telemetry state goes with it (the next object builds its own). haveWsem says the caller
+// holds t's writer semaphore; if somebody else holds it, t stays, and is
+// let go when that holder unpins it or evicts it.
+//
+// Pins and the removal form a handshake: pinGone is set only while the
+// count is zero, after which no pin succeeds; the connections counted are
+// read after it (connections are only reserved under a pin), and if there
+// are any the mark is taken back. Only then is t deleted from the map,
+// so a new object for the ID can only be made once no pin of t can exist.
+func (r *router) forgetIdle(t *tenant, haveWsem bool) {
+	if t.pins.Load() != 0 || t.counted.Load() != 0 {
+		return
+	}
+	if !haveWsem {
+		if !t.wsem.TryAcquire() {
+			return
+		}
+		defer t.wsem.Release()
+	}
+	if t.lease != nil || t.registered.Load() || t.unsynced.Load() {
+		return
+	}
+	if !t.pins.CompareAndSwap(0, pinGone) {
+		return
+	}
+	if t.counted.Load() != 0 {
+		t.pins.Add(-pinGone)
+		return
+	}
+	r.forget(t)
+	r.forgotten.Add(1)
+}
 
 // close closes every idle tenant; leased connections close when released.
 func (r *router) close() error {

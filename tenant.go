@@ -41,6 +41,8 @@ type tenant struct {
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 
 	lastUsed atomic.Int64 // budget.now() when a lease last ended
+	pins     atomic.Int64 // goroutines working on t, plus pinGone once t has left the registry (pin)
+	counted  atomic.Int32 // connections the budget counts for t; written under budget.mu
 
 	registered atomic.Bool  // streamed by Litestream (replication.go); changed under wsem
 	unsynced   atomic.Bool  // its last sync before unregistering failed; SyncTenant retries it
@@ -70,6 +72,33 @@ const (
 func newTenant(r *router, id string) *tenant {
 	path := tenantPath(r.cfg.Dir, r.cfg.Layout, id)
 	return &tenant{r: r, id: id, path: path, uri: fileURI(path), tel: r.tel.newTenant(id)}
+}
+
+// pinGone is added to tenant.pins when the tenant leaves the registry:
+// pins fail from then on, and the tenant's pointer is stale.
+const pinGone = 1 << 40
+
+// pin marks t as in use, so that it stays the registry's object for its ID
+// (router.forgetIdle) until unpin. It fails once t has left the registry
+// (forgotten when idle, deleted, refused): the caller looks the ID up again.
+// Everything that works on a tenant (a lease, an admin operation, a queued
+// write, a compaction) holds a pin meanwhile; so no two objects of one
+// tenant are ever at work together.
+func (t *tenant) pin() bool {
+	if t.pins.Add(1)&pinGone != 0 {
+		t.pins.Add(-1)
+		return false
+	}
+	return true
+}
+
+// unpin ends a pin. The last one out of a tenant with no connection open
+// lets it go from the registry (router.forgetIdle): memory is kept for the
+// open tenants, not for every tenant ever touched.
+func (t *tenant) unpin() {
+	if t.pins.Add(-1) == 0 && t.counted.Load() == 0 {
+		t.r.forgetIdle(t, false)
+	}
 }
 
 // telemetry returns what telemetry records about t, nil for no tenant.
@@ -458,6 +487,7 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 	t.evicting = false
 	close(t.evictDone)
 	t.mu.Unlock()
+	t.r.forgetIdle(t, true)
 	return true
 }
 
@@ -466,6 +496,7 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 func (t *tenant) retire() {
 	t.mu.Lock()
 	t.state.Store(tenantDeleted)
+	t.pins.Or(pinGone)
 	t.mu.Unlock()
 }
 
@@ -525,6 +556,9 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 func (t *tenant) endDrain(state int32) {
 	t.mu.Lock()
 	t.state.Store(state)
+	if state == tenantDeleted {
+		t.pins.Or(pinGone)
+	}
 	close(t.drainDone)
 	t.mu.Unlock()
 	t.wsem.Release()
