@@ -37,6 +37,9 @@ var (
 	ErrPendingMigrations = errors.New("sqliteproxy: tenant has pending migrations")
 	// ErrClosed: the proxy (or its connector) has been closed.
 	ErrClosed = errors.New("sqliteproxy: closed")
+	// ErrFanOutWrite: a statement that may write, an Exec or a BeginTx was
+	// given a fan-out context (WithFanOut), which only reads. Nothing ran.
+	ErrFanOutWrite = errors.New("sqliteproxy: a fan-out only reads")
 )
 
 // Operation names: the Op of an *Error, one per thing a caller asked for
@@ -68,6 +71,7 @@ const (
 	opCheckTenant     = "check tenant"
 	opMigrate         = "migrate"
 	opMigrationStatus = "migration status"
+	opFanOut          = "fan-out"
 )
 
 // Error is the error type for failures of the driver itself. It names the
