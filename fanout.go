@@ -414,7 +414,10 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		return false, opError(opFanOut, t.id, err)
 	}
 	defer done()
-	if !t.ready.Load() {
+	if !t.ready.Load() && !(r.accessOpts.migrate && len(r.mig.list) == 0) {
+		// As the gate of a first access does (migrations.go), except that
+		// what is pending is applied by the normal open, not here. With no
+		// migrations to apply, the gate checks nothing.
 		rows, err := ledger(ctx, c)
 		if err != nil {
 			return false, err
