@@ -74,8 +74,13 @@ type fanOut struct{ opts FanOutOptions }
 // that has run a statement on a tenant) fails with ErrTenantMismatch.
 // Tenants that are open are read on one of their readers; tenants that
 // are not are read on a read-only connection of their own, within the
-// connection budget, and closed again. A tenant is never evicted while
-// someone uses it; idle tenants may be, as for any new connection.
+// connection budget, and closed again (a write to such a tenant meanwhile
+// waits, as for a busy writer, until the fan-out has read its rows: read
+// them promptly). A tenant is never evicted while someone uses it; idle
+// tenants may be, as for any new connection. A closed tenant is checked
+// against the migrations as a first access would check it: in MigrateAuto
+// it is migrated first, in MigrateCheck one that is behind fails with
+// ErrPendingMigrations.
 //
 // By default, the first tenant that fails fails the query with a
 // *FanOutError naming it (at QueryContext if no tenant has produced rows
