@@ -183,6 +183,14 @@ func (r *router) fanOutQuery(ctx context.Context, f *fanOut, query string, args 
 	}
 	workers = max(1, min(workers, r.cfg.MaxConnections/2, len(ids)))
 
+	// The workers bind args after QueryContext has returned: keep a copy
+	// the caller cannot change.
+	args = slices.Clone(args)
+	for i, a := range args {
+		if b, ok := a.Value.([]byte); ok {
+			args[i].Value = slices.Clone(b)
+		}
+	}
 	run := &fanRun{
 		r: r, ids: ids, query: query, args: args, opts: f.opts,
 		tokens: make(chan struct{}, workers),
