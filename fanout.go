@@ -82,10 +82,12 @@ type fanOut struct{ opts FanOutOptions }
 // it is migrated first, in MigrateCheck one that is behind fails with
 // ErrPendingMigrations.
 //
-// By default, the first tenant that fails fails the query with a
-// *FanOutError naming it (at QueryContext if no tenant has produced rows
-// yet, else at that tenant's place in the rows, from Rows.Err). With
-// SkipErrors such tenants are skipped and passed to OnSkip.
+// By default, the first tenant (in ID order) that fails fails the query
+// with a *FanOutError naming it, after the rows of the tenants before it:
+// from QueryContext when none of them has rows, else from Rows.Err. No
+// tenant after it is read. With SkipErrors such tenants are skipped and
+// passed to OnSkip. Errors of the query itself (ErrFanOutWrite, the number
+// of arguments) are never per tenant: they fail the query.
 //
 // WithFanOut and WithOrgID override each other: on a context given both,
 // the one applied last wins. OrgID reports no tenant for a fan-out context.
