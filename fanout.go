@@ -84,8 +84,8 @@ type fanOut struct{ opts FanOutOptions }
 //
 // By default, the first tenant (in ID order) that fails fails the query
 // with a *FanOutError naming it, after the rows of the tenants before it:
-// from QueryContext when none of them has rows, else from Rows.Err. No
-// tenant after it is read. With SkipErrors such tenants are skipped and
+// from QueryContext when none of them has rows, else from Rows.Err; no
+// rows after it are returned. With SkipErrors such tenants are skipped and
 // passed to OnSkip. Errors of the query itself (ErrFanOutWrite, the number
 // of arguments) are never per tenant: they fail the query.
 //
