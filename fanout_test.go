@@ -421,10 +421,14 @@ func TestFanOut_Bounded(t *testing.T) {
 		counts[fmt.Sprintf("t%d", i)] = 3 * fanOutRowBuffer
 	}
 	seedTenants(t, dir, migs, counts)
-	// t5 has a -wal file (another process might have it open): it is read
-	// through its pool, then closed.
-	other := direct(t, dir, "t5")
+	// t0 has a -wal file (another process might have it open): it is read
+	// through its pool, opened for the fan-out, then closed, also when the
+	// rows are closed while it is being read.
+	other := direct(t, dir, "t0")
 	if _, err := other.Exec(`SELECT count(*) FROM events`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "t0.db-wal")); err != nil {
 		t.Fatal(err)
 	}
 	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, MaxConnections: 10})
@@ -450,6 +454,12 @@ func TestFanOut_Bounded(t *testing.T) {
 			}
 			return full == 2
 		})
+		if st := p.Stats(); stopAt == 0 && (len(st.Tenants) != 2 || st.Tenants[0].InUse != 1 || st.Tenants[1].InUse != 1) {
+			// t0, opened for the fan-out (its -wal file sends it
+			// through its pool), and t1, open before, each with one
+			// reader leased; no third tenant is read
+			t.Errorf("while stalled: %+v", st)
+		}
 		if n := run.next.Load(); n != int64(rs.pos+2) {
 			t.Errorf("tenants taken = %d with the reader at %d; want Concurrency (2) ahead", n, rs.pos)
 		}
