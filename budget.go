@@ -60,10 +60,11 @@ const (
 	evictRestore                      // RestoreTenant drained it
 	evictMigrate                      // MigrateAll opened it only to migrate it, or Rollback changed its schema under it
 	evictLeaseLost                    // this node's lease on it ended (Config.Ownership)
+	evictFanOut                       // a fan-out query (WithFanOut) opened it only to read it
 	numEvictReasons
 )
 
-var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost"}
+var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost", "fan_out"}
 
 func (r evictReason) String() string { return evictReasonNames[r] }
 

@@ -53,6 +53,9 @@ var errNoRoute = errors.New("no tenant")
 func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	id, has := OrgID(ctx)
 	if c.pc != nil {
+		if !has && fanOutOf(ctx) != nil {
+			return nil, errFanOutBound(c.t)
+		}
 		if has && id != c.t.id {
 			return nil, opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
 		}
@@ -219,6 +222,9 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	}
 	if err != nil {
 		if err == errNoRoute {
+			if fanOutOf(ctx) != nil {
+				return nil, errFanOutWrite("Exec with a fan-out context")
+			}
 			return c.r.free.exec(ctx, query, args)
 		}
 		return nil, err
@@ -240,6 +246,9 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 	pc, err := c.routeQuery(ctx, query)
 	if err != nil {
 		if err == errNoRoute {
+			if f := fanOutOf(ctx); f != nil {
+				return c.r.fanOutQuery(ctx, f, query, args)
+			}
 			return c.r.free.query(ctx, query, args)
 		}
 		return nil, err
@@ -378,6 +387,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	pc, err := c.route(ctx, !opts.ReadOnly)
 	if err == errNoRoute {
+		if fanOutOf(ctx) != nil {
+			return nil, errFanOutWrite("BeginTx with a fan-out context")
+		}
 		return nil, opError(opBegin, "", ErrNoTenant)
 	}
 	if err != nil {
@@ -541,6 +553,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	pc, err := s.c.route(ctx, true)
 	if err == errNoRoute {
+		if fanOutOf(ctx) != nil {
+			return nil, errFanOutWrite("Exec with a fan-out context")
+		}
 		return s.c.r.free.exec(ctx, s.query, args)
 	}
 	if err != nil {
@@ -574,6 +589,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	pc, err := s.c.routeQuery(ctx, s.query)
 	if err == errNoRoute {
+		if f := fanOutOf(ctx); f != nil {
+			return s.c.r.fanOutQuery(ctx, f, s.query, args)
+		}
 		return s.c.r.free.query(ctx, s.query, args)
 	}
 	if err != nil {

@@ -95,6 +95,15 @@
 // back while services run in MigrateManual mode, where nothing is applied
 // on access and tenants behind are served as they are.
 //
+// # Queries across tenants
+//
+// A read-only query whose context comes from WithFanOut runs on every
+// tenant (or those listed in FanOutOptions) and returns one result whose
+// first column, tenant, names the tenant of each row; tenants come in ID
+// order, Concurrency at a time within half the connection budget, and rows
+// stream. Statements that could write are refused (ErrFanOutWrite); a
+// failing tenant fails the query with a *FanOutError unless SkipErrors.
+//
 // # Telemetry
 //
 // With Config.MeterProvider set the driver records operation, wait, open

@@ -41,6 +41,9 @@ var (
 	ErrNoDownMigration = errors.New("sqliteproxy: no down migration")
 	// ErrClosed: the proxy (or its connector) has been closed.
 	ErrClosed = errors.New("sqliteproxy: closed")
+	// ErrFanOutWrite: a statement that may write, an Exec or a BeginTx was
+	// given a fan-out context (WithFanOut), which only reads. Nothing ran.
+	ErrFanOutWrite = errors.New("sqliteproxy: a fan-out only reads")
 )
 
 // Operation names: the Op of an *Error, one per thing a caller asked for
@@ -73,6 +76,7 @@ const (
 	opMigrate         = "migrate"
 	opMigrationStatus = "migration status"
 	opRollback        = "rollback"
+	opFanOut          = "fan-out"
 )
 
 // Error is the error type for failures of the driver itself. It names the

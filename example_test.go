@@ -124,3 +124,67 @@ func ExampleProxy_Rollback() {
 	// 2 tenants rolled back, 0 failed
 	// 1 [0002_severity.up.sql] manual
 }
+
+func ExampleWithFanOut() {
+	dir, _ := os.MkdirTemp("", "sqliteproxy-example")
+	defer os.RemoveAll(dir)
+	p, err := sqliteproxy.New(sqliteproxy.Config{
+		Dir:        dir,
+		Migrations: []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT NOT NULL)`},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer p.Close()
+	for _, tenant := range []string{"globex", "acme", "acme", "initech"} {
+		ctx := sqliteproxy.WithOrgID(context.Background(), tenant)
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (type) VALUES ('signup')`); err != nil {
+			log.Fatal(err)
+		}
+	}
+
+	// One query, every tenant: the tenant column comes first.
+	ctx := sqliteproxy.WithFanOut(context.Background(), sqliteproxy.FanOutOptions{})
+	rows, err := p.QueryContext(ctx, `SELECT count(*) AS n FROM events`)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var tenant string
+		var n int
+		if err := rows.Scan(&tenant, &n); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%s: %d\n", tenant, n)
+	}
+	if err := rows.Err(); err != nil {
+		log.Fatal(err)
+	}
+
+	// Listed tenants only; one that does not exist is skipped and reported.
+	ctx = sqliteproxy.WithFanOut(context.Background(), sqliteproxy.FanOutOptions{
+		Tenants:    []string{"initech", "absent"},
+		SkipErrors: true,
+		OnSkip: func(tenant string, err error) {
+			fmt.Println("skipped", tenant, errors.Is(err, sqliteproxy.ErrTenantNotFound))
+		},
+	})
+	var tenant string
+	var n int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&tenant, &n); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Printf("%s: %d\n", tenant, n)
+
+	// A fan-out only reads.
+	_, err = p.ExecContext(ctx, `DELETE FROM events`)
+	fmt.Println(errors.Is(err, sqliteproxy.ErrFanOutWrite))
+	// Output:
+	// acme: 2
+	// globex: 1
+	// initech: 1
+	// skipped absent true
+	// initech: 1
+	// true
+}

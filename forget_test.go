@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 )
 
@@ -73,6 +74,45 @@ func TestRouter_ForgetsIdleTenants(t *testing.T) {
 	}
 	if n, open := registrySize(p), p.Stats().OpenTenants; n != open || n > before {
 		t.Errorf("registry holds %d tenant objects (had %d); %d tenants are open", n, before, open)
+	}
+
+	// Nor does a fan-out over every tenant.
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT count(*) FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for rows.Next() {
+		seen++
+	}
+	if err := rows.Close(); err != nil || seen != 40 {
+		t.Fatalf("fan-out: %d rows, %v", seen, err)
+	}
+	if n, open := registrySize(p), p.Stats().OpenTenants; n != open || n > before {
+		t.Errorf("after a fan-out the registry holds %d tenant objects (had %d); %d tenants are open", n, before, open)
+	}
+}
+
+// TestRouter_RollbackForgets: a fleet rollback keeps no tenant object.
+func TestRouter_RollbackForgets(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0001_events.sql": {Data: []byte(eventsTable)},
+		"0002_x.up.sql":   {Data: []byte(`CREATE TABLE x (v)`)},
+		"0002_x.down.sql": {Data: []byte(`DROP TABLE x`)},
+	}
+	p := newTestProxy(t, Config{MaxConnections: 4, MigrationsFS: fsys, MigrationMode: MigrateManual})
+	for i := range 20 {
+		if err := p.CreateTenant(context.Background(), fmt.Sprintf("t%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rep, err := p.Rollback(context.Background(), RollbackOptions{To: 1})
+	if err != nil || rep.Migrated != 20 {
+		t.Fatalf("%+v, %v", rep, err)
+	}
+	if n, open := registrySize(p), p.Stats().OpenTenants; n != open || n > 4 {
+		t.Errorf("after a rollback the registry holds %d tenant objects; %d tenants are open", n, open)
 	}
 }
 

@@ -78,6 +78,7 @@ func (r *router) rollbackTenant(ctx context.Context, id string, to int, dryRun b
 	if err != nil {
 		return nil, err
 	}
+	defer t.unpin()
 	if err := t.mustExist(opRollback); err != nil {
 		return nil, err
 	}

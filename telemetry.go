@@ -37,6 +37,15 @@ const (
 	connectionsUnit = "{connection}"
 )
 
+// Attributes and spans of a fan-out query (WithFanOut): one span from
+// QueryContext to the rows' Close, and one per tenant read.
+const (
+	attrFanOutTenants     = "sqliteproxy.fanout.tenants"
+	attrFanOutConcurrency = "sqliteproxy.fanout.concurrency"
+	spanFanOut            = "sqliteproxy.fanout"
+	spanFanOutTenant      = "sqliteproxy.fanout.tenant"
+)
+
 // Attribute values: connection roles (attrRole, also what a wait was for)
 // and states (attrState). Eviction reasons are evictReason (budget.go).
 const (
@@ -365,6 +374,8 @@ func errorType(err error) string {
 		return "pending_migrations"
 	case errors.Is(err, ErrClosed):
 		return "closed"
+	case errors.Is(err, ErrFanOutWrite):
+		return "fan_out_write"
 	case errors.As(err, &se):
 		return "sqlite_" + se.Code.Error()
 	}

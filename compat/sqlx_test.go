@@ -273,3 +273,80 @@ func exerciseSQLx(t *testing.T, db *sqlx.DB) {
 		}
 	}
 }
+
+// TestSQLx_FanOut: sqlx's Select, Get and named queries scan a fan-out's
+// result (its tenant column first) into structs with a tenant field, and
+// sqlx's In expands arguments for it, unchanged.
+func TestSQLx_FanOut(t *testing.T) {
+	t.Parallel()
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Migrations: []string{sqlxSchema}})
+	db := sqlx.NewDb(p.DB, "sqlite3")
+	for _, tc := range []struct{ tenant, name string }{{tenantB, "bob"}, {tenantA, "ann"}, {tenantA, "abe"}} {
+		if _, err := db.ExecContext(sqliteproxytest.Context(t, tc.tenant),
+			`INSERT INTO people (name, email, age) VALUES (?, ?, 40)`, tc.name, tc.name+"@x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fan := sqliteproxy.WithFanOut(context.Background(), sqliteproxy.FanOutOptions{})
+
+	type count struct {
+		Tenant string `db:"tenant"`
+		N      int    `db:"n"`
+	}
+	var counts []count
+	if err := db.SelectContext(fan, &counts, `SELECT count(*) AS n FROM people`); err != nil {
+		t.Fatal(err)
+	}
+	if want := []count{{tenantA, 2}, {tenantB, 1}}; !slices.Equal(counts, want) {
+		t.Errorf("counts = %+v, want %+v", counts, want)
+	}
+
+	type tenantPerson struct {
+		Tenant string `db:"tenant"`
+		sqlxPerson
+	}
+	var people []tenantPerson
+	q, args, err := sqlx.In(`SELECT * FROM people WHERE name IN (?) ORDER BY name`, []string{"abe", "bob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.SelectContext(fan, &people, q, args...); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tp := range people {
+		got = append(got, tp.Tenant+"/"+tp.Name)
+	}
+	if want := []string{tenantA + "/abe", tenantB + "/bob"}; !slices.Equal(got, want) {
+		t.Errorf("people = %v, want %v", got, want)
+	}
+
+	var first count
+	if err := db.GetContext(fan, &first, `SELECT count(*) AS n FROM people`); err != nil || first != (count{tenantA, 2}) {
+		t.Errorf("Get = %+v, %v", first, err)
+	}
+
+	rows, err := db.NamedQueryContext(fan, `SELECT name FROM people WHERE age = :age`, map[string]any{"age": 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		var r struct {
+			Tenant string `db:"tenant"`
+			Name   string `db:"name"`
+		}
+		if err := rows.StructScan(&r); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 3 {
+		t.Errorf("named query: %d rows, %v", n, err)
+	}
+	rows.Close()
+
+	if _, err := db.ExecContext(fan, `DELETE FROM people`); !errors.Is(err, sqliteproxy.ErrFanOutWrite) {
+		t.Errorf("Exec with a fan-out context: %v, want ErrFanOutWrite", err)
+	}
+}

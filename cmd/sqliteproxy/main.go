@@ -18,6 +18,8 @@
 //	                                                     schema version, pending migrations, size, replica position
 //	sqliteproxy check [ID]                               PRAGMA integrity_check
 //	sqliteproxy relayout -to flat|buckets                convert the directory to another layout
+//	sqliteproxy query [-tenants ID,ID...] [-concurrency N] [-skip-errors] [-json] SQL
+//	                                                     a read-only query on every (or the listed) tenant
 //
 // Every command but replicas, compact, nodes, owners and move takes -dir (default ./data), the data
 // directory, which must exist: the tool never creates it, and never creates
@@ -72,6 +74,17 @@
 // they can only drain connections in this process, so they refuse a
 // tenant that another process has open (its -wal or -shm file exists);
 // stop the service first, or delete and restore through its Proxy.
+//
+// query runs one read-only statement on every tenant (or those of
+// -tenants) through sqliteproxy.WithFanOut and prints one result: a first
+// column tenant, then the statement's columns, tenants in ID order, as an
+// aligned table with a header line or, with -json, an array of objects
+// whose keys are in column order (BLOBs that are not UTF-8 are base64).
+// Statements that could write are refused and run nowhere. Tenants are read
+// as they are: no migration is checked or applied. A tenant that fails (a
+// missing table, a listed tenant that does not exist) stops the query with
+// its error, after the rows of the tenants before it; with -skip-errors it
+// is reported on stderr, the others are printed, and the exit status is 1.
 //
 // check runs PRAGMA integrity_check through Proxy.CheckTenant, which, like
 // backups, bypasses the migration gate: tenants whose migrations do not
@@ -163,6 +176,7 @@ func init() {
 		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
 		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
 		{"relayout", "[-dir DIR] -to flat|buckets", "convert the data directory to another layout, offline (crash-safe; run again to finish)", (*env).relayout},
+		{"query", "[-dir DIR] [-tenants ID,ID...] [-concurrency N] [-skip-errors] [-json] 'SELECT ...'", "run a read-only query on every (or the listed) tenant: one result, tenant first", (*env).query},
 		{"nodes", "-etcd ENDPOINTS [-json]", "the live nodes of a cluster and their URLs", (*env).nodes},
 		{"owners", "-etcd ENDPOINTS [-json]", "which node owns which tenant, and its generation", (*env).owners},
 		{"move", "-etcd ENDPOINTS -to NODE [-timeout D] ID", "hand a tenant over to another node: synced, released, taken", (*env).move},

@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bytes"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// query: a read-only query fanned out over the tenants (sqliteproxy.WithFanOut).
+func (e *env) query(args []string) (status int) {
+	f := e.newFlags("query")
+	list := f.String("tenants", "", "comma-separated `IDs` of the tenants to query (default: all)")
+	asJSON := f.Bool("json", false, "print a JSON array of objects, one per row, keys in column order")
+	conc := f.Int("concurrency", 0, "tenants queried at once (default: 4 x number of CPUs)")
+	skip := f.Bool("skip-errors", false, "skip the tenants that fail (reported on stderr, exit status 1) instead of stopping")
+	pos, st, ok := e.parse(f, args, 1, 1)
+	if !ok {
+		return st
+	}
+	if *conc < 0 {
+		return e.usageError(f, "-concurrency %d is negative", *conc)
+	}
+	var ids []string
+	if f.isSet("tenants") {
+		ids = []string{}
+		for id := range strings.SplitSeq(*list, ",") {
+			if id = strings.TrimSpace(id); id == "" {
+				continue
+			}
+			if !e.checkID(f, id) {
+				return exitUsage
+			}
+			ids = append(ids, id)
+		}
+	}
+	if err := requireDir("data directory", *f.dir); err != nil {
+		e.errorf("query: %v", err)
+		return exitUsage
+	}
+	// No migrations configured in MigrateAuto: nothing is checked or
+	// applied (the tenants are read as they are), and nothing is created.
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: *f.dir, ExplicitCreate: true})
+	if err != nil {
+		e.errorf("query: %s", errText(err))
+		return exitFailed
+	}
+	defer e.closeProxy(p, &status)
+
+	failed := false
+	ctx := sqliteproxy.WithFanOut(e.ctx, sqliteproxy.FanOutOptions{
+		Tenants: ids, Concurrency: *conc, SkipErrors: *skip,
+		OnSkip: func(id string, err error) {
+			failed = true
+			e.tenantErr("query", id, unwrapFanOut(err))
+		},
+	})
+	rows, err := p.QueryContext(ctx, pos[0])
+	if err != nil {
+		e.queryErr(err)
+		return exitFailed
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		e.queryErr(err)
+		return exitFailed
+	}
+	out := e.newRowPrinter(cols, *asJSON)
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	for rows.Next() {
+		if err := rows.Scan(ptrs...); err != nil {
+			out.finish()
+			e.queryErr(err)
+			return exitFailed
+		}
+		out.row(vals)
+	}
+	out.finish()
+	if err := rows.Err(); err != nil {
+		if !e.interrupted() {
+			e.queryErr(err)
+		}
+		return exitFailed
+	}
+	if failed {
+		return exitFailed
+	}
+	return exitOK
+}
+
+// queryErr prints a failure of query: of one tenant, named, or of the query.
+func (e *env) queryErr(err error) {
+	var fe *sqliteproxy.FanOutError
+	if errors.As(err, &fe) {
+		e.tenantErr("query", fe.Tenant, fe.Err)
+		return
+	}
+	e.errorf("query: %s", errText(err))
+}
+
+func unwrapFanOut(err error) error {
+	var fe *sqliteproxy.FanOutError
+	if errors.As(err, &fe) {
+		return fe.Err
+	}
+	return err
+}
+
+// rowPrinter prints a query's rows as an aligned table (with a header
+// line) or as a JSON array of objects.
+type rowPrinter struct {
+	e    *env
+	cols []string
+	json bool
+	tw   *tabwriter.Writer
+	n    int
+}
+
+func (e *env) newRowPrinter(cols []string, asJSON bool) *rowPrinter {
+	p := &rowPrinter{e: e, cols: cols, json: asJSON}
+	if !asJSON {
+		p.tw = tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
+		fmt.Fprintln(p.tw, strings.Join(cols, "\t"))
+	}
+	return p
+}
+
+func (p *rowPrinter) row(vals []any) {
+	defer func() { p.n++ }()
+	if !p.json {
+		cells := make([]string, len(vals))
+		for i, v := range vals {
+			cells[i] = cellText(v)
+		}
+		fmt.Fprintln(p.tw, strings.Join(cells, "\t"))
+		return
+	}
+	var b bytes.Buffer
+	if p.n == 0 {
+		b.WriteString("[\n  {")
+	} else {
+		b.WriteString(",\n  {")
+	}
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		k, _ := json.Marshal(p.cols[i])
+		b.Write(k)
+		b.WriteString(": ")
+		if s, ok := v.([]byte); ok && utf8.Valid(s) {
+			v = string(s)
+		}
+		j, err := json.Marshal(v)
+		if err != nil {
+			j, _ = json.Marshal(fmt.Sprint(v))
+		}
+		b.Write(j)
+	}
+	b.WriteString("}")
+	p.e.stdout.Write(b.Bytes())
+}
+
+// finish ends the output: flushes the table, closes the JSON array.
+func (p *rowPrinter) finish() {
+	if !p.json {
+		p.tw.Flush()
+		return
+	}
+	if p.n == 0 {
+		fmt.Fprintln(p.e.stdout, "[]")
+		return
+	}
+	fmt.Fprintln(p.e.stdout, "\n]")
+}
+
+// cellText renders a value for the table.
+func cellText(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return "NULL"
+	case []byte:
+		if utf8.Valid(v) {
+			return string(v)
+		}
+		return fmt.Sprintf("x'%x'", v)
+	case time.Time:
+		return v.Format(time.RFC3339Nano)
+	case float64:
+		return strconv.FormatFloat(v, 'g', -1, 64)
+	case sql.RawBytes:
+		return string(v)
+	}
+	return fmt.Sprint(v)
+}

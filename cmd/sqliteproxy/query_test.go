@@ -1,0 +1,64 @@
+package main
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestQuery(t *testing.T) {
+	t.Parallel()
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := fleet(t, mdir, 2, "globex", "acme")
+	before := snapshot(t, dir)
+
+	r := cli(t, nil, "query", "-dir", dir, `SELECT count(*) AS n, max(type) AS last FROM events`).want(t, exitOK)
+	want := "tenant  n  last\nacme    2  acme-1\nglobex  2  globex-1\n"
+	if r.stdout != want || r.stderr != "" {
+		t.Errorf("table:\n%s\nwant:\n%s\nstderr: %s", r.stdout, want, r.stderr)
+	}
+
+	r = cli(t, nil, "query", "-json", "-tenants", "globex", "-dir", dir, `SELECT id, type, NULL AS x, 1.5 AS f FROM events`).want(t, exitOK)
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("-json output %q: %v", r.stdout, err)
+	}
+	wantJSON := []map[string]any{
+		{"tenant": "globex", "id": 1.0, "type": "globex-0", "x": nil, "f": 1.5},
+		{"tenant": "globex", "id": 2.0, "type": "globex-1", "x": nil, "f": 1.5},
+	}
+	if diff := cmp.Diff(wantJSON, got); diff != "" {
+		t.Errorf("-json (-want +got):\n%s", diff)
+	}
+	if !strings.HasPrefix(r.stdout, "[\n  {\"tenant\": \"globex\", \"id\": 1,") {
+		t.Errorf("keys not in column order: %q", r.stdout)
+	}
+	if r := cli(t, nil, "query", "-json", "-tenants", "", "-dir", dir, `SELECT 1`).want(t, exitOK); r.stdout != "[]\n" {
+		t.Errorf("no tenants, -json: %q", r.stdout)
+	}
+
+	// A listed tenant that does not exist: named, never created.
+	r = cli(t, nil, "query", "-tenants", "acme,nope", "-dir", dir, `SELECT count(*) FROM events`).want(t, exitFailed)
+	if r.stdout != "tenant  count(*)\nacme    2\n" || r.stderr != "sqliteproxy: query nope: no such tenant\n" {
+		t.Errorf("missing tenant: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	r = cli(t, nil, "query", "-skip-errors", "-tenants", "nope,globex", "-dir", dir, `SELECT count(*) FROM events`).want(t, exitFailed)
+	if r.stdout != "tenant  count(*)\nglobex  2\n" || r.stderr != "sqliteproxy: query nope: no such tenant\n" {
+		t.Errorf("-skip-errors: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+
+	// Writes are refused and run nowhere.
+	r = cli(t, nil, "query", "-dir", dir, `DELETE FROM events RETURNING id`).want(t, exitFailed)
+	if !strings.Contains(r.stderr, "a fan-out only reads") {
+		t.Errorf("write: stderr %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+
+	// Usage errors.
+	cli(t, nil, "query", "-dir", dir).want(t, exitUsage)
+	cli(t, nil, "query", "-dir", dir, "-tenants", "Bad!", "SELECT 1").want(t, exitUsage)
+	cli(t, nil, "query", "-dir", dir, "-concurrency", "-1", "SELECT 1").want(t, exitUsage)
+	cli(t, nil, "query", "-dir", dir+"/missing", "SELECT 1").want(t, exitUsage)
+}

@@ -1,0 +1,629 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
+	"go.opentelemetry.io/otel/attribute"
+)
+
+// FanOutOptions says which tenants a fan-out query reads and how (see
+// WithFanOut).
+type FanOutOptions struct {
+	// Tenants lists the tenants to read; nil means every tenant under Dir
+	// (as Proxy.Tenants lists them), an empty non-nil slice none. Order and
+	// duplicates do not matter: each tenant is read once and the result is
+	// in ID order. A listed tenant that has no database file is an error
+	// naming it (ErrTenantNotFound): a fan-out never creates a tenant.
+	Tenants []string
+	// Concurrency is how many tenants are read at once. Default 4 x
+	// GOMAXPROCS; it is also kept at most MaxConnections/2, as for
+	// MigrateAll, so live traffic keeps at least half the connection
+	// budget.
+	Concurrency int
+	// SkipErrors skips the tenants that fail (not found, a missing table,
+	// pending migrations, a corrupt file, ...) instead of failing the
+	// query; OnSkip hears about each. Errors of the query itself
+	// (ErrFanOutWrite, a wrong number of arguments) and the context's are
+	// never skipped.
+	SkipErrors bool
+	// OnSkip, if set, is called with each tenant SkipErrors skipped and
+	// its error (a *FanOutError), in tenant order, from the goroutine
+	// reading the rows, when the reader gets to where the tenant's rows
+	// would have been. Tenants after the point where the rows were
+	// closed are not reported.
+	OnSkip func(tenant string, err error)
+}
+
+// fanOut is the value WithFanOut stores in a context. It is stored under
+// the key of WithOrgID, so that whichever of the two was applied last
+// wins, and so that routing a statement pays nothing for fan-out: OrgID
+// finds no tenant in a fan-out context, and only then is it looked for.
+type fanOut struct{ opts FanOutOptions }
+
+// WithFanOut returns a context that makes read-only queries run on many
+// tenants: QueryContext and QueryRowContext (of a *sql.DB, a *sql.Stmt or
+// a toolkit built on them, such as sqlx's Select) run the query on each
+// tenant of opts.Tenants (all tenants when nil), at most opts.Concurrency
+// at once, and return one result set: a first column "tenant" (TEXT), the
+// tenant's ID, followed by the query's own columns; each tenant's rows
+// together, tenants in ID order. "SELECT count(*) AS n FROM events" gives
+// one row (tenant, n) per tenant. A tenant with no rows contributes none.
+//
+// Rows stream: at most Concurrency tenants are read ahead of the one being
+// consumed, each buffering a few rows, so a slow reader slows the fan-out
+// rather than making it buffer. Closing the rows (or cancelling ctx) stops
+// it and gives every connection back.
+//
+// A fan-out only reads, and only tenants that exist. A statement that could
+// write, ExecContext and BeginTx fail with ErrFanOutWrite and run nowhere.
+// A fan-out on a connection bound to a tenant (inside a Tx, or a sql.Conn
+// that has run a statement on a tenant) fails with ErrTenantMismatch.
+// Tenants that are open are read on one of their readers; tenants that
+// are not are read on a read-only connection of their own, within the
+// connection budget, and closed again (a write to such a tenant meanwhile
+// waits, as for a busy writer, until the fan-out has read its rows: read
+// them promptly). A tenant is never evicted while someone uses it; idle
+// tenants may be, as for any new connection. A closed tenant is checked
+// against the migrations as a first access would check it: in MigrateAuto
+// it is migrated first, in MigrateCheck one that is behind fails with
+// ErrPendingMigrations.
+//
+// By default, the first tenant (in ID order) that fails fails the query
+// with a *FanOutError naming it, after the rows of the tenants before it:
+// from QueryContext when none of them has rows, else from Rows.Err; no
+// rows after it are returned. With SkipErrors such tenants are skipped and
+// passed to OnSkip. Errors of the query itself (ErrFanOutWrite, the number
+// of arguments) are never per tenant: they fail the query.
+//
+// WithFanOut and WithOrgID override each other: on a context given both,
+// the one applied last wins. OrgID reports no tenant for a fan-out context.
+func WithFanOut(ctx context.Context, opts FanOutOptions) context.Context {
+	if opts.Tenants != nil {
+		opts.Tenants = slices.Clone(opts.Tenants)
+	}
+	return context.WithValue(ctx, orgIDKey{}, &fanOut{opts: opts})
+}
+
+// fanOutOf returns the fan-out of ctx, nil when ctx has none.
+func fanOutOf(ctx context.Context) *fanOut {
+	f, _ := ctx.Value(orgIDKey{}).(*fanOut)
+	return f
+}
+
+// FanOutError is the failure of one tenant of a fan-out query.
+type FanOutError struct {
+	Tenant string // the tenant that failed
+	Err    error  // why: a sentinel such as ErrTenantNotFound wrapped in an *Error, or SQLite's error
+}
+
+func (e *FanOutError) Error() string {
+	return fmt.Sprintf("sqliteproxy: %s: tenant %q: %s", opFanOut, e.Tenant,
+		strings.TrimPrefix(e.Err.Error(), "sqliteproxy: "))
+}
+
+func (e *FanOutError) Unwrap() error { return e.Err }
+
+// fanOutRowBuffer is how many rows each tenant read ahead of the consumer
+// may buffer: with Concurrency tenants, the fan-out holds at most
+// Concurrency x fanOutRowBuffer rows.
+const fanOutRowBuffer = 32
+
+// errFanOutBound refuses a fan-out on a checkout that holds a tenant's
+// connection (a Tx, a sql.Conn).
+func errFanOutBound(t *tenant) error {
+	return opError(opFanOut, t.id, fmt.Errorf("%w: a fan-out cannot run on a connection or transaction bound to a tenant", ErrTenantMismatch))
+}
+
+func errFanOutWrite(what string) error {
+	return opError(opFanOut, "", fmt.Errorf("%w: %s", ErrFanOutWrite, what))
+}
+
+// fanOutReadOnly refuses, before anything runs, a text that cannot be a
+// single read-only statement. Each tenant checks the compiled statement
+// (sqlite3_stmt_readonly) again before running it.
+func (r *router) fanOutReadOnly(query string) error {
+	if ro, ok := r.classes.lookup(query); ok && !ro {
+		return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+	}
+	info := sqlscan.Scan(query)
+	if info.Multi {
+		return errFanOutWrite(fmt.Sprintf("%.60q is not a single statement", query))
+	}
+	switch info.Keyword {
+	case "SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA":
+		return nil
+	}
+	return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+}
+
+// fanOutTenants returns the tenants a fan-out reads, sorted, without
+// duplicates: list, or every tenant under Dir when list is nil. Listing
+// goes through here only, so that it can change (streaming, layouts)
+// without touching the rest.
+func (r *router) fanOutTenants(ctx context.Context, list []string) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if list == nil {
+		return r.tenantIDs(ctx) // sorted: the output is in ID order
+	}
+	ids := slices.Clone(list)
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
+}
+
+// fanOutQuery runs query on the tenants of f; the caller has found no
+// tenant in ctx and no lease on the conn.
+func (r *router) fanOutQuery(ctx context.Context, f *fanOut, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if r.isClosed.Load() {
+		return nil, opError(opFanOut, "", ErrClosed)
+	}
+	if err := r.fanOutReadOnly(query); err != nil {
+		return nil, err
+	}
+	ids, err := r.fanOutTenants(ctx, f.opts.Tenants)
+	if err != nil {
+		return nil, err
+	}
+	workers := f.opts.Concurrency
+	if workers <= 0 {
+		workers = 4 * runtime.GOMAXPROCS(0)
+	}
+	workers = max(1, min(workers, r.cfg.MaxConnections/2, len(ids)))
+
+	// The workers bind args after QueryContext has returned: keep a copy
+	// the caller cannot change.
+	args = slices.Clone(args)
+	for i, a := range args {
+		if b, ok := a.Value.([]byte); ok {
+			args[i].Value = slices.Clone(b)
+		}
+	}
+	run := &fanRun{
+		r: r, ids: ids, query: query, args: args, opts: f.opts,
+		tokens: make(chan struct{}, workers),
+		slots:  make([]*fanSlot, len(ids)),
+	}
+	run.stopAt.Store(int64(len(ids)))
+	spanCtx, end := r.tel.span(ctx, spanFanOut, nil,
+		attribute.Int(attrFanOutTenants, len(ids)), attribute.Int(attrFanOutConcurrency, workers))
+	run.endSpan = end
+	run.ctx, run.cancel = context.WithCancel(spanCtx)
+	run.wg.Add(workers)
+	for range workers {
+		go run.worker()
+	}
+	// The first row (or the end) is read now: the columns are known
+	// after it, and a failure of the first tenants is the query's error.
+	rs := &fanOutRows{run: run}
+	id, row, err := rs.fetch()
+	if err != nil && err != io.EOF {
+		run.close(err)
+		return nil, err
+	}
+	rs.pendID, rs.pending, rs.err = id, row, err
+	run.mu.Lock()
+	rs.hdr = run.hdr
+	run.mu.Unlock()
+	if rs.hdr == nil {
+		rs.hdr = &fanHeader{} // no tenant, or all skipped: only the tenant column
+	}
+	return rs, nil
+}
+
+// fanRun is one fan-out query in flight: workers take tenants in ID order,
+// each after a token; the consumer (fanOutRows) reads tenants in the same
+// order and gives a tenant's token back when it has read all its rows, so
+// at most cap(tokens) tenants are read or buffered at once.
+type fanRun struct {
+	r     *router
+	ids   []string
+	query string
+	args  []driver.NamedValue
+	opts  FanOutOptions
+
+	ctx     context.Context // cancelled by close: stops the workers
+	cancel  context.CancelFunc
+	endSpan func(error)
+	tokens  chan struct{} // a worker sends one before it takes a tenant; the consumer takes it back
+	next    atomic.Int64  // index of the next tenant to take
+	stopAt  atomic.Int64  // tenants after this index are not taken (a tenant failed)
+	wg      sync.WaitGroup
+
+	mu     sync.Mutex // guards slots, hdr, closed
+	slots  []*fanSlot
+	hdr    *fanHeader
+	closed bool
+}
+
+// fanSlot is one tenant's rows on their way from a worker to the consumer.
+type fanSlot struct {
+	rows chan []driver.Value // closed by the worker when it is done with the tenant
+	err  error               // set before rows is closed
+}
+
+// fanHeader is the query's columns, taken from the first tenant to run it.
+type fanHeader struct {
+	names    []string
+	dbTypes  []string
+	scan     []reflect.Type
+	nullable []bool
+	nullOK   []bool
+}
+
+// slot returns tenant i's slot, making it if needed.
+func (run *fanRun) slot(i int) *fanSlot {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	s := run.slots[i]
+	if s == nil {
+		s = &fanSlot{rows: make(chan []driver.Value, fanOutRowBuffer)}
+		run.slots[i] = s
+	}
+	return s
+}
+
+func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) {
+	run.mu.Lock()
+	if run.hdr != nil {
+		run.mu.Unlock()
+		return
+	}
+	run.mu.Unlock()
+	cols := rs.Columns()
+	h := &fanHeader{names: cols, dbTypes: make([]string, len(cols)), scan: make([]reflect.Type, len(cols)),
+		nullable: make([]bool, len(cols)), nullOK: make([]bool, len(cols))}
+	for i := range cols {
+		h.dbTypes[i] = rs.ColumnTypeDatabaseTypeName(i)
+		h.scan[i] = rs.ColumnTypeScanType(i)
+		h.nullable[i], h.nullOK[i] = rs.ColumnTypeNullable(i)
+	}
+	run.mu.Lock()
+	if run.hdr == nil {
+		run.hdr = h
+	}
+	run.mu.Unlock()
+}
+
+// fail records the failure of tenant i, which ends the query there: no
+// tenant after it is read.
+func (run *fanRun) fail(i int) {
+	for {
+		cur := run.stopAt.Load()
+		if int64(i) >= cur || run.stopAt.CompareAndSwap(cur, int64(i)) {
+			break
+		}
+	}
+}
+
+// skippable reports whether err, the failure of one tenant, is skipped.
+func (run *fanRun) skippable(err error) bool {
+	var fe *FanOutError
+	return run.opts.SkipErrors && errors.As(err, &fe) && run.ctx.Err() == nil && !errors.Is(err, ErrClosed)
+}
+
+func (run *fanRun) worker() {
+	defer run.wg.Done()
+	for {
+		select {
+		case run.tokens <- struct{}{}:
+		case <-run.ctx.Done():
+			return
+		}
+		i := int(run.next.Add(1) - 1)
+		if i >= len(run.ids) || int64(i) > run.stopAt.Load() {
+			<-run.tokens
+			return
+		}
+		s := run.slot(i)
+		err := run.tenant(i, s)
+		s.err = err
+		close(s.rows)
+		if err != nil && !run.skippable(err) {
+			run.fail(i)
+		}
+	}
+}
+
+// tenant reads tenant i into its slot.
+func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
+	r, id := run.r, run.ids[i]
+	ctx, end := r.tel.span(run.ctx, spanFanOutTenant, nil, attribute.String(attrTenant, id))
+	defer func() { end(err) }()
+	t, err := r.tenant(id)
+	if err != nil {
+		return &FanOutError{Tenant: id, Err: err}
+	}
+	defer t.unpin()
+	if err := t.mustExist(opFanOut); err != nil {
+		return &FanOutError{Tenant: id, Err: err}
+	}
+	err = run.readTenant(ctx, t, s)
+	var fe *FanOutError
+	if err != nil && !errors.As(err, &fe) && !isQueryErr(err) && run.ctx.Err() == nil {
+		err = &FanOutError{Tenant: id, Err: err}
+	}
+	return err
+}
+
+// isQueryErr reports whether err is about the query, whichever tenant it
+// runs on: never a tenant's failure, never skipped.
+func isQueryErr(err error) bool {
+	var pe *Error
+	return errors.As(err, &pe) && pe.Op == opFanOut && pe.Tenant == ""
+}
+
+// readTenant reads t: on a connection of its own if nobody has it open,
+// else on one of its readers.
+func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error {
+	r := run.r
+	if r.budget.counted(t) == 0 {
+		done, err := run.readClosed(ctx, t, s)
+		if done || err != nil {
+			return err
+		}
+	}
+	wasOpen := r.budget.counted(t) > 0
+	if !t.ready.Load() || t.fenced.Load() {
+		// Open (and, in MigrateAuto, migrate) it as a first access would,
+		// but never create it.
+		if err := t.lockWriter(ctx); err != nil {
+			return err
+		}
+		if _, err := t.openLockedWriter(ctx, openOpts{migrate: r.accessOpts.migrate}); err != nil {
+			return err
+		}
+		t.releaseWriter()
+	}
+	pc, err := t.acquireReader(ctx)
+	if err != nil {
+		return err
+	}
+	ps, err := pc.takeStmt(ctx, run.query)
+	if err == nil {
+		err = run.stream(ctx, t, ps, s)
+		pc.putStmt(run.query, ps)
+	}
+	t.release(pc)
+	if !wasOpen {
+		t.evict(false, evictFanOut) // opened for the fan-out only: leave the budget to live traffic
+	}
+	return err
+}
+
+// readClosed reads t, which nobody had open, on a read-only immutable
+// connection of its own, as MigrateAll checks such tenants: no locks, no
+// -wal or -shm files to create and remove. t's writer semaphore is held
+// meanwhile, so this process writes nothing to t (and cannot evict it)
+// until the rows are read; the cost is that a write to t waits for the
+// reader, for at most BusyTimeout. It reports false when t must be read
+// the normal way: it was opened meanwhile, it has a -wal file (another
+// process may have it open), or it has migrations to apply first.
+func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool, error) {
+	r := run.r
+	if err := t.lockWriter(ctx); err != nil {
+		return false, err
+	}
+	defer t.releaseWriter()
+	if t.w != nil || r.budget.counted(t) > 0 {
+		return false, nil
+	}
+	if _, err := os.Lstat(t.path + "-wal"); !errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	c, done, err := r.ownConn(ctx, t, fanOutDriver, "?mode=ro&immutable=1")
+	if err != nil {
+		return false, opError(opFanOut, t.id, err)
+	}
+	defer done()
+	if !t.ready.Load() && !(r.accessOpts.migrate && len(r.mig.list) == 0) {
+		// As the gate of a first access does (migrations.go), except that
+		// what is pending is applied by the normal open, not here. With no
+		// migrations to apply, the gate checks nothing.
+		rows, err := ledger(ctx, c)
+		if err != nil {
+			return false, err
+		}
+		n, err := r.mig.check(rows)
+		if err != nil {
+			return false, opError(opFanOut, t.id, err)
+		}
+		if n < len(r.mig.list) {
+			if !r.accessOpts.migrate {
+				return false, opError(opFanOut, t.id, fmt.Errorf("%w: %s", ErrPendingMigrations, strings.Join(r.mig.names(n), ", ")))
+			}
+			return false, nil // migrated by the normal open
+		}
+		t.ready.Store(true)
+	}
+	st, err := c.PrepareContext(ctx, run.query)
+	if err != nil {
+		return false, err
+	}
+	defer st.Close()
+	return true, run.stream(ctx, t, st.(*sqlite3.SQLiteStmt), s)
+}
+
+// fanOutDriver opens the read-only connections of readClosed: hardened as
+// tenant connections are, without the switch to WAL. They are opened with
+// mode=ro (SQLITE_OPEN_READONLY: no write can succeed, so _query_only
+// would only cost one more PRAGMA per tenant) and immutable=1.
+var fanOutDriver = &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+	return hardenTenantConn(c, false)
+}}
+
+// stream runs the prepared statement ps on t and sends its rows to s.
+func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt, s *fanSlot) error {
+	if !ps.Readonly() {
+		return errFanOutWrite(fmt.Sprintf("%.60q may write", run.query))
+	}
+	if err := checkNumInput(ps, run.args); err != nil {
+		return opError(opFanOut, "", err)
+	}
+	drs, err := ps.QueryContext(ctx, run.args)
+	if err != nil {
+		return err
+	}
+	rs := drs.(*sqlite3.SQLiteRows)
+	defer rs.Close()
+	run.setHeader(rs)
+	n := len(rs.Columns())
+	for {
+		row := make([]driver.Value, n)
+		if err := rs.Next(row); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		select {
+		case s.rows <- row:
+		case <-run.ctx.Done():
+			return run.ctx.Err()
+		}
+	}
+}
+
+// close stops the workers, waits for them (so every connection is given
+// back) and ends the span with err.
+func (run *fanRun) close(err error) {
+	run.mu.Lock()
+	if run.closed {
+		run.mu.Unlock()
+		return
+	}
+	run.closed = true
+	run.mu.Unlock()
+	run.cancel()
+	run.wg.Wait()
+	run.endSpan(err)
+}
+
+// fanOutRows is the merged result of a fan-out: the tenant column, then
+// the query's columns.
+type fanOutRows struct {
+	run     *fanRun
+	hdr     *fanHeader
+	pos     int      // index of the tenant being read
+	cur     *fanSlot // its slot, nil between tenants
+	pendID  string   // the tenant of pending
+	pending []driver.Value
+	err     error // the error that ended the rows (io.EOF at the end)
+}
+
+var (
+	_ driver.Rows                           = (*fanOutRows)(nil)
+	_ driver.RowsColumnTypeDatabaseTypeName = (*fanOutRows)(nil)
+	_ driver.RowsColumnTypeScanType         = (*fanOutRows)(nil)
+	_ driver.RowsColumnTypeNullable         = (*fanOutRows)(nil)
+)
+
+// FanOutTenantColumn is the name of the first column of a fan-out query's
+// result, which holds the tenant's ID.
+const FanOutTenantColumn = "tenant"
+
+func (rs *fanOutRows) Columns() []string {
+	return append([]string{FanOutTenantColumn}, rs.hdr.names...)
+}
+
+func (rs *fanOutRows) ColumnTypeDatabaseTypeName(i int) string {
+	if i == 0 {
+		return "TEXT"
+	}
+	return rs.hdr.dbTypes[i-1]
+}
+
+func (rs *fanOutRows) ColumnTypeScanType(i int) reflect.Type {
+	if i == 0 {
+		return reflect.TypeFor[string]()
+	}
+	return rs.hdr.scan[i-1]
+}
+
+func (rs *fanOutRows) ColumnTypeNullable(i int) (nullable, ok bool) {
+	if i == 0 {
+		return false, true
+	}
+	return rs.hdr.nullable[i-1], rs.hdr.nullOK[i-1]
+}
+
+func (rs *fanOutRows) Next(dest []driver.Value) error {
+	id, row := rs.pendID, rs.pending
+	if row != nil {
+		rs.pending = nil
+	} else {
+		if rs.err != nil {
+			return rs.err
+		}
+		var err error
+		if id, row, err = rs.fetch(); err != nil {
+			rs.err = err
+			return err
+		}
+	}
+	dest[0] = id
+	copy(dest[1:], row)
+	return nil
+}
+
+// fetch returns the next row and its tenant, in tenant order.
+func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
+	run := rs.run
+	for {
+		if rs.cur == nil {
+			if rs.pos >= len(run.ids) || int64(rs.pos) > run.stopAt.Load() {
+				return "", nil, io.EOF
+			}
+			rs.cur = run.slot(rs.pos)
+		}
+		select {
+		case row, ok := <-rs.cur.rows:
+			if ok {
+				return run.ids[rs.pos], row, nil
+			}
+		case <-run.ctx.Done():
+			return "", nil, run.ctx.Err()
+		}
+		// The tenant is done: give its token back and move on.
+		err, id := rs.cur.err, run.ids[rs.pos]
+		run.mu.Lock()
+		run.slots[rs.pos] = nil
+		run.mu.Unlock()
+		<-run.tokens
+		rs.cur = nil
+		rs.pos++
+		if err == nil {
+			continue
+		}
+		if !run.skippable(err) {
+			return "", nil, err
+		}
+		if run.opts.OnSkip != nil {
+			run.opts.OnSkip(id, err)
+		}
+	}
+}
+
+// Close stops the fan-out and waits until every connection it used is
+// given back (and tenants it opened are closed).
+func (rs *fanOutRows) Close() error {
+	var err error
+	if rs.err != nil && rs.err != io.EOF {
+		err = rs.err
+	}
+	rs.run.close(err)
+	return nil
+}

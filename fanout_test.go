@@ -1,0 +1,747 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+)
+
+// seedTenants makes, in dir, a tenant per entry of counts with that many
+// events (n = 1, 2, ...), through a Proxy that it closes: the tenants are
+// closed afterwards, as in a fleet nobody has open.
+func seedTenants(t *testing.T, dir string, migs []string, counts map[string]int) {
+	t.Helper()
+	p, err := New(Config{Dir: dir, Migrations: migs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, n := range counts {
+		if err := p.CreateTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant, n) VALUES (?, ?)`, id, i+1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fanRow is one row of "SELECT count(*) AS n FROM events" fanned out.
+type fanRow struct {
+	Tenant string
+	N      int
+}
+
+// fanCounts runs the count query with ctx and returns its rows.
+func fanCounts(t *testing.T, db interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, ctx context.Context) ([]fanRow, error) {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, `SELECT count(*) AS n FROM events`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []fanRow
+	for rows.Next() {
+		var r fanRow
+		if err := rows.Scan(&r.Tenant, &r.N); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// assertNoLeases fails unless no tenant connection is leased and only the
+// tenants of want are open.
+func assertNoLeases(t *testing.T, p *Proxy, want ...string) {
+	t.Helper()
+	st := p.Stats()
+	var open []string
+	for _, ts := range st.Tenants {
+		open = append(open, ts.ID)
+		if ts.InUse != 0 {
+			t.Errorf("tenant %s: %d connections still leased", ts.ID, ts.InUse)
+		}
+	}
+	if !slices.Equal(open, want) {
+		t.Errorf("open tenants = %v, want %v", open, want)
+	}
+}
+
+func TestFanOut_Count(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"globex": 2, "acme": 3, "empty": 0, "initech": 1})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	countRows(t, p, "initech") // open: read on its reader, the others on their own connections
+
+	got, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []fanRow{{"acme", 3}, {"empty", 0}, {"globex", 2}, {"initech", 1}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("rows (-want +got):\n%s", diff)
+	}
+	assertNoLeases(t, p, "initech")
+
+	t.Run("RowsTogetherTenantWithoutRows", func(t *testing.T) {
+		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{Concurrency: 2}), `SELECT n FROM events ORDER BY n`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var got []string
+		for rows.Next() {
+			var id string
+			var n int
+			if err := rows.Scan(&id, &n); err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, fmt.Sprintf("%s:%d", id, n))
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{"acme:1", "acme:2", "acme:3", "globex:1", "globex:2", "initech:1"}
+		if !slices.Equal(got, want) {
+			t.Errorf("rows = %v, want %v", got, want)
+		}
+	})
+
+	t.Run("ColumnTypes", func(t *testing.T) {
+		type col struct {
+			Name, DB string
+			Scan     string
+			Nullable bool
+			NullOK   bool
+		}
+		types := func(ctx context.Context) []col {
+			t.Helper()
+			rows, err := p.QueryContext(ctx, `SELECT id, tenant, n, count(*) OVER () AS c, NULL AS x FROM events`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			cts, err := rows.ColumnTypes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []col
+			for _, ct := range cts {
+				n, ok := ct.Nullable()
+				out = append(out, col{ct.Name(), ct.DatabaseTypeName(), ct.ScanType().String(), n, ok})
+			}
+			return out
+		}
+		single := types(tctx("acme"))
+		fanned := types(WithFanOut(context.Background(), FanOutOptions{Tenants: []string{"acme", "globex"}}))
+		want := append([]col{{"tenant", "TEXT", "string", false, true}}, single...)
+		if diff := cmp.Diff(want, fanned); diff != "" {
+			t.Errorf("column types (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("QueryRow", func(t *testing.T) {
+		var r fanRow
+		if err := p.QueryRowContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT count(*) FROM events`).Scan(&r.Tenant, &r.N); err != nil {
+			t.Fatal(err)
+		}
+		if r != (fanRow{"acme", 3}) {
+			t.Errorf("first row = %+v", r)
+		}
+		assertNoLeases(t, p, "acme", "initech") // acme: opened by ColumnTypes
+	})
+
+	t.Run("Args", func(t *testing.T) {
+		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}),
+			`SELECT count(*) FROM events WHERE n >= ? AND tenant <> :skip`, 2, sql.Named("skip", "globex"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []fanRow
+		for rows.Next() {
+			var r fanRow
+			rows.Scan(&r.Tenant, &r.N)
+			got = append(got, r)
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]fanRow{{"acme", 2}, {"empty", 0}, {"globex", 0}, {"initech", 0}}, got); diff != "" {
+			t.Errorf("rows (-want +got):\n%s", diff)
+		}
+	})
+}
+
+func TestFanOut_Tenants(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"a1": 1, "b2": 2, "c3": 3})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+
+	t.Run("SortedOnce", func(t *testing.T) {
+		got, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{Tenants: []string{"c3", "a1", "c3"}}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]fanRow{{"a1", 1}, {"c3", 3}}, got); diff != "" {
+			t.Errorf("rows (-want +got):\n%s", diff)
+		}
+	})
+	t.Run("None", func(t *testing.T) {
+		got, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{Tenants: []string{}}))
+		if err != nil || len(got) != 0 {
+			t.Errorf("rows = %v, %v; want none", got, err)
+		}
+	})
+	t.Run("MissingFails", func(t *testing.T) {
+		_, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{Tenants: []string{"a1", "nope", "zz-invalid-\x00"}}))
+		var fe *FanOutError
+		if !errors.As(err, &fe) || fe.Tenant != "nope" || !errors.Is(err, ErrTenantNotFound) || !strings.Contains(err.Error(), `"nope"`) {
+			t.Fatalf("err = %v, want a *FanOutError naming nope, ErrTenantNotFound", err)
+		}
+		if _, err := os.Lstat(filepath.Join(dir, "nope.db")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("nope.db: %v; a fan-out must not create a tenant", err)
+		}
+	})
+	t.Run("MissingSkipped", func(t *testing.T) {
+		var skipped []string
+		opts := FanOutOptions{Tenants: []string{"c3", "nope", "a1", "Bad"}, SkipErrors: true, OnSkip: func(id string, err error) {
+			var fe *FanOutError
+			if !errors.As(err, &fe) || fe.Tenant != id {
+				t.Errorf("OnSkip(%s, %v): not a *FanOutError naming it", id, err)
+			}
+			skipped = append(skipped, id)
+		}}
+		got, err := fanCounts(t, p, WithFanOut(context.Background(), opts))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]fanRow{{"a1", 1}, {"c3", 3}}, got); diff != "" {
+			t.Errorf("rows (-want +got):\n%s", diff)
+		}
+		if want := []string{"Bad", "nope"}; !slices.Equal(skipped, want) {
+			t.Errorf("skipped %v, want %v", skipped, want)
+		}
+		if got := dbFiles(t, dir); !slices.Equal(got, []string{"a1.db", "b2.db", "c3.db"}) {
+			t.Errorf("files = %v", got)
+		}
+	})
+	t.Run("AllSkipped", func(t *testing.T) {
+		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{SkipErrors: true}), `SELECT * FROM no_such_table`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		if cols, err := rows.Columns(); err != nil || !slices.Equal(cols, []string{"tenant"}) {
+			t.Errorf("columns = %v, %v", cols, err)
+		}
+		if rows.Next() {
+			t.Error("a row from no tenant")
+		}
+		if err := rows.Err(); err != nil {
+			t.Error(err)
+		}
+	})
+	assertNoLeases(t, p)
+}
+
+func TestFanOut_ReadOnly(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 1, "globex": 1})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	countRows(t, p, "acme") // one open, one closed
+	fan := WithFanOut(context.Background(), FanOutOptions{SkipErrors: true})
+
+	for _, q := range []string{
+		`INSERT INTO events (tenant) VALUES ('x') RETURNING id`,
+		`WITH v(x) AS (SELECT 1) INSERT INTO events (tenant) SELECT 'x' FROM v RETURNING id`,
+		`SELECT 1; DELETE FROM events`,
+		`PRAGMA user_version = 7`,
+		`BEGIN`,
+	} {
+		rows, err := p.QueryContext(fan, q)
+		if err == nil {
+			rows.Close()
+		}
+		if !errors.Is(err, ErrFanOutWrite) {
+			t.Errorf("Query(%q) = %v, want ErrFanOutWrite", q, err)
+		}
+	}
+	if _, err := p.ExecContext(fan, `DELETE FROM events`); !errors.Is(err, ErrFanOutWrite) {
+		t.Errorf("Exec: %v, want ErrFanOutWrite", err)
+	}
+	if _, err := p.BeginTx(fan, &sql.TxOptions{ReadOnly: true}); !errors.Is(err, ErrFanOutWrite) {
+		t.Errorf("BeginTx: %v, want ErrFanOutWrite", err)
+	}
+	st, err := p.PrepareContext(fan, `DELETE FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ExecContext(fan); !errors.Is(err, ErrFanOutWrite) {
+		t.Errorf("Stmt.Exec: %v, want ErrFanOutWrite", err)
+	}
+	st.Close()
+
+	t.Run("InTx", func(t *testing.T) {
+		tx, err := p.BeginTx(tctx("acme"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.QueryContext(fan, `SELECT count(*) FROM events`); !errors.Is(err, ErrTenantMismatch) {
+			t.Errorf("fan-out in a Tx: %v, want ErrTenantMismatch", err)
+		}
+		if _, err := tx.ExecContext(fan, `DELETE FROM events`); !errors.Is(err, ErrTenantMismatch) {
+			t.Errorf("fan-out Exec in a Tx: %v, want ErrTenantMismatch", err)
+		}
+	})
+	t.Run("InConn", func(t *testing.T) {
+		c, err := p.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		queryInt(t, c, tctx("globex"), `SELECT count(*) FROM events`)
+		if _, err := c.QueryContext(fan, `SELECT count(*) FROM events`); !errors.Is(err, ErrTenantMismatch) {
+			t.Errorf("fan-out on a sql.Conn bound to globex: %v, want ErrTenantMismatch", err)
+		}
+	})
+	for _, id := range []string{"acme", "globex"} {
+		if n := countRows(t, p, id); n != 1 {
+			t.Errorf("%s has %d events, want 1: something ran", id, n)
+		}
+	}
+	if v := queryInt(t, p, tctx("globex"), `PRAGMA user_version`); v != 0 {
+		t.Errorf("user_version = %d", v)
+	}
+}
+
+func TestFanOut_Prepared(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 2, "globex": 1})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	fan := WithFanOut(context.Background(), FanOutOptions{})
+	for _, prepCtx := range []context.Context{fan, tctx("acme"), context.Background()} {
+		st, err := p.PrepareContext(prepCtx, `SELECT count(*) FROM events WHERE n >= ?`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := fanCounts(t, stmtQueryer{st, 1}, fan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]fanRow{{"acme", 2}, {"globex", 1}}, got); diff != "" {
+			t.Errorf("rows (-want +got):\n%s", diff)
+		}
+		var r fanRow
+		if err := st.QueryRowContext(fan, 2).Scan(&r.Tenant, &r.N); err != nil || r != (fanRow{"acme", 1}) {
+			t.Errorf("QueryRow = %+v, %v", r, err)
+		}
+		if _, err := st.QueryContext(fan); err == nil || !strings.Contains(err.Error(), "expected 1 arguments, got 0") {
+			t.Errorf("wrong argument count: %v", err)
+		}
+		// The same statement still serves single tenants.
+		if n := queryInt(t, stmtQueryer{st, 1}, tctx("acme"), ``); n != 2 {
+			t.Errorf("single-tenant count = %d", n)
+		}
+		st.Close()
+	}
+	assertNoLeases(t, p, "acme")
+}
+
+// stmtQueryer adapts a *sql.Stmt with fixed arguments to the helpers.
+type stmtQueryer struct {
+	st  *sql.Stmt
+	arg any
+}
+
+func (s stmtQueryer) QueryContext(ctx context.Context, _ string, _ ...any) (*sql.Rows, error) {
+	return s.st.QueryContext(ctx, s.arg)
+}
+
+func (s stmtQueryer) QueryRowContext(ctx context.Context, _ string, _ ...any) *sql.Row {
+	return s.st.QueryRowContext(ctx, s.arg)
+}
+
+// fanOutDriverRows runs query as a fan-out on a routing conn of p
+// directly, for tests that look inside the rows.
+func fanOutDriverRows(t *testing.T, p *Proxy, opts FanOutOptions, query string) *fanOutRows {
+	t.Helper()
+	dc, err := p.c.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dc.Close() })
+	rs, err := dc.(*conn).QueryContext(WithFanOut(context.Background(), opts), query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs.(*fanOutRows)
+}
+
+// TestFanOut_Bounded: a consumer that stops reading stops the fan-out
+// with Concurrency tenants read ahead and their buffers full, and closing
+// the rows gives every connection back and closes the tenants the fan-out
+// opened, whichever way it read them.
+func TestFanOut_Bounded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	counts := map[string]int{}
+	for i := range 8 {
+		counts[fmt.Sprintf("t%d", i)] = 3 * fanOutRowBuffer
+	}
+	seedTenants(t, dir, migs, counts)
+	// t0 has a -wal file (another process might have it open): it is read
+	// through its pool, opened for the fan-out, then closed, also when the
+	// rows are closed while it is being read.
+	other := direct(t, dir, "t0")
+	if _, err := other.Exec(`SELECT count(*) FROM events`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "t0.db-wal")); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, MaxConnections: 10})
+	countRows(t, p, "t1") // open before: stays open
+
+	for _, stopAt := range []int{0, 5 * 3 * fanOutRowBuffer / 2} {
+		rs := fanOutDriverRows(t, p, FanOutOptions{Concurrency: 2}, `SELECT n FROM events`)
+		dest := make([]driver.Value, 2)
+		for range stopAt + 1 {
+			if err := rs.Next(dest); err != nil {
+				t.Fatal(err)
+			}
+		}
+		run := rs.run
+		waitFor(t, 10*time.Second, "both workers to fill their buffers", func() bool {
+			run.mu.Lock()
+			defer run.mu.Unlock()
+			full := 0
+			for _, s := range run.slots {
+				if s != nil && len(s.rows) == cap(s.rows) {
+					full++
+				}
+			}
+			return full == 2
+		})
+		if st := p.Stats(); stopAt == 0 && (len(st.Tenants) != 2 || st.Tenants[0].InUse != 1 || st.Tenants[1].InUse != 1) {
+			// t0, opened for the fan-out (its -wal file sends it
+			// through its pool), and t1, open before, each with one
+			// reader leased; no third tenant is read
+			t.Errorf("while stalled: %+v", st)
+		}
+		if n := run.next.Load(); n != int64(rs.pos+2) {
+			t.Errorf("tenants taken = %d with the reader at %d; want Concurrency (2) ahead", n, rs.pos)
+		}
+		if err := rs.Close(); err != nil {
+			t.Fatal(err)
+		}
+		assertNoLeases(t, p, "t1")
+	}
+	// Read to the end: the same rows as one query per tenant.
+	rs := fanOutDriverRows(t, p, FanOutOptions{Concurrency: 3}, `SELECT n FROM events`)
+	var n int
+	dest := make([]driver.Value, 2)
+	for {
+		err := rs.Next(dest)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("t%d", n/(3*fanOutRowBuffer)); dest[0] != want || dest[1] != int64(n%(3*fanOutRowBuffer)+1) {
+			t.Fatalf("row %d = %v, want %s, %d", n, dest, want, n%(3*fanOutRowBuffer)+1)
+		}
+		n++
+	}
+	rs.Close()
+	if n != 8*3*fanOutRowBuffer {
+		t.Errorf("%d rows", n)
+	}
+	assertNoLeases(t, p, "t1")
+}
+
+func TestFanOut_Cancel(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	counts := map[string]int{}
+	for i := range 6 {
+		counts[fmt.Sprintf("t%d", i)] = 2 * fanOutRowBuffer
+	}
+	seedTenants(t, dir, migs, counts)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	ctx, cancel := context.WithCancel(WithFanOut(context.Background(), FanOutOptions{Concurrency: 2}))
+	rows, err := p.QueryContext(ctx, `SELECT n FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rows.Next() {
+		t.Fatal(rows.Err())
+	}
+	cancel()
+	for rows.Next() {
+	}
+	if err := rows.Err(); !errors.Is(err, context.Canceled) {
+		t.Errorf("Err = %v, want context.Canceled", err)
+	}
+	rows.Close()
+	waitFor(t, 10*time.Second, "the fan-out to give its connections back", func() bool {
+		return p.Stats().OpenConnections == 0
+	})
+	assertNoLeases(t, p)
+}
+
+// TestFanOut_Budget: with a small budget, a fan-out waits for slots or
+// evicts idle tenants, never one in use, and never passes the cap.
+func TestFanOut_Budget(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	counts := map[string]int{"busy": 1}
+	for i := range 12 {
+		counts[fmt.Sprintf("t%02d", i)] = i
+	}
+	seedTenants(t, dir, migs, counts)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, MaxConnections: 4})
+	tx, err := p.BeginTx(tctx("busy"), nil) // holds busy's writer throughout
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatal(err)
+	}
+	countRows(t, p, "t03") // open and idle: may be evicted
+
+	var maxOpen int
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{Concurrency: 10, Tenants: slices.DeleteFunc(slices.Collect(maps.Keys(counts)), func(s string) bool { return s == "busy" })}),
+		`SELECT count(*) FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []fanRow
+	for rows.Next() {
+		var r fanRow
+		rows.Scan(&r.Tenant, &r.N)
+		got = append(got, r)
+		maxOpen = max(maxOpen, p.Stats().OpenConnections)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	if len(got) != 12 || got[11] != (fanRow{"t11", 11}) {
+		t.Errorf("rows = %v", got)
+	}
+	if maxOpen > 4 {
+		t.Errorf("%d connections open, cap 4", maxOpen)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatalf("the busy tenant's transaction broke: %v", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, p, "busy"); n != 3 {
+		t.Errorf("busy has %d events, want 3", n)
+	}
+}
+
+// TestFanOut_Migrations: a closed tenant behind the configured migrations
+// is migrated first in MigrateAuto (as any first access would) and is an
+// error in MigrateCheck; a drifted one is an error.
+func TestFanOut_Migrations(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	v1 := []string{eventsTable}
+	v2 := []string{eventsTable, `ALTER TABLE events ADD COLUMN note TEXT NOT NULL DEFAULT 'v2'`}
+	seedTenants(t, dir, v1, map[string]int{"old": 1})
+	seedTenants(t, dir, v2, map[string]int{"new": 2})
+
+	check := newTestProxy(t, Config{Dir: dir, Migrations: v2, MigrationMode: MigrateCheck})
+	_, err := fanCounts(t, check, WithFanOut(context.Background(), FanOutOptions{}))
+	var fe *FanOutError
+	if !errors.As(err, &fe) || fe.Tenant != "old" || !errors.Is(err, ErrPendingMigrations) {
+		t.Errorf("MigrateCheck: %v, want old's ErrPendingMigrations", err)
+	}
+	drift := newTestProxy(t, Config{Dir: dir, Migrations: v1, MigrationMode: MigrateCheck})
+	if _, err := fanCounts(t, drift, WithFanOut(context.Background(), FanOutOptions{Tenants: []string{"new"}})); !errors.Is(err, ErrMigrationDrift) {
+		t.Errorf("drift: %v, want ErrMigrationDrift", err)
+	}
+
+	auto := newTestProxy(t, Config{Dir: dir, Migrations: v2})
+	rows, err := auto.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT note, count(*) FROM events GROUP BY note`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var id, note string
+		var n int
+		rows.Scan(&id, &note, &n)
+		got = append(got, fmt.Sprintf("%s:%s:%d", id, note, n))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	if want := []string{"new:v2:2", "old:v2:1"}; !slices.Equal(got, want) {
+		t.Errorf("rows = %v, want %v", got, want)
+	}
+	assertNoLeases(t, auto)
+}
+
+// TestFanOut_WhileWriting: fan-outs and writes to the same tenants, open
+// and closed, at once: every fan-out sees each tenant's count at some
+// moment, nothing fails, nothing stays leased.
+func TestFanOut_WhileWriting(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	counts := map[string]int{}
+	for i := range 6 {
+		counts[fmt.Sprintf("t%d", i)] = 1
+	}
+	seedTenants(t, dir, migs, counts)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, MaxConnections: 8, IdleTimeout: 20 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	const writes = 40
+	for i := range 3 {
+		id := fmt.Sprintf("t%d", i*2)
+		wg.Go(func() {
+			for range writes {
+				if _, err := p.ExecContext(WithOrgID(ctx, id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for range 2 {
+		wg.Go(func() {
+			for range 10 {
+				got, err := fanCounts(t, p, WithFanOut(ctx, FanOutOptions{Concurrency: 3}))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(got) != 6 {
+					t.Errorf("rows = %v", got)
+				}
+				for _, r := range got {
+					if r.N < 1 || r.N > writes+1 {
+						t.Errorf("count %+v", r)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for i := range 3 {
+		if n := countRows(t, p, fmt.Sprintf("t%d", i*2)); n != writes+1 {
+			t.Errorf("t%d: %d events", i*2, n)
+		}
+	}
+	waitFor(t, 10*time.Second, "no leases", func() bool {
+		for _, ts := range p.Stats().Tenants {
+			if ts.InUse != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func TestFanOut_Telemetry(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 1, "globex": 2})
+	spans := tracetest.NewSpanRecorder()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	_, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{Tenants: []string{"globex", "acme", "nope"}, SkipErrors: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parent sdktrace.ReadOnlySpan
+	children := map[string]string{} // tenant -> status
+	for _, s := range spans.Ended() {
+		if s.Name() == spanFanOut {
+			if parent != nil {
+				t.Error("two fan-out spans")
+			}
+			parent = s
+		}
+	}
+	if parent == nil {
+		t.Fatal("no fan-out span")
+	}
+	for _, s := range spans.Ended() {
+		if s.Name() != spanFanOutTenant {
+			continue
+		}
+		if s.Parent().SpanID() != parent.SpanContext().SpanID() {
+			t.Errorf("tenant span %v is not a child of the fan-out span", s.Attributes())
+		}
+		for _, kv := range s.Attributes() {
+			if kv.Key == attrTenant {
+				children[kv.Value.AsString()] = s.Status().Code.String()
+			}
+		}
+	}
+	want := map[string]string{"acme": "Unset", "globex": "Unset", "nope": "Error"}
+	if diff := cmp.Diff(want, children); diff != "" {
+		t.Errorf("tenant spans (-want +got):\n%s", diff)
+	}
+}
+
+func TestFanOut_OrgIDOverrides(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 1, "globex": 2})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	fan := WithFanOut(tctx("acme"), FanOutOptions{})
+	if _, ok := OrgID(fan); ok {
+		t.Error("OrgID found a tenant in a fan-out context")
+	}
+	if got, err := fanCounts(t, p, fan); err != nil || len(got) != 2 {
+		t.Errorf("fan-out over WithOrgID: %v, %v", got, err)
+	}
+	if n := queryInt(t, p, WithOrgID(fan, "globex"), `SELECT count(*) FROM events`); n != 2 {
+		t.Errorf("WithOrgID over a fan-out: %d", n)
+	}
+}
