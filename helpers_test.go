@@ -124,23 +124,7 @@ func assertNoOpenFiles(t *testing.T, dir string) {
 // SQLite, and what a fleet that nobody has open looks like.
 func fleet(tb testing.TB, dir string, n int, migs []string, seed ...string) []string {
 	tb.Helper()
-	tmpl := tb.TempDir()
-	p := newTestProxy(tb, Config{Dir: tmpl, Migrations: migs})
-	if err := p.CreateTenant(context.Background(), "template"); err != nil {
-		tb.Fatal(err)
-	}
-	for _, q := range seed {
-		if _, err := p.ExecContext(tctx("template"), q); err != nil {
-			tb.Fatalf("seed %q: %v", q, err)
-		}
-	}
-	if err := p.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	src, err := os.ReadFile(filepath.Join(tmpl, "template.db"))
-	if err != nil {
-		tb.Fatal(err)
-	}
+	src := templateTenant(tb, migs, seed...)
 	width := max(3, len(strconv.Itoa(n-1)))
 	ids := make([]string, n)
 	for i := range ids {
