@@ -403,43 +403,52 @@ func (e *env) migrate(args []string) (status int) {
 	if rollback {
 		return e.rollback(p, ids, *downTo, *dryRun, *conc)
 	}
-	b := e.newBar(len(ids), "migrate")
-	done := 0
-	rep, err := p.MigrateAll(e.ctx, sqliteproxy.MigrateOptions{
-		Concurrency: *conc,
-		DryRun:      *dryRun,
-		Tenants:     ids,
-		Progress: func(n, _ int) {
-			done = n
-			b.set(n)
-		},
+	rep, done, ok := e.fleetRun("migrate", len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
+		return p.MigrateAll(e.ctx, sqliteproxy.MigrateOptions{Concurrency: *conc, DryRun: *dryRun, Tenants: ids, Progress: progress})
 	})
-	b.finish()
-	e.reportFailures("migrate", rep.Failed)
-	if err != nil && !e.interrupted() {
-		e.errorf("migrate: %s", errText(err))
-	}
-	if err != nil {
+	if !ok {
 		return exitFailed
 	}
 	upToDate := done - rep.Migrated - len(rep.Failed)
 	if *dryRun {
-		pending := slices.Sorted(func(yield func(string) bool) {
-			for id := range rep.Pending {
-				if !yield(id) {
-					return
-				}
-			}
-		})
-		for _, id := range pending {
-			fmt.Fprintf(e.stdout, "%s: would apply %s\n", id, strings.Join(rep.Pending[id], ", "))
-		}
+		e.printPending(rep, "would apply")
 		fmt.Fprintf(e.stdout, "dry run, nothing changed: %s: %d to migrate (%s), %d up to date, %d failed\n",
 			plural(rep.Tenants, "tenant"), rep.Migrated, plural(rep.Applied, "migration"), upToDate, len(rep.Failed))
 	} else {
 		fmt.Fprintf(e.stdout, "%s: %d migrated (%s applied), %d up to date, %d failed\n",
 			plural(rep.Tenants, "tenant"), rep.Migrated, plural(rep.Applied, "migration"), upToDate, len(rep.Failed))
 	}
+	return failedStatus(rep)
+}
+
+// fleetRun runs a fleet-wide migrate or rollback (run, handed the
+// progress callback) with a progress bar labelled label over total
+// tenants, and reports the tenants that failed. It returns the report, how
+// many tenants were done, and false when the run failed as a whole.
+func (e *env) fleetRun(label string, total int, run func(progress func(done, total int)) (sqliteproxy.MigrateReport, error)) (rep sqliteproxy.MigrateReport, done int, ok bool) {
+	b := e.newBar(total, label)
+	rep, err := run(func(n, _ int) {
+		done = n
+		b.set(n)
+	})
+	b.finish()
+	e.reportFailures("migrate", rep.Failed)
+	if err != nil && !e.interrupted() {
+		e.errorf("migrate: %s", errText(err))
+	}
+	return rep, done, err == nil
+}
+
+// printPending prints a dry run's plan: one line per tenant, "ID: verb
+// file, file".
+func (e *env) printPending(rep sqliteproxy.MigrateReport, verb string) {
+	for _, id := range slices.Sorted(maps.Keys(rep.Pending)) {
+		fmt.Fprintf(e.stdout, "%s: %s %s\n", id, verb, strings.Join(rep.Pending[id], ", "))
+	}
+}
+
+// failedStatus is exitFailed when some tenant of rep failed.
+func failedStatus(rep sqliteproxy.MigrateReport) int {
 	if len(rep.Failed) > 0 {
 		return exitFailed
 	}
@@ -482,46 +491,27 @@ type appliedStatus struct {
 	AppliedAt time.Time `json:"applied_at"`
 }
 
-// status: schema version, pending migrations, size and last change.
 // rollback is migrate -down-to: Proxy.Rollback of ids to version to.
 func (e *env) rollback(p *sqliteproxy.Proxy, ids []string, to int, dryRun bool, conc int) int {
-	b := e.newBar(len(ids), fmt.Sprintf("migrate -down-to %d", to))
-	done := 0
-	rep, err := p.Rollback(e.ctx, sqliteproxy.RollbackOptions{
-		To:          to,
-		Tenants:     ids,
-		DryRun:      dryRun,
-		Concurrency: conc,
-		Progress: func(n, _ int) {
-			done = n
-			b.set(n)
-		},
+	rep, done, ok := e.fleetRun(fmt.Sprintf("migrate -down-to %d", to), len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
+		return p.Rollback(e.ctx, sqliteproxy.RollbackOptions{To: to, Tenants: ids, DryRun: dryRun, Concurrency: conc, Progress: progress})
 	})
-	b.finish()
-	e.reportFailures("migrate", rep.Failed)
-	if err != nil && !e.interrupted() {
-		e.errorf("migrate: %s", errText(err))
-	}
-	if err != nil {
+	if !ok {
 		return exitFailed
 	}
 	atOrBelow := done - rep.Migrated - len(rep.Failed)
 	if dryRun {
-		for _, id := range slices.Sorted(maps.Keys(rep.Pending)) {
-			fmt.Fprintf(e.stdout, "%s: would run %s\n", id, strings.Join(rep.Pending[id], ", "))
-		}
+		e.printPending(rep, "would run")
 		fmt.Fprintf(e.stdout, "dry run, nothing changed: %s: %d to roll back to version %d (%s), %d at or below it, %d failed\n",
 			plural(rep.Tenants, "tenant"), rep.Migrated, to, plural(rep.Applied, "down migration"), atOrBelow, len(rep.Failed))
 	} else {
 		fmt.Fprintf(e.stdout, "%s: %d rolled back to version %d (%s run), %d at or below it, %d failed\n",
 			plural(rep.Tenants, "tenant"), rep.Migrated, to, plural(rep.Applied, "down migration"), atOrBelow, len(rep.Failed))
 	}
-	if len(rep.Failed) > 0 {
-		return exitFailed
-	}
-	return exitOK
+	return failedStatus(rep)
 }
 
+// status: schema version, pending migrations, size and last change.
 func (e *env) status(args []string) (status int) {
 	f := e.newFlags("status")
 	mig := f.String("migrations", "", "`directory` of migration files, to list pending migrations (without it: unknown)")
