@@ -427,10 +427,10 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	if _, err := os.Stat(src + "-wal"); err == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
-		if err := copyFile(src, stage); err != nil {
+		if err := copyFile(src, stage, false); err != nil {
 			return err
 		}
-		if err := copyFile(src+"-wal", stage+"-wal"); err != nil {
+		if err := copyFile(src+"-wal", stage+"-wal", false); err != nil {
 			return err
 		}
 		src, params = stage, ""
@@ -447,8 +447,9 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	return copyDatabase(ctx, dst, s)
 }
 
-// copyFile copies a file's bytes to a new file of mode 0600.
-func copyFile(src, dst string) error {
+// copyFile copies a file's bytes to a new file of mode 0600 (whatever the
+// umask); durable also syncs it before it is closed.
+func copyFile(src, dst string, durable bool) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -459,6 +460,12 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(0o600)
+	}
+	if err == nil && durable {
+		err = out.Sync()
+	}
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -146,26 +145,7 @@ func createEmpty(p string) error {
 // copyTemplate writes a new tenant file at dst from the template at src
 // and stamps its ledger with the time of this creation.
 func (r *router) copyTemplate(ctx context.Context, src, dst string, tt *tenantTel) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(out, in)
-	if err == nil {
-		err = out.Chmod(0o600)
-	}
-	if err == nil {
-		err = out.Sync()
-	}
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := copyFile(src, dst, true); err != nil {
 		return err
 	}
 	c, err := r.conns.openPath(dst, r.conns.writerParams)
