@@ -51,11 +51,15 @@ func mayOpenTx(query string) bool {
 		j++
 	}
 	if j == i {
-		info := sqlscan.Scan(query) // a comment first, or no statement
-		return info.Multi || info.Keyword == "BEGIN" || info.Keyword == "SAVEPOINT"
+		return opensTx(sqlscan.Scan(query)) // a comment first, or no statement
 	}
 	if w := query[i:j]; strings.EqualFold(w, "BEGIN") || strings.EqualFold(w, "SAVEPOINT") {
 		return true
 	}
 	return strings.IndexByte(query[j:], ';') >= 0 && sqlscan.Scan(query).Multi
+}
+
+// opensTx is mayOpenTx for a text already scanned.
+func opensTx(info sqlscan.Info) bool {
+	return info.Multi || info.Keyword == "BEGIN" || info.Keyword == "SAVEPOINT"
 }

@@ -296,7 +296,8 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // transaction begun on a reader the statement can only run on that reader,
 // so route keeps it and the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
-	s := &stmt{c: c, query: query, numInput: -1, returning: sqlscan.Scan(query).Returning, mayTx: mayOpenTx(query)}
+	info := sqlscan.Scan(query)
+	s := &stmt{c: c, query: query, numInput: -1, returning: info.Returning, mayTx: opensTx(info)}
 	pc, err := c.route(ctx, c.pc == nil && c.prepareOnWriter(query))
 	if err == errNoRoute {
 		return s, nil // prepared on each tenant when it executes
