@@ -89,6 +89,7 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	}
 	t.lease = lease
 	t.lost.Store(lease.Lost())
+	r.lostLeases.Delete(t.id)
 	t.fenced.Store(false)
 	if gen := lease.Generation(); t.gen.Swap(gen) != gen {
 		// Litestream's files beside t describe another generation's replica.
@@ -111,6 +112,10 @@ func (r *router) watchLease(t *tenant, lease TenantLease) {
 	if cur, _ := t.lost.Load().(<-chan struct{}); cur != lease.Lost() {
 		return // released (Release closes Lost too) or replaced
 	}
+	// Remembered beyond t, which may be let go from the registry below:
+	// a write acknowledged before the loss was noticed must not have its
+	// SyncTenant succeed on the next object for the ID (stillOwned).
+	r.lostLeases.Store(t.id, struct{}{})
 	if !t.wsem.TryAcquire() {
 		t.fenced.Store(true) // closed by the next user (unfence)
 		return
@@ -155,6 +160,13 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 		r.tel.ownership(t.tel, "released")
 	}
 }
+
+// closedLost is the Lost channel of a lease lost before t was made.
+var closedLost = func() <-chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
 
 // stillOwned fails if t's last lease was lost: a sync that completed may
 // have completed after its deadline, when another node may have taken t

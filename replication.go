@@ -530,7 +530,10 @@ var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empt
 // is in its replica: the barrier before acknowledging a write that must
 // survive the loss of this machine. A tenant that is not open here was
 // synced when it was closed; if that sync failed, SyncTenant opens the
-// tenant to sync it again. It fails when replication is off.
+// tenant to sync it again. It fails when replication is off, and with
+// Config.Ownership it fails with ErrNotOwner once this node's last lease on
+// the tenant was lost (open here or not, until the node owns it again):
+// what it wrote may not be in the generation another node now serves.
 func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
 	const op = opSyncTenant
 	r := p.c.r
@@ -562,6 +565,11 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 				return opError(opSyncTenant, t.id, err)
 			}
 			return r.stillOwned(t)
+		}
+		if err := r.stillOwned(t); err != nil {
+			// Closed because its lease was lost: whatever its last sync
+			// did, it may not be in the generation another node serves.
+			return err
 		}
 		if !t.unsynced.Load() {
 			return nil

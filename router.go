@@ -40,6 +40,7 @@ type router struct {
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
 	isClosed   atomic.Bool
 	forgotten  atomic.Int64 // idle tenant objects let go from the registry (forgetIdle)
+	lostLeases sync.Map     // tenant ID -> struct{}: this node's last lease on it was lost (ownership.go)
 
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)
@@ -118,7 +119,13 @@ func (r *router) tenant(id string) (*tenant, error) {
 			if err := checkTenantID(id); err != nil {
 				return nil, opError(opRoute, id, err)
 			}
-			v, _ = r.tenants.LoadOrStore(id, newTenant(r, id))
+			t := newTenant(r, id)
+			if _, lost := r.lostLeases.Load(id); lost {
+				// An earlier object lost its lease and was let go: this
+				// one answers Generation and SyncTenant as that one would.
+				t.lost.Store(closedLost)
+			}
+			v, _ = r.tenants.LoadOrStore(id, t)
 		}
 		if t := v.(*tenant); t.pin() {
 			return t, nil

@@ -200,6 +200,42 @@ func TestOwnership_LeaseLost(t *testing.T) {
 	}
 }
 
+// A write whose lease ends before it is acknowledged is never reported
+// durable: once the lease is lost the tenant is closed and let go from the
+// registry, and SyncTenant (on the next object for the ID) and Generation
+// still say the write may be lost, until the node owns the tenant again.
+func TestOwnership_SyncAfterLeaseLostAndForgotten(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a := g.ownerNode(t, srv, "a", 4)
+	insert(t, a.p, "acme", "unsynced")
+
+	srv.Stop()
+	sqliteproxytest.WaitFor(t, 10*time.Second, "acme closed after a's lease on it was lost", func() bool {
+		_, ok := a.p.Generation("acme")
+		return !ok && a.p.Stats().OpenTenants == 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.p.SyncTenant(ctx, "acme"); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Fatalf("SyncTenant after the lease was lost: %v, want ErrNotOwner", err)
+	}
+	if gen, ok := a.p.Generation("acme"); ok {
+		t.Fatalf("Generation after the lease was lost: %d, true", gen)
+	}
+
+	srv.Restart(t)
+	sqliteproxytest.WaitFor(t, 30*time.Second, "a writes acme again", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('after')`)
+		return err == nil
+	})
+	if err := a.p.SyncTenant(ctx, "acme"); err != nil {
+		t.Fatalf("SyncTenant once a owns acme again: %v", err)
+	}
+}
+
 // Only the owner deletes a tenant, and the delete erases every generation.
 func TestOwnership_Delete(t *testing.T) {
 	g := newRig(t, "s3")

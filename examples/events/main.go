@@ -277,7 +277,13 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 		// Which node wrote it, under which generation of the tenant: the
 		// generation is read after the write, and SyncTenant below fails
 		// if the lease ended meanwhile.
-		gen, _ := s.p.Generation(id)
+		gen, ok := s.p.Generation(id)
+		if !ok {
+			// The lease ended after the write: it may be lost with the
+			// generation it went to, so it is not acknowledged.
+			serverError(w, r, "insert event", sqliteproxy.ErrNotOwner)
+			return
+		}
 		w.Header().Set("X-Sqliteproxy-Node", s.node)
 		w.Header().Set("X-Sqliteproxy-Generation", strconv.FormatInt(gen, 10))
 	}
