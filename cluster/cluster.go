@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
@@ -160,14 +161,17 @@ type Cluster struct {
 
 	cache   ownerCache
 	proxies sync.Map // owner URL -> *httputil.ReverseProxy
+
+	acquired atomic.Pointer[func(id string, err error)] // tests: called as an acquire ends, before its joiners see it
 }
 
 var _ sqliteproxy.Ownership = (*Cluster)(nil)
 
 type acquireCall struct {
-	done  chan struct{}
-	lease *tenantLease
-	err   error
+	done    chan struct{}
+	lease   *tenantLease
+	err     error
+	joiners int // callers waiting for it besides the one making it; guarded by Cluster.mu
 }
 
 // New joins the cluster: it connects to etcd, grants the node lease and
@@ -475,6 +479,7 @@ func (c *Cluster) acquireShared(ctx context.Context, id string) (*tenantLease, e
 			return l, nil
 		}
 		if call := c.pending[id]; call != nil {
+			call.joiners++
 			c.mu.Unlock()
 			select {
 			case <-call.done:
@@ -494,6 +499,9 @@ func (c *Cluster) acquireShared(ctx context.Context, id string) (*tenantLease, e
 		c.mu.Unlock()
 
 		l, err := c.acquire(ctx, id)
+		if f := c.acquired.Load(); f != nil {
+			(*f)(id, err)
+		}
 
 		c.mu.Lock()
 		delete(c.pending, id)

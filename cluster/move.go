@@ -88,7 +88,30 @@ func (c *Cluster) takeMoved(id string) {
 		defer c.wg.Done()
 		ctx, cancel := context.WithTimeout(c.ctx, opTimeout)
 		defer cancel()
-		_, _ = c.acquireShared(ctx, id) // an *OwnerError while the owner still holds it: retried on its release
+		for {
+			_, err := c.acquireShared(ctx, id)
+			var oe *sqliteproxy.OwnerError
+			if err == nil || !errors.As(err, &oe) {
+				return
+			}
+			// An *OwnerError: the owner held it when this attempt, or the
+			// one it joined, read etcd. Its release reacts with another
+			// takeMoved, but one that joined an attempt begun before the
+			// release gets that attempt's error: so while the move still
+			// targets this node, look again unless the cache (updated
+			// before react) says the owner still holds it.
+			if tgt, ok := c.cache.move(id); !ok || tgt != c.cfg.NodeID {
+				return
+			}
+			if _, held := c.cache.owner(id); held {
+				return // its release reacts again
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
 	}()
 }
 

@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
 
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 )
@@ -77,5 +81,78 @@ func TestMove(t *testing.T) {
 	}
 	if err := adm.Move(ctx, "t2", "nobody"); err == nil {
 		t.Error("a move to a node that does not exist succeeded")
+	}
+}
+
+// The target's attempt to take a moving tenant reads etcd while the owner
+// still holds it, and the owner releases before that attempt ends: the
+// takeMoved that the release triggers joins the attempt and gets its
+// *OwnerError. The target must look again rather than leave the move
+// waiting forever (TestMove failed in CI this way, 1 run in many).
+func TestMove_ReleaseDuringTargetAttempt(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	adm := newAdmin(t, srv)
+	ctx := ctxT(t, 30*time.Second)
+	la, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	firstFailed := make(chan struct{})
+	var held, joined atomic.Bool
+	hook := func(id string, err error) {
+		var oe *sqliteproxy.OwnerError
+		if id != "t1" || !errors.As(err, &oe) || !held.CompareAndSwap(false, true) {
+			return
+		}
+		close(firstFailed)
+		// Hold this attempt until the release is in b's cache and another
+		// takeMoved has joined it.
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			_, owned := b.cache.owner("t1")
+			b.mu.Lock()
+			n := 0
+			if call := b.pending["t1"]; call != nil {
+				n = call.joiners
+			}
+			b.mu.Unlock()
+			if !owned && n > 0 {
+				joined.Store(true)
+				return
+			}
+			time.Sleep(time.Millisecond) // polling b's state, bounded by the deadline
+		}
+	}
+	b.acquired.Store(&hook)
+
+	done := make(chan error, 1)
+	go func() { done <- adm.Move(ctx, "t1", "b") }()
+	select {
+	case <-la.Lost():
+	case <-ctx.Done():
+		t.Fatal("the owner's lease did not end for the move")
+	}
+	select {
+	case <-firstFailed:
+	case <-ctx.Done():
+		t.Fatal("b never tried to take t1 while a held it")
+	}
+	if err := la.Release(ctx, 77); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Move: %v", err)
+	}
+	if !joined.Load() {
+		t.Fatal("the race was not set up: no takeMoved joined b's first attempt after the release")
+	}
+	lb, err := b.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := lb.Previous(); g != la.Generation() || p != 77 {
+		t.Errorf("b: Previous %d, %d; want %d, 77", g, p, la.Generation())
 	}
 }

@@ -138,8 +138,10 @@ func (c *Cluster) load() (int64, error) {
 	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
 		id := strings.TrimPrefix(string(kv.Key), movesPrefix)
 		moves[id] = string(kv.Value)
-		c.onMove(id, string(kv.Value))
 	}
 	c.cache.reset(owners, nodes, moves)
+	for id, tgt := range moves { // after reset: takeMoved reads the cache
+		c.onMove(id, tgt)
+	}
 	return r.Header.Revision, nil
 }
