@@ -185,13 +185,7 @@ func TestOwnership_LeaseLost(t *testing.T) {
 		t.Fatal("a wrote acme without a lease")
 	}
 
-	srv.Restart(t)
-	sqliteproxytest.WaitFor(t, 30*time.Second, "a writes acme again", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('after')`)
-		return err == nil
-	})
+	restartAndWrite(t, srv, a, "acme", "after")
 	if gen2, ok := a.p.Generation("acme"); !ok || gen2 <= gen1 {
 		t.Fatalf("after recovery: generation %d, %v; want > %d", gen2, ok, gen1)
 	}
@@ -224,16 +218,23 @@ func TestOwnership_SyncAfterLeaseLostAndForgotten(t *testing.T) {
 		t.Fatalf("Generation after the lease was lost: %d, true", gen)
 	}
 
-	srv.Restart(t)
-	sqliteproxytest.WaitFor(t, 30*time.Second, "a writes acme again", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('after')`)
-		return err == nil
-	})
+	restartAndWrite(t, srv, a, "acme", "after")
 	if err := a.p.SyncTenant(ctx, "acme"); err != nil {
 		t.Fatalf("SyncTenant once a owns acme again: %v", err)
 	}
+}
+
+// restartAndWrite restarts etcd and waits until node n writes event name
+// to tenant id again (it takes a new lease once etcd is back).
+func restartAndWrite(t *testing.T, srv *etcdtest.Server, n *ownerNode, id, name string) {
+	t.Helper()
+	srv.Restart(t)
+	sqliteproxytest.WaitFor(t, 30*time.Second, n.id+" writes "+id+" again", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := n.p.ExecContext(sqliteproxy.WithOrgID(ctx, id), `INSERT INTO events (name) VALUES (?)`, name)
+		return err == nil
+	})
 }
 
 // Only the owner deletes a tenant, and the delete erases every generation.
