@@ -246,11 +246,15 @@ func (c *pgCluster) stop() error {
 // pgSchema is the article's events table plus tenant_id (filled in from
 // app.tenant by default, so the application's INSERT is the single-tenant
 // one), an index on (tenant_id, id), and row level security enabled,
-// forced, and keyed on the per-transaction setting app.tenant.
+// forced, and keyed on the per-transaction setting app.tenant. The CHECK
+// matters: once a session has set app.tenant in a transaction, the
+// setting reads '' afterwards, and without it a statement run outside a
+// tenant's transaction would insert rows of tenant '' (the policy's
+// WITH CHECK holds: '' = '').
 const pgSchema = `
 CREATE TABLE events (
 	id         BIGSERIAL PRIMARY KEY,
-	tenant_id  TEXT NOT NULL DEFAULT current_setting('app.tenant'),
+	tenant_id  TEXT NOT NULL DEFAULT current_setting('app.tenant') CHECK (tenant_id <> ''),
 	name       TEXT NOT NULL,
 	created_at TIMESTAMPTZ DEFAULT now()
 );
