@@ -248,9 +248,9 @@ func (c *pgCluster) stop() error {
 // one), an index on (tenant_id, id), and row level security enabled,
 // forced, and keyed on the per-transaction setting app.tenant. The CHECK
 // matters: once a session has set app.tenant in a transaction, the
-// setting reads '' afterwards, and without it a statement run outside a
-// tenant's transaction would insert rows of tenant '' (the policy's
-// WITH CHECK holds: '' = '').
+// setting reads ” afterwards, and without it a statement run outside a
+// tenant's transaction would insert rows of tenant ” (the policy's
+// WITH CHECK holds: ” = ”).
 const pgSchema = `
 CREATE TABLE events (
 	id         BIGSERIAL PRIMARY KEY,
