@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
 )
 
 // The benchmarks run each workload on both systems in one process, at
@@ -24,8 +26,11 @@ type worker func(rng *rand.Rand, i int64) (kind int, err error)
 
 // runOps runs the workers until b.N attempts, all together, have been made.
 func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
-	if db := dbOf(t); db != nil && t.impl() == "proxy" {
-		db.SetMaxIdleConns(len(workers)) // routing conns: cheap, keep them
+	pt, _ := t.(*proxyTarget)
+	var st0 sqliteproxy.Stats
+	if pt != nil {
+		pt.p.SetMaxIdleConns(max(len(workers), 100)) // routing conns: cheap, keep them
+		st0 = pt.p.Stats()
 	}
 	n := b.N
 	lat := make([]time.Duration, n)
@@ -90,6 +95,13 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 		}
 	}
 	b.ReportMetric(float64(n-ok)/float64(n), "errors/op")
+	if pt != nil {
+		// Tenants the proxy closed to stay under MaxConnections, and how
+		// often a caller waited for a connection (budget or writer).
+		st := pt.p.Stats()
+		b.ReportMetric(float64(st.Evictions-st0.Evictions)/float64(n), "evictions/op")
+		b.ReportMetric(float64(st.Waits-st0.Waits)/float64(n), "waits/op")
+	}
 	if ok > 0 {
 		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(ok), "ns/op")
 	} else {
@@ -98,7 +110,7 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 	if firstErr != nil {
 		// The proxy must not fail; nor must PostgreSQL in the smoke run
 		// (-short), where an error means a broken statement.
-		if t.impl() == "proxy" || testing.Short() {
+		if pt != nil || testing.Short() {
 			b.Errorf("impl=%s: %d failures of %d attempts; first: %v", t.impl(), n-ok, n, firstErr)
 		} else {
 			b.Logf("impl=%s: %d failures of %d attempts; first: %v", t.impl(), n-ok, n, firstErr)
@@ -108,18 +120,16 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 
 func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
-func dbOf(t target) interface{ SetMaxIdleConns(int) } {
-	if p, ok := t.(*proxyTarget); ok {
-		return p.p.DB
-	}
-	return nil
-}
-
 // forEach runs fn as sub-benchmarks on both systems, each holding n
-// tenants of rows rows, at both durability pairings.
-func forEach(b *testing.B, n, rows int, fn func(b *testing.B, t target)) {
+// tenants of rows rows, at both durability pairings; with maxConns, also
+// on a proxy whose MaxConnections is maxConns (impl=proxy-max<maxConns>).
+func forEach(b *testing.B, n, rows int, fn func(b *testing.B, t target), maxConns ...int) {
 	for _, pr := range pairings {
-		for _, t := range newTargets(b, n, rows, pr) {
+		ts := newTargets(b, n, rows, pr)
+		for _, m := range maxConns {
+			ts = append(ts, newProxyTargetCap(b, n, rows, pr.sqlite, m))
+		}
+		for _, t := range ts {
 			b.Run("sync="+pr.name+"/impl="+t.impl(), func(b *testing.B) { fn(b, t) })
 		}
 	}
@@ -220,6 +230,10 @@ var rw = []string{"reads", "writes"}
 
 // BenchmarkTenants100x4: 100 tenants of 1 000 rows, four goroutines on
 // each (400 in all), each goroutine reading three times for every write.
+// The proxy's default cap of 100 connections is less than these tenants
+// use at once (a writer and up to three readers each), so it evicts
+// tenants all along (evictions/op); impl=proxy-max500 is the same proxy
+// with MaxConnections 500, the cap this workload needs.
 func BenchmarkTenants100x4(b *testing.B) {
 	const tenants = 100
 	forEach(b, tenants, seedRows, func(b *testing.B, t target) {
@@ -230,7 +244,7 @@ func BenchmarkTenants100x4(b *testing.B) {
 			}
 		}
 		runOps(b, t, rw, ws...)
-	})
+	}, 500)
 }
 
 // BenchmarkWriters8: eight goroutines inserting into one tenant.

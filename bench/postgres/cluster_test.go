@@ -30,13 +30,15 @@ import (
 // creates; otherwise as the current user.
 
 // pgSettings are the server settings the clusters run with, besides
-// PostgreSQL 15's defaults (shared_buffers=128MB, max_connections=100,
-// wal_sync_method=fdatasync, full_page_writes=on, autovacuum=on, ...).
-// synchronous_commit is set per connection pool (see pgSync).
+// PostgreSQL 15's defaults (shared_buffers=128MB, wal_sync_method=fdatasync,
+// full_page_writes=on, autovacuum=on, ...): max_connections leaves room
+// for the superuser's connections beside the application's pool of
+// pgPoolSize. synchronous_commit is set per connection pool (pairing).
 var pgSettings = []string{
 	"listen_addresses=",
 	"fsync=on",
 	"synchronous_commit=on",
+	"max_connections=120",
 }
 
 type pgCluster struct {
@@ -272,7 +274,7 @@ GRANT USAGE ON SEQUENCE events_id_seq TO app;
 // SetMaxIdleConns): enough for the eight writers of Writers8 to run at
 // once, 8 backends per core on this 2-core machine; the 400 goroutines of
 // Tenants100x4 queue for it (pgxpool's default would be max(4, cores)).
-const pgPoolSize = 16
+const pgPoolSize = 100
 
 var dbSeq int
 

@@ -63,12 +63,13 @@ type preparedInsert func(i int, name string) error
 // --- the proxy
 
 type proxyTarget struct {
+	name string
 	p    *sqliteproxy.Proxy
 	ids  []string
 	ctxs []context.Context
 }
 
-func (t *proxyTarget) impl() string { return "proxy" }
+func (t *proxyTarget) impl() string { return t.name }
 
 // do gives fn the tenant's context: the proxy routes each call by it.
 func (t *proxyTarget) do(i int, tx bool, fn func(ctx context.Context, q querier) error) error {
@@ -107,6 +108,12 @@ func (t *proxyTarget) prepareInsert(tb testing.TB) preparedInsert {
 // synchronous=sync and otherwise its defaults (MaxConnections 100, 4
 // readers per tenant, group commit on).
 func newProxyTarget(tb testing.TB, n, rows int, sync string) *proxyTarget {
+	return newProxyTargetCap(tb, n, rows, sync, 0)
+}
+
+// newProxyTargetCap is newProxyTarget with MaxConnections maxConns
+// (0: the default), named "proxy-max<maxConns>" when it is set.
+func newProxyTargetCap(tb testing.TB, n, rows int, sync string, maxConns int) *proxyTarget {
 	tb.Helper()
 	dir := tb.TempDir()
 	ids := tenantIDs(n)
@@ -117,12 +124,15 @@ func newProxyTarget(tb testing.TB, n, rows int, sync string) *proxyTarget {
 		}
 	}
 	syscall.Sync()
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Synchronous: sync, Migrations: []string{eventsSchema}})
+	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: dir, Synchronous: sync, MaxConnections: maxConns, Migrations: []string{eventsSchema}})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { p.Close() })
-	t := &proxyTarget{p: p, ids: ids}
+	t := &proxyTarget{name: "proxy", p: p, ids: ids}
+	if maxConns != 0 {
+		t.name = fmt.Sprintf("proxy-max%d", maxConns)
+	}
 	for _, id := range ids {
 		t.ctxs = append(t.ctxs, sqliteproxy.WithOrgID(context.Background(), id))
 	}

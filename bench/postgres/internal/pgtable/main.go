@@ -36,10 +36,11 @@ type row struct {
 type results struct {
 	order []row
 	m     map[row]map[string]map[string][]float64
+	impls map[row][]string // in order of appearance
 }
 
 func parse(in io.Reader) (*results, error) {
-	res := &results{m: map[row]map[string]map[string][]float64{}}
+	res := &results{m: map[row]map[string]map[string][]float64{}, impls: map[row][]string{}}
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
@@ -76,6 +77,7 @@ func parse(in io.Reader) (*results, error) {
 		}
 		if res.m[r][impl] == nil {
 			res.m[r][impl] = map[string][]float64{}
+			res.impls[r] = append(res.impls[r], impl)
 		}
 		// f[1] is b.N; then value-unit pairs.
 		for i := 2; i+1 < len(f); i += 2 {
@@ -130,8 +132,8 @@ func run(in io.Reader, out io.Writer) error {
 	lat := func(r row, impl, prefix string) string {
 		return get(r, impl, prefix+"p50-µs", us) + " / " + get(r, impl, prefix+"p99-µs", us)
 	}
-	ratio := func(r row, unit string) string {
-		p, ok1 := res.median(r, "proxy", unit)
+	ratio := func(r row, impl, unit string) string {
+		p, ok1 := res.median(r, impl, unit)
 		q, ok2 := res.median(r, "postgres", unit)
 		if !ok1 || !ok2 || q == 0 {
 			return "—"
@@ -145,18 +147,28 @@ func run(in io.Reader, out io.Writer) error {
 		if r.op != "" {
 			continue
 		}
-		w("| %s | %s | %s | %s | %s | %s | %s | %s, %s |\n", r.name, durability[r.sync],
-			get(r, "proxy", "ok-ops/s", ops), get(r, "postgres", "ok-ops/s", ops), ratio(r, "ok-ops/s"),
-			lat(r, "proxy", ""), lat(r, "postgres", ""),
-			get(r, "proxy", "errors/op", errs), get(r, "postgres", "errors/op", errs))
-		for _, kind := range []string{"reads", "writes"} {
-			if _, ok := res.median(r, "proxy", kind+"-ok-ops/s"); !ok {
+		// The proxy, then its variants (impl=proxy-...), each beside PostgreSQL.
+		for _, impl := range res.impls[r] {
+			if impl != "proxy" && !strings.HasPrefix(impl, "proxy-") {
 				continue
 			}
-			p := kind + "-"
-			w("| … %s | | %s | %s | %s | %s | %s | |\n", kind,
-				get(r, "proxy", p+"ok-ops/s", ops), get(r, "postgres", p+"ok-ops/s", ops), ratio(r, p+"ok-ops/s"),
-				lat(r, "proxy", p), lat(r, "postgres", p))
+			label := r.name
+			if impl != "proxy" {
+				label += " (" + impl + ")"
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s | %s, %s |\n", label, durability[r.sync],
+				get(r, impl, "ok-ops/s", ops), get(r, "postgres", "ok-ops/s", ops), ratio(r, impl, "ok-ops/s"),
+				lat(r, impl, ""), lat(r, "postgres", ""),
+				get(r, impl, "errors/op", errs), get(r, "postgres", "errors/op", errs))
+			for _, kind := range []string{"reads", "writes"} {
+				if _, ok := res.median(r, impl, kind+"-ok-ops/s"); !ok {
+					continue
+				}
+				p := kind + "-"
+				w("| … %s | | %s | %s | %s | %s | %s | |\n", kind,
+					get(r, impl, p+"ok-ops/s", ops), get(r, "postgres", p+"ok-ops/s", ops), ratio(r, impl, p+"ok-ops/s"),
+					lat(r, impl, p), lat(r, "postgres", p))
+			}
 		}
 	}
 
@@ -171,7 +183,7 @@ func run(in io.Reader, out io.Writer) error {
 	}
 	dur := func(ns float64) string { return time.Duration(ns).Round(10 * time.Microsecond).String() }
 	kb := func(v float64) string { return fmt.Sprintf("%.0f kB", v/1000) }
-	w("\n| one tenant | sync | proxy time | PostgreSQL time | proxy / PostgreSQL | proxy bytes | PostgreSQL bytes | PostgreSQL after delete: VACUUM, space freed |\n")
+	w("\n| one tenant | sync | proxy time | PostgreSQL time | proxy / PostgreSQL (time) | proxy bytes | PostgreSQL bytes | PostgreSQL after delete: VACUUM, space freed |\n")
 	w("|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, r := range life {
 		extra := ""
@@ -180,7 +192,7 @@ func run(in io.Reader, out io.Writer) error {
 				get(r, "postgres", "freed-bytes/op", kb), get(r, "postgres", "bytes/op", kb), get(r, "proxy", "freed-bytes/op", kb))
 		}
 		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.op, durability[r.sync],
-			get(r, "proxy", "ns/op", dur), get(r, "postgres", "ns/op", dur), ratio(r, "ns/op"),
+			get(r, "proxy", "ns/op", dur), get(r, "postgres", "ns/op", dur), ratio(r, "proxy", "ns/op"),
 			get(r, "proxy", "bytes/op", kb), get(r, "postgres", "bytes/op", kb), extra)
 	}
 	return nil

@@ -21,6 +21,7 @@ func TestRun(t *testing.T) {
 		"| Insert | FULL / on | 2500 | 2120 | 1.18 | 245 µs / 2.7 ms | 348 µs / 2.6 ms | 0, 0.25 |",
 		"| WorkingSet | NORMAL / off | 413 | 2106 | 0.20 |",
 		"| … writes | | 138 | 702 | 0.20 | 4.5 ms / 4.5 ms | 1.4 ms / 1.4 ms | |",
+		"| WorkingSet (proxy-max500) | NORMAL / off | 827 | 2106 | 0.39 |",
 		"| delete | FULL / on | 1.43ms | 66.65ms | 0.02 | 365 kB | 978 kB | VACUUM 8 ms; freed 598 kB of 978 kB (proxy: 397 kB) |",
 	} {
 		if !strings.Contains(out.String(), want) {
