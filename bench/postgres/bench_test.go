@@ -121,7 +121,8 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 // forEach runs fn as sub-benchmarks on both systems, each holding n
-// tenants of rows rows, at both durability pairings; with maxConns, also
+// tenants of rows rows, at both durability pairings, one after the other;
+// with maxConns, also
 // on a proxy whose MaxConnections is maxConns (impl=proxy-max<maxConns>).
 func forEach(b *testing.B, n, rows int, fn func(b *testing.B, t target), maxConns ...int) {
 	for _, pr := range pairings {
@@ -131,6 +132,13 @@ func forEach(b *testing.B, n, rows int, fn func(b *testing.B, t target), maxConn
 		}
 		for _, t := range ts {
 			b.Run("sync="+pr.name+"/impl="+t.impl(), func(b *testing.B) { fn(b, t) })
+		}
+		// Done with this pairing: its pools must not hold connections
+		// (PostgreSQL's connection slots) while the next one runs.
+		for _, t := range ts {
+			if err := t.close(); err != nil {
+				b.Error(err)
+			}
 		}
 	}
 }

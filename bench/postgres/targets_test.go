@@ -47,6 +47,8 @@ type target interface {
 	do(i int, tx bool, fn func(ctx context.Context, q querier) error) error
 	seedID(i, k int) int64 // id of tenant i's k-th seeded row (k from 0)
 	prepareInsert(tb testing.TB) preparedInsert
+	// close closes the connections (the cleanups of tb drop the data).
+	close() error
 }
 
 // querier is a *sql.DB or a *sql.Tx.
@@ -70,6 +72,8 @@ type proxyTarget struct {
 }
 
 func (t *proxyTarget) impl() string { return t.name }
+
+func (t *proxyTarget) close() error { return t.p.Close() }
 
 // do gives fn the tenant's context: the proxy routes each call by it.
 func (t *proxyTarget) do(i int, tx bool, fn func(ctx context.Context, q querier) error) error {
@@ -211,6 +215,8 @@ type pgTarget struct {
 }
 
 func (t *pgTarget) impl() string { return "postgres" }
+
+func (t *pgTarget) close() error { return t.db.Close() }
 
 // do is what a pooled application does for each operation: take a
 // connection, BEGIN, set the tenant for this transaction only
