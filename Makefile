@@ -107,7 +107,7 @@ postgres:
 ## the README's tables (medians of $(COUNT) runs)
 bench-postgres:
 	bench/postgres/install-postgres.sh
-	cd bench/postgres && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Insert|SingleQuery|Query10Rows|Tx5Inserts|PreparedInsert|Tenants100x4|Writers8|WorkingSet' -count $(COUNT) -timeout 60m . | tee ../../bench-postgres.txt
+	cd bench/postgres && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Insert|SingleQuery|Query10Rows|Tx5Inserts|PreparedInsert|Tenants100x4|Writers8|WorkingSet|RoundTrip' -count $(COUNT) -timeout 60m . | tee ../../bench-postgres.txt
 	cd bench/postgres && $(GO) test -tags $(TAGS) -run '^$$' -bench 'TenantLifecycle' -benchtime 10x -count $(COUNT) -timeout 30m . | tee -a ../../bench-postgres.txt
 	cd bench/postgres && $(GO) run ./internal/pgtable < ../../bench-postgres.txt
 

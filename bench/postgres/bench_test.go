@@ -313,3 +313,16 @@ func touchAll(b *testing.B, t target, n int) {
 		b.FailNow()
 	}
 }
+
+// BenchmarkRoundTrip: one round trip to PostgreSQL through the same pool
+// (SELECT 1, no transaction, no tenant): the unit each PostgreSQL row
+// above pays at least four times (BEGIN, set_config, the statement,
+// COMMIT). Not part of the comparison; it says where the time goes.
+func BenchmarkRoundTrip(b *testing.B) {
+	t := newPGTarget(b, 1, 1, "on")
+	b.Run("impl=postgres", func(b *testing.B) {
+		runOps(b, t, nil, func(_ *rand.Rand, _ int64) (int, error) {
+			return 0, t.db.QueryRowContext(context.Background(), `SELECT 1`).Scan(new(int))
+		})
+	})
+}

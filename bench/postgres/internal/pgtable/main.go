@@ -172,6 +172,13 @@ func run(in io.Reader, out io.Writer) error {
 		}
 	}
 
+	for _, r := range res.order {
+		if r.name == "RoundTrip" {
+			w("\nOne PostgreSQL round trip through the same pool (SELECT 1, no transaction): %s ops/s, p50 / p99 %s.\n",
+				get(r, "postgres", "ok-ops/s", ops), lat(r, "postgres", ""))
+		}
+	}
+
 	var life []row
 	for _, r := range res.order {
 		if r.op != "" {

@@ -22,6 +22,7 @@ func TestRun(t *testing.T) {
 		"| WorkingSet | NORMAL / off | 413 | 2106 | 0.20 |",
 		"| … writes | | 138 | 702 | 0.20 | 4.5 ms / 4.5 ms | 1.4 ms / 1.4 ms | |",
 		"| WorkingSet (proxy-max500) | NORMAL / off | 827 | 2106 | 0.39 |",
+		"One PostgreSQL round trip through the same pool (SELECT 1, no transaction): 32863 ops/s, p50 / p99 24 µs / 104 µs.",
 		"| delete | FULL / on | 1.43ms | 66.65ms | 0.02 | 365 kB | 978 kB | VACUUM 8 ms; freed 598 kB of 978 kB (proxy: 397 kB) |",
 	} {
 		if !strings.Contains(out.String(), want) {
