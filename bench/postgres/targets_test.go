@@ -30,13 +30,17 @@ const (
 // pairing is a durability level, the same on both sides: sync=full is
 // the proxy's synchronous=FULL against synchronous_commit=on (a commit
 // is on disk when it returns); sync=normal is synchronous=NORMAL (the
-// proxy's default) against synchronous_commit=off.
+// proxy's default) against synchronous_commit=off. They are alike, not
+// equal: both can lose the last commits to a power loss, but only
+// PostgreSQL also to a crash of its server (up to 3 × wal_writer_delay,
+// 600 ms, of commits at off); SQLite at NORMAL has written each commit
+// to its WAL file before it returns, so a process crash loses nothing.
 type pairing struct{ name, sqlite, pg string }
 
 var pairings = []pairing{{"full", "FULL", "on"}, {"normal", "NORMAL", "off"}}
 
-// target is one system holding tenants ids, each with rows seeded rows
-// whose ids are base(i)+1 ... base(i)+rows.
+// target is one system holding tenants, each with seeded rows whose ids
+// seedID gives.
 type target interface {
 	impl() string
 	// do runs one application operation on tenant i: fn's statements,
