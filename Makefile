@@ -5,7 +5,7 @@ ADDR    ?= :8080
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication bench-cluster
+.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication bench-cluster postgres bench-postgres
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -36,7 +36,7 @@ run-cluster:
 	scripts/run-cluster.sh $(abspath cluster-data)
 
 ## test: everything CI runs: formatting, go mod tidy, vet, race-enabled tests
-test: check vet unit compat cli replica cluster examples replication
+test: check vet unit compat cli replica cluster examples replication postgres
 
 check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -47,6 +47,7 @@ check:
 	cd replica && $(GO) mod tidy -diff
 	cd cluster && $(GO) mod tidy -diff
 	cd examples && $(GO) mod tidy -diff
+	cd bench/postgres && $(GO) mod tidy -diff
 
 vet:
 	$(GO) vet -tags $(TAGS) ./...
@@ -92,6 +93,23 @@ bench-cluster:
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Forward|Ownership' -benchtime 2s -count $(COUNT) -timeout 60m . | tee ../bench-cluster.txt
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Failover' -benchtime 3x -count 2 -timeout 30m . | tee -a ../bench-cluster.txt
 	$(GO) run $(BENCHSTAT) -col /path bench-cluster.txt
+
+## postgres: the shared-PostgreSQL comparison (nested module bench/postgres) as a smoke test: a
+## throwaway PostgreSQL cluster (Debian's package, installed with apt-get when initdb is missing),
+## row level security isolation, and every workload a few iterations on both sides
+postgres:
+	bench/postgres/install-postgres.sh
+	cd bench/postgres && $(GO) vet -tags $(TAGS) ./... && \
+		$(GO) test -race -short -tags $(TAGS) -run . -bench . -benchtime 3x -timeout 10m ./...
+
+## bench-postgres: the proxy beside one shared PostgreSQL database with a tenant_id column and row
+## level security, same machine, same workloads, both durability pairings (bench/postgres), then
+## the README's tables (medians of $(COUNT) runs)
+bench-postgres:
+	bench/postgres/install-postgres.sh
+	cd bench/postgres && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Insert|SingleQuery|Query10Rows|Tx5Inserts|PreparedInsert|Tenants100x4|Writers8|WorkingSet|RoundTrip' -count $(COUNT) -timeout 60m . | tee ../../bench-postgres.txt
+	cd bench/postgres && $(GO) test -tags $(TAGS) -run '^$$' -bench 'TenantLifecycle' -benchtime 10x -count $(COUNT) -timeout 30m . | tee -a ../../bench-postgres.txt
+	cd bench/postgres && $(GO) run ./internal/pgtable < ../../bench-postgres.txt
 
 build:
 	$(GO) build -tags $(TAGS) ./...
