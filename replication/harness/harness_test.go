@@ -229,9 +229,13 @@ func TestPointInTime(t *testing.T) {
 				t.Error("restore at a time after the newest LTX file succeeded")
 			}
 
-			// S3 bounds come from LastModified in whole seconds: write batch
-			// C in the next second so that the newest object is listed after T.
-			time.Sleep(time.Until(at.Truncate(time.Second).Add(time.Second))) // wall clock
+			// S3 bounds come from LastModified in whole seconds, and the
+			// object store's file times come from the kernel's coarse clock,
+			// a tick or so behind the wall clock (an object written 3 ms
+			// into a second was listed in the second before): write batch C
+			// well into the next second so that its object is listed after T.
+			next := at.Truncate(time.Second).Add(time.Second)
+			time.Sleep(time.Until(next.Add(100 * time.Millisecond))) // wall clock
 			insert(t, db, 201, 100)
 			syncWait(t, ls.Client, path) // batch C: rows 201..300
 			if tc.name == "s3" {
@@ -239,8 +243,15 @@ func TestPointInTime(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				newest := time.Time{}
 				for _, o := range objs {
 					t.Logf("object %s %dB LastModified %s", o.Key, o.Size, o.LastModified.Format(time.RFC3339Nano))
+					if o.LastModified.After(newest) {
+						newest = o.LastModified
+					}
+				}
+				if newest.Before(next) {
+					t.Fatalf("batch C's object is listed before %s: the bound would refuse T", next.UTC().Format(time.RFC3339))
 				}
 			}
 
