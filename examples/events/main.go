@@ -31,7 +31,8 @@
 // tenant nobody owns is taken here, and POST /events answers with headers
 // X-Sqliteproxy-Node and X-Sqliteproxy-Generation: the node that wrote the
 // event and its lease's generation. A tenant being moved answers 503 with
-// Retry-After.
+// Retry-After, and so does a write whose lease ended before it could be
+// acknowledged (it may or may not survive: retry it).
 //
 // The body of POST /events is decoded with encoding/json, which matches
 // field names case-insensitively: {"name": "..."} works as well.
