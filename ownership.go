@@ -157,6 +157,10 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := lease.Release(ctx, pos); err == nil {
+		// Released with its final position (a move ends the lease this
+		// way): everything synced is where the next owner restores from,
+		// so the tenant is not lost for SyncTenant.
+		r.lostLeases.Delete(t.id)
 		r.tel.ownership(t.tel, "released")
 	}
 }
