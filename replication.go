@@ -533,7 +533,8 @@ var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empt
 // tenant to sync it again. It fails when replication is off, and with
 // Config.Ownership it fails with ErrNotOwner once this node's last lease on
 // the tenant was lost (open here or not, until the node owns it again):
-// what it wrote may not be in the generation another node now serves.
+// what it wrote may not be in the generation another node now serves. A
+// lease given up with its final position (eviction, a move) is not lost.
 func (p *Proxy) SyncTenant(ctx context.Context, id string) error {
 	const op = opSyncTenant
 	r := p.c.r
