@@ -146,9 +146,10 @@ func (r *router) forget(t *tenant) { r.tenants.CompareAndDelete(t.id, t) }
 // when the tenant is closed and its final sync succeeds, so a tenant that
 // keeps one stays until it is released or lost), a registration with
 // Litestream, a final sync that failed (SyncTenant and resync retry it).
-// Its telemetry state goes with it (the next object builds its own). haveWsem says the caller
-// holds t's writer semaphore; if somebody else holds it, t stays, and is
-// let go when that holder unpins it or evicts it.
+// Its telemetry state goes with it (the next object builds its own); a
+// lost lease outlives it in lostLeases. haveWsem says the caller holds t's
+// writer semaphore; if somebody else holds it, t stays, and is let go when
+// that holder unpins it or evicts it.
 //
 // Pins and the removal form a handshake: pinGone is set only while the
 // count is zero, after which no pin succeeds; the connections counted are
