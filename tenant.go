@@ -244,8 +244,8 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 	if pc, ok := t.popIdle(); ok {
 		return pc, nil
 	}
-	wctx, cancel := t.r.boundWait(ctx)
-	defer cancel()
+	bound := lazyBound{r: t.r, ctx: ctx}
+	defer bound.stop()
 	registered := false
 	var waitStart time.Time // set when this call first has to wait: one wait, however many wake-ups
 	defer func() {
@@ -277,7 +277,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			select {
 			case <-done:
 				continue
-			case <-wctx.Done():
+			case <-bound.done():
 				return nil, opError(opWaitReader, t.id, waitErr(ctx))
 			}
 		}
@@ -310,7 +310,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			}
 			select { // for a slot
 			case <-ch:
-			case <-wctx.Done():
+			case <-bound.done():
 				return nil, opError(opWaitReader, t.id, waitErr(ctx))
 			}
 			continue
@@ -331,7 +331,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 				return pc, nil
 			}
 			// nil: the tenant's readers were closed (eviction, drain): look again
-		case <-wctx.Done():
+		case <-bound.done():
 			t.mu.Lock()
 			if i := slices.Index(t.readerQ, q); i >= 0 {
 				t.readerQ = slices.Delete(t.readerQ, i, i+1)
