@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"errors"
@@ -455,11 +456,23 @@ func copyFile(src, dst string, durable bool) error {
 		return err
 	}
 	defer in.Close()
+	return createWith(dst, durable, in)
+}
+
+// writeNewFile creates the file p (failing if it exists, mode 0600) holding
+// b, synced.
+func writeNewFile(p string, b []byte) error {
+	return createWith(p, true, bytes.NewReader(b))
+}
+
+// createWith creates dst (failing if it exists, mode 0600 whatever the
+// umask) with what r holds, synced if durable.
+func createWith(dst string, durable bool, r io.Reader) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(out, in)
+	_, err = io.Copy(out, r)
 	if err == nil {
 		err = out.Chmod(0o600)
 	}

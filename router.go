@@ -331,6 +331,14 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
 	if len(r.mig.list) > 0 {
 		if tpl, err := r.template(ctx); err == nil {
+			start := time.Now()
+			if b, err := r.stampedTemplate(ctx, tpl, start); err == nil {
+				if err := writeNewFile(tmp, b); err != nil {
+					return opError(opCreateTenant, t.id, err)
+				}
+				r.reportCopiedMigrations(ctx, t.tel, start)
+				return nil
+			}
 			if err := r.copyTemplate(ctx, tpl, tmp, t.tel); err != nil {
 				return opError(opCreateTenant, t.id, err)
 			}

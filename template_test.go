@@ -3,9 +3,11 @@ package sqliteproxy
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -43,6 +45,18 @@ func schemaAndLedger(t *testing.T, path string) (schema []string, ledger []strin
 // first access), and its ledger is stamped with its own creation; the
 // template lives outside Dir and goes at Close.
 func TestTemplate_SameAsStepByStep(t *testing.T) {
+	for _, path := range []string{"memory", "file"} {
+		t.Run("path="+path, func(t *testing.T) {
+			if path == "file" {
+				memTemplateOff.Store(true)
+				t.Cleanup(func() { memTemplateOff.Store(false) })
+			}
+			testTemplateSameAsStepByStep(t)
+		})
+	}
+}
+
+func testTemplateSameAsStepByStep(t *testing.T) {
 	var migs []string
 	for i := range 50 {
 		migs = append(migs, fmt.Sprintf(`CREATE TABLE t%d (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t%d_v ON t%d (v)`, i, i, i))
@@ -55,8 +69,13 @@ func TestTemplate_SameAsStepByStep(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	before := time.Now().UTC()
 	if err := p.CreateTenant(context.Background(), "copied"); err != nil {
 		t.Fatal(err)
+	}
+	after := time.Now().UTC()
+	if hdr := fileHeader(t, filepath.Join(dir, "copied.db")); hdr[18] != 2 || hdr[19] != 2 {
+		t.Errorf("the copy's file format versions are %d, %d; want 2, 2 (WAL)", hdr[18], hdr[19])
 	}
 	if _, err := p.ExecContext(tctx("stepwise"), `INSERT INTO t0 (v) VALUES ('x')`); err != nil { // migrates the empty file
 		t.Fatal(err)
@@ -69,8 +88,12 @@ func TestTemplate_SameAsStepByStep(t *testing.T) {
 		t.Fatalf("template directory %q", tmplDir)
 	}
 	var stamped string
-	if err := p.QueryRowContext(tctx("copied"), `SELECT min(applied_at) FROM `+ledgerTable).Scan(&stamped); err != nil {
+	var stamps int
+	if err := p.QueryRowContext(tctx("copied"), `SELECT min(applied_at), count(DISTINCT applied_at) FROM `+ledgerTable).Scan(&stamped, &stamps); err != nil {
 		t.Fatal(err)
+	}
+	if at, err := time.Parse(time.RFC3339Nano, stamped); err != nil || at.Before(before) || at.After(after) || stamps != 1 {
+		t.Errorf("the copy's ledger is stamped %q (%d distinct; %v), not once between %v and %v", stamped, stamps, err, before, after)
 	}
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
@@ -86,7 +109,51 @@ func TestTemplate_SameAsStepByStep(t *testing.T) {
 	if diff := cmp.Diff(l2, l1); diff != "" || len(l1) != 50 {
 		t.Errorf("ledger, step by step (-) vs copied (+), %d rows:\n%s", len(l1), diff)
 	}
-	if stamped == "" {
-		t.Error("the copy's ledger has no applied_at")
+}
+
+// fileHeader returns the first 100 bytes of the file at path.
+func fileHeader(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	hdr := make([]byte, 100)
+	if _, err := io.ReadFull(f, hdr); err != nil {
+		t.Fatal(err)
+	}
+	return hdr
+}
+
+// Tenants created at once from the in-memory template each get a whole,
+// migrated file of their own.
+func TestTemplate_ConcurrentCreations(t *testing.T) {
+	migs := []string{`CREATE TABLE a (id INTEGER PRIMARY KEY, v TEXT)`, `CREATE INDEX a_v ON a (v)`, `ALTER TABLE a ADD COLUMN w INTEGER`}
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, ExplicitCreate: true})
+	const n = 24
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- p.CreateTenant(context.Background(), fmt.Sprintf("t%02d", i)) }()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		id := fmt.Sprintf("t%02d", i)
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO a (v, w) VALUES (?, ?)`, id, i); err != nil {
+			t.Fatal(err)
+		}
+		var check string
+		var rows, versions int
+		if err := p.QueryRowContext(tctx(id), `SELECT (SELECT integrity_check FROM pragma_integrity_check), (SELECT count(*) FROM a), (SELECT count(*) FROM `+ledgerTable+`)`).Scan(&check, &rows, &versions); err != nil {
+			t.Fatal(err)
+		}
+		if check != "ok" || rows != 1 || versions != len(migs) {
+			t.Errorf("%s: integrity %q, %d rows, %d ledger rows", id, check, rows, versions)
+		}
 	}
 }
