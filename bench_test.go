@@ -243,33 +243,40 @@ func readThenWrite(tg benchTarget) error {
 // close on both rather than neither needs no StopTimer/StartTimer per op,
 // whose runtime.ReadMemStats costs a stop-the-world comparable to the open
 // being measured, and a fleet that opens tenants cold pays for closing them
-// as often.
+// as often. The rows run one after another: compare them with
+// BenchmarkColdOpenPaired.
 func BenchmarkColdOpen(b *testing.B) {
+	cycles := coldCycles(b)
+	for k, impl := range [3]string{"mattn-defaults", "mattn-same-dsn", "proxy"} {
+		b.Run("impl="+impl, func(b *testing.B) {
+			defer reportCPU(b, cpuTime().Nanoseconds())
+			for i := 0; b.Loop(); i++ {
+				cycles[k](b, i)
+			}
+		})
+	}
+}
+
+// coldCycles builds BenchmarkColdOpen's fleets and returns its three cold
+// cycles, on the i-th tenant: mattn-defaults, mattn-same-dsn, proxy.
+func coldCycles(b *testing.B) [3]func(b *testing.B, i int) {
 	const tenants = 1000
 	dir, bare := b.TempDir(), b.TempDir()
 	ids := benchFleet(b, dir, tenants, []string{benchSchema})
 	benchFleet(b, bare, tenants, []string{benchSchema})
 	openEach(b, dir, ids)
 	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
-	r := p.c.r
+	params := p.c.r.conns.writerParams
 	const q = `SELECT count(*) FROM bench`
-	for _, m := range []struct{ impl, dir, driver, params string }{
-		{"mattn-defaults", bare, "sqlite3", "?_journal_mode=WAL&_busy_timeout=5000"},
-		{"mattn-same-dsn", dir, "sqlite3-same-dsn", r.conns.writerParams},
-	} {
-		b.Run("impl="+m.impl, func(b *testing.B) {
-			defer reportCPU(b, cpuTime().Nanoseconds())
-			for i := 0; b.Loop(); i++ {
-				mattnColdCycle(b, m.driver, fileURI(filepath.Join(m.dir, ids[i%tenants]+".db"))+m.params, q)
-			}
-		})
+	return [3]func(*testing.B, int){
+		func(b *testing.B, i int) {
+			mattnColdCycle(b, "sqlite3", fileURI(filepath.Join(bare, ids[i%tenants]+".db"))+"?_journal_mode=WAL&_busy_timeout=5000", q)
+		},
+		func(b *testing.B, i int) {
+			mattnColdCycle(b, "sqlite3-same-dsn", fileURI(filepath.Join(dir, ids[i%tenants]+".db"))+params, q)
+		},
+		func(b *testing.B, i int) { coldCycle(b, p, ids[i%tenants], q) },
 	}
-	b.Run("impl=proxy", func(b *testing.B) {
-		defer reportCPU(b, cpuTime().Nanoseconds())
-		for i := 0; b.Loop(); i++ {
-			coldCycle(b, p, ids[i%tenants], q)
-		}
-	})
 }
 
 // BenchmarkColdOpenPaired: BenchmarkColdOpen's three cold cycles taken in
@@ -283,29 +290,14 @@ func BenchmarkColdOpen(b *testing.B) {
 // each mattn configuration's in the same run (the #18 target:
 // x-mattn-defaults ≤ 1.0).
 func BenchmarkColdOpenPaired(b *testing.B) {
-	const tenants = 1000
-	dir, bare := b.TempDir(), b.TempDir()
-	ids := benchFleet(b, dir, tenants, []string{benchSchema})
-	benchFleet(b, bare, tenants, []string{benchSchema})
-	openEach(b, dir, ids)
-	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
-	params := p.c.r.conns.writerParams
-	const q = `SELECT count(*) FROM bench`
+	cycles := coldCycles(b)
 	b.Run("impl=proxy", func(b *testing.B) {
-		var spent [3]time.Duration // mattn-defaults, mattn-same-dsn, proxy
+		var spent [3]time.Duration // as cycles: mattn-defaults, mattn-same-dsn, proxy
 		for i := 0; b.Loop(); i++ {
-			id := ids[i%tenants]
 			for k := range 3 {
 				which := (i + k) % 3
 				start := time.Now()
-				switch which {
-				case 0:
-					mattnColdCycle(b, "sqlite3", fileURI(filepath.Join(bare, id+".db"))+"?_journal_mode=WAL&_busy_timeout=5000", q)
-				case 1:
-					mattnColdCycle(b, "sqlite3-same-dsn", fileURI(filepath.Join(dir, id+".db"))+params, q)
-				case 2:
-					coldCycle(b, p, id, q)
-				}
+				cycles[which](b, i)
 				spent[which] += time.Since(start)
 			}
 		}
