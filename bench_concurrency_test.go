@@ -3,11 +3,9 @@ package sqliteproxy
 import (
 	"context"
 	"math/rand/v2"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/benchrun"
 )
 
 // The concurrency benchmarks run a fixed number of goroutines on one tenant
@@ -60,101 +58,40 @@ func pointReadOp(tg benchTarget, rng *rand.Rand) error {
 // errors/op over all of them.
 func runConc(b *testing.B, tg benchTarget, groups ...concGroup) {
 	b.ReportAllocs()
-	total := 0
-	for _, g := range groups {
-		total += g.n
-	}
-	tg.db.SetMaxIdleConns(total)
-	defer tg.db.SetMaxIdleConns(2)
-	// Attempt i (a ticket from next) writes only lat[i] and who[i]: no lock
-	// and no allocation while the timer runs.
-	n := b.N
-	lat := make([]time.Duration, n)
-	who := make([]int8, n) // group index + 1 of a success; 0 for a failure
-	firstErr := make([]error, len(groups))
-	var errMu sync.Mutex
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	// All goroutines start together: spawned one by one, the first ones
-	// could take every ticket of a small b.N (in Mixed, the 8 readers all
-	// of them before the writers exist).
-	ready := make(chan struct{})
+	var workers []benchrun.Attempt
 	for gi, g := range groups {
 		for w := range g.n {
 			rng := rand.New(rand.NewPCG(uint64(gi), uint64(w)))
-			wg.Go(func() {
-				<-ready
-				for {
-					i := next.Add(1) - 1
-					if i >= int64(n) {
-						return
-					}
-					t0 := time.Now()
-					err := g.op(tg, rng)
-					lat[i] = time.Since(t0)
-					if err != nil {
-						errMu.Lock()
-						if firstErr[gi] == nil {
-							firstErr[gi] = err
-						}
-						errMu.Unlock()
-						continue
-					}
-					who[i] = int8(gi + 1)
-				}
-			})
+			workers = append(workers, func(int64) (int, error) { return gi, g.op(tg, rng) })
 		}
 	}
-	b.ResetTimer()
-	start := time.Now()
-	close(ready)
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
+	tg.db.SetMaxIdleConns(len(workers))
+	defer tg.db.SetMaxIdleConns(2)
+	res := benchrun.Run(b, len(groups), workers)
 
 	var ok int
 	for gi, g := range groups {
-		var ls []time.Duration
-		for i, k := range who {
-			if int(k) == gi+1 {
-				ls = append(ls, lat[i])
-			}
-		}
+		ls := res.Latencies(gi)
 		ok += len(ls)
-		slices.Sort(ls)
 		prefix := ""
 		if g.name != "" {
 			prefix = g.name + "-"
 		}
-		b.ReportMetric(float64(len(ls))/elapsed.Seconds(), prefix+"ok-ops/s")
-		if len(ls) > 0 {
-			b.ReportMetric(micros(ls[len(ls)/2]), prefix+"p50-µs")
-			b.ReportMetric(micros(ls[len(ls)*99/100]), prefix+"p99-µs")
-			b.ReportMetric(micros(ls[len(ls)*999/1000]), prefix+"p99.9-µs")
-			b.ReportMetric(micros(ls[len(ls)-1]), prefix+"max-µs")
-		}
-		if err := firstErr[gi]; err != nil {
+		res.ReportLatencies(b, prefix, ls)
+		if err := res.FirstErr[gi]; err != nil {
 			what := "attempts"
 			if g.name != "" {
 				what = g.name + " attempts"
 			}
 			if tg.name == "proxy" {
-				b.Errorf("impl=proxy: %s failed (%d failures of %d attempts in all); first: %v", what, n-ok, n, err)
+				b.Errorf("impl=proxy: %s failed (%d failures of %d attempts in all); first: %v", what, b.N-ok, b.N, err)
 			} else {
 				b.Logf("impl=%s: %s failed; first: %v", tg.name, what, err)
 			}
 		}
 	}
-	b.ReportMetric(float64(n-ok)/float64(n), "errors/op")
-	if ok > 0 {
-		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(ok), "ns/op")
-	} else {
-		// Nothing succeeded: at least the whole run per success.
-		b.ReportMetric(float64(elapsed.Nanoseconds()), "ns/op")
-	}
+	res.ReportTotals(b, ok)
 }
-
-func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 // benchWriters: n goroutines write one tenant, at synchronous NORMAL and
 // FULL. op=insert is one INSERT; op=tx a read-then-write transaction

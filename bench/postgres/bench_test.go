@@ -2,23 +2,24 @@ package pgbench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/internal/benchrun"
 )
 
 // The benchmarks run each workload on both systems in one process, at
 // both durability pairings (see pairing), as sub-benchmarks
 // sync=full|normal/impl=proxy|postgres. Every row, serial or concurrent,
-// goes through runOps: exactly the given goroutines share b.N attempts,
-// only successful operations count (ns/op is elapsed time / successes),
-// and each row reports ok-ops/s, p50-µs, p99-µs and errors/op.
+// goes through runOps (internal/benchrun, as the root module's concurrency
+// benchmarks): exactly the given goroutines share b.N attempts, only
+// successful operations count (ns/op is elapsed time / successes), and
+// each row reports ok-ops/s, p50-µs, p99-µs, p99.9-µs, max-µs and
+// errors/op.
 
 // worker makes one attempt; i is the attempt's number (0, 1, ...) and
 // kind indexes runOps's kinds (reads, writes) when there are several.
@@ -32,69 +33,21 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 		pt.p.SetMaxIdleConns(max(len(workers), 100)) // routing conns: cheap, keep them
 		st0 = pt.p.Stats()
 	}
-	n := b.N
-	lat := make([]time.Duration, n)
-	who := make([]int8, n) // kind + 1 of a success; 0 for a failure
-	var (
-		next     atomic.Int64
-		wg       sync.WaitGroup
-		errMu    sync.Mutex // guards firstErr
-		firstErr error
-	)
-	ready := make(chan struct{})
+	attempts := make([]benchrun.Attempt, len(workers))
 	for w, fn := range workers {
 		rng := rand.New(rand.NewPCG(uint64(w), 42))
-		wg.Go(func() {
-			<-ready
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(n) {
-					return
-				}
-				t0 := time.Now()
-				kind, err := fn(rng, i)
-				lat[i] = time.Since(t0)
-				if err != nil {
-					errMu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					errMu.Unlock()
-					continue
-				}
-				who[i] = int8(kind + 1)
-			}
-		})
+		attempts[w] = func(i int64) (int, error) { return fn(rng, i) }
 	}
-	b.ResetTimer()
-	start := time.Now()
-	close(ready)
-	wg.Wait()
-	elapsed := time.Since(start)
-	b.StopTimer()
-
-	report := func(prefix string, keep func(k int8) bool) int {
-		var ls []time.Duration
-		for i, k := range who {
-			if k != 0 && keep(k) {
-				ls = append(ls, lat[i])
-			}
-		}
-		slices.Sort(ls)
-		b.ReportMetric(float64(len(ls))/elapsed.Seconds(), prefix+"ok-ops/s")
-		if len(ls) > 0 {
-			b.ReportMetric(micros(ls[len(ls)/2]), prefix+"p50-µs")
-			b.ReportMetric(micros(ls[len(ls)*99/100]), prefix+"p99-µs")
-		}
-		return len(ls)
-	}
-	ok := report("", func(int8) bool { return true })
+	res := benchrun.Run(b, len(kinds), attempts)
+	n := b.N
+	ls := res.Latencies(-1)
+	ok := len(ls)
+	res.ReportLatencies(b, "", ls)
 	if len(kinds) > 1 {
 		for k, name := range kinds {
-			report(name+"-", func(x int8) bool { return int(x) == k+1 })
+			res.ReportLatencies(b, name+"-", res.Latencies(k))
 		}
 	}
-	b.ReportMetric(float64(n-ok)/float64(n), "errors/op")
 	if pt != nil {
 		// Tenants the proxy closed to stay under MaxConnections, and how
 		// often a caller waited for a connection (budget or writer).
@@ -102,12 +55,8 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 		b.ReportMetric(float64(st.Evictions-st0.Evictions)/float64(n), "evictions/op")
 		b.ReportMetric(float64(st.Waits-st0.Waits)/float64(n), "waits/op")
 	}
-	if ok > 0 {
-		b.ReportMetric(float64(elapsed.Nanoseconds())/float64(ok), "ns/op")
-	} else {
-		b.ReportMetric(float64(elapsed.Nanoseconds()), "ns/op")
-	}
-	if firstErr != nil {
+	res.ReportTotals(b, ok)
+	if firstErr := errors.Join(res.FirstErr...); firstErr != nil {
 		// The proxy must not fail; nor must PostgreSQL in the smoke run
 		// (-short), where an error means a broken statement.
 		if pt != nil || testing.Short() {
@@ -117,8 +66,6 @@ func runOps(b *testing.B, t target, kinds []string, workers ...worker) {
 		}
 	}
 }
-
-func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 // forEach runs fn as sub-benchmarks on both systems, each holding n
 // tenants of rows rows, at both durability pairings, one after the other;

@@ -105,37 +105,17 @@ func BenchmarkTenantLifecycle(b *testing.B) {
 
 	b.Run("op=backup/sync="+pr.name+"/impl=proxy", func(b *testing.B) {
 		pt := newProxyTarget(b, 1, rows, pr.sqlite)
-		out := b.TempDir()
-		var size int64
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			dst := filepath.Join(out, fmt.Sprintf("b%d.db", i))
+		benchBackups(b, ".db", func(dst string) {
 			if err := pt.p.BackupTenant(context.Background(), pt.ids[0], dst); err != nil {
 				b.Fatal(err)
 			}
-			b.StopTimer()
-			size = fileSize(b, dst)
-			os.Remove(dst)
-			b.StartTimer()
-		}
-		b.ReportMetric(float64(size), "bytes/op")
+		})
 	})
 	b.Run("op=backup/sync="+pr.name+"/impl=postgres", func(b *testing.B) {
 		t := lifecycleTable(b, pr)
 		t.insertBig(b, rows)
 		conn := t.rawAdmin(b)
-		out := b.TempDir()
-		var size int64
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			dst := filepath.Join(out, fmt.Sprintf("b%d.copy", i))
-			t.backup(b, conn, dst)
-			b.StopTimer()
-			size = fileSize(b, dst)
-			os.Remove(dst)
-			b.StartTimer()
-		}
-		b.ReportMetric(float64(size), "bytes/op")
+		benchBackups(b, ".copy", func(dst string) { t.backup(b, conn, dst) })
 	})
 
 	b.Run("op=restore/sync="+pr.name+"/impl=proxy", func(b *testing.B) {
@@ -291,4 +271,21 @@ func fileSize(b *testing.B, path string) int64 {
 		b.Fatal(err)
 	}
 	return fi.Size()
+}
+
+// benchBackups times backup into a new file (named with ext) b.N times and
+// reports the backup's size as bytes/op; the files are removed untimed.
+func benchBackups(b *testing.B, ext string, backup func(dst string)) {
+	out := b.TempDir()
+	var size int64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		dst := filepath.Join(out, fmt.Sprintf("b%d%s", i, ext))
+		backup(dst)
+		b.StopTimer()
+		size = fileSize(b, dst)
+		os.Remove(dst)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(size), "bytes/op")
 }
