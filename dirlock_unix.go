@@ -7,12 +7,25 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 )
+
+// forkGrace bounds how long lockDir keeps trying a lock that is held. A
+// flock(2) belongs to the open file description, which a child forked by
+// any goroutine of the process shares until it execs (close-on-exec closes
+// it only then): for that moment a lock its holder has already given up
+// is still held. Anything held longer is a real holder.
+const forkGrace = 100 * time.Millisecond
+
+// lockDirRefused, set by tests, is called each time lockDir finds the
+// lock held and will try again.
+var lockDirRefused func()
 
 // lockDir takes a lock (flock(2)) on the data directory dir itself:
 // shared for a proxy, which holds it until Close, exclusive for Relayout.
-// It never waits: it fails with errDirLocked when the other kind is held.
-// The lock lives as long as the returned file.
+// It does not wait for a holder: it fails with errDirLocked when the other
+// kind is held for longer than forkGrace. The lock lives as long as the
+// returned file.
 func lockDir(dir string, exclusive bool) (*os.File, error) {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -22,8 +35,16 @@ func lockDir(dir string, exclusive bool) (*os.File, error) {
 	if exclusive {
 		how = syscall.LOCK_EX
 	}
+	deadline := time.Now().Add(forkGrace)
 	for {
 		err = syscall.Flock(int(d.Fd()), how|syscall.LOCK_NB)
+		if errors.Is(err, syscall.EWOULDBLOCK) && time.Now().Before(deadline) {
+			if lockDirRefused != nil {
+				lockDirRefused()
+			}
+			time.Sleep(time.Millisecond)
+			continue
+		}
 		if !errors.Is(err, syscall.EINTR) {
 			break
 		}
