@@ -50,7 +50,10 @@ func (p *Proxy) tenantFor(op, id string) (*tenant, error) {
 
 // CreateTenant creates the tenant's database file and applies the
 // migrations, or fails with ErrTenantExists. It works whatever
-// Config.ExplicitCreate says.
+// Config.ExplicitCreate says. The new tenant is left closed (no
+// connection, no slot of the budget): its first use opens it. With
+// replication or Config.Ownership it is opened, so that it is registered
+// for streaming, and its lease taken, before CreateTenant returns.
 func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 	for {
 		t, err := p.tenantFor(opCreateTenant, id)
@@ -71,6 +74,11 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 		}
 		if err != nil {
 			t.wsem.Release()
+			return err
+		}
+		if t.w == nil && p.c.r.createsClosed() {
+			err := p.c.r.createClosed(ctx, t)
+			t.releaseWriter()
 			return err
 		}
 		t.createdBy.Store(false)

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestProxy_CreateTenant(t *testing.T) {
@@ -47,6 +48,53 @@ func TestProxy_CreateTenant(t *testing.T) {
 	fi, err := os.Stat(filepath.Join(dir, "acme.db"))
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("acme.db mode %v, %v", fi.Mode(), err)
+	}
+}
+
+// CreateTenant leaves the new tenant closed: it takes no slot of the
+// budget once it returns, evicts nobody while there is room, keeps no
+// tenant object, and the tenant's first use opens it, migrated.
+func TestProxy_CreateTenantLeavesItClosed(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{MaxConnections: 3, ReadersPerTenant: 1, IdleTimeout: time.Hour, ExplicitCreate: true,
+		Migrations: []string{eventsTable, `CREATE INDEX events_tenant ON events (tenant)`}})
+	ctx := context.Background()
+	if err := p.CreateTenant(ctx, "warm"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("warm"), `INSERT INTO events (tenant) VALUES ('warm')`); err != nil {
+		t.Fatal(err)
+	}
+	countRows(t, p, "warm") // warm holds its writer and its reader
+	before := p.Stats()
+	if before.OpenConnections != 2 || before.OpenTenants != 1 {
+		t.Fatalf("warm: %+v", before)
+	}
+	for i := range 20 {
+		id := fmt.Sprintf("new%02d", i)
+		if err := p.CreateTenant(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if st := p.Stats(); st.OpenConnections != 2 || st.OpenTenants != 1 || st.Evictions != before.Evictions {
+			t.Fatalf("after creating %s: %d connections of %d tenants open, %d evictions; want warm's 2, 0 evictions",
+				id, st.OpenConnections, st.OpenTenants, st.Evictions-before.Evictions)
+		}
+	}
+	if n := registrySize(p); n != 1 {
+		t.Errorf("registry holds %d tenant objects, want warm's", n)
+	}
+	for i := range 20 {
+		id := fmt.Sprintf("new%02d", i)
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatalf("first use of %s: %v", id, err)
+		}
+		if n := countRows(t, p, id); n != 1 {
+			t.Errorf("%s has %d rows", id, n)
+		}
+		st, err := p.MigrationStatus(ctx, id)
+		if err != nil || len(st.Pending) != 0 || len(st.Applied) != 2 || st.Drift != nil {
+			t.Errorf("%s: %+v, %v", id, st, err)
+		}
 	}
 }
 

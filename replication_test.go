@@ -87,6 +87,11 @@ func TestReplication_LitestreamDown(t *testing.T) {
 	if !errors.As(err, &e) || e.Tenant != "acme" {
 		t.Errorf("error %v: not an *Error naming the tenant", err)
 	}
+	// CreateTenant too: it registers the tenant before it returns, so it
+	// fails, not leaves a file that nothing streams.
+	if err := p.CreateTenant(context.Background(), "beta"); err == nil {
+		t.Error("a tenant created without its replication")
+	}
 	if got := dbFiles(t, dir); len(got) != 0 {
 		t.Errorf("files left: %v", got)
 	}
