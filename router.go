@@ -332,8 +332,10 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
 	if len(r.mig.list) > 0 {
 		if tpl, err := r.template(ctx); err == nil {
 			start := time.Now()
-			if b, err := r.stampedTemplate(ctx, tpl, start); err == nil {
-				if err := writeNewFile(tmp, b); err != nil {
+			if b, done, err := r.stampedTemplate(ctx, tpl, start); err == nil {
+				err := writeNewFile(tmp, b)
+				done()
+				if err != nil {
 					return opError(opCreateTenant, t.id, err)
 				}
 				r.reportCopiedMigrations(ctx, t.tel, start)

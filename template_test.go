@@ -51,12 +51,15 @@ func TestTemplate_SameAsStepByStep(t *testing.T) {
 				memTemplateOff.Store(true)
 				t.Cleanup(func() { memTemplateOff.Store(false) })
 			}
-			testTemplateSameAsStepByStep(t)
+			p := testTemplateSameAsStepByStep(t)
+			if got, want := p.c.r.tmpl.imaged.Load(), map[string]int64{"memory": 1, "file": 0}[path]; got != want {
+				t.Errorf("%d tenants made from the in-memory template, want %d", got, want)
+			}
 		})
 	}
 }
 
-func testTemplateSameAsStepByStep(t *testing.T) {
+func testTemplateSameAsStepByStep(t *testing.T) *Proxy {
 	var migs []string
 	for i := range 50 {
 		migs = append(migs, fmt.Sprintf(`CREATE TABLE t%d (id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX t%d_v ON t%d (v)`, i, i, i))
@@ -109,6 +112,7 @@ func testTemplateSameAsStepByStep(t *testing.T) {
 	if diff := cmp.Diff(l2, l1); diff != "" || len(l1) != 50 {
 		t.Errorf("ledger, step by step (-) vs copied (+), %d rows:\n%s", len(l1), diff)
 	}
+	return p
 }
 
 // fileHeader returns the first 100 bytes of the file at path.
@@ -147,13 +151,20 @@ func TestTemplate_ConcurrentCreations(t *testing.T) {
 		if _, err := p.ExecContext(tctx(id), `INSERT INTO a (v, w) VALUES (?, ?)`, id, i); err != nil {
 			t.Fatal(err)
 		}
-		var check string
-		var rows, versions int
-		if err := p.QueryRowContext(tctx(id), `SELECT (SELECT integrity_check FROM pragma_integrity_check), (SELECT count(*) FROM a), (SELECT count(*) FROM `+ledgerTable+`)`).Scan(&check, &rows, &versions); err != nil {
+		var check, stamped string
+		var rows, versions, stamps int
+		if err := p.QueryRowContext(tctx(id), `SELECT (SELECT integrity_check FROM pragma_integrity_check), (SELECT count(*) FROM a),
+			(SELECT count(*) FROM `+ledgerTable+`), (SELECT count(DISTINCT applied_at) FROM `+ledgerTable+`), (SELECT min(applied_at) FROM `+ledgerTable+`)`).Scan(&check, &rows, &versions, &stamps, &stamped); err != nil {
 			t.Fatal(err)
 		}
 		if check != "ok" || rows != 1 || versions != len(migs) {
 			t.Errorf("%s: integrity %q, %d rows, %d ledger rows", id, check, rows, versions)
 		}
+		if _, err := time.Parse(time.RFC3339Nano, stamped); err != nil || stamps != 1 {
+			t.Errorf("%s: ledger stamped %d times, first %q (%v); want one stamp", id, stamps, stamped, err)
+		}
+	}
+	if got := p.c.r.tmpl.imaged.Load(); got != n {
+		t.Errorf("%d of %d tenants made from the in-memory template", got, n)
 	}
 }
