@@ -104,24 +104,48 @@ func batchable(query string) bool {
 // would not find the session its first one left (last_insert_rowid(),
 // changes(), the writer it leased). Looked up only under contention, where
 // the statement is about to wait for the writer anyway.
+//
+// The frame that decides is the caller of database/sql's execDC, seven
+// frames above groupExec: (*DB).exec, or (*Conn).ExecContext and friends.
+// Unwinding costs ~0.1 µs a frame (it was 12 % of the CPU of eight
+// writers), so the first look goes that deep only, and a second one
+// deeper only if it decided nothing (another Go release's inlining).
 func throughDB() bool {
-	var pcs [12]uintptr // deep enough for database/sql's frames above ours
-	n := runtime.Callers(3, pcs[:])
+	var pcs [16]uintptr
+	for _, depth := range []int{throughDBDepth, len(pcs)} {
+		n := runtime.Callers(3, pcs[:depth])
+		if k := decideCaller(pcs[:n]); k != 0 || n < depth {
+			return k == 1
+		}
+		throughDBDeep.Add(1)
+	}
+	return false
+}
+
+// throughDBDeep counts the lookups that the first look left undecided
+// (tests want none).
+var throughDBDeep atomic.Int64
+
+// throughDBDepth is how many frames above groupExec throughDB looks at
+// first: conn.exec, conn.ExecContext, ctxDriverExec, execDC.func2,
+// withLock, execDC, and execDC's caller.
+const throughDBDepth = 7
+
+// decideCaller returns the kind (callerKind) of the first frame of pcs
+// that has one, 0 if none has.
+func decideCaller(pcs []uintptr) int8 {
 	kinds := callerKinds.Load()
-	for _, pc := range pcs[:n] {
+	for _, pc := range pcs {
 		k, ok := (*kinds)[pc]
 		if !ok {
 			k = callerKind(pc)
 			kinds = cacheCallerKind(pc, k)
 		}
-		switch k {
-		case 1:
-			return true
-		case -1:
-			return false
+		if k != 0 {
+			return k
 		}
 	}
-	return false
+	return 0
 }
 
 // callerKinds caches callerKind by return address (a few dozen call
@@ -142,14 +166,15 @@ func cacheCallerKind(pc uintptr, k int8) *map[uintptr]int8 {
 	}
 }
 
-// callerKind: 1 for a frame of (*sql.DB).ExecContext or Exec, -1 for one
-// of the Conn, Tx or Stmt equivalents, 0 otherwise.
+// callerKind: 1 for a frame of (*sql.DB).ExecContext, Exec or exec (the
+// one that calls execDC), -1 for one of the Conn, Tx or Stmt equivalents,
+// 0 otherwise.
 func callerKind(pc uintptr) int8 {
 	frames := runtime.CallersFrames([]uintptr{pc})
 	for {
 		f, more := frames.Next()
 		switch f.Function {
-		case "database/sql.(*DB).ExecContext", "database/sql.(*DB).Exec":
+		case "database/sql.(*DB).exec", "database/sql.(*DB).ExecContext", "database/sql.(*DB).Exec":
 			return 1
 		case "database/sql.(*Conn).ExecContext", "database/sql.(*Tx).ExecContext", "database/sql.(*Stmt).ExecContext":
 			return -1

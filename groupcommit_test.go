@@ -358,4 +358,7 @@ func TestGroupCommit_ConnWorkNeverBatched(t *testing.T) {
 	if !slices.Contains(seen, `INSERT INTO kv (k, v) VALUES ('db2', 2)`) {
 		t.Errorf("the DB's statements did not batch (the test proves nothing): %q", seen)
 	}
+	if n := throughDBDeep.Load(); n != 0 {
+		t.Errorf("throughDB's first look (%d frames) decided nothing %d times: database/sql's frames moved", throughDBDepth, n)
+	}
 }
