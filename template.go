@@ -199,35 +199,44 @@ func createEmpty(p string) error {
 // the template cannot be held in memory; the caller then copies the file
 // (copyTemplate).
 func (r *router) stampedTemplate(ctx context.Context, path string, now time.Time) (b []byte, done func(), err error) {
-	if memTemplateOff.Load() {
-		return nil, nil, errors.New("in-memory template off")
+	img, err := r.image(ctx, path)
+	if err != nil {
+		return nil, nil, err
 	}
-	tp := &r.tmpl
-	tp.mu.Lock() // not held while stamping: creations copy at once
-	if tp.img == nil || tp.img.path != path {
-		tp.img = nil
-		if tp.noImage == path {
-			tp.mu.Unlock()
-			return nil, nil, errors.New("template not held in memory")
-		}
-		img, err := r.loadImage(ctx, path)
-		if err != nil {
-			tp.noImage = path
-			tp.mu.Unlock()
-			return nil, nil, err
-		}
-		tp.img = img
-	}
-	img := tp.img
-	tp.mu.Unlock()
 	buf, _ := img.bufs.Get().(*[]byte)
 	if buf == nil {
 		buf = new([]byte)
 		*buf = make([]byte, len(img.b))
 	}
-	img.stampInto(*buf, now)
-	tp.imaged.Add(1)
+	img.stampInto(*buf, now) // outside tmpl.mu: creations copy at once
+	r.tmpl.imaged.Add(1)
 	return *buf, func() { img.bufs.Put(buf) }, nil
+}
+
+// image returns the template at path in memory, loading it the first time.
+func (r *router) image(ctx context.Context, path string) (*templateImage, error) {
+	if memTemplateOff.Load() {
+		return nil, errors.New("in-memory template off")
+	}
+	tp := &r.tmpl
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if tp.img != nil && tp.img.path == path {
+		return tp.img, nil
+	}
+	tp.img = nil
+	if tp.noImage == path {
+		return nil, errors.New("template not held in memory")
+	}
+	img, err := r.loadImage(ctx, path)
+	if err != nil {
+		if ctx.Err() == nil { // not for a creation given up
+			tp.noImage = path
+		}
+		return nil, err
+	}
+	tp.img = img
+	return img, nil
 }
 
 // stampInto writes the template's bytes into dst, stamped with t.

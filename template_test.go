@@ -168,3 +168,26 @@ func TestTemplate_ConcurrentCreations(t *testing.T) {
 		t.Errorf("%d of %d tenants made from the in-memory template", got, n)
 	}
 }
+
+// A template too large to hold in memory is copied on disk for each new
+// tenant, and not loaded again for each.
+func TestTemplate_TooLargeForMemory(t *testing.T) {
+	t.Parallel()
+	migs := []string{`CREATE TABLE big (b BLOB)`, fmt.Sprintf(`INSERT INTO big VALUES (zeroblob(%d))`, maxMemTemplate+1)}
+	p := newTestProxy(t, Config{Migrations: migs, ExplicitCreate: true})
+	for _, id := range []string{"a", "b"} {
+		if err := p.CreateTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := p.QueryRowContext(tctx(id), `SELECT length(b) FROM big`).Scan(&n); err != nil || n != maxMemTemplate+1 {
+			t.Fatalf("%s: blob of %d bytes, %v", id, n, err)
+		}
+	}
+	tp := &p.c.r.tmpl
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if tp.imaged.Load() != 0 || tp.img != nil || tp.noImage != tp.path || tp.path == "" {
+		t.Errorf("imaged %d, img %v, noImage %q, template %q: want the on-disk path, remembered", tp.imaged.Load(), tp.img != nil, tp.noImage, tp.path)
+	}
+}
