@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -205,6 +206,52 @@ func TestBudget_TinyCapNoSelfDeadlock(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// A full budget closes the least recently used idle tenant, for a reader
+// (evictForReader) and for a writer (reserve) alike.
+func TestBudget_EvictsLeastRecentlyUsed(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{MaxConnections: 3, ReadersPerTenant: 1, IdleTimeout: time.Hour, ExplicitCreate: true, Migrations: []string{eventsTable}})
+	for _, id := range []string{"a", "b", "c", "d", "e"} {
+		if err := p.CreateTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := p.c.r.budget
+	use := func(id string, write bool) {
+		t.Helper()
+		// A later tick than the last use: lastUsed has the clock's resolution.
+		tick := b.now()
+		waitFor(t, 5*time.Second, "the budget's clock to tick", func() bool { return b.now() > tick })
+		var err error
+		if write {
+			_, err = p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id)
+		} else {
+			err = p.QueryRowContext(tctx(id), `SELECT count(*) FROM events`).Scan(new(int))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	open := func() []string {
+		var ids []string
+		for _, ts := range p.Stats().Tenants {
+			ids = append(ids, ts.ID)
+		}
+		return ids
+	}
+	for _, id := range []string{"a", "b", "c", "a"} {
+		use(id, false) // a reader each: the budget is full
+	}
+	use("d", false) // evicts b, the least recently used
+	if got, want := open(), []string{"a", "c", "d"}; !slices.Equal(got, want) {
+		t.Errorf("open after a reader for d: %v, want %v", got, want)
+	}
+	use("e", true) // a writer: evicts c
+	if got, want := open(), []string{"a", "d", "e"}; !slices.Equal(got, want) {
+		t.Errorf("open after a write to e: %v, want %v", got, want)
+	}
 }
 
 func TestBudget_IdleTimeoutClosesTenants(t *testing.T) {
