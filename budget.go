@@ -61,10 +61,11 @@ const (
 	evictMigrate                      // MigrateAll opened it only to migrate it, or Rollback changed its schema under it
 	evictLeaseLost                    // this node's lease on it ended (Config.Ownership)
 	evictFanOut                       // a fan-out query (WithFanOut) opened it only to read it
+	evictRetention                    // idle while tenants churn, and the cache of open tenants was not paying (retention.go)
 	numEvictReasons
 )
 
-var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost", "fan_out"}
+var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost", "fan_out", "retention"}
 
 func (r evictReason) String() string { return evictReasonNames[r] }
 
@@ -162,6 +163,13 @@ func (b *budget) freeAll(t *tenant) {
 	b.uncountLocked(t)
 	b.wakeLocked()
 	b.mu.Unlock()
+}
+
+// openCount returns how many connections are counted, all tenants.
+func (b *budget) openCount() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.open
 }
 
 // counted returns how many connections are counted for t.
@@ -270,18 +278,23 @@ func (r *router) evictForReader(t *tenant) bool {
 }
 
 // evictOne closes the least recently used wholly idle tenant of cands
-// (which it reorders), trying last only after every other. self, if not
-// nil, is a tenant whose writer semaphore the caller holds.
+// (which it reorders), trying last only after every other, to make room.
+// self, if not nil, is a tenant whose writer semaphore the caller holds.
 func (r *router) evictOne(cands []*tenant, self, last *tenant) bool {
+	return r.evictLRU(cands, self, last, evictBudget) != nil
+}
+
+// evictLRU is evictOne for reason; it returns the tenant it closed.
+func (r *router) evictLRU(cands []*tenant, self, last *tenant, reason evictReason) *tenant {
 	for len(cands) > 0 {
 		i := lruIndex(cands, last)
-		if v := cands[i]; v.evict(v == self, evictBudget) {
-			return true
+		if v := cands[i]; v.evict(v == self, reason) {
+			return v
 		}
 		cands[i] = cands[len(cands)-1]
 		cands = cands[:len(cands)-1]
 	}
-	return false
+	return nil
 }
 
 // lruIndex returns the index of the least recently used tenant of cands,

@@ -44,7 +44,11 @@ type Config struct {
 	// MaxConnections caps the SQLite connections open at once, all tenants
 	// together (each is a file descriptor on the tenant's file). When the cap
 	// is reached, idle tenants are closed, least recently used first; when
-	// none is idle, callers wait, honouring their context. Default 100. [max_connections]
+	// none is idle, callers wait, honouring their context. While tenants
+	// churn through the cap and under a tenth of uses find their tenant
+	// open, fewer idle tenants are kept open (down to 8), and the cap comes
+	// back when recently closed tenants return (retention.go; each open
+	// connection makes every open and close dearer). Default 100. [max_connections]
 	MaxConnections int
 
 	// ReadersPerTenant is how many read-only connections a tenant may open

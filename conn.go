@@ -97,6 +97,7 @@ func (c *conn) routeTenant(id string, has bool) (*tenant, error) {
 func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, error) {
 	var pc *physConn
 	var err error
+	cold := t.counted.Load() == 0
 	if write {
 		pc, err = t.acquireWriter(ctx)
 	} else {
@@ -107,6 +108,10 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, err
 		return nil, err
 	}
 	c.t, c.pc = t, pc // the pin is kept until release
+	c.r.retain.leased()
+	if cold {
+		c.r.coldOpened(t)
+	}
 	return pc, nil
 }
 

@@ -32,6 +32,7 @@ type router struct {
 	mig     *migrator
 	tel     *telemetry
 	budget  *budget
+	retain  *retention  // how many idle tenants stay open while tenants churn (retention.go)
 	free    *tenantless // answers tenantless pure expressions
 	repl    *replicator // nil unless Config.ReplicaURL
 	classes classCache
@@ -92,6 +93,7 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		conns:      newConnOpener(cfg),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
+		retain:     newRetention(cfg.MaxConnections),
 		accessOpts: openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto, servePending: cfg.MigrationMode == MigrateManual},
 		stop:       make(chan struct{}),
 	}
