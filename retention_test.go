@@ -40,21 +40,17 @@ func TestRetention_ShrinksWhileTenantsChurnAndGrowsBack(t *testing.T) {
 	p, ids := retentionProxy(t, 2000)
 	rng := rand.New(rand.NewPCG(1, 2))
 	readEach(t, p, 1000, func() string { return ids[rng.IntN(len(ids))] })
-	rt := p.c.r.retain
-	if soft := rt.soft.Load(); soft != retainMin {
-		t.Fatalf("soft cap %d after uniform churn over 2 000 tenants, want %d", soft, retainMin)
-	}
-	if st := p.Stats(); st.OpenConnections > retainMin {
-		t.Errorf("%d connections open, want ≤ %d", st.OpenConnections, retainMin)
+	if soft, st := kept(p); soft != retainMin || st.OpenConnections > retainMin {
+		t.Fatalf("after uniform churn over 2 000 tenants: soft cap %d, %d connections open; want %d and at most that", soft, st.OpenConnections, retainMin)
 	}
 	readEach(t, p, 2000, func() string { return ids[rng.IntN(40)] })
-	if soft := rt.soft.Load(); soft < 40 {
-		t.Errorf("soft cap %d after 2 000 reads over 40 tenants, want ≥ 40", soft)
-	}
-	if st := p.Stats(); st.OpenTenants < 40 {
-		t.Errorf("%d tenants open after 2 000 reads over 40, want all 40", st.OpenTenants)
+	if soft, st := kept(p); soft < 40 || st.OpenTenants < 40 {
+		t.Errorf("after 2 000 reads over 40 tenants: soft cap %d, %d tenants open; want both ≥ 40", soft, st.OpenTenants)
 	}
 }
+
+// kept returns p's soft cap (retention) and its stats.
+func kept(p *Proxy) (int64, Stats) { return p.c.r.retain.soft.Load(), p.Stats() }
 
 // A hot set (80 % of reads on 16 tenants, the rest over 2 000) finds its
 // tenant open often enough: the whole cap stays.
@@ -68,11 +64,8 @@ func TestRetention_HotSetKeepsTheCap(t *testing.T) {
 		}
 		return ids[16+rng.IntN(len(ids)-16)]
 	})
-	if soft := p.c.r.retain.soft.Load(); soft != 64 {
-		t.Errorf("soft cap %d with a hot set, want the cap (64)", soft)
-	}
-	if st := p.Stats(); st.OpenConnections < 60 {
-		t.Errorf("%d connections open, want the cache full (≥ 60 of 64)", st.OpenConnections)
+	if soft, st := kept(p); soft != 64 || st.OpenConnections < 60 {
+		t.Errorf("with a hot set: soft cap %d, %d connections open; want the cap (64) and the cache full (≥ 60)", soft, st.OpenConnections)
 	}
 }
 
@@ -83,10 +76,8 @@ func TestRetention_WorkingSetWithinTheCap(t *testing.T) {
 	p, ids := retentionProxy(t, 50)
 	rng := rand.New(rand.NewPCG(5, 6))
 	readEach(t, p, 1000, func() string { return ids[rng.IntN(len(ids))] })
-	if st := p.Stats(); st.OpenTenants != 50 || st.Evictions != 0 {
-		t.Errorf("%d of 50 tenants open, %d evictions; want all open, none evicted", st.OpenTenants, st.Evictions)
-	}
-	if rt := p.c.r.retain; rt.soft.Load() != 64 || rt.churning.Load() {
-		t.Errorf("soft cap %d, churning %v; want 64, false", rt.soft.Load(), rt.churning.Load())
+	if soft, st := kept(p); soft != 64 || p.c.r.retain.churning.Load() || st.OpenTenants != 50 || st.Evictions != 0 {
+		t.Errorf("soft cap %d, churning %v, %d of 50 tenants open, %d evictions; want 64, false, all open, none evicted",
+			soft, p.c.r.retain.churning.Load(), st.OpenTenants, st.Evictions)
 	}
 }
