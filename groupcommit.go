@@ -195,6 +195,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	if !batchable(query) || !throughDB() {
 		return nil, nil, false
 	}
+	t.r.retain.leased() // a use of an open tenant, as conn.lease counts one
 	r := gcReqs.Get().(*gcReq)
 	r.ctx, r.query, r.args = ctx, query, args
 	defer func() {
