@@ -219,6 +219,12 @@ func (b *budget) openLocked() []*tenant {
 	return cands
 }
 
+func (b *budget) openTenants() []*tenant {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.openLocked()
+}
+
 // reserve counts one more connection for t, waiting for a slot if needed
 // and evicting the least recently used idle tenant to make one. The caller
 // holds t's writer semaphore, which lets t itself be evicted when its
@@ -270,11 +276,7 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 // writer may be what fills a small budget). The caller holds none of t's
 // leases.
 func (r *router) evictForReader(t *tenant) bool {
-	b := r.budget
-	b.mu.Lock()
-	cands := b.openLocked()
-	b.mu.Unlock()
-	return r.evictOne(cands, nil, t)
+	return r.evictOne(r.budget.openTenants(), nil, t)
 }
 
 // evictOne closes the least recently used wholly idle tenant of cands

@@ -39,11 +39,10 @@ type retention struct {
 	leases   atomic.Int64
 
 	mu        sync.Mutex
-	misses    int // cold opens in this window
-	ghostHits int
-	trimmed   bool                // a tenant was closed for retention in this window
-	ghost     []string            // IDs last closed for retention, oldest first (a ring of MaxConnections)
-	next      int                 // where the ring writes next
+	misses    int                 // cold opens in this window
+	ghostHits int                 // of which on a ghost
+	ghost     []string            // IDs last closed for retention, a ring of MaxConnections (≥ 1)
+	next      int                 // where the full ring writes next
 	ghosts    map[string]struct{} // the IDs in ghost
 }
 
@@ -88,10 +87,7 @@ func (r *router) coldOpened(t *tenant) {
 	}
 	rt.mu.Unlock()
 	for open > soft {
-		b.mu.Lock()
-		cands := b.openLocked()
-		b.mu.Unlock()
-		v := r.evictLRU(cands, nil, t, evictRetention)
+		v := r.evictLRU(b.openTenants(), nil, t, evictRetention)
 		if v == nil {
 			return // everything else is in use
 		}
@@ -112,11 +108,13 @@ func (rt *retention) decideLocked(capMax int) int {
 	case hits < retainShrinkBelow && soft > retainMin:
 		soft = max(min(capMax, retainMin), soft/2)
 	}
-	if soft == capMax && !rt.trimmed && ghostShare == 0 {
-		rt.churning.Store(false) // the whole cap again, and nothing to learn
+	if soft == capMax && ghostShare == 0 {
+		// The whole cap again (nothing is trimmed at the cap), and
+		// nothing to learn.
+		rt.churning.Store(false)
 	}
 	rt.soft.Store(int64(soft))
-	rt.misses, rt.ghostHits, rt.trimmed = 0, 0, false
+	rt.misses, rt.ghostHits = 0, 0
 	return soft
 }
 
@@ -124,18 +122,15 @@ func (rt *retention) decideLocked(capMax int) int {
 func (rt *retention) rememberClosed(id string) {
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
-	rt.trimmed = true
 	if _, ok := rt.ghosts[id]; ok {
 		return
 	}
 	if len(rt.ghost) < cap(rt.ghost) {
 		rt.ghost = append(rt.ghost, id)
-	} else if len(rt.ghost) > 0 {
+	} else {
 		delete(rt.ghosts, rt.ghost[rt.next])
 		rt.ghost[rt.next] = id
 		rt.next = (rt.next + 1) % len(rt.ghost)
-	} else {
-		return
 	}
 	rt.ghosts[id] = struct{}{}
 }
