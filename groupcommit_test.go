@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/mattn/go-sqlite3"
 )
 
@@ -360,5 +361,89 @@ func TestGroupCommit_ConnWorkNeverBatched(t *testing.T) {
 	}
 	if n := throughDBDeep.Load(); n != 0 {
 		t.Errorf("throughDB's first look (%d frames) decided nothing %d times: database/sql's frames moved", throughDBDepth, n)
+	}
+}
+
+// A batched statement without arguments runs from the writer's prepared
+// statements (execBatched): parsed once per writer, prepared again by
+// SQLite when the schema changes under it; a statement with a parameter
+// gets mattn's own error, and one with a tail after its ';' mattn's own
+// result. The callers' transcript is the one
+// mattn gives running the same statements one by one.
+func TestGroupCommit_StatementsWithoutArgumentsStayPrepared(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	direct := openDirect(t)
+	direct.SetMaxOpenConns(1) // one connection, as the tenant's one writer
+	if _, err := direct.Exec(kvTable); err != nil {
+		t.Fatal(err)
+	}
+	const (
+		ins   = `INSERT INTO kv (k, v) VALUES ('a', 1)`
+		upd   = `UPDATE kv SET v = v + 1 WHERE k = 'a'`
+		del   = `DELETE FROM kv WHERE k = 'a'`
+		param = `INSERT INTO kv (k, v) VALUES (?, 1)`
+	)
+	// Dropped and made again with a CHECK that a statement prepared for the
+	// old table would not enforce.
+	const recreate = `DROP TABLE kv; CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL CHECK (v > 1))`
+	batches := [][]string{
+		{ins, upd, param, upd, upd + "; /* mattn runs the tail too: 0 rows */"},
+		{del, ins, upd, del},
+		{recreate},
+		{ins, upd, `INSERT INTO kv (k, v) VALUES ('b', 2)`, upd},
+		{`DROP TABLE kv`},
+		{ins, upd},
+	}
+	type outcome struct {
+		ID, Affected int64
+		Err          string
+	}
+	var want, got []outcome
+	add := func(to *[]outcome, res sql.Result, err error) {
+		if err != nil {
+			*to = append(*to, outcome{Err: err.Error()})
+			return
+		}
+		id, _ := res.LastInsertId()
+		n, _ := res.RowsAffected()
+		*to = append(*to, outcome{ID: id, Affected: n})
+	}
+	for i, stmts := range batches {
+		for _, s := range stmts {
+			res, err := direct.Exec(s)
+			add(&want, res, err)
+		}
+		if len(stmts) == 1 { // schema changes run alone
+			res, err := p.ExecContext(tctx("acme"), stmts[0])
+			add(&got, res, err)
+			continue
+		}
+		tx, err := p.BeginTx(tctx("acme"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tn, err := p.c.r.tenant("acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wait := queue(t, p, tn, nil, stmts)
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range wait() {
+			if r.err != nil {
+				got = append(got, outcome{Err: r.err.Error()})
+			} else {
+				got = append(got, outcome{ID: r.id, Affected: r.affected})
+			}
+		}
+		if i == 0 {
+			if _, ok := tn.w.stmts[ins]; !ok {
+				t.Fatalf("%q was not kept prepared by the writer", ins)
+			}
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("batched vs mattn one by one (-want +got):\n%s", diff)
 	}
 }

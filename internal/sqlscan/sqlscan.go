@@ -16,6 +16,12 @@ type Info struct {
 	// semicolons (CREATE TRIGGER) also report true: callers use Multi to
 	// decide conservatively.
 	Multi bool
+	// Trailing reports whether anything other than white space (as
+	// strings.TrimSpace sees it) follows the ';' that ends the first
+	// statement: a comment, another ';', another statement. mattn runs such
+	// a tail as statements of their own (a blank one reports 0 rows
+	// affected), so only a text without one is a single prepared statement.
+	Trailing bool
 	// Returning reports whether the first statement has the word RETURNING
 	// outside quotes and comments (INSERT/UPDATE/DELETE ... RETURNING: a
 	// write that returns rows). A column named returning also reports true.
@@ -36,6 +42,7 @@ func Scan(sql string) Info {
 	if !ok {
 		return info
 	}
+	info.Trailing = strings.TrimSpace(sql[end:]) != ""
 	for j := end; j < len(sql); {
 		j = skipSpace(sql, j)
 		if j >= len(sql) {
