@@ -330,7 +330,9 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 
 // fillNew writes the new tenant file tmp, fully migrated: a copy of the
 // template (template.go), or, when there is none, migrated step by step.
-func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
+// bytesOnly says that SQLite never opened tmp (the template's image was
+// written as it is): no side file (-wal, -shm, -journal) can exist.
+func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, err error) {
 	if len(r.mig.list) > 0 {
 		if tpl, err := r.template(ctx); err == nil {
 			start := time.Now()
@@ -338,29 +340,29 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) error {
 				err := writeNewFile(tmp, b)
 				done()
 				if err != nil {
-					return opError(opCreateTenant, t.id, err)
+					return true, opError(opCreateTenant, t.id, err)
 				}
 				r.reportCopiedMigrations(ctx, t.tel, start)
-				return nil
+				return true, nil
 			}
 			if err := r.copyTemplate(ctx, tpl, tmp, t.tel); err != nil {
-				return opError(opCreateTenant, t.id, err)
+				return false, opError(opCreateTenant, t.id, err)
 			}
-			return nil
+			return false, nil
 		}
 	}
 	if err := createEmpty(tmp); err != nil {
-		return opError(opCreateTenant, t.id, err)
+		return false, opError(opCreateTenant, t.id, err)
 	}
 	c, err := r.conns.openPath(tmp, r.conns.writerParams)
 	if err != nil {
-		return opError(opCreateTenant, t.id, err)
+		return false, opError(opCreateTenant, t.id, err)
 	}
 	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true)
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = opError(opCreateTenant, t.id, cerr)
 	}
-	return err
+	return false, err
 }
 
 // createFile creates t's database file, fully migrated, or reports
@@ -371,8 +373,15 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	tmp := tempName(filepath.Dir(t.path), creatingPrefix, t.id)
-	defer removeWithSideFiles(tmp)
-	if err := r.fillNew(ctx, t, tmp); err != nil {
+	bytesOnly, err := r.fillNew(ctx, t, tmp)
+	defer func() {
+		if bytesOnly {
+			os.Remove(tmp) // nothing else to unlink: three failing unlinks fewer per creation
+		} else {
+			removeWithSideFiles(tmp)
+		}
+	}()
+	if err != nil {
 		return err
 	}
 	if err := os.Link(tmp, t.path); err != nil {

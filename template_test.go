@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -167,6 +168,22 @@ func TestTemplate_ConcurrentCreations(t *testing.T) {
 	if got := p.c.r.tmpl.imaged.Load(); got != n {
 		t.Errorf("%d of %d tenants made from the in-memory template", got, n)
 	}
+	noCreationLeftovers(t, dir)
+}
+
+// noCreationLeftovers fails t if a file a creation worked on (or one of its
+// side files) is left in dir.
+func noCreationLeftovers(t *testing.T, dir string) {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), creatingPrefix) {
+			t.Errorf("left behind: %s", e.Name())
+		}
+	}
 }
 
 // A template too large to hold in memory is copied on disk for each new
@@ -190,4 +207,5 @@ func TestTemplate_TooLargeForMemory(t *testing.T) {
 	if tp.imaged.Load() != 0 || tp.img != nil || tp.noImage != tp.path || tp.path == "" {
 		t.Errorf("imaged %d, img %v, noImage %q, template %q: want the on-disk path, remembered", tp.imaged.Load(), tp.img != nil, tp.noImage, tp.path)
 	}
+	noCreationLeftovers(t, p.c.r.cfg.Dir)
 }
