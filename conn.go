@@ -30,6 +30,8 @@ type conn struct {
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
+	lastText  string // the previous text given to opensTx, and its answer
+	lastTx    bool
 }
 
 var (
@@ -153,6 +155,16 @@ func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 	return w, nil
 }
 
+// opensTx is mayOpenTx(query), remembered for the conn's last text: a
+// loop runs one text again and again (a third of the routing's own cost
+// was scanning it again).
+func (c *conn) opensTx(query string) bool {
+	if query != c.lastText {
+		c.lastText, c.lastTx = query, mayOpenTx(query)
+	}
+	return c.lastTx
+}
+
 // routeQuery leases the connection for a query: a reader when SQLite
 // reports the statement read-only (and it is a single statement that is not
 // transaction control), else the writer.
@@ -235,7 +247,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		return nil, err
 	}
 	if !c.mayTx {
-		c.mayTx = mayOpenTx(query)
+		c.mayTx = c.opensTx(query)
 	}
 	return pc.c.ExecContext(ctx, query, args)
 }
@@ -259,7 +271,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	if !c.mayTx {
-		c.mayTx = mayOpenTx(query)
+		c.mayTx = c.opensTx(query)
 	}
 	rs, err := pc.c.QueryContext(ctx, query, args)
 	if err != nil {
@@ -455,8 +467,7 @@ func (c *conn) release() {
 		if pc == nil {
 			continue
 		}
-		pc.rows = 0
-		pc.lease.Add(1)
+		pc.endLease()
 		// Only BeginTx, or a text that begins with BEGIN or SAVEPOINT or
 		// holds several statements (mayOpenTx), can leave a connection
 		// inside a transaction, and such texts go to the writer; asking

@@ -284,8 +284,7 @@ func (t *tenant) nextLeader() {
 
 // releaseBatchWriter gives the writer back as a checkout would (conn.release).
 func (t *tenant) releaseBatchWriter(pc *physConn) {
-	pc.rows = 0
-	pc.lease.Add(1)
+	pc.endLease()
 	if !pc.c.AutoCommit() {
 		if _, err := pc.c.ExecContext(context.Background(), "ROLLBACK", nil); err != nil || !pc.c.AutoCommit() {
 			t.discard(pc)
