@@ -106,83 +106,136 @@ func runTargets(b *testing.B, fn func(b *testing.B, tg benchTarget)) {
 	}
 }
 
-func BenchmarkInsert(b *testing.B) {
-	runTargets(b, func(b *testing.B, tg benchTarget) {
-		for i := 0; b.Loop(); i++ {
-			if _, err := tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`, "bench", i); err != nil {
-				b.Fatal(err)
-			}
+// articleRows are the article's five rows, each as a function that sets
+// its operation up for one target (PreparedInsert prepares its statement)
+// and returns it; i numbers the calls.
+var articleRows = []struct {
+	name  string
+	setup func(b *testing.B, tg benchTarget) func(i int) error
+}{
+	{"Insert", func(b *testing.B, tg benchTarget) func(int) error {
+		return func(i int) error {
+			_, err := tg.db.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`, "bench", i)
+			return err
 		}
-	})
-}
-
-func BenchmarkSingleQuery(b *testing.B) {
-	runTargets(b, func(b *testing.B, tg benchTarget) {
+	}},
+	{"SingleQuery", func(b *testing.B, tg benchTarget) func(int) error {
 		var name string
 		var value int
-		for i := 0; b.Loop(); i++ {
-			if err := tg.db.QueryRowContext(tg.ctx, `SELECT name, value FROM bench WHERE id = ?`, i%1000+1).Scan(&name, &value); err != nil {
-				b.Fatal(err)
-			}
+		return func(i int) error {
+			return tg.db.QueryRowContext(tg.ctx, `SELECT name, value FROM bench WHERE id = ?`, i%1000+1).Scan(&name, &value)
 		}
-	})
-}
-
-func BenchmarkQuery10Rows(b *testing.B) {
-	runTargets(b, func(b *testing.B, tg benchTarget) {
+	}},
+	{"Query10Rows", func(b *testing.B, tg benchTarget) func(int) error {
 		var id, value int
 		var name string
-		for i := 0; b.Loop(); i++ {
+		return func(i int) error {
 			rows, err := tg.db.QueryContext(tg.ctx, `SELECT id, name, value FROM bench WHERE id > ? ORDER BY id LIMIT 10`, i%900)
 			if err != nil {
-				b.Fatal(err)
+				return err
 			}
 			n := 0
 			for rows.Next() {
 				if err := rows.Scan(&id, &name, &value); err != nil {
-					b.Fatal(err)
+					rows.Close()
+					return err
 				}
 				n++
 			}
-			if err := rows.Close(); err != nil || n != 10 {
-				b.Fatal(n, err)
+			if err := rows.Close(); err != nil {
+				return err
 			}
+			if n != 10 {
+				return fmt.Errorf("%d rows, want 10", n)
+			}
+			return nil
 		}
-	})
-}
-
-func BenchmarkTx5Inserts(b *testing.B) {
-	runTargets(b, func(b *testing.B, tg benchTarget) {
-		for i := 0; b.Loop(); i++ {
+	}},
+	{"Tx5Inserts", func(b *testing.B, tg benchTarget) func(int) error {
+		return func(i int) error {
 			tx, err := tg.db.BeginTx(tg.ctx, nil)
 			if err != nil {
-				b.Fatal(err)
+				return err
 			}
+			defer tx.Rollback()
 			for j := range 5 {
 				if _, err := tx.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`, "tx", i*5+j); err != nil {
-					b.Fatal(err)
+					return err
 				}
 			}
-			if err := tx.Commit(); err != nil {
-				b.Fatal(err)
-			}
+			return tx.Commit()
 		}
-	})
-}
-
-func BenchmarkPreparedInsert(b *testing.B) {
-	runTargets(b, func(b *testing.B, tg benchTarget) {
+	}},
+	{"PreparedInsert", func(b *testing.B, tg benchTarget) func(int) error {
 		st, err := tg.db.PrepareContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer st.Close()
+		b.Cleanup(func() { st.Close() })
+		return func(i int) error {
+			_, err := st.ExecContext(tg.ctx, "prep", i)
+			return err
+		}
+	}},
+}
+
+// benchArticleRow runs articleRows[k] on every target, one after another.
+func benchArticleRow(b *testing.B, k int) {
+	runTargets(b, func(b *testing.B, tg benchTarget) {
+		op := articleRows[k].setup(b, tg)
 		for i := 0; b.Loop(); i++ {
-			if _, err := st.ExecContext(tg.ctx, "prep", i); err != nil {
+			if err := op(i); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
+}
+
+func BenchmarkInsert(b *testing.B)         { benchArticleRow(b, 0) }
+func BenchmarkSingleQuery(b *testing.B)    { benchArticleRow(b, 1) }
+func BenchmarkQuery10Rows(b *testing.B)    { benchArticleRow(b, 2) }
+func BenchmarkTx5Inserts(b *testing.B)     { benchArticleRow(b, 3) }
+func BenchmarkPreparedInsert(b *testing.B) { benchArticleRow(b, 4) }
+
+// BenchmarkArticlePaired runs each of the article's rows on mattn-same-dsn
+// and the proxy in turn within each op (blocks of 8, alternating order),
+// as BenchmarkRoutingPaired does for routing: ns/op is the proxy's time per
+// operation, mattn-ns/op mattn's, and x-mattn-same-dsn their ratio (issue
+// 17's target: ≤ 1.03 on every row).
+func BenchmarkArticlePaired(b *testing.B) {
+	for _, row := range articleRows {
+		b.Run("row="+row.name, func(b *testing.B) {
+			tgs := benchTargets(b)[1:] // mattn-same-dsn, proxy
+			ops := [2]func(int) error{row.setup(b, tgs[0]), row.setup(b, tgs[1])}
+			spent := pairedBlocks(b, ops)
+			n := float64(b.N * pairBlock)
+			b.ReportMetric(float64(spent[1].Nanoseconds())/n, "ns/op")
+			b.ReportMetric(float64(spent[0].Nanoseconds())/n, "mattn-ns/op")
+			b.ReportMetric(float64(spent[1])/float64(spent[0]), "x-mattn-same-dsn")
+		})
+	}
+}
+
+// pairBlock is how many operations pairedBlocks times at once on one side.
+const pairBlock = 8
+
+// pairedBlocks runs b.N blocks of pairBlock calls of each of ops, taking
+// the two in turn (in alternating order) so that both see the same
+// machine, and returns the time each took in all.
+func pairedBlocks(b *testing.B, ops [2]func(int) error) (spent [2]time.Duration) {
+	for i := 0; b.Loop(); i++ {
+		for k := range 2 {
+			which := (i + k) % 2
+			start := time.Now()
+			for j := range pairBlock {
+				if err := ops[which](i*pairBlock + j); err != nil {
+					b.Fatal(err)
+				}
+			}
+			spent[which] += time.Since(start)
+		}
+	}
+	return spent
 }
 
 // BenchmarkRouting isolates the per-operation cost of routing: a statement
@@ -214,30 +267,22 @@ func BenchmarkRouting(b *testing.B) {
 }
 
 // BenchmarkRoutingPaired is BenchmarkRouting's op=exec with mattn-same-dsn
-// and the proxy taken in turn within each op (blocks of 16 statements, in
-// alternating order), so that both see the same machine: this VM's speed
-// drifts by ±20 % between runs, more than the difference measured. It
-// reports the proxy's time per statement as ns/op, mattn's as
+// and the proxy taken in turn within each op (pairedBlocks), so that both
+// see the same machine: this VM's speed drifts by ±20 % between runs, more
+// than the difference measured. It reports the proxy's time per statement as ns/op, mattn's as
 // mattn-ns/op, and the difference as overhead-ns (issue 17's target:
 // ≤ 100 ns).
 func BenchmarkRoutingPaired(b *testing.B) {
 	tgs := benchTargets(b)[1:] // mattn-same-dsn, proxy
-	const block = 16
-	var spent [2]time.Duration
-	for i := 0; b.Loop(); i++ {
-		for k := range 2 {
-			which := (i + k) % 2
-			tg := tgs[which]
-			start := time.Now()
-			for range block {
-				if _, err := tg.db.ExecContext(tg.ctx, `SELECT ?`, 1); err != nil {
-					b.Fatal(err)
-				}
-			}
-			spent[which] += time.Since(start)
+	var ops [2]func(int) error
+	for k, tg := range tgs {
+		ops[k] = func(int) error {
+			_, err := tg.db.ExecContext(tg.ctx, `SELECT ?`, 1)
+			return err
 		}
 	}
-	n := float64(b.N * block)
+	spent := pairedBlocks(b, ops)
+	n := float64(b.N * pairBlock)
 	b.ReportMetric(float64(spent[1].Nanoseconds())/n, "ns/op")
 	b.ReportMetric(float64(spent[0].Nanoseconds())/n, "mattn-ns/op")
 	b.ReportMetric(float64((spent[1]-spent[0]).Nanoseconds())/n, "overhead-ns")

@@ -6,6 +6,12 @@
 // partly failed gets the failed share beside it, "49.9µs (13% failed)"
 // (the time is per success; see bench_concurrency_test.go).
 //
+// Benchmarks without an impl (the proxy's own, and the paired ones, which
+// time both sides within one sub-benchmark) sit in benchstat's unnamed
+// column: their sec/op is the proxy's time, a mattn-ns/op metric mattn's,
+// and x-mattn-defaults or x-mattn-same-dsn metrics are the ratios, measured
+// in turn on the same machine.
+//
 //	benchstat -col /impl -format csv bench.txt | go run ./internal/benchtable
 package main
 
@@ -66,6 +72,12 @@ func run(in io.Reader, out io.Writer) error {
 		}
 		rows = append(rows, row)
 	}
+	unnamedSec := unnamed(tables, "sec/op")
+	pairedMattn := unnamed(tables, "mattn-sec/op")
+	pairedRatio := map[string]map[string]float64{
+		"mattn-defaults": unnamed(tables, "x-mattn-defaults"),
+		"mattn-same-dsn": unnamed(tables, "x-mattn-same-dsn"),
+	}
 	trim := procsSuffix(rows)
 	fmt.Fprintln(out, "| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |")
 	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|")
@@ -81,6 +93,18 @@ func run(in io.Reader, out io.Writer) error {
 		d, dok := get("mattn-defaults")
 		s, sok := get("mattn-same-dsn")
 		p, pok := get("proxy")
+		if !pok {
+			p, pok = unnamedSec[row[0]]
+		}
+		if !sok {
+			s, sok = pairedMattn[row[0]]
+		}
+		ratioTo := func(impl string, v float64, ok bool) string {
+			if x, ok := pairedRatio[impl][row[0]]; ok {
+				return fmt.Sprintf("%.3f", x) // paired: precise enough for a third digit
+			}
+			return ratio(p, v, pok && ok)
+		}
 		cell := func(impl string, v float64, ok bool) string {
 			c := dur(v, ok)
 			if f := failed[row[0]][impl]; ok && f > 0 {
@@ -90,7 +114,7 @@ func run(in io.Reader, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimSuffix(row[0], trim),
 			cell("mattn-defaults", d, dok), cell("mattn-same-dsn", s, sok), cell("proxy", p, pok),
-			ratio(p, d, pok && dok), ratio(p, s, pok && sok))
+			ratioTo("mattn-defaults", d, dok), ratioTo("mattn-same-dsn", s, sok))
 	}
 	return nil
 }
@@ -114,6 +138,31 @@ func procsSuffix(rows [][]string) string {
 		}
 	}
 	return suffix
+}
+
+// unnamed returns the values of unit in benchstat's unnamed column (the
+// benchmarks without an impl), by benchmark.
+func unnamed(tables [][][]string, unit string) map[string]float64 {
+	out := map[string]float64{}
+	for _, t := range tables {
+		if len(t) < 3 {
+			continue
+		}
+		for i, u := range t[1] {
+			if u != unit || (i < len(t[0]) && t[0][i] != "") {
+				continue
+			}
+			for _, row := range t[2:] {
+				if len(row) <= i || row[0] == "" || row[0] == "geomean" {
+					continue
+				}
+				if v, err := strconv.ParseFloat(row[i], 64); err == nil {
+					out[row[0]] = v
+				}
+			}
+		}
+	}
+	return out
 }
 
 // findTable returns the first table whose units row has unit, with the

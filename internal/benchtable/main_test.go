@@ -33,6 +33,51 @@ func TestRun(t *testing.T) {
 	}
 }
 
+// TestRunPaired: benchmarks without an impl fill the proxy column from the
+// unnamed sec/op column, mattn-same-dsn from a paired mattn-ns/op metric,
+// and the ratios from the paired x- metrics rather than dividing medians.
+func TestRunPaired(t *testing.T) {
+	const in = `goos: linux
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,,,,,
+,sec/op,CI,sec/op,CI,vs base,P,sec/op,CI,vs base,P,sec/op,CI,vs base,P
+Insert-2,2e-05,1%,1e-05,1%,-50%,p=0.002 n=6,1.1e-05,2%,-45%,p=0.002 n=6
+ArticlePaired/row=Insert-2,,,,,,,,,,,1.5e-05,10%
+ColdOpenPaired/impl=proxy-2,,,,,,,,,,,0.0003,2%
+ManyTenants/dist=uniform-2,,,,,,,,,,,0.0004,5%
+geomean,2e-05,,1e-05,,,,1.1e-05,,,,1e-05,,?,
+
+,,
+,mattn-sec/op,CI
+ArticlePaired/row=Insert-2,1.4e-05,10%
+geomean,1.4e-05,
+
+,,
+,x-mattn-same-dsn,CI
+ArticlePaired/row=Insert-2,1.025,5%
+ColdOpenPaired/impl=proxy-2,1.08,1%
+geomean,1.05,
+
+,,
+,x-mattn-defaults,CI
+ColdOpenPaired/impl=proxy-2,1.12,1%
+geomean,1.12,
+`
+	var out strings.Builder
+	if err := run(strings.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	want := `| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |
+|---|---:|---:|---:|---:|---:|
+| Insert | 20µs | 10µs | 11µs | 0.55 | 1.10 |
+| ArticlePaired/row=Insert | — | 14µs | 15µs | — | 1.025 |
+| ColdOpenPaired/impl=proxy | — | — | 300µs | 1.120 | 1.080 |
+| ManyTenants/dist=uniform | — | — | 400µs | — | — |
+`
+	if out.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", out.String(), want)
+	}
+}
+
 // TestProcsSuffix: the GOMAXPROCS suffix is stripped whatever the core count,
 // and only when every row has the same one.
 func TestProcsSuffix(t *testing.T) {
