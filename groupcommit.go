@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -38,6 +39,17 @@ import (
 // and any checkout that holds a lease.
 // Uncontended, a write never batches: a batch of one is today's path.
 //
+// Gathering. Callers answered together write again together: without a
+// wait, the first of them found the writer free and committed alone while
+// the others queued behind it, so batches alternated between one caller
+// and the rest (two syncs per round at synchronous=FULL). A leader now
+// waits, before it takes the writer, until as many callers are queued as
+// the largest batch it has seen (want), for at most as long as a COMMIT
+// takes (a moving average, maxGather at most); a wait that times out sets
+// want to what came. While want ≥ 2 a write on a free writer leads a
+// batch instead of taking the writer alone; a lone writer pays that one
+// bounded wait, and then (want 1) takes the writer as before.
+//
 // Semantics kept: FIFO order; a statement that fails is rolled back alone
 // (by SQLite) and its caller gets its own error; a caller
 // whose context ends while queued is removed and nothing of it runs; a
@@ -49,6 +61,9 @@ import (
 
 // maxBatch bounds the statements of one batch (a batch holds the writer).
 const maxBatch = 128
+
+// maxGather bounds how long a leader waits for callers to join its batch.
+const maxGather = 250 * time.Microsecond
 
 // gcReq is one queued autocommit statement. Requests are pooled (gcReqs):
 // at a hundred thousand statements a second, a request and its channels
@@ -79,7 +94,11 @@ var gcReqs = sync.Pool{New: func() any { return &gcReq{wake: make(chan gcSignal,
 type groupCommit struct {
 	mu     sync.Mutex
 	q      []*gcReq
-	active atomic.Bool // a leader runs or waits for the writer; changed under mu
+	active atomic.Bool  // a leader runs or waits for the writer; changed under mu
+	want   atomic.Int32 // gather: batch size worth waiting for
+	commit atomic.Int64 // gather: how long a batch's COMMIT takes (ns, moving average)
+	// gatherMax bounds a gather when set (tests); maxGather otherwise.
+	gatherMax time.Duration
 	// batch and ran are the leader's buffers, reused from batch to batch:
 	// there is one leader at a time (active).
 	batch, ran []*gcReq
@@ -192,7 +211,7 @@ func callerKind(pc uintptr) int8 {
 // handled=false when it should take the writer as before (the writer is
 // free and nobody queues: no contention).
 func (t *tenant) groupExec(ctx context.Context, query string, args []driver.NamedValue) (res driver.Result, err error, handled bool) {
-	if !t.gc.active.Load() && !t.wsem.held.Load() {
+	if !t.gc.active.Load() && !t.wsem.held.Load() && t.gc.want.Load() < 2 {
 		return nil, nil, false // uncontended: no lock, no scan
 	}
 	ok, reuse := batchable(query)
@@ -207,7 +226,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		gcReqs.Put(r)
 	}()
 	t.gc.mu.Lock()
-	if !t.gc.active.Load() && !t.wsem.held.Load() {
+	if !t.gc.active.Load() && !t.wsem.held.Load() && t.gc.want.Load() < 2 {
 		t.gc.mu.Unlock()
 		return nil, nil, false
 	}
@@ -246,6 +265,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 // them as one batch, answers them, and hands the lead to the next queued
 // request (or ends it).
 func (t *tenant) leadBatch(r *gcReq) {
+	t.gather(r)
 	pc, err := t.acquireWriter(r.ctx)
 	if err != nil {
 		r.err = err
@@ -258,6 +278,9 @@ func (t *tenant) leadBatch(r *gcReq) {
 	batch = append(batch, t.gc.q[:n]...)
 	t.gc.q = slices.Delete(t.gc.q, 0, n)
 	t.gc.mu.Unlock()
+	if int32(len(batch)) > t.gc.want.Load() {
+		t.gc.want.Store(int32(len(batch)))
+	}
 
 	t.runBatch(pc, batch)
 	t.releaseBatchWriter(pc)
@@ -267,6 +290,43 @@ func (t *tenant) leadBatch(r *gcReq) {
 	clear(batch)
 	t.gc.batch = batch
 	t.nextLeader()
+}
+
+// timeCommit folds the duration of a batch's COMMIT into gc.commit (a
+// moving average, so that one stalled sync does not make the next leaders
+// wait long).
+func (gc *groupCommit) timeCommit(d time.Duration) {
+	old := gc.commit.Load()
+	gc.commit.Store(old + (int64(d)-old)/8)
+}
+
+// gather waits until want callers are queued (the leader included), for
+// at most as long as a COMMIT takes (maxGather at most), yielding the
+// processor to the callers on their way back.
+func (t *tenant) gather(r *gcReq) {
+	want := int(t.gc.want.Load())
+	limit := maxGather
+	if t.gc.gatherMax > 0 {
+		limit = t.gc.gatherMax
+	}
+	wait := min(time.Duration(t.gc.commit.Load()), limit)
+	if want < 2 || wait <= 0 {
+		return
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		t.gc.mu.Lock()
+		have := len(t.gc.q) + 1
+		t.gc.mu.Unlock()
+		if have >= want {
+			return
+		}
+		if time.Now().After(deadline) || r.ctx.Err() != nil {
+			t.gc.want.Store(int32(have))
+			return
+		}
+		runtime.Gosched()
+	}
 }
 
 // nextLeader hands the lead to the oldest queued request, or ends it.
@@ -341,7 +401,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		r.res = res
 		ran = append(ran, r)
 	}
+	start := time.Now()
 	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
+	t.gc.timeCommit(time.Since(start))
 	if err == nil {
 		return
 	}

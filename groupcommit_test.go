@@ -447,3 +447,87 @@ func TestGroupCommit_StatementsWithoutArgumentsStayPrepared(t *testing.T) {
 		t.Fatalf("batched vs mattn one by one (-want +got):\n%s", diff)
 	}
 }
+
+// After a batch of n, the next leader waits (gathers) until n callers are
+// queued, or for about as long as a COMMIT takes, before it runs: callers
+// answered together come back together, and without the wait the first of
+// them committed alone while the others queued behind it (two syncs per
+// round instead of one at synchronous=FULL). A gather that times out waits
+// for fewer callers next time, and a lone writer then takes the writer
+// without the queue again.
+func TestGroupCommit_LeaderGathers(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('open', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var sizes []int
+	hook := func(batch []*gcReq) {
+		mu.Lock()
+		sizes = append(sizes, len(batch))
+		mu.Unlock()
+	}
+	batchHook.Store(&hook)
+	t.Cleanup(func() { batchHook.Store(nil) })
+	batches := func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(sizes)
+	}
+
+	// As after a batch of three whose COMMIT took long: the writer is free.
+	tn.gc.want.Store(3)
+	tn.gc.commit.Store(int64(time.Hour))
+	tn.gc.gatherMax = time.Hour
+	done := make(chan error, 3)
+	insert := func(k string) {
+		go func() {
+			_, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('`+k+`', 1)`)
+			done <- err
+		}()
+	}
+	insert("a")
+	waitFor(t, 10*time.Second, "the first caller leading", tn.gc.active.Load)
+	insert("b")
+	waitFor(t, 10*time.Second, "the second caller queued", func() bool { return tn.queued() == 1 })
+	if got := batches(); len(got) != 0 || tn.wsem.held.Load() {
+		t.Fatalf("ran before the third caller came: batches %v, writer held %v", got, tn.wsem.held.Load())
+	}
+	insert("c")
+	for range 3 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := batches(); !slices.Equal(got, []int{3}) {
+		t.Fatalf("batches %v, want one of 3", got)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "b=1", "c=1", "open=0"}) {
+		t.Fatalf("rows %v", rows)
+	}
+
+	// Fewer callers than last time: the wait ends at its bound, runs what
+	// came, and the next gather waits for that many.
+	tn.gc.want.Store(3)
+	tn.gc.gatherMax = 20 * time.Millisecond
+	insert("d")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := batches(); !slices.Equal(got, []int{3, 1}) || tn.gc.want.Load() != 1 {
+		t.Fatalf("batches %v, want %d: want [3 1], 1", got, tn.gc.want.Load())
+	}
+	// A lone writer now takes the writer as without group commit.
+	for i := range 5 {
+		if _, err := p.ExecContext(tctx("acme"), `UPDATE kv SET v = v + 1 WHERE k = 'd'`); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	if got := batches(); len(got) != 2 || tn.gc.active.Load() {
+		t.Fatalf("a lone writer went through the queue: batches %v", got)
+	}
+}
