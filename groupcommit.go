@@ -207,12 +207,18 @@ func callerKind(pc uintptr) int8 {
 	}
 }
 
+// uncontended reports whether a write takes t's writer as without group
+// commit: no leader, the writer free, and no batch worth gathering for.
+func (t *tenant) uncontended() bool {
+	return !t.gc.active.Load() && !t.wsem.held.Load() && t.gc.want.Load() < 2
+}
+
 // groupExec runs an autocommit write through t's queue, or reports
 // handled=false when it should take the writer as before (the writer is
 // free and nobody queues: no contention).
 func (t *tenant) groupExec(ctx context.Context, query string, args []driver.NamedValue) (res driver.Result, err error, handled bool) {
-	if !t.gc.active.Load() && !t.wsem.held.Load() && t.gc.want.Load() < 2 {
-		return nil, nil, false // uncontended: no lock, no scan
+	if t.uncontended() {
+		return nil, nil, false // no lock, no scan
 	}
 	ok, reuse := batchable(query)
 	if !ok || !throughDB() {
@@ -226,7 +232,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		gcReqs.Put(r)
 	}()
 	t.gc.mu.Lock()
-	if !t.gc.active.Load() && !t.wsem.held.Load() && t.gc.want.Load() < 2 {
+	if t.uncontended() {
 		t.gc.mu.Unlock()
 		return nil, nil, false
 	}
