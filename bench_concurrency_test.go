@@ -135,13 +135,24 @@ func BenchmarkWriters64(b *testing.B) { benchWriters(b, 64) }
 // reported separately (reads-ok-ops/s, writes-p99-µs, ...); ns/op is over
 // both.
 func BenchmarkMixed(b *testing.B) {
-	for _, tg := range benchTargetsSync(b, "NORMAL") {
-		b.Run("readers=8/writers=2/impl="+tg.name, func(b *testing.B) {
+	mixed := func(tg benchTarget) func(b *testing.B) {
+		return func(b *testing.B) {
 			runConc(b, tg,
 				concGroup{name: "reads", n: 8, op: pointReadOp},
 				concGroup{name: "writes", n: 2, op: insertOp})
-		})
+		}
 	}
+	for _, tg := range benchTargetsSync(b, "NORMAL") {
+		b.Run("readers=8/writers=2/impl="+tg.name, mixed(tg))
+	}
+	// With a reader for each reading goroutine, as mattn's pool has, the
+	// readers never wait and keep both processors busy without blocking:
+	// the writes' batch leaders must not wait for a turn on a processor
+	// (groupcommit.go, gather).
+	p := newTestProxy(b, Config{Migrations: []string{benchSchema}, Synchronous: "NORMAL", ReadersPerTenant: 8})
+	tg := benchTarget{"proxy", p.DB, WithOrgID(context.Background(), "bench")}
+	fillBench(b, tg, "NORMAL")
+	b.Run("readers=8/writers=2/readers-per-tenant=8/impl=proxy", mixed(tg))
 }
 
 // singleWriter returns one goroutine's insert into a tenant of a proxy of

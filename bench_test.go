@@ -69,32 +69,39 @@ func benchTargetsSync(b *testing.B, sync string) []benchTarget {
 		{"proxy", p.DB, WithOrgID(context.Background(), "bench")},
 	}
 	for _, tg := range targets {
-		if _, err := tg.db.ExecContext(tg.ctx, benchSchema); err != nil {
+		fillBench(b, tg, sync)
+	}
+	return targets
+}
+
+// fillBench makes tg's bench table with its 1000 rows, checking that
+// PRAGMA synchronous is sync (unless empty).
+func fillBench(b *testing.B, tg benchTarget, sync string) {
+	b.Helper()
+	if _, err := tg.db.ExecContext(tg.ctx, benchSchema); err != nil {
+		b.Fatal(err)
+	}
+	if sync != "" {
+		var got string
+		if err := tg.db.QueryRowContext(tg.ctx, `PRAGMA synchronous`).Scan(&got); err != nil {
 			b.Fatal(err)
 		}
-		if sync != "" {
-			var got string
-			if err := tg.db.QueryRowContext(tg.ctx, `PRAGMA synchronous`).Scan(&got); err != nil {
-				b.Fatal(err)
-			}
-			if want := map[string]string{"OFF": "0", "NORMAL": "1", "FULL": "2", "EXTRA": "3"}[sync]; got != want {
-				b.Fatalf("%s: PRAGMA synchronous = %s, want %s (%s)", tg.name, got, want, sync)
-			}
+		if want := map[string]string{"OFF": "0", "NORMAL": "1", "FULL": "2", "EXTRA": "3"}[sync]; got != want {
+			b.Fatalf("%s: PRAGMA synchronous = %s, want %s (%s)", tg.name, got, want, sync)
 		}
-		tx, err := tg.db.BeginTx(tg.ctx, nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for i := range 1000 {
-			if _, err := tx.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`, fmt.Sprint("row", i), i); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if err := tx.Commit(); err != nil {
+	}
+	tx, err := tg.db.BeginTx(tg.ctx, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 1000 {
+		if _, err := tx.ExecContext(tg.ctx, `INSERT INTO bench (name, value) VALUES (?, ?)`, fmt.Sprint("row", i), i); err != nil {
 			b.Fatal(err)
 		}
 	}
-	return targets
+	if err := tx.Commit(); err != nil {
+		b.Fatal(err)
+	}
 }
 
 func runTargets(b *testing.B, fn func(b *testing.B, tg benchTarget)) {

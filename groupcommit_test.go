@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -456,40 +458,8 @@ func TestGroupCommit_StatementsWithoutArgumentsStayPrepared(t *testing.T) {
 // for fewer callers next time, and a lone writer then takes the writer
 // without the queue again.
 func TestGroupCommit_LeaderGathers(t *testing.T) {
-	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
-	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('open', 0)`); err != nil {
-		t.Fatal(err)
-	}
-	tn, err := p.c.r.tenant("acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var sizes []int
-	hook := func(batch []*gcReq) {
-		mu.Lock()
-		sizes = append(sizes, len(batch))
-		mu.Unlock()
-	}
-	batchHook.Store(&hook)
-	t.Cleanup(func() { batchHook.Store(nil) })
-	batches := func() []int {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(sizes)
-	}
-
 	// As after a batch of three whose COMMIT took long: the writer is free.
-	tn.gc.want.Store(3)
-	tn.gc.commit.Store(int64(time.Hour))
-	tn.gc.gatherMax = time.Hour
-	done := make(chan error, 3)
-	insert := func(k string) {
-		go func() {
-			_, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('`+k+`', 1)`)
-			done <- err
-		}()
-	}
+	p, tn, batches, insert, done := gatherAfterBatch(t, 3)
 	insert("a")
 	waitFor(t, 10*time.Second, "the first caller leading", tn.gc.active.Load)
 	insert("b")
@@ -529,5 +499,142 @@ func TestGroupCommit_LeaderGathers(t *testing.T) {
 	}
 	if got := batches(); len(got) != 2 || tn.gc.active.Load() {
 		t.Fatalf("a lone writer went through the queue: batches %v", got)
+	}
+}
+
+// recordBatches records the size of every batch from now until the test
+// ends, and returns them as run so far.
+func recordBatches(t *testing.T) func() []int {
+	var mu sync.Mutex
+	var sizes []int
+	hook := func(batch []*gcReq) {
+		mu.Lock()
+		sizes = append(sizes, len(batch))
+		mu.Unlock()
+	}
+	batchHook.Store(&hook)
+	t.Cleanup(func() { batchHook.Store(nil) })
+	return func() []int {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(sizes)
+	}
+}
+
+// gatherAfterBatch returns tenant acme of a new proxy (with a row 'open')
+// as after a batch of n whose COMMIT took an hour, the writer free, with
+// its batches recorded (recordBatches) and an inserter (kvInserter) whose
+// outcomes arrive on done.
+func gatherAfterBatch(t *testing.T, n int32) (p *Proxy, tn *tenant, batches func() []int, insert func(k string), done chan error) {
+	t.Helper()
+	p = newTestProxy(t, Config{Migrations: []string{kvTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('open', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches = recordBatches(t)
+	tn.gc.want.Store(n)
+	tn.gc.commit.Store(int64(time.Hour))
+	tn.gc.gatherMax = time.Hour
+	done = make(chan error, n)
+	return p, tn, batches, kvInserter(p, "acme", done), done
+}
+
+// kvInserter returns a function that inserts key k with value 1 into
+// tenant id's kv table from a goroutine of its own, and sends the outcome
+// on done.
+func kvInserter(p *Proxy, id string, done chan<- error) func(k string) {
+	return func(k string) {
+		go func() {
+			_, err := p.ExecContext(tctx(id), `INSERT INTO kv (k, v) VALUES ('`+k+`', 1)`)
+			done <- err
+		}()
+	}
+}
+
+// awaitAll receives n outcomes from done, failing on the first error or
+// when they take longer than a minute.
+func awaitAll(t *testing.T, done <-chan error, n int) {
+	t.Helper()
+	deadline := time.After(time.Minute)
+	for range n {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-deadline:
+			t.Fatalf("%d statements not answered within a minute", n)
+		}
+	}
+}
+
+// sleepingLeader reports whether a leader of tn sleeps in sleepGather.
+func sleepingLeader(tn *tenant) bool {
+	tn.gc.mu.Lock()
+	defer tn.gc.mu.Unlock()
+	return tn.gc.gathering > 0
+}
+
+// A leader whose yield stalls, because other goroutines keep every
+// processor busy without blocking, stops yielding: it sleeps until the
+// caller that completes its batch wakes it (or the gather's bound), and
+// so do the leaders after it for gatherSleep. Polling, it would run again
+// only when the scheduler preempted one of the busy goroutines (every
+// 10 ms), and the writes of a tenant read by eight goroutines at once ran
+// at a fifth of their rate.
+func TestGroupCommit_StalledLeaderSleeps(t *testing.T) {
+	p, tn, batches, insert, done := gatherAfterBatch(t, 2)
+
+	// One processor, kept busy by two goroutines that never block.
+	prev := runtime.GOMAXPROCS(1)
+	var stop atomic.Bool
+	var busy sync.WaitGroup
+	for range 2 {
+		busy.Go(func() {
+			for !stop.Load() {
+			}
+		})
+	}
+	release := func() {
+		if !stop.Swap(true) {
+			busy.Wait()
+			runtime.GOMAXPROCS(prev)
+		}
+	}
+	t.Cleanup(release)
+	insert("a")
+	waitFor(t, time.Minute, "the leader asleep after a stalled yield", func() bool { return sleepingLeader(tn) })
+	insert("b")
+	awaitAll(t, done, 2)
+	release()
+	if got := batches(); !slices.Equal(got, []int{2}) {
+		t.Fatalf("batches %v, want one of 2", got)
+	}
+	if !tn.gc.sleepUntil.After(time.Now()) {
+		t.Fatalf("the next gathers would yield again (sleepUntil %v)", tn.gc.sleepUntil)
+	}
+
+	// The next leader sleeps without trying a yield, and is woken too.
+	yields := tn.gc.yields
+	insert("c")
+	waitFor(t, time.Minute, "the next leader asleep", func() bool { return sleepingLeader(tn) })
+	insert("d")
+	awaitAll(t, done, 2)
+	if tn.gc.yields != yields {
+		t.Fatalf("the next leader yielded %d times", tn.gc.yields-yields)
+	}
+	// Asleep, a gather still ends at its bound, with what came.
+	tn.gc.gatherMax = 20 * time.Millisecond
+	insert("e")
+	awaitAll(t, done, 1)
+	if got := batches(); !slices.Equal(got, []int{2, 2, 1}) || tn.gc.want.Load() != 1 {
+		t.Fatalf("batches %v, want %d: want [2 2 1], 1", got, tn.gc.want.Load())
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "b=1", "c=1", "d=1", "e=1", "open=0"}) {
+		t.Fatalf("rows %v", rows)
 	}
 }
