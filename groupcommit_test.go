@@ -638,3 +638,40 @@ func TestGroupCommit_StalledLeaderSleeps(t *testing.T) {
 		t.Fatalf("rows %v", rows)
 	}
 }
+
+// A sleeping leader whose context ends stops gathering at once: nothing
+// of its statement runs and its caller gets the context's error, while
+// the callers it gathered run as they would have (in its batch).
+func TestGroupCommit_SleepingLeaderCancelled(t *testing.T) {
+	p, tn, batches, insert, done := gatherAfterBatch(t, 3)
+	tn.gc.sleepUntil = time.Now().Add(time.Hour)
+	ctx, cancel := context.WithCancel(tctx("acme"))
+	defer cancel()
+	leader := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(ctx, `INSERT INTO kv (k, v) VALUES ('a', 1)`)
+		leader <- err
+	}()
+	waitFor(t, time.Minute, "the first caller asleep", func() bool { return sleepingLeader(tn) })
+	insert("b")
+	waitFor(t, time.Minute, "the second caller queued", func() bool { return tn.queued() == 1 })
+	cancel()
+	select {
+	case err := <-leader:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled leader: %v, want context.Canceled", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("a cancelled leader still sleeps")
+	}
+	awaitAll(t, done, 1)
+	if got := batches(); !slices.Equal(got, []int{2}) {
+		t.Fatalf("batches %v, want one of 2 (the cancelled leader's and b)", got)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"b=1", "open=0"}) {
+		t.Fatalf("rows %v", rows)
+	}
+	if got := tn.gc.want.Load(); got != 2 {
+		t.Fatalf("want %d after a gather that ended with two callers, want 2", got)
+	}
+}
