@@ -387,39 +387,34 @@ func (t *tenant) gather(r *gcReq) {
 func (t *tenant) sleepGather(r *gcReq, want int, wait time.Duration) {
 	gc := &t.gc
 	gc.mu.Lock()
-	if have := len(gc.q) + 1; have >= want || wait <= 0 {
-		gc.mu.Unlock()
-		if have < want {
-			gc.want.Store(int32(have))
+	if len(gc.q)+1 < want && wait > 0 {
+		if gc.gathered == nil {
+			gc.gathered = make(chan struct{}, 1)
 		}
-		return
-	}
-	if gc.gathered == nil {
-		gc.gathered = make(chan struct{}, 1)
-	}
-	gc.gathering = want
-	gc.mu.Unlock()
-	if gc.timer == nil {
-		gc.timer = time.NewTimer(wait)
-	} else {
-		gc.timer.Reset(wait)
-	}
-	select {
-	case <-gc.gathered:
-	case <-gc.timer.C:
-	case <-r.ctx.Done():
-	}
-	gc.timer.Stop()
-	gc.mu.Lock()
-	gc.gathering = 0
-	select {
-	case <-gc.gathered: // sent as the sleep ended otherwise
-	default:
+		gc.gathering = want
+		gc.mu.Unlock()
+		if gc.timer == nil {
+			gc.timer = time.NewTimer(wait)
+		} else {
+			gc.timer.Reset(wait)
+		}
+		select {
+		case <-gc.gathered:
+		case <-gc.timer.C:
+		case <-r.ctx.Done():
+		}
+		gc.timer.Stop()
+		gc.mu.Lock()
+		gc.gathering = 0
+		select {
+		case <-gc.gathered: // sent as the sleep ended otherwise
+		default:
+		}
 	}
 	have := len(gc.q) + 1
 	gc.mu.Unlock()
 	if have < want {
-		gc.want.Store(int32(have))
+		gc.want.Store(int32(have)) // fewer came: wait for that many next time
 	}
 }
 

@@ -468,11 +468,7 @@ func TestGroupCommit_LeaderGathers(t *testing.T) {
 		t.Fatalf("ran before the third caller came: batches %v, writer held %v", got, tn.wsem.held.Load())
 	}
 	insert("c")
-	for range 3 {
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
-	}
+	awaitAll(t, done, 3)
 	if got := batches(); !slices.Equal(got, []int{3}) {
 		t.Fatalf("batches %v, want one of 3", got)
 	}
@@ -485,9 +481,7 @@ func TestGroupCommit_LeaderGathers(t *testing.T) {
 	tn.gc.want.Store(3)
 	tn.gc.gatherMax = 20 * time.Millisecond
 	insert("d")
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	awaitAll(t, done, 1)
 	if got := batches(); !slices.Equal(got, []int{3, 1}) || tn.gc.want.Load() != 1 {
 		t.Fatalf("batches %v, want %d: want [3 1], 1", got, tn.gc.want.Load())
 	}
