@@ -351,28 +351,33 @@ func requireDir(what, path string) error {
 // never created implicitly (ExplicitCreate) and never migrated on access
 // (MigrateCheck): only the commands that mean to create or migrate do.
 func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, bool) {
-	if err := requireDir("data directory", *f.dir); err != nil {
-		e.errorf("%s: %v", f.cmd.name, err)
-		return nil, exitUsage, false
-	}
 	if migrationsDir != "" {
 		if err := requireDir("migrations directory", migrationsDir); err != nil {
 			e.errorf("%s: %v", f.cmd.name, err)
 			return nil, exitUsage, false
 		}
 	}
+	return e.openWith(f, sqliteproxy.Config{
+		MigrationsDir:  migrationsDir,
+		MigrationMode:  sqliteproxy.MigrateCheck,
+		ExplicitCreate: true,
+	})
+}
+
+// openWith opens the proxy configured by cfg on the data directory of f,
+// in the layout of f's -layout, once the directory is found to exist.
+func (e *env) openWith(f *flags, cfg sqliteproxy.Config) (*sqliteproxy.Proxy, int, bool) {
+	if err := requireDir("data directory", *f.dir); err != nil {
+		e.errorf("%s: %v", f.cmd.name, err)
+		return nil, exitUsage, false
+	}
 	layout, err := dirLayout(*f.dir, *f.layout)
 	if err != nil {
 		e.errorf("%s: %s", f.cmd.name, errText(err))
 		return nil, exitUsage, false
 	}
-	p, err := sqliteproxy.New(sqliteproxy.Config{
-		Dir:            *f.dir,
-		Layout:         layout,
-		MigrationsDir:  migrationsDir,
-		MigrationMode:  sqliteproxy.MigrateCheck,
-		ExplicitCreate: true,
-	})
+	cfg.Dir, cfg.Layout = *f.dir, layout
+	p, err := sqliteproxy.New(cfg)
 	if err != nil {
 		e.errorf("%s: %s", f.cmd.name, errText(err))
 		return nil, exitFailed, false

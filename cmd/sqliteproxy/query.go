@@ -42,16 +42,11 @@ func (e *env) query(args []string) (status int) {
 			ids = append(ids, id)
 		}
 	}
-	if err := requireDir("data directory", *f.dir); err != nil {
-		e.errorf("query: %v", err)
-		return exitUsage
-	}
 	// No migrations configured in MigrateAuto: nothing is checked or
 	// applied (the tenants are read as they are), and nothing is created.
-	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: *f.dir, ExplicitCreate: true})
-	if err != nil {
-		e.errorf("query: %s", errText(err))
-		return exitFailed
+	p, st, ok := e.openWith(f, sqliteproxy.Config{ExplicitCreate: true})
+	if !ok {
+		return st
 	}
 	defer e.closeProxy(p, &status)
 

@@ -65,6 +65,16 @@ func TestRelayoutCommand(t *testing.T) {
 			t.Errorf("backup of %s: %v", id, got)
 		}
 	}
+	if r := cli(t, nil, "query", "-dir", dir, `SELECT count(*) AS n FROM events`).want(t, exitOK); r.stdout != "tenant   n\nacme     2\nglobex   2\ninitech  2\n" {
+		t.Errorf("query: %q", r.stdout)
+	}
+	if r := cli(t, nil, "query", "-dir", dir, "-layout", "flat", `SELECT 1`).want(t, exitFailed); !strings.Contains(r.stderr, "buckets layout") {
+		t.Errorf("query -layout flat on a bucketed directory: %q", r.stderr)
+	}
+	cli(t, nil, "restore", "-dir", dir, "-force", "acme", filepath.Join(out, "initech.db")).want(t, exitOK)
+	if got := events(t, bucketPath(dir, "acme")); !cmp.Equal(got, []string{"initech-0", "initech-1"}) {
+		t.Errorf("acme after restore: %v", got)
+	}
 	cli(t, nil, "migrate", "-dir", dir, "-migrations", migrationsDir(t, "0001_init.sql", "0002_add.sql")).want(t, exitOK)
 	var st []struct {
 		Tenant  string
