@@ -219,23 +219,28 @@ func settle(p string) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", p, err)
 	}
-	inUse := busy != 0
+	// Closing the last connection removes -shm (and -wal, unless kept
+	// empty: PERSIST_WAL). Anything else left means another process has
+	// the file open: decide that before removing anything, since its WAL
+	// is still in use even when empty.
+	inUse, emptyWAL := busy != 0, false
 	for _, s := range []string{"-wal", "-shm", "-journal"} {
 		fi, err := os.Lstat(p + s)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			return err
-		case s == "-wal" && fi.Size() == 0 && !inUse:
-			if err := os.Remove(p + s); err != nil {
-				return err
-			}
+		case s == "-wal" && fi.Size() == 0:
+			emptyWAL = true
 		default:
 			inUse = true
 		}
 	}
 	if inUse {
 		return fmt.Errorf("%s is open in another process (its -wal or -shm survived a checkpoint): stop it first", p)
+	}
+	if emptyWAL {
+		return os.Remove(p + "-wal")
 	}
 	return nil
 }
