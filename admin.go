@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/mattn/go-sqlite3"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/dirs"
 )
 
 // removeWithSideFiles removes a database file and its -wal, -shm and
@@ -173,11 +175,20 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 // one step). The copy is a standalone database (journal mode DELETE) that
 // passes integrity_check; it is written under a temporary name next to
 // dstPath and renamed into place, so dstPath is never half-written.
+// dstPath must lie outside the data directory: a copy there could take the
+// place of a tenant's file.
 func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	const op = opBackupTenant
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err
+	}
+	if in, err := dirs.Inside(dstPath, p.c.r.cfg.Dir); err != nil || in {
+		t.unpin()
+		if err == nil {
+			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", dstPath, p.c.r.cfg.Dir)
+		}
+		return opError(op, id, err)
 	}
 	defer t.unpin()
 	if err := t.mustExist(op); err != nil {

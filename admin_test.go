@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -364,6 +365,64 @@ func TestLibraryBackupFileMode(t *testing.T) {
 	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("backup mode %v, %v; want 0600", fi.Mode(), err)
 	}
+}
+
+// TestLibraryBackupInsideDataDir: a backup written into the data
+// directory could take the place of a tenant's file (in the bucketed
+// layout, <dir>/82/acme.db is acme): BackupTenant refuses any destination
+// inside it, however it is spelled, and writes nothing.
+func TestLibraryBackupInsideDataDir(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, layout := range []Layout{LayoutFlat, LayoutBuckets} {
+		t.Run(layout.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			p := newTestProxy(t, Config{Dir: dir, Layout: layout})
+			for _, id := range []string{"acme", "globex"} {
+				if _, err := p.ExecContext(WithOrgID(ctx, id), `CREATE TABLE who (id TEXT); INSERT INTO who VALUES (?)`, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			acme := tenantPath(dir, layout, "acme")
+			link := filepath.Join(t.TempDir(), "data")
+			if err := os.Symlink(dir, link); err != nil {
+				t.Fatal(err)
+			}
+			before := dirFiles(t, dir)
+			for _, dst := range []string{
+				acme,
+				filepath.Join(dir, "copy.db"),
+				filepath.Join(filepath.Dir(acme), "new", "copy.db"),
+				filepath.Join(link, strings.TrimPrefix(acme, dir)),
+			} {
+				err := p.BackupTenant(ctx, "globex", dst)
+				if err == nil || !strings.Contains(err.Error(), "inside the data directory") {
+					t.Errorf("BackupTenant(globex, %s): %v", dst, err)
+				}
+			}
+			if after := dirFiles(t, dir); !slices.Equal(before, after) {
+				t.Errorf("files in the data directory: %v, then %v", before, after)
+			}
+			var who string
+			if err := p.QueryRowContext(WithOrgID(ctx, "acme"), `SELECT id FROM who`).Scan(&who); err != nil || who != "acme" {
+				t.Errorf("acme holds %q, %v", who, err)
+			}
+		})
+	}
+}
+
+// dirFiles lists the paths under dir.
+func dirFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		out = append(out, p)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestLibraryRestoreLeavesSideFiles: restoring from a WAL-mode copy of a

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/internal/dirs"
 )
 
 // tenantErr prints a failure of op on tenant id: one line, without the
@@ -193,14 +194,12 @@ func notInUse(path string) error {
 	return nil
 }
 
-// sameDir reports whether a and b are the same existing directory.
-func sameDir(a, b string) bool {
-	fa, err := os.Stat(a)
-	if err != nil {
-		return false
-	}
-	fb, err := os.Stat(b)
-	return err == nil && os.SameFile(fa, fb)
+// insideData reports whether path lies in the data directory dataDir (or
+// is it), however either is spelled: a backup written there could take a
+// tenant's place.
+func insideData(path, dataDir string) bool {
+	in, err := dirs.Inside(path, dataDir)
+	return in || err != nil
 }
 
 // backup: online backup of one tenant, or of all.
@@ -230,7 +229,7 @@ func (e *env) backup(args []string) (status int) {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
-	if sameDir(filepath.Dir(dst), *f.dir) {
+	if insideData(dst, *f.dir) {
 		e.errorf("backup: %s is in the data directory; write backups elsewhere", dst)
 		return exitUsage
 	}
@@ -248,8 +247,8 @@ func (e *env) backup(args []string) (status int) {
 }
 
 func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
-	if sameDir(dir, *f.dir) {
-		e.errorf("backup: -all %s is the data directory; write backups elsewhere", dir)
+	if insideData(dir, *f.dir) {
+		e.errorf("backup: -all %s is in the data directory; write backups elsewhere", dir)
 		return exitUsage
 	}
 	p, st, ok := e.open(f, "")

@@ -202,6 +202,8 @@ func TestUsageErrors(t *testing.T) {
 		{"backup", "-dir", dir, "acme", backupDir},
 		{"backup", "-dir", dir, "acme", filepath.Join(dir, "copy.db")},
 		{"backup", "-dir", dir, "-all", dir},
+		{"backup", "-dir", dir, "-all", filepath.Join(dir, "82")}, // not there yet
+		{"backup", "-dir", dir, "-all", filepath.Join(dir, "sub", "..")},
 		{"backup", "-dir", missing, "acme", filepath.Join(backupDir, "a.db")},
 		{"backup", "-dir", missing, "-all", filepath.Join(backupDir, "all")},
 		{"restore", "-dir", dir, "acme"},

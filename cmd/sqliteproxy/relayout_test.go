@@ -71,6 +71,12 @@ func TestRelayoutCommand(t *testing.T) {
 	if r := cli(t, nil, "query", "-dir", dir, "-layout", "flat", `SELECT 1`).want(t, exitFailed); !strings.Contains(r.stderr, "buckets layout") {
 		t.Errorf("query -layout flat on a bucketed directory: %q", r.stderr)
 	}
+	// A backup into a bucket would be a tenant: refused, nothing written.
+	before := snapshot(t, dir)
+	cli(t, nil, "backup", "-dir", dir, "-force", "globex", bucketPath(dir, "acme")).want(t, exitUsage)
+	cli(t, nil, "backup", "-dir", dir, "-all", filepath.Dir(bucketPath(dir, "acme"))).want(t, exitUsage)
+	cli(t, nil, "backup", "-dir", dir, "-all", filepath.Join(dir, "ff")).want(t, exitUsage)
+	unchanged(t, dir, before)
 	cli(t, nil, "restore", "-dir", dir, "-force", "acme", filepath.Join(out, "initech.db")).want(t, exitOK)
 	if got := events(t, bucketPath(dir, "acme")); !cmp.Equal(got, []string{"initech-0", "initech-1"}) {
 		t.Errorf("acme after restore: %v", got)
