@@ -466,7 +466,10 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		alone(batch)
 		return
 	}
-	ran := t.gc.ran[:0] // statements that succeeded in the transaction
+	// Statements that ran in the transaction: those that succeeded, and
+	// those that failed without ending it, which may have kept changes
+	// (INSERT OR FAIL, RAISE(FAIL)) that a rollback of the batch undoes.
+	ran := t.gc.ran[:0]
 	defer func() { clear(ran); t.gc.ran = ran[:0] }()
 	for i, r := range batch {
 		if r.ctx.Err() != nil {
@@ -481,13 +484,10 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 			t.abortBatch(pc, ran, batch[i+1:], alone, r)
 			return
 		}
-		if err != nil {
-			// SQLite undid the statement and kept the transaction (see
-			// above): its caller gets its own error, the others go on.
-			r.err = err
-			continue
-		}
-		r.res = res
+		// An error: SQLite undid the statement (or, under FAIL, its
+		// failing row) and kept the transaction (see above): its caller
+		// gets its own error, the others go on.
+		r.res, r.err = res, err
 		ran = append(ran, r)
 	}
 	start := time.Now()
@@ -510,7 +510,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		return
 	}
 	for _, r := range ran {
-		r.res, r.err = nil, err // applies none of them
+		if r.err == nil {
+			r.res, r.err = nil, err // applies none of them
+		}
 	}
 }
 
@@ -539,8 +541,9 @@ func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
 }
 
 // abortBatch: statement cause ended the batch's transaction. What had run
-// before it (ran) was rolled back with it and runs again alone, and so
-// does what had not run yet (rest), as each would have without the batch.
+// before it (ran, failed or not: a failure may have kept changes) was
+// rolled back with it and runs again alone, and so does what had not run
+// yet (rest), as each would have without the batch.
 // cause keeps its own outcome: had it run alone, it would have done the
 // same to its own autocommit transaction.
 func (t *tenant) abortBatch(pc *physConn, ran, rest []*gcReq, alone func([]*gcReq), cause *gcReq) {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -117,24 +118,7 @@ func TestGroupCommit_BatchKeepsEachCallersResult(t *testing.T) {
 
 func queryKV(t *testing.T, p *Proxy, id string) []string {
 	t.Helper()
-	rows, err := p.QueryContext(tctx(id), `SELECT k, v FROM kv ORDER BY k`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var k string
-		var v int
-		if err := rows.Scan(&k, &v); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, fmt.Sprintf("%s=%d", k, v))
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return kvRows(t, p, tctx(id))
 }
 
 // A caller whose context ends while it is queued is removed: it gets its
@@ -247,18 +231,7 @@ func TestGroupCommit_OrFailKeepsWhatAutocommitKeeps(t *testing.T) {
 	for _, s := range []string{kvTable, `INSERT INTO kv (k, v) VALUES ('dup', 1)`, stmt} {
 		m.Exec(s)
 	}
-	var want []string
-	rows, err := m.Query(`SELECT k, v FROM kv ORDER BY k`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var k string
-		var v int
-		rows.Scan(&k, &v)
-		want = append(want, fmt.Sprintf("%s=%d", k, v))
-	}
-	rows.Close()
+	want := kvRows(t, m, context.Background())
 
 	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
 	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO kv (k, v) VALUES ('dup', 1)`); err != nil {
@@ -278,6 +251,94 @@ func TestGroupCommit_OrFailKeepsWhatAutocommitKeeps(t *testing.T) {
 	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, want) {
 		t.Fatalf("rows %v, want %v (mattn's, plus a and b)", rows, want)
 	}
+}
+
+// What INSERT OR FAIL (or RAISE(FAIL)) keeps when it fails is kept when
+// its batch is rolled back and run again alone, as mattn keeps it in
+// autocommit mode: by a later statement that ends the transaction, or by a
+// deferred constraint failing at COMMIT.
+func TestGroupCommit_OrFailKeptWhenTheBatchRunsAgain(t *testing.T) {
+	const orFail = `INSERT OR FAIL INTO kv (k, v) VALUES ('x1', 1), ('dup', 2), ('x2', 3)`
+	schema := []string{kvTable,
+		`CREATE TRIGGER no_bad BEFORE INSERT ON kv WHEN NEW.k = 'bad' BEGIN SELECT RAISE(ROLLBACK, 'bad key'); END`,
+		`CREATE TRIGGER fail_f BEFORE INSERT ON kv WHEN NEW.k = 'f2' BEGIN SELECT RAISE(FAIL, 'f2'); END`,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY DEFERRED)`,
+		`INSERT INTO kv (k, v) VALUES ('dup', 0)`,
+	}
+	for _, tc := range []struct {
+		name  string
+		stmts []string
+	}{
+		{"rollback-after", []string{orFail, `INSERT INTO kv (k, v) VALUES ('a', 1)`, `INSERT INTO kv (k, v) VALUES ('bad', 2)`}},
+		{"deferred-fk", []string{`INSERT INTO child (k) VALUES ('nobody')`, orFail, `INSERT INTO kv (k, v) VALUES ('a', 1)`}},
+		{"raise-fail", []string{`INSERT INTO kv (k, v) VALUES ('f1', 1), ('f2', 2), ('f3', 3)`, `INSERT INTO kv (k, v) VALUES ('bad', 2)`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// mattn, one statement after the other in autocommit mode.
+			m, err := sql.Open("sqlite3", filepath.Join(t.TempDir(), "m.db")+"?_foreign_keys=1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			for _, s := range schema {
+				if _, err := m.Exec(s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var wantErrs []bool
+			for _, s := range tc.stmts {
+				_, err := m.Exec(s)
+				wantErrs = append(wantErrs, err != nil)
+			}
+			want := kvRows(t, m, context.Background())
+
+			p := newTestProxy(t, Config{ForeignKeys: true, Migrations: schema})
+			tx, tn := holdWriter(t, p, "acme")
+			wait := queue(t, p, tn, nil, append([]string{`INSERT INTO kv (k, v) VALUES ('lead', 0)`}, tc.stmts...))
+			if err := tx.Rollback(); err != nil { // 'held' goes
+				t.Fatal(err)
+			}
+			got := wait()
+			if got[0].err != nil {
+				t.Fatalf("the leader's statement: %v", got[0].err)
+			}
+			for i, r := range got[1:] {
+				if (r.err != nil) != wantErrs[i] {
+					t.Errorf("statement %d (%s): %v; mattn failed: %v", i, tc.stmts[i], r.err, wantErrs[i])
+				}
+			}
+			want = append(want, "lead=0")
+			slices.Sort(want)
+			if rows := queryKV(t, p, "acme"); !slices.Equal(rows, want) {
+				t.Errorf("rows %v, want %v (mattn's, plus lead)", rows, want)
+			}
+		})
+	}
+}
+
+// kvRows returns kv's rows on db as k=v, sorted by k.
+func kvRows(t *testing.T, db interface {
+	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+}, ctx context.Context) []string {
+	t.Helper()
+	rows, err := db.QueryContext(ctx, `SELECT k, v FROM kv ORDER BY k`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var k string
+		var v int
+		if err := rows.Scan(&k, &v); err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, fmt.Sprintf("%s=%d", k, v))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // TestGroupCommit_ConnWorkNeverBatched: a sql.Conn's first statement looks
