@@ -319,10 +319,20 @@ func lruIndex(cands []*tenant, last *tenant) int {
 // SQLITE_BUSY instead of waiting for ever (a write through the *sql.DB
 // inside a transaction on the same tenant would otherwise wait for itself).
 func (r *router) boundWait(ctx context.Context) (context.Context, context.CancelFunc) {
+	return r.boundWaitBy(ctx, time.Time{})
+}
+
+// boundWaitBy is boundWait for a wait that began earlier: a ctx without a
+// deadline is bounded by deadline (BusyTimeout from its start) when that
+// is not zero.
+func (r *router) boundWaitBy(ctx context.Context, deadline time.Time) (context.Context, context.CancelFunc) {
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, func() {}
 	}
-	return context.WithTimeout(ctx, r.cfg.BusyTimeout)
+	if deadline.IsZero() {
+		return context.WithTimeout(ctx, r.cfg.BusyTimeout)
+	}
+	return context.WithDeadline(ctx, deadline)
 }
 
 // lazyBound is boundWait(ctx) made when a call first waits: most calls

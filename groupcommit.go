@@ -52,7 +52,9 @@ import (
 //
 // Semantics kept: FIFO order; a statement that fails is rolled back alone
 // (by SQLite) and its caller gets its own error; a caller
-// whose context ends while queued is removed and nothing of it runs; a
+// whose context ends while queued is removed and nothing of it runs (one
+// without a deadline waits BusyTimeout from its call, queued and leading
+// together, then gets SQLITE_BUSY, as it would waiting for the writer); a
 // failed COMMIT applies nothing and fails every caller of the batch, except
 // a constraint failure at COMMIT (deferred foreign keys), after which each
 // statement runs again alone so each caller gets exactly what it would
@@ -84,10 +86,16 @@ type gcReq struct {
 	reuse bool // may run from the writer's prepared statements (batchable)
 	res   driver.Result
 	err   error
+	// deadline bounds the wait of a request whose ctx has none, by
+	// BusyTimeout from its arrival (boundWait): queued or leading, it
+	// waits no longer than it would for the writer without the queue.
+	deadline time.Time
 	// wake receives exactly one signal for a request taken from the queue
 	// by someone else: gcDone (answered: res and err are set) or gcLead
 	// (lead the next batch). Buffered, so the sender never waits.
 	wake chan gcSignal
+	// timer ends a queued wait at deadline; kept with the pooled request.
+	timer *time.Timer
 }
 
 type gcSignal uint8
@@ -245,8 +253,11 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	t.r.retain.leased() // a use of an open tenant, as conn.lease counts one
 	r := gcReqs.Get().(*gcReq)
 	r.ctx, r.query, r.args, r.reuse = ctx, query, args, reuse
+	if _, ok := ctx.Deadline(); !ok {
+		r.deadline = time.Now().Add(t.r.cfg.BusyTimeout)
+	}
 	defer func() {
-		*r = gcReq{wake: r.wake} // drop references before pooling
+		*r = gcReq{wake: r.wake, timer: r.timer} // drop references before pooling
 		gcReqs.Put(r)
 	}()
 	t.gc.mu.Lock()
@@ -266,13 +277,22 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		t.gc.gathered <- struct{}{} // buffered and empty: one send per sleep
 	}
 	t.gc.mu.Unlock()
+	var sig gcSignal
+	answered := false
 	select {
-	case sig := <-r.wake:
+	case sig = <-r.wake:
+		answered = true
+	case <-ctx.Done():
+	case <-r.bound():
+	}
+	if r.timer != nil {
+		r.timer.Stop()
+	}
+	if answered {
 		if sig == gcLead {
 			t.leadBatch(r)
 		}
 		return r.res, r.err, true
-	case <-ctx.Done():
 	}
 	t.gc.mu.Lock()
 	if i := slices.Index(t.gc.q, r); i >= 0 {
@@ -282,11 +302,27 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	}
 	t.gc.mu.Unlock()
 	// Taken by a leader: it runs (or ran) in its batch, or r leads the
-	// next batch, which fails at once on the ended context and hands over.
+	// next batch, which fails on the ended context (or at once if the
+	// writer is not free by r's deadline) and hands over.
 	if <-r.wake == gcLead {
 		t.leadBatch(r)
 	}
 	return r.res, r.err, true
+}
+
+// bound returns a channel that receives at r's deadline (nil, which never
+// does, for a request whose ctx has a deadline of its own).
+func (r *gcReq) bound() <-chan time.Time {
+	if r.deadline.IsZero() {
+		return nil
+	}
+	d := time.Until(r.deadline)
+	if r.timer == nil {
+		r.timer = time.NewTimer(d)
+	} else {
+		r.timer.Reset(d)
+	}
+	return r.timer.C
 }
 
 // leadBatch takes t's writer for r and everything queued behind it, runs
@@ -294,7 +330,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 // request (or ends it).
 func (t *tenant) leadBatch(r *gcReq) {
 	t.gather(r)
-	pc, err := t.acquireWriter(r.ctx)
+	pc, err := t.acquireWriterBy(r.ctx, r.deadline)
 	if err != nil {
 		r.err = err
 		t.nextLeader()

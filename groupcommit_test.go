@@ -195,6 +195,59 @@ func TestGroupCommit_DeferredConstraintAtCommit(t *testing.T) {
 	}
 }
 
+// A write whose context has no deadline waits BusyTimeout from its call
+// and then gets SQLITE_BUSY, queued or not: a queue of k callers behind a
+// held writer must not make the last wait k × BusyTimeout (each used to
+// start a fresh bound when it was handed the lead).
+func TestGroupCommit_QueuedWaitBoundedByBusyTimeout(t *testing.T) {
+	const busy = 200 * time.Millisecond
+	const n = 8
+	for name, mode := range map[string]GroupCommitMode{"on": GroupCommitOn, "off": GroupCommitOff} {
+		t.Run("group_commit="+name, func(t *testing.T) {
+			p := newTestProxy(t, Config{Migrations: []string{kvTable}, BusyTimeout: busy, GroupCommit: mode})
+			tx, tn := holdWriter(t, p, "acme")
+			type outcome struct {
+				took time.Duration
+				err  error
+			}
+			done := make(chan outcome, n)
+			for i := range n {
+				go func() {
+					start := time.Now()
+					_, err := p.ExecContext(tctx("acme"), fmt.Sprintf(`INSERT INTO kv (k, v) VALUES ('w%d', %d)`, i, i))
+					done <- outcome{time.Since(start), err}
+				}()
+			}
+			waitFor(t, 10*time.Second, "every writer waiting", func() bool {
+				if mode == GroupCommitOff {
+					return tn.wsem.nwait.Load() == n
+				}
+				return tn.queued() == n-1 && tn.wsem.nwait.Load() == 1
+			})
+			for range n {
+				select {
+				case o := <-done:
+					var se sqlite3.Error
+					if !errors.As(o.err, &se) || se.Code != sqlite3.ErrBusy {
+						t.Errorf("after %v: %v, want SQLITE_BUSY", o.took, o.err)
+					}
+					if o.took > 4*busy {
+						t.Errorf("waited %v with a BusyTimeout of %v", o.took, busy)
+					}
+				case <-time.After(30 * time.Second):
+					t.Fatal("a writer still waits after 30 s")
+				}
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"held=0"}) {
+				t.Errorf("rows %v: a write that got SQLITE_BUSY ran", rows)
+			}
+		})
+	}
+}
+
 // Off (Config.GroupCommit = GroupCommitOff, DSN group_commit=false),
 // nothing queues.
 func TestGroupCommit_Off(t *testing.T) {

@@ -138,18 +138,28 @@ func (t *tenant) awaitDrain(ctx context.Context) error {
 
 // acquireWriter leases the writer, opening (and migrating) it if needed.
 func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
-	if err := t.lockWriter(ctx); err != nil {
+	return t.acquireWriterBy(ctx, time.Time{})
+}
+
+// acquireWriterBy is acquireWriter for a caller whose wait began earlier:
+// when ctx has no deadline, it waits for the semaphore until deadline
+// (when not zero) rather than BusyTimeout from now.
+func (t *tenant) acquireWriterBy(ctx context.Context, deadline time.Time) (*physConn, error) {
+	if err := t.lockWriterBy(ctx, deadline); err != nil {
 		return nil, err
 	}
 	return t.openLockedWriter(ctx, t.r.accessOpts)
 }
 
 // lockWriter takes the writer semaphore of an active tenant.
-func (t *tenant) lockWriter(ctx context.Context) error {
+func (t *tenant) lockWriter(ctx context.Context) error { return t.lockWriterBy(ctx, time.Time{}) }
+
+// lockWriterBy is lockWriter waiting as boundWaitBy(ctx, deadline) allows.
+func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 	for {
 		if !t.wsem.TryAcquire() {
 			start := time.Now()
-			wctx, cancel := t.r.boundWait(ctx)
+			wctx, cancel := t.r.boundWaitBy(ctx, deadline)
 			err := t.wsem.Acquire(wctx)
 			cancel()
 			if err != nil {
