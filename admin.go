@@ -444,7 +444,13 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		return errors.New("not a regular file")
 	}
 	params := "?mode=ro&immutable=1"
-	if _, err := os.Stat(src + "-wal"); err == nil {
+	_, werr := os.Stat(src + "-wal")
+	if fi.Size() == 0 && werr != nil {
+		// SQLite opens an empty file as an empty database: restoring it
+		// would empty the tenant, and no backup is empty.
+		return errors.New("an empty file, not a database")
+	}
+	if werr == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
 		if err := copyFile(src, stage, false); err != nil {

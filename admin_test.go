@@ -232,7 +232,9 @@ func TestProxy_RestoreRefusesBadSource(t *testing.T) {
 		b[i] ^= 0x5a
 	}
 	os.WriteFile(corrupt, b, 0o600)
-	for _, bad := range []string{junk, corrupt, filepath.Join(src, "missing.db"), src} {
+	empty := filepath.Join(src, "empty.db") // SQLite would open it as an empty database
+	os.WriteFile(empty, nil, 0o600)
+	for _, bad := range []string{junk, corrupt, empty, filepath.Join(src, "missing.db"), src} {
 		if err := p.RestoreTenant(context.Background(), "acme", bad); err == nil {
 			t.Errorf("restore from %s succeeded", filepath.Base(bad))
 		}
