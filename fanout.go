@@ -147,7 +147,34 @@ func (r *router) fanOutReadOnly(query string) error {
 	case "SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA":
 		return nil
 	}
+	if err := syntaxError(query); err != nil {
+		return opError(opFanOut, "", err)
+	}
+	if info.Keyword == "" {
+		return opError(opFanOut, "", errors.New("no statement in the query"))
+	}
 	return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+}
+
+// syntaxError returns SQLite's own error for a text it cannot parse,
+// compiled on a private in-memory database, where a
+// statement that names the tenants' tables fails only later, at name
+// resolution, and is not reported here.
+func syntaxError(query string) error {
+	dc, err := plainDriver.Open(":memory:")
+	if err != nil {
+		return nil
+	}
+	defer dc.Close()
+	s, err := dc.Prepare(query)
+	if err == nil {
+		s.Close()
+		return nil
+	}
+	if msg := err.Error(); strings.Contains(msg, "syntax error") || strings.Contains(msg, "incomplete input") {
+		return err
+	}
+	return nil
 }
 
 // fanOutTenants returns the tenants a fan-out reads, sorted, without

@@ -294,6 +294,22 @@ func TestFanOut_ReadOnly(t *testing.T) {
 			t.Errorf("Query(%q) = %v, want ErrFanOutWrite", q, err)
 		}
 	}
+	// A text that does not parse gets SQLite's own error, not a refusal
+	// for writing; nothing runs.
+	for q, want := range map[string]string{
+		`SELEC 1`:            "syntax error",
+		`DELETE FROM`:        "incomplete input",
+		``:                   "no statement",
+		`  -- only a remark`: "no statement",
+	} {
+		rows, err := p.QueryContext(fan, q)
+		if err == nil {
+			rows.Close()
+		}
+		if err == nil || errors.Is(err, ErrFanOutWrite) || !strings.Contains(err.Error(), want) {
+			t.Errorf("Query(%q) = %v, want an error saying %q", q, err, want)
+		}
+	}
 	if _, err := p.ExecContext(fan, `DELETE FROM events`); !errors.Is(err, ErrFanOutWrite) {
 		t.Errorf("Exec: %v, want ErrFanOutWrite", err)
 	}
