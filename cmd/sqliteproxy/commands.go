@@ -214,6 +214,14 @@ func (e *env) backup(args []string) (status int) {
 	if *all != (len(pos) == 1) {
 		return e.usageError(f, "want ID FILE, or -all DIR")
 	}
+	// An empty path is no place to write to (and would resolve to the
+	// working directory).
+	if *all && pos[0] == "" {
+		return e.usageError(f, "-all DIR is empty")
+	}
+	if !*all && pos[1] == "" {
+		return e.usageError(f, "FILE is empty")
+	}
 	if *all {
 		return e.backupAll(f, pos[0], *force)
 	}

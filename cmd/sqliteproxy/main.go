@@ -29,8 +29,9 @@
 //
 // The data directory is in the flat layout (<dir>/<id>.db) or the bucketed
 // one (<dir>/<bucket>/<id>.db, 256 folders; see sqliteproxy.Layout). The
-// commands that take -dir also take -layout: auto (the default) uses the
-// layout the directory records, flat or buckets insist on one. Fleet-wide
+// commands that take -dir, but relayout (whose -to is the layout), also
+// take -layout: auto (the default) uses the layout the directory records,
+// flat or buckets insist on one. Fleet-wide
 // commands (tenants, migrate, backup -all, status and check without an ID)
 // go through the tenants in the order of Proxy.AllTenants: sorted in a
 // flat directory, bucket by bucket (each sorted) in a bucketed one.
@@ -79,7 +80,10 @@
 // -tenants) through sqliteproxy.WithFanOut and prints one result: a first
 // column tenant, then the statement's columns, tenants in ID order, as an
 // aligned table with a header line or, with -json, an array of objects
-// whose keys are in column order (BLOBs that are not UTF-8 are base64).
+// whose keys are in column order (BLOBs that are not UTF-8 are base64),
+// always a whole array ([] when the query fails before its first row);
+// -json refuses a result with two columns of one name (tenant included),
+// which would be an object with a key twice: alias one.
 // Statements that could write are refused and run nowhere. Tenants are read
 // as they are: no migration is checked or applied. A tenant that fails (a
 // missing table, a listed tenant that does not exist) stops the query with
@@ -98,12 +102,15 @@
 // Exit status: 0 when everything succeeded; 1 when an operation failed for
 // at least one tenant (not found, already exists, corrupt file, failed
 // migration, rollback or integrity check, delete not confirmed,
-// interrupted), or when -down-to is beyond the migrations of -migrations;
-// 2 for usage errors (unknown command or flag, wrong number of arguments,
-// invalid tenant ID, a directory or file named on the command line that
-// does not exist, a negative -down-to, a -replica that is not a URL or an
-// -at that is not an RFC 3339 time, delete without -yes on a
-// non-interactive stdin).
+// interrupted), when -down-to is beyond the migrations of -migrations, or
+// when the data directory cannot be opened (an unknown layout marker, an
+// interrupted relayout), whatever -layout says; 2 for usage errors
+// (unknown command or flag, wrong number of arguments, invalid tenant ID,
+// a directory or file named on the command line that does not exist or is
+// empty, a -layout other than auto, flat or buckets, a negative -down-to,
+// a -replica that is not a URL or an -at that is not an RFC 3339 time,
+// delete without -yes on a non-interactive stdin, a query -json whose
+// result has two columns of one name).
 package main
 
 import (
@@ -165,18 +172,18 @@ var commands []command
 func init() {
 	// Assigned here: the commands' run functions refer to commands (usage).
 	commands = []command{
-		{"tenants", "[-dir DIR] [-json]", "list the tenants, one ID per line", (*env).tenants},
+		{"tenants", "[-dir DIR] [-layout L] [-json]", "list the tenants, one ID per line", (*env).tenants},
 		{"compact", "-replica URL [-retention D] [ID ...]", "compact the replicas of tenants (all in the replica by default): restores stay fast", (*env).compact},
 		{"replicas", "-replica URL [-json]", "list the tenants that have a replica under URL, one ID per line", (*env).replicas},
-		{"create", "[-dir DIR] [-migrations DIR] ID", "create a tenant, with the migrations applied", (*env).create},
-		{"delete", "[-dir DIR] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
-		{"backup", "[-dir DIR] [-force] ID FILE | -all [-force] DIR", "online backup of one tenant, or of all into DIR/<id>.db", (*env).backup},
-		{"restore", "[-dir DIR] [-force] ID FILE | -replica URL [-at TIME] [-litestream PATH] [-dir DIR] [-force] ID", "replace a tenant's data with a backup or its replica (creates the tenant if missing)", (*env).restore},
-		{"migrate", "[-dir DIR] -migrations DIR [-down-to N] [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants, or roll them back to version N", (*env).migrate},
-		{"status", "[-dir DIR] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
-		{"check", "[-dir DIR] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
+		{"create", "[-dir DIR] [-layout L] [-migrations DIR] ID", "create a tenant, with the migrations applied", (*env).create},
+		{"delete", "[-dir DIR] [-layout L] [-yes] [-force] ID", "delete a tenant and all its data (asks first unless -yes)", (*env).delete},
+		{"backup", "[-dir DIR] [-layout L] [-force] ID FILE | -all [-force] DIR", "online backup of one tenant, or of all into DIR/<id>.db", (*env).backup},
+		{"restore", "[-dir DIR] [-layout L] [-force] ID FILE | -replica URL [-at TIME] [-litestream PATH] [-dir DIR] [-layout L] [-force] ID", "replace a tenant's data with a backup or its replica (creates the tenant if missing)", (*env).restore},
+		{"migrate", "[-dir DIR] [-layout L] -migrations DIR [-down-to N] [-dry-run] [-concurrency N] [ID...]", "apply pending migrations to all (or the named) tenants, or roll them back to version N", (*env).migrate},
+		{"status", "[-dir DIR] [-layout L] [-migrations DIR] [-replica URL] [-json] [ID]", "schema version, pending migrations, size, last change (and replica position) per tenant", (*env).status},
+		{"check", "[-dir DIR] [-layout L] [ID]", "PRAGMA integrity_check on one or all tenants", (*env).check},
 		{"relayout", "[-dir DIR] -to flat|buckets", "convert the data directory to another layout, offline (crash-safe; run again to finish)", (*env).relayout},
-		{"query", "[-dir DIR] [-tenants ID,ID...] [-concurrency N] [-skip-errors] [-json] 'SELECT ...'", "run a read-only query on every (or the listed) tenant: one result, tenant first", (*env).query},
+		{"query", "[-dir DIR] [-layout L] [-tenants ID,ID...] [-concurrency N] [-skip-errors] [-json] 'SELECT ...'", "run a read-only query on every (or the listed) tenant: one result, tenant first", (*env).query},
 		{"nodes", "-etcd ENDPOINTS [-json]", "the live nodes of a cluster and their URLs", (*env).nodes},
 		{"owners", "-etcd ENDPOINTS [-json]", "which node owns which tenant, and its generation", (*env).owners},
 		{"move", "-etcd ENDPOINTS -to NODE [-timeout D] ID", "hand a tenant over to another node: synced, released, taken", (*env).move},
@@ -226,7 +233,9 @@ func (e *env) usage(w io.Writer) {
 	for _, c := range commands {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nEvery command but replicas, compact, nodes, owners and move takes -dir DIR (default ./data) and -layout (default auto). Run 'sqliteproxy COMMAND -h' for its flags.\n"+
+	fmt.Fprintf(w, "\nEvery command but replicas, compact, nodes, owners and move takes -dir DIR (default ./data);\n"+
+		"all of these but relayout (whose -to is the layout) also take -layout L: auto (default), flat or buckets.\n"+
+		"Run 'sqliteproxy COMMAND -h' for its flags.\n"+
 		"Replica URLs are Litestream's (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL;\n"+
 		"S3 credentials come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY).\n"+
 		"Exit status: 0 ok, 1 failed for some tenant, 2 usage error.\n")
@@ -366,15 +375,31 @@ func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, boo
 
 // openWith opens the proxy configured by cfg on the data directory of f,
 // in the layout of f's -layout, once the directory is found to exist.
+// Only an invalid -layout is a usage error: a directory whose layout
+// cannot be read (an unknown marker, an interrupted relayout) fails to
+// open, with -layout auto as with flat or buckets.
 func (e *env) openWith(f *flags, cfg sqliteproxy.Config) (*sqliteproxy.Proxy, int, bool) {
+	layout, auto, ok := layoutFlag(*f.layout)
+	if !ok {
+		return nil, e.usageError(f, "-layout %q is not flat, buckets or auto", *f.layout), false
+	}
 	if err := requireDir("data directory", *f.dir); err != nil {
 		e.errorf("%s: %v", f.cmd.name, err)
 		return nil, exitUsage, false
 	}
-	layout, err := dirLayout(*f.dir, *f.layout)
-	if err != nil {
-		e.errorf("%s: %s", f.cmd.name, errText(err))
-		return nil, exitUsage, false
+	if auto {
+		var err error
+		if layout, err = sqliteproxy.DirLayout(*f.dir); err != nil {
+			e.errorf("%s: %s", f.cmd.name, errText(err))
+			return nil, exitFailed, false
+		}
+	}
+	if layout == sqliteproxy.LayoutBuckets && readsOnly[f.cmd.name] && unmarkedEmpty(*f.dir) {
+		// A proxy opened with buckets on an unmarked directory without
+		// tenants marks it bucketed for good; a command that only reads
+		// must not change what auto means there. Flat reads the same
+		// nothing and writes nothing.
+		layout = sqliteproxy.LayoutFlat
 	}
 	cfg.Dir, cfg.Layout = *f.dir, layout
 	p, err := sqliteproxy.New(cfg)
@@ -385,18 +410,41 @@ func (e *env) openWith(f *flags, cfg sqliteproxy.Config) (*sqliteproxy.Proxy, in
 	return p, exitOK, true
 }
 
-// dirLayout resolves a -layout flag for the data directory dir: auto is
-// the layout dir records (sqliteproxy.DirLayout).
-func dirLayout(dir, flagValue string) (sqliteproxy.Layout, error) {
-	switch flagValue {
-	case "flat":
-		return sqliteproxy.LayoutFlat, nil
-	case "buckets":
-		return sqliteproxy.LayoutBuckets, nil
-	case "auto":
-		return sqliteproxy.DirLayout(dir)
+// readsOnly names the commands that never change the data directory (a
+// backup is written elsewhere).
+var readsOnly = map[string]bool{"tenants": true, "backup": true, "status": true, "check": true, "query": true}
+
+// unmarkedEmpty reports whether dir records no layout and holds no
+// database file at its top: no tenant in either layout.
+func unmarkedEmpty(dir string) bool {
+	if l, err := sqliteproxy.DirLayout(dir); err != nil || l != sqliteproxy.LayoutFlat {
+		return false
 	}
-	return 0, fmt.Errorf("-layout %q is not flat, buckets or auto", flagValue)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if strings.HasSuffix(e.Name(), ".db") {
+			return false
+		}
+	}
+	return true
+}
+
+// layoutFlag parses a -layout flag: flat or buckets, or auto (the layout
+// the directory records, sqliteproxy.DirLayout). ok is false for any
+// other value.
+func layoutFlag(v string) (l sqliteproxy.Layout, auto, ok bool) {
+	switch v {
+	case "flat":
+		return sqliteproxy.LayoutFlat, false, true
+	case "buckets":
+		return sqliteproxy.LayoutBuckets, false, true
+	case "auto":
+		return 0, true, true
+	}
+	return 0, false, false
 }
 
 // allTenants lists every tenant, in the order of Proxy.AllTenants.

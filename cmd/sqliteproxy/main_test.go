@@ -197,6 +197,8 @@ func TestUsageErrors(t *testing.T) {
 		{"backup", "-dir", dir, "acme"},
 		{"backup", "-dir", dir, "acme", "b", "c"},
 		{"backup", "-dir", dir, "-all", "x", "y"},
+		{"backup", "-dir", dir, "acme", ""},
+		{"backup", "-dir", dir, "-all", ""},
 		{"backup", "-dir", dir, "Acme", filepath.Join(backupDir, "a.db")},
 		{"backup", "-dir", dir, "acme", filepath.Join(missing, "a.db")},
 		{"backup", "-dir", dir, "acme", backupDir},
@@ -284,7 +286,8 @@ func TestErrorMessages(t *testing.T) {
 		{[]string{"frob"}, `sqliteproxy: unknown command "frob"` + "\n"},
 		{[]string{"create", "-dir", dir, "acme"}, "sqliteproxy: create acme: tenant already exists\n"},
 		{[]string{"delete", "-dir", dir, "-yes", "nosuch"}, "sqliteproxy: delete nosuch: no such tenant\n"},
-		{[]string{"tenants", "-dir", dir, "-x"}, "sqliteproxy: tenants: flag provided but not defined: -x\nusage: sqliteproxy tenants [-dir DIR] [-json]\n"},
+		{[]string{"tenants", "-dir", dir, "-x"}, "sqliteproxy: tenants: flag provided but not defined: -x\nusage: sqliteproxy tenants [-dir DIR] [-layout L] [-json]\n"},
+		{[]string{"backup", "-dir", dir, "acme", ""}, "sqliteproxy: backup: FILE is empty\nusage: sqliteproxy backup [-dir DIR] [-layout L] [-force] ID FILE | -all [-force] DIR\n"},
 	} {
 		r := cli(t, nil, tc.args...)
 		got := r.stderr
@@ -319,16 +322,66 @@ func TestHelp(t *testing.T) {
 			}
 		}
 	}
+	var noDir, noLayout []string // as the commands' flags have it
 	for _, c := range commands {
 		r := cli(t, nil, c.name, "-h").want(t, exitOK)
-		// Every command but replicas and compact, which read no data directory, has -dir.
-		noDir := c.name == "replicas" || c.name == "compact" || c.name == "nodes" || c.name == "owners" || c.name == "move"
-		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || strings.Contains(r.stdout, "-dir") == noDir {
+		// Every command but those that read no data directory has -dir.
+		wantNoDir := c.name == "replicas" || c.name == "compact" || c.name == "nodes" || c.name == "owners" || c.name == "move"
+		if !strings.HasPrefix(r.stdout, "usage: sqliteproxy "+c.name+" ") || strings.Contains(r.stdout, "-dir") == wantNoDir {
 			t.Errorf("%s -h:\n%s", c.name, r.stdout)
+		}
+		hasDir, hasLayout := strings.Contains(r.stdout, "\n  -dir "), strings.Contains(r.stdout, "\n  -layout ")
+		if !hasDir {
+			noDir = append(noDir, c.name)
+		} else if !hasLayout {
+			noLayout = append(noLayout, c.name)
+		}
+		// The synopsis shows -layout where the command takes it.
+		if strings.Contains(c.synopsis, "[-layout L]") != hasLayout {
+			t.Errorf("%s: synopsis %q, -layout flag %v", c.name, c.synopsis, hasLayout)
 		}
 		if r2 := cli(t, nil, "help", c.name).want(t, exitOK); r2.stdout != r.stdout {
 			t.Errorf("help %s differs from %s -h", c.name, c.name)
 		}
+	}
+	// The usage footer says which commands take -dir and -layout.
+	r := cli(t, nil, "help").want(t, exitOK)
+	for _, tc := range []struct {
+		re   string
+		want []string
+	}{
+		{`\nEvery command but (.*) takes -dir DIR`, noDir},
+		{`\nall of these but (.*) \(whose -to is the layout\) also take -layout`, noLayout},
+	} {
+		m := regexp.MustCompile(tc.re).FindStringSubmatch(r.stdout)
+		if m == nil {
+			t.Errorf("usage does not match %q:\n%s", tc.re, r.stdout)
+			continue
+		}
+		got := strings.FieldsFunc(strings.ReplaceAll(m[1], " and ", ","), func(r rune) bool { return r == ',' || r == ' ' })
+		if diff := cmp.Diff(tc.want, got, cmpopts.SortSlices(func(a, b string) bool { return a < b })); diff != "" {
+			t.Errorf("usage: %q names the wrong commands (-flags +usage):\n%s", m[0], diff)
+		}
+	}
+}
+
+// TestBackupEmptyPath: an empty FILE or -all DIR is a usage error, and
+// nothing is written (an empty path would be the working directory).
+func TestBackupEmptyPath(t *testing.T) {
+	// Serial: it changes the process's working directory.
+	dir := fleet(t, "", 0, "acme")
+	wd := t.TempDir()
+	t.Chdir(wd)
+	before := snapshot(t, dir)
+	for _, args := range [][]string{{"acme", ""}, {"-all", ""}, {"-all", "-force", ""}} {
+		r := cli(t, nil, append([]string{"backup", "-dir", dir}, args...)...).want(t, exitUsage)
+		if !strings.Contains(r.stderr, " is empty\n") || r.stdout != "" {
+			t.Errorf("backup %q: %+v", args, r)
+		}
+	}
+	unchanged(t, dir, before)
+	if ents, _ := os.ReadDir(wd); len(ents) != 0 {
+		t.Errorf("working directory got files: %v", ents)
 	}
 }
 

@@ -58,16 +58,30 @@ func (e *env) query(args []string) (status int) {
 			e.tenantErr("query", id, unwrapFanOut(err))
 		},
 	})
-	rows, err := p.QueryContext(ctx, pos[0])
-	if err != nil {
+	// A failure before the first row still prints a JSON array: empty.
+	noRows := func(err error) int {
+		if *asJSON {
+			fmt.Fprintln(e.stdout, "[]")
+		}
 		e.queryErr(err)
 		return exitFailed
+	}
+	rows, err := p.QueryContext(ctx, pos[0])
+	if err != nil {
+		return noRows(err)
 	}
 	defer rows.Close()
 	cols, err := rows.Columns()
 	if err != nil {
-		e.queryErr(err)
-		return exitFailed
+		return noRows(err)
+	}
+	// A JSON object with a key twice loses one of its values (the tenant
+	// ID, when a column is named tenant): refused before any output.
+	if *asJSON {
+		if dup, ok := duplicateColumn(cols); ok {
+			e.errorf("query: column %q appears twice in the result: alias it (AS ...) for -json", dup)
+			return exitUsage
+		}
 	}
 	out := e.newRowPrinter(cols, *asJSON)
 	vals := make([]any, len(cols))
@@ -94,6 +108,18 @@ func (e *env) query(args []string) (status int) {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// duplicateColumn returns a column name that cols holds twice, if any.
+func duplicateColumn(cols []string) (string, bool) {
+	seen := make(map[string]bool, len(cols))
+	for _, c := range cols {
+		if seen[c] {
+			return c, true
+		}
+		seen[c] = true
+	}
+	return "", false
 }
 
 // queryErr prints a failure of query: of one tenant, named, or of the query.

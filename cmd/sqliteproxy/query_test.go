@@ -62,3 +62,60 @@ func TestQuery(t *testing.T) {
 	cli(t, nil, "query", "-dir", dir, "-concurrency", "-1", "SELECT 1").want(t, exitUsage)
 	cli(t, nil, "query", "-dir", dir+"/missing", "SELECT 1").want(t, exitUsage)
 }
+
+// TestQueryJSONColumns: -json refuses a result with two columns of one
+// name, the tenant column included: an object with a key twice loses a
+// value when read. The table shows them as they are.
+func TestQueryJSONColumns(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme")
+	for _, tc := range []struct{ sql, col string }{
+		{`SELECT type AS tenant FROM events`, "tenant"},
+		{`SELECT 1 AS a, 2 AS a`, "a"},
+	} {
+		r := cli(t, nil, "query", "-json", "-dir", dir, tc.sql).want(t, exitUsage)
+		want := `sqliteproxy: query: column "` + tc.col + `" appears twice in the result: alias it (AS ...) for -json` + "\n"
+		if r.stdout != "" || r.stderr != want {
+			t.Errorf("%s: stdout %q, stderr %q, want %q", tc.sql, r.stdout, r.stderr, want)
+		}
+	}
+	r := cli(t, nil, "query", "-dir", dir, `SELECT type AS tenant, 1 AS a, 2 AS a FROM events`).want(t, exitOK)
+	if want := "tenant  tenant  a  a\nacme    acme-0  1  2\n"; r.stdout != want {
+		t.Errorf("table with repeated columns: %q, want %q", r.stdout, want)
+	}
+	// Aliased, it prints.
+	r = cli(t, nil, "query", "-json", "-dir", dir, `SELECT type AS t, 1 AS a, 2 AS b FROM events`).want(t, exitOK)
+	if want := "[\n  {\"tenant\": \"acme\", \"t\": \"acme-0\", \"a\": 1, \"b\": 2}\n]\n"; r.stdout != want {
+		t.Errorf("aliased: %q, want %q", r.stdout, want)
+	}
+}
+
+// TestQueryJSONFailure: -json prints a valid array however the query
+// fails: [] when it fails before any row, the rows so far after.
+func TestQueryJSONFailure(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex")
+	for _, tc := range []struct {
+		args   []string
+		rows   int
+		stderr string
+	}{
+		{[]string{"-tenants", "globex,aaa", `SELECT 1 AS x`}, 0, "sqliteproxy: query aaa: no such tenant\n"}, // tenants in ID order: aaa first
+		{[]string{`SELECT * FROM nosuch`}, 0, "sqliteproxy: query acme: no such table: nosuch\n"},
+		{[]string{`DELETE FROM events RETURNING id`}, 0, ""},
+		{[]string{"-tenants", "acme,nope", `SELECT 1 AS x`}, 1, "sqliteproxy: query nope: no such tenant\n"},
+	} {
+		args := append([]string{"query", "-json", "-dir", dir}, tc.args...)
+		r := cli(t, nil, args...).want(t, exitFailed)
+		var got []map[string]any
+		if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != tc.rows {
+			t.Errorf("%v: stdout %q (%v), want an array of %d", tc.args, r.stdout, err, tc.rows)
+		}
+		if tc.rows == 0 && r.stdout != "[]\n" {
+			t.Errorf("%v: stdout %q, want []", tc.args, r.stdout)
+		}
+		if tc.stderr != "" && r.stderr != tc.stderr {
+			t.Errorf("%v: stderr %q, want %q", tc.args, r.stderr, tc.stderr)
+		}
+	}
+}

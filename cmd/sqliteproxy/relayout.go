@@ -1,7 +1,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/sqliteproxy/sqliteproxy"
 )
@@ -31,9 +33,37 @@ func (e *env) relayout(args []string) int {
 	}
 	moved, err := sqliteproxy.Relayout(e.ctx, *f.dir, layout)
 	if err != nil {
-		e.errorf("relayout: %s (moved %d tenants; run it again to finish)", errText(err), moved)
+		e.relayoutErr(*f.dir, moved, err)
 		return exitFailed
 	}
-	fmt.Fprintf(e.stdout, "moved %d tenants; %s is in the %s layout\n", moved, *f.dir, layout)
+	fmt.Fprintf(e.stdout, "moved %s; %s is in the %s layout\n", plural(moved, "tenant"), *f.dir, layout)
 	return exitOK
+}
+
+// relayoutErr prints a failed relayout of dir, without the library's own
+// "relayout:" (and with the tenant it stopped at, named like other
+// commands name theirs). It says to run it again only when the directory
+// is left marked as half converted: a relayout that could not start (the
+// directory in use, an unknown marker) left nothing to finish.
+func (e *env) relayoutErr(dir string, moved int, err error) {
+	what, id := "relayout", ""
+	var pe *sqliteproxy.Error
+	if errors.As(err, &pe) && pe.Tenant != "" {
+		what, id = "relayout "+pe.Tenant, pe.Tenant
+	}
+	msg := tenantErrText(id, err)
+	switch _, lerr := sqliteproxy.DirLayout(dir); {
+	case relayoutInterrupted(lerr):
+		msg += fmt.Sprintf(" (moved %s; run it again to finish)", plural(moved, "tenant"))
+	case moved > 0:
+		msg += fmt.Sprintf(" (moved %s)", plural(moved, "tenant"))
+	}
+	e.errorf("%s: %s", what, msg)
+}
+
+// relayoutInterrupted reports whether err, from sqliteproxy.DirLayout,
+// says a relayout of the directory did not finish. The library exports
+// no sentinel for it: its message is what tells.
+func relayoutInterrupted(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "relayout to ") && strings.Contains(err.Error(), " was interrupted")
 }

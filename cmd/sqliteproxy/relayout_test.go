@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -97,8 +98,9 @@ func TestRelayoutCommand(t *testing.T) {
 	}
 
 	// Not while a proxy has the directory open.
+	// Nothing was started: nothing to finish.
 	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Layout: sqliteproxy.LayoutBuckets})
-	if r := cli(t, nil, "relayout", "-dir", dir, "-to", "flat").want(t, exitFailed); !strings.Contains(r.stderr, "in use by a proxy") {
+	if r := cli(t, nil, "relayout", "-dir", dir, "-to", "flat").want(t, exitFailed); r.stderr != "sqliteproxy: relayout: "+dir+" is in use by a proxy (a service or a CLI command): stop it first\n" {
 		t.Errorf("relayout beside a proxy: %q", r.stderr)
 	}
 	p.Close()
@@ -110,6 +112,90 @@ func TestRelayoutCommand(t *testing.T) {
 	if r := cli(t, nil, "tenants", "-dir", dir).want(t, exitOK); r.stdout != "acme\nhooli\ninitech\n" {
 		t.Errorf("tenants after -to flat: %q", r.stdout)
 	}
+}
+
+// TestRelayoutFailed: a relayout that stops half way says so, names the
+// tenant it stopped at, and leaves a directory that nothing opens (exit
+// 1, whatever -layout says) until it runs again; one that could not start
+// says nothing of running again.
+func TestRelayoutFailed(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech")
+	// globex open in another process (not a proxy: it takes no lock on the
+	// directory): acme moves first (flat is listed sorted), then globex stops it.
+	path := filepath.Join(dir, "globex.db")
+	db, err := sql.Open("sqlite3", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`SELECT count(*) FROM events`); err != nil {
+		t.Fatal(err)
+	}
+	r := cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitFailed)
+	want := "sqliteproxy: relayout globex: " + path + " is open in another process (its -wal or -shm survived a checkpoint): stop it first (moved 1 tenant; run it again to finish)\n"
+	if r.stderr != want || r.stdout != "" {
+		t.Errorf("relayout stopped half way: stdout %q, stderr\n%q\nwant\n%q", r.stdout, r.stderr, want)
+	}
+	for _, layout := range []string{"auto", "flat", "buckets"} {
+		if r := cli(t, nil, "tenants", "-dir", dir, "-layout", layout).want(t, exitFailed); !strings.Contains(r.stderr, "a relayout to buckets was interrupted") {
+			t.Errorf("tenants -layout %s after an interrupted relayout: %q", layout, r.stderr)
+		}
+	}
+	db.Close()
+	r = cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitOK)
+	if r.stdout != "moved 2 tenants; "+dir+" is in the buckets layout\n" {
+		t.Errorf("relayout again: %q", r.stdout)
+	}
+
+	// An unknown marker: nothing started, nothing moved.
+	marker := filepath.Join(dir, ".sqliteproxy-layout")
+	if err := os.WriteFile(marker, []byte("junk\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, dir)
+	r = cli(t, nil, "relayout", "-dir", dir, "-to", "flat").want(t, exitFailed)
+	if want := "sqliteproxy: relayout: " + marker + ": unknown layout marker \"junk\"\n"; r.stderr != want {
+		t.Errorf("unknown marker: stderr %q, want %q", r.stderr, want)
+	}
+	unchanged(t, dir, before)
+
+	// One tenant: singular.
+	one := fleet(t, "", 0, "acme")
+	if r := cli(t, nil, "relayout", "-dir", one, "-to", "buckets").want(t, exitOK); r.stdout != "moved 1 tenant; "+one+" is in the buckets layout\n" {
+		t.Errorf("relayout of one tenant: %q", r.stdout)
+	}
+}
+
+// TestUnreadableLayout: a data directory whose layout cannot be read fails
+// to open (exit 1) with -layout auto as with flat or buckets; only a
+// -layout that is none of them is a usage error.
+func TestUnreadableLayout(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, "", 0, "acme")
+	if err := os.WriteFile(filepath.Join(dir, ".sqliteproxy-layout"), []byte("junk\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, dir)
+	for _, args := range [][]string{
+		{"tenants"},
+		{"tenants", "-layout", "auto"},
+		{"tenants", "-layout", "flat"},
+		{"tenants", "-layout", "buckets"},
+		{"check", "acme"},
+		{"query", "SELECT 1"},
+	} {
+		r := cli(t, nil, append(args, "-dir", dir)...).want(t, exitFailed)
+		if !strings.Contains(r.stderr, `unknown layout marker "junk"`) || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+	r := cli(t, nil, "tenants", "-dir", dir, "-layout", "round").want(t, exitUsage)
+	if !strings.HasPrefix(r.stderr, `sqliteproxy: tenants: -layout "round" is not flat, buckets or auto`+"\n") {
+		t.Errorf("-layout round: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
 }
 
 // The real binary, killed (SIGKILL) at a random moment of a relayout,
@@ -205,5 +291,41 @@ func copyDir(t *testing.T, src, dst string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Reading an empty, unmarked directory with -layout buckets changes
+// nothing: a proxy opened so would mark it bucketed for good, and auto
+// would then mean buckets there. Creating a tenant with -layout buckets
+// does mark it.
+func TestReadOnlyCommandsLeaveLayoutAlone(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	before := snapshot(t, dir)
+	for _, args := range [][]string{
+		{"tenants"}, {"status"}, {"check"}, {"query", "SELECT 1"}, {"backup", "-all", t.TempDir()},
+	} {
+		r := cli(t, nil, append(append([]string{args[0], "-dir", dir, "-layout", "buckets"}, args[1:]...))...).want(t, exitOK)
+		if r.stderr != "" {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+	unchanged(t, dir, before)
+	cli(t, nil, "create", "-dir", dir, "acme").want(t, exitOK)
+	if _, err := os.Lstat(filepath.Join(dir, "acme.db")); err != nil {
+		t.Errorf("auto after reads with -layout buckets: not flat: %v", err)
+	}
+
+	fresh := t.TempDir()
+	cli(t, nil, "create", "-dir", fresh, "-layout", "buckets", "acme").want(t, exitOK)
+	if l, err := sqliteproxy.DirLayout(fresh); err != nil || l != sqliteproxy.LayoutBuckets {
+		t.Errorf("create -layout buckets: the directory records %v, %v", l, err)
+	}
+	// A flat directory with tenants is still refused, and left unmarked.
+	if r := cli(t, nil, "tenants", "-dir", dir, "-layout", "buckets").want(t, exitFailed); !strings.Contains(r.stderr, "flat layout") {
+		t.Errorf("-layout buckets on a flat directory: %q", r.stderr)
+	}
+	if l, err := sqliteproxy.DirLayout(dir); err != nil || l != sqliteproxy.LayoutFlat {
+		t.Errorf("after a refused read: %v, %v", l, err)
 	}
 }
