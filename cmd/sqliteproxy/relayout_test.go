@@ -305,7 +305,7 @@ func TestReadOnlyCommandsLeaveLayoutAlone(t *testing.T) {
 	for _, args := range [][]string{
 		{"tenants"}, {"status"}, {"check"}, {"query", "SELECT 1"}, {"backup", "-all", t.TempDir()},
 	} {
-		r := cli(t, nil, append(append([]string{args[0], "-dir", dir, "-layout", "buckets"}, args[1:]...))...).want(t, exitOK)
+		r := cli(t, nil, append([]string{args[0], "-dir", dir, "-layout", "buckets"}, args[1:]...)...).want(t, exitOK)
 		if r.stderr != "" {
 			t.Errorf("%v: stderr %q", args, r.stderr)
 		}
