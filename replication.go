@@ -332,6 +332,29 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	return nil
 }
 
+// notRegistered reports whether err is Litestream's answer for a database
+// it does not stream (404: "database not found").
+func notRegistered(err error) bool {
+	var ce *ctlError
+	return errors.As(err, &ce) && ce.Status == http.StatusNotFound
+}
+
+// reregister registers t again if this process still streams it but
+// Litestream does not: its registrations live in memory only, and a
+// restarted Litestream knows none of them (it resumes from its files
+// beside the database, nothing lost). Under the writer semaphore, as
+// register and unregister: a tenant unregistered meanwhile is left alone.
+func (r *router) reregister(ctx context.Context, t *tenant) error {
+	if err := t.lockWriter(ctx); err != nil {
+		return err
+	}
+	defer t.releaseWriter()
+	if !t.registered.Load() {
+		return nil
+	}
+	return r.repl.register(ctx, t.path, t.replicaKey())
+}
+
 // unregister syncs t and stops streaming it; the caller holds t's writer
 // semaphore and has closed t's connections. A failed sync is remembered
 // (SyncTenant retries it): Litestream keeps what it did not upload in its
@@ -411,17 +434,20 @@ func (r *router) catchUp(t *tenant) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	var out syncResult
-	if r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out) != nil {
+	err := r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out)
+	if err != nil {
 		t.lagSince.CompareAndSwap(0, time.Now().UnixNano()) // cannot vouch for the replica
-		return
-	}
-	if out.ReplicatedTXID >= out.TXID {
+		if !notRegistered(err) || r.reregister(ctx, t) != nil {
+			return
+		}
+		// Streamed again: sync what it missed.
+	} else if out.ReplicatedTXID >= out.TXID {
 		t.lagSince.Store(0)
 		return
 	}
 	t.lagSince.CompareAndSwap(0, time.Now().UnixNano())
 	start := time.Now()
-	_, err := r.repl.sync(ctx, t.path)
+	_, err = r.repl.sync(ctx, t.path)
 	r.tel.synced(ctx, t.tel, start, err)
 	if err == nil {
 		t.lagSince.Store(0)
@@ -558,9 +584,13 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			if err == nil {
 				t.lagSince.Store(0)
 			}
-			var ce *ctlError
-			if errors.As(err, &ce) && ce.Status == http.StatusNotFound {
-				continue // unregistered meanwhile (and synced by that)
+			if notRegistered(err) {
+				// Unregistered meanwhile (and synced by that), or
+				// Litestream restarted and forgot it: register it again.
+				if err := r.reregister(ctx, t); err != nil {
+					return opError(opSyncTenant, t.id, err)
+				}
+				continue
 			}
 			if err != nil {
 				return opError(opSyncTenant, t.id, err)

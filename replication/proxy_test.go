@@ -351,6 +351,47 @@ func TestProxy_ObjectStoreDown(t *testing.T) {
 	})
 }
 
+// Litestream killed and started again forgets every registration: the
+// proxy registers its open tenants again, so SyncTenant returns (it spun on
+// Litestream's "database not found" until its deadline) and replication of
+// a tenant nobody syncs catches up by itself (the resync).
+func TestProxy_LitestreamRestarted(t *testing.T) {
+	g := newRig(t, "file")
+	a := sqliteproxytest.New(t, g.config(t, 10))
+	ctx := context.Background()
+	insert(t, a, "synced", "before")
+	insert(t, a, "idle", "before")
+	for _, id := range []string{"synced", "idle"} {
+		if err := a.SyncTenant(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.ls.Kill()
+	insert(t, a, "synced", "while-dead")
+	insert(t, a, "idle", "while-dead")
+	g.ls.Restart()
+	insert(t, a, "synced", "after")
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.SyncTenant(sctx, "synced"); err != nil {
+		t.Fatalf("SyncTenant after Litestream restarted: %v", err)
+	}
+	restored := func(id string) []string {
+		dir := t.TempDir()
+		if err := g.ls.Restore(ctx, mustJoin(t, g.replica, id), filepath.Join(dir, id+".db")); err != nil {
+			return nil
+		}
+		return names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), id)
+	}
+	if got, want := restored("synced"), []string{"before", "while-dead", "after"}; !slices.Equal(got, want) {
+		t.Errorf("synced's replica: %v, want %v", got, want)
+	}
+	want := []string{"before", "while-dead"}
+	sqliteproxytest.WaitFor(t, 60*time.Second, "idle's replica to catch up", func() bool {
+		return slices.Equal(restored("idle"), want)
+	})
+}
+
 func mustJoin(t *testing.T, base, id string) string {
 	t.Helper()
 	u, err := harness.JoinReplicaURL(base, id)
