@@ -50,6 +50,7 @@ var (
 // (or, for waits and opens, the step that failed inside it).
 const (
 	opOpen            = "open" // opening the proxy
+	opClose           = "close"
 	opConfigure       = "configure"
 	opParseDSN        = "parse DSN"
 	opConnect         = "connect"

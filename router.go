@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,6 +184,11 @@ func (r *router) forgetIdle(t *tenant, haveWsem bool) {
 }
 
 // close closes every idle tenant; leased connections close when released.
+// With replication it fails if tenants are left whose last commits did not
+// reach the replica (their final sync failed, now or earlier): closed all
+// the same, but what they hold is on this machine only until they are
+// opened again with replication (Litestream's files beside each database
+// keep what it did not upload).
 func (r *router) close() error {
 	open, already := r.budget.close()
 	if already {
@@ -198,7 +204,30 @@ func (r *router) close() error {
 	r.tmpl.close()
 	r.tel.close()
 	r.dirLock.Close()
-	return nil
+	return r.unsyncedAtClose()
+}
+
+// unsyncedAtClose reports the tenants whose commits are not all in the
+// replica, for close.
+func (r *router) unsyncedAtClose() error {
+	if r.repl == nil {
+		return nil
+	}
+	r.repl.mu.Lock()
+	ids := make([]string, 0, len(r.repl.behind))
+	for t := range r.repl.behind {
+		ids = append(ids, t.id)
+	}
+	r.repl.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	list := strings.Join(ids[:min(len(ids), 10)], ", ")
+	if len(ids) > 10 {
+		list += ", ..."
+	}
+	return opError(opClose, "", fmt.Errorf("%d tenants not synced to the replica (%s): their last commits are on this machine only until they are opened again with replication", len(ids), list))
 }
 
 // allTenants yields the IDs of tenant files under cfg.Dir, in the order

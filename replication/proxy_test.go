@@ -392,6 +392,43 @@ func TestProxy_LitestreamRestarted(t *testing.T) {
 	})
 }
 
+// Close reports the tenants whose final sync failed (Litestream down):
+// their last commits are on this machine only. Opened again with
+// replication, such a tenant reaches the replica after all.
+func TestProxy_CloseReportsUnsynced(t *testing.T) {
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert(t, p, "acme", "before")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.ls.Kill()
+	insert(t, p, "acme", "while-dead")
+	err = p.Close()
+	if err == nil || !strings.Contains(err.Error(), "1 tenants not synced to the replica (acme)") {
+		t.Fatalf("Close with Litestream dead: %v", err)
+	}
+	g.ls.Restart()
+	q := sqliteproxytest.New(t, cfg) // the same directory
+	if got := names(t, q, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+		t.Fatalf("acme reopened: %v", got)
+	}
+	if err := q.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, "acme"), filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+		t.Errorf("the replica after reopening: %v", got)
+	}
+}
+
 func mustJoin(t *testing.T, base, id string) string {
 	t.Helper()
 	u, err := harness.JoinReplicaURL(base, id)
