@@ -251,7 +251,7 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 	args := []driver.NamedValue{
 		{Ordinal: 1, Value: int64(i + 1)},
 		{Ordinal: 2, Value: m.list[i].sum},
-		{Ordinal: 3, Value: time.Now().UTC().Format(time.RFC3339Nano)},
+		{Ordinal: 3, Value: stamp(time.Now())}, // as a template copy's: one width, sorts by time
 	}
 	if _, err := c.ExecContext(ctx, ledgerInsert, args); err != nil {
 		return err
@@ -404,12 +404,26 @@ func parseMigrationMode(s string) (MigrationMode, error) {
 // Files are named like goose or golang-migrate name them: a number, an
 // underscore, a name, then ".sql" or ".up.sql" (0001_init.sql,
 // 0002_add_severity.up.sql). They apply in numeric order (0010 after 0002);
-// subdirectories and other files are ignored; two files with the same
+// subdirectories and other files are ignored (a symbolic link to a
+// regular file is read as the file); two files with the same
 // number are an error. A file "NNNN_name.down.sql" is the down migration
 // of the migration numbered NNNN, run by Proxy.Rollback; it is not part of
 // the migration's checksum, so a down file may be added (or fixed) after
 // its migration was applied. A down file without a migration of its
 // number is an error.
+// isRegularFile reports whether e is a regular file of fsys, or a symbolic
+// link to one: a Kubernetes ConfigMap mounts every file as a link.
+func isRegularFile(fsys fs.FS, e fs.DirEntry) bool {
+	if e.Type().IsRegular() {
+		return true
+	}
+	if e.Type()&fs.ModeSymlink == 0 {
+		return false
+	}
+	fi, err := fs.Stat(fsys, e.Name())
+	return err == nil && fi.Mode().IsRegular()
+}
+
 func loadMigrations(cfg *Config) ([]migration, error) {
 	fsys := cfg.MigrationsFS
 	if cfg.MigrationsDir != "" {
@@ -434,7 +448,7 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 	downs := map[uint64]string{} // number -> down file name
 	for _, e := range entries {
 		name := e.Name()
-		if !e.Type().IsRegular() || !strings.HasSuffix(name, ".sql") {
+		if !strings.HasSuffix(name, ".sql") || !isRegularFile(fsys, e) {
 			continue
 		}
 		digits, _, ok := strings.Cut(name, "_")

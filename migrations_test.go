@@ -304,6 +304,32 @@ func TestMigrationsDirDSN(t *testing.T) {
 	}
 }
 
+// Migration files that are symbolic links to regular files (a Kubernetes
+// ConfigMap mounts every file so) are read like the files; a link to a
+// directory or a dangling link is ignored like any other non-file.
+func TestMigrationsDirSymlinks(t *testing.T) {
+	t.Parallel()
+	src, mdir := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(src, "init.sql"), []byte(`CREATE TABLE t (a)`), 0o600)
+	for link, target := range map[string]string{
+		"0001_init.sql":    filepath.Join(src, "init.sql"),
+		"0002_dir.sql":     src,
+		"0003_missing.sql": filepath.Join(src, "missing.sql"),
+	} {
+		if err := os.Symlink(target, filepath.Join(mdir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newTestProxy(t, Config{MigrationsDir: mdir})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.MigrationStatus(context.Background(), "acme")
+	if err != nil || len(st.Applied) != 1 || st.Applied[0].Name != "0001_init.sql" {
+		t.Errorf("status %+v, %v", st, err)
+	}
+}
+
 func TestMigrateCheckMode(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()

@@ -374,10 +374,17 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly 
 				r.reportCopiedMigrations(ctx, t.tel, start)
 				return true, nil
 			}
-			if err := r.copyTemplate(ctx, tpl, tmp, t.tel); err != nil {
+			err := r.copyTemplate(ctx, tpl, tmp, t.tel)
+			if err == nil {
+				return false, nil
+			}
+			// A template damaged since it was built (its file is read
+			// for every copy when too large to hold in memory): the next
+			// creation builds it again, this one migrates step by step.
+			r.dropTemplate(tpl)
+			if err := removeWithSideFiles(tmp); err != nil {
 				return false, opError(opCreateTenant, t.id, err)
 			}
-			return false, nil
 		}
 	}
 	if err := createEmpty(tmp); err != nil {

@@ -50,6 +50,7 @@ type templates struct {
 	// copies are made on disk, without trying again for each.
 	noImage string
 	imaged  atomic.Int64 // tenants made from img (tests see the path taken)
+	closed  bool         // removed at Close: no directory is made again
 }
 
 // templateImage is a template file in memory.
@@ -64,7 +65,7 @@ type templateImage struct {
 func (tp *templates) close() {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
-	tp.img = nil
+	tp.img, tp.closed = nil, true
 	if tp.dir != "" {
 		os.RemoveAll(tp.dir)
 		tp.dir, tp.path = "", ""
@@ -105,6 +106,11 @@ func (m *migrator) templateKey() string {
 func (r *router) template(ctx context.Context) (string, error) {
 	r.tmpl.mu.Lock()
 	defer r.tmpl.mu.Unlock()
+	if r.tmpl.closed {
+		// A creation still in flight at Close: it migrates step by step
+		// rather than leave a directory nobody removes.
+		return "", ErrClosed
+	}
 	if r.tmpl.path != "" {
 		if _, err := os.Stat(r.tmpl.path); err == nil {
 			return r.tmpl.path, nil
@@ -123,6 +129,21 @@ func (r *router) template(ctx context.Context) (string, error) {
 	}
 	r.tmpl.path = path
 	return path, nil
+}
+
+// dropTemplate forgets the template at path and removes it, so that the
+// next creation builds it again.
+func (r *router) dropTemplate(path string) {
+	tp := &r.tmpl
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if tp.path == path {
+		os.Remove(path)
+		tp.path = ""
+	}
+	if tp.img != nil && tp.img.path == path {
+		tp.img = nil
+	}
 }
 
 // checkTemplate fails unless the file at path is a healthy database whose

@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -104,6 +105,24 @@ func testTemplateSameAsStepByStep(t *testing.T) *Proxy {
 	}
 	if _, err := os.Stat(tmplDir); !os.IsNotExist(err) {
 		t.Fatalf("template directory left after Close: %v", err)
+	}
+	// Both ledgers' applied_at have one width, so that they sort by time
+	// together (step by step wrote RFC3339Nano, which drops trailing zeros).
+	for _, id := range []string{"copied", "stepwise"} {
+		var widths []int
+		rows, err := direct(t, dir, id).Query(`SELECT DISTINCT length(applied_at) FROM ` + ledgerTable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for rows.Next() {
+			var n int
+			rows.Scan(&n)
+			widths = append(widths, n)
+		}
+		rows.Close()
+		if len(widths) != 1 || widths[0] != stampLen {
+			t.Errorf("%s: applied_at widths %v, want all %d", id, widths, stampLen)
+		}
 	}
 	s1, l1 := schemaAndLedger(t, filepath.Join(dir, "copied.db"))
 	s2, l2 := schemaAndLedger(t, filepath.Join(dir, "stepwise.db"))
@@ -208,4 +227,48 @@ func TestTemplate_TooLargeForMemory(t *testing.T) {
 		t.Errorf("imaged %d, img %v, noImage %q, template %q: want the on-disk path, remembered", tp.imaged.Load(), tp.img != nil, tp.noImage, tp.path)
 	}
 	noCreationLeftovers(t, p.c.r.cfg.Dir)
+}
+
+// A template file damaged after it was built (read for every copy when too
+// large for memory) does not fail creations: the one that finds it migrates
+// step by step and the next builds the template again. A creation still in
+// flight at Close makes no template directory nobody would remove.
+func TestTemplate_DamagedAndClosed(t *testing.T) {
+	memTemplateOff.Store(true)
+	t.Cleanup(func() { memTemplateOff.Store(false) })
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE kv (k TEXT PRIMARY KEY)`}, ExplicitCreate: true})
+	ctx := context.Background()
+	if err := p.CreateTenant(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	tp := &p.c.r.tmpl
+	tp.mu.Lock()
+	path := tp.path
+	tp.mu.Unlock()
+	if err := os.WriteFile(path, []byte("not a database"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"b", "c"} {
+		if err := p.CreateTenant(ctx, id); err != nil {
+			t.Fatalf("CreateTenant(%s) with the template damaged: %v", id, err)
+		}
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO kv VALUES ('x')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.c.r.checkTemplate(ctx, path); err != nil {
+		t.Errorf("the template was not built again: %v", err)
+	}
+	noCreationLeftovers(t, p.c.r.cfg.Dir)
+
+	dir := tp.dir
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.c.r.template(ctx); !errors.Is(err, ErrClosed) {
+		t.Errorf("template after Close: %v, want ErrClosed", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) || tp.dir != "" {
+		t.Errorf("template directory after Close: %q, %v", tp.dir, err)
+	}
 }
