@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -436,9 +437,13 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		}
 		return list, nil
 	}
+	from := "Config.MigrationsFS"
+	if cfg.MigrationsDir != "" {
+		from = cfg.MigrationsDir
+	}
 	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
-		return nil, fmt.Errorf("read migrations: %w", err)
+		return nil, fmt.Errorf("read migrations from %s: %w", from, err)
 	}
 	type numbered struct {
 		n    uint64
@@ -467,6 +472,11 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 			continue
 		}
 		files = append(files, numbered{n, name})
+	}
+	if len(files) == 0 && len(downs) == 0 {
+		if err := noMigrationFiles(fsys, from, entries); err != nil {
+			return nil, err
+		}
 	}
 	slices.SortFunc(files, func(a, b numbered) int { return cmp.Compare(a.n, b.n) })
 	read := func(name string) (string, error) {
@@ -502,6 +512,31 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		return nil, fmt.Errorf("down migration file %s has no up migration of its number", d)
 	}
 	return list, nil
+}
+
+// noMigrationFiles explains a migration source that holds no migration
+// but SQL files, which is a mistake, not an empty set: files in a folder
+// (//go:embed migrations/*.sql keeps the folder in the names), or named
+// otherwise than NNNN_name.sql. A source without SQL files is no error.
+func noMigrationFiles(fsys fs.FS, from string, entries []fs.DirEntry) error {
+	var misnamed []string
+	for _, e := range entries {
+		name := e.Name()
+		if e.IsDir() {
+			sub, err := fs.Glob(fsys, name+"/[0-9]*_*.sql")
+			if err == nil && len(sub) > 0 {
+				return fmt.Errorf("no migration files at the top of %s, but %s/ holds %s: pass fs.Sub(fsys, %q) (//go:embed keeps the folder in the names)", from, name, path.Base(sub[0]), name)
+			}
+			continue
+		}
+		if strings.HasSuffix(strings.ToLower(name), ".sql") {
+			misnamed = append(misnamed, name)
+		}
+	}
+	if len(misnamed) > 0 {
+		return fmt.Errorf("no migration files in %s: %s not named like 0001_name.sql (a number, an underscore, a name, .sql)", from, strings.Join(misnamed, ", "))
+	}
+	return nil
 }
 
 // downFileName is the name the down migration of the migration named up

@@ -282,12 +282,23 @@ func TestMigrationsFS(t *testing.T) {
 		"empty file":       {MigrationsFS: fstest.MapFS{"0001_a.sql": {Data: []byte(" \n")}}},
 		"both set":         {MigrationsFS: fsys, Migrations: []string{"SELECT 1"}},
 		"missing dir":      {MigrationsDir: filepath.Join(t.TempDir(), "nope")},
+		// //go:embed migrations/*.sql without fs.Sub.
+		"in a folder": {MigrationsFS: fstest.MapFS{"migrations/0001_a.sql": {Data: []byte("SELECT 1")}}},
+		"misnamed":    {MigrationsFS: fstest.MapFS{"0001-a.sql": {Data: []byte("SELECT 1")}, "README.md": {}}},
 	} {
-		bad.Dir = t.TempDir()
-		if _, err := New(bad); err == nil {
+		// Refused before anything is made: not even the data directory.
+		bad.Dir = filepath.Join(t.TempDir(), "data")
+		_, err := New(bad)
+		if err == nil {
 			t.Errorf("%s: New succeeded", name)
 		}
+		if _, serr := os.Stat(bad.Dir); !os.IsNotExist(serr) {
+			t.Errorf("%s: refused (%v), but made %s", name, err, bad.Dir)
+		}
+		t.Logf("%s: %v", name, err)
 	}
+	// A source without SQL files is an empty set, not a mistake.
+	newTestProxy(t, Config{MigrationsDir: t.TempDir()})
 }
 
 func TestMigrationsDirDSN(t *testing.T) {

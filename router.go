@@ -54,6 +54,11 @@ type router struct {
 }
 
 func newRouter(cfg *Config) (_ *router, err error) {
+	// Migrations first: a configuration refused for them creates nothing.
+	list, err := loadMigrations(cfg)
+	if err != nil {
+		return nil, opError(opOpen, "", err)
+	}
 	if _, err := os.Stat(cfg.Dir); errors.Is(err, fs.ErrNotExist) {
 		if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 			return nil, opError(opOpen, "", err)
@@ -82,10 +87,6 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		}
 	}()
 	if err := checkLayout(cfg.Dir, cfg.Layout); err != nil {
-		return nil, opError(opOpen, "", err)
-	}
-	list, err := loadMigrations(cfg)
-	if err != nil {
 		return nil, opError(opOpen, "", err)
 	}
 	r := &router{
