@@ -21,6 +21,11 @@ var migrationFileRE = regexp.MustCompile(`(?s)^([0-9]+)_.*\.sql$`)
 
 var maxMigrationNumber = new(big.Int).SetUint64(1<<63 - 1)
 
+// nestedMigrationRE is what loadMigrations takes, in a folder, for a sign
+// that the migrations were meant to be at the top: a digit, then an
+// underscore somewhere, ".sql" at the end.
+var nestedMigrationRE = regexp.MustCompile(`(?s)^[0-9].*_.*\.sql$`)
+
 // FuzzMigrationFileNames feeds loadMigrations a directory of fuzzed file
 // names (one per line of names; "a/b" makes a subdirectory) and contents
 // (the NUL-separated parts of contents, used in turn) and checks it against
@@ -29,7 +34,9 @@ var maxMigrationNumber = new(big.Int).SetUint64(1<<63 - 1)
 // with their contents, in numeric order, each with the .down.sql file of
 // its number, if any; an error exactly when two used files (or two down
 // files) share a number, a used or down file is blank, a number does not
-// fit in 63 bits, or a down file has no migration of its number.
+// fit in 63 bits, a down file has no migration of its number, or no file
+// is used while a top-level file ends in .sql or a top-level folder holds
+// what looks like a migration.
 func FuzzMigrationFileNames(f *testing.F) {
 	f.Add("0001_init.sql\n0002_add_severity.up.sql\n0002_add_severity.down.sql\nREADME.md",
 		[]byte("CREATE TABLE t (a)\x00ALTER TABLE t ADD b\x00DROP TABLE t\x00# notes"))
@@ -110,6 +117,20 @@ func FuzzMigrationFileNames(f *testing.F) {
 		for i := 1; i < len(want); i++ {
 			if want[i-1].n.Cmp(want[i].n) == 0 {
 				wantErr = "same number"
+			}
+		}
+
+		// A source with SQL files but no migration is a mistake: files in
+		// a folder (//go:embed without fs.Sub) or misnamed.
+		if len(want) == 0 && len(downs) == 0 {
+			for name := range fsys {
+				top, rest, nested := strings.Cut(name, "/")
+				switch {
+				case nested && !strings.Contains(rest, "/") && nestedMigrationRE.MatchString(rest):
+					wantErr = "migrations in " + top + "/"
+				case !nested && !dirs[name] && strings.HasSuffix(strings.ToLower(name), ".sql"):
+					wantErr = "misnamed " + name
+				}
 			}
 		}
 

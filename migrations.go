@@ -12,7 +12,6 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -523,9 +522,12 @@ func noMigrationFiles(fsys fs.FS, from string, entries []fs.DirEntry) error {
 	for _, e := range entries {
 		name := e.Name()
 		if e.IsDir() {
-			sub, err := fs.Glob(fsys, name+"/[0-9]*_*.sql")
-			if err == nil && len(sub) > 0 {
-				return fmt.Errorf("no migration files at the top of %s, but %s/ holds %s: pass fs.Sub(fsys, %q) (//go:embed keeps the folder in the names)", from, name, path.Base(sub[0]), name)
+			sub, _ := fs.ReadDir(fsys, name)
+			for _, se := range sub {
+				n := se.Name()
+				if n != "" && n[0] >= '0' && n[0] <= '9' && strings.Contains(n, "_") && strings.HasSuffix(n, ".sql") {
+					return fmt.Errorf("no migration files at the top of %s, but %s/ holds %s: pass fs.Sub(fsys, %q) (//go:embed keeps the folder in the names)", from, name, n, name)
+				}
 			}
 			continue
 		}
