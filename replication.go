@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net"
 	"net/http"
@@ -426,6 +427,35 @@ func (r *router) resync() {
 			t.unpin()
 		}
 	}()
+}
+
+// syncBehind tries once more, as Close begins, the closed tenants whose
+// final sync failed (the resync retries them every resyncEvery; at Close
+// there is no later): each is opened, which registers it, and synced, and
+// Close's eviction then syncs it as it unregisters it. Bounded by
+// replicaTimeout in all; what still fails, Close reports.
+func (r *router) syncBehind() {
+	r.repl.mu.Lock()
+	behind := slices.Collect(maps.Keys(r.repl.behind))
+	r.repl.mu.Unlock()
+	if len(behind) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
+	defer cancel()
+	for _, t := range behind {
+		if ctx.Err() != nil {
+			return
+		}
+		if !t.pin() { // deleted meanwhile: nothing left to sync
+			r.repl.mu.Lock()
+			delete(r.repl.behind, t)
+			r.repl.mu.Unlock()
+			continue
+		}
+		r.syncTenant(ctx, t)
+		t.unpin()
+	}
 }
 
 // catchUp syncs open tenant t to its replica if the replica is behind,

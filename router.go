@@ -191,6 +191,9 @@ func (r *router) forgetIdle(t *tenant, haveWsem bool) {
 // opened again with replication (Litestream's files beside each database
 // keep what it did not upload).
 func (r *router) close() error {
+	if r.repl != nil && !r.isClosed.Load() {
+		r.syncBehind()
+	}
 	open, already := r.budget.close()
 	if already {
 		return nil

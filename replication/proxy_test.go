@@ -429,6 +429,37 @@ func TestProxy_CloseReportsUnsynced(t *testing.T) {
 	}
 }
 
+// A tenant closed while Litestream was down is behind its replica; Close,
+// with Litestream back, syncs it once more instead of leaving it to a
+// resync that will not come.
+func TestProxy_CloseSyncsWhatIsBehind(t *testing.T) {
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	cfg.IdleTimeout = 50 * time.Millisecond
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert(t, p, "acme", "before")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.ls.Kill()
+	insert(t, p, "acme", "while-dead")
+	sqliteproxytest.WaitFor(t, 30*time.Second, "acme to be closed as idle", func() bool { return p.Stats().OpenConnections == 0 })
+	g.ls.Restart()
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close with Litestream back: %v", err)
+	}
+	dir := t.TempDir()
+	if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, "acme"), filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+		t.Errorf("the replica after Close: %v", got)
+	}
+}
+
 func mustJoin(t *testing.T, base, id string) string {
 	t.Helper()
 	u, err := harness.JoinReplicaURL(base, id)
