@@ -394,12 +394,7 @@ func (r *router) resync() {
 	if r.repl == nil || !r.repl.resyncing.CompareAndSwap(false, true) {
 		return
 	}
-	r.repl.mu.Lock()
-	behind := make([]*tenant, 0, len(r.repl.behind))
-	for t := range r.repl.behind {
-		behind = append(behind, t)
-	}
-	r.repl.mu.Unlock()
+	behind := r.repl.behindTenants()
 	open := r.budget.lru()
 	go func() {
 		defer r.repl.resyncing.Store(false)
@@ -415,18 +410,31 @@ func (r *router) resync() {
 			if r.isClosed.Load() {
 				return
 			}
-			if !t.pin() { // deleted meanwhile: nothing left to sync
-				r.repl.mu.Lock()
-				delete(r.repl.behind, t)
-				r.repl.mu.Unlock()
-				continue
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), replicaTimeout)
-			r.syncTenant(ctx, t)
+			r.syncClosed(ctx, t)
 			cancel()
-			t.unpin()
 		}
 	}()
+}
+
+// behindTenants lists the closed tenants whose final sync failed.
+func (rp *replicator) behindTenants() []*tenant {
+	rp.mu.Lock()
+	defer rp.mu.Unlock()
+	return slices.Collect(maps.Keys(rp.behind))
+}
+
+// syncClosed syncs t, a closed tenant whose final sync failed: opened (and
+// so registered) and synced; one deleted meanwhile has nothing to sync.
+func (r *router) syncClosed(ctx context.Context, t *tenant) {
+	if !t.pin() {
+		r.repl.mu.Lock()
+		delete(r.repl.behind, t)
+		r.repl.mu.Unlock()
+		return
+	}
+	r.syncTenant(ctx, t)
+	t.unpin()
 }
 
 // syncBehind tries once more, as Close begins, the closed tenants whose
@@ -435,9 +443,7 @@ func (r *router) resync() {
 // Close's eviction then syncs it as it unregisters it. Bounded by
 // replicaTimeout in all; what still fails, Close reports.
 func (r *router) syncBehind() {
-	r.repl.mu.Lock()
-	behind := slices.Collect(maps.Keys(r.repl.behind))
-	r.repl.mu.Unlock()
+	behind := r.repl.behindTenants()
 	if len(behind) == 0 {
 		return
 	}
@@ -447,14 +453,7 @@ func (r *router) syncBehind() {
 		if ctx.Err() != nil {
 			return
 		}
-		if !t.pin() { // deleted meanwhile: nothing left to sync
-			r.repl.mu.Lock()
-			delete(r.repl.behind, t)
-			r.repl.mu.Unlock()
-			continue
-		}
-		r.syncTenant(ctx, t)
-		t.unpin()
+		r.syncClosed(ctx, t)
 	}
 }
 

@@ -217,12 +217,10 @@ func (r *router) unsyncedAtClose() error {
 	if r.repl == nil {
 		return nil
 	}
-	r.repl.mu.Lock()
-	ids := make([]string, 0, len(r.repl.behind))
-	for t := range r.repl.behind {
+	var ids []string
+	for _, t := range r.repl.behindTenants() {
 		ids = append(ids, t.id)
 	}
-	r.repl.mu.Unlock()
 	if len(ids) == 0 {
 		return nil
 	}

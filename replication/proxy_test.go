@@ -376,19 +376,12 @@ func TestProxy_LitestreamRestarted(t *testing.T) {
 	if err := a.SyncTenant(sctx, "synced"); err != nil {
 		t.Fatalf("SyncTenant after Litestream restarted: %v", err)
 	}
-	restored := func(id string) []string {
-		dir := t.TempDir()
-		if err := g.ls.Restore(ctx, mustJoin(t, g.replica, id), filepath.Join(dir, id+".db")); err != nil {
-			return nil
-		}
-		return names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), id)
-	}
-	if got, want := restored("synced"), []string{"before", "while-dead", "after"}; !slices.Equal(got, want) {
+	if got, want := g.replicaNames(t, "synced"), []string{"before", "while-dead", "after"}; !slices.Equal(got, want) {
 		t.Errorf("synced's replica: %v, want %v", got, want)
 	}
 	want := []string{"before", "while-dead"}
 	sqliteproxytest.WaitFor(t, 60*time.Second, "idle's replica to catch up", func() bool {
-		return slices.Equal(restored("idle"), want)
+		return slices.Equal(g.replicaNames(t, "idle"), want)
 	})
 }
 
@@ -420,11 +413,7 @@ func TestProxy_CloseReportsUnsynced(t *testing.T) {
 	if err := q.SyncTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, "acme"), filepath.Join(dir, "acme.db")); err != nil {
-		t.Fatal(err)
-	}
-	if got := names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
 		t.Errorf("the replica after reopening: %v", got)
 	}
 }
@@ -451,13 +440,20 @@ func TestProxy_CloseSyncsWhatIsBehind(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatalf("Close with Litestream back: %v", err)
 	}
-	dir := t.TempDir()
-	if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, "acme"), filepath.Join(dir, "acme.db")); err != nil {
-		t.Fatal(err)
-	}
-	if got := names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
 		t.Errorf("the replica after Close: %v", got)
 	}
+}
+
+// replicaNames restores tenant id's replica (latest) into a directory of
+// its own and returns its event names; nil if the restore fails.
+func (g *rig) replicaNames(t *testing.T, id string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := g.ls.Restore(context.Background(), mustJoin(t, g.replica, id), filepath.Join(dir, id+".db")); err != nil {
+		return nil
+	}
+	return names(t, sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir}), id)
 }
 
 func mustJoin(t *testing.T, base, id string) string {
