@@ -391,17 +391,8 @@ func TestProxy_LitestreamRestarted(t *testing.T) {
 func TestProxy_CloseReportsUnsynced(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
-	p, err := sqliteproxy.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	insert(t, p, "acme", "before")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.ls.Kill()
-	insert(t, p, "acme", "while-dead")
-	err = p.Close()
+	p := writeWhileLitestreamDies(t, g, cfg)
+	err := p.Close()
 	if err == nil || !strings.Contains(err.Error(), "1 tenants not synced to the replica (acme)") {
 		t.Fatalf("Close with Litestream dead: %v", err)
 	}
@@ -425,6 +416,22 @@ func TestProxy_CloseSyncsWhatIsBehind(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
 	cfg.IdleTimeout = 50 * time.Millisecond
+	p := writeWhileLitestreamDies(t, g, cfg)
+	sqliteproxytest.WaitFor(t, 30*time.Second, "acme to be closed as idle", func() bool { return p.Stats().OpenConnections == 0 })
+	g.ls.Restart()
+	if err := p.Close(); err != nil {
+		t.Fatalf("Close with Litestream back: %v", err)
+	}
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+		t.Errorf("the replica after Close: %v", got)
+	}
+}
+
+// writeWhileLitestreamDies opens a proxy (closed by the caller) that
+// writes acme's "before" and syncs it, then kills Litestream and writes
+// "while-dead".
+func writeWhileLitestreamDies(t *testing.T, g *rig, cfg sqliteproxy.Config) *sqliteproxy.Proxy {
+	t.Helper()
 	p, err := sqliteproxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -435,14 +442,7 @@ func TestProxy_CloseSyncsWhatIsBehind(t *testing.T) {
 	}
 	g.ls.Kill()
 	insert(t, p, "acme", "while-dead")
-	sqliteproxytest.WaitFor(t, 30*time.Second, "acme to be closed as idle", func() bool { return p.Stats().OpenConnections == 0 })
-	g.ls.Restart()
-	if err := p.Close(); err != nil {
-		t.Fatalf("Close with Litestream back: %v", err)
-	}
-	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
-		t.Errorf("the replica after Close: %v", got)
-	}
+	return p
 }
 
 // replicaNames restores tenant id's replica (latest) into a directory of
