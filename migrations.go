@@ -113,10 +113,30 @@ func (m *migrator) check(rows []ledgerRow) (int, error) {
 		case n >= len(m.list):
 			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)", ErrMigrationDrift, r.version, len(m.list))
 		case r.checksum != m.list[n].sum:
-			return 0, fmt.Errorf("%w: migration %d (%s) was edited after it was applied", ErrMigrationDrift, r.version, m.list[n].name)
+			return 0, fmt.Errorf("%w: %s", ErrMigrationDrift, m.driftAt(rows, n))
 		}
 	}
 	return len(rows), nil
+}
+
+// driftAt says how the configured migrations differ from the ledger at
+// position n, where the checksums first differ. The checksums tell: the
+// applied one configured later (a new migration put before applied ones),
+// configured nowhere (removed, or edited), or earlier (moved).
+func (m *migrator) driftAt(rows []ledgerRow, n int) string {
+	cfg := m.list[n]
+	appliedAt := slices.IndexFunc(m.list, func(mg migration) bool { return mg.sum == rows[n].checksum })
+	cfgApplied := slices.ContainsFunc(rows, func(r ledgerRow) bool { return r.checksum == cfg.sum })
+	switch {
+	case appliedAt > n && !cfgApplied:
+		return fmt.Sprintf("migration %d (%s) is new but comes before migrations already applied (applied migration %d is now %d, %s): add new migrations at the end", n+1, cfg.name, n+1, appliedAt+1, m.list[appliedAt].name)
+	case appliedAt < 0 && cfgApplied:
+		return fmt.Sprintf("applied migration %d is no longer configured: it was removed or edited (%s, now number %d, was applied after it)", n+1, cfg.name, n+1)
+	case appliedAt < 0:
+		return fmt.Sprintf("migration %d (%s) was edited after it was applied", n+1, cfg.name)
+	default:
+		return fmt.Sprintf("applied migration %d is now configured as %d (%s): migrations were moved", n+1, appliedAt+1, m.list[appliedAt].name)
+	}
 }
 
 // applied reads the ledger and checks it against the configured migrations.

@@ -90,6 +90,46 @@ func TestMigrations_AppendOnlySixMonthsLater(t *testing.T) {
 	}
 }
 
+// The drift error says what happened to the migrations, as the checksums
+// tell it, and names the right one: a migration put before applied ones is
+// not "edited", nor is the one after a removed one.
+func TestMigrations_DriftMessages(t *testing.T) {
+	t.Parallel()
+	named := func(names ...string) []migration {
+		var l []migration
+		for _, n := range names {
+			l = append(l, migration{name: n, sql: "CREATE TABLE " + n + " (a)"})
+		}
+		return newMigrator(l, nil).list
+	}
+	applied := named("a", "b", "c")
+	var rows []ledgerRow
+	for i, mg := range applied {
+		rows = append(rows, ledgerRow{version: int64(i + 1), checksum: mg.sum})
+	}
+	edited := named("a", "b", "c")
+	edited[1] = named("b2")[0]
+	edited[1].name = "b"
+	for name, tc := range map[string]struct {
+		list []migration
+		want string
+	}{
+		"edited":       {edited, "migration 2 (b) was edited after it was applied"},
+		"inserted":     {named("a", "x", "b", "c"), "migration 2 (x) is new but comes before migrations already applied (applied migration 2 is now 3, b): add new migrations at the end"},
+		"removed":      {named("a", "c"), "applied migration 2 is no longer configured: it was removed or edited (c, now number 2, was applied after it)"},
+		"moved":        {named("a", "c", "b"), "applied migration 2 is now configured as 3 (b): migrations were moved"},
+		"removed-last": {named("a", "b"), "migration 3 is applied but not configured (only 2 are)"},
+	} {
+		_, err := newMigrator(tc.list, nil).check(rows)
+		if !errors.Is(err, ErrMigrationDrift) || !strings.HasSuffix(err.Error(), ": "+tc.want) {
+			t.Errorf("%s: %v\nwant ...: %s", name, err, tc.want)
+		}
+	}
+	if n, err := newMigrator(named("a", "b", "c", "d"), nil).check(rows); n != 3 || err != nil {
+		t.Errorf("one more configured: %d, %v", n, err)
+	}
+}
+
 func TestMigrations_Drift(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
