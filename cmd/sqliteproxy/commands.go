@@ -333,6 +333,9 @@ func (e *env) restore(args []string) (status int) {
 	if !e.checkID(f, id) {
 		return exitUsage
 	}
+	if src == "" {
+		return e.usageError(f, "FILE is empty")
+	}
 	fi, err := os.Stat(src)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

@@ -343,6 +343,9 @@ func (e *env) checkID(f *flags, id string) bool {
 
 // requireDir checks that path names an existing directory.
 func requireDir(what, path string) error {
+	if path == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
 	fi, err := os.Stat(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):

@@ -288,6 +288,8 @@ func TestErrorMessages(t *testing.T) {
 		{[]string{"delete", "-dir", dir, "-yes", "nosuch"}, "sqliteproxy: delete nosuch: no such tenant\n"},
 		{[]string{"tenants", "-dir", dir, "-x"}, "sqliteproxy: tenants: flag provided but not defined: -x\nusage: sqliteproxy tenants [-dir DIR] [-layout L] [-json]\n"},
 		{[]string{"backup", "-dir", dir, "acme", ""}, "sqliteproxy: backup: FILE is empty\nusage: sqliteproxy backup [-dir DIR] [-layout L] [-force] ID FILE | -all [-force] DIR\n"},
+		{[]string{"tenants", "-dir", ""}, "sqliteproxy: tenants: data directory is empty\n"},
+		{[]string{"restore", "-dir", dir, "-force", "acme", ""}, "sqliteproxy: restore: FILE is empty\nusage: sqliteproxy restore [-dir DIR] [-layout L] [-force] ID FILE | -replica URL [-at TIME] [-litestream PATH] [-dir DIR] [-layout L] [-force] ID\n"},
 	} {
 		r := cli(t, nil, tc.args...)
 		got := r.stderr
