@@ -144,10 +144,18 @@ func (r *router) fanOutReadOnly(query string) error {
 		return errFanOutWrite(fmt.Sprintf("%.60q is not a single statement", query))
 	}
 	switch info.Keyword {
-	case "SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA":
+	case "SELECT", "WITH", "VALUES", "EXPLAIN":
+		return nil
+	case "PRAGMA":
+		// Some read (table_info(t)), some write (journal_mode = DELETE,
+		// optimize): SQLite knows which without a schema. A write would
+		// fail on every tenant, where SkipErrors would skip them all.
+		if ro, err := compileAlone(query); err == nil && !ro {
+			return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+		}
 		return nil
 	}
-	if err := syntaxError(query); err != nil {
+	if _, err := compileAlone(query); isSyntaxError(err) {
 		return opError(opFanOut, "", err)
 	}
 	if info.Keyword == "" {
@@ -156,25 +164,30 @@ func (r *router) fanOutReadOnly(query string) error {
 	return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
 }
 
-// syntaxError returns SQLite's own error for a text it cannot parse,
-// compiled on a private in-memory database, where a
-// statement that names the tenants' tables fails only later, at name
-// resolution, and is not reported here.
-func syntaxError(query string) error {
+// compileAlone compiles query on a private in-memory database and reports
+// whether SQLite takes it for read-only. A statement that names the
+// tenants' tables fails there at name resolution, after its syntax.
+func compileAlone(query string) (readOnly bool, err error) {
 	dc, err := plainDriver.Open(":memory:")
 	if err != nil {
-		return nil
+		return false, err
 	}
 	defer dc.Close()
 	s, err := dc.Prepare(query)
+	if err != nil {
+		return false, err
+	}
+	defer s.Close()
+	return s.(*sqlite3.SQLiteStmt).Readonly(), nil
+}
+
+// isSyntaxError reports whether err is SQLite's for a text it cannot parse.
+func isSyntaxError(err error) bool {
 	if err == nil {
-		s.Close()
-		return nil
+		return false
 	}
-	if msg := err.Error(); strings.Contains(msg, "syntax error") || strings.Contains(msg, "incomplete input") {
-		return err
-	}
-	return nil
+	msg := err.Error()
+	return strings.Contains(msg, "syntax error") || strings.Contains(msg, "incomplete input")
 }
 
 // fanOutTenants returns the tenants a fan-out reads, sorted, without

@@ -284,6 +284,7 @@ func TestFanOut_ReadOnly(t *testing.T) {
 		`WITH v(x) AS (SELECT 1) INSERT INTO events (tenant) SELECT 'x' FROM v RETURNING id`,
 		`SELECT 1; DELETE FROM events`,
 		`PRAGMA user_version = 7`,
+		`PRAGMA journal_mode = DELETE`, // refused by each tenant's authorizer: SkipErrors skipped them all
 		`BEGIN`,
 	} {
 		rows, err := p.QueryContext(fan, q)
@@ -293,6 +294,22 @@ func TestFanOut_ReadOnly(t *testing.T) {
 		if !errors.Is(err, ErrFanOutWrite) {
 			t.Errorf("Query(%q) = %v, want ErrFanOutWrite", q, err)
 		}
+	}
+	// Pragmas that read still fan out.
+	for _, q := range []string{`PRAGMA table_info(events)`, `PRAGMA user_version`, `SELECT * FROM pragma_table_info('events')`} {
+		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), q)
+		if err != nil {
+			t.Errorf("Query(%q): %v", q, err)
+			continue
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Err(); err != nil || n == 0 {
+			t.Errorf("Query(%q): %d rows, %v", q, n, err)
+		}
+		rows.Close()
 	}
 	// A text that does not parse gets SQLite's own error, not a refusal
 	// for writing; nothing runs.
