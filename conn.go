@@ -55,6 +55,11 @@ var errNoRoute = errors.New("no tenant")
 func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	id, has := OrgID(ctx)
 	if c.pc != nil {
+		if c.tx == nil && c.r.isClosed.Load() {
+			// A sql.Conn held across Close: its next statement fails, as
+			// new work does (a transaction in progress may still finish).
+			return nil, opError(opRoute, c.t.id, ErrClosed)
+		}
 		if !has && fanOutOf(ctx) != nil {
 			return nil, errFanOutBound(c.t)
 		}
