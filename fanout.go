@@ -111,8 +111,12 @@ type FanOutError struct {
 }
 
 func (e *FanOutError) Error() string {
+	inner := e.Err
+	if pe, ok := inner.(*Error); ok && pe.Tenant == e.Tenant && (pe.Op == opFanOut || pe.Op == opOpenTenant) {
+		inner = pe.Err // its operation and tenant are ours: said once
+	}
 	return fmt.Sprintf("sqliteproxy: %s: tenant %q: %s", opFanOut, e.Tenant,
-		strings.TrimPrefix(e.Err.Error(), "sqliteproxy: "))
+		strings.TrimPrefix(inner.Error(), "sqliteproxy: "))
 }
 
 func (e *FanOutError) Unwrap() error { return e.Err }

@@ -224,6 +224,9 @@ func TestFanOut_Tenants(t *testing.T) {
 		if !errors.As(err, &fe) || fe.Tenant != "nope" || !errors.Is(err, ErrTenantNotFound) || !strings.Contains(err.Error(), `"nope"`) {
 			t.Fatalf("err = %v, want a *FanOutError naming nope, ErrTenantNotFound", err)
 		}
+		if want := `sqliteproxy: fan-out: tenant "nope": tenant not found`; err.Error() != want {
+			t.Errorf("err = %q, want %q (the operation and tenant said once)", err, want)
+		}
 		if _, err := os.Lstat(filepath.Join(dir, "nope.db")); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("nope.db: %v; a fan-out must not create a tenant", err)
 		}
