@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -212,12 +213,32 @@ func readKeyword(kw string) bool {
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	start := c.r.tel.opStart()
 	res, err := c.exec(ctx, query, args)
-	t := c.t
-	if t == nil && c.batched {
-		t = c.last // ran through group commit: no lease, same tenant
-	}
-	c.r.tel.opEnd(ctx, t.telemetry(), stmtExec, start, query, err)
+	c.opEnd(ctx, stmtExec, start, query, err)
 	return res, err
+}
+
+// opEnd records an operation of this checkout that started at start (see
+// telemetry.opStart: zero when nothing records it, and then free).
+func (c *conn) opEnd(ctx context.Context, o stmtOp, start time.Time, query string, err error) {
+	if !start.IsZero() {
+		c.r.tel.opEnd(ctx, c.opTenant(ctx), o, start, query, err)
+	}
+}
+
+// opTenant returns what telemetry records of the tenant an operation with
+// ctx ran on, or was for: the leased tenant, else the one ctx names if the
+// checkout looked it up (an operation that got no connection, a wait that
+// timed out, one that ran through group commit), else none.
+func (c *conn) opTenant(ctx context.Context) *tenantTel {
+	if c.t != nil {
+		return c.t.tel
+	}
+	if t := c.last; t != nil {
+		if id, ok := OrgID(ctx); ok && id == t.id {
+			return t.tel
+		}
+	}
+	return nil
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -260,7 +281,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	start := c.r.tel.opStart()
 	rs, err := c.query(ctx, query, args)
-	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtQuery, start, query, err)
+	c.opEnd(ctx, stmtQuery, start, query, err)
 	return rs, err
 }
 
@@ -291,7 +312,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	start := c.r.tel.opStart()
 	s, err := c.prepare(ctx, query)
-	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtPrepare, start, query, err)
+	c.opEnd(ctx, stmtPrepare, start, query, err)
 	return s, err
 }
 
@@ -403,7 +424,7 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	start := c.r.tel.opStart()
 	tx, err := c.begin(ctx, opts)
-	c.r.tel.opEnd(ctx, c.t.telemetry(), stmtBegin, start, "", err)
+	c.opEnd(ctx, stmtBegin, start, "", err)
 	return tx, err
 }
 
@@ -568,7 +589,7 @@ func checkNumInput(ps *sqlite3.SQLiteStmt, args []driver.NamedValue) error {
 func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
 	start := s.c.r.tel.opStart()
 	res, err := s.runExec(ctx, args)
-	s.c.r.tel.opEnd(ctx, s.c.t.telemetry(), stmtExec, start, s.query, err)
+	s.c.opEnd(ctx, stmtExec, start, s.query, err)
 	return res, err
 }
 
@@ -604,7 +625,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
 	start := s.c.r.tel.opStart()
 	rs, err := s.runQuery(ctx, args)
-	s.c.r.tel.opEnd(ctx, s.c.t.telemetry(), stmtQuery, start, s.query, err)
+	s.c.opEnd(ctx, stmtQuery, start, s.query, err)
 	return rs, err
 }
 

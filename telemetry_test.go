@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
@@ -294,6 +295,59 @@ func TestTelemetry_SpansNameTheTenant(t *testing.T) {
 			for _, name := range []string{"sqliteproxy.tenant.open", "sqliteproxy.migrate", "sqliteproxy.exec", "sqliteproxy.tenant.evict"} {
 				if !seen[name] {
 					t.Errorf("no %s span (saw %v)", name, seen)
+				}
+			}
+		})
+	}
+}
+
+// An operation that fails before it gets a connection (here: a write and a
+// read-write transaction that time out waiting for the writer, through
+// group commit and not) is recorded for its tenant: span and duration.
+func TestTelemetry_FailedWaitNamesTheTenant(t *testing.T) {
+	t.Parallel()
+	for name, gc := range map[string]GroupCommitMode{"on": GroupCommitOn, "off": GroupCommitOff} {
+		t.Run("group_commit="+name, func(t *testing.T) {
+			t.Parallel()
+			rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable}, TraceQueries: true, GroupCommit: gc})
+			p := rig.p
+			tx, err := p.BeginTx(tctx("acme"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('held')`); err != nil {
+				t.Fatal(err)
+			}
+			for _, op := range []func(ctx context.Context) error{
+				func(ctx context.Context) error {
+					_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('late')`)
+					return err
+				},
+				func(ctx context.Context) error {
+					_, err := p.BeginTx(ctx, nil)
+					return err
+				},
+			} {
+				ctx, cancel := context.WithTimeout(tctx("acme"), 50*time.Millisecond)
+				err := op(ctx)
+				cancel()
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("got %v, want a timed-out wait", err)
+				}
+			}
+			for _, s := range rig.spans.Ended() {
+				if s.Name() != "sqliteproxy.exec" && s.Name() != "sqliteproxy.begin" {
+					continue
+				}
+				if !attrsMatch(attribute.NewSet(s.Attributes()...), map[string]string{attrTenant: "acme"}) {
+					t.Errorf("span %s without its tenant: %v", s.Name(), s.Attributes())
+				}
+			}
+			m := rig.collect(t)["sqliteproxy.operation.duration"]
+			for _, op := range []string{"exec", "begin"} {
+				if n := histCount(t, m, map[string]string{attrTenant: "acme", attrOperation: op, attrErrorType: "deadline_exceeded"}); n != 1 {
+					t.Errorf("%s: %d failed operations recorded for acme, want 1", op, n)
 				}
 			}
 		})
