@@ -151,6 +151,7 @@ type Cluster struct {
 	ttl      time.Duration    // as granted
 	healthy  bool             // renewed before the deadline
 	healthyC chan struct{}    // closed while healthy
+	lostAt   time.Time        // when it stopped being healthy (zero: healthy, or never was)
 	deadline time.Time        // last renewal sent + ttl - margin
 	timer    *time.Timer      // fires expire at deadline
 	epoch    uint64           // bumped whenever held tenants are lost
@@ -345,7 +346,7 @@ func (c *Cluster) renewedLocked(sent time.Time) {
 	c.deadline = d
 	c.timer.Reset(time.Until(d))
 	if !c.healthy && time.Now().Before(d) && !c.closed {
-		c.healthy = true
+		c.healthy, c.lostAt = true, time.Time{}
 		close(c.healthyC)
 	}
 }
@@ -362,7 +363,7 @@ func (c *Cluster) expire() {
 // unhealthyLocked stops relying on the lease: every held tenant is lost.
 func (c *Cluster) unhealthyLocked() {
 	if c.healthy {
-		c.healthy = false
+		c.healthy, c.lostAt = false, time.Now()
 		c.healthyC = make(chan struct{})
 	}
 	c.epoch++
@@ -416,11 +417,7 @@ func (c *Cluster) deleteOwner(ctx context.Context, id string, gen int64) error {
 
 // waitHealthy waits until the node lease is renewed in time.
 func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, error) {
-	// At most a TTL: a caller (an HTTP request, say) learns soon that this
-	// node cannot take tenants now, instead of hanging until its own
-	// deadline.
-	giveUp := time.NewTimer(c.cfg.TTL)
-	defer giveUp.Stop()
+	var giveUp <-chan time.Time
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -433,12 +430,26 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 			return id, epoch, nil
 		}
 		ch := c.healthyC
+		if giveUp == nil {
+			// At most a TTL from when the lease stopped being healthy
+			// (from now if it never was): a caller (an HTTP request,
+			// say) learns soon that this node cannot take tenants now,
+			// instead of hanging until its own deadline, however many
+			// times its request asks.
+			wait := c.cfg.TTL
+			if !c.lostAt.IsZero() {
+				wait -= time.Since(c.lostAt)
+			}
+			t := time.NewTimer(max(wait, 0))
+			defer t.Stop()
+			giveUp = t.C
+		}
 		c.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return 0, 0, fmt.Errorf("cluster: waiting for the node lease (etcd unreachable?): %w", ctx.Err())
-		case <-giveUp.C:
+		case <-giveUp:
 			return 0, 0, fmt.Errorf("cluster: no node lease for %v (etcd unreachable?): %w", c.cfg.TTL, ErrLeaseLost)
 		case <-c.ctx.Done():
 			return 0, 0, ErrClosed
@@ -450,7 +461,8 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 // holds already. When another node owns it, it fails with an
 // *sqliteproxy.OwnerError naming that node and its URL. While the node lease
 // is not healthy (etcd unreachable) it waits, bounded by ctx and by the TTL
-// (then it fails with ErrLeaseLost).
+// counted from when the lease stopped being healthy (then it fails with
+// ErrLeaseLost).
 func (c *Cluster) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLease, error) {
 	l, err := c.acquireShared(ctx, id)
 	if err != nil {

@@ -333,6 +333,17 @@ func TestEtcdOutage(t *testing.T) {
 	if _, err := a.Acquire(ctx, "o3"); !errors.Is(err, ErrLeaseLost) {
 		t.Errorf("Acquire while etcd is down: %v, want ErrLeaseLost", err)
 	}
+	// The TTL counts from when the lease was lost, not from each call: a
+	// request that asks again (the driver does, on more than one path)
+	// does not wait another TTL.
+	if lost := time.Since(stopped); lost < testTTL {
+		time.Sleep(testTTL - lost) // the wall clock itself: the TTL must have run out
+	}
+	actx, cancel := context.WithTimeout(ctx, testTTL/2)
+	if _, err := a.Acquire(actx, "o4"); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Acquire a TTL after the lease was lost: %v, want ErrLeaseLost at once", err)
+	}
+	cancel()
 	select {
 	case <-stopDone:
 	case <-time.After(30 * time.Second):
