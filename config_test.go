@@ -50,7 +50,7 @@ func TestParseDSN_Errors(t *testing.T) {
 	t.Parallel()
 	for _, dsn := range []string{
 		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
-		"layout=nested", "layout=Buckets", "layout=", "migration_mode=sometimes",
+		"layout=nested", "layout=Buckets", "layout=", "migration_mode=sometimes", "migration_mode=",
 	} {
 		if _, err := ParseDSN(dsn); err == nil {
 			t.Errorf("ParseDSN(%q) succeeded", dsn)

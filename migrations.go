@@ -407,7 +407,7 @@ func (m MigrationMode) String() string {
 
 func parseMigrationMode(s string) (MigrationMode, error) {
 	switch strings.ToLower(s) {
-	case "auto", "":
+	case "auto":
 		return MigrateAuto, nil
 	case "check":
 		return MigrateCheck, nil
