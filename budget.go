@@ -234,12 +234,16 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 	if ok, err := b.tryReserve(t); ok || err != nil {
 		return err
 	}
-	b.waits.Add(1)
 	start := time.Now()
 	wctx, cancel := r.boundWait(ctx)
 	defer cancel()
 	var err error
-	defer func() { r.tel.waited(ctx, t.tel, roleSlot, start, err) }()
+	waited := false // a slot made by evicting an idle tenant is no wait
+	defer func() {
+		if waited {
+			r.tel.waited(ctx, t.tel, roleSlot, start, err)
+		}
+	}()
 	for {
 		ch := b.waitCh()
 		b.mu.Lock()
@@ -259,6 +263,10 @@ func (r *router) reserve(ctx context.Context, t *tenant) error {
 		if r.evictOne(cands, t, nil) {
 			b.unwait()
 			continue
+		}
+		if !waited {
+			waited = true
+			b.waits.Add(1)
 		}
 		select {
 		case <-ch:

@@ -335,3 +335,20 @@ func TestBudget_WaitWithoutDeadlineIsBusyTimeout(t *testing.T) {
 		t.Fatal("the cancelled INSERT did not return within 10s")
 	}
 }
+
+// A slot made by evicting an idle tenant is no wait: Stats.Waits counts
+// the callers that had to wait for a connection, and the wait metric
+// records only them.
+func TestBudget_EvictionIsNoWait(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{MaxConnections: 1, ReadersPerTenant: -1, Migrations: []string{eventsTable}})
+	for i := range 5 {
+		id := fmt.Sprintf("t%d", i)
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := p.Stats(); st.Waits != 0 || st.Evictions != 4 {
+		t.Errorf("five tenants one after another through a cap of one: Waits %d, Evictions %d; want 0, 4", st.Waits, st.Evictions)
+	}
+}
