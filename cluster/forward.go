@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strconv"
+	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
 )
@@ -19,7 +21,9 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // its AdvertiseURL, the Host header kept) and serves every other request
 // with next: no tenant, a tenant this node owns, an unowned tenant (the
 // driver's Acquire takes it here), an owner that is not registered any
-// more, or a failed owner lookup.
+// more, or a failed owner lookup. An owner that does not answer (dead, its
+// lease not yet expired) gets 503 with Retry-After: the TTL, after which
+// another node takes the tenant.
 //
 // It reads the tenant with sqliteproxy.OrgID, so mount it inside the
 // middleware that puts the tenant in the request context. The owner comes
@@ -63,7 +67,11 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 			pr.Out.Header.Set(ForwardedByHeader, self)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			http.Error(w, "sqliteproxy cluster: the tenant's owner node is unreachable", http.StatusBadGateway)
+			// The owner died or is cut off: within a TTL its lease ends
+			// and another node takes the tenant. Like a tenant being
+			// moved, this is a wait, not a failure of the request.
+			w.Header().Set("Retry-After", strconv.Itoa(int((c.cfg.TTL+time.Second-1)/time.Second)))
+			http.Error(w, "sqliteproxy cluster: the tenant's owner node is unreachable; retry", http.StatusServiceUnavailable)
 		},
 	}
 	actual, _ := c.proxies.LoadOrStore(owner, p)

@@ -37,7 +37,7 @@ func TestForward(t *testing.T) {
 		return c, hs
 	}
 	_, ha := start("a")
-	b, _ := start("b")
+	b, hb := start("b")
 	if _, err := b.Acquire(ctx, "tb"); err != nil {
 		t.Fatal(err)
 	}
@@ -68,5 +68,18 @@ func TestForward(t *testing.T) {
 	}
 	if got := get("", nil); got != `a via ""` {
 		t.Errorf("no tenant: %q", got)
+	}
+	// b stops answering while its lease lives: a retry-later, not a
+	// failure (another node takes tb within a TTL).
+	hb.Close()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ha.URL+"/x", nil)
+	req.Header.Set("X-Tenant", "tb")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("owner unreachable: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }

@@ -32,7 +32,9 @@
 // X-Sqliteproxy-Node and X-Sqliteproxy-Generation: the node that wrote the
 // event and its lease's generation. A tenant being moved answers 503 with
 // Retry-After, and so does a write whose lease ended before it could be
-// acknowledged (it may or may not survive: retry it).
+// acknowledged (it may or may not survive: retry it), and a request for a
+// tenant whose owner stopped answering (another node takes it within the
+// TTL).
 //
 // The body of POST /events is decoded with encoding/json, which matches
 // field names case-insensitively: {"name": "..."} works as well.
