@@ -570,16 +570,29 @@ func compareDriversIn(t *testing.T, o compareOpts, mode compareMode, script func
 		// contention (and so group commit) changes what a script sees.
 		mattn = run(tctx("acme"), newTestProxy(t, cfg).DB)
 		intended = nil
-		p := newTestProxy(t, cfg)
-		stop := contend(t, p, "acme")
-		proxy = run(tctx("acme"), p.DB)
-		n, batched := stop()
-		if n == 0 {
-			t.Fatal("the contenders wrote nothing: no contention")
-		}
-		t.Logf("%d contender inserts; %d of the script's statements ran in group-commit batches", n, batched)
-		if o.mustBatch && batched == 0 {
-			t.Error("none of the script's statements ran in a group-commit batch")
+		// Whether a statement of a short script meets a batch is up to
+		// the scheduler (CI once saw none with 77 contender inserts under
+		// -race): a script that batched nothing runs again, on fresh
+		// files, up to three times; every run's transcript must match.
+		for attempt := 1; ; attempt++ {
+			p := newTestProxy(t, cfg)
+			stop := contend(t, p, "acme")
+			proxy = run(tctx("acme"), p.DB)
+			n, batched := stop()
+			if n == 0 {
+				t.Fatal("the contenders wrote nothing: no contention")
+			}
+			t.Logf("run %d: %d contender inserts; %d of the script's statements ran in group-commit batches", attempt, n, batched)
+			if !o.mustBatch || batched > 0 {
+				break
+			}
+			if attempt == 3 {
+				t.Error("none of the script's statements ran in a group-commit batch, three runs")
+				break
+			}
+			if diff := cmp.Diff(mattn, proxy); diff != "" {
+				break // reported below
+			}
 		}
 	} else {
 		mattn = run(context.Background(), direct)
