@@ -183,14 +183,13 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err != nil {
 		return err
 	}
+	defer t.unpin()
 	if in, err := dirs.Inside(dstPath, p.c.r.cfg.Dir); err != nil || in {
-		t.unpin()
 		if err == nil {
 			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", dstPath, p.c.r.cfg.Dir)
 		}
 		return opError(op, id, err)
 	}
-	defer t.unpin()
 	if err := t.mustExist(op); err != nil {
 		return err
 	}

@@ -417,6 +417,19 @@ func parseMigrationMode(s string) (MigrationMode, error) {
 	return 0, fmt.Errorf("migration mode %q is not auto, check or manual", s)
 }
 
+// isRegularFile reports whether e is a regular file of fsys, or a symbolic
+// link to one: a Kubernetes ConfigMap mounts every file as a link.
+func isRegularFile(fsys fs.FS, e fs.DirEntry) bool {
+	if e.Type().IsRegular() {
+		return true
+	}
+	if e.Type()&fs.ModeSymlink == 0 {
+		return false
+	}
+	fi, err := fs.Stat(fsys, e.Name())
+	return err == nil && fi.Mode().IsRegular()
+}
+
 // loadMigrations returns the configured migrations: Config.Migrations, or
 // the SQL files of Config.MigrationsFS (or of the directory
 // Config.MigrationsDir), read once.
@@ -431,19 +444,6 @@ func parseMigrationMode(s string) (MigrationMode, error) {
 // the migration's checksum, so a down file may be added (or fixed) after
 // its migration was applied. A down file without a migration of its
 // number is an error.
-// isRegularFile reports whether e is a regular file of fsys, or a symbolic
-// link to one: a Kubernetes ConfigMap mounts every file as a link.
-func isRegularFile(fsys fs.FS, e fs.DirEntry) bool {
-	if e.Type().IsRegular() {
-		return true
-	}
-	if e.Type()&fs.ModeSymlink == 0 {
-		return false
-	}
-	fi, err := fs.Stat(fsys, e.Name())
-	return err == nil && fi.Mode().IsRegular()
-}
-
 func loadMigrations(cfg *Config) ([]migration, error) {
 	fsys := cfg.MigrationsFS
 	if cfg.MigrationsDir != "" {

@@ -417,7 +417,18 @@ func (c *Cluster) deleteOwner(ctx context.Context, id string, gen int64) error {
 
 // waitHealthy waits until the node lease is renewed in time.
 func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, error) {
-	var giveUp <-chan time.Time
+	// At most a TTL from when the lease stopped being healthy (from now if
+	// it is healthy or never was): a caller (an HTTP request, say) learns
+	// soon that this node cannot take tenants now, instead of hanging until
+	// its own deadline, however many times its request asks.
+	c.mu.Lock()
+	wait := c.cfg.TTL
+	if !c.lostAt.IsZero() {
+		wait -= time.Since(c.lostAt)
+	}
+	c.mu.Unlock()
+	giveUp := time.NewTimer(max(wait, 0))
+	defer giveUp.Stop()
 	for {
 		c.mu.Lock()
 		if c.closed {
@@ -430,26 +441,12 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 			return id, epoch, nil
 		}
 		ch := c.healthyC
-		if giveUp == nil {
-			// At most a TTL from when the lease stopped being healthy
-			// (from now if it never was): a caller (an HTTP request,
-			// say) learns soon that this node cannot take tenants now,
-			// instead of hanging until its own deadline, however many
-			// times its request asks.
-			wait := c.cfg.TTL
-			if !c.lostAt.IsZero() {
-				wait -= time.Since(c.lostAt)
-			}
-			t := time.NewTimer(max(wait, 0))
-			defer t.Stop()
-			giveUp = t.C
-		}
 		c.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return 0, 0, fmt.Errorf("cluster: waiting for the node lease (etcd unreachable?): %w", ctx.Err())
-		case <-giveUp:
+		case <-giveUp.C:
 			return 0, 0, fmt.Errorf("cluster: no node lease for %v (etcd unreachable?): %w", c.cfg.TTL, ErrLeaseLost)
 		case <-c.ctx.Done():
 			return 0, 0, ErrClosed
