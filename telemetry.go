@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -377,9 +378,24 @@ func errorType(err error) string {
 	case errors.Is(err, ErrFanOutWrite):
 		return "fan_out_write"
 	case errors.As(err, &se):
-		return "sqlite_" + se.Code.Error()
+		if int(se.Code) < len(sqliteCodeNames) && sqliteCodeNames[se.Code] != "" {
+			return "sqlite_" + sqliteCodeNames[se.Code]
+		}
+		return "sqlite_" + strconv.Itoa(int(se.Code))
 	}
 	return "_OTHER"
+}
+
+// sqliteCodeNames names SQLite's primary result codes as its C constants
+// do, lower case (SQLITE_BUSY: "busy"): error.type is a metric attribute,
+// so it takes one short stable word per code, not the English message
+// sqlite3_errstr gives for it.
+var sqliteCodeNames = [...]string{
+	1: "error", 2: "internal", 3: "perm", 4: "abort", 5: "busy", 6: "locked", 7: "nomem",
+	8: "readonly", 9: "interrupt", 10: "ioerr", 11: "corrupt", 12: "notfound", 13: "full",
+	14: "cantopen", 15: "protocol", 16: "empty", 17: "schema", 18: "toobig", 19: "constraint",
+	20: "mismatch", 21: "misuse", 22: "nolfs", 23: "auth", 24: "format", 25: "range",
+	26: "notadb", 27: "notice", 28: "warning",
 }
 
 // span starts an internal span (tenant open, migrate, evict, wait) when

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -123,7 +125,7 @@ func TestTelemetry_Metrics(t *testing.T) {
 		n    uint64
 	}{
 		{map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: "", attrSystem: "sqlite"}, 7},
-		{map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: "sqlite_SQL logic error"}, 1},
+		{map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: "sqlite_error"}, 1},
 		{map[string]string{attrTenant: "globex", attrOperation: "query"}, 3},
 		{map[string]string{attrTenant: "acme", attrOperation: "begin"}, 1},
 		{map[string]string{attrTenant: "acme", attrOperation: "rollback"}, 1},
@@ -235,6 +237,42 @@ func TestTelemetry_OffWithoutProvider(t *testing.T) {
 	}
 	if got := errorType(errors.New("x")); got != "_OTHER" {
 		t.Errorf("errorType = %q", got)
+	}
+}
+
+// error.type names a SQLite failure by its primary code, one lower-case
+// word as in SQLite's C constants, never by the English message (which
+// has spaces and, for some codes, changes between SQLite versions).
+func TestTelemetry_ErrorTypeNamesSQLiteCodes(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	ctx := tctx("a")
+	if _, err := p.ExecContext(ctx, `CREATE TABLE u (k INTEGER PRIMARY KEY)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO u VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ query, want string }{
+		{`INSERT INTO u VALUES (1)`, "sqlite_constraint"},
+		{`SELECT * FROM nosuch`, "sqlite_error"},
+		{`SELECT 1 LIMIT 'x'`, "sqlite_mismatch"},
+	} {
+		_, err := p.ExecContext(ctx, c.query)
+		if got := errorType(err); got != c.want {
+			t.Errorf("%s: error.type %q (%v), want %q", c.query, got, err, c.want)
+		}
+	}
+	for code, name := range sqliteCodeNames {
+		if code > 0 && (name == "" || strings.ToLower(name) != name || strings.ContainsAny(name, " _")) {
+			t.Errorf("code %d named %q", code, name)
+		}
+	}
+	if got := errorType(sqlite3.Error{Code: sqlite3.ErrBusy}); got != "sqlite_busy" {
+		t.Errorf("SQLITE_BUSY: %q", got)
+	}
+	if got := errorType(sqlite3.Error{Code: 99}); got != "sqlite_99" {
+		t.Errorf("unknown code: %q", got)
 	}
 }
 
