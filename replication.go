@@ -1085,9 +1085,11 @@ func ReplicaTenants(ctx context.Context, replicaURL string) ([]string, error) {
 // ReplicaPositions returns where tenant id is in Litestream's files beside
 // its database under dir and in its replica under replicaURL: the highest
 // transaction ID (Litestream's, one per LTX file) of each, 0 for none.
-// replica < local: changes not uploaded yet; replica > local: the tenant
-// was written elsewhere since this copy was streamed (it is replaced when
-// next opened).
+// Commits in the tenant's WAL that Litestream has not turned into an LTX
+// file yet (it was down, or killed with the service) count as one more
+// local transaction: the one its next sync makes of them. replica < local:
+// changes not uploaded yet; replica > local: the tenant was written
+// elsewhere since this copy was streamed (it is replaced when next opened).
 func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, replica uint64, err error) {
 	const op = "replica positions"
 	if err := checkTenantID(id); err != nil {
@@ -1106,6 +1108,13 @@ func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, r
 	path := tenantPath(dir, st.layout, id)
 	if local, err = localPos(path); err != nil {
 		return 0, 0, opError(op, id, err)
+	}
+	pending, err := walPending(path, local)
+	if err != nil {
+		return 0, 0, opError(op, id, err)
+	}
+	if pending {
+		local++
 	}
 	rp := &replicator{base: replicaURL}
 	// A cluster node's copy streams to a generation (the one it recorded).

@@ -7,6 +7,7 @@ package replication_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -501,6 +502,27 @@ func TestProxy_ReplicaTenantsAndPositions(t *testing.T) {
 			}
 			if _, _, err := sqliteproxy.ReplicaPositions(ctx, g.replica, cfg.Dir, "../x"); err == nil {
 				t.Error("ReplicaPositions took an invalid tenant ID")
+			}
+
+			// A commit Litestream never turned into an LTX file (it is not
+			// running: the service stopped, and a program writes the file
+			// directly, holding it open so that its WAL stays) is not in
+			// sync: it counts as one more local transaction.
+			if err := a.Close(); err != nil {
+				t.Fatal(err)
+			}
+			direct, err := sql.Open("sqlite3", filepath.Join(cfg.Dir, "acme.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer direct.Close()
+			direct.SetMaxOpenConns(1)
+			if _, err := direct.Exec(`INSERT INTO events (name) VALUES ('unstreamed')`); err != nil {
+				t.Fatal(err)
+			}
+			pending, remote2, err := sqliteproxy.ReplicaPositions(ctx, g.replica, cfg.Dir, "acme")
+			if err != nil || pending != local+1 || remote2 != remote {
+				t.Errorf("ReplicaPositions with a commit not streamed: local %d, replica %d, %v; want %d, %d", pending, remote2, err, local+1, remote)
 			}
 		})
 	}
