@@ -41,6 +41,10 @@ var (
 	ErrNoDownMigration = errors.New("sqliteproxy: no down migration")
 	// ErrClosed: the proxy (or its connector) has been closed.
 	ErrClosed = errors.New("sqliteproxy: closed")
+	// ErrRelayoutInterrupted: a relayout of the data directory (Relayout,
+	// `sqliteproxy relayout`) started and did not finish; run it again to
+	// the same layout to finish it. Nothing opens the directory meanwhile.
+	ErrRelayoutInterrupted = errors.New("sqliteproxy: a relayout was interrupted")
 	// ErrFanOutWrite: a statement that may write, an Exec or a BeginTx was
 	// given a fan-out context (WithFanOut), which only reads. Nothing ran.
 	ErrFanOutWrite = errors.New("sqliteproxy: a fan-out only reads")

@@ -126,8 +126,16 @@ func (st dirState) interrupted(dir string) error {
 	if !st.relayout {
 		return nil
 	}
-	return fmt.Errorf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo))
+	return relayoutInterrupted(fmt.Sprintf("%s: a relayout to %s was interrupted; "+relayoutRerunHint, dir, st.relayoutTo, dir, st.relayoutTo, other(st.relayoutTo)))
 }
+
+// relayoutInterrupted is the error of a directory whose relayout did not
+// finish: its own message (which says how to finish it), and
+// ErrRelayoutInterrupted for errors.Is.
+type relayoutInterrupted string
+
+func (e relayoutInterrupted) Error() string        { return string(e) }
+func (e relayoutInterrupted) Is(target error) bool { return target == ErrRelayoutInterrupted }
 
 // readDirState reads dir's layout marker: no marker is flat.
 func readDirState(dir string) (dirState, error) {

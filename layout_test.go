@@ -333,7 +333,7 @@ func TestLayout_MixedRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, l := range []Layout{LayoutFlat, LayoutBuckets} {
-		if _, err := New(Config{Dir: flat, Layout: l}); err == nil || !strings.Contains(err.Error(), "interrupted") {
+		if _, err := New(Config{Dir: flat, Layout: l}); !errors.Is(err, ErrRelayoutInterrupted) || !strings.Contains(err.Error(), "interrupted") {
 			t.Errorf("New(%s) after an interrupted relayout: %v", l, err)
 		}
 	}
@@ -383,7 +383,7 @@ func TestLayout_DirLayout(t *testing.T) {
 	if err := writeMarker(dir, markerRelayoutTo+"flat"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := DirLayout(dir); err == nil || !strings.Contains(err.Error(), "relayout -dir "+dir+" -to flat") {
+	if _, err := DirLayout(dir); !errors.Is(err, ErrRelayoutInterrupted) || !strings.Contains(err.Error(), "relayout -dir "+dir+" -to flat") {
 		t.Errorf("interrupted: %v", err)
 	}
 	if _, err := DirLayout(filepath.Join(dir, "missing")); err != nil {

@@ -193,7 +193,7 @@ func TestRelayout_Interrupted(t *testing.T) {
 						t.Fatalf("k=%d: moved %d, %v", k, moved, err)
 					}
 					if err != nil {
-						if _, nerr := New(Config{Dir: dir, Layout: to}); nerr == nil || !strings.Contains(nerr.Error(), "interrupted") {
+						if _, nerr := New(Config{Dir: dir, Layout: to}); !errors.Is(nerr, ErrRelayoutInterrupted) || !strings.Contains(nerr.Error(), "interrupted") {
 							t.Fatalf("k=%d: New after an interrupted relayout: %v", k, nerr)
 						}
 					}

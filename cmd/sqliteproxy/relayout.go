@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/sqliteproxy/sqliteproxy"
 )
@@ -53,17 +52,10 @@ func (e *env) relayoutErr(dir string, moved int, err error) {
 	}
 	msg := tenantErrText(id, err)
 	switch _, lerr := sqliteproxy.DirLayout(dir); {
-	case relayoutInterrupted(lerr):
+	case errors.Is(lerr, sqliteproxy.ErrRelayoutInterrupted):
 		msg += fmt.Sprintf(" (moved %s; run it again to finish)", plural(moved, "tenant"))
 	case moved > 0:
 		msg += fmt.Sprintf(" (moved %s)", plural(moved, "tenant"))
 	}
 	e.errorf("%s: %s", what, msg)
-}
-
-// relayoutInterrupted reports whether err, from sqliteproxy.DirLayout,
-// says a relayout of the directory did not finish. The library exports
-// no sentinel for it: its message is what tells.
-func relayoutInterrupted(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "relayout to ") && strings.Contains(err.Error(), " was interrupted")
 }
