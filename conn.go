@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -275,7 +276,17 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	if !c.mayTx {
 		c.mayTx = c.opensTx(query)
 	}
+	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
+		return vacuum(ctx, pc.c, query)
+	}
 	return pc.c.ExecContext(ctx, query, args)
+}
+
+// startsWithV reports whether query's first non-blank byte is a V: a cheap
+// test before plainVacuum, on every Exec.
+func startsWithV(query string) bool {
+	q := strings.TrimLeft(query, " \t\r\n")
+	return q != "" && q[0]|0x20 == 'v'
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {

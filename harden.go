@@ -1,12 +1,14 @@
 package sqliteproxy
 
 import (
+	"context"
 	"database/sql/driver"
 	"errors"
 	"strings"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
 )
 
 // tenantHook returns the ConnectHook of tenant connections, which runs once
@@ -67,8 +69,8 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 }
 
 // hardenTenantConn allows one attached database (plain VACUUM attaches the
-// empty file name internally) and installs tenantAuthorizer, which refuses
-// every other ATTACH.
+// empty file name internally; see vacuum) and installs tenantAuthorizer,
+// which refuses every ATTACH.
 func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
 	if replicated {
@@ -106,16 +108,20 @@ func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
 }
 
 // tenantAuthorizer keeps a statement inside its tenant's file and keeps the
-// shared connections' session intact: it denies ATTACH of any file (and so
-// VACUUM INTO), DETACH, load_extension(), and changes to pragmas that would
-// corrupt the file or break the pool (writable_schema, journal_mode,
-// locking_mode, query_only, the temp/data store directories).
+// shared connections' session intact: it denies ATTACH (and so VACUUM
+// INTO), DETACH, load_extension(), and changes to pragmas that would
+// corrupt the file, break the pool or reach beyond the connection
+// (writable_schema, journal_mode, locking_mode, query_only, the temp/data
+// store directories, the process's heap limits).
+//
+// Every ATTACH, whatever its file name: SQLite gives the authorizer the
+// name only when it is a string literal, and NULL (which mattn passes as
+// "") for a parameter or any other expression (ATTACH ? AS v), so an empty
+// name cannot tell plain VACUUM's own temporary database from another
+// tenant's file. Plain VACUUM runs with vacuumAuthorizer instead.
 func tenantAuthorizer(op int, arg1, arg2, _ string) int {
 	switch op {
 	case sqlite3.SQLITE_ATTACH:
-		if arg1 == "" {
-			return sqlite3.SQLITE_OK // VACUUM's own temporary database
-		}
 		return sqlite3.SQLITE_DENY
 	case sqlite3.SQLITE_DETACH:
 		return sqlite3.SQLITE_DENY
@@ -133,12 +139,51 @@ func pragmaVerdict(name, value string) int {
 	switch strings.ToLower(name) {
 	case "writable_schema", "temp_store_directory", "data_store_directory":
 		return sqlite3.SQLITE_DENY
-	case "journal_mode", "locking_mode", "query_only":
+	case "journal_mode", "locking_mode", "query_only",
+		// The whole process's SQLite heap: one tenant setting it low makes
+		// every tenant's statements fail with "out of memory".
+		"hard_heap_limit", "soft_heap_limit":
 		if value != "" {
 			return sqlite3.SQLITE_DENY // reading them is fine
 		}
 	}
 	return sqlite3.SQLITE_OK
+}
+
+// vacuumAuthorizer is tenantAuthorizer while the proxy runs a plain VACUUM
+// (see vacuum): that statement attaches the empty file name, a temporary
+// database it rebuilds the file in, and nothing else can run meanwhile.
+func vacuumAuthorizer(op int, arg1, arg2, arg3 string) int {
+	if op == sqlite3.SQLITE_ATTACH && arg1 == "" {
+		return sqlite3.SQLITE_OK
+	}
+	return tenantAuthorizer(op, arg1, arg2, arg3)
+}
+
+// plainVacuum reports whether query is one plain VACUUM statement
+// ("VACUUM" or "VACUUM main", nothing after it but blanks, comments and
+// semicolons): the one text the proxy runs with vacuumAuthorizer.
+func plainVacuum(query string) bool {
+	info := sqlscan.Scan(query)
+	if info.Keyword != "VACUUM" || info.Multi {
+		return false
+	}
+	words := strings.Fields(strings.TrimRight(strings.TrimSpace(query), "; \t\r\n"))
+	switch len(words) {
+	case 1:
+		return true
+	case 2:
+		return strings.EqualFold(words[1], "main")
+	}
+	return false
+}
+
+// vacuum runs a plain VACUUM on c, a tenant connection that is not
+// replicated, with vacuumAuthorizer in place for that one statement.
+func vacuum(ctx context.Context, c *sqlite3.SQLiteConn, query string) (driver.Result, error) {
+	c.RegisterAuthorizer(vacuumAuthorizer)
+	defer c.RegisterAuthorizer(tenantAuthorizer)
+	return c.ExecContext(ctx, query, nil)
 }
 
 // tenantlessAuthorizer allows only what a pure expression needs: SELECT,

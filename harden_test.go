@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -93,5 +94,144 @@ func TestIsolation_CrossTenantReads(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "stolen.db")); err == nil {
 		t.Error("VACUUM INTO wrote a copy")
+	}
+}
+
+// SQLite gives the authorizer an ATTACH's file name only when it is a
+// string literal; for a parameter or any other expression the name is
+// NULL, which mattn passes as "" — what plain VACUUM's own temporary
+// database looks like. Every such spelling, on every path a statement
+// takes (Exec, Query, a prepared statement, a transaction, a sql.Conn,
+// several statements in one text), is refused: the victim's rows stay
+// unread and unwritten, and no file is created, inside the data directory
+// or outside it. Plain VACUUM still works.
+func TestIsolation_AttachByExpression(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	outside := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("victim"), `INSERT INTO events (tenant) VALUES ('secret')`); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(dir, "victim.db")
+	a := tctx("attacker")
+	if _, err := p.ExecContext(a, `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	attaches := []struct {
+		sql  string
+		args []any
+	}{
+		{`ATTACH ? AS v`, []any{victim}},
+		{`ATTACH ?1 AS v`, []any{victim}},
+		{`ATTACH :f AS v`, []any{sql.Named("f", victim)}},
+		{`ATTACH ? AS v`, []any{"file:" + victim + "?mode=ro"}},
+		{`ATTACH '` + victim + `' || '' AS v`, nil},
+		{`ATTACH (SELECT '` + victim + `') AS v`, nil},
+		{`ATTACH printf('%s', '` + victim + `') AS v`, nil},
+		{`ATTACH lower('` + victim + `') AS v`, nil},
+		{`SELECT 1; ATTACH ? AS v`, []any{victim}},
+		{`ATTACH ? AS o`, []any{filepath.Join(outside, "new.db")}},
+		{`ATTACH ? AS o`, []any{filepath.Join(dir, "planted.db")}},
+		{`VACUUM; ATTACH ? AS v`, []any{victim}},
+	}
+	read := func(q interface {
+		QueryContext(context.Context, string, ...any) (*sql.Rows, error)
+	}) (string, error) {
+		rows, err := q.QueryContext(a, `SELECT tenant FROM v.events`)
+		if err != nil {
+			return "", err
+		}
+		defer rows.Close()
+		var got string
+		for rows.Next() {
+			rows.Scan(&got)
+		}
+		return got, rows.Err()
+	}
+	for _, at := range attaches {
+		if _, err := p.ExecContext(a, at.sql, at.args...); err == nil {
+			t.Errorf("Exec %s %v: allowed", at.sql, at.args)
+		}
+		if rows, err := p.QueryContext(a, at.sql, at.args...); err == nil {
+			rows.Close()
+			t.Errorf("Query %s %v: allowed", at.sql, at.args)
+		}
+		if st, err := p.PrepareContext(a, at.sql); err == nil {
+			if _, err := st.ExecContext(a, at.args...); err == nil {
+				t.Errorf("prepared %s %v: allowed", at.sql, at.args)
+			}
+			st.Close()
+		}
+		if tx, err := p.BeginTx(a, nil); err == nil {
+			if _, err := tx.ExecContext(a, at.sql, at.args...); err == nil {
+				t.Errorf("in a transaction %s %v: allowed", at.sql, at.args)
+			}
+			if got, _ := read(tx); got == "secret" {
+				t.Errorf("in a transaction %s: read the victim's row", at.sql)
+			}
+			tx.Rollback()
+		}
+		if c, err := p.Conn(a); err == nil {
+			if _, err := c.ExecContext(a, at.sql, at.args...); err == nil {
+				t.Errorf("on a sql.Conn %s %v: allowed", at.sql, at.args)
+			}
+			if got, _ := read(c); got == "secret" {
+				t.Errorf("on a sql.Conn %s: read the victim's row", at.sql)
+			}
+			c.Close()
+		}
+		if got, _ := read(p); got == "secret" {
+			t.Errorf("after %s: read the victim's row", at.sql)
+		}
+	}
+	if n := countRows(t, p, "victim"); n != 1 {
+		t.Errorf("victim has %d rows, want 1", n)
+	}
+	if files := dbFiles(t, dir); slices.Contains(files, "planted.db") {
+		t.Errorf("a denied ATTACH created a tenant file: %v", files)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("a denied ATTACH created %s outside the data directory", ents[0].Name())
+	}
+	for _, q := range []string{`VACUUM`, `vacuum;`, ` VACUUM main `, "\tVacuum ;\n"} {
+		if _, err := p.ExecContext(a, q); err != nil {
+			t.Errorf("%q: %v", q, err)
+		}
+	}
+	// Anything else about it is refused as before: INTO, a quoted schema,
+	// a prepared VACUUM (its ATTACH runs when it is executed).
+	for _, q := range []string{`VACUUM INTO ?`, `VACUUM main INTO ?`, `VACUUM "main" INTO ?`} {
+		if _, err := p.ExecContext(a, q, filepath.Join(outside, "copy.db")); err == nil {
+			t.Errorf("%q: allowed", q)
+		}
+	}
+	if st, err := p.PrepareContext(a, `VACUUM`); err == nil {
+		if _, err := st.ExecContext(a); err == nil {
+			t.Error("a prepared VACUUM ran: its ATTACH passed the authorizer")
+		}
+		st.Close()
+	}
+}
+
+// Heap limits are the whole process's: a tenant may read them, never set
+// them (PRAGMA hard_heap_limit = 1 made every tenant's statements fail with
+// "out of memory" until restart).
+func TestHardening_HeapLimits(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	a := tctx("attacker")
+	for _, q := range []string{`PRAGMA hard_heap_limit = 1`, `PRAGMA soft_heap_limit = 1`, `PRAGMA main.hard_heap_limit = 1`, `PRAGMA hard_heap_limit(1)`} {
+		if _, err := p.ExecContext(a, q); err == nil {
+			t.Errorf("%s: allowed", q)
+		}
+	}
+	for _, q := range []string{`PRAGMA hard_heap_limit`, `PRAGMA soft_heap_limit`} {
+		if _, err := p.ExecContext(a, q); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	if _, err := p.ExecContext(tctx("victim"), `CREATE TABLE t (v); INSERT INTO t VALUES (randomblob(100000))`); err != nil {
+		t.Errorf("another tenant afterwards: %v", err)
 	}
 }
