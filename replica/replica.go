@@ -55,7 +55,11 @@ type Compactor struct {
 var _ sqliteproxy.ReplicaCompactor = (*Compactor)(nil)
 
 // CompactReplica compacts the replica at url, one tenant's
-// (<Config.ReplicaURL>/<id>). Nothing may stream it meanwhile.
+// (<Config.ReplicaURL>/<id>). Litestream may stream the tenant meanwhile
+// (it compacts the same levels): a restore takes the longest run of
+// contiguous files across levels, and level-0 files go only once a
+// level-1 file covers them. A run that writes a file at the moment
+// Litestream writes the same one fails, and the next run compacts it.
 func (c *Compactor) CompactReplica(ctx context.Context, url string) error {
 	_, _, err := c.Compact(ctx, url)
 	return err

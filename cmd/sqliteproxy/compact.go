@@ -23,7 +23,8 @@ const compactRetention = replica.DefaultRetention
 // and longer (here ~2 ms per file). A service with
 // Config.ReplicaCompactor set compacts its closed tenants itself; without
 // one, run this from time to time (cron). It works on the replica alone and
-// is safe beside the service.
+// is safe beside the service, which may stream the same tenants (see
+// replica.Compactor.CompactReplica; replication's TestCompact_BesideStreaming).
 func (e *env) compact(args []string) int {
 	f := e.newFlagsNoDir("compact")
 	replica := f.String("replica", "", "the replica `URL` (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL (required)")

@@ -495,6 +495,14 @@ type Litestream struct {
 // S3.Env().
 func StartLitestream(tb testing.TB, env ...string) *Litestream {
 	tb.Helper()
+	return StartLitestreamLevels(tb, nil, env...)
+}
+
+// StartLitestreamLevels is StartLitestream with Litestream's compaction
+// levels set: levels[i] is how often level i+1 is compacted (Litestream's
+// defaults are 30s, 5m and 1h), so that a test sees compactions in seconds.
+func StartLitestreamLevels(tb testing.TB, levels []time.Duration, env ...string) *Litestream {
+	tb.Helper()
 	dir := tb.TempDir()
 	sockDir := dir
 	if len(filepath.Join(dir, "litestream.sock")) > 100 { // sun_path is 108 bytes
@@ -522,6 +530,12 @@ func StartLitestream(tb testing.TB, env ...string) *Litestream {
 		"  permissions: 0600\n" +
 		"logging:\n" +
 		"  level: info\n"
+	if len(levels) > 0 {
+		cfg += "levels:\n"
+		for _, d := range levels {
+			cfg += "  - interval: " + d.String() + "\n"
+		}
+	}
 	if err := os.WriteFile(l.ConfigPath, []byte(cfg), 0o600); err != nil {
 		tb.Fatal(err)
 	}
