@@ -89,6 +89,16 @@ func (p *tenantless) prepare(ctx context.Context, op, query string) (*sqlite3.SQ
 }
 
 func (p *tenantless) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if sqlscan.Empty(query) {
+		// mattn prepares no statement handle for it, which only its conn's
+		// Exec and Query know to answer (0 rows affected, no rows).
+		c, err := p.get()
+		if err != nil {
+			return nil, opError("exec", "", err)
+		}
+		defer p.put(c)
+		return c.ExecContext(ctx, query, args)
+	}
 	c, s, err := p.prepare(ctx, "exec", query)
 	if err != nil {
 		return nil, err
@@ -99,6 +109,14 @@ func (p *tenantless) exec(ctx context.Context, query string, args []driver.Named
 }
 
 func (p *tenantless) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if sqlscan.Empty(query) {
+		c, err := p.get()
+		if err != nil {
+			return nil, opError("query", "", err)
+		}
+		defer p.put(c)
+		return c.QueryContext(ctx, query, args) // no statement: its Rows hold none
+	}
 	c, s, err := p.prepare(ctx, "query", query)
 	if err != nil {
 		return nil, err

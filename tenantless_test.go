@@ -39,6 +39,27 @@ func TestNoTenant(t *testing.T) {
 			t.Errorf("Query(%q) without tenant: %v, want ErrNoTenant", q, err)
 		}
 	}
+	// No statement at all: as mattn answers it (it crashed the process:
+	// mattn's statement for it has no handle).
+	for _, q := range []string{"", "  ", ";", "-- c", "/* c */ ;\n"} {
+		res, err := p.ExecContext(bg, q)
+		if err != nil {
+			t.Errorf("Exec(%q) without tenant: %v", q, err)
+		} else if n, err := res.RowsAffected(); n != 0 || err != nil {
+			t.Errorf("Exec(%q) without tenant: %d rows affected, %v", q, n, err)
+		}
+		rows, err := p.QueryContext(bg, q)
+		if err != nil {
+			t.Errorf("Query(%q) without tenant: %v", q, err)
+			continue
+		}
+		if rows.Next() {
+			t.Errorf("Query(%q) without tenant: a row", q)
+		}
+		if err := rows.Close(); err != nil {
+			t.Errorf("Query(%q) without tenant: close: %v", q, err)
+		}
+	}
 	if _, err := p.BeginTx(bg, nil); !errors.Is(err, ErrNoTenant) {
 		t.Errorf("BeginTx without tenant: %v, want ErrNoTenant", err)
 	}

@@ -125,6 +125,18 @@ func skipComment(sql string, i int) int {
 	return i
 }
 
+// Empty reports whether sql holds no statement: only white space,
+// comments and semicolons (SQLite prepares it as no statement at all).
+func Empty(sql string) bool {
+	for i := skipSpace(sql, 0); i < len(sql); i = skipSpace(sql, i) {
+		if sql[i] != ';' {
+			return false
+		}
+		i++
+	}
+	return true
+}
+
 func skipSpace(sql string, i int) int {
 	for i < len(sql) {
 		switch sql[i] {

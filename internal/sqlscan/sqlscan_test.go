@@ -49,3 +49,14 @@ func FuzzScan(f *testing.F) {
 		_ = Scan(sql) // must not panic or loop
 	})
 }
+
+func TestEmpty(t *testing.T) {
+	for sql, want := range map[string]bool{
+		"": true, "  ": true, ";": true, " ; ;\n": true, "-- c": true, "/* c */ ;": true, "/* open": true,
+		"SELECT 1": false, "; SELECT 1": false, "-- c\nx": false, "'str'": false, "(": false, "-": false,
+	} {
+		if got := Empty(sql); got != want {
+			t.Errorf("Empty(%q) = %v, want %v", sql, got, want)
+		}
+	}
+}
