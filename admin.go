@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 
@@ -23,6 +24,24 @@ func removeWithSideFiles(path string) error {
 	var first error
 	for _, p := range []string{path + "-wal", path + "-shm", path + "-journal", path} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// removeOrphanSideFiles removes the -wal, -shm and -journal files beside
+// p when p itself does not exist: side files of a database deleted (or
+// replaced) by a process killed between the file and its side files.
+// SQLite would replay such a -wal into the next file made under p's name:
+// a new tenant would come up holding the deleted one's rows.
+func removeOrphanSideFiles(p string) error {
+	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+		return err // p exists (its side files are its own), or cannot be told
+	}
+	var first error
+	for _, s := range []string{"-wal", "-shm", "-journal"} {
+		if err := os.Remove(p + s); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
 			first = err
 		}
 	}
@@ -127,6 +146,13 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	defer t.unpin()
 	r := p.c.r
 	if err := t.mustExist(opDeleteTenant); err != nil {
+		if errors.Is(err, ErrTenantNotFound) {
+			// A delete killed between the file and its side files, run
+			// again: the side files still hold the deleted rows.
+			if rerr := removeOrphanSideFiles(t.path); rerr != nil {
+				return opError(opDeleteTenant, id, rerr)
+			}
+		}
 		if r.repl != nil && errors.Is(err, ErrTenantNotFound) {
 			// Not here, perhaps in the replica: erase it there (as its
 			// owner, with Ownership).
@@ -329,8 +355,11 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // RestoreTenant replaces the tenant's database with a copy of srcPath. The
 // source must be a healthy SQLite database (quick_check); anything else is
 // refused and the tenant is left untouched. The tenant is drained (up to
-// ctx), its file replaced by an atomic rename and its side files removed;
-// work that arrives meanwhile waits and then sees the restored data.
+// ctx), its -wal checkpointed into its file (so that a process killed
+// before the rename leaves the old tenant whole; a file another process
+// has open is refused), its side files removed and its file replaced by an
+// atomic rename; work that arrives meanwhile waits and then sees the
+// restored data.
 // Pending migrations apply on the next access. Restoring into an ID that
 // has no file creates the tenant.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
@@ -341,6 +370,10 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 		return nil
 	})
 }
+
+// restoreBeforeRename, set by tests, stands for a restore killed just
+// before its rename: an error from it ends the restore there.
+var restoreBeforeRename func() error
 
 // restore replaces tenant id's database with the file fill writes at tmp
 // (a healthy database, checked by fill), draining the tenant. A tenant that
@@ -376,9 +409,18 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		return err
 	}
 	// Side files of the old database would be replayed into the new one,
-	// and Litestream's files describe the old one.
+	// and Litestream's files describe the old one. Its -wal may hold
+	// acknowledged commits (a process killed before it closed the file):
+	// checkpoint them into the old file first, so that a restore killed
+	// before its rename leaves the old tenant whole, not without them.
 	_, merr := os.Stat(metaDir(t.path))
 	replicated := r.repl != nil || merr == nil || fromReplica // streamed, now, before or elsewhere
+	if _, err := os.Lstat(t.path); err == nil {
+		if err := settle(t.path); err != nil {
+			t.endDrain(tenantActive)
+			return opError(op, id, err)
+		}
+	}
 	err = errors.Join(removeWithSideFiles(t.path+"-wal"), os.RemoveAll(metaDir(t.path)))
 	if err == nil {
 		err = errors.Join(os.Remove(t.path+"-shm"), os.Remove(t.path+"-journal"))
@@ -390,6 +432,9 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		// Restored on purpose: this copy is to become the replica's head,
 		// however far behind the replica it is.
 		err = touchFile(restoredMarker(t.path))
+	}
+	if err == nil && restoreBeforeRename != nil {
+		err = restoreBeforeRename()
 	}
 	if err == nil {
 		err = os.Rename(tmp, t.path)
@@ -507,4 +552,63 @@ func createWith(dst string, durable bool, r io.Reader) error {
 		err = cerr
 	}
 	return err
+}
+
+// leftoverAge is how old a temporary file of a tenant operation must be
+// before sweepLeftovers takes it for the leftover of a process killed in
+// the middle: an operation in flight (here or in another process on the
+// same directory) writes its file within moments, and a delete renames a
+// file that keeps its own, older, time.
+const leftoverAge = 10 * time.Minute
+
+// sweepLeftovers removes, once after New, the temporary files of tenant
+// operations killed midway (creation, restore, delete: .creating-,
+// .restoring-, .deleting- and their side files) that are older than
+// leftoverAge. A killed delete's file still holds the deleted tenant's
+// rows; a killed restore's, a whole copy of a tenant.
+func (r *router) sweepLeftovers() {
+	defer r.reaperWG.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { // Close ends the sweep
+		select {
+		case <-r.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	dirs := []string{r.cfg.Dir}
+	if r.cfg.Layout == LayoutBuckets {
+		for b := range numBuckets {
+			dirs = append(dirs, filepath.Join(r.cfg.Dir, bucketName(b)))
+		}
+	}
+	old := time.Now().Add(-leftoverAge)
+	for _, d := range dirs {
+		readDirBatches(ctx, d, func(ents []os.DirEntry) bool {
+			for _, e := range ents {
+				if !isLeftover(e.Name()) {
+					continue
+				}
+				if fi, err := e.Info(); err == nil && fi.ModTime().Before(old) {
+					os.RemoveAll(filepath.Join(d, e.Name()))
+				}
+			}
+			return ctx.Err() == nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// isLeftover reports whether a directory entry is a tenant operation's
+// temporary file (tempName), or one of its side files.
+func isLeftover(name string) bool {
+	for _, prefix := range []string{creatingPrefix, deletingPrefix, restoringPrefix} {
+		if strings.HasPrefix(name, prefix) {
+			return true
+		}
+	}
+	return false
 }

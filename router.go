@@ -104,8 +104,9 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	}
 	r.mig = newMigrator(list, r.tel)
 	r.free = newTenantless()
-	r.reaperWG.Add(1)
+	r.reaperWG.Add(2)
 	go r.background()
+	go r.sweepLeftovers()
 	if r.repl != nil && cfg.ReplicaCompactor != nil {
 		r.compactQ = make(chan *tenant, 256)
 		r.reaperWG.Add(1)
@@ -421,6 +422,9 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	}()
 	if err != nil {
 		return err
+	}
+	if err := removeOrphanSideFiles(t.path); err != nil {
+		return opError(opCreateTenant, t.id, err)
 	}
 	if err := os.Link(tmp, t.path); err != nil {
 		if errors.Is(err, fs.ErrExist) {

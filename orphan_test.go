@@ -1,0 +1,189 @@
+package sqliteproxy
+
+import (
+	"database/sql"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// crashImage leaves in dir the files of tenant id as a process killed
+// after committing n rows would: id.db and an id.db-wal holding the
+// commits (not checkpointed), written by mattn directly.
+func crashImage(t *testing.T, dir, id string, n int) {
+	t.Helper()
+	src := t.TempDir()
+	p := newTestProxy(t, Config{Dir: src, Migrations: []string{eventsTable}})
+	if err := p.CreateTenant(tctx(id), id); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	live := filepath.Join(src, id+".db")
+	db, err := sql.Open("sqlite3", live)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`PRAGMA wal_autocheckpoint = 0`); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		if _, err := db.Exec(`INSERT INTO events (tenant) VALUES ('old')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []string{"", "-wal"} {
+		copyTestFile(t, live+s, filepath.Join(dir, id+".db"+s))
+	}
+	if fi, err := os.Stat(filepath.Join(dir, id+".db-wal")); err != nil || fi.Size() == 0 {
+		t.Fatalf("crash image without its commits in the WAL: %v", err)
+	}
+}
+
+func copyTestFile(t *testing.T, src, dst string) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		t.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A delete killed after it moved the file out of the tenant's name and
+// before it removed the -wal leaves that -wal behind, holding the deleted
+// rows: SQLite would replay it into the next file made under the name. A
+// new tenant made afterwards (explicitly or on first use) starts empty, and
+// a delete run again removes the -wal (and still says there is no tenant).
+func TestOrphanWAL_DeleteKilledMidway(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"CreateTenant", "first use", "DeleteTenant again"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			crashImage(t, dir, "c", 100)
+			// What the killed DeleteTenant did: the rename, not the rest.
+			if err := os.Rename(filepath.Join(dir, "c.db"), tempName(dir, deletingPrefix, "c")); err != nil {
+				t.Fatal(err)
+			}
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+			switch how {
+			case "CreateTenant":
+				if err := p.CreateTenant(tctx("c"), "c"); err != nil {
+					t.Fatal(err)
+				}
+			case "DeleteTenant again":
+				if err := p.DeleteTenant(tctx("c"), "c"); !errors.Is(err, ErrTenantNotFound) {
+					t.Fatalf("DeleteTenant of a deleted tenant: %v, want ErrTenantNotFound", err)
+				}
+				if _, err := os.Lstat(filepath.Join(dir, "c.db-wal")); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("the deleted tenant's -wal is still there: %v", err)
+				}
+			}
+			if n := countRows(t, p, "c"); n != 0 {
+				t.Errorf("the new tenant c holds %d rows of the deleted one", n)
+			}
+		})
+	}
+}
+
+// A restore killed before its rename (after it cleared the old file's side
+// files) leaves the old tenant whole: the commits its -wal held (a process
+// killed before it closed the file) are checkpointed into it first.
+func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
+	dir := t.TempDir()
+	crashImage(t, dir, "c", 100)
+	backup := filepath.Join(t.TempDir(), "one.db")
+	{
+		p := newTestProxy(t, Config{Dir: t.TempDir(), Migrations: []string{eventsTable}})
+		if _, err := p.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('new')`); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.BackupTenant(tctx("b"), "b", backup); err != nil {
+			t.Fatal(err)
+		}
+	}
+	killed := errors.New("killed before the rename")
+	restoreBeforeRename = func() error { return killed }
+	defer func() { restoreBeforeRename = nil }()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err := p.RestoreTenant(tctx("c"), "c", backup); !errors.Is(err, killed) {
+		t.Fatalf("RestoreTenant: %v, want the stand-in for the kill", err)
+	}
+	if n := countRows(t, p, "c"); n != 100 {
+		t.Errorf("after a restore killed before its rename, c holds %d rows, want its 100", n)
+	}
+}
+
+// The temporary files of operations killed midway (a killed delete's still
+// holds the deleted tenant's rows) are removed after New once they are
+// older than leftoverAge; fresh ones (an operation in flight in another
+// process) and tenants' own files stay.
+func TestOrphanWAL_SweepsLeftovers(t *testing.T) {
+	t.Parallel()
+	for _, l := range []Layout{LayoutFlat, LayoutBuckets} {
+		t.Run(l.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}}).Close()
+			folder := filepath.Dir(tenantPath(dir, l, "c"))
+			if err := os.MkdirAll(folder, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			long := time.Now().Add(-2 * leftoverAge)
+			var stale, fresh []string
+			for _, prefix := range []string{creatingPrefix, deletingPrefix, restoringPrefix} {
+				p := tempName(folder, prefix, "c")
+				for _, side := range []string{"", "-journal"} {
+					for _, age := range []string{"stale", "fresh"} {
+						name := p + side
+						if age == "fresh" {
+							name = tempName(folder, prefix, "c") + side
+						}
+						if err := os.WriteFile(name, []byte("x"), 0o600); err != nil {
+							t.Fatal(err)
+						}
+						if age == "stale" {
+							if err := os.Chtimes(name, long, long); err != nil {
+								t.Fatal(err)
+							}
+							stale = append(stale, name)
+						} else {
+							fresh = append(fresh, name)
+						}
+					}
+				}
+			}
+			p := newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}})
+			if _, err := p.ExecContext(tctx("c"), `INSERT INTO events (tenant) VALUES ('x')`); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, "stale leftovers removed", func() bool {
+				for _, f := range stale {
+					if _, err := os.Lstat(f); err == nil {
+						return false
+					}
+				}
+				return true
+			})
+			for _, f := range append(fresh, tenantPath(dir, l, "c")) {
+				if _, err := os.Lstat(f); err != nil {
+					t.Errorf("%s: %v", filepath.Base(f), err)
+				}
+			}
+		})
+	}
+}
