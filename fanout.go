@@ -38,7 +38,10 @@ type FanOutOptions struct {
 	// pending migrations, a corrupt file, ...) instead of failing the
 	// query; OnSkip hears about each. Errors of the query itself
 	// (ErrFanOutWrite, a wrong number of arguments) and the context's are
-	// never skipped.
+	// never skipped. Rows stream: a tenant that fails after some of its
+	// rows (a malformed value on its third row) has given those rows
+	// already, and OnSkip then reports it; discard its rows there if a
+	// partial tenant must not count.
 	SkipErrors bool
 	// OnSkip, if set, is called with each tenant SkipErrors skipped and
 	// its error (a *FanOutError), in tenant order, from the goroutine
@@ -321,11 +324,13 @@ func (run *fanRun) slot(i int) *fanSlot {
 	return s
 }
 
-func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) {
+// setHeader makes the query's columns those of rs, the first tenant's to
+// run it, and returns them (the first tenant's, whichever that was).
+func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) *fanHeader {
 	run.mu.Lock()
-	if run.hdr != nil {
+	if h := run.hdr; h != nil {
 		run.mu.Unlock()
-		return
+		return h
 	}
 	run.mu.Unlock()
 	cols := rs.Columns()
@@ -337,10 +342,11 @@ func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) {
 		h.nullable[i], h.nullOK[i] = rs.ColumnTypeNullable(i)
 	}
 	run.mu.Lock()
+	defer run.mu.Unlock()
 	if run.hdr == nil {
 		run.hdr = h
 	}
-	run.mu.Unlock()
+	return run.hdr
 }
 
 // fail records the failure of tenant i, which ends the query there: no
@@ -524,8 +530,16 @@ func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt
 	}
 	rs := drs.(*sqlite3.SQLiteRows)
 	defer rs.Close()
-	run.setHeader(rs)
-	n := len(rs.Columns())
+	// Every tenant's rows go under one header: a tenant whose result has
+	// other columns (its schema differs: a pending migration, a table of
+	// its own making) would put its values under another tenant's names,
+	// or leave a shorter row's last values to the row before.
+	hdr, cols := run.setHeader(rs), rs.Columns()
+	if !slices.Equal(cols, hdr.names) {
+		return opError(opFanOut, t.id, fmt.Errorf("its result has the columns (%s), unlike the first tenant's (%s): a fan-out reads the same columns from every tenant",
+			strings.Join(cols, ", "), strings.Join(hdr.names, ", ")))
+	}
+	n := len(cols)
 	for {
 		row := make([]driver.Value, n)
 		if err := rs.Next(row); err == io.EOF {
@@ -617,6 +631,10 @@ func (rs *fanOutRows) Next(dest []driver.Value) error {
 			rs.err = err
 			return err
 		}
+	}
+	if len(row) != len(dest)-1 { // stream refuses a tenant with other columns
+		rs.err = opError(opFanOut, id, fmt.Errorf("%d columns, want %d", len(row), len(dest)-1))
+		return rs.err
 	}
 	dest[0] = id
 	copy(dest[1:], row)

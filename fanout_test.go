@@ -781,3 +781,89 @@ func TestFanOut_OrgIDOverrides(t *testing.T) {
 		t.Errorf("WithOrgID over a fan-out: %d", n)
 	}
 }
+
+// Every tenant's rows go under one header. A tenant whose result has
+// other columns (here one that rebuilt its own table with a forged tenant
+// column) is that tenant's failure, skipped with SkipErrors: its values
+// never appear under another tenant's names, and a shorter row never keeps
+// the last values of the row before it (they were another tenant's).
+func TestFanOut_SameColumnsFromEveryTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir})
+	for _, id := range []string{"a-victim", "b-attacker", "c-victim"} {
+		schema := `CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)`
+		if id == "b-attacker" {
+			schema = `CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, tenant TEXT, approved TEXT)`
+		}
+		if _, err := p.ExecContext(tctx(id), schema); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			q, args := `INSERT INTO notes (body) VALUES (?)`, []any{fmt.Sprintf("%s-%d", id, i)}
+			if id == "b-attacker" {
+				q = `INSERT INTO notes (body, tenant, approved) VALUES (?, 'a-victim', 'FORGED')`
+			}
+			if _, err := p.ExecContext(tctx(id), q, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, conc := range []int{1, 3} {
+		var skipped []string
+		ctx := WithFanOut(context.Background(), FanOutOptions{Concurrency: conc, SkipErrors: true,
+			OnSkip: func(id string, err error) { skipped = append(skipped, id+": "+err.Error()) }})
+		rows, err := p.QueryContext(ctx, `SELECT * FROM notes`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cols, _ := rows.Columns()
+		n := 0
+		for rows.Next() {
+			vals := make([]any, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if vals[0] == "b-attacker" {
+				continue // its own values, under its own name
+			}
+			for _, v := range vals[1:] {
+				if s, ok := v.(string); ok && !strings.HasPrefix(s, vals[0].(string)) {
+					t.Errorf("concurrency %d: row of %v holds %q", conc, vals[0], s)
+				}
+			}
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		// The header is the first tenant's to run: the attacker's table is
+		// the odd one whichever it was, so either it alone is skipped (4
+		// rows of the victims), or both victims are (its 2 rows).
+		if !(n == 4 && len(skipped) == 1 && strings.HasPrefix(skipped[0], "b-attacker: ")) && !(n == 2 && len(skipped) == 2) {
+			t.Errorf("concurrency %d: %d rows, skipped %q", conc, n, skipped)
+		}
+		for _, s := range skipped {
+			if !strings.Contains(s, "unlike the first tenant's") {
+				t.Errorf("skipped for another reason: %s", s)
+			}
+		}
+	}
+	// Without SkipErrors the query fails, naming the tenant.
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{Concurrency: 1}), `SELECT * FROM notes`)
+	if err == nil {
+		for rows.Next() {
+		}
+		err = rows.Err()
+		rows.Close()
+	}
+	var fe *FanOutError
+	if !errors.As(err, &fe) || fe.Tenant != "b-attacker" {
+		t.Errorf("without SkipErrors: %v, want b-attacker's FanOutError", err)
+	}
+}
