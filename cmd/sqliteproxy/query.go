@@ -154,7 +154,11 @@ func (e *env) newRowPrinter(cols []string, asJSON bool) *rowPrinter {
 	p := &rowPrinter{e: e, cols: cols, json: asJSON}
 	if !asJSON {
 		p.tw = tabwriter.NewWriter(e.stdout, 0, 8, 2, ' ', 0)
-		fmt.Fprintln(p.tw, strings.Join(cols, "\t"))
+		names := make([]string, len(cols))
+		for i, c := range cols {
+			names[i] = printable(c)
+		}
+		fmt.Fprintln(p.tw, strings.Join(names, "\t"))
 	}
 	return p
 }
@@ -215,7 +219,7 @@ func cellText(v any) string {
 		return "NULL"
 	case []byte:
 		if utf8.Valid(v) {
-			return string(v)
+			return printable(string(v))
 		}
 		return fmt.Sprintf("x'%x'", v)
 	case time.Time:
@@ -223,7 +227,20 @@ func cellText(v any) string {
 	case float64:
 		return strconv.FormatFloat(v, 'g', -1, 64)
 	case sql.RawBytes:
-		return string(v)
+		return printable(string(v))
+	case string:
+		return printable(v)
 	}
 	return fmt.Sprint(v)
+}
+
+// printable returns s for one cell of the table, Go-quoted when it holds
+// what a terminal or the table would act on (a newline or a tab would
+// start a row or a column of another tenant's; escape sequences and
+// bidirectional controls rewrite what is shown) or starts with a quote.
+func printable(s string) string {
+	if strings.HasPrefix(s, `"`) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+		return strconv.Quote(s)
+	}
+	return s
 }

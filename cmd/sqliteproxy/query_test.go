@@ -119,3 +119,26 @@ func TestQueryJSONFailure(t *testing.T) {
 		}
 	}
 }
+
+// A tenant's text cannot draw rows of the table for another tenant: a
+// value with a newline, a tab, an escape sequence or a bidirectional
+// control is shown Go-quoted on its own row; -json keeps it as it is.
+func TestQueryTableQuotesControls(t *testing.T) {
+	t.Parallel()
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := fleet(t, mdir, 1, "attacker")
+	r := cli(t, nil, "query", "-dir", dir, `SELECT char(111,107,10,118,105,99,116,105,109,9,50) AS body, '"q' AS q, 'plain text' AS p`).want(t, exitOK)
+	want := "tenant    body             q      p\nattacker  \"ok\\nvictim\\t2\"  \"\\\"q\"  plain text\n"
+	if r.stdout != want {
+		t.Errorf("table:\n%s\nwant:\n%s", r.stdout, want)
+	}
+	r = cli(t, nil, "query", "-dir", dir, `SELECT char(27) || '[2K' || char(8238) || 'x' AS e`).want(t, exitOK)
+	if want := "tenant    e\nattacker  \"\\x1b[2K\\u202ex\"\n"; r.stdout != want {
+		t.Errorf("escape and bidi control:\n%q\nwant\n%q", r.stdout, want)
+	}
+	r = cli(t, nil, "query", "-json", "-dir", dir, `SELECT char(111,107,10,27) AS body`).want(t, exitOK)
+	var got []map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0]["body"] != "ok\n\x1b" {
+		t.Errorf("-json: %q, %v", r.stdout, err)
+	}
+}
