@@ -10,15 +10,22 @@ import (
 
 // classCache remembers, by SQL text, whether a query may run on a reader.
 // The verdict depends only on the text (sqlite3_stmt_readonly and the
-// statement count), so it is shared by all tenants. It is bounded: when it
-// holds maxClasses texts it starts over, so applications that build SQL with
-// literals cannot grow it without limit.
+// statement count), so it is shared by all tenants. It is bounded, so that
+// applications that build SQL with literals (or send long texts) cannot
+// grow it without limit: each text weighs its length
+// plus classWeight, and when the weights pass maxClassWeight (~10 000
+// short texts, or 8 MiB of SQL whatever the texts) it starts over. Texts
+// longer than maxClassText are not kept (classified again each time).
 type classCache struct {
 	m sync.Map // string -> bool (true: read-only)
 	n atomic.Int64
 }
 
-const maxClasses = 10_000
+const (
+	classWeight    = 800
+	maxClassWeight = 8 << 20
+	maxClassText   = 64 << 10
+)
 
 func (c *classCache) lookup(query string) (readonly, ok bool) {
 	v, ok := c.m.Load(query)
@@ -29,9 +36,13 @@ func (c *classCache) lookup(query string) (readonly, ok bool) {
 }
 
 func (c *classCache) store(query string, readonly bool) {
-	if c.n.Add(1) > maxClasses {
+	if len(query) > maxClassText {
+		return
+	}
+	w := int64(len(query) + classWeight)
+	if c.n.Add(w) > maxClassWeight {
 		c.m.Clear()
-		c.n.Store(1)
+		c.n.Store(w)
 	}
 	c.m.Store(query, readonly)
 }
