@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -80,18 +81,49 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 		if _, err := c.Exec("PRAGMA wal_autocheckpoint = 0", nil); err != nil {
 			return err
 		}
-		c.RegisterAuthorizer(replicatedAuthorizer)
-	} else {
-		c.RegisterAuthorizer(tenantAuthorizer)
 	}
+	registerAuthorizer(c, replicated, tenantAuthorizer)
 	return nil
 }
+
+// registerAuthorizer installs auth on c (replicatedAuthorizer's checks
+// first when replicated), refusing transaction control while c runs a
+// migration script (see runScript).
+func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, auth func(int, string, string, string) int) {
+	c.RegisterAuthorizer(func(op int, arg1, arg2, arg3 string) int {
+		if op == sqlite3.SQLITE_TRANSACTION {
+			if _, ok := scriptConns.Load(c); ok {
+				return sqlite3.SQLITE_DENY
+			}
+		}
+		if replicated {
+			if v := replicatedChecks(op, arg1, arg2); v != sqlite3.SQLITE_OK {
+				return v
+			}
+		}
+		return auth(op, arg1, arg2, arg3)
+	})
+}
+
+// scriptConns holds the connections running a migration's SQL inside the
+// migrator's transaction (runScript): a BEGIN, COMMIT, END or ROLLBACK of
+// the script's own would end that transaction midway, and what follows it
+// would commit statement by statement, half a migration applied.
+var scriptConns sync.Map // *sqlite3.SQLiteConn -> struct{}
 
 // replicatedAuthorizer is tenantAuthorizer for a file that Litestream
 // streams, which owns its checkpoints and follows its WAL: it also denies
 // VACUUM (which attaches ” to rebuild the file) and checkpoints that
 // restart or truncate the WAL. Passive checkpoints are fine.
 func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
+	if v := replicatedChecks(op, arg1, arg2); v != sqlite3.SQLITE_OK {
+		return v
+	}
+	return tenantAuthorizer(op, arg1, arg2, arg3)
+}
+
+// replicatedChecks is what replicatedAuthorizer adds to tenantAuthorizer.
+func replicatedChecks(op int, arg1, arg2 string) int {
 	switch {
 	case op == sqlite3.SQLITE_ATTACH:
 		return sqlite3.SQLITE_DENY
@@ -104,7 +136,7 @@ func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
 			return sqlite3.SQLITE_DENY
 		}
 	}
-	return tenantAuthorizer(op, arg1, arg2, arg3)
+	return sqlite3.SQLITE_OK
 }
 
 // tenantAuthorizer keeps a statement inside its tenant's file and keeps the
@@ -181,8 +213,8 @@ func plainVacuum(query string) bool {
 // vacuum runs a plain VACUUM on c, a tenant connection that is not
 // replicated, with vacuumAuthorizer in place for that one statement.
 func vacuum(ctx context.Context, c *sqlite3.SQLiteConn, query string) (driver.Result, error) {
-	c.RegisterAuthorizer(vacuumAuthorizer)
-	defer c.RegisterAuthorizer(tenantAuthorizer)
+	registerAuthorizer(c, false, vacuumAuthorizer)
+	defer registerAuthorizer(c, false, tenantAuthorizer)
 	return c.ExecContext(ctx, query, nil)
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
 	"go.opentelemetry.io/otel/attribute"
 )
 
@@ -43,6 +44,7 @@ type migration struct {
 	sum      string // hex SHA-256 of sql
 	downName string // file name of its down migration, "" when there is none
 	down     string // SQL of its down migration; not part of sum
+	wholeSum string // of a goose file: hex SHA-256 of the whole file (see driftAt)
 }
 
 // migrator applies the configured migrations to tenant files. Migration i
@@ -128,6 +130,9 @@ func (m *migrator) driftAt(rows []ledgerRow, n int) string {
 	appliedAt := slices.IndexFunc(m.list, func(mg migration) bool { return mg.sum == rows[n].checksum })
 	cfgApplied := slices.ContainsFunc(rows, func(r ledgerRow) bool { return r.checksum == cfg.sum })
 	switch {
+	case cfg.wholeSum != "" && rows[n].checksum == cfg.wholeSum:
+		return fmt.Sprintf("migration %d (%s) was applied whole, its goose Down section included, by a version of sqliteproxy that did not read goose annotations: "+
+			"the Down section ran right after the Up one in this tenant; repair its schema, then set its ledger row's checksum to %s", n+1, cfg.name, cfg.sum)
 	case appliedAt > n && !cfgApplied:
 		return fmt.Sprintf("migration %d (%s) is new but comes before migrations already applied (applied migration %d is now %d, %s): add new migrations at the end", n+1, cfg.name, n+1, appliedAt+1, m.list[appliedAt].name)
 	case appliedAt < 0 && cfgApplied:
@@ -246,7 +251,88 @@ func (m *migrator) names(n int) []string {
 	return out
 }
 
+// runScript runs a migration's (or down migration's) SQL on c inside the
+// migrator's transaction, with transaction control refused (see
+// scriptConns) and, when c enforces foreign keys (foreignKeysOff turned
+// that off before the transaction), failing if the script leaves a
+// foreign key violation.
+func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkFK bool) error {
+	scriptConns.Store(c, struct{}{})
+	_, err := c.ExecContext(ctx, script, nil)
+	scriptConns.Delete(c)
+	if err != nil {
+		var se sqlite3.Error
+		if errors.As(err, &se) && se.Code == sqlite3.ErrAuth {
+			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works; no ATTACH)", err)
+		}
+		return err
+	}
+	if checkFK {
+		return foreignKeyCheck(ctx, c)
+	}
+	return nil
+}
+
+// foreignKeysOff turns foreign key enforcement off on c for a migration,
+// as SQLite's documented table rebuild needs (the pragma does nothing
+// inside a transaction, and dropping a parent table in one would delete
+// or null every child row through its ON DELETE action), and returns
+// whether it was on and a function that turns it back on (after the
+// transaction). Off already: nothing to do.
+func foreignKeysOff(ctx context.Context, c *sqlite3.SQLiteConn) (wasOn bool, restore func(), err error) {
+	rows, err := c.QueryContext(ctx, "PRAGMA foreign_keys", nil)
+	if err != nil {
+		return false, nil, err
+	}
+	v := make([]driver.Value, 1)
+	err = rows.Next(v)
+	rows.Close()
+	if err != nil {
+		return false, nil, err
+	}
+	if on, _ := v[0].(int64); on == 0 {
+		return false, func() {}, nil
+	}
+	if _, err := c.ExecContext(ctx, "PRAGMA foreign_keys = OFF", nil); err != nil {
+		return false, nil, err
+	}
+	return true, func() { c.ExecContext(context.Background(), "PRAGMA foreign_keys = ON", nil) }, nil
+}
+
+// foreignKeyCheck fails if c's database holds a foreign key violation
+// (PRAGMA foreign_key_check), naming the first few.
+func foreignKeyCheck(ctx context.Context, c *sqlite3.SQLiteConn) error {
+	rows, err := c.QueryContext(ctx, "PRAGMA foreign_key_check", nil)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var found []string
+	v := make([]driver.Value, len(rows.Columns()))
+	n := 0
+	for {
+		if err := rows.Next(v); err == io.EOF {
+			break
+		} else if err != nil {
+			return err
+		}
+		n++
+		if len(found) < 3 {
+			found = append(found, fmt.Sprintf("%s row %v references %s", v[0], v[1], v[2]))
+		}
+	}
+	if n > 0 {
+		return fmt.Errorf("it leaves %d foreign key violations (%s): migrations run with foreign keys off, as a table rebuild needs, and must leave none", n, strings.Join(found, "; "))
+	}
+	return nil
+}
+
 func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (err error) {
+	fk, restoreFK, err := foreignKeysOff(ctx, c)
+	if err != nil {
+		return err
+	}
+	defer restoreFK()
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE", nil); err != nil {
 		return err
 	}
@@ -265,7 +351,7 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 		_, err := c.ExecContext(ctx, "COMMIT", nil)
 		return err
 	}
-	if _, err := c.ExecContext(ctx, m.list[i].sql, nil); err != nil {
+	if err := runScript(ctx, c, m.list[i].sql, fk); err != nil {
 		return err
 	}
 	args := []driver.NamedValue{
@@ -336,6 +422,11 @@ func (m *migrator) rollback(ctx context.Context, c *sqlite3.SQLiteConn, id strin
 }
 
 func (m *migrator) rollbackTx(ctx context.Context, c *sqlite3.SQLiteConn, tt *tenantTel, to int) (_ []string, err error) {
+	fk, restoreFK, err := foreignKeysOff(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	defer restoreFK()
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE", nil); err != nil {
 		return nil, err
 	}
@@ -355,7 +446,7 @@ func (m *migrator) rollbackTx(ctx context.Context, c *sqlite3.SQLiteConn, tt *te
 	for _, i := range plan {
 		name := m.list[i].downName
 		sctx, end := m.tel.span(ctx, spanRollback, tt, attribute.String(attrMigration, name))
-		_, err := c.ExecContext(sctx, m.list[i].down, nil)
+		err := runScript(sctx, c, m.list[i].down, fk)
 		if err == nil {
 			_, err = c.ExecContext(sctx, ledgerDelete, []driver.NamedValue{{Ordinal: 1, Value: int64(i + 1)}})
 		}
@@ -518,6 +609,18 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 			return nil, err
 		}
 		mg := migration{name: f.name, sql: up}
+		if gup, gdown, ok, err := gooseSections(f.name, up); err != nil {
+			return nil, err
+		} else if ok {
+			h := sha256.Sum256([]byte(up))
+			mg.sql, mg.wholeSum = gup, hex.EncodeToString(h[:])
+			if gdown != "" {
+				if d, dup := downs[f.n]; dup {
+					return nil, fmt.Errorf("migration %s has a goose Down section and a down file, %s: keep one", f.name, d)
+				}
+				mg.down, mg.downName = gdown, f.name+" (goose Down)"
+			}
+		}
 		if d, ok := downs[f.n]; ok {
 			if mg.down, err = read(d); err != nil {
 				return nil, err
@@ -531,6 +634,60 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		return nil, fmt.Errorf("down migration file %s has no up migration of its number", d)
 	}
 	return list, nil
+}
+
+// gooseSections splits a migration file annotated for goose
+// (https://github.com/pressly/goose: "-- +goose Up", "-- +goose Down")
+// into its up and down SQL; ok is false for a file without annotations,
+// which is all up. Run whole, such a file ran its Down section right after
+// its Up one. StatementBegin and StatementEnd are comments to SQLite and
+// stay; NO TRANSACTION and ENVSUB are refused: every migration runs in a
+// transaction (with foreign keys off, which is what NO TRANSACTION is for
+// on SQLite) and as written. A Down section of only comments and blanks is
+// no down migration.
+func gooseSections(name, text string) (up, down string, ok bool, err error) {
+	const mark = "-- +goose "
+	var b [2]strings.Builder
+	section := -1 // 0: Up, 1: Down
+	for line := range strings.Lines(text) {
+		trimmed := strings.TrimSpace(line)
+		rest, found := strings.CutPrefix(trimmed, mark)
+		if !found {
+			if section >= 0 {
+				b[section].WriteString(line)
+			}
+			continue
+		}
+		ok = true
+		switch strings.ToUpper(strings.TrimSpace(rest)) {
+		case "UP":
+			if section != -1 {
+				return "", "", true, fmt.Errorf("migration %s: -- +goose Up after another section", name)
+			}
+			section = 0
+		case "DOWN":
+			if section != 0 {
+				return "", "", true, fmt.Errorf("migration %s: -- +goose Down without a -- +goose Up before it", name)
+			}
+			section = 1
+		case "STATEMENTBEGIN", "STATEMENTEND":
+			if section >= 0 {
+				b[section].WriteString(line)
+			}
+		default:
+			return "", "", true, fmt.Errorf("migration %s: %q is not supported: every migration runs as written, inside a transaction with foreign keys off", name, trimmed)
+		}
+	}
+	if !ok {
+		return "", "", false, nil
+	}
+	if section < 0 || sqlscan.Empty(b[0].String()) {
+		return "", "", true, fmt.Errorf("migration %s has goose annotations but no SQL in a -- +goose Up section", name)
+	}
+	if !sqlscan.Empty(b[1].String()) {
+		down = b[1].String()
+	}
+	return b[0].String(), down, true, nil
 }
 
 // noMigrationFiles explains a migration source that holds no migration

@@ -1,0 +1,124 @@
+package sqliteproxy
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+const (
+	fkParentChild = `CREATE TABLE parent (id INTEGER PRIMARY KEY, name TEXT);
+CREATE TABLE child (id INTEGER PRIMARY KEY, parent_id INTEGER NOT NULL REFERENCES parent (id) ON DELETE CASCADE);
+INSERT INTO parent VALUES (1, 'a'), (2, 'b'), (3, 'c');
+INSERT INTO child (parent_id) VALUES (1), (1), (2), (2), (3), (3);`
+	// SQLite's documented way to change a table (https://sqlite.org/lang_altertable.html#otheralter),
+	// its PRAGMA lines included: inside a transaction they do nothing.
+	fkRebuild = `PRAGMA foreign_keys = OFF;
+CREATE TABLE parent_new (id INTEGER PRIMARY KEY, name TEXT NOT NULL DEFAULT '', note TEXT);
+INSERT INTO parent_new (id, name) SELECT id, name FROM parent;
+DROP TABLE parent;
+ALTER TABLE parent_new RENAME TO parent;
+PRAGMA foreign_key_check;
+PRAGMA foreign_keys = ON;`
+	fkRebuildDown = `CREATE TABLE parent_old (id INTEGER PRIMARY KEY, name TEXT);
+INSERT INTO parent_old SELECT id, name FROM parent;
+DROP TABLE parent;
+ALTER TABLE parent_old RENAME TO parent;`
+)
+
+func fkCount(t *testing.T, p *Proxy, id, table string) int {
+	t.Helper()
+	return queryInt(t, p, tctx(id), `SELECT count(*) FROM `+table)
+}
+
+// With ForeignKeys, a migration that rebuilds a parent table as SQLite's
+// docs say (its PRAGMA foreign_keys = OFF is a no-op in the migration's
+// transaction) kept the parent and deleted every child row through ON
+// DELETE CASCADE, and reported success. Migrations now run with foreign
+// keys off (set before their transaction), up and down, on first access,
+// MigrateAll and template copies alike, and the tenant's connections
+// enforce them again afterwards.
+func TestMigrations_ForeignKeysOffForRebuilds(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0001_init.sql":         {Data: []byte(fkParentChild)},
+		"0002_rebuild.sql":      {Data: []byte(fkRebuild)},
+		"0002_rebuild.down.sql": {Data: []byte(fkRebuildDown)},
+	}
+	dir := t.TempDir()
+	// a: at version 1, then migrated by MigrateAll; b: new, from the template.
+	one := newTestProxy(t, Config{Dir: dir, ForeignKeys: true, MigrationsFS: fstest.MapFS{"0001_init.sql": fsys["0001_init.sql"]}})
+	if n := fkCount(t, one, "a", "child"); n != 6 {
+		t.Fatalf("a at version 1: %d children", n)
+	}
+	one.Close()
+	p := newTestProxy(t, Config{Dir: dir, ForeignKeys: true, MigrationsFS: fsys, MigrationMode: MigrateManual})
+	if rep, err := p.MigrateAll(context.Background(), MigrateOptions{}); err != nil || len(rep.Failed) != 0 {
+		t.Fatalf("MigrateAll: %+v, %v", rep, err)
+	}
+	for _, id := range []string{"a", "b"} {
+		if n := fkCount(t, p, id, "child"); n != 6 {
+			t.Errorf("%s after the rebuild: %d children, want 6", id, n)
+		}
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO child (parent_id) VALUES (99)`); err == nil {
+			t.Errorf("%s: foreign keys not enforced after the migration", id)
+		}
+		if _, err := p.ExecContext(tctx(id), `DELETE FROM parent WHERE id = 3`); err != nil {
+			t.Fatal(err)
+		}
+		if n := fkCount(t, p, id, "child"); n != 4 {
+			t.Errorf("%s: ON DELETE CASCADE after the migration: %d children, want 4", id, n)
+		}
+	}
+	if rep, err := p.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || len(rep.Failed) != 0 {
+		t.Fatalf("Rollback: %+v, %v", rep, err)
+	}
+	for _, id := range []string{"a", "b"} {
+		if n := fkCount(t, p, id, "child"); n != 4 {
+			t.Errorf("%s after the down rebuild: %d children, want 4", id, n)
+		}
+	}
+}
+
+// A migration that leaves a foreign key violation (enforcement is off while
+// it runs) fails, and nothing of it is applied.
+func TestMigrations_ForeignKeyViolationFails(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{fkParentChild, `DELETE FROM parent WHERE id = 1`}})
+	_, err := p.ExecContext(tctx("a"), `SELECT 1`)
+	if err == nil || !strings.Contains(err.Error(), "foreign key violations") || !strings.Contains(err.Error(), "child row") {
+		t.Fatalf("a migration leaving orphans: %v", err)
+	}
+	q := newTestProxy(t, Config{Dir: p.c.r.cfg.Dir, ForeignKeys: true, Migrations: []string{fkParentChild}})
+	if n := fkCount(t, q, "a", "parent"); n != 3 {
+		t.Errorf("the failed migration was applied: %d parents", n)
+	}
+}
+
+// A migration runs inside the proxy's transaction: a COMMIT (or BEGIN,
+// END, ROLLBACK) of its own committed what came before it and let the rest
+// run statement by statement — half a migration applied, and every retry
+// failing on the half. It is refused before anything of the migration
+// stays; SAVEPOINT works.
+func TestMigrations_TransactionControlRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []string{"COMMIT", "END", "ROLLBACK", "BEGIN", "COMMIT TRANSACTION"} {
+		p := newTestProxy(t, Config{Migrations: []string{
+			`CREATE TABLE v1 (x)`,
+			`CREATE TABLE v2 (x); ` + tc + `; CREATE TABLE v2b (x); INSERT INTO nope VALUES (1)`,
+		}})
+		_, err := p.ExecContext(tctx("a"), `SELECT 1`)
+		if err == nil || !strings.Contains(err.Error(), "no BEGIN, COMMIT, END or ROLLBACK") {
+			t.Errorf("%s in a migration: %v", tc, err)
+		}
+		q := newTestProxy(t, Config{Dir: p.c.r.cfg.Dir, Migrations: []string{`CREATE TABLE v1 (x)`}})
+		if n := queryInt(t, q, tctx("a"), `SELECT count(*) FROM sqlite_schema WHERE name IN ('v2', 'v2b')`); n != 0 {
+			t.Errorf("%s in a migration: %d of its tables stayed", tc, n)
+		}
+	}
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE s (x); SAVEPOINT a; INSERT INTO s VALUES (1); ROLLBACK TO a; RELEASE a; INSERT INTO s VALUES (2)`}})
+	if n := queryInt(t, p, tctx("a"), `SELECT sum(x) FROM s`); n != 2 {
+		t.Errorf("SAVEPOINT in a migration: sum %d, want 2", n)
+	}
+}
