@@ -1,0 +1,103 @@
+package sqliteproxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+	"testing/fstest"
+)
+
+const gooseUsers = `-- A comment before the sections.
+-- +goose Up
+-- +goose StatementBegin
+CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);
+-- +goose StatementEnd
+INSERT INTO users (name) VALUES ('root');
+
+-- +goose Down
+DROP TABLE users;
+`
+
+// A goose file ran whole: its Down section right after its Up one (the
+// table it created was dropped, and the ledger said applied). Its Up
+// section is now the migration and its Down section the down migration.
+func TestMigrations_GooseSections(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"00001_users.sql": {Data: []byte(gooseUsers)},
+		"00002_email.sql": {Data: []byte("-- +goose Up\nALTER TABLE users ADD COLUMN email TEXT;\n-- +goose Down\n-- +goose StatementBegin\nALTER TABLE users DROP COLUMN email;\n-- +goose StatementEnd\n")},
+		"00003_plain.sql": {Data: []byte("CREATE INDEX users_name ON users (name)")},
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fsys})
+	if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM users WHERE email IS NULL`); n != 1 {
+		t.Fatalf("users after the goose migrations: %d rows", n)
+	}
+	st, err := p.MigrationStatus(context.Background(), "a")
+	if err != nil || len(st.Applied) != 3 {
+		t.Fatalf("status: %+v, %v", st, err)
+	}
+	// Rollback needs the down migration of 3, a plain file without one.
+	if rep, err := p.Rollback(context.Background(), RollbackOptions{To: 0}); err == nil && !errors.Is(rep.Failed["a"], ErrNoDownMigration) {
+		t.Fatalf("rolled back past a migration without a down migration: %+v", rep)
+	}
+	fsys["00003_plain.down.sql"] = &fstest.MapFile{Data: []byte("DROP INDEX users_name")}
+	q := newTestProxy(t, Config{Dir: p.c.r.cfg.Dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+	rep, err := q.Rollback(context.Background(), RollbackOptions{To: 1})
+	if err != nil || len(rep.Failed) != 0 {
+		t.Fatalf("Rollback to 1: %+v, %v", rep, err)
+	}
+	if n := queryInt(t, q, tctx("a"), `SELECT count(*) FROM pragma_table_info('users') WHERE name = 'email'`); n != 0 {
+		t.Error("the goose Down section of 00002 did not run")
+	}
+	if n := queryInt(t, q, tctx("a"), `SELECT count(*) FROM users`); n != 1 {
+		t.Errorf("users after rolling back to 1: %d rows", n)
+	}
+}
+
+// What goose files can hold and sqliteproxy cannot honour is refused at
+// New, naming the file: nothing is applied.
+func TestMigrations_GooseRefused(t *testing.T) {
+	t.Parallel()
+	for name, files := range map[string]map[string]string{
+		"NO TRANSACTION": {"0001_a.sql": "-- +goose NO TRANSACTION\n-- +goose Up\nCREATE TABLE a (x);\n"},
+		"ENVSUB":         {"0001_a.sql": "-- +goose Up\n-- +goose ENVSUB ON\nCREATE TABLE a (x);\n"},
+		"no Up":          {"0001_a.sql": "-- +goose Down\nDROP TABLE a;\n"},
+		"empty Up":       {"0001_a.sql": "-- +goose Up\n-- nothing\n-- +goose Down\nSELECT 1;\n"},
+		"Up twice":       {"0001_a.sql": "-- +goose Up\nCREATE TABLE a (x);\n-- +goose Down\nDROP TABLE a;\n-- +goose Up\nSELECT 1;\n"},
+		"two downs":      {"0001_a.sql": "-- +goose Up\nCREATE TABLE a (x);\n-- +goose Down\nDROP TABLE a;\n", "0001_a.down.sql": "DROP TABLE a"},
+	} {
+		fsys := fstest.MapFS{}
+		for f, text := range files {
+			fsys[f] = &fstest.MapFile{Data: []byte(text)}
+		}
+		dir := t.TempDir()
+		if _, err := New(Config{Dir: dir, MigrationsFS: fsys}); err == nil || !strings.Contains(err.Error(), "0001_a.sql") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// A tenant migrated by an earlier version, which ran a goose file whole,
+// has the whole file's checksum in its ledger: the drift error says what
+// happened to it instead of "edited".
+func TestMigrations_GooseAppliedWhole(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	old := newTestProxy(t, Config{Dir: dir, Migrations: []string{gooseUsers}}) // run whole, as before
+	if _, err := old.ExecContext(tctx("a"), `SELECT 1`); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+	h := sha256.Sum256([]byte(gooseUsers))
+	if _, err := direct(t, dir, "a").Exec(`UPDATE _sqliteproxy_migrations SET checksum = ?`, hex.EncodeToString(h[:])); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"00001_users.sql": {Data: []byte(gooseUsers)}}})
+	_, err := p.ExecContext(tctx("a"), `SELECT 1`)
+	if !errors.Is(err, ErrMigrationDrift) || !strings.Contains(err.Error(), "goose Down section included") {
+		t.Errorf("a tenant migrated whole: %v", err)
+	}
+}
