@@ -206,7 +206,16 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if len(pending) == 0 || dryRun {
 		return pending, nil
 	}
-	if _, err := r.mig.migrate(ctx, t.w.c, id, t.tel, true); err != nil {
+	_, err = r.mig.migrate(ctx, t.w.c, id, t.tel, true)
+	// What a migration sets on its connection (pragmas, TEMP tables) is
+	// not undone with its transaction: it must not stay on the tenant's
+	// writer for live traffic, as the gate's migrator does not (a fresh
+	// writer takes its place; if none can be opened, the old one stays).
+	if nw, oerr := r.conns.open(t, true); oerr == nil {
+		t.w.close()
+		t.w = nw
+	}
+	if err != nil {
 		return nil, err
 	}
 	t.ready.Store(true)

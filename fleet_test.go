@@ -315,3 +315,45 @@ func TestMigrateAll_CrashSafety(t *testing.T) {
 		p.Close()
 	}
 }
+
+// MigrateAll on a tenant this process has open migrates through its writer;
+// what the migration set on that connection (a pragma, a TEMP table: not
+// undone with its transaction, even when the migration failed) does not
+// stay on the writer that live traffic uses afterwards.
+func TestMigrateAll_OpenWriterKeepsNoSessionState(t *testing.T) {
+	t.Parallel()
+	for _, second := range []string{
+		`PRAGMA recursive_triggers = ON; CREATE TEMP TABLE leak (x); INSERT INTO leak VALUES (1); CREATE TABLE v2 (x)`,
+		`PRAGMA recursive_triggers = ON; CREATE TEMP TABLE leak (x); CREATE TABLE v2 (x); INSERT INTO nope VALUES (1)`,
+	} {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE v1 (x)`}})
+		if _, err := p.ExecContext(tctx("open1"), `INSERT INTO v1 VALUES (1)`); err != nil {
+			t.Fatal(err)
+		}
+		p.Close()
+		p = newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE v1 (x)`, second}, MigrationMode: MigrateManual})
+		if _, err := p.ExecContext(tctx("open1"), `INSERT INTO v1 VALUES (2)`); err != nil { // open, at version 1
+			t.Fatal(err)
+		}
+		rep, err := p.MigrateAll(context.Background(), MigrateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		failed := rep.Failed["open1"] != nil
+		if want := strings.Contains(second, "nope"); failed != want {
+			t.Fatalf("%s: failed %v (%v), want %v", second, failed, rep.Failed["open1"], want)
+		}
+		tx, err := p.BeginTx(tctx("open1"), nil) // the writer
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := queryInt(t, tx, tctx("open1"), `PRAGMA recursive_triggers`); n != 0 {
+			t.Errorf("failed %v: recursive_triggers = %d on the writer after MigrateAll", failed, n)
+		}
+		if _, err := tx.ExecContext(tctx("open1"), `SELECT * FROM temp.leak`); err == nil {
+			t.Errorf("failed %v: the migration's TEMP table is on the writer after MigrateAll", failed)
+		}
+		tx.Rollback()
+	}
+}
