@@ -529,8 +529,10 @@ func isRegularFile(fsys fs.FS, e fs.DirEntry) bool {
 // underscore, a name, then ".sql" or ".up.sql" (0001_init.sql,
 // 0002_add_severity.up.sql). They apply in numeric order (0010 after 0002);
 // subdirectories and other files are ignored (a symbolic link to a
-// regular file is read as the file); two files with the same
-// number are an error. A file "NNNN_name.down.sql" is the down migration
+// regular file is read as the file), but a .sql file that starts like a
+// migration's name (a digit, or V and a digit) and is not named so is an
+// error; two files with the same number are an error. A goose file's
+// sections are split (gooseSections). A file "NNNN_name.down.sql" is the down migration
 // of the migration numbered NNNN, run by Proxy.Rollback; it is not part of
 // the migration's checksum, so a down file may be added (or fixed) after
 // its migration was applied. A down file without a migration of its
@@ -563,11 +565,16 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 	downs := map[uint64]string{} // number -> down file name
 	for _, e := range entries {
 		name := e.Name()
-		if !strings.HasSuffix(name, ".sql") || !isRegularFile(fsys, e) {
+		if !strings.HasSuffix(strings.ToLower(name), ".sql") || !isRegularFile(fsys, e) {
 			continue
 		}
 		digits, _, ok := strings.Cut(name, "_")
-		if !ok || digits == "" || strings.Trim(digits, "0123456789") != "" {
+		if !strings.HasSuffix(name, ".sql") || !ok || digits == "" || strings.Trim(digits, "0123456789") != "" {
+			if looksNumbered(name) {
+				// Meant as a migration (0002-add.sql, 0002_add.SQL, Flyway's
+				// V2__add.sql): skipped, its schema would silently be missing.
+				return nil, fmt.Errorf("migration file %s is not named like 0001_name.sql (a number, an underscore, a name, .sql in lower case)", name)
+			}
 			continue
 		}
 		n, err := strconv.ParseUint(digits, 10, 63)
@@ -634,6 +641,13 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		return nil, fmt.Errorf("down migration file %s has no up migration of its number", d)
 	}
 	return list, nil
+}
+
+// looksNumbered reports whether a .sql file name starts as migration file
+// names do: a digit, or V and a digit (Flyway).
+func looksNumbered(name string) bool {
+	isDigit := func(i int) bool { return i < len(name) && name[i] >= '0' && name[i] <= '9' }
+	return isDigit(0) || (name != "" && (name[0] == 'V' || name[0] == 'v') && isDigit(1))
 }
 
 // gooseSections splits a migration file annotated for goose

@@ -101,3 +101,24 @@ func TestMigrations_GooseAppliedWhole(t *testing.T) {
 		t.Errorf("a tenant migrated whole: %v", err)
 	}
 }
+
+// A .sql file named like a migration but not by the pattern, beside
+// migrations that are, was skipped without a word: its schema silently
+// missing. It is an error at New, naming it.
+func TestMigrations_MisnamedNumberedFile(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"0002-add.sql", "0002_add.SQL", "V2__add.sql", "0002.sql"} {
+		fsys := fstest.MapFS{
+			"0001_init.sql": {Data: []byte("CREATE TABLE a (x)")},
+			bad:             {Data: []byte("CREATE TABLE b (x)")},
+			"seed.sql":      {Data: []byte("SELECT 1")}, // not numbered: not a migration, ignored
+		}
+		if _, err := New(Config{Dir: t.TempDir(), MigrationsFS: fsys}); err == nil || !strings.Contains(err.Error(), bad) {
+			t.Errorf("%s beside 0001_init.sql: %v", bad, err)
+		}
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fstest.MapFS{"0001_init.sql": {Data: []byte("CREATE TABLE a (x)")}, "seed.sql": {Data: []byte("SELECT 1")}}})
+	if _, err := p.ExecContext(tctx("a"), `INSERT INTO a VALUES (1)`); err != nil {
+		t.Error(err)
+	}
+}

@@ -378,7 +378,7 @@ func (e *env) migrate(args []string) (status int) {
 	mig := f.String("migrations", "", "`directory` of migration files: 0001_init.sql, 0002_add.sql, ... (required)")
 	dryRun := f.Bool("dry-run", false, "list what would be applied (or rolled back); change nothing")
 	downTo := f.Int("down-to", 0, "roll back to `version` N (the number of migrations kept) with the NNNN_name.down.sql files of -migrations")
-	conc := f.Int("concurrency", 0, "tenants migrated at once (default: number of CPUs)")
+	conc := f.Int("concurrency", 0, "tenants migrated at once (default: 4 x number of CPUs, at most half the connection budget)")
 	ids, st, ok := e.parse(f, args, 0, -1)
 	if !ok {
 		return st
@@ -413,7 +413,7 @@ func (e *env) migrate(args []string) (status int) {
 	if rollback {
 		return e.rollback(p, ids, *downTo, *dryRun, *conc)
 	}
-	rep, done, ok := e.fleetRun("migrate", len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
+	rep, done, ok := e.fleetRun("migrate", "migrate", len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
 		return p.MigrateAll(e.ctx, sqliteproxy.MigrateOptions{Concurrency: *conc, DryRun: *dryRun, Tenants: ids, Progress: progress})
 	})
 	if !ok {
@@ -431,20 +431,20 @@ func (e *env) migrate(args []string) (status int) {
 	return failedStatus(rep)
 }
 
-// fleetRun runs a fleet-wide migrate or rollback (run, handed the
+// fleetRun runs a fleet-wide migrate or rollback (op; run, handed the
 // progress callback) with a progress bar labelled label over total
 // tenants, and reports the tenants that failed. It returns the report, how
 // many tenants were done, and false when the run failed as a whole.
-func (e *env) fleetRun(label string, total int, run func(progress func(done, total int)) (sqliteproxy.MigrateReport, error)) (rep sqliteproxy.MigrateReport, done int, ok bool) {
+func (e *env) fleetRun(op, label string, total int, run func(progress func(done, total int)) (sqliteproxy.MigrateReport, error)) (rep sqliteproxy.MigrateReport, done int, ok bool) {
 	b := e.newBar(total, label)
 	rep, err := run(func(n, _ int) {
 		done = n
 		b.set(n)
 	})
 	b.finish()
-	e.reportFailures("migrate", rep.Failed)
+	e.reportFailures(op, rep.Failed)
 	if err != nil && !e.interrupted() {
-		e.errorf("migrate: %s", errText(err))
+		e.errorf("%s: %s", op, errText(err))
 	}
 	return rep, done, err == nil
 }
@@ -503,7 +503,7 @@ type appliedStatus struct {
 
 // rollback is migrate -down-to: Proxy.Rollback of ids to version to.
 func (e *env) rollback(p *sqliteproxy.Proxy, ids []string, to int, dryRun bool, conc int) int {
-	rep, done, ok := e.fleetRun(fmt.Sprintf("migrate -down-to %d", to), len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
+	rep, done, ok := e.fleetRun("rollback", fmt.Sprintf("migrate -down-to %d", to), len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
 		return p.Rollback(e.ctx, sqliteproxy.RollbackOptions{To: to, Tenants: ids, DryRun: dryRun, Concurrency: conc, Progress: progress})
 	})
 	if !ok {

@@ -999,7 +999,7 @@ func TestMigrateDownTo(t *testing.T) {
 		"globex: would run 0002_add.down.sql\n" +
 		"initech: would run 0002_add.down.sql\n" +
 		"dry run, nothing changed: 4 tenants: 3 to roll back to version 1 (3 down migrations), 0 at or below it, 1 failed\n"
-	if r.stdout != wantOut || r.stderr != "sqliteproxy: migrate x: file is not a database\n" {
+	if r.stdout != wantOut || r.stderr != "sqliteproxy: rollback x: file is not a database\n" {
 		t.Errorf("dry run:\nstdout:\n%s\nstderr:\n%s", r.stdout, r.stderr)
 	}
 	unchanged(t, dir, before)
