@@ -14,7 +14,10 @@ type RollbackOptions struct {
 	// left as they are. It must be between 0 and the number of configured
 	// migrations.
 	To int
-	// Tenants restricts the run to these IDs; default every tenant under Dir.
+	// Tenants restricts the run to these IDs; nil means every tenant under
+	// Dir, an empty non-nil slice none. A selection that may come out empty
+	// (a filter that matched nothing) must be passed non-nil, or the whole
+	// fleet is rolled back.
 	Tenants []string
 	// DryRun reports what would be rolled back and changes nothing.
 	DryRun bool
