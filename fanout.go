@@ -157,7 +157,7 @@ func (r *router) fanOutReadOnly(query string) error {
 		// Some read (table_info(t)), some write (journal_mode = DELETE,
 		// optimize): SQLite knows which without a schema. A write would
 		// fail on every tenant, where SkipErrors would skip them all.
-		if ro, err := compileAlone(query); err == nil && !ro {
+		if ro, err := compileAlone(query); err == nil && !ro || isAuthErr(err) {
 			return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
 		}
 		return nil
@@ -173,9 +173,12 @@ func (r *router) fanOutReadOnly(query string) error {
 
 // compileAlone compiles query on a private in-memory database and reports
 // whether SQLite takes it for read-only. A statement that names the
-// tenants' tables fails there at name resolution, after its syntax.
+// tenants' tables fails there at name resolution, after its syntax. The
+// connection is hardened as a tenant's: some pragmas act when they are
+// compiled, and a few act on the whole process (hard_heap_limit,
+// temp_store_directory); the authorizer refuses those (an auth error).
 func compileAlone(query string) (readOnly bool, err error) {
-	dc, err := plainDriver.Open(":memory:")
+	dc, err := fanOutDriver.Open(":memory:")
 	if err != nil {
 		return false, err
 	}
@@ -186,6 +189,12 @@ func compileAlone(query string) (readOnly bool, err error) {
 	}
 	defer s.Close()
 	return s.(*sqlite3.SQLiteStmt).Readonly(), nil
+}
+
+// isAuthErr reports whether err is SQLite's refusal by the authorizer.
+func isAuthErr(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrAuth
 }
 
 // isSyntaxError reports whether err is SQLite's for a text it cannot parse.

@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -217,14 +218,25 @@ func TestIsolation_AttachByExpression(t *testing.T) {
 // Heap limits are the whole process's: a tenant may read them, never set
 // them (PRAGMA hard_heap_limit = 1 made every tenant's statements fail with
 // "out of memory" until restart).
+//
+// The limits tried are 1 TiB, which no test reaches: a hardening that
+// failed shows in heapLimits (and does not break every other test of the
+// process, as a limit of 1 byte would, for good).
 func TestHardening_HeapLimits(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, Config{})
 	a := tctx("attacker")
-	for _, q := range []string{`PRAGMA hard_heap_limit = 1`, `PRAGMA soft_heap_limit = 1`, `PRAGMA main.hard_heap_limit = 1`, `PRAGMA hard_heap_limit(1)`} {
+	const tib = "1099511627776"
+	for _, q := range []string{`PRAGMA hard_heap_limit = ` + tib, `PRAGMA soft_heap_limit = ` + tib, `PRAGMA main.hard_heap_limit = ` + tib, `PRAGMA hard_heap_limit(` + tib + `)`} {
 		if _, err := p.ExecContext(a, q); err == nil {
 			t.Errorf("%s: allowed", q)
 		}
+		if _, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), q); !errors.Is(err, ErrFanOutWrite) {
+			t.Errorf("fan-out %s: %v, want ErrFanOutWrite", q, err)
+		}
+	}
+	if hard, soft := heapLimits(t); hard != 0 || soft != 0 {
+		t.Errorf("the process's heap limits are now %d (hard) and %d (soft)", hard, soft)
 	}
 	for _, q := range []string{`PRAGMA hard_heap_limit`, `PRAGMA soft_heap_limit`} {
 		if _, err := p.ExecContext(a, q); err != nil {
@@ -234,4 +246,18 @@ func TestHardening_HeapLimits(t *testing.T) {
 	if _, err := p.ExecContext(tctx("victim"), `CREATE TABLE t (v); INSERT INTO t VALUES (randomblob(100000))`); err != nil {
 		t.Errorf("another tenant afterwards: %v", err)
 	}
+}
+
+// heapLimits reads SQLite's process-wide heap limits on a plain connection.
+func heapLimits(t *testing.T) (hard, soft int64) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", ":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.QueryRow(`SELECT * FROM pragma_hard_heap_limit, pragma_soft_heap_limit`).Scan(&hard, &soft); err != nil {
+		t.Fatal(err)
+	}
+	return hard, soft
 }
