@@ -605,10 +605,5 @@ func (r *router) sweepLeftovers() {
 // isLeftover reports whether a directory entry is a tenant operation's
 // temporary file (tempName), or one of its side files.
 func isLeftover(name string) bool {
-	for _, prefix := range []string{creatingPrefix, deletingPrefix, restoringPrefix} {
-		if strings.HasPrefix(name, prefix) {
-			return true
-		}
-	}
-	return false
+	return isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix)
 }

@@ -187,3 +187,64 @@ func TestOrphanWAL_SweepsLeftovers(t *testing.T) {
 		})
 	}
 }
+
+// A tenant ID may start with "creating-", "deleting-" or "restoring-": its
+// own dot-files (Litestream's folder, the restored and generation markers)
+// then start like the temporary files of tenant operations, and must not
+// be taken for them, by New's sweep or by relayout's.
+func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]bool{
+		".creating-acme-0123456789abcdef.db":          true,
+		".deleting-acme-0123456789abcdef.db-wal":      true,
+		".restoring-a-0123456789abcdef.db-journal":    true,
+		".layout-marker-0123456789abcdef.db":          false, // not asked for below
+		".creating-acme.db-litestream":                false,
+		".creating-acme.db-restored":                  false,
+		".deleting-x.db-gen":                          false,
+		".creating-acme-0123456789abcdeg.db":          false,
+		".creating--0123456789abcdef.db":              false,
+		".creating-acme-0123456789abcdef.db-journal2": false,
+		"creating-acme.db":                            false,
+	} {
+		if got := isLeftover(name); got != want {
+			t.Errorf("isLeftover(%q) = %v, want %v", name, got, want)
+		}
+	}
+	dir := t.TempDir()
+	newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}}).Close()
+	long := time.Now().Add(-2 * leftoverAge)
+	var keep []string
+	for _, id := range []string{"creating-acme", "deleting-x", "restoring-y"} {
+		p := filepath.Join(dir, id+".db")
+		for _, f := range []string{p, restoredMarker(p), genMarker(p)} {
+			if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			keep = append(keep, f)
+		}
+		if err := os.MkdirAll(filepath.Join(metaDir(p), "ltx", "0"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		keep = append(keep, metaDir(p))
+	}
+	stale := tempName(dir, creatingPrefix, "creating-acme")
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(keep, stale) {
+		if err := os.Chtimes(f, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	waitFor(t, 10*time.Second, "the stale temporary file removed", func() bool {
+		_, err := os.Lstat(stale)
+		return errors.Is(err, os.ErrNotExist)
+	})
+	for _, f := range keep {
+		if _, err := os.Lstat(f); err != nil {
+			t.Errorf("a tenant's own %s was swept: %v", filepath.Base(f), err)
+		}
+	}
+}

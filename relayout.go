@@ -314,10 +314,8 @@ func (r *relayouter) sweep(ctx context.Context) error {
 
 // sweepEntry handles the entry name in folder d (see sweep).
 func (r *relayouter) sweepEntry(d, name string) error {
-	for _, prefix := range []string{creatingPrefix, deletingPrefix, restoringPrefix, layoutTempPrefix} {
-		if strings.HasPrefix(name, prefix) {
-			return os.RemoveAll(filepath.Join(d, name))
-		}
+	if isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix, layoutTempPrefix) {
+		return os.RemoveAll(filepath.Join(d, name))
 	}
 	rest, ok := strings.CutPrefix(name, ".")
 	if !ok {

@@ -250,7 +250,8 @@ func TestRelayout_HalfMovedTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Left by crashed operations.
-	for _, junk := range []string{filepath.Join(dir, ".creating-t5-0011.db"), filepath.Join(filepath.Dir(tenantPath(dir, LayoutBuckets, "t1")), ".deleting-t9-0011.db-wal")} {
+	deleting := tempName(filepath.Dir(tenantPath(dir, LayoutBuckets, "t1")), deletingPrefix, "t9") + "-wal"
+	for _, junk := range []string{tempName(dir, creatingPrefix, "t5"), deleting} {
 		if err := os.WriteFile(junk, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -269,7 +270,7 @@ func TestRelayout_HalfMovedTenant(t *testing.T) {
 			t.Errorf("top level holds %s", e.Name())
 		}
 	}
-	if _, err := os.Lstat(filepath.Join(filepath.Dir(tenantPath(dir, LayoutBuckets, "t1")), ".deleting-t9-0011.db-wal")); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(deleting); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("temporary file of a crashed delete left: %v", err)
 	}
 }

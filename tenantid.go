@@ -138,3 +138,30 @@ func tempName(dir, prefix, id string) string {
 	rand.Read(b[:])
 	return filepath.Join(dir, prefix+id+"-"+hex.EncodeToString(b[:])+tenantFileSuffix)
 }
+
+// isTempName reports whether name is one of tempName's with one of
+// prefixes (<prefix><id>-<16 hex digits>.db), or a side file SQLite makes
+// beside one (-wal, -shm, -journal). A prefix alone does not tell: a
+// tenant whose ID starts with "creating-" keeps Litestream's files and its
+// markers as ".creating-x.db-litestream", "-restored" and "-gen".
+func isTempName(name string, prefixes ...string) bool {
+	for _, side := range []string{"-wal", "-shm", "-journal"} {
+		if base, ok := strings.CutSuffix(name, side); ok {
+			name = base
+			break
+		}
+	}
+	base, ok := strings.CutSuffix(name, tenantFileSuffix)
+	if !ok || len(base) < 17 || base[len(base)-17] != '-' {
+		return false
+	}
+	if _, err := hex.DecodeString(base[len(base)-16:]); err != nil {
+		return false
+	}
+	for _, prefix := range prefixes {
+		if rest, ok := strings.CutPrefix(base[:len(base)-17], prefix); ok && rest != "" {
+			return true
+		}
+	}
+	return false
+}
