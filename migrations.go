@@ -258,8 +258,22 @@ func (m *migrator) names(n int) []string {
 // foreign key violation.
 func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkFK bool) error {
 	scriptConns.Store(c, struct{}{})
-	_, err := c.ExecContext(ctx, script, nil)
+	// The authorizer is asked when a statement is compiled, and mattn runs
+	// a statement it has cached (by text: a COMMIT the application ran
+	// with a cancellable context) without compiling it again. A flag
+	// pragma expires every compiled statement of c, whatever its value, so
+	// that a cached one is compiled anew before it runs; foreign_keys, as
+	// a no-op inside the transaction.
+	_, err := c.ExecContext(ctx, "PRAGMA foreign_keys = OFF", nil)
+	if err == nil {
+		_, err = c.ExecContext(ctx, script, nil)
+	}
 	scriptConns.Delete(c)
+	if err == nil && c.AutoCommit() {
+		// Refused above; should a way past it remain, say so rather than
+		// record a migration that ran partly outside its transaction.
+		return errors.New("the migration ended the proxy's transaction: no BEGIN, COMMIT, END or ROLLBACK of its own")
+	}
 	if err != nil {
 		var se sqlite3.Error
 		if errors.As(err, &se) && se.Code == sqlite3.ErrAuth {

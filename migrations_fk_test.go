@@ -122,3 +122,63 @@ func TestMigrations_TransactionControlRefused(t *testing.T) {
 		t.Errorf("SAVEPOINT in a migration: sum %d, want 2", n)
 	}
 }
+
+// mattn runs a statement it has cached without compiling it again, and so
+// without asking the authorizer: a COMMIT the application ran on the
+// tenant's writer with a cancellable context was cached, and a migration
+// (or down migration) ending with the same text ran it, past the refusal.
+func TestMigrations_TransactionControlRefusedWhenCached(t *testing.T) {
+	t.Parallel()
+	for _, roll := range []bool{false, true} {
+		fsys := fstest.MapFS{
+			"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
+			"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
+			"0002_b.down.sql": {Data: []byte("DROP TABLE b;\nCOMMIT")},
+			"0001_a.down.sql": {Data: []byte("DROP TABLE a")},
+		}
+		if !roll {
+			fsys["0003_c.sql"] = &fstest.MapFile{Data: []byte("CREATE TABLE c (x);\nCOMMIT")}
+		}
+		dir := t.TempDir()
+		seed := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"0001_a.sql": fsys["0001_a.sql"], "0002_b.sql": fsys["0002_b.sql"]}})
+		if _, err := seed.ExecContext(tctx("t"), `SELECT 1`); err != nil {
+			t.Fatal(err)
+		}
+		seed.Close()
+		p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+		ctx, cancel := context.WithCancel(tctx("t"))
+		defer cancel()
+		c, err := p.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{`BEGIN IMMEDIATE`, `INSERT INTO a VALUES (1)`, `COMMIT`} {
+			if _, err := c.ExecContext(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+		var rep MigrateReport
+		if roll {
+			rep, err = p.Rollback(ctx, RollbackOptions{To: 0})
+		} else {
+			rep, err = p.MigrateAll(ctx, MigrateOptions{})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Failed["t"] == nil {
+			t.Errorf("rollback %v: a script ending in a cached COMMIT ran: %+v", roll, rep)
+		}
+		if n := queryInt(t, p, tctx("t"), `SELECT count(*) FROM sqlite_schema WHERE name IN ('a', 'b')`); n != 2 {
+			t.Errorf("rollback %v: %d of tables a and b left, want both", roll, n)
+		}
+		if n := queryInt(t, p, tctx("t"), `SELECT count(*) FROM sqlite_schema WHERE name = 'c'`); n != 0 {
+			t.Errorf("rollback %v: table c was made", roll)
+		}
+		st, err := p.MigrationStatus(context.Background(), "t")
+		if err != nil || len(st.Applied) != 2 {
+			t.Errorf("rollback %v: status %+v, %v; want 2 applied", roll, st, err)
+		}
+	}
+}
