@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"testing/fstest"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -355,5 +356,40 @@ func TestMigrateAll_OpenWriterKeepsNoSessionState(t *testing.T) {
 			t.Errorf("failed %v: the migration's TEMP table is on the writer after MigrateAll", failed)
 		}
 		tx.Rollback()
+	}
+}
+
+// The same for a Rollback that fails partway on an open tenant: the down
+// migration that ran before the failing one set a pragma and a TEMP table
+// on the writer, which stayed there.
+func TestRollback_OpenWriterKeepsNoSessionState(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
+		"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
+		"0001_a.down.sql": {Data: []byte(`INSERT INTO nope VALUES (1)`)},
+		"0002_b.down.sql": {Data: []byte(`PRAGMA recursive_triggers = ON; CREATE TEMP TABLE leak (x); DROP TABLE b`)},
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fsys, MigrationMode: MigrateManual})
+	if _, err := p.ExecContext(tctx("open1"), `INSERT INTO a VALUES (1)`); err != nil { // open
+		t.Fatal(err)
+	}
+	rep, err := p.Rollback(context.Background(), RollbackOptions{To: 0})
+	if err != nil || rep.Failed["open1"] == nil {
+		t.Fatalf("Rollback: %+v, %v; want open1 failed", rep, err)
+	}
+	tx, err := p.BeginTx(tctx("open1"), nil) // the writer
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if n := queryInt(t, tx, tctx("open1"), `PRAGMA recursive_triggers`); n != 0 {
+		t.Errorf("recursive_triggers = %d on the writer after a failed Rollback", n)
+	}
+	if _, err := tx.ExecContext(tctx("open1"), `SELECT * FROM temp.leak`); err == nil {
+		t.Error("the down migration's TEMP table is on the writer after a failed Rollback")
+	}
+	if n := queryInt(t, tx, tctx("open1"), `SELECT count(*) FROM sqlite_schema WHERE name IN ('a', 'b')`); n != 2 {
+		t.Errorf("tables a and b after a failed Rollback: %d", n)
 	}
 }

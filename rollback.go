@@ -94,7 +94,10 @@ func (r *router) rollbackTenant(ctx context.Context, id string, to int, dryRun b
 	defer t.releaseWriter()
 	if t.w != nil {
 		ran, err := r.mig.rollback(ctx, t.w.c, id, t.tel, to, dryRun)
-		if len(ran) > 0 && !dryRun {
+		if !dryRun && (len(ran) > 0 || err != nil) {
+			// Rolled back, or failed partway: what a down migration set on
+			// the connection (pragmas, TEMP tables) is not undone with its
+			// transaction, and must not stay on the writer live traffic uses.
 			r.rolledBack(t)
 		}
 		return ran, err
