@@ -668,26 +668,32 @@ func looksNumbered(name string) bool {
 // (https://github.com/pressly/goose: "-- +goose Up", "-- +goose Down")
 // into its up and down SQL; ok is false for a file without annotations,
 // which is all up. Run whole, such a file ran its Down section right after
-// its Up one. StatementBegin and StatementEnd are comments to SQLite and
-// stay; NO TRANSACTION and ENVSUB are refused: every migration runs in a
+// its Up one. An annotation is read as goose reads it: a line starting
+// with "--", then "+goose" after blanks (so "--+goose Up" is one), in any
+// case. StatementBegin and StatementEnd are comments to SQLite and stay;
+// NO TRANSACTION and ENVSUBST are refused: every migration runs in a
 // transaction (with foreign keys off, which is what NO TRANSACTION is for
-// on SQLite) and as written. A Down section of only comments and blanks is
-// no down migration.
+// on SQLite) and as written. SQL before the Up annotation is refused, as
+// goose refuses it. A Down section of only comments and blanks is no down
+// migration.
 func gooseSections(name, text string) (up, down string, ok bool, err error) {
-	const mark = "-- +goose "
 	var b [2]strings.Builder
 	section := -1 // 0: Up, 1: Down
+	sqlBefore := false
 	for line := range strings.Lines(text) {
 		trimmed := strings.TrimSpace(line)
-		rest, found := strings.CutPrefix(trimmed, mark)
+		ann, found := gooseAnnotation(trimmed)
 		if !found {
-			if section >= 0 {
+			switch {
+			case section >= 0:
 				b[section].WriteString(line)
+			case trimmed != "" && !strings.HasPrefix(trimmed, "--"):
+				sqlBefore = true
 			}
 			continue
 		}
 		ok = true
-		switch strings.ToUpper(strings.TrimSpace(rest)) {
+		switch ann {
 		case "UP":
 			if section != -1 {
 				return "", "", true, fmt.Errorf("migration %s: -- +goose Up after another section", name)
@@ -709,6 +715,9 @@ func gooseSections(name, text string) (up, down string, ok bool, err error) {
 	if !ok {
 		return "", "", false, nil
 	}
+	if sqlBefore {
+		return "", "", true, fmt.Errorf("migration %s has SQL before its -- +goose Up annotation (goose refuses it too)", name)
+	}
 	if section < 0 || sqlscan.Empty(b[0].String()) {
 		return "", "", true, fmt.Errorf("migration %s has goose annotations but no SQL in a -- +goose Up section", name)
 	}
@@ -716,6 +725,20 @@ func gooseSections(name, text string) (up, down string, ok bool, err error) {
 		down = b[1].String()
 	}
 	return b[0].String(), down, true, nil
+}
+
+// gooseAnnotation returns the goose annotation on a trimmed line, upper
+// case with single spaces ("UP", "NO TRANSACTION"), if it holds one.
+func gooseAnnotation(trimmed string) (string, bool) {
+	rest, ok := strings.CutPrefix(trimmed, "--")
+	if !ok {
+		return "", false
+	}
+	rest = strings.TrimSpace(rest)
+	if len(rest) < len("+goose") || !strings.EqualFold(rest[:len("+goose")], "+goose") {
+		return "", false
+	}
+	return strings.ToUpper(strings.Join(strings.Fields(rest[len("+goose"):]), " ")), true
 }
 
 // noMigrationFiles explains a migration source that holds no migration

@@ -63,11 +63,13 @@ func TestMigrations_GooseRefused(t *testing.T) {
 	t.Parallel()
 	for name, files := range map[string]map[string]string{
 		"NO TRANSACTION": {"0001_a.sql": "-- +goose NO TRANSACTION\n-- +goose Up\nCREATE TABLE a (x);\n"},
-		"ENVSUB":         {"0001_a.sql": "-- +goose Up\n-- +goose ENVSUB ON\nCREATE TABLE a (x);\n"},
+		"unknown":        {"0001_a.sql": "-- +goose Up\n-- +goose ENVSUB ON\nCREATE TABLE a (x);\n"},
 		"no Up":          {"0001_a.sql": "-- +goose Down\nDROP TABLE a;\n"},
 		"empty Up":       {"0001_a.sql": "-- +goose Up\n-- nothing\n-- +goose Down\nSELECT 1;\n"},
 		"Up twice":       {"0001_a.sql": "-- +goose Up\nCREATE TABLE a (x);\n-- +goose Down\nDROP TABLE a;\n-- +goose Up\nSELECT 1;\n"},
 		"two downs":      {"0001_a.sql": "-- +goose Up\nCREATE TABLE a (x);\n-- +goose Down\nDROP TABLE a;\n", "0001_a.down.sql": "DROP TABLE a"},
+		"ENVSUBST":       {"0001_a.sql": "-- +goose ENVSUBST ON\n-- +goose Up\nCREATE TABLE a (x);\n"},
+		"SQL before Up":  {"0001_a.sql": "-- a comment is fine\nCREATE TABLE pre (x);\n-- +goose Up\nCREATE TABLE a (x);\n"},
 	} {
 		fsys := fstest.MapFS{}
 		for f, text := range files {
@@ -120,5 +122,25 @@ func TestMigrations_MisnamedNumberedFile(t *testing.T) {
 	p := newTestProxy(t, Config{MigrationsFS: fstest.MapFS{"0001_init.sql": {Data: []byte("CREATE TABLE a (x)")}, "seed.sql": {Data: []byte("SELECT 1")}}})
 	if _, err := p.ExecContext(tctx("a"), `INSERT INTO a VALUES (1)`); err != nil {
 		t.Error(err)
+	}
+}
+
+// Annotations as goose reads them: "--" then "+goose" after any blanks, in
+// any case, with blanks around; each spelling splits the file (a goose
+// user's file ran whole when it was written "--+goose Down").
+func TestMigrations_GooseSpellings(t *testing.T) {
+	t.Parallel()
+	for _, f := range []struct{ up, down string }{
+		{"--+goose Up", "--+goose Down"},
+		{"-- +goose Up", "--+goose Down"},
+		{"--  +goose up", "--\t+goose DOWN  "},
+		{"-- +GOOSE Up\r", "-- +goose Down\r"},
+		{"  -- +goose Up", "-- +goose    Down"},
+	} {
+		text := f.up + "\nCREATE TABLE users (x);\n" + f.down + "\nDROP TABLE users;\n"
+		p := newTestProxy(t, Config{MigrationsFS: fstest.MapFS{"0001_users.sql": {Data: []byte(text)}}})
+		if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM sqlite_schema WHERE name = 'users'`); n != 1 {
+			t.Errorf("%q / %q: the Down section ran", f.up, f.down)
+		}
 	}
 }
