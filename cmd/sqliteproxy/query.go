@@ -236,10 +236,12 @@ func cellText(v any) string {
 
 // printable returns s for one cell of the table, Go-quoted when it holds
 // what a terminal or the table would act on (a newline or a tab would
-// start a row or a column of another tenant's; escape sequences and
-// bidirectional controls rewrite what is shown) or starts with a quote.
+// start a row or a column of another tenant's; escape sequences, bytes
+// that are not UTF-8 such as 0x9b, an 8-bit terminal's control sequence
+// introducer, and bidirectional controls rewrite what is shown) or starts
+// with a quote.
 func printable(s string) string {
-	if strings.HasPrefix(s, `"`) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+	if strings.HasPrefix(s, `"`) || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
 		return strconv.Quote(s)
 	}
 	return s

@@ -136,6 +136,10 @@ func TestQueryTableQuotesControls(t *testing.T) {
 	if want := "tenant    e\nattacker  \"\\x1b[2K\\u202ex\"\n"; r.stdout != want {
 		t.Errorf("escape and bidi control:\n%q\nwant\n%q", r.stdout, want)
 	}
+	r = cli(t, nil, "query", "-dir", dir, `SELECT CAST(x'41429b33' AS TEXT) AS e`).want(t, exitOK)
+	if want := "tenant    e\nattacker  \"AB\\x9b3\"\n"; r.stdout != want {
+		t.Errorf("a byte that is not UTF-8:\n%q\nwant\n%q", r.stdout, want)
+	}
 	r = cli(t, nil, "query", "-json", "-dir", dir, `SELECT char(111,107,10,27) AS body`).want(t, exitOK)
 	var got []map[string]any
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0]["body"] != "ok\n\x1b" {
