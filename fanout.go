@@ -310,6 +310,7 @@ type fanRun struct {
 type fanSlot struct {
 	rows chan []driver.Value // closed by the worker when it is done with the tenant
 	err  error               // set before rows is closed
+	hdr  *fanHeader          // the tenant's columns, set before its first row is sent
 }
 
 // fanHeader is the query's columns, taken from the first tenant to run it.
@@ -333,15 +334,8 @@ func (run *fanRun) slot(i int) *fanSlot {
 	return s
 }
 
-// setHeader makes the query's columns those of rs, the first tenant's to
-// run it, and returns them (the first tenant's, whichever that was).
-func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) *fanHeader {
-	run.mu.Lock()
-	if h := run.hdr; h != nil {
-		run.mu.Unlock()
-		return h
-	}
-	run.mu.Unlock()
+// headerOf returns the columns of rs.
+func headerOf(rs *sqlite3.SQLiteRows) *fanHeader {
 	cols := rs.Columns()
 	h := &fanHeader{names: cols, dbTypes: make([]string, len(cols)), scan: make([]reflect.Type, len(cols)),
 		nullable: make([]bool, len(cols)), nullOK: make([]bool, len(cols))}
@@ -350,12 +344,7 @@ func (run *fanRun) setHeader(rs *sqlite3.SQLiteRows) *fanHeader {
 		h.scan[i] = rs.ColumnTypeScanType(i)
 		h.nullable[i], h.nullOK[i] = rs.ColumnTypeNullable(i)
 	}
-	run.mu.Lock()
-	defer run.mu.Unlock()
-	if run.hdr == nil {
-		run.hdr = h
-	}
-	return run.hdr
+	return h
 }
 
 // fail records the failure of tenant i, which ends the query there: no
@@ -539,16 +528,8 @@ func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt
 	}
 	rs := drs.(*sqlite3.SQLiteRows)
 	defer rs.Close()
-	// Every tenant's rows go under one header: a tenant whose result has
-	// other columns (its schema differs: a pending migration, a table of
-	// its own making) would put its values under another tenant's names,
-	// or leave a shorter row's last values to the row before.
-	hdr, cols := run.setHeader(rs), rs.Columns()
-	if !slices.Equal(cols, hdr.names) {
-		return opError(opFanOut, t.id, fmt.Errorf("its result has the columns (%s), unlike the first tenant's (%s): a fan-out reads the same columns from every tenant",
-			strings.Join(cols, ", "), strings.Join(hdr.names, ", ")))
-	}
-	n := len(cols)
+	s.hdr = headerOf(rs) // checked by the consumer (fanOutRows.admit)
+	n := len(s.hdr.names)
 	for {
 		row := make([]driver.Value, n)
 		if err := rs.Next(row); err == io.EOF {
@@ -586,6 +567,8 @@ type fanOutRows struct {
 	hdr     *fanHeader
 	pos     int      // index of the tenant being read
 	cur     *fanSlot // its slot, nil between tenants
+	curOK   bool     // its columns were checked against the header
+	curBad  error    // they differ: the tenant's failure, its rows dropped
 	pendID  string   // the tenant of pending
 	pending []driver.Value
 	err     error // the error that ended the rows (io.EOF at the end)
@@ -662,19 +645,36 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 		}
 		select {
 		case row, ok := <-rs.cur.rows:
-			if ok {
+			if !ok {
+				break
+			}
+			if !rs.curOK && rs.curBad == nil {
+				rs.curBad = rs.admit(rs.cur)
+				rs.curOK = rs.curBad == nil
+				if rs.curBad != nil && !run.skippable(rs.curBad) {
+					return "", nil, rs.curBad
+				}
+			}
+			if rs.curBad == nil {
 				return run.ids[rs.pos], row, nil
 			}
+			continue // dropped: the tenant failed
 		case <-run.ctx.Done():
 			return "", nil, run.ctx.Err()
 		}
 		// The tenant is done: give its token back and move on.
 		err, id := rs.cur.err, run.ids[rs.pos]
+		if err == nil {
+			err = rs.curBad
+			if !rs.curOK && err == nil && rs.cur.hdr != nil {
+				rs.admit(rs.cur) // no rows: its columns are the header if none is yet
+			}
+		}
 		run.mu.Lock()
 		run.slots[rs.pos] = nil
 		run.mu.Unlock()
 		<-run.tokens
-		rs.cur = nil
+		rs.cur, rs.curOK, rs.curBad = nil, false, nil
 		rs.pos++
 		if err == nil {
 			continue
@@ -686,6 +686,29 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 			run.opts.OnSkip(id, err)
 		}
 	}
+}
+
+// admit checks the columns of tenant slot s, the next in ID order, against
+// the header: the columns of the first tenant, in ID order, that has some
+// (so the same tenant's whatever the timing). Every tenant's rows go under
+// that one header: a tenant whose result has other columns (its schema
+// differs: a pending migration, a table of its own making) would put its
+// values under another tenant's names, or leave a shorter row's last values
+// to the row before; it fails instead.
+func (rs *fanOutRows) admit(s *fanSlot) error {
+	run := rs.run
+	run.mu.Lock()
+	if run.hdr == nil {
+		run.hdr = s.hdr
+	}
+	hdr := run.hdr
+	run.mu.Unlock()
+	if slices.Equal(s.hdr.names, hdr.names) {
+		return nil
+	}
+	id := run.ids[rs.pos]
+	return &FanOutError{Tenant: id, Err: opError(opFanOut, id, fmt.Errorf("its result has the columns (%s), unlike the first tenant's (%s): a fan-out reads the same columns from every tenant",
+		strings.Join(s.hdr.names, ", "), strings.Join(hdr.names, ", ")))}
 }
 
 // Close stops the fan-out and waits until every connection it used is
