@@ -35,9 +35,26 @@ func removeWithSideFiles(path string) error {
 // replaced) by a process killed between the file and its side files.
 // SQLite would replay such a -wal into the next file made under p's name:
 // a new tenant would come up holding the deleted one's rows.
+//
+// Another process may make p and open it meanwhile (the CLI and a service
+// creating one tenant at once): side files a process uses are left alone.
+// The lock every connection holds on the -shm tells (lockShm); taken here,
+// it also keeps a process that is about to open p waiting until the
+// orphans are gone, and p is looked for again under it.
 func removeOrphanSideFiles(p string) error {
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		return err // p exists (its side files are its own), or cannot be told
+	}
+	release, err := lockShm(p + "-shm")
+	if errors.Is(err, errShmInUse) {
+		return nil // not orphans: made by a process that has p open now
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
+	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+		return err // made meanwhile
 	}
 	var first error
 	for _, s := range []string{"-wal", "-shm", "-journal"} {
@@ -133,8 +150,9 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 
 // DeleteTenant erases a tenant: it stops new work for it, waits for
 // in-flight work (up to ctx; if it gives up it says so and deletes
-// nothing), closes its connections and removes its database file and -wal,
-// -shm and -journal files, then syncs the directory. Work that was waiting
+// nothing), closes its connections, checkpoints its -wal into its file (a
+// file another process has open is refused) and removes the file and its
+// -wal, -shm and -journal files, then syncs the directory. Work that was waiting
 // for the tenant fails with ErrTenantNotFound; work that arrives afterwards
 // sees a new, empty tenant (unless ExplicitCreate). ErrTenantNotFound if
 // the tenant has no file.
@@ -167,8 +185,19 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
 		return err
 	}
-	// Move the file out of the tenant's name first, so nothing can open a
-	// half-deleted tenant; then its side files, then the file.
+	// Checkpoint its -wal into it first (a replicated tenant keeps one, and
+	// so does a process killed with the file open), refusing a file another
+	// process has open: a delete killed after the rename below then leaves
+	// no -wal with rows in it for SQLite to replay into the next file of
+	// the name. Then move the file out of the tenant's name, so nothing can
+	// open a half-deleted tenant; then its side files, then the file.
+	if err := settle(t.path); err != nil {
+		t.endDrain(tenantActive)
+		if errors.Is(err, fs.ErrNotExist) {
+			return opError(opDeleteTenant, id, ErrTenantNotFound)
+		}
+		return opError(opDeleteTenant, id, err)
+	}
 	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
 		t.endDrain(tenantActive)
@@ -176,6 +205,11 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return opError(opDeleteTenant, id, ErrTenantNotFound)
 		}
 		return opError(opDeleteTenant, id, err)
+	}
+	if deleteAfterRename != nil {
+		if err := deleteAfterRename(); err != nil {
+			return err // a stand-in for a kill: nothing else runs
+		}
 	}
 	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)))
 	if r.repl != nil && err == nil {
@@ -370,6 +404,11 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 		return nil
 	})
 }
+
+// deleteAfterRename, set by tests, stands for a delete killed just after
+// it moved the file out of the tenant's name: an error from it ends the
+// delete there, the tenant left draining.
+var deleteAfterRename func() error
 
 // restoreBeforeRename, set by tests, stands for a restore killed just
 // before its rename: an error from it ends the restore there.

@@ -1,10 +1,12 @@
 package sqliteproxy
 
 import (
+	"bufio"
 	"database/sql"
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -245,6 +247,105 @@ func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
 	for _, f := range keep {
 		if _, err := os.Lstat(f); err != nil {
 			t.Errorf("a tenant's own %s was swept: %v", filepath.Base(f), err)
+		}
+	}
+}
+
+// DeleteTenant checkpoints the tenant's -wal into its file before it moves
+// the file away: a delete killed right after the move leaves no -wal with
+// rows in it (it had the 100 acknowledged rows of a process killed before,
+// which the next file of the name would have replayed).
+func TestOrphanWAL_DeleteCheckpointsFirst(t *testing.T) {
+	dir := t.TempDir()
+	crashImage(t, dir, "c", 100)
+	killed := errors.New("killed after the rename")
+	deleteAfterRename = func() error { return killed }
+	defer func() { deleteAfterRename = nil }()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err := p.DeleteTenant(tctx("c"), "c"); !errors.Is(err, killed) {
+		t.Fatalf("DeleteTenant: %v, want the stand-in for the kill", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "c.db-wal")); err == nil && fi.Size() > 0 {
+		t.Errorf("the delete left a -wal of %d bytes beside the missing file", fi.Size())
+	}
+}
+
+// holdOpenEnv names, for TestHoldOpenProcess, the database it keeps open.
+const holdOpenEnv = "SQLITEPROXY_TEST_HOLD_OPEN"
+
+// TestHoldOpenProcess is run by TestOrphanWAL_LeavesFilesInUse as another
+// process: it opens the database, reads it, says "ready" and keeps it open
+// until its standard input closes.
+func TestHoldOpenProcess(t *testing.T) {
+	p := os.Getenv(holdOpenEnv)
+	if p == "" {
+		t.Skip("helper process only")
+	}
+	db, err := sql.Open("sqlite3", p)
+	if err != nil {
+		os.Exit(3)
+	}
+	db.SetMaxOpenConns(1)
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema`).Scan(&n); err != nil {
+		os.Exit(4)
+	}
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+	db.Close()
+}
+
+// Side files beside a missing file are orphans only if no process uses
+// them: a process that opened the tenant a moment ago (here one that has
+// it open while the file is moved away) holds the lock every connection
+// holds on the -shm, and its -wal and -shm stay.
+func TestOrphanWAL_LeavesFilesInUse(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a process")
+	}
+	dir := t.TempDir()
+	crashImage(t, dir, "c", 10)
+	p := filepath.Join(dir, "c.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHoldOpenProcess$")
+	cmd.Env = append(os.Environ(), holdOpenEnv+"="+p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stdin.Close(); cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("helper: %q, %v", line, err)
+	}
+	if err := os.Rename(p, p+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeOrphanSideFiles(p); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(p + s); err != nil {
+			t.Errorf("%s of a file open in another process removed: %v", s, err)
+		}
+	}
+	stdin.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	// Nobody has it open now: they are orphans.
+	if err := removeOrphanSideFiles(p); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(p + s); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("orphan %s left: %v", s, err)
 		}
 	}
 }
