@@ -96,6 +96,11 @@ func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, auth func(int, s
 				return sqlite3.SQLITE_DENY
 			}
 		}
+		if changesLedger(op, arg1, arg2, arg3) {
+			if _, ok := ledgerConns.Load(c); !ok {
+				return sqlite3.SQLITE_DENY
+			}
+		}
 		if replicated {
 			if v := replicatedChecks(op, arg1, arg2); v != sqlite3.SQLITE_OK {
 				return v
@@ -103,6 +108,38 @@ func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, auth func(int, s
 		}
 		return auth(op, arg1, arg2, arg3)
 	})
+}
+
+// ledgerConns holds the connections on which the migrator itself writes a
+// ledger (withLedger). Nothing else may change it: a ledger emptied by the
+// application (a test helper that deletes every table's rows) made every
+// access to the tenant run its migrations again over the schema they had
+// made, and fail, for good; a trigger on it would run the application's SQL
+// inside the migrator's own statements.
+var ledgerConns sync.Map // *sqlite3.SQLiteConn -> struct{}
+
+// withLedger runs f, the migrator's own writes to the ledger, on c.
+func withLedger(c *sqlite3.SQLiteConn, f func() error) error {
+	ledgerConns.Store(c, struct{}{})
+	defer ledgerConns.Delete(c)
+	return f()
+}
+
+// changesLedger reports whether an authorizer call (op, its two
+// arguments, the database name) is about a change to the ledger's table in
+// the tenant's file: its rows, the table itself, or a trigger on it. (The
+// migrator names it main._sqliteproxy_migrations, so a TEMP table of the
+// name fools nothing; VACUUM copies it into its own database.)
+func changesLedger(op int, arg1, arg2, db string) bool {
+	switch op {
+	case sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_DROP_TABLE:
+		return strings.EqualFold(arg1, ledgerTable) && strings.EqualFold(db, "main")
+	case sqlite3.SQLITE_ALTER_TABLE:
+		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(arg1, "main")
+	case sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER:
+		return strings.EqualFold(arg2, ledgerTable)
+	}
+	return false
 }
 
 // scriptConns holds the connections running a migration's SQL inside the

@@ -26,15 +26,15 @@ import (
 const ledgerTable = "_sqliteproxy_migrations"
 
 const (
-	ledgerCreate = `CREATE TABLE IF NOT EXISTS ` + ledgerTable + ` (
+	ledgerCreate = `CREATE TABLE IF NOT EXISTS main.` + ledgerTable + ` (
 	version    INTEGER PRIMARY KEY,
 	checksum   TEXT NOT NULL,
 	applied_at TEXT NOT NULL
 )`
-	ledgerRead   = `SELECT version, checksum, applied_at FROM ` + ledgerTable + ` ORDER BY version`
-	ledgerMax    = `SELECT coalesce(max(version), 0) FROM ` + ledgerTable
-	ledgerInsert = `INSERT INTO ` + ledgerTable + ` (version, checksum, applied_at) VALUES (?, ?, ?)`
-	ledgerDelete = `DELETE FROM ` + ledgerTable + ` WHERE version = ?`
+	ledgerRead   = `SELECT version, checksum, applied_at FROM main.` + ledgerTable + ` ORDER BY version`
+	ledgerMax    = `SELECT coalesce(max(version), 0) FROM main.` + ledgerTable
+	ledgerInsert = `INSERT INTO main.` + ledgerTable + ` (version, checksum, applied_at) VALUES (?, ?, ?)`
+	ledgerDelete = `DELETE FROM main.` + ledgerTable + ` WHERE version = ?`
 )
 
 // migration is one configured migration.
@@ -355,7 +355,7 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 			c.ExecContext(context.Background(), "ROLLBACK", nil)
 		}
 	}()
-	if _, err := c.ExecContext(ctx, ledgerCreate, nil); err != nil {
+	if err := withLedger(c, func() error { _, err := c.ExecContext(ctx, ledgerCreate, nil); return err }); err != nil {
 		return err
 	}
 	// Another process may have migrated while we were outside a transaction.
@@ -373,7 +373,7 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 		{Ordinal: 2, Value: m.list[i].sum},
 		{Ordinal: 3, Value: stamp(time.Now())}, // as a template copy's: one width, sorts by time
 	}
-	if _, err := c.ExecContext(ctx, ledgerInsert, args); err != nil {
+	if err := withLedger(c, func() error { _, err := c.ExecContext(ctx, ledgerInsert, args); return err }); err != nil {
 		return err
 	}
 	_, err = c.ExecContext(ctx, "COMMIT", nil)
@@ -462,7 +462,10 @@ func (m *migrator) rollbackTx(ctx context.Context, c *sqlite3.SQLiteConn, tt *te
 		sctx, end := m.tel.span(ctx, spanRollback, tt, attribute.String(attrMigration, name))
 		err := runScript(sctx, c, m.list[i].down, fk)
 		if err == nil {
-			_, err = c.ExecContext(sctx, ledgerDelete, []driver.NamedValue{{Ordinal: 1, Value: int64(i + 1)}})
+			err = withLedger(c, func() error {
+				_, err := c.ExecContext(sctx, ledgerDelete, []driver.NamedValue{{Ordinal: 1, Value: int64(i + 1)}})
+				return err
+			})
 		}
 		end(err)
 		if err != nil {

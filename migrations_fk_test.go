@@ -182,3 +182,80 @@ func TestMigrations_TransactionControlRefusedWhenCached(t *testing.T) {
 		}
 	}
 }
+
+// The ledger is the migrator's: the application's SQL may read it, never
+// change it. Emptied (a test helper deleting every table's rows), it made
+// every later access run the migrations again over the schema they had
+// made, and fail, for good; a trigger on it would run the application's
+// SQL inside the migrator's own statements; a TEMP table of its name on
+// the writer would have been read instead of it. Migrations, rollbacks,
+// VACUUM and templates still write it.
+func TestMigrations_LedgerIsTheMigrators(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
+		"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
+		"0002_b.down.sql": {Data: []byte(`DROP TABLE b`)},
+	}
+	p := newTestProxy(t, Config{MigrationsFS: fsys, MigrationMode: MigrateManual})
+	ctx := tctx("t")
+	for _, q := range []string{
+		`DELETE FROM _sqliteproxy_migrations`,
+		`DELETE FROM main._sqliteproxy_migrations WHERE version = 2`,
+		`UPDATE _sqliteproxy_migrations SET checksum = 'x'`,
+		`INSERT INTO _sqliteproxy_migrations VALUES (3, 'x', 'y')`,
+		`DROP TABLE _sqliteproxy_migrations`,
+		`ALTER TABLE _sqliteproxy_migrations RENAME TO gone`,
+		`ALTER TABLE _sqliteproxy_migrations ADD COLUMN y`,
+		`CREATE TRIGGER t AFTER INSERT ON _sqliteproxy_migrations BEGIN SELECT 1; END`,
+		`CREATE TEMP TRIGGER t AFTER DELETE ON main._sqliteproxy_migrations BEGIN SELECT 1; END`,
+	} {
+		if _, err := p.ExecContext(ctx, q); err == nil {
+			t.Errorf("%s: allowed", q)
+		}
+	}
+	// A trigger elsewhere whose body changes the ledger: its body is
+	// authorized when it fires, and refused then.
+	if _, err := p.ExecContext(ctx, `CREATE TRIGGER u AFTER INSERT ON a BEGIN DELETE FROM _sqliteproxy_migrations; END`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO a VALUES (1)`); err == nil {
+		t.Error("a trigger emptied the ledger")
+	}
+	if _, err := p.ExecContext(ctx, `DROP TRIGGER u`); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM _sqliteproxy_migrations`); n != 2 {
+		t.Fatalf("the ledger holds %d rows, want 2", n)
+	}
+	// A TEMP table of its name on the writer fools neither Rollback nor MigrateAll.
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`BEGIN IMMEDIATE`, `CREATE TEMP TABLE _sqliteproxy_migrations (version, checksum, applied_at)`, `COMMIT`} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	c.Close()
+	if rep, err := p.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || rep.Applied != 1 {
+		t.Fatalf("Rollback: %+v, %v", rep, err)
+	}
+	if rep, err := p.MigrateAll(context.Background(), MigrateOptions{}); err != nil || rep.Applied != 1 {
+		t.Fatalf("MigrateAll: %+v, %v", rep, err)
+	}
+	if _, err := p.ExecContext(ctx, `VACUUM`); err != nil {
+		t.Errorf("VACUUM: %v", err)
+	}
+	st, err := p.MigrationStatus(context.Background(), "t")
+	if err != nil || len(st.Applied) != 2 || len(st.Pending) != 0 {
+		t.Errorf("status after all that: %+v, %v", st, err)
+	}
+	if err := p.CreateTenant(context.Background(), "fresh"); err != nil { // from the template
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, tctx("fresh"), `SELECT count(*) FROM _sqliteproxy_migrations`); n != 2 {
+		t.Errorf("a tenant from the template has %d ledger rows", n)
+	}
+}

@@ -353,8 +353,10 @@ func readImageLedger(ctx context.Context, b []byte) ([]ledgerRow, error) {
 
 // stampLedger sets every applied_at of the ledger on c to t.
 func stampLedger(ctx context.Context, c *sqlite3.SQLiteConn, t time.Time) error {
-	_, err := c.ExecContext(ctx, `UPDATE `+ledgerTable+` SET applied_at = ?`, []driver.NamedValue{{Ordinal: 1, Value: stamp(t)}})
-	return err
+	return withLedger(c, func() error {
+		_, err := c.ExecContext(ctx, `UPDATE main.`+ledgerTable+` SET applied_at = ?`, []driver.NamedValue{{Ordinal: 1, Value: stamp(t)}})
+		return err
+	})
 }
 
 // reportCopiedMigrations reports the migrations of a tenant made from the
