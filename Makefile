@@ -1,4 +1,5 @@
-# sqliteproxy: every target works on a fresh machine with Go and gcc.
+# sqliteproxy: every target works on a fresh machine with Go and gcc (test and the benches install
+# what they run: PostgreSQL with apt-get, Litestream, versitygw and etcd from the Go module proxy).
 GO      ?= go
 TAGS    := sqlite_omit_load_extension
 ADDR    ?= :8080
@@ -14,11 +15,11 @@ run:
 	@echo "  curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
 	cd examples && $(GO) run -tags $(TAGS) ./events -addr $(ADDR) -dir $(abspath $(DIR))
 
-REPLICA ?= file://$(CURDIR)/replica
+REPLICA ?= file://$(CURDIR)/replica-data
 LSOCK   := $(CURDIR)/bin/litestream.sock
 
 ## run-replicated: the example service with every tenant streamed by Litestream to $(REPLICA)
-## (default ./replica); remove $(DIR) and run it again: tenants come back from the replica
+## (default ./replica-data); remove $(DIR) and run it again: tenants come back from the replica
 run-replicated:
 	@mkdir -p bin
 	cd replication && $(GO) build -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream

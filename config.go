@@ -61,10 +61,13 @@ type Config struct {
 	// for this long. Default 5 minutes; negative disables it. [idle_timeout]
 	IdleTimeout time.Duration
 
-	// BusyTimeout is SQLite's busy_timeout on tenant connections. Within one
-	// process writers queue in Go and never see SQLITE_BUSY; this only
-	// matters when another process writes the same files. Default 5s;
-	// negative means 0 (fail at once). [busy_timeout]
+	// BusyTimeout bounds a wait whose context has no deadline: within this
+	// process, for a tenant's writer (writers queue in Go, not in SQLite's
+	// busy handler), the group-commit queue or a connection slot; against
+	// other processes writing the same files, SQLite's busy_timeout on
+	// tenant connections. Such a wait then fails with SQLITE_BUSY
+	// ("database is locked"). Default 5s; negative means 0: fail at once,
+	// even between this process's own writers. [busy_timeout]
 	BusyTimeout time.Duration
 
 	// Synchronous is PRAGMA synchronous on tenant connections: OFF, NORMAL,
