@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"bufio"
+	"context"
 	"database/sql"
 	"errors"
 	"io"
@@ -348,4 +349,61 @@ func TestOrphanWAL_LeavesFilesInUse(t *testing.T) {
 			t.Errorf("orphan %s left: %v", s, err)
 		}
 	}
+}
+
+// CheckTenant and BackupTenant on a tenant this process has not checked yet
+// read it on a connection of their own, counted in the budget, and let the
+// writer semaphore go meanwhile. An eviction of the tenant then gave back
+// that connection's slot too, and when the check ended it gave back the slot
+// of a writer opened since: the writer was no longer counted, the tenant
+// object was forgotten with it open, and its descriptors stayed for good —
+// beyond MaxConnections, and every later delete or restore of the tenant
+// failed on "open in another process" (a stress trial). The connection now
+// holds the tenant as a leased reader does.
+func TestOrphanWAL_OwnReaderKeepsItsSlot(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	seed := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	for _, id := range []string{"a", "b", "c"} {
+		if err := seed.CreateTenant(context.Background(), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seed.Close()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, MaxConnections: 2})
+	r := p.c.r
+	a, err := r.tenant("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.unpin()
+	_, done, err := a.ungatedReader(context.Background(), opCheckTenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"b", "c", "a"} { // the budget is full: each takes a slot from another tenant
+		ctx, cancel := context.WithTimeout(tctx(id), 2*time.Second)
+		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('x')`)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	done()
+	a.mu.Lock()
+	w := a.w
+	a.mu.Unlock()
+	if w != nil && r.budget.counted(a) == 0 {
+		t.Fatal("a's writer is open but no longer counted in the budget")
+	}
+	if n := r.budget.openCount(); n > 2 {
+		t.Errorf("%d connections counted, MaxConnections 2", n)
+	}
+	if err := p.DeleteTenant(context.Background(), "a"); err != nil {
+		t.Errorf("DeleteTenant after the check: %v", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNoOpenFiles(t, dir)
 }

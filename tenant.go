@@ -612,14 +612,33 @@ func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteC
 		return pc.c, func() { t.release(pc) }, nil
 	}
 	// A connection of its own, within the budget; the writer semaphore is
-	// held only while reserving, so writes go on during the copy.
+	// held only while reserving, so writes go on during the copy. It counts
+	// as a leased reader until it is given back: t is not evicted meanwhile
+	// (an eviction gives back every slot of t, this one's too, and the
+	// slot done gives back would then be a connection opened since: a
+	// writer uncounted, forgotten with t and never closed), and a drain
+	// waits for it.
 	if err := t.lockWriter(ctx); err != nil {
 		return nil, nil, err
 	}
 	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
+	if err == nil {
+		t.mu.Lock()
+		t.leasedReaders++
+		t.mu.Unlock()
+	}
 	t.releaseWriter()
 	if err != nil {
 		return nil, nil, opError(op, t.id, err)
 	}
-	return c, done, nil
+	return c, func() {
+		done()
+		t.mu.Lock()
+		t.leasedReaders--
+		t.mu.Unlock()
+		t.r.budget.wake() // a drain or an eviction may wait for it
+		if t.r.isClosed.Load() {
+			t.evict(false, evictClose) // Close left t open for it
+		}
+	}, nil
 }
