@@ -130,12 +130,20 @@ func withLedger(c *sqlite3.SQLiteConn, f func() error) error {
 // the tenant's file: its rows, the table itself, or a trigger on it. (The
 // migrator names it main._sqliteproxy_migrations, so a TEMP table of the
 // name fools nothing; VACUUM copies it into its own database.)
+//
+// Making it counts as a change: a table or view of its name made by the
+// application before the first migration (a tenant made with none) was
+// taken for the ledger by the migrator's CREATE TABLE IF NOT EXISTS, and
+// an index on it (an expression that fails) made every ledger write fail.
 func changesLedger(op int, arg1, arg2, db string) bool {
 	switch op {
-	case sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_DROP_TABLE:
+	case sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_DROP_TABLE,
+		sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_VIEW:
 		return strings.EqualFold(arg1, ledgerTable) && strings.EqualFold(db, "main")
 	case sqlite3.SQLITE_ALTER_TABLE:
 		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(arg1, "main")
+	case sqlite3.SQLITE_CREATE_INDEX:
+		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(db, "main")
 	case sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER:
 		return strings.EqualFold(arg2, ledgerTable)
 	}

@@ -209,6 +209,8 @@ func TestMigrations_LedgerIsTheMigrators(t *testing.T) {
 		`ALTER TABLE _sqliteproxy_migrations ADD COLUMN y`,
 		`CREATE TRIGGER t AFTER INSERT ON _sqliteproxy_migrations BEGIN SELECT 1; END`,
 		`CREATE TEMP TRIGGER t AFTER DELETE ON main._sqliteproxy_migrations BEGIN SELECT 1; END`,
+		`CREATE INDEX li ON _sqliteproxy_migrations (CASE WHEN version > 2 THEN json('x') END)`,
+		`CREATE UNIQUE INDEX li ON "_sqliteproxy_migrations" (checksum)`,
 	} {
 		if _, err := p.ExecContext(ctx, q); err == nil {
 			t.Errorf("%s: allowed", q)
@@ -257,5 +259,29 @@ func TestMigrations_LedgerIsTheMigrators(t *testing.T) {
 	}
 	if n := queryInt(t, p, tctx("fresh"), `SELECT count(*) FROM _sqliteproxy_migrations`); n != 2 {
 		t.Errorf("a tenant from the template has %d ledger rows", n)
+	}
+}
+
+// A tenant made with no migrations has no ledger yet: a table or view of
+// its name made by the application was taken for it by the migrator's
+// CREATE TABLE IF NOT EXISTS, and a row with a migration's checksum made
+// the migration look applied (it never ran).
+func TestMigrations_LedgerCannotBeMadeByTheApplication(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir})
+	for _, q := range []string{
+		`CREATE TABLE _sqliteproxy_migrations (version INTEGER PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)`,
+		`CREATE TABLE main."_SQLITEPROXY_MIGRATIONS" AS SELECT 1 AS version, 'x' AS checksum, 'y' AS applied_at`,
+		`CREATE VIEW _sqliteproxy_migrations AS SELECT 1 AS version, 'x' AS checksum, 'y' AS applied_at`,
+	} {
+		if _, err := p.ExecContext(tctx("t"), q); err == nil {
+			t.Errorf("%s: allowed", q)
+		}
+	}
+	p.Close()
+	q := newTestProxy(t, Config{Dir: dir, Migrations: []string{`CREATE TABLE a (x)`}})
+	if _, err := q.ExecContext(tctx("t"), `INSERT INTO a VALUES (1)`); err != nil {
+		t.Errorf("the first migration, after the application's attempts: %v", err)
 	}
 }
