@@ -157,8 +157,8 @@
 // Tenant connections cannot ATTACH a file, however its name is given (a
 // literal, a parameter, an expression), nor VACUUM INTO one, DETACH, call
 // load_extension, or change writable_schema, journal_mode, locking_mode,
-// query_only or the process-wide heap limits (hard_heap_limit,
-// soft_heap_limit). Plain VACUUM (without replication) runs when it is the
+// query_only, schema_version or the process-wide heap limits
+// (hard_heap_limit, soft_heap_limit). Plain VACUUM (without replication) runs when it is the
 // whole text of an Exec: "VACUUM" or "VACUUM main", not prepared. Files are
 // created 0600 in a 0700 directory; a
 // tenant file that is a symlink is refused. Build with the tag

@@ -219,7 +219,10 @@ func pragmaVerdict(name, value string) int {
 	case "journal_mode", "locking_mode", "query_only",
 		// The whole process's SQLite heap: one tenant setting it low makes
 		// every tenant's statements fail with "out of memory".
-		"hard_heap_limit", "soft_heap_limit":
+		"hard_heap_limit", "soft_heap_limit",
+		// SQLite: "misuse of this pragma can result in database corruption";
+		// it only serves writable_schema edits, which are refused anyway.
+		"schema_version":
 		if value != "" {
 			return sqlite3.SQLITE_DENY // reading them is fine
 		}

@@ -28,6 +28,8 @@ func TestHardening(t *testing.T) {
 		`PRAGMA journal_mode = DELETE`,
 		`PRAGMA locking_mode = EXCLUSIVE`,
 		`PRAGMA query_only = ON`,
+		`PRAGMA schema_version = 1`,
+		`PRAGMA main.schema_version = 99`,
 		`SELECT load_extension('libevil')`,
 		`DETACH main`,
 	} {
@@ -36,7 +38,7 @@ func TestHardening(t *testing.T) {
 		}
 	}
 	// Plain VACUUM and harmless pragmas still work.
-	for _, q := range []string{`VACUUM`, `PRAGMA journal_mode`, `PRAGMA foreign_keys = ON`, `PRAGMA user_version = 3`} {
+	for _, q := range []string{`VACUUM`, `PRAGMA journal_mode`, `PRAGMA foreign_keys = ON`, `PRAGMA user_version = 3`, `PRAGMA schema_version`} {
 		if _, err := p.ExecContext(ctx, q); err != nil {
 			t.Errorf("%s: %v", q, err)
 		}
