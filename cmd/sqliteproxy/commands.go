@@ -411,6 +411,15 @@ func (e *env) migrate(args []string) (status int) {
 		}
 	}
 	if rollback {
+		// The version is checked against the migrations read from -migrations:
+		// a rollback of no tenant says whether it is in range.
+		if _, err := p.Rollback(e.ctx, sqliteproxy.RollbackOptions{To: *downTo, Tenants: []string{}, DryRun: true}); err != nil {
+			var pe *sqliteproxy.Error
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return e.usageError(f, "-down-to %d: %v", *downTo, err)
+		}
 		return e.rollback(p, ids, *downTo, *dryRun, *conc)
 	}
 	rep, done, ok := e.fleetRun("migrate", "migrate", len(ids), func(progress func(done, total int)) (sqliteproxy.MigrateReport, error) {
@@ -444,7 +453,11 @@ func (e *env) fleetRun(op, label string, total int, run func(progress func(done,
 	b.finish()
 	e.reportFailures(op, rep.Failed)
 	if err != nil && !e.interrupted() {
-		e.errorf("%s: %s", op, errText(err))
+		msg := errText(err)
+		if rest, ok := strings.CutPrefix(msg, op+": "); ok {
+			msg = rest // the library's operation is ours: said once
+		}
+		e.errorf("%s: %s", op, msg)
 	}
 	return rep, done, err == nil
 }

@@ -994,7 +994,15 @@ func TestMigrateDownTo(t *testing.T) {
 	junk(t, dir, "x")
 	before := snapshot(t, dir)
 
-	r := cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "1", "-dry-run").want(t, exitFailed)
+	// A version beyond the migrations is a usage error, said once, before
+	// any tenant is looked at.
+	r := cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "5", "-dry-run").want(t, exitUsage)
+	if !strings.Contains(r.stderr, "-down-to 5: version 5 to roll back to is not between 0 and 2") || strings.Contains(r.stderr, "rollback: rollback") || r.stdout != "" {
+		t.Errorf("-down-to 5 of 2: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+	unchanged(t, dir, before)
+
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "1", "-dry-run").want(t, exitFailed)
 	wantOut := "acme: would run 0002_add.down.sql\n" +
 		"globex: would run 0002_add.down.sql\n" +
 		"initech: would run 0002_add.down.sql\n" +
@@ -1050,8 +1058,8 @@ func TestMigrateDownTo(t *testing.T) {
 	if diff := cmp.Diff(before, withoutShm()); diff != "" {
 		t.Errorf("missing down files changed files:\n%s", diff)
 	}
-	// Beyond the migrations.
-	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "3").want(t, exitFailed)
+	// Beyond the migrations: a usage error.
+	r = cli(t, nil, "migrate", "-dir", dir, "-migrations", m2, "-down-to", "3").want(t, exitUsage)
 	if !strings.Contains(r.stderr, "not between 0 and 2") {
 		t.Errorf("-down-to 3: %q", r.stderr)
 	}
