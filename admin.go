@@ -18,12 +18,26 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/internal/dirs"
 )
 
+// sqliteSuffixes name the files SQLite keeps beside a database file p:
+// p+"-wal", p+"-shm", p+"-journal".
+var sqliteSuffixes = [...]string{"-wal", "-shm", "-journal"}
+
 // removeWithSideFiles removes a database file and its -wal, -shm and
 // -journal files, ignoring those that do not exist.
 func removeWithSideFiles(path string) error {
+	err := removeSideFiles(path)
+	if rerr := os.Remove(path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) && err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// removeSideFiles removes the -wal, -shm and -journal files beside path,
+// ignoring those that do not exist.
+func removeSideFiles(path string) error {
 	var first error
-	for _, p := range []string{path + "-wal", path + "-shm", path + "-journal", path} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
+	for _, s := range sqliteSuffixes {
+		if err := os.Remove(path + s); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
 			first = err
 		}
 	}
@@ -56,13 +70,7 @@ func removeOrphanSideFiles(p string) error {
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		return err // made meanwhile
 	}
-	var first error
-	for _, s := range []string{"-wal", "-shm", "-journal"} {
-		if err := os.Remove(p + s); err != nil && !errors.Is(err, fs.ErrNotExist) && first == nil {
-			first = err
-		}
-	}
-	return first
+	return removeSideFiles(p)
 }
 
 func syncDir(dir string) error {
@@ -460,13 +468,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 			return opError(op, id, err)
 		}
 	}
-	err = errors.Join(removeWithSideFiles(t.path+"-wal"), os.RemoveAll(metaDir(t.path)))
-	if err == nil {
-		err = errors.Join(os.Remove(t.path+"-shm"), os.Remove(t.path+"-journal"))
-		if errors.Is(err, fs.ErrNotExist) {
-			err = nil
-		}
-	}
+	err = errors.Join(removeSideFiles(t.path), os.RemoveAll(metaDir(t.path)))
 	if err == nil && replicated {
 		// Restored on purpose: this copy is to become the replica's head,
 		// however far behind the replica it is.
@@ -607,15 +609,8 @@ const leftoverAge = 10 * time.Minute
 // rows; a killed restore's, a whole copy of a tenant.
 func (r *router) sweepLeftovers() {
 	defer r.reaperWG.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := r.untilStop()
 	defer cancel()
-	go func() { // Close ends the sweep
-		select {
-		case <-r.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	dirs := []string{r.cfg.Dir}
 	if r.cfg.Layout == LayoutBuckets {
 		for b := range numBuckets {

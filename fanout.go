@@ -567,7 +567,7 @@ type fanOutRows struct {
 	hdr     *fanHeader
 	pos     int      // index of the tenant being read
 	cur     *fanSlot // its slot, nil between tenants
-	curOK   bool     // its columns were checked against the header
+	curSeen bool     // its columns were checked against the header
 	curBad  error    // they differ: the tenant's failure, its rows dropped
 	pendID  string   // the tenant of pending
 	pending []driver.Value
@@ -648,9 +648,8 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 			if !ok {
 				break
 			}
-			if !rs.curOK && rs.curBad == nil {
-				rs.curBad = rs.admit(rs.cur)
-				rs.curOK = rs.curBad == nil
+			if !rs.curSeen {
+				rs.curSeen, rs.curBad = true, rs.admit(rs.cur)
 				if rs.curBad != nil && !run.skippable(rs.curBad) {
 					return "", nil, rs.curBad
 				}
@@ -666,7 +665,7 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 		err, id := rs.cur.err, run.ids[rs.pos]
 		if err == nil {
 			err = rs.curBad
-			if !rs.curOK && err == nil && rs.cur.hdr != nil {
+			if !rs.curSeen && err == nil && rs.cur.hdr != nil {
 				rs.admit(rs.cur) // no rows: its columns are the header if none is yet
 			}
 		}
@@ -674,7 +673,7 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 		run.slots[rs.pos] = nil
 		run.mu.Unlock()
 		<-run.tokens
-		rs.cur, rs.curOK, rs.curBad = nil, false, nil
+		rs.cur, rs.curSeen, rs.curBad = nil, false, nil
 		rs.pos++
 		if err == nil {
 			continue

@@ -275,8 +275,7 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 		return errors.New("the migration ended the proxy's transaction: no BEGIN, COMMIT, END or ROLLBACK of its own")
 	}
 	if err != nil {
-		var se sqlite3.Error
-		if errors.As(err, &se) && se.Code == sqlite3.ErrAuth {
+		if isAuthErr(err) {
 			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works; no ATTACH)", err)
 		}
 		return err

@@ -196,7 +196,7 @@ func renameIfExists(src, dst string) error {
 // -journal rolled back. It fails if another process has the file open.
 func settle(p string) error {
 	side := false
-	for _, s := range []string{"-wal", "-shm", "-journal"} {
+	for _, s := range sqliteSuffixes {
 		if _, err := os.Lstat(p + s); err == nil {
 			side = true
 		}
@@ -224,7 +224,7 @@ func settle(p string) error {
 	// the file open: decide that before removing anything, since its WAL
 	// is still in use even when empty.
 	inUse, emptyWAL := busy != 0, false
-	for _, s := range []string{"-wal", "-shm", "-journal"} {
+	for _, s := range sqliteSuffixes {
 		fi, err := os.Lstat(p + s)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):

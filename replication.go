@@ -967,12 +967,8 @@ func (r *router) queueCompaction(t *tenant) {
 // a time, until the router closes.
 func (r *router) compactLoop() {
 	defer r.reaperWG.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := r.untilStop()
 	defer cancel()
-	go func() {
-		<-r.stop
-		cancel()
-	}()
 	for {
 		select {
 		case <-r.stop:

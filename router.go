@@ -115,6 +115,20 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	return r, nil
 }
 
+// untilStop returns a context that Close cancels (and cancel, which the
+// caller calls when done), for the router's background work.
+func (r *router) untilStop() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-r.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 // tenant returns the tenant for id, pinned (the caller unpins it when
 // done), validating id when it is not in the registry.
 func (r *router) tenant(id string) (*tenant, error) {

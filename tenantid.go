@@ -145,7 +145,7 @@ func tempName(dir, prefix, id string) string {
 // tenant whose ID starts with "creating-" keeps Litestream's files and its
 // markers as ".creating-x.db-litestream", "-restored" and "-gen".
 func isTempName(name string, prefixes ...string) bool {
-	for _, side := range []string{"-wal", "-shm", "-journal"} {
+	for _, side := range sqliteSuffixes {
 		if base, ok := strings.CutSuffix(name, side); ok {
 			name = base
 			break
