@@ -54,7 +54,8 @@ type tenant struct {
 	fenced atomic.Bool  // lease lost: t is closed before it is used again (ownership.go)
 	lost   atomic.Value // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
 
-	gc groupCommit // autocommit writes queued for the writer (groupcommit.go)
+	gc  groupCommit // autocommit writes queued for the writer (groupcommit.go)
+	wal walState    // the WAL's bound (walbound.go); under wsem
 
 	tel *tenantTel // what telemetry records about this tenant
 }
@@ -201,6 +202,9 @@ func (t *tenant) openLockedWriter(ctx context.Context, o openOpts) (*physConn, e
 }
 
 func (t *tenant) releaseWriter() {
+	if t.w != nil && t.r.repl == nil {
+		t.boundWAL(t.w)
+	}
 	t.touch()
 	t.wsem.Release()
 	t.r.budget.wake()
