@@ -79,19 +79,55 @@ func statementEnd(sql string, i int) (end int, ok, returning bool) {
 			} else {
 				i++
 			}
+		case '$', '@', ':', '#':
+			i = skipVariable(sql, i)
 		default:
-			if !isWordByte(c) {
+			if !isIDByte(c) {
 				i++
 				continue
 			}
 			start := i
-			for i < len(sql) && isWordByte(sql[i]) {
+			for i < len(sql) && (isIDByte(sql[i]) || sql[i] == '$') {
 				i++
 			}
 			returning = returning || strings.EqualFold(sql[start:i], "RETURNING")
 		}
 	}
 	return len(sql), false, returning
+}
+
+// skipVariable returns the index past a parameter starting at i ($name,
+// @name, :name, #name) as SQLite's tokenizer reads it: identifier bytes and
+// "::", and then a Tcl-style suffix "(...)" that ends at the first ')' or
+// blank, whatever it holds ($x(') is one parameter, not a quote). Without a
+// name it is one byte.
+func skipVariable(sql string, i int) int {
+	j, n := i+1, 0
+	for j < len(sql) {
+		switch c := sql[j]; {
+		case isIDByte(c) || c == '$':
+			n++
+			j++
+		case c == '(' && n > 0:
+			for j++; j < len(sql) && !isBlank(sql[j]) && sql[j] != ')'; j++ {
+			}
+			if j < len(sql) && sql[j] == ')' {
+				j++
+			}
+			return j
+		case c == ':' && j+1 < len(sql) && sql[j+1] == ':':
+			j += 2
+		default:
+			if n == 0 {
+				return i + 1
+			}
+			return j
+		}
+	}
+	if n == 0 {
+		return i + 1
+	}
+	return j
 }
 
 // skipQuoted skips a quoted token starting at i; a doubled quote escapes it.
@@ -137,12 +173,20 @@ func Empty(sql string) bool {
 	return true
 }
 
+func isBlank(c byte) bool {
+	switch c {
+	case ' ', '\t', '\n', '\r', '\f', '\v':
+		return true
+	}
+	return false
+}
+
 func skipSpace(sql string, i int) int {
 	for i < len(sql) {
-		switch sql[i] {
-		case ' ', '\t', '\n', '\r', '\f', '\v':
+		switch c := sql[i]; {
+		case isBlank(c):
 			i++
-		case '-', '/':
+		case c == '-' || c == '/':
 			j := skipComment(sql, i)
 			if j == i {
 				return i
@@ -158,3 +202,8 @@ func skipSpace(sql string, i int) int {
 func isWordByte(c byte) bool {
 	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || c >= '0' && c <= '9'
 }
+
+// isIDByte reports whether c may be part of an identifier or a number as
+// SQLite reads them (sqlite3IsIdChar, less '$', which may not begin one):
+// every byte of a UTF-8 sequence is.
+func isIDByte(c byte) bool { return isWordByte(c) || c >= 0x80 }

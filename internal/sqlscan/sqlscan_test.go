@@ -33,6 +33,20 @@ func TestScan(t *testing.T) {
 		{`update t set "returning" = 1`, Info{Keyword: "UPDATE"}},
 		{"select 1; delete from t returning id", Info{Keyword: "SELECT", Multi: true, Trailing: true}},
 		{"update notreturning set a = 1", Info{Keyword: "UPDATE"}},
+		// Parameters as SQLite reads them: a Tcl-style suffix runs to ')' or
+		// a blank, quotes and all.
+		{"INSERT INTO t (v) VALUES ($x(')) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
+		{"INSERT INTO t (v) VALUES (:x(;)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
+		{"INSERT INTO t (v) VALUES (@x(--)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
+		{"INSERT INTO t (v) VALUES ($a::b(/*)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
+		{"INSERT INTO t (v) VALUES ($x([)); select 1", Info{Keyword: "INSERT", Multi: true, Trailing: true}},
+		{"select :a, @b, $c, #d, ?1, ? ; delete from t", Info{Keyword: "SELECT", Multi: true, Trailing: true}},
+		{"select $returning", Info{Keyword: "SELECT"}},
+		{"select a$returning from t", Info{Keyword: "SELECT"}},
+		{"select éreturning from t", Info{Keyword: "SELECT"}},
+		{"select ':x(' , 'returning'", Info{Keyword: "SELECT"}},
+		{"select $ 'a;b'", Info{Keyword: "SELECT"}},
+		{"select $x(a b) ';' returning", Info{Keyword: "SELECT", Returning: true}},
 	}
 	for _, tt := range tests {
 		if got := Scan(tt.sql); got != tt.want {
