@@ -174,7 +174,12 @@ func (c *conn) opensTx(query string) bool {
 
 // routeQuery leases the connection for a query: a reader when SQLite
 // reports the statement read-only (and it is a single statement that is not
-// transaction control), else the writer.
+// transaction control), else the writer. A text that cannot read by its
+// words alone (cannotRead: INSERT ... RETURNING, several statements) goes
+// to the writer without being compiled on a reader first: waiting for a
+// reader only to learn that would wait forever when the caller's own open
+// Rows hold every reader (a GORM Create or a bun insert inside a loop over
+// rows).
 func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) {
 	if query == c.lastQuery && query != "" {
 		return c.route(ctx, !c.lastRO)
@@ -182,6 +187,11 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 	if ro, ok := c.r.classes.lookup(query); ok {
 		c.lastQuery, c.lastRO = query, ro
 		return c.route(ctx, !ro)
+	}
+	info := sqlscan.Scan(query)
+	if cannotRead(info) {
+		c.r.classes.store(query, false)
+		return c.route(ctx, true)
 	}
 	pc, err := c.route(ctx, false)
 	if err != nil {
@@ -195,17 +205,24 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 	}
 	ro := s.(*sqlite3.SQLiteStmt).Readonly()
 	s.Close()
-	info := sqlscan.Scan(query)
-	ro = ro && !info.Multi && readKeyword(info.Keyword)
 	c.r.classes.store(query, ro)
 	return c.route(ctx, !ro)
 }
 
-// readKeyword reports whether a statement starting with kw may run on a
-// reader; sqlite3_stmt_readonly is true for transaction control too.
-func readKeyword(kw string) bool {
-	switch kw {
-	case "", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE":
+// cannotRead reports whether a text cannot run on a reader, by its words:
+// not a single statement (routeQuery sends several to the writer), a WITH
+// whose statement writes and returns rows (RETURNING), or one that does
+// not begin with a keyword that can read. sqlite3_stmt_readonly is true for
+// transaction control too, which must run on the writer. Any other WITH
+// that writes is found out by compiling it.
+func cannotRead(info sqlscan.Info) bool {
+	if info.Multi {
+		return true
+	}
+	switch info.Keyword {
+	case "WITH":
+		return info.Returning
+	case "SELECT", "VALUES", "EXPLAIN", "PRAGMA":
 		return false
 	}
 	return true
@@ -352,7 +369,8 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	info := sqlscan.Scan(query)
 	s := &stmt{c: c, query: query, numInput: -1, returning: info.Returning, mayTx: opensTx(info)}
-	pc, err := c.route(ctx, c.pc == nil && c.prepareOnWriter(query))
+	write := c.pc == nil && c.prepareOnWriter(query)
+	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
 		return s, nil // prepared on each tenant when it executes
 	}
@@ -374,28 +392,47 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 		return nil, err
 	}
 	s.numInput = ps.NumInput()
-	pc.putStmt(query, ps)
+	if write && !pc.writer {
+		ps.Close() // it will run on the writer
+	} else {
+		pc.putStmt(query, ps)
+	}
 	return s, nil
 }
 
 // prepareOnWriter reports whether query cannot run on a reader: the class
-// routeQuery cached for it, or else a text that is not a single statement
-// starting with a keyword that can read (routeQuery sends empty and
-// multi-statement texts to the writer too). A WITH that writes is found out
-// only at execution; compiling it on a reader validates it just as well.
+// routeQuery cached for it, or else cannotRead. A WITH that writes is found
+// out only at execution; compiling it on a reader validates it just as well.
 func (c *conn) prepareOnWriter(query string) bool {
 	if ro, ok := c.r.classes.lookup(query); ok {
 		return !ro
 	}
-	info := sqlscan.Scan(query)
-	if info.Multi {
-		return true
+	return cannotRead(sqlscan.Scan(query))
+}
+
+// prepareConn leases the connection prepare compiles on: the writer for a
+// write (see prepare), but an idle reader when another checkout holds the
+// writer. Compiling does not need the writer, and waiting for it made a
+// Prepare wait for another transaction of the tenant to end; GORM's
+// PrepareStmt prepares each text once for every tenant, so a tenant's long
+// transaction held up other tenants' first use of the text and handed
+// them its own timeout.
+func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
+	if !write {
+		return c.route(ctx, false)
 	}
-	switch info.Keyword {
-	case "SELECT", "WITH", "VALUES", "EXPLAIN", "PRAGMA":
-		return false
+	t, err := c.routeTenant(OrgID(ctx))
+	if err != nil {
+		return nil, err
 	}
-	return true
+	if t.wsem.held.Load() && t.ready.Load() && !t.fenced.Load() {
+		if pc, ok := t.popIdle(); ok {
+			c.t, c.pc = t, pc // the pin is kept until release
+			c.r.retain.leased()
+			return pc, nil
+		}
+	}
+	return c.lease(ctx, t, true)
 }
 
 // compile prepares query on pc for conn.prepare, first bringing a reader's

@@ -3,8 +3,10 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -192,6 +194,92 @@ func TestPrepare_WriteWithReadersHeld(t *testing.T) {
 	defer st.Close()
 	if _, err := st.ExecContext(wctx, 3); err != nil {
 		t.Fatalf("exec: %v", err)
+	}
+}
+
+// TestQuery_WriteWithReadersHeld: a write that returns rows, queried for
+// the first time (its class not cached), goes to the writer without
+// waiting for a reader to classify it on. Two goroutines each iterating
+// rows (every reader held) and inserting with RETURNING for each row
+// waited for each other's reader until BusyTimeout.
+func TestQuery_WriteWithReadersHeld(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v)`},
+		ReadersPerTenant: 2, BusyTimeout: 10 * time.Second})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO items (v) VALUES (1), (2)`); err != nil {
+		t.Fatal(err)
+	}
+	var held sync.WaitGroup
+	held.Add(2)
+	errs := make(chan error, 2)
+	for g := range 2 {
+		go func() {
+			errs <- func() error {
+				rows, err := p.QueryContext(ctx, `SELECT id FROM items WHERE id <= 2`)
+				held.Done()
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				held.Wait() // both readers held
+				wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				defer cancel()
+				for rows.Next() {
+					var id int64
+					if err := p.QueryRowContext(wctx, `INSERT INTO items (v) VALUES (?) RETURNING id`, g).Scan(&id); err != nil {
+						return fmt.Errorf("insert returning with every reader held: %w", err)
+					}
+				}
+				return rows.Err()
+			}()
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := queryInt(t, p, ctx, `SELECT count(*) FROM items`); got != 6 {
+		t.Fatalf("%d rows, want 6", got)
+	}
+}
+
+// TestPrepare_WriteWhileWriterHeld: preparing a write while another
+// checkout holds the tenant's writer (a long transaction) does not wait for
+// it. GORM's PrepareStmt prepares a text once for all tenants: a Prepare
+// that waited made every tenant's first use of the text wait for one
+// tenant's transaction, and fail with that tenant's timeout.
+func TestPrepare_WriteWhileWriterHeld(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v)`}})
+	ctx := tctx("acme")
+	if got := queryInt(t, p, ctx, `SELECT count(*) FROM items`); got != 0 { // opens a reader
+		t.Fatalf("%d rows, want 0", got)
+	}
+	long, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer long.Rollback()
+	if _, err := long.ExecContext(ctx, `INSERT INTO items (v) VALUES ('long')`); err != nil {
+		t.Fatal(err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := p.PrepareContext(pctx, `INSERT INTO items (v) VALUES (?)`)
+	if err != nil {
+		t.Fatalf("prepare while the writer is held: %v", err)
+	}
+	defer st.Close()
+	if err := long.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.ExecContext(ctx, "after"); err != nil {
+		t.Fatal(err)
+	}
+	if got := directRows(t, p, "acme", `SELECT v FROM items ORDER BY id`); !slices.Equal(got, []string{"long", "after"}) {
+		t.Fatalf("rows %q, want long, after", got)
 	}
 }
 

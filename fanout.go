@@ -142,16 +142,20 @@ func errFanOutWrite(what string) error {
 // fanOutReadOnly refuses, before anything runs, a text that cannot be a
 // single read-only statement. Each tenant checks the compiled statement
 // (sqlite3_stmt_readonly) again before running it.
+//
+// The class routeQuery cached for the text counts only for a text that may
+// read by its words: routeQuery caches the others as writes without
+// compiling them, syntax errors included.
 func (r *router) fanOutReadOnly(query string) error {
-	if ro, ok := r.classes.lookup(query); ok && !ro {
-		return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
-	}
 	info := sqlscan.Scan(query)
 	if info.Multi {
 		return errFanOutWrite(fmt.Sprintf("%.60q is not a single statement", query))
 	}
 	switch info.Keyword {
 	case "SELECT", "WITH", "VALUES", "EXPLAIN":
+		if ro, ok := r.classes.lookup(query); ok && !ro {
+			return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+		}
 		return nil
 	case "PRAGMA":
 		// Some read (table_info(t)), some write (journal_mode = DELETE,
