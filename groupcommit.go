@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"maps"
+	"regexp"
 	"runtime"
 	"slices"
 	"sync"
@@ -55,10 +56,15 @@ import (
 // whose context ends while queued is removed and nothing of it runs (one
 // without a deadline waits BusyTimeout from its call, queued and leading
 // together, then gets SQLITE_BUSY, as it would waiting for the writer); a
-// failed COMMIT applies nothing and fails every caller of the batch, except
-// a constraint failure at COMMIT (deferred foreign keys), after which each
-// statement runs again alone so each caller gets exactly what it would
-// have got alone. Visible difference: a statement's commit may carry other
+// caller whose context ends while its statement runs has it interrupted,
+// as alone (SQLite rolls the batch's transaction back with it, and the
+// others run again alone); a failed COMMIT applies nothing and fails every
+// caller of the batch, except a constraint failure at COMMIT (deferred
+// foreign keys), after which each statement runs again alone so each
+// caller gets exactly what it would have got alone. With foreign keys on
+// and a key INITIALLY DEFERRED in the schema, statements run alone: one
+// caller's statement could mend another's broken key before the COMMIT
+// (deferredKeys). Visible difference: a statement's commit may carry other
 // callers' statements (they become durable together).
 
 // maxBatch bounds the statements of one batch (a batch holds the writer).
@@ -498,6 +504,10 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		alone(batch)
 		return
 	}
+	if t.r.cfg.ForeignKeys && deferredKeys(pc) {
+		alone(batch)
+		return
+	}
 	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
 		alone(batch)
 		return
@@ -552,26 +562,63 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 	}
 }
 
-// execBatched runs r's statement on the writer pc. Without arguments it
-// runs from pc's prepared statements when r.reuse: mattn parses a statement
-// without arguments on every call (execNoArgs), which took two thirds of
-// the leader's time per statement; with arguments mattn's own cache
-// (_stmt_cache_size) already keeps it prepared. A statement with a
-// parameter but no argument takes mattn's path for mattn's own error.
-func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
-	bg := context.Background()
-	if len(r.args) > 0 || !r.reuse {
-		return pc.c.ExecContext(bg, r.query, r.args)
+// deferredKeys reports whether the schema of the writer pc declares a
+// foreign key INITIALLY DEFERRED, or cannot tell. Such a key is checked at
+// COMMIT only, so in a batch a statement that breaks it is not failed when
+// a later caller's statement mends it before the batch commits (a child
+// row, then its parent), where alone it would have been: with such keys,
+// and foreign keys on, statements run alone. The answer is kept with pc
+// for its schema_version.
+func deferredKeys(pc *physConn) bool {
+	ctx := context.Background()
+	v, err := queryInt64(ctx, pc.c, "PRAGMA schema_version")
+	if err != nil {
+		return true
 	}
-	s, err := pc.takeStmt(bg, r.query)
+	if pc.schemaSeen == v+1 {
+		return pc.deferredFK
+	}
+	rows, err := pc.c.QueryContext(ctx, `SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'`, nil)
+	if err != nil {
+		return true
+	}
+	defer rows.Close()
+	found := false
+	for dest := make([]driver.Value, 1); rows.Next(dest) == nil; {
+		if q, ok := dest[0].(string); ok && initiallyDeferred.MatchString(q) {
+			found = true
+		}
+	}
+	pc.schemaSeen, pc.deferredFK = v+1, found
+	return found
+}
+
+// initiallyDeferred finds INITIALLY DEFERRED in a CREATE TABLE text,
+// whatever blanks or comments lie between the two words.
+var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+DEFERRED\b`)
+
+// execBatched runs r's statement on the writer pc, under r's context as
+// it would run alone: a deadline that passes while it runs interrupts it
+// (and SQLite then rolls the batch's transaction back: see runBatch). Without
+// arguments it runs from pc's prepared statements when r.reuse: mattn
+// parses a statement without arguments on every call (execNoArgs), which
+// took two thirds of the leader's time per statement; with arguments
+// mattn's own cache (_stmt_cache_size) already keeps it prepared. A
+// statement with a parameter but no argument takes mattn's path for
+// mattn's own error.
+func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
+	if len(r.args) > 0 || !r.reuse {
+		return pc.c.ExecContext(r.ctx, r.query, r.args)
+	}
+	s, err := pc.takeStmt(r.ctx, r.query)
 	if err != nil {
 		return nil, err
 	}
 	if s.NumInput() > 0 {
 		s.Close()
-		return pc.c.ExecContext(bg, r.query, nil)
+		return pc.c.ExecContext(r.ctx, r.query, nil)
 	}
-	res, err := s.ExecContext(bg, nil)
+	res, err := s.ExecContext(r.ctx, nil)
 	pc.putStmt(r.query, s)
 	return res, err
 }

@@ -171,6 +171,46 @@ func TestGroupCommit_StatementEndingTheTransaction(t *testing.T) {
 	}
 }
 
+// A statement whose context ends while it runs in a batch is interrupted,
+// as it would be alone, rather than run to its end with the whole batch
+// waiting for it; SQLite rolls the batch's transaction back with it, and
+// the other statements run again alone.
+func TestGroupCommit_DeadlineInterruptsARunningStatement(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{kvTable}})
+	tx, tn := holdWriter(t, p, "acme")
+	slow, cancel := context.WithTimeout(tctx("acme"), time.Second)
+	defer cancel()
+	done := make(chan []gcResult, 1)
+	wait := queue(t, p, tn, []context.Context{nil, nil, slow, nil}, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+		// Endless unless interrupted.
+		`INSERT INTO kv (k, v) SELECT 'slow', count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)`,
+		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- wait() }()
+	var got []gcResult
+	select {
+	case got = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the batch still runs 30 s after its slow statement's deadline")
+	}
+	if !errors.Is(got[2].err, context.DeadlineExceeded) {
+		t.Errorf("the slow statement: %v, want context.DeadlineExceeded", got[2].err)
+	}
+	for _, i := range []int{0, 1, 3} {
+		if got[i].err != nil {
+			t.Errorf("statement %d: %v", i, got[i].err)
+		}
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "b=2", "c=3", "held=0"}) {
+		t.Fatalf("rows %v", rows)
+	}
+}
+
 // A deferred foreign key fails at COMMIT: each statement then runs alone,
 // so only the violating caller fails, as without batching.
 func TestGroupCommit_DeferredConstraintAtCommit(t *testing.T) {
@@ -192,6 +232,48 @@ func TestGroupCommit_DeferredConstraintAtCommit(t *testing.T) {
 	}
 	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM child`); n != 1 {
 		t.Fatalf("child rows: %d, want 1", n)
+	}
+}
+
+// A deferred foreign key broken by one caller and mended by a later one
+// of the same batch (a child, then its parent) fails the first caller, as
+// it would alone: with such keys statements run alone. A key added by a
+// later schema change counts from then on.
+func TestGroupCommit_DeferredConstraintMendedLater(t *testing.T) {
+	p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{kvTable,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY DEFERRED)`}})
+	run := func(child, parent string) []gcResult {
+		t.Helper()
+		tx, tn := holdWriter(t, p, "acme")
+		wait := queue(t, p, tn, nil, []string{
+			`INSERT INTO kv (k, v) VALUES ('first' || random(), 1)`,
+			child,  // breaks the deferred key
+			parent, // mends it
+		})
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
+		}
+		return wait()
+	}
+	got := run(`INSERT INTO child (k) VALUES ('p1')`, `INSERT INTO kv (k, v) VALUES ('p1', 2)`)
+	var se sqlite3.Error
+	if !errors.As(got[1].err, &se) || se.Code != sqlite3.ErrConstraint || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v, want the child's insert to fail alone", got)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM child`); n != 0 {
+		t.Fatalf("child rows: %d, want 0", n)
+	}
+	// A table with such a key made after the writer looked at the schema.
+	if _, err := p.ExecContext(tctx("acme"), `CREATE TABLE child2 (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE
+		INITIALLY /* later */ DEFERRED)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `DROP TABLE child`); err != nil {
+		t.Fatal(err)
+	}
+	got = run(`INSERT INTO child2 (k) VALUES ('p2')`, `INSERT INTO kv (k, v) VALUES ('p2', 2)`)
+	if !errors.As(got[1].err, &se) || se.Code != sqlite3.ErrConstraint || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v, want the child's insert to fail alone", got)
 	}
 }
 

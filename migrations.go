@@ -293,17 +293,11 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 // whether it was on and a function that turns it back on (after the
 // transaction). Off already: nothing to do.
 func foreignKeysOff(ctx context.Context, c *sqlite3.SQLiteConn) (wasOn bool, restore func(), err error) {
-	rows, err := c.QueryContext(ctx, "PRAGMA foreign_keys", nil)
+	on, err := queryInt64(ctx, c, "PRAGMA foreign_keys")
 	if err != nil {
 		return false, nil, err
 	}
-	v := make([]driver.Value, 1)
-	err = rows.Next(v)
-	rows.Close()
-	if err != nil {
-		return false, nil, err
-	}
-	if on, _ := v[0].(int64); on == 0 {
+	if on == 0 {
 		return false, func() {}, nil
 	}
 	if _, err := c.ExecContext(ctx, "PRAGMA foreign_keys = OFF", nil); err != nil {

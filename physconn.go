@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql/driver"
 	"maps"
 	"net/url"
 	"strconv"
@@ -85,6 +86,11 @@ type physConn struct {
 	stmts  map[string]*sqlite3.SQLiteStmt // statements prepared for routing Stmts, idle
 
 	cacheSize int // most statements kept in stmts
+
+	// What deferredKeys (groupcommit.go) found for the writer's schema:
+	// schemaSeen is its schema_version + 1 (0: not looked at yet).
+	schemaSeen int64
+	deferredFK bool
 }
 
 // endLease ends the current lease of pc. Rows still open from it find the
@@ -152,3 +158,18 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 // plainDriver opens files that are not tenant connections (backup copies,
 // restore sources): no authorizer, no pool.
 var plainDriver = &sqlite3.SQLiteDriver{}
+
+// queryInt64 runs q, which returns one integer (a pragma's value), on c.
+func queryInt64(ctx context.Context, c driver.QueryerContext, q string) (int64, error) {
+	rows, err := c.QueryContext(ctx, q, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	v := make([]driver.Value, 1)
+	if err := rows.Next(v); err != nil {
+		return 0, err
+	}
+	n, _ := v[0].(int64)
+	return n, nil
+}
