@@ -103,11 +103,21 @@ func tenantReplicaURL(base, id string) (string, error) {
 	default:
 		return "", fmt.Errorf("%q: scheme %q is not one Litestream v0.5 knows", base, u.Scheme)
 	}
+	if u.Opaque != "" {
+		// file:replica or s3:bucket/x: url.URL keeps the rest as one opaque
+		// string and would give every tenant that same URL, one replica
+		// for all (a new tenant restored another's rows).
+		return "", fmt.Errorf("%q: write the URL with // (file:///absolute/path, s3://bucket/prefix)", base)
+	}
 	if u.Scheme == "file" && u.Host != "" {
 		return "", fmt.Errorf("%q: a file URL takes an absolute path (file:///path)", base)
 	}
+	if u.Scheme != "file" && u.Host == "" {
+		return "", fmt.Errorf("%q names no bucket or host (%s://bucket/prefix)", base, u.Scheme)
+	}
 	u.Path = path.Join("/", u.Path, id)
 	u.RawPath = ""
+	u.OmitHost = false // file:/abs/path is written file:///abs/path
 	return u.String(), nil
 }
 

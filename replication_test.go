@@ -29,6 +29,11 @@ func TestReplication_TenantReplicaURL(t *testing.T) {
 		{base: "/backups/tenants", err: "no scheme"},
 		{base: "ftp://host/x", err: "not one Litestream"},
 		{base: "file://host/x", err: "absolute path"},
+		// Opaque: every tenant would get the one URL.
+		{base: "file:replica-data", err: "with //"},
+		{base: "file:/abs/replica", want: "file:///abs/replica/acme"},
+		{base: "s3:bucket/x", err: "with //"},
+		{base: "s3:///x", err: "names no bucket"},
 	} {
 		got, err := tenantReplicaURL(tc.base, "acme")
 		switch {
