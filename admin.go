@@ -619,6 +619,9 @@ func (r *router) sweepLeftovers() {
 	}
 	old := time.Now().Add(-leftoverAge)
 	for _, d := range dirs {
+		if d != r.cfg.Dir && realBucket(d, filepath.Base(d)) != nil {
+			continue // a symlink's target is not ours to sweep
+		}
 		readDirBatches(ctx, d, func(ents []os.DirEntry) bool {
 			for _, e := range ents {
 				if !isLeftover(e.Name()) {

@@ -252,14 +252,17 @@ func listTenants(ctx context.Context, dir string, l Layout) iter.Seq2[string, er
 				folder = filepath.Join(dir, bucket)
 			}
 			ids = ids[:0]
-			err := readDirBatches(ctx, folder, func(ents []os.DirEntry) bool {
-				for _, e := range ents {
-					if id, ok := tenantIDFromEntry(e); ok && (bucket == "" || bucketOf(id) == bucket) {
-						ids = append(ids, id)
+			err := realBucket(folder, bucket)
+			if err == nil {
+				err = readDirBatches(ctx, folder, func(ents []os.DirEntry) bool {
+					for _, e := range ents {
+						if id, ok := tenantIDFromEntry(e); ok && (bucket == "" || bucketOf(id) == bucket) {
+							ids = append(ids, id)
+						}
 					}
-				}
-				return true
-			})
+					return true
+				})
+			}
 			if err != nil && !(bucket != "" && errors.Is(err, fs.ErrNotExist)) {
 				yield("", opError(opListTenants, "", err))
 				return
@@ -279,6 +282,24 @@ func listTenants(ctx context.Context, dir string, l Layout) iter.Seq2[string, er
 			}
 		}
 	}
+}
+
+// realBucket returns an error when folder, the folder of bucket (none:
+// the data directory itself, which may be a symlink), is anything but a
+// directory or missing: a symlink there would put the bucket's tenant
+// files, made and found through it, outside the data directory.
+func realBucket(folder, bucket string) error {
+	if bucket == "" {
+		return nil
+	}
+	fi, err := os.Lstat(folder)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("bucket folder %s is not a directory (a symlink, say): tenant files stay inside the data directory", folder)
+	}
+	return nil
 }
 
 // hasFlatTenant reports whether dir holds a tenant file of the flat

@@ -390,3 +390,38 @@ func TestLayout_DirLayout(t *testing.T) {
 		t.Errorf("missing directory: %v", err) // flat, as New would make it
 	}
 }
+
+// A bucket folder that is a symlink is refused: the tenant files made and
+// found through it would be outside the data directory.
+func TestLayout_SymlinkedBucketRefused(t *testing.T) {
+	t.Parallel()
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	if err := os.Symlink(elsewhere, filepath.Join(dir, bucketOf("acme"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("a write to a tenant whose bucket is a symlink: %v, want a refusal", err)
+	}
+	if err := os.WriteFile(filepath.Join(elsewhere, "acme.db"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.QueryContext(tctx("acme"), `SELECT 1 FROM events`); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("a read of a tenant whose bucket is a symlink: %v, want a refusal", err)
+	}
+	if err := p.CreateTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("CreateTenant through a symlinked bucket succeeded")
+	}
+	for id, err := range p.AllTenants(context.Background()) {
+		if err == nil || !strings.Contains(err.Error(), "not a directory") {
+			t.Fatalf("AllTenants: %q, %v; want a refusal", id, err)
+		}
+	}
+	ents, err := os.ReadDir(elsewhere)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 {
+		t.Fatalf("files made outside the data directory: %v", ents)
+	}
+}

@@ -279,12 +279,13 @@ func (r *router) makeTenantDir(t *tenant) error {
 	if dir == r.cfg.Dir {
 		return nil
 	}
-	if _, err := os.Lstat(dir); err == nil {
-		return nil
+	err := realBucket(dir, filepath.Base(dir))
+	if !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return nil
+			return realBucket(dir, filepath.Base(dir))
 		}
 		return err
 	}

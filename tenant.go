@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -591,6 +592,14 @@ func (t *tenant) mustExist(op string) error {
 // fileExists reports whether t's database file exists. A file that is not
 // a regular file (a symlink, say) is an error.
 func (t *tenant) fileExists(op string) (bool, error) {
+	if t.r.cfg.Layout == LayoutBuckets {
+		dir := filepath.Dir(t.path)
+		if err := realBucket(dir, filepath.Base(dir)); errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		} else if err != nil {
+			return false, opError(op, t.id, err)
+		}
+	}
 	fi, err := os.Lstat(t.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
