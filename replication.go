@@ -142,8 +142,19 @@ func (e *ctlError) Error() string {
 	return fmt.Sprintf("litestream: %s [HTTP %d]", e.Message, e.Status)
 }
 
+// ctlTimeout bounds a control request whose context has no deadline: a
+// Litestream that accepts connections but never answers (stopped, hung)
+// held such callers forever (a first access registering a tenant, a sync).
+// Above replicaTimeout, which a sync asks Litestream to wait for.
+var ctlTimeout = replicaTimeout + 5*time.Second
+
 // call sends one request to the control socket and decodes the answer into out.
 func (rp *replicator) call(ctx context.Context, method, p string, in, out any) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ctlTimeout)
+		defer cancel()
+	}
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)

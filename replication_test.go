@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -100,6 +102,64 @@ func TestReplication_LitestreamDown(t *testing.T) {
 	if got := dbFiles(t, dir); len(got) != 0 {
 		t.Errorf("files left: %v", got)
 	}
+}
+
+// A Litestream that accepts connections and never answers (stopped with
+// SIGSTOP, hung) fails a first access without a deadline after
+// ctlTimeout, rather than holding it forever.
+func TestReplication_LitestreamHung(t *testing.T) {
+	old := ctlTimeout
+	ctlTimeout = 200 * time.Millisecond
+	t.Cleanup(func() { ctlTimeout = old })
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "ls.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c) // read nothing, answer nothing
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		for _, c := range held {
+			c.Close()
+		}
+		mu.Unlock()
+	}()
+	p := newTestProxy(t, Config{Dir: dir, ReplicaURL: "file://" + t.TempDir(), LitestreamSocket: sock,
+		ReplicaRestorer: emptyReplica{}})
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(tctx("acme"), `CREATE TABLE t (a)`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("first access with a hung Litestream: %v, want a deadline error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("first access still waits for a hung Litestream after 30 s")
+	}
+}
+
+// emptyReplica is a ReplicaRestorer of a replica that holds no tenant.
+type emptyReplica struct{}
+
+func (emptyReplica) RestoreReplica(context.Context, string, string, time.Time) error {
+	return ErrTenantNotFound
 }
 
 // While Litestream streams a tenant it owns checkpoints and follows the
