@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -57,4 +58,34 @@ func lockDir(dir string, exclusive bool) (*os.File, error) {
 		return nil, fmt.Errorf("lock %s: %w", dir, err)
 	}
 	return d, nil
+}
+
+// replicatingLock names the file in the data directory that a proxy with
+// replication holds locked (lockReplicating). Not a tenant's name.
+const replicatingLock = ".sqliteproxy-replicating"
+
+// lockReplicating takes, without waiting, the exclusive lock a proxy that
+// streams dir's tenants holds until Close: errReplicating when another
+// proxy (this process or another) holds it. Two would register each tenant
+// with two Litestreams, which write one replica with two histories and
+// corrupt it (restores fail their checksums).
+func lockReplicating(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, replicatingLock), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, errReplicating
+		}
+		return nil, fmt.Errorf("lock %s: %w", f.Name(), err)
+	}
+	return f, nil
 }

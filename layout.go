@@ -231,6 +231,11 @@ func other(l Layout) Layout {
 // way: by Relayout when a proxy opens it, by a proxy when Relayout starts.
 var errDirLocked = errors.New("data directory is locked")
 
+// errReplicating: another proxy with replication has the data directory
+// open (lockReplicating).
+var errReplicating = errors.New("another proxy with replication has this data directory open (this process or another): " +
+	"two would stream each tenant with two Litestreams and corrupt its replica; stop it first")
+
 // readDirBatch is how many directory entries listings read at a time.
 const readDirBatch = 1024
 

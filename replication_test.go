@@ -155,6 +155,43 @@ func TestReplication_LitestreamHung(t *testing.T) {
 	}
 }
 
+// Two proxies with replication on one data directory (a rolling deploy
+// that overlaps, a second New in one process) would stream each tenant with
+// two Litestreams into one replica and corrupt it: the second is refused
+// until the first is closed. Without replication a second proxy is fine.
+func TestReplication_OneReplicatingProxyPerDir(t *testing.T) {
+	t.Parallel()
+	dir, replica := t.TempDir(), "file://"+t.TempDir()
+	cfg := Config{Dir: dir, ReplicaURL: replica, LitestreamSocket: filepath.Join(dir, "no.sock"), ReplicaRestorer: emptyReplica{}}
+	first, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := New(cfg); err == nil {
+		second.Close()
+		first.Close()
+		t.Fatal("a second replicating proxy opened the same directory")
+	} else if !errors.Is(err, errReplicating) {
+		t.Errorf("second replicating proxy: %v, want errReplicating", err)
+	}
+	plain, err := New(Config{Dir: dir})
+	if err != nil {
+		t.Fatalf("a proxy without replication beside it: %v", err)
+	}
+	plain.Close()
+	if err := first.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := New(cfg)
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	defer again.Close()
+	if ids, err := again.Tenants(context.Background()); err != nil || len(ids) != 0 {
+		t.Errorf("tenants %v, %v; want none (the lock file is not one)", ids, err)
+	}
+}
+
 // emptyReplica is a ReplicaRestorer of a replica that holds no tenant.
 type emptyReplica struct{}
 

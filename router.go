@@ -47,7 +47,8 @@ type router struct {
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)
 
-	dirLock *os.File // Dir, flock'd shared while open (lockDir): keeps Relayout out
+	dirLock  *os.File // Dir, flock'd shared while open (lockDir): keeps Relayout out
+	replLock *os.File // with replication, flock'd exclusive while open (lockReplicating); nil otherwise
 
 	stop     chan struct{} // closed by close to end the background goroutines
 	reaperWG sync.WaitGroup
@@ -89,9 +90,21 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	if err := checkLayout(cfg.Dir, cfg.Layout); err != nil {
 		return nil, opError(opOpen, "", err)
 	}
+	var replLock *os.File
+	if cfg.ReplicaURL != "" {
+		if replLock, err = lockReplicating(cfg.Dir); err != nil {
+			return nil, opError(opOpen, "", err)
+		}
+		defer func() {
+			if err != nil {
+				replLock.Close()
+			}
+		}()
+	}
 	r := &router{
 		cfg:        cfg,
 		dirLock:    dirLock,
+		replLock:   replLock,
 		conns:      newConnOpener(cfg),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
@@ -223,6 +236,9 @@ func (r *router) close() error {
 	r.tmpl.close()
 	r.tel.close()
 	r.dirLock.Close()
+	if r.replLock != nil {
+		r.replLock.Close()
+	}
 	return r.unsyncedAtClose()
 }
 
