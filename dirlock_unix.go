@@ -60,10 +60,6 @@ func lockDir(dir string, exclusive bool) (*os.File, error) {
 	return d, nil
 }
 
-// replicatingLock names the file in the data directory that a proxy with
-// replication holds locked (lockReplicating). Not a tenant's name.
-const replicatingLock = ".sqliteproxy-replicating"
-
 // lockReplicating takes, without waiting, the exclusive lock a proxy that
 // streams dir's tenants holds until Close: errReplicating when another
 // proxy (this process or another) holds it. Two would register each tenant

@@ -231,6 +231,11 @@ func other(l Layout) Layout {
 // way: by Relayout when a proxy opens it, by a proxy when Relayout starts.
 var errDirLocked = errors.New("data directory is locked")
 
+// replicatingLock names the file in the data directory that a proxy with
+// replication holds locked (lockReplicating). Not a tenant's name; it stays
+// (removing a lock file races with its next taker).
+const replicatingLock = ".sqliteproxy-replicating"
+
 // errReplicating: another proxy with replication has the data directory
 // open (lockReplicating).
 var errReplicating = errors.New("another proxy with replication has this data directory open (this process or another): " +
