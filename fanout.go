@@ -462,9 +462,15 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 // -wal or -shm files to create and remove. t's writer semaphore is held
 // meanwhile, so this process writes nothing to t (and cannot evict it)
 // until the rows are read; the cost is that a write to t waits for the
-// reader, for at most BusyTimeout. It reports false when t must be read
-// the normal way: it was opened meanwhile, it has a -wal file (another
-// process may have it open), or it has migrations to apply first.
+// reader, for at most BusyTimeout. Immutable means SQLite trusts nothing
+// to change the file: another process that opened the tenant, wrote and
+// checkpointed during a long read made it return a mix of two states, so
+// SQLite's EXCLUSIVE lock on the file is held for the read (lockOutOthers:
+// a connection that opens the file meanwhile waits in its busy handler).
+// It reports false when t must be read the normal way: it was opened
+// meanwhile, it has a -wal file or a connection open (another process may
+// be using it), the lock is not to be had on this system, or it has
+// migrations to apply first.
 func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool, error) {
 	r := run.r
 	if err := t.lockWriter(ctx); err != nil {
@@ -474,6 +480,11 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	if t.w != nil || r.budget.counted(t) > 0 {
 		return false, nil
 	}
+	unlock, ok := lockOutOthers(t.path)
+	if !ok {
+		return false, nil
+	}
+	defer unlock()
 	if _, err := os.Lstat(t.path + "-wal"); !errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}

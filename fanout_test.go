@@ -10,6 +10,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mattn/go-sqlite3"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -864,5 +866,48 @@ func TestFanOut_SameColumnsFromEveryTenant(t *testing.T) {
 	var fe *FanOutError
 	if !errors.As(err, &fe) || fe.Tenant != "b-attacker" {
 		t.Errorf("without SkipErrors: %v, want b-attacker's FanOutError", err)
+	}
+}
+
+// A tenant nobody has open is read immutable (no locks, no side files);
+// another process that opened it, wrote and checkpointed during a long
+// read made the read mix two states. SQLite's EXCLUSIVE lock is held for
+// the read: a writer of another connection (here mattn's own, which takes
+// the POSIX locks another process would) waits until the read ends.
+func TestFanOut_ClosedTenantLockedWhileRead(t *testing.T) {
+	t.Parallel()
+	if runtime.GOOS != "linux" {
+		t.Skip("closed tenants are read immutable only on Linux (open file description locks)")
+	}
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 200})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	other, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "acme.db")+"?_busy_timeout=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT n FROM events ORDER BY n`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rows.Next() { // the worker reads on, blocked with its buffer full
+		t.Fatalf("no first row: %v", rows.Err())
+	}
+	_, err = other.Exec(`INSERT INTO events (tenant, n) VALUES ('other', 0)`)
+	var se sqlite3.Error
+	if !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+		t.Fatalf("a write by another connection during the read: %v, want SQLITE_BUSY", err)
+	}
+	n := 1
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Close(); err != nil || n != 200 {
+		t.Fatalf("read %d rows, %v; want 200", n, err)
+	}
+	if _, err := other.Exec(`INSERT INTO events (tenant, n) VALUES ('other', 0)`); err != nil {
+		t.Fatalf("a write after the read: %v", err)
 	}
 }
