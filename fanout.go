@@ -505,11 +505,14 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		if err != nil {
 			return false, opError(opFanOut, t.id, err)
 		}
-		if n < len(r.mig.list) {
-			if !r.accessOpts.migrate {
-				return false, opError(opFanOut, t.id, fmt.Errorf("%w: %s", ErrPendingMigrations, strings.Join(r.mig.names(n), ", ")))
-			}
+		switch {
+		case n == len(r.mig.list), r.accessOpts.servePending:
+			// Up to date, or served as it is (MigrateManual), as the
+			// normal open would.
+		case r.accessOpts.migrate:
 			return false, nil // migrated by the normal open
+		default:
+			return false, opError(opFanOut, t.id, fmt.Errorf("%w: %s", ErrPendingMigrations, strings.Join(r.mig.names(n), ", ")))
 		}
 		t.ready.Store(true)
 	}

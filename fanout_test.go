@@ -638,24 +638,32 @@ func TestFanOut_Migrations(t *testing.T) {
 		t.Errorf("drift: %v, want ErrMigrationDrift", err)
 	}
 
+	// MigrateManual serves a tenant that is behind as it is, closed or open.
+	manual := newTestProxy(t, Config{Dir: dir, Migrations: v2, MigrationMode: MigrateManual})
+	got, err := fanCounts(t, manual, WithFanOut(context.Background(), FanOutOptions{}))
+	if want := []fanRow{{"new", 2}, {"old", 1}}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("MigrateManual: %v, %v; want %v", got, err, want)
+	}
+	manual.Close()
+
 	auto := newTestProxy(t, Config{Dir: dir, Migrations: v2})
 	rows, err := auto.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT note, count(*) FROM events GROUP BY note`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got []string
+	var notes []string
 	for rows.Next() {
 		var id, note string
 		var n int
 		rows.Scan(&id, &note, &n)
-		got = append(got, fmt.Sprintf("%s:%s:%d", id, note, n))
+		notes = append(notes, fmt.Sprintf("%s:%s:%d", id, note, n))
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
 	}
 	rows.Close()
-	if want := []string{"new:v2:2", "old:v2:1"}; !slices.Equal(got, want) {
-		t.Errorf("rows = %v, want %v", got, want)
+	if want := []string{"new:v2:2", "old:v2:1"}; !slices.Equal(notes, want) {
+		t.Errorf("rows = %v, want %v", notes, want)
 	}
 	assertNoLeases(t, auto)
 }
