@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"runtime"
@@ -97,13 +98,13 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1) - 1)
-				if i >= len(ids) || ctx.Err() != nil {
+				if i >= len(ids) || ctx.Err() != nil || r.isClosed.Load() {
 					return
 				}
 				id := ids[i]
 				ran, err := one(ctx, id)
-				if err != nil && ctx.Err() != nil {
-					return // cancelled: not this tenant's failure
+				if err != nil && (ctx.Err() != nil || errors.Is(err, ErrClosed)) {
+					return // cancelled or closed: not this tenant's failure
 				}
 				mu.Lock()
 				done++
@@ -126,7 +127,15 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 	}
 	wg.Wait()
 	rep.Duration = time.Since(start)
-	return rep, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+	if done < len(ids) {
+		// Close stopped it (each tenant used to fail as "closed", and the
+		// run to return nil).
+		return rep, opError(opMigrate, "", fmt.Errorf("%w: %d of %d tenants not done", ErrClosed, len(ids)-done, len(ids)))
+	}
+	return rep, nil
 }
 
 // migrateTenant applies (or, with dryRun, lists) the tenant's pending

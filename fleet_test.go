@@ -227,6 +227,35 @@ func TestMigrateAll_Cancel(t *testing.T) {
 	}
 }
 
+// Close during MigrateAll stops it with ErrClosed; the tenants it did not
+// reach are not failures of their own (each used to be reported failed as
+// "closed", and the run returned nil).
+func TestMigrateAll_Close(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fleet(t, dir, 20, []string{`CREATE TABLE t (a)`})
+	p, err := New(Config{Dir: dir, Migrations: []string{`CREATE TABLE t (a)`, `INSERT INTO t VALUES (1)`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan error, 1)
+	rep, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1, Progress: func(done, _ int) {
+		if done == 5 {
+			go func() { closed <- p.Close() }()
+			waitFor(t, 10*time.Second, "Close to begin", p.c.r.isClosed.Load)
+		}
+	}})
+	if !errors.Is(err, ErrClosed) {
+		t.Errorf("err = %v, want ErrClosed", err)
+	}
+	if rep.Migrated < 5 || rep.Migrated >= 20 || len(rep.Failed) != 0 {
+		t.Errorf("report after Close %+v", rep)
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+}
+
 const crashEnv = "SQLITEPROXY_TEST_CRASH_DIR"
 
 // TestCrashChild is not a test: TestMigrateAll_CrashSafety runs the test
