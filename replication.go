@@ -671,6 +671,10 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 // Like RestoreTenant it drains the tenant and swaps the file atomically;
 // the restored state becomes the replica's new head. A time before the
 // replica's first upload fails; one after its last restores its latest.
+// Without Config.ReplicaRestorer (litestream restore), a time within the
+// second of the last upload fails too: litestream gives the files' times
+// in whole seconds and cannot place it; replica.Restorer reads them
+// exactly.
 func (p *Proxy) RestoreTenantAt(ctx context.Context, id string, at time.Time) error {
 	const op = opRestoreTenantAt
 	r := p.c.r
@@ -761,10 +765,18 @@ func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst st
 		// Before the first upload or after the last: Litestream says the
 		// same of both. After the last, the latest state is the state at
 		// that time.
+		// litestream ltx gives the files' times in whole seconds: a time
+		// within the second of the last upload may be before it (and
+		// Litestream's own check reads the store's times, whole seconds on
+		// S3), so the latest state is the state at at only a second later.
 		last, lerr := rp.lastUpload(ctx, key)
 		switch {
-		case lerr == nil && !last.IsZero() && at.After(last):
+		case lerr == nil && !last.IsZero() && !at.Before(last.Add(time.Second)):
 			err = rp.restore(ctx, key, dst, time.Time{})
+		case lerr == nil && !last.IsZero() && !at.Before(last):
+			err = fmt.Errorf("%s is within the second of the replica's last upload (%s), which litestream restore cannot place it against "+
+				"(its times are whole seconds): restore at another time, or set Config.ReplicaRestorer to replica.Restorer, which reads them exactly (%w)",
+				at.UTC().Format(time.RFC3339Nano), last.UTC().Format(time.RFC3339), err)
 		case lerr == nil && !last.IsZero():
 			err = fmt.Errorf("the replica holds no state as early as %s (%w)", at.UTC().Format(time.RFC3339Nano), err)
 		}

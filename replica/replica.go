@@ -155,12 +155,20 @@ func (r *Restorer) RestoreReplica(ctx context.Context, url, dst string, at time.
 		// first is an error that says so (as the driver reads it from
 		// `litestream restore -timestamp`).
 		created, updated, err := rep.TimeBounds(ctx)
+		// The bounds come from the store's listing, which S3 gives in whole
+		// seconds (a time with no fraction); a time within the second of
+		// the last upload may be before it. The restore's own plan reads
+		// each file's exact time: leave such a time to it.
+		prec := time.Nanosecond
+		if updated.Nanosecond() == 0 {
+			prec = time.Second
+		}
 		switch {
 		case err != nil:
 			return err
 		case created.IsZero() && updated.IsZero():
 			return fmt.Errorf("%w: nothing in the replica %s", sqliteproxy.ErrTenantNotFound, url)
-		case at.After(updated):
+		case !at.Before(updated.Add(prec)):
 			opt.Timestamp = time.Time{}
 		case at.Before(created):
 			return fmt.Errorf("timestamp does not exist: the replica holds no state as early as %s", at.UTC().Format(time.RFC3339Nano))

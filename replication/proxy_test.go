@@ -246,6 +246,33 @@ func testRestoreTenantAt(t *testing.T, g *rig) {
 	}
 }
 
+// A time within the second of the last upload, on S3 (whose listing gives
+// whole seconds): the restore never returns the latest state for it. The
+// in-process restorer leaves such a time to Litestream's plan, which reads
+// each file's exact time; litestream restore cannot place it and says so.
+// (Both restored the latest state, after-1 and all, and returned nil.)
+func TestProxy_RestoreTenantAtWithinASecond(t *testing.T) {
+	restorers(t, func(t *testing.T, in bool) {
+		g := newRig(t, "s3")
+		g.restorer = in
+		p := sqliteproxytest.New(t, g.config(t, 10))
+		// Early in a second, so that at and after-1's upload share it.
+		sqliteproxytest.WaitFor(t, 5*time.Second, "the start of a second", func() bool { return time.Now().Nanosecond() < 100e6 })
+		at := beforeAndAfter(t, p, "acme")
+		err := p.RestoreTenantAt(context.Background(), "acme", at)
+		got := names(t, p, "acme")
+		switch {
+		case err == nil && slices.Equal(got, []string{"before-1", "before-2"}):
+		case err != nil && !in && strings.Contains(err.Error(), "within the second"):
+			if !slices.Equal(got, []string{"before-1", "before-2", "after-1"}) {
+				t.Fatalf("a refused restore changed the tenant: %v", got)
+			}
+		default:
+			t.Fatalf("RestoreTenantAt(%s): %v; rows %v", at.Format(time.RFC3339Nano), err, got)
+		}
+	})
+}
+
 // A tenant moved A -> B -> A: when A opens it again, its local copy is
 // behind the replica (B wrote since), and no stale row comes back, on A or
 // in the replica.
