@@ -460,8 +460,6 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	// acknowledged commits (a process killed before it closed the file):
 	// checkpoint them into the old file first, so that a restore killed
 	// before its rename leaves the old tenant whole, not without them.
-	_, merr := os.Stat(metaDir(t.path))
-	replicated := r.repl != nil || merr == nil || fromReplica // streamed, now, before or elsewhere
 	if _, err := os.Lstat(t.path); err == nil {
 		if err := settle(t.path); err != nil {
 			t.endDrain(tenantActive)
@@ -469,9 +467,13 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		}
 	}
 	err = errors.Join(removeSideFiles(t.path), os.RemoveAll(metaDir(t.path)))
-	if err == nil && replicated {
+	if err == nil {
 		// Restored on purpose: this copy is to become the replica's head,
-		// however far behind the replica it is.
+		// however far behind the replica it is, whenever it is next
+		// streamed. Also without replication here: a restore by the CLI
+		// (a proxy without replication) into a fresh directory, which the
+		// service with replication then opened, was taken for a stale copy
+		// and replaced by the replica, the backup lost.
 		err = touchFile(restoredMarker(t.path))
 	}
 	if err == nil && restoreBeforeRename != nil {

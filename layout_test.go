@@ -138,14 +138,16 @@ func TestLayout_EndToEnd(t *testing.T) {
 			}
 			p2.Close()
 
-			// Nothing but tenant files (and their folders, and the marker).
+			// Nothing but tenant files (and their folders, and the marker,
+			// and the mark of the restored tenant, beside it).
+			restored := tenantPath(dir, l, "restored")
 			var stray []string
 			filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 				rel, _ := filepath.Rel(dir, path)
 				switch {
 				case err != nil:
 					t.Error(err)
-				case rel == ".", rel == layoutMarkerName && l == LayoutBuckets:
+				case rel == ".", rel == layoutMarkerName && l == LayoutBuckets, path == restoredMarker(restored):
 				case d.IsDir() && l == LayoutBuckets && len(rel) == 2:
 				case !d.IsDir() && slices.Contains(want, strings.TrimSuffix(filepath.Base(rel), ".db")) && rel == strings.TrimPrefix(tenantPath("", l, strings.TrimSuffix(filepath.Base(rel), ".db")), "/"):
 				default:

@@ -273,6 +273,48 @@ func TestProxy_RestoreTenantAtWithinASecond(t *testing.T) {
 	})
 }
 
+// A backup restored by a proxy without replication (the CLI's restore)
+// into a fresh directory is what the service with replication serves and
+// streams when it opens it there, not the replica's newer state.
+func TestProxy_RestoredWithoutReplicationBecomesTheHead(t *testing.T) {
+	g := newRig(t, "file")
+	ctx := context.Background()
+	svc := sqliteproxytest.New(t, g.config(t, 10))
+	insert(t, svc, "acme", "good")
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := svc.BackupTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, svc, "acme", "bad-row")
+	if err := svc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fresh := t.TempDir()
+	cli := sqliteproxytest.New(t, sqliteproxy.Config{Dir: fresh, Migrations: migrations})
+	if err := cli.RestoreTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := g.config(t, 10)
+	cfg.Dir = fresh
+	again := sqliteproxytest.New(t, cfg)
+	if got := names(t, again, "acme"); !slices.Equal(got, []string{"good"}) {
+		t.Fatalf("the service serves %v, want the restored backup's [good]", got)
+	}
+	if err := again.SyncTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := sqliteproxytest.New(t, g.config(t, 10)) // restores from the replica
+	if got := names(t, other, "acme"); !slices.Equal(got, []string{"good"}) {
+		t.Fatalf("another node restores %v, want [good]", got)
+	}
+}
+
 // A tenant moved A -> B -> A: when A opens it again, its local copy is
 // behind the replica (B wrote since), and no stale row comes back, on A or
 // in the replica.
