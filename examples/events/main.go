@@ -157,7 +157,23 @@ func run(addr string, cfg sqliteproxy.Config, ccfg *cluster.Config) error {
 		return errors.Join(err, p.Close())
 	case <-ctx.Done():
 	}
-	stop() // a second signal kills the process at once
+	// A second signal a second or more later kills the process at once.
+	// One sooner is the same stop told twice: a Ctrl-C reaches the whole
+	// process group, and Litestream (litestream replicate -exec) passes it
+	// on to its child too, which killed the service before its Close (the
+	// last second of writes not in the replica).
+	again := make(chan os.Signal, 4)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	stop()
+	first := time.Now()
+	go func() {
+		for range again {
+			if time.Since(first) >= time.Second {
+				slog.Error("events: second signal, exiting at once")
+				os.Exit(1)
+			}
+		}
+	}()
 	slog.Info("events: shutting down")
 
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
