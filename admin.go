@@ -493,11 +493,18 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if r.repl != nil {
 		// Open it (registering it with Litestream) and sync: the restored
 		// state becomes the replica's head now, not at the next access.
-		if _, err := t.acquireWriter(ctx); err != nil {
-			return err
+		err := func() error {
+			if _, err := t.acquireWriter(ctx); err != nil {
+				return err
+			}
+			t.releaseWriter()
+			return p.SyncTenant(ctx, id)
+		}()
+		if err != nil {
+			// The file is the restored one already: say so, or the caller
+			// takes the tenant for the old one.
+			return fmt.Errorf("restored, but it is not in the replica yet (it becomes the head when the tenant is next opened with replication): %w", err)
 		}
-		t.releaseWriter()
-		return p.SyncTenant(ctx, id)
 	}
 	return nil
 }

@@ -303,6 +303,11 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 		if i := strings.LastIndex(msg, "\n"); i >= 0 {
 			msg = msg[i+1:]
 		}
+		if !at.IsZero() && strings.HasSuffix(msg, "no backups found") {
+			// With -timestamp, -if-replica-exists does not apply: an empty
+			// replica is this error, as it is without a time.
+			return errNoReplica
+		}
 		return fmt.Errorf("litestream restore: %w: %s", err, msg)
 	}
 	if _, err := os.Stat(dst); errors.Is(err, os.ErrNotExist) {

@@ -8,6 +8,7 @@ package replication_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -312,6 +313,55 @@ func TestProxy_RestoredWithoutReplicationBecomesTheHead(t *testing.T) {
 	other := sqliteproxytest.New(t, g.config(t, 10)) // restores from the replica
 	if got := names(t, other, "acme"); !slices.Equal(got, []string{"good"}) {
 		t.Fatalf("another node restores %v, want [good]", got)
+	}
+}
+
+// A tenant the replica does not hold is ErrTenantNotFound, with a time or
+// without, whichever restorer (litestream restore said "no backups found"
+// for one with a time).
+func TestProxy_FetchReplicaOfNobody(t *testing.T) {
+	restorers(t, func(t *testing.T, in bool) {
+		g := newRig(t, "file")
+		g.restorer = in
+		cfg := g.config(t, 10)
+		p := sqliteproxytest.New(t, cfg)
+		insert(t, p, "acme", "x")
+		if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range []time.Time{{}, time.Now()} {
+			err := p.RestoreTenantAt(context.Background(), "nosuch", at)
+			if at.IsZero() {
+				err = sqliteproxy.FetchReplica(context.Background(), g.replica, "nosuch", at, filepath.Join(t.TempDir(), "n.db"), g.ls.Bin())
+			}
+			if !errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+				t.Errorf("at %v: %v, want ErrTenantNotFound", at, err)
+			}
+		}
+		if !in {
+			err := sqliteproxy.FetchReplica(context.Background(), g.replica, "nosuch", time.Now(), filepath.Join(t.TempDir(), "n.db"), g.ls.Bin())
+			if !errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+				t.Errorf("FetchReplica at now: %v, want ErrTenantNotFound", err)
+			}
+		}
+	})
+}
+
+// A restore whose new file is in place but cannot be streamed (Litestream
+// down) says it restored: the tenant is the restored one already.
+func TestProxy_RestoredButNotStreamed(t *testing.T) {
+	g := newRig(t, "file")
+	g.restorer = true
+	p := sqliteproxytest.New(t, g.config(t, 10))
+	at := beforeAndAfter(t, p, "acme")
+	g.ls.Kill()
+	err := p.RestoreTenantAt(context.Background(), "acme", at)
+	if err == nil || !strings.Contains(err.Error(), "restored, but") {
+		t.Fatalf("RestoreTenantAt with Litestream down: %v, want one that says it restored", err)
+	}
+	g.ls.Restart()
+	if got := names(t, p, "acme"); !slices.Equal(got, []string{"before-1", "before-2"}) {
+		t.Fatalf("after the restore: %v", got)
 	}
 }
 
