@@ -85,3 +85,9 @@ func lockReplicating(dir string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// processAlive reports whether a process with ID pid exists (kill(pid, 0)
+// fails with ESRCH only for one that does not; EPERM is another user's).
+func processAlive(pid int) bool {
+	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+}

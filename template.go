@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -117,7 +119,8 @@ func (r *router) template(ctx context.Context) (string, error) {
 		}
 	}
 	if r.tmpl.dir == "" {
-		dir, err := os.MkdirTemp("", "sqliteproxy-template-")
+		sweepTemplateDirs()
+		dir, err := os.MkdirTemp("", templateDirPrefix+strconv.Itoa(os.Getpid())+"-")
 		if err != nil {
 			return "", err
 		}
@@ -129,6 +132,31 @@ func (r *router) template(ctx context.Context) (string, error) {
 	}
 	r.tmpl.path = path
 	return path, nil
+}
+
+// templateDirPrefix begins the name of a template's private directory
+// (in os.TempDir), followed by the process ID and a random part.
+const templateDirPrefix = "sqliteproxy-template-"
+
+// sweepTemplateDirs removes the template directories of processes that
+// ended without Close (killed, or exited without it): each left its
+// template behind in the system's temporary directory, and a template can
+// be large.
+func sweepTemplateDirs() {
+	ents, err := os.ReadDir(os.TempDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		rest, ok := strings.CutPrefix(e.Name(), templateDirPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pid, _, ok := strings.Cut(rest, "-")
+		if n, err := strconv.Atoi(pid); ok && err == nil && n > 0 && n != os.Getpid() && !processAlive(n) {
+			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+		}
+	}
 }
 
 // dropTemplate forgets the template at path and removes it, so that the

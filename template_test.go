@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -270,5 +272,41 @@ func TestTemplate_DamagedAndClosed(t *testing.T) {
 	}
 	if _, err := os.Stat(dir); !os.IsNotExist(err) || tp.dir != "" {
 		t.Errorf("template directory after Close: %q, %v", tp.dir, err)
+	}
+}
+
+// A process that ends without Close leaves its template directory in the
+// system's temporary directory; the next proxy to build a template removes
+// those of processes that no longer exist (and only those).
+func TestTemplate_DirsOfEndedProcessesSwept(t *testing.T) {
+	tmp := t.TempDir()
+	t.Setenv("TMPDIR", tmp)
+	ended := exec.Command("true")
+	if err := ended.Run(); err != nil {
+		t.Skipf("no true(1): %v", err)
+	}
+	dead := filepath.Join(tmp, fmt.Sprintf("%s%d-123", templateDirPrefix, ended.Process.Pid))
+	alive := filepath.Join(tmp, fmt.Sprintf("%s%d-456", templateDirPrefix, os.Getppid()))
+	other := filepath.Join(tmp, "sqliteproxy-template-x")
+	for _, d := range []string{dead, alive, other} {
+		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dead); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the ended process's template directory: %v, want it removed", err)
+	}
+	for _, d := range []string{alive, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s: %v, want it kept", d, err)
+		}
+	}
+	mine, err := filepath.Glob(filepath.Join(tmp, fmt.Sprintf("%s%d-*", templateDirPrefix, os.Getpid())))
+	if err != nil || len(mine) != 1 {
+		t.Errorf("this process's template directory: %v, %v", mine, err)
 	}
 }
