@@ -54,6 +54,9 @@ func (r *router) stats() Stats {
 		if t.wsem.held.Load() {
 			inUse++
 		}
+		// A writer semaphore held while its holder waits for a slot to
+		// open the writer leases no connection: never more in use than open.
+		inUse = min(inUse, n)
 		ts := TenantStats{ID: t.id, Open: n, InUse: inUse, LastUsed: b.epoch.Add(time.Duration(t.lastUsed.Load()))}
 		if since := t.lagSince.Load(); since != 0 {
 			ts.ReplicaLag = time.Since(time.Unix(0, since))
