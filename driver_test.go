@@ -3,7 +3,9 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
+	"time"
 )
 
 // TestCloseThenUse: what Connector.Close promises (closing a Proxy closes
@@ -63,4 +65,43 @@ func TestCloseThenUse(t *testing.T) {
 		t.Errorf("open connections after Close: %d", st.OpenConnections)
 	}
 	assertNoOpenFiles(t, dir)
+}
+
+// A statement waiting for its tenant's writer when Close returns does not
+// run afterwards: once the transaction holding the writer ends, it fails
+// with ErrClosed (it ran and committed two seconds after Close).
+func TestCloseWhileWaitingForTheWriter(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, GroupCommit: GroupCommitOff})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('waiting')`)
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the statement to wait for the writer", func() bool { return tn.wsem.nwait.Load() > 0 })
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; !errors.Is(err, ErrClosed) {
+		t.Fatalf("the waiting statement: %v, want ErrClosed", err)
+	}
+	if got := directRows(t, p, "acme", `SELECT tenant FROM events`); !slices.Equal(got, []string{"tx"}) {
+		t.Fatalf("rows %q, want only the transaction's", got)
+	}
 }

@@ -172,6 +172,13 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 				return opError(opWaitWriter, t.id, err)
 			}
 		}
+		if t.r.isClosed.Load() {
+			// Closed while it waited: work that had not begun before
+			// Close does not run after it returned (a transaction in
+			// progress holds the writer already, and may finish).
+			t.wsem.Release()
+			return opError(opWaitWriter, t.id, ErrClosed)
+		}
 		if t.state.Load() == tenantActive {
 			if err := t.r.unfence(t); err != nil {
 				t.wsem.Release()
