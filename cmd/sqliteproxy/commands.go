@@ -168,12 +168,30 @@ func (e *env) delete(args []string) (status int) {
 		e.errorf("delete %s: not confirmed, nothing deleted", id)
 		return exitFailed
 	}
+	streamed := wasStreamed(p, id)
 	if err := p.DeleteTenant(e.ctx, id); err != nil {
 		e.tenantErr("delete", id, err)
 		return exitFailed
 	}
 	fmt.Fprintf(e.stdout, "deleted tenant %s\n", id)
+	if streamed {
+		e.errorf("delete %s: it was streamed by Litestream: its replica is not erased, and a service with replication "+
+			"restores the tenant from it on its next access; erase it with DeleteTenant in that service, or remove its replica", id)
+	}
 	return exitOK
+}
+
+// wasStreamed reports whether Litestream's folder is beside tenant id's
+// file (.<id>.db-litestream): the tenant has a replica, which the tool,
+// without replication, does not erase.
+func wasStreamed(p *sqliteproxy.Proxy, id string) bool {
+	path, err := p.TenantPath(id)
+	if err != nil {
+		return false
+	}
+	dir, file := filepath.Split(path)
+	_, err = os.Stat(filepath.Join(dir, "."+file+"-litestream"))
+	return err == nil
 }
 
 // notInUse refuses a tenant file that another process seems to have open.

@@ -527,6 +527,17 @@ func TestDelete(t *testing.T) {
 	// A junk file can be deleted.
 	junk(t, dir, "x")
 	cli(t, strings.NewReader("yes\n"), "delete", "-dir", dir, "x").want(t, exitOK)
+
+	// A tenant Litestream streamed (its folder beside the file): deleted
+	// here, with a word that its replica is not.
+	fleet2 := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "streamed")
+	if err := os.Mkdir(filepath.Join(fleet2, ".streamed.db-litestream"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, nil, "delete", "-dir", fleet2, "-yes", "streamed").want(t, exitOK)
+	if !strings.Contains(r.stderr, "its replica is not erased") {
+		t.Errorf("delete of a streamed tenant: %+v", r)
+	}
 }
 
 func TestBackupRestoreRoundTrip(t *testing.T) {
