@@ -147,9 +147,12 @@ type Config struct {
 	// Litestream process (see LitestreamSocket) to <ReplicaURL>/<id>, and a
 	// tenant missing here but present there is restored on first access.
 	// A Litestream v0.5 replica URL: file:///backups/tenants, or
-	// s3://bucket/prefix (with ?endpoint=http://host:port for S3-compatible
-	// stores; credentials come from the Litestream process's environment,
-	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Default "" (off). [replica_url]
+	// s3://bucket/prefix?region=eu-west-1 (AWS), or
+	// s3://bucket/prefix?endpoint=http://host:port (S3-compatible stores):
+	// the host is the bucket alone, and region or endpoint is given, so
+	// that Litestream and the driver's own S3 requests (erasure, positions)
+	// read it alike. Credentials come from the environment,
+	// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY. Default "" (off). [replica_url]
 	ReplicaURL string
 
 	// LitestreamSocket is the control socket of the Litestream process

@@ -115,10 +115,38 @@ func tenantReplicaURL(base, id string) (string, error) {
 	if u.Scheme != "file" && u.Host == "" {
 		return "", fmt.Errorf("%q names no bucket or host (%s://bucket/prefix)", base, u.Scheme)
 	}
+	if u.Scheme == "s3" {
+		if err := plainS3Bucket(u); err != nil {
+			return "", fmt.Errorf("%q: %w", base, err)
+		}
+	}
 	u.Path = path.Join("/", u.Path, id)
 	u.RawPath = ""
 	u.OmitHost = false // file:/abs/path is written file:///abs/path
 	return u.String(), nil
+}
+
+// plainS3Bucket refuses an s3:// URL whose host is not the bucket alone
+// (bucket.host:port, bucket.s3.region.amazonaws.com, a provider's host) or
+// that names neither endpoint nor region. Litestream reads such hosts by
+// provider and looks an AWS bucket's region up; the driver's own S3 client
+// (internal/s3lite: DeleteTenant's erasure, replica positions, listings)
+// took the host for the bucket and us-east-1 for the region, and its
+// requests went elsewhere (erasure failed, the stale-copy check was
+// skipped). One form both read alike: s3://bucket/prefix?endpoint=...&region=...
+func plainS3Bucket(u *url.URL) error {
+	h := strings.ToLower(u.Host)
+	q := u.Query()
+	switch {
+	case strings.Contains(h, ":"):
+		return fmt.Errorf("the host %q is read as bucket.host:port by Litestream: write s3://bucket/prefix?endpoint=http://host:port", u.Host)
+	case strings.HasSuffix(h, ".amazonaws.com"), strings.HasSuffix(h, ".digitaloceanspaces.com"), strings.HasSuffix(h, ".backblazeb2.com"),
+		strings.HasSuffix(h, ".filebase.com"), strings.HasSuffix(h, ".scw.cloud"), strings.HasSuffix(h, ".neon.tech"):
+		return fmt.Errorf("the host %q is a provider's: write the bucket alone as the host, with endpoint= (for AWS, region=)", u.Host)
+	case q.Get("endpoint") == "" && q.Get("region") == "":
+		return errors.New("name the bucket's region (region=...) or the store's endpoint (endpoint=...): the driver does not look the region up as Litestream does")
+	}
+	return nil
 }
 
 // url returns the replica URL under key: a tenant ID, or <id>/g<gen> (see

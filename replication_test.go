@@ -27,7 +27,11 @@ func TestReplication_TenantReplicaURL(t *testing.T) {
 		{base: "file:///backups/tenants/", want: "file:///backups/tenants/acme"},
 		{base: "s3://bucket/prefix?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=us-east-1",
 			want: "s3://bucket/prefix/acme?endpoint=http%3A%2F%2F127.0.0.1%3A9000&region=us-east-1"},
-		{base: "s3://bucket", want: "s3://bucket/acme"},
+		{base: "s3://bucket?region=eu-west-1", want: "s3://bucket/acme?region=eu-west-1"},
+		// Hosts that Litestream reads otherwise than the driver's client.
+		{base: "s3://bucket", err: "region"},
+		{base: "s3://replicas.127.0.0.1:9000/tenants", err: "bucket.host:port"},
+		{base: "s3://bucket.s3.eu-west-1.amazonaws.com/t", err: "provider"},
 		{base: "/backups/tenants", err: "no scheme"},
 		{base: "ftp://host/x", err: "not one Litestream"},
 		{base: "file://host/x", err: "absolute path"},

@@ -83,7 +83,7 @@ func main() {
 	addr := flag.String("addr", ":8080", "address to listen on")
 	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
 	layout := flag.String("layout", "flat", "layout of -dir: flat (<dir>/<id>.db) or buckets (<dir>/<bucket>/<id>.db, for many thousands of tenants; convert a directory with `sqliteproxy relayout`)")
-	replicaURL := flag.String("replica", "", "replica URL (file:///path or s3://bucket/prefix?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
+	replicaURL := flag.String("replica", "", "replica URL (file:///path, s3://bucket/prefix?region=... or ?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
 	socket := flag.String("litestream-socket", "", "control socket of the Litestream process (with -replica)")
 	litestream := flag.String("litestream", "", "litestream binary used to restore tenants (default: litestream on PATH)")
 	maxConns := flag.Int("max-connections", 0, "SQLite connections open at once, all tenants together (default 100)")
