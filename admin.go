@@ -219,7 +219,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return err // a stand-in for a kill: nothing else runs
 		}
 	}
-	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)))
+	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)

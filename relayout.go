@@ -117,7 +117,7 @@ type relayouter struct {
 // files that belong to it and move with it (not -wal, -shm and -journal:
 // those are settled first).
 func sideFiles(p string) []string {
-	return []string{genMarker(p), restoredMarker(p), metaDir(p)}
+	return []string{genMarker(p), restoredMarker(p), unsyncedMarker(p), metaDir(p)}
 }
 
 // move moves tenant id from its place in r.from to its place in r.to.

@@ -23,6 +23,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
 )
 
@@ -426,6 +427,11 @@ func (r *router) unregister(t *tenant) {
 	}
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
+	if err != nil {
+		touchFile(unsyncedMarker(t.path)) // for the next process too
+	} else {
+		removeIfExists(unsyncedMarker(t.path))
+	}
 	r.repl.mu.Lock()
 	if err != nil {
 		r.repl.behind[t] = struct{}{}
@@ -678,6 +684,9 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			if err != nil {
 				return opError(opSyncTenant, t.id, err)
 			}
+			if err := removeIfExists(unsyncedMarker(t.path)); err != nil {
+				return opError(opSyncTenant, t.id, err)
+			}
 			return r.stillOwned(t)
 		}
 		if err := r.stillOwned(t); err != nil {
@@ -685,11 +694,12 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			// did, it may not be in the generation another node serves.
 			return err
 		}
-		if !t.unsynced.Load() {
+		if _, err := os.Lstat(unsyncedMarker(t.path)); !t.unsynced.Load() && err != nil {
 			return nil
 		}
-		// Its final sync failed: open it (which registers it), sync, and
-		// leave it to eviction to close it again.
+		// Its final sync failed (in this process, or in one before it):
+		// open it (which registers it), sync, and leave it to eviction to
+		// close it again.
 		if _, err := t.acquireWriter(ctx); err != nil {
 			return err
 		}
@@ -1068,6 +1078,32 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 	r.tel.compacted(ctx, t.tel, start, err)
 }
 
+// unsyncedMarker names the file that marks the tenant file at p as closed
+// after a failed final sync: its last commits may be in the file only. The
+// close that followed checkpointed them into the database and removed the
+// WAL (Litestream, down, held no connection to keep it), where Litestream,
+// registered again, does not look: it uploads them only once the tenant
+// changes again, and a sync before that reported success without them.
+// So an open with the mark writes a change that changes nothing (touchWAL),
+// and a sync that succeeds after it removes the mark; replica positions
+// count the mark as a transaction behind.
+func unsyncedMarker(p string) string {
+	dir, file := path.Split(p)
+	return path.Join(dir, "."+file+"-unsynced")
+}
+
+// touchWAL writes page 1 again as it is (user_version set to itself) on
+// the writer c: a WAL frame that makes Litestream look at the database,
+// find it changed outside its view, and upload it.
+func touchWAL(ctx context.Context, c *sqlite3.SQLiteConn) error {
+	v, err := queryInt64(ctx, c, "PRAGMA user_version")
+	if err != nil {
+		return err
+	}
+	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.FormatInt(v, 10), nil)
+	return err
+}
+
 // restoredMarker names the file that marks the tenant file at p as restored
 // on purpose (RestoreTenant, RestoreTenantAt): the next registration keeps
 // it, however far behind the replica it is, and so makes it the head. It
@@ -1175,7 +1211,7 @@ func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, r
 	if err != nil {
 		return 0, 0, opError(op, id, err)
 	}
-	if pending {
+	if _, err := os.Lstat(unsyncedMarker(path)); pending || err == nil {
 		local++
 	}
 	rp := &replicator{base: replicaURL}

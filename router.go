@@ -382,6 +382,16 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 		r.budget.unreserve(t)
 		return nil, err
 	}
+	if r.repl != nil {
+		if _, err := os.Lstat(unsyncedMarker(t.path)); err == nil {
+			if err := touchWAL(ctx, pc.c); err != nil {
+				pc.close()
+				r.unregister(t)
+				r.budget.unreserve(t)
+				return nil, opError(opOpenTenant, t.id, err)
+			}
+		}
+	}
 	if pc, err = r.gate(ctx, t, pc, o); err != nil {
 		r.unregister(t)
 		r.budget.unreserve(t)

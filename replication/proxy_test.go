@@ -365,6 +365,39 @@ func TestProxy_RestoredButNotStreamed(t *testing.T) {
 	}
 }
 
+// A tenant closed while Litestream was down keeps its last commits in its
+// file only (the close checkpointed its WAL, where a restarted Litestream
+// does not look): in the next process, its status says behind, and
+// SyncTenant, before any new write, puts them in the replica (it returned
+// nil without them, until the tenant was written again).
+func TestProxy_UnsyncedAtCloseSyncedByTheNextProcess(t *testing.T) {
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	p := writeWhileLitestreamDies(t, g, cfg) // "before" synced, "while-dead" not
+	if err := p.Close(); err == nil || !strings.Contains(err.Error(), "not synced") {
+		t.Fatalf("Close with Litestream down: %v", err)
+	}
+	g.ls.Restart()
+	local, remote, err := sqliteproxy.ReplicaPositions(context.Background(), g.replica, cfg.Dir, "acme")
+	if err != nil || local <= remote {
+		t.Errorf("positions: local %d, replica %d, %v; want the local copy ahead", local, remote, err)
+	}
+	q := sqliteproxytest.New(t, cfg) // the next process, the same directory
+	if err := q.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"before", "while-dead"}) {
+		t.Fatalf("the replica after SyncTenant: %v", got)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	local, remote, err = sqliteproxy.ReplicaPositions(context.Background(), g.replica, cfg.Dir, "acme")
+	if err != nil || local != remote {
+		t.Errorf("positions after the sync: local %d, replica %d, %v; want equal", local, remote, err)
+	}
+}
+
 // A tenant moved A -> B -> A: when A opens it again, its local copy is
 // behind the replica (B wrote since), and no stale row comes back, on A or
 // in the replica.
