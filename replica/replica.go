@@ -47,6 +47,11 @@ const DefaultRetention = 5 * time.Minute
 type Compactor struct {
 	// Retention is how long level-0 files compacted into level 1 are kept
 	// (0: DefaultRetention; negative: kept until Litestream deletes them).
+	// It is also how far back a point-in-time restore is exact: a
+	// compacted file carries the time of the newest file it replaces, so
+	// once the level-0 files are gone, RestoreTenantAt can only reach the
+	// ends of compacted files (a time inside one says the replica holds no
+	// state as early as that).
 	Retention time.Duration
 	// Logger receives Litestream's log (nil: discarded).
 	Logger *slog.Logger
