@@ -368,7 +368,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // so route keeps it and the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	info := sqlscan.Scan(query)
-	s := &stmt{c: c, query: query, numInput: -1, returning: info.Returning, mayTx: opensTx(info)}
+	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info)}
 	write := c.pc == nil && c.prepareOnWriter(query)
 	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
@@ -602,19 +602,34 @@ type stmt struct {
 	c        *conn
 	query    string
 	numInput int // -1 when prepared without a tenant
-	// returning: the statement writes and returns rows (RETURNING). mattn's
-	// Stmt.Exec stops at its first row and leaves it active, which holds
-	// its implicit transaction open: every later write on that connection
-	// would join it and stay uncommitted. Exec finalizes such a statement
-	// instead of keeping it for reuse, which ends the transaction.
-	returning bool
-	mayTx     bool // mayOpenTx(query)
+	// keep: after an Exec, the statement may go back to the connection's
+	// cache (keepAfterExec). mattn's Stmt.Exec stops at the first row of a
+	// statement that returns rows and leaves it active: kept that way on
+	// the writer, an INSERT ... RETURNING held its implicit transaction open
+	// (every later write joined it, uncommitted), and a SELECT held a read
+	// snapshot (no checkpoint finished: the WAL grew without end, and every
+	// write failed once another process had written). Exec finalizes such
+	// statements instead.
+	keep  bool
+	mayTx bool // mayOpenTx(query)
 }
 
 var (
 	_ driver.StmtExecContext  = (*stmt)(nil)
 	_ driver.StmtQueryContext = (*stmt)(nil)
 )
+
+// keepAfterExec reports whether a statement is done after the one step
+// mattn's Exec takes: a write without RETURNING. Anything else may return
+// rows (SELECT, VALUES, WITH, PRAGMA, a write with RETURNING) or is rare
+// through a prepared statement's Exec (DDL): finalized after each Exec.
+func keepAfterExec(info sqlscan.Info) bool {
+	switch info.Keyword {
+	case "INSERT", "UPDATE", "DELETE", "REPLACE":
+		return !info.Returning
+	}
+	return false
+}
 
 func (s *stmt) Close() error  { return nil }
 func (s *stmt) NumInput() int { return s.numInput }
@@ -657,10 +672,10 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 		return nil, err
 	}
 	s.c.mayTx = s.c.mayTx || s.mayTx
-	if s.returning {
-		defer ps.Close()
-	} else {
+	if s.keep {
 		defer pc.putStmt(s.query, ps)
+	} else {
+		defer ps.Close()
 	}
 	if s.numInput < 0 {
 		if err := checkNumInput(ps, args); err != nil {

@@ -133,6 +133,8 @@ func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 		{`INSERT INTO events (tenant) VALUES ($x(')), ('r2') RETURNING id`, []any{sql.Named("x(')", "r1")}},
 		{`SELECT tenant FROM events`, nil},
 		{`WITH x AS (SELECT 1) SELECT * FROM x`, nil},
+		{`VALUES (1), (2)`, nil},
+		{`PRAGMA table_info(events)`, nil},
 	} {
 		q := tt.q
 		t.Run(q, func(t *testing.T) {
@@ -150,13 +152,19 @@ func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 			if _, err := st.ExecContext(ctx, tt.args...); err != nil {
 				t.Fatal(err)
 			}
+			// Another process writes: a statement left active on the
+			// writer kept its snapshot, and every write of the writer
+			// failed from then on ("database is locked").
+			if _, err := direct(t, p.Config().Dir, "a").Exec(`INSERT INTO events (tenant) VALUES ('other')`); err != nil {
+				t.Fatalf("another connection's write: %v", err)
+			}
 			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
 				t.Fatal(err)
 			}
 			got := directRows(t, p, "a", `SELECT tenant FROM events ORDER BY id`)
-			want := []string{"first", "after"}
+			want := []string{"first", "other", "after"}
 			if strings.HasPrefix(q, "INSERT") {
-				want = []string{"first", "r1", "r2", "after"}
+				want = []string{"first", "r1", "r2", "other", "after"}
 			}
 			if !slices.Equal(got, want) {
 				t.Fatalf("a fresh connection sees %q, want %q (writes left uncommitted)", got, want)
