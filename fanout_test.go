@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -18,7 +20,6 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/mattn/go-sqlite3"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -877,45 +878,125 @@ func TestFanOut_SameColumnsFromEveryTenant(t *testing.T) {
 	}
 }
 
-// A tenant nobody has open is read immutable (no locks, no side files);
-// another process that opened it, wrote and checkpointed during a long
-// read made the read mix two states. SQLite's EXCLUSIVE lock is held for
-// the read: a writer of another connection (here mattn's own, which takes
-// the POSIX locks another process would) waits until the read ends.
-func TestFanOut_ClosedTenantLockedWhileRead(t *testing.T) {
-	t.Parallel()
+// presenceEnv names the directory a child process (TestPresenceChild)
+// opens a proxy on: another process present on the directory.
+const presenceEnv = "SQLITEPROXY_TEST_PRESENCE_DIR"
+
+// TestPresenceChild is not a test: the fan-out tests run the test binary
+// with it as another process that has a proxy open on a directory, until
+// its stdin closes.
+func TestPresenceChild(t *testing.T) {
+	dir := os.Getenv(presenceEnv)
+	if dir == "" {
+		t.Skip("child process only")
+	}
+	p, err := New(Config{Dir: dir})
+	if err != nil {
+		os.Exit(3)
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin)
+	p.Close()
+	os.Exit(0)
+}
+
+// startPresence runs TestPresenceChild on dir and returns once it has its
+// proxy open; it stops when the test ends.
+func startPresence(t *testing.T, dir string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestPresenceChild$")
+	cmd.Env = append(os.Environ(), presenceEnv+"="+dir)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("the other process: %q, %v", line, err)
+	}
+}
+
+// A tenant nobody has open here is read, by a fan-out, immutable (no
+// locks, no side files) only while no other process has the directory
+// open; with one, it is read with SQLite's locks, and a writer of another
+// connection that writes and checkpoints during a long read cannot change
+// what it returns (read immutable, it returned a mix of two states). The
+// tenant's own reads and writes in this process are never held up by the
+// read, however long its consumer pauses.
+func TestFanOut_ClosedTenantReadConsistently(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("closed tenants are read immutable only on Linux (open file description locks)")
+		t.Skip("tells other processes apart with POSIX locks (F_GETLK) as tested on Linux")
 	}
-	dir := t.TempDir()
-	migs := []string{eventsTable}
-	seedTenants(t, dir, migs, map[string]int{"acme": 200})
-	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
-	other, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "acme.db")+"?_busy_timeout=0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT n FROM events ORDER BY n`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !rows.Next() { // the worker reads on, blocked with its buffer full
-		t.Fatalf("no first row: %v", rows.Err())
-	}
-	_, err = other.Exec(`INSERT INTO events (tenant, n) VALUES ('other', 0)`)
-	var se sqlite3.Error
-	if !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
-		t.Fatalf("a write by another connection during the read: %v, want SQLITE_BUSY", err)
-	}
-	n := 1
-	for rows.Next() {
-		n++
-	}
-	if err := rows.Close(); err != nil || n != 200 {
-		t.Fatalf("read %d rows, %v; want 200", n, err)
-	}
-	if _, err := other.Exec(`INSERT INTO events (tenant, n) VALUES ('other', 0)`); err != nil {
-		t.Fatalf("a write after the read: %v", err)
+	for _, others := range []bool{false, true} {
+		t.Run(fmt.Sprintf("other-process=%v", others), func(t *testing.T) {
+			dir := t.TempDir()
+			migs := []string{eventsTable}
+			seedTenants(t, dir, migs, map[string]int{"acme": 2000})
+			if others {
+				startPresence(t, dir)
+			}
+			p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+			rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT n FROM events ORDER BY id`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			if !rows.Next() { // the worker reads on, blocked with its buffer full
+				t.Fatalf("no first row: %v", rows.Err())
+			}
+			_, err = os.Lstat(filepath.Join(dir, "acme.db-shm"))
+			if locked := err == nil; locked != others {
+				t.Fatalf("read with SQLite's locks: %v, want %v", locked, others)
+			}
+			// This process's reads of the tenant go on meanwhile; its
+			// writes wait for the read (it holds the writer's semaphore)
+			// until their deadline, not longer.
+			ctx, cancel := context.WithTimeout(tctx("acme"), 2*time.Second)
+			defer cancel()
+			if n := queryInt(t, p, ctx, `SELECT count(*) FROM events`); n != 2000 {
+				t.Fatalf("a read of the tenant during the fan-out: %d rows", n)
+			}
+			wctx, wcancel := context.WithTimeout(tctx("acme"), 200*time.Millisecond)
+			defer wcancel()
+			start := time.Now()
+			if _, err := p.ExecContext(wctx, `INSERT INTO events (tenant, n) VALUES ('here', 0)`); !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 2*time.Second {
+				t.Fatalf("a write of the tenant during the fan-out: %v after %v, want its deadline", err, time.Since(start))
+			}
+			if !others {
+				return
+			}
+			other, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "acme.db")+"?_busy_timeout=0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.Close()
+			if _, err := other.Exec(`UPDATE events SET n = n + 1000000`); err != nil {
+				t.Fatal(err)
+			}
+			other.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`) // as far as the fan-out's snapshot lets it
+			n := 1
+			for rows.Next() {
+				var id string
+				var v int
+				if err := rows.Scan(&id, &v); err != nil {
+					t.Fatal(err)
+				}
+				if v >= 1000000 {
+					t.Fatalf("row %d of the fan-out has %d: a write made after its read began", n+1, v)
+				}
+				n++
+			}
+			if err := rows.Err(); err != nil || n != 2000 {
+				t.Fatalf("read %d rows, %v; want 2000", n, err)
+			}
+		})
 	}
 }

@@ -76,7 +76,7 @@ func direct(t *testing.T, dir, id string) *sql.DB {
 }
 
 // dbFiles lists the names of the files in dir, sorted, but for the lock
-// file of a proxy with replication.
+// files of proxies (presence, replication).
 func dbFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(dir, "*"))
@@ -86,7 +86,7 @@ func dbFiles(t *testing.T, dir string) []string {
 	for i := range m {
 		m[i] = filepath.Base(m[i])
 	}
-	m = slices.DeleteFunc(m, func(n string) bool { return n == replicatingLock })
+	m = slices.DeleteFunc(m, func(n string) bool { return n == replicatingLock || n == presenceFile })
 	slices.Sort(m)
 	return m
 }

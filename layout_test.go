@@ -147,7 +147,7 @@ func TestLayout_EndToEnd(t *testing.T) {
 				switch {
 				case err != nil:
 					t.Error(err)
-				case rel == ".", rel == layoutMarkerName && l == LayoutBuckets, path == restoredMarker(restored):
+				case rel == ".", rel == layoutMarkerName && l == LayoutBuckets, path == restoredMarker(restored), rel == presenceFile:
 				case d.IsDir() && l == LayoutBuckets && len(rel) == 2:
 				case !d.IsDir() && slices.Contains(want, strings.TrimSuffix(filepath.Base(rel), ".db")) && rel == strings.TrimPrefix(tenantPath("", l, strings.TrimSuffix(filepath.Base(rel), ".db")), "/"):
 				default:

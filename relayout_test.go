@@ -260,13 +260,14 @@ func TestRelayout_HalfMovedTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkFleet(t, dir, LayoutBuckets, want)
-	// Only the marker and bucket folders at the top; no junk anywhere.
+	// Only the marker, bucket folders and the proxies' presence file at
+	// the top; no junk anywhere.
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
-		if e.Name() != layoutMarkerName && !(e.IsDir() && len(e.Name()) == 2) {
+		if e.Name() != layoutMarkerName && e.Name() != presenceFile && !(e.IsDir() && len(e.Name()) == 2) {
 			t.Errorf("top level holds %s", e.Name())
 		}
 	}

@@ -49,6 +49,7 @@ type router struct {
 
 	dirLock  *os.File // Dir, flock'd shared while open (lockDir): keeps Relayout out
 	replLock *os.File // with replication, flock'd exclusive while open (lockReplicating); nil otherwise
+	presence string   // this process's presence on Dir (joinPresence)
 
 	stop     chan struct{} // closed by close to end the background goroutines
 	reaperWG sync.WaitGroup
@@ -90,6 +91,12 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	if err := checkLayout(cfg.Dir, cfg.Layout); err != nil {
 		return nil, opError(opOpen, "", err)
 	}
+	presence := joinPresence(cfg.Dir)
+	defer func() {
+		if err != nil {
+			leavePresence(presence)
+		}
+	}()
 	var replLock *os.File
 	if cfg.ReplicaURL != "" {
 		if replLock, err = lockReplicating(cfg.Dir); err != nil {
@@ -105,6 +112,7 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		cfg:        cfg,
 		dirLock:    dirLock,
 		replLock:   replLock,
+		presence:   presence,
 		conns:      newConnOpener(cfg),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
@@ -239,6 +247,7 @@ func (r *router) close() error {
 	if r.replLock != nil {
 		r.replLock.Close()
 	}
+	leavePresence(r.presence)
 	return r.unsyncedAtClose()
 }
 

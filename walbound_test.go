@@ -69,7 +69,9 @@ func TestWALBoundedUnderReaders(t *testing.T) {
 	const limit = 512 << 10
 	setWALBound(t, 8, limit, 5*time.Second, time.Millisecond)
 	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{blobsTable}})
+	// A writer waits for another's checkpoint (up to walWait) on top of
+	// its own turn: BusyTimeout well above it.
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{blobsTable}, BusyTimeout: time.Minute})
 	ctx := tctx("acme")
 	stop := make(chan struct{})
 	wait := readWithoutPause(ctx, p, 4, stop)

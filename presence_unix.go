@@ -1,0 +1,107 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+package sqliteproxy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+)
+
+// presenceFile names the file in a data directory on which every process
+// with a proxy open on the directory holds a POSIX read lock (presence): a
+// process can then tell whether another one has the directory open (the
+// CLI beside a service, a second service), and read tenants nobody has
+// open here without taking SQLite's locks (fanout.go, readClosed) only
+// when none does. Not a tenant's name; it stays after Close.
+const presenceFile = ".sqliteproxy-processes"
+
+// presences holds, per data directory of this process, the one open
+// descriptor of its presence file and how many proxies use it. One per
+// process: closing any descriptor of a file drops every POSIX lock this
+// process holds on it.
+var presences = struct {
+	sync.Mutex
+	m map[string]*presence
+}{m: map[string]*presence{}}
+
+type presence struct {
+	f *os.File // nil: the file could not be made or locked
+	n int
+}
+
+// joinPresence announces this process on dir (already checked to be a
+// directory) and returns the key to leave it with.
+func joinPresence(dir string) string {
+	key, err := filepath.Abs(dir)
+	if err != nil {
+		key = dir
+	}
+	presences.Lock()
+	defer presences.Unlock()
+	p := presences.m[key]
+	if p == nil {
+		p = &presence{}
+		f, err := os.OpenFile(filepath.Join(dir, presenceFile), os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+		if err == nil {
+			lk := syscall.Flock_t{Type: syscall.F_RDLCK, Start: 0, Len: 1}
+			if setlk(f, &lk) == nil {
+				p.f = f
+			} else {
+				f.Close()
+			}
+		}
+		presences.m[key] = p
+	}
+	p.n++
+	return key
+}
+
+// leavePresence undoes one joinPresence.
+func leavePresence(key string) {
+	presences.Lock()
+	defer presences.Unlock()
+	p := presences.m[key]
+	if p == nil {
+		return
+	}
+	if p.n--; p.n == 0 {
+		if p.f != nil {
+			p.f.Close()
+		}
+		delete(presences.m, key)
+	}
+}
+
+// othersPresent reports whether another process may have the directory
+// of key open: one holds its presence lock, or this process could not
+// take its own (a read-only directory) and so cannot tell.
+func othersPresent(key string) bool {
+	presences.Lock()
+	defer presences.Unlock()
+	p := presences.m[key]
+	if p == nil || p.f == nil {
+		return true
+	}
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Start: 0, Len: 1}
+	for {
+		err := syscall.FcntlFlock(p.f.Fd(), syscall.F_GETLK, &lk)
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		// F_GETLK sees only other processes' locks: this one's never
+		// conflict with its own.
+		return err != nil || lk.Type != syscall.F_UNLCK
+	}
+}
+
+func setlk(f *os.File, lk *syscall.Flock_t) error {
+	for {
+		err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, lk)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
+		}
+	}
+}
