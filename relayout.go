@@ -120,6 +120,10 @@ func sideFiles(p string) []string {
 	return []string{genMarker(p), restoredMarker(p), unsyncedMarker(p), metaDir(p)}
 }
 
+// sideKinds are the suffixes of sideFiles' names, each ".<file><kind>":
+// sweep finds a side file left behind by its suffix.
+var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream"}
+
 // move moves tenant id from its place in r.from to its place in r.to.
 func (r *relayouter) move(id string) error {
 	src, dst := tenantPath(r.dir, r.from, id), tenantPath(r.dir, r.to, id)
@@ -161,11 +165,12 @@ func (r *relayouter) makeDir(id string) error {
 	if r.made[i] {
 		return nil
 	}
-	err := os.Mkdir(filepath.Join(r.dir, b), 0o700)
+	folder := filepath.Join(r.dir, b)
+	err := os.Mkdir(folder, 0o700)
 	if err == nil {
 		err = syncDir(r.dir)
 	} else if errors.Is(err, fs.ErrExist) {
-		err = nil
+		err = realBucket(folder, b) // a symlink would take the tenant outside the directory
 	}
 	r.made[i] = err == nil
 	return err
@@ -282,6 +287,13 @@ func (r *relayouter) sweep(ctx context.Context) error {
 		}
 	}
 	for _, d := range dirs {
+		if d != r.dir {
+			if err := realBucket(d, filepath.Base(d)); errors.Is(err, fs.ErrNotExist) {
+				continue
+			} else if err != nil {
+				return err // a symlink's target is not ours to sweep or fill
+			}
+		}
 		var names []string
 		err := readDirBatches(ctx, d, func(ents []os.DirEntry) bool {
 			for _, e := range ents {
@@ -321,7 +333,7 @@ func (r *relayouter) sweepEntry(d, name string) error {
 	if !ok {
 		return nil
 	}
-	for _, kind := range []string{"-gen", "-restored", "-litestream"} {
+	for _, kind := range sideKinds {
 		file, ok := strings.CutSuffix(rest, kind)
 		if !ok {
 			continue

@@ -42,6 +42,9 @@ func relayoutFleet(t *testing.T, dir string, l Layout, n int) map[string]int {
 		if err := os.WriteFile(genMarker(path), []byte(id), 0o600); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.WriteFile(unsyncedMarker(path), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.MkdirAll(filepath.Join(metaDir(path), "ltx"), 0o700); err != nil {
 			t.Fatal(err)
 		}
@@ -111,6 +114,9 @@ func checkFleet(t *testing.T, dir string, l Layout, want map[string]int) {
 		}
 		if _, err := os.Stat(filepath.Join(metaDir(path), "ltx")); err != nil {
 			t.Errorf("%s: Litestream folder: %v", id, err)
+		}
+		if _, err := os.Stat(unsyncedMarker(path)); err != nil {
+			t.Errorf("%s: the mark of its failed final sync: %v", id, err)
 		}
 	}
 	if l == LayoutFlat {
@@ -243,6 +249,7 @@ func TestRelayout_HalfMovedTenant(t *testing.T) {
 	}
 	same := func(p string) string { return p }
 	mv("t0", genMarker, LayoutFlat, LayoutBuckets)
+	mv("t0", unsyncedMarker, LayoutFlat, LayoutBuckets)
 	mv("t0", metaDir, LayoutFlat, LayoutBuckets)
 	mv("t1", same, LayoutFlat, LayoutBuckets)
 	os.MkdirAll(filepath.Dir(tenantPath(dir, LayoutBuckets, "t2")), 0o700)
@@ -361,5 +368,39 @@ func copyTree(t *testing.T, src, dst string) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A bucket folder that is a symlink stops a relayout before anything
+// moves into it or is swept from it: the tenant would have gone outside the
+// directory, and a crashed operation's name in the target removed.
+func TestRelayout_SymlinkedBucketRefused(t *testing.T) {
+	t.Parallel()
+	dir, outside := t.TempDir(), t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	stranger := filepath.Base(tempName(outside, creatingPrefix, "report"))
+	if err := os.WriteFile(filepath.Join(outside, stranger), []byte("not ours"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range []string{bucketOf("acme"), bucketOf("report")} {
+		if err := os.Symlink(outside, filepath.Join(dir, b)); err != nil && !errors.Is(err, fs.ErrExist) {
+			t.Fatal(err)
+		}
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("Relayout with a symlinked bucket folder: %v, want a refusal", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "acme.db")); err != nil {
+		t.Errorf("acme.db moved: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, stranger)); err != nil {
+		t.Errorf("a file outside the directory was removed: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(outside, "acme.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("acme.db went outside the directory: %v", err)
 	}
 }
