@@ -144,6 +144,8 @@ func plainS3Bucket(u *url.URL) error {
 	case strings.HasSuffix(h, ".amazonaws.com"), strings.HasSuffix(h, ".digitaloceanspaces.com"), strings.HasSuffix(h, ".backblazeb2.com"),
 		strings.HasSuffix(h, ".filebase.com"), strings.HasSuffix(h, ".scw.cloud"), strings.HasSuffix(h, ".neon.tech"):
 		return fmt.Errorf("the host %q is a provider's: write the bucket alone as the host, with endpoint= (for AWS, region=)", u.Host)
+	case q.Get("endpoint") != "" && !strings.HasPrefix(q.Get("endpoint"), "http://") && !strings.HasPrefix(q.Get("endpoint"), "https://"):
+		return fmt.Errorf("the endpoint %q has no scheme: write http:// or https:// (Litestream guesses http for local hosts, the driver's client https)", q.Get("endpoint"))
 	case q.Get("endpoint") == "" && q.Get("region") == "":
 		return errors.New("name the bucket's region (region=...) or the store's endpoint (endpoint=...): the driver does not look the region up as Litestream does")
 	}

@@ -32,6 +32,7 @@ func TestReplication_TenantReplicaURL(t *testing.T) {
 		{base: "s3://bucket", err: "region"},
 		{base: "s3://replicas.127.0.0.1:9000/tenants", err: "bucket.host:port"},
 		{base: "s3://bucket.s3.eu-west-1.amazonaws.com/t", err: "provider"},
+		{base: "s3://bucket/t?endpoint=127.0.0.1%3A9000", err: "no scheme"},
 		{base: "/backups/tenants", err: "no scheme"},
 		{base: "ftp://host/x", err: "not one Litestream"},
 		{base: "file://host/x", err: "absolute path"},
