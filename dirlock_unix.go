@@ -86,8 +86,16 @@ func lockReplicating(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// processAlive reports whether a process with ID pid exists (kill(pid, 0)
-// fails with ESRCH only for one that does not; EPERM is another user's).
-func processAlive(pid int) bool {
-	return !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH)
+// lockHeld takes, without waiting, an exclusive flock(2) on the open
+// directory (or file) f: false when another open file description holds
+// one, in any process (flocks are not dropped by closing other descriptors,
+// and do not depend on process IDs, which another PID namespace sees
+// otherwise).
+func lockHeld(f *os.File) bool {
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if !errors.Is(err, syscall.EINTR) {
+			return err != nil
+		}
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -46,6 +45,7 @@ import (
 type templates struct {
 	mu   sync.Mutex
 	dir  string         // private directory of the template, "" until made
+	lock *os.File       // dir, flock'd while this proxy keeps it (sweepTemplateDirs)
 	path string         // the built template, "" until built
 	img  *templateImage // the template at path in memory; nil until loaded
 	// noImage is a template that could not be held in memory: its
@@ -68,9 +68,18 @@ func (tp *templates) close() {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
 	tp.img, tp.closed = nil, true
+	tp.dropDir()
+}
+
+// dropDir removes the template's directory and forgets it; called with mu held.
+func (tp *templates) dropDir() {
 	if tp.dir != "" {
 		os.RemoveAll(tp.dir)
 		tp.dir, tp.path = "", ""
+	}
+	if tp.lock != nil {
+		tp.lock.Close()
+		tp.lock = nil
 	}
 }
 
@@ -118,13 +127,27 @@ func (r *router) template(ctx context.Context) (string, error) {
 			return r.tmpl.path, nil
 		}
 	}
+	if r.tmpl.dir != "" {
+		if _, err := os.Stat(r.tmpl.dir); err != nil { // removed from under it
+			r.tmpl.dropDir()
+		}
+	}
 	if r.tmpl.dir == "" {
 		sweepTemplateDirs()
-		dir, err := os.MkdirTemp("", templateDirPrefix+strconv.Itoa(os.Getpid())+"-")
+		dir, err := os.MkdirTemp("", templateDirPrefix)
 		if err != nil {
 			return "", err
 		}
-		r.tmpl.dir = dir
+		lock, err := os.Open(dir)
+		if err == nil && lockHeld(lock) {
+			lock.Close()
+			err = errors.New("cannot lock its own new directory")
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return "", fmt.Errorf("template directory: %w", err)
+		}
+		r.tmpl.dir, r.tmpl.lock = dir, lock
 	}
 	path := filepath.Join(r.tmpl.dir, "template-"+r.mig.templateKey()+".tmpl")
 	if err := r.buildTemplate(ctx, path); err != nil {
@@ -135,27 +158,41 @@ func (r *router) template(ctx context.Context) (string, error) {
 }
 
 // templateDirPrefix begins the name of a template's private directory
-// (in os.TempDir), followed by the process ID and a random part.
+// (in os.TempDir), which its process holds flock'd while it lives.
 const templateDirPrefix = "sqliteproxy-template-"
+
+// templateDirAge is how old an unlocked template directory must be to be
+// removed: one just made is locked a moment later.
+const templateDirAge = 10 * time.Minute
 
 // sweepTemplateDirs removes the template directories of processes that
 // ended without Close (killed, or exited without it): each left its
 // template behind in the system's temporary directory, and a template can
-// be large.
+// be large. A directory is its process's as long as that process holds
+// its flock, whatever PID namespace either process is in (process IDs
+// told the wrong story across containers sharing /tmp).
 func sweepTemplateDirs() {
 	ents, err := os.ReadDir(os.TempDir())
 	if err != nil {
 		return
 	}
+	old := time.Now().Add(-templateDirAge)
 	for _, e := range ents {
-		rest, ok := strings.CutPrefix(e.Name(), templateDirPrefix)
-		if !ok || !e.IsDir() {
+		if !strings.HasPrefix(e.Name(), templateDirPrefix) || !e.IsDir() {
 			continue
 		}
-		pid, _, ok := strings.Cut(rest, "-")
-		if n, err := strconv.Atoi(pid); ok && err == nil && n > 0 && n != os.Getpid() && !processAlive(n) {
-			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
+		p := filepath.Join(os.TempDir(), e.Name())
+		if fi, err := e.Info(); err != nil || !fi.ModTime().Before(old) {
+			continue
 		}
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if !lockHeld(f) {
+			os.RemoveAll(p)
+		}
+		f.Close()
 	}
 }
 

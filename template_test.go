@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -277,36 +276,67 @@ func TestTemplate_DamagedAndClosed(t *testing.T) {
 
 // A process that ends without Close leaves its template directory in the
 // system's temporary directory; the next proxy to build a template removes
-// those of processes that no longer exist (and only those).
+// those nobody holds locked (a live process holds its own, whatever its
+// PID namespace) once they are old enough, and only those.
 func TestTemplate_DirsOfEndedProcessesSwept(t *testing.T) {
 	tmp := t.TempDir()
 	t.Setenv("TMPDIR", tmp)
-	ended := exec.Command("true")
-	if err := ended.Run(); err != nil {
-		t.Skipf("no true(1): %v", err)
-	}
-	dead := filepath.Join(tmp, fmt.Sprintf("%s%d-123", templateDirPrefix, ended.Process.Pid))
-	alive := filepath.Join(tmp, fmt.Sprintf("%s%d-456", templateDirPrefix, os.Getppid()))
-	other := filepath.Join(tmp, "sqliteproxy-template-x")
-	for _, d := range []string{dead, alive, other} {
+	ended := filepath.Join(tmp, templateDirPrefix+"123")
+	held := filepath.Join(tmp, templateDirPrefix+"456")
+	fresh := filepath.Join(tmp, templateDirPrefix+"789")
+	other := filepath.Join(tmp, "unrelated")
+	long := time.Now().Add(-time.Hour)
+	for _, d := range []string{ended, held, fresh, other} {
 		if err := os.MkdirAll(filepath.Join(d, "sub"), 0o700); err != nil {
 			t.Fatal(err)
 		}
+		if d != fresh {
+			if err := os.Chtimes(d, long, long); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f, err := os.Open(held) // a live process's lock
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if lockHeld(f) {
+		t.Fatal("cannot take the live process's lock")
 	}
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
 	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(dead); !errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Stat(ended); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the ended process's template directory: %v, want it removed", err)
 	}
-	for _, d := range []string{alive, other} {
+	for _, d := range []string{held, fresh, other} {
 		if _, err := os.Stat(d); err != nil {
 			t.Errorf("%s: %v, want it kept", d, err)
 		}
 	}
-	mine, err := filepath.Glob(filepath.Join(tmp, fmt.Sprintf("%s%d-*", templateDirPrefix, os.Getpid())))
-	if err != nil || len(mine) != 1 {
-		t.Errorf("this process's template directory: %v, %v", mine, err)
+	// This proxy's own directory is locked: another sweep keeps it.
+	tp := &p.c.r.tmpl
+	tp.mu.Lock()
+	mine := tp.dir
+	tp.mu.Unlock()
+	if err := os.Chtimes(mine, long, long); err != nil {
+		t.Fatal(err)
+	}
+	sweepTemplateDirs()
+	if _, err := os.Stat(mine); err != nil {
+		t.Errorf("this proxy's template directory was swept: %v", err)
+	}
+	// Removed from under it, the directory is made again.
+	os.RemoveAll(mine)
+	if err := p.CreateTenant(context.Background(), "beta"); err != nil {
+		t.Fatal(err)
+	}
+	tp.mu.Lock()
+	again := tp.dir
+	tp.mu.Unlock()
+	if _, err := os.Stat(again); err != nil || again == mine {
+		t.Errorf("the template directory after its removal: %q, %v", again, err)
 	}
 }
