@@ -89,8 +89,9 @@ type Config struct {
 	ExplicitCreate bool
 
 	// GroupCommit batches autocommit writes that find a tenant's writer
-	// busy: one transaction (a SAVEPOINT per statement), one commit, then
-	// every caller gets its own result (see the README's semantics).
+	// busy: one transaction, one commit, then every caller gets its own
+	// result; a statement that fails is undone alone, as SQLite undoes it in
+	// autocommit mode (see the README's semantics).
 	// GroupCommitOn (the zero value, the default) or GroupCommitOff.
 	// [group_commit=true|false]
 	GroupCommit GroupCommitMode
