@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -23,7 +24,8 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // driver's Acquire takes it here), an owner that is not registered any
 // more, or a failed owner lookup. An owner that does not answer (dead, its
 // lease not yet expired) gets 503 with Retry-After: the TTL, after which
-// another node takes the tenant.
+// another node takes the tenant; so does one that accepted the request but
+// has not answered when its lease on the tenant ends.
 //
 // It reads the tenant with sqliteproxy.OrgID, so mount it inside the
 // middleware that puts the tenant in the request context. The owner comes
@@ -46,8 +48,33 @@ func (c *Cluster) Forward(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		p.ServeHTTP(w, r)
+		// An owner that accepts the connection and never answers (stopped,
+		// hung) held the request for as long as it did. Once the tenant is
+		// not that node's any more (its lease ended: another node takes
+		// it), the request ends with the 503 of an unreachable owner.
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		go c.cancelOnOwnerChange(ctx, cancel, id, node)
+		p.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// cancelOnOwnerChange calls cancel once tenant id is not node's any more,
+// looking every third of the TTL, until ctx ends.
+func (c *Cluster) cancelOnOwnerChange(ctx context.Context, cancel context.CancelFunc, id, node string) {
+	tick := time.NewTicker(max(c.cfg.TTL/3, 100*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			if n, _, owned, err := c.Owner(ctx, id); err == nil && (!owned || n != node) {
+				cancel()
+				return
+			}
+		}
+	}
 }
 
 func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {

@@ -27,6 +27,10 @@ func TestForward(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 		hs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Header.Get("X-Tenant") == "hung" && r.Header.Get(ForwardedByHeader) != "" {
+				<-r.Context().Done() // an owner that never answers
+				return
+			}
 			if tenant := r.Header.Get("X-Tenant"); tenant != "" {
 				r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), tenant))
 			}
@@ -69,6 +73,43 @@ func TestForward(t *testing.T) {
 	if got := get("", nil); got != `a via ""` {
 		t.Errorf("no tenant: %q", got)
 	}
+	// b takes a request for "hung" and never answers: once its lease on
+	// the tenant ends, the request ends with a retry-later.
+	lease, err := b.Acquire(ctx, "hung")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ha.URL+"/x", nil)
+		req.Header.Set("X-Tenant", "hung")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			resp = nil
+		}
+		done <- resp
+	}()
+	select {
+	case <-done:
+		t.Fatal("the request to a hung owner ended while its lease lived")
+	case <-time.After(testTTL / 2): // a bound, not an ordering: it must still wait
+	}
+	if err := lease.Release(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case resp := <-done:
+		if resp != nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+				t.Errorf("hung owner after its lease ended: %d; want 503 with Retry-After", resp.StatusCode)
+			}
+		}
+	case <-time.After(10 * testTTL):
+		t.Fatal("the request to a hung owner still waits after its lease ended")
+	}
+
 	// b stops answering while its lease lives: a retry-later, not a
 	// failure (another node takes tb within a TTL).
 	hb.Close()
