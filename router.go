@@ -364,6 +364,9 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 		// leaves the registry (hostile IDs must not grow it) and is retired,
 		// so that conns caching it look the tenant up again: one object per
 		// tenant, or a later delete or restore would miss this one's conns.
+		// Its lease goes too: every unknown ID a client sent kept an owner
+		// key in etcd for the node's lifetime.
+		r.releaseLease(t, 0)
 		r.forget(t)
 		t.retire()
 		return nil, opError(opOpenTenant, t.id, ErrTenantNotFound)

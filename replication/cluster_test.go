@@ -263,6 +263,29 @@ func TestOwnership_Delete(t *testing.T) {
 	}
 }
 
+// With ExplicitCreate, a request for a tenant that exists nowhere fails
+// with ErrTenantNotFound and leaves no owner behind (each unknown ID kept
+// an owner key for the node's lifetime, and another node's CreateTenant of
+// it failed with an OwnerError).
+func TestOwnership_UnknownTenantLeavesNoOwner(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	explicit := func(c *sqliteproxy.Config) { c.ExplicitCreate = true }
+	a, b := g.ownerNode(t, srv, "a", 4, explicit), g.ownerNode(t, srv, "b", 4, explicit)
+	for i := range 5 {
+		_, err := a.p.ExecContext(sqliteproxytest.Context(t, fmt.Sprintf("ghost%d", i)), `INSERT INTO events (name) VALUES ('x')`)
+		if !errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+			t.Fatalf("ghost%d: %v, want ErrTenantNotFound", i, err)
+		}
+	}
+	if owners, err := a.c.Owners(context.Background()); err != nil || len(owners) != 0 {
+		t.Fatalf("owners after requests for unknown tenants: %+v, %v", owners, err)
+	}
+	if err := b.p.CreateTenant(context.Background(), "ghost0"); err != nil {
+		t.Fatalf("another node creating one of them: %v", err)
+	}
+}
+
 // Ownership changes are in the metrics, per tenant: acquired, released (at
 // eviction) and acquired again.
 func TestOwnership_Telemetry(t *testing.T) {
