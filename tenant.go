@@ -213,6 +213,15 @@ func (t *tenant) releaseWriter() {
 	if t.w != nil && t.r.repl == nil {
 		t.boundWAL(t.w)
 	}
+	if t.fenced.Load() {
+		// Its lease ended (lost, or a move asked for it) while the writer
+		// was leased: close it now that the writer is back, as watchLease
+		// would have, rather than at its next use (a move waited for that
+		// next use, for ever on a quiet tenant).
+		if t.r.unfence(t) == nil {
+			t.r.forgetIdle(t, true)
+		}
+	}
 	t.touch()
 	t.wsem.Release()
 	t.r.budget.wake()

@@ -286,6 +286,43 @@ func TestOwnership_UnknownTenantLeavesNoOwner(t *testing.T) {
 	}
 }
 
+// A move while the owner has a write transaction open completes once the
+// transaction ends (it waited for the tenant's next use, which a quiet
+// tenant never had).
+func TestOwnership_MoveDuringTransaction(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, _ := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	ctx := sqliteproxytest.Context(t, "acme")
+	insert(t, a.p, "acme", "before")
+	tx, err := a.p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (name) VALUES ('in-tx')`); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	moved := make(chan error, 1)
+	go func() {
+		mctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		moved <- admin.Move(mctx, "acme", "b")
+	}()
+	sqliteproxytest.WaitFor(t, 10*time.Second, "the move to be asked for", func() bool {
+		_, ok := a.p.Generation("acme")
+		return !ok // the lease is given up as the move asks
+	})
+	tx.Rollback()
+	if err := <-moved; err != nil {
+		t.Fatalf("the move after the transaction ended: %v", err)
+	}
+}
+
 // Ownership changes are in the metrics, per tenant: acquired, released (at
 // eviction) and acquired again.
 func TestOwnership_Telemetry(t *testing.T) {
