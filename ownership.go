@@ -278,6 +278,32 @@ func (rp *replicator) newestGeneration(ctx context.Context, id string, max int64
 	return "", 0, 0, nil
 }
 
+// TenantReplicaURLs returns the replica URLs that hold tenant id's
+// history under replicaURL (a Config.ReplicaURL, file:// or s3://): its own
+// (<replicaURL>/<id>, written without Ownership) and, with Ownership, one
+// per generation (<replicaURL>/<id>/g<N>), oldest first. Each is a
+// Litestream replica of its own: compact or restore them one by one.
+func TenantReplicaURLs(ctx context.Context, replicaURL, id string) ([]string, error) {
+	const op = "tenant replica URLs"
+	if err := checkTenantID(id); err != nil {
+		return nil, opError(op, id, err)
+	}
+	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
+		return nil, opError(op, id, err)
+	}
+	rp := &replicator{base: replicaURL}
+	gens, err := rp.generations(ctx, id)
+	if err != nil {
+		return nil, opError(op, id, err)
+	}
+	slices.Sort(gens)
+	urls := []string{rp.url(id)}
+	for _, g := range gens {
+		urls = append(urls, rp.url(replicaKey(id, g)))
+	}
+	return urls, nil
+}
+
 // generations lists the generations in tenant id's replica (<id>/g<N>/).
 func (rp *replicator) generations(ctx context.Context, id string) ([]int64, error) {
 	raw := rp.url(id)

@@ -3,9 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"os"
-	"path"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
@@ -68,14 +66,21 @@ func (e *env) compact(args []string) int {
 	return status
 }
 
-// compactTenant compacts tenant id's replica (see package replica) and
-// returns how many files it held before and after.
+// compactTenant compacts tenant id's replica (see package replica), each
+// generation's with Ownership, and returns how many files they held before
+// and after.
 func compactTenant(ctx context.Context, replicaURL, id string, retention time.Duration) (before, after int, err error) {
-	u, err := url.Parse(replicaURL)
+	urls, err := sqliteproxy.TenantReplicaURLs(ctx, replicaURL, id)
 	if err != nil {
 		return 0, 0, err
 	}
-	u.Path = path.Join("/", u.Path, id)
 	c := replica.Compactor{Retention: retention}
-	return c.Compact(ctx, u.String())
+	for _, u := range urls {
+		b, a, err := c.Compact(ctx, u)
+		if err != nil {
+			return before, after, err
+		}
+		before, after = before+b, after+a
+	}
+	return before, after, nil
 }
