@@ -224,10 +224,20 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("read the tenant's replica generations: %w", err))
 	}
 	if src == "" { // nothing in the replica
-		if exists {
-			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		if !exists {
+			return false, nil
 		}
-		return false, nil
+		if prevGen, _ := t.lease.Previous(); readGenMarker(t.path) < prevGen {
+			// Another owner had the tenant after this copy was streamed,
+			// and its replica holds nothing now: it was deleted (a delete
+			// erases every generation). This copy must not come back, nor
+			// be published as a new generation (it was, and every node
+			// served the deleted rows).
+			err := errors.Join(removeWithSideFiles(t.path), os.RemoveAll(metaDir(t.path)),
+				removeIfExists(genMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
+			return false, opErrorOrNil(opOpenTenant, t.id, err)
+		}
+		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 	}
 	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))

@@ -614,8 +614,12 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		// nobody else can have written the tenant since, and it goes on in
 		// the same generation, incrementally (a new generation starts with
 		// a snapshot of the whole database).
+		// Not after a release at position 0 (a delete, or nothing ever
+		// synced): a copy of the tenant from before a delete would have
+		// passed for the same generation's (README: "a copy of another
+		// generation is replaced").
 		gen := rev
-		if prev.Node == c.cfg.NodeID && prev.Lease == int64(leaseID) && prev.Gen > 0 {
+		if prev.Node == c.cfg.NodeID && prev.Lease == int64(leaseID) && prev.Gen > 0 && prev.Pos > 0 {
 			gen = prev.Gen
 		}
 		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID)})

@@ -323,6 +323,43 @@ func TestOwnership_MoveDuringTransaction(t *testing.T) {
 	}
 }
 
+// A tenant deleted by its owner does not come back from a former owner's
+// local copy (it was taken, kept and published as a new generation, and
+// every node served the deleted rows), nor is a re-created tenant's
+// generation the deleted one's, so that a copy from before the delete put
+// back on a node is replaced, not kept.
+func TestOwnership_DeletedStaysDeleted(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dirA := t.TempDir()
+	inA := func(c *sqliteproxy.Config) { c.Dir = dirA }
+	a := g.ownerNode(t, srv, "a", 4, inA)
+	insert(t, a.p, "acme", "secret")
+	a.close() // released; a keeps its copy
+	b := g.ownerNode(t, srv, "b", 4)
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	a = g.ownerNode(t, srv, "a", 4, inA) // the former owner, its old copy in place
+	if got := names(t, a.p, "acme"); len(got) != 0 {
+		t.Fatalf("the former owner serves %v after the delete, want a new, empty tenant", got)
+	}
+	a.close()
+
+	// The same node deletes and re-creates: a new generation.
+	c := g.ownerNode(t, srv, "c", 4)
+	insert(t, c.p, "beta", "old")
+	before, _ := c.p.Generation("beta")
+	if err := c.p.DeleteTenant(context.Background(), "beta"); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, c.p, "beta", "new")
+	if after, _ := c.p.Generation("beta"); after == before {
+		t.Errorf("re-created after a delete in generation %d, the deleted one's", after)
+	}
+}
+
 // Ownership changes are in the metrics, per tenant: acquired, released (at
 // eviction) and acquired again.
 func TestOwnership_Telemetry(t *testing.T) {
