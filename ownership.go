@@ -63,6 +63,20 @@ type TenantLease interface {
 	Release(ctx context.Context, pos uint64) error
 }
 
+// validLease is what a TenantLease may also implement (the cluster's
+// does): Valid reports whether the lease may still be relied on at this
+// very moment. Lost is closed by a timer, which a process stopped past its
+// deadline (SIGSTOP, a paused VM) runs late; Valid sees the clock. The
+// driver asks it before each write (lockWriterBy) and in Generation.
+type validLease interface{ Valid() bool }
+
+// leaseStale reports whether t's lease (if any) says it may not be relied
+// on any more; the caller holds t's writer semaphore.
+func leaseStale(t *tenant) bool {
+	v, ok := t.lease.(validLease)
+	return ok && !v.Valid()
+}
+
 // errLeaseEnded: this node's lease on the tenant ended while a statement or
 // transaction held its writer.
 var errLeaseEnded = fmt.Errorf("%w: this node's lease on the tenant ended; retry", ErrNotOwner)
@@ -89,6 +103,11 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	}
 	t.lease = lease
 	t.lost.Store(lease.Lost())
+	if v, ok := lease.(validLease); ok {
+		t.valid.Store(&v)
+	} else {
+		t.valid.Store(nil)
+	}
 	r.lostLeases.Delete(t.id)
 	t.fenced.Store(false)
 	if gen := lease.Generation(); t.gen.Swap(gen) != gen {
@@ -394,8 +413,11 @@ func (p *Proxy) Generation(id string) (gen int64, ok bool) {
 	case <-ch:
 		return 0, false
 	default:
-		return t.gen.Load(), true
 	}
+	if v := t.valid.Load(); v != nil && !(*v).Valid() {
+		return 0, false // lost, though the timer that says so has not run yet
+	}
+	return t.gen.Load(), true
 }
 
 // deleteReplicaOwned erases tenant t's replica, every generation, while

@@ -50,10 +50,11 @@ type tenant struct {
 	lagSince   atomic.Int64 // UnixNano since the replica was first seen behind; 0: caught up
 	createdBy  atomic.Bool  // this process created the file (read by CreateTenant under wsem)
 
-	lease  TenantLease  // this node's ownership (Config.Ownership), nil when not held; changed under wsem
-	gen    atomic.Int64 // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
-	fenced atomic.Bool  // lease lost: t is closed before it is used again (ownership.go)
-	lost   atomic.Value // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
+	lease  TenantLease                // this node's ownership (Config.Ownership), nil when not held; changed under wsem
+	gen    atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
+	fenced atomic.Bool                // lease lost: t is closed before it is used again (ownership.go)
+	lost   atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
+	valid  atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
 
 	gc  groupCommit // autocommit writes queued for the writer (groupcommit.go)
 	wal walState    // the WAL's bound (walbound.go); under wsem
@@ -171,6 +172,13 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 			if err != nil {
 				return opError(opWaitWriter, t.id, err)
 			}
+		}
+		if t.lease != nil && leaseStale(t) {
+			// Past the lease's deadline, its timer late (the process was
+			// stopped): fenced now, as the timer would have, before any
+			// write under a generation another node may have taken.
+			t.r.lostLeases.Store(t.id, struct{}{})
+			t.fenced.Store(true)
 		}
 		if t.r.isClosed.Load() {
 			// Closed while it waited: work that had not begun before

@@ -153,12 +153,15 @@ type Cluster struct {
 	healthyC chan struct{}    // closed while healthy
 	lostAt   time.Time        // when it stopped being healthy (zero: healthy, or never was)
 	deadline time.Time        // last renewal sent + ttl - margin
-	timer    *time.Timer      // fires expire at deadline
-	epoch    uint64           // bumped whenever held tenants are lost
-	held     map[string]*tenantLease
-	pending  map[string]*acquireCall
-	stale    map[string]int64 // tenant -> generation whose owner key (ours) must go
-	closed   bool
+	// validUntil is deadline in UnixNano while healthy, 0 otherwise: read
+	// without c.mu by tenantLease.Valid on every write.
+	validUntil atomic.Int64
+	timer      *time.Timer // fires expire at deadline
+	epoch      uint64      // bumped whenever held tenants are lost
+	held       map[string]*tenantLease
+	pending    map[string]*acquireCall
+	stale      map[string]int64 // tenant -> generation whose owner key (ours) must go
+	closed     bool
 
 	cache   ownerCache
 	proxies sync.Map // owner URL -> *httputil.ReverseProxy
@@ -344,6 +347,7 @@ func (c *Cluster) renewedLocked(sent time.Time) {
 		return
 	}
 	c.deadline = d
+	c.validUntil.Store(d.UnixNano())
 	c.timer.Reset(time.Until(d))
 	if !c.healthy && time.Now().Before(d) && !c.closed {
 		c.healthy, c.lostAt = true, time.Time{}
@@ -362,6 +366,7 @@ func (c *Cluster) expire() {
 
 // unhealthyLocked stops relying on the lease: every held tenant is lost.
 func (c *Cluster) unhealthyLocked() {
+	c.validUntil.Store(0)
 	if c.healthy {
 		c.healthy, c.lostAt = false, time.Now()
 		c.healthyC = make(chan struct{})
@@ -844,6 +849,21 @@ type tenantLease struct {
 func (l *tenantLease) Generation() int64                 { return l.gen }
 func (l *tenantLease) Previous() (gen int64, pos uint64) { return l.prevGen, l.prevPos }
 func (l *tenantLease) Lost() <-chan struct{}             { return l.lost }
+
+// Valid reports whether the lease may still be relied on now: Lost has not
+// closed, and the node's last renewal still covers this moment. Lost is
+// closed by a timer, which a process stopped past its deadline (SIGSTOP, a
+// VM paused) runs late: the writes it served meanwhile were acknowledged
+// under a generation another node had taken over. The driver asks Valid
+// before each write and in Proxy.Generation.
+func (l *tenantLease) Valid() bool {
+	select {
+	case <-l.lost:
+		return false
+	default:
+	}
+	return time.Now().UnixNano() < l.c.validUntil.Load()
+}
 
 // kill closes Lost; it reports whether this call did.
 func (l *tenantLease) kill() bool {

@@ -428,3 +428,44 @@ func TestLeaseExpiredIsReplaced(t *testing.T) {
 		t.Errorf("node not registered again: %+v, %v", nodes, err)
 	}
 }
+
+// Valid sees the clock: past the renewal deadline the lease is not valid
+// even while the timer that closes Lost has not run (a process stopped
+// past the deadline runs it late). A release at position 0 (a delete)
+// ends the generation: taken back, the tenant starts a new one.
+func TestLeaseValidAndGenerationAfterDelete(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newNode(t, srv, "a")
+	ctx := ctxT(t, 30*time.Second)
+	l, err := a.Acquire(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := l.(*tenantLease)
+	if !tl.Valid() {
+		t.Fatal("a fresh lease is not valid")
+	}
+	a.mu.Lock()
+	a.timer.Stop() // the late timer
+	a.validUntil.Store(time.Now().Add(-time.Millisecond).UnixNano())
+	a.mu.Unlock()
+	if tl.Valid() || isClosed(l.Lost()) {
+		t.Fatalf("past the deadline: Valid %v, Lost closed %v; want false, false", tl.Valid(), isClosed(l.Lost()))
+	}
+
+	b := newNode(t, srv, "b")
+	l1, err := b.Acquire(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l1.Release(ctx, 0); err != nil { // as DeleteTenant releases
+		t.Fatal(err)
+	}
+	l2, err := b.Acquire(ctx, "d1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Generation() == l1.Generation() {
+		t.Fatalf("taken back after a release at 0: generation %d again", l2.Generation())
+	}
+}

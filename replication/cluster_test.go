@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -357,6 +359,74 @@ func TestOwnership_DeletedStaysDeleted(t *testing.T) {
 	insert(t, c.p, "beta", "new")
 	if after, _ := c.p.Generation("beta"); after == before {
 		t.Errorf("re-created after a delete in generation %d, the deleted one's", after)
+	}
+}
+
+// staleOwnership wraps the cluster's leases so that a test can make one
+// say, by its Valid method, that its deadline has passed while its Lost
+// timer has not run yet (a process stopped past its deadline).
+type staleOwnership struct {
+	c      *cluster.Cluster
+	mu     sync.Mutex
+	leases []*staleLease
+}
+
+type staleLease struct {
+	sqliteproxy.TenantLease
+	stale, released atomic.Bool
+}
+
+func (l *staleLease) Valid() bool { return !l.stale.Load() }
+func (l *staleLease) Release(ctx context.Context, pos uint64) error {
+	l.released.Store(true)
+	return l.TenantLease.Release(ctx, pos)
+}
+
+func (o *staleOwnership) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLease, error) {
+	l, err := o.c.Acquire(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	sl := &staleLease{TenantLease: l}
+	o.mu.Lock()
+	o.leases = append(o.leases, sl)
+	o.mu.Unlock()
+	return sl, nil
+}
+
+// A lease past its deadline whose Lost timer has not run (the process was
+// stopped past it) is not written under: Generation says no lease (the
+// service does not acknowledge), and the next write closes the tenant and
+// gives the lease up first (acknowledged writes went to a generation
+// another node had taken).
+func TestOwnership_LeasePastDeadlineNotWrittenUnder(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	var own *staleOwnership
+	n := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) {
+		own = &staleOwnership{c: c.Ownership.(*cluster.Cluster)}
+		c.Ownership = own
+	})
+	insert(t, n.p, "acme", "before")
+	if _, ok := n.p.Generation("acme"); !ok {
+		t.Fatal("no lease after a write")
+	}
+	own.mu.Lock()
+	first := own.leases[len(own.leases)-1]
+	own.mu.Unlock()
+	first.stale.Store(true)
+	if gen, ok := n.p.Generation("acme"); ok {
+		t.Fatalf("Generation after the deadline: %d, true; want no lease", gen)
+	}
+	insert(t, n.p, "acme", "after")
+	if !first.released.Load() {
+		t.Fatal("a write went under a lease past its deadline")
+	}
+	if _, ok := n.p.Generation("acme"); !ok {
+		t.Fatal("no lease after the write that took a new one")
+	}
+	if got := names(t, n.p, "acme"); !slices.Equal(got, []string{"before", "after"}) {
+		t.Fatalf("rows %v", got)
 	}
 }
 
