@@ -220,6 +220,9 @@ func (r *router) forgetIdle(t *tenant, haveWsem bool) {
 	r.forgotten.Add(1)
 }
 
+// closeConcurrency bounds the tenants Close closes at once.
+const closeConcurrency = 16
+
 // close closes every idle tenant; leased connections close when released.
 // With replication it fails if tenants are left whose last commits did not
 // reach the replica (their final sync failed, now or earlier): closed all
@@ -237,9 +240,20 @@ func (r *router) close() error {
 	r.isClosed.Store(true)
 	close(r.stop)
 	r.reaperWG.Wait()
+	// Side by side: with replication each eviction syncs and unregisters
+	// the tenant, and with Ownership releases its lease, each of which may
+	// wait its timeout when Litestream or etcd does not answer (5 s per
+	// tenant, one after the other, was minutes at the default budget).
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, closeConcurrency)
 	for _, t := range open {
-		t.evict(false, evictClose)
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			t.evict(false, evictClose)
+		})
 	}
+	wg.Wait()
 	r.free.close()
 	r.tmpl.close()
 	r.tel.close()

@@ -170,6 +170,12 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 			}
 			t.r.tel.waited(ctx, t.tel, roleWriter, start, err)
 			if err != nil {
+				if _, lost := t.r.lostLeases.Load(t.id); lost && ctx.Err() == nil {
+					// The writer was held by the closing of a tenant whose
+					// lease was lost (its release waits for etcd): not a
+					// busy tenant, one this node does not own any more.
+					return opError(opWaitWriter, t.id, errLeaseEnded)
+				}
 				return opError(opWaitWriter, t.id, err)
 			}
 		}
