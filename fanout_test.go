@@ -1,7 +1,6 @@
 package sqliteproxy
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"database/sql/driver"
@@ -10,7 +9,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -900,30 +898,6 @@ func TestPresenceChild(t *testing.T) {
 	os.Exit(0)
 }
 
-// startPresence runs TestPresenceChild on dir and returns once it has its
-// proxy open; it stops when the test ends.
-func startPresence(t *testing.T, dir string) {
-	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestPresenceChild$")
-	cmd.Env = append(os.Environ(), presenceEnv+"="+dir)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		t.Fatalf("the other process: %q, %v", line, err)
-	}
-}
-
 // A tenant nobody has open here is read, by a fan-out, immutable (no
 // locks, no side files) only while no other process has the directory
 // open; with one, it is read with SQLite's locks, and a writer of another
@@ -941,7 +915,7 @@ func TestFanOut_ClosedTenantReadConsistently(t *testing.T) {
 			migs := []string{eventsTable}
 			seedTenants(t, dir, migs, map[string]int{"acme": 2000})
 			if others {
-				startPresence(t, dir)
+				startChild(t, "TestPresenceChild", presenceEnv+"="+dir)
 			}
 			p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
 			rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT n FROM events ORDER BY id`)

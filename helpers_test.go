@@ -6,13 +6,16 @@ package sqliteproxy
 // internal/testkit.
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,4 +139,37 @@ func fleet(tb testing.TB, dir string, n int, migs []string, seed ...string) []st
 		}
 	}
 	return ids
+}
+
+// startChild runs the test named name of this test binary as another
+// process, with env (KEY=VALUE) added to its environment, and returns once
+// it has printed "ready". stop closes its stdin, the child's signal to end,
+// and waits for it; it is also called when the test ends.
+func startChild(t *testing.T, name, env string) (stop func() error) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^"+name+"$")
+	cmd.Env = append(os.Environ(), env)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var werr error
+	stop = func() error {
+		once.Do(func() { stdin.Close(); werr = cmd.Wait() })
+		return werr
+	}
+	t.Cleanup(func() { stop() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("%s: %q, %v", name, line, err)
+	}
+	return stop
 }

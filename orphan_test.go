@@ -1,13 +1,11 @@
 package sqliteproxy
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -307,24 +305,7 @@ func TestOrphanWAL_LeavesFilesInUse(t *testing.T) {
 	dir := t.TempDir()
 	crashImage(t, dir, "c", 10)
 	p := filepath.Join(dir, "c.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHoldOpenProcess$")
-	cmd.Env = append(os.Environ(), holdOpenEnv+"="+p)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { stdin.Close(); cmd.Wait() }()
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		t.Fatalf("helper: %q, %v", line, err)
-	}
+	stop := startChild(t, "TestHoldOpenProcess", holdOpenEnv+"="+p)
 	if err := os.Rename(p, p+".moved"); err != nil {
 		t.Fatal(err)
 	}
@@ -336,8 +317,7 @@ func TestOrphanWAL_LeavesFilesInUse(t *testing.T) {
 			t.Errorf("%s of a file open in another process removed: %v", s, err)
 		}
 	}
-	stdin.Close()
-	if err := cmd.Wait(); err != nil {
+	if err := stop(); err != nil {
 		t.Fatalf("helper: %v", err)
 	}
 	// Nobody has it open now: they are orphans.

@@ -354,6 +354,7 @@ func TestBadRequests(t *testing.T) {
 	for _, e := range entries {
 		switch e.Name() {
 		case "acme.db", "acme.db-wal", "acme.db-shm", "acme.db-journal":
+		case ".sqliteproxy-processes": // every proxy process keeps it locked while it has the directory open
 		default:
 			t.Errorf("unexpected %s in the data directory", e.Name())
 		}
@@ -378,7 +379,7 @@ func TestHealthz(t *testing.T) {
 	if rec.Code != http.StatusOK || rec.Body.String() != "ok" {
 		t.Errorf("GET /healthz: status %d, body %q; want 200 ok", rec.Code, rec.Body)
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 || entries[0].Name() != ".sqliteproxy-processes" {
 		t.Errorf("GET /healthz created files: %v", entries)
 	}
 	if err := p.Close(); err != nil {
