@@ -369,7 +369,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	info := sqlscan.Scan(query)
 	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info)}
-	write := c.pc == nil && c.prepareOnWriter(query)
+	write := c.pc == nil && c.prepareOnWriter(query, info)
 	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
 		return s, nil // prepared on each tenant when it executes
@@ -400,14 +400,14 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	return s, nil
 }
 
-// prepareOnWriter reports whether query cannot run on a reader: the class
-// routeQuery cached for it, or else cannotRead. A WITH that writes is found
+// prepareOnWriter reports whether query (scanned: info) cannot run on a
+// reader: the class routeQuery cached for it, or else cannotRead. A WITH that writes is found
 // out only at execution; compiling it on a reader validates it just as well.
-func (c *conn) prepareOnWriter(query string) bool {
+func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	if ro, ok := c.r.classes.lookup(query); ok {
 		return !ro
 	}
-	return cannotRead(sqlscan.Scan(query))
+	return cannotRead(info)
 }
 
 // prepareConn leases the connection prepare compiles on: the writer for a

@@ -38,17 +38,14 @@ func lockDir(dir string, exclusive bool) (*os.File, error) {
 	}
 	deadline := time.Now().Add(forkGrace)
 	for {
-		err = syscall.Flock(int(d.Fd()), how|syscall.LOCK_NB)
-		if errors.Is(err, syscall.EWOULDBLOCK) && time.Now().Before(deadline) {
-			if lockDirRefused != nil {
-				lockDirRefused()
-			}
-			time.Sleep(time.Millisecond)
-			continue
-		}
-		if !errors.Is(err, syscall.EINTR) {
+		err = flockNB(d, how)
+		if !errors.Is(err, syscall.EWOULDBLOCK) || !time.Now().Before(deadline) {
 			break
 		}
+		if lockDirRefused != nil {
+			lockDirRefused()
+		}
+		time.Sleep(time.Millisecond)
 	}
 	if err != nil {
 		d.Close()
@@ -70,13 +67,7 @@ func lockReplicating(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := flockNB(f, syscall.LOCK_EX); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return nil, errReplicating
@@ -91,11 +82,26 @@ func lockReplicating(dir string) (*os.File, error) {
 // one, in any process (flocks are not dropped by closing other descriptors,
 // and do not depend on process IDs, which another PID namespace sees
 // otherwise).
-func lockHeld(f *os.File) bool {
+func lockHeld(f *os.File) bool { return flockNB(f, syscall.LOCK_EX) != nil }
+
+// flockNB takes the flock(2) how (LOCK_SH or LOCK_EX) on f without
+// waiting, trying again when a signal interrupts it.
+func flockNB(f *os.File, how int) error {
 	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
 		if !errors.Is(err, syscall.EINTR) {
-			return err != nil
+			return err
+		}
+	}
+}
+
+// setlk sets the POSIX record lock lk on f without waiting (F_SETLK),
+// trying again when a signal interrupts it.
+func setlk(f *os.File, lk *syscall.Flock_t) error {
+	for {
+		err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, lk)
+		if !errors.Is(err, syscall.EINTR) {
+			return err
 		}
 	}
 }

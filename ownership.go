@@ -373,8 +373,7 @@ func (rp *replicator) generations(ctx context.Context, id string) ([]int64, erro
 // genMarker names the file that records which generation the tenant file
 // at p was last streamed to (reconcileGen).
 func genMarker(p string) string {
-	dir, file := path.Split(p)
-	return path.Join(dir, "."+file+"-gen")
+	return sideName(p, "-gen")
 }
 
 // readGenMarker returns the generation recorded beside the file at p, 0 if

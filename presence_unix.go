@@ -96,12 +96,3 @@ func othersPresent(key string) bool {
 		return err != nil || lk.Type != syscall.F_UNLCK
 	}
 }
-
-func setlk(f *os.File, lk *syscall.Flock_t) error {
-	for {
-		err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, lk)
-		if !errors.Is(err, syscall.EINTR) {
-			return err
-		}
-	}
-}

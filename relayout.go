@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 )
@@ -117,12 +118,23 @@ type relayouter struct {
 // files that belong to it and move with it (not -wal, -shm and -journal:
 // those are settled first).
 func sideFiles(p string) []string {
-	return []string{genMarker(p), restoredMarker(p), unsyncedMarker(p), metaDir(p)}
+	var names []string
+	for _, kind := range sideKinds {
+		names = append(names, sideName(p, kind))
+	}
+	return names
 }
 
-// sideKinds are the suffixes of sideFiles' names, each ".<file><kind>":
-// sweep finds a side file left behind by its suffix.
+// sideKinds are the kinds of sideFiles (genMarker, restoredMarker,
+// unsyncedMarker, metaDir), each named ".<file><kind>" (sideName): sweep
+// finds one left behind by its suffix.
 var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream"}
+
+// sideName names the side file of kind beside the tenant file at p.
+func sideName(p, kind string) string {
+	dir, file := path.Split(p)
+	return path.Join(dir, "."+file+kind)
+}
 
 // move moves tenant id from its place in r.from to its place in r.to.
 func (r *relayouter) move(id string) error {

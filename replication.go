@@ -365,8 +365,7 @@ func litestreamEnv() []string {
 
 // metaDir is the directory Litestream keeps beside the database file at p.
 func metaDir(p string) string {
-	dir, file := path.Split(p)
-	return path.Join(dir, "."+file+"-litestream")
+	return sideName(p, "-litestream")
 }
 
 // register starts streaming t, whose writer the caller holds, unless it is
@@ -1090,8 +1089,7 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 // and a sync that succeeds after it removes the mark; replica positions
 // count the mark as a transaction behind.
 func unsyncedMarker(p string) string {
-	dir, file := path.Split(p)
-	return path.Join(dir, "."+file+"-unsynced")
+	return sideName(p, "-unsynced")
 }
 
 // touchWAL writes page 1 again as it is (user_version set to itself) on
@@ -1112,8 +1110,7 @@ func touchWAL(ctx context.Context, c *sqlite3.SQLiteConn) error {
 // outlives this process: a tenant restored by the CLI while the service is
 // stopped is kept too.
 func restoredMarker(p string) string {
-	dir, file := path.Split(p)
-	return path.Join(dir, "."+file+"-restored")
+	return sideName(p, "-restored")
 }
 
 // touchFile creates an empty file at p (mode 0600) if there is none.

@@ -32,14 +32,7 @@ func lockShm(p string) (release func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: shmDMS, Len: 1}
-	for {
-		err = syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
+	if err := setlk(f, &syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: shmDMS, Len: 1}); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
 			return nil, errShmInUse

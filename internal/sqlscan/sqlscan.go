@@ -103,6 +103,7 @@ func statementEnd(sql string, i int) (end int, ok, returning bool) {
 // name it is one byte.
 func skipVariable(sql string, i int) int {
 	j, n := i+1, 0
+scan:
 	for j < len(sql) {
 		switch c := sql[j]; {
 		case isIDByte(c) || c == '$':
@@ -118,10 +119,7 @@ func skipVariable(sql string, i int) int {
 		case c == ':' && j+1 < len(sql) && sql[j+1] == ':':
 			j += 2
 		default:
-			if n == 0 {
-				return i + 1
-			}
-			return j
+			break scan
 		}
 	}
 	if n == 0 {
