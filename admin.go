@@ -59,6 +59,12 @@ func removeOrphanSideFiles(p string) error {
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		return err // p exists (its side files are its own), or cannot be told
 	}
+	// A -shm this process has open is in use (by another proxy here, or
+	// a connection of the application's own), and opening it to try its
+	// lock would drop the locks of that connection when closed.
+	if inUse, err := openInProcess(p + "-shm"); inUse || err != nil {
+		return err
+	}
 	release, err := lockShm(p + "-shm")
 	if errors.Is(err, errShmInUse) {
 		return nil // not orphans: made by a process that has p open now
@@ -528,7 +534,8 @@ func checkFile(ctx context.Context, path string) error {
 // -wal file beside it, it is opened immutable; with one (a copy of a live
 // WAL database), both are first copied next to dst and read there, so no
 // -wal or -shm file is left beside the source and its directory may be
-// read-only.
+// read-only; unless this process has it open (a live tenant), when it is
+// read through SQLite, whose -wal and -shm are there already.
 func copyVerified(ctx context.Context, src, dst string) error {
 	fi, err := os.Stat(src)
 	if err != nil {
@@ -544,7 +551,20 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		// would empty the tenant, and no backup is empty.
 		return errors.New("an empty file, not a database")
 	}
+	live := false
 	if werr == nil {
+		// The file of a live database of this process (a tenant of this
+		// or another proxy) is read through SQLite, not copied: closing a
+		// descriptor of it opened here would drop the locks SQLite holds
+		// on it for the process's connections, and another process could
+		// then checkpoint and remove the -wal they are using.
+		if live, err = openInProcess(src); err != nil {
+			return err
+		}
+	}
+	if live {
+		params = "?mode=ro"
+	} else if werr == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
 		if err := copyFile(src, stage, false); err != nil {

@@ -1,0 +1,39 @@
+package sqliteproxy
+
+import (
+	"os"
+	"strconv"
+)
+
+// openInProcess reports whether a descriptor of this process refers to the
+// file at p (a missing file: false). POSIX record locks belong to the
+// process, and closing any descriptor of a file drops every lock the
+// process holds on it (fcntl(2)), those of SQLite's connections included:
+// a file that some connection of this process may have open (another
+// proxy's tenant, a restore source that is a live tenant) must not be
+// opened and closed outside SQLite. SQLite itself shares one descriptor
+// per file among its connections for this reason; this is how the driver
+// tells, from /proc/self/fd, before it opens anything.
+func openInProcess(p string) (bool, error) {
+	fi, err := os.Stat(p)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return false, err
+	}
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		// Stat follows the link to the open file without opening it.
+		if fdi, err := os.Stat("/proc/self/fd/" + e.Name()); err == nil && os.SameFile(fi, fdi) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
