@@ -169,7 +169,9 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 // -wal, -shm and -journal files, then syncs the directory. Work that was waiting
 // for the tenant fails with ErrTenantNotFound; work that arrives afterwards
 // sees a new, empty tenant (unless ExplicitCreate). ErrTenantNotFound if
-// the tenant has no file.
+// the tenant has no file. A delete or restore of a tenant that another is
+// deleting or restoring waits for it (up to ctx): two deletes at once give
+// nil and ErrTenantNotFound.
 func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	t, err := p.tenantFor(opDeleteTenant, id)
 	if err != nil {
@@ -452,13 +454,10 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if err := os.Chmod(tmp, 0o600); err != nil {
 		return opError(op, id, err)
 	}
-	if err := t.awaitDrain(ctx); err != nil && !errors.Is(err, ErrTenantNotFound) {
-		return err
-	} else if err != nil {
+	if err := t.drain(ctx, op, evictRestore); errors.Is(err, ErrTenantNotFound) {
 		// Deleted meanwhile: restore into the new tenant.
 		return p.restore(ctx, op, id, fromReplica, func(tmp2 string) error { return os.Rename(tmp, tmp2) })
-	}
-	if err := t.drain(ctx, op, evictRestore); err != nil {
+	} else if err != nil {
 		return err
 	}
 	// Side files of the old database would be replayed into the new one,

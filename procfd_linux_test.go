@@ -30,7 +30,8 @@ func ownLocks(t *testing.T, p string) []string {
 	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		if strings.Contains(l, ino) && strings.Contains(l, pid) {
-			out = append(out, l)
+			_, lock, _ := strings.Cut(l, ":") // without the line's ordinal
+			out = append(out, strings.TrimSpace(lock))
 		}
 	}
 	return out

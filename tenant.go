@@ -545,18 +545,37 @@ func (t *tenant) retire() {
 	t.mu.Unlock()
 }
 
+// drainWaits, set by tests, is called when a drain waits for another.
+var drainWaits func()
+
 // drain stops new leases of t, waits (up to ctx) for the leased ones to end
 // and closes t's connections. On success the caller holds t's writer
 // semaphore and must call endDrain.
 func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error {
-	t.mu.Lock()
-	if t.state.Load() != tenantActive {
+	// One drain at a time: another delete or restore of t ends first (a
+	// second delete then finds no tenant, as it would a moment later).
+	for {
+		t.mu.Lock()
+		st, done := t.state.Load(), t.drainDone
+		if st == tenantActive {
+			t.state.Store(tenantDraining)
+			t.drainDone = make(chan struct{})
+			t.mu.Unlock()
+			break
+		}
 		t.mu.Unlock()
-		return opError(op, t.id, errors.New("another delete or restore of this tenant is in progress"))
+		if st == tenantDeleted {
+			return opError(op, t.id, ErrTenantNotFound)
+		}
+		if drainWaits != nil {
+			drainWaits()
+		}
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", ctx.Err()))
+		}
 	}
-	t.state.Store(tenantDraining)
-	t.drainDone = make(chan struct{})
-	t.mu.Unlock()
 
 	giveUp := func(err error) error {
 		t.endDrain(tenantActive)

@@ -3,6 +3,8 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -149,6 +151,96 @@ func TestProxy_DeleteTenantWaitsForInFlightWork(t *testing.T) {
 		t.Errorf("files after delete: %v", files)
 	}
 	assertNoOpenFiles(t, dir)
+}
+
+// Two deletes (or a delete and a restore) of one tenant at once: the second
+// waits for the first, as work does, and then acts on what it left. The
+// second delete failed at once with a message no errors.Is could match
+// ("another delete or restore of this tenant is in progress").
+func TestProxy_ConcurrentDeletesAndRestores(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	ctx := context.Background()
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('old')`); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := p.BackupTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	waits := make(chan struct{}, 4)
+	drainWaits = func() { waits <- struct{}{} }
+	defer func() { drainWaits = nil }()
+	for _, second := range []string{"delete", "restore"} {
+		t.Run("then "+second, func(t *testing.T) {
+			if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('new')`); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := p.BeginTx(tctx("acme"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('in-tx')`); err != nil {
+				t.Fatal(err)
+			}
+			first := make(chan error, 1)
+			go func() { first <- p.DeleteTenant(ctx, "acme") }()
+			acme := p.c.r.mustTenant(t, "acme")
+			waitFor(t, 10*time.Second, "the first delete to start draining acme", func() bool {
+				return acme.state.Load() == tenantDraining
+			})
+			next := make(chan error, 1)
+			go func() {
+				if second == "delete" {
+					next <- p.DeleteTenant(ctx, "acme")
+				} else {
+					next <- p.RestoreTenant(ctx, "acme", backup)
+				}
+			}()
+			select {
+			case <-waits:
+			case err := <-next:
+				t.Fatalf("the second %s did not wait for the first delete: %v", second, err)
+			case <-time.After(time.Minute):
+				t.Fatal("the second operation neither waited nor returned within a minute")
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range []chan error{first, next} {
+				select {
+				case err := <-c:
+					if c == next && second == "delete" {
+						if !errors.Is(err, ErrTenantNotFound) {
+							t.Errorf("second delete: %v, want ErrTenantNotFound", err)
+						}
+					} else if err != nil {
+						t.Error(err)
+					}
+				case <-time.After(time.Minute):
+					t.Fatal("a delete or restore did not return within a minute of the commit")
+				}
+			}
+			var got []string
+			rows, err := p.QueryContext(tctx("acme"), `SELECT tenant FROM events ORDER BY id`)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var s string
+				rows.Scan(&s)
+				got = append(got, s)
+			}
+			rows.Close()
+			want := []string{"old"} // the backup's row
+			if second == "delete" {
+				want = nil // a new, empty tenant
+			}
+			if !slices.Equal(got, want) {
+				t.Errorf("rows after delete then %s: %q, want %q", second, got, want)
+			}
+		})
+	}
 }
 
 func (r *router) mustTenant(t *testing.T, id string) *tenant {
