@@ -24,7 +24,8 @@ import (
 // WithFanOut).
 type FanOutOptions struct {
 	// Tenants lists the tenants to read; nil means every tenant under Dir
-	// (as Proxy.Tenants lists them), an empty non-nil slice none. Order and
+	// (as Proxy.Tenants lists them when the query starts; one deleted
+	// before its turn is left out), an empty non-nil slice none. Order and
 	// duplicates do not matter: each tenant is read once and the result is
 	// in ID order. A listed tenant that has no database file is an error
 	// naming it (ErrTenantNotFound): a fan-out never creates a tenant.
@@ -401,10 +402,16 @@ func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
 		return &FanOutError{Tenant: id, Err: err}
 	}
 	defer t.unpin()
-	if err := t.mustExist(opFanOut); err != nil {
-		return &FanOutError{Tenant: id, Err: err}
+	err = t.mustExist(opFanOut)
+	if err == nil {
+		err = run.readTenant(ctx, t, s)
 	}
-	err = run.readTenant(ctx, t, s)
+	if errors.Is(err, ErrTenantNotFound) && run.opts.Tenants == nil {
+		// Listed, then deleted before it was read (a delete waits for a
+		// read in progress, so none of its rows has gone out): not a
+		// tenant any more, as it would not be in a listing now.
+		return nil
+	}
 	var fe *FanOutError
 	if err != nil && !errors.As(err, &fe) && !isQueryErr(err) && run.ctx.Err() == nil {
 		err = &FanOutError{Tenant: id, Err: err}
