@@ -539,8 +539,46 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 // tenant connections are, without the switch to WAL (the tenant's file is
 // in WAL mode already).
 var fanOutDriver = &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-	return hardenTenantConn(c, false)
+	if err := hardenTenantConn(c, false); err != nil {
+		return err
+	}
+	registerAuthorizer(c, false, fanOutAuthorizer)
+	return nil
 }}
+
+// fanOutAuthorizer is tenantAuthorizer for the fan-out's pre-check and its
+// own connections: a PRAGMA there must only query. SQLite takes setters
+// of a connection's state for read-only (case_sensitive_like = 1,
+// cache_size(1), foreign_keys = 0, busy_timeout = 0) and PRAGMA optimize
+// too; fanned out to an open tenant, they ran on one of its readers and
+// stayed there, changing what the tenant's own queries returned.
+func fanOutAuthorizer(op int, arg1, arg2, arg3 string) int {
+	if op == sqlite3.SQLITE_PRAGMA && !pragmaQueries(arg1, arg2) {
+		return sqlite3.SQLITE_DENY
+	}
+	return tenantAuthorizer(op, arg1, arg2, arg3)
+}
+
+// pragmaQueries reports whether PRAGMA name, with the argument value
+// ("" for none) as the authorizer sees it, only reads: no argument, but
+// not one of the pragmas that act when called so; an argument only for
+// those whose argument names what to describe or check.
+func pragmaQueries(name, value string) bool {
+	name = strings.ToLower(name)
+	if value == "" {
+		switch name {
+		case "optimize", "shrink_memory", "incremental_vacuum", "wal_checkpoint":
+			return false
+		}
+		return true
+	}
+	switch name {
+	case "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+		"foreign_key_list", "foreign_key_check", "integrity_check", "quick_check":
+		return true
+	}
+	return false
+}
 
 // stream runs the prepared statement ps on t and sends its rows to s.
 func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt, s *fanSlot) error {

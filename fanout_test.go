@@ -341,6 +341,14 @@ func TestFanOut_ReadOnly(t *testing.T) {
 		`PRAGMA user_version = 7`,
 		`PRAGMA journal_mode = DELETE`, // refused by each tenant's authorizer: SkipErrors skipped them all
 		`BEGIN`,
+		// Setters SQLite takes for read-only: they stayed on the open
+		// tenant's reader.
+		`PRAGMA case_sensitive_like = 1`,
+		`PRAGMA cache_size(1)`,
+		`PRAGMA main.foreign_keys = 0`,
+		`PRAGMA busy_timeout = 0`,
+		`PRAGMA optimize`,
+		`PRAGMA shrink_memory`,
 	} {
 		rows, err := p.QueryContext(fan, q)
 		if err == nil {
@@ -351,7 +359,8 @@ func TestFanOut_ReadOnly(t *testing.T) {
 		}
 	}
 	// Pragmas that read still fan out.
-	for _, q := range []string{`PRAGMA table_info(events)`, `PRAGMA user_version`, `SELECT * FROM pragma_table_info('events')`} {
+	for _, q := range []string{`PRAGMA table_info(events)`, `PRAGMA user_version`, `SELECT * FROM pragma_table_info('events')`,
+		`PRAGMA main.table_xinfo(events)`, `PRAGMA quick_check(1)`, `PRAGMA foreign_keys`} {
 		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), q)
 		if err != nil {
 			t.Errorf("Query(%q): %v", q, err)
@@ -428,6 +437,10 @@ func TestFanOut_ReadOnly(t *testing.T) {
 	}
 	if v := queryInt(t, p, tctx("globex"), `PRAGMA user_version`); v != 0 {
 		t.Errorf("user_version = %d", v)
+	}
+	// LIKE on the open tenant is as it was: case-insensitive.
+	if v := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM events WHERE tenant LIKE 'ACME'`); v != 1 {
+		t.Errorf("LIKE on acme after the fan-outs matches %d rows, want 1", v)
 	}
 }
 
