@@ -611,6 +611,17 @@ func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt
 	}
 }
 
+// errTenantColumn refuses a fan-out whose result has a column of its own
+// named like the tenant column (any case, as mappers match names): sqlx,
+// scanning into a struct, filled the tenant field from the later column,
+// and a row of acme holding tenant = 'globex' came back as globex's. An
+// error of the query when the header (the first tenant's columns, in ID
+// order) has one, never skipped; another tenant with such a column differs
+// from the header, and fails (or is skipped) as such.
+func errTenantColumn(name string) error {
+	return opError(opFanOut, "", fmt.Errorf("the result has a column named %q, like the fan-out's own tenant column: alias it (AS ...)", name))
+}
+
 // close stops the workers, waits for them (so every connection is given
 // back) and ends the span with err.
 func (run *fanRun) close(err error) {
@@ -732,7 +743,10 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 		if err == nil {
 			err = rs.curBad
 			if !rs.curSeen && err == nil && rs.cur.hdr != nil {
-				rs.admit(rs.cur) // no rows: its columns are the header if none is yet
+				// No rows: its columns are the header if none is yet.
+				if aerr := rs.admit(rs.cur); isQueryErr(aerr) {
+					return "", nil, aerr
+				}
 			}
 		}
 		run.mu.Lock()
@@ -764,6 +778,12 @@ func (rs *fanOutRows) admit(s *fanSlot) error {
 	run := rs.run
 	run.mu.Lock()
 	if run.hdr == nil {
+		for _, name := range s.hdr.names {
+			if strings.EqualFold(name, FanOutTenantColumn) {
+				run.mu.Unlock()
+				return errTenantColumn(name)
+			}
+		}
 		run.hdr = s.hdr
 	}
 	hdr := run.hdr

@@ -141,7 +141,7 @@ func TestFanOut_Count(t *testing.T) {
 		}
 		types := func(ctx context.Context) []col {
 			t.Helper()
-			rows, err := p.QueryContext(ctx, `SELECT id, tenant, n, count(*) OVER () AS c, NULL AS x FROM events`)
+			rows, err := p.QueryContext(ctx, `SELECT id, tenant AS who, n, count(*) OVER () AS c, NULL AS x FROM events`)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -195,6 +195,47 @@ func TestFanOut_Count(t *testing.T) {
 			t.Errorf("rows (-want +got):\n%s", diff)
 		}
 	})
+}
+
+// A result with a column of its own named tenant (any case) is refused:
+// scanned by name into a struct (sqlx), the tenant field took the later
+// column, and a row of acme holding tenant = 'globex' came back as
+// globex's. Aliased, it reads.
+func TestFanOut_TenantColumnRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 1, "globex": 0})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	if _, err := p.ExecContext(tctx("acme"), `UPDATE events SET tenant = 'globex'`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`SELECT tenant, n FROM events`, `SELECT * FROM events`, `SELECT n AS Tenant FROM events`} {
+		for _, opts := range []FanOutOptions{{}, {SkipErrors: true}, {Tenants: []string{"globex"}}} {
+			// globex alone has no rows: its columns still count.
+			rows, err := p.QueryContext(WithFanOut(context.Background(), opts), q)
+			if err == nil {
+				for rows.Next() {
+				}
+				err = rows.Err()
+				rows.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), "alias it") {
+				t.Errorf("%s %+v: err = %v, want a refusal of the tenant column", q, opts, err)
+			}
+		}
+	}
+	got, err := fanCounts(t, p, WithFanOut(context.Background(), FanOutOptions{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]fanRow{{"acme", 1}, {"globex", 0}}, got); diff != "" {
+		t.Errorf("count (-want +got):\n%s", diff)
+	}
+	var who, label string
+	if err := p.QueryRowContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT tenant AS stored FROM events`).Scan(&label, &who); err != nil || label != "acme" || who != "globex" {
+		t.Errorf("aliased: %q %q %v, want acme globex", label, who, err)
+	}
 }
 
 func TestFanOut_Tenants(t *testing.T) {

@@ -75,8 +75,8 @@ func (e *env) query(args []string) (status int) {
 	if err != nil {
 		return noRows(err)
 	}
-	// A JSON object with a key twice loses one of its values (the tenant
-	// ID, when a column is named tenant): refused before any output.
+	// A JSON object with a key twice loses one of its values: refused
+	// before any output. (A column named tenant the fan-out refuses.)
 	if *asJSON {
 		if dup, ok := duplicateColumn(cols); ok {
 			e.errorf("query: column %q appears twice in the result: alias it (AS ...) for -json", dup)
