@@ -198,17 +198,22 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 		return nil, nil
 	}
 	var done []string
-	for i := n; i < len(m.list); i++ {
+	for i := n; i < len(m.list); {
 		name := m.list[i].name
 		start := time.Now()
 		sctx, end := m.tel.span(ctx, spanMigrate, tt, attribute.String(attrMigration, name))
-		err := m.applyOne(sctx, c, i)
+		at, err := m.applyOne(sctx, c, i)
 		end(err)
-		m.tel.migrated(ctx, tt, name, start, err)
+		if err != nil || at == i+1 {
+			m.tel.migrated(ctx, tt, name, start, err)
+		}
 		if err != nil {
 			return done, opError(opMigrate, id, fmt.Errorf("apply %s: %w", name, err))
 		}
-		done = append(done, name)
+		if at == i+1 {
+			done = append(done, name)
+		}
+		i = at
 	}
 	return done, nil
 }
@@ -334,14 +339,21 @@ func foreignKeyCheck(ctx context.Context, c *sqlite3.SQLiteConn) error {
 	return nil
 }
 
-func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (err error) {
+// applyOne applies migration i to c in one BEGIN IMMEDIATE transaction
+// and returns i+1, the version the tenant is at. Unless the ledger, read
+// again inside the transaction, says the tenant is no longer at version i:
+// another process migrated it, or rolled it back, since it was read. It
+// then applies nothing and returns the version it found, to go on from.
+// (Applying migration i over a tenant rolled back below it left ledgers
+// such as 1,4 and a schema without 2 and 3, refused for good.)
+func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (at int, err error) {
 	fk, restoreFK, err := foreignKeysOff(ctx, c)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer restoreFK()
 	if _, err := c.ExecContext(ctx, "BEGIN IMMEDIATE", nil); err != nil {
-		return err
+		return 0, err
 	}
 	defer func() {
 		if err != nil {
@@ -349,17 +361,18 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 		}
 	}()
 	if err := withLedger(c, func() error { _, err := c.ExecContext(ctx, ledgerCreate, nil); return err }); err != nil {
-		return err
+		return 0, err
 	}
-	// Another process may have migrated while we were outside a transaction.
+	// Another process may have migrated or rolled back while we were
+	// outside a transaction.
 	if n, err := m.applied(ctx, c); err != nil {
-		return err
-	} else if n > i {
+		return 0, err
+	} else if n != i {
 		_, err := c.ExecContext(ctx, "COMMIT", nil)
-		return err
+		return n, err
 	}
 	if err := runScript(ctx, c, m.list[i].sql, fk); err != nil {
-		return err
+		return 0, err
 	}
 	args := []driver.NamedValue{
 		{Ordinal: 1, Value: int64(i + 1)},
@@ -367,10 +380,12 @@ func (m *migrator) applyOne(ctx context.Context, c *sqlite3.SQLiteConn, i int) (
 		{Ordinal: 3, Value: stamp(time.Now())}, // as a template copy's: one width, sorts by time
 	}
 	if err := withLedger(c, func() error { _, err := c.ExecContext(ctx, ledgerInsert, args); return err }); err != nil {
-		return err
+		return 0, err
 	}
-	_, err = c.ExecContext(ctx, "COMMIT", nil)
-	return err
+	if _, err = c.ExecContext(ctx, "COMMIT", nil); err != nil {
+		return 0, err
+	}
+	return i + 1, nil
 }
 
 // downPlan returns the indexes of the migrations whose down migrations

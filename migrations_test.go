@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"os"
@@ -455,5 +456,63 @@ func TestMigrations_FirstAccessIsARead(t *testing.T) {
 				t.Errorf("t has %d rows, want 2", n)
 			}
 		})
+	}
+}
+
+// Another process rolls a tenant back between the migrator's read of its
+// version and the transaction of the next migration: the migration it
+// meant to apply (4, for a tenant it read at 3) went over version 1, the
+// ledger read 1,4 and the schema lacked 2 and 3, refused for good. Inside
+// the transaction the version is read again, and the migrator goes on from
+// there.
+func TestMigrations_RolledBackMeanwhile(t *testing.T) {
+	dir := t.TempDir()
+	migs := []string{
+		`CREATE TABLE ev (id INTEGER PRIMARY KEY)`,
+		`ALTER TABLE ev ADD COLUMN c2`,
+		`ALTER TABLE ev ADD COLUMN c3`,
+		`ALTER TABLE ev ADD COLUMN c4`,
+	}
+	old := newTestProxy(t, Config{Dir: dir, Migrations: migs[:1]})
+	if err := old.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	r := p.c.r
+	c, err := r.conns.openPath(filepath.Join(dir, "acme.db"), r.conns.writerParams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	versions := func() []int {
+		t.Helper()
+		rows, err := c.QueryContext(context.Background(), `SELECT version FROM _sqliteproxy_migrations ORDER BY version`, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		var out []int
+		v := make([]driver.Value, 1)
+		for rows.Next(v) == nil {
+			out = append(out, int(v[0].(int64)))
+		}
+		return out
+	}
+	// As if read at 3: the tenant is at 1.
+	at, err := r.mig.applyOne(context.Background(), c, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := versions(); at != 1 || !slices.Equal(got, []int{1}) {
+		t.Fatalf("applyOne(3) on a tenant at 1: returned %d, ledger %v; want 1 and [1] (nothing applied)", at, got)
+	}
+	if _, err := r.mig.migrate(context.Background(), c, "acme", nil, true); err != nil {
+		t.Fatal(err)
+	}
+	if got := versions(); !slices.Equal(got, []int{1, 2, 3, 4}) {
+		t.Errorf("ledger after migrate: %v, want [1 2 3 4]", got)
 	}
 }
