@@ -196,7 +196,11 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 			// Another process has the file open: migrate through a
 			// normal writer, which shares it.
 		}
-		if _, err := t.openLockedWriter(ctx, openOpts{migrate: true, keepMigrator: !wasOpen}); err != nil {
+		// Not the migrator's connection kept as the writer, though it is
+		// evicted below: work queued for the writer meanwhile takes it
+		// first, the eviction then fails, and what the migration set on
+		// its connection (pragmas, TEMP tables) would serve live traffic.
+		if _, err := t.openLockedWriter(ctx, openOpts{migrate: true}); err != nil {
 			held = false // released by openLockedWriter
 			return nil, err
 		}

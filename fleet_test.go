@@ -422,3 +422,85 @@ func TestRollback_OpenWriterKeepsNoSessionState(t *testing.T) {
 		t.Errorf("tables a and b after a failed Rollback: %d", n)
 	}
 }
+
+// MigrateAll of a tenant another process has open and this one has not
+// migrates it on a writer of the tenant's pool (the exclusive connection
+// cannot be had), and used to keep that connection as the writer, to be
+// evicted right after. Work queued for the writer meanwhile took it first,
+// the eviction failed, and what the migration set on its connection (a
+// pragma, a TEMP table) applied to live traffic until the idle timeout.
+func TestMigrateAll_BusyPathKeepsNoSessionState(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
+	fleet(t, dir, 1, v1)
+	busy := direct(t, dir, "t000")
+	busy.SetMaxOpenConns(1)
+	tx, err := busy.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (type) VALUES ('elsewhere')`); err != nil {
+		t.Fatal(err)
+	}
+	v2 := append(slices.Clone(v1), `PRAGMA recursive_triggers = ON; CREATE TEMP TABLE leak (x); ALTER TABLE events ADD COLUMN severity TEXT`)
+	spans := tracetest.NewSpanRecorder()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: v2, MigrationMode: MigrateManual, BusyTimeout: 20 * time.Second,
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1})
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "t000's writer to start applying its migration", func() bool {
+		for _, s := range spans.Started() {
+			if s.EndTime().IsZero() && s.Name() == spanMigrate {
+				return true
+			}
+		}
+		return false
+	})
+	type state struct {
+		recursive int
+		leak      error
+		err       error
+	}
+	user := make(chan state, 1)
+	go func() {
+		utx, err := p.BeginTx(tctx("t000"), nil) // the writer, once MigrateAll lets it go
+		if err != nil {
+			user <- state{err: err}
+			return
+		}
+		defer utx.Rollback()
+		var s state
+		s.err = utx.QueryRowContext(tctx("t000"), `PRAGMA recursive_triggers`).Scan(&s.recursive)
+		_, s.leak = utx.ExecContext(tctx("t000"), `SELECT * FROM temp.leak`)
+		user <- s
+	}()
+	t000 := p.c.r.mustTenant(t, "t000")
+	waitFor(t, 10*time.Second, "the user's transaction to queue for t000's writer", func() bool {
+		return t000.wsem.nwait.Load() >= 1
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("MigrateAll did not return within a minute")
+	}
+	select {
+	case s := <-user:
+		if s.err != nil {
+			t.Fatal(s.err)
+		}
+		if s.recursive != 0 || s.leak == nil {
+			t.Errorf("the user's transaction ran on the migrator's connection: recursive_triggers = %d, temp.leak: %v", s.recursive, s.leak)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the user's transaction did not run within a minute")
+	}
+}

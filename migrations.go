@@ -222,9 +222,10 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 // tenant's migrations are applied (t.ready): with o.migrate it applies the
 // pending ones, with o.servePending it lets the tenant through as it is
 // (MigrateManual), else it refuses the tenant while any is pending. A
-// connection that applied migrations is replaced by a fresh one (unless
-// o.keepMigrator): users must not see last_insert_rowid() and changes() of
-// the ledger inserts. On error pc is closed; the caller gives back its slot.
+// connection that applied migrations is replaced by a fresh one: users
+// must not see last_insert_rowid() and changes() of the ledger inserts, nor
+// what a migration set on its connection (pragmas, TEMP tables). On error
+// pc is closed; the caller gives back its slot.
 func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) (*physConn, error) {
 	if t.ready.Load() {
 		return pc, nil
@@ -237,7 +238,7 @@ func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) 
 		pc.close()
 		return nil, err
 	}
-	if len(applied) > 0 && !o.keepMigrator {
+	if len(applied) > 0 {
 		pc.close()
 		if pc, err = r.conns.open(t, true); err != nil {
 			return nil, err

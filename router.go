@@ -338,10 +338,6 @@ type openOpts struct {
 	// servePending serves a tenant with pending migrations as it is
 	// (MigrateManual); t.ready then means "checked", not "up to date".
 	servePending bool
-	// keepMigrator keeps using the connection that migrated, which is
-	// otherwise replaced so that users do not see last_insert_rowid() and
-	// changes() of the ledger inserts; for MigrateAll, which closes it anyway.
-	keepMigrator bool
 }
 
 // openWriter opens t's writer, creating the tenant's file if it is missing
