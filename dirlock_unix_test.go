@@ -4,6 +4,8 @@ package sqliteproxy
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -52,4 +54,33 @@ func TestLockDir_ForkGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 	ex.Close()
+}
+
+// Two paths of one directory (a symlink) are one presence: with a
+// descriptor each, closing either dropped the process's lock held through
+// the other, and other processes no longer saw the proxy still open.
+func TestPresence_SymlinkedDirIsOne(t *testing.T) {
+	dir := t.TempDir()
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	a, b := joinPresence(dir), joinPresence(link)
+	defer leavePresence(a)
+	if a != b {
+		t.Fatalf("keys %q and %q for one directory", a, b)
+	}
+	if !othersPresent(a) {
+		t.Error("two proxies of this process on the directory: othersPresent = false")
+	}
+	leavePresence(b)
+	presences.Lock()
+	p := presences.m[a]
+	presences.Unlock()
+	if p == nil || p.f == nil || p.n != 1 {
+		t.Fatalf("after one leaves: %+v, want the descriptor kept for the other", p)
+	}
+	if othersPresent(a) {
+		t.Error("one proxy left: othersPresent = true")
+	}
 }

@@ -194,9 +194,11 @@ func writeMarker(dir, content string) error {
 // in the other layout (or half converted) would show its tenants as
 // missing, and a first access would create an empty one beside the real
 // one. A directory without tenant files that is opened with LayoutBuckets
-// gets its marker. The caller holds dir's shared lock (lockDir), so no
-// relayout runs meanwhile.
-func checkLayout(dir string, l Layout) error {
+// gets its marker, unless another proxy has it open (presence, this
+// process's key on it): unmarked, that one is flat, and each would have
+// made and served its own file of a tenant. The caller holds dir's shared
+// lock (lockDir), so no relayout runs meanwhile.
+func checkLayout(dir string, l Layout, presence string) error {
 	st, err := readDirState(dir)
 	if err != nil {
 		return err
@@ -216,6 +218,9 @@ func checkLayout(dir string, l Layout) error {
 		return err
 	} else if found {
 		return fmt.Errorf(otherLayoutRefusal, dir, LayoutFlat, l, LayoutFlat, dir, l)
+	}
+	if presenceTells && othersPresent(presence) {
+		return fmt.Errorf("%s is open in another proxy, in layout %s (the directory has no layout marker): open it with that layout, or close the others first", dir, LayoutFlat)
 	}
 	return writeMarker(dir, markerBuckets)
 }

@@ -427,3 +427,31 @@ func TestLayout_SymlinkedBucketRefused(t *testing.T) {
 		t.Fatalf("files made outside the data directory: %v", ents)
 	}
 }
+
+// A flat proxy writes no marker: a buckets proxy opened on the directory
+// while it runs (a second service, a deploy with the new setting) was
+// accepted, marked it, and each made and served its own file of a tenant
+// (acme.db and 82/acme.db), the flat one invisible after a restart.
+func TestLayout_BucketsRefusedBesideAFlatProxy(t *testing.T) {
+	dir := t.TempDir()
+	flat := newTestProxy(t, Config{Dir: dir})
+	if _, err := New(Config{Dir: dir, Layout: LayoutBuckets}); err == nil || !strings.Contains(err.Error(), "open in another proxy") {
+		t.Fatalf("buckets beside a flat proxy: %v, want a refusal", err)
+	}
+	if _, err := flat.ExecContext(tctx("acme"), `CREATE TABLE t (x)`); err != nil {
+		t.Fatal(err)
+	}
+	if got := dbFiles(t, dir); !slices.Equal(got, []string{"acme.db", "acme.db-shm", "acme.db-wal"}) {
+		t.Errorf("files = %v", got)
+	}
+	if err := flat.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Alone on an empty directory, buckets marks it as before.
+	empty := t.TempDir()
+	b := newTestProxy(t, Config{Dir: empty, Layout: LayoutBuckets})
+	if _, err := New(Config{Dir: empty}); err == nil {
+		t.Error("flat beside a buckets proxy: accepted")
+	}
+	b.Close()
+}

@@ -4,6 +4,7 @@ package sqliteproxy
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -32,12 +33,23 @@ type presence struct {
 	n int
 }
 
+// presenceTells says that othersPresent can tell, here.
+const presenceTells = true
+
 // joinPresence announces this process on dir (already checked to be a
-// directory) and returns the key to leave it with.
+// directory) and returns the key to leave it with: the directory's device
+// and inode, so that two paths of one directory (a symlink) share the one
+// descriptor (two, and closing either dropped the process's lock held
+// through the other).
 func joinPresence(dir string) string {
 	key, err := filepath.Abs(dir)
 	if err != nil {
 		key = dir
+	}
+	if fi, err := os.Stat(dir); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			key = fmt.Sprintf("dev %d ino %d", st.Dev, st.Ino)
+		}
 	}
 	presences.Lock()
 	defer presences.Unlock()
@@ -75,14 +87,16 @@ func leavePresence(key string) {
 	}
 }
 
-// othersPresent reports whether another process may have the directory
-// of key open: one holds its presence lock, or this process could not
-// take its own (a read-only directory) and so cannot tell.
+// othersPresent reports whether another proxy may have the directory of
+// key open: another one of this process (POSIX locks never conflict
+// within a process, so only the count tells), another process holding its
+// presence lock, or this process could not take its own (a read-only
+// directory) and so cannot tell.
 func othersPresent(key string) bool {
 	presences.Lock()
 	defer presences.Unlock()
 	p := presences.m[key]
-	if p == nil || p.f == nil {
+	if p == nil || p.f == nil || p.n > 1 {
 		return true
 	}
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Start: 0, Len: 1}

@@ -88,15 +88,17 @@ func newRouter(cfg *Config) (_ *router, err error) {
 			dirLock.Close()
 		}
 	}()
-	if err := checkLayout(cfg.Dir, cfg.Layout); err != nil {
-		return nil, opError(opOpen, "", err)
-	}
+	// Present before the layout is checked: a proxy that would mark the
+	// directory for buckets sees the proxies (flat) that have it open.
 	presence := joinPresence(cfg.Dir)
 	defer func() {
 		if err != nil {
 			leavePresence(presence)
 		}
 	}()
+	if err := checkLayout(cfg.Dir, cfg.Layout, presence); err != nil {
+		return nil, opError(opOpen, "", err)
+	}
 	var replLock *os.File
 	if cfg.ReplicaURL != "" {
 		if replLock, err = lockReplicating(cfg.Dir); err != nil {
