@@ -496,8 +496,10 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		return false, nil
 	}
 	params := r.conns.readerParams
+	joins := presenceJoins(r.presence) // before othersPresent: a process joining after either is seen by one
+	immutable := false
 	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) && !othersPresent(r.presence) {
-		params = "?mode=ro&immutable=1"
+		params, immutable = "?mode=ro&immutable=1", true
 	}
 	c, done, err := r.ownConn(ctx, t, fanOutDriver, params)
 	if err != nil {
@@ -532,7 +534,14 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		return false, err
 	}
 	defer st.Close()
-	return true, run.stream(ctx, t, st.(*sqlite3.SQLiteStmt), s)
+	err = run.stream(ctx, t, st.(*sqlite3.SQLiteStmt), s)
+	if err == nil && immutable && presenceJoins(r.presence) != joins {
+		// A proxy of another process opened the directory during the
+		// read, and may have written and checkpointed the tenant under it:
+		// its rows may mix two states. Said, never returned silently.
+		return true, opError(opFanOut, t.id, errors.New("another process opened the data directory during the read, which did not take SQLite's locks: its rows may mix two states; read it again"))
+	}
+	return true, err
 }
 
 // fanOutDriver opens the read-only connections of readClosed: hardened as

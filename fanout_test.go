@@ -997,10 +997,71 @@ func TestPresenceChild(t *testing.T) {
 	if err != nil {
 		os.Exit(3)
 	}
+	if os.Getenv(presenceWriteEnv) != "" {
+		// Write a tenant and close: the last connection checkpoints the
+		// change into the file.
+		if _, err := p.ExecContext(tctx("acme"), `UPDATE events SET n = n + 1000000`); err != nil {
+			os.Exit(4)
+		}
+		if err := p.Close(); err != nil {
+			os.Exit(5)
+		}
+	}
 	fmt.Println("ready")
 	io.Copy(io.Discard, os.Stdin)
 	p.Close()
 	os.Exit(0)
+}
+
+// presenceWriteEnv makes TestPresenceChild write acme and close first.
+const presenceWriteEnv = "SQLITEPROXY_TEST_PRESENCE_WRITE"
+
+// A fan-out read a closed tenant immutable because no other process had
+// the directory open when the read began; a service or CLI started during
+// the read, wrote the tenant and closed (checkpointing): the rows mixed two
+// states (19 943 of 20 000 new in a helper's run), with no error. The read
+// now sees the arrival and says so.
+func TestFanOut_ProcessArrivingDuringAnImmutableRead(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("tells other processes apart with POSIX locks (F_GETLK) as tested on Linux")
+	}
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"acme": 5000})
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `SELECT n FROM events ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		t.Fatalf("no first row: %v", rows.Err())
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "acme.db-shm")); err == nil {
+		t.Fatal("read with SQLite's locks: the test needs an immutable read")
+	}
+	startChild(t, "TestPresenceChild", presenceEnv+"="+dir, presenceWriteEnv+"=1")
+	old, updated := 1, 0
+	for rows.Next() {
+		var id string
+		var v int
+		if err := rows.Scan(&id, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v >= 1000000 {
+			updated++
+		} else {
+			old++
+		}
+	}
+	err = rows.Err()
+	t.Logf("%d old rows, %d updated, err %v", old, updated, err)
+	if err == nil && old != 0 && updated != 0 {
+		t.Fatalf("the fan-out returned %d old and %d updated rows of one tenant, and no error", old, updated)
+	}
+	if err == nil || !strings.Contains(err.Error(), "may mix two states") {
+		t.Errorf("err = %v, want the read's warning", err)
+	}
 }
 
 // A tenant nobody has open here is read, by a fan-out, immutable (no

@@ -145,10 +145,10 @@ func fleet(tb testing.TB, dir string, n int, migs []string, seed ...string) []st
 // process, with env (KEY=VALUE) added to its environment, and returns once
 // it has printed "ready". stop closes its stdin, the child's signal to end,
 // and waits for it; it is also called when the test ends.
-func startChild(t *testing.T, name, env string) (stop func() error) {
+func startChild(t *testing.T, name string, env ...string) (stop func() error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run", "^"+name+"$")
-	cmd.Env = append(os.Environ(), env)
+	cmd.Env = append(os.Environ(), env...)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@
 package sqliteproxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -61,6 +62,7 @@ func joinPresence(dir string) string {
 			lk := syscall.Flock_t{Type: syscall.F_RDLCK, Start: 0, Len: 1}
 			if setlk(f, &lk) == nil {
 				p.f = f
+				countJoin(f)
 			} else {
 				f.Close()
 			}
@@ -109,4 +111,45 @@ func othersPresent(key string) bool {
 		// conflict with its own.
 		return err != nil || lk.Type != syscall.F_UNLCK
 	}
+}
+
+// The presence file counts the processes that joined it, at joinsAt: a
+// read that began while no other process was present can tell afterwards
+// whether one arrived meanwhile (presenceJoins before and after).
+const joinsAt = 8
+
+// countJoin adds this process to the count of f, under a brief write lock
+// of byte 1 (byte 0 holds the presence locks).
+func countJoin(f *os.File) {
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Start: 1, Len: 1}
+	for {
+		err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLKW, &lk)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EINTR) {
+			return // a reader then sees no arrival: only ever after a failed lock
+		}
+	}
+	var b [8]byte
+	f.ReadAt(b[:], joinsAt) // short or missing: zero
+	binary.LittleEndian.PutUint64(b[:], binary.LittleEndian.Uint64(b[:])+1)
+	f.WriteAt(b[:], joinsAt)
+	lk.Type = syscall.F_UNLCK
+	syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk)
+}
+
+// presenceJoins returns how many processes have joined the directory of
+// key so far (a torn read of a count being written differs too, which
+// only makes the caller look closer).
+func presenceJoins(key string) uint64 {
+	presences.Lock()
+	defer presences.Unlock()
+	p := presences.m[key]
+	if p == nil || p.f == nil {
+		return 0
+	}
+	var b [8]byte
+	p.f.ReadAt(b[:], joinsAt)
+	return binary.LittleEndian.Uint64(b[:])
 }
