@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -25,6 +26,11 @@ const (
 	DefaultSynchronous      = "NORMAL"
 	DefaultStmtCacheSize    = 64
 	DefaultLitestreamPath   = "litestream"
+)
+
+const (
+	maxBusyTimeout   = math.MaxInt32 * time.Millisecond // what SQLite's busy_timeout can hold
+	maxStmtCacheSize = 1 << 16
 )
 
 // Config configures a Proxy or a Connector. The zero value of every field
@@ -409,6 +415,11 @@ func (c *Config) resolved() (*Config, error) {
 		r.BusyTimeout = 0
 	case r.BusyTimeout == 0:
 		r.BusyTimeout = DefaultBusyTimeout
+	case r.BusyTimeout > maxBusyTimeout:
+		// SQLite reads PRAGMA busy_timeout as a 32-bit count of
+		// milliseconds and takes anything larger for 0: "wait as long as
+		// it takes" became "fail at once".
+		r.BusyTimeout = maxBusyTimeout
 	}
 	if r.Synchronous == "" {
 		r.Synchronous = DefaultSynchronous
@@ -424,6 +435,9 @@ func (c *Config) resolved() (*Config, error) {
 		r.StmtCacheSize = 0
 	case r.StmtCacheSize == 0:
 		r.StmtCacheSize = DefaultStmtCacheSize
+	case r.StmtCacheSize > maxStmtCacheSize:
+		// mattn allocates the cache's capacity with every connection.
+		return nil, fmt.Errorf("Config.StmtCacheSize: %d is more than %d statements per connection", c.StmtCacheSize, maxStmtCacheSize)
 	}
 	set := 0
 	for _, ok := range []bool{len(r.Migrations) > 0, r.MigrationsFS != nil, r.MigrationsDir != ""} {

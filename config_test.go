@@ -3,6 +3,8 @@ package sqliteproxy
 import (
 	"database/sql"
 	"errors"
+	"math"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +128,31 @@ func TestSynchronousApplied(t *testing.T) {
 		if err := p.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&jm); err != nil || jm != "wal" {
 			t.Errorf("journal_mode = %q, %v; want wal", jm, err)
 		}
+	}
+}
+
+// Values at the far end of each setting: a BusyTimeout past SQLite's
+// 32-bit milliseconds became busy_timeout 0 (fail at once, the opposite of
+// what was asked); MaxConnections meant as "no cap" allocated a ring of that
+// many IDs in New (4.9 GB for 1e8, a crash for math.MaxInt); a huge
+// StmtCacheSize allocated its capacity on every connection.
+func TestConfigExtremes(t *testing.T) {
+	dir := t.TempDir()
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 1000 * time.Hour, MaxConnections: 10_000_000})
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > 50<<20 {
+		t.Errorf("New with MaxConnections 1e7: heap +%d MB", grew>>20)
+	}
+	if got := p.c.r.cfg.BusyTimeout; got != math.MaxInt32*time.Millisecond {
+		t.Errorf("BusyTimeout 1000h resolved to %v", got)
+	}
+	if v := queryInt(t, p, tctx("acme"), `PRAGMA busy_timeout`); v != math.MaxInt32 {
+		t.Errorf("busy_timeout on a tenant connection = %d, want %d", v, math.MaxInt32)
+	}
+	if _, err := New(Config{Dir: dir, StmtCacheSize: 1 << 24}); err == nil || !strings.Contains(err.Error(), "StmtCacheSize") {
+		t.Errorf("StmtCacheSize 1<<24: %v, want an error naming it", err)
 	}
 }

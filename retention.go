@@ -44,6 +44,7 @@ type retention struct {
 	ghost     []string            // IDs last closed for retention, a ring of MaxConnections (≥ 1)
 	next      int                 // where the full ring writes next
 	ghosts    map[string]struct{} // the IDs in ghost
+	ghostMax  int                 // the ring's size once full: MaxConnections
 }
 
 const (
@@ -54,7 +55,10 @@ const (
 )
 
 func newRetention(max int) *retention {
-	rt := &retention{ghost: make([]string, 0, max), ghosts: make(map[string]struct{}, max)}
+	// The ring grows as tenants close, up to max: allocated up front, a
+	// MaxConnections meant as "no cap" (math.MaxInt32) took gigabytes in
+	// New, or killed the process.
+	rt := &retention{ghostMax: max, ghosts: map[string]struct{}{}}
 	rt.soft.Store(int64(max))
 	return rt
 }
@@ -125,7 +129,7 @@ func (rt *retention) rememberClosed(id string) {
 	if _, ok := rt.ghosts[id]; ok {
 		return
 	}
-	if len(rt.ghost) < cap(rt.ghost) {
+	if len(rt.ghost) < rt.ghostMax {
 		rt.ghost = append(rt.ghost, id)
 	} else {
 		delete(rt.ghosts, rt.ghost[rt.next])
