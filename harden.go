@@ -138,7 +138,9 @@ func withLedger(c *sqlite3.SQLiteConn, f func() error) error {
 func changesLedger(op int, arg1, arg2, db string) bool {
 	switch op {
 	case sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE, sqlite3.SQLITE_DROP_TABLE,
-		sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_VIEW:
+		sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_VIEW,
+		// A virtual table of its name (FTS4) had writable shadow tables.
+		sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE:
 		return strings.EqualFold(arg1, ledgerTable) && strings.EqualFold(db, "main")
 	case sqlite3.SQLITE_ALTER_TABLE:
 		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(arg1, "main")

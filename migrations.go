@@ -31,7 +31,15 @@ const (
 	checksum   TEXT NOT NULL,
 	applied_at TEXT NOT NULL
 )`
-	ledgerRead   = `SELECT version, checksum, applied_at FROM main.` + ledgerTable + ` ORDER BY version`
+	// The ledger's rows, and with each the statement that made its table
+	// (read once: an uncorrelated subquery), which must be the migrator's
+	// (ledgerMade): the authorizer sees the old name only of ALTER TABLE
+	// ... RENAME TO, and an application's table renamed to the ledger's
+	// name, holding checksums of migrations never run, was taken for it.
+	ledgerRead = `SELECT version, checksum, applied_at, (SELECT type || ' ' || sql FROM main.sqlite_schema WHERE name = '` + ledgerTable + `') FROM main.` + ledgerTable + ` ORDER BY version`
+	// ledgerMade starts what SQLite keeps of ledgerCreate: a rename writes
+	// the new name quoted, a virtual table says so.
+	ledgerMade   = `table CREATE TABLE ` + ledgerTable + ` (`
 	ledgerMax    = `SELECT coalesce(max(version), 0) FROM main.` + ledgerTable
 	ledgerInsert = `INSERT INTO main.` + ledgerTable + ` (version, checksum, applied_at) VALUES (?, ?, ?)`
 	ledgerDelete = `DELETE FROM main.` + ledgerTable + ` WHERE version = ?`
@@ -84,13 +92,18 @@ func ledger(ctx context.Context, c *sqlite3.SQLiteConn) ([]ledgerRow, error) {
 		return nil, err
 	}
 	defer rows.Close()
-	dest := make([]driver.Value, 3)
+	dest := make([]driver.Value, 4)
 	var out []ledgerRow
 	for {
 		if err := rows.Next(dest); err == io.EOF {
 			return out, nil
 		} else if err != nil {
 			return nil, err
+		}
+		if out == nil {
+			if made, _ := dest[3].(string); !strings.HasPrefix(made, ledgerMade) {
+				return nil, fmt.Errorf("%w: the table %s was not made by the migrator (%.60q): it is not a ledger to trust", ErrMigrationDrift, ledgerTable, made)
+			}
 		}
 		var r ledgerRow
 		r.version, _ = dest[0].(int64)

@@ -2,6 +2,9 @@ package sqliteproxy
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -284,4 +287,52 @@ func TestMigrations_LedgerCannotBeMadeByTheApplication(t *testing.T) {
 	if _, err := q.ExecContext(tctx("t"), `INSERT INTO a VALUES (1)`); err != nil {
 		t.Errorf("the first migration, after the application's attempts: %v", err)
 	}
+}
+
+// The same through the two ways the authorizer did not see: a table of
+// the application renamed to the ledger's name (the authorizer sees the
+// old name only) and a virtual table of that name, whose shadow tables
+// took writes. Either, holding a migration's checksum, made it look
+// applied: "no such table" for ever after, and no drift reported.
+func TestMigrations_LedgerCannotBeForgedByRenameOrVirtualTable(t *testing.T) {
+	t.Parallel()
+	migs := []string{`CREATE TABLE a (x)`}
+	sum := fmt.Sprintf("%x", sha256.Sum256([]byte(migs[0])))
+	t.Run("rename", func(t *testing.T) {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir})
+		for _, q := range []string{
+			`CREATE TABLE forged (version INTEGER PRIMARY KEY, checksum TEXT NOT NULL, applied_at TEXT NOT NULL)`,
+			`INSERT INTO forged VALUES (1, '` + sum + `', '2026-01-01T00:00:00Z')`,
+			`ALTER TABLE forged RENAME TO _sqliteproxy_migrations`, // allowed: the authorizer cannot tell
+		} {
+			if _, err := p.ExecContext(tctx("t"), q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		p.Close()
+		q := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+		_, err := q.ExecContext(tctx("t"), `INSERT INTO a VALUES (1)`)
+		if !errors.Is(err, ErrMigrationDrift) || !strings.Contains(err.Error(), "not made by the migrator") {
+			t.Errorf("a tenant with a renamed table as its ledger: %v, want ErrMigrationDrift saying so", err)
+		}
+		if st, err := q.MigrationStatus(context.Background(), "t"); err == nil && st.Drift == nil {
+			t.Errorf("MigrationStatus: %+v, want drift", st)
+		}
+	})
+	t.Run("virtual", func(t *testing.T) {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir})
+		if _, err := p.ExecContext(tctx("t"), `CREATE VIRTUAL TABLE other USING fts4(x)`); err != nil {
+			t.Fatalf("fts4 (the test needs it): %v", err)
+		}
+		if _, err := p.ExecContext(tctx("t"), `CREATE VIRTUAL TABLE _sqliteproxy_migrations USING fts4(version, checksum, applied_at)`); err == nil || !strings.Contains(err.Error(), "not authorized") {
+			t.Errorf("a virtual table of the ledger's name: %v, want not authorized", err)
+		}
+		p.Close()
+		q := newTestProxy(t, Config{Dir: dir, Migrations: migs})
+		if _, err := q.ExecContext(tctx("t"), `INSERT INTO a VALUES (1)`); err != nil {
+			t.Errorf("the first migration: %v", err)
+		}
+	})
 }
