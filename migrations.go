@@ -49,10 +49,11 @@ const (
 type migration struct {
 	name     string // file name, or "Migrations[i]"
 	sql      string
-	sum      string // hex SHA-256 of sql
-	downName string // file name of its down migration, "" when there is none
-	down     string // SQL of its down migration; not part of sum
-	wholeSum string // of a goose file: hex SHA-256 of the whole file (see driftAt)
+	sum      string   // hex SHA-256 of sql
+	downName string   // file name of its down migration, "" when there is none
+	down     string   // SQL of its down migration; not part of sum
+	wholeSum string   // of a goose file: hex SHA-256 of the whole file (see driftAt)
+	alike    []string // sums of sql with other trailing blank lines (matches)
 }
 
 // migrator applies the configured migrations to tenant files. Migration i
@@ -69,10 +70,29 @@ type migrator struct {
 
 func newMigrator(list []migration, tel *telemetry) *migrator {
 	for i := range list {
-		h := sha256.Sum256([]byte(list[i].sql))
-		list[i].sum = hex.EncodeToString(h[:])
+		list[i].sum = sqlSum(list[i].sql)
+		base := strings.TrimRight(list[i].sql, " \t\r\n")
+		for _, v := range []string{base, base + "\n", base + "\n\n", base + "\r\n", base + "\r\n\r\n"} {
+			if v != list[i].sql {
+				list[i].alike = append(list[i].alike, sqlSum(v))
+			}
+		}
 	}
 	return &migrator{list: list, tel: tel}
+}
+
+func sqlSum(sql string) string {
+	h := sha256.Sum256([]byte(sql))
+	return hex.EncodeToString(h[:])
+}
+
+// matches reports whether a ledger's checksum is mg's: of its SQL, or of
+// its SQL with other trailing blank lines. An editor's final newline, or
+// the blank line goose files put before a "-- +goose Down" added after
+// the migration shipped, changes no statement: taken for an edit, it made
+// every tenant drift, refused in every mode.
+func (mg *migration) matches(checksum string) bool {
+	return checksum == mg.sum || slices.Contains(mg.alike, checksum)
 }
 
 // ledgerRow is one applied migration as the ledger records it.
@@ -127,7 +147,7 @@ func (m *migrator) check(rows []ledgerRow) (int, error) {
 			return 0, fmt.Errorf("%w: ledger has version %d where %d was expected", ErrMigrationDrift, r.version, n+1)
 		case n >= len(m.list):
 			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)", ErrMigrationDrift, r.version, len(m.list))
-		case r.checksum != m.list[n].sum:
+		case !m.list[n].matches(r.checksum):
 			return 0, fmt.Errorf("%w: %s", ErrMigrationDrift, m.driftAt(rows, n))
 		}
 	}

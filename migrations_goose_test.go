@@ -144,3 +144,42 @@ func TestMigrations_GooseSpellings(t *testing.T) {
 		}
 	}
 }
+
+// Trailing blank lines are not an edit: a goose file given its Down
+// section after it shipped (with the blank line goose files put before
+// it), or a migration given an editor's final newline, made every tenant
+// drift ("edited after it was applied"), refused in every mode. A change
+// of a statement still drifts.
+func TestMigrations_TrailingBlankLinesAreNoEdit(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	shipped := fstest.MapFS{
+		"00001_users.sql": {Data: []byte("-- +goose Up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n")},
+		"00002_posts.sql": {Data: []byte("CREATE TABLE posts (id INTEGER PRIMARY KEY)")},
+	}
+	p := newTestProxy(t, Config{Dir: dir, MigrationsFS: shipped})
+	if _, err := p.ExecContext(tctx("a"), `INSERT INTO users DEFAULT VALUES`); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	later := fstest.MapFS{
+		"00001_users.sql": {Data: []byte("-- +goose Up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n\n-- +goose Down\nDROP TABLE users;\n")},
+		"00002_posts.sql": {Data: []byte("CREATE TABLE posts (id INTEGER PRIMARY KEY)\n")},
+	}
+	q := newTestProxy(t, Config{Dir: dir, MigrationsFS: later})
+	if n := queryInt(t, q, tctx("a"), `SELECT count(*) FROM users`); n != 1 {
+		t.Errorf("users: %d", n)
+	}
+	if st, err := q.MigrationStatus(context.Background(), "a"); err != nil || st.Drift != nil || len(st.Applied) != 2 {
+		t.Errorf("status: %+v, %v", st, err)
+	}
+	q.Close()
+	edited := fstest.MapFS{
+		"00001_users.sql": later["00001_users.sql"],
+		"00002_posts.sql": {Data: []byte("CREATE TABLE posts (id INTEGER PRIMARY KEY, body TEXT)\n")},
+	}
+	r := newTestProxy(t, Config{Dir: dir, MigrationsFS: edited})
+	if _, err := r.ExecContext(tctx("a"), `SELECT 1`); !errors.Is(err, ErrMigrationDrift) {
+		t.Errorf("a statement edited: %v, want ErrMigrationDrift", err)
+	}
+}
