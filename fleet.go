@@ -184,7 +184,12 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		// as it is): the gate below must look again.
 		t.ready.Store(false)
 		wasOpen := r.budget.counted(t) > 0
-		if !wasOpen {
+		if !wasOpen && !othersPresent(r.presence) {
+			// Alone only while no other proxy has the directory open: the
+			// exclusive connection keeps every other process's reads of the
+			// tenant out for the whole of its migrations (a service in
+			// MigrateManual beside the CLI's migrate failed its reads with
+			// "database is locked" during a long index build).
 			err := r.migrateAlone(ctx, t)
 			if err == nil {
 				t.ready.Store(true)
@@ -241,8 +246,9 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 // locked and removed: a third fewer system calls per tenant and MigrateAll
 // on 10 000 tenants ~20 % faster. It needs the file to itself and fails at
 // once with SQLITE_BUSY when another process has it open (the caller then
-// takes the normal path); while it runs (a few milliseconds), other
-// processes' opens of this tenant wait in their busy handler. The caller
+// takes the normal path); while it runs (as long as the tenant's pending
+// migrations take), other processes' opens of this tenant wait in their
+// busy handler, so it is used only while no other proxy is present. The caller
 // holds t's writer semaphore, so nothing of this process opens t meanwhile
 // but a reader, which waits the same way.
 func (r *router) migrateAlone(ctx context.Context, t *tenant) error {

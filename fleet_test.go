@@ -504,3 +504,55 @@ func TestMigrateAll_BusyPathKeepsNoSessionState(t *testing.T) {
 		t.Fatal("the user's transaction did not run within a minute")
 	}
 }
+
+// MigrateAll migrated a closed tenant on an exclusive connection even with
+// another proxy on the directory (the CLI's migrate beside a service in
+// MigrateManual): the other proxy's reads of the tenant waited for the
+// whole migration and failed with "database is locked". With another proxy
+// present it migrates through a shared writer, and reads go on.
+func TestMigrateAll_OtherProxyKeepsReading(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE events (id INTEGER PRIMARY KEY, type TEXT)`}
+	fleet(t, dir, 1, v1)
+	service := newTestProxy(t, Config{Dir: dir, Migrations: v1, BusyTimeout: 300 * time.Millisecond})
+	slow := `CREATE TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT x FROM c`
+	spans := tracetest.NewSpanRecorder()
+	cli := newTestProxy(t, Config{Dir: dir, Migrations: append(slices.Clone(v1), slow), MigrationMode: MigrateManual,
+		TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	done := make(chan error, 1)
+	go func() {
+		rep, err := cli.MigrateAll(context.Background(), MigrateOptions{})
+		if err == nil && (rep.Applied != 1 || len(rep.Failed) != 0) {
+			err = fmt.Errorf("report %+v", rep)
+		}
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the slow migration to start", func() bool {
+		for _, s := range spans.Started() {
+			if s.EndTime().IsZero() && s.Name() == spanMigrate {
+				return true
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(tctx("t000"), 5*time.Second)
+	defer cancel()
+	var n int
+	err := service.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n)
+	select {
+	case <-done:
+		t.Log("the migration ended before the read: the read proved nothing")
+	default:
+	}
+	if err != nil {
+		t.Errorf("the service's read during another proxy's MigrateAll: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("MigrateAll did not return within a minute")
+	}
+}
