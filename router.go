@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	sqlite3 "github.com/mattn/go-sqlite3"
 	"go.opentelemetry.io/otel/attribute"
 )
 
@@ -345,7 +346,43 @@ type openOpts struct {
 // openWriter opens t's writer, creating the tenant's file if it is missing
 // (o.mayCreate), and brings it through the migration gate (migrations.go).
 // The caller holds t's writer semaphore.
-func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *physConn, err error) {
+//
+// Another proxy (a process, the CLI) may delete or replace the file between
+// the check that it exists and SQLite's open or first read: SQLite then says
+// "unable to open database file", "disk I/O error" or "attempt to write a
+// readonly database", which read like a failing disk. The open is then tried
+// once more, and sees what is there now: a new tenant, ErrTenantNotFound, or
+// the replacing file.
+func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (*physConn, error) {
+	pc, err := r.openWriterOnce(ctx, t, o)
+	if err != nil && fileWentAway(t.path, err) {
+		pc, err = r.openWriterOnce(ctx, t, o)
+	}
+	return pc, err
+}
+
+// openWriterRaced, set by tests, runs after openWriterOnce has checked that
+// the file exists.
+var openWriterRaced func(t *tenant)
+
+// fileWentAway reports whether err, from opening the tenant file at p,
+// may come from the file being deleted or replaced meanwhile.
+func fileWentAway(p string, err error) bool {
+	var se sqlite3.Error
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.Code {
+	case sqlite3.ErrCantOpen, sqlite3.ErrIoErr:
+		_, serr := os.Lstat(p)
+		return errors.Is(serr, fs.ErrNotExist)
+	case sqlite3.ErrReadonly:
+		return se.ExtendedCode == sqlite3.ErrReadonlyDbMoved
+	}
+	return false
+}
+
+func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc *physConn, err error) {
 	start := time.Now()
 	ctx, end := r.tel.span(ctx, spanTenantOpen, t.tel, attribute.String(attrRole, roleWriter))
 	defer func() {
@@ -357,6 +394,9 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (pc *phy
 	exists, err := t.fileExists(opOpenTenant)
 	if err != nil {
 		return nil, err
+	}
+	if openWriterRaced != nil {
+		openWriterRaced(t)
 	}
 	if err := r.own(ctx, t); err != nil {
 		if !exists {

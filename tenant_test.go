@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -250,4 +251,44 @@ func (r *router) mustTenant(t *testing.T, id string) *tenant {
 		t.Fatal(err)
 	}
 	return tn
+}
+
+// Another process deleting a tenant between this one's check that its file
+// exists and SQLite's open: the caller got "unable to open database file"
+// (or "disk I/O error: no such file or directory", SQLite's failed fstat),
+// which reads like a failing disk, instead of what a moment later gives: a
+// new tenant, or ErrTenantNotFound with ExplicitCreate.
+func TestProxy_FileDeletedDuringOpen(t *testing.T) {
+	for _, explicit := range []bool{false, true} {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ExplicitCreate: explicit})
+		if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "acme.db")
+		var once sync.Once
+		openWriterRaced = func(tn *tenant) {
+			if tn.id == "acme" {
+				once.Do(func() {
+					// As another process's delete does: the file leaves its name.
+					if err := os.Rename(path, filepath.Join(dir, ".deleting-elsewhere")); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+		}
+		_, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('after')`)
+		openWriterRaced = nil
+		if explicit {
+			if !errors.Is(err, ErrTenantNotFound) {
+				t.Errorf("ExplicitCreate: %v, want ErrTenantNotFound", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("auto-create: %v, want a new tenant", err)
+		} else if n := countRows(t, p, "acme"); n != 1 {
+			t.Errorf("the new tenant has %d rows", n)
+		}
+	}
 }
