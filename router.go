@@ -471,7 +471,13 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 // written as it is): no side file (-wal, -shm, -journal) can exist.
 func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, err error) {
 	if len(r.mig.list) > 0 {
-		if tpl, err := r.template(ctx); err == nil {
+		tpl, err := r.template(ctx)
+		if err != nil && ctx.Err() != nil {
+			// Given up: not a reason to migrate step by step with a context
+			// that has ended (whose error then named the first migration).
+			return false, opError(opCreateTenant, t.id, ctx.Err())
+		}
+		if err == nil {
 			start := time.Now()
 			if b, done, err := r.stampedTemplate(ctx, tpl, start); err == nil {
 				err := writeNewFile(tmp, b)
@@ -485,6 +491,11 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly 
 			err := r.copyTemplate(ctx, tpl, tmp, t.tel)
 			if err == nil {
 				return false, nil
+			}
+			if ctx.Err() != nil {
+				// Given up, not damaged: the template stays.
+				removeWithSideFiles(tmp)
+				return false, opError(opCreateTenant, t.id, ctx.Err())
 			}
 			// A template damaged since it was built (its file is read
 			// for every copy when too large to hold in memory): the next

@@ -43,11 +43,12 @@ import (
 
 // templates builds and finds this proxy's template.
 type templates struct {
-	mu   sync.Mutex
-	dir  string         // private directory of the template, "" until made
-	lock *os.File       // dir, flock'd while this proxy keeps it (sweepTemplateDirs)
-	path string         // the built template, "" until built
-	img  *templateImage // the template at path in memory; nil until loaded
+	mu       sync.Mutex
+	building chan struct{}  // closed when the build in progress ends; nil when none is
+	dir      string         // private directory of the template, "" until made
+	lock     *os.File       // dir, flock'd while this proxy keeps it (sweepTemplateDirs)
+	path     string         // the built template, "" until built
+	img      *templateImage // the template at path in memory; nil until loaded
 	// noImage is a template that could not be held in memory: its
 	// copies are made on disk, without trying again for each.
 	noImage string
@@ -114,9 +115,24 @@ func (m *migrator) templateKey() string {
 
 // template returns the path of the template for the configured migrations,
 // building it if there is none (or it is not healthy).
+//
+// One caller builds it, outside mu; the others wait for that build (or
+// their context) and then look again: a build takes as long as the
+// migrations, and creations of other tenants waited on the mutex past their
+// deadlines.
 func (r *router) template(ctx context.Context) (string, error) {
 	r.tmpl.mu.Lock()
-	defer r.tmpl.mu.Unlock()
+	for r.tmpl.building != nil {
+		ch := r.tmpl.building
+		r.tmpl.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return "", ctx.Err()
+		}
+		r.tmpl.mu.Lock()
+	}
+	defer r.tmpl.mu.Unlock() // held again after a build
 	if r.tmpl.closed {
 		// A creation still in flight at Close: it migrates step by step
 		// rather than leave a directory nobody removes.
@@ -150,7 +166,17 @@ func (r *router) template(ctx context.Context) (string, error) {
 		r.tmpl.dir, r.tmpl.lock = dir, lock
 	}
 	path := filepath.Join(r.tmpl.dir, "template-"+r.mig.templateKey()+".tmpl")
-	if err := r.buildTemplate(ctx, path); err != nil {
+	building := make(chan struct{})
+	r.tmpl.building = building
+	r.tmpl.mu.Unlock()
+	err := r.buildTemplate(ctx, path)
+	r.tmpl.mu.Lock()
+	r.tmpl.building = nil
+	close(building)
+	if err == nil && r.tmpl.closed {
+		err = ErrClosed // closed meanwhile: its directory is gone
+	}
+	if err != nil {
 		return "", err
 	}
 	r.tmpl.path = path

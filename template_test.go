@@ -340,3 +340,62 @@ func TestTemplate_DirsOfEndedProcessesSwept(t *testing.T) {
 		t.Errorf("the template directory after its removal: %q, %v", again, err)
 	}
 }
+
+// The template is built by one creation; the others wait for it only as
+// long as their contexts allow (they waited on a mutex for the whole build,
+// then migrated step by step with their ended context and blamed the first
+// migration). A creation that gives up while copying a template does not
+// take it for damaged (it was removed, and the next creation built it all
+// again).
+func TestTemplate_WaitsWithinDeadlinesAndSurvivesGivingUp(t *testing.T) {
+	t.Parallel()
+	migs := []string{`CREATE TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT x FROM c`}
+	p := newTestProxy(t, Config{Migrations: migs, ExplicitCreate: true})
+	tp := &p.c.r.tmpl
+	first := make(chan error, 1)
+	go func() { first <- p.CreateTenant(context.Background(), "first") }()
+	waitFor(t, 10*time.Second, "the template's build to start", func() bool {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		return tp.building != nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := p.CreateTenant(ctx, "second")
+	cancel()
+	tp.mu.Lock()
+	stillBuilding := tp.building != nil
+	tp.mu.Unlock()
+	if !errors.Is(err, context.DeadlineExceeded) || strings.Contains(err.Error(), "Migrations[0]") {
+		t.Errorf("a creation with a deadline during the build: %v, want its deadline, not the first migration", err)
+	}
+	if !stillBuilding { // the build takes seconds, the deadline 50 ms
+		t.Error("the second creation returned only once the template was built")
+	}
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the first creation did not return")
+	}
+	// The on-disk copy path (as for a template too large for memory),
+	// given up: the template stays.
+	memTemplateOff.Store(true)
+	defer memTemplateOff.Store(false)
+	tp.mu.Lock()
+	built := tp.path
+	tp.mu.Unlock()
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.CreateTenant(gone, "third"); !errors.Is(err, context.Canceled) {
+		t.Errorf("a cancelled creation: %v", err)
+	}
+	tp.mu.Lock()
+	kept := tp.path
+	tp.mu.Unlock()
+	if _, err := os.Stat(built); err != nil || kept != built {
+		t.Errorf("template after a cancelled creation: %q (%v), want %q kept", kept, err, built)
+	}
+	noCreationLeftovers(t, p.c.r.cfg.Dir)
+}
