@@ -294,8 +294,19 @@ func (m *migrator) names(n int) []string {
 // migrator's transaction, with transaction control refused (see
 // scriptConns) and, when c enforces foreign keys (foreignKeysOff turned
 // that off before the transaction), failing if the script leaves a
-// foreign key violation.
+// foreign key violation it did not find there before.
 func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkFK bool) error {
+	var before map[string]bool
+	if checkFK {
+		// Violations already there (rows written with foreign keys off:
+		// the default, a session's PRAGMA, the sqlite3 shell) are not the
+		// migration's: counted against it, they failed every migration of
+		// the tenant, and in MigrateAuto refused every access to it.
+		var err error
+		if before, err = foreignKeyViolations(ctx, c, nil); err != nil {
+			return err
+		}
+	}
 	scriptConns.Store(c, struct{}{})
 	// The authorizer is asked when a statement is compiled, and mattn runs
 	// a statement it has cached (by text: a COMMIT the application ran
@@ -320,7 +331,8 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 		return err
 	}
 	if checkFK {
-		return foreignKeyCheck(ctx, c)
+		_, err := foreignKeyViolations(ctx, c, before)
+		return err
 	}
 	return nil
 }
@@ -345,14 +357,17 @@ func foreignKeysOff(ctx context.Context, c *sqlite3.SQLiteConn) (wasOn bool, res
 	return true, func() { c.ExecContext(context.Background(), "PRAGMA foreign_keys = ON", nil) }, nil
 }
 
-// foreignKeyCheck fails if c's database holds a foreign key violation
-// (PRAGMA foreign_key_check), naming the first few.
-func foreignKeyCheck(ctx context.Context, c *sqlite3.SQLiteConn) error {
+// foreignKeyViolations lists c's foreign key violations (PRAGMA
+// foreign_key_check: child table, rowid, parent table, constraint). With a
+// list from before (non-nil), it fails if any violation is not in it,
+// naming the first few.
+func foreignKeyViolations(ctx context.Context, c *sqlite3.SQLiteConn, before map[string]bool) (map[string]bool, error) {
 	rows, err := c.QueryContext(ctx, "PRAGMA foreign_key_check", nil)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer rows.Close()
+	all := map[string]bool{}
 	var found []string
 	v := make([]driver.Value, len(rows.Columns()))
 	n := 0
@@ -360,7 +375,12 @@ func foreignKeyCheck(ctx context.Context, c *sqlite3.SQLiteConn) error {
 		if err := rows.Next(v); err == io.EOF {
 			break
 		} else if err != nil {
-			return err
+			return nil, err
+		}
+		key := fmt.Sprintf("%v\x00%v\x00%v\x00%v", v[0], v[1], v[2], v[3])
+		all[key] = true
+		if before == nil || before[key] {
+			continue
 		}
 		n++
 		if len(found) < 3 {
@@ -368,9 +388,9 @@ func foreignKeyCheck(ctx context.Context, c *sqlite3.SQLiteConn) error {
 		}
 	}
 	if n > 0 {
-		return fmt.Errorf("it leaves %d foreign key violations (%s): migrations run with foreign keys off, as a table rebuild needs, and must leave none", n, strings.Join(found, "; "))
+		return nil, fmt.Errorf("it leaves %d new foreign key violations (%s): migrations run with foreign keys off, as a table rebuild needs, and must add none", n, strings.Join(found, "; "))
 	}
-	return nil
+	return all, nil
 }
 
 // applyOne applies migration i to c in one BEGIN IMMEDIATE transaction
