@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"fmt"
+	"slices"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -105,7 +106,32 @@ func (p *tenantless) exec(ctx context.Context, query string, args []driver.Named
 	}
 	defer p.put(c)
 	defer s.Close()
+	if args, err = connArgs(s, args); err != nil {
+		return nil, err
+	}
 	return s.ExecContext(ctx, args)
+}
+
+// connArgs applies to args what mattn's conn-level Exec and Query do (the
+// statement-level ones, used here, do not): fewer than the statement's
+// parameters is an error, more are left out but for named ones. SELECT ?
+// without an argument answered NULL here and an error with a tenant; with
+// two, an error here and 1 with a tenant.
+func connArgs(s *sqlite3.SQLiteStmt, args []driver.NamedValue) ([]driver.NamedValue, error) {
+	na := s.NumInput()
+	if len(args) < na {
+		return nil, fmt.Errorf("not enough args to execute query: want %d got %d", na, len(args))
+	}
+	if len(args) == na {
+		return args, nil
+	}
+	out := slices.Clone(args[:na])
+	for _, a := range args[na:] {
+		if a.Name != "" {
+			out = append(out, a)
+		}
+	}
+	return out, nil
 }
 
 func (p *tenantless) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -119,6 +145,11 @@ func (p *tenantless) query(ctx context.Context, query string, args []driver.Name
 	}
 	c, s, err := p.prepare(ctx, "query", query)
 	if err != nil {
+		return nil, err
+	}
+	if args, err = connArgs(s, args); err != nil {
+		s.Close()
+		p.put(c)
 		return nil, err
 	}
 	rs, err := s.QueryContext(ctx, args)

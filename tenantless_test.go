@@ -2,8 +2,12 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"strings"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 func TestNoTenant(t *testing.T) {
@@ -68,5 +72,41 @@ func TestNoTenant(t *testing.T) {
 	}
 	if files := dbFiles(t, dir); len(files) != 0 {
 		t.Errorf("files created without a tenant: %v", files)
+	}
+}
+
+// Statements without a tenant take their arguments as mattn's conn does,
+// as they do with a tenant: too few is an error, more are left out. SELECT
+// ? answered NULL without an argument, and failed ("column index out of
+// range") with two.
+func TestNoTenant_ArgumentsAsMattn(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	mattn, err := sql.Open("sqlite3", ":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mattn.Close()
+	type result struct {
+		V   any
+		Err string
+	}
+	run := func(db interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}, args ...any) result {
+		var v any
+		err := db.QueryRowContext(context.Background(), `SELECT ?`, args...).Scan(&v)
+		if err != nil {
+			return result{Err: err.Error()}
+		}
+		return result{V: v}
+	}
+	for _, args := range [][]any{{}, {int64(1)}, {int64(1), int64(2)}, {int64(1), sql.Named("x", 2)}} {
+		if diff := cmp.Diff(run(mattn, args...), run(p, args...)); diff != "" {
+			t.Errorf("SELECT ? with %v (-mattn +proxy):\n%s", args, diff)
+		}
+	}
+	if _, err := p.ExecContext(context.Background(), `SELECT ?, ?`, 1); err == nil || !strings.Contains(err.Error(), "not enough args") {
+		t.Errorf("Exec with too few arguments: %v", err)
 	}
 }
