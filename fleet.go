@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -71,7 +72,16 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 		rep.Pending = map[string][]string{}
 	}
 	ids := opts.Tenants
-	if ids == nil {
+	if ids != nil {
+		// Each once (a tenant listed twice was counted twice in the report,
+		// and worked on by two workers at once), in the order given.
+		seen := make(map[string]bool, len(ids))
+		ids = slices.DeleteFunc(slices.Clone(ids), func(id string) bool {
+			dup := seen[id]
+			seen[id] = true
+			return dup
+		})
+	} else {
 		// Listed first (AllTenants, in its order), so that Progress knows
 		// the total; the IDs are a few MB for 100 000 tenants.
 		for id, err := range r.allTenants(ctx) {
@@ -153,8 +163,16 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		// Checked (or migrated) by this process already, against the same
 		// list: nothing to do, and no need to wait for its writer, which
 		// live traffic may hold in a long transaction. (In MigrateManual
-		// mode a ready tenant may be behind: look.)
-		return nil, nil
+		// mode a ready tenant may be behind: look.) Unless another proxy
+		// is present, which may have rolled it back: a look at its ledger
+		// on a connection of its own tells, without the writer. (MigrateAll
+		// reported such a tenant up to date, and left it behind.)
+		if !othersPresent(r.presence) {
+			return nil, nil
+		}
+		if n, err := r.peekLedger(ctx, t); err == nil && n == len(r.mig.list) {
+			return nil, nil
+		}
 	}
 	if err := t.lockWriter(ctx); err != nil {
 		return nil, err

@@ -556,3 +556,46 @@ func TestMigrateAll_OtherProxyKeepsReading(t *testing.T) {
 		t.Fatal("MigrateAll did not return within a minute")
 	}
 }
+
+// A tenant this process had checked (ready) and another proxy rolled back:
+// MigrateAll took it as up to date ("applied 0") and left it behind.
+func TestMigrateAll_RolledBackByAnotherProxy(t *testing.T) {
+	dir := t.TempDir()
+	fsys := fstest.MapFS{
+		"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
+		"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
+		"0002_b.down.sql": {Data: []byte(`DROP TABLE b`)},
+	}
+	service := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys})
+	if _, err := service.ExecContext(tctx("acme"), `INSERT INTO b VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := service.ExecContext(tctx("acme"), `DELETE FROM b`); err != nil {
+		t.Fatal(err)
+	}
+	ops := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+	if rep, err := ops.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || len(rep.Failed) != 0 {
+		t.Fatalf("Rollback: %+v, %v", rep, err)
+	}
+	rep, err := service.MigrateAll(context.Background(), MigrateOptions{})
+	if err != nil || rep.Applied != 1 || len(rep.Failed) != 0 {
+		t.Errorf("MigrateAll after another proxy's rollback: %+v, %v; want one migration applied", rep, err)
+	}
+	st, err := ops.MigrationStatus(context.Background(), "acme")
+	if err != nil || len(st.Applied) != 2 || len(st.Pending) != 0 {
+		t.Errorf("status: %+v, %v", st, err)
+	}
+}
+
+// A tenant listed twice in MigrateOptions.Tenants is one tenant: the
+// report counted it twice (Migrated 3 for two tenants).
+func TestMigrateAll_TenantsListedTwice(t *testing.T) {
+	dir := t.TempDir()
+	v1 := []string{`CREATE TABLE a (x)`}
+	fleet(t, dir, 2, v1)
+	p := newTestProxy(t, Config{Dir: dir, Migrations: append(slices.Clone(v1), `CREATE TABLE b (x)`), MigrationMode: MigrateManual})
+	rep, err := p.MigrateAll(context.Background(), MigrateOptions{Tenants: []string{"t000", "t001", "t000"}, DryRun: true})
+	if err != nil || rep.Tenants != 2 || rep.Migrated != 2 || len(rep.Pending) != 2 {
+		t.Errorf("dry run with t000 twice: %+v, %v", rep, err)
+	}
+}
