@@ -312,7 +312,10 @@ func (c *Config) setDSNValue(key, v string) error {
 }
 
 // FormatDSN returns the DSN for c: ParseDSN(c.FormatDSN()) gives back c
-// (apart from Migrations, which a DSN cannot carry). Zero fields are omitted.
+// apart from the fields a DSN cannot carry: Migrations, MigrationsFS, the
+// meter and tracer providers, ReplicaCompactor, ReplicaRestorer and
+// Ownership (a proxy opened from the DSN alone streams without leases:
+// give Ownership through New). Zero fields are omitted.
 func (c *Config) FormatDSN() string {
 	q := make([]string, 0, len(dsnKeys))
 	add := func(key, v string) { q = append(q, key+"="+url.QueryEscape(v)) }

@@ -119,7 +119,10 @@
 // Proxy.Stats returns the open and maximum connections, the open tenants,
 // the evictions and waits so far, and per open tenant its connections
 // open and in use and when it was last used: enough to size
-// MaxConnections (waits and budget evictions mean it is too small).
+// MaxConnections (waits for a slot and budget evictions mean it is too
+// small; Waits also counts waits for a tenant's readers, which
+// ReadersPerTenant sizes; waits for a tenant's writer are contention on
+// that tenant, in the connection.wait.duration metric).
 //
 // # Replication
 //

@@ -12,7 +12,7 @@ type Stats struct {
 	MaxConnections  int           // the cap
 	OpenTenants     int           // tenants with at least one open connection
 	Evictions       int64         // tenants closed to free budget, for idleness, for a drain or at Close
-	Waits           int64         // times a caller had to wait for a connection
+	Waits           int64         // times a caller waited for a connection slot (the budget) or for one of a tenant's readers; not waits for a tenant's writer, which the metric sqliteproxy.connection.wait.duration (role=writer) counts
 	Tenants         []TenantStats // the open tenants, sorted by ID
 }
 
