@@ -263,7 +263,17 @@ func (r *router) fanOutQuery(ctx context.Context, f *fanOut, query string, args 
 	spanCtx, end := r.tel.span(ctx, spanFanOut, nil,
 		attribute.Int(attrFanOutTenants, len(ids)), attribute.Int(attrFanOutConcurrency, workers))
 	run.endSpan = end
-	run.ctx, run.cancel = context.WithCancel(spanCtx)
+	run.ctx, run.cancel = context.WithCancelCause(spanCtx)
+	// Known to Close, which stops it (closeFanOuts): checked after it is
+	// known, so that a Close that listed the runs before saw it, or it
+	// sees the Close.
+	r.fanRuns.Store(run, struct{}{})
+	if r.isClosed.Load() {
+		run.cancel(errFanOutClosed)
+		r.fanRuns.Delete(run)
+		end(errFanOutClosed)
+		return nil, errFanOutClosed
+	}
 	run.wg.Add(workers)
 	for range workers {
 		go run.worker()
@@ -297,8 +307,8 @@ type fanRun struct {
 	args  []driver.NamedValue
 	opts  FanOutOptions
 
-	ctx     context.Context // cancelled by close: stops the workers
-	cancel  context.CancelFunc
+	ctx     context.Context         // cancelled by close: stops the workers
+	cancel  context.CancelCauseFunc // errFanOutClosed from Close
 	endSpan func(error)
 	tokens  chan struct{} // a worker sends one before it takes a tenant; the consumer takes it back
 	next    atomic.Int64  // index of the next tenant to take
@@ -641,9 +651,26 @@ func (run *fanRun) close(err error) {
 	}
 	run.closed = true
 	run.mu.Unlock()
-	run.cancel()
+	run.cancel(nil)
 	run.wg.Wait()
+	run.r.fanRuns.Delete(run)
 	run.endSpan(err)
+}
+
+// errFanOutClosed ends the fan-outs in flight when the proxy closes.
+var errFanOutClosed = opError(opFanOut, "", ErrClosed)
+
+// closeFanOuts stops every fan-out in flight and waits until their workers
+// have given back their connections, for Close: a fan-out went on reading
+// open tenants after Close had returned (and released the directory's
+// lock), while closed ones failed. Their rows then end with ErrClosed.
+func (r *router) closeFanOuts() {
+	r.fanRuns.Range(func(k, _ any) bool {
+		run := k.(*fanRun)
+		run.cancel(errFanOutClosed)
+		run.wg.Wait()
+		return true
+	})
 }
 
 // fanOutRows is the merged result of a fan-out: the tenant column, then
@@ -722,6 +749,9 @@ func (rs *fanOutRows) Next(dest []driver.Value) error {
 // fetch returns the next row and its tenant, in tenant order.
 func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 	run := rs.run
+	if context.Cause(run.ctx) == errFanOutClosed {
+		return "", nil, errFanOutClosed // rows read before Close stay unread
+	}
 	for {
 		if rs.cur == nil {
 			if rs.pos >= len(run.ids) || int64(rs.pos) > run.stopAt.Load() {
@@ -745,7 +775,7 @@ func (rs *fanOutRows) fetch() (string, []driver.Value, error) {
 			}
 			continue // dropped: the tenant failed
 		case <-run.ctx.Done():
-			return "", nil, run.ctx.Err()
+			return "", nil, context.Cause(run.ctx)
 		}
 		// The tenant is done: give its token back and move on.
 		err, id := rs.cur.err, run.ids[rs.pos]

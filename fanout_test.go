@@ -1147,3 +1147,41 @@ func TestFanOut_ClosedTenantReadConsistently(t *testing.T) {
 		})
 	}
 }
+
+// Close with a fan-out's rows still open: the fan-out went on reading the
+// tenants open here after Close had returned (and let go of the
+// directory's lock), while closed ones failed. Close now stops it and
+// waits for its connections: the rows end with ErrClosed.
+func TestFanOut_Close(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"a1": 3000, "b2": 3000})
+	p, err := New(Config{Dir: dir, Migrations: migs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	countRows(t, p, "a1") // open here: read on one of its readers
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{Concurrency: 1}), `SELECT n FROM events ORDER BY n`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		t.Fatal(rows.Err())
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	assertNoOpenFiles(t, dir)
+	n := 1
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); !errors.Is(err, ErrClosed) {
+		t.Errorf("fan-out rows after Close: %d rows, then %v; want ErrClosed", n, err)
+	}
+	if n >= 3000 {
+		t.Errorf("fan-out rows after Close: all %d of the open tenant's rows", n)
+	}
+}

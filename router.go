@@ -29,6 +29,7 @@ import (
 // semaphore) may be held while taking either; nobody waits for a wsem while
 // holding a mutex.
 type router struct {
+	fanRuns sync.Map // *fanRun -> struct{}: the fan-outs in flight (closeFanOuts)
 	cfg     *Config
 	conns   connOpener // opens tenant connections (physconn.go)
 	mig     *migrator
@@ -243,6 +244,7 @@ func (r *router) close() error {
 	r.isClosed.Store(true)
 	close(r.stop)
 	r.reaperWG.Wait()
+	r.closeFanOuts()
 	// Side by side: with replication each eviction syncs and unregisters
 	// the tenant, and with Ownership releases its lease, each of which may
 	// wait its timeout when Litestream or etcd does not answer (5 s per
