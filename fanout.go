@@ -549,7 +549,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		// A proxy of another process opened the directory during the
 		// read, and may have written and checkpointed the tenant under it:
 		// its rows may mix two states. Said, never returned silently.
-		return true, opError(opFanOut, t.id, errors.New("another process opened the data directory during the read, which did not take SQLite's locks: its rows may mix two states; read it again"))
+		return true, opError(opFanOut, t.id, errors.New("another proxy opened the data directory during the read, which did not take SQLite's locks: its rows may mix two states; read it again"))
 	}
 	return true, err
 }

@@ -68,6 +68,10 @@ func joinPresence(dir string) string {
 			}
 		}
 		presences.m[key] = p
+	} else if p.f != nil {
+		// Another proxy of this process: an arrival too, for a read that
+		// began while this process had one (presenceJoins).
+		countJoin(p.f)
 	}
 	p.n++
 	return key

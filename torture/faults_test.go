@@ -514,6 +514,12 @@ func dirSums(t *testing.T, dir string) map[string]string {
 	m := map[string]string{}
 	for _, e := range entries {
 		if e.Type().IsRegular() {
+			if proxyFile(e.Name()) {
+				// Its bytes count the proxy processes that joined the
+				// directory: present, not read for its content.
+				m[e.Name()] = "present"
+				continue
+			}
 			m[e.Name()] = fileSum(t, filepath.Join(dir, e.Name()))
 		}
 	}
