@@ -129,6 +129,16 @@ func TestMigrations_DriftMessages(t *testing.T) {
 	if n, err := newMigrator(named("a", "b", "c", "d"), nil).check(rows); n != 3 || err != nil {
 		t.Errorf("one more configured: %d, %v", n, err)
 	}
+	// The same with the applied texts now given a final newline (not an
+	// edit): a new migration put first still reads as one, not as an edit.
+	newline := named("x", "a", "b", "c")
+	for i := range newline[1:] {
+		newline[i+1].sql += "\n"
+	}
+	_, err := newMigrator(newline, nil).check(rows)
+	if want := "migration 1 (x) is new but comes before migrations already applied (applied migration 1 is now 2, a): add new migrations at the end"; err == nil || !strings.HasSuffix(err.Error(), ": "+want) {
+		t.Errorf("inserted before texts with a final newline: %v\nwant ...: %s", err, want)
+	}
 }
 
 func TestMigrations_Drift(t *testing.T) {
