@@ -145,9 +145,11 @@ func changesLedger(op int, arg1, arg2, db string) bool {
 	case sqlite3.SQLITE_ALTER_TABLE:
 		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(arg1, "main")
 	case sqlite3.SQLITE_CREATE_INDEX:
-		return strings.EqualFold(arg2, ledgerTable) && strings.EqualFold(db, "main")
+		// On the ledger, or named like it (made before the ledger, an index
+		// of its name made the ledger's creation fail for good).
+		return (strings.EqualFold(arg2, ledgerTable) || strings.EqualFold(arg1, ledgerTable)) && strings.EqualFold(db, "main")
 	case sqlite3.SQLITE_CREATE_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_TRIGGER:
-		return strings.EqualFold(arg2, ledgerTable)
+		return strings.EqualFold(arg2, ledgerTable) || strings.EqualFold(arg1, ledgerTable)
 	}
 	return false
 }

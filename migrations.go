@@ -36,7 +36,7 @@ const (
 	// (ledgerMade): the authorizer sees the old name only of ALTER TABLE
 	// ... RENAME TO, and an application's table renamed to the ledger's
 	// name, holding checksums of migrations never run, was taken for it.
-	ledgerRead = `SELECT version, checksum, applied_at, (SELECT type || ' ' || sql FROM main.sqlite_schema WHERE name = '` + ledgerTable + `') FROM main.` + ledgerTable + ` ORDER BY version`
+	ledgerRead = `SELECT version, checksum, applied_at, (SELECT type || ' ' || sql FROM main.sqlite_schema WHERE type = 'table' AND name = '` + ledgerTable + `') FROM main.` + ledgerTable + ` ORDER BY version`
 	// ledgerMade starts what SQLite keeps of ledgerCreate: a rename writes
 	// the new name quoted, a virtual table says so.
 	ledgerMade   = `table CREATE TABLE ` + ledgerTable + ` (`

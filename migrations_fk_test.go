@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -318,6 +319,36 @@ func TestMigrations_LedgerCannotBeForgedByRenameOrVirtualTable(t *testing.T) {
 		}
 		if st, err := q.MigrationStatus(context.Background(), "t"); err == nil && st.Drift == nil {
 			t.Errorf("MigrationStatus: %+v, want drift", st)
+		}
+	})
+	// A trigger or an index named like the ledger, made before it: refused
+	// (the index made the ledger's creation fail for good; the trigger was
+	// taken, by the ledger read, for the ledger's own definition).
+	t.Run("named-like", func(t *testing.T) {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir})
+		if _, err := p.ExecContext(tctx("t"), `CREATE TABLE app (x)`); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{
+			`CREATE TRIGGER _sqliteproxy_migrations AFTER INSERT ON app BEGIN SELECT 1; END`,
+			`CREATE INDEX _sqliteproxy_migrations ON app (x)`,
+		} {
+			if _, err := p.ExecContext(tctx("t"), q); err == nil || !strings.Contains(err.Error(), "not authorized") {
+				t.Errorf("%s: %v, want not authorized", q, err)
+			}
+		}
+		p.Close()
+		// Made anyway (the sqlite3 shell): the ledger read takes the table
+		// of the name, not the trigger.
+		db := direct(t, dir, "t")
+		if _, err := db.Exec(`CREATE TRIGGER _sqliteproxy_migrations AFTER INSERT ON app BEGIN SELECT 1; END`); err != nil {
+			t.Fatal(err)
+		}
+		db.Close()
+		q := newTestProxy(t, Config{Dir: dir, Migrations: append(slices.Clone(migs), `CREATE TABLE b (x)`)})
+		if _, err := q.ExecContext(tctx("t"), `INSERT INTO b VALUES (1)`); err != nil {
+			t.Errorf("the migrations after the attempts: %v", err)
 		}
 	})
 	t.Run("virtual", func(t *testing.T) {
