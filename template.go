@@ -45,6 +45,8 @@ import (
 type templates struct {
 	mu       sync.Mutex
 	building chan struct{}  // closed when the build in progress ends; nil when none is
+	built    chan struct{}  // the last build's building channel, and its error:
+	buildErr error          // the waiters of a failed build get its error
 	dir      string         // private directory of the template, "" until made
 	lock     *os.File       // dir, flock'd while this proxy keeps it (sweepTemplateDirs)
 	path     string         // the built template, "" until built
@@ -68,6 +70,12 @@ type templateImage struct {
 func (tp *templates) close() {
 	tp.mu.Lock()
 	defer tp.mu.Unlock()
+	for tp.building != nil { // stopped by the router's stop: it ends soon
+		ch := tp.building
+		tp.mu.Unlock()
+		<-ch
+		tp.mu.Lock()
+	}
 	tp.img, tp.closed = nil, true
 	tp.dropDir()
 }
@@ -122,27 +130,44 @@ func (m *migrator) templateKey() string {
 // deadlines.
 func (r *router) template(ctx context.Context) (string, error) {
 	r.tmpl.mu.Lock()
-	for r.tmpl.building != nil {
+	defer r.tmpl.mu.Unlock()
+	for {
+		if r.tmpl.closed {
+			// A creation still in flight at Close: it migrates step by step
+			// rather than leave a directory nobody removes.
+			return "", ErrClosed
+		}
+		if r.tmpl.path != "" {
+			if _, err := os.Stat(r.tmpl.path); err == nil {
+				return r.tmpl.path, nil
+			}
+		}
+		if r.tmpl.building == nil {
+			if err := r.startTemplateBuild(ctx); err != nil {
+				return "", err
+			}
+		}
 		ch := r.tmpl.building
 		r.tmpl.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			r.tmpl.mu.Lock()
 			return "", ctx.Err()
 		}
 		r.tmpl.mu.Lock()
-	}
-	defer r.tmpl.mu.Unlock() // held again after a build
-	if r.tmpl.closed {
-		// A creation still in flight at Close: it migrates step by step
-		// rather than leave a directory nobody removes.
-		return "", ErrClosed
-	}
-	if r.tmpl.path != "" {
-		if _, err := os.Stat(r.tmpl.path); err == nil {
-			return r.tmpl.path, nil
+		if r.tmpl.path == "" && r.tmpl.built == ch && r.tmpl.buildErr != nil {
+			return "", r.tmpl.buildErr // this build's failure, for everyone who waited on it
 		}
 	}
+}
+
+// startTemplateBuild builds the template in a goroutine of its own; called
+// with mu held. The build is everyone's: it does not end with the context of
+// the creation that started it (that ended it, and when every creation's
+// deadline was shorter than a build, no template was ever made and every
+// creation failed), only with Close.
+func (r *router) startTemplateBuild(ctx context.Context) error {
 	if r.tmpl.dir != "" {
 		if _, err := os.Stat(r.tmpl.dir); err != nil { // removed from under it
 			r.tmpl.dropDir()
@@ -152,7 +177,7 @@ func (r *router) template(ctx context.Context) (string, error) {
 		sweepTemplateDirs()
 		dir, err := os.MkdirTemp("", templateDirPrefix)
 		if err != nil {
-			return "", err
+			return err
 		}
 		lock, err := os.Open(dir)
 		if err == nil && lockHeld(lock) {
@@ -161,26 +186,36 @@ func (r *router) template(ctx context.Context) (string, error) {
 		}
 		if err != nil {
 			os.RemoveAll(dir)
-			return "", fmt.Errorf("template directory: %w", err)
+			return fmt.Errorf("template directory: %w", err)
 		}
 		r.tmpl.dir, r.tmpl.lock = dir, lock
 	}
 	path := filepath.Join(r.tmpl.dir, "template-"+r.mig.templateKey()+".tmpl")
 	building := make(chan struct{})
 	r.tmpl.building = building
-	r.tmpl.mu.Unlock()
-	err := r.buildTemplate(ctx, path)
-	r.tmpl.mu.Lock()
-	r.tmpl.building = nil
-	close(building)
-	if err == nil && r.tmpl.closed {
-		err = ErrClosed // closed meanwhile: its directory is gone
-	}
-	if err != nil {
-		return "", err
-	}
-	r.tmpl.path = path
-	return path, nil
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // its values (spans), not its end
+	go func() {
+		select {
+		case <-r.stop:
+			cancel()
+		case <-building:
+		}
+	}()
+	go func() {
+		err := r.buildTemplate(bctx, path)
+		cancel()
+		r.tmpl.mu.Lock()
+		defer r.tmpl.mu.Unlock()
+		if err == nil && r.tmpl.closed {
+			err = ErrClosed // closed meanwhile: its directory is gone
+		}
+		if err == nil {
+			r.tmpl.path = path
+		}
+		r.tmpl.building, r.tmpl.built, r.tmpl.buildErr = nil, building, err
+		close(building)
+	}()
+	return nil
 }
 
 // templateDirPrefix begins the name of a template's private directory

@@ -399,3 +399,45 @@ func TestTemplate_WaitsWithinDeadlinesAndSurvivesGivingUp(t *testing.T) {
 	}
 	noCreationLeftovers(t, p.c.r.cfg.Dir)
 }
+
+// The template's build is everyone's: it does not end with the context of
+// the creation that started it. It did, and with every creation's deadline
+// shorter than a build, no template was ever made and every creation
+// failed (40 of 40 in the regression check).
+func TestTemplate_BuildOutlivesItsStarter(t *testing.T) {
+	t.Parallel()
+	migs := []string{`CREATE TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT x FROM c`}
+	p := newTestProxy(t, Config{Migrations: migs, ExplicitCreate: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	err := p.CreateTenant(ctx, "first")
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a creation with a deadline shorter than the build: %v", err)
+	}
+	tp := &p.c.r.tmpl
+	waitFor(t, 2*time.Minute, "the template to be built", func() bool {
+		tp.mu.Lock()
+		defer tp.mu.Unlock()
+		return tp.path != ""
+	})
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.CreateTenant(ctx, "second"); err != nil {
+		t.Fatal(err)
+	}
+	// Close during a build stops it, and waits for it.
+	q := newTestProxy(t, Config{Migrations: migs, ExplicitCreate: true})
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	q.CreateTenant(ctx, "x")
+	cancel()
+	start := time.Now()
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	q.c.r.tmpl.mu.Lock()
+	building := q.c.r.tmpl.building != nil
+	q.c.r.tmpl.mu.Unlock()
+	if building || time.Since(start) > 30*time.Second {
+		t.Errorf("Close during a build: building %v after %v", building, time.Since(start))
+	}
+}
