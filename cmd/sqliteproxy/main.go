@@ -110,7 +110,8 @@
 // empty, a -layout other than auto, flat or buckets, a negative -down-to,
 // a -replica that is not a URL or an -at that is not an RFC 3339 time,
 // delete without -yes on a non-interactive stdin, a query -json whose
-// result has two columns of one name).
+// result has two columns of one name; a result with a column named tenant
+// the fan-out itself refuses, which exits 1).
 package main
 
 import (
