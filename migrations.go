@@ -293,22 +293,55 @@ func (m *migrator) names(n int) []string {
 // runScript runs a migration's (or down migration's) SQL on c inside the
 // migrator's transaction, with transaction control refused (see
 // scriptConns) and, when c enforces foreign keys (foreignKeysOff turned
-// that off before the transaction), failing if the script leaves a
-// foreign key violation it did not find there before.
+// that off before the transaction), failing if the script leaves more
+// foreign key violations than there were before it.
+//
+// Violations already there (rows written with foreign keys off: the
+// default, a session's PRAGMA, the sqlite3 shell) are not the migration's:
+// counted against it, they failed every migration of the tenant, and in
+// MigrateAuto refused every access to it. They are counted, not named: a
+// migration may rename their tables or renumber their rows (SQLite's table
+// rebuild) and still add none. PRAGMA foreign_key_check reads the whole
+// database, so the count before is taken only when there are violations
+// after: the script runs in a savepoint, which is then rolled back, counted
+// and run again (checking before and after every time doubled the time of
+// a migration with foreign keys).
 func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkFK bool) error {
-	before := -1
-	if checkFK {
-		// Violations already there (rows written with foreign keys off:
-		// the default, a session's PRAGMA, the sqlite3 shell) are not the
-		// migration's: counted against it, they failed every migration of
-		// the tenant, and in MigrateAuto refused every access to it.
-		// Counted, not named: a migration may rename their tables or
-		// renumber their rows (SQLite's table rebuild) and still add none.
-		var err error
-		if before, err = foreignKeyViolations(ctx, c, -1); err != nil {
+	if !checkFK {
+		return execScript(ctx, c, script)
+	}
+	if _, err := c.ExecContext(ctx, "SAVEPOINT sqliteproxy_fk_check", nil); err != nil {
+		return err
+	}
+	if err := execScript(ctx, c, script); err != nil {
+		return err // the migrator rolls its transaction back
+	}
+	n, err := foreignKeyViolations(ctx, c, -1)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		if _, err := c.ExecContext(ctx, "ROLLBACK TO sqliteproxy_fk_check", nil); err != nil {
+			return err
+		}
+		before, err := foreignKeyViolations(ctx, c, -1)
+		if err != nil {
+			return err
+		}
+		if err := execScript(ctx, c, script); err != nil {
+			return err
+		}
+		if _, err := foreignKeyViolations(ctx, c, before); err != nil {
 			return err
 		}
 	}
+	_, err = c.ExecContext(ctx, "RELEASE sqliteproxy_fk_check", nil)
+	return err
+}
+
+// execScript runs script on c inside the migrator's transaction, with
+// transaction control refused (see scriptConns).
+func execScript(ctx context.Context, c *sqlite3.SQLiteConn, script string) error {
 	scriptConns.Store(c, struct{}{})
 	// The authorizer is asked when a statement is compiled, and mattn runs
 	// a statement it has cached (by text: a COMMIT the application ran
@@ -330,10 +363,6 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 		if isAuthErr(err) {
 			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works; no ATTACH)", err)
 		}
-		return err
-	}
-	if checkFK {
-		_, err := foreignKeyViolations(ctx, c, before)
 		return err
 	}
 	return nil
