@@ -312,7 +312,7 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 	if !checkFK {
 		return execScript(ctx, c, script)
 	}
-	if _, err := c.ExecContext(ctx, "SAVEPOINT sqliteproxy_fk_check", nil); err != nil {
+	if _, err := c.ExecContext(ctx, "SAVEPOINT "+fkSavepoint, nil); err != nil {
 		return err
 	}
 	if err := execScript(ctx, c, script); err != nil {
@@ -323,7 +323,7 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 		return err
 	}
 	if n > 0 {
-		if _, err := c.ExecContext(ctx, "ROLLBACK TO sqliteproxy_fk_check", nil); err != nil {
+		if _, err := c.ExecContext(ctx, "ROLLBACK TO "+fkSavepoint, nil); err != nil {
 			return err
 		}
 		before, err := foreignKeyViolations(ctx, c, -1)
@@ -337,9 +337,13 @@ func runScript(ctx context.Context, c *sqlite3.SQLiteConn, script string, checkF
 			return err
 		}
 	}
-	_, err = c.ExecContext(ctx, "RELEASE sqliteproxy_fk_check", nil)
+	_, err = c.ExecContext(ctx, "RELEASE "+fkSavepoint, nil)
 	return err
 }
+
+// fkSavepoint names the savepoint runScript holds around a script; a
+// script's own savepoints may have any other name.
+const fkSavepoint = "sqliteproxy_fk_check"
 
 // execScript runs script on c inside the migrator's transaction, with
 // transaction control refused (see scriptConns).
@@ -363,7 +367,7 @@ func execScript(ctx context.Context, c *sqlite3.SQLiteConn, script string) error
 	}
 	if err != nil {
 		if isAuthErr(err) {
-			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works; no ATTACH)", err)
+			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works but for the name "+fkSavepoint+"; no ATTACH)", err)
 		}
 		return err
 	}

@@ -412,3 +412,27 @@ ALTER TABLE kid_new RENAME TO kid`, `DELETE FROM parent WHERE id = 2`}})
 		t.Errorf("a migration adding violations to old ones: %v", err)
 	}
 }
+
+// A script's SAVEPOINT of the name the migrator holds around it made the
+// migrator's ROLLBACK TO stop at the script's: a migration adding a
+// violation passed (its violation counted as one already there), and over
+// old violations half a script ran twice. Refused.
+func TestMigrations_ForeignKeySavepointNameReserved(t *testing.T) {
+	t.Parallel()
+	for _, script := range []string{
+		`INSERT OR IGNORE INTO child (id, parent_id) VALUES (500, 12345); SAVEPOINT sqliteproxy_fk_check;`,
+		`CREATE TABLE log (v); INSERT INTO log VALUES ('one'); SAVEPOINT SQLITEPROXY_FK_CHECK; INSERT INTO log VALUES ('two')`,
+	} {
+		p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{fkParentChild, script}})
+		_, err := p.ExecContext(tctx("a"), `SELECT 1`)
+		if err == nil || !strings.Contains(err.Error(), "not authorized") || !strings.Contains(err.Error(), "sqliteproxy_fk_check") {
+			t.Errorf("%s: %v, want a refusal naming the reserved savepoint", script, err)
+		}
+	}
+	// Other names work, released or not.
+	p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{fkParentChild,
+		`CREATE TABLE log (v); SAVEPOINT mine; INSERT INTO log VALUES ('one'); RELEASE mine; SAVEPOINT left; INSERT INTO log VALUES ('two')`}})
+	if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM log`); n != 2 {
+		t.Errorf("log rows: %d, want 2", n)
+	}
+}
