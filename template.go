@@ -124,10 +124,10 @@ func (m *migrator) templateKey() string {
 // template returns the path of the template for the configured migrations,
 // building it if there is none (or it is not healthy).
 //
-// One caller builds it, outside mu; the others wait for that build (or
-// their context) and then look again: a build takes as long as the
-// migrations, and creations of other tenants waited on the mutex past their
-// deadlines.
+// A goroutine of its own builds it (startTemplateBuild); every caller waits
+// for that build, or its own context, and then looks again: a build takes
+// as long as the migrations, and creations of other tenants waited on the
+// mutex past their deadlines.
 func (r *router) template(ctx context.Context) (string, error) {
 	r.tmpl.mu.Lock()
 	defer r.tmpl.mu.Unlock()
