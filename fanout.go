@@ -546,8 +546,9 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	defer st.Close()
 	err = run.stream(ctx, t, st.(*sqlite3.SQLiteStmt), s)
 	if err == nil && immutable && presenceJoins(r.presence) != joins {
-		// A proxy of another process opened the directory during the
-		// read, and may have written and checkpointed the tenant under it:
+		// Another proxy (another process's, or a second one here) opened
+		// the directory during the read, and may have written and
+		// checkpointed the tenant under it:
 		// its rows may mix two states. Said, never returned silently.
 		return true, opError(opFanOut, t.id, errors.New("another proxy opened the data directory during the read, which did not take SQLite's locks: its rows may mix two states; read it again"))
 	}
