@@ -7,6 +7,7 @@ replace github.com/sqliteproxy/sqliteproxy => ..
 require (
 	github.com/benbjohnson/litestream v0.5.18
 	github.com/sqliteproxy/sqliteproxy v0.0.0-00010101000000-000000000000
+	github.com/superfly/ltx v0.5.2
 )
 
 require (
@@ -52,7 +53,6 @@ require (
 	github.com/prometheus/procfs v0.12.0 // indirect
 	github.com/psanford/sqlite3vfs v0.0.0-20260519004904-f9180fa2acc9 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
-	github.com/superfly/ltx v0.5.2 // indirect
 	github.com/tetratelabs/wazero v1.2.1 // indirect
 	github.com/wasilibs/go-re2 v1.3.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect

@@ -63,8 +63,10 @@ var _ sqliteproxy.ReplicaCompactor = (*Compactor)(nil)
 // (<Config.ReplicaURL>/<id>). Litestream may stream the tenant meanwhile
 // (it compacts the same levels): a restore takes the longest run of
 // contiguous files across levels, and level-0 files go only once a
-// level-1 file covers them. A run that writes a file at the moment
-// Litestream writes the same one fails, and the next run compacts it.
+// level-1 file covers them. Both may write the same level file at once:
+// each is written whole under a temporary name and renamed, the last
+// rename wins (on a file:// replica this one's temporary name is its own,
+// see ownTmpClient; on S3 a PUT replaces an object whole).
 func (c *Compactor) CompactReplica(ctx context.Context, url string) error {
 	_, _, err := c.Compact(ctx, url)
 	return err
@@ -80,6 +82,7 @@ func (c *Compactor) Compact(ctx context.Context, url string) (before, after int,
 	if err != nil {
 		return 0, 0, err
 	}
+	client = withOwnTmp(client) // beside a Litestream that streams the tenant
 	if before, err = countLTX(ctx, client); err != nil {
 		return 0, 0, err
 	}
