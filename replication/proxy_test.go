@@ -38,8 +38,18 @@ type rig struct {
 // newRig starts what a replica of the given kind needs. S3 credentials
 // reach the driver (restores, erasure) through the environment, as in
 // production, so S3 tests cannot run in parallel.
-func newRig(t *testing.T, kind string) *rig {
+func newRig(t *testing.T, kind string) *rig { return newRigLevels(t, kind, nil) }
+
+// newRigLevels is newRig with Litestream's compaction levels at levels
+// (nil: Litestream's defaults).
+func newRigLevels(t *testing.T, kind string, levels []time.Duration) *rig {
 	t.Helper()
+	start := func(env ...string) *harness.Litestream {
+		if levels == nil {
+			return harness.StartLitestream(t, env...)
+		}
+		return harness.StartLitestreamLevels(t, levels, env...)
+	}
 	switch kind {
 	case "s3":
 		s3 := harness.StartS3(t)
@@ -48,9 +58,9 @@ func newRig(t *testing.T, kind string) *rig {
 			t.Setenv(k, v)
 		}
 		t.Setenv("AWS_CA_BUNDLE", "") // see package replica
-		return &rig{replica: s3.ReplicaURL("tenants"), ls: harness.StartLitestream(t, s3.Env()...), s3: s3}
+		return &rig{replica: s3.ReplicaURL("tenants"), ls: start(s3.Env()...), s3: s3}
 	case "file":
-		return &rig{replica: "file://" + filepath.Join(t.TempDir(), "replica"), ls: harness.StartLitestream(t)}
+		return &rig{replica: "file://" + filepath.Join(t.TempDir(), "replica"), ls: start()}
 	}
 	t.Fatalf("no rig %q", kind)
 	return nil
