@@ -451,14 +451,7 @@ func TestMigrateAll_BusyPathKeepsNoSessionState(t *testing.T) {
 		_, err := p.MigrateAll(context.Background(), MigrateOptions{Concurrency: 1})
 		done <- err
 	}()
-	waitFor(t, 10*time.Second, "t000's writer to start applying its migration", func() bool {
-		for _, s := range spans.Started() {
-			if s.EndTime().IsZero() && s.Name() == spanMigrate {
-				return true
-			}
-		}
-		return false
-	})
+	waitMigrating(t, spans, "t000's writer to start applying its migration")
 	type state struct {
 		recursive int
 		leak      error
@@ -527,14 +520,7 @@ func TestMigrateAll_OtherProxyKeepsReading(t *testing.T) {
 		}
 		done <- err
 	}()
-	waitFor(t, 10*time.Second, "the slow migration to start", func() bool {
-		for _, s := range spans.Started() {
-			if s.EndTime().IsZero() && s.Name() == spanMigrate {
-				return true
-			}
-		}
-		return false
-	})
+	waitMigrating(t, spans, "the slow migration to start")
 	ctx, cancel := context.WithTimeout(tctx("t000"), 5*time.Second)
 	defer cancel()
 	var n int
@@ -598,4 +584,17 @@ func TestMigrateAll_TenantsListedTwice(t *testing.T) {
 	if err != nil || rep.Tenants != 2 || rep.Migrated != 2 || len(rep.Pending) != 2 {
 		t.Errorf("dry run with t000 twice: %+v, %v", rep, err)
 	}
+}
+
+// waitMigrating waits until a migration's span has started and not ended.
+func waitMigrating(t *testing.T, spans *tracetest.SpanRecorder, what string) {
+	t.Helper()
+	waitFor(t, 10*time.Second, what, func() bool {
+		for _, s := range spans.Started() {
+			if s.EndTime().IsZero() && s.Name() == spanMigrate {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -91,7 +91,7 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 // migration script (see runScript).
 func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, auth func(int, string, string, string) int) {
 	c.RegisterAuthorizer(func(op int, arg1, arg2, arg3 string) int {
-		if op == sqlite3.SQLITE_TRANSACTION || op == sqlite3.SQLITE_SAVEPOINT && strings.EqualFold(arg2, fkSavepoint) {
+		if op == sqlite3.SQLITE_TRANSACTION || (op == sqlite3.SQLITE_SAVEPOINT && strings.EqualFold(arg2, fkSavepoint)) {
 			// A script's SAVEPOINT of the migrator's own name made the
 			// migrator's ROLLBACK TO stop at the script's: a migration
 			// adding violations passed, or half of it ran twice.

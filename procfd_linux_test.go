@@ -1,7 +1,6 @@
 package sqliteproxy
 
 import (
-	"context"
 	"database/sql"
 	"fmt"
 	"os"
@@ -11,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
 // ownLocks lists the POSIX locks this process holds on the file at p, as
@@ -139,8 +139,8 @@ func TestProxy_RestoreFromLiveTenantKeepsItsLocks(t *testing.T) {
 		t.Errorf("the process's locks on the source changed (-before +after):\n%s", diff)
 	}
 	rows.Close()
-	want := queryStrings(t, p, tctx("a"), `SELECT tenant FROM events ORDER BY id`)
-	if diff := cmp.Diff(want, queryStrings(t, p, tctx("b"), `SELECT tenant FROM events ORDER BY id`)); diff != "" || len(want) != 5 {
+	want := testkit.Strings(t, tctx("a"), p, `SELECT tenant FROM events ORDER BY id`)
+	if diff := cmp.Diff(want, testkit.Strings(t, tctx("b"), p, `SELECT tenant FROM events ORDER BY id`)); diff != "" || len(want) != 5 {
 		t.Errorf("restored copy differs from the source (%d rows; -source +copy):\n%s", len(want), diff)
 	}
 	for _, s := range []string{"-wal", "-shm"} {
@@ -148,25 +148,4 @@ func TestProxy_RestoreFromLiveTenantKeepsItsLocks(t *testing.T) {
 			t.Errorf("source's %s: %v", s, err)
 		}
 	}
-}
-
-func queryStrings(t *testing.T, p *Proxy, ctx context.Context, q string) []string {
-	t.Helper()
-	rows, err := p.QueryContext(ctx, q)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var s string
-		if err := rows.Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, s)
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
 }

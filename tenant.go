@@ -556,7 +556,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 	// second delete then finds no tenant, as it would a moment later).
 	for {
 		t.mu.Lock()
-		st, done := t.state.Load(), t.drainDone
+		st := t.state.Load()
 		if st == tenantActive {
 			t.state.Store(tenantDraining)
 			t.drainDone = make(chan struct{})
@@ -564,15 +564,12 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 			break
 		}
 		t.mu.Unlock()
-		if st == tenantDeleted {
-			return opError(op, t.id, ErrTenantNotFound)
-		}
-		if drainWaits != nil {
+		if st == tenantDraining && drainWaits != nil {
 			drainWaits()
 		}
-		select {
-		case <-done:
-		case <-ctx.Done():
+		if err := t.awaitDrain(ctx); errors.Is(err, ErrTenantNotFound) {
+			return opError(op, t.id, ErrTenantNotFound)
+		} else if err != nil {
 			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", ctx.Err()))
 		}
 	}

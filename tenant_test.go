@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
 func TestConcurrentWritersOneTenant(t *testing.T) {
@@ -222,17 +224,7 @@ func TestProxy_ConcurrentDeletesAndRestores(t *testing.T) {
 					t.Fatal("a delete or restore did not return within a minute of the commit")
 				}
 			}
-			var got []string
-			rows, err := p.QueryContext(tctx("acme"), `SELECT tenant FROM events ORDER BY id`)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for rows.Next() {
-				var s string
-				rows.Scan(&s)
-				got = append(got, s)
-			}
-			rows.Close()
+			got := testkit.Strings(t, tctx("acme"), p, `SELECT tenant FROM events ORDER BY id`)
 			want := []string{"old"} // the backup's row
 			if second == "delete" {
 				want = nil // a new, empty tenant
