@@ -72,8 +72,9 @@ type Config struct {
 	// busy handler), the group-commit queue or a connection slot; against
 	// other processes writing the same files, SQLite's busy_timeout on
 	// tenant connections. Such a wait then fails with SQLITE_BUSY
-	// ("database is locked"). Default 5s; negative means 0: fail at once,
-	// even between this process's own writers. [busy_timeout]
+	// ("database is locked"). Default 5s, rounded up to a whole millisecond;
+	// negative means 0: fail at once, even between this process's own
+	// writers. [busy_timeout]
 	BusyTimeout time.Duration
 
 	// Synchronous is PRAGMA synchronous on tenant connections: OFF, NORMAL,
@@ -423,6 +424,10 @@ func (c *Config) resolved() (*Config, error) {
 		// milliseconds and takes anything larger for 0: "wait as long as
 		// it takes" became "fail at once".
 		r.BusyTimeout = maxBusyTimeout
+	case r.BusyTimeout%time.Millisecond != 0:
+		// SQLite counts whole milliseconds: 500µs would have become 0,
+		// fail at once.
+		r.BusyTimeout = r.BusyTimeout.Truncate(time.Millisecond) + time.Millisecond
 	}
 	if r.Synchronous == "" {
 		r.Synchronous = DefaultSynchronous

@@ -152,6 +152,11 @@ func TestConfigExtremes(t *testing.T) {
 	if v := queryInt(t, p, tctx("acme"), `PRAGMA busy_timeout`); v != math.MaxInt32 {
 		t.Errorf("busy_timeout on a tenant connection = %d, want %d", v, math.MaxInt32)
 	}
+	// SQLite counts whole milliseconds: 500µs was busy_timeout 0.
+	short := newTestProxy(t, Config{Dir: t.TempDir(), BusyTimeout: 500 * time.Microsecond})
+	if v := queryInt(t, short, tctx("acme"), `PRAGMA busy_timeout`); v != 1 {
+		t.Errorf("BusyTimeout 500µs: busy_timeout on a tenant connection = %d, want 1", v)
+	}
 	if _, err := New(Config{Dir: dir, StmtCacheSize: 1 << 24}); err == nil || !strings.Contains(err.Error(), "StmtCacheSize") {
 		t.Errorf("StmtCacheSize 1<<24: %v, want an error naming it", err)
 	}
