@@ -31,7 +31,7 @@ import (
 // streams (it denies RESTART and TRUNCATE to tenant connections), and
 // truncates the WAL itself.
 var (
-	walCheckEvery uint32 = 256
+	walCheckEvery uint32 = 1024 // a stat costs ~8 µs here: ~8 ns a check-in
 	walLimit      int64  = 64 << 20
 	walWait              = 50 * time.Millisecond
 	walRetry             = time.Second
