@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"slices"
 	"testing"
@@ -103,5 +104,92 @@ func TestCloseWhileWaitingForTheWriter(t *testing.T) {
 	}
 	if got := directRows(t, p, "acme", `SELECT tenant FROM events`); !slices.Equal(got, []string{"tx"}) {
 		t.Fatalf("rows %q, want only the transaction's", got)
+	}
+}
+
+// Close ends the waits of statements with no deadline at once, with
+// ErrClosed: they waited until the transaction holding what they wait for
+// ended, or BusyTimeout (a minute here), after Close had returned. For the
+// writer, the group-commit queue (a leader waiting for the writer and a
+// request queued behind it) and a reader.
+func TestCloseEndsWaits(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		readTx  bool // the holder is a read-only transaction on the only reader
+		waiters int
+		queued  func(tn *tenant) bool
+	}{
+		{"writer", Config{GroupCommit: GroupCommitOff}, false, 1,
+			func(tn *tenant) bool { return tn.wsem.nwait.Load() == 1 }},
+		{"group-commit", Config{GroupCommit: GroupCommitOn}, false, 2,
+			func(tn *tenant) bool {
+				tn.gc.mu.Lock()
+				defer tn.gc.mu.Unlock()
+				return tn.wsem.nwait.Load() == 1 && len(tn.gc.q) == 1
+			}},
+		{"reader", Config{ReadersPerTenant: 1}, true, 1,
+			func(tn *tenant) bool {
+				tn.mu.Lock()
+				defer tn.mu.Unlock()
+				return len(tn.readerQ) == 1
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := tc.cfg
+			cfg.Migrations, cfg.BusyTimeout = []string{eventsTable}, time.Minute
+			p := newTestProxy(t, cfg)
+			ctx := tctx("acme")
+			tx, err := p.BeginTx(ctx, &sql.TxOptions{ReadOnly: tc.readTx})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, `SELECT count(*) FROM events`); err != nil {
+				t.Fatal(err)
+			}
+			tn, err := p.c.r.tenant("acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tn.unpin()
+			done := make(chan error, tc.waiters)
+			for i := range tc.waiters {
+				if i > 0 && tc.name == "group-commit" {
+					waitFor(t, 10*time.Second, "a leader waiting for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+				}
+				go func() {
+					var err error
+					if tc.readTx {
+						err = p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int))
+					} else {
+						_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('waiting')`)
+					}
+					done <- err
+				}()
+			}
+			waitFor(t, 10*time.Second, "the statements to wait", func() bool { return tc.queued(tn) })
+			if err := p.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for range tc.waiters {
+				select {
+				case err := <-done:
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("a waiting statement: %v, want ErrClosed", err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("a waiting statement still waits 10 s after Close (BusyTimeout: a minute)")
+				}
+			}
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if got := directRows(t, p, "acme", `SELECT tenant FROM events`); len(got) != 0 {
+				t.Fatalf("rows %q, want none", got)
+			}
+		})
 	}
 }

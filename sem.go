@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -23,7 +24,14 @@ type sem struct {
 
 func (s *sem) TryAcquire() bool { return s.held.CompareAndSwap(false, true) }
 
-func (s *sem) Acquire(ctx context.Context) error {
+func (s *sem) Acquire(ctx context.Context) error { return s.AcquireOr(ctx, nil) }
+
+// errSemStopped is AcquireOr's error when stop closed first.
+var errSemStopped = errors.New("semaphore wait stopped")
+
+// AcquireOr is Acquire that also gives up, with errSemStopped, when stop
+// is closed (a nil stop never is).
+func (s *sem) AcquireOr(ctx context.Context, stop <-chan struct{}) error {
 	if s.TryAcquire() {
 		return nil
 	}
@@ -37,21 +45,25 @@ func (s *sem) Acquire(ctx context.Context) error {
 	ch := make(chan struct{})
 	s.q = append(s.q, ch)
 	s.mu.Unlock()
+	var err error
 	select {
 	case <-ch:
 		return nil
 	case <-ctx.Done():
-		s.mu.Lock()
-		if i := slices.Index(s.q, ch); i >= 0 {
-			s.q = slices.Delete(s.q, i, i+1)
-			s.nwait.Add(-1)
-			s.mu.Unlock()
-			return ctx.Err()
-		}
-		s.mu.Unlock()
-		s.Release() // handed over to us as we gave up: pass it on
-		return ctx.Err()
+		err = ctx.Err()
+	case <-stop:
+		err = errSemStopped
 	}
+	s.mu.Lock()
+	if i := slices.Index(s.q, ch); i >= 0 {
+		s.q = slices.Delete(s.q, i, i+1)
+		s.nwait.Add(-1)
+		s.mu.Unlock()
+		return err
+	}
+	s.mu.Unlock()
+	s.Release() // handed over to us as we gave up: pass it on
+	return err
 }
 
 func (s *sem) Release() {

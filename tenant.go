@@ -163,9 +163,14 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 		if !t.wsem.TryAcquire() {
 			start := time.Now()
 			wctx, cancel := t.r.boundWaitBy(ctx, deadline)
-			err := t.wsem.Acquire(wctx)
+			// Close ends the wait: with no deadline it would last until the
+			// writer's holder is done, or BusyTimeout.
+			err := t.wsem.AcquireOr(wctx, t.r.stop)
 			cancel()
-			if err != nil {
+			switch {
+			case err == errSemStopped:
+				err = ErrClosed
+			case err != nil:
 				err = waitErr(ctx)
 			}
 			t.r.tel.waited(ctx, t.tel, roleWriter, start, err)
@@ -353,7 +358,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 				waitStart = time.Now()
 				t.r.budget.waits.Add(1)
 			}
-			select { // for a slot
+			select { // for a slot (Close wakes it: the budget is closed)
 			case <-ch:
 			case <-bound.done():
 				return nil, opError(opWaitReader, t.id, waitErr(ctx))
@@ -370,6 +375,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			waitStart = time.Now()
 			t.r.budget.waits.Add(1)
 		}
+		var waitEnd error
 		select {
 		case pc := <-q:
 			if pc != nil {
@@ -377,6 +383,11 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			}
 			// nil: the tenant's readers were closed (eviction, drain): look again
 		case <-bound.done():
+			waitEnd = waitErr(ctx)
+		case <-t.r.stop: // Close: not when a reader is released, or BusyTimeout
+			waitEnd = ErrClosed
+		}
+		if waitEnd != nil {
 			t.mu.Lock()
 			if i := slices.Index(t.readerQ, q); i >= 0 {
 				t.readerQ = slices.Delete(t.readerQ, i, i+1)
@@ -387,7 +398,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 					t.releaseReader(pc)
 				}
 			}
-			return nil, opError(opWaitReader, t.id, waitErr(ctx))
+			return nil, opError(opWaitReader, t.id, waitEnd)
 		}
 	}
 }
