@@ -125,7 +125,7 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 			err = opError(opCreateTenant, id, ErrTenantExists)
 		}
 		if err != nil {
-			t.wsem.Release()
+			t.unlockWriter()
 			return err
 		}
 		if t.w == nil && p.c.r.createsClosed() {

@@ -475,3 +475,99 @@ func TestLibraryRestoreLeavesSideFiles(t *testing.T) {
 		t.Errorf("copy.db's content changed (%v)", err)
 	}
 }
+
+// ExplicitCreate: an open refused for an unknown tenant retires its object
+// while a RestoreTenant of that ID waits for the object's writer. The
+// restore made the retired object active again, and a transaction queued
+// behind it ran on an object no longer in the registry: two writers for one
+// tenant ("database is locked" from SQLite for the next write, two entries
+// in Stats, and DeleteTenant calling the file open in another process).
+// Not parallel: it sets openWriterRaced.
+func TestRetiredTenantStaysRetired(t *testing.T) {
+	p := newTestProxy(t, Config{ExplicitCreate: true, Migrations: []string{eventsTable}})
+	ctx := context.Background()
+	if err := p.CreateTenant(ctx, "src"); err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join(t.TempDir(), "golden.db")
+	if err := p.BackupTenant(ctx, "src", golden); err != nil {
+		t.Fatal(err)
+	}
+	paused, resume := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	openWriterRaced = func(tn *tenant) {
+		if tn.id == "acme" {
+			once.Do(func() { close(paused); <-resume })
+		}
+	}
+	defer func() { openWriterRaced = nil }()
+	refused := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('unknown')`)
+		refused <- err
+	}()
+	select {
+	case <-paused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the open of an unknown tenant never reached openWriterRaced")
+	}
+	v, _ := p.c.r.tenants.Load("acme")
+	old := v.(*tenant)
+	restored := make(chan error, 1)
+	go func() { restored <- p.RestoreTenant(ctx, "acme", golden) }()
+	waitFor(t, 10*time.Second, "the restore to wait for the writer", func() bool {
+		return old.state.Load() == tenantDraining && old.wsem.nwait.Load() == 1
+	})
+	type began struct {
+		tx  *sql.Tx
+		err error
+	}
+	queued := make(chan began, 1)
+	qctx, cancel := context.WithTimeout(tctx("acme"), 10*time.Second)
+	defer cancel()
+	go func() {
+		tx, err := p.BeginTx(qctx, nil)
+		if err == nil {
+			if _, err = tx.ExecContext(qctx, `INSERT INTO events (tenant) VALUES ('queued')`); err != nil {
+				tx.Rollback()
+			}
+		}
+		queued <- began{tx, err}
+	}()
+	waitFor(t, 10*time.Second, "a transaction to queue behind the restore", func() bool { return old.wsem.nwait.Load() == 2 })
+	close(resume)
+	if err := <-refused; !errors.Is(err, ErrTenantNotFound) {
+		t.Fatalf("the write to the unknown tenant: %v, want ErrTenantNotFound", err)
+	}
+	if err := <-restored; err != nil {
+		t.Fatalf("RestoreTenant: %v", err)
+	}
+	b := <-queued
+	if b.err == nil {
+		// It ran: on the registry's object, which holds its writer now.
+		v, ok := p.c.r.tenants.Load("acme")
+		if !ok || v.(*tenant) == old || !v.(*tenant).wsem.held.Load() {
+			t.Errorf("the queued transaction runs on a tenant object outside the registry (retired: %v)", ok && v.(*tenant) == old)
+		}
+		if err := b.tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	} else if !errors.Is(b.err, ErrTenantNotFound) {
+		t.Fatalf("the transaction queued behind the restore: %v, want nil or ErrTenantNotFound", b.err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+		t.Fatal(err)
+	}
+	if old.state.Load() != tenantDeleted {
+		t.Errorf("the retired object's state is %d, want deleted", old.state.Load())
+	}
+	seen := map[string]int{}
+	for _, ts := range p.Stats().Tenants {
+		if seen[ts.ID]++; seen[ts.ID] > 1 {
+			t.Errorf("two open objects for tenant %s", ts.ID)
+		}
+	}
+	if err := p.DeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,10 +1,15 @@
 package sqliteproxy
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -192,4 +197,137 @@ func TestCloseEndsWaits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Close while writes are in flight: once Close and every caller have
+// returned, no connection of the tenants is left open. A writer that took
+// the writer semaphore as Close passed over its tenant, and saw the proxy
+// closed, gave the semaphore back without closing the tenant: its
+// connections (and files) stayed open for the life of the process (6 of
+// 40 rounds of a helper's run), and another proxy's DeleteTenant then
+// called it "open in another process".
+func TestCloseDuringWritesLeavesNothingOpen(t *testing.T) {
+	t.Parallel()
+	for round := range 40 {
+		dir := t.TempDir()
+		p, err := New(Config{Dir: dir, MaxConnections: 4, Migrations: []string{eventsTable}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var wrote atomic.Int64
+		for g := range 8 {
+			wg.Go(func() {
+				id := fmt.Sprintf("t%d", g%4)
+				for {
+					ctx, cancel := context.WithTimeout(tctx(id), 5*time.Second)
+					_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES (?)`, id)
+					cancel()
+					if errors.Is(err, ErrClosed) || err != nil && err.Error() == "sql: database is closed" {
+						return
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					wrote.Add(1)
+				}
+			})
+		}
+		waitFor(t, 10*time.Second, "writes under way", func() bool { return wrote.Load() >= 20 })
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		if st := p.Stats(); st.OpenConnections != 0 {
+			t.Fatalf("round %d: after Close and every caller returned: %+v", round, st)
+		}
+		assertNoOpenFiles(t, dir)
+	}
+}
+
+// A read or a write with no deadline that meets a tenant being deleted
+// waits BusyTimeout at most, as every wait without a deadline does, and
+// Close ends the wait: the read waited as long as the delete did (its
+// context had no deadline either: an admin handler's), across Close. Not
+// parallel: goroutinesIn counts the process's goroutines.
+func TestDrainWaitsAreBounded(t *testing.T) {
+	for _, closing := range []bool{false, true} {
+		t.Run(fmt.Sprintf("close=%v", closing), func(t *testing.T) {
+			p := newTestProxy(t, Config{BusyTimeout: 200 * time.Millisecond, Migrations: []string{eventsTable}})
+			ctx := tctx("acme")
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := p.BeginTx(ctx, &sql.TxOptions{ReadOnly: true}) // in-flight work the delete waits for
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+				t.Fatal(err)
+			}
+			tn, err := p.c.r.tenant("acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tn.unpin()
+			delCtx, cancelDel := context.WithCancel(context.Background())
+			defer cancelDel()
+			deleted := make(chan error, 1)
+			go func() { deleted <- p.DeleteTenant(delCtx, "acme") }()
+			waitFor(t, 10*time.Second, "the delete to drain", func() bool { return tn.state.Load() == tenantDraining })
+			done := make(chan error, 2)
+			go func() { done <- p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int)) }()
+			go func() {
+				_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('late')`)
+				done <- err
+			}()
+			var want error = errBusy
+			if closing {
+				// Both wait before Close: the read for the drain, the write
+				// for the writer the drain holds.
+				waitFor(t, 10*time.Second, "the read to wait for the drain", func() bool { return goroutinesIn("(*tenant).awaitDrain") == 1 })
+				waitFor(t, 10*time.Second, "the write to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+				want = ErrClosed
+				if err := p.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for range 2 {
+				select {
+				case err := <-done:
+					if !errors.Is(err, want) {
+						t.Errorf("a statement waiting for the drain: %v, want %v", err, want)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("a statement with no deadline still waits for the drain 10 s on (BusyTimeout 200ms)")
+				}
+			}
+			if closing {
+				select {
+				case err := <-deleted:
+					if !errors.Is(err, ErrClosed) {
+						t.Errorf("the delete waiting at Close: %v, want ErrClosed", err)
+					}
+				case <-time.After(10 * time.Second):
+					t.Fatal("the delete still waits 10 s after Close")
+				}
+			}
+		})
+	}
+}
+
+// goroutinesIn counts the goroutines with fn (a function name as stack
+// traces print it) on their stack.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range bytes.Split(buf, []byte("\n\n")) {
+		if bytes.Contains(g, []byte(fn+"(")) {
+			n++
+		}
+	}
+	return n
 }

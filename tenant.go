@@ -119,8 +119,12 @@ func (t *tenant) touch() {
 }
 
 // awaitDrain waits while t is draining. It reports ErrTenantNotFound once t
-// is deleted.
+// is deleted. A ctx without a deadline waits BusyTimeout at most (a drain
+// lasts as long as the work it waits for, or its caller's context), and
+// Close ends the wait.
 func (t *tenant) awaitDrain(ctx context.Context) error {
+	bound := lazyBound{r: t.r, ctx: ctx}
+	defer bound.stop()
 	for {
 		t.mu.Lock()
 		st, done := t.state.Load(), t.drainDone
@@ -133,8 +137,10 @@ func (t *tenant) awaitDrain(ctx context.Context) error {
 		}
 		select {
 		case <-done:
-		case <-ctx.Done():
-			return opError(opWaitTenant, t.id, ctx.Err())
+		case <-bound.done():
+			return opError(opWaitTenant, t.id, waitErr(ctx))
+		case <-t.r.stop:
+			return opError(opWaitTenant, t.id, ErrClosed)
 		}
 	}
 }
@@ -152,6 +158,17 @@ func (t *tenant) acquireWriterBy(ctx context.Context, deadline time.Time) (*phys
 		return nil, err
 	}
 	return t.openLockedWriter(ctx, t.r.accessOpts)
+}
+
+// unlockWriter releases t's writer semaphore taken by lockWriter (or
+// drain), closing t after Close: Close's own eviction passes over a tenant
+// whose semaphore is held and leaves it to the holder, as releaseWriter
+// does for a leased writer.
+func (t *tenant) unlockWriter() {
+	t.wsem.Release()
+	if t.r.isClosed.Load() {
+		t.evict(false, evictClose)
+	}
 }
 
 // lockWriter takes the writer semaphore of an active tenant.
@@ -172,6 +189,11 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 				err = ErrClosed
 			case err != nil:
 				err = waitErr(ctx)
+			}
+			if err != nil && t.r.isClosed.Load() {
+				// Handed the semaphore as it gave up, it passed it on
+				// (AcquireOr): perhaps after Close passed t over.
+				t.evict(false, evictClose)
 			}
 			t.r.tel.waited(ctx, t.tel, roleWriter, start, err)
 			if err != nil {
@@ -195,17 +217,17 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 			// Closed while it waited: work that had not begun before
 			// Close does not run after it returned (a transaction in
 			// progress holds the writer already, and may finish).
-			t.wsem.Release()
+			t.unlockWriter()
 			return opError(opWaitWriter, t.id, ErrClosed)
 		}
 		if t.state.Load() == tenantActive {
 			if err := t.r.unfence(t); err != nil {
-				t.wsem.Release()
+				t.unlockWriter()
 				return err
 			}
 			return nil
 		}
-		t.wsem.Release() // a drain is queued behind us, or done
+		t.unlockWriter() // a drain is queued behind us, or done
 		if err := t.awaitDrain(ctx); err != nil {
 			return err
 		}
@@ -220,7 +242,7 @@ func (t *tenant) openLockedWriter(ctx context.Context, o openOpts) (*physConn, e
 	}
 	pc, err := t.r.openWriter(ctx, t, o)
 	if err != nil {
-		t.wsem.Release()
+		t.unlockWriter()
 		t.r.budget.wake()
 		return nil, err
 	}
@@ -581,7 +603,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		if err := t.awaitDrain(ctx); errors.Is(err, ErrTenantNotFound) {
 			return opError(op, t.id, ErrTenantNotFound)
 		} else if err != nil {
-			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", ctx.Err()))
+			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", errors.Unwrap(err)))
 		}
 	}
 
@@ -589,13 +611,25 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		t.endDrain(tenantActive)
 		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
 	}
-	if err := t.wsem.Acquire(ctx); err != nil {
+	if err := t.wsem.AcquireOr(ctx, t.r.stop); err != nil {
+		if err == errSemStopped {
+			err = ErrClosed
+		}
 		t.mu.Lock()
-		t.state.Store(tenantActive)
+		if t.state.Load() == tenantDraining {
+			t.state.Store(tenantActive)
+		}
 		close(t.drainDone)
 		t.mu.Unlock()
 		t.r.budget.wake()
 		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
+	}
+	if t.state.Load() == tenantDeleted {
+		// Retired while this drain waited (an open refused under
+		// ExplicitCreate): t left the registry, and must not come back to
+		// life beside the object made for the ID since.
+		t.endDrain(tenantDeleted)
+		return opError(op, t.id, ErrTenantNotFound)
 	}
 	for {
 		ch := t.r.budget.waitCh()
@@ -612,6 +646,9 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		case <-ctx.Done():
 			t.r.budget.unwait()
 			return giveUp(ctx.Err())
+		case <-t.r.stop:
+			t.r.budget.unwait()
+			return giveUp(ErrClosed)
 		}
 	}
 	t.evict(true, reason)
@@ -627,13 +664,16 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 // endDrain ends a drain begun by drain, leaving t in state.
 func (t *tenant) endDrain(state int32) {
 	t.mu.Lock()
+	if t.pins.Load()&pinGone != 0 {
+		state = tenantDeleted // retired: never active again
+	}
 	t.state.Store(state)
 	if state == tenantDeleted {
 		t.pins.Or(pinGone)
 	}
 	close(t.drainDone)
 	t.mu.Unlock()
-	t.wsem.Release()
+	t.unlockWriter()
 	t.r.budget.wake()
 }
 
