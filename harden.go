@@ -196,7 +196,7 @@ func replicatedChecks(op int, arg1, arg2 string) int {
 // INTO), DETACH, load_extension(), and changes to pragmas that would
 // corrupt the file, break the pool or reach beyond the connection
 // (writable_schema, journal_mode, locking_mode, query_only, the temp/data
-// store directories, the process's heap limits).
+// store directories, the process's heap limits, count_changes on).
 //
 // Every ATTACH, whatever its file name: SQLite gives the authorizer the
 // name only when it is a string literal, and NULL (which mattn passes as
@@ -232,6 +232,16 @@ func pragmaVerdict(name, value string) int {
 		"schema_version":
 		if value != "" {
 			return sqlite3.SQLITE_DENY // reading them is fine
+		}
+	case "count_changes":
+		// Deprecated; on, every INSERT, UPDATE and DELETE returns a row, and
+		// a write stepped once (Exec) stays active: kept on the writer, its
+		// transaction never commits (acknowledged writes lost, every batch's
+		// COMMIT failing). Off is what it already is.
+		switch strings.ToLower(strings.Trim(value, `'"`)) {
+		case "", "0", "off", "no", "false":
+		default:
+			return sqlite3.SQLITE_DENY
 		}
 	}
 	return sqlite3.SQLITE_OK

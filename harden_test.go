@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 )
 
@@ -262,4 +263,41 @@ func heapLimits(t *testing.T) (hard, soft int64) {
 		t.Fatal(err)
 	}
 	return hard, soft
+}
+
+// PRAGMA count_changes = ON made every write return a row: stepped once by
+// Exec and kept in the writer's statement cache, the write stayed active and
+// its transaction never committed. With group commit, 4 of 1 600 writes were
+// acknowledged and a row acknowledged before was gone after a reopen; without
+// it, a prepared statement's last write stayed uncommitted. Setting it on is
+// refused; off and reading it are fine.
+func TestCountChangesRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	for _, q := range []string{`PRAGMA count_changes = ON`, `PRAGMA count_changes = 1`, `PRAGMA main.count_changes = yes`, `PRAGMA count_changes('true')`, `PRAGMA count_changes = 2`} {
+		if _, err := p.ExecContext(ctx, q); err == nil {
+			t.Errorf("%s: allowed", q)
+		}
+	}
+	for _, q := range []string{`PRAGMA count_changes = OFF`, `PRAGMA count_changes = 0`, `PRAGMA count_changes`} {
+		if _, err := p.ExecContext(ctx, q); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES (?)`, fmt.Sprint(g, "-", i)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if got := len(directRows(t, p, "acme", `SELECT tenant FROM events`)); got != 400 {
+		t.Errorf("%d rows in the file, want the 400 acknowledged", got)
+	}
 }
