@@ -460,6 +460,9 @@ func (c *Config) resolved() (*Config, error) {
 		if _, err := tenantReplicaURL(r.ReplicaURL, "x"); err != nil {
 			return nil, fmt.Errorf("Config.ReplicaURL: %w", err)
 		}
+		if err := replicaApartFromDir(r.ReplicaURL, r.Dir); err != nil {
+			return nil, fmt.Errorf("Config.ReplicaURL: %w", err)
+		}
 		if r.LitestreamSocket == "" {
 			return nil, errors.New("Config.ReplicaURL needs Config.LitestreamSocket, the control socket of the Litestream process")
 		}

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
+	"github.com/sqliteproxy/sqliteproxy/internal/dirs"
 	"github.com/sqliteproxy/sqliteproxy/internal/s3lite"
 )
 
@@ -880,6 +881,34 @@ func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error
 		return n > 0, err
 	}
 	return false, fmt.Errorf("erasing a %s:// replica is not supported: erase %s by other means", u.Scheme, raw)
+}
+
+// replicaApartFromDir refuses a file:// replica root that is dir, lies
+// inside it or holds it: deleting tenant "data"'s replica of file:///srv
+// with Dir /srv/data removed the whole data directory, and Litestream wrote
+// its trees among the tenant files.
+func replicaApartFromDir(base, dir string) error {
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "file" {
+		return err
+	}
+	root := filepath.Clean(u.Path)
+	lexical := func(a, b string) bool { // a is b or under it
+		return a == b || strings.HasPrefix(a, strings.TrimSuffix(b, string(filepath.Separator))+string(filepath.Separator))
+	}
+	overlap := lexical(root, dir) || lexical(dir, root)
+	for _, pair := range [][2]string{{root, dir}, {dir, root}} {
+		if overlap {
+			break
+		}
+		if overlap, err = dirs.Inside(pair[0], pair[1]); err != nil {
+			return err
+		}
+	}
+	if overlap {
+		return fmt.Errorf("%q and Config.Dir %q overlap: a tenant's replica would be a folder of the data directory (or the other way round), and erasing it would erase tenants: keep replicas apart from Dir", base, dir)
+	}
+	return nil
 }
 
 // errUnsupported: the replica's kind cannot be listed by the driver.

@@ -63,6 +63,27 @@ func TestReplication_Config(t *testing.T) {
 	if _, err := New(Config{Dir: t.TempDir(), ReplicaCompactor: compactorFunc(nil)}); err == nil || !strings.Contains(err.Error(), "ReplicaCompactor needs Config.ReplicaURL") {
 		t.Errorf("ReplicaCompactor without ReplicaURL: %v", err)
 	}
+	// A file replica root overlapping Dir: deleting tenant "data"'s replica
+	// (<root>/data = Dir) erased every tenant. Through a symlink too.
+	parent := t.TempDir()
+	data := filepath.Join(parent, "data")
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(parent, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range []string{parent, data, filepath.Join(data, "replicas"), link, link + "/data/r"} {
+		if _, err := New(Config{Dir: data, ReplicaURL: "file://" + root, LitestreamSocket: "/s"}); err == nil || !strings.Contains(err.Error(), "overlap") {
+			t.Errorf("ReplicaURL file://%s with Dir %s: %v, want an overlap error", root, data, err)
+		}
+	}
+	if p, err := New(Config{Dir: data, ReplicaURL: "file://" + data + "-replicas", LitestreamSocket: "/s"}); err != nil && strings.Contains(err.Error(), "overlap") {
+		t.Errorf("a replica beside Dir (%s-replicas): %v", data, err)
+	} else if err == nil {
+		p.Close()
+	}
 	cfg, err := ParseDSN("dir=d&replica_url=" + "s3%3A%2F%2Fb%2Fp%3Fendpoint%3Dhttp%253A%252F%252Fh" + "&litestream_socket=%2Frun%2Fls.sock&litestream_path=%2Fbin%2Flitestream")
 	if err != nil {
 		t.Fatal(err)
