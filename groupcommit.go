@@ -493,7 +493,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 	bg := context.Background()
 	alone := func(rs []*gcReq) {
 		for _, r := range rs {
-			if r.ctx.Err() != nil {
+			if r.ctx.Err() != nil || !r.deadline.IsZero() && time.Now().After(r.deadline) {
 				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx)) // nothing of it ran
 				continue
 			}
@@ -509,6 +509,17 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		return
 	}
 	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
+		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
+			// Another process holds the write lock, and BEGIN waited
+			// BusyTimeout for it, as every caller of the batch has waited
+			// since it came: alone, each would wait as long again, one
+			// after the other (twelve callers answered after 10 s with a
+			// BusyTimeout of 1 s). Nothing ran.
+			for _, r := range batch {
+				r.err = err
+			}
+			return
+		}
 		alone(batch)
 		return
 	}

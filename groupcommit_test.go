@@ -865,3 +865,67 @@ func TestGroupCommit_SleepingLeaderCancelled(t *testing.T) {
 		t.Fatalf("want %d after a gather that ended with two callers, want 2", got)
 	}
 }
+
+// Another process holds the write lock: a batch's BEGIN IMMEDIATE waits
+// BusyTimeout and fails, and so does every caller of the batch, at once.
+// Each statement then ran alone, each waiting BusyTimeout again, and the
+// callers were answered one BusyTimeout after the other (twelve writers,
+// BusyTimeout 1 s: answered after 10 s; without group commit after 1 s).
+func TestGroupCommit_ExternalWriteLock(t *testing.T) {
+	t.Parallel()
+	const busy = 500 * time.Millisecond
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: busy, GroupCommit: GroupCommitOn, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	lock, err := direct(t, dir, "acme").Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	defer lock.ExecContext(context.Background(), `ROLLBACK`)
+	const writers = 8
+	took := make(chan time.Duration, writers)
+	start := time.Now()
+	// Deadlines far off: nothing but the lock ends the waits.
+	wctx, cancel := context.WithTimeout(ctx, 20*busy)
+	defer cancel()
+	write := func() {
+		_, err := p.ExecContext(wctx, `INSERT INTO events (tenant) VALUES ('blocked')`)
+		if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+			t.Errorf("a write beside another process's write lock: %v, want SQLITE_BUSY", err)
+		}
+		took <- time.Since(start)
+	}
+	// The first waits for the lock on the writer; the others queue behind
+	// it (a leader for the writer, the rest for its batch).
+	go write()
+	waitFor(t, 10*time.Second, "the first write to hold the writer", func() bool { return tn.wsem.held.Load() })
+	for range writers - 1 {
+		go write()
+	}
+	waitFor(t, 10*time.Second, "a batch to queue", func() bool { return tn.wsem.nwait.Load() == 1 && tn.queued() == writers-2 })
+	var slowest time.Duration
+	for range writers {
+		select {
+		case d := <-took:
+			slowest = max(slowest, d)
+		case <-time.After(30 * time.Second):
+			t.Fatal("writers still waiting 30 s on")
+		}
+	}
+	// The first's wait, then the batch's BEGIN: 2 × BusyTimeout.
+	if slowest > 4*busy {
+		t.Errorf("the last writer was answered after %v, BusyTimeout %v: callers waited one BusyTimeout after the other", slowest, busy)
+	}
+}
