@@ -100,7 +100,7 @@ type gcReq struct {
 	// by someone else: gcDone (answered: res and err are set) or gcLead
 	// (lead the next batch). Buffered, so the sender never waits.
 	wake chan gcSignal
-	// timer ends a queued wait at deadline; kept with the pooled request.
+	// timer ends a queued wait at deadline (bound).
 	timer *time.Timer
 }
 
@@ -263,7 +263,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		r.deadline = time.Now().Add(t.r.cfg.BusyTimeout)
 	}
 	defer func() {
-		*r = gcReq{wake: r.wake, timer: r.timer} // drop references before pooling
+		*r = gcReq{wake: r.wake} // drop references before pooling
 		gcReqs.Put(r)
 	}()
 	t.gc.mu.Lock()
@@ -293,6 +293,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	}
 	if r.timer != nil {
 		r.timer.Stop()
+		r.timer = nil
 	}
 	if answered {
 		if sig == gcLead {
@@ -322,12 +323,12 @@ func (r *gcReq) bound() <-chan time.Time {
 	if r.deadline.IsZero() {
 		return nil
 	}
-	d := time.Until(r.deadline)
-	if r.timer == nil {
-		r.timer = time.NewTimer(d)
-	} else {
-		r.timer.Reset(d)
-	}
+	// A timer of its own for each wait: one used again may deliver a tick
+	// of its last use under GODEBUG=asynctimerchan=1 (the timers of Go
+	// before 1.23, which an application may ask for), even after a Stop
+	// and a drain, and end this wait at once (writes failed with
+	// SQLITE_BUSY after microseconds).
+	r.timer = time.NewTimer(time.Until(r.deadline))
 	return r.timer.C
 }
 
@@ -445,7 +446,7 @@ func (t *tenant) sleepGather(r *gcReq, want int, wait time.Duration) {
 		case <-gc.timer.C:
 		case <-r.ctx.Done():
 		}
-		gc.timer.Stop()
+		stopTimer(gc.timer)
 		gc.mu.Lock()
 		gc.gathering = 0
 		select {
@@ -664,4 +665,17 @@ func (t *tenant) queued() int {
 	t.gc.mu.Lock()
 	defer t.gc.mu.Unlock()
 	return len(t.gc.q)
+}
+
+// stopTimer stops t, a timer used again, and drains a tick it may have
+// sent (with GODEBUG=asynctimerchan=1, the timers of Go before 1.23, a
+// tick can stay in the channel; one arriving after the drain only ends a
+// gathering sleep early).
+func stopTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
 }
