@@ -224,8 +224,32 @@ func (rp *replicator) call(ctx context.Context, method, p string, in, out any) e
 
 // register starts streaming the tenant file at p to its replica under key
 // (see tenant.replicaKey).
+//
+// Litestream answers "already_registered" for a path it streams already,
+// and keeps streaming it as it was: for a registration this process does
+// not hold (a process killed without unregistering, a registration whose
+// unregister failed) that may be a file since replaced (the data directory
+// wiped and the tenant restored: every later sync failed with "cannot
+// verify wal state" while writes succeeded) or another replica URL (an
+// older generation). Such a registration is ended and made again.
 func (rp *replicator) register(ctx context.Context, p, key string) error {
-	err := rp.call(ctx, http.MethodPost, "/register", map[string]string{"path": p, "replica_url": rp.url(key)}, nil)
+	body := map[string]string{"path": p, "replica_url": rp.url(key)}
+	var out struct {
+		Status string `json:"status"`
+	}
+	err := rp.call(ctx, http.MethodPost, "/register", body, &out)
+	if err == nil && out.Status == "already_registered" {
+		// Its final sync may fail (the file it holds is gone): it leaves
+		// Litestream's store all the same, before the error (a 500).
+		uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": 1}, nil)
+		if ce := (*ctlError)(nil); uerr != nil && (!errors.As(uerr, &ce) || ce.Status != http.StatusInternalServerError) {
+			return fmt.Errorf("register with litestream: end a registration this process does not hold: %w", uerr)
+		}
+		err = rp.call(ctx, http.MethodPost, "/register", body, &out)
+		if err == nil && out.Status != "registered" {
+			err = fmt.Errorf("litestream answered %q to a new registration", out.Status)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("register with litestream: %w", err)
 	}

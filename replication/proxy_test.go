@@ -10,6 +10,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -546,6 +547,54 @@ func TestProxy_LitestreamRestarted(t *testing.T) {
 	sqliteproxytest.WaitFor(t, 60*time.Second, "idle's replica to catch up", func() bool {
 		return slices.Equal(g.replicaNames(t, "idle"), want)
 	})
+}
+
+// A registration the process does not hold: a service killed without
+// unregistering, its data directory wiped and the service started again on
+// the same path, Litestream still running. The tenant is restored from the
+// replica, but Litestream answered "already_registered" and kept the dead
+// process's database (an unlinked file): every SyncTenant failed with
+// "cannot verify wal state" while writes succeeded, and nothing reached the
+// replica again. The proxy now ends such a registration and makes its own.
+func TestProxy_StaleRegistrationReplaced(t *testing.T) {
+	g := newRig(t, "file")
+	ctx := context.Background()
+	cfg := g.config(t, 10)
+	a := sqliteproxytest.New(t, cfg)
+	insert(t, a, "acme", "first")
+	if err := a.SyncTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a killed process leaves: its registration, on the file it had.
+	path := filepath.Join(cfg.Dir, "acme.db")
+	if status, err := g.ls.Client.Register(path, mustJoin(t, g.replica, "acme")); err != nil || status != "registered" {
+		t.Fatalf("register as a killed process had: %q, %v", status, err)
+	}
+	if _, err := g.ls.Client.Sync(path, true, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(cfg.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	b := sqliteproxytest.New(t, cfg)
+	if got := names(t, b, "acme"); !slices.Equal(got, []string{"first"}) {
+		t.Fatalf("restored from the replica: %v, want [first]", got)
+	}
+	insert(t, b, "acme", "second")
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.SyncTenant(sctx, "acme"); err != nil {
+		t.Fatalf("SyncTenant after a stale registration: %v", err)
+	}
+	if got, want := g.replicaNames(t, "acme"), []string{"first", "second"}; !slices.Equal(got, want) {
+		t.Errorf("the replica: %v, want %v", got, want)
+	}
 }
 
 // Close reports the tenants whose final sync failed (Litestream down):
