@@ -49,6 +49,7 @@ type replicator struct {
 	bin      string          // Config.LitestreamPath
 	restorer ReplicaRestorer // Config.ReplicaRestorer: restores in process; nil: with bin
 	ctl      *http.Client
+	stop     <-chan struct{} // the router's: closed by Close
 
 	mu        sync.Mutex           // guards behind
 	behind    map[*tenant]struct{} // closed tenants whose last changes are not all in the replica
@@ -351,9 +352,31 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 		args = append(args, "-timestamp", at.UTC().Format(time.RFC3339Nano))
 	}
 	args = append(args, rp.url(key))
+	// A restore of a large tenant may take long, so no bound of its own;
+	// but Close ends it, and it does not outlive this process (an object
+	// store that never answers kept it running after both had returned).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-rp.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	cmd := exec.CommandContext(ctx, rp.bin, args...)
 	cmd.Env = litestreamEnv()
+	dieWithParent(cmd)
 	out, err := cmd.CombinedOutput()
+	if err != nil && ctx.Err() != nil {
+		// Killed for its context (or Close): say so, for errors.Is.
+		select {
+		case <-rp.stop:
+			return fmt.Errorf("litestream restore: %w", ErrClosed)
+		default:
+		}
+		return fmt.Errorf("litestream restore: %w", context.Cause(ctx))
+	}
 	if err != nil {
 		msg := strings.TrimSpace(string(out))
 		if i := strings.LastIndex(msg, "\n"); i >= 0 {

@@ -128,6 +128,9 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		return nil, opError(opOpen, "", err)
 	}
 	r.mig = newMigrator(list, r.tel)
+	if r.repl != nil {
+		r.repl.stop = r.stop
+	}
 	r.free = newTenantless()
 	r.reaperWG.Add(2)
 	go r.background()

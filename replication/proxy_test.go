@@ -10,10 +10,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -594,6 +596,76 @@ func TestProxy_StaleRegistrationReplaced(t *testing.T) {
 	}
 	if got, want := g.replicaNames(t, "acme"), []string{"first", "second"}; !slices.Equal(got, want) {
 		t.Errorf("the replica: %v, want %v", got, want)
+	}
+}
+
+// An object store that accepts connections and never answers (a partition,
+// a firewall that drops): the first access of a tenant restores it from the
+// replica with the litestream binary, which waits for ever. With a deadline
+// the access fails with the context's error (it said "signal: killed"), and
+// Close ends an access without one (it went on after Close returned, and
+// the litestream process outlived the service).
+func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var held []net.Conn // accepted, never answered
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	t.Setenv("AWS_CA_BUNDLE", "")
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	cfg.ReplicaURL = "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1"
+	p := sqliteproxytest.New(t, cfg)
+	ctx, cancel := context.WithTimeout(sqliteproxytest.Context(t, "acme"), 2*time.Second)
+	defer cancel()
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (name) VALUES ('x')`); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("an access with a 2 s deadline: %v, want context.DeadlineExceeded", err)
+	}
+	mu.Lock()
+	before := len(held)
+	mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(sqliteproxytest.Context(t, "globex"), `INSERT INTO events (name) VALUES ('x')`)
+		done <- err
+	}()
+	sqliteproxytest.WaitFor(t, 10*time.Second, "globex's litestream restore to call the store", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held) > before
+	})
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, sqliteproxy.ErrClosed) {
+			t.Errorf("an access without a deadline, restoring at Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("an access without a deadline still restores 20 s after Close")
 	}
 }
 

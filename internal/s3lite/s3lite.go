@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -39,6 +40,28 @@ type Client struct {
 // Litestream reads them: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and
 // AWS_SESSION_TOKEN), else LITESTREAM_ACCESS_KEY_ID and
 // LITESTREAM_SECRET_ACCESS_KEY.
+// ResponseTimeout bounds the wait for a response's headers once a request
+// is sent: an endpoint that accepts connections and never answers (a
+// partition, a firewall that drops) held the calls of a caller without a
+// deadline for ever. A body on its way is not cut short. Read once, at the
+// first client made.
+var ResponseTimeout = 30 * time.Second
+
+var (
+	transportOnce sync.Once
+	transport     *http.Transport
+)
+
+// httpClient is http.DefaultClient with ResponseTimeout, its connections
+// shared by every Client.
+func httpClient() *http.Client {
+	transportOnce.Do(func() {
+		transport = http.DefaultTransport.(*http.Transport).Clone()
+		transport.ResponseHeaderTimeout = ResponseTimeout
+	})
+	return &http.Client{Transport: transport}
+}
+
 func FromReplicaURL(raw string) (*Client, string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -48,7 +71,7 @@ func FromReplicaURL(raw string) (*Client, string, error) {
 		return nil, "", fmt.Errorf("%q is not an s3://bucket/prefix URL", raw)
 	}
 	q := u.Query()
-	c := &Client{Bucket: u.Host, Region: q.Get("region"), Endpoint: strings.TrimSuffix(q.Get("endpoint"), "/"), HTTP: http.DefaultClient}
+	c := &Client{Bucket: u.Host, Region: q.Get("region"), Endpoint: strings.TrimSuffix(q.Get("endpoint"), "/"), HTTP: httpClient()}
 	if c.Region == "" {
 		c.Region = "us-east-1"
 	}

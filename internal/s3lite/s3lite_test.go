@@ -1,0 +1,54 @@
+package s3lite
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// An endpoint that accepts connections and never answers: a call without a
+// deadline fails after ResponseTimeout (it waited for ever).
+func TestUnansweringEndpoint(t *testing.T) {
+	ResponseTimeout = 200 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		var held []net.Conn // accepted, never answered
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	c, prefix, err := FromReplicaURL("s3://bucket/tenants?endpoint=http://" + ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.List(context.Background(), prefix, "/")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "timeout") {
+			t.Errorf("List from an endpoint that never answers: %v, want a timeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("List from an endpoint that never answers still waits 10 s on (ResponseTimeout 200ms)")
+	}
+}
