@@ -694,7 +694,9 @@ var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empt
 // is in its replica: the barrier before acknowledging a write that must
 // survive the loss of this machine. A tenant that is not open here was
 // synced when it was closed; if that sync failed, SyncTenant opens the
-// tenant to sync it again. It fails when replication is off, and with
+// tenant to sync it again. It fails with ErrTenantNotFound for a tenant
+// that has no file here (even if its replica exists: nothing here to
+// sync), when replication is off, and with
 // Config.Ownership it fails with ErrNotOwner once this node's last lease on
 // the tenant was lost (open here or not, until the node owns it again):
 // what it wrote may not be in the generation another node now serves. A
@@ -744,7 +746,9 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			return err
 		}
 		if _, err := os.Lstat(unsyncedMarker(t.path)); !t.unsynced.Load() && err != nil {
-			return nil
+			// Nothing left to sync, if it exists: a typo'd ID is not
+			// "synced".
+			return t.mustExist(opSyncTenant)
 		}
 		// Its final sync failed (in this process, or in one before it):
 		// open it (which registers it), sync, and leave it to eviction to

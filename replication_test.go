@@ -105,6 +105,17 @@ func TestReplication_OffByDefault(t *testing.T) {
 	}
 }
 
+// SyncTenant of an ID that has no file here said nil, as for a tenant
+// synced at its close: a typo'd ID passed for synced.
+func TestReplication_SyncUnknownTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, ReplicaURL: "file://" + t.TempDir(), LitestreamSocket: dir + "/no.sock"})
+	if err := p.SyncTenant(context.Background(), "ghost"); !errors.Is(err, ErrTenantNotFound) {
+		t.Errorf("SyncTenant of a tenant that does not exist: %v, want ErrTenantNotFound", err)
+	}
+}
+
 // With the Litestream process unreachable, a tenant cannot be opened (its
 // writes could not be streamed), and nothing is created.
 func TestReplication_LitestreamDown(t *testing.T) {
