@@ -102,6 +102,25 @@ type gcReq struct {
 	wake chan gcSignal
 	// timer ends a queued wait at deadline (bound).
 	timer *time.Timer
+	// state: reqQueued until a leader takes the request into its batch
+	// (reqBatched, under gc.mu); the leader makes it reqRunning just before
+	// it runs, unless its caller, whose context ended first, made it
+	// reqAbandoned: then nothing of it runs, and the caller has left.
+	state atomic.Int32
+}
+
+const (
+	reqQueued int32 = iota
+	reqBatched
+	reqRunning
+	reqAbandoned
+)
+
+// run reports whether the leader may run r, marking it running: not when
+// its caller abandoned it. A request already running (run again alone after
+// its batch was aborted) may.
+func (r *gcReq) run() bool {
+	return r.state.CompareAndSwap(reqBatched, reqRunning) || r.state.Load() == reqRunning
 }
 
 type gcSignal uint8
@@ -262,7 +281,11 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 	if _, ok := ctx.Deadline(); !ok {
 		r.deadline = time.Now().Add(t.r.cfg.BusyTimeout)
 	}
+	abandoned := false
 	defer func() {
+		if abandoned {
+			return // its leader may still hold it: not pooled
+		}
 		*r = gcReq{wake: r.wake} // drop references before pooling
 		gcReqs.Put(r)
 	}()
@@ -308,8 +331,15 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
 	}
 	t.gc.mu.Unlock()
-	// Taken by a leader: it runs (or ran) in its batch, or r leads the
-	// next batch, which fails on the ended context (or at once if the
+	// Taken by a leader into its batch, not yet run: its caller leaves at
+	// once (a slow statement of another caller ahead of it, or the batch's
+	// BEGIN, held it past its deadline), and the leader skips it.
+	if r.state.CompareAndSwap(reqBatched, reqAbandoned) {
+		abandoned = true
+		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+	}
+	// Running (or ran) in its batch: its outcome is the batch's. Or r leads
+	// the next batch, which fails on the ended context (or at once if the
 	// writer is not free by r's deadline) and hands over.
 	if <-r.wake == gcLead {
 		t.leadBatch(r)
@@ -348,6 +378,9 @@ func (t *tenant) leadBatch(r *gcReq) {
 	batch := append(t.gc.batch[:0], r)
 	batch = append(batch, t.gc.q[:n]...)
 	t.gc.q = slices.Delete(t.gc.q, 0, n)
+	for _, b := range batch {
+		b.state.Store(reqBatched)
+	}
 	t.gc.mu.Unlock()
 	if int32(len(batch)) > t.gc.want.Load() {
 		t.gc.want.Store(int32(len(batch)))
@@ -494,6 +527,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 	bg := context.Background()
 	alone := func(rs []*gcReq) {
 		for _, r := range rs {
+			if !r.run() {
+				continue // abandoned by its caller, who has left
+			}
 			if r.ctx.Err() != nil || !r.deadline.IsZero() && time.Now().After(r.deadline) {
 				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx)) // nothing of it ran
 				continue
@@ -530,6 +566,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 	ran := t.gc.ran[:0]
 	defer func() { clear(ran); t.gc.ran = ran[:0] }()
 	for i, r := range batch {
+		if !r.run() {
+			continue // abandoned by its caller, who has left
+		}
 		if r.ctx.Err() != nil {
 			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
 			continue

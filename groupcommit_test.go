@@ -929,3 +929,58 @@ func TestGroupCommit_ExternalWriteLock(t *testing.T) {
 		t.Errorf("the last writer was answered after %v, BusyTimeout %v: callers waited one BusyTimeout after the other", slowest, busy)
 	}
 }
+
+// A caller taken into a batch whose own statement has not run yet leaves
+// at its deadline, and the leader skips it: it waited for another caller's
+// slow statement ahead of it (and the COMMIT), returning "deadline
+// exceeded" only once the batch was done, seconds after its deadline.
+func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	tx, err := p.BeginTx(ctx, nil) // holds the writer while the batch queues
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	type outcome struct {
+		err error
+		at  time.Time
+	}
+	slow, fast := make(chan outcome, 1), make(chan outcome, 1)
+	go func() { // seconds of work, no deadline: the batch's leader
+		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) SELECT 'slow' FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT max(x) FROM c)`)
+		slow <- outcome{err, time.Now()}
+	}()
+	waitFor(t, 10*time.Second, "the slow statement to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+	fctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	go func() {
+		_, err := p.ExecContext(fctx, `INSERT INTO events (tenant) VALUES ('fast')`)
+		fast <- outcome{err, time.Now()}
+	}()
+	waitFor(t, 10*time.Second, "the fast statement to queue", func() bool { return tn.queued() == 1 })
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	f, s := <-fast, <-slow
+	if !errors.Is(f.err, context.DeadlineExceeded) {
+		t.Errorf("the fast statement: %v, want context.DeadlineExceeded", f.err)
+	}
+	if s.err != nil {
+		t.Fatalf("the slow statement: %v", s.err)
+	}
+	if !f.at.Before(s.at) {
+		t.Errorf("the fast statement returned %v after the slow one ahead of it was done; want at its deadline, before", f.at.Sub(s.at))
+	}
+	if got := directRows(t, p, "acme", `SELECT tenant FROM events ORDER BY id`); !slices.Equal(got, []string{"tx", "slow"}) {
+		t.Errorf("rows %q, want [tx slow]: nothing of the abandoned statement", got)
+	}
+}
