@@ -541,7 +541,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		alone(batch)
 		return
 	}
-	if t.r.cfg.ForeignKeys && deferredKeys(pc) {
+	if (t.r.cfg.ForeignKeys || foreignKeysOn(pc)) && deferredKeys(pc) {
 		alone(batch)
 		return
 	}
@@ -613,23 +613,37 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 	}
 }
 
+// foreignKeysOn reports whether the writer pc enforces foreign keys, or
+// cannot tell: without Config.ForeignKeys, a caller's PRAGMA foreign_keys =
+// ON stays with the writer (one query per batch).
+func foreignKeysOn(pc *physConn) bool {
+	on, err := queryInt64(context.Background(), pc.c, "PRAGMA foreign_keys")
+	return err != nil || on != 0
+}
+
 // deferredKeys reports whether the schema of the writer pc declares a
 // foreign key INITIALLY DEFERRED, or cannot tell. Such a key is checked at
 // COMMIT only, so in a batch a statement that breaks it is not failed when
 // a later caller's statement mends it before the batch commits (a child
 // row, then its parent), where alone it would have been: with such keys,
-// and foreign keys on, statements run alone. The answer is kept with pc
-// for its schema_version.
+// and foreign keys on, statements run alone. TEMP tables count (a caller
+// may have made one on the writer). The answer is kept with pc for the
+// schema versions of main and temp.
 func deferredKeys(pc *physConn) bool {
 	ctx := context.Background()
-	v, err := queryInt64(ctx, pc.c, "PRAGMA schema_version")
+	v, err := queryInt64(ctx, pc.c, "PRAGMA main.schema_version")
 	if err != nil {
 		return true
 	}
-	if pc.schemaSeen == v+1 {
+	tv, err := queryInt64(ctx, pc.c, "PRAGMA temp.schema_version")
+	if err != nil {
+		return true
+	}
+	if pc.schemaSeen == v+1 && pc.tempSeen == tv {
 		return pc.deferredFK
 	}
-	rows, err := pc.c.QueryContext(ctx, `SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'`, nil)
+	rows, err := pc.c.QueryContext(ctx, `SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'
+		UNION ALL SELECT sql FROM temp.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'`, nil)
 	if err != nil {
 		return true
 	}
@@ -640,7 +654,7 @@ func deferredKeys(pc *physConn) bool {
 			found = true
 		}
 	}
-	pc.schemaSeen, pc.deferredFK = v+1, found
+	pc.schemaSeen, pc.tempSeen, pc.deferredFK = v+1, tv, found
 	return found
 }
 

@@ -277,6 +277,43 @@ func TestGroupCommit_DeferredConstraintMendedLater(t *testing.T) {
 	}
 }
 
+// The same, with the keys switched on by a caller's PRAGMA foreign_keys
+// (it stays with the writer) rather than Config.ForeignKeys, and with a
+// TEMP table that has such a key: the batch let the child that broke the
+// key through, where alone it failed.
+func TestGroupCommit_DeferredKeysOfTheSession(t *testing.T) {
+	for _, tc := range []struct{ name, setup, child, parent string }{
+		{"pragma", `PRAGMA foreign_keys = ON`, `child`, `kv`},
+		{"temp", `CREATE TEMP TABLE tkv (k TEXT PRIMARY KEY, v INTEGER);
+			CREATE TEMP TABLE tchild (id INTEGER PRIMARY KEY, k TEXT REFERENCES tkv (k) DEFERRABLE INITIALLY DEFERRED)`, `temp.tchild`, `temp.tkv`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			migs := []string{kvTable, `CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY DEFERRED)`}
+			if tc.name == "temp" {
+				migs = migs[:1] // the only such key is the TEMP table's
+			}
+			p := newTestProxy(t, Config{ForeignKeys: tc.name == "temp", Migrations: migs})
+			if _, err := p.ExecContext(tctx("acme"), tc.setup); err != nil {
+				t.Fatal(err)
+			}
+			tx, tn := holdWriter(t, p, "acme")
+			wait := queue(t, p, tn, nil, []string{
+				`INSERT INTO kv (k, v) VALUES ('first', 1)`,
+				`INSERT INTO ` + tc.child + ` (k) VALUES ('p1')`,        // breaks the deferred key
+				`INSERT INTO ` + tc.parent + ` (k, v) VALUES ('p1', 2)`, // mends it
+			})
+			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			got := wait()
+			var se sqlite3.Error
+			if !errors.As(got[1].err, &se) || se.Code != sqlite3.ErrConstraint || got[0].err != nil || got[2].err != nil {
+				t.Fatalf("results %+v, want the child's insert to fail alone", got)
+			}
+		})
+	}
+}
+
 // A write whose context has no deadline waits BusyTimeout from its call
 // and then gets SQLITE_BUSY, queued or not: a queue of k callers behind a
 // held writer must not make the last wait k × BusyTimeout (each used to

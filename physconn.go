@@ -88,9 +88,10 @@ type physConn struct {
 	cacheSize int // most statements kept in stmts
 
 	// What deferredKeys (groupcommit.go) found for the writer's schema:
-	// schemaSeen is its schema_version + 1 (0: not looked at yet).
-	schemaSeen int64
-	deferredFK bool
+	// schemaSeen is its schema_version + 1 (0: not looked at yet), tempSeen
+	// the temp schema's schema_version.
+	schemaSeen, tempSeen int64
+	deferredFK           bool
 }
 
 // endLease ends the current lease of pc. Rows still open from it find the
