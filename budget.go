@@ -230,12 +230,19 @@ func (b *budget) openTenants() []*tenant {
 // holds t's writer semaphore, which lets t itself be evicted when its
 // readers are all idle.
 func (r *router) reserve(ctx context.Context, t *tenant) error {
+	return r.reserveBy(ctx, t, time.Time{})
+}
+
+// reserveBy is reserve for a call whose wait began earlier: a ctx without
+// a deadline waits until deadline (when not zero), not BusyTimeout from
+// now (a write waited for the writer, then as long again for a slot).
+func (r *router) reserveBy(ctx context.Context, t *tenant, deadline time.Time) error {
 	b := r.budget
 	if ok, err := b.tryReserve(t); ok || err != nil {
 		return err
 	}
 	start := time.Now()
-	wctx, cancel := r.boundWait(ctx)
+	wctx, cancel := r.boundWaitBy(ctx, deadline)
 	defer cancel()
 	var err error
 	waited := false // a slot made by evicting an idle tenant is no wait

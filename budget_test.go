@@ -352,3 +352,38 @@ func TestBudget_EvictionIsNoWait(t *testing.T) {
 		t.Errorf("five tenants one after another through a cap of one: Waits %d, Evictions %d; want 0, 4", st.Waits, st.Evictions)
 	}
 }
+
+// A write with no deadline waits BusyTimeout in all: it waited for the
+// writer (held by another write waiting for a slot), then as long again
+// for a slot itself.
+func TestBudget_ChainedWaitsShareBusyTimeout(t *testing.T) {
+	t.Parallel()
+	const busy = time.Second
+	p := newTestProxy(t, Config{MaxConnections: 1, ReadersPerTenant: 1, BusyTimeout: busy, Migrations: []string{eventsTable}})
+	tx, err := p.BeginTx(tctx("b"), nil) // b holds the only slot
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('b')`); err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan error, 1)
+	go func() { // takes a's writer, waits for a slot
+		_, err := p.ExecContext(tctx("a"), `INSERT INTO events (tenant) VALUES ('a')`)
+		first <- err
+	}()
+	waitFor(t, 10*time.Second, "the first write to wait for a slot", func() bool { return p.Stats().Waits >= 1 })
+	start := time.Now()
+	_, err = p.ExecContext(tctx("a"), `INSERT INTO events (tenant) VALUES ('a2')`) // waits for the writer, then a slot
+	took := time.Since(start)
+	if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+		t.Errorf("the second write: %v, want SQLITE_BUSY", err)
+	}
+	if took > busy*17/10 { // 2 s before
+		t.Errorf("the second write waited %v in all, BusyTimeout %v", took, busy)
+	}
+	if err := <-first; err == nil {
+		t.Error("the first write got a slot b holds")
+	}
+}

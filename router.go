@@ -346,6 +346,9 @@ type openOpts struct {
 	// servePending serves a tenant with pending migrations as it is
 	// (MigrateManual); t.ready then means "checked", not "up to date".
 	servePending bool
+	// deadline is the bound of a wait this call made already (for the
+	// writer), within which a wait for a slot ends too: zero for none.
+	deadline time.Time
 }
 
 // openWriter opens t's writer, creating the tenant's file if it is missing
@@ -428,7 +431,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		t.retire()
 		return nil, opError(opOpenTenant, t.id, ErrTenantNotFound)
 	}
-	if err := r.reserve(ctx, t); err != nil {
+	if err := r.reserveBy(ctx, t, o.deadline); err != nil {
 		return nil, opError(opWaitSlot, t.id, err)
 	}
 	if !exists {

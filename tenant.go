@@ -154,10 +154,13 @@ func (t *tenant) acquireWriter(ctx context.Context) (*physConn, error) {
 // when ctx has no deadline, it waits for the semaphore until deadline
 // (when not zero) rather than BusyTimeout from now.
 func (t *tenant) acquireWriterBy(ctx context.Context, deadline time.Time) (*physConn, error) {
-	if err := t.lockWriterBy(ctx, deadline); err != nil {
+	deadline, err := t.lockWriterUntil(ctx, deadline)
+	if err != nil {
 		return nil, err
 	}
-	return t.openLockedWriter(ctx, t.r.accessOpts)
+	o := t.r.accessOpts
+	o.deadline = deadline // a slot it then waits for is waited for within the same bound
+	return t.openLockedWriter(ctx, o)
 }
 
 // unlockWriter releases t's writer semaphore taken by lockWriter (or
@@ -176,9 +179,20 @@ func (t *tenant) lockWriter(ctx context.Context) error { return t.lockWriterBy(c
 
 // lockWriterBy is lockWriter waiting as boundWaitBy(ctx, deadline) allows.
 func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
+	_, err := t.lockWriterUntil(ctx, deadline)
+	return err
+}
+
+// lockWriterUntil is lockWriterBy that also returns the bound it waited
+// within: deadline, else for a ctx without one that had to wait, BusyTimeout
+// from the wait's start (zero when it did not wait).
+func (t *tenant) lockWriterUntil(ctx context.Context, deadline time.Time) (time.Time, error) {
 	for {
 		if !t.wsem.TryAcquire() {
 			start := time.Now()
+			if _, ok := ctx.Deadline(); !ok && deadline.IsZero() {
+				deadline = start.Add(t.r.cfg.BusyTimeout)
+			}
 			wctx, cancel := t.r.boundWaitBy(ctx, deadline)
 			// Close ends the wait: with no deadline it would last until the
 			// writer's holder is done, or BusyTimeout.
@@ -201,9 +215,9 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 					// The writer was held by the closing of a tenant whose
 					// lease was lost (its release waits for etcd): not a
 					// busy tenant, one this node does not own any more.
-					return opError(opWaitWriter, t.id, errLeaseEnded)
+					return deadline, opError(opWaitWriter, t.id, errLeaseEnded)
 				}
-				return opError(opWaitWriter, t.id, err)
+				return deadline, opError(opWaitWriter, t.id, err)
 			}
 		}
 		if t.lease != nil && leaseStale(t) {
@@ -218,18 +232,18 @@ func (t *tenant) lockWriterBy(ctx context.Context, deadline time.Time) error {
 			// Close does not run after it returned (a transaction in
 			// progress holds the writer already, and may finish).
 			t.unlockWriter()
-			return opError(opWaitWriter, t.id, ErrClosed)
+			return deadline, opError(opWaitWriter, t.id, ErrClosed)
 		}
 		if t.state.Load() == tenantActive {
 			if err := t.r.unfence(t); err != nil {
 				t.unlockWriter()
-				return err
+				return deadline, err
 			}
-			return nil
+			return deadline, nil
 		}
 		t.unlockWriter() // a drain is queued behind us, or done
 		if err := t.awaitDrain(ctx); err != nil {
-			return err
+			return deadline, err
 		}
 	}
 }
