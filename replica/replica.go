@@ -66,7 +66,11 @@ var _ sqliteproxy.ReplicaCompactor = (*Compactor)(nil)
 // level-1 file covers them. Both may write the same level file at once:
 // each is written whole under a temporary name and renamed, the last
 // rename wins (on a file:// replica this one's temporary name is its own,
-// see ownTmpClient; on S3 a PUT replaces an object whole).
+// see ownTmpClient; on S3 a PUT replaces an object whole). Their level files
+// can overlap, though (each compacts from the level's end as it saw it):
+// nothing is lost, but Litestream's compactions of the next level then fail
+// for that tenant ("non-contiguous transaction ids"). Compact tenants no
+// Litestream streams where you can, as the driver does.
 func (c *Compactor) CompactReplica(ctx context.Context, url string) error {
 	_, _, err := c.Compact(ctx, url)
 	return err

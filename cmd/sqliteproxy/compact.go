@@ -20,9 +20,11 @@ const compactRetention = replica.DefaultRetention
 // level-0 file per session in its replica, and its restores take longer
 // and longer (here ~2 ms per file). A service with
 // Config.ReplicaCompactor set compacts its closed tenants itself; without
-// one, run this from time to time (cron). It works on the replica alone and
-// is safe beside the service, which may stream the same tenants (see
-// replica.Compactor.CompactReplica; replication's TestCompact_BesideStreaming).
+// one, run this from time to time (cron). It works on the replica alone;
+// beside a service that streams the same tenant nothing is lost, but the
+// level files of both compactors can overlap and Litestream then logs failed
+// compactions of the next level (see replica.Compactor.CompactReplica;
+// replication's TestCompact_BesideStreaming).
 func (e *env) compact(args []string) int {
 	f := e.newFlagsNoDir("compact")
 	replica := f.String("replica", "", "the replica `URL` (file:///path, s3://bucket/prefix?endpoint=...), as in Config.ReplicaURL (required)")
