@@ -54,7 +54,10 @@ type Config struct {
 	// churn through the cap and under a tenth of uses find their tenant
 	// open, fewer idle tenants are kept open (down to 8), and the cap comes
 	// back when recently closed tenants return (retention.go; each open
-	// connection makes every open and close dearer). Default 100. [max_connections]
+	// connection makes every open and close dearer). Default 100. It counts
+	// the tenants' connections: RestoreTenant and BackupTenant read and
+	// check their copies on connections of their own, one or two each while
+	// they run, besides the cap. [max_connections]
 	MaxConnections int
 
 	// ReadersPerTenant is how many read-only connections a tenant may open
