@@ -973,19 +973,9 @@ func TestGroupCommit_ExternalWriteLock(t *testing.T) {
 // exceeded" only once the batch was done, seconds after its deadline.
 func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
 	t.Parallel()
-	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{eventsTable}})
+	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
 	ctx := tctx("acme")
-	tx, err := p.BeginTx(ctx, nil) // holds the writer while the batch queues
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
-		t.Fatal(err)
-	}
-	tn, err := p.c.r.tenant("acme")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx, tn := holdWriter(t, p, "acme") // while the batch queues
 	defer tn.unpin()
 	type outcome struct {
 		err error
@@ -993,14 +983,14 @@ func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
 	}
 	slow, fast := make(chan outcome, 1), make(chan outcome, 1)
 	go func() { // seconds of work, no deadline: the batch's leader
-		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) SELECT 'slow' FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT max(x) FROM c)`)
+		_, err := p.ExecContext(ctx, `INSERT INTO kv (k, v) SELECT 'slow', max(x) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 3000000) SELECT x FROM c)`)
 		slow <- outcome{err, time.Now()}
 	}()
 	waitFor(t, 10*time.Second, "the slow statement to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
 	fctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	go func() {
-		_, err := p.ExecContext(fctx, `INSERT INTO events (tenant) VALUES ('fast')`)
+		_, err := p.ExecContext(fctx, `INSERT INTO kv (k, v) VALUES ('fast', 1)`)
 		fast <- outcome{err, time.Now()}
 	}()
 	waitFor(t, 10*time.Second, "the fast statement to queue", func() bool { return tn.queued() == 1 })
@@ -1017,7 +1007,7 @@ func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
 	if !f.at.Before(s.at) {
 		t.Errorf("the fast statement returned %v after the slow one ahead of it was done; want at its deadline, before", f.at.Sub(s.at))
 	}
-	if got := directRows(t, p, "acme", `SELECT tenant FROM events ORDER BY id`); !slices.Equal(got, []string{"tx", "slow"}) {
-		t.Errorf("rows %q, want [tx slow]: nothing of the abandoned statement", got)
+	if got := directRows(t, p, "acme", `SELECT k FROM kv ORDER BY rowid`); !slices.Equal(got, []string{"held", "slow"}) {
+		t.Errorf("rows %q, want [held slow]: nothing of the abandoned statement", got)
 	}
 }
