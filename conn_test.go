@@ -123,7 +123,8 @@ func directRows(t *testing.T, p *Proxy, id, query string) []string {
 //
 // The scanner that tells such statements must read parameters as SQLite
 // does: "$x(')" is one (a Tcl-style name), and a scanner that took its
-// quote for a string's missed the RETURNING after it.
+// quote for a string's missed the RETURNING after it; "?1RETURNING" is ?1
+// and RETURNING.
 func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 	for _, tt := range []struct {
 		q    string
@@ -131,6 +132,10 @@ func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 	}{
 		{`INSERT INTO events (tenant) VALUES ('r1'), ('r2') RETURNING id`, nil},
 		{`INSERT INTO events (tenant) VALUES ($x(')), ('r2') RETURNING id`, []any{sql.Named("x(')", "r1")}},
+		// ?1 and RETURNING with no blank between: two tokens for SQLite,
+		// one word for a scanner that read ?'s digits as an identifier.
+		{`INSERT INTO events (tenant) VALUES (?1), ('r2')RETURNING id`, []any{"r1"}},
+		{`INSERT INTO events (tenant) SELECT 'r1' UNION ALL SELECT ?1RETURNING id`, []any{"r2"}},
 		{`SELECT tenant FROM events`, nil},
 		{`WITH x AS (SELECT 1) SELECT * FROM x`, nil},
 		{`VALUES (1), (2)`, nil},

@@ -81,6 +81,13 @@ func statementEnd(sql string, i int) (end int, ok, returning bool) {
 			}
 		case '$', '@', ':', '#':
 			i = skipVariable(sql, i)
+		case '?':
+			// ?NNN is one token, digits only: "?1RETURNING" is ?1 and then
+			// RETURNING, as SQLite reads it (read as one word, a prepared
+			// write kept active on the writer, its transaction never
+			// committed).
+			for i++; i < len(sql) && sql[i] >= '0' && sql[i] <= '9'; i++ {
+			}
 		default:
 			if !isIDByte(c) {
 				i++

@@ -36,6 +36,10 @@ func TestScan(t *testing.T) {
 		// Parameters as SQLite reads them: a Tcl-style suffix runs to ')' or
 		// a blank, quotes and all.
 		{"INSERT INTO t (v) VALUES ($x(')) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
+		// ?NNN is digits only: RETURNING right after it is a word of its own.
+		{"UPDATE t SET n = ?1RETURNING id", Info{Keyword: "UPDATE", Returning: true}},
+		{"UPDATE t SET n = ?RETURNING id", Info{Keyword: "UPDATE", Returning: true}},
+		{"UPDATE t SET n = ?12 WHERE x = ?3returning", Info{Keyword: "UPDATE", Returning: true}},
 		{"INSERT INTO t (v) VALUES (:x(;)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
 		{"INSERT INTO t (v) VALUES (@x(--)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
 		{"INSERT INTO t (v) VALUES ($a::b(/*)) RETURNING id", Info{Keyword: "INSERT", Returning: true}},
