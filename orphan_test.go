@@ -196,17 +196,22 @@ func TestOrphanWAL_SweepsLeftovers(t *testing.T) {
 func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
 	t.Parallel()
 	for name, want := range map[string]bool{
-		".creating-acme-0123456789abcdef.db":          true,
-		".deleting-acme-0123456789abcdef.db-wal":      true,
-		".restoring-a-0123456789abcdef.db-journal":    true,
-		".layout-marker-0123456789abcdef.db":          false, // not asked for below
-		".creating-acme.db-litestream":                false,
-		".creating-acme.db-restored":                  false,
-		".deleting-x.db-gen":                          false,
-		".creating-acme-0123456789abcdeg.db":          false,
-		".creating--0123456789abcdef.db":              false,
-		".creating-acme-0123456789abcdef.db-journal2": false,
-		"creating-acme.db":                            false,
+		".creating-acme-0123456789abcdef.db":           true,
+		".deleting-acme-0123456789abcdef.db-wal":       true,
+		".restoring-a-0123456789abcdef.db-journal":     true,
+		".restoring-a-0123456789abcdef.db.replica":     true, // a restore's fetched replica
+		".restoring-a-0123456789abcdef.db.replica.tmp": true, // litestream restore's, killed
+		".restoring-a-0123456789abcdef.db.tmp":         true,
+		".restoring-a-0123456789abcdef.db.tmp.tmp":     false,
+		".creating-acme.db.tmp":                        false,
+		".layout-marker-0123456789abcdef.db":           false, // not asked for below
+		".creating-acme.db-litestream":                 false,
+		".creating-acme.db-restored":                   false,
+		".deleting-x.db-gen":                           false,
+		".creating-acme-0123456789abcdeg.db":           false,
+		".creating--0123456789abcdef.db":               false,
+		".creating-acme-0123456789abcdef.db-journal2":  false,
+		"creating-acme.db":                             false,
 	} {
 		if got := isLeftover(name); got != want {
 			t.Errorf("isLeftover(%q) = %v, want %v", name, got, want)

@@ -368,6 +368,11 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 	cmd.Env = litestreamEnv()
 	dieWithParent(cmd)
 	out, err := cmd.CombinedOutput()
+	if err != nil {
+		// Killed, litestream leaves the file it writes before its rename:
+		// a tenant's rows, in the data directory.
+		removeWithSideFiles(dst + ".tmp")
+	}
 	if err != nil && ctx.Err() != nil {
 		// Killed for its context (or Close): say so, for errors.Is.
 		select {
@@ -796,6 +801,7 @@ func (p *Proxy) RestoreTenantFromReplica(ctx context.Context, id, replicaURL str
 	if err != nil {
 		return err
 	}
+	rp.stop = p.c.r.stop // Close ends the fetch
 	return p.restoreFromReplica(ctx, op, id, rp, at)
 }
 
@@ -817,7 +823,7 @@ func standaloneReplicator(op, id, replicaURL, litestreamPath string) (*replicato
 
 func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *replicator, at time.Time) error {
 	return p.restore(ctx, op, id, true, func(tmp string) error {
-		stage := tmp + ".replica"
+		stage := tmp + replicaStageSuffix
 		defer removeWithSideFiles(stage)
 		if err := rp.fetch(ctx, id, at, stage); err != nil {
 			return err
@@ -825,6 +831,10 @@ func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *repli
 		return copyVerified(ctx, stage, tmp)
 	})
 }
+
+// replicaStageSuffix names the file a restore from a replica fetches into,
+// beside the restore's own temporary file.
+const replicaStageSuffix = ".replica"
 
 // FetchReplica writes tenant id's replica under replicaURL (a
 // Config.ReplicaURL), as it was at the time at (zero: its latest state),

@@ -122,8 +122,16 @@ func (t *tenant) touch() {
 // is deleted. A ctx without a deadline waits BusyTimeout at most (a drain
 // lasts as long as the work it waits for, or its caller's context), and
 // Close ends the wait.
-func (t *tenant) awaitDrain(ctx context.Context) error {
+func (t *tenant) awaitDrain(ctx context.Context) error { return t.awaitDrainBy(ctx, true) }
+
+// awaitDrainBy is awaitDrain, bounded by BusyTimeout for a ctx without a
+// deadline only when bounded: a delete or restore waits for another one up
+// to its ctx (or Close), as documented.
+func (t *tenant) awaitDrainBy(ctx context.Context, bounded bool) error {
 	bound := lazyBound{r: t.r, ctx: ctx}
+	if !bounded {
+		bound.wctx = ctx
+	}
 	defer bound.stop()
 	for {
 		t.mu.Lock()
@@ -614,7 +622,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		if st == tenantDraining && drainWaits != nil {
 			drainWaits()
 		}
-		if err := t.awaitDrain(ctx); errors.Is(err, ErrTenantNotFound) {
+		if err := t.awaitDrainBy(ctx, false); errors.Is(err, ErrTenantNotFound) {
 			return opError(op, t.id, ErrTenantNotFound)
 		} else if err != nil {
 			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", errors.Unwrap(err)))
@@ -636,7 +644,19 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		close(t.drainDone)
 		t.mu.Unlock()
 		t.r.budget.wake()
+		if t.r.isClosed.Load() {
+			// Handed the semaphore as it gave up, it passed it on
+			// (AcquireOr): perhaps after Close passed t over.
+			t.evict(false, evictClose)
+		}
 		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
+	}
+	if t.r.isClosed.Load() {
+		// Closed while it waited: nothing is deleted or restored after
+		// Close returned (a restore renamed its file into a directory
+		// Close had let go).
+		t.endDrain(tenantActive)
+		return opError(op, t.id, ErrClosed)
 	}
 	if t.state.Load() == tenantDeleted {
 		// Retired while this drain waited (an open refused under

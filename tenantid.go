@@ -141,7 +141,8 @@ func tempName(dir, prefix, id string) string {
 
 // isTempName reports whether name is one of tempName's with one of
 // prefixes (<prefix><id>-<16 hex digits>.db), or a side file SQLite makes
-// beside one (-wal, -shm, -journal). A prefix alone does not tell: a
+// beside one (-wal, -shm, -journal), or a restore's files beside one
+// (.replica, .tmp). A prefix alone does not tell: a
 // tenant whose ID starts with "creating-" keeps Litestream's files and its
 // markers as ".creating-x.db-litestream", "-restored" and "-gen".
 func isTempName(name string, prefixes ...string) bool {
@@ -151,6 +152,11 @@ func isTempName(name string, prefixes ...string) bool {
 			break
 		}
 	}
+	// A replica fetched beside a restore's file (<temp>.replica), and the
+	// file litestream restore writes before its rename (<...>.tmp), left by
+	// a restore killed midway.
+	name, _ = strings.CutSuffix(name, ".tmp")
+	name, _ = strings.CutSuffix(name, replicaStageSuffix)
 	base, ok := strings.CutSuffix(name, tenantFileSuffix)
 	if !ok || len(base) < 17 || base[len(base)-17] != '-' {
 		return false

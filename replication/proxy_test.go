@@ -669,6 +669,68 @@ func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
 	}
 }
 
+// A restore from a replica ended midway, by its context or by Close:
+// litestream restore, killed, left the file it writes before its rename
+// (<...>.replica.tmp, a tenant's rows) in the data directory for good, and
+// a restore through RestoreTenantFromReplica went on after Close and
+// swapped the tenant's file in after Close had returned.
+func TestProxy_RestoreFromReplicaEndedMidway(t *testing.T) {
+	g := newRig(t, "file")
+	a := sqliteproxytest.New(t, g.config(t, 4))
+	ctx := sqliteproxytest.Context(t, "acme")
+	for range 40 { // ~40 MB: the restore takes a while
+		if _, err := a.ExecContext(ctx, `INSERT INTO events (name) VALUES (hex(randomblob(500000)))`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, how := range []string{"cancel", "close"} {
+		t.Run(how, func(t *testing.T) {
+			dir := t.TempDir()
+			p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, Migrations: migrations})
+			rctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- p.RestoreTenantFromReplica(rctx, "acme", g.replica, time.Time{}, g.ls.Bin()) }()
+			sqliteproxytest.WaitFor(t, 60*time.Second, "litestream restore to write its file", func() bool {
+				ents, _ := os.ReadDir(dir)
+				for _, e := range ents {
+					if fi, err := e.Info(); err == nil && strings.HasSuffix(e.Name(), ".tmp") && fi.Size() > 0 {
+						return true
+					}
+				}
+				return len(done) > 0 // ended first: reported below
+			})
+			want := context.Canceled
+			if how == "cancel" {
+				cancel()
+			} else {
+				want = sqliteproxy.ErrClosed
+				if err := p.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := <-done; !errors.Is(err, want) {
+				t.Fatalf("the restore, ended midway: %v, want %v", err, want)
+			}
+			ents, err := os.ReadDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range ents {
+				if !strings.HasPrefix(e.Name(), ".sqliteproxy-") {
+					t.Errorf("left in the data directory: %s", e.Name())
+				}
+			}
+		})
+	}
+}
+
 // Close reports the tenants whose final sync failed (Litestream down):
 // their last commits are on this machine only. Opened again with
 // replication, such a tenant reaches the replica after all.
