@@ -430,6 +430,7 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
+	t.regs.Add(1)
 	t.registered.Store(true)
 	if err := removeIfExists(restoredMarker(t.path)); err != nil {
 		return opError(opOpenTenant, t.id, err)
@@ -453,16 +454,25 @@ func notRegistered(err error) bool {
 // Litestream does not: its registrations live in memory only, and a
 // restarted Litestream knows none of them (it resumes from its files
 // beside the database, nothing lost). Under the writer semaphore, as
-// register and unregister: a tenant unregistered meanwhile is left alone.
-func (r *router) reregister(ctx context.Context, t *tenant) error {
+// register and unregister: a tenant unregistered meanwhile is left alone,
+// and so is one registered again since the caller read seen from t.regs
+// (before the call Litestream answered with 404): callers that met the
+// same restart at once register once. (Each later one found this
+// process's fresh registration "already_registered", ended it and made
+// another, and a sync between the two failed.)
+func (r *router) reregister(ctx context.Context, t *tenant, seen uint32) error {
 	if err := t.lockWriter(ctx); err != nil {
 		return err
 	}
 	defer t.releaseWriter()
-	if !t.registered.Load() {
+	if !t.registered.Load() || t.regs.Load() != seen {
 		return nil
 	}
-	return r.repl.register(ctx, t.path, t.replicaKey())
+	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
+		return err
+	}
+	t.regs.Add(1)
+	return nil
 }
 
 // unregister syncs t and stops streaming it; the caller holds t's writer
@@ -577,10 +587,11 @@ func (r *router) catchUp(t *tenant) {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	var out syncResult
+	seen := t.regs.Load()
 	err := r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out)
 	if err != nil {
 		t.lagSince.CompareAndSwap(0, time.Now().UnixNano()) // cannot vouch for the replica
-		if !notRegistered(err) || r.reregister(ctx, t) != nil {
+		if !notRegistered(err) || r.reregister(ctx, t, seen) != nil {
 			return
 		}
 		// Streamed again: sync what it missed.
@@ -724,6 +735,7 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 	for {
 		if t.registered.Load() {
 			start := time.Now()
+			seen := t.regs.Load()
 			_, err := r.repl.sync(ctx, t.path)
 			r.tel.synced(ctx, t.tel, start, err)
 			if err == nil {
@@ -732,7 +744,7 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			if notRegistered(err) {
 				// Unregistered meanwhile (and synced by that), or
 				// Litestream restarted and forgot it: register it again.
-				if err := r.reregister(ctx, t); err != nil {
+				if err := r.reregister(ctx, t, seen); err != nil {
 					return opError(opSyncTenant, t.id, err)
 				}
 				continue

@@ -45,10 +45,11 @@ type tenant struct {
 	pins     atomic.Int64 // goroutines working on t, plus pinGone once t has left the registry (pin)
 	counted  atomic.Int32 // connections the budget counts for t; written under budget.mu
 
-	registered atomic.Bool  // streamed by Litestream (replication.go); changed under wsem
-	unsynced   atomic.Bool  // its last sync before unregistering failed; SyncTenant retries it
-	lagSince   atomic.Int64 // UnixNano since the replica was first seen behind; 0: caught up
-	createdBy  atomic.Bool  // this process created the file (read by CreateTenant under wsem)
+	registered atomic.Bool   // streamed by Litestream (replication.go); changed under wsem
+	regs       atomic.Uint32 // registrations made with Litestream (register, reregister); under wsem
+	unsynced   atomic.Bool   // its last sync before unregistering failed; SyncTenant retries it
+	lagSince   atomic.Int64  // UnixNano since the replica was first seen behind; 0: caught up
+	createdBy  atomic.Bool   // this process created the file (read by CreateTenant under wsem)
 
 	lease  TenantLease                // this node's ownership (Config.Ownership), nil when not held; changed under wsem
 	gen    atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership

@@ -10,12 +10,16 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -729,6 +733,94 @@ func TestProxy_RestoreFromReplicaEndedMidway(t *testing.T) {
 			}
 		})
 	}
+}
+
+// After a Litestream restart, callers that meet it at once (SyncTenant,
+// the resync) all find the tenant unregistered: one registers it again, and
+// the others leave it be. Each used to find that fresh registration
+// "already_registered", end it and make another (~7 unregisters per
+// restart), and a sync between the two failed ("rename ltx file: no such
+// file or directory").
+func TestProxy_LitestreamRestartedUnderConcurrentSyncs(t *testing.T) {
+	g := newRig(t, "file")
+	cfg := g.config(t, 20)
+	var unregisters atomic.Int64
+	cfg.LitestreamSocket = spySocket(t, g.ls.SocketPath, func(path string) {
+		if path == "/unregister" {
+			unregisters.Add(1)
+		}
+	})
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "first")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"first"}
+	for round := range 3 {
+		g.ls.Restart()
+		errs := make(chan error, 8)
+		for w := range 8 {
+			name := fmt.Sprintf("r%d-w%d", round, w)
+			want = append(want, name)
+			go func() {
+				ctx, cancel := context.WithTimeout(sqliteproxytest.Context(t, "acme"), 30*time.Second)
+				defer cancel()
+				if _, err := p.ExecContext(ctx, `INSERT INTO events (name) VALUES (?)`, name); err != nil {
+					errs <- err
+					return
+				}
+				errs <- p.SyncTenant(ctx, "acme")
+			}()
+		}
+		for range 8 {
+			if err := <-errs; err != nil {
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+	}
+	if n := unregisters.Load(); n != 0 {
+		t.Errorf("%d registrations of this process's own ended and made again", n)
+	}
+	got := g.replicaNames(t, "acme")
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("the replica: %v, want %v", got, want)
+	}
+}
+
+// spySocket is a control socket in front of Litestream's at real: it passes
+// every request on and tells see its path.
+func spySocket(t *testing.T, real string, see func(path string)) string {
+	sock := filepath.Join(t.TempDir(), "spy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", real)
+	}}}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		see(r.URL.Path)
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://litestream"+r.URL.RequestURI(), r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		req.Header = r.Header.Clone()
+		resp, err := client.Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		maps.Copy(w.Header(), resp.Header)
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
 }
 
 // Close reports the tenants whose final sync failed (Litestream down):
