@@ -354,15 +354,16 @@ func (r *router) boundWaitBy(ctx context.Context, deadline time.Time) (context.C
 // never wait, and the timer of a bounded context cost ~5 µs of each
 // tenant's cold open (2-3 % of it).
 type lazyBound struct {
-	r      *router
-	ctx    context.Context
-	wctx   context.Context
-	cancel context.CancelFunc
+	r        *router
+	ctx      context.Context
+	deadline time.Time // boundWaitBy's: a wait of the same call began earlier (zero: none)
+	wctx     context.Context
+	cancel   context.CancelFunc
 }
 
 func (l *lazyBound) done() <-chan struct{} {
 	if l.wctx == nil {
-		l.wctx, l.cancel = l.r.boundWait(l.ctx)
+		l.wctx, l.cancel = l.r.boundWaitBy(l.ctx, l.deadline)
 	}
 	return l.wctx.Done()
 }

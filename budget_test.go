@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -385,5 +386,72 @@ func TestBudget_ChainedWaitsShareBusyTimeout(t *testing.T) {
 	}
 	if err := <-first; err == nil {
 		t.Error("the first write got a slot b holds")
+	}
+}
+
+// The same when the write meets a restore's drain after its wait for the
+// writer: the wait for the drain started a BusyTimeout of its own, and the
+// write failed after nearly twice BusyTimeout.
+func TestBudget_DrainWaitSharesBusyTimeout(t *testing.T) {
+	t.Parallel()
+	for _, gc := range []GroupCommitMode{GroupCommitOff, GroupCommitOn} {
+		t.Run(fmt.Sprint("group_commit=", gc == GroupCommitOn), func(t *testing.T) {
+			t.Parallel()
+			const busy = time.Second
+			p := newTestProxy(t, Config{BusyTimeout: busy, GroupCommit: gc, Migrations: []string{eventsTable}})
+			ctx := tctx("acme")
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('x')`); err != nil {
+				t.Fatal(err)
+			}
+			backup := filepath.Join(t.TempDir(), "backup.db")
+			if err := p.BackupTenant(context.Background(), "acme", backup); err != nil {
+				t.Fatal(err)
+			}
+			tn, err := p.c.r.tenant("acme")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tn.unpin()
+			rows, err := p.QueryContext(ctx, `SELECT id FROM events`) // a leased reader the drain waits for
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			tx, err := p.BeginTx(ctx, nil) // holds the writer
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			took := make(chan time.Duration, 1)
+			go func() {
+				_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('w')`) // no deadline
+				if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+					t.Errorf("the write: %v, want SQLITE_BUSY", err)
+				}
+				took <- time.Since(start)
+			}()
+			waitFor(t, 10*time.Second, "the write to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+			rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			restored := make(chan error, 1)
+			go func() { restored <- p.RestoreTenant(rctx, "acme", backup) }()
+			waitFor(t, 10*time.Second, "the restore to queue behind it", func() bool { return tn.wsem.nwait.Load() == 2 })
+			// Most of the write's BusyTimeout spent on the writer, it is
+			// handed the writer, meets the drain and waits for it.
+			waitFor(t, 10*time.Second, "most of BusyTimeout to pass", func() bool { return time.Since(start) > busy*8/10 })
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if d := <-took; d > busy*14/10 {
+				t.Errorf("the write (no deadline) waited %v, BusyTimeout %v", d, busy)
+			}
+			rows.Close()
+			if err := <-restored; err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }

@@ -123,13 +123,14 @@ func (t *tenant) touch() {
 // is deleted. A ctx without a deadline waits BusyTimeout at most (a drain
 // lasts as long as the work it waits for, or its caller's context), and
 // Close ends the wait.
-func (t *tenant) awaitDrain(ctx context.Context) error { return t.awaitDrainBy(ctx, true) }
+func (t *tenant) awaitDrain(ctx context.Context) error { return t.awaitDrainBy(ctx, true, time.Time{}) }
 
-// awaitDrainBy is awaitDrain, bounded by BusyTimeout for a ctx without a
-// deadline only when bounded: a delete or restore waits for another one up
-// to its ctx (or Close), as documented.
-func (t *tenant) awaitDrainBy(ctx context.Context, bounded bool) error {
-	bound := lazyBound{r: t.r, ctx: ctx}
+// awaitDrainBy is awaitDrain, bounded for a ctx without a deadline only
+// when bounded (a delete or restore waits for another one up to its ctx, or
+// Close, as documented): by deadline when not zero (a wait of the same call
+// began earlier), else BusyTimeout from now.
+func (t *tenant) awaitDrainBy(ctx context.Context, bounded bool, deadline time.Time) error {
+	bound := lazyBound{r: t.r, ctx: ctx, deadline: deadline}
 	if !bounded {
 		bound.wctx = ctx
 	}
@@ -251,7 +252,12 @@ func (t *tenant) lockWriterUntil(ctx context.Context, deadline time.Time) (time.
 			return deadline, nil
 		}
 		t.unlockWriter() // a drain is queued behind us, or done
-		if err := t.awaitDrain(ctx); err != nil {
+		if _, ok := ctx.Deadline(); !ok && deadline.IsZero() {
+			deadline = time.Now().Add(t.r.cfg.BusyTimeout)
+		}
+		// Within the bound of this call's wait for the writer, if it
+		// waited: a fresh BusyTimeout made it nearly two.
+		if err := t.awaitDrainBy(ctx, true, deadline); err != nil {
 			return deadline, err
 		}
 	}
@@ -623,7 +629,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		if st == tenantDraining && drainWaits != nil {
 			drainWaits()
 		}
-		if err := t.awaitDrainBy(ctx, false); errors.Is(err, ErrTenantNotFound) {
+		if err := t.awaitDrainBy(ctx, false, time.Time{}); errors.Is(err, ErrTenantNotFound) {
 			return opError(op, t.id, ErrTenantNotFound)
 		} else if err != nil {
 			return opError(op, t.id, fmt.Errorf("gave up waiting for another delete or restore of this tenant, nothing changed: %w", errors.Unwrap(err)))
