@@ -80,17 +80,7 @@ func TestCloseWhileWaitingForTheWriter(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, GroupCommit: GroupCommitOff})
 	ctx := tctx("acme")
-	tx, err := p.BeginTx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
-		t.Fatal(err)
-	}
-	tn, err := p.c.r.tenant("acme")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`)
 	defer tn.unpin()
 	done := make(chan error, 1)
 	go func() {
@@ -344,18 +334,7 @@ func TestCloseWhileADeleteWaits(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ctx := tctx("acme")
-		tx, err := p.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
-			t.Fatal(err)
-		}
-		tn, err := p.c.r.tenant("acme")
-		if err != nil {
-			t.Fatal(err)
-		}
+		tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`)
 		tn.unpin()
 		deleted := make(chan error, 1)
 		go func() { deleted <- p.DeleteTenant(context.Background(), "acme") }()
@@ -380,18 +359,7 @@ func TestSecondDeleteWaitsForTheFirst(t *testing.T) {
 	t.Parallel()
 	const busy = 200 * time.Millisecond
 	p := newTestProxy(t, Config{BusyTimeout: busy, Migrations: []string{eventsTable}})
-	ctx := tctx("acme")
-	tx, err := p.BeginTx(ctx, nil) // work in flight
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
-		t.Fatal(err)
-	}
-	tn, err := p.c.r.tenant("acme")
-	if err != nil {
-		t.Fatal(err)
-	}
+	tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`) // work in flight
 	tn.unpin()
 	first, second := make(chan error, 1), make(chan error, 1)
 	go func() { first <- p.DeleteTenant(context.Background(), "acme") }()

@@ -21,11 +21,17 @@ import (
 // and returns it with the tenant object.
 func holdWriter(t *testing.T, p *Proxy, id string) (*sql.Tx, *tenant) {
 	t.Helper()
+	return holdWriterWith(t, p, id, `INSERT INTO kv (k, v) VALUES ('held', 0)`)
+}
+
+// holdWriterWith is holdWriter with the transaction's write.
+func holdWriterWith(t *testing.T, p *Proxy, id, write string) (*sql.Tx, *tenant) {
+	t.Helper()
 	tx, err := p.BeginTx(tctx(id), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := tx.ExecContext(tctx(id), `INSERT INTO kv (k, v) VALUES ('held', 0)`); err != nil {
+	if _, err := tx.ExecContext(tctx(id), write); err != nil {
 		t.Fatal(err)
 	}
 	tn, err := p.c.r.tenant(id)
