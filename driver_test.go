@@ -170,13 +170,8 @@ func TestCloseEndsWaits(t *testing.T) {
 				t.Fatal(err)
 			}
 			for range tc.waiters {
-				select {
-				case err := <-done:
-					if !errors.Is(err, ErrClosed) {
-						t.Errorf("a waiting statement: %v, want ErrClosed", err)
-					}
-				case <-time.After(10 * time.Second):
-					t.Fatal("a waiting statement still waits 10 s after Close (BusyTimeout: a minute)")
+				if err := receive(t, done, "a waiting statement, after Close (BusyTimeout: a minute)"); !errors.Is(err, ErrClosed) {
+					t.Errorf("a waiting statement: %v, want ErrClosed", err)
 				}
 			}
 			if err := tx.Rollback(); err != nil {
@@ -285,23 +280,13 @@ func TestDrainWaitsAreBounded(t *testing.T) {
 				}
 			}
 			for range 2 {
-				select {
-				case err := <-done:
-					if !errors.Is(err, want) {
-						t.Errorf("a statement waiting for the drain: %v, want %v", err, want)
-					}
-				case <-time.After(10 * time.Second):
-					t.Fatal("a statement with no deadline still waits for the drain 10 s on (BusyTimeout 200ms)")
+				if err := receive(t, done, "a statement with no deadline waiting for the drain (BusyTimeout 200ms)"); !errors.Is(err, want) {
+					t.Errorf("a statement waiting for the drain: %v, want %v", err, want)
 				}
 			}
 			if closing {
-				select {
-				case err := <-deleted:
-					if !errors.Is(err, ErrClosed) {
-						t.Errorf("the delete waiting at Close: %v, want ErrClosed", err)
-					}
-				case <-time.After(10 * time.Second):
-					t.Fatal("the delete still waits 10 s after Close")
+				if err := receive(t, deleted, "the delete waiting at Close"); !errors.Is(err, ErrClosed) {
+					t.Errorf("the delete waiting at Close: %v, want ErrClosed", err)
 				}
 			}
 		})
@@ -378,5 +363,18 @@ func TestSecondDeleteWaitsForTheFirst(t *testing.T) {
 	}
 	if err := <-second; !errors.Is(err, ErrTenantNotFound) {
 		t.Fatalf("the second delete: %v, want ErrTenantNotFound", err)
+	}
+}
+
+// receive returns what ch delivers, failing the test if nothing comes
+// within 10 s (what names the wait).
+func receive[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: still waiting 10 s on", what)
+		panic("unreachable")
 	}
 }

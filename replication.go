@@ -355,15 +355,8 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 	// A restore of a large tenant may take long, so no bound of its own;
 	// but Close ends it, and it does not outlive this process (an object
 	// store that never answers kept it running after both had returned).
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := untilClosed(ctx, rp.stop)
 	defer cancel()
-	go func() {
-		select {
-		case <-rp.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	cmd := exec.CommandContext(ctx, rp.bin, args...)
 	cmd.Env = litestreamEnv()
 	dieWithParent(cmd)
@@ -374,12 +367,7 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 		removeWithSideFiles(dst + ".tmp")
 	}
 	if err != nil && ctx.Err() != nil {
-		// Killed for its context (or Close): say so, for errors.Is.
-		select {
-		case <-rp.stop:
-			return fmt.Errorf("litestream restore: %w", ErrClosed)
-		default:
-		}
+		// Killed for its context, or Close (ErrClosed): say so, for errors.Is.
 		return fmt.Errorf("litestream restore: %w", context.Cause(ctx))
 	}
 	if err != nil {

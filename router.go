@@ -146,15 +146,22 @@ func newRouter(cfg *Config) (_ *router, err error) {
 // untilStop returns a context that Close cancels (and cancel, which the
 // caller calls when done), for the router's background work.
 func (r *router) untilStop() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
+	return untilClosed(context.Background(), r.stop)
+}
+
+// untilClosed returns ctx, also cancelled with cause ErrClosed once stop
+// (a router's: Close) is closed, and cancel, which the caller calls when
+// done. A nil stop never is.
+func untilClosed(ctx context.Context, stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(ctx)
 	go func() {
 		select {
-		case <-r.stop:
-			cancel()
+		case <-stop:
+			cancel(ErrClosed)
 		case <-ctx.Done():
 		}
 	}()
-	return ctx, cancel
+	return ctx, func() { cancel(nil) }
 }
 
 // tenant returns the tenant for id, pinned (the caller unpins it when

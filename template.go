@@ -193,14 +193,7 @@ func (r *router) startTemplateBuild(ctx context.Context) error {
 	path := filepath.Join(r.tmpl.dir, "template-"+r.mig.templateKey()+".tmpl")
 	building := make(chan struct{})
 	r.tmpl.building = building
-	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx)) // its values (spans), not its end
-	go func() {
-		select {
-		case <-r.stop:
-			cancel()
-		case <-building:
-		}
-	}()
+	bctx, cancel := untilClosed(context.WithoutCancel(ctx), r.stop) // ctx's values (spans), not its end
 	go func() {
 		err := r.buildTemplate(bctx, path)
 		cancel()

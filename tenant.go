@@ -184,6 +184,22 @@ func (t *tenant) unlockWriter() {
 	}
 }
 
+// waitWriter waits for t's writer semaphore until ctx ends or Close, which
+// ends it with ErrClosed: with no deadline it would last until the holder
+// is done. A wait that gives up just as it is handed the semaphore passes
+// it on (AcquireOr), perhaps after Close passed t over: after Close it
+// then closes t, as unlockWriter does.
+func (t *tenant) waitWriter(ctx context.Context) error {
+	err := t.wsem.AcquireOr(ctx, t.r.stop)
+	if err == errSemStopped {
+		err = ErrClosed
+	}
+	if err != nil && t.r.isClosed.Load() {
+		t.evict(false, evictClose)
+	}
+	return err
+}
+
 // lockWriter takes the writer semaphore of an active tenant.
 func (t *tenant) lockWriter(ctx context.Context) error { return t.lockWriterBy(ctx, time.Time{}) }
 
@@ -204,20 +220,10 @@ func (t *tenant) lockWriterUntil(ctx context.Context, deadline time.Time) (time.
 				deadline = start.Add(t.r.cfg.BusyTimeout)
 			}
 			wctx, cancel := t.r.boundWaitBy(ctx, deadline)
-			// Close ends the wait: with no deadline it would last until the
-			// writer's holder is done, or BusyTimeout.
-			err := t.wsem.AcquireOr(wctx, t.r.stop)
+			err := t.waitWriter(wctx)
 			cancel()
-			switch {
-			case err == errSemStopped:
-				err = ErrClosed
-			case err != nil:
+			if err != nil && err != ErrClosed {
 				err = waitErr(ctx)
-			}
-			if err != nil && t.r.isClosed.Load() {
-				// Handed the semaphore as it gave up, it passed it on
-				// (AcquireOr): perhaps after Close passed t over.
-				t.evict(false, evictClose)
 			}
 			t.r.tel.waited(ctx, t.tel, roleWriter, start, err)
 			if err != nil {
@@ -640,10 +646,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		t.endDrain(tenantActive)
 		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
 	}
-	if err := t.wsem.AcquireOr(ctx, t.r.stop); err != nil {
-		if err == errSemStopped {
-			err = ErrClosed
-		}
+	if err := t.waitWriter(ctx); err != nil {
 		t.mu.Lock()
 		if t.state.Load() == tenantDraining {
 			t.state.Store(tenantActive)
@@ -651,11 +654,6 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 		close(t.drainDone)
 		t.mu.Unlock()
 		t.r.budget.wake()
-		if t.r.isClosed.Load() {
-			// Handed the semaphore as it gave up, it passed it on
-			// (AcquireOr): perhaps after Close passed t over.
-			t.evict(false, evictClose)
-		}
 		return opError(op, t.id, fmt.Errorf("gave up waiting for in-flight work, nothing changed: %w", err))
 	}
 	if t.r.isClosed.Load() {
