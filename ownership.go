@@ -423,10 +423,15 @@ func (p *Proxy) Generation(id string) (gen int64, ok bool) {
 // holding t's writer semaphore and (with Ownership) its lease, which it
 // then gives up: nothing is left to restore.
 func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (bool, error) {
-	if err := t.wsem.Acquire(ctx); err != nil {
-		return false, opError(opWaitWriter, t.id, err)
+	if !t.wsem.TryAcquire() {
+		if err := t.waitWriter(ctx); err != nil { // Close ends it too
+			return false, opError(opWaitWriter, t.id, err)
+		}
 	}
-	defer t.wsem.Release()
+	defer t.unlockWriter()
+	if r.isClosed.Load() {
+		return false, opError(opWaitWriter, t.id, ErrClosed)
+	}
 	if err := r.own(ctx, t); err != nil {
 		return false, err
 	}

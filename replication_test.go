@@ -116,6 +116,39 @@ func TestReplication_SyncUnknownTenant(t *testing.T) {
 	}
 }
 
+// DeleteTenant of a tenant that is only in the replica takes the tenant's
+// writer to erase it: a wait for it, with a context without deadline,
+// ends at Close rather than when the holder is done.
+func TestReplication_CloseEndsReplicaDeleteWait(t *testing.T) {
+	t.Parallel()
+	dir, replica := t.TempDir(), t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, ReplicaURL: "file://" + replica, LitestreamSocket: dir + "/no.sock"})
+	if err := os.MkdirAll(filepath.Join(replica, "ghost"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("ghost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	if !tn.wsem.TryAcquire() { // as a restore of it in progress would
+		t.Fatal("writer semaphore taken")
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.DeleteTenant(context.Background(), "ghost") }()
+	waitFor(t, 10*time.Second, "the delete to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, done, "DeleteTenant after Close"); !errors.Is(err, ErrClosed) {
+		t.Errorf("DeleteTenant waiting at Close: %v, want ErrClosed", err)
+	}
+	tn.unlockWriter()
+	if _, err := os.Stat(filepath.Join(replica, "ghost")); err != nil {
+		t.Errorf("the replica after a delete that gave up: %v", err)
+	}
+}
+
 // With the Litestream process unreachable, a tenant cannot be opened (its
 // writes could not be streamed), and nothing is created.
 func TestReplication_LitestreamDown(t *testing.T) {
