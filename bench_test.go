@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -292,6 +293,70 @@ func BenchmarkRoutingPaired(b *testing.B) {
 	}
 	mattn, proxy := pairedBlocks(b, "mattn", ops)
 	b.ReportMetric(proxy-mattn, "overhead-ns")
+}
+
+// BenchmarkRoutingFloorPaired is BenchmarkRoutingPaired's statement on
+// mattn-same-dsn and on the thinnest driver a wrapper can be (passDriver:
+// every call forwarded to a mattn connection of the same DSN, and a check-in
+// through driver.Validator as the proxy's): overhead-ns is what wrapping
+// alone costs on this machine, the part of RoutingPaired's overhead that no
+// routing can take away.
+func BenchmarkRoutingFloorPaired(b *testing.B) {
+	mattn := benchTargets(b)[1]
+	wrapped := sql.OpenDB(passConnector{mattn.db.Driver().(*sqlite3.SQLiteDriver), "file:" + touch(b, filepath.Join(b.TempDir(), "pass.db")) + mattnParams(b)})
+	b.Cleanup(func() { wrapped.Close() })
+	fillBench(b, benchTarget{"pass", wrapped, context.Background()}, "")
+	var ops [2]func(int) error
+	for k, db := range [2]*sql.DB{mattn.db, wrapped} {
+		ops[k] = func(int) error {
+			_, err := db.ExecContext(context.Background(), `SELECT ?`, 1)
+			return err
+		}
+	}
+	m, w := pairedBlocks(b, "mattn", ops)
+	b.ReportMetric(w-m, "overhead-ns")
+}
+
+// mattnParams returns the DSN parameters of the proxy's tenant writers
+// (mattn-same-dsn's).
+func mattnParams(b *testing.B) string {
+	return newTestProxy(b, Config{}).c.r.conns.writerParams
+}
+
+// passConnector opens passConns: mattn connections behind a wrapper that
+// forwards every call.
+type passConnector struct {
+	d   *sqlite3.SQLiteDriver
+	dsn string
+}
+
+func (c passConnector) Connect(context.Context) (driver.Conn, error) {
+	sc, err := c.d.Open(c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	return &passConn{sc.(*sqlite3.SQLiteConn)}, nil
+}
+
+func (c passConnector) Driver() driver.Driver { return c.d }
+
+type passConn struct{ c *sqlite3.SQLiteConn }
+
+func (p *passConn) Prepare(query string) (driver.Stmt, error) { return p.c.Prepare(query) }
+func (p *passConn) Close() error                              { return p.c.Close() }
+func (p *passConn) Begin() (driver.Tx, error)                 { return p.c.Begin() }
+func (p *passConn) IsValid() bool                             { return true }
+func (p *passConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	return p.c.BeginTx(ctx, opts)
+}
+func (p *passConn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	return p.c.PrepareContext(ctx, query)
+}
+func (p *passConn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	return p.c.ExecContext(ctx, query, args)
+}
+func (p *passConn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	return p.c.QueryContext(ctx, query, args)
 }
 
 func readThenWrite(tg benchTarget) error {
