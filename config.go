@@ -142,8 +142,10 @@ type Config struct {
 	// rollback and prepare. Default false. [trace_queries]
 	TraceQueries bool
 
-	// TraceStatements adds the SQL text (db.query.text) to those spans.
-	// Default false: statements may carry personal data. [trace_statements]
+	// TraceStatements adds the SQL text (db.query.text) to those spans, and
+	// error messages to every span (SQLite's quote statements); without it
+	// a failed span says its error.type only. Default false: statements may
+	// carry personal data. [trace_statements]
 	TraceStatements bool
 
 	// MetricsTenantLimit bounds the cardinality of the tenant attribute

@@ -340,15 +340,25 @@ func (tel *telemetry) opEnd(ctx context.Context, tt *tenantTel, o stmtOp, start 
 			opts = append(opts, trace.WithAttributes(attribute.String(attrQueryText, query)))
 		}
 		_, span := tel.tracer.Start(ctx, "sqliteproxy."+stmtOpNames[o], opts...)
-		endSpan(span, err, start.Add(d))
+		tel.endSpan(span, err, start.Add(d))
 	}
 }
 
-func endSpan(span trace.Span, err error, at time.Time) {
+// endSpan ends span with err. An error's text goes on the span (its status
+// and an exception event) only with TraceStatements: SQLite's messages and
+// some of the proxy's quote the statement ("near \"'SSN-123'\": syntax
+// error"), which TraceStatements off keeps out of traces; the span then
+// says only its error.type.
+func (tel *telemetry) endSpan(span trace.Span, err error, at time.Time) {
 	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
-		span.SetAttributes(attribute.String(attrErrorType, errorType(err)))
+		kind := errorType(err)
+		if tel.traceStatements {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		} else {
+			span.SetStatus(codes.Error, kind)
+		}
+		span.SetAttributes(attribute.String(attrErrorType, kind))
 	}
 	span.End(trace.WithTimestamp(at))
 }
@@ -405,7 +415,7 @@ func (tel *telemetry) span(ctx context.Context, name string, tt *tenantTel, kvs 
 		return ctx, func(error) {}
 	}
 	ctx, s := tel.tracer.Start(ctx, name, trace.WithAttributes(kvs...), spanOf(tt))
-	return ctx, func(err error) { endSpan(s, err, time.Now()) }
+	return ctx, func(err error) { tel.endSpan(s, err, time.Now()) }
 }
 
 // waited records a wait for a connection that started at start.
@@ -414,7 +424,7 @@ func (tel *telemetry) waited(ctx context.Context, tt *tenantTel, role string, st
 	if tel.tracing {
 		_, s := tel.tracer.Start(ctx, spanWait, trace.WithTimestamp(start), spanOf(tt),
 			trace.WithAttributes(attribute.String(attrRole, role)))
-		endSpan(s, err, time.Now())
+		tel.endSpan(s, err, time.Now())
 	}
 }
 

@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/mattn/go-sqlite3"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -188,6 +190,44 @@ func TestTelemetry_Spans(t *testing.T) {
 	}
 	if execText != `INSERT INTO events (tenant) VALUES ('acme')` {
 		t.Errorf("exec span statement %q", execText)
+	}
+}
+
+// Without TraceStatements no span holds SQL text, error messages included:
+// SQLite's and the proxy's messages quote statements. With it, they are
+// there to debug with.
+func TestTelemetry_SpanErrorsWithoutStatements(t *testing.T) {
+	t.Parallel()
+	const secret = "SSN-123-45-6789"
+	for _, statements := range []bool{false, true} {
+		rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable}, TraceQueries: true, TraceStatements: statements})
+		p := rig.p
+		if _, err := p.ExecContext(context.Background(), `INSERT INTO events (tenant) VALUES ('`+secret+`')`); !errors.Is(err, ErrNoTenant) {
+			t.Fatalf("a write without a tenant: %v", err)
+		}
+		if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('`+secret+`'`); err == nil {
+			t.Fatal("a syntax error ran")
+		}
+		if _, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), `DELETE FROM events WHERE tenant = '`+secret+`'`); err == nil {
+			t.Fatal("a fan-out write ran")
+		}
+		seen, failed := false, 0
+		for _, sp := range rig.spans.Ended() {
+			text := fmt.Sprint(sp.Status(), sp.Attributes(), sp.Events())
+			seen = seen || strings.Contains(text, secret)
+			if sp.Status().Code == codes.Error {
+				failed++
+				if !slices.ContainsFunc(sp.Attributes(), func(kv attribute.KeyValue) bool { return kv.Key == attrErrorType }) {
+					t.Errorf("failed span %s without error.type", sp.Name())
+				}
+			}
+		}
+		if failed < 3 {
+			t.Errorf("TraceStatements %v: %d failed spans, want 3 or more", statements, failed)
+		}
+		if seen != statements {
+			t.Errorf("TraceStatements %v: SQL text on spans: %v", statements, seen)
+		}
 	}
 }
 
