@@ -68,7 +68,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		if has && id != c.t.id {
 			return nil, opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
 		}
-		if c.pc.writer && c.t.fenced.Load() {
+		if c.pc.writer && c.t.leaseEnded() {
 			// This node's lease on the tenant ended while the writer was
 			// leased (Config.Ownership): nothing more is written.
 			return nil, opError(opRoute, c.t.id, errLeaseEnded)
@@ -575,7 +575,7 @@ func (t *tx) Commit() error {
 	start := t.c.r.tel.opStart()
 	t.c.tx = nil
 	var err error
-	if t.c.pc != nil && t.c.pc.writer && t.c.t.fenced.Load() {
+	if t.c.pc != nil && t.c.pc.writer && t.c.t.leaseEnded() {
 		// The lease ended during the transaction: another node may own the
 		// tenant by now, so nothing of it is committed.
 		err = errors.Join(opError(opRoute, t.c.t.id, errLeaseEnded), t.stx.Rollback())

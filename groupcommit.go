@@ -587,6 +587,16 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		r.res, r.err = res, err
 		ran = append(ran, r)
 	}
+	if t.lease != nil && t.leaseEnded() {
+		// The lease ended while the batch ran (the process was stopped
+		// past its deadline): another node may own the tenant by now, so
+		// nothing of the batch is committed.
+		pc.c.ExecContext(bg, "ROLLBACK", nil)
+		for _, r := range ran {
+			r.res, r.err = nil, opError(opRoute, t.id, errLeaseEnded)
+		}
+		return
+	}
 	start := time.Now()
 	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
 	t.gc.timeCommit(time.Since(start))

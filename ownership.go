@@ -77,6 +77,23 @@ func leaseStale(t *tenant) bool {
 	return ok && !v.Valid()
 }
 
+// leaseEnded reports whether this node's lease on t ended while t's writer
+// is held (a transaction, a sql.Conn, a batch): fenced by watchLease, or
+// past its deadline with the timer that says so late (the process was
+// stopped past it), which it then records as lockWriterUntil does. The
+// caller holds t's writer.
+func (t *tenant) leaseEnded() bool {
+	if t.fenced.Load() {
+		return true
+	}
+	if t.lease != nil && leaseStale(t) {
+		t.r.lostLeases.Store(t.id, struct{}{})
+		t.fenced.Store(true)
+		return true
+	}
+	return false
+}
+
 // errLeaseEnded: this node's lease on the tenant ended while a statement or
 // transaction held its writer.
 var errLeaseEnded = fmt.Errorf("%w: this node's lease on the tenant ended; retry", ErrNotOwner)
@@ -97,7 +114,7 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 			return nil
 		}
 	}
-	lease, err := o.Acquire(ctx, t.id)
+	lease, err := acquireLive(ctx, o, t.id)
 	if err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
@@ -117,6 +134,34 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	r.tel.ownership(t.tel, "acquired")
 	go r.watchLease(t, lease)
 	return nil
+}
+
+// acquireLive acquires tenant id's lease from o, refusing a lease that is
+// lost or past its deadline already (given up by a move that raced the
+// Acquire): nothing may be written under it. It asks once more, which then
+// names the node the tenant went to.
+func acquireLive(ctx context.Context, o Ownership, id string) (TenantLease, error) {
+	for try := 0; ; try++ {
+		lease, err := o.Acquire(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		live := true
+		select {
+		case <-lease.Lost():
+			live = false
+		default:
+			if v, ok := lease.(validLease); ok && !v.Valid() {
+				live = false
+			}
+		}
+		if live {
+			return lease, nil
+		}
+		if try == 1 {
+			return nil, errLeaseEnded
+		}
+	}
 }
 
 // watchLease closes t when its lease is lost: t is fenced, so that it is

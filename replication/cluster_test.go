@@ -430,6 +430,102 @@ func TestOwnership_LeasePastDeadlineNotWrittenUnder(t *testing.T) {
 	}
 }
 
+// A transaction or sql.Conn that holds the writer when its lease goes past
+// its deadline, the timer that says so late (the process was stopped),
+// writes and commits nothing more: the clock is checked on every write,
+// not only when the writer is taken.
+func TestOwnership_LeasePastDeadlineInTxAndConn(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	var own *staleOwnership
+	n := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) {
+		own = &staleOwnership{c: c.Ownership.(*cluster.Cluster)}
+		c.Ownership = own
+	})
+	expire := func() {
+		own.mu.Lock()
+		own.leases[len(own.leases)-1].stale.Store(true)
+		own.mu.Unlock()
+	}
+	insert(t, n.p, "acme", "before")
+	ctx := sqliteproxytest.Context(t, "acme")
+	tx, err := n.p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (name) VALUES ('in-tx')`); err != nil {
+		t.Fatal(err)
+	}
+	expire()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (name) VALUES ('in-tx-late')`); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Errorf("a statement of a transaction past the lease's deadline: %v, want ErrNotOwner", err)
+	}
+	if err := tx.Commit(); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Errorf("COMMIT past the lease's deadline: %v, want ErrNotOwner", err)
+	}
+	conn, err := n.p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `INSERT INTO events (name) VALUES ('conn')`); err != nil {
+		t.Fatal(err) // under a new lease
+	}
+	expire()
+	if _, err := conn.ExecContext(ctx, `INSERT INTO events (name) VALUES ('conn-late')`); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Errorf("a write on a sql.Conn past the lease's deadline: %v, want ErrNotOwner", err)
+	}
+	conn.Close()
+	if got := names(t, n.p, "acme"); !slices.Equal(got, []string{"before", "conn"}) {
+		t.Fatalf("rows %v, want [before conn]", got)
+	}
+}
+
+// releasingOwnership gives its first lease up before Acquire returns it,
+// and runs after meanwhile: an Ownership whose Acquire raced a move (the
+// lease given to the move's target just as it was taken here).
+type releasingOwnership struct {
+	c     *cluster.Cluster
+	done  atomic.Bool
+	after func()
+}
+
+func (o *releasingOwnership) Acquire(ctx context.Context, id string) (sqliteproxy.TenantLease, error) {
+	l, err := o.c.Acquire(ctx, id)
+	if err != nil || !o.done.CompareAndSwap(false, true) {
+		return l, err
+	}
+	if err := l.Release(ctx, 0); err != nil {
+		return nil, err
+	}
+	o.after()
+	return l, nil
+}
+
+// The driver writes nothing under a lease that is lost by the time Acquire
+// returns it: the write fails with ErrNotOwner naming the node that took
+// the tenant meanwhile, and what that node wrote is all there is.
+func TestOwnership_LeaseLostAsAcquired(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	var ro *releasingOwnership
+	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) {
+		ro = &releasingOwnership{c: c.Ownership.(*cluster.Cluster)}
+		c.Ownership = ro
+	})
+	b := g.ownerNode(t, srv, "b", 4)
+	ro.after = func() { insert(t, b.p, "acme", "first-on-b") }
+	_, err := a.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('on-a')`)
+	var oe *sqliteproxy.OwnerError
+	if !errors.As(err, &oe) || oe.Owner != "b" {
+		t.Errorf("a write under a lease lost as it was acquired: %v, want an *OwnerError naming b", err)
+	}
+	insert(t, b.p, "acme", "on-b")
+	if got := names(t, b.p, "acme"); !slices.Equal(got, []string{"first-on-b", "on-b"}) {
+		t.Fatalf("rows on b, the owner: %v", got)
+	}
+}
+
 // Ownership changes are in the metrics, per tenant: acquired, released (at
 // eviction) and acquired again.
 func TestOwnership_Telemetry(t *testing.T) {
