@@ -469,3 +469,42 @@ func TestLeaseValidAndGenerationAfterDelete(t *testing.T) {
 		t.Fatalf("taken back after a release at 0: generation %d again", l2.Generation())
 	}
 }
+
+// An Acquire whose context ends while etcd commits its claim leaves no
+// owner key behind: the key is this node's only while a lease of it is
+// held here, else every other node would be refused the tenant for as long
+// as this node lives.
+func TestAcquire_CanceledLeavesNoOwner(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 60*time.Second)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	failed := 0
+	for i := range 200 {
+		actx, cancel := context.WithTimeout(ctx, time.Duration(200+i*20)*time.Microsecond)
+		_, err := a.Acquire(actx, fmt.Sprintf("t%d", i))
+		cancel()
+		if err != nil {
+			failed++
+		}
+	}
+	if failed == 0 {
+		t.Skip("no Acquire ended by its context: nothing to check")
+	}
+	orphans := func() []string {
+		owners, err := b.Owners(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		for _, o := range owners {
+			if o.Node == "a" && a.held[o.Tenant] == nil {
+				out = append(out, o.Tenant)
+			}
+		}
+		return out
+	}
+	eventually(t, 10*time.Second, "owner keys of a that a does not hold to go", func() bool { return len(orphans()) == 0 })
+	t.Logf("%d of 200 acquires ended by their context", failed)
+}

@@ -156,3 +156,45 @@ func TestMove_ReleaseDuringTargetAttempt(t *testing.T) {
 		t.Errorf("b: Previous %d, %d; want %d, 77", g, p, la.Generation())
 	}
 }
+
+// A move elsewhere that reaches this node between an Acquire's etcd
+// transactions and its return finds the lease not yet used and gives it up:
+// that Acquire must not return it (the driver would write under a lease
+// given to the move's target).
+func TestAcquire_RacedByMoveElsewhere(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 30*time.Second)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	adm, err := NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	moved := make(chan error, 1)
+	var once atomic.Bool
+	hook := func(id string, err error) {
+		if id != "acme" || err != nil || !once.CompareAndSwap(false, true) {
+			return
+		}
+		go func() { moved <- adm.Move(ctx, "acme", "b") }()
+		eventually(t, 10*time.Second, "the move to take acme out of a's held leases", func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return a.held["acme"] == nil
+		})
+	}
+	a.acquired.Store(&hook)
+	l, err := a.Acquire(ctx, "acme")
+	if err == nil {
+		t.Fatalf("Acquire returned a lease the move gave up (generation %d, lost %v)", l.Generation(), isClosed(l.Lost()))
+	}
+	if !errors.Is(err, sqliteproxy.ErrNotOwner) && !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Acquire raced by a move: %v, want ErrNotOwner or ErrLeaseLost", err)
+	}
+	if err := <-moved; err != nil {
+		t.Fatalf("Move: %v", err)
+	}
+	if n, _, ok, err := b.Owner(ctx, "acme"); err != nil || !ok || n != "b" {
+		t.Fatalf("owner after the move: %q, %v, %v; want b", n, ok, err)
+	}
+}
