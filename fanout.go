@@ -440,14 +440,21 @@ func isQueryErr(err error) bool {
 // else on one of its readers.
 func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error {
 	r := run.r
-	if r.budget.counted(t) == 0 {
+	// With Ownership, the local copy of a tenant this node has not open
+	// (so holds no lease on) may be stale: another node may own it and
+	// have written it since, or deleted it. It is read as a first access
+	// would: under this node's lease (taken, then given back at the
+	// eviction below), after the replica brought the copy up to date; a
+	// tenant another node owns fails with ErrNotOwner.
+	owned := r.cfg.Ownership != nil
+	if !owned && r.budget.counted(t) == 0 {
 		done, err := run.readClosed(ctx, t, s)
 		if done || err != nil {
 			return err
 		}
 	}
 	wasOpen := r.budget.counted(t) > 0
-	if !t.ready.Load() || t.fenced.Load() {
+	if !t.ready.Load() || t.fenced.Load() || owned && !wasOpen {
 		// Open (and, in MigrateAuto, migrate) it as a first access would,
 		// but never create it.
 		if err := t.lockWriter(ctx); err != nil {

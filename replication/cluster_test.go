@@ -157,6 +157,56 @@ func TestOwnership_Move(t *testing.T) {
 	wantOwnerError(t, err, "b")
 }
 
+// A fan-out reads tenants as first accesses do: on a node that moved a
+// tenant away, not its stale local copy but ErrNotOwner; after the owner
+// deleted it, nothing (no resurrected rows).
+func TestOwnership_FanOutReadsNoStaleCopy(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	insert(t, a.p, "acme", "x")
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := adm.Move(ctx, "acme", "b"); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, b.p, "acme", "y")
+	fanOut := func(p *sqliteproxy.Proxy, opts sqliteproxy.FanOutOptions) ([]string, error) {
+		rows, err := p.QueryContext(sqliteproxy.WithFanOut(ctx, opts), `SELECT name FROM events ORDER BY id`)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		var got []string
+		for rows.Next() {
+			var tenant, name string
+			if err := rows.Scan(&tenant, &name); err != nil {
+				return got, err
+			}
+			got = append(got, tenant+":"+name)
+		}
+		return got, rows.Err()
+	}
+	got, err := fanOut(a.p, sqliteproxy.FanOutOptions{Tenants: []string{"acme"}})
+	if !errors.Is(err, sqliteproxy.ErrNotOwner) || len(got) != 0 {
+		t.Errorf("fan-out on the node acme moved away from: rows %v, %v; want none and ErrNotOwner", got, err)
+	}
+	if got, err := fanOut(b.p, sqliteproxy.FanOutOptions{}); err != nil || !slices.Equal(got, []string{"acme:x", "acme:y"}) {
+		t.Errorf("fan-out on the owner: rows %v, %v", got, err)
+	}
+	if err := b.p.DeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := fanOut(a.p, sqliteproxy.FanOutOptions{}); err != nil || len(got) != 0 {
+		t.Errorf("fan-out after the owner deleted acme: rows %v, %v; want none", got, err)
+	}
+}
+
 // When the node cannot renew its lease (etcd down), it stops writing the
 // tenant before the lease can expire, SyncTenant says the write may be
 // lost, and it recovers after etcd is back, in a new generation, with
