@@ -380,6 +380,10 @@ func (r *router) openWriter(ctx context.Context, t *tenant, o openOpts) (*physCo
 // the file exists.
 var openWriterRaced func(t *tenant)
 
+// errOpenAbandoned: work waited for the writer of a tenant whose open by
+// another call ended with that call's context, before it could tell.
+var errOpenAbandoned = errors.New("the open of the tenant that this waited for was abandoned by its caller (context ended); retry")
+
 // fileWentAway reports whether err, from opening the tenant file at p,
 // may come from the file being deleted or replaced meanwhile.
 func fileWentAway(p string, err error) bool {
@@ -416,7 +420,11 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	if err := r.own(ctx, t); err != nil {
 		if !exists {
 			r.forget(t) // as below: hostile IDs must not grow the registry
-			t.retire()
+			if ctx.Err() != nil {
+				t.retireWith(opError(opOpenTenant, t.id, errOpenAbandoned))
+			} else {
+				t.retireWith(err) // work that waited for it gets the same answer
+			}
 		}
 		return nil, err
 	}

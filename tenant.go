@@ -40,6 +40,7 @@ type tenant struct {
 	evictDone     chan struct{}
 	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
+	refusedWith   error            // why an open retired t (retireWith), for work that waited on it; under mu
 
 	lastUsed atomic.Int64 // budget.now() when a lease last ended
 	pins     atomic.Int64 // goroutines working on t, plus pinGone once t has left the registry (pin)
@@ -137,12 +138,14 @@ func (t *tenant) awaitDrainBy(ctx context.Context, bounded bool, deadline time.T
 	defer bound.stop()
 	for {
 		t.mu.Lock()
-		st, done := t.state.Load(), t.drainDone
+		st, done, refused := t.state.Load(), t.drainDone, t.refusedWith
 		t.mu.Unlock()
-		switch st {
-		case tenantActive:
+		switch {
+		case st == tenantActive:
 			return nil
-		case tenantDeleted:
+		case st == tenantDeleted && refused != nil:
+			return refused
+		case st == tenantDeleted:
 			return opError(opOpenTenant, t.id, ErrTenantNotFound)
 		}
 		select {
@@ -603,9 +606,16 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 
 // retire marks t, which has left the registry, as deleted: conns that
 // cache it look the tenant up again.
-func (t *tenant) retire() {
+func (t *tenant) retire() { t.retireWith(nil) }
+
+// retireWith is retire by an open that was refused with err: work that
+// waited on t meanwhile (for its writer) gets err too, not
+// ErrTenantNotFound (another node owns the tenant: 7 of 8 concurrent
+// statements on a non-owner were told the tenant did not exist).
+func (t *tenant) retireWith(err error) {
 	t.mu.Lock()
 	t.state.Store(tenantDeleted)
+	t.refusedWith = err
 	t.pins.Or(pinGone)
 	t.mu.Unlock()
 }

@@ -207,6 +207,37 @@ func TestOwnership_FanOutReadsNoStaleCopy(t *testing.T) {
 	}
 }
 
+// Concurrent statements on a node that does not own the tenant all fail
+// with ErrNotOwner naming the owner, not only the first: those that waited
+// for the writer meanwhile were told the tenant did not exist.
+func TestOwnership_NonOwnerConcurrentStatements(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	insert(t, a.p, "acme", "x")
+	for round := range 5 {
+		var wg sync.WaitGroup
+		errs := make([]error, 8)
+		for i := range errs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = b.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('from b')`)
+			}()
+		}
+		wg.Wait()
+		for i, err := range errs {
+			var oe *sqliteproxy.OwnerError
+			if !errors.As(err, &oe) || oe.Owner != "a" {
+				t.Errorf("round %d, statement %d: %v; want an *OwnerError naming a", round, i, err)
+			}
+		}
+	}
+	if got := names(t, a.p, "acme"); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("rows on the owner: %v", got)
+	}
+}
+
 // When the node cannot renew its lease (etcd down), it stops writing the
 // tenant before the lease can expire, SyncTenant says the write may be
 // lost, and it recovers after etcd is back, in a new generation, with
