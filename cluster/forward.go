@@ -27,6 +27,13 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // another node takes the tenant; so does one that accepted the request but
 // has not answered when its lease on the tenant ends.
 //
+// The owner gets the request as this node got it: its X-Forwarded-Proto
+// and X-Forwarded-Host as they came (from a load balancer, say), and its
+// X-Forwarded-For with this node's peer appended; trust them as far as you
+// trust what reaches your nodes. An invalid tenant ID is served here (the
+// driver refuses it) without an owner lookup, and so is every request
+// once the Cluster is closed.
+//
 // It reads the tenant with sqliteproxy.OrgID, so mount it inside the
 // middleware that puts the tenant in the request context. The owner comes
 // from a cache kept by an etcd watch: no etcd round trip per request, except
@@ -34,7 +41,10 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 func (c *Cluster) Forward(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := sqliteproxy.OrgID(r.Context())
-		if !ok || id == "" || r.Header.Get(ForwardedByHeader) != "" {
+		if !ok || id == "" || r.Header.Get(ForwardedByHeader) != "" || c.ctx.Err() != nil || sqliteproxy.ValidTenantID(id) != nil {
+			// Served here: no tenant, forwarded once already, this node
+			// closed, or an ID no node can own (which the driver refuses
+			// with its own error) without asking etcd about it.
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -90,7 +100,18 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host // a tenant resolved from the Host resolves the same there
+			// The owner sees the request as this node got it: the client
+			// chain a load balancer put in X-Forwarded-For, with this
+			// node's peer appended, and the load balancer's
+			// X-Forwarded-Proto and -Host (ReverseProxy drops them, and
+			// the owner logged this node as the client, over http).
+			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 			pr.SetXForwarded()
+			for _, h := range [...]string{"X-Forwarded-Proto", "X-Forwarded-Host"} {
+				if v := pr.In.Header.Values(h); len(v) > 0 {
+					pr.Out.Header[h] = v
+				}
+			}
 			pr.Out.Header.Set(ForwardedByHeader, self)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,5 +123,82 @@ func TestForward(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("owner unreachable: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
+// startEchoNode starts a node whose handler, inside tenant middleware
+// (header X-Tenant) and Forward, answers with the node's ID and the
+// request's forwarding headers as it got them.
+func startEchoNode(t *testing.T, srv *etcdtest.Server, id string) (*Cluster, *httptest.Server) {
+	hs := httptest.NewServer(nil)
+	t.Cleanup(hs.Close)
+	c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: hs.URL, TTL: testTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	hs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tenant := r.Header.Get("X-Tenant"); tenant != "" {
+			r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), tenant))
+		}
+		c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "node=%s xff=%q proto=%q xfh=%q host=%q", id, r.Header.Get("X-Forwarded-For"),
+				r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Host)
+		})).ServeHTTP(w, r)
+	})
+	return c, hs
+}
+
+// A forwarded request reaches the owner with the load balancer's
+// X-Forwarded-* headers, the forwarding node appended to the client chain,
+// rather than the forwarding node as the client over http.
+func TestForward_KeepsClientHeaders(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 30*time.Second)
+	_, ha := startEchoNode(t, srv, "a")
+	b, _ := startEchoNode(t, srv, "b")
+	if _, err := b.Acquire(ctx, "tb"); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ha.URL+"/x", nil)
+	req.Host = "api.example.com"
+	req.Header.Set("X-Tenant", "tb")
+	req.Header.Set("X-Forwarded-For", "203.0.113.7")
+	req.Header.Set("X-Forwarded-Proto", "https")
+	req.Header.Set("X-Forwarded-Host", "api.example.com")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if want := `node=b xff="203.0.113.7, 127.0.0.1" proto="https" xfh="api.example.com" host="api.example.com"`; string(body) != want {
+		t.Errorf("the owner saw %s\nwant      %s", body, want)
+	}
+}
+
+// An ID no node can own is served here at once, without asking etcd about
+// it: with etcd down such a request waited for the lookup's timeout.
+func TestForward_InvalidIDServedLocally(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 30*time.Second)
+	_, ha := startEchoNode(t, srv, "a")
+	srv.Stop()
+	for _, id := range []string{"ACME", "../../etc/passwd"} {
+		start := time.Now()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ha.URL+"/x", nil)
+		req.Header.Set("X-Tenant", id)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(string(body), "node=a ") {
+			t.Errorf("%q: %s, want served by a", id, body)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("%q: served after %v with etcd down", id, d)
+		}
 	}
 }
