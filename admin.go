@@ -201,6 +201,14 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
 		return err
 	}
+	// No other process opens the file from the check that none has it
+	// open (settle) until it and the side files named after it are gone:
+	// see enterGate.
+	leave, err := r.replaceGate(ctx, id)
+	if err != nil {
+		t.endDrain(tenantActive)
+		return opError(opDeleteTenant, id, err)
+	}
 	// Checkpoint its -wal into it first (a replicated tenant keeps one, and
 	// so does a process killed with the file open), refusing a file another
 	// process has open: a delete killed after the rename below then leaves
@@ -208,6 +216,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	// the name. Then move the file out of the tenant's name, so nothing can
 	// open a half-deleted tenant; then its side files, then the file.
 	if err := settle(t.path); err != nil {
+		leave()
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
 			return opError(opDeleteTenant, id, ErrTenantNotFound)
@@ -216,6 +225,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
+		leave()
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
 			return opError(opDeleteTenant, id, ErrTenantNotFound)
@@ -224,10 +234,12 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	if deleteAfterRename != nil {
 		if err := deleteAfterRename(); err != nil {
+			leave()
 			return err // a stand-in for a kill: nothing else runs
 		}
 	}
 	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
+	leave()
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)
@@ -421,6 +433,17 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	})
 }
 
+// replaceGate holds tenant id's open gate exclusively for a restore or a
+// delete (see enterGate), waiting up to ctx, or BusyTimeout for a ctx
+// without deadline (opens hold it for the time of a connection's open).
+func (r *router) replaceGate(ctx context.Context, id string) (func(), error) {
+	var deadline time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		deadline = time.Now().Add(r.cfg.BusyTimeout)
+	}
+	return enterGate(ctx, r.stop, deadline, r.presence, id, true)
+}
+
 // deleteAfterRename, set by tests, stands for a delete killed just after
 // it moved the file out of the tenant's name: an error from it ends the
 // delete there, the tenant left draining.
@@ -460,6 +483,13 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	} else if err != nil {
 		return err
 	}
+	// No other process opens the file from the check that none has it
+	// open (settle) to the rename: see enterGate.
+	leave, err := r.replaceGate(ctx, id)
+	if err != nil {
+		t.endDrain(tenantActive)
+		return opError(op, id, err)
+	}
 	// Side files of the old database would be replayed into the new one,
 	// and Litestream's files describe the old one. Its -wal may hold
 	// acknowledged commits (a process killed before it closed the file):
@@ -467,6 +497,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	// before its rename leaves the old tenant whole, not without them.
 	if _, err := os.Lstat(t.path); err == nil {
 		if err := settle(t.path); err != nil {
+			leave()
 			t.endDrain(tenantActive)
 			return opError(op, id, err)
 		}
@@ -490,6 +521,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if err == nil {
 		err = syncDir(filepath.Dir(t.path))
 	}
+	leave()
 	t.ready.Store(false)
 	t.endDrain(tenantActive)
 	if err != nil {

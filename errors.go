@@ -104,3 +104,7 @@ func (e *Error) Unwrap() error { return e.Err }
 func opError(op, tenant string, err error) error {
 	return &Error{Op: op, Tenant: tenant, Err: err}
 }
+
+// errGateBusy: a tenant's file could not be opened, or replaced, within
+// BusyTimeout because another process kept replacing it, or opening it.
+var errGateBusy = fmt.Errorf("another process is opening or replacing the tenant's file: %w", errBusy)

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -58,7 +59,15 @@ func (o *connOpener) open(t *tenant, writer bool) (*physConn, error) {
 	if writer {
 		params = o.writerParams
 	}
+	// Not while another process replaces or removes the file, and held
+	// until the connect hook has made the connection's -shm (ensureWAL),
+	// which such a process then sees: see enterGate.
+	leave, err := enterGate(context.Background(), t.r.stop, time.Now().Add(t.r.cfg.BusyTimeout), t.r.presence, t.id, false)
+	if err != nil {
+		return nil, opError(opOpenTenant, t.id, err)
+	}
 	c, err := o.drv.Open(t.uri + params)
+	leave()
 	if err != nil {
 		return nil, opError(opOpenTenant, t.id, err)
 	}

@@ -3,13 +3,16 @@
 package sqliteproxy
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // presenceFile names the file in a data directory on which every process
@@ -32,6 +35,12 @@ var presences = struct {
 type presence struct {
 	f *os.File // nil: the file could not be made or locked
 	n int
+	// gates holds this process's locks of open-gate slots (below): the
+	// number of opens in the slot, or -1 while a replacement holds it.
+	// POSIX locks neither conflict within a process nor count: the process
+	// takes a slot's lock once for all its holders and gives it back after
+	// the last.
+	gates map[int64]int
 }
 
 // presenceTells says that othersPresent can tell, here.
@@ -156,4 +165,104 @@ func presenceJoins(key string) uint64 {
 	var b [8]byte
 	p.f.ReadAt(b[:], joinsAt)
 	return binary.LittleEndian.Uint64(b[:])
+}
+
+// The open gate keeps a tenant's file from being opened by one process
+// while another replaces or removes it (RestoreTenant, DeleteTenant), each
+// tenant by a byte of the presence file from gateAt (its slot: a hash of
+// the ID; tenants that share a slot only wait for each other more often).
+//
+// A replacement checks that no process has the file open (its -shm and
+// -wal: settle) and then renames over it. A process that opened the file
+// between the two kept the old one: its writes were acknowledged into a
+// file no longer the tenant's, and its -wal and -shm, named after the
+// path, then went with the new file (a trial lost every row such a
+// process wrote). Opening a connection holds the slot shared until SQLite
+// has made its -shm (which a replacement's check then sees); a replacement
+// holds it exclusively from before its check until after its rename.
+const (
+	gateAt    = 1 << 20
+	gateSlots = 1 << 16
+)
+
+func gateSlot(id string) int64 {
+	h := fnv.New32a()
+	h.Write([]byte(id))
+	return gateAt + int64(h.Sum32()%gateSlots)
+}
+
+// gateWaits, set by tests, is called when an open or a replacement has
+// to wait at the gate.
+var gateWaits func(replace bool)
+
+// enterGate waits until tenant id's slot of the directory of key can be
+// held, shared (an open) or exclusively (replace), and returns the
+// function that gives it back. It waits until ctx ends, stop closes
+// (ErrClosed) or deadline (when not zero) passes. Where the presence file
+// could not be locked (a read-only directory) it holds nothing.
+func enterGate(ctx context.Context, stop <-chan struct{}, deadline time.Time, key, id string, replace bool) (leave func(), err error) {
+	slot := gateSlot(id)
+	for delay, waited := 50*time.Microsecond, false; ; delay = min(2*delay, 10*time.Millisecond) {
+		presences.Lock()
+		p := presences.m[key]
+		if p == nil || p.f == nil {
+			presences.Unlock()
+			return func() {}, nil
+		}
+		if p.gates == nil {
+			p.gates = map[int64]int{}
+		}
+		n, held, lerr := p.gates[slot], false, error(nil)
+		switch {
+		case replace && n == 0:
+			if lerr = setlk(p.f, &syscall.Flock_t{Type: syscall.F_WRLCK, Start: slot, Len: 1}); lerr == nil {
+				p.gates[slot], held = -1, true
+			}
+		case !replace && n > 0:
+			p.gates[slot], held = n+1, true
+		case !replace && n == 0:
+			if lerr = setlk(p.f, &syscall.Flock_t{Type: syscall.F_RDLCK, Start: slot, Len: 1}); lerr == nil {
+				p.gates[slot], held = 1, true
+			}
+		}
+		presences.Unlock()
+		if held {
+			return func() { leaveGate(p, slot) }, nil
+		}
+		if lerr != nil && !errors.Is(lerr, syscall.EAGAIN) && !errors.Is(lerr, syscall.EACCES) {
+			return nil, lerr
+		}
+		if !waited && gateWaits != nil {
+			gateWaits(replace)
+		}
+		waited = true
+		if !deadline.IsZero() && time.Now().After(deadline) {
+			return nil, errGateBusy
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, context.Cause(ctx)
+		case <-stop:
+			t.Stop()
+			return nil, ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+// leaveGate gives back one holder's part of slot.
+func leaveGate(p *presence, slot int64) {
+	presences.Lock()
+	defer presences.Unlock()
+	n := p.gates[slot]
+	if n > 1 {
+		p.gates[slot] = n - 1
+		return
+	}
+	delete(p.gates, slot)
+	if p.f != nil {
+		setlk(p.f, &syscall.Flock_t{Type: syscall.F_UNLCK, Start: slot, Len: 1})
+	}
 }

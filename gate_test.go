@@ -1,0 +1,199 @@
+//go:build linux || darwin || freebsd || netbsd || openbsd || dragonfly
+
+package sqliteproxy
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// gateFleet makes tenant acme in dir with a row "before", backs it up to
+// the returned file, then adds a row "after" and closes it: a restore of
+// the backup must leave "before" alone.
+func gateFleet(t *testing.T, dir string) string {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "backup.db")
+	if err := p.BackupTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return bk
+}
+
+// tenantRows is what a fresh proxy on dir reads of acme.
+func tenantRows(t *testing.T, dir string) []string {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	defer p.Close()
+	return directRows(t, p, "acme", `SELECT tenant FROM events ORDER BY id`)
+}
+
+// A restore by one proxy on a directory (the CLI) and a first access to
+// the tenant by another (a service) at once: the access waits for the
+// restore's rename and then writes the restored file. It opened the old
+// file in the window between the restore's check that nobody had it open
+// and its rename, acknowledged the write into it, and the row was lost
+// (its -wal and -shm, named after the path, went with the new file).
+func TestGate_RestoreWhileAnotherProxyOpens(t *testing.T) {
+	dir := t.TempDir()
+	bk := gateFleet(t, dir)
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	cli := newTestProxy(t, Config{Dir: dir})
+	var waited atomic.Bool
+	gateWaits = func(replace bool) {
+		if !replace {
+			waited.Store(true)
+		}
+	}
+	svcErr := make(chan error, 1)
+	restoreBeforeRename = func() error {
+		go func() {
+			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
+			svcErr <- err
+		}()
+		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
+		return nil
+	}
+	defer func() { gateWaits, restoreBeforeRename = nil, nil }()
+	if err := cli.RestoreTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, svcErr, "the service's write"); err != nil {
+		t.Fatalf("the service's write: %v", err)
+	}
+	svc.Close()
+	cli.Close()
+	if got, want := tenantRows(t, dir), []string{"before", "svc"}; !slices.Equal(got, want) {
+		t.Fatalf("acme after the restore and the service's write: %q, want %q", got, want)
+	}
+}
+
+// A delete by one proxy and a first access by another at once: the access
+// waits until the old file and the side files named after it are gone,
+// then makes the tenant anew. It made the new file in between, and the
+// delete's removal of the side files named after the path took its -wal
+// (and so its acknowledged row) with it.
+func TestGate_DeleteWhileAnotherProxyOpens(t *testing.T) {
+	dir := t.TempDir()
+	gateFleet(t, dir)
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	cli := newTestProxy(t, Config{Dir: dir})
+	var waited atomic.Bool
+	gateWaits = func(replace bool) {
+		if !replace {
+			waited.Store(true)
+		}
+	}
+	svcErr := make(chan error, 1)
+	deleteAfterRename = func() error {
+		go func() {
+			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
+			svcErr <- err
+		}()
+		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
+		return nil
+	}
+	defer func() { gateWaits, deleteAfterRename = nil, nil }()
+	if err := cli.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, svcErr, "the service's write"); err != nil {
+		t.Fatalf("the service's write: %v", err)
+	}
+	svc.Close()
+	cli.Close()
+	if got, want := tenantRows(t, dir), []string{"svc"}; !slices.Equal(got, want) {
+		t.Fatalf("acme after the delete and the service's write: %q, want %q", got, want)
+	}
+}
+
+const gateChildEnv = "SQLITEPROXY_GATE_CHILD_DIR"
+
+// The same with the service in another process, whose opens the gate holds
+// off with POSIX locks rather than this process's bookkeeping.
+func TestGate_RestoreWhileAnotherProcessOpens(t *testing.T) {
+	dir := t.TempDir()
+	bk := gateFleet(t, dir)
+	sig := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestGate_Child$", "-test.v")
+	cmd.Env = append(os.Environ(), gateChildEnv+"="+dir, gateChildEnv+"_SIG="+sig)
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := cmd.CombinedOutput()
+		out <- b
+	}()
+	exists := func(name string) bool {
+		_, err := os.Stat(filepath.Join(sig, name))
+		return err == nil
+	}
+	waitFor(t, 30*time.Second, "the child's proxy to be open", func() bool { return exists("ready") })
+	cli := newTestProxy(t, Config{Dir: dir})
+	restoreBeforeRename = func() error {
+		if err := os.WriteFile(filepath.Join(sig, "go"), nil, 0o600); err != nil {
+			return err
+		}
+		waitFor(t, 10*time.Second, "the child's write to wait at the gate (or to end)", func() bool { return exists("waiting") || exists("done") })
+		return nil
+	}
+	defer func() { restoreBeforeRename = nil }()
+	err := cli.RestoreTenant(context.Background(), "acme", bk)
+	restoreBeforeRename = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := receive(t, out, "the child")
+	if !exists("done") {
+		t.Fatalf("the child did not write:\n%s", b)
+	}
+	res, _ := os.ReadFile(filepath.Join(sig, "done"))
+	if string(res) != "ok" {
+		t.Fatalf("the child's write: %s\n%s", res, b)
+	}
+	cli.Close()
+	if got, want := tenantRows(t, dir), []string{"before", "svc"}; !slices.Equal(got, want) {
+		t.Fatalf("acme after the restore and the child's acknowledged write: %q, want %q\n%s", got, want, b)
+	}
+}
+
+// TestGate_Child is TestGate_RestoreWhileAnotherProcessOpens's service: it
+// opens a proxy on the directory, and on the parent's signal writes a row
+// to acme (a first access), saying when it waits at the gate.
+func TestGate_Child(t *testing.T) {
+	dir, sig := os.Getenv(gateChildEnv), os.Getenv(gateChildEnv+"_SIG")
+	if dir == "" {
+		t.Skip("the child of TestGate_RestoreWhileAnotherProcessOpens")
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	gateWaits = func(replace bool) { os.WriteFile(filepath.Join(sig, "waiting"), nil, 0o600) }
+	if err := os.WriteFile(filepath.Join(sig, "ready"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the parent's signal", func() bool {
+		_, err := os.Stat(filepath.Join(sig, "go"))
+		return err == nil
+	})
+	res := "ok"
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`); err != nil {
+		res = err.Error()
+	}
+	if err := p.Close(); err != nil && res == "ok" {
+		res = err.Error()
+	}
+	os.WriteFile(filepath.Join(sig, "done"), []byte(res), 0o600)
+}
