@@ -295,26 +295,42 @@ func BenchmarkRoutingPaired(b *testing.B) {
 	b.ReportMetric(proxy-mattn, "overhead-ns")
 }
 
-// BenchmarkRoutingFloorPaired is BenchmarkRoutingPaired's statement on
-// mattn-same-dsn and on the thinnest driver a wrapper can be (passDriver:
-// every call forwarded to a mattn connection of the same DSN, and a check-in
-// through driver.Validator as the proxy's): overhead-ns is what wrapping
-// alone costs on this machine, the part of RoutingPaired's overhead that no
-// routing can take away.
+// BenchmarkRoutingFloorPaired runs BenchmarkRoutingPaired's statement
+// (op=exec) and the article's SingleQuery on mattn-same-dsn and on the
+// thinnest driver a wrapper can be (passConn: every call forwarded to a
+// mattn connection of the same DSN, a check-in through driver.Validator as
+// the proxy's, mattn's own Rows): overhead-ns and x-mattn-same-dsn are what
+// wrapping alone costs on this machine, the part of the proxy's overhead
+// that no routing can take away.
 func BenchmarkRoutingFloorPaired(b *testing.B) {
 	mattn := benchTargets(b)[1]
 	wrapped := sql.OpenDB(passConnector{mattn.db.Driver().(*sqlite3.SQLiteDriver), "file:" + touch(b, filepath.Join(b.TempDir(), "pass.db")) + mattnParams(b)})
 	b.Cleanup(func() { wrapped.Close() })
 	fillBench(b, benchTarget{"pass", wrapped, context.Background()}, "")
-	var ops [2]func(int) error
-	for k, db := range [2]*sql.DB{mattn.db, wrapped} {
-		ops[k] = func(int) error {
+	for _, op := range []struct {
+		name string
+		run  func(db *sql.DB, i int) error
+	}{
+		{"exec", func(db *sql.DB, _ int) error {
 			_, err := db.ExecContext(context.Background(), `SELECT ?`, 1)
 			return err
-		}
+		}},
+		{"single-query", func(db *sql.DB, i int) error { // the article's SingleQuery
+			var name string
+			var value int
+			return db.QueryRowContext(context.Background(), `SELECT name, value FROM bench WHERE id = ?`, i%1000+1).Scan(&name, &value)
+		}},
+	} {
+		b.Run("op="+op.name, func(b *testing.B) {
+			var ops [2]func(int) error
+			for k, db := range [2]*sql.DB{mattn.db, wrapped} {
+				ops[k] = func(i int) error { return op.run(db, i) }
+			}
+			m, w := pairedBlocks(b, "mattn", ops)
+			b.ReportMetric(w-m, "overhead-ns")
+			b.ReportMetric(w/m, "x-mattn-same-dsn")
+		})
 	}
-	m, w := pairedBlocks(b, "mattn", ops)
-	b.ReportMetric(w-m, "overhead-ns")
 }
 
 // mattnParams returns the DSN parameters of the proxy's tenant writers
