@@ -44,6 +44,30 @@ func tenantRows(t *testing.T, dir string) []string {
 	return directRows(t, p, "acme", `SELECT tenant FROM events ORDER BY id`)
 }
 
+// writeInWindow returns a hook for the window of a restore or delete (the
+// test hooks restoreBeforeRename, deleteAfterRename) that starts a write of
+// a row "svc" to acme by svc, a first access, and returns once the write
+// waits at the gate (or has ended, without the gate); and the channel of
+// that write's error.
+func writeInWindow(t *testing.T, svc *Proxy) (func() error, <-chan error) {
+	var waited atomic.Bool
+	gateWaits = func(replace bool) {
+		if !replace {
+			waited.Store(true)
+		}
+	}
+	t.Cleanup(func() { gateWaits = nil })
+	svcErr := make(chan error, 1)
+	return func() error {
+		go func() {
+			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
+			svcErr <- err
+		}()
+		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
+		return nil
+	}, svcErr
+}
+
 // A restore by one proxy on a directory (the CLI) and a first access to
 // the tenant by another (a service) at once: the access waits for the
 // restore's rename and then writes the restored file. It opened the old
@@ -55,22 +79,9 @@ func TestGate_RestoreWhileAnotherProxyOpens(t *testing.T) {
 	bk := gateFleet(t, dir)
 	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	cli := newTestProxy(t, Config{Dir: dir})
-	var waited atomic.Bool
-	gateWaits = func(replace bool) {
-		if !replace {
-			waited.Store(true)
-		}
-	}
-	svcErr := make(chan error, 1)
-	restoreBeforeRename = func() error {
-		go func() {
-			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
-			svcErr <- err
-		}()
-		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
-		return nil
-	}
-	defer func() { gateWaits, restoreBeforeRename = nil, nil }()
+	var svcErr <-chan error
+	restoreBeforeRename, svcErr = writeInWindow(t, svc)
+	defer func() { restoreBeforeRename = nil }()
 	if err := cli.RestoreTenant(context.Background(), "acme", bk); err != nil {
 		t.Fatal(err)
 	}
@@ -94,22 +105,9 @@ func TestGate_DeleteWhileAnotherProxyOpens(t *testing.T) {
 	gateFleet(t, dir)
 	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	cli := newTestProxy(t, Config{Dir: dir})
-	var waited atomic.Bool
-	gateWaits = func(replace bool) {
-		if !replace {
-			waited.Store(true)
-		}
-	}
-	svcErr := make(chan error, 1)
-	deleteAfterRename = func() error {
-		go func() {
-			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
-			svcErr <- err
-		}()
-		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
-		return nil
-	}
-	defer func() { gateWaits, deleteAfterRename = nil, nil }()
+	var svcErr <-chan error
+	deleteAfterRename, svcErr = writeInWindow(t, svc)
+	defer func() { deleteAfterRename = nil }()
 	if err := cli.DeleteTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
