@@ -413,7 +413,9 @@ func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
 	}
 	defer t.unpin()
 	err = t.mustExist(opFanOut)
-	if err == nil {
+	if err == nil || r.cfg.Ownership != nil && errors.Is(err, ErrTenantNotFound) {
+		// With Ownership, a tenant with no copy here may be another node's
+		// (ErrNotOwner), or in the replica: the open (own) tells.
 		err = run.readTenant(ctx, t, s)
 	}
 	if errors.Is(err, ErrTenantNotFound) && run.opts.Tenants == nil {

@@ -199,11 +199,18 @@ func TestOwnership_FanOutReadsNoStaleCopy(t *testing.T) {
 	if got, err := fanOut(b.p, sqliteproxy.FanOutOptions{}); err != nil || !slices.Equal(got, []string{"acme:x", "acme:y"}) {
 		t.Errorf("fan-out on the owner: rows %v, %v", got, err)
 	}
+	// A tenant b owns and a never had: not "not found" but b's.
+	insert(t, b.p, "beta", "z")
+	got, err = fanOut(a.p, sqliteproxy.FanOutOptions{Tenants: []string{"beta"}})
+	var oe *sqliteproxy.OwnerError
+	if !errors.As(err, &oe) || oe.Owner != "b" || len(got) != 0 {
+		t.Errorf("fan-out on a of a tenant only b has: rows %v, %v; want an *OwnerError naming b", got, err)
+	}
 	if err := b.p.DeleteTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := fanOut(a.p, sqliteproxy.FanOutOptions{}); err != nil || len(got) != 0 {
-		t.Errorf("fan-out after the owner deleted acme: rows %v, %v; want none", got, err)
+	if got, err := fanOut(a.p, sqliteproxy.FanOutOptions{Tenants: []string{"acme"}}); !errors.Is(err, sqliteproxy.ErrTenantNotFound) || len(got) != 0 {
+		t.Errorf("fan-out after the owner deleted acme: rows %v, %v; want none, ErrTenantNotFound", got, err)
 	}
 }
 
