@@ -201,20 +201,28 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
 		return err
 	}
-	// No other process opens the file from the check that none has it
-	// open (settle) until it and the side files named after it are gone:
-	// see enterGate.
-	leave, err := r.replaceGate(ctx, id)
-	if err != nil {
-		t.endDrain(tenantActive)
-		return opError(opDeleteTenant, id, err)
-	}
 	// Checkpoint its -wal into it first (a replicated tenant keeps one, and
 	// so does a process killed with the file open), refusing a file another
 	// process has open: a delete killed after the rename below then leaves
 	// no -wal with rows in it for SQLite to replay into the next file of
 	// the name. Then move the file out of the tenant's name, so nothing can
 	// open a half-deleted tenant; then its side files, then the file.
+	// Checkpointed before the gate too (a long checkpoint held other
+	// tenants' opens that share its slot), and checked again within it,
+	// from which no other process opens the file until it and the side
+	// files named after it are gone (see enterGate).
+	if err := settle(t.path); err != nil {
+		t.endDrain(tenantActive)
+		if errors.Is(err, fs.ErrNotExist) {
+			return opError(opDeleteTenant, id, ErrTenantNotFound)
+		}
+		return opError(opDeleteTenant, id, err)
+	}
+	leave, err := r.replaceGate(ctx, id)
+	if err != nil {
+		t.endDrain(tenantActive)
+		return opError(opDeleteTenant, id, err)
+	}
 	if err := settle(t.path); err != nil {
 		leave()
 		t.endDrain(tenantActive)
@@ -483,18 +491,25 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	} else if err != nil {
 		return err
 	}
-	// No other process opens the file from the check that none has it
-	// open (settle) to the rename: see enterGate.
-	leave, err := r.replaceGate(ctx, id)
-	if err != nil {
-		t.endDrain(tenantActive)
-		return opError(op, id, err)
-	}
 	// Side files of the old database would be replayed into the new one,
 	// and Litestream's files describe the old one. Its -wal may hold
 	// acknowledged commits (a process killed before it closed the file):
 	// checkpoint them into the old file first, so that a restore killed
 	// before its rename leaves the old tenant whole, not without them.
+	// Once before the gate (a long checkpoint held other tenants' opens
+	// that share its slot), once more within it, from which no other
+	// process opens the file until the rename (see enterGate).
+	if _, err := os.Lstat(t.path); err == nil {
+		if err := settle(t.path); err != nil {
+			t.endDrain(tenantActive)
+			return opError(op, id, err)
+		}
+	}
+	leave, err := r.replaceGate(ctx, id)
+	if err != nil {
+		t.endDrain(tenantActive)
+		return opError(op, id, err)
+	}
 	if _, err := os.Lstat(t.path); err == nil {
 		if err := settle(t.path); err != nil {
 			leave()

@@ -106,5 +106,6 @@ func opError(op, tenant string, err error) error {
 }
 
 // errGateBusy: a tenant's file could not be opened, or replaced, within
-// BusyTimeout because another process kept replacing it, or opening it.
-var errGateBusy = fmt.Errorf("another process is opening or replacing the tenant's file: %w", errBusy)
+// BusyTimeout: its open gate (a lock it may share with other tenants) was
+// held by a restore or delete, or by opens, in this process or another.
+var errGateBusy = fmt.Errorf("the tenant's open gate (shared with some other tenants) stayed held by a restore or delete, or by opens, in this or another process: %w", errBusy)

@@ -247,7 +247,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	// not undone with its transaction: it must not stay on the tenant's
 	// writer for live traffic, as the gate's migrator does not (a fresh
 	// writer takes its place; if none can be opened, the old one stays).
-	if nw, oerr := r.conns.open(t, true); oerr == nil {
+	if nw, oerr := r.conns.open(ctx, t, true); oerr == nil {
 		t.w.close()
 		t.w = nw
 	}

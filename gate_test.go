@@ -4,12 +4,14 @@ package sqliteproxy
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync/atomic"
 	"testing"
+	"testing/fstest"
 	"time"
 )
 
@@ -50,6 +52,14 @@ func tenantRows(t *testing.T, dir string) []string {
 // waits at the gate (or has ended, without the gate); and the channel of
 // that write's error.
 func writeInWindow(t *testing.T, svc *Proxy) (func() error, <-chan error) {
+	return inWindow(t, func() error {
+		_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
+		return err
+	})
+}
+
+// inWindow is writeInWindow for any op that opens acme.
+func inWindow(t *testing.T, op func() error) (func() error, <-chan error) {
 	var waited atomic.Bool
 	gateWaits = func(replace bool) {
 		if !replace {
@@ -57,15 +67,12 @@ func writeInWindow(t *testing.T, svc *Proxy) (func() error, <-chan error) {
 		}
 	}
 	t.Cleanup(func() { gateWaits = nil })
-	svcErr := make(chan error, 1)
+	opErr := make(chan error, 1)
 	return func() error {
-		go func() {
-			_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
-			svcErr <- err
-		}()
-		waitFor(t, 10*time.Second, "the service's write to wait at the gate (or to end)", func() bool { return waited.Load() || len(svcErr) > 0 })
+		go func() { opErr <- op() }()
+		waitFor(t, 10*time.Second, "the other proxy's access to wait at the gate (or to end)", func() bool { return waited.Load() || len(opErr) > 0 })
 		return nil
-	}, svcErr
+	}, opErr
 }
 
 // A restore by one proxy on a directory (the CLI) and a first access to
@@ -118,6 +125,107 @@ func TestGate_DeleteWhileAnotherProxyOpens(t *testing.T) {
 	cli.Close()
 	if got, want := tenantRows(t, dir), []string{"svc"}; !slices.Equal(got, want) {
 		t.Fatalf("acme after the delete and the service's write: %q, want %q", got, want)
+	}
+}
+
+// A Rollback by another proxy in a restore's window: it opens the tenant
+// on a connection of its own (not a pool's), which writes; it went
+// through no gate, opened the old file, and the restore was undone (the
+// old rows back after the next open replayed its -wal).
+func TestGate_RollbackWhileRestoring(t *testing.T) {
+	dir := t.TempDir()
+	migs := fstest.MapFS{
+		"0001_events.sql":     {Data: []byte(eventsTable + ";")},
+		"0002_extra.up.sql":   {Data: []byte(`CREATE TABLE extra (x INTEGER);`)},
+		"0002_extra.down.sql": {Data: []byte(`INSERT INTO events (tenant) VALUES ('rolled'); DROP TABLE extra;`)},
+	}
+	p := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "backup.db")
+	if err := p.BackupTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	svc := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
+	cli := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
+	var rbErr <-chan error
+	restoreBeforeRename, rbErr = inWindow(t, func() error {
+		_, err := svc.Rollback(context.Background(), RollbackOptions{To: 1, Tenants: []string{"acme"}})
+		return err
+	})
+	defer func() { restoreBeforeRename = nil }()
+	if err := cli.RestoreTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, rbErr, "the rollback"); err != nil {
+		t.Fatalf("the rollback: %v", err)
+	}
+	svc.Close()
+	cli.Close()
+	if got, want := tenantRows(t, dir), []string{"before", "rolled"}; !slices.Equal(got, want) {
+		t.Fatalf("acme after the restore and the rollback: %q, want %q", got, want)
+	}
+}
+
+// Close of the restoring proxy in the restore's window (Close does not wait
+// for a restore that holds the tenant already): the gate stays held until
+// the rename. Closing the presence file's descriptor dropped it, and a
+// proxy opened next opened the old file.
+func TestGate_CloseDuringRestoreKeepsTheGate(t *testing.T) {
+	dir := t.TempDir()
+	bk := gateFleet(t, dir)
+	cli := newTestProxy(t, Config{Dir: dir})
+	var svc *Proxy
+	write, svcErr := inWindow(t, func() error {
+		_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
+		return err
+	})
+	restoreBeforeRename = func() error {
+		if err := cli.Close(); err != nil {
+			return err
+		}
+		svc = newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+		return write()
+	}
+	defer func() { restoreBeforeRename = nil }()
+	if err := cli.RestoreTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, svcErr, "the new proxy's write"); err != nil {
+		t.Fatalf("the new proxy's write: %v", err)
+	}
+	svc.Close()
+	if got, want := tenantRows(t, dir), []string{"before", "svc"}; !slices.Equal(got, want) {
+		t.Fatalf("acme after the restore and the write: %q, want %q", got, want)
+	}
+}
+
+// A first access that waits at the gate ends with its context: it waited
+// BusyTimeout whatever the statement's deadline.
+func TestGate_WaitEndsWithTheContext(t *testing.T) {
+	dir := t.TempDir()
+	bk := gateFleet(t, dir)
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, BusyTimeout: 2 * time.Second})
+	cli := newTestProxy(t, Config{Dir: dir})
+	var err error
+	restoreBeforeRename = func() error {
+		ctx, cancel := context.WithTimeout(tctx("acme"), 50*time.Millisecond)
+		defer cancel()
+		_, err = svc.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('svc')`)
+		return nil
+	}
+	defer func() { restoreBeforeRename = nil }()
+	if rerr := cli.RestoreTenant(context.Background(), "acme", bk); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a write with a 50 ms deadline that met the gate: %v, want context.DeadlineExceeded", err)
 	}
 }
 

@@ -275,7 +275,7 @@ func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) 
 	}
 	if len(applied) > 0 {
 		pc.close()
-		if pc, err = r.conns.open(t, true); err != nil {
+		if pc, err = r.conns.open(ctx, t, true); err != nil {
 			return nil, err
 		}
 	}

@@ -53,8 +53,9 @@ func newConnOpener(cfg *Config) connOpener {
 	return o
 }
 
-// open opens a writer or a reader of t, for its pool.
-func (o *connOpener) open(t *tenant, writer bool) (*physConn, error) {
+// open opens a writer or a reader of t, for its pool; a wait at the open
+// gate ends with ctx (or BusyTimeout).
+func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physConn, error) {
 	params := o.readerParams
 	if writer {
 		params = o.writerParams
@@ -62,7 +63,7 @@ func (o *connOpener) open(t *tenant, writer bool) (*physConn, error) {
 	// Not while another process replaces or removes the file, and held
 	// until the connect hook has made the connection's -shm (ensureWAL),
 	// which such a process then sees: see enterGate.
-	leave, err := enterGate(context.Background(), t.r.stop, time.Now().Add(t.r.cfg.BusyTimeout), t.r.presence, t.id, false)
+	leave, err := t.r.openGate(ctx, t.id)
 	if err != nil {
 		return nil, opError(opOpenTenant, t.id, err)
 	}
@@ -157,12 +158,31 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 	if err := r.reserve(ctx, t); err != nil {
 		return nil, nil, err
 	}
+	// As a pool's open: a Rollback's own connection writes, and opened the
+	// old file in a restore's window (the restore undone).
+	leave, err := r.openGate(ctx, t.id)
+	if err != nil {
+		r.budget.unreserve(t)
+		return nil, nil, err
+	}
 	dc, err := drv.Open(t.uri + params)
+	leave()
 	if err != nil {
 		r.budget.unreserve(t)
 		return nil, nil, err
 	}
 	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.budget.unreserve(t) }, nil
+}
+
+// openGate holds tenant id's open gate shared for the open of one of its
+// connections (see enterGate), waiting up to ctx, or BusyTimeout for a ctx
+// without deadline.
+func (r *router) openGate(ctx context.Context, id string) (func(), error) {
+	var deadline time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		deadline = time.Now().Add(r.cfg.BusyTimeout)
+	}
+	return enterGate(ctx, r.stop, deadline, r.presence, id, false)
 }
 
 // plainDriver opens files that are not tenant connections (backup copies,

@@ -94,10 +94,22 @@ func leavePresence(key string) {
 	if p == nil {
 		return
 	}
-	if p.n--; p.n == 0 {
-		if p.f != nil {
-			p.f.Close()
-		}
+	if p.n--; p.n == 0 && len(p.gates) == 0 {
+		closePresence(key, p)
+	}
+	// Else the last leaveGate closes it: closing the descriptor drops every
+	// lock the process holds through it, a restore's or delete's gate too
+	// (Close returned during one, and another proxy then opened the old
+	// file in its window).
+}
+
+// closePresence closes p, the presence of key nobody uses any more;
+// presences is locked.
+func closePresence(key string, p *presence) {
+	if p.f != nil {
+		p.f.Close()
+	}
+	if presences.m[key] == p {
 		delete(presences.m, key)
 	}
 }
@@ -227,7 +239,7 @@ func enterGate(ctx context.Context, stop <-chan struct{}, deadline time.Time, ke
 		}
 		presences.Unlock()
 		if held {
-			return func() { leaveGate(p, slot) }, nil
+			return func() { leaveGate(key, p, slot) }, nil
 		}
 		if lerr != nil && !errors.Is(lerr, syscall.EAGAIN) && !errors.Is(lerr, syscall.EACCES) {
 			return nil, lerr
@@ -252,8 +264,9 @@ func enterGate(ctx context.Context, stop <-chan struct{}, deadline time.Time, ke
 	}
 }
 
-// leaveGate gives back one holder's part of slot.
-func leaveGate(p *presence, slot int64) {
+// leaveGate gives back one holder's part of slot of p, the presence of
+// key, closing p if it was left meanwhile (leavePresence).
+func leaveGate(key string, p *presence, slot int64) {
 	presences.Lock()
 	defer presences.Unlock()
 	n := p.gates[slot]
@@ -264,5 +277,8 @@ func leaveGate(p *presence, slot int64) {
 	delete(p.gates, slot)
 	if p.f != nil {
 		setlk(p.f, &syscall.Flock_t{Type: syscall.F_UNLCK, Start: slot, Len: 1})
+	}
+	if p.n == 0 && len(p.gates) == 0 {
+		closePresence(key, p)
 	}
 }

@@ -458,7 +458,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		}
 		t.createdBy.Store(cerr == nil)
 	}
-	pc, err = r.conns.open(t, true)
+	pc, err = r.conns.open(ctx, t, true)
 	if err != nil {
 		r.budget.unreserve(t)
 		return nil, err

@@ -484,7 +484,7 @@ func (t *tenant) popIdle() (*physConn, bool) {
 // openReader opens a reader for which a slot is reserved and counted.
 func (t *tenant) openReader(ctx context.Context) (*physConn, error) {
 	start := time.Now()
-	pc, err := t.r.conns.open(t, false)
+	pc, err := t.r.conns.open(ctx, t, false)
 	t.r.tel.opened(ctx, t.tel, roleReader, start, err)
 	if err != nil {
 		t.dropReader()
