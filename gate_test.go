@@ -20,7 +20,14 @@ import (
 // the backup must leave "before" alone.
 func gateFleet(t *testing.T, dir string) string {
 	t.Helper()
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	return gateFleetOf(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+}
+
+// gateFleetOf is gateFleet with the proxy configuration cfg (its Dir, and
+// migrations that make the events table).
+func gateFleetOf(t *testing.T, cfg Config) string {
+	t.Helper()
+	p := newTestProxy(t, cfg)
 	ctx := tctx("acme")
 	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
 		t.Fatal(err)
@@ -139,19 +146,7 @@ func TestGate_RollbackWhileRestoring(t *testing.T) {
 		"0002_extra.up.sql":   {Data: []byte(`CREATE TABLE extra (x INTEGER);`)},
 		"0002_extra.down.sql": {Data: []byte(`INSERT INTO events (tenant) VALUES ('rolled'); DROP TABLE extra;`)},
 	}
-	p := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
-	ctx := tctx("acme")
-	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
-		t.Fatal(err)
-	}
-	bk := filepath.Join(t.TempDir(), "backup.db")
-	if err := p.BackupTenant(context.Background(), "acme", bk); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
+	bk := gateFleetOf(t, Config{Dir: dir, MigrationsFS: migs})
 	svc := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
 	cli := newTestProxy(t, Config{Dir: dir, MigrationsFS: migs})
 	var rbErr <-chan error
