@@ -27,8 +27,8 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // another node takes the tenant; so does one that accepted the request but
 // has not answered when its lease on the tenant ends.
 //
-// The owner gets the request as this node got it: its X-Forwarded-Proto
-// and X-Forwarded-Host as they came (from a load balancer, say), and its
+// The owner gets the request as this node got it: its X-Forwarded-Proto,
+// X-Forwarded-Host and Forwarded as they came (from a load balancer, say), and its
 // X-Forwarded-For with this node's peer appended; trust them as far as you
 // trust what reaches your nodes. An invalid tenant ID is served here (the
 // driver refuses it) without an owner lookup, and so is every request
@@ -103,11 +103,12 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 			// The owner sees the request as this node got it: the client
 			// chain a load balancer put in X-Forwarded-For, with this
 			// node's peer appended, and the load balancer's
-			// X-Forwarded-Proto and -Host (ReverseProxy drops them, and
-			// the owner logged this node as the client, over http).
+			// X-Forwarded-Proto and -Host and RFC 7239 Forwarded, as they
+			// came (ReverseProxy drops them, and the owner logged this
+			// node as the client, over http).
 			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 			pr.SetXForwarded()
-			for _, h := range [...]string{"X-Forwarded-Proto", "X-Forwarded-Host"} {
+			for _, h := range [...]string{"X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"} {
 				if v := pr.In.Header.Values(h); len(v) > 0 {
 					pr.Out.Header[h] = v
 				}

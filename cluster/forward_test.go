@@ -142,8 +142,8 @@ func startEchoNode(t *testing.T, srv *etcdtest.Server, id string) (*Cluster, *ht
 			r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), tenant))
 		}
 		c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "node=%s xff=%q proto=%q xfh=%q host=%q", id, r.Header.Get("X-Forwarded-For"),
-				r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Host)
+			fmt.Fprintf(w, "node=%s xff=%q proto=%q xfh=%q fwd=%q host=%q", id, r.Header.Get("X-Forwarded-For"),
+				r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("Forwarded"), r.Host)
 		})).ServeHTTP(w, r)
 	})
 	return c, hs
@@ -166,13 +166,14 @@ func TestForward_KeepsClientHeaders(t *testing.T) {
 	req.Header.Set("X-Forwarded-For", "203.0.113.7")
 	req.Header.Set("X-Forwarded-Proto", "https")
 	req.Header.Set("X-Forwarded-Host", "api.example.com")
+	req.Header.Set("Forwarded", "for=203.0.113.7;proto=https")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	if want := `node=b xff="203.0.113.7, 127.0.0.1" proto="https" xfh="api.example.com" host="api.example.com"`; string(body) != want {
+	if want := `node=b xff="203.0.113.7, 127.0.0.1" proto="https" xfh="api.example.com" fwd="for=203.0.113.7;proto=https" host="api.example.com"`; string(body) != want {
 		t.Errorf("the owner saw %s\nwant      %s", body, want)
 	}
 }
