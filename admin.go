@@ -206,25 +206,10 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	// process has open: a delete killed after the rename below then leaves
 	// no -wal with rows in it for SQLite to replay into the next file of
 	// the name. Then move the file out of the tenant's name, so nothing can
-	// open a half-deleted tenant; then its side files, then the file.
-	// Checkpointed before the gate too (a long checkpoint held other
-	// tenants' opens that share its slot), and checked again within it,
-	// from which no other process opens the file until it and the side
-	// files named after it are gone (see enterGate).
-	if err := settle(t.path); err != nil {
-		t.endDrain(tenantActive)
-		if errors.Is(err, fs.ErrNotExist) {
-			return opError(opDeleteTenant, id, ErrTenantNotFound)
-		}
-		return opError(opDeleteTenant, id, err)
-	}
-	leave, err := r.replaceGate(ctx, id)
+	// open a half-deleted tenant; then its side files, then the file: no
+	// other process opens it until they are gone.
+	leave, err := r.settleForReplace(ctx, t)
 	if err != nil {
-		t.endDrain(tenantActive)
-		return opError(opDeleteTenant, id, err)
-	}
-	if err := settle(t.path); err != nil {
-		leave()
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
 			return opError(opDeleteTenant, id, ErrTenantNotFound)
@@ -441,15 +426,33 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	})
 }
 
-// replaceGate holds tenant id's open gate exclusively for a restore or a
-// delete (see enterGate), waiting up to ctx, or BusyTimeout for a ctx
-// without deadline (opens hold it for the time of a connection's open).
-func (r *router) replaceGate(ctx context.Context, id string) (func(), error) {
-	var deadline time.Time
-	if _, ok := ctx.Deadline(); !ok {
-		deadline = time.Now().Add(r.cfg.BusyTimeout)
+// settleForReplace prepares t's file, drained, to be renamed over or away
+// by a restore or a delete: settled (its -wal checkpointed into it, a file
+// another process has open refused), with t's open gate held exclusively
+// (see enterGate) so that no other process opens it until leave. It
+// settles before taking the gate (a long checkpoint held the opens of
+// other tenants that share its slot) and once more within it (quick: a
+// process that opened the file meanwhile is seen and refused). The gate
+// is waited for up to ctx, or BusyTimeout for a ctx without deadline
+// (opens hold it for the time of a connection's open).
+func (r *router) settleForReplace(ctx context.Context, t *tenant) (leave func(), err error) {
+	settleIfThere := func() error {
+		if _, err := os.Lstat(t.path); err != nil {
+			return nil // none (a restore makes the tenant), or the rename says
+		}
+		return settle(t.path)
 	}
-	return enterGate(ctx, r.stop, deadline, r.presence, id, true)
+	if err := settleIfThere(); err != nil {
+		return nil, err
+	}
+	if leave, err = enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, true); err != nil {
+		return nil, err
+	}
+	if err := settleIfThere(); err != nil {
+		leave()
+		return nil, err
+	}
+	return leave, nil
 }
 
 // deleteAfterRename, set by tests, stands for a delete killed just after
@@ -495,27 +498,12 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	// and Litestream's files describe the old one. Its -wal may hold
 	// acknowledged commits (a process killed before it closed the file):
 	// checkpoint them into the old file first, so that a restore killed
-	// before its rename leaves the old tenant whole, not without them.
-	// Once before the gate (a long checkpoint held other tenants' opens
-	// that share its slot), once more within it, from which no other
-	// process opens the file until the rename (see enterGate).
-	if _, err := os.Lstat(t.path); err == nil {
-		if err := settle(t.path); err != nil {
-			t.endDrain(tenantActive)
-			return opError(op, id, err)
-		}
-	}
-	leave, err := r.replaceGate(ctx, id)
+	// before its rename leaves the old tenant whole, not without them. No
+	// other process opens the file from then until the rename.
+	leave, err := r.settleForReplace(ctx, t)
 	if err != nil {
 		t.endDrain(tenantActive)
 		return opError(op, id, err)
-	}
-	if _, err := os.Lstat(t.path); err == nil {
-		if err := settle(t.path); err != nil {
-			leave()
-			t.endDrain(tenantActive)
-			return opError(op, id, err)
-		}
 	}
 	err = errors.Join(removeSideFiles(t.path), os.RemoveAll(metaDir(t.path)))
 	if err == nil {

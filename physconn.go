@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strconv"
 	"sync/atomic"
-	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -60,15 +59,7 @@ func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physCon
 	if writer {
 		params = o.writerParams
 	}
-	// Not while another process replaces or removes the file, and held
-	// until the connect hook has made the connection's -shm (ensureWAL),
-	// which such a process then sees: see enterGate.
-	leave, err := t.r.openGate(ctx, t.id)
-	if err != nil {
-		return nil, opError(opOpenTenant, t.id, err)
-	}
-	c, err := o.drv.Open(t.uri + params)
-	leave()
+	c, err := t.r.openFile(ctx, t, o.drv, params)
 	if err != nil {
 		return nil, opError(opOpenTenant, t.id, err)
 	}
@@ -158,15 +149,7 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 	if err := r.reserve(ctx, t); err != nil {
 		return nil, nil, err
 	}
-	// As a pool's open: a Rollback's own connection writes, and opened the
-	// old file in a restore's window (the restore undone).
-	leave, err := r.openGate(ctx, t.id)
-	if err != nil {
-		r.budget.unreserve(t)
-		return nil, nil, err
-	}
-	dc, err := drv.Open(t.uri + params)
-	leave()
+	dc, err := r.openFile(ctx, t, drv, params)
 	if err != nil {
 		r.budget.unreserve(t)
 		return nil, nil, err
@@ -174,15 +157,20 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.budget.unreserve(t) }, nil
 }
 
-// openGate holds tenant id's open gate shared for the open of one of its
-// connections (see enterGate), waiting up to ctx, or BusyTimeout for a ctx
-// without deadline.
-func (r *router) openGate(ctx context.Context, id string) (func(), error) {
-	var deadline time.Time
-	if _, ok := ctx.Deadline(); !ok {
-		deadline = time.Now().Add(r.cfg.BusyTimeout)
+// openFile opens a connection to t's file with drv and the URI query
+// params: every connection to a tenant's file, a pool's or one of its own
+// (a Rollback's writes), is opened here. It holds t's open gate shared
+// (see enterGate) until the connect hook has made the connection's -shm,
+// which a restore or delete in another process then sees; it waits for
+// one that holds the gate up to ctx, or BusyTimeout for a ctx without
+// deadline.
+func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (driver.Conn, error) {
+	leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, false)
+	if err != nil {
+		return nil, err
 	}
-	return enterGate(ctx, r.stop, deadline, r.presence, id, false)
+	defer leave()
+	return drv.Open(t.uri + params)
 }
 
 // plainDriver opens files that are not tenant connections (backup copies,

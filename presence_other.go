@@ -20,7 +20,7 @@ func othersPresent(string) bool      { return true }
 func presenceJoins(string) uint64    { return 0 }
 
 // enterGate: see presence_unix.go; here nothing is held.
-func enterGate(context.Context, <-chan struct{}, time.Time, string, string, bool) (func(), error) {
+func enterGate(context.Context, <-chan struct{}, time.Duration, string, string, bool) (func(), error) {
 	return func() {}, nil
 }
 

@@ -210,10 +210,12 @@ var gateWaits func(replace bool)
 // enterGate waits until tenant id's slot of the directory of key can be
 // held, shared (an open) or exclusively (replace), and returns the
 // function that gives it back. It waits until ctx ends, stop closes
-// (ErrClosed) or deadline (when not zero) passes. Where the presence file
-// could not be locked (a read-only directory) it holds nothing.
-func enterGate(ctx context.Context, stop <-chan struct{}, deadline time.Time, key, id string, replace bool) (leave func(), err error) {
+// (ErrClosed) or, for a ctx without deadline, busy has passed. Where the
+// presence file could not be locked (a read-only directory) it holds
+// nothing.
+func enterGate(ctx context.Context, stop <-chan struct{}, busy time.Duration, key, id string, replace bool) (leave func(), err error) {
 	slot := gateSlot(id)
+	var deadline time.Time // busy from the wait's start, for a ctx without deadline
 	for delay, waited := 50*time.Microsecond, false; ; delay = min(2*delay, 10*time.Millisecond) {
 		presences.Lock()
 		p := presences.m[key]
@@ -244,10 +246,15 @@ func enterGate(ctx context.Context, stop <-chan struct{}, deadline time.Time, ke
 		if lerr != nil && !errors.Is(lerr, syscall.EAGAIN) && !errors.Is(lerr, syscall.EACCES) {
 			return nil, lerr
 		}
-		if !waited && gateWaits != nil {
-			gateWaits(replace)
+		if !waited {
+			waited = true
+			if gateWaits != nil {
+				gateWaits(replace)
+			}
+			if _, ok := ctx.Deadline(); !ok {
+				deadline = time.Now().Add(busy)
+			}
 		}
-		waited = true
 		if !deadline.IsZero() && time.Now().After(deadline) {
 			return nil, errGateBusy
 		}

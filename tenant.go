@@ -239,10 +239,12 @@ func (t *tenant) lockWriterUntil(ctx context.Context, deadline time.Time) (time.
 				return deadline, opError(opWaitWriter, t.id, err)
 			}
 		}
-		// Past the lease's deadline, its timer late (the process was
-		// stopped): fenced now, as the timer would have, before any write
-		// under a generation another node may have taken.
-		t.leaseEnded()
+		if t.lease != nil {
+			// Past the lease's deadline, its timer late (the process was
+			// stopped): fenced now, as the timer would have, before any
+			// write under a generation another node may have taken.
+			t.leaseEnded()
+		}
 		if t.r.isClosed.Load() {
 			// Closed while it waited: work that had not begun before
 			// Close does not run after it returned (a transaction in
