@@ -29,6 +29,8 @@ type conn struct {
 	owned   bool      // the conn came from Driver.Open and owns r
 	last    *tenant   // tenant of the previous checkout: spares a map lookup
 	batched bool      // this checkout ran a statement through group commit (groupcommit.go)
+	kept    *physConn // a reader kept between checkouts, and its token (keep.go)
+	keptTok uint64
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
@@ -109,7 +111,7 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, err
 	cold := t.counted.Load() == 0
 	if write {
 		pc, err = t.acquireWriter(ctx)
-	} else {
+	} else if pc = c.takeKept(t); pc == nil {
 		pc, err = t.acquireReader(ctx)
 	}
 	if err != nil {
@@ -144,7 +146,7 @@ func (c *conn) tenant(id string) (*tenant, error) {
 func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 	rd := c.pc
 	if rd.rows == 0 {
-		c.t.releaseReader(rd)
+		c.putReader(c.t, rd)
 		c.pc = nil
 	}
 	w, err := c.t.acquireWriter(ctx)
@@ -426,7 +428,11 @@ func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
 		return nil, err
 	}
 	if t.wsem.held.Load() && t.ready.Load() && !t.fenced.Load() {
-		if pc, ok := t.popIdle(); ok {
+		pc, ok := c.takeKept(t), true
+		if pc == nil {
+			pc, ok = t.popIdle(true)
+		}
+		if ok {
 			c.t, c.pc = t, pc // the pin is kept until release
 			c.r.retain.leased()
 			return pc, nil
@@ -524,6 +530,7 @@ func (c *conn) IsValid() bool {
 // with ErrBadConn and database/sql closes it without calling IsValid.
 func (c *conn) Close() error {
 	c.release()
+	c.dropKept()
 	if c.owned {
 		return c.r.close()
 	}
@@ -553,11 +560,16 @@ func (c *conn) release() {
 			// transaction nobody commits: close it instead (pgxpool too
 			// destroys a connection that is not idle at release).
 			if _, err := pc.c.ExecContext(context.Background(), "ROLLBACK", nil); err != nil || !pc.c.AutoCommit() {
+				c.forgetKept(c.t, pc)
 				c.t.discard(pc)
 				continue
 			}
 		}
-		c.t.release(pc)
+		if pc.writer {
+			c.t.releaseWriter()
+		} else {
+			c.putReader(c.t, pc)
+		}
 	}
 	c.t.unpin()
 	c.t, c.pc, c.spare, c.tx, c.hadTx, c.mayTx = nil, nil, nil, nil, false, false

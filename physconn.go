@@ -84,6 +84,7 @@ type physConn struct {
 	writer bool
 	rows   int                            // open Rows; touched only by the leaseholder
 	lease  atomic.Uint64                  // counts leases that ended with Rows open (endLease); those Rows leave pc alone
+	keep   atomic.Uint64                  // a reader's keep word: token and state (keep.go)
 	stmts  map[string]*sqlite3.SQLiteStmt // statements prepared for routing Stmts, idle
 
 	cacheSize int // most statements kept in stmts

@@ -49,7 +49,7 @@ func (r *router) stats() Stats {
 	b.mu.Unlock()
 	for t, n := range open { // tenant locks come before budget.mu: take them now
 		t.mu.Lock()
-		inUse := t.leasedReaders
+		inUse := t.leasedReaders - t.parkedLocked()
 		t.mu.Unlock()
 		if t.wsem.held.Load() {
 			inUse++

@@ -32,13 +32,14 @@ type tenant struct {
 	ready atomic.Bool  // migrations are applied (this process checked)
 	state atomic.Int32 // tenantActive, tenantDraining or tenantDeleted; changed under mu
 
-	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, readerQ, drainDone and changes of state
+	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, readerQ, kept, drainDone and changes of state
 	idle          []*physConn
 	nreaders      int // readers open or opening
 	leasedReaders int // readers leased or opening
 	evicting      bool
 	evictDone     chan struct{}
 	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
+	kept          []*physConn      // readers kept by routing conns, leased but maybe parked (keep.go)
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 	refusedWith   error            // why an open retired t (retireWith), for work that waited on it; under mu
 
@@ -350,7 +351,7 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 // leaseReader is acquireReader for a tenant whose migrations are checked
 // (or that acquireReader checks on the reader it returns).
 func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
-	if pc, ok := t.popIdle(); ok {
+	if pc, ok := t.popIdle(false); ok {
 		return pc, nil
 	}
 	bound := lazyBound{r: t.r, ctx: ctx}
@@ -390,6 +391,11 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 				return nil, opError(opWaitReader, t.id, waitErr(ctx))
 			}
 		}
+		if len(t.idle) == 0 && t.nreaders >= t.r.cfg.ReadersPerTenant {
+			// No reader may be opened: take back the ones routing conns
+			// keep parked, and ask for those in use (keep.go).
+			t.revokeKeptLocked(true)
+		}
 		if n := len(t.idle); n > 0 {
 			pc := t.idle[n-1]
 			t.idle = t.idle[:n-1]
@@ -408,6 +414,10 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 				t.leasedReaders++
 				t.mu.Unlock()
 				return t.openReader(ctx)
+			}
+			if t.revokeKeptLocked(false) > 0 {
+				t.mu.Unlock()
+				continue // a parked reader of t rather than another tenant's slot
 			}
 			t.mu.Unlock()
 			if t.r.evictForReader(t) {
@@ -471,9 +481,14 @@ func (t *tenant) wakeReaderQLocked() {
 	t.readerQ = nil
 }
 
-func (t *tenant) popIdle() (*physConn, bool) {
+// popIdle leases an idle reader, if there is one; with revoke, a reader
+// parked by a routing conn is taken back for it when none is idle.
+func (t *tenant) popIdle(revoke bool) (*physConn, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if revoke && len(t.idle) == 0 {
+		t.revokeKeptLocked(false)
+	}
 	if t.evicting || len(t.idle) == 0 || t.state.Load() != tenantActive {
 		return nil, false
 	}
@@ -507,25 +522,7 @@ func (t *tenant) dropReader() {
 	t.mu.Unlock()
 }
 
-func (t *tenant) releaseReader(pc *physConn) {
-	t.touch()
-	t.mu.Lock()
-	if len(t.readerQ) > 0 {
-		// Hand it to the oldest waiter: the lease passes on as it is.
-		ch := t.readerQ[0]
-		t.readerQ = t.readerQ[1:]
-		t.mu.Unlock()
-		ch <- pc
-		return
-	}
-	t.idle = append(t.idle, pc)
-	t.leasedReaders--
-	t.mu.Unlock()
-	t.r.budget.wake()
-	if t.r.isClosed.Load() {
-		t.evict(false, evictClose)
-	}
-}
+func (t *tenant) releaseReader(pc *physConn) { t.putReader(pc, nil) }
 
 // discard ends the lease of pc by closing it, for a connection whose state
 // is unknown (a ROLLBACK failed at check-in). Its slot is given back as
@@ -571,6 +568,7 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 	}
 	b := t.r.budget
 	t.mu.Lock()
+	t.revokeKeptLocked(false)
 	if t.leasedReaders > 0 || t.evicting || b.counted(t) == 0 {
 		t.mu.Unlock()
 		return false
@@ -682,6 +680,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 	for {
 		ch := t.r.budget.waitCh()
 		t.mu.Lock()
+		t.revokeKeptLocked(true) // kept readers in use come back at their check-in, which wakes this wait
 		n := t.leasedReaders
 		t.mu.Unlock()
 		if n == 0 {
