@@ -286,11 +286,15 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 	if !ok {
 		return exitFailed
 	}
+	failed := map[string]error{}
+	if !e.addStrays(p, "backup", failed) {
+		return exitFailed
+	}
+	nstrays := len(failed)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		e.errorf("backup: %v", err)
 		return exitFailed
 	}
-	failed := map[string]error{}
 	b := e.newBar(len(ids), "backup")
 	done := 0
 	for i, id := range ids {
@@ -308,7 +312,7 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 	if e.interrupted() {
 		return exitFailed
 	}
-	fmt.Fprintf(e.stdout, "backed up %d of %d tenants to %s\n", done-len(failed), len(ids), dir)
+	fmt.Fprintf(e.stdout, "backed up %d of %d tenants to %s\n", done-(len(failed)-nstrays), len(ids)+nstrays, dir)
 	if len(failed) > 0 {
 		return exitFailed
 	}
@@ -783,11 +787,15 @@ func (e *env) check(args []string) (status int) {
 		return exitFailed
 	}
 	var b *bar
-	if len(pos) == 0 {
-		b = e.newBar(len(ids), "check")
-	}
 	failed := map[string]error{}
 	done := 0
+	if len(pos) == 0 {
+		if !e.addStrays(p, "check", failed) {
+			return exitFailed
+		}
+		done = len(failed)
+		b = e.newBar(len(ids), "check")
+	}
 	for i, id := range ids {
 		if e.ctx.Err() != nil {
 			break

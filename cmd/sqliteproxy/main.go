@@ -121,6 +121,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"strings"
@@ -462,6 +463,19 @@ func (e *env) allTenants(p *sqliteproxy.Proxy, op string) ([]string, bool) {
 		ids = append(ids, id)
 	}
 	return ids, true
+}
+
+// addStrays adds the data directory's strays (entries named as tenant
+// files that are not regular files) to failed, for op; false when the
+// directory could not be read (reported).
+func (e *env) addStrays(p *sqliteproxy.Proxy, op string, failed map[string]error) bool {
+	found, err := strays(p)
+	if err != nil {
+		e.errorf("%s: %s", op, errText(err))
+		return false
+	}
+	maps.Copy(failed, found)
+	return true
 }
 
 // closeProxy closes p, reporting a failure.

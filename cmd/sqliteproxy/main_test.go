@@ -81,7 +81,14 @@ func migrationsDir(t *testing.T, files ...string) string {
 // migrating from mdir unless it is empty), runs f and closes it.
 func withProxy(t *testing.T, dir, mdir string, f func(p *sqliteproxy.Proxy)) {
 	t.Helper()
-	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir})
+	withProxyLayout(t, dir, mdir, "flat", f)
+}
+
+// withProxyLayout is withProxy with the layout named as -layout names it.
+func withProxyLayout(t *testing.T, dir, mdir, layout string, f func(p *sqliteproxy.Proxy)) {
+	t.Helper()
+	l := map[string]sqliteproxy.Layout{"flat": sqliteproxy.LayoutFlat, "buckets": sqliteproxy.LayoutBuckets}[layout]
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir, Layout: l})
 	f(p)
 	if err := p.Close(); err != nil {
 		t.Error(err)
@@ -1428,5 +1435,58 @@ func TestStatusReplica(t *testing.T) {
 	r = cli(t, nil, "status", "-dir", dir, "-replica", "gs://bucket/x", "x").want(t, exitFailed)
 	if r.stderr != "sqliteproxy: status x: file is not a database; replica: not supported for this kind of replica\n" {
 		t.Errorf("two failures: %q", r.stderr)
+	}
+}
+
+// TestStrays: entries named as tenant files that are not regular files (a
+// symbolic link to another tenant's file, a directory) are no tenants, so
+// listings pass over them; check and backup -all report each one as a
+// failure instead of leaving an operator to miss it, in both layouts.
+func TestStrays(t *testing.T) {
+	t.Parallel()
+	for _, layout := range []string{"flat", "buckets"} {
+		t.Run("layout="+layout, func(t *testing.T) {
+			t.Parallel()
+			mdir := migrationsDir(t, "0001_init.sql")
+			dir := t.TempDir()
+			var linkPath, dirPath string
+			withProxyLayout(t, dir, mdir, layout, func(p *sqliteproxy.Proxy) {
+				if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+					t.Fatal(err)
+				}
+				acme, _ := p.TenantPath("acme")
+				linkPath, _ = p.TenantPath("evil")
+				dirPath, _ = p.TenantPath("odd")
+				for _, path := range []string{linkPath, dirPath} {
+					if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := os.Symlink(acme, linkPath); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Mkdir(dirPath, 0o700); err != nil {
+					t.Fatal(err)
+				}
+			})
+			args := []string{"-dir", dir, "-layout", layout}
+			if r := cli(t, nil, append([]string{"tenants"}, args...)...).want(t, exitOK); r.stdout != "acme\n" {
+				t.Errorf("tenants: %q", r.stdout)
+			}
+			r := cli(t, nil, append([]string{"check"}, args...)...).want(t, exitFailed)
+			want := "sqliteproxy: check evil: evil.db is a symbolic link, not a regular file: no tenant is read from it\n" +
+				"sqliteproxy: check odd: odd.db is a directory, not a regular file: no tenant is read from it\n"
+			if r.stdout != "3 tenants checked: 1 ok, 2 failed\n" || r.stderr != want {
+				t.Errorf("check: %+v", r)
+			}
+			out := t.TempDir()
+			r = cli(t, nil, append(append([]string{"backup", "-all"}, args...), out)...).want(t, exitFailed)
+			if r.stdout != "backed up 1 of 3 tenants to "+out+"\n" || r.stderr != strings.ReplaceAll(want, "check", "backup") {
+				t.Errorf("backup -all: %+v", r)
+			}
+			if ents, _ := os.ReadDir(out); len(ents) != 1 || ents[0].Name() != "acme.db" {
+				t.Errorf("backups: %v", ents)
+			}
+		})
 	}
 }

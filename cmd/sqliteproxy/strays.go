@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/sqliteproxy/sqliteproxy"
+)
+
+// strays returns the entries of p's data directory that are named as a
+// tenant's file (<id>.db where the layout puts it) but are not regular
+// files: a symbolic link, a directory, a FIFO. Listings pass over them and
+// a service fails on that tenant, so check and backup -all report each as a
+// failure rather than leave an operator to miss it. Keyed by tenant ID.
+func strays(p *sqliteproxy.Proxy) (map[string]error, error) {
+	cfg := p.Config()
+	folders := []string{cfg.Dir}
+	if cfg.Layout == sqliteproxy.LayoutBuckets {
+		folders = folders[:0]
+		ents, err := os.ReadDir(cfg.Dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			if e.IsDir() && isBucketName(e.Name()) {
+				folders = append(folders, filepath.Join(cfg.Dir, e.Name()))
+			}
+		}
+	}
+	found := map[string]error{}
+	for _, folder := range folders {
+		ents, err := os.ReadDir(folder)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			id, ok := strings.CutSuffix(e.Name(), ".db")
+			if !ok || e.Type().IsRegular() || sqliteproxy.ValidTenantID(id) != nil {
+				continue
+			}
+			path := filepath.Join(folder, e.Name())
+			if want, err := p.TenantPath(id); err != nil || want != path {
+				continue // not where the layout looks for tenant id
+			}
+			found[id] = errors.New(e.Name() + " is " + fileKind(e.Type()) + ", not a regular file: no tenant is read from it")
+		}
+	}
+	return found, nil
+}
+
+// isBucketName reports whether name is a bucket folder's: two lower-case
+// hex digits.
+func isBucketName(name string) bool {
+	return len(name) == 2 && strings.Trim(name, "0123456789abcdef") == ""
+}
+
+// fileKind names the type of a directory entry that is not a regular file.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "not a file"
+}
