@@ -17,7 +17,9 @@ import (
 // connection of its own. The first statement of a checkout reads the tenant
 // from its context and leases one of that tenant's connections; the lease
 // is kept until database/sql checks the conn back in (IsValid) or closes it,
-// so a sql.Conn or a Tx keeps one SQLite session throughout.
+// so a sql.Conn or a Tx keeps one SQLite session throughout. A reader then
+// stays parked with the conn for its next read, until someone takes it
+// back (keep.go).
 type conn struct {
 	r       *router
 	t       *tenant   // tenant of the lease, nil when none

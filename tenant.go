@@ -35,7 +35,7 @@ type tenant struct {
 	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, readerQ, kept, drainDone and changes of state
 	idle          []*physConn
 	nreaders      int // readers open or opening
-	leasedReaders int // readers leased or opening
+	leasedReaders int // readers leased, kept by a routing conn (parked too) or opening
 	evicting      bool
 	evictDone     chan struct{}
 	readerQ       []chan *physConn // waiters for a reader when all are leased, oldest first
