@@ -102,8 +102,9 @@ func New(cfg Config) (*Proxy, error) {
 		return nil, err
 	}
 	db := sql.OpenDB(c)
-	// Routing connections hold nothing between checkouts; keep enough idle
-	// that database/sql does not churn them (its default keeps 2).
+	// Routing connections hold at most a parked reader between checkouts,
+	// which anyone who needs it takes back (keep.go); keep enough idle that
+	// database/sql does not churn them (its default keeps 2).
 	db.SetMaxIdleConns(max(c.cfg.MaxConnections, 64))
 	return &Proxy{DB: db, c: c}, nil
 }

@@ -83,7 +83,10 @@ func (c *conn) dropKept() {
 	}
 	c.kept = nil
 	if pc.keep.CompareAndSwap(keepWord(c.keptTok, keepParked), keepWord(c.keptTok, keepInUse)) {
-		pc.t.putReader(pc, nil)
+		// Unused since the check-in that parked it, which marked its
+		// tenant used: marking it again would keep an idle tenant open
+		// past IdleTimeout and evict a busier one before it.
+		pc.t.giveBack(pc, nil)
 	}
 }
 
@@ -99,11 +102,17 @@ func (c *conn) forgetKept(t *tenant, pc *physConn) {
 	t.mu.Unlock()
 }
 
-// putReader returns a leased reader to t: to the oldest waiter, else parked
-// for keeper (when not nil, and t is active), else idle. A kept reader
-// stops being kept first.
+// putReader returns a leased reader to t at the end of its use, marking t
+// used (giveBack).
 func (t *tenant) putReader(pc *physConn, keeper *conn) {
 	t.touch()
+	t.giveBack(pc, keeper)
+}
+
+// giveBack returns a leased reader to t: to the oldest waiter, else parked
+// for keeper (when not nil, and t is active), else idle. A kept reader
+// stops being kept first.
+func (t *tenant) giveBack(pc *physConn, keeper *conn) {
 	t.mu.Lock()
 	if pc.keep.Load()&keepStateMask != keepNone {
 		t.unkeepLocked(pc)

@@ -294,3 +294,56 @@ func TestKeep_Stress(t *testing.T) {
 	}
 	assertNoOpenFiles(t, dir)
 }
+
+// Giving back a parked reader (the routing conn closed, or keeping another
+// tenant's reader) is no use of its tenant: its LastUsed stays that of the
+// check-in that parked it, so IdleTimeout and the budget's least recently
+// used order see the tenant as idle as it is.
+func TestKeep_DroppingAParkedReaderIsNoUse(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, IdleTimeout: time.Hour})
+	r := p.c.r
+	countRows(t, p, "a")
+	countRows(t, p, "b")
+	read := func(c *conn, id string) {
+		t.Helper()
+		rs, err := c.QueryContext(tctx(id), `SELECT 1`, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs.Close()
+		c.IsValid() // check-in: the reader is parked
+	}
+	lastUsed := func(id string) int64 {
+		t.Helper()
+		tn, err := r.tenant(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tn.unpin()
+		return tn.lastUsed.Load()
+	}
+	for _, drop := range []struct {
+		name string
+		f    func(c *conn)
+	}{
+		{"Close", func(c *conn) { c.Close() }},
+		{"AnotherTenant", func(c *conn) { read(c, "b") }},
+	} {
+		c := &conn{r: r}
+		read(c, "a")
+		if c.kept == nil {
+			t.Fatal("no reader kept")
+		}
+		stamp := lastUsed("a")
+		waitFor(t, 10*time.Second, "the coarse clock to move on", func() bool { return r.budget.now() > stamp })
+		drop.f(c)
+		if c.kept != nil && c.kept.t.id == "a" {
+			t.Fatalf("%s: a's reader still kept", drop.name)
+		}
+		if got := lastUsed("a"); got != stamp {
+			t.Errorf("%s: giving a's parked reader back moved its LastUsed by %v", drop.name, time.Duration(got-stamp))
+		}
+		c.Close()
+	}
+}
