@@ -21,6 +21,26 @@ func keptReader(t *testing.T, c *sql.Conn) *physConn {
 	return pc
 }
 
+// parkedConn returns a sql.Conn (closed when the test ends) whose routing
+// conn read the events of ctx's tenant and keeps its reader parked, as a
+// check-in would leave it: the checkout itself goes on.
+func parkedConn(t *testing.T, p *Proxy, ctx context.Context) *sql.Conn {
+	t.Helper()
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	queryInt(t, c, ctx, `SELECT count(*) FROM events`)
+	if err := c.Raw(func(dc any) error { dc.(*conn).release(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if keptReader(t, c) == nil {
+		t.Fatal("the conn keeps no reader after a read")
+	}
+	return c
+}
+
 // A read through *sql.DB leaves its reader parked in the routing conn, and
 // the next read on that conn runs on the same reader without taking it
 // from the pool; Stats counts a parked reader as open, not in use.
@@ -71,24 +91,12 @@ func TestKeep_ParkedReaderTakenBackByAnotherRead(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, ReadersPerTenant: 1, BusyTimeout: time.Minute})
 	ctx := tctx("a")
-	x, err := p.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Close()
-	queryInt(t, x, ctx, `SELECT count(*) FROM events`)
+	x := parkedConn(t, p, ctx)
 	y, err := p.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer y.Close()
-	// x's checkout still holds the reader: park it as a check-in would.
-	if err := x.Raw(func(dc any) error { dc.(*conn).release(); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	if keptReader(t, x) == nil {
-		t.Fatal("x keeps no reader")
-	}
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if got := queryInt(t, y, short, `SELECT count(*) FROM events`); got != 0 {
@@ -113,15 +121,7 @@ func TestKeep_ReaderInUseGoesToTheWaiter(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, ReadersPerTenant: 1, BusyTimeout: time.Minute})
 	ctx := tctx("a")
-	x, err := p.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer x.Close()
-	queryInt(t, x, ctx, `SELECT count(*) FROM events`)
-	if err := x.Raw(func(dc any) error { dc.(*conn).release(); return nil }); err != nil {
-		t.Fatal(err)
-	}
+	x := parkedConn(t, p, ctx)
 	// x's next checkout takes its kept reader (in use by x from here on).
 	queryInt(t, x, ctx, `SELECT count(*) FROM events`)
 	waitsBefore := p.Stats().Waits
