@@ -161,3 +161,34 @@ func TestConfigExtremes(t *testing.T) {
 		t.Errorf("StmtCacheSize 1<<24: %v, want an error naming it", err)
 	}
 }
+
+// Proxy.Config gives back a configuration that opens a Proxy configured
+// the same, through New and through FormatDSN: settings turned off stay
+// off (0 would mean their default), and the defaults filled in stay.
+func TestConfig_RoundTrip(t *testing.T) {
+	t.Parallel()
+	for _, cfg := range []Config{
+		{},
+		{ReadersPerTenant: -1, BusyTimeout: -1, StmtCacheSize: -1, IdleTimeout: -1},
+		{ReadersPerTenant: 2, BusyTimeout: 1500 * time.Microsecond, StmtCacheSize: 8, MaxConnections: 9},
+	} {
+		cfg.Dir = t.TempDir()
+		p := newTestProxy(t, cfg)
+		want := p.Config()
+		again := newTestProxy(t, want)
+		if diff := cmp.Diff(want, again.Config()); diff != "" {
+			t.Errorf("New(p.Config()) of %+v: (-p +again)\n%s", cfg, diff)
+		}
+		db, err := Open(want.FormatDSN())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, db.Config()); diff != "" {
+			t.Errorf("Open(p.Config().FormatDSN()) of %+v: (-p +again)\n%s", cfg, diff)
+		}
+		db.Close()
+		if got := again.c.cfg; got.ReadersPerTenant != p.c.cfg.ReadersPerTenant || got.BusyTimeout != p.c.cfg.BusyTimeout || got.StmtCacheSize != p.c.cfg.StmtCacheSize {
+			t.Errorf("%+v: resolved %d readers, %v, cache %d; again %d, %v, %d", cfg, p.c.cfg.ReadersPerTenant, p.c.cfg.BusyTimeout, p.c.cfg.StmtCacheSize, got.ReadersPerTenant, got.BusyTimeout, got.StmtCacheSize)
+		}
+	}
+}

@@ -119,8 +119,23 @@ func Open(dsn string) (*Proxy, error) {
 	return New(*cfg)
 }
 
-// Config returns a copy of the Proxy's configuration, with defaults filled in.
-func (p *Proxy) Config() Config { return *p.c.cfg.Clone() }
+// Config returns a copy of the Proxy's configuration, with defaults filled
+// in. A setting turned off reads as -1 (ReadersPerTenant, BusyTimeout,
+// StmtCacheSize), not as 0, which means the default: New(p.Config()) and
+// Open(p.Config().FormatDSN()) open a Proxy configured as p (a restart).
+func (p *Proxy) Config() Config {
+	c := *p.c.cfg.Clone()
+	if c.ReadersPerTenant == 0 {
+		c.ReadersPerTenant = -1
+	}
+	if c.BusyTimeout == 0 {
+		c.BusyTimeout = -1
+	}
+	if c.StmtCacheSize == 0 {
+		c.StmtCacheSize = -1
+	}
+	return c
+}
 
 // Tenants returns the IDs of the tenants that have a database file under
 // Dir, sorted. Side files (-wal, -shm, -journal) and files whose names are
