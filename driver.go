@@ -109,8 +109,10 @@ func New(cfg Config) (*Proxy, error) {
 	return &Proxy{DB: db, c: c}, nil
 }
 
-// Open opens a Proxy for a DSN (see ParseDSN): the way for sql.Open users
-// to reach the tenant operations.
+// Open opens a Proxy for a DSN (see ParseDSN): the way for users of DSNs
+// to reach the tenant operations. Call it instead of sql.Open, and use the
+// Proxy's DB: every call, and every sql.Open, opens a proxy with pools of
+// its own, which does not see the others' connections.
 func Open(dsn string) (*Proxy, error) {
 	cfg, err := ParseDSN(dsn)
 	if err != nil {

@@ -254,7 +254,7 @@ func settle(p string) error {
 		}
 	}
 	if inUse {
-		return fmt.Errorf("%s is open in another process (its -wal or -shm survived a checkpoint): stop it first", p)
+		return fmt.Errorf("%s is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first", p)
 	}
 	if emptyWAL {
 		return os.Remove(p + "-wal")

@@ -134,7 +134,7 @@ func TestRelayoutFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitFailed)
-	want := "sqliteproxy: relayout globex: " + path + " is open in another process (its -wal or -shm survived a checkpoint): stop it first (moved 1 tenant; run it again to finish)\n"
+	want := "sqliteproxy: relayout globex: " + path + " is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first (moved 1 tenant; run it again to finish)\n"
 	if r.stderr != want || r.stdout != "" {
 		t.Errorf("relayout stopped half way: stdout %q, stderr\n%q\nwant\n%q", r.stdout, r.stderr, want)
 	}
