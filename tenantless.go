@@ -65,6 +65,15 @@ func errNoTenant(op, query string) error {
 	return opError(op, "", fmt.Errorf("%w: %.60q touches data or is not a single read-only statement", ErrNoTenant, query))
 }
 
+// errNoTenantPrepare is errNoTenant for a text that SQLite could not
+// prepare without a tenant, with its reason: a misspelt function is
+// otherwise taken for a context that lost its tenant. The reason is text
+// only (errors.As finds no sqlite3.Error): the statement never reached a
+// tenant, where it might have run.
+func errNoTenantPrepare(op, query string, err error) error {
+	return opError(op, "", fmt.Errorf("%w: %.60q touches data or is not a single read-only statement (without a tenant SQLite says: %v)", ErrNoTenant, query, err))
+}
+
 // prepare prepares query on a tenantless connection, or says why it cannot
 // run without a tenant. The caller closes the statement and puts c back.
 func (p *tenantless) prepare(ctx context.Context, op, query string) (*sqlite3.SQLiteConn, *sqlite3.SQLiteStmt, error) {
@@ -78,7 +87,7 @@ func (p *tenantless) prepare(ctx context.Context, op, query string) (*sqlite3.SQ
 	s, err := c.PrepareContext(ctx, query)
 	if err != nil {
 		p.put(c)
-		return nil, nil, errNoTenant(op, query)
+		return nil, nil, errNoTenantPrepare(op, query, err)
 	}
 	ss := s.(*sqlite3.SQLiteStmt)
 	if !ss.Readonly() {

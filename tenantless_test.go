@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/mattn/go-sqlite3"
 )
 
 func TestNoTenant(t *testing.T) {
@@ -63,6 +64,14 @@ func TestNoTenant(t *testing.T) {
 		if err := rows.Close(); err != nil {
 			t.Errorf("Query(%q) without tenant: close: %v", q, err)
 		}
+	}
+	// A text SQLite cannot prepare without a tenant says why, beside
+	// ErrNoTenant: a misspelt function is not a context that lost its
+	// tenant. The reason is text: no sqlite3.Error to act on.
+	_, err := p.QueryContext(bg, `SELECT sqlite_versoin()`)
+	var se sqlite3.Error
+	if !errors.Is(err, ErrNoTenant) || !strings.Contains(err.Error(), "no such function: sqlite_versoin") || errors.As(err, &se) {
+		t.Errorf("misspelt function without tenant: %v, want ErrNoTenant saying no such function", err)
 	}
 	if _, err := p.BeginTx(bg, nil); !errors.Is(err, ErrNoTenant) {
 		t.Errorf("BeginTx without tenant: %v, want ErrNoTenant", err)
