@@ -649,6 +649,15 @@ func isRegularFile(fsys fs.FS, e fs.DirEntry) bool {
 func loadMigrations(cfg *Config) ([]migration, error) {
 	fsys := cfg.MigrationsFS
 	if cfg.MigrationsDir != "" {
+		// os.DirFS names the directory "." in its errors ("open .: no
+		// such file or directory"): check it under the name given.
+		fi, err := os.Stat(cfg.MigrationsDir)
+		if err != nil {
+			return nil, fmt.Errorf("read migrations: %w", err)
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("read migrations: %s is not a directory", cfg.MigrationsDir)
+		}
 		fsys = os.DirFS(cfg.MigrationsDir)
 	}
 	if fsys == nil {

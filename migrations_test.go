@@ -352,6 +352,28 @@ func TestMigrationsFS(t *testing.T) {
 	newTestProxy(t, Config{MigrationsDir: t.TempDir()})
 }
 
+// A migrations directory that is missing, or a file, is named in the
+// error as it was given (os.DirFS called it "."), and nothing is made.
+func TestMigrationsDirMissing(t *testing.T) {
+	t.Parallel()
+	file := filepath.Join(t.TempDir(), "0001_init.sql")
+	os.WriteFile(file, []byte(`CREATE TABLE t (a)`), 0o600)
+	missing := filepath.Join(t.TempDir(), "nosuch")
+	for mdir, want := range map[string]string{
+		missing: "read migrations: stat " + missing + ": no such file or directory",
+		file:    "read migrations: " + file + " is not a directory",
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		_, err := Open("dir=" + dir + "&migrations_dir=" + mdir)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("migrations_dir=%s: %v, want %q", mdir, err, want)
+		}
+		if _, serr := os.Stat(dir); !os.IsNotExist(serr) {
+			t.Errorf("migrations_dir=%s: refused, but made %s", mdir, dir)
+		}
+	}
+}
+
 func TestMigrationsDirDSN(t *testing.T) {
 	t.Parallel()
 	mdir := t.TempDir()
