@@ -268,8 +268,17 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if in, err := dirs.Inside(dstPath, p.c.r.cfg.Dir); err != nil || in {
 		if err == nil {
 			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", dstPath, p.c.r.cfg.Dir)
+		} else {
+			err = fmt.Errorf("backup destination %s: %w", dstPath, err)
 		}
 		return opError(op, id, err)
+	}
+	if fi, err := os.Stat(filepath.Dir(dstPath)); err != nil || !fi.IsDir() {
+		// Named here: the copy's error would name its temporary file.
+		if err == nil {
+			err = fmt.Errorf("%s is not a directory", filepath.Dir(dstPath))
+		}
+		return opError(op, id, fmt.Errorf("backup destination: %w", err))
 	}
 	if err := t.mustExist(op); err != nil {
 		return err

@@ -373,6 +373,30 @@ func TestLibraryBackupFileMode(t *testing.T) {
 // directory could take the place of a tenant's file (in the bucketed
 // layout, <dir>/82/acme.db is acme): BackupTenant refuses any destination
 // inside it, however it is spelled, and writes nothing.
+// A backup into a directory that does not exist (or is a file) names it,
+// not the copy's temporary file, and leaves nothing behind.
+func TestLibraryBackupMissingDir(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	countRows(t, p, "acme")
+	base := t.TempDir()
+	file := filepath.Join(base, "file")
+	os.WriteFile(file, nil, 0o600)
+	before := dirFiles(t, base)
+	for dst, want := range map[string]string{
+		filepath.Join(base, "nosuch", "acme.db"): "backup destination: stat " + filepath.Join(base, "nosuch") + ": no such file or directory",
+		filepath.Join(file, "acme.db"):           "backup destination " + filepath.Join(file, "acme.db") + ": not a directory",
+	} {
+		err := p.BackupTenant(context.Background(), "acme", dst)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("backup to %s: %v, want %q", dst, err, want)
+		}
+	}
+	if got := dirFiles(t, base); !slices.Equal(got, before) {
+		t.Errorf("files in %s: %v, before %v", base, got, before)
+	}
+}
+
 func TestLibraryBackupInsideDataDir(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
