@@ -471,6 +471,10 @@ func (c *Config) resolved() (*Config, error) {
 		if r.LitestreamSocket == "" {
 			return nil, errors.New("Config.ReplicaURL needs Config.LitestreamSocket, the control socket of the Litestream process")
 		}
+	} else if r.LitestreamSocket != "" {
+		// A deployment that set the socket and lost the URL (an unset
+		// environment variable) would believe its tenants streamed.
+		return nil, errors.New("Config.LitestreamSocket needs Config.ReplicaURL: without it nothing is streamed")
 	} else if r.ReplicaCompactor != nil {
 		return nil, errors.New("Config.ReplicaCompactor needs Config.ReplicaURL")
 	} else if r.ReplicaRestorer != nil {

@@ -63,6 +63,11 @@ func TestReplication_Config(t *testing.T) {
 	if _, err := New(Config{Dir: t.TempDir(), ReplicaCompactor: compactorFunc(nil)}); err == nil || !strings.Contains(err.Error(), "ReplicaCompactor needs Config.ReplicaURL") {
 		t.Errorf("ReplicaCompactor without ReplicaURL: %v", err)
 	}
+	// The socket without the URL: a deployment that lost its URL would
+	// believe its tenants streamed.
+	if _, err := Open("dir=" + t.TempDir() + "&litestream_socket=/run/litestream.sock"); err == nil || !strings.Contains(err.Error(), "LitestreamSocket needs Config.ReplicaURL") {
+		t.Errorf("LitestreamSocket without ReplicaURL: %v", err)
+	}
 	// A file replica root overlapping Dir: deleting tenant "data"'s replica
 	// (<root>/data = Dir) erased every tenant. Through a symlink too.
 	parent := t.TempDir()
