@@ -54,8 +54,9 @@ type migration struct {
 	sum      string   // hex SHA-256 of sql
 	downName string   // file name of its down migration, "" when there is none
 	down     string   // SQL of its down migration; not part of sum
-	wholeSum string   // of a goose file: hex SHA-256 of the whole file (see driftAt)
-	alike    []string // sums of sql with other trailing blank lines (matches)
+	wholeSum string   // of a goose file whose Down section has SQL: hex SHA-256 of the whole file (see driftAt)
+	older    []string // texts that versions before goose support applied with the same effect as sql
+	alike    []string // sums of sql and older with other trailing blanks (matches)
 }
 
 // migrator applies the configured migrations to tenant files. Migration i
@@ -72,16 +73,42 @@ type migrator struct {
 
 func newMigrator(list []migration, tel *telemetry) *migrator {
 	for i := range list {
-		list[i].sum = sqlSum(list[i].sql)
-		base := strings.TrimRight(list[i].sql, " \t\r\n")
-		for _, v := range []string{base, base + "\n", base + "\n\n", base + "\r\n", base + "\r\n\r\n"} {
-			if v != list[i].sql {
-				list[i].alike = append(list[i].alike, sqlSum(v))
+		mg := &list[i]
+		mg.sum = sqlSum(mg.sql)
+		seen := map[string]bool{mg.sql: true}
+		for _, text := range append([]string{mg.sql}, mg.older...) {
+			base := strings.TrimRight(text, " \t\r\n")
+			for _, tail := range trailingBlanks {
+				if v := base + tail; !seen[v] {
+					seen[v] = true
+					mg.alike = append(mg.alike, sqlSum(v))
+				}
 			}
 		}
 	}
 	return &migrator{list: list, tel: tel}
 }
+
+// trailingBlanks are the ends a migration's text may have had when it was
+// applied, with the same statements: none, or up to four spaces or a tab
+// left on its last line, then up to five line ends (LF or CRLF). An editor
+// that adds a final newline, trims trailing whitespace or blank lines, or
+// a goose file's blank line before a Down section added later, changes no
+// statement; taken for an edit, it made every tenant drift, refused in
+// every mode.
+var trailingBlanks = func() []string {
+	var tails []string
+	for _, pad := range []string{"", " ", "  ", "   ", "    ", "\t"} {
+		for _, nl := range []string{"\n", "\r\n"} {
+			for k := range 6 {
+				if k > 0 || nl == "\n" {
+					tails = append(tails, pad+strings.Repeat(nl, k))
+				}
+			}
+		}
+	}
+	return tails
+}()
 
 func sqlSum(sql string) string {
 	h := sha256.Sum256([]byte(sql))
@@ -89,10 +116,8 @@ func sqlSum(sql string) string {
 }
 
 // matches reports whether a ledger's checksum is mg's: of its SQL, or of
-// its SQL with other trailing blank lines. An editor's final newline, or
-// the blank line goose files put before a "-- +goose Down" added after
-// the migration shipped, changes no statement: taken for an edit, it made
-// every tenant drift, refused in every mode.
+// its SQL (or a text an older version applied for it, older) with other
+// trailing blanks (trailingBlanks).
 func (mg *migration) matches(checksum string) bool {
 	return checksum == mg.sum || slices.Contains(mg.alike, checksum)
 }
@@ -737,8 +762,21 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		if gup, gdown, ok, err := gooseSections(f.name, up); err != nil {
 			return nil, err
 		} else if ok {
-			h := sha256.Sum256([]byte(up))
-			mg.sql, mg.wholeSum = gup, hex.EncodeToString(h[:])
+			mg.sql = gup
+			// Versions before goose support applied the whole file. With
+			// no SQL in its Down section that ran just the Up one: the
+			// same schema. A file whose Down section was added since was
+			// applied as its text before the Down annotation: the same.
+			// Only a whole file with SQL under Down ran both (driftAt).
+			if sqlscan.Empty(gdown) {
+				mg.older = append(mg.older, up)
+			} else {
+				h := sha256.Sum256([]byte(up))
+				mg.wholeSum = hex.EncodeToString(h[:])
+			}
+			if before, ok := beforeGooseDown(up); ok {
+				mg.older = append(mg.older, before)
+			}
 			if gdown != "" {
 				if d, dup := downs[f.n]; dup {
 					return nil, fmt.Errorf("migration %s has a goose Down section and a down file, %s: keep one", f.name, d)
@@ -780,6 +818,19 @@ func looksNumbered(name string) bool {
 // on SQLite) and as written. SQL before the Up annotation is refused, as
 // goose refuses it. A Down section of only comments and blanks is no down
 // migration.
+// beforeGooseDown returns text up to its "-- +goose Down" line, if it has
+// one.
+func beforeGooseDown(text string) (string, bool) {
+	at := 0
+	for line := range strings.Lines(text) {
+		if ann, found := gooseAnnotation(strings.TrimSpace(line)); found && ann == "DOWN" {
+			return text[:at], true
+		}
+		at += len(line)
+	}
+	return "", false
+}
+
 func gooseSections(name, text string) (up, down string, ok bool, err error) {
 	var b [2]strings.Builder
 	section := -1 // 0: Up, 1: Down

@@ -183,3 +183,60 @@ func TestMigrations_TrailingBlankLinesAreNoEdit(t *testing.T) {
 		t.Errorf("a statement edited: %v, want ErrMigrationDrift", err)
 	}
 }
+
+// A goose file without SQL under Down, applied whole by a version before
+// goose support, ran just its Up section: no drift, before or after a Down
+// section is added to it (then the text before the Down annotation is what
+// was applied). Only SQL under Down in what ran whole is the drift
+// TestMigrations_GooseAppliedWhole reports.
+func TestMigrations_GooseUpOnlyAppliedWhole(t *testing.T) {
+	t.Parallel()
+	const upOnly = "-- +goose Up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
+	for name, now := range map[string]string{
+		"Unchanged":      upOnly,
+		"EmptyDown":      upOnly + "\n-- +goose Down\n-- nothing to undo\n",
+		"DownAddedSince": upOnly + "\n-- +goose Down\nDROP TABLE users;\n",
+		"BlanksTrimmed":  strings.TrimSuffix(upOnly, "\n") + "\n\n\n-- +goose Down\nDROP TABLE users;\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			old := newTestProxy(t, Config{Dir: dir, Migrations: []string{upOnly}}) // run whole, as before
+			if _, err := old.ExecContext(tctx("a"), `INSERT INTO users DEFAULT VALUES`); err != nil {
+				t.Fatal(err)
+			}
+			old.Close()
+			p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"00001_users.sql": {Data: []byte(now)}}})
+			if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM users`); n != 1 {
+				t.Errorf("users: %d", n)
+			}
+			if st, err := p.MigrationStatus(context.Background(), "a"); err != nil || st.Drift != nil {
+				t.Errorf("status: %+v, %v", st, err)
+			}
+		})
+	}
+}
+
+// Trailing blanks are no edit however many there were: up to five blank
+// lines (LF or CRLF), and spaces or a tab left on the last line, either way.
+func TestMigrations_TrailingBlanksEitherWay(t *testing.T) {
+	t.Parallel()
+	const stmt = "CREATE TABLE posts (id INTEGER PRIMARY KEY);"
+	for _, pair := range [][2]string{
+		{stmt + "\n\n\n", stmt},
+		{stmt, stmt + "\n\n\n\n"},
+		{stmt + "  \n", stmt + "\n"},
+		{stmt + "\t\r\n\r\n\r\n", stmt + "\n"},
+	} {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir, Migrations: []string{pair[0]}})
+		if _, err := p.ExecContext(tctx("a"), `INSERT INTO posts DEFAULT VALUES`); err != nil {
+			t.Fatal(err)
+		}
+		p.Close()
+		q := newTestProxy(t, Config{Dir: dir, Migrations: []string{pair[1]}})
+		if _, err := q.ExecContext(tctx("a"), `SELECT 1`); err != nil {
+			t.Errorf("applied as %q, configured as %q: %v", pair[0], pair[1], err)
+		}
+	}
+}
