@@ -207,6 +207,18 @@ func checkLayout(dir string, l Layout, presence string) error {
 		return err
 	}
 	if st.layout == l {
+		if l == LayoutBuckets {
+			// A version before layouts (2026-11-26) does not read the
+			// marker: it took every tenant for missing and wrote new flat
+			// files, which this layout never reads (their writes hidden
+			// from listings, checks and backups).
+			if id, err := firstFlatTenant(dir); err != nil {
+				return err
+			} else if id != "" {
+				return fmt.Errorf("%s is in the %s layout but also holds tenant files of the flat layout (%s.db), which it never reads: written by a version before layouts? "+
+					"Merge or remove them by hand (sqliteproxy relayout -to flat moves the bucketed ones beside them when no tenant is in both), then open it again", dir, l, id)
+			}
+		}
 		return nil
 	}
 	if st.layout == LayoutBuckets { // and l is flat
@@ -320,16 +332,23 @@ func realBucket(folder, bucket string) error {
 // hasFlatTenant reports whether dir holds a tenant file of the flat
 // layout, stopping at the first.
 func hasFlatTenant(dir string) (found bool, err error) {
+	id, err := firstFlatTenant(dir)
+	return id != "", err
+}
+
+// firstFlatTenant returns the ID of a tenant file of the flat layout in
+// dir, the first found; "" when there is none.
+func firstFlatTenant(dir string) (id string, err error) {
 	err = readDirBatches(context.Background(), dir, func(ents []os.DirEntry) bool {
 		for _, e := range ents {
-			if _, ok := tenantIDFromEntry(e); ok {
-				found = true
+			if eid, ok := tenantIDFromEntry(e); ok {
+				id = eid
 				return false
 			}
 		}
 		return true
 	})
-	return found, err
+	return id, err
 }
 
 // tenantIDFromEntry returns the tenant ID a directory entry names, if it

@@ -347,6 +347,35 @@ func TestLayout_MixedRefused(t *testing.T) {
 	}
 }
 
+// A bucketed directory that also holds flat tenant files (a version before
+// layouts, which does not read the marker, took every tenant for missing
+// and wrote new flat files) is refused, naming one: opened, its flat
+// files' writes were left out of listings, checks and backups. Relayout to
+// flat gathers them when no tenant is in both.
+func TestLayout_FlatFilesInABucketedDirRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets})
+	if _, err := p.ExecContext(tctx("acme"), `CREATE TABLE t (a)`); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if _, err := direct(t, dir, "globex").Exec(`CREATE TABLE t (a)`); err != nil { // as an old version writes it
+		t.Fatal(err)
+	}
+	_, err := New(Config{Dir: dir, Layout: LayoutBuckets})
+	if err == nil || !strings.Contains(err.Error(), "tenant files of the flat layout (globex.db)") {
+		t.Errorf("buckets with a flat tenant file: %v", err)
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutFlat); err != nil {
+		t.Fatal(err)
+	}
+	p = newTestProxy(t, Config{Dir: dir})
+	if ids, err := p.Tenants(context.Background()); err != nil || !slices.Equal(ids, []string{"acme", "globex"}) {
+		t.Errorf("Tenants after relayout to flat: %v, %v", ids, err)
+	}
+}
+
 // ReplicaPositions finds Litestream's files beside the tenant in the
 // directory's layout.
 func TestLayout_ReplicaPositions(t *testing.T) {
