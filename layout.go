@@ -216,7 +216,7 @@ func checkLayout(dir string, l Layout, presence string) error {
 				return err
 			} else if id != "" {
 				return fmt.Errorf("%s is in the %s layout but also holds tenant files of the flat layout (%s.db), which it never reads: written by a version before layouts? "+
-					"Merge or remove them by hand (sqliteproxy relayout -to flat moves the bucketed ones beside them when no tenant is in both), then open it again", dir, l, id)
+					"Move them into their buckets with `sqliteproxy relayout -dir %s -to buckets` while nothing uses it (it names the tenants in both places, to merge by hand, and moves nothing until there are none)", dir, l, id, dir)
 			}
 		}
 		return nil

@@ -364,15 +364,35 @@ func TestLayout_FlatFilesInABucketedDirRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := New(Config{Dir: dir, Layout: LayoutBuckets})
-	if err == nil || !strings.Contains(err.Error(), "tenant files of the flat layout (globex.db)") {
+	if err == nil || !strings.Contains(err.Error(), "tenant files of the flat layout (globex.db)") || !strings.Contains(err.Error(), "-to buckets") {
 		t.Errorf("buckets with a flat tenant file: %v", err)
 	}
-	if _, err := Relayout(context.Background(), dir, LayoutFlat); err != nil {
+	// A tenant in both places: relayout names it and moves nothing, the
+	// directory left as it was (not marked as being converted).
+	if _, err := direct(t, dir, "acme").Exec(`CREATE TABLE legacy (a)`); err != nil {
 		t.Fatal(err)
 	}
-	p = newTestProxy(t, Config{Dir: dir})
-	if ids, err := p.Tenants(context.Background()); err != nil || !slices.Equal(ids, []string{"acme", "globex"}) {
-		t.Errorf("Tenants after relayout to flat: %v, %v", ids, err)
+	marker, _ := os.ReadFile(filepath.Join(dir, layoutMarkerName))
+	moved, err := Relayout(context.Background(), dir, LayoutBuckets)
+	if moved != 0 || err == nil || !strings.Contains(err.Error(), "tenants in both layouts, nothing moved: "+filepath.Join(dir, "acme.db")) {
+		t.Errorf("relayout with acme in both: %d, %v", moved, err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, layoutMarkerName)); string(after) != string(marker) {
+		t.Errorf("marker %q, was %q", after, marker)
+	}
+	if err := os.Remove(filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	// Then relayout to buckets moves the flat files into their buckets.
+	if moved, err := Relayout(context.Background(), dir, LayoutBuckets); moved != 1 || err != nil {
+		t.Fatalf("relayout to buckets: %d, %v", moved, err)
+	}
+	p = newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets})
+	if ids, err := p.Tenants(context.Background()); err != nil || !slices.Equal(ids, []string{"globex", "acme"}) && !slices.Equal(ids, []string{"acme", "globex"}) {
+		t.Errorf("Tenants after relayout to buckets: %v, %v", ids, err)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM sqlite_schema WHERE name = 'legacy'`); n != 0 {
+		t.Errorf("acme is the removed flat copy")
 	}
 }
 

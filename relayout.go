@@ -57,10 +57,18 @@ func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved i
 		return 0, opError(op, "", err)
 	}
 	if !st.relayout && st.layout == to {
-		return 0, nil
-	}
-	if err := writeMarker(dir, markerRelayoutTo+to.String()); err != nil {
-		return 0, opError(op, "", err)
+		// Done, unless flat tenant files sit in a bucketed directory (a
+		// version before layouts wrote them, not reading the marker): they
+		// move into their buckets as in a conversion (checkLayout refuses
+		// the directory until they have).
+		if to != LayoutBuckets {
+			return 0, nil
+		}
+		if found, err := hasFlatTenant(dir); err != nil {
+			return 0, opError(op, "", err)
+		} else if !found {
+			return 0, nil
+		}
 	}
 	from := other(to)
 	rl := &relayouter{dir: dir, from: from, to: to}
@@ -71,6 +79,15 @@ func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved i
 			return 0, opError(op, "", err)
 		}
 		ids = append(ids, id)
+	}
+	// A tenant in both layouts stops the run before it begins, not midway
+	// with the directory marked as being converted (refused by every proxy
+	// until a person resolved it).
+	if err := rl.inBoth(ids); err != nil {
+		return 0, opError(op, "", err)
+	}
+	if err := writeMarker(dir, markerRelayoutTo+to.String()); err != nil {
+		return 0, opError(op, "", err)
 	}
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
@@ -134,6 +151,33 @@ var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream"}
 func sideName(p, kind string) string {
 	dir, file := path.Split(p)
 	return path.Join(dir, "."+file+kind)
+}
+
+// inBoth fails, naming them (a few, and how many), when any of ids has a
+// file in r.to as well as in r.from (not two names of one file: a crash
+// between link and unlink can leave that, and move finishes it).
+func (r *relayouter) inBoth(ids []string) error {
+	var both []string
+	for _, id := range ids {
+		src, dst := tenantPath(r.dir, r.from, id), tenantPath(r.dir, r.to, id)
+		fi, err := os.Lstat(dst)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		if si, err := os.Lstat(src); err == nil && os.SameFile(fi, si) {
+			continue
+		}
+		both = append(both, fmt.Sprintf("%s and %s", src, dst))
+	}
+	switch {
+	case len(both) == 0:
+		return nil
+	case len(both) > 3:
+		both = append(both[:3], fmt.Sprintf("and %d more", len(both)-3))
+	}
+	return fmt.Errorf("tenants in both layouts, nothing moved: %s; merge each pair into one file (or remove one, with its -wal), then run relayout again", strings.Join(both, "; "))
 }
 
 // move moves tenant id from its place in r.from to its place in r.to.

@@ -183,7 +183,7 @@ func TestRelayout_Interrupted(t *testing.T) {
 					stop := errors.New("stop")
 					ctx, cancel := context.WithCancel(context.Background())
 					if k == 0 {
-						cancel() // before the first move (after the marker)
+						cancel() // before the listing: nothing changes
 					}
 					moved, err := relayout(ctx, dir, to, func(n int) error {
 						if n == k {
@@ -198,7 +198,13 @@ func TestRelayout_Interrupted(t *testing.T) {
 					if k > 0 && k < len(want) && (moved != k || !errors.Is(err, stop)) {
 						t.Fatalf("k=%d: moved %d, %v", k, moved, err)
 					}
-					if err != nil {
+					if k == 0 {
+						if _, rerr := readDirState(dir); err == nil || rerr != nil {
+							t.Fatalf("k=0: cancelled relayout: %v; directory state: %v", err, rerr)
+						} else if st, _ := readDirState(dir); st.relayout {
+							t.Fatal("k=0: a relayout cancelled before its listing marked the directory")
+						}
+					} else if err != nil {
 						if _, nerr := New(Config{Dir: dir, Layout: to}); !errors.Is(nerr, ErrRelayoutInterrupted) || !strings.Contains(nerr.Error(), "interrupted") {
 							t.Fatalf("k=%d: New after an interrupted relayout: %v", k, nerr)
 						}
