@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql/driver"
+	"encoding"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -51,12 +53,13 @@ const (
 type migration struct {
 	name     string // file name, or "Migrations[i]"
 	sql      string
-	sum      string   // hex SHA-256 of sql
-	downName string   // file name of its down migration, "" when there is none
-	down     string   // SQL of its down migration; not part of sum
-	wholeSum string   // of a goose file whose Down section has SQL: hex SHA-256 of the whole file (see driftAt)
-	older    []string // texts that versions before goose support applied with the same effect as sql
-	alike    []string // sums of sql and older with other trailing blanks (matches)
+	sum      string    // hex SHA-256 of sql
+	downName string    // file name of its down migration, "" when there is none
+	down     string    // SQL of its down migration; not part of sum
+	whole    string    // of a goose file whose Down section has SQL: the whole file (see driftAt)
+	older    []string  // texts that versions before goose support applied with the same effect as sql
+	bases    [][]byte  // SHA-256 states after sql and each of older, trailing blanks trimmed (alike)
+	memo     *sync.Map // checksum -> bool: alike's answers
 }
 
 // migrator applies the configured migrations to tenant files. Migration i
@@ -75,34 +78,65 @@ func newMigrator(list []migration, tel *telemetry) *migrator {
 	for i := range list {
 		mg := &list[i]
 		mg.sum = sqlSum(mg.sql)
-		seen := map[string]bool{mg.sql: true}
+		mg.memo = new(sync.Map)
 		for _, text := range append([]string{mg.sql}, mg.older...) {
-			base := strings.TrimRight(text, " \t\r\n")
-			for _, tail := range trailingBlanks {
-				if v := base + tail; !seen[v] {
-					seen[v] = true
-					mg.alike = append(mg.alike, sqlSum(v))
-				}
-			}
+			mg.bases = append(mg.bases, baseState(text))
 		}
 	}
 	return &migrator{list: list, tel: tel}
 }
 
+// baseState returns the SHA-256 state after text without its trailing
+// blanks: a variant's sum then hashes only its tail (a migration that loads
+// data may be megabytes: each variant hashed whole took seconds and
+// hundreds of megabytes at New).
+func baseState(text string) []byte {
+	h := sha256.New()
+	h.Write([]byte(strings.TrimRight(text, " \t\r\n")))
+	b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
+	if err != nil {
+		panic(err) // crypto/sha256 always marshals
+	}
+	return b
+}
+
+// withTails reports whether checksum is the SHA-256 of the text hashed into
+// state followed by one of trailingBlanks.
+func withTails(state []byte, checksum string) bool {
+	want, err := hex.DecodeString(checksum)
+	if err != nil || len(want) != sha256.Size {
+		return false
+	}
+	h := sha256.New()
+	var sum [sha256.Size]byte
+	for _, tail := range trailingBlanks {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+			panic(err)
+		}
+		h.Write([]byte(tail))
+		if string(h.Sum(sum[:0])) == string(want) {
+			return true
+		}
+	}
+	return false
+}
+
 // trailingBlanks are the ends a migration's text may have had when it was
-// applied, with the same statements: none, or up to four spaces or a tab
-// left on its last line, then up to five line ends (LF or CRLF). An editor
-// that adds a final newline, trims trailing whitespace or blank lines, or
-// a goose file's blank line before a Down section added later, changes no
+// applied, with the same statements: up to four spaces or a tab left on its
+// last line, up to five line ends (LF or CRLF), and then up to eight spaces
+// or two tabs (a Go raw string's indented closing quote). An editor that
+// adds a final newline or trims trailing whitespace or blank lines, a
+// goose file's blank line before a Down section added later, changes no
 // statement; taken for an edit, it made every tenant drift, refused in
 // every mode.
 var trailingBlanks = func() []string {
 	var tails []string
 	for _, pad := range []string{"", " ", "  ", "   ", "    ", "\t"} {
+		tails = append(tails, pad)
 		for _, nl := range []string{"\n", "\r\n"} {
-			for k := range 6 {
-				if k > 0 || nl == "\n" {
-					tails = append(tails, pad+strings.Repeat(nl, k))
+			for k := 1; k <= 5; k++ {
+				for _, indent := range []string{"", " ", "  ", "   ", "    ", "        ", "\t", "\t\t"} {
+					tails = append(tails, pad+strings.Repeat(nl, k)+indent)
 				}
 			}
 		}
@@ -119,7 +153,37 @@ func sqlSum(sql string) string {
 // its SQL (or a text an older version applied for it, older) with other
 // trailing blanks (trailingBlanks).
 func (mg *migration) matches(checksum string) bool {
-	return checksum == mg.sum || slices.Contains(mg.alike, checksum)
+	return checksum == mg.sum || mg.alike(checksum)
+}
+
+// maxMemo bounds the checksums a migration remembers its answer for: a
+// fleet has a few distinct ones per migration.
+const maxMemo = 1024
+
+// alike is matches for a checksum other than mg.sum, remembered: every
+// tenant of a fleet upgraded from an older version has the same one.
+func (mg *migration) alike(checksum string) bool {
+	if mg.memo != nil {
+		if v, ok := mg.memo.Load(checksum); ok {
+			return v.(bool)
+		}
+	}
+	ok := slices.ContainsFunc(mg.bases, func(state []byte) bool { return withTails(state, checksum) })
+	if mg.memo != nil && mg.memoLen() < maxMemo {
+		mg.memo.Store(checksum, ok)
+	}
+	return ok
+}
+
+func (mg *migration) memoLen() (n int) {
+	mg.memo.Range(func(any, any) bool { n++; return n < maxMemo })
+	return n
+}
+
+// ranWhole reports whether checksum is that of mg's whole goose file, its
+// Down section's SQL included, with any trailing blanks (driftAt).
+func (mg *migration) ranWhole(checksum string) bool {
+	return mg.whole != "" && withTails(baseState(mg.whole), checksum)
 }
 
 // ledgerRow is one applied migration as the ledger records it.
@@ -190,13 +254,16 @@ func (m *migrator) driftAt(rows []ledgerRow, n int) string {
 	appliedAt := slices.IndexFunc(m.list, func(mg migration) bool { return mg.matches(rows[n].checksum) })
 	cfgApplied := slices.ContainsFunc(rows, func(r ledgerRow) bool { return cfg.matches(r.checksum) })
 	switch {
-	case cfg.wholeSum != "" && rows[n].checksum == cfg.wholeSum:
+	case cfg.ranWhole(rows[n].checksum):
 		return fmt.Sprintf("migration %d (%s) was applied whole, its goose Down section included, by a version of sqliteproxy that did not read goose annotations: "+
 			"the Down section ran right after the Up one in this tenant; repair its schema, then set its ledger row's checksum to %s", n+1, cfg.name, cfg.sum)
 	case appliedAt > n && !cfgApplied:
 		return fmt.Sprintf("migration %d (%s) is new but comes before migrations already applied (applied migration %d is now %d, %s): add new migrations at the end", n+1, cfg.name, n+1, appliedAt+1, m.list[appliedAt].name)
 	case appliedAt < 0 && cfgApplied:
 		return fmt.Sprintf("applied migration %d is no longer configured: it was removed or edited (%s, now number %d, was applied after it)", n+1, cfg.name, n+1)
+	case appliedAt < 0 && cfg.whole != "":
+		return fmt.Sprintf("migration %d (%s) was edited after it was applied; if a version of sqliteproxy before goose support (before 2026-11-27) applied it, "+
+			"it ran the whole file and its goose Down section may have run in this tenant: check its schema", n+1, cfg.name)
 	case appliedAt < 0:
 		return fmt.Sprintf("migration %d (%s) was edited after it was applied", n+1, cfg.name)
 	default:
@@ -763,19 +830,15 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 			return nil, err
 		} else if ok {
 			mg.sql = gup
-			// Versions before goose support applied the whole file. With
-			// no SQL in its Down section that ran just the Up one: the
-			// same schema. A file whose Down section was added since was
-			// applied as its text before the Down annotation: the same.
-			// Only a whole file with SQL under Down ran both (driftAt).
-			if sqlscan.Empty(gdown) {
-				mg.older = append(mg.older, up)
-			} else {
-				h := sha256.Sum256([]byte(up))
-				mg.wholeSum = hex.EncodeToString(h[:])
-			}
-			if before, ok := beforeGooseDown(up); ok {
-				mg.older = append(mg.older, before)
+			// Versions before goose support applied the whole file:
+			// without SQL under Down, the Up section alone. Its Down
+			// section may have had none then and some since (or none
+			// yet, nor the annotation): every such earlier text is one
+			// the same schema came from. Only a whole file with SQL
+			// under Down ran both (driftAt).
+			mg.older = gooseOlder(up)
+			if !sqlscan.Empty(gdown) {
+				mg.whole = up
 			}
 			if gdown != "" {
 				if d, dup := downs[f.n]; dup {
@@ -818,17 +881,34 @@ func looksNumbered(name string) bool {
 // on SQLite) and as written. SQL before the Up annotation is refused, as
 // goose refuses it. A Down section of only comments and blanks is no down
 // migration.
-// beforeGooseDown returns text up to its "-- +goose Down" line, if it has
-// one.
-func beforeGooseDown(text string) (string, bool) {
-	at := 0
+// gooseOlder returns the texts a goose file may have had when a version
+// before goose support applied it whole, with the same effect as its Up
+// section: the file up to its "-- +goose Down" line (the Down section
+// added since), and through that line and each following line while the
+// Down section so far holds no SQL (comments added under it first, SQL
+// later). The last of these is the whole file when its Down section holds
+// no SQL.
+func gooseOlder(text string) []string {
+	var older []string
+	at, down := 0, -1 // down: where the Down section begins, once found
 	for line := range strings.Lines(text) {
-		if ann, found := gooseAnnotation(strings.TrimSpace(line)); found && ann == "DOWN" {
-			return text[:at], true
+		if down < 0 {
+			if ann, found := gooseAnnotation(strings.TrimSpace(line)); found && ann == "DOWN" {
+				older = append(older, text[:at])
+				down = at + len(line)
+				older = append(older, text[:down])
+			}
+		} else if sqlscan.Empty(text[down : at+len(line)]) {
+			older = append(older, text[:at+len(line)])
+		} else {
+			break
 		}
 		at += len(line)
 	}
-	return "", false
+	if down < 0 {
+		older = append(older, text) // no Down section at all
+	}
+	return older
 }
 
 func gooseSections(name, text string) (up, down string, ok bool, err error) {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -192,21 +193,23 @@ func TestMigrations_TrailingBlankLinesAreNoEdit(t *testing.T) {
 func TestMigrations_GooseUpOnlyAppliedWhole(t *testing.T) {
 	t.Parallel()
 	const upOnly = "-- +goose Up\nCREATE TABLE users (id INTEGER PRIMARY KEY);\n"
-	for name, now := range map[string]string{
-		"Unchanged":      upOnly,
-		"EmptyDown":      upOnly + "\n-- +goose Down\n-- nothing to undo\n",
-		"DownAddedSince": upOnly + "\n-- +goose Down\nDROP TABLE users;\n",
-		"BlanksTrimmed":  strings.TrimSuffix(upOnly, "\n") + "\n\n\n-- +goose Down\nDROP TABLE users;\n",
+	for name, files := range map[string][2]string{ // as applied whole, as configured now
+		"Unchanged":               {upOnly, upOnly},
+		"EmptyDown":               {upOnly, upOnly + "\n-- +goose Down\n-- nothing to undo\n"},
+		"DownAddedSince":          {upOnly, upOnly + "\n-- +goose Down\nDROP TABLE users;\n"},
+		"BlanksTrimmed":           {upOnly, strings.TrimSuffix(upOnly, "\n") + "\n\n\n-- +goose Down\nDROP TABLE users;\n"},
+		"EmptyDownThenSQLAdded":   {upOnly + "\n-- +goose Down\n", upOnly + "\n-- +goose Down\nDROP TABLE users;\n"},
+		"CommentDownThenSQLAdded": {upOnly + "-- +goose Down\n-- irreversible\n", upOnly + "-- +goose Down\n-- irreversible\nDROP TABLE users;\n"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			old := newTestProxy(t, Config{Dir: dir, Migrations: []string{upOnly}}) // run whole, as before
+			old := newTestProxy(t, Config{Dir: dir, Migrations: []string{files[0]}}) // run whole, as before
 			if _, err := old.ExecContext(tctx("a"), `INSERT INTO users DEFAULT VALUES`); err != nil {
 				t.Fatal(err)
 			}
 			old.Close()
-			p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"00001_users.sql": {Data: []byte(now)}}})
+			p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"00001_users.sql": {Data: []byte(files[1])}}})
 			if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM users`); n != 1 {
 				t.Errorf("users: %d", n)
 			}
@@ -214,6 +217,52 @@ func TestMigrations_GooseUpOnlyAppliedWhole(t *testing.T) {
 				t.Errorf("status: %+v, %v", st, err)
 			}
 		})
+	}
+}
+
+// A goose file whose Down section ran (applied whole by an older version)
+// is reported so after its trailing blanks changed too; once its Down
+// section was edited as well, the "edited" drift says the Down section may
+// have run.
+func TestMigrations_GooseAppliedWholeThenTouched(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct{ now, want string }{
+		"FinalNewlineTrimmed": {strings.TrimSuffix(gooseUsers, "\n"), "goose Down section included"},
+		"BlankLineAdded":      {gooseUsers + "\n", "goose Down section included"},
+		"DownEdited":          {strings.Replace(gooseUsers, "DROP TABLE users;", "DROP TABLE IF EXISTS users;", 1), "its goose Down section may have run"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			old := newTestProxy(t, Config{Dir: dir, Migrations: []string{gooseUsers}}) // run whole, as before
+			if _, err := old.ExecContext(tctx("a"), `SELECT 1`); err != nil {
+				t.Fatal(err)
+			}
+			old.Close()
+			p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fstest.MapFS{"00001_users.sql": {Data: []byte(tc.now)}}})
+			if _, err := p.ExecContext(tctx("a"), `SELECT 1`); !errors.Is(err, ErrMigrationDrift) || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("%v, want ErrMigrationDrift saying %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// Matching trailing blanks costs no copy of the migration per variant: a
+// migration that loads data (megabytes) took seconds and ~80 × its size in
+// memory at New.
+func TestMigrations_TrailingBlanksCostNoCopies(t *testing.T) {
+	const size = 4 << 20
+	big := "CREATE TABLE blob (b);\nINSERT INTO blob VALUES ('" + strings.Repeat("x", size) + "');\n"
+	list := []migration{{name: "big", sql: big, older: gooseOlder(big)}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	m := newMigrator(list, nil)
+	runtime.ReadMemStats(&after)
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 4*size {
+		t.Errorf("newMigrator allocated %d MB for a %d MB migration", grown>>20, size>>20)
+	}
+	if !m.list[0].matches(sqlSum(strings.TrimSuffix(big, "\n") + "\r\n\r\n")) {
+		t.Error("a CRLF variant of the big migration does not match")
 	}
 }
 
@@ -227,6 +276,8 @@ func TestMigrations_TrailingBlanksEitherWay(t *testing.T) {
 		{stmt, stmt + "\n\n\n\n"},
 		{stmt + "  \n", stmt + "\n"},
 		{stmt + "\t\r\n\r\n\r\n", stmt + "\n"},
+		{stmt + "\n\t", stmt},          // a Go raw string's indented closing quote
+		{stmt + "\n    ", stmt + "\n"}, // moved
 	} {
 		dir := t.TempDir()
 		p := newTestProxy(t, Config{Dir: dir, Migrations: []string{pair[0]}})
