@@ -207,9 +207,8 @@ func appliedWhole(t *testing.T, text, stmt string) string {
 
 // A goose file whose Down section ran (applied whole by an older version)
 // is reported so (rather than "edited"), also after its trailing blanks
-// changed; once its Down
-// section was edited as well, the "edited" drift says the Down section may
-// have run.
+// changed; once its Down section was edited as well, the "edited" drift
+// says the Down section may have run.
 func TestMigrations_GooseAppliedWholeThenTouched(t *testing.T) {
 	t.Parallel()
 	for name, tc := range map[string]struct{ now, want string }{
