@@ -562,7 +562,6 @@ func (c *conn) release() {
 			// transaction nobody commits: close it instead (pgxpool too
 			// destroys a connection that is not idle at release).
 			if _, err := pc.c.ExecContext(context.Background(), "ROLLBACK", nil); err != nil || !pc.c.AutoCommit() {
-				c.forgetKept(c.t, pc)
 				c.t.discard(pc)
 				continue
 			}

@@ -90,18 +90,6 @@ func (c *conn) dropKept() {
 	}
 }
 
-// forgetKept is called before pc, leased by c, is closed (discard): it is
-// no longer kept.
-func (c *conn) forgetKept(t *tenant, pc *physConn) {
-	if pc != c.kept {
-		return
-	}
-	c.kept = nil
-	t.mu.Lock()
-	t.unkeepLocked(pc)
-	t.mu.Unlock()
-}
-
 // putReader returns a leased reader to t at the end of its use, marking t
 // used (giveBack).
 func (t *tenant) putReader(pc *physConn, keeper *conn) {

@@ -537,6 +537,13 @@ func (t *tenant) discard(pc *physConn) {
 		t.releaseWriter()
 		return
 	}
+	if pc.keep.Load()&keepStateMask != keepNone {
+		// Kept by the conn discarding it: no longer (its keeper's word
+		// stops matching).
+		t.mu.Lock()
+		t.unkeepLocked(pc)
+		t.mu.Unlock()
+	}
 	pc.close()
 	t.dropReader()
 	t.touch()
