@@ -1490,3 +1490,64 @@ func TestStrays(t *testing.T) {
 		})
 	}
 }
+
+// TestStrays_WrongBucket: a tenant's file copied by hand into a bucket that
+// is not its own is read by nothing (the service would create the tenant
+// anew where the layout puts it): check and backup -all report it as a
+// failure, named by its path, whether or not the tenant also exists.
+func TestStrays_WrongBucket(t *testing.T) {
+	t.Parallel()
+	mdir := migrationsDir(t, "0001_init.sql")
+	dir := t.TempDir()
+	var strayRel, wantRel, copyRel, acmeRel string
+	withProxyLayout(t, dir, mdir, "buckets", func(p *sqliteproxy.Proxy) {
+		for _, id := range []string{"acme", "globex"} {
+			if err := p.CreateTenant(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		acme, _ := p.TenantPath("acme")
+		globex, _ := p.TenantPath("globex")
+		if filepath.Dir(acme) == filepath.Dir(globex) {
+			t.Fatal("acme and globex share a bucket: pick other IDs")
+		}
+		// globex's file copied next to acme's, and moved out of its own
+		// bucket: globex is then missing, and its data in the wrong place.
+		stray := filepath.Join(filepath.Dir(acme), "globex.db")
+		if err := os.Rename(globex, stray); err != nil {
+			t.Fatal(err)
+		}
+		strayRel, _ = filepath.Rel(dir, stray)
+		wantRel, _ = filepath.Rel(dir, globex)
+		// And a copy of acme's in globex's bucket, acme itself in place.
+		b, err := os.ReadFile(acme)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copyPath := filepath.Join(filepath.Dir(globex), "acme.db")
+		if err := os.WriteFile(copyPath, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		copyRel, _ = filepath.Rel(dir, copyPath)
+		acmeRel, _ = filepath.Rel(dir, acme)
+	})
+	args := []string{"-dir", dir, "-layout", "buckets"}
+	if r := cli(t, nil, append([]string{"tenants"}, args...)...).want(t, exitOK); r.stdout != "acme\n" {
+		t.Errorf("tenants: %q", r.stdout)
+	}
+	lines := []string{
+		"sqliteproxy: check " + strayRel + ": tenant globex's file is in the wrong bucket: no tenant is read from it (the layout puts it at " + wantRel + ")\n",
+		"sqliteproxy: check " + copyRel + ": tenant acme's file is in the wrong bucket: no tenant is read from it (the layout puts it at " + acmeRel + ")\n",
+	}
+	slices.Sort(lines) // reported in the order of their keys
+	want := strings.Join(lines, "")
+	r := cli(t, nil, append([]string{"check"}, args...)...).want(t, exitFailed)
+	if r.stdout != "3 tenants checked: 1 ok, 2 failed\n" || r.stderr != want {
+		t.Errorf("check: %+v", r)
+	}
+	out := t.TempDir()
+	r = cli(t, nil, append(append([]string{"backup", "-all"}, args...), out)...).want(t, exitFailed)
+	if r.stdout != "backed up 1 of 3 tenants to "+out+"\n" || r.stderr != strings.ReplaceAll(want, "check", "backup") {
+		t.Errorf("backup -all: %+v", r)
+	}
+}

@@ -12,9 +12,11 @@ import (
 
 // strays returns the entries of p's data directory that are named as a
 // tenant's file (<id>.db where the layout puts it) but are not regular
-// files: a symbolic link, a directory, a FIFO. Listings pass over them and
-// a service fails on that tenant, so check and backup -all report each as a
-// failure rather than leave an operator to miss it. Keyed by tenant ID.
+// files (a symbolic link, a directory, a FIFO), keyed by tenant ID, and the
+// tenant files in a bucket other than their own, keyed by their path in the
+// directory. Listings pass over them, and a service fails on that tenant or
+// creates it anew beside the stray, so check and backup -all report each as
+// a failure rather than leave an operator to miss it.
 func strays(p *sqliteproxy.Proxy) (map[string]error, error) {
 	cfg := p.Config()
 	folders := []string{cfg.Dir}
@@ -38,14 +40,24 @@ func strays(p *sqliteproxy.Proxy) (map[string]error, error) {
 		}
 		for _, e := range ents {
 			id, ok := strings.CutSuffix(e.Name(), ".db")
-			if !ok || e.Type().IsRegular() || sqliteproxy.ValidTenantID(id) != nil {
+			if !ok || sqliteproxy.ValidTenantID(id) != nil {
 				continue
 			}
 			path := filepath.Join(folder, e.Name())
-			if want, err := p.TenantPath(id); err != nil || want != path {
-				continue // not where the layout looks for tenant id
+			want, err := p.TenantPath(id)
+			switch {
+			case err != nil:
+			case want != path:
+				if e.Type().IsRegular() {
+					// Copied into the wrong bucket by hand: the service
+					// would create an empty tenant id beside it.
+					rel, _ := filepath.Rel(cfg.Dir, path)
+					wantRel, _ := filepath.Rel(cfg.Dir, want)
+					found[rel] = errors.New("tenant " + id + "'s file is in the wrong bucket: no tenant is read from it (the layout puts it at " + wantRel + ")")
+				}
+			case !e.Type().IsRegular():
+				found[id] = errors.New(e.Name() + " is " + fileKind(e.Type()) + ", not a regular file: no tenant is read from it")
 			}
-			found[id] = errors.New(e.Name() + " is " + fileKind(e.Type()) + ", not a regular file: no tenant is read from it")
 		}
 	}
 	return found, nil
