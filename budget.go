@@ -62,10 +62,11 @@ const (
 	evictLeaseLost                    // this node's lease on it ended (Config.Ownership)
 	evictFanOut                       // a fan-out query (WithFanOut) opened it only to read it
 	evictRetention                    // idle while tenants churn, and the cache of open tenants was not paying (retention.go)
+	evictFileMoved                    // its file was deleted, moved or replaced while open, not through the proxy (filewatch.go)
 	numEvictReasons
 )
 
-var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost", "fan_out", "retention"}
+var evictReasonNames = [numEvictReasons]string{"budget", "idle", "close", "delete", "restore", "migrate", "lease_lost", "fan_out", "retention", "file_moved"}
 
 func (r evictReason) String() string { return evictReasonNames[r] }
 

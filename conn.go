@@ -74,8 +74,9 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		}
 		if c.pc.writer && c.t.leaseEnded() {
 			// This node's lease on the tenant ended while the writer was
-			// leased (Config.Ownership): nothing more is written.
-			return nil, opError(opRoute, c.t.id, errLeaseEnded)
+			// leased (Config.Ownership), or its file moved: nothing more
+			// is written.
+			return nil, opError(opRoute, c.t.id, c.t.fenceErr())
 		}
 		if write && c.tx != nil && c.tx.readOnly && c.pc.writer {
 			// A read-only transaction that had to run on the writer (the
@@ -590,8 +591,9 @@ func (t *tx) Commit() error {
 	var err error
 	if t.c.pc != nil && t.c.pc.writer && t.c.t.leaseEnded() {
 		// The lease ended during the transaction: another node may own the
-		// tenant by now, so nothing of it is committed.
-		err = errors.Join(opError(opRoute, t.c.t.id, errLeaseEnded), t.stx.Rollback())
+		// tenant by now, so nothing of it is committed. Nor when its file
+		// moved: it would be committed to a file nobody reads.
+		err = errors.Join(opError(opRoute, t.c.t.id, t.c.t.fenceErr()), t.stx.Rollback())
 	} else {
 		err = t.stx.Commit()
 	}

@@ -587,13 +587,14 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		r.res, r.err = res, err
 		ran = append(ran, r)
 	}
-	if t.lease != nil && t.leaseEnded() {
+	if t.leaseEnded() {
 		// The lease ended while the batch ran (the process was stopped
 		// past its deadline): another node may own the tenant by now, so
-		// nothing of the batch is committed.
+		// nothing of the batch is committed. Nor when its file moved.
 		pc.c.ExecContext(bg, "ROLLBACK", nil)
+		fenceErr := t.fenceErr()
 		for _, r := range ran {
-			r.res, r.err = nil, opError(opRoute, t.id, errLeaseEnded)
+			r.res, r.err = nil, opError(opRoute, t.id, fenceErr)
 		}
 		return
 	}

@@ -77,11 +77,12 @@ func leaseStale(t *tenant) bool {
 	return ok && !v.Valid()
 }
 
-// leaseEnded reports whether this node's lease on t ended while t's writer
-// is held (a transaction, a sql.Conn, a batch): fenced by watchLease, or
-// past its deadline with the timer that says so late (the process was
-// stopped past it), which it then records as lockWriterUntil does. The
-// caller holds t's writer.
+// leaseEnded reports whether t was fenced while its writer is held (a
+// transaction, a sql.Conn, a batch): its file moved (filewatch.go), or this
+// node's lease on t ended: fenced by watchLease, or past its deadline with
+// the timer that says so late (the process was stopped past it), which it
+// then records as lockWriterUntil does. The caller holds t's writer; what
+// it says to its caller is fenceErr.
 func (t *tenant) leaseEnded() bool {
 	if t.fenced.Load() {
 		return true
@@ -97,6 +98,14 @@ func (t *tenant) leaseEnded() bool {
 // errLeaseEnded: this node's lease on the tenant ended while a statement or
 // transaction held its writer.
 var errLeaseEnded = fmt.Errorf("%w: this node's lease on the tenant ended; retry", ErrNotOwner)
+
+// fenceErr is why fenced t refuses work: errFileMoved or errLeaseEnded.
+func (t *tenant) fenceErr() error {
+	if t.moved.Load() {
+		return errFileMoved
+	}
+	return errLeaseEnded
+}
 
 // own makes sure this node holds t's lease (Config.Ownership), acquiring it
 // if needed; the caller holds t's writer semaphore. It fails with an
@@ -196,9 +205,23 @@ func (r *router) watchLease(t *tenant, lease TenantLease) {
 // unfence closes a fenced tenant (its lease was lost) so that it is owned
 // anew before it is used; the caller holds t's writer semaphore. It fails
 // while readers are leased: nothing of t may be used until they are done.
+//
+// A tenant fenced because its file moved (filewatch.go) is closed the same
+// way, so that it is opened anew at its path; its lease stays.
 func (r *router) unfence(t *tenant) error {
 	if !t.fenced.Load() {
 		return nil
+	}
+	if t.moved.Load() {
+		if r.budget.counted(t) > 0 && !t.evict(true, evictFileMoved) {
+			return opError(opOpenTenant, t.id, errFileMoved)
+		}
+		t.removeMovedSideFiles()
+		t.moved.Store(false)
+		if t.lease == nil || !leaseStale(t) && !r.leaseLost(t) {
+			t.fenced.Store(false)
+			return nil
+		}
 	}
 	r.tel.ownership(t.tel, "lost")
 	if r.budget.counted(t) > 0 && !t.evict(true, evictLeaseLost) {
@@ -207,6 +230,12 @@ func (r *router) unfence(t *tenant) error {
 	t.lease = nil
 	t.fenced.Store(false)
 	return nil
+}
+
+// leaseLost reports whether t's lease was lost (watchLease saw it).
+func (r *router) leaseLost(t *tenant) bool {
+	_, lost := r.lostLeases.Load(t.id)
+	return lost
 }
 
 // releaseLease gives t's lease up with t's final replicated position pos;

@@ -39,6 +39,7 @@ type router struct {
 	free    *tenantless // answers tenantless pure expressions
 	repl    *replicator // nil unless Config.ReplicaURL
 	classes classCache
+	watch   *fileWatch // notices open tenants' files moved (filewatch.go); nil when nothing is watched
 
 	accessOpts openOpts // what a statement's first access to a tenant may do
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
@@ -132,6 +133,10 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		r.repl.stop = r.stop
 	}
 	r.free = newTenantless()
+	r.watch = startFileWatch(r)
+	if cfg.Layout == LayoutFlat {
+		r.watch.folder(cfg.Dir)
+	}
 	r.reaperWG.Add(2)
 	go r.background()
 	go r.sweepLeftovers()
@@ -254,6 +259,7 @@ func (r *router) close() error {
 	r.isClosed.Store(true)
 	close(r.stop)
 	r.reaperWG.Wait()
+	r.watch.close()
 	r.closeFanOuts()
 	// Side by side: with replication each eviction syncs and unregisters
 	// the tenant, and with Ownership releases its lease, each of which may
@@ -410,10 +416,11 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 			r.tel.opened(ctx, t.tel, roleWriter, start, nil)
 		}
 	}()
-	exists, err := t.fileExists(opOpenTenant)
+	fi, err := t.statFile(opOpenTenant)
 	if err != nil {
 		return nil, err
 	}
+	exists := fi != nil
 	if openWriterRaced != nil {
 		openWriterRaced(t)
 	}
@@ -433,6 +440,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		if exists, err = r.reconcile(ctx, t, exists); err != nil {
 			return nil, err
 		}
+		fi = nil // perhaps restored from the replica meanwhile
 	}
 	if !exists && !o.mayCreate {
 		// Refused before taking a slot (or evicting anybody). The object
@@ -484,6 +492,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		r.budget.unreserve(t)
 		return nil, err
 	}
+	t.opened(fi)
 	t.lastUsed.Store(r.budget.now())
 	return pc, nil
 }

@@ -42,6 +42,8 @@ type tenant struct {
 	kept          []*physConn      // readers kept by routing conns, leased but maybe parked (keep.go)
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 	refusedWith   error            // why an open retired t (retireWith), for work that waited on it; under mu
+	file          os.FileInfo      // t's file as its connections opened it, for the file watch (filewatch.go); under mu, nil when closed
+	movedSide     []os.FileInfo    // side files of t's file, found in use when it moved (filewatch.go); under mu
 
 	lastUsed atomic.Int64 // budget.now() when a lease last ended
 	pins     atomic.Int64 // goroutines working on t, plus pinGone once t has left the registry (pin)
@@ -55,7 +57,8 @@ type tenant struct {
 
 	lease  TenantLease                // this node's ownership (Config.Ownership), nil when not held; changed under wsem
 	gen    atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
-	fenced atomic.Bool                // lease lost: t is closed before it is used again (ownership.go)
+	fenced atomic.Bool                // lease lost, or file moved: t is closed before it is used again (ownership.go)
+	moved  atomic.Bool                // fenced because its file was deleted or replaced while open (filewatch.go)
 	lost   atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
 	valid  atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
 
@@ -328,14 +331,15 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	if t.ready.Load() && !t.fenced.Load() {
 		return t.leaseReader(ctx)
 	}
-	if t.r.repl == nil {
-		if exists, err := t.fileExists(opOpenTenant); err == nil && exists {
+	if t.r.repl == nil && !t.fenced.Load() {
+		if fi, err := t.statFile(opOpenTenant); err == nil && fi != nil {
 			pc, err := t.leaseReader(ctx)
 			if err != nil {
 				return nil, err
 			}
 			if t.ready.Load() || t.r.mig.upToDate(ctx, pc.c, t.r.accessOpts.migrate) {
 				t.ready.Store(true)
+				t.opened(fi)
 				return pc, nil
 			}
 			t.discard(pc) // the tenant may be refused: no connection left behind
@@ -605,6 +609,7 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 
 	t.mu.Lock()
 	t.evicting = false
+	t.file = nil
 	close(t.evictDone)
 	t.mu.Unlock()
 	t.r.forgetIdle(t, true)
@@ -743,24 +748,31 @@ func (t *tenant) mustExist(op string) error {
 // fileExists reports whether t's database file exists. A file that is not
 // a regular file (a symlink, say) is an error.
 func (t *tenant) fileExists(op string) (bool, error) {
+	fi, err := t.statFile(op)
+	return fi != nil, err
+}
+
+// statFile is fileExists that returns what it found of the file (nil when
+// there is none).
+func (t *tenant) statFile(op string) (os.FileInfo, error) {
 	if t.r.cfg.Layout == LayoutBuckets {
 		dir := filepath.Dir(t.path)
 		if err := realBucket(dir, filepath.Base(dir)); errors.Is(err, fs.ErrNotExist) {
-			return false, nil
+			return nil, nil
 		} else if err != nil {
-			return false, opError(op, t.id, err)
+			return nil, opError(op, t.id, err)
 		}
 	}
 	fi, err := os.Lstat(t.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return false, nil
+		return nil, nil
 	case err != nil:
-		return false, opError(op, t.id, err)
+		return nil, opError(op, t.id, err)
 	case !fi.Mode().IsRegular():
-		return false, opError(op, t.id, fmt.Errorf("%s is not a regular file", t.path))
+		return nil, opError(op, t.id, fmt.Errorf("%s is not a regular file", t.path))
 	}
-	return true, nil
+	return fi, nil
 }
 
 // ungatedReader returns a connection to read t from (a backup, a check),

@@ -1,0 +1,159 @@
+package sqliteproxy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+)
+
+// A tenant file deleted, renamed or replaced while the tenant is open (rm,
+// mv of a backup over it, another proxy's restore, an operator's mistake)
+// is one SQLite does not notice in WAL mode: its connections go on writing
+// to a file nobody can reach any more, every write acknowledged and every
+// one lost when the connections close. The file watch (filewatch_linux.go,
+// inotify on the folders that hold open tenants) notices the name of an
+// open tenant's file change, checks that the file at the path is no longer
+// the one the tenant's connections opened (recorded by tenant.opened), and
+// fences the tenant: nothing more is written to the old file, a transaction
+// in progress is rolled back at its next statement or commit, and the
+// tenant is closed and opened anew at its path by its next use, as after an
+// eviction (a missing file is then created empty, or refused with
+// ErrTenantNotFound under ExplicitCreate). Writes acknowledged between the
+// change and its notice (the watch reads the kernel's events as they come:
+// microseconds, no more than one statement per connection in practice)
+// went to the old file. Elsewhere than on Linux nothing is watched.
+
+// errFileMoved: the tenant's file was deleted, moved or replaced while the
+// tenant was open, not through the proxy.
+var errFileMoved = errors.New("the tenant's file was deleted, moved or replaced while open (not through this proxy): nothing more is written to the old file; the tenant is opened anew at its path, retry")
+
+// opened records t's file as its connections opened it: fi when not nil,
+// else what the path holds now. What was recorded since t was last closed
+// stays (a connection opened later may have met a file that replaced it:
+// the watch then tells). It also has the watch look at t's folder.
+func (t *tenant) opened(fi os.FileInfo) {
+	t.mu.Lock()
+	known := t.file != nil
+	t.mu.Unlock()
+	if known {
+		return
+	}
+	if fi == nil {
+		var err error
+		if fi, err = os.Lstat(t.path); err != nil {
+			return
+		}
+	}
+	t.mu.Lock()
+	if t.file == nil && t.r.budget.counted(t) > 0 {
+		t.file = fi
+	}
+	t.mu.Unlock()
+	t.r.watch.folder(filepath.Dir(t.path))
+}
+
+// fileChanged checks, after the name of tenant id's file changed in its
+// folder, whether the file at its path is still the one its connections
+// opened, and fences the tenant when it is not.
+func (r *router) fileChanged(id string) {
+	v, ok := r.tenants.Load(id)
+	if !ok {
+		return
+	}
+	r.checkFile(v.(*tenant))
+}
+
+// checkFile fences t (and closes it now if nothing holds it) when its file
+// is not the one its connections opened.
+func (r *router) checkFile(t *tenant) {
+	t.mu.Lock()
+	was := t.file
+	t.mu.Unlock()
+	if was == nil {
+		return // closed, or not recorded yet
+	}
+	if fi, err := os.Lstat(t.path); err == nil && os.SameFile(was, fi) {
+		return
+	}
+	if !t.pin() {
+		return // left the registry: closed
+	}
+	defer t.unpin()
+	side := ownSideFiles(t.path)
+	t.mu.Lock()
+	same := t.file == was // not closed and opened anew meanwhile
+	if same {
+		t.movedSide = side
+	}
+	t.mu.Unlock()
+	if !same {
+		return
+	}
+	t.moved.Store(true)
+	t.fenced.Store(true)
+	if t.wsem.TryAcquire() {
+		r.unfence(t) // fails while readers are leased: the next user closes it
+		t.unlockWriter()
+	}
+}
+
+// ownSideFiles returns the -wal and -shm files at p's side that this
+// process has open: those of the file that was at p, used by t's
+// connections. SQLite leaves them behind when it closes a database file
+// that moved (no checkpoint on close: SQLITE_READONLY_DBMOVED), and would
+// replay that -wal into the file now at p when it is opened.
+func ownSideFiles(p string) []os.FileInfo {
+	var own []os.FileInfo
+	for _, s := range []string{"-wal", "-shm"} {
+		fi, err := os.Lstat(p + s)
+		if err != nil {
+			continue
+		}
+		if in, err := openInProcess(p + s); err == nil && in {
+			own = append(own, fi)
+		}
+	}
+	return own
+}
+
+// removeMovedSideFiles removes the side files that t's connections used
+// (ownSideFiles) when its file moved, now that they are closed, unless
+// another process has started using them (lockShm). The caller holds t's
+// writer semaphore: nothing of t opens meanwhile.
+func (t *tenant) removeMovedSideFiles() {
+	t.mu.Lock()
+	own := t.movedSide
+	t.movedSide = nil
+	t.mu.Unlock()
+	if len(own) == 0 {
+		return
+	}
+	if in, err := openInProcess(t.path + "-shm"); in || err != nil {
+		return // another connection of this process uses it now
+	}
+	release, err := lockShm(t.path + "-shm")
+	if err != nil {
+		return // another process has the file at the path open
+	}
+	defer release()
+	for _, s := range []string{"-wal", "-shm"} {
+		fi, err := os.Lstat(t.path + s)
+		if err != nil {
+			continue
+		}
+		for _, o := range own {
+			if os.SameFile(fi, o) {
+				os.Remove(t.path + s)
+			}
+		}
+	}
+}
+
+// checkAllFiles is checkFile for every open tenant: after the kernel
+// dropped events, or a watched folder itself went away.
+func (r *router) checkAllFiles() {
+	r.tenants.Range(func(_, v any) bool {
+		r.checkFile(v.(*tenant))
+		return true
+	})
+}

@@ -1,0 +1,209 @@
+//go:build linux
+
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// openTenants returns the IDs of p's open tenants.
+func openTenants(p *Proxy) map[string]bool {
+	open := map[string]bool{}
+	for _, ts := range p.Stats().Tenants {
+		open[ts.ID] = true
+	}
+	return open
+}
+
+// insertN inserts n rows into tenant id's events table through p.
+func insertN(t *testing.T, p *Proxy, id string, n int) {
+	t.Helper()
+	for range n {
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatalf("insert into %s: %v", id, err)
+		}
+	}
+}
+
+// removeTenantFiles removes tenant id's file and side files behind p's
+// back, as `rm acme.db*` does.
+func removeTenantFiles(t *testing.T, dir, id string) {
+	t.Helper()
+	for _, s := range []string{"", "-wal", "-shm"} {
+		if err := os.Remove(filepath.Join(dir, id+".db"+s)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestFileWatch_DeletedWhileOpen: a tenant file removed while the tenant is
+// open is noticed and the tenant closed, so that what is written next is
+// written to the file at its path (created anew, empty) rather than to the
+// removed one, acknowledged and lost. Other tenants stay open. Under
+// ExplicitCreate the next write is refused with ErrTenantNotFound.
+func TestFileWatch_DeletedWhileOpen(t *testing.T) {
+	for _, explicit := range []bool{false, true} {
+		t.Run(map[bool]string{false: "lazy", true: "explicit"}[explicit], func(t *testing.T) {
+			dir := t.TempDir()
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ExplicitCreate: explicit})
+			for _, id := range []string{"acme", "globex"} {
+				if explicit {
+					if err := p.CreateTenant(context.Background(), id); err != nil {
+						t.Fatal(err)
+					}
+				}
+				insertN(t, p, id, 3)
+			}
+			removeTenantFiles(t, dir, "acme")
+			waitFor(t, 5*time.Second, "acme closed after its file was removed", func() bool { return !openTenants(p)["acme"] })
+			if !openTenants(p)["globex"] {
+				t.Error("globex was closed too")
+			}
+			_, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`)
+			if explicit {
+				if !errors.Is(err, ErrTenantNotFound) {
+					t.Fatalf("insert after removal: %v, want ErrTenantNotFound", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			insertN(t, p, "acme", 4)
+			// What was acknowledged since is in the file at the path.
+			if n := queryInt(t, direct(t, dir, "acme"), context.Background(), `SELECT count(*) FROM events`); n != 5 {
+				t.Errorf("acme's file holds %d rows, want the 5 written after its removal", n)
+			}
+			if n := countRows(t, p, "globex"); n != 3 {
+				t.Errorf("globex: %d rows, want 3", n)
+			}
+		})
+	}
+}
+
+// TestFileWatch_ReplacedWhileOpen: a backup moved over an open tenant's file
+// (mv backup.db acme.db) is what the tenant reads and writes from then on,
+// not the replaced file its connections had open.
+func TestFileWatch_ReplacedWhileOpen(t *testing.T) {
+	dir, bdir := t.TempDir(), t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 2)
+	backup := filepath.Join(bdir, "acme.db")
+	if err := p.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	insertN(t, p, "acme", 3) // in the replaced file only
+	if err := os.Rename(backup, filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "acme closed after its file was replaced", func() bool { return !openTenants(p)["acme"] })
+	if n := countRows(t, p, "acme"); n != 2 {
+		t.Fatalf("acme reads %d rows, want the backup's 2", n)
+	}
+	insertN(t, p, "acme", 1)
+	if n := queryInt(t, direct(t, dir, "acme"), context.Background(), `SELECT count(*) FROM events`); n != 3 {
+		t.Errorf("acme's file holds %d rows, want 3", n)
+	}
+}
+
+// TestFileWatch_TxRolledBack: a transaction in progress when its tenant's
+// file is removed commits nothing to the removed file: its next statement
+// and its commit fail with the reason, and the tenant is closed once the
+// transaction has ended.
+func TestFileWatch_TxRolledBack(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	tx, err := p.BeginTx(tctx("acme"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.unpin()
+	removeTenantFiles(t, dir, "acme")
+	waitFor(t, 5*time.Second, "acme fenced after its file was removed", tn.moved.Load)
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('acme')`); !errors.Is(err, errFileMoved) {
+		t.Errorf("statement in the transaction: %v, want errFileMoved", err)
+	}
+	if err := tx.Commit(); !errors.Is(err, errFileMoved) {
+		t.Errorf("commit: %v, want errFileMoved", err)
+	}
+	waitFor(t, 5*time.Second, "acme closed", func() bool {
+		// The next use closes it (the transaction held the writer when the
+		// watch saw the removal).
+		p.ExecContext(tctx("acme"), `SELECT 1`)
+		return !tn.moved.Load()
+	})
+	if n := countRows(t, p, "acme"); n != 0 {
+		t.Errorf("acme: %d rows, want 0 (created anew)", n)
+	}
+}
+
+// TestFileWatch_OwnChangesIgnored: the proxy's own creations, restores and
+// deletions close no open tenant, nor does a chmod: the watch closes a
+// tenant only when the file at its path is not the one it opened. Each
+// restored tenant is opened again at once, so that the restore's rename,
+// if taken for a move, would close it.
+func TestFileWatch_OwnChangesIgnored(t *testing.T) {
+	dir, bdir := t.TempDir(), t.TempDir()
+	rig := newTelemetryRig(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	p := rig.p
+	ctx := context.Background()
+	insertN(t, p, "acme", 1)
+	for i := range 20 {
+		id := "t" + string(rune('a'+i))
+		if err := p.CreateTenant(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		insertN(t, p, id, 1)
+		backup := filepath.Join(bdir, id+".db")
+		if err := p.BackupTenant(ctx, id, backup); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.RestoreTenant(ctx, id, backup); err != nil {
+			t.Fatal(err)
+		}
+		insertN(t, p, id, 1)
+		if i%2 == 0 {
+			if err := p.DeleteTenant(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// Late events for the restored tenants, open again by now: the watch
+	// reads the kernel's events after the fact, and a restore's rename may
+	// come after the tenant was opened anew.
+	for i := 1; i < 20; i += 2 {
+		p.c.r.fileChanged("t" + string(rune('a'+i)))
+	}
+	if err := os.Chmod(filepath.Join(dir, "acme.db"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	// A change the watch acts on, after all of the above: once acme is
+	// closed for it, the events before it were read too.
+	if err := os.Rename(filepath.Join(dir, "acme.db"), filepath.Join(dir, "moved.db")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "acme closed after its file was moved", func() bool { return !openTenants(p)["acme"] })
+	ms := rig.collect(t)
+	if n := sumInt(t, ms["sqliteproxy.tenant.evictions"], map[string]string{attrReason: "file_moved"}); n != 1 {
+		t.Errorf("%d tenants closed for a moved file, want 1 (acme)", n)
+	}
+	for i := 1; i < 20; i += 2 {
+		id := "t" + string(rune('a'+i))
+		if n := countRows(t, p, id); n != 2 {
+			t.Errorf("%s: %d rows, want 2", id, n)
+		}
+	}
+}
