@@ -1789,3 +1789,31 @@ func TestCompare_PrepareOnReaders(t *testing.T) {
 	mustContain(t, mattn, `read-only tx prepare select dropped t2 => err sqlite3.Error "no such table: t2" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`)
 	mustContain(t, mattn, `read-only tx prepare insert => err=nil`)
 }
+
+// TestCompare_SessionFunctions: last_insert_rowid(), changes() and
+// total_changes() read in a query of their own after a write answer about
+// that write, as on mattn's one connection: a reader, which never wrote,
+// answered 0 (a trial found code using the 0 as a foreign key). Not in
+// modeContended: there the contenders' writes share the writer, as any
+// other caller's would (the README says to use LastInsertId or RETURNING).
+func TestCompare_SessionFunctions(t *testing.T) {
+	schema := []string{
+		`CREATE TABLE a (id INTEGER PRIMARY KEY, x INTEGER)`,
+		`CREATE TABLE b (y INTEGER)`,
+		`CREATE TRIGGER a_b AFTER INSERT ON a BEGIN INSERT INTO b VALUES (new.x); INSERT INTO b VALUES (new.x); END`,
+	}
+	o := compareOpts{cfg: Config{Migrations: schema}, directSetup: schema}
+	for _, mode := range []compareMode{modeDirect, modePrepared, modeTx} {
+		t.Run(mode.String(), func(t *testing.T) {
+			compareDriversIn(t, o, mode, func(r *recorder) {
+				r.exec("insert", r.db, `INSERT INTO a (x) VALUES (1)`)
+				r.queryRow("after insert", r.db, 2, `SELECT last_insert_rowid(), changes()`)
+				r.exec("insert two", r.db, `INSERT INTO a (x) VALUES (2), (3)`)
+				r.queryRow("after insert two", r.db, 2, `select LAST_INSERT_ROWID () , changes()`)
+				r.exec("update", r.db, `UPDATE a SET x = x + 1`)
+				r.queryRow("after update", r.db, 1, `SELECT changes() AS n`)
+				r.query("rows", r.db, `SELECT id, x, last_insert_rowid() FROM a ORDER BY id`)
+			})
+		})
+	}
+}

@@ -219,9 +219,13 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 // whose statement writes and returns rows (RETURNING), or one that does
 // not begin with a keyword that can read. sqlite3_stmt_readonly is true for
 // transaction control too, which must run on the writer. Any other WITH
-// that writes is found out by compiling it.
+// that writes is found out by compiling it. A read that calls
+// last_insert_rowid(), changes() or total_changes() runs on the writer too,
+// where the tenant's writes were made: on a reader, which never wrote, it
+// answered 0 (mattn's one idle connection answers about the caller's last
+// write).
 func cannotRead(info sqlscan.Info) bool {
-	if info.Multi {
+	if info.Multi || info.Session {
 		return true
 	}
 	switch info.Keyword {

@@ -26,6 +26,10 @@ type Info struct {
 	// outside quotes and comments (INSERT/UPDATE/DELETE ... RETURNING: a
 	// write that returns rows). A column named returning also reports true.
 	Returning bool
+	// Session reports whether the first statement calls last_insert_rowid(),
+	// changes() or total_changes() (outside quotes and comments): functions
+	// that answer about the connection's own earlier writes.
+	Session bool
 }
 
 // Scan describes sql.
@@ -37,8 +41,8 @@ func Scan(sql string) Info {
 		i++
 	}
 	info.Keyword = strings.ToUpper(sql[start:i])
-	end, ok, returning := statementEnd(sql, i)
-	info.Returning = returning
+	end, ok, returning, session := statementEnd(sql, i)
+	info.Returning, info.Session = returning, session
 	if !ok {
 		return info
 	}
@@ -59,19 +63,20 @@ func Scan(sql string) Info {
 }
 
 // statementEnd returns the index just past the first top-level ';' at or
-// after i, whether there was one, and whether the word RETURNING came first.
-func statementEnd(sql string, i int) (end int, ok, returning bool) {
+// after i, whether there was one, and whether the word RETURNING, or a call
+// of a session function (Info.Session), came first.
+func statementEnd(sql string, i int) (end int, ok, returning, session bool) {
 	for i < len(sql) {
 		switch c := sql[i]; c {
 		case ';':
-			return i + 1, true, returning
+			return i + 1, true, returning, session
 		case '\'', '"', '`':
 			i = skipQuoted(sql, i, c)
 		case '[':
 			if j := strings.IndexByte(sql[i:], ']'); j >= 0 {
 				i += j + 1
 			} else {
-				return len(sql), false, returning
+				return len(sql), false, returning, session
 			}
 		case '-', '/':
 			if j := skipComment(sql, i); j > i {
@@ -97,10 +102,21 @@ func statementEnd(sql string, i int) (end int, ok, returning bool) {
 			for i < len(sql) && (isIDByte(sql[i]) || sql[i] == '$') {
 				i++
 			}
-			returning = returning || strings.EqualFold(sql[start:i], "RETURNING")
+			w := sql[start:i]
+			returning = returning || strings.EqualFold(w, "RETURNING")
+			if !session && (strings.EqualFold(w, "last_insert_rowid") || strings.EqualFold(w, "changes") || strings.EqualFold(w, "total_changes")) {
+				session = calls(sql, i)
+			}
 		}
 	}
-	return len(sql), false, returning
+	return len(sql), false, returning, session
+}
+
+// calls reports whether a '(' follows i, past blanks and comments: the
+// word before i is a function called.
+func calls(sql string, i int) bool {
+	j := skipSpace(sql, i)
+	return j < len(sql) && sql[j] == '('
 }
 
 // skipVariable returns the index past a parameter starting at i ($name,
