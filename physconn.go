@@ -3,10 +3,12 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql/driver"
+	"errors"
 	"maps"
 	"net/url"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -171,7 +173,28 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		return nil, err
 	}
 	defer leave()
-	return drv.Open(t.uri + params)
+	c, err := drv.Open(t.uri + params)
+	// Out of file descriptors (RLIMIT_NOFILE below what MaxConnections
+	// needs): idle tenants hold some, as a full budget's slots; close the
+	// least recently used and try again, rather than fail every open
+	// until IdleTimeout closes them.
+	for range maxFDEvictions {
+		if err == nil || !outOfFiles(err) || r.evictLRU(r.budget.openTenants(), nil, t, evictBudget) == nil {
+			break
+		}
+		c, err = drv.Open(t.uri + params)
+	}
+	return c, err
+}
+
+// maxFDEvictions bounds the idle tenants one open closes for descriptors.
+const maxFDEvictions = 8
+
+// outOfFiles reports whether err is SQLite's failure to open a file for
+// want of descriptors (EMFILE: the process's limit; ENFILE: the system's).
+func outOfFiles(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && (se.SystemErrno == syscall.EMFILE || se.SystemErrno == syscall.ENFILE)
 }
 
 // plainDriver opens files that are not tenant connections (backup copies,

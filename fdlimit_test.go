@@ -1,0 +1,71 @@
+//go:build linux
+
+package sqliteproxy
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+const fdLimitEnv = "SQLITEPROXY_TEST_FD_LIMIT_DIR"
+
+// TestFDLimit: with RLIMIT_NOFILE below what MaxConnections needs (a
+// container's limit), opening one tenant after another closes idle tenants
+// for descriptors, as for budget slots, instead of failing every open until
+// IdleTimeout closes them (a fault trial: from the 12th tenant on, every
+// open failed with "too many open files" for five minutes). It runs in a
+// child process, whose limit it lowers.
+func TestFDLimit(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestFDLimitChild$", "-test.v")
+	cmd.Env = append(os.Environ(), fdLimitEnv+"="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestFDLimitChild") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+// TestFDLimitChild is TestFDLimit's child.
+func TestFDLimitChild(t *testing.T) {
+	dir := os.Getenv(fdLimitEnv)
+	if dir == "" {
+		t.Skip("run by TestFDLimit")
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	open := fdsOpen(t)
+	// Room for about ten tenants of three descriptors (file, -wal, -shm).
+	lim.Cur = uint64(open + 30)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		id := fmt.Sprintf("t%02d", i)
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatalf("tenant %d of 40: %v", i+1, err)
+		}
+	}
+	if n := p.Stats().OpenTenants; n > 12 {
+		t.Errorf("%d tenants open under a limit of %d descriptors", n, lim.Cur)
+	}
+	for i := range 40 {
+		if n := countRows(t, p, fmt.Sprintf("t%02d", i)); n != 1 {
+			t.Errorf("t%02d: %d rows", i, n)
+		}
+	}
+}
+
+// fdsOpen counts this process's open descriptors.
+func fdsOpen(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
