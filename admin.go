@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"database/sql/driver"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -209,6 +211,14 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	// open a half-deleted tenant; then its side files, then the file: no
 	// other process opens it until they are gone.
 	leave, err := r.settleForReplace(ctx, t)
+	if err != nil && diskFull(err) {
+		// No room for the checkpoint (nor, for a -shm SQLite must map, to
+		// open the file): deleting is how an operator frees space, so the
+		// file goes with its side files, unless a process has it open.
+		// Side files left by a delete killed midway are orphans, removed
+		// before a file of the name is made again (removeOrphanSideFiles).
+		leave, err = r.gateUnsettled(ctx, t)
+	}
 	if err != nil {
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -462,6 +472,48 @@ func (r *router) settleForReplace(ctx context.Context, t *tenant) (leave func(),
 		return nil, err
 	}
 	return leave, nil
+}
+
+// diskFull reports whether err says the file system is full.
+func diskFull(err error) bool {
+	var se sqlite3.Error
+	if errors.As(err, &se) && (se.Code == sqlite3.ErrFull || se.SystemErrno == syscall.ENOSPC) {
+		return true
+	}
+	return errors.Is(err, syscall.ENOSPC)
+}
+
+// gateUnsettled is settleForReplace for a file that cannot be settled (its
+// file system is full): it holds t's open gate and the lock every
+// connection to t's file holds on its -shm (lockShm), refusing a file that
+// a process has open. leave gives both up.
+func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
+	leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, true)
+	if err != nil {
+		return nil, err
+	}
+	inUse := fmt.Errorf("%s is open in another process, or another proxy of this process: stop it first", t.path)
+	if in, err := openInProcess(t.path + "-shm"); in || err != nil {
+		leave()
+		return nil, cmp.Or(err, inUse)
+	}
+	if _, err := os.Lstat(t.path + "-shm"); errors.Is(err, fs.ErrNotExist) {
+		if _, err := os.Lstat(t.path + "-wal"); err == nil {
+			// A -wal without a -shm: a connection in exclusive locking
+			// mode may hold it, which no -shm lock tells.
+			leave()
+			return nil, fmt.Errorf("%s has a -wal but no -shm, and a full file system leaves no room to check it: free some space first", t.path)
+		}
+	}
+	release, err := lockShm(t.path + "-shm")
+	if err != nil {
+		leave()
+		if errors.Is(err, errShmInUse) {
+			err = inUse
+		}
+		return nil, err
+	}
+	return func() { release(); leave() }, nil
 }
 
 // deleteAfterRename, set by tests, stands for a delete killed just after
