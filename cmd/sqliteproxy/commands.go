@@ -194,20 +194,31 @@ func wasStreamed(p *sqliteproxy.Proxy, id string) bool {
 	return err == nil
 }
 
-// notInUse refuses a tenant file that another process seems to have open.
+// notInUse refuses a tenant file that another process has open.
 //
 // DeleteTenant and RestoreTenant drain the tenant's connections in this
 // process only. A service running on the same directory keeps its open
 // descriptors: after a delete or restore it would go on reading and
 // writing the old, unlinked file (and WAL), and those writes would be lost.
 // SQLite keeps <id>.db-wal and <id>.db-shm while any connection is open
-// and removes them when the last one closes cleanly, so their presence
-// means the tenant is open somewhere (or a process crashed: then -force).
+// and removes them when the last one closes cleanly; they also stay after a
+// crash, or an open that failed (a full disk), with nobody using them. So
+// their presence is only a hint: the locks SQLite holds on the file tell
+// (holder), and where they cannot be asked the presence decides (-force
+// then overrides it).
 func notInUse(path string) error {
 	for _, side := range []string{"-wal", "-shm"} {
-		if _, err := os.Lstat(path + side); err == nil {
-			return fmt.Errorf("in use: %s exists, so a process (the service?) has the tenant open; stop it first, or pass -force if none does", filepath.Base(path+side))
+		if _, err := os.Lstat(path + side); err != nil {
+			continue
 		}
+		pid, ok := holder(path)
+		switch {
+		case !ok:
+			return fmt.Errorf("in use: %s exists, so a process (the service?) has the tenant open; stop it first, or pass -force if none does", filepath.Base(path+side))
+		case pid != 0:
+			return inUseBy(pid)
+		}
+		return nil // left by a process that is gone: the delete or restore removes them
 	}
 	return nil
 }

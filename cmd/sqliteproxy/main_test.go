@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -678,7 +680,7 @@ func TestInUse(t *testing.T) {
 		{"restore", "-dir", dir, "acme", bfile},
 	} {
 		r := cli(t, strings.NewReader("y\n"), args...).want(t, exitFailed)
-		if !strings.Contains(r.stderr, "in use: acme.db-wal exists") || strings.Count(r.stderr, "\n") != 1 {
+		if !strings.Contains(r.stderr, "in use: process "+strconv.Itoa(os.Getpid())+" has the tenant open") || strings.Count(r.stderr, "\n") != 1 {
 			t.Errorf("%v: %q", args, r.stderr)
 		}
 	}
@@ -690,16 +692,24 @@ func TestInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A crashed process's leftovers: refused, unless -force.
+	// Another process (not this one) that has globex open: refused, told by
+	// its lock on the file.
+	child := holdOpen(t, filepath.Join(dir, "globex.db"))
+	r := cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitFailed)
+	if !strings.Contains(r.stderr, "in use: process "+strconv.Itoa(child.Process.Pid)+" has the tenant open") {
+		t.Errorf("delete of a tenant another process has open: %q", r.stderr)
+	}
+	child.stop()
+
+	// A crashed process's leftovers, which no process has open: not in use
+	// (a fault trial: refused as in use until -force, after a full disk).
 	for _, id := range []string{"acme", "globex"} {
 		if err := os.WriteFile(filepath.Join(dir, id+".db-shm"), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitFailed)
-	cli(t, nil, "delete", "-dir", dir, "-yes", "-force", "globex").want(t, exitOK)
-	cli(t, nil, "restore", "-dir", dir, "acme", bfile).want(t, exitFailed)
-	cli(t, nil, "restore", "-dir", dir, "-force", "acme", bfile).want(t, exitOK)
+	cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitOK)
+	cli(t, nil, "restore", "-dir", dir, "acme", bfile).want(t, exitOK)
 	if got := events(t, filepath.Join(dir, "acme.db")); !cmp.Equal(got, []string{"acme-0"}) {
 		t.Errorf("restored acme: %v", got)
 	}
@@ -708,6 +718,61 @@ func TestInUse(t *testing.T) {
 	if ents := entries(t, dir); !slices.Equal(ents, []string{".acme.db-restored", "acme.db"}) {
 		t.Errorf("files: %v", ents)
 	}
+}
+
+const holdOpenEnv = "SQLITEPROXY_CLI_TEST_HOLD_OPEN"
+
+// heldOpen is a process that has a database open (TestHoldOpenChild).
+type heldOpen struct {
+	*exec.Cmd
+	stdin io.Closer
+}
+
+// stop ends the process (its stdin closed) and waits for it.
+func (h heldOpen) stop() { h.stdin.Close(); h.Wait() }
+
+// holdOpen starts a process that opens the database at path and keeps it
+// open until stop (or the test's end).
+func holdOpen(t *testing.T, path string) heldOpen {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestHoldOpenChild$")
+	cmd.Env = append(os.Environ(), holdOpenEnv+"="+path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := heldOpen{cmd, stdin}
+	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
+	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
+		t.Fatalf("holdOpen: %q, %v", line, err)
+	}
+	return h
+}
+
+// TestHoldOpenChild is holdOpen's process.
+func TestHoldOpenChild(t *testing.T) {
+	p := os.Getenv(holdOpenEnv)
+	if p == "" {
+		t.Skip("holdOpen's process only")
+	}
+	db, err := sql.Open("sqlite3", p)
+	if err != nil {
+		os.Exit(3)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`SELECT count(*) FROM sqlite_schema`); err != nil {
+		os.Exit(4)
+	}
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+	db.Close()
 }
 
 // TestBackupPaths covers both ways backup copies a tenant: through the
