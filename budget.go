@@ -124,7 +124,9 @@ func (b *budget) tryReserve(t *tenant) (bool, error) {
 func (b *budget) reserveLocked(t *tenant) {
 	b.open++
 	b.nopen[t]++
-	t.counted.Add(1)
+	if t.counted.Add(1) == 1 {
+		t.opens.Add(1)
+	}
 	if b.liveIDs != nil {
 		if o := b.liveIDs[t.id]; o != nil && o != t {
 			b.twoLive++

@@ -32,10 +32,7 @@ var errFileMoved = errors.New("the tenant's file was deleted, moved or replaced 
 // stays (a connection opened later may have met a file that replaced it:
 // the watch then tells). It also has the watch look at t's folder.
 func (t *tenant) opened(fi os.FileInfo) {
-	t.mu.Lock()
-	known := t.file != nil
-	t.mu.Unlock()
-	if known {
+	if t.recordedFile() != nil {
 		return
 	}
 	if fi == nil {
@@ -45,11 +42,22 @@ func (t *tenant) opened(fi os.FileInfo) {
 		}
 	}
 	t.mu.Lock()
-	if t.file == nil && t.r.budget.counted(t) > 0 {
-		t.file = fi
+	if opens := t.opens.Load(); (t.file == nil || t.fileOpens != opens) && t.counted.Load() > 0 {
+		t.file, t.fileOpens = fi, opens
 	}
 	t.mu.Unlock()
 	t.r.watch.folder(filepath.Dir(t.path))
+}
+
+// recordedFile returns t's file as recorded in its current open session,
+// nil when none was (or t is closed).
+func (t *tenant) recordedFile() os.FileInfo {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.file == nil || t.fileOpens != t.opens.Load() || t.counted.Load() == 0 {
+		return nil
+	}
+	return t.file
 }
 
 // fileChanged checks, after the name of tenant id's file changed in its
@@ -66,9 +74,7 @@ func (r *router) fileChanged(id string) {
 // checkFile fences t (and closes it now if nothing holds it) when its file
 // is not the one its connections opened.
 func (r *router) checkFile(t *tenant) {
-	t.mu.Lock()
-	was := t.file
-	t.mu.Unlock()
+	was := t.recordedFile()
 	if was == nil {
 		return // closed, or not recorded yet
 	}
@@ -81,7 +87,7 @@ func (r *router) checkFile(t *tenant) {
 	defer t.unpin()
 	side := ownSideFiles(t.path)
 	t.mu.Lock()
-	same := t.file == was // not closed and opened anew meanwhile
+	same := t.file == was && t.fileOpens == t.opens.Load() // not closed and opened anew meanwhile
 	if same {
 		t.movedSide = side
 	}
