@@ -46,9 +46,9 @@ type tenant struct {
 	fileOpens     uint64           // opens when file was recorded: file is of an earlier session unless equal; under mu
 	movedSide     []os.FileInfo    // side files of t's file, found in use when it moved (filewatch.go); under mu
 
-	lastUsed atomic.Int64 // budget.now() when a lease last ended
-	pins     atomic.Int64 // goroutines working on t, plus pinGone once t has left the registry (pin)
-	counted  atomic.Int32 // connections the budget counts for t; written under budget.mu
+	lastUsed atomic.Int64  // budget.now() when a lease last ended
+	pins     atomic.Int64  // goroutines working on t, plus pinGone once t has left the registry (pin)
+	counted  atomic.Int32  // connections the budget counts for t; written under budget.mu
 	opens    atomic.Uint64 // times counted went from 0 to 1: t's open sessions (filewatch.go)
 
 	registered atomic.Bool   // streamed by Litestream (replication.go); changed under wsem

@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"syscall"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/procfd"
 )
 
 // holder returns the ID of a process that has the SQLite database at path
@@ -19,7 +20,7 @@ import (
 // cannot be told: then the side files' presence decides, as before.
 func holder(path string) (pid int, ok bool) {
 	for _, p := range []string{path, path + "-shm"} {
-		if in, err := openHere(p); err != nil {
+		if in, err := procfd.Open(p); err != nil {
 			return 0, false
 		} else if in {
 			return os.Getpid(), true
@@ -50,31 +51,6 @@ func holder(path string) (pid int, ok bool) {
 		}
 	}
 	return 0, true
-}
-
-// openHere reports whether a descriptor of this process refers to the
-// file at p (a missing file: false).
-func openHere(p string) (bool, error) {
-	fi, err := os.Stat(p)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return false, err
-	}
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		if fdi, err := os.Stat("/proc/self/fd/" + e.Name()); err == nil && os.SameFile(fi, fdi) {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // inUseBy is notInUse's refusal naming the process.
