@@ -6,16 +6,13 @@ package sqliteproxy
 // internal/testkit.
 
 import (
-	"bufio"
 	"context"
 	"database/sql"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -147,29 +144,6 @@ func fleet(tb testing.TB, dir string, n int, migs []string, seed ...string) []st
 // and waits for it; it is also called when the test ends.
 func startChild(t *testing.T, name string, env ...string) (stop func() error) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run", "^"+name+"$")
-	cmd.Env = append(os.Environ(), env...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var once sync.Once
-	var werr error
-	stop = func() error {
-		once.Do(func() { stdin.Close(); werr = cmd.Wait() })
-		return werr
-	}
-	t.Cleanup(func() { stop() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	if err != nil || line != "ready\n" {
-		t.Fatalf("%s: %q, %v", name, line, err)
-	}
+	_, stop = testkit.StartChild(t, name, env...)
 	return stop
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
 // crashImage leaves in dir the files of tenant id as a process killed
@@ -285,18 +287,7 @@ func TestHoldOpenProcess(t *testing.T) {
 	if p == "" {
 		t.Skip("helper process only")
 	}
-	db, err := sql.Open("sqlite3", p)
-	if err != nil {
-		os.Exit(3)
-	}
-	db.SetMaxOpenConns(1)
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema`).Scan(&n); err != nil {
-		os.Exit(4)
-	}
-	os.Stdout.WriteString("ready\n")
-	io.Copy(io.Discard, os.Stdin)
-	db.Close()
+	testkit.HoldOpen("sqlite3", p)
 }
 
 // Side files beside a missing file are orphans only if no process uses

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -26,6 +25,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	_ "github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
@@ -694,12 +694,14 @@ func TestInUse(t *testing.T) {
 
 	// Another process (not this one) that has globex open: refused, told by
 	// its lock on the file.
-	child := holdOpen(t, filepath.Join(dir, "globex.db"))
+	child, stopChild := holdOpen(t, filepath.Join(dir, "globex.db"))
 	r := cli(t, nil, "delete", "-dir", dir, "-yes", "globex").want(t, exitFailed)
 	if !strings.Contains(r.stderr, "in use: process "+strconv.Itoa(child.Process.Pid)+" has the tenant open") {
 		t.Errorf("delete of a tenant another process has open: %q", r.stderr)
 	}
-	child.stop()
+	if err := stopChild(); err != nil {
+		t.Fatal(err)
+	}
 
 	// A crashed process's leftovers, which no process has open: not in use
 	// (a fault trial: refused as in use until -force, after a full disk).
@@ -722,38 +724,11 @@ func TestInUse(t *testing.T) {
 
 const holdOpenEnv = "SQLITEPROXY_CLI_TEST_HOLD_OPEN"
 
-// heldOpen is a process that has a database open (TestHoldOpenChild).
-type heldOpen struct {
-	*exec.Cmd
-	stdin io.Closer
-}
-
-// stop ends the process (its stdin closed) and waits for it.
-func (h heldOpen) stop() { h.stdin.Close(); h.Wait() }
-
 // holdOpen starts a process that opens the database at path and keeps it
 // open until stop (or the test's end).
-func holdOpen(t *testing.T, path string) heldOpen {
+func holdOpen(t *testing.T, path string) (cmd *exec.Cmd, stop func() error) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestHoldOpenChild$")
-	cmd.Env = append(os.Environ(), holdOpenEnv+"="+path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	h := heldOpen{cmd, stdin}
-	t.Cleanup(func() { stdin.Close(); cmd.Wait() })
-	if line, err := bufio.NewReader(out).ReadString('\n'); err != nil || line != "ready\n" {
-		t.Fatalf("holdOpen: %q, %v", line, err)
-	}
-	return h
+	return testkit.StartChild(t, "TestHoldOpenChild", holdOpenEnv+"="+path)
 }
 
 // TestHoldOpenChild is holdOpen's process.
@@ -762,17 +737,7 @@ func TestHoldOpenChild(t *testing.T) {
 	if p == "" {
 		t.Skip("holdOpen's process only")
 	}
-	db, err := sql.Open("sqlite3", p)
-	if err != nil {
-		os.Exit(3)
-	}
-	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(`SELECT count(*) FROM sqlite_schema`); err != nil {
-		os.Exit(4)
-	}
-	os.Stdout.WriteString("ready\n")
-	io.Copy(io.Discard, os.Stdin)
-	db.Close()
+	testkit.HoldOpen("sqlite3", p)
 }
 
 // TestBackupPaths covers both ways backup copies a tenant: through the

@@ -5,9 +5,13 @@
 package testkit
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"io"
+	"os"
+	"os/exec"
+	"sync"
 	"testing"
 	"time"
 )
@@ -75,4 +79,57 @@ func Strings(tb testing.TB, ctx context.Context, q Queryer, query string, args .
 		tb.Fatalf("%s: %v", query, err)
 	}
 	return out
+}
+
+// StartChild runs the test named name of this test binary as another
+// process, with env (KEY=VALUE) added to its environment, and returns once
+// it has printed "ready". stop closes its stdin, the child's signal to end,
+// and waits for it; it is also called when the test ends.
+func StartChild(t *testing.T, name string, env ...string) (cmd *exec.Cmd, stop func() error) {
+	t.Helper()
+	cmd = exec.Command(os.Args[0], "-test.run", "^"+name+"$")
+	cmd.Env = append(os.Environ(), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var werr error
+	stop = func() error {
+		once.Do(func() { stdin.Close(); werr = cmd.Wait() })
+		return werr
+	}
+	t.Cleanup(func() { stop() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || line != "ready\n" {
+		t.Fatalf("%s: %q, %v", name, line, err)
+	}
+	return cmd, stop
+}
+
+// HoldOpen is the body of a child process (StartChild) that keeps the
+// SQLite database at path open: it opens it with database/sql's driver
+// driverName, reads it, says "ready" and keeps it open until its standard
+// input closes; then the process exits.
+func HoldOpen(driverName, path string) {
+	db, err := sql.Open(driverName, path)
+	if err != nil {
+		os.Exit(3)
+	}
+	db.SetMaxOpenConns(1)
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM sqlite_schema`).Scan(&n); err != nil {
+		os.Exit(4)
+	}
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+	db.Close()
+	os.Exit(0)
 }
