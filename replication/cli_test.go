@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,7 +193,7 @@ func TestCLI(t *testing.T) {
 				}
 				// The service has acme open: refused, nothing changed.
 				r = runCLI(t, bin, "restore", "-replica", g.replica, "-dir", cfg.Dir, "-litestream", g.ls.Bin(), "acme").want(t, 1)
-				if !strings.HasPrefix(r.stderr, "sqliteproxy: restore acme: in use: acme.db-wal exists") {
+				if !strings.HasPrefix(r.stderr, "sqliteproxy: restore acme: in use: process "+strconv.Itoa(os.Getpid())+" has the tenant open") {
 					t.Errorf("restore -replica of a tenant in use: %+v", r)
 				}
 				if got := names(t, p, "acme"); !slices.Equal(got, []string{"a", "b"}) {
