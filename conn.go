@@ -198,6 +198,9 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 		c.r.classes.store(query, false)
 		return c.route(ctx, true)
 	}
+	if info.Session {
+		return c.routeSession(ctx) // not cached: decided at each run
+	}
 	pc, err := c.route(ctx, false)
 	if err != nil {
 		return nil, err
@@ -214,18 +217,34 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 	return c.route(ctx, !ro)
 }
 
+// routeSession leases the connection for a read that calls
+// last_insert_rowid(), changes() or total_changes(), which answer about the
+// connection's own writes: the checkout's connection when it holds one (its
+// writer, or a reader: a session that never wrote), else the tenant's
+// writer when it is free, as mattn's pool hands out its one idle
+// connection (on a reader, which never wrote, it answered 0 where mattn
+// answered about the caller's write), and a reader when another checkout
+// holds the writer, as mattn opens another connection rather than wait: the
+// read never waits for a transaction, the caller's own included.
+func (c *conn) routeSession(ctx context.Context) (*physConn, error) {
+	if c.pc != nil {
+		return c.route(ctx, false)
+	}
+	t, err := c.routeTenant(OrgID(ctx))
+	if err != nil {
+		return nil, err
+	}
+	return c.lease(ctx, t, !t.wsem.held.Load())
+}
+
 // cannotRead reports whether a text cannot run on a reader, by its words:
 // not a single statement (routeQuery sends several to the writer), a WITH
 // whose statement writes and returns rows (RETURNING), or one that does
 // not begin with a keyword that can read. sqlite3_stmt_readonly is true for
 // transaction control too, which must run on the writer. Any other WITH
-// that writes is found out by compiling it. A read that calls
-// last_insert_rowid(), changes() or total_changes() runs on the writer too,
-// where the tenant's writes were made: on a reader, which never wrote, it
-// answered 0 (mattn's one idle connection answers about the caller's last
-// write).
+// that writes is found out by compiling it.
 func cannotRead(info sqlscan.Info) bool {
-	if info.Multi || info.Session {
+	if info.Multi {
 		return true
 	}
 	switch info.Keyword {

@@ -242,3 +242,54 @@ func TestContextCancelInterruptsQuery(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionFunctions_NeverWait: a read of last_insert_rowid(), changes()
+// or total_changes() takes the writer only when it is free: while another
+// checkout (here the caller's own transaction) holds it, it answers on a
+// reader at once, as a second mattn connection would, instead of waiting
+// for that transaction (a deadlock in one goroutine until BusyTimeout). On
+// a sql.Conn that has only read, it stays on that reader: it does not take
+// the writer for the rest of the Conn, shutting out the tenant's writes.
+func TestSessionFunctions_NeverWait(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}, BusyTimeout: time.Minute})
+	insertN(t, p, "acme", 1)
+	bounded := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(tctx("acme"), 5*time.Second)
+	}
+	ctx, cancel := bounded()
+	defer cancel()
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`SELECT total_changes()`, `SELECT changes()`, `SELECT last_insert_rowid()`} {
+		var n int64
+		if err := p.QueryRowContext(ctx, q).Scan(&n); err != nil {
+			t.Errorf("%s while a transaction holds the writer: %v", q, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel = bounded()
+	defer cancel()
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var n int64
+	if err := c.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.QueryRowContext(ctx, `SELECT changes()`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Errorf("insert while a sql.Conn that only read is open: %v", err)
+	}
+}

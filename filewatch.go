@@ -122,6 +122,22 @@ func ownSideFiles(p string) []os.FileInfo {
 	return own
 }
 
+// closedAfterMove ends the fence of t for its moved file once its
+// connections are closed (by unfence, or any eviction: a reader leased
+// when the move was seen leaves it to the idle reaper): the old file's side
+// files go, and t is opened anew at its path by its next use. A fence for a
+// lost lease stays. The caller holds t's writer semaphore.
+func (t *tenant) closedAfterMove() {
+	if !t.moved.Load() {
+		return
+	}
+	t.removeMovedSideFiles()
+	t.moved.Store(false)
+	if t.lease == nil || !leaseStale(t) && !t.r.leaseLost(t) {
+		t.fenced.Store(false)
+	}
+}
+
 // removeMovedSideFiles removes the side files that t's connections used
 // (ownSideFiles) when its file moved, now that they are closed, unless
 // another process has started using them (lockShm). The caller holds t's

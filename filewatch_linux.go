@@ -89,6 +89,13 @@ func (w *fileWatch) handle(b []byte) {
 		switch {
 		case ev.Mask&watchRecheck != 0:
 			recheck = true
+			if ev.Mask&(syscall.IN_DELETE_SELF|syscall.IN_MOVE_SELF) != 0 {
+				// The watch follows the folder moved away: a folder made
+				// again at its path is watched as tenants open in it.
+				w.mu.Lock()
+				clear(w.folders)
+				w.mu.Unlock()
+			}
 		case ev.Mask&syscall.IN_IGNORED != 0:
 			w.mu.Lock()
 			clear(w.folders) // which one is not told: watched again as tenants open

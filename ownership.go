@@ -216,10 +216,8 @@ func (r *router) unfence(t *tenant) error {
 		if r.budget.counted(t) > 0 && !t.evict(true, evictFileMoved) {
 			return opError(opOpenTenant, t.id, errFileMoved)
 		}
-		t.removeMovedSideFiles()
-		t.moved.Store(false)
-		if t.lease == nil || !leaseStale(t) && !r.leaseLost(t) {
-			t.fenced.Store(false)
+		t.closedAfterMove()
+		if !t.fenced.Load() {
 			return nil
 		}
 	}

@@ -602,7 +602,8 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 	for _, pc := range conns {
 		pc.close()
 	}
-	t.r.unregister(t) // after the close: Litestream's connection must be the last
+	t.closedAfterMove() // whatever closed it: the idle reaper, the budget, Close
+	t.r.unregister(t)   // after the close: Litestream's connection must be the last
 	end(nil)
 
 	b.freeAll(t)

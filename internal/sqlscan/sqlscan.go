@@ -71,13 +71,20 @@ func statementEnd(sql string, i int) (end int, ok, returning, session bool) {
 		case ';':
 			return i + 1, true, returning, session
 		case '\'', '"', '`':
+			start := i
 			i = skipQuoted(sql, i, c)
+			if c != '\'' && !session && i-start >= 2 && sessionFunc(sql[start+1:i-1]) {
+				session = calls(sql, i) // "changes"(): a quoted name called
+			}
 		case '[':
-			if j := strings.IndexByte(sql[i:], ']'); j >= 0 {
-				i += j + 1
-			} else {
+			j := strings.IndexByte(sql[i:], ']')
+			if j < 0 {
 				return len(sql), false, returning, session
 			}
+			if !session && sessionFunc(sql[i+1:i+j]) {
+				session = calls(sql, i+j+1)
+			}
+			i += j + 1
 		case '-', '/':
 			if j := skipComment(sql, i); j > i {
 				i = j
@@ -104,12 +111,18 @@ func statementEnd(sql string, i int) (end int, ok, returning, session bool) {
 			}
 			w := sql[start:i]
 			returning = returning || strings.EqualFold(w, "RETURNING")
-			if !session && (strings.EqualFold(w, "last_insert_rowid") || strings.EqualFold(w, "changes") || strings.EqualFold(w, "total_changes")) {
+			if !session && sessionFunc(w) {
 				session = calls(sql, i)
 			}
 		}
 	}
 	return len(sql), false, returning, session
+}
+
+// sessionFunc reports whether name is one of the functions Info.Session
+// looks for.
+func sessionFunc(name string) bool {
+	return strings.EqualFold(name, "last_insert_rowid") || strings.EqualFold(name, "changes") || strings.EqualFold(name, "total_changes")
 }
 
 // calls reports whether a '(' follows i, past blanks and comments: the
