@@ -8,17 +8,31 @@ import (
 	"unsafe"
 )
 
-// fileWatch reads inotify events on the folders that hold open tenants
+// The file watch reads inotify events on the folders that hold open tenants
 // (filewatch.go): a tenant file's name deleted, moved away or moved onto,
 // and a watched folder itself deleted or moved. SQLite's own deletions of
 // -wal and -shm files at every close come too, and are passed over by name.
-type fileWatch struct {
-	r    *router
+//
+// One inotify instance serves every proxy of the process (the kernel allows
+// 128 per user by default, and a process may open many proxies): started
+// with the first proxy, stopped with the last. Each folder's events go to
+// the proxies that watch it.
+type inotifyWatch struct {
 	f    *os.File // the inotify descriptor; closing it ends run
 	done chan struct{}
 
 	mu      sync.Mutex
-	folders map[string]bool // watched
+	folders map[string]*watchedFolder // by path
+	byWD    map[int32]*watchedFolder
+
+	dispatch sync.Mutex // held while events are handed to routers: fileWatch.close waits for it
+}
+
+// watchedFolder is a folder watched for some routers.
+type watchedFolder struct {
+	path    string
+	wd      int32
+	routers map[*router]struct{}
 }
 
 const (
@@ -27,41 +41,106 @@ const (
 	watchRecheck = syscall.IN_Q_OVERFLOW | syscall.IN_DELETE_SELF | syscall.IN_MOVE_SELF
 )
 
-// startFileWatch starts r's file watch, nil when inotify is not available
-// (its limits reached): nothing is then watched, as elsewhere than Linux.
-func startFileWatch(r *router) *fileWatch {
-	fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
-	if err != nil {
-		return nil
-	}
-	w := &fileWatch{r: r, f: os.NewFile(uintptr(fd), "inotify"), done: make(chan struct{}), folders: map[string]bool{}}
-	go w.run()
-	return w
+// processWatch is the process's inotify instance, nil while no router uses
+// it; users counts the routers that do.
+var processWatch struct {
+	mu    sync.Mutex
+	w     *inotifyWatch
+	users int
 }
 
-// folder watches dir, once.
-func (w *fileWatch) folder(dir string) {
-	if w == nil {
+// fileWatch is a router's use of the process's watch.
+type fileWatch struct {
+	r      *router
+	w      *inotifyWatch
+	closed bool // under w.mu
+}
+
+// startFileWatch gives r the process's file watch, nil when inotify is not
+// available (its limits reached): nothing is then watched for r, as
+// elsewhere than Linux.
+func startFileWatch(r *router) *fileWatch {
+	pw := &processWatch
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	if pw.w == nil {
+		fd, err := syscall.InotifyInit1(syscall.IN_CLOEXEC | syscall.IN_NONBLOCK)
+		if err != nil {
+			return nil
+		}
+		pw.w = &inotifyWatch{f: os.NewFile(uintptr(fd), "inotify"), done: make(chan struct{}),
+			folders: map[string]*watchedFolder{}, byWD: map[int32]*watchedFolder{}}
+		go pw.w.run()
+	}
+	pw.users++
+	return &fileWatch{r: r, w: pw.w}
+}
+
+// folder watches dir for fw's router.
+func (fw *fileWatch) folder(dir string) {
+	if fw == nil {
 		return
 	}
+	w := fw.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.folders[dir] {
+	if fw.closed {
+		return // an open that raced Close
+	}
+	wf := w.folders[dir]
+	if wf == nil {
+		sc, err := w.f.SyscallConn()
+		if err != nil {
+			return
+		}
+		wd, werr := -1, error(nil)
+		sc.Control(func(fd uintptr) { wd, werr = syscall.InotifyAddWatch(int(fd), dir, watchFolderMask) })
+		if werr != nil {
+			return
+		}
+		if wf = w.byWD[int32(wd)]; wf == nil { // the same folder by another path shares it
+			wf = &watchedFolder{path: dir, wd: int32(wd), routers: map[*router]struct{}{}}
+			w.byWD[wf.wd] = wf
+		}
+		w.folders[dir] = wf
+	}
+	wf.routers[fw.r] = struct{}{}
+}
+
+// close ends fw's router's use of the watch: no event reaches the router
+// once it returns. The last router out stops the watch.
+func (fw *fileWatch) close() {
+	if fw == nil {
 		return
 	}
-	sc, err := w.f.SyscallConn()
-	if err != nil {
-		return
+	w := fw.w
+	w.mu.Lock()
+	fw.closed = true
+	for _, wf := range w.byWD {
+		delete(wf.routers, fw.r)
+		if len(wf.routers) == 0 {
+			// Watched for no one: its events would be read for nothing.
+			if sc, err := w.f.SyscallConn(); err == nil {
+				sc.Control(func(fd uintptr) { syscall.InotifyRmWatch(int(fd), uint32(wf.wd)) })
+			}
+			w.forgetLocked(wf)
+		}
 	}
-	var werr error
-	sc.Control(func(fd uintptr) { _, werr = syscall.InotifyAddWatch(int(fd), dir, watchFolderMask) })
-	if werr == nil {
-		w.folders[dir] = true
+	w.mu.Unlock()
+	w.dispatch.Lock() // events being handed to it are handed
+	w.dispatch.Unlock()
+	pw := &processWatch
+	pw.mu.Lock()
+	defer pw.mu.Unlock()
+	if pw.users--; pw.users == 0 {
+		w.f.Close()
+		<-w.done
+		pw.w = nil
 	}
 }
 
-// run reads events until close.
-func (w *fileWatch) run() {
+// run reads events until the descriptor is closed.
+func (w *inotifyWatch) run() {
 	defer close(w.done)
 	buf := make([]byte, 64<<10)
 	for {
@@ -73,50 +152,74 @@ func (w *fileWatch) run() {
 	}
 }
 
-// handle acts on a read's events.
-func (w *fileWatch) handle(b []byte) {
-	recheck := false
+// handle acts on a read's events: tenant names to check, per router, and
+// routers whose open tenants are all checked (the kernel dropped events,
+// or a folder went away).
+func (w *inotifyWatch) handle(b []byte) {
+	type change struct {
+		r  *router
+		id string
+	}
+	var changes []change
+	recheck := map[*router]bool{}
+	w.mu.Lock()
 	for len(b) >= syscall.SizeofInotifyEvent {
 		ev := (*syscall.InotifyEvent)(unsafe.Pointer(&b[0]))
 		end := syscall.SizeofInotifyEvent + int(ev.Len)
 		if end > len(b) {
-			return
+			break
 		}
 		name := b[syscall.SizeofInotifyEvent:end]
 		if i := bytes.IndexByte(name, 0); i >= 0 {
 			name = name[:i]
 		}
-		switch {
-		case ev.Mask&watchRecheck != 0:
-			recheck = true
-			if ev.Mask&(syscall.IN_DELETE_SELF|syscall.IN_MOVE_SELF) != 0 {
-				// The watch follows the folder moved away: a folder made
-				// again at its path is watched as tenants open in it.
-				w.mu.Lock()
-				clear(w.folders)
-				w.mu.Unlock()
+		b = b[end:]
+		if ev.Mask&syscall.IN_Q_OVERFLOW != 0 {
+			for _, wf := range w.byWD {
+				for r := range wf.routers {
+					recheck[r] = true
+				}
 			}
-		case ev.Mask&syscall.IN_IGNORED != 0:
-			w.mu.Lock()
-			clear(w.folders) // which one is not told: watched again as tenants open
-			w.mu.Unlock()
+			continue
+		}
+		wf := w.byWD[ev.Wd]
+		if wf == nil {
+			continue
+		}
+		switch {
+		case ev.Mask&watchRecheck != 0 || ev.Mask&syscall.IN_IGNORED != 0:
+			// The folder went away (its watch follows it, or ends): its
+			// routers check their tenants, and a folder made again at its
+			// path is watched anew as tenants open in it.
+			for r := range wf.routers {
+				recheck[r] = true
+			}
+			w.forgetLocked(wf)
 		default:
 			if id, ok := tenantIDFromFile(string(name)); ok {
-				w.r.fileChanged(id)
+				for r := range wf.routers {
+					changes = append(changes, change{r, id})
+				}
 			}
 		}
-		b = b[end:]
 	}
-	if recheck {
-		w.r.checkAllFiles()
+	w.dispatch.Lock() // before w.mu is let go: a router's close waits for what it was sent
+	w.mu.Unlock()
+	defer w.dispatch.Unlock()
+	for _, c := range changes {
+		c.r.fileChanged(c.id)
+	}
+	for r := range recheck {
+		r.checkAllFiles()
 	}
 }
 
-// close stops the watch and waits for its reader.
-func (w *fileWatch) close() {
-	if w == nil {
-		return
+// forgetLocked forgets the watched folder wf; the caller holds w.mu.
+func (w *inotifyWatch) forgetLocked(wf *watchedFolder) {
+	delete(w.byWD, wf.wd)
+	for p, f := range w.folders {
+		if f == wf {
+			delete(w.folders, p)
+		}
 	}
-	w.f.Close()
-	<-w.done
 }

@@ -248,3 +248,52 @@ func TestFileWatch_ReplacedWithReaderLeased(t *testing.T) {
 		t.Errorf("acme reads %d rows, want the backup's 3", n)
 	}
 }
+
+// inotifyInstances counts this process's inotify descriptors.
+func inotifyInstances(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:inotify" {
+			n++
+		}
+	}
+	return n
+}
+
+// TestFileWatch_OneInstancePerProcess: the proxies of a process share one
+// inotify instance (the kernel allows 128 per user by default, and a
+// process may open many proxies), each still told of its own tenants only,
+// and one proxy's Close leaves the others watched.
+func TestFileWatch_OneInstancePerProcess(t *testing.T) {
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	p1 := openProxy(t, dir1)
+	insertN(t, p1, "acme", 1)
+	n := inotifyInstances(t)
+	p2 := openProxy(t, dir2)
+	insertN(t, p2, "acme", 1)
+	if got := inotifyInstances(t); got != n {
+		t.Errorf("%d inotify instances with two proxies, %d with one", got, n)
+	}
+	if err := p1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	removeTenantFiles(t, dir2, "acme")
+	waitFor(t, 5*time.Second, "p2's acme closed after its file was removed", func() bool { return !openTenants(p2)["acme"] })
+}
+
+// openProxy opens a proxy with the events table on dir, closed at the end of the
+// test if it is still open.
+func openProxy(t *testing.T, dir string) *Proxy {
+	t.Helper()
+	p, err := New(Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
