@@ -1503,17 +1503,8 @@ func TestStrays(t *testing.T) {
 			if r := cli(t, nil, append([]string{"tenants"}, args...)...).want(t, exitOK); r.stdout != "acme\n" {
 				t.Errorf("tenants: %q", r.stdout)
 			}
-			r := cli(t, nil, append([]string{"check"}, args...)...).want(t, exitFailed)
-			want := "sqliteproxy: check evil: evil.db is a symbolic link, not a regular file: no tenant is read from it\n" +
-				"sqliteproxy: check odd: odd.db is a directory, not a regular file: no tenant is read from it\n"
-			if r.stdout != "3 tenants checked: 1 ok, 2 failed\n" || r.stderr != want {
-				t.Errorf("check: %+v", r)
-			}
-			out := t.TempDir()
-			r = cli(t, nil, append(append([]string{"backup", "-all"}, args...), out)...).want(t, exitFailed)
-			if r.stdout != "backed up 1 of 3 tenants to "+out+"\n" || r.stderr != strings.ReplaceAll(want, "check", "backup") {
-				t.Errorf("backup -all: %+v", r)
-			}
+			out := wantStrays(t, args, "sqliteproxy: check evil: evil.db is a symbolic link, not a regular file: no tenant is read from it\n"+
+				"sqliteproxy: check odd: odd.db is a directory, not a regular file: no tenant is read from it\n")
 			if ents, _ := os.ReadDir(out); len(ents) != 1 || ents[0].Name() != "acme.db" {
 				t.Errorf("backups: %v", ents)
 			}
@@ -1570,14 +1561,23 @@ func TestStrays_WrongBucket(t *testing.T) {
 		"sqliteproxy: check " + copyRel + ": tenant acme's file is in the wrong bucket: no tenant is read from it (the layout puts it at " + acmeRel + ")\n",
 	}
 	slices.Sort(lines) // reported in the order of their keys
-	want := strings.Join(lines, "")
+	wantStrays(t, args, strings.Join(lines, ""))
+}
+
+// wantStrays runs check and backup -all on the data directory of args,
+// which holds one healthy tenant and two strays, and wants want on check's
+// stderr (and the same, said by backup, on backup's). It returns the
+// directory backup -all wrote to.
+func wantStrays(t *testing.T, args []string, want string) (out string) {
+	t.Helper()
 	r := cli(t, nil, append([]string{"check"}, args...)...).want(t, exitFailed)
 	if r.stdout != "3 tenants checked: 1 ok, 2 failed\n" || r.stderr != want {
 		t.Errorf("check: %+v", r)
 	}
-	out := t.TempDir()
+	out = t.TempDir()
 	r = cli(t, nil, append(append([]string{"backup", "-all"}, args...), out)...).want(t, exitFailed)
 	if r.stdout != "backed up 1 of 3 tenants to "+out+"\n" || r.stderr != strings.ReplaceAll(want, "check", "backup") {
 		t.Errorf("backup -all: %+v", r)
 	}
+	return out
 }
