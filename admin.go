@@ -61,13 +61,7 @@ func removeOrphanSideFiles(p string) error {
 	if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
 		return err // p exists (its side files are its own), or cannot be told
 	}
-	// A -shm this process has open is in use (by another proxy here, or
-	// a connection of the application's own), and opening it to try its
-	// lock would drop the locks of that connection when closed.
-	if inUse, err := openInProcess(p + "-shm"); inUse || err != nil {
-		return err
-	}
-	release, err := lockShm(p + "-shm")
+	release, err := lockUnusedShm(p + "-shm")
 	if errors.Is(err, errShmInUse) {
 		return nil // not orphans: made by a process that has p open now
 	}
@@ -79,6 +73,18 @@ func removeOrphanSideFiles(p string) error {
 		return err // made meanwhile
 	}
 	return removeSideFiles(p)
+}
+
+// lockUnusedShm is lockShm for a -shm that a connection of this process
+// may use too: errShmInUse when one of this process (another proxy here,
+// a connection of the application's own) or of another has its database
+// open. Opening a -shm this process has open, to try its lock, would drop
+// the locks of that connection when closed: /proc/self/fd tells first.
+func lockUnusedShm(p string) (release func(), err error) {
+	if inUse, err := openInProcess(p); inUse || err != nil {
+		return nil, cmp.Or(err, errShmInUse)
+	}
+	return lockShm(p)
 }
 
 func syncDir(dir string) error {
@@ -492,11 +498,6 @@ func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	inUse := fmt.Errorf("%s is open in another process, or another proxy of this process: stop it first", t.path)
-	if in, err := openInProcess(t.path + "-shm"); in || err != nil {
-		leave()
-		return nil, cmp.Or(err, inUse)
-	}
 	if _, err := os.Lstat(t.path + "-shm"); errors.Is(err, fs.ErrNotExist) {
 		if _, err := os.Lstat(t.path + "-wal"); err == nil {
 			// A -wal without a -shm: a connection in exclusive locking
@@ -505,11 +506,11 @@ func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
 			return nil, fmt.Errorf("%s has a -wal but no -shm, and a full file system leaves no room to check it: free some space first", t.path)
 		}
 	}
-	release, err := lockShm(t.path + "-shm")
+	release, err := lockUnusedShm(t.path + "-shm")
 	if err != nil {
 		leave()
 		if errors.Is(err, errShmInUse) {
-			err = inUse
+			err = fmt.Errorf("%s is open in another process, or another proxy of this process: stop it first", t.path)
 		}
 		return nil, err
 	}

@@ -103,14 +103,14 @@ func (r *router) checkFile(t *tenant) {
 	}
 }
 
-// ownSideFiles returns the -wal and -shm files at p's side that this
+// ownSideFiles returns the side files (-wal, -shm) at p's side that this
 // process has open: those of the file that was at p, used by t's
 // connections. SQLite leaves them behind when it closes a database file
 // that moved (no checkpoint on close: SQLITE_READONLY_DBMOVED), and would
 // replay that -wal into the file now at p when it is opened.
 func ownSideFiles(p string) []os.FileInfo {
 	var own []os.FileInfo
-	for _, s := range []string{"-wal", "-shm"} {
+	for _, s := range sqliteSuffixes {
 		fi, err := os.Lstat(p + s)
 		if err != nil {
 			continue
@@ -150,15 +150,12 @@ func (t *tenant) removeMovedSideFiles() {
 	if len(own) == 0 {
 		return
 	}
-	if in, err := openInProcess(t.path + "-shm"); in || err != nil {
-		return // another connection of this process uses it now
-	}
-	release, err := lockShm(t.path + "-shm")
+	release, err := lockUnusedShm(t.path + "-shm")
 	if err != nil {
-		return // another process has the file at the path open
+		return // a connection (here or in another process) uses it now
 	}
 	defer release()
-	for _, s := range []string{"-wal", "-shm"} {
+	for _, s := range sqliteSuffixes {
 		fi, err := os.Lstat(t.path + s)
 		if err != nil {
 			continue

@@ -42,7 +42,7 @@ type tenant struct {
 	kept          []*physConn      // readers kept by routing conns, leased but maybe parked (keep.go)
 	drainDone     chan struct{}    // closed when a drain (delete, restore) ends
 	refusedWith   error            // why an open retired t (retireWith), for work that waited on it; under mu
-	file          os.FileInfo      // t's file as its connections opened it, for the file watch (filewatch.go); under mu, nil when closed
+	file          os.FileInfo      // t's file as its connections opened it, for the file watch (filewatch.go); under mu
 	fileOpens     uint64           // opens when file was recorded: file is of an earlier session unless equal; under mu
 	movedSide     []os.FileInfo    // side files of t's file, found in use when it moved (filewatch.go); under mu
 
@@ -612,7 +612,6 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 
 	t.mu.Lock()
 	t.evicting = false
-	t.file = nil
 	close(t.evictDone)
 	t.mu.Unlock()
 	t.r.forgetIdle(t, true)
