@@ -3,6 +3,7 @@
 package sqliteproxy
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -53,6 +54,40 @@ func TestFDLimitChild(t *testing.T) {
 	}
 	if n := p.Stats().OpenTenants; n > 12 {
 		t.Errorf("%d tenants open under a limit of %d descriptors", n, lim.Cur)
+	}
+	// Not one descriptor left (whether one was depended on other
+	// goroutines: CI once found none for the new file a creation writes
+	// before it opens a connection): creating a tenant, by CreateTenant
+	// or by its first use, closes idle tenants for descriptors too.
+	var held []*os.File
+	for {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			if !errors.Is(err, syscall.EMFILE) {
+				t.Fatal(err)
+			}
+			break
+		}
+		held = append(held, f)
+	}
+	if err := p.CreateTenant(t.Context(), "made"); err != nil {
+		t.Errorf("CreateTenant with no descriptor free: %v", err)
+	}
+	for range held { // whatever the creation freed, taken again
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			break
+		}
+		held = append(held, f)
+	}
+	if _, err := p.ExecContext(tctx("used"), `INSERT INTO events (tenant) VALUES ('used')`); err != nil {
+		t.Errorf("first use with no descriptor free: %v", err)
+	}
+	for _, f := range held {
+		f.Close()
+	}
+	if n := countRows(t, p, "used"); n != 1 {
+		t.Errorf("used: %d rows", n)
 	}
 	for i := range 40 {
 		if n := countRows(t, p, fmt.Sprintf("t%02d", i)); n != 1 {

@@ -173,28 +173,43 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		return nil, err
 	}
 	defer leave()
-	c, err := drv.Open(t.uri + params)
-	// Out of file descriptors (RLIMIT_NOFILE below what MaxConnections
-	// needs): idle tenants hold some, as a full budget's slots; close the
-	// least recently used and try again, rather than fail every open
-	// until IdleTimeout closes them.
+	var c driver.Conn
+	err = r.withFDs(t, func() (err error) {
+		c, err = drv.Open(t.uri + params)
+		return err
+	})
+	return c, err
+}
+
+// withFDs runs open, which opens files for t (its connections, its new
+// file), and when it fails for want of file descriptors (RLIMIT_NOFILE
+// below what MaxConnections needs) closes the least recently used idle
+// tenant other than t and runs it again, up to maxFDEvictions times: idle
+// tenants hold descriptors as a full budget's slots, and every open failed
+// until IdleTimeout closed them. open cleans up after itself when it fails.
+func (r *router) withFDs(t *tenant, open func() error) error {
+	err := open()
 	for range maxFDEvictions {
 		if err == nil || !outOfFiles(err) || r.evictLRU(r.budget.openTenants(), nil, t, evictBudget) == nil {
 			break
 		}
-		c, err = drv.Open(t.uri + params)
+		err = open()
 	}
-	return c, err
+	return err
 }
 
 // maxFDEvictions bounds the idle tenants one open closes for descriptors.
 const maxFDEvictions = 8
 
-// outOfFiles reports whether err is SQLite's failure to open a file for
-// want of descriptors (EMFILE: the process's limit; ENFILE: the system's).
+// outOfFiles reports whether err is a failure to open a file for want of
+// descriptors (EMFILE: the process's limit; ENFILE: the system's), SQLite's
+// or Go's.
 func outOfFiles(err error) bool {
 	var se sqlite3.Error
-	return errors.As(err, &se) && (se.SystemErrno == syscall.EMFILE || se.SystemErrno == syscall.ENFILE)
+	if errors.As(err, &se) {
+		return se.SystemErrno == syscall.EMFILE || se.SystemErrno == syscall.ENFILE
+	}
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
 }
 
 // plainDriver opens files that are not tenant connections (backup copies,

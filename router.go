@@ -559,18 +559,28 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}
-	tmp := tempName(filepath.Dir(t.path), creatingPrefix, t.id)
-	bytesOnly, err := r.fillNew(ctx, t, tmp)
-	defer func() {
+	var tmp string
+	var bytesOnly bool
+	clean := func() {
 		if bytesOnly {
 			os.Remove(tmp) // nothing else to unlink: three failing unlinks fewer per creation
 		} else {
 			removeWithSideFiles(tmp)
 		}
-	}()
+	}
+	// Building the file opens it (and the template's): out of
+	// descriptors, idle tenants are closed for them as for connections.
+	err := r.withFDs(t, func() (err error) {
+		tmp = tempName(filepath.Dir(t.path), creatingPrefix, t.id)
+		if bytesOnly, err = r.fillNew(ctx, t, tmp); err != nil {
+			clean()
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}
+	defer clean()
 	if err := removeOrphanSideFiles(t.path); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}
@@ -581,7 +591,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	t.ready.Store(true)
-	if err := syncDir(filepath.Dir(t.path)); err != nil {
+	if err := r.withFDs(t, func() error { return syncDir(filepath.Dir(t.path)) }); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}
 	return nil
