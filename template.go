@@ -109,6 +109,7 @@ const stampLen = len("2006-01-02T15:04:05.000000000Z")
 const maxMemTemplate = 16 << 20
 
 // memTemplateOff, set by tests, makes every creation take the on-disk path.
+// Process-wide: tests that set it do not run in parallel.
 var memTemplateOff atomic.Bool
 
 // templateKey names the migration set: a hash of the migrations' checksums

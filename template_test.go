@@ -347,8 +347,10 @@ func TestTemplate_DirsOfEndedProcessesSwept(t *testing.T) {
 // migration). A creation that gives up while copying a template does not
 // take it for damaged (it was removed, and the next creation built it all
 // again).
+//
+// Not parallel: it sets memTemplateOff, which TestTemplate_TooLargeForMemory
+// (parallel) would see.
 func TestTemplate_WaitsWithinDeadlinesAndSurvivesGivingUp(t *testing.T) {
-	t.Parallel()
 	migs := []string{`CREATE TABLE big AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1500000) SELECT x FROM c`}
 	p := newTestProxy(t, Config{Migrations: migs, ExplicitCreate: true})
 	tp := &p.c.r.tmpl

@@ -431,10 +431,13 @@ func TestCluster_EtcdRestartUnderLoad(t *testing.T) {
 		r.etcd.Stop()
 	}()
 	// The nodes go on serving what they own while their leases are valid:
-	// reads sent to the owner within TTL/3 of the stop.
+	// reads sent to the owner within TTL/6 of the stop. A node trusts its
+	// lease until a renewal's sending + TTL − TTL/3, renewing every TTL/6:
+	// valid until about stop + TTL/2, which leaves a loaded machine TTL/3
+	// for a late renewal or a slow answer.
 	var readOK, readFail int
 	var readErr error
-	for time.Since(stoppedAt) < clusterTTL/3 {
+	for time.Since(stoppedAt) < clusterTTL/6 {
 		for _, n := range r.nodes {
 			if ids := owners[n.id]; len(ids) > 0 {
 				if _, _, err := r.get(n, ids[(readOK+readFail)%len(ids)]); err == nil {
@@ -446,7 +449,7 @@ func TestCluster_EtcdRestartUnderLoad(t *testing.T) {
 		}
 	}
 	if readFail > 0 {
-		t.Errorf("reads of owned tenants sent to their owner within TTL/3 of etcd's stop: %d ok, %d failed (e.g. %v)", readOK, readFail, readErr)
+		t.Errorf("reads of owned tenants sent to their owner within TTL/6 of etcd's stop: %d ok, %d failed (e.g. %v)", readOK, readFail, readErr)
 	}
 	// The outage lasts 3 TTLs (the experiment's parameter, not ordering).
 	time.Sleep(time.Until(stoppedAt.Add(3 * clusterTTL)))
@@ -457,7 +460,7 @@ func TestCluster_EtcdRestartUnderLoad(t *testing.T) {
 	}
 	r.etcd.Restart(t)
 	restartedAt := time.Now()
-	t.Logf("etcd down for %v; reads of owned tenants within TTL/3 of the stop: %d ok, %d failed", restartedAt.Sub(stoppedAt).Round(time.Millisecond), readOK, readFail)
+	t.Logf("etcd down for %v; reads of owned tenants within TTL/6 of the stop: %d ok, %d failed", restartedAt.Sub(stoppedAt).Round(time.Millisecond), readOK, readFail)
 
 	// Recovery: every tenant accepts a durable write again.
 	pending := slices.Clone(tenants)
@@ -484,7 +487,12 @@ func TestCluster_EtcdRestartUnderLoad(t *testing.T) {
 	acks := tr.finish()
 	t.Logf("traffic: %d requests: %s", len(acks), summarize(acks))
 	// Nothing acknowledged between the moment every lease may have expired
-	// and etcd's restart.
+	// and etcd's restart. A node stops writing by about stop + 2·TTL/3
+	// (its last renewal's sending + TTL − TTL/3); the answer reaches the
+	// client later, by how much on a loaded machine is not known: an
+	// answer received after stop + 3·TTL/2 (the outage lasts 3·TTL) was
+	// written without a lease, one received before may not have been.
+	ackedBy := stoppedAt.Add(3 * clusterTTL / 2)
 	lastAck := time.Time{}
 	var late, outage []*ack
 	for _, a := range acks {
@@ -497,12 +505,12 @@ func TestCluster_EtcdRestartUnderLoad(t *testing.T) {
 		if a.at.After(lastAck) {
 			lastAck = a.at
 		}
-		if a.at.After(stoppedAt.Add(clusterTTL)) {
+		if a.at.After(ackedBy) {
 			late = append(late, a)
 		}
 	}
 	for _, a := range late[:min(5, len(late))] {
-		t.Errorf("WRITE WITHOUT A LEASE: %s's %q (id %d) acknowledged by %s (generation %d) %v after etcd stopped (TTL %v), before its restart",
+		t.Errorf("WRITE WITHOUT A LEASE: %s's %q (id %d) acknowledged by %s (generation %d) %v after etcd stopped (TTL %v, answers after 3·TTL/2 flagged), before its restart",
 			a.tenant, a.name, a.id, a.node, a.gen, a.at.Sub(stoppedAt).Round(time.Millisecond), clusterTTL)
 	}
 	if !lastAck.IsZero() {

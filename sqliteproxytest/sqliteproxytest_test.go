@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -170,15 +169,15 @@ func TestContextTimeout(t *testing.T) {
 
 func TestWaitFor(t *testing.T) {
 	t.Parallel()
-	var ready atomic.Bool
+	// Ready at the third call, whatever the scheduling (a timer started
+	// before the first call could fire before it on a loaded machine).
 	calls := 0
-	time.AfterFunc(20*time.Millisecond, func() { ready.Store(true) })
-	sqliteproxytest.WaitFor(t, time.Minute, "the timer to fire", func() bool {
+	sqliteproxytest.WaitFor(t, time.Minute, "the third call", func() bool {
 		calls++
-		return ready.Load()
+		return calls >= 3
 	})
-	if calls < 2 {
-		t.Errorf("cond called %d times: WaitFor did not poll", calls)
+	if calls != 3 {
+		t.Errorf("cond called %d times, want 3: WaitFor did not poll, or polled on", calls)
 	}
 
 	// The test fails once the timeout passes, naming what it waited for.
