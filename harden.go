@@ -284,11 +284,21 @@ func vacuum(ctx context.Context, c *sqlite3.SQLiteConn, query string) (driver.Re
 }
 
 // tenantlessAuthorizer allows only what a pure expression needs: SELECT,
-// function calls (never load_extension) and recursive CTEs. No table can be
-// read or written, and no pragma or schema change runs.
-func tenantlessAuthorizer(op int, _, arg2, _ string) int {
+// function calls (never load_extension), CTEs (recursive too) and
+// table-valued functions (json_each). Nothing is written, and no pragma or
+// schema change runs. The connection has no table: a table the statement
+// names fails at prepare ("no such table"), and it could read only a CTE,
+// a table-valued function, or its own empty schema and pragmas, which are
+// refused, as a statement that meant a tenant's would get an empty answer
+// (a toolkit's "does the table exist?" then asked no tenant).
+func tenantlessAuthorizer(op int, arg1, arg2, _ string) int {
 	switch op {
 	case sqlite3.SQLITE_SELECT, sqliteRecursive:
+		return sqlite3.SQLITE_OK
+	case sqlite3.SQLITE_READ:
+		if hasPrefixFold(arg1, "sqlite_") || hasPrefixFold(arg1, "pragma_") {
+			return sqlite3.SQLITE_DENY
+		}
 		return sqlite3.SQLITE_OK
 	case sqlite3.SQLITE_FUNCTION:
 		if strings.EqualFold(arg2, "load_extension") {
@@ -301,3 +311,8 @@ func tenantlessAuthorizer(op int, _, arg2, _ string) int {
 
 // sqliteRecursive is SQLITE_RECURSIVE (a recursive CTE), which mattn does not export.
 const sqliteRecursive = 33
+
+// hasPrefixFold reports whether s begins with prefix, in any case (ASCII).
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
+}

@@ -5,6 +5,8 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -62,7 +64,17 @@ func (p *tenantless) close() {
 }
 
 func errNoTenant(op, query string) error {
-	return opError(op, "", fmt.Errorf("%w: %.60q touches data or is not a single read-only statement", ErrNoTenant, query))
+	return opError(op, "", fmt.Errorf("%w: %s touches data or is not a single read-only statement", ErrNoTenant, quoteShort(query)))
+}
+
+// quoteShort quotes query, cut to its first 60 bytes with "…" after them
+// when longer: a cut that does not say so reads as a statement that
+// reached the driver cut.
+func quoteShort(query string) string {
+	if len(query) <= 60 {
+		return strconv.Quote(query)
+	}
+	return strconv.Quote(strings.ToValidUTF8(query[:60], "")) + "…"
 }
 
 // errNoTenantPrepare is errNoTenant for a text that SQLite could not
@@ -71,7 +83,7 @@ func errNoTenant(op, query string) error {
 // only (errors.As finds no sqlite3.Error): the statement never reached a
 // tenant, where it might have run.
 func errNoTenantPrepare(op, query string, err error) error {
-	return opError(op, "", fmt.Errorf("%w: %.60q touches data or is not a single read-only statement (without a tenant SQLite says: %v)", ErrNoTenant, query, err))
+	return opError(op, "", fmt.Errorf("%w: %s touches data or is not a single read-only statement (without a tenant SQLite says: %v)", ErrNoTenant, quoteShort(query), err))
 }
 
 // prepare prepares query on a tenantless connection, or says why it cannot

@@ -32,6 +32,11 @@ func TestNoTenant(t *testing.T) {
 		`INSERT INTO events (tenant) VALUES ('x')`,
 		`CREATE TABLE t (a)`,
 		`SELECT name FROM sqlite_master`,
+		`SELECT name FROM SQLITE_SCHEMA`,
+		`SELECT name FROM temp.sqlite_master`,
+		`SELECT name FROM pragma_table_list`,
+		`SELECT name FROM pragma_table_info('events')`,
+		`WITH x AS (SELECT * FROM events) SELECT * FROM x`,
 		`PRAGMA table_info(events)`,
 		`SELECT 1; SELECT 2`,
 		`ATTACH 'x.db' AS x`,
@@ -43,6 +48,25 @@ func TestNoTenant(t *testing.T) {
 		if _, err := p.QueryContext(bg, q); !errors.Is(err, ErrNoTenant) {
 			t.Errorf("Query(%q) without tenant: %v, want ErrNoTenant", q, err)
 		}
+	}
+	// Pure expressions that read no table of any database: CTEs (recursive
+	// too, which the authorizer refused when they read their own rows) and
+	// table-valued functions.
+	for q, want := range map[string]int{
+		`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 5) SELECT count(*) FROM c`: 5,
+		`WITH c(x) AS (SELECT 3) SELECT x FROM c`:                                                            3,
+		`SELECT count(*) FROM json_each('[1,2]')`:                                                            2,
+		`SELECT sum(value) FROM json_each('[1,2,4]')`:                                                        7,
+	} {
+		var got int
+		if err := p.QueryRowContext(bg, q).Scan(&got); err != nil || got != want {
+			t.Errorf("%q without tenant: %d, %v; want %d", q, got, err, want)
+		}
+	}
+	// A long text refused is cut with a sign that it is.
+	long := `SELECT * FROM events WHERE tenant = 'a rather long literal to pass sixty bytes'`
+	if _, err := p.QueryContext(bg, long); err == nil || !strings.Contains(err.Error(), `"…`) || strings.Contains(err.Error(), long) {
+		t.Errorf("a long text without tenant: %v, want it cut, with …", err)
 	}
 	// No statement at all: as mattn answers it (it crashed the process:
 	// mattn's statement for it has no handle).
