@@ -260,7 +260,8 @@ func (r *router) reserveBy(ctx context.Context, t *tenant, deadline time.Time) e
 		if b.closed {
 			b.mu.Unlock()
 			b.unwait()
-			return ErrClosed
+			err = ErrClosed // recorded as the wait's end
+			return err
 		}
 		if b.open < b.max {
 			b.reserveLocked(t)

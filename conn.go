@@ -267,17 +267,24 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // telemetry.opStart: zero when nothing records it, and then free).
 func (c *conn) opEnd(ctx context.Context, o stmtOp, start time.Time, query string, err error) {
 	if !start.IsZero() {
-		c.r.tel.opEnd(ctx, c.opTenant(ctx), o, start, query, err)
+		c.r.tel.opEnd(ctx, c.opTenant(ctx, err), o, start, query, err)
 	}
 }
 
 // opTenant returns what telemetry records of the tenant an operation with
 // ctx ran on, or was for: the leased tenant, else the one ctx names if the
 // checkout looked it up (an operation that got no connection, a wait that
-// timed out, one that ran through group commit), else none.
-func (c *conn) opTenant(ctx context.Context) *tenantTel {
+// timed out, one that ran through group commit), else none. An ID that
+// names no tenant (ErrTenantNotFound, with ExplicitCreate or Ownership)
+// is no tenant: IDs that clients send would each make a series of every
+// metric until the SDK's cardinality limit, past which real tenants'
+// measurements lose their tenant.
+func (c *conn) opTenant(ctx context.Context, err error) *tenantTel {
 	if c.t != nil {
 		return c.t.tel
+	}
+	if err != nil && errors.Is(err, ErrTenantNotFound) {
+		return nil
 	}
 	if t := c.last; t != nil {
 		if id, ok := OrgID(ctx); ok && id == t.id {

@@ -150,12 +150,12 @@ func errFanOutWrite(what string) error {
 func (r *router) fanOutReadOnly(query string) error {
 	info := sqlscan.Scan(query)
 	if info.Multi {
-		return errFanOutWrite(fmt.Sprintf("%.60q is not a single statement", query))
+		return errFanOutWrite(quoteShort(query) + " is not a single statement")
 	}
 	switch info.Keyword {
 	case "SELECT", "WITH", "VALUES", "EXPLAIN":
 		if ro, ok := r.classes.lookup(query); ok && !ro {
-			return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+			return errFanOutWrite(quoteShort(query) + " may write")
 		}
 		return nil
 	case "PRAGMA":
@@ -163,7 +163,7 @@ func (r *router) fanOutReadOnly(query string) error {
 		// optimize): SQLite knows which without a schema. A write would
 		// fail on every tenant, where SkipErrors would skip them all.
 		if ro, err := compileAlone(query); err == nil && !ro || isAuthErr(err) {
-			return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+			return errFanOutWrite(quoteShort(query) + " may write")
 		}
 		return nil
 	}
@@ -173,7 +173,7 @@ func (r *router) fanOutReadOnly(query string) error {
 	if info.Keyword == "" {
 		return opError(opFanOut, "", errors.New("no statement in the query"))
 	}
-	return errFanOutWrite(fmt.Sprintf("%.60q may write", query))
+	return errFanOutWrite(quoteShort(query) + " may write")
 }
 
 // compileAlone compiles query on a private in-memory database and reports
@@ -406,7 +406,13 @@ func (run *fanRun) worker() {
 func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
 	r, id := run.r, run.ids[i]
 	ctx, end := r.tel.span(run.ctx, spanFanOutTenant, nil, attribute.String(attrTenant, id))
-	defer func() { end(err) }()
+	defer func() {
+		if err != nil && context.Cause(run.ctx) == errFanOutRowsClosed {
+			end(nil) // the caller stopped reading: no error of this tenant's
+			return
+		}
+		end(err)
+	}()
 	t, err := r.tenant(id)
 	if err != nil {
 		return &FanOutError{Tenant: id, Err: err}
@@ -612,7 +618,7 @@ func pragmaQueries(name, value string) bool {
 // stream runs the prepared statement ps on t and sends its rows to s.
 func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt, s *fanSlot) error {
 	if !ps.Readonly() {
-		return errFanOutWrite(fmt.Sprintf("%.60q may write", run.query))
+		return errFanOutWrite(quoteShort(run.query) + " may write")
 	}
 	if err := checkNumInput(ps, run.args); err != nil {
 		return opError(opFanOut, "", err)
@@ -661,7 +667,7 @@ func (run *fanRun) close(err error) {
 	}
 	run.closed = true
 	run.mu.Unlock()
-	run.cancel(nil)
+	run.cancel(errFanOutRowsClosed)
 	run.wg.Wait()
 	run.r.fanRuns.Delete(run)
 	run.endSpan(err)
@@ -669,6 +675,10 @@ func (run *fanRun) close(err error) {
 
 // errFanOutClosed ends the fan-outs in flight when the proxy closes.
 var errFanOutClosed = opError(opFanOut, "", ErrClosed)
+
+// errFanOutRowsClosed ends a fan-out whose rows were closed (read to the
+// end, or not): the tenants it then stops reading did not fail.
+var errFanOutRowsClosed = errors.New("sqliteproxy: the fan-out's rows were closed")
 
 // closeFanOuts stops every fan-out in flight and waits until their workers
 // have given back their connections, for Close: a fan-out went on reading

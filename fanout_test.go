@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -1204,5 +1205,46 @@ func TestFanOut_Close(t *testing.T) {
 	}
 	if n >= 3000 {
 		t.Errorf("fan-out rows after Close: all %d of the open tenant's rows", n)
+	}
+}
+
+// Rows closed before the end (the caller read what it needed) end the
+// tenants not yet read without an error on their spans: they were marked
+// Error (context_canceled), which alerts on failing spans took for
+// failures.
+func TestFanOut_EarlyCloseIsNoTenantsError(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	counts := map[string]int{}
+	for i := range 8 {
+		counts[fmt.Sprintf("t%d", i)] = 1
+	}
+	seedTenants(t, dir, migs, counts)
+	spans := tracetest.NewSpanRecorder()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}),
+		`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) SELECT x FROM c`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rows.Next() {
+		t.Fatalf("no first row: %v", rows.Err())
+	}
+	if err := rows.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, s := range spans.Ended() {
+		if s.Name() != spanFanOutTenant && s.Name() != spanFanOut {
+			continue
+		}
+		n++
+		if s.Status().Code == codes.Error {
+			t.Errorf("%s %v: status %v after the rows were closed early", s.Name(), s.Attributes(), s.Status())
+		}
+	}
+	if n == 0 {
+		t.Fatal("no fan-out spans")
 	}
 }

@@ -242,7 +242,7 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if len(pending) == 0 || dryRun {
 		return pending, nil
 	}
-	_, err = r.mig.migrate(ctx, t.w.c, id, t.tel, true)
+	_, err = r.mig.migrate(ctx, t.w.c, id, t.tel, true, nil)
 	// What a migration sets on its connection (pragmas, TEMP tables) is
 	// not undone with its transaction: it must not stay on the tenant's
 	// writer for live traffic, as the gate's migrator does not (a fresh
@@ -277,7 +277,7 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 	// Closing checkpoints the WAL into the database and removes it. If that
 	// fails the migration is still safe in the WAL, for the next open.
 	defer done()
-	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true)
+	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true, nil)
 	return err
 }
 

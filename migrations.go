@@ -213,7 +213,7 @@ func ledger(ctx context.Context, c *sqlite3.SQLiteConn) ([]ledgerRow, error) {
 		}
 		if out == nil && dest[0] == int64(1) { // a ledger without version 1 is drift anyway
 			if made, _ := dest[3].(string); !strings.HasPrefix(made, ledgerMade) {
-				return nil, fmt.Errorf("%w: the table %s was not made by the migrator (%.60q): it is not a ledger to trust", ErrMigrationDrift, ledgerTable, made)
+				return nil, fmt.Errorf("%w: the table %s was not made by the migrator (%s): it is not a ledger to trust", ErrMigrationDrift, ledgerTable, quoteShort(made))
 			}
 		}
 		var r ledgerRow
@@ -299,6 +299,12 @@ func isNoSuchTable(err error) bool {
 	return errors.As(err, &se) && se.Code == sqlite3.ErrError && strings.Contains(se.Error(), "no such table")
 }
 
+// migStep is a migration applied, and how long it took.
+type migStep struct {
+	name string
+	d    time.Duration
+}
+
 // migrate is the one way migrations reach a tenant file. It reads the
 // ledger on c and checks it against the configured migrations
 // (ErrMigrationDrift). With apply it then applies each pending migration in
@@ -306,15 +312,19 @@ func isNoSuchTable(err error) bool {
 // migration applied meanwhile by another process is not applied twice and a
 // failing one leaves nothing behind; without apply, pending migrations are
 // ErrPendingMigrations. It returns the names of the migrations it applied
-// (those before a failure included) and reports each to telemetry as tt's.
-func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string, tt *tenantTel, apply bool) ([]string, error) {
+// (those before a failure included) and reports each to telemetry as tt's:
+// at once, or, with held, those applied are added to *held, for the caller
+// to report once the file they were applied to is the tenant's (a new
+// tenant's file, built under a temporary name: if it is thrown away, no
+// migration was applied to the tenant).
+func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string, tt *tenantTel, apply bool, held *[]migStep) ([]string, error) {
 	if apply && len(m.list) == 0 {
 		return nil, nil
 	}
 	n, err := m.applied(ctx, c)
 	if err != nil {
 		if apply {
-			m.tel.migrated(ctx, tt, "ledger", time.Time{}, err)
+			m.tel.migrated(ctx, tt, "ledger", 0, err)
 		}
 		return nil, opError(opMigrate, id, err)
 	}
@@ -331,8 +341,10 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 		sctx, end := m.tel.span(ctx, spanMigrate, tt, attribute.String(attrMigration, name))
 		at, err := m.applyOne(sctx, c, i)
 		end(err)
-		if err != nil || at == i+1 {
-			m.tel.migrated(ctx, tt, name, start, err)
+		if err == nil && at == i+1 && held != nil {
+			*held = append(*held, migStep{name, time.Since(start)})
+		} else if err != nil || at == i+1 {
+			m.tel.migrated(ctx, tt, name, time.Since(start), err)
 		}
 		if err != nil {
 			return done, opError(opMigrate, id, fmt.Errorf("apply %s: %w", name, err))
@@ -357,7 +369,7 @@ func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) 
 	if t.ready.Load() {
 		return pc, nil
 	}
-	applied, err := r.mig.migrate(ctx, pc.c, t.id, t.tel, o.migrate)
+	applied, err := r.mig.migrate(ctx, pc.c, t.id, t.tel, o.migrate, nil)
 	if err != nil && o.servePending && errors.Is(err, ErrPendingMigrations) {
 		err = nil
 	}

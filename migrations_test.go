@@ -541,7 +541,7 @@ func TestMigrations_RolledBackMeanwhile(t *testing.T) {
 	if got := versions(); at != 1 || !slices.Equal(got, []int{1}) {
 		t.Fatalf("applyOne(3) on a tenant at 1: returned %d, ledger %v; want 1 and [1] (nothing applied)", at, got)
 	}
-	if _, err := r.mig.migrate(context.Background(), c, "acme", nil, true); err != nil {
+	if _, err := r.mig.migrate(context.Background(), c, "acme", nil, true, nil); err != nil {
 		t.Fatal(err)
 	}
 	if got := versions(); !slices.Equal(got, []int{1, 2, 3, 4}) {

@@ -412,8 +412,10 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	ctx, end := r.tel.span(ctx, spanTenantOpen, t.tel, attribute.String(attrRole, roleWriter))
 	defer func() {
 		end(err)
-		if err == nil {
-			r.tel.opened(ctx, t.tel, roleWriter, start, nil)
+		// Failed opens too, as a reader's, but not of IDs that name no
+		// tenant (see conn.opTenant).
+		if !errors.Is(err, ErrTenantNotFound) {
+			r.tel.opened(ctx, t.tel, roleWriter, start, err)
 		}
 	}()
 	fi, err := t.statFile(opOpenTenant)
@@ -500,14 +502,17 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 // fillNew writes the new tenant file tmp, fully migrated: a copy of the
 // template (template.go), or, when there is none, migrated step by step.
 // bytesOnly says that SQLite never opened tmp (the template's image was
-// written as it is): no side file (-wal, -shm, -journal) can exist.
-func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, err error) {
+// written as it is): no side file (-wal, -shm, -journal) can exist. steps
+// are the migrations applied, for the caller to report once tmp is the
+// tenant's file; copied says they came with the template (the spans of
+// those applied step by step are made as they run).
+func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, steps []migStep, copied bool, err error) {
 	if len(r.mig.list) > 0 {
 		tpl, err := r.template(ctx)
 		if err != nil && ctx.Err() != nil {
 			// Given up: not a reason to migrate step by step with a context
 			// that has ended (whose error then named the first migration).
-			return false, opError(opCreateTenant, t.id, ctx.Err())
+			return false, nil, false, opError(opCreateTenant, t.id, ctx.Err())
 		}
 		if err == nil {
 			start := time.Now()
@@ -515,41 +520,51 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly 
 				err := writeNewFile(tmp, b)
 				done()
 				if err != nil {
-					return true, opError(opCreateTenant, t.id, err)
+					return true, nil, false, opError(opCreateTenant, t.id, err)
 				}
-				r.reportCopiedMigrations(ctx, t.tel, start)
-				return true, nil
+				return true, r.copiedMigrations(time.Since(start)), true, nil
 			}
-			err := r.copyTemplate(ctx, tpl, tmp, t.tel)
+			err := r.copyTemplate(ctx, tpl, tmp)
 			if err == nil {
-				return false, nil
+				return false, r.copiedMigrations(time.Since(start)), true, nil
 			}
 			if ctx.Err() != nil {
 				// Given up, not damaged: the template stays.
 				removeWithSideFiles(tmp)
-				return false, opError(opCreateTenant, t.id, ctx.Err())
+				return false, nil, false, opError(opCreateTenant, t.id, ctx.Err())
 			}
 			// A template damaged since it was built (its file is read
 			// for every copy when too large to hold in memory): the next
 			// creation builds it again, this one migrates step by step.
 			r.dropTemplate(tpl)
 			if err := removeWithSideFiles(tmp); err != nil {
-				return false, opError(opCreateTenant, t.id, err)
+				return false, nil, false, opError(opCreateTenant, t.id, err)
 			}
 		}
 	}
 	if err := createEmpty(tmp); err != nil {
-		return false, opError(opCreateTenant, t.id, err)
+		return false, nil, false, opError(opCreateTenant, t.id, err)
 	}
 	c, err := r.conns.openPath(tmp, r.conns.writerParams)
 	if err != nil {
-		return false, opError(opCreateTenant, t.id, err)
+		return false, nil, false, opError(opCreateTenant, t.id, err)
 	}
-	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true)
+	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true, &steps)
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = opError(opCreateTenant, t.id, cerr)
 	}
-	return false, err
+	return false, steps, false, err
+}
+
+// reportMigrations reports steps, applied to t's new file, as t's.
+func (r *router) reportMigrations(ctx context.Context, t *tenant, steps []migStep, copied bool) {
+	for _, s := range steps {
+		if copied {
+			_, end := r.tel.span(ctx, spanMigrate, t.tel, attribute.String(attrMigration, s.name))
+			end(nil)
+		}
+		r.tel.migrated(ctx, t.tel, s.name, s.d, nil)
+	}
 }
 
 // createFile creates t's database file, fully migrated, or reports
@@ -560,7 +575,8 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	var tmp string
-	var bytesOnly bool
+	var bytesOnly, copied bool
+	var steps []migStep
 	clean := func() {
 		if bytesOnly {
 			os.Remove(tmp) // nothing else to unlink: three failing unlinks fewer per creation
@@ -572,7 +588,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	// descriptors, idle tenants are closed for them as for connections.
 	err := r.withFDs(t, func() (err error) {
 		tmp = tempName(filepath.Dir(t.path), creatingPrefix, t.id)
-		if bytesOnly, err = r.fillNew(ctx, t, tmp); err != nil {
+		if bytesOnly, steps, copied, err = r.fillNew(ctx, t, tmp); err != nil {
 			clean()
 		}
 		return err
@@ -591,6 +607,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	t.ready.Store(true)
+	r.reportMigrations(ctx, t, steps, copied) // now the tenant's
 	if err := r.withFDs(t, func() error { return syncDir(filepath.Dir(t.path)) }); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}

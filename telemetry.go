@@ -485,8 +485,8 @@ func (tel *telemetry) record(ctx context.Context, h metric.Float64Histogram, tt 
 	h.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
 }
 
-// migrated records one migration applied to tt (or failed).
-func (tel *telemetry) migrated(ctx context.Context, tt *tenantTel, name string, start time.Time, err error) {
+// migrated records one migration applied to tt in d (or failed).
+func (tel *telemetry) migrated(ctx context.Context, tt *tenantTel, name string, d time.Duration, err error) {
 	if !tel.on {
 		return
 	}
@@ -496,7 +496,7 @@ func (tel *telemetry) migrated(ctx context.Context, tt *tenantTel, name string, 
 		return
 	}
 	tel.migrationsApplied.Add(ctx, 1, metric.WithAttributes(kvs...))
-	tel.migrationDuration.Record(ctx, time.Since(start).Seconds(), metric.WithAttributes(kvs...))
+	tel.migrationDuration.Record(ctx, d.Seconds(), metric.WithAttributes(kvs...))
 }
 
 // ranks reports whether rank has anything to do.

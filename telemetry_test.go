@@ -431,3 +431,162 @@ func TestTelemetry_FailedWaitNamesTheTenant(t *testing.T) {
 		})
 	}
 }
+
+// IDs that name no tenant (ExplicitCreate: a client's typo, or an attacker
+// sending made-up IDs) are recorded without a tenant: each made a series of
+// every metric, and past the SDK's cardinality limit (2 000) a real
+// tenant's measurements lost their tenant (telemetry trial: 2 100 made-up
+// IDs, then acme's ten execs all recorded in the overflow series).
+func TestTelemetry_UnknownTenantsMakeNoSeries(t *testing.T) {
+	t.Parallel()
+	rig := newTelemetryRig(t, Config{ExplicitCreate: true, Migrations: []string{eventsTable}})
+	p := rig.p
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	const unknown = 50
+	for i := range unknown {
+		if _, err := p.ExecContext(tctx(fmt.Sprintf("bogus-%d", i)), `INSERT INTO events (tenant) VALUES ('x')`); !errors.Is(err, ErrTenantNotFound) {
+			t.Fatalf("an unknown tenant: %v", err)
+		}
+	}
+	for range 10 {
+		if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('x')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ms := rig.collect(t)
+	for name, m := range ms {
+		var sets []attribute.Set
+		switch d := m.Data.(type) {
+		case metricdata.Histogram[float64]:
+			for _, dp := range d.DataPoints {
+				sets = append(sets, dp.Attributes)
+			}
+		case metricdata.Sum[int64]:
+			for _, dp := range d.DataPoints {
+				sets = append(sets, dp.Attributes)
+			}
+		case metricdata.Gauge[int64]:
+			for _, dp := range d.DataPoints {
+				sets = append(sets, dp.Attributes)
+			}
+		}
+		for _, set := range sets {
+			if v, ok := set.Value(attrTenant); ok && strings.HasPrefix(v.AsString(), "bogus-") {
+				t.Errorf("%s has a series of the unknown tenant %s", name, v.AsString())
+			}
+		}
+	}
+	ops := ms["sqliteproxy.operation.duration"]
+	if n := histCount(t, ops, map[string]string{attrTenant: "acme", attrOperation: "exec", attrErrorType: ""}); n != 10 {
+		t.Errorf("acme: %d execs recorded, want 10", n)
+	}
+	if n := histCount(t, ops, map[string]string{attrTenant: "", attrErrorType: "tenant_not_found"}); n != unknown {
+		t.Errorf("%d tenant_not_found operations recorded without a tenant, want %d", n, unknown)
+	}
+}
+
+// A new tenant whose creation fails midway (its half-made file thrown away)
+// has no migration applied: the ones that ran on that file were counted in
+// migrations.applied once per attempt, for a tenant with no database. A
+// creation that succeeds counts each once, from a template or step by step.
+func TestTelemetry_MigrationsCountedOnlyOnTheTenantsFile(t *testing.T) {
+	rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable, `SELEC 1`}})
+	for range 3 {
+		if _, err := rig.p.ExecContext(tctx("m"), `INSERT INTO events (tenant) VALUES ('x')`); err == nil {
+			t.Fatal("a migration that cannot run: no error")
+		}
+	}
+	if ids, err := rig.p.Tenants(context.Background()); err != nil || len(ids) != 0 {
+		t.Fatalf("tenants %v, %v: want none", ids, err)
+	}
+	ms := rig.collect(t)
+	if m, ok := ms["sqliteproxy.migrations.applied"]; ok && sumInt(t, m, map[string]string{attrTenant: "m"}) != 0 {
+		t.Errorf("%d migrations counted as applied to a tenant whose creation failed", sumInt(t, m, map[string]string{attrTenant: "m"}))
+	}
+	if n := sumInt(t, ms["sqliteproxy.migration.failures"], map[string]string{attrTenant: "m"}); n != 3 {
+		t.Errorf("%d failures counted, want 3", n)
+	}
+
+	for _, mem := range []bool{true, false} {
+		rig := newTelemetryRig(t, Config{Migrations: []string{eventsTable, `CREATE INDEX e_n ON events (n)`}})
+		memTemplateOff.Store(!mem) // serial: see TestTemplate_WaitsWithinDeadlinesAndSurvivesGivingUp
+		for _, id := range []string{"a", "b"} {
+			if err := rig.p.CreateTenant(context.Background(), id); err != nil {
+				t.Fatal(err)
+			}
+			if err := rig.p.CreateTenant(context.Background(), id); !errors.Is(err, ErrTenantExists) {
+				t.Fatalf("created twice: %v", err)
+			}
+		}
+		memTemplateOff.Store(false)
+		ms := rig.collect(t)
+		for _, id := range []string{"a", "b"} {
+			if n := sumInt(t, ms["sqliteproxy.migrations.applied"], map[string]string{attrTenant: id}); n != 2 {
+				t.Errorf("in-memory template %v: %s: %d migrations counted as applied, want 2", mem, id, n)
+			}
+			if n := histCount(t, ms["sqliteproxy.migration.duration"], map[string]string{attrTenant: id}); n != 2 {
+				t.Errorf("in-memory template %v: %s: %d migration durations, want 2", mem, id, n)
+			}
+		}
+	}
+}
+
+// A wait for a connection slot that Close ends is recorded as failed
+// (error.type closed), as the caller's error says: it was recorded as a
+// successful wait, while a writer wait ended by Close said closed.
+func TestTelemetry_SlotWaitEndedByClose(t *testing.T) {
+	t.Parallel()
+	rig := newTelemetryRig(t, Config{MaxConnections: 1, ReadersPerTenant: -1, Migrations: []string{eventsTable}, GroupCommit: GroupCommitOff})
+	p := rig.p
+	tx, err := p.BeginTx(tctx("a"), nil) // the only slot, held
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(tctx("c"), time.Minute)
+		defer cancel()
+		_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('c')`)
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "c to wait for a slot", func() bool { return p.Stats().Waits == 1 })
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("the wait ended by Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the wait did not end with Close")
+	}
+	tx.Rollback()
+	select {
+	case <-closed:
+	case <-time.After(time.Minute):
+		t.Fatal("Close did not return")
+	}
+	m := rig.collect(t)["sqliteproxy.connection.wait.duration"]
+	if n := histCount(t, m, map[string]string{attrRole: roleSlot, attrTenant: "c", attrErrorType: "closed"}); n != 1 {
+		t.Errorf("%d slot waits of c recorded as ended by Close, want 1", n)
+	}
+	if n := histCount(t, m, map[string]string{attrRole: roleSlot, attrErrorType: ""}); n != 0 {
+		t.Errorf("%d slot waits recorded as successful, want 0", n)
+	}
+}
+
+// A first access whose migration fails is a failed open of the writer in
+// tenant.open.duration, as a reader's failed open is: it was left out.
+func TestTelemetry_FailedWriterOpenRecorded(t *testing.T) {
+	t.Parallel()
+	rig := newTelemetryRig(t, Config{Migrations: []string{`SELEC 1`}})
+	if _, err := rig.p.ExecContext(tctx("m"), `SELECT 1`); err == nil {
+		t.Fatal("a migration that cannot run: no error")
+	}
+	m := rig.collect(t)["sqliteproxy.tenant.open.duration"]
+	if n := histCount(t, m, map[string]string{attrRole: roleWriter, attrTenant: "m", attrErrorType: "sqlite_error"}); n != 1 {
+		t.Errorf("%d failed writer opens of m recorded, want 1", n)
+	}
+}

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/mattn/go-sqlite3"
-	"go.opentelemetry.io/otel/attribute"
 )
 
 // Templates. A new tenant is a copy of a template file that holds the
@@ -301,7 +300,7 @@ func (r *router) buildTemplate(ctx context.Context, path string) error {
 	// Without telemetry: the migrations are reported as each tenant's when
 	// it is copied.
 	off, _ := newTelemetry(&Config{}, nil)
-	_, err = (&migrator{list: r.mig.list, tel: off}).migrate(ctx, c, "template", nil, true)
+	_, err = (&migrator{list: r.mig.list, tel: off}).migrate(ctx, c, "template", nil, true, nil)
 	if err == nil {
 		err = stampLedger(ctx, c, time.Now())
 	}
@@ -479,19 +478,19 @@ func stampLedger(ctx context.Context, c *sqlite3.SQLiteConn, t time.Time) error 
 	})
 }
 
-// reportCopiedMigrations reports the migrations of a tenant made from the
-// template as its own, applied at start.
-func (r *router) reportCopiedMigrations(ctx context.Context, tt *tenantTel, start time.Time) {
-	for _, mg := range r.mig.list {
-		_, end := r.tel.span(ctx, spanMigrate, tt, attribute.String(attrMigration, mg.name))
-		end(nil)
-		r.tel.migrated(ctx, tt, mg.name, start, nil)
+// copiedMigrations returns the migrations of a tenant made from the
+// template, as its own, applied in d (each).
+func (r *router) copiedMigrations(d time.Duration) []migStep {
+	steps := make([]migStep, len(r.mig.list))
+	for i, mg := range r.mig.list {
+		steps[i] = migStep{mg.name, d}
 	}
+	return steps
 }
 
 // copyTemplate writes a new tenant file at dst from the template at src
 // and stamps its ledger with the time of this creation.
-func (r *router) copyTemplate(ctx context.Context, src, dst string, tt *tenantTel) error {
+func (r *router) copyTemplate(ctx context.Context, src, dst string) error {
 	if err := copyFile(src, dst, true); err != nil {
 		return err
 	}
@@ -506,9 +505,6 @@ func (r *router) copyTemplate(ctx context.Context, src, dst string, tt *tenantTe
 	}
 	if cerr := c.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil {
-		r.reportCopiedMigrations(ctx, tt, start)
 	}
 	return err
 }
