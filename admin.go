@@ -577,11 +577,17 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		// and replaced by the replica, the backup lost.
 		err = touchFile(restoredMarker(t.path))
 	}
+	marked := err == nil
 	if err == nil && restoreBeforeRename != nil {
 		err = restoreBeforeRename()
 	}
 	if err == nil {
 		err = os.Rename(tmp, t.path)
+	} else if marked {
+		// Not restored: the marker must not stay on the old file (a stale
+		// copy would then be taken for a restore and become the replica's
+		// head). A kill here still leaves it.
+		os.Remove(restoredMarker(t.path))
 	}
 	if err == nil {
 		err = syncDir(filepath.Dir(t.path))
@@ -752,7 +758,7 @@ func (r *router) sweepLeftovers() {
 				if !isLeftover(e.Name()) {
 					continue
 				}
-				if fi, err := e.Info(); err == nil && fi.ModTime().Before(old) {
+				if fi, err := e.Info(); err == nil && (fi.ModTime().Before(old) || createdTenant(d, e.Name(), fi)) {
 					os.RemoveAll(filepath.Join(d, e.Name()))
 				}
 			}
@@ -762,6 +768,24 @@ func (r *router) sweepLeftovers() {
 			return
 		}
 	}
+}
+
+// createdTenant reports whether the file fi, named name in folder d, is a
+// creation's temporary name that was linked into place as its tenant's file
+// (a kill before it was removed): a second name of a live tenant's file,
+// whose rows it would keep after a delete. Young or not, it goes.
+func createdTenant(d, name string, fi fs.FileInfo) bool {
+	rest, ok := strings.CutPrefix(name, creatingPrefix)
+	if !ok || !strings.HasSuffix(rest, tenantFileSuffix) {
+		return false
+	}
+	rest = strings.TrimSuffix(rest, tenantFileSuffix)
+	i := strings.LastIndexByte(rest, '-')
+	if i <= 0 {
+		return false
+	}
+	ti, err := os.Lstat(filepath.Join(d, rest[:i]+tenantFileSuffix))
+	return err == nil && os.SameFile(fi, ti)
 }
 
 // isLeftover reports whether a directory entry is a tenant operation's

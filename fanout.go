@@ -667,6 +667,9 @@ func (run *fanRun) close(err error) {
 	}
 	run.closed = true
 	run.mu.Unlock()
+	if c := context.Cause(run.ctx); err == nil && c != nil {
+		err = c // ended by the caller's context or Close, not by its rows
+	}
 	run.cancel(errFanOutRowsClosed)
 	run.wg.Wait()
 	run.r.fanRuns.Delete(run)

@@ -1248,3 +1248,42 @@ func TestFanOut_EarlyCloseIsNoTenantsError(t *testing.T) {
 		t.Fatal("no fan-out spans")
 	}
 }
+
+// A fan-out ended by the caller's context between rows: the fan-out span
+// says so (it ended Unset, while rows.Err said context canceled).
+func TestFanOut_CallerCancelMarksTheSpan(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	migs := []string{eventsTable}
+	seedTenants(t, dir, migs, map[string]int{"a": 1, "b": 1})
+	spans := tracetest.NewSpanRecorder()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: migs, TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))})
+	ctx, cancel := context.WithCancel(WithFanOut(context.Background(), FanOutOptions{}))
+	defer cancel()
+	rows, err := p.QueryContext(ctx, `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) SELECT x FROM c`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rows.Next() {
+		t.Fatalf("no first row: %v", rows.Err())
+	}
+	cancel()
+	for rows.Next() {
+	}
+	if !errors.Is(rows.Err(), context.Canceled) {
+		t.Errorf("rows.Err() %v, want context.Canceled", rows.Err())
+	}
+	rows.Close()
+	found := false
+	for _, s := range spans.Ended() {
+		if s.Name() == spanFanOut {
+			found = true
+			if s.Status().Code != codes.Error {
+				t.Errorf("the fan-out span ended by the caller's cancel: status %v, want Error", s.Status())
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no fan-out span")
+	}
+}

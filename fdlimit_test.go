@@ -20,14 +20,25 @@ const fdLimitEnv = "SQLITEPROXY_TEST_FD_LIMIT_DIR"
 // IdleTimeout closes them (a fault trial: from the 12th tenant on, every
 // open failed with "too many open files" for five minutes). It runs in a
 // child process, whose limit it lowers.
+//
+// Modes: flat; buckets (a new bucket's folder is made and synced); disk
+// (the template copied on disk, as one too large for memory: a copy that
+// failed for want of descriptors dropped the template as damaged, and the
+// next creation built it again).
 func TestFDLimit(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestFDLimitChild$", "-test.v")
-	cmd.Env = append(os.Environ(), fdLimitEnv+"="+t.TempDir())
-	out, err := cmd.CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "--- PASS: TestFDLimitChild") {
-		t.Fatalf("child: %v\n%s", err, out)
+	for _, mode := range []string{"flat", "buckets", "disk"} {
+		t.Run("mode="+mode, func(t *testing.T) {
+			cmd := exec.Command(os.Args[0], "-test.run", "^TestFDLimitChild$", "-test.v")
+			cmd.Env = append(os.Environ(), fdLimitEnv+"="+t.TempDir(), fdLimitModeEnv+"="+mode)
+			out, err := cmd.CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "--- PASS: TestFDLimitChild") {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+		})
 	}
 }
+
+const fdLimitModeEnv = "SQLITEPROXY_TEST_FD_LIMIT_MODE"
 
 // TestFDLimitChild is TestFDLimit's child.
 func TestFDLimitChild(t *testing.T) {
@@ -35,7 +46,14 @@ func TestFDLimitChild(t *testing.T) {
 	if dir == "" {
 		t.Skip("run by TestFDLimit")
 	}
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	cfg := Config{Dir: dir, Migrations: []string{eventsTable}}
+	switch os.Getenv(fdLimitModeEnv) {
+	case "buckets":
+		cfg.Layout = LayoutBuckets
+	case "disk":
+		memTemplateOff.Store(true) // a process of its own
+	}
+	p := newTestProxy(t, cfg)
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		t.Fatal(err)
@@ -70,6 +88,11 @@ func TestFDLimitChild(t *testing.T) {
 		}
 		held = append(held, f)
 	}
+	tp := &p.c.r.tmpl
+	tp.mu.Lock()
+	built := tp.built
+	tp.img = nil // loaded again by the creation below, with no descriptor free
+	tp.mu.Unlock()
 	if err := p.CreateTenant(t.Context(), "made"); err != nil {
 		t.Errorf("CreateTenant with no descriptor free: %v", err)
 	}
@@ -86,6 +109,14 @@ func TestFDLimitChild(t *testing.T) {
 	for _, f := range held {
 		f.Close()
 	}
+	tp.mu.Lock()
+	if tp.built != built {
+		t.Error("the template was built again: a copy that failed for want of descriptors dropped it")
+	}
+	if os.Getenv(fdLimitModeEnv) != "disk" && tp.noImage != "" {
+		t.Errorf("the template is no longer held in memory (%s): a load that failed for want of descriptors", tp.noImage)
+	}
+	tp.mu.Unlock()
 	if n := countRows(t, p, "used"); n != 1 {
 		t.Errorf("used: %d rows", n)
 	}

@@ -341,8 +341,12 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 		sctx, end := m.tel.span(ctx, spanMigrate, tt, attribute.String(attrMigration, name))
 		at, err := m.applyOne(sctx, c, i)
 		end(err)
-		if err == nil && at == i+1 && held != nil {
-			*held = append(*held, migStep{name, time.Since(start)})
+		if held != nil && (err == nil && at == i+1 || outOfFiles(err)) {
+			// A new file's: reported once it is the tenant's; a step that
+			// failed for want of descriptors is tried again (withFDs).
+			if err == nil {
+				*held = append(*held, migStep{name, time.Since(start)})
+			}
 		} else if err != nil || at == i+1 {
 			m.tel.migrated(ctx, tt, name, time.Since(start), err)
 		}

@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,6 +131,12 @@ func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
 	}
 	if n := countRows(t, p, "c"); n != 100 {
 		t.Errorf("after a restore killed before its rename, c holds %d rows, want its 100", n)
+	}
+	// Failed before its rename, it leaves no "restored on purpose" marker
+	// on the old file (with replication, a stale copy so marked becomes
+	// the replica's head).
+	if _, err := os.Lstat(restoredMarker(filepath.Join(dir, "c.db"))); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the restored marker after a restore that failed before its rename: %v", err)
 	}
 }
 
@@ -382,4 +390,46 @@ func TestOrphanWAL_OwnReaderKeepsItsSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertNoOpenFiles(t, dir)
+}
+
+// A creation killed after linking its temporary file into place leaves a
+// second name of the tenant's file (.creating-<id>-<hex>.db), which the
+// sweep kept while young (its mtime follows the tenant's writes): the
+// tenant's rows outlived DeleteTenant under that name (crash trial). A
+// creation now removes the name at once, and the sweep removes one that is
+// the tenant's file whatever its age; one that is not stays.
+func TestSweep_RemovesACreationsSecondName(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('a')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range dbFiles(t, dir) {
+		if strings.HasPrefix(n, creatingPrefix) {
+			t.Errorf("after a creation: %s", n)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	second := filepath.Join(dir, ".creating-acme-0123456789abcdef.db")
+	if err := os.Link(filepath.Join(dir, "acme.db"), second); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, ".creating-acme-fedcba9876543210.db") // a creation in flight
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p = newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	waitFor(t, 10*time.Second, "the second name swept", func() bool {
+		_, err := os.Lstat(second)
+		return errors.Is(err, fs.ErrNotExist)
+	})
+	if _, err := os.Lstat(other); err != nil {
+		t.Errorf("a young temporary file that is no tenant's: %v", err)
+	}
+	if n := countRows(t, p, "acme"); n != 1 {
+		t.Errorf("acme: %d rows", n)
+	}
 }

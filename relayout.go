@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"cmp"
 	"context"
 	"database/sql/driver"
 	"errors"
@@ -198,6 +199,15 @@ func (r *relayouter) move(id string) error {
 	}
 	if err := settle(src); err != nil {
 		return err
+	}
+	// A -wal left at dst by a file deleted there (a DeleteTenant on a full
+	// disk, killed) would be replayed into this one at its next open: the
+	// deleted tenant's rows back, this one's lost.
+	if err := removeOrphanSideFiles(dst); err != nil {
+		return err
+	}
+	if _, err := os.Lstat(dst + "-wal"); !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s-wal exists without its database, and a process has it open: %w", dst, cmp.Or(err, errShmInUse))
 	}
 	srcSide, dstSide := sideFiles(src), sideFiles(dst)
 	for i := range srcSide {

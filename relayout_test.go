@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
 // relayoutFleet makes tenants in dir (layout l), tenant i holding i+1 rows
@@ -408,5 +410,39 @@ func TestRelayout_SymlinkedBucketRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(outside, "acme.db")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("acme.db went outside the directory: %v", err)
+	}
+}
+
+// A -wal left beside no file (a DeleteTenant on a full disk, which skips
+// the checkpoint, killed after its rename) was left in place by relayout,
+// which then moved a new tenant of that name beside it: its next open
+// replayed the deleted tenant's rows into it, and its own were lost
+// (crash trial). The move now removes such orphans first.
+func TestRelayout_NeverMovesAFileOntoAnOrphanWAL(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	crashImage(t, dir, "acme", 100) // acme.db and a -wal of 100 committed rows
+	// The delete's rename, then the kill: the -wal stays, without its file.
+	if err := os.Rename(filepath.Join(dir, "acme.db"), filepath.Join(dir, ".deleting-acme-0123456789abcdef.db")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Relayout(ctx, dir, LayoutBuckets); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('new')`); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	if _, err := Relayout(ctx, dir, LayoutFlat); err != nil {
+		t.Fatal(err)
+	}
+	got := testkit.Strings(t, ctx, direct(t, dir, "acme"), `SELECT tenant FROM events`)
+	if !slices.Equal(got, []string{"new"}) {
+		t.Errorf("acme after relayout back to flat: %q… (%d rows), want only the new tenant's row", got[:min(3, len(got))], len(got))
 	}
 }

@@ -676,7 +676,11 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 			err = os.Rename(tmp, t.path)
 		}
 	} else if err == nil {
-		err = os.Link(tmp, t.path)
+		// Side files of a file deleted there would be replayed into the
+		// copy from the replica.
+		if err = removeOrphanSideFiles(t.path); err == nil {
+			err = os.Link(tmp, t.path)
+		}
 		if errors.Is(err, os.ErrExist) {
 			return true, nil // made meanwhile by another process
 		}

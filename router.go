@@ -349,7 +349,13 @@ func (r *router) makeTenantDir(t *tenant) error {
 		}
 		return err
 	}
-	return syncDir(r.cfg.Dir)
+	if err := r.withFDs(t, func() error { return syncDir(r.cfg.Dir) }); err != nil {
+		// Made again, and synced, by the next creation in it: a folder
+		// left here would be taken as durable.
+		os.Remove(dir)
+		return err
+	}
+	return nil
 }
 
 // openOpts says what opening a tenant's writer may do.
@@ -533,6 +539,11 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly 
 				removeWithSideFiles(tmp)
 				return false, nil, false, opError(opCreateTenant, t.id, ctx.Err())
 			}
+			if outOfFiles(err) {
+				// Not damaged either: withFDs closes an idle tenant and
+				// copies again (dropped, a large template was built anew).
+				return false, nil, false, opError(opCreateTenant, t.id, err)
+			}
 			// A template damaged since it was built (its file is read
 			// for every copy when too large to hold in memory): the next
 			// creation builds it again, this one migrates step by step.
@@ -606,6 +617,10 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		}
 		return opError(opCreateTenant, t.id, err)
 	}
+	// The temporary name goes at once: left by a kill, it is a second name
+	// of the tenant's file, which would keep its rows after a delete (the
+	// sweep removes one that is, whatever its age).
+	clean()
 	t.ready.Store(true)
 	r.reportMigrations(ctx, t, steps, copied) // now the tenant's
 	if err := r.withFDs(t, func() error { return syncDir(filepath.Dir(t.path)) }); err != nil {

@@ -370,7 +370,7 @@ func (r *router) image(ctx context.Context, path string) (*templateImage, error)
 	}
 	img, err := r.loadImage(ctx, path)
 	if err != nil {
-		if ctx.Err() == nil { // not for a creation given up
+		if ctx.Err() == nil && !outOfFiles(err) { // not for a creation given up, nor for want of descriptors
 			tp.noImage = path
 		}
 		return nil, err

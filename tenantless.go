@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
+	"unicode/utf8"
 
 	"github.com/mattn/go-sqlite3"
 	"github.com/sqliteproxy/sqliteproxy/internal/sqlscan"
@@ -67,14 +67,18 @@ func errNoTenant(op, query string) error {
 	return opError(op, "", fmt.Errorf("%w: %s touches data or is not a single read-only statement", ErrNoTenant, quoteShort(query)))
 }
 
-// quoteShort quotes query, cut to its first 60 bytes with "…" after them
-// when longer: a cut that does not say so reads as a statement that
+// quoteShort quotes query, cut to about its first 60 bytes (not inside a
+// character) with "…" after them when longer: a cut that does not say so reads as a statement that
 // reached the driver cut.
 func quoteShort(query string) string {
 	if len(query) <= 60 {
 		return strconv.Quote(query)
 	}
-	return strconv.Quote(strings.ToValidUTF8(query[:60], "")) + "…"
+	i := 60
+	for i > 50 && !utf8.RuneStart(query[i]) {
+		i-- // not inside a character
+	}
+	return strconv.Quote(query[:i]) + "…"
 }
 
 // errNoTenantPrepare is errNoTenant for a text that SQLite could not
