@@ -575,7 +575,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		// (a proxy without replication) into a fresh directory, which the
 		// service with replication then opened, was taken for a stale copy
 		// and replaced by the replica, the backup lost.
-		err = touchFile(restoredMarker(t.path))
+		err = markRestored(t.path, tmp)
 	}
 	marked := err == nil
 	if err == nil && restoreBeforeRename != nil {
@@ -586,7 +586,8 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	} else if marked {
 		// Not restored: the marker must not stay on the old file (a stale
 		// copy would then be taken for a restore and become the replica's
-		// head). A kill here still leaves it.
+		// head). One left by a kill names tmp's file, not the tenant's,
+		// and does not count (restoredOnPurpose).
 		os.Remove(restoredMarker(t.path))
 	}
 	if err == nil {

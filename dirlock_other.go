@@ -17,3 +17,6 @@ func lockReplicating(string) (*os.File, error) { return nil, nil }
 // lockHeld cannot tell here: every lock counts as held, and no template
 // directory is swept.
 func lockHeld(*os.File) bool { return true }
+
+// fileKey cannot name a file here: "" (see the unix version).
+func fileKey(os.FileInfo) string { return "" }

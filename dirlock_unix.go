@@ -105,3 +105,12 @@ func setlk(f *os.File, lk *syscall.Flock_t) error {
 		}
 	}
 }
+
+// fileKey names the file fi describes by its device and inode: the same
+// for every path of one file, and kept by a rename.
+func fileKey(fi os.FileInfo) string {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return fmt.Sprintf("dev %d ino %d", st.Dev, st.Ino)
+	}
+	return ""
+}

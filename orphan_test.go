@@ -123,7 +123,12 @@ func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
 		}
 	}
 	killed := errors.New("killed before the rename")
-	restoreBeforeRename = func() error { return killed }
+	var left []byte // the marker as a kill here leaves it
+	restoreBeforeRename = func() error {
+		b, err := os.ReadFile(restoredMarker(filepath.Join(dir, "c.db")))
+		left = b
+		return errors.Join(killed, err)
+	}
 	defer func() { restoreBeforeRename = nil }()
 	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 	if err := p.RestoreTenant(tctx("c"), "c", backup); !errors.Is(err, killed) {
@@ -135,8 +140,31 @@ func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
 	// Failed before its rename, it leaves no "restored on purpose" marker
 	// on the old file (with replication, a stale copy so marked becomes
 	// the replica's head).
-	if _, err := os.Lstat(restoredMarker(filepath.Join(dir, "c.db"))); !errors.Is(err, fs.ErrNotExist) {
+	c := filepath.Join(dir, "c.db")
+	if _, err := os.Lstat(restoredMarker(c)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("the restored marker after a restore that failed before its rename: %v", err)
+	}
+	// Killed, the restore leaves its marker: it names the copy that never
+	// took c's name, so c's old file is not taken for a restored one.
+	if len(left) == 0 {
+		t.Fatal("the restore's marker names no file")
+	}
+	if err := os.WriteFile(restoredMarker(c), left, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := restoredOnPurpose(c); ok || err != nil {
+		t.Errorf("c's old file with a killed restore's marker: restored on purpose %v (%v), want false", ok, err)
+	}
+	if _, err := os.Lstat(restoredMarker(c)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a killed restore's marker is still there after it was read: %v", err)
+	}
+	// A restore that completes leaves a marker that names c's new file.
+	restoreBeforeRename = nil
+	if err := p.RestoreTenant(tctx("c"), "c", backup); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := restoredOnPurpose(c); !ok || err != nil {
+		t.Errorf("after a restore: restored on purpose %v (%v), want true", ok, err)
 	}
 }
 

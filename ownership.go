@@ -304,9 +304,13 @@ func replicaKey(id string, gen int64) string {
 // generation starts with a snapshot.
 func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool, error) {
 	g := t.gen.Load()
-	if _, err := os.Lstat(restoredMarker(t.path)); exists && err == nil {
-		// Restored on purpose: it becomes the head of the new generation.
-		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+	if exists {
+		if ok, err := restoredOnPurpose(t.path); err != nil {
+			return true, opError(opOpenTenant, t.id, err)
+		} else if ok {
+			// Restored on purpose: it becomes the head of the new generation.
+			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		}
 	}
 	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, g)
 	if err != nil {

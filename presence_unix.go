@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"os"
 	"path/filepath"
@@ -56,10 +55,8 @@ func joinPresence(dir string) string {
 	if err != nil {
 		key = dir
 	}
-	if fi, err := os.Stat(dir); err == nil {
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			key = fmt.Sprintf("dev %d ino %d", st.Dev, st.Ino)
-		}
+	if fi, err := os.Stat(dir); err == nil && fileKey(fi) != "" {
+		key = fileKey(fi)
 	}
 	presences.Lock()
 	defer presences.Unlock()

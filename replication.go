@@ -611,7 +611,9 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if !exists {
 		return r.restoreReplica(ctx, t, false, t.replicaKey())
 	}
-	if _, err := os.Lstat(restoredMarker(t.path)); err == nil {
+	if ok, err := restoredOnPurpose(t.path); err != nil {
+		return true, opError(opOpenTenant, t.id, err)
+	} else if ok {
 		return true, nil // removed once registered (router.register)
 	}
 	local, err := localPos(t.path)
@@ -1205,6 +1207,48 @@ func touchWAL(ctx context.Context, c *sqlite3.SQLiteConn) error {
 // stopped is kept too.
 func restoredMarker(p string) string {
 	return sideName(p, "-restored")
+}
+
+// markRestored marks the file at tmp, about to be renamed to the tenant
+// file p, as restored on purpose: the marker holds tmp's fileKey, so that
+// a restore killed before its rename leaves a marker that names a file
+// other than p's and does not count (restoredOnPurpose).
+func markRestored(p, tmp string) error {
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(restoredMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(fileKey(fi))
+	return errors.Join(err, f.Close())
+}
+
+// restoredOnPurpose reports whether the tenant file at p is marked restored
+// on purpose: by a marker that names p's file, or an empty one (written
+// before markers named their file, or where files have no fileKey). A
+// marker that names another file was left by a restore that never renamed
+// its copy to p: it is removed, and p is not restored on purpose (its
+// copy may be stale, and would become the replica's head).
+func restoredOnPurpose(p string) (bool, error) {
+	m := restoredMarker(p)
+	b, err := os.ReadFile(m)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
+	}
+	if len(b) == 0 {
+		return true, nil
+	}
+	if fi, err := os.Stat(p); err == nil && fileKey(fi) == string(b) {
+		return true, nil
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	return false, removeIfExists(m)
 }
 
 // touchFile creates an empty file at p (mode 0600) if there is none.

@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -450,6 +451,51 @@ func TestProxy_MovedAwayAndBack(t *testing.T) {
 				t.Fatalf("the replica after A -> B -> A: %v", got)
 			}
 		})
+	}
+}
+
+// A restore killed between marking the tenant restored on purpose and its
+// rename leaves the marker beside the old file, naming the copy it never
+// renamed. When that old copy is behind the replica, the marker must not
+// make it the replica's head: it was, and the rows written on another node
+// since were gone from the replica too.
+func TestProxy_RestoreKilledBeforeRenameKeepsNoStaleCopy(t *testing.T) {
+	g := newRig(t, "file")
+	cfgA := g.config(t, 10)
+	a := sqliteproxytest.New(t, cfgA)
+	insert(t, a, "acme", "on-a")
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := sqliteproxytest.New(t, g.config(t, 10))
+	insert(t, b, "acme", "on-b")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What the killed restore left on A: its copy under a temporary name
+	// and the marker naming that copy (device and inode).
+	copyName := filepath.Join(cfgA.Dir, ".restoring-acme-killed.db")
+	if err := os.WriteFile(copyName, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(copyName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if err := os.WriteFile(filepath.Join(cfgA.Dir, ".acme.db-restored"), fmt.Appendf(nil, "dev %d ino %d", st.Dev, st.Ino), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a = sqliteproxytest.New(t, cfgA)
+	if got := names(t, a, "acme"); !slices.Equal(got, []string{"on-a", "on-b"}) {
+		t.Fatalf("back on A after the killed restore: %v, want the replica's [on-a on-b]", got)
+	}
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	c := sqliteproxytest.New(t, g.config(t, 10))
+	if got := names(t, c, "acme"); !slices.Equal(got, []string{"on-a", "on-b"}) {
+		t.Fatalf("the replica after A reopened: %v, want [on-a on-b]", got)
 	}
 }
 
