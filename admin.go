@@ -776,16 +776,11 @@ func (r *router) sweepLeftovers() {
 // (a kill before it was removed): a second name of a live tenant's file,
 // whose rows it would keep after a delete. Young or not, it goes.
 func createdTenant(d, name string, fi fs.FileInfo) bool {
-	rest, ok := strings.CutPrefix(name, creatingPrefix)
-	if !ok || !strings.HasSuffix(rest, tenantFileSuffix) {
+	id, ok := tempID(name, creatingPrefix)
+	if !ok {
 		return false
 	}
-	rest = strings.TrimSuffix(rest, tenantFileSuffix)
-	i := strings.LastIndexByte(rest, '-')
-	if i <= 0 {
-		return false
-	}
-	ti, err := os.Lstat(filepath.Join(d, rest[:i]+tenantFileSuffix))
+	ti, err := os.Lstat(filepath.Join(d, id+tenantFileSuffix))
 	return err == nil && os.SameFile(fi, ti)
 }
 

@@ -986,7 +986,7 @@ func gooseAnnotation(trimmed string) (string, bool) {
 		return "", false
 	}
 	rest = strings.TrimSpace(rest)
-	if len(rest) < len("+goose") || !strings.EqualFold(rest[:len("+goose")], "+goose") {
+	if !hasPrefixFold(rest, "+goose") {
 		return "", false
 	}
 	return strings.ToUpper(strings.Join(strings.Fields(rest[len("+goose"):]), " ")), true

@@ -157,17 +157,24 @@ func isTempName(name string, prefixes ...string) bool {
 	// a restore killed midway.
 	name, _ = strings.CutSuffix(name, ".tmp")
 	name, _ = strings.CutSuffix(name, replicaStageSuffix)
-	base, ok := strings.CutSuffix(name, tenantFileSuffix)
-	if !ok || len(base) < 17 || base[len(base)-17] != '-' {
-		return false
-	}
-	if _, err := hex.DecodeString(base[len(base)-16:]); err != nil {
-		return false
-	}
 	for _, prefix := range prefixes {
-		if rest, ok := strings.CutPrefix(base[:len(base)-17], prefix); ok && rest != "" {
+		if _, ok := tempID(name, prefix); ok {
 			return true
 		}
 	}
 	return false
+}
+
+// tempID returns the tenant ID of name if it is one of tempName's with
+// prefix (<prefix><id>-<16 hex digits>.db; no side file).
+func tempID(name, prefix string) (string, bool) {
+	base, ok := strings.CutSuffix(name, tenantFileSuffix)
+	if !ok || len(base) < 17 || base[len(base)-17] != '-' {
+		return "", false
+	}
+	if _, err := hex.DecodeString(base[len(base)-16:]); err != nil {
+		return "", false
+	}
+	id, ok := strings.CutPrefix(base[:len(base)-17], prefix)
+	return id, ok && id != ""
 }
