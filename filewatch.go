@@ -133,6 +133,10 @@ func (t *tenant) closedAfterMove() {
 	}
 	t.removeMovedSideFiles()
 	t.moved.Store(false)
+	// Another file, whose ledger nobody checked: the next open checks it
+	// (it was served unmigrated, and MigrateAll said it had nothing to do,
+	// when requests held t as the move was seen).
+	t.ready.Store(false)
 	if t.lease == nil || !leaseStale(t) && !t.r.leaseLost(t) {
 		t.fenced.Store(false)
 	}

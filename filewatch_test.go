@@ -249,6 +249,62 @@ func TestFileWatch_ReplacedWithReaderLeased(t *testing.T) {
 	}
 }
 
+// TestFileWatch_ReplacedByOlderSchema: a file of an older schema moved over
+// an open tenant's, while requests hold the tenant, is checked against the
+// migrations at its next open, as any file is: migrated in auto mode,
+// refused in check mode until MigrateAll migrates it. The tenant stayed
+// marked as checked: reads failed on the missing column, check mode served
+// the file, and MigrateAll said it had nothing to do.
+func TestFileWatch_ReplacedByOlderSchema(t *testing.T) {
+	const v2 = `ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 7`
+	for _, mode := range []MigrationMode{MigrateAuto, MigrateCheck} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			backup := filepath.Join(t.TempDir(), "acme.db")
+			old := newTestProxy(t, Config{Dir: t.TempDir(), Migrations: []string{eventsTable}})
+			insertN(t, old, "acme", 2)
+			if err := old.BackupTenant(context.Background(), "acme", backup); err != nil {
+				t.Fatal(err)
+			}
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable, v2}, MigrationMode: mode})
+			insertN(t, p, "acme", 1)
+			tn, err := p.c.r.tenant("acme") // a request holding it
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tn.unpin()
+			tx, err := p.BeginTx(tctx("acme"), nil) // and one holding its writer: the fence stays
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(`INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(backup, filepath.Join(dir, "acme.db")); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 5*time.Second, "acme fenced", tn.moved.Load)
+			tx.Rollback()
+			var first error
+			waitFor(t, 5*time.Second, "acme opened anew", func() bool {
+				_, first = p.ExecContext(tctx("acme"), `SELECT 1`)
+				return !tn.moved.Load()
+			})
+			if mode == MigrateCheck {
+				if !errors.Is(first, ErrPendingMigrations) {
+					t.Fatalf("first use of the replaced file: %v, want ErrPendingMigrations", first)
+				}
+				if rep, err := p.MigrateAll(context.Background(), MigrateOptions{}); err != nil || rep.Migrated != 1 {
+					t.Fatalf("MigrateAll: %+v, %v", rep, err)
+				}
+			}
+			if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM events WHERE severity = 7`); n != 2 {
+				t.Errorf("the replaced file's rows with the new column: %d, want 2", n)
+			}
+		})
+	}
+}
+
 // inotifyInstances counts this process's inotify descriptors.
 func inotifyInstances(t *testing.T) int {
 	t.Helper()

@@ -242,14 +242,20 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	if len(pending) == 0 || dryRun {
 		return pending, nil
 	}
+	// The writer carries live traffic's session: a TEMP table of the same
+	// name took the migration's ALTER (the ledger then said applied over a
+	// main table left as it was), a TEMP trigger fired inside it (a
+	// backfill's UPDATE ignored), pragmas change what it does. Migrations
+	// run on a fresh connection, as the gate's do.
+	if err := t.freshWriter(ctx); err != nil {
+		return nil, opError(opMigrate, id, err)
+	}
 	_, err = r.mig.migrate(ctx, t.w.c, id, t.tel, true, nil)
 	// What a migration sets on its connection (pragmas, TEMP tables) is
 	// not undone with its transaction: it must not stay on the tenant's
-	// writer for live traffic, as the gate's migrator does not (a fresh
-	// writer takes its place; if none can be opened, the old one stays).
-	if nw, oerr := r.conns.open(ctx, t, true); oerr == nil {
-		t.w.close()
-		t.w = nw
+	// writer for live traffic either.
+	if ferr := t.freshWriter(ctx); err == nil && ferr != nil {
+		err = opError(opMigrate, id, ferr)
 	}
 	if err != nil {
 		return nil, err

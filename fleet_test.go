@@ -423,6 +423,50 @@ func TestRollback_OpenWriterKeepsNoSessionState(t *testing.T) {
 	}
 }
 
+// The other way: what live traffic left on an open tenant's writer (TEMP
+// objects and pragmas persist on it, as the README says) must not reach
+// MigrateAll's migrations. A TEMP table named like the migration's table
+// took its ALTER, and the ledger said applied over a main table left as it
+// was (after a restart too); a TEMP trigger turned a backfill into nothing.
+func TestMigrateAll_OpenWriterSessionDoesNotReachMigrations(t *testing.T) {
+	t.Parallel()
+	const v1 = `CREATE TABLE events (id INTEGER PRIMARY KEY, name TEXT, severity INTEGER)`
+	for _, tc := range []struct {
+		name, left, v2, check string
+	}{
+		{"temp table", `CREATE TEMP TABLE events (id INTEGER PRIMARY KEY, name TEXT)`,
+			`ALTER TABLE events ADD COLUMN kind TEXT NOT NULL DEFAULT 'k'`,
+			`SELECT count(*) FROM main.events WHERE kind = 'k'`},
+		{"temp trigger", `CREATE TEMP TRIGGER skip BEFORE UPDATE ON main.events BEGIN SELECT RAISE(IGNORE); END`,
+			`UPDATE events SET severity = 3 WHERE severity IS NULL`,
+			`SELECT count(*) FROM main.events WHERE severity = 3`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{v1}})
+			if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (name) VALUES ('a'), ('b')`); err != nil {
+				t.Fatal(err)
+			}
+			p.Close()
+			p = newTestProxy(t, Config{Dir: dir, Migrations: []string{v1, tc.v2}, MigrationMode: MigrateManual})
+			if _, err := p.ExecContext(tctx("acme"), tc.left); err != nil { // on the writer, open at version 1
+				t.Fatal(err)
+			}
+			rep, err := p.MigrateAll(context.Background(), MigrateOptions{})
+			if err != nil || rep.Migrated != 1 {
+				t.Fatalf("MigrateAll: %+v, %v", rep, err)
+			}
+			if n := queryInt(t, p, tctx("acme"), tc.check); n != 2 {
+				t.Errorf("%s: %d rows migrated, want 2", tc.check, n)
+			}
+			p.Close()
+			if n := queryInt(t, direct(t, dir, "acme"), context.Background(), tc.check); n != 2 {
+				t.Errorf("in the file: %s: %d, want 2", tc.check, n)
+			}
+		})
+	}
+}
+
 // MigrateAll of a tenant another process has open and this one has not
 // migrates it on a writer of the tenant's pool (the exclusive connection
 // cannot be had), and used to keep that connection as the writer, to be

@@ -93,6 +93,17 @@ func (r *router) rollbackTenant(ctx context.Context, id string, to int, dryRun b
 	}
 	defer t.releaseWriter()
 	if t.w != nil {
+		if !dryRun {
+			// The writer carries live traffic's session: a TEMP table of
+			// the same name took a down migration's DROP COLUMN (the ledger
+			// then said rolled back over a main table that kept it, and
+			// the next access failed to apply the migration again), a TEMP
+			// trigger fired inside it. Down migrations run on a fresh
+			// connection.
+			if err := t.freshWriter(ctx); err != nil {
+				return nil, opError(opRollback, id, err)
+			}
+		}
 		ran, err := r.mig.rollback(ctx, t.w.c, id, t.tel, to, dryRun)
 		if !dryRun && (len(ran) > 0 || err != nil) {
 			// Rolled back, or failed partway: what a down migration set on
@@ -157,9 +168,5 @@ func (r *router) rolledBack(t *tenant) {
 	if t.w == nil || t.evict(true, evictMigrate) {
 		return
 	}
-	// Readers are leased: close the writer alone, as discard does.
-	pc := t.w
-	t.w = nil
-	pc.close()
-	r.budget.unreserve(t)
+	t.dropWriter() // readers are leased: the writer alone
 }

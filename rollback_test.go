@@ -598,6 +598,39 @@ func TestMigrationStatus_Ahead(t *testing.T) {
 	}
 }
 
+// A down migration does not run on the writer live traffic used: a TEMP
+// table named like its table took its DROP COLUMN, the ledger said rolled
+// back over a main table that kept the column, and the next access failed
+// for good re-applying the migration ("duplicate column name").
+func TestRollback_OpenWriterSessionDoesNotReachDowns(t *testing.T) {
+	t.Parallel()
+	fsys := fstest.MapFS{
+		"0001_init.sql":     {Data: []byte(`CREATE TABLE events (id INTEGER PRIMARY KEY, name TEXT)`)},
+		"0002_sev.sql":      {Data: []byte(`ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0`)},
+		"0002_sev.down.sql": {Data: []byte(`ALTER TABLE events DROP COLUMN severity`)},
+	}
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (name, severity) VALUES ('a', 1)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `CREATE TEMP TABLE events (id INTEGER PRIMARY KEY, name TEXT, severity INTEGER)`); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := p.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || rep.Migrated != 1 {
+		t.Fatalf("Rollback: %+v, %v", rep, err)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM pragma_table_info('events', 'main') WHERE name = 'severity'`); n != 0 {
+		t.Error("main.events keeps the column its down migration dropped")
+	}
+	if rep, err := p.MigrateAll(context.Background(), MigrateOptions{}); err != nil || rep.Migrated != 1 {
+		t.Fatalf("MigrateAll after the rollback: %+v, %v", rep, err)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM main.events WHERE severity = 0`); n != 1 {
+		t.Errorf("after migrating again: %d rows with the column's default, want 1", n)
+	}
+}
+
 // A tenant with a reader leased (rows open) is rolled back on its writer;
 // the writer alone is closed, so that the next access passes the gate
 // again (auto mode: applies the migration again), and the connection

@@ -537,9 +537,7 @@ func (t *tenant) releaseReader(pc *physConn) { t.putReader(pc, nil) }
 // lease opens a fresh connection.
 func (t *tenant) discard(pc *physConn) {
 	if pc.writer {
-		t.w = nil
-		pc.close()
-		t.r.budget.unreserve(t)
+		t.dropWriter()
 		t.releaseWriter()
 		return
 	}
@@ -557,6 +555,34 @@ func (t *tenant) discard(pc *physConn) {
 	if t.r.isClosed.Load() {
 		t.evict(false, evictClose)
 	}
+}
+
+// dropWriter closes t's writer, if it is open, and gives back its slot.
+// The caller holds t's writer semaphore.
+func (t *tenant) dropWriter() {
+	if pc := t.w; pc != nil {
+		t.w = nil
+		pc.close()
+		t.r.budget.unreserve(t)
+	}
+}
+
+// freshWriter replaces t's open writer with a new connection, which holds
+// none of the session state (TEMP objects, pragmas) live traffic left on
+// the old one. The old one is closed first, so that the new one takes its
+// descriptor (SQLite keeps it while other connections have the file
+// open). If none can be opened, t is left without a writer. The caller
+// holds t's writer semaphore.
+func (t *tenant) freshWriter(ctx context.Context) error {
+	t.w.close()
+	nw, err := t.r.conns.open(ctx, t, true)
+	if err != nil {
+		t.w = nil
+		t.r.budget.unreserve(t)
+		return err
+	}
+	t.w = nw
+	return nil
 }
 
 // release returns a leased connection to its tenant.
@@ -602,6 +628,10 @@ func (t *tenant) evict(haveWsem bool, reason evictReason) bool {
 	for _, pc := range conns {
 		pc.close()
 	}
+	// Closed, its ledger is anybody's to change (the CLI's migrate
+	// -down-to, another proxy): the next open checks it again, as it does
+	// for a tenant this process forgot.
+	t.ready.Store(false)
 	t.closedAfterMove() // whatever closed it: the idle reaper, the budget, Close
 	t.r.unregister(t)   // after the close: Litestream's connection must be the last
 	end(nil)

@@ -64,9 +64,7 @@ func (t *tenant) boundWAL(pc *physConn) {
 	if err := t.truncateWAL(pc); err != nil {
 		// The writer's busy timeout may be walWait's still: close it, and
 		// the next lease opens a fresh connection.
-		t.w = nil
-		pc.close()
-		t.r.budget.unreserve(t)
+		t.dropWriter()
 	}
 }
 
