@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -16,8 +18,19 @@ import (
 // mattn has applied the DSN's pragmas: it puts the file in WAL mode
 // (retrying for up to walTimeout, see ensureWAL) and hardens the connection
 // (replicated: for a file Litestream streams).
-func tenantHook(walTimeout time.Duration, replicated bool) func(*sqlite3.SQLiteConn) error {
+//
+// With dir (the data directory, symlinks resolved) it first refuses a
+// connection whose file is not under dir: SQLite follows a symlink put in
+// a tenant file's place after the proxy looked, and the hook would have
+// written to the file it reached (its journal mode, a -wal and -shm beside
+// it) before openFile could refuse it.
+func tenantHook(walTimeout time.Duration, replicated bool, dir string) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
+		if dir != "" {
+			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
+				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink", errNotTenantFile, got, dir)
+			}
+		}
 		if err := ensureWAL(c, walTimeout); err != nil {
 			return err
 		}

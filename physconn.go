@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"maps"
 	"net/url"
 	"strconv"
@@ -21,14 +22,18 @@ type connOpener struct {
 	readerParams string                // URI query of reader connections
 	aloneParams  string                // URI query of MigrateAll's connections to tenants not open anywhere (see migrateAlone)
 	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
+	pathDrv      *sqlite3.SQLiteDriver // like drv, for files anywhere (openPath: templates, files being built)
+	realDir      string                // Config.Dir with every symlink resolved
 	cacheSize    int                   // statements each physConn keeps for routing Stmts
 }
 
-func newConnOpener(cfg *Config) connOpener {
+func newConnOpener(cfg *Config, realDir string) connOpener {
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "")},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir)},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "")},
+		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir)},
+		pathDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "")},
+		realDir:   realDir,
 		cacheSize: max(cfg.StmtCacheSize, 1),
 	}
 	common := url.Values{}
@@ -71,7 +76,7 @@ func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physCon
 // openPath opens a hardened tenant connection to the file at path (a
 // tenant file being built) with the URI query params.
 func (o *connOpener) openPath(path, params string) (*sqlite3.SQLiteConn, error) {
-	c, err := o.drv.Open(fileURI(path) + params)
+	c, err := o.pathDrv.Open(fileURI(path) + params)
 	if err != nil {
 		return nil, err
 	}
@@ -178,8 +183,24 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		c, err = drv.Open(t.uri + params)
 		return err
 	})
-	return c, err
+	if err != nil {
+		return nil, err
+	}
+	if got, want := c.(*sqlite3.SQLiteConn).GetFilename("main"), t.realPath(); got != want {
+		// SQLite resolves symlinks before it opens (only the last
+		// component with O_NOFOLLOW): a symlink put in the file's place
+		// after statFile looked, or a data directory moved since New,
+		// opened another file. Nothing ran on it but the connect hook,
+		// which refuses files outside the directory.
+		c.Close()
+		return nil, fmt.Errorf("%w: %s opened %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, t.path, got)
+	}
+	return c, nil
 }
+
+// errNotTenantFile refuses a connection that SQLite opened on another file
+// than the tenant's (a symlink followed).
+var errNotTenantFile = errors.New("not the tenant's file")
 
 // withFDs runs open, which opens files for t (its connections, its new
 // file), and when it fails for want of file descriptors (RLIMIT_NOFILE

@@ -72,6 +72,12 @@ func newRouter(cfg *Config) (_ *router, err error) {
 			return nil, opError(opOpen, "", err)
 		}
 	}
+	// The directory as SQLite names what it opens (every symlink
+	// resolved): what each connection's file is checked against.
+	realDir, err := filepath.EvalSymlinks(cfg.Dir)
+	if err != nil {
+		return nil, opError(opOpen, "", err)
+	}
 	fi, err := os.Stat(cfg.Dir)
 	if err != nil {
 		return nil, opError(opOpen, "", err)
@@ -118,7 +124,7 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		dirLock:    dirLock,
 		replLock:   replLock,
 		presence:   presence,
-		conns:      newConnOpener(cfg),
+		conns:      newConnOpener(cfg, realDir),
 		repl:       newReplicator(cfg),
 		budget:     newBudget(cfg.MaxConnections),
 		retain:     newRetention(cfg.MaxConnections),
@@ -584,6 +590,14 @@ func (r *router) reportMigrations(ctx context.Context, t *tenant, steps []migSte
 func (r *router) createFile(ctx context.Context, t *tenant) error {
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(opCreateTenant, t.id, err)
+	}
+	// Not in a folder that is not the data directory's any more (a symlink
+	// Dir pointed elsewhere since New; a bucket folder that is a symlink):
+	// the tenant would be created there and then refused at its open.
+	if real, err := filepath.EvalSymlinks(filepath.Dir(t.path)); err != nil {
+		return opError(opCreateTenant, t.id, err)
+	} else if want := filepath.Dir(t.realPath()); real != want {
+		return opError(opCreateTenant, t.id, fmt.Errorf("%w: %s is %s, not %s: the data directory may not change while the proxy runs", errNotTenantFile, filepath.Dir(t.path), real, want))
 	}
 	var tmp string
 	var bytesOnly, copied bool

@@ -80,6 +80,12 @@ const (
 	tenantDeleted
 )
 
+// realPath is t's file as SQLite names it once opened: under the data
+// directory with its symlinks resolved.
+func (t *tenant) realPath() string {
+	return tenantPath(t.r.conns.realDir, t.r.cfg.Layout, t.id)
+}
+
 func newTenant(r *router, id string) *tenant {
 	path := tenantPath(r.cfg.Dir, r.cfg.Layout, id)
 	return &tenant{r: r, id: id, path: path, uri: fileURI(path), tel: r.tel.newTenant(id)}
