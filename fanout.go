@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -464,11 +462,12 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 	wasOpen := r.budget.counted(t) > 0
 	if !t.ready.Load() || t.fenced.Load() || owned && !wasOpen {
 		// Open (and, in MigrateAuto, migrate) it as a first access would,
-		// but never create it.
+		// but never create it. In MigrateManual it is served as it is, as
+		// readClosed does (a tenant behind was refused here only).
 		if err := t.lockWriter(ctx); err != nil {
 			return err
 		}
-		if _, err := t.openLockedWriter(ctx, openOpts{migrate: r.accessOpts.migrate}); err != nil {
+		if _, err := t.openLockedWriter(ctx, openOpts{migrate: r.accessOpts.migrate, servePending: r.accessOpts.servePending}); err != nil {
 			return err
 		}
 		t.releaseWriter()
@@ -520,10 +519,17 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	if t.w != nil || r.budget.counted(t) > 0 {
 		return false, nil
 	}
+	if hasSide(t.path, "-journal") {
+		// A rollback journal (the file used in another journal mode by
+		// something else): if hot, it holds the pages of a transaction
+		// that never committed, which an immutable read took for the
+		// tenant's rows. The normal open rolls it back.
+		return false, nil
+	}
 	params := r.conns.readerParams
 	joins := presenceJoins(r.presence) // before othersPresent: a process joining after either is seen by one
 	immutable := false
-	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) && !othersPresent(r.presence) {
+	if !hasSide(t.path, "-wal") && !othersPresent(r.presence) {
 		params, immutable = "?mode=ro&immutable=1", true
 	}
 	c, done, err := r.ownConn(ctx, t, fanOutDriver, params)

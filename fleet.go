@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"runtime"
 	"slices"
 	"sync"
@@ -307,7 +305,10 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
 	params := "?mode=ro"
-	if _, err := os.Lstat(t.path + "-wal"); errors.Is(err, fs.ErrNotExist) {
+	if !hasSide(t.path, "-wal") && !hasSide(t.path, "-journal") {
+		// Immutable ignores a hot journal: a migration killed midway in
+		// another journal mode read as applied, and the tenant was marked
+		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
 	c, done, err := r.ownConn(ctx, t, plainDriver, params)

@@ -149,6 +149,14 @@ func sideFiles(p string) []string {
 var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream"}
 
 // sideName names the side file of kind beside the tenant file at p.
+// hasSide reports whether SQLite's side file suffix (-wal, -journal) is
+// beside the database file at p (anything of that name that cannot be
+// looked at counts).
+func hasSide(p, suffix string) bool {
+	_, err := os.Lstat(p + suffix)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
 func sideName(p, kind string) string {
 	dir, file := path.Split(p)
 	return path.Join(dir, "."+file+kind)
