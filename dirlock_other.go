@@ -2,7 +2,10 @@
 
 package sqliteproxy
 
-import "os"
+import (
+	"errors"
+	"os"
+)
 
 // lockDir opens dir without locking it: on this system a running proxy
 // does not keep Relayout out (stop it first).
@@ -20,3 +23,14 @@ func lockHeld(*os.File) bool { return true }
 
 // fileKey cannot name a file here: "" (see the unix version).
 func fileKey(os.FileInfo) string { return "" }
+
+// openRegular opens the regular file at p for reading (see the unix
+// version; here a symlink is looked at first).
+func openRegular(p string) (*os.File, error) {
+	if fi, err := os.Lstat(p); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, errors.New(p + " is not a regular file")
+	}
+	return os.Open(p)
+}

@@ -114,3 +114,20 @@ func fileKey(fi os.FileInfo) string {
 	}
 	return ""
 }
+
+// openRegular opens the regular file at p for reading: a symlink is not
+// followed, and a FIFO or device is refused without blocking.
+func openRegular(p string) (*os.File, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s is a symlink, not a regular file", p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, errors.Join(err, fmt.Errorf("%s is not a regular file", p))
+	}
+	return f, nil
+}

@@ -138,11 +138,19 @@ func (e relayoutInterrupted) Error() string        { return string(e) }
 func (e relayoutInterrupted) Is(target error) bool { return target == ErrRelayoutInterrupted }
 
 // readDirState reads dir's layout marker: no marker is flat.
+// The marker is a regular file of a few bytes: anything else put there
+// (a FIFO hung New and every CLI command, a symlink to /dev/zero ran the
+// process out of memory) is refused, and at most markerMax bytes are read.
 func readDirState(dir string) (dirState, error) {
-	b, err := os.ReadFile(filepath.Join(dir, layoutMarkerName))
+	f, err := openRegular(filepath.Join(dir, layoutMarkerName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return dirState{layout: LayoutFlat}, nil
 	}
+	if err != nil {
+		return dirState{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, markerMax))
 	if err != nil {
 		return dirState{}, err
 	}
@@ -157,6 +165,9 @@ func readDirState(dir string) (dirState, error) {
 	}
 	return dirState{}, fmt.Errorf("%s: unknown layout marker %q", filepath.Join(dir, layoutMarkerName), s)
 }
+
+// markerMax bounds what readDirState reads of a layout marker.
+const markerMax = 256
 
 // writeMarker replaces dir's layout marker with content, atomically and
 // durably; content "" removes it (flat).
