@@ -21,7 +21,8 @@
 // SQLite connections until the checkout ends, so a *sql.Conn or *sql.Tx
 // keeps one SQLite session (TEMP tables, pragmas) throughout. Each tenant
 // has one writer connection, handed over by a Go semaphore that honours the
-// context (so writers in this process never see SQLITE_BUSY), and up to
+// context (a wait whose context has no deadline ends after
+// Config.BusyTimeout with SQLITE_BUSY, as SQLite's own would), and up to
 // Config.ReadersPerTenant read-only connections for statements SQLite
 // reports as read-only and for read-only transactions. Exec always uses the
 // writer; so does Query for INSERT ... RETURNING and anything else that

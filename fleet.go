@@ -23,8 +23,8 @@ type MigrateOptions struct {
 	// Progress, if set, is called after each tenant (from several
 	// goroutines, never concurrently) with the tenants done and the total.
 	Progress func(done, total int)
-	// Tenants restricts the run to these IDs; default every tenant under
-	// Dir, in the order of AllTenants.
+	// Tenants restricts the run to these IDs; nil means every tenant under
+	// Dir, in the order of AllTenants (an empty non-nil slice means none).
 	Tenants []string
 }
 

@@ -110,7 +110,7 @@ const (
 	markerBuckets      = "buckets"
 	markerRelayoutTo   = "relayout-to-" // + target layout
 	relayoutRerunHint  = "run `sqliteproxy relayout -dir %s -to %s` to finish it (or -to %s to undo it)"
-	otherLayoutRefusal = "%s is in the %s layout, not %s: set Config.Layout (DSN layout=%s), or convert it with `sqliteproxy relayout -dir %s -to %s` while nothing uses it"
+	otherLayoutRefusal = "%s is in the %s layout, not %s: set Config.Layout (DSN layout=%s; CLI -layout %[4]s or auto), or convert it with `sqliteproxy relayout -dir %s -to %s` while nothing uses it"
 )
 
 // dirState is what a data directory's marker says.

@@ -12,8 +12,9 @@
 //
 //	make run
 //
-// (the same as go run -tags sqlite_omit_load_extension ./examples/events
-// -addr :8080 -dir ./data) and try it with
+// (the same as cd examples && go run -tags sqlite_omit_load_extension
+// ./events -addr :8080 -dir ../data: examples is a module of its own) and
+// try it with
 //
 //	curl -s -X POST -H 'X-Tenant-ID: acme' -d '{"Name":"signup"}' localhost:8080/events
 //	curl -s -H 'X-Tenant-ID: acme' localhost:8080/events
