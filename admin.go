@@ -784,6 +784,26 @@ func createdTenant(d, name string, fi fs.FileInfo) bool {
 	return err == nil && os.SameFile(fi, ti)
 }
 
+// creationTwin reports whether the second name of the tenant file fi at
+// path (tenant id's) is a creation's temporary name (createdTenant): one in
+// flight, between its link and its removal, or left by a kill (removed by
+// the sweep at New).
+func creationTwin(path, id string, fi fs.FileInfo) bool {
+	d := filepath.Dir(path)
+	ents, err := os.ReadDir(d)
+	if err != nil {
+		return false
+	}
+	for _, e := range ents {
+		if other, ok := tempID(e.Name(), creatingPrefix); ok && other == id {
+			if ti, err := os.Lstat(filepath.Join(d, e.Name())); err == nil && os.SameFile(fi, ti) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // isLeftover reports whether a directory entry is a tenant operation's
 // temporary file (tempName), or one of its side files.
 func isLeftover(name string) bool {

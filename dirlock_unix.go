@@ -131,3 +131,12 @@ func openRegular(p string) (*os.File, error) {
 	}
 	return f, nil
 }
+
+// linkCount returns how many names the file fi describes has (1 where
+// that cannot be told).
+func linkCount(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 1
+}

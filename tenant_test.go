@@ -380,3 +380,35 @@ func TestProxy_DataDirectoryRepointed(t *testing.T) {
 		t.Errorf("the new directory holds %d entries, want none (%s...)", len(ents), ents[0].Name())
 	}
 }
+
+// A tenant file that is a hard link of another's (ln globex.db acme.db) is
+// refused at open: acme served globex's rows and globex read acme's writes.
+// A creation's own second name, in flight or left by a kill, is not a
+// reason to refuse.
+func TestProxy_HardLinkedTenantFileRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "globex", 1)
+	if err := os.Link(filepath.Join(dir, "globex.db"), filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); !errors.Is(err, errNotTenantFile) {
+		t.Errorf("a write to a hard link of globex's file: %v, want errNotTenantFile", err)
+	}
+	if n := queryInt(t, p, tctx("globex"), `SELECT count(*) FROM events WHERE tenant = 'acme'`); n != 0 {
+		t.Errorf("globex holds %d of acme's rows", n)
+	}
+	if err := os.Remove(filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	// The creation twin: initech's file with its temporary name beside it.
+	insertN(t, p, "initech", 1)
+	if !p.c.r.evictTenant(t, "initech") {
+		t.Fatal("initech not closed")
+	}
+	if err := os.Link(filepath.Join(dir, "initech.db"), tempName(dir, creatingPrefix, "initech")); err != nil {
+		t.Fatal(err)
+	}
+	insertN(t, p, "initech", 1)
+}
