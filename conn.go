@@ -237,6 +237,13 @@ func (c *conn) routeSession(ctx context.Context) (*physConn, error) {
 	return c.lease(ctx, t, !t.wsem.held.Load())
 }
 
+// compileErr reports whether err is SQLite's failure to compile a
+// statement (SQLITE_ERROR: no such table, no such column, a syntax error).
+func compileErr(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrError
+}
+
 // cannotRead reports whether a text cannot run on a reader, by its words:
 // not a single statement (routeQuery sends several to the writer), a WITH
 // whose statement writes and returns rows (RETURNING), or one that does
@@ -363,6 +370,17 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		c.mayTx = c.opensTx(query)
 	}
 	rs, err := pc.c.QueryContext(ctx, query, args)
+	if err != nil && !pc.writer && c.tx == nil && compileErr(err) {
+		// The text was classified as a read (by this conn or, for the whole
+		// process, by another tenant's run of it), but the reader cannot
+		// compile it here: it names a TEMP table of the writer's session,
+		// as an unclassified text that failed on a reader goes to the
+		// writer. One tenant's queries must not change another's results.
+		if pc, err = c.route(ctx, true); err != nil {
+			return nil, err
+		}
+		rs, err = pc.c.QueryContext(ctx, query, args)
+	}
 	if err != nil {
 		return nil, err
 	}

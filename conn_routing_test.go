@@ -293,3 +293,33 @@ func TestSessionFunctions_NeverWait(t *testing.T) {
 		t.Errorf("insert while a sql.Conn that only read is open: %v", err)
 	}
 }
+
+// A read classified once for the whole process (another tenant ran the
+// text against a table of its own) that a reader cannot compile for this
+// tenant, because it names a TEMP table of the writer's session, runs on
+// the writer as it does when unclassified: acme's read of its TEMP table
+// failed with "no such table" only when bob had run the same text first.
+func TestRouting_ClassifiedReadOfATempTable(t *testing.T) {
+	t.Parallel()
+	for _, otherFirst := range []bool{false, true} {
+		p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+		if _, err := p.ExecContext(tctx("bob"), `CREATE TABLE scratch (x)`); err != nil {
+			t.Fatal(err)
+		}
+		if otherFirst {
+			if n := queryInt(t, p, tctx("bob"), `SELECT count(*) FROM scratch`); n != 0 {
+				t.Fatalf("bob's scratch: %d rows", n)
+			}
+		}
+		for _, q := range []string{`CREATE TEMP TABLE scratch (x)`, `INSERT INTO scratch VALUES (1)`} {
+			if _, err := p.ExecContext(tctx("acme"), q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 2 { // the second run meets this conn's own memory of the text
+			if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM scratch`); n != 1 {
+				t.Errorf("bob ran the text first %v: acme's TEMP table holds %d rows, want 1", otherFirst, n)
+			}
+		}
+	}
+}
