@@ -6,7 +6,9 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -352,4 +354,27 @@ func openProxy(t *testing.T, dir string) *Proxy {
 	}
 	t.Cleanup(func() { p.Close() })
 	return p
+}
+
+// DeleteTenant of a tenant whose file this process cannot write (chattr +i
+// stands for a file owned by someone else: root ignores permissions) said
+// that another process had it open; no other process existed.
+func TestDeleteTenant_UnwritableFileNotBlamedOnAProcess(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	p.Close()
+	a := filepath.Join(dir, "acme.db")
+	if out, err := exec.Command("chattr", "+i", a).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i: %v %s", err, out)
+	}
+	defer exec.Command("chattr", "-i", a).Run()
+	p = newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if n := countRows(t, p, "acme"); n != 1 { // opened read-only: its -shm stays
+		t.Fatalf("acme: %d rows", n)
+	}
+	err := p.DeleteTenant(context.Background(), "acme")
+	if err == nil || strings.Contains(err.Error(), "another process") || !strings.Contains(err.Error(), "may not write") {
+		t.Errorf("DeleteTenant of an unwritable file: %v, want it to say the file may not be writable", err)
+	}
 }

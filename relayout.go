@@ -316,6 +316,15 @@ func settle(p string) error {
 		}
 	}
 	if inUse {
+		if presenceTells {
+			// No process holds the -shm's lock: the side files survived
+			// for another reason (a file opened read-only, for want of
+			// permission to write it).
+			if release, err := lockShm(p + "-shm"); err == nil {
+				release()
+				return fmt.Errorf("%s: its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full", p)
+			}
+		}
 		return fmt.Errorf("%s is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first", p)
 	}
 	if emptyWAL {
