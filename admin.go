@@ -784,10 +784,25 @@ func createdTenant(d, name string, fi fs.FileInfo) bool {
 	return err == nil && os.SameFile(fi, ti)
 }
 
+// foreignLinks returns how many names t's file fi (found with more than
+// one) has, or 1 when its second name is a creation's own temporary name
+// (creationTwin) or is gone by the time it is looked for (another
+// process's creation, between its link and its unlink, finished meanwhile).
+func foreignLinks(t *tenant, fi fs.FileInfo) uint64 {
+	if creationTwin(t.path, t.id, fi) {
+		return 1
+	}
+	now, err := os.Lstat(t.path)
+	if err != nil || !os.SameFile(fi, now) {
+		return 1 // replaced meanwhile: SQLite's open and the file watch tell
+	}
+	return linkCount(now)
+}
+
 // creationTwin reports whether the second name of the tenant file fi at
-// path (tenant id's) is a creation's temporary name (createdTenant): one in
-// flight, between its link and its removal, or left by a kill (removed by
-// the sweep at New).
+// path (tenant id's) is a creation's temporary name (createdTenant), or a
+// restore from the replica's: one in flight, between its link and its
+// removal, or left by a kill (removed by the sweep at New).
 func creationTwin(path, id string, fi fs.FileInfo) bool {
 	d := filepath.Dir(path)
 	ents, err := os.ReadDir(d)
@@ -795,7 +810,11 @@ func creationTwin(path, id string, fi fs.FileInfo) bool {
 		return false
 	}
 	for _, e := range ents {
-		if other, ok := tempID(e.Name(), creatingPrefix); ok && other == id {
+		other, ok := tempID(e.Name(), creatingPrefix)
+		if !ok {
+			other, ok = tempID(e.Name(), restoringPrefix) // restoreReplica links its copy too
+		}
+		if ok && other == id {
 			if ti, err := os.Lstat(filepath.Join(d, e.Name())); err == nil && os.SameFile(fi, ti) {
 				return true
 			}

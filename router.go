@@ -434,11 +434,13 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	if err != nil {
 		return nil, err
 	}
-	if fi != nil && linkCount(fi) > 1 && !creationTwin(t.path, t.id, fi) {
-		// A hard link (ln globex.db acme.db, a careless copy): another name
-		// shares the file's pages, and what is written to one tenant is
-		// read by the other.
-		return nil, opError(opOpenTenant, t.id, fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, t.path, linkCount(fi)))
+	if fi != nil && linkCount(fi) > 1 {
+		if n := foreignLinks(t, fi); n > 1 {
+			// A hard link (ln globex.db acme.db, a careless copy): another
+			// name shares the file's pages, and what is written to one
+			// tenant is read by the other.
+			return nil, opError(opOpenTenant, t.id, fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, t.path, n))
+		}
 	}
 	exists := fi != nil
 	if openWriterRaced != nil {
