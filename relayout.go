@@ -320,8 +320,13 @@ func settle(p string) error {
 			// No process holds the -shm's lock: the side files survived
 			// for another reason (a file opened read-only, for want of
 			// permission to write it).
+			// (POSIX locks do not tell of this process's own connections:
+			// /proc does.)
 			if release, err := lockShm(p + "-shm"); err == nil {
 				release()
+				if in, err := openInProcess(p + "-shm"); err != nil || in {
+					return fmt.Errorf("%s is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first", p)
+				}
 				return fmt.Errorf("%s: its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full", p)
 			}
 		}
