@@ -261,6 +261,7 @@ func (r *router) fanOutQuery(ctx context.Context, f *fanOut, query string, args 
 	spanCtx, end := r.tel.span(ctx, spanFanOut, nil,
 		attribute.Int(attrFanOutTenants, len(ids)), attribute.Int(attrFanOutConcurrency, workers))
 	run.endSpan = end
+	run.caller = spanCtx
 	run.ctx, run.cancel = context.WithCancelCause(spanCtx)
 	// Known to Close, which stops it (closeFanOuts): checked after it is
 	// known, so that a Close that listed the runs before saw it, or it
@@ -306,6 +307,7 @@ type fanRun struct {
 	opts  FanOutOptions
 
 	ctx     context.Context         // cancelled by close: stops the workers
+	caller  context.Context         // the caller's (ctx's parent)
 	cancel  context.CancelCauseFunc // errFanOutClosed from Close
 	endSpan func(error)
 	tokens  chan struct{} // a worker sends one before it takes a tenant; the consumer takes it back
@@ -675,6 +677,11 @@ func (run *fanRun) close(err error) {
 	run.mu.Unlock()
 	if c := context.Cause(run.ctx); err == nil && c != nil {
 		err = c // ended by the caller's context or Close, not by its rows
+	} else if c := context.Cause(run.caller); err == nil && c != nil {
+		// The caller's context ended, and database/sql closed the rows
+		// (woken by its Done, which closes before its children are
+		// cancelled): ended by the caller all the same.
+		err = c
 	}
 	run.cancel(errFanOutRowsClosed)
 	run.wg.Wait()
