@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -245,6 +246,16 @@ func pragmaVerdict(name, value string) int {
 		"schema_version":
 		if value != "" {
 			return sqlite3.SQLITE_DENY // reading them is fine
+		}
+	case "wal_autocheckpoint":
+		// Off (or negative), it stays on the writer and the WAL grows by
+		// every write until the WAL bound next looks, 1 024 check-ins
+		// later (260 MB beside a 12 KB file in a trial). Other values are
+		// the tenant's to tune. (Replicated connections refuse any.)
+		if value != "" {
+			if n, err := strconv.Atoi(strings.Trim(value, `'"`)); err != nil || n <= 0 {
+				return sqlite3.SQLITE_DENY
+			}
 		}
 	case "count_changes":
 		// Deprecated; on, every INSERT, UPDATE and DELETE returns a row, and

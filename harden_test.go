@@ -301,3 +301,25 @@ func TestCountChangesRefused(t *testing.T) {
 		t.Errorf("%d rows in the file, want the 400 acknowledged", got)
 	}
 }
+
+// Turning the writer's automatic checkpoint off is refused: kept on the
+// writer, it let the WAL grow by every write until the WAL bound next
+// looked (260 MB beside a 12 KB file in a trial). Tuning it stays allowed.
+func TestWALAutocheckpointOffRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	for _, q := range []string{`PRAGMA wal_autocheckpoint = 0`, `PRAGMA main.wal_autocheckpoint = -1`, `PRAGMA wal_autocheckpoint('0')`, `PRAGMA wal_autocheckpoint = x`} {
+		if _, err := p.ExecContext(ctx, q); err == nil {
+			t.Errorf("%s: allowed", q)
+		}
+	}
+	for _, q := range []string{`PRAGMA wal_autocheckpoint = 2000`, `PRAGMA wal_autocheckpoint`} {
+		if _, err := p.ExecContext(ctx, q); err != nil {
+			t.Errorf("%s: %v", q, err)
+		}
+	}
+	if n := queryInt(t, p, ctx, `PRAGMA wal_autocheckpoint`); n <= 0 {
+		t.Errorf("wal_autocheckpoint on a tenant connection: %d", n)
+	}
+}

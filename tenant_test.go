@@ -300,12 +300,7 @@ func TestProxy_SymlinkSwappedInAfterTheCheck(t *testing.T) {
 	victim.Close()
 	for _, target := range []string{"globex.db", outside} {
 		dir := t.TempDir()
-		p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-		insertN(t, p, "globex", 1)
-		insertN(t, p, "acme", 1)
-		if !p.c.r.evictTenant(t, "acme") {
-			t.Fatal("acme not closed")
-		}
+		p := acmeClosedBesideGlobex(t, dir)
 		path := filepath.Join(dir, "acme.db")
 		var once sync.Once
 		openWriterRaced = func(tn *tenant) {
@@ -358,12 +353,7 @@ func TestProxy_DataDirectoryRepointed(t *testing.T) {
 	if err := os.Symlink(v1, link); err != nil {
 		t.Fatal(err)
 	}
-	p := newTestProxy(t, Config{Dir: link, Migrations: []string{eventsTable}})
-	insertN(t, p, "acme", 1)
-	insertN(t, p, "globex", 1)
-	if !p.c.r.evictTenant(t, "acme") {
-		t.Fatal("acme not closed")
-	}
+	p := acmeClosedBesideGlobex(t, link)
 	tmp := filepath.Join(base, "data.new")
 	if err := os.Symlink(v2, tmp); err != nil {
 		t.Fatal(err)
@@ -411,4 +401,17 @@ func TestProxy_HardLinkedTenantFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	insertN(t, p, "initech", 1)
+}
+
+// acmeClosedBesideGlobex opens a proxy on dir with tenants globex (open)
+// and acme (closed), one row each.
+func acmeClosedBesideGlobex(t *testing.T, dir string) *Proxy {
+	t.Helper()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "globex", 1)
+	insertN(t, p, "acme", 1)
+	if !p.c.r.evictTenant(t, "acme") {
+		t.Fatal("acme not closed")
+	}
+	return p
 }
