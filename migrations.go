@@ -299,10 +299,12 @@ func isNoSuchTable(err error) bool {
 	return errors.As(err, &se) && se.Code == sqlite3.ErrError && strings.Contains(se.Error(), "no such table")
 }
 
-// migStep is a migration applied, and how long it took.
+// migStep is a migration applied, and how long it took; copied: it came
+// with a template, and no span was made for it as it ran.
 type migStep struct {
-	name string
-	d    time.Duration
+	name   string
+	d      time.Duration
+	copied bool
 }
 
 // migrate is the one way migrations reach a tenant file. It reads the
@@ -345,7 +347,7 @@ func (m *migrator) migrate(ctx context.Context, c *sqlite3.SQLiteConn, id string
 			// A new file's: reported once it is the tenant's; a step that
 			// failed for want of descriptors is tried again (withFDs).
 			if err == nil {
-				*held = append(*held, migStep{name, time.Since(start)})
+				*held = append(*held, migStep{name: name, d: time.Since(start)})
 			}
 		} else if err != nil || at == i+1 {
 			m.tel.migrated(ctx, tt, name, time.Since(start), err)

@@ -524,15 +524,14 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 // bytesOnly says that SQLite never opened tmp (the template's image was
 // written as it is): no side file (-wal, -shm, -journal) can exist. steps
 // are the migrations applied, for the caller to report once tmp is the
-// tenant's file; copied says they came with the template (the spans of
-// those applied step by step are made as they run).
-func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, steps []migStep, copied bool, err error) {
+// tenant's file.
+func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly bool, steps []migStep, err error) {
 	if len(r.mig.list) > 0 {
 		tpl, err := r.template(ctx)
 		if err != nil && ctx.Err() != nil {
 			// Given up: not a reason to migrate step by step with a context
 			// that has ended (whose error then named the first migration).
-			return false, nil, false, opError(opCreateTenant, t.id, ctx.Err())
+			return false, nil, opError(opCreateTenant, t.id, ctx.Err())
 		}
 		if err == nil {
 			start := time.Now()
@@ -540,51 +539,51 @@ func (r *router) fillNew(ctx context.Context, t *tenant, tmp string) (bytesOnly 
 				err := writeNewFile(tmp, b)
 				done()
 				if err != nil {
-					return true, nil, false, opError(opCreateTenant, t.id, err)
+					return true, nil, opError(opCreateTenant, t.id, err)
 				}
-				return true, r.copiedMigrations(time.Since(start)), true, nil
+				return true, r.copiedMigrations(time.Since(start)), nil
 			}
 			err := r.copyTemplate(ctx, tpl, tmp)
 			if err == nil {
-				return false, r.copiedMigrations(time.Since(start)), true, nil
+				return false, r.copiedMigrations(time.Since(start)), nil
 			}
 			if ctx.Err() != nil {
 				// Given up, not damaged: the template stays.
 				removeWithSideFiles(tmp)
-				return false, nil, false, opError(opCreateTenant, t.id, ctx.Err())
+				return false, nil, opError(opCreateTenant, t.id, ctx.Err())
 			}
 			if outOfFiles(err) {
 				// Not damaged either: withFDs closes an idle tenant and
 				// copies again (dropped, a large template was built anew).
-				return false, nil, false, opError(opCreateTenant, t.id, err)
+				return false, nil, opError(opCreateTenant, t.id, err)
 			}
 			// A template damaged since it was built (its file is read
 			// for every copy when too large to hold in memory): the next
 			// creation builds it again, this one migrates step by step.
 			r.dropTemplate(tpl)
 			if err := removeWithSideFiles(tmp); err != nil {
-				return false, nil, false, opError(opCreateTenant, t.id, err)
+				return false, nil, opError(opCreateTenant, t.id, err)
 			}
 		}
 	}
 	if err := createEmpty(tmp); err != nil {
-		return false, nil, false, opError(opCreateTenant, t.id, err)
+		return false, nil, opError(opCreateTenant, t.id, err)
 	}
 	c, err := r.conns.openPath(tmp, r.conns.writerParams)
 	if err != nil {
-		return false, nil, false, opError(opCreateTenant, t.id, err)
+		return false, nil, opError(opCreateTenant, t.id, err)
 	}
 	_, err = r.mig.migrate(ctx, c, t.id, t.tel, true, &steps)
 	if cerr := c.Close(); err == nil && cerr != nil {
 		err = opError(opCreateTenant, t.id, cerr)
 	}
-	return false, steps, false, err
+	return false, steps, err
 }
 
 // reportMigrations reports steps, applied to t's new file, as t's.
-func (r *router) reportMigrations(ctx context.Context, t *tenant, steps []migStep, copied bool) {
+func (r *router) reportMigrations(ctx context.Context, t *tenant, steps []migStep) {
 	for _, s := range steps {
-		if copied {
+		if s.copied {
 			_, end := r.tel.span(ctx, spanMigrate, t.tel, attribute.String(attrMigration, s.name))
 			end(nil)
 		}
@@ -608,7 +607,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, fmt.Errorf("%w: %s is %s, not %s: the data directory may not change while the proxy runs", errNotTenantFile, filepath.Dir(t.path), real, want))
 	}
 	var tmp string
-	var bytesOnly, copied bool
+	var bytesOnly bool
 	var steps []migStep
 	clean := func() {
 		if bytesOnly {
@@ -621,7 +620,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	// descriptors, idle tenants are closed for them as for connections.
 	err := r.withFDs(t, func() (err error) {
 		tmp = tempName(filepath.Dir(t.path), creatingPrefix, t.id)
-		if bytesOnly, steps, copied, err = r.fillNew(ctx, t, tmp); err != nil {
+		if bytesOnly, steps, err = r.fillNew(ctx, t, tmp); err != nil {
 			clean()
 		}
 		return err
@@ -644,7 +643,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 	// sweep removes one that is, whatever its age).
 	clean()
 	t.ready.Store(true)
-	r.reportMigrations(ctx, t, steps, copied) // now the tenant's
+	r.reportMigrations(ctx, t, steps) // now the tenant's
 	if err := r.withFDs(t, func() error { return syncDir(filepath.Dir(t.path)) }); err != nil {
 		return opError(opCreateTenant, t.id, err)
 	}

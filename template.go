@@ -483,7 +483,7 @@ func stampLedger(ctx context.Context, c *sqlite3.SQLiteConn, t time.Time) error 
 func (r *router) copiedMigrations(d time.Duration) []migStep {
 	steps := make([]migStep, len(r.mig.list))
 	for i, mg := range r.mig.list {
-		steps[i] = migStep{mg.name, d}
+		steps[i] = migStep{name: mg.name, d: d, copied: true}
 	}
 	return steps
 }
