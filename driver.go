@@ -83,8 +83,14 @@ func (c *Connector) Connect(context.Context) (driver.Conn, error) {
 // Driver returns the driver.
 func (c *Connector) Driver() driver.Driver { return &Driver{} }
 
-// Close closes every tenant connection that is not in use; those in use are
-// closed as they are released. Further operations fail with ErrClosed.
+// Close closes every tenant connection that is not in use and fails further
+// operations with ErrClosed; statements waiting for a writer or a reader end
+// with ErrClosed at once. Work in use (a transaction, which may still commit,
+// rows not yet closed, a statement running) keeps its tenant open: Close
+// waits up to Config.BusyTimeout for it to end, as database/sql's DB.Close
+// says it does. Past that it returns an error naming those tenants; their
+// connections close when their work ends, and the data directory stays
+// locked (against a relayout) until then.
 func (c *Connector) Close() error { return c.r.close() }
 
 // Proxy is a *sql.DB routed by tenant, plus the operations on tenants that

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,9 +44,8 @@ func TestCloseThenUse(t *testing.T) {
 	if _, err := tx.ExecContext(tctx("globex"), `INSERT INTO t VALUES (1)`); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	// Close waits for the transaction and the leased sql.Conn to end.
+	closed := closeAsync(t, p)
 	if _, err := c.ExecContext(tctx("acme"), `CREATE TABLE t (a)`); !errors.Is(err, ErrClosed) {
 		t.Errorf("sql.Conn after Close: %v, want ErrClosed", err)
 	}
@@ -61,6 +61,9 @@ func TestCloseThenUse(t *testing.T) {
 	if err := tx.Commit(); err != nil {
 		t.Errorf("Commit after Close: %v", err)
 	}
+	if err := receive(t, closed, "Close, once the work in use has ended"); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := p.Tenants(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Tenants after Close: %v, want ErrClosed", err)
 	}
@@ -71,6 +74,9 @@ func TestCloseThenUse(t *testing.T) {
 		t.Errorf("open connections after Close: %d", st.OpenConnections)
 	}
 	assertNoOpenFiles(t, dir)
+	if got := directRows(t, p, "globex", `SELECT a FROM t`); !slices.Equal(got, []string{"1", "2"}) {
+		t.Errorf("rows of the transaction committed during Close: %q", got)
+	}
 }
 
 // A statement waiting for its tenant's writer when Close returns does not
@@ -88,14 +94,15 @@ func TestCloseWhileWaitingForTheWriter(t *testing.T) {
 		done <- err
 	}()
 	waitFor(t, 10*time.Second, "the statement to wait for the writer", func() bool { return tn.wsem.nwait.Load() > 0 })
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
+	closed := closeAsync(t, p)
 	if err := tx.Commit(); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; !errors.Is(err, ErrClosed) {
+	if err := receive(t, done, "the waiting statement"); !errors.Is(err, ErrClosed) {
 		t.Fatalf("the waiting statement: %v, want ErrClosed", err)
+	}
+	if err := receive(t, closed, "Close"); err != nil {
+		t.Fatal(err)
 	}
 	if got := directRows(t, p, "acme", `SELECT tenant FROM events`); !slices.Equal(got, []string{"tx"}) {
 		t.Fatalf("rows %q, want only the transaction's", got)
@@ -166,15 +173,16 @@ func TestCloseEndsWaits(t *testing.T) {
 				}()
 			}
 			waitFor(t, 10*time.Second, "the statements to wait", func() bool { return tc.queued(tn) })
-			if err := p.Close(); err != nil {
-				t.Fatal(err)
-			}
+			closed := closeAsync(t, p) // it waits for the transaction
 			for range tc.waiters {
 				if err := receive(t, done, "a waiting statement, after Close (BusyTimeout: a minute)"); !errors.Is(err, ErrClosed) {
 					t.Errorf("a waiting statement: %v, want ErrClosed", err)
 				}
 			}
 			if err := tx.Rollback(); err != nil {
+				t.Fatal(err)
+			}
+			if err := receive(t, closed, "Close, once the transaction has ended"); err != nil {
 				t.Fatal(err)
 			}
 			if got := directRows(t, p, "acme", `SELECT tenant FROM events`); len(got) != 0 {
@@ -269,15 +277,14 @@ func TestDrainWaitsAreBounded(t *testing.T) {
 				done <- err
 			}()
 			var want error = errBusy
+			var closed <-chan error
 			if closing {
 				// Both wait before Close: the read for the drain, the write
 				// for the writer the drain holds.
 				waitFor(t, 10*time.Second, "the read to wait for the drain", func() bool { return goroutinesIn("(*tenant).awaitDrain") == 1 })
 				waitFor(t, 10*time.Second, "the write to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
 				want = ErrClosed
-				if err := p.Close(); err != nil {
-					t.Fatal(err)
-				}
+				closed = closeAsync(t, p) // it waits for the transaction, up to BusyTimeout
 			}
 			for range 2 {
 				if err := receive(t, done, "a statement with no deadline waiting for the drain (BusyTimeout 200ms)"); !errors.Is(err, want) {
@@ -288,6 +295,12 @@ func TestDrainWaitsAreBounded(t *testing.T) {
 				if err := receive(t, deleted, "the delete waiting at Close"); !errors.Is(err, ErrClosed) {
 					t.Errorf("the delete waiting at Close: %v, want ErrClosed", err)
 				}
+				tx.Rollback()
+				// Within BusyTimeout, or past it, said so.
+				if err := receive(t, closed, "Close"); err != nil && !strings.Contains(err.Error(), "still in use") {
+					t.Errorf("Close: %v", err)
+				}
+				waitFor(t, 10*time.Second, "the tenant to be closed", func() bool { return p.Stats().OpenConnections == 0 })
 			}
 		})
 	}
@@ -305,6 +318,100 @@ func goroutinesIn(fn string) int {
 		}
 	}
 	return n
+}
+
+// Close waits for the work in use (rows not yet closed, a transaction) to
+// end before it gives up the data directory: it returned at once, its
+// tenants' files still open and read or written, and a relayout (which
+// takes the directory's lock) could then move them.
+func TestCloseWaitsForWorkInUse(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p, err := New(Config{Dir: dir, BusyTimeout: time.Minute, Migrations: []string{eventsTable}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := tctx("acme")
+	for range 3 {
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('a')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows, err := p.QueryContext(ctx, `SELECT tenant FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := p.BeginTx(tctx("globex"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(tctx("globex"), `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatal(err)
+	}
+	closed := closeAsync(t, p)
+	waitFor(t, 10*time.Second, "Close to wait for the work in use", func() bool { return p.c.r.budget.waiters.Load() > 0 })
+	if _, err := lockDir(dir, true); !errors.Is(err, errDirLocked) {
+		t.Fatalf("exclusive lock of the directory while its tenants are in use: %v, want errDirLocked", err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil || n != 3 {
+		t.Fatalf("rows read during Close: %d, %v", n, err)
+	}
+	rows.Close()
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, closed, "Close, once the rows and the transaction ended"); err != nil {
+		t.Fatal(err)
+	}
+	assertNoOpenFiles(t, dir)
+	l, err := lockDir(dir, true)
+	if err != nil {
+		t.Fatalf("exclusive lock after Close: %v", err)
+	}
+	l.Close()
+}
+
+// Work still in use after BusyTimeout: Close says which tenants, and keeps
+// the directory locked until their connections close.
+func TestCloseReportsWorkStillInUse(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p, err := New(Config{Dir: dir, BusyTimeout: 50 * time.Millisecond, Migrations: []string{eventsTable}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := p.BeginTx(tctx("acme"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('tx')`); err != nil {
+		t.Fatal(err)
+	}
+	err = p.Close()
+	if err == nil || !strings.Contains(err.Error(), "1 tenants still in use") || !strings.Contains(err.Error(), "(acme)") {
+		t.Fatalf("Close with a transaction open past BusyTimeout: %v", err)
+	}
+	if _, err := lockDir(dir, true); !errors.Is(err, errDirLocked) {
+		t.Fatalf("exclusive lock of the directory while a tenant is in use: %v, want errDirLocked", err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the directory's lock to be given up", func() bool {
+		l, err := lockDir(dir, true)
+		if err == nil {
+			l.Close()
+		}
+		return err == nil
+	})
+	assertNoOpenFiles(t, dir)
+	if got := directRows(t, p, "acme", `SELECT tenant FROM events`); !slices.Equal(got, []string{"tx"}) {
+		t.Fatalf("rows %q, want the transaction's", got)
+	}
 }
 
 // A delete queued for a tenant's writer when Close and the writer's release
@@ -368,6 +475,17 @@ func TestSecondDeleteWaitsForTheFirst(t *testing.T) {
 
 // receive returns what ch delivers, failing the test if nothing comes
 // within 10 s (what names the wait).
+// closeAsync starts p.Close, which waits for the work in use, and returns
+// once it has begun (further work fails with ErrClosed); Close's result
+// arrives on the channel.
+func closeAsync(t *testing.T, p *Proxy) <-chan error {
+	t.Helper()
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	waitFor(t, 10*time.Second, "Close to begin", p.c.r.isClosed.Load)
+	return closed
+}
+
 func receive[T any](t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
 	select {

@@ -469,7 +469,10 @@ func TestRollback_NextAccess(t *testing.T) {
 			if err != nil || !slices.Equal(st.Pending, []string{"0003_tags.up.sql"}) || st.Mode != mode {
 				t.Fatalf("status after rollback: %+v, %v", st, err)
 			}
-			_, err = p.QueryContext(tctx("acme"), `SELECT count(*) FROM tags`)
+			rows, err := p.QueryContext(tctx("acme"), `SELECT count(*) FROM tags`)
+			if err == nil {
+				rows.Close()
+			}
 			switch mode {
 			case MigrateAuto:
 				if err != nil {

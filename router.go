@@ -281,6 +281,25 @@ func (r *router) close() error {
 		})
 	}
 	wg.Wait()
+	// Tenants in use (a transaction, rows not closed, a statement still
+	// running) are closed by whoever ends that work. Close waits for them,
+	// within BusyTimeout: returning while a statement still writes a
+	// tenant's file and giving up the directory's lock let a relayout or a
+	// new proxy take files this process still wrote.
+	if busy := r.awaitUnused(time.Now().Add(r.cfg.BusyTimeout)); len(busy) > 0 {
+		go func() {
+			r.awaitUnused(time.Time{})
+			r.finishClose()
+		}()
+		return errors.Join(opError(opClose, "", fmt.Errorf("%d tenants still in use after %v (%s): their connections close when the work on them ends (a transaction committed or rolled back, rows closed, a statement done), and the data directory stays locked until then", len(busy), r.cfg.BusyTimeout, idList(busy))), r.unsyncedAtClose())
+	}
+	r.finishClose()
+	return r.unsyncedAtClose()
+}
+
+// finishClose gives up what the proxy holds beyond its tenants, once their
+// connections are all closed.
+func (r *router) finishClose() {
 	r.free.close()
 	r.tmpl.close()
 	r.tel.close()
@@ -289,7 +308,47 @@ func (r *router) close() error {
 		r.replLock.Close()
 	}
 	leavePresence(r.presence)
-	return r.unsyncedAtClose()
+}
+
+// awaitUnused waits, after Close, until no tenant has a connection open or
+// until deadline (none when zero); it returns the tenants still open.
+func (r *router) awaitUnused(deadline time.Time) []*tenant {
+	b := r.budget
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		tm := time.NewTimer(time.Until(deadline))
+		defer tm.Stop()
+		timeout = tm.C
+	}
+	for {
+		ch := b.waitCh()
+		open := b.lru()
+		if len(open) == 0 {
+			b.unwait()
+			return nil
+		}
+		select {
+		case <-ch:
+			b.unwait()
+		case <-timeout:
+			b.unwait()
+			return open
+		}
+	}
+}
+
+// idList names up to ten tenants, sorted, for a message.
+func idList(ts []*tenant) string {
+	ids := make([]string, 0, len(ts))
+	for _, t := range ts {
+		ids = append(ids, t.id)
+	}
+	slices.Sort(ids)
+	list := strings.Join(ids[:min(len(ids), 10)], ", ")
+	if len(ids) > 10 {
+		list += ", ..."
+	}
+	return list
 }
 
 // unsyncedAtClose reports the tenants whose commits are not all in the
@@ -298,19 +357,11 @@ func (r *router) unsyncedAtClose() error {
 	if r.repl == nil {
 		return nil
 	}
-	var ids []string
-	for _, t := range r.repl.behindTenants() {
-		ids = append(ids, t.id)
-	}
-	if len(ids) == 0 {
+	behind := r.repl.behindTenants()
+	if len(behind) == 0 {
 		return nil
 	}
-	slices.Sort(ids)
-	list := strings.Join(ids[:min(len(ids), 10)], ", ")
-	if len(ids) > 10 {
-		list += ", ..."
-	}
-	return opError(opClose, "", fmt.Errorf("%d tenants not synced to the replica (%s): their last commits are on this machine only until they are opened again with replication", len(ids), list))
+	return opError(opClose, "", fmt.Errorf("%d tenants not synced to the replica (%s): their last commits are on this machine only until they are opened again with replication", len(behind), idList(behind)))
 }
 
 // allTenants yields the IDs of tenant files under cfg.Dir, in the order
@@ -439,7 +490,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 			// A hard link (ln globex.db acme.db, a careless copy): another
 			// name shares the file's pages, and what is written to one
 			// tenant is read by the other.
-			return nil, opError(opOpenTenant, t.id, fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, t.path, n))
+			return nil, opError(opOpenTenant, t.id, hardLinked(t.path, n))
 		}
 	}
 	exists := fi != nil
