@@ -799,6 +799,11 @@ func foreignLinks(t *tenant, fi fs.FileInfo) uint64 {
 	return linkCount(now)
 }
 
+// hardLinked refuses a tenant file with n names.
+func hardLinked(path string, n uint64) error {
+	return fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, path, n)
+}
+
 // creationTwin reports whether the second name of the tenant file fi at
 // path (tenant id's) is a creation's temporary name (createdTenant), or a
 // restore from the replica's: one in flight, between its link and its

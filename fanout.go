@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -527,6 +528,13 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		// that never committed, which an immutable read took for the
 		// tenant's rows. The normal open rolls it back.
 		return false, nil
+	}
+	if fi, err := os.Lstat(t.path); err == nil && linkCount(fi) > 1 {
+		if n := foreignLinks(t, fi); n > 1 {
+			// Another tenant's name for the same pages: its rows
+			// are not this tenant's (the writer's open refuses it too).
+			return false, opError(opFanOut, t.id, hardLinked(t.path, n))
+		}
 	}
 	params := r.conns.readerParams
 	joins := presenceJoins(r.presence) // before othersPresent: a process joining after either is seen by one

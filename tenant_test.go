@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -401,6 +402,50 @@ func TestProxy_HardLinkedTenantFileRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	insertN(t, p, "initech", 1)
+}
+
+// A fan-out reads a closed tenant on a connection of its own, not the
+// writer's open: a hard link there labelled globex's rows as acme's.
+func TestFanOut_HardLinkedTenantFileRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "globex", 2)
+	if !p.c.r.evictTenant(t, "globex") {
+		t.Fatal("globex not closed")
+	}
+	if err := os.Link(filepath.Join(dir, "globex.db"), filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	var skipped []string
+	opts := FanOutOptions{SkipErrors: true, OnSkip: func(id string, err error) {
+		if !errors.Is(err, errNotTenantFile) {
+			t.Errorf("%s skipped for %v, want errNotTenantFile", id, err)
+		}
+		skipped = append(skipped, id)
+	}}
+	rows, err := p.QueryContext(WithFanOut(context.Background(), opts), `SELECT count(*) FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var id string
+		var n int
+		if err := rows.Scan(&id, &n); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprint(id, "=", n))
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// globex's own name is refused too: which of the two is the tenant's
+	// is not for the proxy to guess.
+	if len(got) != 0 || !slices.Equal(skipped, []string{"acme", "globex"}) {
+		t.Errorf("fan-out over a hard-linked pair: rows %q, skipped %q; want none read, both skipped", got, skipped)
+	}
 }
 
 // acmeClosedBesideGlobex opens a proxy on dir with tenants globex (open)
