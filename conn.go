@@ -425,7 +425,7 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	write := c.pc == nil && c.prepareOnWriter(query, info)
 	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
-		return s, nil // prepared on each tenant when it executes
+		return s, nil // prepared on the tenant where it executes
 	}
 	if err != nil {
 		return nil, err
@@ -463,33 +463,48 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	return cannotRead(info)
 }
 
-// prepareConn leases the connection prepare compiles on: the writer for a
-// write (see prepare), but an idle reader when another checkout holds the
-// writer. Compiling does not need the writer, and waiting for it made a
-// Prepare wait for another transaction of the tenant to end; GORM's
-// PrepareStmt prepares each text once for every tenant, so a tenant's long
-// transaction held up other tenants' first use of the text and handed
-// them its own timeout.
+// prepareConn leases the connection prepare compiles on: the checkout's
+// own when it holds a lease (sql.Conn, Tx). Otherwise it never waits on the
+// tenant: the writer for a write (see prepare) when nobody holds it, else a
+// reader it can have at once (parked, idle, or a new one the tenant and the
+// budget allow). When there is none, or the tenant is not yet open and
+// checked in this process (its first access opens, creates or migrates
+// it), it returns errNoRoute: the statement is compiled where it runs, as
+// a Prepare without a tenant is. GORM's PrepareStmt prepares each text once
+// for all tenants and holds its statement cache locked meanwhile: a
+// Prepare that waited for one tenant's transaction, or ran its migrations,
+// held up every tenant's queries (3 s behind a transaction; 2.6 s behind a
+// migration) and handed them its own timeout.
 func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
-	if !write {
-		return c.route(ctx, false)
+	if c.pc != nil {
+		return c.route(ctx, write)
 	}
-	t, err := c.routeTenant(OrgID(ctx))
+	id, has := OrgID(ctx)
+	t, err := c.routeTenant(id, has)
 	if err != nil {
 		return nil, err
 	}
-	if t.wsem.held.Load() && t.ready.Load() && !t.fenced.Load() {
-		pc, ok := c.takeKept(t), true
-		if pc == nil {
-			pc, ok = t.popIdle(true)
+	var pc *physConn
+	if t.ready.Load() && !t.fenced.Load() {
+		if write || t.r.cfg.ReadersPerTenant == 0 {
+			pc = t.tryWriter()
 		}
-		if ok {
-			c.t, c.pc = t, pc // the pin is kept until release
-			c.r.retain.leased()
-			return pc, nil
+		if pc == nil && t.r.cfg.ReadersPerTenant > 0 {
+			if pc = c.takeKept(t); pc == nil {
+				if pc, err = t.tryReader(ctx); err != nil {
+					t.unpin()
+					return nil, err
+				}
+			}
 		}
 	}
-	return c.lease(ctx, t, true)
+	if pc == nil {
+		t.unpin()
+		return nil, errNoRoute
+	}
+	c.t, c.pc = t, pc // the pin is kept until release
+	c.r.retain.leased()
+	return pc, nil
 }
 
 // compile prepares query on pc for conn.prepare, first bringing a reader's

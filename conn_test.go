@@ -3,7 +3,10 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -414,5 +417,94 @@ func TestConn_TextsLeavingATransactionAreRolledBack(t *testing.T) {
 				t.Fatalf("the file holds %q, want only the next caller's committed row", got)
 			}
 		})
+	}
+}
+
+// A Prepare with a tenant never waits on that tenant: GORM's PrepareStmt
+// prepares each text once for every tenant and holds its statement cache
+// locked meanwhile, so a Prepare that waited for acme's transaction (no
+// reader of acme open, or none allowed) held up every tenant's queries and
+// handed them acme's timeout; one that opened a tenant ran its first
+// access (creation, migrations) under that lock. The statement is then
+// compiled where it runs, and runs as it would have.
+func TestPrepare_NeverWaitsOnTheTenant(t *testing.T) {
+	t.Parallel()
+	for _, readers := range []int{-1, 0} { // none allowed; the default, none open yet
+		t.Run(fmt.Sprintf("readers=%d", readers), func(t *testing.T) {
+			t.Parallel()
+			p := newTestProxy(t, Config{ReadersPerTenant: readers, BusyTimeout: time.Minute, Migrations: []string{eventsTable}})
+			insertN(t, p, "globex", 1)
+			tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`)
+			defer tn.unpin()
+			// Bounded: a Prepare that waits for the transaction, which
+			// ends only after it, fails with the deadline.
+			ctx, cancel := context.WithTimeout(tctx("acme"), 10*time.Second)
+			defer cancel()
+			ins, err := p.PrepareContext(ctx, `INSERT INTO events (tenant) VALUES (?)`)
+			if err != nil {
+				t.Fatalf("Prepare of a write while acme's writer is held: %v", err)
+			}
+			defer ins.Close()
+			sel, err := p.PrepareContext(ctx, `SELECT count(*) FROM events WHERE tenant = ?`)
+			if err != nil {
+				t.Fatalf("Prepare of a read while acme's writer is held: %v", err)
+			}
+			defer sel.Close()
+			// Another tenant runs them at once.
+			if _, err := ins.ExecContext(tctx("globex"), "g"); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := sel.QueryRowContext(tctx("globex"), "g").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("globex's count: %d, %v", n, err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ins.ExecContext(tctx("acme"), "a"); err != nil {
+				t.Fatal(err)
+			}
+			if err := sel.QueryRowContext(tctx("acme"), "a").Scan(&n); err != nil || n != 1 {
+				t.Fatalf("acme's count: %d, %v", n, err)
+			}
+			// The argument count is still checked, at execution.
+			if _, err := ins.ExecContext(tctx("acme"), "a", "b"); err == nil {
+				t.Error("two arguments for one parameter: no error")
+			}
+		})
+	}
+}
+
+// A Prepare for a tenant not yet open here does not open it (its first
+// access may create it or run its migrations): the first execution does,
+// with the errors of a first access.
+func TestPrepare_DoesNotOpenTheTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, ExplicitCreate: true, Migrations: []string{eventsTable}})
+	if err := p.CreateTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.PrepareContext(tctx("acme"), `INSERT INTO events (tenant) VALUES (?)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if n := p.Stats().OpenConnections; n != 0 {
+		t.Fatalf("%d connections open after a Prepare", n)
+	}
+	if _, err := st.ExecContext(tctx("acme"), "a"); err != nil {
+		t.Fatal(err)
+	}
+	nope, err := p.PrepareContext(tctx("nope"), `SELECT count(*) FROM events`)
+	if err != nil {
+		t.Fatalf("Prepare for a tenant that does not exist: %v", err)
+	}
+	defer nope.Close()
+	if err := nope.QueryRowContext(tctx("nope")).Scan(new(int)); !errors.Is(err, ErrTenantNotFound) {
+		t.Fatalf("running it: %v, want ErrTenantNotFound", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nope.db")); !os.IsNotExist(err) {
+		t.Fatalf("nope.db: %v", err)
 	}
 }

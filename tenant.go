@@ -360,6 +360,41 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	return t.leaseReader(ctx)
 }
 
+// tryWriter leases t's open writer if nobody holds it, without waiting;
+// nil when it cannot.
+func (t *tenant) tryWriter() *physConn {
+	if !t.wsem.TryAcquire() {
+		return nil
+	}
+	if t.w == nil || t.state.Load() != tenantActive || t.leaseEnded() || t.r.isClosed.Load() {
+		t.unlockWriter()
+		return nil
+	}
+	return t.w
+}
+
+// tryReader leases an idle reader of t, or opens one if t's readers and
+// the budget allow it at once; nil when neither can be had without
+// waiting.
+func (t *tenant) tryReader(ctx context.Context) (*physConn, error) {
+	if pc, ok := t.popIdle(true); ok {
+		return pc, nil
+	}
+	t.mu.Lock()
+	if t.evicting || t.state.Load() != tenantActive || t.nreaders >= t.r.cfg.ReadersPerTenant {
+		t.mu.Unlock()
+		return nil, nil
+	}
+	if ok, _ := t.r.budget.tryReserve(t); !ok {
+		t.mu.Unlock()
+		return nil, nil
+	}
+	t.nreaders++
+	t.leasedReaders++
+	t.mu.Unlock()
+	return t.openReader(ctx)
+}
+
 // leaseReader is acquireReader for a tenant whose migrations are checked
 // (or that acquireReader checks on the reader it returns).
 func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
