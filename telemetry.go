@@ -216,23 +216,23 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 		err = errors.Join(err, e)
 		return h
 	}
-	counter := func(name, desc string) metric.Int64Counter {
-		c, e := m.Int64Counter(name, metric.WithDescription(desc))
+	counter := func(name, unit, desc string) metric.Int64Counter {
+		c, e := m.Int64Counter(name, metric.WithDescription(desc), metric.WithUnit(unit))
 		err = errors.Join(err, e)
 		return c
 	}
 	tel.opDuration = hist("sqliteproxy.operation.duration", "Duration of exec, query, begin, commit, rollback and prepare operations.")
 	tel.waitDuration = hist("sqliteproxy.connection.wait.duration", "Time spent waiting for a tenant's writer, a reader or a connection slot.")
 	tel.openDuration = hist("sqliteproxy.tenant.open.duration", "Duration of opening a tenant connection (a cold open), migrations included.")
-	tel.evictions = counter("sqliteproxy.tenant.evictions", "Tenants whose connections were closed, by reason ("+strings.Join(evictReasonNames[:], ", ")+").")
-	tel.migrationsApplied = counter("sqliteproxy.migrations.applied", "Migrations applied to tenants.")
+	tel.evictions = counter("sqliteproxy.tenant.evictions", "{eviction}", "Tenants whose connections were closed, by reason ("+strings.Join(evictReasonNames[:], ", ")+").")
+	tel.migrationsApplied = counter("sqliteproxy.migrations.applied", "{migration}", "Migrations applied to tenants.")
 	tel.migrationDuration = hist("sqliteproxy.migration.duration", "Duration of applying one migration to one tenant.")
-	tel.migrationFailures = counter("sqliteproxy.migration.failures", "Tenant migrations that failed.")
+	tel.migrationFailures = counter("sqliteproxy.migration.failures", "{failure}", "Tenant migrations that failed.")
 	tel.syncDuration = hist("sqliteproxy.replication.sync.duration", "Duration of syncing a tenant to its replica (SyncTenant, closing a tenant); failures carry error.type.")
 	tel.restoreDuration = hist("sqliteproxy.replication.restore.duration", "Duration of restoring a tenant from its replica, by outcome.")
 	tel.compactDuration = hist("sqliteproxy.replication.compaction.duration", "Duration of compacting the replica of a closed tenant (Config.ReplicaCompactor); failures carry error.type.")
-	tel.ownershipChanges = counter("sqliteproxy.ownership.changes", "Tenant leases this node acquired, released or lost (Config.Ownership), by event.")
-	tel.restores = counter("sqliteproxy.replication.restores", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
+	tel.ownershipChanges = counter("sqliteproxy.ownership.changes", "{change}", "Tenant leases this node acquired, released or lost (Config.Ownership), by event.")
+	tel.restores = counter("sqliteproxy.replication.restores", "{restore}", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
 	lag, e4 := m.Float64ObservableGauge("sqliteproxy.replication.lag", metric.WithUnit(durationUnit),
 		metric.WithDescription("How long the replica has been seen behind a tenant (open tenants; 0: caught up); without a tenant attribute, the largest."))
 	open, e1 := m.Int64ObservableGauge("sqliteproxy.connection.count", metric.WithUnit(connectionsUnit),

@@ -590,3 +590,24 @@ func TestTelemetry_FailedWriterOpenRecorded(t *testing.T) {
 		t.Errorf("%d failed writer opens of m recorded, want 1", n)
 	}
 }
+
+// Every instrument says its unit: the counters had none, beside gauges
+// in {connection} and {tenant}.
+func TestTelemetry_EveryMetricHasAUnit(t *testing.T) {
+	t.Parallel()
+	rig := newTelemetryRig(t, Config{MaxConnections: 2, Migrations: []string{eventsTable}})
+	for _, id := range []string{"acme", "globex", "initech"} { // evictions (budget), migrations
+		insertN(t, rig.p, id, 1)
+	}
+	got := rig.collect(t)
+	for _, name := range []string{"sqliteproxy.tenant.evictions", "sqliteproxy.migrations.applied", "sqliteproxy.operation.duration", "sqliteproxy.connection.count"} {
+		if _, ok := got[name]; !ok {
+			t.Errorf("%s not recorded", name)
+		}
+	}
+	for name, m := range got {
+		if m.Unit == "" {
+			t.Errorf("%s has no unit", name)
+		}
+	}
+}
