@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinel errors. Match them with errors.Is: the driver wraps them in an
@@ -93,10 +94,16 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
-	if e.Tenant == "" {
-		return fmt.Sprintf("sqliteproxy: %s: %v", e.Op, e.Err)
+	// The wrapped error is often one of ours (ErrInvalidTenant, ...):
+	// its prefix is said once.
+	msg := "<nil>"
+	if e.Err != nil {
+		msg = strings.TrimPrefix(e.Err.Error(), "sqliteproxy: ")
 	}
-	return fmt.Sprintf("sqliteproxy: %s: tenant %q: %v", e.Op, e.Tenant, e.Err)
+	if e.Tenant == "" {
+		return fmt.Sprintf("sqliteproxy: %s: %s", e.Op, msg)
+	}
+	return fmt.Sprintf("sqliteproxy: %s: tenant %q: %s", e.Op, e.Tenant, msg)
 }
 
 func (e *Error) Unwrap() error { return e.Err }

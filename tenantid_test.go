@@ -62,3 +62,21 @@ func FuzzTenantPath(f *testing.F) {
 		}
 	})
 }
+
+// An error of ours wrapped in an *Error says "sqliteproxy:" once:
+// "sqliteproxy: check tenant ID: sqliteproxy: invalid tenant ID: ..." read
+// as two errors.
+func TestError_PrefixOnce(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	_, err := p.ExecContext(tctx("ACME"), `CREATE TABLE t (a)`)
+	if !errors.Is(err, ErrInvalidTenant) {
+		t.Fatalf("an upper-case ID: %v, want ErrInvalidTenant", err)
+	}
+	if n := strings.Count(err.Error(), "sqliteproxy:"); n != 1 {
+		t.Errorf("%q says sqliteproxy: %d times", err, n)
+	}
+	if got := opError(opRoute, "acme", opError(opWaitWriter, "acme", errBusy)).Error(); strings.Count(got, "sqliteproxy:") != 1 {
+		t.Errorf("nested: %q", got)
+	}
+}
