@@ -70,6 +70,29 @@ func mayOpenTx(query string) bool {
 	return strings.IndexByte(query[j:], ';') >= 0 && sqlscan.Scan(query).Multi
 }
 
+// mayCreateTemp reports whether query may create a TEMP object (see
+// tenant.noteTemp): it begins with CREATE, or holds several statements.
+func mayCreateTemp(query string) bool {
+	i := 0
+	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r') {
+		i++
+	}
+	j := i
+	for j < len(query) && (query[j]|0x20 >= 'a' && query[j]|0x20 <= 'z') {
+		j++
+	}
+	if j == i {
+		return createsTemp(sqlscan.Scan(query)) // a comment first, or no statement
+	}
+	if strings.EqualFold(query[i:j], "CREATE") {
+		return true
+	}
+	return strings.IndexByte(query[j:], ';') >= 0 && sqlscan.Scan(query).Multi
+}
+
+// createsTemp is mayCreateTemp for a text already scanned.
+func createsTemp(info sqlscan.Info) bool { return info.Multi || info.Keyword == "CREATE" }
+
 // opensTx is mayOpenTx for a text already scanned.
 func opensTx(info sqlscan.Info) bool {
 	return info.Multi || info.Keyword == "BEGIN" || info.Keyword == "SAVEPOINT"

@@ -28,6 +28,7 @@ type conn struct {
 	tx      *tx       // open transaction
 	hadTx   bool      // the checkout began a transaction (it may have ended badly)
 	mayTx   bool      // the checkout ran a text that may have begun one (mayOpenTx)
+	mayTemp bool      // the checkout ran a text that may have created a TEMP object (mayCreateTemp)
 	owned   bool      // the conn came from Driver.Open and owns r
 	last    *tenant   // tenant of the previous checkout: spares a map lookup
 	batched bool      // this checkout ran a statement through group commit (groupcommit.go)
@@ -36,8 +37,9 @@ type conn struct {
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
-	lastText  string // the previous text given to opensTx, and its answer
+	lastText  string // the previous text given to opensTx, and its answers
 	lastTx    bool
+	lastTemp  bool
 }
 
 var (
@@ -172,8 +174,9 @@ func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 // was scanning it again).
 func (c *conn) opensTx(query string) bool {
 	if query != c.lastText {
-		c.lastText, c.lastTx = query, mayOpenTx(query)
+		c.lastText, c.lastTx, c.lastTemp = query, mayOpenTx(query), mayCreateTemp(query)
 	}
+	c.mayTemp = c.mayTemp || c.lastTemp
 	return c.lastTx
 }
 
@@ -194,7 +197,7 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 		return c.route(ctx, !ro)
 	}
 	info := sqlscan.Scan(query)
-	if cannotRead(info) {
+	if cannotRead(info) || info.Keyword == "PRAGMA" && pragmaOptimize(query) {
 		c.r.classes.store(query, false)
 		return c.route(ctx, true)
 	}
@@ -208,8 +211,18 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 	s, err := pc.c.PrepareContext(ctx, query)
 	if err != nil {
 		// Not classifiable here (a TEMP table of the writer's session, say):
-		// the writer runs it, or reports the error.
-		return c.route(ctx, true)
+		// the writer runs it if it compiles there; else the reader reports
+		// the error.
+		if !pc.writer {
+			c.onWriter(ctx, func(w *physConn) error {
+				s, err := w.c.PrepareContext(ctx, query)
+				if err == nil {
+					s.Close()
+				}
+				return err
+			})
+		}
+		return c.pc, nil
 	}
 	ro := s.(*sqlite3.SQLiteStmt).Readonly()
 	s.Close()
@@ -259,8 +272,13 @@ func cannotRead(info sqlscan.Info) bool {
 		return info.Returning
 	case "SELECT", "VALUES", "EXPLAIN", "PRAGMA":
 		return false
+	case "", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "COMMIT", "CREATE", "DELETE", "DETACH", "DROP", "END",
+		"INSERT", "REINDEX", "RELEASE", "REPLACE", "ROLLBACK", "SAVEPOINT", "UPDATE", "VACUUM":
+		return true
 	}
-	return true
+	// No statement begins with any other word: a syntax error ("SELEC 1"),
+	// which a reader reports at once where the writer may be busy.
+	return false
 }
 
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
@@ -332,8 +350,8 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		}
 		return nil, err
 	}
-	if !c.mayTx {
-		c.mayTx = c.opensTx(query)
+	if !c.mayTx || !c.mayTemp {
+		c.mayTx = c.opensTx(query) || c.mayTx
 	}
 	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
 		return vacuum(ctx, pc.c, query)
@@ -341,11 +359,11 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	return pc.c.ExecContext(ctx, query, args)
 }
 
-// startsWithV reports whether query's first non-blank byte is a V: a cheap
-// test before plainVacuum, on every Exec.
+// startsWithV reports whether query's first non-blank byte is a V, or
+// begins a comment: a cheap test before plainVacuum, on every Exec.
 func startsWithV(query string) bool {
-	q := strings.TrimLeft(query, " \t\r\n")
-	return q != "" && q[0]|0x20 == 'v'
+	q := strings.TrimLeft(query, " \t\r\n\f\v")
+	return q != "" && (q[0]|0x20 == 'v' || q[0] == '-' || q[0] == '/')
 }
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
@@ -366,20 +384,24 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		}
 		return nil, err
 	}
-	if !c.mayTx {
-		c.mayTx = c.opensTx(query)
+	if !c.mayTx || !c.mayTemp {
+		c.mayTx = c.opensTx(query) || c.mayTx
 	}
 	rs, err := pc.c.QueryContext(ctx, query, args)
-	if err != nil && !pc.writer && c.tx == nil && compileErr(err) {
+	if err != nil && !pc.writer && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
-		// compile it here: it names a TEMP table of the writer's session,
-		// as an unclassified text that failed on a reader goes to the
-		// writer. One tenant's queries must not change another's results.
-		if pc, err = c.route(ctx, true); err != nil {
-			return nil, err
+		// compile it here: it may name a TEMP table of the writer's
+		// session, as an unclassified text that failed on a reader goes to
+		// the writer. One tenant's queries must not change another's
+		// results.
+		var wrs driver.Rows
+		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
+			wrs, err = w.c.QueryContext(ctx, query, args)
+			return err
+		}); tried {
+			pc, rs, err = c.pc, wrs, werr
 		}
-		rs, err = pc.c.QueryContext(ctx, query, args)
 	}
 	if err != nil {
 		return nil, err
@@ -400,7 +422,8 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // prepare validates query on the tenant as mattn's Prepare does on its one
 // connection, and warms the statement cache of the connection it used.
 // Deferring the prepare to the execution instead would hide what mattn
-// reports at Prepare (a syntax error, a missing table, NumInput).
+// reports at Prepare (a syntax error, a missing table, NumInput), except
+// where waiting would be worse (prepareConn: a busy or unopened tenant).
 //
 // A checkout that holds no lease yet compiles where the statement will
 // run: a text that cannot be read-only (see prepareOnWriter) on the writer,
@@ -413,15 +436,14 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // So the text is compiled here (never answered from the cache, whose
 // statements were compiled against an older schema), on a reader whose
 // schema was first brought up to date (readerSchema), and a failure on a
-// reader is retried on the writer (route moves the lease there, as
-// routeQuery does): the writer holds the session the statement would have
-// met with mattn. When the writer fails too, its error is returned (and
-// when it cannot be leased, the routing error, as in routeQuery); inside a
-// transaction begun on a reader the statement can only run on that reader,
-// so route keeps it and the reader's error stands.
+// reader taken for this Prepare is retried on the writer when it is free
+// (writerInstead): the writer holds the session the statement would have
+// met with mattn. When the writer fails too, its error is returned; when
+// the writer is busy, or the checkout held its reader already (a sql.Conn,
+// a transaction begun on a reader), the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	info := sqlscan.Scan(query)
-	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info)}
+	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info), mayTemp: createsTemp(info)}
 	write := c.pc == nil && c.prepareOnWriter(query, info)
 	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
@@ -432,13 +454,12 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	}
 	ps, err := compile(ctx, pc, query)
 	if err != nil && !pc.writer {
-		w, werr := c.route(ctx, true)
-		if werr != nil {
-			return nil, werr
-		}
-		if w != pc {
-			pc = w
-			ps, err = compile(ctx, pc, query)
+		var wps *sqlite3.SQLiteStmt
+		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
+			wps, err = compile(ctx, w, query)
+			return err
+		}); tried {
+			pc, ps, err = c.pc, wps, werr
 		}
 	}
 	if err != nil {
@@ -460,7 +481,22 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	if ro, ok := c.r.classes.lookup(query); ok {
 		return !ro
 	}
-	return cannotRead(info)
+	return cannotRead(info) || info.Keyword == "PRAGMA" && pragmaOptimize(query)
+}
+
+// pragmaOptimize reports whether query is PRAGMA [schema.]optimize, which
+// SQLite reports read-only although it runs ANALYZE: on a reader it
+// failed "attempt to write a readonly database".
+func pragmaOptimize(query string) bool {
+	toks := sqlscan.Tokens(query, 4)
+	name := ""
+	switch {
+	case len(toks) >= 4 && toks[2] == ".":
+		name = toks[3]
+	case len(toks) >= 2:
+		name = toks[1]
+	}
+	return strings.EqualFold(name, "optimize")
 }
 
 // prepareConn leases the connection prepare compiles on: the checkout's
@@ -505,6 +541,44 @@ func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
 	c.t, c.pc = t, pc // the pin is kept until release
 	c.r.retain.leased()
 	return pc, nil
+}
+
+// onWriter runs try on the tenant's writer for a text that the reader this
+// checkout holds could not compile: it may name a TEMP object of the
+// writer's session, which mattn's one connection would have held. Only
+// when the writer is free at once: a read never waits for the writer (a
+// typo behind another request's transaction waited BusyTimeout, then said
+// "database is locked"; mattn's pool would have answered from another
+// connection), and tried is false: the reader's error stands. When try
+// succeeds the lease moves to the writer (the reader given back, or kept
+// while rows are open on it, as upgrade does); when it fails the writer is
+// given back and the checkout keeps its reader (a sql.Conn whose read
+// failed kept the writer, and the tenant's writes waited for it). Inside a
+// transaction begun on a reader the text can only run on that reader.
+func (c *conn) onWriter(ctx context.Context, try func(w *physConn) error) (tried bool, err error) {
+	if c.tx != nil {
+		return false, nil
+	}
+	w := c.t.tryWriter()
+	if w == nil {
+		if !c.t.writerTemp.Load() {
+			return false, nil
+		}
+		if w, err = c.t.acquireWriter(ctx); err != nil {
+			return true, err
+		}
+	}
+	if err := try(w); err != nil {
+		c.t.releaseWriter()
+		return true, err
+	}
+	if rd := c.pc; rd.rows == 0 {
+		c.putReader(c.t, rd)
+	} else {
+		c.spare = rd
+	}
+	c.pc = w
+	return true, nil
 }
 
 // compile prepares query on pc for conn.prepare, first bringing a reader's
@@ -631,13 +705,16 @@ func (c *conn) release() {
 			}
 		}
 		if pc.writer {
+			if c.mayTemp {
+				c.t.noteTemp(pc)
+			}
 			c.t.releaseWriter()
 		} else {
 			c.putReader(c.t, pc)
 		}
 	}
 	c.t.unpin()
-	c.t, c.pc, c.spare, c.tx, c.hadTx, c.mayTx = nil, nil, nil, nil, false, false
+	c.t, c.pc, c.spare, c.tx, c.hadTx, c.mayTx, c.mayTemp = nil, nil, nil, nil, false, false, false
 }
 
 // tx is a transaction on the leased connection.
@@ -688,8 +765,9 @@ type stmt struct {
 	// snapshot (no checkpoint finished: the WAL grew without end, and every
 	// write failed once another process had written). Exec finalizes such
 	// statements instead.
-	keep  bool
-	mayTx bool // mayOpenTx(query)
+	keep    bool
+	mayTx   bool // mayOpenTx(query)
+	mayTemp bool // mayCreateTemp(query)
 }
 
 var (
@@ -750,6 +828,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 		return nil, err
 	}
 	s.c.mayTx = s.c.mayTx || s.mayTx
+	s.c.mayTemp = s.c.mayTemp || s.mayTemp
 	if s.keep {
 		defer pc.putStmt(s.query, ps)
 	} else {
@@ -786,6 +865,7 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 		return nil, err
 	}
 	s.c.mayTx = s.c.mayTx || s.mayTx
+	s.c.mayTemp = s.c.mayTemp || s.mayTemp
 	if s.numInput < 0 {
 		if err := checkNumInput(ps, args); err != nil {
 			pc.putStmt(s.query, ps)

@@ -508,3 +508,91 @@ func TestPrepare_DoesNotOpenTheTenant(t *testing.T) {
 		t.Fatalf("nope.db: %v", err)
 	}
 }
+
+// A read that does not compile (a typo, a table not there) is answered
+// with SQLite's error at once, as mattn does: it was retried on the writer
+// (for TEMP objects of the writer's session), which waited behind another
+// request's transaction for BusyTimeout and then said "database is
+// locked"; on a sql.Conn the retry moved its lease to the writer and kept
+// it, and the tenant's other writes waited for the idle Conn.
+func TestRead_CompileErrorNeverWaitsForTheWriter(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{BusyTimeout: time.Minute, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	bounded := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(tctx("acme"), 10*time.Second) // a wait for the writer ends here
+	}
+	t.Run("writer held", func(t *testing.T) {
+		tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`)
+		defer tn.unpin()
+		defer tx.Rollback()
+		ctx, cancel := bounded()
+		defer cancel()
+		for _, q := range []string{`SELECT nosuchcol FROM events`, `SELECT * FROM nosuch`, `SELEC 1`} {
+			err := p.QueryRowContext(ctx, q).Scan(new(int))
+			if err == nil || errors.Is(err, context.DeadlineExceeded) || !compileErr(err) {
+				t.Errorf("Query(%q): %v, want SQLite's compile error", q, err)
+			}
+			if _, err := p.PrepareContext(ctx, q); err == nil || !compileErr(err) {
+				t.Errorf("Prepare(%q): %v, want SQLite's compile error", q, err)
+			}
+		}
+	})
+	for _, first := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sql.Conn, failing read first=%v", first), func(t *testing.T) {
+			ctx, cancel := bounded()
+			defer cancel()
+			c, err := p.Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if !first {
+				if err := c.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := c.QueryRowContext(ctx, `SELECT nosuchcol FROM events`).Scan(new(int)); err == nil || !compileErr(err) {
+				t.Fatalf("the Conn's bad read: %v", err)
+			}
+			// Another request writes while the Conn sits idle.
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('other')`); err != nil {
+				t.Fatalf("a write beside the idle Conn: %v", err)
+			}
+			if err := c.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+				t.Fatalf("the Conn afterwards: %v", err)
+			}
+		})
+	}
+	// A TEMP table of the writer's session is still found when the writer
+	// is free.
+	if _, err := p.ExecContext(tctx("acme"), `CREATE TEMP TABLE scratch (a)`); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM scratch`); n != 0 {
+		t.Fatal(n)
+	}
+}
+
+// PRAGMA optimize is read-only to SQLite but runs ANALYZE: through Query
+// it went to a reader and failed "attempt to write a readonly database",
+// for every tenant once the text was classified.
+func TestQuery_PragmaOptimize(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable, `CREATE INDEX events_tenant ON events (tenant)`}})
+	for _, id := range []string{"acme", "globex"} {
+		insertN(t, p, id, 2)
+		for _, q := range []string{`PRAGMA optimize`, `PRAGMA main.optimize`} {
+			rows, err := p.QueryContext(tctx(id), q)
+			if err == nil {
+				for rows.Next() {
+				}
+				err = rows.Err()
+				rows.Close()
+			}
+			if err != nil {
+				t.Errorf("%s: Query(%q): %v", id, q, err)
+			}
+		}
+	}
+}

@@ -289,14 +289,20 @@ func plainVacuum(query string) bool {
 	if info.Keyword != "VACUUM" || info.Multi {
 		return false
 	}
-	words := strings.Fields(strings.TrimRight(strings.TrimSpace(query), "; \t\r\n"))
-	switch len(words) {
-	case 1:
-		return true
-	case 2:
-		return strings.EqualFold(words[1], "main")
+	// Comments were taken for words ("VACUUM -- nightly" was refused),
+	// and "main" spelt quoted for another schema.
+	const most = 8
+	toks := sqlscan.Tokens(query, most)
+	n := 1
+	if len(toks) > 1 && (strings.EqualFold(toks[1], "main") || strings.EqualFold(toks[1], "'main")) {
+		n = 2
 	}
-	return false
+	for _, t := range toks[n:] {
+		if t != ";" {
+			return false
+		}
+	}
+	return len(toks) < most
 }
 
 // vacuum runs a plain VACUUM on c, a tenant connection that is not

@@ -39,7 +39,10 @@ func TestHardening(t *testing.T) {
 		}
 	}
 	// Plain VACUUM and harmless pragmas still work.
-	for _, q := range []string{`VACUUM`, `PRAGMA journal_mode`, `PRAGMA foreign_keys = ON`, `PRAGMA user_version = 3`, `PRAGMA schema_version`} {
+	for _, q := range []string{`VACUUM`, `PRAGMA journal_mode`, `PRAGMA foreign_keys = ON`, `PRAGMA user_version = 3`, `PRAGMA schema_version`,
+		// Comments and quoted spellings of main were taken for more words.
+		"VACUUM -- nightly", "VACUUM; -- nightly", "/* nightly */ VACUUM", "-- nightly\nVACUUM", `VACUUM "main"`,
+		`VACUUM [main]`, "\fVACUUM", `vacuum /**/`, `VACUUM 'main';;`} {
 		if _, err := p.ExecContext(ctx, q); err != nil {
 			t.Errorf("%s: %v", q, err)
 		}

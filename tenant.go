@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -27,10 +28,13 @@ type tenant struct {
 	path string // tenantPath: <Dir>/<id>.db or <Dir>/<bucket>/<id>.db
 	uri  string // file: URI of path, without query
 
-	wsem  sem          // its holder owns w
-	w     *physConn    // the writer, nil when closed
-	ready atomic.Bool  // migrations are applied (this process checked)
-	state atomic.Int32 // tenantActive, tenantDraining or tenantDeleted; changed under mu
+	wsem  sem         // its holder owns w
+	w     *physConn   // the writer, nil when closed
+	ready atomic.Bool // migrations are applied (this process checked)
+	// writerTemp: the writer's session held TEMP objects when last looked
+	// at (noteTemp), which a reader cannot compile against.
+	writerTemp atomic.Bool
+	state      atomic.Int32 // tenantActive, tenantDraining or tenantDeleted; changed under mu
 
 	mu            sync.Mutex // guards idle, nreaders, leasedReaders, evicting, evictDone, readerQ, kept, drainDone and changes of state
 	idle          []*physConn
@@ -296,6 +300,7 @@ func (t *tenant) openLockedWriter(ctx context.Context, o openOpts) (*physConn, e
 		return nil, err
 	}
 	t.w = pc
+	t.writerTemp.Store(false) // a new session
 	return pc, nil
 }
 
@@ -358,6 +363,20 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	}
 	t.releaseWriter()
 	return t.leaseReader(ctx)
+}
+
+// noteTemp records whether t's writer pc, leased by the caller after a
+// statement that may have created a TEMP object, holds any.
+func (t *tenant) noteTemp(pc *physConn) {
+	n := int64(1) // unknown: as if it had
+	if rows, err := pc.c.QueryContext(context.Background(), "SELECT count(*) FROM temp.sqlite_master", nil); err == nil {
+		dest := []driver.Value{nil}
+		if rows.Next(dest) == nil {
+			n, _ = dest[0].(int64)
+		}
+		rows.Close()
+	}
+	t.writerTemp.Store(n > 0)
 }
 
 // tryWriter leases t's open writer if nobody holds it, without waiting;
@@ -623,6 +642,7 @@ func (t *tenant) freshWriter(ctx context.Context) error {
 		return err
 	}
 	t.w = nw
+	t.writerTemp.Store(false)
 	return nil
 }
 

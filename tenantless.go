@@ -93,7 +93,16 @@ func errNoTenantPrepare(op, query string, err error) error {
 // prepare prepares query on a tenantless connection, or says why it cannot
 // run without a tenant. The caller closes the statement and puts c back.
 func (p *tenantless) prepare(ctx context.Context, op, query string) (*sqlite3.SQLiteConn, *sqlite3.SQLiteStmt, error) {
-	if sqlscan.Scan(query).Multi {
+	info := sqlscan.Scan(query)
+	if info.Multi {
+		return nil, nil, errNoTenant(op, query)
+	}
+	switch info.Keyword {
+	case "SELECT", "VALUES", "WITH", "EXPLAIN":
+	default:
+		// SQLite calls some statements read-only that are about a
+		// tenant's schema (DROP TRIGGER IF EXISTS, REINDEX): here they
+		// found nothing and reported success.
 		return nil, nil, errNoTenant(op, query)
 	}
 	c, err := p.get()

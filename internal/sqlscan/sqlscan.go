@@ -241,3 +241,44 @@ func isWordByte(c byte) bool {
 // SQLite reads them (sqlite3IsIdChar, less '$', which may not begin one):
 // every byte of a UTF-8 sequence is.
 func isIDByte(c byte) bool { return isWordByte(c) || c >= 0x80 }
+
+// Tokens returns up to max tokens of sql from its start, skipping blanks
+// and comments: a word (an identifier or keyword, upper-cased), a quoted
+// identifier ("x", [x], `x`: its name, as written), a string literal
+// ('x': "'" and its text, as written), or any other byte. It is enough to read the few words
+// of a statement such as "VACUUM main" or "PRAGMA main.optimize" however
+// they are spelled.
+func Tokens(sql string, max int) []string {
+	var toks []string
+	for i := skipSpace(sql, 0); i < len(sql) && len(toks) < max; i = skipSpace(sql, i) {
+		switch c := sql[i]; {
+		case isIDByte(c):
+			j := i
+			for j < len(sql) && isIDByte(sql[j]) {
+				j++
+			}
+			toks = append(toks, strings.ToUpper(sql[i:j]))
+			i = j
+		case c == '"' || c == '`':
+			j := skipQuoted(sql, i, c)
+			name := strings.TrimSuffix(sql[i+1:j], string(c))
+			toks = append(toks, strings.ReplaceAll(name, string([]byte{c, c}), string(c)))
+			i = j
+		case c == '[':
+			j := strings.IndexByte(sql[i:], ']')
+			if j < 0 {
+				j = len(sql) - i - 1
+			}
+			toks = append(toks, sql[i+1:i+j])
+			i += j + 1
+		case c == '\'':
+			j := skipQuoted(sql, i, c)
+			toks = append(toks, "'"+strings.ReplaceAll(strings.TrimSuffix(sql[i+1:j], "'"), "''", "'"))
+			i = j
+		default:
+			toks = append(toks, string(c))
+			i++
+		}
+	}
+	return toks
+}
