@@ -273,7 +273,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 // passes integrity_check; it is written under a temporary name next to
 // dstPath and renamed into place, so dstPath is never half-written.
 // dstPath must lie outside the data directory: a copy there could take the
-// place of a tenant's file.
+// place of a tenant's file. Side files of an earlier file at dstPath are
+// removed with it (SQLite would replay them into the copy), and a dstPath
+// that a process has open is refused.
 func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	const op = opBackupTenant
 	t, err := p.tenantFor(op, id)
@@ -307,6 +309,22 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	tmp := tempName(filepath.Dir(dstPath), ".backup-", id)
 	defer removeWithSideFiles(tmp)
 	if err := copyDatabase(ctx, tmp, src); err != nil {
+		return opError(op, id, err)
+	}
+	// Side files of an earlier file at dstPath (a backup opened in WAL
+	// mode, or left mid-transaction, by a killed process) would be
+	// replayed into the copy, or roll it "back", at its next open: the
+	// new backup then held the old one's pages. Removed, unless a process
+	// has that file open.
+	release, err := lockUnusedShm(dstPath + "-shm")
+	if err != nil {
+		if errors.Is(err, errShmInUse) {
+			err = fmt.Errorf("%s is open in another process (or a connection of this one): close it, or write the backup elsewhere", dstPath)
+		}
+		return opError(op, id, err)
+	}
+	defer release()
+	if err := removeSideFiles(dstPath); err != nil {
 		return opError(op, id, err)
 	}
 	if err := os.Rename(tmp, dstPath); err != nil {
@@ -443,6 +461,20 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // Pending migrations apply on the next access. Restoring into an ID that
 // has no file creates the tenant.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
+	if srcID, ok := p.c.r.tenantOfFile(srcPath); ok {
+		// A tenant of this proxy's (a clone, or the tenant itself): read
+		// on a connection of that tenant, as BackupTenant reads. Opened
+		// immutable, as a file nobody had open, it was read without locks
+		// while traffic opened the tenant, wrote and checkpointed: the
+		// copy mixed two states (and passed quick_check). A delete of the
+		// source meanwhile waits for the read, as for any.
+		return p.restore(ctx, opRestoreTenant, id, false, func(tmp string) error {
+			if err := p.c.r.copyTenant(ctx, opRestoreTenant, srcID, tmp); err != nil {
+				return fmt.Errorf("source %s: %w", srcPath, err)
+			}
+			return nil
+		})
+	}
 	return p.restore(ctx, opRestoreTenant, id, false, func(tmp string) error {
 		if err := copyVerified(ctx, srcPath, tmp); err != nil {
 			return fmt.Errorf("source %s: %w", srcPath, err)
@@ -627,16 +659,73 @@ func checkFile(ctx context.Context, path string) error {
 	}
 	defer sc.Close()
 	if err := checkIntegrity(ctx, sc.(*sqlite3.SQLiteConn), "quick_check"); err != nil {
-		return fmt.Errorf("not a healthy SQLite database: %w", err)
+		return unhealthy(ctx, err)
 	}
 	return nil
 }
 
+// tenantOfFile returns the tenant whose database file path is in this
+// proxy's Dir (and layout), symlinks resolved.
+func (r *router) tenantOfFile(path string) (string, bool) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", false
+	}
+	dir, err := filepath.EvalSymlinks(filepath.Dir(abs))
+	if err != nil {
+		return "", false
+	}
+	id, ok := strings.CutSuffix(filepath.Base(abs), tenantFileSuffix)
+	if !ok || checkTenantID(id) != nil {
+		return "", false
+	}
+	if filepath.Join(dir, filepath.Base(abs)) != tenantPath(r.conns.realDir, r.cfg.Layout, id) {
+		return "", false
+	}
+	return id, true
+}
+
+// copyTenant checks that tenant id's database is healthy and copies a
+// consistent snapshot of it to dst, reading it on a connection of the
+// tenant (ungatedReader) while its traffic goes on.
+func (r *router) copyTenant(ctx context.Context, op, id, dst string) error {
+	t, err := r.tenant(id)
+	if err != nil {
+		return err
+	}
+	defer t.unpin()
+	if err := t.mustExist(op); err != nil {
+		return err
+	}
+	src, done, err := t.ungatedReader(ctx, op)
+	if err != nil {
+		return err
+	}
+	defer done()
+	if err := checkIntegrity(ctx, src, "quick_check"); err != nil {
+		return unhealthy(ctx, err)
+	}
+	return copyDatabase(ctx, dst, src)
+}
+
+// unhealthy is the error of a quick_check that failed with err: the
+// context's own when it ended (an interrupted check said a good backup
+// was not a healthy database).
+func unhealthy(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return fmt.Errorf("not a healthy SQLite database: %w", err)
+}
+
 // copyVerified checks that src is a healthy SQLite database and copies a
 // consistent snapshot of it to dst. The source is never written: without a
-// -wal file beside it, it is opened immutable; with one (a copy of a live
-// WAL database), both are first copied next to dst and read there, so no
-// -wal or -shm file is left beside the source and its directory may be
+// -wal or -journal file beside it, it is opened immutable; with one (a
+// copy of a live WAL database, a file left by a crash mid-transaction),
+// they are first copied next to dst and read there, so that SQLite
+// applies the -wal or rolls the hot journal back (an immutable open
+// ignores a journal, and restored the uncommitted half of a transaction),
+// no side file is left beside the source, and its directory may be
 // read-only; unless this process has it open (a live tenant), when it is
 // read through SQLite, whose -wal and -shm are there already.
 func copyVerified(ctx context.Context, src, dst string) error {
@@ -654,6 +743,7 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		// would empty the tenant, and no backup is empty.
 		return errors.New("an empty file, not a database")
 	}
+	_, jerr := os.Lstat(src + "-journal")
 	live := false
 	if werr == nil {
 		// The file of a live database of this process (a tenant of this
@@ -667,14 +757,16 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	}
 	if live {
 		params = "?mode=ro"
-	} else if werr == nil {
+	} else if werr == nil || jerr == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
 		if err := copyFile(src, stage, false); err != nil {
 			return err
 		}
-		if err := copyFile(src+"-wal", stage+"-wal", false); err != nil {
-			return err
+		for _, side := range [...]string{"-wal", "-journal"} {
+			if err := copyFile(src+side, stage+side, false); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
 		}
 		src, params = stage, ""
 	}
@@ -685,7 +777,7 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	s := sc.(*sqlite3.SQLiteConn)
 	defer s.Close()
 	if err := checkIntegrity(ctx, s, "quick_check"); err != nil {
-		return fmt.Errorf("not a healthy SQLite database: %w", err)
+		return unhealthy(ctx, err)
 	}
 	return copyDatabase(ctx, dst, s)
 }
