@@ -142,6 +142,38 @@ func (e relayoutInterrupted) Is(target error) bool { return target == ErrRelayou
 // (a FIFO hung New and every CLI command, a symlink to /dev/zero ran the
 // process out of memory) is refused, and at most markerMax bytes are read.
 func readDirState(dir string) (dirState, error) {
+	if err := notABucket(dir); err != nil {
+		return dirState{}, err
+	}
+	return readMarker(dir)
+}
+
+// notABucket refuses dir when it is a bucket folder of a data directory in
+// the buckets layout: taken for a flat data directory, a relayout there
+// moved a live tenant's file one level down (the service then made a new,
+// empty one), and tenants created there are in a bucket the service never
+// reads.
+func notABucket(dir string) error {
+	base := filepath.Base(dir)
+	if len(base) != 2 || !isHex(base[0]) || !isHex(base[1]) {
+		return nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	parent := filepath.Dir(abs)
+	st, err := readMarker(parent)
+	if err != nil || st.layout != LayoutBuckets && !st.relayout {
+		return nil // not the parent's bucket, as far as its marker tells
+	}
+	return fmt.Errorf("%s is a bucket folder of the data directory %s (layout buckets): use %s as the data directory", dir, parent, parent)
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
+
+// readMarker is readDirState without the bucket check.
+func readMarker(dir string) (dirState, error) {
 	f, err := openRegular(filepath.Join(dir, layoutMarkerName))
 	if errors.Is(err, fs.ErrNotExist) {
 		return dirState{layout: LayoutFlat}, nil

@@ -504,3 +504,38 @@ func TestLayout_BucketsRefusedBesideAFlatProxy(t *testing.T) {
 	}
 	b.Close()
 }
+
+// A bucket folder given as the data directory (-dir data/82) was taken for
+// a flat one: a relayout there moved a live tenant's file down a level
+// (the service made a new, empty one in its place, and 31 of 224
+// acknowledged writes went missing), and a tenant created there sits in a
+// bucket the service never reads.
+func TestLayout_BucketFolderIsNotADataDirectory(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	bucket := filepath.Join(dir, bucketOf("acme"))
+	before := dbFiles(t, bucket)
+	if _, err := New(Config{Dir: bucket}); err == nil || !strings.Contains(err.Error(), "bucket folder") {
+		t.Errorf("New on a bucket folder: %v", err)
+	}
+	if _, err := Relayout(context.Background(), bucket, LayoutBuckets); err == nil || !strings.Contains(err.Error(), "bucket folder") {
+		t.Errorf("Relayout of a bucket folder: %v", err)
+	}
+	if _, err := DirLayout(bucket); err == nil {
+		t.Error("DirLayout of a bucket folder: no error")
+	}
+	if after := dbFiles(t, bucket); !slices.Equal(before, after) {
+		t.Errorf("the bucket folder changed: %q, then %q", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(bucket, presenceFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("presence file in the bucket folder: %v", err)
+	}
+	// A folder of two hex digits in a flat directory is just a folder.
+	flat := filepath.Join(t.TempDir(), "ab")
+	if err := os.Mkdir(flat, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	newTestProxy(t, Config{Dir: flat})
+}

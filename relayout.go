@@ -87,6 +87,9 @@ func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved i
 	if err := rl.inBoth(ids); err != nil {
 		return 0, opError(op, "", err)
 	}
+	if err := rl.misplaced(); err != nil {
+		return 0, opError(op, "", err)
+	}
 	if err := writeMarker(dir, markerRelayoutTo+to.String()); err != nil {
 		return 0, opError(op, "", err)
 	}
@@ -187,6 +190,55 @@ func (r *relayouter) inBoth(ids []string) error {
 		both = append(both[:3], fmt.Sprintf("and %d more", len(both)-3))
 	}
 	return fmt.Errorf("tenants in both layouts, nothing moved: %s; merge each pair into one file (or remove one, with its -wal), then run relayout again", strings.Join(both, "; "))
+}
+
+// misplaced fails, naming them, when r.from holds entries named like a
+// tenant's file that no listing takes for one: a file in a bucket other
+// than its ID's, or a symlink, directory or other non-file where a tenant
+// file would be. The CLI's check reports them in the layout they are in;
+// left behind by a conversion, they were reported by nothing (the only
+// copy of a tenant's rows in a wrong bucket disappeared from every check).
+func (r *relayouter) misplaced() error {
+	folders := []string{r.dir}
+	if r.from == LayoutBuckets {
+		folders = folders[:0]
+		ents, err := os.ReadDir(r.dir)
+		if err != nil {
+			return err
+		}
+		for _, e := range ents {
+			if n := e.Name(); e.IsDir() && len(n) == 2 && isHex(n[0]) && isHex(n[1]) {
+				folders = append(folders, filepath.Join(r.dir, n))
+			}
+		}
+	}
+	var found []string
+	for _, folder := range folders {
+		err := readDirBatches(context.Background(), folder, func(ents []os.DirEntry) bool {
+			for _, e := range ents {
+				id, ok := strings.CutSuffix(e.Name(), tenantFileSuffix)
+				if !ok || checkTenantID(id) != nil {
+					continue
+				}
+				p := filepath.Join(folder, e.Name())
+				if !e.Type().IsRegular() || p != tenantPath(r.dir, r.from, id) {
+					found = append(found, p)
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+	}
+	switch {
+	case len(found) == 0:
+		return nil
+	case len(found) > 3:
+		found = append(found[:3], fmt.Sprintf("and %d more", len(found)-3))
+	}
+	return fmt.Errorf("entries named like tenant files that are not where the %s layout reads tenants, nothing moved: %s; "+
+		"a conversion would leave them where nothing lists them: move each file to its place (or remove it), then run relayout again", r.from, strings.Join(found, "; "))
 }
 
 // move moves tenant id from its place in r.from to its place in r.to.

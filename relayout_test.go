@@ -446,3 +446,56 @@ func TestRelayout_NeverMovesAFileOntoAnOrphanWAL(t *testing.T) {
 		t.Errorf("acme after relayout back to flat: %q… (%d rows), want only the new tenant's row", got[:min(3, len(got))], len(got))
 	}
 }
+
+// A tenant file in the wrong bucket (copied there by hand), or a symlink or
+// folder where a tenant file would be, is reported by the CLI's check in
+// the layout it is in; a conversion left it where nothing lists it (the
+// only copy of a tenant's rows in a wrong bucket vanished from every
+// check). The relayout refuses, naming it, and moves nothing.
+func TestRelayout_MisplacedEntriesRefused(t *testing.T) {
+	t.Parallel()
+	t.Run("wrong bucket", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		want := relayoutFleet(t, dir, LayoutBuckets, 2)
+		wrong := "00"
+		if bucketOf("stray") == wrong {
+			wrong = "01"
+		}
+		stray := filepath.Join(dir, wrong, "stray.db")
+		os.MkdirAll(filepath.Dir(stray), 0o700)
+		b, _ := os.ReadFile(tenantPath(dir, LayoutBuckets, "t0"))
+		if err := os.WriteFile(stray, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Relayout(context.Background(), dir, LayoutFlat)
+		if err == nil || !strings.Contains(err.Error(), stray) {
+			t.Fatalf("relayout with a tenant file in the wrong bucket: %v", err)
+		}
+		checkFleet(t, dir, LayoutBuckets, want)
+		if err := os.Remove(stray); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Relayout(context.Background(), dir, LayoutFlat); err != nil {
+			t.Fatal(err)
+		}
+		checkFleet(t, dir, LayoutFlat, want)
+	})
+	t.Run("symlink and folder", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		want := relayoutFleet(t, dir, LayoutFlat, 2)
+		link, folder := filepath.Join(dir, "evil.db"), filepath.Join(dir, "dd.db")
+		if err := os.Symlink(filepath.Join(t.TempDir(), "x.db"), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(folder, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		_, err := Relayout(context.Background(), dir, LayoutBuckets)
+		if err == nil || !strings.Contains(err.Error(), link) || !strings.Contains(err.Error(), folder) {
+			t.Fatalf("relayout with a symlink and a folder named like tenants: %v", err)
+		}
+		checkFleet(t, dir, LayoutFlat, want)
+	})
+}

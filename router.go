@@ -85,6 +85,10 @@ func newRouter(cfg *Config) (_ *router, err error) {
 	if !fi.IsDir() {
 		return nil, opError(opOpen, "", fmt.Errorf("%s is not a directory", cfg.Dir))
 	}
+	if err := notABucket(cfg.Dir); err != nil {
+		// Before anything is made there (the presence file).
+		return nil, opError(opOpen, "", err)
+	}
 	dirLock, err := lockDir(cfg.Dir, false)
 	if errors.Is(err, errDirLocked) {
 		err = fmt.Errorf("%s is being converted to another layout (sqliteproxy relayout): %w", cfg.Dir, err)
