@@ -437,7 +437,9 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 		if b, ok := dest[0].([]byte); ok {
 			msg = string(b)
 		}
-		problems = append(problems, msg)
+		// A row may hold several problems, a line each ("found 1
+		// problem(s)" listed four).
+		problems = append(problems, strings.Split(strings.TrimRight(msg, "\n"), "\n")...)
 	}
 	if len(problems) == 1 && problems[0] == "ok" {
 		return nil

@@ -165,7 +165,11 @@ func (e *env) delete(args []string) (status int) {
 		return exitFailed
 	}
 	if !*yes && !e.confirm(fmt.Sprintf("delete tenant %s and all its data?", id)) {
-		e.errorf("delete %s: not confirmed, nothing deleted", id)
+		if e.ctx.Err() != nil {
+			e.errorf("delete %s: interrupted, nothing deleted", id)
+		} else {
+			e.errorf("delete %s: not confirmed, nothing deleted", id)
+		}
 		return exitFailed
 	}
 	streamed := wasStreamed(p, id)
@@ -593,6 +597,9 @@ func (e *env) status(args []string) (status int) {
 	defer e.closeProxy(p, &status)
 	ids, ok := e.tenantIDs(p, "status", pos)
 	if !ok {
+		if *asJSON {
+			fmt.Fprintln(e.stdout, "[]") // an array always, as tenants -json and query -json print
+		}
 		return exitFailed
 	}
 	var b *bar

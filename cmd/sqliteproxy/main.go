@@ -102,10 +102,10 @@
 // Exit status: 0 when everything succeeded; 1 when an operation failed for
 // at least one tenant (not found, already exists, corrupt file, failed
 // migration, rollback or integrity check, delete not confirmed,
-// interrupted), when -down-to is beyond the migrations of -migrations, or
-// when the data directory cannot be opened (an unknown layout marker, an
-// interrupted relayout), whatever -layout says; 2 for usage errors
-// (unknown command or flag, wrong number of arguments, invalid tenant ID,
+// interrupted), or when the data directory cannot be opened (an unknown
+// layout marker, an interrupted relayout), whatever -layout says; 2 for
+// usage errors (unknown command or flag, wrong number of arguments, invalid
+// tenant ID, a -down-to beyond the migrations of -migrations,
 // a directory or file named on the command line that does not exist or is
 // empty, a -layout other than auto, flat or buckets, a negative -down-to,
 // a -replica that is not a URL or an -at that is not an RFC 3339 time,
@@ -515,11 +515,21 @@ func (e *env) interactive() bool {
 }
 
 // confirm asks question on stderr and reads the answer from stdin: only
-// "y" or "yes" (any case) is a yes.
+// "y" or "yes" (any case) is a yes. An interrupt (Ctrl-C) while it waits
+// is a no: it was ignored, and a "y" typed afterwards went ahead.
 func (e *env) confirm(question string) bool {
 	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
-	line, err := bufio.NewReader(e.stdin).ReadString('\n')
-	if err != nil && line == "" {
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(e.stdin).ReadString('\n')
+		answer <- line
+	}()
+	var line string
+	select {
+	case line = <-answer:
+	case <-e.ctx.Done():
+	}
+	if e.ctx.Err() != nil || line == "" {
 		fmt.Fprintln(e.stderr)
 		return false
 	}
