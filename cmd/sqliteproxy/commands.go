@@ -310,6 +310,7 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 		e.errorf("backup: %v", err)
 		return exitFailed
 	}
+	sweepBackupTemps(dir)
 	b := e.newBar(len(ids), "backup")
 	done := 0
 	for i, id := range ids {
@@ -332,6 +333,32 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 		return exitFailed
 	}
 	return exitOK
+}
+
+// backupTempAge is how old a backup's temporary file must be to be taken
+// for one left by a killed backup, as the library's leftovers.
+const backupTempAge = 10 * time.Minute
+
+// sweepBackupTemps removes from a backup -all folder the temporary files
+// (.backup-<id>-<16 hex digits>.db, and their side files) of backups killed
+// midway, once they are backupTempAge old: each holds a whole copy of a
+// tenant, and nothing else ever removed them.
+func sweepBackupTemps(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, ".backup-*"))
+	old := time.Now().Add(-backupTempAge)
+	for _, p := range names {
+		base := filepath.Base(p)
+		for _, side := range []string{"-wal", "-shm", "-journal"} {
+			base = strings.TrimSuffix(base, side)
+		}
+		name, ok := strings.CutSuffix(base, ".db")
+		if !ok || len(name) < len(".backup-x-")+16 || name[len(name)-17] != '-' || strings.Trim(name[len(name)-16:], "0123456789abcdef") != "" {
+			continue
+		}
+		if fi, err := os.Lstat(p); err == nil && fi.Mode().IsRegular() && fi.ModTime().Before(old) {
+			os.Remove(p)
+		}
+	}
 }
 
 // backupOne backs tenant id up to dst.

@@ -76,3 +76,32 @@ func TestStatus_JSONOfAMissingTenantIsAnArray(t *testing.T) {
 		t.Errorf("stdout %q, want []", r.stdout)
 	}
 }
+
+// backup -all removes the temporary files of backups killed midway (each a
+// whole copy of a tenant) once they are old; young ones (a backup in
+// flight) and other files stay.
+func TestBackupAll_SweepsOldTemporaryFiles(t *testing.T) {
+	t.Parallel()
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme")
+	out := t.TempDir()
+	old := filepath.Join(out, ".backup-acme-0123456789abcdef.db")
+	young := filepath.Join(out, ".backup-acme-fedcba9876543210.db")
+	mine := filepath.Join(out, ".backup-notes.txt")
+	for _, p := range []string{old, old + "-journal", young, mine} {
+		if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	long := time.Now().Add(-2 * backupTempAge)
+	for _, p := range []string{old, old + "-journal", mine} {
+		if err := os.Chtimes(p, long, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli(t, nil, "backup", "-dir", dir, "-all", out).want(t, exitOK)
+	for p, want := range map[string]bool{old: false, old + "-journal": false, young: true, mine: true, filepath.Join(out, "acme.db"): true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: exists %v, want %v", filepath.Base(p), err == nil, want)
+		}
+	}
+}
