@@ -338,10 +338,17 @@ func TestErrorMessages(t *testing.T) {
 
 func TestCompactUsage(t *testing.T) {
 	t.Parallel()
-	cli(t, nil, "compact").want(t, exitUsage)                                        // no -replica
-	cli(t, nil, "compact", "-replica", "/no/scheme").want(t, exitUsage)              // not a URL
-	cli(t, nil, "compact", "-replica", "file:///tmp/r", "Bad-ID").want(t, exitUsage) // invalid tenant ID
-	r := cli(t, nil, "compact", "-replica", "file://"+t.TempDir()).want(t, exitOK)   // an empty replica: nothing to do
+	cli(t, nil, "compact").want(t, exitUsage)                                              // no -replica
+	cli(t, nil, "compact", "-replica", "/no/scheme").want(t, exitUsage)                    // not a URL
+	cli(t, nil, "compact", "-replica", "file://"+t.TempDir(), "Bad-ID").want(t, exitUsage) // invalid tenant ID
+	// A mistyped path: it read as an empty replica, nothing printed, exit 0.
+	typo := "file://" + filepath.Join(t.TempDir(), "replcia")
+	for _, cmd := range []string{"compact", "replicas"} {
+		if r := cli(t, nil, cmd, "-replica", typo).want(t, exitUsage); !strings.Contains(r.stderr, "no such file or directory") {
+			t.Errorf("%s -replica %s: %q", cmd, typo, r.stderr)
+		}
+	}
+	r := cli(t, nil, "compact", "-replica", "file://"+t.TempDir()).want(t, exitOK) // an empty replica: nothing to do
 	if r.stdout != "" {
 		t.Errorf("compact of an empty replica printed %q", r.stdout)
 	}
@@ -1291,12 +1298,16 @@ func TestReplicas(t *testing.T) {
 	t.Parallel()
 	root := t.TempDir()
 	url := "file://" + root
+	if r := cli(t, nil, "replicas", "-replica", url).want(t, exitOK); r.stdout != "" || r.stderr != "" { // empty
+		t.Errorf("an empty replica: %+v", r)
+	}
+	// A missing folder is a mistyped path, not an empty replica (it printed
+	// nothing and exited 0).
 	for _, args := range [][]string{
-		{"replicas", "-replica", url},                             // empty
-		{"replicas", "-replica", url + "/nothing-here"},           // missing
-		{"replicas", "-replica", "file://" + root + "/../" + "x"}, // missing, not clean
+		{"replicas", "-replica", url + "/nothing-here"},
+		{"replicas", "-replica", "file://" + root + "/../" + "x"}, // not clean
 	} {
-		if r := cli(t, nil, args...).want(t, exitOK); r.stdout != "" || r.stderr != "" {
+		if r := cli(t, nil, args...).want(t, exitUsage); r.stdout != "" || !strings.Contains(r.stderr, "no such file or directory") {
 			t.Errorf("%v: %+v", args, r)
 		}
 	}

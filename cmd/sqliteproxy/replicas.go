@@ -3,7 +3,9 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
+	"os"
 	"os/exec"
 	"time"
 
@@ -25,6 +27,12 @@ func checkReplicaURL(raw string) error {
 		return fmt.Errorf("%q has no scheme; want file:///path or s3://bucket/prefix", raw)
 	case u.Scheme == "file" && (u.Host != "" || u.Opaque != "" || u.Path == ""):
 		return fmt.Errorf("%q: a file URL takes an absolute path (file:///path)", raw)
+	case u.Scheme == "file":
+		// A mistyped path read as a replica holding nothing: replicas and
+		// compact printed nothing and exited 0.
+		if _, err := os.Stat(u.Path); errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%q: %w", raw, err)
+		}
 	}
 	return nil
 }
