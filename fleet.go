@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,8 +98,9 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 	workers = max(1, min(workers, r.cfg.MaxConnections/2, len(ids)))
 
 	var (
-		mu   sync.Mutex // guards rep and done
+		mu   sync.Mutex // guards rep, done and cut
 		done int
+		cut  []string // tenants whose work the context's end cut short
 		next atomic.Int64
 		wg   sync.WaitGroup
 	)
@@ -112,6 +114,11 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 				id := ids[i]
 				ran, err := one(ctx, id)
 				if err != nil && (ctx.Err() != nil || errors.Is(err, ErrClosed)) {
+					if ctx.Err() != nil {
+						mu.Lock()
+						cut = append(cut, id)
+						mu.Unlock()
+					}
 					return // cancelled or closed: not this tenant's failure
 				}
 				mu.Lock()
@@ -136,7 +143,15 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 	wg.Wait()
 	rep.Duration = time.Since(start)
 	if err := ctx.Err(); err != nil {
-		return rep, err
+		// Said which, and how many were not done: a bare "context
+		// deadline exceeded" beside an empty Failed left the caller to
+		// guess (a tenant held by a transaction, say).
+		slices.Sort(cut)
+		why := ""
+		if len(cut) > 0 {
+			why = fmt.Sprintf("; stopped while working on %s (waiting for its in-flight work, or its migrations)", strings.Join(cut[:min(len(cut), 10)], ", "))
+		}
+		return rep, opError(opMigrate, "", fmt.Errorf("%w: %d of %d tenants not done%s", err, len(ids)-done, len(ids), why))
 	}
 	if done < len(ids) {
 		// Close stopped it (each tenant used to fail as "closed", and the

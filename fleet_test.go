@@ -642,3 +642,22 @@ func waitMigrating(t *testing.T, spans *tracetest.SpanRecorder, what string) {
 		return false
 	})
 }
+
+// MigrateAll cut short by its context says how many tenants were not done
+// and which it was waiting for: it returned a bare "context deadline
+// exceeded" beside an empty Failed.
+func TestMigrateAll_DeadlineNamesTheTenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fleet(t, dir, 1, []string{eventsTable})
+	p := newTestProxy(t, Config{Dir: dir, MigrationMode: MigrateManual, Migrations: []string{eventsTable, `CREATE TABLE more (a)`}})
+	tx, tn := holdWriterWith(t, p, "t000", `INSERT INTO events (tenant) VALUES ('tx')`) // served behind, in manual mode
+	defer tn.unpin()
+	defer tx.Rollback()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := p.MigrateAll(ctx, MigrateOptions{})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "1 of 1 tenants not done") || !strings.Contains(err.Error(), "t000") {
+		t.Fatalf("MigrateAll past its deadline: %v", err)
+	}
+}
