@@ -266,8 +266,10 @@ func Tokens(sql string, max int) []string {
 			i = j
 		case c == '[':
 			j := strings.IndexByte(sql[i:], ']')
-			if j < 0 {
-				j = len(sql) - i - 1
+			if j < 0 { // unterminated: the rest
+				toks = append(toks, sql[i+1:])
+				i = len(sql)
+				continue
 			}
 			toks = append(toks, sql[i+1:i+j])
 			i += j + 1

@@ -1,6 +1,9 @@
 package sqlscan
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func TestScan(t *testing.T) {
 	tests := []struct {
@@ -88,4 +91,39 @@ func TestEmpty(t *testing.T) {
 			t.Errorf("Empty(%q) = %v, want %v", sql, got, want)
 		}
 	}
+}
+
+func TestTokens(t *testing.T) {
+	for _, tt := range []struct {
+		sql  string
+		max  int
+		want []string
+	}{
+		{"VACUUM", 4, []string{"VACUUM"}},
+		{" -- c\nvacuum /* x */ main ;", 4, []string{"VACUUM", "MAIN", ";"}},
+		{`VACUUM "ma""in"`, 4, []string{"VACUUM", `ma"in`}},
+		{"VACUUM [main] INTO 'f.db'", 4, []string{"VACUUM", "main", "INTO", "'f.db"}},
+		{"VACUUM `main`", 4, []string{"VACUUM", "main"}},
+		{"PRAGMA main.optimize(0x10002)", 4, []string{"PRAGMA", "MAIN", ".", "OPTIMIZE"}},
+		{"PRAGMA 'it''s'", 4, []string{"PRAGMA", "'it's"}},
+		{"a b c d e", 2, []string{"A", "B"}},
+		{"\fVACUUM\v", 4, []string{"VACUUM"}},
+		{"[open", 4, []string{"open"}},
+		{"", 4, nil},
+	} {
+		if got := Tokens(tt.sql, tt.max); !slices.Equal(got, tt.want) {
+			t.Errorf("Tokens(%q, %d) = %q, want %q", tt.sql, tt.max, got, tt.want)
+		}
+	}
+}
+
+func FuzzTokens(f *testing.F) {
+	for _, s := range []string{"VACUUM main", "[", "'", `"`, "a/*", "x.y"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, sql string) {
+		if toks := Tokens(sql, 8); len(toks) > 8 {
+			t.Fatalf("%d tokens", len(toks))
+		}
+	})
 }
