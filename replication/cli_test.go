@@ -142,7 +142,7 @@ func TestCLI(t *testing.T) {
 				if r.stdout != `["acme","acme-corp","globex"]`+"\n" {
 					t.Errorf("replicas -json: %q", r.stdout)
 				}
-				empty := "file://" + filepath.Join(t.TempDir(), "empty")
+				empty := "file://" + t.TempDir() // a missing folder is a mistyped path: a usage error
 				if g.s3 != nil {
 					empty = g.s3.ReplicaURL("nothing-here")
 				}
