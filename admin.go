@@ -669,19 +669,20 @@ func checkFile(ctx context.Context, path string) error {
 // tenantOfFile returns the tenant whose database file path is in this
 // proxy's Dir (and layout), symlinks resolved.
 func (r *router) tenantOfFile(path string) (string, bool) {
-	abs, err := filepath.Abs(path)
+	// The whole path resolved: a symlink to a tenant's file (a link in a
+	// backup folder) is that tenant's file, read through it too.
+	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
 		return "", false
 	}
-	dir, err := filepath.EvalSymlinks(filepath.Dir(abs))
-	if err != nil {
+	if real, err = filepath.Abs(real); err != nil {
 		return "", false
 	}
-	id, ok := strings.CutSuffix(filepath.Base(abs), tenantFileSuffix)
+	id, ok := strings.CutSuffix(filepath.Base(real), tenantFileSuffix)
 	if !ok || checkTenantID(id) != nil {
 		return "", false
 	}
-	if filepath.Join(dir, filepath.Base(abs)) != tenantPath(r.conns.realDir, r.cfg.Layout, id) {
+	if real != tenantPath(r.conns.realDir, r.cfg.Layout, id) {
 		return "", false
 	}
 	return id, true
@@ -731,6 +732,11 @@ func unhealthy(ctx context.Context, err error) error {
 // read-only; unless this process has it open (a live tenant), when it is
 // read through SQLite, whose -wal and -shm are there already.
 func copyVerified(ctx context.Context, src, dst string) error {
+	// Side files are beside the real file, not beside a symlink to it: a
+	// link to a live WAL database was read immutable, its -wal unseen.
+	if real, err := filepath.EvalSymlinks(src); err == nil {
+		src = real
+	}
 	fi, err := os.Stat(src)
 	if err != nil {
 		return err

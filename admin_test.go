@@ -801,3 +801,23 @@ func TestProxy_CloneOfALiveTenantIsASnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A symlink to a live tenant's file is that tenant's file: resolved only
+// in its folder, the link was read immutable, beside no -wal, and the
+// commits still in the tenant's WAL were not restored (0 rows of 50).
+func TestProxy_RestoreFromASymlinkToATenant(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 50) // in acme's -wal
+	link := filepath.Join(t.TempDir(), "acme-link.db")
+	if err := os.Symlink(filepath.Join(dir, "acme.db"), link); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RestoreTenant(context.Background(), "globex", link); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, tctx("globex"), `SELECT count(*) FROM events`); n != 50 {
+		t.Fatalf("globex restored from a link to acme: %d rows, want 50", n)
+	}
+}

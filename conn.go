@@ -29,11 +29,14 @@ type conn struct {
 	hadTx   bool      // the checkout began a transaction (it may have ended badly)
 	mayTx   bool      // the checkout ran a text that may have begun one (mayOpenTx)
 	mayTemp bool      // the checkout ran a text that may have created a TEMP object (mayCreateTemp)
-	owned   bool      // the conn came from Driver.Open and owns r
-	last    *tenant   // tenant of the previous checkout: spares a map lookup
-	batched bool      // this checkout ran a statement through group commit (groupcommit.go)
-	kept    *physConn // a reader kept between checkouts, and its token (keep.go)
-	keptTok uint64
+	// triedWriter: routeQuery tried the text on the writer for this query,
+	// in vain.
+	triedWriter bool
+	owned       bool      // the conn came from Driver.Open and owns r
+	last        *tenant   // tenant of the previous checkout: spares a map lookup
+	batched     bool      // this checkout ran a statement through group commit (groupcommit.go)
+	kept        *physConn // a reader kept between checkouts, and its token (keep.go)
+	keptTok     uint64
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
@@ -221,6 +224,7 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 				}
 				return err
 			})
+			c.triedWriter = !c.pc.writer // query does not wait for it twice
 		}
 		return c.pc, nil
 	}
@@ -374,6 +378,12 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if sqlscan.Empty(query) && c.pc == nil {
+		// No statement: answered with no rows wherever it runs (a prepared
+		// empty text crashes mattn's Stmt); not worth a tenant's lease.
+		return c.r.free.query(ctx, query, args)
+	}
+	c.triedWriter = false
 	pc, err := c.routeQuery(ctx, query)
 	if err != nil {
 		if err == errNoRoute {
@@ -388,7 +398,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		c.mayTx = c.opensTx(query) || c.mayTx
 	}
 	rs, err := pc.c.QueryContext(ctx, query, args)
-	if err != nil && !pc.writer && compileErr(err) {
+	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
 		// compile it here: it may name a TEMP table of the writer's
@@ -439,11 +449,18 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // reader taken for this Prepare is retried on the writer when it is free
 // (writerInstead): the writer holds the session the statement would have
 // met with mattn. When the writer fails too, its error is returned; when
-// the writer is busy, or the checkout held its reader already (a sql.Conn,
-// a transaction begun on a reader), the reader's error stands.
+// the writer is busy (and its session holds no TEMP objects), or inside a
+// transaction begun on a reader, the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 	info := sqlscan.Scan(query)
 	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info), mayTemp: createsTemp(info)}
+	if sqlscan.Empty(query) {
+		// No statement ("", a comment): SQLite prepares none, and mattn's
+		// Stmt hands the NULL handle to C at Exec or Query (SIGSEGV). It
+		// runs as the conn's Exec and Query run it: nothing, no rows.
+		s.empty, s.numInput = true, 0
+		return s, nil
+	}
 	write := c.pc == nil && c.prepareOnWriter(query, info)
 	pc, err := c.prepareConn(ctx, write)
 	if err == errNoRoute {
@@ -549,12 +566,15 @@ func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
 // when the writer is free at once: a read never waits for the writer (a
 // typo behind another request's transaction waited BusyTimeout, then said
 // "database is locked"; mattn's pool would have answered from another
-// connection), and tried is false: the reader's error stands. When try
-// succeeds the lease moves to the writer (the reader given back, or kept
-// while rows are open on it, as upgrade does); when it fails the writer is
-// given back and the checkout keeps its reader (a sql.Conn whose read
-// failed kept the writer, and the tenant's writes waited for it). Inside a
-// transaction begun on a reader the text can only run on that reader.
+// connection), and tried is false: the reader's error stands (also when
+// that wait ends without the writer). When try succeeds the lease moves to
+// the writer (the reader given back, or kept while rows are open on it, as
+// upgrade does): a sql.Conn that held a reader then holds the writer, as
+// one that wrote does, since it now uses the writer's session. When try
+// fails the writer is given back and the checkout keeps its reader (a
+// sql.Conn whose read failed kept the writer, and the tenant's writes
+// waited for it). Inside a transaction begun on a reader the text can only
+// run on that reader.
 func (c *conn) onWriter(ctx context.Context, try func(w *physConn) error) (tried bool, err error) {
 	if c.tx != nil {
 		return false, nil
@@ -565,7 +585,7 @@ func (c *conn) onWriter(ctx context.Context, try func(w *physConn) error) (tried
 			return false, nil
 		}
 		if w, err = c.t.acquireWriter(ctx); err != nil {
-			return true, err
+			return false, nil // the reader's error stands, not the wait's
 		}
 	}
 	if err := try(w); err != nil {
@@ -705,7 +725,8 @@ func (c *conn) release() {
 			}
 		}
 		if pc.writer {
-			if c.mayTemp {
+			if c.mayTemp || c.t.writerTemp.Load() {
+				// Looked at again while it has some: a DROP ends them.
 				c.t.noteTemp(pc)
 			}
 			c.t.releaseWriter()
@@ -768,6 +789,7 @@ type stmt struct {
 	keep    bool
 	mayTx   bool // mayOpenTx(query)
 	mayTemp bool // mayCreateTemp(query)
+	empty   bool // the text holds no statement (sqlscan.Empty)
 }
 
 var (
@@ -813,6 +835,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 }
 
 func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if s.empty {
+		return s.c.exec(ctx, s.query, args)
+	}
 	pc, err := s.c.route(ctx, true)
 	if err == errNoRoute {
 		if fanOutOf(ctx) != nil {
@@ -850,6 +875,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 }
 
 func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if s.empty {
+		return s.c.query(ctx, s.query, args)
+	}
 	pc, err := s.c.routeQuery(ctx, s.query)
 	if err == errNoRoute {
 		if f := fanOutOf(ctx); f != nil {

@@ -596,3 +596,57 @@ func TestQuery_PragmaOptimize(t *testing.T) {
 		}
 	}
 }
+
+// Once the writer's TEMP objects are dropped, a read that does not compile
+// answers at once again: the flag that makes it wait for the writer stayed
+// set (it was looked at only after a CREATE), and the query waited twice
+// (classification, then execution) and said "database is locked".
+func TestRead_CompileErrorAfterTempObjectsDropped(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{BusyTimeout: time.Minute, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	for _, q := range []string{`CREATE TEMP TABLE tt (a)`, `DROP TABLE temp.tt`} {
+		if _, err := p.ExecContext(tctx("acme"), q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, tn := holdWriterWith(t, p, "acme", `INSERT INTO events (tenant) VALUES ('tx')`)
+	defer tn.unpin()
+	defer tx.Rollback()
+	if tn.writerTemp.Load() {
+		t.Error("writerTemp set after the TEMP table was dropped")
+	}
+	ctx, cancel := context.WithTimeout(tctx("acme"), 10*time.Second)
+	defer cancel()
+	if err := p.QueryRowContext(ctx, `SELECT * FROM nosuch`).Scan(new(int)); err == nil || !compileErr(err) {
+		t.Errorf("Query: %v, want SQLite's compile error", err)
+	}
+}
+
+// A prepared statement of a text with no statement ("", a comment) runs as
+// the conn's Exec and Query run it: mattn's Stmt crashed the process
+// (SIGSEGV in sqlite3_reset).
+func TestPrepare_EmptyText(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	for _, ctx := range []context.Context{tctx("acme"), context.Background()} {
+		for _, q := range []string{"", "-- nightly", ";", " /* x */ ; "} {
+			st, err := p.PrepareContext(ctx, q)
+			if err != nil {
+				t.Fatalf("Prepare(%q): %v", q, err)
+			}
+			if _, err := st.ExecContext(ctx); err != nil {
+				t.Errorf("Exec of prepared %q: %v", q, err)
+			}
+			rows, err := st.QueryContext(ctx)
+			if err != nil {
+				t.Fatalf("Query of prepared %q: %v", q, err)
+			}
+			if rows.Next() {
+				t.Errorf("prepared %q returned a row", q)
+			}
+			rows.Close()
+			st.Close()
+		}
+	}
+}

@@ -154,13 +154,18 @@ func readDirState(dir string) (dirState, error) {
 // empty one), and tenants created there are in a bucket the service never
 // reads.
 func notABucket(dir string) error {
-	base := filepath.Base(dir)
-	if len(base) != 2 || !isHex(base[0]) || !isHex(base[1]) {
-		return nil
-	}
+	// Made absolute and resolved first: "." inside a bucket folder, or a
+	// symlink to one, names it too.
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
+	}
+	if real, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = real
+	}
+	base := filepath.Base(abs)
+	if len(base) != 2 || !isHex(base[0]) || !isHex(base[1]) {
+		return nil
 	}
 	parent := filepath.Dir(abs)
 	st, err := readMarker(parent)

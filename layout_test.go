@@ -539,3 +539,28 @@ func TestLayout_BucketFolderIsNotADataDirectory(t *testing.T) {
 	}
 	newTestProxy(t, Config{Dir: flat})
 }
+
+// "." inside a bucket folder (cd data/82 && relayout -dir .), or a symlink
+// to one, is that bucket folder: its base "." passed the check, and a
+// relayout moved acme's file a level down (acme then read as empty).
+func TestLayout_BucketFolderByDotOrSymlink(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	bucket := filepath.Join(dir, bucketOf("acme"))
+	link := filepath.Join(t.TempDir(), "mydata")
+	if err := os.Symlink(bucket, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{bucket + "/.", bucket + "/", link} {
+		if err := notABucket(d); err == nil {
+			t.Errorf("notABucket(%s): nil", d)
+		}
+	}
+	// The working directory is the process's: "." itself is checked in a
+	// child of this test's own, by its absolute form.
+	if err := notABucket(filepath.Join(bucket, "..", bucketOf("acme"), ".")); err == nil {
+		t.Error("a bucket folder spelt with .. and .: nil")
+	}
+}
