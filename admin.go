@@ -181,6 +181,11 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 // deleting or restoring waits for it (up to ctx): two deletes at once give
 // nil and ErrTenantNotFound.
 func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
+	endOp, err := p.c.r.beginOp(opDeleteTenant, id)
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	t, err := p.tenantFor(opDeleteTenant, id)
 	if err != nil {
 		return err
@@ -567,6 +572,11 @@ var restoreBeforeRename func() error
 // replica's head (at once with replication on, else at its next
 // registration), however far behind the replica it is.
 func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fill func(tmp string) error) error {
+	endOp, err := p.c.r.beginOp(op, id)
+	if err != nil {
+		return err
+	}
+	defer endOp()
 	t, err := p.tenantFor(op, id)
 	if err != nil {
 		return err

@@ -66,9 +66,11 @@ var errNoRoute = errors.New("no tenant")
 func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	id, has := OrgID(ctx)
 	if c.pc != nil {
-		if c.tx == nil && c.r.isClosed.Load() {
+		if c.tx == nil && c.r.isClosed.Load() && c.pc.c.AutoCommit() {
 			// A sql.Conn held across Close: its next statement fails, as
-			// new work does (a transaction in progress may still finish).
+			// new work does (a transaction in progress may still finish:
+			// BeginTx's, or one begun with BEGIN on the Conn, whose COMMIT
+			// was refused).
 			return nil, opError(opRoute, c.t.id, ErrClosed)
 		}
 		if !has && fanOutOf(ctx) != nil {
@@ -378,11 +380,6 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if sqlscan.Empty(query) && c.pc == nil {
-		// No statement: answered with no rows wherever it runs (a prepared
-		// empty text crashes mattn's Stmt); not worth a tenant's lease.
-		return c.r.free.query(ctx, query, args)
-	}
 	c.triedWriter = false
 	pc, err := c.routeQuery(ctx, query)
 	if err != nil {

@@ -86,7 +86,8 @@ func (c *Connector) Driver() driver.Driver { return &Driver{} }
 // Close closes every tenant connection that is not in use and fails further
 // operations with ErrClosed; statements waiting for a writer or a reader end
 // with ErrClosed at once. Work in use (a transaction, which may still commit,
-// rows not yet closed, a statement running) keeps its tenant open: Close
+// rows not yet closed, a statement running, a sql.Conn not closed, a
+// DeleteTenant or RestoreTenant under way) keeps its tenant open: Close
 // waits up to Config.BusyTimeout for it to end, as database/sql's DB.Close
 // says it does. Past that it returns an error naming those tenants; their
 // connections close when their work ends, and the data directory stays
@@ -113,6 +114,19 @@ func New(cfg Config) (*Proxy, error) {
 	// database/sql does not churn them (its default keeps 2).
 	db.SetMaxIdleConns(max(c.cfg.MaxConnections, 64))
 	return &Proxy{DB: db, c: c}, nil
+}
+
+// Close closes the DB and the proxy (see Connector.Close). Unlike sql.DB's,
+// a second Close, or one called while another runs, does not say nil while
+// work is still in use: it returns what the first returned, or nil once
+// everything has closed since (a Close of the DB that GORM, sqlx or bun
+// wraps, then the deferred p.Close, returned nil with a transaction still
+// open).
+func (p *Proxy) Close() error {
+	if err := p.DB.Close(); err != nil {
+		return err
+	}
+	return p.c.r.close()
 }
 
 // Open opens a Proxy for a DSN (see ParseDSN): the way for users of DSNs

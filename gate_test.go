@@ -168,10 +168,10 @@ func TestGate_RollbackWhileRestoring(t *testing.T) {
 	}
 }
 
-// Close of the restoring proxy in the restore's window (Close does not wait
-// for a restore that holds the tenant already): the gate stays held until
-// the rename. Closing the presence file's descriptor dropped it, and a
-// proxy opened next opened the old file.
+// Close of the restoring proxy in the restore's window (Close waits for the
+// restore, up to BusyTimeout): the gate stays held until the rename.
+// Closing the presence file's descriptor dropped it, and a proxy opened
+// next opened the old file.
 func TestGate_CloseDuringRestoreKeepsTheGate(t *testing.T) {
 	dir := t.TempDir()
 	bk := gateFleet(t, dir)
@@ -181,15 +181,18 @@ func TestGate_CloseDuringRestoreKeepsTheGate(t *testing.T) {
 		_, err := svc.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('svc')`)
 		return err
 	})
+	var closed <-chan error
 	restoreBeforeRename = func() error {
-		if err := cli.Close(); err != nil {
-			return err
-		}
+		closed = closeAsync(t, cli)
+		waitFor(t, 10*time.Second, "Close to wait for the restore", func() bool { return cli.c.r.budget.waiters.Load() > 0 })
 		svc = newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 		return write()
 	}
 	defer func() { restoreBeforeRename = nil }()
 	if err := cli.RestoreTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, closed, "Close, once the restore ended"); err != nil {
 		t.Fatal(err)
 	}
 	if err := receive(t, svcErr, "the new proxy's write"); err != nil {

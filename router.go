@@ -44,8 +44,16 @@ type router struct {
 	accessOpts openOpts // what a statement's first access to a tenant may do
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking
 	isClosed   atomic.Bool
-	forgotten  atomic.Int64 // idle tenant objects let go from the registry (forgetIdle)
-	lostLeases sync.Map     // tenant ID -> struct{}: this node's last lease on it was lost (ownership.go)
+	// ops counts the tenant operations in flight that may hold no
+	// connection meanwhile (a delete, a restore): Close waits for them
+	// too (beginOp).
+	ops atomic.Int64
+	// closeReturned is closed when the first Close returns; finished once
+	// everything is closed (finishClose).
+	closeReturned chan struct{}
+	finished      chan struct{}
+	forgotten     atomic.Int64 // idle tenant objects let go from the registry (forgetIdle)
+	lostLeases    sync.Map     // tenant ID -> struct{}: this node's last lease on it was lost (ownership.go)
 
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)
@@ -124,16 +132,18 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		}()
 	}
 	r := &router{
-		cfg:        cfg,
-		dirLock:    dirLock,
-		replLock:   replLock,
-		presence:   presence,
-		conns:      newConnOpener(cfg, realDir),
-		repl:       newReplicator(cfg),
-		budget:     newBudget(cfg.MaxConnections),
-		retain:     newRetention(cfg.MaxConnections),
-		accessOpts: openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto, servePending: cfg.MigrationMode == MigrateManual},
-		stop:       make(chan struct{}),
+		closeReturned: make(chan struct{}),
+		finished:      make(chan struct{}),
+		cfg:           cfg,
+		dirLock:       dirLock,
+		replLock:      replLock,
+		presence:      presence,
+		conns:         newConnOpener(cfg, realDir),
+		repl:          newReplicator(cfg),
+		budget:        newBudget(cfg.MaxConnections),
+		retain:        newRetention(cfg.MaxConnections),
+		accessOpts:    openOpts{mayCreate: !cfg.ExplicitCreate, migrate: cfg.MigrationMode == MigrateAuto, servePending: cfg.MigrationMode == MigrateManual},
+		stop:          make(chan struct{}),
 	}
 	if r.tel, err = newTelemetry(cfg, r.stats); err != nil {
 		return nil, opError(opOpen, "", err)
@@ -264,8 +274,17 @@ func (r *router) close() error {
 	}
 	open, already := r.budget.close()
 	if already {
+		// A second Close (Proxy.Close after sql.DB's, or two at once)
+		// says what the first would say now: nil only once everything
+		// is closed (it said nil while tenants were still in use).
+		<-r.closeReturned
+		if busy, ops := r.awaitUnused(time.Now().Add(r.cfg.BusyTimeout)); len(busy) > 0 || ops > 0 {
+			return r.stillInUse(busy, ops)
+		}
+		<-r.finished // at once, or as soon as the first Close's wait sees the work end
 		return nil
 	}
+	defer close(r.closeReturned)
 	r.isClosed.Store(true)
 	close(r.stop)
 	r.reaperWG.Wait()
@@ -290,20 +309,53 @@ func (r *router) close() error {
 	// within BusyTimeout: returning while a statement still writes a
 	// tenant's file and giving up the directory's lock let a relayout or a
 	// new proxy take files this process still wrote.
-	if busy := r.awaitUnused(time.Now().Add(r.cfg.BusyTimeout)); len(busy) > 0 {
+	if busy, ops := r.awaitUnused(time.Now().Add(r.cfg.BusyTimeout)); len(busy) > 0 || ops > 0 {
 		go func() {
 			r.awaitUnused(time.Time{})
 			r.finishClose()
 		}()
-		return errors.Join(opError(opClose, "", fmt.Errorf("%d tenants still in use after %v (%s): their connections close when the work on them ends (a transaction committed or rolled back, rows closed, a statement done), and the data directory stays locked until then", len(busy), r.cfg.BusyTimeout, idList(busy))), r.unsyncedAtClose())
+		return errors.Join(r.stillInUse(busy, ops), r.unsyncedAtClose())
 	}
 	r.finishClose()
 	return r.unsyncedAtClose()
 }
 
+// stillInUse is Close's error for tenants still in use, and tenant
+// operations (delete, restore) still in flight, past BusyTimeout.
+func (r *router) stillInUse(busy []*tenant, ops int64) error {
+	var what []string
+	if len(busy) > 0 {
+		what = append(what, fmt.Sprintf("%d tenants still in use (%s)", len(busy), idList(busy)))
+	}
+	if ops > 0 {
+		what = append(what, fmt.Sprintf("%d tenant deletes or restores still in flight", ops))
+	}
+	return opError(opClose, "", fmt.Errorf("%s after %v: their connections close when the work on them ends (a transaction committed or rolled back, rows closed, a statement done, a sql.Conn closed), and the data directory stays locked until then", strings.Join(what, " and "), r.cfg.BusyTimeout))
+}
+
+// beginOp counts a tenant operation that may hold no connection while it
+// changes the tenant's files (a delete, a restore), so that Close waits for
+// it: one that began just before Close renamed the tenant's file after
+// Close had returned nil and given up the directory. It fails with
+// ErrClosed after Close.
+func (r *router) beginOp(op, id string) (end func(), err error) {
+	r.ops.Add(1)
+	if r.isClosed.Load() {
+		r.endOp()
+		return nil, opError(op, id, ErrClosed)
+	}
+	return r.endOp, nil
+}
+
+func (r *router) endOp() {
+	r.ops.Add(-1)
+	r.budget.wake()
+}
+
 // finishClose gives up what the proxy holds beyond its tenants, once their
 // connections are all closed.
 func (r *router) finishClose() {
+	defer close(r.finished)
 	r.free.close()
 	r.tmpl.close()
 	r.tel.close()
@@ -314,9 +366,10 @@ func (r *router) finishClose() {
 	leavePresence(r.presence)
 }
 
-// awaitUnused waits, after Close, until no tenant has a connection open or
-// until deadline (none when zero); it returns the tenants still open.
-func (r *router) awaitUnused(deadline time.Time) []*tenant {
+// awaitUnused waits, after Close, until no tenant has a connection open
+// and no tenant operation is in flight (beginOp), or until deadline (none
+// when zero); it returns the tenants still open and the operations.
+func (r *router) awaitUnused(deadline time.Time) ([]*tenant, int64) {
 	b := r.budget
 	var timeout <-chan time.Time
 	if !deadline.IsZero() {
@@ -326,17 +379,17 @@ func (r *router) awaitUnused(deadline time.Time) []*tenant {
 	}
 	for {
 		ch := b.waitCh()
-		open := b.lru()
-		if len(open) == 0 {
+		open, ops := b.lru(), r.ops.Load()
+		if len(open) == 0 && ops == 0 {
 			b.unwait()
-			return nil
+			return nil, 0
 		}
 		select {
 		case <-ch:
 			b.unwait()
 		case <-timeout:
 			b.unwait()
-			return open
+			return open, ops
 		}
 	}
 }
