@@ -53,14 +53,7 @@ func (c *classCache) store(query string, readonly bool) {
 // (one statement, no semicolon): the scanner runs only on texts with a
 // semicolon or that do not start with a word.
 func mayOpenTx(query string) bool {
-	i := 0
-	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r') {
-		i++
-	}
-	j := i
-	for j < len(query) && (query[j]|0x20 >= 'a' && query[j]|0x20 <= 'z') {
-		j++
-	}
+	i, j := firstWord(query)
 	if j == i {
 		return opensTx(sqlscan.Scan(query)) // a comment first, or no statement
 	}
@@ -70,17 +63,23 @@ func mayOpenTx(query string) bool {
 	return strings.IndexByte(query[j:], ';') >= 0 && sqlscan.Scan(query).Multi
 }
 
-// mayCreateTemp reports whether query may create a TEMP object (see
-// tenant.noteTemp): it begins with CREATE, or holds several statements.
-func mayCreateTemp(query string) bool {
-	i := 0
+// firstWord returns where query's first word of ASCII letters, after
+// blanks, begins and ends (i == j: it does not begin with one).
+func firstWord(query string) (i, j int) {
 	for i < len(query) && (query[i] == ' ' || query[i] == '\t' || query[i] == '\n' || query[i] == '\r') {
 		i++
 	}
-	j := i
+	j = i
 	for j < len(query) && (query[j]|0x20 >= 'a' && query[j]|0x20 <= 'z') {
 		j++
 	}
+	return i, j
+}
+
+// mayCreateTemp reports whether query may create a TEMP object (see
+// tenant.noteTemp): it begins with CREATE, or holds several statements.
+func mayCreateTemp(query string) bool {
+	i, j := firstWord(query)
 	if j == i {
 		return createsTemp(sqlscan.Scan(query)) // a comment first, or no statement
 	}
