@@ -303,9 +303,6 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 		}
 		return opError(op, id, fmt.Errorf("backup destination: %w", err))
 	}
-	if err := t.mustExist(op); err != nil {
-		return err
-	}
 	src, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err
@@ -353,9 +350,6 @@ func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
 		return err
 	}
 	defer t.unpin()
-	if err := t.mustExist(op); err != nil {
-		return err
-	}
 	c, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err
@@ -707,9 +701,6 @@ func (r *router) copyTenant(ctx context.Context, op, id, dst string) error {
 		return err
 	}
 	defer t.unpin()
-	if err := t.mustExist(op); err != nil {
-		return err
-	}
 	src, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err

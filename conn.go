@@ -40,7 +40,7 @@ type conn struct {
 
 	lastQuery string // the previous query's text and class: spares a map lookup
 	lastRO    bool
-	lastText  string // the previous text given to opensTx, and its answers
+	lastText  string // the previous text given to noteText, and its answers
 	lastTx    bool
 	lastTemp  bool
 }
@@ -174,15 +174,19 @@ func (c *conn) upgrade(ctx context.Context) (*physConn, error) {
 	return w, nil
 }
 
-// opensTx is mayOpenTx(query), remembered for the conn's last text: a
-// loop runs one text again and again (a third of the routing's own cost
-// was scanning it again).
-func (c *conn) opensTx(query string) bool {
+// noteText records what query may leave on the checkout's connection (a
+// transaction: mayOpenTx; a TEMP object: mayCreateTemp), remembering the
+// answers for the conn's last text: a loop runs one text again and again
+// (a third of the routing's own cost was scanning it again).
+func (c *conn) noteText(query string) {
+	if c.mayTx && c.mayTemp {
+		return
+	}
 	if query != c.lastText {
 		c.lastText, c.lastTx, c.lastTemp = query, mayOpenTx(query), mayCreateTemp(query)
 	}
+	c.mayTx = c.mayTx || c.lastTx
 	c.mayTemp = c.mayTemp || c.lastTemp
-	return c.lastTx
 }
 
 // routeQuery leases the connection for a query: a reader when SQLite
@@ -202,7 +206,7 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 		return c.route(ctx, !ro)
 	}
 	info := sqlscan.Scan(query)
-	if cannotRead(info) || info.Keyword == "PRAGMA" && pragmaOptimize(query) {
+	if cannotRead(query, info) {
 		c.r.classes.store(query, false)
 		return c.route(ctx, true)
 	}
@@ -266,18 +270,21 @@ func compileErr(err error) bool {
 // cannotRead reports whether a text cannot run on a reader, by its words:
 // not a single statement (routeQuery sends several to the writer), a WITH
 // whose statement writes and returns rows (RETURNING), or one that does
-// not begin with a keyword that can read. sqlite3_stmt_readonly is true for
-// transaction control too, which must run on the writer. Any other WITH
-// that writes is found out by compiling it.
-func cannotRead(info sqlscan.Info) bool {
+// not begin with a keyword that can read (query is the text info scanned).
+// sqlite3_stmt_readonly is true for transaction control too, which must
+// run on the writer, and for PRAGMA optimize, which runs ANALYZE. Any other
+// WITH that writes is found out by compiling it.
+func cannotRead(query string, info sqlscan.Info) bool {
 	if info.Multi {
 		return true
 	}
 	switch info.Keyword {
 	case "WITH":
 		return info.Returning
-	case "SELECT", "VALUES", "EXPLAIN", "PRAGMA":
+	case "SELECT", "VALUES", "EXPLAIN":
 		return false
+	case "PRAGMA":
+		return pragmaOptimize(query)
 	case "", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "COMMIT", "CREATE", "DELETE", "DETACH", "DROP", "END",
 		"INSERT", "REINDEX", "RELEASE", "REPLACE", "ROLLBACK", "SAVEPOINT", "UPDATE", "VACUUM":
 		return true
@@ -356,9 +363,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		}
 		return nil, err
 	}
-	if !c.mayTx || !c.mayTemp {
-		c.mayTx = c.opensTx(query) || c.mayTx
-	}
+	c.noteText(query)
 	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
 		return vacuum(ctx, pc.c, query)
 	}
@@ -391,9 +396,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		}
 		return nil, err
 	}
-	if !c.mayTx || !c.mayTemp {
-		c.mayTx = c.opensTx(query) || c.mayTx
-	}
+	c.noteText(query)
 	rs, err := pc.c.QueryContext(ctx, query, args)
 	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
@@ -495,7 +498,7 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	if ro, ok := c.r.classes.lookup(query); ok {
 		return !ro
 	}
-	return cannotRead(info) || info.Keyword == "PRAGMA" && pragmaOptimize(query)
+	return cannotRead(query, info)
 }
 
 // pragmaOptimize reports whether query is PRAGMA [schema.]optimize, which

@@ -873,6 +873,9 @@ func (t *tenant) statFile(op string) (os.FileInfo, error) {
 // migrations: backing up or checking a tenant that is behind (MigrateCheck)
 // or ahead (drift) is when operators need it most.
 func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteConn, func(), error) {
+	if err := t.mustExist(op); err != nil {
+		return nil, nil, err // never created by a read
+	}
 	if t.ready.Load() {
 		pc, err := t.acquireReader(ctx)
 		if err != nil {
