@@ -723,15 +723,18 @@ func unhealthy(ctx context.Context, err error) error {
 }
 
 // copyVerified checks that src is a healthy SQLite database and copies a
-// consistent snapshot of it to dst. The source is never written: without a
-// -wal or -journal file beside it, it is opened immutable; with one (a
-// copy of a live WAL database, a file left by a crash mid-transaction),
-// they are first copied next to dst and read there, so that SQLite
-// applies the -wal or rolls the hot journal back (an immutable open
-// ignores a journal, and restored the uncommitted half of a transaction),
-// no side file is left beside the source, and its directory may be
-// read-only; unless this process has it open (a live tenant), when it is
-// read through SQLite, whose -wal and -shm are there already.
+// consistent snapshot of it to dst. The source is never written. A
+// database a process uses (this one: a tenant of this or another proxy,
+// the application's own pool; or another: a tenant of another service) is
+// read through SQLite, with its locks, as any reader. Otherwise it is
+// locked as an EXCLUSIVE connection would (lockDatabase: no process starts
+// using it until the copy is done) and, without a -wal or -journal file
+// beside it, opened immutable; with one (a copy of a live WAL database, a
+// file left by a crash mid-transaction), they are first copied next to dst
+// and read there, so that SQLite applies the -wal or rolls the hot journal
+// back (an immutable open ignores a journal, and restored the uncommitted
+// half of a transaction), no side file is left beside the source, and its
+// directory may be read-only.
 func copyVerified(ctx context.Context, src, dst string) error {
 	// Side files are beside the real file, not beside a symlink to it: a
 	// link to a live WAL database was read immutable, its -wal unseen.
@@ -745,31 +748,44 @@ func copyVerified(ctx context.Context, src, dst string) error {
 	if !fi.Mode().IsRegular() {
 		return errors.New("not a regular file")
 	}
-	params := "?mode=ro&immutable=1"
 	_, werr := os.Stat(src + "-wal")
 	if fi.Size() == 0 && werr != nil {
 		// SQLite opens an empty file as an empty database: restoring it
 		// would empty the tenant, and no backup is empty.
 		return errors.New("an empty file, not a database")
 	}
-	_, jerr := os.Lstat(src + "-journal")
-	live := false
-	if werr == nil {
-		// The file of a live database of this process (a tenant of this
-		// or another proxy) is read through SQLite, not copied: closing a
-		// descriptor of it opened here would drop the locks SQLite holds
-		// on it for the process's connections, and another process could
-		// then checkpoint and remove the -wal they are using.
-		if live, err = openInProcess(src); err != nil {
+	// A file this process has open is never opened beside its
+	// connections: closing a descriptor of it opened here would drop the
+	// locks SQLite holds on it for them, and another process could then
+	// checkpoint and remove the -wal they are using.
+	live, err := openInProcess(src)
+	if err != nil {
+		return err
+	}
+	var locked *os.File
+	if !live {
+		// Another process may write it meanwhile: staged (the file, then
+		// its -wal) or read immutable while it committed and checkpointed,
+		// the copy mixed two states and passed quick_check.
+		if locked, live, err = lockSource(src); err != nil {
 			return err
 		}
+		if locked != nil {
+			// Closed last, after SQLite's connection to the file: the
+			// lock holds until the copy is done.
+			defer locked.Close()
+		}
 	}
+	_, jerr := os.Lstat(src + "-journal")
+	params := "?mode=ro&immutable=1"
 	if live {
 		params = "?mode=ro"
 	} else if werr == nil || jerr == nil {
 		stage := dst + ".src"
 		defer removeWithSideFiles(stage)
-		if err := copyFile(src, stage, false); err != nil {
+		// From the locked descriptor: closing another would release the
+		// lock.
+		if err := createWith(stage, false, io.NewSectionReader(locked, 0, fi.Size())); err != nil {
 			return err
 		}
 		for _, side := range [...]string{"-wal", "-journal"} {
@@ -789,6 +805,31 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		return unhealthy(ctx, err)
 	}
 	return copyDatabase(ctx, dst, s)
+}
+
+// lockSource opens the database file src not in use in this process and
+// locks it (lockDatabase): live when another process uses it, then read
+// through SQLite. The file returned, to be closed when the copy is done,
+// holds the lock.
+func lockSource(src string) (f *os.File, live bool, err error) {
+	writable := true
+	f, err = os.OpenFile(src, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EROFS) {
+		// A backup this process may not write: looked at, not locked.
+		writable = false
+		f, err = os.OpenFile(src, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if err := lockDatabase(f, writable); err != nil {
+		f.Close()
+		if errors.Is(err, errShmInUse) {
+			return nil, true, nil
+		}
+		return nil, false, err
+	}
+	return f, false, nil
 }
 
 // copyFile copies a file's bytes to a new file of mode 0600 (whatever the

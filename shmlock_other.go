@@ -2,9 +2,15 @@
 
 package sqliteproxy
 
-import "errors"
+import (
+	"errors"
+	"os"
+)
 
 var errShmInUse = errors.New("in use by another process")
 
 // lockShm cannot tell, here, whether another process uses a -shm file.
 func lockShm(string) (func(), error) { return func() {}, nil }
+
+// lockDatabase cannot tell, here, whether another process uses a database.
+func lockDatabase(*os.File, bool) error { return nil }

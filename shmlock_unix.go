@@ -41,3 +41,41 @@ func lockShm(p string) (release func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
+
+// SQLite's lock bytes in a database file (os.h): the PENDING byte, the
+// RESERVED byte after it, then the 510 bytes of the SHARED range.
+const (
+	pendingByte = 0x40000000
+	dbLockBytes = 2 + 510
+)
+
+// lockDatabase takes, on the database file f, what an EXCLUSIVE SQLite
+// connection holds (the PENDING, RESERVED and SHARED bytes, written),
+// without waiting: errShmInUse if a process uses the database (a WAL
+// connection holds SHARED for as long as it is open; a rollback-journal
+// one for each transaction). While it is held, no process starts reading
+// or writing the file: SQLite's SHARED lock, which every transaction takes
+// first, waits in its busy handler. Closing any descriptor of the file in
+// this process releases it, as POSIX locks go. A file opened read-only
+// cannot be locked that way: it is only looked at (F_GETLK), and nothing
+// keeps a process from starting to use it afterwards.
+func lockDatabase(f *os.File, writable bool) error {
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: pendingByte, Len: dbLockBytes}
+	if !writable {
+		for {
+			err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk)
+			if errors.Is(err, syscall.EINTR) {
+				continue
+			}
+			if err == nil && lk.Type != syscall.F_UNLCK {
+				return errShmInUse
+			}
+			return err
+		}
+	}
+	err := setlk(f, &lk)
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
+		return errShmInUse
+	}
+	return err
+}

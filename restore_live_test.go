@@ -1,0 +1,133 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	_ "github.com/mattn/go-sqlite3"
+)
+
+const liveSrcEnv = "SQLITEPROXY_LIVE_SOURCE"
+
+// liveAccounts and liveBalance: the source's rows and what each starts
+// with; every transaction of the writer moves balance between rows, so
+// that a copy mixing two states has another sum.
+const (
+	liveAccounts = 1500
+	liveBalance  = 100
+)
+
+// A RestoreTenant source that another process has open and writes (a
+// tenant of another service's data directory): the source was staged by
+// copying its file and then its -wal, or read immutable when it had no
+// -wal, while that process committed and checkpointed in between; the
+// copy mixed two states and passed quick_check.
+func TestProxy_RestoreFromAFileAnotherProcessWrites(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "live.db")
+	sig := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^TestProxy_RestoreLiveSourceChild$", "-test.v")
+	cmd.Env = append(os.Environ(), liveSrcEnv+"="+src, liveSrcEnv+"_SIG="+sig)
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := cmd.CombinedOutput()
+		out <- b
+	}()
+	stop := func() []byte {
+		os.WriteFile(filepath.Join(sig, "stop"), nil, 0o600)
+		return receive(t, out, "the writing process")
+	}
+	waitFor(t, 60*time.Second, "the writing process to be ready", func() bool {
+		_, err := os.Stat(filepath.Join(sig, "ready"))
+		return err == nil
+	})
+	p := newTestProxy(t, Config{Dir: t.TempDir()})
+	states := map[string]bool{}
+	for i := range 40 {
+		if err := p.RestoreTenant(context.Background(), "acme", src); err != nil {
+			b := stop()
+			t.Fatalf("restore %d: %v\n%s", i, err, b)
+		}
+		var n, sum int
+		if err := p.QueryRowContext(tctx("acme"), `SELECT count(*), coalesce(sum(bal), 0) FROM acct`).Scan(&n, &sum); err != nil {
+			t.Fatal(err)
+		}
+		if n != liveAccounts || sum != liveAccounts*liveBalance {
+			b := stop()
+			t.Fatalf("restore %d: %d rows summing to %d, want %d summing to %d: a copy mixing two states\n%s", i, n, sum, liveAccounts, liveAccounts*liveBalance, b)
+		}
+		var state string
+		if err := p.QueryRowContext(tctx("acme"), `SELECT group_concat(bal) FROM acct`).Scan(&state); err != nil {
+			t.Fatal(err)
+		}
+		states[state] = true
+	}
+	if len(states) < 2 {
+		t.Errorf("every restore found the same state: the source did not change while it was restored")
+	}
+	if b := stop(); !filepathExists(filepath.Join(sig, "done")) {
+		t.Fatalf("the writing process did not end well:\n%s", b)
+	}
+}
+
+func filepathExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// TestProxy_RestoreLiveSourceChild is the other process of
+// TestProxy_RestoreFromAFileAnotherProcessWrites: a plain mattn pool that
+// moves balance between rows until told to stop, checkpointing often.
+func TestProxy_RestoreLiveSourceChild(t *testing.T) {
+	src, sig := os.Getenv(liveSrcEnv), os.Getenv(liveSrcEnv+"_SIG")
+	if src == "" {
+		t.Skip("the child of TestProxy_RestoreFromAFileAnotherProcessWrites")
+	}
+	db, err := sql.Open("sqlite3", "file:"+src+"?_journal_mode=WAL&_busy_timeout=10000&_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`CREATE TABLE acct (id INTEGER PRIMARY KEY, bal INTEGER NOT NULL, pad BLOB);
+		PRAGMA wal_autocheckpoint = 1; PRAGMA synchronous = OFF`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(fmt.Sprintf(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i < %d)
+		INSERT INTO acct SELECT i, %d, randomblob(900) FROM n`, liveAccounts, liveBalance)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sig, "ready"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	i := 0
+	for ; ; i++ {
+		if filepathExists(filepath.Join(sig, "stop")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("never told to stop")
+		}
+		// Move 1 from 40 rows spread over the file to 40 others.
+		from, to := i%37, (i+18)%37
+		if _, err := db.Exec(`UPDATE acct SET bal = bal + (CASE WHEN id % 37 = ? THEN -1 ELSE 1 END), pad = randomblob(900)
+			WHERE id % 37 IN (?, ?) AND id <= 37*40`, from, from, to); err != nil {
+			t.Fatal(err)
+		}
+		if i%25 == 0 {
+			if _, err := db.Exec(`PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("%d transactions", i)
+	os.WriteFile(filepath.Join(sig, "done"), nil, 0o600)
+}
