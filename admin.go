@@ -835,11 +835,18 @@ func lockSource(src string) (f *os.File, live bool, err error) {
 // copyFile copies a file's bytes to a new file of mode 0600 (whatever the
 // umask); durable also syncs it before it is closed.
 func copyFile(src, dst string, durable bool) error {
-	in, err := os.Open(src)
+	// Not blocking: a FIFO named like a side file held the open (and the
+	// restore) for ever; only a regular file is copied.
+	in, err := os.OpenFile(src, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
+	if fi, err := in.Stat(); err != nil {
+		return err
+	} else if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", src)
+	}
 	return createWith(dst, durable, in)
 }
 

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -130,4 +132,31 @@ func TestProxy_RestoreLiveSourceChild(t *testing.T) {
 	}
 	t.Logf("%d transactions", i)
 	os.WriteFile(filepath.Join(sig, "done"), nil, 0o600)
+}
+
+// A FIFO named like a source's -journal (or -wal): opening it to stage it
+// waited for a writer that never came, and the restore with it.
+func TestProxy_RestoreRefusesAFIFOSideFile(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []string{"-journal", "-wal"} {
+		bk := filepath.Join(t.TempDir(), "bk.db")
+		if err := p.BackupTenant(context.Background(), "acme", bk); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mkfifo(bk+side, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- p.RestoreTenant(context.Background(), "globex", bk) }()
+		if err := receive(t, done, "the restore"); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("restore from a backup with a FIFO as its %s: %v, want a refusal naming it", side, err)
+		}
+		if _, err := os.Stat(filepath.Join(p.c.r.cfg.Dir, "globex.db")); err == nil {
+			t.Errorf("globex made by a refused restore")
+		}
+	}
 }
