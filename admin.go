@@ -154,7 +154,10 @@ func (p *Proxy) CreateTenant(ctx context.Context, id string) error {
 	}
 }
 
-// TenantExists reports whether the tenant has a database file.
+// TenantExists reports whether the tenant has a database file here. With
+// replication, a tenant only in the replica (a new node) has none until
+// its first access restores it; CreateTenant restores it too, and then
+// says ErrTenantExists.
 func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 	if err := ctx.Err(); err != nil {
 		return false, err
@@ -180,6 +183,13 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 // the tenant has no file. A delete or restore of a tenant that another is
 // deleting or restoring waits for it (up to ctx): two deletes at once give
 // nil and ErrTenantNotFound.
+//
+// With replication it erases the tenant's replica last (file:// and s3://;
+// a tenant only in the replica too). If that fails (the object store is
+// down), the tenant is deleted here and not made again until its replica
+// is erased: by DeleteTenant again, or by its next access, which erases it
+// first (and fails while it cannot). A first access restoring the tenant
+// from its replica meanwhile is waited for, and what it restored deleted.
 func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	endOp, err := p.c.r.beginOp(opDeleteTenant, id)
 	if err != nil {
@@ -192,23 +202,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	defer t.unpin()
 	r := p.c.r
-	if err := t.mustExist(opDeleteTenant); err != nil {
-		if errors.Is(err, ErrTenantNotFound) {
-			// A delete killed between the file and its side files, run
-			// again: the side files still hold the deleted rows.
-			if rerr := removeOrphanSideFiles(t.path); rerr != nil {
-				return opError(opDeleteTenant, id, rerr)
-			}
-		}
-		if r.repl != nil && errors.Is(err, ErrTenantNotFound) {
-			// Not here, perhaps in the replica: erase it there (as its
-			// owner, with Ownership).
-			if found, rerr := r.deleteReplicaOwned(ctx, t); rerr != nil {
-				return opError(opDeleteTenant, id, fmt.Errorf("erase replica: %w", rerr))
-			} else if found {
-				return nil
-			}
-		}
+	if err := r.deleteMissing(ctx, t); err != errRestoredMeanwhile {
 		return err
 	}
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
@@ -237,6 +231,15 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		}
 		return opError(opDeleteTenant, id, err)
 	}
+	if r.repl != nil && r.repl.erasable() {
+		// Until its replica is erased (last, below): an open that found
+		// no file restored the tenant from it.
+		if err := errors.Join(touchFile(deletedMarker(t.path)), syncDir(filepath.Dir(t.path))); err != nil {
+			leave()
+			t.endDrain(tenantActive)
+			return opError(opDeleteTenant, id, err)
+		}
+	}
 	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
 		leave()
@@ -256,7 +259,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	leave()
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
-			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again): %w", rerr)
+			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again): %w", rerr)
+		} else {
+			err = removeIfExists(deletedMarker(t.path))
 		}
 	}
 	if serr := syncDir(filepath.Dir(t.path)); err == nil {
@@ -270,6 +275,41 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		return opError(opDeleteTenant, id, err)
 	}
 	return nil
+}
+
+// deleteMissing is DeleteTenant for a tenant whose file may be missing: it
+// returns errRestoredMeanwhile when the file is there (found, or restored
+// from the replica by an open while it waited), for the delete to go on;
+// otherwise the delete's result: the replica erased (nil) or
+// ErrTenantNotFound.
+func (r *router) deleteMissing(ctx context.Context, t *tenant) error {
+	err := t.mustExist(opDeleteTenant)
+	if err == nil {
+		return errRestoredMeanwhile
+	}
+	if !errors.Is(err, ErrTenantNotFound) {
+		return err
+	}
+	// A delete killed between the file and its side files, run again: the
+	// side files still hold the deleted rows.
+	if rerr := removeOrphanSideFiles(t.path); rerr != nil {
+		return opError(opDeleteTenant, t.id, rerr)
+	}
+	if r.repl == nil {
+		return err
+	}
+	// Not here, perhaps in the replica: erase it there (as its owner, with
+	// Ownership).
+	found, rerr := r.deleteReplicaOwned(ctx, t)
+	switch {
+	case rerr == errRestoredMeanwhile:
+		return rerr
+	case rerr != nil:
+		return opError(opDeleteTenant, t.id, fmt.Errorf("erase replica: %w", rerr))
+	case found:
+		return nil
+	}
+	return err
 }
 
 // BackupTenant writes a transactionally consistent copy of the tenant to

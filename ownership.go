@@ -498,7 +498,7 @@ func (p *Proxy) Generation(id string) (gen int64, ok bool) {
 // deleteReplicaOwned erases tenant t's replica, every generation, while
 // holding t's writer semaphore and (with Ownership) its lease, which it
 // then gives up: nothing is left to restore.
-func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (bool, error) {
+func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool, err error) {
 	if !t.wsem.TryAcquire() {
 		if err := t.waitWriter(ctx); err != nil { // Close ends it too
 			return false, opError(opWaitWriter, t.id, err)
@@ -508,12 +508,25 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (bool, error
 	if r.isClosed.Load() {
 		return false, opError(opWaitWriter, t.id, ErrClosed)
 	}
+	// The writer was held by an open restoring the tenant from this very
+	// replica: the file is back, and erasing the replica alone left it
+	// served (and streamed again) while the delete said nil.
+	if exists, err := t.fileExists(opDeleteTenant); err != nil {
+		return false, err
+	} else if exists {
+		return false, errRestoredMeanwhile
+	}
 	if err := r.own(ctx, t); err != nil {
 		return false, err
 	}
-	found, err := r.repl.deleteReplica(ctx, t.id)
+	found, err = r.repl.deleteReplica(ctx, t.id)
 	if err == nil {
 		r.releaseLease(t, 0)
+		err = removeIfExists(deletedMarker(t.path))
 	}
 	return found, err
 }
+
+// errRestoredMeanwhile: deleteReplicaOwned found the tenant's file, restored
+// from the replica by an open while it waited for the writer.
+var errRestoredMeanwhile = errors.New("restored from the replica meanwhile")

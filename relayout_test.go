@@ -499,3 +499,25 @@ func TestRelayout_MisplacedEntriesRefused(t *testing.T) {
 		checkFleet(t, dir, LayoutFlat, want)
 	})
 }
+
+// The marker of a tenant deleted while its replica could not be erased
+// (deletedMarker) has no tenant file beside it: relayout carries it to the
+// tenant's place in the new layout, or the tenant would come back from its
+// replica there.
+func TestRelayout_CarriesDeletedMarkers(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	relayoutFleet(t, dir, LayoutFlat, 2)
+	if err := os.WriteFile(deletedMarker(tenantPath(dir, LayoutFlat, "gone")), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, l := range []Layout{LayoutBuckets, LayoutFlat} {
+		if _, err := Relayout(ctx, dir, l); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(deletedMarker(tenantPath(dir, l, "gone"))); err != nil {
+			t.Fatalf("the deleted marker after relayout to %v: %v", l, err)
+		}
+	}
+}

@@ -340,10 +340,20 @@ var errNoReplica = errors.New("no replica")
 // new file dst, or fails with errNoReplica. The
 // litestream binary writes a temporary file, syncs it and renames it.
 func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time) error {
+	// A restore of a large tenant may take long, so no bound of its own;
+	// but Close ends it, and it does not outlive this process (an object
+	// store that never answers kept it running after both had returned;
+	// in-process, Close returned while it went on writing, and its file
+	// took the tenant's name after Close).
+	ctx, cancel := untilClosed(ctx, rp.stop)
+	defer cancel()
 	if rp.restorer != nil {
 		err := rp.restorer.RestoreReplica(ctx, rp.url(key), dst, at)
 		if errors.Is(err, ErrTenantNotFound) {
 			return errNoReplica
+		}
+		if err != nil && ctx.Err() != nil {
+			return fmt.Errorf("restore: %w", context.Cause(ctx))
 		}
 		return err
 	}
@@ -352,11 +362,6 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 		args = append(args, "-timestamp", at.UTC().Format(time.RFC3339Nano))
 	}
 	args = append(args, rp.url(key))
-	// A restore of a large tenant may take long, so no bound of its own;
-	// but Close ends it, and it does not outlive this process (an object
-	// store that never answers kept it running after both had returned).
-	ctx, cancel := untilClosed(ctx, rp.stop)
-	defer cancel()
 	cmd := exec.CommandContext(ctx, rp.bin, args...)
 	cmd.Env = litestreamEnv()
 	dieWithParent(cmd)
@@ -605,6 +610,9 @@ func (r *router) catchUp(t *tenant) {
 // as the replica's new head. A copy restored on purpose (RestoreTenant,
 // RestoreTenantAt) is kept: it is meant to become the head.
 func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	if err := r.eraseDeleted(ctx, t, exists); err != nil {
+		return exists, err
+	}
 	if g := t.gen.Load(); g != 0 && (!exists || readGenMarker(t.path) != g) {
 		return r.reconcileGen(ctx, t, exists) // ownership.go
 	}
@@ -1198,6 +1206,41 @@ func touchWAL(ctx context.Context, c *sqlite3.SQLiteConn) error {
 	}
 	_, err = c.ExecContext(ctx, "PRAGMA user_version = "+strconv.FormatInt(v, 10), nil)
 	return err
+}
+
+// deletedMarker names the file that marks the tenant whose file was at p as
+// deleted here while its replica is not erased yet (DeleteTenant with the
+// object store down): an open restored it from the replica at its next
+// access, deleted rows and all. While it is there, an open of the tenant
+// erases the replica first, or fails; a DeleteTenant erases it too.
+func deletedMarker(p string) string {
+	return sideName(p, "-deleted")
+}
+
+// erasable reports whether deleteReplica can erase replicas of this kind.
+func (rp *replicator) erasable() bool {
+	u, err := url.Parse(rp.url("x"))
+	return err == nil && (u.Scheme == "file" || u.Scheme == "s3")
+}
+
+// eraseDeleted erases the replica of t, deleted here by a DeleteTenant that
+// could not erase it then (deletedMarker), before t is opened or made
+// again: restored from it, the deleted tenant came back. A delete that
+// never removed the file (killed first) leaves a marker beside a file: the
+// tenant was not deleted, and the marker goes.
+func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error {
+	m := deletedMarker(t.path)
+	if _, err := os.Lstat(m); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return opError(opOpenTenant, t.id, err)
+	}
+	if !exists {
+		if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
+			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+		}
+	}
+	return opErrorOrNil(opOpenTenant, t.id, errors.Join(removeIfExists(m), syncDir(filepath.Dir(m))))
 }
 
 // restoredMarker names the file that marks the tenant file at p as restored

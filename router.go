@@ -566,8 +566,16 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		return nil, err
 	}
 	if r.repl != nil && !t.registered.Load() {
-		// Here or in the replica, and never older here than there.
-		if exists, err = r.reconcile(ctx, t, exists); err != nil {
+		// Here or in the replica, and never older here than there. A
+		// restore from the replica is an operation Close waits for (it
+		// ends it): its file took the tenant's name after Close returned.
+		endOp, err := r.beginOp(opOpenTenant, t.id)
+		if err != nil {
+			return nil, err
+		}
+		exists, err = r.reconcile(ctx, t, exists)
+		endOp()
+		if err != nil {
 			return nil, err
 		}
 		fi = nil // perhaps restored from the replica meanwhile

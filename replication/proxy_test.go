@@ -656,6 +656,12 @@ func TestProxy_StaleRegistrationReplaced(t *testing.T) {
 // Close ends an access without one (it went on after Close returned, and
 // the litestream process outlived the service).
 func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
+	// In process too: Close returned while replica.Restorer went on, and its
+	// file took the tenant's name after Close.
+	restorers(t, testObjectStoreNeverAnswers)
+}
+
+func testObjectStoreNeverAnswers(t *testing.T, in bool) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -685,6 +691,7 @@ func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
 	t.Setenv("AWS_CA_BUNDLE", "")
 	g := newRig(t, "file")
+	g.restorer = in
 	cfg := g.config(t, 10)
 	cfg.ReplicaURL = "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1"
 	p := sqliteproxytest.New(t, cfg)
@@ -701,7 +708,7 @@ func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
 		_, err := p.ExecContext(sqliteproxytest.Context(t, "globex"), `INSERT INTO events (name) VALUES ('x')`)
 		done <- err
 	}()
-	sqliteproxytest.WaitFor(t, 10*time.Second, "globex's litestream restore to call the store", func() bool {
+	sqliteproxytest.WaitFor(t, 10*time.Second, "globex's restore to call the store", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(held) > before

@@ -1,0 +1,136 @@
+//go:build linux
+
+package replication_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+)
+
+// DeleteTenant while the object store is down deleted the tenant here and
+// failed to erase its replica; the next access restored it from there, the
+// deleted rows back (and streamed again), before anyone ran the delete
+// again. Until its replica is erased, the tenant is not made again: an
+// access erases it first, or fails.
+func TestProxy_DeletedWhileStoreDownNeverComesBack(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := p.DeleteTenant(ctx, "acme")
+	if err == nil || !strings.Contains(err.Error(), "erasing its replica failed") {
+		t.Fatalf("DeleteTenant with the store down: %v, want an error saying the replica is not erased", err)
+	}
+	if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('new')`); err == nil || !strings.Contains(err.Error(), "not erased yet") {
+		t.Errorf("an access with the store still down: %v, want a refusal saying the replica is not erased yet", err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Dir, "acme.db")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("acme.db after the refused access: %v, want none", err)
+	}
+	g.s3.Restart()
+	if got := names(t, p, "acme"); len(got) != 0 {
+		t.Fatalf("acme after the store came back: %q, want a new, empty tenant", got)
+	}
+	insert(t, p, "acme", "after")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"after"}) {
+		t.Errorf("acme's replica: %q, want only the row written after the delete", got)
+	}
+}
+
+// The same, the delete run again once the store is back: it erases the
+// replica, as it says to.
+func TestProxy_DeleteAgainErasesTheReplica(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	g.s3.Restart()
+	if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatalf("DeleteTenant again, the store back: %v", err)
+	}
+	if got := g.replicaNames(t, "acme"); got != nil {
+		t.Errorf("acme's replica after the second delete: %q, want none", got)
+	}
+	// A new node, empty, with the same replica: no acme to restore.
+	q := sqliteproxytest.New(t, g.config(t, 10))
+	if got := names(t, q, "acme"); len(got) != 0 {
+		t.Errorf("acme on a new node: %q, want a new, empty tenant", got)
+	}
+}
+
+// DeleteTenant while a first access restores the tenant from its replica
+// (a new node): it found no file, erased the replica and returned nil,
+// while the restore then took the tenant's name, served it and streamed it
+// all again.
+func TestProxy_DeleteDuringRestoreOnOpen(t *testing.T) {
+	restorers(t, func(t *testing.T, in bool) {
+		g := newRig(t, "s3")
+		g.restorer = in
+		a := sqliteproxytest.New(t, g.config(t, 4))
+		ctx := sqliteproxytest.Context(t, "acme")
+		insert(t, a, "acme", "secret")
+		for range 30 { // ~15 MB: a restore that takes a while
+			if _, err := a.ExecContext(ctx, `INSERT INTO events (name) VALUES (hex(randomblob(250000)))`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Close(); err != nil {
+			t.Fatal(err)
+		}
+		cfg := g.config(t, 4)
+		b := sqliteproxytest.New(t, cfg)
+		done := make(chan error, 1)
+		go func() {
+			var n int
+			done <- b.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n)
+		}()
+		sqliteproxytest.WaitFor(t, 30*time.Second, "the first access to restore acme", func() bool {
+			ents, _ := os.ReadDir(cfg.Dir)
+			return slices.ContainsFunc(ents, func(e os.DirEntry) bool { return strings.HasPrefix(e.Name(), ".restoring-") })
+		})
+		if err := b.DeleteTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done: // served before the delete, or refused: either is right
+		case <-time.After(30 * time.Second):
+			t.Fatal("the first access still waits 30 s after the delete")
+		}
+		if got := names(t, b, "acme"); len(got) != 0 {
+			t.Errorf("acme after DeleteTenant returned nil: %d rows, want a new, empty tenant", len(got))
+		}
+		if err := b.SyncTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		if got := g.replicaNames(t, "acme"); len(got) != 0 {
+			t.Errorf("acme's replica after DeleteTenant returned nil: %d rows, want none", len(got))
+		}
+	})
+}
