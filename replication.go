@@ -87,6 +87,7 @@ func newReplicator(cfg *Config) *replicator {
 				return d.DialContext(ctx, "unix", socket)
 			},
 			MaxIdleConnsPerHost: 8,
+			IdleConnTimeout:     time.Minute,
 		}},
 	}
 }

@@ -363,6 +363,11 @@ func (r *router) finishClose() {
 	if r.replLock != nil {
 		r.replLock.Close()
 	}
+	if r.repl != nil {
+		// Its connections to Litestream's socket (and two goroutines
+		// each) outlived every Close, up to eight per proxy.
+		r.repl.ctl.CloseIdleConnections()
+	}
 	leavePresence(r.presence)
 }
 
