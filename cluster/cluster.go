@@ -186,19 +186,7 @@ func New(cfg Config) (*Cluster, error) {
 	if err := cfg.check(); err != nil {
 		return nil, err
 	}
-	logCfg := zap.NewProductionConfig()
-	logCfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: opTimeout,
-		LogConfig:   &logCfg,
-		// Reconnect soon after etcd comes back: gRPC's default backoff
-		// grows to two minutes, far longer than a lease TTL.
-		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: time.Second,
-		})},
-	})
+	cli, err := newClient(cfg.Endpoints)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: connect to etcd: %w", err)
 	}
@@ -239,6 +227,46 @@ func New(cfg Config) (*Cluster, error) {
 	go c.run()
 	go c.watch()
 	return c, nil
+}
+
+// gRPC keepalive on the connection to etcd. Without it, a connection that
+// died silently (a partition or a dropped NAT entry: no reset reaches this
+// side) is never replaced: every request waits on it until the kernel gives
+// up, about 15 minutes, long after the network healed. With it, gRPC pings
+// etcd when nothing was read for keepAliveTime, and closes the connection
+// (then dials a new one) when nothing answers within keepAliveTimeout; it
+// also sets TCP_USER_TIMEOUT to keepAliveTimeout, so data left unacknowledged
+// that long (packets dropped) closes the connection sooner. A node whose
+// connection died silently thus reconnects within keepAliveTime +
+// keepAliveTimeout of it (plus at most a second of reconnect backoff).
+//
+// keepAliveTime is gRPC's minimum (it raises anything shorter to 10s), so the
+// bound cannot scale down with a short TTL; it is above the 5s etcd accepts
+// by default (--grpc-keepalive-min-time: pings more frequent than that are
+// answered with GOAWAY "too many pings"). keepAliveTimeout leaves room for a
+// few TCP retransmissions on a lossy link.
+const (
+	keepAliveTime    = 10 * time.Second
+	keepAliveTimeout = 3 * time.Second
+)
+
+// newClient connects to etcd as both Cluster and Admin do.
+func newClient(endpoints []string) (*clientv3.Client, error) {
+	logCfg := zap.NewProductionConfig()
+	logCfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
+	return clientv3.New(clientv3.Config{
+		Endpoints:            endpoints,
+		DialTimeout:          opTimeout,
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: keepAliveTimeout,
+		LogConfig:            &logCfg,
+		// Reconnect soon after etcd comes back: gRPC's default backoff
+		// grows to two minutes, far longer than a lease TTL.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: time.Second,
+		})},
+	})
 }
 
 var errNodeRegistered = errors.New("cluster: node ID already registered")

@@ -33,6 +33,14 @@
 // works again (a new lease is granted if the old one expired) and takes the
 // tenant in a new generation.
 //
+// The connection to etcd carries gRPC keepalive pings: one that died
+// silently (a partition or a dropped NAT entry, with no reset reaching the
+// node) is closed and dialed again after at most 10s without a byte from
+// etcd plus a 3s ping timeout (gRPC allows no ping interval under 10s), or
+// once data sent on it stays unacknowledged for 3s (TCP_USER_TIMEOUT).
+// Without them a node would keep using the dead connection until the
+// kernel gave up on it, about 15 minutes.
+//
 // # Placement
 //
 // An unowned tenant is taken by the first node that needs it: Acquire

@@ -10,7 +10,6 @@ import (
 	"github.com/sqliteproxy/sqliteproxy"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 )
 
 // Moves. A graceful move of a tenant to a node is a key moves/<tenant> =
@@ -126,9 +125,7 @@ func NewAdmin(endpoints []string) (*Admin, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("cluster: no etcd endpoints")
 	}
-	logCfg := zap.NewProductionConfig()
-	logCfg.Level = zap.NewAtomicLevelAt(zap.ErrorLevel)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: opTimeout, LogConfig: &logCfg})
+	cli, err := newClient(endpoints)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: connect to etcd: %w", err)
 	}
