@@ -60,6 +60,14 @@
 // is served locally. Owners are looked up in a cache kept current by an
 // etcd watch, so forwarding costs no etcd round trip per request.
 //
+// # Moves
+//
+// Admin.Move hands a tenant to a given live node: the owner releases it,
+// the target takes it, and no other node may take it meanwhile. If the
+// target leaves the cluster first (its lease ends, at most its TTL after it
+// died), the move is called off, Move fails with ErrMoveTargetGone, and any
+// node may take the tenant again.
+//
 // # Telemetry
 //
 // With Config.MeterProvider set, the counter

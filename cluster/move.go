@@ -141,26 +141,27 @@ func (a *Admin) Nodes(ctx context.Context) ([]Node, error) { return listNodes(ct
 // Owners lists the owned tenants, sorted by tenant.
 func (a *Admin) Owners(ctx context.Context) ([]Owner, error) { return listOwners(ctx, a.cli) }
 
+// ErrMoveTargetGone is returned by Admin.Move when the target node leaves
+// the cluster (its lease ended: it died, or closed) before it took the
+// tenant. The move is called off, so the tenant is free for any node again.
+var ErrMoveTargetGone = errors.New("cluster: move target is not a live node")
+
 // Move hands tenant id over to the live node target and returns once
 // target owns it (or ctx ends): the owner syncs the tenant to its replica
 // and releases it with its final position, and target takes it and
 // restores at least that position on first access. A tenant nobody owns is
 // simply taken by target. Moving a tenant to its owner does nothing.
+//
+// While the move is pending no other node may take the tenant, so Move
+// calls it off as soon as target leaves the cluster (its node key goes
+// when its lease ends, at most its TTL after it died) and fails with
+// ErrMoveTargetGone: the tenant is then free for any node. When ctx ends
+// first, the move is called off too.
 func (a *Admin) Move(ctx context.Context, id, target string) error {
 	if err := sqliteproxy.ValidTenantID(id); err != nil {
 		return err
 	}
-	nodes, err := a.Nodes(ctx)
-	if err != nil {
-		return err
-	}
-	live := false
-	for _, n := range nodes {
-		live = live || n.ID == target
-	}
-	if !live {
-		return fmt.Errorf("cluster: move %q: node %q is not a live node", id, target)
-	}
+	moveKey, ownerKey, nodeKey := movesPrefix+id, ownersPrefix+id, nodesPrefix+target
 	// The move key lives on a lease of this mover, kept alive while it
 	// waits: if the mover dies, the key goes and the tenant is free again.
 	lease, err := a.cli.Grant(ctx, int64(DefaultTTL/time.Second))
@@ -172,36 +173,56 @@ func (a *Admin) Move(ctx context.Context, id, target string) error {
 		stop()
 		rctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
-		_, _ = a.cli.Delete(rctx, movesPrefix+id)
+		_, _ = a.cli.Delete(rctx, moveKey)
 		_, _ = a.cli.Revoke(rctx, lease.ID)
 	}()
 	if _, err := a.cli.KeepAlive(kctx, lease.ID); err != nil {
 		return fmt.Errorf("cluster: move %q: %w", id, err)
 	}
+	// Only to a registered node, checked in the same transaction.
 	r, err := a.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(movesPrefix+id), "=", 0)).
-		Then(clientv3.OpPut(movesPrefix+id, target, clientv3.WithLease(lease.ID))).
+		If(clientv3.Compare(clientv3.CreateRevision(moveKey), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(nodeKey), ">", 0)).
+		Then(clientv3.OpPut(moveKey, target, clientv3.WithLease(lease.ID))).
+		Else(clientv3.OpGet(nodeKey, clientv3.WithCountOnly())).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("cluster: move %q: %w", id, err)
 	}
 	if !r.Succeeded {
+		if r.Responses[0].GetResponseRange().Count == 0 {
+			return fmt.Errorf("cluster: move %q: node %q: %w", id, target, ErrMoveTargetGone)
+		}
 		return fmt.Errorf("cluster: move %q: another move of it is in progress", id)
 	}
-	w := a.cli.Watch(kctx, ownersPrefix+id, clientv3.WithRev(r.Header.Revision))
+	// The watches are hints; the Txn decides.
+	wo := a.cli.Watch(kctx, ownerKey, clientv3.WithRev(r.Header.Revision))
+	wn := a.cli.Watch(kctx, nodeKey, clientv3.WithRev(r.Header.Revision))
 	for {
-		g, err := a.cli.Get(ctx, ownersPrefix+id)
+		g, err := a.cli.Txn(ctx).Then(clientv3.OpGet(ownerKey), clientv3.OpGet(nodeKey, clientv3.WithCountOnly())).Commit()
 		if err != nil {
 			return fmt.Errorf("cluster: move %q: %w", id, err)
 		}
-		if len(g.Kvs) > 0 && string(g.Kvs[0].Value) == target {
+		if kvs := g.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) == target {
 			return nil
+		}
+		if g.Responses[1].GetResponseRange().Count == 0 {
+			// It died (or closed) before taking the tenant. Waiting on
+			// would keep every other node from taking it until ctx ends.
+			return fmt.Errorf("cluster: move %q called off: node %q left the cluster before taking it: %w", id, target, ErrMoveTargetGone)
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: move %q to %q: %w", id, target, ctx.Err())
-		case <-w:
-		case <-time.After(time.Second): // the watch is a hint; Get decides
+		case _, ok := <-wo:
+			if !ok {
+				wo = nil // failed (compacted, say): the timer goes on
+			}
+		case _, ok := <-wn:
+			if !ok {
+				wn = nil
+			}
+		case <-time.After(time.Second):
 		}
 	}
 }

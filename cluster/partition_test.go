@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"errors"
 	"net"
 	"strings"
 	"sync"
@@ -124,4 +125,40 @@ func TestSilentlyDeadConnectionReplaced(t *testing.T) {
 		return err == nil
 	})
 	t.Logf("Acquire works again %v after the connection died (keepalive %v + %v)", time.Since(died).Round(time.Millisecond), keepAliveTime, keepAliveTimeout)
+}
+
+// A move whose target dies before taking the tenant is called off once the
+// target's lease ends: the tenant is then servable by another node within
+// about a TTL of the death, not when the move gives up.
+func TestMoveToDeadTarget(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
+	adm := newAdmin(t, srv)
+	la, err := a.Acquire(ctxT(t, 10*time.Second), "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.kill() // dead, but registered until its lease expires
+	died := time.Now()
+	moved := make(chan error, 1)
+	go func() { moved <- adm.Move(ctxT(t, 30*time.Second), "t1", "c") }()
+	eventually(t, testTTL, "a's lease on t1 ends for the move", func() bool { return isClosed(la.Lost()) })
+	if err := la.Release(ctxT(t, 5*time.Second), 3); err != nil { // as the driver does
+		t.Fatal(err)
+	}
+	var last error
+	eventually(t, testTTL+3*time.Second, "b takes t1 after the move's target died", func() bool {
+		_, last = b.Acquire(ctxT(t, time.Second), "t1")
+		return last == nil
+	})
+	t.Logf("t1 servable by b %v after the target died (TTL %v)", time.Since(died).Round(time.Millisecond), testTTL)
+	select {
+	case err := <-moved:
+		if !errors.Is(err, ErrMoveTargetGone) || !strings.Contains(err.Error(), `"c"`) {
+			t.Fatalf("Move: %v, want ErrMoveTargetGone naming c", err)
+		}
+		t.Logf("Move: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Move still waiting after the tenant went to b")
+	}
 }
