@@ -480,11 +480,32 @@ func (c *Cluster) waitHealthy(ctx context.Context) (clientv3.LeaseID, uint64, er
 		case <-ctx.Done():
 			return 0, 0, fmt.Errorf("cluster: waiting for the node lease (etcd unreachable?): %w", ctx.Err())
 		case <-giveUp.C:
-			return 0, 0, fmt.Errorf("cluster: no node lease for %v (etcd unreachable?): %w", c.cfg.TTL, ErrLeaseLost)
+			return 0, 0, c.noLeaseError()
 		case <-c.ctx.Done():
 			return 0, 0, ErrClosed
 		}
 	}
+}
+
+// offline reports whether the node lease is not healthy now (etcd
+// unreachable, or the lease expired and no new one granted yet): then a
+// round trip to etcd would most likely wait out its timeout.
+func (c *Cluster) offline() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.healthy
+}
+
+// noLeaseError says since when the node lease has not been healthy.
+func (c *Cluster) noLeaseError() error {
+	c.mu.Lock()
+	lostAt := c.lostAt
+	c.mu.Unlock()
+	if lostAt.IsZero() { // healthy again meanwhile, or never was
+		return fmt.Errorf("cluster: no node lease (etcd unreachable?): %w", ErrLeaseLost)
+	}
+	return fmt.Errorf("cluster: no node lease for the last %v, since %s (etcd unreachable?): %w",
+		time.Since(lostAt).Round(100*time.Millisecond), lostAt.UTC().Format("15:04:05.000Z"), ErrLeaseLost)
 }
 
 // Acquire takes tenant id for this node, or returns the lease this node
@@ -753,6 +774,9 @@ func (c *Cluster) nodeURL(ctx context.Context, node string) string {
 	if u, ok := c.cache.nodeURL(node); ok {
 		return u
 	}
+	if c.offline() {
+		return "" // not worth waiting opTimeout for: the URL is only a hint
+	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	r, err := c.cli.Get(ctx, nodesPrefix+node)
@@ -772,7 +796,9 @@ func (c *Cluster) NodeID() string { return c.cfg.NodeID }
 // Owner says which node owns tenant id and that node's advertised URL (""
 // when that node is not registered any more: its lease is expiring). ok is
 // false when nobody owns the tenant. It answers from a cache kept by an
-// etcd watch, and asks etcd only on a miss.
+// etcd watch, and asks etcd only on a miss. On a miss while the node lease
+// is not healthy (etcd unreachable) it does not ask etcd: it fails at once
+// with an error wrapping ErrLeaseLost, as Acquire would.
 func (c *Cluster) Owner(ctx context.Context, id string) (node, url string, ok bool, err error) {
 	if n, ok := c.cache.owner(id); ok {
 		u, _ := c.cache.nodeURL(n)
@@ -780,6 +806,11 @@ func (c *Cluster) Owner(ctx context.Context, id string) (node, url string, ok bo
 			u = c.nodeURL(ctx, n)
 		}
 		return n, u, true, nil
+	}
+	if c.offline() {
+		// Every request for an unknown tenant (Forward asks for each)
+		// would otherwise wait opTimeout for an answer that is not coming.
+		return "", "", false, fmt.Errorf("cluster: owner of %q: %w", id, c.noLeaseError())
 	}
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()

@@ -31,7 +31,8 @@
 // since the last renewal was sent, the Lost channel of every tenant it holds
 // closes and the driver stops writing them. When etcd is back, Acquire
 // works again (a new lease is granted if the old one expired) and takes the
-// tenant in a new generation.
+// tenant in a new generation. Meanwhile Acquire waits for the lease up to
+// TTL from its loss, then fails with ErrLeaseLost saying since when.
 //
 // The connection to etcd carries gRPC keepalive pings: one that died
 // silently (a partition or a dropped NAT entry, with no reset reaching the
@@ -58,7 +59,10 @@
 // a tenant another live node owns is proxied to that node's AdvertiseURL,
 // once (the X-Sqliteproxy-Forwarded-By header stops loops); everything else
 // is served locally. Owners are looked up in a cache kept current by an
-// etcd watch, so forwarding costs no etcd round trip per request.
+// etcd watch, so forwarding costs no etcd round trip per request; a tenant
+// the cache does not know is checked in etcd, except while the node lease
+// is not healthy: then the request is served locally at once, and Acquire
+// answers it.
 //
 // # Moves
 //

@@ -37,7 +37,9 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // It reads the tenant with sqliteproxy.OrgID, so mount it inside the
 // middleware that puts the tenant in the request context. The owner comes
 // from a cache kept by an etcd watch: no etcd round trip per request, except
-// to check a tenant the cache says is unowned.
+// to check a tenant the cache says is unowned, and not even that while this
+// node's lease is not healthy (etcd unreachable): such a request is served
+// here at once, where the driver's Acquire answers it.
 func (c *Cluster) Forward(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id, ok := sqliteproxy.OrgID(r.Context())

@@ -3,12 +3,15 @@ package cluster
 import (
 	"errors"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 )
 
@@ -125,6 +128,47 @@ func TestSilentlyDeadConnectionReplaced(t *testing.T) {
 		return err == nil
 	})
 	t.Logf("Acquire works again %v after the connection died (keepalive %v + %v)", time.Since(died).Round(time.Millisecond), keepAliveTime, keepAliveTimeout)
+}
+
+// While the node is cut off from etcd, a request for a tenant the owner
+// cache does not know is served locally at once (where Acquire refuses it),
+// not after an etcd lookup that waits out its timeout; Acquire's error says
+// since when the lease is gone.
+func TestForwardUnownedWhileCutOff(t *testing.T) {
+	srv := etcdtest.Start(t)
+	p := newPartition(t, srv)
+	a := newNodeVia(t, p, "a")
+	l, err := a.Acquire(ctxT(t, 10*time.Second), "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	p.cut.Store(true)
+	eventually(t, testTTL, "Lost closes", func() bool { return isClosed(l.Lost()) })
+
+	h := a.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("local")) }))
+	for i := range 3 {
+		req := httptest.NewRequest("GET", "/", nil).WithContext(sqliteproxy.WithOrgID(ctxT(t, 10*time.Second), "new1"))
+		rec := httptest.NewRecorder()
+		s := time.Now()
+		h.ServeHTTP(rec, req)
+		took := time.Since(s)
+		t.Logf("request %d for an unknown tenant while cut off: %v: %d %s", i, took, rec.Code, rec.Body.String())
+		if rec.Body.String() != "local" || took > 500*time.Millisecond {
+			t.Fatalf("request %d: %q after %v, want served locally at once", i, rec.Body.String(), took)
+		}
+	}
+	if _, _, _, err := a.Owner(ctxT(t, 10*time.Second), "new1"); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("Owner while cut off: %v, want ErrLeaseLost", err)
+	}
+
+	// Acquire waits for the lease up to a TTL from its loss, then says
+	// since when it is gone (not "for <TTL>" whatever the time).
+	_, err = a.Acquire(ctxT(t, 10*time.Second), "new1")
+	if !errors.Is(err, ErrLeaseLost) || !strings.Contains(err.Error(), "since") {
+		t.Fatalf("Acquire while cut off: %v", err)
+	}
+	t.Logf("Acquire %v after the cut: %v", time.Since(cut).Round(time.Millisecond), err)
 }
 
 // A move whose target dies before taking the tenant is called off once the
