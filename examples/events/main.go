@@ -300,8 +300,11 @@ func (s *server) createEvent(w http.ResponseWriter, r *http.Request) {
 		gen, ok := s.p.Generation(id)
 		if !ok {
 			// The lease ended after the write: it may be lost with the
-			// generation it went to, so it is not acknowledged.
-			serverError(w, r, "insert event", sqliteproxy.ErrNotOwner)
+			// generation it went to, so it is not acknowledged. Nor is it
+			// refused: a move that ended the lease synced and handed the
+			// row over (a drill found it there), so "retry" wrote it twice.
+			w.Header().Set("X-Sqliteproxy-Outcome", "unknown")
+			writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("event %d may or may not have been stored: this node's lease on the tenant ended right after the write; look for it before writing it again", e.ID))
 			return
 		}
 		w.Header().Set("X-Sqliteproxy-Node", s.node)
