@@ -153,8 +153,20 @@ func (r *router) fanOutReadOnly(query string) error {
 	}
 	switch info.Keyword {
 	case "SELECT", "WITH", "VALUES", "EXPLAIN":
+		if callsPragmaOptimize(query) {
+			// Compiled read-only: the PRAGMA inside runs only with the
+			// statement, where an open tenant's connection allowed it (on
+			// the writer, with no readers: sqlite_stat1 written to every
+			// open tenant).
+			return errFanOutWrite(quoteShort(query) + " runs PRAGMA optimize, which writes")
+		}
 		if ro, ok := r.classes.lookup(query); ok && !ro {
 			return errFanOutWrite(quoteShort(query) + " may write")
+		}
+		if _, err := compileAlone(query); isSyntaxError(err) {
+			// An error of the query, not of each tenant: with SkipErrors a
+			// typo skipped every tenant and returned no rows and no error.
+			return opError(opFanOut, "", err)
 		}
 		return nil
 	case "PRAGMA":
@@ -173,6 +185,17 @@ func (r *router) fanOutReadOnly(query string) error {
 		return opError(opFanOut, "", errors.New("no statement in the query"))
 	}
 	return errFanOutWrite(quoteShort(query) + " may write")
+}
+
+// callsPragmaOptimize reports whether query names pragma_optimize, the
+// table-valued form of PRAGMA optimize.
+func callsPragmaOptimize(query string) bool {
+	for _, tok := range sqlscan.Tokens(query, len(query)) {
+		if strings.EqualFold(tok, "pragma_optimize") {
+			return true
+		}
+	}
+	return false
 }
 
 // compileAlone compiles query on a private in-memory database and reports
@@ -331,6 +354,7 @@ type fanSlot struct {
 
 // fanHeader is the query's columns, taken from the first tenant to run it.
 type fanHeader struct {
+	tenant   string // whose result it is
 	names    []string
 	dbTypes  []string
 	scan     []reflect.Type
@@ -431,6 +455,12 @@ func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
 		// tenant any more, as it would not be in a listing now.
 		return nil
 	}
+	if isSyntaxError(err) && !isQueryErr(err) {
+		// The text's own error (the check before the run saw none: a
+		// tenant's schema made it parse further), whichever tenant
+		// reports it: never skipped.
+		err = opError(opFanOut, "", err)
+	}
 	var fe *FanOutError
 	if err != nil && !errors.As(err, &fe) && !isQueryErr(err) && run.ctx.Err() == nil {
 		err = &FanOutError{Tenant: id, Err: err}
@@ -463,6 +493,18 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 		}
 	}
 	wasOpen := r.budget.counted(t) > 0
+	read := func(pc *physConn) error {
+		ps, err := pc.takeStmt(ctx, run.query)
+		if err == nil {
+			err = run.stream(ctx, t, ps, s)
+			pc.putStmt(run.query, ps)
+		}
+		t.release(pc)
+		if !wasOpen {
+			t.evict(false, evictFanOut) // opened for the fan-out only: leave the budget to live traffic
+		}
+		return err
+	}
 	if !t.ready.Load() || t.fenced.Load() || owned && !wasOpen {
 		// Open (and, in MigrateAuto, migrate) it as a first access would,
 		// but never create it. In MigrateManual it is served as it is, as
@@ -470,8 +512,16 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 		if err := t.lockWriter(ctx); err != nil {
 			return err
 		}
-		if _, err := t.openLockedWriter(ctx, openOpts{migrate: r.accessOpts.migrate, servePending: r.accessOpts.servePending}); err != nil {
+		w, err := t.openLockedWriter(ctx, openOpts{migrate: r.accessOpts.migrate, servePending: r.accessOpts.servePending})
+		if err != nil {
 			return err
+		}
+		if !wasOpen {
+			// Opened for this read: read on the writer it holds, a new
+			// session. A reader beside it made two connections a worker:
+			// the workers held the whole budget while their client read
+			// slowly, past the half that is live traffic's.
+			return read(w)
 		}
 		t.releaseWriter()
 	}
@@ -479,16 +529,7 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 	if err != nil {
 		return err
 	}
-	ps, err := pc.takeStmt(ctx, run.query)
-	if err == nil {
-		err = run.stream(ctx, t, ps, s)
-		pc.putStmt(run.query, ps)
-	}
-	t.release(pc)
-	if !wasOpen {
-		t.evict(false, evictFanOut) // opened for the fan-out only: leave the budget to live traffic
-	}
-	return err
+	return read(pc)
 }
 
 // readClosed reads t, which nobody had open here, on a read-only
@@ -646,6 +687,7 @@ func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt
 	rs := drs.(*sqlite3.SQLiteRows)
 	defer rs.Close()
 	s.hdr = headerOf(rs) // checked by the consumer (fanOutRows.admit)
+	s.hdr.tenant = t.id
 	n := len(s.hdr.names)
 	for {
 		row := make([]driver.Value, n)
@@ -875,8 +917,8 @@ func (rs *fanOutRows) admit(s *fanSlot) error {
 		return nil
 	}
 	id := run.ids[rs.pos]
-	return &FanOutError{Tenant: id, Err: opError(opFanOut, id, fmt.Errorf("its result has the columns (%s), unlike the first tenant's (%s): a fan-out reads the same columns from every tenant",
-		strings.Join(s.hdr.names, ", "), strings.Join(hdr.names, ", ")))}
+	return &FanOutError{Tenant: id, Err: opError(opFanOut, id, fmt.Errorf("its result has the columns (%s), unlike those of tenant %q, the first read (%s): a fan-out reads the same columns from every tenant (name them rather than SELECT * across schema versions)",
+		strings.Join(s.hdr.names, ", "), hdr.tenant, strings.Join(hdr.names, ", ")))}
 }
 
 // Close stops the fan-out and waits until every connection it used is
