@@ -238,10 +238,12 @@ func cellText(v any) string {
 // what a terminal or the table would act on (a newline or a tab would
 // start a row or a column of another tenant's; escape sequences, bytes
 // that are not UTF-8 such as 0x9b, an 8-bit terminal's control sequence
-// introducer, and bidirectional controls rewrite what is shown) or starts
-// with a quote.
+// introducer, and bidirectional controls rewrite what is shown), starts
+// with a quote, or reads as another kind of value: the text NULL showed as
+// a NULL, and x'00ff' as that BLOB.
 func printable(s string) string {
-	if strings.HasPrefix(s, `"`) || !utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
+	if strings.HasPrefix(s, `"`) || strings.EqualFold(s, "NULL") || len(s) > 1 && (s[0]|0x20) == 'x' && s[1] == '\'' ||
+		!utf8.ValidString(s) || strings.ContainsFunc(s, func(r rune) bool { return !strconv.IsPrint(r) }) {
 		return strconv.Quote(s)
 	}
 	return s

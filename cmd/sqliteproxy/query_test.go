@@ -148,6 +148,11 @@ func TestQueryTableQuotesControls(t *testing.T) {
 	if want := "tenant    e\nattacker  \"AB\\x9b3\"\n"; r.stdout != want {
 		t.Errorf("a byte that is not UTF-8:\n%q\nwant\n%q", r.stdout, want)
 	}
+	// Text that reads as a NULL or a BLOB is quoted; those values are not.
+	r = cli(t, nil, "query", "-dir", dir, `SELECT 'NULL' AS a, NULL AS b, 'x''00ff''' AS c, x'00ff' AS d`).want(t, exitOK)
+	if want := "tenant    a       b     c          d\nattacker  \"NULL\"  NULL  \"x'00ff'\"  x'00ff'\n"; r.stdout != want {
+		t.Errorf("text like NULL and a BLOB:\n%q\nwant\n%q", r.stdout, want)
+	}
 	r = cli(t, nil, "query", "-json", "-dir", dir, `SELECT char(111,107,10,27) AS body`).want(t, exitOK)
 	var got []map[string]any
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil || len(got) != 1 || got[0]["body"] != "ok\n\x1b" {
