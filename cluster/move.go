@@ -173,7 +173,12 @@ func (a *Admin) Move(ctx context.Context, id, target string) error {
 		stop()
 		rctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
-		_, _ = a.cli.Delete(rctx, moveKey)
+		// Only its own move key: a Move refused because another move of
+		// the tenant was in progress deleted that move's key, and any node
+		// could take the tenant during it. (Revoke deletes it too; this
+		// frees the tenant even if the Revoke fails.)
+		_, _ = a.cli.Txn(rctx).If(clientv3.Compare(clientv3.LeaseValue(moveKey), "=", lease.ID)).
+			Then(clientv3.OpDelete(moveKey)).Commit()
 		_, _ = a.cli.Revoke(rctx, lease.ID)
 	}()
 	if _, err := a.cli.KeepAlive(kctx, lease.ID); err != nil {

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	"github.com/sqliteproxy/sqliteproxy"
 
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func newAdmin(t *testing.T, srv *etcdtest.Server) *Admin {
@@ -196,5 +199,45 @@ func TestAcquire_RacedByMoveElsewhere(t *testing.T) {
 	}
 	if n, _, ok, err := b.Owner(ctx, "acme"); err != nil || !ok || n != "b" {
 		t.Fatalf("owner after the move: %q, %v, %v; want b", n, ok, err)
+	}
+}
+
+// A Move refused because another move of the tenant is in progress left
+// that move's key alone: its cleanup deleted the key, and any node could
+// then take the tenant while the first move waited for its target.
+func TestMove_RefusedMoveLeavesTheOtherAlone(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, _ := newNode(t, srv, "a"), newNode(t, srv, "b")
+	adm, adm2 := newAdmin(t, srv), newAdmin(t, srv)
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := a.Acquire(ctx, "t1"); err != nil { // held: the first move waits
+		t.Fatal(err)
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- adm.Move(mctx, "t1", "b") }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	moveKeys := func() int64 {
+		r, err := adm2.cli.Get(ctx, movesPrefix+"t1", clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Count
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for moveKeys() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the first move's key never appeared")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := adm2.Move(ctx, "t1", "b"); err == nil || !strings.Contains(err.Error(), "another move") {
+		t.Fatalf("a second move during the first: %v, want refused", err)
+	}
+	if moveKeys() != 1 {
+		t.Errorf("the refused move deleted the first move's key")
 	}
 }
