@@ -245,15 +245,6 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 	}
 	t.lease = nil
 	t.lost.Store((<-chan struct{})(nil)) // released, not lost
-	select {
-	case <-lease.Lost():
-		// Nothing to give up, and etcd is likely out of reach: the
-		// release waited its whole timeout while holding t's writer, and
-		// the writes queued behind it waited too (5 s, past a 2 s TTL),
-		// where they are refused at once.
-		return
-	default:
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := lease.Release(ctx, pos); err == nil {

@@ -1002,6 +1002,16 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 		return nil
 	}
 	c := l.c
+	if time.Now().UnixNano() >= c.validUntil.Load() {
+		// The node's lease was not renewed in time (etcd out of reach):
+		// this node cannot tell it still owns the tenant, nor record a
+		// position for it. Asking etcd waited out ctx (the driver's 5 s,
+		// past a 2 s TTL) while the driver held the tenant's writer, and
+		// the writes queued behind it waited too, where they are refused
+		// at once. (A move also ends the lease with Lost, and releases it
+		// here: with a healthy node lease.)
+		return fmt.Errorf("cluster: release %q: %w", l.tenant, ErrLeaseLost)
+	}
 	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant
 	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: c.cfg.NodeID, Lease: l.lease})
 	r, err := c.cli.Txn(ctx).
