@@ -1009,7 +1009,19 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 		// past a 2 s TTL) while the driver held the tenant's writer, and
 		// the writes queued behind it waited too, where they are refused
 		// at once. (A move also ends the lease with Lost, and releases it
-		// here: with a healthy node lease.)
+		// here: with a healthy node lease.) Lost now, as the expiry would
+		// make it; its owner key is deleted once the node lease is healthy
+		// again (cleanStale), or a renewal that came late kept it for the
+		// node's lifetime.
+		c.mu.Lock()
+		if c.held[l.tenant] == l {
+			delete(c.held, l.tenant)
+		}
+		c.stale[l.tenant] = l.ownerRev
+		c.mu.Unlock()
+		if l.kill() {
+			c.metrics.add(eventLost)
+		}
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, ErrLeaseLost)
 	}
 	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant

@@ -206,3 +206,43 @@ func TestMoveToDeadTarget(t *testing.T) {
 		t.Fatal("Move still waiting after the tenant went to b")
 	}
 }
+
+// A Release refused because the node lease's deadline had passed (a
+// renewal that then came late kept the node healthy) left the lease held
+// and its owner key in etcd for the node's lifetime: no other node could
+// take the tenant.
+func TestReleaseAfterTheDeadlineFreesTheTenant(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b := newNode(t, srv, "a"), newNode(t, srv, "b")
+	ctx := ctxT(t, 30*time.Second)
+	l, err := a.Acquire(ctx, "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	saved := a.validUntil.Load()
+	a.validUntil.Store(time.Now().Add(-time.Millisecond).UnixNano()) // the deadline passed; expire has not run
+	if err := l.Release(ctx, 7); !errors.Is(err, ErrLeaseLost) {
+		t.Fatalf("Release past the deadline: %v, want ErrLeaseLost", err)
+	}
+	a.validUntil.Store(saved) // the late renewal: healthy all along
+	select {
+	case <-l.Lost():
+	default:
+		t.Error("the lease is not lost after its release was refused")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := b.Acquire(ctx, "v1")
+		if err == nil {
+			break
+		}
+		var oe *sqliteproxy.OwnerError
+		if !errors.As(err, &oe) {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b still refused 15 s after a's refused release: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
