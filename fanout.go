@@ -455,12 +455,6 @@ func (run *fanRun) tenant(i int, s *fanSlot) (err error) {
 		// tenant any more, as it would not be in a listing now.
 		return nil
 	}
-	if isSyntaxError(err) && !isQueryErr(err) {
-		// The text's own error (the check before the run saw none: a
-		// tenant's schema made it parse further), whichever tenant
-		// reports it: never skipped.
-		err = opError(opFanOut, "", err)
-	}
 	var fe *FanOutError
 	if err != nil && !errors.As(err, &fe) && !isQueryErr(err) && run.ctx.Err() == nil {
 		err = &FanOutError{Tenant: id, Err: err}

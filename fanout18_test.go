@@ -2,8 +2,11 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 )
@@ -103,5 +106,41 @@ func TestFanOut_PragmaOptimizeRefused(t *testing.T) {
 		if n := queryInt(t, p, tctx("a"), `SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'`); n != 0 {
 			t.Errorf("readers %d: a fan-out wrote sqlite_stat1 into tenant a", readers)
 		}
+	}
+}
+
+// A tenant whose schema SQLite cannot parse says "syntax error" too: that
+// is the tenant's failure, skipped with SkipErrors, not the query's.
+func TestFanOut_MalformedTenantSchemaIsSkipped(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	seedTenants(t, dir, []string{eventsTable}, map[string]int{"a": 1, "b": 2, "c": 1})
+	db, err := sql.Open("sqlite3", "file:"+filepath.Join(dir, "b.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{`PRAGMA writable_schema = ON`,
+		`INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES ('view', 'v', 'v', 0, 'CREATE VIEW v AS SELEC 1')`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db.Close()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	var skipped []string
+	rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{SkipErrors: true, OnSkip: func(id string, err error) { skipped = append(skipped, id) }}), `SELECT count(*) FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("one tenant's malformed schema failed the whole SkipErrors report: %v", err)
+	}
+	rows.Close()
+	if n != 2 || !slices.Equal(skipped, []string{"b"}) {
+		t.Errorf("%d rows, skipped %q; want a and c, b skipped", n, skipped)
 	}
 }
