@@ -234,7 +234,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if r.repl != nil && r.repl.erasable() {
 		// Until its replica is erased (last, below): an open that found
 		// no file restored the tenant from it.
-		if err := errors.Join(touchFile(deletedMarker(t.path)), syncDir(filepath.Dir(t.path))); err != nil {
+		if err := markDeleted(t); err != nil {
 			leave()
 			t.endDrain(tenantActive)
 			return opError(opDeleteTenant, id, err)
@@ -259,7 +259,10 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	leave()
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
-			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again): %w", rerr)
+			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
+			if !r.repl.erasable() {
+				err = fmt.Errorf("deleted here, but its replica stays: %w (the next access restores the tenant from it: erase the replica by other means first)", rerr)
+			}
 		} else {
 			err = removeIfExists(deletedMarker(t.path))
 		}
@@ -617,6 +620,11 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	}
 	defer t.unpin()
 	r := p.c.r
+	if r.repl != nil {
+		if err := refuseDeleted(op, t); err != nil {
+			return err
+		}
+	}
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(op, id, err)
 	}

@@ -1224,24 +1224,72 @@ func (rp *replicator) erasable() bool {
 	return err == nil && (u.Scheme == "file" || u.Scheme == "s3")
 }
 
+// markDeleted writes t's deletedMarker, naming the generation of the copy
+// deleted (0 without Ownership), synced.
+func markDeleted(t *tenant) error {
+	m := deletedMarker(t.path)
+	return errors.Join(os.WriteFile(m, []byte("gen "+strconv.FormatInt(t.gen.Load(), 10)), 0o600), syncDir(filepath.Dir(m)))
+}
+
+// deletedGen returns the generation a deletedMarker names (0 for one that
+// names none).
+func deletedGen(b []byte) int64 {
+	g, _ := strconv.ParseInt(strings.TrimPrefix(string(b), "gen "), 10, 64)
+	return g
+}
+
 // eraseDeleted erases the replica of t, deleted here by a DeleteTenant that
 // could not erase it then (deletedMarker), before t is opened or made
 // again: restored from it, the deleted tenant came back. A delete that
 // never removed the file (killed first) leaves a marker beside a file: the
 // tenant was not deleted, and the marker goes.
+//
+// The marker is this node's: with Ownership another node may have taken the
+// tenant meanwhile, restored it from the replica and written it, in a
+// generation newer than the one deleted. Erasing then lost that node's
+// acknowledged writes: the marker goes, and the replica stays (the delete
+// said it had failed).
 func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error {
 	m := deletedMarker(t.path)
-	if _, err := os.Lstat(m); errors.Is(err, os.ErrNotExist) {
+	b, err := os.ReadFile(m)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	} else if err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
 	if !exists {
-		if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
-			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+		// Close ends it, as it ends a restore from the replica.
+		ctx, cancel := untilClosed(ctx, r.stop)
+		defer cancel()
+		erase := true
+		if r.cfg.Ownership != nil {
+			_, newest, _, err := r.repl.newestGeneration(ctx, t.id, math.MaxInt64)
+			if err != nil {
+				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and whether its replica was written since cannot be told: it is erased before the tenant is made again (%w)", err))
+			}
+			erase = newest <= deletedGen(b)
+		}
+		if erase {
+			if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
+				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+			}
 		}
 	}
 	return opErrorOrNil(opOpenTenant, t.id, errors.Join(removeIfExists(m), syncDir(filepath.Dir(m))))
+}
+
+// refuseDeleted refuses a restore of t while a DeleteTenant's erasure of its
+// replica is pending (deletedMarker): from the replica, it brought the
+// deleted tenant back; from a file, the next open dropped the marker and the
+// deleted rows stayed in the replica's history.
+func refuseDeleted(op string, t *tenant) error {
+	m := deletedMarker(t.path)
+	if _, err := os.Lstat(m); errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return opError(op, t.id, err)
+	}
+	return opError(op, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: run DeleteTenant again to erase it, then restore (to restore the deleted tenant from its replica instead, remove %s first)", m))
 }
 
 // restoredMarker names the file that marks the tenant file at p as restored

@@ -328,7 +328,7 @@ func (r *router) stillInUse(busy []*tenant, ops int64) error {
 		what = append(what, fmt.Sprintf("%d tenants still in use (%s)", len(busy), idList(busy)))
 	}
 	if ops > 0 {
-		what = append(what, fmt.Sprintf("%d tenant deletes or restores still in flight", ops))
+		what = append(what, fmt.Sprintf("%d tenant operations (deletes, restores, restores from the replica) still in flight", ops))
 	}
 	return opError(opClose, "", fmt.Errorf("%s after %v: their connections close when the work on them ends (a transaction committed or rolled back, rows closed, a statement done, a sql.Conn closed), and the data directory stays locked until then", strings.Join(what, " and "), r.cfg.BusyTimeout))
 }

@@ -6,15 +6,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
@@ -170,5 +174,148 @@ func TestProxy_CloseLeavesNoLitestreamConnections(t *testing.T) {
 		sqliteproxytest.WaitFor(t, 10*time.Second, fmt.Sprintf("cycle %d: the connections to Litestream to close", i), func() bool {
 			return persistConns() == base
 		})
+	}
+}
+
+// A DeleteTenant that could not erase the replica leaves its marker on this
+// node only. With Ownership another node then took the tenant, restored it
+// from the replica and wrote it in a generation of its own; when the tenant
+// came back, the old marker erased the whole replica, the other node's
+// acknowledged writes with it. Those writes stay (the replica stays: the
+// delete said it had failed, and the other node brought it back).
+func TestOwnership_StaleDeleteMarkerErasesNoNewerWrites(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dirA := t.TempDir()
+	inA := func(c *sqliteproxy.Config) { c.Dir = dirA }
+	a := g.ownerNode(t, srv, "a", 4, inA)
+	insert(t, a.p, "acme", "secret")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	if err := a.p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	g.s3.Restart()
+	a.close()
+	b := g.ownerNode(t, srv, "b", 4)
+	insert(t, b.p, "acme", "b-acknowledged")
+	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	a = g.ownerNode(t, srv, "a", 4, inA)
+	if got := names(t, a.p, "acme"); !slices.Contains(got, "b-acknowledged") {
+		t.Errorf("b's synced write lost when acme came back to a: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(dirA, ".acme.db-deleted")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a's delete marker after acme came back: %v, want gone", err)
+	}
+}
+
+// While a delete's erasure of the replica is pending, a restore is refused:
+// from the replica it brought the deleted tenant back; from a file, the
+// next open dropped the marker, and the deleted rows stayed in the
+// replica's history (RestoreTenantAt to before the delete returned them).
+func TestProxy_RestoreRefusedWhileErasurePending(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	bk := filepath.Join(t.TempDir(), "other.db")
+	insert(t, p, "other", "backup")
+	if err := p.BackupTenant(context.Background(), "other", bk); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	g.s3.Restart()
+	for what, err := range map[string]error{
+		"RestoreTenant":   p.RestoreTenant(context.Background(), "acme", bk),
+		"RestoreTenantAt": p.RestoreTenantAt(context.Background(), "acme", before),
+	} {
+		if err == nil || !strings.Contains(err.Error(), "run DeleteTenant again") {
+			t.Errorf("%s while the erasure is pending: %v, want refused", what, err)
+		}
+	}
+	if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RestoreTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatalf("RestoreTenant once the replica is erased: %v", err)
+	}
+	if got := names(t, p, "acme"); !slices.Equal(got, []string{"backup"}) {
+		t.Errorf("acme restored from the backup: %q", got)
+	}
+}
+
+// An access of a tenant whose erasure is pending erases its replica first:
+// on an object store that never answers, Close neither ended nor waited for
+// it (it said a delete or restore was still in flight, and kept the
+// directory until the store's own timeout).
+func TestProxy_CloseEndsAPendingErasure(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	var mu sync.Mutex
+	var held []net.Conn // accepted, never answered
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			accepted.Add(1)
+		}
+	}()
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	t.Setenv("AWS_CA_BUNDLE", "")
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	cfg.ReplicaURL = "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1"
+	if err := os.WriteFile(filepath.Join(cfg.Dir, ".acme.db-deleted"), []byte("gen 0"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('x')`)
+		done <- err
+	}()
+	sqliteproxytest.WaitFor(t, 10*time.Second, "the erasure to call the store", func() bool { return accepted.Load() > 0 })
+	if err := p.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, sqliteproxy.ErrClosed) {
+			t.Errorf("the access erasing at Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the access still erases 20 s after Close")
 	}
 }
