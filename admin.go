@@ -602,6 +602,10 @@ var deleteAfterRename func() error
 // before its rename: an error from it ends the restore there.
 var restoreBeforeRename func() error
 
+// copySourceLocked, when set (tests), runs once copyVerified holds its lock
+// on a source file (lockDatabase).
+var copySourceLocked func()
+
 // restore replaces tenant id's database with the file fill writes at tmp
 // (a healthy database, checked by fill), draining the tenant. A tenant that
 // is or was replicated here, or whose copy comes from its replica
@@ -822,6 +826,9 @@ func copyVerified(ctx context.Context, src, dst string) error {
 			// Closed last, after SQLite's connection to the file: the
 			// lock holds until the copy is done.
 			defer locked.Close()
+			if copySourceLocked != nil {
+				copySourceLocked()
+			}
 		}
 	}
 	_, jerr := os.Lstat(src + "-journal")

@@ -160,3 +160,46 @@ func TestProxy_RestoreRefusesAFIFOSideFile(t *testing.T) {
 		}
 	}
 }
+
+// A RestoreTenant source that is a closed tenant of another proxy of this
+// process: its lock did not keep that proxy out (POSIX locks are the
+// process's), which opened and wrote the source during the copy; and
+// closing the copy's descriptors then dropped the locks that proxy's
+// connection held on the file.
+func TestProxy_RestoreSourceLockedAgainstThisProcess(t *testing.T) {
+	t.Parallel()
+	dirA := t.TempDir()
+	cfg := Config{Dir: dirA, Migrations: []string{eventsTable}, BusyTimeout: 200 * time.Millisecond}
+	a0 := newTestProxy(t, cfg)
+	if _, err := a0.ExecContext(tctx("src"), `INSERT INTO events (tenant) VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := a0.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a := newTestProxy(t, cfg) // src closed: not open in this process
+	src := filepath.Join(dirA, "src.db")
+	b := newTestProxy(t, Config{Dir: t.TempDir()})
+	var during error
+	copySourceLocked = func() {
+		_, during = a.ExecContext(tctx("src"), `INSERT INTO events (tenant) VALUES ('during')`)
+	}
+	defer func() { copySourceLocked = nil }()
+	if err := b.RestoreTenant(context.Background(), "dst", src); err != nil {
+		t.Fatal(err)
+	}
+	copySourceLocked = nil
+	if during == nil {
+		t.Error("another proxy of this process wrote the source while the restore held it locked")
+	}
+	if n := countRows(t, b, "dst"); n != 1 {
+		t.Errorf("the restored copy holds %d rows, want the 1 from before the copy", n)
+	}
+	// a's connection to src, opened after the copy, keeps its locks.
+	if _, err := a.ExecContext(tctx("src"), `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, a, "src"); n != 2 {
+		t.Errorf("src holds %d rows, want 2", n)
+	}
+}

@@ -55,15 +55,18 @@ const (
 // connection holds SHARED for as long as it is open; a rollback-journal
 // one for each transaction). While it is held, no process starts reading
 // or writing the file: SQLite's SHARED lock, which every transaction takes
-// first, waits in its busy handler. Closing any descriptor of the file in
-// this process releases it, as POSIX locks go. A file opened read-only
-// cannot be locked that way: it is only looked at (F_GETLK), and nothing
-// keeps a process from starting to use it afterwards.
+// first, waits in its busy handler. On Linux it is an open file
+// description lock: this process's own connections (another proxy's
+// tenant) wait for it too, and only closing f releases it; elsewhere a
+// POSIX lock, which they do not see and which closing any descriptor of
+// the file in this process releases. A file opened read-only cannot be
+// locked that way: it is only looked at, and nothing keeps a process from
+// starting to use it afterwards.
 func lockDatabase(f *os.File, writable bool) error {
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: pendingByte, Len: dbLockBytes}
 	if !writable {
 		for {
-			err := syscall.FcntlFlock(f.Fd(), syscall.F_GETLK, &lk)
+			err := syscall.FcntlFlock(f.Fd(), lockCmdGet, &lk)
 			if errors.Is(err, syscall.EINTR) {
 				continue
 			}
@@ -73,7 +76,12 @@ func lockDatabase(f *os.File, writable bool) error {
 			return err
 		}
 	}
-	err := setlk(f, &lk)
+	var err error
+	for {
+		if err = syscall.FcntlFlock(f.Fd(), lockCmdSet, &lk); !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
 		return errShmInUse
 	}
