@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,8 +31,19 @@ type Server struct {
 // 127.0.0.1 and stops it when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s := &Server{dir: t.TempDir(), client: freeURL(t), peer: freeURL(t)}
-	s.start(t)
+	s := &Server{dir: t.TempDir()}
+	// A port free when chosen may be taken before etcd binds it (another
+	// process's tests start servers too): choose others then.
+	for try := 1; ; try++ {
+		s.client, s.peer = freeURL(t), freeURL(t)
+		err := s.tryStart(t, time.Time{})
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "address already in use") || try == 5 {
+			t.Fatalf("etcdtest: start etcd: %v", err)
+		}
+	}
 	t.Cleanup(s.Stop)
 	return s
 }
@@ -48,6 +60,17 @@ func freeURL(t testing.TB) url.URL {
 }
 
 func (s *Server) start(t testing.TB) {
+	t.Helper()
+	// The ports were free when chosen; on a restart the old sockets may
+	// linger for a moment, so retry briefly.
+	if err := s.tryStart(t, time.Now().Add(10*time.Second)); err != nil {
+		t.Fatalf("etcdtest: start etcd: %v", err)
+	}
+}
+
+// tryStart starts etcd on s's ports, trying again until retryUntil (zero:
+// once) while it cannot.
+func (s *Server) tryStart(t testing.TB, retryUntil time.Time) error {
 	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Name = "etcdtest"
@@ -66,17 +89,15 @@ func (s *Server) start(t testing.TB) {
 		e   *embed.Etcd
 		err error
 	)
-	// The ports were free when chosen; on a restart the old sockets may
-	// linger for a moment, so retry briefly.
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for {
 		e, err = embed.StartEtcd(cfg)
-		if err == nil || time.Now().After(deadline) {
+		if err == nil || time.Now().After(retryUntil) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		t.Fatalf("etcdtest: start etcd: %v", err)
+		return err
 	}
 	select {
 	case <-e.Server.ReadyNotify():
@@ -91,6 +112,7 @@ func (s *Server) start(t testing.TB) {
 	s.mu.Lock()
 	s.etcd = e
 	s.mu.Unlock()
+	return nil
 }
 
 // Endpoints are the client URLs to give to clientv3 or cluster.Config.
