@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -234,7 +235,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if r.repl != nil && r.repl.erasable() {
 		// Until its replica is erased (last, below): an open that found
 		// no file restored the tenant from it.
-		if err := markDeleted(t); err != nil {
+		if err := markDeleted(t, false); err != nil {
 			leave()
 			t.endDrain(tenantActive)
 			return opError(opDeleteTenant, id, err)
@@ -257,6 +258,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
 	leave()
+	if r.repl != nil && r.repl.erasable() && err == nil {
+		err = markDeleted(t, true) // the file is gone
+	}
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
@@ -603,8 +607,9 @@ var deleteAfterRename func() error
 var restoreBeforeRename func() error
 
 // copySourceLocked, when set (tests), runs once copyVerified holds its lock
-// on a source file (lockDatabase).
-var copySourceLocked func()
+// on a source file (lockDatabase); sourceCopyWaits when a copy waits for
+// another of the same file.
+var copySourceLocked, sourceCopyWaits func()
 
 // restore replaces tenant id's database with the file fill writes at tmp
 // (a healthy database, checked by fill), draining the tenant. A tenant that
@@ -806,6 +811,14 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		// would empty the tenant, and no backup is empty.
 		return errors.New("an empty file, not a database")
 	}
+	// One copy of a file at a time in this process: a second restore from
+	// one backup found it open here (the first's descriptors), read it
+	// through SQLite, and waited on the first's lock for SQLite's 5 s.
+	doneCopy, err := awaitSourceCopy(ctx, src)
+	if err != nil {
+		return err
+	}
+	defer doneCopy() // last: after every descriptor of src is closed
 	// A file this process has open is never opened beside its
 	// connections: closing a descriptor of it opened here would drop the
 	// locks SQLite holds on it for them, and another process could then
@@ -860,6 +873,45 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		return unhealthy(ctx, err)
 	}
 	return copyDatabase(ctx, dst, s)
+}
+
+// sourceCopies holds the source files copyVerified is copying in this
+// process (by real path), each with a channel closed when it is done.
+var sourceCopies struct {
+	sync.Mutex
+	m map[string]chan struct{}
+}
+
+// awaitSourceCopy waits (up to ctx) until no copy of src runs in this
+// process and marks one running; done ends it.
+func awaitSourceCopy(ctx context.Context, src string) (done func(), err error) {
+	for {
+		sourceCopies.Lock()
+		ch, busy := sourceCopies.m[src]
+		if !busy {
+			if sourceCopies.m == nil {
+				sourceCopies.m = map[string]chan struct{}{}
+			}
+			ch = make(chan struct{})
+			sourceCopies.m[src] = ch
+			sourceCopies.Unlock()
+			return func() {
+				sourceCopies.Lock()
+				delete(sourceCopies.m, src)
+				sourceCopies.Unlock()
+				close(ch)
+			}, nil
+		}
+		sourceCopies.Unlock()
+		if sourceCopyWaits != nil {
+			sourceCopyWaits()
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
 }
 
 // lockSource opens the database file src not in use in this process and

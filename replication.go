@@ -1225,17 +1225,48 @@ func (rp *replicator) erasable() bool {
 }
 
 // markDeleted writes t's deletedMarker, naming the generation of the copy
-// deleted (0 without Ownership), synced.
-func markDeleted(t *tenant) error {
+// deleted (0 without Ownership) and, once the file is gone, saying so: a
+// file found beside a marker that says removed was made since (by a proxy
+// without replication: the CLI), not left by a delete killed midway. It is
+// written whole or not at all (a temporary file synced, then renamed): an
+// empty marker left by a power loss named no generation.
+func markDeleted(t *tenant, removed bool) error {
 	m := deletedMarker(t.path)
-	return errors.Join(os.WriteFile(m, []byte("gen "+strconv.FormatInt(t.gen.Load(), 10)), 0o600), syncDir(filepath.Dir(m)))
+	b := "gen " + strconv.FormatInt(t.gen.Load(), 10)
+	if removed {
+		b += " removed"
+	}
+	tmp := m + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, m)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(m))
 }
 
-// deletedGen returns the generation a deletedMarker names (0 for one that
-// names none).
-func deletedGen(b []byte) int64 {
-	g, _ := strconv.ParseInt(strings.TrimPrefix(string(b), "gen "), 10, 64)
-	return g
+// parseDeleted reads a deletedMarker: the generation it names and whether
+// the file was removed; ok is false for anything else.
+func parseDeleted(b []byte) (gen int64, removed, ok bool) {
+	f := strings.Fields(string(b))
+	if len(f) < 2 || len(f) > 3 || f[0] != "gen" || len(f) == 3 && f[2] != "removed" {
+		return 0, false, false
+	}
+	gen, err := strconv.ParseInt(f[1], 10, 64)
+	return gen, len(f) == 3, err == nil
 }
 
 // eraseDeleted erases the replica of t, deleted here by a DeleteTenant that
@@ -1257,7 +1288,16 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 	} else if err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
-	if !exists {
+	gen, removed, ok := parseDeleted(b)
+	if !ok {
+		return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet, but %s does not say which generation was deleted: run DeleteTenant again", m))
+	}
+	// A file beside a marker that does not say removed: the delete was
+	// killed before it removed it, and the tenant was not deleted. One
+	// beside a marker that says so was made since by a proxy without
+	// replication (the CLI's create or restore): the replica is erased
+	// first, or it replaced the new file, deleted rows and all.
+	if !exists || removed {
 		// Close ends it, as it ends a restore from the replica.
 		ctx, cancel := untilClosed(ctx, r.stop)
 		defer cancel()
@@ -1267,7 +1307,7 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 			if err != nil {
 				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and whether its replica was written since cannot be told: it is erased before the tenant is made again (%w)", err))
 			}
-			erase = newest <= deletedGen(b)
+			erase = newest <= gen
 		}
 		if erase {
 			if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -201,5 +202,48 @@ func TestProxy_RestoreSourceLockedAgainstThisProcess(t *testing.T) {
 	}
 	if n := countRows(t, a, "src"); n != 2 {
 		t.Errorf("src holds %d rows, want 2", n)
+	}
+}
+
+// Two restores from one backup at once (a golden tenant copied into many):
+// the second found the file open in this process (the first's
+// descriptors), read it through SQLite and waited on the first's lock for
+// SQLite's 5 s, then failed with "database is locked". It waits for the
+// first copy instead.
+func TestProxy_ConcurrentRestoresFromOneBackup(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("golden"), `INSERT INTO events (tenant) VALUES ('golden')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "golden.db")
+	if err := p.BackupTenant(context.Background(), "golden", bk); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{}, 1)
+	sourceCopyWaits = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	second := make(chan error, 1)
+	var once sync.Once
+	copySourceLocked = func() {
+		once.Do(func() {
+			go func() { second <- p.RestoreTenant(context.Background(), "t2", bk) }()
+			receive(t, waiting, "the second restore to wait for the first copy")
+		})
+	}
+	defer func() { copySourceLocked, sourceCopyWaits = nil, nil }()
+	if err := p.RestoreTenant(context.Background(), "t1", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := receive(t, second, "the second restore"); err != nil {
+		t.Fatalf("the second restore from the same backup: %v", err)
+	}
+	for _, id := range []string{"t1", "t2"} {
+		if n := countRows(t, p, id); n != 1 {
+			t.Errorf("%s holds %d rows, want 1", id, n)
+		}
 	}
 }

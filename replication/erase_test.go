@@ -319,3 +319,72 @@ func TestProxy_CloseEndsAPendingErasure(t *testing.T) {
 		t.Fatal("the access still erases 20 s after Close")
 	}
 }
+
+// After a delete that could not erase the replica, a proxy without
+// replication on the same directory (the CLI's create or restore) made the
+// tenant anew; the service's next open took its file for one a killed
+// delete had left, dropped the marker, found it behind the replica and
+// replaced it with the replica: the deleted rows back, the new tenant lost.
+func TestProxy_TenantMadeAnewBesideAPendingErasure(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	cli, err := sqliteproxy.New(sqliteproxy.Config{Dir: cfg.Dir, Migrations: migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	insert(t, cli, "acme", "new")
+	if err := cli.Close(); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Restart()
+	if got := names(t, p, "acme"); !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("acme made anew beside the pending erasure, then opened by the service: %q, want [new]", got)
+	}
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"new"}) {
+		t.Errorf("acme's replica: %q, want [new]", got)
+	}
+}
+
+// A marker that names no generation (a power loss can leave a file
+// empty): the deleted generation was read as 0, and with Ownership every
+// generation is newer, so the replica stayed and the deleted tenant came
+// back. It is refused instead, saying what to do.
+func TestProxy_UnreadableDeleteMarkerRefused(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	g.s3.Restart()
+	m := filepath.Join(cfg.Dir, ".acme.db-deleted")
+	if err := os.WriteFile(m, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('x')`); err == nil || !strings.Contains(err.Error(), "run DeleteTenant again") {
+		t.Errorf("an access beside an empty marker: %v, want refused", err)
+	}
+	if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, p, "acme"); len(got) != 0 {
+		t.Errorf("acme after the delete ran again: %q, want a new, empty tenant", got)
+	}
+}
