@@ -2,12 +2,9 @@ package cluster
 
 import (
 	"errors"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,93 +12,14 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 )
 
-// partition is a TCP proxy between a node and etcd that can stop passing
-// bytes, in both directions, while keeping the connections open: a network
-// partition, or a NAT entry dropped, as the node sees it (no reset, no FIN).
-type partition struct {
-	ln     net.Listener
-	to     string
-	cut    atomic.Bool  // no connection passes bytes
-	dead   atomic.Int64 // connections numbered below it never pass bytes again
-	serial atomic.Int64 // connections accepted so far
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func newPartition(t *testing.T, srv *etcdtest.Server) *partition {
+func newNodeVia(t *testing.T, p *etcdtest.Partition, id string) *Cluster {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &partition{ln: ln, to: strings.TrimPrefix(srv.Endpoints()[0], "http://")}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c, p.serial.Add(1)-1)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-	})
-	return p
-}
-
-func (p *partition) endpoint() string { return "http://" + p.ln.Addr().String() }
-
-// killOpen leaves every connection open now dead for ever (the old
-// connection of a dropped NAT entry); new ones pass.
-func (p *partition) killOpen() { p.dead.Store(p.serial.Load()) }
-
-func (p *partition) serve(c net.Conn, n int64) {
-	u, err := net.DialTimeout("tcp", p.to, 2*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.conns = append(p.conns, c, u)
-	p.mu.Unlock()
-	blocked := func() bool { return p.cut.Load() || n < p.dead.Load() }
-	pipe := func(dst, src net.Conn) {
-		defer dst.Close()
-		defer src.Close()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			for n > 0 && blocked() { // swallowed until the partition ends
-				time.Sleep(5 * time.Millisecond)
-			}
-			if n > 0 {
-				if _, err := dst.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go pipe(u, c)
-	go pipe(c, u)
-}
-
-func newNodeVia(t *testing.T, p *partition, id string) *Cluster {
-	t.Helper()
-	c, err := New(Config{Endpoints: []string{p.endpoint()}, NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: testTTL})
+	c, err := New(Config{Endpoints: []string{p.Endpoint()}, NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: testTTL})
 	if err != nil {
 		t.Fatalf("New(%s): %v", id, err)
 	}
 	t.Cleanup(func() {
-		p.cut.Store(false)
+		p.Cut(false)
 		c.Close()
 	})
 	return c
@@ -112,14 +30,14 @@ func newNodeVia(t *testing.T, p *partition, id string) *Cluster {
 // within the keepalive bound, not when the kernel gives up (~15 min).
 func TestSilentlyDeadConnectionReplaced(t *testing.T) {
 	srv := etcdtest.Start(t)
-	p := newPartition(t, srv)
+	p := etcdtest.NewPartition(t, srv)
 	a := newNodeVia(t, p, "a")
 	l, err := a.Acquire(ctxT(t, 10*time.Second), "t1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	died := time.Now()
-	p.killOpen()
+	p.KillOpen()
 	eventually(t, testTTL, "Lost closes", func() bool { return isClosed(l.Lost()) })
 	t.Logf("lease lost %v after the connection died", time.Since(died).Round(time.Millisecond))
 	bound := keepAliveTime + keepAliveTimeout + testTTL + 2*time.Second
@@ -136,14 +54,14 @@ func TestSilentlyDeadConnectionReplaced(t *testing.T) {
 // since when the lease is gone.
 func TestForwardUnownedWhileCutOff(t *testing.T) {
 	srv := etcdtest.Start(t)
-	p := newPartition(t, srv)
+	p := etcdtest.NewPartition(t, srv)
 	a := newNodeVia(t, p, "a")
 	l, err := a.Acquire(ctxT(t, 10*time.Second), "held")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cut := time.Now()
-	p.cut.Store(true)
+	p.Cut(true)
 	eventually(t, testTTL, "Lost closes", func() bool { return isClosed(l.Lost()) })
 
 	h := a.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("local")) }))

@@ -6,14 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +18,23 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
+
+// deleteWithStoreDown writes a row "secret" to acme on p, syncs it, stops
+// the object store and deletes acme: the delete's error (it cannot erase
+// the replica). The store stays down.
+func deleteWithStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy) error {
+	t.Helper()
+	insert(t, p, "acme", "secret")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	err := p.DeleteTenant(context.Background(), "acme")
+	if err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	return err
+}
 
 // DeleteTenant while the object store is down deleted the tenant here and
 // failed to erase its replica; the next access restored it from there, the
@@ -31,15 +45,7 @@ func TestProxy_DeletedWhileStoreDownNeverComesBack(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	err := p.DeleteTenant(ctx, "acme")
-	if err == nil || !strings.Contains(err.Error(), "erasing its replica failed") {
+	if err := deleteWithStoreDown(t, g, p); !strings.Contains(err.Error(), "erasing its replica failed") {
 		t.Fatalf("DeleteTenant with the store down: %v, want an error saying the replica is not erased", err)
 	}
 	if _, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('new')`); err == nil || !strings.Contains(err.Error(), "not erased yet") {
@@ -67,14 +73,7 @@ func TestProxy_DeleteAgainErasesTheReplica(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
-		t.Fatal("DeleteTenant with the store down: nil")
-	}
+	deleteWithStoreDown(t, g, p)
 	g.s3.Restart()
 	if err := p.DeleteTenant(context.Background(), "acme"); err != nil {
 		t.Fatalf("DeleteTenant again, the store back: %v", err)
@@ -189,14 +188,7 @@ func TestOwnership_StaleDeleteMarkerErasesNoNewerWrites(t *testing.T) {
 	dirA := t.TempDir()
 	inA := func(c *sqliteproxy.Config) { c.Dir = dirA }
 	a := g.ownerNode(t, srv, "a", 4, inA)
-	insert(t, a.p, "acme", "secret")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	if err := a.p.DeleteTenant(context.Background(), "acme"); err == nil {
-		t.Fatal("DeleteTenant with the store down: nil")
-	}
+	deleteWithStoreDown(t, g, a.p)
 	g.s3.Restart()
 	a.close()
 	b := g.ownerNode(t, srv, "b", 4)
@@ -222,20 +214,13 @@ func TestProxy_RestoreRefusedWhileErasurePending(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	before := time.Now()
 	bk := filepath.Join(t.TempDir(), "other.db")
 	insert(t, p, "other", "backup")
 	if err := p.BackupTenant(context.Background(), "other", bk); err != nil {
 		t.Fatal(err)
 	}
-	g.s3.Stop()
-	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
-		t.Fatal("DeleteTenant with the store down: nil")
-	}
+	deleteWithStoreDown(t, g, p)
+	before := time.Now()
 	g.s3.Restart()
 	for what, err := range map[string]error{
 		"RestoreTenant":   p.RestoreTenant(context.Background(), "acme", bk),
@@ -261,39 +246,10 @@ func TestProxy_RestoreRefusedWhileErasurePending(t *testing.T) {
 // it (it said a delete or restore was still in flight, and kept the
 // directory until the store's own timeout).
 func TestProxy_CloseEndsAPendingErasure(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var accepted atomic.Int32
-	var mu sync.Mutex
-	var held []net.Conn // accepted, never answered
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			held = append(held, c)
-			mu.Unlock()
-			accepted.Add(1)
-		}
-	}()
-	defer func() {
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	t.Setenv("AWS_ACCESS_KEY_ID", "k")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
-	t.Setenv("AWS_CA_BUNDLE", "")
+	replicaURL, accepted := silentStore(t)
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
-	cfg.ReplicaURL = "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1"
+	cfg.ReplicaURL = replicaURL
 	if err := os.WriteFile(filepath.Join(cfg.Dir, ".acme.db-deleted"), []byte("gen 0"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -306,7 +262,7 @@ func TestProxy_CloseEndsAPendingErasure(t *testing.T) {
 		_, err := p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('x')`)
 		done <- err
 	}()
-	sqliteproxytest.WaitFor(t, 10*time.Second, "the erasure to call the store", func() bool { return accepted.Load() > 0 })
+	sqliteproxytest.WaitFor(t, 10*time.Second, "the erasure to call the store", func() bool { return accepted() > 0 })
 	if err := p.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
@@ -329,14 +285,7 @@ func TestProxy_TenantMadeAnewBesideAPendingErasure(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
-		t.Fatal("DeleteTenant with the store down: nil")
-	}
+	deleteWithStoreDown(t, g, p)
 	cli, err := sqliteproxy.New(sqliteproxy.Config{Dir: cfg.Dir, Migrations: migrations})
 	if err != nil {
 		t.Fatal(err)
@@ -365,14 +314,7 @@ func TestProxy_UnreadableDeleteMarkerRefused(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
-		t.Fatal("DeleteTenant with the store down: nil")
-	}
+	deleteWithStoreDown(t, g, p)
 	g.s3.Restart()
 	m := filepath.Join(cfg.Dir, ".acme.db-deleted")
 	if err := os.WriteFile(m, nil, 0o600); err != nil {

@@ -4,10 +4,6 @@ package replication_test
 
 import (
 	"context"
-	"net"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,75 +13,6 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 )
 
-// partition passes TCP connections to an address until cut, when nothing
-// passes either way and nothing is closed: a network partition as a node
-// sees it.
-type partition struct {
-	ln  net.Listener
-	to  string
-	cut atomic.Bool
-	mu  sync.Mutex
-	cs  []net.Conn
-}
-
-func newPartition(tb testing.TB, to string) *partition {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	p := &partition{ln: ln, to: to}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
-	tb.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, c := range p.cs {
-			c.Close()
-		}
-	})
-	return p
-}
-
-func (p *partition) serve(c net.Conn) {
-	u, err := net.DialTimeout("tcp", p.to, 2*time.Second)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	p.cs = append(p.cs, c, u)
-	p.mu.Unlock()
-	pipe := func(dst, src net.Conn) {
-		defer dst.Close()
-		defer src.Close()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			for n > 0 && p.cut.Load() {
-				time.Sleep(5 * time.Millisecond) // held, as a partition holds packets
-			}
-			if n > 0 {
-				if _, err := dst.Write(buf[:n]); err != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go pipe(u, c)
-	go pipe(c, u)
-}
-
 // A node cut off from etcd loses its lease within the TTL, and writes are
 // refused from then on. Closing the tenant as its lease was lost tried to
 // release the lease in etcd, out of reach, for 5 s while it held the
@@ -94,9 +21,9 @@ func (p *partition) serve(c net.Conn) {
 func TestOwnership_WritesRefusedPromptlyAfterThePartition(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
-	part := newPartition(t, strings.TrimPrefix(srv.Endpoints()[0], "http://"))
+	part := etcdtest.NewPartition(t, srv)
 	const ttl = 2 * time.Second
-	c, err := cluster.New(cluster.Config{Endpoints: []string{"http://" + part.ln.Addr().String()}, NodeID: "a", AdvertiseURL: "http://a.invalid", TTL: ttl})
+	c, err := cluster.New(cluster.Config{Endpoints: []string{part.Endpoint()}, NodeID: "a", AdvertiseURL: "http://a.invalid", TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +34,7 @@ func TestOwnership_WritesRefusedPromptlyAfterThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		part.cut.Store(false)
+		part.Cut(false)
 		p.Close()
 		c.Close()
 	}()
@@ -116,7 +43,7 @@ func TestOwnership_WritesRefusedPromptlyAfterThePartition(t *testing.T) {
 		t.Fatal(err)
 	}
 	cut := time.Now()
-	part.cut.Store(true)
+	part.Cut(true)
 	refused := 0
 	for refused < 3 {
 		if time.Since(cut) > 20*time.Second {

@@ -661,12 +661,14 @@ func TestProxy_ObjectStoreNeverAnswers(t *testing.T) {
 	restorers(t, testObjectStoreNeverAnswers)
 }
 
-func testObjectStoreNeverAnswers(t *testing.T, in bool) {
+// silentStore is an object store that accepts connections and never
+// answers: it returns an S3 replica URL on it and the number of
+// connections it has accepted so far. S3 credentials are set for the test.
+func silentStore(t *testing.T) (replicaURL string, accepted func() int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	var mu sync.Mutex
 	var held []net.Conn // accepted, never answered
 	go func() {
@@ -680,39 +682,43 @@ func testObjectStoreNeverAnswers(t *testing.T, in bool) {
 			mu.Unlock()
 		}
 	}()
-	defer func() {
+	t.Cleanup(func() {
+		ln.Close()
 		mu.Lock()
 		defer mu.Unlock()
 		for _, c := range held {
 			c.Close()
 		}
-	}()
+	})
 	t.Setenv("AWS_ACCESS_KEY_ID", "k")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
 	t.Setenv("AWS_CA_BUNDLE", "")
+	return "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1", func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(held)
+	}
+}
+
+func testObjectStoreNeverAnswers(t *testing.T, in bool) {
+	replicaURL, accepted := silentStore(t)
 	g := newRig(t, "file")
 	g.restorer = in
 	cfg := g.config(t, 10)
-	cfg.ReplicaURL = "s3://bucket/tenants?endpoint=http://" + ln.Addr().String() + "&region=us-east-1"
+	cfg.ReplicaURL = replicaURL
 	p := sqliteproxytest.New(t, cfg)
 	ctx, cancel := context.WithTimeout(sqliteproxytest.Context(t, "acme"), 2*time.Second)
 	defer cancel()
 	if _, err := p.ExecContext(ctx, `INSERT INTO events (name) VALUES ('x')`); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("an access with a 2 s deadline: %v, want context.DeadlineExceeded", err)
 	}
-	mu.Lock()
-	before := len(held)
-	mu.Unlock()
+	before := accepted()
 	done := make(chan error, 1)
 	go func() {
 		_, err := p.ExecContext(sqliteproxytest.Context(t, "globex"), `INSERT INTO events (name) VALUES ('x')`)
 		done <- err
 	}()
-	sqliteproxytest.WaitFor(t, 10*time.Second, "globex's restore to call the store", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(held) > before
-	})
+	sqliteproxytest.WaitFor(t, 10*time.Second, "globex's restore to call the store", func() bool { return accepted() > before })
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
