@@ -235,7 +235,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if r.repl != nil && r.repl.erasable() {
 		// Until its replica is erased (last, below): an open that found
 		// no file restored the tenant from it.
-		if err := markDeleted(t, false); err != nil {
+		if err := markDeleted(t); err != nil {
 			leave()
 			t.endDrain(tenantActive)
 			return opError(opDeleteTenant, id, err)
@@ -258,11 +258,10 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
 	leave()
-	if r.repl != nil && r.repl.erasable() && err == nil {
-		err = markDeleted(t, true) // the file is gone
-	}
+	pending := false
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
+			pending = r.repl.erasable()
 			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
 			if !r.repl.erasable() {
 				err = fmt.Errorf("deleted here, but its replica stays: %w (the next access restores the tenant from it: erase the replica by other means first)", rerr)
@@ -274,7 +273,12 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if serr := syncDir(filepath.Dir(t.path)); err == nil {
 		err = serr
 	}
-	r.releaseLease(t, 0) // nothing left in any generation
+	if !pending {
+		r.releaseLease(t, 0) // nothing left in any generation
+	}
+	// Else the lease is kept (Ownership): another node that took the
+	// tenant now restored it from the replica, deleted rows and all; it
+	// is sent here, where the next access erases the replica first.
 	r.forget(t)
 	t.ready.Store(false)
 	t.endDrain(tenantDeleted)
@@ -629,7 +633,9 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	}
 	defer t.unpin()
 	r := p.c.r
-	if r.repl != nil {
+	if r.repl != nil || fromReplica {
+		// From a replica, also without replication (the CLI's restore
+		// -replica): the service then took the restored copy for the head.
 		if err := refuseDeleted(op, t); err != nil {
 			return err
 		}

@@ -519,6 +519,14 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 	if err := r.own(ctx, t); err != nil {
 		return false, err
 	}
+	if r.repl.erasable() {
+		// Until it is erased: an erasure that fails, or stops midway
+		// (objects are deleted in list order), left the tenant, or an
+		// older state of it, for the next access to restore.
+		if err := markDeleted(t); err != nil {
+			return false, err
+		}
+	}
 	found, err = r.repl.deleteReplica(ctx, t.id)
 	if err == nil {
 		r.releaseLease(t, 0)

@@ -1225,61 +1225,54 @@ func (rp *replicator) erasable() bool {
 }
 
 // markDeleted writes t's deletedMarker, naming the generation of the copy
-// deleted (0 without Ownership) and, once the file is gone, saying so: a
-// file found beside a marker that says removed was made since (by a proxy
-// without replication: the CLI), not left by a delete killed midway. It is
-// written whole or not at all (a temporary file synced, then renamed): an
-// empty marker left by a power loss named no generation.
-func markDeleted(t *tenant, removed bool) error {
+// deleted (0 without Ownership), synced. Power lost while it is written
+// can leave it empty: an open then refuses the tenant (parseDeleted), as it
+// does with no store, rather than take it for generation 0. Out of space
+// (a delete is how space is freed), an empty marker is kept the same way.
+func markDeleted(t *tenant) error {
 	m := deletedMarker(t.path)
-	b := "gen " + strconv.FormatInt(t.gen.Load(), 10)
-	if removed {
-		b += " removed"
-	}
-	tmp := m + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(b)
+	_, err = f.WriteString("gen " + strconv.FormatInt(t.gen.Load(), 10))
 	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		err = os.Rename(tmp, m)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err != nil && !diskFull(err) {
 		return err
 	}
 	return syncDir(filepath.Dir(m))
 }
 
-// parseDeleted reads a deletedMarker: the generation it names and whether
-// the file was removed; ok is false for anything else.
-func parseDeleted(b []byte) (gen int64, removed, ok bool) {
+// parseDeleted reads a deletedMarker: the generation it names; ok is false
+// for anything else.
+func parseDeleted(b []byte) (gen int64, ok bool) {
 	f := strings.Fields(string(b))
-	if len(f) < 2 || len(f) > 3 || f[0] != "gen" || len(f) == 3 && f[2] != "removed" {
-		return 0, false, false
+	if len(f) != 2 || f[0] != "gen" {
+		return 0, false
 	}
 	gen, err := strconv.ParseInt(f[1], 10, 64)
-	return gen, len(f) == 3, err == nil
+	return gen, err == nil && gen >= 0
 }
 
 // eraseDeleted erases the replica of t, deleted here by a DeleteTenant that
-// could not erase it then (deletedMarker), before t is opened or made
-// again: restored from it, the deleted tenant came back. A delete that
-// never removed the file (killed first) leaves a marker beside a file: the
-// tenant was not deleted, and the marker goes.
+// could not erase it (deletedMarker), before t is opened or made again:
+// restored from it, the deleted tenant came back. A file found beside the
+// marker is kept, and becomes the replica's head: made since by a proxy
+// without replication (the CLI's create or restore), which the replica
+// replaced, deleted rows and all; or left by a delete killed before it
+// removed it (the delete did not happen, and the file is the tenant).
 //
 // The marker is this node's: with Ownership another node may have taken the
 // tenant meanwhile, restored it from the replica and written it, in a
 // generation newer than the one deleted. Erasing then lost that node's
 // acknowledged writes: the marker goes, and the replica stays (the delete
-// said it had failed).
+// said it had failed). A marker written without Ownership (generation 0)
+// erases whatever the replica holds.
 func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error {
 	m := deletedMarker(t.path)
 	b, err := os.ReadFile(m)
@@ -1288,30 +1281,29 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 	} else if err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
-	gen, removed, ok := parseDeleted(b)
+	gen, ok := parseDeleted(b)
 	if !ok {
 		return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet, but %s does not say which generation was deleted: run DeleteTenant again", m))
 	}
-	// A file beside a marker that does not say removed: the delete was
-	// killed before it removed it, and the tenant was not deleted. One
-	// beside a marker that says so was made since by a proxy without
-	// replication (the CLI's create or restore): the replica is erased
-	// first, or it replaced the new file, deleted rows and all.
-	if !exists || removed {
-		// Close ends it, as it ends a restore from the replica.
-		ctx, cancel := untilClosed(ctx, r.stop)
-		defer cancel()
-		erase := true
-		if r.cfg.Ownership != nil {
-			_, newest, _, err := r.repl.newestGeneration(ctx, t.id, math.MaxInt64)
-			if err != nil {
-				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and whether its replica was written since cannot be told: it is erased before the tenant is made again (%w)", err))
-			}
-			erase = newest <= gen
+	// Close ends it, as it ends a restore from the replica.
+	ctx, cancel := untilClosed(ctx, r.stop)
+	defer cancel()
+	erase := true
+	if gen != 0 && r.cfg.Ownership != nil {
+		_, newest, _, err := r.repl.newestGeneration(ctx, t.id, math.MaxInt64)
+		if err != nil {
+			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and whether its replica was written since cannot be told: it is erased before the tenant is made again (%w)", err))
 		}
-		if erase {
-			if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
-				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+		erase = newest <= gen
+	}
+	if erase {
+		if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
+			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+		}
+		if exists {
+			// Litestream's files beside it describe the erased replica.
+			if err := os.RemoveAll(metaDir(t.path)); err != nil {
+				return opError(opOpenTenant, t.id, err)
 			}
 		}
 	}

@@ -330,3 +330,100 @@ func TestProxy_UnreadableDeleteMarkerRefused(t *testing.T) {
 		t.Errorf("acme after the delete ran again: %q, want a new, empty tenant", got)
 	}
 }
+
+// A marker written without Ownership (generation 0), read with it: every
+// generation the replica held from an earlier run with Ownership was newer,
+// so nothing was erased and the deleted tenant came back. Generation 0
+// erases whatever the replica holds.
+func TestOwnership_DeleteMarkerWrittenWithoutOwnership(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dirA := t.TempDir()
+	inA := func(c *sqliteproxy.Config) { c.Dir = dirA }
+	a := g.ownerNode(t, srv, "a", 4, inA)
+	insert(t, a.p, "acme", "old-era")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+	cfg := g.config(t, 10)
+	cfg.Dir = dirA
+	p, err := sqliteproxy.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deleteWithStoreDown(t, g, p)
+	if err := p.Close(); err != nil {
+		t.Log(err) // its last sync may have failed: the store is down
+	}
+	g.s3.Restart()
+	a = g.ownerNode(t, srv, "a", 4, inA)
+	if got := names(t, a.p, "acme"); slices.Contains(got, "old-era") || slices.Contains(got, "secret") {
+		t.Errorf("acme after its delete, back under Ownership: %q, want a new, empty tenant", got)
+	}
+}
+
+// After a delete that could not erase the replica, the deleting node keeps
+// the tenant's lease: another node that took the tenant restored it from the
+// replica, deleted rows and all (and the marker then gave way to its newer
+// generation). It is told the owner instead.
+func TestOwnership_FailedDeleteKeepsTheTenant(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a := g.ownerNode(t, srv, "a", 4)
+	deleteWithStoreDown(t, g, a.p)
+	g.s3.Restart()
+	b := g.ownerNode(t, srv, "b", 4)
+	var oe *sqliteproxy.OwnerError
+	if _, err := b.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('b')`); !errors.As(err, &oe) || oe.Owner != "a" {
+		t.Errorf("another node's access after a's failed delete: %v, want the tenant owned by a", err)
+	}
+	if got := names(t, a.p, "acme"); len(got) != 0 {
+		t.Errorf("acme on a once the store is back: %q, want a new, empty tenant", got)
+	}
+}
+
+// A tenant only in the replica (a new node), deleted while the store is
+// down: no marker was left, and the next access restored it; an erasure
+// that stopped midway left an older state for it to restore.
+func TestProxy_ReplicaOnlyDeleteLeavesAMarker(t *testing.T) {
+	g := newRig(t, "s3")
+	a := sqliteproxytest.New(t, g.config(t, 10))
+	insert(t, a, "acme", "secret")
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := g.config(t, 10) // a new node: acme only in the replica
+	p := sqliteproxytest.New(t, cfg)
+	g.s3.Stop()
+	if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant of a replica-only tenant with the store down: nil")
+	}
+	g.s3.Restart()
+	if got := names(t, p, "acme"); len(got) != 0 {
+		t.Errorf("acme after its failed delete, the store back: %q, want a new, empty tenant", got)
+	}
+}
+
+// The CLI (a proxy without replication) restoring a tenant from its
+// replica while a delete's erasure is pending brought the deleted rows back
+// for good: the service took the restored copy for the new head.
+func TestProxy_CLIRestoreFromReplicaRefusedWhileErasurePending(t *testing.T) {
+	g := newRig(t, "s3")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	deleteWithStoreDown(t, g, p)
+	g.s3.Restart()
+	cli, err := sqliteproxy.New(sqliteproxy.Config{Dir: cfg.Dir, Migrations: migrations})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	err = cli.RestoreTenantFromReplica(context.Background(), "acme", g.replica, time.Time{}, g.ls.Bin())
+	if err == nil || !strings.Contains(err.Error(), "run DeleteTenant again") {
+		t.Errorf("the CLI's restore from the replica while the erasure is pending: %v, want refused", err)
+	}
+}
