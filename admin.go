@@ -203,7 +203,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	defer t.unpin()
 	r := p.c.r
-	if err := r.deleteMissing(ctx, t); err != errRestoredMeanwhile {
+	if done, err := r.deleteMissing(ctx, t); done {
 		return err
 	}
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
@@ -262,8 +262,9 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			pending = r.repl.erasable()
-			err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
-			if !r.repl.erasable() {
+			if pending {
+				err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
+			} else {
 				err = fmt.Errorf("deleted here, but its replica stays: %w (the next access restores the tenant from it: erase the replica by other means first)", rerr)
 			}
 		} else {
@@ -288,39 +289,39 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	return nil
 }
 
-// deleteMissing is DeleteTenant for a tenant whose file may be missing: it
-// returns errRestoredMeanwhile when the file is there (found, or restored
-// from the replica by an open while it waited), for the delete to go on;
-// otherwise the delete's result: the replica erased (nil) or
-// ErrTenantNotFound.
-func (r *router) deleteMissing(ctx context.Context, t *tenant) error {
-	err := t.mustExist(opDeleteTenant)
+// deleteMissing is DeleteTenant for a tenant whose file may be missing:
+// done with the delete's result (the replica erased: nil; none:
+// ErrTenantNotFound), or not done when the file is there (found, or
+// restored from the replica by an open while it waited), for the delete to
+// go on.
+func (r *router) deleteMissing(ctx context.Context, t *tenant) (done bool, err error) {
+	err = t.mustExist(opDeleteTenant)
 	if err == nil {
-		return errRestoredMeanwhile
+		return false, nil
 	}
 	if !errors.Is(err, ErrTenantNotFound) {
-		return err
+		return true, err
 	}
 	// A delete killed between the file and its side files, run again: the
 	// side files still hold the deleted rows.
 	if rerr := removeOrphanSideFiles(t.path); rerr != nil {
-		return opError(opDeleteTenant, t.id, rerr)
+		return true, opError(opDeleteTenant, t.id, rerr)
 	}
 	if r.repl == nil {
-		return err
+		return true, err
 	}
 	// Not here, perhaps in the replica: erase it there (as its owner, with
 	// Ownership).
 	found, rerr := r.deleteReplicaOwned(ctx, t)
 	switch {
 	case rerr == errRestoredMeanwhile:
-		return rerr
+		return false, nil
 	case rerr != nil:
-		return opError(opDeleteTenant, t.id, fmt.Errorf("erase replica: %w", rerr))
+		return true, opError(opDeleteTenant, t.id, fmt.Errorf("erase replica: %w", rerr))
 	case found:
-		return nil
+		return true, nil
 	}
-	return err
+	return true, err
 }
 
 // BackupTenant writes a transactionally consistent copy of the tenant to

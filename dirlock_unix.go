@@ -97,9 +97,13 @@ func flockNB(f *os.File, how int) error {
 
 // setlk sets the POSIX record lock lk on f without waiting (F_SETLK),
 // trying again when a signal interrupts it.
-func setlk(f *os.File, lk *syscall.Flock_t) error {
+func setlk(f *os.File, lk *syscall.Flock_t) error { return fcntlLock(f, syscall.F_SETLK, lk) }
+
+// fcntlLock runs the record-lock command cmd (F_SETLK, F_GETLK, their OFD
+// forms) with lk on f, trying again when a signal interrupts it.
+func fcntlLock(f *os.File, cmd int, lk *syscall.Flock_t) error {
 	for {
-		err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, lk)
+		err := syscall.FcntlFlock(f.Fd(), cmd, lk)
 		if !errors.Is(err, syscall.EINTR) {
 			return err
 		}

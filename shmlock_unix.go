@@ -65,23 +65,13 @@ const (
 func lockDatabase(f *os.File, writable bool) error {
 	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0, Start: pendingByte, Len: dbLockBytes}
 	if !writable {
-		for {
-			err := syscall.FcntlFlock(f.Fd(), lockCmdGet, &lk)
-			if errors.Is(err, syscall.EINTR) {
-				continue
-			}
-			if err == nil && lk.Type != syscall.F_UNLCK {
-				return errShmInUse
-			}
-			return err
+		err := fcntlLock(f, lockCmdGet, &lk)
+		if err == nil && lk.Type != syscall.F_UNLCK {
+			return errShmInUse
 		}
+		return err
 	}
-	var err error
-	for {
-		if err = syscall.FcntlFlock(f.Fd(), lockCmdSet, &lk); !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
+	err := fcntlLock(f, lockCmdSet, &lk)
 	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
 		return errShmInUse
 	}

@@ -1014,14 +1014,9 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 		// again (cleanStale), or a renewal that came late kept it for the
 		// node's lifetime.
 		c.mu.Lock()
-		if c.held[l.tenant] == l {
-			delete(c.held, l.tenant)
-		}
 		c.stale[l.tenant] = l.ownerRev
 		c.mu.Unlock()
-		if l.kill() {
-			c.metrics.add(eventLost)
-		}
+		c.forget(l, eventLost)
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, ErrLeaseLost)
 	}
 	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant
