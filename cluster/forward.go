@@ -2,10 +2,14 @@ package cluster
 
 import (
 	"context"
+	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
@@ -22,10 +26,14 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // its AdvertiseURL, the Host header kept) and serves every other request
 // with next: no tenant, a tenant this node owns, an unowned tenant (the
 // driver's Acquire takes it here), an owner that is not registered any
-// more, or a failed owner lookup. An owner that does not answer (dead, its
-// lease not yet expired) gets 503 with Retry-After: the TTL, after which
-// another node takes the tenant; so does one that accepted the request but
-// has not answered when its lease on the tenant ends.
+// more, or a failed owner lookup. An owner that refuses the connection (a
+// node shutting down closes its listener before it releases its tenants; a
+// dead one's lease ends within the TTL) has not seen the request: it waits
+// up to a TTL (and while its context lives) for the tenant to change hands,
+// then goes to the next owner or is served here, body included. An owner
+// that keeps the tenant meanwhile, or that accepted the request and has not
+// answered when its lease on the tenant ends, gets 503 with Retry-After:
+// the TTL, after which another node takes the tenant.
 //
 // The owner gets the request as this node got it: its X-Forwarded-Proto,
 // X-Forwarded-Host and Forwarded as they came (from a load balancer, say), and its
@@ -50,25 +58,129 @@ func (c *Cluster) Forward(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		node, u, owned, err := c.Owner(r.Context(), id)
-		if err != nil || !owned || node == c.cfg.NodeID || u == "" {
-			next.ServeHTTP(w, r)
-			return
+		var body *forwardBody
+		if r.Body != nil && r.Body != http.NoBody {
+			body = &forwardBody{rc: r.Body}
+			r.Body = body
 		}
-		p, err := c.proxy(u)
-		if err != nil {
-			next.ServeHTTP(w, r)
-			return
+		for tries := 0; ; tries++ {
+			node, u, owned, err := c.Owner(r.Context(), id)
+			if err != nil || !owned || node == c.cfg.NodeID || u == "" {
+				next.ServeHTTP(w, r)
+				return
+			}
+			p, err := c.proxy(u)
+			if err != nil {
+				next.ServeHTTP(w, r)
+				return
+			}
+			if !c.forward(w, r, p, id, node, body, tries < maxForwardTries-1) {
+				return
+			}
+			// The owner refused the connection: nothing of the request
+			// reached it. A node shutting down closes its listener before
+			// it releases its tenants, and a dead one's leases end within a
+			// TTL: wait (as the 503's Retry-After would tell the client to)
+			// for the tenant to change hands, then serve it where it is.
+			if !c.awaitOwnerChange(r.Context(), id, node) {
+				unreachable(w, c.cfg.TTL)
+				return
+			}
 		}
-		// An owner that accepts the connection and never answers (stopped,
-		// hung) held the request for as long as it did. Once the tenant is
-		// not that node's any more (its lease ended: another node takes
-		// it), the request ends with the 503 of an unreachable owner.
-		ctx, cancel := context.WithCancel(r.Context())
-		defer cancel()
-		go c.cancelOnOwnerChange(ctx, cancel, id, node)
-		p.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// maxForwardTries bounds the owners one request is offered to, each refused
+// connection waiting for the next owner.
+const maxForwardTries = 3
+
+// forward sends r to the owner node through p and reports whether it was
+// not sent at all (the connection to the owner was refused, nothing of r
+// read) and may go elsewhere (retry allows it); otherwise the response,
+// or the 503 of an unreachable owner, has been written.
+func (c *Cluster) forward(w http.ResponseWriter, r *http.Request, p *httputil.ReverseProxy, id, node string, body *forwardBody, retry bool) (refused bool) {
+	// An owner that accepts the connection and never answers (stopped,
+	// hung) held the request for as long as it did. Once the tenant is
+	// not that node's any more (its lease ended: another node takes
+	// it), the request ends with the 503 of an unreachable owner.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go c.cancelOnOwnerChange(ctx, cancel, id, node)
+	var a *forwardAttempt
+	if retry {
+		a = &forwardAttempt{body: body}
+		ctx = context.WithValue(ctx, forwardAttemptKey{}, a)
+	}
+	p.ServeHTTP(w, r.WithContext(ctx))
+	return a != nil && a.refused
+}
+
+// forwardAttempt is what the proxy's ErrorHandler reports to forward of one
+// request: the owner refused the connection, and nothing was written.
+type forwardAttempt struct {
+	body    *forwardBody
+	refused bool
+}
+
+type forwardAttemptKey struct{}
+
+// forwardBody is a request's body as the owner's transport sees it: its
+// Close (which the transport calls on any error) is kept from the
+// server's body, so a request the owner refused can still be served, and
+// it tells whether any of it was read.
+type forwardBody struct {
+	rc   io.ReadCloser
+	read bool
+}
+
+func (b *forwardBody) Read(p []byte) (int, error) {
+	b.read = true
+	return b.rc.Read(p)
+}
+
+func (b *forwardBody) Close() error { return nil } // the server closes the request's body
+
+// awaitOwnerChange waits until tenant id is not node's any more, for at
+// most a TTL (within which a dead node's lease ends) and while ctx lives,
+// and reports whether it changed.
+func (c *Cluster) awaitOwnerChange(ctx context.Context, id, node string) bool {
+	forwardWaits.Add(1)
+	defer forwardWaits.Add(-1)
+	deadline := time.NewTimer(c.cfg.TTL)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if n, _, owned, err := c.Owner(ctx, id); err == nil && (!owned || n != node) {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-c.ctx.Done():
+			return false
+		case <-deadline.C:
+			return false
+		case <-tick.C:
+		}
+	}
+}
+
+// forwardWaits counts requests waiting in awaitOwnerChange (for tests).
+var forwardWaits atomic.Int32
+
+// refusedConn reports whether err is a refused connection to the owner:
+// its dial failed, so nothing of the request left this node.
+func refusedConn(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// unreachable writes the 503 of an owner that does not answer: within a
+// TTL its lease ends and another node takes the tenant.
+func unreachable(w http.ResponseWriter, ttl time.Duration) {
+	w.Header().Set("Retry-After", strconv.Itoa(int((ttl+time.Second-1)/time.Second)))
+	http.Error(w, "sqliteproxy cluster: the tenant's owner node is unreachable; retry", http.StatusServiceUnavailable)
 }
 
 // cancelOnOwnerChange calls cancel once tenant id is not node's any more,
@@ -118,11 +230,14 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 			pr.Out.Header.Set(ForwardedByHeader, self)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if a, _ := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); a != nil && refusedConn(err) && (a.body == nil || !a.body.read) {
+				a.refused = true // forward's caller offers it again
+				return
+			}
 			// The owner died or is cut off: within a TTL its lease ends
 			// and another node takes the tenant. Like a tenant being
 			// moved, this is a wait, not a failure of the request.
-			w.Header().Set("Retry-After", strconv.Itoa(int((c.cfg.TTL+time.Second-1)/time.Second)))
-			http.Error(w, "sqliteproxy cluster: the tenant's owner node is unreachable; retry", http.StatusServiceUnavailable)
+			unreachable(w, c.cfg.TTL)
 		},
 	}
 	actual, _ := c.proxies.LoadOrStore(owner, p)

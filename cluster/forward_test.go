@@ -203,3 +203,76 @@ func TestForward_InvalidIDServedLocally(t *testing.T) {
 		}
 	}
 }
+
+// A node shutting down closes its listener before it releases its tenants
+// (the example service does): a request forwarded to it meanwhile had the
+// 503 of an unreachable owner. It waits for the tenant to change hands and
+// is served where it is then, body and all.
+func TestForward_RefusedWaitsForNewOwner(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 30*time.Second)
+	start := func(id string) (*Cluster, *httptest.Server) {
+		hs := httptest.NewServer(nil)
+		t.Cleanup(hs.Close)
+		c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: hs.URL, TTL: testTTL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		hs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), r.Header.Get("X-Tenant")))
+			c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				body, err := io.ReadAll(r.Body)
+				fmt.Fprintf(w, "%s got %q %v", id, body, err)
+			})).ServeHTTP(w, r)
+		})
+		return c, hs
+	}
+	_, ha := start("a")
+	b, hb := start("b")
+	lease, err := b.Acquire(ctx, "tb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hb.Close() // b stops listening, and still owns tb
+	type result struct {
+		code int
+		body string
+	}
+	done := make(chan result, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, ha.URL+"/x", strings.NewReader("payload"))
+		req.Header.Set("X-Tenant", "tb")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{0, err.Error()}
+			return
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		done <- result{resp.StatusCode, string(body)}
+	}()
+	deadline := time.Now().Add(testTTL / 2)
+	for forwardWaits.Load() == 0 {
+		select {
+		case res := <-done:
+			t.Fatalf("the request ended while b still owned tb: %d %s", res.code, res.body)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the request refused by b does not wait for tb's next owner")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := lease.Release(ctx, 0); err != nil { // b's shutdown gives tb up
+		t.Fatal(err)
+	}
+	select {
+	case res := <-done:
+		if res.code != http.StatusOK || res.body != `a got "payload" <nil>` {
+			t.Errorf("after b gave tb up: %d %q; want 200 from a with the body", res.code, res.body)
+		}
+	case <-time.After(5 * testTTL):
+		t.Fatal("the request still waits after b gave tb up")
+	}
+}
