@@ -512,7 +512,9 @@ func checkIntegrity(ctx context.Context, c *sqlite3.SQLiteConn, pragma string) e
 // atomic rename; work that arrives meanwhile waits and then sees the
 // restored data.
 // Pending migrations apply on the next access. Restoring into an ID that
-// has no file creates the tenant.
+// has no file creates the tenant. Close ends a restore that is still
+// copying its source (ErrClosed, the tenant untouched); one past its copy
+// finishes, and Close waits for it.
 func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 	if srcID, ok := p.c.r.tenantOfFile(srcPath); ok {
 		// A tenant of this proxy's (a clone, or the tenant itself): read
@@ -529,6 +531,11 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 		})
 	}
 	return p.restore(ctx, opRestoreTenant, id, false, func(tmp string) error {
+		// Ended by Close as well: a copy, or its wait for another copy of
+		// the same source (another proxy's in this process), held Close
+		// for BusyTimeout and the directory after it.
+		ctx, cancel := untilClosed(ctx, p.c.r.stop)
+		defer cancel()
 		if err := copyVerified(ctx, srcPath, tmp); err != nil {
 			return fmt.Errorf("source %s: %w", srcPath, err)
 		}

@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -245,5 +246,58 @@ func TestProxy_ConcurrentRestoresFromOneBackup(t *testing.T) {
 		if n := countRows(t, p, id); n != 1 {
 			t.Errorf("%s holds %d rows, want 1", id, n)
 		}
+	}
+}
+
+// A restore waiting for another proxy's copy of the same source (one copy
+// of a source at a time in the process) is ended by Close, as its copy
+// would be: it waited on its caller's context only, and Close for
+// BusyTimeout.
+func TestProxy_RestoreWaitingForSourceEndsAtClose(t *testing.T) {
+	p1 := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	p2 := newTestProxy(t, Config{Migrations: []string{eventsTable}, BusyTimeout: time.Minute})
+	if _, err := p1.ExecContext(tctx("golden"), `INSERT INTO events (tenant) VALUES ('golden')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "golden.db")
+	if err := p1.BackupTenant(context.Background(), "golden", bk); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{}, 1)
+	sourceCopyWaits = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	locked, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	copySourceLocked = func() {
+		once.Do(func() {
+			close(locked)
+			<-release
+		})
+	}
+	defer func() { copySourceLocked, sourceCopyWaits = nil, nil }()
+	first := make(chan error, 1)
+	go func() { first <- p1.RestoreTenant(context.Background(), "t1", bk) }()
+	receive(t, locked, "the first restore to hold its source")
+	second := make(chan error, 1)
+	go func() { second <- p2.RestoreTenant(context.Background(), "t2", bk) }()
+	receive(t, waiting, "the second restore to wait for the first copy")
+	closed := make(chan error, 1)
+	go func() { closed <- p2.Close() }()
+	if err := receive(t, second, "the waiting restore after Close"); !errors.Is(err, ErrClosed) {
+		t.Errorf("the waiting restore after Close: %v, want ErrClosed", err)
+	}
+	if err := receive(t, closed, "Close"); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+	close(release)
+	if err := receive(t, first, "the first restore"); err != nil {
+		t.Fatalf("the first restore: %v", err)
+	}
+	if n := countRows(t, p1, "t1"); n != 1 {
+		t.Errorf("t1 holds %d rows, want 1", n)
 	}
 }
