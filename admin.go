@@ -413,6 +413,39 @@ func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
 	return nil
 }
 
+// backupStepPages is how many pages a backup copies between two looks at
+// its context (4 MiB of 4 KiB pages).
+const backupStepPages = 1024
+
+// backupStepped, when set (tests), runs after each step that leaves pages
+// to copy.
+var backupStepped func()
+
+// backupSteps runs bk to its end, a few pages at a time, until ctx ends:
+// in one step, a backup of a large tenant ran seconds past its deadline.
+// A step that copies nothing and is not the last is a lock it could not
+// take within the busy timeout (mattn reports SQLITE_BUSY and
+// SQLITE_LOCKED as no error, and Finish then returned nil for a backup
+// that had copied nothing).
+func backupSteps(ctx context.Context, bk *sqlite3.SQLiteBackup) error {
+	for {
+		before := bk.Remaining()
+		done, err := bk.Step(backupStepPages)
+		if err != nil || done {
+			return err
+		}
+		if after := bk.Remaining(); after == 0 || after == before {
+			return sqlite3.Error{Code: sqlite3.ErrBusy}
+		}
+		if backupStepped != nil {
+			backupStepped()
+		}
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
+	}
+}
+
 // copyDatabase copies src's main database into a new file at dst with the
 // online backup API, leaves it in rollback-journal mode, checks it and syncs it.
 func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) error {
@@ -437,11 +470,23 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	}
 	d := dc.(*sqlite3.SQLiteConn)
 	defer d.Close()
+	if src.AutoCommit() {
+		// One snapshot for every step: without a read transaction of its
+		// own, each step takes one, and a commit between two steps starts
+		// the backup over.
+		if _, err := src.Exec("BEGIN", nil); err != nil {
+			return err
+		}
+		defer src.Exec("ROLLBACK", nil)
+		if _, err := src.Exec("SELECT 1 FROM sqlite_master LIMIT 1", nil); err != nil {
+			return err
+		}
+	}
 	bk, err := d.Backup("main", src, "main")
 	if err != nil {
 		return err
 	}
-	_, err = bk.Step(-1)
+	err = backupSteps(ctx, bk)
 	if ferr := bk.Finish(); err == nil {
 		err = ferr
 	}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 func TestProxy_CreateTenant(t *testing.T) {
@@ -819,5 +821,91 @@ func TestProxy_RestoreFromASymlinkToATenant(t *testing.T) {
 	}
 	if n := queryInt(t, p, tctx("globex"), `SELECT count(*) FROM events`); n != 50 {
 		t.Fatalf("globex restored from a link to acme: %d rows, want 50", n)
+	}
+}
+
+// A backup of a large tenant ends with its context, between two steps of
+// the copy: in one step, a 100 MB tenant's backup with a 5 ms deadline ran
+// 250–350 ms, holding its connection and a slot of the budget, and threw
+// the copy away.
+func TestBackupTenant_EndsWithItsContextMidCopy(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE blobs (b BLOB)`}})
+	if _, err := p.ExecContext(tctx("big"), `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 120)
+		INSERT INTO blobs SELECT randomblob(100000) FROM c`); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	steps := 0
+	backupStepped = func() {
+		steps++
+		cancel()
+	}
+	defer func() { backupStepped = nil }()
+	dst := filepath.Join(t.TempDir(), "big.db")
+	if err := p.BackupTenant(ctx, "big", dst); !errors.Is(err, context.Canceled) {
+		t.Fatalf("BackupTenant cancelled mid-copy: %v, want context.Canceled", err)
+	}
+	if steps != 1 {
+		t.Errorf("the copy went on for %d steps after its context ended, want 1", steps)
+	}
+	if _, err := os.Stat(dst); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("destination after a cancelled backup: %v, want none", err)
+	}
+	backupStepped = nil
+	if err := p.BackupTenant(context.Background(), "big", dst); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite3", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM blobs`).Scan(&n); err != nil || n != 120 {
+		t.Errorf("the backup holds %d blobs (%v), want 120", n, err)
+	}
+}
+
+// A backup step that cannot take the source's lock (SQLITE_BUSY, which
+// mattn's Step reports as no error) is an error: Finish then returned nil,
+// and the backup of a tenant was an empty database.
+func TestBackupSteps_BusyIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.db")
+	holder, err := sql.Open("sqlite3", "file:"+src+"?_journal_mode=DELETE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close()
+	hc, err := holder.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hc.Close()
+	sc, err := plainDriver.Open("file:" + src + "?_busy_timeout=10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	for _, q := range []string{`CREATE TABLE t (x)`, `INSERT INTO t VALUES (1)`, `BEGIN EXCLUSIVE`, `INSERT INTO t VALUES (2)`} {
+		if _, err := hc.ExecContext(context.Background(), q); err != nil {
+			t.Fatal(q, err)
+		}
+	}
+	dc, err := plainDriver.Open("file:" + filepath.Join(dir, "dst.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dc.Close()
+	bk, err := dc.(*sqlite3.SQLiteConn).Backup("main", sc.(*sqlite3.SQLiteConn), "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = backupSteps(context.Background(), bk)
+	bk.Finish()
+	var se sqlite3.Error
+	if !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+		t.Errorf("a backup whose source is locked: %v, want SQLITE_BUSY", err)
 	}
 }

@@ -169,7 +169,8 @@ func TestProxy_RestoreRefusesAFIFOSideFile(t *testing.T) {
 // closing the copy's descriptors then dropped the locks that proxy's
 // connection held on the file.
 func TestProxy_RestoreSourceLockedAgainstThisProcess(t *testing.T) {
-	t.Parallel()
+	// Not parallel: copySourceLocked is global, and ran this test's insert
+	// during other tests' restores.
 	dirA := t.TempDir()
 	cfg := Config{Dir: dirA, Migrations: []string{eventsTable}, BusyTimeout: 200 * time.Millisecond}
 	a0 := newTestProxy(t, cfg)
