@@ -44,8 +44,9 @@ func benchTargets(b *testing.B) []benchTarget {
 // benchTargetsSync is benchTargets with PRAGMA synchronous set to sync
 // (NORMAL, FULL, ...) on every side: Config.Synchronous for the proxy, which
 // puts it in the writer DSN that mattn-same-dsn copies, and _synchronous in
-// the DSN of mattn-defaults. An empty sync leaves each side at its default
-// (the proxy's NORMAL; SQLite's compiled-in FULL for mattn-defaults).
+// the DSN of mattn-defaults. An empty sync leaves each side at its default:
+// NORMAL on every side (the proxy's, and mattn's, which sets NORMAL unless
+// its DSN says otherwise; not SQLite's compiled-in FULL).
 func benchTargetsSync(b *testing.B, sync string) []benchTarget {
 	b.Helper()
 	dir := b.TempDir()
@@ -321,7 +322,9 @@ func BenchmarkRoutingFloorPaired(b *testing.B) {
 			return db.QueryRowContext(context.Background(), `SELECT name, value FROM bench WHERE id = ?`, i%1000+1).Scan(&name, &value)
 		}},
 	} {
-		b.Run("op="+op.name, func(b *testing.B) {
+		// impl=passthrough: benchstat -col /impl keeps these out of the
+		// proxy's column (benchtable leaves them out of the README table).
+		b.Run("impl=passthrough/op="+op.name, func(b *testing.B) {
 			var ops [2]func(int) error
 			for k, db := range [2]*sql.DB{mattn.db, wrapped} {
 				ops[k] = func(i int) error { return op.run(db, i) }

@@ -96,6 +96,9 @@ func run(in io.Reader, out io.Writer) error {
 		if !pok {
 			p, pok = unnamedSec[row[0]]
 		}
+		if !dok && !sok && !pok {
+			continue // another implementation's (impl=passthrough)
+		}
 		if !sok {
 			s, sok = pairedMattn[row[0]]
 		}
@@ -141,7 +144,8 @@ func procsSuffix(rows [][]string) string {
 }
 
 // unnamed returns the values of unit in benchstat's unnamed column (the
-// benchmarks without an impl), by benchmark.
+// benchmarks without an impl) and in the proxy's (a paired benchmark named
+// impl=proxy, whose metrics benchstat puts there), by benchmark.
 func unnamed(tables [][][]string, unit string) map[string]float64 {
 	out := map[string]float64{}
 	for _, t := range tables {
@@ -149,7 +153,7 @@ func unnamed(tables [][][]string, unit string) map[string]float64 {
 			continue
 		}
 		for i, u := range t[1] {
-			if u != unit || (i < len(t[0]) && t[0][i] != "") {
+			if u != unit || (i < len(t[0]) && t[0][i] != "" && t[0][i] != "proxy") {
 				continue
 			}
 			for _, row := range t[2:] {

@@ -33,34 +33,65 @@ func TestRun(t *testing.T) {
 	}
 }
 
-// TestRunPaired: benchmarks without an impl fill the proxy column from the
-// unnamed sec/op column, mattn-same-dsn from a paired mattn-ns/op metric,
-// and the ratios from the paired x- metrics rather than dividing medians.
+// TestRunPaired, on real benchstat output (-col /impl) of the paired
+// benchmarks: those without an impl fill the proxy column from the unnamed
+// sec/op column, mattn-same-dsn from a paired mattn-sec/op metric, and the
+// ratios from the paired x- metrics rather than dividing medians; those of
+// impl=proxy (ColdOpenPaired) have their x- metrics in the proxy's column
+// (the table lost them); those of another impl (RoutingFloorPaired's
+// passthrough) are left out (they sat in the proxy column).
 func TestRunPaired(t *testing.T) {
 	const in = `goos: linux
-,mattn-defaults,,mattn-same-dsn,,,,proxy,,,,,,,
-,sec/op,CI,sec/op,CI,vs base,P,sec/op,CI,vs base,P,sec/op,CI,vs base,P
-Insert-2,2e-05,1%,1e-05,1%,-50%,p=0.002 n=6,1.1e-05,2%,-45%,p=0.002 n=6
-ArticlePaired/row=Insert-2,,,,,,,,,,,1.5e-05,10%
-ColdOpenPaired/impl=proxy-2,,,,,,,,,,,0.0003,2%
-ManyTenants/dist=uniform-2,,,,,,,,,,,0.0004,5%
-geomean,2e-05,,1e-05,,,,1.1e-05,,,,1e-05,,?,
+goarch: amd64
+pkg: github.com/sqliteproxy/sqliteproxy
+cpu: AMD EPYC
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,,,,,,passthrough,,,
+,sec/op,CI,sec/op,CI,vs base,P,sec/op,CI,vs base,P,sec/op,CI,vs base,P,sec/op,CI,vs base,P
+Insert-2,1.5712e-05,∞,1.1070500000000002e-05,∞,~,p=0.333 n=2,1.20185e-05,∞,~,p=0.333 n=2
+ArticlePaired/row=Insert-2,,,,,,,,,,,1.2212500000000002e-05,∞
+RoutingPaired-2,,,,,,,,,,,6.493e-07,∞
+RoutingFloorPaired/op=exec-2,,,,,,,,,,,,,,,7.093999999999999e-07,∞
+RoutingFloorPaired/op=single-query-2,,,,,,,,,,,,,,,3.837000000000001e-06,∞
+ColdOpenPaired-2,,,,,,,0.001072849,∞
+geomean,1.5712e-05,,1.1070500000000002e-05,,-29.54%,,0.0001135519075423218,,-23.51%,,2.8159503280420264e-06,,?,,1.6498387193904725e-06,,?,
 
-,,
-,mattn-sec/op,CI
-ArticlePaired/row=Insert-2,1.4e-05,10%
-geomean,1.4e-05,
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,
+,B/op,CI,B/op,CI,vs base,P,B/op,CI,vs base,P
+Insert-2,320,∞,144,∞,~,p=0.333 n=2,145,∞,~,p=0.333 n=2
+geomean,319.99999999999994,,144.00000000000003,,-55.00%,,144.99999999999997,,-54.69%,
 
-,,
-,x-mattn-same-dsn,CI
-ArticlePaired/row=Insert-2,1.025,5%
-ColdOpenPaired/impl=proxy-2,1.08,1%
-geomean,1.05,
+,mattn-defaults,,mattn-same-dsn,,,,proxy,,,
+,allocs/op,CI,allocs/op,CI,vs base,P,allocs/op,CI,vs base,P
+Insert-2,7,∞,4,∞,~,p=0.333 n=2,4,∞,~,p=0.333 n=2
+geomean,7,,4,,-42.86%,,4,,-42.86%,
 
-,,
+,,,passthrough,,,
+,mattn-sec/op,CI,mattn-sec/op,CI,vs base,P
+ArticlePaired/row=Insert-2,1.23525e-05,∞
+RoutingPaired-2,6.1795e-07,∞
+RoutingFloorPaired/op=exec-2,,,1.0013500000000002e-06,∞
+RoutingFloorPaired/op=single-query-2,,,3.9295e-06,∞
+geomean,2.762829595722471e-06,,1.9836342467803904e-06,,?,
+
+,proxy,,,,,,passthrough,,,
+,x-mattn-same-dsn,CI,x-mattn-same-dsn,CI,vs base,P,x-mattn-same-dsn,CI,vs base,P
+ArticlePaired/row=Insert-2,,,0.98865,∞
+RoutingFloorPaired/op=exec-2,,,,,,,0.70215,∞
+RoutingFloorPaired/op=single-query-2,,,,,,,0.9783000000000001,∞
+ColdOpenPaired-2,0.6344,∞
+geomean,0.6344,,0.98865,,?,,0.828802355812289,,?,
+
+,,,passthrough,,,
+,overhead-sec,CI,overhead-sec,CI,vs base,P
+RoutingPaired-2,3.1360000000000004e-08,∞
+RoutingFloorPaired/op=exec-2,,,-2.9195e-07,∞
+RoutingFloorPaired/op=single-query-2,,,-9.240000000000001e-08,∞
+geomean,3.135999999999998e-08,,,,?,
+
+,proxy,
 ,x-mattn-defaults,CI
-ColdOpenPaired/impl=proxy-2,1.12,1%
-geomean,1.12,
+ColdOpenPaired-2,1.4405999999999999,∞
+geomean,1.4405999999999999,
 `
 	var out strings.Builder
 	if err := run(strings.NewReader(in), &out); err != nil {
@@ -68,10 +99,10 @@ geomean,1.12,
 	}
 	want := `| benchmark | mattn-defaults | mattn-same-dsn | proxy | proxy / mattn-defaults | proxy / mattn-same-dsn |
 |---|---:|---:|---:|---:|---:|
-| Insert | 20µs | 10µs | 11µs | 0.55 | 1.10 |
-| ArticlePaired/row=Insert | — | 14µs | 15µs | — | 1.025 |
-| ColdOpenPaired/impl=proxy | — | — | 300µs | 1.120 | 1.080 |
-| ManyTenants/dist=uniform | — | — | 400µs | — | — |
+| Insert | 15.712µs | 11.07µs | 12.018µs | 0.76 | 1.09 |
+| ArticlePaired/row=Insert | — | 12.352µs | 12.212µs | — | 0.989 |
+| RoutingPaired | — | 617ns | 649ns | — | 1.05 |
+| ColdOpenPaired | — | — | 1.072849ms | 1.441 | 0.634 |
 `
 	if out.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", out.String(), want)

@@ -30,6 +30,7 @@ type row struct {
 	name string // Insert, TenantLifecycle, ...
 	op   string // op= of TenantLifecycle
 	sync string // full, normal
+	cpu  int    // GOMAXPROCS (go test's -N suffix; 1 without one)
 }
 
 // results: row -> impl -> unit -> values (one per run).
@@ -48,14 +49,14 @@ func parse(in io.Reader) (*results, error) {
 		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
 			continue
 		}
-		name := f[0]
+		name, cpu := f[0], 1
 		if i := strings.LastIndexByte(name, '-'); i > 0 {
-			if _, err := strconv.Atoi(name[i+1:]); err == nil {
-				name = name[:i] // the GOMAXPROCS suffix
+			if n, err := strconv.Atoi(name[i+1:]); err == nil {
+				name, cpu = name[:i], n // the GOMAXPROCS suffix
 			}
 		}
 		parts := strings.Split(strings.TrimPrefix(name, "Benchmark"), "/")
-		r := row{name: parts[0]}
+		r := row{name: parts[0], cpu: cpu}
 		impl := ""
 		for _, p := range parts[1:] {
 			k, v, _ := strings.Cut(p, "=")
@@ -115,6 +116,18 @@ func run(in io.Reader, out io.Writer) error {
 		return fmt.Errorf("no benchmark results in the input")
 	}
 	w := func(format string, a ...any) { fmt.Fprintf(out, format, a...) }
+	// Runs at several GOMAXPROCS (-cpu 1,4) stay apart, each named with it:
+	// a median across them was a number no run produced.
+	cpus := map[int]bool{}
+	for _, r := range res.order {
+		cpus[r.cpu] = true
+	}
+	named := func(r row, name string) string {
+		if len(cpus) > 1 {
+			return fmt.Sprintf("%s (GOMAXPROCS %d)", name, r.cpu)
+		}
+		return name
+	}
 	get := func(r row, impl, unit string, format func(float64) string) string {
 		if v, ok := res.median(r, impl, unit); ok {
 			return format(v)
@@ -152,7 +165,7 @@ func run(in io.Reader, out io.Writer) error {
 			if impl != "proxy" && !strings.HasPrefix(impl, "proxy-") {
 				continue
 			}
-			label := r.name
+			label := named(r, r.name)
 			if impl != "proxy" {
 				label += " (" + impl + ")"
 			}
@@ -198,7 +211,7 @@ func run(in io.Reader, out io.Writer) error {
 			extra = fmt.Sprintf("VACUUM %.0f ms; freed %s of %s (proxy: %s)", v,
 				get(r, "postgres", "freed-bytes/op", kb), get(r, "postgres", "bytes/op", kb), get(r, "proxy", "freed-bytes/op", kb))
 		}
-		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.op, durability[r.sync],
+		w("| %s | %s | %s | %s | %s | %s | %s | %s |\n", named(r, r.op), durability[r.sync],
 			get(r, "proxy", "ns/op", dur), get(r, "postgres", "ns/op", dur), ratio(r, "proxy", "ns/op"),
 			get(r, "proxy", "bytes/op", kb), get(r, "postgres", "bytes/op", kb), extra)
 	}

@@ -33,3 +33,25 @@ func TestRun(t *testing.T) {
 		t.Error("no results: no error")
 	}
 }
+
+// Runs at several GOMAXPROCS stay apart: their median was a number no run
+// produced (100k and 300k ops/s made one row of 200k).
+func TestRun_SeveralCPUs(t *testing.T) {
+	const in = `BenchmarkWriters8/sync=full/impl=proxy          	1	100 ns/op	100000 ok-ops/s
+BenchmarkWriters8/sync=full/impl=postgres       	1	100 ns/op	10000 ok-ops/s
+BenchmarkWriters8/sync=full/impl=proxy-4        	1	100 ns/op	300000 ok-ops/s
+BenchmarkWriters8/sync=full/impl=postgres-4     	1	100 ns/op	40000 ok-ops/s
+`
+	var out strings.Builder
+	if err := run(strings.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| Writers8 (GOMAXPROCS 1) | FULL / on | 100000 | 10000 | 10.00 |",
+		"| Writers8 (GOMAXPROCS 4) | FULL / on | 300000 | 40000 | 7.50 |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks\n%s\n--- output:\n%s", want, out.String())
+		}
+	}
+}
