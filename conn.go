@@ -210,7 +210,7 @@ func (c *conn) routeQuery(ctx context.Context, query string) (*physConn, error) 
 		c.r.classes.store(query, false)
 		return c.route(ctx, true)
 	}
-	if info.Session {
+	if info.Session || readsSession(query, info) {
 		return c.routeSession(ctx) // not cached: decided at each run
 	}
 	pc, err := c.route(ctx, false)
@@ -284,7 +284,10 @@ func cannotRead(query string, info sqlscan.Info) bool {
 	case "SELECT", "VALUES", "EXPLAIN":
 		return false
 	case "PRAGMA":
-		return pragmaOptimize(query)
+		// SQLite calls setters of a connection's state read-only
+		// (foreign_keys = ON, synchronous = FULL): on a reader they stayed
+		// there, confirmed when read back, while writes ran without them.
+		return pragmaOptimize(query) || pragmaSets(query)
 	case "", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "COMMIT", "CREATE", "DELETE", "DETACH", "DROP", "END",
 		"INSERT", "REINDEX", "RELEASE", "REPLACE", "ROLLBACK", "SAVEPOINT", "UPDATE", "VACUUM":
 		return true
@@ -504,6 +507,66 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 // pragmaOptimize reports whether query is PRAGMA [schema.]optimize, which
 // SQLite reports read-only although it runs ANALYZE: on a reader it
 // failed "attempt to write a readonly database".
+// pragmaSets reports whether query is a PRAGMA with an argument that sets
+// (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than names
+// what to describe (table_info(t)) or check (quick_check(10)).
+func pragmaSets(query string) bool {
+	name, value := pragmaParts(query)
+	return name != "" && !pragmaQueries(name, value)
+}
+
+// pragmaParts returns a PRAGMA's name and the first token of its argument
+// ("" for none), as the authorizer sees them, read off query's tokens.
+func pragmaParts(query string) (name, value string) {
+	toks := sqlscan.Tokens(query, 7)
+	if len(toks) < 2 {
+		return "", ""
+	}
+	toks = toks[1:] // PRAGMA
+	if len(toks) >= 3 && toks[1] == "." {
+		toks = toks[2:] // schema .
+	}
+	name = toks[0]
+	if len(toks) >= 3 && (toks[1] == "=" || toks[1] == "(") {
+		value = toks[2]
+	}
+	return name, value
+}
+
+// readsSession reports whether a read's answer depends on the session of
+// the connection it runs on, beyond the database: a PRAGMA that reads a
+// connection's setting (foreign_keys, synchronous, cache_size) or
+// describes a table, which may be a TEMP table of that session, in either
+// form (PRAGMA table_info(t), pragma_table_info('t')); a text that names
+// the TEMP schema (temp.x, sqlite_temp_master). Answered by a
+// reader, they described a session nobody writes with (foreign_keys 0 after
+// PRAGMA foreign_keys = ON ran on the writer; no TEMP table where one was
+// just made). The long checks stay on a reader.
+func readsSession(query string, info sqlscan.Info) bool {
+	switch info.Keyword {
+	case "PRAGMA":
+		name, _ := pragmaParts(query)
+		switch strings.ToLower(name) {
+		case "integrity_check", "quick_check", "foreign_key_check":
+			return false
+		}
+		return true
+	case "SELECT", "VALUES", "WITH":
+		toks := sqlscan.Tokens(query, len(query))
+		for i, tok := range toks {
+			switch {
+			case strings.EqualFold(tok, "sqlite_temp_master"), strings.EqualFold(tok, "sqlite_temp_schema"):
+				return true
+			case len(tok) > 7 && strings.EqualFold(tok[:7], "pragma_") && i+1 < len(toks) && toks[i+1] == "(":
+				return true // pragma_table_info('t'), pragma_foreign_keys()
+			case strings.EqualFold(tok, "temp") && i+1 < len(toks) && toks[i+1] == ".":
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func pragmaOptimize(query string) bool {
 	toks := sqlscan.Tokens(query, 4)
 	name := ""

@@ -323,3 +323,66 @@ func TestRouting_ClassifiedReadOfATempTable(t *testing.T) {
 		}
 	}
 }
+
+// A PRAGMA that sets a connection's state, sent through Query (SQLite
+// calls it read-only), ran on a reader: read back it said it took, while
+// the writer wrote without it (a row breaking a foreign key was stored,
+// where mattn refuses it). Reads of such settings, and of the TEMP schema,
+// described a reader's session, not the writer's.
+func TestQuery_SessionPragmasAndTempSchemaReachTheWriter(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{
+		`CREATE TABLE parent (id INTEGER PRIMARY KEY)`,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, pid INTEGER REFERENCES parent(id))`,
+	}})
+	ctx := tctx("acme")
+	queryInt := func(q string) int {
+		t.Helper()
+		var v int
+		if err := p.QueryRowContext(ctx, q).Scan(&v); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		return v
+	}
+	set, err := p.QueryContext(ctx, `PRAGMA foreign_keys = ON`) // as an ORM's raw query might
+	if err != nil {
+		t.Fatal(err)
+	}
+	set.Close()
+	if v := queryInt(`PRAGMA foreign_keys`); v != 1 {
+		t.Errorf("PRAGMA foreign_keys after setting it through Query: %d, want 1", v)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO child (pid) VALUES (42)`); err == nil || !strings.Contains(err.Error(), "FOREIGN KEY constraint failed") {
+		t.Errorf("a row breaking a foreign key after PRAGMA foreign_keys = ON through Query: %v, want FOREIGN KEY constraint failed", err)
+	}
+	if _, err := p.ExecContext(ctx, `PRAGMA foreign_keys = OFF`); err != nil {
+		t.Fatal(err)
+	}
+	if v := queryInt(`PRAGMA foreign_keys`); v != 0 {
+		t.Errorf("PRAGMA foreign_keys after setting it off through Exec: %d, want 0", v)
+	}
+	if _, err := p.ExecContext(ctx, `CREATE TEMP TABLE scratch (x)`); err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]int{
+		`SELECT count(*) FROM sqlite_temp_master WHERE name = 'scratch'`: 1,
+		`SELECT count(*) FROM temp.sqlite_master WHERE name = 'scratch'`: 1,
+		`SELECT count(*) FROM pragma_table_info('scratch')`:              1,
+		`SELECT count(*) FROM temp.scratch`:                              0,
+	} {
+		if v := queryInt(q); v != want {
+			t.Errorf("%s with a TEMP table on the writer: %d, want %d", q, v, want)
+		}
+	}
+	rows, err := p.QueryContext(ctx, `PRAGMA table_info(scratch)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	rows.Close()
+	if n != 1 {
+		t.Errorf("PRAGMA table_info(scratch) of a TEMP table on the writer: %d columns, want 1", n)
+	}
+}
