@@ -55,8 +55,9 @@ var (
 	_ driver.Validator          = (*conn)(nil)
 )
 
-// errReadOnlyTx refuses a write in a read-only transaction.
-var errReadOnlyTx = errors.New("attempt to write in a read-only transaction")
+// errReadOnlyTx refuses a write in a read-only transaction that runs on the
+// writer: SQLITE_READONLY, as a reader's query_only refuses it.
+var errReadOnlyTx = fmt.Errorf("%w (a read-only transaction)", sqlite3.Error{Code: sqlite3.ErrReadonly, ExtendedCode: sqlite3.ErrNoExtended(sqlite3.ErrReadonly)})
 
 // errNoRoute reports that neither the conn nor the context names a tenant.
 var errNoRoute = errors.New("no tenant")
@@ -339,7 +340,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	var pc *physConn
 	var err error
 	if c.pc != nil {
-		pc, err = c.route(ctx, true)
+		pc, err = c.route(ctx, !c.readInReadOnlyTx(ctx, query))
 	} else {
 		// One tenant lookup for group commit and the lease.
 		var t *tenant
@@ -371,6 +372,26 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		return vacuum(ctx, pc.c, query)
 	}
 	return pc.c.ExecContext(ctx, query, args)
+}
+
+// readInReadOnlyTx reports whether query, sent through Exec in a read-only
+// transaction that runs on the writer (a sql.Conn that had written), is a
+// single statement SQLite takes for read-only, which the transaction may
+// run as a reader would (SELECT 1 was refused there, and taken on a
+// reader).
+func (c *conn) readInReadOnlyTx(ctx context.Context, query string) bool {
+	if c.tx == nil || !c.tx.readOnly || !c.pc.writer {
+		return false
+	}
+	if info := sqlscan.Scan(query); info.Multi || cannotRead(query, info) {
+		return false
+	}
+	s, err := c.pc.c.PrepareContext(ctx, query)
+	if err != nil {
+		return true // it fails to compile there too: SQLite's error, not a refusal
+	}
+	defer s.Close()
+	return s.(*sqlite3.SQLiteStmt).Readonly()
 }
 
 // startsWithV reports whether query's first non-blank byte is a V, or
