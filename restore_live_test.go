@@ -214,20 +214,7 @@ func TestProxy_RestoreSourceLockedAgainstThisProcess(t *testing.T) {
 // first copy instead.
 func TestProxy_ConcurrentRestoresFromOneBackup(t *testing.T) {
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
-	if _, err := p.ExecContext(tctx("golden"), `INSERT INTO events (tenant) VALUES ('golden')`); err != nil {
-		t.Fatal(err)
-	}
-	bk := filepath.Join(t.TempDir(), "golden.db")
-	if err := p.BackupTenant(context.Background(), "golden", bk); err != nil {
-		t.Fatal(err)
-	}
-	waiting := make(chan struct{}, 1)
-	sourceCopyWaits = func() {
-		select {
-		case waiting <- struct{}{}:
-		default:
-		}
-	}
+	bk, waiting := goldenBackup(t, p)
 	second := make(chan error, 1)
 	var once sync.Once
 	copySourceLocked = func() {
@@ -257,20 +244,7 @@ func TestProxy_ConcurrentRestoresFromOneBackup(t *testing.T) {
 func TestProxy_RestoreWaitingForSourceEndsAtClose(t *testing.T) {
 	p1 := newTestProxy(t, Config{Migrations: []string{eventsTable}})
 	p2 := newTestProxy(t, Config{Migrations: []string{eventsTable}, BusyTimeout: time.Minute})
-	if _, err := p1.ExecContext(tctx("golden"), `INSERT INTO events (tenant) VALUES ('golden')`); err != nil {
-		t.Fatal(err)
-	}
-	bk := filepath.Join(t.TempDir(), "golden.db")
-	if err := p1.BackupTenant(context.Background(), "golden", bk); err != nil {
-		t.Fatal(err)
-	}
-	waiting := make(chan struct{}, 1)
-	sourceCopyWaits = func() {
-		select {
-		case waiting <- struct{}{}:
-		default:
-		}
-	}
+	bk, waiting := goldenBackup(t, p1)
 	locked, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	copySourceLocked = func() {
@@ -301,4 +275,26 @@ func TestProxy_RestoreWaitingForSourceEndsAtClose(t *testing.T) {
 	if n := countRows(t, p1, "t1"); n != 1 {
 		t.Errorf("t1 holds %d rows, want 1", n)
 	}
+}
+
+// goldenBackup backs up p's tenant golden, one row, to a file it returns,
+// and sets sourceCopyWaits to signal the channel it returns (once per
+// reader) when a restore waits for another copy of a source.
+func goldenBackup(t *testing.T, p *Proxy) (string, <-chan struct{}) {
+	t.Helper()
+	if _, err := p.ExecContext(tctx("golden"), `INSERT INTO events (tenant) VALUES ('golden')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "golden.db")
+	if err := p.BackupTenant(context.Background(), "golden", bk); err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{}, 1)
+	sourceCopyWaits = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	return bk, waiting
 }

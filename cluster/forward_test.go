@@ -130,6 +130,15 @@ func TestForward(t *testing.T) {
 // (header X-Tenant) and Forward, answers with the node's ID and the
 // request's forwarding headers as it got them.
 func startEchoNode(t *testing.T, srv *etcdtest.Server, id string) (*Cluster, *httptest.Server) {
+	return startNode(t, srv, id, func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "node=%s xff=%q proto=%q xfh=%q fwd=%q host=%q", id, r.Header.Get("X-Forwarded-For"),
+			r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("Forwarded"), r.Host)
+	})
+}
+
+// startNode starts a node that serves app inside tenant middleware
+// (header X-Tenant) and Forward.
+func startNode(t *testing.T, srv *etcdtest.Server, id string, app http.HandlerFunc) (*Cluster, *httptest.Server) {
 	hs := httptest.NewServer(nil)
 	t.Cleanup(hs.Close)
 	c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: hs.URL, TTL: testTTL})
@@ -141,10 +150,7 @@ func startEchoNode(t *testing.T, srv *etcdtest.Server, id string) (*Cluster, *ht
 		if tenant := r.Header.Get("X-Tenant"); tenant != "" {
 			r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), tenant))
 		}
-		c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "node=%s xff=%q proto=%q xfh=%q fwd=%q host=%q", id, r.Header.Get("X-Forwarded-For"),
-				r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("Forwarded"), r.Host)
-		})).ServeHTTP(w, r)
+		c.Forward(app).ServeHTTP(w, r)
 	})
 	return c, hs
 }
@@ -212,21 +218,10 @@ func TestForward_RefusedWaitsForNewOwner(t *testing.T) {
 	srv := etcdtest.Start(t)
 	ctx := ctxT(t, 30*time.Second)
 	start := func(id string) (*Cluster, *httptest.Server) {
-		hs := httptest.NewServer(nil)
-		t.Cleanup(hs.Close)
-		c, err := New(Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: hs.URL, TTL: testTTL})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		hs.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			r = r.WithContext(sqliteproxy.WithOrgID(r.Context(), r.Header.Get("X-Tenant")))
-			c.Forward(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				body, err := io.ReadAll(r.Body)
-				fmt.Fprintf(w, "%s got %q %v", id, body, err)
-			})).ServeHTTP(w, r)
+		return startNode(t, srv, id, func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s got %q %v", id, body, err)
 		})
-		return c, hs
 	}
 	_, ha := start("a")
 	b, hb := start("b")
