@@ -525,9 +525,6 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	return cannotRead(query, info)
 }
 
-// pragmaOptimize reports whether query is PRAGMA [schema.]optimize, which
-// SQLite reports read-only although it runs ANALYZE: on a reader it
-// failed "attempt to write a readonly database".
 // pragmaSets reports whether query is a PRAGMA with an argument that sets
 // (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than names
 // what to describe (table_info(t)) or check (quick_check(10)).
@@ -588,6 +585,9 @@ func readsSession(query string, info sqlscan.Info) bool {
 	return false
 }
 
+// pragmaOptimize reports whether query is PRAGMA [schema.]optimize, which
+// SQLite reports read-only although it runs ANALYZE: on a reader it
+// failed "attempt to write a readonly database".
 func pragmaOptimize(query string) bool {
 	toks := sqlscan.Tokens(query, 4)
 	name := ""
