@@ -3,6 +3,7 @@ package sqliteproxy
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -123,6 +124,10 @@ func cachedFleet(b *testing.B, n int, l Layout, migs []string) (dir string, ids 
 	for _, m := range migs {
 		fmt.Fprintf(h, "%d:%s\n", len(m), m)
 	}
+	// And the shape of a tenant as this build makes it (the ledger's
+	// tables, say): a fleet made by an older build is not reused.
+	src := templateTenant(b, migs, `INSERT INTO bench (name, value) VALUES ('x', 1)`)
+	fmt.Fprintf(h, "schema:%s\n", fileSchema(b, src))
 	dir = filepath.Join(cache, "sqliteproxy-bench", fmt.Sprintf("fleet-n%d-%s-%s", n, l, hex.EncodeToString(h.Sum(nil))[:12]))
 	if _, err := os.Stat(filepath.Join(dir, fleetComplete)); err == nil {
 		return dir, ids
@@ -134,7 +139,6 @@ func cachedFleet(b *testing.B, n int, l Layout, migs []string) (dir string, ids 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		b.Fatal(err)
 	}
-	src := templateTenant(b, migs, `INSERT INTO bench (name, value) VALUES ('x', 1)`)
 	if l == LayoutBuckets {
 		if err := writeMarker(dir, markerBuckets); err != nil {
 			b.Fatal(err)
@@ -186,4 +190,36 @@ func templateTenant(tb testing.TB, migs []string, seed ...string) []byte {
 		tb.Fatal(err)
 	}
 	return src
+}
+
+// fileSchema returns the schema (sqlite_master's rows, sorted) of the
+// SQLite database whose bytes are db.
+func fileSchema(tb testing.TB, db []byte) string {
+	tb.Helper()
+	path := filepath.Join(tb.TempDir(), "schema.db")
+	if err := os.WriteFile(path, db, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	c, err := sql.Open("sqlite3", "file:"+path+"?mode=ro")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	rows, err := c.Query(`SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_master ORDER BY type, name`)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer rows.Close()
+	var out strings.Builder
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			tb.Fatal(err)
+		}
+		out.WriteString(line + "\n")
+	}
+	if err := rows.Err(); err != nil {
+		tb.Fatal(err)
+	}
+	return out.String()
 }
