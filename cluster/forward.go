@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -26,9 +27,11 @@ const ForwardedByHeader = "X-Sqliteproxy-Forwarded-By"
 // its AdvertiseURL, the Host header kept) and serves every other request
 // with next: no tenant, a tenant this node owns, an unowned tenant (the
 // driver's Acquire takes it here), an owner that is not registered any
-// more, or a failed owner lookup. An owner that refuses the connection (a
-// node shutting down closes its listener before it releases its tenants; a
-// dead one's lease ends within the TTL) has not seen the request: it waits
+// more, or a failed owner lookup. An owner this node could not connect to
+// (refused: a node shutting down closes its listener before it releases
+// its tenants; or the dial timed out: a dead host, whose lease ends within
+// the TTL), with no connection to it used for the request, has not seen
+// the request: it waits
 // up to a TTL (and while its context lives) for the tenant to change hands,
 // then goes to the next owner or is served here, body included. An owner
 // that keeps the tenant meanwhile, or that accepted the request and has not
@@ -110,6 +113,13 @@ func (c *Cluster) forward(w http.ResponseWriter, r *http.Request, p *httputil.Re
 	if retry {
 		a = &forwardAttempt{body: body}
 		ctx = context.WithValue(ctx, forwardAttemptKey{}, a)
+		// A connection the transport had (a kept-alive one) may have
+		// carried the request before the owner died: the transport then
+		// retries an idempotent request on a new dial on its own, and that
+		// dial's refusal says nothing of the first.
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			GotConn: func(httptrace.GotConnInfo) { a.connected.Store(true) },
+		})
 	}
 	p.ServeHTTP(w, r.WithContext(ctx))
 	return a != nil && a.refused
@@ -118,8 +128,9 @@ func (c *Cluster) forward(w http.ResponseWriter, r *http.Request, p *httputil.Re
 // forwardAttempt is what the proxy's ErrorHandler reports to forward of one
 // request: the owner refused the connection, and nothing was written.
 type forwardAttempt struct {
-	body    *forwardBody
-	refused bool
+	body      *forwardBody
+	connected atomic.Bool // the transport got a connection to the owner
+	refused   bool
 }
 
 type forwardAttemptKey struct{}
@@ -230,7 +241,7 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 			pr.Out.Header.Set(ForwardedByHeader, self)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if a, _ := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); a != nil && refusedConn(err) && (a.body == nil || !a.body.read) {
+			if a, _ := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); a != nil && refusedConn(err) && !a.connected.Load() && (a.body == nil || !a.body.read) {
 				a.refused = true // forward's caller offers it again
 				return
 			}

@@ -3,9 +3,11 @@ package cluster
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -269,5 +271,89 @@ func TestForward_RefusedWaitsForNewOwner(t *testing.T) {
 		}
 	case <-time.After(5 * testTTL):
 		t.Fatal("the request still waits after b gave tb up")
+	}
+}
+
+// The owner read a replayable request (a GET, or a POST with
+// Idempotency-Key and no body) on a kept-alive connection, applied it, and
+// died before answering: http.Transport retried it on a new dial, which was
+// refused, and Forward took that refusal for "nothing reached the owner"
+// and served the request again on the next owner: applied on two nodes.
+func TestForward_TransportRetryIsNotServedTwice(t *testing.T) {
+	for _, tc := range []struct {
+		method string
+		idem   bool
+	}{{http.MethodGet, false}, {http.MethodPost, true}} {
+		t.Run(fmt.Sprintf("%s/idempotency-key=%v", tc.method, tc.idem), func(t *testing.T) {
+			srv := etcdtest.Start(t)
+			ctx := ctxT(t, 30*time.Second)
+			var appliedA, appliedB, seen atomic.Int32
+			_, ha := startNode(t, srv, "a", func(w http.ResponseWriter, r *http.Request) {
+				appliedA.Add(1)
+				fmt.Fprint(w, "a applied")
+			})
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := New(Config{Endpoints: srv.Endpoints(), NodeID: "b", AdvertiseURL: "http://" + ln.Addr().String(), TTL: testTTL})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			hb := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if seen.Add(1) == 1 {
+					fmt.Fprint(w, "warm") // the connection a keeps alive
+					return
+				}
+				appliedB.Add(1) // applied, and b dies before answering
+				ln.Close()
+				c, _, _ := w.(http.Hijacker).Hijack()
+				c.Close()
+			})}
+			go hb.Serve(ln)
+			defer hb.Close()
+			lease, err := b.Acquire(ctx, "tb")
+			if err != nil {
+				t.Fatal(err)
+			}
+			do := func() int {
+				req, _ := http.NewRequestWithContext(ctx, tc.method, ha.URL+"/x", nil)
+				req.Header.Set("X-Tenant", "tb")
+				if tc.idem {
+					req.Header.Set("Idempotency-Key", "k1")
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode
+			}
+			do()
+			// Were the request waiting for tb's next owner, b's lease ends.
+			stop := make(chan struct{})
+			released := make(chan struct{})
+			go func() {
+				defer close(released)
+				for forwardWaits.Load() == 0 {
+					select {
+					case <-stop:
+						return
+					case <-time.After(time.Millisecond):
+					}
+				}
+				lease.Release(ctx, 0)
+			}()
+			code := do()
+			close(stop)
+			<-released
+			if appliedB.Load() != 1 || appliedA.Load() != 0 {
+				t.Errorf("applied on b %d times, on a %d times (answer %d); want once, on b, and a 503", appliedB.Load(), appliedA.Load(), code)
+			}
+			if code != http.StatusServiceUnavailable {
+				t.Errorf("answer %d, want 503: the owner may have applied it", code)
+			}
+		})
 	}
 }
