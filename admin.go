@@ -470,6 +470,7 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	}
 	d := dc.(*sqlite3.SQLiteConn)
 	defer d.Close()
+	endRead := func() {}
 	if src.AutoCommit() {
 		// One snapshot for every step: without a read transaction of its
 		// own, each step takes one, and a commit between two steps starts
@@ -477,7 +478,14 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 		if _, err := src.Exec("BEGIN", nil); err != nil {
 			return err
 		}
-		defer src.Exec("ROLLBACK", nil)
+		ended := false
+		endRead = func() { // once the pages are copied: it pins the WAL
+			if !ended {
+				ended = true
+				src.Exec("ROLLBACK", nil)
+			}
+		}
+		defer endRead()
 		if _, err := src.Exec("SELECT 1 FROM sqlite_master LIMIT 1", nil); err != nil {
 			return err
 		}
@@ -490,6 +498,7 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 	if ferr := bk.Finish(); err == nil {
 		err = ferr
 	}
+	endRead()
 	if err != nil {
 		return err
 	}

@@ -282,8 +282,12 @@ func cannotRead(query string, info sqlscan.Info) bool {
 	switch info.Keyword {
 	case "WITH":
 		return info.Returning
-	case "SELECT", "VALUES", "EXPLAIN":
+	case "SELECT", "VALUES":
 		return false
+	case "EXPLAIN":
+		// SQLite applies some PRAGMA setters when it compiles them,
+		// EXPLAIN PRAGMA query_only = 1 included.
+		return explainsPragmaSetter(query)
 	case "PRAGMA":
 		// SQLite calls setters of a connection's state read-only
 		// (foreign_keys = ON, synchronous = FULL): on a reader they stayed
@@ -380,7 +384,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 // run as a reader would (SELECT 1 was refused there, and taken on a
 // reader).
 func (c *conn) readInReadOnlyTx(ctx context.Context, query string) bool {
-	if c.tx == nil || !c.tx.readOnly || !c.pc.writer {
+	if c.tx == nil || c.pc == nil || !c.tx.readOnly || !c.pc.writer {
 		return false
 	}
 	if info := sqlscan.Scan(query); info.Multi || cannotRead(query, info) {
@@ -494,6 +498,11 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 		return nil, err
 	}
 	ps, err := compile(ctx, pc, query)
+	if err != nil && !pc.writer && isAuthErr(err) {
+		// A PRAGMA that sets, refused on readers (see connOpener.open):
+		// compiled where it runs, on the writer.
+		return s, nil
+	}
 	if err != nil && !pc.writer {
 		var wps *sqlite3.SQLiteStmt
 		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
@@ -533,6 +542,20 @@ func pragmaSets(query string) bool {
 	return name != "" && !pragmaQueries(name, value)
 }
 
+// explainsPragmaSetter reports whether query is EXPLAIN [QUERY PLAN] of a
+// PRAGMA that sets.
+func explainsPragmaSetter(query string) bool {
+	toks := sqlscan.Tokens(query, 9)[1:] // EXPLAIN
+	if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
+		toks = toks[2:]
+	}
+	if len(toks) < 2 || toks[0] != "PRAGMA" {
+		return false
+	}
+	name, value := pragmaTokens(toks[1:])
+	return !pragmaQueries(name, value)
+}
+
 // pragmaParts returns a PRAGMA's name and the first token of its argument
 // ("" for none), as the authorizer sees them, read off query's tokens.
 func pragmaParts(query string) (name, value string) {
@@ -540,7 +563,11 @@ func pragmaParts(query string) (name, value string) {
 	if len(toks) < 2 {
 		return "", ""
 	}
-	toks = toks[1:] // PRAGMA
+	return pragmaTokens(toks[1:]) // past PRAGMA
+}
+
+// pragmaTokens is pragmaParts of the tokens after the word PRAGMA.
+func pragmaTokens(toks []string) (name, value string) {
 	if len(toks) >= 3 && toks[1] == "." {
 		toks = toks[2:] // schema .
 	}
@@ -922,7 +949,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 	if s.empty {
 		return s.c.exec(ctx, s.query, args)
 	}
-	pc, err := s.c.route(ctx, true)
+	pc, err := s.c.route(ctx, !s.c.readInReadOnlyTx(ctx, s.query))
 	if err == errNoRoute {
 		if fanOutOf(ctx) != nil {
 			return nil, errFanOutWrite("Exec with a fan-out context")

@@ -386,3 +386,74 @@ func TestQuery_SessionPragmasAndTempSchemaReachTheWriter(t *testing.T) {
 		t.Errorf("PRAGMA table_info(scratch) of a TEMP table on the writer: %d columns, want 1", n)
 	}
 }
+
+// SQLite applies some PRAGMA setters when it compiles them, EXPLAIN
+// included: a Prepare of one while the writer was busy (compiled on a
+// reader, never run) or an EXPLAIN of one through Query changed every later
+// answer on that reader ('a' LIKE 'A' became false); in a read-only
+// transaction on the writer, an Exec of EXPLAIN PRAGMA
+// ignore_check_constraints = ON passed the read check and switched CHECK
+// constraints off for the tenant.
+func TestPragmaSettersAppliedAtCompileStayOffReaders(t *testing.T) {
+	p := newTestProxy(t, Config{ReadersPerTenant: 1, Migrations: []string{`CREATE TABLE pos (x INTEGER CHECK (x > 0))`}})
+	ctx := tctx("acme")
+	likeMatches := func() int {
+		t.Helper()
+		var v int
+		if err := p.QueryRowContext(ctx, `SELECT 'a' LIKE 'A'`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if v := likeMatches(); v != 1 {
+		t.Fatalf("'a' LIKE 'A' before: %d", v)
+	}
+	tx, err := p.BeginTx(ctx, nil) // holds the writer: the Prepare below compiles on the reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.PrepareContext(ctx, `PRAGMA case_sensitive_like = ON`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close() // never run
+	if rows, err := p.QueryContext(ctx, `EXPLAIN PRAGMA case_sensitive_like = ON`); err == nil {
+		rows.Close()
+	}
+	if v := likeMatches(); v != 1 {
+		t.Errorf("'a' LIKE 'A' on the reader after a Prepare and an EXPLAIN of PRAGMA case_sensitive_like = ON: %d, want 1", v)
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, `INSERT INTO pos (x) VALUES (1)`); err != nil { // the conn holds the writer
+		t.Fatal(err)
+	}
+	rtx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rtx.ExecContext(ctx, `EXPLAIN PRAGMA ignore_check_constraints = ON`); err == nil {
+		t.Errorf("EXPLAIN of a PRAGMA setter in a read-only transaction: ran")
+	}
+	ps, err := rtx.PrepareContext(ctx, `SELECT count(*) FROM pos`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps.ExecContext(ctx); err != nil {
+		t.Errorf("a prepared read through Exec in a read-only transaction on the writer: %v", err)
+	}
+	ps.Close()
+	if err := rtx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(ctx, `INSERT INTO pos (x) VALUES (-5)`); err == nil || !strings.Contains(err.Error(), "CHECK constraint failed") {
+		t.Errorf("a row breaking a CHECK constraint afterwards: %v, want CHECK constraint failed", err)
+	}
+}

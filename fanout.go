@@ -633,7 +633,8 @@ var fanOutDriver = &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn
 }}
 
 // fanOutAuthorizer is tenantAuthorizer for the fan-out's pre-check and its
-// own connections: a PRAGMA there must only query. SQLite takes setters
+// own connections, and for every tenant's readers: a PRAGMA there must only
+// query. SQLite takes setters
 // of a connection's state for read-only (case_sensitive_like = 1,
 // cache_size(1), foreign_keys = 0, busy_timeout = 0) and PRAGMA optimize
 // too; fanned out to an open tenant, they ran on one of its readers and

@@ -24,6 +24,7 @@ type connOpener struct {
 	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
 	pathDrv      *sqlite3.SQLiteDriver // like drv, for files anywhere (openPath: templates, files being built)
 	realDir      string                // Config.Dir with every symlink resolved
+	replicated   bool                  // Litestream streams the tenants (Config.ReplicaURL)
 	cacheSize    int                   // statements each physConn keeps for routing Stmts
 }
 
@@ -31,10 +32,11 @@ func newConnOpener(cfg *Config, realDir string) connOpener {
 	o := connOpener{
 		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir)},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:  &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir)},
-		pathDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "")},
-		realDir:   realDir,
-		cacheSize: max(cfg.StmtCacheSize, 1),
+		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir)},
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "")},
+		realDir:    realDir,
+		replicated: cfg.ReplicaURL != "",
+		cacheSize:  max(cfg.StmtCacheSize, 1),
 	}
 	common := url.Values{}
 	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile
@@ -70,7 +72,16 @@ func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physCon
 	if err != nil {
 		return nil, opError(opOpenTenant, t.id, err)
 	}
-	return &physConn{c: c.(*sqlite3.SQLiteConn), t: t, writer: writer, cacheSize: o.cacheSize}, nil
+	sc := c.(*sqlite3.SQLiteConn)
+	if !writer {
+		// A reader's PRAGMAs only query: SQLite applies some setters
+		// (case_sensitive_like, query_only, ignore_check_constraints) when
+		// it compiles them, EXPLAIN included, and one compiled on a reader
+		// (a Prepare while the writer was busy) changed the answers of every
+		// later query on it. Refused there, they run on the writer.
+		registerAuthorizer(sc, o.replicated, fanOutAuthorizer)
+	}
+	return &physConn{c: sc, t: t, writer: writer, cacheSize: o.cacheSize}, nil
 }
 
 // openPath opens a hardened tenant connection to the file at path (a
