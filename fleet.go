@@ -25,7 +25,9 @@ type MigrateOptions struct {
 	// goroutines, never concurrently) with the tenants done and the total.
 	Progress func(done, total int)
 	// Tenants restricts the run to these IDs; nil means every tenant under
-	// Dir, in the order of AllTenants (an empty non-nil slice means none).
+	// Dir, in the order of AllTenants (an empty non-nil slice means none);
+	// then a tenant deleted after the listing is left out, not Failed (a
+	// listed ID that names no tenant is Failed with ErrTenantNotFound).
 	Tenants []string
 }
 
@@ -71,6 +73,7 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 		rep.Pending = map[string][]string{}
 	}
 	ids := opts.Tenants
+	listed := ids == nil // by this run: a tenant deleted since is gone, not failed
 	if ids != nil {
 		// Each once (a tenant listed twice was counted twice in the report,
 		// and worked on by two workers at once), in the order given.
@@ -124,6 +127,9 @@ func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx
 				mu.Lock()
 				done++
 				switch {
+				case err != nil && listed && errors.Is(err, ErrTenantNotFound):
+					// Deleted after the listing (a deploy's MigrateAll
+					// beside traffic that deletes tenants): nothing to do.
 				case err != nil:
 					rep.Failed[id] = err
 				case len(ran) > 0:

@@ -661,3 +661,39 @@ func TestMigrateAll_DeadlineNamesTheTenant(t *testing.T) {
 		t.Fatalf("MigrateAll past its deadline: %v", err)
 	}
 }
+
+// A tenant deleted while MigrateAll runs over every tenant (the
+// application deletes tenants beside a deploy's migration) was reported
+// as failed ("tenant not found"): a deploy step that checks Failed stopped
+// for nothing. One the caller listed by name that names no tenant still
+// fails.
+func TestMigrateAll_TenantDeletedMeanwhileIsNotAFailure(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := context.Background()
+	for _, id := range []string{"a", "b", "c", "z"} {
+		if err := p.CreateTenant(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var deleteErr error
+	deleted := false
+	rep, err := p.MigrateAll(ctx, MigrateOptions{Concurrency: 1, Progress: func(done, total int) {
+		if !deleted { // after the first tenant, z (listed last) goes
+			deleted = true
+			deleteErr = p.DeleteTenant(ctx, "z")
+		}
+	}})
+	if err != nil || deleteErr != nil {
+		t.Fatalf("MigrateAll: %v; DeleteTenant(z): %v", err, deleteErr)
+	}
+	if len(rep.Failed) != 0 {
+		t.Errorf("MigrateAll over every tenant, z deleted meanwhile: Failed %v, want none", rep.Failed)
+	}
+	rep, err = p.MigrateAll(ctx, MigrateOptions{Tenants: []string{"a", "z"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(rep.Failed["z"], ErrTenantNotFound) {
+		t.Errorf("MigrateAll of a listed tenant that does not exist: Failed %v, want z: ErrTenantNotFound", rep.Failed)
+	}
+}
