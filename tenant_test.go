@@ -460,3 +460,33 @@ func acmeClosedBesideGlobex(t *testing.T, dir string) *Proxy {
 	}
 	return p
 }
+
+// A tenant whose last statement was interrupted by its context kept its
+// -wal and -shm after it closed (SQLite clears the interrupt only when the
+// next statement starts, and the closing checkpoint gave up), also after
+// Close.
+func TestClose_AfterAnInterruptedStatementLeavesNoWAL(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE items (id INTEGER PRIMARY KEY, v INTEGER)`}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO items (v) VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	_, err := p.ExecContext(dctx, `INSERT INTO items (v) SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c WHERE x < 1000000000) SELECT x FROM c)`)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the slow statement: %v, want its deadline", err)
+	}
+	path, err := p.TenantPath("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, side := range []string{"-wal", "-shm"} {
+		if _, err := os.Stat(path + side); err == nil {
+			t.Errorf("%s left beside the closed tenant", side)
+		}
+	}
+}
