@@ -152,8 +152,12 @@ type Config struct {
 	// (sqliteproxy.tenant) on metrics: 0 puts it on every tenant's
 	// measurements; a negative value leaves it off; N > 0 keeps it for the N
 	// busiest tenants (re-ranked every 10 s) and labels the rest "_other".
-	// With the OpenTelemetry SDK, also raise its per-instrument cardinality
-	// limit (2 000 by default) for large fleets. [metrics_tenant_limit]
+	// It bounds the series each 10 s makes, not the series a reader keeps:
+	// with cumulative temporality (the SDK's default) every tenant that was
+	// ever among the N busiest keeps its series; use delta temporality to
+	// keep the exported tenants to N + 1. With the OpenTelemetry SDK, also
+	// raise its per-instrument cardinality limit (2 000 by default) for
+	// large fleets. [metrics_tenant_limit]
 	MetricsTenantLimit int
 
 	// ReplicaURL turns on replication: every tenant is streamed by a
