@@ -281,9 +281,10 @@ func cannotRead(query string, info sqlscan.Info) bool {
 	}
 	switch info.Keyword {
 	case "WITH":
-		return info.Returning
+		return info.Returning || callsPragmaOptimize(query)
 	case "SELECT", "VALUES":
-		return false
+		// pragma_optimize(): ANALYZE, which SQLite calls read-only.
+		return callsPragmaOptimize(query)
 	case "EXPLAIN":
 		// SQLite applies some PRAGMA setters when it compiles them,
 		// EXPLAIN PRAGMA query_only = 1 included.
@@ -341,6 +342,9 @@ func (c *conn) opTenant(ctx context.Context, err error) *tenantTel {
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if c.setsInReadOnlyTx(query) {
+		return nil, opError(opRoute, c.t.id, errReadOnlyTx)
+	}
 	var pc *physConn
 	var err error
 	if c.pc != nil {
@@ -378,6 +382,24 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	return pc.c.ExecContext(ctx, query, args)
 }
 
+// setsInReadOnlyTx reports whether query is a PRAGMA that sets (or its
+// EXPLAIN) in a read-only transaction: refused as a write (errReadOnlyTx),
+// wherever the transaction runs. On a reader the compile-time refusal said
+// only "not authorized"; on the writer it is a write.
+func (c *conn) setsInReadOnlyTx(query string) bool {
+	if c.tx == nil || !c.tx.readOnly || !mayBePragma(query) {
+		return false
+	}
+	return pragmaSets(query) || explainsPragmaSetter(query)
+}
+
+// mayBePragma reports whether query's first non-blank byte may begin a
+// PRAGMA or an EXPLAIN (or a comment before one): a cheap test first.
+func mayBePragma(query string) bool {
+	q := strings.TrimLeft(query, " \t\r\n\f\v")
+	return q != "" && (q[0]|0x20 == 'p' || q[0]|0x20 == 'e' || q[0] == '-' || q[0] == '/')
+}
+
 // readInReadOnlyTx reports whether query, sent through Exec in a read-only
 // transaction that runs on the writer (a sql.Conn that had written), is a
 // single statement SQLite takes for read-only, which the transaction may
@@ -413,6 +435,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if c.setsInReadOnlyTx(query) {
+		return nil, opError(opRoute, c.t.id, errReadOnlyTx)
+	}
 	c.triedWriter = false
 	pc, err := c.routeQuery(ctx, query)
 	if err != nil {
@@ -498,7 +523,7 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 		return nil, err
 	}
 	ps, err := compile(ctx, pc, query)
-	if err != nil && !pc.writer && isAuthErr(err) {
+	if err != nil && !pc.writer && isAuthErr(err) && (pragmaSets(query) || explainsPragmaSetter(query)) {
 		// A PRAGMA that sets, refused on readers (see connOpener.open):
 		// compiled where it runs, on the writer.
 		return s, nil
@@ -946,6 +971,9 @@ func (s *stmt) ExecContext(ctx context.Context, args []driver.NamedValue) (drive
 }
 
 func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Result, error) {
+	if s.c.setsInReadOnlyTx(s.query) {
+		return nil, opError(opRoute, s.c.t.id, errReadOnlyTx)
+	}
 	if s.empty {
 		return s.c.exec(ctx, s.query, args)
 	}
@@ -986,6 +1014,9 @@ func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driv
 }
 
 func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
+	if s.c.setsInReadOnlyTx(s.query) {
+		return nil, opError(opRoute, s.c.t.id, errReadOnlyTx)
+	}
 	if s.empty {
 		return s.c.query(ctx, s.query, args)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 func TestRouting_ExecQueryIsolation(t *testing.T) {
@@ -455,5 +457,63 @@ func TestPragmaSettersAppliedAtCompileStayOffReaders(t *testing.T) {
 	}
 	if _, err := c.ExecContext(ctx, `INSERT INTO pos (x) VALUES (-5)`); err == nil || !strings.Contains(err.Error(), "CHECK constraint failed") {
 		t.Errorf("a row breaking a CHECK constraint afterwards: %v, want CHECK constraint failed", err)
+	}
+}
+
+// A read-only transaction refuses PRAGMA setters and pragma_optimize (an
+// ANALYZE SQLite calls read-only) the same way wherever it runs: on the
+// writer, Exec of SELECT * FROM pragma_optimize(...) passed the read check
+// and wrote sqlite_stat1; on a reader a setter failed with a bare "not
+// authorized". A Prepare the authorizer refuses for another reason (ATTACH)
+// still fails at Prepare.
+func TestReadOnlyTx_RefusesSettersAndOptimizeAlike(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (a INTEGER)`, `CREATE INDEX ta ON t (a)`}})
+	ctx := tctx("acme")
+	readOnly := func(err error) bool {
+		var se sqlite3.Error
+		return errors.As(err, &se) && se.Code == sqlite3.ErrReadonly
+	}
+	// On a reader.
+	tx, err := p.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.ExecContext(ctx, `PRAGMA cache_size = 100`); !readOnly(err) {
+		t.Errorf("a PRAGMA setter through Exec in a read-only transaction on a reader: %v, want SQLITE_READONLY", err)
+	}
+	if _, err := tx.QueryContext(ctx, `PRAGMA foreign_keys = ON`); !readOnly(err) {
+		t.Errorf("a PRAGMA setter through Query in a read-only transaction on a reader: %v, want SQLITE_READONLY", err)
+	}
+	if _, err := tx.PrepareContext(ctx, `ATTACH 'x.db' AS x`); err == nil {
+		t.Errorf("Prepare of ATTACH in a read-only transaction: no error")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	// On the writer.
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(ctx, `INSERT INTO t (a) VALUES (1), (2)`); err != nil {
+		t.Fatal(err)
+	}
+	rtx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rtx.ExecContext(ctx, `SELECT * FROM pragma_optimize(0x10002)`); !readOnly(err) {
+		t.Errorf("pragma_optimize through Exec in a read-only transaction on the writer: %v, want SQLITE_READONLY", err)
+	}
+	if _, err := rtx.ExecContext(ctx, `PRAGMA cache_size = 100`); !readOnly(err) {
+		t.Errorf("a PRAGMA setter in a read-only transaction on the writer: %v, want SQLITE_READONLY", err)
+	}
+	if err := rtx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := c.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("sqlite_stat1 after a read-only transaction: %d (%v), want none", n, err)
 	}
 }
