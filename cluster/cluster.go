@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"regexp"
 	"sort"
@@ -903,6 +905,10 @@ func (c *Cluster) Close() error {
 		c.cancel()
 		c.wg.Wait()
 		c.timer.Stop()
+		c.proxies.Range(func(_, p any) bool { // Forward's connections to other nodes
+			p.(*httputil.ReverseProxy).Transport.(*http.Transport).CloseIdleConnections()
+			return true
+		})
 		c.mu.Lock()
 		id := c.lease
 		c.lease = 0
@@ -929,6 +935,10 @@ func (c *Cluster) kill() {
 		c.cancel()
 		c.wg.Wait()
 		c.timer.Stop()
+		c.proxies.Range(func(_, p any) bool { // Forward's connections to other nodes
+			p.(*httputil.ReverseProxy).Transport.(*http.Transport).CloseIdleConnections()
+			return true
+		})
 		c.cli.Close()
 	})
 }

@@ -221,7 +221,12 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 		return nil, err
 	}
 	self := c.cfg.NodeID
+	// Node to node, never through HTTP_PROXY: a proxy's connection
+	// answered for the owner (its 502 for a refused owner, no retry).
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.Proxy = nil
 	p := &httputil.ReverseProxy{
+		Transport: tr,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host // a tenant resolved from the Host resolves the same there
