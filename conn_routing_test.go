@@ -429,18 +429,7 @@ func TestPragmaSettersAppliedAtCompileStayOffReaders(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	c, err := p.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.ExecContext(ctx, `INSERT INTO pos (x) VALUES (1)`); err != nil { // the conn holds the writer
-		t.Fatal(err)
-	}
-	rtx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, rtx := readOnlyTxOnWriter(t, p, `INSERT INTO pos (x) VALUES (1)`)
 	if _, err := rtx.ExecContext(ctx, `EXPLAIN PRAGMA ignore_check_constraints = ON`); err == nil {
 		t.Errorf("EXPLAIN of a PRAGMA setter in a read-only transaction: ran")
 	}
@@ -491,18 +480,7 @@ func TestReadOnlyTx_RefusesSettersAndOptimizeAlike(t *testing.T) {
 		t.Fatal(err)
 	}
 	// On the writer.
-	c, err := p.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.ExecContext(ctx, `INSERT INTO t (a) VALUES (1), (2)`); err != nil {
-		t.Fatal(err)
-	}
-	rtx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, rtx := readOnlyTxOnWriter(t, p, `INSERT INTO t (a) VALUES (1), (2)`)
 	if _, err := rtx.ExecContext(ctx, `SELECT * FROM pragma_optimize(0x10002)`); !readOnly(err) {
 		t.Errorf("pragma_optimize through Exec in a read-only transaction on the writer: %v, want SQLITE_READONLY", err)
 	}
@@ -516,4 +494,25 @@ func TestReadOnlyTx_RefusesSettersAndOptimizeAlike(t *testing.T) {
 	if err := c.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE name = 'sqlite_stat1'`).Scan(&n); err != nil || n != 0 {
 		t.Errorf("sqlite_stat1 after a read-only transaction: %d (%v), want none", n, err)
 	}
+}
+
+// readOnlyTxOnWriter returns a sql.Conn of tenant acme that ran write (so
+// holds the writer, closed at the test's end) and a read-only transaction
+// begun on it, which runs on that writer.
+func readOnlyTxOnWriter(t *testing.T, p *Proxy, write string) (*sql.Conn, *sql.Tx) {
+	t.Helper()
+	ctx := tctx("acme")
+	c, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.ExecContext(ctx, write); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := c.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, tx
 }
