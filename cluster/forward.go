@@ -141,11 +141,11 @@ type forwardAttemptKey struct{}
 // it tells whether any of it was read.
 type forwardBody struct {
 	rc   io.ReadCloser
-	read bool
+	read atomic.Bool // set by the transport's goroutine
 }
 
 func (b *forwardBody) Read(p []byte) (int, error) {
-	b.read = true
+	b.read.Store(true)
 	return b.rc.Read(p)
 }
 
@@ -246,7 +246,7 @@ func (c *Cluster) proxy(owner string) (*httputil.ReverseProxy, error) {
 			pr.Out.Header.Set(ForwardedByHeader, self)
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if a, _ := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); a != nil && refusedConn(err) && !a.connected.Load() && (a.body == nil || !a.body.read) {
+			if a, _ := r.Context().Value(forwardAttemptKey{}).(*forwardAttempt); a != nil && refusedConn(err) && !a.connected.Load() && (a.body == nil || !a.body.read.Load()) {
 				a.refused = true // forward's caller offers it again
 				return
 			}
