@@ -288,12 +288,12 @@ func cannotRead(query string, info sqlscan.Info) bool {
 	case "EXPLAIN":
 		// SQLite applies some PRAGMA setters when it compiles them,
 		// EXPLAIN PRAGMA query_only = 1 included.
-		return explainsPragmaSetter(query)
+		return pragmaSetter(query)
 	case "PRAGMA":
 		// SQLite calls setters of a connection's state read-only
 		// (foreign_keys = ON, synchronous = FULL): on a reader they stayed
 		// there, confirmed when read back, while writes ran without them.
-		return pragmaOptimize(query) || pragmaSets(query)
+		return pragmaOptimize(query) || pragmaSetter(query)
 	case "", "ALTER", "ANALYZE", "ATTACH", "BEGIN", "COMMIT", "CREATE", "DELETE", "DETACH", "DROP", "END",
 		"INSERT", "REINDEX", "RELEASE", "REPLACE", "ROLLBACK", "SAVEPOINT", "UPDATE", "VACUUM":
 		return true
@@ -390,7 +390,7 @@ func (c *conn) setsInReadOnlyTx(query string) bool {
 	if c.tx == nil || !c.tx.readOnly || !mayBePragma(query) {
 		return false
 	}
-	return pragmaSets(query) || explainsPragmaSetter(query)
+	return pragmaSetter(query)
 }
 
 // mayBePragma reports whether query's first non-blank byte may begin a
@@ -523,7 +523,7 @@ func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
 		return nil, err
 	}
 	ps, err := compile(ctx, pc, query)
-	if err != nil && !pc.writer && isAuthErr(err) && (pragmaSets(query) || explainsPragmaSetter(query)) {
+	if err != nil && !pc.writer && isAuthErr(err) && pragmaSetter(query) {
 		// A PRAGMA that sets, refused on readers (see connOpener.open):
 		// compiled where it runs, on the writer.
 		return s, nil
@@ -559,36 +559,34 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 	return cannotRead(query, info)
 }
 
-// pragmaSets reports whether query is a PRAGMA with an argument that sets
-// (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than names
-// what to describe (table_info(t)) or check (quick_check(10)).
-func pragmaSets(query string) bool {
-	name, value := pragmaParts(query)
-	return name != "" && !pragmaQueries(name, value)
-}
-
-// explainsPragmaSetter reports whether query is EXPLAIN [QUERY PLAN] of a
-// PRAGMA that sets.
-func explainsPragmaSetter(query string) bool {
-	toks := sqlscan.Tokens(query, 9)[1:] // EXPLAIN
-	if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
-		toks = toks[2:]
+// pragmaSetter reports whether query is a PRAGMA with an argument that
+// sets (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than
+// names what to describe (table_info(t)) or check (quick_check(10)), or
+// EXPLAIN [QUERY PLAN] of one: SQLite applies some setters when it
+// compiles them.
+func pragmaSetter(query string) bool {
+	toks := sqlscan.Tokens(query, 9)
+	if len(toks) > 0 && toks[0] == "EXPLAIN" {
+		toks = toks[1:]
+		if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
+			toks = toks[2:]
+		}
 	}
 	if len(toks) < 2 || toks[0] != "PRAGMA" {
 		return false
 	}
-	name, value := pragmaTokens(toks[1:])
-	return !pragmaQueries(name, value)
+	return !pragmaQueries(pragmaTokens(toks[1:]))
 }
 
-// pragmaParts returns a PRAGMA's name and the first token of its argument
-// ("" for none), as the authorizer sees them, read off query's tokens.
+// pragmaParts returns the name of the PRAGMA query is and the first token
+// of its argument ("" for none), as the authorizer sees them, read off its
+// tokens; "" for a text that is no PRAGMA.
 func pragmaParts(query string) (name, value string) {
 	toks := sqlscan.Tokens(query, 7)
-	if len(toks) < 2 {
+	if len(toks) < 2 || toks[0] != "PRAGMA" {
 		return "", ""
 	}
-	return pragmaTokens(toks[1:]) // past PRAGMA
+	return pragmaTokens(toks[1:])
 }
 
 // pragmaTokens is pragmaParts of the tokens after the word PRAGMA.
@@ -641,14 +639,7 @@ func readsSession(query string, info sqlscan.Info) bool {
 // SQLite reports read-only although it runs ANALYZE: on a reader it
 // failed "attempt to write a readonly database".
 func pragmaOptimize(query string) bool {
-	toks := sqlscan.Tokens(query, 4)
-	name := ""
-	switch {
-	case len(toks) >= 4 && toks[2] == ".":
-		name = toks[3]
-	case len(toks) >= 2:
-		name = toks[1]
-	}
+	name, _ := pragmaParts(query)
 	return strings.EqualFold(name, "optimize")
 }
 

@@ -473,6 +473,9 @@ func TestReadOnlyTx_RefusesSettersAndOptimizeAlike(t *testing.T) {
 	if _, err := tx.QueryContext(ctx, `PRAGMA foreign_keys = ON`); !readOnly(err) {
 		t.Errorf("a PRAGMA setter through Query in a read-only transaction on a reader: %v, want SQLITE_READONLY", err)
 	}
+	if _, err := tx.ExecContext(ctx, `/* a read */ SELECT a = 1 FROM t`); err != nil {
+		t.Errorf("a read after a comment in a read-only transaction: %v", err)
+	}
 	if _, err := tx.PrepareContext(ctx, `ATTACH 'x.db' AS x`); err == nil {
 		t.Errorf("Prepare of ATTACH in a read-only transaction: no error")
 	}
