@@ -640,6 +640,11 @@ func foreignKeysOn(pc *physConn) bool {
 // and foreign keys on, statements run alone. TEMP tables count (a caller
 // may have made one on the writer). The answer is kept with pc for the
 // schema versions of main and temp.
+//
+// Its first read also ends a caller's PRAGMA defer_foreign_keys = ON on the
+// writer (SQLite clears it when a statement that reads the database ends
+// outside a transaction), which would otherwise defer every key of the
+// batch to its COMMIT (TestGroupCommit_DeferForeignKeysPragma).
 func deferredKeys(pc *physConn) bool {
 	ctx := context.Background()
 	v, err := queryInt64(ctx, pc.c, "PRAGMA main.schema_version")

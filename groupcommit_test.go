@@ -320,6 +320,50 @@ func TestGroupCommit_DeferredKeysOfTheSession(t *testing.T) {
 	}
 }
 
+// PRAGMA defer_foreign_keys = ON through the DB lasts on the writer until
+// the next statement that reads the database ends in autocommit: were the
+// next batch that statement, a caller's child row whose parent a later
+// caller of the batch inserts would pass, where alone (as in mattn) it
+// fails at once. The batch's look at the schema (deferredKeys) ends it.
+func TestGroupCommit_DeferForeignKeysPragma(t *testing.T) {
+	p := newTestProxy(t, Config{ForeignKeys: true, Migrations: []string{kvTable,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k))`}})
+	ctx := tctx("acme")
+	batches := recordBatches(t)
+	conn, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The Conn holds the writer from its first statement until it closes.
+	if _, err := conn.ExecContext(ctx, `PRAGMA defer_foreign_keys = ON`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait := queue(t, p, tn, nil, []string{
+		`INSERT INTO kv (k, v) VALUES ('first', 1)`,
+		`INSERT INTO child (k) VALUES ('p1')`,    // breaks the key
+		`INSERT INTO kv (k, v) VALUES ('p1', 2)`, // would mend it before a COMMIT
+	})
+	if err := conn.Close(); err != nil {
+		t.Fatal(err)
+	}
+	got := wait()
+	if b := batches(); !slices.Equal(b, []int{3}) {
+		t.Fatalf("batches %v, want one of 3", b)
+	}
+	var se sqlite3.Error
+	if !errors.As(got[1].err, &se) || se.Code != sqlite3.ErrConstraint || got[0].err != nil || got[2].err != nil {
+		t.Fatalf("results %+v, want the child's insert to fail alone", got)
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM child`); n != 0 {
+		t.Fatalf("child rows: %d, want 0", n)
+	}
+}
+
 // A write whose context has no deadline waits BusyTimeout from its call
 // and then gets SQLITE_BUSY, queued or not: a queue of k callers behind a
 // held writer must not make the last wait k × BusyTimeout (each used to
