@@ -86,6 +86,7 @@ func (c *Compactor) Compact(ctx context.Context, url string) (before, after int,
 	if err != nil {
 		return 0, 0, err
 	}
+	defer closeIdle(client)
 	client = withOwnTmp(client) // beside a Litestream that streams the tenant
 	if before, err = countLTX(ctx, client); err != nil {
 		return 0, 0, err
@@ -155,6 +156,7 @@ func (r *Restorer) RestoreReplica(ctx context.Context, url, dst string, at time.
 	if err != nil {
 		return err
 	}
+	defer closeIdle(client)
 	rep := litestream.NewReplicaWithClient(nil, client)
 	if r.Logger != nil {
 		rep.Client.SetLogger(r.Logger)
