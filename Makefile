@@ -3,6 +3,8 @@
 GO      ?= go
 TAGS    := sqlite_omit_load_extension
 ADDR    ?= :8080
+# HOSTPORT is ADDR as curl takes it: localhost:8080 for :8080, 127.0.0.1:8080 as given.
+HOSTPORT = $(if $(filter :%,$(ADDR)),localhost$(ADDR),$(ADDR))
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
@@ -11,8 +13,8 @@ export CGO_ENABLED := 1
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
 	@echo 'sqliteproxy example: listening on $(ADDR), tenant files in $(DIR). Try:'
-	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
-	@echo "  curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
+	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' $(HOSTPORT)/events"
+	@echo "  curl -s -H 'X-Tenant-ID: acme' $(HOSTPORT)/events"
 	cd examples && $(GO) run -tags $(TAGS) ./events -addr $(ADDR) -dir $(abspath $(DIR))
 
 REPLICA ?= file://$(CURDIR)/replica-data
@@ -26,8 +28,8 @@ run-replicated:
 	cd examples && $(GO) build -tags $(TAGS) -o ../bin/events ./events
 	@printf 'socket:\n  enabled: true\n  path: %s\n  permissions: 0600\n' '$(LSOCK)' > bin/litestream.yml
 	@echo 'sqliteproxy example, replicated to $(REPLICA): listening on $(ADDR), tenant files in $(DIR). Try:'
-	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' localhost$(ADDR)/events"
-	@echo "  then stop it, rm -rf $(DIR), make run-replicated again and: curl -s -H 'X-Tenant-ID: acme' localhost$(ADDR)/events"
+	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' $(HOSTPORT)/events"
+	@echo "  then stop it, rm -rf $(DIR), make run-replicated again and: curl -s -H 'X-Tenant-ID: acme' $(HOSTPORT)/events"
 	env -u AWS_CA_BUNDLE bin/litestream replicate -config bin/litestream.yml -exec \
 		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
 
