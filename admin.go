@@ -611,7 +611,11 @@ func (r *router) settleForReplace(ctx context.Context, t *tenant) (leave func(),
 		if _, err := os.Lstat(t.path); err != nil {
 			return nil // none (a restore makes the tenant), or the rename says
 		}
-		return settle(t.path)
+		err := settle(t.path)
+		if errors.Is(err, errOpenElsewhere) && r.repl != nil && r.repl.dropStray(ctx, t.path) {
+			err = settle(t.path)
+		}
+		return err
 	}
 	if err := settleIfThere(); err != nil {
 		return nil, err

@@ -322,6 +322,9 @@ func renameIfExists(src, dst string) error {
 	return os.Rename(src, dst)
 }
 
+// errOpenElsewhere: settle found the file open in another process.
+var errOpenElsewhere = errors.New("open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first")
+
 // settle makes the database file at p self-contained, so that it can be
 // renamed alone: a -wal is checkpointed into it and removed, a hot
 // -journal rolled back. It fails if another process has the file open.
@@ -377,12 +380,12 @@ func settle(p string) error {
 			if release, err := lockShm(p + "-shm"); err == nil {
 				release()
 				if in, err := openInProcess(p + "-shm"); err != nil || in {
-					return fmt.Errorf("%s is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first", p)
+					return fmt.Errorf("%s is %w", p, errOpenElsewhere)
 				}
 				return fmt.Errorf("%s: its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full", p)
 			}
 		}
-		return fmt.Errorf("%s is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first", p)
+		return fmt.Errorf("%s is %w", p, errOpenElsewhere)
 	}
 	if emptyWAL {
 		return os.Remove(p + "-wal")

@@ -333,6 +333,25 @@ func (rp *replicator) release(p string) (pos uint64, err error) {
 	return pos, errors.Join(serr, uerr)
 }
 
+// dropStray ends a registration with Litestream of the tenant file at p that
+// this process does not hold (the caller has drained the tenant, which
+// unregistered it), and reports whether there was one. Litestream keeps the
+// file open while it streams it, and a delete or restore then found it
+// "open in another process": a registration whose answer never came back
+// (the call timed out while Litestream went on with it) is one this process
+// does not know it made (soak20 met it once, on a RestoreTenantAt). Ended,
+// Litestream closes the file before it answers.
+func (rp *replicator) dropStray(ctx context.Context, p string) bool {
+	var out struct {
+		Status string `json:"status"`
+	}
+	err := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(releaseTimeout / time.Second)}, &out)
+	if ce := (*ctlError)(nil); errors.As(err, &ce) && ce.Status == http.StatusInternalServerError {
+		return true // its final sync failed; it left Litestream's store all the same
+	}
+	return err == nil && out.Status == "unregistered"
+}
+
 // errNoReplica: the replica holds nothing for the tenant.
 var errNoReplica = errors.New("no replica")
 
