@@ -754,19 +754,18 @@ func compile(ctx context.Context, pc *physConn, query string) (*sqlite3.SQLiteSt
 }
 
 // compileWhenBusy returns the error of an Exec of query on t that waited
-// for t's writer past its bound (BusyTimeout or ctx's deadline; another
-// checkout's long transaction held it): query's own compile error if it
-// has one, else err. mattn's second connection compiles a statement before
-// it waits for the lock, so a typo, a missing table or column fails at
-// once with SQLite's message; through the writer's queue it failed after
-// BusyTimeout with "database is locked", which hid it. The text is
-// compiled on a reader free at once, never run; not PRAGMA and EXPLAIN,
-// which may change the connection when compiled, nor while the writer's
-// session holds TEMP objects, which a reader does not have.
+// for t's writer past its bound (another checkout's long transaction held
+// it; BusyTimeout or ctx's deadline): query's own compile error if it has one, else err. mattn's second
+// connection compiles a statement before it waits for the lock, so a typo,
+// a missing table or column fails at once with SQLite's message; through
+// the writer's queue it failed after BusyTimeout with "database is
+// locked", which hid it. The text is compiled on a free reader, never run:
+// not PRAGMA and EXPLAIN, which may change the connection when compiled,
+// and only when a reader is free at once.
 func (t *tenant) compileWhenBusy(ctx context.Context, query string, err error) error {
 	var e *Error
 	if !errors.As(err, &e) || e.Op != opWaitWriter || !t.ready.Load() || t.writerTemp.Load() {
-		return err
+		return err // a TEMP table of the writer's session is no table on a reader
 	}
 	switch e.Err {
 	case errBusy:
