@@ -764,8 +764,8 @@ func compile(ctx context.Context, pc *physConn, query string) (*sqlite3.SQLiteSt
 // and only when a reader is free at once.
 func (t *tenant) compileWhenBusy(ctx context.Context, query string, err error) error {
 	var e *Error
-	if !errors.As(err, &e) || e.Op != opWaitWriter || !t.ready.Load() || t.writerTemp.Load() {
-		return err // a TEMP table of the writer's session is no table on a reader
+	if !errors.As(err, &e) || e.Op != opWaitWriter || !t.ready.Load() {
+		return err
 	}
 	switch e.Err {
 	case errBusy:
