@@ -100,7 +100,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.lease(ctx, t, write, "")
+	return c.lease(ctx, t, write)
 }
 
 // routeTenant returns the tenant a checkout without a lease goes to, given
@@ -115,9 +115,8 @@ func (c *conn) routeTenant(id string, has bool) (*tenant, error) {
 	return c.tenant(id)
 }
 
-// lease leases t's writer (write) or a reader to this checkout. exec is
-// the text of the Exec it leases for ("" for none): see compileWhenBusy.
-func (c *conn) lease(ctx context.Context, t *tenant, write bool, exec string) (*physConn, error) {
+// lease leases t's writer (write) or a reader to this checkout.
+func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, error) {
 	var pc *physConn
 	var err error
 	cold := t.counted.Load() == 0
@@ -127,9 +126,6 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool, exec string) (*
 		pc, err = t.acquireReader(ctx)
 	}
 	if err != nil {
-		if exec != "" {
-			err = t.compileWhenBusy(ctx, exec, err)
-		}
 		t.unpin()
 		return nil, err
 	}
@@ -262,7 +258,7 @@ func (c *conn) routeSession(ctx context.Context) (*physConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.lease(ctx, t, !t.wsem.held.Load(), "")
+	return c.lease(ctx, t, !t.wsem.held.Load())
 }
 
 // compileErr reports whether err is SQLite's failure to compile a
@@ -359,9 +355,6 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 		if t, err = c.routeTenant(OrgID(ctx)); err == nil {
 			if !c.batched && c.r.cfg.GroupCommit == GroupCommitOn {
 				if res, err, handled := t.groupExec(ctx, query, args); handled {
-					if err != nil {
-						err = t.compileWhenBusy(ctx, query, err)
-					}
 					// A second statement on this checkout before it is
 					// checked in is sql.Conn work: it takes the writer as
 					// before.
@@ -370,7 +363,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 					return res, err
 				}
 			}
-			pc, err = c.lease(ctx, t, true, query)
+			pc, err = c.lease(ctx, t, true)
 		}
 	}
 	if err != nil {
@@ -751,46 +744,6 @@ func compile(ctx context.Context, pc *physConn, query string) (*sqlite3.SQLiteSt
 		return nil, err
 	}
 	return s.(*sqlite3.SQLiteStmt), nil
-}
-
-// compileWhenBusy returns the error of an Exec of query on t that waited
-// for t's writer past its bound (another checkout's long transaction held
-// it; BusyTimeout or ctx's deadline): query's own compile error if it has one, else err. mattn's second
-// connection compiles a statement before it waits for the lock, so a typo,
-// a missing table or column fails at once with SQLite's message; through
-// the writer's queue it failed after BusyTimeout with "database is
-// locked", which hid it. The text is compiled on a free reader, never run:
-// not PRAGMA and EXPLAIN, which may change the connection when compiled,
-// and only when a reader is free at once.
-func (t *tenant) compileWhenBusy(ctx context.Context, query string, err error) error {
-	var e *Error
-	if !errors.As(err, &e) || e.Op != opWaitWriter || !t.ready.Load() {
-		return err
-	}
-	switch e.Err {
-	case errBusy:
-	case context.DeadlineExceeded:
-		ctx = context.WithoutCancel(ctx) // as mattn, which compiles before its deadline can pass
-	default:
-		return err // cancelled: nothing more
-	}
-	if k := sqlscan.Scan(query).Keyword; k == "PRAGMA" || k == "EXPLAIN" {
-		return err
-	}
-	pc, rerr := t.tryReader(ctx)
-	if pc == nil || rerr != nil {
-		return err
-	}
-	defer t.releaseReader(pc)
-	s, cerr := compile(ctx, pc, query)
-	if cerr != nil {
-		if compileErr(cerr) {
-			return cerr
-		}
-		return err
-	}
-	s.Close()
-	return err
 }
 
 // readerSchema makes SQLite check the connection's schema against the file:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -519,70 +518,4 @@ func readOnlyTxOnWriter(t *testing.T, p *Proxy, write string) (*sql.Conn, *sql.T
 		t.Fatal(err)
 	}
 	return c, tx
-}
-
-// An Exec that waits for the writer past its bound (another checkout's
-// transaction holds it) fails with the text's own compile error when it
-// has one, as mattn's second connection does at once, not with "database
-// is locked" (or the context's deadline); a text that compiles still fails
-// with SQLITE_BUSY (or the deadline's error), and nothing of either ran.
-// Through group commit and without it.
-func TestExec_BusyWriterReportsCompileError(t *testing.T) {
-	for name, mode := range map[string]GroupCommitMode{"group-commit": GroupCommitOn, "off": GroupCommitOff} {
-		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 100 * time.Millisecond, GroupCommit: mode,
-				Migrations: []string{kvTable}})
-			ctx := tctx("acme")
-			if _, err := p.ExecContext(ctx, `INSERT INTO kv (k, v) VALUES ('a', 1)`); err != nil {
-				t.Fatal(err)
-			}
-			direct, err := sql.Open("sqlite3", filepath.Join(dir, "acme.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer direct.Close()
-			tx, _ := holdWriter(t, p, "acme")
-			defer tx.Rollback()
-			for _, q := range []string{
-				`INSERT INTO nosuch (k) VALUES ('b')`,
-				`INSERT INTO kv (k, nope) VALUES ('b', 1)`,
-				`UPDAT kv SET v = 2`,
-				`CREATE TABLE kv (x)`,
-				`WITH x AS (SELECT 1) DELETE FROM kv WHERE k IN (SELECT nope FROM x)`,
-			} {
-				_, want := direct.Prepare(q)
-				if want == nil {
-					t.Fatalf("%s: mattn compiled it", q)
-				}
-				_, err := p.ExecContext(ctx, q)
-				var se sqlite3.Error
-				if !errors.As(err, &se) || se.Code != sqlite3.ErrError || err.Error() != want.Error() {
-					t.Errorf("%s behind a held writer: %v, want mattn's %v", q, err, want)
-				}
-				// The same when the context's deadline ends the wait.
-				dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-				_, err = p.ExecContext(dctx, q)
-				cancel()
-				if !errors.As(err, &se) || se.Code != sqlite3.ErrError || err.Error() != want.Error() {
-					t.Errorf("%s behind a held writer, with a deadline: %v, want mattn's %v", q, err, want)
-				}
-			}
-			_, err = p.ExecContext(ctx, `INSERT INTO kv (k, v) VALUES ('b', 2)`)
-			if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
-				t.Errorf("a valid insert behind a held writer: %v, want SQLITE_BUSY", err)
-			}
-			dctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-			defer cancel()
-			if _, err = p.ExecContext(dctx, `INSERT INTO kv (k, v) VALUES ('c', 3)`); !errors.Is(err, context.DeadlineExceeded) {
-				t.Errorf("a valid insert behind a held writer, with a deadline: %v, want its deadline's error", err)
-			}
-			if err := tx.Rollback(); err != nil {
-				t.Fatal(err)
-			}
-			if got := queryKV(t, p, "acme"); !slices.Equal(got, []string{"a=1"}) {
-				t.Errorf("rows %v, want only a=1", got)
-			}
-		})
-	}
 }
