@@ -241,10 +241,7 @@ func (rp *replicator) register(ctx context.Context, p, key string) error {
 	}
 	err := rp.call(ctx, http.MethodPost, "/register", body, &out)
 	if err == nil && out.Status == "already_registered" {
-		// Its final sync may fail (the file it holds is gone): it leaves
-		// Litestream's store all the same, before the error (a 500).
-		uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": 1}, nil)
-		if ce := (*ctlError)(nil); uerr != nil && (!errors.As(uerr, &ce) || ce.Status != http.StatusInternalServerError) {
+		if _, uerr := rp.unregisterStray(ctx, p, 1); uerr != nil {
 			return fmt.Errorf("register with litestream: end a registration this process does not hold: %w", uerr)
 		}
 		err = rp.call(ctx, http.MethodPost, "/register", body, &out)
@@ -342,14 +339,23 @@ func (rp *replicator) release(p string) (pos uint64, err error) {
 // does not know it made (soak20 met it once, on a RestoreTenantAt). Ended,
 // Litestream closes the file before it answers.
 func (rp *replicator) dropStray(ctx context.Context, p string) bool {
+	had, _ := rp.unregisterStray(ctx, p, int(releaseTimeout/time.Second))
+	return had
+}
+
+// unregisterStray ends Litestream's registration of p, one this process
+// does not hold, within timeout seconds, and reports whether Litestream had
+// it. A final sync that fails (the file it holds is gone) leaves Litestream's
+// store all the same, before the error (a 500): that counts as ended.
+func (rp *replicator) unregisterStray(ctx context.Context, p string, timeout int) (had bool, err error) {
 	var out struct {
 		Status string `json:"status"`
 	}
-	err := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(releaseTimeout / time.Second)}, &out)
+	err = rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": timeout}, &out)
 	if ce := (*ctlError)(nil); errors.As(err, &ce) && ce.Status == http.StatusInternalServerError {
-		return true // its final sync failed; it left Litestream's store all the same
+		return true, nil
 	}
-	return err == nil && out.Status == "unregistered"
+	return err == nil && out.Status == "unregistered", err
 }
 
 // errNoReplica: the replica holds nothing for the tenant.

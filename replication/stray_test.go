@@ -31,20 +31,14 @@ func TestProxy_StrayRegistrationEnded(t *testing.T) {
 	cfg.ReadersPerTenant = -1 // one connection per tenant: a write to another evicts it
 	p := sqliteproxytest.New(t, cfg)
 	ctx := context.Background()
-	client := harness.NewClient(g.ls.SocketPath)
-	streamed := func(path string) bool {
-		dbs, err := client.List()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return slices.ContainsFunc(dbs, func(d harness.Database) bool { return d.Path == path })
-	}
+	client := g.ls.Client
+	streamed := func(id string) bool { return slices.Contains(g.registered(t), id) }
 	stray := func(id string) string {
 		t.Helper()
 		path := filepath.Join(cfg.Dir, id+".db")
 		insert(t, p, id, "row")
 		insert(t, p, "other", id) // evicts id, which unregisters it
-		sqliteproxytest.WaitFor(t, 10*time.Second, id+" unregistered", func() bool { return !streamed(path) })
+		sqliteproxytest.WaitFor(t, 10*time.Second, id+" unregistered", func() bool { return !streamed(id) })
 		u, err := harness.JoinReplicaURL(g.replica, id)
 		if err != nil {
 			t.Fatal(err)
@@ -79,7 +73,7 @@ func TestProxy_StrayRegistrationEnded(t *testing.T) {
 	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("acme's file after the delete: %v", err)
 	}
-	if streamed(path) {
+	if streamed("acme") {
 		t.Fatal("Litestream still streams the deleted acme")
 	}
 
