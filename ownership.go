@@ -334,6 +334,19 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 		}
 		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 	}
+	if exists {
+		// A copy never streamed is another history (replicaConflict).
+		local, err := localPos(t.path)
+		if err == nil {
+			var unknown bool
+			if unknown, err = unstreamed(t.path, local); unknown {
+				err = replicaConflict(t.path, srcPos)
+			}
+		}
+		if err != nil {
+			return true, opError(opOpenTenant, t.id, err)
+		}
+	}
 	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))
 	}

@@ -147,9 +147,9 @@ func sideFiles(p string) []string {
 }
 
 // sideKinds are the kinds of sideFiles (genMarker, restoredMarker,
-// unsyncedMarker, metaDir, deletedMarker), each named ".<file><kind>" (sideName): sweep
-// finds one left behind by its suffix.
-var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream", "-deleted"}
+// unsyncedMarker, metaDir, deletedMarker, fromReplicaMarker), each named
+// ".<file><kind>" (sideName): sweep finds one left behind by its suffix.
+var sideKinds = []string{"-gen", "-restored", "-unsynced", "-litestream", "-deleted", "-fromreplica"}
 
 // sideName names the side file of kind beside the tenant file at p.
 // hasSide reports whether SQLite's side file suffix (-wal, -journal) is

@@ -451,7 +451,7 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	}
 	t.regs.Add(1)
 	t.registered.Store(true)
-	if err := removeIfExists(restoredMarker(t.path)); err != nil {
+	if err := errors.Join(removeIfExists(restoredMarker(t.path)), removeIfExists(fromReplicaMarker(t.path))); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
 	if g := t.gen.Load(); g != 0 {
@@ -654,14 +654,24 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
-	remote, err := r.repl.replicaPos(ctx, t.replicaKey())
+	unknown, err := unstreamed(t.path, local)
 	if err != nil {
+		return true, opError(opOpenTenant, t.id, err)
+	}
+	remote, err := r.repl.replicaPos(ctx, t.replicaKey())
+	if errors.Is(err, errUnsupported) || (err != nil && !unknown) {
 		// Not listable (another kind of replica), or the object store is
 		// down: writes go on with the local copy, which is this node's own.
 		return true, nil
 	}
+	if err != nil {
+		return true, opError(opOpenTenant, t.id, fmt.Errorf("%s was never streamed, and whether the replica holds another copy of the tenant cannot be told: %w", t.path, err))
+	}
 	if remote <= local {
 		return true, nil
+	}
+	if unknown {
+		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote))
 	}
 	if _, err := r.restoreReplica(ctx, t, true, t.replicaKey()); err != nil {
 		return true, err
@@ -705,6 +715,11 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 	if err == nil {
 		// Litestream's files for an older copy would not match this one.
 		err = os.RemoveAll(metaDir(t.path))
+	}
+	if err == nil {
+		// Until it is registered, the copy is known for the replica's
+		// (unstreamed): a kill before then does not make it another history.
+		err = markFile(fromReplicaMarker(t.path), tmp)
 	}
 	if err == nil && replace {
 		err = removeWithSideFiles(t.path + "-wal")
@@ -1363,16 +1378,106 @@ func restoredMarker(p string) string {
 // a restore killed before its rename leaves a marker that names a file
 // other than p's and does not count (restoredOnPurpose).
 func markRestored(p, tmp string) error {
+	return markFile(restoredMarker(p), tmp)
+}
+
+// markFile writes the marker m naming the file at tmp (its fileKey), which
+// is about to take the tenant's name (a link or a rename keeps the key).
+func markFile(m, tmp string) error {
 	fi, err := os.Stat(tmp)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(restoredMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
 	_, err = f.WriteString(fileKey(fi))
 	return errors.Join(err, f.Close())
+}
+
+// marksFile reports whether the marker m names the file at p. A marker
+// that names another file (left by a kill before its copy took p's name)
+// is removed.
+func marksFile(m, p string, emptyNamesAny bool) (bool, error) {
+	ok, stale, err := markerNames(m, p, emptyNamesAny)
+	if stale {
+		return false, removeIfExists(m)
+	}
+	return ok, err
+}
+
+// markerNames reports whether the marker m names the file at p (ok), or
+// exists and names another (stale); an empty marker names any file with
+// emptyNamesAny, none without.
+func markerNames(m, p string, emptyNamesAny bool) (ok, stale bool, err error) {
+	b, err := os.ReadFile(m)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, false, nil
+	} else if err != nil {
+		return false, false, err
+	}
+	if len(b) == 0 && emptyNamesAny {
+		return true, false, nil
+	}
+	if fi, err := os.Stat(p); err == nil && fileKey(fi) == string(b) {
+		return true, false, nil
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, false, err
+	}
+	return false, true, nil
+}
+
+// fromReplicaMarker names the file that marks the tenant file at p as a copy
+// of its replica, restored by the proxy and not registered yet (register
+// removes it; from then on Litestream's files beside it say where it
+// stands).
+func fromReplicaMarker(p string) string {
+	return sideName(p, "-fromreplica")
+}
+
+// unstreamed reports whether the tenant file at p, with Litestream's
+// position local beside it, has no record of where it stands against its
+// replica: no position, no generation marker, and not a copy of the replica
+// restored by the proxy (fromReplicaMarker). It was made and written
+// without replication: a directory served without it, the CLI's create. A
+// replica of the same tenant is then another history, and neither is known
+// to be newer (replicaConflict). A copy restored on purpose is checked
+// before.
+func unstreamed(p string, local uint64) (bool, error) {
+	if local > 0 || readGenMarker(p) != 0 {
+		return false, nil
+	}
+	ok, err := marksFile(fromReplicaMarker(p), p, false)
+	return !ok, err
+}
+
+// unstreamedRO is unstreamed, leaving a stale marker where it is.
+func unstreamedRO(p string, local uint64) (bool, error) {
+	if local > 0 || readGenMarker(p) != 0 {
+		return false, nil
+	}
+	ok, _, err := markerNames(fromReplicaMarker(p), p, false)
+	return !ok, err
+}
+
+// restoredOnPurposeRO is restoredOnPurpose, leaving a stale marker where
+// it is.
+func restoredOnPurposeRO(p string) (bool, error) {
+	ok, _, err := markerNames(restoredMarker(p), p, true)
+	return ok, err
+}
+
+// ErrReplicaConflict: a tenant's file here was never streamed (served
+// without replication, or made by the CLI), and its replica holds another
+// copy of the tenant. Neither is known to be the newer, so the tenant is
+// not opened: the error says how to keep either.
+var ErrReplicaConflict = errors.New("sqliteproxy: the tenant's file here and its replica are different copies")
+
+// replicaConflict is ErrReplicaConflict for the never-streamed file at p
+// and a replica at position remote.
+func replicaConflict(p string, remote uint64) error {
+	return fmt.Errorf("%w: %s was never streamed, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), create the empty file %s; to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, remote, restoredMarker(p))
 }
 
 // restoredOnPurpose reports whether the tenant file at p is marked restored
@@ -1382,22 +1487,7 @@ func markRestored(p, tmp string) error {
 // its copy to p: it is removed, and p is not restored on purpose (its
 // copy may be stale, and would become the replica's head).
 func restoredOnPurpose(p string) (bool, error) {
-	m := restoredMarker(p)
-	b, err := os.ReadFile(m)
-	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
-	} else if err != nil {
-		return false, err
-	}
-	if len(b) == 0 {
-		return true, nil
-	}
-	if fi, err := os.Stat(p); err == nil && fileKey(fi) == string(b) {
-		return true, nil
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return false, err
-	}
-	return false, removeIfExists(m)
+	return marksFile(restoredMarker(p), p, true)
 }
 
 // touchFile creates an empty file at p (mode 0600) if there is none.
@@ -1473,38 +1563,73 @@ func ReplicaTenants(ctx context.Context, replicaURL string) ([]string, error) {
 // file yet (it was down, or killed with the service) count as one more
 // local transaction: the one its next sync makes of them. replica < local:
 // changes not uploaded yet; replica > local: the tenant was written
-// elsewhere since this copy was streamed (it is replaced when next opened).
+// elsewhere since this copy was streamed (it is replaced when next opened),
+// unless the copy was restored on purpose or never streamed (ReplicaCopyOf
+// tells).
 func ReplicaPositions(ctx context.Context, replicaURL, dir, id string) (local, replica uint64, err error) {
+	c, err := ReplicaCopyOf(ctx, replicaURL, dir, id)
+	return c.Local, c.Replica, err
+}
+
+// ReplicaCopy says where a tenant's file in a data directory stands against
+// its replica (ReplicaCopyOf).
+type ReplicaCopy struct {
+	// Local and Replica are the positions ReplicaPositions returns.
+	Local, Replica uint64
+	// Restored: the file was restored on purpose (RestoreTenant,
+	// RestoreTenantAt, the CLI's restore) and is to become the replica's
+	// head when a proxy with replication next opens it, however far behind
+	// the replica it is.
+	Restored bool
+	// NeverStreamed: the file has no position of Litestream's and was not
+	// restored from the replica by the proxy (served without replication,
+	// made by the CLI). If the replica holds the tenant (Replica > 0), a
+	// proxy with replication refuses it with ErrReplicaConflict.
+	NeverStreamed bool
+}
+
+// ReplicaCopyOf returns where tenant id's file under dir stands against its
+// replica under replicaURL. It changes nothing.
+func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy, error) {
 	const op = "replica positions"
+	var c ReplicaCopy
 	if err := checkTenantID(id); err != nil {
-		return 0, 0, opError(op, id, err)
+		return c, opError(op, id, err)
 	}
 	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
-		return 0, 0, opError(op, id, err)
+		return c, opError(op, id, err)
 	}
 	st, err := readDirState(dir)
 	if err == nil {
 		err = st.interrupted(dir)
 	}
 	if err != nil {
-		return 0, 0, opError(op, id, err)
+		return c, opError(op, id, err)
 	}
 	path := tenantPath(dir, st.layout, id)
-	if local, err = localPos(path); err != nil {
-		return 0, 0, opError(op, id, err)
+	if c.Local, err = localPos(path); err != nil {
+		return c, opError(op, id, err)
 	}
-	pending, err := walPending(path, local)
+	if _, err := os.Lstat(path); err == nil {
+		if c.Restored, err = restoredOnPurposeRO(path); err == nil && !c.Restored {
+			c.NeverStreamed, err = unstreamedRO(path, c.Local)
+		}
+		if err != nil {
+			return c, opError(op, id, err)
+		}
+	}
+	pending, err := walPending(path, c.Local)
 	if err != nil {
-		return 0, 0, opError(op, id, err)
+		return c, opError(op, id, err)
 	}
 	if _, err := os.Lstat(unsyncedMarker(path)); pending || err == nil {
-		local++
+		c.Local++
 	}
 	rp := &replicator{base: replicaURL}
 	// A cluster node's copy streams to a generation (the one it recorded).
 	key := replicaKey(id, readGenMarker(path))
-	if replica, err = rp.replicaPos(ctx, key); err != nil {
-		return 0, 0, opError(op, id, err)
+	if c.Replica, err = rp.replicaPos(ctx, key); err != nil {
+		return c, opError(op, id, err)
 	}
-	return local, replica, nil
+	return c, nil
 }

@@ -65,9 +65,10 @@
 // file in the data directory, then verifies it and swaps it in like a
 // backup. status -replica compares the position (transaction ID) that
 // Litestream recorded beside each tenant's file with its replica's:
-// behind (not uploaded yet), in sync, or ahead (the replica has
-// transactions this copy lacks: written elsewhere since, or the copy was
-// restored).
+// behind (not uploaded yet), in sync, ahead (the replica has transactions
+// this copy lacks: written elsewhere since), restored (restored on purpose:
+// the replica's head to be) or never streamed (made without replication
+// beside a replica holding another copy: the service refuses it).
 //
 // tenants, create, backup, migrate, status and check are safe while a
 // service uses the directory (SQLite's locking; migrate applies each

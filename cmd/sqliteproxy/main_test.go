@@ -1399,11 +1399,18 @@ func fakeLTX(t *testing.T, dir string, level int, maxTXID uint64) {
 // replica (faked here: no Litestream runs).
 func TestStatusReplica(t *testing.T) {
 	t.Parallel()
-	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech", "newco")
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech", "newco", "plainco", "restco")
 	root := t.TempDir()
 	url := "file://" + root
 	// acme: in sync at 7; globex: 3 not uploaded yet; initech: written
-	// elsewhere (2 more in the replica); newco: never replicated.
+	// elsewhere (2 more in the replica); newco: never replicated; plainco:
+	// never streamed, beside a replica of its own; restco: restored here
+	// (an empty marker counts), the replica ahead.
+	fakeLTX(t, filepath.Join(root, "plainco"), 0, 3)
+	fakeLTX(t, filepath.Join(root, "restco"), 0, 5)
+	if err := os.WriteFile(filepath.Join(dir, ".restco.db-restored"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	fakeLTX(t, filepath.Join(dir, ".acme.db-litestream"), 0, 7)
 	fakeLTX(t, filepath.Join(root, "acme"), 0, 7)
 	fakeLTX(t, filepath.Join(root, "acme"), 1, 5)
@@ -1428,6 +1435,8 @@ func TestStatusReplica(t *testing.T) {
 		{"globex", "behind by 3"},
 		{"initech", "ahead by 2 (written elsewhere)"},
 		{"newco", "not replicated"},
+		{"plainco", "never streamed, the replica holds another copy (txid 3): refused until one is chosen"},
+		{"restco", "restored here (becomes the replica's head when the service opens it)"},
 	}
 	if diff := cmp.Diff(want, rows); diff != "" || r.stderr != "" {
 		t.Errorf("status -replica (-want +got):\n%s\n%s%s", diff, r.stdout, r.stderr)
@@ -1454,7 +1463,7 @@ func TestStatusReplica(t *testing.T) {
 		}
 		gotPos = append(gotPos, pos{*ts.ReplicaLocalTXID, *ts.ReplicaTXID, ts.ReplicaState})
 	}
-	if diff := cmp.Diff([]pos{{7, 7, "in_sync"}, {9, 6, "behind"}, {4, 6, "ahead"}, {0, 0, "none"}}, gotPos); diff != "" {
+	if diff := cmp.Diff([]pos{{7, 7, "in_sync"}, {9, 6, "behind"}, {4, 6, "ahead"}, {0, 0, "none"}, {0, 3, "conflict"}, {0, 5, "restored"}}, gotPos); diff != "" {
 		t.Errorf("status -replica -json (-want +got):\n%s", diff)
 	}
 	if !strings.Contains(r.stdout, `"replica_local_txid": 7,`) || !strings.Contains(r.stdout, `"replica_state": "in_sync"`) {

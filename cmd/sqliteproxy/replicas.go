@@ -145,14 +145,19 @@ func (e *env) fetchAndRestore(p *sqliteproxy.Proxy, id, replicaURL string, at ti
 // Litestream's files beside its file under dir are, and where its replica
 // under replicaURL is.
 func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
-	local, replica, err := sqliteproxy.ReplicaPositions(e.ctx, replicaURL, dir, ts.Tenant)
+	c, err := sqliteproxy.ReplicaCopyOf(e.ctx, replicaURL, dir, ts.Tenant)
 	if err != nil {
 		ts.replicaErr = fmt.Errorf("replica: %s", tenantErrText(ts.Tenant, err))
 		ts.ReplicaError = ts.replicaErr.Error()
 		return
 	}
+	local, replica := c.Local, c.Replica
 	ts.ReplicaLocalTXID, ts.ReplicaTXID = &local, &replica
 	switch {
+	case c.Restored:
+		ts.ReplicaState = "restored"
+	case c.NeverStreamed && replica > 0:
+		ts.ReplicaState = "conflict"
 	case local == 0 && replica == 0:
 		ts.ReplicaState = "none"
 	case local == replica:
@@ -177,6 +182,10 @@ func (ts *tenantStatus) replicaText() string {
 		return fmt.Sprintf("in sync (txid %d)", replica)
 	case "behind":
 		return fmt.Sprintf("behind by %d", local-replica)
+	case "restored":
+		return "restored here (becomes the replica's head when the service opens it)"
+	case "conflict":
+		return fmt.Sprintf("never streamed, the replica holds another copy (txid %d): refused until one is chosen", replica)
 	default:
 		return fmt.Sprintf("ahead by %d (written elsewhere)", replica-local)
 	}
