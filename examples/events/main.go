@@ -33,7 +33,8 @@
 // X-Sqliteproxy-Node and X-Sqliteproxy-Generation: the node that wrote the
 // event and its lease's generation. A tenant being moved answers 503 with
 // Retry-After, and so does a write whose lease ended before it could be
-// acknowledged (it may or may not survive: retry it), and a request for a
+// acknowledged, with X-Sqliteproxy-Outcome: unknown (it may or may not
+// have survived: retry it only if it is idempotent), and a request for a
 // tenant whose owner stopped answering (another node takes it within the
 // TTL).
 //
@@ -106,6 +107,12 @@ func main() {
 	if *replicaURL != "" {
 		cfg.ReplicaCompactor = &replica.Compactor{} // keeps restores fast
 		cfg.ReplicaRestorer = &replica.Restorer{}   // restores without starting a litestream process
+	} else if *socket != "" || *litestream != "" {
+		// The image runs under Litestream and passes its socket whether or
+		// not REPLICA_URL is set: without a replica there is nothing to
+		// stream, and New refuses a socket without one.
+		slog.Info("events: replication off (no -replica): -litestream-socket and -litestream are not used")
+		cfg.LitestreamSocket, cfg.LitestreamPath = "", ""
 	}
 	var ccfg *cluster.Config
 	if *etcd != "" {

@@ -467,13 +467,16 @@ func TestBinary(t *testing.T) {
 	ln.Close()
 	dataDir := filepath.Join(tmp, "data")
 
-	cmd := exec.Command(bin, "-addr", addr, "-dir", dataDir)
+	// As the image runs it without REPLICA_URL (Dockerfile): the socket and
+	// the litestream binary are passed, the replica is empty.
+	cmd := exec.Command(bin, "-addr", addr, "-dir", dataDir, "-replica", "",
+		"-litestream-socket", filepath.Join(tmp, "litestream.sock"), "-litestream", "/litestream")
 	logs := exerciseBinary(t, cmd, addr)
 	if _, err := os.Stat(filepath.Join(dataDir, "acme.db")); err != nil {
 		t.Errorf("tenant file: %v", err)
 	}
 	out := logs
-	for _, want := range []string{"addr=" + addr, "dir=" + dataDir} {
+	for _, want := range []string{"addr=" + addr, "dir=" + dataDir, "replication off"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("server log lacks %q:\n%s", want, out)
 		}
