@@ -229,6 +229,18 @@ func ledger(ctx context.Context, c *sqlite3.SQLiteConn) ([]ledgerRow, error) {
 	}
 }
 
+// errAhead is the part of ErrMigrationDrift that says a tenant has every
+// configured migration and more after them: migrated by a newer migration
+// set (the CLI's migrate with the next release's directory, a newer node in
+// a rolling deploy). MigrateManual serves such a tenant as it is.
+var errAhead = aheadError{}
+
+type aheadError struct{}
+
+func (aheadError) Error() string {
+	return ": migrated by a newer migration set (the CLI's migrate, a newer release); a proxy in MigrateManual serves it as it is"
+}
+
 // check compares a ledger with the configured migrations and returns how
 // many are applied, or ErrMigrationDrift.
 func (m *migrator) check(rows []ledgerRow) (int, error) {
@@ -237,7 +249,7 @@ func (m *migrator) check(rows []ledgerRow) (int, error) {
 		case r.version != int64(n+1):
 			return 0, fmt.Errorf("%w: ledger has version %d where %d was expected", ErrMigrationDrift, r.version, n+1)
 		case n >= len(m.list):
-			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)", ErrMigrationDrift, r.version, len(m.list))
+			return 0, fmt.Errorf("%w: migration %d is applied but not configured (only %d are)%w", ErrMigrationDrift, r.version, len(m.list), errAhead)
 		case !m.list[n].matches(r.checksum):
 			return 0, fmt.Errorf("%w: %s", ErrMigrationDrift, m.driftAt(rows, n))
 		}
@@ -376,8 +388,8 @@ func (r *router) gate(ctx context.Context, t *tenant, pc *physConn, o openOpts) 
 		return pc, nil
 	}
 	applied, err := r.mig.migrate(ctx, pc.c, t.id, t.tel, o.migrate, nil)
-	if err != nil && o.servePending && errors.Is(err, ErrPendingMigrations) {
-		err = nil
+	if err != nil && o.servePending && (errors.Is(err, ErrPendingMigrations) || errors.Is(err, errAhead)) {
+		err = nil // as it is: behind, or ahead of this proxy's migrations
 	}
 	if err != nil {
 		pc.close()
@@ -692,8 +704,10 @@ const (
 	// with every migration applied.
 	MigrateCheck
 	// MigrateManual applies nothing on access and serves tenants that are
-	// behind as they are: MigrateAll and Rollback (or the CLI) are the only
-	// writers of schema. It is the mode to roll back in while the service
+	// behind as they are, and tenants ahead (every configured migration and
+	// newer ones after them: the CLI's migrate run with the next release's
+	// migrations before it is deployed) too: MigrateAll and Rollback (or
+	// the CLI) are the only writers of schema. It is the mode to roll back in while the service
 	// runs (a service in MigrateAuto would apply the rolled-back migrations
 	// again when it next opens the tenant) and for operators who move
 	// tenants between versions one batch at a time. A tenant whose ledger

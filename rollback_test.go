@@ -541,6 +541,66 @@ func TestMigrateManualMode(t *testing.T) {
 	}
 }
 
+// A service running the current release beside the CLI's migrate with the
+// next release's migrations (one more): in MigrateManual it goes on serving
+// the tenant, reads and writes, and its new tenants are not ahead; in
+// MigrateAuto and MigrateCheck the tenant is refused at its next open, with
+// an error that says it is ahead, not edited. A tenant whose applied
+// migrations differ from the configured ones is refused in every mode.
+func TestMigrateAhead_ServedInManualMode(t *testing.T) {
+	t.Parallel()
+	ups := upsOnly(rollbackMigs)
+	current := migrationsDir(t, without(ups, "0003_tags.up.sql"))
+	next := migrationsDir(t, ups)
+	for _, mode := range []MigrationMode{MigrateManual, MigrateAuto, MigrateCheck} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			svc := newTestProxy(t, Config{Dir: dir, MigrationsDir: current, MigrationMode: mode, MaxConnections: 4})
+			if err := svc.CreateTenant(context.Background(), "ta"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := svc.ExecContext(tctx("ta"), `INSERT INTO items (v) VALUES ('before')`); err != nil {
+				t.Fatal(err)
+			}
+			if !svc.c.r.evictTenant(t, "ta") {
+				t.Fatal("evict")
+			}
+			cli := newTestProxy(t, Config{Dir: dir, MigrationsDir: next})
+			if rep, err := cli.MigrateAll(context.Background(), MigrateOptions{}); err != nil || rep.Applied != 1 {
+				t.Fatalf("the CLI's migrate: %+v, %v", rep, err)
+			}
+			_, err := svc.ExecContext(tctx("ta"), `INSERT INTO items (v) VALUES ('after')`)
+			if mode != MigrateManual {
+				if !errors.Is(err, ErrMigrationDrift) || !strings.Contains(err.Error(), "newer migration set") {
+					t.Fatalf("%v: next open: %v, want ErrMigrationDrift saying it is ahead", mode, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("manual mode, tenant ahead: %v", err)
+			}
+			if n := queryInt(t, svc, tctx("ta"), `SELECT count(*) FROM items`); n != 2 {
+				t.Fatalf("items: %d", n)
+			}
+			if st := readState(t, dir, "ta"); len(st.Ledger) != 3 {
+				t.Fatalf("ledger %v", st.Ledger)
+			}
+			if err := svc.CreateTenant(context.Background(), "tb"); err != nil {
+				t.Fatal(err)
+			}
+			if st := readState(t, dir, "tb"); len(st.Ledger) != 2 {
+				t.Fatalf("a new tenant of the current release has %d migrations", len(st.Ledger))
+			}
+			// Edited, not ahead: refused here too.
+			edited := merged(ups, map[string]string{"0001_init.sql": ups["0001_init.sql"] + " -- edited"})
+			p2 := newTestProxy(t, Config{Dir: dir, MigrationsDir: migrationsDir(t, without(edited, "0003_tags.up.sql")), MigrationMode: MigrateManual})
+			if err := p2.QueryRowContext(tctx("ta"), `SELECT 1`).Err(); !errors.Is(err, ErrMigrationDrift) {
+				t.Fatalf("manual mode, edited migration: %v, want ErrMigrationDrift", err)
+			}
+		})
+	}
+}
+
 func mapFS(files map[string]string) fstest.MapFS {
 	fsys := fstest.MapFS{}
 	for k, v := range files {

@@ -481,7 +481,8 @@ func (r *router) makeTenantDir(t *tenant) error {
 type openOpts struct {
 	mayCreate bool // create the file if missing
 	migrate   bool // apply pending migrations (else they are ErrPendingMigrations)
-	// servePending serves a tenant with pending migrations as it is
+	// servePending serves a tenant with pending migrations, or with
+	// migrations beyond the configured ones (errAhead), as it is
 	// (MigrateManual); t.ready then means "checked", not "up to date".
 	servePending bool
 	// deadline is the bound of a wait this call made already (for the
