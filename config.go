@@ -77,7 +77,7 @@ type Config struct {
 	// tenant connections. Such a wait then fails with SQLITE_BUSY
 	// ("database is locked"). Default 5s, rounded up to a whole millisecond;
 	// negative means 0: fail at once, even between this process's own
-	// writers. [busy_timeout]
+	// writers. In a DSN, busy_timeout=0 means 0 too. [busy_timeout]
 	BusyTimeout time.Duration
 
 	// Synchronous is PRAGMA synchronous on tenant connections: OFF, NORMAL,
@@ -281,6 +281,11 @@ func (c *Config) setDSNValue(key, v string) error {
 		c.IdleTimeout, err = time.ParseDuration(v)
 	case "busy_timeout":
 		c.BusyTimeout, err = time.ParseDuration(v)
+		if err == nil && c.BusyTimeout == 0 {
+			// Written out, 0 means no wait (SQLite's busy_timeout=0), not
+			// the default that a Config's zero value means.
+			c.BusyTimeout = -1
+		}
 	case "synchronous":
 		c.Synchronous = v
 	case "stmt_cache_size":

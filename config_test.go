@@ -25,6 +25,8 @@ var dsnTests = []struct {
 	{"dir=x&layout=flat", Config{Dir: "x", Layout: LayoutFlat}},
 	{"dir=d&migration_mode=manual", Config{Dir: "d", MigrationMode: MigrateManual}},
 	{"dir=d&migration_mode=check", Config{Dir: "d", MigrationMode: MigrateCheck}},
+	{"dir=d&busy_timeout=0", Config{Dir: "d", BusyTimeout: -1}}, // 0 written out: no wait, not the default
+	{"dir=d&busy_timeout=0s", Config{Dir: "d", BusyTimeout: -1}},
 	{"", Config{}},
 }
 
