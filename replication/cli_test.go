@@ -357,6 +357,12 @@ func TestCLI_Compact(t *testing.T) {
 		want = append(want, name)
 		insert(t, p, "other", "o") // evicts acme: synced, unregistered
 	}
+	// With the default retention the level-0 files stay: more files than
+	// before, and the output says why.
+	r := runCLI(t, bin, "compact", "-replica", g.replica, "acme")
+	if r.code != 0 || !strings.Contains(r.stdout, "kept for -retention 5m0s") {
+		t.Errorf("compact with the default retention: exit %d: %q %s", r.code, r.stdout, r.stderr)
+	}
 	compactAcme(t, bin, g, cycles)
 	q := sqliteproxytest.New(t, g.config(t, 10)) // another node restores it
 	if got := names(t, q, "acme"); !slices.Equal(got, want) {

@@ -63,7 +63,13 @@ func (e *env) compact(args []string) int {
 			status = exitFailed
 			continue
 		}
-		fmt.Fprintf(e.stdout, "%s: %d files, %d after compaction\n", id, before, after)
+		note := ""
+		if after > before {
+			// The level-0 files compacted are still there: the count
+			// goes down once they are older than the retention.
+			note = fmt.Sprintf(" (the level-0 files compacted are kept for -retention %v, then a compact deletes them)", *retention)
+		}
+		fmt.Fprintf(e.stdout, "%s: %d files, %d after compaction%s\n", id, before, after, note)
 	}
 	return status
 }
