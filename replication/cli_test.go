@@ -262,8 +262,8 @@ func TestCLI(t *testing.T) {
 	})
 
 	// status -replica shows a tenant in sync after SyncTenant, in the
-	// table and in JSON; a copy with no Litestream files of its own (one
-	// restored into another directory) is behind its replica: "ahead".
+	// table and in JSON; a copy restored into another directory (no
+	// Litestream files of its own) says it is restored, to become the head.
 	t.Run("Status", func(t *testing.T) {
 		for _, kind := range []string{"file", "s3"} {
 			t.Run(kind, func(t *testing.T) {
@@ -308,7 +308,9 @@ func TestCLI(t *testing.T) {
 				fresh := t.TempDir()
 				runCLI(t, bin, "restore", "-replica", g.replica, "-dir", fresh, "-litestream", g.ls.Bin(), "acme").want(t, 0)
 				r = runCLI(t, bin, "status", "-replica", g.replica, "-dir", fresh).want(t, 0)
-				if got, want := replicaColumn(t, r.stdout, "acme"), fmt.Sprintf("ahead by %d (written elsewhere)", txid); got != want {
+				// Restored on purpose: it becomes the head, it is not
+				// "written elsewhere" (it said so).
+				if got, want := replicaColumn(t, r.stdout, "acme"), "restored here (becomes the replica's head when the service opens it)"; got != want {
 					t.Errorf("a copy restored elsewhere: REPLICA %q, want %q", got, want)
 				}
 			})
