@@ -379,7 +379,19 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
 		return vacuum(ctx, pc.c, query)
 	}
-	return pc.c.ExecContext(ctx, query, args)
+	return pc.c.ExecContext(sqliteCtx(ctx), query, args)
+}
+
+// sqliteCtx is the context handed to mattn for a statement: one that can
+// never be done is passed as context.Background(). mattn asks a statement's
+// context Done and Err several times (at the first step, at each Next), and
+// each ask of ctx walks its chain of values (the tenant's among them) up to
+// the Background it was made from.
+func sqliteCtx(ctx context.Context) context.Context {
+	if ctx.Done() == nil {
+		return context.Background()
+	}
+	return ctx
 }
 
 // setsInReadOnlyTx reports whether query is a PRAGMA that sets (or its
@@ -450,7 +462,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	c.noteText(query)
-	rs, err := pc.c.QueryContext(ctx, query, args)
+	rs, err := pc.c.QueryContext(sqliteCtx(ctx), query, args)
 	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
@@ -460,7 +472,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		// results.
 		var wrs driver.Rows
 		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
-			wrs, err = w.c.QueryContext(ctx, query, args)
+			wrs, err = w.c.QueryContext(sqliteCtx(ctx), query, args)
 			return err
 		}); tried {
 			pc, rs, err = c.pc, wrs, werr
@@ -994,7 +1006,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 			return nil, err
 		}
 	}
-	return ps.ExecContext(ctx, args)
+	return ps.ExecContext(sqliteCtx(ctx), args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -1033,7 +1045,7 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 			return nil, err
 		}
 	}
-	rs, err := ps.QueryContext(ctx, args)
+	rs, err := ps.QueryContext(sqliteCtx(ctx), args)
 	if err != nil {
 		pc.putStmt(s.query, ps)
 		return nil, err
