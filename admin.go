@@ -276,10 +276,18 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	if !pending {
 		r.releaseLease(t, 0) // nothing left in any generation
+	} else {
+		// The lease is kept (Ownership): another node that took the
+		// tenant now restored it from the replica, deleted rows and all;
+		// it is sent here, where the next access erases the replica
+		// first. That access's object shares the lease (Ownership hands a
+		// held lease out again) and releases it in the end, which closes
+		// Lost: this object's watchLease must not then take it for lost
+		// (stored after the release's own clearing, lostLeases made the
+		// tenant's SyncTenant and Generation answer as for a lost lease
+		// until its next open).
+		t.lost.Store((<-chan struct{})(nil))
 	}
-	// Else the lease is kept (Ownership): another node that took the
-	// tenant now restored it from the replica, deleted rows and all; it
-	// is sent here, where the next access erases the replica first.
 	r.forget(t)
 	t.ready.Store(false)
 	t.endDrain(tenantDeleted)
