@@ -365,7 +365,8 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // serverError logs err with the request's tenant and answers 500 without
 // revealing it; a tenant another node owns (it was taken or is being moved
-// since the request was routed here) answers 503 with Retry-After.
+// since the request was routed here) answers 503 with Retry-After, and a
+// tenant whose file and replica conflict 503 without.
 func serverError(w http.ResponseWriter, r *http.Request, op string, err error) {
 	tenant, _ := sqliteproxy.OrgID(r.Context())
 	if errors.Is(err, sqliteproxy.ErrNotOwner) || errors.Is(err, cluster.ErrLeaseLost) {
@@ -376,5 +377,12 @@ func serverError(w http.ResponseWriter, r *http.Request, op string, err error) {
 		return
 	}
 	slog.ErrorContext(r.Context(), "events: "+op, "tenant", tenant, "err", err)
+	if errors.Is(err, sqliteproxy.ErrReplicaConflict) {
+		// The tenant's file here was never streamed and its replica holds
+		// another copy: unavailable until an operator keeps one (the log
+		// says how). Not a retry.
+		writeError(w, http.StatusServiceUnavailable, "the tenant's file and its replica are different copies: an operator must choose one (see the server's log)")
+		return
+	}
 	writeError(w, http.StatusInternalServerError, "internal error")
 }

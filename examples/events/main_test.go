@@ -606,3 +606,21 @@ func exerciseBinary(t *testing.T, cmd *exec.Cmd, addr string) string {
 	}
 	return logs.String()
 }
+
+// A tenant refused for a replica conflict answers 503 saying an operator
+// must choose, not 500 "internal error" (nor a Retry-After: retrying does
+// not help).
+func TestServerError_ReplicaConflict(t *testing.T) {
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodGet, "/events", nil)
+	err := fmt.Errorf("open tenant: %w: never streamed", sqliteproxy.ErrReplicaConflict)
+	serverError(rec, req, "list events", err)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "" || !strings.Contains(rec.Body.String(), "an operator must choose") {
+		t.Errorf("got %d %q (Retry-After %q)", rec.Code, rec.Body.String(), rec.Header().Get("Retry-After"))
+	}
+	rec = httptest.NewRecorder()
+	serverError(rec, req, "list events", errors.New("disk I/O error"))
+	if rec.Code != http.StatusInternalServerError || strings.Contains(rec.Body.String(), "disk") {
+		t.Errorf("another error: %d %q", rec.Code, rec.Body.String())
+	}
+}
