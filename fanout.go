@@ -591,10 +591,13 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 			return false, err
 		}
 		n, err := r.mig.check(rows)
-		if err != nil {
+		if err != nil && !(r.accessOpts.servePending && errors.Is(err, errAhead)) {
 			return false, opError(opFanOut, t.id, err)
 		}
 		switch {
+		case err != nil:
+			// Ahead of the configured migrations: served as it is
+			// (MigrateManual), as the normal open would.
 		case n == len(r.mig.list), r.accessOpts.servePending:
 			// Up to date, or served as it is (MigrateManual), as the
 			// normal open would.

@@ -238,7 +238,7 @@ var errAhead = aheadError{}
 type aheadError struct{}
 
 func (aheadError) Error() string {
-	return ": migrated by a newer migration set (the CLI's migrate, a newer release); a proxy in MigrateManual serves it as it is"
+	return ": the tenant was migrated by a newer migration set (the CLI's migrate with the next release's migrations, a newer release)"
 }
 
 // check compares a ledger with the configured migrations and returns how
