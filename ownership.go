@@ -334,21 +334,30 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 		}
 		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 	}
+	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
+		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))
+	}
 	if exists {
-		// A copy never streamed is another history (replicaConflict).
 		local, err := localPos(t.path)
+		var fr fromReplica
 		if err == nil {
-			var unknown bool
-			if unknown, err = unstreamed(t.path, local); unknown {
-				err = replicaConflict(t.path, srcPos)
-			}
+			fr, err = readFromReplica(t.path, local, true)
 		}
 		if err != nil {
 			return true, opError(opOpenTenant, t.id, err)
 		}
-	}
-	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
-		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))
+		switch {
+		case local == 0 && fr.ok && fr.key == src && fr.pos == srcPos:
+			// Restored from the newest generation's head, which has not
+			// moved since (reconcile): it becomes the new generation's head.
+			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		case local == 0 && !fr.ok && readGenMarker(t.path) == 0:
+			// Never streamed: another history (replicaConflict). A copy
+			// restored here and written since, whose replica moved on, is
+			// replaced: with Ownership the newer generation's writes are the
+			// acknowledged ones.
+			return true, opError(opOpenTenant, t.id, replicaConflict(t.path, srcPos, "was never streamed"))
+		}
 	}
 	if exists && readGenMarker(t.path) == srcGen {
 		local, err := localPos(t.path)
@@ -359,7 +368,7 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 		}
 	}
-	return r.restoreReplica(ctx, t, exists, src)
+	return r.restoreReplica(ctx, t, exists, src, srcPos)
 }
 
 func opErrorOrNil(op, id string, err error) error {

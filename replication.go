@@ -451,7 +451,7 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	}
 	t.regs.Add(1)
 	t.registered.Store(true)
-	if err := errors.Join(removeIfExists(restoredMarker(t.path)), removeIfExists(fromReplicaMarker(t.path))); err != nil {
+	if err := removeIfExists(restoredMarker(t.path)); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
 	if g := t.gen.Load(); g != 0 {
@@ -643,7 +643,11 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 		return r.reconcileGen(ctx, t, exists) // ownership.go
 	}
 	if !exists {
-		return r.restoreReplica(ctx, t, false, t.replicaKey())
+		pos, err := r.repl.replicaPos(ctx, t.replicaKey())
+		if err != nil && !errors.Is(err, errUnsupported) {
+			return false, opError(opRestoreReplica, t.id, err)
+		}
+		return r.restoreReplica(ctx, t, false, t.replicaKey(), pos)
 	}
 	if ok, err := restoredOnPurpose(t.path); err != nil {
 		return true, opError(opOpenTenant, t.id, err)
@@ -654,11 +658,13 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
-	unknown, err := unstreamed(t.path, local)
+	fr, err := readFromReplica(t.path, local, true)
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
-	remote, err := r.repl.replicaPos(ctx, t.replicaKey())
+	unknown := local == 0 && !fr.ok && readGenMarker(t.path) == 0
+	key := t.replicaKey()
+	remote, err := r.repl.replicaPos(ctx, key)
 	if errors.Is(err, errUnsupported) || (err != nil && !unknown) {
 		// Not listable (another kind of replica), or the object store is
 		// down: writes go on with the local copy, which is this node's own.
@@ -667,23 +673,33 @@ func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, e
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, fmt.Errorf("%s was never streamed, and whether the replica holds another copy of the tenant cannot be told: %w", t.path, err))
 	}
-	if remote <= local {
+	switch {
+	case remote <= local:
 		return true, nil
+	case unknown:
+		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote, "was never streamed"))
+	case fr.ok && fr.key == key && remote == fr.pos:
+		// Restored from the replica's head, which has not moved since:
+		// the file holds all of it, and what was written here since
+		// (before Litestream's first file of it, or by a proxy without
+		// replication). Replaced, those acknowledged rows were lost.
+		return true, nil
+	case fr.ok && fr.written:
+		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote,
+			fmt.Sprintf("was restored from the replica at transaction %d and written here since without being streamed, and the replica has moved on", fr.pos)))
 	}
-	if unknown {
-		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote))
-	}
-	if _, err := r.restoreReplica(ctx, t, true, t.replicaKey()); err != nil {
+	if _, err := r.restoreReplica(ctx, t, true, key, remote); err != nil {
 		return true, err
 	}
 	return true, nil
 }
 
-// restoreReplica restores t from its replica under key into place (replacing the
-// local file when replace) and reports whether the replica had it. The copy
-// is checked (quick_check) before it takes t's name; its migrations are
-// applied when it is opened.
-func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, key string) (restored bool, err error) {
+// restoreReplica restores t from its replica under key, at position pos
+// (at least: read before the restore), into place (replacing the local file
+// when replace) and reports whether the replica had it. The copy is checked
+// (quick_check) before it takes t's name; its migrations are applied when it
+// is opened.
+func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, key string, pos uint64) (restored bool, err error) {
 	start := time.Now()
 	defer func() {
 		outcome := outcomeRestored
@@ -717,9 +733,10 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		err = os.RemoveAll(metaDir(t.path))
 	}
 	if err == nil {
-		// Until it is registered, the copy is known for the replica's
-		// (unstreamed): a kill before then does not make it another history.
-		err = markFile(fromReplicaMarker(t.path), tmp)
+		// Until Litestream has a position of it, the copy is known for the
+		// replica's (fromReplica): a kill before then does not make it
+		// another history, nor lose what was written to it meanwhile.
+		err = markFromReplica(t.path, tmp, key, pos)
 	}
 	if err == nil && replace {
 		err = removeWithSideFiles(t.path + "-wal")
@@ -1342,7 +1359,7 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 		}
 		if exists {
 			// Litestream's files beside it describe the erased replica.
-			if err := os.RemoveAll(metaDir(t.path)); err != nil {
+			if err := errors.Join(os.RemoveAll(metaDir(t.path)), removeIfExists(fromReplicaMarker(t.path))); err != nil {
 				return opError(opOpenTenant, t.id, err)
 			}
 		}
@@ -1399,8 +1416,8 @@ func markFile(m, tmp string) error {
 // marksFile reports whether the marker m names the file at p. A marker
 // that names another file (left by a kill before its copy took p's name)
 // is removed.
-func marksFile(m, p string, emptyNamesAny bool) (bool, error) {
-	ok, stale, err := markerNames(m, p, emptyNamesAny)
+func marksFile(m, p string) (bool, error) {
+	ok, stale, err := markerNames(m, p)
 	if stale {
 		return false, removeIfExists(m)
 	}
@@ -1408,16 +1425,15 @@ func marksFile(m, p string, emptyNamesAny bool) (bool, error) {
 }
 
 // markerNames reports whether the marker m names the file at p (ok), or
-// exists and names another (stale); an empty marker names any file with
-// emptyNamesAny, none without.
-func markerNames(m, p string, emptyNamesAny bool) (ok, stale bool, err error) {
+// exists and names another (stale); an empty marker names any file.
+func markerNames(m, p string) (ok, stale bool, err error) {
 	b, err := os.ReadFile(m)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, false, nil
 	} else if err != nil {
 		return false, false, err
 	}
-	if len(b) == 0 && emptyNamesAny {
+	if len(b) == 0 {
 		return true, false, nil
 	}
 	if fi, err := os.Stat(p); err == nil && fileKey(fi) == string(b) {
@@ -1428,43 +1444,93 @@ func markerNames(m, p string, emptyNamesAny bool) (ok, stale bool, err error) {
 	return false, true, nil
 }
 
-// fromReplicaMarker names the file that marks the tenant file at p as a copy
-// of its replica, restored by the proxy and not registered yet (register
-// removes it; from then on Litestream's files beside it say where it
-// stands).
+// fromReplicaMarker names the file that marks the tenant file at p as
+// restored by the proxy from its replica (restoreReplica), until
+// Litestream has a position of it: Litestream writes its first file of a
+// database a second or so after the registration, and a copy restored
+// while Litestream was down is not registered at all (a proxy without
+// replication may then write it). Read by readFromReplica.
 func fromReplicaMarker(p string) string {
 	return sideName(p, "-fromreplica")
 }
 
-// unstreamed reports whether the tenant file at p, with Litestream's
-// position local beside it, has no record of where it stands against its
-// replica: no position, no generation marker, and not a copy of the replica
-// restored by the proxy (fromReplicaMarker). It was made and written
-// without replication: a directory served without it, the CLI's create. A
-// replica of the same tenant is then another history, and neither is known
-// to be newer (replicaConflict). A copy restored on purpose is checked
-// before.
-func unstreamed(p string, local uint64) (bool, error) {
-	if local > 0 || readGenMarker(p) != 0 {
-		return false, nil
-	}
-	ok, err := marksFile(fromReplicaMarker(p), p, false)
-	return !ok, err
+// fromReplica is what fromReplicaMarker says of a tenant file.
+type fromReplica struct {
+	ok      bool   // the marker names the file (its fileKey)
+	key     string // the replica it was restored from
+	pos     uint64 // that replica's position before the restore (the copy's is at least that)
+	written bool   // written since (size or modification time changed, or a WAL with frames)
 }
 
-// unstreamedRO is unstreamed, leaving a stale marker where it is.
-func unstreamedRO(p string, local uint64) (bool, error) {
-	if local > 0 || readGenMarker(p) != 0 {
-		return false, nil
+// markFromReplica writes the fromReplicaMarker of the tenant file p for
+// tmp, the copy restored from the replica under key at pos, about to take
+// p's name (a link or a rename keeps its fileKey and modification time).
+func markFromReplica(p, tmp, key string, pos uint64) error {
+	fi, err := os.Stat(tmp)
+	if err != nil {
+		return err
 	}
-	ok, _, err := markerNames(fromReplicaMarker(p), p, false)
-	return !ok, err
+	f, err := os.OpenFile(fromReplicaMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%s\n%d %d\n%d %s\n", fileKey(fi), fi.Size(), fi.ModTime().UnixNano(), pos, key)
+	return errors.Join(err, f.Close())
+}
+
+// readFromReplica reads the fromReplicaMarker of the tenant file p, whose
+// Litestream position is local. With a position, Litestream's files say
+// where the copy stands, and the marker is dropped (with clean; so is one
+// that names another file or cannot be read: left by a kill before its
+// copy took p's name).
+func readFromReplica(p string, local uint64, clean bool) (fromReplica, error) {
+	m := fromReplicaMarker(p)
+	drop := func() (fromReplica, error) {
+		if clean {
+			return fromReplica{}, removeIfExists(m)
+		}
+		return fromReplica{}, nil
+	}
+	b, err := os.ReadFile(m)
+	if errors.Is(err, os.ErrNotExist) {
+		return fromReplica{}, nil
+	} else if err != nil {
+		return fromReplica{}, err
+	}
+	if local > 0 {
+		return drop()
+	}
+	fi, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return drop()
+	} else if err != nil {
+		return fromReplica{}, err
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 3 || lines[0] != fileKey(fi) {
+		return drop()
+	}
+	var size, mtime int64
+	if _, err := fmt.Sscanf(lines[1], "%d %d", &size, &mtime); err != nil {
+		return drop()
+	}
+	posText, key, ok := strings.Cut(lines[2], " ")
+	pos, err := strconv.ParseUint(posText, 10, 64)
+	if !ok || err != nil || key == "" {
+		return drop()
+	}
+	fr := fromReplica{ok: true, key: key, pos: pos}
+	fr.written = fi.Size() != size || fi.ModTime().UnixNano() != mtime
+	if wfi, err := os.Lstat(p + "-wal"); err == nil && wfi.Size() > walHeaderSize {
+		fr.written = true
+	}
+	return fr, nil
 }
 
 // restoredOnPurposeRO is restoredOnPurpose, leaving a stale marker where
 // it is.
 func restoredOnPurposeRO(p string) (bool, error) {
-	ok, _, err := markerNames(restoredMarker(p), p, true)
+	ok, _, err := markerNames(restoredMarker(p), p)
 	return ok, err
 }
 
@@ -1474,10 +1540,10 @@ func restoredOnPurposeRO(p string) (bool, error) {
 // not opened: the error says how to keep either.
 var ErrReplicaConflict = errors.New("sqliteproxy: the tenant's file here and its replica are different copies")
 
-// replicaConflict is ErrReplicaConflict for the never-streamed file at p
-// and a replica at position remote.
-func replicaConflict(p string, remote uint64) error {
-	return fmt.Errorf("%w: %s was never streamed, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), create the empty file %s; to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, remote, restoredMarker(p))
+// replicaConflict is ErrReplicaConflict for the file at p, which what says
+// ("was never streamed"), and a replica at position remote.
+func replicaConflict(p string, remote uint64, what string) error {
+	return fmt.Errorf("%w: %s %s, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), create the empty file %s; to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, what, remote, restoredMarker(p))
 }
 
 // restoredOnPurpose reports whether the tenant file at p is marked restored
@@ -1487,7 +1553,7 @@ func replicaConflict(p string, remote uint64) error {
 // its copy to p: it is removed, and p is not restored on purpose (its
 // copy may be stale, and would become the replica's head).
 func restoredOnPurpose(p string) (bool, error) {
-	return marksFile(restoredMarker(p), p, true)
+	return marksFile(restoredMarker(p), p)
 }
 
 // touchFile creates an empty file at p (mode 0600) if there is none.
@@ -1586,6 +1652,11 @@ type ReplicaCopy struct {
 	// made by the CLI). If the replica holds the tenant (Replica > 0), a
 	// proxy with replication refuses it with ErrReplicaConflict.
 	NeverStreamed bool
+	// FromReplica: the file was restored by the proxy from the replica,
+	// then at FromReplicaTXID, and Litestream has no position of it yet. A
+	// proxy with replication keeps it while the replica is still there.
+	FromReplica     bool
+	FromReplicaTXID uint64
 }
 
 // ReplicaCopyOf returns where tenant id's file under dir stands against its
@@ -1611,8 +1682,11 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 		return c, opError(op, id, err)
 	}
 	if _, err := os.Lstat(path); err == nil {
+		var fr fromReplica
 		if c.Restored, err = restoredOnPurposeRO(path); err == nil && !c.Restored {
-			c.NeverStreamed, err = unstreamedRO(path, c.Local)
+			fr, err = readFromReplica(path, c.Local, false)
+			c.FromReplica, c.FromReplicaTXID = fr.ok, fr.pos
+			c.NeverStreamed = c.Local == 0 && !fr.ok && readGenMarker(path) == 0
 		}
 		if err != nil {
 			return c, opError(op, id, err)

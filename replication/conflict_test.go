@@ -166,6 +166,10 @@ func TestProxy_RestoredFromReplicaNotRegisteredIsNoConflict(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(cfg.Dir, "acme.db")); err != nil {
 			t.Fatalf("restored before the registration failed: %v", err)
 		}
+		c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfg.Dir, "acme")
+		if err != nil || !c.FromReplica || c.FromReplicaTXID == 0 || c.FromReplicaTXID != c.Replica || c.NeverStreamed || c.Local != 0 {
+			t.Fatalf("ReplicaCopyOf: %+v, %v; want restored from the replica at its position", c, err)
+		}
 		g.ls.Restart()
 		if got := names(t, p, "acme"); !slices.Equal(got, []string{"in-replica"}) {
 			t.Fatalf("served %q, want [in-replica]", got)

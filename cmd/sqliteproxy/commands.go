@@ -566,7 +566,7 @@ type tenantStatus struct {
 	// compare.
 	ReplicaLocalTXID *uint64 `json:"replica_local_txid,omitempty"`
 	ReplicaTXID      *uint64 `json:"replica_txid,omitempty"`
-	ReplicaState     string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), conflict (never streamed, the replica holds another copy)
+	ReplicaState     string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy)
 	ReplicaError     string  `json:"replica_error,omitempty"`
 	replicaErr       error   // as ReplicaError
 }

@@ -158,6 +158,8 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 		ts.ReplicaState = "restored"
 	case c.NeverStreamed && replica > 0:
 		ts.ReplicaState = "conflict"
+	case c.FromReplica && replica == c.FromReplicaTXID:
+		ts.ReplicaState = "restored_from_replica"
 	case local == 0 && replica == 0:
 		ts.ReplicaState = "none"
 	case local == replica:
@@ -184,6 +186,8 @@ func (ts *tenantStatus) replicaText() string {
 		return fmt.Sprintf("behind by %d", local-replica)
 	case "restored":
 		return "restored here (becomes the replica's head when the service opens it)"
+	case "restored_from_replica":
+		return fmt.Sprintf("restored from the replica (txid %d), not streamed yet", replica)
 	case "conflict":
 		return fmt.Sprintf("never streamed, the replica holds another copy (txid %d): refused until one is chosen", replica)
 	default:
