@@ -636,6 +636,19 @@ func (r *router) catchUp(t *tenant) {
 // as the replica's new head. A copy restored on purpose (RestoreTenant,
 // RestoreTenantAt) is kept: it is meant to become the head.
 func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	// Close ends every call to the object store below (an operation Close
+	// waits for): a listing on a store that never answers held Close.
+	ctx, cancel := untilClosed(ctx, r.stop)
+	defer cancel()
+	ok, err := r.reconcileUntilClosed(ctx, t, exists)
+	if err != nil && !errors.Is(err, ErrClosed) && errors.Is(context.Cause(ctx), ErrClosed) {
+		err = opError(opOpenTenant, t.id, fmt.Errorf("%w (%v)", ErrClosed, err))
+	}
+	return ok, err
+}
+
+// reconcileUntilClosed is reconcile with ctx ended by Close.
+func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists bool) (bool, error) {
 	if err := r.eraseDeleted(ctx, t, exists); err != nil {
 		return exists, err
 	}
