@@ -305,7 +305,11 @@ func replicaKey(id string, gen int64) string {
 func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool, error) {
 	g := t.gen.Load()
 	if exists {
-		if ok, err := restoredOnPurpose(t.path); err != nil {
+		local, err := localPos(t.path)
+		if err != nil {
+			return true, opError(opOpenTenant, t.id, err)
+		}
+		if ok, err := restoredOnPurpose(t.path, local); err != nil {
 			return true, opError(opOpenTenant, t.id, err)
 		} else if ok {
 			// Restored on purpose: it becomes the head of the new generation.
@@ -365,7 +369,16 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 			return true, opError(opOpenTenant, t.id, err)
 		}
 		if local >= srcPos {
-			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+			// It holds all of that generation: the new one starts from it.
+			// Until Litestream has a position of it in the new one (the
+			// store down, it has none), it is marked as descending from
+			// the head it holds (fromReplica): replaced by that head at the
+			// next owner, the new generation's writes were lost.
+			err := markFromReplica(t.path, t.path, src, srcPos)
+			if err == nil {
+				err = os.RemoveAll(metaDir(t.path))
+			}
+			return true, opErrorOrNil(opOpenTenant, t.id, err)
 		}
 	}
 	return r.restoreReplica(ctx, t, exists, src, srcPos)

@@ -451,9 +451,10 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	}
 	t.regs.Add(1)
 	t.registered.Store(true)
-	if err := removeIfExists(restoredMarker(t.path)); err != nil {
-		return opError(opOpenTenant, t.id, err)
-	}
+	// The restored marker (restoredOnPurpose) and fromReplicaMarker stay
+	// until Litestream has a position of the file: it makes its first file
+	// of a database a second after the registration, or, while the object
+	// store is down, not at all.
 	if g := t.gen.Load(); g != 0 {
 		if err := writeGenMarker(t.path, g); err != nil {
 			return opError(opOpenTenant, t.id, err)
@@ -662,14 +663,14 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 		}
 		return r.restoreReplica(ctx, t, false, t.replicaKey(), pos)
 	}
-	if ok, err := restoredOnPurpose(t.path); err != nil {
-		return true, opError(opOpenTenant, t.id, err)
-	} else if ok {
-		return true, nil // removed once registered (router.register)
-	}
 	local, err := localPos(t.path)
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
+	}
+	if ok, err := restoredOnPurpose(t.path, local); err != nil {
+		return true, opError(opOpenTenant, t.id, err)
+	} else if ok {
+		return true, nil // kept until Litestream has a position of it
 	}
 	fr, err := readFromReplica(t.path, local, true)
 	if err != nil {
@@ -742,24 +743,32 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		err = os.Chmod(tmp, 0o600)
 	}
 	if err == nil {
-		// Litestream's files for an older copy would not match this one.
-		err = os.RemoveAll(metaDir(t.path))
-	}
-	if err == nil {
 		// Until Litestream has a position of it, the copy is known for the
 		// replica's (fromReplica): a kill before then does not make it
 		// another history, nor lose what was written to it meanwhile.
 		err = markFromReplica(t.path, tmp, key, pos)
 	}
 	if err == nil && replace {
-		err = removeWithSideFiles(t.path + "-wal")
+		// The old file's side files go (a -shm left behind, which
+		// Litestream's process still had open, failed the next open with
+		// "disk I/O error"), then its Litestream files, after the rename:
+		// killed before it, the old file keeps its position (it is behind,
+		// and replaced again), not "never streamed".
+		err = removeSideFiles(t.path)
 		if err == nil {
 			err = os.Rename(tmp, t.path)
 		}
+		if err == nil {
+			// Litestream's files for the older copy would not match this one.
+			err = os.RemoveAll(metaDir(t.path))
+		}
 	} else if err == nil {
 		// Side files of a file deleted there would be replayed into the
-		// copy from the replica.
+		// copy from the replica, and its Litestream files would not match.
 		if err = removeOrphanSideFiles(t.path); err == nil {
+			err = os.RemoveAll(metaDir(t.path))
+		}
+		if err == nil {
 			err = os.Link(tmp, t.path)
 		}
 		if errors.Is(err, os.ErrExist) {
@@ -1542,7 +1551,10 @@ func readFromReplica(p string, local uint64, clean bool) (fromReplica, error) {
 
 // restoredOnPurposeRO is restoredOnPurpose, leaving a stale marker where
 // it is.
-func restoredOnPurposeRO(p string) (bool, error) {
+func restoredOnPurposeRO(p string, local uint64) (bool, error) {
+	if local > 0 {
+		return false, nil
+	}
 	ok, _, err := markerNames(restoredMarker(p), p)
 	return ok, err
 }
@@ -1559,13 +1571,20 @@ func replicaConflict(p string, remote uint64, what string) error {
 	return fmt.Errorf("%w: %s %s, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), create the empty file %s; to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, what, remote, restoredMarker(p))
 }
 
-// restoredOnPurpose reports whether the tenant file at p is marked restored
-// on purpose: by a marker that names p's file, or an empty one (written
-// before markers named their file, or where files have no fileKey). A
-// marker that names another file was left by a restore that never renamed
-// its copy to p: it is removed, and p is not restored on purpose (its
-// copy may be stale, and would become the replica's head).
-func restoredOnPurpose(p string) (bool, error) {
+// restoredOnPurpose reports whether the tenant file at p, with Litestream's
+// position local beside it, is marked restored on purpose: by a marker that
+// names p's file, or an empty one (written before markers named their file,
+// or where files have no fileKey), while Litestream has no position of it
+// (the restore removed Litestream's files; once Litestream has made one,
+// its positions continue the replica's and say the rest). A marker that
+// names another file was left by a restore that never renamed its copy to
+// p: it is removed, and p is not restored on purpose (its copy may be
+// stale, and would become the replica's head); so is one outlived by a
+// position.
+func restoredOnPurpose(p string, local uint64) (bool, error) {
+	if local > 0 {
+		return false, removeIfExists(restoredMarker(p))
+	}
 	return marksFile(restoredMarker(p), p)
 }
 
@@ -1670,6 +1689,10 @@ type ReplicaCopy struct {
 	// proxy with replication keeps it while the replica is still there.
 	FromReplica     bool
 	FromReplicaTXID uint64
+	// FromReplicaWritten: such a file was written since its restore. If
+	// the replica moved on, a proxy with replication refuses it
+	// (ErrReplicaConflict; with Ownership it is replaced).
+	FromReplicaWritten bool
 }
 
 // ReplicaCopyOf returns where tenant id's file under dir stands against its
@@ -1696,9 +1719,9 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	}
 	if _, err := os.Lstat(path); err == nil {
 		var fr fromReplica
-		if c.Restored, err = restoredOnPurposeRO(path); err == nil && !c.Restored {
+		if c.Restored, err = restoredOnPurposeRO(path, c.Local); err == nil && !c.Restored {
 			fr, err = readFromReplica(path, c.Local, false)
-			c.FromReplica, c.FromReplicaTXID = fr.ok, fr.pos
+			c.FromReplica, c.FromReplicaTXID, c.FromReplicaWritten = fr.ok, fr.pos, fr.written
 			c.NeverStreamed = c.Local == 0 && !fr.ok && readGenMarker(path) == 0
 		}
 		if err != nil {

@@ -101,6 +101,10 @@ func TestProxy_RestoredCopyWrittenWhileReplicaMovedOnRefused(t *testing.T) {
 	if err := other.Close(); err != nil {
 		t.Fatal(err)
 	}
+	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfg.Dir, "acme")
+	if err != nil || !c.FromReplica || !c.FromReplicaWritten || c.Replica == c.FromReplicaTXID || c.NeverStreamed {
+		t.Errorf("ReplicaCopyOf: %+v, %v; want restored from the replica, written since, the replica moved on", c, err)
+	}
 	q := sqliteproxytest.New(t, cfg)
 	if _, err := q.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`); !errors.Is(err, sqliteproxy.ErrReplicaConflict) {
 		t.Fatalf("access: %v, want ErrReplicaConflict", err)

@@ -569,6 +569,7 @@ type tenantStatus struct {
 	ReplicaState     string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy)
 	ReplicaError     string  `json:"replica_error,omitempty"`
 	replicaErr       error   // as ReplicaError
+	neverStreamed    bool    // ReplicaCopy.NeverStreamed (what a "conflict" is)
 }
 
 type appliedStatus struct {

@@ -153,10 +153,11 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 	}
 	local, replica := c.Local, c.Replica
 	ts.ReplicaLocalTXID, ts.ReplicaTXID = &local, &replica
+	ts.neverStreamed = c.NeverStreamed
 	switch {
 	case c.Restored:
 		ts.ReplicaState = "restored"
-	case c.NeverStreamed && replica > 0:
+	case c.NeverStreamed && replica > 0, c.FromReplica && c.FromReplicaWritten && replica != c.FromReplicaTXID:
 		ts.ReplicaState = "conflict"
 	case c.FromReplica && replica == c.FromReplicaTXID:
 		ts.ReplicaState = "restored_from_replica"
@@ -189,6 +190,9 @@ func (ts *tenantStatus) replicaText() string {
 	case "restored_from_replica":
 		return fmt.Sprintf("restored from the replica (txid %d), not streamed yet", replica)
 	case "conflict":
+		if !ts.neverStreamed {
+			return fmt.Sprintf("restored from the replica and written here, not streamed, and the replica moved on (txid %d): refused until one is chosen", replica)
+		}
 		return fmt.Sprintf("never streamed, the replica holds another copy (txid %d): refused until one is chosen", replica)
 	default:
 		return fmt.Sprintf("ahead by %d (written elsewhere)", replica-local)
