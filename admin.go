@@ -717,6 +717,16 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(op, id, err)
 	}
+	// Where the replica is now, if the store answers soon (markRestored):
+	// read before the drain, which it must not hold up.
+	var remote uint64
+	remoteKnown := false
+	if r.repl != nil {
+		lctx, cancel := context.WithTimeout(ctx, restoreBoundTimeout)
+		pos, err := r.repl.replicaPos(lctx, t.replicaKey())
+		cancel()
+		remote, remoteKnown = pos, err == nil
+	}
 	tmp := tempName(filepath.Dir(t.path), restoringPrefix, id)
 	defer removeWithSideFiles(tmp)
 	if err := fill(tmp); err != nil {
@@ -742,6 +752,22 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		t.endDrain(tenantActive)
 		return opError(op, id, err)
 	}
+	var bound *restoreBound
+	if r.repl != nil {
+		// What this node knows of the replica now (markRestored): its
+		// position, or Litestream's beside the old file. Neither known (no
+		// old file, the store down), the restore is kept however far
+		// behind the replica it is, as one without replication.
+		local, err := localPos(t.path)
+		if err != nil {
+			leave()
+			t.endDrain(tenantActive)
+			return opError(op, id, err)
+		}
+		if remoteKnown || local > 0 {
+			bound = &restoreBound{gen: t.gen.Load(), pos: max(local, remote)}
+		}
+	}
 	err = errors.Join(removeSideFiles(t.path), os.RemoveAll(metaDir(t.path)))
 	if err == nil {
 		// Restored on purpose: this copy is to become the replica's head,
@@ -750,7 +776,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		// (a proxy without replication) into a fresh directory, which the
 		// service with replication then opened, was taken for a stale copy
 		// and replaced by the replica, the backup lost.
-		err = markRestored(t.path, tmp)
+		err = markRestored(t.path, tmp, bound)
 	}
 	marked := err == nil
 	if err == nil && restoreBeforeRename != nil {
@@ -792,6 +818,10 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	}
 	return nil
 }
+
+// restoreBoundTimeout bounds a restore's look at its replica's position
+// (markRestored): the store down, the restore goes on without it.
+const restoreBoundTimeout = 5 * time.Second
 
 // checkFile fails unless the file at path is a healthy SQLite database
 // (PRAGMA quick_check), reading it without changing it.

@@ -152,7 +152,7 @@ func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
 	if err := os.WriteFile(restoredMarker(c), left, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := restoredOnPurpose(c, 0); ok || err != nil {
+	if ok, _, err := restoredOnPurpose(c, 0); ok || err != nil {
 		t.Errorf("c's old file with a killed restore's marker: restored on purpose %v (%v), want false", ok, err)
 	}
 	if _, err := os.Lstat(restoredMarker(c)); !errors.Is(err, fs.ErrNotExist) {
@@ -163,7 +163,7 @@ func TestOrphanWAL_RestoreKilledBeforeRename(t *testing.T) {
 	if err := p.RestoreTenant(tctx("c"), "c", backup); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := restoredOnPurpose(c, 0); !ok || err != nil {
+	if ok, _, err := restoredOnPurpose(c, 0); !ok || err != nil {
 		t.Errorf("after a restore: restored on purpose %v (%v), want true", ok, err)
 	}
 }

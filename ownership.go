@@ -304,16 +304,20 @@ func replicaKey(id string, gen int64) string {
 // generation starts with a snapshot.
 func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool, error) {
 	g := t.gen.Load()
+	var restored *restoreBound
 	if exists {
 		local, err := localPos(t.path)
 		if err != nil {
 			return true, opError(opOpenTenant, t.id, err)
 		}
-		if ok, err := restoredOnPurpose(t.path, local); err != nil {
+		if ok, b, err := restoredOnPurpose(t.path, local); err != nil {
 			return true, opError(opOpenTenant, t.id, err)
-		} else if ok {
-			// Restored on purpose: it becomes the head of the new generation.
+		} else if ok && b == nil {
+			// Restored on purpose without replication (the CLI): it
+			// becomes the head of the new generation.
 			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		} else if ok {
+			restored = b
 		}
 	}
 	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, g)
@@ -321,6 +325,19 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 		// Whether the local copy is current cannot be told: refuse rather
 		// than publish stale data.
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("read the tenant's replica generations: %w", err))
+	}
+	if restored != nil {
+		if prevGen, _ := t.lease.Previous(); max(prevGen, srcGen) <= restored.gen {
+			// Restored on purpose by this node's owner of the tenant, and
+			// nobody had it since: it becomes the head of the new generation.
+			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
+		}
+		// Another node owned the tenant since the restore and wrote (or
+		// deleted) it: its generation holds what was acknowledged since.
+		// The restore is superseded, and the rules below apply.
+		if err := removeIfExists(restoredMarker(t.path)); err != nil {
+			return true, opError(opOpenTenant, t.id, err)
+		}
 	}
 	if src == "" { // nothing in the replica
 		if !exists {

@@ -514,7 +514,11 @@ func (r *router) unregister(t *tenant) {
 	if err != nil {
 		touchFile(unsyncedMarker(t.path)) // for the next process too
 	} else {
+		// In the replica, and Litestream has a position of it: the marks
+		// of a restored copy have done their work.
 		removeIfExists(unsyncedMarker(t.path))
+		removeIfExists(restoredMarker(t.path))
+		removeIfExists(fromReplicaMarker(t.path))
 	}
 	r.repl.mu.Lock()
 	if err != nil {
@@ -667,10 +671,20 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
-	if ok, err := restoredOnPurpose(t.path, local); err != nil {
+	if ok, b, err := restoredOnPurpose(t.path, local); err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	} else if ok {
-		return true, nil // kept until Litestream has a position of it
+		// Kept, and its marker until Litestream has a position of it;
+		// unless another node wrote the replica since (restoreBound).
+		if b == nil {
+			return true, nil
+		}
+		remote, err := r.repl.replicaPos(ctx, t.replicaKey())
+		if err != nil || remote <= b.pos {
+			return true, nil // the store down: looked at again at the next open
+		}
+		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote,
+			fmt.Sprintf("was restored on purpose here when the replica was at transaction %d, and not streamed yet; the replica was written since", b.pos)))
 	}
 	fr, err := readFromReplica(t.path, local, true)
 	if err != nil {
@@ -1416,54 +1430,77 @@ func restoredMarker(p string) string {
 // file p, as restored on purpose: the marker holds tmp's fileKey, so that
 // a restore killed before its rename leaves a marker that names a file
 // other than p's and does not count (restoredOnPurpose).
-func markRestored(p, tmp string) error {
-	return markFile(restoredMarker(p), tmp)
-}
-
-// markFile writes the marker m naming the file at tmp (its fileKey), which
-// is about to take the tenant's name (a link or a rename keeps the key).
-func markFile(m, tmp string) error {
+//
+// A restore in a proxy with replication also records b, what this node
+// knew of the replica then: its generation (with Ownership) and the
+// position Litestream had recorded beside the old file. Until Litestream
+// has a position of the restored file (restoredOnPurpose), a replica
+// written since by another node (a newer generation, or without
+// Ownership a position past b's) supersedes the restore: it was written
+// after it, acknowledged there. A restore without replication (the CLI's)
+// knows nothing of the replica and is kept however far behind it is.
+func markRestored(p, tmp string, b *restoreBound) error {
 	fi, err := os.Stat(tmp)
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(restoredMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	_, err = f.WriteString(fileKey(fi))
+	text := fileKey(fi)
+	if b != nil {
+		text += fmt.Sprintf("\n%d %d", b.gen, b.pos)
+	}
+	_, err = f.WriteString(text)
 	return errors.Join(err, f.Close())
+}
+
+// restoreBound is what a restore in a proxy with replication knew of the
+// tenant's replica (markRestored).
+type restoreBound struct {
+	gen int64  // the generation this node owned (0: no Ownership)
+	pos uint64 // Litestream's position beside the old file
 }
 
 // marksFile reports whether the marker m names the file at p. A marker
 // that names another file (left by a kill before its copy took p's name)
 // is removed.
-func marksFile(m, p string) (bool, error) {
-	ok, stale, err := markerNames(m, p)
+func marksFile(m, p string) (bool, *restoreBound, error) {
+	ok, b, stale, err := markerNames(m, p)
 	if stale {
-		return false, removeIfExists(m)
+		return false, nil, removeIfExists(m)
 	}
-	return ok, err
+	return ok, b, err
 }
 
-// markerNames reports whether the marker m names the file at p (ok), or
-// exists and names another (stale); an empty marker names any file.
-func markerNames(m, p string) (ok, stale bool, err error) {
-	b, err := os.ReadFile(m)
+// markerNames reports whether the restored marker m names the file at p
+// (ok; with the bound it records, if any), or exists and names another
+// (stale); an empty marker names any file.
+func markerNames(m, p string) (ok bool, b *restoreBound, stale bool, err error) {
+	data, err := os.ReadFile(m)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, false, nil
+		return false, nil, false, nil
 	} else if err != nil {
-		return false, false, err
+		return false, nil, false, err
 	}
-	if len(b) == 0 {
-		return true, false, nil
+	if len(data) == 0 {
+		return true, nil, false, nil
 	}
-	if fi, err := os.Stat(p); err == nil && fileKey(fi) == string(b) {
-		return true, false, nil
+	key, bound, hasBound := strings.Cut(string(data), "\n")
+	if hasBound {
+		var rb restoreBound
+		if _, err := fmt.Sscanf(bound, "%d %d", &rb.gen, &rb.pos); err != nil {
+			return false, nil, true, nil // cut short (power lost as it was written): a restore not to trust
+		}
+		b = &rb
+	}
+	if fi, err := os.Stat(p); err == nil && fileKey(fi) == key {
+		return true, b, false, nil
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return false, false, err
+		return false, nil, false, err
 	}
-	return false, true, nil
+	return false, nil, true, nil
 }
 
 // fromReplicaMarker names the file that marks the tenant file at p as
@@ -1555,7 +1592,7 @@ func restoredOnPurposeRO(p string, local uint64) (bool, error) {
 	if local > 0 {
 		return false, nil
 	}
-	ok, _, err := markerNames(restoredMarker(p), p)
+	ok, _, _, err := markerNames(restoredMarker(p), p)
 	return ok, err
 }
 
@@ -1581,9 +1618,9 @@ func replicaConflict(p string, remote uint64, what string) error {
 // p: it is removed, and p is not restored on purpose (its copy may be
 // stale, and would become the replica's head); so is one outlived by a
 // position.
-func restoredOnPurpose(p string, local uint64) (bool, error) {
+func restoredOnPurpose(p string, local uint64) (bool, *restoreBound, error) {
 	if local > 0 {
-		return false, removeIfExists(restoredMarker(p))
+		return false, nil, removeIfExists(restoredMarker(p))
 	}
 	return marksFile(restoredMarker(p), p)
 }
@@ -1689,10 +1726,11 @@ type ReplicaCopy struct {
 	// proxy with replication keeps it while the replica is still there.
 	FromReplica     bool
 	FromReplicaTXID uint64
-	// FromReplicaWritten: such a file was written since its restore. If
-	// the replica moved on, a proxy with replication refuses it
-	// (ErrReplicaConflict; with Ownership it is replaced).
-	FromReplicaWritten bool
+	// FromReplicaWritten: such a file was written since its restore.
+	// FromReplicaMovedOn: the replica it was restored from is no longer
+	// at FromReplicaTXID. Both, a proxy with replication refuses it
+	// (ErrReplicaConflict; with Ownership, the newer generation replaces it).
+	FromReplicaWritten, FromReplicaMovedOn bool
 }
 
 // ReplicaCopyOf returns where tenant id's file under dir stands against its
@@ -1723,6 +1761,14 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 			fr, err = readFromReplica(path, c.Local, false)
 			c.FromReplica, c.FromReplicaTXID, c.FromReplicaWritten = fr.ok, fr.pos, fr.written
 			c.NeverStreamed = c.Local == 0 && !fr.ok && readGenMarker(path) == 0
+			if fr.ok {
+				// The replica it came from (a cluster node's new
+				// generation streams to another).
+				var now uint64
+				if now, err = (&replicator{base: replicaURL}).replicaPos(ctx, fr.key); err == nil {
+					c.FromReplicaMovedOn = now != fr.pos
+				}
+			}
 		}
 		if err != nil {
 			return c, opError(op, id, err)

@@ -102,7 +102,7 @@ func TestProxy_RestoredCopyWrittenWhileReplicaMovedOnRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfg.Dir, "acme")
-	if err != nil || !c.FromReplica || !c.FromReplicaWritten || c.Replica == c.FromReplicaTXID || c.NeverStreamed {
+	if err != nil || !c.FromReplica || !c.FromReplicaWritten || !c.FromReplicaMovedOn || c.NeverStreamed {
 		t.Errorf("ReplicaCopyOf: %+v, %v; want restored from the replica, written since, the replica moved on", c, err)
 	}
 	q := sqliteproxytest.New(t, cfg)

@@ -157,9 +157,9 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 	switch {
 	case c.Restored:
 		ts.ReplicaState = "restored"
-	case c.NeverStreamed && replica > 0, c.FromReplica && c.FromReplicaWritten && replica != c.FromReplicaTXID:
+	case c.NeverStreamed && replica > 0, c.FromReplica && c.FromReplicaWritten && c.FromReplicaMovedOn:
 		ts.ReplicaState = "conflict"
-	case c.FromReplica && replica == c.FromReplicaTXID:
+	case c.FromReplica && !c.FromReplicaMovedOn:
 		ts.ReplicaState = "restored_from_replica"
 	case local == 0 && replica == 0:
 		ts.ReplicaState = "none"
@@ -188,10 +188,10 @@ func (ts *tenantStatus) replicaText() string {
 	case "restored":
 		return "restored here (becomes the replica's head when the service opens it)"
 	case "restored_from_replica":
-		return fmt.Sprintf("restored from the replica (txid %d), not streamed yet", replica)
+		return fmt.Sprintf("restored from the replica (txid %d), not streamed yet", *ts.ReplicaTXID)
 	case "conflict":
 		if !ts.neverStreamed {
-			return fmt.Sprintf("restored from the replica and written here, not streamed, and the replica moved on (txid %d): refused until one is chosen", replica)
+			return "restored from the replica and written here, not streamed, and the replica moved on: refused until one is chosen (with Ownership, replaced by the newer generation)"
 		}
 		return fmt.Sprintf("never streamed, the replica holds another copy (txid %d): refused until one is chosen", replica)
 	default:
