@@ -764,7 +764,16 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 			t.endDrain(tenantActive)
 			return opError(op, id, err)
 		}
-		if remoteKnown || local > 0 {
+		// A restore again of a copy not streamed yet knows what the one
+		// before it knew (its marker, or the replica it was restored from).
+		known := remoteKnown || local > 0
+		if ok, b, _, err := markerNames(restoredMarker(t.path), t.path); err == nil && ok && b != nil {
+			remote, known = max(remote, b.pos), true
+		}
+		if fr, err := readFromReplica(t.path, local, false); err == nil && fr.ok {
+			remote, known = max(remote, fr.pos), true
+		}
+		if known {
 			bound = &restoreBound{gen: t.gen.Load(), pos: max(local, remote)}
 		}
 	}

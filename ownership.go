@@ -318,6 +318,16 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 		} else if ok {
 			restored = b
+			if prevGen, _ := t.lease.Previous(); prevGen <= b.gen && g > b.gen {
+				// Nobody owned the tenant since the restore but this node:
+				// the restore is carried into this lease's generation
+				// first, before anything here can fail (this lease is
+				// recorded as the tenant's; a later one would otherwise
+				// take it for another owner's).
+				if err := rewriteRestoredGen(t.path, g); err != nil {
+					return true, opError(opOpenTenant, t.id, err)
+				}
+			}
 		}
 	}
 	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, g)
@@ -327,9 +337,12 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("read the tenant's replica generations: %w", err))
 	}
 	if restored != nil {
-		if prevGen, _ := t.lease.Previous(); max(prevGen, srcGen) <= restored.gen {
-			// Restored on purpose by this node's owner of the tenant, and
-			// nobody had it since: it becomes the head of the new generation.
+		prevGen, _ := t.lease.Previous()
+		if srcGen <= restored.gen && (prevGen <= restored.gen || src != "") {
+			// Restored on purpose by this node as the tenant's owner, and
+			// nobody wrote a newer generation since (nor deleted it: an
+			// owner since, and nothing in the replica): it becomes the
+			// head of the new generation.
 			return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 		}
 		// Another node owned the tenant since the restore and wrote (or

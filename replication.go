@@ -1460,7 +1460,32 @@ func markRestored(p, tmp string, b *restoreBound) error {
 // tenant's replica (markRestored).
 type restoreBound struct {
 	gen int64  // the generation this node owned (0: no Ownership)
-	pos uint64 // Litestream's position beside the old file
+	pos uint64 // the replica's position, or Litestream's beside the old file
+}
+
+// rewriteRestoredGen records gen in the restored marker of the tenant file
+// p, which names p's file and has a bound: this node owns the tenant in gen
+// now, nobody having owned it since the restore (reconcileGen).
+func rewriteRestoredGen(p string, gen int64) error {
+	ok, b, _, err := markerNames(restoredMarker(p), p)
+	if err != nil || !ok || b == nil {
+		return err
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	tmp := restoredMarker(p) + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(f, "%s\n%d %d", fileKey(fi), gen, b.pos)
+	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return errors.Join(os.Rename(tmp, restoredMarker(p)), syncDir(filepath.Dir(p)))
 }
 
 // marksFile reports whether the marker m names the file at p. A marker
@@ -1588,12 +1613,12 @@ func readFromReplica(p string, local uint64, clean bool) (fromReplica, error) {
 
 // restoredOnPurposeRO is restoredOnPurpose, leaving a stale marker where
 // it is.
-func restoredOnPurposeRO(p string, local uint64) (bool, error) {
+func restoredOnPurposeRO(p string, local uint64) (bool, *restoreBound, error) {
 	if local > 0 {
-		return false, nil
+		return false, nil, nil
 	}
-	ok, _, _, err := markerNames(restoredMarker(p), p)
-	return ok, err
+	ok, b, _, err := markerNames(restoredMarker(p), p)
+	return ok, b, err
 }
 
 // ErrReplicaConflict: a tenant's file here was never streamed (served
@@ -1605,7 +1630,7 @@ var ErrReplicaConflict = errors.New("sqliteproxy: the tenant's file here and its
 // replicaConflict is ErrReplicaConflict for the file at p, which what says
 // ("was never streamed"), and a replica at position remote.
 func replicaConflict(p string, remote uint64, what string) error {
-	return fmt.Errorf("%w: %s %s, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), create the empty file %s; to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, what, remote, restoredMarker(p))
+	return fmt.Errorf("%w: %s %s, and the replica holds another copy of the tenant (at transaction %d); neither is known to be the newer, so neither replaces the other. To keep the file here (it becomes the replica's head), make %s an empty file (create it, or empty it); to take the replica's copy instead, move the file (and its -wal) away", ErrReplicaConflict, p, what, remote, restoredMarker(p))
 }
 
 // restoredOnPurpose reports whether the tenant file at p, with Litestream's
@@ -1716,6 +1741,11 @@ type ReplicaCopy struct {
 	// head when a proxy with replication next opens it, however far behind
 	// the replica it is.
 	Restored bool
+	// RestoredSuperseded: such a file was restored by a proxy with
+	// replication, and another node wrote the replica since (without
+	// Ownership: a proxy with replication refuses it, ErrReplicaConflict).
+	RestoredSuperseded bool
+	restoredBound      *uint64
 	// NeverStreamed: the file has no position of Litestream's and was not
 	// restored from the replica by the proxy (served without replication,
 	// made by the CLI). If the replica holds the tenant (Replica > 0), a
@@ -1757,7 +1787,10 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	}
 	if _, err := os.Lstat(path); err == nil {
 		var fr fromReplica
-		if c.Restored, err = restoredOnPurposeRO(path, c.Local); err == nil && !c.Restored {
+		var b *restoreBound
+		if c.Restored, b, err = restoredOnPurposeRO(path, c.Local); err == nil && c.Restored && b != nil && b.gen == 0 {
+			c.restoredBound = &b.pos
+		} else if err == nil && !c.Restored {
 			fr, err = readFromReplica(path, c.Local, false)
 			c.FromReplica, c.FromReplicaTXID, c.FromReplicaWritten = fr.ok, fr.pos, fr.written
 			c.NeverStreamed = c.Local == 0 && !fr.ok && readGenMarker(path) == 0
@@ -1787,5 +1820,6 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	if c.Replica, err = rp.replicaPos(ctx, key); err != nil {
 		return c, opError(op, id, err)
 	}
+	c.RestoredSuperseded = c.restoredBound != nil && c.Replica > *c.restoredBound
 	return c, nil
 }

@@ -26,29 +26,9 @@ func TestOwnership_RestoreSupersededByNewerGeneration(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, a.p, "acme", "after-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a.p, ls.Bin(), "before-1", "after-1")
 	a.close()
 	g.s3.Restart()
 
@@ -72,48 +52,6 @@ func TestOwnership_RestoreSupersededByNewerGeneration(t *testing.T) {
 	}
 }
 
-// Ownership, the keep path of reconcileGen (a node restarts, its copy
-// starts a new generation) with the store down before the first upload and
-// a write: ReplicaCopyOf (what `status -replica` prints) says the source
-// generation has not moved on (it compared with the new generation's empty
-// replica, and the CLI said "refused": adv21c), and the service keeps it.
-func TestOwnership_NewGenerationStartNotMovedOn(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	dir := t.TempDir()
-	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
-	n := g.ownerNode(t, srv, "n1", 10, withLS)
-	insert(t, n.p, "acme", "synced")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	n.close()
-	m := g.ownerNode(t, srv, "n1b", 10, withLS)
-	if got := names(t, m.p, "acme"); !slices.Equal(got, []string{"synced"}) {
-		t.Fatalf("reopened %q", got)
-	}
-	g.s3.Stop()
-	insert(t, m.p, "acme", "acknowledged")
-	m.close()
-	g.s3.Restart()
-	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, dir, "acme")
-	t.Logf("ReplicaCopyOf: %+v %v", c, err)
-	k := g.ownerNode(t, srv, "n1c", 10, withLS)
-	got := names(t, k.p, "acme")
-	t.Logf("the service serves %q", got)
-	if err != nil || !c.FromReplica || c.FromReplicaMovedOn {
-		t.Errorf("ReplicaCopyOf: %+v, %v; want restored from the source generation, which has not moved on", c, err)
-	}
-	if want := []string{"synced", "acknowledged"}; !slices.Equal(got, want) {
-		t.Fatalf("the service serves %q, want %q", got, want)
-	}
-}
-
 // Without Ownership (failover by hand, as in
 // TestProxy_AnotherNodeRestoresEveryTenant): node A restores acme from a
 // backup with the object store down and stops. The store back, node B
@@ -125,23 +63,7 @@ func TestProxy_RestoreSupersededByAnotherNodeRefused(t *testing.T) {
 	g := newRig(t, "s3")
 	cfgA := g.config(t, 10)
 	a := sqliteproxytest.New(t, cfgA)
-	insert(t, a, "acme", "before-1")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, a, "acme", "after-1")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a, g.ls.Bin(), "before-1", "after-1")
 	t.Logf("A's Close: %v", a.Close())
 	g.s3.Restart()
 
@@ -156,7 +78,7 @@ func TestProxy_RestoreSupersededByAnotherNodeRefused(t *testing.T) {
 	}
 
 	a2 := sqliteproxytest.New(t, cfgA)
-	_, err = a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
 	t.Logf("A's first access again: %v", err)
 	if err == nil {
 		got := names(t, a2, "acme")
@@ -180,25 +102,9 @@ func TestOwnership_RestoreSupersededByDelete(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "personal-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a.p, ls.Bin(), "personal-data")
 	a.close()
 	g.s3.Restart()
 
@@ -213,7 +119,7 @@ func TestOwnership_RestoreSupersededByDelete(t *testing.T) {
 	}
 
 	a2 := g.ownerNode(t, srv, "a2", 10, withLS)
-	_, err = a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	_, err := a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
 	t.Logf("A's access after the delete: %v", err)
 	if err == nil {
 		if got := names(t, a2.p, "acme"); slices.Contains(got, "personal-data") {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,11 +125,7 @@ func TestOwnership_RestoredOnPurposeCrashBeforeFirstLTX(t *testing.T) {
 		t.Fatal(err)
 	}
 	plain.Close()
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	n := g.ownerNode(t, srv, "n1", 10, withLS)
 	if got := names(t, n.p, "acme"); !slices.Equal(got, []string{"before-1", "before-2"}) {
 		t.Fatalf("restored %q", got)
@@ -157,24 +154,7 @@ func TestProxy_RestoreWithStoreDownBecomesHead(t *testing.T) {
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "before-1")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, p, "acme", "after-1")
-	insert(t, p, "acme", "after-2")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, p, g.ls.Bin(), "before-1", "after-1", "after-2")
 	insert(t, p, "acme", "acknowledged")
 	if got := names(t, p, "acme"); !slices.Equal(got, []string{"before-1", "acknowledged"}) {
 		t.Fatalf("served %q", got)
@@ -206,30 +186,9 @@ func TestOwnership_RestoreWithStoreDownBecomesHead(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	n := g.ownerNode(t, srv, "n1", 10, withLS)
-	insert(t, n.p, "acme", "before-1")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, n.p, "acme", "after-1")
-	insert(t, n.p, "acme", "after-2")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := n.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, n.p, ls.Bin(), "before-1", "after-1", "after-2")
 	insert(t, n.p, "acme", "acknowledged")
 	if got := names(t, n.p, "acme"); !slices.Equal(got, []string{"before-1", "acknowledged"}) {
 		t.Fatalf("served %q", got)
@@ -253,11 +212,7 @@ func TestOwnership_UnsyncedNewGenerationKept(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	n := g.ownerNode(t, srv, "n1", 10, withLS)
 	insert(t, n.p, "acme", "synced")
 	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
@@ -270,9 +225,15 @@ func TestOwnership_UnsyncedNewGenerationKept(t *testing.T) {
 	}
 	g.s3.Stop()
 	insert(t, m.p, "acme", "acknowledged")
-	t.Logf("ltx0 at the outage: %q", ltx0(t, dir))
-	t.Logf("close: %v", func() error { m.close(); return nil }())
+	m.close()
 	g.s3.Restart()
+	// What `status -replica` reads: the copy came from the older
+	// generation, which has not moved on (compared with the new
+	// generation's empty replica, the CLI said "refused": adv21c).
+	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, dir, "acme")
+	if err != nil || !c.FromReplica || c.FromReplicaMovedOn {
+		t.Errorf("ReplicaCopyOf: %+v, %v; want from the older generation, not moved on", c, err)
+	}
 	k := g.ownerNode(t, srv, "n1c", 10, withLS)
 	want := []string{"synced", "acknowledged"}
 	if got := names(t, k.p, "acme"); !slices.Equal(got, want) {
@@ -331,11 +292,7 @@ func TestOwnership_RestoredThenStoreDownKept(t *testing.T) {
 	src.close()
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	m := g.ownerNode(t, srv, "n1", 10, withLS)
 	if got := names(t, m.p, "acme"); !slices.Equal(got, []string{"in-replica"}) {
 		t.Fatalf("restored %q", got)
@@ -366,23 +323,7 @@ func TestOwnership_RestoreWithStoreDownEvicted(t *testing.T) {
 		c.LitestreamPath = ls.Bin()
 		c.IdleTimeout = 300 * time.Millisecond
 	})
-	insert(t, n.p, "acme", "before-1")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, n.p, "acme", "after-1")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := n.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, n.p, ls.Bin(), "before-1", "after-1")
 	insert(t, n.p, "acme", "acknowledged")
 	gen1, _ := n.p.Generation("acme")
 	sqliteproxytest.WaitFor(t, 60*time.Second, "acme evicted", func() bool { return len(n.p.Stats().Tenants) == 0 })
@@ -444,5 +385,45 @@ func TestOwnership_ReplaceAfterEvictionDuringOutage(t *testing.T) {
 	}
 	if got, want := names(t, a.p, "acme"), []string{"synced", "on-b"}; !slices.Equal(got, want) {
 		t.Fatalf("A serves %q, want B's generation %q", got, want)
+	}
+}
+
+// restoreWithStoreDown writes first to acme on p and syncs it, keeps a
+// backup of that state (fetched from the replica with the litestream
+// binary bin), writes and syncs after, stops the object store and restores
+// the backup: RestoreTenant says "restored, but it is not in the replica
+// yet", and Litestream has no position of the restored copy.
+func restoreWithStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy, bin, first string, after ...string) {
+	t.Helper()
+	insert(t, p, "acme", first)
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, bin); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range after {
+		insert(t, p, "acme", name)
+	}
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "restored, but") {
+		t.Fatalf("RestoreTenant with the store down: %v, want one that says it restored", err)
+	}
+}
+
+// onDir configures a node on dir with the Litestream ls: the same node,
+// restarted, keeps both.
+func onDir(dir string, ls *harness.Litestream) func(*sqliteproxy.Config) {
+	return func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
 	}
 }

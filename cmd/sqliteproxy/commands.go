@@ -564,12 +564,13 @@ type tenantStatus struct {
 	// With -replica (omitted without): Litestream's position beside the
 	// file and the replica's (transaction IDs, 0 for none), and how they
 	// compare.
-	ReplicaLocalTXID *uint64 `json:"replica_local_txid,omitempty"`
-	ReplicaTXID      *uint64 `json:"replica_txid,omitempty"`
-	ReplicaState     string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy)
-	ReplicaError     string  `json:"replica_error,omitempty"`
-	replicaErr       error   // as ReplicaError
-	neverStreamed    bool    // ReplicaCopy.NeverStreamed (what a "conflict" is)
+	ReplicaLocalTXID   *uint64 `json:"replica_local_txid,omitempty"`
+	ReplicaTXID        *uint64 `json:"replica_txid,omitempty"`
+	ReplicaState       string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy)
+	ReplicaError       string  `json:"replica_error,omitempty"`
+	replicaErr         error   // as ReplicaError
+	neverStreamed      bool    // ReplicaCopy.NeverStreamed (what a "conflict" is)
+	restoredSuperseded bool    // ReplicaCopy.RestoredSuperseded (what a "conflict" is)
 }
 
 type appliedStatus struct {

@@ -153,8 +153,10 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 	}
 	local, replica := c.Local, c.Replica
 	ts.ReplicaLocalTXID, ts.ReplicaTXID = &local, &replica
-	ts.neverStreamed = c.NeverStreamed
+	ts.neverStreamed, ts.restoredSuperseded = c.NeverStreamed, c.RestoredSuperseded
 	switch {
+	case c.RestoredSuperseded:
+		ts.ReplicaState = "conflict"
 	case c.Restored:
 		ts.ReplicaState = "restored"
 	case c.NeverStreamed && replica > 0, c.FromReplica && c.FromReplicaWritten && c.FromReplicaMovedOn:
@@ -190,6 +192,9 @@ func (ts *tenantStatus) replicaText() string {
 	case "restored_from_replica":
 		return fmt.Sprintf("restored from the replica (txid %d), not streamed yet", *ts.ReplicaTXID)
 	case "conflict":
+		if ts.restoredSuperseded {
+			return fmt.Sprintf("restored here, not streamed, and the replica was written since (txid %d): refused until one is chosen", replica)
+		}
 		if !ts.neverStreamed {
 			return "restored from the replica and written here, not streamed, and the replica moved on: refused until one is chosen (with Ownership, replaced by the newer generation)"
 		}

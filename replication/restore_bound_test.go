@@ -1,0 +1,442 @@
+//go:build linux
+
+package replication_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+	"github.com/sqliteproxy/sqliteproxy/replication/harness"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+)
+
+// Ownership: A restores acme in generation G with the store down, writes a
+// row after the restore (acknowledged), closes. A restarts while the store
+// is still down: the first access fails (generations cannot be listed), but
+// it took a lease (generation G+1, recorded in gens/acme). The store back,
+// A restarts again (G+2, Previous = G+1): nobody else ever had acme, and
+// the restore is kept (it was taken as superseded and replaced by the
+// pre-restore replica: adv21d; the restore is now carried into each of
+// this node's leases before anything can fail).
+func TestOwnership_RestoreKeptAcrossOwnFailedOpen(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	withLS := func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
+	}
+	a := g.ownerNode(t, srv, "a", 10, withLS)
+	insert(t, a.p, "acme", "before-1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "bad-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := a.p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	t.Logf("RestoreTenant with the store down: %v", err)
+	insert(t, a.p, "acme", "acknowledged-after-restore")
+	ga, _ := a.p.Generation("acme")
+	a.close()
+	t.Logf("restored marker after close: %v", fileExists(filepath.Join(dir, ".acme.db-restored")))
+
+	a2 := g.ownerNode(t, srv, "a", 10, withLS)
+	_, err = a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("access with the store still down: %v", err)
+	a2.close()
+	g.s3.Restart()
+
+	a3 := g.ownerNode(t, srv, "a", 10, withLS)
+	got := names(t, a3.p, "acme")
+	g3, _ := a3.p.Generation("acme")
+	t.Logf("generations: restore in %d, now %d; serves %q", ga, g3, got)
+	if !slices.Equal(got, []string{"before-1", "acknowledged-after-restore"}) {
+		t.Fatalf("A (nobody else ever owned acme) serves %q: the restore and the row acknowledged after it are gone", got)
+	}
+}
+
+// Ownership: a node that does not hold acme open (a fresh process, e.g.
+// the service restarted) restores it: the restore records generation 0
+// (t.gen of a tenant never opened here), and the open that follows the
+// restore (acquireWriter, a new generation) must not take it as
+// superseded.
+func TestOwnership_RestoreOnFreshProcess(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	withLS := func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
+	}
+	a := g.ownerNode(t, srv, "a", 10, withLS)
+	insert(t, a.p, "acme", "before-1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "bad-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+
+	a2 := g.ownerNode(t, srv, "a", 10, withLS)
+	err := a2.p.RestoreTenant(context.Background(), "acme", backup)
+	t.Logf("RestoreTenant on a fresh process: %v", err)
+	got := names(t, a2.p, "acme")
+	if !slices.Equal(got, []string{"before-1"}) {
+		t.Fatalf("after RestoreTenant (err %v) the service serves %q, want the backup [before-1]", err, got)
+	}
+}
+
+// Ownership: A restores acme in generation G with the store down (marker
+// stays), writes a row, closes. The store is back but A's Litestream is not
+// (killed): A's next start keeps the restore (reconcileGen: Previous = G)
+// in generation G+1, but cannot stream it. A stops; with Litestream back it
+// starts again in G+2 with Previous = G+1: the restore is kept, only A
+// ever had acme (it was superseded: adv21d).
+func TestOwnership_RestoreCarriedIntoNewGeneration(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	withLS := func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
+	}
+	a := g.ownerNode(t, srv, "a", 10, withLS)
+	insert(t, a.p, "acme", "before-1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "bad-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := a.p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	t.Logf("RestoreTenant with the store down: %v", err)
+	insert(t, a.p, "acme", "acknowledged-after-restore")
+	a.close()
+	g.s3.Restart()
+	ls.Kill()
+
+	a2 := g.ownerNode(t, srv, "a", 10, withLS)
+	_, err = a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("access without Litestream: %v", err)
+	g2, _ := a2.p.Generation("acme")
+	a2.close()
+	ls.Restart()
+
+	a3 := g.ownerNode(t, srv, "a", 10, withLS)
+	got := names(t, a3.p, "acme")
+	g3, _ := a3.p.Generation("acme")
+	t.Logf("generations: %d then %d; serves %q", g2, g3, got)
+	if !slices.Equal(got, []string{"before-1", "acknowledged-after-restore"}) {
+		t.Fatalf("A (nobody else ever owned acme) serves %q: the restore and the row acknowledged after it are gone", got)
+	}
+}
+
+// Ownership: B owns acme; A is asked to restore acme: refused, naming B,
+// and A's copy is not marked (A later serves B's rows).
+func TestOwnership_RestoreOnNonOwnerRefused(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dirA := t.TempDir()
+	withDir := func(c *sqliteproxy.Config) { c.Dir = dirA }
+	a0 := g.ownerNode(t, srv, "a", 10, withDir)
+	a := a0
+	insert(t, a.p, "acme", "before-1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "bad-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	a0.close()
+	b := g.ownerNode(t, srv, "b", 10)
+	t.Logf("B serves %q", names(t, b.p, "acme"))
+	a = g.ownerNode(t, srv, "a", 10, withDir)
+	err := a.p.RestoreTenant(context.Background(), "acme", backup)
+	t.Logf("RestoreTenant on A while B owns acme: %v", err)
+	insert(t, b.p, "acme", "acknowledged-on-b")
+	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	got := names(t, a.p, "acme")
+	t.Logf("A then serves %q", got)
+	if err == nil && !slices.Equal(got, []string{"before-1"}) {
+		t.Fatalf("RestoreTenant returned nil, and A serves %q", got)
+	}
+}
+
+// Without Ownership: restore with Litestream down (store up), then the
+// process stops; with Litestream back the restored copy must be kept.
+func TestProxy_RestoreWithLitestreamDownKept(t *testing.T) {
+	g := newRig(t, "file")
+	cfg := g.config(t, 10)
+	p := sqliteproxytest.New(t, cfg)
+	insert(t, p, "acme", "before-1")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, p, "acme", "bad-data")
+	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.ls.Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	err := p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	t.Logf("RestoreTenant with Litestream down: %v", err)
+	t.Logf("Close: %v", p.Close())
+	g.ls.Restart()
+	p2 := sqliteproxytest.New(t, cfg)
+	got := names(t, p2, "acme")
+	if !slices.Equal(got, []string{"before-1"}) {
+		t.Fatalf("after the restore, %q", got)
+	}
+	if err := p2.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if head := g.replicaNames(t, "acme"); !slices.Equal(head, []string{"before-1"}) {
+		t.Fatalf("replica head %q", head)
+	}
+}
+
+// Without Ownership: the superseded restore (another node wrote the
+// replica since) is refused by the service, and ReplicaCopyOf (the CLI's
+// status -replica) says so (it said Restored, "to become the head": adv21d).
+func TestProxy_StatusOfSupersededRestore(t *testing.T) {
+	g := newRig(t, "s3")
+	cfgA := g.config(t, 10)
+	a := sqliteproxytest.New(t, cfgA)
+	insert(t, a, "acme", "before-1")
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := a.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	t.Logf("RestoreTenant with the store down: %v", err)
+	a.Close()
+	g.s3.Restart()
+	b := sqliteproxytest.New(t, g.config(t, 10))
+	insert(t, b, "acme", "acknowledged-on-b")
+	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	c, cerr := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfgA.Dir, "acme")
+	a2 := sqliteproxytest.New(t, cfgA)
+	_, err = a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("ReplicaCopyOf: %+v %v; the service: %v", c, cerr, err)
+	if !errors.Is(err, sqliteproxy.ErrReplicaConflict) || cerr != nil || !c.RestoredSuperseded {
+		t.Fatalf("ReplicaCopyOf: %+v, %v; the service: %v; want both to say the restore is superseded", c, cerr, err)
+	}
+}
+
+// Without Ownership: TestProxy_RestoreSupersededByAnotherNodeRefused, but
+// the operator retries the restore (its error says "restored, but it is
+// not in the replica yet"): the second restore finds no position beside
+// the file (the first removed Litestream's files) and the store down; it
+// carries the first one's bound, and is refused as superseded (its marker
+// had no bound, and the copy became the head over B's row: adv21d).
+func TestProxy_RetriedRestoreKeepsBound(t *testing.T) {
+	g := newRig(t, "s3")
+	cfgA := g.config(t, 10)
+	a := sqliteproxytest.New(t, cfgA)
+	insert(t, a, "acme", "before-1")
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a, "acme", "after-1")
+	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	for i := 0; i < 2; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := a.RestoreTenant(ctx, "acme", backup)
+		cancel()
+		t.Logf("RestoreTenant #%d with the store down: %v", i+1, err)
+		t.Logf("Close: %v", a.Close())
+		t.Logf("marker: %q", readFile(filepath.Join(cfgA.Dir, ".acme.db-restored")))
+		if i == 0 {
+			a = sqliteproxytest.New(t, cfgA) // the service restarted, the operator retries
+		}
+	}
+	g.s3.Restart()
+
+	b := sqliteproxytest.New(t, g.config(t, 10))
+	t.Logf("B serves %q", names(t, b, "acme"))
+	insert(t, b, "acme", "acknowledged-on-b")
+	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	a2 := sqliteproxytest.New(t, cfgA)
+	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("A's first access again: %v", err)
+	if err == nil {
+		got := names(t, a2, "acme")
+		if err := a2.SyncTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		c := sqliteproxytest.New(t, g.config(t, 10))
+		head := names(t, c, "acme")
+		if !slices.Contains(head, "acknowledged-on-b") {
+			t.Fatalf("A serves %q and the replica's head is now %q: B's acknowledged row is lost", got, head)
+		}
+	}
+}
+
+// Ownership: TestOwnership_RestoreSupersededByDelete with the restore
+// retried: the second marker carries the first one's bound, and the delete
+// stays a delete (without a bound it was taken for the CLI's restore, and
+// the deleted rows came back: adv21d).
+func TestOwnership_RetriedRestoreSupersededByDelete(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	withLS := func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
+	}
+	a := g.ownerNode(t, srv, "a", 10, withLS)
+	insert(t, a.p, "acme", "personal-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	for i := 0; i < 2; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := a.p.RestoreTenant(ctx, "acme", backup)
+		cancel()
+		t.Logf("RestoreTenant #%d with the store down: %v", i+1, err)
+	}
+	a.close()
+	g.s3.Restart()
+
+	b := g.ownerNode(t, srv, "b", 10)
+	t.Logf("B serves %q", names(t, b.p, "acme"))
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+
+	a2 := g.ownerNode(t, srv, "a2", 10, withLS)
+	_, err := a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("A's access after the delete: %v", err)
+	if err == nil {
+		if got := names(t, a2.p, "acme"); slices.Contains(got, "personal-data") {
+			t.Fatalf("the deleted tenant's rows are served again: %q", got)
+		}
+	}
+}
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
+
+// TestOwnership_RestoreKeptAcrossOwnFailedOpen without the failed open in
+// between: the restore is kept.
+func TestOwnership_RestoreKeptBySameNode(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	ls := harness.StartLitestream(t, g.s3.Env()...)
+	withLS := func(c *sqliteproxy.Config) {
+		c.Dir = dir
+		c.LitestreamSocket = ls.SocketPath
+		c.LitestreamPath = ls.Bin()
+	}
+	a := g.ownerNode(t, srv, "a", 10, withLS)
+	insert(t, a.p, "acme", "before-1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "bad-data")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	err := a.p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	t.Logf("RestoreTenant with the store down: %v", err)
+	insert(t, a.p, "acme", "acknowledged-after-restore")
+	ga, _ := a.p.Generation("acme")
+	a.close()
+	t.Logf("restored marker after close: %v", fileExists(filepath.Join(dir, ".acme.db-restored")))
+
+	g.s3.Restart()
+
+	a3 := g.ownerNode(t, srv, "a", 10, withLS)
+	got := names(t, a3.p, "acme")
+	g3, _ := a3.p.Generation("acme")
+	t.Logf("generations: restore in %d, now %d; serves %q", ga, g3, got)
+	if !slices.Equal(got, []string{"before-1", "acknowledged-after-restore"}) {
+		t.Fatalf("A (nobody else ever owned acme) serves %q: the restore and the row acknowledged after it are gone", got)
+	}
+}
