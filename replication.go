@@ -1444,16 +1444,16 @@ func markRestored(p, tmp string, b *restoreBound) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(restoredMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
+	return os.WriteFile(restoredMarker(p), restoredText(fi, b), 0o600)
+}
+
+// restoredText is what the restored marker of the file fi holds: its
+// fileKey, and the bound b if any (read by markerNames).
+func restoredText(fi os.FileInfo, b *restoreBound) []byte {
+	if b == nil {
+		return []byte(fileKey(fi))
 	}
-	text := fileKey(fi)
-	if b != nil {
-		text += fmt.Sprintf("\n%d %d", b.gen, b.pos)
-	}
-	_, err = f.WriteString(text)
-	return errors.Join(err, f.Close())
+	return fmt.Appendf(nil, "%s\n%d %d", fileKey(fi), b.gen, b.pos)
 }
 
 // restoreBound is what a restore in a proxy with replication knew of the
@@ -1480,7 +1480,7 @@ func rewriteRestoredGen(p string, gen int64) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(f, "%s\n%d %d", fileKey(fi), gen, b.pos)
+	_, err = f.Write(restoredText(fi, &restoreBound{gen: gen, pos: b.pos}))
 	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
 		os.Remove(tmp)
 		return err

@@ -30,36 +30,16 @@ func TestOwnership_RestoreKeptAcrossOwnFailedOpen(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, a.p, "acme", "bad-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a.p, ls.Bin(), "before-1", "bad-data")
 	insert(t, a.p, "acme", "acknowledged-after-restore")
 	ga, _ := a.p.Generation("acme")
 	a.close()
 	t.Logf("restored marker after close: %v", fileExists(filepath.Join(dir, ".acme.db-restored")))
 
 	a2 := g.ownerNode(t, srv, "a", 10, withLS)
-	_, err = a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	_, err := a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
 	t.Logf("access with the store still down: %v", err)
 	a2.close()
 	g.s3.Restart()
@@ -83,11 +63,7 @@ func TestOwnership_RestoreOnFreshProcess(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
 	insert(t, a.p, "acme", "before-1")
 	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
@@ -123,36 +99,16 @@ func TestOwnership_RestoreCarriedIntoNewGeneration(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, a.p, "acme", "bad-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a.p, ls.Bin(), "before-1", "bad-data")
 	insert(t, a.p, "acme", "acknowledged-after-restore")
 	a.close()
 	g.s3.Restart()
 	ls.Kill()
 
 	a2 := g.ownerNode(t, srv, "a", 10, withLS)
-	_, err = a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	_, err := a2.p.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
 	t.Logf("access without Litestream: %v", err)
 	g2, _ := a2.p.Generation("acme")
 	a2.close()
@@ -251,19 +207,7 @@ func TestProxy_StatusOfSupersededRestore(t *testing.T) {
 	g := newRig(t, "s3")
 	cfgA := g.config(t, 10)
 	a := sqliteproxytest.New(t, cfgA)
-	insert(t, a, "acme", "before-1")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a, g.ls.Bin(), "before-1")
 	a.Close()
 	g.s3.Restart()
 	b := sqliteproxytest.New(t, g.config(t, 10))
@@ -274,7 +218,7 @@ func TestProxy_StatusOfSupersededRestore(t *testing.T) {
 	b.Close()
 	c, cerr := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfgA.Dir, "acme")
 	a2 := sqliteproxytest.New(t, cfgA)
-	_, err = a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
 	t.Logf("ReplicaCopyOf: %+v %v; the service: %v", c, cerr, err)
 	if !errors.Is(err, sqliteproxy.ErrReplicaConflict) || cerr != nil || !c.RestoredSuperseded {
 		t.Fatalf("ReplicaCopyOf: %+v, %v; the service: %v; want both to say the restore is superseded", c, cerr, err)
@@ -352,11 +296,7 @@ func TestOwnership_RetriedRestoreSupersededByDelete(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
 	insert(t, a.p, "acme", "personal-data")
 	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
@@ -402,29 +342,9 @@ func TestOwnership_RestoreKeptBySameNode(t *testing.T) {
 	srv := etcdtest.Start(t)
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
-	withLS := func(c *sqliteproxy.Config) {
-		c.Dir = dir
-		c.LitestreamSocket = ls.SocketPath
-		c.LitestreamPath = ls.Bin()
-	}
+	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	backup := filepath.Join(t.TempDir(), "acme.db")
-	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
-		t.Fatal(err)
-	}
-	insert(t, a.p, "acme", "bad-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	t.Logf("RestoreTenant with the store down: %v", err)
+	restoreWithStoreDown(t, g, a.p, ls.Bin(), "before-1", "bad-data")
 	insert(t, a.p, "acme", "acknowledged-after-restore")
 	ga, _ := a.p.Generation("acme")
 	a.close()
