@@ -256,7 +256,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return err // a stand-in for a kill: nothing else runs
 		}
 	}
-	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
+	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
 	leave()
 	pending := false
 	if r.repl != nil && err == nil {
@@ -1206,5 +1206,14 @@ func creationTwin(path, id string, fi fs.FileInfo) bool {
 // isLeftover reports whether a directory entry is a tenant operation's
 // temporary file (tempName), or one of its side files.
 func isLeftover(name string) bool {
-	return isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix)
+	return isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix) || isMarkerRewrite(name)
+}
+
+// isMarkerRewrite reports whether name is the temporary file of a restored
+// marker's atomic rewrite (rewriteRestoredGen: ".<id>.db-restored.tmp"),
+// left by a process killed between its write and its rename. Nothing
+// reads it; the marker itself is either the old one or the new one.
+func isMarkerRewrite(name string) bool {
+	base, ok := strings.CutSuffix(name, tenantFileSuffix+"-restored.tmp")
+	return ok && len(base) > 1 && base[0] == '.'
 }

@@ -245,6 +245,11 @@ func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
 		".layout-marker-0123456789abcdef.db":           false, // not asked for below
 		".creating-acme.db-litestream":                 false,
 		".creating-acme.db-restored":                   false,
+		".acme.db-restored.tmp":                        true, // a killed rewriteRestoredGen's
+		".creating-acme.db-restored.tmp":               true,
+		"acme.db-restored.tmp":                         false,
+		"..db-restored.tmp":                            false,
+		".db-restored.tmp":                             false,
 		".deleting-x.db-gen":                           false,
 		".creating-acme-0123456789abcdeg.db":           false,
 		".creating--0123456789abcdef.db":               false,
@@ -273,18 +278,22 @@ func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
 		keep = append(keep, metaDir(p))
 	}
 	stale := tempName(dir, creatingPrefix, "creating-acme")
-	if err := os.WriteFile(stale, nil, 0o600); err != nil {
-		t.Fatal(err)
+	rewrite := restoredMarker(filepath.Join(dir, "creating-acme.db")) + ".tmp" // a killed rewriteRestoredGen's
+	for _, f := range []string{stale, rewrite} {
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for _, f := range append(keep, stale) {
+	for _, f := range append(keep, stale, rewrite) {
 		if err := os.Chtimes(f, long, long); err != nil {
 			t.Fatal(err)
 		}
 	}
 	newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-	waitFor(t, 10*time.Second, "the stale temporary file removed", func() bool {
+	waitFor(t, 10*time.Second, "the stale temporary files removed", func() bool {
 		_, err := os.Lstat(stale)
-		return errors.Is(err, os.ErrNotExist)
+		_, err2 := os.Lstat(rewrite)
+		return errors.Is(err, os.ErrNotExist) && errors.Is(err2, os.ErrNotExist)
 	})
 	for _, f := range keep {
 		if _, err := os.Lstat(f); err != nil {
