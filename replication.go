@@ -671,6 +671,9 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 	if err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	}
+	if reconcileRead != nil {
+		reconcileRead(t.id)
+	}
 	if ok, b, err := restoredOnPurpose(t.path, local); err != nil {
 		return true, opError(opOpenTenant, t.id, err)
 	} else if ok {
@@ -721,6 +724,10 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 	}
 	return true, nil
 }
+
+// reconcileRead, set by tests, runs once reconcile has read the local
+// position of an existing tenant file, before it acts on it.
+var reconcileRead func(id string)
 
 // restoreReplica restores t from its replica under key, at position pos
 // (at least: read before the restore), into place (replacing the local file

@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"net"
@@ -336,5 +337,100 @@ func TestReplication_Uncompacted(t *testing.T) {
 	}
 	if pos, err := rp.replicaPos(context.Background(), "acme"); pos != 5 || err != nil {
 		t.Fatalf("replicaPos: %d, %v; want 5", pos, err)
+	}
+}
+
+// A restore in another process (the CLI's: a proxy without replication on
+// the same directory) that replaces a tenant's file while the service
+// reconciles it with its replica waits until reconcile is done: reconcile
+// had read the old file's Litestream position, and took the restore's
+// fresh marker for one outlived by a position and removed it (the
+// restored copy was then "never streamed", refused, or replaced by the
+// replica at the next open).
+func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
+	dir, backups := t.TempDir(), t.TempDir()
+	seed := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err := seed.CreateTenant(tctx("acme"), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "acme.db")
+	// Streamed once: Litestream's position beside it.
+	ltx := filepath.Join(metaDir(p), "ltx", "0")
+	if err := os.MkdirAll(ltx, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ltx, "0000000000000001-0000000000000003.ltx"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The backup to restore: five rows.
+	bp := newTestProxy(t, Config{Dir: backups, Migrations: []string{eventsTable}})
+	for range 5 {
+		if _, err := bp.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bp.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + t.TempDir(),
+		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: emptyReplica{}})
+	cli := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	waiting, restored := make(chan struct{}), make(chan error, 1)
+	var once sync.Once
+	gateWaits = func(replace bool) {
+		if replace {
+			once.Do(func() { close(waiting) })
+		}
+	}
+	reconcileRead = func(id string) {
+		reconcileRead = nil
+		go func() {
+			// Once reconcile is done the service opens the file (and fails
+			// to register it): a restore meanwhile finds it in use.
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				err := cli.RestoreTenant(context.Background(), "acme", filepath.Join(backups, "b.db"))
+				if err == nil || time.Now().After(deadline) {
+					restored <- err
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}()
+		select {
+		case <-waiting: // held off by the gate until reconcile is done
+		case err := <-restored:
+			restored <- err // done within reconcile's window
+		case <-time.After(20 * time.Second):
+		}
+	}
+	t.Cleanup(func() { gateWaits, reconcileRead = nil, nil })
+	// The open ends at the registration (no Litestream here): reconcile ran.
+	if _, err := svc.ExecContext(tctx("acme"), `SELECT 1`); err == nil {
+		t.Fatal("opened without a Litestream to register with")
+	}
+	select {
+	case err := <-restored:
+		if err != nil {
+			t.Fatalf("RestoreTenant: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("RestoreTenant still running after 30 s")
+	}
+	if ok, _, _, err := markerNames(restoredMarker(p), p); err != nil || !ok {
+		t.Errorf("the restore's marker does not name the restored file (%v, %v): reconcile removed it", ok, err)
+	}
+	db, err := sql.Open("sqlite3", p+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&n); err != nil || n != 5 {
+		t.Errorf("the tenant holds %d rows (%v), want the backup's 5", n, err)
 	}
 }
