@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"maps"
 	"math"
@@ -55,6 +56,25 @@ type replicator struct {
 	behind    map[*tenant]struct{} // closed tenants whose last changes are not all in the replica
 	resyncing atomic.Bool          // a resync goroutine runs
 	failedAt  atomic.Int64         // UnixNano of the last failed sync, 0 after a success
+
+	// calls orders the syncs of a tenant file before its unregistration
+	// (ctlLock). Litestream v0.5.18 does not: a /sync that found the
+	// database just before an /unregister removed it waits for the close,
+	// then opens the database again (its first sync sets it up when it is
+	// not) and keeps that connection, with a read transaction on the file,
+	// for as long as the process lives, unregistered. A restore or delete
+	// of the tenant then found it "open in another process" for good.
+	calls [256]sync.RWMutex
+}
+
+// ctlLock returns the lock that orders the Litestream calls about the
+// tenant file at p: held shared by a /sync, exclusively by an /unregister
+// (a stripe of calls: tenants that share one wait for each other's calls,
+// each bounded by its timeout).
+func (rp *replicator) ctlLock(p string) *sync.RWMutex {
+	h := fnv.New32a()
+	h.Write([]byte(p))
+	return &rp.calls[h.Sum32()%uint32(len(rp.calls))]
 }
 
 // replicaTimeout bounds a sync that has no deadline of its own.
@@ -278,6 +298,9 @@ func (rp *replicator) sync(ctx context.Context, p string) (uint64, error) {
 	var out syncResult
 	var target uint64
 	var err error
+	l := rp.ctlLock(p)
+	l.RLock()
+	defer l.RUnlock()
 	for try := range 4 {
 		err = rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out)
 		if err != nil {
@@ -323,7 +346,10 @@ func (rp *replicator) release(p string) (pos uint64, err error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait+time.Second)
 	defer cancel()
+	l := rp.ctlLock(p)
+	l.Lock()
 	uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(wait / time.Second)}, nil)
+	l.Unlock()
 	if uerr != nil {
 		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
 	}
@@ -351,7 +377,10 @@ func (rp *replicator) unregisterStray(ctx context.Context, p string, timeout int
 	var out struct {
 		Status string `json:"status"`
 	}
+	l := rp.ctlLock(p)
+	l.Lock()
 	err = rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": timeout}, &out)
+	l.Unlock()
 	if ce := (*ctlError)(nil); errors.As(err, &ce) && ce.Status == http.StatusInternalServerError {
 		return true, nil
 	}
@@ -612,7 +641,10 @@ func (r *router) catchUp(t *tenant) {
 	defer cancel()
 	var out syncResult
 	seen := t.regs.Load()
+	l := r.repl.ctlLock(t.path)
+	l.RLock()
 	err := r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out)
+	l.RUnlock()
 	if err != nil {
 		t.lagSince.CompareAndSwap(0, time.Now().UnixNano()) // cannot vouch for the replica
 		if !notRegistered(err) || r.reregister(ctx, t, seen) != nil {

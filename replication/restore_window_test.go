@@ -427,3 +427,38 @@ func onDir(dir string, ls *harness.Litestream) func(*sqliteproxy.Config) {
 		c.LitestreamPath = ls.Bin()
 	}
 }
+
+// A RestoreTenant done again with the object store still down (which "it is
+// not in the replica yet" invites), then once more with the store back.
+// Litestream held the file for seconds after the first's tenant was
+// unregistered (its sync had failed), and every retry within them was
+// refused: "open in another process, or another proxy of this process".
+func TestProxy_RestoreRetriedWithStoreDown(t *testing.T) {
+	g := newRig(t, "s3")
+	p := sqliteproxytest.New(t, g.config(t, 10))
+	restoreWithStoreDown(t, g, p, g.ls.Bin(), "before-1", "after-1")
+	backup := filepath.Join(t.TempDir(), "again.db")
+	if err := p.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := p.RestoreTenant(ctx, "acme", backup); err == nil || !strings.Contains(err.Error(), "restored, but") {
+		t.Fatalf("RestoreTenant again with the store down: %v, want one that says it restored", err)
+	}
+	t.Logf("restored again with the store down in %v", time.Since(start))
+	g.s3.Restart()
+	ctx, cancel = context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	if err := p.RestoreTenant(ctx, "acme", backup); err != nil {
+		t.Fatalf("RestoreTenant with the store back: %v", err)
+	}
+	want := []string{"before-1"}
+	if got := names(t, p, "acme"); !slices.Equal(got, want) {
+		t.Fatalf("served %q, want %q", got, want)
+	}
+	if got := g.replicaNames(t, "acme"); !slices.Equal(got, want) {
+		t.Fatalf("replica head %q, want %q", got, want)
+	}
+}
