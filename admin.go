@@ -755,9 +755,12 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	var bound *restoreBound
 	if r.repl != nil {
 		// What this node knows of the replica now (markRestored): its
-		// position, or Litestream's beside the old file. Neither known (no
-		// old file, the store down), the restore is kept however far
-		// behind the replica it is, as one without replication.
+		// position, or Litestream's beside the old file, and with
+		// Ownership the generation it owns (always known: a newer one
+		// written by another node supersedes the restore). Without
+		// Ownership and neither known (no old file, the store down), the
+		// restore is kept however far behind the replica it is, as one
+		// without replication.
 		local, err := localPos(t.path)
 		if err != nil {
 			leave()
@@ -773,7 +776,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		if fr, err := readFromReplica(t.path, local, false); err == nil && fr.ok {
 			remote, known = max(remote, fr.pos), true
 		}
-		if known {
+		if known || t.gen.Load() != 0 {
 			bound = &restoreBound{gen: t.gen.Load(), pos: max(local, remote)}
 		}
 	}

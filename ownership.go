@@ -327,6 +327,13 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 				if err := rewriteRestoredGen(t.path, g); err != nil {
 					return true, opError(opOpenTenant, t.id, err)
 				}
+				b.gen = g
+			}
+			if b.gen == g {
+				// Restored under this very lease (or carried into it just
+				// now): nobody else owned it since, and it is kept without
+				// asking the replica (the store down, it is served).
+				return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 			}
 		}
 	}

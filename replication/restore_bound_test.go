@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -358,5 +359,58 @@ func TestOwnership_RestoreKeptBySameNode(t *testing.T) {
 	t.Logf("generations: restore in %d, now %d; serves %q", ga, g3, got)
 	if !slices.Equal(got, []string{"before-1", "acknowledged-after-restore"}) {
 		t.Fatalf("A (nobody else ever owned acme) serves %q: the restore and the row acknowledged after it are gone", got)
+	}
+}
+
+// With Ownership, a restore on a node that has no copy of the tenant, with
+// the object store down, knows no position of the replica but knows the
+// generation it owns. It recorded nothing and passed for a restore without
+// replication (the CLI's): when another node took the tenant later and
+// acknowledged rows after SyncTenant, this node's next open made its
+// restored copy the head of a new generation, and those rows were gone.
+func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	z := g.ownerNode(t, srv, "z", 10)
+	insert(t, z.p, "acme", "old")
+	if err := z.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, z.p, "acme", "newer")
+	z.close()
+
+	dirA := t.TempDir()
+	lsA := harness.StartLitestream(t, g.s3.Env()...)
+	a := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA))
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	err := a.p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "restored, but") {
+		t.Fatalf("RestoreTenant with the store down: %v, want one that says it restored", err)
+	}
+	// Served with the store down: restored under this very lease.
+	insert(t, a.p, "acme", "a-unsynced")
+	if got, want := names(t, a.p, "acme"), []string{"old", "a-unsynced"}; !slices.Equal(got, want) {
+		t.Fatalf("A serves %q, want %q", got, want)
+	}
+	a.close()
+	g.s3.Restart()
+
+	b := g.ownerNode(t, srv, "b", 10)
+	insert(t, b.p, "acme", "b-acked")
+	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	want := names(t, b.p, "acme")
+	b.close()
+
+	a2 := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA))
+	if got := names(t, a2.p, "acme"); !slices.Equal(got, want) {
+		t.Fatalf("A again serves %q, want B's %q (acknowledged after SyncTenant)", got, want)
 	}
 }
