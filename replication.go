@@ -583,6 +583,9 @@ func (r *router) resync() {
 				r.catchUp(t)
 			}
 		}
+		if len(behind) > 0 && !r.repl.storeAnswers(behind[0]) {
+			return
+		}
 		for _, t := range behind {
 			if r.isClosed.Load() {
 				return
@@ -592,6 +595,24 @@ func (r *router) resync() {
 			cancel()
 		}
 	}()
+}
+
+// storeAnswers reports whether the object store may take the syncs of
+// closed tenants (resync): after a sync failed moments ago, only if a
+// listing of t's replica succeeds now. Each of those syncs opens a tenant
+// and registers it with Litestream, which cannot set it up while the store
+// is down: the tenants closed during an outage were opened again every
+// resyncEvery, each sync taking seconds to fail, and their evictions (which
+// wait for their syncs) with it.
+func (rp *replicator) storeAnswers(t *tenant) bool {
+	f := rp.failedAt.Load()
+	if f == 0 || time.Since(time.Unix(0, f)) > 2*resyncEvery {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	_, err := rp.replicaPos(ctx, t.replicaKey())
+	return err == nil || errors.Is(err, errUnsupported)
 }
 
 // behindTenants lists the closed tenants whose final sync failed.
