@@ -712,13 +712,23 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		}
 		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, lost: make(chan struct{})}
 		c.mu.Lock()
-		defer c.mu.Unlock()
 		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
 			c.stale[id] = rev
+			c.mu.Unlock()
 			return nil, fmt.Errorf("cluster: acquire %q: %w", id, ErrLeaseLost)
+		}
+		if tgt, ok := c.cache.move(id); ok && tgt != c.cfg.NodeID {
+			// A move to another node began after the claim: its onMove
+			// found nothing held here and did nothing, and the move
+			// waited for a release that never came. (The cache has the
+			// move before onMove runs: one that comes later finds l.)
+			c.mu.Unlock()
+			c.releaseUnused(l)
+			return nil, c.movingTo(ctx, id, tgt)
 		}
 		c.held[id] = l
 		c.metrics.add(eventAcquired)
+		c.mu.Unlock()
 		return l, nil
 	}
 }

@@ -67,8 +67,13 @@ func (c *Cluster) onMove(id, tgt string) {
 		l.kill() // the driver closes the tenant and releases it with its position
 		return
 	}
-	// Taken for a move that went elsewhere, never opened here: nothing was
-	// written in its generation.
+	c.releaseUnused(l)
+}
+
+// releaseUnused releases, in the background, a lease taken for a move
+// that went elsewhere, never opened here: nothing was written in its
+// generation.
+func (c *Cluster) releaseUnused(l *tenantLease) {
 	pos := uint64(0)
 	if l.gen == l.prevGen {
 		pos = l.prevPos
