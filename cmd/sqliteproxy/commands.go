@@ -440,6 +440,7 @@ func (e *env) restore(args []string) (status int) {
 func (e *env) migrate(args []string) (status int) {
 	f := e.newFlags("migrate")
 	mig := f.String("migrations", "", "`directory` of migration files: 0001_init.sql, 0002_add.sql, ... (required)")
+	fk := f.Bool("foreign-keys", false, "refuse a migration that adds a foreign key violation, as a service with Config.ForeignKeys does: set it to match the service")
 	dryRun := f.Bool("dry-run", false, "list what would be applied (or rolled back); change nothing")
 	downTo := f.Int("down-to", 0, "roll back to `version` N (the number of migrations kept) with the NNNN_name.down.sql files of -migrations")
 	conc := f.Int("concurrency", 0, "tenants migrated at once (default: 4 x number of CPUs, at most half the connection budget)")
@@ -464,7 +465,7 @@ func (e *env) migrate(args []string) (status int) {
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	p, st, ok := e.open(f, *mig)
+	p, st, ok := e.openMigrating(f, *mig, *fk)
 	if !ok {
 		return st
 	}

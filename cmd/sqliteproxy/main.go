@@ -366,6 +366,14 @@ func requireDir(what, path string) error {
 // never created implicitly (ExplicitCreate) and never migrated on access
 // (MigrateCheck): only the commands that mean to create or migrate do.
 func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, bool) {
+	return e.openMigrating(f, migrationsDir, false)
+}
+
+// openMigrating is open for a command that applies migrations, refusing
+// one that adds a foreign key violation when foreignKeys: as a service
+// with Config.ForeignKeys does, which the command must match (a migration
+// the service refuses was applied here, orphaning rows).
+func (e *env) openMigrating(f *flags, migrationsDir string, foreignKeys bool) (*sqliteproxy.Proxy, int, bool) {
 	if migrationsDir != "" {
 		if err := requireDir("migrations directory", migrationsDir); err != nil {
 			e.errorf("%s: %v", f.cmd.name, err)
@@ -376,6 +384,7 @@ func (e *env) open(f *flags, migrationsDir string) (*sqliteproxy.Proxy, int, boo
 		MigrationsDir:  migrationsDir,
 		MigrationMode:  sqliteproxy.MigrateCheck,
 		ExplicitCreate: true,
+		ForeignKeys:    foreignKeys,
 	})
 }
 
