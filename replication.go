@@ -1821,6 +1821,13 @@ type ReplicaCopy struct {
 	// at FromReplicaTXID. Both, a proxy with replication refuses it
 	// (ErrReplicaConflict; with Ownership, the newer generation replaces it).
 	FromReplicaWritten, FromReplicaMovedOn bool
+	// NewerGeneration: the file is a cluster node's copy (Config.Ownership)
+	// of generation Generation, and the replica holds a newer generation
+	// with data, at NewerGenerationTXID: another node owned and wrote the
+	// tenant since. A node that takes the tenant replaces this copy with
+	// it; Local and Replica compare the copy with its own generation only.
+	Generation, NewerGeneration int64
+	NewerGenerationTXID         uint64
 }
 
 // ReplicaCopyOf returns where tenant id's file under dir stands against its
@@ -1876,9 +1883,21 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	}
 	rp := &replicator{base: replicaURL}
 	// A cluster node's copy streams to a generation (the one it recorded).
-	key := replicaKey(id, readGenMarker(path))
+	c.Generation = readGenMarker(path)
+	key := replicaKey(id, c.Generation)
 	if c.Replica, err = rp.replicaPos(ctx, key); err != nil {
 		return c, opError(op, id, err)
+	}
+	if c.Generation != 0 {
+		// Each generation counts its transactions from its own start:
+		// another node's newer one is not comparable, only newer.
+		_, g, pos, err := rp.newestGeneration(ctx, id, math.MaxInt64)
+		if err != nil {
+			return c, opError(op, id, err)
+		}
+		if g > c.Generation {
+			c.NewerGeneration, c.NewerGenerationTXID = g, pos
+		}
 	}
 	c.RestoredSuperseded = c.restoredBound != nil && c.Replica > *c.restoredBound
 	return c, nil

@@ -387,3 +387,39 @@ func TestCLI_CompactGenerations(t *testing.T) {
 	}
 	compactAcme(t, bin, g, cycles)
 }
+
+// status -replica on a cluster node's directory whose copy another node has
+// written since, in a newer generation: the copy is superseded. It said "in
+// sync (txid 1)", comparing the copy with its own, older, generation (each
+// generation counts from its own start), for a copy holding 1 row of 3.
+func TestCLI_StatusSupersededClusterCopy(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	bin := buildCLI(t)
+	var dirA string
+	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
+	insert(t, a.p, "acme", "a1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+	r := runCLI(t, bin, "status", "-replica", g.replica, "-dir", dirA).want(t, 0)
+	if got := replicaColumn(t, r.stdout, "acme"); !strings.HasPrefix(got, "in sync") {
+		t.Fatalf("a's copy, nobody else since: REPLICA %q, want in sync\n%s", got, r.stdout)
+	}
+	b := g.ownerNode(t, srv, "b", 4)
+	insert(t, b.p, "acme", "b1")
+	insert(t, b.p, "acme", "b2")
+	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, dirA, "acme")
+	if err != nil || c.Generation == 0 || c.NewerGeneration <= c.Generation || c.NewerGenerationTXID == 0 {
+		t.Fatalf("ReplicaCopyOf: %+v, %v; want a newer generation than the copy's", c, err)
+	}
+	r = runCLI(t, bin, "status", "-replica", g.replica, "-dir", dirA).want(t, 0)
+	if got := replicaColumn(t, r.stdout, "acme"); !strings.HasPrefix(got, "superseded: generation ") {
+		t.Errorf("a's copy after b wrote a newer generation: REPLICA %q, want superseded\n%s", got, r.stdout)
+	}
+}

@@ -572,6 +572,7 @@ type tenantStatus struct {
 	replicaErr         error   // as ReplicaError
 	neverStreamed      bool    // ReplicaCopy.NeverStreamed (what a "conflict" is)
 	restoredSuperseded bool    // ReplicaCopy.RestoredSuperseded (what a "conflict" is)
+	newerGeneration    int64   // ReplicaCopy.NewerGeneration (a "superseded" copy's)
 }
 
 type appliedStatus struct {

@@ -154,7 +154,14 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 	local, replica := c.Local, c.Replica
 	ts.ReplicaLocalTXID, ts.ReplicaTXID = &local, &replica
 	ts.neverStreamed, ts.restoredSuperseded = c.NeverStreamed, c.RestoredSuperseded
+	ts.newerGeneration = c.NewerGeneration
 	switch {
+	case c.NewerGeneration != 0 && !c.Restored:
+		// With Ownership a node that takes the tenant replaces this copy
+		// (a restore here is decided by its own rules, below).
+		ts.ReplicaState = "superseded"
+		replica = c.NewerGenerationTXID
+		ts.ReplicaTXID = &replica
 	case c.RestoredSuperseded:
 		ts.ReplicaState = "conflict"
 	case c.Restored:
@@ -185,6 +192,8 @@ func (ts *tenantStatus) replicaText() string {
 		return "not replicated"
 	case "in_sync":
 		return fmt.Sprintf("in sync (txid %d)", replica)
+	case "superseded":
+		return fmt.Sprintf("superseded: generation %d of the replica is newer (txid %d; another node owned and wrote the tenant since), and a node that takes the tenant replaces this copy", ts.newerGeneration, replica)
 	case "behind":
 		return fmt.Sprintf("behind by %d", local-replica)
 	case "restored":
