@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -22,6 +24,7 @@ func (e *env) query(args []string) (status int) {
 	asJSON := f.Bool("json", false, "print a JSON array of objects, one per row, keys in column order")
 	conc := f.Int("concurrency", 0, "tenants queried at once (default: 4 x number of CPUs)")
 	skip := f.Bool("skip-errors", false, "skip the tenants that fail (reported on stderr, exit status 1) instead of stopping")
+	stale := f.Bool("stale", false, "read a cluster node's copies as they are (another node may own a tenant and have written it since)")
 	pos, st, ok := e.parse(f, args, 1, 1)
 	if !ok {
 		return st
@@ -47,6 +50,15 @@ func (e *env) query(args []string) (status int) {
 	p, st, ok := e.openWith(f, sqliteproxy.Config{ExplicitCreate: true})
 	if !ok {
 		return st
+	}
+	if !*stale {
+		// A cluster node's copies (Ownership): a tenant moved away, or
+		// taken by another node when this one stopped, was read here as
+		// it was then, with nothing to say so.
+		if id, n := clusterCopy(*f.dir, ids); n > 0 {
+			p.Close()
+			return e.usageError(f, "%s holds copies of a cluster node's tenants (%d, e.g. %s: .%s.db-gen), which another node may own and have written since: query them through a node (its fan-out brings each copy up to date first), or pass -stale to read them as they are here", *f.dir, n, id, id)
+		}
 	}
 	defer e.closeProxy(p, &status)
 
@@ -247,4 +259,44 @@ func printable(s string) string {
 		return strconv.Quote(s)
 	}
 	return s
+}
+
+// clusterCopy returns one of the tenants in dir (of ids; nil: any) whose
+// copy is a cluster node's (a generation marker, .<id>.db-gen, beside it,
+// written by a proxy with Ownership), and how many there are.
+func clusterCopy(dir string, ids []string) (string, int) {
+	want := map[string]bool{}
+	for _, id := range ids {
+		want[id] = true
+	}
+	first, n := "", 0
+	look := func(d string) {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			return
+		}
+		for _, e := range ents {
+			base, ok := strings.CutSuffix(e.Name(), ".db-gen")
+			if !ok || !strings.HasPrefix(base, ".") {
+				continue
+			}
+			id := base[1:]
+			if ids != nil && !want[id] {
+				continue
+			}
+			if n == 0 {
+				first = id
+			}
+			n++
+		}
+	}
+	look(dir)
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && len(e.Name()) == 2 && strings.Trim(e.Name(), "0123456789abcdef") == "" {
+				look(filepath.Join(dir, e.Name())) // a bucket (LayoutBuckets)
+			}
+		}
+	}
+	return first, n
 }
