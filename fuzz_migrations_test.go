@@ -39,7 +39,8 @@ var nestedMigrationRE = regexp.MustCompile(`(?s)^[0-9].*_.*\.sql$`)
 // with their contents, in numeric order, each with the .down.sql file of
 // its number, if any; an error exactly when two used files (or two down
 // files) share a number, a used or down file is blank, a number does not
-// fit in 63 bits, a down file has no migration of its number, a top-level
+// fit in 63 bits, a down file has no migration of its number or another
+// name than it (0002_a.sql, 0002_b.down.sql), a top-level
 // .sql file that starts like a migration's name is not named by the
 // pattern, or no file is used while a top-level file ends in .sql or a
 // top-level folder holds what looks like a migration.
@@ -55,6 +56,7 @@ func FuzzMigrationFileNames(f *testing.F) {
 		[]byte("SELECT 1"))
 	f.Add("0001_a.sql\n1_a.down.sql\n0002_b.up.sql\n0002_b.down.sql\n0002_c.down.sql", []byte("SELECT 1\x00SELECT 2")) // two downs
 	f.Add("0001_a.sql\n1_a.down.sql\n0002_b.up.sql", []byte("SELECT 1\x00 "))                                          // blank down
+	f.Add("0001_a.up.sql\n0001_b.down.sql", []byte("SELECT 1\x00SELECT 2"))                                            // another migration's down
 	f.Add("0001_.sql\n0002_.down.up.sql\n0003_x.down.sql\n0004_\u00e9\u0301.sql\n\u0661_arabic_digit.sql", []byte("SELECT 1\x00SELECT 2"))
 	f.Fuzz(func(t *testing.T, names string, contents []byte) {
 		lines := strings.Split(names, "\n")
@@ -119,9 +121,14 @@ func FuzzMigrationFileNames(f *testing.F) {
 			}
 			want = append(want, file{n, name, string(mf.Data)})
 		}
-		for k := range downs {
+		for k, d := range downs {
 			if !slices.ContainsFunc(want, func(f file) bool { return f.n.String() == k }) {
 				wantErr = "down file without its migration"
+			}
+			for _, w := range want {
+				if w.n.String() == k && migrationLabel(d.name) != migrationLabel(w.name) {
+					wantErr = "down file named for another migration"
+				}
 			}
 		}
 		slices.SortFunc(want, func(a, b file) int { return a.n.Cmp(b.n) })

@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -880,6 +881,12 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 			}
 		}
 		if d, ok := downs[f.n]; ok {
+			if migrationLabel(d) != migrationLabel(f.name) {
+				// Matched by number alone, 0001_a.up.sql took 0001_b.down.sql:
+				// a down written for another migration (a renamed one, a
+				// merge of two branches) would undo the wrong schema.
+				return nil, fmt.Errorf("down migration file %s does not match %s: name it %s", d, f.name, path.Base(downFileName(f.name)))
+			}
 			if mg.down, err = read(d); err != nil {
 				return nil, err
 			}
@@ -1034,6 +1041,16 @@ func noMigrationFiles(fsys fs.FS, from string, entries []fs.DirEntry) error {
 		return fmt.Errorf("no migration files in %s: %s not named like 0001_name.sql (a number, an underscore, a name, .sql)", from, strings.Join(misnamed, ", "))
 	}
 	return nil
+}
+
+// migrationLabel is the name of the migration file name after its number:
+// "add" for 0002_add.sql, 2_add.up.sql and 0002_add.down.sql.
+func migrationLabel(name string) string {
+	base := strings.TrimLeft(path.Base(name), "0123456789")
+	base = strings.TrimPrefix(base, "_")
+	base = strings.TrimSuffix(base, ".sql")
+	base = strings.TrimSuffix(base, ".down")
+	return strings.TrimSuffix(base, ".up")
 }
 
 // downFileName is the name the down migration of the migration named up

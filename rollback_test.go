@@ -771,3 +771,25 @@ func TestRollback_Spans(t *testing.T) {
 		t.Errorf("rollback spans %v, want %v", got, want)
 	}
 }
+
+// A down file is matched by its number and name: 0001_b.down.sql beside
+// 0001_a.up.sql (a renamed migration, a merge of two branches) was taken as
+// a's down and would undo another schema. Zero-padding may differ.
+func TestRollback_DownFileOfAnotherName(t *testing.T) {
+	t.Parallel()
+	_, err := New(Config{Dir: t.TempDir(), MigrationsFS: fstest.MapFS{
+		"0001_a.up.sql":   {Data: []byte(`CREATE TABLE a (x)`)},
+		"0001_b.down.sql": {Data: []byte(`DROP TABLE b`)},
+	}})
+	if err == nil || !strings.Contains(err.Error(), "0001_b.down.sql does not match 0001_a.up.sql: name it 0001_a.down.sql") {
+		t.Fatalf("New: %v, want the down file refused, named", err)
+	}
+	p, err := New(Config{Dir: t.TempDir(), MigrationsFS: fstest.MapFS{
+		"0001_a.sql":   {Data: []byte(`CREATE TABLE a (x)`)},
+		"1_a.down.sql": {Data: []byte(`DROP TABLE a`)},
+	}})
+	if err != nil {
+		t.Fatalf("New with a down file padded otherwise: %v", err)
+	}
+	p.Close()
+}
