@@ -535,7 +535,11 @@ func (r *router) unregister(t *tenant) {
 	start := time.Now()
 	pos, err := r.repl.release(t.path)
 	r.tel.synced(context.Background(), t.tel, start, err)
-	if err == nil {
+	if err == nil && t.state.Load() != tenantDraining {
+		// Not for a delete or a restore (drain), which act as the owner
+		// next: given up in between, another node took the tenant (one
+		// that kept reading it), and the operation failed with "owned by"
+		// it (adv22).
 		r.releaseLease(t, pos)
 	}
 	t.registered.Store(false)

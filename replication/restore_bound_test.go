@@ -414,3 +414,53 @@ func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
 		t.Fatalf("A again serves %q, want B's %q (acknowledged after SyncTenant)", got, want)
 	}
 }
+
+// A restore on the owner while another node keeps asking for the tenant:
+// the restore's drain gave the lease up with its eviction and took it
+// again, and another node took the tenant in between; the restore failed
+// with "owned by node b" (adv22: on the first of ten restores).
+func TestOwnership_RestoreOnOwnerKeepsLease(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	insert(t, a.p, "acme", "r0")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	stop, done := make(chan struct{}), make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := b.p.ExecContext(sqliteproxy.WithOrgID(context.Background(), "acme"), `SELECT 1`); err == nil {
+				done <- errors.New("b took acme from its owner during the restores")
+				return
+			}
+		}
+	}()
+	for i := range 10 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := a.p.RestoreTenant(ctx, "acme", backup)
+		cancel()
+		if err != nil {
+			close(stop)
+			<-done
+			t.Fatalf("restore %d on the owner: %v", i, err)
+		}
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := names(t, a.p, "acme"); !slices.Equal(got, []string{"r0"}) {
+		t.Fatalf("a serves %q after the restores, want [r0]", got)
+	}
+}
