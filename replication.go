@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"maps"
 	"math"
 	"net"
@@ -1731,6 +1732,18 @@ func removeIfExists(p string) error {
 	return nil
 }
 
+// holdsFile reports whether the folder dir holds a file, at any depth.
+func holdsFile(dir string) bool {
+	found := errors.New("found")
+	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			return found
+		}
+		return nil
+	})
+	return err == found
+}
+
 // ReplicaTenants lists, sorted, the tenants that have a replica under
 // replicaURL (a Config.ReplicaURL: file:// or s3://). For s3:// the
 // credentials come from the environment, as Litestream reads them.
@@ -1748,7 +1761,9 @@ func ReplicaTenants(ctx context.Context, replicaURL string) ([]string, error) {
 			return nil, opError(op, "", err)
 		}
 		for _, e := range ents {
-			if e.IsDir() {
+			// An empty folder (an erased replica's, one made by hand)
+			// holds no replica: the store's listing has no such prefix.
+			if e.IsDir() && holdsFile(filepath.Join(u.Path, e.Name())) {
 				names = append(names, e.Name())
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -432,5 +433,25 @@ func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
 	var n int
 	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&n); err != nil || n != 5 {
 		t.Errorf("the tenant holds %d rows (%v), want the backup's 5", n, err)
+	}
+}
+
+// ReplicaTenants lists the tenants whose replica holds something: an empty
+// folder under a file:// replica (an erased replica's, one made by hand)
+// was listed as a tenant with a replica.
+func TestReplication_ReplicaTenantsSkipsEmptyFolders(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	for _, d := range []string{"acme/ltx/0", "empty", "erased/ltx/0"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "acme/ltx/0/0000000000000001-0000000000000001.ltx"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ids, err := ReplicaTenants(context.Background(), "file://"+root)
+	if err != nil || !slices.Equal(ids, []string{"acme"}) {
+		t.Fatalf("ReplicaTenants: %q, %v; want [acme]", ids, err)
 	}
 }
