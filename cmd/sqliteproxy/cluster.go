@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"text/tabwriter"
@@ -30,6 +31,16 @@ func (e *env) admin(f *flags, endpoints string) (*cluster.Admin, int, bool) {
 	return a, exitOK, true
 }
 
+// etcdHint names the endpoints when err is a deadline: an etcd that does
+// not answer (a wrong -etcd, etcd down) failed with "context deadline
+// exceeded" alone.
+func etcdHint(err error, endpoints string) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return " (no answer from etcd at " + endpoints + ")"
+	}
+	return ""
+}
+
 // nodes: the live nodes of a cluster.
 func (e *env) nodes(args []string) int {
 	f := e.newFlagsNoDir("nodes")
@@ -45,7 +56,7 @@ func (e *env) nodes(args []string) int {
 	defer a.Close()
 	nodes, err := a.Nodes(e.ctx)
 	if err != nil {
-		e.errorf("nodes: %v", err)
+		e.errorf("nodes: %v%s", err, etcdHint(err, *endpoints))
 		return exitFailed
 	}
 	if *asJSON {
@@ -81,7 +92,7 @@ func (e *env) owners(args []string) int {
 	defer a.Close()
 	owners, err := a.Owners(e.ctx)
 	if err != nil {
-		e.errorf("owners: %v", err)
+		e.errorf("owners: %v%s", err, etcdHint(err, *endpoints))
 		return exitFailed
 	}
 	if *asJSON {

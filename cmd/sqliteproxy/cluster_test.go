@@ -72,3 +72,13 @@ func TestClusterCommandsUsage(t *testing.T) {
 	cli(t, nil, "move", "-etcd", "http://127.0.0.1:1", "-to", "b", "Bad-ID").want(t, exitUsage)
 	cli(t, nil, "move", "-etcd", "http://127.0.0.1:1", "-to", "b").want(t, exitUsage) // no ID
 }
+
+// An etcd that does not answer is named: the error said only "context
+// deadline exceeded".
+func TestClusterCommandsUnreachableEtcd(t *testing.T) {
+	t.Parallel()
+	r := cli(t, nil, "nodes", "-etcd", "http://127.0.0.1:1").want(t, exitFailed)
+	if !strings.Contains(r.stderr, "no answer from etcd at http://127.0.0.1:1") {
+		t.Errorf("stderr does not name the endpoint:\n%s", r.stderr)
+	}
+}
