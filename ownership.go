@@ -128,6 +128,10 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 		return opError(opOpenTenant, t.id, err)
 	}
 	t.lease = lease
+	// A lease this node could not release (finishRelease) is over: taking
+	// the tenant again ended it (its owner key), and the new generation
+	// starts from this copy, its last writes included.
+	t.unreleased = nil
 	t.lost.Store(lease.Lost())
 	if v, ok := lease.(validLease); ok {
 		t.valid.Store(&v)
@@ -610,3 +614,13 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 // errRestoredMeanwhile: deleteReplicaOwned found the tenant's file, restored
 // from the replica by an open while it waited for the writer.
 var errRestoredMeanwhile = errors.New("restored from the replica meanwhile")
+
+// isDone reports whether ch is closed.
+func isDone(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}

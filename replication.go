@@ -542,6 +542,12 @@ func (r *router) unregister(t *tenant) {
 		// that kept reading it), and the operation failed with "owned by"
 		// it (adv22).
 		r.releaseLease(t, pos)
+	} else if err != nil && t.lease != nil && isDone(t.lease.Lost()) {
+		// Ended by a move (or lost) with writes the replica lacks: released
+		// only once they are uploaded (finishRelease). A move waited for
+		// that release for ever: nothing released the lease, and this
+		// node could not take the tenant again to sync it (it is moving).
+		t.unreleased = t.lease
 	}
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
@@ -636,8 +642,48 @@ func (r *router) syncClosed(ctx context.Context, t *tenant) {
 		r.repl.mu.Unlock()
 		return
 	}
+	defer t.unpin()
+	if r.finishRelease(ctx, t) {
+		return
+	}
 	r.syncTenant(ctx, t)
-	t.unpin()
+}
+
+// finishRelease uploads what the replica lacks of t, closed when a move
+// ended its lease while its final sync failed (unreleased), and releases
+// that lease with its final position: the move's target then restores all
+// of it. It reports whether t had such a lease. t is registered with
+// Litestream for the upload only, never opened: this node may not write it.
+func (r *router) finishRelease(ctx context.Context, t *tenant) bool {
+	if err := t.lockWriter(ctx); err != nil {
+		return false
+	}
+	defer t.unlockWriter()
+	lease := t.unreleased
+	if lease == nil || t.lease != nil || t.registered.Load() {
+		return false // none, or taken again since (own drops it): synced as usual
+	}
+	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
+		return true
+	}
+	pos, err := r.repl.release(t.path)
+	if err != nil {
+		return true // still down: the next resync tries again
+	}
+	rctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := lease.Release(rctx, pos); err != nil {
+		return true
+	}
+	t.unreleased = nil
+	t.unsynced.Store(false)
+	removeIfExists(unsyncedMarker(t.path))
+	r.repl.mu.Lock()
+	delete(r.repl.behind, t)
+	r.repl.mu.Unlock()
+	r.lostLeases.Delete(t.id) // released with its final position, as releaseLease does
+	r.tel.ownership(t.tel, "released")
+	return true
 }
 
 // syncBehind tries once more, as Close begins, the closed tenants whose

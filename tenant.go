@@ -61,12 +61,17 @@ type tenant struct {
 	lagSince   atomic.Int64  // UnixNano since the replica was first seen behind; 0: caught up
 	createdBy  atomic.Bool   // this process created the file (read by CreateTenant under wsem)
 
-	lease  TenantLease                // this node's ownership (Config.Ownership), nil when not held; changed under wsem
-	gen    atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
-	fenced atomic.Bool                // lease lost, or file moved: t is closed before it is used again (ownership.go)
-	moved  atomic.Bool                // fenced because its file was deleted or replaced while open (filewatch.go)
-	lost   atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
-	valid  atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
+	lease TenantLease // this node's ownership (Config.Ownership), nil when not held; changed under wsem
+	// unreleased: a lease that ended (a move asked for the tenant) while
+	// its final sync failed (the object store down): the tenant's last
+	// writes are here only, and the lease is released once resync has
+	// uploaded them (finishRelease). Changed under wsem.
+	unreleased TenantLease
+	gen        atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
+	fenced     atomic.Bool                // lease lost, or file moved: t is closed before it is used again (ownership.go)
+	moved      atomic.Bool                // fenced because its file was deleted or replaced while open (filewatch.go)
+	lost       atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
+	valid      atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
 
 	gc  groupCommit // autocommit writes queued for the writer (groupcommit.go)
 	wal walState    // the WAL's bound (walbound.go); under wsem

@@ -6,6 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -645,5 +647,51 @@ func TestOwnership_Telemetry(t *testing.T) {
 	}
 	if got["acme acquired"] != 2 || got["acme released"] != 1 || got["other acquired"] != 1 {
 		t.Fatalf("ownership changes: %v; want acme acquired 2, released 1, other acquired 1", got)
+	}
+}
+
+// A move while the object store is down: the owner's final sync fails, so
+// it may not release the tenant (the target would restore without the
+// owner's last writes). Once the store is back it uploads them and
+// releases, and the move completes with every acknowledged row. Nothing
+// released the lease before: the move waited until its context ended, and
+// the owner could not take the tenant again to sync it (it was moving).
+func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	var dirA string
+	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
+	b := g.ownerNode(t, srv, "b", 4)
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	insert(t, a.p, "acme", "a1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	insert(t, a.p, "acme", "a2-unsynced")
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	moved := make(chan error, 1)
+	go func() { moved <- adm.Move(ctx, "acme", "b") }()
+	// a closed acme, its final sync failed: the last row is here only.
+	sqliteproxytest.WaitFor(t, 60*time.Second, "a's final sync of acme to fail", func() bool {
+		_, err := os.Stat(filepath.Join(dirA, ".acme.db-unsynced"))
+		return err == nil
+	})
+	g.s3.Restart()
+	select {
+	case err := <-moved:
+		if err != nil {
+			t.Fatalf("move: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the move still waits 60 s after the store came back")
+	}
+	if got, want := names(t, b.p, "acme"), []string{"a1", "a2-unsynced"}; !slices.Equal(got, want) {
+		t.Fatalf("b serves %q, want %q", got, want)
 	}
 }
