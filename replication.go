@@ -431,6 +431,9 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 		// Killed for its context, or Close (ErrClosed): say so, for errors.Is.
 		return fmt.Errorf("litestream restore: %w", context.Cause(ctx))
 	}
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("litestream restore: %w (restores from the replica run the litestream binary: install it on this node, or name it with Config.LitestreamPath, DSN litestream_path; or set Config.ReplicaRestorer)", err)
+	}
 	if err != nil {
 		msg := strings.TrimSpace(string(out))
 		if i := strings.LastIndex(msg, "\n"); i >= 0 {

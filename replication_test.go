@@ -455,3 +455,23 @@ func TestReplication_ReplicaTenantsSkipsEmptyFolders(t *testing.T) {
 		t.Fatalf("ReplicaTenants: %q, %v; want [acme]", ids, err)
 	}
 }
+
+// A restore from the replica without a litestream binary says how to name
+// one: it said only `exec: "litestream": executable file not found in $PATH`.
+func TestReplication_RestoreWithoutLitestreamBinary(t *testing.T) {
+	t.Parallel()
+	replica, dir := t.TempDir(), t.TempDir()
+	l0 := filepath.Join(replica, "acme", "ltx", "0")
+	if err := os.MkdirAll(l0, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l0, "0000000000000001-0000000000000002.ltx"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, ReplicaURL: "file://" + replica, LitestreamSocket: filepath.Join(dir, "no.sock"),
+		LitestreamPath: filepath.Join(t.TempDir(), "litestream")})
+	_, err := p.ExecContext(tctx("acme"), `SELECT 1`)
+	if err == nil || !strings.Contains(err.Error(), "Config.LitestreamPath") {
+		t.Fatalf("first access of a tenant in the replica, no litestream binary: %v, want the remedy named", err)
+	}
+}
