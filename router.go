@@ -560,7 +560,6 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	if openWriterRaced != nil {
 		openWriterRaced(t)
 	}
-	held := t.lease
 	if err := r.own(ctx, t); err != nil {
 		if !exists {
 			r.forget(t) // as below: hostile IDs must not grow the registry
@@ -571,17 +570,6 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 			}
 		}
 		return nil, err
-	}
-	if t.lease != held {
-		defer func() {
-			if err != nil && t.lease != nil && !t.registered.Load() && mayGiveBack(t, err) {
-				// Taken for this open, which failed (Litestream down, a
-				// restore that failed, no slot in time): given back, or
-				// the node kept the tenant, and every other node
-				// forwarded it here, until an open here succeeded.
-				r.releaseLease(t, 0)
-			}
-		}()
 	}
 	if r.repl != nil && !t.registered.Load() {
 		// Here or in the replica, and never older here than there. A
@@ -661,23 +649,6 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	t.opened(fi)
 	t.lastUsed.Store(r.budget.now())
 	return pc, nil
-}
-
-// mayGiveBack reports whether the lease taken by an open of t that failed
-// with err may be given back: not when the file here holds what only this
-// node has (a restore not streamed yet, writes whose final sync failed),
-// nor when it conflicts with the replica (ErrReplicaConflict: an operator
-// chooses first; another owner meanwhile would write the replica's copy).
-func mayGiveBack(t *tenant, err error) bool {
-	if errors.Is(err, ErrReplicaConflict) {
-		return false
-	}
-	for _, m := range []string{restoredMarker(t.path), unsyncedMarker(t.path)} {
-		if _, err := os.Lstat(m); !errors.Is(err, fs.ErrNotExist) {
-			return false
-		}
-	}
-	return true
 }
 
 // fillNew writes the new tenant file tmp, fully migrated: a copy of the
