@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"io/fs"
 	"maps"
@@ -59,23 +58,57 @@ type replicator struct {
 	failedAt  atomic.Int64         // UnixNano of the last failed sync, 0 after a success
 
 	// calls orders the syncs of a tenant file before its unregistration
-	// (ctlLock). Litestream v0.5.18 does not: a /sync that found the
+	// (lockCalls). Litestream v0.5.18 does not: a /sync that found the
 	// database just before an /unregister removed it waits for the close,
 	// then opens the database again (its first sync sets it up when it is
 	// not) and keeps that connection, with a read transaction on the file,
 	// for as long as the process lives, unregistered. A restore or delete
 	// of the tenant then found it "open in another process" for good.
-	calls [256]sync.RWMutex
+	callsMu sync.Mutex
+	calls   map[string]*callLock // by tenant file; only while a call about it is made or waits
 }
 
-// ctlLock returns the lock that orders the Litestream calls about the
-// tenant file at p: held shared by a /sync, exclusively by an /unregister
-// (a stripe of calls: tenants that share one wait for each other's calls,
-// each bounded by its timeout).
-func (rp *replicator) ctlLock(p string) *sync.RWMutex {
-	h := fnv.New32a()
-	h.Write([]byte(p))
-	return &rp.calls[h.Sum32()%uint32(len(rp.calls))]
+// callLock is the lock of replicator.calls for one tenant file, and how
+// many hold it or wait for it.
+type callLock struct {
+	sync.RWMutex
+	n int
+}
+
+// lockCalls takes the lock that orders the Litestream calls about the
+// tenant file at p, shared for a /sync, exclusively (write) for an
+// /unregister, and returns its release. One per file: the calls about
+// other tenants never wait for it (with stripes shared by tenants, an
+// eviction waited for another tenant's SyncTenant, up to its 30 s).
+func (rp *replicator) lockCalls(p string, write bool) (unlock func()) {
+	rp.callsMu.Lock()
+	if rp.calls == nil {
+		rp.calls = map[string]*callLock{}
+	}
+	l := rp.calls[p]
+	if l == nil {
+		l = &callLock{}
+		rp.calls[p] = l
+	}
+	l.n++
+	rp.callsMu.Unlock()
+	if write {
+		l.Lock()
+	} else {
+		l.RLock()
+	}
+	return func() {
+		if write {
+			l.Unlock()
+		} else {
+			l.RUnlock()
+		}
+		rp.callsMu.Lock()
+		if l.n--; l.n == 0 {
+			delete(rp.calls, p)
+		}
+		rp.callsMu.Unlock()
+	}
 }
 
 // replicaTimeout bounds a sync that has no deadline of its own.
@@ -299,9 +332,7 @@ func (rp *replicator) sync(ctx context.Context, p string) (uint64, error) {
 	var out syncResult
 	var target uint64
 	var err error
-	l := rp.ctlLock(p)
-	l.RLock()
-	defer l.RUnlock()
+	defer rp.lockCalls(p, false)()
 	for try := range 4 {
 		err = rp.call(ctx, http.MethodPost, "/sync", map[string]any{"path": p, "wait": true, "timeout": secs}, &out)
 		if err != nil {
@@ -345,12 +376,14 @@ func (rp *replicator) release(p string) (pos uint64, err error) {
 	if serr != nil {
 		wait = time.Second // its final sync would fail the same way
 	}
+	// The call's time starts once a sync of p in flight is done (the lock):
+	// started before, it could run out waiting, and the /unregister was
+	// never sent (Litestream went on streaming an evicted tenant).
+	unlock := rp.lockCalls(p, true)
 	ctx, cancel := context.WithTimeout(context.Background(), wait+time.Second)
-	defer cancel()
-	l := rp.ctlLock(p)
-	l.Lock()
 	uerr := rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": int(wait / time.Second)}, nil)
-	l.Unlock()
+	cancel()
+	unlock()
 	if uerr != nil {
 		uerr = fmt.Errorf("unregister with litestream: %w", uerr)
 	}
@@ -378,10 +411,9 @@ func (rp *replicator) unregisterStray(ctx context.Context, p string, timeout int
 	var out struct {
 		Status string `json:"status"`
 	}
-	l := rp.ctlLock(p)
-	l.Lock()
+	unlock := rp.lockCalls(p, true)
 	err = rp.call(ctx, http.MethodPost, "/unregister", map[string]any{"path": p, "timeout": timeout}, &out)
-	l.Unlock()
+	unlock()
 	if ce := (*ctlError)(nil); errors.As(err, &ce) && ce.Status == http.StatusInternalServerError {
 		return true, nil
 	}
@@ -626,7 +658,14 @@ func (rp *replicator) storeAnswers(t *tenant) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	_, err := rp.replicaPos(ctx, t.replicaKey())
-	return err == nil || errors.Is(err, errUnsupported)
+	if err != nil && !errors.Is(err, errUnsupported) {
+		// Still down: asked again at the next round, not taken for up
+		// once the failed sync is 10 s old (adv23: every closed tenant
+		// was opened again every ~17 s of a long outage).
+		rp.failedAt.Store(time.Now().UnixNano())
+		return false
+	}
+	return true
 }
 
 // behindTenants lists the closed tenants whose final sync failed.
@@ -716,10 +755,9 @@ func (r *router) catchUp(t *tenant) {
 	defer cancel()
 	var out syncResult
 	seen := t.regs.Load()
-	l := r.repl.ctlLock(t.path)
-	l.RLock()
+	unlock := r.repl.lockCalls(t.path, false)
 	err := r.repl.call(ctx, http.MethodPost, "/sync", map[string]any{"path": t.path, "timeout": 1}, &out)
-	l.RUnlock()
+	unlock()
 	if err != nil {
 		t.lagSince.CompareAndSwap(0, time.Now().UnixNano()) // cannot vouch for the replica
 		if !notRegistered(err) || r.reregister(ctx, t, seen) != nil {
