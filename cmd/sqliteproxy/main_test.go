@@ -1314,12 +1314,16 @@ func TestReplicas(t *testing.T) {
 	if r := cli(t, nil, "replicas", "-json", "-replica", url).want(t, exitOK); r.stdout != "[]\n" {
 		t.Errorf("replicas -json of an empty replica: %q", r.stdout)
 	}
-	// Tenants are directories with valid IDs; the rest is not listed.
-	for _, name := range []string{"globex/", "acme/", "acme-corp/", "UPPER/", ".hidden/", "file.db"} {
+	// Tenants are directories with valid IDs that hold a file; the rest
+	// (an empty folder too: an erased replica's) is not listed.
+	for _, name := range []string{"globex/", "acme/", "acme-corp/", "UPPER/", ".hidden/", "file.db", "empty/"} {
 		path := filepath.Join(root, name)
 		var err error
 		if strings.HasSuffix(name, "/") {
-			err = os.Mkdir(path, 0o700)
+			err = os.MkdirAll(filepath.Join(path, "ltx", "0"), 0o700)
+			if err == nil && name != "empty/" {
+				err = os.WriteFile(filepath.Join(path, "ltx", "0", "0000000000000001-0000000000000001.ltx"), nil, 0o600)
+			}
 		} else {
 			err = os.WriteFile(path, nil, 0o600)
 		}
