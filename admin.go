@@ -806,6 +806,9 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	if err == nil {
 		err = syncDir(filepath.Dir(t.path))
 	}
+	if err == nil {
+		t.keptPos = nil // the position of the file replaced
+	}
 	leave()
 	t.ready.Store(false)
 	t.endDrain(tenantActive)

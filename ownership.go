@@ -118,7 +118,7 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	if t.lease != nil {
 		select {
 		case <-t.lease.Lost():
-			t.lease = nil
+			r.letGoLost(t)
 		default:
 			return nil
 		}
@@ -131,7 +131,7 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	// A lease this node could not release (finishRelease) is over: taking
 	// the tenant again ended it (its owner key), and the new generation
 	// starts from this copy, its last writes included.
-	t.unreleased = nil
+	t.unreleased, t.keptPos = nil, nil
 	t.lost.Store(lease.Lost())
 	if v, ok := lease.(validLease); ok {
 		t.valid.Store(&v)
@@ -229,9 +229,37 @@ func (r *router) unfence(t *tenant) error {
 	if r.budget.counted(t) > 0 && !t.evict(true, evictLeaseLost) {
 		return opError(opOpenTenant, t.id, errLeaseEnded)
 	}
-	t.lease = nil
+	r.letGoLost(t)
 	t.fenced.Store(false)
 	return nil
+}
+
+// letGoLost drops t's lease, lost or ended by a move, t closed (the caller
+// holds t's writer semaphore). A move waits for the lease's release, and
+// nothing else releases it: with writes the replica lacks (an eviction's
+// final sync failed) it is released once resync has uploaded them
+// (finishRelease); kept through a delete's or restore's drain, it is
+// released at the position the drain synced. Otherwise (a first access
+// that failed, whose copy may hold what only this node has) it is not,
+// and the move waits for its context.
+func (r *router) letGoLost(t *tenant) {
+	lease, kept := t.lease, t.keptPos
+	t.lease, t.keptPos = nil, nil
+	if lease == nil || t.registered.Load() {
+		return
+	}
+	switch {
+	case t.unsynced.Load():
+		if t.unreleased == nil {
+			t.unreleased = lease
+		}
+	case kept != nil:
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		defer cancel()
+		if lease.Release(ctx, *kept) == nil {
+			r.lostLeases.Delete(t.id)
+		}
+	}
 }
 
 // leaseLost reports whether t's lease was lost (watchLease saw it).
@@ -247,7 +275,7 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 	if lease == nil {
 		return
 	}
-	t.lease = nil
+	t.lease, t.keptPos = nil, nil
 	t.lost.Store((<-chan struct{})(nil)) // released, not lost
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()

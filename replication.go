@@ -571,12 +571,16 @@ func (r *router) unregister(t *tenant) {
 	start := time.Now()
 	pos, err := r.repl.release(t.path)
 	r.tel.synced(context.Background(), t.tel, start, err)
-	if err == nil && t.state.Load() != tenantDraining {
+	lost := t.lease != nil && isDone(t.lease.Lost())
+	if err == nil && (t.state.Load() != tenantDraining || lost) {
 		// Not for a delete or a restore (drain), which act as the owner
 		// next: given up in between, another node took the tenant (one
 		// that kept reading it), and the operation failed with "owned by"
-		// it (adv22).
+		// it (adv22). Unless a move ended the lease already: it waits for
+		// this release (adv24).
 		r.releaseLease(t, pos)
+	} else if err == nil && t.lease != nil {
+		t.keptPos = &pos // a move that ends it before the drain goes on releases it at pos
 	} else if err != nil && t.lease != nil && isDone(t.lease.Lost()) {
 		// Ended by a move (or lost) with writes the replica lacks: released
 		// only once they are uploaded (finishRelease). A move waited for

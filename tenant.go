@@ -67,11 +67,16 @@ type tenant struct {
 	// writes are here only, and the lease is released once resync has
 	// uploaded them (finishRelease). Changed under wsem.
 	unreleased TenantLease
-	gen        atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
-	fenced     atomic.Bool                // lease lost, or file moved: t is closed before it is used again (ownership.go)
-	moved      atomic.Bool                // fenced because its file was deleted or replaced while open (filewatch.go)
-	lost       atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
-	valid      atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
+	// keptPos: the position t was synced to when a delete or restore kept
+	// its lease through the eviction of its drain (nil: none); the lease
+	// is released with it if a move ends it before the drain goes on as
+	// its owner (letGoLost). Changed under wsem.
+	keptPos *uint64
+	gen     atomic.Int64               // the generation t streams to (<ReplicaURL>/<id>/g<gen>); 0 without Ownership
+	fenced  atomic.Bool                // lease lost, or file moved: t is closed before it is used again (ownership.go)
+	moved   atomic.Bool                // fenced because its file was deleted or replaced while open (filewatch.go)
+	lost    atomic.Value               // the Lost channel (<-chan struct{}) of the lease held last, for SyncTenant
+	valid   atomic.Pointer[validLease] // the lease held last, when it can tell its validity (Generation)
 
 	gc  groupCommit // autocommit writes queued for the writer (groupcommit.go)
 	wal walState    // the WAL's bound (walbound.go); under wsem

@@ -262,8 +262,8 @@ func printable(s string) string {
 }
 
 // clusterCopy returns one of the tenants in dir (of ids; nil: any) whose
-// copy is a cluster node's (a generation marker, .<id>.db-gen, beside it,
-// written by a proxy with Ownership), and how many there are.
+// file is a cluster node's copy (a generation marker, .<id>.db-gen, beside
+// it, written by a proxy with Ownership), and how many there are.
 func clusterCopy(dir string, ids []string) (string, int) {
 	want := map[string]bool{}
 	for _, id := range ids {
@@ -283,6 +283,9 @@ func clusterCopy(dir string, ids []string) (string, int) {
 			id := base[1:]
 			if ids != nil && !want[id] {
 				continue
+			}
+			if _, err := os.Lstat(filepath.Join(d, id+".db")); err != nil {
+				continue // the marker of a tenant deleted here: no copy to read
 			}
 			if n == 0 {
 				first = id

@@ -30,6 +30,14 @@ func TestQuery_ClusterCopiesRefused(t *testing.T) {
 	if !strings.Contains(r.stdout, "acme") || !strings.Contains(r.stdout, "globex") {
 		t.Errorf("-stale did not read both tenants:\n%s", r.stdout)
 	}
+	// A marker without its file (a tenant deleted here) is no copy.
+	if err := os.WriteFile(filepath.Join(dir, ".gone.db-gen"), []byte("3"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, ".acme.db-gen")); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, nil, "query", "-dir", dir, "SELECT count(*) AS n FROM events").want(t, exitOK)
 	// Only the tenants asked for count.
 	cli(t, nil, "query", "-dir", dir, "-tenants", "globex", "SELECT count(*) AS n FROM events").want(t, exitOK)
 }

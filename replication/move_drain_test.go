@@ -1,0 +1,137 @@
+//go:build linux
+
+package replication_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/sqliteproxy/sqliteproxy"
+	"github.com/sqliteproxy/sqliteproxy/cluster"
+	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
+	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
+)
+
+// The owner evicted acme (idle) while the store was down: its final sync
+// failed and it kept the lease. A move then ends that lease: unfence
+// dropped it for a closed tenant without releasing it, so nothing uploaded
+// and released it, and the move waited until its context ended, store back
+// or not (adv24).
+func TestOwnership_MoveOfTenantEvictedWhileStoreDown(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	var dirA string
+	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir; c.IdleTimeout = 300 * time.Millisecond })
+	b := g.ownerNode(t, srv, "b", 4)
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	insert(t, a.p, "acme", "a1")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	insert(t, a.p, "acme", "a2-unsynced")
+	sqliteproxytest.WaitFor(t, 60*time.Second, "a's idle eviction of acme to fail its final sync", func() bool {
+		_, err := os.Stat(filepath.Join(dirA, ".acme.db-unsynced"))
+		return err == nil && a.p.Stats().OpenTenants == 0
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	moved := make(chan error, 1)
+	go func() { moved <- adm.Move(ctx, "acme", "b") }()
+	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
+		_, ok := a.p.Generation("acme")
+		return !ok
+	})
+	g.s3.Restart()
+	select {
+	case err := <-moved:
+		if err != nil {
+			t.Fatalf("move: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the move still waits 60 s after the store came back (README: the move completes when the store is back)")
+	}
+	if got, want := names(t, b.p, "acme"), []string{"a1", "a2-unsynced"}; !slices.Equal(got, want) {
+		t.Fatalf("b serves %q, want %q", got, want)
+	}
+}
+
+// A move that ends the owner's lease while a RestoreTenant drains the
+// tenant (a reader was leased): the drain's eviction kept the lease (a
+// delete or restore keeps it to act as the owner), own() then dropped it
+// as lost and failed with "owned by b", and nothing released it: the move
+// waited until its context ended (adv24).
+func TestOwnership_MoveDuringRestoreDrain(t *testing.T) { testMoveDuringDrain(t, false) }
+
+// The same with DeleteTenant.
+func TestOwnership_MoveDuringDeleteDrain(t *testing.T) { testMoveDuringDrain(t, true) }
+
+func testMoveDuringDrain(t *testing.T, del bool) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { c.ReadersPerTenant = 1 })
+	b := g.ownerNode(t, srv, "b", 4)
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	insert(t, a.p, "acme", "r0")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	insert(t, a.p, "acme", "r1")
+	rows, err := a.p.QueryContext(sqliteproxytest.Context(t, "acme"), `SELECT name FROM events`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	moved := make(chan error, 1)
+	go func() { moved <- adm.Move(ctx, "acme", "b") }()
+	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
+		_, ok := a.p.Generation("acme")
+		return !ok
+	})
+	restored := make(chan error, 1)
+	go func() {
+		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer rcancel()
+		if del {
+			restored <- a.p.DeleteTenant(rctx, "acme")
+			return
+		}
+		restored <- a.p.RestoreTenant(rctx, "acme", backup)
+	}()
+	rows.Close()
+	rerr := <-restored
+	t.Logf("restore/delete (delete=%v) on a during the move: %v", del, rerr)
+	for _, n := range []*ownerNode{a, b} {
+		qctx, qcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := n.p.ExecContext(sqliteproxy.WithOrgID(qctx, "acme"), `SELECT 1`)
+		qcancel()
+		t.Logf("while the move waits, node %s: %v", n.id, err)
+	}
+	select {
+	case err := <-moved:
+		if err != nil {
+			t.Fatalf("move: %v", err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("the move still waits 40 s after the restore on the old owner gave up")
+	}
+	got := names(t, b.p, "acme")
+	t.Logf("b serves %q", got)
+}
