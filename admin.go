@@ -752,6 +752,16 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		t.endDrain(tenantActive)
 		return opError(op, id, err)
 	}
+	if t.lease != nil && isDone(t.lease.Lost()) {
+		// A move (or the lease's loss) ended it after the drain: the
+		// restore may not replace what the move's target is to restore
+		// (adv25: renamed anyway, the reopen refused, nothing released the
+		// lease, and the move waited). Released at the drain's position.
+		leave()
+		r.letGoLost(t)
+		t.endDrain(tenantActive)
+		return opError(op, id, fmt.Errorf("%w (a move took the tenant during the restore; nothing changed)", errLeaseEnded))
+	}
 	var bound *restoreBound
 	if r.repl != nil {
 		// What this node knows of the replica now (markRestored): its

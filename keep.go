@@ -113,7 +113,7 @@ func (t *tenant) giveBack(pc *physConn, keeper *conn) {
 		ch <- pc
 		return
 	}
-	if keeper != nil && t.state.Load() == tenantActive && !t.evicting && !t.r.isClosed.Load() {
+	if keeper != nil && t.state.Load() == tenantActive && !t.evicting && !t.r.isClosed.Load() && !t.fenced.Load() {
 		tok := pc.keep.Load()>>keepStateBits + 1
 		pc.keep.Store(keepWord(tok, keepParked))
 		t.kept = append(t.kept, pc)
@@ -124,10 +124,18 @@ func (t *tenant) giveBack(pc *physConn, keeper *conn) {
 	}
 	t.idle = append(t.idle, pc)
 	t.leasedReaders--
+	last := t.leasedReaders == 0
 	t.mu.Unlock()
 	t.r.budget.wake()
 	if t.r.isClosed.Load() {
 		t.evict(false, evictClose)
+	}
+	if last && t.fenced.Load() {
+		// Its lease ended (a move asked for it) while this reader was
+		// leased, which kept it open: closed now that the last reader is
+		// back, as releaseWriter does for the writer (a move waited for
+		// the idle reaper, minutes). In the background: the close syncs.
+		go t.r.closeFenced(t)
 	}
 }
 

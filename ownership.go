@@ -234,6 +234,18 @@ func (r *router) unfence(t *tenant) error {
 	return nil
 }
 
+// closeFenced closes t, fenced (its lease ended), unless its writer is
+// held: the holder closes it when it gives the writer back.
+func (r *router) closeFenced(t *tenant) {
+	if !t.wsem.TryAcquire() {
+		return
+	}
+	defer t.wsem.Release()
+	if t.r.unfence(t) == nil {
+		r.forgetIdle(t, true)
+	}
+}
+
 // letGoLost drops t's lease, lost or ended by a move, t closed (the caller
 // holds t's writer semaphore). A move waits for the lease's release, and
 // nothing else releases it: with writes the replica lacks (an eviction's
