@@ -662,11 +662,7 @@ func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
 	var dirA string
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
 	b := g.ownerNode(t, srv, "b", 4)
-	adm, err := cluster.NewAdmin(srv.Endpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "a1")
 	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)

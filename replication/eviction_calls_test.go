@@ -3,15 +3,9 @@
 package replication_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"hash/fnv"
-	"io"
-	"maps"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -29,41 +23,16 @@ type spyCall struct {
 	path     string
 }
 
-// bodySpy is spySocket that records each call's endpoint and body path.
+// bodySpy is spySocket recording each call: when, its endpoint and the
+// tenant file it names.
 func bodySpy(t *testing.T, real string) (string, func() []spyCall) {
-	sock := filepath.Join(t.TempDir(), "spy.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var mu sync.Mutex
 	var calls []spyCall
-	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", real)
-	}}}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		var body struct {
-			Path string `json:"path"`
-		}
-		json.Unmarshal(b, &body)
+	sock := spySocket(t, real, func(endpoint, file string) {
 		mu.Lock()
-		calls = append(calls, spyCall{time.Now(), r.URL.Path, body.Path})
+		calls = append(calls, spyCall{time.Now(), endpoint, file})
 		mu.Unlock()
-		req, _ := http.NewRequestWithContext(r.Context(), r.Method, "http://litestream"+r.URL.RequestURI(), bytes.NewReader(b))
-		req.Header = r.Header.Clone()
-		resp, err := client.Do(req)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadGateway)
-			return
-		}
-		defer resp.Body.Close()
-		maps.Copy(w.Header(), resp.Header)
-		w.WriteHeader(resp.StatusCode)
-		io.Copy(w, resp.Body)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	})
 	return sock, func() []spyCall {
 		mu.Lock()
 		defer mu.Unlock()

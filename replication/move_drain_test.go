@@ -27,11 +27,7 @@ func TestOwnership_MoveOfTenantEvictedWhileStoreDown(t *testing.T) {
 	var dirA string
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir; c.IdleTimeout = 300 * time.Millisecond })
 	b := g.ownerNode(t, srv, "b", 4)
-	adm, err := cluster.NewAdmin(srv.Endpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "a1")
 	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
@@ -42,14 +38,7 @@ func TestOwnership_MoveOfTenantEvictedWhileStoreDown(t *testing.T) {
 		_, err := os.Stat(filepath.Join(dirA, ".acme.db-unsynced"))
 		return err == nil && a.p.Stats().OpenTenants == 0
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	moved := make(chan error, 1)
-	go func() { moved <- adm.Move(ctx, "acme", "b") }()
-	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
-		_, ok := a.p.Generation("acme")
-		return !ok
-	})
+	moved := startMove(t, adm, a, "acme", "b")
 	g.s3.Restart()
 	select {
 	case err := <-moved:
@@ -79,11 +68,7 @@ func testMoveDuringDrain(t *testing.T, del bool) {
 	srv := etcdtest.Start(t)
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { c.ReadersPerTenant = 1 })
 	b := g.ownerNode(t, srv, "b", 4)
-	adm, err := cluster.NewAdmin(srv.Endpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "r0")
 	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
@@ -97,14 +82,7 @@ func testMoveDuringDrain(t *testing.T, del bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	moved := make(chan error, 1)
-	go func() { moved <- adm.Move(ctx, "acme", "b") }()
-	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
-		_, ok := a.p.Generation("acme")
-		return !ok
-	})
+	moved := startMove(t, adm, a, "acme", "b")
 	restored := make(chan error, 1)
 	go func() {
 		rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -134,4 +112,31 @@ func testMoveDuringDrain(t *testing.T, del bool) {
 	}
 	got := names(t, b.p, "acme")
 	t.Logf("b serves %q", got)
+}
+
+// newAdmin connects to the cluster's etcd as the CLI's move does.
+func newAdmin(t *testing.T, srv *etcdtest.Server) *cluster.Admin {
+	t.Helper()
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { adm.Close() })
+	return adm
+}
+
+// startMove moves tenant id from its owner a to node to in the background
+// (for 90 s at most) and returns once a's lease has ended; the move's
+// outcome comes on the channel.
+func startMove(t *testing.T, adm *cluster.Admin, a *ownerNode, id, to string) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	moved := make(chan error, 1)
+	go func() { moved <- adm.Move(ctx, id, to) }()
+	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end "+a.id+"'s lease", func() bool {
+		_, ok := a.p.Generation(id)
+		return !ok
+	})
+	return moved
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/sqliteproxy/sqliteproxy"
-	"github.com/sqliteproxy/sqliteproxy/cluster"
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
@@ -25,24 +24,13 @@ func TestOwnership_MoveWhileReaderLeasedCompletesAfterRowsClose(t *testing.T) {
 	srv := etcdtest.Start(t)
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { c.ReadersPerTenant = 1 })
 	b := g.ownerNode(t, srv, "b", 4)
-	adm, err := cluster.NewAdmin(srv.Endpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "r0")
 	rows, err := a.p.QueryContext(sqliteproxytest.Context(t, "acme"), `SELECT name FROM events`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	moved := make(chan error, 1)
-	go func() { moved <- adm.Move(ctx, "acme", "b") }()
-	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
-		_, ok := a.p.Generation("acme")
-		return !ok
-	})
+	moved := startMove(t, adm, a, "acme", "b")
 	rows.Close()
 	select {
 	case err := <-moved:
@@ -88,11 +76,7 @@ func TestOwnership_MoveBetweenRestoreDrainAndRename(t *testing.T) {
 	var dirA string
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
 	b := g.ownerNode(t, srv, "b", 4)
-	adm, err := cluster.NewAdmin(srv.Endpoints())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
+	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "r0")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
@@ -112,14 +96,7 @@ func TestOwnership_MoveBetweenRestoreDrainAndRename(t *testing.T) {
 	sqliteproxytest.WaitFor(t, 20*time.Second, "the restore's drain to close acme", func() bool {
 		return a.p.Stats().OpenTenants == 0
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	moved := make(chan error, 1)
-	go func() { moved <- adm.Move(ctx, "acme", "b") }()
-	sqliteproxytest.WaitFor(t, 20*time.Second, "the move to end a's lease", func() bool {
-		_, ok := a.p.Generation("acme")
-		return !ok
-	})
+	moved := startMove(t, adm, a, "acme", "b")
 	release()
 	rerr := <-restored
 	t.Logf("restore on a: %v", rerr)

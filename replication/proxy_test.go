@@ -6,8 +6,10 @@
 package replication_test
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -804,8 +806,8 @@ func TestProxy_LitestreamRestartedUnderConcurrentSyncs(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 20)
 	var unregisters atomic.Int64
-	cfg.LitestreamSocket = spySocket(t, g.ls.SocketPath, func(path string) {
-		if path == "/unregister" {
+	cfg.LitestreamSocket = spySocket(t, g.ls.SocketPath, func(endpoint, _ string) {
+		if endpoint == "/unregister" {
 			unregisters.Add(1)
 		}
 	})
@@ -849,8 +851,8 @@ func TestProxy_LitestreamRestartedUnderConcurrentSyncs(t *testing.T) {
 }
 
 // spySocket is a control socket in front of Litestream's at real: it passes
-// every request on and tells see its path.
-func spySocket(t *testing.T, real string, see func(path string)) string {
+// every request on and tells see its endpoint and the tenant file it names.
+func spySocket(t *testing.T, real string, see func(endpoint, file string)) string {
 	sock := filepath.Join(t.TempDir(), "spy.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -860,8 +862,13 @@ func spySocket(t *testing.T, real string, see func(path string)) string {
 		return (&net.Dialer{}).DialContext(ctx, "unix", real)
 	}}}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		see(r.URL.Path)
-		req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://litestream"+r.URL.RequestURI(), r.Body)
+		b, _ := io.ReadAll(r.Body)
+		var body struct {
+			Path string `json:"path"`
+		}
+		json.Unmarshal(b, &body)
+		see(r.URL.Path, body.Path)
+		req, err := http.NewRequestWithContext(r.Context(), r.Method, "http://litestream"+r.URL.RequestURI(), bytes.NewReader(b))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadGateway)
 			return
