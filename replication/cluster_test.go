@@ -679,14 +679,7 @@ func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
 		return err == nil
 	})
 	g.s3.Restart()
-	select {
-	case err := <-moved:
-		if err != nil {
-			t.Fatalf("move: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the move still waits 60 s after the store came back")
-	}
+	waitMoved(t, moved, 60*time.Second, "the move still waits 60 s after the store came back")
 	if got, want := names(t, b.p, "acme"), []string{"a1", "a2-unsynced"}; !slices.Equal(got, want) {
 		t.Fatalf("b serves %q, want %q", got, want)
 	}

@@ -40,14 +40,7 @@ func TestOwnership_MoveOfTenantEvictedWhileStoreDown(t *testing.T) {
 	})
 	moved := startMove(t, adm, a, "acme", "b")
 	g.s3.Restart()
-	select {
-	case err := <-moved:
-		if err != nil {
-			t.Fatalf("move: %v", err)
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("the move still waits 60 s after the store came back (README: the move completes when the store is back)")
-	}
+	waitMoved(t, moved, 60*time.Second, "the move still waits 60 s after the store came back (README: the move completes when the store is back)")
 	if got, want := names(t, b.p, "acme"), []string{"a1", "a2-unsynced"}; !slices.Equal(got, want) {
 		t.Fatalf("b serves %q, want %q", got, want)
 	}
@@ -102,14 +95,7 @@ func testMoveDuringDrain(t *testing.T, del bool) {
 		qcancel()
 		t.Logf("while the move waits, node %s: %v", n.id, err)
 	}
-	select {
-	case err := <-moved:
-		if err != nil {
-			t.Fatalf("move: %v", err)
-		}
-	case <-time.After(40 * time.Second):
-		t.Fatal("the move still waits 40 s after the restore on the old owner gave up")
-	}
+	waitMoved(t, moved, 40*time.Second, "the move still waits 40 s after the restore on the old owner gave up")
 	got := names(t, b.p, "acme")
 	t.Logf("b serves %q", got)
 }
@@ -139,4 +125,18 @@ func startMove(t *testing.T, adm *cluster.Admin, a *ownerNode, id, to string) <-
 		return !ok
 	})
 	return moved
+}
+
+// waitMoved waits up to d for the move's outcome, which must be success;
+// still waiting, the test fails saying what (why it should be done by then).
+func waitMoved(t *testing.T, moved <-chan error, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case err := <-moved:
+		if err != nil {
+			t.Fatalf("move: %v", err)
+		}
+	case <-time.After(d):
+		t.Fatal(what)
+	}
 }
