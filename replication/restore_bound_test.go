@@ -262,30 +262,7 @@ func TestProxy_RetriedRestoreKeepsBound(t *testing.T) {
 	}
 	g.s3.Restart()
 
-	b := sqliteproxytest.New(t, g.config(t, 10))
-	t.Logf("B serves %q", names(t, b, "acme"))
-	insert(t, b, "acme", "acknowledged-on-b")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	a2 := sqliteproxytest.New(t, cfgA)
-	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
-	t.Logf("A's first access again: %v", err)
-	if err == nil {
-		got := names(t, a2, "acme")
-		if err := a2.SyncTenant(context.Background(), "acme"); err != nil {
-			t.Fatal(err)
-		}
-		c := sqliteproxytest.New(t, g.config(t, 10))
-		head := names(t, c, "acme")
-		if !slices.Contains(head, "acknowledged-on-b") {
-			t.Fatalf("A serves %q and the replica's head is now %q: B's acknowledged row is lost", got, head)
-		}
-	}
+	otherNodeWritesThenAAgain(t, g, cfgA)
 }
 
 // Ownership: TestOwnership_RestoreSupersededByDelete with the restore

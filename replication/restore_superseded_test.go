@@ -67,30 +67,7 @@ func TestProxy_RestoreSupersededByAnotherNodeRefused(t *testing.T) {
 	t.Logf("A's Close: %v", a.Close())
 	g.s3.Restart()
 
-	b := sqliteproxytest.New(t, g.config(t, 10))
-	t.Logf("B serves %q", names(t, b, "acme"))
-	insert(t, b, "acme", "acknowledged-on-b")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
-	}
-
-	a2 := sqliteproxytest.New(t, cfgA)
-	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
-	t.Logf("A's first access again: %v", err)
-	if err == nil {
-		got := names(t, a2, "acme")
-		if err := a2.SyncTenant(context.Background(), "acme"); err != nil {
-			t.Fatal(err)
-		}
-		c := sqliteproxytest.New(t, g.config(t, 10))
-		head := names(t, c, "acme")
-		if !slices.Contains(head, "acknowledged-on-b") {
-			t.Fatalf("A serves %q and the replica's head is now %q: B's acknowledged row is lost", got, head)
-		}
-	}
+	otherNodeWritesThenAAgain(t, g, cfgA)
 }
 
 // Ownership: A restores acme with the store down (the marker stays), stops.
@@ -157,5 +134,38 @@ func TestProxy_RestoredMarkerGoesOnceSynced(t *testing.T) {
 	t.Logf("ltx0: %q", ltx0(t, cfg.Dir))
 	if fileExists(filepath.Join(cfg.Dir, ".acme.db-restored")) {
 		t.Errorf("the restored copy is in the replica (SyncTenant returned nil) and the proxy closed; .acme.db-restored is still there")
+	}
+}
+
+// otherNodeWritesThenAAgain is the end of the tests where node A restored
+// acme (not streamed yet) and stopped, the store is back: node B (without
+// Ownership) writes acme and SyncTenant acknowledges it; A, opened again on
+// cfgA, may refuse acme, but if it serves it, B's acknowledged row must be
+// in the replica's head once A has synced.
+func otherNodeWritesThenAAgain(t *testing.T, g *rig, cfgA sqliteproxy.Config) {
+	t.Helper()
+	b := sqliteproxytest.New(t, g.config(t, 10))
+	t.Logf("B serves %q", names(t, b, "acme"))
+	insert(t, b, "acme", "acknowledged-on-b")
+	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	a2 := sqliteproxytest.New(t, cfgA)
+	_, err := a2.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
+	t.Logf("A's first access again: %v", err)
+	if err == nil {
+		got := names(t, a2, "acme")
+		if err := a2.SyncTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		c := sqliteproxytest.New(t, g.config(t, 10))
+		head := names(t, c, "acme")
+		if !slices.Contains(head, "acknowledged-on-b") {
+			t.Fatalf("A serves %q and the replica's head is now %q: B's acknowledged row is lost", got, head)
+		}
 	}
 }
