@@ -256,7 +256,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return err // a stand-in for a kill: nothing else runs
 		}
 	}
-	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)))
+	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)), removeIfExists(genMarker(t.path)))
 	leave()
 	pending := false
 	if r.repl != nil && err == nil {

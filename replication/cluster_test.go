@@ -353,6 +353,14 @@ func TestOwnership_Delete(t *testing.T) {
 	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil || len(objs) != 0 {
 		t.Fatalf("left in the replica after DeleteTenant: %d objects, %v", len(objs), err)
 	}
+	// Nothing of it left here either (its generation marker stayed).
+	path, err := b.p.TenantPath("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*acme*")); len(left) != 0 {
+		t.Fatalf("left on b after DeleteTenant: %v", left)
+	}
 }
 
 // With ExplicitCreate, a request for a tenant that exists nowhere fails
