@@ -714,6 +714,11 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 			return err
 		}
 	}
+	// Refused before the copy or download, not after it (the drain takes
+	// the lease, and fails then anyway).
+	if err := r.refuseOtherOwner(ctx, op, t); err != nil {
+		return err
+	}
 	if err := r.makeTenantDir(t); err != nil {
 		return opError(op, id, err)
 	}

@@ -109,8 +109,8 @@ func (t *tenant) fenceErr() error {
 
 // own makes sure this node holds t's lease (Config.Ownership), acquiring it
 // if needed; the caller holds t's writer semaphore. It fails with an
-// *OwnerError (wrapped in an *Error) when another node owns t.
-func (r *router) own(ctx context.Context, t *tenant) error {
+// *OwnerError (wrapped in an *Error for op) when another node owns t.
+func (r *router) own(ctx context.Context, op string, t *tenant) error {
 	o := r.cfg.Ownership
 	if o == nil {
 		return nil
@@ -125,7 +125,7 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	}
 	lease, err := acquireLive(ctx, o, t.id)
 	if err != nil {
-		return opError(opOpenTenant, t.id, err)
+		return opError(op, t.id, err)
 	}
 	t.lease = lease
 	// A lease this node could not release (finishRelease) is over: taking
@@ -147,6 +147,30 @@ func (r *router) own(ctx context.Context, t *tenant) error {
 	r.tel.ownership(t.tel, "acquired")
 	go r.watchLease(t, lease)
 	return nil
+}
+
+// ownerLookup is what an Ownership may also implement (the cluster's
+// does): which node owns a tenant now, answered without taking it.
+type ownerLookup interface {
+	NodeID() string
+	Owner(ctx context.Context, id string) (node, url string, ok bool, err error)
+}
+
+// refuseOtherOwner fails with an *OwnerError (in an *Error for op) when
+// the Ownership says that another node owns t now, so that a restore is
+// refused before it copies or downloads anything. When it cannot tell (no
+// lookup, etcd unreachable, nobody owns t) it says nil: the restore's
+// drain takes the lease, and is refused then.
+func (r *router) refuseOtherOwner(ctx context.Context, op string, t *tenant) error {
+	ol, ok := r.cfg.Ownership.(ownerLookup)
+	if !ok {
+		return nil
+	}
+	node, url, owned, err := ol.Owner(ctx, t.id)
+	if err != nil || !owned || node == ol.NodeID() {
+		return nil
+	}
+	return opError(op, t.id, &OwnerError{Tenant: t.id, Owner: node, OwnerURL: url})
 }
 
 // acquireLive acquires tenant id's lease from o, refusing a lease that is
@@ -632,7 +656,7 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 	} else if exists {
 		return false, errRestoredMeanwhile
 	}
-	if err := r.own(ctx, t); err != nil {
+	if err := r.own(ctx, opDeleteTenant, t); err != nil {
 		return false, err
 	}
 	if r.repl.erasable() {

@@ -560,7 +560,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	if openWriterRaced != nil {
 		openWriterRaced(t)
 	}
-	if err := r.own(ctx, t); err != nil {
+	if err := r.own(ctx, opOpenTenant, t); err != nil {
 		if !exists {
 			r.forget(t) // as below: hostile IDs must not grow the registry
 			if ctx.Err() != nil {

@@ -817,7 +817,7 @@ func (t *tenant) drain(ctx context.Context, op string, reason evictReason) error
 	// With Ownership, only the owner may delete or restore a tenant: the
 	// eviction of a draining tenant keeps its lease (unregister), which is
 	// taken here if this node had none (or lost it).
-	if err := t.r.own(ctx, t); err != nil {
+	if err := t.r.own(ctx, op, t); err != nil {
 		t.endDrain(tenantActive)
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -360,6 +361,42 @@ func TestOwnership_Delete(t *testing.T) {
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*acme*")); len(left) != 0 {
 		t.Fatalf("left on b after DeleteTenant: %v", left)
+	}
+}
+
+// A restore on a node that does not own the tenant is refused as the
+// restore it is, before it copies or downloads anything: with the store
+// down it said "owned by" only after the download failed, and named the
+// error an "open tenant".
+func TestOwnership_RestoreOnNonOwnerRefusedFirst(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	insert(t, a.p, "acme", "x")
+	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := b.p.RestoreTenantAt(ctx, "acme", time.Time{})
+	wantOwnerError(t, err, "a")
+	if !strings.Contains(err.Error(), "restore tenant at") {
+		t.Errorf("RestoreTenantAt on b: %v, want it named a restore", err)
+	}
+	err = b.p.RestoreTenant(ctx, "acme", filepath.Join(t.TempDir(), "no-such-backup.db"))
+	wantOwnerError(t, err, "a")
+	if !strings.Contains(err.Error(), "restore tenant") {
+		t.Errorf("RestoreTenant on b: %v, want it named a restore", err)
+	}
+	g.s3.Restart()
+	err = b.p.DeleteTenant(ctx, "acme")
+	wantOwnerError(t, err, "a")
+	if !strings.Contains(err.Error(), "delete tenant") {
+		t.Errorf("DeleteTenant on b: %v, want it named a delete", err)
+	}
+	if got := names(t, a.p, "acme"); !slices.Equal(got, []string{"x"}) {
+		t.Fatalf("a serves %v after b's refused restores and delete", got)
 	}
 }
 
