@@ -23,6 +23,9 @@ func (e *env) tenantErr(op, id string, err error) {
 }
 
 func tenantErrText(id string, err error) string {
+	if m := (*misplacedError)(nil); errors.As(err, &m) {
+		return m.Error()
+	}
 	if errors.Is(err, sqliteproxy.ErrTenantNotFound) {
 		return "no such tenant"
 	}
@@ -280,7 +283,7 @@ func (e *env) backup(args []string) (status int) {
 	}
 	defer e.closeProxy(p, &status)
 	if err := e.backupOne(p, id, dst, *force); err != nil {
-		e.tenantErr("backup", id, err)
+		e.tenantErr("backup", id, notFound(p, id, err))
 		return exitFailed
 	}
 	fmt.Fprintf(e.stdout, "backed up tenant %s to %s\n", id, dst)
@@ -741,7 +744,7 @@ func (e *env) tenantIDs(p *sqliteproxy.Proxy, op string, pos []string) ([]string
 	id := pos[0]
 	exists, err := p.TenantExists(e.ctx, id)
 	if err == nil && !exists {
-		err = sqliteproxy.ErrTenantNotFound
+		err = notFound(p, id, sqliteproxy.ErrTenantNotFound)
 	}
 	if err != nil {
 		e.tenantErr(op, id, err)

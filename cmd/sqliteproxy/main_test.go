@@ -1586,6 +1586,21 @@ func TestStrays_WrongBucket(t *testing.T) {
 	}
 	slices.Sort(lines) // reported in the order of their keys
 	wantStrays(t, args, strings.Join(lines, ""))
+	// Asked for by name, globex is not found where the layout reads it,
+	// and the answer says where its file is (it said "no such tenant").
+	for _, cmd := range []string{"check", "status", "backup"} {
+		cargs := append([]string{cmd}, args...)
+		if cmd == "backup" {
+			cargs = append(cargs, "globex", filepath.Join(t.TempDir(), "globex.db"))
+		} else {
+			cargs = append(cargs, "globex")
+		}
+		r := cli(t, nil, cargs...).want(t, exitFailed)
+		want := "sqliteproxy: " + cmd + " globex: no such tenant here; a file of it is at " + strayRel + ", where the layout (buckets) does not read it: move it to " + wantRel + "\n"
+		if r.stderr != want {
+			t.Errorf("%s globex: stderr %q, want %q", cmd, r.stderr, want)
+		}
+	}
 }
 
 // wantStrays runs check and backup -all on the data directory of args,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -61,6 +62,55 @@ func strays(p *sqliteproxy.Proxy) (map[string]error, error) {
 		}
 	}
 	return found, nil
+}
+
+// misplacedError is ErrTenantNotFound for a tenant whose file is in the
+// data directory, but not where its layout reads it.
+type misplacedError struct {
+	at, want string // relative to the data directory
+	layout   sqliteproxy.Layout
+}
+
+func (m *misplacedError) Error() string {
+	return fmt.Sprintf("no such tenant here; a file of it is at %s, where the layout (%s) does not read it: move it to %s", m.at, m.layout, m.want)
+}
+
+func (m *misplacedError) Unwrap() error { return sqliteproxy.ErrTenantNotFound }
+
+// notFound is err, or a *misplacedError when err is ErrTenantNotFound and
+// tenant id's file is in p's data directory where its layout does not read
+// it (copied there by hand).
+func notFound(p *sqliteproxy.Proxy, id string, err error) error {
+	if errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+		if m, ok := misplaced(p, id); ok {
+			return m
+		}
+	}
+	return err
+}
+
+// misplaced looks for tenant id's file where p's layout does not put it:
+// at the top of the data directory, or in any bucket folder.
+func misplaced(p *sqliteproxy.Proxy, id string) (*misplacedError, bool) {
+	dir := p.Config().Dir
+	wantPath, err := p.TenantPath(id)
+	if err != nil {
+		return nil, false
+	}
+	cands, _ := filepath.Glob(filepath.Join(dir, "*", id+".db"))
+	cands = append([]string{filepath.Join(dir, id+".db")}, cands...)
+	for _, c := range cands {
+		if c == wantPath || (filepath.Dir(c) != dir && !isBucketName(filepath.Base(filepath.Dir(c)))) {
+			continue
+		}
+		if fi, err := os.Lstat(c); err == nil && fi.Mode().IsRegular() {
+			m := &misplacedError{layout: p.Config().Layout}
+			m.at, _ = filepath.Rel(dir, c)
+			m.want, _ = filepath.Rel(dir, wantPath)
+			return m, true
+		}
+	}
+	return nil, false
 }
 
 // isBucketName reports whether name is a bucket folder's: two lower-case
