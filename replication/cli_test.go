@@ -129,10 +129,7 @@ func TestCLI(t *testing.T) {
 				g := newRig(t, kind)
 				p := sqliteproxytest.New(t, g.config(t, 10))
 				for _, id := range []string{"globex", "acme", "acme-corp"} {
-					insert(t, p, id, "x")
-					if err := p.SyncTenant(context.Background(), id); err != nil {
-						t.Fatal(err)
-					}
+					insertSynced(t, p, id, "x")
 				}
 				r := runCLI(t, bin, "replicas", "-replica", g.replica).want(t, 0)
 				if r.stdout != "acme\nacme-corp\nglobex\n" || r.stderr != "" {
@@ -398,10 +395,7 @@ func TestCLI_StatusSupersededClusterCopy(t *testing.T) {
 	bin := buildCLI(t)
 	var dirA string
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
-	insert(t, a.p, "acme", "a1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "a1")
 	a.close()
 	r := runCLI(t, bin, "status", "-replica", g.replica, "-dir", dirA).want(t, 0)
 	if got := replicaColumn(t, r.stdout, "acme"); !strings.HasPrefix(got, "in sync") {
@@ -409,10 +403,7 @@ func TestCLI_StatusSupersededClusterCopy(t *testing.T) {
 	}
 	b := g.ownerNode(t, srv, "b", 4)
 	insert(t, b.p, "acme", "b1")
-	insert(t, b.p, "acme", "b2")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "b2")
 	b.close()
 	c, err := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, dirA, "acme")
 	if err != nil || c.Generation == 0 || c.NewerGeneration <= c.Generation || c.NewerGenerationTXID == 0 {

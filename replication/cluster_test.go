@@ -256,10 +256,7 @@ func TestOwnership_LeaseLost(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	a := g.ownerNode(t, srv, "a", 4)
-	insert(t, a.p, "acme", "before")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "before")
 	gen1, _ := a.p.Generation("acme")
 	tx, err := a.p.BeginTx(sqliteproxytest.Context(t, "acme"), nil) // holds the writer through the loss
 	if err != nil {
@@ -372,10 +369,7 @@ func TestOwnership_RestoreOnNonOwnerRefusedFirst(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
-	insert(t, a.p, "acme", "x")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "x")
 	g.s3.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -708,10 +702,7 @@ func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
 	b := g.ownerNode(t, srv, "b", 4)
 	adm := newAdmin(t, srv)
-	insert(t, a.p, "acme", "a1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "a1")
 	g.s3.Stop()
 	insert(t, a.p, "acme", "a2-unsynced")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)

@@ -150,10 +150,7 @@ func TestProxy_RestoredFromReplicaNotRegisteredIsNoConflict(t *testing.T) {
 		g := newRig(t, "file")
 		g.restorer = in
 		src := sqliteproxytest.New(t, g.config(t, 10))
-		insert(t, src, "acme", "in-replica")
-		if err := src.SyncTenant(context.Background(), "acme"); err != nil {
-			t.Fatal(err)
-		}
+		insertSynced(t, src, "acme", "in-replica")
 		if err := src.Close(); err != nil {
 			t.Fatal(err)
 		}

@@ -24,10 +24,7 @@ import (
 // the replica). The store stays down.
 func deleteWithStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy) error {
 	t.Helper()
-	insert(t, p, "acme", "secret")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "secret")
 	g.s3.Stop()
 	err := p.DeleteTenant(context.Background(), "acme")
 	if err == nil {
@@ -58,10 +55,7 @@ func TestProxy_DeletedWhileStoreDownNeverComesBack(t *testing.T) {
 	if got := names(t, p, "acme"); len(got) != 0 {
 		t.Fatalf("acme after the store came back: %q, want a new, empty tenant", got)
 	}
-	insert(t, p, "acme", "after")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "after")
 	if got := g.replicaNames(t, "acme"); !slices.Equal(got, []string{"after"}) {
 		t.Errorf("acme's replica: %q, want only the row written after the delete", got)
 	}
@@ -192,10 +186,7 @@ func TestOwnership_StaleDeleteMarkerErasesNoNewerWrites(t *testing.T) {
 	g.s3.Restart()
 	a.close()
 	b := g.ownerNode(t, srv, "b", 4)
-	insert(t, b.p, "acme", "b-acknowledged")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "b-acknowledged")
 	b.close()
 	a = g.ownerNode(t, srv, "a", 4, inA)
 	if got := names(t, a.p, "acme"); !slices.Contains(got, "b-acknowledged") {
@@ -341,10 +332,7 @@ func TestOwnership_DeleteMarkerWrittenWithoutOwnership(t *testing.T) {
 	dirA := t.TempDir()
 	inA := func(c *sqliteproxy.Config) { c.Dir = dirA }
 	a := g.ownerNode(t, srv, "a", 4, inA)
-	insert(t, a.p, "acme", "old-era")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "old-era")
 	a.close()
 	cfg := g.config(t, 10)
 	cfg.Dir = dirA
@@ -389,10 +377,7 @@ func TestOwnership_FailedDeleteKeepsTheTenant(t *testing.T) {
 func TestProxy_ReplicaOnlyDeleteLeavesAMarker(t *testing.T) {
 	g := newRig(t, "s3")
 	a := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, a, "acme", "secret")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a, "acme", "secret")
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -74,10 +74,7 @@ func TestProxy_EvictionDoesNotWaitForAnotherTenantsSync(t *testing.T) {
 	insert(t, p, "z", "z")
 	insert(t, p, "w", "w")
 	insert(t, p, y, "y")
-	insert(t, p, "x", "x")
-	if err := p.SyncTenant(context.Background(), "x"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "x", "x")
 	if err := p.SyncTenant(context.Background(), y); err != nil {
 		t.Fatal(err)
 	}
@@ -144,10 +141,7 @@ func TestProxy_ResyncKeepsProbingDuringLongOutage(t *testing.T) {
 	sock, calls := bodySpy(t, g.ls.SocketPath)
 	cfg.LitestreamSocket = sock
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "a")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "a")
 	g.s3.Stop()
 	insert(t, p, "acme", "b")
 	sqliteproxytest.WaitFor(t, 30*time.Second, "acme closed as idle", func() bool { return p.Stats().OpenTenants == 0 })

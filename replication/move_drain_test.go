@@ -28,10 +28,7 @@ func TestOwnership_MoveOfTenantEvictedWhileStoreDown(t *testing.T) {
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir; c.IdleTimeout = 300 * time.Millisecond })
 	b := g.ownerNode(t, srv, "b", 4)
 	adm := newAdmin(t, srv)
-	insert(t, a.p, "acme", "a1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "a1")
 	g.s3.Stop()
 	insert(t, a.p, "acme", "a2-unsynced")
 	sqliteproxytest.WaitFor(t, 60*time.Second, "a's idle eviction of acme to fail its final sync", func() bool {
@@ -62,10 +59,7 @@ func testMoveDuringDrain(t *testing.T, del bool) {
 	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { c.ReadersPerTenant = 1 })
 	b := g.ownerNode(t, srv, "b", 4)
 	adm := newAdmin(t, srv)
-	insert(t, a.p, "acme", "r0")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "r0")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
 		t.Fatal(err)

@@ -82,10 +82,7 @@ func TestOwnership_MoveBetweenRestoreDrainAndRename(t *testing.T) {
 	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, a.p, "acme", "r1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "r1")
 	release := holdGate(t, dirA, "acme")
 	restored := make(chan error, 1)
 	go func() {

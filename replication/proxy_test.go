@@ -128,6 +128,15 @@ func insert(t *testing.T, p *sqliteproxy.Proxy, id, name string) {
 	}
 }
 
+// insertSynced is insert, then SyncTenant: the row is acknowledged.
+func insertSynced(t *testing.T, p *sqliteproxy.Proxy, id, name string) {
+	t.Helper()
+	insert(t, p, id, name)
+	if err := p.SyncTenant(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Tenants written on one node, evicted and reopened under a small budget
 // and acknowledged after SyncTenant, are all restored on first access by a
 // node with an empty data directory: every acknowledged row, integrity ok,
@@ -200,10 +209,7 @@ func TestProxy_DeleteTenantErasesReplica(t *testing.T) {
 			g := newRig(t, kind)
 			a := sqliteproxytest.New(t, g.config(t, 10))
 			for _, id := range []string{"acme", "acme-corp"} {
-				insert(t, a, id, "x")
-				if err := a.SyncTenant(context.Background(), id); err != nil {
-					t.Fatal(err)
-				}
+				insertSynced(t, a, id, "x")
 			}
 			if err := a.DeleteTenant(context.Background(), "acme"); err != nil {
 				t.Fatal(err)
@@ -345,10 +351,7 @@ func TestProxy_FetchReplicaOfNobody(t *testing.T) {
 		g.restorer = in
 		cfg := g.config(t, 10)
 		p := sqliteproxytest.New(t, cfg)
-		insert(t, p, "acme", "x")
-		if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-			t.Fatal(err)
-		}
+		insertSynced(t, p, "acme", "x")
 		for _, at := range []time.Time{{}, time.Now()} {
 			err := p.RestoreTenantAt(context.Background(), "nosuch", at)
 			if at.IsZero() {
@@ -812,10 +815,7 @@ func TestProxy_LitestreamRestartedUnderConcurrentSyncs(t *testing.T) {
 		}
 	})
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "first")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "first")
 	want := []string{"first"}
 	for round := range 3 {
 		g.ls.Restart()
@@ -940,10 +940,7 @@ func writeWhileLitestreamDies(t *testing.T, g *rig, cfg sqliteproxy.Config) *sql
 	if err != nil {
 		t.Fatal(err)
 	}
-	insert(t, p, "acme", "before")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "before")
 	g.ls.Kill()
 	insert(t, p, "acme", "while-dead")
 	return p
@@ -1078,16 +1075,10 @@ func TestProxy_RestoreFromReplicaWithoutStreaming(t *testing.T) {
 func beforeAndAfter(t *testing.T, p *sqliteproxy.Proxy, id string) (at time.Time) {
 	t.Helper()
 	insert(t, p, id, "before-1")
-	insert(t, p, id, "before-2")
-	if err := p.SyncTenant(context.Background(), id); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, id, "before-2")
 	at = time.Now()
 	sqliteproxytest.WaitFor(t, 5*time.Second, "the clock to pass the time", func() bool { return time.Since(at) > 10*time.Millisecond })
-	insert(t, p, id, "after-1")
-	if err := p.SyncTenant(context.Background(), id); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, id, "after-1")
 	return at
 }
 

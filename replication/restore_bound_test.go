@@ -66,18 +66,12 @@ func TestOwnership_RestoreOnFreshProcess(t *testing.T) {
 	ls := harness.StartLitestream(t, g.s3.Env()...)
 	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "before-1")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, a.p, "acme", "bad-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "bad-data")
 	a.close()
 
 	a2 := g.ownerNode(t, srv, "a", 10, withLS)
@@ -133,28 +127,19 @@ func TestOwnership_RestoreOnNonOwnerRefused(t *testing.T) {
 	withDir := func(c *sqliteproxy.Config) { c.Dir = dirA }
 	a0 := g.ownerNode(t, srv, "a", 10, withDir)
 	a := a0
-	insert(t, a.p, "acme", "before-1")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "before-1")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, a.p, "acme", "bad-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "bad-data")
 	a0.close()
 	b := g.ownerNode(t, srv, "b", 10)
 	t.Logf("B serves %q", names(t, b.p, "acme"))
 	a = g.ownerNode(t, srv, "a", 10, withDir)
 	err := a.p.RestoreTenant(context.Background(), "acme", backup)
 	t.Logf("RestoreTenant on A while B owns acme: %v", err)
-	insert(t, b.p, "acme", "acknowledged-on-b")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "acknowledged-on-b")
 	b.close()
 	got := names(t, a.p, "acme")
 	t.Logf("A then serves %q", got)
@@ -169,18 +154,12 @@ func TestProxy_RestoreWithLitestreamDownKept(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "before-1")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "before-1")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, p, "acme", "bad-data")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "bad-data")
 	g.ls.Kill()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	err := p.RestoreTenant(ctx, "acme", backup)
@@ -212,10 +191,7 @@ func TestProxy_StatusOfSupersededRestore(t *testing.T) {
 	a.Close()
 	g.s3.Restart()
 	b := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, b, "acme", "acknowledged-on-b")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b, "acme", "acknowledged-on-b")
 	b.Close()
 	c, cerr := sqliteproxy.ReplicaCopyOf(context.Background(), g.replica, cfgA.Dir, "acme")
 	a2 := sqliteproxytest.New(t, cfgA)
@@ -236,18 +212,12 @@ func TestProxy_RetriedRestoreKeepsBound(t *testing.T) {
 	g := newRig(t, "s3")
 	cfgA := g.config(t, 10)
 	a := sqliteproxytest.New(t, cfgA)
-	insert(t, a, "acme", "before-1")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a, "acme", "before-1")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, a, "acme", "after-1")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a, "acme", "after-1")
 	g.s3.Stop()
 	for i := 0; i < 2; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -276,10 +246,7 @@ func TestOwnership_RetriedRestoreSupersededByDelete(t *testing.T) {
 	ls := harness.StartLitestream(t, g.s3.Env()...)
 	withLS := onDir(dir, ls)
 	a := g.ownerNode(t, srv, "a", 10, withLS)
-	insert(t, a.p, "acme", "personal-data")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "personal-data")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, ls.Bin()); err != nil {
 		t.Fatal(err)
@@ -349,10 +316,7 @@ func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	z := g.ownerNode(t, srv, "z", 10)
-	insert(t, z.p, "acme", "old")
-	if err := z.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, z.p, "acme", "old")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
 		t.Fatal(err)
@@ -379,10 +343,7 @@ func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
 	g.s3.Restart()
 
 	b := g.ownerNode(t, srv, "b", 10)
-	insert(t, b.p, "acme", "b-acked")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "b-acked")
 	want := names(t, b.p, "acme")
 	b.close()
 
@@ -400,10 +361,7 @@ func TestOwnership_RestoreOnOwnerKeepsLease(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
-	insert(t, a.p, "acme", "r0")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "r0")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
 		t.Fatal(err)

@@ -36,10 +36,7 @@ func TestOwnership_RestoreSupersededByNewerGeneration(t *testing.T) {
 	if got := names(t, b.p, "acme"); !slices.Equal(got, []string{"before-1", "after-1"}) {
 		t.Logf("B took over with %q", got)
 	}
-	insert(t, b.p, "acme", "acknowledged-on-b")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "acknowledged-on-b")
 	gb, _ := b.p.Generation("acme")
 	b.close()
 
@@ -112,10 +109,7 @@ func TestProxy_RestoredMarkerGoesOnceSynced(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
 	p := sqliteproxytest.New(t, cfg)
-	insert(t, p, "acme", "one")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "one")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, g.ls.Bin()); err != nil {
 		t.Fatal(err)
@@ -124,10 +118,7 @@ func TestProxy_RestoredMarkerGoesOnceSynced(t *testing.T) {
 	if err := p.RestoreTenant(context.Background(), "acme", backup); err != nil {
 		t.Fatal(err)
 	}
-	insert(t, p, "acme", "three")
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", "three")
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -146,10 +137,7 @@ func otherNodeWritesThenAAgain(t *testing.T, g *rig, cfgA sqliteproxy.Config) {
 	t.Helper()
 	b := sqliteproxytest.New(t, g.config(t, 10))
 	t.Logf("B serves %q", names(t, b, "acme"))
-	insert(t, b, "acme", "acknowledged-on-b")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b, "acme", "acknowledged-on-b")
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}

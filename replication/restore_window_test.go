@@ -47,10 +47,7 @@ func TestProxy_RestoredCopyNotWrittenReplacedWhenReplicaMovedOn(t *testing.T) {
 	}
 	g.ls.Restart()
 	other := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, other, "acme", "written-elsewhere")
-	if err := other.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, other, "acme", "written-elsewhere")
 	other.Close()
 	q := sqliteproxytest.New(t, cfg)
 	_, err := q.ExecContext(sqliteproxytest.Context(t, "acme"), `SELECT 1`)
@@ -105,18 +102,12 @@ func TestOwnership_RestoredOnPurposeCrashBeforeFirstLTX(t *testing.T) {
 	srv := etcdtest.Start(t)
 	src := g.ownerNode(t, srv, "src", 10)
 	insert(t, src.p, "acme", "before-1")
-	insert(t, src.p, "acme", "before-2")
-	if err := src.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, src.p, "acme", "before-2")
 	t0 := time.Now()
 	sqliteproxytest.WaitFor(t, 5*time.Second, "2s", func() bool { return time.Since(t0) > 2*time.Second })
 	at := time.Now()
 	sqliteproxytest.WaitFor(t, 5*time.Second, "the next whole second", func() bool { return time.Since(at) > 1500*time.Millisecond })
-	insert(t, src.p, "acme", "after-1")
-	if err := src.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, src.p, "acme", "after-1")
 	src.close()
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
@@ -214,10 +205,7 @@ func TestOwnership_UnsyncedNewGenerationKept(t *testing.T) {
 	ls := harness.StartLitestream(t, g.s3.Env()...)
 	withLS := onDir(dir, ls)
 	n := g.ownerNode(t, srv, "n1", 10, withLS)
-	insert(t, n.p, "acme", "synced")
-	if err := n.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, n.p, "acme", "synced")
 	n.close()
 	m := g.ownerNode(t, srv, "n1b", 10, withLS)
 	if got := names(t, m.p, "acme"); !slices.Equal(got, []string{"synced"}) {
@@ -251,18 +239,12 @@ func TestProxy_KillBeforeReplaceRename(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
 	a := sqliteproxytest.New(t, cfg)
-	insert(t, a, "acme", "old")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a, "acme", "old")
 	if err := a.Close(); err != nil {
 		t.Fatal(err)
 	}
 	b := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, b, "acme", "newer")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b, "acme", "newer")
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -285,10 +267,7 @@ func TestOwnership_RestoredThenStoreDownKept(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	src := g.ownerNode(t, srv, "src", 10)
-	insert(t, src.p, "acme", "in-replica")
-	if err := src.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, src.p, "acme", "in-replica")
 	src.close()
 	dir := t.TempDir()
 	ls := harness.StartLitestream(t, g.s3.Env()...)
@@ -357,10 +336,7 @@ func TestOwnership_ReplaceAfterEvictionDuringOutage(t *testing.T) {
 		c.LitestreamPath = ls.Bin()
 		c.IdleTimeout = 300 * time.Millisecond
 	})
-	insert(t, a.p, "acme", "synced")
-	if err := a.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a.p, "acme", "synced")
 	g.s3.Stop()
 	insert(t, a.p, "acme", "during-outage")
 	sqliteproxytest.WaitFor(t, 60*time.Second, "acme evicted", func() bool { return len(a.p.Stats().Tenants) == 0 })
@@ -372,10 +348,7 @@ func TestOwnership_ReplaceAfterEvictionDuringOutage(t *testing.T) {
 		c.LitestreamPath = ls.Bin()
 	})
 	b := g.ownerNode(t, srv, "b", 10)
-	insert(t, b.p, "acme", "on-b")
-	if err := b.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b.p, "acme", "on-b")
 	b.close()
 	// The copy is replaced by B's generation: its old -shm went with it (left
 	// behind, with Litestream's process still holding it, the first access
@@ -395,10 +368,7 @@ func TestOwnership_ReplaceAfterEvictionDuringOutage(t *testing.T) {
 // yet", and Litestream has no position of the restored copy.
 func restoreWithStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy, bin, first string, after ...string) {
 	t.Helper()
-	insert(t, p, "acme", first)
-	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, p, "acme", first)
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := sqliteproxy.FetchReplica(context.Background(), g.replica, "acme", time.Time{}, backup, bin); err != nil {
 		t.Fatal(err)

@@ -20,10 +20,7 @@ import (
 func seedReplica(t *testing.T, g *rig) {
 	t.Helper()
 	src := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, src, "acme", "in-replica")
-	if err := src.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, src, "acme", "in-replica")
 	if err := src.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -198,10 +195,7 @@ func TestOwnership_RestoredCopyWrittenWithoutReplicationKept(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
 	src := g.ownerNode(t, srv, "src", 10)
-	insert(t, src.p, "acme", "in-replica")
-	if err := src.p.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, src.p, "acme", "in-replica")
 	src.close()
 	dir := t.TempDir()
 	down := g.ownerNode(t, srv, "n1", 10, func(c *sqliteproxy.Config) { c.Dir = dir; c.LitestreamSocket = filepath.Join(t.TempDir(), "none.sock") })

@@ -17,20 +17,14 @@ import (
 func TestProxy_Telemetry(t *testing.T) {
 	g := newRig(t, "file")
 	a := sqliteproxytest.New(t, g.config(t, 10))
-	insert(t, a, "acme", "x")
-	if err := a.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, a, "acme", "x")
 	reader := sdkmetric.NewManualReader()
 	cfg := g.config(t, 10)
 	cfg.MeterProvider = sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
 	b := sqliteproxytest.New(t, cfg)
 	names(t, b, "acme")  // restored
 	names(t, b, "newco") // not in the replica: created
-	insert(t, b, "acme", "y")
-	if err := b.SyncTenant(context.Background(), "acme"); err != nil {
-		t.Fatal(err)
-	}
+	insertSynced(t, b, "acme", "y")
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
 		t.Fatal(err)
