@@ -28,9 +28,19 @@ import (
 // directory and a Litestream process of its own, the rig's replica, and a
 // cluster.Cluster on a real etcd as its Ownership.
 type ownerNode struct {
-	id string
-	c  *cluster.Cluster
-	p  *sqliteproxy.Proxy
+	id  string
+	dir string // Config.Dir
+	c   *cluster.Cluster
+	p   *sqliteproxy.Proxy
+}
+
+// twoOwners starts a rig on S3, etcd, and nodes a and b of four
+// connections each.
+func twoOwners(t *testing.T) (g *rig, srv *etcdtest.Server, a, b *ownerNode) {
+	t.Helper()
+	g = newRig(t, "s3")
+	srv = etcdtest.Start(t)
+	return g, srv, g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
 }
 
 func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns int, opts ...func(*sqliteproxy.Config)) *ownerNode {
@@ -50,7 +60,7 @@ func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns 
 		c.Close()
 		t.Fatal(err)
 	}
-	n := &ownerNode{id: id, c: c, p: p}
+	n := &ownerNode{id: id, dir: cfg.Dir, c: c, p: p}
 	t.Cleanup(n.close)
 	return n
 }
@@ -126,9 +136,7 @@ func TestOwnership_OneWriterAndHandOver(t *testing.T) {
 // target restores every row committed before, including rows never synced
 // explicitly; the old owner is then refused.
 func TestOwnership_Move(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	_, srv, a, b := twoOwners(t)
 	var want []string
 	for i := range 20 {
 		name := string(rune('a' + i))
@@ -164,9 +172,7 @@ func TestOwnership_Move(t *testing.T) {
 // tenant away, not its stale local copy but ErrNotOwner; after the owner
 // deleted it, nothing (no resurrected rows).
 func TestOwnership_FanOutReadsNoStaleCopy(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	_, srv, a, b := twoOwners(t)
 	insert(t, a.p, "acme", "x")
 	adm, err := cluster.NewAdmin(srv.Endpoints())
 	if err != nil {
@@ -221,9 +227,7 @@ func TestOwnership_FanOutReadsNoStaleCopy(t *testing.T) {
 // with ErrNotOwner naming the owner, not only the first: those that waited
 // for the writer meanwhile were told the tenant did not exist.
 func TestOwnership_NonOwnerConcurrentStatements(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	_, _, a, b := twoOwners(t)
 	insert(t, a.p, "acme", "x")
 	for round := range 5 {
 		var wg sync.WaitGroup
@@ -366,9 +370,7 @@ func TestOwnership_Delete(t *testing.T) {
 // down it said "owned by" only after the download failed, and named the
 // error an "open tenant".
 func TestOwnership_RestoreOnNonOwnerRefusedFirst(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	g, _, a, b := twoOwners(t)
 	insertSynced(t, a.p, "acme", "x")
 	g.s3.Stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -696,11 +698,8 @@ func TestOwnership_Telemetry(t *testing.T) {
 // released the lease before: the move waited until its context ended, and
 // the owner could not take the tenant again to sync it (it was moving).
 func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	var dirA string
-	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
-	b := g.ownerNode(t, srv, "b", 4)
+	g, srv, a, b := twoOwners(t)
+	dirA := a.dir
 	adm := newAdmin(t, srv)
 	insertSynced(t, a.p, "acme", "a1")
 	g.s3.Stop()

@@ -71,11 +71,8 @@ func holdGate(t *testing.T, dir, id string) func() {
 // refused, nothing released the lease and the move waited (adv25). The
 // restore now gives up, nothing changed, and releases the lease.
 func TestOwnership_MoveBetweenRestoreDrainAndRename(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	var dirA string
-	a := g.ownerNode(t, srv, "a", 4, func(c *sqliteproxy.Config) { dirA = c.Dir })
-	b := g.ownerNode(t, srv, "b", 4)
+	_, srv, a, b := twoOwners(t)
+	dirA := a.dir
 	adm := newAdmin(t, srv)
 	insert(t, a.p, "acme", "r0")
 	backup := filepath.Join(t.TempDir(), "acme.db")

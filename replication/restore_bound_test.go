@@ -358,9 +358,7 @@ func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
 // again, and another node took the tenant in between; the restore failed
 // with "owned by node b" (adv22: on the first of ten restores).
 func TestOwnership_RestoreOnOwnerKeepsLease(t *testing.T) {
-	g := newRig(t, "s3")
-	srv := etcdtest.Start(t)
-	a, b := g.ownerNode(t, srv, "a", 4), g.ownerNode(t, srv, "b", 4)
+	_, _, a, b := twoOwners(t)
 	insertSynced(t, a.p, "acme", "r0")
 	backup := filepath.Join(t.TempDir(), "acme.db")
 	if err := a.p.BackupTenant(context.Background(), "acme", backup); err != nil {
