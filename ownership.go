@@ -127,7 +127,7 @@ func (r *router) own(ctx context.Context, op string, t *tenant) error {
 	if err != nil {
 		return opError(op, t.id, err)
 	}
-	t.lease = lease
+	t.lease, t.leaseWrote = lease, false
 	// A lease this node could not release (finishRelease) is over: taking
 	// the tenant again ended it (its owner key), and the new generation
 	// starts from this copy, its last writes included.
@@ -304,9 +304,60 @@ func (r *router) leaseLost(t *tenant) bool {
 	return lost
 }
 
+// unwrittenReleaser is what a TenantLease may also implement (the
+// cluster's does): ReleaseUnwritten gives up a lease under which nothing
+// was written, as if it had never been taken (the next owner's Previous is
+// what this lease's was). Released at position 0 instead, it read as a
+// delete: a restore not streamed yet was then taken for deleted, and the
+// position the tenant was last released with was not checked any more.
+type unwrittenReleaser interface {
+	ReleaseUnwritten(ctx context.Context) error
+}
+
 // releaseLease gives t's lease up with t's final replicated position pos;
 // the caller holds t's writer semaphore, and t is closed and synced.
 func (r *router) releaseLease(t *tenant, pos uint64) {
+	r.releaseLeaseWith(t, func(ctx context.Context, l TenantLease) error { return l.Release(ctx, pos) })
+}
+
+// releaseUnwritten gives t's lease up as never written if nothing was
+// written under it (leaseWrote; and the lease can say so), else at
+// position 0; the
+// caller holds t's writer semaphore, t is closed, and nothing of it is
+// here (no file) nor in the replica.
+func (r *router) releaseUnwritten(t *tenant) {
+	ur, ok := t.lease.(unwrittenReleaser)
+	if !ok || t.leaseWrote {
+		r.releaseLease(t, 0)
+		return
+	}
+	r.releaseLeaseWith(t, func(ctx context.Context, _ TenantLease) error { return ur.ReleaseUnwritten(ctx) })
+}
+
+// releaseUnopened gives back, as never written, the leases of tenants
+// that hold one under which nothing was written (a first access that
+// failed, the object store down: the node keeps the tenant until an
+// access succeeds). Left to the cluster's Close, they were released at
+// position 0, which reads as a delete. Close calls it once the open
+// tenants are closed; a tenant in use is left to the cluster.
+func (r *router) releaseUnopened() {
+	if r.cfg.Ownership == nil {
+		return
+	}
+	r.tenants.Range(func(_, v any) bool {
+		t := v.(*tenant)
+		if !t.wsem.TryAcquire() {
+			return true
+		}
+		defer t.wsem.Release()
+		if t.lease != nil && !t.leaseWrote && !t.registered.Load() && t.unreleased == nil {
+			r.releaseUnwritten(t)
+		}
+		return true
+	})
+}
+
+func (r *router) releaseLeaseWith(t *tenant, release func(context.Context, TenantLease) error) {
 	lease := t.lease
 	if lease == nil {
 		return
@@ -315,7 +366,7 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 	t.lost.Store((<-chan struct{})(nil)) // released, not lost
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := lease.Release(ctx, pos); err == nil {
+	if err := release(ctx, lease); err == nil {
 		// Released with its final position (a move ends the lease this
 		// way): everything synced is where the next owner restores from,
 		// so the tenant is not lost for SyncTenant.

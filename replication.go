@@ -511,6 +511,7 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	if r.repl == nil || t.registered.Load() {
 		return nil
 	}
+	t.leaseWrote = true
 	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}

@@ -304,6 +304,7 @@ func (r *router) close() error {
 		})
 	}
 	wg.Wait()
+	r.releaseUnopened()
 	// Tenants in use (a transaction, rows not closed, a statement still
 	// running) are closed by whoever ends that work. Close waits for them,
 	// within BusyTimeout: returning while a statement still writes a
@@ -602,8 +603,10 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		// so that conns caching it look the tenant up again: one object per
 		// tenant, or a later delete or restore would miss this one's conns.
 		// Its lease goes too: every unknown ID a client sent kept an owner
-		// key in etcd for the node's lifetime.
-		r.releaseLease(t, 0)
+		// key in etcd for the node's lifetime. Nothing was written under
+		// it: released at position 0, it read as a delete of the tenant
+		// (a restore on another node not streamed yet was then removed).
+		r.releaseUnwritten(t)
 		r.forget(t)
 		t.retire()
 		return nil, opError(opOpenTenant, t.id, ErrTenantNotFound)

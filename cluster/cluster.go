@@ -677,7 +677,9 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		}
 		rev := r.Header.Revision // the owner key's create revision
 		var prev genValue
+		var prevRaw []byte
 		if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			prevRaw = kvs[0].Value
 			if err := json.Unmarshal(kvs[0].Value, &prev); err != nil {
 				c.abandon(id, rev)
 				return nil, fmt.Errorf("cluster: acquire %q: bad %s: %w", id, genKey, err)
@@ -710,7 +712,7 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 			c.abandon(id, rev)
 			return nil, fmt.Errorf("cluster: acquire %q: record generation: %w", id, err)
 		}
-		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, lost: make(chan struct{})}
+		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, prevRaw: prevRaw, lost: make(chan struct{})}
 		c.mu.Lock()
 		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
 			c.stale[id] = rev
@@ -907,8 +909,17 @@ func (c *Cluster) Close() error {
 		defer cancel()
 		for _, l := range held {
 			// Position 0: unknown. The driver releases with the real one
-			// before closing the cluster; this only ends what is left.
-			if l.Release(ctx, 0) != nil {
+			// before closing the cluster; this only ends what is left. A
+			// lease only taken for a move, never given to the driver, wrote
+			// nothing.
+			c.mu.Lock()
+			used := l.used
+			c.mu.Unlock()
+			release := func() error { return l.Release(ctx, 0) }
+			if !used {
+				release = func() error { return l.ReleaseUnwritten(ctx) }
+			}
+			if release() != nil {
 				c.forget(l, eventLost)
 			}
 		}
@@ -974,6 +985,7 @@ type tenantLease struct {
 	lease    int64 // the node lease it was taken under
 	prevGen  int64
 	prevPos  uint64
+	prevRaw  []byte // gens/<tenant> as it found it (nil: none), put back by ReleaseUnwritten
 
 	lost     chan struct{}
 	lostOnce sync.Once
@@ -1016,6 +1028,31 @@ func (l *tenantLease) kill() bool {
 // cannot be reached it fails and the lease stays held, so the call can be
 // retried.
 func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
+	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease})
+	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: position not recorded", l.gen))
+}
+
+// ReleaseUnwritten gives the tenant up as if this lease had never been
+// taken: nothing was written under it (the driver never streamed the
+// tenant in its generation, nor deleted it). The tenant's generation
+// record goes back to what it was before the lease (the generation written
+// last and the position it was released with), so that the next owner
+// still checks that position, and does not take a look that found nothing
+// for a delete (which is recorded by Release at position 0). Calling it
+// again, or after Release, is a no-op.
+func (l *tenantLease) ReleaseUnwritten(ctx context.Context) error {
+	genKey := gensPrefix + l.tenant
+	op := clientv3.OpDelete(genKey)
+	if l.prevRaw != nil {
+		op = clientv3.OpPut(genKey, string(l.prevRaw))
+	}
+	return l.release(ctx, op, "generation record not put back")
+}
+
+// release ends the lease: it deletes the owner key and records the
+// tenant's generation with genOp, while this lease's owner key is still
+// there.
+func (l *tenantLease) release(ctx context.Context, genOp clientv3.Op, lostWhat string) error {
 	l.relMu.Lock()
 	defer l.relMu.Unlock()
 	if l.released {
@@ -1039,12 +1076,11 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 		c.forget(l, eventLost)
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, ErrLeaseLost)
 	}
-	ownerKey, genKey := ownersPrefix+l.tenant, gensPrefix+l.tenant
-	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: c.cfg.NodeID, Lease: l.lease})
+	ownerKey := ownersPrefix + l.tenant
 	r, err := c.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
 			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.ownerRev)).
-		Then(clientv3.OpDelete(ownerKey), clientv3.OpPut(genKey, string(val))).
+		Then(clientv3.OpDelete(ownerKey), genOp).
 		Commit()
 	if err != nil {
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, err)
@@ -1057,7 +1093,7 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 	c.mu.Unlock()
 	if !r.Succeeded {
 		c.forget(l, eventLost)
-		return fmt.Errorf("cluster: release %q generation %d: position not recorded: %w", l.tenant, l.gen, ErrLeaseLost)
+		return fmt.Errorf("cluster: release %q %s: %w", l.tenant, lostWhat, ErrLeaseLost)
 	}
 	c.forget(l, eventReleased)
 	return nil

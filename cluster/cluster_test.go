@@ -149,6 +149,72 @@ func TestAcquireReleaseHandover(t *testing.T) {
 	}
 }
 
+// A lease released as never written (ReleaseUnwritten) leaves the
+// tenant's record as it found it: the next owner's Previous is the last
+// written generation and the position it was released with, not the
+// unwritten lease's generation at position 0 (which reads as a delete).
+// Also when the node that looked closes holding it, and for a tenant
+// never owned before.
+func TestReleaseUnwrittenKeepsPrevious(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
+	ctx := ctxT(t, 30*time.Second)
+	acquire := func(n *Cluster, id string) sqliteproxy.TenantLease {
+		t.Helper()
+		l, err := n.Acquire(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	la := acquire(a, "t1")
+	if err := la.Release(ctx, 42); err != nil {
+		t.Fatal(err)
+	}
+	lb := acquire(b, "t1")
+	if err := lb.(interface {
+		ReleaseUnwritten(context.Context) error
+	}).ReleaseUnwritten(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !isClosed(lb.Lost()) {
+		t.Error("Lost not closed after ReleaseUnwritten")
+	}
+	if err := lb.Release(ctx, 0); err != nil {
+		t.Errorf("Release after ReleaseUnwritten: %v", err)
+	}
+	lc := acquire(c, "t1")
+	if g, p := lc.Previous(); g != la.Generation() || p != 42 {
+		t.Errorf("after an unwritten lease, Previous = %d, %d, want %d, 42", g, p, la.Generation())
+	}
+	if lc.Generation() <= lb.Generation() {
+		t.Errorf("generation %d not after the unwritten %d", lc.Generation(), lb.Generation())
+	}
+	if err := lc.Release(ctx, 50); err != nil {
+		t.Fatal(err)
+	}
+
+	// A tenant nobody owned before: its record goes again.
+	lu := acquire(a, "t2")
+	if err := lu.(interface {
+		ReleaseUnwritten(context.Context) error
+	}).ReleaseUnwritten(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g, p := acquire(b, "t2").Previous(); g != 0 || p != 0 {
+		t.Errorf("t2 after an unwritten lease: Previous = %d, %d, want 0, 0", g, p)
+	}
+
+	// A delete (Release at 0) is recorded as such.
+	ld := acquire(a, "t1")
+	if err := ld.Release(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	if g, p := acquire(c, "t1").Previous(); g != ld.Generation() || p != 0 {
+		t.Errorf("after a release at 0, Previous = %d, %d, want %d, 0", g, p, ld.Generation())
+	}
+}
+
 // A node that takes back a tenant it released, with nobody in between and
 // under the same node lease, goes on in the same generation (its replica
 // goes on incrementally); after another owner, it gets a new one.

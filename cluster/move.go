@@ -72,16 +72,12 @@ func (c *Cluster) onMove(id, tgt string) {
 
 // releaseUnused releases, in the background, a lease taken for a move
 // that went elsewhere, never opened here: nothing was written in its
-// generation.
+// generation (ReleaseUnwritten).
 func (c *Cluster) releaseUnused(l *tenantLease) {
-	pos := uint64(0)
-	if l.gen == l.prevGen {
-		pos = l.prevPos
-	}
 	go func() {
 		ctx, cancel := context.WithTimeout(c.ctx, opTimeout)
 		defer cancel()
-		_ = l.Release(ctx, pos)
+		_ = l.ReleaseUnwritten(ctx)
 	}()
 }
 

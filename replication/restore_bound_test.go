@@ -397,3 +397,42 @@ func TestOwnership_RestoreOnOwnerKeepsLease(t *testing.T) {
 		t.Fatalf("a serves %q after the restores, want [r0]", got)
 	}
 }
+
+// A restore of a tenant its replica never held, made with the store down,
+// is kept when another node merely looked for the tenant meanwhile (not
+// found under ExplicitCreate: nothing written). That node's lease was
+// taken for a delete (an owner since, an empty replica), and the restored
+// rows were removed at the restoring node's next open. It is now given
+// back as if never taken.
+func TestOwnership_RestoreKeptAfterAnotherNodeMerelyLooked(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	explicit := func(c *sqliteproxy.Config) { c.ExplicitCreate = true }
+	src := sqliteproxytest.New(t, sqliteproxy.Config{Dir: t.TempDir(), Migrations: migrations})
+	insert(t, src, "acme", "backed-up")
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := src.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	dirA, lsA := t.TempDir(), harness.StartLitestream(t, g.s3.Env()...)
+	a := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA), explicit)
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	err := a.p.RestoreTenant(ctx, "acme", backup)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "restored, but") {
+		t.Fatalf("RestoreTenant with the store down: %v, want one that says it restored", err)
+	}
+	a.close()
+	g.s3.Restart()
+
+	b := g.ownerNode(t, srv, "b", 10, explicit)
+	if _, err := b.p.ExecContext(sqliteproxytest.Context(t, "acme"), `INSERT INTO events (name) VALUES ('b')`); !errors.Is(err, sqliteproxy.ErrTenantNotFound) {
+		t.Fatalf("b: %v, want ErrTenantNotFound", err)
+	}
+
+	a2 := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA), explicit)
+	if got, want := names(t, a2.p, "acme"), []string{"backed-up"}; !slices.Equal(got, want) {
+		t.Fatalf("A again serves %q, want the restore's %q", got, want)
+	}
+}
