@@ -1197,6 +1197,19 @@ func foreignLinks(t *tenant, fi fs.FileInfo) uint64 {
 	return linkCount(now)
 }
 
+// refuseHardLinked refuses t's file fi (as found by a stat of t.path) when
+// another name shares its pages (foreignLinks): a hard link (ln globex.db
+// acme.db, a careless copy) made the two tenants one, and what is written
+// to one is read by the other.
+func refuseHardLinked(t *tenant, fi fs.FileInfo) error {
+	if linkCount(fi) > 1 {
+		if n := foreignLinks(t, fi); n > 1 {
+			return hardLinked(t.path, n)
+		}
+	}
+	return nil
+}
+
 // hardLinked refuses a tenant file with n names.
 func hardLinked(path string, n uint64) error {
 	return fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, path, n)

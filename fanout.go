@@ -564,11 +564,11 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		// tenant's rows. The normal open rolls it back.
 		return false, nil
 	}
-	if fi, err := os.Lstat(t.path); err == nil && linkCount(fi) > 1 {
-		if n := foreignLinks(t, fi); n > 1 {
-			// Another tenant's name for the same pages: its rows
-			// are not this tenant's (the writer's open refuses it too).
-			return false, opError(opFanOut, t.id, hardLinked(t.path, n))
+	if fi, err := os.Lstat(t.path); err == nil {
+		// Another tenant's name for the same pages: its rows are not
+		// this tenant's (the writer's open refuses it too).
+		if err := refuseHardLinked(t, fi); err != nil {
+			return false, opError(opFanOut, t.id, err)
 		}
 	}
 	params := r.conns.readerParams

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net/url"
+	"os"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -172,6 +173,13 @@ func (pc *physConn) close() {
 // slot back. The caller holds t's writer semaphore at least until it
 // returns, so that t itself can be evicted to make room.
 func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
+	// A tenant not open here (a backup, a check, a rollback, a fleet
+	// migration of it) has not had its writer's open look at its file.
+	if fi, err := os.Lstat(t.path); err == nil {
+		if err := refuseHardLinked(t, fi); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := r.reserve(ctx, t); err != nil {
 		return nil, nil, err
 	}

@@ -549,12 +549,9 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 	if err != nil {
 		return nil, err
 	}
-	if fi != nil && linkCount(fi) > 1 {
-		if n := foreignLinks(t, fi); n > 1 {
-			// A hard link (ln globex.db acme.db, a careless copy): another
-			// name shares the file's pages, and what is written to one
-			// tenant is read by the other.
-			return nil, opError(opOpenTenant, t.id, hardLinked(t.path, n))
+	if fi != nil {
+		if err := refuseHardLinked(t, fi); err != nil {
+			return nil, opError(opOpenTenant, t.id, err)
 		}
 	}
 	exists := fi != nil

@@ -361,6 +361,11 @@ func (t *tenant) acquireReader(ctx context.Context) (*physConn, error) {
 	}
 	if t.r.repl == nil && !t.fenced.Load() {
 		if fi, err := t.statFile(opOpenTenant); err == nil && fi != nil {
+			// As the writer's open does (openWriterOnce): a hard link's
+			// reads served another tenant's rows.
+			if err := refuseHardLinked(t, fi); err != nil {
+				return nil, opError(opOpenTenant, t.id, err)
+			}
 			pc, err := t.leaseReader(ctx)
 			if err != nil {
 				return nil, err

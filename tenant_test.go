@@ -404,6 +404,43 @@ func TestProxy_HardLinkedTenantFileRefused(t *testing.T) {
 	insertN(t, p, "initech", 1)
 }
 
+// Reads of a hard-linked tenant file are refused as its writes are: a cold
+// read opens a reader without the writer's open (which alone looked at the
+// links), and served globex's rows as acme's; a backup and a check (on a
+// connection of their own) passed and copied them (walk23). With globex
+// open, the read failed with a bare "disk I/O error".
+func TestProxy_HardLinkedTenantFileReadsRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "globex", 2) // open
+	if err := os.Link(filepath.Join(dir, "globex.db"), filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, errNotTenantFile) || !strings.Contains(err.Error(), "hard links") {
+			t.Errorf("%s of a hard link of globex's file: %v, want it refused as a hard link", what, err)
+		}
+	}
+	var n int
+	check("a read with globex open", p.QueryRowContext(tctx("acme"), `SELECT count(*) FROM events`).Scan(&n))
+	_, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`)
+	check("a write with globex open", err)
+	if !p.c.r.evictTenant(t, "globex") {
+		t.Fatal("globex not closed")
+	}
+	check("a cold read", p.QueryRowContext(tctx("acme"), `SELECT count(*) FROM events`).Scan(&n))
+	check("a backup", p.BackupTenant(context.Background(), "acme", filepath.Join(t.TempDir(), "acme.db")))
+	check("a check", p.CheckTenant(context.Background(), "acme"))
+	if err := os.Remove(filepath.Join(dir, "acme.db")); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, p, tctx("globex"), `SELECT count(*) FROM events`); n != 2 {
+		t.Fatalf("globex has %d rows after acme's refused work, want 2", n)
+	}
+}
+
 // A fan-out reads a closed tenant on a connection of its own, not the
 // writer's open: a hard link there labelled globex's rows as acme's.
 func TestFanOut_HardLinkedTenantFileRefused(t *testing.T) {
