@@ -22,6 +22,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1477,19 +1478,27 @@ func TestCompare_Session(t *testing.T) {
 
 func TestCompare_IntendedDifferences(t *testing.T) {
 	const ok = `"LastInsertId" | int64(1) | err=nil | "RowsAffected" | int64(1) | err=nil` // stale: the temp insert's
-	const notAuth = `err sqlite3.Error "not authorized" sqlite3.Error{Code:23 ExtendedCode:23 SystemErrno:0}`
+	// Refused by the authorizer: an *Error naming the operation, the
+	// tenant, the statement and the rules, around SQLite's refusal.
+	const hardening = ` is refused by the proxy's hardening (README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off or count_changes on; VACUUM only as the whole text of an Exec): not authorized`
+	notAuth := func(op, query string) string {
+		return "err *sqliteproxy.Error " + strconv.Quote(`sqliteproxy: `+op+`: tenant "acme": `+strconv.Quote(query)+hardening) + " sqlite3.Error{Code:23 ExtendedCode:23 SystemErrno:0}"
+	}
+	refusals := func(op string) map[string]string {
+		return map[string]string{
+			`attach => ` + ok:       `attach => ` + notAuth(op, `ATTACH DATABASE ':memory:' AS other`),
+			`detach => ` + ok:       `detach => ` + notAuth(op, `DETACH DATABASE other`),
+			`journal_mode => ` + ok: `journal_mode => ` + notAuth(op, `PRAGMA journal_mode = DELETE`),
+		}
+	}
 	intended := map[string]string{
 		`COMMIT via Exec => "LastInsertId" | int64(3) | err=nil | "RowsAffected" | int64(1) | err=nil`: `COMMIT via Exec => err sqlite3.Error "cannot commit - no transaction is active" sqlite3.Error{Code:1 ExtendedCode:1 SystemErrno:0}`,
 		`temp shadow => "temp" | err=nil`: `temp shadow => "1,2,3" | err=nil`,
-		`attach => ` + ok:                 `attach => ` + notAuth,
-		`detach => ` + ok:                 `detach => ` + notAuth,
-		`journal_mode => ` + ok:           `journal_mode => ` + notAuth,
 	}
-	inTx := map[string]string{}
-	for _, k := range []string{`attach => ` + ok, `detach => ` + ok, `journal_mode => ` + ok} {
-		inTx[k] = intended[k]
-	}
-	o := compareOpts{intended: intended, intendedIn: map[compareMode]map[string]string{modeTx: inTx}}
+	maps.Copy(intended, refusals(opExec))
+	prepared := maps.Clone(intended)
+	maps.Copy(prepared, refusals(opPrepare))
+	o := compareOpts{intended: intended, intendedIn: map[compareMode]map[string]string{modeTx: refusals(opExec), modePrepared: prepared}}
 	compareDrivers(t, o, func(r *recorder) {
 		r.setup(`CREATE TABLE x (id INTEGER PRIMARY KEY, v)`)
 		if r.mode != modeContended { // a contender may hold the writer: then a reader answers

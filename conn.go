@@ -306,8 +306,26 @@ func cannotRead(query string, info sqlscan.Info) bool {
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	start := c.r.tel.opStart()
 	res, err := c.exec(ctx, query, args)
+	if err != nil {
+		err = refused(ctx, opExec, query, err)
+	}
 	c.opEnd(ctx, stmtExec, start, query, err)
 	return res, err
+}
+
+// refused is err, or when err is SQLite's refusal by the proxy's
+// authorizer (harden.go), an *Error for op naming the tenant, the
+// statement (quoteShort) and the rules: SQLite's own "not authorized"
+// named none of them. errors.As still finds the sqlite3.Error (ErrAuth).
+func refused(ctx context.Context, op, query string, err error) error {
+	if !isAuthErr(err) {
+		return err
+	}
+	if pe := (*Error)(nil); errors.As(err, &pe) {
+		return err
+	}
+	id, _ := OrgID(ctx)
+	return opError(op, id, fmt.Errorf("%s is refused by the proxy's hardening (README, \"Hardening\": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off or count_changes on; VACUUM only as the whole text of an Exec): %w", quoteShort(query), err))
 }
 
 // opEnd records an operation of this checkout that started at start (see
@@ -442,6 +460,9 @@ func startsWithV(query string) bool {
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	start := c.r.tel.opStart()
 	rs, err := c.query(ctx, query, args)
+	if err != nil {
+		err = refused(ctx, opQuery, query, err)
+	}
 	c.opEnd(ctx, stmtQuery, start, query, err)
 	return rs, err
 }
@@ -490,6 +511,9 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
 	start := c.r.tel.opStart()
 	s, err := c.prepare(ctx, query)
+	if err != nil {
+		err = refused(ctx, opPrepare, query, err)
+	}
 	c.opEnd(ctx, stmtPrepare, start, query, err)
 	return s, err
 }

@@ -83,6 +83,9 @@ const (
 	opMigrationStatus = "migration status"
 	opRollback        = "rollback"
 	opFanOut          = "fan-out"
+	opExec            = "exec"
+	opQuery           = "query"
+	opPrepare         = "prepare"
 )
 
 // Error is the error type for failures of the driver itself. It names the

@@ -8,8 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 func TestHardening(t *testing.T) {
@@ -324,5 +328,33 @@ func TestWALAutocheckpointOffRefused(t *testing.T) {
 	}
 	if n := queryInt(t, p, ctx, `PRAGMA wal_autocheckpoint`); n <= 0 {
 		t.Errorf("wal_autocheckpoint on a tenant connection: %d", n)
+	}
+}
+
+// A statement the authorizer refuses comes back as an *Error naming the
+// operation, the tenant and the statement, around SQLite's refusal (which
+// errors.As still finds): SQLite's bare "not authorized" named none of
+// them, nor said why (walk23).
+func TestHarden_RefusalNamesTenantAndStatement(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	_, execErr := p.ExecContext(ctx, `ATTACH DATABASE ':memory:' AS other`)
+	_, queryErr := p.QueryContext(ctx, `VACUUM`)
+	_, prepErr := p.PrepareContext(ctx, `PRAGMA journal_mode = DELETE`)
+	for _, c := range []struct {
+		op, query string
+		err       error
+	}{
+		{opExec, `ATTACH DATABASE ':memory:' AS other`, execErr},
+		{opQuery, `VACUUM`, queryErr},
+		{opPrepare, `PRAGMA journal_mode = DELETE`, prepErr},
+	} {
+		var pe *Error
+		var se sqlite3.Error
+		if !errors.As(c.err, &pe) || pe.Op != c.op || pe.Tenant != "acme" || !errors.As(c.err, &se) || se.Code != sqlite3.ErrAuth ||
+			!strings.Contains(c.err.Error(), strconv.Quote(c.query)+" is refused by the proxy's hardening") {
+			t.Errorf("%s %s: %v, want an *Error for %q naming acme and the statement, wrapping ErrAuth", c.op, c.query, c.err, c.op)
+		}
 	}
 }
