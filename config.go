@@ -252,7 +252,7 @@ var dsnKeys = []string{
 func ParseDSN(dsn string) (*Config, error) {
 	values, err := url.ParseQuery(strings.TrimPrefix(dsn, "?"))
 	if err != nil {
-		return nil, opError(opParseDSN, "", err)
+		return nil, opError(opParseDSN, "", dsnSyntaxError(strings.TrimPrefix(dsn, "?"), err))
 	}
 	cfg := &Config{}
 	for key, vals := range values {
@@ -264,6 +264,38 @@ func ParseDSN(dsn string) (*Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// parseBool parses a DSN flag: what strconv.ParseBool takes (1, t, true,
+// 0, f, false, ...), and on, off, yes and no, as SQLite's PRAGMAs and the
+// reference table's defaults say them.
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "on", "yes":
+		return true, nil
+	case "off", "no":
+		return false, nil
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		return false, fmt.Errorf("%q is not a flag (true, false, on, off, 1, 0)", v)
+	}
+	return b, nil
+}
+
+// dsnSyntaxError names the key whose text url.ParseQuery could not read
+// (err), and how to write what it could not.
+func dsnSyntaxError(query string, err error) error {
+	for pair := range strings.SplitSeq(query, "&") {
+		k, v, _ := strings.Cut(pair, "=")
+		if _, kerr := url.QueryUnescape(k); kerr != nil {
+			return fmt.Errorf("key %q: %w (URL query syntax: write %% as %%25 and + as %%2B; url.QueryEscape or FormatDSN does)", k, kerr)
+		}
+		if _, verr := url.QueryUnescape(v); verr != nil {
+			return fmt.Errorf("key %q: %w (URL query syntax: write %% as %%25 and + as %%2B; url.QueryEscape or FormatDSN does)", k, verr)
+		}
+	}
+	return err
 }
 
 func (c *Config) setDSNValue(key, v string) error {
@@ -291,12 +323,12 @@ func (c *Config) setDSNValue(key, v string) error {
 	case "stmt_cache_size":
 		c.StmtCacheSize, err = strconv.Atoi(v)
 	case "foreign_keys":
-		c.ForeignKeys, err = strconv.ParseBool(v)
+		c.ForeignKeys, err = parseBool(v)
 	case "explicit_create":
-		c.ExplicitCreate, err = strconv.ParseBool(v)
+		c.ExplicitCreate, err = parseBool(v)
 	case "group_commit":
 		var on bool
-		on, err = strconv.ParseBool(v)
+		on, err = parseBool(v)
 		c.GroupCommit = GroupCommitOn
 		if !on {
 			c.GroupCommit = GroupCommitOff
@@ -306,9 +338,9 @@ func (c *Config) setDSNValue(key, v string) error {
 	case "migration_mode":
 		c.MigrationMode, err = parseMigrationMode(v)
 	case "trace_queries":
-		c.TraceQueries, err = strconv.ParseBool(v)
+		c.TraceQueries, err = parseBool(v)
 	case "trace_statements":
-		c.TraceStatements, err = strconv.ParseBool(v)
+		c.TraceStatements, err = parseBool(v)
 	case "metrics_tenant_limit":
 		c.MetricsTenantLimit, err = strconv.Atoi(v)
 	case "replica_url":

@@ -27,6 +27,8 @@ var dsnTests = []struct {
 	{"dir=d&migration_mode=check", Config{Dir: "d", MigrationMode: MigrateCheck}},
 	{"dir=d&busy_timeout=0", Config{Dir: "d", BusyTimeout: -1}}, // 0 written out: no wait, not the default
 	{"dir=d&busy_timeout=0s", Config{Dir: "d", BusyTimeout: -1}},
+	{"dir=d&group_commit=off&foreign_keys=on&explicit_create=yes&trace_queries=no", Config{Dir: "d", GroupCommit: GroupCommitOff, ForeignKeys: true, ExplicitCreate: true}},
+	{"dir=d&group_commit=ON", Config{Dir: "d", GroupCommit: GroupCommitOn}},
 	{"", Config{}},
 }
 
@@ -59,6 +61,18 @@ func TestParseDSN_Errors(t *testing.T) {
 		if _, err := ParseDSN(dsn); err == nil {
 			t.Errorf("ParseDSN(%q) succeeded", dsn)
 		}
+	}
+	// The error names the key, and says how to write what it could not read.
+	for dsn, want := range map[string]string{
+		"max_connections=5&dir=/srv/100%/data": `key "dir"`,
+		"group_commit=sometimes":               `key "group_commit": "sometimes" is not a flag`,
+	} {
+		if _, err := ParseDSN(dsn); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("ParseDSN(%q): %v, want it to say %s", dsn, err, want)
+		}
+	}
+	if _, err := ParseDSN("dir=/srv/100%/data"); err == nil || !strings.Contains(err.Error(), "%25") {
+		t.Errorf("ParseDSN of a bare %%: %v, want it to say how to write one", err)
 	}
 	// Semantic errors surface when opening.
 	for _, dsn := range []string{"", "dir=x&max_connections=-1", "dir=x&synchronous=SOMETIMES"} {
