@@ -447,7 +447,7 @@ func (c *Config) resolved() (*Config, error) {
 	r.Dir = dir
 	switch {
 	case r.MaxConnections < 0:
-		return nil, fmt.Errorf("Config.MaxConnections: %d is negative", r.MaxConnections)
+		return nil, fmt.Errorf("Config.MaxConnections (DSN max_connections): %d is negative", r.MaxConnections)
 	case r.MaxConnections == 0:
 		r.MaxConnections = DefaultMaxConnections
 	}
@@ -482,7 +482,7 @@ func (c *Config) resolved() (*Config, error) {
 	switch r.Synchronous {
 	case "OFF", "NORMAL", "FULL", "EXTRA":
 	default:
-		return nil, fmt.Errorf("Config.Synchronous: %q is not OFF, NORMAL, FULL or EXTRA", c.Synchronous)
+		return nil, fmt.Errorf("Config.Synchronous (DSN synchronous): %q is not OFF, NORMAL, FULL or EXTRA", c.Synchronous)
 	}
 	switch {
 	case r.StmtCacheSize < 0:
@@ -491,7 +491,7 @@ func (c *Config) resolved() (*Config, error) {
 		r.StmtCacheSize = DefaultStmtCacheSize
 	case r.StmtCacheSize > maxStmtCacheSize:
 		// mattn allocates the cache's capacity with every connection.
-		return nil, fmt.Errorf("Config.StmtCacheSize: %d is more than %d statements per connection", c.StmtCacheSize, maxStmtCacheSize)
+		return nil, fmt.Errorf("Config.StmtCacheSize (DSN stmt_cache_size): %d is more than %d statements per connection", c.StmtCacheSize, maxStmtCacheSize)
 	}
 	set := 0
 	for _, ok := range []bool{len(r.Migrations) > 0, r.MigrationsFS != nil, r.MigrationsDir != ""} {

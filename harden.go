@@ -29,7 +29,7 @@ func tenantHook(walTimeout time.Duration, replicated bool, dir string) func(*sql
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
-				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink", errNotTenantFile, got, dir)
+				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, got, dir)
 			}
 		}
 		if err := ensureWAL(c, walTimeout); err != nil {

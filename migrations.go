@@ -778,10 +778,10 @@ func loadMigrations(cfg *Config) ([]migration, error) {
 		// such file or directory"): check it under the name given.
 		fi, err := os.Stat(cfg.MigrationsDir)
 		if err != nil {
-			return nil, fmt.Errorf("read migrations: %w", err)
+			return nil, fmt.Errorf("read migrations: Config.MigrationsDir (DSN migrations_dir): %w", err)
 		}
 		if !fi.IsDir() {
-			return nil, fmt.Errorf("read migrations: %s is not a directory", cfg.MigrationsDir)
+			return nil, fmt.Errorf("read migrations: Config.MigrationsDir (DSN migrations_dir): %s is not a directory", cfg.MigrationsDir)
 		}
 		fsys = os.DirFS(cfg.MigrationsDir)
 	}

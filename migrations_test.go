@@ -360,8 +360,8 @@ func TestMigrationsDirMissing(t *testing.T) {
 	os.WriteFile(file, []byte(`CREATE TABLE t (a)`), 0o600)
 	missing := filepath.Join(t.TempDir(), "nosuch")
 	for mdir, want := range map[string]string{
-		missing: "read migrations: stat " + missing + ": no such file or directory",
-		file:    "read migrations: " + file + " is not a directory",
+		missing: "read migrations: Config.MigrationsDir (DSN migrations_dir): stat " + missing + ": no such file or directory",
+		file:    "read migrations: Config.MigrationsDir (DSN migrations_dir): " + file + " is not a directory",
 	} {
 		dir := filepath.Join(t.TempDir(), "data")
 		_, err := Open("dir=" + dir + "&migrations_dir=" + mdir)
