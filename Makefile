@@ -2,7 +2,7 @@
 # what they run: PostgreSQL with apt-get, Litestream, versitygw and etcd from the Go module proxy).
 GO      ?= go
 TAGS    := sqlite_omit_load_extension
-ADDR    ?= :8080
+ADDR    ?= 127.0.0.1:8080
 # HOSTPORT is ADDR as curl takes it: localhost:8080 for :8080, 127.0.0.1:8080 as given.
 HOSTPORT = $(if $(filter :%,$(ADDR)),localhost$(ADDR),$(ADDR))
 DIR     ?= ./data

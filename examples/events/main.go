@@ -82,7 +82,7 @@ const (
 )
 
 func main() {
-	addr := flag.String("addr", ":8080", "address to listen on")
+	addr := flag.String("addr", "127.0.0.1:8080", "address to listen on (:8080: every interface)")
 	dir := flag.String("dir", "./data", "directory holding one SQLite file per tenant")
 	layout := flag.String("layout", "flat", "layout of -dir: flat (<dir>/<id>.db) or buckets (<dir>/<bucket>/<id>.db, for many thousands of tenants; convert a directory with `sqliteproxy relayout`)")
 	replicaURL := flag.String("replica", "", "replica URL (file:///path, s3://bucket/prefix?region=... or ?endpoint=...): stream every tenant there with Litestream, restore missing tenants from there")
