@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -717,5 +719,75 @@ func TestOwnership_MoveWhileStoreDownCompletesAfter(t *testing.T) {
 	waitMoved(t, moved, 60*time.Second, "the move still waits 60 s after the store came back")
 	if got, want := names(t, b.p, "acme"), []string{"a1", "a2-unsynced"}; !slices.Equal(got, want) {
 		t.Fatalf("b serves %q, want %q", got, want)
+	}
+}
+
+// dropNewestLTX deletes the LTX files holding the newest transaction of
+// tenant id's replica (S3), as a store that lost its last uploads would,
+// and returns the replica's position before and after.
+func (g *rig) dropNewestLTX(t *testing.T, id string) (before, after uint64) {
+	t.Helper()
+	objs, _, err := g.s3.List("tenants/"+id+"/", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxOf := func(key string) uint64 {
+		stem, ok := strings.CutSuffix(path.Base(key), ".ltx")
+		_, hi, found := strings.Cut(stem, "-")
+		n, err := strconv.ParseUint(hi, 16, 64)
+		if !ok || !found || err != nil {
+			return 0
+		}
+		return n
+	}
+	for _, o := range objs {
+		before = max(before, maxOf(o.Key))
+	}
+	for _, o := range objs {
+		if m := maxOf(o.Key); m == before {
+			if err := g.s3.Client().Delete(context.Background(), o.Key); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			after = max(after, m)
+		}
+	}
+	return before, after
+}
+
+// A replica behind the position its last owner released the tenant with
+// (a store that lost its last uploads) is refused by the next owner, not
+// restored without them; also when a node merely tried the tenant in
+// between (its first access failed, the store down, and it closed): its
+// lease, released at position 0, made the next owner check nothing.
+func TestOwnership_ReplicaBehindReleasedPositionRefused(t *testing.T) {
+	for _, between := range []bool{false, true} {
+		t.Run(fmt.Sprintf("attempt-between=%v", between), func(t *testing.T) {
+			g, srv, a, b := twoOwners(t)
+			insertSynced(t, a.p, "acme", "r1")
+			insertSynced(t, a.p, "acme", "r2")
+			a.close() // released with its final position
+			before, after := g.dropNewestLTX(t, "acme")
+			if after == 0 || after >= before {
+				t.Fatalf("replica at %d after dropping its newest files (was %d)", after, before)
+			}
+			if between {
+				g.s3.Stop()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := b.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('b')`)
+				cancel()
+				if err == nil {
+					t.Fatal("b wrote acme with the store down")
+				}
+				b.close()
+				g.s3.Restart()
+			}
+			c := g.ownerNode(t, srv, "c", 4)
+			var n int
+			err := c.p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `SELECT count(*) FROM events`).Scan(&n)
+			if err == nil || !strings.Contains(err.Error(), "behind the position") {
+				t.Fatalf("c: %d rows, %v; want the replica refused as behind the position acme was released with", n, err)
+			}
+		})
 	}
 }
