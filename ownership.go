@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path"
@@ -275,27 +276,51 @@ func (r *router) closeFenced(t *tenant) {
 // nothing else releases it: with writes the replica lacks (an eviction's
 // final sync failed) it is released once resync has uploaded them
 // (finishRelease); kept through a delete's or restore's drain, it is
-// released at the position the drain synced. Otherwise (a first access
-// that failed, whose copy may hold what only this node has) it is not,
-// and the move waits for its context.
+// released at the position the drain synced; with nothing written under
+// it and no copy here (a first access that found the store down), as never
+// written. Otherwise (a first access that failed, whose copy may hold what
+// only this node has) it is not, and the move waits for its context.
 func (r *router) letGoLost(t *tenant) {
 	lease, kept := t.lease, t.keptPos
 	t.lease, t.keptPos = nil, nil
 	if lease == nil || t.registered.Load() {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	var err error
 	switch {
 	case t.unsynced.Load():
 		if t.unreleased == nil {
 			t.unreleased = lease
 		}
+		return
 	case kept != nil:
-		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-		defer cancel()
-		if lease.Release(ctx, *kept) == nil {
-			r.lostLeases.Delete(t.id)
-		}
+		err = lease.Release(ctx, *kept)
+	case !t.leaseWrote && !hasFile(t.path):
+		err = releaseNeverWritten(ctx, lease)
+	default:
+		return
 	}
+	if err == nil {
+		r.lostLeases.Delete(t.id)
+	}
+}
+
+// hasFile reports whether there is anything at path (an error other than
+// "does not exist" counts as something).
+func hasFile(path string) bool {
+	_, err := os.Lstat(path)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// releaseNeverWritten releases lease as never written if it can say so
+// (unwrittenReleaser), else at position 0.
+func releaseNeverWritten(ctx context.Context, lease TenantLease) error {
+	if ur, ok := lease.(unwrittenReleaser); ok {
+		return ur.ReleaseUnwritten(ctx)
+	}
+	return lease.Release(ctx, 0)
 }
 
 // leaseLost reports whether t's lease was lost (watchLease saw it).
@@ -326,12 +351,11 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 // caller holds t's writer semaphore, t is closed, and nothing of it is
 // here (no file) nor in the replica.
 func (r *router) releaseUnwritten(t *tenant) {
-	ur, ok := t.lease.(unwrittenReleaser)
-	if !ok || t.leaseWrote {
+	if t.leaseWrote {
 		r.releaseLease(t, 0)
 		return
 	}
-	r.releaseLeaseWith(t, func(ctx context.Context, _ TenantLease) error { return ur.ReleaseUnwritten(ctx) })
+	r.releaseLeaseWith(t, releaseNeverWritten)
 }
 
 // releaseUnopened gives back, as never written, the leases of tenants

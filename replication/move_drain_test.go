@@ -134,3 +134,32 @@ func waitMoved(t *testing.T, moved <-chan error, d time.Duration, what string) {
 		t.Fatal(what)
 	}
 }
+
+// A move of a tenant whose owner took it without ever opening it (its
+// first access found the store down, and it has no copy) completes: the
+// owner gives the lease back as never written. It waited for the move's
+// context, the owner keeping what it might have had only here.
+func TestOwnership_MoveOfTenantNeverOpenedByOwner(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	z, b := g.ownerNode(t, srv, "z", 4), g.ownerNode(t, srv, "b", 4)
+	insertSynced(t, z.p, "acme", "z1")
+	z.close()
+	a := g.ownerNode(t, srv, "a", 4)
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('a')`)
+	cancel()
+	if err == nil {
+		t.Fatal("a opened acme with the store down and no copy")
+	}
+	if _, ok := a.p.Generation("acme"); !ok {
+		t.Fatal("a gave acme's lease back after a failed first access: nothing to move from it")
+	}
+	g.s3.Restart()
+	moved := startMove(t, newAdmin(t, srv), a, "acme", "b")
+	waitMoved(t, moved, 20*time.Second, "the move of a tenant a never opened still waits")
+	if got := names(t, b.p, "acme"); !slices.Equal(got, []string{"z1"}) {
+		t.Fatalf("b serves %q, want [z1]", got)
+	}
+}
