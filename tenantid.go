@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
 
 // This file holds the tenant ID: how it travels in a context, the rule it
@@ -62,8 +63,13 @@ func checkTenantID(id string) error {
 		switch {
 		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
 		case (c == '-' || c == '_') && i > 0:
+		case c == '-' || c == '_':
+			return fmt.Errorf("%w: %s starts with %q: an ID starts with a letter or a digit", ErrInvalidTenant, quoteShort(id), c)
+		case c >= 'A' && c <= 'Z':
+			return fmt.Errorf("%w: %s: byte %d is upper case: IDs are lower case (strings.ToLower), [a-z0-9_-]", ErrInvalidTenant, quoteShort(id), i)
 		default:
-			return fmt.Errorf("%w: %q: byte %d is not one of [a-z0-9_-] (or starts the ID with '-' or '_')", ErrInvalidTenant, id, i)
+			r, _ := utf8.DecodeRuneInString(id[i:])
+			return fmt.Errorf("%w: %s: byte %d (%q) is not one of [a-z0-9_-]", ErrInvalidTenant, quoteShort(id), i, r)
 		}
 	}
 	if windowsReserved(id) {

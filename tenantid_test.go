@@ -80,3 +80,21 @@ func TestError_PrefixOnce(t *testing.T) {
 		t.Errorf("nested: %q", got)
 	}
 }
+
+// An invalid ID is refused saying what is wrong with it, the ID quoted
+// short (a routing error quoted a 300-byte one in full).
+func TestValidTenantID_SaysWhy(t *testing.T) {
+	t.Parallel()
+	for id, want := range map[string]string{
+		"Acme":                        `"Acme": byte 0 is upper case: IDs are lower case`,
+		"-acme":                       `"-acme" starts with '-': an ID starts with a letter or a digit`,
+		"a/b":                         `"a/b": byte 1 ('/') is not one of [a-z0-9_-]`,
+		"café":                        `byte 3 ('é') is not one of [a-z0-9_-]`,
+		strings.Repeat("a", 61) + "!": `…: byte 61 ('!')`,
+	} {
+		err := ValidTenantID(id)
+		if !errors.Is(err, ErrInvalidTenant) || !strings.Contains(err.Error(), want) {
+			t.Errorf("ValidTenantID(%q) = %v, want it to say %s", id, err, want)
+		}
+	}
+}

@@ -314,7 +314,7 @@ func TestErrorMessages(t *testing.T) {
 		args []string
 		want string // the whole stderr
 	}{
-		{[]string{"create", "-dir", dir, "ACME"}, `sqliteproxy: create: invalid tenant ID: "ACME": byte 0 is not one of [a-z0-9_-] (or starts the ID with '-' or '_')` + "\n"},
+		{[]string{"create", "-dir", dir, "ACME"}, `sqliteproxy: create: invalid tenant ID: "ACME": byte 0 is upper case: IDs are lower case (strings.ToLower), [a-z0-9_-]` + "\n"},
 		{[]string{"tenants", "-dir", missing}, "sqliteproxy: tenants: data directory " + missing + " does not exist\n"},
 		{[]string{"frob"}, `sqliteproxy: unknown command "frob"` + "\n"},
 		{[]string{"create", "-dir", dir, "acme"}, "sqliteproxy: create acme: tenant already exists\n"},
