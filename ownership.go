@@ -734,6 +734,7 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 	if err := r.own(ctx, opDeleteTenant, t); err != nil {
 		return false, err
 	}
+	t.leaseWrote = true // a delete, even one that stops midway
 	if r.repl.erasable() {
 		// Until it is erased: an erasure that fails, or stops midway
 		// (objects are deleted in list order), left the tenant, or an
