@@ -167,16 +167,20 @@ func TestReleaseUnwrittenKeepsPrevious(t *testing.T) {
 		}
 		return l
 	}
+	releaseUnwritten := func(l sqliteproxy.TenantLease) {
+		t.Helper()
+		if err := l.(interface {
+			ReleaseUnwritten(context.Context) error
+		}).ReleaseUnwritten(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	la := acquire(a, "t1")
 	if err := la.Release(ctx, 42); err != nil {
 		t.Fatal(err)
 	}
 	lb := acquire(b, "t1")
-	if err := lb.(interface {
-		ReleaseUnwritten(context.Context) error
-	}).ReleaseUnwritten(ctx); err != nil {
-		t.Fatal(err)
-	}
+	releaseUnwritten(lb)
 	if !isClosed(lb.Lost()) {
 		t.Error("Lost not closed after ReleaseUnwritten")
 	}
@@ -195,12 +199,7 @@ func TestReleaseUnwrittenKeepsPrevious(t *testing.T) {
 	}
 
 	// A tenant nobody owned before: its record goes again.
-	lu := acquire(a, "t2")
-	if err := lu.(interface {
-		ReleaseUnwritten(context.Context) error
-	}).ReleaseUnwritten(ctx); err != nil {
-		t.Fatal(err)
-	}
+	releaseUnwritten(acquire(a, "t2"))
 	if g, p := acquire(b, "t2").Previous(); g != 0 || p != 0 {
 		t.Errorf("t2 after an unwritten lease: Previous = %d, %d, want 0, 0", g, p)
 	}

@@ -755,6 +755,22 @@ func (g *rig) dropNewestLTX(t *testing.T, id string) (before, after uint64) {
 	return before, after
 }
 
+// failFirstAccess stops the object store and has n's first access of
+// tenant id fail (it cannot tell what the replica holds); n keeps its lease.
+func failFirstAccess(t *testing.T, g *rig, n *ownerNode, id string) {
+	t.Helper()
+	g.s3.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	_, err := n.p.ExecContext(sqliteproxy.WithOrgID(ctx, id), `INSERT INTO events (name) VALUES (?)`, n.id)
+	cancel()
+	if err == nil {
+		t.Fatalf("%s wrote %s with the store down", n.id, id)
+	}
+	if _, ok := n.p.Generation(id); !ok {
+		t.Fatalf("%s gave %s's lease back after a failed first access", n.id, id)
+	}
+}
+
 // A replica behind the position its last owner released the tenant with
 // (a store that lost its last uploads) is refused by the next owner, not
 // restored without them; also when a node merely tried the tenant in
@@ -772,13 +788,7 @@ func TestOwnership_ReplicaBehindReleasedPositionRefused(t *testing.T) {
 				t.Fatalf("replica at %d after dropping its newest files (was %d)", after, before)
 			}
 			if between {
-				g.s3.Stop()
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				_, err := b.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('b')`)
-				cancel()
-				if err == nil {
-					t.Fatal("b wrote acme with the store down")
-				}
+				failFirstAccess(t, g, b, "acme")
 				b.close()
 				g.s3.Restart()
 			}

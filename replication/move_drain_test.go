@@ -146,16 +146,7 @@ func TestOwnership_MoveOfTenantNeverOpenedByOwner(t *testing.T) {
 	insertSynced(t, z.p, "acme", "z1")
 	z.close()
 	a := g.ownerNode(t, srv, "a", 4)
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	_, err := a.p.ExecContext(sqliteproxy.WithOrgID(ctx, "acme"), `INSERT INTO events (name) VALUES ('a')`)
-	cancel()
-	if err == nil {
-		t.Fatal("a opened acme with the store down and no copy")
-	}
-	if _, ok := a.p.Generation("acme"); !ok {
-		t.Fatal("a gave acme's lease back after a failed first access: nothing to move from it")
-	}
+	failFirstAccess(t, g, a, "acme")
 	g.s3.Restart()
 	moved := startMove(t, newAdmin(t, srv), a, "acme", "b")
 	waitMoved(t, moved, 20*time.Second, "the move of a tenant a never opened still waits")

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -327,13 +326,7 @@ func TestOwnership_RestoreWithStoreDownOnFreshNodeSuperseded(t *testing.T) {
 	dirA := t.TempDir()
 	lsA := harness.StartLitestream(t, g.s3.Env()...)
 	a := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA))
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	if err == nil || !strings.Contains(err.Error(), "restored, but") {
-		t.Fatalf("RestoreTenant with the store down: %v, want one that says it restored", err)
-	}
+	restoreBackupStoreDown(t, g, a.p, backup, 20*time.Second)
 	// Served with the store down: restored under this very lease.
 	insert(t, a.p, "acme", "a-unsynced")
 	if got, want := names(t, a.p, "acme"), []string{"old", "a-unsynced"}; !slices.Equal(got, want) {
@@ -416,13 +409,7 @@ func TestOwnership_RestoreKeptAfterAnotherNodeMerelyLooked(t *testing.T) {
 	}
 	dirA, lsA := t.TempDir(), harness.StartLitestream(t, g.s3.Env()...)
 	a := g.ownerNode(t, srv, "a", 10, onDir(dirA, lsA), explicit)
-	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	err := a.p.RestoreTenant(ctx, "acme", backup)
-	cancel()
-	if err == nil || !strings.Contains(err.Error(), "restored, but") {
-		t.Fatalf("RestoreTenant with the store down: %v, want one that says it restored", err)
-	}
+	restoreBackupStoreDown(t, g, a.p, backup, 20*time.Second)
 	a.close()
 	g.s3.Restart()
 

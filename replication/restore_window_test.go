@@ -379,8 +379,15 @@ func restoreWithStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy, bin, first
 	if err := p.SyncTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
+	restoreBackupStoreDown(t, g, p, backup, 5*time.Second)
+}
+
+// restoreBackupStoreDown stops the object store and restores acme on p from
+// backup (within d), which must say it restored without streaming it.
+func restoreBackupStoreDown(t *testing.T, g *rig, p *sqliteproxy.Proxy, backup string, d time.Duration) {
+	t.Helper()
 	g.s3.Stop()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	err := p.RestoreTenant(ctx, "acme", backup)
 	cancel()
 	if err == nil || !strings.Contains(err.Error(), "restored, but") {
