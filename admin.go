@@ -241,7 +241,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return opError(opDeleteTenant, id, err)
 		}
 	}
-	t.leaseWrote = true // a delete is a write of the tenant's generation
+	r.markWritten(t) // a delete is a write of the tenant's generation
 	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
 		leave()
@@ -811,7 +811,7 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 		err = restoreBeforeRename()
 	}
 	if err == nil {
-		t.leaseWrote = true
+		r.markWritten(t)
 		err = os.Rename(tmp, t.path)
 	} else if marked {
 		// Not restored: the marker must not stay on the old file (a stale

@@ -128,7 +128,11 @@ func (r *router) own(ctx context.Context, op string, t *tenant) error {
 	if err != nil {
 		return opError(op, t.id, err)
 	}
-	t.lease, t.leaseWrote = lease, false
+	// A lease may come back written under: Acquire hands out one this node
+	// still holds, kept by a delete whose replica is not erased yet (its
+	// object forgotten) or left by a release that failed.
+	_, wrote := r.wroteUnder.Load(leaseKeyOf(t.id, lease))
+	t.lease, t.leaseWrote = lease, wrote
 	// A lease this node could not release (finishRelease) is over: taking
 	// the tenant again ended it (its owner key), and the new generation
 	// starts from this copy, its last writes included.
@@ -303,6 +307,7 @@ func (r *router) letGoLost(t *tenant) {
 		return
 	}
 	if err == nil {
+		r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
 		r.lostLeases.Delete(t.id)
 	}
 }
@@ -327,6 +332,30 @@ func releaseNeverWritten(ctx context.Context, lease TenantLease) error {
 func (r *router) leaseLost(t *tenant) bool {
 	_, lost := r.lostLeases.Load(t.id)
 	return lost
+}
+
+// leaseKey names a lease this node holds: its tenant and generation.
+type leaseKey struct {
+	id  string
+	gen int64
+}
+
+func leaseKeyOf(id string, lease TenantLease) leaseKey { return leaseKey{id, lease.Generation()} }
+
+// markWritten records that something may be written under t's lease (a
+// registration with Litestream, which may upload; a delete; a restore):
+// it is not to be given back as never written. The mark stays with the
+// lease, not t, until it is released: a lease outlives the object that took
+// it (a delete whose replica erase failed keeps it after forgetting the
+// object; a release that failed leaves it held), and Acquire hands it to
+// the next one (adv27: marked on the object, it was given back as never
+// written, and the previous owner served rows deleted since, or lost rows
+// acknowledged after SyncTenant). The caller holds t's writer semaphore.
+func (r *router) markWritten(t *tenant) {
+	t.leaseWrote = true
+	if t.lease != nil {
+		r.wroteUnder.Store(leaseKeyOf(t.id, t.lease), struct{}{})
+	}
 }
 
 // unwrittenReleaser is what a TenantLease may also implement (the
@@ -394,6 +423,7 @@ func (r *router) releaseLeaseWith(t *tenant, release func(context.Context, Tenan
 		// Released with its final position (a move ends the lease this
 		// way): everything synced is where the next owner restores from,
 		// so the tenant is not lost for SyncTenant.
+		r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
 		r.lostLeases.Delete(t.id)
 		r.tel.ownership(t.tel, "released")
 	}
@@ -734,7 +764,7 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 	if err := r.own(ctx, opDeleteTenant, t); err != nil {
 		return false, err
 	}
-	t.leaseWrote = true // a delete, even one that stops midway
+	r.markWritten(t) // a delete, even one that stops midway
 	if r.repl.erasable() {
 		// Until it is erased: an erasure that fails, or stops midway
 		// (objects are deleted in list order), left the tenant, or an

@@ -511,7 +511,7 @@ func (r *router) register(ctx context.Context, t *tenant) error {
 	if r.repl == nil || t.registered.Load() {
 		return nil
 	}
-	t.leaseWrote = true
+	r.markWritten(t)
 	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return opError(opOpenTenant, t.id, err)
 	}
@@ -723,6 +723,7 @@ func (r *router) finishRelease(ctx context.Context, t *tenant) bool {
 		return true
 	}
 	t.unreleased = nil
+	r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
 	t.unsynced.Store(false)
 	removeIfExists(unsyncedMarker(t.path))
 	r.repl.mu.Lock()

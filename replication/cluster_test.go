@@ -20,7 +20,6 @@ import (
 	"github.com/sqliteproxy/sqliteproxy"
 	"github.com/sqliteproxy/sqliteproxy/cluster"
 	"github.com/sqliteproxy/sqliteproxy/cluster/etcdtest"
-	"github.com/sqliteproxy/sqliteproxy/replication/harness"
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
@@ -47,24 +46,7 @@ func twoOwners(t *testing.T) (g *rig, srv *etcdtest.Server, a, b *ownerNode) {
 
 func (g *rig) ownerNode(t *testing.T, srv *etcdtest.Server, id string, maxConns int, opts ...func(*sqliteproxy.Config)) *ownerNode {
 	t.Helper()
-	c, err := cluster.New(cluster.Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: 2 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ls := harness.StartLitestream(t, g.s3.Env()...)
-	cfg := sqliteproxy.Config{Dir: t.TempDir(), MaxConnections: maxConns, ReadersPerTenant: -1, Migrations: migrations,
-		ReplicaURL: g.replica, LitestreamSocket: ls.SocketPath, LitestreamPath: ls.Bin(), Ownership: c}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	p, err := sqliteproxy.New(cfg)
-	if err != nil {
-		c.Close()
-		t.Fatal(err)
-	}
-	n := &ownerNode{id: id, dir: cfg.Dir, c: c, p: p}
-	t.Cleanup(n.close)
-	return n
+	return g.ownerNodeTTL(t, srv, id, maxConns, 2*time.Second, opts...)
 }
 
 // close closes the proxy (which releases its tenants with their final
