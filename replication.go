@@ -963,7 +963,9 @@ var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empt
 // SyncTenant returns once everything the tenant committed before the call
 // is in its replica: the barrier before acknowledging a write that must
 // survive the loss of this machine. A tenant that is not open here was
-// synced when it was closed; if that sync failed, SyncTenant opens the
+// synced when it was closed; if that sync failed, or its file holds
+// commits Litestream never uploaded (a process that died with it open; a
+// file never streamed, from before replication was on), SyncTenant opens the
 // tenant to sync it again. It fails with ErrTenantNotFound for a tenant
 // that has no file here (even if its replica exists: nothing here to
 // sync), when replication is off, and with
@@ -1017,19 +1019,42 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			return err
 		}
 		if _, err := os.Lstat(unsyncedMarker(t.path)); !t.unsynced.Load() && err != nil {
-			// Nothing left to sync, if it exists: a typo'd ID is not
-			// "synced".
-			return t.mustExist(opSyncTenant)
+			if err := t.mustExist(opSyncTenant); err != nil {
+				return err // a typo'd ID is not "synced"
+			}
+			// Synced when it was closed, unless its -wal holds commits
+			// past what Litestream last uploaded of it (a process that
+			// died with the tenant open), or Litestream never streamed it
+			// (replication turned on for a directory that had tenants; a
+			// file the CLI made): then it is opened and synced. Either
+			// said nil with the replica short of them (walk24).
+			if synced, err := syncedAtClose(t.path); err != nil {
+				return opError(opSyncTenant, t.id, err)
+			} else if synced {
+				return nil
+			}
 		}
-		// Its final sync failed (in this process, or in one before it):
-		// open it (which registers it), sync, and leave it to eviction to
-		// close it again.
+		// Its final sync failed (in this process, or in one before it), or
+		// it holds what was never uploaded: open it (which registers it),
+		// sync, and leave it to eviction to close it again.
 		if _, err := t.acquireWriter(ctx); err != nil {
 			return err
 		}
 		t.releaseWriter()
 		t.unsynced.Store(false)
 	}
+}
+
+// syncedAtClose reports whether the tenant file at p, not open here and not
+// marked unsynced, holds nothing Litestream has not uploaded: it has a
+// position of the file, and the -wal holds no commit past it.
+func syncedAtClose(p string) (bool, error) {
+	local, err := localPos(p)
+	if err != nil || local == 0 {
+		return false, err
+	}
+	pending, err := walPending(p, local)
+	return !pending, err
 }
 
 // RestoreTenantAt replaces the tenant's database with its replica as it was
