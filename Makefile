@@ -23,6 +23,7 @@ LSOCK   := $(CURDIR)/bin/litestream.sock
 ## run-replicated: the example service with every tenant streamed by Litestream to $(REPLICA)
 ## (default ./replica-data); remove $(DIR) and run it again: tenants come back from the replica
 run-replicated:
+	@if [ -S '$(LSOCK)' ]; then echo 'run-replicated: $(LSOCK) exists: another make run-replicated is running (a second Litestream would take its socket), or one was killed: then remove the file' >&2; exit 1; fi
 	@mkdir -p bin
 	cd replication && $(GO) build -o ../bin/litestream github.com/benbjohnson/litestream/cmd/litestream
 	cd examples && $(GO) build -tags $(TAGS) -o ../bin/events ./events
@@ -31,7 +32,7 @@ run-replicated:
 	@echo "  curl -s -X POST -H 'X-Tenant-ID: acme' -d '{\"Name\":\"signup\"}' $(HOSTPORT)/events"
 	@echo "  then stop it, rm -rf $(DIR), make run-replicated again and: curl -s -H 'X-Tenant-ID: acme' $(HOSTPORT)/events"
 	env -u AWS_CA_BUNDLE bin/litestream replicate -config bin/litestream.yml -exec \
-		'bin/events -addr $(ADDR) -dir $(DIR) -replica $(REPLICA) -litestream-socket $(LSOCK) -litestream bin/litestream'
+		'bin/events -addr $(ADDR) -dir $(DIR) -replica "$(REPLICA)" -litestream-socket $(LSOCK) -litestream bin/litestream'
 
 ## run-cluster: three example nodes of one cluster (etcd leases, Litestream, a file replica) on
 ## :8081-:8083; requests reach each tenant's owner from any node

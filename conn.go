@@ -307,7 +307,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	start := c.r.tel.opStart()
 	res, err := c.exec(ctx, query, args)
 	if err != nil {
-		err = refused(ctx, opExec, query, err)
+		err = refused(ctx, opExec, query, err, c.r.repl != nil)
 	}
 	c.opEnd(ctx, stmtExec, start, query, err)
 	return res, err
@@ -317,7 +317,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // authorizer (harden.go), an *Error for op naming the tenant, the
 // statement (quoteShort) and the rules: SQLite's own "not authorized"
 // named none of them. errors.As still finds the sqlite3.Error (ErrAuth).
-func refused(ctx context.Context, op, query string, err error) error {
+func refused(ctx context.Context, op, query string, err error, replicated bool) error {
 	if !isAuthErr(err) {
 		return err
 	}
@@ -325,7 +325,11 @@ func refused(ctx context.Context, op, query string, err error) error {
 		return err
 	}
 	id, _ := OrgID(ctx)
-	return opError(op, id, fmt.Errorf("%s is refused by the proxy's hardening (README, \"Hardening\": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off or count_changes on; VACUUM only as the whole text of an Exec): %w", quoteShort(query), err))
+	rules := `README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off or count_changes on; VACUUM only as the whole text of an Exec`
+	if replicated {
+		rules += `; with replication Litestream owns checkpoints: no VACUUM, no wal_checkpoint but PASSIVE, no wal_autocheckpoint`
+	}
+	return opError(op, id, fmt.Errorf("%s is refused by the proxy's hardening (%s): %w", quoteShort(query), rules, err))
 }
 
 // opEnd records an operation of this checkout that started at start (see
@@ -461,7 +465,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	start := c.r.tel.opStart()
 	rs, err := c.query(ctx, query, args)
 	if err != nil {
-		err = refused(ctx, opQuery, query, err)
+		err = refused(ctx, opQuery, query, err, c.r.repl != nil)
 	}
 	c.opEnd(ctx, stmtQuery, start, query, err)
 	return rs, err
@@ -512,7 +516,7 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 	start := c.r.tel.opStart()
 	s, err := c.prepare(ctx, query)
 	if err != nil {
-		err = refused(ctx, opPrepare, query, err)
+		err = refused(ctx, opPrepare, query, err, c.r.repl != nil)
 	}
 	c.opEnd(ctx, stmtPrepare, start, query, err)
 	return s, err

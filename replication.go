@@ -1170,6 +1170,9 @@ func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst st
 		switch {
 		case lerr == nil && !last.IsZero() && !at.Before(last.Add(time.Second)):
 			err = rp.restore(ctx, key, dst, time.Time{})
+		case lerr == nil && !last.IsZero() && !at.Before(last) && rp.restorer != nil:
+			err = fmt.Errorf("%s is within the second of the replica's last upload (%s), where its files' times (whole seconds on S3) cannot place it: restore at another time (%w)",
+				at.UTC().Format(time.RFC3339Nano), last.UTC().Format(time.RFC3339), err)
 		case lerr == nil && !last.IsZero() && !at.Before(last):
 			err = fmt.Errorf("%s is within the second of the replica's last upload (%s), which litestream restore cannot place it against "+
 				"(its times are whole seconds): restore at another time, or set Config.ReplicaRestorer to replica.Restorer, which reads them exactly (%w)",
