@@ -363,6 +363,10 @@ func TestCLI_Compact(t *testing.T) {
 		t.Errorf("compact with the default retention: exit %d: %q %s", r.code, r.stdout, r.stderr)
 	}
 	compactAcme(t, bin, g, cycles)
+	// A tenant the replica does not hold (a typo) is said so, not "0 files".
+	if r := runCLI(t, bin, "compact", "-replica", g.replica, "acmee"); r.code == 0 || !strings.Contains(r.stderr, "compact acmee: not in the replica") {
+		t.Errorf("compact of a tenant not in the replica: exit %d: %q %q", r.code, r.stdout, r.stderr)
+	}
 	q := sqliteproxytest.New(t, g.config(t, 10)) // another node restores it
 	if got := names(t, q, "acme"); !slices.Equal(got, want) {
 		t.Errorf("after compact another node restores %d rows, want %d", len(got), len(want))

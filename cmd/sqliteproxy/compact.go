@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -58,6 +59,9 @@ func (e *env) compact(args []string) int {
 	status := exitOK
 	for _, id := range ids {
 		before, after, err := compactTenant(e.ctx, *replica, id, *retention)
+		if err == nil && before == 0 {
+			err = errors.New("not in the replica") // a typo'd ID is not "compacted"
+		}
 		if err != nil {
 			e.errorf("compact %s: %v", id, err)
 			status = exitFailed

@@ -74,7 +74,8 @@
 // service uses the directory (SQLite's locking; migrate applies each
 // migration in a BEGIN IMMEDIATE transaction). delete and restore are not:
 // they can only drain connections in this process, so they refuse a
-// tenant that another process has open (its -wal or -shm file exists);
+// tenant that another process has open (on Linux, one holding its lock;
+// elsewhere, its -wal or -shm file exists);
 // stop the service first, or delete and restore through its Proxy.
 //
 // query runs one read-only statement on every tenant (or those of
