@@ -224,10 +224,16 @@ type ctlError struct {
 }
 
 func (e *ctlError) Error() string {
+	msg := fmt.Sprintf("litestream: %s [HTTP %d]", e.Message, e.Status)
 	if e.Details != nil {
-		return fmt.Sprintf("litestream: %s (%v) [HTTP %d]", e.Message, e.Details, e.Status)
+		msg = fmt.Sprintf("litestream: %s (%v) [HTTP %d]", e.Message, e.Details, e.Status)
 	}
-	return fmt.Sprintf("litestream: %s [HTTP %d]", e.Message, e.Status)
+	if strings.Contains(msg, "custom RootCAs") {
+		// Said of every S3 request by Litestream v0.5.18 when its process
+		// has AWS_CA_BUNDLE set, with nothing that names the cause.
+		msg += " (Litestream v0.5.18's S3 client fails so when AWS_CA_BUNDLE is set in its environment: unset it there)"
+	}
+	return msg
 }
 
 // ctlTimeout bounds a control request whose context has no deadline: a
@@ -1062,7 +1068,8 @@ func syncedAtClose(p string) (bool, error) {
 // uploaded before at (it uploads every second, and SyncTenant forces it).
 // Like RestoreTenant it drains the tenant and swaps the file atomically;
 // the restored state becomes the replica's new head. A time before the
-// replica's first upload fails; one after its last restores its latest.
+// replica's first upload fails; one after its last (or the zero time)
+// restores its latest.
 // Without Config.ReplicaRestorer (litestream restore), a time within the
 // second of the last upload fails too: litestream gives the files' times
 // in whole seconds and cannot place it; replica.Restorer reads them

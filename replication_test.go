@@ -475,3 +475,15 @@ func TestReplication_RestoreWithoutLitestreamBinary(t *testing.T) {
 		t.Fatalf("first access of a tenant in the replica, no litestream binary: %v, want the remedy named", err)
 	}
 }
+
+// Litestream's answer when AWS_CA_BUNDLE is set in its environment names
+// no cause: the error says what to do (walk24).
+func TestCtlError_CABundleHint(t *testing.T) {
+	e := &ctlError{Status: 500, Message: "s3: cannot load aws config: unable to add custom RootCAs HTTPClient, has no WithTransportOptions, *http.Client"}
+	if !strings.Contains(e.Error(), "AWS_CA_BUNDLE is set in its environment: unset it there") {
+		t.Errorf("%v: want the AWS_CA_BUNDLE hint", e)
+	}
+	if e := (&ctlError{Status: 404, Message: "database not found"}); strings.Contains(e.Error(), "AWS_CA_BUNDLE") {
+		t.Errorf("%v: a hint for another error", e)
+	}
+}
