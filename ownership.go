@@ -130,7 +130,7 @@ func (r *router) own(ctx context.Context, op string, t *tenant) error {
 	}
 	// A lease may come back written under: Acquire hands out one this node
 	// still holds, kept by a delete whose replica is not erased yet (its
-	// object forgotten) or left by a release that failed.
+	// object forgotten).
 	_, wrote := r.wroteUnder.Load(leaseKeyOf(t.id, lease))
 	t.lease, t.leaseWrote = lease, wrote
 	// A lease this node could not release (finishRelease) is over: taking
@@ -347,10 +347,9 @@ func leaseKeyOf(id string, lease TenantLease) leaseKey { return leaseKey{id, lea
 // it is not to be given back as never written. The mark stays with the
 // lease, not t, until it is released: a lease outlives the object that took
 // it (a delete whose replica erase failed keeps it after forgetting the
-// object; a release that failed leaves it held), and Acquire hands it to
-// the next one (adv27: marked on the object, it was given back as never
-// written, and the previous owner served rows deleted since, or lost rows
-// acknowledged after SyncTenant). The caller holds t's writer semaphore.
+// object), and Acquire hands it to the next one (adv27: marked on the
+// object, it was given back as never written, and the previous owner
+// served rows deleted since). The caller holds t's writer semaphore.
 func (r *router) markWritten(t *tenant) {
 	t.leaseWrote = true
 	if t.lease != nil {

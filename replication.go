@@ -1034,7 +1034,7 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 			// (replication turned on for a directory that had tenants; a
 			// file the CLI made): then it is opened and synced. Either
 			// said nil with the replica short of them (walk24).
-			if synced, err := syncedAtClose(t.path); err != nil {
+			if synced, err := r.syncedAtClose(ctx, t); err != nil {
 				return opError(opSyncTenant, t.id, err)
 			} else if synced {
 				return nil
@@ -1052,15 +1052,32 @@ func (r *router) syncTenant(ctx context.Context, t *tenant) error {
 }
 
 // syncedAtClose reports whether the tenant file at p, not open here and not
-// marked unsynced, holds nothing Litestream has not uploaded: it has a
-// position of the file, and the -wal holds no commit past it.
-func syncedAtClose(p string) (bool, error) {
-	local, err := localPos(p)
+// marked unsynced, holds nothing Litestream has not uploaded: Litestream
+// has a position of the file, the -wal holds no commit past it, and the
+// replica the file streams to is at that position at least (Litestream
+// writes its files beside the database before it uploads them: a process
+// killed with the store down left some never uploaded, adv28). The store
+// down, it cannot tell, and says so.
+func (r *router) syncedAtClose(ctx context.Context, t *tenant) (bool, error) {
+	local, err := localPos(t.path)
 	if err != nil || local == 0 {
 		return false, err
 	}
-	pending, err := walPending(p, local)
-	return !pending, err
+	if pending, err := walPending(t.path, local); err != nil || pending {
+		return false, err
+	}
+	gen := t.gen.Load()
+	if gen == 0 && r.cfg.Ownership != nil {
+		gen = readGenMarker(t.path)
+	}
+	remote, err := r.repl.replicaPos(ctx, replicaKey(t.id, gen))
+	if errors.Is(err, errUnsupported) {
+		return true, nil // not listable: as Litestream's own files say
+	}
+	if err != nil {
+		return false, fmt.Errorf("whether the replica holds all of it cannot be told: %w", err)
+	}
+	return remote >= local, nil
 }
 
 // RestoreTenantAt replaces the tenant's database with its replica as it was

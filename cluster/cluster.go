@@ -1025,8 +1025,9 @@ func (l *tenantLease) kill() bool {
 // position, for the next owner. Calling it again is a no-op. It may be
 // called after Lost closed: while the ownership is still current in etcd
 // the position is recorded, otherwise it fails with ErrLeaseLost. When etcd
-// cannot be reached it fails and the lease stays held, so the call can be
-// retried.
+// cannot be reached it fails, and the lease is lost (Lost closes; Acquire
+// takes the tenant anew, as etcd may have committed the release): the call
+// can be retried, and records the position if the ownership is still there.
 func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease})
 	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: position not recorded", l.gen))
@@ -1083,6 +1084,17 @@ func (l *tenantLease) release(ctx context.Context, genOp clientv3.Op, lostWhat s
 		Then(clientv3.OpDelete(ownerKey), genOp).
 		Commit()
 	if err != nil {
+		// Whether etcd committed it is not known (its answer lost, a
+		// timeout after the commit): the ownership may be over, and the
+		// lease must not be handed out again (Acquire returns a held
+		// lease: a node wrote, and acknowledged SyncTenant, under an owner
+		// key another node had taken since, adv28). Lost now; its owner
+		// key, if still there, is deleted once etcd answers (cleanStale),
+		// and a retry of this call may still record the position.
+		c.mu.Lock()
+		c.stale[l.tenant] = l.ownerRev
+		c.mu.Unlock()
+		c.forget(l, eventLost)
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, err)
 	}
 	l.released = true

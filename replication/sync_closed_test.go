@@ -29,8 +29,7 @@ func TestProxy_SyncTenantAfterCrash(t *testing.T) {
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestProxy_SyncTenantAfterCrash$")
-	cmd.Env = append(os.Environ(), "SYNC_AFTER_CRASH_CHILD=1", "W_DIR="+cfg.Dir, "W_URL="+cfg.ReplicaURL,
-		"W_SOCK="+cfg.LitestreamSocket, "W_LS="+cfg.LitestreamPath, "W_PID="+strconv.Itoa(g.ls.PID()))
+	cmd.Env = append(childEnv(cfg), "SYNC_AFTER_CRASH_CHILD=1", "W_PID="+strconv.Itoa(g.ls.PID()))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
@@ -45,12 +44,25 @@ func TestProxy_SyncTenantAfterCrash(t *testing.T) {
 	}
 }
 
-func syncAfterCrashChild(t *testing.T) {
+// childEnv is the environment of a child process of the test (a service
+// that dies) that serves cfg's directory with its replica and Litestream
+// (childProxy).
+func childEnv(cfg sqliteproxy.Config) []string {
+	return append(os.Environ(), "W_DIR="+cfg.Dir, "W_URL="+cfg.ReplicaURL, "W_SOCK="+cfg.LitestreamSocket, "W_LS="+cfg.LitestreamPath)
+}
+
+// childProxy is the proxy of a child process started with childEnv.
+func childProxy(t *testing.T) *sqliteproxy.Proxy {
 	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: os.Getenv("W_DIR"), Migrations: migrations,
 		ReplicaURL: os.Getenv("W_URL"), LitestreamSocket: os.Getenv("W_SOCK"), LitestreamPath: os.Getenv("W_LS")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+func syncAfterCrashChild(t *testing.T) {
+	p := childProxy(t)
 	insertSynced(t, p, "acme", "row1")
 	pid, _ := strconv.Atoi(os.Getenv("W_PID"))
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
