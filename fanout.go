@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -563,13 +562,6 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		// that never committed, which an immutable read took for the
 		// tenant's rows. The normal open rolls it back.
 		return false, nil
-	}
-	if fi, err := os.Lstat(t.path); err == nil {
-		// Another tenant's name for the same pages: its rows are not
-		// this tenant's (the writer's open refuses it too).
-		if err := refuseHardLinked(t, fi); err != nil {
-			return false, opError(opFanOut, t.id, err)
-		}
 	}
 	params := r.conns.readerParams
 	joins := presenceJoins(r.presence) // before othersPresent: a process joining after either is seen by one

@@ -128,11 +128,7 @@ func (r *router) own(ctx context.Context, op string, t *tenant) error {
 	if err != nil {
 		return opError(op, t.id, err)
 	}
-	// A lease may come back written under: Acquire hands out one this node
-	// still holds, kept by a delete whose replica is not erased yet (its
-	// object forgotten).
-	_, wrote := r.wroteUnder.Load(leaseKeyOf(t.id, lease))
-	t.lease, t.leaseWrote = lease, wrote
+	t.lease = lease
 	// A lease this node could not release (finishRelease) is over: taking
 	// the tenant again ended it (its owner key), and the new generation
 	// starts from this copy, its last writes included.
@@ -301,14 +297,13 @@ func (r *router) letGoLost(t *tenant) {
 		return
 	case kept != nil:
 		err = lease.Release(ctx, *kept)
-	case !t.leaseWrote && !hasFile(t.path):
+	case !r.wroteUnder(t.id, lease) && !hasFile(t.path):
 		err = releaseNeverWritten(ctx, lease)
 	default:
 		return
 	}
 	if err == nil {
-		r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
-		r.lostLeases.Delete(t.id)
+		r.released(t.id, lease)
 	}
 }
 
@@ -351,10 +346,26 @@ func leaseKeyOf(id string, lease TenantLease) leaseKey { return leaseKey{id, lea
 // object, it was given back as never written, and the previous owner
 // served rows deleted since). The caller holds t's writer semaphore.
 func (r *router) markWritten(t *tenant) {
-	t.leaseWrote = true
 	if t.lease != nil {
-		r.wroteUnder.Store(leaseKeyOf(t.id, t.lease), struct{}{})
+		r.written.Store(leaseKeyOf(t.id, t.lease), struct{}{})
 	}
+}
+
+// wroteUnder reports whether something may have been written under lease,
+// tenant id's (markWritten); false for none.
+func (r *router) wroteUnder(id string, lease TenantLease) bool {
+	if lease == nil {
+		return false
+	}
+	_, ok := r.written.Load(leaseKeyOf(id, lease))
+	return ok
+}
+
+// released forgets what was kept about tenant id's lease, released with
+// its final position (or as never written): nothing was lost.
+func (r *router) released(id string, lease TenantLease) {
+	r.written.Delete(leaseKeyOf(id, lease))
+	r.lostLeases.Delete(id)
 }
 
 // unwrittenReleaser is what a TenantLease may also implement (the
@@ -374,12 +385,11 @@ func (r *router) releaseLease(t *tenant, pos uint64) {
 }
 
 // releaseUnwritten gives t's lease up as never written if nothing was
-// written under it (leaseWrote; and the lease can say so), else at
-// position 0; the
-// caller holds t's writer semaphore, t is closed, and nothing of it is
-// here (no file) nor in the replica.
+// written under it (wroteUnder; and the lease can say so), else at
+// position 0; the caller holds t's writer semaphore, t is closed, and
+// nothing of it is here (no file) nor in the replica.
 func (r *router) releaseUnwritten(t *tenant) {
-	if t.leaseWrote {
+	if r.wroteUnder(t.id, t.lease) {
 		r.releaseLease(t, 0)
 		return
 	}
@@ -402,7 +412,7 @@ func (r *router) releaseUnopened() {
 			return true
 		}
 		defer t.wsem.Release()
-		if t.lease != nil && !t.leaseWrote && !t.registered.Load() && t.unreleased == nil {
+		if t.lease != nil && !r.wroteUnder(t.id, t.lease) && !t.registered.Load() && t.unreleased == nil {
 			r.releaseUnwritten(t)
 		}
 		return true
@@ -422,8 +432,7 @@ func (r *router) releaseLeaseWith(t *tenant, release func(context.Context, Tenan
 		// Released with its final position (a move ends the lease this
 		// way): everything synced is where the next owner restores from,
 		// so the tenant is not lost for SyncTenant.
-		r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
-		r.lostLeases.Delete(t.id)
+		r.released(t.id, lease)
 		r.tel.ownership(t.tel, "released")
 	}
 }

@@ -174,7 +174,8 @@ func (pc *physConn) close() {
 // returns, so that t itself can be evicted to make room.
 func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
 	// A tenant not open here (a backup, a check, a rollback, a fleet
-	// migration of it) has not had its writer's open look at its file.
+	// migration or a fan-out of it) has not had its writer's open look at
+	// its file: another tenant's name for the same pages is refused here.
 	if fi, err := os.Lstat(t.path); err == nil {
 		if err := refuseHardLinked(t, fi); err != nil {
 			return nil, nil, err

@@ -729,13 +729,12 @@ func (r *router) finishRelease(ctx context.Context, t *tenant) bool {
 		return true
 	}
 	t.unreleased = nil
-	r.wroteUnder.Delete(leaseKeyOf(t.id, lease))
 	t.unsynced.Store(false)
 	removeIfExists(unsyncedMarker(t.path))
 	r.repl.mu.Lock()
 	delete(r.repl.behind, t)
 	r.repl.mu.Unlock()
-	r.lostLeases.Delete(t.id) // released with its final position, as releaseLease does
+	r.released(t.id, lease) // with its final position, as releaseLease does
 	r.tel.ownership(t.tel, "released")
 	return true
 }

@@ -54,7 +54,7 @@ type router struct {
 	finished      chan struct{}
 	forgotten     atomic.Int64 // idle tenant objects let go from the registry (forgetIdle)
 	lostLeases    sync.Map     // tenant ID -> struct{}: this node's last lease on it was lost (ownership.go)
-	wroteUnder    sync.Map     // leaseKey -> struct{}: leases written under, until released (markWritten)
+	written       sync.Map     // leaseKey -> struct{}: leases written under, until released (markWritten)
 
 	compactQ chan *tenant // closed tenants whose replica may need compaction; nil without Config.ReplicaCompactor
 	tmpl     templates    // the template new tenants are copied from (template.go)

@@ -62,10 +62,6 @@ type tenant struct {
 	createdBy  atomic.Bool   // this process created the file (read by CreateTenant under wsem)
 
 	lease TenantLease // this node's ownership (Config.Ownership), nil when not held; changed under wsem
-	// leaseWrote: something may have been written under lease (markWritten,
-	// router.wroteUnder). Not, the lease is given back as never written
-	// (releaseUnwritten). Changed under wsem.
-	leaseWrote bool
 	// unreleased: a lease that ended (a move asked for the tenant) while
 	// its final sync failed (the object store down): the tenant's last
 	// writes are here only, and the lease is released once resync has

@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -714,12 +712,7 @@ func (g *rig) dropNewestLTX(t *testing.T, id string) (before, after uint64) {
 		t.Fatal(err)
 	}
 	maxOf := func(key string) uint64 {
-		stem, ok := strings.CutSuffix(path.Base(key), ".ltx")
-		_, hi, found := strings.Cut(stem, "-")
-		n, err := strconv.ParseUint(hi, 16, 64)
-		if !ok || !found || err != nil {
-			return 0
-		}
+		n, _ := ltxMaxTXID(key)
 		return n
 	}
 	for _, o := range objs {

@@ -20,6 +20,15 @@ import (
 	"github.com/sqliteproxy/sqliteproxy/sqliteproxytest"
 )
 
+// ltxMaxTXID returns the highest transaction of the LTX file named name
+// (<min>-<max>.ltx, hexadecimal; a path or an object key works too).
+func ltxMaxTXID(name string) (uint64, bool) {
+	stem, ok := strings.CutSuffix(path.Base(name), ".ltx")
+	_, hi, found := strings.Cut(stem, "-")
+	n, err := strconv.ParseUint(hi, 16, 64)
+	return n, ok && found && err == nil
+}
+
 // ltxCounts counts the files of tenant id's replica: level-0 files that no
 // higher level covers yet, and files of higher levels.
 func (g *rig) ltxCounts(t testing.TB, id string) (l0, higher int) {
@@ -34,10 +43,8 @@ func (g *rig) ltxCounts(t testing.TB, id string) (l0, higher int) {
 			return // a file being written (.tmp)
 		}
 		lv, err := strconv.ParseInt(level, base, 16)
-		base2, ok := strings.CutSuffix(name, ".ltx")
-		_, hi, found := strings.Cut(base2, "-")
-		mx, err2 := strconv.ParseUint(hi, 16, 64)
-		if err != nil || !ok || !found || err2 != nil {
+		mx, ok := ltxMaxTXID(name)
+		if err != nil || !ok {
 			t.Fatalf("not an LTX file: level %q, name %q", level, name)
 		}
 		files = append(files, file{int(lv), mx})

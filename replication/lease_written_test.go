@@ -19,7 +19,13 @@ import (
 // ownerNodeTTL is ownerNode with a node lease TTL of ttl.
 func (g *rig) ownerNodeTTL(t *testing.T, srv *etcdtest.Server, id string, maxConns int, ttl time.Duration, opts ...func(*sqliteproxy.Config)) *ownerNode {
 	t.Helper()
-	c, err := cluster.New(cluster.Config{Endpoints: srv.Endpoints(), NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: ttl})
+	return g.ownerNodeAt(t, srv.Endpoints(), id, maxConns, ttl, opts...)
+}
+
+// ownerNodeAt is ownerNodeTTL reaching etcd at endpoints (a Partition's).
+func (g *rig) ownerNodeAt(t *testing.T, endpoints []string, id string, maxConns int, ttl time.Duration, opts ...func(*sqliteproxy.Config)) *ownerNode {
+	t.Helper()
+	c, err := cluster.New(cluster.Config{Endpoints: endpoints, NodeID: id, AdvertiseURL: "http://" + id + ".invalid", TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,19 +268,22 @@ func restartEtcd(t *testing.T, srv *etcdtest.Server, id string) (*cluster.Admin,
 	adm := newAdmin(t, srv)
 	var owner string
 	sqliteproxytest.WaitFor(t, 30*time.Second, "etcd to answer", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		owners, err := adm.Owners(ctx)
-		if err != nil {
-			return false
-		}
-		owner = ""
-		for _, o := range owners {
-			if o.Tenant == id {
-				owner = o.Node
-			}
-		}
-		return true
+		var err error
+		owner, err = ownerOf(adm, id)
+		return err == nil
 	})
 	return adm, owner
+}
+
+// ownerOf asks etcd (within 3 s) which node owns tenant id ("": none).
+func ownerOf(adm *cluster.Admin, id string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	owners, err := adm.Owners(ctx)
+	for _, o := range owners {
+		if o.Tenant == id {
+			return o.Node, err
+		}
+	}
+	return "", err
 }

@@ -22,14 +22,13 @@ import (
 // the call is in its replica"): it returned nil (the tenant "was synced when
 // it was closed"), and the replica lacked row2 (walk24).
 func TestProxy_SyncTenantAfterCrash(t *testing.T) {
-	if os.Getenv("SYNC_AFTER_CRASH_CHILD") != "" {
+	if isChild(t) {
 		syncAfterCrashChild(t)
 		return
 	}
 	g := newRig(t, "file")
 	cfg := g.config(t, 10)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProxy_SyncTenantAfterCrash$")
-	cmd.Env = append(childEnv(cfg), "SYNC_AFTER_CRASH_CHILD=1", "W_PID="+strconv.Itoa(g.ls.PID()))
+	cmd := childCmd(t, cfg, "W_PID="+strconv.Itoa(g.ls.PID()))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
@@ -44,14 +43,20 @@ func TestProxy_SyncTenantAfterCrash(t *testing.T) {
 	}
 }
 
-// childEnv is the environment of a child process of the test (a service
-// that dies) that serves cfg's directory with its replica and Litestream
-// (childProxy).
-func childEnv(cfg sqliteproxy.Config) []string {
-	return append(os.Environ(), "W_DIR="+cfg.Dir, "W_URL="+cfg.ReplicaURL, "W_SOCK="+cfg.LitestreamSocket, "W_LS="+cfg.LitestreamPath)
+// childCmd is the command that runs test t again in a child process (a
+// service that dies), which serves cfg's directory with its replica and
+// Litestream (childProxy), with env besides; isChild is true there.
+func childCmd(t *testing.T, cfg sqliteproxy.Config, env ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$")
+	cmd.Env = append(append(os.Environ(), "CHILD_OF="+t.Name(), "W_DIR="+cfg.Dir, "W_URL="+cfg.ReplicaURL,
+		"W_SOCK="+cfg.LitestreamSocket, "W_LS="+cfg.LitestreamPath), env...)
+	return cmd
 }
 
-// childProxy is the proxy of a child process started with childEnv.
+// isChild reports whether test t runs in the child process of childCmd.
+func isChild(t *testing.T) bool { return os.Getenv("CHILD_OF") == t.Name() }
+
+// childProxy is the proxy of a child process started with childCmd.
 func childProxy(t *testing.T) *sqliteproxy.Proxy {
 	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: os.Getenv("W_DIR"), Migrations: migrations,
 		ReplicaURL: os.Getenv("W_URL"), LitestreamSocket: os.Getenv("W_SOCK"), LitestreamPath: os.Getenv("W_LS")})

@@ -5,10 +5,8 @@ package replication_test
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,15 +20,14 @@ import (
 // checks only Litestream's local position against the -wal (syncedAtClose),
 // not against the replica: it says nil, and the replica lacks row2.
 func TestProxy_SyncTenantAfterCrashWithStoreDown(t *testing.T) {
-	if os.Getenv("CRASH_STORE_DOWN_CHILD") != "" {
+	if isChild(t) {
 		crashStoreDownChild(t)
 		return
 	}
 	g := newRig(t, "s3")
 	cfg := g.config(t, 10)
 	sig := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestProxy_SyncTenantAfterCrashWithStoreDown$")
-	cmd.Env = append(childEnv(cfg), "CRASH_STORE_DOWN_CHILD=1", "W_SIG="+sig)
+	cmd := childCmd(t, cfg, "W_SIG="+sig)
 	out := &strings.Builder{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -57,27 +54,22 @@ func TestProxy_SyncTenantAfterCrashWithStoreDown(t *testing.T) {
 	t.Logf("SyncTenant: %v; replica %v", err, got)
 }
 
+// waitFile waits for the file p, which the other process makes.
 func waitFile(t *testing.T, p string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(p); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s", p)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	sqliteproxytest.WaitFor(t, 60*time.Second, p, func() bool {
+		_, err := os.Stat(p)
+		return err == nil
+	})
 }
 
-func ltxMax(t *testing.T, db string) uint64 {
+// ltxMax returns Litestream's local position of the database file db (its
+// level-0 files beside it).
+func ltxMax(db string) uint64 {
 	ents, _ := os.ReadDir(filepath.Join(filepath.Dir(db), "."+filepath.Base(db)+"-litestream", "ltx", "0"))
 	var m uint64
 	for _, e := range ents {
-		base, _ := strings.CutSuffix(e.Name(), ".ltx")
-		_, hi, _ := strings.Cut(base, "-")
-		n, _ := strconv.ParseUint(hi, 16, 64)
+		n, _ := ltxMaxTXID(e.Name())
 		m = max(m, n)
 	}
 	return m
@@ -87,19 +79,13 @@ func crashStoreDownChild(t *testing.T) {
 	p := childProxy(t)
 	insertSynced(t, p, "acme", "row1")
 	db := filepath.Join(os.Getenv("W_DIR"), "acme.db")
-	before := ltxMax(t, db)
+	before := ltxMax(db)
 	sig := os.Getenv("W_SIG")
 	os.WriteFile(filepath.Join(sig, "phase1"), nil, 0o600)
 	waitFile(t, filepath.Join(sig, "go"))
 	insert(t, p, "acme", "row2") // acknowledged locally
-	deadline := time.Now().Add(30 * time.Second)
-	for ltxMax(t, db) <= before {
-		if time.Now().After(deadline) {
-			t.Fatalf("Litestream made no local LTX file past %d", before)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Logf("local position %d -> %d", before, ltxMax(t, db))
+	sqliteproxytest.WaitFor(t, 30*time.Second, "a local LTX file past the replica's", func() bool { return ltxMax(db) > before })
+	t.Logf("local position %d -> %d", before, ltxMax(db))
 	os.Stdout.WriteString("local position moved\n")
 	os.Exit(0) // crash: no Close
 }

@@ -17,6 +17,7 @@ type Partition struct {
 	ln     net.Listener
 	to     string
 	cut    atomic.Bool  // no connection passes bytes
+	deaf   atomic.Bool  // no connection passes etcd's bytes to the client
 	dead   atomic.Int64 // connections numbered below it never pass bytes again
 	serial atomic.Int64 // connections accepted so far
 	mu     sync.Mutex
@@ -58,6 +59,11 @@ func (p *Partition) Endpoint() string { return "http://" + p.ln.Addr().String() 
 // pass when it resumes.
 func (p *Partition) Cut(cut bool) { p.cut.Store(cut) }
 
+// Deafen holds (true) or passes again (false) etcd's answers only: the
+// client's requests still reach etcd, which commits them, and the client
+// does not learn of it (an answer lost, or late past its timeout).
+func (p *Partition) Deafen(deaf bool) { p.deaf.Store(deaf) }
+
 // KillOpen leaves every connection open now dead for ever (the old
 // connection of a dropped NAT entry); new ones pass.
 func (p *Partition) KillOpen() { p.dead.Store(p.serial.Load()) }
@@ -72,7 +78,8 @@ func (p *Partition) serve(c net.Conn, n int64) {
 	p.conns = append(p.conns, c, u)
 	p.mu.Unlock()
 	blocked := func() bool { return p.cut.Load() || n < p.dead.Load() }
-	pipe := func(dst, src net.Conn) {
+	deaf := func() bool { return blocked() || p.deaf.Load() }
+	pipe := func(dst, src net.Conn, blocked func() bool) {
 		defer dst.Close()
 		defer src.Close()
 		buf := make([]byte, 32<<10)
@@ -91,6 +98,6 @@ func (p *Partition) serve(c net.Conn, n int64) {
 			}
 		}
 	}
-	go pipe(u, c)
-	go pipe(c, u)
+	go pipe(u, c, blocked)
+	go pipe(c, u, deaf)
 }
