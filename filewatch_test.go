@@ -5,6 +5,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,5 +377,25 @@ func TestDeleteTenant_UnwritableFileNotBlamedOnAProcess(t *testing.T) {
 	err := p.DeleteTenant(context.Background(), "acme")
 	if err == nil || strings.Contains(err.Error(), "another process") || !strings.Contains(err.Error(), "may not write") {
 		t.Errorf("DeleteTenant of an unwritable file: %v, want it to say the file may not be writable", err)
+	}
+}
+
+// A first access in a data directory this process may not write (chattr +i
+// stands for a directory owned by someone else) named only a temporary
+// file: "open <dir>/.creating-acme-….db: permission denied".
+func TestCreate_UnwritableDirSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	if out, err := exec.Command("chattr", "+i", dir).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", dir).Run() })
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	_, err := p.DB.ExecContext(WithOrgID(context.Background(), "acme"), "INSERT INTO events(tenant) VALUES ('x')")
+	var e *Error
+	if !errors.As(err, &e) || e.Tenant != "acme" || !strings.Contains(err.Error(), "may not create files in "+dir) {
+		t.Fatalf("insert into a new tenant in an unwritable Dir: %v, want an *Error saying the process may not create files in %s", err, dir)
+	}
+	if !errors.Is(err, fs.ErrPermission) {
+		t.Errorf("%v: not fs.ErrPermission", err)
 	}
 }

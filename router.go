@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	sqlite3 "github.com/mattn/go-sqlite3"
@@ -759,7 +760,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return err
 	})
 	if err != nil {
-		return err
+		return notWritableDir(filepath.Dir(t.path), err)
 	}
 	defer clean()
 	if err := removeOrphanSideFiles(t.path); err != nil {
@@ -781,6 +782,18 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 		return opError(opCreateTenant, t.id, err)
 	}
 	return nil
+}
+
+// notWritableDir says, of err from creating a file in dir, that the
+// process may not write dir (permissions, chattr +i, a read-only mount):
+// the error named only the temporary file. New does not refuse such a
+// Dir: the CLI's status and query read a read-only copy.
+func notWritableDir(dir string, err error) error {
+	var e *Error
+	if !errors.Is(err, fs.ErrPermission) && !errors.Is(err, syscall.EROFS) || !errors.As(err, &e) {
+		return err
+	}
+	return &Error{Op: e.Op, Tenant: e.Tenant, Err: fmt.Errorf("%w (this process may not create files in %s, the data directory: the proxy needs to write there)", e.Err, dir)}
 }
 
 // createsClosed says whether CreateTenant leaves the new tenant closed:
