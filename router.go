@@ -787,7 +787,7 @@ func (r *router) createFile(ctx context.Context, t *tenant) error {
 // notWritableDir says, of err from creating a file in dir, that the
 // process may not write dir (permissions, chattr +i, a read-only mount):
 // the error named only the temporary file. New does not refuse such a
-// Dir: the CLI's status and query read a read-only copy.
+// Dir: the CLI's status reads a read-only copy.
 func notWritableDir(dir string, err error) error {
 	var e *Error
 	if !errors.Is(err, fs.ErrPermission) && !errors.Is(err, syscall.EROFS) || !errors.As(err, &e) {
