@@ -483,7 +483,7 @@ func replicaKey(id string, gen int64) string {
 // very generation and is not behind it; else it is replaced. Either way,
 // Litestream's files beside it describe another replica, and go: t's new
 // generation starts with a snapshot.
-func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool, error) {
+func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate *heldGate) (bool, error) {
 	g := t.gen.Load()
 	var restored *restoreBound
 	if exists {
@@ -599,7 +599,7 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool) (bool
 			return true, opErrorOrNil(opOpenTenant, t.id, err)
 		}
 	}
-	return r.restoreReplica(ctx, t, exists, src, srcPos)
+	return r.restoreReplica(ctx, t, exists, src, srcPos, gate)
 }
 
 func opErrorOrNil(op, id string, err error) error {

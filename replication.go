@@ -796,32 +796,131 @@ func (r *router) catchUp(t *tenant) {
 // the replica: registered as it is, Litestream would publish the stale copy
 // as the replica's new head. A copy restored on purpose (RestoreTenant,
 // RestoreTenantAt) is kept: it is meant to become the head.
-func (r *router) reconcile(ctx context.Context, t *tenant, exists bool) (bool, error) {
+//
+// It runs within t's open gate g (shared): a restore or delete in another
+// process (the CLI's) replaces the file under it, and a decision taken on
+// what reconcile read before that (a position, a marker) undid the restore
+// or removed its marker. A download from the replica leaves the gate
+// (restoreReplica) and fails with errFilesChanged if t's files changed
+// meanwhile.
+func (r *router) reconcile(ctx context.Context, t *tenant, exists bool, g *heldGate) (bool, error) {
 	// Close ends every call to the object store below (an operation Close
 	// waits for): a listing on a store that never answers held Close.
 	ctx, cancel := untilClosed(ctx, r.stop)
 	defer cancel()
-	ok, err := r.reconcileUntilClosed(ctx, t, exists)
+	ok, err := r.reconcileUntilClosed(ctx, t, exists, g)
 	if err != nil && !errors.Is(err, ErrClosed) && errors.Is(context.Cause(ctx), ErrClosed) {
 		err = opError(opOpenTenant, t.id, fmt.Errorf("%w (%v)", ErrClosed, err))
 	}
 	return ok, err
 }
 
+// reconcileGated runs reconcile within t's open gate, again (a few times)
+// when t's files changed while it downloaded the replica. exists says
+// whether t's file was found (by openWriterOnce, which checked it); after
+// a change it is looked at again in the same way.
+func (r *router) reconcileGated(ctx context.Context, t *tenant, exists bool) (bool, error) {
+	for tries := 1; ; tries++ {
+		g := &heldGate{r: r, id: t.id}
+		if err := g.enter(ctx); err != nil {
+			return exists, opError(opOpenTenant, t.id, err)
+		}
+		ok, err := r.reconcile(ctx, t, exists, g)
+		g.leave()
+		if !errors.Is(err, errFilesChanged) {
+			return ok, err
+		}
+		if tries == 3 {
+			return ok, opError(opOpenTenant, t.id, fmt.Errorf("%w, %d times: retry", errFilesChanged, tries))
+		}
+		fi, err := t.statFile(opOpenTenant)
+		if err != nil {
+			return false, err
+		}
+		if fi != nil {
+			if err := refuseHardLinked(t, fi); err != nil {
+				return true, opError(opOpenTenant, t.id, err)
+			}
+		}
+		exists = fi != nil
+	}
+}
+
+// errFilesChanged: a tenant's file or its markers changed (a restore or
+// delete by another process) while reconcile downloaded its replica, which
+// the decision to download rested on.
+var errFilesChanged = errors.New("the tenant's files were replaced or removed by another process (a restore or delete) while its replica was downloaded")
+
+// heldGate is a tenant's open gate (enterGate, shared), which reconcile
+// leaves while it downloads.
+type heldGate struct {
+	r    *router
+	id   string
+	exit func() // leaves it; nil while not held
+}
+
+func (g *heldGate) enter(ctx context.Context) error {
+	exit, err := enterGate(ctx, g.r.stop, g.r.cfg.BusyTimeout, g.r.presence, g.id, false)
+	if err == nil {
+		g.exit = exit
+	}
+	return err
+}
+
+// leave leaves the gate if held.
+func (g *heldGate) leave() {
+	if g.exit != nil {
+		g.exit()
+		g.exit = nil
+	}
+}
+
+// filesState is what reconcile's decisions rest on in the files of the
+// tenant whose file is at p: the file's and each marker's identity (absent,
+// or device and inode, size and modification time) and Litestream's
+// position beside it.
+type filesState struct {
+	files [6]fileIdent
+	pos   uint64
+	err   string
+}
+
+type fileIdent struct {
+	key       string // fileKey; an error's text; "" for absent
+	size, mod int64
+}
+
+func filesOf(p string) (s filesState) {
+	for i, name := range [...]string{p, restoredMarker(p), fromReplicaMarker(p), genMarker(p), deletedMarker(p), unsyncedMarker(p)} {
+		fi, err := os.Lstat(name)
+		switch {
+		case err == nil:
+			s.files[i] = fileIdent{key: "file " + fileKey(fi), size: fi.Size(), mod: fi.ModTime().UnixNano()}
+		case !errors.Is(err, fs.ErrNotExist):
+			s.files[i] = fileIdent{key: err.Error()}
+		}
+	}
+	var err error
+	if s.pos, err = localPos(p); err != nil {
+		s.err = err.Error()
+	}
+	return s
+}
+
 // reconcileUntilClosed is reconcile with ctx ended by Close.
-func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists bool) (bool, error) {
+func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists bool, g *heldGate) (bool, error) {
 	if err := r.eraseDeleted(ctx, t, exists); err != nil {
 		return exists, err
 	}
-	if g := t.gen.Load(); g != 0 && (!exists || readGenMarker(t.path) != g) {
-		return r.reconcileGen(ctx, t, exists) // ownership.go
+	if gen := t.gen.Load(); gen != 0 && (!exists || readGenMarker(t.path) != gen) {
+		return r.reconcileGen(ctx, t, exists, g) // ownership.go
 	}
 	if !exists {
 		pos, err := r.repl.replicaPos(ctx, t.replicaKey())
 		if err != nil && !errors.Is(err, errUnsupported) {
 			return false, opError(opRestoreReplica, t.id, err)
 		}
-		return r.restoreReplica(ctx, t, false, t.replicaKey(), pos)
+		return r.restoreReplica(ctx, t, false, t.replicaKey(), pos, g)
 	}
 	local, err := localPos(t.path)
 	if err != nil {
@@ -875,7 +974,7 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 		return true, opError(opOpenTenant, t.id, replicaConflict(t.path, remote,
 			fmt.Sprintf("was restored from the replica at transaction %d and written here since without being streamed, and the replica has moved on", fr.pos)))
 	}
-	if _, err := r.restoreReplica(ctx, t, true, key, remote); err != nil {
+	if _, err := r.restoreReplica(ctx, t, true, key, remote, g); err != nil {
 		return true, err
 	}
 	return true, nil
@@ -889,8 +988,11 @@ var reconcileRead func(id string)
 // (at least: read before the restore), into place (replacing the local file
 // when replace) and reports whether the replica had it. The copy is checked
 // (quick_check) before it takes t's name; its migrations are applied when it
-// is opened.
-func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, key string, pos uint64) (restored bool, err error) {
+// is opened. The download and check run outside t's open gate g (held by
+// the caller): another tenant sharing its slot, or a restore or delete of
+// t by another process, waited for them; the copy takes t's name only if
+// t's files are as they were (errFilesChanged).
+func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, key string, pos uint64, g *heldGate) (restored bool, err error) {
 	start := time.Now()
 	defer func() {
 		outcome := outcomeRestored
@@ -909,12 +1011,20 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 	}
 	tmp := tempName(filepath.Dir(t.path), restoringPrefix, t.id)
 	defer removeWithSideFiles(tmp)
+	before := filesOf(t.path)
+	g.leave()
 	err = r.repl.restore(ctx, key, tmp, time.Time{})
-	if errors.Is(err, errNoReplica) {
-		return false, nil
-	}
 	if err == nil {
 		err = checkFile(ctx, tmp)
+	}
+	if gerr := g.enter(ctx); gerr != nil {
+		return false, opError(opRestoreReplica, t.id, gerr)
+	}
+	if filesOf(t.path) != before {
+		return false, errFilesChanged
+	}
+	if errors.Is(err, errNoReplica) {
+		return false, nil
 	}
 	if err == nil {
 		err = os.Chmod(tmp, 0o600)

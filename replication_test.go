@@ -349,33 +349,9 @@ func TestReplication_Uncompacted(t *testing.T) {
 // restored copy was then "never streamed", refused, or replaced by the
 // replica at the next open).
 func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
-	dir, backups := t.TempDir(), t.TempDir()
-	seed := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-	if err := seed.CreateTenant(tctx("acme"), "acme"); err != nil {
-		t.Fatal(err)
-	}
-	if err := seed.Close(); err != nil {
-		t.Fatal(err)
-	}
-	p := filepath.Join(dir, "acme.db")
-	// Streamed once: Litestream's position beside it.
-	ltx := filepath.Join(metaDir(p), "ltx", "0")
-	if err := os.MkdirAll(ltx, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(ltx, "0000000000000001-0000000000000003.ltx"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	// The backup to restore: five rows.
-	bp := newTestProxy(t, Config{Dir: backups, Migrations: []string{eventsTable}})
-	for range 5 {
-		if _, err := bp.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := bp.Close(); err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
+	p := streamedTenant(t, dir, "acme", 3)
+	backup := backupOf(t, "b", 5)
 
 	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + t.TempDir(),
 		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: emptyReplica{}})
@@ -394,7 +370,7 @@ func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
 			// to register it): a restore meanwhile finds it in use.
 			deadline := time.Now().Add(20 * time.Second)
 			for {
-				err := cli.RestoreTenant(context.Background(), "acme", filepath.Join(backups, "b.db"))
+				err := cli.RestoreTenant(context.Background(), "acme", backup)
 				if err == nil || time.Now().After(deadline) {
 					restored <- err
 					return
@@ -422,6 +398,53 @@ func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("RestoreTenant still running after 30 s")
 	}
+	restoreKept(t, p, 5)
+}
+
+// streamedTenant makes tenant id in dir (migrated with eventsTable) with
+// Litestream's position pos beside it, as if streamed once, and returns
+// its path.
+func streamedTenant(t *testing.T, dir, id string, pos uint64) string {
+	t.Helper()
+	seed := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	if err := seed.CreateTenant(tctx(id), id); err != nil {
+		t.Fatal(err)
+	}
+	if err := seed.Close(); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, id+".db")
+	ltx := filepath.Join(metaDir(p), "ltx", "0")
+	if err := os.MkdirAll(ltx, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ltx, fmt.Sprintf("%016x-%016x.ltx", 1, pos)), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// backupOf returns the path of a tenant file (migrated with eventsTable)
+// holding n rows of tenant id.
+func backupOf(t *testing.T, id string, n int) string {
+	t.Helper()
+	dir := t.TempDir()
+	bp := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	for range n {
+		if _, err := bp.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bp.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, id+".db")
+}
+
+// restoreKept checks that the tenant file at p is a restore's (its marker
+// names it) holding the backup's n rows.
+func restoreKept(t *testing.T, p string, n int) {
+	t.Helper()
 	if ok, _, _, err := markerNames(restoredMarker(p), p); err != nil || !ok {
 		t.Errorf("the restore's marker does not name the restored file (%v, %v): reconcile removed it", ok, err)
 	}
@@ -430,10 +453,77 @@ func TestReplication_RestoreWaitsForReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&n); err != nil || n != 5 {
-		t.Errorf("the tenant holds %d rows (%v), want the backup's 5", n, err)
+	var got int
+	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&got); err != nil || got != n {
+		t.Errorf("the tenant holds %d rows (%v), want the backup's %d", got, err, n)
 	}
+}
+
+// heldRestorer restores every replica from the file src, once release is
+// closed; started is closed when the first restore begins.
+type heldRestorer struct {
+	src              string
+	started, release chan struct{}
+	once             sync.Once
+}
+
+func (h *heldRestorer) RestoreReplica(ctx context.Context, _, dst string, _ time.Time) error {
+	h.once.Do(func() { close(h.started) })
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return copyFile(h.src, dst, false)
+}
+
+// A download from the replica left the tenant's open gate held (shared)
+// for as long as it ran: a restore or delete in another process (the
+// CLI's) of that tenant, or of another sharing its slot, waited for it, and
+// failed after its busy timeout. It now runs outside the gate, and a
+// restore made meanwhile is kept: the replica's copy does not take its
+// place.
+func TestReplication_RestoreDuringDownloadKept(t *testing.T) {
+	dir, replica := t.TempDir(), t.TempDir()
+	p := streamedTenant(t, dir, "acme", 3)
+	backup := backupOf(t, "b", 5)
+	// The replica is ahead (transaction 10): the service replaces its
+	// copy with the replica's (two rows of its own).
+	l0 := filepath.Join(replica, "acme", "ltx", "0")
+	if err := os.MkdirAll(l0, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l0, fmt.Sprintf("%016x-%016x.ltx", 1, 10)), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h := &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
+		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
+	cli := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, BusyTimeout: 2 * time.Second})
+	opened := make(chan error, 1)
+	go func() {
+		_, err := svc.ExecContext(tctx("acme"), `SELECT 1`)
+		opened <- err
+	}()
+	select {
+	case <-h.started:
+	case <-time.After(20 * time.Second):
+		close(h.release)
+		t.Fatal("the service's download of the replica did not start within 20 s")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := cli.RestoreTenant(ctx, "acme", backup)
+	close(h.release)
+	if err != nil {
+		t.Fatalf("RestoreTenant while the service downloads the replica: %v", err)
+	}
+	select {
+	case <-opened: // fails at the registration (no Litestream here): reconcile ran
+	case <-time.After(20 * time.Second):
+		t.Fatal("the service's open did not end within 20 s of the download")
+	}
+	restoreKept(t, p, 5)
 }
 
 // ReplicaTenants lists the tenants whose replica holds something: an empty

@@ -579,17 +579,7 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 		if err != nil {
 			return nil, err
 		}
-		// Within t's open gate (shared): a restore or delete in another
-		// process (the CLI's) replaces the file under it, and a decision
-		// taken on what reconcile read before that (a position, a
-		// marker) undid the restore or removed its marker.
-		leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, false)
-		if err != nil {
-			endOp()
-			return nil, opError(opOpenTenant, t.id, err)
-		}
-		exists, err = r.reconcile(ctx, t, exists)
-		leave()
+		exists, err = r.reconcileGated(ctx, t, exists)
 		endOp()
 		if err != nil {
 			return nil, err
