@@ -318,6 +318,11 @@ const readDirBatch = 1024
 // temporary files are skipped. A listing error (ctx's included) is
 // yielded once, last, with an empty ID; ctx is checked before every ID.
 func listTenants(ctx context.Context, dir string, l Layout) iter.Seq2[string, error] {
+	return listEntries(ctx, dir, l, tenantIDFromEntry)
+}
+
+// listEntries is listTenants of the entries that id names a tenant of.
+func listEntries(ctx context.Context, dir string, l Layout, id func(os.DirEntry) (string, bool)) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
 		var ids []string
 		for b := range numBuckets {
@@ -331,7 +336,7 @@ func listTenants(ctx context.Context, dir string, l Layout) iter.Seq2[string, er
 			if err == nil {
 				err = readDirBatches(ctx, folder, func(ents []os.DirEntry) bool {
 					for _, e := range ents {
-						if id, ok := tenantIDFromEntry(e); ok && (bucket == "" || bucketOf(id) == bucket) {
+						if id, ok := id(e); ok && (bucket == "" || bucketOf(id) == bucket) {
 							ids = append(ids, id)
 						}
 					}

@@ -1630,6 +1630,35 @@ func deletedMarker(p string) string {
 	return sideName(p, "-deleted")
 }
 
+// PendingDeletes returns the tenants of the data directory dir that were
+// deleted here while their replica could not be erased (DeleteTenant with
+// the object store down), in the order of Proxy.AllTenants. Until the
+// replica is erased (by DeleteTenant again, or by a proxy with replication
+// at the tenant's next access) the tenant is not made again here.
+func PendingDeletes(ctx context.Context, dir string) ([]string, error) {
+	st, err := readDirState(dir)
+	if err != nil {
+		return nil, opError(opListTenants, "", err)
+	}
+	var ids []string
+	for id, err := range listEntries(ctx, dir, st.layout, deletedEntry) {
+		if err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// deletedEntry returns the tenant ID whose deletedMarker e is.
+func deletedEntry(e os.DirEntry) (string, bool) {
+	name, ok := strings.CutPrefix(e.Name(), ".")
+	if name, ok2 := strings.CutSuffix(name, "-deleted"); ok && ok2 && e.Type().IsRegular() {
+		return tenantIDFromFile(name)
+	}
+	return "", false
+}
+
 // erasable reports whether deleteReplica can erase replicas of this kind.
 func (rp *replicator) erasable() bool {
 	u, err := url.Parse(rp.url("x"))
@@ -2094,6 +2123,10 @@ type ReplicaCopy struct {
 	// at FromReplicaTXID. Both, a proxy with replication refuses it
 	// (ErrReplicaConflict; with Ownership, the newer generation replaces it).
 	FromReplicaWritten, FromReplicaMovedOn bool
+	// DeletePending: the tenant was deleted here while its replica could
+	// not be erased (PendingDeletes); a file here was made since, and the
+	// replica is erased before it is streamed.
+	DeletePending bool
 	// NewerGeneration: the file is a cluster node's copy (Config.Ownership)
 	// of generation Generation, and the replica holds a newer generation
 	// with data, at NewerGenerationTXID: another node owned and wrote the
@@ -2123,6 +2156,11 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	}
 	path := tenantPath(dir, st.layout, id)
 	if c.Local, err = localPos(path); err != nil {
+		return c, opError(op, id, err)
+	}
+	if _, err := os.Lstat(deletedMarker(path)); err == nil {
+		c.DeletePending = true
+	} else if !errors.Is(err, fs.ErrNotExist) {
 		return c, opError(op, id, err)
 	}
 	if _, err := os.Lstat(path); err == nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -575,5 +576,57 @@ func TestCtlError_CABundleHint(t *testing.T) {
 	}
 	if e := (&ctlError{Status: 404, Message: "database not found"}); strings.Contains(e.Error(), "AWS_CA_BUNDLE") {
 		t.Errorf("%v: a hint for another error", e)
+	}
+}
+
+// A DeleteTenant whose replica could not be erased is listed by
+// PendingDeletes and ReplicaCopyOf (the CLI's status -replica showed
+// nothing of it: the tenant has no file), in both layouts.
+func TestReplication_PendingDeletesListed(t *testing.T) {
+	for _, l := range []Layout{LayoutFlat, LayoutBuckets} {
+		t.Run(l.String(), func(t *testing.T) {
+			dir, replica := t.TempDir(), t.TempDir()
+			p := newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
+				LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: emptyReplica{}})
+			// Two tenants made by a proxy without replication, each with a
+			// replica; acme's cannot be erased (chattr +i stands for an
+			// object store that is down).
+			plain := newTestProxy(t, Config{Dir: dir, Layout: l, Migrations: []string{eventsTable}})
+			for _, id := range []string{"acme", "globex"} {
+				if err := plain.CreateTenant(tctx(id), id); err != nil {
+					t.Fatal(err)
+				}
+				l0 := filepath.Join(replica, id, "ltx", "0")
+				if err := os.MkdirAll(l0, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(l0, fmt.Sprintf("%016x-%016x.ltx", 1, 3)), []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			plain.Close()
+			l0 := filepath.Join(replica, "acme", "ltx", "0")
+			if out, err := exec.Command("chattr", "+i", l0).CombinedOutput(); err != nil {
+				t.Skipf("chattr +i: %v %s", err, out)
+			}
+			t.Cleanup(func() { exec.Command("chattr", "-i", l0).Run() })
+			if err := p.DeleteTenant(context.Background(), "acme"); err == nil {
+				t.Fatal("DeleteTenant erased a replica it may not write")
+			}
+			if err := p.DeleteTenant(context.Background(), "globex"); err != nil {
+				t.Fatal(err)
+			}
+			ids, err := PendingDeletes(context.Background(), dir)
+			if err != nil || !slices.Equal(ids, []string{"acme"}) {
+				t.Fatalf("PendingDeletes: %q, %v; want [acme]", ids, err)
+			}
+			c, err := ReplicaCopyOf(context.Background(), "file://"+replica, dir, "acme")
+			if err != nil || !c.DeletePending || c.Replica != 3 {
+				t.Fatalf("ReplicaCopyOf acme: %+v, %v; want DeletePending at replica txid 3", c, err)
+			}
+			if c, err := ReplicaCopyOf(context.Background(), "file://"+replica, dir, "globex"); err != nil || c.DeletePending {
+				t.Fatalf("ReplicaCopyOf globex (erased): %+v, %v", c, err)
+			}
+		})
 	}
 }

@@ -570,12 +570,34 @@ type tenantStatus struct {
 	// compare.
 	ReplicaLocalTXID   *uint64 `json:"replica_local_txid,omitempty"`
 	ReplicaTXID        *uint64 `json:"replica_txid,omitempty"`
-	ReplicaState       string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy)
+	ReplicaState       string  `json:"replica_state,omitempty"` // in_sync, behind, ahead, none (neither has any), restored (restored here: the head to be), restored_from_replica (restored by the service, not streamed yet), conflict (never streamed, the replica holds another copy), superseded, delete_pending (deleted here, the replica not erased yet; with no file here, version, size and modified are zero)
 	ReplicaError       string  `json:"replica_error,omitempty"`
 	replicaErr         error   // as ReplicaError
 	neverStreamed      bool    // ReplicaCopy.NeverStreamed (what a "conflict" is)
 	restoredSuperseded bool    // ReplicaCopy.RestoredSuperseded (what a "conflict" is)
 	newerGeneration    int64   // ReplicaCopy.NewerGeneration (a "superseded" copy's)
+	noFile             bool    // a pending delete's tenant, with no file here
+}
+
+// pendingDeletes returns the tenants deleted in dir whose replica is not
+// erased yet (sqliteproxy.PendingDeletes).
+func (e *env) pendingDeletes(dir string) (map[string]bool, bool) {
+	ids, err := sqliteproxy.PendingDeletes(e.ctx, dir)
+	if err != nil {
+		e.errorf("status: %s", errText(err))
+		return nil, false
+	}
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m, true
+}
+
+// fileExists reports whether anything is at path.
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
 type appliedStatus struct {
@@ -629,12 +651,33 @@ func (e *env) status(args []string) (status int) {
 		return st
 	}
 	defer e.closeProxy(p, &status)
-	ids, ok := e.tenantIDs(p, "status", pos)
-	if !ok {
+	// With -replica, tenants deleted here whose replica is not erased
+	// yet are listed too (a pending delete), file or not.
+	var deleted map[string]bool
+	if withReplica {
+		if deleted, ok = e.pendingDeletes(*f.dir); !ok {
+			return exitFailed
+		}
+	}
+	var ids []string
+	if len(pos) == 1 && deleted[pos[0]] {
+		ids = pos
+	} else if ids, ok = e.tenantIDs(p, "status", pos); !ok {
 		if *asJSON {
 			fmt.Fprintln(e.stdout, "[]") // an array always, as tenants -json and query -json print
 		}
 		return exitFailed
+	}
+	if len(pos) == 0 && len(deleted) > 0 {
+		listed := map[string]bool{}
+		for _, id := range ids {
+			listed[id] = true
+		}
+		for _, id := range slices.Sorted(maps.Keys(deleted)) {
+			if !listed[id] {
+				ids = append(ids, id) // after the others: no file
+			}
+		}
 	}
 	var b *bar
 	if len(pos) == 0 {
@@ -645,7 +688,10 @@ func (e *env) status(args []string) (status int) {
 		if e.ctx.Err() != nil {
 			break
 		}
-		ts := e.tenantStatus(p, id, *mig != "")
+		ts := tenantStatus{Tenant: id, noFile: true}
+		if path, err := p.TenantPath(id); err != nil || !deleted[id] || fileExists(path) {
+			ts = e.tenantStatus(p, id, *mig != "")
+		}
 		if withReplica {
 			e.replicaStatus(&ts, *replica, *f.dir)
 		}
@@ -694,11 +740,14 @@ func (e *env) status(args []string) (status int) {
 			default:
 				pending = fmt.Sprintf("%d: %s", len(ts.Pending), strings.Join(ts.Pending, ", "))
 			}
-			mod := "?"
+			mod, size := "?", humanSize(ts.SizeBytes)
 			if !ts.Modified.IsZero() {
 				mod = ts.Modified.Local().Format(time.DateTime)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", ts.Tenant, version, pending, humanSize(ts.SizeBytes), mod)
+			if ts.noFile {
+				version, pending, size, mod = "-", "-", "-", "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s", ts.Tenant, version, pending, size, mod)
 			if withReplica {
 				fmt.Fprintf(tw, "\t%s", ts.replicaText())
 			}

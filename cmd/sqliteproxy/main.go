@@ -67,8 +67,10 @@
 // Litestream recorded beside each tenant's file with its replica's:
 // behind (not uploaded yet), in sync, ahead (the replica has transactions
 // this copy lacks: written elsewhere since), restored (restored on purpose:
-// the replica's head to be) or never streamed (made without replication
-// beside a replica holding another copy: the service refuses it).
+// the replica's head to be), never streamed (made without replication
+// beside a replica holding another copy: the service refuses it) or
+// deleted here (its replica not erased yet: the object store was down;
+// listed even with no file here).
 //
 // tenants, create, backup, migrate, status and check are safe while a
 // service uses the directory (SQLite's locking; migrate applies each

@@ -1403,13 +1403,22 @@ func fakeLTX(t *testing.T, dir string, level int, maxTXID uint64) {
 // replica (faked here: no Litestream runs).
 func TestStatusReplica(t *testing.T) {
 	t.Parallel()
-	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech", "newco", "plainco", "restco")
+	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "backco", "globex", "initech", "newco", "plainco", "restco")
 	root := t.TempDir()
 	url := "file://" + root
 	// acme: in sync at 7; globex: 3 not uploaded yet; initech: written
 	// elsewhere (2 more in the replica); newco: never replicated; plainco:
 	// never streamed, beside a replica of its own; restco: restored here
-	// (an empty marker counts), the replica ahead.
+	// (an empty marker counts), the replica ahead. deadco: deleted here
+	// with its replica not erased (DeleteTenant with the store down: the
+	// marker, no file); backco: the same, and made again here since.
+	for _, id := range []string{"deadco", "backco"} {
+		if err := os.WriteFile(filepath.Join(dir, "."+id+".db-deleted"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fakeLTX(t, filepath.Join(root, "deadco"), 0, 4)
+	fakeLTX(t, filepath.Join(root, "backco"), 0, 2)
 	fakeLTX(t, filepath.Join(root, "plainco"), 0, 3)
 	fakeLTX(t, filepath.Join(root, "restco"), 0, 5)
 	if err := os.WriteFile(filepath.Join(dir, ".restco.db-restored"), nil, 0o600); err != nil {
@@ -1436,11 +1445,13 @@ func TestStatusReplica(t *testing.T) {
 	want := [][]string{
 		{"TENANT", "REPLICA"},
 		{"acme", "in sync (txid 7)"},
+		{"backco", "deleted here before this file was made, its replica (txid 2) not erased yet: erased before the service streams this file"},
 		{"globex", "behind by 3"},
 		{"initech", "ahead by 2 (written elsewhere)"},
 		{"newco", "not replicated"},
 		{"plainco", "never streamed, the replica holds another copy (txid 3): refused until one is chosen"},
 		{"restco", "restored here (becomes the replica's head when the service opens it)"},
+		{"deadco", "deleted here, its replica (txid 4) not erased yet: erased at the tenant's next access by the service, or by delete again; until then the tenant is not made again"},
 	}
 	if diff := cmp.Diff(want, rows); diff != "" || r.stderr != "" {
 		t.Errorf("status -replica (-want +got):\n%s\n%s%s", diff, r.stdout, r.stderr)
@@ -1467,13 +1478,19 @@ func TestStatusReplica(t *testing.T) {
 		}
 		gotPos = append(gotPos, pos{*ts.ReplicaLocalTXID, *ts.ReplicaTXID, ts.ReplicaState})
 	}
-	if diff := cmp.Diff([]pos{{7, 7, "in_sync"}, {9, 6, "behind"}, {4, 6, "ahead"}, {0, 0, "none"}, {0, 3, "conflict"}, {0, 5, "restored"}}, gotPos); diff != "" {
+	if diff := cmp.Diff([]pos{{7, 7, "in_sync"}, {0, 2, "delete_pending"}, {9, 6, "behind"}, {4, 6, "ahead"}, {0, 0, "none"}, {0, 3, "conflict"}, {0, 5, "restored"}, {0, 4, "delete_pending"}}, gotPos); diff != "" {
 		t.Errorf("status -replica -json (-want +got):\n%s", diff)
 	}
 	if !strings.Contains(r.stdout, `"replica_local_txid": 7,`) || !strings.Contains(r.stdout, `"replica_state": "in_sync"`) {
 		t.Errorf("JSON field names:\n%s", r.stdout)
 	}
 	unchanged(t, dir, before)
+	// Named, the pending delete with no file is found with -replica only.
+	r = cli(t, nil, "status", "-dir", dir, "-replica", url, "deadco").want(t, exitOK)
+	if !strings.Contains(r.stdout, "deleted here, its replica (txid 4) not erased yet") {
+		t.Errorf("status -replica deadco:\n%s", r.stdout)
+	}
+	cli(t, nil, "status", "-dir", dir, "deadco").want(t, exitFailed)
 
 	// A replica that cannot be read: the tenant is reported, exit 1.
 	r = cli(t, nil, "status", "-dir", dir, "-replica", "gs://bucket/x", "acme").want(t, exitFailed)

@@ -156,6 +156,8 @@ func (e *env) replicaStatus(ts *tenantStatus, replicaURL, dir string) {
 	ts.neverStreamed, ts.restoredSuperseded = c.NeverStreamed, c.RestoredSuperseded
 	ts.newerGeneration = c.NewerGeneration
 	switch {
+	case c.DeletePending:
+		ts.ReplicaState = "delete_pending"
 	case c.NewerGeneration != 0 && !c.Restored:
 		// With Ownership a node that takes the tenant replaces this copy
 		// (a restore here is decided by its own rules, below).
@@ -192,6 +194,11 @@ func (ts *tenantStatus) replicaText() string {
 		return "not replicated"
 	case "in_sync":
 		return fmt.Sprintf("in sync (txid %d)", replica)
+	case "delete_pending":
+		if ts.noFile {
+			return fmt.Sprintf("deleted here, its replica (txid %d) not erased yet: erased at the tenant's next access by the service, or by delete again; until then the tenant is not made again", replica)
+		}
+		return fmt.Sprintf("deleted here before this file was made, its replica (txid %d) not erased yet: erased before the service streams this file", replica)
 	case "superseded":
 		return fmt.Sprintf("superseded: generation %d of the replica is newer (txid %d; another node owned and wrote the tenant since), and a node that takes the tenant replaces this copy", ts.newerGeneration, replica)
 	case "behind":
