@@ -349,11 +349,18 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 		return err
 	}
 	defer t.unpin()
+	// Where the system writes it, and only there: "lnk/../x.db" is beside
+	// lnk's target (a bucket of the data directory), not beside lnk.
+	given := dstPath
+	dstPath, err = dirs.Resolve(dstPath)
+	if err != nil {
+		return opError(op, id, fmt.Errorf("backup destination %s: %w", given, err))
+	}
 	if in, err := dirs.Inside(dstPath, p.c.r.cfg.Dir); err != nil || in {
 		if err == nil {
-			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", dstPath, p.c.r.cfg.Dir)
+			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", given, p.c.r.cfg.Dir)
 		} else {
-			err = fmt.Errorf("backup destination %s: %w", dstPath, err)
+			err = fmt.Errorf("backup destination %s: %w", given, err)
 		}
 		return opError(op, id, err)
 	}

@@ -909,3 +909,42 @@ func TestBackupSteps_BusyIsAnError(t *testing.T) {
 		t.Errorf("a backup whose source is locked: %v, want SQLITE_BUSY", err)
 	}
 }
+
+// A backup destination spelled through a symlink into the data directory
+// and then ".." (backups/lnk/../<bucket>/t2.db, lnk a bucket folder) is,
+// for the system, another bucket of the data directory: the check cleaned
+// ".." away first (backups/<bucket>/t2.db, outside) and the backup was
+// renamed over tenant t2's live file (adv30).
+func TestBackupTenant_DotDotThroughLinkIntoDataDirRefused(t *testing.T) {
+	base := t.TempDir()
+	dir, bk := filepath.Join(base, "data"), filepath.Join(base, "bk")
+	if err := os.Mkdir(bk, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	for _, id := range []string{"t1", "t2"} {
+		insertN(t, p, id, 1)
+	}
+	if err := os.Symlink(filepath.Join(dir, bucketOf("t1")), filepath.Join(bk, "lnk")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(bk, bucketOf("t2")), 0o700); err != nil { // the lexical parent exists
+		t.Fatal(err)
+	}
+	for _, dst := range []string{
+		filepath.Join(bk, "lnk") + "/../" + bucketOf("t2") + "/t2.db", // over t2's file
+		filepath.Join(bk, "lnk") + "/../" + bucketOf("t2") + "/t9.db", // a new name in the data directory
+	} {
+		err := p.BackupTenant(context.Background(), "t1", dst)
+		if err == nil || !strings.Contains(err.Error(), "inside the data directory") {
+			t.Errorf("BackupTenant(t1, %s) = %v, want it refused as inside the data directory", dst, err)
+		}
+	}
+	var tenant string
+	if err := p.QueryRowContext(tctx("t2"), `SELECT tenant FROM events`).Scan(&tenant); err != nil || tenant != "t2" {
+		t.Fatalf("t2 reads %q (%v) after the backups", tenant, err)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, bucketOf("t2"), "t9.db")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a backup was written into the data directory as t9.db: %v", err)
+	}
+}

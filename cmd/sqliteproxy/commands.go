@@ -261,20 +261,30 @@ func (e *env) backup(args []string) (status int) {
 	if *all {
 		return e.backupAll(f, pos[0], *force)
 	}
-	id, dst := pos[0], pos[1]
+	id, given := pos[0], pos[1]
 	if !e.checkID(f, id) {
 		return exitUsage
 	}
-	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
-		e.errorf("backup: %s is a directory; name the backup file", dst)
+	if fi, err := os.Stat(given); err == nil && fi.IsDir() {
+		e.errorf("backup: %s is a directory; name the backup file", given)
 		return exitUsage
 	}
-	if err := requireDir("backup directory", filepath.Dir(dst)); err != nil {
+	if err := requireDir("backup directory", filepath.Dir(given)); err != nil {
+		e.errorf("backup: %v", err)
+		return exitUsage
+	}
+	// As the system resolves it ("lnk/../x.db" is beside lnk's target,
+	// where filepath.Dir above looked), for the checks and the write alike.
+	dst, err := dirs.Resolve(given)
+	if err == nil {
+		err = requireDir("backup directory", filepath.Dir(dst))
+	}
+	if err != nil {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
 	if insideData(dst, *f.dir) {
-		e.errorf("backup: %s is in the data directory; write backups elsewhere", dst)
+		e.errorf("backup: %s is in the data directory; write backups elsewhere", given)
 		return exitUsage
 	}
 	p, st, ok := e.open(f, "")
@@ -286,13 +296,19 @@ func (e *env) backup(args []string) (status int) {
 		e.tenantErr("backup", id, notFound(p, id, err))
 		return exitFailed
 	}
-	fmt.Fprintf(e.stdout, "backed up tenant %s to %s\n", id, dst)
+	fmt.Fprintf(e.stdout, "backed up tenant %s to %s\n", id, given)
 	return exitOK
 }
 
 func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
+	given := dir
+	dir, err := dirs.Resolve(dir)
+	if err != nil {
+		e.errorf("backup: %v", err)
+		return exitUsage
+	}
 	if insideData(dir, *f.dir) {
-		e.errorf("backup: -all %s is in the data directory; write backups elsewhere", dir)
+		e.errorf("backup: -all %s is in the data directory; write backups elsewhere", given)
 		return exitUsage
 	}
 	p, st, ok := e.open(f, "")
@@ -331,7 +347,7 @@ func (e *env) backupAll(f *flags, dir string, force bool) (status int) {
 	if e.interrupted() {
 		return exitFailed
 	}
-	fmt.Fprintf(e.stdout, "backed up %d of %d tenants to %s\n", done-(len(failed)-nstrays), len(ids)+nstrays, dir)
+	fmt.Fprintf(e.stdout, "backed up %d of %d tenants to %s\n", done-(len(failed)-nstrays), len(ids)+nstrays, given)
 	if len(failed) > 0 {
 		return exitFailed
 	}

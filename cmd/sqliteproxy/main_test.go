@@ -1637,3 +1637,45 @@ func wantStrays(t *testing.T, args []string, want string) (out string) {
 	}
 	return out
 }
+
+// TestBackupDotDotThroughLinkRefused: a destination spelled through a
+// symlink to a bucket folder and then ".." is, for the system, in the data
+// directory; backup checked the lexically cleaned path (outside) and, with
+// -force, wrote t1's rows over tenant t2's file (adv30). -all likewise.
+func TestBackupDotDotThroughLinkRefused(t *testing.T) {
+	t.Parallel()
+	dir, bk := t.TempDir(), t.TempDir()
+	withProxyLayout(t, dir, migrationsDir(t, "0001_init.sql"), "buckets", func(p *sqliteproxy.Proxy) {
+		for _, id := range []string{"t1", "t2"} {
+			if _, err := p.ExecContext(sqliteproxytest.Context(t, id), `INSERT INTO events (type) VALUES (?)`, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t1, err := filepath.Glob(filepath.Join(dir, "*", "t1.db"))
+	if err != nil || len(t1) != 1 {
+		t.Fatalf("t1's file: %v %v", t1, err)
+	}
+	t2, err := filepath.Glob(filepath.Join(dir, "*", "t2.db"))
+	if err != nil || len(t2) != 1 {
+		t.Fatalf("t2's file: %v %v", t2, err)
+	}
+	b2 := filepath.Base(filepath.Dir(t2[0]))
+	if err := os.Symlink(filepath.Dir(t1[0]), filepath.Join(bk, "lnk")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(bk, b2), 0o700); err != nil { // the lexical parent exists
+		t.Fatal(err)
+	}
+	before := snapshot(t, dir)
+	dst := filepath.Join(bk, "lnk") + "/../" + b2 + "/t2.db"
+	r := cli(t, nil, "backup", "-dir", dir, "-force", "t1", dst).want(t, exitUsage)
+	if !strings.Contains(r.stderr, "is in the data directory") {
+		t.Errorf("backup to %s: %q", dst, r.stderr)
+	}
+	r = cli(t, nil, "backup", "-dir", dir, "-all", filepath.Join(bk, "lnk")+"/..").want(t, exitUsage)
+	if !strings.Contains(r.stderr, "is in the data directory") {
+		t.Errorf("backup -all into lnk/..: %q", r.stderr)
+	}
+	unchanged(t, dir, before)
+}

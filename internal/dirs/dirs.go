@@ -9,9 +9,9 @@ import (
 )
 
 // Inside reports whether path is root or lies anywhere under it, on disk:
-// symbolic links and relative or differently spelled paths are resolved,
-// and path need not exist (its nearest existing ancestor is resolved). A
-// root that does not exist holds nothing.
+// symbolic links and relative or differently spelled paths are resolved
+// (Resolve), and path need not exist. A root that does not exist holds
+// nothing.
 func Inside(path, root string) (bool, error) {
 	ri, err := os.Stat(root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -19,26 +19,9 @@ func Inside(path, root string) (bool, error) {
 	} else if err != nil {
 		return false, err
 	}
-	abs, err := filepath.Abs(path)
+	abs, err := Resolve(path)
 	if err != nil {
 		return false, err
-	}
-	// The nearest existing ancestor, with its links resolved: from there
-	// on, lexical parents are the parents on disk.
-	for {
-		resolved, err := filepath.EvalSymlinks(abs)
-		if err == nil {
-			abs = resolved
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return false, err
-		}
-		parent := filepath.Dir(abs)
-		if parent == abs {
-			return false, err
-		}
-		abs = parent
 	}
 	for d := abs; ; d = filepath.Dir(d) {
 		if di, err := os.Stat(d); err == nil && os.SameFile(di, ri) {
@@ -48,4 +31,58 @@ func Inside(path, root string) (bool, error) {
 			return false, nil
 		}
 	}
+}
+
+// Resolve returns the absolute path, free of symbolic links, of what the
+// system opens at path: its nearest existing ancestor resolved, and the
+// rest (which does not exist) joined to it. A ".." is applied after the
+// links before it are followed, as the system does: "lnk/../x" is x beside
+// lnk's target, not beside lnk (filepath.Abs and filepath.Dir clean it
+// away first, so a check on their result and a write to path could name
+// two places).
+func Resolve(path string) (string, error) {
+	abs := path
+	if !filepath.IsAbs(abs) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return "", err
+		}
+		abs = wd + string(filepath.Separator) + abs // not Join: it cleans
+	}
+	var rest []string
+	for {
+		resolved, err := filepath.EvalSymlinks(abs)
+		if err == nil {
+			return filepath.Join(append([]string{resolved}, rest...)...), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", err
+		}
+		parent, last := splitLast(abs)
+		if parent == abs {
+			return "", err
+		}
+		abs, rest = parent, append([]string{last}, rest...)
+	}
+}
+
+// splitLast splits p at its last separator (trailing ones dropped),
+// without cleaning either part.
+func splitLast(p string) (parent, last string) {
+	vol := len(filepath.VolumeName(p))
+	end := len(p)
+	for end > vol+1 && os.IsPathSeparator(p[end-1]) {
+		end--
+	}
+	i := end - 1
+	for i >= vol && !os.IsPathSeparator(p[i]) {
+		i--
+	}
+	if i < vol {
+		return p, ""
+	}
+	if i == vol { // the root
+		return p[:vol+1], p[vol+1 : end]
+	}
+	return p[:i], p[i+1 : end]
 }

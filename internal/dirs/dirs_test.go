@@ -27,10 +27,20 @@ func TestInside(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A link out of the backups into a bucket: "../" after it is the data
+	// directory itself, as the system resolves it (filepath.Join would
+	// clean it to the backups' own folder).
+	bucketLink := filepath.Join(other, "lnk")
+	if err := os.Symlink(filepath.Join(root, "82"), bucketLink); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		path, root string
 		want       bool
 	}{
+		{bucketLink + "/../acme.db", root, true},
+		{bucketLink + "/../c4/new.db", root, true},
+		{bucketLink + "/../../backups/x.db", root, false},
 		{root, root, true},
 		{filepath.Join(root, "acme.db"), root, true},
 		{filepath.Join(root, "82", "acme.db"), root, true},
@@ -47,6 +57,31 @@ func TestInside(t *testing.T) {
 		got, err := Inside(tc.path, tc.root)
 		if err != nil || got != tc.want {
 			t.Errorf("Inside(%q, %q) = %v, %v; want %v", tc.path, tc.root, got, err, tc.want)
+		}
+	}
+}
+
+func TestResolve(t *testing.T) {
+	base := t.TempDir()
+	base, err := filepath.EvalSymlinks(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(base, "a", "b"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(base, "a", "b"), filepath.Join(base, "l")); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{base + "/l/x.db", base + "/a/b/x.db"},
+		{base + "/l/../x.db", base + "/a/x.db"},
+		{base + "/l/../new/deeper/", base + "/a/new/deeper"},
+		{base + "/a//b/./x.db", base + "/a/b/x.db"},
+	} {
+		got, err := Resolve(tc.path)
+		if err != nil || got != tc.want {
+			t.Errorf("Resolve(%q) = %q, %v; want %q", tc.path, got, err, tc.want)
 		}
 	}
 }
