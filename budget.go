@@ -231,7 +231,8 @@ func (b *budget) openTenants() []*tenant {
 // reserve counts one more connection for t, waiting for a slot if needed
 // and evicting the least recently used idle tenant to make one. The caller
 // holds t's writer semaphore, which lets t itself be evicted when its
-// readers are all idle.
+// readers are all idle (its writer is then taken to be the caller's, and
+// closed), or a lease aside (leaseAside), which keeps t from being evicted.
 func (r *router) reserve(ctx context.Context, t *tenant) error {
 	return r.reserveBy(ctx, t, time.Time{})
 }

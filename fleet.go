@@ -180,16 +180,13 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 	}
 	if t.ready.Load() && !r.accessOpts.servePending {
 		// Checked (or migrated) by this process already, against the same
-		// list: nothing to do, and no need to wait for its writer, which
-		// live traffic may hold in a long transaction. (In MigrateManual
-		// mode a ready tenant may be behind: look.) Unless another proxy
-		// is present, which may have rolled it back: a look at its ledger
-		// on a connection of its own tells, without the writer. (MigrateAll
-		// reported such a tenant up to date, and left it behind.)
-		if !othersPresent(r.presence) {
-			return nil, nil
-		}
-		if n, err := r.peekLedger(ctx, t); err == nil && n == len(r.mig.list) {
+		// list, but another proxy, present or gone since (the CLI's
+		// migrate -down-to), may have rolled it back: MigrateAll reported
+		// such a tenant up to date, and left it behind. A look at its
+		// ledger on a connection of its own tells, without waiting for its
+		// writer, which live traffic may hold in a long transaction. (In
+		// MigrateManual mode a ready tenant may be behind: look.)
+		if n, err := r.peekLedgerAside(ctx, t); err == nil && n == len(r.mig.list) {
 			return nil, nil
 		}
 	}
@@ -306,6 +303,37 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 	return err
 }
 
+// errEvicting: a tenant being evicted, which a look aside waits out.
+var errEvicting = errors.New("the tenant is being closed")
+
+// peekLedgerAside is peekLedger of t, open here, without t's writer
+// semaphore (live traffic may hold it in a long transaction): on one of its
+// readers, as a read of live traffic's (a connection of its own would wait
+// for room in a full budget, which t's idle readers take), or without
+// readers on a connection of its own that counts as a leased reader of t
+// meanwhile. Made room for as peekLedger's is, it evicted t itself:
+// reserve's caller may, as if it held t's writer, which it closed under a
+// transaction or a group commit that had it leased.
+func (r *router) peekLedgerAside(ctx context.Context, t *tenant) (int, error) {
+	if r.cfg.ReadersPerTenant != 0 {
+		pc, err := t.acquireReader(ctx)
+		if err != nil {
+			return 0, err
+		}
+		defer t.release(pc)
+		rows, err := ledger(ctx, pc.c)
+		if err != nil {
+			return 0, err
+		}
+		return r.mig.check(rows)
+	}
+	if !t.leaseAside() {
+		return 0, errEvicting
+	}
+	defer t.endAside()
+	return r.peekLedger(ctx, t)
+}
+
 // peekLedger reads t's ledger on a read-only connection of its own (within
 // the budget) and checks it. When the tenant has no -wal file (it is not
 // open anywhere, or was closed cleanly) the file is opened immutable: no
@@ -315,7 +343,7 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // (unless another process rolls the tenant back at that very moment: the
 // caller then acts as if it ran just before that rollback), and anything
 // pending (or to roll back) is re-checked under BEGIN IMMEDIATE first.
-// The caller holds t's writer semaphore.
+// The caller holds t's writer semaphore, or a lease aside of t.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)
 	if err != nil {

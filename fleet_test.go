@@ -590,30 +590,97 @@ func TestMigrateAll_OtherProxyKeepsReading(t *testing.T) {
 // A tenant this process had checked (ready) and another proxy rolled back:
 // MigrateAll took it as up to date ("applied 0") and left it behind.
 func TestMigrateAll_RolledBackByAnotherProxy(t *testing.T) {
-	dir := t.TempDir()
-	fsys := fstest.MapFS{
-		"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
-		"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
-		"0002_b.down.sql": {Data: []byte(`DROP TABLE b`)},
+	// gone: the other proxy (the CLI's migrate -down-to) has exited by the
+	// time of MigrateAll, which then trusted the tenant it had checked
+	// (adv29); its writes to b failed "no such table" until it was closed.
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gone=%v", gone), func(t *testing.T) {
+			dir := t.TempDir()
+			fsys := fstest.MapFS{
+				"0001_a.sql":      {Data: []byte(`CREATE TABLE a (x)`)},
+				"0002_b.sql":      {Data: []byte(`CREATE TABLE b (x)`)},
+				"0002_b.down.sql": {Data: []byte(`DROP TABLE b`)},
+			}
+			service := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys})
+			if _, err := service.ExecContext(tctx("acme"), `INSERT INTO b VALUES (1)`); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := service.ExecContext(tctx("acme"), `DELETE FROM b`); err != nil {
+				t.Fatal(err)
+			}
+			ops := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
+			if rep, err := ops.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || len(rep.Failed) != 0 {
+				t.Fatalf("Rollback: %+v, %v", rep, err)
+			}
+			if gone {
+				if err := ops.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := service.MigrateAll(context.Background(), MigrateOptions{})
+			if err != nil || rep.Applied != 1 || len(rep.Failed) != 0 {
+				t.Errorf("MigrateAll after another proxy's rollback: %+v, %v; want one migration applied", rep, err)
+			}
+			st, err := service.MigrationStatus(context.Background(), "acme")
+			if err != nil || len(st.Applied) != 2 || len(st.Pending) != 0 {
+				t.Errorf("status: %+v, %v", st, err)
+			}
+			if _, err := service.ExecContext(tctx("acme"), `INSERT INTO b VALUES (2)`); err != nil {
+				t.Errorf("a write to b after MigrateAll: %v", err)
+			}
+		})
 	}
-	service := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys})
-	if _, err := service.ExecContext(tctx("acme"), `INSERT INTO b VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := service.ExecContext(tctx("acme"), `DELETE FROM b`); err != nil {
-		t.Fatal(err)
-	}
-	ops := newTestProxy(t, Config{Dir: dir, MigrationsFS: fsys, MigrationMode: MigrateManual})
-	if rep, err := ops.Rollback(context.Background(), RollbackOptions{To: 1}); err != nil || len(rep.Failed) != 0 {
-		t.Fatalf("Rollback: %+v, %v", rep, err)
-	}
-	rep, err := service.MigrateAll(context.Background(), MigrateOptions{})
-	if err != nil || rep.Applied != 1 || len(rep.Failed) != 0 {
-		t.Errorf("MigrateAll after another proxy's rollback: %+v, %v; want one migration applied", rep, err)
-	}
-	st, err := ops.MigrationStatus(context.Background(), "acme")
-	if err != nil || len(st.Applied) != 2 || len(st.Pending) != 0 {
-		t.Errorf("status: %+v, %v", st, err)
+}
+
+// MigrateAll's look at the ledger of a tenant open here (another proxy
+// present) made room for its connection in a full budget by evicting that
+// very tenant, as if it held its writer: the writer was closed under a
+// transaction that had it leased ("out of memory" from its next statement
+// and its commit, rows lost; under group commit a SIGSEGV in a prepare on
+// the closed connection) (adv29).
+func TestMigrateAll_LookBesideTransactionKeepsItsWriter(t *testing.T) {
+	for _, readers := range []int{1, -1} {
+		t.Run(fmt.Sprintf("readers=%d", readers), func(t *testing.T) {
+			dir := t.TempDir()
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, MaxConnections: 2, ReadersPerTenant: readers})
+			newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}}) // another proxy on the directory
+			ctx := tctx("acme")
+			if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+				t.Fatal(err)
+			}
+			// The budget (2) full: acme's reader, or another tenant.
+			if readers > 0 {
+				countRows(t, p, "acme")
+			} else {
+				insertN(t, p, "globex", 1)
+			}
+			tx, err := p.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx')`); err != nil {
+				t.Fatal(err)
+			}
+			mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			rep, merr := p.MigrateAll(mctx, MigrateOptions{Tenants: []string{"acme"}})
+			if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx 2')`); err != nil {
+				t.Fatalf("the transaction's statement after MigrateAll (%+v, %v): %v", rep, merr, err)
+			}
+			if err := tx.Commit(); err != nil {
+				t.Fatalf("commit after MigrateAll: %v", err)
+			}
+			if n := countRows(t, p, "acme"); n != 3 {
+				t.Errorf("%d rows, want 3", n)
+			}
+			if merr != nil || len(rep.Failed) != 0 {
+				t.Errorf("MigrateAll beside the transaction: %+v, %v", rep, merr)
+			}
+			if st := p.Stats(); st.OpenConnections > st.MaxConnections {
+				t.Errorf("stats: %+v", st)
+			}
+		})
 	}
 }
 
