@@ -948,3 +948,47 @@ func TestBackupTenant_DotDotThroughLinkIntoDataDirRefused(t *testing.T) {
 		t.Errorf("a backup was written into the data directory as t9.db: %v", err)
 	}
 }
+
+// A marker the driver writes beside a tenant's file that is a symbolic
+// link is refused, not written through: RestoreTenant truncated and
+// overwrote a file outside the data directory through .acme.db-restored
+// (adv30), and creating an empty marker made a file at a dangling link's
+// target.
+func TestRestoreTenant_MarkerSymlinkNotWrittenThrough(t *testing.T) {
+	base := t.TempDir()
+	dir, outside := filepath.Join(base, "data"), filepath.Join(base, "outside")
+	if err := os.Mkdir(outside, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	victim := filepath.Join(outside, "victim")
+	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "src", 2)
+	bak := filepath.Join(base, "src.bak")
+	if err := p.BackupTenant(context.Background(), "src", bak); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, restoredMarker(filepath.Join(dir, "acme.db"))); err != nil {
+		t.Fatal(err)
+	}
+	err := p.RestoreTenant(context.Background(), "acme", bak)
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("RestoreTenant (%v) wrote through the symlinked marker to a file outside the data directory: it holds %q", err, b)
+	}
+	if err == nil || !errors.Is(err, errNotTenantFile) {
+		t.Errorf("RestoreTenant beside a symlinked marker: %v, want it refused", err)
+	}
+	dangling := filepath.Join(dir, ".x.db-unsynced")
+	target := filepath.Join(outside, "made")
+	if err := os.Symlink(target, dangling); err != nil {
+		t.Fatal(err)
+	}
+	if err := touchFile(dangling); err == nil {
+		t.Error("touchFile of a dangling symlink succeeded")
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("touchFile made a file at a dangling link's target: %v", err)
+	}
+}

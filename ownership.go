@@ -721,7 +721,7 @@ func writeGenMarker(p string, gen int64) error {
 	if readGenMarker(p) == gen {
 		return nil
 	}
-	return os.WriteFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"), 0o600)
+	return writeSideFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"))
 }
 
 // Generation reports the generation tenant id streams to while this node

@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -1672,7 +1673,7 @@ func (rp *replicator) erasable() bool {
 // (a delete is how space is freed), an empty marker is kept the same way.
 func markDeleted(t *tenant) error {
 	m := deletedMarker(t.path)
-	f, err := os.OpenFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openSideFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return err
 	}
@@ -1792,7 +1793,7 @@ func markRestored(p, tmp string, b *restoreBound) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(restoredMarker(p), restoredText(fi, b), 0o600)
+	return writeSideFile(restoredMarker(p), restoredText(fi, b))
 }
 
 // restoredText is what the restored marker of the file fi holds: its
@@ -1824,7 +1825,7 @@ func rewriteRestoredGen(p string, gen int64) error {
 		return err
 	}
 	tmp := restoredMarker(p) + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openSideFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return err
 	}
@@ -1902,7 +1903,7 @@ func markFromReplica(p, tmp, key string, pos uint64) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(fromReplicaMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := openSideFile(fromReplicaMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return err
 	}
@@ -2000,11 +2001,35 @@ func restoredOnPurpose(p string, local uint64) (bool, *restoreBound, error) {
 
 // touchFile creates an empty file at p (mode 0600) if there is none.
 func touchFile(p string) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := openSideFile(p, os.O_WRONLY|os.O_CREATE)
 	if err != nil {
 		return err
 	}
 	return f.Close()
+}
+
+// openSideFile opens p, a file the driver keeps beside a tenant's file (a
+// marker), for writing with flag (mode 0600 if created), refusing a
+// symbolic link: written through one, a file outside the data directory
+// was truncated and overwritten (a restore's marker, adv30), and O_CREATE
+// made one at a dangling link's target.
+func openSideFile(p string, flag int) (*os.File, error) {
+	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		err = fmt.Errorf("%w: %s is a symbolic link; the driver's files beside tenant files are its own, written in the data directory only", errNotTenantFile, p)
+	}
+	return f, err
+}
+
+// writeSideFile writes b to the side file p (openSideFile), replacing
+// what it held.
+func writeSideFile(p string, b []byte) error {
+	f, err := openSideFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	return errors.Join(err, f.Close())
 }
 
 // removeIfExists removes p, if it exists.
