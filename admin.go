@@ -993,6 +993,13 @@ func copyVerified(ctx context.Context, src, dst string) error {
 			}
 		}
 	}
+	if n := linkCount(fi); live && n > 1 && werr != nil {
+		// Its -wal is beside the name its user opened, which SQLite,
+		// opening this one, does not look for: the copy lacked the
+		// commits still in it, and the restore said it was done (a
+		// hard-link snapshot, cp -al, of a live database; adv30).
+		return fmt.Errorf("%s is in use by a process and has %d names (hard links), and no -wal beside this one: the -wal beside the name that process opened would not be read, nor the commits in it; restore from that name, or once it is closed", src, n)
+	}
 	_, jerr := os.Lstat(src + "-journal")
 	params := "?mode=ro&immutable=1"
 	if live {

@@ -470,3 +470,42 @@ func TestSweep_RemovesACreationsSecondName(t *testing.T) {
 		t.Errorf("acme: %d rows", n)
 	}
 }
+
+// A restore from a hard link of a database another process has open
+// (a cp -al snapshot of a live WAL database) read it without its -wal,
+// beside the name that process opened: the restore said it was done and
+// the tenant lacked the commits still in that -wal (adv30). Refused.
+func TestRestoreTenant_HardLinkOfLiveSourceRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a process")
+	}
+	dir, src := t.TempDir(), t.TempDir()
+	crashImage(t, src, "c", 10)
+	live := filepath.Join(src, "c.db")
+	stop := startChild(t, "TestHoldOpenProcess", holdOpenEnv+"="+live)
+	defer stop()
+	snap := filepath.Join(t.TempDir(), "snap.db")
+	if err := os.Link(live, snap); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestProxy(t, Config{Dir: dir})
+	err := p.RestoreTenant(context.Background(), "acme", snap)
+	if err == nil || !strings.Contains(err.Error(), "hard links") {
+		t.Fatalf("RestoreTenant from a hard link of a live database: %v, want it refused", err)
+	}
+	if ok, _ := p.TenantExists(context.Background(), "acme"); ok {
+		t.Error("the refused restore made the tenant")
+	}
+	for _, s := range []string{"-wal", "-shm"} {
+		if _, err := os.Lstat(snap + s); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s left beside the source: %v", s, err)
+		}
+	}
+	// Through its own name it is read with its -wal: all ten rows.
+	if err := p.RestoreTenant(context.Background(), "acme", live); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, p, "acme"); n != 10 {
+		t.Errorf("restored from the live name: %d rows, want 10", n)
+	}
+}
