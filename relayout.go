@@ -169,9 +169,22 @@ func sideName(p, kind string) string {
 // file in r.to as well as in r.from (not two names of one file: a crash
 // between link and unlink can leave that, and move finishes it).
 func (r *relayouter) inBoth(ids []string) error {
-	var both []string
+	var both, sides []string
 	for _, id := range ids {
 		src, dst := tenantPath(r.dir, r.from, id), tenantPath(r.dir, r.to, id)
+		// A side file in both (a stale one beside no database: a marker
+		// left by an interrupted operation) stopped the move midway, and
+		// every run after it, either way, with the directory marked as
+		// being converted.
+		srcSide, dstSide := sideFiles(src), sideFiles(dst)
+		for i := range srcSide {
+			if _, err := os.Lstat(srcSide[i]); err != nil {
+				continue
+			}
+			if _, err := os.Lstat(dstSide[i]); !errors.Is(err, fs.ErrNotExist) {
+				sides = append(sides, fmt.Sprintf("%s and %s", srcSide[i], dstSide[i]))
+			}
+		}
 		fi, err := os.Lstat(dst)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -183,13 +196,21 @@ func (r *relayouter) inBoth(ids []string) error {
 		}
 		both = append(both, fmt.Sprintf("%s and %s", src, dst))
 	}
-	switch {
-	case len(both) == 0:
-		return nil
-	case len(both) > 3:
-		both = append(both[:3], fmt.Sprintf("and %d more", len(both)-3))
+	if len(both) > 0 {
+		return fmt.Errorf("tenants in both layouts, nothing moved: %s; merge each pair into one file (or remove one, with its -wal), then run relayout again", firstFew(both))
 	}
-	return fmt.Errorf("tenants in both layouts, nothing moved: %s; merge each pair into one file (or remove one, with its -wal), then run relayout again", strings.Join(both, "; "))
+	if len(sides) > 0 {
+		return fmt.Errorf("side files in both layouts, nothing moved: %s; the one beside no tenant file is stale: remove it, then run relayout again", firstFew(sides))
+	}
+	return nil
+}
+
+// firstFew joins the first three of list, and says how many more.
+func firstFew(list []string) string {
+	if len(list) > 3 {
+		list = append(list[:3:3], fmt.Sprintf("and %d more", len(list)-3))
+	}
+	return strings.Join(list, "; ")
 }
 
 // misplaced fails, naming them, when r.from holds entries named like a

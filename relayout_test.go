@@ -316,6 +316,37 @@ func TestRelayout_BothPlacesRefused(t *testing.T) {
 	checkFleet(t, dir, LayoutBuckets, want)
 }
 
+// A stale side file where a tenant's would go (.t1.db-gen in t1's bucket,
+// beside no database, t1 flat with its own) stopped the move midway with
+// the directory marked as being converted, and every run after it, to
+// either layout, failed the same way: every proxy refused the directory
+// until a person removed the file (adv30). It is named before anything
+// moves.
+func TestRelayout_StaleSideFileRefusedFirst(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 2) // each with its side files
+	stale := genMarker(tenantPath(dir, LayoutBuckets, "t1"))
+	os.MkdirAll(filepath.Dir(stale), 0o700)
+	if err := os.WriteFile(stale, []byte("3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Relayout(context.Background(), dir, LayoutBuckets)
+	if err == nil || !strings.Contains(err.Error(), "side files in both layouts") || !strings.Contains(err.Error(), stale) {
+		t.Fatalf("relayout with a stale side file at t1's destination: %v", err)
+	}
+	if l, err := DirLayout(dir); err != nil || l != LayoutFlat {
+		t.Fatalf("after the refusal the directory is %v, %v; want it flat and usable", l, err)
+	}
+	if err := os.Remove(stale); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil {
+		t.Fatal(err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want) // t1's own side files moved with it
+}
+
 // Relayout is offline: it refuses a directory a proxy has open, and a
 // tenant another connection has open.
 func TestRelayout_InUse(t *testing.T) {
