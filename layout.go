@@ -77,6 +77,9 @@ func DirLayout(dir string) (Layout, error) {
 	if err == nil {
 		err = st.interrupted(dir)
 	}
+	if err == nil && st.layout == LayoutFlat {
+		err = unmarkedBuckets(dir)
+	}
 	if err != nil {
 		return 0, opError("dir layout", "", err)
 	}
@@ -177,6 +180,41 @@ func notABucket(dir string) error {
 
 func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' }
 
+// unmarkedBuckets fails when dir, without a layout marker (flat), holds
+// tenant files in bucket folders: a bucketed data directory copied without
+// its dot-files (cp -r dir/* elsewhere skips the marker). Taken for flat,
+// it was an empty directory: backups and checks of "every tenant" did
+// nothing and said so with exit status 0, a relayout to flat moved
+// nothing, and a service made new empty tenants beside the real ones
+// (adv30). It looks at each possible bucket folder (256 lstat calls).
+func unmarkedBuckets(dir string) error {
+	for b := range numBuckets {
+		folder := filepath.Join(dir, bucketName(b))
+		if fi, err := os.Lstat(folder); err != nil || !fi.IsDir() {
+			continue
+		}
+		found := ""
+		err := readDirBatches(context.Background(), folder, func(ents []os.DirEntry) bool {
+			for _, e := range ents {
+				if id, ok := tenantIDFromEntry(e); ok && bucketOf(id) == bucketName(b) {
+					found = id
+					return false
+				}
+			}
+			return true
+		})
+		if err != nil {
+			return err
+		}
+		if found != "" {
+			return fmt.Errorf("%s has no layout marker (%s), so it is flat, but holds tenant files in bucket folders (%s): a directory in the buckets layout copied without its dot-files? "+
+				"Copy its %s too, or mark it with `sqliteproxy relayout -dir %s -to buckets` (which moves nothing here)",
+				dir, layoutMarkerName, filepath.Join(bucketName(b), found+tenantFileSuffix), layoutMarkerName, dir)
+		}
+	}
+	return nil
+}
+
 // readMarker is readDirState without the bucket check.
 func readMarker(dir string) (dirState, error) {
 	f, err := openRegular(filepath.Join(dir, layoutMarkerName))
@@ -255,6 +293,9 @@ func checkLayout(dir string, l Layout, presence string) error {
 		return err
 	}
 	if st.layout == l {
+		if l == LayoutFlat {
+			return unmarkedBuckets(dir)
+		}
 		if l == LayoutBuckets {
 			// A version before layouts (2026-11-26) does not read the
 			// marker: it took every tenant for missing and wrote new flat

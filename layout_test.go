@@ -564,3 +564,41 @@ func TestLayout_BucketFolderByDotOrSymlink(t *testing.T) {
 		t.Error("a bucket folder spelt with .. and .: nil")
 	}
 }
+
+// A bucketed data directory copied without its dot-files (cp -r dir/*
+// skips the layout marker) was taken for an empty flat one: the CLI's
+// backup -all and check did nothing and exited 0, relayout -to flat moved
+// nothing, and a service would make new, empty tenants beside the real
+// ones (adv30). Each is refused, naming a tenant file found; relayout -to
+// buckets marks it again, moving nothing.
+func TestLayout_BucketsWithoutMarkerRefused(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 3)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, layoutMarkerName)); err != nil {
+		t.Fatal(err)
+	}
+	found := filepath.Join(bucketOf("acme"), "acme.db")
+	if _, err := DirLayout(dir); err == nil || !strings.Contains(err.Error(), found) {
+		t.Errorf("DirLayout of buckets without a marker: %v, want a refusal naming %s", err, found)
+	}
+	if _, err := New(Config{Dir: dir, Migrations: []string{eventsTable}}); err == nil || !strings.Contains(err.Error(), "no layout marker") {
+		t.Errorf("New (flat) of buckets without a marker: %v", err)
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutFlat); err == nil || !strings.Contains(err.Error(), found) {
+		t.Errorf("Relayout to flat of buckets without a marker: %v", err)
+	}
+	if n, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil || n != 0 {
+		t.Fatalf("Relayout to buckets: %d moved, %v", n, err)
+	}
+	if l, err := DirLayout(dir); err != nil || l != LayoutBuckets {
+		t.Fatalf("after relayout -to buckets: %v, %v", l, err)
+	}
+	p = newTestProxy(t, Config{Dir: dir, Layout: LayoutBuckets, Migrations: []string{eventsTable}, ExplicitCreate: true})
+	if n := countRows(t, p, "acme"); n != 3 {
+		t.Errorf("acme: %d rows, want 3", n)
+	}
+}

@@ -63,7 +63,7 @@ func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved i
 		// move into their buckets as in a conversion (checkLayout refuses
 		// the directory until they have).
 		if to != LayoutBuckets {
-			return 0, nil
+			return 0, opErrorOrNil(op, "", unmarkedBuckets(dir))
 		}
 		if found, err := hasFlatTenant(dir); err != nil {
 			return 0, opError(op, "", err)
