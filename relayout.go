@@ -349,7 +349,28 @@ var errOpenElsewhere = errors.New("open in another process, or another proxy of 
 // settle makes the database file at p self-contained, so that it can be
 // renamed alone: a -wal is checkpointed into it and removed, a hot
 // -journal rolled back. It fails if another process has the file open.
-func settle(p string) error {
+// Side files that survive its checkpoint with no process holding them are
+// looked at again, twice: a process that opened and closed the file
+// meanwhile (a service's eviction churn) left them for a moment, and the
+// refusal blamed permissions or a full disk (adv30).
+func settle(p string) (err error) {
+	for range 3 {
+		if err = settleOnce(p); !errors.Is(err, errSideFilesSurvived) {
+			break
+		}
+	}
+	return err
+}
+
+// settleClosed, set by tests, runs when settle has checkpointed p and
+// closed its connection.
+var settleClosed func(p string)
+
+// errSideFilesSurvived: side files outlived a checkpoint, and no process
+// holds them.
+var errSideFilesSurvived = errors.New("its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full")
+
+func settleOnce(p string) error {
 	side := false
 	for _, s := range sqliteSuffixes {
 		if _, err := os.Lstat(p + s); err == nil {
@@ -370,6 +391,9 @@ func settle(p string) error {
 	busy, err := checkpoint(c)
 	if cerr := c.Close(); err == nil {
 		err = cerr
+	}
+	if settleClosed != nil {
+		settleClosed(p)
 	}
 	if err != nil {
 		return fmt.Errorf("checkpoint %s: %w", p, err)
@@ -403,7 +427,7 @@ func settle(p string) error {
 				if in, err := openInProcess(p + "-shm"); err != nil || in {
 					return fmt.Errorf("%s is %w", p, errOpenElsewhere)
 				}
-				return fmt.Errorf("%s: its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full", p)
+				return fmt.Errorf("%s: %w", p, errSideFilesSurvived)
 			}
 		}
 		return fmt.Errorf("%s is %w", p, errOpenElsewhere)

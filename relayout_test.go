@@ -552,3 +552,38 @@ func TestRelayout_CarriesDeletedMarkers(t *testing.T) {
 		}
 	}
 }
+
+// Side files that a process left for a moment after settle's checkpoint
+// (a service opening and closing the tenant: eviction churn) made a delete
+// or restore fail blaming permissions or a full disk (adv30). They are
+// looked at again; side files that stay are still refused.
+func TestSettle_SideFilesLeftForAMomentLookedAtAgain(t *testing.T) {
+	dir := t.TempDir()
+	crashImage(t, dir, "c", 3)
+	p := filepath.Join(dir, "c.db")
+	leave := func(times int) {
+		settleClosed = func(p string) {
+			if times == 0 {
+				return
+			}
+			times--
+			for _, s := range []string{"-wal", "-shm"} {
+				if err := os.WriteFile(p+s, nil, 0o600); err != nil {
+					t.Error(err)
+				}
+			}
+		}
+	}
+	t.Cleanup(func() { settleClosed = nil })
+	leave(1)
+	if err := settle(p); err != nil {
+		t.Fatalf("settle with side files left once by another process: %v", err)
+	}
+	leave(3)
+	if err := os.WriteFile(p+"-wal", nil, 0o600); err != nil { // something to settle
+		t.Fatal(err)
+	}
+	if err := settle(p); !errors.Is(err, errSideFilesSurvived) {
+		t.Fatalf("settle with side files that stay: %v, want errSideFilesSurvived", err)
+	}
+}

@@ -138,7 +138,7 @@ func (e *env) create(args []string) (status int) {
 func (e *env) delete(args []string) (status int) {
 	f := e.newFlags("delete")
 	yes := f.Bool("yes", false, "delete without asking")
-	force := f.Bool("force", false, "delete even if another process seems to have the tenant open (on Linux: one holds its lock; elsewhere: its -wal or -shm exists)")
+	force := f.Bool("force", false, "delete even if a -wal or -shm beside the file makes the tenant look open where its locks cannot be asked (not Linux); a process that holds it open is refused all the same")
 	pos, st, ok := e.parse(f, args, 1, 1)
 	if !ok {
 		return st
@@ -393,7 +393,7 @@ func (e *env) backupOne(p *sqliteproxy.Proxy, id, dst string, force bool) error 
 // restore: replace a tenant's data with a backup, or with its replica.
 func (e *env) restore(args []string) (status int) {
 	f := e.newFlags("restore")
-	force := f.Bool("force", false, "restore even if another process seems to have the tenant open (on Linux: one holds its lock; elsewhere: its -wal or -shm exists)")
+	force := f.Bool("force", false, "restore even if a -wal or -shm beside the file makes the tenant look open where its locks cannot be asked (not Linux); a process that holds it open is refused all the same")
 	replica := f.String("replica", "", "restore from the tenant's replica <`URL`>/<ID> (file:///path, s3://bucket/prefix?endpoint=...) instead of a FILE")
 	at := f.String("at", "", "with -replica: the replica as it was at this `time` (RFC 3339, e.g. 2026-11-26T14:00:00Z); default: its latest state")
 	litestream := f.String("litestream", "", "with -replica: the litestream `binary` that fetches the replica (default: litestream on PATH)")
