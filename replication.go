@@ -891,12 +891,17 @@ type fileIdent struct {
 	size, mod int64
 }
 
+// identOf is the identity of the file fi describes.
+func identOf(fi os.FileInfo) fileIdent {
+	return fileIdent{key: "file " + fileKey(fi), size: fi.Size(), mod: fi.ModTime().UnixNano()}
+}
+
 func filesOf(p string) (s filesState) {
 	for i, name := range [...]string{p, restoredMarker(p), fromReplicaMarker(p), genMarker(p), deletedMarker(p), unsyncedMarker(p)} {
 		fi, err := os.Lstat(name)
 		switch {
 		case err == nil:
-			s.files[i] = fileIdent{key: "file " + fileKey(fi), size: fi.Size(), mod: fi.ModTime().UnixNano()}
+			s.files[i] = identOf(fi)
 		case !errors.Is(err, fs.ErrNotExist):
 			s.files[i] = fileIdent{key: err.Error()}
 		}

@@ -49,6 +49,7 @@ type templates struct {
 	dir      string         // private directory of the template, "" until made
 	lock     *os.File       // dir, flock'd while this proxy keeps it (sweepTemplateDirs)
 	path     string         // the built template, "" until built
+	ident    fileIdent      // path's file as built and checked: another is not copied
 	img      *templateImage // the template at path in memory; nil until loaded
 	// noImage is a template that could not be held in memory: its
 	// copies are made on disk, without trying again for each.
@@ -138,9 +139,17 @@ func (r *router) template(ctx context.Context) (string, error) {
 			return "", ErrClosed
 		}
 		if r.tmpl.path != "" {
-			if _, err := os.Stat(r.tmpl.path); err == nil {
+			fi, err := os.Lstat(r.tmpl.path)
+			if err == nil && identOf(fi) == r.tmpl.ident {
 				return r.tmpl.path, nil
 			}
+			if err == nil {
+				// Not the file built and checked (replaced, written to):
+				// its rows would be every new tenant's (adv29).
+				os.Remove(r.tmpl.path)
+				r.tmpl.img = nil
+			}
+			r.tmpl.path = ""
 		}
 		if r.tmpl.building == nil {
 			if err := r.startTemplateBuild(ctx); err != nil {
@@ -202,8 +211,12 @@ func (r *router) startTemplateBuild(ctx context.Context) error {
 		if err == nil && r.tmpl.closed {
 			err = ErrClosed // closed meanwhile: its directory is gone
 		}
+		var fi os.FileInfo
 		if err == nil {
-			r.tmpl.path = path
+			fi, err = os.Lstat(path)
+		}
+		if err == nil {
+			r.tmpl.path, r.tmpl.ident = path, identOf(fi)
 		}
 		r.tmpl.building, r.tmpl.built, r.tmpl.buildErr = nil, building, err
 		close(building)
@@ -405,6 +418,9 @@ func (r *router) loadImage(ctx context.Context, path string) (*templateImage, er
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
+	}
+	if fi, err := os.Lstat(path); err != nil || identOf(fi) != r.tmpl.ident {
+		return nil, errors.Join(err, fmt.Errorf("template %s: not the file built and checked", path))
 	}
 	if len(b) < 100 || b[18] != 2 || b[19] != 2 {
 		return nil, fmt.Errorf("template %s: not a WAL-mode database", path)

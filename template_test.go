@@ -443,3 +443,36 @@ func TestTemplate_BuildOutlivesItsStarter(t *testing.T) {
 		t.Errorf("Close during a build: building %v after %v", building, time.Since(start))
 	}
 }
+
+// The template file on disk was copied for each new tenant with only its
+// ledger checked: a file put in its place with the same migrations (here
+// a backup of acme) became every new tenant, acme's rows and all (adv29).
+// A template that is not the file built is built again.
+func TestTemplate_ReplacedOnDiskNotCopied(t *testing.T) {
+	memTemplateOff.Store(true) // the on-disk copy: templates too large to hold in memory
+	t.Cleanup(func() { memTemplateOff.Store(false) })
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 2)
+	backup := filepath.Join(t.TempDir(), "acme.db")
+	if err := p.BackupTenant(context.Background(), "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	path := p.c.r.tmpl.path
+	if path == "" {
+		t.Fatal("no template was built")
+	}
+	b, err := os.ReadFile(backup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateTenant(context.Background(), "globex"); err != nil {
+		t.Fatal(err)
+	}
+	if n := countRows(t, p, "globex"); n != 0 {
+		t.Errorf("new tenant globex holds %d rows copied from the file put at the template's path", n)
+	}
+}
