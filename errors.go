@@ -78,6 +78,7 @@ const (
 	opRestoreTenantAt = "restore tenant at"
 	opRestoreReplica  = "restore from replica"
 	opSyncTenant      = "sync tenant"
+	opCheckRepl       = "check replication"
 	opCheckTenant     = "check tenant"
 	opMigrate         = "migrate"
 	opMigrationStatus = "migration status"

@@ -1078,6 +1078,70 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 	return true, nil
 }
 
+// CheckReplication reports whether replication can work now: Litestream's
+// control socket (Config.LitestreamSocket) takes a connection, and the
+// object store of Config.ReplicaURL answers a listing with the credentials
+// of the environment (one request: a missing bucket, wrong credentials or
+// endpoint fail it; a file:// replica's folder, or its parent, must be a
+// directory). Call it at start-up to fail early: New checks neither, since
+// Litestream may start after the service and the store may be down a while
+// (writes go on here and are uploaded later), and each first access of a
+// tenant would fail instead. A ctx without deadline is bounded (10 s). It
+// fails when replication is off.
+func (p *Proxy) CheckReplication(ctx context.Context) error {
+	const op = opCheckRepl
+	r := p.c.r
+	if r.repl == nil {
+		return opError(op, "", errNoReplication)
+	}
+	ctx, cancel := untilClosed(ctx, r.stop)
+	defer cancel()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, releaseTimeout)
+		defer cancel()
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", r.repl.socket)
+	if err != nil {
+		return opError(op, "", fmt.Errorf("Litestream's control socket %s (Config.LitestreamSocket) takes no connection: is `litestream replicate` running with it? (%w)", r.repl.socket, err))
+	}
+	c.Close()
+	if err := r.repl.probe(ctx); err != nil {
+		return opError(op, "", fmt.Errorf("the replica store %s (Config.ReplicaURL) does not answer: %w", r.repl.base, err))
+	}
+	return nil
+}
+
+// probe asks the replica store one question that fails when it cannot be
+// used (CheckReplication).
+func (rp *replicator) probe(ctx context.Context) error {
+	u, err := url.Parse(rp.base)
+	if err != nil {
+		return err
+	}
+	switch u.Scheme {
+	case "file":
+		dir := u.Path
+		fi, err := os.Stat(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			dir = filepath.Dir(dir) // Litestream makes the folder, not its parent
+			fi, err = os.Stat(dir)
+		}
+		if err == nil && !fi.IsDir() {
+			err = fmt.Errorf("%s is not a directory", dir)
+		}
+		return err
+	case "s3":
+		c, prefix, err := s3lite.FromReplicaURL(rp.base)
+		if err != nil {
+			return err
+		}
+		return c.Probe(ctx, prefix+"/")
+	}
+	return nil // not a kind this driver lists: Litestream's first upload tells
+}
+
 // errNoReplication: an operation on replicas with Config.ReplicaURL unset.
 var errNoReplication = errors.New("replication is off (Config.ReplicaURL is empty)")
 

@@ -630,3 +630,54 @@ func TestReplication_PendingDeletesListed(t *testing.T) {
 		})
 	}
 }
+
+// CheckReplication fails early, naming what is wrong, where New checks
+// nothing outside the process and each first access failed instead (walk24).
+func TestCheckReplication(t *testing.T) {
+	plain := newTestProxy(t, Config{})
+	if err := plain.CheckReplication(context.Background()); err == nil || !strings.Contains(err.Error(), "replication is off") {
+		t.Errorf("without replication: %v", err)
+	}
+	sockDir := t.TempDir()
+	sock := filepath.Join(sockDir, "ls.sock")
+	replica := t.TempDir()
+	aFile := filepath.Join(replica, "file")
+	if err := os.WriteFile(aFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check := func(url string) error {
+		p := newTestProxy(t, Config{ReplicaURL: url, LitestreamSocket: sock, ReplicaRestorer: emptyReplica{}})
+		return p.CheckReplication(context.Background())
+	}
+	if err := check("file://" + replica); err == nil || !strings.Contains(err.Error(), "control socket "+sock) {
+		t.Errorf("no Litestream on the socket: %v", err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	for _, tc := range []struct {
+		url  string
+		want string // "" for nil
+	}{
+		{"file://" + replica, ""},
+		{"file://" + filepath.Join(replica, "tenants"), ""}, // made by Litestream
+		{"file://" + aFile, "is not a directory"},
+		{"file://" + filepath.Join(replica, "missing", "tenants"), "no such file or directory"},
+	} {
+		err := check(tc.url)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckReplication with %s: %v, want %q", tc.url, err, tc.want)
+		}
+	}
+}

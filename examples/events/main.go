@@ -144,6 +144,13 @@ func run(addr string, cfg sqliteproxy.Config, ccfg *cluster.Config) error {
 	if err != nil {
 		return err
 	}
+	if cfg.ReplicaURL != "" {
+		// Said now rather than at each tenant's first access; served all
+		// the same (Litestream may come up later, the store back).
+		if err := p.CheckReplication(ctx); err != nil {
+			slog.Warn("events: replication cannot work yet", "err", err)
+		}
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		p.Close()

@@ -200,7 +200,24 @@ func (c *Client) do(ctx context.Context, method, key string, query url.Values, o
 			return b, nil
 		}
 	}
+	var e struct {
+		Code, Message string
+	}
+	if xml.Unmarshal(b, &e) == nil && e.Code != "" {
+		// S3's error document, read: its raw XML was the message.
+		return nil, fmt.Errorf("HTTP %d %s: %s", resp.StatusCode, e.Code, e.Message)
+	}
 	return nil, fmt.Errorf("HTTP %s: %s", strconv.Itoa(resp.StatusCode), bytes.TrimSpace(b[:min(len(b), 512)]))
+}
+
+// Probe lists at most one object under prefix: one request, which fails
+// when the endpoint, the bucket or the credentials are wrong.
+func (c *Client) Probe(ctx context.Context, prefix string) error {
+	q := url.Values{"list-type": {"2"}, "prefix": {prefix}, "max-keys": {"1"}}
+	if _, err := c.do(ctx, http.MethodGet, "", q, http.StatusOK); err != nil {
+		return fmt.Errorf("list s3://%s/%s: %w", c.Bucket, prefix, err)
+	}
+	return nil
 }
 
 // emptyHash is the SHA-256 of an empty payload.

@@ -2,7 +2,10 @@ package s3lite
 
 import (
 	"context"
+	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -50,5 +53,28 @@ func TestUnansweringEndpoint(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("List from an endpoint that never answers still waits 10 s on (ResponseTimeout 200ms)")
+	}
+}
+
+// An S3 error is said by its code and message: the error document's raw
+// XML was the message ("HTTP 404: <?xml version=...><Error><Code>...").
+func TestErrorDocumentRead(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("max-keys") != "1" {
+			t.Errorf("Probe asked for %q objects, want 1", r.URL.Query().Get("max-keys"))
+		}
+		w.WriteHeader(http.StatusNotFound)
+		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+"\n"+`<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>nope</BucketName></Error>`)
+	}))
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	c, prefix, err := FromReplicaURL("s3://nope/tenants?endpoint=" + srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Probe(context.Background(), prefix)
+	if err == nil || err.Error() != "list s3://nope/tenants: HTTP 404 NoSuchBucket: The specified bucket does not exist" {
+		t.Errorf("Probe of a missing bucket: %v", err)
 	}
 }
