@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 // MigrateOptions tunes MigrateAll.
@@ -186,7 +188,16 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		// ledger on a connection of its own tells, without waiting for its
 		// writer, which live traffic may hold in a long transaction. (In
 		// MigrateManual mode a ready tenant may be behind: look.)
-		if n, err := r.peekLedgerAside(ctx, t); err == nil && n == len(r.mig.list) {
+		n, err := r.peekLedgerAside(ctx, t)
+		switch {
+		case err == nil && n == len(r.mig.list):
+			return nil, nil
+		case errors.Is(err, errNothingFree) && t.wsem.held.Load() && !othersPresent(r.presence):
+			// Busy here (its writer, readers and the budget all taken):
+			// taken for checked, as before the look, rather than wait
+			// for live traffic or fail (adv31). Only another proxy
+			// gone since a rollback goes unseen, until a look finds a
+			// free connection.
 			return nil, nil
 		}
 	}
@@ -306,32 +317,42 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // errEvicting: a tenant being evicted, which a look aside waits out.
 var errEvicting = errors.New("the tenant is being closed")
 
-// peekLedgerAside is peekLedger of t, open here, without t's writer
-// semaphore (live traffic may hold it in a long transaction): on one of its
-// readers, as a read of live traffic's (a connection of its own would wait
-// for room in a full budget, which t's idle readers take), or without
-// readers on a connection of its own that counts as a leased reader of t
-// meanwhile. Made room for as peekLedger's is, it evicted t itself:
-// reserve's caller may, as if it held t's writer, which it closed under a
-// transaction or a group commit that had it leased.
+// errNothingFree: no connection of a tenant, nor room for one, without
+// waiting (peekLedgerAside).
+var errNothingFree = errors.New("no connection free")
+
+// peekLedgerAside is peekLedger of t, open here, without waiting for
+// anything live traffic holds (its writer, in a long transaction; its
+// readers; the budget's slots, which waiting pinned t and starved other
+// tenants): on an idle reader of t's, or a connection of its own in a free
+// slot, counted as a leased reader of t meanwhile (made room for as
+// peekLedger's is, it evicted t itself: reserve's caller may, as if it
+// held t's writer, which it closed under a transaction or a group commit
+// that had it leased). errNothingFree when neither is there.
 func (r *router) peekLedgerAside(ctx context.Context, t *tenant) (int, error) {
-	if r.cfg.ReadersPerTenant != 0 {
-		pc, err := t.acquireReader(ctx)
+	if r.cfg.ReadersPerTenant > 0 {
+		pc, err := t.tryReader(ctx)
 		if err != nil {
 			return 0, err
 		}
-		defer t.release(pc)
-		rows, err := ledger(ctx, pc.c)
-		if err != nil {
-			return 0, err
+		if pc != nil {
+			defer t.release(pc)
+			rows, err := ledger(ctx, pc.c)
+			if err != nil {
+				return 0, err
+			}
+			return r.mig.check(rows)
 		}
-		return r.mig.check(rows)
 	}
 	if !t.leaseAside() {
-		return 0, errEvicting
+		return 0, errNothingFree
 	}
 	defer t.endAside()
-	return r.peekLedger(ctx, t)
+	rows, err := r.readLedgerWith(ctx, t, r.tryOwnConn)
+	if err != nil {
+		return 0, err
+	}
+	return r.mig.check(rows)
 }
 
 // peekLedger reads t's ledger on a read-only connection of its own (within
@@ -343,7 +364,7 @@ func (r *router) peekLedgerAside(ctx context.Context, t *tenant) (int, error) {
 // (unless another process rolls the tenant back at that very moment: the
 // caller then acts as if it ran just before that rollback), and anything
 // pending (or to roll back) is re-checked under BEGIN IMMEDIATE first.
-// The caller holds t's writer semaphore, or a lease aside of t.
+// The caller holds t's writer semaphore.
 func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 	rows, err := r.readLedger(ctx, t)
 	if err != nil {
@@ -353,6 +374,11 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 }
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
+	return r.readLedgerWith(ctx, t, r.ownConn)
+}
+
+// readLedgerWith is readLedger on a connection of t's own that own opens.
+func (r *router) readLedgerWith(ctx context.Context, t *tenant, own func(context.Context, *tenant, *sqlite3.SQLiteDriver, string) (*sqlite3.SQLiteConn, func(), error)) ([]ledgerRow, error) {
 	params := "?mode=ro"
 	if !hasSide(t.path, "-wal") && !hasSide(t.path, "-journal") {
 		// Immutable ignores a hot journal: a migration killed midway in
@@ -360,7 +386,7 @@ func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error)
 		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
-	c, done, err := r.ownConn(ctx, t, plainDriver, params)
+	c, done, err := own(ctx, t, plainDriver, params)
 	if err != nil {
 		return nil, err
 	}

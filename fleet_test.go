@@ -764,3 +764,51 @@ func TestMigrateAll_TenantDeletedMeanwhileIsNotAFailure(t *testing.T) {
 		t.Errorf("MigrateAll of a listed tenant that does not exist: Failed %v, want z: ErrTenantNotFound", rep.Failed)
 	}
 }
+
+// MigrateAll's look at the ledger of a tenant open here never waits for
+// what live traffic holds: with the tenant's writer in a transaction, its
+// reader in an open Rows and the budget full, or with one idle writer in a
+// budget of one, it waited for a reader or a slot (pinning the tenant and
+// starving other tenants' traffic) until its context ended (adv31).
+func TestMigrateAll_LookNeverWaits(t *testing.T) {
+	t.Run("writer idle, budget of one", func(t *testing.T) {
+		p := newTestProxy(t, Config{Migrations: []string{eventsTable}, MaxConnections: 1, ReadersPerTenant: -1})
+		insertN(t, p, "acme", 1)
+		migrateAllQuickly(t, p)
+	})
+	t.Run("all busy", func(t *testing.T) {
+		p := newTestProxy(t, Config{Migrations: []string{eventsTable}, MaxConnections: 2, ReadersPerTenant: 1})
+		insertN(t, p, "acme", 2)
+		ctx := tctx("acme")
+		rows, err := p.QueryContext(ctx, `SELECT id FROM events`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		tx, err := p.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx')`); err != nil {
+			t.Fatal(err)
+		}
+		migrateAllQuickly(t, p)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// migrateAllQuickly runs MigrateAll with a 4 s deadline and fails unless
+// it succeeds within one.
+func migrateAllQuickly(t *testing.T, p *Proxy) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	start := time.Now()
+	rep, err := p.MigrateAll(ctx, MigrateOptions{})
+	if d := time.Since(start); err != nil || len(rep.Failed) != 0 || d > time.Second {
+		t.Fatalf("MigrateAll: %+v, %v in %v; want it done at once", rep, err, d)
+	}
+}
