@@ -881,7 +881,7 @@ func (g *heldGate) leave() {
 // or device and inode, size and modification time) and Litestream's
 // position beside it.
 type filesState struct {
-	files [6]fileIdent
+	files [8]fileIdent
 	pos   uint64
 	err   string
 }
@@ -897,7 +897,9 @@ func identOf(fi os.FileInfo) fileIdent {
 }
 
 func filesOf(p string) (s filesState) {
-	for i, name := range [...]string{p, restoredMarker(p), fromReplicaMarker(p), genMarker(p), deletedMarker(p), unsyncedMarker(p)} {
+	// The -wal too: a commit by another process (a proxy without
+	// replication) lands there, not in the file (adv31).
+	for i, name := range [...]string{p, p + "-wal", p + "-journal", restoredMarker(p), fromReplicaMarker(p), genMarker(p), deletedMarker(p), unsyncedMarker(p)} {
 		fi, err := os.Lstat(name)
 		switch {
 		case err == nil:
@@ -1040,6 +1042,18 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		// replica's (fromReplica): a kill before then does not make it
 		// another history, nor lose what was written to it meanwhile.
 		err = markFromReplica(t.path, tmp, key, pos)
+	}
+	var release func()
+	if err == nil && replace {
+		// Not under another process that has it open (a proxy without
+		// replication, a sqlite3 shell): its commits since, in the -wal
+		// removed here, were lost (adv31). Held until the rename, the
+		// -shm's lock also keeps such a process from opening it meanwhile.
+		if release, err = lockUnusedShm(t.path + "-shm"); errors.Is(err, errShmInUse) {
+			err = fmt.Errorf("%s is open in another process (a proxy without replication? a sqlite3 shell?), and behind its replica, which would replace it under that process: stop it first", t.path)
+		} else if err == nil {
+			defer release()
+		}
 	}
 	if err == nil && replace {
 		// The old file's side files go (a -shm left behind, which

@@ -460,6 +460,84 @@ func restoreKept(t *testing.T, p string, n int) {
 	}
 }
 
+// fakeReplica returns a file:// replica's folder in which tenant id's
+// replica is at transaction pos (one level-0 file; nothing to restore).
+func fakeReplica(t *testing.T, id string, pos uint64) string {
+	t.Helper()
+	replica := t.TempDir()
+	l0 := filepath.Join(replica, id, "ltx", "0")
+	if err := os.MkdirAll(l0, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(l0, fmt.Sprintf("%016x-%016x.ltx", 1, pos)), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return replica
+}
+
+// A copy restored from the replica and not streamed, behind the replica,
+// is replaced by it, unless it was written since: a proxy without
+// replication on the directory that wrote it while the service downloaded
+// the replica (its commit only in the -wal, which the fingerprint did not
+// cover), staying open or not, lost its acknowledged row to the
+// replacement (adv31). The open is refused instead, the row kept.
+func TestReplication_OtherProxyWriteDuringDownloadKept(t *testing.T) {
+	for _, stays := range []bool{true, false} {
+		t.Run(fmt.Sprintf("stays=%v", stays), func(t *testing.T) {
+			dir := t.TempDir()
+			seed := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+			insertN(t, seed, "acme", 1)
+			if err := seed.Close(); err != nil {
+				t.Fatal(err)
+			}
+			p := filepath.Join(dir, "acme.db")
+			if err := markFromReplica(p, p, "acme", 5); err != nil {
+				t.Fatal(err)
+			}
+			h := &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
+			svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + fakeReplica(t, "acme", 10),
+				LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
+			other := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+			opened := make(chan error, 1)
+			go func() {
+				_, err := svc.ExecContext(tctx("acme"), `SELECT 1`)
+				opened <- err
+			}()
+			select {
+			case <-h.started:
+			case <-time.After(20 * time.Second):
+				close(h.release)
+				t.Fatal("the service's download of the replica did not start within 20 s")
+			}
+			_, err := other.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acked')`)
+			if err == nil && !stays {
+				err = other.Close()
+			}
+			close(h.release)
+			if err != nil {
+				t.Fatalf("the other proxy's insert: %v", err)
+			}
+			select {
+			case err := <-opened:
+				if err == nil {
+					t.Error("the service opened the tenant")
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("the service's open did not end within 20 s of the download")
+			}
+			db, err := sql.Open("sqlite3", p+"?mode=ro")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			var n int
+			if err := db.QueryRow(`SELECT count(*) FROM events WHERE tenant = 'acked'`).Scan(&n); err != nil || n != 1 {
+				t.Errorf("the other proxy's acknowledged row: %d (%v), want 1", n, err)
+			}
+		})
+	}
+}
+
 // heldRestorer restores every replica from the file src, once release is
 // closed; started is closed when the first restore begins.
 type heldRestorer struct {
@@ -485,18 +563,12 @@ func (h *heldRestorer) RestoreReplica(ctx context.Context, _, dst string, _ time
 // restore made meanwhile is kept: the replica's copy does not take its
 // place.
 func TestReplication_RestoreDuringDownloadKept(t *testing.T) {
-	dir, replica := t.TempDir(), t.TempDir()
+	dir := t.TempDir()
 	p := streamedTenant(t, dir, "acme", 3)
 	backup := backupOf(t, "b", 5)
 	// The replica is ahead (transaction 10): the service replaces its
 	// copy with the replica's (two rows of its own).
-	l0 := filepath.Join(replica, "acme", "ltx", "0")
-	if err := os.MkdirAll(l0, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(l0, fmt.Sprintf("%016x-%016x.ltx", 1, 10)), []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	replica := fakeReplica(t, "acme", 10)
 	h := &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
 	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
 		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
