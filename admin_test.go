@@ -954,7 +954,19 @@ func TestBackupTenant_DotDotThroughLinkIntoDataDirRefused(t *testing.T) {
 // overwrote a file outside the data directory through .acme.db-restored
 // (adv30), and creating an empty marker made a file at a dangling link's
 // target.
-func TestRestoreTenant_MarkerSymlinkNotWrittenThrough(t *testing.T) {
+func TestRestoreTenant_MarkerLinkNotWrittenThrough(t *testing.T) {
+	for _, hard := range []bool{false, true} {
+		t.Run(map[bool]string{false: "symlink", true: "hard link"}[hard], func(t *testing.T) { markerLinkNotWrittenThrough(t, hard) })
+	}
+}
+
+// markerLinkNotWrittenThrough is TestRestoreTenant_MarkerLinkNotWrittenThrough
+// with the marker a symbolic link, or a hard link (adv31).
+func markerLinkNotWrittenThrough(t *testing.T, hard bool) {
+	link := os.Symlink
+	if hard {
+		link = os.Link
+	}
 	base := t.TempDir()
 	dir, outside := filepath.Join(base, "data"), filepath.Join(base, "outside")
 	if err := os.Mkdir(outside, 0o700); err != nil {
@@ -970,15 +982,18 @@ func TestRestoreTenant_MarkerSymlinkNotWrittenThrough(t *testing.T) {
 	if err := p.BackupTenant(context.Background(), "src", bak); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(victim, restoredMarker(filepath.Join(dir, "acme.db"))); err != nil {
+	if err := link(victim, restoredMarker(filepath.Join(dir, "acme.db"))); err != nil {
 		t.Fatal(err)
 	}
 	err := p.RestoreTenant(context.Background(), "acme", bak)
 	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
-		t.Fatalf("RestoreTenant (%v) wrote through the symlinked marker to a file outside the data directory: it holds %q", err, b)
+		t.Fatalf("RestoreTenant (%v) wrote through the linked marker to a file outside the data directory: it holds %q", err, b)
 	}
 	if err == nil || !errors.Is(err, errNotTenantFile) {
-		t.Errorf("RestoreTenant beside a symlinked marker: %v, want it refused", err)
+		t.Errorf("RestoreTenant beside a linked marker: %v, want it refused", err)
+	}
+	if hard {
+		return
 	}
 	dangling := filepath.Join(dir, ".x.db-unsynced")
 	target := filepath.Join(outside, "made")

@@ -2096,12 +2096,30 @@ func touchFile(p string) error {
 // symbolic link: written through one, a file outside the data directory
 // was truncated and overwritten (a restore's marker, adv30), and O_CREATE
 // made one at a dangling link's target.
+//
+// Nor a file with other names (a hard link): truncated through one, the
+// file outside was overwritten the same way (adv31). It is looked at once
+// open, before it is truncated.
 func openSideFile(p string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW, 0o600)
+	f, err := os.OpenFile(p, flag&^os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
 	if errors.Is(err, syscall.ELOOP) {
 		err = fmt.Errorf("%w: %s is a symbolic link; the driver's files beside tenant files are its own, written in the data directory only", errNotTenantFile, p)
 	}
-	return f, err
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && linkCount(fi) > 1 {
+		err = fmt.Errorf("%w: %s has %d names (hard links); the driver's files beside tenant files are its own, written in the data directory only", errNotTenantFile, p, linkCount(fi))
+	}
+	if err == nil && flag&os.O_TRUNC != 0 {
+		err = f.Truncate(0)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
 }
 
 // writeSideFile writes b to the side file p (openSideFile), replacing
