@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -654,14 +655,7 @@ func TestMigrateAll_LookBesideTransactionKeepsItsWriter(t *testing.T) {
 			} else {
 				insertN(t, p, "globex", 1)
 			}
-			tx, err := p.BeginTx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
-			if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx')`); err != nil {
-				t.Fatal(err)
-			}
+			tx := txWithInsert(t, p, ctx)
 			mctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			rep, merr := p.MigrateAll(mctx, MigrateOptions{Tenants: []string{"acme"}})
@@ -785,14 +779,7 @@ func TestMigrateAll_LookNeverWaits(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer rows.Close()
-		tx, err := p.BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback()
-		if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx')`); err != nil {
-			t.Fatal(err)
-		}
+		tx := txWithInsert(t, p, ctx)
 		migrateAllQuickly(t, p)
 		if err := tx.Commit(); err != nil {
 			t.Fatal(err)
@@ -811,4 +798,19 @@ func migrateAllQuickly(t *testing.T, p *Proxy) {
 	if d := time.Since(start); err != nil || len(rep.Failed) != 0 || d > time.Second {
 		t.Fatalf("MigrateAll: %+v, %v in %v; want it done at once", rep, err, d)
 	}
+}
+
+// txWithInsert begins a transaction on ctx's tenant and inserts a row in
+// it; it is rolled back at the test's end unless committed.
+func txWithInsert(t *testing.T, p *Proxy, ctx context.Context) *sql.Tx {
+	t.Helper()
+	tx, err := p.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tx.Rollback() })
+	if _, err := tx.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('in tx')`); err != nil {
+		t.Fatal(err)
+	}
+	return tx
 }

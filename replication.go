@@ -834,14 +834,9 @@ func (r *router) reconcileGated(ctx context.Context, t *tenant, exists bool) (bo
 		if tries == 3 {
 			return ok, opError(opOpenTenant, t.id, fmt.Errorf("%w, %d times: retry", errFilesChanged, tries))
 		}
-		fi, err := t.statFile(opOpenTenant)
+		fi, err := t.statUnlinked()
 		if err != nil {
-			return false, err
-		}
-		if fi != nil {
-			if err := refuseHardLinked(t, fi); err != nil {
-				return true, opError(opOpenTenant, t.id, err)
-			}
+			return fi != nil, err
 		}
 		exists = fi != nil
 	}

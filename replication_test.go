@@ -494,21 +494,8 @@ func TestReplication_OtherProxyWriteDuringDownloadKept(t *testing.T) {
 			if err := markFromReplica(p, p, "acme", 5); err != nil {
 				t.Fatal(err)
 			}
-			h := &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
-			svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + fakeReplica(t, "acme", 10),
-				LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
+			h, opened := downloadHeld(t, dir, fakeReplica(t, "acme", 10))
 			other := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-			opened := make(chan error, 1)
-			go func() {
-				_, err := svc.ExecContext(tctx("acme"), `SELECT 1`)
-				opened <- err
-			}()
-			select {
-			case <-h.started:
-			case <-time.After(20 * time.Second):
-				close(h.release)
-				t.Fatal("the service's download of the replica did not start within 20 s")
-			}
 			_, err := other.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acked')`)
 			if err == nil && !stays {
 				err = other.Close()
@@ -536,6 +523,30 @@ func TestReplication_OtherProxyWriteDuringDownloadKept(t *testing.T) {
 			}
 		})
 	}
+}
+
+// downloadHeld starts a service with replication on dir (replica: a
+// fakeReplica's folder) and a first access of acme in it, and returns once
+// that access is downloading the replica, held until h.release is closed
+// (the replica's copy: two rows of tenant r); opened gets the access's
+// error (none of these services has a Litestream to register with).
+func downloadHeld(t *testing.T, dir, replica string) (h *heldRestorer, opened <-chan error) {
+	t.Helper()
+	h = &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
+		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
+	done := make(chan error, 1)
+	go func() {
+		_, err := svc.ExecContext(tctx("acme"), `SELECT 1`)
+		done <- err
+	}()
+	select {
+	case <-h.started:
+	case <-time.After(20 * time.Second):
+		close(h.release)
+		t.Fatal("the service's download of the replica did not start within 20 s")
+	}
+	return h, done
 }
 
 // heldRestorer restores every replica from the file src, once release is
@@ -568,22 +579,8 @@ func TestReplication_RestoreDuringDownloadKept(t *testing.T) {
 	backup := backupOf(t, "b", 5)
 	// The replica is ahead (transaction 10): the service replaces its
 	// copy with the replica's (two rows of its own).
-	replica := fakeReplica(t, "acme", 10)
-	h := &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: make(chan struct{})}
-	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
-		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: h})
+	h, opened := downloadHeld(t, dir, fakeReplica(t, "acme", 10))
 	cli := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, BusyTimeout: 2 * time.Second})
-	opened := make(chan error, 1)
-	go func() {
-		_, err := svc.ExecContext(tctx("acme"), `SELECT 1`)
-		opened <- err
-	}()
-	select {
-	case <-h.started:
-	case <-time.After(20 * time.Second):
-		close(h.release)
-		t.Fatal("the service's download of the replica did not start within 20 s")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := cli.RestoreTenant(ctx, "acme", backup)

@@ -547,14 +547,9 @@ func (r *router) openWriterOnce(ctx context.Context, t *tenant, o openOpts) (pc 
 			r.tel.opened(ctx, t.tel, roleWriter, start, err)
 		}
 	}()
-	fi, err := t.statFile(opOpenTenant)
+	fi, err := t.statUnlinked()
 	if err != nil {
 		return nil, err
-	}
-	if fi != nil {
-		if err := refuseHardLinked(t, fi); err != nil {
-			return nil, opError(opOpenTenant, t.id, err)
-		}
 	}
 	exists := fi != nil
 	if openWriterRaced != nil {

@@ -861,6 +861,19 @@ func (t *tenant) fileExists(op string) (bool, error) {
 	return fi != nil, err
 }
 
+// statUnlinked is statFile for the writer's open, refusing a file with
+// another tenant's name too (refuseHardLinked); fi is nil when there is
+// no file, and when the error is not about the file found.
+func (t *tenant) statUnlinked() (os.FileInfo, error) {
+	fi, err := t.statFile(opOpenTenant)
+	if err == nil && fi != nil {
+		if err := refuseHardLinked(t, fi); err != nil {
+			return fi, opError(opOpenTenant, t.id, err)
+		}
+	}
+	return fi, err
+}
+
 // statFile is fileExists that returns what it found of the file (nil when
 // there is none).
 func (t *tenant) statFile(op string) (os.FileInfo, error) {
