@@ -232,7 +232,7 @@ func (b *budget) openTenants() []*tenant {
 // and evicting the least recently used idle tenant to make one. The caller
 // holds t's writer semaphore, which lets t itself be evicted when its
 // readers are all idle (its writer is then taken to be the caller's, and
-// closed), or a lease aside (leaseAside), which keeps t from being evicted.
+// closed: a caller without it closed a writer in use, adv29).
 func (r *router) reserve(ctx context.Context, t *tenant) error {
 	return r.reserveBy(ctx, t, time.Time{})
 }

@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/mattn/go-sqlite3"
 )
 
 // MigrateOptions tunes MigrateAll.
@@ -185,19 +184,12 @@ func (r *router) migrateTenant(ctx context.Context, id string, dryRun bool) ([]s
 		// list, but another proxy, present or gone since (the CLI's
 		// migrate -down-to), may have rolled it back: MigrateAll reported
 		// such a tenant up to date, and left it behind. A look at its
-		// ledger on a connection of its own tells, without waiting for its
-		// writer, which live traffic may hold in a long transaction. (In
-		// MigrateManual mode a ready tenant may be behind: look.)
-		n, err := r.peekLedgerAside(ctx, t)
-		switch {
-		case err == nil && n == len(r.mig.list):
-			return nil, nil
-		case errors.Is(err, errNothingFree) && t.wsem.held.Load() && !othersPresent(r.presence):
-			// Busy here (its writer, readers and the budget all taken):
-			// taken for checked, as before the look, rather than wait
-			// for live traffic or fail (adv31). Only another proxy
-			// gone since a rollback goes unseen, until a look finds a
-			// free connection.
+		// ledger on an idle reader tells; without one, the writer's (the
+		// path below, which waits for it). Not on a connection of its own:
+		// made room for in the budget, that evicted the tenant itself under
+		// a transaction (adv29), waited for a slot while pinning it (adv31),
+		// and left its slot counted until the tenant closed (adv32).
+		if n, err := r.peekLedgerIdle(ctx, t); err == nil && n == len(r.mig.list) {
 			return nil, nil
 		}
 	}
@@ -317,38 +309,23 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 // errEvicting: a tenant being evicted, which a look aside waits out.
 var errEvicting = errors.New("the tenant is being closed")
 
-// errNothingFree: no connection of a tenant, nor room for one, without
-// waiting (peekLedgerAside).
-var errNothingFree = errors.New("no connection free")
+// errNothingFree: no idle reader of a tenant, nor room for one, without
+// waiting (peekLedgerIdle).
+var errNothingFree = errors.New("no reader free")
 
-// peekLedgerAside is peekLedger of t, open here, without waiting for
-// anything live traffic holds (its writer, in a long transaction; its
-// readers; the budget's slots, which waiting pinned t and starved other
-// tenants): on an idle reader of t's, or a connection of its own in a free
-// slot, counted as a leased reader of t meanwhile (made room for as
-// peekLedger's is, it evicted t itself: reserve's caller may, as if it
-// held t's writer, which it closed under a transaction or a group commit
-// that had it leased). errNothingFree when neither is there.
-func (r *router) peekLedgerAside(ctx context.Context, t *tenant) (int, error) {
-	if r.cfg.ReadersPerTenant > 0 {
-		pc, err := t.tryReader(ctx)
-		if err != nil {
-			return 0, err
-		}
-		if pc != nil {
-			defer t.release(pc)
-			rows, err := ledger(ctx, pc.c)
-			if err != nil {
-				return 0, err
-			}
-			return r.mig.check(rows)
-		}
-	}
-	if !t.leaseAside() {
+// peekLedgerIdle is peekLedger of t, open here, on one of its readers idle
+// now (or opened now in a free slot), without waiting: errNothingFree
+// otherwise.
+func (r *router) peekLedgerIdle(ctx context.Context, t *tenant) (int, error) {
+	if r.cfg.ReadersPerTenant <= 0 {
 		return 0, errNothingFree
 	}
-	defer t.endAside()
-	rows, err := r.readLedgerWith(ctx, t, r.tryOwnConn)
+	pc, err := t.tryReader(ctx)
+	if err != nil || pc == nil {
+		return 0, cmp.Or(err, errNothingFree)
+	}
+	defer t.release(pc)
+	rows, err := ledger(ctx, pc.c)
 	if err != nil {
 		return 0, err
 	}
@@ -374,11 +351,6 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 }
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
-	return r.readLedgerWith(ctx, t, r.ownConn)
-}
-
-// readLedgerWith is readLedger on a connection of t's own that own opens.
-func (r *router) readLedgerWith(ctx context.Context, t *tenant, own func(context.Context, *tenant, *sqlite3.SQLiteDriver, string) (*sqlite3.SQLiteConn, func(), error)) ([]ledgerRow, error) {
 	params := "?mode=ro"
 	if !hasSide(t.path, "-wal") && !hasSide(t.path, "-journal") {
 		// Immutable ignores a hot journal: a migration killed midway in
@@ -386,7 +358,7 @@ func (r *router) readLedgerWith(ctx context.Context, t *tenant, own func(context
 		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
-	c, done, err := own(ctx, t, plainDriver, params)
+	c, done, err := r.ownConn(ctx, t, plainDriver, params)
 	if err != nil {
 		return nil, err
 	}

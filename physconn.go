@@ -173,27 +173,6 @@ func (pc *physConn) close() {
 // slot back. The caller holds t's writer semaphore at least until it
 // returns, so that t itself can be evicted to make room.
 func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
-	return r.ownConnIn(ctx, t, drv, params, func() error { return r.reserve(ctx, t) })
-}
-
-// tryOwnConn is ownConn in a slot free now, or made now by closing an
-// idle tenant, or errNothingFree: it does not wait. The caller holds a
-// lease aside of t (leaseAside), which keeps t itself open.
-func (r *router) tryOwnConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (*sqlite3.SQLiteConn, func(), error) {
-	return r.ownConnIn(ctx, t, drv, params, func() error {
-		for {
-			if ok, err := r.budget.tryReserve(t); ok || err != nil {
-				return err
-			}
-			if !r.evictOne(r.budget.openTenants(), nil, nil) {
-				return errNothingFree
-			}
-		}
-	})
-}
-
-// ownConnIn is ownConn with reserve counting its connection.
-func (r *router) ownConnIn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string, reserve func() error) (c *sqlite3.SQLiteConn, done func(), err error) {
 	// A tenant not open here (a backup, a check, a rollback, a fleet
 	// migration or a fan-out of it) has not had its writer's open look at
 	// its file: another tenant's name for the same pages is refused here.
@@ -202,7 +181,7 @@ func (r *router) ownConnIn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDr
 			return nil, nil, err
 		}
 	}
-	if err := reserve(); err != nil {
+	if err := r.reserve(ctx, t); err != nil {
 		return nil, nil, err
 	}
 	dc, err := r.openFile(ctx, t, drv, params)
