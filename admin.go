@@ -88,6 +88,30 @@ func lockUnusedShm(p string) (release func(), err error) {
 	return lockShm(p)
 }
 
+// lockUnusedDatabase takes, on the database file p, what an EXCLUSIVE
+// SQLite connection holds (lockDatabase), or fails with errShmInUse when a
+// process uses the file (a connection in locking_mode=EXCLUSIVE holds no
+// -shm: only this tells of it). A file this process has open is refused
+// unopened, as in lockUnusedShm. No file, nothing to lock. release gives
+// the lock back.
+func lockUnusedDatabase(p string) (release func(), err error) {
+	if inUse, err := openInProcess(p); inUse || err != nil {
+		return nil, cmp.Or(err, errShmInUse)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return func() {}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := lockDatabase(f, true); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {

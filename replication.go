@@ -983,6 +983,32 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 	return true, nil
 }
 
+// lockUnusedFile takes the locks that tell whether a process uses the
+// tenant file at p and keep one from starting, or fails with errShmInUse:
+// the -shm's (every connection in WAL mode holds it; lockUnusedShm) and the
+// database file's own (lockUnusedDatabase: a connection in
+// locking_mode=EXCLUSIVE keeps its WAL index in memory and holds no -shm,
+// and its row, acknowledged, was in the -wal the replacement removed,
+// adv32). A registration with Litestream this process does not hold (a
+// call whose answer was lost) is ended first (dropStray). release gives
+// both back.
+func (r *router) lockUnusedFile(ctx context.Context, p string) (release func(), err error) {
+	for try := 0; ; try++ {
+		shm, err := lockUnusedShm(p + "-shm")
+		if err == nil {
+			db, derr := lockUnusedDatabase(p)
+			if derr == nil {
+				return func() { db(); shm() }, nil
+			}
+			shm()
+			err = derr
+		}
+		if !errors.Is(err, errShmInUse) || try > 0 || !r.repl.dropStray(ctx, p) {
+			return nil, err
+		}
+	}
+}
+
 // reconcileRead, set by tests, runs once reconcile has read the local
 // position of an existing tenant file, before it acts on it.
 var reconcileRead func(id string)
@@ -1038,13 +1064,13 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		// another history, nor lose what was written to it meanwhile.
 		err = markFromReplica(t.path, tmp, key, pos)
 	}
-	var release func()
 	if err == nil && replace {
 		// Not under another process that has it open (a proxy without
 		// replication, a sqlite3 shell): its commits since, in the -wal
-		// removed here, were lost (adv31). Held until the rename, the
-		// -shm's lock also keeps such a process from opening it meanwhile.
-		if release, err = lockUnusedShm(t.path + "-shm"); errors.Is(err, errShmInUse) {
+		// removed here, were lost (adv31). Held until the rename, the locks
+		// also keep such a process from opening it meanwhile.
+		var release func()
+		if release, err = r.lockUnusedFile(ctx, t.path); errors.Is(err, errShmInUse) {
 			err = fmt.Errorf("%s is open in another process (a proxy without replication? a sqlite3 shell?), and behind its replica, which would replace it under that process: stop it first", t.path)
 		} else if err == nil {
 			defer release()

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -749,4 +750,70 @@ func TestCheckReplication(t *testing.T) {
 			t.Errorf("CheckReplication with %s: %v, want %q", tc.url, err, tc.want)
 		}
 	}
+}
+
+// holdExclusiveEnv names, for TestHoldExclusiveProcess, the database it
+// writes in locking_mode=EXCLUSIVE and keeps open.
+const holdExclusiveEnv = "SQLITEPROXY_TEST_HOLD_EXCLUSIVE"
+
+// TestHoldExclusiveProcess is run by TestReplication_NotReplacedUnderExclusiveConnection
+// as another process: it inserts a row ('acked') in locking_mode=EXCLUSIVE
+// (its WAL index in memory: no -shm), says "ready" and keeps the file open
+// until its standard input closes.
+func TestHoldExclusiveProcess(t *testing.T) {
+	p := os.Getenv(holdExclusiveEnv)
+	if p == "" {
+		t.Skip("helper process only")
+	}
+	db, err := sql.Open("sqlite3", "file:"+p+"?_locking_mode=EXCLUSIVE")
+	if err != nil {
+		os.Exit(3)
+	}
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`INSERT INTO events (tenant) VALUES ('acked')`); err != nil {
+		os.Exit(4)
+	}
+	os.Stdout.WriteString("ready\n")
+	io.Copy(io.Discard, os.Stdin)
+	db.Close()
+	os.Exit(0)
+}
+
+// A copy behind its replica was replaced under a process that had it open
+// in locking_mode=EXCLUSIVE, which holds no -shm for the check to find: the
+// row it had acknowledged, in the -wal, was removed with it (adv32).
+func TestReplication_NotReplacedUnderExclusiveConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("spawns a process")
+	}
+	dir := t.TempDir()
+	p := streamedTenant(t, dir, "acme", 3)
+	stop := startChild(t, "TestHoldExclusiveProcess", holdExclusiveEnv+"="+p)
+	svc := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, BusyTimeout: time.Second,
+		ReplicaURL: "file://" + fakeReplica(t, "acme", 10), LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"),
+		ReplicaRestorer: &heldRestorer{src: backupOf(t, "r", 2), started: make(chan struct{}), release: closedChan()}})
+	ctx, cancel := context.WithTimeout(tctx("acme"), 10*time.Second)
+	defer cancel()
+	if _, err := svc.ExecContext(ctx, `SELECT 1`); err == nil {
+		t.Error("the service opened the tenant")
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("helper: %v", err)
+	}
+	db, err := sql.Open("sqlite3", p+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(`SELECT count(*) FROM events WHERE tenant = 'acked'`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("the row the other process acknowledged: %d (%v), want 1", n, err)
+	}
+}
+
+// closedChan returns a closed channel.
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }
