@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -949,59 +950,68 @@ func TestBackupTenant_DotDotThroughLinkIntoDataDirRefused(t *testing.T) {
 	}
 }
 
-// A marker the driver writes beside a tenant's file that is a symbolic
-// link is refused, not written through: RestoreTenant truncated and
-// overwrote a file outside the data directory through .acme.db-restored
-// (adv30), and creating an empty marker made a file at a dangling link's
-// target.
+// A marker the driver writes beside a tenant's file is replaced, never
+// written through what is there: RestoreTenant truncated and overwrote a
+// file outside the data directory through .acme.db-restored, a symbolic
+// link (adv30) or a hard link (adv31); a FIFO there held the restore past
+// its context (adv32); and touching an empty marker made a file at a
+// dangling link's target. The restore succeeds, its marker a file of its
+// own, and the file outside is as it was.
 func TestRestoreTenant_MarkerLinkNotWrittenThrough(t *testing.T) {
-	for _, hard := range []bool{false, true} {
-		t.Run(map[bool]string{false: "symlink", true: "hard link"}[hard], func(t *testing.T) { markerLinkNotWrittenThrough(t, hard) })
+	for _, kind := range []string{"symlink", "hard link", "fifo"} {
+		t.Run(kind, func(t *testing.T) {
+			base := t.TempDir()
+			dir, outside := filepath.Join(base, "data"), filepath.Join(base, "outside")
+			if err := os.Mkdir(outside, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			victim := filepath.Join(outside, "victim")
+			if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+			insertN(t, p, "src", 2)
+			bak := filepath.Join(base, "src.bak")
+			if err := p.BackupTenant(context.Background(), "src", bak); err != nil {
+				t.Fatal(err)
+			}
+			m := restoredMarker(filepath.Join(dir, "acme.db"))
+			var err error
+			switch kind {
+			case "symlink":
+				err = os.Symlink(victim, m)
+			case "hard link":
+				err = os.Link(victim, m)
+			case "fifo":
+				err = syscall.Mkfifo(m, 0o600)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := p.RestoreTenant(ctx, "acme", bak); err != nil {
+				t.Errorf("RestoreTenant beside a marker that is a %s: %v", kind, err)
+			}
+			if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+				t.Fatalf("RestoreTenant wrote through the marker to a file outside the data directory: it holds %q", b)
+			}
+			if ok, _, _, err := markerNames(m, filepath.Join(dir, "acme.db")); err != nil || !ok {
+				t.Errorf("the restore's marker does not name the restored file: %v, %v", ok, err)
+			}
+			if n := countRows(t, p, "acme"); n != 2 {
+				t.Errorf("acme: %d rows, want the backup's 2", n)
+			}
+		})
 	}
-}
-
-// markerLinkNotWrittenThrough is TestRestoreTenant_MarkerLinkNotWrittenThrough
-// with the marker a symbolic link, or a hard link (adv31).
-func markerLinkNotWrittenThrough(t *testing.T, hard bool) {
-	link := os.Symlink
-	if hard {
-		link = os.Link
-	}
-	base := t.TempDir()
-	dir, outside := filepath.Join(base, "data"), filepath.Join(base, "outside")
-	if err := os.Mkdir(outside, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	victim := filepath.Join(outside, "victim")
-	if err := os.WriteFile(victim, []byte("precious\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-	insertN(t, p, "src", 2)
-	bak := filepath.Join(base, "src.bak")
-	if err := p.BackupTenant(context.Background(), "src", bak); err != nil {
-		t.Fatal(err)
-	}
-	if err := link(victim, restoredMarker(filepath.Join(dir, "acme.db"))); err != nil {
-		t.Fatal(err)
-	}
-	err := p.RestoreTenant(context.Background(), "acme", bak)
-	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
-		t.Fatalf("RestoreTenant (%v) wrote through the linked marker to a file outside the data directory: it holds %q", err, b)
-	}
-	if err == nil || !errors.Is(err, errNotTenantFile) {
-		t.Errorf("RestoreTenant beside a linked marker: %v, want it refused", err)
-	}
-	if hard {
-		return
-	}
+	dir, outside := t.TempDir(), t.TempDir()
 	dangling := filepath.Join(dir, ".x.db-unsynced")
 	target := filepath.Join(outside, "made")
 	if err := os.Symlink(target, dangling); err != nil {
 		t.Fatal(err)
 	}
-	if err := touchFile(dangling); err == nil {
-		t.Error("touchFile of a dangling symlink succeeded")
+	if err := touchFile(dangling); err != nil {
+		t.Errorf("touchFile of a dangling symlink: %v", err)
 	}
 	if _, err := os.Lstat(target); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("touchFile made a file at a dangling link's target: %v", err)

@@ -708,7 +708,7 @@ func genMarker(p string) string {
 // readGenMarker returns the generation recorded beside the file at p, 0 if
 // none.
 func readGenMarker(p string) int64 {
-	b, err := os.ReadFile(genMarker(p))
+	b, err := readSideFile(genMarker(p))
 	if err != nil {
 		return 0
 	}
@@ -721,7 +721,7 @@ func writeGenMarker(p string, gen int64) error {
 	if readGenMarker(p) == gen {
 		return nil
 	}
-	return writeSideFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"))
+	return writeSideFile(genMarker(p), []byte(strconv.FormatInt(gen, 10)+"\n"), false)
 }
 
 // Generation reports the generation tenant id streams to while this node

@@ -1776,22 +1776,11 @@ func (rp *replicator) erasable() bool {
 // does with no store, rather than take it for generation 0. Out of space
 // (a delete is how space is freed), an empty marker is kept the same way.
 func markDeleted(t *tenant) error {
-	m := deletedMarker(t.path)
-	f, err := openSideFile(m, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString("gen " + strconv.FormatInt(t.gen.Load(), 10))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
+	err := writeSideFile(deletedMarker(t.path), []byte("gen "+strconv.FormatInt(t.gen.Load(), 10)), true)
 	if err != nil && !diskFull(err) {
 		return err
 	}
-	return syncDir(filepath.Dir(m))
+	return nil
 }
 
 // parseDeleted reads a deletedMarker: the generation it names; ok is false
@@ -1821,7 +1810,7 @@ func parseDeleted(b []byte) (gen int64, ok bool) {
 // erases whatever the replica holds.
 func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error {
 	m := deletedMarker(t.path)
-	b, err := os.ReadFile(m)
+	b, err := readSideFile(m)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	} else if err != nil {
@@ -1897,7 +1886,7 @@ func markRestored(p, tmp string, b *restoreBound) error {
 	if err != nil {
 		return err
 	}
-	return writeSideFile(restoredMarker(p), restoredText(fi, b))
+	return writeSideFile(restoredMarker(p), restoredText(fi, b), false)
 }
 
 // restoredText is what the restored marker of the file fi holds: its
@@ -1928,17 +1917,7 @@ func rewriteRestoredGen(p string, gen int64) error {
 	if err != nil {
 		return err
 	}
-	tmp := restoredMarker(p) + ".tmp"
-	f, err := openSideFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(restoredText(fi, &restoreBound{gen: gen, pos: b.pos}))
-	if err = errors.Join(err, f.Sync(), f.Close()); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return errors.Join(os.Rename(tmp, restoredMarker(p)), syncDir(filepath.Dir(p)))
+	return writeSideFile(restoredMarker(p), restoredText(fi, &restoreBound{gen: gen, pos: b.pos}), true)
 }
 
 // marksFile reports whether the marker m names the file at p. A marker
@@ -1956,7 +1935,7 @@ func marksFile(m, p string) (bool, *restoreBound, error) {
 // (ok; with the bound it records, if any), or exists and names another
 // (stale); an empty marker names any file.
 func markerNames(m, p string) (ok bool, b *restoreBound, stale bool, err error) {
-	data, err := os.ReadFile(m)
+	data, err := readSideFile(m)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil, false, nil
 	} else if err != nil {
@@ -2007,12 +1986,7 @@ func markFromReplica(p, tmp, key string, pos uint64) error {
 	if err != nil {
 		return err
 	}
-	f, err := openSideFile(fromReplicaMarker(p), os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(f, "%s\n%d %d\n%d %s\n", fileKey(fi), fi.Size(), fi.ModTime().UnixNano(), pos, key)
-	return errors.Join(err, f.Close())
+	return writeSideFile(fromReplicaMarker(p), fmt.Appendf(nil, "%s\n%d %d\n%d %s\n", fileKey(fi), fi.Size(), fi.ModTime().UnixNano(), pos, key), false)
 }
 
 // readFromReplica reads the fromReplicaMarker of the tenant file p, whose
@@ -2028,7 +2002,7 @@ func readFromReplica(p string, local uint64, clean bool) (fromReplica, error) {
 		}
 		return fromReplica{}, nil
 	}
-	b, err := os.ReadFile(m)
+	b, err := readSideFile(m)
 	if errors.Is(err, os.ErrNotExist) {
 		return fromReplica{}, nil
 	} else if err != nil {
@@ -2103,55 +2077,72 @@ func restoredOnPurpose(p string, local uint64) (bool, *restoreBound, error) {
 	return marksFile(restoredMarker(p), p)
 }
 
-// touchFile creates an empty file at p (mode 0600) if there is none.
+// touchFile creates an empty file at p (mode 0600) if there is none;
+// anything there (a link included) is left as it is, and nothing is
+// written through it.
 func touchFile(p string) error {
-	f, err := openSideFile(p, os.O_WRONLY|os.O_CREATE)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	return f.Close()
 }
 
-// openSideFile opens p, a file the driver keeps beside a tenant's file (a
-// marker), for writing with flag (mode 0600 if created), refusing a
-// symbolic link: written through one, a file outside the data directory
-// was truncated and overwritten (a restore's marker, adv30), and O_CREATE
-// made one at a dangling link's target.
-//
-// Nor a file with other names (a hard link): truncated through one, the
-// file outside was overwritten the same way (adv31). It is looked at once
-// open, before it is truncated.
-func openSideFile(p string, flag int) (*os.File, error) {
-	f, err := os.OpenFile(p, flag&^os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
-	if errors.Is(err, syscall.ELOOP) {
-		err = fmt.Errorf("%w: %s is a symbolic link; the driver's files beside tenant files are its own, written in the data directory only", errNotTenantFile, p)
+// writeSideFile replaces p, a file the driver keeps beside a tenant's file
+// (a marker), with one holding b: written under a temporary name beside it
+// and renamed over it, so that nothing is written through whatever p was
+// (a symbolic or hard link to a file outside the data directory, which was
+// truncated and overwritten, adv30 and adv31; a FIFO, whose open blocked a
+// restore past its context, adv32), and another name of the old file (a cp
+// -al snapshot of the directory) keeps what it held. durable syncs the
+// file and its folder. On a full file system what could be written takes
+// p's name all the same, and the error says full: a marker cut short is
+// refused when read (markDeleted's), which a missing one would not be.
+func writeSideFile(p string, b []byte, durable bool) error {
+	tmp := p + ".tmp"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err == nil && linkCount(fi) > 1 {
-		err = fmt.Errorf("%w: %s has %d names (hard links); the driver's files beside tenant files are its own, written in the data directory only", errNotTenantFile, p, linkCount(fi))
-	}
-	if err == nil && flag&os.O_TRUNC != 0 {
-		err = f.Truncate(0)
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// writeSideFile writes b to the side file p (openSideFile), replacing
-// what it held.
-func writeSideFile(p string, b []byte) error {
-	f, err := openSideFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
 	_, err = f.Write(b)
-	return errors.Join(err, f.Close())
+	if err == nil && durable {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !diskFull(err) {
+		os.Remove(tmp)
+		return err
+	}
+	if rerr := os.Rename(tmp, p); rerr != nil {
+		os.Remove(tmp)
+		return rerr
+	}
+	if durable {
+		if serr := syncDir(filepath.Dir(p)); err == nil {
+			err = serr
+		}
+	}
+	return err
+}
+
+// readSideFile reads the side file p (a marker): not through a symbolic
+// link, and refusing without blocking anything but a regular file (a FIFO
+// named as a marker held the open for ever).
+func readSideFile(p string) ([]byte, error) {
+	f, err := openRegular(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, 1<<16))
 }
 
 // removeIfExists removes p, if it exists.
