@@ -1113,15 +1113,15 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 	return true, nil
 }
 
-// CheckReplication reports whether replication can work now: Litestream's
-// control socket (Config.LitestreamSocket) takes a connection, and the
+// CheckReplication reports whether replication can work now: Litestream
+// answers on its control socket (Config.LitestreamSocket, GET /info), and the
 // object store of Config.ReplicaURL answers a listing with the credentials
 // of the environment (one request: a missing bucket, wrong credentials or
 // endpoint fail it; a file:// replica's folder, or its parent, must be a
 // directory). Call it at start-up to fail early: New checks neither, since
 // Litestream may start after the service and the store may be down a while
 // (writes go on here and are uploaded later), and each first access of a
-// tenant would fail instead. A ctx without deadline is bounded (10 s). It
+// tenant would fail instead. A ctx without deadline is bounded (5 s). It
 // fails when replication is off.
 func (p *Proxy) CheckReplication(ctx context.Context) error {
 	const op = opCheckRepl
@@ -1136,12 +1136,17 @@ func (p *Proxy) CheckReplication(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, releaseTimeout)
 		defer cancel()
 	}
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", r.repl.socket)
-	if err != nil {
-		return opError(op, "", fmt.Errorf("Litestream's control socket %s (Config.LitestreamSocket) takes no connection: is `litestream replicate` running with it? (%w)", r.repl.socket, err))
+	var info struct {
+		Version string `json:"version"`
+		PID     int    `json:"pid"`
 	}
-	c.Close()
+	err := r.repl.call(ctx, http.MethodGet, "/info", nil, &info)
+	if err == nil && info.PID == 0 {
+		err = errors.New("its answer to GET /info names no process")
+	}
+	if err != nil {
+		return opError(op, "", fmt.Errorf("Litestream does not answer on its control socket %s (Config.LitestreamSocket): is `litestream replicate` running with it, socket enabled? (%w)", r.repl.socket, err))
+	}
 	if err := r.repl.probe(ctx); err != nil {
 		return opError(op, "", fmt.Errorf("the replica store %s (Config.ReplicaURL) does not answer: %w", r.repl.base, err))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -722,20 +723,35 @@ func TestCheckReplication(t *testing.T) {
 	if err := check("file://" + replica); err == nil || !strings.Contains(err.Error(), "control socket "+sock) {
 		t.Errorf("no Litestream on the socket: %v", err)
 	}
+	// Something that takes connections and is not Litestream: an answer
+	// that is not HTTP, then Litestream's GET /info (the pid is what
+	// CheckReplication looks for).
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	accepted := make(chan struct{})
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
+		defer close(accepted)
+		c, err := ln.Accept()
+		if err == nil {
+			c.Write([]byte("SSH-2.0-OpenSSH_9.2\r\n"))
 			c.Close()
 		}
 	}()
+	if err := check("file://" + replica); err == nil || !strings.Contains(err.Error(), "control socket "+sock) {
+		t.Errorf("not Litestream on the socket: %v", err)
+	}
+	<-accepted
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/info" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, `{"version":"v0.5.18","pid":4242}`)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
 	for _, tc := range []struct {
 		url  string
 		want string // "" for nil

@@ -214,7 +214,18 @@ func (c *Client) do(ctx context.Context, method, key string, query url.Values, o
 // when the endpoint, the bucket or the credentials are wrong.
 func (c *Client) Probe(ctx context.Context, prefix string) error {
 	q := url.Values{"list-type": {"2"}, "prefix": {prefix}, "max-keys": {"1"}}
-	if _, err := c.do(ctx, http.MethodGet, "", q, http.StatusOK); err != nil {
+	body, err := c.do(ctx, http.MethodGet, "", q, http.StatusOK)
+	if err == nil {
+		// A 200 that is no listing (a web server's page at the endpoint)
+		// is no S3 store.
+		var r struct {
+			XMLName xml.Name
+		}
+		if xml.Unmarshal(body, &r) != nil || r.XMLName.Local != "ListBucketResult" {
+			err = fmt.Errorf("the answer is not an S3 listing (ListBucketResult): %.80q", body)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("list s3://%s/%s: %w", c.Bucket, prefix, err)
 	}
 	return nil

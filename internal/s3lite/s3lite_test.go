@@ -78,3 +78,21 @@ func TestErrorDocumentRead(t *testing.T) {
 		t.Errorf("Probe of a missing bucket: %v", err)
 	}
 }
+
+// An endpoint that answers 200 with something other than a listing (a web
+// server's welcome page) is no S3 store: Probe said it was.
+func TestProbeNotAListing(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "<html><body>Welcome to nginx!</body></html>")
+	}))
+	defer srv.Close()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	c, prefix, err := FromReplicaURL("s3://b/tenants?endpoint=" + srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Probe(context.Background(), prefix); err == nil || !strings.Contains(err.Error(), "not an S3 listing") {
+		t.Errorf("Probe of a web server: %v", err)
+	}
+}
