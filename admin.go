@@ -1283,11 +1283,27 @@ func isLeftover(name string) bool {
 	return isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix) || isMarkerRewrite(name)
 }
 
-// isMarkerRewrite reports whether name is the temporary file of a restored
-// marker's atomic rewrite (rewriteRestoredGen: ".<id>.db-restored.tmp"),
-// left by a process killed between its write and its rename. Nothing
-// reads it; the marker itself is either the old one or the new one.
+// isMarkerRewrite reports whether name is the temporary file of a
+// marker's atomic rewrite (writeSideFile: ".<id>.db<kind>.tmp-<16 hex
+// digits>"; before it, ".<id>.db-restored.tmp"), left by a process killed
+// between its write and its rename. Nothing reads it; the marker itself is
+// either the old one or the new one.
 func isMarkerRewrite(name string) bool {
-	base, ok := strings.CutSuffix(name, tenantFileSuffix+"-restored.tmp")
-	return ok && len(base) > 1 && base[0] == '.'
+	if len(name) < 2 || name[0] != '.' {
+		return false
+	}
+	for _, kind := range sideKinds {
+		i := strings.LastIndex(name, tenantFileSuffix+kind+".tmp")
+		if i <= 1 {
+			continue
+		}
+		rest := name[i+len(tenantFileSuffix+kind+".tmp"):]
+		if rest == "" && kind == "-restored" {
+			return true
+		}
+		if h, ok := strings.CutPrefix(rest, "-"); ok && len(h) == 16 && strings.Trim(h, "0123456789abcdef") == "" {
+			return true
+		}
+	}
+	return false
 }

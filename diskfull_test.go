@@ -4,12 +4,16 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // smallFS mounts a tmpfs of size (as mount's size= option) on a fresh
@@ -108,5 +112,82 @@ func TestDeleteTenant_DiskFull(t *testing.T) {
 	}
 	if n := countRows(t, p, "acme"); n != 0 {
 		t.Errorf("acme made again holds %d rows", n)
+	}
+}
+
+// restoreFrom restores every replica from the file src.
+type restoreFrom string
+
+func (src restoreFrom) RestoreReplica(_ context.Context, _, dst string, _ time.Time) error {
+	return copyFile(string(src), dst, false)
+}
+
+// A DeleteTenant whose replica cannot be erased leaves a marker that keeps
+// the tenant from coming back from its replica. On a file system without a
+// free inode the marker could not be made, and the delete went on without
+// it: the next access restored the deleted rows (adv33). It now fails
+// before it deletes anything.
+func TestDeleteTenant_NoInodeForTheMarker(t *testing.T) {
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8m,nr_inodes=64,mode=0700"); err != nil {
+		t.Skipf("mount a small file system (root only): %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	plain := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, plain, "acme", 1)
+	plain.Close()
+	saved := filepath.Join(t.TempDir(), "acme.db")
+	if err := copyFile(filepath.Join(dir, "acme.db"), saved, false); err != nil {
+		t.Fatal(err)
+	}
+	replica := fakeReplica(t, "acme", 3)
+	l0 := filepath.Join(replica, "acme", "ltx", "0")
+	if out, err := exec.Command("chattr", "+i", l0).CombinedOutput(); err != nil { // the store down
+		t.Skipf("chattr +i: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", l0).Run() })
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, ReplicaURL: "file://" + replica,
+		LitestreamSocket: filepath.Join(t.TempDir(), "no.sock"), ReplicaRestorer: restoreFrom(saved)})
+	fill := filepath.Join(dir, "fill")
+	if err := os.Mkdir(fill, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		f, err := os.Create(filepath.Join(fill, fmt.Sprint(i)))
+		if err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+		f.Close()
+	}
+	derr := p.DeleteTenant(context.Background(), "acme")
+	if err := os.RemoveAll(fill); err != nil {
+		t.Fatal(err)
+	}
+	_, ferr := os.Lstat(filepath.Join(dir, "acme.db"))
+	_, merr := os.Lstat(deletedMarker(filepath.Join(dir, "acme.db")))
+	switch {
+	case derr == nil:
+		t.Fatal("DeleteTenant succeeded though the replica could not be erased")
+	case ferr == nil && merr != nil:
+		// Refused before anything was deleted: the tenant is whole.
+		db, err := sql.Open("sqlite3", filepath.Join(dir, "acme.db")+"?mode=ro")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		var n int
+		if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
+			t.Errorf("acme after the refused delete: %d rows (%v), want 1", n, err)
+		}
+	case merr != nil:
+		t.Fatalf("deleted (%v) with no marker to keep the tenant from its replica: %v", derr, merr)
+	default:
+		var n int
+		if err := p.QueryRowContext(tctx("acme"), `SELECT count(*) FROM events`).Scan(&n); err == nil {
+			t.Errorf("the deleted tenant came back from its replica with %d rows", n)
+		}
 	}
 }

@@ -245,7 +245,12 @@ func TestOrphanWAL_SweepKeepsTenantsNamedLikeLeftovers(t *testing.T) {
 		".layout-marker-0123456789abcdef.db":           false, // not asked for below
 		".creating-acme.db-litestream":                 false,
 		".creating-acme.db-restored":                   false,
-		".acme.db-restored.tmp":                        true, // a killed rewriteRestoredGen's
+		".acme.db-restored.tmp":                        true, // a killed rewriteRestoredGen's (before writeSideFile)
+		".acme.db-gen.tmp-0123456789abcdef":            true, // a killed writeSideFile's
+		".acme.db-deleted.tmp-0123456789abcdef":        true,
+		".acme.db-gen.tmp":                             false,
+		".acme.db-gen.tmp-0123":                        false,
+		"acme.db-gen.tmp-0123456789abcdef":             false,
 		".creating-acme.db-restored.tmp":               true,
 		"acme.db-restored.tmp":                         false,
 		"..db-restored.tmp":                            false,

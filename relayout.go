@@ -514,7 +514,7 @@ func (r *relayouter) sweep(ctx context.Context) error {
 
 // sweepEntry handles the entry name in folder d (see sweep).
 func (r *relayouter) sweepEntry(d, name string) error {
-	if isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix, layoutTempPrefix) {
+	if isTempName(name, creatingPrefix, deletingPrefix, restoringPrefix, layoutTempPrefix) || isMarkerRewrite(name) {
 		return os.RemoveAll(filepath.Join(d, name))
 	}
 	rest, ok := strings.CutPrefix(name, ".")

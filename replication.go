@@ -3,6 +3,8 @@ package sqliteproxy
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1781,10 +1783,24 @@ func (rp *replicator) erasable() bool {
 // does with no store, rather than take it for generation 0. Out of space
 // (a delete is how space is freed), an empty marker is kept the same way.
 func markDeleted(t *tenant) error {
-	err := writeSideFile(deletedMarker(t.path), []byte("gen "+strconv.FormatInt(t.gen.Load(), 10)), true)
-	if err != nil && !diskFull(err) {
+	m := deletedMarker(t.path)
+	err := writeSideFile(m, []byte("gen "+strconv.FormatInt(t.gen.Load(), 10)), true)
+	if err == nil || !diskFull(err) {
 		return err
 	}
+	// Full: an empty marker, which refuses the tenant when read, in place
+	// of the old one (its inode is the one the new one takes). None at all
+	// fails the delete: the next access restored the deleted rows (adv33).
+	if rerr := os.Remove(m); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		return err
+	}
+	if terr := touchFile(m); terr != nil {
+		return errors.Join(err, terr)
+	}
+	if _, serr := os.Lstat(m); serr != nil {
+		return errors.Join(err, serr)
+	}
+	syncDir(filepath.Dir(m))
 	return nil
 }
 
@@ -2097,20 +2113,17 @@ func touchFile(p string) error {
 }
 
 // writeSideFile replaces p, a file the driver keeps beside a tenant's file
-// (a marker), with one holding b: written under a temporary name beside it
-// and renamed over it, so that nothing is written through whatever p was
-// (a symbolic or hard link to a file outside the data directory, which was
-// truncated and overwritten, adv30 and adv31; a FIFO, whose open blocked a
-// restore past its context, adv32), and another name of the old file (a cp
-// -al snapshot of the directory) keeps what it held. durable syncs the
-// file and its folder. On a full file system what could be written takes
-// p's name all the same, and the error says full: a marker cut short is
-// refused when read (markDeleted's), which a missing one would not be.
+// (a marker), with one holding b: written under a temporary name of its own
+// beside it (markerTemp) and renamed over it, so that nothing is written
+// through whatever p was (a symbolic or hard link to a file outside the
+// data directory, which was truncated and overwritten, adv30 and adv31; a
+// FIFO, whose open blocked a restore past its context, adv32), another name
+// of the old file (a cp -al snapshot of the directory) keeps what it held,
+// and two writers of one marker each rename a whole file. durable syncs the
+// file and its folder. On failure (a full file system included) p is left
+// as it was.
 func writeSideFile(p string, b []byte, durable bool) error {
-	tmp := p + ".tmp"
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
+	tmp := markerTemp(p)
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
@@ -2122,20 +2135,25 @@ func writeSideFile(p string, b []byte, durable bool) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil && !diskFull(err) {
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return err
 	}
-	if rerr := os.Rename(tmp, p); rerr != nil {
-		os.Remove(tmp)
-		return rerr
-	}
 	if durable {
-		if serr := syncDir(filepath.Dir(p)); err == nil {
-			err = serr
-		}
+		return syncDir(filepath.Dir(p))
 	}
-	return err
+	return nil
+}
+
+// markerTemp names a temporary file for a new version of the marker p:
+// "<p>.tmp-<16 hex digits>" (isMarkerRewrite; swept once old).
+func markerTemp(p string) string {
+	var b [8]byte
+	rand.Read(b[:])
+	return p + ".tmp-" + hex.EncodeToString(b[:])
 }
 
 // readSideFile reads the side file p (a marker): not through a symbolic
