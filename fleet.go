@@ -306,9 +306,6 @@ func (r *router) migrateAlone(ctx context.Context, t *tenant) error {
 	return err
 }
 
-// errEvicting: a tenant being evicted, which a look aside waits out.
-var errEvicting = errors.New("the tenant is being closed")
-
 // errNothingFree: no idle reader of a tenant, nor room for one, without
 // waiting (peekLedgerIdle).
 var errNothingFree = errors.New("no reader free")
@@ -317,10 +314,7 @@ var errNothingFree = errors.New("no reader free")
 // now (or opened now in a free slot), without waiting: errNothingFree
 // otherwise.
 func (r *router) peekLedgerIdle(ctx context.Context, t *tenant) (int, error) {
-	if r.cfg.ReadersPerTenant <= 0 {
-		return 0, errNothingFree
-	}
-	pc, err := t.tryReader(ctx)
+	pc, err := t.tryReader(ctx) // none without readers (ReadersPerTenant)
 	if err != nil || pc == nil {
 		return 0, cmp.Or(err, errNothingFree)
 	}

@@ -147,3 +147,19 @@ func startChild(t *testing.T, name string, env ...string) (stop func() error) {
 	_, stop = testkit.StartChild(t, name, env...)
 	return stop
 }
+
+// fileCount runs the count query q on the database file p, read-only with
+// mattn directly (not through a proxy).
+func fileCount(t *testing.T, p, q string) int {
+	t.Helper()
+	db, err := sql.Open("sqlite3", p+"?mode=ro")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow(q).Scan(&n); err != nil {
+		t.Fatalf("%s on %s: %v", q, p, err)
+	}
+	return n
+}

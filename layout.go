@@ -193,16 +193,7 @@ func unmarkedBuckets(dir string) error {
 		if fi, err := os.Lstat(folder); err != nil || !fi.IsDir() {
 			continue
 		}
-		found := ""
-		err := readDirBatches(context.Background(), folder, func(ents []os.DirEntry) bool {
-			for _, e := range ents {
-				if id, ok := tenantIDFromEntry(e); ok && bucketOf(id) == bucketName(b) {
-					found = id
-					return false
-				}
-			}
-			return true
-		})
+		found, err := firstTenantIn(folder, bucketName(b))
 		if err != nil {
 			return err
 		}
@@ -433,9 +424,15 @@ func hasFlatTenant(dir string) (found bool, err error) {
 // firstFlatTenant returns the ID of a tenant file of the flat layout in
 // dir, the first found; "" when there is none.
 func firstFlatTenant(dir string) (id string, err error) {
-	err = readDirBatches(context.Background(), dir, func(ents []os.DirEntry) bool {
+	return firstTenantIn(dir, "")
+}
+
+// firstTenantIn returns the ID of a tenant file in folder, the first found
+// whose bucket is bucket (any: ""); "" when there is none.
+func firstTenantIn(folder, bucket string) (id string, err error) {
+	err = readDirBatches(context.Background(), folder, func(ents []os.DirEntry) bool {
 		for _, e := range ents {
-			if eid, ok := tenantIDFromEntry(e); ok {
+			if eid, ok := tenantIDFromEntry(e); ok && (bucket == "" || bucketOf(eid) == bucket) {
 				id = eid
 				return false
 			}

@@ -451,14 +451,8 @@ func restoreKept(t *testing.T, p string, n int) {
 	if ok, _, _, err := markerNames(restoredMarker(p), p); err != nil || !ok {
 		t.Errorf("the restore's marker does not name the restored file (%v, %v): reconcile removed it", ok, err)
 	}
-	db, err := sql.Open("sqlite3", p+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var got int
-	if err := db.QueryRow(`SELECT count(*) FROM events`).Scan(&got); err != nil || got != n {
-		t.Errorf("the tenant holds %d rows (%v), want the backup's %d", got, err, n)
+	if got := fileCount(t, p, `SELECT count(*) FROM events`); got != n {
+		t.Errorf("the tenant holds %d rows, want the backup's %d", got, n)
 	}
 }
 
@@ -514,14 +508,8 @@ func TestReplication_OtherProxyWriteDuringDownloadKept(t *testing.T) {
 			case <-time.After(20 * time.Second):
 				t.Fatal("the service's open did not end within 20 s of the download")
 			}
-			db, err := sql.Open("sqlite3", p+"?mode=ro")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			var n int
-			if err := db.QueryRow(`SELECT count(*) FROM events WHERE tenant = 'acked'`).Scan(&n); err != nil || n != 1 {
-				t.Errorf("the other proxy's acknowledged row: %d (%v), want 1", n, err)
+			if n := fileCount(t, p, `SELECT count(*) FROM events WHERE tenant = 'acked'`); n != 1 {
+				t.Errorf("the other proxy's acknowledged row: %d, want 1", n)
 			}
 		})
 	}
@@ -816,14 +804,8 @@ func TestReplication_NotReplacedUnderExclusiveConnection(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("helper: %v", err)
 	}
-	db, err := sql.Open("sqlite3", p+"?mode=ro")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var n int
-	if err := db.QueryRow(`SELECT count(*) FROM events WHERE tenant = 'acked'`).Scan(&n); err != nil || n != 1 {
-		t.Errorf("the row the other process acknowledged: %d (%v), want 1", n, err)
+	if n := fileCount(t, p, `SELECT count(*) FROM events WHERE tenant = 'acked'`); n != 1 {
+		t.Errorf("the row the other process acknowledged: %d, want 1", n)
 	}
 }
 

@@ -924,7 +924,9 @@ func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteC
 	}
 	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
 	if err == nil {
-		t.leaseAside() // not evicting: the writer semaphore is held
+		t.mu.Lock()
+		t.leasedReaders++
+		t.mu.Unlock()
 	}
 	t.releaseWriter()
 	if err != nil {
@@ -932,29 +934,12 @@ func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteC
 	}
 	return c, func() {
 		done()
-		t.endAside()
+		t.mu.Lock()
+		t.leasedReaders--
+		t.mu.Unlock()
+		t.r.budget.wake() // a drain or an eviction may wait for it
+		if t.r.isClosed.Load() {
+			t.evict(false, evictClose) // Close left t open for it
+		}
 	}, nil
-}
-
-// leaseAside counts a connection of t's own (not one of its pool's) as a
-// leased reader, which t is not evicted under, and reports whether it did:
-// not while t is being evicted. endAside ends it.
-func (t *tenant) leaseAside() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.evicting {
-		return false
-	}
-	t.leasedReaders++
-	return true
-}
-
-func (t *tenant) endAside() {
-	t.mu.Lock()
-	t.leasedReaders--
-	t.mu.Unlock()
-	t.r.budget.wake() // a drain or an eviction may wait for it
-	if t.r.isClosed.Load() {
-		t.evict(false, evictClose) // Close left t open for it
-	}
 }

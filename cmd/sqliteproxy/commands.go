@@ -265,21 +265,19 @@ func (e *env) backup(args []string) (status int) {
 	if !e.checkID(f, id) {
 		return exitUsage
 	}
-	if fi, err := os.Stat(given); err == nil && fi.IsDir() {
-		e.errorf("backup: %s is a directory; name the backup file", given)
-		return exitUsage
-	}
-	if err := requireDir("backup directory", filepath.Dir(given)); err != nil {
+	// As the system resolves it ("lnk/../x.db" is beside lnk's target, not
+	// where filepath.Dir of the text looks), for the checks and the write
+	// alike.
+	dst, err := dirs.Resolve(given)
+	if err != nil {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
-	// As the system resolves it ("lnk/../x.db" is beside lnk's target,
-	// where filepath.Dir above looked), for the checks and the write alike.
-	dst, err := dirs.Resolve(given)
-	if err == nil {
-		err = requireDir("backup directory", filepath.Dir(dst))
+	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+		e.errorf("backup: %s is a directory; name the backup file", given)
+		return exitUsage
 	}
-	if err != nil {
+	if err := requireDir("backup directory", filepath.Dir(dst)); err != nil {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}

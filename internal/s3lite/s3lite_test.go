@@ -67,13 +67,8 @@ func TestErrorDocumentRead(t *testing.T) {
 		io.WriteString(w, `<?xml version="1.0" encoding="UTF-8"?>`+"\n"+`<Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>nope</BucketName></Error>`)
 	}))
 	defer srv.Close()
-	t.Setenv("AWS_ACCESS_KEY_ID", "k")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
-	c, prefix, err := FromReplicaURL("s3://nope/tenants?endpoint=" + srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = c.Probe(context.Background(), prefix)
+	c, prefix := testClient(t, "s3://nope/tenants?endpoint="+srv.URL)
+	err := c.Probe(context.Background(), prefix)
 	if err == nil || err.Error() != "list s3://nope/tenants: HTTP 404 NoSuchBucket: The specified bucket does not exist" {
 		t.Errorf("Probe of a missing bucket: %v", err)
 	}
@@ -86,13 +81,20 @@ func TestProbeNotAListing(t *testing.T) {
 		io.WriteString(w, "<html><body>Welcome to nginx!</body></html>")
 	}))
 	defer srv.Close()
-	t.Setenv("AWS_ACCESS_KEY_ID", "k")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
-	c, prefix, err := FromReplicaURL("s3://b/tenants?endpoint=" + srv.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, prefix := testClient(t, "s3://b/tenants?endpoint="+srv.URL)
 	if err := c.Probe(context.Background(), prefix); err == nil || !strings.Contains(err.Error(), "not an S3 listing") {
 		t.Errorf("Probe of a web server: %v", err)
 	}
+}
+
+// testClient is FromReplicaURL of url with test credentials.
+func testClient(t *testing.T, url string) (*Client, string) {
+	t.Helper()
+	t.Setenv("AWS_ACCESS_KEY_ID", "k")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "s")
+	c, prefix, err := FromReplicaURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, prefix
 }
