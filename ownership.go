@@ -45,7 +45,12 @@ type Ownership interface {
 	Acquire(ctx context.Context, id string) (TenantLease, error)
 }
 
-// TenantLease is this node's ownership of one tenant.
+// TenantLease is this node's ownership of one tenant. A lease may also
+// implement Released() (gen int64, pos uint64), the newest generation a
+// release recorded a position for and that position, carried through
+// owners that recorded none (the cluster's does): a replica of that
+// generation behind that position is refused. Without it, Previous is
+// checked instead.
 type TenantLease interface {
 	// Generation is the fencing token: the revision at which this node took
 	// the tenant. With replication the tenant streams to
@@ -70,6 +75,23 @@ type TenantLease interface {
 // deadline (SIGSTOP, a paused VM) runs late; Valid sees the clock. The
 // driver asks it before each write (lockWriterBy) and in Generation.
 type validLease interface{ Valid() bool }
+
+// releasedLease is what a TenantLease may also implement (the cluster's
+// does): Released is the newest generation a release recorded a position
+// for, and that position, also when owners since recorded none (one died
+// right after it took the tenant, whose Previous then says position 0).
+type releasedLease interface {
+	Released() (gen int64, pos uint64)
+}
+
+// releasedAt is the generation and position l's tenant was last released
+// with: a replica of that generation behind it lost uploads.
+func releasedAt(l TenantLease) (gen int64, pos uint64) {
+	if r, ok := l.(releasedLease); ok {
+		return r.Released()
+	}
+	return l.Previous()
+}
 
 // leaseStale reports whether t's lease (if any) says it may not be relied
 // on any more; the caller holds t's writer semaphore.
@@ -556,8 +578,8 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 		}
 		return true, opErrorOrNil(opOpenTenant, t.id, os.RemoveAll(metaDir(t.path)))
 	}
-	if prevGen, prevPos := t.lease.Previous(); prevGen == srcGen && srcPos < prevPos {
-		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, prevPos))
+	if relGen, relPos := releasedAt(t.lease); relGen == srcGen && srcPos < relPos {
+		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, relPos))
 	}
 	if exists {
 		local, err := localPos(t.path)

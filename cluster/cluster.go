@@ -131,6 +131,21 @@ type genValue struct {
 	Pos   uint64 `json:"pos"`
 	Node  string `json:"node"`
 	Lease int64  `json:"lease,omitempty"` // the node lease it was written under
+	// RelGen and RelPos carry the newest position a release recorded
+	// (Pos > 0) through the records that recorded none since: an Acquire's
+	// (its owner died before releasing) and a release at position 0.
+	RelGen int64  `json:"rel_gen,omitempty"`
+	RelPos uint64 `json:"rel_pos,omitempty"`
+}
+
+// released is the newest generation a release recorded a position for,
+// and that position, as record v tells them: its own when it has one,
+// else the one it carries.
+func (v genValue) released() (gen int64, pos uint64) {
+	if v.Pos > 0 {
+		return v.Gen, v.Pos
+	}
+	return v.RelGen, v.RelPos
 }
 
 // Cluster is this node's membership of a sqliteproxy cluster in etcd: it
@@ -699,7 +714,11 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		if prev.Node == c.cfg.NodeID && prev.Lease == int64(leaseID) && prev.Gen > 0 && prev.Pos > 0 {
 			gen = prev.Gen
 		}
-		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID)})
+		// The position the last release recorded is carried: if this node
+		// dies before it releases, the next owner still refuses a replica
+		// behind it (a store that lost its last uploads).
+		relGen, relPos := prev.released()
+		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID), RelGen: relGen, RelPos: relPos})
 		r2, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
 				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", rev)).
@@ -712,7 +731,7 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 			c.abandon(id, rev)
 			return nil, fmt.Errorf("cluster: acquire %q: record generation: %w", id, err)
 		}
-		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, prevRaw: prevRaw, lost: make(chan struct{})}
+		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, relGen: relGen, relPos: relPos, prevRaw: prevRaw, lost: make(chan struct{})}
 		c.mu.Lock()
 		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
 			c.stale[id] = rev
@@ -985,6 +1004,8 @@ type tenantLease struct {
 	lease    int64 // the node lease it was taken under
 	prevGen  int64
 	prevPos  uint64
+	relGen   int64  // the newest generation a release recorded a position for (Released)
+	relPos   uint64 // and that position
 	prevRaw  []byte // gens/<tenant> as it found it (nil: none), put back by ReleaseUnwritten
 
 	lost     chan struct{}
@@ -998,6 +1019,14 @@ type tenantLease struct {
 func (l *tenantLease) Generation() int64                 { return l.gen }
 func (l *tenantLease) Previous() (gen int64, pos uint64) { return l.prevGen, l.prevPos }
 func (l *tenantLease) Lost() <-chan struct{}             { return l.lost }
+
+// Released is the newest generation a release recorded a position for,
+// and that position (0, 0: none): Previous's when its owner released it
+// with one, else the one carried since through owners that recorded none
+// (one died before releasing; one released at position 0, having uploaded
+// nothing, or deleted the tenant). The driver refuses a replica of that
+// generation behind that position.
+func (l *tenantLease) Released() (gen int64, pos uint64) { return l.relGen, l.relPos }
 
 // Valid reports whether the lease may still be relied on now: Lost has not
 // closed, and the node's last renewal still covers this moment. Lost is
@@ -1029,7 +1058,11 @@ func (l *tenantLease) kill() bool {
 // takes the tenant anew, as etcd may have committed the release): the call
 // can be retried, and records the position if the ownership is still there.
 func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
-	val, _ := json.Marshal(genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease})
+	v := genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease}
+	if pos == 0 {
+		v.RelGen, v.RelPos = l.relGen, l.relPos
+	}
+	val, _ := json.Marshal(v)
 	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: position not recorded", l.gen))
 }
 

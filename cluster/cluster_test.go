@@ -214,6 +214,73 @@ func TestReleaseUnwrittenKeepsPrevious(t *testing.T) {
 	}
 }
 
+// The position a release recorded outlives owners that recorded none: one
+// that died right after it took the tenant (its record says position 0),
+// and one that released at position 0 (nothing uploaded). The next owner's
+// Released still names it, so that it refuses a replica behind it.
+func TestReleasedPositionCarried(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
+	ctx := ctxT(t, 60*time.Second)
+	released := func(l sqliteproxy.TenantLease) (int64, uint64) {
+		t.Helper()
+		r, ok := l.(interface{ Released() (int64, uint64) })
+		if !ok {
+			t.Fatalf("%T has no Released", l)
+		}
+		return r.Released()
+	}
+	la, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := released(la); g != 0 || p != 0 {
+		t.Errorf("first Released = %d, %d, want 0, 0", g, p)
+	}
+	if err := la.Release(ctx, 42); err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := released(lb); g != la.Generation() || p != 42 {
+		t.Errorf("after a release at 42, Released = %d, %d, want %d, 42", g, p, la.Generation())
+	}
+	b.kill() // dies right after taking t1: no release
+	var lc sqliteproxy.TenantLease
+	eventually(t, 3*testTTL+5*time.Second, "c acquires t1 after b's lease expires", func() bool {
+		lc, err = c.Acquire(ctx, "t1")
+		return err == nil
+	})
+	if g, p := lc.Previous(); g != lb.Generation() || p != 0 {
+		t.Errorf("after b died, Previous = %d, %d, want %d, 0", g, p, lb.Generation())
+	}
+	if g, p := released(lc); g != la.Generation() || p != 42 {
+		t.Errorf("after b died, Released = %d, %d, want %d, 42", g, p, la.Generation())
+	}
+	if err := lc.Release(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	la2, err := a.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := released(la2); g != la.Generation() || p != 42 {
+		t.Errorf("after a release at 0, Released = %d, %d, want %d, 42", g, p, la.Generation())
+	}
+	if err := la2.Release(ctx, 50); err != nil {
+		t.Fatal(err)
+	}
+	lc2, err := c.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := released(lc2); g != la2.Generation() || p != 50 {
+		t.Errorf("after a release at 50, Released = %d, %d, want %d, 50", g, p, la2.Generation())
+	}
+}
+
 // A node that takes back a tenant it released, with nobody in between and
 // under the same node lease, goes on in the same generation (its replica
 // goes on incrementally); after another owner, it gets a new one.

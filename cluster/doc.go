@@ -16,15 +16,19 @@
 //
 //	nodes/<node>     {"url":AdvertiseURL,"started":time}  on the node lease
 //	owners/<tenant>  <node>                               on the node lease
-//	gens/<tenant>    {"gen":g,"pos":p,"node":n}           no lease
+//	gens/<tenant>    {"gen":g,"pos":p,"node":n,...}       no lease
 //
 // owners/<tenant> is created only when absent; the revision that created it
 // is the tenant's generation, a fencing token that grows with every change
 // of owner. gens/<tenant> outlives owners: it tells the next owner which
 // generation to restore from and, if the last owner released the tenant
-// cleanly, the position it reached (0: unknown, the owner died). A node
-// that dies keeps its tenants until its lease expires (at most TTL); a node
-// that closes revokes its lease and hands them over at once.
+// cleanly, the position it reached (0: unknown, the owner died). It also
+// carries the last position a release recorded through owners that
+// recorded none (one died, or uploaded nothing), which the next owner gets
+// from its lease's Released: a replica of that generation behind it lost
+// uploads, and the driver refuses it. A node that dies keeps its tenants
+// until its lease expires (at most TTL); a node that closes revokes its
+// lease and hands them over at once.
 //
 // A node that cannot renew its lease stops relying on it before etcd can
 // expire it: when TTL minus a margin (TTL/3, at least 500ms) has passed

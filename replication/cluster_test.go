@@ -750,11 +750,18 @@ func failFirstAccess(t *testing.T, g *rig, n *ownerNode, id string) {
 // (a store that lost its last uploads) is refused by the next owner, not
 // restored without them; also when a node merely tried the tenant in
 // between (its first access failed, the store down, and it closed): its
-// lease, released at position 0, made the next owner check nothing.
+// lease, released at position 0, made the next owner check nothing; and
+// when that node died holding the lease instead (cut off from etcd until
+// its lease expired): its record, written when it took the tenant, said
+// position 0.
 func TestOwnership_ReplicaBehindReleasedPositionRefused(t *testing.T) {
-	for _, between := range []bool{false, true} {
-		t.Run(fmt.Sprintf("attempt-between=%v", between), func(t *testing.T) {
-			g, srv, a, b := twoOwners(t)
+	for _, between := range []string{"none", "attempt", "died"} {
+		t.Run("between="+between, func(t *testing.T) {
+			g := newRig(t, "s3")
+			srv := etcdtest.Start(t)
+			part := etcdtest.NewPartition(t, srv)
+			a := g.ownerNode(t, srv, "a", 4)
+			b := g.ownerNodeAt(t, []string{part.Endpoint()}, "b", 4, 2*time.Second)
 			insertSynced(t, a.p, "acme", "r1")
 			insertSynced(t, a.p, "acme", "r2")
 			a.close() // released with its final position
@@ -762,14 +769,28 @@ func TestOwnership_ReplicaBehindReleasedPositionRefused(t *testing.T) {
 			if after == 0 || after >= before {
 				t.Fatalf("replica at %d after dropping its newest files (was %d)", after, before)
 			}
-			if between {
+			switch between {
+			case "attempt":
 				failFirstAccess(t, g, b, "acme")
 				b.close()
+				g.s3.Restart()
+			case "died":
+				failFirstAccess(t, g, b, "acme")
+				part.Cut(true) // b's lease expires with acme's record naming b's generation at position 0
 				g.s3.Restart()
 			}
 			c := g.ownerNode(t, srv, "c", 4)
 			var n int
-			err := c.p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `SELECT count(*) FROM events`).Scan(&n)
+			var err error
+			if err := poll(30*time.Second, func() error {
+				err = c.p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `SELECT count(*) FROM events`).Scan(&n)
+				if errors.Is(err, sqliteproxy.ErrNotOwner) {
+					return err // b's lease has not expired yet
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 			if err == nil || !strings.Contains(err.Error(), "behind the position") {
 				t.Fatalf("c: %d rows, %v; want the replica refused as behind the position acme was released with", n, err)
 			}
