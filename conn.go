@@ -21,8 +21,14 @@ import (
 // stays parked with the conn for its next read, until someone takes it
 // back (keep.go).
 type conn struct {
-	r       *router
-	t       *tenant   // tenant of the lease, nil when none
+	r *router
+	t *tenant // tenant of the lease, nil when none
+	// bound is the tenant the checkout's statements went to, kept while it
+	// holds no lease (a write whose wait for the writer failed gave its
+	// reader back; a Prepare of a tenant not open, deferred): a sql.Conn
+	// stays bound to that tenant until it is checked in. (Group commit
+	// batches only *sql.DB's one-statement checkouts.)
+	bound   string
 	pc      *physConn // leased connection, nil when none
 	spare   *physConn // a reader kept for its open rows after moving to the writer
 	tx      *tx       // open transaction
@@ -78,7 +84,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 			return nil, errFanOutBound(c.t)
 		}
 		if has && id != c.t.id {
-			return nil, opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.t.id))
+			return nil, errBoundTo(id, c.t.id)
 		}
 		if c.pc.writer && c.t.leaseEnded() {
 			// This node's lease on the tenant ended while the writer was
@@ -96,18 +102,36 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		}
 		return c.upgrade(ctx)
 	}
-	t, err := c.routeTenant(id, has)
+	t, err := c.routeTenant(ctx)
 	if err != nil {
 		return nil, err
 	}
 	return c.lease(ctx, t, write)
 }
 
-// routeTenant returns the tenant a checkout without a lease goes to, given
-// the context's tenant: errNoRoute when there is none.
-func (c *conn) routeTenant(id string, has bool) (*tenant, error) {
+// errBoundTo refuses a statement for tenant id on a checkout bound to
+// tenant bound.
+func errBoundTo(id, bound string) error {
+	return opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, bound))
+}
+
+// routeTenant returns the tenant a checkout without a lease goes to: the
+// one it is bound to, which a context of another tenant may not change
+// (ErrTenantMismatch), else the context's; errNoRoute when there is
+// neither.
+func (c *conn) routeTenant(ctx context.Context) (*tenant, error) {
+	id, has := OrgID(ctx)
 	if c.r.isClosed.Load() {
 		return nil, opError(opRoute, id, ErrClosed)
+	}
+	if c.bound != "" {
+		switch {
+		case has && id != c.bound:
+			return nil, errBoundTo(id, c.bound)
+		case !has && fanOutOf(ctx) != nil:
+			return nil, opError(opFanOut, c.bound, fmt.Errorf("%w: a fan-out cannot run on a connection or transaction bound to a tenant", ErrTenantMismatch))
+		}
+		id, has = c.bound, true
 	}
 	if !has {
 		return nil, errNoRoute
@@ -129,7 +153,7 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, err
 		t.unpin()
 		return nil, err
 	}
-	c.t, c.pc = t, pc // the pin is kept until release
+	c.t, c.pc, c.bound = t, pc, t.id // the pin is kept until release
 	c.r.retain.leased()
 	if cold {
 		c.r.coldOpened(t)
@@ -254,7 +278,7 @@ func (c *conn) routeSession(ctx context.Context) (*physConn, error) {
 	if c.pc != nil {
 		return c.route(ctx, false)
 	}
-	t, err := c.routeTenant(OrgID(ctx))
+	t, err := c.routeTenant(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -374,7 +398,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	} else {
 		// One tenant lookup for group commit and the lease.
 		var t *tenant
-		if t, err = c.routeTenant(OrgID(ctx)); err == nil {
+		if t, err = c.routeTenant(ctx); err == nil {
 			if !c.batched && c.r.cfg.GroupCommit == GroupCommitOn {
 				if res, err, handled := t.groupExec(ctx, query, args); handled {
 					// A second statement on this checkout before it is
@@ -699,11 +723,11 @@ func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
 	if c.pc != nil {
 		return c.route(ctx, write)
 	}
-	id, has := OrgID(ctx)
-	t, err := c.routeTenant(id, has)
+	t, err := c.routeTenant(ctx)
 	if err != nil {
 		return nil, err
 	}
+	c.bound = t.id // also when nothing is leased: the statement runs there
 	var pc *physConn
 	if t.ready.Load() && !t.fenced.Load() {
 		if write || t.r.cfg.ReadersPerTenant == 0 {
@@ -867,7 +891,7 @@ func (c *conn) Close() error {
 // release gives the leased connections back, rolling back any transaction
 // the checkout left open.
 func (c *conn) release() {
-	c.batched = false
+	c.batched, c.bound = false, ""
 	if c.pc == nil {
 		return
 	}

@@ -162,6 +162,85 @@ func TestRouting_TxAndConn(t *testing.T) {
 	}
 }
 
+// A sql.Conn stays bound to the tenant of its first statement while it
+// holds no connection of it (adv34): after a write whose wait for the
+// writer failed (it had given its reader back) and after a Prepare of a
+// tenant not open yet (nothing leased); and, as ever, after a write. A statement with another tenant's context then fails with
+// ErrTenantMismatch and runs nowhere (it read and wrote the other tenant);
+// one without a tenant runs on the bound one.
+func TestRouting_ConnStaysBound(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name  string
+		first func(t *testing.T, p *Proxy, c *sql.Conn) // a statement that binds c and leaves nothing leased
+	}{
+		{"failed-upgrade", func(t *testing.T, p *Proxy, c *sql.Conn) {
+			if err := c.QueryRowContext(tctx("acme"), `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+				t.Fatal(err)
+			}
+			tx, err := p.BeginTx(tctx("acme"), nil) // another request holds acme's writer
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			short, cancel := context.WithTimeout(tctx("acme"), 50*time.Millisecond)
+			defer cancel()
+			if _, err := c.ExecContext(short, `INSERT INTO events (tenant) VALUES ('acme')`); err == nil {
+				t.Fatal("a write behind another transaction succeeded")
+			}
+		}},
+		{"write", func(t *testing.T, p *Proxy, c *sql.Conn) {
+			if _, err := c.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"prepare-unopened", func(t *testing.T, p *Proxy, c *sql.Conn) {
+			st, err := c.PrepareContext(tctx("initech"), `SELECT count(*) FROM events`) // never opened
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+			for _, id := range []string{"acme", "globex"} {
+				if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c, err := p.Conn(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			tc.first(t, p, c)
+			var got string
+			if err := c.QueryRowContext(tctx("globex"), `SELECT tenant FROM events`).Scan(&got); !errors.Is(err, ErrTenantMismatch) {
+				t.Errorf("query under globex on acme's sql.Conn: %q, %v; want ErrTenantMismatch", got, err)
+			}
+			if _, err := c.ExecContext(tctx("globex"), `INSERT INTO events (tenant) VALUES ('wrong')`); !errors.Is(err, ErrTenantMismatch) {
+				t.Errorf("exec under globex on acme's sql.Conn: %v; want ErrTenantMismatch", err)
+			}
+			if tx, err := c.BeginTx(tctx("globex"), nil); !errors.Is(err, ErrTenantMismatch) {
+				if err == nil {
+					tx.Rollback()
+				}
+				t.Errorf("BeginTx under globex on acme's sql.Conn: %v; want ErrTenantMismatch", err)
+			}
+			var n int
+			if err := c.QueryRowContext(context.Background(), `SELECT count(*) FROM events WHERE tenant = 'globex'`).Scan(&n); err != nil || n != 0 {
+				t.Errorf("a tenantless query on acme's sql.Conn: %d globex rows, %v; want it on acme (0)", n, err)
+			}
+			c.Close()
+			if n := countRows(t, p, "globex"); n != 1 {
+				t.Errorf("globex has %d rows, want 1", n)
+			}
+		})
+	}
+}
+
 func TestRouting_ReadOnlyTxOnReader(t *testing.T) {
 	t.Parallel()
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
