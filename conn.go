@@ -23,11 +23,12 @@ import (
 type conn struct {
 	r *router
 	t *tenant // tenant of the lease, nil when none
-	// bound is the tenant the checkout's statements went to, kept while it
-	// holds no lease (a write whose wait for the writer failed gave its
-	// reader back; a Prepare of a tenant not open, deferred): a sql.Conn
-	// stays bound to that tenant until it is checked in. (Group commit
-	// batches only *sql.DB's one-statement checkouts.)
+	// bound is the tenant the checkout's first statement went to
+	// (routeTenant), kept while it holds no lease (that statement failed; a
+	// write whose wait for the writer failed gave its reader back; a Prepare
+	// of a tenant not open, deferred): a sql.Conn stays bound to that
+	// tenant until it is checked in. (Group commit batches only *sql.DB's
+	// one-statement checkouts.)
 	bound   string
 	pc      *physConn // leased connection, nil when none
 	spare   *physConn // a reader kept for its open rows after moving to the writer
@@ -136,7 +137,11 @@ func (c *conn) routeTenant(ctx context.Context) (*tenant, error) {
 	if !has {
 		return nil, errNoRoute
 	}
-	return c.tenant(id)
+	t, err := c.tenant(id)
+	if err == nil {
+		c.bound = id // also when what the statement does next fails
+	}
+	return t, err
 }
 
 // lease leases t's writer (write) or a reader to this checkout.
@@ -153,7 +158,7 @@ func (c *conn) lease(ctx context.Context, t *tenant, write bool) (*physConn, err
 		t.unpin()
 		return nil, err
 	}
-	c.t, c.pc, c.bound = t, pc, t.id // the pin is kept until release
+	c.t, c.pc = t, pc // the pin is kept until release
 	c.r.retain.leased()
 	if cold {
 		c.r.coldOpened(t)
@@ -727,7 +732,6 @@ func (c *conn) prepareConn(ctx context.Context, write bool) (*physConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.bound = t.id // also when nothing is leased: the statement runs there
 	var pc *physConn
 	if t.ready.Load() && !t.fenced.Load() {
 		if write || t.r.cfg.ReadersPerTenant == 0 {
@@ -862,6 +866,9 @@ func (c *conn) Begin() (driver.Tx, error) {
 func (c *conn) Ping(ctx context.Context) error {
 	if c.r.isClosed.Load() {
 		return driver.ErrBadConn
+	}
+	if _, has := OrgID(ctx); !has && c.pc == nil {
+		return nil // checks only that the driver is open, bound or not
 	}
 	if _, err := c.route(ctx, false); err != nil && err != errNoRoute {
 		return err

@@ -164,37 +164,57 @@ func TestRouting_TxAndConn(t *testing.T) {
 
 // A sql.Conn stays bound to the tenant of its first statement while it
 // holds no connection of it (adv34): after a write whose wait for the
-// writer failed (it had given its reader back) and after a Prepare of a
-// tenant not open yet (nothing leased); and, as ever, after a write. A statement with another tenant's context then fails with
+// writer failed (it had given its reader back), after a first statement
+// that failed so (adv35) or found no tenant (ExplicitCreate), and after a
+// Prepare of a tenant not open yet (nothing leased); and, as ever, after a
+// write. A statement with another tenant's context then fails with
 // ErrTenantMismatch and runs nowhere (it read and wrote the other tenant);
 // one without a tenant runs on the bound one.
 func TestRouting_ConnStaysBound(t *testing.T) {
 	t.Parallel()
+	holdWriter := func(t *testing.T, p *Proxy) {
+		t.Helper()
+		tx, err := p.BeginTx(tctx("acme"), nil) // another request holds acme's writer
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { tx.Rollback() })
+	}
+	writeBehind := func(t *testing.T, c *sql.Conn) {
+		t.Helper()
+		short, cancel := context.WithTimeout(tctx("acme"), 50*time.Millisecond)
+		defer cancel()
+		if _, err := c.ExecContext(short, `INSERT INTO events (tenant) VALUES ('acme')`); err == nil {
+			t.Fatal("a write behind another transaction succeeded")
+		}
+	}
 	cases := []struct {
-		name  string
-		first func(t *testing.T, p *Proxy, c *sql.Conn) // a statement that binds c and leaves nothing leased
+		name     string
+		explicit bool                                      // Config.ExplicitCreate: c's tenant does not exist
+		first    func(t *testing.T, p *Proxy, c *sql.Conn) // a statement that binds c and leaves nothing leased
 	}{
-		{"failed-upgrade", func(t *testing.T, p *Proxy, c *sql.Conn) {
+		{"failed-upgrade", false, func(t *testing.T, p *Proxy, c *sql.Conn) {
 			if err := c.QueryRowContext(tctx("acme"), `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
 				t.Fatal(err)
 			}
-			tx, err := p.BeginTx(tctx("acme"), nil) // another request holds acme's writer
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback()
-			short, cancel := context.WithTimeout(tctx("acme"), 50*time.Millisecond)
-			defer cancel()
-			if _, err := c.ExecContext(short, `INSERT INTO events (tenant) VALUES ('acme')`); err == nil {
-				t.Fatal("a write behind another transaction succeeded")
+			holdWriter(t, p)
+			writeBehind(t, c)
+		}},
+		{"failed-first", false, func(t *testing.T, p *Proxy, c *sql.Conn) {
+			holdWriter(t, p)
+			writeBehind(t, c)
+		}},
+		{"not-found-first", true, func(t *testing.T, p *Proxy, c *sql.Conn) {
+			if _, err := c.ExecContext(tctx("initech"), `INSERT INTO events (tenant) VALUES ('initech')`); !errors.Is(err, ErrTenantNotFound) {
+				t.Fatalf("first statement for a tenant never created: %v, want ErrTenantNotFound", err)
 			}
 		}},
-		{"write", func(t *testing.T, p *Proxy, c *sql.Conn) {
+		{"write", false, func(t *testing.T, p *Proxy, c *sql.Conn) {
 			if _, err := c.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
 				t.Fatal(err)
 			}
 		}},
-		{"prepare-unopened", func(t *testing.T, p *Proxy, c *sql.Conn) {
+		{"prepare-unopened", false, func(t *testing.T, p *Proxy, c *sql.Conn) {
 			st, err := c.PrepareContext(tctx("initech"), `SELECT count(*) FROM events`) // never opened
 			if err != nil {
 				t.Fatal(err)
@@ -204,8 +224,13 @@ func TestRouting_ConnStaysBound(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+			p := newTestProxy(t, Config{Migrations: []string{eventsTable}, ExplicitCreate: tc.explicit})
 			for _, id := range []string{"acme", "globex"} {
+				if tc.explicit {
+					if err := p.CreateTenant(context.Background(), id); err != nil {
+						t.Fatal(err)
+					}
+				}
 				if _, err := p.ExecContext(tctx(id), `INSERT INTO events (tenant) VALUES (?)`, id); err != nil {
 					t.Fatal(err)
 				}
@@ -230,8 +255,11 @@ func TestRouting_ConnStaysBound(t *testing.T) {
 				t.Errorf("BeginTx under globex on acme's sql.Conn: %v; want ErrTenantMismatch", err)
 			}
 			var n int
-			if err := c.QueryRowContext(context.Background(), `SELECT count(*) FROM events WHERE tenant = 'globex'`).Scan(&n); err != nil || n != 0 {
+			if err := c.QueryRowContext(context.Background(), `SELECT count(*) FROM events WHERE tenant = 'globex'`).Scan(&n); !tc.explicit && (err != nil || n != 0) {
 				t.Errorf("a tenantless query on acme's sql.Conn: %d globex rows, %v; want it on acme (0)", n, err)
+			}
+			if err := c.PingContext(context.Background()); err != nil {
+				t.Errorf("a tenantless Ping on a bound sql.Conn: %v", err)
 			}
 			c.Close()
 			if n := countRows(t, p, "globex"); n != 1 {
