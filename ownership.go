@@ -580,6 +580,12 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 	}
 	if relGen, relPos := releasedAt(t.lease); relGen == srcGen && srcPos < relPos {
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica of generation %d is at %d, behind the position %d it was released with", srcGen, srcPos, relPos))
+	} else if relPos > 0 && srcGen < relGen {
+		// Generation relGen was uploaded up to relPos, and none of it is
+		// left (a store that lost every upload of it): the older one has
+		// none of what was written there (adv35). A delete erases every
+		// generation (src == "" above).
+		return exists, opError(opOpenTenant, t.id, fmt.Errorf("the replica's newest generation is %d, behind generation %d, which was released at position %d", srcGen, relGen, relPos))
 	}
 	if exists {
 		local, err := localPos(t.path)

@@ -716,9 +716,16 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		}
 		// The position the last release recorded is carried: if this node
 		// dies before it releases, the next owner still refuses a replica
-		// behind it (a store that lost its last uploads).
+		// behind it (a store that lost its last uploads). Not into the
+		// generation it is of: this lease may erase that generation's
+		// replica (a delete) and write it anew from its first transaction,
+		// which the position would then refuse forever (adv35).
 		relGen, relPos := prev.released()
-		val, _ := json.Marshal(genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID), RelGen: relGen, RelPos: relPos})
+		rec := genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID)}
+		if relGen != gen {
+			rec.RelGen, rec.RelPos = relGen, relPos
+		}
+		val, _ := json.Marshal(rec)
 		r2, err := c.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
 				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", rev)).
@@ -1024,8 +1031,9 @@ func (l *tenantLease) Lost() <-chan struct{}             { return l.lost }
 // and that position (0, 0: none): Previous's when its owner released it
 // with one, else the one carried since through owners that recorded none
 // (one died before releasing; one released at position 0, having uploaded
-// nothing, or deleted the tenant). The driver refuses a replica of that
-// generation behind that position.
+// nothing, or deleted the tenant), unless they went on in that very
+// generation. The driver refuses a replica of that generation behind that
+// position, or whose newest generation is older.
 func (l *tenantLease) Released() (gen int64, pos uint64) { return l.relGen, l.relPos }
 
 // Valid reports whether the lease may still be relied on now: Lost has not
@@ -1059,7 +1067,7 @@ func (l *tenantLease) kill() bool {
 // can be retried, and records the position if the ownership is still there.
 func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 	v := genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease}
-	if pos == 0 {
+	if pos == 0 && l.relGen != l.gen { // not into its own generation: see acquire
 		v.RelGen, v.RelPos = l.relGen, l.relPos
 	}
 	val, _ := json.Marshal(v)

@@ -279,6 +279,34 @@ func TestReleasedPositionCarried(t *testing.T) {
 	if g, p := released(lc2); g != la2.Generation() || p != 50 {
 		t.Errorf("after a release at 50, Released = %d, %d, want %d, 50", g, p, la2.Generation())
 	}
+
+	// Taken back under the same node lease, the tenant goes on in its
+	// generation, whose position the lease knows but does not record: it
+	// may erase that generation's replica and write it anew from its first
+	// transaction (a delete), which the position would refuse for good.
+	if err := lc2.Release(ctx, 60); err != nil {
+		t.Fatal(err)
+	}
+	lc3, err := c.Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lc3.Generation() != lc2.Generation() {
+		t.Fatalf("taken back: generation %d, want %d", lc3.Generation(), lc2.Generation())
+	}
+	if g, p := released(lc3); g != lc2.Generation() || p != 60 {
+		t.Errorf("taken back, Released = %d, %d, want %d, 60", g, p, lc2.Generation())
+	}
+	if err := lc3.Release(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	lb2, err := newNode(t, srv, "b2").Acquire(ctx, "t1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g, p := released(lb2); g != 0 || p != 0 {
+		t.Errorf("after a release at 0 of a generation gone on with, Released = %d, %d, want 0, 0", g, p)
+	}
 }
 
 // A node that takes back a tenant it released, with nobody in between and

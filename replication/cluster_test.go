@@ -797,3 +797,97 @@ func TestOwnership_ReplicaBehindReleasedPositionRefused(t *testing.T) {
 		})
 	}
 }
+
+// namesOrErr is names, with the error returned.
+func namesOrErr(p *sqliteproxy.Proxy, id string) ([]string, error) {
+	rows, err := p.QueryContext(sqliteproxy.WithOrgID(context.Background(), id), `SELECT name FROM events ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
+// namesOnceOwned is namesOrErr on node n once no other node owns id (a
+// dead node's lease expired).
+func namesOnceOwned(t *testing.T, n *ownerNode, id string) ([]string, error) {
+	t.Helper()
+	var got []string
+	var err error
+	if perr := poll(30*time.Second, func() error {
+		got, err = namesOrErr(n.p, id)
+		if errors.Is(err, sqliteproxy.ErrNotOwner) {
+			return err
+		}
+		return nil
+	}); perr != nil {
+		t.Fatal(perr)
+	}
+	return got, err
+}
+
+// A node that went on in its generation (evicted and taken back under the
+// same node lease) and deleted the tenant with the store down, then made it
+// anew in that very generation (the erase done by the next access; the
+// replica starts again at its first transaction), and died: the position it
+// had released that generation with was carried in its record, and every
+// next owner refused the new tenant's acknowledged rows as "behind" it,
+// for good (adv35).
+func TestOwnership_RecreatedInItsGenerationServedAfterDeath(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	part := etcdtest.NewPartition(t, srv)
+	a := g.ownerNodeAt(t, []string{part.Endpoint()}, "a", 1, 2*time.Second)
+	for _, r := range []string{"r1", "r2", "r3", "r4", "r5", "r6"} {
+		insertSynced(t, a.p, "acme", r)
+	}
+	gen, _ := a.p.Generation("acme")
+	insert(t, a.p, "other", "x")       // a budget of one: acme is evicted and released at its position
+	insertSynced(t, a.p, "acme", "r7") // taken back under the same node lease
+	if again, _ := a.p.Generation("acme"); again != gen {
+		t.Fatalf("generation %d after the tenant was taken back, want %d", again, gen)
+	}
+	if err := deleteWithStoreDown(t, g, a.p); err == nil || !strings.Contains(err.Error(), "erasing its replica failed") {
+		t.Fatalf("DeleteTenant with the store down: %v", err)
+	}
+	g.s3.Restart()
+	insertSynced(t, a.p, "acme", "new") // erases the replica, makes acme anew
+	part.Cut(true)                      // a dies holding acme
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOnceOwned(t, c, "acme"); err != nil || !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("c serves %q, %v; want [new], acknowledged after the re-creation", got, err)
+	}
+}
+
+// A generation released at a position whose every upload the store lost:
+// the next owner found the older generation the newest and served it
+// without the rows acknowledged in the lost one (adv35). It is refused.
+func TestOwnership_ReleasedGenerationLostWhollyRefused(t *testing.T) {
+	g, srv, a, b := twoOwners(t)
+	insertSynced(t, a.p, "acme", "a1")
+	a.close()
+	insertSynced(t, b.p, "acme", "b-acked")
+	gen, _ := b.p.Generation("acme")
+	b.close() // released with its final position
+	objs, _, err := g.s3.List(fmt.Sprintf("tenants/acme/g%d/", gen), "")
+	if err != nil || len(objs) == 0 {
+		t.Fatalf("objects of generation %d: %d, %v", gen, len(objs), err)
+	}
+	for _, o := range objs {
+		if err := g.s3.Client().Delete(context.Background(), o.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOrErr(c.p, "acme"); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("behind generation %d", gen)) {
+		t.Fatalf("c serves %q, %v; want the replica refused (generation %d, released at a position, lost every upload)", got, err, gen)
+	}
+}
