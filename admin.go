@@ -283,7 +283,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	}
 	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)), removeIfExists(genMarker(t.path)))
 	leave()
-	pending := false
+	pending, erased := false, false
 	if r.repl != nil && err == nil {
 		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			pending = r.repl.erasable()
@@ -293,15 +293,19 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 				err = fmt.Errorf("deleted here, but its replica stays: %w (the next access restores the tenant from it: erase the replica by other means first)", rerr)
 			}
 		} else {
+			erased = true
 			err = removeIfExists(deletedMarker(t.path))
 		}
 	}
 	if serr := syncDir(filepath.Dir(t.path)); err == nil {
 		err = serr
 	}
-	if !pending {
-		r.releaseLease(t, 0) // nothing left in any generation
-	} else {
+	switch {
+	case erased:
+		r.releaseDeleted(t) // nothing left in any generation
+	case !pending:
+		r.releaseLease(t, 0)
+	default:
 		// The lease is kept (Ownership): another node that took the
 		// tenant now restored it from the replica, deleted rows and all;
 		// it is sent here, where the next access erases the replica

@@ -188,7 +188,8 @@ type Config struct {
 	// every file makes its next restore slower. With a compactor, a tenant
 	// whose replica holds 8 or more level-0 files not yet compacted is
 	// compacted after it is closed, in the background, one tenant at a time
-	// (the tenant waits for it if it is opened meanwhile). Package
+	// (the tenant waits for it if it is opened meanwhile); with Ownership,
+	// as it is closed, before its lease is released (up to 5 s). Package
 	// github.com/sqliteproxy/sqliteproxy/replica provides Litestream's own
 	// compaction (a nested module: the driver does not link Litestream).
 	// Without one, run `sqliteproxy compact` from time to time. No DSN key.

@@ -400,6 +400,44 @@ type unwrittenReleaser interface {
 	ReleaseUnwritten(ctx context.Context) error
 }
 
+// deleteRecorder is what a TenantLease may also implement (the cluster's
+// does) to record deletes. A delete erases every generation of the replica,
+// but a node that owned the tenant before may still write into its own
+// (its compactor, a late upload): the next owner restored those files,
+// deleted rows and all (soak34). Deleted is the newest generation a delete
+// erased with every older one (0: none), which nobody restores from;
+// ReleaseDeleted gives the lease up after a delete erased them all, this
+// lease's generation included; Erased records, under the lease, a delete
+// finished late (eraseDeleted): the generations before this lease's.
+type deleteRecorder interface {
+	Deleted() int64
+	ReleaseDeleted(ctx context.Context) error
+	Erased(ctx context.Context) error
+}
+
+// deletedFloor is the newest generation of l's tenant that a delete erased
+// (-1: none, or l cannot say): nothing is restored from it nor from an
+// older one.
+func deletedFloor(l TenantLease) int64 {
+	if d, ok := l.(deleteRecorder); ok {
+		if g := d.Deleted(); g > 0 {
+			return g
+		}
+	}
+	return -1
+}
+
+// releaseDeleted gives t's lease up after a delete erased t's replica:
+// recorded as a delete (ReleaseDeleted), else at position 0.
+func (r *router) releaseDeleted(t *tenant) {
+	r.releaseLeaseWith(t, func(ctx context.Context, l TenantLease) error {
+		if d, ok := l.(deleteRecorder); ok {
+			return d.ReleaseDeleted(ctx)
+		}
+		return l.Release(ctx, 0)
+	})
+}
+
 // releaseLease gives t's lease up with t's final replicated position pos;
 // the caller holds t's writer semaphore, and t is closed and synced.
 func (r *router) releaseLease(t *tenant, pos uint64) {
@@ -540,7 +578,8 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 			}
 		}
 	}
-	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, g)
+	floor := deletedFloor(t.lease)
+	src, srcGen, srcPos, err := r.repl.newestGeneration(ctx, t.id, floor, g)
 	if err != nil {
 		// Whether the local copy is current cannot be told: refuse rather
 		// than publish stale data.
@@ -566,7 +605,7 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 		if !exists {
 			return false, nil
 		}
-		if prevGen, _ := t.lease.Previous(); readGenMarker(t.path) < prevGen {
+		if prevGen, _ := t.lease.Previous(); readGenMarker(t.path) < prevGen || readGenMarker(t.path) <= floor {
 			// Another owner had the tenant after this copy was streamed,
 			// and its replica holds nothing now: it was deleted (a delete
 			// erases every generation). This copy must not come back, nor
@@ -638,10 +677,10 @@ func opErrorOrNil(op, id string, err error) error {
 }
 
 // newestGeneration returns the key, generation and position of the newest
-// generation of tenant id's replica, at most max, that holds data; a replica
-// written before ownership (<id> itself) counts as generation 0. Empty key:
-// nothing anywhere.
-func (rp *replicator) newestGeneration(ctx context.Context, id string, max int64) (key string, gen int64, pos uint64, err error) {
+// generation of tenant id's replica, above min and at most max, that holds
+// data; a replica written before ownership (<id> itself) counts as
+// generation 0. Empty key: nothing anywhere.
+func (rp *replicator) newestGeneration(ctx context.Context, id string, min, max int64) (key string, gen int64, pos uint64, err error) {
 	gens, err := rp.generations(ctx, id)
 	if err != nil {
 		return "", 0, 0, err
@@ -651,6 +690,9 @@ func (rp *replicator) newestGeneration(ctx context.Context, id string, max int64
 	for _, g := range append(gens, 0) {
 		if g > max {
 			continue
+		}
+		if g <= min {
+			break // sorted newest first
 		}
 		k := replicaKey(id, g)
 		pos, err := rp.replicaPos(ctx, k)
@@ -811,7 +853,7 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 	}
 	found, err = r.repl.deleteReplica(ctx, t.id)
 	if err == nil {
-		r.releaseLease(t, 0)
+		r.releaseDeleted(t)
 		err = removeIfExists(deletedMarker(t.path))
 	}
 	return found, err

@@ -588,6 +588,9 @@ func (r *router) unregister(t *tenant) {
 		// that kept reading it), and the operation failed with "owned by"
 		// it (adv22). Unless a move ended the lease already: it waits for
 		// this release (adv24).
+		if t.lease != nil && !lost {
+			r.compactOwned(t)
+		}
 		r.releaseLease(t, pos)
 	} else if err == nil && t.lease != nil {
 		t.keptPos = &pos // a move that ends it before the drain goes on releases it at pos
@@ -616,8 +619,8 @@ func (r *router) unregister(t *tenant) {
 		delete(r.repl.behind, t)
 	}
 	r.repl.mu.Unlock()
-	if err == nil {
-		r.queueCompaction(t)
+	if err == nil && r.cfg.Ownership == nil {
+		r.queueCompaction(t) // with Ownership: compactOwned, before the release
 	}
 }
 
@@ -1395,7 +1398,7 @@ func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst,
 // generation per lease; fetch reads the newest one that holds data, so a
 // point in time before it began is not reached.
 func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst string) error {
-	key, _, _, err := rp.newestGeneration(ctx, id, math.MaxInt64)
+	key, _, _, err := rp.newestGeneration(ctx, id, -1, math.MaxInt64)
 	if errors.Is(err, errUnsupported) || (err == nil && key == "") {
 		key, err = id, nil
 	}
@@ -1708,6 +1711,33 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 	r.tel.compacted(ctx, t.tel, start, err)
 }
 
+// compactOwned compacts t's replica, as compact does, while this node still
+// holds t's lease (Config.Ownership), before it releases it; the caller
+// holds t's writer semaphore and has unregistered t. Compacted after the
+// release, another node could take the tenant and delete it meanwhile: the
+// compaction then wrote its files into the erased generation, deleted rows
+// and all, which the next owner restored (soak34).
+func (r *router) compactOwned(t *tenant) {
+	if r.cfg.ReplicaCompactor == nil || leaseStale(t) {
+		return
+	}
+	ctx, cancel := r.untilStop()
+	defer cancel()
+	ctx, cancel = context.WithTimeout(ctx, compactOwnedTimeout)
+	defer cancel()
+	n, err := r.repl.uncompacted(ctx, t.replicaKey())
+	if err != nil || n < compactAfter {
+		return
+	}
+	start := time.Now()
+	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
+	r.tel.compacted(ctx, t.tel, start, err)
+}
+
+// compactOwnedTimeout bounds compactOwned, which holds the tenant's writer
+// and lease: well within a lease's TTL.
+const compactOwnedTimeout = 5 * time.Second
+
 // unsyncedMarker names the file that marks the tenant file at p as closed
 // after a failed final sync: its last commits may be in the file only. The
 // close that followed checkpointed them into the database and removed the
@@ -1846,7 +1876,7 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 	defer cancel()
 	erase := true
 	if gen != 0 && r.cfg.Ownership != nil {
-		_, newest, _, err := r.repl.newestGeneration(ctx, t.id, math.MaxInt64)
+		_, newest, _, err := r.repl.newestGeneration(ctx, t.id, -1, math.MaxInt64)
 		if err != nil {
 			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and whether its replica was written since cannot be told: it is erased before the tenant is made again (%w)", err))
 		}
@@ -1855,6 +1885,13 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 	if erase {
 		if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
 			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
+		}
+		if d, ok := t.lease.(deleteRecorder); ok {
+			// Recorded before the tenant is made again: a former owner's
+			// late writes into an erased generation are not restored.
+			if err := d.Erased(ctx); err != nil {
+				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica erased, but the delete could not be recorded (%w)", err))
+			}
 		}
 		if exists {
 			// Litestream's files beside it describe the erased replica.
@@ -2363,7 +2400,7 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 	if c.Generation != 0 {
 		// Each generation counts its transactions from its own start:
 		// another node's newer one is not comparable, only newer.
-		_, g, pos, err := rp.newestGeneration(ctx, id, math.MaxInt64)
+		_, g, pos, err := rp.newestGeneration(ctx, id, -1, math.MaxInt64)
 		if err != nil {
 			return c, opError(op, id, err)
 		}

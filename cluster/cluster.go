@@ -136,6 +136,10 @@ type genValue struct {
 	// (its owner died before releasing) and a release at position 0.
 	RelGen int64  `json:"rel_gen,omitempty"`
 	RelPos uint64 `json:"rel_pos,omitempty"`
+	// Deleted: the generations up to this one were erased by a delete;
+	// what they hold since (a former owner's late upload or compaction)
+	// is not the tenant. Carried by every record after it.
+	Deleted int64 `json:"deleted,omitempty"`
 }
 
 // released is the newest generation a release recorded a position for,
@@ -721,7 +725,7 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 		// replica (a delete) and write it anew from its first transaction,
 		// which the position would then refuse forever (adv35).
 		relGen, relPos := prev.released()
-		rec := genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID)}
+		rec := genValue{Gen: gen, Node: c.cfg.NodeID, Lease: int64(leaseID), Deleted: prev.Deleted}
 		if relGen != gen {
 			rec.RelGen, rec.RelPos = relGen, relPos
 		}
@@ -738,7 +742,7 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 			c.abandon(id, rev)
 			return nil, fmt.Errorf("cluster: acquire %q: record generation: %w", id, err)
 		}
-		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, relGen: relGen, relPos: relPos, prevRaw: prevRaw, lost: make(chan struct{})}
+		l := &tenantLease{c: c, tenant: id, gen: gen, ownerRev: rev, lease: int64(leaseID), prevGen: prev.Gen, prevPos: prev.Pos, relGen: relGen, relPos: relPos, deleted: prev.Deleted, prevRaw: prevRaw, lost: make(chan struct{})}
 		c.mu.Lock()
 		if c.closed || !c.healthy || c.epoch != epoch || c.lease != leaseID {
 			c.stale[id] = rev
@@ -1013,6 +1017,7 @@ type tenantLease struct {
 	prevPos  uint64
 	relGen   int64  // the newest generation a release recorded a position for (Released)
 	relPos   uint64 // and that position
+	deleted  int64  // the generations up to this one were erased by a delete (Deleted)
 	prevRaw  []byte // gens/<tenant> as it found it (nil: none), put back by ReleaseUnwritten
 
 	lost     chan struct{}
@@ -1034,7 +1039,11 @@ func (l *tenantLease) Lost() <-chan struct{}             { return l.lost }
 // nothing, or deleted the tenant), unless they went on in that very
 // generation. The driver refuses a replica of that generation behind that
 // position, or whose newest generation is older.
-func (l *tenantLease) Released() (gen int64, pos uint64) { return l.relGen, l.relPos }
+func (l *tenantLease) Released() (gen int64, pos uint64) {
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	return l.relGen, l.relPos
+}
 
 // Valid reports whether the lease may still be relied on now: Lost has not
 // closed, and the node's last renewal still covers this moment. Lost is
@@ -1066,12 +1075,61 @@ func (l *tenantLease) kill() bool {
 // takes the tenant anew, as etcd may have committed the release): the call
 // can be retried, and records the position if the ownership is still there.
 func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
-	v := genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease}
+	l.relMu.Lock()
+	v := genValue{Gen: l.gen, Pos: pos, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: l.deleted}
 	if pos == 0 && l.relGen != l.gen { // not into its own generation: see acquire
 		v.RelGen, v.RelPos = l.relGen, l.relPos
 	}
+	l.relMu.Unlock()
 	val, _ := json.Marshal(v)
 	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: position not recorded", l.gen))
+}
+
+// Deleted is the newest generation that a delete erased, with every older
+// one (0: none): what the replica holds of them since (a former owner's
+// late upload or compaction) is not the tenant. The driver restores from
+// newer generations only.
+func (l *tenantLease) Deleted() int64 {
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	return l.deleted
+}
+
+// ReleaseDeleted gives the tenant up after a delete erased its replica,
+// every generation of it, this lease's included: the next owner restores
+// from none of them (Deleted), whatever they hold again by then.
+func (l *tenantLease) ReleaseDeleted(ctx context.Context) error {
+	val, _ := json.Marshal(genValue{Gen: l.gen, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: l.gen})
+	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: delete not recorded", l.gen))
+}
+
+// Erased records, while this lease is held, that its holder erased every
+// generation of the tenant's replica (a delete finished late) and goes on
+// writing the tenant anew in this lease's generation: the older ones are
+// deleted (Deleted) for every later owner, also if this node dies before
+// it releases. It fails when the ownership is no longer this lease's.
+func (l *tenantLease) Erased(ctx context.Context) error {
+	l.relMu.Lock()
+	defer l.relMu.Unlock()
+	if l.released {
+		return fmt.Errorf("cluster: erased %q: %w", l.tenant, ErrLeaseLost)
+	}
+	val, _ := json.Marshal(genValue{Gen: l.gen, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: l.gen - 1})
+	ownerKey := ownersPrefix + l.tenant
+	r, err := l.c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(ownerKey), "=", l.c.cfg.NodeID),
+			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.ownerRev)).
+		Then(clientv3.OpPut(gensPrefix+l.tenant, string(val))).
+		Commit()
+	if err == nil && !r.Succeeded {
+		err = ErrLeaseLost
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: erased %q: %w", l.tenant, err)
+	}
+	l.deleted, l.relGen, l.relPos = l.gen-1, 0, 0
+	l.prevRaw = val // what ReleaseUnwritten puts back: the erase stays recorded
+	return nil
 }
 
 // ReleaseUnwritten gives the tenant up as if this lease had never been
@@ -1085,9 +1143,11 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 func (l *tenantLease) ReleaseUnwritten(ctx context.Context) error {
 	genKey := gensPrefix + l.tenant
 	op := clientv3.OpDelete(genKey)
+	l.relMu.Lock()
 	if l.prevRaw != nil {
 		op = clientv3.OpPut(genKey, string(l.prevRaw))
 	}
+	l.relMu.Unlock()
 	return l.release(ctx, op, "generation record not put back")
 }
 

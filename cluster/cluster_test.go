@@ -309,6 +309,82 @@ func TestReleasedPositionCarried(t *testing.T) {
 	}
 }
 
+// A delete is recorded and carried: ReleaseDeleted (a delete that erased
+// the replica) makes every later owner's Deleted its generation, through
+// releases at a position, at 0 and unwritten leases; Erased (a delete
+// finished late, by the lease that goes on writing the tenant) the one
+// before its own, also when its node dies.
+func TestDeleteRecorded(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
+	ctx := ctxT(t, 60*time.Second)
+	type recorder interface {
+		Deleted() int64
+		ReleaseDeleted(context.Context) error
+		Erased(context.Context) error
+		ReleaseUnwritten(context.Context) error
+		Released() (int64, uint64)
+	}
+	acquire := func(n *Cluster) recorder {
+		t.Helper()
+		l, err := n.Acquire(ctx, "t1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l.(recorder)
+	}
+	la := acquire(a)
+	if d := la.Deleted(); d != 0 {
+		t.Errorf("first Deleted = %d, want 0", d)
+	}
+	if err := la.(sqliteproxy.TenantLease).Release(ctx, 42); err != nil {
+		t.Fatal(err)
+	}
+	lb := acquire(b)
+	gb := lb.(sqliteproxy.TenantLease).Generation()
+	if err := lb.ReleaseDeleted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lc := acquire(c)
+	if d := lc.Deleted(); d != gb {
+		t.Errorf("after a delete in %d, Deleted = %d", gb, d)
+	}
+	if g, p := lc.Released(); g != 0 || p != 0 {
+		t.Errorf("after a delete, Released = %d, %d, want 0, 0 (everything erased)", g, p)
+	}
+	if err := lc.(sqliteproxy.TenantLease).Release(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	la2 := acquire(a)
+	if d := la2.Deleted(); d != gb {
+		t.Errorf("carried through a release at 7: Deleted = %d, want %d", d, gb)
+	}
+	if err := la2.ReleaseUnwritten(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lb2 := acquire(b)
+	if d := lb2.Deleted(); d != gb {
+		t.Errorf("carried through an unwritten lease: Deleted = %d, want %d", d, gb)
+	}
+	gb2 := lb2.(sqliteproxy.TenantLease).Generation()
+	if err := lb2.Erased(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := lb2.Deleted(); d != gb2-1 {
+		t.Errorf("after Erased, the lease's Deleted = %d, want %d", d, gb2-1)
+	}
+	b.kill() // dies holding it: the record Erased wrote stays
+	var lc2 sqliteproxy.TenantLease
+	eventually(t, 3*testTTL+5*time.Second, "c acquires t1 after b's lease expires", func() bool {
+		l, err := c.Acquire(ctx, "t1")
+		lc2 = l
+		return err == nil
+	})
+	if d := lc2.(recorder).Deleted(); d != gb2-1 {
+		t.Errorf("after Erased and a death, Deleted = %d, want %d", d, gb2-1)
+	}
+}
+
 // A node that takes back a tenant it released, with nobody in between and
 // under the same node lease, goes on in the same generation (its replica
 // goes on incrementally); after another owner, it gets a new one.

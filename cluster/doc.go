@@ -26,9 +26,11 @@
 // carries the last position a release recorded through owners that
 // recorded none (one died, or uploaded nothing), which the next owner gets
 // from its lease's Released: a replica of that generation behind it lost
-// uploads, and the driver refuses it. A node that dies keeps its tenants
-// until its lease expires (at most TTL); a node that closes revokes its
-// lease and hands them over at once.
+// uploads, and the driver refuses it. A delete that erased the replica is
+// recorded there too (Deleted): the generations it erased are restored
+// from by no later owner, whatever is written into them afterwards. A node
+// that dies keeps its tenants until its lease expires (at most TTL); a
+// node that closes revokes its lease and hands them over at once.
 //
 // A node that cannot renew its lease stops relying on it before etcd can
 // expire it: when TTL minus a margin (TTL/3, at least 500ms) has passed
