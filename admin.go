@@ -399,6 +399,9 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 		}
 		return opError(op, id, fmt.Errorf("backup destination: %w", err))
 	}
+	if err := p.c.r.ownedCopy(ctx, t); err != nil {
+		return err
+	}
 	src, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err
@@ -434,6 +437,32 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	return nil
 }
 
+// ownedCopy makes this node t's owner (Config.Ownership) and brings its
+// copy up to date with the replica, as a first access does, before
+// BackupTenant or CheckTenant reads it: a copy left here by an earlier
+// lease was read as it was, older than the tenant (soak34: a backup on the
+// owner right after a move back to it lacked the rows acknowledged
+// elsewhere since; one on an owner with no copy said "not found"). It
+// neither creates the tenant nor applies migrations: a tenant behind or
+// ahead of them is brought up to date all the same (the replica is read
+// before the migrations are looked at) and then read as it is.
+func (r *router) ownedCopy(ctx context.Context, t *tenant) error {
+	if r.cfg.Ownership == nil || (t.ready.Load() && !t.fenced.Load()) {
+		return nil
+	}
+	if err := t.lockWriter(ctx); err != nil {
+		return err
+	}
+	if _, err := t.openLockedWriter(ctx, openOpts{}); err != nil {
+		if errors.Is(err, ErrPendingMigrations) || errors.Is(err, ErrMigrationDrift) || errors.Is(err, errAhead) {
+			return nil
+		}
+		return err
+	}
+	t.releaseWriter()
+	return nil
+}
+
 // CheckTenant runs PRAGMA integrity_check on the tenant and returns nil
 // when SQLite reports it ok, else an error quoting the first problems. Like
 // BackupTenant it neither applies nor requires migrations, and it runs
@@ -446,6 +475,9 @@ func (p *Proxy) CheckTenant(ctx context.Context, id string) error {
 		return err
 	}
 	defer t.unpin()
+	if err := p.c.r.ownedCopy(ctx, t); err != nil {
+		return err
+	}
 	c, done, err := t.ungatedReader(ctx, op)
 	if err != nil {
 		return err

@@ -980,3 +980,62 @@ func TestOwnership_CompactorNeverWritesAfterTheRelease(t *testing.T) {
 		}
 	}
 }
+
+// BackupTenant and CheckTenant on a node that is the tenant's owner but
+// has not opened it since (a move to it) read its copy as the owner does:
+// up to date with the replica. They read an older copy left by an earlier
+// lease (the backup lacked a row acknowledged elsewhere since), and said
+// "not found" on an owner with no copy (soak34). On a node that does not
+// own the tenant they are refused with the owner's name.
+func TestOwnership_BackupAndCheckReadTheOwnersCopy(t *testing.T) {
+	_, srv, a, b := twoOwners(t)
+	adm, err := cluster.NewAdmin(srv.Endpoints())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	backup := func(n *ownerNode, id string) ([]string, error) {
+		t.Helper()
+		bk := filepath.Join(t.TempDir(), id+".bak")
+		if err := n.p.BackupTenant(ctx, id, bk); err != nil {
+			return nil, err
+		}
+		p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: t.TempDir()})
+		if err := p.RestoreTenant(ctx, id, bk); err != nil {
+			t.Fatal(err)
+		}
+		return names(t, p, id), nil
+	}
+
+	insertSynced(t, a.p, "fresh", "x")
+	if err := adm.Move(ctx, "fresh", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.p.CheckTenant(ctx, "fresh"); err != nil {
+		t.Errorf("CheckTenant on the owner with no copy: %v", err)
+	}
+	if got, err := backup(b, "fresh"); err != nil || !slices.Equal(got, []string{"x"}) {
+		t.Errorf("BackupTenant on the owner with no copy: %q, %v; want [x]", got, err)
+	}
+
+	insertSynced(t, a.p, "acme", "x")
+	if err := adm.Move(ctx, "acme", "b"); err != nil {
+		t.Fatal(err)
+	}
+	names(t, b.p, "acme") // b has a copy now
+	if err := adm.Move(ctx, "acme", "a"); err != nil {
+		t.Fatal(err)
+	}
+	insertSynced(t, a.p, "acme", "y")
+	if _, err := backup(b, "acme"); !errors.Is(err, sqliteproxy.ErrNotOwner) {
+		t.Errorf("BackupTenant on a node that does not own the tenant: %v, want ErrNotOwner", err)
+	}
+	if err := adm.Move(ctx, "acme", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := backup(b, "acme"); err != nil || !slices.Equal(got, []string{"x", "y"}) {
+		t.Errorf("BackupTenant on the owner after a move back to it: %q, %v; want [x y]", got, err)
+	}
+}
