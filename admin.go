@@ -285,7 +285,13 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	leave()
 	pending, erased := false, false
 	if r.repl != nil && err == nil {
-		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
+		// Recorded first (Ownership): erased and then not recorded, the
+		// delete was undone by a former owner's late write (adv37).
+		rerr := recordDelete(ctx, t, t.gen.Load())
+		if rerr == nil {
+			_, rerr = r.repl.deleteReplica(ctx, id)
+		}
+		if rerr != nil {
 			pending = r.repl.erasable()
 			if pending {
 				err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)
@@ -456,6 +462,20 @@ func (r *router) ownedCopy(ctx context.Context, t *tenant) error {
 	if _, err := t.openLockedWriter(ctx, openOpts{}); err != nil {
 		if errors.Is(err, ErrPendingMigrations) || errors.Is(err, ErrMigrationDrift) || errors.Is(err, errAhead) {
 			return nil
+		}
+		if t.lockWriter(ctx) != nil {
+			return err
+		}
+		defer t.unlockWriter()
+		if t.lease != nil && hasFile(t.path) {
+			// The replica could not be read (the object store down, when
+			// operators want a backup most: adv37), but this node's copy
+			// is of the generation written last, under its own lease that
+			// ended since, and nobody took the tenant in between: it is
+			// the tenant.
+			if prevGen, _ := t.lease.Previous(); prevGen > 0 && readGenMarker(t.path) == prevGen {
+				return nil
+			}
 		}
 		return err
 	}

@@ -407,12 +407,25 @@ type unwrittenReleaser interface {
 // deleted rows and all (soak34). Deleted is the newest generation a delete
 // erased with every older one (0: none), which nobody restores from;
 // ReleaseDeleted gives the lease up after a delete erased them all, this
-// lease's generation included; Erased records, under the lease, a delete
-// finished late (eraseDeleted): the generations before this lease's.
+// lease's generation included; MarkDeleted records, under the lease, that
+// the generations up to upTo are deleted: all of them before a delete
+// erases the replica (recorded after it, a delete whose release etcd did
+// not take was not recorded at all: adv37), and those before this lease's
+// once a delete finished late has erased them (eraseDeleted), the tenant
+// then made anew in this lease's generation.
 type deleteRecorder interface {
 	Deleted() int64
 	ReleaseDeleted(ctx context.Context) error
-	Erased(ctx context.Context) error
+	MarkDeleted(ctx context.Context, upTo int64) error
+}
+
+// recordDelete records, under t's lease, that t's generations up to upTo
+// are deleted (deleteRecorder); nil when the lease cannot say so.
+func recordDelete(ctx context.Context, t *tenant, upTo int64) error {
+	if d, ok := t.lease.(deleteRecorder); ok {
+		return d.MarkDeleted(ctx, upTo)
+	}
+	return nil
 }
 
 // deletedFloor is the newest generation of l's tenant that a delete erased
@@ -585,6 +598,9 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 		// than publish stale data.
 		return exists, opError(opOpenTenant, t.id, fmt.Errorf("read the tenant's replica generations: %w", err))
 	}
+	if floor > 0 {
+		r.repl.eraseDeadGenerations(ctx, t.id, floor)
+	}
 	if restored != nil {
 		prevGen, _ := t.lease.Previous()
 		if srcGen <= restored.gen && (prevGen <= restored.gen || src != "") {
@@ -674,6 +690,25 @@ func opErrorOrNil(op, id string, err error) error {
 		return nil
 	}
 	return opError(op, id, err)
+}
+
+// eraseDeadGenerations erases, as the tenant's owner, what the generations of
+// tenant id's replica up to floor hold, which a delete erased and recorded
+// (deleteRecorder): a former owner's late upload into one of them is never
+// restored by an owner, but a restore without a lease (RestoreTenantAt
+// before the tenant is owned here, FetchReplica, the CLI) read it, and the
+// deleted rows stayed readable in the store (adv37). Best effort: what
+// fails is tried again at the tenant's next first access.
+func (rp *replicator) eraseDeadGenerations(ctx context.Context, id string, floor int64) {
+	gens, err := rp.generations(ctx, id)
+	if err != nil {
+		return
+	}
+	for _, g := range gens {
+		if g > 0 && g <= floor {
+			rp.deleteKey(ctx, replicaKey(id, g))
+		}
+	}
 }
 
 // newestGeneration returns the key, generation and position of the newest
@@ -850,6 +885,9 @@ func (r *router) deleteReplicaOwned(ctx context.Context, t *tenant) (found bool,
 		if err := markDeleted(t); err != nil {
 			return false, err
 		}
+	}
+	if err := recordDelete(ctx, t, t.gen.Load()); err != nil {
+		return false, err
 	}
 	found, err = r.repl.deleteReplica(ctx, t.id)
 	if err == nil {

@@ -1462,7 +1462,14 @@ func (rp *replicator) lastUpload(ctx context.Context, key string) (time.Time, er
 // one: file:// and s3:// replicas (see internal/s3lite); others are an error
 // that says so.
 func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error) {
-	raw := rp.url(id)
+	return rp.deleteKey(ctx, id)
+}
+
+// deleteKey erases the replica at key (a tenant's, <id>, with every
+// generation in it; or one generation's, <id>/g<N>), and reports whether
+// there was anything to erase.
+func (rp *replicator) deleteKey(ctx context.Context, key string) (bool, error) {
+	raw := rp.url(key)
 	u, err := url.Parse(raw)
 	if err != nil {
 		return false, err
@@ -1886,10 +1893,11 @@ func (r *router) eraseDeleted(ctx context.Context, t *tenant, exists bool) error
 		if _, err := r.repl.deleteReplica(ctx, t.id); err != nil {
 			return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: it is erased before the tenant is made again (%w)", err))
 		}
-		if d, ok := t.lease.(deleteRecorder); ok {
-			// Recorded before the tenant is made again: a former owner's
-			// late writes into an erased generation are not restored.
-			if err := d.Erased(ctx); err != nil {
+		if g := t.gen.Load(); g > 0 {
+			// The delete marked every generation up to this lease's (the
+			// older ones if it was recorded by an older lease): now that
+			// they are erased, the tenant is made anew in this one.
+			if err := recordDelete(ctx, t, g-1); err != nil {
 				return opError(opOpenTenant, t.id, fmt.Errorf("deleted here, and its replica erased, but the delete could not be recorded (%w)", err))
 			}
 		}

@@ -1103,18 +1103,26 @@ func (l *tenantLease) ReleaseDeleted(ctx context.Context) error {
 	return l.release(ctx, clientv3.OpPut(gensPrefix+l.tenant, string(val)), fmt.Sprintf("generation %d: delete not recorded", l.gen))
 }
 
-// Erased records, while this lease is held, that its holder erased every
-// generation of the tenant's replica (a delete finished late) and goes on
-// writing the tenant anew in this lease's generation: the older ones are
-// deleted (Deleted) for every later owner, also if this node dies before
-// it releases. It fails when the ownership is no longer this lease's.
-func (l *tenantLease) Erased(ctx context.Context) error {
+// MarkDeleted records, while this lease is held, that the generations up
+// to upTo (this lease's at most) are deleted (Deleted), for every later
+// owner, also if this node dies before it releases. A delete marks them all
+// (upTo = Generation) before it erases the replica, so that the delete
+// stands even if its release is never recorded; a delete finished late, by
+// the lease that goes on writing the tenant anew in its generation, marks
+// the older ones (upTo = Generation - 1) once it has erased them. It fails
+// when the ownership is no longer this lease's.
+func (l *tenantLease) MarkDeleted(ctx context.Context, upTo int64) error {
 	l.relMu.Lock()
 	defer l.relMu.Unlock()
-	if l.released {
-		return fmt.Errorf("cluster: erased %q: %w", l.tenant, ErrLeaseLost)
+	if l.released || time.Now().UnixNano() >= l.c.validUntil.Load() {
+		// Released, or not renewed in time (etcd out of reach): this node
+		// cannot tell it still owns the tenant.
+		return fmt.Errorf("cluster: mark %q deleted: %w", l.tenant, ErrLeaseLost)
 	}
-	val, _ := json.Marshal(genValue{Gen: l.gen, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: l.gen - 1})
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	upTo = min(upTo, l.gen)
+	val, _ := json.Marshal(genValue{Gen: l.gen, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: upTo})
 	ownerKey := ownersPrefix + l.tenant
 	r, err := l.c.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(ownerKey), "=", l.c.cfg.NodeID),
@@ -1125,10 +1133,10 @@ func (l *tenantLease) Erased(ctx context.Context) error {
 		err = ErrLeaseLost
 	}
 	if err != nil {
-		return fmt.Errorf("cluster: erased %q: %w", l.tenant, err)
+		return fmt.Errorf("cluster: mark %q deleted: %w", l.tenant, err)
 	}
-	l.deleted, l.relGen, l.relPos = l.gen-1, 0, 0
-	l.prevRaw = val // what ReleaseUnwritten puts back: the erase stays recorded
+	l.deleted, l.relGen, l.relPos = upTo, 0, 0
+	l.prevRaw = val // what ReleaseUnwritten puts back: the delete stays recorded
 	return nil
 }
 

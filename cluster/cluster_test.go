@@ -311,9 +311,10 @@ func TestReleasedPositionCarried(t *testing.T) {
 
 // A delete is recorded and carried: ReleaseDeleted (a delete that erased
 // the replica) makes every later owner's Deleted its generation, through
-// releases at a position, at 0 and unwritten leases; Erased (a delete
-// finished late, by the lease that goes on writing the tenant) the one
-// before its own, also when its node dies.
+// releases at a position, at 0 and unwritten leases; MarkDeleted records
+// it under the lease (a delete about to erase; one finished late, by the
+// lease that goes on writing the tenant, marks the generations before its
+// own), also when its node dies.
 func TestDeleteRecorded(t *testing.T) {
 	srv := etcdtest.Start(t)
 	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
@@ -321,7 +322,7 @@ func TestDeleteRecorded(t *testing.T) {
 	type recorder interface {
 		Deleted() int64
 		ReleaseDeleted(context.Context) error
-		Erased(context.Context) error
+		MarkDeleted(context.Context, int64) error
 		ReleaseUnwritten(context.Context) error
 		Released() (int64, uint64)
 	}
@@ -367,13 +368,19 @@ func TestDeleteRecorded(t *testing.T) {
 		t.Errorf("carried through an unwritten lease: Deleted = %d, want %d", d, gb)
 	}
 	gb2 := lb2.(sqliteproxy.TenantLease).Generation()
-	if err := lb2.Erased(ctx); err != nil {
+	if err := lb2.MarkDeleted(ctx, gb2); err != nil {
+		t.Fatal(err)
+	}
+	if d := lb2.Deleted(); d != gb2 {
+		t.Errorf("after MarkDeleted(%d), the lease's Deleted = %d", gb2, d)
+	}
+	if err := lb2.MarkDeleted(ctx, gb2-1); err != nil { // erased, and the tenant made anew in gb2
 		t.Fatal(err)
 	}
 	if d := lb2.Deleted(); d != gb2-1 {
-		t.Errorf("after Erased, the lease's Deleted = %d, want %d", d, gb2-1)
+		t.Errorf("after MarkDeleted(%d), the lease's Deleted = %d", gb2-1, d)
 	}
-	b.kill() // dies holding it: the record Erased wrote stays
+	b.kill() // dies holding it: the record MarkDeleted wrote stays
 	var lc2 sqliteproxy.TenantLease
 	eventually(t, 3*testTTL+5*time.Second, "c acquires t1 after b's lease expires", func() bool {
 		l, err := c.Acquire(ctx, "t1")
@@ -381,7 +388,7 @@ func TestDeleteRecorded(t *testing.T) {
 		return err == nil
 	})
 	if d := lc2.(recorder).Deleted(); d != gb2-1 {
-		t.Errorf("after Erased and a death, Deleted = %d, want %d", d, gb2-1)
+		t.Errorf("after MarkDeleted and a death, Deleted = %d, want %d", d, gb2-1)
 	}
 }
 

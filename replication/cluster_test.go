@@ -1039,3 +1039,162 @@ func TestOwnership_BackupAndCheckReadTheOwnersCopy(t *testing.T) {
 		t.Errorf("BackupTenant on the owner after a move back to it: %q, %v; want [x y]", got, err)
 	}
 }
+
+// lateWriteOf has node a write three rows to acme and sync them, saves the
+// files of its generation, and closes a; put puts those files back, as a
+// former owner's late upload into a generation a delete erased would.
+func lateWriteOf(t *testing.T, g *rig, a *ownerNode) (put func(), genPrefix string) {
+	t.Helper()
+	for _, r := range []string{"secret1", "secret2", "secret3"} {
+		insertSynced(t, a.p, "acme", r)
+	}
+	gen, _ := a.p.Generation("acme")
+	genDir := filepath.Join(g.s3.Root, g.s3.Bucket, "tenants", "acme", fmt.Sprintf("g%d", gen))
+	saved := filepath.Join(t.TempDir(), "saved")
+	if out, err := exec.Command("cp", "-a", genDir, saved).CombinedOutput(); err != nil {
+		t.Fatalf("save %s: %v\n%s", genDir, err, out)
+	}
+	a.close()
+	return func() {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(genDir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("cp", "-a", saved, genDir).CombinedOutput(); err != nil {
+			t.Fatalf("put back %s: %v\n%s", genDir, err, out)
+		}
+	}, fmt.Sprintf("tenants/acme/g%d/", gen)
+}
+
+// A delete is recorded in etcd before it erases the replica: erased first,
+// a delete whose release etcd did not take returned nil unrecorded, and a
+// late write brought the rows back (adv37). Cut off from etcd, it erases
+// nothing and says so.
+func TestOwnership_DeleteRecordedBeforeTheErase(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	part := etcdtest.NewPartition(t, srv)
+	a := g.ownerNode(t, srv, "a", 4)
+	b := g.ownerNodeAt(t, []string{part.Endpoint()}, "b", 4, 10*time.Second)
+	for _, r := range []string{"secret1", "secret2"} {
+		insertSynced(t, a.p, "acme", r)
+	}
+	a.close()
+	if got := names(t, b.p, "acme"); len(got) != 2 {
+		t.Fatalf("b serves %q", got)
+	}
+	part.Cut(true)
+	err := b.p.DeleteTenant(context.Background(), "acme")
+	if err == nil || !strings.Contains(err.Error(), "erasing its replica failed") {
+		t.Fatalf("DeleteTenant cut off from etcd: %v, want the replica's erasure reported as failed", err)
+	}
+	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil || len(objs) == 0 {
+		t.Fatalf("the replica holds %d objects (%v) after a delete that could not be recorded; want it left as it was", len(objs), err)
+	}
+}
+
+// A delete whose erasure failed (the store down), by a node that then
+// closed (a rolling deploy) before finishing it: its lease went, and the
+// next owner restored the deleted rows (adv37). The delete was recorded
+// before the erasure: the next owner makes a new tenant, and erases what
+// the deleted generations still hold.
+func TestOwnership_PendingDeleteStaysDeletedAfterClose(t *testing.T) {
+	g, srv, _, b := twoOwners(t)
+	if err := deleteWithStoreDown(t, g, b.p); !strings.Contains(err.Error(), "erasing its replica failed") {
+		t.Fatalf("DeleteTenant with the store down: %v", err)
+	}
+	g.s3.Restart()
+	b.close()
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOnceOwned(t, c, "acme"); err != nil || len(got) != 0 {
+		t.Fatalf("c serves %q (%v) after b's delete; want a new, empty tenant", got, err)
+	}
+	insertSynced(t, c.p, "acme", "new")
+	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, o := range objs {
+			if !strings.HasPrefix(o.Key, fmt.Sprintf("tenants/acme/g%d/", mustGeneration(t, c, "acme"))) {
+				t.Errorf("%s left in the replica after the delete", o.Key)
+			}
+		}
+	}
+}
+
+// mustGeneration is n's generation of tenant id.
+func mustGeneration(t *testing.T, n *ownerNode, id string) int64 {
+	t.Helper()
+	g, ok := n.p.Generation(id)
+	if !ok {
+		t.Fatalf("%s holds no lease on %s", n.id, id)
+	}
+	return g
+}
+
+// A pending delete finished by the owner's next access, which makes the
+// tenant anew in its own generation, then a late write into the former
+// owner's erased generation: the next owner serves the new tenant only.
+func TestOwnership_PendingDeleteFinishedThenLateWrite(t *testing.T) {
+	g, srv, a, b := twoOwners(t)
+	put, _ := lateWriteOf(t, g, a)
+	if got := names(t, b.p, "acme"); len(got) != 3 {
+		t.Fatalf("b serves %q", got)
+	}
+	g.s3.Stop()
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with the store down: nil")
+	}
+	g.s3.Restart()
+	insertSynced(t, b.p, "acme", "new")
+	put()
+	b.close()
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOnceOwned(t, c, "acme"); err != nil || !slices.Equal(got, []string{"new"}) {
+		t.Fatalf("c serves %q, %v; want [new]", got, err)
+	}
+}
+
+// What a late write put into a generation a delete erased is erased again
+// by the tenant's next owner: it stayed readable in the store for good,
+// where a restore without a lease (FetchReplica, the CLI) read it (adv37).
+func TestOwnership_ErasedGenerationErasedAgainByTheNextOwner(t *testing.T) {
+	g, _, a, b := twoOwners(t)
+	put, erased := lateWriteOf(t, g, a)
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatal(err)
+	}
+	put()
+	if objs, _, err := g.s3.List(erased, ""); err != nil || len(objs) == 0 {
+		t.Fatalf("%s holds %d objects (%v): the late write did not happen", erased, len(objs), err)
+	}
+	insertSynced(t, b.p, "acme", "after")
+	if objs, _, err := g.s3.List(erased, ""); err != nil || len(objs) > 0 {
+		t.Fatalf("%s still holds %d objects (the deleted rows) after the next owner's first access (%v)", erased, len(objs), err)
+	}
+	if got := names(t, b.p, "acme"); !slices.Equal(got, []string{"after"}) {
+		t.Fatalf("b serves %q, want [after]", got)
+	}
+}
+
+// BackupTenant and CheckTenant on the node that wrote the tenant last, with
+// the object store down: its copy is the tenant, and they read it (they
+// failed, the replica unreadable, since they act as the owner: adv37).
+func TestOwnership_BackupOnTheLastOwnerWithTheStoreDown(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	in := func(c *sqliteproxy.Config) { c.Dir = dir }
+	a := g.ownerNode(t, srv, "a", 4, in)
+	insertSynced(t, a.p, "acme", "x")
+	a.close()
+	a = g.ownerNode(t, srv, "a", 4, in)
+	g.s3.Stop()
+	defer g.s3.Restart()
+	bk := filepath.Join(t.TempDir(), "acme.bak")
+	if err := a.p.BackupTenant(context.Background(), "acme", bk); err != nil {
+		t.Errorf("BackupTenant on the last owner, the store down: %v", err)
+	}
+	if err := a.p.CheckTenant(context.Background(), "acme"); err != nil {
+		t.Errorf("CheckTenant on the last owner, the store down: %v", err)
+	}
+}
