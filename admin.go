@@ -215,6 +215,9 @@ func (p *Proxy) TenantExists(ctx context.Context, id string) (bool, error) {
 // is erased: by DeleteTenant again, or by its next access, which erases it
 // first (and fails while it cannot). A first access restoring the tenant
 // from its replica meanwhile is waited for, and what it restored deleted.
+// With Ownership the delete is recorded in the cluster before anything is
+// deleted (cut off from etcd, nothing is, and it says so): no later owner
+// restores a deleted generation, whatever is written into it afterwards.
 func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	endOp, err := p.c.r.beginOp(opDeleteTenant, id)
 	if err != nil {
@@ -256,6 +259,18 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		}
 		return opError(opDeleteTenant, id, err)
 	}
+	if r.repl != nil {
+		// Recorded in the cluster (Ownership) before anything is deleted:
+		// recorded after the erase, a delete whose release etcd did not
+		// take was undone by a former owner's late write (adv37); after
+		// the files here, a delete cut off from etcd left the rows to the
+		// next owner, this node's lease gone (adv38).
+		if err := recordDelete(ctx, t, t.gen.Load()); err != nil {
+			leave()
+			t.endDrain(tenantActive)
+			return opError(opDeleteTenant, id, fmt.Errorf("the delete could not be recorded in the cluster, and nothing was deleted: %w", err))
+		}
+	}
 	if r.repl != nil && r.repl.erasable() {
 		// Until its replica is erased (last, below): an open that found
 		// no file restored the tenant from it.
@@ -285,13 +300,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	leave()
 	pending, erased := false, false
 	if r.repl != nil && err == nil {
-		// Recorded first (Ownership): erased and then not recorded, the
-		// delete was undone by a former owner's late write (adv37).
-		rerr := recordDelete(ctx, t, t.gen.Load())
-		if rerr == nil {
-			_, rerr = r.repl.deleteReplica(ctx, id)
-		}
-		if rerr != nil {
+		if _, rerr := r.repl.deleteReplica(ctx, id); rerr != nil {
 			pending = r.repl.erasable()
 			if pending {
 				err = fmt.Errorf("deleted here, but erasing its replica failed (run DeleteTenant again; until its replica is erased, the tenant is not made again here): %w", rerr)

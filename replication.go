@@ -920,6 +920,16 @@ func (r *router) reconcileUntilClosed(ctx context.Context, t *tenant, exists boo
 	if err := r.eraseDeleted(ctx, t, exists); err != nil {
 		return exists, err
 	}
+	if gen := t.gen.Load(); gen > 0 && deletedFloor(t.lease) >= gen {
+		// This lease recorded its own generation deleted (a delete whose
+		// erasure failed), and the tenant is opened under it all the same:
+		// its marker was removed (the delete undone on purpose, to restore
+		// the tenant from its replica). What it writes now goes into this
+		// generation, which the next owner skipped and erased (adv38).
+		if err := recordDelete(ctx, t, gen-1); err != nil {
+			return exists, opError(opOpenTenant, t.id, fmt.Errorf("its delete could not be undone in the cluster's record: %w", err))
+		}
+	}
 	if gen := t.gen.Load(); gen != 0 && (!exists || readGenMarker(t.path) != gen) {
 		return r.reconcileGen(ctx, t, exists, g) // ownership.go
 	}

@@ -1066,10 +1066,12 @@ func lateWriteOf(t *testing.T, g *rig, a *ownerNode) (put func(), genPrefix stri
 	}, fmt.Sprintf("tenants/acme/g%d/", gen)
 }
 
-// A delete is recorded in etcd before it erases the replica: erased first,
-// a delete whose release etcd did not take returned nil unrecorded, and a
-// late write brought the rows back (adv37). Cut off from etcd, it erases
-// nothing and says so.
+// A delete is recorded in etcd before it deletes anything: recorded after
+// the erase, a delete whose release etcd did not take returned nil
+// unrecorded, and a late write brought the rows back (adv37); recorded
+// after the files here were removed, a delete cut off from etcd left the
+// rows to the next owner (adv38). Cut off from etcd, it deletes nothing
+// and says so.
 func TestOwnership_DeleteRecordedBeforeTheErase(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
@@ -1085,11 +1087,43 @@ func TestOwnership_DeleteRecordedBeforeTheErase(t *testing.T) {
 	}
 	part.Cut(true)
 	err := b.p.DeleteTenant(context.Background(), "acme")
-	if err == nil || !strings.Contains(err.Error(), "erasing its replica failed") {
-		t.Fatalf("DeleteTenant cut off from etcd: %v, want the replica's erasure reported as failed", err)
+	if err == nil || !strings.Contains(err.Error(), "nothing was deleted") {
+		t.Fatalf("DeleteTenant cut off from etcd: %v, want it refused, nothing deleted", err)
 	}
 	if objs, _, err := g.s3.List("tenants/acme/", ""); err != nil || len(objs) == 0 {
 		t.Fatalf("the replica holds %d objects (%v) after a delete that could not be recorded; want it left as it was", len(objs), err)
+	}
+	if files, err := filepath.Glob(filepath.Join(b.dir, "*", "acme.db")); err != nil || len(files) == 0 {
+		if files, err = filepath.Glob(filepath.Join(b.dir, "acme.db")); err != nil || len(files) == 0 {
+			t.Fatalf("b's copy of acme is gone after a delete that could not be recorded (%v)", err)
+		}
+	}
+}
+
+// A pending delete (the store down) whose marker is then removed, as its
+// refusal says to restore the tenant from the replica instead: the lease
+// goes on writing the tenant in the generation the delete recorded as
+// deleted, and the next owner skipped and erased those acknowledged rows
+// (adv38). Opened again under that lease, the generation is a live one.
+func TestOwnership_WritesAfterAPendingDeleteUndoneKept(t *testing.T) {
+	g, srv, _, b := twoOwners(t)
+	if err := deleteWithStoreDown(t, g, b.p); !strings.Contains(err.Error(), "erasing its replica failed") {
+		t.Fatalf("DeleteTenant with the store down: %v", err)
+	}
+	g.s3.Restart()
+	markers, err := filepath.Glob(filepath.Join(b.dir, ".acme.db-deleted"))
+	if err != nil || len(markers) != 1 {
+		t.Fatalf("the pending delete's marker: %q, %v", markers, err)
+	}
+	if err := os.Remove(markers[0]); err != nil {
+		t.Fatal(err)
+	}
+	insertSynced(t, b.p, "acme", "new")
+	b.close()
+	c := g.ownerNode(t, srv, "c", 4)
+	got, err := namesOnceOwned(t, c, "acme")
+	if err != nil || !slices.Contains(got, "new") {
+		t.Fatalf("c serves %q (%v); want the row acknowledged on b after its delete was undone", got, err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -225,10 +226,12 @@ func TestOwnership_RestoreOnNewOwnerRightAfterMove(t *testing.T) {
 	}
 }
 
-// DeleteTenant returns nil, its release of the lease having failed (etcd
-// away for a moment); the next access, under ExplicitCreate, takes the same
-// lease back (leaseWrote reset), finds no tenant and gives the lease back
-// "as never written": the previous owner's old copy is acme again.
+// DeleteTenant returned nil, its release of the lease having failed (etcd
+// away for a moment); the next access, under ExplicitCreate, took the same
+// lease back (leaseWrote reset), found no tenant and gave the lease back
+// "as never written": the previous owner's old copy was acme again. A
+// delete is now recorded in etcd before it deletes anything: with etcd
+// away it is refused, and once run again it stays a delete.
 func TestOwnership_DeleteWithFailedReleaseStaysDeleted(t *testing.T) {
 	g := newRig(t, "s3")
 	srv := etcdtest.Start(t)
@@ -243,12 +246,17 @@ func TestOwnership_DeleteWithFailedReleaseStaysDeleted(t *testing.T) {
 	a := g.ownerNodeTTL(t, srv, "a", 4, ttl, func(c *sqliteproxy.Config) { c.ExplicitCreate = true })
 	insertSynced(t, a.p, "acme", "a1")
 
-	srv.Stop() // the delete's release cannot reach etcd
-	if err := a.p.DeleteTenant(context.Background(), "acme"); err != nil {
-		t.Fatalf("DeleteTenant: %v", err)
+	srv.Stop() // the delete cannot reach etcd
+	// It is recorded there before anything is deleted (adv37, adv38): cut
+	// off, it deletes nothing and says so; run again once etcd answers.
+	if err := a.p.DeleteTenant(context.Background(), "acme"); err == nil || !strings.Contains(err.Error(), "nothing was deleted") {
+		t.Fatalf("DeleteTenant with etcd down: %v, want it refused, nothing deleted", err)
 	}
 	_, owner := restartEtcd(t, srv, "acme")
-	t.Logf("after DeleteTenant returned nil, etcd says acme is owned by %q", owner)
+	if err := a.p.DeleteTenant(context.Background(), "acme"); err != nil {
+		t.Fatalf("DeleteTenant with etcd back: %v", err)
+	}
+	t.Logf("after DeleteTenant returned nil, etcd says acme was owned by %q", owner)
 	var n int
 	err := a.p.QueryRowContext(sqliteproxytest.Context(t, "acme"), `SELECT count(*) FROM events`).Scan(&n)
 	t.Logf("a's next access: %v", err)
