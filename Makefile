@@ -8,7 +8,7 @@ HOSTPORT = $(if $(filter :%,$(ADDR)),localhost$(ADDR),$(ADDR))
 DIR     ?= ./data
 export CGO_ENABLED := 1
 
-.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication bench-cluster postgres bench-postgres
+.PHONY: run run-replicated run-cluster test check vet unit compat build clean bench bench-replication cli static torture replica cluster examples replication bench-cluster postgres bench-postgres soak-cluster
 
 ## run: start the example multi-tenant service on $(DIR) (default ./data)
 run:
@@ -97,6 +97,15 @@ bench-cluster:
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Forward|Ownership' -benchtime 2s -count $(COUNT) -timeout 60m . | tee ../bench-cluster.txt
 	cd replication && $(GO) test -tags $(TAGS) -run '^$$' -bench 'Failover' -benchtime 3x -count 2 -timeout 30m . | tee -a ../bench-cluster.txt
 	$(GO) run $(BENCHSTAT) -col /path bench-cluster.txt
+
+## soak-cluster: three node processes, a real etcd, Litestream and S3 server, steady traffic and a
+## random fault every 20-60 s (kills, lost disks, pauses past the TTL, etcd and store outages, moves,
+## deletes, restores) for $(SOAK) (default 15m), checking every acknowledged write the README
+## promises, one writer per generation and nothing in another tenant after each fault
+SOAK ?= 15m
+soak-cluster:
+	cd replication && CLUSTER_SOAK=1 CLUSTER_SOAK_DUR=$(SOAK) $(GO) test -tags $(TAGS) -run '^TestClusterSoak$$' -count 1 -timeout 90m -v . > ../soak-cluster.txt 2>&1; \
+		st=$$?; tail -40 ../soak-cluster.txt; exit $$st
 
 ## postgres: the shared-PostgreSQL comparison (nested module bench/postgres) as a smoke test: a
 ## throwaway PostgreSQL cluster (Debian's package, installed with apt-get when initdb is missing),
