@@ -259,13 +259,24 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		}
 		return opError(opDeleteTenant, id, err)
 	}
+	undo := func() {}
 	if r.repl != nil {
 		// Recorded in the cluster (Ownership) before anything is deleted:
 		// recorded after the erase, a delete whose release etcd did not
 		// take was undone by a former owner's late write (adv37); after
 		// the files here, a delete cut off from etcd left the rows to the
-		// next owner, this node's lease gone (adv38).
+		// next owner, this node's lease gone (adv38). Put back when the
+		// delete stops before it deleted anything, and when etcd's answer
+		// is not known (it may have taken it): the tenant goes on in this
+		// generation, which the record said deleted (adv39).
+		prev := deletedFloor(t.lease)
+		undo = func() {
+			uctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+			defer cancel()
+			recordDelete(uctx, t, max(prev, 0))
+		}
 		if err := recordDelete(ctx, t, t.gen.Load()); err != nil {
+			undo()
 			leave()
 			t.endDrain(tenantActive)
 			return opError(opDeleteTenant, id, fmt.Errorf("the delete could not be recorded in the cluster, and nothing was deleted: %w", err))
@@ -275,6 +286,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		// Until its replica is erased (last, below): an open that found
 		// no file restored the tenant from it.
 		if err := markDeleted(t); err != nil {
+			undo()
 			leave()
 			t.endDrain(tenantActive)
 			return opError(opDeleteTenant, id, err)
@@ -283,6 +295,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 	r.markWritten(t) // a delete is a write of the tenant's generation
 	hidden := tempName(filepath.Dir(t.path), deletingPrefix, id)
 	if err := os.Rename(t.path, hidden); err != nil {
+		undo()
 		leave()
 		t.endDrain(tenantActive)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -482,7 +495,7 @@ func (r *router) ownedCopy(ctx context.Context, t *tenant) error {
 			// is of the generation written last, under its own lease that
 			// ended since, and nobody took the tenant in between: it is
 			// the tenant.
-			if prevGen, _ := t.lease.Previous(); prevGen > 0 && readGenMarker(t.path) == prevGen {
+			if prevGen, _ := t.lease.Previous(); prevGen > 0 && readGenMarker(t.path) == prevGen && deletedFloor(t.lease) < prevGen {
 				return nil
 			}
 		}
@@ -793,6 +806,13 @@ var copySourceLocked, sourceCopyWaits func()
 // replica's head (at once with replication on, else at its next
 // registration), however far behind the replica it is.
 func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fill func(tmp string) error) error {
+	return p.restoreChecked(ctx, op, id, fromReplica, fill, nil)
+}
+
+// restoreChecked is restore, with check (when not nil) asked once the
+// tenant is drained and this node owns it (Config.Ownership), before the
+// copy takes its place.
+func (p *Proxy) restoreChecked(ctx context.Context, op, id string, fromReplica bool, fill func(tmp string) error, check func(t *tenant) error) error {
 	endOp, err := p.c.r.beginOp(op, id)
 	if err != nil {
 		return err
@@ -839,9 +859,15 @@ func (p *Proxy) restore(ctx context.Context, op, id string, fromReplica bool, fi
 	}
 	if err := t.drain(ctx, op, evictRestore); errors.Is(err, ErrTenantNotFound) {
 		// Deleted meanwhile: restore into the new tenant.
-		return p.restore(ctx, op, id, fromReplica, func(tmp2 string) error { return os.Rename(tmp, tmp2) })
+		return p.restoreChecked(ctx, op, id, fromReplica, func(tmp2 string) error { return os.Rename(tmp, tmp2) }, check)
 	} else if err != nil {
 		return err
+	}
+	if check != nil {
+		if err := check(t); err != nil {
+			t.endDrain(tenantActive)
+			return opError(op, id, err)
+		}
 	}
 	// Side files of the old database would be replayed into the new one,
 	// and Litestream's files describe the old one. Its -wal may hold

@@ -1371,13 +1371,26 @@ func standaloneReplicator(op, id, replicaURL, litestreamPath string) (*replicato
 }
 
 func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *replicator, at time.Time) error {
-	return p.restore(ctx, op, id, true, func(tmp string) error {
+	gen := int64(-1) // the generation the copy came from
+	return p.restoreChecked(ctx, op, id, true, func(tmp string) error {
 		stage := tmp + replicaStageSuffix
 		defer removeWithSideFiles(stage)
-		if err := rp.fetch(ctx, id, at, stage); err != nil {
+		g, err := rp.fetch(ctx, id, at, stage)
+		if err != nil {
 			return err
 		}
+		gen = g
 		return copyVerified(ctx, stage, tmp)
+	}, func(t *tenant) error {
+		// Read before the lease was taken: a generation a delete recorded
+		// in the cluster is not the tenant any more, whatever it holds
+		// (a former owner's late upload; a pending delete's replica not
+		// erased yet), and the restore made the deleted rows the head
+		// (adv39).
+		if floor := deletedFloor(t.lease); gen >= 0 && gen <= floor {
+			return fmt.Errorf("the replica's newest generation (%d) was deleted (a DeleteTenant recorded in the cluster): restore the tenant from a backup", gen)
+		}
+		return nil
 	})
 }
 
@@ -1397,7 +1410,7 @@ func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst,
 	if err != nil {
 		return err
 	}
-	if err := rp.fetch(ctx, id, at, dst); err != nil {
+	if _, err := rp.fetch(ctx, id, at, dst); err != nil {
 		return opError(op, id, err)
 	}
 	return nil
@@ -1407,14 +1420,19 @@ func FetchReplica(ctx context.Context, replicaURL, id string, at time.Time, dst,
 // dst. A replica written by a cluster (Config.Ownership) holds one
 // generation per lease; fetch reads the newest one that holds data, so a
 // point in time before it began is not reached.
-func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst string) error {
-	key, _, _, err := rp.newestGeneration(ctx, id, -1, math.MaxInt64)
+func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst string) (gen int64, err error) {
+	key, gen, _, err := rp.newestGeneration(ctx, id, -1, math.MaxInt64)
 	if errors.Is(err, errUnsupported) || (err == nil && key == "") {
-		key, err = id, nil
+		key, gen, err = id, 0, nil
 	}
 	if err != nil {
-		return err
+		return 0, err
 	}
+	defer func() {
+		if err != nil {
+			gen = 0
+		}
+	}()
 	err = rp.restore(ctx, key, dst, at)
 	if err != nil && strings.Contains(err.Error(), "timestamp does not exist") {
 		// Before the first upload or after the last: Litestream says the
@@ -1440,9 +1458,9 @@ func (rp *replicator) fetch(ctx context.Context, id string, at time.Time, dst st
 		}
 	}
 	if errors.Is(err, errNoReplica) {
-		return ErrTenantNotFound
+		return 0, ErrTenantNotFound
 	}
-	return err
+	return gen, err
 }
 
 // lastUpload returns the time of the newest file in the replica under key.
@@ -1931,6 +1949,11 @@ func refuseDeleted(op string, t *tenant) error {
 		return nil
 	} else if err != nil {
 		return opError(op, t.id, err)
+	}
+	if t.r.cfg.Ownership != nil {
+		// The delete is recorded in the cluster: no owner restores the
+		// deleted generations any more (adv39).
+		return opError(op, t.id, errors.New("deleted here, and its replica is not erased yet: run DeleteTenant again to erase it, then restore from a backup (the delete is recorded in the cluster: the replica's deleted generations are not restored from)"))
 	}
 	return opError(op, t.id, fmt.Errorf("deleted here, and its replica is not erased yet: run DeleteTenant again to erase it, then restore (to restore the deleted tenant from its replica instead, remove %s first)", m))
 }

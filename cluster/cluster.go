@@ -1018,6 +1018,7 @@ type tenantLease struct {
 	relGen   int64  // the newest generation a release recorded a position for (Released)
 	relPos   uint64 // and that position
 	deleted  int64  // the generations up to this one were erased by a delete (Deleted)
+	unsure   int64  // a MarkDeleted up to this one etcd may have taken, its answer lost
 	prevRaw  []byte // gens/<tenant> as it found it (nil: none), put back by ReleaseUnwritten
 
 	lost     chan struct{}
@@ -1092,7 +1093,7 @@ func (l *tenantLease) Release(ctx context.Context, pos uint64) error {
 func (l *tenantLease) Deleted() int64 {
 	l.relMu.Lock()
 	defer l.relMu.Unlock()
-	return l.deleted
+	return max(l.deleted, l.unsure)
 }
 
 // ReleaseDeleted gives the tenant up after a delete erased its replica,
@@ -1130,12 +1131,17 @@ func (l *tenantLease) MarkDeleted(ctx context.Context, upTo int64) error {
 		Then(clientv3.OpPut(gensPrefix+l.tenant, string(val))).
 		Commit()
 	if err == nil && !r.Succeeded {
-		err = ErrLeaseLost
+		return fmt.Errorf("cluster: mark %q deleted: %w", l.tenant, ErrLeaseLost)
 	}
 	if err != nil {
+		// etcd may have taken it (a timeout after the commit): Deleted
+		// says the higher mark until a MarkDeleted succeeds, so that the
+		// driver records this lease's generation live again before it
+		// writes it (adv39). Release records what is known.
+		l.unsure = max(l.unsure, upTo)
 		return fmt.Errorf("cluster: mark %q deleted: %w", l.tenant, err)
 	}
-	l.deleted, l.relGen, l.relPos = upTo, 0, 0
+	l.deleted, l.unsure, l.relGen, l.relPos = upTo, 0, 0, 0
 	l.prevRaw = val // what ReleaseUnwritten puts back: the delete stays recorded
 	return nil
 }

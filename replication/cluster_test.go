@@ -1232,3 +1232,85 @@ func TestOwnership_BackupOnTheLastOwnerWithTheStoreDown(t *testing.T) {
 		t.Errorf("CheckTenant on the last owner, the store down: %v", err)
 	}
 }
+
+// A delete recorded in the cluster that then stops before it deletes
+// anything (here its marker cannot be written) puts the record back: the
+// lease's own generation stayed recorded deleted, and once the node closed
+// the next owner served an empty tenant and erased the rows (adv39).
+func TestOwnership_DeleteStoppedEarlyLeavesTheTenant(t *testing.T) {
+	g, srv, _, b := twoOwners(t)
+	insertSynced(t, b.p, "acme", "before")
+	m := filepath.Join(b.dir, ".acme.db-deleted")
+	if err := os.MkdirAll(filepath.Join(m, "x"), 0o755); err != nil { // the marker cannot be written
+		t.Fatal(err)
+	}
+	if err := b.p.DeleteTenant(context.Background(), "acme"); err == nil {
+		t.Fatal("DeleteTenant with its marker's place taken: nil")
+	}
+	if err := os.RemoveAll(m); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOnceOwned(t, c, "acme"); err != nil || !slices.Equal(got, []string{"before"}) {
+		t.Fatalf("c serves %q (%v); want [before]: the delete deleted nothing", got, err)
+	}
+}
+
+// A delete whose record etcd may have taken, its answer lost, says nothing
+// was deleted; the tenant goes on, and its generation is recorded live
+// again before it is written: the node dying then, the next owner serves
+// every row (it served none, and erased them: adv39).
+func TestOwnership_DeleteAnswerLostKeepsTheTenant(t *testing.T) {
+	g := newRig(t, "s3")
+	srv := etcdtest.Start(t)
+	part := etcdtest.NewPartition(t, srv)
+	b := g.ownerNodeAt(t, []string{part.Endpoint()}, "b", 4, 10*time.Second)
+	insertSynced(t, b.p, "acme", "before")
+	part.Deafen(true) // requests reach etcd, answers do not come back
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	err := b.p.DeleteTenant(ctx, "acme")
+	cancel()
+	part.Deafen(false)
+	if err == nil || !strings.Contains(err.Error(), "nothing was deleted") {
+		t.Fatalf("DeleteTenant with etcd's answers lost: %v, want it refused, nothing deleted", err)
+	}
+	insertSynced(t, b.p, "acme", "after")
+	part.Cut(true) // b dies holding acme
+	c := g.ownerNode(t, srv, "c", 4)
+	if got, err := namesOnceOwned(t, c, "acme"); err != nil || !slices.Equal(got, []string{"before", "after"}) {
+		t.Fatalf("c serves %q (%v); want [before after]", got, err)
+	}
+}
+
+// RestoreTenantAt reads the replica before it takes the lease: after a
+// delete recorded in the cluster, what a deleted generation holds again (a
+// former owner's late upload; a pending delete not erased yet) was restored
+// and made the head, deleted rows and all (adv39). It is refused.
+func TestOwnership_RestoreTenantAtRefusesADeletedGeneration(t *testing.T) {
+	t.Run("late-write", func(t *testing.T) {
+		g, _, a, b := twoOwners(t)
+		put, _ := lateWriteOf(t, g, a)
+		if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
+			t.Fatal(err)
+		}
+		put()
+		err := b.p.RestoreTenantAt(context.Background(), "acme", time.Time{})
+		if got, _ := namesOrErr(b.p, "acme"); len(got) > 0 {
+			t.Fatalf("RestoreTenantAt after a delete: %v; acme holds %q", err, got)
+		}
+	})
+	t.Run("pending-delete-next-owner", func(t *testing.T) {
+		g, srv, _, b := twoOwners(t)
+		if err := deleteWithStoreDown(t, g, b.p); !strings.Contains(err.Error(), "erasing its replica failed") {
+			t.Fatal(err)
+		}
+		g.s3.Restart()
+		b.close()
+		c := g.ownerNode(t, srv, "c", 4)
+		err := c.p.RestoreTenantAt(context.Background(), "acme", time.Time{})
+		if got, _ := namesOrErr(c.p, "acme"); len(got) > 0 {
+			t.Fatalf("RestoreTenantAt on the next owner after a pending delete: %v; acme holds %q", err, got)
+		}
+	})
+}
