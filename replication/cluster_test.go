@@ -903,27 +903,13 @@ func TestOwnership_ReleasedGenerationLostWhollyRefused(t *testing.T) {
 // write is made here by putting the erased generation's files back.
 func TestOwnership_DeleteNotUndoneByLateWritesToErasedGeneration(t *testing.T) {
 	g, srv, a, b := twoOwners(t)
-	for _, r := range []string{"secret1", "secret2", "secret3"} {
-		insertSynced(t, a.p, "acme", r)
-	}
-	gen, _ := a.p.Generation("acme")
-	genDir := filepath.Join(g.s3.Root, g.s3.Bucket, "tenants", "acme", fmt.Sprintf("g%d", gen))
-	saved := filepath.Join(t.TempDir(), "saved")
-	if out, err := exec.Command("cp", "-a", genDir, saved).CombinedOutput(); err != nil {
-		t.Fatalf("save %s: %v\n%s", genDir, err, out)
-	}
-	a.close() // released with its final position
+	put, erased := lateWriteOf(t, g, a) // a released acme with its final position
 	if err := b.p.DeleteTenant(context.Background(), "acme"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Dir(genDir), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("cp", "-a", saved, genDir).CombinedOutput(); err != nil { // the late write
-		t.Fatalf("put back %s: %v\n%s", genDir, err, out)
-	}
-	if objs, _, err := g.s3.List(fmt.Sprintf("tenants/acme/g%d/", gen), ""); err != nil || len(objs) == 0 {
-		t.Fatalf("the erased generation %d holds %d objects again (%v): the late write did not happen", gen, len(objs), err)
+	put() // the late write
+	if objs, _, err := g.s3.List(erased, ""); err != nil || len(objs) == 0 {
+		t.Fatalf("the erased %s holds %d objects again (%v): the late write did not happen", erased, len(objs), err)
 	}
 	for _, n := range []*ownerNode{b, g.ownerNode(t, srv, "c", 4)} {
 		if got, err := namesOrErr(n.p, "acme"); err != nil || len(got) != 0 {
