@@ -103,7 +103,7 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 		}
 		return c.upgrade(ctx)
 	}
-	t, err := c.routeTenant(ctx)
+	t, err := c.routeTenantOf(ctx, id, has)
 	if err != nil {
 		return nil, err
 	}
@@ -122,6 +122,12 @@ func errBoundTo(id, bound string) error {
 // neither.
 func (c *conn) routeTenant(ctx context.Context) (*tenant, error) {
 	id, has := OrgID(ctx)
+	return c.routeTenantOf(ctx, id, has)
+}
+
+// routeTenantOf is routeTenant for the context's tenant id (has: it names
+// one), looked up by the caller already.
+func (c *conn) routeTenantOf(ctx context.Context, id string, has bool) (*tenant, error) {
 	if c.r.isClosed.Load() {
 		return nil, opError(opRoute, id, ErrClosed)
 	}
