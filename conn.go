@@ -81,11 +81,8 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 			// was refused).
 			return nil, opError(opRoute, c.t.id, ErrClosed)
 		}
-		if !has && fanOutOf(ctx) != nil {
-			return nil, errFanOutBound(c.t)
-		}
-		if has && id != c.t.id {
-			return nil, errBoundTo(id, c.t.id)
+		if err := c.boundErr(ctx, id, has); err != nil {
+			return nil, err
 		}
 		if c.pc.writer && c.t.leaseEnded() {
 			// This node's lease on the tenant ended while the writer was
@@ -110,10 +107,19 @@ func (c *conn) route(ctx context.Context, write bool) (*physConn, error) {
 	return c.lease(ctx, t, write)
 }
 
-// errBoundTo refuses a statement for tenant id on a checkout bound to
-// tenant bound.
-func errBoundTo(id, bound string) error {
-	return opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, bound))
+// boundErr refuses, on a checkout bound to a tenant, a statement whose
+// context names another (the context's id; has: it names one) and a
+// fan-out: ErrTenantMismatch.
+func (c *conn) boundErr(ctx context.Context, id string, has bool) error {
+	switch {
+	case c.bound == "":
+		return nil
+	case has && id != c.bound:
+		return opError(opRoute, id, fmt.Errorf("%w: connection is bound to tenant %q", ErrTenantMismatch, c.bound))
+	case !has && fanOutOf(ctx) != nil:
+		return errFanOutBound(c.bound)
+	}
+	return nil
 }
 
 // routeTenant returns the tenant a checkout without a lease goes to: the
@@ -132,11 +138,8 @@ func (c *conn) routeTenantOf(ctx context.Context, id string, has bool) (*tenant,
 		return nil, opError(opRoute, id, ErrClosed)
 	}
 	if c.bound != "" {
-		switch {
-		case has && id != c.bound:
-			return nil, errBoundTo(id, c.bound)
-		case !has && fanOutOf(ctx) != nil:
-			return nil, opError(opFanOut, c.bound, fmt.Errorf("%w: a fan-out cannot run on a connection or transaction bound to a tenant", ErrTenantMismatch))
+		if err := c.boundErr(ctx, id, has); err != nil {
+			return nil, err
 		}
 		id, has = c.bound, true
 	}

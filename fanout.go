@@ -128,10 +128,10 @@ func (e *FanOutError) Unwrap() error { return e.Err }
 // Concurrency x fanOutRowBuffer rows.
 const fanOutRowBuffer = 32
 
-// errFanOutBound refuses a fan-out on a checkout that holds a tenant's
-// connection (a Tx, a sql.Conn).
-func errFanOutBound(t *tenant) error {
-	return opError(opFanOut, t.id, fmt.Errorf("%w: a fan-out cannot run on a connection or transaction bound to a tenant", ErrTenantMismatch))
+// errFanOutBound refuses a fan-out on a checkout bound to tenant id (a Tx,
+// a sql.Conn).
+func errFanOutBound(id string) error {
+	return opError(opFanOut, id, fmt.Errorf("%w: a fan-out cannot run on a connection or transaction bound to a tenant", ErrTenantMismatch))
 }
 
 func errFanOutWrite(what string) error {

@@ -621,7 +621,8 @@ func (r *router) reconcileGen(ctx context.Context, t *tenant, exists bool, gate 
 		if !exists {
 			return false, nil
 		}
-		if prevGen, _ := t.lease.Previous(); readGenMarker(t.path) < prevGen || readGenMarker(t.path) <= floor {
+		prevGen, _ := t.lease.Previous()
+		if m := readGenMarker(t.path); m < prevGen || m <= floor {
 			// Another owner had the tenant after this copy was streamed,
 			// and its replica holds nothing now: it was deleted (a delete
 			// erases every generation). This copy must not come back, nor

@@ -1741,8 +1741,13 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, compactTimeout)
 	defer cancel()
+	r.compactNow(ctx, t)
+}
+
+// compactNow compacts t's replica with Config.ReplicaCompactor, timed.
+func (r *router) compactNow(ctx context.Context, t *tenant) {
 	start := time.Now()
-	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
+	err := r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
 	r.tel.compacted(ctx, t.tel, start, err)
 }
 
@@ -1760,13 +1765,9 @@ func (r *router) compactOwned(t *tenant) {
 	defer cancel()
 	ctx, cancel = context.WithTimeout(ctx, compactOwnedTimeout)
 	defer cancel()
-	n, err := r.repl.uncompacted(ctx, t.replicaKey())
-	if err != nil || n < compactAfter {
-		return
+	if n, err := r.repl.uncompacted(ctx, t.replicaKey()); err == nil && n >= compactAfter {
+		r.compactNow(ctx, t)
 	}
-	start := time.Now()
-	err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
-	r.tel.compacted(ctx, t.tel, start, err)
 }
 
 // compactOwnedTimeout bounds compactOwned, which holds the tenant's writer

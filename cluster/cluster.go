@@ -460,13 +460,24 @@ func (c *Cluster) cleanStale() {
 func (c *Cluster) deleteOwner(ctx context.Context, id string, gen int64) error {
 	ctx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
+	_, err := c.ifOwner(ctx, id, gen, clientv3.OpDelete(ownersPrefix+id))
+	return err
+}
+
+// ifOwner runs ops in one etcd transaction if this node's ownership of
+// tenant id taken at revision gen is still current (owners/<id> is this
+// node's, created at gen); held reports whether it was, and ops ran.
+func (c *Cluster) ifOwner(ctx context.Context, id string, gen int64, ops ...clientv3.Op) (held bool, err error) {
 	key := ownersPrefix + id
-	_, err := c.cli.Txn(ctx).
+	r, err := c.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(key), "=", c.cfg.NodeID),
 			clientv3.Compare(clientv3.CreateRevision(key), "=", gen)).
-		Then(clientv3.OpDelete(key)).
+		Then(ops...).
 		Commit()
-	return err
+	if err != nil {
+		return false, err
+	}
+	return r.Succeeded, nil
 }
 
 // waitHealthy waits until the node lease is renewed in time.
@@ -730,12 +741,8 @@ func (c *Cluster) acquire(ctx context.Context, id string) (*tenantLease, error) 
 			rec.RelGen, rec.RelPos = relGen, relPos
 		}
 		val, _ := json.Marshal(rec)
-		r2, err := c.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
-				clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", rev)).
-			Then(clientv3.OpPut(genKey, string(val))).
-			Commit()
-		if err == nil && !r2.Succeeded {
+		held, err := c.ifOwner(ctx, id, rev, clientv3.OpPut(genKey, string(val)))
+		if err == nil && !held {
 			err = ErrLeaseLost
 		}
 		if err != nil {
@@ -1124,13 +1131,8 @@ func (l *tenantLease) MarkDeleted(ctx context.Context, upTo int64) error {
 	defer cancel()
 	upTo = min(upTo, l.gen)
 	val, _ := json.Marshal(genValue{Gen: l.gen, Node: l.c.cfg.NodeID, Lease: l.lease, Deleted: upTo})
-	ownerKey := ownersPrefix + l.tenant
-	r, err := l.c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(ownerKey), "=", l.c.cfg.NodeID),
-			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.ownerRev)).
-		Then(clientv3.OpPut(gensPrefix+l.tenant, string(val))).
-		Commit()
-	if err == nil && !r.Succeeded {
+	held, err := l.c.ifOwner(ctx, l.tenant, l.ownerRev, clientv3.OpPut(gensPrefix+l.tenant, string(val)))
+	if err == nil && !held {
 		return fmt.Errorf("cluster: mark %q deleted: %w", l.tenant, ErrLeaseLost)
 	}
 	if err != nil {
@@ -1192,12 +1194,7 @@ func (l *tenantLease) release(ctx context.Context, genOp clientv3.Op, lostWhat s
 		c.forget(l, eventLost)
 		return fmt.Errorf("cluster: release %q: %w", l.tenant, ErrLeaseLost)
 	}
-	ownerKey := ownersPrefix + l.tenant
-	r, err := c.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(ownerKey), "=", c.cfg.NodeID),
-			clientv3.Compare(clientv3.CreateRevision(ownerKey), "=", l.ownerRev)).
-		Then(clientv3.OpDelete(ownerKey), genOp).
-		Commit()
+	held, err := c.ifOwner(ctx, l.tenant, l.ownerRev, clientv3.OpDelete(ownersPrefix+l.tenant), genOp)
 	if err != nil {
 		// Whether etcd committed it is not known (its answer lost, a
 		// timeout after the commit): the ownership may be over, and the
@@ -1218,7 +1215,7 @@ func (l *tenantLease) release(ctx context.Context, genOp clientv3.Op, lostWhat s
 		delete(c.stale, l.tenant)
 	}
 	c.mu.Unlock()
-	if !r.Succeeded {
+	if !held {
 		c.forget(l, eventLost)
 		return fmt.Errorf("cluster: release %q %s: %w", l.tenant, lostWhat, ErrLeaseLost)
 	}

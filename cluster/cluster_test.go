@@ -31,6 +31,16 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+// mustAcquire takes tenant id on node n.
+func mustAcquire(t *testing.T, ctx context.Context, n *Cluster, id string) *tenantLease {
+	t.Helper()
+	l, err := n.Acquire(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.(*tenantLease)
+}
+
 // eventually polls cond until it holds or d passes.
 func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -159,19 +169,10 @@ func TestReleaseUnwrittenKeepsPrevious(t *testing.T) {
 	srv := etcdtest.Start(t)
 	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
 	ctx := ctxT(t, 30*time.Second)
-	acquire := func(n *Cluster, id string) sqliteproxy.TenantLease {
+	acquire := func(n *Cluster, id string) *tenantLease { t.Helper(); return mustAcquire(t, ctx, n, id) }
+	releaseUnwritten := func(l *tenantLease) {
 		t.Helper()
-		l, err := n.Acquire(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	releaseUnwritten := func(l sqliteproxy.TenantLease) {
-		t.Helper()
-		if err := l.(interface {
-			ReleaseUnwritten(context.Context) error
-		}).ReleaseUnwritten(ctx); err != nil {
+		if err := l.ReleaseUnwritten(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -222,61 +223,44 @@ func TestReleasedPositionCarried(t *testing.T) {
 	srv := etcdtest.Start(t)
 	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
 	ctx := ctxT(t, 60*time.Second)
-	released := func(l sqliteproxy.TenantLease) (int64, uint64) {
-		t.Helper()
-		r, ok := l.(interface{ Released() (int64, uint64) })
-		if !ok {
-			t.Fatalf("%T has no Released", l)
-		}
-		return r.Released()
-	}
-	la, err := a.Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, p := released(la); g != 0 || p != 0 {
+	la := mustAcquire(t, ctx, a, "t1")
+	if g, p := la.Released(); g != 0 || p != 0 {
 		t.Errorf("first Released = %d, %d, want 0, 0", g, p)
 	}
 	if err := la.Release(ctx, 42); err != nil {
 		t.Fatal(err)
 	}
-	lb, err := b.Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, p := released(lb); g != la.Generation() || p != 42 {
+	lb := mustAcquire(t, ctx, b, "t1")
+	if g, p := lb.Released(); g != la.Generation() || p != 42 {
 		t.Errorf("after a release at 42, Released = %d, %d, want %d, 42", g, p, la.Generation())
 	}
 	b.kill() // dies right after taking t1: no release
-	var lc sqliteproxy.TenantLease
+	var lc *tenantLease
 	eventually(t, 3*testTTL+5*time.Second, "c acquires t1 after b's lease expires", func() bool {
-		lc, err = c.Acquire(ctx, "t1")
+		l, err := c.Acquire(ctx, "t1")
+		if err == nil {
+			lc = l.(*tenantLease)
+		}
 		return err == nil
 	})
 	if g, p := lc.Previous(); g != lb.Generation() || p != 0 {
 		t.Errorf("after b died, Previous = %d, %d, want %d, 0", g, p, lb.Generation())
 	}
-	if g, p := released(lc); g != la.Generation() || p != 42 {
+	if g, p := lc.Released(); g != la.Generation() || p != 42 {
 		t.Errorf("after b died, Released = %d, %d, want %d, 42", g, p, la.Generation())
 	}
 	if err := lc.Release(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	la2, err := a.Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, p := released(la2); g != la.Generation() || p != 42 {
+	la2 := mustAcquire(t, ctx, a, "t1")
+	if g, p := la2.Released(); g != la.Generation() || p != 42 {
 		t.Errorf("after a release at 0, Released = %d, %d, want %d, 42", g, p, la.Generation())
 	}
 	if err := la2.Release(ctx, 50); err != nil {
 		t.Fatal(err)
 	}
-	lc2, err := c.Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, p := released(lc2); g != la2.Generation() || p != 50 {
+	lc2 := mustAcquire(t, ctx, c, "t1")
+	if g, p := lc2.Released(); g != la2.Generation() || p != 50 {
 		t.Errorf("after a release at 50, Released = %d, %d, want %d, 50", g, p, la2.Generation())
 	}
 
@@ -287,24 +271,18 @@ func TestReleasedPositionCarried(t *testing.T) {
 	if err := lc2.Release(ctx, 60); err != nil {
 		t.Fatal(err)
 	}
-	lc3, err := c.Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lc3 := mustAcquire(t, ctx, c, "t1")
 	if lc3.Generation() != lc2.Generation() {
 		t.Fatalf("taken back: generation %d, want %d", lc3.Generation(), lc2.Generation())
 	}
-	if g, p := released(lc3); g != lc2.Generation() || p != 60 {
+	if g, p := lc3.Released(); g != lc2.Generation() || p != 60 {
 		t.Errorf("taken back, Released = %d, %d, want %d, 60", g, p, lc2.Generation())
 	}
 	if err := lc3.Release(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
-	lb2, err := newNode(t, srv, "b2").Acquire(ctx, "t1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if g, p := released(lb2); g != 0 || p != 0 {
+	lb2 := mustAcquire(t, ctx, newNode(t, srv, "b2"), "t1")
+	if g, p := lb2.Released(); g != 0 || p != 0 {
 		t.Errorf("after a release at 0 of a generation gone on with, Released = %d, %d, want 0, 0", g, p)
 	}
 }
@@ -319,30 +297,16 @@ func TestDeleteRecorded(t *testing.T) {
 	srv := etcdtest.Start(t)
 	a, b, c := newNode(t, srv, "a"), newNode(t, srv, "b"), newNode(t, srv, "c")
 	ctx := ctxT(t, 60*time.Second)
-	type recorder interface {
-		Deleted() int64
-		ReleaseDeleted(context.Context) error
-		MarkDeleted(context.Context, int64) error
-		ReleaseUnwritten(context.Context) error
-		Released() (int64, uint64)
-	}
-	acquire := func(n *Cluster) recorder {
-		t.Helper()
-		l, err := n.Acquire(ctx, "t1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l.(recorder)
-	}
+	acquire := func(n *Cluster) *tenantLease { t.Helper(); return mustAcquire(t, ctx, n, "t1") }
 	la := acquire(a)
 	if d := la.Deleted(); d != 0 {
 		t.Errorf("first Deleted = %d, want 0", d)
 	}
-	if err := la.(sqliteproxy.TenantLease).Release(ctx, 42); err != nil {
+	if err := la.Release(ctx, 42); err != nil {
 		t.Fatal(err)
 	}
 	lb := acquire(b)
-	gb := lb.(sqliteproxy.TenantLease).Generation()
+	gb := lb.Generation()
 	if err := lb.ReleaseDeleted(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -353,7 +317,7 @@ func TestDeleteRecorded(t *testing.T) {
 	if g, p := lc.Released(); g != 0 || p != 0 {
 		t.Errorf("after a delete, Released = %d, %d, want 0, 0 (everything erased)", g, p)
 	}
-	if err := lc.(sqliteproxy.TenantLease).Release(ctx, 7); err != nil {
+	if err := lc.Release(ctx, 7); err != nil {
 		t.Fatal(err)
 	}
 	la2 := acquire(a)
@@ -367,7 +331,7 @@ func TestDeleteRecorded(t *testing.T) {
 	if d := lb2.Deleted(); d != gb {
 		t.Errorf("carried through an unwritten lease: Deleted = %d, want %d", d, gb)
 	}
-	gb2 := lb2.(sqliteproxy.TenantLease).Generation()
+	gb2 := lb2.Generation()
 	if err := lb2.MarkDeleted(ctx, gb2); err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +351,7 @@ func TestDeleteRecorded(t *testing.T) {
 		lc2 = l
 		return err == nil
 	})
-	if d := lc2.(recorder).Deleted(); d != gb2-1 {
+	if d := lc2.(*tenantLease).Deleted(); d != gb2-1 {
 		t.Errorf("after MarkDeleted and a death, Deleted = %d, want %d", d, gb2-1)
 	}
 }
