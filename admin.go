@@ -279,6 +279,11 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			undo()
 			leave()
 			t.endDrain(tenantActive)
+			if g := t.gen.Load(); g > 0 && deletedFloor(t.lease) >= g {
+				// Neither the record nor its undo answered: etcd may hold
+				// the delete. Said so, as the README does.
+				err = fmt.Errorf("%w; etcd may have recorded the delete without answering: the next open of the tenant here or its release records it live again, but if this node dies before either, the node that takes the tenant next treats it as deleted", err)
+			}
 			return opError(opDeleteTenant, id, fmt.Errorf("the delete could not be recorded in the cluster, and nothing was deleted: %w", err))
 		}
 	}
