@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,27 +15,42 @@ import (
 )
 
 // ownLocks lists the POSIX locks this process holds on the file at p, as
-// /proc/locks shows them.
+// /proc/locks shows them. The kernel writes /proc/locks a page per read:
+// when other processes take or drop locks between two reads, a listing
+// can show a lock twice or miss one (make test failed once that way under
+// load). So it is read until two listings in a row agree.
 func ownLocks(t *testing.T, p string) []string {
 	t.Helper()
 	fi, err := os.Stat(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile("/proc/locks")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ino := fmt.Sprintf(":%d ", fi.Sys().(*syscall.Stat_t).Ino)
 	pid := fmt.Sprintf(" %d ", os.Getpid())
-	var out []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, ino) && strings.Contains(l, pid) {
-			_, lock, _ := strings.Cut(l, ":") // without the line's ordinal
-			out = append(out, strings.TrimSpace(lock))
+	list := func() []string {
+		b, err := os.ReadFile("/proc/locks")
+		if err != nil {
+			t.Fatal(err)
 		}
+		var out []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, ino) && strings.Contains(l, pid) {
+				_, lock, _ := strings.Cut(l, ":") // without the line's ordinal
+				out = append(out, strings.TrimSpace(lock))
+			}
+		}
+		return out
 	}
-	return out
+	prev := list()
+	for range 100 {
+		cur := list()
+		if slices.Equal(prev, cur) {
+			return cur
+		}
+		prev = cur
+	}
+	t.Fatalf("/proc/locks never listed the same locks on %s twice in a row (last: %q)", p, prev)
+	return nil
 }
 
 func TestOpenInProcess(t *testing.T) {
