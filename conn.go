@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mattn/go-sqlite3"
@@ -50,6 +49,12 @@ type conn struct {
 	lastText  string // the previous text given to noteText, and its answers
 	lastTx    bool
 	lastTemp  bool
+
+	// freeRows is a rows wrapper of this conn not in use: a query takes it
+	// (one at a time: a sql.Conn may hold several Rows open), and its Close
+	// puts it back. database/sql runs both under the conn's lock and never
+	// touches driver rows after Close.
+	freeRows *rows
 }
 
 var (
@@ -545,9 +550,18 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	pc.rows++
-	r := rowsPool.Get().(*rows)
-	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load()}
+	r := c.newRows()
+	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), c: c}
 	return r, nil
+}
+
+// newRows returns c's free rows wrapper, else a new one.
+func (c *conn) newRows() *rows {
+	if r := c.freeRows; r != nil {
+		c.freeRows = nil
+		return r
+	}
+	return new(rows)
 }
 
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
@@ -1119,7 +1133,9 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 		return nil, err
 	}
 	pc.rows++
-	return &rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), stmt: ps, query: s.query}, nil
+	r := s.c.newRows()
+	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), stmt: ps, query: s.query, c: s.c}
+	return r, nil
 }
 
 // rows wraps mattn's rows to give back what they hold when closed: the
@@ -1133,6 +1149,7 @@ type rows struct {
 	query string
 	free  *sqlite3.SQLiteConn // tenantless connection to give back
 	pool  *tenantless
+	c     *conn // the conn whose freeRows it goes back to, nil for none
 }
 
 var (
@@ -1141,10 +1158,6 @@ var (
 	_ driver.RowsColumnTypeNullable         = (*rows)(nil)
 )
 
-// rowsPool recycles rows wrappers: one allocation less per query.
-// database/sql never touches driver rows after Close.
-var rowsPool = sync.Pool{New: func() any { return new(rows) }}
-
 func (r *rows) Close() error {
 	if r.SQLiteRows == nil {
 		return nil
@@ -1152,8 +1165,10 @@ func (r *rows) Close() error {
 	err := r.SQLiteRows.Close()
 	r.SQLiteRows = nil
 	defer func() {
-		*r = rows{}
-		rowsPool.Put(r)
+		if c := r.c; c != nil {
+			*r = rows{}
+			c.freeRows = r
+		}
 	}()
 	switch {
 	case r.free != nil:
