@@ -130,7 +130,34 @@ func (p *Proxy) tenantFor(op, id string) (*tenant, error) {
 	if err := checkTenantID(id); err != nil {
 		return nil, opError(op, id, err)
 	}
+	if op != opCreateTenant { // createFile checks its folder itself
+		if err := p.c.r.sameDir(op, id); err != nil {
+			return nil, err
+		}
+	}
 	return p.c.r.tenant(id)
+}
+
+// sameDir refuses an operation on tenant files (op, for tenant id; "" for
+// none) once Config.Dir no longer resolves to the directory it resolved to
+// at New: a symlink Dir pointed elsewhere while the proxy runs. Statements
+// and creations were refused then, but a delete or a restore acted on the
+// directory the link named now: another data directory's tenant deleted, a
+// restore written there (walk25).
+func (r *router) sameDir(op, id string) error {
+	return opErrorOrNil(op, id, r.dirChanged())
+}
+
+// dirChanged is sameDir's error, unwrapped.
+func (r *router) dirChanged() error {
+	real, err := filepath.EvalSymlinks(r.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("data directory %s: %w", r.cfg.Dir, err)
+	}
+	if real != r.conns.realDir {
+		return fmt.Errorf("%w: %s is %s, not %s: the data directory may not change while the proxy runs", errNotTenantFile, r.cfg.Dir, real, r.conns.realDir)
+	}
+	return nil
 }
 
 // CreateTenant creates the tenant's database file and applies the
@@ -234,6 +261,10 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 		return err
 	}
 	if err := t.drain(ctx, opDeleteTenant, evictDelete); err != nil {
+		return err
+	}
+	if err := r.sameDir(opDeleteTenant, id); err != nil { // again: the drain may have waited long
+		t.endDrain(tenantActive)
 		return err
 	}
 	// Checkpoint its -wal into it first (a replicated tenant keeps one, and
@@ -866,6 +897,10 @@ func (p *Proxy) restoreChecked(ctx context.Context, op, id string, fromReplica b
 		// Deleted meanwhile: restore into the new tenant.
 		return p.restoreChecked(ctx, op, id, fromReplica, func(tmp2 string) error { return os.Rename(tmp, tmp2) }, check)
 	} else if err != nil {
+		return err
+	}
+	if err := r.sameDir(op, id); err != nil { // again: the copy and the drain may have taken long
+		t.endDrain(tenantActive)
 		return err
 	}
 	if check != nil {

@@ -1074,6 +1074,11 @@ func (r *router) restoreReplica(ctx context.Context, t *tenant, replace bool, ke
 		err = os.Chmod(tmp, 0o600)
 	}
 	if err == nil {
+		// Not into another data directory (Dir, a symlink, pointed
+		// elsewhere since New): the open is refused there after it.
+		err = r.dirChanged()
+	}
+	if err == nil {
 		// Until Litestream has a position of it, the copy is known for the
 		// replica's (fromReplica): a kill before then does not make it
 		// another history, nor lose what was written to it meanwhile.

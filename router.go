@@ -435,6 +435,9 @@ func (r *router) allTenants(ctx context.Context) iter.Seq2[string, error] {
 	if r.isClosed.Load() {
 		return func(yield func(string, error) bool) { yield("", opError(opListTenants, "", ErrClosed)) }
 	}
+	if err := r.sameDir(opListTenants, ""); err != nil {
+		return func(yield func(string, error) bool) { yield("", err) }
+	}
 	return listTenants(ctx, r.cfg.Dir, r.cfg.Layout)
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/sqliteproxy/sqliteproxy/internal/testkit"
 )
 
@@ -369,6 +371,88 @@ func TestProxy_DataDirectoryRepointed(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(v2); len(ents) != 0 {
 		t.Errorf("the new directory holds %d entries, want none (%s...)", len(ents), ents[0].Name())
+	}
+}
+
+// The same, for the operations on tenant files: with Dir pointed at another
+// proxy's data directory, DeleteTenant removed that directory's tenant,
+// RestoreTenant wrote a tenant there (and drained the open one, which was
+// then refused), and the lookups answered about it (walk25). Each is
+// refused, nothing is written there, and the open tenant goes on; pointed
+// back, everything works again.
+func TestProxy_DataDirectoryRepointedAdmin(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	v1, v2, link := filepath.Join(base, "v1"), filepath.Join(base, "v2"), filepath.Join(base, "data")
+	other := newTestProxy(t, Config{Dir: v2, Migrations: []string{eventsTable}}) // another data directory
+	insertN(t, other, "globex", 1)
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(v1, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	repoint := func(to string) {
+		tmp := filepath.Join(base, "data.new")
+		if err := os.Symlink(to, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repoint(v1)
+	p := newTestProxy(t, Config{Dir: link, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1) // open throughout
+	bk := filepath.Join(base, "acme.bak")
+	if err := p.BackupTenant(context.Background(), "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	snapshot := func() []string {
+		var names []string
+		if err := filepath.WalkDir(v2, func(path string, d fs.DirEntry, err error) error {
+			if err == nil {
+				names = append(names, path)
+			}
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	before := snapshot()
+	repoint(v2)
+	ctx := context.Background()
+	refused := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, errNotTenantFile) || !strings.Contains(err.Error(), "may not change while the proxy runs") {
+			t.Errorf("%s with the data directory repointed: %v, want it refused", what, err)
+		}
+	}
+	refused("DeleteTenant of the other directory's tenant", p.DeleteTenant(ctx, "globex"))
+	refused("RestoreTenant of the open tenant", p.RestoreTenant(ctx, "acme", bk))
+	refused("RestoreTenant of a new tenant", p.RestoreTenant(ctx, "hooli", bk))
+	_, err := p.TenantExists(ctx, "acme")
+	refused("TenantExists", err)
+	refused("BackupTenant", p.BackupTenant(ctx, "acme", filepath.Join(base, "again.bak")))
+	refused("CheckTenant", p.CheckTenant(ctx, "acme"))
+	_, err = p.Tenants(ctx)
+	refused("Tenants", err)
+	_, err = p.MigrateAll(ctx, MigrateOptions{})
+	refused("MigrateAll", err)
+	if diff := cmp.Diff(before, snapshot()); diff != "" {
+		t.Errorf("the other data directory changed (-before +after):\n%s", diff)
+	}
+	insertN(t, p, "acme", 1) // the open tenant keeps its file
+	repoint(v1)
+	if err := p.RestoreTenant(ctx, "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := p.Tenants(ctx); err != nil || !slices.Equal(ids, []string{"acme"}) {
+		t.Errorf("Tenants pointed back: %q, %v", ids, err)
+	}
+	if n := queryInt(t, p, tctx("acme"), `SELECT count(*) FROM events`); n != 1 {
+		t.Errorf("acme holds %d rows after its restore, want the backup's 1", n)
 	}
 }
 
