@@ -364,7 +364,7 @@ func (c *Config) setDSNValue(key, v string) error {
 // meter and tracer providers, ReplicaCompactor, ReplicaRestorer and
 // Ownership (a proxy opened from the DSN alone streams without leases:
 // give Ownership through New). Zero fields are omitted.
-func (c *Config) FormatDSN() string {
+func (c Config) FormatDSN() string {
 	q := make([]string, 0, len(dsnKeys))
 	add := func(key, v string) { q = append(q, key+"="+url.QueryEscape(v)) }
 	if c.Dir != "" {
@@ -523,6 +523,9 @@ func (c *Config) resolved() (*Config, error) {
 		return nil, errors.New("Config.ReplicaRestorer needs Config.ReplicaURL")
 	} else if r.Ownership != nil {
 		return nil, errors.New("Config.Ownership needs Config.ReplicaURL: tenants move between nodes through their replicas")
+	} else if r.LitestreamPath != "" && r.LitestreamPath != DefaultLitestreamPath {
+		// Like the socket: a binary named for restores that never run.
+		return nil, fmt.Errorf("Config.LitestreamPath (DSN litestream_path) %q needs Config.ReplicaURL: it restores tenants from their replicas", r.LitestreamPath)
 	}
 	if r.LitestreamPath == "" {
 		r.LitestreamPath = DefaultLitestreamPath

@@ -195,7 +195,7 @@ func TestConfig_RoundTrip(t *testing.T) {
 		if diff := cmp.Diff(want, again.Config()); diff != "" {
 			t.Errorf("New(p.Config()) of %+v: (-p +again)\n%s", cfg, diff)
 		}
-		db, err := Open(want.FormatDSN())
+		db, err := Open(p.Config().FormatDSN()) // as the doc comment writes it
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -73,6 +73,17 @@ func TestReplication_Config(t *testing.T) {
 	if _, err := Open("dir=" + t.TempDir() + "&litestream_socket=/run/litestream.sock"); err == nil || !strings.Contains(err.Error(), "LitestreamSocket needs Config.ReplicaURL") {
 		t.Errorf("LitestreamSocket without ReplicaURL: %v", err)
 	}
+	// A binary for restores that never run: refused as the socket is (walk25:
+	// accepted and ignored). The default's name stays accepted: p.Config()
+	// gives it.
+	if _, err := Open("dir=" + t.TempDir() + "&litestream_path=/nonexistent/litestream"); err == nil || !strings.Contains(err.Error(), "LitestreamPath (DSN litestream_path) \"/nonexistent/litestream\" needs Config.ReplicaURL") {
+		t.Errorf("LitestreamPath without ReplicaURL: %v", err)
+	}
+	if p, err := New(Config{Dir: t.TempDir(), LitestreamPath: DefaultLitestreamPath}); err != nil {
+		t.Errorf("the default LitestreamPath without ReplicaURL: %v", err)
+	} else {
+		p.Close()
+	}
 	// A file replica root overlapping Dir: deleting tenant "data"'s replica
 	// (<root>/data = Dir) erased every tenant. Through a symlink too.
 	parent := t.TempDir()
