@@ -1310,15 +1310,18 @@ func (r *router) sweepLeftovers() {
 	defer r.reaperWG.Done()
 	ctx, cancel := r.untilStop()
 	defer cancel()
-	dirs := []string{r.cfg.Dir}
+	// The directory resolved at New: Dir, a symlink pointed elsewhere
+	// since, names another data directory (adv42).
+	root := r.conns.realDir
+	dirs := []string{root}
 	if r.cfg.Layout == LayoutBuckets {
 		for b := range numBuckets {
-			dirs = append(dirs, filepath.Join(r.cfg.Dir, bucketName(b)))
+			dirs = append(dirs, filepath.Join(root, bucketName(b)))
 		}
 	}
 	old := time.Now().Add(-leftoverAge)
 	for _, d := range dirs {
-		if d != r.cfg.Dir && realBucket(d, filepath.Base(d)) != nil {
+		if d != root && realBucket(d, filepath.Base(d)) != nil {
 			continue // a symlink's target is not ours to sweep
 		}
 		readDirBatches(ctx, d, func(ents []os.DirEntry) bool {

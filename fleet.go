@@ -58,6 +58,9 @@ type MigrateReport struct {
 // is ctx's.
 func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateReport, error) {
 	r := p.c.r
+	if err := r.sameDir(opMigrate, ""); err != nil { // with Tenants given too (adv42)
+		return MigrateReport{}, err
+	}
 	return r.fleetRun(ctx, opts, func(ctx context.Context, id string) ([]string, error) {
 		return r.migrateTenant(ctx, id, opts.DryRun)
 	})

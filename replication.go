@@ -563,6 +563,9 @@ func (r *router) reregister(ctx context.Context, t *tenant, seen uint32) error {
 	if !t.registered.Load() || t.regs.Load() != seen {
 		return nil
 	}
+	if err := r.dirChanged(); err != nil {
+		return err // t.path is another directory's file now: Litestream would stream it
+	}
 	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return err
 	}
@@ -603,14 +606,17 @@ func (r *router) unregister(t *tenant) {
 	}
 	t.registered.Store(false)
 	t.unsynced.Store(err != nil)
-	if err != nil {
-		touchFile(unsyncedMarker(t.path)) // for the next process too
+	// Beside the file t's connections opened (realPath): a Dir symlink
+	// pointed elsewhere since New made t.path another directory's file,
+	// whose markers these calls changed (adv42).
+	if real := t.realPath(); err != nil {
+		touchFile(unsyncedMarker(real)) // for the next process too
 	} else {
 		// In the replica, and Litestream has a position of it: the marks
 		// of a restored copy have done their work.
-		removeIfExists(unsyncedMarker(t.path))
-		removeIfExists(restoredMarker(t.path))
-		removeIfExists(fromReplicaMarker(t.path))
+		removeIfExists(unsyncedMarker(real))
+		removeIfExists(restoredMarker(real))
+		removeIfExists(fromReplicaMarker(real))
 	}
 	r.repl.mu.Lock()
 	if err != nil {

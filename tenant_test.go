@@ -440,6 +440,8 @@ func TestProxy_DataDirectoryRepointedAdmin(t *testing.T) {
 	refused("Tenants", err)
 	_, err = p.MigrateAll(ctx, MigrateOptions{})
 	refused("MigrateAll", err)
+	_, err = p.MigrateAll(ctx, MigrateOptions{Tenants: []string{"globex", "acme"}})
+	refused("MigrateAll of named tenants", err)
 	if diff := cmp.Diff(before, snapshot()); diff != "" {
 		t.Errorf("the other data directory changed (-before +after):\n%s", diff)
 	}
