@@ -289,6 +289,11 @@ func parseBool(v string) (bool, error) {
 func dsnSyntaxError(query string, err error) error {
 	for pair := range strings.SplitSeq(query, "&") {
 		k, v, _ := strings.Cut(pair, "=")
+		if strings.Contains(pair, ";") {
+			// url.ParseQuery's "invalid semicolon separator in query" named
+			// no key (walk25).
+			return fmt.Errorf("key %q: %w (URL query syntax: write ; as %%3B; url.QueryEscape or FormatDSN does)", k, err)
+		}
 		if _, kerr := url.QueryUnescape(k); kerr != nil {
 			return fmt.Errorf("key %q: %w (URL query syntax: write %% as %%25 and + as %%2B; url.QueryEscape or FormatDSN does)", k, kerr)
 		}

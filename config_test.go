@@ -66,6 +66,7 @@ func TestParseDSN_Errors(t *testing.T) {
 	for dsn, want := range map[string]string{
 		"max_connections=5&dir=/srv/100%/data": `key "dir"`,
 		"group_commit=sometimes":               `key "group_commit": "sometimes" is not a flag`,
+		"max_connections=5&dir=/srv/a;b":       `key "dir": invalid semicolon separator in query (URL query syntax: write ; as %3B`,
 	} {
 		if _, err := ParseDSN(dsn); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("ParseDSN(%q): %v, want it to say %s", dsn, err, want)
