@@ -431,7 +431,8 @@ func (r *router) deleteMissing(ctx context.Context, t *tenant) (done bool, err e
 // passes integrity_check; it is written under a temporary name next to
 // dstPath and renamed into place, so dstPath is never half-written.
 // dstPath must lie outside the data directory: a copy there could take the
-// place of a tenant's file. Side files of an earlier file at dstPath are
+// place of a tenant's file. A symbolic link at dstPath is replaced by the
+// copy, not written through. Side files of an earlier file at dstPath are
 // removed with it (SQLite would replay them into the copy), and a dstPath
 // that a process has open is refused.
 func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
@@ -442,13 +443,20 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	}
 	defer t.unpin()
 	// Where the system writes it, and only there: "lnk/../x.db" is beside
-	// lnk's target (a bucket of the data directory), not beside lnk.
+	// lnk's target (a bucket of the data directory), not beside lnk. A
+	// symbolic link at dstPath itself is replaced, not written through:
+	// followed, a backup -all -force into a folder where acme.db linked to
+	// globex.db made acme's backup globex's, or overwrote a file elsewhere
+	// and removed its -wal (adv43).
 	given := dstPath
-	dstPath, err = dirs.Resolve(dstPath)
+	dstPath, err = dirs.ResolveParent(dstPath)
 	if err != nil {
 		return opError(op, id, fmt.Errorf("backup destination %s: %w", given, err))
 	}
-	if in, err := dirs.Inside(dstPath, p.c.r.cfg.Dir); err != nil || in {
+	if fi, err := os.Lstat(dstPath); err == nil && fi.IsDir() {
+		return opError(op, id, fmt.Errorf("backup destination %s is a directory: name the backup file", given))
+	}
+	if in, err := dirs.Inside(filepath.Dir(dstPath), p.c.r.cfg.Dir); err != nil || in {
 		if err == nil {
 			err = fmt.Errorf("%s is inside the data directory %s: write backups elsewhere", given, p.c.r.cfg.Dir)
 		} else {

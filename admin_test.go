@@ -388,7 +388,7 @@ func TestLibraryBackupMissingDir(t *testing.T) {
 	before := dirFiles(t, base)
 	for dst, want := range map[string]string{
 		filepath.Join(base, "nosuch", "acme.db"): "backup destination: stat " + filepath.Join(base, "nosuch") + ": no such file or directory",
-		filepath.Join(file, "acme.db"):           "backup destination " + filepath.Join(file, "acme.db") + ": not a directory",
+		filepath.Join(file, "acme.db"):           "backup destination: " + file + " is not a directory",
 	} {
 		err := p.BackupTenant(context.Background(), "acme", dst)
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -397,6 +397,50 @@ func TestLibraryBackupMissingDir(t *testing.T) {
 	}
 	if got := dirFiles(t, base); !slices.Equal(got, before) {
 		t.Errorf("files in %s: %v, before %v", base, got, before)
+	}
+}
+
+// A symbolic link at the backup's name is replaced by the backup, not
+// written through: backup -all -force into a folder where acme.db linked to
+// globex.db made acme's backup globex's, and a link to a file elsewhere had
+// that file overwritten and its -wal removed (adv43).
+func TestLibraryBackupReplacesALinkAtItsName(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 2)
+	bk, other := t.TempDir(), t.TempDir()
+	precious := filepath.Join(other, "app.db")
+	for _, f := range []string{precious, precious + "-wal"} {
+		if err := os.WriteFile(f, []byte("precious "+f), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	globex := filepath.Join(bk, "globex.db")
+	if err := p.BackupTenant(context.Background(), "acme", globex); err != nil { // any database will do
+		t.Fatal(err)
+	}
+	globexBytes, err := os.ReadFile(globex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for target, dst := range map[string]string{"globex.db": filepath.Join(bk, "acme.db"), precious: filepath.Join(bk, "app.db")} {
+		if err := os.Symlink(target, dst); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.BackupTenant(context.Background(), "acme", dst); err != nil {
+			t.Fatalf("backup to a link at %s: %v", dst, err)
+		}
+		if fi, err := os.Lstat(dst); err != nil || !fi.Mode().IsRegular() {
+			t.Errorf("%s after the backup: %v, %v; want the backup file in the link's place", dst, fi, err)
+		}
+	}
+	for _, f := range []string{precious, precious + "-wal"} {
+		if b, err := os.ReadFile(f); err != nil || string(b) != "precious "+f {
+			t.Errorf("%s, a link's target, after the backup: %d bytes (%q...), %v; want it untouched", f, len(b), b[:min(len(b), 16)], err)
+		}
+	}
+	if b, err := os.ReadFile(globex); err != nil || !bytes.Equal(b, globexBytes) {
+		t.Errorf("globex.db, a link's target, changed by the backup (%v)", err)
 	}
 }
 

@@ -267,13 +267,14 @@ func (e *env) backup(args []string) (status int) {
 	}
 	// As the system resolves it ("lnk/../x.db" is beside lnk's target, not
 	// where filepath.Dir of the text looks), for the checks and the write
-	// alike.
-	dst, err := dirs.Resolve(given)
+	// alike; a symbolic link at FILE itself is replaced, as BackupTenant
+	// does, not written through.
+	dst, err := dirs.ResolveParent(given)
 	if err != nil {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
-	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
+	if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
 		e.errorf("backup: %s is a directory; name the backup file", given)
 		return exitUsage
 	}

@@ -838,6 +838,31 @@ func TestBackupAll(t *testing.T) {
 	}
 	cli(t, nil, "backup", "-all", "-force", "-dir", dir, out).want(t, exitOK)
 
+	// A symbolic link at a backup's name is replaced, not written through
+	// (adv43: acme's backup became globex's, and a file elsewhere was
+	// overwritten and lost its -wal).
+	elsewhere := filepath.Join(t.TempDir(), "app.db")
+	if err := os.WriteFile(elsewhere, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for id, target := range map[string]string{"acme": "globex.db", "initech": elsewhere} {
+		if err := os.Remove(filepath.Join(out, id+".db")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(target, filepath.Join(out, id+".db")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cli(t, nil, "backup", "-all", "-force", "-dir", dir, out).want(t, exitOK)
+	for _, id := range []string{"acme", "globex", "initech"} {
+		if got := events(t, filepath.Join(out, id+".db")); !cmp.Equal(got, []string{id + "-0", id + "-1"}) {
+			t.Errorf("%s's backup over a link: %v", id, got)
+		}
+	}
+	if b, err := os.ReadFile(elsewhere); err != nil || string(b) != "precious" {
+		t.Errorf("a link's target outside the backup folder: %d bytes, %v; want it untouched", len(b), err)
+	}
+
 	// A corrupt tenant fails; the others are backed up.
 	junk(t, dir, "broken")
 	out2 := t.TempDir()

@@ -66,6 +66,30 @@ func Resolve(path string) (string, error) {
 	}
 }
 
+// ResolveParent is Resolve for the folder that holds path's final element,
+// with that element joined as it is: a symbolic link there is not followed,
+// so a file renamed to the result replaces the link, not the file it points
+// to. A path whose final element is "." or ".." (a folder) is Resolve's.
+func ResolveParent(path string) (string, error) {
+	abs := path
+	if !filepath.IsAbs(abs) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return "", err
+		}
+		abs = wd + string(filepath.Separator) + abs // not Join: it cleans
+	}
+	parent, last := splitLast(abs)
+	if last == "" || last == "." || last == ".." {
+		return Resolve(path)
+	}
+	dir, err := Resolve(parent)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, last), nil
+}
+
 // splitLast splits p at its last separator (trailing ones dropped),
 // without cleaning either part.
 func splitLast(p string) (parent, last string) {
