@@ -345,7 +345,11 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			return err // a stand-in for a kill: nothing else runs
 		}
 	}
-	err = errors.Join(removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)), removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)), removeIfExists(genMarker(t.path)))
+	// The markers first (errors.Join's arguments run in order): removing a
+	// large file takes a while, and a delete killed meanwhile left a marker
+	// naming a file that is gone, which the CLI's delete, finding no
+	// tenant, could not remove (adv43).
+	err = errors.Join(removeIfExists(restoredMarker(t.path)), removeIfExists(restoredMarker(t.path)+".tmp"), removeIfExists(fromReplicaMarker(t.path)), removeIfExists(unsyncedMarker(t.path)), removeIfExists(genMarker(t.path)), removeWithSideFiles(t.path), removeWithSideFiles(hidden), os.RemoveAll(metaDir(t.path)))
 	leave()
 	pending, erased := false, false
 	if r.repl != nil && err == nil {
@@ -1392,7 +1396,7 @@ func refuseHardLinked(t *tenant, fi fs.FileInfo) error {
 
 // hardLinked refuses a tenant file with n names.
 func hardLinked(path string, n uint64) error {
-	return fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp, or the CLI's backup and restore)", errNotTenantFile, path, n)
+	return fmt.Errorf("%w: %s has %d names (hard links): another name shares its pages; give it a file of its own (cp it to a new name, then restore the tenant from that copy)", errNotTenantFile, path, n)
 }
 
 // creationTwin reports whether the second name of the tenant file fi at

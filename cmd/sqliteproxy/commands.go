@@ -291,6 +291,9 @@ func (e *env) backup(args []string) (status int) {
 		return st
 	}
 	defer e.closeProxy(p, &status)
+	// A killed backup leaves a whole copy of its tenant under a hidden name
+	// beside FILE: swept here too, not only by backup -all (adv43).
+	sweepBackupTemps(filepath.Dir(dst))
 	if err := e.backupOne(p, id, dst, *force); err != nil {
 		e.tenantErr("backup", id, notFound(p, id, err))
 		return exitFailed

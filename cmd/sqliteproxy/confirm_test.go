@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -79,9 +80,16 @@ func TestStatus_JSONOfAMissingTenantIsAnArray(t *testing.T) {
 
 // backup -all removes the temporary files of backups killed midway (each a
 // whole copy of a tenant) once they are old; young ones (a backup in
-// flight) and other files stay.
+// flight) and other files stay. So does a backup of one tenant, in its
+// file's folder (adv43: only -all did).
 func TestBackupAll_SweepsOldTemporaryFiles(t *testing.T) {
 	t.Parallel()
+	for _, all := range []bool{true, false} {
+		t.Run(fmt.Sprintf("all=%v", all), func(t *testing.T) { sweepsOldTemporaryFiles(t, all) })
+	}
+}
+
+func sweepsOldTemporaryFiles(t *testing.T, all bool) {
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme")
 	out := t.TempDir()
 	old := filepath.Join(out, ".backup-acme-0123456789abcdef.db")
@@ -98,7 +106,11 @@ func TestBackupAll_SweepsOldTemporaryFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cli(t, nil, "backup", "-dir", dir, "-all", out).want(t, exitOK)
+	if all {
+		cli(t, nil, "backup", "-dir", dir, "-all", out).want(t, exitOK)
+	} else {
+		cli(t, nil, "backup", "-dir", dir, "acme", filepath.Join(out, "acme.db")).want(t, exitOK)
+	}
 	for p, want := range map[string]bool{old: false, old + "-journal": false, young: true, mine: true, filepath.Join(out, "acme.db"): true} {
 		if _, err := os.Stat(p); (err == nil) != want {
 			t.Errorf("%s: exists %v, want %v", filepath.Base(p), err == nil, want)
