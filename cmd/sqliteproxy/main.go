@@ -110,8 +110,9 @@
 // layout marker, an interrupted relayout), whatever -layout says; 2 for
 // usage errors (unknown command or flag, wrong number of arguments, invalid
 // tenant ID, a -down-to beyond the migrations of -migrations,
-// a directory or file named on the command line that does not exist or is
-// empty, a -layout other than auto, flat or buckets, a negative -down-to,
+// a directory or file named on the command line that does not exist, an
+// empty name ("") for one (a file that exists but holds nothing is not a
+// database: 1), a -layout other than auto, flat or buckets, a negative -down-to,
 // a -replica that is not a URL or an -at that is not an RFC 3339 time,
 // delete without -yes on a non-interactive stdin, a query -json whose
 // result has two columns of one name; a result with a column named tenant
