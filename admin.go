@@ -457,7 +457,9 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err != nil {
 		return opError(op, id, fmt.Errorf("backup destination %s: %w", given, err))
 	}
-	if fi, err := os.Lstat(dstPath); err == nil && fi.IsDir() {
+	if fi, err := os.Stat(dstPath); err == nil && fi.IsDir() {
+		// Also through a link at the name (Dir itself, when it is one:
+		// replaced, the data directory was gone; adv44).
 		return opError(op, id, fmt.Errorf("backup destination %s is a directory: name the backup file", given))
 	}
 	if in, err := dirs.Inside(filepath.Dir(dstPath), p.c.r.cfg.Dir); err != nil || in {

@@ -444,6 +444,39 @@ func TestLibraryBackupReplacesALinkAtItsName(t *testing.T) {
 	}
 }
 
+// A destination that is a directory through a link at its name is refused,
+// as a directory is: Dir itself when it is a symlink (replaced, the data
+// directory was gone), and a link to a backup folder, with or without a
+// trailing slash (adv44).
+func TestLibraryBackupOntoALinkToADirectoryRefused(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	real, nas := filepath.Join(base, "real"), filepath.Join(base, "nas")
+	for _, d := range []string{real, nas} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, backups := filepath.Join(base, "data"), filepath.Join(base, "backups")
+	for link, target := range map[string]string{data: real, backups: nas} {
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := newTestProxy(t, Config{Dir: data, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	for _, dst := range []string{data, data + "/", backups, backups + "/"} {
+		err := p.BackupTenant(context.Background(), "acme", dst)
+		if err == nil || !strings.Contains(err.Error(), "directory") {
+			t.Errorf("BackupTenant(acme, %s): %v, want it refused", dst, err)
+		}
+		if fi, err := os.Lstat(strings.TrimSuffix(dst, "/")); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			t.Errorf("%s after the backup: %v, %v; want the link left alone", dst, fi, err)
+		}
+	}
+	insertN(t, p, "globex", 1) // the data directory is still there
+}
+
 func TestLibraryBackupInsideDataDir(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

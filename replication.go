@@ -728,6 +728,12 @@ func (r *router) finishRelease(ctx context.Context, t *tenant) bool {
 	if lease == nil || t.lease != nil || t.registered.Load() {
 		return false // none, or taken again since (own drops it): synced as usual
 	}
+	if r.dirChanged() != nil {
+		// t.path is another directory's file now (Dir, a symlink, pointed
+		// elsewhere): uploaded, it became this tenant's replica, released
+		// at its position (adv44). The lease stays unreleased.
+		return true
+	}
 	if err := r.repl.register(ctx, t.path, t.replicaKey()); err != nil {
 		return true
 	}

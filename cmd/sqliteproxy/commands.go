@@ -274,7 +274,7 @@ func (e *env) backup(args []string) (status int) {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
-	if fi, err := os.Lstat(dst); err == nil && fi.IsDir() {
+	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
 		e.errorf("backup: %s is a directory; name the backup file", given)
 		return exitUsage
 	}
@@ -282,7 +282,7 @@ func (e *env) backup(args []string) (status int) {
 		e.errorf("backup: %v", err)
 		return exitUsage
 	}
-	if insideData(dst, *f.dir) {
+	if insideData(filepath.Dir(dst), *f.dir) { // a link at FILE itself is replaced, as by -all
 		e.errorf("backup: %s is in the data directory; write backups elsewhere", given)
 		return exitUsage
 	}

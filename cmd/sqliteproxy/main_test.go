@@ -782,6 +782,31 @@ func TestBackupPaths(t *testing.T) {
 	if ents, _ := os.ReadDir(bdir); len(ents) != 2 {
 		t.Errorf("backup directory: %v (temporary files left?)", ents)
 	}
+
+	// A link at FILE is replaced, as by backup -all, also one into the
+	// data directory (adv44: refused as "in the data directory"); a link
+	// to a folder is a folder, with or without a trailing slash.
+	lnk := filepath.Join(t.TempDir(), "plain.db")
+	if err := os.Symlink(filepath.Join(dir, "plain.db"), lnk); err != nil {
+		t.Fatal(err)
+	}
+	cli(t, nil, "backup", "-force", "-dir", dir, "plain", lnk).want(t, exitOK)
+	if fi, err := os.Lstat(lnk); err != nil || !fi.Mode().IsRegular() {
+		t.Errorf("%s after the backup: %v, %v; want the backup in the link's place", lnk, fi, err)
+	}
+	unchanged(t, dir, before)
+	folder := filepath.Join(t.TempDir(), "backups")
+	if err := os.Symlink(bdir, folder); err != nil {
+		t.Fatal(err)
+	}
+	for _, dst := range []string{folder, folder + "/"} {
+		if r := cli(t, nil, "backup", "-force", "-dir", dir, "plain", dst).want(t, exitUsage); !strings.Contains(r.stderr, "is a directory") {
+			t.Errorf("backup to %s: %q", dst, r.stderr)
+		}
+	}
+	if fi, err := os.Lstat(folder); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("%s: %v, %v; want the link to the backup folder left alone", folder, fi, err)
+	}
 }
 
 // checkBackupFile checks that a backup is a standalone database: rollback

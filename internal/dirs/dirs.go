@@ -69,7 +69,8 @@ func Resolve(path string) (string, error) {
 // ResolveParent is Resolve for the folder that holds path's final element,
 // with that element joined as it is: a symbolic link there is not followed,
 // so a file renamed to the result replaces the link, not the file it points
-// to. A path whose final element is "." or ".." (a folder) is Resolve's.
+// to. A path whose final element is "." or "..", or that ends in a
+// separator (a folder), is Resolve's.
 func ResolveParent(path string) (string, error) {
 	abs := path
 	if !filepath.IsAbs(abs) {
@@ -80,8 +81,8 @@ func ResolveParent(path string) (string, error) {
 		abs = wd + string(filepath.Separator) + abs // not Join: it cleans
 	}
 	parent, last := splitLast(abs)
-	if last == "" || last == "." || last == ".." {
-		return Resolve(path)
+	if last == "" || last == "." || last == ".." || os.IsPathSeparator(abs[len(abs)-1]) {
+		return Resolve(path) // a folder ("x/" too: splitLast drops the separator)
 	}
 	dir, err := Resolve(parent)
 	if err != nil {
