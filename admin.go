@@ -453,6 +453,10 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	// globex.db made acme's backup globex's, or overwrote a file elsewhere
 	// and removed its -wal (adv43).
 	given := dstPath
+	if dstPath != "" && os.IsPathSeparator(dstPath[len(dstPath)-1]) {
+		// A folder's name ("bk/2026-11-25/"): not made a file (adv45).
+		return opError(op, id, fmt.Errorf("backup destination %s names a directory: name the backup file", given))
+	}
 	dstPath, err = dirs.ResolveParent(dstPath)
 	if err != nil {
 		return opError(op, id, fmt.Errorf("backup destination %s: %w", given, err))
@@ -495,6 +499,14 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	// replayed into the copy, or roll it "back", at its next open: the
 	// new backup then held the old one's pages. Removed, unless a process
 	// has that file open.
+	if fi, err := os.Lstat(dstPath + "-shm"); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		// A link is no -shm of the file at dstPath (SQLite refuses one):
+		// removed, never followed; the lock below refused it for good
+		// (adv45).
+		if err := os.Remove(dstPath + "-shm"); err != nil {
+			return opError(op, id, err)
+		}
+	}
 	release, err := lockUnusedShm(dstPath + "-shm")
 	if err != nil {
 		if errors.Is(err, errShmInUse) {

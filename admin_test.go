@@ -475,6 +475,42 @@ func TestLibraryBackupOntoALinkToADirectoryRefused(t *testing.T) {
 		}
 	}
 	insertN(t, p, "globex", 1) // the data directory is still there
+	// A name that does not exist yet with a trailing slash is a folder's
+	// too: not made a file (adv45).
+	fresh := filepath.Join(base, "2026-11-25") + "/"
+	if err := p.BackupTenant(context.Background(), "acme", fresh); err == nil || !strings.Contains(err.Error(), "names a directory") {
+		t.Errorf("BackupTenant(acme, %s): %v, want it refused", fresh, err)
+	}
+	if _, err := os.Lstat(strings.TrimSuffix(fresh, "/")); err == nil {
+		t.Errorf("%s made", fresh)
+	}
+}
+
+// A symbolic link at the destination's -shm (dangling, or to a live
+// tenant's) is removed with the other side files, never followed: the
+// -shm lock refused it for every backup to that name (adv45).
+func TestLibraryBackupLinkAtItsShmRemoved(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	bk := t.TempDir()
+	for name, target := range map[string]string{"acme.db": filepath.Join(bk, "gone-shm"), "live.db": filepath.Join(dir, "acme.db-shm")} {
+		dst := filepath.Join(bk, name)
+		if err := os.Symlink(target, dst+"-shm"); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.BackupTenant(context.Background(), "acme", dst); err != nil {
+			t.Errorf("BackupTenant with a link at its -shm (to %s): %v", target, err)
+		}
+		if _, err := os.Lstat(dst + "-shm"); err == nil {
+			t.Errorf("%s-shm left", dst)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "acme.db-shm")); err != nil {
+		t.Errorf("the live tenant's -shm: %v", err)
+	}
+	insertN(t, p, "acme", 1)
 }
 
 func TestLibraryBackupInsideDataDir(t *testing.T) {

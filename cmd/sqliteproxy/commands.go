@@ -265,6 +265,10 @@ func (e *env) backup(args []string) (status int) {
 	if !e.checkID(f, id) {
 		return exitUsage
 	}
+	if os.IsPathSeparator(given[len(given)-1]) {
+		e.errorf("backup: %s names a directory; name the backup file", given)
+		return exitUsage
+	}
 	// As the system resolves it ("lnk/../x.db" is beside lnk's target, not
 	// where filepath.Dir of the text looks), for the checks and the write
 	// alike; a symbolic link at FILE itself is replaced, as BackupTenant

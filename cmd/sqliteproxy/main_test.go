@@ -799,8 +799,8 @@ func TestBackupPaths(t *testing.T) {
 	if err := os.Symlink(bdir, folder); err != nil {
 		t.Fatal(err)
 	}
-	for _, dst := range []string{folder, folder + "/"} {
-		if r := cli(t, nil, "backup", "-force", "-dir", dir, "plain", dst).want(t, exitUsage); !strings.Contains(r.stderr, "is a directory") {
+	for _, dst := range []string{folder, folder + "/", filepath.Join(bdir, "2026-11-25") + "/"} {
+		if r := cli(t, nil, "backup", "-force", "-dir", dir, "plain", dst).want(t, exitUsage); !strings.Contains(r.stderr, "directory") {
 			t.Errorf("backup to %s: %q", dst, r.stderr)
 		}
 	}
