@@ -90,6 +90,19 @@ func relayout(ctx context.Context, dir string, to Layout, afterMove func(moved i
 	if err := rl.misplaced(); err != nil {
 		return 0, opError(op, "", err)
 	}
+	// A tenant another process has open (a sqlite3 shell, which the
+	// README's top suggests for a look) is found before the directory is
+	// marked as being converted, not midway: then every proxy and CLI
+	// command refused the directory until relayout ran again (adv43). Each
+	// move settles its file again (a process may open one meanwhile).
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return 0, opError(op, "", err)
+		}
+		if err := settle(tenantPath(dir, from, id)); err != nil {
+			return 0, opError(op, id, err)
+		}
+	}
 	if err := writeMarker(dir, markerRelayoutTo+to.String()); err != nil {
 		return 0, opError(op, "", err)
 	}

@@ -371,6 +371,16 @@ func TestRelayout_InUse(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "open in another process") {
 		t.Errorf("relayout of an open tenant: %v", err)
 	}
+	// Refused before anything moved or was marked (adv43: the directory was
+	// left marked as being converted, refused by every proxy).
+	if l, err := DirLayout(dir); err != nil || l != LayoutFlat {
+		t.Errorf("after a relayout refused for an open tenant: %v, %v; want the flat layout, unmarked", l, err)
+	}
+	for id := range want {
+		if _, err := os.Lstat(filepath.Join(dir, id+".db")); err != nil {
+			t.Errorf("%s moved by a refused relayout: %v", id, err)
+		}
+	}
 	// Refusing leaves the open tenant's files alone: its WAL is in use
 	// even when a checkpoint has emptied it.
 	if _, err := os.Lstat(filepath.Join(dir, "t1.db-wal")); err != nil {

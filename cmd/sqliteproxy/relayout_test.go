@@ -122,7 +122,9 @@ func TestRelayoutFailed(t *testing.T) {
 	t.Parallel()
 	dir := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "acme", "globex", "initech")
 	// globex open in another process (not a proxy: it takes no lock on the
-	// directory): acme moves first (flat is listed sorted), then globex stops it.
+	// directory): refused before anything moved, the directory left as it
+	// was (adv43: acme moved first, and every command then refused the
+	// directory until relayout ran again).
 	path := filepath.Join(dir, "globex.db")
 	db, err := sql.Open("sqlite3", "file:"+path)
 	if err != nil {
@@ -134,7 +136,23 @@ func TestRelayoutFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitFailed)
-	want := "sqliteproxy: relayout globex: " + path + " is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first (moved 1 tenant; run it again to finish)\n"
+	want := "sqliteproxy: relayout globex: " + path + " is open in another process, or another proxy of this process (its -wal or -shm survived a checkpoint): stop it first\n"
+	if r.stderr != want || r.stdout != "" {
+		t.Errorf("relayout beside an open tenant: stdout %q, stderr\n%q\nwant\n%q", r.stdout, r.stderr, want)
+	}
+	if r := cli(t, nil, "tenants", "-dir", dir).want(t, exitOK); r.stdout != "acme\nglobex\ninitech\n" {
+		t.Errorf("tenants after a refused relayout: %q", r.stdout)
+	}
+	db.Close()
+
+	// globex's bucket folder a symbolic link: found only when globex moves
+	// (acme, in bucket 82, moves first; globex's bucket is 5b).
+	bucket := filepath.Join(dir, "5b")
+	if err := os.Symlink(t.TempDir(), bucket); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitFailed)
+	want = "sqliteproxy: relayout globex: bucket folder " + bucket + " is not a directory (a symlink, say): tenant files stay inside the data directory (moved 1 tenant; run it again to finish)\n"
 	if r.stderr != want || r.stdout != "" {
 		t.Errorf("relayout stopped half way: stdout %q, stderr\n%q\nwant\n%q", r.stdout, r.stderr, want)
 	}
@@ -143,7 +161,9 @@ func TestRelayoutFailed(t *testing.T) {
 			t.Errorf("tenants -layout %s after an interrupted relayout: %q", layout, r.stderr)
 		}
 	}
-	db.Close()
+	if err := os.Remove(bucket); err != nil {
+		t.Fatal(err)
+	}
 	r = cli(t, nil, "relayout", "-dir", dir, "-to", "buckets").want(t, exitOK)
 	if r.stdout != "moved 2 tenants; "+dir+" is in the buckets layout\n" {
 		t.Errorf("relayout again: %q", r.stdout)
