@@ -453,8 +453,9 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	// globex.db made acme's backup globex's, or overwrote a file elsewhere
 	// and removed its -wal (adv43).
 	given := dstPath
-	if dstPath != "" && os.IsPathSeparator(dstPath[len(dstPath)-1]) {
-		// A folder's name ("bk/2026-11-25/"): not made a file (adv45).
+	if dirs.NamesFolder(dstPath) {
+		// A folder's name ("bk/2026-11-25/", "bk/new/."): not made a file
+		// (adv45, adv46).
 		return opError(op, id, fmt.Errorf("backup destination %s names a directory: name the backup file", given))
 	}
 	dstPath, err = dirs.ResolveParent(dstPath)
@@ -508,13 +509,25 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 		}
 	}
 	release, err := lockUnusedShm(dstPath + "-shm")
+	if err == nil {
+		defer release()
+		if fi, lerr := os.Lstat(dstPath); lerr == nil && fi.Mode().IsRegular() {
+			// A connection in locking_mode=EXCLUSIVE holds no -shm: its
+			// -wal, with its commits, was removed below and the file
+			// replaced under it (adv46). A link at dstPath is replaced,
+			// its target untouched: nothing to ask.
+			var releaseDB func()
+			if releaseDB, err = lockUnusedDatabase(dstPath); err == nil {
+				defer releaseDB()
+			}
+		}
+	}
 	if err != nil {
 		if errors.Is(err, errShmInUse) {
 			err = fmt.Errorf("%s is open in another process (or a connection of this one): close it, or write the backup elsewhere", dstPath)
 		}
 		return opError(op, id, err)
 	}
-	defer release()
 	if err := removeSideFiles(dstPath); err != nil {
 		return opError(op, id, err)
 	}

@@ -475,14 +475,45 @@ func TestLibraryBackupOntoALinkToADirectoryRefused(t *testing.T) {
 		}
 	}
 	insertN(t, p, "globex", 1) // the data directory is still there
-	// A name that does not exist yet with a trailing slash is a folder's
-	// too: not made a file (adv45).
-	fresh := filepath.Join(base, "2026-11-25") + "/"
-	if err := p.BackupTenant(context.Background(), "acme", fresh); err == nil || !strings.Contains(err.Error(), "names a directory") {
-		t.Errorf("BackupTenant(acme, %s): %v, want it refused", fresh, err)
+	// A name that does not exist yet with a trailing slash, "." or ".." is
+	// a folder's too: not made a file (adv45, adv46).
+	fresh := filepath.Join(base, "2026-11-25")
+	for _, dst := range []string{fresh + "/", fresh + "/.", fresh + "/x/..", "."} {
+		if err := p.BackupTenant(context.Background(), "acme", dst); err == nil || !strings.Contains(err.Error(), "names a directory") {
+			t.Errorf("BackupTenant(acme, %s): %v, want it refused", dst, err)
+		}
 	}
-	if _, err := os.Lstat(strings.TrimSuffix(fresh, "/")); err == nil {
+	if _, err := os.Lstat(fresh); err == nil {
 		t.Errorf("%s made", fresh)
+	}
+}
+
+// A destination a connection holds in locking_mode=EXCLUSIVE (which makes
+// no -shm) is refused: its -wal, with its commits, was removed and the file
+// replaced under it (adv46).
+func TestLibraryBackupOntoAnExclusiveDatabaseRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	other := filepath.Join(t.TempDir(), "o.db")
+	db, err := sql.Open("sqlite3", "file:"+other+"?_journal_mode=WAL&_locking_mode=EXCLUSIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0; CREATE TABLE x(a); INSERT INTO x VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(other + "-shm"); err == nil {
+		t.Fatal("an EXCLUSIVE connection made a -shm: the test shows nothing")
+	}
+	if err := p.BackupTenant(context.Background(), "acme", other); err == nil || !strings.Contains(err.Error(), "is open in another process") {
+		t.Errorf("BackupTenant onto a database held EXCLUSIVE: %v, want it refused", err)
+	}
+	var a int
+	if err := db.QueryRow(`SELECT a FROM x`).Scan(&a); err != nil || a != 42 {
+		t.Errorf("the destination's own rows after the refused backup: %d, %v", a, err)
 	}
 }
 

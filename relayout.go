@@ -415,7 +415,7 @@ func settleOnce(p string) error {
 	// empty: PERSIST_WAL). Anything else left means another process has
 	// the file open: decide that before removing anything, since its WAL
 	// is still in use even when empty.
-	inUse, emptyWAL := busy != 0, false
+	inUse, emptyWAL, emptyJournal := busy != 0, false, false
 	for _, s := range sqliteSuffixes {
 		fi, err := os.Lstat(p + s)
 		switch {
@@ -424,6 +424,11 @@ func settleOnce(p string) error {
 			return err
 		case s == "-wal" && fi.Size() == 0:
 			emptyWAL = true
+		case s == "-journal" && fi.Size() == 0:
+			// Left by a process killed as it began a transaction:
+			// SQLite ignores an empty journal, and so does relayout, which
+			// blamed permissions or a full disk (adv46).
+			emptyJournal = true
 		default:
 			inUse = true
 		}
@@ -444,6 +449,22 @@ func settleOnce(p string) error {
 			}
 		}
 		return fmt.Errorf("%s is %w", p, errOpenElsewhere)
+	}
+	if emptyJournal {
+		// Unless a process holds the file (one in rollback mode that has
+		// just begun writing, its journal still empty).
+		release, err := lockUnusedDatabase(p)
+		if err != nil {
+			if errors.Is(err, errShmInUse) {
+				return fmt.Errorf("%s is %w", p, errOpenElsewhere)
+			}
+			return err
+		}
+		err = os.Remove(p + "-journal")
+		release()
+		if err != nil {
+			return err
+		}
 	}
 	if emptyWAL {
 		return os.Remove(p + "-wal")

@@ -597,3 +597,19 @@ func TestSettle_SideFilesLeftForAMomentLookedAtAgain(t *testing.T) {
 		t.Fatalf("settle with side files that stay: %v, want errSideFilesSurvived", err)
 	}
 }
+
+// An empty -journal (a process killed as it began a transaction) is no
+// sign of use: SQLite ignores it, and relayout refused the fleet for good,
+// blaming permissions or a full disk (adv46).
+func TestRelayout_EmptyJournalIgnored(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	want := relayoutFleet(t, dir, LayoutFlat, 3)
+	if err := os.WriteFile(filepath.Join(dir, "t1.db-journal"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Relayout(context.Background(), dir, LayoutBuckets); err != nil {
+		t.Fatalf("relayout of an idle fleet with an empty -journal left: %v", err)
+	}
+	checkFleet(t, dir, LayoutBuckets, want)
+}

@@ -265,7 +265,7 @@ func (e *env) backup(args []string) (status int) {
 	if !e.checkID(f, id) {
 		return exitUsage
 	}
-	if os.IsPathSeparator(given[len(given)-1]) {
+	if dirs.NamesFolder(given) {
 		e.errorf("backup: %s names a directory; name the backup file", given)
 		return exitUsage
 	}

@@ -66,6 +66,19 @@ func Resolve(path string) (string, error) {
 	}
 }
 
+// NamesFolder reports whether path, as written, can only name a folder:
+// it ends in a separator, or its last element is "." or "..".
+func NamesFolder(path string) bool {
+	if path == "" || os.IsPathSeparator(path[len(path)-1]) {
+		return path != ""
+	}
+	_, last := splitLast(path)
+	if last == "" { // no separator: path is the element
+		last = path
+	}
+	return last == "." || last == ".."
+}
+
 // ResolveParent is Resolve for the folder that holds path's final element,
 // with that element joined as it is: a symbolic link there is not followed,
 // so a file renamed to the result replaces the link, not the file it points
