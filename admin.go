@@ -112,6 +112,26 @@ func lockUnusedDatabase(p string) (release func(), err error) {
 	return func() { f.Close() }, nil
 }
 
+// databaseUnused fails with errShmInUse when a process holds a lock on the
+// database file p (a connection in locking_mode=EXCLUSIVE holds no -shm:
+// only this tells of it), or this process has it open. It only looks, on a
+// read-only descriptor: a file this process may not write (an older backup
+// made read-only) is still replaced by a rename. No file, nothing in use.
+func databaseUnused(p string) error {
+	if inUse, err := openInProcess(p); inUse || err != nil {
+		return cmp.Or(err, errShmInUse)
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return lockDatabase(f, false)
+}
+
 func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
@@ -516,10 +536,7 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 			// -wal, with its commits, was removed below and the file
 			// replaced under it (adv46). A link at dstPath is replaced,
 			// its target untouched: nothing to ask.
-			var releaseDB func()
-			if releaseDB, err = lockUnusedDatabase(dstPath); err == nil {
-				defer releaseDB()
-			}
+			err = databaseUnused(dstPath)
 		}
 	}
 	if err != nil {
