@@ -112,11 +112,10 @@ func lockUnusedDatabase(p string) (release func(), err error) {
 	return func() { f.Close() }, nil
 }
 
-// databaseUnused fails with errShmInUse when a process holds a lock on the
-// database file p (a connection in locking_mode=EXCLUSIVE holds no -shm:
-// only this tells of it), or this process has it open. It only looks, on a
-// read-only descriptor: a file this process may not write (an older backup
-// made read-only) is still replaced by a rename. No file, nothing in use.
+// databaseUnused is lockUnusedDatabase's look without the lock, on a
+// read-only descriptor: for a file this process may not write (an older
+// backup made read-only), which a rename replaces all the same. Nothing
+// keeps a process from beginning to use the file afterwards.
 func databaseUnused(p string) error {
 	if inUse, err := openInProcess(p); inUse || err != nil {
 		return cmp.Or(err, errShmInUse)
@@ -458,7 +457,7 @@ func (r *router) deleteMissing(ctx context.Context, t *tenant) (done bool, err e
 // place of a tenant's file. A symbolic link at dstPath is replaced by the
 // copy, not written through. Side files of an earlier file at dstPath are
 // removed with it (SQLite would replay them into the copy), and a dstPath
-// that a process has open is refused.
+// that a process has open in WAL mode, or holds a lock on, is refused.
 func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	const op = opBackupTenant
 	t, err := p.tenantFor(op, id)
@@ -536,7 +535,19 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 			// -wal, with its commits, was removed below and the file
 			// replaced under it (adv46). A link at dstPath is replaced,
 			// its target untouched: nothing to ask.
-			err = databaseUnused(dstPath)
+			// Held (as an EXCLUSIVE connection holds it) until the
+			// rename, so no process begins a transaction on it in between
+			// (adv47); only looked at when this process may not write it
+			// (an older backup made read-only, replaced by the rename all
+			// the same).
+			var releaseDB func()
+			releaseDB, err = lockUnusedDatabase(dstPath)
+			if errors.Is(err, fs.ErrPermission) {
+				releaseDB, err = func() {}, databaseUnused(dstPath)
+			}
+			if err == nil {
+				defer releaseDB()
+			}
 		}
 	}
 	if err != nil {

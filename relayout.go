@@ -460,7 +460,19 @@ func settleOnce(p string) error {
 			}
 			return err
 		}
-		err = os.Remove(p + "-journal")
+		// Looked at again under the lock: a process that held the file may
+		// have written the journal since, and died (a hot journal, which
+		// the next try's read rolls back: settle tries again on
+		// errSideFilesSurvived).
+		fi, err := os.Lstat(p + "-journal")
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			err = nil
+		case err == nil && fi.Size() == 0:
+			err = os.Remove(p + "-journal")
+		case err == nil:
+			err = fmt.Errorf("%s: %w", p, errSideFilesSurvived)
+		}
 		release()
 		if err != nil {
 			return err
