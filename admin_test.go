@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -486,6 +487,70 @@ func TestLibraryBackupOntoALinkToADirectoryRefused(t *testing.T) {
 	if _, err := os.Lstat(fresh); err == nil {
 		t.Errorf("%s made", fresh)
 	}
+}
+
+const holdChildEnv = "SQLITEPROXY_HOLD_CHILD_DB"
+
+// The same with the connection in another process: only the database
+// file's lock tells of it (no -shm, and /proc/self does not list it).
+func TestLibraryBackupOntoADatabaseAnotherProcessHoldsRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
+	insertN(t, p, "acme", 1)
+	other := filepath.Join(t.TempDir(), "o.db")
+	sig := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run", "^TestLibraryBackupHoldChild$", "-test.v")
+	cmd.Env = append(os.Environ(), holdChildEnv+"="+other, holdChildEnv+"_SIG="+sig)
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := cmd.CombinedOutput()
+		out <- b
+	}()
+	waitFor(t, 30*time.Second, "the child to hold the database", func() bool {
+		_, err := os.Stat(filepath.Join(sig, "ready"))
+		return err == nil
+	})
+	err := p.BackupTenant(context.Background(), "acme", other)
+	if werr := os.WriteFile(filepath.Join(sig, "go"), nil, 0o600); werr != nil {
+		t.Fatal(werr)
+	}
+	b := receive(t, out, "the child")
+	if err == nil || !strings.Contains(err.Error(), "is open in another process") {
+		t.Errorf("BackupTenant onto a database another process holds EXCLUSIVE: %v, want it refused", err)
+	}
+	if res, _ := os.ReadFile(filepath.Join(sig, "done")); string(res) != "42" {
+		t.Errorf("the child's row after the backup: %q\n%s", res, b)
+	}
+}
+
+// TestLibraryBackupHoldChild holds a database in locking_mode=EXCLUSIVE
+// (WAL, no -shm) until its parent says go, then reads its row back.
+func TestLibraryBackupHoldChild(t *testing.T) {
+	path, sig := os.Getenv(holdChildEnv), os.Getenv(holdChildEnv+"_SIG")
+	if path == "" {
+		t.Skip("the child of TestLibraryBackupOntoADatabaseAnotherProcessHoldsRefused")
+	}
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_locking_mode=EXCLUSIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0; CREATE TABLE x(a); INSERT INTO x VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(sig, "ready"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the parent's backup", func() bool {
+		_, err := os.Stat(filepath.Join(sig, "go"))
+		return err == nil
+	})
+	var a string
+	if err := db.QueryRow(`SELECT a FROM x`).Scan(&a); err != nil {
+		a = err.Error()
+	}
+	os.WriteFile(filepath.Join(sig, "done"), []byte(a), 0o600)
 }
 
 // A destination a connection holds in locking_mode=EXCLUSIVE (which makes
