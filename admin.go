@@ -531,15 +531,14 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	if err == nil {
 		defer release()
 		if fi, lerr := os.Lstat(dstPath); lerr == nil && fi.Mode().IsRegular() {
-			// A connection in locking_mode=EXCLUSIVE holds no -shm: its
-			// -wal, with its commits, was removed below and the file
-			// replaced under it (adv46). A link at dstPath is replaced,
-			// its target untouched: nothing to ask.
-			// Held (as an EXCLUSIVE connection holds it) until the
-			// rename, so no process begins a transaction on it in between
-			// (adv47); only looked at when this process may not write it
-			// (an older backup made read-only, replaced by the rename all
-			// the same).
+			// The file's own lock too: a connection in
+			// locking_mode=EXCLUSIVE holds no -shm, and its -wal, with its
+			// commits, was removed below and the file replaced under it
+			// (adv46). Held until the rename, so that no process begins a
+			// transaction in between (adv47); only looked at when this
+			// process may not write the file (an older backup made
+			// read-only, which the rename replaces all the same). A link at
+			// dstPath is replaced, its target untouched: nothing to ask.
 			var releaseDB func()
 			releaseDB, err = lockUnusedDatabase(dstPath)
 			if errors.Is(err, fs.ErrPermission) {
