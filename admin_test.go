@@ -530,15 +530,7 @@ func TestLibraryBackupHoldChild(t *testing.T) {
 	if path == "" {
 		t.Skip("the child of TestLibraryBackupOntoADatabaseAnotherProcessHoldsRefused")
 	}
-	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_locking_mode=EXCLUSIVE")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0; CREATE TABLE x(a); INSERT INTO x VALUES (42)`); err != nil {
-		t.Fatal(err)
-	}
+	db := exclusiveDB(t, path)
 	if err := os.WriteFile(filepath.Join(sig, "ready"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -553,6 +545,23 @@ func TestLibraryBackupHoldChild(t *testing.T) {
 	os.WriteFile(filepath.Join(sig, "done"), []byte(a), 0o600)
 }
 
+// exclusiveDB opens the database at path in WAL mode and
+// locking_mode=EXCLUSIVE (no -shm), with one row (42) in table x that only
+// its -wal holds.
+func exclusiveDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite3", "file:"+path+"?_journal_mode=WAL&_locking_mode=EXCLUSIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.SetMaxOpenConns(1)
+	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0; CREATE TABLE x(a); INSERT INTO x VALUES (42)`); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
 // A destination a connection holds in locking_mode=EXCLUSIVE (which makes
 // no -shm) is refused: its -wal, with its commits, was removed and the file
 // replaced under it (adv46).
@@ -561,15 +570,7 @@ func TestLibraryBackupOntoAnExclusiveDatabaseRefused(t *testing.T) {
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
 	insertN(t, p, "acme", 1)
 	other := filepath.Join(t.TempDir(), "o.db")
-	db, err := sql.Open("sqlite3", "file:"+other+"?_journal_mode=WAL&_locking_mode=EXCLUSIVE")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	if _, err := db.Exec(`PRAGMA wal_autocheckpoint=0; CREATE TABLE x(a); INSERT INTO x VALUES (42)`); err != nil {
-		t.Fatal(err)
-	}
+	db := exclusiveDB(t, other)
 	if _, err := os.Lstat(other + "-shm"); err == nil {
 		t.Fatal("an EXCLUSIVE connection made a -shm: the test shows nothing")
 	}

@@ -41,13 +41,9 @@ func Inside(path, root string) (bool, error) {
 // away first, so a check on their result and a write to path could name
 // two places).
 func Resolve(path string) (string, error) {
-	abs := path
-	if !filepath.IsAbs(abs) {
-		wd, err := os.Getwd()
-		if err != nil {
-			return "", err
-		}
-		abs = wd + string(filepath.Separator) + abs // not Join: it cleans
+	abs, err := absolute(path)
+	if err != nil {
+		return "", err
 	}
 	var rest []string
 	for {
@@ -85,13 +81,9 @@ func NamesFolder(path string) bool {
 // to. A path whose final element is "." or "..", or that ends in a
 // separator (a folder), is Resolve's.
 func ResolveParent(path string) (string, error) {
-	abs := path
-	if !filepath.IsAbs(abs) {
-		wd, err := os.Getwd()
-		if err != nil {
-			return "", err
-		}
-		abs = wd + string(filepath.Separator) + abs // not Join: it cleans
+	abs, err := absolute(path)
+	if err != nil {
+		return "", err
 	}
 	parent, last := splitLast(abs)
 	if last == "" || last == "." || last == ".." || os.IsPathSeparator(abs[len(abs)-1]) {
@@ -102,6 +94,19 @@ func ResolveParent(path string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(dir, last), nil
+}
+
+// absolute is path made absolute against the working directory, not
+// cleaned (filepath.Join would apply a ".." before the links before it).
+func absolute(path string) (string, error) {
+	if filepath.IsAbs(path) {
+		return path, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return wd + string(filepath.Separator) + path, nil
 }
 
 // splitLast splits p at its last separator (trailing ones dropped),
