@@ -756,6 +756,9 @@ func TenantReplicaURLs(ctx context.Context, replicaURL, id string) ([]string, er
 		return nil, opError(op, id, err)
 	}
 	rp := &replicator{base: replicaURL}
+	if err := rp.checkFolder(id); err != nil {
+		return nil, opError(op, id, err)
+	}
 	gens, err := rp.generations(ctx, id)
 	if err != nil {
 		return nil, opError(op, id, err)
@@ -763,6 +766,9 @@ func TenantReplicaURLs(ctx context.Context, replicaURL, id string) ([]string, er
 	slices.Sort(gens)
 	urls := []string{rp.url(id)}
 	for _, g := range gens {
+		if err := rp.checkFolder(replicaKey(id, g)); err != nil {
+			return nil, opError(op, id, err)
+		}
 		urls = append(urls, rp.url(replicaKey(id, g)))
 	}
 	return urls, nil

@@ -219,6 +219,34 @@ func (rp *replicator) url(key string) string {
 	return u
 }
 
+// checkFolder refuses, in a file:// replica, a folder on the way to key (a
+// tenant's, <id>; a generation's, <id>/g<N>) that is not a folder of its
+// own: a symbolic link there took one tenant's restore to another's
+// replica, and compaction and erasure through it into the data directory or
+// another tenant's replica (adv48). A folder that does not exist yet is
+// fine (a new tenant's).
+func (rp *replicator) checkFolder(key string) error {
+	u, err := url.Parse(rp.base)
+	if err != nil || u.Scheme != "file" {
+		return nil
+	}
+	p := u.Path
+	for el := range strings.SplitSeq(key, "/") {
+		p = filepath.Join(p, el)
+		fi, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("replica folder %s is not a directory (a symbolic link, say): each tenant's replica is a folder of its own under %s", p, u.Path)
+		}
+	}
+	return nil
+}
+
 // ctlError is an error answered by Litestream's control socket.
 type ctlError struct {
 	Status  int
@@ -298,6 +326,9 @@ func (rp *replicator) call(ctx context.Context, method, p string, in, out any) e
 // verify wal state" while writes succeeded) or another replica URL (an
 // older generation). Such a registration is ended and made again.
 func (rp *replicator) register(ctx context.Context, p, key string) error {
+	if err := rp.checkFolder(key); err != nil {
+		return err
+	}
 	body := map[string]string{"path": p, "replica_url": rp.url(key)}
 	var out struct {
 		Status string `json:"status"`
@@ -444,6 +475,9 @@ func (rp *replicator) restore(ctx context.Context, key, dst string, at time.Time
 	// took the tenant's name after Close).
 	ctx, cancel := untilClosed(ctx, rp.stop)
 	defer cancel()
+	if err := rp.checkFolder(key); err != nil {
+		return err
+	}
 	if rp.restorer != nil {
 		err := rp.restorer.RestoreReplica(ctx, rp.url(key), dst, at)
 		if errors.Is(err, ErrTenantNotFound) {
@@ -1514,6 +1548,9 @@ func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error
 // generation in it; or one generation's, <id>/g<N>), and reports whether
 // there was anything to erase.
 func (rp *replicator) deleteKey(ctx context.Context, key string) (bool, error) {
+	if err := rp.checkFolder(key); err != nil {
+		return false, err
+	}
 	raw := rp.url(key)
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -1764,7 +1801,10 @@ func (r *router) compact(ctx context.Context, t *tenant) {
 // compactNow compacts t's replica with Config.ReplicaCompactor, timed.
 func (r *router) compactNow(ctx context.Context, t *tenant) {
 	start := time.Now()
-	err := r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
+	err := r.repl.checkFolder(t.replicaKey())
+	if err == nil {
+		err = r.cfg.ReplicaCompactor.CompactReplica(ctx, r.repl.url(t.replicaKey()))
+	}
 	r.tel.compacted(ctx, t.tel, start, err)
 }
 

@@ -826,3 +826,41 @@ func closedChan() chan struct{} {
 	close(c)
 	return c
 }
+
+// A tenant's folder (or a generation's) in a file:// replica that is a
+// symbolic link is refused, never followed: restore -replica of "evil"
+// linked to globex's replica gave evil globex's rows, and compact wrote
+// through a link into the data directory (adv48).
+func TestReplication_SymlinkedReplicaFolderRefused(t *testing.T) {
+	t.Parallel()
+	root, data := t.TempDir(), t.TempDir()
+	for _, d := range []string{"globex/g2", "acme"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for link, target := range map[string]string{"evil": filepath.Join(root, "globex"), "sneaky": data, "acme/g3": filepath.Join(root, "globex", "g2")} {
+		if err := os.Symlink(target, filepath.Join(root, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rp := &replicator{base: "file://" + root}
+	for key, bad := range map[string]bool{"globex": false, "globex/g2": false, "new": false, "new/g1": false, "evil": true, "sneaky": true, "evil/g2": true, "acme/g3": true} {
+		if err := rp.checkFolder(key); (err != nil) != bad {
+			t.Errorf("checkFolder(%s): %v, want refused %v", key, err, bad)
+		}
+	}
+	for _, id := range []string{"evil", "sneaky", "acme"} {
+		if _, err := TenantReplicaURLs(context.Background(), "file://"+root, id); err == nil || !strings.Contains(err.Error(), "is not a directory") {
+			t.Errorf("TenantReplicaURLs(%s): %v, want it refused", id, err)
+		}
+	}
+	p := newTestProxy(t, Config{Dir: t.TempDir()})
+	err := p.RestoreTenantFromReplica(context.Background(), "evil", "file://"+root, time.Time{}, filepath.Join(t.TempDir(), "no-litestream"))
+	if err == nil || !strings.Contains(err.Error(), "is not a directory") {
+		t.Errorf("RestoreTenantFromReplica through a link: %v, want it refused", err)
+	}
+	if ok, _ := p.TenantExists(context.Background(), "evil"); ok {
+		t.Error("evil made from another tenant's replica")
+	}
+}

@@ -175,30 +175,47 @@ func (e *env) delete(args []string) (status int) {
 		}
 		return exitFailed
 	}
-	streamed := wasStreamed(p, id)
+	hint := replicaHint(p, id)
 	if err := p.DeleteTenant(e.ctx, id); err != nil {
 		e.tenantErr("delete", id, err)
 		return exitFailed
 	}
 	fmt.Fprintf(e.stdout, "deleted tenant %s\n", id)
-	if streamed {
+	switch hint {
+	case "streamed":
 		e.errorf("delete %s: it was streamed by Litestream: its replica is not erased, and a service with replication "+
 			"restores the tenant from it on its next access; erase it with DeleteTenant in that service, or remove its replica", id)
+	case "restored":
+		e.errorf("delete %s: it was restored here (from a replica, or to become one's head) and not streamed since: if it has a replica, "+
+			"that is not erased, and a service with replication restores the tenant from it on its next access; erase it with DeleteTenant in that service, or remove its replica", id)
 	}
 	return exitOK
 }
 
-// wasStreamed reports whether Litestream's folder is beside tenant id's
-// file (.<id>.db-litestream): the tenant has a replica, which the tool,
-// without replication, does not erase.
-func wasStreamed(p *sqliteproxy.Proxy, id string) bool {
+// replicaHint says why tenant id may have a replica, which the tool,
+// without replication, does not erase: "streamed" when Litestream's folder
+// is beside its file (.<id>.db-litestream); "restored" when the marker a
+// restore leaves until the tenant is next streamed is (.<id>.db-restored,
+// .<id>.db-fromreplica: a restore -replica replaces Litestream's folder
+// with it, and the delete said nothing of the replica, which brought the
+// tenant back; adv48); "" otherwise.
+func replicaHint(p *sqliteproxy.Proxy, id string) string {
 	path, err := p.TenantPath(id)
 	if err != nil {
-		return false
+		return ""
 	}
 	dir, file := filepath.Split(path)
-	_, err = os.Stat(filepath.Join(dir, "."+file+"-litestream"))
-	return err == nil
+	exists := func(suffix string) bool {
+		_, err := os.Lstat(filepath.Join(dir, "."+file+suffix))
+		return err == nil
+	}
+	switch {
+	case exists("-litestream"):
+		return "streamed"
+	case exists("-restored"), exists("-fromreplica"):
+		return "restored"
+	}
+	return ""
 }
 
 // notInUse refuses a tenant file that another process has open.

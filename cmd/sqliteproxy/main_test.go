@@ -578,6 +578,17 @@ func TestDelete(t *testing.T) {
 	if !strings.Contains(r.stderr, "its replica is not erased") {
 		t.Errorf("delete of a streamed tenant: %+v", r)
 	}
+	// One restored from its replica and not streamed since (a restore
+	// -replica replaces Litestream's folder with its marker): the same
+	// word (adv48: none, and a service restored the tenant).
+	fleet3 := fleet(t, migrationsDir(t, "0001_init.sql"), 1, "restored")
+	if err := os.WriteFile(filepath.Join(fleet3, ".restored.db-restored"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = cli(t, nil, "delete", "-dir", fleet3, "-yes", "restored").want(t, exitOK)
+	if !strings.Contains(r.stderr, "if it has a replica, that is not erased") {
+		t.Errorf("delete of a tenant restored from its replica: %+v", r)
+	}
 }
 
 func TestBackupRestoreRoundTrip(t *testing.T) {
