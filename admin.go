@@ -93,42 +93,62 @@ func lockUnusedShm(p string) (release func(), err error) {
 // process uses the file (a connection in locking_mode=EXCLUSIVE holds no
 // -shm: only this tells of it). A file this process has open is refused
 // unopened, as in lockUnusedShm. No file, nothing to lock. release gives
-// the lock back.
-func lockUnusedDatabase(p string) (release func(), err error) {
+// the lock back. Without write it only looks, on a read-only descriptor,
+// and holds nothing: for a file this process may not write.
+func lockUnusedDatabase(p string, write bool) (release func(), err error) {
 	if inUse, err := openInProcess(p); inUse || err != nil {
 		return nil, cmp.Or(err, errShmInUse)
 	}
-	f, err := os.OpenFile(p, os.O_RDWR|syscall.O_NOFOLLOW, 0)
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return func() {}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	if err := lockDatabase(f, true); err != nil {
+	if err := lockDatabase(f, write); err != nil || !write {
 		f.Close()
-		return nil, err
+		return func() {}, err
 	}
 	return func() { f.Close() }, nil
 }
 
-// databaseUnused is lockUnusedDatabase's look without the lock, on a
-// read-only descriptor: for a file this process may not write (an older
-// backup made read-only), which a rename replaces all the same. Nothing
-// keeps a process from beginning to use the file afterwards.
-func databaseUnused(p string) error {
-	if inUse, err := openInProcess(p); inUse || err != nil {
-		return cmp.Or(err, errShmInUse)
+// lockBackupDestination keeps processes off the file at dst until a
+// backup takes its place: a symbolic link at its -shm (no -shm of dst's:
+// SQLite refuses one) is removed, never followed (adv45); the -shm's lock
+// is taken (lockUnusedShm), and for a regular file the file's own too: a
+// connection in locking_mode=EXCLUSIVE holds no -shm, and its -wal, with its
+// commits, was removed and the file replaced under it (adv46). Held until
+// the rename, so that no process begins a transaction in between (adv47);
+// only looked at when this process may not write the file (an older backup
+// made read-only, which the rename replaces all the same). A link at dst is
+// replaced, its target untouched: nothing to ask.
+func lockBackupDestination(dst string) (release func(), err error) {
+	if fi, err := os.Lstat(dst + "-shm"); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		if err := os.Remove(dst + "-shm"); err != nil {
+			return nil, err
+		}
 	}
-	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	releaseShm, err := lockUnusedShm(dst + "-shm")
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(dst); err != nil || !fi.Mode().IsRegular() {
+		return releaseShm, nil
+	}
+	releaseDB, err := lockUnusedDatabase(dst, true)
+	if errors.Is(err, fs.ErrPermission) {
+		releaseDB, err = lockUnusedDatabase(dst, false)
 	}
 	if err != nil {
-		return err
+		releaseShm()
+		return nil, err
 	}
-	defer f.Close()
-	return lockDatabase(f, false)
+	return func() { releaseDB(); releaseShm() }, nil
 }
 
 func syncDir(dir string) error {
@@ -519,42 +539,14 @@ func (p *Proxy) BackupTenant(ctx context.Context, id, dstPath string) error {
 	// replayed into the copy, or roll it "back", at its next open: the
 	// new backup then held the old one's pages. Removed, unless a process
 	// has that file open.
-	if fi, err := os.Lstat(dstPath + "-shm"); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-		// A link is no -shm of the file at dstPath (SQLite refuses one):
-		// removed, never followed; the lock below refused it for good
-		// (adv45).
-		if err := os.Remove(dstPath + "-shm"); err != nil {
-			return opError(op, id, err)
-		}
-	}
-	release, err := lockUnusedShm(dstPath + "-shm")
-	if err == nil {
-		defer release()
-		if fi, lerr := os.Lstat(dstPath); lerr == nil && fi.Mode().IsRegular() {
-			// The file's own lock too: a connection in
-			// locking_mode=EXCLUSIVE holds no -shm, and its -wal, with its
-			// commits, was removed below and the file replaced under it
-			// (adv46). Held until the rename, so that no process begins a
-			// transaction in between (adv47); only looked at when this
-			// process may not write the file (an older backup made
-			// read-only, which the rename replaces all the same). A link at
-			// dstPath is replaced, its target untouched: nothing to ask.
-			var releaseDB func()
-			releaseDB, err = lockUnusedDatabase(dstPath)
-			if errors.Is(err, fs.ErrPermission) {
-				releaseDB, err = func() {}, databaseUnused(dstPath)
-			}
-			if err == nil {
-				defer releaseDB()
-			}
-		}
-	}
+	release, err := lockBackupDestination(dstPath)
 	if err != nil {
 		if errors.Is(err, errShmInUse) {
 			err = fmt.Errorf("%s is open in another process (or a connection of this one): close it, or write the backup elsewhere", dstPath)
 		}
 		return opError(op, id, err)
 	}
+	defer release()
 	if err := removeSideFiles(dstPath); err != nil {
 		return opError(op, id, err)
 	}

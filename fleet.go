@@ -58,10 +58,7 @@ type MigrateReport struct {
 // is ctx's.
 func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateReport, error) {
 	r := p.c.r
-	if err := r.sameDir(opMigrate, ""); err != nil { // with Tenants given too (adv42)
-		return MigrateReport{}, err
-	}
-	return r.fleetRun(ctx, opts, func(ctx context.Context, id string) ([]string, error) {
+	return r.fleetRun(ctx, opMigrate, opts, func(ctx context.Context, id string) ([]string, error) {
 		return r.migrateTenant(ctx, id, opts.DryRun)
 	})
 }
@@ -69,10 +66,17 @@ func (p *Proxy) MigrateAll(ctx context.Context, opts MigrateOptions) (MigrateRep
 // fleetRun runs one on each tenant of opts.Tenants (default: every tenant
 // under Dir), opts.Concurrency at a time within half the connection
 // budget, and reports, for MigrateAll and Rollback alike: one returns the
-// migrations it ran on the tenant (with DryRun: would run).
-func (r *router) fleetRun(ctx context.Context, opts MigrateOptions, one func(ctx context.Context, id string) ([]string, error)) (MigrateReport, error) {
+// migrations it ran on the tenant (with DryRun: would run). op names the
+// run in its errors.
+func (r *router) fleetRun(ctx context.Context, op string, opts MigrateOptions, one func(ctx context.Context, id string) ([]string, error)) (MigrateReport, error) {
 	start := time.Now()
 	rep := MigrateReport{Failed: map[string]error{}}
+	// Before anything, with Tenants given too (adv42): a symlinked Dir
+	// pointed elsewhere names another directory's tenants, and a Rollback
+	// closed an open tenant's writer before every open was refused.
+	if err := r.sameDir(op, ""); err != nil {
+		return rep, err
+	}
 	if opts.DryRun {
 		rep.Pending = map[string][]string{}
 	}

@@ -453,7 +453,7 @@ func settleOnce(p string) error {
 	if emptyJournal {
 		// Unless a process holds the file (one in rollback mode that has
 		// just begun writing, its journal still empty).
-		release, err := lockUnusedDatabase(p)
+		release, err := lockUnusedDatabase(p, true)
 		if err != nil {
 			if errors.Is(err, errShmInUse) {
 				return fmt.Errorf("%s is %w", p, errOpenElsewhere)

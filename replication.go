@@ -1057,7 +1057,7 @@ func (r *router) lockUnusedFile(ctx context.Context, p string) (release func(), 
 	for try := 0; ; try++ {
 		shm, err := lockUnusedShm(p + "-shm")
 		if err == nil {
-			db, derr := lockUnusedDatabase(p)
+			db, derr := lockUnusedDatabase(p, true)
 			if derr == nil {
 				return func() { db(); shm() }, nil
 			}

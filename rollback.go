@@ -68,13 +68,8 @@ func (p *Proxy) Rollback(ctx context.Context, opts RollbackOptions) (MigrateRepo
 	if opts.To < 0 || opts.To > len(r.mig.list) {
 		return MigrateReport{}, opError(opRollback, "", fmt.Errorf("version %d to roll back to is not between 0 and %d, the migrations configured", opts.To, len(r.mig.list)))
 	}
-	if err := r.sameDir(opRollback, ""); err != nil {
-		// Before anything: a tenant open from the old directory had its
-		// writer closed, then every open was refused (adv42).
-		return MigrateReport{}, err
-	}
 	mo := MigrateOptions{Concurrency: opts.Concurrency, DryRun: opts.DryRun, Progress: opts.Progress, Tenants: opts.Tenants}
-	return r.fleetRun(ctx, mo, func(ctx context.Context, id string) ([]string, error) {
+	return r.fleetRun(ctx, opRollback, mo, func(ctx context.Context, id string) ([]string, error) {
 		return r.rollbackTenant(ctx, id, opts.To, opts.DryRun)
 	})
 }
