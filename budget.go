@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -285,7 +286,7 @@ func (r *router) reserveBy(ctx context.Context, t *tenant, deadline time.Time) e
 			b.unwait()
 		case <-wctx.Done():
 			b.unwait()
-			err = waitErr(ctx)
+			err = busyBecause(ctx, slotsBusy, r.cfg.MaxConnections)
 			return err
 		}
 	}
@@ -390,6 +391,25 @@ func waitErr(caller context.Context) error {
 	}
 	return errBusy
 }
+
+// busyBecause is waitErr for a wait that SQLite has no part in (for a
+// reader, for a slot of the budget): past BusyTimeout it says what stayed
+// in use, around errBusy, which errors.As still finds (mattn's second
+// connection never waits there, so "database is locked" alone sent users
+// looking for a lock).
+func busyBecause(caller context.Context, why string, n int) error {
+	if err := caller.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf(why+": %w", n, errBusy)
+}
+
+const (
+	// readersBusy is why a read waited BusyTimeout for a reader.
+	readersBusy = "every reader of the tenant (ReadersPerTenant %d) stayed in use for BusyTimeout: open Rows, read-only transactions and sql.Conns that read hold one each until closed"
+	// slotsBusy is why a wait for a connection of the budget ended.
+	slotsBusy = "every connection of the budget (MaxConnections %d) stayed in use for BusyTimeout: tenants with work open (transactions, Rows, sql.Conns) keep theirs"
+)
 
 // background advances the coarse clock, hands telemetry the open tenants
 // every topNEvery, every quarter of IdleTimeout (at most every 10 s)

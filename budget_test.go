@@ -455,3 +455,46 @@ func TestBudget_DrainWaitSharesBusyTimeout(t *testing.T) {
 		})
 	}
 }
+
+// A wait that no SQLite lock is part of says what stayed in use: a read
+// waiting for one of the tenant's readers, a write waiting for a slot of
+// the budget. Both stay SQLITE_BUSY for code that retries on it (they said
+// "database is locked" and nothing else, adv42).
+func TestBudget_BusyWaitsSayWhatStayedInUse(t *testing.T) {
+	t.Parallel()
+	const busy = 200 * time.Millisecond
+	p := newTestProxy(t, Config{MaxConnections: 2, ReadersPerTenant: 1, BusyTimeout: busy, Migrations: []string{eventsTable}})
+	if _, err := p.ExecContext(tctx("a"), `INSERT INTO events (tenant) VALUES ('a')`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := p.QueryContext(tctx("a"), `SELECT id FROM events`) // a's only reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	busyWith := func(what string, err error, want string) {
+		t.Helper()
+		if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+			t.Errorf("%s: %v, want SQLITE_BUSY", what, err)
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want it to name %s", what, err, want)
+		}
+	}
+	var n int
+	err = p.QueryRowContext(tctx("a"), `SELECT count(*) FROM events`).Scan(&n)
+	busyWith("a second read of a", err, "ReadersPerTenant 1")
+
+	// a's writer and reader fill the budget, and a's open Rows keep them.
+	_, err = p.ExecContext(tctx("b"), `INSERT INTO events (tenant) VALUES ('b')`)
+	busyWith("a write to b", err, "MaxConnections 2")
+	err = p.QueryRowContext(tctx("b"), `SELECT count(*) FROM events`).Scan(&n)
+	busyWith("a read of b", err, "MaxConnections 2")
+
+	// A deadline of the caller's own still says the context's error.
+	ctx, cancel := context.WithTimeout(tctx("a"), busy/4)
+	defer cancel()
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a read of a with a deadline: %v, want context.DeadlineExceeded", err)
+	}
+}

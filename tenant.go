@@ -511,7 +511,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			select { // for a slot (Close wakes it: the budget is closed)
 			case <-ch:
 			case <-bound.done():
-				return nil, opError(opWaitReader, t.id, waitErr(ctx))
+				return nil, opError(opWaitReader, t.id, busyBecause(ctx, slotsBusy, t.r.cfg.MaxConnections))
 			}
 			continue
 		}
@@ -533,7 +533,7 @@ func (t *tenant) leaseReader(ctx context.Context) (_ *physConn, err error) {
 			}
 			// nil: the tenant's readers were closed (eviction, drain): look again
 		case <-bound.done():
-			waitEnd = waitErr(ctx)
+			waitEnd = busyBecause(ctx, readersBusy, t.r.cfg.ReadersPerTenant)
 		case <-t.r.stop: // Close: not when a reader is released, or BusyTimeout
 			waitEnd = ErrClosed
 		}
