@@ -1401,6 +1401,12 @@ func (p *Proxy) RestoreTenantFromReplica(ctx context.Context, id, replicaURL str
 	if err != nil {
 		return err
 	}
+	if err := replicaApartFromDir(replicaURL, p.c.r.cfg.Dir); err != nil {
+		// Nothing was written, but the data directory's folders (buckets)
+		// were read as replicas, and "not in the replica" said nothing of
+		// the mistake (adv48).
+		return opError(op, id, err)
+	}
 	rp.stop = p.c.r.stop // Close ends the fetch
 	return p.restoreFromReplica(ctx, op, id, rp, at)
 }
@@ -1598,7 +1604,7 @@ func replicaApartFromDir(base, dir string) error {
 		}
 	}
 	if overlap {
-		return fmt.Errorf("%q and Config.Dir %q overlap: a tenant's replica would be a folder of the data directory (or the other way round), and erasing it would erase tenants: keep replicas apart from Dir", base, dir)
+		return fmt.Errorf("%q and the data directory %q overlap: a tenant's replica would be a folder of the data directory (or the other way round), and erasing it would erase tenants: keep replicas apart from it", base, dir)
 	}
 	return nil
 }
@@ -2442,6 +2448,9 @@ func ReplicaCopyOf(ctx context.Context, replicaURL, dir, id string) (ReplicaCopy
 		return c, opError(op, id, err)
 	}
 	if _, err := tenantReplicaURL(replicaURL, id); err != nil {
+		return c, opError(op, id, err)
+	}
+	if err := replicaApartFromDir(replicaURL, dir); err != nil {
 		return c, opError(op, id, err)
 	}
 	st, err := readDirState(dir)

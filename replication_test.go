@@ -100,6 +100,22 @@ func TestReplication_Config(t *testing.T) {
 			t.Errorf("ReplicaURL file://%s with Dir %s: %v, want an overlap error", root, data, err)
 		}
 	}
+	// The ops CLI's restore -replica and status -replica, with the data
+	// directory given as the replica: they read its bucket folders as
+	// replicas and said "not in the replica" (adv48).
+	noRepl, err := New(Config{Dir: data})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer noRepl.Close()
+	for _, root := range []string{data, parent} {
+		if err := noRepl.RestoreTenantFromReplica(context.Background(), "acme", "file://"+root, time.Time{}, ""); err == nil || !strings.Contains(err.Error(), "overlap") {
+			t.Errorf("RestoreTenantFromReplica from file://%s with Dir %s: %v, want an overlap error", root, data, err)
+		}
+		if _, err := ReplicaCopyOf(context.Background(), "file://"+root, data, "acme"); err == nil || !strings.Contains(err.Error(), "overlap") {
+			t.Errorf("ReplicaCopyOf file://%s with Dir %s: %v, want an overlap error", root, data, err)
+		}
+	}
 	if p, err := New(Config{Dir: data, ReplicaURL: "file://" + data + "-replicas", LitestreamSocket: "/s"}); err != nil && strings.Contains(err.Error(), "overlap") {
 		t.Errorf("a replica beside Dir (%s-replicas): %v", data, err)
 	} else if err == nil {
