@@ -58,6 +58,8 @@ vet:
 
 unit:
 	$(GO) test -race -tags $(TAGS) -timeout 20m ./...
+	# and the refusal of load_extension in a build that has it (without the tag)
+	$(GO) test -race -run '^TestHardening_LoadExtensionRefused$$' .
 
 ## compat: sqliteproxy under sqlx, GORM, ent, bun and sqlc (the nested module compat/)
 compat:

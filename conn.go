@@ -361,7 +361,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // statement (quoteShort) and the rules: SQLite's own "not authorized"
 // named none of them. errors.As still finds the sqlite3.Error (ErrAuth).
 func refused(ctx context.Context, op, query string, err error, replicated bool) error {
-	if !isAuthErr(err) {
+	if !isAuthErr(err) && !isFunctionDenied(err) {
 		return err
 	}
 	if pe := (*Error)(nil); errors.As(err, &pe) {
@@ -373,6 +373,15 @@ func refused(ctx context.Context, op, query string, err error, replicated bool) 
 		rules += `; with replication Litestream owns checkpoints: no VACUUM, no wal_checkpoint but PASSIVE, no wal_autocheckpoint`
 	}
 	return opError(op, id, fmt.Errorf("%s is refused by the proxy's hardening (%s): %w", quoteShort(query), rules, err))
+}
+
+// isFunctionDenied reports whether err is SQLite's for a function call the
+// authorizer denied (load_extension, in a build with extension loading):
+// SQLite reports it with SQLITE_ERROR, not SQLITE_AUTH, and the message
+// the authorizer's denials all begin with.
+func isFunctionDenied(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrError && strings.HasPrefix(se.Error(), "not authorized to use function: ")
 }
 
 // opEnd records an operation of this checkout that started at start (see

@@ -358,3 +358,47 @@ func TestHarden_RefusalNamesTenantAndStatement(t *testing.T) {
 		}
 	}
 }
+
+// load_extension is refused as every other statement the hardening refuses
+// (an *Error naming the statement, around SQLite's error), also in a build
+// with extension loading, where SQLite reports the authorizer's denial of
+// a function with SQLITE_ERROR rather than SQLITE_AUTH: it came back as
+// mattn's bare error (walk25). Without extension loading there is no such
+// function. `make test` runs this test in both builds.
+func TestHardening_LoadExtensionRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{})
+	ctx := tctx("acme")
+	const q = `SELECT load_extension('/usr/lib/x86_64-linux-gnu/libsqlite3.so.0')`
+	var v any
+	for _, c := range []struct {
+		how string
+		err error
+	}{
+		{"exec", func() error { _, err := p.ExecContext(ctx, q); return err }()},
+		{"query", p.QueryRowContext(ctx, q).Scan(&v)},
+		{"prepare", func() error {
+			st, err := p.PrepareContext(ctx, q)
+			if err == nil {
+				_, err = st.ExecContext(ctx)
+				st.Close()
+			}
+			return err
+		}()},
+	} {
+		var pe *Error
+		var se sqlite3.Error
+		switch {
+		case c.err == nil:
+			t.Errorf("%s: allowed", c.how)
+		case !errors.As(c.err, &se):
+			t.Errorf("%s: %v, want a sqlite3.Error", c.how, c.err)
+		case !loadExtensionBuilt:
+			if !strings.Contains(c.err.Error(), "no such function: load_extension") {
+				t.Errorf("%s without extension loading: %v, want no such function", c.how, c.err)
+			}
+		case !errors.As(c.err, &pe) || !strings.Contains(c.err.Error(), "refused by the proxy's hardening"):
+			t.Errorf("%s with extension loading: %v, want the *Error of a refused statement", c.how, c.err)
+		}
+	}
+}

@@ -489,8 +489,8 @@ func execScript(ctx context.Context, c *sqlite3.SQLiteConn, script string) error
 		return errors.New("the migration ended the proxy's transaction: no BEGIN, COMMIT, END or ROLLBACK of its own")
 	}
 	if err != nil {
-		if isAuthErr(err) {
-			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works but for the name "+fkSavepoint+"; no ATTACH)", err)
+		if isAuthErr(err) || isFunctionDenied(err) {
+			return fmt.Errorf("%w (a migration runs inside the proxy's transaction, on a tenant connection: no BEGIN, COMMIT, END or ROLLBACK of its own, SAVEPOINT works but for the name "+fkSavepoint+"; no ATTACH nor load_extension)", err)
 		}
 		return err
 	}
