@@ -483,7 +483,7 @@ func (c *conn) setsInReadOnlyTx(query string) bool {
 // PRAGMA or an EXPLAIN (or a comment before one): a cheap test first.
 func mayBePragma(query string) bool {
 	q := strings.TrimLeft(query, " \t\r\n\f\v")
-	return q != "" && (q[0]|0x20 == 'p' || q[0]|0x20 == 'e' || q[0] == '-' || q[0] == '/')
+	return q != "" && (q[0]|0x20 == 'p' || q[0]|0x20 == 'e' || q[0] == '-' || q[0] == '/' || q[0] == bomLead)
 }
 
 // readInReadOnlyTx reports whether query, sent through Exec in a read-only
@@ -510,8 +510,13 @@ func (c *conn) readInReadOnlyTx(ctx context.Context, query string) bool {
 // begins a comment: a cheap test before plainVacuum, on every Exec.
 func startsWithV(query string) bool {
 	q := strings.TrimLeft(query, " \t\r\n\f\v")
-	return q != "" && (q[0]|0x20 == 'v' || q[0] == '-' || q[0] == '/')
+	return q != "" && (q[0]|0x20 == 'v' || q[0] == '-' || q[0] == '/' || q[0] == bomLead)
 }
+
+// bomLead is the first byte of a byte order mark (U+FEFF), which SQLite
+// reads as a blank where a token begins: the cheap tests above leave such
+// a text to the scanner (sqlscan), which skips it.
+const bomLead = 0xEF
 
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
 	start := c.r.tel.opStart()

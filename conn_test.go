@@ -139,6 +139,9 @@ func TestConn_StmtExecOfRowReturningStatementCommits(t *testing.T) {
 		// one word for a scanner that read ?'s digits as an identifier.
 		{`INSERT INTO events (tenant) VALUES (?1), ('r2')RETURNING id`, []any{"r1"}},
 		{`INSERT INTO events (tenant) SELECT 'r1' UNION ALL SELECT ?1RETURNING id`, []any{"r2"}},
+		// A byte order mark before RETURNING is a blank to SQLite (adv49).
+		{"INSERT INTO events (tenant) VALUES ('r1'), ('r2') \uFEFFRETURNING id", nil},
+		{"INSERT INTO events (tenant) VALUES ('r1'), ('r2')\uFEFFRETURNING id", nil},
 		{`SELECT tenant FROM events`, nil},
 		{`WITH x AS (SELECT 1) SELECT * FROM x`, nil},
 		{`VALUES (1), (2)`, nil},
@@ -331,6 +334,12 @@ BEGIN`, true},
 		{`-- only a comment`, false},
 		{`(SELECT 1)`, false},
 		{`BEGINNING`, false},
+		// A byte order mark is a blank to SQLite where a token begins
+		// (adv49: "\uFEFFBEGIN" went back to the pool inside its transaction).
+		{"\uFEFFBEGIN", true},
+		{" \uFEFFsavepoint s", true},
+		{"SELECT 1;\uFEFFBEGIN", true},
+		{"\uFEFFSELECT 1", false},
 	} {
 		if got := mayOpenTx(tc.q); got != tc.want {
 			t.Errorf("mayOpenTx(%q) = %v, want %v", tc.q, got, tc.want)
@@ -354,6 +363,17 @@ func TestConn_TextsLeavingATransactionAreRolledBack(t *testing.T) {
 		{"DB SAVEPOINT", func(ctx context.Context, p *Proxy) error {
 			_, err := p.ExecContext(ctx, `SAVEPOINT s; INSERT INTO events (tenant) VALUES ('uncommitted')`)
 			return err
+		}},
+		{"DB byte order mark then BEGIN", func(ctx context.Context, p *Proxy) error {
+			_, err := p.ExecContext(ctx, "\uFEFFBEGIN")
+			return err
+		}},
+		{"DB query of byte order mark then SAVEPOINT", func(ctx context.Context, p *Proxy) error {
+			rows, err := p.QueryContext(ctx, "\uFEFF\uFEFFSAVEPOINT s")
+			if err != nil {
+				return err
+			}
+			return rows.Close()
 		}},
 		{"DB comment then BEGIN", func(ctx context.Context, p *Proxy) error {
 			_, err := p.ExecContext(ctx, "-- open it\nBEGIN IMMEDIATE; INSERT INTO events (tenant) VALUES ('uncommitted')")

@@ -101,6 +101,10 @@ func statementEnd(sql string, i int) (end int, ok, returning, session bool) {
 			for i++; i < len(sql) && sql[i] >= '0' && sql[i] <= '9'; i++ {
 			}
 		default:
+			if isBOM(sql, i) {
+				i += len(bom) // a blank where a token begins, as SQLite reads it
+				continue
+			}
 			if !isIDByte(c) {
 				i++
 				continue
@@ -215,11 +219,26 @@ func isBlank(c byte) bool {
 	return false
 }
 
+// bom is U+FEFF in UTF-8, the byte order mark. SQLite's tokenizer reads
+// it as white space wherever a token begins (CC_BOM), anywhere in a text,
+// and as part of a word inside one: "\uFEFFBEGIN" is BEGIN, "x\uFEFFy" one
+// name. Read as a word byte, it hid the first word of "\uFEFFBEGIN" (the
+// writer went back to the pool inside the transaction it opened) and the
+// RETURNING of "... \uFEFFRETURNING v" (adv49).
+const bom = "\xEF\xBB\xBF"
+
+// isBOM reports whether a byte order mark begins at sql[i].
+func isBOM(sql string, i int) bool { return strings.HasPrefix(sql[i:], bom) }
+
+// skipSpace returns the index of the first token at or after i: past
+// blanks, byte order marks and comments.
 func skipSpace(sql string, i int) int {
 	for i < len(sql) {
 		switch c := sql[i]; {
 		case isBlank(c):
 			i++
+		case c == bom[0] && isBOM(sql, i):
+			i += len(bom)
 		case c == '-' || c == '/':
 			j := skipComment(sql, i)
 			if j == i {

@@ -65,6 +65,19 @@ func TestScan(t *testing.T) {
 		{"select ':x(' , 'returning'", Info{Keyword: "SELECT"}},
 		{"select $ 'a;b'", Info{Keyword: "SELECT"}},
 		{"select $x(a b) ';' returning", Info{Keyword: "SELECT", Returning: true}},
+		// A byte order mark (U+FEFF) is a blank where a token begins, as
+		// SQLite's tokenizer reads it, and part of a word inside one.
+		{"\uFEFFBEGIN", Info{Keyword: "BEGIN"}},
+		{" \uFEFF\uFEFFsavepoint s", Info{Keyword: "SAVEPOINT"}},
+		{"\uFEFF-- c\n\uFEFFbegin immediate", Info{Keyword: "BEGIN"}},
+		{"INSERT INTO t (v) VALUES (1) \uFEFFRETURNING v", Info{Keyword: "INSERT", Returning: true}},
+		{"INSERT INTO t (v) VALUES (1)\uFEFFRETURNING v", Info{Keyword: "INSERT", Returning: true}},
+		{"SELECT \uFEFFchanges()", Info{Keyword: "SELECT", Session: true}},
+		{"SELECT 1;\uFEFF", Info{Keyword: "SELECT", Trailing: true}},
+		{"SELECT 1;\uFEFFBEGIN", Info{Keyword: "SELECT", Multi: true, Trailing: true}},
+		{"select x\uFEFFreturning from t", Info{Keyword: "SELECT"}},
+		{"select returning\uFEFF from t", Info{Keyword: "SELECT"}},
+		{"\uFEFE", Info{}}, // another character: a word SQLite cannot parse
 	}
 	for _, tt := range tests {
 		if got := Scan(tt.sql); got != tt.want {
