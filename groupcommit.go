@@ -658,8 +658,11 @@ func deferredKeys(pc *physConn) bool {
 	if pc.schemaSeen == v+1 && pc.tempSeen == tv {
 		return pc.deferredFK
 	}
-	rows, err := pc.c.QueryContext(ctx, `SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'
-		UNION ALL SELECT sql FROM temp.sqlite_schema WHERE type = 'table' AND sql LIKE '%deferred%'`, nil)
+	// instr(lower()), not LIKE: a tenant's PRAGMA case_sensitive_like
+	// stays on the writer, and LIKE '%deferred%' then missed DEFERRED
+	// (adv49: a batch let a broken key through that alone fails).
+	rows, err := pc.c.QueryContext(ctx, `SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND instr(lower(sql), 'deferred') > 0
+		UNION ALL SELECT sql FROM temp.sqlite_schema WHERE type = 'table' AND instr(lower(sql), 'deferred') > 0`, nil)
 	if err != nil {
 		return true
 	}

@@ -122,6 +122,28 @@ func TestGroupCommit_BatchKeepsEachCallersResult(t *testing.T) {
 	}
 }
 
+// A write that returns rows is never batched, however its RETURNING is
+// spelt: after a byte order mark (a blank to SQLite) the scanner read
+// "\uFEFFRETURNING" as a word, the statement joined a batch, and its step
+// left it active: every caller of the batch failed with "cannot commit
+// transaction - SQL statements in progress" (adv49), where mattn, one by
+// one, fails none.
+func TestGroupCommit_ReturningNeverBatched(t *testing.T) {
+	for _, q := range []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 2) RETURNING v`,
+		"INSERT INTO kv (k, v) VALUES ('a', 2) \uFEFFRETURNING v",
+		"INSERT INTO kv (k, v) VALUES ('a', 2)\uFEFFRETURNING v",
+		"\uFEFFDELETE FROM kv \uFEFFreturning *",
+	} {
+		if ok, _ := batchable(q); ok {
+			t.Errorf("batchable(%q): a write that returns rows", q)
+		}
+	}
+	if ok, _ := batchable("\uFEFFINSERT INTO kv (k, v) VALUES ('a', 2)"); !ok {
+		t.Error("an INSERT after a byte order mark is not batched")
+	}
+}
+
 func queryKV(t *testing.T, p *Proxy, id string) []string {
 	t.Helper()
 	return kvRows(t, p, tctx(id))
@@ -290,6 +312,8 @@ func TestGroupCommit_DeferredConstraintMendedLater(t *testing.T) {
 func TestGroupCommit_DeferredKeysOfTheSession(t *testing.T) {
 	for _, tc := range []struct{ name, setup, child, parent string }{
 		{"pragma", `PRAGMA foreign_keys = ON`, `child`, `kv`},
+		// Stays on the writer too, and made LIKE '%deferred%' miss the key.
+		{"case_sensitive_like", `PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON`, `child`, `kv`},
 		{"temp", `CREATE TEMP TABLE tkv (k TEXT PRIMARY KEY, v INTEGER);
 			CREATE TEMP TABLE tchild (id INTEGER PRIMARY KEY, k TEXT REFERENCES tkv (k) DEFERRABLE INITIALLY DEFERRED)`, `temp.tchild`, `temp.tkv`},
 	} {
