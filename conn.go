@@ -368,7 +368,7 @@ func refused(ctx context.Context, op, query string, err error, replicated bool) 
 		return err
 	}
 	id, _ := OrgID(ctx)
-	rules := `README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off or count_changes on; VACUUM only as the whole text of an Exec`
+	rules := `README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off, count_changes or ignore_check_constraints on, synchronous below Config.Synchronous, nor any of them set to ''; VACUUM only as the whole text of an Exec`
 	if replicated {
 		rules += `; with replication Litestream owns checkpoints: no VACUUM, no wal_checkpoint but PASSIVE, no wal_autocheckpoint`
 	}
@@ -416,6 +416,9 @@ func (c *conn) opTenant(ctx context.Context, err error) *tenantTel {
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if setsPragmaEmpty(query) {
+		return nil, errPragmaEmpty
+	}
 	if c.setsInReadOnlyTx(query) {
 		return nil, opError(opRoute, c.t.id, errReadOnlyTx)
 	}
@@ -451,7 +454,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	}
 	c.noteText(query)
 	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
-		return vacuum(ctx, pc.c, query)
+		return vacuum(ctx, pc.c, query, syncRank(c.r.cfg.Synchronous))
 	}
 	return pc.c.ExecContext(sqliteCtx(ctx), query, args)
 }
@@ -529,6 +532,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if setsPragmaEmpty(query) {
+		return nil, errPragmaEmpty
+	}
 	if c.setsInReadOnlyTx(query) {
 		return nil, opError(opRoute, c.t.id, errReadOnlyTx)
 	}
@@ -611,6 +617,9 @@ func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, e
 // the writer is busy (and its session holds no TEMP objects), or inside a
 // transaction begun on a reader, the reader's error stands.
 func (c *conn) prepare(ctx context.Context, query string) (driver.Stmt, error) {
+	if setsPragmaEmpty(query) {
+		return nil, errPragmaEmpty
+	}
 	info := sqlscan.Scan(query)
 	s := &stmt{c: c, query: query, numInput: -1, keep: keepAfterExec(info), mayTx: opensTx(info), mayTemp: createsTemp(info)}
 	if sqlscan.Empty(query) {

@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -25,7 +25,7 @@ import (
 // a tenant file's place after the proxy looked, and the hook would have
 // written to the file it reached (its journal mode, a -wal and -shm beside
 // it) before openFile could refuse it.
-func tenantHook(walTimeout time.Duration, replicated bool, dir string) func(*sqlite3.SQLiteConn) error {
+func tenantHook(walTimeout time.Duration, replicated bool, dir string, syncFloor int) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
@@ -35,7 +35,7 @@ func tenantHook(walTimeout time.Duration, replicated bool, dir string) func(*sql
 		if err := ensureWAL(c, walTimeout); err != nil {
 			return err
 		}
-		return hardenTenantConn(c, replicated)
+		return hardenTenantConn(c, replicated, syncFloor)
 	}
 }
 
@@ -86,7 +86,12 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 // hardenTenantConn allows one attached database (plain VACUUM attaches the
 // empty file name internally; see vacuum) and installs tenantAuthorizer,
 // which refuses every ATTACH.
-func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
+//
+// syncFloor is the rank (syncRank) of Config.Synchronous: a PRAGMA
+// synchronous below it is refused. It stayed on the shared writer, and
+// every later write of the tenant ran with it (adv49: synchronous = OFF
+// under Synchronous FULL).
+func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool, syncFloor int) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
 	if replicated {
 		// Litestream checkpoints (it holds a read transaction, so a tenant
@@ -96,15 +101,19 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool) error {
 			return err
 		}
 	}
-	registerAuthorizer(c, replicated, tenantAuthorizer)
+	registerAuthorizer(c, replicated, syncFloor, tenantAuthorizer)
 	return nil
 }
 
 // registerAuthorizer installs auth on c (replicatedAuthorizer's checks
 // first when replicated), refusing transaction control while c runs a
-// migration script (see runScript).
-func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, auth func(int, string, string, string) int) {
+// migration script (see runScript) and a PRAGMA synchronous below
+// syncFloor.
+func registerAuthorizer(c *sqlite3.SQLiteConn, replicated bool, syncFloor int, auth func(int, string, string, string) int) {
 	c.RegisterAuthorizer(func(op int, arg1, arg2, arg3 string) int {
+		if op == sqlite3.SQLITE_PRAGMA && arg2 != "" && strings.EqualFold(arg1, "synchronous") && sqliteSyncRank(arg2) < syncFloor {
+			return sqlite3.SQLITE_DENY
+		}
 		if op == sqlite3.SQLITE_TRANSACTION || (op == sqlite3.SQLITE_SAVEPOINT && strings.EqualFold(arg2, fkSavepoint)) {
 			// A script's SAVEPOINT of the migrator's own name made the
 			// migrator's ROLLBACK TO stop at the script's: a migration
@@ -252,10 +261,17 @@ func pragmaVerdict(name, value string) int {
 		// every write until the WAL bound next looks, 1 024 check-ins
 		// later (260 MB beside a 12 KB file in a trial). Other values are
 		// the tenant's to tune. (Replicated connections refuse any.)
-		if value != "" {
-			if n, err := strconv.Atoi(strings.Trim(value, `'"`)); err != nil || n <= 0 {
-				return sqlite3.SQLITE_DENY
-			}
+		// The value as SQLite reads it (sqliteAtoi): Go's Atoi took
+		// 2147483648 for a large number, which SQLite reads as 0, off
+		// (adv49).
+		if value != "" && sqliteAtoi(value) <= 0 {
+			return sqlite3.SQLITE_DENY
+		}
+	case "ignore_check_constraints":
+		// On, it stays on the writer and every later write of the tenant
+		// skips its CHECK constraints (adv49).
+		if value != "" && sqliteBoolean(value) {
+			return sqlite3.SQLITE_DENY
 		}
 	case "count_changes":
 		// Deprecated; on, every INSERT, UPDATE and DELETE returns a row, and
@@ -270,6 +286,167 @@ func pragmaVerdict(name, value string) int {
 	}
 	return sqlite3.SQLITE_OK
 }
+
+// setsPragmaEmpty reports whether query holds a PRAGMA that sets one of
+// the settings the authorizer rules on to an empty value (”, "", [] or
+// “). SQLite reads the empty text as a value (journal_mode ” is DELETE,
+// wal_autocheckpoint and schema_version ” are 0, synchronous ” NORMAL),
+// but the authorizer is handed "" for it as for no value at all (mattn
+// passes SQLite's NULL as ""), and let it through as a read (adv49's
+// wal_autocheckpoint = 2147483648 led there). Only texts that may hold a
+// PRAGMA are read: one that begins like one, or holds a ';'.
+func setsPragmaEmpty(query string) bool {
+	if !mayBePragma(query) && strings.IndexByte(query, ';') < 0 {
+		return false
+	}
+	for stmt := range sqlscan.Statements(query) {
+		toks := sqlscan.Tokens(stmt, 9)
+		if len(toks) > 0 && toks[0] == "EXPLAIN" {
+			toks = toks[1:]
+			if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
+				toks = toks[2:]
+			}
+		}
+		if len(toks) < 4 || toks[0] != "PRAGMA" {
+			continue
+		}
+		toks = toks[1:]
+		if len(toks) >= 3 && toks[1] == "." {
+			toks = toks[2:] // schema .
+		}
+		// An empty string literal is the token "'", an empty quoted name "".
+		if len(toks) >= 3 && (toks[1] == "=" || toks[1] == "(") && (toks[2] == "'" || toks[2] == "") && governedPragma(toks[0]) {
+			return true
+		}
+	}
+	return false
+}
+
+// governedPragma reports whether the authorizer rules on the values of
+// PRAGMA name (pragmaVerdict, replicatedChecks, the synchronous floor).
+func governedPragma(name string) bool {
+	switch strings.ToLower(name) {
+	case "writable_schema", "temp_store_directory", "data_store_directory", "journal_mode", "locking_mode",
+		"query_only", "hard_heap_limit", "soft_heap_limit", "schema_version", "wal_autocheckpoint",
+		"wal_checkpoint", "count_changes", "synchronous", "ignore_check_constraints":
+		return true
+	}
+	return false
+}
+
+// errPragmaEmpty is what a statement setsPragmaEmpty refuses fails with:
+// the authorizer's refusal, as SQLite reports it (refused makes it an
+// *Error naming the statement and the rules).
+var errPragmaEmpty = sqlite3.Error{Code: sqlite3.ErrAuth, ExtendedCode: sqlite3.ErrNoExtended(sqlite3.ErrAuth)}
+
+// syncRank orders Config.Synchronous's levels: OFF 0, NORMAL 1, FULL 2,
+// EXTRA 3.
+func syncRank(level string) int {
+	return max(0, slices.Index([]string{"OFF", "NORMAL", "FULL", "EXTRA"}, strings.ToUpper(level)))
+}
+
+// sqliteSyncRank is the syncRank of the level PRAGMA synchronous = z
+// sets, as SQLite reads z: a number n (sqliteAtoi) is level (n+1) & 7,
+// 0 taken for 1; a word, one of getSafetyLevel's (off, no, false: 0; on,
+// yes, true: 1; full: 2; extra: 3; "normal" and anything else 1) plus 1.
+// Levels 1-4 are OFF, NORMAL, FULL, EXTRA; 5-7 sync as FULL.
+func sqliteSyncRank(z string) int {
+	var n int32
+	if z != "" && z[0] >= '0' && z[0] <= '9' {
+		n = sqliteAtoi(z)
+	} else {
+		n = sqliteSafetyLevel(z, false, 1)
+	}
+	switch level := (n + 1) & 7; level {
+	case 0, 1:
+		return 0
+	case 2:
+		return 1
+	case 4:
+		return 3
+	default:
+		return 2
+	}
+}
+
+// sqliteBoolean is SQLite's sqlite3GetBoolean(z, 0): a number not 0, or
+// on, yes, true.
+func sqliteBoolean(z string) bool { return sqliteSafetyLevel(z, true, 0) != 0 }
+
+// sqliteSafetyLevel is SQLite's getSafetyLevel: for a number, whether it
+// is not 0; else the value of one of its words, compared without case
+// (full and extra only when !omitFull); else dflt.
+func sqliteSafetyLevel(z string, omitFull bool, dflt int32) int32 {
+	if z != "" && z[0] >= '0' && z[0] <= '9' {
+		if sqliteAtoi(z) != 0 {
+			return 1
+		}
+		return 0
+	}
+	for _, w := range []struct {
+		word  string
+		value int32
+	}{{"on", 1}, {"no", 0}, {"off", 0}, {"false", 0}, {"yes", 1}, {"true", 1}, {"extra", 3}, {"full", 2}} {
+		if strings.EqualFold(z, w.word) && (!omitFull || w.value <= 1) {
+			return w.value
+		}
+	}
+	return dflt
+}
+
+// sqliteAtoi reads s as SQLite's sqlite3Atoi reads a PRAGMA's value (the
+// authorizer gets the text it gets): an optional sign, then decimal digits
+// or 0x and up to eight hex digits, anything after them ignored; 0 when
+// there are none, or when the number does not fit in 32 bits.
+func sqliteAtoi(s string) int32 {
+	neg := false
+	switch {
+	case strings.HasPrefix(s, "-"):
+		neg, s = true, s[1:]
+	case strings.HasPrefix(s, "+"):
+		s = s[1:]
+	case len(s) > 2 && s[0] == '0' && s[1]|0x20 == 'x' && anyHexDigit(s[2]):
+		s = strings.TrimLeft(s[2:], "0")
+		var u uint32
+		i := 0
+		for ; i < 8 && i < len(s) && anyHexDigit(s[i]); i++ {
+			d := s[i] - '0'
+			if s[i] > '9' {
+				d = s[i] | 0x20 - 'a' + 10
+			}
+			u = u*16 + uint32(d)
+		}
+		if u&0x80000000 != 0 || i < len(s) && anyHexDigit(s[i]) {
+			return 0
+		}
+		return int32(u)
+	}
+	if s == "" || s[0] < '0' || s[0] > '9' {
+		return 0
+	}
+	s = strings.TrimLeft(s, "0")
+	var v int64
+	i := 0
+	for ; i < 11 && i < len(s) && s[i] >= '0' && s[i] <= '9'; i++ {
+		v = v*10 + int64(s[i]-'0')
+	}
+	if i > 10 {
+		return 0
+	}
+	if neg {
+		if v > 1<<31 {
+			return 0
+		}
+		return int32(-v)
+	}
+	if v > 1<<31-1 {
+		return 0
+	}
+	return int32(v)
+}
+
+// anyHexDigit reports whether c is a hex digit of either case.
+func anyHexDigit(c byte) bool { return c >= '0' && c <= '9' || c|0x20 >= 'a' && c|0x20 <= 'f' }
 
 // vacuumAuthorizer is tenantAuthorizer while the proxy runs a plain VACUUM
 // (see vacuum): that statement attaches the empty file name, a temporary
@@ -307,9 +484,9 @@ func plainVacuum(query string) bool {
 
 // vacuum runs a plain VACUUM on c, a tenant connection that is not
 // replicated, with vacuumAuthorizer in place for that one statement.
-func vacuum(ctx context.Context, c *sqlite3.SQLiteConn, query string) (driver.Result, error) {
-	registerAuthorizer(c, false, vacuumAuthorizer)
-	defer registerAuthorizer(c, false, tenantAuthorizer)
+func vacuum(ctx context.Context, c *sqlite3.SQLiteConn, query string, syncFloor int) (driver.Result, error) {
+	registerAuthorizer(c, false, syncFloor, vacuumAuthorizer)
+	defer registerAuthorizer(c, false, syncFloor, tenantAuthorizer)
 	return c.ExecContext(ctx, query, nil)
 }
 

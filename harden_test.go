@@ -402,3 +402,159 @@ func TestHardening_LoadExtensionRefused(t *testing.T) {
 		}
 	}
 }
+
+// PRAGMA wal_autocheckpoint's value is read as SQLite reads it: a value
+// SQLite takes for 0 or less (off) is refused however it is written, a
+// positive one runs. Go's Atoi took 2147483648 (SQLite: 0, off), and
+// refused '12abc' (SQLite: 12) (adv49). sqliteAtoi is checked against
+// SQLite itself, on a connection without the proxy's authorizer.
+func TestHardening_WalAutocheckpointAsSQLiteReadsIt(t *testing.T) {
+	t.Parallel()
+	values := []string{"1000", "1", "0", "-1", "+5", "2147483647", "2147483648", "4294967296", "99999999999",
+		"-2147483648", "-2147483649", "00000000000000001000", "0x7fffffff", "0x80000000", "0X10", "0x0000000010",
+		"0x1ffffffff", "0x", "0xg", "12abc", " 5", "abc", "", "1e3", "--1", "-0x10", "0x00000000000000000000001"}
+	plain, err := sql.Open("sqlite3", ":memory:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.SetMaxOpenConns(1)
+	p := newTestProxy(t, Config{})
+	ctx := tctx("acme")
+	for _, v := range values {
+		lit := "'" + strings.ReplaceAll(v, "'", "''") + "'"
+		if _, err := plain.Exec(`PRAGMA wal_autocheckpoint = 7; PRAGMA wal_autocheckpoint = ` + lit); err != nil {
+			t.Fatal(err)
+		}
+		var sqliteRead int32
+		if err := plain.QueryRow(`PRAGMA wal_autocheckpoint`).Scan(&sqliteRead); err != nil {
+			t.Fatal(err)
+		}
+		if got := max(sqliteAtoi(v), 0); got != sqliteRead {
+			t.Errorf("sqliteAtoi(%q) = %d, SQLite set %d", v, got, sqliteRead)
+		}
+		_, err := p.ExecContext(ctx, `PRAGMA wal_autocheckpoint = `+lit)
+		switch {
+		case sqliteRead <= 0 && err == nil:
+			t.Errorf("PRAGMA wal_autocheckpoint = %s (SQLite: %d, off) ran", lit, sqliteRead)
+		case sqliteRead > 0 && err != nil:
+			t.Errorf("PRAGMA wal_autocheckpoint = %s (SQLite: %d): %v", lit, sqliteRead, err)
+		}
+		if n := queryInt(t, p, ctx, `PRAGMA wal_autocheckpoint`); n <= 0 {
+			t.Fatalf("after PRAGMA wal_autocheckpoint = %s the writer's is %d", lit, n)
+		}
+	}
+}
+
+// A PRAGMA the hardening rules on, set to an empty value, is refused: SQLite
+// reads ” as a value (journal_mode ” is DELETE, wal_autocheckpoint and
+// schema_version ” are 0), but the authorizer gets "" for it as for no
+// value and let it through as a read. Reads of them still run.
+func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`}})
+	ctx := tctx("acme")
+	state := func() string {
+		var mode string
+		if err := p.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("journal_mode %s, wal_autocheckpoint %d, schema_version %d, synchronous %d", mode,
+			queryInt(t, p, ctx, `PRAGMA wal_autocheckpoint`), queryInt(t, p, ctx, `PRAGMA schema_version`), queryInt(t, p, ctx, `PRAGMA synchronous`))
+	}
+	before := state()
+	for _, name := range []string{"journal_mode", "wal_autocheckpoint", "schema_version", "synchronous", "main.journal_mode", `"journal_mode"`} {
+		for _, v := range []string{`''`, `""`, `[]`, "``"} {
+			for _, q := range []string{`PRAGMA ` + name + ` = ` + v, `PRAGMA ` + name + `(` + v + `)`, `SELECT 1; PRAGMA ` + name + ` = ` + v,
+				"\uFEFFPRAGMA " + name + ` = ` + v, `EXPLAIN PRAGMA ` + name + ` = ` + v} {
+				var pe *Error
+				if _, err := p.ExecContext(ctx, q); !errors.As(err, &pe) || !isAuthErr(err) {
+					t.Errorf("exec %s: %v, want the hardening's refusal", q, err)
+				}
+				if rows, err := p.QueryContext(ctx, q); err == nil {
+					rows.Close()
+					t.Errorf("query %s: ran", q)
+				}
+				if st, err := p.PrepareContext(ctx, q); err == nil {
+					st.Close()
+					t.Errorf("prepare %s: ran", q)
+				}
+			}
+		}
+	}
+	if after := state(); after != before {
+		t.Fatalf("before: %s; after: %s", before, after)
+	}
+	// Empty values of other pragmas are SQLite's business.
+	if _, err := p.ExecContext(ctx, `PRAGMA table_info('')`); err != nil {
+		t.Errorf("PRAGMA table_info(''): %v", err)
+	}
+}
+
+// The same in a migration: schema_version ” would set the schema cookie
+// to 0 inside the migrator's transaction.
+func TestHardening_PragmaEmptyValueInMigrationRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`, `CREATE TABLE u (x); PRAGMA schema_version = ''`}})
+	_, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`)
+	if !isAuthErr(err) || !strings.Contains(err.Error(), "empty value") {
+		t.Fatalf("first access: %v, want the migration refused", err)
+	}
+}
+
+// PRAGMA synchronous below Config.Synchronous is refused however it is
+// written (SQLite's own reading of the value, checked against SQLite on a
+// connection without the authorizer): it stayed on the shared writer and
+// every later write of the tenant ran with it (adv49: OFF under FULL). At
+// or above it runs. So is ignore_check_constraints turned on: every later
+// write would skip the tenant's CHECK constraints.
+func TestHardening_SynchronousFloor(t *testing.T) {
+	t.Parallel()
+	plain, err := sql.Open("sqlite3", "file:"+filepath.Join(t.TempDir(), "plain.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.SetMaxOpenConns(1)
+	values := []string{"OFF", "off", "0", "NORMAL", "1", "FULL", "full", "2", "EXTRA", "3", "4", "6", "7", "8", "-1",
+		"no", "false", "yes", "on", "true", "'off'", `"off"`, "[off]", "2147483648", "0x2", "'2abc'", "normal2", "'  2'"}
+	for _, floor := range []string{"OFF", "NORMAL", "FULL", "EXTRA"} {
+		p := newTestProxy(t, Config{Synchronous: floor, Migrations: []string{`CREATE TABLE t (x CHECK (x > 0))`}})
+		ctx := tctx("acme")
+		want := queryInt(t, p, ctx, `PRAGMA synchronous`)
+		for _, v := range values {
+			if _, err := plain.Exec(`PRAGMA synchronous = ` + v); err != nil {
+				t.Fatal(err)
+			}
+			sqliteLevel := queryInt(t, plain, context.Background(), `PRAGMA synchronous`) // 0 OFF .. 3 EXTRA
+			rank := map[int]int{0: 0, 1: 1, 2: 2, 3: 3, 4: 2, 5: 2, 6: 2}[sqliteLevel]
+			if got := sqliteSyncRank(strings.Trim(v, `'"[]`)); got != rank {
+				t.Errorf("sqliteSyncRank(%s) = %d, SQLite set level %d (rank %d)", v, got, sqliteLevel, rank)
+			}
+			_, err := p.ExecContext(ctx, `PRAGMA synchronous = `+v)
+			switch {
+			case rank < syncRank(floor) && err == nil:
+				t.Errorf("Synchronous %s: PRAGMA synchronous = %s (SQLite: level %d) ran", floor, v, sqliteLevel)
+			case rank >= syncRank(floor) && err != nil:
+				t.Errorf("Synchronous %s: PRAGMA synchronous = %s (SQLite: level %d): %v", floor, v, sqliteLevel, err)
+			}
+			if got := queryInt(t, p, ctx, `PRAGMA synchronous`); got < want && got != 4 {
+				t.Fatalf("Synchronous %s: after PRAGMA synchronous = %s the writer's is %d", floor, v, got)
+			}
+			if _, err := p.ExecContext(ctx, `PRAGMA synchronous = `+floor); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, v := range []string{"ON", "1", "yes", "'true'", "2"} {
+			if _, err := p.ExecContext(ctx, `PRAGMA ignore_check_constraints = `+v); err == nil {
+				t.Errorf("PRAGMA ignore_check_constraints = %s ran", v)
+			}
+		}
+		if _, err := p.ExecContext(ctx, `PRAGMA ignore_check_constraints = OFF`); err != nil {
+			t.Errorf("PRAGMA ignore_check_constraints = OFF: %v", err)
+		}
+		if _, err := p.ExecContext(ctx, `INSERT INTO t VALUES (-1)`); err == nil {
+			t.Error("a CHECK constraint was skipped")
+		}
+	}
+}

@@ -471,6 +471,9 @@ const fkSavepoint = "sqliteproxy_fk_check"
 // execScript runs script on c inside the migrator's transaction, with
 // transaction control refused (see scriptConns).
 func execScript(ctx context.Context, c *sqlite3.SQLiteConn, script string) error {
+	if setsPragmaEmpty(script) {
+		return fmt.Errorf("%w (a migration may not set a PRAGMA the hardening rules on to an empty value: SQLite reads '' as a value)", errPragmaEmpty)
+	}
 	scriptConns.Store(c, struct{}{})
 	// The authorizer is asked when a statement is compiled, and mattn runs
 	// a statement it has cached (by text: a COMMIT the application ran

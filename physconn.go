@@ -31,10 +31,10 @@ type connOpener struct {
 
 func newConnOpener(cfg *Config, realDir string) connOpener {
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir)},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, syncRank(cfg.Synchronous))},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir)},
-		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "")},
+		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, syncRank(cfg.Synchronous))},
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", syncRank(cfg.Synchronous))},
 		realDir:    realDir,
 		replicated: cfg.ReplicaURL != "",
 		cacheSize:  max(cfg.StmtCacheSize, 1),
@@ -80,7 +80,7 @@ func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physCon
 		// it compiles them, EXPLAIN included, and one compiled on a reader
 		// (a Prepare while the writer was busy) changed the answers of every
 		// later query on it. Refused there, they run on the writer.
-		registerAuthorizer(sc, o.replicated, fanOutAuthorizer)
+		registerAuthorizer(sc, o.replicated, 0, fanOutAuthorizer)
 	}
 	return &physConn{c: sc, t: t, writer: writer, cacheSize: o.cacheSize}, nil
 }

@@ -4,7 +4,10 @@
 // ('str', "ident", `ident`, [ident]) and comments (-- and /* */).
 package sqlscan
 
-import "strings"
+import (
+	"iter"
+	"strings"
+)
 
 // Info describes a SQL text.
 type Info struct {
@@ -60,6 +63,23 @@ func Scan(sql string) Info {
 		break
 	}
 	return info
+}
+
+// Statements yields the statements of sql one by one, each with its ';'
+// (the last without one when none ends it), as Scan splits them: quotes
+// and comments kept whole, but a CREATE TRIGGER's body split at its own
+// semicolons (good enough for callers that look at a statement's first
+// words: no PRAGMA, BEGIN or ATTACH may stand in a trigger's body).
+func Statements(sql string) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for i := 0; i < len(sql); {
+			end, _, _, _ := statementEnd(sql, i)
+			if !yield(sql[i:end]) {
+				return
+			}
+			i = end
+		}
+	}
 }
 
 // statementEnd returns the index just past the first top-level ';' at or
