@@ -288,9 +288,10 @@ func pragmaVerdict(name, value string) int {
 }
 
 // setsPragmaEmpty reports whether query holds a PRAGMA that sets one of
-// the settings the authorizer rules on to an empty value (”, "", [] or
-// “). SQLite reads the empty text as a value (journal_mode ” is DELETE,
-// wal_autocheckpoint and schema_version ” are 0, synchronous ” NORMAL),
+// the settings the authorizer rules on to an empty value (an empty string
+// or quoted name, in any quotes). SQLite reads the empty text as a value
+// (an empty journal_mode is DELETE, an empty wal_autocheckpoint or
+// schema_version 0, an empty synchronous NORMAL),
 // but the authorizer is handed "" for it as for no value at all (mattn
 // passes SQLite's NULL as ""), and let it through as a read (adv49's
 // wal_autocheckpoint = 2147483648 led there). Only texts that may hold a

@@ -447,8 +447,8 @@ func TestHardening_WalAutocheckpointAsSQLiteReadsIt(t *testing.T) {
 }
 
 // A PRAGMA the hardening rules on, set to an empty value, is refused: SQLite
-// reads ” as a value (journal_mode ” is DELETE, wal_autocheckpoint and
-// schema_version ” are 0), but the authorizer gets "" for it as for no
+// reads an empty string as a value (journal_mode is then DELETE,
+// wal_autocheckpoint and schema_version 0), but the authorizer gets "" for it as for no
 // value and let it through as a read. Reads of them still run.
 func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 	t.Parallel()
@@ -491,7 +491,7 @@ func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 	}
 }
 
-// The same in a migration: schema_version ” would set the schema cookie
+// The same in a migration: an empty schema_version would set the schema cookie
 // to 0 inside the migrator's transaction.
 func TestHardening_PragmaEmptyValueInMigrationRefused(t *testing.T) {
 	t.Parallel()
