@@ -678,9 +678,32 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 // sets (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than
 // names what to describe (table_info(t)) or check (quick_check(10)), or
 // EXPLAIN [QUERY PLAN] of one: SQLite applies some setters when it
-// compiles them.
+// compiles them. An empty argument (”, "") sets: the authorizer, handed
+// "" for it as for none, cannot tell it from a read (adv50: query_only = ""
+// ran on a reader and turned its query_only off).
 func pragmaSetter(query string) bool {
-	toks := sqlscan.Tokens(query, 9)
+	pg, ok := pragmaOf(sqlscan.Tokens(query, 9))
+	if !ok {
+		return false
+	}
+	if pg.hasValue && (pg.value == "" || pg.value == "'") {
+		return true
+	}
+	return !pragmaQueries(pg.name, pg.value)
+}
+
+// pragmaText is a PRAGMA statement as its tokens (sqlscan.Tokens) read.
+type pragmaText struct {
+	name     string // as SQLite reads it: a word, a quoted name, or a string literal's text
+	value    string // the argument's first token ("'" and its text for a string), "" for none
+	hasValue bool   // = or ( after the name
+}
+
+// pragmaOf reads a PRAGMA statement's tokens, after EXPLAIN [QUERY PLAN];
+// ok is false for any other statement. SQLite takes a string literal for a
+// name (PRAGMA 'journal_mode' = ...), and so does pragmaOf (adv50: the
+// quote hid the name from the checks).
+func pragmaOf(toks []string) (pg pragmaText, ok bool) {
 	if len(toks) > 0 && toks[0] == "EXPLAIN" {
 		toks = toks[1:]
 		if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
@@ -688,32 +711,28 @@ func pragmaSetter(query string) bool {
 		}
 	}
 	if len(toks) < 2 || toks[0] != "PRAGMA" {
-		return false
+		return pg, false
 	}
-	return !pragmaQueries(pragmaTokens(toks[1:]))
+	toks = toks[1:]
+	if len(toks) >= 3 && toks[1] == "." {
+		toks = toks[2:] // schema .
+	}
+	pg.name = strings.TrimPrefix(toks[0], "'")
+	if len(toks) >= 2 && (toks[1] == "=" || toks[1] == "(") {
+		pg.hasValue = true
+		if len(toks) >= 3 {
+			pg.value = toks[2]
+		}
+	}
+	return pg, true
 }
 
 // pragmaParts returns the name of the PRAGMA query is and the first token
 // of its argument ("" for none), as the authorizer sees them, read off its
-// tokens; "" for a text that is no PRAGMA.
+// tokens; "" for a text that is no PRAGMA (nor EXPLAIN of one).
 func pragmaParts(query string) (name, value string) {
-	toks := sqlscan.Tokens(query, 7)
-	if len(toks) < 2 || toks[0] != "PRAGMA" {
-		return "", ""
-	}
-	return pragmaTokens(toks[1:])
-}
-
-// pragmaTokens is pragmaParts of the tokens after the word PRAGMA.
-func pragmaTokens(toks []string) (name, value string) {
-	if len(toks) >= 3 && toks[1] == "." {
-		toks = toks[2:] // schema .
-	}
-	name = toks[0]
-	if len(toks) >= 3 && (toks[1] == "=" || toks[1] == "(") {
-		value = toks[2]
-	}
-	return name, value
+	pg, _ := pragmaOf(sqlscan.Tokens(query, 9))
+	return pg.name, pg.value
 }
 
 // readsSession reports whether a read's answer depends on the session of
@@ -737,6 +756,7 @@ func readsSession(query string, info sqlscan.Info) bool {
 	case "SELECT", "VALUES", "WITH":
 		toks := sqlscan.Tokens(query, len(query))
 		for i, tok := range toks {
+			tok = strings.TrimPrefix(tok, "'") // SQLite takes a string for a name where a name must be
 			switch {
 			case strings.EqualFold(tok, "sqlite_temp_master"), strings.EqualFold(tok, "sqlite_temp_schema"):
 				return true

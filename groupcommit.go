@@ -678,8 +678,10 @@ func deferredKeys(pc *physConn) bool {
 }
 
 // initiallyDeferred finds INITIALLY DEFERRED in a CREATE TABLE text,
-// whatever blanks or comments lie between the two words.
-var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:\s|/\*.*?\*/|--[^\n]*(?:\n|$))+DEFERRED\b`)
+// whatever blanks, byte order marks or comments lie between the two words
+// (SQLite also reads \v and U+FEFF as blanks there: Go's \s has neither,
+// adv50).
+var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:[\s\v\x{FEFF}]|/\*.*?\*/|--[^\n]*(?:\n|$))+DEFERRED\b`)
 
 // execBatched runs r's statement on the writer pc, under r's context as
 // it would run alone: a deadline that passes while it runs interrupts it

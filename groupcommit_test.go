@@ -314,13 +314,21 @@ func TestGroupCommit_DeferredKeysOfTheSession(t *testing.T) {
 		{"pragma", `PRAGMA foreign_keys = ON`, `child`, `kv`},
 		// Stays on the writer too, and made LIKE '%deferred%' miss the key.
 		{"case_sensitive_like", `PRAGMA foreign_keys = ON; PRAGMA case_sensitive_like = ON`, `child`, `kv`},
+		// Blanks SQLite reads between the words that Go's \s does not (adv50).
+		{"bom", `PRAGMA foreign_keys = ON`, `child_bom`, `kv`},
+		{"vtab", `PRAGMA foreign_keys = ON`, `child_vtab`, `kv`},
 		{"temp", `CREATE TEMP TABLE tkv (k TEXT PRIMARY KEY, v INTEGER);
 			CREATE TEMP TABLE tchild (id INTEGER PRIMARY KEY, k TEXT REFERENCES tkv (k) DEFERRABLE INITIALLY DEFERRED)`, `temp.tchild`, `temp.tkv`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			migs := []string{kvTable, `CREATE TABLE child (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY DEFERRED)`}
-			if tc.name == "temp" {
+			switch tc.name {
+			case "temp":
 				migs = migs[:1] // the only such key is the TEMP table's
+			case "bom": // the only such key, written so
+				migs = []string{kvTable, "CREATE TABLE child_bom (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY \uFEFFDEFERRED)"}
+			case "vtab":
+				migs = []string{kvTable, "CREATE TABLE child_vtab (id INTEGER PRIMARY KEY, k TEXT REFERENCES kv (k) DEFERRABLE INITIALLY \vDEFERRED)"}
 			}
 			p := newTestProxy(t, Config{ForeignKeys: tc.name == "temp", Migrations: migs})
 			if _, err := p.ExecContext(tctx("acme"), tc.setup); err != nil {

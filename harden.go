@@ -301,22 +301,13 @@ func setsPragmaEmpty(query string) bool {
 		return false
 	}
 	for stmt := range sqlscan.Statements(query) {
-		toks := sqlscan.Tokens(stmt, 9)
-		if len(toks) > 0 && toks[0] == "EXPLAIN" {
-			toks = toks[1:]
-			if len(toks) >= 2 && toks[0] == "QUERY" && toks[1] == "PLAN" {
-				toks = toks[2:]
-			}
-		}
-		if len(toks) < 4 || toks[0] != "PRAGMA" {
-			continue
-		}
-		toks = toks[1:]
-		if len(toks) >= 3 && toks[1] == "." {
-			toks = toks[2:] // schema .
-		}
+		// mattn runs what follows a statement after strings.TrimSpace,
+		// which drops Unicode spaces (U+00A0, U+3000, ...) that SQLite would
+		// read as part of a word: "SELECT 1;\u00A0PRAGMA ..." ran the PRAGMA
+		// (adv50).
+		pg, ok := pragmaOf(sqlscan.Tokens(strings.TrimSpace(stmt), 9))
 		// An empty string literal is the token "'", an empty quoted name "".
-		if len(toks) >= 3 && (toks[1] == "=" || toks[1] == "(") && (toks[2] == "'" || toks[2] == "") && governedPragma(toks[0]) {
+		if ok && pg.hasValue && (pg.value == "'" || pg.value == "") && governedPragma(pg.name) {
 			return true
 		}
 	}

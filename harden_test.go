@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -463,10 +464,14 @@ func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 			queryInt(t, p, ctx, `PRAGMA wal_autocheckpoint`), queryInt(t, p, ctx, `PRAGMA schema_version`), queryInt(t, p, ctx, `PRAGMA synchronous`))
 	}
 	before := state()
-	for _, name := range []string{"journal_mode", "wal_autocheckpoint", "schema_version", "synchronous", "main.journal_mode", `"journal_mode"`} {
+	// A name may be a string literal too (adv50), and mattn runs what
+	// follows a ';' after strings.TrimSpace, which drops Unicode spaces.
+	for _, name := range []string{"journal_mode", "wal_autocheckpoint", "schema_version", "synchronous", "main.journal_mode", `"journal_mode"`,
+		`'journal_mode'`, `'main'.'wal_autocheckpoint'`, `'synchronous'`, `[schema_version]`} {
 		for _, v := range []string{`''`, `""`, `[]`, "``"} {
 			for _, q := range []string{`PRAGMA ` + name + ` = ` + v, `PRAGMA ` + name + `(` + v + `)`, `SELECT 1; PRAGMA ` + name + ` = ` + v,
-				"\uFEFFPRAGMA " + name + ` = ` + v, `EXPLAIN PRAGMA ` + name + ` = ` + v} {
+				"\uFEFFPRAGMA " + name + ` = ` + v, `EXPLAIN PRAGMA ` + name + ` = ` + v,
+				"SELECT 1;\u00A0PRAGMA " + name + ` = ` + v, "SELECT 1;\u3000\u2028PRAGMA " + name + ` = ` + v} {
 				var pe *Error
 				if _, err := p.ExecContext(ctx, q); !errors.As(err, &pe) || !isAuthErr(err) {
 					t.Errorf("exec %s: %v, want the hardening's refusal", q, err)
@@ -495,10 +500,12 @@ func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 // to 0 inside the migrator's transaction.
 func TestHardening_PragmaEmptyValueInMigrationRefused(t *testing.T) {
 	t.Parallel()
-	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`, `CREATE TABLE u (x); PRAGMA schema_version = ''`}})
-	_, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`)
-	if !isAuthErr(err) || !strings.Contains(err.Error(), "empty value") {
-		t.Fatalf("first access: %v, want the migration refused", err)
+	for _, m := range []string{`PRAGMA schema_version = ''`, `PRAGMA 'schema_version' = ''`, "SELECT 1;\u00A0PRAGMA schema_version = ''"} {
+		p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`, `CREATE TABLE u (x); ` + m}})
+		_, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`)
+		if !isAuthErr(err) || !strings.Contains(err.Error(), "empty value") {
+			t.Errorf("a migration with %s: first access: %v, want the migration refused", m, err)
+		}
 	}
 }
 
@@ -556,5 +563,42 @@ func TestHardening_SynchronousFloor(t *testing.T) {
 		if _, err := p.ExecContext(ctx, `INSERT INTO t VALUES (-1)`); err == nil {
 			t.Error("a CHECK constraint was skipped")
 		}
+	}
+}
+
+// A PRAGMA with an empty argument is a setter wherever it is routed: the
+// authorizer of a reader, handed "" for it as for no argument, let
+// query_only = "" through as a read, and a read-only transaction on that
+// reader then wrote (adv50). Not through a fan-out either.
+func TestHardening_PragmaEmptyArgumentNeverOnAReader(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{ReadersPerTenant: 1, Migrations: []string{kvTable}})
+	ctx := tctx("acme")
+	hold, _ := holdWriter(t, p, "acme") // a PRAGMA that reads would go to the reader now
+	for _, q := range []string{`PRAGMA 'query_only' = ""`, `PRAGMA query_only = ""`, `PRAGMA busy_timeout = ""`, `PRAGMA 'cache_size'("")`} {
+		// A setter waits for the writer (held): a short wait will do.
+		wctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		if rows, err := p.QueryContext(wctx, q); err == nil {
+			rows.Close()
+		}
+		cancel()
+		if rows, err := p.QueryContext(WithFanOut(ctx, FanOutOptions{}), q); err == nil {
+			rows.Close()
+			t.Errorf("fan-out %s: ran", q)
+		}
+	}
+	if err := hold.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := p.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO kv (k, v) VALUES ('ro', 1)`)
+	if cerr := tx.Commit(); err == nil && cerr == nil {
+		t.Errorf("a read-only transaction wrote %d row(s)", queryInt(t, p, ctx, `SELECT count(*) FROM kv WHERE k = 'ro'`))
+	}
+	if n := queryInt(t, p, ctx, `SELECT timeout FROM pragma_busy_timeout`); n == 0 {
+		t.Error("busy_timeout 0 on the reader")
 	}
 }
