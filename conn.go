@@ -368,7 +368,7 @@ func refused(ctx context.Context, op, query string, err error, replicated bool) 
 		return err
 	}
 	id, _ := OrgID(ctx)
-	rules := `README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off, count_changes or ignore_check_constraints on, synchronous below Config.Synchronous, nor any of them set to ''; VACUUM only as the whole text of an Exec`
+	rules := `README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off, count_changes or ignore_check_constraints on, synchronous below Config.Synchronous; no PRAGMA with an empty argument; VACUUM only as the whole text of an Exec`
 	if replicated {
 		rules += `; with replication Litestream owns checkpoints: no VACUUM, no wal_checkpoint but PASSIVE, no wal_autocheckpoint`
 	}

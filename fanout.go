@@ -162,9 +162,18 @@ func (r *router) fanOutReadOnly(query string) error {
 		if ro, ok := r.classes.lookup(query); ok && !ro {
 			return errFanOutWrite(quoteShort(query) + " may write")
 		}
-		if _, err := compileAlone(query); isSyntaxError(err) {
+		if info.Keyword == "EXPLAIN" && pragmaSetter(query) {
+			// SQLite applies some setters when it compiles them (flags:
+			// foreign_keys = OFF), EXPLAIN or not: compiled on every open
+			// tenant's connection (its writer, without readers). The class
+			// cache, which keeps no long text, was all that refused it
+			// (adv51).
+			return errFanOutWrite(quoteShort(query) + " explains a PRAGMA that sets, which SQLite applies as it compiles it")
+		}
+		if _, err := compileAlone(query); isSyntaxError(err) || isAuthErr(err) {
 			// An error of the query, not of each tenant: with SkipErrors a
 			// typo skipped every tenant and returned no rows and no error.
+			// So is a refusal by the hardening.
 			return opError(opFanOut, "", err)
 		}
 		return nil

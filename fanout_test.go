@@ -1352,3 +1352,38 @@ func TestFanOut_HotJournalNotRead(t *testing.T) {
 		t.Errorf("fan-out over a tenant with a hot journal: %d rows, %d uncommitted; want 100, 0", n, uncommitted)
 	}
 }
+
+// EXPLAIN of a PRAGMA that sets is refused by a fan-out: SQLite applies
+// flags as it compiles them, on every open tenant's connection (its writer
+// without readers: foreign keys off on every tenant, despite
+// Config.ForeignKeys). Only the class cache, which keeps no long text,
+// refused it (adv51).
+func TestFanOut_ExplainPragmaSetterRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{ReadersPerTenant: -1, ForeignKeys: true, Migrations: []string{
+		`CREATE TABLE parent (id INTEGER PRIMARY KEY)`,
+		`CREATE TABLE child (id INTEGER PRIMARY KEY, pid INTEGER NOT NULL REFERENCES parent(id))`}})
+	ids := []string{"acme", "globex"}
+	for _, id := range ids {
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO child (pid) VALUES (42)`); err == nil {
+			t.Fatalf("%s: foreign keys not enforced before the fan-out", id)
+		}
+	}
+	for _, q := range []string{`EXPLAIN PRAGMA foreign_keys = OFF /*` + strings.Repeat(" ", 64<<10) + `*/`, `EXPLAIN PRAGMA foreign_keys = OFF`,
+		`EXPLAIN QUERY PLAN PRAGMA main.foreign_keys(0)`} {
+		rows, err := p.QueryContext(WithFanOut(context.Background(), FanOutOptions{}), q)
+		if err == nil {
+			for rows.Next() {
+			}
+			rows.Close()
+			t.Errorf("fan-out of %.40s...: ran", q)
+		} else if !errors.Is(err, ErrFanOutWrite) {
+			t.Errorf("fan-out of %.40s...: %v, want ErrFanOutWrite", q, err)
+		}
+	}
+	for _, id := range ids {
+		if _, err := p.ExecContext(tctx(id), `INSERT INTO child (pid) VALUES (42)`); err == nil {
+			t.Errorf("%s: a child row without a parent was written after a fan-out", id)
+		}
+	}
+}

@@ -287,15 +287,16 @@ func pragmaVerdict(name, value string) int {
 	return sqlite3.SQLITE_OK
 }
 
-// setsPragmaEmpty reports whether query holds a PRAGMA that sets one of
-// the settings the authorizer rules on to an empty value (an empty string
-// or quoted name, in any quotes). SQLite reads the empty text as a value
-// (an empty journal_mode is DELETE, an empty wal_autocheckpoint or
-// schema_version 0, an empty synchronous NORMAL),
-// but the authorizer is handed "" for it as for no value at all (mattn
-// passes SQLite's NULL as ""), and let it through as a read (adv49's
-// wal_autocheckpoint = 2147483648 led there). Only texts that may hold a
-// PRAGMA are read: one that begins like one, or holds a ';'.
+// setsPragmaEmpty reports whether query holds a PRAGMA with an empty
+// argument (an empty string or quoted name, in any quotes, after = or in
+// parentheses). SQLite reads the empty text as a value (an empty journal_mode
+// is DELETE, wal_autocheckpoint and schema_version 0, synchronous NORMAL,
+// a flag off), but the authorizer is handed "" for it as for no argument
+// at all (mattn passes SQLite's NULL as ""), and let it through as a read:
+// on the writer past the rules on its settings, on a reader past its
+// refusal of every setter (adv49, adv50, adv51). No PRAGMA needs an empty
+// argument, so every one is refused, whatever its name. Only texts that
+// may hold a PRAGMA are read: one that begins like one, or holds a ';'.
 func setsPragmaEmpty(query string) bool {
 	if !mayBePragma(query) && strings.IndexByte(query, ';') < 0 {
 		return false
@@ -307,21 +308,9 @@ func setsPragmaEmpty(query string) bool {
 		// (adv50).
 		pg, ok := pragmaOf(sqlscan.Tokens(strings.TrimSpace(stmt), 9))
 		// An empty string literal is the token "'", an empty quoted name "".
-		if ok && pg.hasValue && (pg.value == "'" || pg.value == "") && governedPragma(pg.name) {
+		if ok && pg.hasValue && (pg.value == "'" || pg.value == "") {
 			return true
 		}
-	}
-	return false
-}
-
-// governedPragma reports whether the authorizer rules on the values of
-// PRAGMA name (pragmaVerdict, replicatedChecks, the synchronous floor).
-func governedPragma(name string) bool {
-	switch strings.ToLower(name) {
-	case "writable_schema", "temp_store_directory", "data_store_directory", "journal_mode", "locking_mode",
-		"query_only", "hard_heap_limit", "soft_heap_limit", "schema_version", "wal_autocheckpoint",
-		"wal_checkpoint", "count_changes", "synchronous", "ignore_check_constraints":
-		return true
 	}
 	return false
 }

@@ -471,7 +471,8 @@ func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 		for _, v := range []string{`''`, `""`, `[]`, "``"} {
 			for _, q := range []string{`PRAGMA ` + name + ` = ` + v, `PRAGMA ` + name + `(` + v + `)`, `SELECT 1; PRAGMA ` + name + ` = ` + v,
 				"\uFEFFPRAGMA " + name + ` = ` + v, `EXPLAIN PRAGMA ` + name + ` = ` + v,
-				"SELECT 1;\u00A0PRAGMA " + name + ` = ` + v, "SELECT 1;\u3000\u2028PRAGMA " + name + ` = ` + v} {
+				"SELECT 1;\u00A0PRAGMA " + name + ` = ` + v, "SELECT 1;\u3000\u2028PRAGMA " + name + ` = ` + v,
+				`PRAGMA ` + name + ` == ` + v} { // == is one token to SQLite (adv51)
 				var pe *Error
 				if _, err := p.ExecContext(ctx, q); !errors.As(err, &pe) || !isAuthErr(err) {
 					t.Errorf("exec %s: %v, want the hardening's refusal", q, err)
@@ -490,9 +491,15 @@ func TestHardening_PragmaEmptyValueRefused(t *testing.T) {
 	if after := state(); after != before {
 		t.Fatalf("before: %s; after: %s", before, after)
 	}
-	// Empty values of other pragmas are SQLite's business.
-	if _, err := p.ExecContext(ctx, `PRAGMA table_info('')`); err != nil {
-		t.Errorf("PRAGMA table_info(''): %v", err)
+	// Any PRAGMA's empty argument: none needs one, and the authorizer
+	// cannot tell one from a read (on a reader a flag set so stayed set).
+	for _, q := range []string{`PRAGMA table_info('')`, `PRAGMA automatic_index = ''`, `PRAGMA short_column_names == ""`} {
+		if _, err := p.ExecContext(ctx, q); !isAuthErr(err) {
+			t.Errorf("%s: %v, want the hardening's refusal", q, err)
+		}
+	}
+	if _, err := p.ExecContext(ctx, `PRAGMA table_info('t')`); err != nil {
+		t.Errorf("PRAGMA table_info('t'): %v", err)
 	}
 }
 
@@ -503,7 +510,7 @@ func TestHardening_PragmaEmptyValueInMigrationRefused(t *testing.T) {
 	for _, m := range []string{`PRAGMA schema_version = ''`, `PRAGMA 'schema_version' = ''`, "SELECT 1;\u00A0PRAGMA schema_version = ''"} {
 		p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`, `CREATE TABLE u (x); ` + m}})
 		_, err := p.ExecContext(tctx("acme"), `INSERT INTO t VALUES (1)`)
-		if !isAuthErr(err) || !strings.Contains(err.Error(), "empty value") {
+		if !isAuthErr(err) || !strings.Contains(err.Error(), "empty argument") {
 			t.Errorf("a migration with %s: first access: %v, want the migration refused", m, err)
 		}
 	}
@@ -600,5 +607,72 @@ func TestHardening_PragmaEmptyArgumentNeverOnAReader(t *testing.T) {
 	}
 	if n := queryInt(t, p, ctx, `SELECT timeout FROM pragma_busy_timeout`); n == 0 {
 		t.Error("busy_timeout 0 on the reader")
+	}
+}
+
+// A checkout that holds a reader (a read-only transaction, a sql.Conn that
+// read) prepares on it, and runs a text of several statements on it:
+// an empty argument was a read to the reader's authorizer, and the flag
+// stayed set on the tenant's shared reader for every later request
+// (adv51: automatic_index, query_only == an empty string). Refused whatever the path.
+func TestHardening_PragmaEmptyArgumentOnAHeldReader(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"Tx.Prepare", "Tx.Exec", "Tx.Query", "Conn.Prepare", "Tx.Prepare =="} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			p := newTestProxy(t, Config{ReadersPerTenant: 1, Migrations: []string{kvTable}})
+			ctx := tctx("acme")
+			readerFlags := func() string {
+				hold, _ := holdWriter(t, p, "acme") // reads go to the reader
+				defer hold.Rollback()
+				return fmt.Sprint(queryInt(t, p, ctx, `SELECT automatic_index FROM pragma_automatic_index`),
+					queryInt(t, p, ctx, `SELECT query_only FROM pragma_query_only`))
+			}
+			before := readerFlags()
+			var err error
+			if how == "Conn.Prepare" {
+				conn, cerr := p.Conn(ctx)
+				if cerr != nil {
+					t.Fatal(cerr)
+				}
+				queryInt(t, conn, ctx, `SELECT count(*) FROM kv`) // the Conn holds the reader
+				var st *sql.Stmt
+				if st, err = conn.PrepareContext(ctx, `PRAGMA automatic_index = ''`); err == nil {
+					st.Close()
+				}
+				conn.Close()
+			} else {
+				tx, terr := p.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+				if terr != nil {
+					t.Fatal(terr)
+				}
+				switch how {
+				case "Tx.Prepare":
+					var st *sql.Stmt
+					if st, err = tx.PrepareContext(ctx, `PRAGMA automatic_index = ''`); err == nil {
+						st.Close()
+					}
+				case "Tx.Prepare ==":
+					var st *sql.Stmt
+					if st, err = tx.PrepareContext(ctx, `PRAGMA query_only == ''`); err == nil {
+						st.Close()
+					}
+				case "Tx.Exec":
+					_, err = tx.ExecContext(ctx, `SELECT 1; PRAGMA automatic_index = ''`)
+				case "Tx.Query":
+					var rows *sql.Rows
+					if rows, err = tx.QueryContext(ctx, `SELECT 1; PRAGMA automatic_index = ''`); err == nil {
+						rows.Close()
+					}
+				}
+				tx.Rollback()
+			}
+			if !isAuthErr(err) {
+				t.Errorf("%s: %v, want the hardening's refusal", how, err)
+			}
+			if after := readerFlags(); after != before {
+				t.Errorf("%s: the reader's automatic_index, query_only went from %s to %s", how, before, after)
+			}
+		})
 	}
 }

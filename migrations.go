@@ -472,7 +472,7 @@ const fkSavepoint = "sqliteproxy_fk_check"
 // transaction control refused (see scriptConns).
 func execScript(ctx context.Context, c *sqlite3.SQLiteConn, script string) error {
 	if setsPragmaEmpty(script) {
-		return fmt.Errorf("%w (a migration may not set a PRAGMA the hardening rules on to an empty value: SQLite reads '' as a value)", errPragmaEmpty)
+		return fmt.Errorf("%w (a migration may not give a PRAGMA an empty argument: SQLite reads it as a value, the proxy's checks as none)", errPragmaEmpty)
 	}
 	scriptConns.Store(c, struct{}{})
 	// The authorizer is asked when a statement is compiled, and mattn runs

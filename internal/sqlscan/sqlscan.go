@@ -316,6 +316,14 @@ func Tokens(sql string, max int) []string {
 			j := skipQuoted(sql, i, c)
 			toks = append(toks, "'"+strings.ReplaceAll(strings.TrimSuffix(sql[i+1:j], "'"), "''", "'"))
 			i = j
+		case c == '=':
+			// "==" is one token to SQLite, an "=" (adv51: PRAGMA x == ''
+			// read as the value "=").
+			toks = append(toks, "=")
+			i++
+			if i < len(sql) && sql[i] == '=' {
+				i++
+			}
 		default:
 			toks = append(toks, string(c))
 			i++

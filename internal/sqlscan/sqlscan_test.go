@@ -122,6 +122,11 @@ func TestTokens(t *testing.T) {
 		{"a b c d e", 2, []string{"A", "B"}},
 		{"\fVACUUM\v", 4, []string{"VACUUM"}},
 		{"[open", 4, []string{"open"}},
+		// "==" is one token to SQLite, an "=".
+		{"PRAGMA x == ''", 4, []string{"PRAGMA", "X", "=", "'"}},
+		{"PRAGMA x=== 1", 5, []string{"PRAGMA", "X", "=", "=", "1"}},
+		{"\uFEFFPRAGMA \uFEFFx = 1", 4, []string{"PRAGMA", "X", "=", "1"}},
+		{"PRAGMA\uFEFFx", 4, []string{"PRAGMA\uFEFFX"}}, // one word to SQLite too
 		{"", 4, nil},
 	} {
 		if got := Tokens(tt.sql, tt.max); !slices.Equal(got, tt.want) {
