@@ -1480,7 +1480,7 @@ func TestCompare_IntendedDifferences(t *testing.T) {
 	const ok = `"LastInsertId" | int64(1) | err=nil | "RowsAffected" | int64(1) | err=nil` // stale: the temp insert's
 	// Refused by the authorizer: an *Error naming the operation, the
 	// tenant, the statement and the rules, around SQLite's refusal.
-	const hardening = ` is refused by the proxy's hardening (README, "Hardening": no ATTACH, DETACH, VACUUM INTO or load_extension, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off, count_changes or ignore_check_constraints on, synchronous below Config.Synchronous; no PRAGMA with an empty argument; VACUUM only as the whole text of an Exec): not authorized`
+	const hardening = ` is refused by the proxy's hardening (README, "Hardening": no ATTACH, DETACH, VACUUM INTO, load_extension or fts3_tokenizer, no change to the migration ledger, no PRAGMA that sets the journal or locking mode, query_only, schema_version, writable_schema, the store directories, the heap limits, wal_autocheckpoint off, count_changes, ignore_check_constraints or case_sensitive_like on, synchronous below Config.Synchronous; no PRAGMA with an empty argument; VACUUM only as the whole text of an Exec): not authorized`
 	notAuth := func(op, query string) string {
 		return "err *sqliteproxy.Error " + strconv.Quote(`sqliteproxy: `+op+`: tenant "acme": `+strconv.Quote(query)+hardening) + " sqlite3.Error{Code:23 ExtendedCode:23 SystemErrno:0}"
 	}

@@ -521,11 +521,11 @@ func TestPragmaSettersAppliedAtCompileStayOffReaders(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := p.PrepareContext(ctx, `PRAGMA case_sensitive_like = ON`)
-	if err != nil {
-		t.Fatal(err)
+	// Refused since (it corrupted LIKE partial indexes), at Prepare or where
+	// it would run: either way never applied on the reader.
+	if st, err := p.PrepareContext(ctx, `PRAGMA case_sensitive_like = ON`); err == nil {
+		st.Close() // never run
 	}
-	st.Close() // never run
 	if rows, err := p.QueryContext(ctx, `EXPLAIN PRAGMA case_sensitive_like = ON`); err == nil {
 		rows.Close()
 	}

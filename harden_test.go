@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -674,5 +675,71 @@ func TestHardening_PragmaEmptyArgumentOnAHeldReader(t *testing.T) {
 				t.Errorf("%s: the reader's automatic_index, query_only went from %s to %s", how, before, after)
 			}
 		})
+	}
+}
+
+// fts3_tokenizer is refused on every connection a tenant's SQL reaches (and
+// without a tenant): its second argument, bound as a parameter, is a
+// pointer SQLite later calls through, and a CREATE VIRTUAL TABLE ... USING
+// fts3 then crashed the process, every tenant with it (adv52). The crash
+// runs in a child process; its parent asserts the refusal and a live child.
+func TestHardening_Fts3TokenizerRefused(t *testing.T) {
+	if os.Getenv("SQLITEPROXY_FTS3_CHILD") == "1" {
+		p := newTestProxy(t, Config{Dir: os.Getenv("SQLITEPROXY_FTS3_DIR")})
+		for _, ctx := range []context.Context{tctx("acme"), context.Background()} {
+			var leak []byte
+			if err := p.QueryRowContext(ctx, `SELECT fts3_tokenizer(?)`, "simple").Scan(&leak); err == nil {
+				t.Errorf("fts3_tokenizer(?) read a module's address: %x", leak)
+			}
+			if _, err := p.ExecContext(ctx, `SELECT fts3_tokenizer('simple', ?)`, "AAAAAAAA"); err == nil {
+				t.Error("fts3_tokenizer('simple', ?) ran")
+			}
+		}
+		ctx := tctx("acme")
+		if _, err := p.ExecContext(ctx, `CREATE VIRTUAL TABLE f USING fts3(body)`); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.ExecContext(ctx, `INSERT INTO f (body) VALUES ('still alive')`); err != nil {
+			t.Fatal(err)
+		}
+		if n := queryInt(t, p, ctx, `SELECT count(*) FROM f WHERE f MATCH 'alive'`); n != 1 {
+			t.Fatalf("fts3 match: %d", n)
+		}
+		return
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHardening_Fts3TokenizerRefused$", "-test.v")
+	cmd.Env = append(os.Environ(), "SQLITEPROXY_FTS3_CHILD=1", "SQLITEPROXY_FTS3_DIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+// PRAGMA case_sensitive_like on is refused: kept by the writer, it made the
+// writer keep a LIKE partial index by other rules than every other
+// connection reads it with, and a later DELETE of the row found the file
+// malformed (adv52).
+func TestHardening_CaseSensitiveLikeRefused(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)`,
+		`CREATE INDEX t_a ON t (name) WHERE name LIKE 'a%'`}})
+	ctx := tctx("acme")
+	for _, q := range []string{`PRAGMA case_sensitive_like = ON`, `PRAGMA case_sensitive_like(1)`, `PRAGMA main.case_sensitive_like = 'yes'`, `PRAGMA case_sensitive_like = 7`} {
+		if _, err := p.ExecContext(ctx, q); !isAuthErr(err) {
+			t.Errorf("%s: %v, want the hardening's refusal", q, err)
+		}
+	}
+	if _, err := p.ExecContext(ctx, `PRAGMA case_sensitive_like = OFF`); err != nil {
+		t.Errorf("PRAGMA case_sensitive_like = OFF: %v", err)
+	}
+	if _, err := p.ExecContext(ctx, `INSERT INTO t (name) VALUES ('Alice')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CheckTenant(ctx, "acme"); err != nil {
+		t.Fatalf("CheckTenant: %v", err)
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM t WHERE name LIKE 'a%'`); n != 1 {
+		t.Fatalf("rows LIKE 'a%%': %d, want 1", n)
 	}
 }
