@@ -416,7 +416,10 @@ func (c *conn) opTenant(ctx context.Context, err error) *tenantTel {
 }
 
 func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
-	if setsPragmaEmpty(query) {
+	// c.lastText and c.lastQuery only ever hold texts that passed this
+	// check (they are noted after it), which depends on the text alone: a
+	// text run again skips it.
+	if query != c.lastText && setsPragmaEmpty(query) {
 		return nil, errPragmaEmpty
 	}
 	if c.setsInReadOnlyTx(query) {
@@ -546,7 +549,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 }
 
 func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
-	if setsPragmaEmpty(query) {
+	if query != c.lastQuery && setsPragmaEmpty(query) { // see exec
 		return nil, errPragmaEmpty
 	}
 	if c.setsInReadOnlyTx(query) {
