@@ -93,6 +93,9 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 // under Synchronous FULL).
 func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool, syncFloor int) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
+	if err := setDefensive(c); err != nil && err != errNoHandle {
+		return err
+	}
 	if replicated {
 		// Litestream checkpoints (it holds a read transaction, so a tenant
 		// connection's automatic checkpoint could not finish anyway, and was

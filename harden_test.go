@@ -743,3 +743,71 @@ func TestHardening_CaseSensitiveLikeRefused(t *testing.T) {
 		t.Fatalf("rows LIKE 'a%%': %d, want 1", n)
 	}
 }
+
+// Tenant connections run with SQLITE_DBCONFIG_DEFENSIVE: a tenant's write
+// to an FTS4 table's shadow table (x_segdir) made its next merge loop
+// forever inside SQLite, holding the writer and a processor until the
+// process was killed (adv53). Refused now; the FTS table itself works,
+// merges included. The pinned mattn must keep the handle where
+// defensive.go reads it.
+func TestHardening_Defensive(t *testing.T) {
+	t.Parallel()
+	p := newTestProxy(t, Config{ReadersPerTenant: 1})
+	ctx := tctx("acme")
+	for _, q := range []string{`CREATE VIRTUAL TABLE x USING fts4(a)`, `INSERT INTO x VALUES ('alpha')`, `INSERT INTO x VALUES ('beta')`,
+		`CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)`, `INSERT INTO r VALUES (1, 0, 1)`} {
+		if _, err := p.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	for _, q := range []string{`UPDATE x_segdir SET start_block = 2, end_block = 2 WHERE idx = 1`, `DELETE FROM x_segments`,
+		`INSERT INTO x_content (docid, c0a) VALUES (9, 'x')`, `UPDATE r_node SET data = x'00'`, `DELETE FROM r_rowid`} {
+		if _, err := p.ExecContext(ctx, q); err == nil || !strings.Contains(err.Error(), "may not be modified") {
+			t.Errorf("%s: %v, want a shadow table that may not be modified", q, err)
+		}
+	}
+	// The merge that looped, with a deadline in case it still does.
+	mctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := p.ExecContext(mctx, `INSERT INTO x(x) VALUES ('merge=1,2')`); err != nil {
+		t.Fatalf("merge: %v", err)
+	}
+	if n := queryInt(t, p, ctx, `SELECT count(*) FROM x WHERE x MATCH 'alpha OR beta'`); n != 2 {
+		t.Fatalf("fts4 match: %d rows, want 2", n)
+	}
+	if err := p.CheckTenant(ctx, "acme"); err != nil {
+		t.Fatalf("CheckTenant: %v", err)
+	}
+	// On the writer and on a reader.
+	sc, err := p.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	seen := map[bool]bool{}
+	for _, q := range []string{`SELECT count(*) FROM x`, `INSERT INTO x VALUES ('gamma')`} {
+		if strings.HasPrefix(q, "SELECT") {
+			var n int
+			err = sc.QueryRowContext(ctx, q).Scan(&n) // on a reader
+		} else {
+			_, err = sc.ExecContext(ctx, q) // on the writer
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sc.Raw(func(dc any) error {
+			pc := dc.(*conn).pc
+			seen[pc.writer] = true
+			on, err := defensiveOn(pc.c)
+			if err == nil && !on {
+				err = fmt.Errorf("SQLITE_DBCONFIG_DEFENSIVE off on the tenant's %s", map[bool]string{true: "writer", false: "reader"}[pc.writer])
+			}
+			return err
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+	if !seen[true] || !seen[false] {
+		t.Errorf("looked at the writer: %v, a reader: %v", seen[true], seen[false])
+	}
+}
