@@ -695,7 +695,7 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 // sets (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than
 // names what to describe (table_info(t)) or check (quick_check(10)), or
 // EXPLAIN [QUERY PLAN] of one: SQLite applies some setters when it
-// compiles them. An empty argument (”, "") sets: the authorizer, handed
+// compiles them. An empty argument (an empty string or name) sets: the authorizer, handed
 // "" for it as for none, cannot tell it from a read (adv50: query_only = ""
 // ran on a reader and turned its query_only off).
 func pragmaSetter(query string) bool {

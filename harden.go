@@ -191,7 +191,7 @@ var scriptConns sync.Map // *sqlite3.SQLiteConn -> struct{}
 
 // replicatedAuthorizer is tenantAuthorizer for a file that Litestream
 // streams, which owns its checkpoints and follows its WAL: it also denies
-// VACUUM (which attaches ” to rebuild the file) and checkpoints that
+// VACUUM (which attaches an empty file name to rebuild the file) and checkpoints that
 // restart or truncate the WAL. Passive checkpoints are fine.
 func replicatedAuthorizer(op int, arg1, arg2, arg3 string) int {
 	if v := replicatedChecks(op, arg1, arg2); v != sqlite3.SQLITE_OK {
