@@ -6,9 +6,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -498,51 +498,31 @@ func TestLibraryBackupOntoADatabaseAnotherProcessHoldsRefused(t *testing.T) {
 	p := newTestProxy(t, Config{Migrations: []string{eventsTable}})
 	insertN(t, p, "acme", 1)
 	other := filepath.Join(t.TempDir(), "o.db")
-	sig := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestLibraryBackupHoldChild$", "-test.v")
-	cmd.Env = append(os.Environ(), holdChildEnv+"="+other, holdChildEnv+"_SIG="+sig)
-	out := make(chan []byte, 1)
-	go func() {
-		b, _ := cmd.CombinedOutput()
-		out <- b
-	}()
-	waitFor(t, 30*time.Second, "the child to hold the database", func() bool {
-		_, err := os.Stat(filepath.Join(sig, "ready"))
-		return err == nil
-	})
+	stop := startChild(t, "TestLibraryBackupHoldChild", holdChildEnv+"="+other)
 	err := p.BackupTenant(context.Background(), "acme", other)
-	if werr := os.WriteFile(filepath.Join(sig, "go"), nil, 0o600); werr != nil {
-		t.Fatal(werr)
-	}
-	b := receive(t, out, "the child")
 	if err == nil || !strings.Contains(err.Error(), "is open in another process") {
 		t.Errorf("BackupTenant onto a database another process holds EXCLUSIVE: %v, want it refused", err)
 	}
-	if res, _ := os.ReadFile(filepath.Join(sig, "done")); string(res) != "42" {
-		t.Errorf("the child's row after the backup: %q\n%s", res, b)
+	if err := stop(); err != nil {
+		t.Errorf("the child, reading its row after the backup: %v", err)
 	}
 }
 
 // TestLibraryBackupHoldChild holds a database in locking_mode=EXCLUSIVE
-// (WAL, no -shm) until its parent says go, then reads its row back.
+// (WAL, no -shm), says "ready" (startChild), and once its standard input
+// closes reads its row back: it fails unless the row is still 42.
 func TestLibraryBackupHoldChild(t *testing.T) {
-	path, sig := os.Getenv(holdChildEnv), os.Getenv(holdChildEnv+"_SIG")
+	path := os.Getenv(holdChildEnv)
 	if path == "" {
 		t.Skip("the child of TestLibraryBackupOntoADatabaseAnotherProcessHoldsRefused")
 	}
 	db := exclusiveDB(t, path)
-	if err := os.WriteFile(filepath.Join(sig, "ready"), nil, 0o600); err != nil {
-		t.Fatal(err)
+	fmt.Println("ready")
+	io.Copy(io.Discard, os.Stdin) // until the parent's stop
+	var a int
+	if err := db.QueryRow(`SELECT a FROM x`).Scan(&a); err != nil || a != 42 {
+		t.Fatalf("the row after the parent's backup: %d, %v", a, err)
 	}
-	waitFor(t, 60*time.Second, "the parent's backup", func() bool {
-		_, err := os.Stat(filepath.Join(sig, "go"))
-		return err == nil
-	})
-	var a string
-	if err := db.QueryRow(`SELECT a FROM x`).Scan(&a); err != nil {
-		a = err.Error()
-	}
-	os.WriteFile(filepath.Join(sig, "done"), []byte(a), 0o600)
 }
 
 // exclusiveDB opens the database at path in WAL mode and

@@ -695,18 +695,11 @@ func (c *conn) prepareOnWriter(query string, info sqlscan.Info) bool {
 // sets (PRAGMA foreign_keys = ON, PRAGMA main.cache_size(100)) rather than
 // names what to describe (table_info(t)) or check (quick_check(10)), or
 // EXPLAIN [QUERY PLAN] of one: SQLite applies some setters when it
-// compiles them. An empty argument (an empty string or name) sets: the authorizer, handed
-// "" for it as for none, cannot tell it from a read (adv50: query_only = ""
-// ran on a reader and turned its query_only off).
+// compiles them. (One with an empty argument never gets here: every path
+// refuses it first, setsPragmaEmpty.)
 func pragmaSetter(query string) bool {
 	pg, ok := pragmaOf(sqlscan.Tokens(query, 9))
-	if !ok {
-		return false
-	}
-	if pg.hasValue && (pg.value == "" || pg.value == "'") {
-		return true
-	}
-	return !pragmaQueries(pg.name, pg.value)
+	return ok && !pragmaQueries(pg.name, pg.value)
 }
 
 // pragmaText is a PRAGMA statement as its tokens (sqlscan.Tokens) read.

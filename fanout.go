@@ -181,10 +181,9 @@ func (r *router) fanOutReadOnly(query string) error {
 		// Some read (table_info(t)), some write (journal_mode = DELETE,
 		// optimize): SQLite knows which without a schema. A write would
 		// fail on every tenant, where SkipErrors would skip them all.
-		// pragmaSetter too: an empty argument ('', "") is a setter the
-		// authorizer cannot tell from a read (adv50: query_only = "" would
-		// have turned every open tenant's reader's query_only off).
-		if ro, err := compileAlone(query); err == nil && !ro || isAuthErr(err) || pragmaSetter(query) {
+		// (One with an empty argument, which the authorizer cannot tell
+		// from a read, is refused before: setsPragmaEmpty.)
+		if ro, err := compileAlone(query); err == nil && !ro || isAuthErr(err) {
 			return errFanOutWrite(quoteShort(query) + " may write")
 		}
 		return nil
