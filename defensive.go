@@ -16,6 +16,11 @@ package sqliteproxy
 /*
 typedef struct sqlite3 sqlite3;
 extern int sqlite3_db_config(sqlite3 *, int op, ...);
+extern void sqlite3_interrupt(sqlite3 *);
+
+static void sqliteproxy_interrupt(void *db) {
+	sqlite3_interrupt((sqlite3 *)db);
+}
 
 // sqliteproxy_defensive sets SQLITE_DBCONFIG_DEFENSIVE (1010) to set (-1:
 // leaves it) and returns it as it is then, or -1 if SQLite refused.
@@ -73,4 +78,14 @@ func defensiveOn(c *sqlite3.SQLiteConn) (bool, error) {
 		return false, errNoHandle
 	}
 	return C.sqliteproxy_defensive(db, -1) == 1, nil
+}
+
+// interruptConn interrupts what c runs (sqlite3_interrupt, which may be
+// called from any goroutine while c is in use; mattn calls it only when a
+// statement's own context ends). Without a handle it does nothing: the
+// group commit's leader still stops at its next statement.
+func interruptConn(c *sqlite3.SQLiteConn) {
+	if db := sqliteHandle(c); db != nil {
+		C.sqliteproxy_interrupt(db)
+	}
 }

@@ -58,14 +58,23 @@ import (
 // together, then gets SQLITE_BUSY, as it would waiting for the writer); a
 // caller whose context ends while its statement runs has it interrupted,
 // as alone (SQLite rolls the batch's transaction back with it, and the
-// others run again alone); a failed COMMIT applies nothing and fails every
-// caller of the batch, except a constraint failure at COMMIT (deferred
-// foreign keys), after which each statement runs again alone so each
-// caller gets exactly what it would have got alone. With foreign keys on
-// and a key INITIALLY DEFERRED in the schema, statements run alone: one
-// caller's statement could mend another's broken key before the COMMIT
-// (deferredKeys). Visible difference: a statement's commit may carry other
-// callers' statements (they become durable together).
+// others run again alone); a caller whose context ends after its statement
+// ran, before the batch commits (behind another caller's slow statement),
+// leaves at once with its context's error, as alone it would have been
+// answered by then: the batch is undone (the running statement
+// interrupted), nothing of the leaving caller applied, and the others are
+// queued again at the head, the interrupted statement to run alone; a
+// failed COMMIT applies nothing and fails every caller of the batch,
+// except a constraint failure at COMMIT (deferred foreign keys), after
+// which each statement runs again alone so each caller gets exactly what
+// it would have got alone. With foreign keys on and a key INITIALLY
+// DEFERRED in the schema, statements run alone: one caller's statement
+// could mend another's broken key before the COMMIT (deferredKeys).
+// A statement that runs alone is run by its own caller (queued again,
+// marked alone, it leads a batch of one): no caller waits for another's
+// statement outside their batch's transaction, which it may leave.
+// Visible difference: a statement's commit may carry other callers'
+// statements (they become durable together).
 
 // maxBatch bounds the statements of one batch (a batch holds the writer).
 const maxBatch = 128
@@ -105,8 +114,20 @@ type gcReq struct {
 	// state: reqQueued until a leader takes the request into its batch
 	// (reqBatched, under gc.mu); the leader makes it reqRunning just before
 	// it runs, unless its caller, whose context ended first, made it
-	// reqAbandoned: then nothing of it runs, and the caller has left.
+	// reqAbandoned: then nothing of it runs, and the caller has left. A
+	// caller whose context ends after its statement ran, while the batch's
+	// transaction is open, makes it reqAbandoned too, and the batch is
+	// undone (abortLocked).
 	state atomic.Int32
+	// tx is the batch transaction r was taken into (groupCommit.txSeq;
+	// written under gc.mu): a caller leaves an open transaction only if it
+	// is its own, not one begun after its batch committed and before its
+	// caller took the answer.
+	tx uint64
+	// alone: r runs in a batch of its own when it leads (queued again
+	// after its statement ended or was in a batch that was undone: see
+	// runBatch). Written by its leader, read under gc.mu.
+	alone bool
 }
 
 const (
@@ -114,13 +135,16 @@ const (
 	reqBatched
 	reqRunning
 	reqAbandoned
+	// reqAnswered: its leader answered it without running it (its
+	// context had ended). Its caller may wait for that answer already
+	// (it had found its statement run in a batch that was then undone).
+	reqAnswered
 )
 
 // run reports whether the leader may run r, marking it running: not when
-// its caller abandoned it. A request already running (run again alone after
-// its batch was aborted) may.
+// its caller abandoned it.
 func (r *gcReq) run() bool {
-	return r.state.CompareAndSwap(reqBatched, reqRunning) || r.state.Load() == reqRunning
+	return r.state.CompareAndSwap(reqBatched, reqRunning)
 }
 
 type gcSignal uint8
@@ -150,9 +174,17 @@ type groupCommit struct {
 	timer      *time.Timer
 	sleepUntil time.Time
 	yields     int // gathers' yields so far (tests)
-	// batch and ran are the leader's buffers, reused from batch to batch:
-	// there is one leader at a time (active).
-	batch, ran []*gcReq
+	// batch, ran and again are the leader's buffers, reused from batch to
+	// batch: there is one leader at a time (active).
+	batch, ran, again []*gcReq
+	// inTx: a batch's transaction is open on writer and may still be
+	// undone (not yet committing). A caller whose statement ran in it and
+	// whose context ends leaves then, and sets aborted (abortLocked).
+	// Guarded by mu; aborted is also read without it.
+	inTx    bool
+	writer  *physConn
+	txSeq   uint64 // counts the batches' transactions
+	aborted atomic.Bool
 }
 
 // batchable reports whether query may join a batch, and whether it may run
@@ -330,21 +362,67 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		t.gc.mu.Unlock()
 		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
 	}
-	t.gc.mu.Unlock()
 	// Taken by a leader into its batch, not yet run: its caller leaves at
 	// once (a slow statement of another caller ahead of it, or the batch's
 	// BEGIN, held it past its deadline), and the leader skips it.
 	if r.state.CompareAndSwap(reqBatched, reqAbandoned) {
+		t.gc.mu.Unlock()
 		abandoned = true
 		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
 	}
-	// Running (or ran) in its batch: its outcome is the batch's. Or r leads
-	// the next batch, which fails on the ended context (or at once if the
-	// writer is not free by r's deadline) and hands over.
+	// Ran (or runs) in a batch whose transaction is still open: its caller
+	// leaves at once too, and the batch is undone, nothing of it applied
+	// (a slow statement of another caller after it held it past its
+	// deadline: alone, it would have been answered by then). Only for its
+	// context's end: the bound of a caller without a deadline is a wait
+	// for the writer, which ended when its statement ran.
+	if ctx.Err() != nil && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq {
+		r.state.Store(reqAbandoned)
+		t.gc.abortLocked()
+		t.gc.mu.Unlock()
+		abandoned = true
+		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // undone
+	}
+	t.gc.mu.Unlock()
+	// Answered by now (the send is on its way), its batch committing, or r
+	// leads the next batch, which fails on the ended context (or at once
+	// if the writer is not free by r's deadline) and hands over.
 	if <-r.wake == gcLead {
 		t.leadBatch(r)
 	}
 	return r.res, r.err, true
+}
+
+// abortLocked undoes the batch whose transaction is open (inTx), called
+// under mu by a caller that leaves it: the statement running, if any, is
+// interrupted, and the leader rolls the batch back at its next step and
+// queues its other callers again (runBatch).
+func (gc *groupCommit) abortLocked() {
+	if gc.aborted.Swap(true) {
+		return // interrupted already
+	}
+	// Under mu, while inTx: the leader ends inTx (under mu) before it
+	// commits, rolls back or gives the writer back, so no interrupt
+	// reaches those. SQLite clears an interrupt when a statement starts
+	// (none other running): one that came just before the statement
+	// the leader was starting (it looks at aborted before each) would be
+	// lost, and the statement would run to its end, which for a runaway
+	// one is never. So the writer is interrupted again every millisecond
+	// until the leader has stopped (inTx ends, under mu).
+	seq := gc.txSeq
+	interruptConn(gc.writer.c)
+	go func() {
+		for {
+			time.Sleep(time.Millisecond)
+			gc.mu.Lock()
+			if !gc.inTx || gc.txSeq != seq {
+				gc.mu.Unlock()
+				return
+			}
+			interruptConn(gc.writer.c)
+			gc.mu.Unlock()
+		}
+	}()
 }
 
 // bound returns a channel that receives at r's deadline (nil, which never
@@ -364,36 +442,77 @@ func (r *gcReq) bound() <-chan time.Time {
 
 // leadBatch takes t's writer for r and everything queued behind it, runs
 // them as one batch, answers them, and hands the lead to the next queued
-// request (or ends it).
+// request (or ends it). What the batch gives back (runBatch: undone, or to
+// run alone) goes back to the head of the queue in its order, and r, if
+// it is among it, leads again.
 func (t *tenant) leadBatch(r *gcReq) {
-	t.gather(r)
-	pc, err := t.acquireWriterBy(r.ctx, r.deadline)
-	if err != nil {
-		r.err = err
-		t.nextLeader()
-		return
-	}
-	t.gc.mu.Lock()
-	n := min(len(t.gc.q), maxBatch-1)
-	batch := append(t.gc.batch[:0], r)
-	batch = append(batch, t.gc.q[:n]...)
-	t.gc.q = slices.Delete(t.gc.q, 0, n)
-	for _, b := range batch {
-		b.state.Store(reqBatched)
-	}
-	t.gc.mu.Unlock()
-	if int32(len(batch)) > t.gc.want.Load() {
-		t.gc.want.Store(int32(len(batch)))
-	}
+	for {
+		if !r.alone {
+			t.gather(r)
+		}
+		pc, err := t.acquireWriterBy(r.ctx, r.deadline)
+		if err != nil {
+			r.err = err
+			t.nextLeader()
+			return
+		}
+		t.gc.mu.Lock()
+		n := 0
+		if !r.alone {
+			n = min(len(t.gc.q), maxBatch-1)
+			if k := slices.IndexFunc(t.gc.q[:n], func(q *gcReq) bool { return q.alone }); k >= 0 {
+				n = k // runs alone when it leads
+			}
+		}
+		batch := append(t.gc.batch[:0], r)
+		batch = append(batch, t.gc.q[:n]...)
+		t.gc.q = slices.Delete(t.gc.q, 0, n)
+		for _, b := range batch {
+			b.state.Store(reqBatched)
+		}
+		t.gc.mu.Unlock()
+		if int32(len(batch)) > t.gc.want.Load() {
+			t.gc.want.Store(int32(len(batch)))
+		}
 
-	t.runBatch(pc, batch)
-	t.releaseBatchWriter(pc)
-	for _, b := range batch[1:] {
-		b.wake <- gcDone // b is its caller's again: not touched after this
+		again := t.runBatch(pc, batch)
+		t.releaseBatchWriter(pc)
+		lead := false
+		t.gc.mu.Lock()
+		// Under mu: a caller queued again may leave as soon as it is in
+		// the queue, and is not touched after.
+		queued := again[:0]
+		for _, b := range again {
+			if b == r {
+				lead = true // r's statement was undone (or is to run alone): r leads again
+				continue
+			}
+			if b.state.CompareAndSwap(reqRunning, reqQueued) || b.state.CompareAndSwap(reqBatched, reqQueued) {
+				b.res, b.err = nil, nil
+				queued = append(queued, b)
+			}
+		}
+		t.gc.q = slices.Insert(t.gc.q, 0, queued...)
+		t.gc.mu.Unlock()
+		for _, b := range batch[1:] {
+			if slices.Contains(queued, b) {
+				continue // queued again: may be its caller's (or pooled) by now
+			}
+			if st := b.state.Load(); st == reqRunning || st == reqAnswered {
+				b.wake <- gcDone // b is its caller's again: not touched after this
+			}
+		}
+		clear(again)
+		t.gc.again = again[:0]
+		clear(batch)
+		t.gc.batch = batch[:0]
+		if !lead {
+			t.nextLeader()
+			return
+		}
+		r.state.Store(reqQueued)
+		r.res, r.err = nil, nil
 	}
-	clear(batch)
-	t.gc.batch = batch
-	t.nextLeader()
 }
 
 // timeCommit folds the duration of a batch's COMMIT into gc.commit (a
@@ -519,16 +638,29 @@ func (t *tenant) releaseBatchWriter(pc *physConn) {
 	t.release(pc)
 }
 
-// runBatch runs batch on the writer pc and sets each request's result.
-func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
+// runBatch runs batch on the writer pc and sets each request's result. It
+// returns, in order, the requests to queue again (leadBatch), their results
+// unset: those whose statements it undid, and those that must run alone
+// (each by its own caller, when it leads: a caller is never held by
+// another's statement outside their batch's transaction).
+func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	if h := batchHook.Load(); h != nil {
 		(*h)(batch)
 	}
 	bg := context.Background()
-	alone := func(rs []*gcReq) {
+	lead := batch[0]
+	again = t.gc.again[:0]
+	// alone runs the leader's statement alone, and gives the others back
+	// to run alone.
+	alone := func(rs []*gcReq) []*gcReq {
 		for _, r := range rs {
+			if r != lead {
+				r.alone = true
+				again = append(again, r)
+				continue
+			}
 			if !r.run() {
-				continue // abandoned by its caller, who has left
+				continue
 			}
 			if r.ctx.Err() != nil || !r.deadline.IsZero() && time.Now().After(r.deadline) {
 				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx)) // nothing of it ran
@@ -536,14 +668,13 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 			}
 			r.res, r.err = execBatched(pc, r)
 		}
+		return again
 	}
 	if len(batch) == 1 {
-		alone(batch)
-		return
+		return alone(batch)
 	}
 	if (t.r.cfg.ForeignKeys || foreignKeysOn(pc)) && deferredKeys(pc) {
-		alone(batch)
-		return
+		return alone(batch)
 	}
 	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
 		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
@@ -553,39 +684,104 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 			// after the other (twelve callers answered after 10 s with a
 			// BusyTimeout of 1 s). Nothing ran.
 			for _, r := range batch {
-				r.err = err
+				if r.run() {
+					r.err = err
+				}
 			}
-			return
+			return again
 		}
-		alone(batch)
-		return
+		return alone(batch)
+	}
+	t.gc.mu.Lock()
+	t.gc.inTx, t.gc.writer = true, pc
+	t.gc.txSeq++
+	for _, r := range batch {
+		r.tx = t.gc.txSeq
+	}
+	t.gc.aborted.Store(false)
+	t.gc.mu.Unlock()
+	if lead.ctx.Done() != nil && lead.ctx.Err() == nil {
+		// The leader's caller leaves as a member would, from the
+		// statement of another it may be running. (One whose context
+		// ended already runs the others' statements, not its own: they
+		// were gathered for this batch.)
+		stop := context.AfterFunc(lead.ctx, func() {
+			t.gc.mu.Lock()
+			if t.gc.inTx {
+				t.gc.abortLocked()
+			}
+			t.gc.mu.Unlock()
+		})
+		defer stop()
 	}
 	// Statements that ran in the transaction: those that succeeded, and
 	// those that failed without ending it, which may have kept changes
 	// (INSERT OR FAIL, RAISE(FAIL)) that a rollback of the batch undoes.
 	ran := t.gc.ran[:0]
 	defer func() { clear(ran); t.gc.ran = ran[:0] }()
+	var last *gcReq // the statement that ran last
+	ended := -1     // batch[ended] ended the transaction
+	next := len(batch)
 	for i, r := range batch {
+		if t.gc.aborted.Load() {
+			next = i
+			break
+		}
+		if r.ctx.Err() != nil {
+			// Nothing of it runs. Not marked running: its caller, leaving,
+			// would undo the batch for a statement that never ran.
+			if r == lead || r.state.CompareAndSwap(reqBatched, reqAnswered) {
+				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
+			}
+			continue
+		}
 		if !r.run() {
 			continue // abandoned by its caller, who has left
 		}
-		if r.ctx.Err() != nil {
-			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
-			continue
-		}
 		res, err := execBatched(pc, r)
+		r.res, r.err = res, err
+		last = r
 		if pc.c.AutoCommit() {
 			// The statement ended the transaction (ON CONFLICT ROLLBACK,
-			// RAISE(ROLLBACK), an I/O error): what ran before it is gone.
-			r.res, r.err = res, err
-			t.abortBatch(pc, ran, batch[i+1:], alone, r)
-			return
+			// RAISE(ROLLBACK), an I/O error, an interrupt): what ran
+			// before it is gone.
+			ended, next = i, i+1
+			break
 		}
 		// An error: SQLite undid the statement (or, under FAIL, its
 		// failing row) and kept the transaction (see above): its caller
 		// gets its own error, the others go on.
-		r.res, r.err = res, err
 		ran = append(ran, r)
+	}
+	// From here on no caller leaves: the batch commits, or is undone here.
+	t.gc.mu.Lock()
+	t.gc.inTx, t.gc.writer = false, nil
+	aborted := t.gc.aborted.Load()
+	t.gc.mu.Unlock()
+	if aborted {
+		// A caller left (its context ended after its statement ran): undo
+		// the batch, and queue the others again, the statement that ran
+		// last to run alone (it may be what held the caller: a statement
+		// that runs long, which another caller's deadline must not
+		// interrupt twice).
+		if !pc.c.AutoCommit() {
+			pc.c.ExecContext(bg, "ROLLBACK", nil)
+		}
+		for _, r := range batch {
+			switch {
+			case r.state.Load() == reqAbandoned:
+				// left: nothing of it applied
+			case r == lead && r.ctx.Err() != nil:
+				r.res, r.err = nil, opError(opWaitWriter, t.id, waitErr(r.ctx)) // undone
+			default:
+				r.alone = r.alone || r == last
+				again = append(again, r)
+			}
+		}
+		return again
+	}
+	if ended >= 0 {
+		return t.abortBatch(pc, ran, batch[ended], batch[next:], again)
 	}
 	if t.leaseEnded() {
 		// The lease ended while the batch ran (the process was stopped
@@ -596,13 +792,13 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		for _, r := range ran {
 			r.res, r.err = nil, opError(opRoute, t.id, fenceErr)
 		}
-		return
+		return again
 	}
 	start := time.Now()
 	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
 	t.gc.timeCommit(time.Since(start))
 	if err == nil {
-		return
+		return again
 	}
 	if !pc.c.AutoCommit() {
 		pc.c.ExecContext(bg, "ROLLBACK", nil)
@@ -613,15 +809,17 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) {
 		// it would have without the batch.
 		for _, r := range ran {
 			r.res, r.err = nil, nil
+			r.alone = true
+			again = append(again, r)
 		}
-		alone(ran)
-		return
+		return again
 	}
 	for _, r := range ran {
 		if r.err == nil {
 			r.res, r.err = nil, err // applies none of them
 		}
 	}
+	return again
 }
 
 // foreignKeysOn reports whether the writer pc enforces foreign keys, or
@@ -712,23 +910,30 @@ func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
 // abortBatch: statement cause ended the batch's transaction. What had run
 // before it (ran, failed or not: a failure may have kept changes) was
 // rolled back with it and runs again alone, and so does what had not run
-// yet (rest), as each would have without the batch.
-// cause keeps its own outcome: had it run alone, it would have done the
-// same to its own autocommit transaction.
-func (t *tenant) abortBatch(pc *physConn, ran, rest []*gcReq, alone func([]*gcReq), cause *gcReq) {
+// yet (rest), as each would have without the batch; they are appended to
+// again (runBatch). cause keeps its own outcome: had it run alone, it
+// would have done the same to its own autocommit transaction.
+func (t *tenant) abortBatch(pc *physConn, ran []*gcReq, cause *gcReq, rest, again []*gcReq) []*gcReq {
 	if !pc.c.AutoCommit() {
 		pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
+	}
+	for _, r := range ran {
+		r.alone = true
+		again = append(again, r)
 	}
 	if cause.err == nil {
 		// It ended the transaction without failing (cannot be known to
 		// have applied alone): run it again alone too.
-		ran = append(ran, cause)
+		cause.alone = true
+		again = append(again, cause)
 	}
-	for _, r := range ran {
-		r.res, r.err = nil, nil
+	for _, r := range rest {
+		if r.state.Load() == reqBatched {
+			r.alone = true
+			again = append(again, r)
+		}
 	}
-	alone(ran)
-	alone(rest)
+	return again
 }
 
 // batchHook, when set (tests), sees every batch before it runs.

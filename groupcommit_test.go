@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1111,5 +1112,248 @@ func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
 	}
 	if got := directRows(t, p, "acme", `SELECT k FROM kv ORDER BY rowid`); !slices.Equal(got, []string{"held", "slow"}) {
 		t.Errorf("rows %q, want [held slow]: nothing of the abandoned statement", got)
+	}
+}
+
+// queueEach is queue with each statement's result on a channel of its
+// own, as it comes.
+func queueEach(t *testing.T, p *Proxy, tn *tenant, ctxs []context.Context, stmts []string) []chan gcResult {
+	t.Helper()
+	out := make([]chan gcResult, len(stmts))
+	for i, s := range stmts {
+		ctx := tctx(tn.id)
+		if ctxs[i] != nil {
+			ctx = ctxs[i]
+		}
+		out[i] = make(chan gcResult, 1)
+		go func() {
+			var r gcResult
+			res, err := p.ExecContext(ctx, s)
+			if r.err = err; err == nil {
+				r.id, _ = res.LastInsertId()
+				r.affected, _ = res.RowsAffected()
+			}
+			out[i] <- r
+		}()
+		waitFor(t, 10*time.Second, fmt.Sprintf("statement %d queued", i), func() bool {
+			tn.gc.mu.Lock()
+			defer tn.gc.mu.Unlock()
+			return tn.gc.active.Load() && len(tn.gc.q) == i
+		})
+	}
+	return out
+}
+
+// recv returns what ch gives within a minute, or fails the test.
+func recv(t *testing.T, ch chan gcResult, what string) gcResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(time.Minute):
+		t.Fatalf("%s: no answer after a minute", what)
+		return gcResult{}
+	}
+}
+
+// watchBatches records the requests of every batch (batchHook) and returns
+// a func that finds the one running query.
+func watchBatches(t *testing.T) (running func(query string) bool) {
+	var mu sync.Mutex
+	var seen []*gcReq
+	hook := func(batch []*gcReq) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, batch...)
+	}
+	batchHook.Store(&hook)
+	t.Cleanup(func() { batchHook.Store(nil) })
+	return func(query string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(seen, func(r *gcReq) bool { return r.query == query && r.state.Load() == reqRunning })
+	}
+}
+
+// writeLocked reports whether another connection holds tenant id's write
+// lock, seen from a plain mattn connection that does not wait: an
+// autocommit write holds it from its first instruction, after SQLite has
+// cleared an interrupt that came before the statement started (which
+// mattn's single sqlite3_interrupt on a context's end then misses).
+func writeLocked(t *testing.T, db *sql.DB) bool {
+	t.Helper()
+	c, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.ExecContext(context.Background(), `PRAGMA busy_timeout = 0`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
+			return true
+		}
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(context.Background(), `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	return false
+}
+
+// endless runs until its context ends.
+const endless = `INSERT INTO kv (k, v) SELECT 'slow', count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c)`
+
+// A caller whose statement ran in a batch and whose context ends while a
+// later statement of the batch still runs leaves at once, as it would
+// have been answered by then alone: the batch is undone (the running
+// statement interrupted, nothing of the leaving caller applied), and the
+// others run again, the interrupted one alone, by its own caller.
+func TestGroupCommit_RanCallerLeavesBeforeTheCommit(t *testing.T) {
+	// Not parallel: batchHook is global.
+	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
+	running := watchBatches(t)
+	tx, tn := holdWriter(t, p, "acme")
+	defer tn.unpin()
+	bctx, leave := context.WithCancel(tctx("acme"))
+	defer leave()
+	sctx, stop := context.WithCancel(tctx("acme"))
+	defer stop()
+	got := queueEach(t, p, tn, []context.Context{nil, bctx, sctx, nil}, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+		endless,
+		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the endless statement to run in the batch", func() bool { return running(endless) })
+	leave()
+	if r := recv(t, got[1], "the caller that left"); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the caller that left: %v, want context.Canceled", r.err)
+	}
+	// The leader's statement runs again (its caller still waits) while
+	// the endless one runs alone, by its own caller.
+	if r := recv(t, got[0], "the leader"); r.err != nil || r.affected != 1 {
+		t.Fatalf("the leader: %+v", r)
+	}
+	waitFor(t, time.Minute, "the endless statement to run again", func() bool { return running(endless) })
+	other := direct(t, p.Config().Dir, "acme")
+	waitFor(t, time.Minute, "the endless statement to run in SQLite", func() bool { return writeLocked(t, other) })
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "held=0"}) {
+		t.Fatalf("rows %v while the endless statement runs alone, want [a=1 held=0]", rows)
+	}
+	stop()
+	if r := recv(t, got[2], "the endless statement"); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the endless statement: %v, want context.Canceled", r.err)
+	}
+	if r := recv(t, got[3], "the last caller"); r.err != nil || r.affected != 1 {
+		t.Fatalf("the last caller: %+v", r)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "c=3", "held=0"}) {
+		t.Fatalf("rows %v, want [a=1 c=3 held=0]: nothing of the caller that left", rows)
+	}
+}
+
+// The leader's caller too leaves at its context's end while it runs
+// another caller's statement: the batch is undone and its callers queued
+// again, nothing of the leader's statement applied.
+func TestGroupCommit_LeaderLeavesBeforeTheCommit(t *testing.T) {
+	// Not parallel: batchHook is global.
+	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
+	running := watchBatches(t)
+	tx, tn := holdWriter(t, p, "acme")
+	defer tn.unpin()
+	actx, leave := context.WithCancel(tctx("acme"))
+	defer leave()
+	sctx, stop := context.WithCancel(tctx("acme"))
+	defer stop()
+	got := queueEach(t, p, tn, []context.Context{actx, nil, sctx, nil}, []string{
+		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+		endless,
+		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the endless statement to run in the batch", func() bool { return running(endless) })
+	leave()
+	if r := recv(t, got[0], "the leader"); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the leader: %v, want context.Canceled", r.err)
+	}
+	if r := recv(t, got[1], "the second caller"); r.err != nil || r.affected != 1 {
+		t.Fatalf("the second caller: %+v", r)
+	}
+	waitFor(t, time.Minute, "the endless statement to run again", func() bool { return running(endless) })
+	other := direct(t, p.Config().Dir, "acme")
+	waitFor(t, time.Minute, "the endless statement to run in SQLite", func() bool { return writeLocked(t, other) })
+	stop()
+	if r := recv(t, got[2], "the endless statement"); !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("the endless statement: %v, want context.Canceled", r.err)
+	}
+	if r := recv(t, got[3], "the last caller"); r.err != nil || r.affected != 1 {
+		t.Fatalf("the last caller: %+v", r)
+	}
+	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"b=2", "c=3", "held=0"}) {
+		t.Fatalf("rows %v, want [b=2 c=3 held=0]: nothing of the leader that left", rows)
+	}
+}
+
+// Many writers of one tenant with deadlines that end at any point, some
+// behind slow statements: a caller told its write failed finds nothing of
+// it in the file, and one told it succeeded finds it, whether it left
+// queued, in a batch before its statement ran, after it ran (the batch
+// undone), or was interrupted.
+func TestGroupCommit_EveryAnswerIsWhatTheFileHolds(t *testing.T) {
+	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
+	const writers, each = 8, 150
+	type answer struct {
+		k   string
+		err error
+	}
+	answers := make(chan answer, writers*each)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				k := fmt.Sprintf("w%d-%d", w, i)
+				q := fmt.Sprintf(`INSERT INTO kv (k, v) VALUES ('%s', %d)`, k, i)
+				if (w+i)%7 == 0 { // a few milliseconds of work
+					q = fmt.Sprintf(`INSERT INTO kv (k, v) SELECT '%s', count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 20000) SELECT x FROM c)`, k)
+				}
+				ctx, cancel := context.WithTimeout(tctx("acme"), time.Duration((w*each+i)%2000)*time.Microsecond)
+				_, err := p.ExecContext(ctx, q)
+				cancel()
+				answers <- answer{k, err}
+			}
+		})
+	}
+	wg.Wait()
+	close(answers)
+	have := map[string]bool{}
+	for _, k := range queryKV(t, p, "acme") {
+		have[k[:strings.IndexByte(k, '=')]] = true
+	}
+	var ok, failed int
+	for a := range answers {
+		switch {
+		case a.err == nil && !have[a.k]:
+			t.Errorf("%s: acknowledged, not in the file", a.k)
+		case a.err != nil && have[a.k]:
+			t.Errorf("%s: failed (%v), in the file", a.k, a.err)
+		case a.err != nil && !errors.Is(a.err, context.DeadlineExceeded):
+			t.Errorf("%s: %v, want context.DeadlineExceeded", a.k, a.err)
+		case a.err == nil:
+			ok++
+		default:
+			failed++
+		}
+	}
+	t.Logf("%d acknowledged, %d failed at their deadlines", ok, failed)
+	if ok == 0 || failed == 0 {
+		t.Errorf("%d acknowledged and %d failed: the deadlines did not cut across the writes", ok, failed)
 	}
 }
