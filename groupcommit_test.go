@@ -1209,96 +1209,65 @@ const endless = `INSERT INTO kv (k, v) SELECT 'slow', count(*) FROM (WITH RECURS
 // later statement of the batch still runs leaves at once, as it would
 // have been answered by then alone: the batch is undone (the running
 // statement interrupted, nothing of the leaving caller applied), and the
-// others run again, the interrupted one alone, by its own caller.
+// others run again, the interrupted one alone, by its own caller. The
+// leader's caller leaves so too, from another's statement it runs.
 func TestGroupCommit_RanCallerLeavesBeforeTheCommit(t *testing.T) {
 	// Not parallel: batchHook is global.
-	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
-	running := watchBatches(t)
-	tx, tn := holdWriter(t, p, "acme")
-	defer tn.unpin()
-	bctx, leave := context.WithCancel(tctx("acme"))
-	defer leave()
-	sctx, stop := context.WithCancel(tctx("acme"))
-	defer stop()
-	got := queueEach(t, p, tn, []context.Context{nil, bctx, sctx, nil}, []string{
-		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
-		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
-		endless,
-		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
-	})
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, time.Minute, "the endless statement to run in the batch", func() bool { return running(endless) })
-	leave()
-	if r := recv(t, got[1], "the caller that left"); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("the caller that left: %v, want context.Canceled", r.err)
-	}
-	// The leader's statement runs again (its caller still waits) while
-	// the endless one runs alone, by its own caller.
-	if r := recv(t, got[0], "the leader"); r.err != nil || r.affected != 1 {
-		t.Fatalf("the leader: %+v", r)
-	}
-	waitFor(t, time.Minute, "the endless statement to run again", func() bool { return running(endless) })
-	other := direct(t, p.Config().Dir, "acme")
-	waitFor(t, time.Minute, "the endless statement to run in SQLite", func() bool { return writeLocked(t, other) })
-	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "held=0"}) {
-		t.Fatalf("rows %v while the endless statement runs alone, want [a=1 held=0]", rows)
-	}
-	stop()
-	if r := recv(t, got[2], "the endless statement"); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("the endless statement: %v, want context.Canceled", r.err)
-	}
-	if r := recv(t, got[3], "the last caller"); r.err != nil || r.affected != 1 {
-		t.Fatalf("the last caller: %+v", r)
-	}
-	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"a=1", "c=3", "held=0"}) {
-		t.Fatalf("rows %v, want [a=1 c=3 held=0]: nothing of the caller that left", rows)
-	}
-}
-
-// The leader's caller too leaves at its context's end while it runs
-// another caller's statement: the batch is undone and its callers queued
-// again, nothing of the leader's statement applied.
-func TestGroupCommit_LeaderLeavesBeforeTheCommit(t *testing.T) {
-	// Not parallel: batchHook is global.
-	p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
-	running := watchBatches(t)
-	tx, tn := holdWriter(t, p, "acme")
-	defer tn.unpin()
-	actx, leave := context.WithCancel(tctx("acme"))
-	defer leave()
-	sctx, stop := context.WithCancel(tctx("acme"))
-	defer stop()
-	got := queueEach(t, p, tn, []context.Context{actx, nil, sctx, nil}, []string{
-		`INSERT INTO kv (k, v) VALUES ('a', 1)`,
-		`INSERT INTO kv (k, v) VALUES ('b', 2)`,
-		endless,
-		`INSERT INTO kv (k, v) VALUES ('c', 3)`,
-	})
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, time.Minute, "the endless statement to run in the batch", func() bool { return running(endless) })
-	leave()
-	if r := recv(t, got[0], "the leader"); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("the leader: %v, want context.Canceled", r.err)
-	}
-	if r := recv(t, got[1], "the second caller"); r.err != nil || r.affected != 1 {
-		t.Fatalf("the second caller: %+v", r)
-	}
-	waitFor(t, time.Minute, "the endless statement to run again", func() bool { return running(endless) })
-	other := direct(t, p.Config().Dir, "acme")
-	waitFor(t, time.Minute, "the endless statement to run in SQLite", func() bool { return writeLocked(t, other) })
-	stop()
-	if r := recv(t, got[2], "the endless statement"); !errors.Is(r.err, context.Canceled) {
-		t.Fatalf("the endless statement: %v, want context.Canceled", r.err)
-	}
-	if r := recv(t, got[3], "the last caller"); r.err != nil || r.affected != 1 {
-		t.Fatalf("the last caller: %+v", r)
-	}
-	if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{"b=2", "c=3", "held=0"}) {
-		t.Fatalf("rows %v, want [b=2 c=3 held=0]: nothing of the leader that left", rows)
+	for _, tt := range []struct {
+		name         string
+		leaves, stay int // callers 0 ('a', the leader) and 1 ('b')
+		row          string
+	}{
+		{"member", 1, 0, "a=1"},
+		{"leader", 0, 1, "b=2"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newTestProxy(t, Config{GroupCommit: GroupCommitOn, Migrations: []string{kvTable}})
+			running := watchBatches(t)
+			tx, tn := holdWriter(t, p, "acme")
+			defer tn.unpin()
+			lctx, leave := context.WithCancel(tctx("acme"))
+			defer leave()
+			sctx, stop := context.WithCancel(tctx("acme"))
+			defer stop()
+			ctxs := []context.Context{nil, nil, sctx, nil}
+			ctxs[tt.leaves] = lctx
+			got := queueEach(t, p, tn, ctxs, []string{
+				`INSERT INTO kv (k, v) VALUES ('a', 1)`,
+				`INSERT INTO kv (k, v) VALUES ('b', 2)`,
+				endless,
+				`INSERT INTO kv (k, v) VALUES ('c', 3)`,
+			})
+			if err := tx.Commit(); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, time.Minute, "the endless statement to run in the batch", func() bool { return running(endless) })
+			leave()
+			if r := recv(t, got[tt.leaves], "the caller that left"); !errors.Is(r.err, context.Canceled) {
+				t.Fatalf("the caller that left: %v, want context.Canceled", r.err)
+			}
+			// The other's statement runs again (its caller still waits)
+			// while the endless one runs alone, by its own caller.
+			if r := recv(t, got[tt.stay], "the caller that stayed"); r.err != nil || r.affected != 1 {
+				t.Fatalf("the caller that stayed: %+v", r)
+			}
+			waitFor(t, time.Minute, "the endless statement to run again", func() bool { return running(endless) })
+			other := direct(t, p.Config().Dir, "acme")
+			waitFor(t, time.Minute, "the endless statement to run in SQLite", func() bool { return writeLocked(t, other) })
+			if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{tt.row, "held=0"}) {
+				t.Fatalf("rows %v while the endless statement runs alone, want [%s held=0]", rows, tt.row)
+			}
+			stop()
+			if r := recv(t, got[2], "the endless statement"); !errors.Is(r.err, context.Canceled) {
+				t.Fatalf("the endless statement: %v, want context.Canceled", r.err)
+			}
+			if r := recv(t, got[3], "the last caller"); r.err != nil || r.affected != 1 {
+				t.Fatalf("the last caller: %+v", r)
+			}
+			if rows := queryKV(t, p, "acme"); !slices.Equal(rows, []string{tt.row, "c=3", "held=0"}) {
+				t.Fatalf("rows %v, want [%s c=3 held=0]: nothing of the caller that left", rows, tt.row)
+			}
+		})
 	}
 }
 
