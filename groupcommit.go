@@ -60,10 +60,13 @@ import (
 // as alone (SQLite rolls the batch's transaction back with it, and the
 // others run again alone); a caller whose context ends after its statement
 // ran, before the batch commits (behind another caller's slow statement),
-// leaves at once with its context's error, as alone it would have been
-// answered by then: the batch is undone (the running statement
-// interrupted), nothing of the leaving caller applied, and the others are
-// queued again at the head, the interrupted statement to run alone; a
+// has the leader commit what has run as soon as the statement it runs
+// ends (what has not run is queued again at the head), and if that
+// statement runs on past abortAfter, leaves with its context's error, as
+// alone it would have been answered by then: the batch is undone (the
+// running statement interrupted), nothing of the leaving caller applied,
+// and the others are queued again at the head, the interrupted statement
+// to run alone; a
 // failed COMMIT applies nothing and fails every caller of the batch,
 // except a constraint failure at COMMIT (deferred foreign keys), after
 // which each statement runs again alone so each caller gets exactly what
@@ -78,6 +81,15 @@ import (
 
 // maxBatch bounds the statements of one batch (a batch holds the writer).
 const maxBatch = 128
+
+// abortAfter is how long a batched caller whose context ended after its
+// statement ran waits for the batch to commit (the leader commits what
+// has run as soon as the statement it runs ends) before it undoes the
+// batch and leaves. Undone at once, batches under load would be thrown
+// away whenever one caller's deadline passed, and commit almost nothing:
+// a statement that runs longer than this is interrupted, and runs again
+// alone, at most once.
+const abortAfter = 20 * time.Millisecond
 
 // maxGather bounds how long a leader waits for callers to join its batch.
 const maxGather = 250 * time.Microsecond
@@ -185,6 +197,11 @@ type groupCommit struct {
 	writer  *physConn
 	txSeq   uint64 // counts the batches' transactions
 	aborted atomic.Bool
+	// hurry: a caller whose context ended waits for the batch: commit
+	// what has run at the next statement (also read without mu).
+	hurry atomic.Bool
+	// abortAfter replaces abortAfter when set (tests).
+	abortAfter time.Duration
 }
 
 // batchable reports whether query may join a batch, and whether it may run
@@ -356,41 +373,84 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		}
 		return r.res, r.err, true
 	}
-	t.gc.mu.Lock()
-	if i := slices.Index(t.gc.q, r); i >= 0 {
-		t.gc.q = slices.Delete(t.gc.q, i, i+1)
+	// Its wait ended (its context, or its bound) without an answer.
+	for {
+		t.gc.mu.Lock()
+		if i := slices.Index(t.gc.q, r); i >= 0 {
+			t.gc.q = slices.Delete(t.gc.q, i, i+1)
+			t.gc.mu.Unlock()
+			return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+		}
+		// Taken by a leader into its batch, not yet run: its caller leaves
+		// at once (a slow statement of another caller ahead of it, or the
+		// batch's BEGIN, held it past its deadline), and the leader skips
+		// it.
+		if r.state.CompareAndSwap(reqBatched, reqAbandoned) {
+			t.gc.mu.Unlock()
+			abandoned = true
+			return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+		}
+		// Ran (or runs) in a batch whose transaction is still open, behind
+		// another caller's statement: the leader commits what has run as
+		// soon as that statement ends (hurry). Only for its context's end:
+		// the bound of a caller without a deadline is a wait for the
+		// writer, which ended when its statement ran.
+		mine := ctx.Err() != nil && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq
+		if mine {
+			t.gc.hurry.Store(true)
+		}
 		t.gc.mu.Unlock()
-		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+		if mine {
+			timer := time.NewTimer(t.gc.abortDelay())
+			select {
+			case sig := <-r.wake:
+				timer.Stop()
+				if sig == gcLead {
+					t.leadBatch(r)
+				}
+				return r.res, r.err, true
+			case <-timer.C:
+			}
+			// That statement runs on (one that never ends, or a long one):
+			// the caller leaves, and the batch is undone, nothing of it
+			// applied; alone, it would have been answered by now.
+			t.gc.mu.Lock()
+			if r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq {
+				r.state.Store(reqAbandoned)
+				t.gc.abortLocked()
+				t.gc.mu.Unlock()
+				abandoned = true
+				return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // undone
+			}
+			t.gc.mu.Unlock()
+		}
+		// Answered by now (the send is on its way), its batch committing
+		// or rolling back, or r leads the next batch, which fails on an
+		// ended context (or at once if the writer is not free by r's
+		// deadline) and hands over. A context that ends later (a wait
+		// that its bound ended) is looked at again.
+		var done <-chan struct{}
+		if ctx.Err() == nil {
+			done = ctx.Done()
+		}
+		select {
+		case sig := <-r.wake:
+			if sig == gcLead {
+				t.leadBatch(r)
+			}
+			return r.res, r.err, true
+		case <-done:
+		}
 	}
-	// Taken by a leader into its batch, not yet run: its caller leaves at
-	// once (a slow statement of another caller ahead of it, or the batch's
-	// BEGIN, held it past its deadline), and the leader skips it.
-	if r.state.CompareAndSwap(reqBatched, reqAbandoned) {
-		t.gc.mu.Unlock()
-		abandoned = true
-		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
+}
+
+// abortDelay is how long a caller that leaves waits for its batch to
+// commit before it undoes it: abortAfter, or gc.abortAfter (tests).
+func (gc *groupCommit) abortDelay() time.Duration {
+	if gc.abortAfter > 0 {
+		return gc.abortAfter
 	}
-	// Ran (or runs) in a batch whose transaction is still open: its caller
-	// leaves at once too, and the batch is undone, nothing of it applied
-	// (a slow statement of another caller after it held it past its
-	// deadline: alone, it would have been answered by then). Only for its
-	// context's end: the bound of a caller without a deadline is a wait
-	// for the writer, which ended when its statement ran.
-	if ctx.Err() != nil && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq {
-		r.state.Store(reqAbandoned)
-		t.gc.abortLocked()
-		t.gc.mu.Unlock()
-		abandoned = true
-		return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // undone
-	}
-	t.gc.mu.Unlock()
-	// Answered by now (the send is on its way), its batch committing, or r
-	// leads the next batch, which fails on the ended context (or at once
-	// if the writer is not free by r's deadline) and hands over.
-	if <-r.wake == gcLead {
-		t.leadBatch(r)
-	}
-	return r.res, r.err, true
+	return abortAfter
 }
 
 // abortLocked undoes the batch whose transaction is open (inTx), called
@@ -485,6 +545,15 @@ func (t *tenant) leadBatch(r *gcReq) {
 		for _, b := range again {
 			if b == r {
 				lead = true // r's statement was undone (or is to run alone): r leads again
+				continue
+			}
+			if b.ctx.Err() != nil {
+				// Its caller's context ended: answered now, with nothing of
+				// it applied (undone, or never run), rather than queued
+				// while its caller may already wait for an answer.
+				if b.state.CompareAndSwap(reqRunning, reqAnswered) || b.state.CompareAndSwap(reqBatched, reqAnswered) {
+					b.res, b.err = nil, opError(opWaitWriter, t.id, waitErr(b.ctx))
+				}
 				continue
 			}
 			if b.state.CompareAndSwap(reqRunning, reqQueued) || b.state.CompareAndSwap(reqBatched, reqQueued) {
@@ -699,18 +768,29 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 		r.tx = t.gc.txSeq
 	}
 	t.gc.aborted.Store(false)
+	t.gc.hurry.Store(false)
+	seq := t.gc.txSeq
 	t.gc.mu.Unlock()
 	if lead.ctx.Done() != nil && lead.ctx.Err() == nil {
 		// The leader's caller leaves as a member would, from the
 		// statement of another it may be running. (One whose context
 		// ended already runs the others' statements, not its own: they
-		// were gathered for this batch.)
+		// were gathered for this batch.) Only this batch's transaction:
+		// a callback that started late must not touch the next one.
 		stop := context.AfterFunc(lead.ctx, func() {
 			t.gc.mu.Lock()
-			if t.gc.inTx {
-				t.gc.abortLocked()
+			defer t.gc.mu.Unlock()
+			if !t.gc.inTx || t.gc.txSeq != seq {
+				return
 			}
-			t.gc.mu.Unlock()
+			t.gc.hurry.Store(true)
+			time.AfterFunc(t.gc.abortDelay(), func() {
+				t.gc.mu.Lock()
+				defer t.gc.mu.Unlock()
+				if t.gc.inTx && t.gc.txSeq == seq {
+					t.gc.abortLocked()
+				}
+			})
 		})
 		defer stop()
 	}
@@ -723,8 +803,8 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	ended := -1     // batch[ended] ended the transaction
 	next := len(batch)
 	for i, r := range batch {
-		if t.gc.aborted.Load() {
-			next = i
+		if t.gc.aborted.Load() || t.gc.hurry.Load() {
+			next = i // a caller waits: what has run commits now
 			break
 		}
 		if r.ctx.Err() != nil {
@@ -783,6 +863,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	if ended >= 0 {
 		return t.abortBatch(pc, ran, batch[ended], batch[next:], again)
 	}
+	// What a hurried batch did not run goes back to the head of the
+	// queue, after anything of what ran that runs again.
+	rest := func() []*gcReq { return append(again, batch[next:]...) }
 	if t.leaseEnded() {
 		// The lease ended while the batch ran (the process was stopped
 		// past its deadline): another node may own the tenant by now, so
@@ -792,13 +875,13 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 		for _, r := range ran {
 			r.res, r.err = nil, opError(opRoute, t.id, fenceErr)
 		}
-		return again
+		return rest()
 	}
 	start := time.Now()
 	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
 	t.gc.timeCommit(time.Since(start))
 	if err == nil {
-		return again
+		return rest()
 	}
 	if !pc.c.AutoCommit() {
 		pc.c.ExecContext(bg, "ROLLBACK", nil)
@@ -812,14 +895,14 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 			r.alone = true
 			again = append(again, r)
 		}
-		return again
+		return rest()
 	}
 	for _, r := range ran {
 		if r.err == nil {
 			r.res, r.err = nil, err // applies none of them
 		}
 	}
-	return again
+	return rest()
 }
 
 // foreignKeysOn reports whether the writer pc enforces foreign keys, or
