@@ -60,8 +60,9 @@ import (
 // as alone (SQLite rolls the batch's transaction back with it, and the
 // others run again alone); a caller whose context ends after its statement
 // ran, before the batch commits (behind another caller's slow statement),
-// has the leader commit what has run as soon as the statement it runs
-// ends (what has not run is queued again at the head), and if that
+// has the leader commit what has run at its next statement once it has
+// waited a grace (a COMMIT's time, a millisecond at least: hurried; what
+// has not run is queued again at the head), and if the running
 // statement runs on past abortAfter, leaves with its context's error, as
 // alone it would have been answered by then: the batch is undone (the
 // running statement interrupted), nothing of the leaving caller applied,
@@ -197,9 +198,11 @@ type groupCommit struct {
 	writer  *physConn
 	txSeq   uint64 // counts the batches' transactions
 	aborted atomic.Bool
-	// hurry: a caller whose context ended waits for the batch: commit
-	// what has run at the next statement (also read without mu).
-	hurry atomic.Bool
+	// hurryAt: when a caller whose context ended began to wait for the
+	// batch (UnixNano, 0 for none; set under mu, read without): the
+	// leader commits what has run at its next statement once a grace has
+	// passed (hurried).
+	hurryAt atomic.Int64
 	// abortAfter replaces abortAfter when set (tests).
 	abortAfter time.Duration
 }
@@ -391,13 +394,14 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 			return nil, opError(opWaitWriter, t.id, waitErr(ctx)), true // nothing of it ran
 		}
 		// Ran (or runs) in a batch whose transaction is still open, behind
-		// another caller's statement: the leader commits what has run as
-		// soon as that statement ends (hurry). Only for its context's end:
-		// the bound of a caller without a deadline is a wait for the
-		// writer, which ended when its statement ran.
-		mine := ctx.Err() != nil && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq
+		// another caller's statement: the leader commits what has run at
+		// its next statement once a grace has passed (hurried). Only for
+		// its context's end: the bound of a caller without a deadline is a
+		// wait for the writer, which ended when its statement ran.
+		ended := ctx.Err() != nil // read once: a context that ends after this is seen through done
+		mine := ended && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq
 		if mine {
-			t.gc.hurry.Store(true)
+			t.gc.hurryAt.CompareAndSwap(0, time.Now().UnixNano())
 		}
 		t.gc.mu.Unlock()
 		if mine {
@@ -430,7 +434,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		// deadline) and hands over. A context that ends later (a wait
 		// that its bound ended) is looked at again.
 		var done <-chan struct{}
-		if ctx.Err() == nil {
+		if !ended {
 			done = ctx.Done()
 		}
 		select {
@@ -442,6 +446,21 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		case <-done:
 		}
 	}
+}
+
+// hurried reports whether a caller whose context ended has waited for the
+// batch longer than a grace: as long as a COMMIT takes, a millisecond at
+// least. A batch of fast statements ends within it and commits whole;
+// cut at once, batches under load shrank to a few statements a sync,
+// since the oldest callers at the head of the queue are those whose
+// deadlines pass first.
+func (gc *groupCommit) hurried() bool {
+	at := gc.hurryAt.Load()
+	if at == 0 {
+		return false
+	}
+	grace := max(time.Duration(gc.commit.Load()), time.Millisecond)
+	return time.Now().UnixNano()-at >= int64(grace)
 }
 
 // abortDelay is how long a caller that leaves waits for its batch to
@@ -768,7 +787,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 		r.tx = t.gc.txSeq
 	}
 	t.gc.aborted.Store(false)
-	t.gc.hurry.Store(false)
+	t.gc.hurryAt.Store(0)
 	seq := t.gc.txSeq
 	t.gc.mu.Unlock()
 	if lead.ctx.Done() != nil && lead.ctx.Err() == nil {
@@ -783,7 +802,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 			if !t.gc.inTx || t.gc.txSeq != seq {
 				return
 			}
-			t.gc.hurry.Store(true)
+			t.gc.hurryAt.CompareAndSwap(0, time.Now().UnixNano())
 			time.AfterFunc(t.gc.abortDelay(), func() {
 				t.gc.mu.Lock()
 				defer t.gc.mu.Unlock()
@@ -803,7 +822,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	ended := -1     // batch[ended] ended the transaction
 	next := len(batch)
 	for i, r := range batch {
-		if t.gc.aborted.Load() || t.gc.hurry.Load() {
+		if t.gc.aborted.Load() || t.gc.hurried() {
 			next = i // a caller waits: what has run commits now
 			break
 		}
