@@ -429,9 +429,9 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 			t.gc.mu.Unlock()
 		}
 		// Answered by now (the send is on its way), its batch committing
-		// or rolling back, or r leads the next batch, which fails on an
-		// ended context (or at once if the writer is not free by r's
-		// deadline) and hands over. A context that ends later (a wait
+		// or rolling back, or r leads the next batch, which hands over at
+		// once on an ended context (or if the writer is not free by r's
+		// deadline). A context that ends later (a wait
 		// that its bound ended) is looked at again.
 		var done <-chan struct{}
 		if !ended {
@@ -532,6 +532,16 @@ func (t *tenant) leadBatch(r *gcReq) {
 		pc, err := t.acquireWriterBy(r.ctx, r.deadline)
 		if err != nil {
 			r.err = err
+			t.nextLeader()
+			return
+		}
+		if r.ctx.Err() != nil {
+			// Its caller's context ended (the writer was free: taking it
+			// does not look): the lead goes on, and nothing of r runs. Led
+			// by r, a batch would hold its caller for the others'
+			// statements, without bound behind an endless one.
+			t.releaseBatchWriter(pc)
+			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
 			t.nextLeader()
 			return
 		}
@@ -790,12 +800,12 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	t.gc.hurryAt.Store(0)
 	seq := t.gc.txSeq
 	t.gc.mu.Unlock()
-	if lead.ctx.Done() != nil && lead.ctx.Err() == nil {
+	if lead.ctx.Done() != nil {
 		// The leader's caller leaves as a member would, from the
-		// statement of another it may be running. (One whose context
-		// ended already runs the others' statements, not its own: they
-		// were gathered for this batch.) Only this batch's transaction:
-		// a callback that started late must not touch the next one.
+		// statement of another it may be running (its context may have
+		// ended since leadBatch looked: the callback then runs at once).
+		// Only this batch's transaction: a callback that started late
+		// must not touch the next one.
 		stop := context.AfterFunc(lead.ctx, func() {
 			t.gc.mu.Lock()
 			defer t.gc.mu.Unlock()
@@ -1012,15 +1022,20 @@ func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
 // abortBatch: statement cause ended the batch's transaction. What had run
 // before it (ran, failed or not: a failure may have kept changes) was
 // rolled back with it and runs again alone, and so does what had not run
-// yet (rest), as each would have without the batch; they are appended to
+// yet (rest), as each would have without the batch (in a batch again when
+// cause was interrupted by its own context's end); they are appended to
 // again (runBatch). cause keeps its own outcome: had it run alone, it
 // would have done the same to its own autocommit transaction.
 func (t *tenant) abortBatch(pc *physConn, ran []*gcReq, cause *gcReq, rest, again []*gcReq) []*gcReq {
 	if !pc.c.AutoCommit() {
 		pc.c.ExecContext(context.Background(), "ROLLBACK", nil)
 	}
+	// Interrupted because its own context ended, cause runs no more: the
+	// others may batch again. A statement that ends the transaction by
+	// itself (ON CONFLICT ROLLBACK) would do it again: alone, then.
+	alone := cause.ctx.Err() == nil
 	for _, r := range ran {
-		r.alone = true
+		r.alone = r.alone || alone
 		again = append(again, r)
 	}
 	if cause.err == nil {
@@ -1031,7 +1046,7 @@ func (t *tenant) abortBatch(pc *physConn, ran []*gcReq, cause *gcReq, rest, agai
 	}
 	for _, r := range rest {
 		if r.state.Load() == reqBatched {
-			r.alone = true
+			r.alone = r.alone || alone
 			again = append(again, r)
 		}
 	}
