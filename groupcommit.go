@@ -526,6 +526,15 @@ func (r *gcReq) bound() <-chan time.Time {
 // it is among it, leads again.
 func (t *tenant) leadBatch(r *gcReq) {
 	for {
+		if r.ctx.Err() != nil {
+			// Its caller's context ended (before it led, or while its
+			// statement, undone, waited to run again): nothing of r runs,
+			// and the lead goes on, without a gather that would take the
+			// ended wait for fewer callers.
+			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
+			t.nextLeader()
+			return
+		}
 		if !r.alone {
 			t.gather(r)
 		}
@@ -908,7 +917,9 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	}
 	start := time.Now()
 	_, err := pc.c.ExecContext(bg, "COMMIT", nil)
-	t.gc.timeCommit(time.Since(start))
+	if len(ran) > 0 {
+		t.gc.timeCommit(time.Since(start)) // an empty one would shorten gathers
+	}
 	if err == nil {
 		return rest()
 	}
