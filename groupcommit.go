@@ -371,10 +371,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		r.timer = nil
 	}
 	if answered {
-		if sig == gcLead {
-			t.leadBatch(r)
-		}
-		return r.res, r.err, true
+		return t.answered(r, sig)
 	}
 	// Its wait ended (its context, or its bound) without an answer.
 	for {
@@ -399,7 +396,7 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		// its context's end: the bound of a caller without a deadline is a
 		// wait for the writer, which ended when its statement ran.
 		ended := ctx.Err() != nil // read once: a context that ends after this is seen through done
-		mine := ended && r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq
+		mine := ended && t.gc.ranInOpenTx(r)
 		if mine {
 			t.gc.hurryAt.CompareAndSwap(0, time.Now().UnixNano())
 		}
@@ -409,17 +406,14 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 			select {
 			case sig := <-r.wake:
 				timer.Stop()
-				if sig == gcLead {
-					t.leadBatch(r)
-				}
-				return r.res, r.err, true
+				return t.answered(r, sig)
 			case <-timer.C:
 			}
 			// That statement runs on (one that never ends, or a long one):
 			// the caller leaves, and the batch is undone, nothing of it
 			// applied; alone, it would have been answered by now.
 			t.gc.mu.Lock()
-			if r.state.Load() == reqRunning && t.gc.inTx && r.tx == t.gc.txSeq {
+			if t.gc.ranInOpenTx(r) {
 				r.state.Store(reqAbandoned)
 				t.gc.abortLocked()
 				t.gc.mu.Unlock()
@@ -431,21 +425,34 @@ func (t *tenant) groupExec(ctx context.Context, query string, args []driver.Name
 		// Answered by now (the send is on its way), its batch committing
 		// or rolling back, or r leads the next batch, which hands over at
 		// once on an ended context (or if the writer is not free by r's
-		// deadline). A context that ends later (a wait
-		// that its bound ended) is looked at again.
+		// deadline). A context that ends later (a wait that its bound
+		// ended) is looked at again.
 		var done <-chan struct{}
 		if !ended {
 			done = ctx.Done()
 		}
 		select {
 		case sig := <-r.wake:
-			if sig == gcLead {
-				t.leadBatch(r)
-			}
-			return r.res, r.err, true
+			return t.answered(r, sig)
 		case <-done:
 		}
 	}
+}
+
+// answered is groupExec's return for r once it received sig: its result
+// (gcDone), or the one it has after leading the next batch (gcLead).
+func (t *tenant) answered(r *gcReq, sig gcSignal) (driver.Result, error, bool) {
+	if sig == gcLead {
+		t.leadBatch(r)
+	}
+	return r.res, r.err, true
+}
+
+// ranInOpenTx reports, under mu, whether r ran (or runs) in the batch
+// transaction that is open now: its caller may hurry or undo that batch,
+// not one begun after its own committed.
+func (gc *groupCommit) ranInOpenTx(r *gcReq) bool {
+	return r.state.Load() == reqRunning && gc.inTx && r.tx == gc.txSeq
 }
 
 // hurried reports whether a caller whose context ended has waited for the
@@ -525,14 +532,21 @@ func (r *gcReq) bound() <-chan time.Time {
 // run alone) goes back to the head of the queue in its order, and r, if
 // it is among it, leads again.
 func (t *tenant) leadBatch(r *gcReq) {
+	// ended hands the lead on when r's caller's context has ended: nothing
+	// of r runs. Looked at before the gather (which would take the ended
+	// wait for fewer callers), and again once the writer is r's (taking a
+	// free writer does not look): led by r, a batch would hold its caller
+	// for the others' statements, without bound behind an endless one.
+	ended := func() bool {
+		if r.ctx.Err() == nil {
+			return false
+		}
+		r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
+		t.nextLeader()
+		return true
+	}
 	for {
-		if r.ctx.Err() != nil {
-			// Its caller's context ended (before it led, or while its
-			// statement, undone, waited to run again): nothing of r runs,
-			// and the lead goes on, without a gather that would take the
-			// ended wait for fewer callers.
-			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
-			t.nextLeader()
+		if ended() {
 			return
 		}
 		if !r.alone {
@@ -545,13 +559,8 @@ func (t *tenant) leadBatch(r *gcReq) {
 			return
 		}
 		if r.ctx.Err() != nil {
-			// Its caller's context ended (the writer was free: taking it
-			// does not look): the lead goes on, and nothing of r runs. Led
-			// by r, a batch would hold its caller for the others'
-			// statements, without bound behind an endless one.
 			t.releaseBatchWriter(pc)
-			r.err = opError(opWaitWriter, t.id, waitErr(r.ctx))
-			t.nextLeader()
+			ended()
 			return
 		}
 		t.gc.mu.Lock()
@@ -758,30 +767,25 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	lead := batch[0]
 	again = t.gc.again[:0]
 	// alone runs the leader's statement alone, and gives the others back
-	// to run alone.
-	alone := func(rs []*gcReq) []*gcReq {
-		for _, r := range rs {
-			if r != lead {
-				r.alone = true
-				again = append(again, r)
-				continue
-			}
-			if !r.run() {
-				continue
-			}
-			if r.ctx.Err() != nil || !r.deadline.IsZero() && time.Now().After(r.deadline) {
-				r.err = opError(opWaitWriter, t.id, waitErr(r.ctx)) // nothing of it ran
-				continue
-			}
-			r.res, r.err = execBatched(pc, r)
+	// to run alone, each by its own caller.
+	alone := func() []*gcReq {
+		lead.run()
+		if lead.ctx.Err() != nil || !lead.deadline.IsZero() && time.Now().After(lead.deadline) {
+			lead.err = opError(opWaitWriter, t.id, waitErr(lead.ctx)) // nothing of it ran
+		} else {
+			lead.res, lead.err = execBatched(pc, lead)
+		}
+		for _, r := range batch[1:] {
+			r.alone = true
+			again = append(again, r)
 		}
 		return again
 	}
 	if len(batch) == 1 {
-		return alone(batch)
+		return alone()
 	}
 	if (t.r.cfg.ForeignKeys || foreignKeysOn(pc)) && deferredKeys(pc) {
-		return alone(batch)
+		return alone()
 	}
 	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
 		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
@@ -797,7 +801,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 			}
 			return again
 		}
-		return alone(batch)
+		return alone()
 	}
 	t.gc.mu.Lock()
 	t.gc.inTx, t.gc.writer = true, pc

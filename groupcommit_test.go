@@ -49,35 +49,17 @@ type gcResult struct {
 
 // queue starts one goroutine per statement, each an Exec through the
 // *sql.DB, and waits until all but the first (the leader, waiting for the
-// writer) are queued behind it.
+// writer) are queued behind it (queueEach); wait returns their results.
 func queue(t *testing.T, p *Proxy, tn *tenant, ctxs []context.Context, stmts []string) (wait func() []gcResult) {
 	t.Helper()
-	out := make([]gcResult, len(stmts))
-	var wg sync.WaitGroup
-	for i, s := range stmts {
-		ctx := tctx(tn.id)
-		if ctxs != nil && ctxs[i] != nil {
-			ctx = ctxs[i]
+	chans := queueEach(t, p, tn, ctxs, stmts)
+	return func() []gcResult {
+		out := make([]gcResult, len(chans))
+		for i, ch := range chans {
+			out[i] = <-ch
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			res, err := p.ExecContext(ctx, s)
-			if err != nil {
-				out[i].err = err
-				return
-			}
-			out[i].id, _ = res.LastInsertId()
-			out[i].affected, _ = res.RowsAffected()
-		}()
-		// In order: the first leads, the others queue FIFO behind it.
-		waitFor(t, 10*time.Second, fmt.Sprintf("statement %d queued", i), func() bool {
-			tn.gc.mu.Lock()
-			defer tn.gc.mu.Unlock()
-			return tn.gc.active.Load() && len(tn.gc.q) == i
-		})
+		return out
 	}
-	return func() []gcResult { wg.Wait(); return out }
 }
 
 const kvTable = `CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)`
@@ -1117,14 +1099,16 @@ func TestGroupCommit_BatchedCallerLeavesAtDeadline(t *testing.T) {
 	}
 }
 
-// queueEach is queue with each statement's result on a channel of its
+// queueEach starts one goroutine per statement, each an Exec through the
+// *sql.DB, in order (the first leads, the others queue FIFO behind it:
+// each is waited for), and returns each one's result on a channel of its
 // own, as it comes.
 func queueEach(t *testing.T, p *Proxy, tn *tenant, ctxs []context.Context, stmts []string) []chan gcResult {
 	t.Helper()
 	out := make([]chan gcResult, len(stmts))
 	for i, s := range stmts {
 		ctx := tctx(tn.id)
-		if ctxs[i] != nil {
+		if ctxs != nil && ctxs[i] != nil {
 			ctx = ctxs[i]
 		}
 		out[i] = make(chan gcResult, 1)

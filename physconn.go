@@ -30,11 +30,12 @@ type connOpener struct {
 }
 
 func newConnOpener(cfg *Config, realDir string) connOpener {
+	floor := syncRank(cfg.Synchronous)
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, syncRank(cfg.Synchronous))},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor)},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, syncRank(cfg.Synchronous))},
-		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", syncRank(cfg.Synchronous))},
+		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor)},
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor)},
 		realDir:    realDir,
 		replicated: cfg.ReplicaURL != "",
 		cacheSize:  max(cfg.StmtCacheSize, 1),
