@@ -60,6 +60,8 @@ unit:
 	$(GO) test -race -tags $(TAGS) -timeout 20m ./...
 	# and the refusal of load_extension in a build that has it (without the tag)
 	$(GO) test -race -run '^TestHardening_LoadExtensionRefused$$' .
+	# and the package again with Config.KeepWAL on in every test proxy: kept side files change nothing else
+	SQLITEPROXY_TEST_KEEP_WAL=1 $(GO) test -tags $(TAGS) -timeout 10m .
 
 ## compat: sqliteproxy under sqlx, GORM, ent, bun and sqlc (the nested module compat/)
 compat:
@@ -68,6 +70,8 @@ compat:
 ## cli: the ops command cmd/sqliteproxy (a nested module, for its progress-bar dependency)
 cli:
 	cd cmd/sqliteproxy && $(GO) vet -tags $(TAGS) ./... && $(GO) test -race -tags $(TAGS) ./...
+	# the commands on directories whose closed tenants kept their side files (Config.KeepWAL)
+	cd cmd/sqliteproxy && SQLITEPROXY_TEST_KEEP_WAL=1 $(GO) test -tags $(TAGS) ./...
 
 ## cluster: tenant ownership over etcd leases (a nested module; tests start a real etcd in-process)
 cluster:

@@ -26,15 +26,24 @@ func BenchmarkManyTenants(b *testing.B) {
 	dir := b.TempDir()
 	ids := benchFleet(b, dir, tenants, []string{benchSchema})
 	openEach(b, dir, ids)
-	for _, dist := range []string{"uniform", "zipf"} {
-		b.Run("dist="+dist+"/impl=proxy", func(b *testing.B) {
+	// proxy-keep-wal (Config.KeepWAL) last: its tenants keep their side
+	// files, which the proxy without it then finds and removes.
+	for _, run := range []struct {
+		dist string
+		keep bool
+	}{{"uniform", false}, {"zipf", false}, {"uniform", true}} {
+		dist, impl := run.dist, "proxy"
+		if run.keep {
+			impl = "proxy-keep-wal"
+		}
+		b.Run("dist="+dist+"/impl="+impl, func(b *testing.B) {
 			var coldBefore, coldCPUBefore float64
 			if dist == "uniform" {
 				b.StopTimer()
-				coldBefore, coldCPUBefore = coldOpenNs(b, dir, ids)
+				coldBefore, coldCPUBefore = coldOpenNs(b, dir, ids, run.keep)
 				b.StartTimer()
 			}
-			p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
+			p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}, KeepWAL: run.keep})
 			before := p.Stats().Evictions
 			start, cpu0 := time.Now(), cpuTime().Nanoseconds()
 			b.SetParallelism(4)
@@ -64,7 +73,7 @@ func BenchmarkManyTenants(b *testing.B) {
 			if dist == "uniform" {
 				b.StopTimer()
 				p.Close() // the cold cycles open files nothing else has open
-				cold, coldCPU := coldOpenNs(b, dir, ids)
+				cold, coldCPU := coldOpenNs(b, dir, ids, run.keep)
 				// Before and after: the churn changes the file system under
 				// the cold cycles (on ext4 without a journal, creating files
 				// costs more the more were deleted in the last seconds).
@@ -224,9 +233,9 @@ func openEach(b *testing.B, dir string, ids []string) {
 
 // coldOpenNs times cold cycles (coldCycle) on tenants of ids chosen at
 // random, on a proxy of its own over dir, and returns the mean wall and
-// CPU time of one (ns).
-func coldOpenNs(b *testing.B, dir string, ids []string) (wall, cpu float64) {
-	p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}})
+// CPU time of one (ns); keep is Config.KeepWAL.
+func coldOpenNs(b *testing.B, dir string, ids []string, keep bool) (wall, cpu float64) {
+	p := newTestProxy(b, Config{Dir: dir, MaxConnections: 100, Migrations: []string{benchSchema}, KeepWAL: keep})
 	defer p.Close()
 	const n = 500
 	start, cpu0 := time.Now(), cpuTime().Nanoseconds()

@@ -25,7 +25,7 @@ import (
 const benchSchema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`
 
 func init() {
-	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: tenantHook(DefaultBusyTimeout, false, "", syncRank(DefaultSynchronous))})
+	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: tenantHook(DefaultBusyTimeout, false, "", syncRank(DefaultSynchronous), false)})
 }
 
 type benchTarget struct {
@@ -412,7 +412,7 @@ func readThenWrite(tg benchTarget) error {
 // BenchmarkColdOpenPaired.
 func BenchmarkColdOpen(b *testing.B) {
 	cycles := coldCycles(b)
-	for k, impl := range [3]string{"mattn-defaults", "mattn-same-dsn", "proxy"} {
+	for k, impl := range [4]string{"mattn-defaults", "mattn-same-dsn", "proxy", "proxy-keep-wal"} {
 		b.Run("impl="+impl, func(b *testing.B) {
 			defer reportCPU(b, cpuTime().Nanoseconds())
 			for i := 0; b.Loop(); i++ {
@@ -422,18 +422,22 @@ func BenchmarkColdOpen(b *testing.B) {
 	}
 }
 
-// coldCycles builds BenchmarkColdOpen's fleets and returns its three cold
-// cycles, on the i-th tenant: mattn-defaults, mattn-same-dsn, proxy.
-func coldCycles(b *testing.B) [3]func(b *testing.B, i int) {
+// coldCycles builds BenchmarkColdOpen's fleets and returns its four cold
+// cycles, on the i-th tenant: mattn-defaults, mattn-same-dsn, proxy and
+// proxy-keep-wal (Config.KeepWAL, on a fleet of its own: its tenants keep
+// their side files between the cycles).
+func coldCycles(b *testing.B) [4]func(b *testing.B, i int) {
 	const tenants = 1000
-	dir, bare := b.TempDir(), b.TempDir()
+	dir, bare, kept := b.TempDir(), b.TempDir(), b.TempDir()
 	ids := benchFleet(b, dir, tenants, []string{benchSchema})
 	benchFleet(b, bare, tenants, []string{benchSchema})
+	benchFleet(b, kept, tenants, []string{benchSchema})
 	openEach(b, dir, ids)
 	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
+	pk := newTestProxy(b, Config{Dir: kept, Migrations: []string{benchSchema}, KeepWAL: true})
 	params := p.c.r.conns.writerParams
 	const q = `SELECT count(*) FROM bench`
-	return [3]func(*testing.B, int){
+	return [4]func(*testing.B, int){
 		func(b *testing.B, i int) {
 			mattnColdCycle(b, "sqlite3", fileURI(filepath.Join(bare, ids[i%tenants]+".db"))+"?_journal_mode=WAL&_busy_timeout=5000", q)
 		},
@@ -441,11 +445,13 @@ func coldCycles(b *testing.B) [3]func(b *testing.B, i int) {
 			mattnColdCycle(b, "sqlite3-same-dsn", fileURI(filepath.Join(dir, ids[i%tenants]+".db"))+params, q)
 		},
 		func(b *testing.B, i int) { coldCycle(b, p, ids[i%tenants], q) },
+		func(b *testing.B, i int) { coldCycle(b, pk, ids[i%tenants], q) },
 	}
 }
 
-// BenchmarkColdOpenPaired: BenchmarkColdOpen's three cold cycles taken in
-// turn within each op (in a rotating order), so that all three see the
+// BenchmarkColdOpenPaired: BenchmarkColdOpen's cold cycles taken in turn
+// within each op (in a rotating order), the two of mattn with one of the
+// proxy's (impl=proxy, impl=proxy-keep-wal), so that all three see the
 // same machine. On this project's ext4 without a journal a cold cycle
 // costs anywhere from ~150 µs to ~1 ms depending on how many files were
 // deleted in the last seconds (the kernel skips recently freed inodes), and
@@ -456,20 +462,23 @@ func coldCycles(b *testing.B) [3]func(b *testing.B, i int) {
 // x-mattn-defaults ≤ 1.0).
 func BenchmarkColdOpenPaired(b *testing.B) {
 	cycles := coldCycles(b)
-	b.Run("impl=proxy", func(b *testing.B) {
-		var spent [3]time.Duration // as cycles: mattn-defaults, mattn-same-dsn, proxy
-		for i := 0; b.Loop(); i++ {
-			for k := range 3 {
-				which := (i + k) % 3
-				start := time.Now()
-				cycles[which](b, i)
-				spent[which] += time.Since(start)
+	for k, impl := range []string{"proxy", "proxy-keep-wal"} {
+		b.Run("impl="+impl, func(b *testing.B) {
+			taken := [3]int{0, 1, 2 + k} // cycles: mattn-defaults, mattn-same-dsn, this proxy
+			var spent [3]time.Duration
+			for i := 0; b.Loop(); i++ {
+				for j := range 3 {
+					which := (i + j) % 3
+					start := time.Now()
+					cycles[taken[which]](b, i)
+					spent[which] += time.Since(start)
+				}
 			}
-		}
-		b.ReportMetric(float64(spent[2].Nanoseconds())/float64(b.N), "ns/op")
-		b.ReportMetric(float64(spent[2])/float64(spent[0]), "x-mattn-defaults")
-		b.ReportMetric(float64(spent[2])/float64(spent[1]), "x-mattn-same-dsn")
-	})
+			b.ReportMetric(float64(spent[2].Nanoseconds())/float64(b.N), "ns/op")
+			b.ReportMetric(float64(spent[2])/float64(spent[0]), "x-mattn-defaults")
+			b.ReportMetric(float64(spent[2])/float64(spent[1]), "x-mattn-same-dsn")
+		})
+	}
 }
 
 // mattnColdCycle opens dsn with driverName, runs query and closes it.

@@ -29,6 +29,8 @@ var dsnTests = []struct {
 	{"dir=d&busy_timeout=0s", Config{Dir: "d", BusyTimeout: -1}},
 	{"dir=d&group_commit=off&foreign_keys=on&explicit_create=yes&trace_queries=no", Config{Dir: "d", GroupCommit: GroupCommitOff, ForeignKeys: true, ExplicitCreate: true}},
 	{"dir=d&group_commit=ON", Config{Dir: "d", GroupCommit: GroupCommitOn}},
+	{"dir=d&keep_wal=true", Config{Dir: "d", KeepWAL: true}},
+	{"dir=d&keep_wal=0", Config{Dir: "d"}},
 	{"", Config{}},
 }
 
@@ -57,6 +59,7 @@ func TestParseDSN_Errors(t *testing.T) {
 	for _, dsn := range []string{
 		"dir=a&dir=b", "directory=x", "max_connections=many", "idle_timeout=5", "foreign_keys=maybe", "dir=%zz", "dir=a;b",
 		"layout=nested", "layout=Buckets", "layout=", "migration_mode=sometimes", "migration_mode=",
+		"keep_wal=sometimes", "keep_wal=",
 	} {
 		if _, err := ParseDSN(dsn); err == nil {
 			t.Errorf("ParseDSN(%q) succeeded", dsn)
@@ -114,7 +117,7 @@ func TestConfigDefaultsAndNoMutation(t *testing.T) {
 	got := p.Config()
 	want := Config{Dir: cfg.Dir, MaxConnections: DefaultMaxConnections, ReadersPerTenant: DefaultReadersPerTenant,
 		IdleTimeout: DefaultIdleTimeout, BusyTimeout: DefaultBusyTimeout, Synchronous: DefaultSynchronous,
-		StmtCacheSize: DefaultStmtCacheSize, LitestreamPath: DefaultLitestreamPath, Migrations: migs}
+		StmtCacheSize: DefaultStmtCacheSize, LitestreamPath: DefaultLitestreamPath, Migrations: migs, KeepWAL: keepWALSweep}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("resolved config (-want +got):\n%s", diff)
 	}

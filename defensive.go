@@ -17,6 +17,14 @@ package sqliteproxy
 typedef struct sqlite3 sqlite3;
 extern int sqlite3_db_config(sqlite3 *, int op, ...);
 extern void sqlite3_interrupt(sqlite3 *);
+extern int sqlite3_file_control(sqlite3 *, const char *, int, void *);
+
+// sqliteproxy_persist_wal sets SQLITE_FCNTL_PERSIST_WAL (10) on the main
+// database's file and returns SQLite's result code.
+static int sqliteproxy_persist_wal(void *db) {
+	int on = 1;
+	return sqlite3_file_control((sqlite3 *)db, "main", 10, &on);
+}
 
 static void sqliteproxy_interrupt(void *db) {
 	sqlite3_interrupt((sqlite3 *)db);
@@ -36,7 +44,9 @@ import "C"
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
+	"strconv"
 	"unsafe"
 
 	"github.com/mattn/go-sqlite3"
@@ -88,4 +98,24 @@ func interruptConn(c *sqlite3.SQLiteConn) {
 	if db := sqliteHandle(c); db != nil {
 		C.sqliteproxy_interrupt(db)
 	}
+}
+
+// keepWAL makes c keep the tenant's -wal and -shm files when it is the
+// last connection to close (Config.KeepWAL): SQLITE_FCNTL_PERSIST_WAL, a
+// flag of c's descriptor of the file, which SQLite reads when that
+// connection closes. A journal_size_limit of its own (SQLite keeps none by
+// default) makes that close empty the checkpointed -wal rather than leave
+// it at its size; it also trims a -wal that grew past walLimit when a
+// writer starts it over. Without a handle (another mattn layout) it fails:
+// KeepWAL asked for something that cannot be done.
+func keepWAL(c *sqlite3.SQLiteConn) error {
+	db := sqliteHandle(c)
+	if db == nil {
+		return errNoHandle
+	}
+	if rc := C.sqliteproxy_persist_wal(db); rc != 0 {
+		return fmt.Errorf("SQLite refused SQLITE_FCNTL_PERSIST_WAL (code %d)", int(rc))
+	}
+	_, err := c.Exec("PRAGMA journal_size_limit = "+strconv.FormatInt(walLimit, 10), nil)
+	return err
 }

@@ -543,7 +543,8 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 // write to t waits for the reader, for at most BusyTimeout.
 //
 // When no other process has the directory open (othersPresent: the CLI, a
-// second service) and t has no -wal (no process has it open in WAL mode),
+// second service) and t has no -wal (no process has it open in WAL mode;
+// or an empty one, kept by KeepWAL, which no proxy has open then),
 // the file is opened immutable, as MigrateAll checks such tenants: no
 // locks, no -wal or -shm to create and remove, which costs an ext4 like
 // this machine's two to eight times the fan-out's time. Otherwise it is
@@ -577,7 +578,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	params := r.conns.readerParams
 	joins := presenceJoins(r.presence) // before othersPresent: a process joining after either is seen by one
 	immutable := false
-	if !hasSide(t.path, "-wal") && !othersPresent(r.presence) {
+	if _, frames := walFrames(t.path); !frames && !othersPresent(r.presence) {
 		params, immutable = "?mode=ro&immutable=1", true
 	}
 	c, done, err := r.ownConn(ctx, t, fanOutDriver, params)

@@ -335,7 +335,8 @@ func (r *router) peekLedgerIdle(ctx context.Context, t *tenant) (int, error) {
 
 // peekLedger reads t's ledger on a read-only connection of its own (within
 // the budget) and checks it. When the tenant has no -wal file (it is not
-// open anywhere, or was closed cleanly) the file is opened immutable: no
+// open anywhere, or was closed cleanly; with KeepWAL, an empty one and no
+// other process on the directory) the file is opened immutable: no
 // locks, no -wal or -shm to create and remove, which makes checking an
 // up-to-date tenant about as cheap as opening it. A ledger read that way
 // can only be behind the truth (migrations are appended), never ahead
@@ -353,7 +354,9 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
 	params := "?mode=ro"
-	if !hasSide(t.path, "-wal") && !hasSide(t.path, "-journal") {
+	// An empty -wal kept beside a closed tenant (KeepWAL) is as good as
+	// none, unless another process may have the tenant open with it.
+	if wal, frames := walFrames(t.path); !frames && !hasSide(t.path, "-journal") && (!wal || !othersPresent(r.presence)) {
 		// Immutable ignores a hot journal: a migration killed midway in
 		// another journal mode read as applied, and the tenant was marked
 		// up to date before its next open rolled it back.

@@ -18,14 +18,15 @@ import (
 // tenantHook returns the ConnectHook of tenant connections, which runs once
 // mattn has applied the DSN's pragmas: it puts the file in WAL mode
 // (retrying for up to walTimeout, see ensureWAL) and hardens the connection
-// (replicated: for a file Litestream streams).
+// (replicated: for a file Litestream streams), and with keep makes it
+// keep the -wal and -shm when it closes last (Config.KeepWAL).
 //
 // With dir (the data directory, symlinks resolved) it first refuses a
 // connection whose file is not under dir: SQLite follows a symlink put in
 // a tenant file's place after the proxy looked, and the hook would have
 // written to the file it reached (its journal mode, a -wal and -shm beside
 // it) before openFile could refuse it.
-func tenantHook(walTimeout time.Duration, replicated bool, dir string, syncFloor int) func(*sqlite3.SQLiteConn) error {
+func tenantHook(walTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
@@ -34,6 +35,11 @@ func tenantHook(walTimeout time.Duration, replicated bool, dir string, syncFloor
 		}
 		if err := ensureWAL(c, walTimeout); err != nil {
 			return err
+		}
+		if keep {
+			if err := keepWAL(c); err != nil {
+				return err
+			}
 		}
 		return hardenTenantConn(c, replicated, syncFloor)
 	}

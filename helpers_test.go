@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,7 +28,25 @@ func newTestProxy(tb testing.TB, cfg Config) *Proxy {
 	if cfg.Dir == "" {
 		cfg.Dir = tb.TempDir()
 	}
+	if keepWALSweep {
+		cfg.KeepWAL = true
+	}
 	return testkit.Open(tb, "New", func() (*Proxy, error) { return New(cfg) })
+}
+
+// keepWALSweep: SQLITEPROXY_TEST_KEEP_WAL=1, with which newTestProxy sets
+// Config.KeepWAL (make test runs the package so too): the proxy must
+// behave the same with the side files kept, but for the files themselves.
+var keepWALSweep = os.Getenv("SQLITEPROXY_TEST_KEEP_WAL") == "1"
+
+// keptSide reports whether the file at path is one KeepWAL leaves beside
+// a closed tenant (a -shm, an empty -wal) while keepWALSweep is on.
+func keptSide(path string) bool {
+	if !keepWALSweep {
+		return false
+	}
+	fi, err := os.Lstat(path)
+	return err == nil && (strings.HasSuffix(path, ".db-shm") || (strings.HasSuffix(path, ".db-wal") && fi.Size() == 0))
 }
 
 // tctx returns a context routed to tenant id, without a deadline.

@@ -32,10 +32,11 @@ type connOpener struct {
 func newConnOpener(cfg *Config, realDir string) connOpener {
 	floor := syncRank(cfg.Synchronous)
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor)},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL)},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv:   &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor)},
-		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor)},
+		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL)},
+		// Files being built are not tenants yet: nothing is kept beside them.
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor, false)},
 		realDir:    realDir,
 		replicated: cfg.ReplicaURL != "",
 		cacheSize:  max(cfg.StmtCacheSize, 1),

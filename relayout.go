@@ -173,6 +173,17 @@ func hasSide(p, suffix string) bool {
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
+// walFrames reports whether p has a -wal, and whether it may hold frames:
+// an empty one is what a clean close leaves when the -wal is kept
+// (Config.KeepWAL, or Litestream's connection), and holds nothing to read.
+func walFrames(p string) (exists, frames bool) {
+	fi, err := os.Lstat(p + "-wal")
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, false
+	}
+	return true, err != nil || fi.Size() > 0
+}
+
 func sideName(p, kind string) string {
 	dir, file := path.Split(p)
 	return path.Join(dir, "."+file+kind)

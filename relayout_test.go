@@ -282,7 +282,10 @@ func TestRelayout_HalfMovedTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range ents {
-		if e.Name() != layoutMarkerName && e.Name() != presenceFile && !(e.IsDir() && len(e.Name()) == 2) {
+		// (Under keepWALSweep t1's kept side files stay at the top: its file
+		// was moved by hand above without them, which relayout never does;
+		// it settles a tenant, removing them, before it moves the file.)
+		if e.Name() != layoutMarkerName && e.Name() != presenceFile && !(e.IsDir() && len(e.Name()) == 2) && !keptSide(filepath.Join(dir, e.Name())) {
 			t.Errorf("top level holds %s", e.Name())
 		}
 	}

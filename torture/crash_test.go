@@ -68,8 +68,11 @@ func TestCrashChild(t *testing.T) {
 	}
 	// A small budget, so that tenants are also evicted and reopened when
 	// the kill comes.
+	// Every other run keeps the side files (KeepWAL): the next run then
+	// opens files whose -wal and -shm a killed process, or a clean close
+	// of an evicted tenant, left behind.
 	p, err := sqliteproxy.New(sqliteproxy.Config{Dir: filepath.Join(base, "data"), Migrations: crashMigrations(nmig),
-		MaxConnections: 6, ReadersPerTenant: 1})
+		MaxConnections: 6, ReadersPerTenant: 1, KeepWAL: cycle%2 == 1})
 	if err != nil {
 		die("New: %v", err)
 	}

@@ -881,10 +881,11 @@ func (e *env) tenantStatus(p *sqliteproxy.Proxy, id string, withMigrations bool)
 }
 
 // diskUsage returns the size of the database file fi at path plus that
-// of its -wal file, and the later of their modification times.
+// of its -wal file, and the later of their modification times (not an
+// empty -wal's: one kept by KeepWAL is emptied at every close, reads too).
 func diskUsage(fi os.FileInfo, path string) (int64, time.Time) {
 	size, mod := fi.Size(), fi.ModTime()
-	if wi, err := os.Stat(path + "-wal"); err == nil {
+	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
 		size += wi.Size()
 		if wi.ModTime().After(mod) {
 			mod = wi.ModTime()
