@@ -22,6 +22,8 @@ import (
 // change and its notice (the watch reads the kernel's events as they come:
 // microseconds, no more than one statement per connection in practice)
 // went to the old file. Elsewhere than on Linux nothing is watched.
+// (Each open tenant's file is watched, for a change of its link count, and
+// each folder of one for renames: filewatch_linux.go.)
 
 // errFileMoved: the tenant's file was deleted, moved or replaced while the
 // tenant was open, not through the proxy.
@@ -42,11 +44,29 @@ func (t *tenant) opened(fi os.FileInfo) {
 		}
 	}
 	t.mu.Lock()
+	recorded := false
 	if opens := t.opens.Load(); (t.file == nil || t.fileOpens != opens) && t.counted.Load() > 0 {
 		t.file, t.fileOpens = fi, opens
+		recorded = true
 	}
 	t.mu.Unlock()
 	t.r.watch.folder(filepath.Dir(t.path))
+	if recorded && !t.r.watch.file(t, fi) {
+		// Changed before its watch was on (a folder's deletions are not
+		// watched): as the watch would have.
+		t.r.checkFile(t)
+	}
+}
+
+// hasOpen reports whether tenant id is open with fi as its file (the file
+// watch's sweep).
+func (r *router) hasOpen(id string, fi os.FileInfo) bool {
+	v, ok := r.tenants.Load(id)
+	if !ok {
+		return false
+	}
+	was := v.(*tenant).recordedFile()
+	return was != nil && os.SameFile(was, fi)
 }
 
 // recordedFile returns t's file as recorded in its current open session,
@@ -74,6 +94,14 @@ func (r *router) fileChanged(id string) {
 // checkFile fences t (and closes it now if nothing holds it) when its file
 // is not the one its connections opened.
 func (r *router) checkFile(t *tenant) {
+	if t.moved.Load() {
+		// Fenced for this already, its side files recorded then: looked at
+		// again once its connections closed them (the old file's watch
+		// tells when its last descriptor goes), they no longer seemed this
+		// process's, and the old -wal was left to be replayed into the new
+		// file.
+		return
+	}
 	was := t.recordedFile()
 	if was == nil {
 		return // closed, or not recorded yet

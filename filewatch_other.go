@@ -2,11 +2,15 @@
 
 package sqliteproxy
 
+import "os"
+
 // fileWatch watches nothing elsewhere than on Linux (filewatch.go).
 type fileWatch struct{}
 
 func startFileWatch(*router) *fileWatch { return nil }
 
 func (w *fileWatch) folder(string) {}
+
+func (w *fileWatch) file(*tenant, os.FileInfo) bool { return true }
 
 func (w *fileWatch) close() {}

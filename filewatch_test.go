@@ -5,6 +5,7 @@ package sqliteproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -397,5 +398,44 @@ func TestCreate_UnwritableDirSaysSo(t *testing.T) {
 	}
 	if !errors.Is(err, fs.ErrPermission) {
 		t.Errorf("%v: not fs.ErrPermission", err)
+	}
+}
+
+// TestFileWatch_WatchesFollowOpenTenants: each open tenant's file is
+// watched, and the watches of closed tenants are removed in sweeps, so a
+// proxy churning through many tenants holds at most fileWatchSweep watches
+// besides its open tenants'; a tenant opened after a sweep is watched
+// (its file removed is noticed), and so is one opened again.
+func TestFileWatch_WatchesFollowOpenTenants(t *testing.T) {
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}, MaxConnections: 2, ReadersPerTenant: -1})
+	watched := func() int {
+		w := processWatch.w
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		n := 0
+		for _, wf := range w.files {
+			if _, ok := wf.ids[p.c.r]; ok {
+				n++
+			}
+		}
+		return n
+	}
+	ids := make([]string, 3*fileWatchSweep+5)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("t%03d", i)
+		insertN(t, p, ids[i], 1)
+		if n, open := watched(), len(openTenants(p)); n > open+fileWatchSweep || n < open {
+			t.Fatalf("after %d tenants: %d files watched for %d open tenants, want between %[3]d and %[3]d + %d", i+1, n, open, fileWatchSweep)
+		}
+	}
+	// The last one, and t000 again: closed long ago, its watch swept.
+	for _, id := range []string{ids[len(ids)-1], ids[0]} {
+		insertN(t, p, id, 1)
+		if !openTenants(p)[id] {
+			t.Fatalf("%s is not open", id)
+		}
+		removeTenantFiles(t, dir, id)
+		waitFor(t, 5*time.Second, id+" closed after its file was removed", func() bool { return !openTenants(p)[id] })
 	}
 }
