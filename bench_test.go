@@ -432,7 +432,8 @@ func coldCycles(b *testing.B) [4]func(b *testing.B, i int) {
 	ids := benchFleet(b, dir, tenants, []string{benchSchema})
 	benchFleet(b, bare, tenants, []string{benchSchema})
 	benchFleet(b, kept, tenants, []string{benchSchema})
-	openEach(b, dir, ids)
+	openEach(b, dir, ids, false)
+	openEach(b, kept, ids, true)
 	p := newTestProxy(b, Config{Dir: dir, Migrations: []string{benchSchema}})
 	pk := newTestProxy(b, Config{Dir: kept, Migrations: []string{benchSchema}, KeepWAL: true})
 	params := p.c.r.conns.writerParams
