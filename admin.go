@@ -861,11 +861,25 @@ func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
 		return nil, err
 	}
 	if _, err := os.Lstat(t.path + "-shm"); errors.Is(err, fs.ErrNotExist) {
-		if _, err := os.Lstat(t.path + "-wal"); err == nil {
+		switch wal, frames := walFrames(t.path); {
+		case frames:
 			// A -wal without a -shm: a connection in exclusive locking
 			// mode may hold it, which no -shm lock tells.
 			leave()
 			return nil, fmt.Errorf("%s has a -wal but no -shm, and a full file system leaves no room to check it: free some space first", t.path)
+		case wal:
+			// An empty one: what KeepWAL leaves after a migration on a
+			// connection in exclusive locking mode. Such a connection, if
+			// one has it open, holds the database file's locks: they tell.
+			release, err := lockUnusedDatabase(t.path, true)
+			if err != nil {
+				leave()
+				if errors.Is(err, errShmInUse) {
+					err = fmt.Errorf("%s is open in another process, or another proxy of this process: stop it first", t.path)
+				}
+				return nil, err
+			}
+			return func() { release(); leave() }, nil
 		}
 	}
 	release, err := lockUnusedShm(t.path + "-shm")

@@ -543,8 +543,9 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 // write to t waits for the reader, for at most BusyTimeout.
 //
 // When no other process has the directory open (othersPresent: the CLI, a
-// second service) and t has no -wal (no process has it open in WAL mode;
-// or an empty one, kept by KeepWAL, which no proxy has open then),
+// second service) and t has no -wal (no process has it open in WAL mode),
+// or an empty one (kept by KeepWAL: no proxy has it open, by the rest of
+// this condition; a process that is not a proxy may, unseen),
 // the file is opened immutable, as MigrateAll checks such tenants: no
 // locks, no -wal or -shm to create and remove, which costs an ext4 like
 // this machine's two to eight times the fan-out's time. Otherwise it is

@@ -58,15 +58,10 @@ func (t *tenant) opened(fi os.FileInfo) {
 	}
 }
 
-// hasOpen reports whether tenant id is open with fi as its file (the file
-// watch's sweep).
-func (r *router) hasOpen(id string, fi os.FileInfo) bool {
+// hasOpen reports whether tenant id is open (the file watch's sweep).
+func (r *router) hasOpen(id string) bool {
 	v, ok := r.tenants.Load(id)
-	if !ok {
-		return false
-	}
-	was := v.(*tenant).recordedFile()
-	return was != nil && os.SameFile(was, fi)
+	return ok && v.(*tenant).recordedFile() != nil
 }
 
 // recordedFile returns t's file as recorded in its current open session,
@@ -94,12 +89,13 @@ func (r *router) fileChanged(id string) {
 // checkFile fences t (and closes it now if nothing holds it) when its file
 // is not the one its connections opened.
 func (r *router) checkFile(t *tenant) {
-	if t.moved.Load() {
+	if t.moved.Load() && t.fenced.Load() {
 		// Fenced for this already, its side files recorded then: looked at
 		// again once its connections closed them (the old file's watch
 		// tells when its last descriptor goes), they no longer seemed this
 		// process's, and the old -wal was left to be replayed into the new
-		// file.
+		// file. (A lease taken back unfences a tenant: then it is looked
+		// at again, below, keeping the side files recorded.)
 		return
 	}
 	was := t.recordedFile()
@@ -116,7 +112,7 @@ func (r *router) checkFile(t *tenant) {
 	side := ownSideFiles(t.path)
 	t.mu.Lock()
 	same := t.file == was && t.fileOpens == t.opens.Load() // not closed and opened anew meanwhile
-	if same {
+	if same && len(t.movedSide) == 0 {
 		t.movedSide = side
 	}
 	t.mu.Unlock()

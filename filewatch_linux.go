@@ -20,10 +20,10 @@ import (
 //
 // A file's watch is added when its tenant opens. Removing it when the
 // tenant closes would queue an event (IN_IGNORED) and wake the watch at
-// every close again; instead, every fileWatchSweep additions, the watches of
-// files no tenant has open any more are removed together (the kernel keeps
-// a watched file's inode in memory meanwhile: at most that many besides the
-// open tenants').
+// every close again; instead, every fileWatchSweep additions (or a quarter
+// of the watches, with many tenants open), the watches of files no tenant
+// has open any more are removed together (the kernel keeps a watched file's
+// inode in memory meanwhile: at most that many besides the open tenants').
 //
 // One inotify instance serves every proxy of the process (the kernel allows
 // 128 per user by default, and a process may open many proxies): started
@@ -51,7 +51,6 @@ type watchedFolder struct {
 
 // watchedFile is a tenant file watched for some routers.
 type watchedFile struct {
-	fi  os.FileInfo        // the file as the tenant's connections opened it
 	ids map[*router]string // the routers that watch it, and its tenant's ID in each
 }
 
@@ -60,8 +59,9 @@ const (
 		syscall.IN_DELETE_SELF | syscall.IN_MOVE_SELF | syscall.IN_ONLYDIR
 	watchFileMask = syscall.IN_ATTRIB | syscall.IN_MOVE_SELF | syscall.IN_DELETE_SELF
 	watchRecheck  = syscall.IN_Q_OVERFLOW | syscall.IN_DELETE_SELF | syscall.IN_MOVE_SELF
-	// fileWatchSweep is how many file watches are added between two
-	// removals of those no open tenant needs.
+	// fileWatchSweep is how many file watches are added, at least,
+	// between two removals of those no open tenant needs; a quarter of all
+	// the watches with many tenants open (a sweep looks at each).
 	fileWatchSweep = 64
 )
 
@@ -140,16 +140,23 @@ func (fw *fileWatch) file(t *tenant, fi os.FileInfo) bool {
 		return true // an open that raced Close
 	}
 	wd := w.addWatch(t.path, watchFileMask)
+	if wd < 0 && len(w.files) > 0 {
+		// Past the kernel's limit (fs.inotify.max_user_watches, shared
+		// with the user's other processes), maybe for closed tenants'
+		// watches: sweep now, and try again.
+		w.sweepLocked()
+		wd = w.addWatch(t.path, watchFileMask)
+	}
 	if wd >= 0 {
 		wf := w.files[wd]
 		if wf == nil {
-			wf = &watchedFile{fi: fi, ids: map[*router]string{}}
+			wf = &watchedFile{ids: map[*router]string{}}
 			w.files[wd] = wf
 			w.added++
 		}
 		wf.ids[fw.r] = t.id
-		if w.added >= fileWatchSweep {
-			w.sweepLocked() // t.s is kept: t's file is recorded (opened)
+		if w.added >= max(fileWatchSweep, len(w.files)/4) {
+			w.sweepLocked() // t's watch stays: t's file is recorded (opened)
 		}
 	}
 	w.mu.Unlock()
@@ -157,13 +164,17 @@ func (fw *fileWatch) file(t *tenant, fi os.FileInfo) bool {
 	return err == nil && os.SameFile(now, fi)
 }
 
-// sweepLocked removes the watches of files that no router watching them
-// has open any more (or has open as another file). The caller holds w.mu.
+// sweepLocked removes the watches of files whose tenants no router
+// watching them has open any more. (A tenant open on a file that replaced
+// the watched one keeps the old file's watch until it closes: a watch added
+// after the path changed is on the new file, whatever the tenant recorded,
+// and the kernel gives its descriptor back when that file's open adds it
+// again.) The caller holds w.mu.
 func (w *inotifyWatch) sweepLocked() {
 	w.added = 0
 	for wd, wf := range w.files {
 		for r, id := range wf.ids {
-			if !r.hasOpen(id, wf.fi) {
+			if !r.hasOpen(id) {
 				delete(wf.ids, r)
 			}
 		}
@@ -177,6 +188,11 @@ func (w *inotifyWatch) sweepLocked() {
 // kernel. The caller holds w.mu.
 func (w *inotifyWatch) removeFileLocked(wd int32) {
 	delete(w.files, wd)
+	w.rmWatch(wd)
+}
+
+// rmWatch removes the kernel's watch wd. The caller holds w.mu.
+func (w *inotifyWatch) rmWatch(wd int32) {
 	if sc, err := w.f.SyscallConn(); err == nil {
 		sc.Control(func(fd uintptr) { syscall.InotifyRmWatch(int(fd), uint32(wd)) })
 	}
@@ -210,9 +226,7 @@ func (fw *fileWatch) close() {
 		delete(wf.routers, fw.r)
 		if len(wf.routers) == 0 {
 			// Watched for no one: its events would be read for nothing.
-			if sc, err := w.f.SyscallConn(); err == nil {
-				sc.Control(func(fd uintptr) { syscall.InotifyRmWatch(int(fd), uint32(wf.wd)) })
-			}
+			w.rmWatch(wf.wd)
 			w.forgetLocked(wf)
 		}
 	}

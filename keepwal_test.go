@@ -7,7 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -190,5 +192,62 @@ func TestKeepWAL_ClosedTenantsReadImmutable(t *testing.T) {
 	}
 	if ctimeOf(t, shm("acme")).Equal(before["acme"]) {
 		t.Error("a normal open of acme left its -shm's status time as it was: the check above cannot see an open")
+	}
+}
+
+// TestKeepWAL_FullDiskDeleteOfAnEmptyWALWithoutShm: a migration of a closed
+// tenant runs on a connection in exclusive locking mode, which makes no
+// -shm; with KeepWAL it leaves an empty -wal. The check a delete or restore
+// falls back to on a full file system refused every -wal without a -shm
+// ("free some space first"), when an operator deletes tenants to free some;
+// for an empty one it now asks the database file's locks, which a
+// connection in exclusive locking mode holds.
+func TestKeepWAL_FullDiskDeleteOfAnEmptyWALWithoutShm(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := openKeep(t, dir, true)
+	if _, err := p.ExecContext(tctx("acme"), `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "acme.db")
+	if err := os.Remove(path + "-shm"); err != nil {
+		t.Fatal(err)
+	}
+	if wal, shm := sideSizes(t, path); wal != 0 || shm != -1 {
+		t.Fatalf("-wal %d bytes, -shm %d: want an empty -wal alone", wal, shm)
+	}
+	p = openKeep(t, dir, true)
+	gate := func() error {
+		t.Helper()
+		tn, err := p.c.r.tenant("acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tn.unpin()
+		leave, err := p.c.r.gateUnsettled(context.Background(), tn)
+		if err == nil {
+			leave()
+		}
+		return err
+	}
+	if err := gate(); err != nil {
+		t.Errorf("an empty -wal without a -shm, nobody using it: %v", err)
+	}
+	if runtime.GOOS != "linux" {
+		return
+	}
+	// The control: a connection in exclusive locking mode has it open.
+	db := direct(t, dir, "acme")
+	db.SetMaxOpenConns(1)
+	for _, q := range []string{`PRAGMA locking_mode = EXCLUSIVE`, `INSERT INTO events (tenant) VALUES ('x')`} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := gate(); err == nil || !strings.Contains(err.Error(), "open in another process") {
+		t.Errorf("a connection in exclusive locking mode has it open: %v, want it refused", err)
 	}
 }

@@ -225,8 +225,9 @@ func replicaHint(p *sqliteproxy.Proxy, id string) string {
 // descriptors: after a delete or restore it would go on reading and
 // writing the old, unlinked file (and WAL), and those writes would be lost.
 // SQLite keeps <id>.db-wal and <id>.db-shm while any connection is open
-// and removes them when the last one closes cleanly; they also stay after a
-// crash, or an open that failed (a full disk), with nobody using them. So
+// and removes them when the last one closes cleanly (unless it keeps them:
+// Config.KeepWAL, Litestream); they also stay after a crash, or an open
+// that failed (a full disk), with nobody using them. So
 // their presence is only a hint: the locks SQLite holds on the file tell
 // (holder), and where they cannot be asked the presence decides (-force
 // then overrides it).
@@ -882,7 +883,8 @@ func (e *env) tenantStatus(p *sqliteproxy.Proxy, id string, withMigrations bool)
 
 // diskUsage returns the size of the database file fi at path plus that
 // of its -wal file, and the later of their modification times (not an
-// empty -wal's: one kept by KeepWAL is emptied at every close, reads too).
+// empty -wal's: KeepWAL empties it when the tenant closes, later than its
+// last write).
 func diskUsage(fi os.FileInfo, path string) (int64, time.Time) {
 	size, mod := fi.Size(), fi.ModTime()
 	if wi, err := os.Stat(path + "-wal"); err == nil && wi.Size() > 0 {
