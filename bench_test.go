@@ -221,6 +221,25 @@ func BenchmarkArticlePaired(b *testing.B) {
 	}
 }
 
+// BenchmarkArticleDeadlinePaired: ArticlePaired with every statement's
+// context one that can end (a deadline an hour away), as a request's is:
+// mattn then watches each statement itself (a goroutine per Exec, an
+// AfterFunc per query), the proxy its own way (ctxwatch.go).
+func BenchmarkArticleDeadlinePaired(b *testing.B) {
+	for _, row := range articleRows {
+		b.Run("row="+row.name, func(b *testing.B) {
+			tgs := benchTargets(b)[1:] // mattn-same-dsn, proxy
+			for i := range tgs {
+				ctx, cancel := context.WithTimeout(tgs[i].ctx, time.Hour)
+				b.Cleanup(cancel)
+				tgs[i].ctx = ctx
+			}
+			mattn, proxy := pairedBlocks(b, "mattn", [2]func(int) error{row.setup(b, tgs[0]), row.setup(b, tgs[1])})
+			b.ReportMetric(proxy/mattn, "x-mattn-same-dsn")
+		})
+	}
+}
+
 // pairBlock is how many operations pairedBlocks times at once on one side.
 const pairBlock = 8
 

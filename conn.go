@@ -5,6 +5,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -459,19 +460,13 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	if len(args) == 0 && c.r.repl == nil && startsWithV(query) && plainVacuum(query) {
 		return vacuum(ctx, pc.c, query, syncRank(c.r.cfg.Synchronous))
 	}
-	return pc.c.ExecContext(sqliteCtx(ctx), query, args)
-}
-
-// sqliteCtx is the context handed to mattn for a statement: one that can
-// never be done is passed as context.Background(). mattn asks a statement's
-// context Done and Err several times (at the first step, at each Next), and
-// each ask of ctx walks its chain of values (the tenant's among them) up to
-// the Background it was made from.
-func sqliteCtx(ctx context.Context) context.Context {
-	if ctx.Done() == nil {
-		return context.Background()
+	// mattn gets a context that cannot end (ctxwatch.go); context.Background
+	// for one that cannot anyway, whose chain of values (the tenant's among
+	// them) mattn's asks of Done and Err would walk.
+	if w := watchCtx(ctx, pc.c); w != nil {
+		return w.exec(func(bg context.Context) (driver.Result, error) { return pc.c.ExecContext(bg, query, args) })
 	}
-	return ctx
+	return pc.c.ExecContext(context.Background(), query, args)
 }
 
 // setsInReadOnlyTx reports whether query is a PRAGMA that sets (or its
@@ -567,7 +562,13 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	c.noteText(query)
-	rs, err := pc.c.QueryContext(sqliteCtx(ctx), query, args)
+	var rs driver.Rows
+	watch := watchCtx(ctx, pc.c) // see exec
+	if watch == nil {
+		rs, err = pc.c.QueryContext(context.Background(), query, args)
+	} else {
+		rs, err = queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return pc.c.QueryContext(bg, query, args) })
+	}
 	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
@@ -576,11 +577,13 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		// the writer. One tenant's queries must not change another's
 		// results.
 		var wrs driver.Rows
+		var wwatch *ctxWatch
 		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
-			wrs, err = w.c.QueryContext(sqliteCtx(ctx), query, args)
+			wwatch = watchCtx(ctx, w.c)
+			wrs, err = queryWatched(wwatch, func(bg context.Context) (driver.Rows, error) { return w.c.QueryContext(bg, query, args) })
 			return err
 		}); tried {
-			pc, rs, err = c.pc, wrs, werr
+			pc, rs, err, watch = c.pc, wrs, werr, wwatch
 		}
 	}
 	if err != nil {
@@ -588,7 +591,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 	}
 	pc.rows++
 	r := c.newRows()
-	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), c: c}
+	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), c: c, watch: watch}
 	return r, nil
 }
 
@@ -1141,7 +1144,10 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 			return nil, err
 		}
 	}
-	return ps.ExecContext(sqliteCtx(ctx), args)
+	if w := watchCtx(ctx, pc.c); w != nil { // see conn.exec
+		return w.exec(func(bg context.Context) (driver.Result, error) { return ps.ExecContext(bg, args) })
+	}
+	return ps.ExecContext(context.Background(), args)
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -1180,14 +1186,20 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 			return nil, err
 		}
 	}
-	rs, err := ps.QueryContext(sqliteCtx(ctx), args)
+	var rs driver.Rows
+	watch := watchCtx(ctx, pc.c) // see conn.exec
+	if watch == nil {
+		rs, err = ps.QueryContext(context.Background(), args)
+	} else {
+		rs, err = queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, args) })
+	}
 	if err != nil {
 		pc.putStmt(s.query, ps)
 		return nil, err
 	}
 	pc.rows++
 	r := s.c.newRows()
-	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), stmt: ps, query: s.query, c: s.c}
+	*r = rows{SQLiteRows: rs.(*sqlite3.SQLiteRows), pc: pc, lease: pc.lease.Load(), stmt: ps, query: s.query, c: s.c, watch: watch}
 	return r, nil
 }
 
@@ -1202,7 +1214,29 @@ type rows struct {
 	query string
 	free  *sqlite3.SQLiteConn // tenantless connection to give back
 	pool  *tenantless
-	c     *conn // the conn whose freeRows it goes back to, nil for none
+	c     *conn     // the conn whose freeRows it goes back to, nil for none
+	watch *ctxWatch // interrupts the rows' statement when its context ends (ctxwatch.go); nil: it cannot
+}
+
+// Next is mattn's, under the rows' watch (ctxwatch.go): once the rows'
+// context has ended, its error, as mattn reports it (a row read as it
+// ended is still the row).
+func (r *rows) Next(dest []driver.Value) error {
+	w := r.watch
+	if w == nil {
+		return r.SQLiteRows.Next(dest)
+	}
+	if err := w.enter(); err != nil {
+		return err
+	}
+	err := r.SQLiteRows.Next(dest)
+	w.exit()
+	if err != nil && err != io.EOF {
+		if cerr := w.ctx.Err(); cerr != nil {
+			return cerr
+		}
+	}
+	return err
 }
 
 var (
@@ -1215,6 +1249,8 @@ func (r *rows) Close() error {
 	if r.SQLiteRows == nil {
 		return nil
 	}
+	r.watch.close()
+	r.watch = nil
 	err := r.SQLiteRows.Close()
 	r.SQLiteRows = nil
 	defer func() {

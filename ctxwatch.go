@@ -1,0 +1,142 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// When a statement's context ends, mattn interrupts the statement once
+// (sqlite3_interrupt: for an Exec from a goroutine it starts per statement,
+// for a query from an AfterFunc while the rows step). SQLite forgets an
+// interrupt that comes just before a statement starts to run with no other
+// statement active on its connection (it clears the flag there), and
+// mattn's query looks at the context before it marks its rows as stepping:
+// a context that ended at that moment let the statement run to its end, and
+// a runaway one (a recursive CTE without a bound) for ever, holding the
+// caller, the connection (the tenant's writer, perhaps) and a processor. So
+// a routed statement runs with a context mattn cannot see end, and the
+// proxy interrupts it itself (ctxWatch): from the context's end, every
+// millisecond, for as long as a call steps the statement. What the caller
+// gets is what mattn gives: the context's error.
+
+// ctxWatch interrupts connection c while a call steps a statement run
+// with ctx and ctx has ended.
+type ctxWatch struct {
+	ctx  context.Context
+	c    *sqlite3.SQLiteConn
+	stop func() bool // ends the AfterFunc that interrupts
+
+	mu      sync.Mutex
+	running bool // a call steps the statement; under mu
+}
+
+// watchCtx returns the watch of a statement of ctx on c, nil when ctx
+// cannot end. The caller closes it when the statement is done.
+func watchCtx(ctx context.Context, c *sqlite3.SQLiteConn) *ctxWatch {
+	if ctx.Done() == nil {
+		return nil
+	}
+	w := &ctxWatch{ctx: ctx, c: c}
+	w.stop = context.AfterFunc(ctx, w.interrupt)
+	return w
+}
+
+// enter marks a call stepping the statement, or reports ctx's error if it
+// has ended: then no call is to be made. (Marked first: an end of ctx that
+// enter does not see is one whose interrupt sees the mark.)
+func (w *ctxWatch) enter() error {
+	w.mu.Lock()
+	w.running = true
+	w.mu.Unlock()
+	if err := w.ctx.Err(); err != nil {
+		w.exit()
+		return err
+	}
+	return nil
+}
+
+// exit marks the call returned: no interrupt comes after it.
+func (w *ctxWatch) exit() {
+	w.mu.Lock()
+	w.running = false
+	w.mu.Unlock()
+}
+
+// interrupt runs once ctx has ended: it interrupts c every millisecond for
+// as long as a call steps the statement.
+func (w *ctxWatch) interrupt() {
+	for {
+		w.mu.Lock()
+		running := w.running
+		if running {
+			interruptConn(w.c)
+		}
+		w.mu.Unlock()
+		if !running {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// close ends the watch; a nil watch is none.
+func (w *ctxWatch) close() {
+	if w != nil {
+		w.stop()
+	}
+}
+
+// exec runs exec, the watched statement, with a context mattn cannot see
+// end, and closes the watch. A statement interrupted for ctx's end fails
+// with ctx's error, as mattn's do.
+func (w *ctxWatch) exec(exec func(context.Context) (driver.Result, error)) (driver.Result, error) {
+	defer w.close()
+	if err := w.enter(); err != nil {
+		return nil, err
+	}
+	res, err := exec(context.Background())
+	w.exit()
+	if err != nil && isInterrupt(err) {
+		if cerr := w.ctx.Err(); cerr != nil {
+			return nil, cerr
+		}
+	}
+	return res, err
+}
+
+// queryWatched runs query (whose first step mattn takes at once) under w,
+// with a context mattn cannot see end, as mattn runs it with ctx: ctx's
+// error if ctx ended meanwhile. w, when not nil, is closed unless the rows
+// are returned: they close it.
+func queryWatched(w *ctxWatch, query func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+	if w == nil {
+		return query(context.Background())
+	}
+	if err := w.enter(); err != nil {
+		w.close()
+		return nil, err
+	}
+	rs, err := query(context.Background())
+	w.exit()
+	if cerr := w.ctx.Err(); cerr != nil {
+		if err == nil {
+			rs.Close()
+		}
+		rs, err = nil, cerr
+	}
+	if err != nil {
+		w.close()
+	}
+	return rs, err
+}
+
+// isInterrupt reports whether err is SQLite's for an interrupted statement.
+func isInterrupt(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrInterrupt
+}

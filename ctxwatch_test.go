@@ -1,0 +1,77 @@
+package sqliteproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// TestContext_EndsJustAsARunawayStatementStarts: a context that ends at any
+// moment around a statement's start stops it, however long it would run.
+// mattn's single interrupt was lost when it came just before SQLite started
+// the statement (SQLite clears the flag there), and the statement, endless
+// here, ran for ever: the caller never got an answer and the connection
+// stayed busy. Each statement gets a deadline a few microseconds away,
+// landing before, at and after its start; every one must fail with its
+// context's error, within a bound.
+func TestContext_EndsJustAsARunawayStatementStarts(t *testing.T) {
+	p := newTestProxy(t, Config{Migrations: []string{`CREATE TABLE t (x)`}})
+	ctx := tctx("acme")
+	const (
+		endless      = `WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) `
+		endlessRead  = endless + `SELECT count(*) FROM c`
+		endlessWrite = `INSERT INTO t ` + endless + `SELECT x FROM c`
+	)
+	read, err := p.PrepareContext(ctx, endlessRead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer read.Close()
+	write, err := p.PrepareContext(ctx, endlessWrite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer write.Close()
+	runs := []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"Exec", func(c context.Context) error { _, err := p.ExecContext(c, endlessWrite); return err }},
+		{"Query", func(c context.Context) error { return p.QueryRowContext(c, endlessRead).Scan(new(int)) }},
+		{"Stmt.Exec", func(c context.Context) error { _, err := write.ExecContext(c); return err }},
+		{"Stmt.Query", func(c context.Context) error { return read.QueryRowContext(c).Scan(new(int)) }},
+	}
+	n := 150
+	if testing.Short() {
+		n = 30
+	}
+	for _, r := range runs {
+		for i := range n {
+			c, cancel := context.WithTimeout(ctx, time.Duration(rand.IntN(200))*time.Microsecond)
+			done := make(chan error, 1)
+			go func() { done <- r.run(c) }()
+			select {
+			case err := <-done:
+				cancel()
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("%s, run %d: %v, want the context's deadline", r.name, i, err)
+				}
+			case <-time.After(20 * time.Second):
+				// The statement holds its connection for ever: the test's
+				// cleanup would wait for it, so end the binary here.
+				panic(fmt.Sprintf("%s, run %d: the endless statement went on 20 s past its context's end", r.name, i))
+			}
+		}
+	}
+	// The tenant is whole and writable.
+	if _, err := p.ExecContext(ctx, `INSERT INTO t VALUES (1)`); err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM t`).Scan(&got); err != nil || got != 1 {
+		t.Errorf("t holds %d rows (%v), want the one written after", got, err)
+	}
+}
