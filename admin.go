@@ -860,6 +860,7 @@ func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	lock := func() (func(), error) { return lockUnusedShm(t.path + "-shm") }
 	if _, err := os.Lstat(t.path + "-shm"); errors.Is(err, fs.ErrNotExist) {
 		switch wal, frames := walFrames(t.path); {
 		case frames:
@@ -871,18 +872,10 @@ func (r *router) gateUnsettled(ctx context.Context, t *tenant) (func(), error) {
 			// An empty one: what KeepWAL leaves after a migration on a
 			// connection in exclusive locking mode. Such a connection, if
 			// one has it open, holds the database file's locks: they tell.
-			release, err := lockUnusedDatabase(t.path, true)
-			if err != nil {
-				leave()
-				if errors.Is(err, errShmInUse) {
-					err = fmt.Errorf("%s is open in another process, or another proxy of this process: stop it first", t.path)
-				}
-				return nil, err
-			}
-			return func() { release(); leave() }, nil
+			lock = func() (func(), error) { return lockUnusedDatabase(t.path, true) }
 		}
 	}
-	release, err := lockUnusedShm(t.path + "-shm")
+	release, err := lock()
 	if err != nil {
 		leave()
 		if errors.Is(err, errShmInUse) {

@@ -5,7 +5,6 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 	"time"
 
@@ -1208,33 +1207,30 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 // mattn's column-type methods are promoted unchanged.
 type rows struct {
 	*sqlite3.SQLiteRows
-	pc    *physConn           // tenant connection the rows run on, nil for tenantless
-	stmt  *sqlite3.SQLiteStmt // statement to give back (or close) after the rows
-	lease uint64              // pc.lease when the rows were opened
-	query string
-	free  *sqlite3.SQLiteConn // tenantless connection to give back
-	pool  *tenantless
-	c     *conn     // the conn whose freeRows it goes back to, nil for none
-	watch *ctxWatch // interrupts the rows' statement when its context ends (ctxwatch.go); nil: it cannot
+	pc      *physConn           // tenant connection the rows run on, nil for tenantless
+	stmt    *sqlite3.SQLiteStmt // statement to give back (or close) after the rows
+	lease   uint64              // pc.lease when the rows were opened
+	query   string
+	free    *sqlite3.SQLiteConn // tenantless connection to give back
+	pool    *tenantless
+	c       *conn     // the conn whose freeRows it goes back to, nil for none
+	watch   *ctxWatch // interrupts the rows' statement when its context ends (ctxwatch.go); nil: it cannot
+	stepped bool      // Next has returned the query's first step
 }
 
-// Next is mattn's, under the rows' watch (ctxwatch.go): once the rows'
-// context has ended, its error, as mattn reports it (a row read as it
-// ended is still the row).
+// Next is mattn's, under the rows' watch (ctxwatch.go), as mattn runs it
+// with the rows' context: the first returns the query's first step, taken
+// already, whatever the context; a later one fails with the context's
+// error once it has ended, before or during the step.
 func (r *rows) Next(dest []driver.Value) error {
 	w := r.watch
-	if w == nil {
+	if w == nil || !r.stepped {
+		r.stepped = true
 		return r.SQLiteRows.Next(dest)
 	}
-	if err := w.enter(); err != nil {
-		return err
-	}
-	err := r.SQLiteRows.Next(dest)
-	w.exit()
-	if err != nil && err != io.EOF {
-		if cerr := w.ctx.Err(); cerr != nil {
-			return cerr
-		}
+	_, err := watched(w, func(context.Context) (struct{}, error) { return struct{}{}, r.SQLiteRows.Next(dest) })
+	if cerr := w.ctx.Err(); cerr != nil {
+		return cerr
 	}
 	return err
 }

@@ -47,9 +47,15 @@ func watchCtx(ctx context.Context, c *sqlite3.SQLiteConn) *ctxWatch {
 }
 
 // enter marks a call stepping the statement, or reports ctx's error if it
-// has ended: then no call is to be made. (Marked first: an end of ctx that
-// enter does not see is one whose interrupt sees the mark.)
+// has ended: then no call is to be made. (Looked at again once marked: an
+// end of ctx that enter does not see is one whose interrupt sees the
+// mark. Looked at first too, so that an interrupt coming for an end seen
+// here finds no mark: it would stay set, on a connection with other
+// statements active, for the next of those.)
 func (w *ctxWatch) enter() error {
+	if err := w.ctx.Err(); err != nil {
+		return err
+	}
 	w.mu.Lock()
 	w.running = true
 	w.mu.Unlock()
@@ -91,16 +97,23 @@ func (w *ctxWatch) close() {
 	}
 }
 
-// exec runs exec, the watched statement, with a context mattn cannot see
-// end, and closes the watch. A statement interrupted for ctx's end fails
-// with ctx's error, as mattn's do.
+// watched runs f, a call into mattn that steps the statement, marked as
+// stepping (enter; exit when it returns, or panics), with a context mattn
+// cannot see end.
+func watched[T any](w *ctxWatch, f func(context.Context) (T, error)) (T, error) {
+	if err := w.enter(); err != nil {
+		var zero T
+		return zero, err
+	}
+	defer w.exit()
+	return f(context.Background())
+}
+
+// exec runs exec, the watched statement, and closes the watch. A statement
+// interrupted for ctx's end fails with ctx's error, as mattn's do.
 func (w *ctxWatch) exec(exec func(context.Context) (driver.Result, error)) (driver.Result, error) {
 	defer w.close()
-	if err := w.enter(); err != nil {
-		return nil, err
-	}
-	res, err := exec(context.Background())
-	w.exit()
+	res, err := watched(w, exec)
 	if err != nil && isInterrupt(err) {
 		if cerr := w.ctx.Err(); cerr != nil {
 			return nil, cerr
@@ -109,20 +122,14 @@ func (w *ctxWatch) exec(exec func(context.Context) (driver.Result, error)) (driv
 	return res, err
 }
 
-// queryWatched runs query (whose first step mattn takes at once) under w,
-// with a context mattn cannot see end, as mattn runs it with ctx: ctx's
-// error if ctx ended meanwhile. w, when not nil, is closed unless the rows
-// are returned: they close it.
+// queryWatched runs query (whose first step mattn takes at once) under w
+// as mattn runs it with ctx: ctx's error if ctx ended meanwhile. w, when
+// not nil, is closed unless the rows are returned: they close it.
 func queryWatched(w *ctxWatch, query func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
 	if w == nil {
 		return query(context.Background())
 	}
-	if err := w.enter(); err != nil {
-		w.close()
-		return nil, err
-	}
-	rs, err := query(context.Background())
-	w.exit()
+	rs, err := watched(w, query)
 	if cerr := w.ctx.Err(); cerr != nil {
 		if err == nil {
 			rs.Close()

@@ -43,6 +43,15 @@ func TestContext_EndsJustAsARunawayStatementStarts(t *testing.T) {
 		{"Query", func(c context.Context) error { return p.QueryRowContext(c, endlessRead).Scan(new(int)) }},
 		{"Stmt.Exec", func(c context.Context) error { _, err := write.ExecContext(c); return err }},
 		{"Stmt.Query", func(c context.Context) error { return read.QueryRowContext(c).Scan(new(int)) }},
+		{"Tx.Exec", func(c context.Context) error {
+			tx, err := p.BeginTx(ctx, nil) // a context of its own, without a deadline
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			_, err = tx.ExecContext(c, endlessWrite)
+			return err
+		}},
 	}
 	n := 150
 	if testing.Short() {

@@ -1017,19 +1017,30 @@ var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:[\s\v\x{FEFF}]|/\
 // mattn's own cache (_stmt_cache_size) already keeps it prepared. A
 // statement with a parameter but no argument takes mattn's path for
 // mattn's own error.
+//
+// mattn gets a context that cannot end; the proxy interrupts the statement
+// itself when r's ends (ctxwatch.go), as for a statement run alone.
 func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
-	if len(r.args) > 0 || !r.reuse {
-		return pc.c.ExecContext(r.ctx, r.query, r.args)
+	if w := watchCtx(r.ctx, pc.c); w != nil {
+		return w.exec(func(bg context.Context) (driver.Result, error) { return execBatchedWith(bg, pc, r) })
 	}
-	s, err := pc.takeStmt(r.ctx, r.query)
+	return execBatchedWith(context.Background(), pc, r)
+}
+
+// execBatchedWith is execBatched handing mattn ctx.
+func execBatchedWith(ctx context.Context, pc *physConn, r *gcReq) (driver.Result, error) {
+	if len(r.args) > 0 || !r.reuse {
+		return pc.c.ExecContext(ctx, r.query, r.args)
+	}
+	s, err := pc.takeStmt(ctx, r.query)
 	if err != nil {
 		return nil, err
 	}
 	if s.NumInput() > 0 {
 		s.Close()
-		return pc.c.ExecContext(r.ctx, r.query, nil)
+		return pc.c.ExecContext(ctx, r.query, nil)
 	}
-	res, err := s.ExecContext(r.ctx, nil)
+	res, err := s.ExecContext(ctx, nil)
 	pc.putStmt(r.query, s)
 	return res, err
 }
