@@ -462,10 +462,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	// mattn gets a context that cannot end (ctxwatch.go); context.Background
 	// for one that cannot anyway, whose chain of values (the tenant's among
 	// them) mattn's asks of Done and Err would walk.
-	if w := watchCtx(ctx, pc.c); w != nil {
-		return w.exec(func(bg context.Context) (driver.Result, error) { return pc.c.ExecContext(bg, query, args) })
-	}
-	return pc.c.ExecContext(context.Background(), query, args)
+	return execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Result, error) { return pc.c.ExecContext(bg, query, args) })
 }
 
 // setsInReadOnlyTx reports whether query is a PRAGMA that sets (or its
@@ -561,13 +558,8 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	c.noteText(query)
-	var rs driver.Rows
 	watch := watchCtx(ctx, pc.c) // see exec
-	if watch == nil {
-		rs, err = pc.c.QueryContext(context.Background(), query, args)
-	} else {
-		rs, err = queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return pc.c.QueryContext(bg, query, args) })
-	}
+	rs, err := queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return pc.c.QueryContext(bg, query, args) })
 	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
@@ -1143,10 +1135,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 			return nil, err
 		}
 	}
-	if w := watchCtx(ctx, pc.c); w != nil { // see conn.exec
-		return w.exec(func(bg context.Context) (driver.Result, error) { return ps.ExecContext(bg, args) })
-	}
-	return ps.ExecContext(context.Background(), args)
+	return execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Result, error) { return ps.ExecContext(bg, args) }) // see conn.exec
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -1185,13 +1174,8 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 			return nil, err
 		}
 	}
-	var rs driver.Rows
 	watch := watchCtx(ctx, pc.c) // see conn.exec
-	if watch == nil {
-		rs, err = ps.QueryContext(context.Background(), args)
-	} else {
-		rs, err = queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, args) })
-	}
+	rs, err := queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, args) })
 	if err != nil {
 		pc.putStmt(s.query, ps)
 		return nil, err

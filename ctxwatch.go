@@ -76,13 +76,22 @@ func (w *ctxWatch) exit() {
 // interrupt runs once ctx has ended: it interrupts c every millisecond for
 // as long as a call steps the statement.
 func (w *ctxWatch) interrupt() {
+	interruptWhile(&w.mu, w.c, func() bool { return w.running })
+}
+
+// interruptWhile interrupts c at once and then every millisecond, under
+// mu, for as long as runs (called under mu) says that what it interrupts
+// still runs: no interrupt comes after the code that ends it has let mu go.
+// SQLite clears an interrupt when a statement starts with none other
+// active, so one alone can be lost (ctxWatch, and a group commit's abort).
+func interruptWhile(mu *sync.Mutex, c *sqlite3.SQLiteConn, runs func() bool) {
 	for {
-		w.mu.Lock()
-		running := w.running
+		mu.Lock()
+		running := runs()
 		if running {
-			interruptConn(w.c)
+			interruptConn(c)
 		}
-		w.mu.Unlock()
+		mu.Unlock()
 		if !running {
 			return
 		}
@@ -109,9 +118,13 @@ func watched[T any](w *ctxWatch, f func(context.Context) (T, error)) (T, error) 
 	return f(context.Background())
 }
 
-// exec runs exec, the watched statement, and closes the watch. A statement
-// interrupted for ctx's end fails with ctx's error, as mattn's do.
-func (w *ctxWatch) exec(exec func(context.Context) (driver.Result, error)) (driver.Result, error) {
+// execWatched runs exec, a statement under w, and closes w (nil: no watch,
+// exec runs with context.Background). A statement interrupted for ctx's end
+// fails with ctx's error, as mattn's do.
+func execWatched(w *ctxWatch, exec func(context.Context) (driver.Result, error)) (driver.Result, error) {
+	if w == nil {
+		return exec(context.Background())
+	}
 	defer w.close()
 	res, err := watched(w, exec)
 	if err != nil && isInterrupt(err) {

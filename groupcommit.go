@@ -495,20 +495,9 @@ func (gc *groupCommit) abortLocked() {
 	// lost, and the statement would run to its end, which for a runaway
 	// one is never. So the writer is interrupted again every millisecond
 	// until the leader has stopped (inTx ends, under mu).
-	seq := gc.txSeq
-	interruptConn(gc.writer.c)
-	go func() {
-		for {
-			time.Sleep(time.Millisecond)
-			gc.mu.Lock()
-			if !gc.inTx || gc.txSeq != seq {
-				gc.mu.Unlock()
-				return
-			}
-			interruptConn(gc.writer.c)
-			gc.mu.Unlock()
-		}
-	}()
+	seq, c := gc.txSeq, gc.writer.c
+	interruptConn(c)
+	go interruptWhile(&gc.mu, c, func() bool { return gc.inTx && gc.txSeq == seq })
 }
 
 // bound returns a channel that receives at r's deadline (nil, which never
@@ -1021,10 +1010,7 @@ var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:[\s\v\x{FEFF}]|/\
 // mattn gets a context that cannot end; the proxy interrupts the statement
 // itself when r's ends (ctxwatch.go), as for a statement run alone.
 func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
-	if w := watchCtx(r.ctx, pc.c); w != nil {
-		return w.exec(func(bg context.Context) (driver.Result, error) { return execBatchedWith(bg, pc, r) })
-	}
-	return execBatchedWith(context.Background(), pc, r)
+	return execWatched(watchCtx(r.ctx, pc.c), func(bg context.Context) (driver.Result, error) { return execBatchedWith(bg, pc, r) })
 }
 
 // execBatchedWith is execBatched handing mattn ctx.

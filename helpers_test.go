@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -34,19 +33,14 @@ func newTestProxy(tb testing.TB, cfg Config) *Proxy {
 	return testkit.Open(tb, "New", func() (*Proxy, error) { return New(cfg) })
 }
 
-// keepWALSweep: SQLITEPROXY_TEST_KEEP_WAL=1, with which newTestProxy sets
-// Config.KeepWAL (make test runs the package so too): the proxy must
-// behave the same with the side files kept, but for the files themselves.
-var keepWALSweep = os.Getenv("SQLITEPROXY_TEST_KEEP_WAL") == "1"
+// keepWALSweep: newTestProxy sets Config.KeepWAL (testkit.KeepWAL).
+var keepWALSweep = testkit.KeepWAL
 
 // keptSide reports whether the file at path is one KeepWAL leaves beside
-// a closed tenant (a -shm, an empty -wal) while keepWALSweep is on.
+// a closed tenant (testkit.KeptSide).
 func keptSide(path string) bool {
-	if !keepWALSweep {
-		return false
-	}
 	fi, err := os.Lstat(path)
-	return err == nil && (strings.HasSuffix(path, ".db-shm") || (strings.HasSuffix(path, ".db-wal") && fi.Size() == 0))
+	return err == nil && testkit.KeptSide(path, fi.Size())
 }
 
 // tctx returns a context routed to tenant id, without a deadline.

@@ -93,7 +93,7 @@ func withProxyLayout(t *testing.T, dir, mdir, layout string, f func(p *sqlitepro
 	// With SQLITEPROXY_TEST_KEEP_WAL=1 (make test runs it so too) every
 	// tenant the library closed keeps its -wal and -shm: the commands must
 	// work on such a directory as on one without them.
-	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir, Layout: l, KeepWAL: keepWALSweep})
+	p := sqliteproxytest.New(t, sqliteproxy.Config{Dir: dir, MigrationsDir: mdir, Layout: l, KeepWAL: testkit.KeepWAL})
 	f(p)
 	if err := p.Close(); err != nil {
 		t.Error(err)
@@ -140,9 +140,6 @@ func events(t *testing.T, path string) []string {
 	return sqliteproxytest.Strings(t, context.Background(), db, `SELECT type FROM events ORDER BY id`)
 }
 
-// keepWALSweep: SQLITEPROXY_TEST_KEEP_WAL=1 (see withProxyLayout).
-var keepWALSweep = os.Getenv("SQLITEPROXY_TEST_KEEP_WAL") == "1"
-
 // snapshot describes every file under dir: mode, size, mtime and content hash.
 // presenceFile is the file every proxy keeps in its directory to tell
 // other processes it has it open (sqliteproxy's presence_unix.go).
@@ -179,7 +176,7 @@ func snapshot(t *testing.T, dir string) map[string]string {
 		if err != nil {
 			return err
 		}
-		if keepWALSweep && (strings.HasSuffix(rel, ".db-shm") || (strings.HasSuffix(rel, ".db-wal") && fi.Size() == 0)) {
+		if testkit.KeptSide(rel, fi.Size()) {
 			// Kept by the library's KeepWAL (withProxyLayout); the CLI's
 			// own connections do not keep them, and a command that opens
 			// the tenant removes them: no data changes.

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -132,4 +133,16 @@ func HoldOpen(driverName, path string) {
 	io.Copy(io.Discard, os.Stdin)
 	db.Close()
 	os.Exit(0)
+}
+
+// KeepWAL: SQLITEPROXY_TEST_KEEP_WAL=1, with which the root package's test
+// proxies and the CLI's set Config.KeepWAL (make test runs both so too):
+// they must behave the same with a closed tenant's side files kept, but for
+// the files themselves.
+var KeepWAL = os.Getenv("SQLITEPROXY_TEST_KEEP_WAL") == "1"
+
+// KeptSide reports whether name, a file of size bytes, is one KeepWAL
+// leaves beside a closed tenant (a -shm, an empty -wal) while KeepWAL is on.
+func KeptSide(name string, size int64) bool {
+	return KeepWAL && (strings.HasSuffix(name, ".db-shm") || strings.HasSuffix(name, ".db-wal") && size == 0)
 }
