@@ -1207,16 +1207,9 @@ type rows struct {
 // already, whatever the context; a later one fails with the context's
 // error once it has ended, before or during the step.
 func (r *rows) Next(dest []driver.Value) error {
-	w := r.watch
-	if w == nil || !r.stepped {
-		r.stepped = true
-		return r.SQLiteRows.Next(dest)
-	}
-	_, err := watched(w, func(context.Context) (struct{}, error) { return struct{}{}, r.SQLiteRows.Next(dest) })
-	if cerr := w.ctx.Err(); cerr != nil {
-		return cerr
-	}
-	return err
+	first := !r.stepped
+	r.stepped = true
+	return nextWatched(r.watch, r.SQLiteRows, dest, first)
 }
 
 var (

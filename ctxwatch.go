@@ -155,6 +155,21 @@ func queryWatched(w *ctxWatch, query func(context.Context) (driver.Rows, error))
 	return rs, err
 }
 
+// nextWatched is rs.Next under w (nil: no watch) as mattn runs it with w's
+// context: the first (first) returns the query's first step, taken
+// already, whatever the context; a later one fails with the context's
+// error once it has ended, before or during the step.
+func nextWatched(w *ctxWatch, rs *sqlite3.SQLiteRows, dest []driver.Value, first bool) error {
+	if w == nil || first {
+		return rs.Next(dest)
+	}
+	_, err := watched(w, func(context.Context) (struct{}, error) { return struct{}{}, rs.Next(dest) })
+	if cerr := w.ctx.Err(); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
 // isInterrupt reports whether err is SQLite's for an interrupted statement.
 func isInterrupt(err error) bool {
 	var se sqlite3.Error

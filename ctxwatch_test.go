@@ -35,6 +35,16 @@ func TestContext_EndsJustAsARunawayStatementStarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer write.Close()
+	if _, err := p.ExecContext(ctx, `DELETE FROM t`); err != nil { // acme made, and open
+		t.Fatal(err)
+	}
+	// globex is left closed: a fan-out reads it on a connection of its own.
+	if err := p.CreateTenant(ctx, "globex"); err != nil {
+		t.Fatal(err)
+	}
+	fanOut := func(c context.Context, id string) error {
+		return p.QueryRowContext(WithFanOut(c, FanOutOptions{Tenants: []string{id}}), endlessRead).Scan(new(string), new(int))
+	}
 	runs := []struct {
 		name string
 		run  func(context.Context) error
@@ -51,6 +61,24 @@ func TestContext_EndsJustAsARunawayStatementStarts(t *testing.T) {
 			defer tx.Rollback()
 			_, err = tx.ExecContext(c, endlessWrite)
 			return err
+		}},
+		{"FanOut on an open tenant", func(c context.Context) error { return fanOut(c, "acme") }},
+		{"FanOut on a closed tenant", func(c context.Context) error { return fanOut(c, "globex") }},
+		{"tenantless Query", func(c context.Context) error {
+			// c's deadline, without a tenant: run on no tenant's file.
+			return p.QueryRowContext(context.WithValue(c, orgIDKey{}, nil), endlessRead).Scan(new(int))
+		}},
+		{"tenantless Exec", func(c context.Context) error {
+			_, err := p.ExecContext(context.WithValue(c, orgIDKey{}, nil), endlessRead)
+			return err
+		}},
+		{"tenantless Stmt.Query", func(c context.Context) error {
+			s, err := p.PrepareContext(context.Background(), endlessRead)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			return s.QueryRowContext(context.WithValue(c, orgIDKey{}, nil)).Scan(new(int))
 		}},
 	}
 	n := 150

@@ -500,7 +500,7 @@ func (run *fanRun) readTenant(ctx context.Context, t *tenant, s *fanSlot) error 
 	read := func(pc *physConn) error {
 		ps, err := pc.takeStmt(ctx, run.query)
 		if err == nil {
-			err = run.stream(ctx, t, ps, s)
+			err = run.stream(ctx, t, pc.c, ps, s)
 			pc.putStmt(run.query, ps)
 		}
 		t.release(pc)
@@ -618,7 +618,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		return false, err
 	}
 	defer st.Close()
-	err = run.stream(ctx, t, st.(*sqlite3.SQLiteStmt), s)
+	err = run.stream(ctx, t, c, st.(*sqlite3.SQLiteStmt), s)
 	if err == nil && immutable && presenceJoins(r.presence) != joins {
 		// Another proxy (another process's, or a second one here) opened
 		// the directory during the read, and may have written and
@@ -675,26 +675,31 @@ func pragmaQueries(name, value string) bool {
 	return false
 }
 
-// stream runs the prepared statement ps on t and sends its rows to s.
-func (run *fanRun) stream(ctx context.Context, t *tenant, ps *sqlite3.SQLiteStmt, s *fanSlot) error {
+// stream runs the prepared statement ps, of connection c, on t and sends
+// its rows to s. The statement is watched as a routed one is (ctxwatch.go):
+// a fan-out's query may be a runaway one, and mattn's single interrupt can
+// be lost.
+func (run *fanRun) stream(ctx context.Context, t *tenant, c *sqlite3.SQLiteConn, ps *sqlite3.SQLiteStmt, s *fanSlot) error {
 	if !ps.Readonly() {
 		return errFanOutWrite(quoteShort(run.query) + " may write")
 	}
 	if err := checkNumInput(ps, run.args); err != nil {
 		return opError(opFanOut, "", err)
 	}
-	drs, err := ps.QueryContext(ctx, run.args)
+	w := watchCtx(ctx, c)
+	drs, err := queryWatched(w, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, run.args) })
 	if err != nil {
 		return err
 	}
+	defer w.close() // after the rows' Close
 	rs := drs.(*sqlite3.SQLiteRows)
 	defer rs.Close()
 	s.hdr = headerOf(rs) // checked by the consumer (fanOutRows.admit)
 	s.hdr.tenant = t.id
 	n := len(s.hdr.names)
-	for {
+	for first := true; ; first = false {
 		row := make([]driver.Value, n)
-		if err := rs.Next(row); err == io.EOF {
+		if err := nextWatched(w, rs, row, first); err == io.EOF {
 			return nil
 		} else if err != nil {
 			return err
