@@ -51,7 +51,17 @@ func (t *tenant) opened(fi os.FileInfo) {
 	}
 	t.mu.Unlock()
 	t.r.watch.folder(filepath.Dir(t.path))
-	if recorded && !t.r.watch.file(t, fi) {
+	if !recorded {
+		return
+	}
+	same, unwatched := t.r.watch.file(t, fi)
+	if unwatched {
+		// Said, not silent: a deletion or replacement of this file while
+		// it is open goes unnoticed.
+		t.r.unwatched.Add(1)
+		t.r.tel.unwatchedOpen(t.tel)
+	}
+	if !same {
 		// Changed before its watch was on (a folder's deletions are not
 		// watched): as the watch would have.
 		t.r.checkFile(t)

@@ -65,6 +65,10 @@ const (
 	fileWatchSweep = 64
 )
 
+// inotifyAddWatch is syscall.InotifyAddWatch; tests make it fail as the
+// kernel does past fs.inotify.max_user_watches.
+var inotifyAddWatch = syscall.InotifyAddWatch
+
 // processWatch is the process's inotify instance, nil while no router uses
 // it; users counts the routers that do.
 var processWatch struct {
@@ -128,16 +132,18 @@ func (fw *fileWatch) folder(dir string) {
 
 // file watches t's file, which its connections opened as fi, for fw's
 // router, and reports whether the path still held that file once the watch
-// was on: a change before it would not be seen.
-func (fw *fileWatch) file(t *tenant, fi os.FileInfo) bool {
+// was on (a change before it would not be seen), and whether the file
+// could not be watched (inotify's limits: no instance for the router, or
+// fs.inotify.max_user_watches met even after a sweep).
+func (fw *fileWatch) file(t *tenant, fi os.FileInfo) (same, unwatched bool) {
 	if fw == nil {
-		return true
+		return true, true
 	}
 	w := fw.w
 	w.mu.Lock()
 	if fw.closed {
 		w.mu.Unlock()
-		return true // an open that raced Close
+		return true, false // an open that raced Close
 	}
 	wd := w.addWatch(t.path, watchFileMask)
 	if wd < 0 && len(w.files) > 0 {
@@ -161,7 +167,7 @@ func (fw *fileWatch) file(t *tenant, fi os.FileInfo) bool {
 	}
 	w.mu.Unlock()
 	now, err := os.Lstat(t.path)
-	return err == nil && os.SameFile(now, fi)
+	return err == nil && os.SameFile(now, fi), wd < 0
 }
 
 // sweepLocked removes the watches of files whose tenants no router
@@ -206,7 +212,7 @@ func (w *inotifyWatch) addWatch(path string, mask uint32) int32 {
 		return -1
 	}
 	wd, werr := -1, error(nil)
-	sc.Control(func(fd uintptr) { wd, werr = syscall.InotifyAddWatch(int(fd), path, mask) })
+	sc.Control(func(fd uintptr) { wd, werr = inotifyAddWatch(int(fd), path, mask) })
 	if werr != nil {
 		return -1
 	}

@@ -11,6 +11,6 @@ func startFileWatch(*router) *fileWatch { return nil }
 
 func (w *fileWatch) folder(string) {}
 
-func (w *fileWatch) file(*tenant, os.FileInfo) bool { return true }
+func (w *fileWatch) file(*tenant, os.FileInfo) (same, unwatched bool) { return true, false }
 
 func (w *fileWatch) close() {}

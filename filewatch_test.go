@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -441,4 +442,43 @@ func TestFileWatch_WatchesFollowOpenTenants(t *testing.T) {
 		removeTenantFiles(t, dir, id)
 		waitFor(t, 5*time.Second, id+" closed after its file was removed", func() bool { return !openTenants(p)[id] })
 	}
+}
+
+// TestFileWatch_UnwatchedOpensCounted: an open whose file cannot be watched
+// (the kernel's fs.inotify.max_user_watches met, made to happen here for
+// globex's file) is counted in Stats.Unwatched and the metric
+// sqliteproxy.tenant.unwatched, not left silent; the tenant is served.
+func TestFileWatch_UnwatchedOpensCounted(t *testing.T) {
+	dir := t.TempDir()
+	rig := newTelemetryRig(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+	p := rig.p
+	if p.c.r.watch == nil {
+		t.Skip("no inotify instance to be had (its limits reached)")
+	}
+	orig := inotifyAddWatch
+	t.Cleanup(func() { inotifyAddWatch = orig })
+	inotifyAddWatch = func(fd int, path string, mask uint32) (int, error) {
+		if mask == watchFileMask && path == filepath.Join(dir, "globex.db") {
+			return -1, syscall.ENOSPC // as past max_user_watches
+		}
+		return orig(fd, path, mask)
+	}
+	insertN(t, p, "acme", 1)
+	insertN(t, p, "globex", 2)
+	if got := p.Stats().Unwatched; got != 1 {
+		t.Errorf("Stats().Unwatched = %d after one open of an unwatchable file, want 1", got)
+	}
+	m, ok := rig.collect(t)["sqliteproxy.tenant.unwatched"]
+	if !ok {
+		t.Fatal("no sqliteproxy.tenant.unwatched metric")
+	}
+	if got := sumInt(t, m, map[string]string{attrTenant: "globex"}); got != 1 {
+		t.Errorf("sqliteproxy.tenant.unwatched{tenant=globex} = %d, want 1", got)
+	}
+	if got := sumInt(t, m, map[string]string{attrTenant: "acme"}); got != 0 {
+		t.Errorf("sqliteproxy.tenant.unwatched{tenant=acme} = %d, want 0", got)
+	}
+	// The watched one is still noticed (the control: what globex lacks).
+	removeTenantFiles(t, dir, "acme")
+	waitFor(t, 5*time.Second, "acme closed after its file was removed", func() bool { return !openTenants(p)["acme"] })
 }

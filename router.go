@@ -41,6 +41,9 @@ type router struct {
 	repl    *replicator // nil unless Config.ReplicaURL
 	classes classCache
 	watch   *fileWatch // notices open tenants' files moved (filewatch.go); nil when nothing is watched
+	// unwatched counts tenant opens whose file the watch could not watch
+	// (Stats.Unwatched).
+	unwatched atomic.Int64
 
 	accessOpts openOpts // what a statement's first access to a tenant may do
 	tenants    sync.Map // tenant ID -> *tenant; read on every checkout without locking

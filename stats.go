@@ -8,12 +8,19 @@ import (
 
 // Stats is a snapshot of the proxy's connection figures.
 type Stats struct {
-	OpenConnections int           // SQLite connections open (counted against MaxConnections)
-	MaxConnections  int           // the cap
-	OpenTenants     int           // tenants with at least one open connection
-	Evictions       int64         // tenants closed to free budget, for idleness, for a drain or at Close
-	Waits           int64         // times a caller waited for a connection slot (the budget) or for one of a tenant's readers; not waits for a tenant's writer, which the metric sqliteproxy.connection.wait.duration (role=writer) counts
-	Tenants         []TenantStats // the open tenants, sorted by ID
+	OpenConnections int   // SQLite connections open (counted against MaxConnections)
+	MaxConnections  int   // the cap
+	OpenTenants     int   // tenants with at least one open connection
+	Evictions       int64 // tenants closed to free budget, for idleness, for a drain or at Close
+	// Unwatched counts tenant opens whose file could not be watched for a
+	// deletion or replacement while open: on Linux, past the kernel's
+	// inotify limits (fs.inotify.max_user_watches, max_user_instances; see
+	// README, Hardening). Such a change then goes unnoticed until the
+	// tenant closes. Elsewhere than on Linux nothing is watched, and
+	// nothing is counted.
+	Unwatched int64
+	Waits     int64         // times a caller waited for a connection slot (the budget) or for one of a tenant's readers; not waits for a tenant's writer, which the metric sqliteproxy.connection.wait.duration (role=writer) counts
+	Tenants   []TenantStats // the open tenants, sorted by ID
 }
 
 // TenantStats describes one tenant with open connections.
@@ -41,6 +48,7 @@ func (r *router) stats() Stats {
 		OpenTenants:     len(b.nopen),
 		Evictions:       b.evictions.Load(),
 		Waits:           b.waits.Load(),
+		Unwatched:       r.unwatched.Load(),
 	}
 	open := make(map[*tenant]int, len(b.nopen))
 	for t, n := range b.nopen {

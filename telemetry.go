@@ -103,6 +103,7 @@ type telemetry struct {
 	waitDuration      metric.Float64Histogram
 	openDuration      metric.Float64Histogram
 	evictions         metric.Int64Counter
+	unwatched         metric.Int64Counter
 	migrationsApplied metric.Int64Counter
 	migrationDuration metric.Float64Histogram
 	migrationFailures metric.Int64Counter
@@ -232,6 +233,7 @@ func newTelemetry(cfg *Config, stats func() Stats) (*telemetry, error) {
 	tel.restoreDuration = hist("sqliteproxy.replication.restore.duration", "Duration of restoring a tenant from its replica, by outcome.")
 	tel.compactDuration = hist("sqliteproxy.replication.compaction.duration", "Duration of compacting the replica of a closed tenant (Config.ReplicaCompactor); failures carry error.type.")
 	tel.ownershipChanges = counter("sqliteproxy.ownership.changes", "{change}", "Tenant leases this node acquired, released or lost (Config.Ownership), by event.")
+	tel.unwatched = counter("sqliteproxy.tenant.unwatched", "{open}", "Tenant opens whose file could not be watched for a deletion or replacement while open (Linux: inotify's limits reached); see Stats.Unwatched.")
 	tel.restores = counter("sqliteproxy.replication.restores", "{restore}", "Restores from the replica by outcome (restored, replaced_stale, not_found, failed).")
 	lag, e4 := m.Float64ObservableGauge("sqliteproxy.replication.lag", metric.WithUnit(durationUnit),
 		metric.WithDescription("How long the replica has been seen behind a tenant (open tenants; 0: caught up); without a tenant attribute, the largest."))
@@ -440,6 +442,14 @@ func (tel *telemetry) evicted(tt *tenantTel, reason evictReason) {
 	}
 	kvs := append(tel.attrsOf(tt).set.ToSlice(), attribute.String(attrReason, reason.String()))
 	tel.evictions.Add(context.Background(), 1, metric.WithAttributes(kvs...))
+}
+
+// unwatchedOpen records an open of tt whose file could not be watched.
+func (tel *telemetry) unwatchedOpen(tt *tenantTel) {
+	if !tel.on {
+		return
+	}
+	tel.unwatched.Add(context.Background(), 1, metric.WithAttributeSet(tel.attrsOf(tt).set))
 }
 
 // synced records a sync of tt to its replica that started at start.
