@@ -73,8 +73,10 @@ type Config struct {
 	// BusyTimeout bounds a wait whose context has no deadline: within this
 	// process, for a tenant's writer (writers queue in Go, not in SQLite's
 	// busy handler), the group-commit queue or a connection slot; against
-	// other processes writing the same files, SQLite's busy_timeout on
-	// tenant connections. Such a wait then fails with SQLITE_BUSY
+	// other processes writing the same files, the busy handler of tenant
+	// connections (SQLite's delays; it also gives up when the statement's
+	// context ends; PRAGMA busy_timeout reads 0 there). Such a wait then
+	// fails with SQLITE_BUSY
 	// ("database is locked"). Default 5s, rounded up to a whole millisecond;
 	// negative means 0: fail at once, even between this process's own
 	// writers. In a DSN, busy_timeout=0 means 0 too. [busy_timeout]

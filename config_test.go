@@ -1,6 +1,7 @@
 package sqliteproxy
 
 import (
+	"context"
 	"database/sql"
 	"errors"
 	"math"
@@ -169,13 +170,13 @@ func TestConfigExtremes(t *testing.T) {
 	if got := p.c.r.cfg.BusyTimeout; got != math.MaxInt32*time.Millisecond {
 		t.Errorf("BusyTimeout 1000h resolved to %v", got)
 	}
-	if v := queryInt(t, p, tctx("acme"), `PRAGMA busy_timeout`); v != math.MaxInt32 {
-		t.Errorf("busy_timeout on a tenant connection = %d, want %d", v, math.MaxInt32)
+	if v := writerBusyTimeout(t, p, "acme"); v != math.MaxInt32*time.Millisecond {
+		t.Errorf("busy timeout of a tenant connection = %v, want %v", v, math.MaxInt32*time.Millisecond)
 	}
 	// SQLite counts whole milliseconds: 500µs was busy_timeout 0.
 	short := newTestProxy(t, Config{Dir: t.TempDir(), BusyTimeout: 500 * time.Microsecond})
-	if v := queryInt(t, short, tctx("acme"), `PRAGMA busy_timeout`); v != 1 {
-		t.Errorf("BusyTimeout 500µs: busy_timeout on a tenant connection = %d, want 1", v)
+	if v := writerBusyTimeout(t, short, "acme"); v != time.Millisecond {
+		t.Errorf("BusyTimeout 500µs: busy timeout of a tenant connection = %v, want 1ms", v)
 	}
 	if _, err := New(Config{Dir: dir, StmtCacheSize: 1 << 24}); err == nil || !strings.Contains(err.Error(), "StmtCacheSize") {
 		t.Errorf("StmtCacheSize 1<<24: %v, want an error naming it", err)
@@ -211,4 +212,25 @@ func TestConfig_RoundTrip(t *testing.T) {
 			t.Errorf("%+v: resolved %d readers, %v, cache %d; again %d, %v, %d", cfg, p.c.cfg.ReadersPerTenant, p.c.cfg.BusyTimeout, p.c.cfg.StmtCacheSize, got.ReadersPerTenant, got.BusyTimeout, got.StmtCacheSize)
 		}
 	}
+}
+
+// writerBusyTimeout returns the busy timeout of tenant id's writer (opening
+// it): its busy handler's (busy.go; PRAGMA busy_timeout reads 0 there).
+func writerBusyTimeout(t *testing.T, p *Proxy, id string) time.Duration {
+	t.Helper()
+	tn, err := p.c.r.tenant(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	pc, err := tn.acquireWriter(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.releaseWriter()
+	d, err := busyTimeoutOf(pc.c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }

@@ -918,7 +918,9 @@ func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, err
 	if err != nil {
 		return nil, err
 	}
-	stx, err := pc.c.BeginTx(ctx, opts)
+	// Watched as a statement is (its BEGIN may wait for another process's
+	// write lock): mattn's single interrupt can be lost.
+	stx, err := execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Tx, error) { return pc.c.BeginTx(bg, opts) })
 	if err != nil {
 		return nil, err
 	}

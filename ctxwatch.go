@@ -120,16 +120,18 @@ func watched[T any](w *ctxWatch, f func(context.Context) (T, error)) (T, error) 
 
 // execWatched runs exec, a statement under w, and closes w (nil: no watch,
 // exec runs with context.Background). A statement interrupted for ctx's end
-// fails with ctx's error, as mattn's do.
-func execWatched(w *ctxWatch, exec func(context.Context) (driver.Result, error)) (driver.Result, error) {
+// fails with ctx's error, as mattn's do; so does one whose wait for
+// another process's lock the interrupt ended (SQLITE_BUSY, busy.go).
+func execWatched[T any](w *ctxWatch, exec func(context.Context) (T, error)) (T, error) {
 	if w == nil {
 		return exec(context.Background())
 	}
 	defer w.close()
 	res, err := watched(w, exec)
-	if err != nil && isInterrupt(err) {
+	if err != nil && (isInterrupt(err) || isBusy(err)) {
 		if cerr := w.ctx.Err(); cerr != nil {
-			return nil, cerr
+			var zero T
+			return zero, cerr
 		}
 	}
 	return res, err

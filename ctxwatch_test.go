@@ -112,3 +112,94 @@ func TestContext_EndsJustAsARunawayStatementStarts(t *testing.T) {
 		t.Errorf("t holds %d rows (%v), want the one written after", got, err)
 	}
 }
+
+// TestContext_EndsAWaitForAnotherProcesssLock: a statement waiting in
+// SQLite's busy handler for a lock another process holds (its write
+// transaction) fails with its context's error at its deadline, not after
+// BusyTimeout: BusyTimeout bounds only waits whose context has none. The
+// waits: an Exec (group commit on and off), a transaction's BEGIN
+// IMMEDIATE, a batch's BEGIN IMMEDIATE (callers queued behind a leader).
+func TestContext_EndsAWaitForAnotherProcesssLock(t *testing.T) {
+	t.Parallel()
+	if !busyInterruptible {
+		t.Skip("a system SQLite (libsqlite3 tag): SQLite's own busy handler, which an interrupt does not end")
+	}
+	const busy = 30 * time.Second // the wait a deadline must cut short
+	for _, gc := range []GroupCommitMode{GroupCommitOn, GroupCommitOff} {
+		dir := t.TempDir()
+		p := newTestProxy(t, Config{Dir: dir, BusyTimeout: busy, GroupCommit: gc, Migrations: []string{eventsTable}})
+		ctx := tctx("acme")
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
+			t.Fatal(err)
+		}
+		lock, err := direct(t, dir, "acme").Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+			t.Fatal(err)
+		}
+		waits := []struct {
+			name string
+			run  func(context.Context) error
+		}{
+			{"Exec", func(c context.Context) error {
+				_, err := p.ExecContext(c, `INSERT INTO events (tenant) VALUES ('blocked')`)
+				return err
+			}},
+			{"BeginTx", func(c context.Context) error {
+				tx, err := p.BeginTx(c, nil)
+				if err == nil {
+					defer tx.Rollback()
+					_, err = tx.ExecContext(c, `INSERT INTO events (tenant) VALUES ('blocked')`)
+				}
+				return err
+			}},
+			{"eight Execs at once", func(c context.Context) error {
+				errs := make(chan error, 8)
+				for range 8 {
+					go func() {
+						_, err := p.ExecContext(c, `INSERT INTO events (tenant) VALUES ('blocked')`)
+						errs <- err
+					}()
+				}
+				for range 8 {
+					if err := <-errs; !errors.Is(err, context.DeadlineExceeded) {
+						return err
+					}
+				}
+				return context.DeadlineExceeded
+			}},
+		}
+		for _, w := range waits {
+			c, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			start := time.Now()
+			done := make(chan error, 1)
+			go func() { done <- w.run(c) }()
+			select {
+			case err := <-done:
+				cancel()
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Errorf("group commit %v, %s beside another process's write lock: %v, want the context's deadline", gc, w.name, err)
+				}
+				if took := time.Since(start); took > 5*time.Second {
+					t.Errorf("group commit %v, %s: answered after %v, its deadline 100 ms away (BusyTimeout %v)", gc, w.name, took, busy)
+				}
+			case <-time.After(2 * busy):
+				t.Fatalf("group commit %v, %s: no answer %v on", gc, w.name, 2*busy)
+			}
+		}
+		if _, err := lock.ExecContext(context.Background(), `ROLLBACK`); err != nil {
+			t.Fatal(err)
+		}
+		lock.Close()
+		// Nothing of the waits was written; the tenant writes again.
+		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('after')`); err != nil {
+			t.Fatal(err)
+		}
+		var n int
+		if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE tenant = 'blocked'`).Scan(&n); err != nil || n != 0 {
+			t.Errorf("group commit %v: %d blocked rows written (%v), want none", gc, n, err)
+		}
+	}
+}

@@ -776,7 +776,12 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	if (t.r.cfg.ForeignKeys || foreignKeysOn(pc)) && deferredKeys(pc) {
 		return alone()
 	}
-	if _, err := pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil); err != nil {
+	// Under the leader's context: its end ends a wait for another
+	// process's write lock (busy.go), and the batch's callers then run
+	// alone, each under its own.
+	if _, err := execWatched(watchCtx(lead.ctx, pc.c), func(bg context.Context) (driver.Result, error) {
+		return pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil)
+	}); err != nil {
 		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
 			// Another process holds the write lock, and BEGIN waited
 			// BusyTimeout for it, as every caller of the batch has waited

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -16,8 +17,10 @@ import (
 )
 
 // tenantHook returns the ConnectHook of tenant connections, which runs once
-// mattn has applied the DSN's pragmas: it puts the file in WAL mode
-// (retrying for up to walTimeout, see ensureWAL) and hardens the connection
+// mattn has applied the DSN's pragmas (busy_timeout among them, which is
+// busyTimeout): it sets a busy handler that an interrupt ends (busy.go),
+// puts the file in WAL mode (retrying for up to busyTimeout, see
+// ensureWAL) and hardens the connection
 // (replicated: for a file Litestream streams), and with keep makes it
 // keep the -wal and -shm when it closes last (Config.KeepWAL).
 //
@@ -26,14 +29,17 @@ import (
 // a tenant file's place after the proxy looked, and the hook would have
 // written to the file it reached (its journal mode, a -wal and -shm beside
 // it) before openFile could refuse it.
-func tenantHook(walTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool) func(*sqlite3.SQLiteConn) error {
+func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
 				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, got, dir)
 			}
 		}
-		if err := ensureWAL(c, walTimeout); err != nil {
+		if err := setBusyTimeout(c, busyTimeout); err != nil {
+			return err
+		}
+		if err := ensureWAL(c, busyTimeout); err != nil {
 			return err
 		}
 		if keep {
@@ -67,6 +73,13 @@ func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
 		}
 		time.Sleep(delay)
 	}
+}
+
+// busyPragma sets SQLite's own busy handler on c with timeout, as mattn's
+// busy_timeout does.
+func busyPragma(c *sqlite3.SQLiteConn, timeout time.Duration) error {
+	_, err := c.Exec("PRAGMA busy_timeout = "+strconv.FormatInt(max(timeout, 0).Milliseconds(), 10), nil)
+	return err
 }
 
 // isBusy reports whether err is SQLite's SQLITE_BUSY or SQLITE_LOCKED.

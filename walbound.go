@@ -2,7 +2,6 @@ package sqliteproxy
 
 import (
 	"os"
-	"strconv"
 	"time"
 )
 
@@ -73,10 +72,9 @@ func (t *tenant) boundWAL(pc *physConn) {
 // could not finish is not an error: the next one goes on from where it
 // stopped. The error is that of giving pc its busy timeout back.
 func (t *tenant) truncateWAL(pc *physConn) error {
-	if _, err := pc.c.Exec("PRAGMA busy_timeout = "+strconv.FormatInt(walWait.Milliseconds(), 10), nil); err != nil {
+	if err := setBusyTimeout(pc.c, walWait); err != nil {
 		return nil // unchanged
 	}
 	_, _ = checkpoint(pc.c) // a busy or failed checkpoint: see above
-	_, err := pc.c.Exec("PRAGMA busy_timeout = "+strconv.FormatInt(t.r.cfg.BusyTimeout.Milliseconds(), 10), nil)
-	return err
+	return setBusyTimeout(pc.c, t.r.cfg.BusyTimeout)
 }
