@@ -633,11 +633,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 // tenant connections are, without the switch to WAL (the tenant's file is
 // in WAL mode already).
 var fanOutDriver = &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
-	if err := hardenTenantConn(c, false, 0); err != nil {
-		return err
-	}
-	registerAuthorizer(c, false, 0, fanOutAuthorizer)
-	return nil
+	return hardenTenantConn(c, false, 0, fanOutAuthorizer)
 }}
 
 // fanOutAuthorizer is tenantAuthorizer for the fan-out's pre-check and its

@@ -29,7 +29,7 @@ import (
 // a tenant file's place after the proxy looked, and the hook would have
 // written to the file it reached (its journal mode, a -wal and -shm beside
 // it) before openFile could refuse it.
-func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool) func(*sqlite3.SQLiteConn) error {
+func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool, auth authorizer) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
@@ -47,9 +47,12 @@ func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloo
 				return err
 			}
 		}
-		return hardenTenantConn(c, replicated, syncFloor)
+		return hardenTenantConn(c, replicated, syncFloor, auth)
 	}
 }
+
+// authorizer is an authorizer callback of mattn's (RegisterAuthorizer).
+type authorizer = func(op int, arg1, arg2, arg3 string) int
 
 // ensureWAL switches the file to WAL unless it is already. Switching needs
 // an exclusive lock and SQLite does not call the busy handler for it, so
@@ -103,14 +106,14 @@ func journalMode(c *sqlite3.SQLiteConn) (string, error) {
 }
 
 // hardenTenantConn allows one attached database (plain VACUUM attaches the
-// empty file name internally; see vacuum) and installs tenantAuthorizer,
-// which refuses every ATTACH.
+// empty file name internally; see vacuum) and installs auth
+// (tenantAuthorizer, which refuses every ATTACH, or one that calls it).
 //
 // syncFloor is the rank (syncRank) of Config.Synchronous: a PRAGMA
 // synchronous below it is refused. It stayed on the shared writer, and
 // every later write of the tenant ran with it (adv49: synchronous = OFF
 // under Synchronous FULL).
-func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool, syncFloor int) error {
+func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool, syncFloor int, auth authorizer) error {
 	c.SetLimit(sqlite3.SQLITE_LIMIT_ATTACHED, 1)
 	if err := setDefensive(c); err != nil && err != errNoHandle {
 		return err
@@ -123,7 +126,7 @@ func hardenTenantConn(c *sqlite3.SQLiteConn, replicated bool, syncFloor int) err
 			return err
 		}
 	}
-	registerAuthorizer(c, replicated, syncFloor, tenantAuthorizer)
+	registerAuthorizer(c, replicated, syncFloor, auth)
 	return nil
 }
 

@@ -18,7 +18,8 @@ import (
 // connOpener opens SQLite connections to tenant files with the pragmas of
 // the configuration, hardened by tenantHook (harden.go).
 type connOpener struct {
-	drv          *sqlite3.SQLiteDriver // opens tenant connections, hardened by ConnectHook
+	drv          *sqlite3.SQLiteDriver // opens tenant connections (writers), hardened by ConnectHook
+	readerDrv    *sqlite3.SQLiteDriver // opens readers: like drv, with fanOutAuthorizer
 	writerParams string                // URI query of writer connections
 	readerParams string                // URI query of reader connections
 	aloneParams  string                // URI query of MigrateAll's connections to tenants not open anywhere (see migrateAlone)
@@ -32,11 +33,17 @@ type connOpener struct {
 func newConnOpener(cfg *Config, realDir string) connOpener {
 	floor := syncRank(cfg.Synchronous)
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL)},
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
+		// A reader's PRAGMAs only query: SQLite applies some setters
+		// (case_sensitive_like, query_only, ignore_check_constraints) when
+		// it compiles them, EXPLAIN included, and one compiled on a reader
+		// (a Prepare while the writer was busy) changed the answers of every
+		// later query on it. Refused there, they run on the writer.
+		readerDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, 0, cfg.KeepWAL, fanOutAuthorizer)},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL)},
+		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
 		// Files being built are not tenants yet: nothing is kept beside them.
-		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor, false)},
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor, false, tenantAuthorizer)},
 		realDir:    realDir,
 		replicated: cfg.ReplicaURL != "",
 		cacheSize:  max(cfg.StmtCacheSize, 1),
@@ -67,24 +74,15 @@ func newConnOpener(cfg *Config, realDir string) connOpener {
 // open opens a writer or a reader of t, for its pool; a wait at the open
 // gate ends with ctx (or BusyTimeout).
 func (o *connOpener) open(ctx context.Context, t *tenant, writer bool) (*physConn, error) {
-	params := o.readerParams
+	drv, params := o.readerDrv, o.readerParams
 	if writer {
-		params = o.writerParams
+		drv, params = o.drv, o.writerParams
 	}
-	c, err := t.r.openFile(ctx, t, o.drv, params)
+	c, err := t.r.openFile(ctx, t, drv, params)
 	if err != nil {
 		return nil, opError(opOpenTenant, t.id, err)
 	}
-	sc := c.(*sqlite3.SQLiteConn)
-	if !writer {
-		// A reader's PRAGMAs only query: SQLite applies some setters
-		// (case_sensitive_like, query_only, ignore_check_constraints) when
-		// it compiles them, EXPLAIN included, and one compiled on a reader
-		// (a Prepare while the writer was busy) changed the answers of every
-		// later query on it. Refused there, they run on the writer.
-		registerAuthorizer(sc, o.replicated, 0, fanOutAuthorizer)
-	}
-	return &physConn{c: sc, t: t, writer: writer, cacheSize: o.cacheSize}, nil
+	return &physConn{c: c.(*sqlite3.SQLiteConn), t: t, writer: writer, cacheSize: o.cacheSize}, nil
 }
 
 // openPath opens a hardened tenant connection to the file at path (a
