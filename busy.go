@@ -9,58 +9,69 @@ package sqliteproxy
 // an interrupt for the statement's context (ctxwatch.go) was seen only
 // when the wait was over, BusyTimeout later (30 s with a 30 s
 // BusyTimeout, for a request whose deadline was 100 ms away). Tenant
-// connections get a handler of their own: SQLite's default one's delays
-// and timeout, slept a millisecond at a time, giving up (SQLITE_BUSY, which
-// the watch turns into the context's error) once the connection is
-// interrupted. It needs sqlite3_is_interrupted (3.41) and
+// connections get a handler of their own: SQLite's default one's delays,
+// slept at most 5 ms at a time, until the timeout has passed on the clock,
+// giving up (SQLITE_BUSY, which the watch turns into the context's error)
+// once the connection is interrupted. It needs sqlite3_is_interrupted (3.41) and
 // sqlite3_set_clientdata (3.44), which the SQLite mattn bundles has; with
 // the libsqlite3 build tag (a system SQLite, maybe older) the default
 // handler stays (busy_libsqlite3.go).
 
 /*
 #include <stdlib.h>
+#include <time.h>
 
 typedef struct sqlite3 sqlite3;
 extern int sqlite3_busy_handler(sqlite3 *, int (*)(void *, int), void *);
 extern int sqlite3_is_interrupted(sqlite3 *);
 extern void *sqlite3_get_clientdata(sqlite3 *, const char *);
 extern int sqlite3_set_clientdata(sqlite3 *, const char *, void *, void (*)(void *));
-extern int sqlite3_sleep(int);
 
 typedef struct {
 	sqlite3 *db;
-	int timeout; // ms
+	int timeout;     // ms; 0: no handler set (sqliteproxy_busy_timeout)
+	long long start; // ms on the monotonic clock when this wait began
 } sqliteproxy_busy_arg;
 
+static long long sqliteproxy_now_ms(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 // sqliteproxy_busy is SQLite's default busy handler (sqliteDefaultBusyCallback,
-// with usleep) that sleeps a millisecond at a time and gives up once db is
-// interrupted.
+// with usleep: the same delays) that counts the time really waited, sleeps
+// at most 5 ms at a time and gives up once db is interrupted. count is 0
+// at the first call of each wait.
 static int sqliteproxy_busy(void *p, int count) {
 	static const unsigned char delays[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
-	static const unsigned char totals[] = {0, 1, 3, 8, 18, 33, 53, 78, 103, 128, 178, 228};
-	enum { n = sizeof(delays) / sizeof(delays[0]) };
+	enum { n = sizeof(delays) / sizeof(delays[0]), slice = 5 };
 	sqliteproxy_busy_arg *a = p;
-	int delay, prior;
-	if (count < n) {
-		delay = delays[count];
-		prior = totals[count];
-	} else {
-		delay = delays[n - 1];
-		prior = totals[n - 1] + delay * (count - (n - 1));
+	long long now = sqliteproxy_now_ms();
+	if (count == 0) {
+		a->start = now;
 	}
-	if (prior + delay > a->timeout) {
-		delay = a->timeout - prior;
-		if (delay <= 0) {
-			return 0;
-		}
+	if (sqlite3_is_interrupted(a->db)) {
+		return 0;
 	}
-	for (int i = 0; i < delay; i++) {
+	long long left = a->start + a->timeout - now;
+	if (left <= 0) {
+		return 0;
+	}
+	long long delay = delays[count < n ? count : n - 1];
+	if (delay > left) {
+		delay = left;
+	}
+	while (delay > 0) {
+		long long d = delay < slice ? delay : slice;
+		struct timespec ts = {0, (long)(d * 1000000)};
+		nanosleep(&ts, 0);
+		delay -= d;
 		if (sqlite3_is_interrupted(a->db)) {
 			return 0;
 		}
-		sqlite3_sleep(1);
 	}
-	return !sqlite3_is_interrupted(a->db);
+	return 1;
 }
 
 // sqliteproxy_set_busy sets sqliteproxy_busy with timeout (ms) on db, or
@@ -68,10 +79,13 @@ static int sqliteproxy_busy(void *p, int count) {
 // data: freed when db closes) and is reused when set again. It returns
 // SQLite's result code.
 static int sqliteproxy_set_busy(void *db, int timeout) {
+	sqliteproxy_busy_arg *a = sqlite3_get_clientdata(db, "sqliteproxy.busy");
 	if (timeout <= 0) {
+		if (a != 0) {
+			a->timeout = 0;
+		}
 		return sqlite3_busy_handler(db, 0, 0);
 	}
-	sqliteproxy_busy_arg *a = sqlite3_get_clientdata(db, "sqliteproxy.busy");
 	if (a == 0) {
 		a = malloc(sizeof *a);
 		if (a == 0) {
@@ -84,11 +98,12 @@ static int sqliteproxy_set_busy(void *db, int timeout) {
 	}
 	a->db = db;
 	a->timeout = timeout;
+	a->start = 0;
 	return sqlite3_busy_handler(db, sqliteproxy_busy, a);
 }
 
 // sqliteproxy_busy_timeout returns the timeout (ms) sqliteproxy_set_busy
-// last set on db, -1 if it never did.
+// last set on db (0: none), -1 if it never did.
 static int sqliteproxy_busy_timeout(void *db) {
 	sqliteproxy_busy_arg *a = sqlite3_get_clientdata(db, "sqliteproxy.busy");
 	return a == 0 ? -1 : a->timeout;

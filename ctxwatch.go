@@ -128,7 +128,7 @@ func execWatched[T any](w *ctxWatch, exec func(context.Context) (T, error)) (T, 
 	}
 	defer w.close()
 	res, err := watched(w, exec)
-	if err != nil && (isInterrupt(err) || isBusy(err)) {
+	if err != nil && (isInterrupt(err) || isBusyWait(err)) {
 		if cerr := w.ctx.Err(); cerr != nil {
 			var zero T
 			return zero, cerr
@@ -170,6 +170,13 @@ func nextWatched(w *ctxWatch, rs *sqlite3.SQLiteRows, dest []driver.Value, first
 		return cerr
 	}
 	return err
+}
+
+// isBusyWait reports whether err is SQLITE_BUSY: a wait for a lock that
+// gave up (not SQLITE_LOCKED, which fails at once).
+func isBusyWait(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se) && se.Code == sqlite3.ErrBusy
 }
 
 // isInterrupt reports whether err is SQLite's for an interrupted statement.

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/mattn/go-sqlite3"
 )
 
 // TestContext_EndsJustAsARunawayStatementStarts: a context that ends at any
@@ -202,4 +205,136 @@ func TestContext_EndsAWaitForAnotherProcesssLock(t *testing.T) {
 			t.Errorf("group commit %v: %d blocked rows written (%v), want none", gc, n, err)
 		}
 	}
+}
+
+// A batch's leader whose deadline ends its wait for another process's
+// write lock leaves alone: the callers it had gathered, none of whose
+// statements ran, are batched again behind the next leader (not made to
+// run one by one), and commit once the lock is free.
+func TestContext_LeaderLeavesItsBatchAtItsDeadline(t *testing.T) {
+	if !busyInterruptible {
+		t.Skip("a system SQLite (libsqlite3 tag): SQLite's own busy handler, which an interrupt does not end")
+	}
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, GroupCommit: GroupCommitOn, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := p.c.r.tenant("acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tn.unpin()
+	var mu sync.Mutex
+	var sizes []int
+	hook := func(batch []*gcReq) {
+		mu.Lock()
+		sizes = append(sizes, len(batch))
+		mu.Unlock()
+	}
+	batchHook.Store(&hook)
+	t.Cleanup(func() { batchHook.Store(nil) })
+	// The writer held here (no SQLite lock), the SQLite write lock by
+	// another connection: the first caller waits to lead, the others queue.
+	if err := tn.lockWriter(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := direct(t, dir, "acme").Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	leader := make(chan error, 1)
+	go func() {
+		_, err := p.ExecContext(lctx, `INSERT INTO events (tenant) VALUES ('leader')`)
+		leader <- err
+	}()
+	waitFor(t, 10*time.Second, "the leader to wait for the writer", func() bool { return tn.wsem.nwait.Load() == 1 })
+	const others = 6
+	errs := make(chan error, others)
+	for range others {
+		go func() {
+			_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('other')`) // no deadline
+			errs <- err
+		}()
+	}
+	waitFor(t, 10*time.Second, "the others to queue", func() bool { return tn.queued() == others })
+	tn.releaseWriter()
+	select {
+	case err := <-leader:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("the leader: %v, want its deadline", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the leader still waits 10 s on, its deadline 300 ms away")
+	}
+	waitFor(t, 10*time.Second, "the others batched again behind a new leader", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(sizes) >= 2
+	})
+	if _, err := lock.ExecContext(context.Background(), `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	for range others {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Errorf("a caller without a deadline: %v", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("callers still waiting 20 s on")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(sizes) != 2 || sizes[0] != others+1 || sizes[1] != others {
+		t.Errorf("batches of %v, want %d (the leader's) then %d (the others again, together)", sizes, others+1, others)
+	}
+	var n int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events WHERE tenant = 'other'`).Scan(&n); err != nil || n != others {
+		t.Errorf("%d rows of the others (%v), want %d", n, err, others)
+	}
+}
+
+// A wait for another process's lock without a deadline lasts BusyTimeout
+// on the clock (the proxy's busy handler, busy.go), not less.
+func TestContext_BusyHandlerWaitsBusyTimeout(t *testing.T) {
+	t.Parallel()
+	if !busyInterruptible {
+		t.Skip("a system SQLite (libsqlite3 tag): SQLite's own busy handler, which an interrupt does not end")
+	}
+	const busy = 400 * time.Millisecond
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: busy, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := direct(t, dir, "acme").Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('blocked')`)
+	took := time.Since(start)
+	if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
+		t.Errorf("a write beside another process's write lock, no deadline: %v, want SQLITE_BUSY", err)
+	}
+	if took < busy || took > 10*busy {
+		t.Errorf("gave up after %v, BusyTimeout %v", took, busy)
+	}
+	if _, err := lock.ExecContext(context.Background(), `ROLLBACK`); err != nil {
+		t.Fatal(err)
+	}
+	lock.Close()
 }

@@ -587,11 +587,20 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		return false, opError(opFanOut, t.id, err)
 	}
 	defer done()
+	// fanOutDriver is every router's: BusyTimeout is this one's. A wait
+	// for another process's lock (one that holds the tenant in
+	// locking_mode=EXCLUSIVE) then ends with the fan-out's context.
+	if err := setBusyTimeout(c, r.cfg.BusyTimeout); err != nil {
+		return false, opError(opFanOut, t.id, err)
+	}
 	if !t.ready.Load() && !(r.accessOpts.migrate && len(r.mig.list) == 0) {
 		// As the gate of a first access does (migrations.go), except that
 		// what is pending is applied by the normal open, not here. With no
 		// migrations to apply, the gate checks nothing.
-		rows, err := ledger(ctx, c)
+		// Watched, as the prepare below: on this new connection it is
+		// the first read of the file, which waits for another process's
+		// exclusive lock, and mattn's interrupt can be lost.
+		rows, err := execWatched(watchCtx(ctx, c), func(bg context.Context) ([]ledgerRow, error) { return ledger(bg, c) })
 		if err != nil {
 			return false, err
 		}
@@ -613,7 +622,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		}
 		t.ready.Store(true)
 	}
-	st, err := c.PrepareContext(ctx, run.query)
+	st, err := execWatched(watchCtx(ctx, c), func(bg context.Context) (driver.Stmt, error) { return c.PrepareContext(bg, run.query) })
 	if err != nil {
 		return false, err
 	}

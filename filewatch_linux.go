@@ -2,6 +2,7 @@ package sqliteproxy
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"sync"
 	"syscall"
@@ -117,7 +118,7 @@ func (fw *fileWatch) folder(dir string) {
 	}
 	wf := w.folders[dir]
 	if wf == nil {
-		wd := w.addWatch(dir, watchFolderMask)
+		wd, _ := w.addWatch(dir, watchFolderMask)
 		if wd < 0 {
 			return
 		}
@@ -145,13 +146,13 @@ func (fw *fileWatch) file(t *tenant, fi os.FileInfo) (same, unwatched bool) {
 		w.mu.Unlock()
 		return true, false // an open that raced Close
 	}
-	wd := w.addWatch(t.path, watchFileMask)
-	if wd < 0 && len(w.files) > 0 {
+	wd, err := w.addWatch(t.path, watchFileMask)
+	if overLimit(err) && len(w.files) > 0 {
 		// Past the kernel's limit (fs.inotify.max_user_watches, shared
 		// with the user's other processes), maybe for closed tenants'
 		// watches: sweep now, and try again.
 		w.sweepLocked()
-		wd = w.addWatch(t.path, watchFileMask)
+		wd, err = w.addWatch(t.path, watchFileMask)
 	}
 	if wd >= 0 {
 		wf := w.files[wd]
@@ -166,8 +167,15 @@ func (fw *fileWatch) file(t *tenant, fi os.FileInfo) (same, unwatched bool) {
 		}
 	}
 	w.mu.Unlock()
-	now, err := os.Lstat(t.path)
-	return err == nil && os.SameFile(now, fi), wd < 0
+	now, lerr := os.Lstat(t.path)
+	// Not for a file gone meanwhile (ENOENT): the check below tells.
+	return lerr == nil && os.SameFile(now, fi), overLimit(err)
+}
+
+// overLimit reports whether err, inotify_add_watch's, is for the kernel's
+// limits (fs.inotify.max_user_watches; its memory).
+func overLimit(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.ENOMEM)
 }
 
 // sweepLocked removes the watches of files whose tenants no router
@@ -205,18 +213,21 @@ func (w *inotifyWatch) rmWatch(wd int32) {
 }
 
 // addWatch adds (or extends) the kernel's watch of path with mask and
-// returns its descriptor, -1 if it could not. The caller holds w.mu.
-func (w *inotifyWatch) addWatch(path string, mask uint32) int32 {
+// returns its descriptor, -1 and why if it could not. The caller holds
+// w.mu.
+func (w *inotifyWatch) addWatch(path string, mask uint32) (int32, error) {
 	sc, err := w.f.SyscallConn()
 	if err != nil {
-		return -1
+		return -1, err
 	}
 	wd, werr := -1, error(nil)
-	sc.Control(func(fd uintptr) { wd, werr = inotifyAddWatch(int(fd), path, mask) })
-	if werr != nil {
-		return -1
+	if err := sc.Control(func(fd uintptr) { wd, werr = inotifyAddWatch(int(fd), path, mask) }); err != nil {
+		return -1, err
 	}
-	return int32(wd)
+	if werr != nil {
+		return -1, werr
+	}
+	return int32(wd), nil
 }
 
 // close ends fw's router's use of the watch: no event reaches the router

@@ -447,7 +447,9 @@ func TestFileWatch_WatchesFollowOpenTenants(t *testing.T) {
 // TestFileWatch_UnwatchedOpensCounted: an open whose file cannot be watched
 // (the kernel's fs.inotify.max_user_watches met, made to happen here for
 // globex's file) is counted in Stats.Unwatched and the metric
-// sqliteproxy.tenant.unwatched, not left silent; the tenant is served.
+// sqliteproxy.tenant.unwatched, not left silent; the tenant is served. A
+// watch that failed for another reason (initech's file gone meanwhile, as
+// far as the watch knew) is not the kernel's limits, and not counted.
 func TestFileWatch_UnwatchedOpensCounted(t *testing.T) {
 	dir := t.TempDir()
 	rig := newTelemetryRig(t, Config{Dir: dir, Migrations: []string{eventsTable}})
@@ -461,10 +463,14 @@ func TestFileWatch_UnwatchedOpensCounted(t *testing.T) {
 		if mask == watchFileMask && path == filepath.Join(dir, "globex.db") {
 			return -1, syscall.ENOSPC // as past max_user_watches
 		}
+		if mask == watchFileMask && path == filepath.Join(dir, "initech.db") {
+			return -1, syscall.ENOENT // as for a file gone meanwhile: not the limits
+		}
 		return orig(fd, path, mask)
 	}
 	insertN(t, p, "acme", 1)
 	insertN(t, p, "globex", 2)
+	insertN(t, p, "initech", 1)
 	if got := p.Stats().Unwatched; got != 1 {
 		t.Errorf("Stats().Unwatched = %d after one open of an unwatchable file, want 1", got)
 	}

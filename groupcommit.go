@@ -777,11 +777,20 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 		return alone()
 	}
 	// Under the leader's context: its end ends a wait for another
-	// process's write lock (busy.go), and the batch's callers then run
-	// alone, each under its own.
+	// process's write lock (busy.go).
 	if _, err := execWatched(watchCtx(lead.ctx, pc.c), func(bg context.Context) (driver.Result, error) {
 		return pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil)
 	}); err != nil {
+		if lead.ctx.Err() != nil {
+			// It ended: nothing ran. The leader's caller gets its
+			// context's error; the others are queued again as they were
+			// (not to run alone: none of them failed), to batch behind the
+			// next leader.
+			if lead.run() {
+				lead.err = opError(opWaitWriter, t.id, waitErr(lead.ctx))
+			}
+			return append(again, batch[1:]...)
+		}
 		if se := (sqlite3.Error{}); errors.As(err, &se) && se.Code == sqlite3.ErrBusy {
 			// Another process holds the write lock, and BEGIN waited
 			// BusyTimeout for it, as every caller of the batch has waited
