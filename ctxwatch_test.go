@@ -2,9 +2,11 @@ package sqliteproxy
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -337,4 +339,58 @@ func TestContext_BusyHandlerWaitsBusyTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	lock.Close()
+}
+
+// Opening a tenant that another process holds in exclusive locking mode
+// (a sqlite3 shell's, MigrateAll's of a tenant nobody had open) ends at
+// the context's deadline: mattn's open reads the file before the proxy's
+// busy handler is set, and SQLite's own waited out BusyTimeout. The open
+// of a routed query, and a fan-out's own connection, both; once the lock
+// is gone the tenant opens.
+func TestContext_EndsAnOpenBesideAnExclusiveLock(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if err := p.CreateTenant(ctx, "acme"); err != nil { // left closed
+		t.Fatal(err)
+	}
+	ex, err := sql.Open("sqlite3", filepath.Join(dir, "acme.db")+"?_locking_mode=EXCLUSIVE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ex.Close()
+	ex.SetMaxOpenConns(1)
+	if _, err := ex.Exec(`INSERT INTO events (tenant) VALUES ('exclusive')`); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"a query", func(c context.Context) error {
+			return p.QueryRowContext(c, `SELECT count(*) FROM events`).Scan(new(int))
+		}},
+		{"a fan-out", func(c context.Context) error {
+			return p.QueryRowContext(WithFanOut(c, FanOutOptions{Tenants: []string{"acme"}}), `SELECT count(*) FROM events`).Scan(new(string), new(int))
+		}},
+	} {
+		c, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		start := time.Now()
+		err := tc.run(c)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s of a tenant another process holds exclusively: %v, want the deadline", tc.name, err)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("%s answered after %v, its deadline 200 ms away (BusyTimeout 30 s)", tc.name, took)
+		}
+	}
+	if err := ex.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("after the lock: %d rows (%v), want the one written under it", n, err)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/mattn/go-sqlite3"
 )
@@ -50,7 +51,12 @@ func newConnOpener(cfg *Config, realDir string) connOpener {
 	}
 	common := url.Values{}
 	common.Set("mode", "rw") // never create a file: a tenant's file is made only by createFile
-	common.Set("_busy_timeout", strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10))
+	// No busy handler while mattn opens: its open reads the file (PRAGMA
+	// synchronous reads the schema) before the connect hook sets the
+	// proxy's (busy.go), and SQLite's own would wait out BusyTimeout
+	// whatever the context. openFile tries again under the context
+	// instead.
+	common.Set("_busy_timeout", "0")
 	common.Set("_synchronous", cfg.Synchronous)
 	common.Set("_stmt_cache_size", strconv.Itoa(cfg.StmtCacheSize))
 	if cfg.ForeignKeys {
@@ -198,7 +204,10 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 // (see enterGate) until the connect hook has made the connection's -shm,
 // which a restore or delete in another process then sees; it waits for
 // one that holds the gate up to ctx, or BusyTimeout for a ctx without
-// deadline.
+// deadline, and so for the file, when another process holds it (in
+// locking_mode=EXCLUSIVE: a sqlite3 shell's, a MigrateAll of a tenant
+// nobody had open) and the open finds it busy; but for aloneDrv's opens,
+// which fail at once then.
 func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (driver.Conn, error) {
 	leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, false)
 	if err != nil {
@@ -206,10 +215,22 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 	}
 	defer leave()
 	var c driver.Conn
-	err = r.withFDs(t, func() (err error) {
-		c, err = drv.Open(t.uri + params)
-		return err
-	})
+	bound := time.Now().Add(r.cfg.BusyTimeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err = r.withFDs(t, func() (err error) {
+			c, err = drv.Open(t.uri + params)
+			return err
+		})
+		if err == nil || !isBusyWait(err) || drv == r.conns.aloneDrv {
+			break
+		}
+		if _, ok := ctx.Deadline(); !ok && time.Now().Add(delay).After(bound) {
+			break // SQLITE_BUSY, as SQLite's busy handler would end
+		}
+		if werr := sleepCtx(ctx, delay); werr != nil {
+			return nil, werr
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -223,6 +244,18 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		return nil, fmt.Errorf("%w: %s opened %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, t.path, got)
 	}
 	return c, nil
+}
+
+// sleepCtx sleeps for d, or until ctx ends (its error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-tm.C:
+		return nil
+	}
 }
 
 // errNotTenantFile refuses a connection that SQLite opened on another file
