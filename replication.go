@@ -1546,9 +1546,38 @@ func (rp *replicator) lastUpload(ctx context.Context, key string) (time.Time, er
 // deleteReplica erases tenant id's replica and reports whether there was
 // one: file:// and s3:// replicas (see internal/s3lite); others are an error
 // that says so.
+//
+// Litestream may still be writing it: Store.UnregisterDB (v0.5.18) does not
+// wait for a compaction the store started on the database before, which
+// then uploads a level-1 file after the erase; the deleted rows came back
+// at the next access (TestProxy_DeleteDuringRestoreOnOpen, once, under
+// load: the compaction Litestream starts when it finds a restored database
+// behind its replica). So the erase is done again after eraseSettle, and
+// again for as long as one finds something (eraseRounds at most).
 func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error) {
-	return rp.deleteKey(ctx, id)
+	found, err := rp.deleteKey(ctx, id)
+	for range eraseRounds {
+		if err != nil {
+			break
+		}
+		if err = sleepCtx(ctx, eraseSettle); err != nil {
+			break
+		}
+		again, derr := rp.deleteKey(ctx, id)
+		if err = derr; !again {
+			break
+		}
+		found = true
+	}
+	return found, err
 }
+
+// eraseSettle is how long deleteReplica waits before it erases a replica
+// again, eraseRounds how many times at most (a var: tests).
+var (
+	eraseSettle = time.Second
+	eraseRounds = 5
+)
 
 // deleteKey erases the replica at key (a tenant's, <id>, with every
 // generation in it; or one generation's, <id>/g<N>), and reports whether
