@@ -401,6 +401,7 @@ func (p *Proxy) DeleteTenant(ctx context.Context, id string) error {
 			}
 		} else {
 			erased = true
+			r.eraseLate(ctx, t) // before the marker goes: it tells another process's open to erase first
 			err = removeIfExists(deletedMarker(t.path))
 		}
 	}

@@ -31,6 +31,7 @@ typedef struct {
 	sqlite3 *db;
 	int timeout;     // ms; 0: no handler set (sqliteproxy_busy_timeout)
 	long long start; // ms on the monotonic clock when this wait began
+	long long last;  // ms when the handler last returned
 } sqliteproxy_busy_arg;
 
 static long long sqliteproxy_now_ms(void) {
@@ -41,14 +42,16 @@ static long long sqliteproxy_now_ms(void) {
 
 // sqliteproxy_busy is SQLite's default busy handler (sqliteDefaultBusyCallback,
 // with usleep: the same delays) that counts the time really waited, sleeps
-// at most 5 ms at a time and gives up once db is interrupted. count is 0
-// at the first call of each wait.
+// at most 5 ms at a time and gives up once db is interrupted. count is 0 at
+// the first call of each wait, but SQLite resets it only at the end of a
+// prepare: a call long after the last one (more than the longest delay)
+// begins a wait too.
 static int sqliteproxy_busy(void *p, int count) {
 	static const unsigned char delays[] = {1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100};
 	enum { n = sizeof(delays) / sizeof(delays[0]), slice = 5 };
 	sqliteproxy_busy_arg *a = p;
 	long long now = sqliteproxy_now_ms();
-	if (count == 0) {
+	if (count == 0 || now - a->last > 250) {
 		a->start = now;
 	}
 	if (sqlite3_is_interrupted(a->db)) {
@@ -71,6 +74,7 @@ static int sqliteproxy_busy(void *p, int count) {
 			return 0;
 		}
 	}
+	a->last = sqliteproxy_now_ms();
 	return 1;
 }
 
@@ -99,6 +103,7 @@ static int sqliteproxy_set_busy(void *db, int timeout) {
 	a->db = db;
 	a->timeout = timeout;
 	a->start = 0;
+	a->last = 0;
 	return sqlite3_busy_handler(db, sqliteproxy_busy, a);
 }
 

@@ -582,17 +582,11 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	if _, frames := walFrames(t.path); !frames && !othersPresent(r.presence) {
 		params, immutable = "?mode=ro&immutable=1", true
 	}
-	c, done, err := r.ownConn(ctx, t, fanOutDriver, params)
+	c, done, err := r.ownConn(ctx, t, r.conns.fanOutDrv, params)
 	if err != nil {
 		return false, opError(opFanOut, t.id, err)
 	}
 	defer done()
-	// fanOutDriver is every router's: BusyTimeout is this one's. A wait
-	// for another process's lock (one that holds the tenant in
-	// locking_mode=EXCLUSIVE) then ends with the fan-out's context.
-	if err := setBusyTimeout(c, r.cfg.BusyTimeout); err != nil {
-		return false, opError(opFanOut, t.id, err)
-	}
 	if !t.ready.Load() && !(r.accessOpts.migrate && len(r.mig.list) == 0) {
 		// As the gate of a first access does (migrations.go), except that
 		// what is pending is applied by the normal open, not here. With no
@@ -638,9 +632,8 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 	return true, err
 }
 
-// fanOutDriver opens the read-only connections of readClosed: hardened as
-// tenant connections are, without the switch to WAL (the tenant's file is
-// in WAL mode already).
+// fanOutDriver opens compileAlone's in-memory connections: hardened as a
+// fan-out's own are (connOpener.fanOutDrv).
 var fanOutDriver = &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
 	return hardenTenantConn(c, false, 0, fanOutAuthorizer)
 }}

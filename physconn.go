@@ -25,6 +25,7 @@ type connOpener struct {
 	readerParams string                // URI query of reader connections
 	aloneParams  string                // URI query of MigrateAll's connections to tenants not open anywhere (see migrateAlone)
 	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
+	fanOutDrv    *sqlite3.SQLiteDriver // opens a fan-out's own read-only connections to tenants not open here (readClosed)
 	pathDrv      *sqlite3.SQLiteDriver // like drv, for files anywhere (openPath: templates, files being built)
 	realDir      string                // Config.Dir with every symlink resolved
 	replicated   bool                  // Litestream streams the tenants (Config.ReplicaURL)
@@ -41,6 +42,14 @@ func newConnOpener(cfg *Config, realDir string) connOpener {
 		// (a Prepare while the writer was busy) changed the answers of every
 		// later query on it. Refused there, they run on the writer.
 		readerDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, 0, cfg.KeepWAL, fanOutAuthorizer)},
+		// Hardened as tenant connections are, without the switch to WAL
+		// (the tenant's file is in WAL mode already).
+		fanOutDrv: &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
+			if err := setBusyTimeout(c, cfg.BusyTimeout); err != nil {
+				return err
+			}
+			return hardenTenantConn(c, false, 0, fanOutAuthorizer)
+		}},
 		// No retry: waiting cannot help while another connection has the file open.
 		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
 		// Files being built are not tenants yet: nothing is kept beside them.
@@ -204,10 +213,11 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 // (see enterGate) until the connect hook has made the connection's -shm,
 // which a restore or delete in another process then sees; it waits for
 // one that holds the gate up to ctx, or BusyTimeout for a ctx without
-// deadline, and so for the file, when another process holds it (in
+// deadline. An open by one of the proxy's tenant drivers (busy_timeout 0:
+// see newConnOpener) that finds the file busy (another process holds it in
 // locking_mode=EXCLUSIVE: a sqlite3 shell's, a MigrateAll of a tenant
-// nobody had open) and the open finds it busy; but for aloneDrv's opens,
-// which fail at once then.
+// nobody had open) is tried again until ctx ends or BusyTimeout has
+// passed, as a statement's wait in the busy handler lasts.
 func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (driver.Conn, error) {
 	leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, false)
 	if err != nil {
@@ -221,14 +231,18 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 			c, err = drv.Open(t.uri + params)
 			return err
 		})
-		if err == nil || !isBusyWait(err) || drv == r.conns.aloneDrv {
-			break
+		if err == nil || !isBusyWait(err) || !r.conns.retriesBusy(drv) || time.Now().Add(delay).After(bound) {
+			break // SQLITE_BUSY at BusyTimeout, as the busy handler's
 		}
-		if _, ok := ctx.Deadline(); !ok && time.Now().Add(delay).After(bound) {
-			break // SQLITE_BUSY, as SQLite's busy handler would end
-		}
-		if werr := sleepCtx(ctx, delay); werr != nil {
-			return nil, werr
+		tm := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return nil, context.Cause(ctx)
+		case <-r.stop:
+			tm.Stop()
+			return nil, ErrClosed
+		case <-tm.C:
 		}
 	}
 	if err != nil {
@@ -246,16 +260,10 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 	return c, nil
 }
 
-// sleepCtx sleeps for d, or until ctx ends (its error).
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	tm := time.NewTimer(d)
-	defer tm.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-tm.C:
-		return nil
-	}
+// retriesBusy reports whether drv is one of the tenant drivers whose DSN
+// sets no busy handler for mattn's open (openFile tries it again).
+func (o *connOpener) retriesBusy(drv *sqlite3.SQLiteDriver) bool {
+	return drv == o.drv || drv == o.readerDrv || drv == o.fanOutDrv
 }
 
 // errNotTenantFile refuses a connection that SQLite opened on another file

@@ -1546,35 +1546,49 @@ func (rp *replicator) lastUpload(ctx context.Context, key string) (time.Time, er
 // deleteReplica erases tenant id's replica and reports whether there was
 // one: file:// and s3:// replicas (see internal/s3lite); others are an error
 // that says so.
-//
-// Litestream may still be writing it: Store.UnregisterDB (v0.5.18) does not
-// wait for a compaction the store started on the database before, which
-// then uploads a level-1 file after the erase; the deleted rows came back
-// at the next access (TestProxy_DeleteDuringRestoreOnOpen, once, under
-// load: the compaction Litestream starts when it finds a restored database
-// behind its replica). So the erase is done again after eraseSettle, and
-// again for as long as one finds something (eraseRounds at most).
 func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error) {
-	found, err := rp.deleteKey(ctx, id)
-	for range eraseRounds {
-		if err != nil {
-			break
-		}
-		if err = sleepCtx(ctx, eraseSettle); err != nil {
-			break
-		}
-		again, derr := rp.deleteKey(ctx, id)
-		if err = derr; !again {
-			break
-		}
-		found = true
-	}
-	return found, err
+	return rp.deleteKey(ctx, id)
 }
 
-// eraseSettle is how long deleteReplica waits before it erases a replica
-// again, eraseRounds how many times at most (a var: tests).
-var (
+// eraseLate erases the replica of t, which DeleteTenant has just deleted
+// and erased, again after eraseSettle, and again for as long as that finds
+// something (eraseRounds at most). Litestream may still be writing it:
+// Store.UnregisterDB (v0.5.18) does not wait for a compaction its store
+// started on the database, which then uploads a level-1 file after the
+// erase; the deleted rows came back at the next access
+// (TestProxy_DeleteDuringRestoreOnOpen, once under load: the compaction
+// Litestream starts when it finds a restored database behind its replica).
+// Best effort: it stops when ctx ends, the proxy closes or an erase fails,
+// and once another process has made the tenant again (its file there, or
+// the delete's marker gone: that process's open erased the replica
+// itself), whose replica it must not touch.
+func (r *router) eraseLate(ctx context.Context, t *tenant) {
+	for range eraseRounds {
+		tm := time.NewTimer(eraseSettle)
+		select {
+		case <-ctx.Done():
+			tm.Stop()
+			return
+		case <-r.stop:
+			tm.Stop()
+			return
+		case <-tm.C:
+		}
+		if _, err := os.Lstat(t.path); !errors.Is(err, fs.ErrNotExist) {
+			return
+		}
+		if _, err := os.Lstat(deletedMarker(t.path)); err != nil {
+			return
+		}
+		if again, err := r.repl.deleteReplica(ctx, t.id); err != nil || !again {
+			return
+		}
+	}
+}
+
+// eraseSettle is how long eraseLate waits before each erase, eraseRounds
+// how many times at most.
+const (
 	eraseSettle = time.Second
 	eraseRounds = 5
 )
