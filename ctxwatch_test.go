@@ -137,13 +137,7 @@ func TestContext_EndsAWaitForAnotherProcesssLock(t *testing.T) {
 		if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
 			t.Fatal(err)
 		}
-		lock, err := direct(t, dir, "acme").Conn(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
-			t.Fatal(err)
-		}
+		lock := writeLock(t, dir, "acme")
 		waits := []struct {
 			name string
 			run  func(context.Context) error
@@ -242,14 +236,7 @@ func TestContext_LeaderLeavesItsBatchAtItsDeadline(t *testing.T) {
 	if err := tn.lockWriter(ctx); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := direct(t, dir, "acme").Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
-		t.Fatal(err)
-	}
+	lock := writeLock(t, dir, "acme")
 	lctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	leader := make(chan error, 1)
@@ -319,15 +306,9 @@ func TestContext_BusyHandlerWaitsBusyTimeout(t *testing.T) {
 	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('first')`); err != nil {
 		t.Fatal(err)
 	}
-	lock, err := direct(t, dir, "acme").Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
-		t.Fatal(err)
-	}
+	lock := writeLock(t, dir, "acme")
 	start := time.Now()
-	_, err = p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('blocked')`)
+	_, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('blocked')`)
 	took := time.Since(start)
 	if se := (sqlite3.Error{}); !errors.As(err, &se) || se.Code != sqlite3.ErrBusy {
 		t.Errorf("a write beside another process's write lock, no deadline: %v, want SQLITE_BUSY", err)

@@ -997,15 +997,7 @@ func TestGroupCommit_ExternalWriteLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tn.unpin()
-	lock, err := direct(t, dir, "acme").Conn(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
-		t.Fatal(err)
-	}
-	defer lock.ExecContext(context.Background(), `ROLLBACK`)
+	writeLock(t, dir, "acme")
 	const writers = 8
 	took := make(chan time.Duration, writers)
 	start := time.Now()

@@ -176,3 +176,22 @@ func fileCount(t *testing.T, p, q string) int {
 	}
 	return n
 }
+
+// writeLock takes tenant id's write lock (BEGIN IMMEDIATE) on a connection
+// of its own, as another process would, and returns it; it is rolled back
+// and closed at the end of the test, if not before.
+func writeLock(t *testing.T, dir, id string) *sql.Conn {
+	t.Helper()
+	lock, err := direct(t, dir, id).Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lock.ExecContext(context.Background(), `ROLLBACK`)
+		lock.Close()
+	})
+	if _, err := lock.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	return lock
+}
