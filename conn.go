@@ -462,7 +462,7 @@ func (c *conn) exec(ctx context.Context, query string, args []driver.NamedValue)
 	// mattn gets a context that cannot end (ctxwatch.go); context.Background
 	// for one that cannot anyway, whose chain of values (the tenant's among
 	// them) mattn's asks of Done and Err would walk.
-	return execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Result, error) { return pc.c.ExecContext(bg, query, args) })
+	return execWatched(ctx, pc.c, func(bg context.Context) (driver.Result, error) { return pc.c.ExecContext(bg, query, args) })
 }
 
 // setsInReadOnlyTx reports whether query is a PRAGMA that sets (or its
@@ -558,8 +558,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		return nil, err
 	}
 	c.noteText(query)
-	watch := watchCtx(ctx, pc.c) // see exec
-	rs, err := queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return pc.c.QueryContext(bg, query, args) })
+	rs, watch, err := queryWatched(ctx, pc.c, func(bg context.Context) (driver.Rows, error) { return pc.c.QueryContext(bg, query, args) }) // see exec
 	if err != nil && !pc.writer && !c.triedWriter && compileErr(err) {
 		// The text was classified as a read (by this conn or, for the whole
 		// process, by another tenant's run of it), but the reader cannot
@@ -570,8 +569,7 @@ func (c *conn) query(ctx context.Context, query string, args []driver.NamedValue
 		var wrs driver.Rows
 		var wwatch *ctxWatch
 		if tried, werr := c.onWriter(ctx, func(w *physConn) (err error) {
-			wwatch = watchCtx(ctx, w.c)
-			wrs, err = queryWatched(wwatch, func(bg context.Context) (driver.Rows, error) { return w.c.QueryContext(bg, query, args) })
+			wrs, wwatch, err = queryWatched(ctx, w.c, func(bg context.Context) (driver.Rows, error) { return w.c.QueryContext(bg, query, args) })
 			return err
 		}); tried {
 			pc, rs, err, watch = c.pc, wrs, werr, wwatch
@@ -920,7 +918,7 @@ func (c *conn) begin(ctx context.Context, opts driver.TxOptions) (driver.Tx, err
 	}
 	// Watched as a statement is (its BEGIN may wait for another process's
 	// write lock): mattn's single interrupt can be lost.
-	stx, err := execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Tx, error) { return pc.c.BeginTx(bg, opts) })
+	stx, err := execWatched(ctx, pc.c, func(bg context.Context) (driver.Tx, error) { return pc.c.BeginTx(bg, opts) })
 	if err != nil {
 		return nil, err
 	}
@@ -1137,7 +1135,7 @@ func (s *stmt) runExec(ctx context.Context, args []driver.NamedValue) (driver.Re
 			return nil, err
 		}
 	}
-	return execWatched(watchCtx(ctx, pc.c), func(bg context.Context) (driver.Result, error) { return ps.ExecContext(bg, args) }) // see conn.exec
+	return execWatched(ctx, pc.c, func(bg context.Context) (driver.Result, error) { return ps.ExecContext(bg, args) }) // see conn.exec
 }
 
 func (s *stmt) QueryContext(ctx context.Context, args []driver.NamedValue) (driver.Rows, error) {
@@ -1176,8 +1174,7 @@ func (s *stmt) runQuery(ctx context.Context, args []driver.NamedValue) (driver.R
 			return nil, err
 		}
 	}
-	watch := watchCtx(ctx, pc.c) // see conn.exec
-	rs, err := queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, args) })
+	rs, watch, err := queryWatched(ctx, pc.c, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, args) }) // see conn.exec
 	if err != nil {
 		pc.putStmt(s.query, ps)
 		return nil, err

@@ -36,7 +36,8 @@ type ctxWatch struct {
 }
 
 // watchCtx returns the watch of a statement of ctx on c, nil when ctx
-// cannot end. The caller closes it when the statement is done.
+// cannot end. The caller closes it when the statement is done (execWatched
+// and queryWatched make and close it).
 func watchCtx(ctx context.Context, c *sqlite3.SQLiteConn) *ctxWatch {
 	if ctx.Done() == nil {
 		return nil
@@ -118,11 +119,13 @@ func watched[T any](w *ctxWatch, f func(context.Context) (T, error)) (T, error) 
 	return f(context.Background())
 }
 
-// execWatched runs exec, a statement under w, and closes w (nil: no watch,
-// exec runs with context.Background). A statement interrupted for ctx's end
-// fails with ctx's error, as mattn's do; so does one whose wait for
-// another process's lock the interrupt ended (SQLITE_BUSY, busy.go).
-func execWatched[T any](w *ctxWatch, exec func(context.Context) (T, error)) (T, error) {
+// execWatched runs exec, a statement of ctx on c, under a watch (none when
+// ctx cannot end: exec then runs with context.Background). A statement
+// interrupted for ctx's end fails with ctx's error, as mattn's do; so does
+// one whose wait for another process's lock the interrupt ended
+// (SQLITE_BUSY, busy.go).
+func execWatched[T any](ctx context.Context, c *sqlite3.SQLiteConn, exec func(context.Context) (T, error)) (T, error) {
+	w := watchCtx(ctx, c)
 	if w == nil {
 		return exec(context.Background())
 	}
@@ -137,12 +140,15 @@ func execWatched[T any](w *ctxWatch, exec func(context.Context) (T, error)) (T, 
 	return res, err
 }
 
-// queryWatched runs query (whose first step mattn takes at once) under w
-// as mattn runs it with ctx: ctx's error if ctx ended meanwhile. w, when
-// not nil, is closed unless the rows are returned: they close it.
-func queryWatched(w *ctxWatch, query func(context.Context) (driver.Rows, error)) (driver.Rows, error) {
+// queryWatched runs query (whose first step mattn takes at once), a query
+// of ctx on c, under a watch as mattn runs it with ctx: ctx's error if ctx
+// ended meanwhile. It returns the watch (nil when ctx cannot end) with the
+// rows, which close it; without rows it is closed.
+func queryWatched(ctx context.Context, c *sqlite3.SQLiteConn, query func(context.Context) (driver.Rows, error)) (driver.Rows, *ctxWatch, error) {
+	w := watchCtx(ctx, c)
 	if w == nil {
-		return query(context.Background())
+		rs, err := query(context.Background())
+		return rs, nil, err
 	}
 	rs, err := watched(w, query)
 	if cerr := w.ctx.Err(); cerr != nil {
@@ -153,8 +159,9 @@ func queryWatched(w *ctxWatch, query func(context.Context) (driver.Rows, error))
 	}
 	if err != nil {
 		w.close()
+		return nil, nil, err
 	}
-	return rs, err
+	return rs, w, nil
 }
 
 // nextWatched is rs.Next under w (nil: no watch) as mattn runs it with w's

@@ -594,7 +594,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		// Watched, as the prepare below: on this new connection it is
 		// the first read of the file, which waits for another process's
 		// exclusive lock, and mattn's interrupt can be lost.
-		rows, err := execWatched(watchCtx(ctx, c), func(bg context.Context) ([]ledgerRow, error) { return ledger(bg, c) })
+		rows, err := execWatched(ctx, c, func(bg context.Context) ([]ledgerRow, error) { return ledger(bg, c) })
 		if err != nil {
 			return false, err
 		}
@@ -616,7 +616,7 @@ func (run *fanRun) readClosed(ctx context.Context, t *tenant, s *fanSlot) (bool,
 		}
 		t.ready.Store(true)
 	}
-	st, err := execWatched(watchCtx(ctx, c), func(bg context.Context) (driver.Stmt, error) { return c.PrepareContext(bg, run.query) })
+	st, err := execWatched(ctx, c, func(bg context.Context) (driver.Stmt, error) { return c.PrepareContext(bg, run.query) })
 	if err != nil {
 		return false, err
 	}
@@ -684,8 +684,7 @@ func (run *fanRun) stream(ctx context.Context, t *tenant, c *sqlite3.SQLiteConn,
 	if err := checkNumInput(ps, run.args); err != nil {
 		return opError(opFanOut, "", err)
 	}
-	w := watchCtx(ctx, c)
-	drs, err := queryWatched(w, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, run.args) })
+	drs, w, err := queryWatched(ctx, c, func(bg context.Context) (driver.Rows, error) { return ps.QueryContext(bg, run.args) })
 	if err != nil {
 		return err
 	}

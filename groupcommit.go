@@ -778,7 +778,7 @@ func (t *tenant) runBatch(pc *physConn, batch []*gcReq) (again []*gcReq) {
 	}
 	// Under the leader's context: its end ends a wait for another
 	// process's write lock (busy.go).
-	if _, err := execWatched(watchCtx(lead.ctx, pc.c), func(bg context.Context) (driver.Result, error) {
+	if _, err := execWatched(lead.ctx, pc.c, func(bg context.Context) (driver.Result, error) {
 		return pc.c.ExecContext(bg, "BEGIN IMMEDIATE", nil)
 	}); err != nil {
 		if lead.ctx.Err() != nil {
@@ -1024,7 +1024,7 @@ var initiallyDeferred = regexp.MustCompile(`(?is)\bINITIALLY(?:[\s\v\x{FEFF}]|/\
 // mattn gets a context that cannot end; the proxy interrupts the statement
 // itself when r's ends (ctxwatch.go), as for a statement run alone.
 func execBatched(pc *physConn, r *gcReq) (driver.Result, error) {
-	return execWatched(watchCtx(r.ctx, pc.c), func(bg context.Context) (driver.Result, error) { return execBatchedWith(bg, pc, r) })
+	return execWatched(r.ctx, pc.c, func(bg context.Context) (driver.Result, error) { return execBatchedWith(bg, pc, r) })
 }
 
 // execBatchedWith is execBatched handing mattn ctx.

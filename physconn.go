@@ -234,15 +234,8 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		if err == nil || !isBusyWait(err) || !r.conns.retriesBusy(drv) || time.Now().Add(delay).After(bound) {
 			break // SQLITE_BUSY at BusyTimeout, as the busy handler's
 		}
-		tm := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			tm.Stop()
-			return nil, context.Cause(ctx)
-		case <-r.stop:
-			tm.Stop()
-			return nil, ErrClosed
-		case <-tm.C:
+		if err := r.pause(ctx, delay); err != nil {
+			return nil, err
 		}
 	}
 	if err != nil {
@@ -258,6 +251,21 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 		return nil, fmt.Errorf("%w: %s opened %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, t.path, got)
 	}
 	return c, nil
+}
+
+// pause waits for d, or until ctx ends (its cause) or the proxy closes
+// (ErrClosed).
+func (r *router) pause(ctx context.Context, d time.Duration) error {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-r.stop:
+		return ErrClosed
+	case <-tm.C:
+		return nil
+	}
 }
 
 // retriesBusy reports whether drv is one of the tenant drivers whose DSN

@@ -1564,15 +1564,8 @@ func (rp *replicator) deleteReplica(ctx context.Context, id string) (bool, error
 // itself), whose replica it must not touch.
 func (r *router) eraseLate(ctx context.Context, t *tenant) {
 	for range eraseRounds {
-		tm := time.NewTimer(eraseSettle)
-		select {
-		case <-ctx.Done():
-			tm.Stop()
+		if r.pause(ctx, eraseSettle) != nil {
 			return
-		case <-r.stop:
-			tm.Stop()
-			return
-		case <-tm.C:
 		}
 		if _, err := os.Lstat(t.path); !errors.Is(err, fs.ErrNotExist) {
 			return

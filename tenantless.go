@@ -143,7 +143,7 @@ func (p *tenantless) exec(ctx context.Context, query string, args []driver.Named
 	if args, err = connArgs(s, args); err != nil {
 		return nil, err
 	}
-	return execWatched(watchCtx(ctx, c), func(bg context.Context) (driver.Result, error) { return s.ExecContext(bg, args) }) // see conn.exec
+	return execWatched(ctx, c, func(bg context.Context) (driver.Result, error) { return s.ExecContext(bg, args) }) // see conn.exec
 }
 
 // connArgs applies to args what mattn's conn-level Exec and Query do (the
@@ -186,8 +186,7 @@ func (p *tenantless) query(ctx context.Context, query string, args []driver.Name
 		p.put(c)
 		return nil, err
 	}
-	watch := watchCtx(ctx, c) // see conn.exec
-	rs, err := queryWatched(watch, func(bg context.Context) (driver.Rows, error) { return s.QueryContext(bg, args) })
+	rs, watch, err := queryWatched(ctx, c, func(bg context.Context) (driver.Rows, error) { return s.QueryContext(bg, args) }) // see conn.exec
 	if err != nil {
 		s.Close()
 		p.put(c)
