@@ -58,8 +58,9 @@ vet:
 
 unit:
 	$(GO) test -race -tags $(TAGS) -timeout 20m ./...
-	# and the refusal of load_extension in a build that has it (without the tag)
-	$(GO) test -race -run '^TestHardening_LoadExtensionRefused$$' .
+	# and the refusal of load_extension in a build that has it (without sqlite_omit_load_extension),
+	# a build that also keeps SQLite's memory statistics (tag sqliteproxy_memstatus, memstatus.go)
+	$(GO) test -race -tags sqliteproxy_memstatus -run '^(TestHardening_LoadExtensionRefused|TestMemStatus_OffUnlessKept)$$' .
 	# and the package again with Config.KeepWAL on in every test proxy: kept side files change nothing else
 	SQLITEPROXY_TEST_KEEP_WAL=1 $(GO) test -tags $(TAGS) -timeout 10m .
 

@@ -167,4 +167,11 @@
 // created 0600 in a 0700 directory; a
 // tenant file that is a symlink is refused. Build with the tag
 // sqlite_omit_load_extension to leave extension loading out of the binary.
+//
+// Importing the package turns SQLite's memory statistics off for the whole
+// process (SQLITE_CONFIG_MEMSTATUS, as SQLite recommends): they take one
+// process-wide mutex on every allocation, which tenants opened on several
+// threads at once queue on. sqlite3_memory_used and the heap limits then do
+// nothing in the process, for other users of mattn/go-sqlite3 too; build
+// with the tag sqliteproxy_memstatus to keep them.
 package sqliteproxy
