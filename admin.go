@@ -699,7 +699,11 @@ func copyDatabase(ctx context.Context, dst string, src *sqlite3.SQLiteConn) erro
 			}
 		}
 		defer endRead()
-		if _, err := src.Exec("SELECT 1 FROM sqlite_master LIMIT 1", nil); err != nil {
+		// The read lock may wait for another process's (the busy
+		// handler): until ctx ends (ctxwatch.go).
+		if _, err := execWatched(ctx, src, func(bg context.Context) (driver.Result, error) {
+			return src.ExecContext(bg, "SELECT 1 FROM sqlite_master LIMIT 1", nil)
+		}); err != nil {
 			return err
 		}
 	}
@@ -803,7 +807,7 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 		// for BusyTimeout and the directory after it.
 		ctx, cancel := untilClosed(ctx, p.c.r.stop)
 		defer cancel()
-		if err := copyVerified(ctx, srcPath, tmp); err != nil {
+		if err := copyVerified(ctx, srcPath, tmp, p.c.r.cfg.BusyTimeout); err != nil {
 			return fmt.Errorf("source %s: %w", srcPath, err)
 		}
 		return nil
@@ -895,6 +899,10 @@ var deleteAfterRename func() error
 // restoreBeforeRename, set by tests, stands for a restore killed just
 // before its rename: an error from it ends the restore there.
 var restoreBeforeRename func() error
+
+// sourceOpenTried, when set (tests), runs when copyVerified's open of its
+// source fails.
+var sourceOpenTried func()
 
 // copySourceLocked, when set (tests), runs once copyVerified holds its lock
 // on a source file (lockDatabase); sourceCopyWaits when a copy waits for
@@ -1162,7 +1170,7 @@ func unhealthy(ctx context.Context, err error) error {
 // back (an immutable open ignores a journal, and restored the uncommitted
 // half of a transaction), no side file is left beside the source, and its
 // directory may be read-only.
-func copyVerified(ctx context.Context, src, dst string) error {
+func copyVerified(ctx context.Context, src, dst string, busyTimeout time.Duration) error {
 	// Side files are beside the real file, not beside a symlink to it: a
 	// link to a live WAL database was read immutable, its -wal unseen.
 	if real, err := filepath.EvalSymlinks(src); err == nil {
@@ -1240,7 +1248,18 @@ func copyVerified(ctx context.Context, src, dst string) error {
 		}
 		src, params = stage, ""
 	}
-	sc, err := plainDriver.Open(fileURI(src) + params)
+	// A live source waits for its writer's locks as a tenant does: with
+	// the proxy's busy handler, for BusyTimeout, and until ctx ends (Close
+	// ends it too: RestoreTenant), the open included (openRetrying).
+	drv := busyDriver(busyTimeout)
+	var sc driver.Conn
+	err = openRetrying(busyTimeout, func(d time.Duration) error { return pause(ctx, nil, d) }, func() (err error) {
+		sc, err = drv.Open(fileURI(src) + cmp.Or(params, "?") + "&_busy_timeout=0")
+		if err != nil && sourceOpenTried != nil {
+			sourceOpenTried()
+		}
+		return err
+	})
 	if err != nil {
 		return err
 	}

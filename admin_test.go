@@ -1207,3 +1207,111 @@ func TestRestoreTenant_MarkerLinkNotWrittenThrough(t *testing.T) {
 		t.Errorf("touchFile made a file at a dangling link's target: %v", err)
 	}
 }
+
+// A restored tenant's file is in rollback-journal mode until its first
+// open here, and a connection in a transaction on it leaves no side file.
+// One of another process holds the file's locks, which DeleteTenant and
+// RestoreTenant look at; one of this process (a plain mattn connection
+// beside the proxy) holds locks those do not show: both moved the file
+// from under its BEGIN IMMEDIATE (or BEGIN and a read) and said nothing
+// (its next write failed with "attempt to write a readonly database").
+// Both are refused, and once the transaction is done both go ahead.
+func TestProxy_ReplaceRefusedUnderAnotherConnectionsTransaction(t *testing.T) {
+	t.Parallel()
+	for _, op := range []string{"DeleteTenant", "RestoreTenant"} {
+		for _, begin := range []string{"BEGIN IMMEDIATE", "BEGIN"} {
+			for _, where := range []string{"another process", "this process"} {
+				dir := t.TempDir()
+				p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
+				ctx := tctx("acme")
+				if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+					t.Fatal(err)
+				}
+				bk := filepath.Join(t.TempDir(), "acme.bak")
+				if err := p.BackupTenant(ctx, "acme", bk); err != nil {
+					t.Fatal(err)
+				}
+				if err := p.RestoreTenant(ctx, "acme", bk); err != nil { // left in rollback-journal mode, closed
+					t.Fatal(err)
+				}
+				path := filepath.Join(dir, "acme.db")
+				var stop func() error
+				if where == "another process" {
+					stop = startChild(t, "TestLibraryTransactionHoldChild", txChildEnv+"="+path, txChildBeginEnv+"="+begin)
+				} else {
+					stop = holdTransaction(t, path, begin, nil)
+				}
+				replace := func() error {
+					if op == "DeleteTenant" {
+						return p.DeleteTenant(context.Background(), "acme")
+					}
+					return p.RestoreTenant(context.Background(), "acme", bk)
+				}
+				if err := replace(); err == nil || !strings.Contains(err.Error(), "process") {
+					t.Errorf("%s under a %s in %s: %v, want it refused (open elsewhere)", op, begin, where, err)
+				}
+				if err := stop(); err != nil {
+					t.Errorf("%s under a %s in %s: the transaction, writing and committing after it: %v", op, begin, where, err)
+				}
+				if err := replace(); err != nil {
+					t.Errorf("%s once the transaction in %s is done: %v", op, where, err)
+				}
+			}
+		}
+	}
+}
+
+// holdTransaction begins a transaction (begin: BEGIN IMMEDIATE, or BEGIN
+// then a read) on the tenant file at path with mattn directly, and calls
+// ready; stop writes a row, commits and closes the connection.
+func holdTransaction(t *testing.T, path, begin string, ready func()) (stop func() error) {
+	t.Helper()
+	db, err := sql.Open("sqlite3", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	c, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ExecContext(context.Background(), begin); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.QueryRowContext(context.Background(), `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	if ready != nil {
+		ready()
+	}
+	return func() error {
+		defer db.Close()
+		defer c.Close()
+		if _, err := c.ExecContext(context.Background(), `INSERT INTO events (tenant) VALUES ('held')`); err != nil {
+			return err
+		}
+		_, err := c.ExecContext(context.Background(), `COMMIT`)
+		return err
+	}
+}
+
+const (
+	txChildEnv      = "SQLITEPROXY_TX_CHILD_DB"
+	txChildBeginEnv = "SQLITEPROXY_TX_CHILD_BEGIN"
+)
+
+// TestLibraryTransactionHoldChild begins a transaction (holdTransaction)
+// on a tenant file, says "ready" (startChild), and once its standard input
+// closes writes a row and commits: it fails if the file was taken from
+// under it meanwhile.
+func TestLibraryTransactionHoldChild(t *testing.T) {
+	path := os.Getenv(txChildEnv)
+	if path == "" {
+		t.Skip("the child of TestProxy_ReplaceRefusedUnderAnotherConnectionsTransaction")
+	}
+	stop := holdTransaction(t, path, os.Getenv(txChildBeginEnv), func() { fmt.Println("ready") })
+	io.Copy(io.Discard, os.Stdin) // until the parent's stop
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -25,7 +25,7 @@ import (
 const benchSchema = `CREATE TABLE IF NOT EXISTS bench (id INTEGER PRIMARY KEY, name TEXT NOT NULL, value INTEGER NOT NULL)`
 
 func init() {
-	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: tenantHook(DefaultBusyTimeout, false, "", syncRank(DefaultSynchronous), false, tenantAuthorizer)})
+	sql.Register("sqlite3-same-dsn", &sqlite3.SQLiteDriver{ConnectHook: tenantHook(DefaultBusyTimeout, DefaultBusyTimeout, false, "", syncRank(DefaultSynchronous), false, tenantAuthorizer)})
 }
 
 type benchTarget struct {

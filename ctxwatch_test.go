@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -373,5 +374,153 @@ func TestContext_EndsAnOpenBesideAnExclusiveLock(t *testing.T) {
 	var n int
 	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("after the lock: %d rows (%v), want the one written under it", n, err)
+	}
+}
+
+// exclusiveHold holds the SQLite file at path in locking_mode=EXCLUSIVE
+// from a plain mattn connection, as a sqlite3 shell would: no other
+// connection reads it until the test ends (or close).
+func exclusiveHold(t *testing.T, path string) (close func()) {
+	t.Helper()
+	ex, err := sql.Open("sqlite3", "file:"+path+"?_locking_mode=EXCLUSIVE&_busy_timeout=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ex.Close() })
+	ex.SetMaxOpenConns(1)
+	if _, err := ex.Exec(`CREATE TABLE IF NOT EXISTS held (x)`); err != nil {
+		t.Fatal(err)
+	}
+	return func() { ex.Close() }
+}
+
+// A tenant's own connections for a backup, a check, a look at its ledger
+// and a restore's source end at the context's deadline while another
+// process holds the file exclusively: they were opened with mattn's fixed
+// five-second busy timeout and waited it out whatever the deadline (or a
+// longer BusyTimeout), and most then said "database is locked".
+func TestContext_AdminOpsEndBesideAnExclusiveLock(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	for _, id := range []string{"acme", "globex"} {
+		if err := p.CreateTenant(context.Background(), id); err != nil { // left closed
+			t.Fatal(err)
+		}
+	}
+	exclusiveHold(t, filepath.Join(dir, "acme.db"))
+	live := filepath.Join(t.TempDir(), "live.db")
+	exclusiveHold(t, live)
+	for _, op := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"BackupTenant", func(c context.Context) error { return p.BackupTenant(c, "acme", filepath.Join(t.TempDir(), "b.db")) }},
+		{"CheckTenant", func(c context.Context) error { return p.CheckTenant(c, "acme") }},
+		{"MigrationStatus", func(c context.Context) error { _, err := p.MigrationStatus(c, "acme"); return err }},
+		{"MigrateAll", func(c context.Context) error {
+			_, err := p.MigrateAll(c, MigrateOptions{Tenants: []string{"acme"}})
+			return err
+		}},
+		{"RestoreTenant from a tenant", func(c context.Context) error { return p.RestoreTenant(c, "globex", filepath.Join(dir, "acme.db")) }},
+		{"RestoreTenant from a live file", func(c context.Context) error { return p.RestoreTenant(c, "globex", live) }},
+	} {
+		c, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		start := time.Now()
+		err := op.run(c)
+		took := time.Since(start)
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("%s beside an exclusive lock: %v, want the deadline", op.name, err)
+		}
+		if took > 2*time.Second {
+			t.Errorf("%s answered after %v, its deadline 200 ms away", op.name, took)
+		}
+	}
+	var n int
+	if err := p.QueryRowContext(tctx("globex"), `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 0 {
+		t.Errorf("globex after its restores ran out of time: %d rows, %v; want it as it was", n, err)
+	}
+}
+
+// Close ends a restore whose source another process holds exclusively
+// (ErrClosed): it waited the five seconds of mattn's busy timeout in the
+// source's open, and Close with it.
+func TestContext_CloseEndsARestoreWaitingForItsSource(t *testing.T) {
+	t.Parallel()
+	p, err := New(Config{Dir: t.TempDir(), BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.CreateTenant(context.Background(), "globex"); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(t.TempDir(), "live.db")
+	exclusiveHold(t, src)
+	restored := make(chan error, 1)
+	var waited atomic.Bool
+	sourceOpenTried = func() { waited.Store(true) }
+	t.Cleanup(func() { sourceOpenTried = nil })
+	go func() { restored <- p.RestoreTenant(context.Background(), "globex", src) }()
+	waitFor(t, 5*time.Second, "the restore to try its source", waited.Load)
+	start := time.Now()
+	cerr := p.Close()
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Close took %v beside a restore waiting for its source (%v)", took, cerr)
+	}
+	select {
+	case err := <-restored:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("the restore Close ended: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the restore had not returned 10 s after Close")
+	}
+}
+
+// The first open of a restored tenant, whose file is in rollback-journal
+// mode (a backup's), switches it to WAL, which needs the file to itself:
+// beside another process's read transaction the switch waited out
+// BusyTimeout in the connect hook, which sees no context, and answered
+// "database is locked". It ends at the deadline, and the tenant opens once
+// the reader is gone.
+func TestContext_FirstOpenOfARestoredTenantEndsAtTheDeadline(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "acme.bak")
+	if err := p.BackupTenant(ctx, "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RestoreTenant(ctx, "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := direct(t, dir, "acme").Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reader.ExecContext(context.Background(), `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if err := reader.QueryRowContext(context.Background(), `SELECT count(*) FROM events`).Scan(new(int)); err != nil {
+		t.Fatal(err)
+	}
+	c, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	start := time.Now()
+	err = p.QueryRowContext(c, `SELECT count(*) FROM events`).Scan(new(int))
+	took := time.Since(start)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || took > 2*time.Second {
+		t.Errorf("first open beside a reader: %v after %v, want the deadline (200 ms)", err, took)
+	}
+	reader.ExecContext(context.Background(), `ROLLBACK`)
+	reader.Close()
+	var n int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("after the reader: %d rows, %v; want the restored one", n, err)
 	}
 }

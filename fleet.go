@@ -165,12 +165,12 @@ func (r *router) fleetRun(ctx context.Context, op string, opts MigrateOptions, o
 		if len(cut) > 0 {
 			why = fmt.Sprintf("; stopped while working on %s (waiting for its in-flight work, or its migrations)", strings.Join(cut[:min(len(cut), 10)], ", "))
 		}
-		return rep, opError(opMigrate, "", fmt.Errorf("%w: %d of %d tenants not done%s", err, len(ids)-done, len(ids), why))
+		return rep, opError(op, "", fmt.Errorf("%w: %d of %d tenants not done%s", err, len(ids)-done, len(ids), why))
 	}
 	if done < len(ids) {
 		// Close stopped it (each tenant used to fail as "closed", and the
 		// run to return nil).
-		return rep, opError(opMigrate, "", fmt.Errorf("%w: %d of %d tenants not done", ErrClosed, len(ids)-done, len(ids)))
+		return rep, opError(op, "", fmt.Errorf("%w: %d of %d tenants not done", ErrClosed, len(ids)-done, len(ids)))
 	}
 	return rep, nil
 }
@@ -353,7 +353,7 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 }
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
-	params := "?mode=ro"
+	params := "?mode=ro&_busy_timeout=0" // see openFile
 	// An empty -wal kept beside a closed tenant (KeepWAL) is as good as
 	// none, unless another process may have the tenant open with it.
 	if wal, frames := walFrames(t.path); !frames && !hasSide(t.path, "-journal") && (!wal || !othersPresent(r.presence)) {
@@ -362,7 +362,7 @@ func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error)
 		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
-	c, done, err := r.ownConn(ctx, t, plainDriver, params)
+	c, done, err := r.ownConn(ctx, t, r.conns.plainDrv, params)
 	if err != nil {
 		return nil, err
 	}

@@ -17,29 +17,32 @@ import (
 )
 
 // tenantHook returns the ConnectHook of tenant connections, which runs once
-// mattn has applied the DSN's pragmas (busy_timeout among them, which is
-// busyTimeout): it sets a busy handler that an interrupt ends (busy.go),
-// puts the file in WAL mode (retrying for up to busyTimeout, see
-// ensureWAL) and hardens the connection
-// (replicated: for a file Litestream streams), and with keep makes it
-// keep the -wal and -shm when it closes last (Config.KeepWAL).
+// mattn has applied the DSN's pragmas: it puts the file in WAL mode
+// (retrying for up to walWait, see ensureWAL: 0 for a driver whose opens
+// openFile tries again, under the caller's context), sets a busy handler
+// that an interrupt ends, with busyTimeout (busy.go), and hardens the
+// connection (replicated: for a file Litestream streams), and with keep
+// makes it keep the -wal and -shm when it closes last (Config.KeepWAL).
 //
 // With dir (the data directory, symlinks resolved) it first refuses a
 // connection whose file is not under dir: SQLite follows a symlink put in
 // a tenant file's place after the proxy looked, and the hook would have
 // written to the file it reached (its journal mode, a -wal and -shm beside
 // it) before openFile could refuse it.
-func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloor int, keep bool, auth authorizer) func(*sqlite3.SQLiteConn) error {
+func tenantHook(busyTimeout, walWait time.Duration, replicated bool, dir string, syncFloor int, keep bool, auth authorizer) func(*sqlite3.SQLiteConn) error {
 	return func(c *sqlite3.SQLiteConn) error {
 		if dir != "" {
 			if got := c.GetFilename("main"); !strings.HasPrefix(got, dir+string(filepath.Separator)) {
 				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, got, dir)
 			}
 		}
-		if err := setBusyTimeout(c, busyTimeout); err != nil {
+		// Before the busy handler: the switch to WAL waits in it (for the
+		// exclusive lock of a rollback-journal file), which the hook,
+		// without a context, cannot end.
+		if err := ensureWAL(c, walWait); err != nil {
 			return err
 		}
-		if err := ensureWAL(c, busyTimeout); err != nil {
+		if err := setBusyTimeout(c, busyTimeout); err != nil {
 			return err
 		}
 		if keep {
@@ -55,9 +58,13 @@ func tenantHook(busyTimeout time.Duration, replicated bool, dir string, syncFloo
 type authorizer = func(op int, arg1, arg2, arg3 string) int
 
 // ensureWAL switches the file to WAL unless it is already. Switching needs
-// an exclusive lock and SQLite does not call the busy handler for it, so
-// when another process opens the same new file at once, retry until the
-// busy timeout.
+// an exclusive lock, which c (with no busy handler yet: see tenantHook)
+// does not wait for, so while another process has the file open (one that
+// opens the same new file at once, one reading a restored tenant's file)
+// it retries until timeout and then fails with SQLITE_BUSY. The hook sees
+// no context: a first open of a restored tenant waited out BusyTimeout
+// whatever the caller's deadline. Tenant drivers pass 0, and openFile
+// tries their open again under the context.
 func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {

@@ -361,9 +361,13 @@ func TestLayout_FlatFilesInABucketedDirRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Close()
-	if _, err := direct(t, dir, "globex").Exec(`CREATE TABLE t (a)`); err != nil { // as an old version writes it
+	// As an old version writes it, and closes it: relayout refuses a file
+	// a connection has open, of this process too.
+	globex := direct(t, dir, "globex")
+	if _, err := globex.Exec(`CREATE TABLE t (a)`); err != nil {
 		t.Fatal(err)
 	}
+	globex.Close()
 	_, err := New(Config{Dir: dir, Layout: LayoutBuckets})
 	if err == nil || !strings.Contains(err.Error(), "tenant files of the flat layout (globex.db)") || !strings.Contains(err.Error(), "-to buckets") {
 		t.Errorf("buckets with a flat tenant file: %v", err)

@@ -27,6 +27,7 @@ type connOpener struct {
 	aloneDrv     *sqlite3.SQLiteDriver // opens those: like drv, but fails at once when the file is in use
 	fanOutDrv    *sqlite3.SQLiteDriver // opens a fan-out's own read-only connections to tenants not open here (readClosed)
 	pathDrv      *sqlite3.SQLiteDriver // like drv, for files anywhere (openPath: templates, files being built)
+	plainDrv     *sqlite3.SQLiteDriver // opens a tenant's file for a backup, a check or a ledger's look: not hardened, only the proxy's busy handler (busyDriver)
 	realDir      string                // Config.Dir with every symlink resolved
 	replicated   bool                  // Litestream streams the tenants (Config.ReplicaURL)
 	cacheSize    int                   // statements each physConn keeps for routing Stmts
@@ -35,13 +36,16 @@ type connOpener struct {
 func newConnOpener(cfg *Config, realDir string) connOpener {
 	floor := syncRank(cfg.Synchronous)
 	o := connOpener{
-		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
+		// openFile tries their opens again while the file is busy, the
+		// switch to WAL included: no wait inside the hook (walWait 0), which
+		// sees no context.
+		drv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, 0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
 		// A reader's PRAGMAs only query: SQLite applies some setters
 		// (case_sensitive_like, query_only, ignore_check_constraints) when
 		// it compiles them, EXPLAIN included, and one compiled on a reader
 		// (a Prepare while the writer was busy) changed the answers of every
 		// later query on it. Refused there, they run on the writer.
-		readerDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", realDir, 0, cfg.KeepWAL, fanOutAuthorizer)},
+		readerDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, 0, cfg.ReplicaURL != "", realDir, 0, cfg.KeepWAL, fanOutAuthorizer)},
 		// Hardened as tenant connections are, without the switch to WAL
 		// (the tenant's file is in WAL mode already).
 		fanOutDrv: &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error {
@@ -51,9 +55,10 @@ func newConnOpener(cfg *Config, realDir string) connOpener {
 			return hardenTenantConn(c, false, 0, fanOutAuthorizer)
 		}},
 		// No retry: waiting cannot help while another connection has the file open.
-		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
+		aloneDrv: &sqlite3.SQLiteDriver{ConnectHook: tenantHook(0, 0, cfg.ReplicaURL != "", realDir, floor, cfg.KeepWAL, tenantAuthorizer)},
 		// Files being built are not tenants yet: nothing is kept beside them.
-		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor, false, tenantAuthorizer)},
+		pathDrv:    &sqlite3.SQLiteDriver{ConnectHook: tenantHook(cfg.BusyTimeout, cfg.BusyTimeout, cfg.ReplicaURL != "", "", floor, false, tenantAuthorizer)},
+		plainDrv:   busyDriver(cfg.BusyTimeout),
 		realDir:    realDir,
 		replicated: cfg.ReplicaURL != "",
 		cacheSize:  max(cfg.StmtCacheSize, 1),
@@ -225,18 +230,16 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 	}
 	defer leave()
 	var c driver.Conn
-	bound := time.Now().Add(r.cfg.BusyTimeout)
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		err = r.withFDs(t, func() (err error) {
+	open := func() error {
+		return r.withFDs(t, func() (err error) {
 			c, err = drv.Open(t.uri + params)
 			return err
 		})
-		if err == nil || !isBusyWait(err) || !r.conns.retriesBusy(drv) || time.Now().Add(delay).After(bound) {
-			break // SQLITE_BUSY at BusyTimeout, as the busy handler's
-		}
-		if err := r.pause(ctx, delay); err != nil {
-			return nil, err
-		}
+	}
+	if r.conns.retriesBusy(drv) {
+		err = openRetrying(r.cfg.BusyTimeout, func(d time.Duration) error { return r.pause(ctx, d) }, open)
+	} else {
+		err = open()
 	}
 	if err != nil {
 		return nil, err
@@ -255,23 +258,54 @@ func (r *router) openFile(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDri
 
 // pause waits for d, or until ctx ends (its cause) or the proxy closes
 // (ErrClosed).
-func (r *router) pause(ctx context.Context, d time.Duration) error {
+func (r *router) pause(ctx context.Context, d time.Duration) error { return pause(ctx, r.stop, d) }
+
+// pause waits for d, or until ctx ends (its cause) or stop is closed
+// (ErrClosed; a nil stop never is).
+func pause(ctx context.Context, stop <-chan struct{}, d time.Duration) error {
 	tm := time.NewTimer(d)
 	defer tm.Stop()
 	select {
 	case <-ctx.Done():
 		return context.Cause(ctx)
-	case <-r.stop:
+	case <-stop:
 		return ErrClosed
 	case <-tm.C:
 		return nil
 	}
 }
 
+// openRetrying runs open, which opens a connection to a file with busy_timeout 0
+// (mattn's open reads the file before a connect hook can set the proxy's
+// busy handler, and SQLite's own would wait whatever the context), again
+// while it fails with SQLITE_BUSY, pausing between tries (1 ms, doubling up to
+// 50 ms) with pause, whose error (a context's end, Close) ends it, until
+// bound has passed: then its SQLITE_BUSY, as a wait in the busy handler
+// ends after BusyTimeout.
+func openRetrying(bound time.Duration, pause func(time.Duration) error, open func() error) error {
+	end := time.Now().Add(bound)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		err := open()
+		if err == nil || !isBusyWait(err) || time.Now().Add(delay).After(end) {
+			return err
+		}
+		if err := pause(delay); err != nil {
+			return err
+		}
+	}
+}
+
 // retriesBusy reports whether drv is one of the tenant drivers whose DSN
 // sets no busy handler for mattn's open (openFile tries it again).
 func (o *connOpener) retriesBusy(drv *sqlite3.SQLiteDriver) bool {
-	return drv == o.drv || drv == o.readerDrv || drv == o.fanOutDrv
+	return drv == o.drv || drv == o.readerDrv || drv == o.fanOutDrv || drv == o.plainDrv
+}
+
+// busyDriver opens connections that get the proxy's busy handler with
+// timeout (busy.go) and nothing else: open them with busy_timeout 0 and
+// openRetrying.
+func busyDriver(timeout time.Duration) *sqlite3.SQLiteDriver {
+	return &sqlite3.SQLiteDriver{ConnectHook: func(c *sqlite3.SQLiteConn) error { return setBusyTimeout(c, timeout) }}
 }
 
 // errNotTenantFile refuses a connection that SQLite opened on another file

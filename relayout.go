@@ -402,6 +402,15 @@ func settleOnce(p string) error {
 		}
 	}
 	if !side {
+		// No side files, but maybe a process in a transaction on a file in
+		// rollback-journal mode (a restored tenant before its first open
+		// here): its locks on the file tell (DeleteTenant and RestoreTenant
+		// moved the file from under its BEGIN IMMEDIATE).
+		if _, err := lockUnusedDatabase(p, false); errors.Is(err, errShmInUse) {
+			return fmt.Errorf("%s is open in another process, or in this one (a connection holds its locks: a transaction in rollback-journal mode, say): stop it first", p)
+		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
 		return nil
 	}
 	dc, err := plainDriver.Open(fileURI(p) + "?mode=rw&_busy_timeout=0")

@@ -1437,7 +1437,7 @@ func (p *Proxy) restoreFromReplica(ctx context.Context, op, id string, rp *repli
 			return err
 		}
 		gen = g
-		return copyVerified(ctx, stage, tmp)
+		return copyVerified(ctx, stage, tmp, p.c.r.cfg.BusyTimeout)
 	}, func(t *tenant) error {
 		// Read before the lease was taken: a generation a delete recorded
 		// in the cluster is not the tenant any more, whatever it holds

@@ -922,7 +922,7 @@ func (t *tenant) ungatedReader(ctx context.Context, op string) (*sqlite3.SQLiteC
 	if err := t.lockWriter(ctx); err != nil {
 		return nil, nil, err
 	}
-	c, done, err := t.r.ownConn(ctx, t, plainDriver, "?mode=rw&_query_only=1")
+	c, done, err := t.r.ownConn(ctx, t, t.r.conns.plainDrv, "?mode=rw&_query_only=1&_busy_timeout=0")
 	if err == nil {
 		t.mu.Lock()
 		t.leasedReaders++
