@@ -103,7 +103,7 @@ func lockUnusedDatabase(p string, write bool) (release func(), err error) {
 	if write {
 		flag = os.O_RDWR
 	}
-	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW, 0)
+	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0) // a FIFO put there does not hold the open
 	if errors.Is(err, fs.ErrNotExist) {
 		return func() {}, nil
 	}
@@ -808,6 +808,9 @@ func (p *Proxy) RestoreTenant(ctx context.Context, id, srcPath string) error {
 		ctx, cancel := untilClosed(ctx, p.c.r.stop)
 		defer cancel()
 		if err := copyVerified(ctx, srcPath, tmp, p.c.r.cfg.BusyTimeout); err != nil {
+			if errors.Is(context.Cause(ctx), ErrClosed) && errors.Is(err, context.Canceled) {
+				err = ErrClosed // a statement's wait says Canceled, not the cause
+			}
 			return fmt.Errorf("source %s: %w", srcPath, err)
 		}
 		return nil
@@ -901,8 +904,8 @@ var deleteAfterRename func() error
 var restoreBeforeRename func() error
 
 // sourceOpenTried, when set (tests), runs when copyVerified's open of its
-// source fails.
-var sourceOpenTried func()
+// source src fails.
+var sourceOpenTried func(src string)
 
 // copySourceLocked, when set (tests), runs once copyVerified holds its lock
 // on a source file (lockDatabase); sourceCopyWaits when a copy waits for
@@ -1256,7 +1259,7 @@ func copyVerified(ctx context.Context, src, dst string, busyTimeout time.Duratio
 	err = openRetrying(busyTimeout, func(d time.Duration) error { return pause(ctx, nil, d) }, func() (err error) {
 		sc, err = drv.Open(fileURI(src) + cmp.Or(params, "?") + "&_busy_timeout=0")
 		if err != nil && sourceOpenTried != nil {
-			sourceOpenTried()
+			sourceOpenTried(src)
 		}
 		return err
 	})

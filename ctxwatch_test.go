@@ -402,12 +402,18 @@ func exclusiveHold(t *testing.T, path string) (close func()) {
 func TestContext_AdminOpsEndBesideAnExclusiveLock(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	cfg := Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}}
+	made := newTestProxy(t, cfg)
 	for _, id := range []string{"acme", "globex"} {
-		if err := p.CreateTenant(context.Background(), id); err != nil { // left closed
+		if err := made.CreateTenant(context.Background(), id); err != nil {
 			t.Fatal(err)
 		}
 	}
+	made.Close()
+	// A proxy that has not opened them yet: its backup, check and ledger's
+	// look each open a connection of their own (a tenant this proxy made
+	// is known ready, and read through its pool's readers).
+	p := newTestProxy(t, cfg)
 	exclusiveHold(t, filepath.Join(dir, "acme.db"))
 	live := filepath.Join(t.TempDir(), "live.db")
 	exclusiveHold(t, live)
@@ -447,7 +453,7 @@ func TestContext_AdminOpsEndBesideAnExclusiveLock(t *testing.T) {
 // (ErrClosed): it waited the five seconds of mattn's busy timeout in the
 // source's open, and Close with it.
 func TestContext_CloseEndsARestoreWaitingForItsSource(t *testing.T) {
-	t.Parallel()
+	// Not parallel: it sets a hook of the package.
 	p, err := New(Config{Dir: t.TempDir(), BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
 	if err != nil {
 		t.Fatal(err)
@@ -459,7 +465,11 @@ func TestContext_CloseEndsARestoreWaitingForItsSource(t *testing.T) {
 	exclusiveHold(t, src)
 	restored := make(chan error, 1)
 	var waited atomic.Bool
-	sourceOpenTried = func() { waited.Store(true) }
+	sourceOpenTried = func(tried string) {
+		if tried == src {
+			waited.Store(true)
+		}
+	}
 	t.Cleanup(func() { sourceOpenTried = nil })
 	go func() { restored <- p.RestoreTenant(context.Background(), "globex", src) }()
 	waitFor(t, 5*time.Second, "the restore to try its source", waited.Load)
@@ -522,5 +532,55 @@ func TestContext_FirstOpenOfARestoredTenantEndsAtTheDeadline(t *testing.T) {
 	var n int
 	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
 		t.Errorf("after the reader: %d rows, %v; want the restored one", n, err)
+	}
+}
+
+// The switch of a restored tenant to WAL is not kept out by another
+// process's back-to-back short reads: each try holds SQLite's PENDING lock
+// while it waits (walAttempt), so that the reads in progress end and no
+// new one begins. Tried without a busy handler, each try found a read in
+// progress, and the open failed at BusyTimeout.
+func TestContext_FirstOpenOfARestoredTenantBesideBusyReaders(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: time.Second, Migrations: []string{eventsTable}})
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	bk := filepath.Join(t.TempDir(), "acme.bak")
+	if err := p.BackupTenant(ctx, "acme", bk); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RestoreTenant(ctx, "acme", bk); err != nil { // rollback-journal mode, closed
+		t.Fatal(err)
+	}
+	readers := direct(t, dir, "acme")
+	readers.SetMaxOpenConns(4)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var reads atomic.Int64
+	for range 4 { // reads of ~1 ms each that overlap: some read always holds the file
+
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := readers.QueryRow(`WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000) SELECT count(*) FROM c, events`).Scan(new(int)); err == nil {
+					reads.Add(1)
+				}
+			}
+		}()
+	}
+	defer func() { close(stop); wg.Wait() }()
+	waitFor(t, 5*time.Second, "the other connections to read", func() bool { return reads.Load() > 20 })
+	var n int
+	if err := p.QueryRowContext(ctx, `SELECT count(*) FROM events`).Scan(&n); err != nil || n != 1 {
+		t.Errorf("first open beside back-to-back reads: %d rows, %v; want the restored row", n, err)
 	}
 }

@@ -36,9 +36,9 @@ func tenantHook(busyTimeout, walWait time.Duration, replicated bool, dir string,
 				return fmt.Errorf("%w: opened %s, outside the data directory %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, got, dir)
 			}
 		}
-		// Before the busy handler: the switch to WAL waits in it (for the
-		// exclusive lock of a rollback-journal file), which the hook,
-		// without a context, cannot end.
+		// Before the busy handler: the switch to WAL waited in it (for the
+		// exclusive lock of a rollback-journal file) up to BusyTimeout,
+		// which the hook, without a context, cannot end.
 		if err := ensureWAL(c, walWait); err != nil {
 			return err
 		}
@@ -58,19 +58,26 @@ func tenantHook(busyTimeout, walWait time.Duration, replicated bool, dir string,
 type authorizer = func(op int, arg1, arg2, arg3 string) int
 
 // ensureWAL switches the file to WAL unless it is already. Switching needs
-// an exclusive lock, which c (with no busy handler yet: see tenantHook)
-// does not wait for, so while another process has the file open (one that
-// opens the same new file at once, one reading a restored tenant's file)
-// it retries until timeout and then fails with SQLITE_BUSY. The hook sees
-// no context: a first open of a restored tenant waited out BusyTimeout
-// whatever the caller's deadline. Tenant drivers pass 0, and openFile
-// tries their open again under the context.
+// the file to itself: each try waits up to walAttempt for the file's other
+// connections (a process opening the same new file at once, one reading a
+// restored tenant's file) in the busy handler, holding SQLite's PENDING
+// lock meanwhile so that no new reader comes in (tried without, back to
+// back short reads of another process kept the switch out); it tries
+// again until timeout and then fails with SQLITE_BUSY. The hook sees no
+// context: a first open of a restored tenant waited out BusyTimeout in the
+// busy handler whatever the caller's deadline. Tenant drivers pass 0, and
+// openFile tries their open again under the context.
 func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
+	armed := false
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		mode, err := journalMode(c)
 		if err == nil && strings.EqualFold(mode, "wal") {
 			return nil
+		}
+		if err == nil && !armed {
+			err = setBusyTimeout(c, walAttempt)
+			armed = true
 		}
 		if err == nil {
 			_, err = c.Exec("PRAGMA journal_mode = WAL", nil)
@@ -84,6 +91,9 @@ func ensureWAL(c *sqlite3.SQLiteConn, timeout time.Duration) error {
 		time.Sleep(delay)
 	}
 }
+
+// walAttempt is how long one try of ensureWAL waits for the file.
+const walAttempt = 50 * time.Millisecond
 
 // busyPragma sets SQLite's own busy handler on c with timeout, as mattn's
 // busy_timeout does.

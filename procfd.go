@@ -12,3 +12,6 @@ import "github.com/sqliteproxy/sqliteproxy/internal/procfd"
 // outside SQLite. This is how the driver tells, from /proc/self/fd, before
 // it opens anything.
 func openInProcess(p string) (bool, error) { return procfd.Open(p) }
+
+// openInProcessTells: openInProcess can tell (Linux).
+const openInProcessTells = procfd.Tells

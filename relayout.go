@@ -394,6 +394,32 @@ var settleClosed func(p string)
 // holds them.
 var errSideFilesSurvived = errors.New("its -wal or -shm survived a checkpoint though no process has it open: this process may not write the file or its folder (permissions, chattr +i, a read-only mount), or the disk is full")
 
+// settleLone looks at a database file p without side files: a connection
+// in a transaction on it in rollback-journal mode (a restored tenant before
+// its first open here) makes none, and DeleteTenant and RestoreTenant moved
+// the file from under its BEGIN IMMEDIATE, which then failed to write. Its
+// locks on the file tell, and so do this process's descriptors of it (its
+// own POSIX locks do not show: openInProcess). Only where the latter can
+// be told (Linux): elsewhere opening the file to look, and closing it,
+// would drop the locks of this process's own connections to it. An idle
+// connection of another process holds no lock, and nothing tells of it.
+// A name that is not a regular file (a FIFO, whose open would wait for a
+// writer; a symlink a restore replaces) is not looked at.
+func settleLone(p string) error {
+	if !openInProcessTells {
+		return nil
+	}
+	if fi, err := os.Lstat(p); err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	if _, err := lockUnusedDatabase(p, false); errors.Is(err, errShmInUse) {
+		return fmt.Errorf("%s is open in this process, or in a transaction in another one: stop it first", p)
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 func settleOnce(p string) error {
 	side := false
 	for _, s := range sqliteSuffixes {
@@ -402,16 +428,7 @@ func settleOnce(p string) error {
 		}
 	}
 	if !side {
-		// No side files, but maybe a process in a transaction on a file in
-		// rollback-journal mode (a restored tenant before its first open
-		// here): its locks on the file tell (DeleteTenant and RestoreTenant
-		// moved the file from under its BEGIN IMMEDIATE).
-		if _, err := lockUnusedDatabase(p, false); errors.Is(err, errShmInUse) {
-			return fmt.Errorf("%s is open in another process, or in this one (a connection holds its locks: a transaction in rollback-journal mode, say): stop it first", p)
-		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		return nil
+		return settleLone(p)
 	}
 	dc, err := plainDriver.Open(fileURI(p) + "?mode=rw&_busy_timeout=0")
 	if err != nil {

@@ -8,6 +8,9 @@ import (
 	"strconv"
 )
 
+// Tells: Open can tell, here.
+const Tells = true
+
 // Open reports whether a descriptor of this process refers to the file at
 // p (a missing file: false), from /proc/self/fd. POSIX record locks belong
 // to the process, and closing any descriptor of a file drops every lock the
