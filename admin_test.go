@@ -1225,18 +1225,7 @@ func TestProxy_ReplaceRefusedUnderAnotherConnectionsTransaction(t *testing.T) {
 		for _, begin := range []string{"BEGIN IMMEDIATE", "BEGIN"} {
 			for _, where := range []string{"another process", "this process"} {
 				dir := t.TempDir()
-				p := newTestProxy(t, Config{Dir: dir, Migrations: []string{eventsTable}})
-				ctx := tctx("acme")
-				if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
-					t.Fatal(err)
-				}
-				bk := filepath.Join(t.TempDir(), "acme.bak")
-				if err := p.BackupTenant(ctx, "acme", bk); err != nil {
-					t.Fatal(err)
-				}
-				if err := p.RestoreTenant(ctx, "acme", bk); err != nil { // left in rollback-journal mode, closed
-					t.Fatal(err)
-				}
+				p, bk := restoredTenant(t, Config{Dir: dir, Migrations: []string{eventsTable}})
 				path := filepath.Join(dir, "acme.db")
 				var stop func() error
 				if where == "another process" {

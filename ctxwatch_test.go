@@ -497,18 +497,8 @@ func TestContext_CloseEndsARestoreWaitingForItsSource(t *testing.T) {
 func TestContext_FirstOpenOfARestoredTenantEndsAtTheDeadline(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
+	p, _ := restoredTenant(t, Config{Dir: dir, BusyTimeout: 30 * time.Second, Migrations: []string{eventsTable}})
 	ctx := tctx("acme")
-	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
-		t.Fatal(err)
-	}
-	bk := filepath.Join(t.TempDir(), "acme.bak")
-	if err := p.BackupTenant(ctx, "acme", bk); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.RestoreTenant(ctx, "acme", bk); err != nil {
-		t.Fatal(err)
-	}
 	reader, err := direct(t, dir, "acme").Conn(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -543,18 +533,8 @@ func TestContext_FirstOpenOfARestoredTenantEndsAtTheDeadline(t *testing.T) {
 func TestContext_FirstOpenOfARestoredTenantBesideBusyReaders(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	p := newTestProxy(t, Config{Dir: dir, BusyTimeout: time.Second, Migrations: []string{eventsTable}})
+	p, _ := restoredTenant(t, Config{Dir: dir, BusyTimeout: time.Second, Migrations: []string{eventsTable}})
 	ctx := tctx("acme")
-	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
-		t.Fatal(err)
-	}
-	bk := filepath.Join(t.TempDir(), "acme.bak")
-	if err := p.BackupTenant(ctx, "acme", bk); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.RestoreTenant(ctx, "acme", bk); err != nil { // rollback-journal mode, closed
-		t.Fatal(err)
-	}
 	readers := direct(t, dir, "acme")
 	readers.SetMaxOpenConns(4)
 	stop := make(chan struct{})

@@ -195,3 +195,25 @@ func writeLock(t *testing.T, dir, id string) *sql.Conn {
 	}
 	return lock
 }
+
+// restoredTenant opens a proxy with cfg (on a fresh directory unless
+// cfg.Dir is set), gives tenant acme one row, backs it up and restores it
+// from that backup: its file is left closed and in rollback-journal mode
+// (a backup's), until its first open switches it to WAL. It returns the
+// proxy and the backup's path.
+func restoredTenant(t *testing.T, cfg Config) (p *Proxy, backup string) {
+	t.Helper()
+	p = newTestProxy(t, cfg)
+	ctx := tctx("acme")
+	if _, err := p.ExecContext(ctx, `INSERT INTO events (tenant) VALUES ('acme')`); err != nil {
+		t.Fatal(err)
+	}
+	backup = filepath.Join(t.TempDir(), "acme.bak")
+	if err := p.BackupTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RestoreTenant(ctx, "acme", backup); err != nil {
+		t.Fatal(err)
+	}
+	return p, backup
+}
