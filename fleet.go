@@ -353,7 +353,7 @@ func (r *router) peekLedger(ctx context.Context, t *tenant) (int, error) {
 }
 
 func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error) {
-	params := "?mode=ro&_busy_timeout=0" // see openFile
+	params := "?mode=ro"
 	// An empty -wal kept beside a closed tenant (KeepWAL) is as good as
 	// none, unless another process may have the tenant open with it.
 	if wal, frames := walFrames(t.path); !frames && !hasSide(t.path, "-journal") && (!wal || !othersPresent(r.presence)) {
@@ -362,12 +362,7 @@ func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error)
 		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
-	c, done, err := r.ownConn(ctx, t, r.conns.plainDrv, params)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	return ledger(ctx, c)
+	return r.peekLedgerFile(ctx, t, params)
 }
 
 // AppliedMigration is one migration recorded in a tenant's ledger.

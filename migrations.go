@@ -196,7 +196,12 @@ type ledgerRow struct {
 
 // ledger reads a tenant's ledger; a file without one has applied nothing.
 func ledger(ctx context.Context, c *sqlite3.SQLiteConn) ([]ledgerRow, error) {
-	rows, err := c.QueryContext(ctx, ledgerRead, nil)
+	return ledgerOf(ctx, c, ledgerRead)
+}
+
+// ledgerOf is ledger with the query read, ledgerRead of the file's schema.
+func ledgerOf(ctx context.Context, c *sqlite3.SQLiteConn, read string) ([]ledgerRow, error) {
+	rows, err := c.QueryContext(ctx, read, nil)
 	if err != nil {
 		if isNoSuchTable(err) {
 			return nil, nil

@@ -193,13 +193,8 @@ func (pc *physConn) close() {
 // slot back. The caller holds t's writer semaphore at least until it
 // returns, so that t itself can be evicted to make room.
 func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriver, params string) (c *sqlite3.SQLiteConn, done func(), err error) {
-	// A tenant not open here (a backup, a check, a rollback, a fleet
-	// migration or a fan-out of it) has not had its writer's open look at
-	// its file: another tenant's name for the same pages is refused here.
-	if fi, err := os.Lstat(t.path); err == nil {
-		if err := refuseHardLinked(t, fi); err != nil {
-			return nil, nil, err
-		}
+	if err := r.refuseHardLinkedFile(t); err != nil {
+		return nil, nil, err
 	}
 	if err := r.reserve(ctx, t); err != nil {
 		return nil, nil, err
@@ -210,6 +205,17 @@ func (r *router) ownConn(ctx context.Context, t *tenant, drv *sqlite3.SQLiteDriv
 		return nil, nil, err
 	}
 	return dc.(*sqlite3.SQLiteConn), func() { dc.Close(); r.budget.unreserve(t) }, nil
+}
+
+// refuseHardLinkedFile refuses t's file when it has another name: a tenant
+// not open here (a backup, a check, a rollback, a fleet migration or a
+// fan-out of it) has not had its writer's open look at its file, and
+// another tenant's name for the same pages is refused (refuseHardLinked).
+func (r *router) refuseHardLinkedFile(t *tenant) error {
+	if fi, err := os.Lstat(t.path); err == nil {
+		return refuseHardLinked(t, fi)
+	}
+	return nil
 }
 
 // openFile opens a connection to t's file with drv and the URI query

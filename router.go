@@ -33,6 +33,7 @@ type router struct {
 	fanRuns sync.Map // *fanRun -> struct{}: the fan-outs in flight (closeFanOuts)
 	cfg     *Config
 	conns   connOpener // opens tenant connections (physconn.go)
+	peek    peeker     // reads closed tenants' ledgers through ATTACH (peek.go)
 	mig     *migrator
 	tel     *telemetry
 	budget  *budget
@@ -144,6 +145,7 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		replLock:      replLock,
 		presence:      presence,
 		conns:         newConnOpener(cfg, realDir),
+		peek:          peeker{drv: busyDriver(cfg.BusyTimeout)},
 		repl:          newReplicator(cfg),
 		budget:        newBudget(cfg.MaxConnections),
 		retain:        newRetention(cfg.MaxConnections),
@@ -363,6 +365,7 @@ func (r *router) endOp() {
 func (r *router) finishClose() {
 	defer close(r.finished)
 	r.free.close()
+	r.peek.close()
 	r.tmpl.close()
 	r.tel.close()
 	r.dirLock.Close()

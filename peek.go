@@ -1,0 +1,125 @@
+package sqliteproxy
+
+import (
+	"context"
+	"database/sql/driver"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/mattn/go-sqlite3"
+)
+
+// Looks at a closed tenant's ledger through ATTACH. MigrateAll,
+// MigrationStatus and Rollback read the ledger of every tenant this process
+// does not have open, and a connection of its own per tenant cost ~80 µs of
+// CPU, most of it mattn's Open and Close (three PRAGMAs and five functions
+// registered per connection, a finalizer, every handle of the process
+// walked at close) rather than SQLite's. Attaching the file read-only to a
+// connection kept for such looks, reading the ledger and detaching it
+// costs half as much (a throwaway benchmark over 3 000 files on tmpfs:
+// 70-88 µs against 33-45 µs); a no-op MigrateAll over 10 000 tenants on
+// tmpfs went from 0.72-0.74 s to 0.47-0.48 s. The connection is in memory
+// and has no authorizer: it runs only the proxy's own statements.
+type peeker struct {
+	mu     sync.Mutex
+	free   []*sqlite3.SQLiteConn // idle look connections, nothing attached
+	closed bool
+	drv    *sqlite3.SQLiteDriver // busyDriver(BusyTimeout): an attached file's locks are waited for as a tenant's
+}
+
+// peekSchema is the name a looked-at file is attached under.
+const peekSchema = "sqliteproxy_peek"
+
+// ledgerReadPeek is ledgerRead of the file attached as peekSchema.
+var ledgerReadPeek = strings.ReplaceAll(ledgerRead, "main.", peekSchema+".")
+
+// get returns an idle look connection, opening one if there is none.
+func (pk *peeker) get() (*sqlite3.SQLiteConn, error) {
+	pk.mu.Lock()
+	if n := len(pk.free); n > 0 {
+		c := pk.free[n-1]
+		pk.free = pk.free[:n-1]
+		pk.mu.Unlock()
+		return c, nil
+	}
+	pk.mu.Unlock()
+	dc, err := pk.drv.Open(":memory:?_busy_timeout=0")
+	if err != nil {
+		return nil, err
+	}
+	return dc.(*sqlite3.SQLiteConn), nil
+}
+
+// put gives c back, or closes it when it is not to be used again (a
+// detach that failed: ok false) or the proxy closed.
+func (pk *peeker) put(c *sqlite3.SQLiteConn, ok bool) {
+	pk.mu.Lock()
+	if ok && !pk.closed {
+		pk.free = append(pk.free, c)
+		pk.mu.Unlock()
+		return
+	}
+	pk.mu.Unlock()
+	c.Close()
+}
+
+// close closes the idle look connections; those in use are closed when
+// given back.
+func (pk *peeker) close() {
+	pk.mu.Lock()
+	free := pk.free
+	pk.free, pk.closed = nil, true
+	pk.mu.Unlock()
+	for _, c := range free {
+		c.Close()
+	}
+}
+
+// peekLedger reads t's ledger from its file, attached with the URI query
+// params (mode=ro, perhaps immutable=1: see readLedger) to a look
+// connection, within the connection budget. The attach is what opening
+// the file was (openFile): under t's open gate, with descriptors made room
+// for, refused when SQLite reached another file than t's; its waits for
+// another process's locks end with ctx, or after BusyTimeout.
+func (r *router) peekLedgerFile(ctx context.Context, t *tenant, params string) (_ []ledgerRow, err error) {
+	if err := r.refuseHardLinkedFile(t); err != nil {
+		return nil, err
+	}
+	if err := r.reserve(ctx, t); err != nil {
+		return nil, err
+	}
+	defer r.budget.unreserve(t)
+	c, err := r.peek.get()
+	if err != nil {
+		return nil, err
+	}
+	attached := false
+	defer func() {
+		ok := true
+		if attached {
+			_, derr := c.Exec("DETACH "+peekSchema, nil)
+			ok = derr == nil
+		}
+		r.peek.put(c, ok)
+	}()
+	leave, err := enterGate(ctx, r.stop, r.cfg.BusyTimeout, r.presence, t.id, false)
+	if err != nil {
+		return nil, err
+	}
+	err = r.withFDs(t, func() error {
+		_, err := execWatched(ctx, c, func(bg context.Context) (driver.Result, error) {
+			return c.ExecContext(bg, "ATTACH ? AS "+peekSchema, []driver.NamedValue{{Ordinal: 1, Value: t.uri + params}})
+		})
+		return err
+	})
+	leave()
+	if err != nil {
+		return nil, err
+	}
+	attached = true
+	if got, want := c.GetFilename(peekSchema), t.realPath(); got != want {
+		return nil, fmt.Errorf("%w: %s opened %s: a tenant file may not be a symlink, nor the data directory change while the proxy runs", errNotTenantFile, t.path, got)
+	}
+	return ledgerOf(ctx, c, ledgerReadPeek)
+}
