@@ -362,7 +362,17 @@ func (r *router) readLedger(ctx context.Context, t *tenant) ([]ledgerRow, error)
 		// up to date before its next open rolled it back.
 		params += "&immutable=1"
 	}
-	return r.peekLedgerFile(ctx, t, params)
+	rows, err := r.peekLedgerFile(ctx, t, params)
+	if !errors.Is(err, errPeekEncoding) {
+		return rows, err
+	}
+	// A UTF-16 file (a restored backup's): on a connection of its own.
+	c, done, err := r.ownConn(ctx, t, r.conns.plainDrv, params+"&_busy_timeout=0")
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return ledger(ctx, c)
 }
 
 // AppliedMigration is one migration recorded in a tenant's ledger.

@@ -145,7 +145,6 @@ func newRouter(cfg *Config) (_ *router, err error) {
 		replLock:      replLock,
 		presence:      presence,
 		conns:         newConnOpener(cfg, realDir),
-		peek:          peeker{drv: busyDriver(cfg.BusyTimeout)},
 		repl:          newReplicator(cfg),
 		budget:        newBudget(cfg.MaxConnections),
 		retain:        newRetention(cfg.MaxConnections),
