@@ -183,6 +183,15 @@ func tenantReplicaURL(base, id string) (string, error) {
 	}
 	u.Path = path.Join("/", u.Path, id)
 	u.RawPath = ""
+	if u.Scheme == "file" && u.EscapedPath() != u.Path {
+		// Litestream (v0.5.18, ParseReplicaURLWithQuery) takes a file
+		// URL's path in its escaped form, as it is written, and the driver
+		// (erasure, listings, positions, checks) the path it names: with
+		// file:///srv/rep(x) Litestream wrote to /srv/rep%28x%29 while
+		// DeleteTenant erased /srv/rep(x), found nothing there and said it
+		// was done; another node then restored the deleted rows.
+		return "", fmt.Errorf("%q: a file URL whose path has characters a URL escapes (%s) is read by Litestream as that escaped text and by the driver as the path it names: two folders; use a path of letters, digits and -._~/", base, u.EscapedPath())
+	}
 	u.OmitHost = false // file:/abs/path is written file:///abs/path
 	return u.String(), nil
 }

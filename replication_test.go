@@ -46,6 +46,13 @@ func TestReplication_TenantReplicaURL(t *testing.T) {
 		{base: "file:/abs/replica", want: "file:///abs/replica/acme"},
 		{base: "s3:bucket/x", err: "with //"},
 		{base: "s3:///x", err: "names no bucket"},
+		// A path a URL escapes: Litestream writes to the escaped text, the
+		// driver erases the path it names (DeleteTenant erased nothing).
+		{base: "file:///srv/rep(x)", err: "escapes"},
+		{base: "file:///srv/rep%28x%29", err: "escapes"},
+		{base: "file:///srv/my replicas", err: "escapes"},
+		{base: "file:///srv/réplicas", err: "escapes"},
+		{base: "file:///srv/rep-x_1.0~/t", want: "file:///srv/rep-x_1.0~/t/acme"},
 	} {
 		got, err := tenantReplicaURL(tc.base, "acme")
 		switch {
@@ -64,6 +71,9 @@ func TestReplication_Config(t *testing.T) {
 	}
 	if _, err := New(Config{Dir: t.TempDir(), ReplicaURL: "x/y", LitestreamSocket: "/s"}); err == nil || !strings.Contains(err.Error(), "ReplicaURL") {
 		t.Errorf("ReplicaURL without a scheme: %v", err)
+	}
+	if _, err := New(Config{Dir: t.TempDir(), ReplicaURL: "file://" + filepath.Join(t.TempDir(), "rep(x)"), LitestreamSocket: "/s"}); err == nil || !strings.Contains(err.Error(), "escapes") {
+		t.Errorf("a file:// ReplicaURL whose path a URL escapes: %v", err)
 	}
 	if _, err := New(Config{Dir: t.TempDir(), ReplicaCompactor: compactorFunc(nil)}); err == nil || !strings.Contains(err.Error(), "ReplicaCompactor needs Config.ReplicaURL") {
 		t.Errorf("ReplicaCompactor without ReplicaURL: %v", err)
