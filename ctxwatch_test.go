@@ -377,23 +377,6 @@ func TestContext_EndsAnOpenBesideAnExclusiveLock(t *testing.T) {
 	}
 }
 
-// exclusiveHold holds the SQLite file at path in locking_mode=EXCLUSIVE
-// from a plain mattn connection, as a sqlite3 shell would: no other
-// connection reads it until the test ends (or close).
-func exclusiveHold(t *testing.T, path string) (close func()) {
-	t.Helper()
-	ex, err := sql.Open("sqlite3", "file:"+path+"?_locking_mode=EXCLUSIVE&_busy_timeout=0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ex.Close() })
-	ex.SetMaxOpenConns(1)
-	if _, err := ex.Exec(`CREATE TABLE IF NOT EXISTS held (x)`); err != nil {
-		t.Fatal(err)
-	}
-	return func() { ex.Close() }
-}
-
 // A tenant's own connections for a backup, a check, a look at its ledger
 // and a restore's source end at the context's deadline while another
 // process holds the file exclusively: they were opened with mattn's fixed
@@ -414,9 +397,9 @@ func TestContext_AdminOpsEndBesideAnExclusiveLock(t *testing.T) {
 	// look each open a connection of their own (a tenant this proxy made
 	// is known ready, and read through its pool's readers).
 	p := newTestProxy(t, cfg)
-	exclusiveHold(t, filepath.Join(dir, "acme.db"))
+	exclusiveDB(t, filepath.Join(dir, "acme.db"))
 	live := filepath.Join(t.TempDir(), "live.db")
-	exclusiveHold(t, live)
+	exclusiveDB(t, live)
 	for _, op := range []struct {
 		name string
 		run  func(context.Context) error
@@ -462,7 +445,7 @@ func TestContext_CloseEndsARestoreWaitingForItsSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := filepath.Join(t.TempDir(), "live.db")
-	exclusiveHold(t, src)
+	exclusiveDB(t, src)
 	restored := make(chan error, 1)
 	var waited atomic.Bool
 	sourceOpenTried = func(tried string) {

@@ -96,14 +96,16 @@ func (r *router) peekLedgerFile(ctx context.Context, t *tenant, params string) (
 		return nil, err
 	}
 	defer r.budget.unreserve(t)
-	c, err := r.peek.get()
-	if err != nil {
-		return nil, err
-	}
-	ok := true // c may be used again
-	defer func() { r.peek.put(c, ok) }()
-	err = openRetrying(r.cfg.BusyTimeout, func(d time.Duration) error { return r.pause(ctx, d) }, func() (err error) {
+	err = openRetrying(r.cfg.BusyTimeout, func(d time.Duration) error { return r.pause(ctx, d) }, func() error {
+		// A look connection per try: one whose detach failed is closed,
+		// not tried again with the file still attached.
+		c, err := r.peek.get()
+		if err != nil {
+			return err
+		}
+		var ok bool
 		rows, ok, err = r.peekOnce(ctx, c, t, params)
+		r.peek.put(c, ok)
 		return err
 	})
 	if err != nil && strings.Contains(err.Error(), "same text encoding") {

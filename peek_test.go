@@ -147,7 +147,7 @@ func TestPeek_CloseEndsALookAtALockedTenant(t *testing.T) {
 		t.Fatal(err)
 	}
 	made.Close()
-	exclusiveHold(t, filepath.Join(dir, "acme.db"))
+	exclusiveDB(t, filepath.Join(dir, "acme.db"))
 	p, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
